@@ -1,0 +1,209 @@
+"""The one cgroup interface the runner sees; v1 and v2 backends implement it.
+
+A job gets its own cgroup. The job's first process joins it by writing "0" into the
+``cgroup.procs`` fds opened here (so it can join after it left the host mount
+namespace), and everything it starts stays inside. The supervisor polls
+``cpu_usage_ns`` to enforce the CPU limit promptly and reads ``usage`` at the end.
+"""
+
+from __future__ import annotations
+
+import abc
+import errno
+import itertools
+import os
+import pwd
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sandbox.errors import CgroupError
+from sandbox.models import Limits
+
+JOB_PREFIX = "job-"
+_JOB_NUMBERS = itertools.count(1)
+_KILL_ROUNDS = 1000
+
+
+@dataclass
+class CgroupUsage:
+    cpu_ns: int
+    cpu_user_ns: int
+    cpu_sys_ns: int
+    memory_peak_bytes: int | None
+    oom_kills: int
+    pids_peak: int | None
+
+
+class JobCgroup(abc.ABC):
+    """One job's cgroup (one directory per hierarchy on v1, one on v2)."""
+
+    def __init__(self, directories: list[str], attach_files: list[str]) -> None:
+        self.directories = directories
+        self.attach_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in attach_files]
+
+    @abc.abstractmethod
+    def cpu_usage_ns(self) -> int:
+        """Total CPU time of every process and thread in the job, in nanoseconds."""
+
+    @abc.abstractmethod
+    def usage(self) -> CgroupUsage:
+        """Everything measured, read once after the job ended."""
+
+    def pids(self) -> list[int]:
+        """Processes still in the job (read from the first hierarchy)."""
+        return cgroup_pids(self.directories[0]) if self.directories else []
+
+    def kill_all(self) -> None:
+        """SIGKILL every process until the cgroup is empty.
+
+        The pid namespace already takes the job down with its init; this loop is the
+        belt to that pair of braces, for processes that raced into the cgroup.
+        """
+        for _ in range(_KILL_ROUNDS):
+            if not kill_cgroup_processes(self.directories[0]):
+                return
+            os.sched_yield()
+        raise CgroupError(f"processes survive SIGKILL in {self.directories[0]}: {self.pids()}")
+
+    def destroy(self) -> None:
+        """Kill what is left, remove the directories, close the fds. Idempotent."""
+        for fd in self.attach_fds:
+            os.close(fd)
+        self.attach_fds = []
+        remaining = []
+        for directory in self.directories:
+            if not remove_cgroup_dir(directory, self.kill_all):
+                remaining.append(directory)
+        self.directories = remaining
+        if remaining:
+            raise CgroupError(f"could not remove cgroup(s) {remaining}")
+
+
+class CgroupBackend(abc.ABC):
+    """Creates job cgroups under a delegated parent."""
+
+    version: int
+
+    @abc.abstractmethod
+    def create_job(self, limits: Limits) -> JobCgroup:
+        """A fresh cgroup with the limits written, ready to be joined."""
+
+    @abc.abstractmethod
+    def parents(self) -> list[str]:
+        """The delegated directories job cgroups are created in."""
+
+    @staticmethod
+    def job_name() -> str:
+        """Unique per host; carries the creator's pid so a successor can reap it."""
+        return f"{JOB_PREFIX}{os.getpid()}-{next(_JOB_NUMBERS)}-{os.urandom(3).hex()}"
+
+    def reap_stale(self) -> int:
+        """Remove job cgroups whose creating process is gone (a crashed predecessor).
+
+        Returns how many were removed. A cgroup whose creator still runs is left alone.
+        """
+        removed = 0
+        for parent in self.parents():
+            for name in _listdir(parent):
+                creator = _creator_pid(name)
+                if creator is None or _alive(creator):
+                    continue
+                directory = os.path.join(parent, name)
+                if remove_cgroup_dir(directory, lambda: kill_cgroup_processes(directory)):
+                    removed += 1
+        return removed
+
+
+def remove_cgroup_dir(directory: str, kill: Callable[[], object]) -> bool:
+    """rmdir a cgroup, killing its processes if it is busy. False if it stays."""
+    for _ in range(100):
+        try:
+            os.rmdir(directory)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise CgroupError(f"rmdir {directory}: {exc.strerror}") from exc
+            kill()
+            os.sched_yield()
+    return False
+
+
+def cgroup_pids(directory: str) -> list[int]:
+    try:
+        with open(os.path.join(directory, "cgroup.procs")) as procs:
+            return [int(line) for line in procs if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def kill_cgroup_processes(directory: str) -> int:
+    """SIGKILL each process listed once; returns how many were listed."""
+    pids = cgroup_pids(directory)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
+def write_file(path: str, value: str) -> None:
+    try:
+        with open(path, "w") as handle:
+            handle.write(value)
+    except OSError as exc:
+        raise CgroupError(f"cannot write {value!r} to {path}: {exc.strerror}") from exc
+
+
+def read_int(path: str) -> int:
+    with open(path) as handle:
+        return int(handle.read().split()[0])
+
+
+def read_keyed(path: str) -> dict[str, int]:
+    """Parse "key value" lines (memory.events, cpu.stat, oom_control)."""
+    result = {}
+    with open(path) as handle:
+        for line in handle:
+            key, _, value = line.partition(" ")
+            if value.strip().lstrip("-").isdigit():
+                result[key] = int(value)
+    return result
+
+
+def remove_partial(directories: list[str]) -> None:
+    """Undo a half-made job cgroup (they are empty: nothing joined yet)."""
+    for directory in reversed(directories):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass
+
+
+def current_user() -> str:
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return [name for name in os.listdir(path) if name.startswith(JOB_PREFIX)]
+    except FileNotFoundError:
+        return []
+
+
+def _creator_pid(name: str) -> int | None:
+    parts = name[len(JOB_PREFIX):].split("-")
+    return int(parts[0]) if parts and parts[0].isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,116 @@
+"""cgroup v1 backend: one job directory in each of the memory, cpu, cpuacct and pids
+hierarchies, under the subtree ``sandbox setup-cgroups`` delegated to the user.
+
+The parent is never derived from /proc/self/cgroup: on the development hosts our own
+v1 memory cgroup belongs to the machine (design.md §3).
+"""
+
+from __future__ import annotations
+
+import os
+
+from sandbox.cgroups.base import (
+    CgroupBackend,
+    CgroupUsage,
+    JobCgroup,
+    read_int,
+    current_user,
+    read_keyed,
+    remove_partial,
+    write_file,
+)
+from sandbox.errors import CgroupError
+from sandbox.models import Limits
+
+CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
+CFS_PERIOD_US = 100_000
+
+
+def v1_mounts() -> dict[str, str]:
+    """Controller name -> mount point of its v1 hierarchy (co-mounts share one)."""
+    found: dict[str, str] = {}
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            left, _, right = line.partition(" - ")
+            fields = right.split()
+            if len(fields) < 3 or fields[0] != "cgroup":
+                continue
+            mount_point = left.split()[4]
+            for option in fields[2].split(","):
+                if option in CONTROLLERS:
+                    found.setdefault(option, mount_point)
+    return found
+
+
+class V1JobCgroup(JobCgroup):
+    def __init__(self, dirs: dict[str, str]) -> None:
+        unique_dirs = list(dict.fromkeys(dirs.values()))
+        super().__init__(unique_dirs, [os.path.join(d, "cgroup.procs") for d in unique_dirs])
+        self.by_controller = dirs
+        self._cpu_fd = os.open(os.path.join(dirs["cpuacct"], "cpuacct.usage"), os.O_RDONLY | os.O_CLOEXEC)
+
+    def cpu_usage_ns(self) -> int:
+        return int(os.pread(self._cpu_fd, 64, 0))
+
+    def usage(self) -> CgroupUsage:
+        cpuacct, memory, pids = (self.by_controller[c] for c in ("cpuacct", "memory", "pids"))
+        pids_peak_file = os.path.join(pids, "pids.peak")
+        return CgroupUsage(
+            cpu_ns=self.cpu_usage_ns(),
+            cpu_user_ns=read_int(os.path.join(cpuacct, "cpuacct.usage_user")),
+            cpu_sys_ns=read_int(os.path.join(cpuacct, "cpuacct.usage_sys")),
+            memory_peak_bytes=read_int(os.path.join(memory, "memory.max_usage_in_bytes")),
+            oom_kills=read_keyed(os.path.join(memory, "memory.oom_control")).get("oom_kill", 0),
+            pids_peak=read_int(pids_peak_file) if os.path.exists(pids_peak_file) else None,
+        )
+
+    def destroy(self) -> None:
+        if self._cpu_fd >= 0:
+            os.close(self._cpu_fd)
+            self._cpu_fd = -1
+        super().destroy()
+
+
+class V1Backend(CgroupBackend):
+    version = 1
+
+    def __init__(self, parent: str) -> None:
+        mounts = v1_mounts()
+        missing = [c for c in CONTROLLERS if c not in mounts]
+        if missing:
+            raise CgroupError(f"cgroup v1 controllers not mounted: {', '.join(missing)}")
+        self.parent_dirs = {c: os.path.join(mounts[c], parent) for c in CONTROLLERS}
+        for controller, directory in self.parent_dirs.items():
+            if not os.access(directory, os.W_OK):
+                raise CgroupError(
+                    f"{directory} is missing or not writable: run "
+                    f"'sudo sandbox setup-cgroups --user {current_user()}' once"
+                )
+
+    def parents(self) -> list[str]:
+        return list(dict.fromkeys(self.parent_dirs.values()))
+
+    def create_job(self, limits: Limits) -> JobCgroup:
+        name = self.job_name()
+        dirs = {c: os.path.join(p, name) for c, p in self.parent_dirs.items()}
+        created: list[str] = []
+        try:
+            for directory in dict.fromkeys(dirs.values()):
+                os.mkdir(directory)
+                created.append(directory)
+            memory = dirs["memory"]
+            write_file(os.path.join(memory, "memory.limit_in_bytes"), str(limits.memory_bytes))
+            swap_limit = os.path.join(memory, "memory.memsw.limit_in_bytes")
+            if os.path.exists(swap_limit):
+                write_file(swap_limit, str(limits.memory_bytes))
+            write_file(os.path.join(memory, "memory.swappiness"), "0")
+            write_file(os.path.join(dirs["pids"], "pids.max"), str(limits.pids))
+            if limits.cpus is not None:
+                write_file(os.path.join(dirs["cpu"], "cpu.cfs_period_us"), str(CFS_PERIOD_US))
+                write_file(os.path.join(dirs["cpu"], "cpu.cfs_quota_us"), str(round(limits.cpus * CFS_PERIOD_US)))
+            return V1JobCgroup(dirs)
+        except BaseException as exc:
+            remove_partial(created)
+            if isinstance(exc, OSError):
+                raise CgroupError(f"cannot create job cgroup: {exc}") from exc
+            raise

@@ -1,0 +1,156 @@
+"""``sandbox``: the command line. Thin by design - it parses flags into the same Job
+model the worker protocol uses and prints the same Result.
+
+Exit status of ``sandbox run`` (docker's convention): the job's exit code, 128+signal
+when it was killed, 125 when the sandbox itself failed. With ``--json`` the result is
+printed as JSON and the exit status is 0 unless the sandbox failed (125).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from sandbox.errors import JobError, SandboxError
+
+EXIT_SANDBOX_ERROR = 125
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except JobError as exc:
+        print(f"sandbox: invalid job: {exc}", file=sys.stderr)
+        return EXIT_SANDBOX_ERROR
+    except SandboxError as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return EXIT_SANDBOX_ERROR
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sandbox", description="Rootless sandbox executor for untrusted code.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run one command in a sandbox")
+    limits = run.add_argument_group("limits")
+    limits.add_argument("--cpu-time", help="CPU time over all processes and threads (e.g. 2s, 500ms)")
+    limits.add_argument("--wall-time", help="wall-clock time (e.g. 5s)")
+    limits.add_argument("--memory", help="memory incl. tmpfs writes, swap off (e.g. 256M)")
+    limits.add_argument("--pids", type=int, help="processes and threads at once")
+    limits.add_argument("--output", help="bytes kept of stdout and of stderr, each (e.g. 64M)")
+    limits.add_argument("--disk", help="size of the writable area /work + /tmp + /dev/shm (e.g. 64M)")
+    limits.add_argument("--open-files", type=int, help="open file descriptors per process")
+    limits.add_argument("--stack", help="stack size per process (e.g. 8M)")
+    limits.add_argument("--file-size", help="largest file a process may write (e.g. 64M)")
+    limits.add_argument("--cpus", type=float, help="CPU quota in CPUs (e.g. 0.5)")
+    run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="set a variable (repeatable)")
+    run.add_argument("--stdin", metavar="PATH", help="file fed to the program's stdin (default: empty)")
+    run.add_argument(
+        "--file", action="append", default=[], metavar="SRC:DEST", help="copy host file SRC to DEST under /work or /tmp"
+    )
+    run.add_argument("--cwd", default="/work", help="working directory inside (default /work)")
+    run.add_argument("--image", default="host", help="root filesystem image (default: the built-in 'host')")
+    run.add_argument("--json", action="store_true", help="print the full result as JSON")
+    run.add_argument("--require-cgroups", action="store_true", help="fail instead of falling back to rlimits")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
+    run.set_defaults(handler=_cmd_run)
+
+    doctor = commands.add_parser("doctor", help="check what this host supports and what is missing")
+    doctor.set_defaults(handler=_cmd_doctor)
+
+    setup = commands.add_parser("setup-cgroups", help="(root) delegate a cgroup subtree to a user")
+    setup.add_argument("--user", required=True, help="the user who will run sandboxes")
+    setup.set_defaults(handler=_cmd_setup_cgroups)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from sandbox.models import Result, Status
+    from sandbox.runner import Runner
+
+    job = _job_from_args(args)
+    result: Result = Runner().run(job)
+    if args.json:
+        json.dump(result.to_json_dict(), sys.stdout)
+        sys.stdout.write("\n")
+        return EXIT_SANDBOX_ERROR if result.status is Status.INTERNAL_ERROR else 0
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(result.stderr)
+    if result.status is Status.INTERNAL_ERROR:
+        print(f"sandbox: internal error: {result.error}", file=sys.stderr)
+        return EXIT_SANDBOX_ERROR
+    if result.status not in (Status.OK, Status.RUNTIME_ERROR, Status.SIGNALED) or result.error:
+        detail = result.error or f"cpu {result.usage.cpu_ms:.0f} ms, wall {result.usage.wall_ms:.0f} ms"
+        print(f"sandbox: {result.status.value} ({detail})", file=sys.stderr)
+    for warning in result.warnings:
+        print(f"sandbox: warning: {warning}", file=sys.stderr)
+    if result.signal:
+        return 128 + result.signal
+    return result.exit_code or 0
+
+
+def _job_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from sandbox.models import Blob, InputFile, Job, Limits
+
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise JobError("no command given (sandbox run [OPTIONS] -- COMMAND [ARG...])", field="cmd")
+    limit_flags = {
+        "cpu_time": args.cpu_time,
+        "wall_time": args.wall_time,
+        "memory": args.memory,
+        "pids": args.pids,
+        "output": args.output,
+        "disk": args.disk,
+        "open_files": args.open_files,
+        "stack": args.stack,
+        "file_size": args.file_size,
+        "cpus": args.cpus,
+    }
+    limits = Limits(**{name: value for name, value in limit_flags.items() if value is not None})
+    env = {}
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise JobError(f"--env expects NAME=VALUE, got {item!r}", field="env")
+        env[name] = value
+    files = []
+    for item in args.file:
+        source, sep, dest = item.rpartition(":")
+        if not sep or not source:
+            raise JobError(f"--file expects SRC:DEST, got {item!r}", field="files")
+        mode = os.stat(source).st_mode & 0o755 if os.path.exists(source) else 0o644
+        files.append(InputFile(dest=dest, content=Blob(path=source), mode=mode))
+    return Job(
+        cmd=cmd,
+        limits=limits,
+        env=env,
+        stdin=Blob(path=args.stdin) if args.stdin else None,
+        files=files,
+        image=args.image,
+        cwd=args.cwd,
+        require_cgroups=args.require_cgroups,
+    )
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from sandbox.doctor import run_checks
+
+    return run_checks(sys.stdout)
+
+
+def _cmd_setup_cgroups(args: argparse.Namespace) -> int:
+    from sandbox.cgroups.setup import setup_cgroups
+
+    for line in setup_cgroups(args.user):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

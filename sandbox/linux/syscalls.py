@@ -1,0 +1,256 @@
+"""Typed wrappers of the kernel calls Python 3.11's stdlib lacks.
+
+Layer 1 of the design: no policy, just the calls, each raising ``OSError`` with the
+real errno. Everything goes through libc's ``syscall()`` so one mechanism covers old
+calls (pivot_root, unshare) and new ones (the fd-based mount API, openat2), and the
+numbers live in one table per architecture.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+# Numbers below 424 differ per architecture; 424 and above are shared by all.
+_ARCH_NUMBERS: dict[str, dict[str, int]] = {
+    "x86_64": {
+        "capset": 126,
+        "prctl": 157,
+        "pivot_root": 155,
+        "umount2": 166,
+        "sethostname": 170,
+        "setdomainname": 171,
+        "unshare": 272,
+        "setns": 308,
+        "seccomp": 317,
+    },
+    "aarch64": {
+        "capset": 91,
+        "prctl": 167,
+        "pivot_root": 41,
+        "umount2": 39,
+        "sethostname": 161,
+        "setdomainname": 162,
+        "unshare": 97,
+        "setns": 268,
+        "seccomp": 277,
+    },
+}
+_SHARED_NUMBERS = {
+    "open_tree": 428,
+    "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
+    "pidfd_open": 434,
+    "close_range": 436,
+    "openat2": 437,
+    "mount_setattr": 442,
+}
+MACHINE = platform.machine()
+if MACHINE not in _ARCH_NUMBERS:
+    raise ImportError(f"unsupported architecture {MACHINE!r} (supported: x86_64, aarch64)")
+NR = {**_ARCH_NUMBERS[MACHINE], **_SHARED_NUMBERS}
+
+# unshare(2) / clone(2) namespace flags.
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_NEWTIME = 0x00000080
+
+# mount(2) propagation, umount2(2) and path flags.
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+
+# The fd-based mount API (Linux 5.2+, mount_setattr 5.12+).
+FSOPEN_CLOEXEC = 1
+FSMOUNT_CLOEXEC = 1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x04
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+
+# openat2(2) resolve flags.
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+
+# prctl(2) options.
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+SECCOMP_SET_MODE_FILTER = 1
+
+
+def _call(name: str, *args: object) -> int:
+    """Invoke syscall ``name``; raise OSError with errno on failure."""
+    result = _libc.syscall(ctypes.c_long(NR[name]), *args)
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}: {os.strerror(err)}")
+    return int(result)
+
+
+def _path(value: str | None) -> ctypes.c_char_p:
+    return ctypes.c_char_p(None if value is None else os.fsencode(value))
+
+
+def _long(value: int) -> ctypes.c_long:
+    return ctypes.c_long(value)
+
+
+def unshare(flags: int) -> None:
+    _call("unshare", _long(flags))
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _call("pivot_root", _path(new_root), _path(put_old))
+
+
+def umount2(target: str, flags: int) -> None:
+    _call("umount2", _path(target), _long(flags))
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _call("sethostname", ctypes.c_char_p(raw), _long(len(raw)))
+
+
+def setdomainname(name: str) -> None:
+    raw = name.encode()
+    _call("setdomainname", ctypes.c_char_p(raw), _long(len(raw)))
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    return _call("prctl", _long(option), _long(arg2), _long(arg3), _long(arg4), _long(arg5))
+
+
+def mount_propagation(target: str, flags: int) -> None:
+    """mount(NULL, target, NULL, flags, NULL): only used to change propagation."""
+    result = _libc.mount(None, os.fsencode(target), None, ctypes.c_ulong(flags), None)
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount propagation of {target}: {os.strerror(err)}")
+
+
+def fsopen(fs_type: str) -> int:
+    return _call("fsopen", _path(fs_type), _long(FSOPEN_CLOEXEC))
+
+
+def fsconfig_string(fs_fd: int, key: str, value: str) -> None:
+    _call("fsconfig", _long(fs_fd), _long(FSCONFIG_SET_STRING), _path(key), _path(value), _long(0))
+
+
+def fsconfig_flag(fs_fd: int, key: str) -> None:
+    _call("fsconfig", _long(fs_fd), _long(FSCONFIG_SET_FLAG), _path(key), None, _long(0))
+
+
+def fsconfig_create(fs_fd: int) -> None:
+    _call("fsconfig", _long(fs_fd), _long(FSCONFIG_CMD_CREATE), None, None, _long(0))
+
+
+def fsmount(fs_fd: int, attr_flags: int) -> int:
+    return _call("fsmount", _long(fs_fd), _long(FSMOUNT_CLOEXEC), _long(attr_flags))
+
+
+def open_tree(dirfd: int, path: str, flags: int) -> int:
+    return _call("open_tree", _long(dirfd), _path(path), _long(flags))
+
+
+def move_mount(from_fd: int, from_path: str, to_fd: int, to_path: str, flags: int) -> None:
+    _call("move_mount", _long(from_fd), _path(from_path), _long(to_fd), _path(to_path), _long(flags))
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int, attr_clr: int = 0) -> None:
+    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+    _call(
+        "mount_setattr",
+        _long(dirfd),
+        _path(path),
+        _long(flags),
+        ctypes.byref(attr),
+        _long(ctypes.sizeof(attr)),
+    )
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    how = _OpenHow(flags, mode, resolve)
+    return _call("openat2", _long(dirfd), _path(path), ctypes.byref(how), _long(ctypes.sizeof(how)))
+
+
+def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
+    _call("close_range", ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags))
+
+
+def pidfd_open(pid: int) -> int:
+    return _call("pidfd_open", _long(pid), _long(0))
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def capset_empty() -> None:
+    """Clear the effective, permitted and inheritable capability sets of this thread."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _call("capset", ctypes.byref(header), ctypes.byref(data))
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def seccomp_install(bpf_program: bytes) -> None:
+    """Install a compiled classic-BPF seccomp program (8 bytes per instruction)."""
+    buffer = ctypes.create_string_buffer(bpf_program, len(bpf_program))
+    prog = _SockFprog(len(bpf_program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    _call("seccomp", _long(SECCOMP_SET_MODE_FILTER), _long(0), ctypes.byref(prog))

@@ -1,0 +1,238 @@
+"""The data every layer shares: Job, Limits, Usage, Result and the status vocabulary.
+
+One job means the same thing to the CLI, the worker protocol and the runner because all
+of them build these objects and nothing else. Validation happens here, once, so the
+runner can trust what it is handed.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import posixpath
+import signal
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sandbox.errors import JobError
+from sandbox.units import parse_duration_ms, parse_size
+
+WORKDIR = "/work"
+WRITABLE_ROOTS = (WORKDIR, "/tmp")
+MAX_ARGS = 4096
+MAX_ENV = 1024
+MAX_FILES = 1024
+
+
+class Status(str, enum.Enum):
+    """The verdict of a job. Judges map these one-to-one onto their own verdicts."""
+
+    OK = "ok"
+    RUNTIME_ERROR = "runtime_error"
+    SIGNALED = "signaled"
+    TIME_LIMIT = "time_limit"
+    WALL_TIME_LIMIT = "wall_time_limit"
+    MEMORY_LIMIT = "memory_limit"
+    OUTPUT_LIMIT = "output_limit"
+    SYSCALL_VIOLATION = "syscall_violation"
+    INTERNAL_ERROR = "internal_error"
+
+
+@dataclass
+class Limits:
+    """Per-job limits. Text such as "256M" or "2s" is accepted and stored as int.
+
+    Units once normalised: times in milliseconds, sizes in bytes, ``cpus`` in CPUs.
+    ``None`` means "no limit" where that is allowed (cpu_time, cpus).
+    """
+
+    cpu_time: int | str | None = "10s"
+    wall_time: int | str = "30s"
+    memory: int | str = "512M"
+    pids: int = 64
+    output: int | str = "64M"
+    disk: int | str = "64M"
+    open_files: int = 256
+    stack: int | str = "8M"
+    file_size: int | str = "64M"
+    cpus: float | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            self.cpu_time = None if self.cpu_time is None else parse_duration_ms(self.cpu_time)
+            self.wall_time = parse_duration_ms(self.wall_time)
+            self.memory = parse_size(self.memory)
+            self.output = parse_size(self.output)
+            self.disk = parse_size(self.disk)
+            self.stack = parse_size(self.stack)
+            self.file_size = parse_size(self.file_size)
+        except ValueError as exc:
+            raise JobError(str(exc), field="limits") from None
+        self.pids = _bounded_int("limits.pids", self.pids, 1, 1 << 22)
+        self.open_files = _bounded_int("limits.open_files", self.open_files, 4, 1 << 20)
+        if self.cpus is not None:
+            if isinstance(self.cpus, bool) or not isinstance(self.cpus, (int, float)):
+                raise JobError("cpus must be a number", field="limits.cpus")
+            if not math.isfinite(self.cpus) or not 0.01 <= self.cpus <= 1024:
+                raise JobError("cpus must be between 0.01 and 1024", field="limits.cpus")
+            self.cpus = float(self.cpus)
+
+    # Typed views, for code that runs after validation.
+    @property
+    def cpu_time_ms(self) -> int | None:
+        return None if self.cpu_time is None else int(self.cpu_time)
+
+    @property
+    def wall_time_ms(self) -> int:
+        return int(self.wall_time)
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory)
+
+    @property
+    def output_bytes(self) -> int:
+        return int(self.output)
+
+    @property
+    def disk_bytes(self) -> int:
+        return int(self.disk)
+
+    @property
+    def stack_bytes(self) -> int:
+        return int(self.stack)
+
+    @property
+    def file_size_bytes(self) -> int:
+        return int(self.file_size)
+
+
+@dataclass
+class Blob:
+    """Bytes for the job: either inline ``data`` or a host ``path`` read by the runner."""
+
+    data: bytes | None = None
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.data is None) == (self.path is None):
+            raise JobError("give exactly one of data or path", field="blob")
+
+
+@dataclass
+class InputFile:
+    """A file placed in the sandbox's writable area before the program starts."""
+
+    dest: str
+    content: Blob
+    mode: int = 0o644
+
+    def __post_init__(self) -> None:
+        self.dest = sandbox_path(self.dest, field_name="files.dest")
+        if isinstance(self.mode, bool) or not isinstance(self.mode, int) or not 0 <= self.mode <= 0o777:
+            raise JobError("mode must be a permission number (0..0o777)", field="files.mode")
+
+
+@dataclass
+class Job:
+    """One command to run, with everything it may see and use."""
+
+    cmd: list[str]
+    limits: Limits = field(default_factory=Limits)
+    env: dict[str, str] = field(default_factory=dict)
+    stdin: Blob | None = None
+    files: list[InputFile] = field(default_factory=list)
+    image: str = "host"
+    cwd: str = WORKDIR
+    require_cgroups: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cmd, list) or not self.cmd:
+            raise JobError("cmd must be a non-empty list of strings", field="cmd")
+        if len(self.cmd) > MAX_ARGS:
+            raise JobError(f"cmd has more than {MAX_ARGS} arguments", field="cmd")
+        for arg in self.cmd:
+            _check_text("cmd", arg)
+        if len(self.env) > MAX_ENV:
+            raise JobError(f"env has more than {MAX_ENV} entries", field="env")
+        for key, value in self.env.items():
+            _check_text("env", key)
+            _check_text("env", value)
+            if not key or "=" in key:
+                raise JobError(f"invalid environment variable name {key!r}", field="env")
+        if len(self.files) > MAX_FILES:
+            raise JobError(f"more than {MAX_FILES} input files", field="files")
+        if self.image != "host":
+            raise JobError(f"unknown image {self.image!r} (only the built-in 'host' image so far)", field="image")
+        if not posixpath.isabs(self.cwd) or ".." in self.cwd.split("/"):
+            raise JobError("cwd must be an absolute path without '..'", field="cwd")
+
+
+@dataclass
+class Usage:
+    """What the job consumed. ``None`` where the kernel (or missing cgroups) cannot say."""
+
+    cpu_ms: float = 0.0
+    cpu_user_ms: float = 0.0
+    cpu_sys_ms: float = 0.0
+    wall_ms: float = 0.0
+    memory_peak_bytes: int | None = None
+    max_rss_bytes: int = 0
+    oom_killed: bool = False
+    pids_peak: int | None = None
+
+
+@dataclass
+class Result:
+    status: Status
+    exit_code: int | None = None
+    signal: int | None = None
+    signal_name: str | None = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    usage: Usage = field(default_factory=Usage)
+    violation: dict[str, Any] | None = None
+    limits_not_enforced: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Plain types only; output bytes decoded so hostile bytes cannot break JSON."""
+        data = asdict(self)
+        data["status"] = self.status.value
+        data["stdout"] = self.stdout.decode("utf-8", errors="replace")
+        data["stderr"] = self.stderr.decode("utf-8", errors="replace")
+        return data
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
+def sandbox_path(path: str, *, field_name: str) -> str:
+    """Normalise a path inside the sandbox; it must lie in a writable area."""
+    _check_text(field_name, path)
+    if not posixpath.isabs(path) or ".." in path.split("/"):
+        raise JobError(f"{path!r} must be absolute and contain no '..'", field=field_name)
+    normal = posixpath.normpath(path)
+    if not any(normal.startswith(root + "/") for root in WRITABLE_ROOTS):
+        raise JobError(f"{path!r} must lie under {' or '.join(WRITABLE_ROOTS)}", field=field_name)
+    return normal
+
+
+def _check_text(field_name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise JobError(f"expected a string, got {type(value).__name__}", field=field_name)
+    if "\x00" in value:
+        raise JobError("NUL byte in string", field=field_name)
+
+
+def _bounded_int(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise JobError(f"must be an integer between {low} and {high}", field=name)
+    return value

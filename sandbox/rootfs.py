@@ -1,0 +1,181 @@
+"""Assemble the job's root filesystem inside its own mount namespace, then pivot into it.
+
+Runs in the sandbox init (pid 1 of the job), which holds every capability of the job's
+user namespace and nothing outside it. Everything is built with the fd-based mount API
+(fsopen/fsmount/open_tree/move_mount/mount_setattr): mount points are opened beneath the
+new root without following symlinks, and attributes such as read-only are set on a
+mount without re-stating (and tripping over) the flags the kernel locked.
+
+Layout seen by the job::
+
+    /            tmpfs, read-only once built
+    /usr ...     the image (today: the host's /usr, /bin, /lib*, a safe part of /etc)
+    /proc        a fresh procfs of the job's pid namespace
+    /dev         null zero full random urandom (host nodes), fd, std*, shm
+    /work /tmp /dev/shm   one size-capped tmpfs ("scratch"): the only writable place
+
+The image step is one function (``populate_host_image``) so a stack of layer
+directories can take its place without touching the rest.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+
+from sandbox.fspath import create_file_beneath, make_dirs_beneath, open_beneath
+from sandbox.linux import syscalls as sc
+
+SANDBOX_UID = 1000
+SANDBOX_GID = 1000
+HOSTNAME = "sandbox"
+
+_RO = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
+_HOST_TOP_LEVEL = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+# /etc entries a program may legitimately read; secrets and host identity stay out.
+_HOST_ETC_PATTERNS = (
+    "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
+    "nsswitch.conf", "ssl", "ca-certificates", "ca-certificates.conf", "java-*", "python3*",
+    "perl", "mime.types", "os-release", "debian_version", "protocols", "services",
+    "gai.conf", "host.conf", "magic", "magic.mime", "inputrc", "bash.bashrc", "fonts",
+)
+_DEVICES = ("null", "zero", "full", "random", "urandom")
+_DEV_LINKS = {
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+}
+_SCRATCH = ".scratch"
+_SCRATCH_DIRS = {"work": ("work", 0o755), "tmp": ("tmp", 0o1777), "dev/shm": ("shm", 0o1777)}
+
+
+def _generated_etc() -> dict[str, str]:
+    return {
+        "passwd": (
+            "root:x:0:0:root:/root:/bin/sh\n"
+            f"sandbox:x:{SANDBOX_UID}:{SANDBOX_GID}:sandbox:/work:/bin/sh\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+        ),
+        "group": f"root:x:0:\nsandbox:x:{SANDBOX_GID}:\nnogroup:x:65534:\n",
+        "hosts": f"127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost\n",
+        "hostname": f"{HOSTNAME}\n",
+    }
+
+
+def new_filesystem(fs_type: str, options: dict[str, str], attrs: int) -> int:
+    """A detached mount of a fresh filesystem (tmpfs, proc); returns its fd."""
+    fs_fd = sc.fsopen(fs_type)
+    try:
+        for key, value in options.items():
+            sc.fsconfig_string(fs_fd, key, value)
+        sc.fsconfig_create(fs_fd)
+        return sc.fsmount(fs_fd, attrs)
+    finally:
+        os.close(fs_fd)
+
+
+def attach(mount_fd: int, root_fd: int, dest: str, *, directory: bool = True) -> None:
+    """Attach a detached mount at ``dest`` beneath ``root_fd``, creating the mount point
+    (a directory, or an empty file for a single-file bind) without following symlinks."""
+    if directory:
+        target = make_dirs_beneath(root_fd, dest)
+    else:
+        os.close(create_file_beneath(root_fd, dest))
+        target = open_beneath(root_fd, dest)
+    try:
+        sc.move_mount(mount_fd, "", target, "", sc.MOVE_MOUNT_F_EMPTY_PATH | sc.MOVE_MOUNT_T_EMPTY_PATH)
+    finally:
+        os.close(target)
+        os.close(mount_fd)
+
+
+def bind_readonly(source: str, root_fd: int, dest: str) -> None:
+    """Recursive read-only, nosuid, nodev bind of a host path (trusted: the host's own)."""
+    tree = sc.open_tree(sc.AT_FDCWD, source, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | sc.AT_RECURSIVE)
+    sc.mount_setattr(tree, "", sc.AT_EMPTY_PATH | sc.AT_RECURSIVE, _RO)
+    attach(tree, root_fd, dest, directory=os.path.isdir(source))
+
+
+def populate_host_image(root_fd: int) -> None:
+    """The built-in ``host`` image: the host's system directories, read-only."""
+    for name in _HOST_TOP_LEVEL:
+        host_path = "/" + name
+        if os.path.islink(host_path):
+            os.symlink(os.readlink(host_path), name, dir_fd=root_fd)
+        elif os.path.isdir(host_path):
+            bind_readonly(host_path, root_fd, name)
+    os.close(make_dirs_beneath(root_fd, "etc"))
+    for entry in sorted(os.listdir("/etc")):
+        if not any(fnmatch.fnmatchcase(entry, pattern) for pattern in _HOST_ETC_PATTERNS):
+            continue
+        host_path = os.path.join("/etc", entry)
+        if os.path.islink(host_path):
+            os.symlink(os.readlink(host_path), f"etc/{entry}", dir_fd=root_fd)
+        elif os.path.isdir(host_path) or os.path.isfile(host_path):
+            bind_readonly(host_path, root_fd, f"etc/{entry}")
+    for name, content in _generated_etc().items():
+        fd = create_file_beneath(root_fd, f"etc/{name}")
+        try:
+            os.write(fd, content.encode())
+        finally:
+            os.close(fd)
+
+
+def mount_job_filesystems(root_fd: int, disk_bytes: int) -> None:
+    """/proc, /dev and the size-capped scratch tmpfs behind /work, /tmp and /dev/shm."""
+    proc = new_filesystem("proc", {}, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOEXEC)
+    attach(proc, root_fd, "proc")
+
+    dev = new_filesystem("tmpfs", {"size": "64k", "mode": "0755"}, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NOEXEC)
+    dev_root = os.dup(dev)
+    attach(dev, root_fd, "dev")
+    try:
+        for name in _DEVICES:
+            node = sc.open_tree(sc.AT_FDCWD, f"/dev/{name}", sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
+            sc.mount_setattr(node, "", sc.AT_EMPTY_PATH, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NOEXEC)
+            attach(node, dev_root, name, directory=False)
+        for name, target in _DEV_LINKS.items():
+            os.symlink(target, name, dir_fd=dev_root)
+        os.close(make_dirs_beneath(dev_root, "shm"))
+
+        scratch = new_filesystem(
+            "tmpfs",
+            {"size": str(disk_bytes), "mode": "0755"},
+            sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV,
+        )
+        attach(scratch, root_fd, _SCRATCH)
+        for dest, (subdir, mode) in _SCRATCH_DIRS.items():
+            source_fd = make_dirs_beneath(root_fd, f"{_SCRATCH}/{subdir}")
+            os.chmod(f"/proc/self/fd/{source_fd}", mode)
+            tree = sc.open_tree(source_fd, "", sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | sc.AT_EMPTY_PATH)
+            os.close(source_fd)
+            attach(tree, root_fd, dest)
+        sc.mount_setattr(dev_root, "", sc.AT_EMPTY_PATH, sc.MOUNT_ATTR_RDONLY)
+    finally:
+        os.close(dev_root)
+
+
+def pivot_into(root_fd: int) -> None:
+    """Make ``root_fd`` the root, drop the host tree, and seal the root read-only."""
+    os.fchdir(root_fd)
+    sc.pivot_root(".", ".")
+    sc.umount2(".", sc.MNT_DETACH)
+    os.chdir("/")
+    # The scratch mount was only a source for the /work, /tmp and /dev/shm binds.
+    sc.umount2("/" + _SCRATCH, sc.MNT_DETACH)
+    os.rmdir("/" + _SCRATCH)
+    sc.mount_setattr(sc.AT_FDCWD, "/", sc.AT_EMPTY_PATH, sc.MOUNT_ATTR_RDONLY)
+
+
+def build_root(disk_bytes: int) -> int:
+    """Create the new root as a tmpfs attached over /tmp of this (private) mount
+    namespace and fill it; returns its fd for ``pivot_into``."""
+    sc.mount_propagation("/", sc.MS_REC | sc.MS_PRIVATE)
+    root = new_filesystem("tmpfs", {"size": "4m", "mode": "0755"}, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
+    root_fd = os.dup(root)
+    sc.move_mount(root, "", sc.AT_FDCWD, "/tmp", sc.MOVE_MOUNT_F_EMPTY_PATH)
+    os.close(root)
+    populate_host_image(root_fd)
+    mount_job_filesystems(root_fd, disk_bytes)
+    return root_fd

@@ -1,0 +1,210 @@
+"""Job in, Result out: assemble cgroup, launch, supervision and verdict.
+
+A ``Runner`` holds what is the same for every job of a process - the compiled seccomp
+filter, the cgroup backend, the capability count - so a job pays only for its own
+sandbox. It never raises for a job: every failure becomes a Result (``internal_error``
+for faults of the sandbox, with the message).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+from contextlib import ExitStack
+
+from sandbox import launch as launcher
+from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
+from sandbox.errors import CgroupError, JobError, SandboxError
+from sandbox.models import Blob, Job, Limits, Result, Status, Usage
+from sandbox.seccomp import compile_policy, load_policy
+from sandbox.supervise import Outcome, Watch, supervise
+from sandbox.verdict import decide
+
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Limits that only a cgroup can enforce for a whole job tree.
+CGROUP_ONLY_LIMITS = ("memory", "pids", "cpus")
+
+
+class Runner:
+    def __init__(self, profile: str = "default") -> None:
+        self.seccomp_bpf = compile_policy(load_policy(profile))
+        self.cap_last = int(open("/proc/sys/kernel/cap_last_cap").read())
+        self.parallelism = len(os.sched_getaffinity(0))
+        try:
+            self.backend: CgroupBackend | None = open_backend()
+            self.backend.reap_stale()
+            self.cgroup_problem: str | None = None
+        except (CgroupError, OSError) as exc:
+            self.backend = None
+            self.cgroup_problem = str(exc)
+        launcher.become_subreaper()
+
+    def run(self, job: Job) -> Result:
+        try:
+            return self._run(job)
+        except JobError:
+            raise
+        except SandboxError as exc:
+            return Result(Status.INTERNAL_ERROR, error=str(exc))
+        except OSError as exc:
+            return Result(Status.INTERNAL_ERROR, error=f"{type(exc).__name__}: {exc}")
+
+    def _run(self, job: Job) -> Result:
+        limits = job.limits
+        warnings: list[str] = []
+        not_enforced: list[str] = []
+        with ExitStack() as cleanup:
+            cgroup = self._job_cgroup(job, not_enforced, warnings)
+            if cgroup is not None:
+                cleanup.callback(cgroup.destroy)
+            fds: list[int] = []
+            cleanup.callback(_close_all, fds)
+            stdin_fd = _open_blob(job.stdin, fds)
+            stdout_r, stdout_w = _pipe(fds)
+            stderr_r, stderr_w = _pipe(fds)
+            spec = launcher.LaunchSpec(
+                argv=job.cmd,
+                env={"PATH": DEFAULT_PATH, **job.env},
+                cwd=job.cwd,
+                disk_bytes=limits.disk_bytes,
+                seccomp_bpf=self.seccomp_bpf,
+                cgroup_fds=cgroup.attach_fds if cgroup else [],
+                stdin_fd=stdin_fd,
+                stdout_fd=stdout_w,
+                stderr_fd=stderr_w,
+                input_files=[(f.dest, _open_blob(f.content, fds), f.mode) for f in job.files],
+                rlimits=_rlimits(limits, cgroup is not None, warnings),
+                cap_last=self.cap_last,
+            )
+            launched, reader, early = launcher.launch(spec)
+            fds.extend((launched.report_fd, launched.go_fd))
+            for fd in (stdout_w, stderr_w):
+                fds.remove(fd)
+                os.close(fd)
+            if launched.init_pid <= 0:
+                message = next((m["message"] for m in early if m["kind"] == "setup_error"), "sandbox did not start")
+                return Result(Status.INTERNAL_ERROR, error=message, warnings=warnings)
+            launcher.start(launched)
+            watch = Watch(
+                wall_limit_ns=limits.wall_time_ms * 1_000_000,
+                cpu_limit_ns=None if limits.cpu_time_ms is None else limits.cpu_time_ms * 1_000_000,
+                parallelism=_parallelism(self.parallelism, limits.cpus),
+                cgroup=cgroup,
+            )
+            outcome = supervise(launched, reader, early, stdout_r, stderr_r, limits.output_bytes, watch)
+            usage = _usage(outcome, cgroup)
+            verdict = decide(outcome, cpu_ms=usage.cpu_ms, cpu_limit_ms=limits.cpu_time_ms, oom_killed=usage.oom_killed)
+            return Result(
+                status=verdict.status,
+                exit_code=verdict.exit_code,
+                signal=verdict.signal,
+                signal_name=verdict.signal_name,
+                stdout=bytes(outcome.stdout.data),
+                stderr=bytes(outcome.stderr.data),
+                stdout_truncated=outcome.stdout.truncated,
+                stderr_truncated=outcome.stderr.truncated,
+                usage=usage,
+                limits_not_enforced=not_enforced,
+                warnings=warnings,
+                error=verdict.error,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover - the with block returns
+
+    def _job_cgroup(self, job: Job, not_enforced: list[str], warnings: list[str]) -> JobCgroup | None:
+        if self.backend is None:
+            if job.require_cgroups:
+                raise CgroupError(f"cgroups required but unavailable: {self.cgroup_problem}")
+            not_enforced.extend(CGROUP_ONLY_LIMITS)
+            warnings.append(
+                f"no delegated cgroup ({self.cgroup_problem}); memory is capped by an address-space "
+                "rlimit, pids by RLIMIT_NPROC, CPU time per process only"
+            )
+            return None
+        return self.backend.create_job(job.limits)
+
+
+def _parallelism(cpus_available: int, quota: float | None) -> int:
+    return max(1, min(cpus_available, math.ceil(quota) if quota else cpus_available))
+
+
+def _rlimits(limits: Limits, have_cgroup: bool, warnings: list[str]) -> list[tuple[int, int, int]]:
+    """Per-process limits. With a cgroup the CPU rlimit is only a backstop a second
+    past the limit; without one it is the enforcement (per process)."""
+    wanted = [
+        (resource.RLIMIT_NOFILE, limits.open_files),
+        (resource.RLIMIT_STACK, limits.stack_bytes),
+        (resource.RLIMIT_FSIZE, limits.file_size_bytes),
+        (resource.RLIMIT_CORE, 0),
+    ]
+    if limits.cpu_time_ms is not None:
+        seconds = math.ceil(limits.cpu_time_ms / 1000) + (1 if have_cgroup else 0)
+        wanted.append((resource.RLIMIT_CPU, seconds))
+    if not have_cgroup:
+        wanted.append((resource.RLIMIT_AS, limits.memory_bytes))
+        wanted.append((resource.RLIMIT_NPROC, limits.pids + 1))
+    result = []
+    for limit, value in wanted:
+        _, hard = resource.getrlimit(limit)
+        if hard != resource.RLIM_INFINITY and value > hard:
+            warnings.append(f"rlimit {limit} capped at the host's hard limit {hard} (asked {value})")
+            value = hard
+        soft_hard = value + 1 if limit == resource.RLIMIT_CPU else value
+        if hard != resource.RLIM_INFINITY:
+            soft_hard = min(soft_hard, hard)
+        result.append((limit, value, soft_hard))
+    return result
+
+
+def _usage(outcome: Outcome, cgroup: JobCgroup | None) -> Usage:
+    exited = outcome.exited or {}
+    usage = Usage(max_rss_bytes=int(exited.get("maxrss_kb", 0)) * 1024)
+    if outcome.started_ns is not None:
+        end = exited.get("t") or outcome.killed_at_ns or outcome.started_ns
+        usage.wall_ms = round((end - outcome.started_ns) / 1e6, 3)
+    if cgroup is not None:
+        measured = cgroup.usage()
+        usage.cpu_ms = round(measured.cpu_ns / 1e6, 3)
+        usage.cpu_user_ms = round(measured.cpu_user_ns / 1e6, 3)
+        usage.cpu_sys_ms = round(measured.cpu_sys_ns / 1e6, 3)
+        usage.memory_peak_bytes = measured.memory_peak_bytes
+        usage.oom_killed = measured.oom_kills > 0
+        usage.pids_peak = measured.pids_peak
+    else:
+        usage.cpu_user_ms = round(float(exited.get("utime", 0.0)) * 1000, 3)
+        usage.cpu_sys_ms = round(float(exited.get("stime", 0.0)) * 1000, 3)
+        usage.cpu_ms = round(usage.cpu_user_ms + usage.cpu_sys_ms, 3)
+    return usage
+
+
+def _pipe(fds: list[int]) -> tuple[int, int]:
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    fds.extend((read_end, write_end))
+    return read_end, write_end
+
+
+def _open_blob(blob: Blob | None, fds: list[int]) -> int:
+    """An fd to read the blob from: the host file, a memfd holding the data, or
+    /dev/null for no stdin."""
+    if blob is None:
+        fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    elif blob.path is not None:
+        try:
+            fd = os.open(blob.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise JobError(f"cannot read {blob.path}: {exc.strerror}", field="files") from exc
+    else:
+        fd = os.memfd_create("sandbox-input", os.MFD_CLOEXEC)
+        with open(fd, "wb", closefd=False) as handle:
+            handle.write(blob.data or b"")
+        os.lseek(fd, 0, os.SEEK_SET)
+    fds.append(fd)
+    return fd
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

@@ -1,0 +1,166 @@
+"""Watch a started sandbox: collect its output, enforce CPU, wall and output limits.
+
+The CPU limit is enforced by polling the job cgroup's total CPU time with an adaptive
+interval: with R nanoseconds of CPU left and at most P CPUs usable, the job cannot
+cross the limit sooner than R/P from now, so we sleep exactly that long (never less
+than ``MIN_POLL_S``). Far from the limit the supervisor sleeps long; near it, it looks
+often - so the kill lands within about a millisecond of the limit without burning CPU
+(isolate polls every 100 ms, nsjail every second).
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox.cgroups import JobCgroup
+from sandbox.launch import Launched, MessageReader
+
+MIN_POLL_S = 0.0005
+SETUP_TIMEOUT_S = 30.0
+_CHUNK = 1 << 16
+
+
+@dataclass
+class OutputBuffer:
+    """Keeps at most ``limit`` bytes; remembers that more came."""
+
+    limit: int
+    data: bytearray = field(default_factory=bytearray)
+    truncated: bool = False
+
+    def add(self, chunk: bytes) -> bool:
+        """Store what fits; True when the stream went over its limit."""
+        room = self.limit - len(self.data)
+        if len(chunk) > room:
+            self.data += chunk[: max(room, 0)]
+            self.truncated = True
+        else:
+            self.data += chunk
+        return self.truncated
+
+
+@dataclass
+class Outcome:
+    """The raw facts of one run, before a verdict is drawn from them."""
+
+    stdout: OutputBuffer
+    stderr: OutputBuffer
+    started_ns: int | None = None
+    exited: dict[str, Any] | None = None
+    exec_error: dict[str, Any] | None = None
+    setup_error: str | None = None
+    kill_reason: str | None = None  # "cpu", "wall", "output", "setup"
+    killed_at_ns: int | None = None
+
+
+@dataclass
+class Watch:
+    """What to enforce. ``cpu_limit_ns`` is only used with a cgroup to poll."""
+
+    wall_limit_ns: int
+    cpu_limit_ns: int | None
+    parallelism: int
+    cgroup: JobCgroup | None
+
+
+def supervise(
+    launched: Launched,
+    reader: MessageReader,
+    early_messages: list[dict[str, Any]],
+    stdout_fd: int,
+    stderr_fd: int,
+    output_limit: int,
+    watch: Watch,
+) -> Outcome:
+    """Run until every process of the job is gone; returns the facts."""
+    if launched.init_pid <= 0:
+        raise ValueError("supervise() needs the pid of a started sandbox init")
+    outcome = Outcome(OutputBuffer(output_limit), OutputBuffer(output_limit))
+    for message in early_messages:
+        _handle_message(outcome, message)
+    streams = {stdout_fd: outcome.stdout, stderr_fd: outcome.stderr}
+    selector = selectors.DefaultSelector()
+    for fd in (stdout_fd, stderr_fd, launched.report_fd):
+        os.set_blocking(fd, False)
+        selector.register(fd, selectors.EVENT_READ)
+    setup_deadline = time.monotonic_ns() + int(SETUP_TIMEOUT_S * 1e9)
+
+    def kill(reason: str) -> None:
+        if outcome.kill_reason is None:
+            outcome.kill_reason = reason
+            outcome.killed_at_ns = time.monotonic_ns()
+            os.kill(launched.init_pid, signal.SIGKILL)
+
+    if outcome.setup_error:
+        kill("setup")
+    try:
+        while selector.get_map():
+            timeout = _next_check_s(outcome, watch, setup_deadline)
+            for key, _ in selector.select(timeout):
+                fd = key.fd
+                try:
+                    chunk = os.read(fd, _CHUNK)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    selector.unregister(fd)
+                elif fd == launched.report_fd:
+                    for message in reader.feed(chunk):
+                        _handle_message(outcome, message)
+                        if message["kind"] == "setup_error":
+                            kill("setup")
+                elif streams[fd].add(chunk):
+                    kill("output")
+            if outcome.kill_reason is None:
+                reason = _limit_crossed(outcome, watch, setup_deadline)
+                if reason:
+                    kill(reason)
+    finally:
+        selector.close()
+        os.waitpid(launched.init_pid, 0)
+    return outcome
+
+
+def _handle_message(outcome: Outcome, message: dict[str, Any]) -> None:
+    kind = message["kind"]
+    if kind == "started":
+        outcome.started_ns = message["t"]
+    elif kind == "exited":
+        outcome.exited = message
+    elif kind == "exec_error":
+        outcome.exec_error = message
+    elif kind == "setup_error":
+        outcome.setup_error = message["message"]
+
+
+def _limit_crossed(outcome: Outcome, watch: Watch, setup_deadline: int) -> str | None:
+    now = time.monotonic_ns()
+    if outcome.exited is not None:
+        return None
+    if outcome.started_ns is None:
+        return "setup" if now >= setup_deadline else None
+    if now - outcome.started_ns >= watch.wall_limit_ns:
+        return "wall"
+    if watch.cgroup is not None and watch.cpu_limit_ns is not None:
+        if watch.cgroup.cpu_usage_ns() >= watch.cpu_limit_ns:
+            return "cpu"
+    return None
+
+
+def _next_check_s(outcome: Outcome, watch: Watch, setup_deadline: int) -> float | None:
+    """Seconds until a limit could first be crossed (None: only I/O can wake us)."""
+    if outcome.kill_reason is not None or outcome.exited is not None:
+        return None
+    now = time.monotonic_ns()
+    if outcome.started_ns is None:
+        return max((setup_deadline - now) / 1e9, MIN_POLL_S)
+    remaining = outcome.started_ns + watch.wall_limit_ns - now
+    if watch.cgroup is not None and watch.cpu_limit_ns is not None:
+        cpu_left = watch.cpu_limit_ns - watch.cgroup.cpu_usage_ns()
+        remaining = min(remaining, cpu_left // watch.parallelism)
+    return max(remaining / 1e9, MIN_POLL_S)

@@ -1,0 +1,67 @@
+"""Parsing of human-written sizes and durations ("256M", "1.5s", "500ms").
+
+Kept apart from the models so the CLI, the protocol and profile files all accept the
+same spellings and reject the same garbage with the same message.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kb": 1 << 10,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mb": 1 << 20,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gb": 1 << 30,
+    "gib": 1 << 30,
+    "t": 1 << 40,
+    "tb": 1 << 40,
+    "tib": 1 << 40,
+}
+_DURATION_UNITS_MS = {"ms": 1.0, "s": 1000.0, "": 1000.0, "m": 60_000.0, "min": 60_000.0}
+_NUMBER_WITH_UNIT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+# Anything bigger than this is a typo or an attack, not a limit.
+MAX_SIZE = 1 << 50
+MAX_DURATION_MS = 7 * 24 * 3600 * 1000
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from "256M", "1GiB", "4096" (binary units, like docker and isolate)."""
+    if isinstance(text, bool):
+        raise ValueError(f"invalid size {text!r}")
+    if isinstance(text, int):
+        value = text
+    else:
+        match = _NUMBER_WITH_UNIT.match(text)
+        unit = match.group(2).lower() if match else ""
+        if not match or unit not in _SIZE_UNITS:
+            raise ValueError(f"invalid size {text!r} (examples: 512K, 256M, 1G)")
+        value = math.floor(float(match.group(1)) * _SIZE_UNITS[unit])
+    if not 0 < value <= MAX_SIZE:
+        raise ValueError(f"size {text!r} out of range (1 byte .. 1 PiB)")
+    return value
+
+
+def parse_duration_ms(text: str | int | float) -> int:
+    """Milliseconds from "2s", "1.5s", "250ms", "2" (seconds, like isolate)."""
+    if isinstance(text, bool):
+        raise ValueError(f"invalid duration {text!r}")
+    if isinstance(text, (int, float)):
+        value = float(text) * 1000.0
+    else:
+        match = _NUMBER_WITH_UNIT.match(text)
+        unit = match.group(2).lower() if match else ""
+        if not match or unit not in _DURATION_UNITS_MS:
+            raise ValueError(f"invalid duration {text!r} (examples: 2s, 1.5s, 250ms)")
+        value = float(match.group(1)) * _DURATION_UNITS_MS[unit]
+    if not math.isfinite(value) or not 0 < value <= MAX_DURATION_MS:
+        raise ValueError(f"duration {text!r} out of range (1 ms .. 7 days)")
+    return max(1, round(value))
