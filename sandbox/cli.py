@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from typing import NoReturn
 
 from sandbox.errors import JobError, SandboxError
 
@@ -31,9 +32,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_SANDBOX_ERROR
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 125 like every other error of the sandbox itself."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_SANDBOX_ERROR, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sandbox", description="Rootless sandbox executor for untrusted code.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="sandbox", description="Rootless sandbox executor for untrusted code.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="run one command in a sandbox")
     limits = run.add_argument_group("limits")

@@ -227,6 +227,7 @@ def _stage_program(spec: LaunchSpec, report_fd: int) -> None:
         os.close(fd)
     sc.unshare(sc.CLONE_NEWCGROUP)
     os.setsid()
+    _reset_signals()
     for limit, soft, hard in spec.rlimits:
         resource.setrlimit(limit, (soft, hard))
     # Move the fds we keep out of the way, then lay them on 0, 1, 2 and 3.
@@ -249,6 +250,19 @@ def _stage_program(spec: LaunchSpec, report_fd: int) -> None:
     except OSError as exc:
         send(report_fd, "exec_error", errno=exc.errno, message=f"{spec.argv[0]}: {exc.strerror}")
         os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+
+
+def _reset_signals() -> None:
+    """Default dispositions and an empty mask: Python ignores SIGPIPE and SIGXFSZ, and
+    an ignored signal would stay ignored across exec."""
+    for number in range(1, signal.NSIG):
+        if number in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(number, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass  # numbers without a signal behind them (32, 33 are glibc's own)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
 def _drop_privileges(cap_last: int) -> None:

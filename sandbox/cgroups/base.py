@@ -93,6 +93,10 @@ class CgroupBackend(abc.ABC):
     def parents(self) -> list[str]:
         """The delegated directories job cgroups are created in."""
 
+    @abc.abstractmethod
+    def features(self) -> dict[str, bool]:
+        """Optional kernel features and whether this host has them (for doctor)."""
+
     @staticmethod
     def job_name() -> str:
         """Unique per host; carries the creator's pid so a successor can reap it."""

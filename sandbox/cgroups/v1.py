@@ -90,6 +90,14 @@ class V1Backend(CgroupBackend):
     def parents(self) -> list[str]:
         return list(dict.fromkeys(self.parent_dirs.values()))
 
+    def features(self) -> dict[str, bool]:
+        memory, pids = self.parent_dirs["memory"], self.parent_dirs["pids"]
+        return {
+            "swap accounting (memory.memsw.*): swap capped with memory": _exists(memory, "memory.memsw.limit_in_bytes"),
+            "pids.peak: peak process count reported": _exists(pids, "pids.peak"),
+            "oom_kill count in memory.oom_control": "oom_kill" in open(os.path.join(memory, "memory.oom_control")).read(),
+        }
+
     def create_job(self, limits: Limits) -> JobCgroup:
         name = self.job_name()
         dirs = {c: os.path.join(p, name) for c, p in self.parent_dirs.items()}
@@ -114,3 +122,7 @@ class V1Backend(CgroupBackend):
             if isinstance(exc, OSError):
                 raise CgroupError(f"cannot create job cgroup: {exc}") from exc
             raise
+
+
+def _exists(directory: str, name: str) -> bool:
+    return os.path.exists(os.path.join(directory, name))

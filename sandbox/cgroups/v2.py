@@ -130,6 +130,20 @@ class V2Backend(CgroupBackend):
     def parents(self) -> list[str]:
         return [self.parent]
 
+    def features(self) -> dict[str, bool]:
+        # Interface files of a leaf show what the kernel offers (the parent may be the root).
+        probe = os.path.join(self.parent, SUPERVISOR_LEAF)
+        directory = probe if os.path.isdir(probe) else self.parent
+        return {
+            f"{name}: {meaning}": os.path.exists(os.path.join(directory, name))
+            for name, meaning in (
+                ("memory.peak", "memory peak reported"),
+                ("cgroup.kill", "atomic kill of the job"),
+                ("pids.peak", "peak process count reported"),
+                ("memory.swap.max", "swap capped"),
+            )
+        }
+
     def create_job(self, limits: Limits) -> JobCgroup:
         directory = os.path.join(self.parent, self.job_name())
         try:

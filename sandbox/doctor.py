@@ -1,0 +1,161 @@
+"""``sandbox doctor``: say exactly what this host supports and what is missing.
+
+Each check prints one line - ok, warn or FAIL - and a remedy for anything not ok. The
+last check runs a real job end to end, because a host can pass every individual probe
+and still fail in combination (an LSM, a seccomp policy of the container we run in).
+Exit status 1 when something essential fails.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+from sandbox.errors import CgroupError
+from sandbox.linux import syscalls as sc
+
+MIN_KERNEL = (5, 12)  # mount_setattr; openat2 (5.6) and close_range (5.9) come before
+
+
+@dataclass
+class Check:
+    level: str  # "ok", "warn", "FAIL"
+    what: str
+    remedy: str = ""
+
+
+def run_checks(out: TextIO) -> int:
+    checks: list[Callable[[], list[Check]]] = [
+        _kernel,
+        _user_namespaces,
+        _overlay_in_userns,
+        _cgroups,
+        _seccomp,
+        _end_to_end,
+    ]
+    failed = False
+    for check in checks:
+        try:
+            results = check()
+        except Exception as exc:  # noqa: BLE001 - a probe crashing is itself the finding
+            results = [Check("FAIL", f"{check.__name__.strip('_')}: probe crashed: {exc}")]
+        for result in results:
+            line = f"[{result.level:>4}] {result.what}"
+            if result.remedy:
+                line += f"\n       -> {result.remedy}"
+            print(line, file=out)
+            failed |= result.level == "FAIL"
+    return 1 if failed else 0
+
+
+def _kernel() -> list[Check]:
+    release = platform.release()
+    version = tuple(int(part) for part in release.split("-")[0].split(".")[:2])
+    if version < MIN_KERNEL:
+        return [Check("FAIL", f"kernel {release}", f"need Linux {'.'.join(map(str, MIN_KERNEL))}+ (mount_setattr)")]
+    checks = [Check("ok", f"kernel {release} ({platform.machine()})")]
+    if version < (6, 8):
+        checks.append(Check("warn", "kernel < 6.8: overlay 'lowerdir+' missing, images use the mount(2) fallback"))
+    return checks
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _user_namespaces() -> list[Check]:
+    checks = []
+    if _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+        checks.append(Check(
+            "FAIL", "AppArmor restricts unprivileged user namespaces",
+            "sysctl kernel.apparmor_restrict_unprivileged_userns=0, or an AppArmor profile allowing userns",
+        ))
+    if _read("/proc/sys/kernel/unprivileged_userns_clone") == "0":
+        checks.append(Check("FAIL", "kernel.unprivileged_userns_clone=0", "sysctl kernel.unprivileged_userns_clone=1"))
+    max_ns = _read("/proc/sys/user/max_user_namespaces")
+    if max_ns == "0":
+        checks.append(Check("FAIL", "user.max_user_namespaces=0", "sysctl user.max_user_namespaces=15000"))
+    flags = sc.CLONE_NEWUSER | sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
+    error = _in_child(lambda: sc.unshare(flags))
+    if error:
+        checks.append(Check("FAIL", f"cannot create user+mount+pid+net+ipc+uts namespaces: {error}",
+                            "allow unprivileged user namespaces (see the lines above)"))
+    else:
+        checks.append(Check("ok", f"unprivileged user namespaces (max {max_ns})"))
+    return checks
+
+
+def _overlay_in_userns() -> list[Check]:
+    def probe() -> None:
+        sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
+        os.close(sc.fsopen("overlay"))
+
+    error = _in_child(probe)
+    if error:
+        return [Check("warn", f"overlayfs not usable in a user namespace: {error}", "images need Linux 5.11+ overlay")]
+    return [Check("ok", "overlayfs in user namespaces")]
+
+
+def _cgroups() -> list[Check]:
+    from sandbox.cgroups import open_backend
+    from sandbox.cgroups.v2 import v2_mount
+
+    version = "v2" if v2_mount() else "v1 (or hybrid)"
+    try:
+        backend = open_backend()
+    except (CgroupError, OSError) as exc:
+        return [Check("FAIL", f"cgroup {version}: no delegated subtree, so memory, pids and cpus are not "
+                      "enforced (jobs fall back to rlimits)", str(exc))]
+    checks = [Check("ok", f"cgroup {version}: delegated subtree {', '.join(backend.parents())}")]
+    for feature, present in backend.features().items():
+        checks.append(Check("ok" if present else "warn", f"{feature}: {'yes' if present else 'no'}"))
+    return checks
+
+
+def _seccomp() -> list[Check]:
+    from sandbox.seccomp import compile_policy, load_policy
+
+    actions = (_read("/proc/sys/kernel/seccomp/actions_avail") or "").split()
+    missing = [a for a in ("kill_process", "errno", "allow") if a not in actions]
+    if missing:
+        return [Check("FAIL", f"seccomp actions missing: {missing}", "need a kernel with CONFIG_SECCOMP_FILTER")]
+    program = compile_policy(load_policy("default"))
+    return [Check("ok", f"seccomp filter mode; default profile compiles to {len(program) // 8} BPF instructions")]
+
+
+def _end_to_end() -> list[Check]:
+    from sandbox.models import Job, Status
+    from sandbox.runner import Runner
+
+    result = Runner().run(Job(cmd=["/bin/sh", "-c", "echo ok"]))
+    if result.status is Status.OK and result.stdout == b"ok\n":
+        missing = f" (not enforced: {', '.join(result.limits_not_enforced)})" if result.limits_not_enforced else ""
+        level = "warn" if missing else "ok"
+        return [Check(level, f"a real job ran in {result.usage.wall_ms:.1f} ms{missing}")]
+    return [Check("FAIL", f"a real job failed: {result.status.value}: {result.error or result.stderr!r}")]
+
+
+def _in_child(action: Callable[[], None]) -> str | None:
+    """Run ``action`` in a forked child; return its error text, or None on success."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        try:
+            action()
+            os._exit(0)
+        except BaseException as exc:  # noqa: BLE001
+            os.write(write_end, str(exc).encode()[:500])
+            os._exit(1)
+    os.close(write_end)
+    message = os.read(read_end, 1000).decode()
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    return message or None

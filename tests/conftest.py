@@ -1,0 +1,137 @@
+"""Shared fixtures: one Runner per session, test programs compiled once, and a leak
+check after every test (processes, job cgroups, mounts, temp files, fds)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox.cgroups import open_backend
+from sandbox.errors import CgroupError
+from sandbox.models import Blob, InputFile, Job, Limits, Result
+from sandbox.runner import Runner
+
+PROGRAMS = Path(__file__).parent / "programs"
+REPO = Path(__file__).resolve().parent.parent
+SANDBOX_CLI = [sys.executable, "-m", "sandbox.cli"]
+
+
+@pytest.fixture(scope="session")
+def runner() -> Runner:
+    runner = Runner()
+    assert runner.backend is not None, (
+        f"the test suite needs a delegated cgroup: {runner.cgroup_problem} "
+        "(scripts/test sets one up when run as root)"
+    )
+    return runner
+
+
+@pytest.fixture(scope="session")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The C test programs in tests/programs, compiled for this host."""
+    out = tmp_path_factory.mktemp("programs")
+    built = {}
+    for source in sorted(PROGRAMS.glob("*.c")):
+        binary = out / source.stem
+        subprocess.run(["gcc", "-O1", "-pthread", "-o", str(binary), str(source)], check=True)
+        built[source.stem] = binary
+    return built
+
+
+@pytest.fixture
+def run(runner: Runner):
+    """run(cmd, files={dest: host_path|bytes}, stdin=bytes, env=..., **limits) -> Result"""
+
+    def _run(
+        cmd: list[str],
+        *,
+        files: dict[str, Path | bytes] | None = None,
+        stdin: bytes | None = None,
+        env: dict[str, str] | None = None,
+        **limits: object,
+    ) -> Result:
+        inputs = [
+            InputFile(
+                dest=dest,
+                content=Blob(data=src) if isinstance(src, bytes) else Blob(path=str(src)),
+                mode=0o755 if isinstance(src, Path) else 0o644,
+            )
+            for dest, src in (files or {}).items()
+        ]
+        job = Job(
+            cmd=cmd,
+            limits=Limits(**limits),  # type: ignore[arg-type]
+            env=env or {},
+            stdin=Blob(data=stdin) if stdin is not None else None,
+            files=inputs,
+            require_cgroups=True,
+        )
+        return runner.run(job)
+
+    return _run
+
+
+@pytest.fixture
+def run_program(run, programs):
+    """run_program("spin", "1000", **limits): run a compiled test program."""
+
+    def _run_program(name: str, *args: str, **kwargs: object) -> Result:
+        return run([f"/work/{name}", *args], files={f"/work/{name}": programs[name]}, **kwargs)
+
+    return _run_program
+
+
+def _own_processes() -> set[int]:
+    uid = os.getuid()
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    pids.add(int(entry))
+            except FileNotFoundError:
+                pass
+    return pids
+
+
+@pytest.fixture(scope="session")
+def cgroup_parents() -> list[str]:
+    """Where job cgroups of this user go ([] when none is delegated, e.g. for root)."""
+    try:
+        return open_backend().parents()
+    except CgroupError:
+        return []
+
+
+def _job_cgroups(parents: list[str]) -> set[str]:
+    return {os.path.join(parent, name) for parent in parents for name in os.listdir(parent) if name.startswith("job-")}
+
+
+def _listing(path: str) -> set[str]:
+    try:
+        return {name for name in os.listdir(path) if not name.startswith("pytest-of-")}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(cgroup_parents: list[str]) -> Iterator[None]:
+    """After every test: nothing the test started survives on the host."""
+    processes = _own_processes()
+    mounts = Path("/proc/self/mountinfo").read_text()
+    tmp, shm = _listing("/tmp"), _listing("/dev/shm")
+    fds = set(os.listdir("/proc/self/fd"))
+    yield
+    leaked = _own_processes() - processes
+    leaked = {pid for pid in leaked if Path(f"/proc/{pid}").exists()}
+    assert not leaked, f"processes left behind: {leaked}"
+    assert not _job_cgroups(cgroup_parents), f"job cgroups left behind: {_job_cgroups(cgroup_parents)}"
+    assert Path("/proc/self/mountinfo").read_text() == mounts, "host mount table changed"
+    assert _listing("/tmp") == tmp, f"/tmp changed: {_listing('/tmp') ^ tmp}"
+    assert _listing("/dev/shm") == shm, f"/dev/shm changed: {_listing('/dev/shm') ^ shm}"
+    assert set(os.listdir("/proc/self/fd")) <= fds, "file descriptors leaked"

@@ -1,0 +1,64 @@
+"""Exit codes, signals, stdio, files and environment."""
+
+from __future__ import annotations
+
+import signal
+
+from sandbox.models import Status
+
+
+def test_ok_with_output(run):
+    result = run(["python3", "-c", "print(6*7)"])
+    assert result.status is Status.OK
+    assert result.exit_code == 0
+    assert result.stdout == b"42\n"
+
+
+def test_exit_code_is_runtime_error(run):
+    result = run(["sh", "-c", "echo oops >&2; exit 3"])
+    assert result.status is Status.RUNTIME_ERROR
+    assert result.exit_code == 3
+    assert result.stderr == b"oops\n"
+
+
+def test_signal_is_reported_by_number_and_name(run):
+    result = run(["sh", "-c", "kill -SEGV $$"])
+    assert result.status is Status.SIGNALED
+    assert result.signal == signal.SIGSEGV
+    assert result.signal_name == "SIGSEGV"
+    assert result.exit_code is None
+
+
+def test_missing_command_is_runtime_error_127(run):
+    result = run(["no-such-program-here"])
+    assert result.status is Status.RUNTIME_ERROR
+    assert result.exit_code == 127
+    assert "no-such-program-here" in result.error
+
+
+def test_stdin_and_input_files(run):
+    result = run(
+        ["sh", "-c", "cat; cat /work/in/data.txt; cat /tmp/t.txt"],
+        stdin=b"from stdin\n",
+        files={"/work/in/data.txt": b"from a file\n", "/tmp/t.txt": b"in tmp\n"},
+    )
+    assert result.status is Status.OK, result
+    assert result.stdout == b"from stdin\nfrom a file\nin tmp\n"
+
+
+def test_environment_is_clean_and_explicit(run):
+    result = run(["env"], env={"ANSWER": "42"})
+    lines = sorted(result.stdout.decode().splitlines())
+    assert lines == ["ANSWER=42", "PATH=/usr/local/bin:/usr/bin:/bin"]
+
+
+def test_identity_inside(run):
+    result = run(["sh", "-c", "id -u; id -g; hostname; pwd"])
+    assert result.stdout.decode().split() == ["1000", "1000", "sandbox", "/work"]
+
+
+def test_hostile_output_bytes_survive_json(run):
+    result = run(["printf", "\\033[2J\\377\\376 ok"])
+    data = result.to_json_dict()
+    assert result.stdout == b"\x1b[2J\xff\xfe ok"
+    assert data["stdout"].endswith(" ok")

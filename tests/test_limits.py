@@ -1,0 +1,126 @@
+"""Every limit triggers its own verdict, promptly, and is measured correctly."""
+
+from __future__ import annotations
+
+import resource
+import signal
+
+from sandbox.models import Status
+
+MIB = 1 << 20
+# The kernel's tick (CONFIG_HZ=250 on Debian kernels): CPU time is charged per tick
+# on some paths, so a kill "within 10 ms" may be observed one tick later.
+TICK_MS = 4
+
+
+def test_memory_bomb_is_memory_limit(run_program):
+    result = run_program("touch_memory", "512", memory="64M")
+    assert result.status is Status.MEMORY_LIMIT
+    assert result.usage.oom_killed
+    assert result.usage.memory_peak_bytes <= 64 * MIB
+
+
+def test_spin_is_time_limit_killed_promptly(run_program):
+    result = run_program("spin", cpu_time="500ms", wall_time="10s")
+    assert result.status is Status.TIME_LIMIT
+    assert result.signal == signal.SIGKILL
+    assert 500 <= result.usage.cpu_ms <= 500 + 10 + TICK_MS, result.usage
+
+
+def test_multithreaded_cpu_is_summed(run):
+    # Two threads spinning: CPU time runs at twice the wall clock and is still capped.
+    code = (
+        "import threading\n"
+        "def spin():\n"
+        "    while True: pass\n"
+        "for _ in range(2): threading.Thread(target=spin, daemon=True).start()\n"
+        "spin()\n"
+    )
+    result = run(["python3", "-c", code], cpu_time="600ms", wall_time="10s")
+    assert result.status is Status.TIME_LIMIT
+    assert 600 <= result.usage.cpu_ms <= 600 + 10 + 2 * TICK_MS, result.usage
+
+
+def test_sleep_is_wall_time_limit(run):
+    result = run(["sleep", "30"], wall_time="300ms")
+    assert result.status is Status.WALL_TIME_LIMIT
+    assert 300 <= result.usage.wall_ms <= 300 + 15, result.usage
+    assert result.usage.cpu_ms < 100
+
+
+def test_fork_bomb_is_contained_by_pids(run):
+    bomb = "bomb() { bomb | bomb & }; bomb; wait"
+    result = run(["bash", "-c", bomb], pids=32, wall_time="2s")
+    assert result.status in (Status.WALL_TIME_LIMIT, Status.RUNTIME_ERROR, Status.OK), result
+    assert result.usage.wall_ms <= 2000 + 50
+    assert result.usage.pids_peak is not None and result.usage.pids_peak <= 32
+
+
+def test_output_flood_is_output_limit_without_growing_supervisor(run):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = run(["head", "-c", "1G", "/dev/zero"], output="1M", wall_time="20s")
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert result.status is Status.OUTPUT_LIMIT
+    assert result.stdout_truncated
+    assert len(result.stdout) == MIB
+    assert (after - before) * 1024 < 16 * MIB, "supervisor memory grew with the output"
+
+
+def test_stderr_flood_is_output_limit(run):
+    result = run(["sh", "-c", "yes error >&2"], output="64K")
+    assert result.status is Status.OUTPUT_LIMIT
+    assert result.stderr_truncated and len(result.stderr) == 64 * 1024
+
+
+def test_disk_fill_is_enospc_inside(run, tmp_path):
+    result = run(["sh", "-c", "dd if=/dev/zero of=/work/big bs=1M count=64; df -k /work | tail -1"], disk="16M")
+    assert result.status is Status.RUNTIME_ERROR or result.status is Status.OK
+    assert b"No space left on device" in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_tmp_and_shm_share_the_disk_limit(run):
+    script = "dd if=/dev/zero of=/tmp/a bs=1M count=6 && dd if=/dev/zero of=/dev/shm/b bs=1M count=6"
+    result = run(["sh", "-c", script], disk="8M")
+    assert result.status is Status.RUNTIME_ERROR
+    assert b"No space left on device" in result.stderr
+
+
+def test_open_files_limit(run):
+    code = "fs=[]\nwhile True: fs.append(open('/dev/null'))"
+    result = run(["python3", "-c", code], open_files=32)
+    assert result.status is Status.RUNTIME_ERROR
+    assert b"Too many open files" in result.stderr
+
+
+def test_file_size_limit(run):
+    result = run(["dd", "if=/dev/zero", "of=/work/f", "bs=1M", "count=4"], file_size="1M")
+    assert result.status is Status.SIGNALED
+    assert result.signal_name == "SIGXFSZ"
+
+
+def test_stack_limit(run_program):
+    result = run_program("recurse", stack="1M", memory="512M")
+    assert result.status is Status.SIGNALED
+    assert result.signal_name == "SIGSEGV"
+    assert result.usage.memory_peak_bytes < 8 * MIB
+
+
+def test_cpu_quota_throttles(run_program):
+    # At half a CPU, a 300 ms spin needs about 600 ms of wall time.
+    result = run_program("spin", "300", cpus=0.5, wall_time="10s")
+    assert result.status is Status.OK
+    assert result.usage.wall_ms >= 500, result.usage
+
+
+def test_memory_peak_is_accurate(run_program):
+    result = run_program("touch_memory", "100", memory="256M")
+    assert result.status is Status.OK
+    peak = result.usage.memory_peak_bytes
+    assert abs(peak - 100 * MIB) <= 0.05 * 100 * MIB, peak
+
+
+def test_cpu_time_is_accurate(run_program):
+    result = run_program("spin", "1000", wall_time="10s")
+    assert result.status is Status.OK
+    assert abs(result.usage.cpu_ms - 1000) <= 30, result.usage
