@@ -143,6 +143,11 @@ def _child_guard(report_fd: int, body: Any) -> NoReturn:
 
 
 def _stage_unshare(spec: LaunchSpec, report_fd: int, go_fd: int) -> None:
+    # A fork inherits every fd of the supervisor (a worker channel, other pipes); the
+    # sandbox keeps only its own.
+    keep = {0, 1, 2, report_fd, go_fd, spec.stdin_fd, spec.stdout_fd, spec.stderr_fd, *spec.cgroup_fds}
+    keep.update(fd for _, fd, _ in spec.input_files)
+    _close_fds_except(keep)
     uid, gid = os.getuid(), os.getgid()
     sc.unshare(NAMESPACES)
     _write_id_maps(uid, gid)
@@ -151,6 +156,16 @@ def _stage_unshare(spec: LaunchSpec, report_fd: int, go_fd: int) -> None:
         _child_guard(report_fd, lambda: _stage_init(spec, report_fd, go_fd))
     send(report_fd, "init", pid=pid_b)
     os._exit(0)
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the directory fd of the listing itself
 
 
 def _write_id_maps(uid: int, gid: int) -> None:

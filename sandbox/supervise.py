@@ -54,7 +54,7 @@ class Outcome:
     exited: dict[str, Any] | None = None
     exec_error: dict[str, Any] | None = None
     setup_error: str | None = None
-    kill_reason: str | None = None  # "cpu", "wall", "output", "setup"
+    kill_reason: str | None = None  # "cpu", "wall", "output", "setup", "cancel"
     killed_at_ns: int | None = None
 
 
@@ -76,8 +76,12 @@ def supervise(
     stderr_fd: int,
     output_limit: int,
     watch: Watch,
+    cancel_fd: int | None = None,
 ) -> Outcome:
-    """Run until every process of the job is gone; returns the facts."""
+    """Run until every process of the job is gone; returns the facts.
+
+    ``cancel_fd`` becoming readable kills the job (reason "cancel"); its data is left
+    unread for the caller."""
     if launched.init_pid <= 0:
         raise ValueError("supervise() needs the pid of a started sandbox init")
     outcome = Outcome(OutputBuffer(output_limit), OutputBuffer(output_limit))
@@ -88,6 +92,8 @@ def supervise(
     for fd in (stdout_fd, stderr_fd, launched.report_fd):
         os.set_blocking(fd, False)
         selector.register(fd, selectors.EVENT_READ)
+    if cancel_fd is not None:
+        selector.register(cancel_fd, selectors.EVENT_READ)
     setup_deadline = time.monotonic_ns() + int(SETUP_TIMEOUT_S * 1e9)
 
     def kill(reason: str) -> None:
@@ -99,10 +105,14 @@ def supervise(
     if outcome.setup_error:
         kill("setup")
     try:
-        while selector.get_map():
+        while any(key.fd != cancel_fd for key in selector.get_map().values()):
             timeout = _next_check_s(outcome, watch, setup_deadline)
             for key, _ in selector.select(timeout):
                 fd = key.fd
+                if fd == cancel_fd:
+                    selector.unregister(fd)
+                    kill("cancel")
+                    continue
                 try:
                     chunk = os.read(fd, _CHUNK)
                 except BlockingIOError:

@@ -113,10 +113,16 @@ def _job_cgroups(parents: list[str]) -> set[str]:
 
 
 def _listing(path: str) -> set[str]:
-    try:
-        return {name for name in os.listdir(path) if not name.startswith("pytest-of-")}
-    except FileNotFoundError:
-        return set()
+    """Entries of a shared directory that belong to us (others may work beside us)."""
+    uid = os.getuid()
+    owned = set()
+    for entry in os.scandir(path):
+        try:
+            if entry.stat(follow_symlinks=False).st_uid == uid and not entry.name.startswith("pytest-of-"):
+                owned.add(entry.name)
+        except FileNotFoundError:
+            pass
+    return owned
 
 
 @pytest.fixture(autouse=True)
