@@ -42,8 +42,8 @@ class Runner:
         launcher.become_subreaper()
 
     def run(self, job: Job, *, cancel_fd: int | None = None, on_started: Callable[[], None] | None = None) -> Result:
-        """Run one job. ``cancel_fd`` readable = cancel; ``on_started`` is called once the
-        program is about to be exec'd (the worker's "started" event)."""
+        """Run one job. ``cancel_fd`` readable = cancel; ``on_started`` is called when the
+        sandbox is built and the program is being started (the worker's "started" event)."""
         try:
             return self._run(job, cancel_fd, on_started)
         except JobError:
@@ -89,15 +89,15 @@ class Runner:
                 message = next((m["message"] for m in early if m["kind"] == "setup_error"), "sandbox did not start")
                 return Result(Status.INTERNAL_ERROR, error=message, warnings=warnings)
             launcher.start(launched)
-            if on_started is not None:
-                on_started()
             watch = Watch(
                 wall_limit_ns=limits.wall_time_ms * 1_000_000,
                 cpu_limit_ns=None if limits.cpu_time_ms is None else limits.cpu_time_ms * 1_000_000,
                 parallelism=_parallelism(self.parallelism, limits.cpus),
                 cgroup=cgroup,
             )
-            outcome = supervise(launched, reader, early, stdout_r, stderr_r, limits.output_bytes, watch, cancel_fd)
+            outcome = supervise(
+                launched, reader, early, stdout_r, stderr_r, limits.output_bytes, watch, cancel_fd, on_started
+            )
             usage = _usage(outcome, cgroup)
             verdict = decide(outcome, cpu_ms=usage.cpu_ms, cpu_limit_ms=limits.cpu_time_ms, oom_killed=usage.oom_killed)
             return Result(

@@ -14,6 +14,7 @@ import os
 import selectors
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,11 +78,13 @@ def supervise(
     output_limit: int,
     watch: Watch,
     cancel_fd: int | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> Outcome:
     """Run until every process of the job is gone; returns the facts.
 
     ``cancel_fd`` becoming readable kills the job (reason "cancel"); its data is left
-    unread for the caller."""
+    unread for the caller. ``on_started`` is called when the sandbox reports that the
+    program is being started."""
     if launched.init_pid <= 0:
         raise ValueError("supervise() needs the pid of a started sandbox init")
     outcome = Outcome(OutputBuffer(output_limit), OutputBuffer(output_limit))
@@ -122,6 +125,8 @@ def supervise(
                 elif fd == launched.report_fd:
                     for message in reader.feed(chunk):
                         _handle_message(outcome, message)
+                        if message["kind"] == "started" and on_started is not None:
+                            on_started()
                         if message["kind"] == "setup_error":
                             kill("setup")
                 elif streams[fd].add(chunk):

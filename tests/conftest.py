@@ -6,10 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("sandbox", database=None)  # no example database in the tree
+settings.load_profile("sandbox")
 
 from sandbox.cgroups import open_backend
 from sandbox.errors import CgroupError
@@ -125,6 +130,32 @@ def _listing(path: str) -> set[str]:
     return owned
 
 
+def _describe(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return f"{pid} (gone)"
+    state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+    return f"{pid} state={state} ppid={ppid} {cmdline!r}"
+
+
+def _reap_orphans() -> None:
+    """This process is a child subreaper (the Runner made it one), so processes orphaned
+    below it - a killed worker's launchers, say - become its zombies. Reap them, as any
+    subreaper must; by now every fixture has waited for the children it started."""
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and int(fields[1]) == me:
+            os.waitpid(int(entry), os.WNOHANG)
+
+
 @pytest.fixture(autouse=True)
 def no_leaks(cgroup_parents: list[str]) -> Iterator[None]:
     """After every test: nothing the test started survives on the host."""
@@ -133,9 +164,15 @@ def no_leaks(cgroup_parents: list[str]) -> Iterator[None]:
     tmp, shm = _listing("/tmp"), _listing("/dev/shm")
     fds = set(os.listdir("/proc/self/fd"))
     yield
-    leaked = _own_processes() - processes
-    leaked = {pid for pid in leaked if Path(f"/proc/{pid}").exists()}
-    assert not leaked, f"processes left behind: {leaked}"
+    # A process SIGKILLed a moment ago may still be exiting: wait (bounded) for it.
+    deadline = time.monotonic() + 5
+    while True:
+        _reap_orphans()
+        leaked = _own_processes() - processes
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert not leaked, f"processes left behind: {[_describe(pid) for pid in leaked]}"
     assert not _job_cgroups(cgroup_parents), f"job cgroups left behind: {_job_cgroups(cgroup_parents)}"
     assert Path("/proc/self/mountinfo").read_text() == mounts, "host mount table changed"
     assert _listing("/tmp") == tmp, f"/tmp changed: {_listing('/tmp') ^ tmp}"
