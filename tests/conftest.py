@@ -20,10 +20,10 @@ from sandbox.cgroups import open_backend
 from sandbox.errors import CgroupError
 from sandbox.models import Blob, InputFile, Job, Limits, Result
 from sandbox.runner import Runner
+from workerutil import SANDBOX_CLI, Raw, WorkerProcess
 
 PROGRAMS = Path(__file__).parent / "programs"
 REPO = Path(__file__).resolve().parent.parent
-SANDBOX_CLI = [sys.executable, "-m", "sandbox.cli"]
 
 
 @pytest.fixture(scope="session")
@@ -178,3 +178,37 @@ def no_leaks(cgroup_parents: list[str]) -> Iterator[None]:
     assert _listing("/tmp") == tmp, f"/tmp changed: {_listing('/tmp') ^ tmp}"
     assert _listing("/dev/shm") == shm, f"/dev/shm changed: {_listing('/dev/shm') ^ shm}"
     assert set(os.listdir("/proc/self/fd")) <= fds, "file descriptors leaked"
+
+
+@pytest.fixture
+def start_worker(tmp_path_factory, connect):
+    started: list[WorkerProcess] = []
+
+    def _start(*args: str) -> WorkerProcess:
+        worker = WorkerProcess(tmp_path_factory.mktemp("w"), *args)
+        started.append(worker)
+        return worker
+
+    yield _start
+    for worker in started:
+        assert worker.stop() == 0, worker.log_path.read_text()
+
+
+@pytest.fixture
+def connect():
+    """connect(worker, hello=True) -> Raw; every connection is closed after the test."""
+    opened: list[Raw] = []
+
+    def _connect(worker: WorkerProcess, hello: bool = True) -> Raw:
+        raw = Raw(worker.socket_path, hello=hello)
+        opened.append(raw)
+        return raw
+
+    yield _connect
+    for raw in opened:
+        raw.close()
+
+
+@pytest.fixture
+def worker(start_worker) -> WorkerProcess:
+    return start_worker("--slots", "2")

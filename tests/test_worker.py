@@ -17,41 +17,7 @@ from sandbox.models import Job, Limits, Status
 from test_cleanup import sleeping, wait_until
 from worker.client import AsyncClient, Client, WorkerError
 from worker.protocol import job_to_wire
-from workerutil import Raw, WorkerProcess
-
-
-@pytest.fixture
-def start_worker(tmp_path_factory, connect):
-    started: list[WorkerProcess] = []
-
-    def _start(*args: str) -> WorkerProcess:
-        worker = WorkerProcess(tmp_path_factory.mktemp("w"), *args)
-        started.append(worker)
-        return worker
-
-    yield _start
-    for worker in started:
-        assert worker.stop() == 0, worker.log_path.read_text()
-
-
-@pytest.fixture
-def connect():
-    """connect(worker, hello=True) -> Raw; every connection is closed after the test."""
-    opened: list[Raw] = []
-
-    def _connect(worker: WorkerProcess, hello: bool = True) -> Raw:
-        raw = Raw(worker.socket_path, hello=hello)
-        opened.append(raw)
-        return raw
-
-    yield _connect
-    for raw in opened:
-        raw.close()
-
-
-@pytest.fixture
-def worker(start_worker) -> WorkerProcess:
-    return start_worker("--slots", "2")
+from workerutil import WorkerProcess
 
 
 def py(code: str, **limits: object) -> Job:

@@ -7,12 +7,14 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from conftest import SANDBOX_CLI
 from worker.protocol import FrameDecoder, encode
+
+SANDBOX_CLI = [sys.executable, "-m", "sandbox.cli"]
 
 
 class WorkerProcess:
