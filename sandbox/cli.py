@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--token-file", help="file holding the token TCP clients must present")
     serve.add_argument("--slots", type=int, default=os.cpu_count() or 1, help="jobs run at once (default: CPUs)")
     serve.add_argument("--queue", type=int, default=1024, help="jobs waiting at most; more get 'busy'")
+    serve.add_argument("--warm", type=int, default=0, help="sandboxes kept prepared ahead of jobs (default 0)")
     serve.set_defaults(handler=_cmd_serve)
 
     submit = commands.add_parser("submit", help="run one command through a worker (same flags as run)")
@@ -102,7 +103,12 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from sandbox.runner import Runner
 
-    return _report(Runner().run(_job_from_args(args)), as_json=args.json)
+    runner = Runner()
+    try:
+        result = runner.run(_job_from_args(args))
+    finally:
+        runner.close()
+    return _report(result, as_json=args.json)
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -130,6 +136,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         token=_read_token(args.token_file),
         slots=args.slots,
         max_queue=args.queue,
+        warm=args.warm,
     )
     try:
         serve_forever(config)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.cgroups import JobCgroup
-from sandbox.launch import Launched, MessageReader
+from sandbox.launch import MessageReader, Prepared
 
 MIN_POLL_S = 0.0005
 SETUP_TIMEOUT_S = 30.0
@@ -70,7 +70,7 @@ class Watch:
 
 
 def supervise(
-    launched: Launched,
+    sandbox: Prepared,
     reader: MessageReader,
     early_messages: list[dict[str, Any]],
     stdout_fd: int,
@@ -85,14 +85,14 @@ def supervise(
     ``cancel_fd`` becoming readable kills the job (reason "cancel"); its data is left
     unread for the caller. ``on_started`` is called when the sandbox reports that the
     program is being started."""
-    if launched.init_pid <= 0:
+    if sandbox.init_pid <= 0:
         raise ValueError("supervise() needs the pid of a started sandbox init")
     outcome = Outcome(OutputBuffer(output_limit), OutputBuffer(output_limit))
     for message in early_messages:
         _handle_message(outcome, message)
     streams = {stdout_fd: outcome.stdout, stderr_fd: outcome.stderr}
     selector = selectors.DefaultSelector()
-    for fd in (stdout_fd, stderr_fd, launched.report_fd):
+    for fd in (stdout_fd, stderr_fd, sandbox.report_fd):
         os.set_blocking(fd, False)
         selector.register(fd, selectors.EVENT_READ)
     if cancel_fd is not None:
@@ -103,7 +103,7 @@ def supervise(
         if outcome.kill_reason is None:
             outcome.kill_reason = reason
             outcome.killed_at_ns = time.monotonic_ns()
-            os.kill(launched.init_pid, signal.SIGKILL)
+            os.kill(sandbox.init_pid, signal.SIGKILL)
 
     if outcome.setup_error:
         kill("setup")
@@ -122,7 +122,7 @@ def supervise(
                     continue
                 if not chunk:
                     selector.unregister(fd)
-                elif fd == launched.report_fd:
+                elif fd == sandbox.report_fd:
                     for message in reader.feed(chunk):
                         _handle_message(outcome, message)
                         if message["kind"] == "started" and on_started is not None:
@@ -137,7 +137,8 @@ def supervise(
                     kill(reason)
     finally:
         selector.close()
-        os.waitpid(launched.init_pid, 0)
+        os.waitpid(sandbox.init_pid, 0)
+        sandbox.reaped = True
     return outcome
 
 

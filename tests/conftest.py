@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,7 +75,10 @@ def run(runner: Runner):
             files=inputs,
             require_cgroups=True,
         )
-        return runner.run(job)
+        try:
+            return runner.run(job)
+        finally:
+            runner.tidy()
 
     return _run
 

@@ -11,12 +11,13 @@ never delay a kill. A launcher that dies takes only its own job down (as interna
 and its sandboxes with it (they have PDEATHSIG set); the worker starts a new one, which
 reaps the dead one's cgroups.
 
-Run as: python -m worker.launcher FD PARENT_PID
+Run as: python -m worker.launcher FD PARENT_PID WARM
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import sys
@@ -30,18 +31,30 @@ from worker.protocol import FrameDecoder, ProtocolError, encode, job_from_wire, 
 LAUNCHER_MAX_FRAME = 1 << 30  # the worker already enforced the public limit
 
 
-def serve(channel: socket.socket) -> None:
-    runner = Runner()
+def serve(channel: socket.socket, warm: int) -> None:
+    runner = Runner(warm=warm)
     _send(channel, {"type": "ready", "pid": os.getpid(), "cgroups": runner.backend is not None})
     decoder = FrameDecoder(LAUNCHER_MAX_FRAME)
-    while True:
-        data = channel.recv(1 << 20)
-        if not data:
-            return  # the worker closed the channel: it is gone or wants us gone
-        for message in decoder.feed(data):
-            if message.get("type") == "run":
-                _run(runner, channel, message)
-            # A "cancel" arriving here is for a job that already finished: nothing to do.
+    try:
+        while True:
+            # Idle time is for the next jobs: finish the last one's cleanup, then prepare
+            # warm sandboxes one by one, looking for a waiting job between each.
+            runner.tidy()
+            while not _readable(channel) and runner.refill():
+                pass
+            data = channel.recv(1 << 20)
+            if not data:
+                return  # the worker closed the channel: it is gone or wants us gone
+            for message in decoder.feed(data):
+                if message.get("type") == "run":
+                    _run(runner, channel, message)
+                # A "cancel" here is for a job that already finished: nothing to do.
+    finally:
+        runner.close()
+
+
+def _readable(channel: socket.socket) -> bool:
+    return bool(select.select([channel], [], [], 0)[0])
 
 
 def _run(runner: Runner, channel: socket.socket, message: dict[str, Any]) -> None:
@@ -64,12 +77,12 @@ def _send(channel: socket.socket, message: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    fd, parent_pid = int(argv[1]), int(argv[2])
+    fd, parent_pid, warm = int(argv[1]), int(argv[2]), int(argv[3])
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:
         return 1  # the worker died before we could arm the death signal
     with socket.socket(fileno=fd) as channel:
-        serve(channel)
+        serve(channel, warm)
     return 0
 
 

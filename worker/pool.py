@@ -62,8 +62,11 @@ class PoolStats:
 
 
 class Pool:
-    def __init__(self, slots: int, max_queue: int, retention_s: float = 300.0, max_records: int = 100_000) -> None:
-        self.slots = [Slot(index) for index in range(slots)]
+    def __init__(
+        self, slots: int, max_queue: int, warm: int = 0, retention_s: float = 300.0, max_records: int = 100_000
+    ) -> None:
+        # Each slot's launcher keeps its share of the warm sandboxes.
+        self.slots = [Slot(index, -(-warm // slots) if warm else 0) for index in range(slots)]
         self.max_queue = max_queue
         self.retention_s = retention_s
         self.max_records = max_records

@@ -46,6 +46,7 @@ class ServerConfig:
     token: str | None = None
     slots: int = os.cpu_count() or 1
     max_queue: int = 1024
+    warm: int = 0
     max_frame: int = DEFAULT_MAX_FRAME
     max_connections: int = 16384
     hello_timeout_s: float = 10.0
@@ -77,7 +78,7 @@ class Connection:
 class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.pool = Pool(config.slots, config.max_queue)
+        self.pool = Pool(config.slots, config.max_queue, config.warm)
         self.connections: set[Connection] = set()
         self._connection_closed = trio.Event()
         self.stopping = False

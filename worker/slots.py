@@ -26,8 +26,9 @@ class LauncherDied(Exception):
 
 
 class Slot:
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, warm: int) -> None:
         self.index = index
+        self.warm = warm
         self.process: trio.Process | None = None
         self.ready = trio.Event()  # set while a launcher is up; replaced when it dies
         self._dead = trio.Event()  # set when the current launcher died
@@ -71,7 +72,7 @@ class Slot:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "worker.launcher", str(theirs.fileno()), str(os.getpid())],
+                [sys.executable, "-m", "worker.launcher", str(theirs.fileno()), str(os.getpid()), str(self.warm)],
                 pass_fds=(theirs.fileno(),),
             )
         finally:
