@@ -61,12 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--file", action="append", default=[], metavar="SRC:DEST", help="copy host file SRC to DEST under /work or /tmp"
     )
-    run.add_argument("--cwd", default="/work", help="working directory inside (default /work)")
+    run.add_argument("--cwd", help="working directory inside (default: the image's WorkingDir, else /work)")
     run.add_argument("--image", default="host", help="root filesystem image (default: the built-in 'host')")
     run.add_argument("--json", action="store_true", help="print the full result as JSON")
     run.add_argument("--require-cgroups", action="store_true", help="fail instead of falling back to rlimits")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     run.set_defaults(handler=_cmd_run)
+
+    _image_commands(commands)
 
     doctor = commands.add_parser("doctor", help="check what this host supports and what is missing")
     doctor.set_defaults(handler=_cmd_doctor)
@@ -107,7 +109,7 @@ def _job_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from sandbox.models import Blob, InputFile, Job, Limits
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if not cmd:
+    if not cmd and args.image == "host":
         raise JobError("no command given (sandbox run [OPTIONS] -- COMMAND [ARG...])", field="cmd")
     limit_flags = {
         "cpu_time": args.cpu_time,
@@ -145,6 +147,13 @@ def _job_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         cwd=args.cwd,
         require_cgroups=args.require_cgroups,
     )
+
+
+def _image_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """pull, images, import, inspect, rmi, gc: handlers live in sandbox/images/cli.py."""
+    from sandbox.images import cli as images_cli
+
+    images_cli.add_commands(commands)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from typing import Any, NoReturn
 from sandbox import network, rootfs
 from sandbox.fspath import create_file_beneath
 from sandbox.linux import syscalls as sc
+from sandbox.overlay import ImageRoot
 
 NAMESPACES = (
     sc.CLONE_NEWUSER | sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
@@ -60,6 +61,7 @@ class LaunchSpec:
     input_files: list[tuple[str, int, int]] = field(default_factory=list)  # dest, source fd, mode
     rlimits: list[tuple[int, int, int]] = field(default_factory=list)  # resource, soft, hard
     cap_last: int = 40
+    image: ImageRoot | None = None  # None: the built-in host image
 
 
 @dataclass
@@ -177,11 +179,11 @@ def _stage_init(spec: LaunchSpec, report_fd: int, go_fd: int) -> None:
     sc.sethostname(rootfs.HOSTNAME)
     sc.setdomainname("(none)")
     network.bring_up_loopback()
-    root_fd = rootfs.build_root(spec.disk_bytes)
+    root_fd = rootfs.build_root(spec.disk_bytes, spec.image)
     for dest, source_fd, mode in spec.input_files:
         _copy_in(root_fd, dest, source_fd, mode)
         os.close(source_fd)
-    rootfs.pivot_into(root_fd)
+    rootfs.pivot_into(root_fd, seal=spec.image is None)
     os.close(root_fd)
     started_ns = time.monotonic_ns()
     pid_c = os.fork()

@@ -16,7 +16,10 @@ from contextlib import ExitStack
 from sandbox import launch as launcher
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
 from sandbox.errors import CgroupError, JobError, SandboxError
-from sandbox.models import Blob, Job, Limits, Result, Status, Usage
+from sandbox.images.errors import ImageNotFound
+from sandbox.images.runtime import lease_image
+from sandbox.models import WORKDIR, Blob, Job, Limits, Result, Status, Usage
+from sandbox.overlay import ImageRoot
 from sandbox.seccomp import compile_policy, load_policy
 from sandbox.supervise import Outcome, Watch, supervise
 from sandbox.verdict import decide
@@ -63,10 +66,11 @@ class Runner:
             stdin_fd = _open_blob(job.stdin, fds)
             stdout_r, stdout_w = _pipe(fds)
             stderr_r, stderr_w = _pipe(fds)
+            argv, env, cwd, image_root = _image_for(job, cleanup)
             spec = launcher.LaunchSpec(
-                argv=job.cmd,
-                env={"PATH": DEFAULT_PATH, **job.env},
-                cwd=job.cwd,
+                argv=argv,
+                env=env,
+                cwd=cwd,
                 disk_bytes=limits.disk_bytes,
                 seccomp_bpf=self.seccomp_bpf,
                 cgroup_fds=cgroup.attach_fds if cgroup else [],
@@ -76,6 +80,7 @@ class Runner:
                 input_files=[(f.dest, _open_blob(f.content, fds), f.mode) for f in job.files],
                 rlimits=_rlimits(limits, cgroup is not None, warnings),
                 cap_last=self.cap_last,
+                image=image_root,
             )
             launched, reader, early = launcher.launch(spec)
             fds.extend((launched.report_fd, launched.go_fd))
@@ -122,6 +127,25 @@ class Runner:
             )
             return None
         return self.backend.create_job(job.limits)
+
+
+# --- images (issue 4): resolve and lease the job's image for as long as the job runs ---
+def _image_for(job: Job, cleanup: ExitStack) -> tuple[list[str], dict[str, str], str, ImageRoot | None]:
+    """argv, env, cwd and the layer stack for the job; the lease ends with the job."""
+    base_env = {"PATH": DEFAULT_PATH}
+    if job.image == "host":
+        return job.cmd, {**base_env, **job.env}, job.cwd or WORKDIR, None
+    try:
+        image = lease_image(job.image)
+    except ImageNotFound as exc:
+        raise JobError(str(exc), field="image") from exc
+    cleanup.callback(image.release)
+    argv = image.argv(job.cmd)
+    if not argv:
+        raise JobError(f"no command given and image {image.name} has no Entrypoint or Cmd", field="cmd")
+    cwd = job.cwd or image.workdir() or WORKDIR
+    return argv, {**image.env(base_env), **job.env}, cwd, ImageRoot(image.layer_dirs, cwd)
+# --- end images -------------------------------------------------------------------------
 
 
 def _parallelism(cpus_available: int, quota: float | None) -> int:
