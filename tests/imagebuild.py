@@ -24,7 +24,7 @@ class Entry:
     name: str
     kind: bytes = tarfile.REGTYPE
     data: bytes = b""
-    mode: int = 0o644
+    mode: int | None = None  # 0o755 for directories, else 0o644
     linkname: str = ""
     xattrs: dict[str, str] = field(default_factory=dict)
     devmajor: int = 0
@@ -37,7 +37,7 @@ def layer_tar(entries: list[Entry]) -> bytes:
         for entry in entries:
             info = tarfile.TarInfo(entry.name)
             info.type = entry.kind
-            info.mode = entry.mode
+            info.mode = entry.mode if entry.mode is not None else (0o755 if entry.kind == tarfile.DIRTYPE else 0o644)
             info.linkname = entry.linkname
             info.mtime = 1_700_000_000
             info.devmajor, info.devminor = entry.devmajor, entry.devminor

@@ -171,7 +171,7 @@ class _Unpacker:
         if stat.S_ISDIR(st.st_mode):
             if keep_dir:
                 return True
-            self.close()  # a cached parent may live below what goes away
+            # The cached parent is parent_fd itself (never below ``base``): keep it.
             shutil.rmtree(base, dir_fd=parent_fd)
         else:
             os.unlink(base, dir_fd=parent_fd)
@@ -229,7 +229,10 @@ class _Unpacker:
             os.close(fd)
 
     def _hardlink(self, member: tarfile.TarInfo, parent_fd: int, base: str) -> None:
-        target = _clean(member.linkname)
+        try:
+            target = _clean(member.linkname)
+        except UnpackError as exc:
+            raise UnpackError(f"hardlink target {member.linkname!r}: {exc.message}", member.name) from exc
         if not target:
             raise UnpackError("hardlink to the layer root", member.name)
         try:
