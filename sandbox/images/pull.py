@@ -88,7 +88,12 @@ def pull(store: Store, config: ImagesConfig, text: str, *, platform: str | None 
                 raw, media_type, _ = client.manifest(ref, digest)
                 manifest = _json(raw, f"manifest of {ref}")
             config_digest = digests.check((manifest.get("config") or {}).get("digest"))
-            config_raw = store.read_blob(config_digest) if store.has_blob(config_digest) else client.small_blob(ref, config_digest)
+            with store.key_lock(f"blob-{digests.hex_of(config_digest)}"):
+                if store.has_blob(config_digest):
+                    config_raw = store.read_blob(config_digest)
+                else:
+                    config_raw = client.small_blob(ref, config_digest)
+                    store.put_blob(config_raw, config_digest)
 
             def fetch(blob: str, partial: Path, advance: Callable[[int], None]) -> None:
                 client.fetch_blob(ref, blob, partial, advance)
@@ -161,8 +166,11 @@ def _ensure_blob(store: Store, layer: LayerRecord, fetch: Fetch, progress: Progr
             return
         key = layer.digest[7:19]
         progress.start(key, layer.size or None)
-        fetch(layer.digest, store.partial_path(layer.digest), lambda n: progress.advance(key, n))
-        store.publish_partial(layer.digest)
+        try:
+            fetch(layer.digest, store.partial_path(layer.digest), lambda n: progress.advance(key, n))
+            store.publish_partial(layer.digest)
+        except OSError as exc:
+            raise ImageError(f"cannot store blob {layer.digest}: {exc.strerror}") from exc
         progress.finish(key)
 
 
