@@ -7,7 +7,9 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
+import subprocess
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,3 +123,30 @@ def oci_index(path: Path, images: list[dict], platforms: list[dict] | None = Non
         entries = [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": _put(blobs, raw), "size": len(raw)}]
     (path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": entries}))
     return path
+
+
+def cache_dir() -> Path:
+    """Outside the checkout, so a repeated CI run on the same machine reuses it."""
+    path = Path(os.environ.get("SANDBOX_TEST_CACHE") or Path.home() / ".cache" / "sandbox-tests")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def debian_python_rootfs() -> Path:
+    """A Debian 12 minbase + python3 root as a tar, built once with mmdebstrap (~20-30 s)
+    as an unprivileged user (``--mode=unshare``), then cached."""
+    target = cache_dir() / "debian12-python3.tar"
+    if not target.exists():
+        partial = target.with_suffix(f".{os.getpid()}.partial")
+        subprocess.run(["mmdebstrap", "--quiet", "--mode=unshare", "--variant=minbase", "--include=python3",
+                        "--format=tar", "bookworm", str(partial)], check=True, capture_output=True, timeout=900,
+                       env={**os.environ, "TMPDIR": str(cache_dir())})
+        os.rename(partial, target)
+    return target
+
+
+def debian_python_layout(path: Path, compression: str = "zstd") -> Path:
+    """The cached root as a one-layer OCI image, with a python-ish config."""
+    raw = debian_python_rootfs().read_bytes()
+    return oci_layout(path, [raw], compression=compression,
+                      config={"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"], "Cmd": ["python3"]})
