@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -162,8 +161,7 @@ def test_corrupt_blob_is_retried_then_refused_and_nothing_published(env, pushed,
         blob.write_bytes(original)
     assert not store.refs() and not store.records()
     assert not store.has_blob(manifest_layers[-1])
-    assert not list((store.root / "layers").iterdir()) or all(
-        not store.has_layer(c) for c in [manifest_layers[-1]])
+    assert not list((store.root / "layers").iterdir()) and not list((store.root / "partial").iterdir())
 
 
 def _layers_of(registry, repo: str) -> list[str]:
