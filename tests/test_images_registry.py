@@ -293,6 +293,7 @@ def test_gc_while_a_job_runs_keeps_its_layers(env, pushed, runner, tmp_path):
             assert all(store.has_layer(layer.chain_id) for layer in record.layers)
             writer.write("go\n")
         result = future.result(timeout=60)
+        runner.tidy()
     assert result.stdout == b"from layer 2\n", result
     assert "removed 1 images, 2 layers" in cli("gc").stdout
     assert not list((store.root / "layers").iterdir())
