@@ -16,8 +16,9 @@ in two so that everything but the job itself can happen before the job arrives.
 JSON; stdin, stdout, stderr and input files as fds with SCM_RIGHTS). B resizes the
 writable area if asked, copies the input files in, hands argv and stdio to C and reports
 "started"; C sets rlimits and stdio, drops every capability, sets no_new_privs, closes
-every other fd, installs the seccomp filter and execs. B reaps, reports C's exit, and
-exits - and the kernel kills whatever else ran in the job's pid namespace.
+every other fd, installs the seccomp filter, hands its notification listener to B (so
+B can name a violated syscall, see ``notify.py``) and execs. B reaps, reports C's exit,
+and exits - and the kernel kills whatever else ran in the job's pid namespace.
 
 Why this shape: unshare(CLONE_NEWPID) only affects children, so pid 1 must be forked
 after it; the supervisor is a subreaper so B becomes its direct child (it can kill and
@@ -30,6 +31,7 @@ one pipe (each write < PIPE_BUF, so atomic).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -40,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from sandbox import network, rootfs
+from sandbox import network, notify, rootfs
 from sandbox.fspath import create_file_beneath
 from sandbox.linux import syscalls as sc
 from sandbox.overlay import ImageRoot
@@ -63,6 +65,8 @@ class Template:
     disk_bytes: int
     cap_last: int
     image: ImageRoot | None = None  # None: the built-in host image
+    exec_once: bool = False  # the profile forbids exec after the program started
+    trace: bool = False  # seccomp_bpf notifies every call: record them, allow them
 
 
 @dataclass
@@ -257,6 +261,12 @@ def _stage_init(template: Template, report_fd: int, channel: socket.socket) -> N
     for fd in stdio:
         os.close(fd)
     send(report_fd, "started", t=started_ns)
+    _, listener, _, _ = socket.recv_fds(to_program, 16, 1)
+    if listener:  # none if C failed before installing its filter
+        notify.start_watcher(
+            listener[0], lambda kind, **fields: send(report_fd, kind, **fields),
+            exec_once=template.exec_once, trace=template.trace,
+        )
     while True:
         pid, status, rusage = os.wait4(-1, 0)
         if pid == pid_c:
@@ -303,27 +313,49 @@ def _stage_program(template: Template, report_fd: int, channel: socket.socket) -
     _reset_signals()
     for limit, soft, hard in instructions["rlimits"]:
         resource.setrlimit(limit, (soft, hard))
-    # Move the fds we keep out of the way, then lay them on 0, 1, 2 and 3.
-    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in (*stdio, report_fd)]
+    # Move the fds we keep out of the way, then lay them on 0, 1, 2, 3 and 4.
+    kept = (*stdio, report_fd, channel.detach())
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in kept]
     for target, fd in enumerate(moved[:3]):
         os.dup2(fd, target, inheritable=True)
     os.dup2(moved[3], 3, inheritable=False)
-    sc.close_range(4)
+    os.dup2(moved[4], 4, inheritable=False)
+    sc.close_range(5)
     report_fd = 3
+    to_init = socket.socket(fileno=4)  # made before the filter: it asks the kernel the socket type
     cwd = instructions["cwd"]
+    argv, env = instructions["argv"], instructions["env"]
     try:
         os.chdir(cwd)
     except OSError as exc:
         send(report_fd, "exec_error", errno=exc.errno, message=f"cannot enter {cwd}: {exc.strerror}")
         os._exit(126)
+    # Resolved before the filter: the program gets exactly one execve (the "once" mode).
+    path = _resolve(argv[0], env.get("PATH", ""))
     _drop_privileges(template.cap_last)
-    sc.seccomp_install(template.seccomp_bpf)
-    argv = instructions["argv"]
+    listener = sc.seccomp_install(
+        template.seccomp_bpf, sc.SECCOMP_FILTER_FLAG_NEW_LISTENER | sc.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+    )
+    socket.send_fds(to_init, [b"l"], [listener])
+    os.close(listener)
     try:
-        os.execvpe(argv[0], argv, instructions["env"])
+        if path is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+        os.execve(path, argv, env)
     except OSError as exc:
         send(report_fd, "exec_error", errno=exc.errno, message=f"{argv[0]}: {exc.strerror}")
         os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+
+
+def _resolve(command: str, search_path: str) -> str | None:
+    """The file execvpe would run (first executable match on PATH); None if none."""
+    if "/" in command:
+        return command
+    for directory in search_path.split(":"):
+        candidate = os.path.join(directory or ".", command)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 def _reset_signals() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import math
 import posixpath
+import re
 import signal
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -145,8 +146,12 @@ class Job:
     image: str = "host"  # or a stored image: name[:tag], name@digest, id
     cwd: str | None = None  # None: the image's WorkingDir, else /work
     require_cgroups: bool = False
+    profile: str = "default"  # a profile under profiles/ (seccomp policy, env); see docs/profiles.md
 
     def __post_init__(self) -> None:
+        _check_text("profile", self.profile)
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", self.profile):
+            raise JobError(f"invalid profile name {self.profile!r}", field="profile")
         _check_text("image", self.image)
         if not self.image:
             raise JobError("image must not be empty", field="image")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from collections import deque
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 from sandbox import launch as launcher
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
@@ -24,7 +25,7 @@ from sandbox.images.errors import ImageNotFound
 from sandbox.images.runtime import lease_image
 from sandbox.models import WORKDIR, Blob, Job, Limits, Result, Status, Usage
 from sandbox.overlay import ImageRoot
-from sandbox.seccomp import compile_policy, load_policy
+from sandbox.profile_cache import ProfileCache
 from sandbox.supervise import Outcome, Watch, supervise
 from sandbox.verdict import decide
 
@@ -49,7 +50,9 @@ class Runner:
     (call ``refill`` when idle), so a job's critical path is hand-over, exec, collect."""
 
     def __init__(self, profile: str = "default", warm: int = 0) -> None:
-        self.seccomp_bpf = compile_policy(load_policy(profile))
+        self.profiles = ProfileCache()
+        self.default_profile = profile
+        self.profiles.get(profile)  # a broken default profile fails here, not at the first job
         self.cap_last = int(open("/proc/sys/kernel/cap_last_cap").read())
         self.parallelism = len(os.sched_getaffinity(0))
         self.warm_target = warm
@@ -64,15 +67,20 @@ class Runner:
             self.cgroup_problem = str(exc)
         launcher.become_subreaper()
 
-    def run(self, job: Job, *, cancel_fd: int | None = None, on_started: Callable[[], None] | None = None) -> Result:
+    def run(
+        self, job: Job, *, cancel_fd: int | None = None, on_started: Callable[[], None] | None = None,
+        trace: list[dict[str, Any]] | None = None,
+    ) -> Result:
         """Run one job. ``cancel_fd`` readable = cancel; ``on_started`` is called when the
         sandbox is built and the program is being started (the worker's "started" event).
+        With ``trace`` (a list), every syscall is allowed and the ones seen are appended to
+        it (``sandbox profile trace``; trusted programs only).
 
         Removing the finished job's cgroup is left to ``tidy`` so the caller can send the
         result first; ``run`` tidies what the previous job left before it starts."""
         self.tidy()
         try:
-            return self._run(job, cancel_fd, on_started)
+            return self._run(job, cancel_fd, on_started, trace)
         except JobError:
             raise
         except SandboxError as exc:
@@ -103,12 +111,19 @@ class Runner:
             self._dispose(self._warm.popleft())
         self.tidy()
 
-    def _prepare(self, image: ImageRoot | None = None, disk_bytes: int = WARM_DISK_BYTES) -> _Sandbox:
-        """A sandbox on the host image (warm ones) or on a leased image (built per job)."""
+    def _prepare(
+        self, image: ImageRoot | None = None, disk_bytes: int = WARM_DISK_BYTES, profile: str | None = None,
+        trace: bool = False,
+    ) -> _Sandbox:
+        """A sandbox on the host image (warm ones: the default profile) or on a leased
+        image, or with another profile (built per job)."""
+        compiled = self.profiles.get(profile or self.default_profile)
         cgroup = self.backend.create_job() if self.backend is not None else None
         try:
             template = launcher.Template(
-                seccomp_bpf=self.seccomp_bpf,
+                seccomp_bpf=self.profiles.trace_bpf if trace else compiled.bpf,
+                exec_once=compiled.exec_once,
+                trace=trace,
                 cgroup_fds=cgroup.attach_fds if cgroup else [],
                 disk_bytes=disk_bytes,
                 cap_last=self.cap_last,
@@ -134,7 +149,10 @@ class Runner:
         if sandbox.cgroup is not None:
             sandbox.cgroup.destroy()
 
-    def _run(self, job: Job, cancel_fd: int | None, on_started: Callable[[], None] | None) -> Result:
+    def _run(
+        self, job: Job, cancel_fd: int | None, on_started: Callable[[], None] | None,
+        trace: list[dict[str, Any]] | None,
+    ) -> Result:
         limits = job.limits
         warnings: list[str] = []
         not_enforced: list[str] = []
@@ -148,10 +166,12 @@ class Runner:
             )
         with ExitStack() as cleanup:
             argv, env, cwd, image_root = _image_for(job, cleanup)
-            if image_root is None and self._warm:
+            profile = self.profiles.get(job.profile)
+            env = {**profile.env, **env}
+            if image_root is None and self._warm and job.profile == self.default_profile and trace is None:
                 sandbox = self._warm.popleft()
             else:
-                sandbox = self._prepare(image_root, limits.disk_bytes)
+                sandbox = self._prepare(image_root, limits.disk_bytes, job.profile, trace is not None)
             prepared, cgroup = sandbox.prepared, sandbox.cgroup
             cleanup.callback(self._deferred.append, lambda: self._dispose(sandbox))
             if prepared.init_pid <= 0:
@@ -192,6 +212,8 @@ class Runner:
                 prepared, prepared.reader, prepared.early, stdout_r, stderr_r, limits.output_bytes, watch,
                 cancel_fd, on_started,
             )
+            if trace is not None:
+                trace.extend(outcome.traced)
             usage = _usage(outcome, cgroup)
             verdict = decide(outcome, cpu_ms=usage.cpu_ms, cpu_limit_ms=limits.cpu_time_ms, oom_killed=usage.oom_killed)
             return Result(
@@ -207,6 +229,7 @@ class Runner:
                 limits_not_enforced=not_enforced,
                 warnings=warnings,
                 error=verdict.error,
+                violation=outcome.violation,
             )
         raise AssertionError("unreachable")  # pragma: no cover - the with block returns
 

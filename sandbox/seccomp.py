@@ -14,12 +14,11 @@ together cover every 32-bit value except the denied ones.
 from __future__ import annotations
 
 import errno
+import fcntl
 import socket
 import tempfile
 import termios
-import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyseccomp
@@ -27,19 +26,20 @@ import pyseccomp
 from sandbox.errors import SetupError
 from sandbox.linux import syscalls
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 LOW32 = 0xFFFFFFFF
+EXEC_CALLS = ("execve", "execveat")
+# Audit architecture tokens (as in struct seccomp_data) -> the names users know.
+ARCH_NAMES = {0xC000003E: "x86_64", 0x40000003: "x86", 0xC00000B7: "aarch64", 0x40000028: "arm"}
 
-_NAMED_CONSTANTS: dict[str, int] = {
+NAMED_CONSTANTS: dict[str, int] = {
     **{name: getattr(socket, name) for name in dir(socket) if name.startswith("AF_")},
     "AF_VSOCK": 40,
     "AF_ALG": 38,
     "TIOCSTI": termios.TIOCSTI,
     "TIOCLINUX": 0x541C,
+    **{name: getattr(fcntl, name) for name in ("F_SETLK", "F_SETLKW", "F_OFD_SETLK", "F_OFD_SETLKW")},
     **{name: getattr(syscalls, name) for name in dir(syscalls) if name.startswith("CLONE_NEW")},
 }
-_TOP_KEYS = {"default", "allow", "kill", "errno", "allow_if", "allow_unless", "allow_if_clear"}
-_RULE_KEYS = {"syscall", "arg", "values", "mask", "action"}
 
 
 class ProfileError(SetupError):
@@ -60,81 +60,79 @@ class ArgRule:
 
 @dataclass
 class SeccompPolicy:
-    default: str
-    allow: list[str]
-    kill: list[str]
-    errno_rules: dict[str, list[str]]
-    arg_rules: list[ArgRule]
+    """What each syscall gets. ``kill`` means: report the violation and end the job.
+    ``exec_mode`` "once": only the sandbox's own exec of the program may run."""
 
+    default: str = "errno:ENOSYS"
+    exec_mode: str = "any"
+    actions: dict[str, str] = field(default_factory=dict)  # syscall -> allow | kill | errno:NAME
+    arg_rules: dict[str, list[ArgRule]] = field(default_factory=dict)
 
-def load_policy(name_or_path: str) -> SeccompPolicy:
-    """Read ``profiles/<name>.toml`` (or a path) and validate its [seccomp] table."""
-    path = Path(name_or_path)
-    if path.suffix != ".toml":
-        path = PROFILES_DIR / f"{name_or_path}.toml"
-    try:
-        document = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ProfileError(f"{path}: {exc}") from exc
-    table = document.get("seccomp")
-    if not isinstance(table, dict):
-        raise ProfileError(f"{path}: missing [seccomp] table")
-    unknown = set(table) - _TOP_KEYS
-    if unknown:
-        raise ProfileError(f"{path}: unknown key(s) in [seccomp]: {sorted(unknown)}")
-    rules = []
-    for kind in ("allow_if", "allow_unless", "allow_if_clear"):
-        for entry in table.get(kind, []):
-            bad = set(entry) - _RULE_KEYS
-            if bad:
-                raise ProfileError(f"{path}: unknown key(s) {sorted(bad)} in [[seccomp.{kind}]]")
-            rules.append(
-                ArgRule(
-                    kind=kind,
-                    syscall=entry["syscall"],
-                    arg=int(entry["arg"]),
-                    values=[_constant(path, v) for v in entry.get("values", [])],
-                    mask=_constant(path, entry.get("mask", 0)),
-                    action=entry.get("action", "errno:EPERM"),
-                )
-            )
-    return SeccompPolicy(
-        default=table.get("default", "errno:ENOSYS"),
-        allow=list(table.get("allow", [])),
-        kill=list(table.get("kill", [])),
-        errno_rules={k: list(v) for k, v in table.get("errno", {}).items()},
-        arg_rules=rules,
-    )
+    def copy(self) -> SeccompPolicy:
+        return SeccompPolicy(self.default, self.exec_mode, dict(self.actions),
+                             {k: list(v) for k, v in self.arg_rules.items()})
 
 
 def compile_policy(policy: SeccompPolicy) -> bytes:
-    """BPF program bytes for the native architecture only (others are killed)."""
-    arch = pyseccomp.system_arch()
-    default_action = _action(policy.default)
+    """BPF program bytes for the native architecture.
+
+    Kill-listed calls, foreign architectures (int 0x80, x32) and, with ``exec_mode``
+    "once", execve/execveat return SECCOMP_RET_USER_NOTIF: the sandbox init holds the
+    listener, names the call and ends the job (or lets the program's own exec through).
+    Never RET_TRAP: a SIGSYS handler in the program could swallow it.
+    """
+    seccomp_filter = _new_filter(_action(policy.default))
+    actions = dict(policy.actions)
+    if policy.exec_mode == "once":
+        for name in EXEC_CALLS:
+            actions[name] = "notify"
+    for name, action in sorted(actions.items()):
+        _add(seccomp_filter, _action(policy.default), _action(action), name)
+    for name, rules in sorted(policy.arg_rules.items()):
+        for rule in rules:
+            for action, args in _expand(rule):
+                _add(seccomp_filter, _action(policy.default), action, name, *args)
+    return _export(seccomp_filter)
+
+
+def compile_trace() -> bytes:
+    """A filter that notifies every call (the tracer lets each continue and records it),
+    except sendmsg, which hands the listener to the sandbox init right after install."""
+    seccomp_filter = _new_filter(pyseccomp.NOTIFY)
+    seccomp_filter.add_rule(pyseccomp.ALLOW, "sendmsg")
+    return _export(seccomp_filter)
+
+
+def describe(number: int, arch: int) -> dict[str, Any]:
+    """The violation as a job result shows it: {"syscall", "number", "arch"}."""
+    try:
+        name = pyseccomp.resolve_syscall(arch, number)
+    except (OSError, ValueError):
+        name = None
+    if isinstance(name, bytes):
+        name = name.decode()
+    return {"syscall": name, "number": number, "arch": ARCH_NAMES.get(arch, hex(arch))}
+
+
+def _new_filter(default_action: int) -> pyseccomp.SyscallFilter:
     seccomp_filter = pyseccomp.SyscallFilter(default_action)
-    seccomp_filter.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
+    seccomp_filter.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.NOTIFY)
     seccomp_filter.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)  # binary search over syscalls
+    return seccomp_filter
 
-    def add(action: int, name: str, *args: pyseccomp.Arg) -> None:
-        if pyseccomp.resolve_syscall(arch, name) < 0:
-            raise ProfileError(f"unknown syscall {name!r} for this architecture")
-        if action == default_action and not args:
-            return  # libseccomp refuses a rule that repeats the default; it is implied
-        try:
-            seccomp_filter.add_rule(action, name, *args)
-        except OSError as exc:
-            raise ProfileError(f"rule for {name!r} rejected by libseccomp: {exc.strerror}") from exc
 
-    for name in policy.allow:
-        add(pyseccomp.ALLOW, name)
-    for name in policy.kill:
-        add(pyseccomp.KILL_PROCESS, name)
-    for errno_name, names in policy.errno_rules.items():
-        for name in names:
-            add(_action(f"errno:{errno_name}"), name)
-    for rule in policy.arg_rules:
-        for action, args in _expand(rule):
-            add(action, rule.syscall, *args)
+def _add(seccomp_filter: pyseccomp.SyscallFilter, default: int, action: int, name: str, *args: pyseccomp.Arg) -> None:
+    if pyseccomp.resolve_syscall(pyseccomp.system_arch(), name) < 0:
+        raise ProfileError(f"unknown syscall {name!r} for this architecture")
+    if action == default and not args:
+        return  # libseccomp refuses a rule that repeats the default; it is implied
+    try:
+        seccomp_filter.add_rule(action, name, *args)
+    except OSError as exc:
+        raise ProfileError(f"rule for {name!r} rejected by libseccomp: {exc.strerror}") from exc
+
+
+def _export(seccomp_filter: pyseccomp.SyscallFilter) -> bytes:
     with tempfile.TemporaryFile() as handle:
         seccomp_filter.export_bpf(handle)
         handle.seek(0)
@@ -182,23 +180,23 @@ def complement_cubes(denied: list[int]) -> list[tuple[int, int]]:
     return cubes
 
 
-def _action(text: str) -> int:
+def check_action(text: Any) -> str:
+    """Validate an action as written in a profile; returns it unchanged."""
+    if text == "notify":
+        raise ProfileError("unknown action 'notify' (allow, kill, errno:NAME)")
+    _action(text)
+    return str(text)
+
+
+def _action(text: Any) -> int:
     if text == "allow":
         return pyseccomp.ALLOW
-    if text == "kill":
-        return pyseccomp.KILL_PROCESS
-    if text.startswith("errno:"):
+    if text in ("kill", "notify"):
+        return pyseccomp.NOTIFY
+    if isinstance(text, str) and text.startswith("errno:"):
         name = text.split(":", 1)[1]
         number = getattr(errno, name, None)
         if not isinstance(number, int):
             raise ProfileError(f"unknown errno {name!r}")
         return pyseccomp.ERRNO(number)
     raise ProfileError(f"unknown action {text!r} (allow, kill, errno:NAME)")
-
-
-def _constant(path: Path, value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value in _NAMED_CONSTANTS:
-        return _NAMED_CONSTANTS[value]
-    raise ProfileError(f"{path}: unknown constant {value!r}")

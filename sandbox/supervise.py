@@ -20,6 +20,7 @@ from typing import Any
 
 from sandbox.cgroups import JobCgroup
 from sandbox.launch import MessageReader, Prepared
+from sandbox.seccomp import describe
 
 MIN_POLL_S = 0.0005
 SETUP_TIMEOUT_S = 30.0
@@ -57,6 +58,8 @@ class Outcome:
     setup_error: str | None = None
     kill_reason: str | None = None  # "cpu", "wall", "output", "setup", "cancel"
     killed_at_ns: int | None = None
+    violation: dict[str, Any] | None = None  # {"syscall", "number", "arch"}: a kill-listed call
+    traced: list[dict[str, Any]] = field(default_factory=list)  # calls seen by a trace run
 
 
 @dataclass
@@ -152,6 +155,13 @@ def _handle_message(outcome: Outcome, message: dict[str, Any]) -> None:
         outcome.exec_error = message
     elif kind == "setup_error":
         outcome.setup_error = message["message"]
+    elif kind == "violation" and outcome.violation is None:
+        if message["number"] is None:  # interrupted before the sandbox could read it
+            outcome.violation = {"syscall": None, "number": None, "arch": None}
+        else:
+            outcome.violation = describe(message["number"], message["arch"])
+    elif kind == "traced":
+        outcome.traced.append(describe(message["number"], message["arch"]))
 
 
 def _limit_crossed(outcome: Outcome, watch: Watch, setup_deadline: int) -> str | None:

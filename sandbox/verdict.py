@@ -1,8 +1,8 @@
 """Turn the facts of a run into a status. One place, one precedence order.
 
 Precedence: a sandbox fault first (never blamed on the program), then the limit the
-supervisor killed for, then what the kernel says (OOM kill, seccomp's SIGSYS), then
-how the program ended. A job that ends by itself after going over its CPU limit
+supervisor killed for, then a seccomp violation the sandbox init reported (named, see
+notify.py), then what the kernel says (OOM kill), then how the program ended. A job that ends by itself after going over its CPU limit
 between two polls is still a time_limit: the limit is what was promised.
 """
 
@@ -44,14 +44,14 @@ def decide(outcome: Outcome, *, cpu_ms: float, cpu_limit_ms: int | None, oom_kil
         return Verdict(Status.INTERNAL_ERROR, None, None, None, outcome.setup_error or "sandbox set-up did not finish")
     if outcome.kill_reason in _KILL_STATUS:
         return verdict(_KILL_STATUS[outcome.kill_reason])
+    if outcome.violation is not None:
+        return verdict(Status.SYSCALL_VIOLATION)
     if cpu_limit_ms is not None and cpu_ms > cpu_limit_ms:
         return verdict(Status.TIME_LIMIT)
     if oom_killed:
         return verdict(Status.MEMORY_LIMIT)
     if outcome.exec_error:
         return verdict(Status.RUNTIME_ERROR, outcome.exec_error["message"])
-    if sig == signal.SIGSYS:
-        return verdict(Status.SYSCALL_VIOLATION)
     if sig == signal.SIGXCPU:
         return verdict(Status.TIME_LIMIT)
     if sig:

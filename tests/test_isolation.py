@@ -121,7 +121,7 @@ def test_nested_user_namespace_is_refused(run):
 def test_ptrace_is_a_syscall_violation(run_program):
     result = run_program("syscall", str(NR["ptrace"]), "0")
     assert result.status is Status.SYSCALL_VIOLATION
-    assert result.signal_name == "SIGSYS"
+    assert result.violation == {"syscall": "ptrace", "number": 101, "arch": "x86_64"}
 
 
 def test_int80_is_killed(run_program):

@@ -25,7 +25,7 @@ DEFAULT_MAX_FRAME = 16 << 20
 MAX_ID_LEN = 128
 
 CLIENT_TYPES = {"hello", "submit", "cancel", "status", "ping", "stats"}
-_JOB_KEYS = {"cmd", "limits", "env", "stdin", "files", "image", "cwd", "require_cgroups"}
+_JOB_KEYS = {"cmd", "limits", "env", "stdin", "files", "image", "cwd", "require_cgroups", "profile"}
 _FILE_KEYS = {"path", "data", "mode"}
 _LIMIT_KEYS = {"cpu_time", "wall_time", "memory", "pids", "output", "disk", "open_files", "stack", "file_size", "cpus"}
 
@@ -151,6 +151,7 @@ def job_from_wire(data: Any) -> Job:
             image=_typed(data.get("image", "host"), str, "image"),
             cwd=None if data.get("cwd") is None else _typed(data["cwd"], str, "cwd"),
             require_cgroups=_typed(data.get("require_cgroups", False), bool, "require_cgroups"),
+            profile=_typed(data.get("profile", "default"), str, "profile"),  # issue 6
         )
     except JobError as exc:
         raise ProtocolError("invalid_job", exc.message, field=exc.field) from None
@@ -180,6 +181,7 @@ def job_to_wire(job: Job) -> dict[str, Any]:
         "image": job.image,
         "cwd": job.cwd,
         "require_cgroups": job.require_cgroups,
+        "profile": job.profile,
     }
 
 

@@ -109,6 +109,11 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
+SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
+SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100  # _IOWR('!', 0, struct seccomp_notif)
+SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101  # _IOWR('!', 1, struct seccomp_notif_resp)
 
 
 def _call(name: str, *args: object) -> int:
@@ -273,8 +278,45 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def seccomp_install(bpf_program: bytes) -> None:
-    """Install a compiled classic-BPF seccomp program (8 bytes per instruction)."""
+def seccomp_install(bpf_program: bytes, flags: int = 0) -> int:
+    """Install a compiled classic-BPF seccomp program (8 bytes per instruction).
+
+    Returns the notification listener fd with SECCOMP_FILTER_FLAG_NEW_LISTENER, else 0."""
     buffer = ctypes.create_string_buffer(bpf_program, len(bpf_program))
     prog = _SockFprog(len(bpf_program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
-    _call("seccomp", _long(SECCOMP_SET_MODE_FILTER), _long(0), ctypes.byref(prog))
+    return _call("seccomp", _long(SECCOMP_SET_MODE_FILTER), _long(flags), ctypes.byref(prog))
+
+
+class SeccompData(ctypes.Structure):
+    _fields_ = [
+        ("nr", ctypes.c_int32),
+        ("arch", ctypes.c_uint32),
+        ("instruction_pointer", ctypes.c_uint64),
+        ("args", ctypes.c_uint64 * 6),
+    ]
+
+
+class SeccompNotif(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint64), ("pid", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("data", SeccompData)]
+
+
+class _SeccompNotifResp(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint64), ("val", ctypes.c_int64), ("error", ctypes.c_int32), ("flags", ctypes.c_uint32)]
+
+
+def seccomp_notif_recv(listener_fd: int) -> SeccompNotif:
+    """Block until a notification arrives (the GIL is released meanwhile). ENOENT: the
+    notifying task was interrupted or killed before we could read it."""
+    notif = SeccompNotif()  # zeroed, as the kernel requires
+    if _libc.ioctl(listener_fd, ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_RECV), ctypes.byref(notif)) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"SECCOMP_IOCTL_NOTIF_RECV: {os.strerror(err)}")
+    return notif
+
+
+def seccomp_notif_continue(listener_fd: int, notif_id: int) -> None:
+    """Let the notified call run as if the filter had allowed it."""
+    resp = _SeccompNotifResp(notif_id, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE)
+    if _libc.ioctl(listener_fd, ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_SEND), ctypes.byref(resp)) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"SECCOMP_IOCTL_NOTIF_SEND: {os.strerror(err)}")

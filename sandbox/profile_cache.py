@@ -1,0 +1,53 @@
+"""Profiles compiled on demand, once per process: loading and compiling a profile
+costs milliseconds (libseccomp), a job must not pay that each time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sandbox.errors import JobError
+from sandbox.profile import Profile, load_profile, profile_path
+from sandbox.seccomp import compile_policy, compile_trace
+
+
+@dataclass
+class CompiledProfile:
+    """A profile and its BPF program, ready for a Template."""
+
+    profile: Profile
+    bpf: bytes
+
+    @property
+    def exec_once(self) -> bool:
+        return self.profile.seccomp.exec_mode == "once"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.profile.env
+
+
+class ProfileCache:
+    def __init__(self) -> None:
+        self._compiled: dict[str, CompiledProfile] = {}
+        self._trace_bpf: bytes | None = None
+
+    def get(self, name: str) -> CompiledProfile:
+        """The compiled profile; a job naming a profile that does not exist is the job's
+        error (JobError), a profile that exists but does not load is the sandbox's."""
+        compiled = self._compiled.get(name)
+        if compiled is None:
+            if not name.endswith(".toml") and not profile_path(name).is_file():
+                raise JobError(f"no profile named {name!r}", field="profile")
+            profile = load_profile(name)
+            compiled = CompiledProfile(profile, compile_policy(profile.seccomp))
+            self._compiled[name] = compiled
+        return compiled
+
+    @property
+    def trace_bpf(self) -> bytes:
+        if self._trace_bpf is None:
+            self._trace_bpf = compile_trace()
+        return self._trace_bpf
+
+
+
