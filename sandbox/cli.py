@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 from sandbox.errors import JobError, SandboxError
 
 if TYPE_CHECKING:
-    from sandbox.models import Job, Result
+    from sandbox.models import Job, Limits, Result
 
 EXIT_SANDBOX_ERROR = 125
 
@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run one command in a sandbox")
     _add_job_arguments(run)
     run.add_argument("--require-cgroups", action="store_true", help="fail instead of falling back to rlimits")
+    run.add_argument("--lang", help="compile --source with this language preset, then run it (sandbox languages)")
+    run.add_argument("--source", help="the source file for --lang")
     run.set_defaults(handler=_cmd_run)
 
     serve = commands.add_parser("serve", help="run the worker: a pool serving jobs over a socket")
@@ -69,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     submit.set_defaults(handler=_cmd_submit, require_cgroups=False)
 
     _image_commands(commands)
+    _profile_commands(commands)  # issue 6
 
     doctor = commands.add_parser("doctor", help="check what this host supports and what is missing")
     doctor.set_defaults(handler=_cmd_doctor)
@@ -98,6 +101,7 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cwd", help="working directory inside (default: the image's WorkingDir, else /work)")
     parser.add_argument("--image", default="host", help="root filesystem image (default: the built-in 'host')")
+    parser.add_argument("--profile", default="default", help="seccomp profile and defaults (sandbox profile list)")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
 
@@ -105,12 +109,18 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from sandbox.runner import Runner
 
+    if args.lang or args.source:
+        if not (args.lang and args.source) or args.cmd:
+            raise JobError("--lang and --source go together, without a command", field="lang")
+        from sandbox.languages_cli import run_language
+
+        return run_language(args, _limits_from_args(args, "default"))
     runner = Runner()
     try:
-        result = runner.run(_job_from_args(args))
+        result = runner.run(job_from_args(args))
     finally:
         runner.close()
-    return _report(result, as_json=args.json)
+    return report(result, as_json=args.json)
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -120,13 +130,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     token = _read_token(args.token_file)
     if not args.socket and not tcp:
         raise JobError("give --socket PATH or --tcp HOST:PORT", field="socket")
-    job = _job_from_args(args)
+    job = job_from_args(args)
     try:
         with Client(args.socket, tcp=tcp, token=token) as client:
             result = client.run(job)
     except (OSError, WorkerError) as exc:
         raise SandboxError(f"worker: {exc}") from exc
-    return _report(result, as_json=args.json)
+    return report(result, as_json=args.json)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -164,7 +174,7 @@ def _read_token(path: str | None) -> str | None:
         raise SandboxError(f"cannot read token file {path}: {exc.strerror}") from exc
 
 
-def _report(result: Result, *, as_json: bool) -> int:
+def report(result: Result, *, as_json: bool) -> int:
     """Print a result the way both run and submit do; returns the exit status."""
     from sandbox.models import Status
 
@@ -188,25 +198,13 @@ def _report(result: Result, *, as_json: bool) -> int:
     return result.exit_code or 0
 
 
-def _job_from_args(args: argparse.Namespace) -> Job:
-    from sandbox.models import Blob, InputFile, Job, Limits
+def job_from_args(args: argparse.Namespace) -> Job:
+    from sandbox.models import Blob, InputFile, Job
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd and args.image == "host":
         raise JobError("no command given (sandbox run [OPTIONS] -- COMMAND [ARG...])", field="cmd")
-    limit_flags = {
-        "cpu_time": args.cpu_time,
-        "wall_time": args.wall_time,
-        "memory": args.memory,
-        "pids": args.pids,
-        "output": args.output,
-        "disk": args.disk,
-        "open_files": args.open_files,
-        "stack": args.stack,
-        "file_size": args.file_size,
-        "cpus": args.cpus,
-    }
-    limits = Limits(**{name: value for name, value in limit_flags.items() if value is not None})
+    limits = _limits_from_args(args, args.profile)
     env = {}
     for item in args.env:
         name, sep, value = item.partition("=")
@@ -229,7 +227,33 @@ def _job_from_args(args: argparse.Namespace) -> Job:
         image=args.image,
         cwd=args.cwd,
         require_cgroups=getattr(args, "require_cgroups", False),
+        profile=args.profile,
     )
+
+
+def _limits_from_args(args: argparse.Namespace, profile: str) -> Limits:
+    """The profile's [limits] (issue 6) as defaults, overridden by the flags given."""
+    from sandbox.errors import SetupError
+    from sandbox.models import Limits
+    from sandbox.profile import load_profile
+
+    limit_flags = {
+        "cpu_time": args.cpu_time,
+        "wall_time": args.wall_time,
+        "memory": args.memory,
+        "pids": args.pids,
+        "output": args.output,
+        "disk": args.disk,
+        "open_files": args.open_files,
+        "stack": args.stack,
+        "file_size": args.file_size,
+        "cpus": args.cpus,
+    }
+    try:
+        base = load_profile(profile).limits
+    except SetupError as exc:
+        raise JobError(str(exc), field="profile") from exc
+    return Limits(**{**base, **{name: value for name, value in limit_flags.items() if value is not None}})
 
 
 def _image_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -237,6 +261,14 @@ def _image_commands(commands: argparse._SubParsersAction) -> None:  # type: igno
     from sandbox.images import cli as images_cli
 
     images_cli.add_commands(commands)
+
+
+def _profile_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """profile list/show/trace (sandbox/profile_cli.py), languages (sandbox/languages_cli.py)."""
+    from sandbox import languages_cli, profile_cli
+
+    profile_cli.add_commands(commands, _add_job_arguments)
+    languages_cli.add_commands(commands)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

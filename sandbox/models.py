@@ -36,6 +36,7 @@ class Status(str, enum.Enum):
     MEMORY_LIMIT = "memory_limit"
     OUTPUT_LIMIT = "output_limit"
     SYSCALL_VIOLATION = "syscall_violation"
+    COMPILE_ERROR = "compile_error"  # only from a language run's compile stage
     INTERNAL_ERROR = "internal_error"
 
 

@@ -98,7 +98,7 @@ def _load(path: Path, depth: int) -> Profile:
     if parent_name is not None:
         if not isinstance(parent_name, str):
             raise where.error("extends", "'extends' must be a profile name")
-        base = _load(path.parent / f"{parent_name}.toml" if "/" not in parent_name else Path(parent_name), depth + 1)
+        base = _load(_parent_path(path, parent_name), depth + 1)
         profile = Profile(name=path.stem, path=path, description=base.description, network=base.network,
                           limits=dict(base.limits), env=dict(base.env), seccomp=base.seccomp.copy())
     else:
@@ -121,6 +121,23 @@ def _load(path: Path, depth: int) -> Profile:
     profile.env.update(env)
     _merge_seccomp(profile.seccomp, document.get("seccomp", {}), where)
     return profile
+
+
+def _parent_path(child: Path, name: str) -> Path:
+    """A path as written, else a sibling of the child, else a built-in profile."""
+    if "/" in name:
+        return Path(name)
+    sibling = child.parent / f"{name}.toml"
+    return sibling if sibling.is_file() else profile_path(name)
+
+
+def disposition(policy: SeccompPolicy, name: str) -> str:
+    """What the policy does with a syscall, in words (for traces and docs)."""
+    if policy.exec_mode == "once" and name in ("execve", "execveat"):
+        return "once"
+    if name in policy.arg_rules:
+        return "conditional"
+    return policy.actions.get(name, policy.default)
 
 
 def _merge_seccomp(policy: SeccompPolicy, table: dict[str, Any], where: _Locator) -> None:

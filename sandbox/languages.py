@@ -1,0 +1,172 @@
+"""Language presets (profiles/languages/*.toml): "run this C++ file" in one call.
+
+A preset names the source file, the compile command and the files it produces, the run
+command and the quirks of its runtime. ``run_source`` compiles in the ``compile``
+profile, carries the artifacts over and runs them in the run profile (``default``):
+compile once, run in a fresh sandbox with nothing of the compiler's left behind.
+
+The artifacts travel as a tar on the compile job's stdout (the compiler's own output
+goes to stderr) and are read in memory with strict rules - regular files with plain
+names only - so the host never writes what the compile sandbox produced, and never
+follows a link it made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import re
+import tarfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sandbox.errors import JobError, SetupError
+from sandbox.models import WORKDIR, Blob, InputFile, Job, Limits, Result, Status
+from sandbox.profile import PROFILES_DIR, load_profile
+
+LANGUAGES_DIR = PROFILES_DIR / "languages"
+IMAGE_REPOSITORY = "judge/languages"
+_PRESET_KEYS = {"description", "source", "compile", "artifacts", "run", "version", "env", "quirks"}
+_QUIRK_KEYS = {"address_space_limit", "heap_fraction", "min_pids"}
+_ARTIFACT_NAME = re.compile(r"[A-Za-z0-9_$][A-Za-z0-9_$.-]*")
+_MAX_ARTIFACTS = 4096
+
+
+@dataclass
+class Preset:
+    name: str
+    description: str
+    source: str
+    compile: list[str]
+    artifacts: list[str]
+    run: list[str]
+    version: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    quirks: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def needs_cgroups(self) -> bool:
+        """Runtimes that reserve huge address space break under RLIMIT_AS, the only
+        memory cap without a cgroup; they run only where a cgroup caps memory."""
+        return self.quirks.get("address_space_limit", True) is False
+
+
+@dataclass
+class LanguageRun:
+    """The two stages of a ``--lang`` run; ``run`` is None when compiling failed."""
+
+    status: Status
+    compile: Result
+    run: Result | None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"status": self.status.value, "compile": self.compile.to_json_dict(),
+                "run": None if self.run is None else self.run.to_json_dict()}
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in LANGUAGES_DIR.glob("*.toml") if p.stem != "image")
+
+
+def load_preset(name: str) -> Preset:
+    path = LANGUAGES_DIR / f"{name}.toml"
+    if name not in preset_names():
+        raise JobError(f"no language preset {name!r} (known: {', '.join(preset_names())})", field="lang")
+    data = tomllib.loads(path.read_text())
+    unknown = set(data) - _PRESET_KEYS | set(data.get("quirks", {})) - _QUIRK_KEYS
+    if unknown:
+        raise SetupError(f"{path}: unknown key(s) {sorted(unknown)}")
+    return Preset(name=name, **data)
+
+
+def image_reference() -> str:
+    """judge/languages:<first 12 hex of the recipe's sha256>: a new recipe, a new tag."""
+    digest = hashlib.sha256((LANGUAGES_DIR / "image.toml").read_bytes()).hexdigest()
+    return f"{IMAGE_REPOSITORY}:{digest[:12]}"
+
+
+def image_present() -> bool:
+    from sandbox.images import config as images_config
+    from sandbox.images.errors import ImageNotFound
+    from sandbox.images.store import Store
+
+    try:
+        Store(images_config.load().store).lookup(image_reference())
+    except ImageNotFound:
+        return False
+    return True
+
+
+def run_source(runner: Any, preset: Preset, source: Path, *, stdin: Blob | None = None, limits: Limits | None = None,
+               profile: str = "default") -> LanguageRun:
+    """Compile (profile ``compile``, its limits) and run (``profile``, ``limits``)."""
+    try:
+        code = source.read_bytes()
+    except OSError as exc:
+        raise JobError(f"cannot read {source}: {exc.strerror}", field="source") from exc
+    image = image_reference()
+    build_limits = Limits(**load_profile("compile").limits)
+    source_file = InputFile(f"{WORKDIR}/{preset.source}", Blob(data=code))
+    compiled = runner.run(Job(
+        cmd=_compile_argv(preset, build_limits, runner.parallelism), limits=build_limits, files=[source_file],
+        image=image, profile="compile", env=_env(preset, build_limits, runner.parallelism),
+        require_cgroups=preset.needs_cgroups,
+    ))
+    if compiled.status is not Status.OK:
+        failed = Status.COMPILE_ERROR if compiled.status is Status.RUNTIME_ERROR else compiled.status
+        return LanguageRun(failed, compiled, None)
+    artifacts = _read_artifacts(compiled.stdout) if preset.artifacts else []
+    compiled.stdout = b""  # the artifacts tar, not output anyone wants to read
+    limits = limits or Limits()
+    limits.pids = max(limits.pids, int(preset.quirks.get("min_pids", 1)))
+    ran = runner.run(Job(
+        cmd=_format(preset, preset.run, limits, runner.parallelism), limits=limits, files=[source_file, *artifacts],
+        image=image, profile=profile, env=_env(preset, limits, runner.parallelism), stdin=stdin,
+        require_cgroups=preset.needs_cgroups,
+    ))
+    return LanguageRun(ran.status, compiled, ran)
+
+
+def _compile_argv(preset: Preset, limits: Limits, cpus: int) -> list[str]:
+    command = _format(preset, preset.compile, limits, cpus)
+    if not preset.artifacts:
+        return command
+    # Diagnostics to stderr; on success the artifacts, as a tar, on stdout.
+    script = '"$@" >&2 || exit $?; exec tar -cf - -- ' + " ".join(preset.artifacts)
+    return ["sh", "-c", script, "sh", *command]
+
+
+def _read_artifacts(data: bytes) -> list[InputFile]:
+    """Regular files with plain names from the compile job's tar; anything else is the
+    compile sandbox misbehaving and fails the run."""
+    files = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
+            for member in archive:
+                if not member.isfile() or not _ARTIFACT_NAME.fullmatch(member.name) or len(files) >= _MAX_ARTIFACTS:
+                    raise SetupError(f"unexpected entry {member.name!r} in the compile artifacts")
+                handle = archive.extractfile(member)
+                assert handle is not None  # a regular file
+                files.append(InputFile(f"{WORKDIR}/{member.name}", Blob(data=handle.read()), member.mode & 0o755))
+    except tarfile.TarError as exc:
+        raise SetupError(f"compile artifacts unreadable: {exc}") from exc
+    return files
+
+
+def _format(preset: Preset, argv: list[str], limits: Limits, cpus: int) -> list[str]:
+    """Fill in {memory_mb}, {heap_mb} (heap_fraction of the memory limit) and {cpus}
+    (the CPU quota rounded up, else the CPUs we may use)."""
+    fraction = float(preset.quirks.get("heap_fraction", 0.75))
+    values = {
+        "memory_mb": limits.memory_bytes >> 20,
+        "heap_mb": int((limits.memory_bytes >> 20) * fraction),
+        "cpus": math.ceil(limits.cpus) if limits.cpus else cpus,
+    }
+    return [arg.format(**values) for arg in argv]
+
+
+def _env(preset: Preset, limits: Limits, cpus: int) -> dict[str, str]:
+    return dict(zip(preset.env, _format(preset, list(preset.env.values()), limits, cpus)))

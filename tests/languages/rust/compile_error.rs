@@ -1,0 +1,1 @@
+fn main() { return undefined_name; }
