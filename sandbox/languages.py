@@ -101,8 +101,10 @@ def image_present() -> bool:
 
 
 def run_source(runner: Any, preset: Preset, source: Path, *, stdin: Blob | None = None, limits: Limits | None = None,
-               profile: str = "default") -> LanguageRun:
-    """Compile (profile ``compile``, its limits) and run (``profile``, ``limits``)."""
+               profile: str = "default", traces: tuple[list[Any], list[Any]] | None = None) -> LanguageRun:
+    """Compile (profile ``compile``, its limits) and run (``profile``, ``limits``).
+    With ``traces`` (compile, run), both stages run traced (scripts/record-evidence)."""
+    compile_trace, run_trace = traces or (None, None)
     try:
         code = source.read_bytes()
     except OSError as exc:
@@ -114,7 +116,7 @@ def run_source(runner: Any, preset: Preset, source: Path, *, stdin: Blob | None 
         cmd=_compile_argv(preset, build_limits, runner.parallelism), limits=build_limits, files=[source_file],
         image=image, profile="compile", env=_env(preset, build_limits, runner.parallelism),
         require_cgroups=preset.needs_cgroups,
-    ))
+    ), trace=compile_trace)
     if compiled.status is not Status.OK:
         failed = Status.COMPILE_ERROR if compiled.status is Status.RUNTIME_ERROR else compiled.status
         return LanguageRun(failed, compiled, None)
@@ -126,7 +128,7 @@ def run_source(runner: Any, preset: Preset, source: Path, *, stdin: Blob | None 
         cmd=_format(preset, preset.run, limits, runner.parallelism), limits=limits, files=[source_file, *artifacts],
         image=image, profile=profile, env=_env(preset, limits, runner.parallelism), stdin=stdin,
         require_cgroups=preset.needs_cgroups,
-    ))
+    ), trace=run_trace)
     return LanguageRun(ran.status, compiled, ran)
 
 

@@ -46,6 +46,7 @@ from sandbox import network, notify, rootfs
 from sandbox.fspath import create_file_beneath
 from sandbox.linux import syscalls as sc
 from sandbox.overlay import ImageRoot
+from sandbox.seccomp import HANDOVER_FD
 
 NAMESPACES = (
     sc.CLONE_NEWUSER | sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
@@ -319,10 +320,10 @@ def _stage_program(template: Template, report_fd: int, channel: socket.socket) -
     for target, fd in enumerate(moved[:3]):
         os.dup2(fd, target, inheritable=True)
     os.dup2(moved[3], 3, inheritable=False)
-    os.dup2(moved[4], 4, inheritable=False)
-    sc.close_range(5)
+    os.dup2(moved[4], HANDOVER_FD, inheritable=False)
+    sc.close_range(HANDOVER_FD + 1)
     report_fd = 3
-    to_init = socket.socket(fileno=4)  # made before the filter: it asks the kernel the socket type
+    to_init = socket.socket(fileno=HANDOVER_FD)  # made before the filter: it asks the kernel the socket type
     cwd = instructions["cwd"]
     argv, env = instructions["argv"], instructions["env"]
     try:

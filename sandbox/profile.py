@@ -56,7 +56,7 @@ def profile_path(name_or_path: str) -> Path:
     """``default`` -> profiles/default.toml; anything ending in .toml is a path."""
     if name_or_path.endswith(".toml"):
         return Path(name_or_path)
-    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name_or_path):
+    if not re.fullmatch(r"_?[a-z0-9][a-z0-9_-]*", name_or_path):
         raise ProfileError(f"invalid profile name {name_or_path!r}")
     return PROFILES_DIR / f"{name_or_path}.toml"
 
@@ -81,7 +81,8 @@ def _socket_rules(profile: Profile) -> None:
 
 
 def builtin_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+    """Profiles to run with; ``_base`` (shared rules, no allow-list) is only extended."""
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.toml") if not p.stem.startswith("_"))
 
 
 def _load(path: Path, depth: int) -> Profile:

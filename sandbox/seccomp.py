@@ -28,6 +28,10 @@ from sandbox.linux import syscalls
 
 LOW32 = 0xFFFFFFFF
 EXEC_CALLS = ("execve", "execveat")
+# The fd on which the sandbox hands the filter's listener to its init, right after
+# installing it (launch.py): sendmsg on it is allowed even where a profile has no sendmsg.
+# After exec that fd is closed, and such a profile gives the program no socket to put there.
+HANDOVER_FD = 4
 # Audit architecture tokens (as in struct seccomp_data) -> the names users know.
 ARCH_NAMES = {0xC000003E: "x86_64", 0x40000003: "x86", 0xC00000B7: "aarch64", 0x40000028: "arm"}
 
@@ -92,6 +96,8 @@ def compile_policy(policy: SeccompPolicy) -> bytes:
         for rule in rules:
             for action, args in _expand(rule):
                 _add(seccomp_filter, _action(policy.default), action, name, *args)
+    if "sendmsg" not in actions and "sendmsg" not in policy.arg_rules:
+        seccomp_filter.add_rule(pyseccomp.ALLOW, "sendmsg", pyseccomp.Arg(0, pyseccomp.MASKED_EQ, LOW32, HANDOVER_FD))
     return _export(seccomp_filter)
 
 

@@ -3,10 +3,13 @@ designed outcome - a named violation or an errno - and the name is the right one
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from conftest import SANDBOX_CLI
 from sandbox.errors import JobError
 from sandbox.models import Blob, InputFile, Job, Result, Status
 from sandbox.profile import builtin_profiles, load_profile
@@ -163,3 +166,32 @@ def test_a_job_names_its_profile_on_the_wire():
 def test_unknown_profile_is_the_jobs_error(runner):
     with pytest.raises(JobError, match="no profile named 'nosuch'"):
         runner.run(Job(cmd=["true"], profile="nosuch"))
+
+
+def test_trace_records_calls_and_allows_them(runner, programs):
+    seen: list[dict[str, object]] = []
+    job = Job(cmd=["/work/syscall", str(NR["ptrace"]), "0"], require_cgroups=True,
+              files=[InputFile("/work/syscall", Blob(path=str(programs["syscall"])), 0o755)])
+    try:
+        result = runner.run(job, trace=seen)
+    finally:
+        runner.tidy()
+    assert result.status is Status.OK and result.violation is None  # tracing refuses nothing
+    names = {call["syscall"] for call in seen}
+    assert {"execve", "ptrace", "write", "exit_group"} <= names
+
+
+def test_profile_trace_cli_prints_calls_with_the_profiles_disposition():
+    done = subprocess.run([*SANDBOX_CLI, "profile", "trace", "--against", "strict", "--", "sh", "-c", "true"],
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rows = dict(line.split()[:2] for line in done.stdout.decode().splitlines() if not line.startswith("#"))
+    assert rows["execve"] == "once" and rows["exit_group"] == "allow"
+
+
+def test_cli_run_with_a_profile(tmp_path):
+    done = subprocess.run([*SANDBOX_CLI, "run", "--json", "--profile", "strict", "--", "sh", "-c", "exec true"],
+                          capture_output=True, timeout=60)
+    result = json.loads(done.stdout)
+    assert result["status"] == "syscall_violation"
+    assert result["violation"] == {"syscall": "execve", "number": 59, "arch": "x86_64"}
