@@ -14,7 +14,7 @@ from sandbox.errors import JobError
 from sandbox.models import Blob, InputFile, Job, Result, Status
 from sandbox.profile import builtin_profiles, load_profile
 from sandbox.seccomp import ProfileError
-from worker.protocol import job_from_wire
+from worker.protocol import ProtocolError, job_from_wire
 
 PROFILES = ["default", "strict", "compile", "ci"]
 NR = {"ptrace": 101, "bpf": 321, "io_uring_setup": 425, "perf_event_open": 298, "keyctl": 250,
@@ -159,6 +159,8 @@ def test_extends_replaces_what_the_child_names(tmp_path: Path):
 def test_a_job_names_its_profile_on_the_wire():
     assert job_from_wire({"cmd": ["true"], "profile": "strict"}).profile == "strict"
     assert job_from_wire({"cmd": ["true"]}).profile == "default"
+    with pytest.raises(ProtocolError, match="no profile named 'nosuch'"):
+        job_from_wire({"cmd": ["true"], "profile": "nosuch"})
     with pytest.raises(JobError):
         Job(cmd=["true"], profile="../etc/passwd")
 

@@ -18,6 +18,7 @@ import msgpack
 
 from sandbox.errors import JobError
 from sandbox.models import Blob, InputFile, Job, Limits, Result, Status, Usage
+from sandbox.profile import builtin_profiles
 
 VERSION = 1
 HEADER = struct.Struct(">I")
@@ -142,7 +143,7 @@ def job_from_wire(data: Any) -> Job:
             )
         stdin = data.get("stdin")
         env = _typed(data.get("env", {}), dict, "env")
-        return Job(
+        job = Job(
             cmd=data.get("cmd"),
             limits=Limits(**limits_data),
             env=env,
@@ -153,6 +154,9 @@ def job_from_wire(data: Any) -> Job:
             require_cgroups=_typed(data.get("require_cgroups", False), bool, "require_cgroups"),
             profile=_typed(data.get("profile", "default"), str, "profile"),  # issue 6
         )
+        if job.profile not in builtin_profiles():  # issue 6: refused here, not in the launcher
+            raise JobError(f"no profile named {job.profile!r}", field="profile")
+        return job
     except JobError as exc:
         raise ProtocolError("invalid_job", exc.message, field=exc.field) from None
     except (TypeError, OverflowError, ValueError) as exc:
