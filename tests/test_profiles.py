@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SANDBOX_CLI
+from workerutil import SANDBOX_CLI
 from sandbox.errors import JobError
 from sandbox.models import Blob, InputFile, Job, Result, Status
 from sandbox.profile import builtin_profiles, load_profile
