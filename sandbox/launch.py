@@ -63,6 +63,7 @@ class Template:
     disk_bytes: int
     cap_last: int
     image: ImageRoot | None = None  # None: the built-in host image
+    etc_snapshot: str = ""  # the host image's /etc (hostetc.snapshot)
 
 
 @dataclass
@@ -226,7 +227,7 @@ def _stage_init(template: Template, report_fd: int, channel: socket.socket) -> N
     sc.sethostname(rootfs.HOSTNAME)
     sc.setdomainname("(none)")
     network.bring_up_loopback()
-    root_fd = rootfs.build_root(template.disk_bytes, template.image)
+    root_fd = rootfs.build_root(template.disk_bytes, template.image, template.etc_snapshot)
     rootfs.pivot_into(root_fd, seal=template.image is None)
     os.close(root_fd)
     to_program, program_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

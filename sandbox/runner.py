@@ -17,6 +17,7 @@ from collections import deque
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+from sandbox import hostetc, rootfs
 from sandbox import launch as launcher
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
 from sandbox.errors import CgroupError, JobError, SandboxError
@@ -52,6 +53,7 @@ class Runner:
         self.seccomp_bpf = compile_policy(load_policy(profile))
         self.cap_last = int(open("/proc/sys/kernel/cap_last_cap").read())
         self.parallelism = len(os.sched_getaffinity(0))
+        self.etc_snapshot = hostetc.snapshot(rootfs.generated_etc())
         self.warm_target = warm
         self._warm: deque[_Sandbox] = deque()
         self._deferred: list[Callable[[], None]] = []
@@ -113,6 +115,7 @@ class Runner:
                 disk_bytes=disk_bytes,
                 cap_last=self.cap_last,
                 image=image,
+                etc_snapshot=self.etc_snapshot,
             )
             prepared = launcher.prepare(template)
         except BaseException:
