@@ -17,7 +17,6 @@ from sandbox.models import Job, Limits, Status
 from test_cleanup import sleeping, wait_until
 from worker.client import AsyncClient, Client, WorkerError
 from worker.protocol import job_to_wire
-from workerutil import WorkerProcess
 
 
 def py(code: str, **limits: object) -> Job:
@@ -175,13 +174,12 @@ def test_stats_and_ping(worker):
         (b"\x00\x00\x00\x03\xc1\xc1\xc1", "bad_frame"),
         (struct.pack(">I", 2**32 - 1), "frame_too_large"),
         (struct.pack(">I", 100 << 20) + b"\x00" * 1024, "frame_too_large"),
-        (lambda: (b := msgpack.packb([[]] * 1 + [0]) and b"\x91" * 50_000 + b"\xc0") and
-         struct.pack(">I", 50_001) + b"\x91" * 50_000 + b"\xc0", "bad_frame"),
+        (struct.pack(">I", 50_001) + b"\x91" * 50_000 + b"\xc0", "bad_frame"),  # nested 50,000 deep
     ],
 )
 def test_broken_frames_get_a_typed_error_and_a_close(worker, payload, code, connect):
     raw = connect(worker)
-    raw.send_bytes(payload() if callable(payload) else payload)
+    raw.send_bytes(payload)
     reply = raw.next()
     assert reply["type"] == "error" and reply["code"] == code
     assert raw.closed_by_peer()
