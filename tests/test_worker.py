@@ -164,6 +164,7 @@ def test_stats_and_ping(worker):
         stats = client.stats()
         assert client.ping()["type"] == "pong"
     assert stats["slots"] == 2
+    assert stats["cgroups"] is True and stats["launcher_restarts"] == 0
     assert stats["by_status"] == {"ok": 1, "runtime_error": 1}
     assert stats["latency_ms"]["count"] == 2
 
