@@ -296,3 +296,25 @@ def test_flood_of_submits_and_cancels(start_worker, connect):
     assert "finished" in outcomes.values()
     with Client(worker.socket_path) as client:
         assert client.run(Job(cmd=["echo", "ok"])).stdout == b"ok\n"
+
+
+def test_a_job_cannot_reach_the_worker(start_worker, tmp_path):
+    """The worker's unix socket is outside the job's mount namespace and its TCP port
+    outside the job's network namespace."""
+    token = tmp_path / "token"
+    token.write_text("t0k3n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    worker = start_worker("--slots", "1", "--tcp", f"127.0.0.1:{port}", "--token-file", str(token))
+    code = (
+        "import socket\n"
+        f"u = socket.socket(socket.AF_UNIX)\n"
+        f"try:\n    u.connect({worker.socket_path!r}); print('unix reached')\n"
+        "except OSError as e: print('unix', e.errno)\n"
+        f"try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2); print('tcp reached')\n"
+        "except OSError as e: print('tcp', e.errno)\n"
+    )
+    with Client(worker.socket_path) as client:
+        result = client.run(Job(cmd=["python3", "-c", code]))
+    assert result.stdout == b"unix 2\ntcp 111\n", result  # ENOENT, ECONNREFUSED
