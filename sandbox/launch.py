@@ -66,6 +66,7 @@ class Template:
     disk_bytes: int
     cap_last: int
     image: ImageRoot | None = None  # None: the built-in host image
+    etc_snapshot: str = ""  # the host image's /etc (hostetc.snapshot)
     exec_once: bool = False  # the profile forbids exec after the program started
     trace: bool = False  # seccomp_bpf notifies every call: record them, allow them
 
@@ -231,7 +232,7 @@ def _stage_init(template: Template, report_fd: int, channel: socket.socket) -> N
     sc.sethostname(rootfs.HOSTNAME)
     sc.setdomainname("(none)")
     network.bring_up_loopback()
-    root_fd = rootfs.build_root(template.disk_bytes, template.image)
+    root_fd = rootfs.build_root(template.disk_bytes, template.image, template.etc_snapshot)
     rootfs.pivot_into(root_fd, seal=template.image is None)
     os.close(root_fd)
     to_program, program_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -252,7 +253,7 @@ def _stage_init(template: Template, report_fd: int, channel: socket.socket) -> N
     if job["disk_bytes"] != template.disk_bytes:
         rootfs.resize_scratch(job["disk_bytes"])
     new_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    for (dest, mode), source_fd in zip(job["files"], file_fds):
+    for (dest, mode), source_fd in zip(job["files"], file_fds, strict=True):
         _copy_in(new_root, dest, source_fd, mode)
         os.close(source_fd)
     os.close(new_root)

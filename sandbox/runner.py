@@ -18,6 +18,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
+from sandbox import hostetc, rootfs
 from sandbox import launch as launcher
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
 from sandbox.errors import CgroupError, JobError, SandboxError
@@ -55,6 +56,7 @@ class Runner:
         self.profiles.get(profile)  # a broken default profile fails here, not at the first job
         self.cap_last = int(open("/proc/sys/kernel/cap_last_cap").read())
         self.parallelism = len(os.sched_getaffinity(0))
+        self.etc_snapshot = hostetc.snapshot(rootfs.generated_etc())
         self.warm_target = warm
         self._warm: deque[_Sandbox] = deque()
         self._deferred: list[Callable[[], None]] = []
@@ -101,10 +103,6 @@ class Runner:
         self._warm.append(self._prepare())
         return True
 
-    @property
-    def warm_count(self) -> int:
-        return len(self._warm)
-
     def close(self) -> None:
         """Discard the warm sandboxes and finish pending cleanup."""
         while self._warm:
@@ -128,6 +126,7 @@ class Runner:
                 disk_bytes=disk_bytes,
                 cap_last=self.cap_last,
                 image=image,
+                etc_snapshot=self.etc_snapshot,
             )
             prepared = launcher.prepare(template)
         except BaseException:

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import SANDBOX_CLI
+from workerutil import SANDBOX_CLI
 from sandbox.models import Status
 from sandbox.runner import Runner
 
