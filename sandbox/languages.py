@@ -171,4 +171,4 @@ def _format(preset: Preset, argv: list[str], limits: Limits, cpus: int) -> list[
 
 
 def _env(preset: Preset, limits: Limits, cpus: int) -> dict[str, str]:
-    return dict(zip(preset.env, _format(preset, list(preset.env.values()), limits, cpus)))
+    return dict(zip(preset.env, _format(preset, list(preset.env.values()), limits, cpus), strict=True))
