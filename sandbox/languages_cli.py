@@ -12,8 +12,9 @@ from typing import Any
 def add_commands(commands: Any) -> None:
     languages = commands.add_parser("languages", help="language presets, the image they need, whether it is here")
     languages.add_argument("--json", action="store_true")
-    languages.add_argument("action", nargs="?", choices=["list", "build"], default="list",
-                           help="build: make the language image with mmdebstrap and import it")
+    languages.add_argument("action", nargs="?", choices=["list", "build", "versions"], default="list",
+                           help="build: make the language image with mmdebstrap and import it; "
+                                "versions: run each preset's version command in the image")
     languages.set_defaults(handler=_languages)
 
 
@@ -25,6 +26,8 @@ def _languages(args: argparse.Namespace) -> int:
 
         build(lambda line: print(line, file=sys.stderr))
         return 0
+    if args.action == "versions":
+        return _versions()
     image, present = image_reference(), image_present()
     rows = [{"language": name, "description": load_preset(name).description, "image": image, "present": present}
             for name in preset_names()]
@@ -67,3 +70,22 @@ def run_language(args: argparse.Namespace, limits: Any) -> int:
     from sandbox.cli import report
 
     return report(outcome.run, as_json=False)
+
+
+def _versions() -> int:
+    """The first line each toolchain prints about itself, from inside the image."""
+    from sandbox.languages import image_reference, load_preset, preset_names
+    from sandbox.models import Job, Status
+    from sandbox.runner import Runner
+
+    runner = Runner()
+    try:
+        for name in preset_names():
+            result = runner.run(Job(cmd=load_preset(name).version, image=image_reference(), profile="compile"))
+            text = (result.stdout or result.stderr).decode(errors="replace").strip().splitlines()
+            shown = text[0] if text and result.status is Status.OK else f"{result.status.value} {result.error or ''}"
+            print(f"{name:12} {shown}")
+            runner.tidy()
+    finally:
+        runner.close()
+    return 0

@@ -8,6 +8,8 @@ later runs find it in the store and start at once.
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from sandbox.languages import load_preset, preset_names, run_source
 from sandbox.languages_image import build
 from sandbox.models import Blob, Limits, Status
+from workerutil import SANDBOX_CLI
 
 SOURCES = Path(__file__).parent / "languages"
 LANGUAGES = ["c", "cpp", "python3", "java", "go", "rust", "javascript"]
@@ -67,3 +70,42 @@ def test_language(run_lang, lang):
     failing = run_lang(lang, "runtime_error")
     assert failing.status in (Status.RUNTIME_ERROR, Status.SIGNALED), failing.run
     assert FAILURE_TEXT[lang] in failing.run.stderr, failing.run.stderr
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*SANDBOX_CLI, *args], capture_output=True, timeout=300)
+
+
+def test_cli_languages_lists_presets_with_their_image(language_image):
+    rows = json.loads(cli("languages", "--json").stdout)
+    assert [row["language"] for row in rows] == sorted(LANGUAGES)
+    assert all(row["image"] == language_image and row["present"] for row in rows)
+
+
+def test_cli_run_lang_compiles_then_runs(language_image, tmp_path):
+    stdin = tmp_path / "in.txt"
+    stdin.write_text("40 2\n")
+    done = cli("run", "--lang", "cpp", "--source", str(SOURCES / "cpp" / "stdin.cpp"), "--stdin", str(stdin))
+    assert (done.returncode, done.stdout) == (0, b"42\n"), done.stderr
+    broken = cli("run", "--lang", "cpp", "--source", str(SOURCES / "cpp" / "compile_error.cpp"))
+    assert broken.returncode == 1 and broken.stdout == b""
+    assert broken.stderr.startswith(b"== compile (cpp) ==\n") and b"undefined_name" in broken.stderr
+    assert broken.stderr.endswith(b"sandbox: compile_error (compile)\n")
+    as_json = json.loads(cli("run", "--json", "--lang", "python3", "--source",
+                             str(SOURCES / "python3" / "compile_error.py")).stdout)
+    assert as_json["status"] == "compile_error" and as_json["run"] is None
+    assert "SyntaxError" in as_json["compile"]["stderr"]
+
+
+def test_compile_violations_are_reported_like_any_other(runner, language_image, tmp_path):
+    # A "compiler" that calls ptrace: the compile stage is a named violation, no run.
+    source = tmp_path / "evil.py"
+    source.write_text("x = 1\n")
+    preset = load_preset("python3")
+    preset.compile = ["python3", "-c", "import ctypes; ctypes.CDLL(None).syscall(101, 0, 0, 0)"]
+    try:
+        outcome = run_source(runner, preset, source)
+    finally:
+        runner.tidy()
+    assert outcome.status is Status.SYSCALL_VIOLATION and outcome.run is None
+    assert outcome.compile.violation == {"syscall": "ptrace", "number": 101, "arch": "x86_64"}
