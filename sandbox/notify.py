@@ -38,8 +38,10 @@ _EXEC_NUMBERS = {pyseccomp.resolve_syscall(_NATIVE, name) for name in ("execve",
 
 def start_watcher(listener_fd: int, report: ReportFn, *, exec_once: bool, trace: bool) -> threading.Thread:
     """Watch the listener in a daemon thread (B's main thread keeps reaping)."""
-    target = _trace if trace else _enforce
-    thread = threading.Thread(target=target, args=(listener_fd, report, exec_once), daemon=True)
+    if trace:
+        thread = threading.Thread(target=_trace, args=(listener_fd, report), daemon=True)
+    else:
+        thread = threading.Thread(target=_enforce, args=(listener_fd, report, exec_once), daemon=True)
     thread.start()
     return thread
 
@@ -67,7 +69,7 @@ def _enforce(listener_fd: int, report: ReportFn, exec_once: bool) -> None:
         return
 
 
-def _trace(listener_fd: int, report: ReportFn, exec_once: bool) -> None:
+def _trace(listener_fd: int, report: ReportFn) -> None:
     seen: set[tuple[int, int]] = set()
     while True:
         try:
