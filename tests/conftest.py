@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from sandbox.runner import Runner
 PROGRAMS = Path(__file__).parent / "programs"
 REPO = Path(__file__).resolve().parent.parent
 SANDBOX_CLI = [sys.executable, "-m", "sandbox.cli"]
+# Best-of-N time to spawn and reap /bin/true from Python on the development hosts (their
+# measured 0.7 ms, rounded up): the yardstick for how much slower this machine is.
+REFERENCE_SPAWN_S = 0.001
 
 
 @pytest.fixture(scope="session")
@@ -32,8 +36,32 @@ def runner() -> Runner:
 
 
 @pytest.fixture(scope="session")
+def slowdown() -> float:
+    """How many times slower than a development host this machine runs the supervisor's
+    kind of work (Python + fork + exec), never below 1.
+
+    Latency bounds (how soon after a limit the kill lands) scale with it; measurement
+    bounds (CPU time, memory peak) do not. On the hosts it is 1, so their bounds stay
+    tight; under qemu TCG (tests/vm/run) it is ~20-40 and a "10 ms" kill latency means
+    10 ms of host-equivalent work rather than an assertion no emulator can meet.
+    """
+    best = min(_spawn_seconds() for _ in range(20))
+    return max(1.0, best / REFERENCE_SPAWN_S)
+
+
+def _spawn_seconds() -> float:
+    start = time.perf_counter()
+    subprocess.run(["/bin/true"], check=True)
+    return time.perf_counter() - start
+
+
+@pytest.fixture(scope="session")
 def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The C test programs in tests/programs, compiled for this host."""
+    """The C test programs in tests/programs, compiled for this host, or taken from
+    $SANDBOX_TEST_PROGRAMS (the VM path compiles them on the host: the guest has no gcc)."""
+    prebuilt = os.environ.get("SANDBOX_TEST_PROGRAMS")
+    if prebuilt:
+        return {source.stem: Path(prebuilt) / source.stem for source in sorted(PROGRAMS.glob("*.c"))}
     out = tmp_path_factory.mktemp("programs")
     built = {}
     for source in sorted(PROGRAMS.glob("*.c")):

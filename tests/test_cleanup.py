@@ -9,9 +9,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import SANDBOX_CLI
 from sandbox.models import Status
 from sandbox.runner import Runner
+
+pytestmark = pytest.mark.cgroup
 
 
 def sleeping(seconds: str) -> list[int]:
