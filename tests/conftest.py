@@ -3,6 +3,7 @@ check after every test (processes, job cgroups, mounts, temp files, fds)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -35,8 +36,17 @@ def runner() -> Runner:
     return runner
 
 
+def pytest_report_header() -> str:
+    return f"slowdown vs a development host (scales latency bounds): {measured_slowdown():.1f}"
+
+
 @pytest.fixture(scope="session")
 def slowdown() -> float:
+    return measured_slowdown()
+
+
+@functools.cache
+def measured_slowdown() -> float:
     """How many times slower than a development host this machine runs the supervisor's
     kind of work (Python + fork + exec), never below 1.
 

@@ -186,10 +186,11 @@ class V2Backend(CgroupBackend):
         return {
             f"{name}: {meaning}": os.path.exists(os.path.join(directory, name))
             for name, meaning in (
-                ("memory.peak", "memory peak reported"),
-                ("cgroup.kill", "atomic kill of the job"),
-                ("pids.peak", "peak process count reported"),
-                ("memory.swap.max", "swap capped"),
+                ("memory.peak", "memory peak reported (Linux 5.19+; else memory_peak_bytes is null)"),
+                ("cgroup.kill", "atomic kill of the job (5.14+; else a kill loop a fork storm can race)"),
+                ("pids.peak", "peak process count reported (else pids_peak is null)"),
+                ("memory.swap.max", "swap capped at 0 (else a job may swap beyond --memory)"),
+                ("memory.oom.group", "OOM kills the whole job (4.19+)"),
             )
         }
 
