@@ -12,9 +12,12 @@ import argparse
 import json
 import os
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from sandbox.errors import JobError, SandboxError
+
+if TYPE_CHECKING:
+    from sandbox.models import Job, Result
 
 EXIT_SANDBOX_ERROR = 125
 
@@ -45,28 +48,25 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="run one command in a sandbox")
-    limits = run.add_argument_group("limits")
-    limits.add_argument("--cpu-time", help="CPU time over all processes and threads (e.g. 2s, 500ms)")
-    limits.add_argument("--wall-time", help="wall-clock time (e.g. 5s)")
-    limits.add_argument("--memory", help="memory incl. tmpfs writes, swap off (e.g. 256M)")
-    limits.add_argument("--pids", type=int, help="processes and threads at once")
-    limits.add_argument("--output", help="bytes kept of stdout and of stderr, each (e.g. 64M)")
-    limits.add_argument("--disk", help="size of the writable area /work + /tmp + /dev/shm (e.g. 64M)")
-    limits.add_argument("--open-files", type=int, help="open file descriptors per process")
-    limits.add_argument("--stack", help="stack size per process (e.g. 8M)")
-    limits.add_argument("--file-size", help="largest file a process may write (e.g. 64M)")
-    limits.add_argument("--cpus", type=float, help="CPU quota in CPUs (e.g. 0.5)")
-    run.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="set a variable (repeatable)")
-    run.add_argument("--stdin", metavar="PATH", help="file fed to the program's stdin (default: empty)")
-    run.add_argument(
-        "--file", action="append", default=[], metavar="SRC:DEST", help="copy host file SRC to DEST under /work or /tmp"
-    )
-    run.add_argument("--cwd", default="/work", help="working directory inside (default /work)")
-    run.add_argument("--image", default="host", help="root filesystem image (default: the built-in 'host')")
-    run.add_argument("--json", action="store_true", help="print the full result as JSON")
+    _add_job_arguments(run)
     run.add_argument("--require-cgroups", action="store_true", help="fail instead of falling back to rlimits")
-    run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     run.set_defaults(handler=_cmd_run)
+
+    serve = commands.add_parser("serve", help="run the worker: a pool serving jobs over a socket")
+    serve.add_argument("--socket", help="unix socket path (created 0600)")
+    serve.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP (requires --token-file)")
+    serve.add_argument("--token-file", help="file holding the token TCP clients must present")
+    serve.add_argument("--slots", type=int, default=os.cpu_count() or 1, help="jobs run at once (default: CPUs)")
+    serve.add_argument("--queue", type=int, default=1024, help="jobs waiting at most; more get 'busy'")
+    serve.add_argument("--warm", type=int, default=0, help="sandboxes kept prepared ahead of jobs (default 0)")
+    serve.set_defaults(handler=_cmd_serve)
+
+    submit = commands.add_parser("submit", help="run one command through a worker (same flags as run)")
+    submit.add_argument("--socket", help="the worker's unix socket")
+    submit.add_argument("--tcp", metavar="HOST:PORT", help="the worker's TCP address")
+    submit.add_argument("--token-file", help="token for TCP")
+    _add_job_arguments(submit)
+    submit.set_defaults(handler=_cmd_submit, require_cgroups=False)
 
     doctor = commands.add_parser("doctor", help="check what this host supports and what is missing")
     doctor.set_defaults(handler=_cmd_doctor)
@@ -77,13 +77,96 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--cpu-time", help="CPU time over all processes and threads (e.g. 2s, 500ms)")
+    limits.add_argument("--wall-time", help="wall-clock time (e.g. 5s)")
+    limits.add_argument("--memory", help="memory incl. tmpfs writes, swap off (e.g. 256M)")
+    limits.add_argument("--pids", type=int, help="processes and threads at once")
+    limits.add_argument("--output", help="bytes kept of stdout and of stderr, each (e.g. 64M)")
+    limits.add_argument("--disk", help="size of the writable area /work + /tmp + /dev/shm (e.g. 64M)")
+    limits.add_argument("--open-files", type=int, help="open file descriptors per process")
+    limits.add_argument("--stack", help="stack size per process (e.g. 8M)")
+    limits.add_argument("--file-size", help="largest file a process may write (e.g. 64M)")
+    limits.add_argument("--cpus", type=float, help="CPU quota in CPUs (e.g. 0.5)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="set a variable (repeatable)")
+    parser.add_argument("--stdin", metavar="PATH", help="file fed to the program's stdin (default: empty)")
+    parser.add_argument(
+        "--file", action="append", default=[], metavar="SRC:DEST", help="copy host file SRC to DEST under /work or /tmp"
+    )
+    parser.add_argument("--cwd", default="/work", help="working directory inside (default /work)")
+    parser.add_argument("--image", default="host", help="root filesystem image (default: the built-in 'host')")
+    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from sandbox.models import Result, Status
     from sandbox.runner import Runner
 
+    runner = Runner()
+    try:
+        result = runner.run(_job_from_args(args))
+    finally:
+        runner.close()
+    return _report(result, as_json=args.json)
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from worker.client import Client, WorkerError
+
+    tcp = _host_port(args.tcp) if args.tcp else None
+    token = _read_token(args.token_file)
+    if not args.socket and not tcp:
+        raise JobError("give --socket PATH or --tcp HOST:PORT", field="socket")
     job = _job_from_args(args)
-    result: Result = Runner().run(job)
-    if args.json:
+    try:
+        with Client(args.socket, tcp=tcp, token=token) as client:
+            result = client.run(job)
+    except (OSError, WorkerError) as exc:
+        raise SandboxError(f"worker: {exc}") from exc
+    return _report(result, as_json=args.json)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from worker.server import ServerConfig, serve_forever
+
+    config = ServerConfig(
+        socket_path=args.socket,
+        tcp=_host_port(args.tcp) if args.tcp else None,
+        token=_read_token(args.token_file),
+        slots=args.slots,
+        max_queue=args.queue,
+        warm=args.warm,
+    )
+    try:
+        serve_forever(config)
+    except ValueError as exc:
+        raise SandboxError(str(exc)) from exc
+    return 0
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise JobError(f"expected HOST:PORT, got {text!r}", field="tcp")
+    return host, int(port)
+
+
+def _read_token(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError as exc:
+        raise SandboxError(f"cannot read token file {path}: {exc.strerror}") from exc
+
+
+def _report(result: Result, *, as_json: bool) -> int:
+    """Print a result the way both run and submit do; returns the exit status."""
+    from sandbox.models import Status
+
+    if as_json:
         json.dump(result.to_json_dict(), sys.stdout)
         sys.stdout.write("\n")
         return EXIT_SANDBOX_ERROR if result.status is Status.INTERNAL_ERROR else 0
@@ -103,7 +186,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return result.exit_code or 0
 
 
-def _job_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _job_from_args(args: argparse.Namespace) -> Job:
     from sandbox.models import Blob, InputFile, Job, Limits
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
@@ -143,7 +226,7 @@ def _job_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         files=files,
         image=args.image,
         cwd=args.cwd,
-        require_cgroups=args.require_cgroups,
+        require_cgroups=getattr(args, "require_cgroups", False),
     )
 
 

@@ -138,7 +138,11 @@ def _end_to_end() -> list[Check]:
     from sandbox.models import Job, Status
     from sandbox.runner import Runner
 
-    result = Runner().run(Job(cmd=["/bin/sh", "-c", "echo ok"]))
+    runner = Runner()
+    try:
+        result = runner.run(Job(cmd=["/bin/sh", "-c", "echo ok"]))
+    finally:
+        runner.close()
     if result.status is Status.OK and result.stdout == b"ok\n":
         missing = f" (not enforced: {', '.join(result.limits_not_enforced)})" if result.limits_not_enforced else ""
         level = "warn" if missing else "ok"

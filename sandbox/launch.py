@@ -1,24 +1,31 @@
-"""Create one sandbox: the fork chain from the supervisor to the exec of the program.
+"""Create sandboxes: the fork chain from the supervisor to the exec of the program, split
+in two so that everything but the job itself can happen before the job arrives.
+
+``prepare`` (may run long before any job; the warm pool does it ahead of time)::
 
     supervisor (subreaper) ── fork ──> A: unshare(user, mnt, pid, net, ipc, uts),
                                           write id maps, fork, report B's pid, exit
                                  B = pid 1 of the job ("init"): reparented to the
-                                     supervisor; waits for "go", builds the rootfs,
-                                     pivots, forks C, reaps, reports C's exit
-                                 C = the program: joins the job cgroup, new cgroup ns,
-                                     setsid, rlimits, stdio, drops every capability,
-                                     no_new_privs, closes fds, seccomp, exec
+                                     supervisor; on "go" arms its death signal, builds
+                                     and enters the root, forks C, waits for a job
+                                 C = the future program: joins the job cgroup (so no job
+                                     pays the cgroup-attach stall), new cgroup ns, setsid,
+                                     waits for its instructions from B
+
+``start_job`` sends the job to B over a SOCK_SEQPACKET channel (argv, env, limits as
+JSON; stdin, stdout, stderr and input files as fds with SCM_RIGHTS). B resizes the
+writable area if asked, copies the input files in, hands argv and stdio to C and reports
+"started"; C sets rlimits and stdio, drops every capability, sets no_new_privs, closes
+every other fd, installs the seccomp filter and execs. B reaps, reports C's exit, and
+exits - and the kernel kills whatever else ran in the job's pid namespace.
 
 Why this shape: unshare(CLONE_NEWPID) only affects children, so pid 1 must be forked
 after it; the supervisor is a subreaper so B becomes its direct child (it can kill and
 reap it, and pid reuse cannot trick it). B stays outside the job cgroup and is not the
 program, so the program's memory and CPU are measured without the sandbox's own
-Python, and killing B (SIGKILL from outside) makes the kernel kill every process of the
-job's pid namespace - double-forked, setsid'd or stopped ones included.
-
-Everything the children need is prepared before the first fork (seccomp bytes, fds,
-rlimits), and messages travel back as JSON lines on one pipe (each < PIPE_BUF, so a
-write is atomic).
+Python, and killing B (SIGKILL from outside) kills every process of the job -
+double-forked, setsid'd or stopped ones included. Messages travel back as JSON lines on
+one pipe (each write < PIPE_BUF, so atomic).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -39,36 +47,35 @@ from sandbox.linux import syscalls as sc
 NAMESPACES = (
     sc.CLONE_NEWUSER | sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
 )
-_GO = b"g"
+_GO = b"go"
 _HIGH_FD = 10
 _MAX_MESSAGE = 3000
+_MAX_FDS = 1024 + 3
 
 
 @dataclass
-class LaunchSpec:
-    """Everything the sandbox side needs, resolved by the supervisor before forking."""
+class Template:
+    """What a sandbox is built with before any job is known."""
+
+    seccomp_bpf: bytes
+    cgroup_fds: list[int]
+    disk_bytes: int
+    cap_last: int
+
+
+@dataclass
+class JobSpec:
+    """What only the job says. The fds are the supervisor's; start_job sends copies."""
 
     argv: list[str]
     env: dict[str, str]
     cwd: str
     disk_bytes: int
-    seccomp_bpf: bytes
-    cgroup_fds: list[int]
     stdin_fd: int
     stdout_fd: int
     stderr_fd: int
-    input_files: list[tuple[str, int, int]] = field(default_factory=list)  # dest, source fd, mode
+    input_files: list[tuple[str, int, int]] = field(default_factory=list)  # dest, fd, mode
     rlimits: list[tuple[int, int, int]] = field(default_factory=list)  # resource, soft, hard
-    cap_last: int = 40
-
-
-@dataclass
-class Launched:
-    """Handles the supervisor keeps: the init pid (its child) and the two pipes."""
-
-    init_pid: int
-    report_fd: int
-    go_fd: int
 
 
 class MessageReader:
@@ -88,19 +95,35 @@ class MessageReader:
         return self.feed(data) if data else []
 
 
-def launch(spec: LaunchSpec) -> tuple[Launched, MessageReader, list[dict[str, Any]]]:
-    """Fork the chain; returns once B exists (not yet started) plus early messages.
+@dataclass
+class Prepared:
+    """A sandbox waiting for its job; the supervisor's handles on it."""
 
-    The caller must be a child subreaper (``become_subreaper``). Raises OSError if the
-    first fork fails; sandbox-side failures arrive as ``setup_error`` messages.
+    init_pid: int
+    report_fd: int
+    job_channel: socket.socket
+    reader: MessageReader
+    early: list[dict[str, Any]]
+    reaped: bool = False  # once reaped, init_pid may belong to someone else: never signal it
+
+    def close(self) -> None:
+        self.job_channel.close()
+        os.close(self.report_fd)
+
+
+def prepare(template: Template) -> Prepared:
+    """Fork the chain and let the sandbox build itself; returns without waiting for it.
+
+    The caller must be a child subreaper (``become_subreaper``). If the chain could not
+    even start, ``init_pid`` is 0 and ``early`` holds the setup_error.
     """
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
-    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid_a = os.fork()
     if pid_a == 0:
-        _child_guard(report_w, lambda: _stage_unshare(spec, report_w, go_r))
+        _child_guard(report_w, lambda: _stage_unshare(template, report_w, theirs))
     os.close(report_w)
-    os.close(go_r)
+    theirs.close()
     os.waitpid(pid_a, 0)
     reader = MessageReader(report_r)
     messages: list[dict[str, Any]] = []
@@ -110,12 +133,24 @@ def launch(spec: LaunchSpec) -> tuple[Launched, MessageReader, list[dict[str, An
             break
         messages.extend(batch)
     init_pid = next((m["pid"] for m in messages if m["kind"] == "init"), 0)
-    return Launched(init_pid, report_r, go_w), reader, messages
+    if init_pid:
+        # B is our child now (A exited): it may arm its parent-death signal and build.
+        ours.send(_GO)
+    return Prepared(init_pid, report_r, ours, reader, messages)
 
 
-def start(launched: Launched) -> None:
-    """Let the sandbox init proceed (it waits so it can arm its parent-death signal)."""
-    os.write(launched.go_fd, _GO)
+def start_job(prepared: Prepared, job: JobSpec) -> None:
+    """Hand the job to a prepared sandbox. Raises OSError if the sandbox is gone."""
+    fds = [job.stdin_fd, job.stdout_fd, job.stderr_fd, *(fd for _, fd, _ in job.input_files)]
+    message = {
+        "argv": job.argv,
+        "env": job.env,
+        "cwd": job.cwd,
+        "disk_bytes": job.disk_bytes,
+        "rlimits": job.rlimits,
+        "files": [(dest, mode) for dest, _, mode in job.input_files],
+    }
+    socket.send_fds(prepared.job_channel, [json.dumps(message).encode()], fds)
 
 
 def become_subreaper() -> None:
@@ -142,15 +177,28 @@ def _child_guard(report_fd: int, body: Any) -> NoReturn:
     os._exit(125)
 
 
-def _stage_unshare(spec: LaunchSpec, report_fd: int, go_fd: int) -> None:
+def _stage_unshare(template: Template, report_fd: int, channel: socket.socket) -> None:
+    # A fork inherits every fd of the supervisor (a worker channel, other sandboxes'
+    # pipes); the sandbox keeps only its own.
+    _close_fds_except({0, 1, 2, report_fd, channel.fileno(), *template.cgroup_fds})
     uid, gid = os.getuid(), os.getgid()
     sc.unshare(NAMESPACES)
     _write_id_maps(uid, gid)
     pid_b = os.fork()
     if pid_b == 0:
-        _child_guard(report_fd, lambda: _stage_init(spec, report_fd, go_fd))
+        _child_guard(report_fd, lambda: _stage_init(template, report_fd, channel))
     send(report_fd, "init", pid=pid_b)
     os._exit(0)
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the directory fd of the listing itself
 
 
 def _write_id_maps(uid: int, gid: int) -> None:
@@ -162,32 +210,49 @@ def _write_id_maps(uid: int, gid: int) -> None:
         handle.write(f"{rootfs.SANDBOX_GID} {gid} 1")
 
 
-def _stage_init(spec: LaunchSpec, report_fd: int, go_fd: int) -> None:
-    if os.read(go_fd, 1) != _GO:
-        os._exit(0)  # the supervisor gave up before starting us
+def _stage_init(template: Template, report_fd: int, channel: socket.socket) -> None:
+    if channel.recv(16) != _GO:
+        os._exit(0)  # the supervisor gave up on this sandbox before it started
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    # Reparenting to the supervisor happened before "go"; if the supervisor died since,
-    # the write end of go_fd is closed (EOF) and the death signal will never come.
-    os.set_blocking(go_fd, False)
+    # We were reparented to the supervisor before "go"; if it died since, the channel
+    # is at EOF and the death signal will never come. (Peek: a job may already wait.)
     try:
-        if os.read(go_fd, 1) == b"":
+        if channel.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
             os._exit(0)
     except BlockingIOError:
         pass
     sc.sethostname(rootfs.HOSTNAME)
     sc.setdomainname("(none)")
     network.bring_up_loopback()
-    root_fd = rootfs.build_root(spec.disk_bytes)
-    for dest, source_fd, mode in spec.input_files:
-        _copy_in(root_fd, dest, source_fd, mode)
-        os.close(source_fd)
+    root_fd = rootfs.build_root(template.disk_bytes)
     rootfs.pivot_into(root_fd)
     os.close(root_fd)
-    started_ns = time.monotonic_ns()
+    to_program, program_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid_c = os.fork()
     if pid_c == 0:
-        _child_guard(report_fd, lambda: _stage_program(spec, report_fd))
-    for fd in (spec.stdin_fd, spec.stdout_fd, spec.stderr_fd, *spec.cgroup_fds):
+        to_program.close()
+        channel.close()
+        _child_guard(report_fd, lambda: _stage_program(template, report_fd, program_end))
+    program_end.close()
+    for fd in template.cgroup_fds:
+        os.close(fd)
+
+    raw, fds, _, _ = socket.recv_fds(channel, 1 << 20, _MAX_FDS)
+    if not raw:
+        os._exit(0)  # discarded unused: the kernel takes C down with us
+    job = json.loads(raw)
+    stdio, file_fds = fds[:3], fds[3:]
+    if job["disk_bytes"] != template.disk_bytes:
+        rootfs.resize_scratch(job["disk_bytes"])
+    new_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    for (dest, mode), source_fd in zip(job["files"], file_fds):
+        _copy_in(new_root, dest, source_fd, mode)
+        os.close(source_fd)
+    os.close(new_root)
+    instructions = {key: job[key] for key in ("argv", "env", "cwd", "rlimits")}
+    started_ns = time.monotonic_ns()
+    socket.send_fds(to_program, [json.dumps(instructions).encode()], stdio)
+    for fd in stdio:
         os.close(fd)
     send(report_fd, "started", t=started_ns)
     while True:
@@ -217,38 +282,45 @@ def _copy_in(root_fd: int, dest: str, source_fd: int, mode: int) -> None:
             while view:
                 view = view[os.write(target, view):]
         os.fchmod(target, mode)
+    except OSError as exc:
+        raise OSError(exc.errno, f"copying {dest} into the sandbox: {exc.strerror} (is --disk big enough?)") from exc
     finally:
         os.close(target)
 
 
-def _stage_program(spec: LaunchSpec, report_fd: int) -> None:
-    for fd in spec.cgroup_fds:
-        os.write(fd, b"0")
+def _stage_program(template: Template, report_fd: int, channel: socket.socket) -> None:
+    for fd in template.cgroup_fds:
+        os.write(fd, b"0")  # join the job cgroup now, long before the job's clock starts
         os.close(fd)
     sc.unshare(sc.CLONE_NEWCGROUP)
     os.setsid()
+    raw, stdio, _, _ = socket.recv_fds(channel, 1 << 20, 3)
+    if not raw:
+        os._exit(0)
+    instructions = json.loads(raw)
     _reset_signals()
-    for limit, soft, hard in spec.rlimits:
+    for limit, soft, hard in instructions["rlimits"]:
         resource.setrlimit(limit, (soft, hard))
     # Move the fds we keep out of the way, then lay them on 0, 1, 2 and 3.
-    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in
-             (spec.stdin_fd, spec.stdout_fd, spec.stderr_fd, report_fd)]
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in (*stdio, report_fd)]
     for target, fd in enumerate(moved[:3]):
         os.dup2(fd, target, inheritable=True)
     os.dup2(moved[3], 3, inheritable=False)
     sc.close_range(4)
     report_fd = 3
+    cwd = instructions["cwd"]
     try:
-        os.chdir(spec.cwd)
+        os.chdir(cwd)
     except OSError as exc:
-        send(report_fd, "exec_error", errno=exc.errno, message=f"cannot enter {spec.cwd}: {exc.strerror}")
+        send(report_fd, "exec_error", errno=exc.errno, message=f"cannot enter {cwd}: {exc.strerror}")
         os._exit(126)
-    _drop_privileges(spec.cap_last)
-    sc.seccomp_install(spec.seccomp_bpf)
+    _drop_privileges(template.cap_last)
+    sc.seccomp_install(template.seccomp_bpf)
+    argv = instructions["argv"]
     try:
-        os.execvpe(spec.argv[0], spec.argv, spec.env)
+        os.execvpe(argv[0], argv, instructions["env"])
     except OSError as exc:
-        send(report_fd, "exec_error", errno=exc.errno, message=f"{spec.argv[0]}: {exc.strerror}")
+        send(report_fd, "exec_error", errno=exc.errno, message=f"{argv[0]}: {exc.strerror}")
         os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
 
 

@@ -156,6 +156,17 @@ def mount_job_filesystems(root_fd: int, disk_bytes: int) -> None:
         os.close(dev_root)
 
 
+def resize_scratch(disk_bytes: int) -> None:
+    """Change the size of the writable area after the fact (a warm sandbox was built
+    with the default size; the job asked for another)."""
+    fs_fd = sc.fspick(sc.AT_FDCWD, "/work")
+    try:
+        sc.fsconfig_string(fs_fd, "size", str(disk_bytes))
+        sc.fsconfig_reconfigure(fs_fd)
+    finally:
+        os.close(fs_fd)
+
+
 def pivot_into(root_fd: int) -> None:
     """Make ``root_fd`` the root, drop the host tree, and seal the root read-only."""
     os.fchdir(root_fd)

@@ -11,7 +11,11 @@ from __future__ import annotations
 import math
 import os
 import resource
+import signal
+from collections.abc import Callable
+from collections import deque
 from contextlib import ExitStack
+from dataclasses import dataclass
 
 from sandbox import launch as launcher
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
@@ -22,15 +26,32 @@ from sandbox.supervise import Outcome, Watch, supervise
 from sandbox.verdict import decide
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Warm sandboxes are built with the default writable-area size; a job asking for
+# another size gets the tmpfs resized (cheap) when it arrives.
+WARM_DISK_BYTES = Limits().disk_bytes
 # Limits that only a cgroup can enforce for a whole job tree.
 CGROUP_ONLY_LIMITS = ("memory", "pids", "cpus")
 
 
+@dataclass
+class _Sandbox:
+    """A prepared sandbox and its cgroup (None without delegation)."""
+
+    prepared: launcher.Prepared
+    cgroup: JobCgroup | None
+
+
 class Runner:
-    def __init__(self, profile: str = "default") -> None:
+    """Runs jobs; with ``warm`` > 0, keeps that many sandboxes prepared ahead of time
+    (call ``refill`` when idle), so a job's critical path is hand-over, exec, collect."""
+
+    def __init__(self, profile: str = "default", warm: int = 0) -> None:
         self.seccomp_bpf = compile_policy(load_policy(profile))
         self.cap_last = int(open("/proc/sys/kernel/cap_last_cap").read())
         self.parallelism = len(os.sched_getaffinity(0))
+        self.warm_target = warm
+        self._warm: deque[_Sandbox] = deque()
+        self._deferred: list[Callable[[], None]] = []
         try:
             self.backend: CgroupBackend | None = open_backend()
             self.backend.reap_stale()
@@ -40,9 +61,15 @@ class Runner:
             self.cgroup_problem = str(exc)
         launcher.become_subreaper()
 
-    def run(self, job: Job) -> Result:
+    def run(self, job: Job, *, cancel_fd: int | None = None, on_started: Callable[[], None] | None = None) -> Result:
+        """Run one job. ``cancel_fd`` readable = cancel; ``on_started`` is called when the
+        sandbox is built and the program is being started (the worker's "started" event).
+
+        Removing the finished job's cgroup is left to ``tidy`` so the caller can send the
+        result first; ``run`` tidies what the previous job left before it starts."""
+        self.tidy()
         try:
-            return self._run(job)
+            return self._run(job, cancel_fd, on_started)
         except JobError:
             raise
         except SandboxError as exc:
@@ -50,49 +77,112 @@ class Runner:
         except OSError as exc:
             return Result(Status.INTERNAL_ERROR, error=f"{type(exc).__name__}: {exc}")
 
-    def _run(self, job: Job) -> Result:
+    def tidy(self) -> None:
+        """Finish the cleanup of jobs that already have their result."""
+        deferred, self._deferred = self._deferred, []
+        for action in deferred:
+            action()
+
+    def refill(self) -> bool:
+        """Prepare one more warm sandbox if the pool is short; True if one was made."""
+        if len(self._warm) >= self.warm_target:
+            return False
+        self._warm.append(self._prepare())
+        return True
+
+    @property
+    def warm_count(self) -> int:
+        return len(self._warm)
+
+    def close(self) -> None:
+        """Discard the warm sandboxes and finish pending cleanup."""
+        while self._warm:
+            self._dispose(self._warm.popleft())
+        self.tidy()
+
+    def _prepare(self) -> _Sandbox:
+        cgroup = self.backend.create_job() if self.backend is not None else None
+        try:
+            template = launcher.Template(
+                seccomp_bpf=self.seccomp_bpf,
+                cgroup_fds=cgroup.attach_fds if cgroup else [],
+                disk_bytes=WARM_DISK_BYTES,
+                cap_last=self.cap_last,
+            )
+            prepared = launcher.prepare(template)
+        except BaseException:
+            if cgroup is not None:
+                cgroup.destroy()
+            raise
+        if cgroup is not None:
+            cgroup.close_attach_fds()  # the sandbox holds its own copies
+        return _Sandbox(prepared, cgroup)
+
+    def _dispose(self, sandbox: _Sandbox) -> None:
+        """Make sure the sandbox is gone (killing an unused one), then remove its cgroup."""
+        prepared = sandbox.prepared
+        prepared.close()
+        if prepared.init_pid > 0 and not prepared.reaped:
+            os.kill(prepared.init_pid, signal.SIGKILL)
+            os.waitpid(prepared.init_pid, 0)
+            prepared.reaped = True
+        if sandbox.cgroup is not None:
+            sandbox.cgroup.destroy()
+
+    def _run(self, job: Job, cancel_fd: int | None, on_started: Callable[[], None] | None) -> Result:
         limits = job.limits
         warnings: list[str] = []
         not_enforced: list[str] = []
+        if self.backend is None:
+            if job.require_cgroups:
+                raise CgroupError(f"cgroups required but unavailable: {self.cgroup_problem}")
+            not_enforced.extend(CGROUP_ONLY_LIMITS)
+            warnings.append(
+                f"no delegated cgroup ({self.cgroup_problem}); memory is capped by an address-space "
+                "rlimit, pids by RLIMIT_NPROC, CPU time per process only"
+            )
+        sandbox = self._warm.popleft() if self._warm else self._prepare()
+        prepared, cgroup = sandbox.prepared, sandbox.cgroup
         with ExitStack() as cleanup:
-            cgroup = self._job_cgroup(job, not_enforced, warnings)
+            cleanup.callback(self._deferred.append, lambda: self._dispose(sandbox))
+            if prepared.init_pid <= 0:
+                message = next((m["message"] for m in prepared.early if m["kind"] == "setup_error"), None)
+                return Result(Status.INTERNAL_ERROR, error=message or "sandbox did not start", warnings=warnings)
             if cgroup is not None:
-                cleanup.callback(cgroup.destroy)
+                cgroup.apply_limits(limits)
+                cgroup.start_accounting()
             fds: list[int] = []
             cleanup.callback(_close_all, fds)
-            stdin_fd = _open_blob(job.stdin, fds)
             stdout_r, stdout_w = _pipe(fds)
             stderr_r, stderr_w = _pipe(fds)
-            spec = launcher.LaunchSpec(
+            spec = launcher.JobSpec(
                 argv=job.cmd,
                 env={"PATH": DEFAULT_PATH, **job.env},
                 cwd=job.cwd,
                 disk_bytes=limits.disk_bytes,
-                seccomp_bpf=self.seccomp_bpf,
-                cgroup_fds=cgroup.attach_fds if cgroup else [],
-                stdin_fd=stdin_fd,
+                stdin_fd=_open_blob(job.stdin, fds),
                 stdout_fd=stdout_w,
                 stderr_fd=stderr_w,
                 input_files=[(f.dest, _open_blob(f.content, fds), f.mode) for f in job.files],
                 rlimits=_rlimits(limits, cgroup is not None, warnings),
-                cap_last=self.cap_last,
             )
-            launched, reader, early = launcher.launch(spec)
-            fds.extend((launched.report_fd, launched.go_fd))
+            try:
+                launcher.start_job(prepared, spec)
+            except OSError:
+                pass  # the sandbox died while waiting; supervise collects why
             for fd in (stdout_w, stderr_w):
                 fds.remove(fd)
                 os.close(fd)
-            if launched.init_pid <= 0:
-                message = next((m["message"] for m in early if m["kind"] == "setup_error"), "sandbox did not start")
-                return Result(Status.INTERNAL_ERROR, error=message, warnings=warnings)
-            launcher.start(launched)
             watch = Watch(
                 wall_limit_ns=limits.wall_time_ms * 1_000_000,
                 cpu_limit_ns=None if limits.cpu_time_ms is None else limits.cpu_time_ms * 1_000_000,
                 parallelism=_parallelism(self.parallelism, limits.cpus),
                 cgroup=cgroup,
             )
-            outcome = supervise(launched, reader, early, stdout_r, stderr_r, limits.output_bytes, watch)
+            outcome = supervise(
+                prepared, prepared.reader, prepared.early, stdout_r, stderr_r, limits.output_bytes, watch,
+                cancel_fd, on_started,
+            )
             usage = _usage(outcome, cgroup)
             verdict = decide(outcome, cpu_ms=usage.cpu_ms, cpu_limit_ms=limits.cpu_time_ms, oom_killed=usage.oom_killed)
             return Result(
@@ -110,18 +200,6 @@ class Runner:
                 error=verdict.error,
             )
         raise AssertionError("unreachable")  # pragma: no cover - the with block returns
-
-    def _job_cgroup(self, job: Job, not_enforced: list[str], warnings: list[str]) -> JobCgroup | None:
-        if self.backend is None:
-            if job.require_cgroups:
-                raise CgroupError(f"cgroups required but unavailable: {self.cgroup_problem}")
-            not_enforced.extend(CGROUP_ONLY_LIMITS)
-            warnings.append(
-                f"no delegated cgroup ({self.cgroup_problem}); memory is capped by an address-space "
-                "rlimit, pids by RLIMIT_NPROC, CPU time per process only"
-            )
-            return None
-        return self.backend.create_job(job.limits)
 
 
 def _parallelism(cpus_available: int, quota: float | None) -> int:

@@ -14,11 +14,12 @@ import os
 import selectors
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.cgroups import JobCgroup
-from sandbox.launch import Launched, MessageReader
+from sandbox.launch import MessageReader, Prepared
 
 MIN_POLL_S = 0.0005
 SETUP_TIMEOUT_S = 30.0
@@ -54,7 +55,7 @@ class Outcome:
     exited: dict[str, Any] | None = None
     exec_error: dict[str, Any] | None = None
     setup_error: str | None = None
-    kill_reason: str | None = None  # "cpu", "wall", "output", "setup"
+    kill_reason: str | None = None  # "cpu", "wall", "output", "setup", "cancel"
     killed_at_ns: int | None = None
 
 
@@ -69,49 +70,63 @@ class Watch:
 
 
 def supervise(
-    launched: Launched,
+    sandbox: Prepared,
     reader: MessageReader,
     early_messages: list[dict[str, Any]],
     stdout_fd: int,
     stderr_fd: int,
     output_limit: int,
     watch: Watch,
+    cancel_fd: int | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> Outcome:
-    """Run until every process of the job is gone; returns the facts."""
-    if launched.init_pid <= 0:
+    """Run until every process of the job is gone; returns the facts.
+
+    ``cancel_fd`` becoming readable kills the job (reason "cancel"); its data is left
+    unread for the caller. ``on_started`` is called when the sandbox reports that the
+    program is being started."""
+    if sandbox.init_pid <= 0:
         raise ValueError("supervise() needs the pid of a started sandbox init")
     outcome = Outcome(OutputBuffer(output_limit), OutputBuffer(output_limit))
     for message in early_messages:
         _handle_message(outcome, message)
     streams = {stdout_fd: outcome.stdout, stderr_fd: outcome.stderr}
     selector = selectors.DefaultSelector()
-    for fd in (stdout_fd, stderr_fd, launched.report_fd):
+    for fd in (stdout_fd, stderr_fd, sandbox.report_fd):
         os.set_blocking(fd, False)
         selector.register(fd, selectors.EVENT_READ)
+    if cancel_fd is not None:
+        selector.register(cancel_fd, selectors.EVENT_READ)
     setup_deadline = time.monotonic_ns() + int(SETUP_TIMEOUT_S * 1e9)
 
     def kill(reason: str) -> None:
         if outcome.kill_reason is None:
             outcome.kill_reason = reason
             outcome.killed_at_ns = time.monotonic_ns()
-            os.kill(launched.init_pid, signal.SIGKILL)
+            os.kill(sandbox.init_pid, signal.SIGKILL)
 
     if outcome.setup_error:
         kill("setup")
     try:
-        while selector.get_map():
+        while any(key.fd != cancel_fd for key in selector.get_map().values()):
             timeout = _next_check_s(outcome, watch, setup_deadline)
             for key, _ in selector.select(timeout):
                 fd = key.fd
+                if fd == cancel_fd:
+                    selector.unregister(fd)
+                    kill("cancel")
+                    continue
                 try:
                     chunk = os.read(fd, _CHUNK)
                 except BlockingIOError:
                     continue
                 if not chunk:
                     selector.unregister(fd)
-                elif fd == launched.report_fd:
+                elif fd == sandbox.report_fd:
                     for message in reader.feed(chunk):
                         _handle_message(outcome, message)
+                        if message["kind"] == "started" and on_started is not None:
+                            on_started()
                         if message["kind"] == "setup_error":
                             kill("setup")
                 elif streams[fd].add(chunk):
@@ -122,7 +137,8 @@ def supervise(
                     kill(reason)
     finally:
         selector.close()
-        os.waitpid(launched.init_pid, 0)
+        os.waitpid(sandbox.init_pid, 0)
+        sandbox.reaped = True
     return outcome
 
 

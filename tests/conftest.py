@@ -6,21 +6,24 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("sandbox", database=None)  # no example database in the tree
+settings.load_profile("sandbox")
 
 from sandbox.cgroups import open_backend
 from sandbox.errors import CgroupError
 from sandbox.models import Blob, InputFile, Job, Limits, Result
 from sandbox.runner import Runner
+from workerutil import SANDBOX_CLI, Raw, WorkerProcess
 
 PROGRAMS = Path(__file__).parent / "programs"
 REPO = Path(__file__).resolve().parent.parent
-SANDBOX_CLI = [sys.executable, "-m", "sandbox.cli"]
 # Best-of-N time to spawn and reap /bin/true from Python on the development hosts (their
 # measured 0.7 ms, rounded up): the yardstick for how much slower this machine is.
 REFERENCE_SPAWN_S = 0.001
@@ -109,7 +112,10 @@ def run(runner: Runner):
             files=inputs,
             require_cgroups=True,
         )
-        return runner.run(job)
+        try:
+            return runner.run(job)
+        finally:
+            runner.tidy()
 
     return _run
 
@@ -151,10 +157,42 @@ def _job_cgroups(parents: list[str]) -> set[str]:
 
 
 def _listing(path: str) -> set[str]:
+    """Entries of a shared directory that belong to us (others may work beside us)."""
+    uid = os.getuid()
+    owned = set()
+    for entry in os.scandir(path):
+        try:
+            if entry.stat(follow_symlinks=False).st_uid == uid and not entry.name.startswith("pytest-of-"):
+                owned.add(entry.name)
+        except FileNotFoundError:
+            pass
+    return owned
+
+
+def _describe(pid: int) -> str:
     try:
-        return {name for name in os.listdir(path) if not name.startswith("pytest-of-")}
-    except FileNotFoundError:
-        return set()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return f"{pid} (gone)"
+    state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+    return f"{pid} state={state} ppid={ppid} {cmdline!r}"
+
+
+def _reap_orphans() -> None:
+    """This process is a child subreaper (the Runner made it one), so processes orphaned
+    below it - a killed worker's launchers, say - become its zombies. Reap them, as any
+    subreaper must; by now every fixture has waited for the children it started."""
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and int(fields[1]) == me:
+            os.waitpid(int(entry), os.WNOHANG)
 
 
 @pytest.fixture(autouse=True)
@@ -165,11 +203,51 @@ def no_leaks(cgroup_parents: list[str]) -> Iterator[None]:
     tmp, shm = _listing("/tmp"), _listing("/dev/shm")
     fds = set(os.listdir("/proc/self/fd"))
     yield
-    leaked = _own_processes() - processes
-    leaked = {pid for pid in leaked if Path(f"/proc/{pid}").exists()}
-    assert not leaked, f"processes left behind: {leaked}"
+    # A process SIGKILLed a moment ago may still be exiting: wait (bounded) for it.
+    deadline = time.monotonic() + 5
+    while True:
+        _reap_orphans()
+        leaked = _own_processes() - processes
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert not leaked, f"processes left behind: {[_describe(pid) for pid in leaked]}"
     assert not _job_cgroups(cgroup_parents), f"job cgroups left behind: {_job_cgroups(cgroup_parents)}"
     assert Path("/proc/self/mountinfo").read_text() == mounts, "host mount table changed"
     assert _listing("/tmp") == tmp, f"/tmp changed: {_listing('/tmp') ^ tmp}"
     assert _listing("/dev/shm") == shm, f"/dev/shm changed: {_listing('/dev/shm') ^ shm}"
     assert set(os.listdir("/proc/self/fd")) <= fds, "file descriptors leaked"
+
+
+@pytest.fixture
+def start_worker(tmp_path_factory, connect):
+    started: list[WorkerProcess] = []
+
+    def _start(*args: str) -> WorkerProcess:
+        worker = WorkerProcess(tmp_path_factory.mktemp("w"), *args)
+        started.append(worker)
+        return worker
+
+    yield _start
+    for worker in started:
+        assert worker.stop() == 0, worker.log_path.read_text()
+
+
+@pytest.fixture
+def connect():
+    """connect(worker, hello=True) -> Raw; every connection is closed after the test."""
+    opened: list[Raw] = []
+
+    def _connect(worker: WorkerProcess, hello: bool = True) -> Raw:
+        raw = Raw(worker.socket_path, hello=hello)
+        opened.append(raw)
+        return raw
+
+    yield _connect
+    for raw in opened:
+        raw.close()
+
+
+@pytest.fixture
+def worker(start_worker) -> WorkerProcess:
+    return start_worker("--slots", "2")

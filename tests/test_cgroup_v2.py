@@ -32,8 +32,9 @@ def job_cgroup(runner: Runner, request: pytest.FixtureRequest) -> Iterator[JobCg
     """A job cgroup made directly by the backend; limits from the test's `limits` mark."""
     mark = request.node.get_closest_marker("limits")
     assert runner.backend is not None
-    cgroup = runner.backend.create_job(Limits(**(mark.kwargs if mark else {})))
+    cgroup = runner.backend.create_job()
     try:
+        cgroup.apply_limits(Limits(**(mark.kwargs if mark else {})))
         yield cgroup
     finally:
         cgroup.destroy()

@@ -41,14 +41,43 @@ class JobCgroup(abc.ABC):
     def __init__(self, directories: list[str], attach_files: list[str]) -> None:
         self.directories = directories
         self.attach_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in attach_files]
+        self._baseline = CgroupUsage(0, 0, 0, None, 0, None)
 
     @abc.abstractmethod
+    def apply_limits(self, limits: Limits) -> None:
+        """Write the job's limits (a warm cgroup gets them when its job arrives)."""
+
+    @abc.abstractmethod
+    def _raw_cpu_ns(self) -> int:
+        """The cgroup's CPU counter as the kernel shows it."""
+
+    @abc.abstractmethod
+    def _raw_usage(self) -> CgroupUsage:
+        """Every counter as the kernel shows it."""
+
+    def _reset_peak(self) -> None:
+        """Restart peak memory from the current usage, where the kernel allows it."""
+
+    def start_accounting(self) -> None:
+        """The job starts now: what the waiting sandbox used so far is not the job's."""
+        self._reset_peak()
+        self._baseline = self._raw_usage()
+
     def cpu_usage_ns(self) -> int:
-        """Total CPU time of every process and thread in the job, in nanoseconds."""
+        """CPU time of every process and thread of the job since it started, in ns."""
+        return self._raw_cpu_ns() - self._baseline.cpu_ns
 
-    @abc.abstractmethod
     def usage(self) -> CgroupUsage:
-        """Everything measured, read once after the job ended."""
+        """Everything measured since ``start_accounting``, read once the job ended."""
+        raw, base = self._raw_usage(), self._baseline
+        return CgroupUsage(
+            cpu_ns=raw.cpu_ns - base.cpu_ns,
+            cpu_user_ns=raw.cpu_user_ns - base.cpu_user_ns,
+            cpu_sys_ns=raw.cpu_sys_ns - base.cpu_sys_ns,
+            memory_peak_bytes=raw.memory_peak_bytes,
+            oom_kills=raw.oom_kills - base.oom_kills,
+            pids_peak=raw.pids_peak,
+        )
 
     def pids(self) -> list[int]:
         """Processes still in the job (read from the first hierarchy)."""
@@ -66,11 +95,14 @@ class JobCgroup(abc.ABC):
             os.sched_yield()
         raise CgroupError(f"processes survive SIGKILL in {self.directories[0]}: {self.pids()}")
 
-    def destroy(self) -> None:
-        """Kill what is left, remove the directories, close the fds. Idempotent."""
+    def close_attach_fds(self) -> None:
         for fd in self.attach_fds:
             os.close(fd)
         self.attach_fds = []
+
+    def destroy(self) -> None:
+        """Kill what is left, remove the directories, close the fds. Idempotent."""
+        self.close_attach_fds()
         remaining = []
         for directory in self.directories:
             if not remove_cgroup_dir(directory, self.kill_all):
@@ -86,8 +118,8 @@ class CgroupBackend(abc.ABC):
     version: int
 
     @abc.abstractmethod
-    def create_job(self, limits: Limits) -> JobCgroup:
-        """A fresh cgroup with the limits written, ready to be joined."""
+    def create_job(self) -> JobCgroup:
+        """A fresh cgroup, ready to be joined; limits come with ``apply_limits``."""
 
     @abc.abstractmethod
     def parents(self) -> list[str]:

@@ -49,14 +49,33 @@ class V1JobCgroup(JobCgroup):
         self.by_controller = dirs
         self._cpu_fd = os.open(os.path.join(dirs["cpuacct"], "cpuacct.usage"), os.O_RDONLY | os.O_CLOEXEC)
 
-    def cpu_usage_ns(self) -> int:
+    def apply_limits(self, limits: Limits) -> None:
+        memory, cpu = self.by_controller["memory"], self.by_controller["cpu"]
+        # memsw must stay >= the memory limit at every step: order the writes accordingly.
+        swap_limit = os.path.join(memory, "memory.memsw.limit_in_bytes")
+        has_swap_limit = os.path.exists(swap_limit)
+        current = read_int(os.path.join(memory, "memory.limit_in_bytes"))
+        if has_swap_limit and limits.memory_bytes > current:
+            write_file(swap_limit, str(limits.memory_bytes))
+        write_file(os.path.join(memory, "memory.limit_in_bytes"), str(limits.memory_bytes))
+        if has_swap_limit:
+            write_file(swap_limit, str(limits.memory_bytes))
+        write_file(os.path.join(self.by_controller["pids"], "pids.max"), str(limits.pids))
+        quota = -1 if limits.cpus is None else round(limits.cpus * CFS_PERIOD_US)
+        write_file(os.path.join(cpu, "cpu.cfs_period_us"), str(CFS_PERIOD_US))
+        write_file(os.path.join(cpu, "cpu.cfs_quota_us"), str(quota))
+
+    def _reset_peak(self) -> None:
+        write_file(os.path.join(self.by_controller["memory"], "memory.max_usage_in_bytes"), "0")
+
+    def _raw_cpu_ns(self) -> int:
         return int(os.pread(self._cpu_fd, 64, 0))
 
-    def usage(self) -> CgroupUsage:
+    def _raw_usage(self) -> CgroupUsage:
         cpuacct, memory, pids = (self.by_controller[c] for c in ("cpuacct", "memory", "pids"))
         pids_peak_file = os.path.join(pids, "pids.peak")
         return CgroupUsage(
-            cpu_ns=self.cpu_usage_ns(),
+            cpu_ns=self._raw_cpu_ns(),
             cpu_user_ns=read_int(os.path.join(cpuacct, "cpuacct.usage_user")),
             cpu_sys_ns=read_int(os.path.join(cpuacct, "cpuacct.usage_sys")),
             memory_peak_bytes=read_int(os.path.join(memory, "memory.max_usage_in_bytes")),
@@ -98,7 +117,7 @@ class V1Backend(CgroupBackend):
             "oom_kill count in memory.oom_control": "oom_kill" in open(os.path.join(memory, "memory.oom_control")).read(),
         }
 
-    def create_job(self, limits: Limits) -> JobCgroup:
+    def create_job(self) -> JobCgroup:
         name = self.job_name()
         dirs = {c: os.path.join(p, name) for c, p in self.parent_dirs.items()}
         created: list[str] = []
@@ -106,16 +125,7 @@ class V1Backend(CgroupBackend):
             for directory in dict.fromkeys(dirs.values()):
                 os.mkdir(directory)
                 created.append(directory)
-            memory = dirs["memory"]
-            write_file(os.path.join(memory, "memory.limit_in_bytes"), str(limits.memory_bytes))
-            swap_limit = os.path.join(memory, "memory.memsw.limit_in_bytes")
-            if os.path.exists(swap_limit):
-                write_file(swap_limit, str(limits.memory_bytes))
-            write_file(os.path.join(memory, "memory.swappiness"), "0")
-            write_file(os.path.join(dirs["pids"], "pids.max"), str(limits.pids))
-            if limits.cpus is not None:
-                write_file(os.path.join(dirs["cpu"], "cpu.cfs_period_us"), str(CFS_PERIOD_US))
-                write_file(os.path.join(dirs["cpu"], "cpu.cfs_quota_us"), str(round(limits.cpus * CFS_PERIOD_US)))
+            write_file(os.path.join(dirs["memory"], "memory.swappiness"), "0")
             return V1JobCgroup(dirs)
         except BaseException as exc:
             remove_partial(created)

@@ -82,10 +82,16 @@ class V2JobCgroup(JobCgroup):
         text = os.pread(self._cpu_fd, 4096, 0).decode()
         return {k: int(v) for k, v in (line.split() for line in text.splitlines() if line.strip())}
 
-    def cpu_usage_ns(self) -> int:
+    def apply_limits(self, limits: Limits) -> None:
+        write_file(os.path.join(self.directory, "memory.max"), str(limits.memory_bytes))
+        write_file(os.path.join(self.directory, "pids.max"), str(limits.pids))
+        quota = "max" if limits.cpus is None else str(round(limits.cpus * CPU_PERIOD_US))
+        write_file(os.path.join(self.directory, "cpu.max"), f"{quota} {CPU_PERIOD_US}")
+
+    def _raw_cpu_ns(self) -> int:
         return self._cpu_stat()["usage_usec"] * 1000
 
-    def usage(self) -> CgroupUsage:
+    def _raw_usage(self) -> CgroupUsage:
         stat = self._cpu_stat()
         peak_file = os.path.join(self.directory, "memory.peak")
         pids_peak_file = os.path.join(self.directory, "pids.peak")
@@ -194,22 +200,17 @@ class V2Backend(CgroupBackend):
             )
         }
 
-    def create_job(self, limits: Limits) -> JobCgroup:
+    def create_job(self) -> JobCgroup:
         directory = os.path.join(self.parent, self.job_name())
         try:
             os.mkdir(directory)
         except OSError as exc:
             raise CgroupError(f"cannot create job cgroup: {exc}") from exc
         try:
-            write_file(os.path.join(directory, "memory.max"), str(limits.memory_bytes))
             swap_max = os.path.join(directory, "memory.swap.max")
             if os.path.exists(swap_max):
                 write_file(swap_max, "0")
             write_file(os.path.join(directory, "memory.oom.group"), "1")
-            write_file(os.path.join(directory, "pids.max"), str(limits.pids))
-            if limits.cpus is not None:
-                quota = round(limits.cpus * CPU_PERIOD_US)
-                write_file(os.path.join(directory, "cpu.max"), f"{quota} {CPU_PERIOD_US}")
             return V2JobCgroup(directory)
         except BaseException:
             remove_partial([directory])

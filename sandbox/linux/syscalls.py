@@ -46,6 +46,7 @@ _SHARED_NUMBERS = {
     "fsopen": 430,
     "fsconfig": 431,
     "fsmount": 432,
+    "fspick": 433,
     "pidfd_open": 434,
     "close_range": 436,
     "openat2": 437,
@@ -80,6 +81,8 @@ FSMOUNT_CLOEXEC = 1
 FSCONFIG_SET_FLAG = 0
 FSCONFIG_SET_STRING = 1
 FSCONFIG_CMD_CREATE = 6
+FSCONFIG_CMD_RECONFIGURE = 7
+FSPICK_CLOEXEC = 1
 OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 MOVE_MOUNT_F_EMPTY_PATH = 0x04
@@ -171,6 +174,15 @@ def fsconfig_flag(fs_fd: int, key: str) -> None:
 
 def fsconfig_create(fs_fd: int) -> None:
     _call("fsconfig", _long(fs_fd), _long(FSCONFIG_CMD_CREATE), None, None, _long(0))
+
+
+def fsconfig_reconfigure(fs_fd: int) -> None:
+    _call("fsconfig", _long(fs_fd), _long(FSCONFIG_CMD_RECONFIGURE), None, None, _long(0))
+
+
+def fspick(dirfd: int, path: str) -> int:
+    """A configuration context for the filesystem mounted at ``path`` (to reconfigure it)."""
+    return _call("fspick", _long(dirfd), _path(path), _long(FSPICK_CLOEXEC))
 
 
 def fsmount(fs_fd: int, attr_flags: int) -> int:

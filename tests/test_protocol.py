@@ -1,0 +1,146 @@
+"""The sans-IO protocol on its own: framing, limits, job validation, and a
+property-based fuzz of the decoder and of job validation."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sandbox.models import Blob, InputFile, Job, Limits, Result, Status, Usage
+from worker.protocol import (
+    FrameDecoder,
+    ProtocolError,
+    encode,
+    job_from_wire,
+    job_to_wire,
+    message_type,
+    result_from_wire,
+    result_to_wire,
+)
+
+
+def frame(obj: object) -> bytes:
+    body = msgpack.packb(obj, use_bin_type=True)
+    return struct.pack(">I", len(body)) + body
+
+
+def test_round_trip_in_arbitrary_chunks():
+    stream = encode({"type": "ping", "seq": 1}) + encode({"type": "stats"})
+    decoder = FrameDecoder()
+    got = []
+    for byte in stream:
+        got.extend(decoder.feed(bytes([byte])))
+    assert got == [{"type": "ping", "seq": 1}, {"type": "stats"}]
+
+
+@pytest.mark.parametrize("length", [2**32 - 1, 100 << 20])
+def test_oversized_frame_is_refused_from_its_header(length):
+    decoder = FrameDecoder(max_frame=16 << 20)
+    with pytest.raises(ProtocolError) as caught:
+        decoder.feed(struct.pack(">I", length) + b"x")
+    assert caught.value.code == "frame_too_large" and caught.value.fatal
+
+
+def test_garbage_and_deep_nesting_are_bad_frames():
+    for body in (b"\xc1\xc1\xc1", b"\x91" * 100_000 + b"\xc0"):
+        with pytest.raises(ProtocolError) as caught:
+            FrameDecoder().feed(struct.pack(">I", len(body)) + body)
+        assert caught.value.code == "bad_frame"
+
+
+def test_non_map_and_unknown_type():
+    with pytest.raises(ProtocolError) as caught:
+        FrameDecoder().feed(frame([1, 2, 3]))
+    assert caught.value.code == "bad_message"
+    with pytest.raises(ProtocolError) as caught:
+        message_type({"type": "launch_missiles"})
+    assert caught.value.code == "unknown_type" and not caught.value.fatal
+
+
+@pytest.mark.parametrize(
+    "job, field",
+    [
+        ({"cmd": []}, "cmd"),
+        ({"cmd": "ls"}, "cmd"),
+        ({"cmd": ["ls"], "limits": {"memory": -5}}, "limits"),
+        ({"cmd": ["ls"], "limits": {"pids": 2**64}}, "limits.pids"),
+        ({"cmd": ["ls"], "limits": {"pids": "12"}}, "limits.pids"),
+        ({"cmd": ["ls"], "limits": {"cpus": math.nan}}, "limits.cpus"),
+        ({"cmd": ["ls"], "limits": {"wall_time": math.inf}}, "limits.wall_time"),
+        ({"cmd": ["ls"], "limits": {"bogus": 1}}, "limits"),
+        ({"cmd": ["ls"], "files": [{"path": "/work/../etc/passwd", "data": b"x"}]}, "files.dest"),
+        ({"cmd": ["ls"], "files": [{"path": "/etc/passwd", "data": b"x"}]}, "files.dest"),
+        ({"cmd": ["ls"], "files": [{"path": "/work/a", "data": "text, not bytes"}]}, "files.data"),
+        ({"cmd": ["ls"], "files": [{"path": "/work/a", "source": "/etc/shadow"}]}, "files"),
+        ({"cmd": ["ls"], "stdin": "not bytes"}, "stdin"),
+        ({"cmd": ["ls"], "env": {"A=B": "c"}}, "env"),
+        ({"cmd": ["l\x00s"]}, "cmd"),
+        ({"cmd": ["ls"], "surprise": True}, "job"),
+    ],
+)
+def test_invalid_jobs_name_the_field(job, field):
+    with pytest.raises(ProtocolError) as caught:
+        job_from_wire(job)
+    assert caught.value.code == "invalid_job"
+    assert caught.value.field == field
+
+
+def test_job_and_result_round_trip():
+    job = Job(
+        cmd=["python3", "-c", "print(1)"],
+        limits=Limits(cpu_time="1500ms", wall_time="3s", memory="256M", cpus=0.5),
+        env={"A": "1"},
+        stdin=Blob(data=b"in"),
+        files=[InputFile("/work/a.py", Blob(data=b"print(2)"), 0o755)],
+    )
+    assert job_from_wire(msgpack.unpackb(msgpack.packb(job_to_wire(job)))) == job
+    result = Result(Status.TIME_LIMIT, signal=9, signal_name="SIGKILL", stdout=b"\xff", usage=Usage(cpu_ms=1.5))
+    assert result_from_wire(msgpack.unpackb(msgpack.packb(result_to_wire(result)))) == result
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_fuzz_decoder_only_raises_protocol_errors(data):
+    decoder = FrameDecoder(max_frame=1024)
+    try:
+        for message in decoder.feed(data):
+            assert isinstance(message, dict)
+    except ProtocolError:
+        pass
+
+
+wire_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20) | st.binary(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "cmd": st.lists(st.text(max_size=10), max_size=3) | wire_values,
+            "limits": st.dictionaries(
+                st.sampled_from(["cpu_time", "wall_time", "memory", "pids", "disk", "cpus", "x"]), wire_values
+            ),
+            "env": wire_values,
+            "files": st.lists(st.fixed_dictionaries({"path": st.text(max_size=20), "data": wire_values})),
+            "stdin": wire_values,
+            "cwd": wire_values,
+        },
+    )
+)
+def test_fuzz_job_validation_accepts_or_names_the_problem(data):
+    try:
+        job = job_from_wire(data)
+    except ProtocolError as exc:
+        assert exc.code == "invalid_job"
+    else:
+        assert isinstance(job, Job) and job.cmd

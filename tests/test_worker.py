@@ -1,0 +1,299 @@
+"""The worker end to end: a real `sandbox serve` process, real launchers, real jobs."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import stat
+import struct
+
+import msgpack
+import pytest
+import trio
+
+from sandbox.models import Job, Limits, Status
+from test_cleanup import sleeping, wait_until
+from worker.client import AsyncClient, Client, WorkerError
+from worker.protocol import job_to_wire
+from workerutil import WorkerProcess
+
+
+def py(code: str, **limits: object) -> Job:
+    return Job(cmd=["python3", "-c", code], limits=Limits(**limits))  # type: ignore[arg-type]
+
+
+def sleeper(seconds: str, **limits: object) -> dict:
+    return job_to_wire(Job(cmd=["sleep", seconds], limits=Limits(**limits)))  # type: ignore[arg-type]
+
+
+def test_socket_is_private(worker):
+    assert stat.S_IMODE(os.stat(worker.socket_path).st_mode) == 0o600
+
+
+def test_sync_client_runs_a_job(worker):
+    with Client(worker.socket_path) as client:
+        assert client.hello["version"] == 1
+        result = client.run(py("print(6*7)", memory="256M"))
+    assert result.status is Status.OK
+    assert result.stdout == b"42\n"
+    assert result.usage.memory_peak_bytes
+
+
+def test_pipelining_many_jobs_on_one_connection(worker):
+    with Client(worker.socket_path) as client:
+        ids = [client.submit(Job(cmd=["sh", "-c", f"echo {n}"])) for n in range(12)]
+        results = [client.wait(job_id) for job_id in reversed(ids)]
+    assert [r.stdout for r in results] == [f"{n}\n".encode() for n in reversed(range(12))]
+
+
+def test_async_client_runs_concurrent_jobs(worker):
+    async def main() -> list[bytes]:
+        client = await AsyncClient.connect(worker.socket_path)
+        async with client:
+            outputs: dict[int, bytes] = {}
+
+            async def one(n: int) -> None:
+                outputs[n] = (await client.run(Job(cmd=["sh", "-c", f"echo {n}"]))).stdout
+
+            async with trio.open_nursery() as nursery:
+                for n in range(6):
+                    nursery.start_soon(one, n)
+            return [outputs[n] for n in range(6)]
+
+    assert trio.run(main) == [f"{n}\n".encode() for n in range(6)]
+
+
+def test_verdicts_travel_unchanged(worker):
+    with Client(worker.socket_path) as client:
+        assert client.run(Job(cmd=["sleep", "5"], limits=Limits(wall_time="200ms"))).status is Status.WALL_TIME_LIMIT
+        assert client.run(Job(cmd=["sh", "-c", "exit 4"])).exit_code == 4
+
+
+def test_cancel_a_running_job_kills_it(worker, connect):
+    raw = connect(worker)
+    raw.send({"type": "submit", "id": "long", "job": sleeper("1004")})
+    raw.until(lambda m: m.get("event") == "started")
+    assert wait_until(lambda: sleeping("1004"))
+    raw.send({"type": "cancel", "id": "long"})
+    final = raw.until(lambda m: m.get("event") in ("cancelled", "finished"))
+    assert final["event"] == "cancelled"
+    assert final["result"]["status"] == "internal_error" and "cancelled" in final["result"]["error"]
+    assert not sleeping("1004")
+
+
+def test_cancel_a_queued_job(start_worker, connect):
+    worker = start_worker("--slots", "1")
+    raw = connect(worker)
+    raw.send({"type": "submit", "id": "first", "job": sleeper("1005")})
+    raw.send({"type": "submit", "id": "second", "job": sleeper("1006")})
+    raw.until(lambda m: m.get("id") == "second" and m.get("event") == "accepted")
+    raw.send({"type": "status", "id": "second"})
+    assert raw.until(lambda m: m["type"] == "status")["state"] == "queued"
+    raw.send({"type": "cancel", "id": "second"})
+    assert raw.until(lambda m: m.get("id") == "second" and m.get("event") == "cancelled") == {
+        "type": "event", "id": "second", "event": "cancelled"}
+    raw.send({"type": "cancel", "id": "first"})
+    raw.until(lambda m: m.get("id") == "first" and m.get("event") == "cancelled")
+    assert not sleeping("1006") and not sleeping("1005")
+
+
+def test_queue_full_is_busy(start_worker, connect):
+    worker = start_worker("--slots", "1", "--queue", "1")
+    raw = connect(worker)
+    raw.send({"type": "submit", "id": "a", "job": sleeper("1007")})
+    raw.until(lambda m: m.get("id") == "a" and m.get("event") == "started")
+    raw.send({"type": "submit", "id": "b", "job": sleeper("1007")})
+    raw.until(lambda m: m.get("id") == "b" and m.get("event") == "accepted")
+    raw.send({"type": "submit", "id": "c", "job": sleeper("1007")})
+    reply = raw.until(lambda m: m.get("id") == "c")
+    assert reply["type"] == "error" and reply["code"] == "busy"
+    raw.close()  # disconnecting cancels a and b
+    assert wait_until(lambda: not sleeping("1007"))
+
+
+def test_resubmitting_an_id_returns_the_same_result(worker):
+    job = Job(cmd=["sh", "-c", "head -c 16 /dev/urandom | od -An -tx1"])
+    with Client(worker.socket_path) as client:
+        first = client.run(job, job_id="same-id")
+    with Client(worker.socket_path) as client:
+        again = client.run(job, job_id="same-id")
+        other = client.run(job, job_id="other-id")
+    assert first.stdout == again.stdout
+    assert other.stdout != first.stdout
+
+
+def test_disconnect_cancels_the_clients_jobs(worker, connect):
+    raw = connect(worker)
+    raw.send({"type": "submit", "id": "orphan", "job": sleeper("1008")})
+    raw.until(lambda m: m.get("event") == "started")
+    raw.close()
+    assert wait_until(lambda: not sleeping("1008")), "job survived its client"
+
+
+def test_killed_launcher_fails_its_job_and_is_replaced(worker, connect):
+    raw = connect(worker)
+    raw.send({"type": "submit", "id": "victim", "job": sleeper("1009")})
+    raw.until(lambda m: m.get("event") == "started")
+    for pid in worker.launchers():
+        os.kill(pid, signal.SIGKILL)
+    final = raw.until(lambda m: m.get("id") == "victim" and m.get("event") == "finished")
+    assert final["result"]["status"] == "internal_error"
+    assert "died" in final["result"]["error"]
+    assert wait_until(lambda: not sleeping("1009"))
+    with Client(worker.socket_path) as client:
+        after = client.run(Job(cmd=["echo", "still here"]))
+    assert after.stdout == b"still here\n", after
+
+
+def test_sigterm_lets_running_jobs_finish(worker, connect):
+    raw = connect(worker)
+    raw.send({"type": "submit", "id": "last", "job": job_to_wire(Job(cmd=["sh", "-c", "sleep 0.5; echo done"]))})
+    raw.until(lambda m: m.get("event") == "started")
+    worker.process.send_signal(signal.SIGTERM)
+    final = raw.until(lambda m: m.get("id") == "last" and m.get("event") == "finished")
+    assert final["result"]["stdout"] == b"done\n"
+    assert worker.process.wait(timeout=30) == 0
+    assert not os.path.exists(worker.socket_path)
+
+
+def test_stats_and_ping(worker):
+    with Client(worker.socket_path) as client:
+        client.run(Job(cmd=["true"]))
+        client.run(Job(cmd=["false"]))
+        stats = client.stats()
+        assert client.ping()["type"] == "pong"
+    assert stats["slots"] == 2
+    assert stats["by_status"] == {"ok": 1, "runtime_error": 1}
+    assert stats["latency_ms"]["count"] == 2
+
+
+@pytest.mark.parametrize(
+    "payload, code",
+    [
+        (b"\x00\x00\x00\x03\xc1\xc1\xc1", "bad_frame"),
+        (struct.pack(">I", 2**32 - 1), "frame_too_large"),
+        (struct.pack(">I", 100 << 20) + b"\x00" * 1024, "frame_too_large"),
+        (lambda: (b := msgpack.packb([[]] * 1 + [0]) and b"\x91" * 50_000 + b"\xc0") and
+         struct.pack(">I", 50_001) + b"\x91" * 50_000 + b"\xc0", "bad_frame"),
+    ],
+)
+def test_broken_frames_get_a_typed_error_and_a_close(worker, payload, code, connect):
+    raw = connect(worker)
+    raw.send_bytes(payload() if callable(payload) else payload)
+    reply = raw.next()
+    assert reply["type"] == "error" and reply["code"] == code
+    assert raw.closed_by_peer()
+    with Client(worker.socket_path) as client:  # everyone else is still served
+        assert client.run(Job(cmd=["true"])).status is Status.OK
+
+
+@pytest.mark.parametrize(
+    "message, code, field",
+    [
+        ({"type": "warp"}, "unknown_type", "type"),
+        ({"type": "submit", "id": "x", "job": {"cmd": ["ls"], "limits": {"memory": -1}}}, "invalid_job", "limits"),
+        ({"type": "submit", "id": "x", "job": {"cmd": ["ls"], "limits": {"pids": 2**64 - 1}}}, "invalid_job",
+         "limits.pids"),
+        ({"type": "submit", "id": "x", "job": {"cmd": ["ls"], "limits": {"cpus": float("nan")}}}, "invalid_job",
+         "limits.cpus"),
+        ({"type": "submit", "id": "x", "job": {"cmd": ["ls"], "limits": {"open_files": "many"}}}, "invalid_job",
+         "limits.open_files"),
+        ({"type": "submit", "id": "x", "job": {"cmd": ["ls"], "files": [{"path": "/work/../../etc/x",
+                                                                           "data": b""}]}}, "invalid_job",
+         "files.dest"),
+        ({"type": "submit", "id": 5, "job": {"cmd": ["ls"]}}, "bad_message", "id"),
+        ({"type": "cancel", "id": "never-submitted"}, "unknown_id", "id"),
+    ],
+)
+def test_bad_messages_get_typed_errors_and_the_connection_lives(worker, message, code, field, connect):
+    raw = connect(worker)
+    raw.send(message)
+    reply = raw.next()
+    assert (reply["type"], reply["code"], reply.get("field")) == ("error", code, field)
+    raw.send({"type": "ping", "seq": 7})
+    assert raw.next() == {"type": "pong", "seq": 7}
+
+
+def test_hello_is_required_first_and_versioned(worker, connect):
+    raw = connect(worker, hello=False)
+    raw.send({"type": "ping"})
+    assert raw.next()["code"] == "hello_required"
+    assert raw.closed_by_peer()
+    raw = connect(worker, hello=False)
+    raw.send({"type": "hello", "version": 99})
+    assert raw.next()["code"] == "version"
+    assert raw.closed_by_peer()
+
+
+def test_tcp_requires_the_token(start_worker, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    worker = start_worker("--slots", "1", "--tcp", f"127.0.0.1:{port}", "--token-file", str(token))
+    with pytest.raises(WorkerError) as caught:
+        Client(tcp=("127.0.0.1", port), token="wrong")
+    assert caught.value.code == "unauthorized"
+    with Client(tcp=("127.0.0.1", port), token="s3cret") as client:
+        assert client.run(Job(cmd=["echo", "tcp"])).stdout == b"tcp\n"
+    assert worker.socket_path
+
+
+def test_client_that_never_reads_is_cut_off(worker, connect):
+    before = worker.rss_bytes()
+    raw = connect(worker)
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ping = msgpack.packb({"type": "ping", "seq": "x" * 1000})
+    batch = (struct.pack(">I", len(ping)) + ping) * 1000
+    try:
+        for _ in range(20):  # 20,000 pings, replies never read
+            raw.send_bytes(batch)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # cut off while we were still sending: exactly the point
+    assert raw.closed_by_peer()
+    assert worker.rss_bytes() - before < 64 << 20
+    with Client(worker.socket_path) as client:
+        assert client.run(Job(cmd=["true"])).status is Status.OK
+
+
+def test_ten_thousand_idle_connections(worker):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    idle = []
+    try:
+        for _ in range(10_000):
+            conn = socket.socket(socket.AF_UNIX)
+            conn.connect(worker.socket_path)
+            idle.append(conn)
+        with Client(worker.socket_path, timeout=60) as client:
+            assert client.run(Job(cmd=["echo", "served"])).stdout == b"served\n"
+        assert worker.rss_bytes() < 512 << 20
+    finally:
+        for conn in idle:
+            conn.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_flood_of_submits_and_cancels(start_worker, connect):
+    worker = start_worker("--slots", "2", "--queue", "50")
+    raw = connect(worker)
+    job = job_to_wire(Job(cmd=["true"]))
+    for n in range(300):
+        raw.send({"type": "submit", "id": f"j{n}", "job": job})
+        if n % 3 == 0:
+            raw.send({"type": "cancel", "id": f"j{n}"})
+    outcomes: dict[str, str] = {}
+    while len(outcomes) < 300:
+        message = raw.next()
+        if message["type"] == "event" and message["event"] in ("finished", "cancelled"):
+            outcomes[message["id"]] = message["event"]
+        elif message["type"] == "error" and message["code"] in ("busy", "unknown_id"):
+            if message["code"] == "busy":
+                outcomes[message["id"]] = "busy"
+    assert set(outcomes.values()) <= {"finished", "cancelled", "busy"}
+    assert "finished" in outcomes.values()
+    with Client(worker.socket_path) as client:
+        assert client.run(Job(cmd=["echo", "ok"])).stdout == b"ok\n"

@@ -1,0 +1,122 @@
+"""Helpers for tests that talk to a real worker process: start/stop it, and a raw
+protocol connection for the tests that must send what no well-behaved client would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from worker.protocol import FrameDecoder, encode
+
+SANDBOX_CLI = [sys.executable, "-m", "sandbox.cli"]
+
+
+class WorkerProcess:
+    def __init__(self, directory: Path, *args: str) -> None:
+        self.socket_path = str(directory / "w.sock")
+        self.log_path = directory / "worker.log"
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [*SANDBOX_CLI, "serve", "--socket", self.socket_path, *args], stderr=self._log
+        )
+        deadline = time.monotonic() + 30
+        while not self._accepting():
+            assert self.process.poll() is None, self.log_path.read_text()
+            assert time.monotonic() < deadline, "worker did not start listening"
+            time.sleep(0.01)
+
+    def _accepting(self) -> bool:
+        if not os.path.exists(self.socket_path):
+            return False
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(self.socket_path)
+                return True
+            except OSError:
+                return False
+
+    def launchers(self) -> list[int]:
+        """Pids of this worker's launcher processes."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                    cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                if ppid == self.process.pid and b"worker.launcher" in cmdline:
+                    pids.append(int(entry))
+        return pids
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+class Raw:
+    """A protocol connection with no manners: send anything, read replies."""
+
+    def __init__(self, path: str, hello: bool = True) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(30)
+        self.sock.connect(path)
+        self.decoder = FrameDecoder(1 << 30)
+        self.pending: list[dict[str, Any]] = []
+        if hello:
+            self.send({"type": "hello", "version": 1})
+            assert self.next()["type"] == "hello"
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sock.sendall(encode(message))
+
+    def send_bytes(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def next(self) -> dict[str, Any]:
+        while not self.pending:
+            try:
+                data = self.sock.recv(1 << 16)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                raise EOFError("worker closed the connection")
+            self.pending.extend(self.decoder.feed(data))
+        return self.pending.pop(0)
+
+    def until(self, predicate) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+        while True:
+            message = self.next()
+            if predicate(message):
+                return message
+
+    def closed_by_peer(self) -> bool:
+        """True once the worker has closed its side (after any pending replies)."""
+        try:
+            while True:
+                self.next()
+        except EOFError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,219 @@
+"""Python clients of the worker: ``Client`` (blocking) and ``AsyncClient`` (trio).
+
+Both speak worker/protocol.py, take the same Job model as ``sandbox run`` and return the
+same Result. Events of other jobs that arrive while waiting for one are kept, so several
+jobs can be in flight on one connection (pipelining)::
+
+    with Client("/run/sandbox/worker.sock") as c:
+        result = c.run(Job(cmd=["python3", "-c", "print(1)"], limits=Limits(memory="256M")))
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections import defaultdict, deque
+from typing import Any
+
+import trio
+
+from sandbox.models import Job, Result
+from worker.protocol import VERSION, FrameDecoder, ProtocolError, encode, job_to_wire, result_from_wire
+
+_FINAL_EVENTS = ("finished", "cancelled")
+
+
+class WorkerError(Exception):
+    """An error reply from the worker (``code`` is the protocol's error code)."""
+
+    def __init__(self, reply: dict[str, Any]) -> None:
+        super().__init__(f"{reply.get('code')}: {reply.get('message')}")
+        self.code = reply.get("code")
+        self.field = reply.get("field")
+        self.reply = reply
+
+
+class _Mailbox:
+    """Sorts incoming messages: per-job events, and everything else in arrival order."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
+        self.other: deque[dict[str, Any]] = deque()
+
+    def put(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "event" or (message.get("type") == "error" and "id" in message):
+            self.events[message["id"]].append(message)
+        else:
+            self.other.append(message)
+
+    def final(self, job_id: str) -> Result | None:
+        """The job's result once its final event (or an error about it) has arrived."""
+        queue = self.events[job_id]
+        while queue:
+            message = queue.popleft()
+            if message["type"] == "error":
+                raise WorkerError(message)
+            if message["event"] in _FINAL_EVENTS:
+                del self.events[job_id]
+                if "result" not in message:
+                    raise WorkerError({"code": "cancelled", "message": f"job {job_id} was cancelled"})
+                return result_from_wire(message["result"])
+        return None
+
+
+def _hello(token: str | None) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": "hello", "version": VERSION}
+    if token is not None:
+        message["token"] = token
+    return message
+
+
+def _submit(job: Job, job_id: str) -> dict[str, Any]:
+    return {"type": "submit", "id": job_id, "job": job_to_wire(job)}
+
+
+class Client:
+    """Blocking client over a unix socket (``path``) or TCP (``tcp=(host, port)``, token)."""
+
+    def __init__(self, path: str | None = None, *, tcp: tuple[str, int] | None = None,
+                 token: str | None = None, timeout: float | None = None) -> None:
+        if tcp is not None:
+            self._sock = socket.create_connection(tcp, timeout=timeout)
+        else:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._sock.connect(str(path))  # blocking: waits for room in a full backlog
+            self._sock.settimeout(timeout)
+        self._decoder = FrameDecoder()
+        self._mail = _Mailbox()
+        try:
+            self._send(_hello(token))
+            self.hello = self._next_other()
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def submit(self, job: Job, job_id: str | None = None) -> str:
+        job_id = job_id or uuid.uuid4().hex
+        self._send(_submit(job, job_id))
+        return job_id
+
+    def wait(self, job_id: str) -> Result:
+        while (result := self._mail.final(job_id)) is None:
+            self._receive()
+        return result
+
+    def run(self, job: Job, job_id: str | None = None) -> Result:
+        return self.wait(self.submit(job, job_id))
+
+    def cancel(self, job_id: str) -> None:
+        self._send({"type": "cancel", "id": job_id})
+
+    def ping(self) -> dict[str, Any]:
+        self._send({"type": "ping"})
+        return self._next_other()
+
+    def stats(self) -> dict[str, Any]:
+        self._send({"type": "stats"})
+        return self._next_other()
+
+    def _send(self, message: dict[str, Any]) -> None:
+        self._sock.sendall(encode(message))
+
+    def _receive(self) -> None:
+        data = self._sock.recv(1 << 16)
+        if not data:
+            raise ConnectionError("the worker closed the connection")
+        for message in self._decoder.feed(data):
+            self._mail.put(message)
+
+    def _next_other(self) -> dict[str, Any]:
+        while not self._mail.other:
+            self._receive()
+        message = self._mail.other.popleft()
+        if message.get("type") == "error":
+            raise WorkerError(message)
+        return message
+
+
+class AsyncClient:
+    """The same, for trio programs: ``async with await AsyncClient.connect(path) as c``."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self._decoder = FrameDecoder()
+        self._mail = _Mailbox()
+        self._lock = trio.Lock()  # one reader at a time; the others find their events queued
+        self._send_lock = trio.Lock()
+        self.hello: dict[str, Any] = {}
+
+    @classmethod
+    async def connect(cls, path: str | None = None, *, tcp: tuple[str, int] | None = None,
+                      token: str | None = None) -> AsyncClient:
+        stream: trio.abc.Stream
+        if tcp is not None:
+            stream = await trio.open_tcp_stream(*tcp)
+        else:
+            stream = await trio.open_unix_socket(str(path))
+        client = cls(stream)
+        await client._send(_hello(token))
+        client.hello = await client._next_other()
+        return client
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stream.aclose()
+
+    async def submit(self, job: Job, job_id: str | None = None) -> str:
+        job_id = job_id or uuid.uuid4().hex
+        await self._send(_submit(job, job_id))
+        return job_id
+
+    async def wait(self, job_id: str) -> Result:
+        async with self._lock:
+            while (result := self._mail.final(job_id)) is None:
+                await self._receive()
+        return result
+
+    async def run(self, job: Job, job_id: str | None = None) -> Result:
+        return await self.wait(await self.submit(job, job_id))
+
+    async def cancel(self, job_id: str) -> None:
+        await self._send({"type": "cancel", "id": job_id})
+
+    async def stats(self) -> dict[str, Any]:
+        await self._send({"type": "stats"})
+        return await self._next_other()
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await self._stream.send_all(encode(message))
+
+    async def _receive(self) -> None:
+        data = await self._stream.receive_some(1 << 16)
+        if not data:
+            raise ConnectionError("the worker closed the connection")
+        for message in self._decoder.feed(data):
+            self._mail.put(message)
+
+    async def _next_other(self) -> dict[str, Any]:
+        async with self._lock:
+            while not self._mail.other:
+                await self._receive()
+            message = self._mail.other.popleft()
+        if message.get("type") == "error":
+            raise WorkerError(message)
+        return message
+
+
+__all__ = ["AsyncClient", "Client", "ProtocolError", "WorkerError"]

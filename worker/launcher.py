@@ -1,0 +1,90 @@
+"""The launcher: a single-threaded process that creates and supervises sandboxes for
+one execution slot of the worker.
+
+The trio worker never forks (design.md §2: forking a threaded process is unsafe, and
+interpreter start-up must stay off the per-job path). Each slot owns one launcher,
+started once with every module imported and the seccomp filter compiled; the worker
+sends it one job at a time over a socketpair, in the same frames as the public
+protocol, and gets back "started" and "result". Supervision (the adaptive CPU poll)
+runs here, in a process that does nothing else, so a busy event loop in the worker can
+never delay a kill. A launcher that dies takes only its own job down (as internal_error)
+and its sandboxes with it (they have PDEATHSIG set); the worker starts a new one, which
+reaps the dead one's cgroups.
+
+Run as: python -m worker.launcher FD PARENT_PID WARM
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import sys
+from typing import Any
+
+from sandbox.linux import syscalls as sc
+from sandbox.models import Result, Status
+from sandbox.runner import Runner
+from worker.protocol import FrameDecoder, ProtocolError, encode, job_from_wire, result_to_wire
+
+LAUNCHER_MAX_FRAME = 1 << 30  # the worker already enforced the public limit
+
+
+def serve(channel: socket.socket, warm: int) -> None:
+    runner = Runner(warm=warm)
+    _send(channel, {"type": "ready", "pid": os.getpid(), "cgroups": runner.backend is not None})
+    decoder = FrameDecoder(LAUNCHER_MAX_FRAME)
+    try:
+        while True:
+            # Idle time is for the next jobs: finish the last one's cleanup, then prepare
+            # warm sandboxes one by one, looking for a waiting job between each.
+            runner.tidy()
+            while not _readable(channel) and runner.refill():
+                pass
+            data = channel.recv(1 << 20)
+            if not data:
+                return  # the worker closed the channel: it is gone or wants us gone
+            for message in decoder.feed(data):
+                if message.get("type") == "run":
+                    _run(runner, channel, message)
+                # A "cancel" here is for a job that already finished: nothing to do.
+    finally:
+        runner.close()
+
+
+def _readable(channel: socket.socket) -> bool:
+    return bool(select.select([channel], [], [], 0)[0])
+
+
+def _run(runner: Runner, channel: socket.socket, message: dict[str, Any]) -> None:
+    job_id = message["id"]
+    try:
+        job = job_from_wire(message["job"])
+    except ProtocolError as exc:
+        result = Result(Status.INTERNAL_ERROR, error=f"launcher rejected the job: {exc.message}")
+    else:
+        result = runner.run(
+            job,
+            cancel_fd=channel.fileno(),
+            on_started=lambda: _send(channel, {"type": "started", "id": job_id}),
+        )
+    _send(channel, {"type": "result", "id": job_id, "result": result_to_wire(result)})
+
+
+def _send(channel: socket.socket, message: dict[str, Any]) -> None:
+    channel.sendall(encode(message))
+
+
+def main(argv: list[str]) -> int:
+    fd, parent_pid, warm = int(argv[1]), int(argv[2]), int(argv[3])
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        return 1  # the worker died before we could arm the death signal
+    with socket.socket(fileno=fd) as channel:
+        serve(channel, warm)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

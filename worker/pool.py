@@ -1,0 +1,210 @@
+"""Job records, the bounded queue and the slots that drain it.
+
+Backpressure instead of unbounded memory: the queue holds at most ``max_queue`` jobs and
+``submit`` raises ``busy`` beyond that. Ids are idempotent: a record lives on for
+``retention_s`` after it finished, and submitting the same id again subscribes to that
+record (its result if finished) instead of running the job twice.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from sandbox.models import Job, Result
+from worker.protocol import ProtocolError, event_message, result_to_wire
+from worker.slots import Slot
+
+Subscriber = Callable[[dict[str, Any]], None]
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+
+
+@dataclass
+class JobRecord:
+    id: str
+    job: Job
+    owner: object
+    state: JobState = JobState.QUEUED
+    result: Result | None = None
+    subscribers: dict[object, Subscriber] = field(default_factory=dict)
+    submitted_at: float = field(default_factory=time.monotonic)
+    finished_at: float | None = None
+    slot: Slot | None = None
+
+    def publish(self, event: str, **extra: Any) -> None:
+        message = event_message(self.id, event, **extra)
+        for deliver in list(self.subscribers.values()):
+            deliver(message)
+
+    @property
+    def done(self) -> bool:
+        return self.state in (JobState.FINISHED, JobState.CANCELLED)
+
+
+@dataclass
+class PoolStats:
+    submitted: int = 0
+    busy_rejections: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+
+
+class Pool:
+    def __init__(
+        self, slots: int, max_queue: int, warm: int = 0, retention_s: float = 300.0, max_records: int = 100_000
+    ) -> None:
+        # Each slot's launcher keeps its share of the warm sandboxes.
+        self.slots = [Slot(index, -(-warm // slots) if warm else 0) for index in range(slots)]
+        self.max_queue = max_queue
+        self.retention_s = retention_s
+        self.max_records = max_records
+        self.records: dict[str, JobRecord] = {}
+        self.stats = PoolStats()
+        self._send, self._receive = trio.open_memory_channel[JobRecord](max_queue)
+        self.queued = 0
+        self.running = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start every launcher (in parallel), then drain the queue with one task per slot."""
+        async with trio.open_nursery() as nursery:
+            for slot in self.slots:
+                nursery.start_soon(slot.keep_alive)
+            for slot in self.slots:
+                await slot.ready.wait()
+            for slot in self.slots:
+                nursery.start_soon(self._drain, slot)
+            task_status.started()
+
+    def submit(self, job_id: str, job: Job, owner: object, subscriber: Subscriber) -> JobRecord:
+        """Queue a job, or attach to the existing record of the same id."""
+        self._expire()
+        record = self.records.get(job_id)
+        if record is not None:
+            record.subscribers[owner] = subscriber
+            subscriber(event_message(job_id, "accepted", state=record.state.value))
+            if record.done:
+                subscriber(self._final_event(record))
+            return record
+        record = JobRecord(job_id, job, owner, subscribers={owner: subscriber})
+        try:
+            self._send.send_nowait(record)
+        except trio.WouldBlock:
+            self.stats.busy_rejections += 1
+            raise ProtocolError("busy", f"queue full ({self.max_queue} jobs waiting); retry later") from None
+        self.records[job_id] = record
+        self.queued += 1
+        self.stats.submitted += 1
+        record.publish("accepted", state=record.state.value)
+        return record
+
+    async def cancel(self, job_id: str) -> None:
+        record = self.records.get(job_id)
+        if record is None:
+            raise ProtocolError("unknown_id", f"no job with id {job_id!r}", field="id")
+        if record.state is JobState.QUEUED:
+            self._finish(record, JobState.CANCELLED, None)
+        elif record.state is JobState.RUNNING and record.slot is not None:
+            record.state = JobState.CANCELLED
+            await record.slot.cancel(job_id)
+
+    async def drop_owner(self, owner: object) -> None:
+        """A client went away: cancel its unfinished jobs, forget its subscriptions."""
+        for record in list(self.records.values()):
+            record.subscribers.pop(owner, None)
+            if record.owner is owner and not record.done:
+                await self.cancel(record.id)
+
+    async def wait_idle(self) -> None:
+        """Return once no job is running."""
+        while self.running:
+            await self._idle.wait()
+
+    def state(self, job_id: str) -> JobRecord:
+        record = self.records.get(job_id)
+        if record is None:
+            raise ProtocolError("unknown_id", f"no job with id {job_id!r}", field="id")
+        return record
+
+    def snapshot(self) -> dict[str, Any]:
+        latencies = sorted(self.stats.latencies_ms)
+
+        def percentile(p: float) -> float | None:
+            return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else None
+
+        return {
+            "slots": len(self.slots),
+            "queued": self.queued,
+            "running": self.running,
+            "max_queue": self.max_queue,
+            "submitted": self.stats.submitted,
+            "busy_rejections": self.stats.busy_rejections,
+            "by_status": dict(self.stats.by_status),
+            "latency_ms": {"p50": percentile(0.5), "p99": percentile(0.99), "count": len(latencies)},
+            "records": len(self.records),
+        }
+
+    async def _drain(self, slot: Slot) -> None:
+        async for record in self._receive:
+            self.queued -= 1
+            if record.done:
+                continue  # cancelled while queued
+            record.state, record.slot = JobState.RUNNING, slot
+            if self.running == 0:
+                self._idle = trio.Event()
+            self.running += 1
+
+            async def started(record: JobRecord = record) -> None:
+                record.publish("started")
+
+            try:
+                result = await slot.run(record.id, record.job, started)
+            finally:
+                self.running -= 1
+                if self.running == 0:
+                    self._idle.set()
+            state = JobState.CANCELLED if record.state is JobState.CANCELLED else JobState.FINISHED
+            self._finish(record, state, result)
+
+    def _finish(self, record: JobRecord, state: JobState, result: Result | None) -> None:
+        record.state, record.result, record.slot = state, result, None
+        record.finished_at = time.monotonic()
+        if result is not None:
+            self.stats.by_status[result.status.value] += 1
+            self.stats.latencies_ms.append((record.finished_at - record.submitted_at) * 1000)
+        final = self._final_event(record)
+        for deliver in list(record.subscribers.values()):
+            deliver(final)
+
+    @staticmethod
+    def _final_event(record: JobRecord) -> dict[str, Any]:
+        extra = {"result": result_to_wire(record.result)} if record.result is not None else {}
+        return event_message(record.id, record.state.value, **extra)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        expired = [
+            job_id
+            for job_id, record in self.records.items()
+            if record.finished_at is not None and now - record.finished_at > self.retention_s
+        ]
+        for job_id in expired:
+            del self.records[job_id]
+        while len(self.records) > self.max_records:
+            oldest = next((r for r in self.records.values() if r.done), None)
+            if oldest is None:
+                break
+            del self.records[oldest.id]

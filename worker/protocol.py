@@ -1,0 +1,218 @@
+"""The worker protocol, sans-IO: bytes in, messages out; messages in, bytes out.
+
+Frames are a 4-byte big-endian length followed by one msgpack map. The length is checked
+against ``max_frame`` *before* any byte of the body is buffered or unpacked, and the
+unpacker runs with limits on string, binary, array and map sizes (msgpack itself refuses
+nesting deeper than its fixed stack). Nothing here touches a socket, so the whole
+protocol is tested with plain bytes, and the worker, the launcher and the clients share
+one codec. Documented in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import msgpack
+
+from sandbox.errors import JobError
+from sandbox.models import Blob, InputFile, Job, Limits, Result, Status, Usage
+
+VERSION = 1
+HEADER = struct.Struct(">I")
+DEFAULT_MAX_FRAME = 16 << 20
+MAX_ID_LEN = 128
+
+CLIENT_TYPES = {"hello", "submit", "cancel", "status", "ping", "stats"}
+_JOB_KEYS = {"cmd", "limits", "env", "stdin", "files", "image", "cwd", "require_cgroups"}
+_FILE_KEYS = {"path", "data", "mode"}
+_LIMIT_KEYS = {"cpu_time", "wall_time", "memory", "pids", "output", "disk", "open_files", "stack", "file_size", "cpus"}
+
+
+class ProtocolError(Exception):
+    """A typed protocol error; becomes an ``error`` reply (and, if ``fatal``, a close)."""
+
+    def __init__(self, code: str, message: str, *, field: str | None = None, fatal: bool = False) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.field = field
+        self.fatal = fatal
+
+    def to_message(self, job_id: str | None = None) -> dict[str, Any]:
+        reply: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message}
+        if self.field:
+            reply["field"] = self.field
+        if job_id is not None:
+            reply["id"] = job_id
+        return reply
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    body = msgpack.packb(message, use_bin_type=True)
+    return HEADER.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed(bytes) -> list of messages``.
+
+    Raises a fatal ProtocolError on an oversized or undecodable frame: after that the
+    stream cannot be trusted to be in sync, so the caller closes the connection.
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self._buffer += data
+        messages = []
+        while len(self._buffer) >= HEADER.size:
+            (length,) = HEADER.unpack_from(self._buffer)
+            if length > self.max_frame:
+                raise ProtocolError(
+                    "frame_too_large", f"frame of {length} bytes exceeds the limit of {self.max_frame}", fatal=True
+                )
+            if len(self._buffer) < HEADER.size + length:
+                break
+            body = bytes(self._buffer[HEADER.size : HEADER.size + length])
+            del self._buffer[: HEADER.size + length]
+            messages.append(self._unpack(body))
+        return messages
+
+    def _unpack(self, body: bytes) -> dict[str, Any]:
+        limit = self.max_frame
+        try:
+            message = msgpack.unpackb(
+                body,
+                raw=False,
+                strict_map_key=True,
+                max_str_len=limit,
+                max_bin_len=limit,
+                max_array_len=min(limit, 1 << 20),
+                max_map_len=min(limit, 1 << 16),
+                max_ext_len=0,
+            )
+        except Exception as exc:  # msgpack raises many unrelated types for bad input
+            raise ProtocolError("bad_frame", f"undecodable msgpack: {type(exc).__name__}", fatal=True) from None
+        if not isinstance(message, dict):
+            raise ProtocolError("bad_message", "a message must be a map")
+        return message
+
+
+def message_type(message: dict[str, Any]) -> str:
+    kind = message.get("type")
+    if kind not in CLIENT_TYPES:
+        raise ProtocolError("unknown_type", f"unknown message type {kind!r}", field="type")
+    return str(kind)
+
+
+def job_id(message: dict[str, Any]) -> str:
+    value = message.get("id")
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LEN:
+        raise ProtocolError("bad_message", f"id must be a string of 1..{MAX_ID_LEN} characters", field="id")
+    return value
+
+
+def job_from_wire(data: Any) -> Job:
+    """Build and validate a Job from its wire form. Input files and stdin travel as
+    bytes only: a host path in a job would let a client read the worker's files."""
+    try:
+        if not isinstance(data, dict):
+            raise JobError("job must be a map", field="job")
+        _no_unknown_keys(data, _JOB_KEYS, "job")
+        limits_data = data.get("limits", {})
+        if not isinstance(limits_data, dict):
+            raise JobError("limits must be a map", field="limits")
+        _no_unknown_keys(limits_data, _LIMIT_KEYS, "limits")
+        for key, value in limits_data.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise JobError("must be finite", field=f"limits.{key}")
+        files = []
+        for entry in _typed(data.get("files", []), list, "files"):
+            _typed(entry, dict, "files")
+            _no_unknown_keys(entry, _FILE_KEYS, "files")
+            files.append(
+                InputFile(
+                    dest=entry.get("path"),
+                    content=Blob(data=_typed(entry.get("data"), bytes, "files.data")),
+                    mode=entry.get("mode", 0o644),
+                )
+            )
+        stdin = data.get("stdin")
+        env = _typed(data.get("env", {}), dict, "env")
+        return Job(
+            cmd=data.get("cmd"),
+            limits=Limits(**limits_data),
+            env=env,
+            stdin=None if stdin is None else Blob(data=_typed(stdin, bytes, "stdin")),
+            files=files,
+            image=_typed(data.get("image", "host"), str, "image"),
+            cwd=_typed(data.get("cwd", "/work"), str, "cwd"),
+            require_cgroups=_typed(data.get("require_cgroups", False), bool, "require_cgroups"),
+        )
+    except JobError as exc:
+        raise ProtocolError("invalid_job", exc.message, field=exc.field) from None
+    except (TypeError, OverflowError, ValueError) as exc:
+        raise ProtocolError("invalid_job", str(exc)) from None
+
+
+def job_to_wire(job: Job) -> dict[str, Any]:
+    """The wire form of a Job (inline bytes only; host paths are read here)."""
+
+    def blob_bytes(blob: Blob) -> bytes:
+        if blob.data is not None:
+            return blob.data
+        with open(str(blob.path), "rb") as handle:
+            return handle.read()
+
+    limits = {key: getattr(job.limits, key) for key in _LIMIT_KEYS if getattr(job.limits, key) is not None}
+    for duration in ("cpu_time", "wall_time"):
+        if duration in limits:
+            limits[duration] = f"{limits[duration]}ms"  # a bare number would mean seconds
+    return {
+        "cmd": job.cmd,
+        "limits": limits,
+        "env": job.env,
+        "stdin": None if job.stdin is None else blob_bytes(job.stdin),
+        "files": [{"path": f.dest, "data": blob_bytes(f.content), "mode": f.mode} for f in job.files],
+        "image": job.image,
+        "cwd": job.cwd,
+        "require_cgroups": job.require_cgroups,
+    }
+
+
+def result_to_wire(result: Result) -> dict[str, Any]:
+    data = {key: getattr(result, key) for key in result.__dataclass_fields__ if key != "usage"}
+    data["status"] = result.status.value
+    data["usage"] = dict(result.usage.__dict__)
+    return data
+
+
+def result_from_wire(data: dict[str, Any]) -> Result:
+    fields = dict(data)
+    fields["status"] = Status(fields["status"])
+    fields["usage"] = Usage(**fields["usage"])
+    return Result(**fields)
+
+
+def hello_message(capabilities: list[str], max_frame: int) -> dict[str, Any]:
+    return {"type": "hello", "version": VERSION, "capabilities": capabilities, "max_frame": max_frame}
+
+
+def event_message(job_id: str, event: str, **extra: Any) -> dict[str, Any]:
+    """A job event: accepted, started, finished (with ``result``) or cancelled."""
+    return {"type": "event", "id": job_id, "event": event, **extra}
+
+
+def _typed(value: Any, kind: type, field: str) -> Any:
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise JobError(f"expected {kind.__name__}", field=field)
+    return value
+
+
+def _no_unknown_keys(data: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(data) - allowed
+    if unknown:
+        raise JobError(f"unknown key(s) {sorted(map(str, unknown))}", field=where)

@@ -1,0 +1,280 @@
+"""``sandbox serve``: the trio worker. Listens on a unix socket (0600) and/or TCP (only
+with a token), speaks worker/protocol.py, and hands jobs to the pool.
+
+Every connection has a bounded outgoing queue and a send deadline: a client that never
+reads its results is disconnected (and its jobs cancelled) instead of growing the
+worker's memory. The first message must be ``hello`` (with the token on TCP); a
+connection that does not say it within ``hello_timeout_s`` is closed, so idle sockets
+cost a file descriptor each and nothing more, up to ``max_connections``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import os
+import resource
+import signal
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from worker.logs import log
+from worker.pool import Pool
+from worker.protocol import (
+    DEFAULT_MAX_FRAME,
+    VERSION,
+    FrameDecoder,
+    ProtocolError,
+    encode,
+    hello_message,
+    job_from_wire,
+    job_id,
+    message_type,
+)
+
+CAPABILITIES = ["submit", "cancel", "status", "stats", "idempotent-ids"]
+OUT_QUEUE = 1024
+
+
+@dataclass
+class ServerConfig:
+    socket_path: str | None = None
+    tcp: tuple[str, int] | None = None
+    token: str | None = None
+    slots: int = os.cpu_count() or 1
+    max_queue: int = 1024
+    warm: int = 0
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_connections: int = 16384
+    hello_timeout_s: float = 10.0
+    send_timeout_s: float = 10.0
+    grace_s: float = 30.0
+
+
+class Connection:
+    _ids = itertools.count(1)
+
+    def __init__(self, stream: trio.abc.Stream, authenticated: bool) -> None:
+        self.number = next(self._ids)
+        self.stream = stream
+        self.authenticated = authenticated
+        self.hello_done = False
+        self.outbox_send, self.outbox = trio.open_memory_channel[dict[str, Any]](OUT_QUEUE)
+        self.scope = trio.CancelScope()
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        """Queue a message; a client too slow to keep a bounded queue drained is cut off."""
+        try:
+            self.outbox_send.send_nowait(message)
+        except trio.WouldBlock:
+            self.scope.cancel()
+        except trio.ClosedResourceError:
+            pass  # the connection is closing; its jobs are being cancelled
+
+
+class Server:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.pool = Pool(config.slots, config.max_queue, config.warm)
+        self.connections: set[Connection] = set()
+        self._connection_closed = trio.Event()
+        self.stopping = False
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the launchers and the signal handling first, then bind: once the socket
+        exists, the worker is ready and SIGTERM is handled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.pool.run)
+                accept_scope = trio.CancelScope()
+                await nursery.start(self._signals, accept_scope, nursery.cancel_scope)
+                listeners = await self._listeners()
+
+                async def accept() -> None:
+                    # Connections live in the outer nursery: to stop accepting must not
+                    # also cut off the clients whose jobs are finishing.
+                    with accept_scope:
+                        await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+
+                nursery.start_soon(accept)
+                log("listening", socket=self.config.socket_path, tcp=self.config.tcp, slots=self.config.slots)
+                task_status.started()
+        finally:
+            if self.config.socket_path and os.path.exists(self.config.socket_path):
+                os.unlink(self.config.socket_path)
+            log("stopped")
+
+    async def _listeners(self) -> list[trio.abc.Listener[Any]]:
+        listeners: list[trio.abc.Listener[Any]] = []
+        if self.config.socket_path:
+            path = self.config.socket_path
+            if os.path.exists(path):
+                os.unlink(path)  # a stale socket of a dead predecessor
+            sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old_umask = os.umask(0o177)  # created 0600: only the worker's user may connect
+            try:
+                await sock.bind(path)
+            finally:
+                os.umask(old_umask)
+            sock.listen(512)
+            listeners.append(trio.SocketListener(sock))
+        if self.config.tcp:
+            if not self.config.token:
+                raise ValueError("TCP needs a token (--token-file)")
+            host, port = self.config.tcp
+            listeners.extend(await trio.open_tcp_listeners(port, host=host))
+        if not listeners:
+            raise ValueError("nothing to listen on: give --socket and/or --tcp")
+        return listeners
+
+    async def _signals(
+        self,
+        accept_scope: trio.CancelScope,
+        everything: trio.CancelScope,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """SIGTERM/SIGINT: stop accepting, let running jobs finish up to the grace
+        deadline, then cancel what is left."""
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            async for signum in signals:
+                log("stopping", signal=signal.Signals(signum).name, running=self.pool.running)
+                self.stopping = True
+                accept_scope.cancel()
+                for record in list(self.pool.records.values()):
+                    if record.state.value == "queued":
+                        await self.pool.cancel(record.id)
+                with trio.move_on_after(self.config.grace_s):
+                    await self.pool.wait_idle()
+                # Let every client receive what is queued for it, then close.
+                for connection in list(self.connections):
+                    connection.outbox_send.close()
+                with trio.move_on_after(self.config.send_timeout_s):
+                    while self.connections:
+                        await self._connection_closed.wait()
+                        self._connection_closed = trio.Event()
+                everything.cancel()
+                return
+
+    async def _handle(self, stream: trio.abc.Stream) -> None:
+        is_unix = isinstance(stream, trio.SocketStream) and stream.socket.family == socket.AF_UNIX
+        connection = Connection(stream, authenticated=is_unix)
+        if len(self.connections) >= self.config.max_connections or self.stopping:
+            with trio.move_on_after(1):
+                await stream.send_all(encode(ProtocolError("busy", "too many connections").to_message()))
+            await stream.aclose()
+            return
+        self.connections.add(connection)
+        try:
+            with connection.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer, connection)
+                    try:
+                        await self._reader(connection)
+                    finally:
+                        connection.outbox_send.close()  # the writer flushes what is queued, then ends
+        finally:
+            self.connections.discard(connection)
+            self._connection_closed.set()
+            with trio.CancelScope(shield=True):
+                await self.pool.drop_owner(connection)
+                await stream.aclose()
+
+    async def _writer(self, connection: Connection) -> None:
+        try:
+            async for message in connection.outbox:
+                with trio.move_on_after(self.config.send_timeout_s) as deadline:
+                    await connection.stream.send_all(encode(message))
+                if deadline.cancelled_caught:
+                    log("client_not_reading", connection=connection.number)
+                    break
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client is gone
+        # The outbox was closed and drained (the reader ended, or the worker is stopping),
+        # or the client stopped reading: either way this connection is over.
+        connection.scope.cancel()
+
+    async def _reader(self, connection: Connection) -> None:
+        decoder = FrameDecoder(self.config.max_frame)
+        with trio.move_on_after(self.config.hello_timeout_s) as hello_deadline:
+            while not connection.hello_done:
+                if not await self._read_once(connection, decoder):
+                    return
+        if hello_deadline.cancelled_caught:
+            connection.deliver(ProtocolError("timeout", "no hello within the time allowed").to_message())
+            return
+        while await self._read_once(connection, decoder):
+            pass
+
+    async def _read_once(self, connection: Connection, decoder: FrameDecoder) -> bool:
+        """Read and dispatch one chunk; False when the connection should end."""
+        try:
+            data = await connection.stream.receive_some(1 << 16)
+        except trio.BrokenResourceError:
+            return False
+        if not data:
+            return False
+        try:
+            messages = decoder.feed(data)
+        except ProtocolError as exc:
+            connection.deliver(exc.to_message())
+            return not exc.fatal
+        for message in messages:
+            try:
+                await self._dispatch(connection, message)
+            except ProtocolError as exc:
+                reply_id = message.get("id") if isinstance(message.get("id"), str) else None
+                connection.deliver(exc.to_message(reply_id))
+                if exc.fatal:
+                    return False
+        return True
+
+    async def _dispatch(self, connection: Connection, message: dict[str, Any]) -> None:
+        kind = message_type(message)
+        if not connection.hello_done:
+            if kind != "hello":
+                raise ProtocolError("hello_required", "the first message must be hello", fatal=True)
+            self._hello(connection, message)
+            return
+        if kind == "hello":
+            raise ProtocolError("bad_message", "hello was already said")
+        if kind == "submit":
+            if self.stopping:
+                raise ProtocolError("busy", "the worker is shutting down")
+            identifier = job_id(message)
+            job = job_from_wire(message.get("job"))
+            self.pool.submit(identifier, job, connection, connection.deliver)
+        elif kind == "cancel":
+            await self.pool.cancel(job_id(message))
+        elif kind == "status":
+            record = self.pool.state(job_id(message))
+            connection.deliver({"type": "status", "id": record.id, "state": record.state.value})
+        elif kind == "ping":
+            connection.deliver({"type": "pong", "seq": message.get("seq")})
+        elif kind == "stats":
+            connection.deliver({"type": "stats", **self.pool.snapshot(), "connections": len(self.connections)})
+
+    def _hello(self, connection: Connection, message: dict[str, Any]) -> None:
+        if message.get("version") != VERSION:
+            raise ProtocolError("version", f"this worker speaks protocol version {VERSION}", fatal=True)
+        if not connection.authenticated:
+            token = message.get("token")
+            expected = self.config.token or ""
+            if not isinstance(token, str) or not hmac.compare_digest(token.encode(), expected.encode()):
+                raise ProtocolError("unauthorized", "a valid token is required on TCP", fatal=True)
+            connection.authenticated = True
+        connection.hello_done = True
+        connection.deliver(hello_message(CAPABILITIES, self.config.max_frame))
+
+
+def serve_forever(config: ServerConfig) -> None:
+    # Every connection is a file descriptor: take what the hard limit allows, and keep
+    # connections a few hundred below it for launchers, pipes and the listeners.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard != resource.RLIM_INFINITY:
+        config.max_connections = min(config.max_connections, max(16, hard - 256))
+    trio.run(Server(config).serve)

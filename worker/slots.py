@@ -1,0 +1,148 @@
+"""The worker's handle on one launcher process (see worker/launcher.py).
+
+A slot runs one job at a time: it sends "run", relays "started", returns the "result".
+If the launcher dies mid-job, the job's result is ``internal_error`` and the slot starts
+a fresh launcher before taking the next job.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from sandbox.models import Job, Result, Status
+from worker.launcher import LAUNCHER_MAX_FRAME
+from worker.logs import log
+from worker.protocol import FrameDecoder, encode, job_to_wire, result_from_wire
+
+
+class LauncherDied(Exception):
+    """The launcher closed its channel (crashed or was killed)."""
+
+
+class Slot:
+    def __init__(self, index: int, warm: int) -> None:
+        self.index = index
+        self.warm = warm
+        self.process: trio.Process | None = None
+        self.ready = trio.Event()  # set while a launcher is up; replaced when it dies
+        self._dead = trio.Event()  # set when the current launcher died
+        self.cgroups = False
+        self.running_id: str | None = None
+        self.restarts = 0
+        self._stream: trio.SocketStream | None = None
+        self._decoder = FrameDecoder(LAUNCHER_MAX_FRAME)
+        self._pending: list[dict[str, Any]] = []
+
+    async def keep_alive(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the launcher, and start a new one whenever it exits (a dead one's running
+        job fails as internal_error in ``run``). Cancel this task to stop the slot."""
+        try:
+            while True:
+                started_at = trio.current_time()
+                await self._start()
+                task_status.started()
+                task_status = trio.TASK_STATUS_IGNORED
+                assert self.process is not None
+                code = await self.process.wait()
+                self.ready = trio.Event()
+                self._dead.set()
+                await self._close_stream()
+                self.restarts += 1
+                log("launcher_exited", slot=self.index, code=code)
+                if trio.current_time() - started_at < 1:
+                    await trio.sleep(1)  # a launcher that dies at once must not spin the CPU
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._close_stream()
+                if self.process is not None:
+                    with trio.move_on_after(5):
+                        await self.process.wait()  # it exits on EOF of its channel
+                    if self.process.returncode is None:
+                        self.process.kill()
+                        await self.process.wait()
+
+    async def _start(self) -> None:
+        """Start the launcher and wait for its "ready" (modules imported, filter built)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "worker.launcher", str(theirs.fileno()), str(os.getpid()), str(self.warm)],
+                pass_fds=(theirs.fileno(),),
+            )
+        finally:
+            theirs.close()
+        self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        self._dead = trio.Event()
+        self._decoder = FrameDecoder(LAUNCHER_MAX_FRAME)
+        self._pending = []
+        try:
+            hello = await self._receive()
+        except LauncherDied:
+            return  # keep_alive sees the exit and tries again
+        self.cgroups = bool(hello.get("cgroups"))
+        self.ready.set()
+
+    async def run(self, job_id: str, job: Job, on_started: Callable[[], Awaitable[None]]) -> Result:
+        """Run a job; never raises for the job's sake. A launcher that dies before the job
+        started (before its sandbox reported "started") is replaced and the job sent once
+        more; one that dies after makes the job an internal_error."""
+        self.running_id = job_id
+        started = False
+
+        async def relay_started() -> None:
+            nonlocal started
+            started = True
+            await on_started()
+
+        try:
+            for _attempt in range(2):
+                await self.ready.wait()
+                dead = self._dead
+                try:
+                    assert self._stream is not None
+                    await self._stream.send_all(encode({"type": "run", "id": job_id, "job": job_to_wire(job)}))
+                    return await self._until_result(job_id, relay_started)
+                except (LauncherDied, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    if started:
+                        return Result(Status.INTERNAL_ERROR, error=f"launcher of slot {self.index} died: {exc}")
+                    await dead.wait()  # then the loop waits for the replacement to be ready
+            return Result(Status.INTERNAL_ERROR, error=f"launcher of slot {self.index} keeps dying")
+        finally:
+            self.running_id = None
+
+    async def cancel(self, job_id: str) -> None:
+        if self._stream is not None and self.running_id == job_id:
+            try:
+                await self._stream.send_all(encode({"type": "cancel", "id": job_id}))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def _until_result(self, job_id: str, on_started: Callable[[], Awaitable[None]]) -> Result:
+        while True:
+            message = await self._receive()
+            if message.get("id") != job_id:
+                continue
+            if message["type"] == "started":
+                await on_started()
+            elif message["type"] == "result":
+                return result_from_wire(message["result"])
+
+    async def _close_stream(self) -> None:
+        if self._stream is not None:
+            await self._stream.aclose()
+            self._stream = None
+
+    async def _receive(self) -> dict[str, Any]:
+        assert self._stream is not None
+        while not self._pending:
+            data = await self._stream.receive_some(1 << 20)
+            if not data:
+                raise LauncherDied("channel closed")
+            self._pending.extend(self._decoder.feed(data))
+        return self._pending.pop(0)
