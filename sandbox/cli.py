@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_job_arguments(submit)
     submit.set_defaults(handler=_cmd_submit, require_cgroups=False)
 
+    _image_commands(commands)
+
     doctor = commands.add_parser("doctor", help="check what this host supports and what is missing")
     doctor.set_defaults(handler=_cmd_doctor)
 
@@ -94,7 +96,7 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--file", action="append", default=[], metavar="SRC:DEST", help="copy host file SRC to DEST under /work or /tmp"
     )
-    parser.add_argument("--cwd", default="/work", help="working directory inside (default /work)")
+    parser.add_argument("--cwd", help="working directory inside (default: the image's WorkingDir, else /work)")
     parser.add_argument("--image", default="host", help="root filesystem image (default: the built-in 'host')")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
@@ -190,7 +192,7 @@ def _job_from_args(args: argparse.Namespace) -> Job:
     from sandbox.models import Blob, InputFile, Job, Limits
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if not cmd:
+    if not cmd and args.image == "host":
         raise JobError("no command given (sandbox run [OPTIONS] -- COMMAND [ARG...])", field="cmd")
     limit_flags = {
         "cpu_time": args.cpu_time,
@@ -228,6 +230,13 @@ def _job_from_args(args: argparse.Namespace) -> Job:
         cwd=args.cwd,
         require_cgroups=getattr(args, "require_cgroups", False),
     )
+
+
+def _image_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """pull, images, import, inspect, rmi, gc: handlers live in sandbox/images/cli.py."""
+    from sandbox.images import cli as images_cli
+
+    images_cli.add_commands(commands)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

@@ -43,6 +43,7 @@ from typing import Any, NoReturn
 from sandbox import network, rootfs
 from sandbox.fspath import create_file_beneath
 from sandbox.linux import syscalls as sc
+from sandbox.overlay import ImageRoot
 
 NAMESPACES = (
     sc.CLONE_NEWUSER | sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
@@ -61,6 +62,8 @@ class Template:
     cgroup_fds: list[int]
     disk_bytes: int
     cap_last: int
+    image: ImageRoot | None = None  # None: the built-in host image
+    etc_snapshot: str = ""  # the host image's /etc (hostetc.snapshot)
 
 
 @dataclass
@@ -224,8 +227,8 @@ def _stage_init(template: Template, report_fd: int, channel: socket.socket) -> N
     sc.sethostname(rootfs.HOSTNAME)
     sc.setdomainname("(none)")
     network.bring_up_loopback()
-    root_fd = rootfs.build_root(template.disk_bytes)
-    rootfs.pivot_into(root_fd)
+    root_fd = rootfs.build_root(template.disk_bytes, template.image, template.etc_snapshot)
+    rootfs.pivot_into(root_fd, seal=template.image is None)
     os.close(root_fd)
     to_program, program_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid_c = os.fork()

@@ -142,12 +142,16 @@ class Job:
     env: dict[str, str] = field(default_factory=dict)
     stdin: Blob | None = None
     files: list[InputFile] = field(default_factory=list)
-    image: str = "host"
-    cwd: str = WORKDIR
+    image: str = "host"  # or a stored image: name[:tag], name@digest, id
+    cwd: str | None = None  # None: the image's WorkingDir, else /work
     require_cgroups: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.cmd, list) or not self.cmd:
+        _check_text("image", self.image)
+        if not self.image:
+            raise JobError("image must not be empty", field="image")
+        # An image may supply the command (Entrypoint/Cmd); the host image cannot.
+        if not isinstance(self.cmd, list) or (not self.cmd and self.image == "host"):
             raise JobError("cmd must be a non-empty list of strings", field="cmd")
         if len(self.cmd) > MAX_ARGS:
             raise JobError(f"cmd has more than {MAX_ARGS} arguments", field="cmd")
@@ -162,9 +166,7 @@ class Job:
                 raise JobError(f"invalid environment variable name {key!r}", field="env")
         if len(self.files) > MAX_FILES:
             raise JobError(f"more than {MAX_FILES} input files", field="files")
-        if self.image != "host":
-            raise JobError(f"unknown image {self.image!r} (only the built-in 'host' image so far)", field="image")
-        if not posixpath.isabs(self.cwd) or ".." in self.cwd.split("/"):
+        if self.cwd is not None and (not posixpath.isabs(self.cwd) or ".." in self.cwd.split("/")):
             raise JobError("cwd must be an absolute path without '..'", field="cwd")
 
 

@@ -14,17 +14,19 @@ Layout seen by the job::
     /dev         null zero full random urandom (host nodes), fd, std*, shm
     /work /tmp /dev/shm   one size-capped tmpfs ("scratch"): the only writable place
 
-The image step is one function (``populate_host_image``) so a stack of layer
-directories can take its place without touching the rest.
+The image step is one function: ``populate_host_image`` for the built-in image, or an
+overlay of an image's layers (``overlay.py``, ``populate_image_root``) whose writable
+upper layer is a size-capped tmpfs of the job.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
+import stat
 
 from sandbox.fspath import create_file_beneath, make_dirs_beneath, open_beneath
 from sandbox.linux import syscalls as sc
+from sandbox.overlay import ImageRoot, mount_image_root
 
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
@@ -32,13 +34,6 @@ HOSTNAME = "sandbox"
 
 _RO = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
 _HOST_TOP_LEVEL = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
-# /etc entries a program may legitimately read; secrets and host identity stay out.
-_HOST_ETC_PATTERNS = (
-    "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
-    "nsswitch.conf", "ssl", "ca-certificates", "ca-certificates.conf", "java-*", "python3*",
-    "perl", "mime.types", "os-release", "debian_version", "protocols", "services",
-    "gai.conf", "host.conf", "magic", "magic.mime", "inputrc", "bash.bashrc", "fonts",
-)
 _DEVICES = ("null", "zero", "full", "random", "urandom")
 _DEV_LINKS = {
     "fd": "/proc/self/fd",
@@ -50,7 +45,7 @@ _SCRATCH = ".scratch"
 _SCRATCH_DIRS = {"work": ("work", 0o755), "tmp": ("tmp", 0o1777), "dev/shm": ("shm", 0o1777)}
 
 
-def _generated_etc() -> dict[str, str]:
+def generated_etc() -> dict[str, str]:
     return {
         "passwd": (
             "root:x:0:0:root:/root:/bin/sh\n"
@@ -97,29 +92,17 @@ def bind_readonly(source: str, root_fd: int, dest: str) -> None:
     attach(tree, root_fd, dest, directory=os.path.isdir(source))
 
 
-def populate_host_image(root_fd: int) -> None:
-    """The built-in ``host`` image: the host's system directories, read-only."""
+def populate_host_image(root_fd: int, etc_snapshot: str) -> None:
+    """The built-in ``host`` image: the host's system directories, read-only, and the
+    /etc snapshot of ``hostetc.py`` (the safe part of the host's /etc plus the generated
+    passwd, group, hosts and hostname)."""
     for name in _HOST_TOP_LEVEL:
         host_path = "/" + name
         if os.path.islink(host_path):
             os.symlink(os.readlink(host_path), name, dir_fd=root_fd)
         elif os.path.isdir(host_path):
             bind_readonly(host_path, root_fd, name)
-    os.close(make_dirs_beneath(root_fd, "etc"))
-    for entry in sorted(os.listdir("/etc")):
-        if not any(fnmatch.fnmatchcase(entry, pattern) for pattern in _HOST_ETC_PATTERNS):
-            continue
-        host_path = os.path.join("/etc", entry)
-        if os.path.islink(host_path):
-            os.symlink(os.readlink(host_path), f"etc/{entry}", dir_fd=root_fd)
-        elif os.path.isdir(host_path) or os.path.isfile(host_path):
-            bind_readonly(host_path, root_fd, f"etc/{entry}")
-    for name, content in _generated_etc().items():
-        fd = create_file_beneath(root_fd, f"etc/{name}")
-        try:
-            os.write(fd, content.encode())
-        finally:
-            os.close(fd)
+    bind_readonly(etc_snapshot, root_fd, "etc")
 
 
 def mount_job_filesystems(root_fd: int, disk_bytes: int) -> None:
@@ -167,8 +150,52 @@ def resize_scratch(disk_bytes: int) -> None:
         os.close(fs_fd)
 
 
-def pivot_into(root_fd: int) -> None:
-    """Make ``root_fd`` the root, drop the host tree, and seal the root read-only."""
+# --- image roots (issue 4) --------------------------------------------------------------
+# Names the sandbox mounts over or writes into. An image may ship any of them as a
+# symlink (say /dev -> /host/dev): it is removed in the overlay (a whiteout in the
+# throw-away upper layer) before anything is mounted, and every later step opens paths
+# with RESOLVE_NO_SYMLINKS anyway, so nothing can be redirected to a host file.
+_IMAGE_MOUNT_POINTS = ("proc", "dev", "work", "tmp", _SCRATCH)
+_IMAGE_GENERATED_ETC = ("hosts", "hostname")
+
+
+def _replace_non_directory(dir_fd: int, name: str) -> None:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def populate_image_root(root_fd: int, image: ImageRoot) -> None:
+    """Make an image root safe to mount the job filesystems on; write hosts/hostname."""
+    for name in (*_IMAGE_MOUNT_POINTS, "etc"):
+        _replace_non_directory(root_fd, name)
+    etc = make_dirs_beneath(root_fd, "etc")
+    try:
+        generated = generated_etc()
+        for name in _IMAGE_GENERATED_ETC:
+            try:
+                if not stat.S_ISREG(os.stat(name, dir_fd=etc, follow_symlinks=False).st_mode):
+                    os.unlink(name, dir_fd=etc)
+            except FileNotFoundError:
+                pass
+            fd = create_file_beneath(etc, name)
+            try:
+                os.write(fd, generated[name].encode())
+            finally:
+                os.close(fd)
+    finally:
+        os.close(etc)
+    if image.workdir != "/":
+        os.close(make_dirs_beneath(root_fd, image.workdir))
+# --- end image roots ------------------------------------------------------------------
+
+
+def pivot_into(root_fd: int, seal: bool = True) -> None:
+    """Make ``root_fd`` the root, drop the host tree, and seal the root read-only
+    (``seal=False`` for an image root: its writable upper layer is the container layer)."""
     os.fchdir(root_fd)
     sc.pivot_root(".", ".")
     sc.umount2(".", sc.MNT_DETACH)
@@ -176,17 +203,23 @@ def pivot_into(root_fd: int) -> None:
     # The scratch mount was only a source for the /work, /tmp and /dev/shm binds.
     sc.umount2("/" + _SCRATCH, sc.MNT_DETACH)
     os.rmdir("/" + _SCRATCH)
-    sc.mount_setattr(sc.AT_FDCWD, "/", sc.AT_EMPTY_PATH, sc.MOUNT_ATTR_RDONLY)
+    if seal:
+        sc.mount_setattr(sc.AT_FDCWD, "/", sc.AT_EMPTY_PATH, sc.MOUNT_ATTR_RDONLY)
 
 
-def build_root(disk_bytes: int) -> int:
+def build_root(disk_bytes: int, image: ImageRoot | None = None, etc_snapshot: str = "") -> int:
     """Create the new root as a tmpfs attached over /tmp of this (private) mount
     namespace and fill it; returns its fd for ``pivot_into``."""
     sc.mount_propagation("/", sc.MS_REC | sc.MS_PRIVATE)
+    if image is not None:
+        root_fd = mount_image_root(image, disk_bytes, "/tmp")
+        populate_image_root(root_fd, image)
+        mount_job_filesystems(root_fd, disk_bytes)
+        return root_fd
     root = new_filesystem("tmpfs", {"size": "4m", "mode": "0755"}, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
     root_fd = os.dup(root)
     sc.move_mount(root, "", sc.AT_FDCWD, "/tmp", sc.MOVE_MOUNT_F_EMPTY_PATH)
     os.close(root)
-    populate_host_image(root_fd)
+    populate_host_image(root_fd, etc_snapshot)
     mount_job_filesystems(root_fd, disk_bytes)
     return root_fd

@@ -17,10 +17,14 @@ from collections import deque
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+from sandbox import hostetc, rootfs
 from sandbox import launch as launcher
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
 from sandbox.errors import CgroupError, JobError, SandboxError
-from sandbox.models import Blob, Job, Limits, Result, Status, Usage
+from sandbox.images.errors import ImageNotFound
+from sandbox.images.runtime import lease_image
+from sandbox.models import WORKDIR, Blob, Job, Limits, Result, Status, Usage
+from sandbox.overlay import ImageRoot
 from sandbox.seccomp import compile_policy, load_policy
 from sandbox.supervise import Outcome, Watch, supervise
 from sandbox.verdict import decide
@@ -49,6 +53,7 @@ class Runner:
         self.seccomp_bpf = compile_policy(load_policy(profile))
         self.cap_last = int(open("/proc/sys/kernel/cap_last_cap").read())
         self.parallelism = len(os.sched_getaffinity(0))
+        self.etc_snapshot = hostetc.snapshot(rootfs.generated_etc())
         self.warm_target = warm
         self._warm: deque[_Sandbox] = deque()
         self._deferred: list[Callable[[], None]] = []
@@ -100,14 +105,17 @@ class Runner:
             self._dispose(self._warm.popleft())
         self.tidy()
 
-    def _prepare(self) -> _Sandbox:
+    def _prepare(self, image: ImageRoot | None = None, disk_bytes: int = WARM_DISK_BYTES) -> _Sandbox:
+        """A sandbox on the host image (warm ones) or on a leased image (built per job)."""
         cgroup = self.backend.create_job() if self.backend is not None else None
         try:
             template = launcher.Template(
                 seccomp_bpf=self.seccomp_bpf,
                 cgroup_fds=cgroup.attach_fds if cgroup else [],
-                disk_bytes=WARM_DISK_BYTES,
+                disk_bytes=disk_bytes,
                 cap_last=self.cap_last,
+                image=image,
+                etc_snapshot=self.etc_snapshot,
             )
             prepared = launcher.prepare(template)
         except BaseException:
@@ -141,9 +149,13 @@ class Runner:
                 f"no delegated cgroup ({self.cgroup_problem}); memory is capped by an address-space "
                 "rlimit, pids by RLIMIT_NPROC, CPU time per process only"
             )
-        sandbox = self._warm.popleft() if self._warm else self._prepare()
-        prepared, cgroup = sandbox.prepared, sandbox.cgroup
         with ExitStack() as cleanup:
+            argv, env, cwd, image_root = _image_for(job, cleanup)
+            if image_root is None and self._warm:
+                sandbox = self._warm.popleft()
+            else:
+                sandbox = self._prepare(image_root, limits.disk_bytes)
+            prepared, cgroup = sandbox.prepared, sandbox.cgroup
             cleanup.callback(self._deferred.append, lambda: self._dispose(sandbox))
             if prepared.init_pid <= 0:
                 message = next((m["message"] for m in prepared.early if m["kind"] == "setup_error"), None)
@@ -156,9 +168,9 @@ class Runner:
             stdout_r, stdout_w = _pipe(fds)
             stderr_r, stderr_w = _pipe(fds)
             spec = launcher.JobSpec(
-                argv=job.cmd,
-                env={"PATH": DEFAULT_PATH, **job.env},
-                cwd=job.cwd,
+                argv=argv,
+                env=env,
+                cwd=cwd,
                 disk_bytes=limits.disk_bytes,
                 stdin_fd=_open_blob(job.stdin, fds),
                 stdout_fd=stdout_w,
@@ -200,6 +212,25 @@ class Runner:
                 error=verdict.error,
             )
         raise AssertionError("unreachable")  # pragma: no cover - the with block returns
+
+
+# --- images (issue 4): resolve and lease the job's image for as long as the job runs ---
+def _image_for(job: Job, cleanup: ExitStack) -> tuple[list[str], dict[str, str], str, ImageRoot | None]:
+    """argv, env, cwd and the layer stack for the job; the lease ends with the job."""
+    base_env = {"PATH": DEFAULT_PATH}
+    if job.image == "host":
+        return job.cmd, {**base_env, **job.env}, job.cwd or WORKDIR, None
+    try:
+        image = lease_image(job.image)
+    except ImageNotFound as exc:
+        raise JobError(str(exc), field="image") from exc
+    cleanup.callback(image.release)
+    argv = image.argv(job.cmd)
+    if not argv:
+        raise JobError(f"no command given and image {image.name} has no Entrypoint or Cmd", field="cmd")
+    cwd = job.cwd or image.workdir() or WORKDIR
+    return argv, {**image.env(base_env), **job.env}, cwd, ImageRoot(image.layer_dirs, cwd)
+# --- end images -------------------------------------------------------------------------
 
 
 def _parallelism(cpus_available: int, quota: float | None) -> int:

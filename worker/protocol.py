@@ -149,7 +149,7 @@ def job_from_wire(data: Any) -> Job:
             stdin=None if stdin is None else Blob(data=_typed(stdin, bytes, "stdin")),
             files=files,
             image=_typed(data.get("image", "host"), str, "image"),
-            cwd=_typed(data.get("cwd", "/work"), str, "cwd"),
+            cwd=None if data.get("cwd") is None else _typed(data["cwd"], str, "cwd"),
             require_cgroups=_typed(data.get("require_cgroups", False), bool, "require_cgroups"),
         )
     except JobError as exc:

@@ -68,6 +68,8 @@ CLONE_NEWNET = 0x40000000
 CLONE_NEWTIME = 0x00000080
 
 # mount(2) propagation, umount2(2) and path flags.
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
@@ -158,6 +160,16 @@ def mount_propagation(target: str, flags: int) -> None:
     if result < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount propagation of {target}: {os.strerror(err)}")
+
+
+def mount(source: str, target: str, fs_type: str, flags: int, data: str) -> None:
+    """Legacy mount(2): only for overlay on kernels without fsconfig("lowerdir+")."""
+    result = _libc.mount(
+        os.fsencode(source), os.fsencode(target), os.fsencode(fs_type), ctypes.c_ulong(flags), os.fsencode(data)
+    )
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {fs_type} on {target}: {os.strerror(err)}")
 
 
 def fsopen(fs_type: str) -> int:

@@ -1,0 +1,114 @@
+"""Image benchmark (not a timed test): cold pull + unpack of a Debian 12 python3 image
+against `skopeo copy` + `umoci unpack` in the same run, and what a cached image adds
+to a job's start-up.
+
+    .venv/bin/python bench/images.py [--runs N]
+
+Starts its own docker-registry on 127.0.0.1, builds the image with mmdebstrap (cached
+like the tests' one), prints figures and writes raw JSON under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
+
+from imagebuild import debian_python_layout  # noqa: E402
+from registries import skopeo_push, start_registry  # noqa: E402
+from sandbox.images.config import ImagesConfig  # noqa: E402
+from sandbox.images.pull import pull  # noqa: E402
+from sandbox.images.runtime import lease_image  # noqa: E402
+from sandbox.images.store import Store, remove_tree  # noqa: E402
+from sandbox.models import Job, Limits  # noqa: E402
+from sandbox.runner import Runner  # noqa: E402
+
+
+def timed(action) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3, help="cold pulls per tool")
+    parser.add_argument("--jobs", type=int, default=40, help="jobs per image for the start-up figure")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="sandbox-bench-images-"))
+    registry = start_registry(work / "registry")
+    try:
+        layout = debian_python_layout(work / "layout", "gzip")  # umoci 0.4.7 has no zstd
+        ref = f"{registry.host}/bench/python:3.11"
+        skopeo_push(f"oci:{layout}", ref, work)
+        ours, theirs = [], []
+        for run in range(args.runs):
+            store_dir = work / f"store-{run}"
+            config = ImagesConfig(store=store_dir, insecure=frozenset({registry.host}))
+            ours.append(timed(lambda: pull(Store(store_dir), config, ref)))
+            oci, bundle = work / f"oci-{run}", work / f"bundle-{run}"
+
+            def skopeo_umoci() -> None:
+                env = {**os.environ, "REGISTRY_AUTH_FILE": str(work / "skopeo-auth.json")}
+                subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{oci}:b"],
+                               check=True, env=env)
+                subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{oci}:b", str(bundle)], check=True,
+                               capture_output=True)
+
+            theirs.append(timed(skopeo_umoci))
+            remove_tree(bundle)
+            shutil.rmtree(oci)
+        store_dir = work / "store-0"
+        os.environ["SANDBOX_IMAGE_STORE"] = str(store_dir)
+        lease_us = []
+        for _ in range(200):
+            start = time.perf_counter()
+            lease_image("bench/python:3.11").release()
+            lease_us.append((time.perf_counter() - start) * 1e6)
+        runner = Runner()
+        walls: dict[str, list[float]] = {"host": [], "image": []}
+        for _ in range(args.jobs):
+            for image in ("host", "bench/python:3.11"):
+                job = Job(cmd=["/bin/true"], image=image, limits=Limits(wall_time="10s"))
+                start = time.perf_counter()
+                result = runner.run(job)
+                elapsed = (time.perf_counter() - start) * 1e3
+                assert result.status.value == "ok", result
+                walls["host" if image == "host" else "image"].append(elapsed)
+        figures = {
+            "pull_unpack_s": {"sandbox": ours, "skopeo+umoci": theirs},
+            "image_bytes": sum(p.stat().st_size for p in (store_dir / "blobs/sha256").iterdir()),
+            "lease_us_median": statistics.median(lease_us),
+            "job_ms_median": {k: statistics.median(v) for k, v in walls.items()},
+            "job_ms_raw": walls,
+            "start_up_added_ms": statistics.median(walls["image"]) - statistics.median(walls["host"]),
+            "machine": os.uname().release,
+        }
+    finally:
+        registry.stop()
+        remove_tree(work)
+    print(f"cold pull + unpack, Debian 12 + python3 ({figures['image_bytes'] / 1e6:.0f} MB compressed):")
+    print(f"  sandbox pull          median {statistics.median(ours):6.2f} s  runs {[round(x, 2) for x in ours]}")
+    print(f"  skopeo copy + umoci   median {statistics.median(theirs):6.2f} s  runs {[round(x, 2) for x in theirs]}")
+    print(f"store lookup + lease of a cached image: median {figures['lease_us_median']:.0f} us")
+    print(f"job wall (runner.run, /bin/true): host image {figures['job_ms_median']['host']:.2f} ms, "
+          f"cached image {figures['job_ms_median']['image']:.2f} ms -> image adds {figures['start_up_added_ms']:.2f} ms")
+    out = HERE / "results" / f"images-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(figures, indent=1))
+    print(f"raw: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+"""Layer 3: OCI/Docker images - references, registry client, content-addressed store,
+safe layer unpacking, garbage collection.
+
+Knows nothing about running jobs: the runner asks the store for an image's layer
+directories and config, and holds a lease while a job uses them.
+"""

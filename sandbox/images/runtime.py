@@ -1,0 +1,64 @@
+"""What a job needs of a stored image: its layer directories, its config turned into
+argv/env/cwd, and a lease that keeps gc away while the job runs.
+
+How the image config maps onto a job:
+
+- Entrypoint + Cmd: the job's command replaces Cmd (Docker's rule); with no command,
+  Entrypoint + Cmd run. Neither and no command is an error.
+- Env: the image's variables over the sandbox default PATH; the job's over both.
+- WorkingDir: used when the job names no cwd (else /work); created if missing.
+- User: not honoured as an identity. The job always runs as uid/gid 1000 in its user
+  namespace, which is also the owner of every file the rootless unpack wrote, so
+  "root", "nobody" or "1000" all see the image's files as their own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox.images import config as images_config
+from sandbox.images.store import ImageRecord, Store
+
+
+@dataclass
+class LeasedImage:
+    name: str
+    record: ImageRecord
+    layer_dirs: list[str]
+    lease_fd: int = field(repr=False)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.record.config
+
+    def release(self) -> None:
+        if self.lease_fd >= 0:
+            os.close(self.lease_fd)
+            self.lease_fd = -1
+
+    def argv(self, cmd: list[str]) -> list[str]:
+        entrypoint = list(self.config.get("Entrypoint") or [])
+        return entrypoint + (list(cmd) if cmd else list(self.config.get("Cmd") or []))
+
+    def env(self, base: dict[str, str]) -> dict[str, str]:
+        merged = dict(base)
+        for item in self.config.get("Env") or []:
+            key, sep, value = str(item).partition("=")
+            if sep and key and "\x00" not in item:
+                merged[key] = value
+        return merged
+
+    def workdir(self) -> str | None:
+        value = self.config.get("WorkingDir") or None
+        return value if value and value.startswith("/") and ".." not in value.split("/") else None
+
+
+def lease_image(name: str, store: Store | None = None) -> LeasedImage:
+    """Find ``name`` in the store and lease it (raises ImageNotFound)."""
+    store = store or Store(images_config.load().store)
+    with store.shared():
+        matched, record = store.lookup(name)
+        fd = store.lease(record.id)
+    return LeasedImage(matched, record, [str(store.layer_path(layer.chain_id)) for layer in record.layers], fd)

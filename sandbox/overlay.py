@@ -1,0 +1,111 @@
+"""The root filesystem of an image: an overlay of its unpacked layers, mounted inside
+the job's user namespace.
+
+- ``userxattr``: whiteouts are 0:0 character devices and opaque directories carry
+  ``user.overlay.opaque=y`` (the only form an unprivileged unpacker can write); without
+  this option the kernel would silently ignore the opaque marks.
+- upper and work dirs live on a size-capped tmpfs made here, in the job's mount
+  namespace: the job's writes to its root (the "container layer") die with it and never
+  touch the store.
+- Layers are passed as ``/proc/self/fd/N`` relative to ``/proc/self/fd`` (a few bytes
+  each): one ``fsconfig("lowerdir+")`` per layer where the kernel has it (6.8+, up to
+  500 layers), else one legacy mount(2) whose option string must fit in a page.
+- The store path itself is never visible to the job: after pivot_root only the overlay
+  is reachable, and overlayfs keeps private clones of its layer mounts.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+from sandbox.errors import SetupError
+from sandbox.fspath import make_dirs_beneath
+from sandbox.linux import syscalls as sc
+
+MAX_LAYERS = 500  # overlayfs' OVL_MAX_STACK
+_PAGE = 4096
+_MOUNT_ATTRS = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
+
+
+@dataclass
+class ImageRoot:
+    """What the sandbox needs of an image: its layer directories, bottom first, and
+    the working directory to create if the image lacks it."""
+
+    layers: list[str]
+    workdir: str = "/"
+
+
+def mount_image_root(image: ImageRoot, upper_bytes: int, where: str) -> int:
+    """Build the overlay, attach it at ``where``/root, and return an fd of its root.
+    ``where`` is a directory of this private mount namespace (it gets the upper tmpfs)."""
+    if len(image.layers) > MAX_LAYERS:
+        raise SetupError(f"image has {len(image.layers)} layers; overlayfs stacks at most {MAX_LAYERS}")
+    # Layers first: the store may lie under ``where``, which the upper tmpfs covers.
+    # Top-most layer first, as overlayfs lists them.
+    fds = [os.open(layer, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for layer in reversed(image.layers)]
+    lowers = [str(fd) for fd in fds]
+    upper_mount = _tmpfs(upper_bytes)
+    sc.move_mount(upper_mount, "", sc.AT_FDCWD, where, sc.MOVE_MOUNT_F_EMPTY_PATH)
+    try:
+        upper, work, mount_point = (make_dirs_beneath(upper_mount, name) for name in ("upper", "work", "root"))
+        fds.extend((upper, work, mount_point))
+        cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        os.chdir("/proc/self/fd")
+        try:
+            overlay = _mount_new_api(lowers, str(upper), str(work))
+            if overlay is None:
+                overlay = _mount_legacy(lowers, str(upper), str(work), str(mount_point))
+            else:
+                sc.move_mount(overlay, "", mount_point, "", sc.MOVE_MOUNT_F_EMPTY_PATH | sc.MOVE_MOUNT_T_EMPTY_PATH)
+        finally:
+            os.fchdir(cwd)
+            os.close(cwd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+        os.close(upper_mount)
+    return overlay
+
+
+def _tmpfs(size: int) -> int:
+    fs_fd = sc.fsopen("tmpfs")
+    try:
+        sc.fsconfig_string(fs_fd, "size", str(size))
+        sc.fsconfig_string(fs_fd, "mode", "0755")
+        sc.fsconfig_create(fs_fd)
+        return sc.fsmount(fs_fd, _MOUNT_ATTRS)
+    finally:
+        os.close(fs_fd)
+
+
+def _mount_new_api(lowers: list[str], upper: str, work: str) -> int | None:
+    """fsopen + one ``lowerdir+`` per layer; None when the kernel lacks ``lowerdir+``."""
+    fs_fd = sc.fsopen("overlay")
+    try:
+        try:
+            sc.fsconfig_string(fs_fd, "lowerdir+", lowers[0])
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                return None
+            raise
+        for lower in lowers[1:]:
+            sc.fsconfig_string(fs_fd, "lowerdir+", lower)
+        sc.fsconfig_string(fs_fd, "upperdir", upper)
+        sc.fsconfig_string(fs_fd, "workdir", work)
+        sc.fsconfig_flag(fs_fd, "userxattr")
+        sc.fsconfig_create(fs_fd)
+        return sc.fsmount(fs_fd, _MOUNT_ATTRS)
+    finally:
+        os.close(fs_fd)
+
+
+def _mount_legacy(lowers: list[str], upper: str, work: str, mount_point: str) -> int:
+    """mount(2) for kernels before 6.8: the whole option string must fit in a page."""
+    options = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work},userxattr"
+    if len(options) >= _PAGE:
+        raise SetupError(f"image has too many layers ({len(lowers)}) for this kernel's mount(2)")
+    sc.mount("overlay", mount_point, "overlay", sc.MS_NOSUID | sc.MS_NODEV, options)
+    return os.open(mount_point, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)

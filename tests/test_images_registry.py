@@ -1,0 +1,373 @@
+"""Pull from real registries (docker-registry started here: anonymous, basic auth,
+bearer tokens), run on the overlay, and the faults: digest mismatch, registry down,
+interrupted download resumed, concurrent pulls, gc while a job runs, a full disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import SANDBOX_CLI
+from imagebuild import Entry, busybox_entries, layer_tar, oci_index, oci_layout
+from registries import free_port, skopeo_push, start_proxy, start_registry, start_token_server
+from sandbox.images.config import load
+from sandbox.images.errors import DigestMismatch, RegistryError
+from sandbox.images.pull import pull
+from sandbox.images.store import Store
+from sandbox.models import Blob, Job
+
+DIR, SYM, LNK = tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
+
+
+@pytest.fixture(scope="session")
+def images_work(tmp_path_factory):
+    return tmp_path_factory.mktemp("images")
+
+
+@pytest.fixture(scope="session")
+def registry(images_work):
+    reg = start_registry(images_work / "anon")
+    yield reg
+    reg.stop()
+
+
+def feature_layers() -> list[bytes]:
+    base = busybox_entries() + [
+        Entry("opt", DIR), Entry("opt/old", data=b"old"), Entry("gone", data=b"gone"),
+        Entry("data", DIR), Entry("data/file", data=b"from layer 1\n"),
+    ]
+    top = [
+        Entry("opt", DIR), Entry("opt/.wh..wh..opq"), Entry("opt/new", data=b"new"),
+        Entry(".wh.gone"), Entry("data/file", data=b"from layer 2\n"),
+        Entry("data/hard", LNK, linkname="data/file"), Entry("data/link", SYM, linkname="file"),
+        Entry("data/hard2", LNK, linkname="data/file"),
+    ]
+    return [layer_tar(base), layer_tar(top)]
+
+
+@pytest.fixture(scope="session")
+def pushed(registry, images_work):
+    """Images in the anonymous registry: name -> reference."""
+    layouts = images_work / "layouts"
+    names = {}
+    oci_layout(layouts / "features", feature_layers(),
+               config={"WorkingDir": "/srv/app", "Env": ["PATH=/bin", "GREETING=hello"]})
+    oci_layout(layouts / "zstd", [layer_tar(busybox_entries()), layer_tar([Entry("z", data=b"zstd\n")])],
+               compression="zstd")
+    oci_index(layouts / "multi", [
+        dict(layers=[layer_tar([Entry("arch", data=b"amd64\n")])], arch="amd64"),
+        dict(layers=[layer_tar([Entry("arch", data=b"arm64\n")])], arch="arm64"),
+    ], platforms=[{"os": "linux", "architecture": "amd64"}, {"os": "linux", "architecture": "arm64", "variant": "v8"}])
+    big = os.urandom(3 << 20)
+    oci_layout(layouts / "big", [layer_tar(busybox_entries() + [Entry("big", data=big)])])
+    for name in ("features", "zstd", "big"):
+        names[name] = f"{registry.host}/test/{name}:1"
+        skopeo_push(f"oci:{layouts / name}", names[name], images_work)
+    names["multi"] = f"{registry.host}/test/multi:1"
+    skopeo_push(f"oci:{layouts / 'multi'}", names["multi"], images_work, all_platforms=True)
+    return names
+
+
+@pytest.fixture
+def env(tmp_path, registry, monkeypatch):
+    """A fresh store and config for one test; returns a function to rewrite the config."""
+    store = tmp_path / "store"
+    config = tmp_path / "images.toml"
+
+    def configure(extra: str = "", insecure: tuple[str, ...] = ()) -> Path:
+        hosts = ", ".join(f'"{h}"' for h in (registry.host, *insecure))
+        config.write_text(f"insecure = [{hosts}]\n{extra}")
+        return store
+
+    configure()
+    monkeypatch.setenv("SANDBOX_IMAGE_STORE", str(store))
+    monkeypatch.setenv("SANDBOX_IMAGES_CONFIG", str(config))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    return configure
+
+
+def cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SANDBOX_CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_pull_and_run_applies_layers_and_config(env, pushed):
+    done = cli("pull", pushed["features"])
+    assert done.returncode == 0, done.stderr
+    script = ("cat /data/file /data/hard /data/link; ls /opt; test -e /gone || echo gone-is-gone; "
+              "pwd; echo $GREETING; test /data/hard -ef /data/hard2 && echo same-inode; "
+              "echo w > /written && cat /written")
+    done = cli("run", "--image", "test/features:1", "--", "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n") == [
+        "from layer 2", "from layer 2", "from layer 2", "new", "gone-is-gone", "/srv/app", "hello", "same-inode",
+        "w", ""]
+    done = cli("run", "--image", pushed["features"])  # no command: the image's Cmd
+    assert (done.returncode, done.stdout) == (0, "default-cmd\n"), done.stderr
+
+
+def test_images_inspect_rmi_gc(env, pushed):
+    assert cli("pull", pushed["features"]).returncode == 0
+    assert cli("pull", pushed["zstd"]).returncode == 0
+    rows = json.loads(cli("images", "--json").stdout)
+    assert {row["repository"].split("/", 1)[1] for row in rows} == {"test/features", "test/zstd"}
+    assert all(row["layers"] == 2 and row["size"] > 0 for row in rows)
+    shown = json.loads(cli("inspect", "test/zstd:1").stdout)
+    assert shown["config"]["Cmd"] == ["sh", "-c", "echo default-cmd"]
+    assert cli("run", "--image", "test/zstd:1", "--", "cat", "/z").stdout == "zstd\n"
+    assert cli("rmi", "test/features:1").returncode == 0
+    assert "removed 1 images, 2 layers" in cli("gc").stdout
+    assert cli("run", "--image", "test/zstd:1", "--", "cat", "/z").stdout == "zstd\n"
+    done = cli("run", "--image", "test/features:1", "--", "true")
+    assert done.returncode == 125 and "no image" in done.stderr
+
+
+def test_platform_is_picked_from_the_index(env, pushed):
+    store = Store(env())
+    _, amd = pull(store, load(), pushed["multi"], platform="linux/amd64")
+    _, arm = pull(store, load(), pushed["multi"], platform="linux/arm64")
+    for record, arch in ((amd, b"amd64\n"), (arm, b"arm64\n")):
+        assert (store.layer_path(record.layers[0].chain_id) / "arch").read_bytes() == arch
+    with pytest.raises(Exception, match="no linux/s390x image"):
+        pull(store, load(), pushed["multi"], platform="linux/s390x")
+
+
+def test_pull_by_digest_and_mismatch_is_refused(env, pushed, registry):
+    store = Store(env())
+    ref, record = pull(store, load(), pushed["features"])
+    by_digest = f"{registry.host}/test/features@{record.manifest_digest}"
+    assert pull(store, load(), by_digest)[1].id == record.id
+    with pytest.raises(RegistryError, match="not found|expected"):
+        pull(store, load(), f"{registry.host}/test/features@sha256:{'0' * 64}")
+
+
+def test_corrupt_blob_is_retried_then_refused_and_nothing_published(env, pushed, registry, images_work):
+    store = Store(env())
+    manifest_layers = _layers_of(registry, "test/big")
+    blob = registry.blob_file(manifest_layers[-1])
+    original = blob.read_bytes()
+    blob.write_bytes(original[:-10] + b"X" * 10)
+    try:
+        with pytest.raises(DigestMismatch, match="after 4 attempts"):
+            pull(store, load(), pushed["big"])
+    finally:
+        blob.write_bytes(original)
+    assert not store.refs() and not store.records()
+    assert not store.has_blob(manifest_layers[-1])
+    assert not list((store.root / "layers").iterdir()) and not list((store.root / "partial").iterdir())
+
+
+def _layers_of(registry, repo: str) -> list[str]:
+    import httpx
+    accept = "application/vnd.oci.image.manifest.v1+json"
+    manifest = httpx.get(f"http://{registry.host}/v2/{repo}/manifests/1", headers={"Accept": accept}).json()
+    return [layer["digest"] for layer in manifest["layers"]]
+
+
+def test_registry_down_is_a_clear_error(env):
+    port = free_port()
+    env(insecure=(f"127.0.0.1:{port}",))
+    done = cli("pull", f"127.0.0.1:{port}/x/y:1")
+    assert done.returncode == 125
+    assert f"cannot reach 127.0.0.1:{port}" in done.stderr and "after 4 attempts" in done.stderr
+
+
+def test_https_is_required_unless_listed_insecure(env, pushed, registry, tmp_path):
+    (tmp_path / "images.toml").write_text("")
+    done = cli("pull", pushed["features"])
+    assert done.returncode == 125 and "cannot reach" in done.stderr
+
+
+def test_interrupted_download_resumes_with_range(env, pushed, registry):
+    proxy = start_proxy(registry.host)
+    try:
+        env(insecure=(proxy.host,))
+        big_layer = _layers_of(registry, "test/big")[-1]
+        proxy.cut_blobs_after[big_layer] = 1 << 20
+        store = Store(env(insecure=(proxy.host,)))
+        _, record = pull(store, load(), pushed["big"].replace(registry.host, proxy.host))
+        gets = [entry for entry in proxy.blob_gets() if big_layer in entry[0]]
+        assert [(rng, status) for _, rng, status in gets] == [("", 200), (f"bytes={1 << 20}-", 206)]
+        assert store.has_layer(record.layers[-1].chain_id)
+    finally:
+        proxy.stop()
+
+
+def test_mirrors_in_order_then_upstream(env, pushed, registry):
+    proxy = start_proxy(registry.host)
+    dead = f"127.0.0.1:{free_port()}"
+    try:
+        store = Store(env(f'[mirrors]\n"{registry.host}" = ["{dead}", "{proxy.host}"]\n', insecure=(proxy.host, dead)))
+        pull(store, load(), pushed["zstd"])
+        assert proxy.blob_gets(), "the working mirror served the blobs"
+        # A mirror without the image: fall back to the registry itself.
+        store2 = Store(env(f'[mirrors]\n"{registry.host}" = ["{dead}"]\n', insecure=(dead,)).with_name("store2"))
+        pull(store2, load(), pushed["zstd"])
+    finally:
+        proxy.stop()
+
+
+def test_concurrent_pulls_download_each_blob_once(env, pushed, registry):
+    proxy = start_proxy(registry.host)
+    try:
+        env(insecure=(proxy.host,))
+        ref = pushed["big"].replace(registry.host, proxy.host)
+        procs = [subprocess.Popen([*SANDBOX_CLI, "pull", ref], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for _ in range(2)]
+        results = [proc.communicate(timeout=120) + (proc.returncode,) for proc in procs]
+        assert all(code == 0 for _, _, code in results), results
+        layer_gets = [path for path, _, status in proxy.blob_gets() if status == 200]
+        assert len(layer_gets) == len(set(layer_gets)), layer_gets
+    finally:
+        proxy.stop()
+
+
+def test_basic_auth_registry(images_work, env, tmp_path):
+    htpasswd = images_work / "htpasswd"
+    line = subprocess.run(["htpasswd", "-Bbn", "judge", "s3cret"], check=True, capture_output=True, text=True).stdout
+    htpasswd.write_text(line)
+    reg = start_registry(images_work / "basic",
+                         f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n")
+    try:
+        oci_layout(images_work / "layouts/basic", [layer_tar(busybox_entries())])
+        skopeo_push(f"oci:{images_work / 'layouts/basic'}", f"{reg.host}/private/bb:1", images_work, creds="judge:s3cret")
+        env(insecure=(reg.host,))
+        done = cli("pull", f"{reg.host}/private/bb:1")
+        assert done.returncode == 125 and "wants a user name and password" in done.stderr
+        docker = tmp_path / "docker"
+        docker.mkdir()
+        import base64
+        auth = base64.b64encode(b"judge:s3cret").decode()
+        (docker / "config.json").write_text(json.dumps({"auths": {reg.host: {"auth": auth}}}))
+        done = cli("pull", f"{reg.host}/private/bb:1")
+        assert done.returncode == 0, done.stderr
+    finally:
+        reg.stop()
+
+
+def test_bearer_token_flow(images_work, env):
+    tokens, cert = start_token_server(images_work, "robot", "t0ken", "test-registry", "test-issuer")
+    reg = start_registry(images_work / "token", (
+        f"auth:\n  token:\n    realm: {tokens.url}\n    service: test-registry\n    issuer: test-issuer\n"
+        f"    rootcertbundle: {cert}\n"))
+    try:
+        oci_layout(images_work / "layouts/token", [layer_tar(busybox_entries())])
+        skopeo_push(f"oci:{images_work / 'layouts/token'}", f"{reg.host}/team/bb:1", images_work, creds="robot:t0ken")
+        pushed_tokens = len(tokens.issued)
+        env(f'[auths."{reg.host}"]\nusername = "robot"\npassword = "t0ken"\n', insecure=(reg.host,))
+        done = cli("pull", f"{reg.host}/team/bb:1")
+        assert done.returncode == 0, done.stderr
+        # One token for the whole pull: cached across manifest and blob requests.
+        assert len(tokens.issued) - pushed_tokens == 1
+        env(insecure=(reg.host,))
+        done = cli("pull", f"{reg.host}/team/bb:1")
+        assert done.returncode == 125 and "token server" in done.stderr
+    finally:
+        reg.stop()
+        tokens.stop()
+
+
+def test_gc_while_a_job_runs_keeps_its_layers(env, pushed, runner, tmp_path):
+    store = Store(env())
+    _, record = pull(store, load(), pushed["features"])
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    job = Job(cmd=["sh", "-c", "read line; cat /data/file"], image="test/features:1", stdin=Blob(path=str(fifo)),
+              require_cgroups=True)
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(runner.run, job)
+        with open(fifo, "w") as writer:
+            deadline = time.monotonic() + 30
+            while not store._leased(record.id[7:]):
+                assert time.monotonic() < deadline, "the job never leased its image"
+                time.sleep(0.01)
+            assert cli("rmi", "test/features:1").returncode == 0
+            assert cli("gc").returncode == 0
+            assert all(store.has_layer(layer.chain_id) for layer in record.layers)
+            writer.write("go\n")
+        result = future.result(timeout=60)
+        runner.tidy()
+    assert result.stdout == b"from layer 2\n", result
+    assert "removed 1 images, 2 layers" in cli("gc").stdout
+    assert not list((store.root / "layers").iterdir())
+
+
+ENOSPC_SCRIPT = r"""
+import json, os, subprocess, sys
+sys.path[:0] = sys.argv[3:]
+from sandbox.images.config import load
+from sandbox.images.errors import UnpackError
+from sandbox.images.importer import import_image
+from sandbox.images.store import Store
+from pathlib import Path
+target = Path(sys.argv[1])
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(target)], check=True)
+store = Store(target / "store")
+try:
+    import_image(store, load(), Path(sys.argv[2]), "full:1")
+    print(json.dumps({"error": None}))
+except UnpackError as exc:
+    leftovers = sorted(str(p.relative_to(store.root)) for sub in ("layers", "tmp", "refs", "images")
+                       for p in (store.root / sub).iterdir())
+    print(json.dumps({"error": str(exc), "leftovers": leftovers}))
+"""
+
+
+def test_full_disk_during_unpack_publishes_nothing(tmp_path, env):
+    """A 2 MiB tmpfs store in a user+mount namespace of our own (rootless)."""
+    # The compressed blob fits in the store; the unpacked 3 MiB do not.
+    layout = oci_layout(tmp_path / "fat", [layer_tar([Entry("big", data=bytes(3 << 20))])], compression="zstd")
+    (tmp_path / "mnt").mkdir()
+    repo = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-c", ENOSPC_SCRIPT,
+                           str(tmp_path / "mnt"), str(layout), repo], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["error"] and "no space left on device" in outcome["error"], outcome
+    assert "'big'" in outcome["error"] and outcome["leftovers"] == [], outcome
+
+
+def test_hostile_mount_points_never_touch_the_host(env, tmp_path, runner):
+    """An image whose /dev, /proc, /tmp, /work and /etc/hosts are symlinks to a host
+    directory: the job runs, and the canary directory stays untouched."""
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    (canary / "hosts").write_text("precious\n")
+    entries = busybox_entries() + [Entry("etc/hosts", SYM, linkname=str(canary / "hosts"))]
+    entries = [e for e in entries if e.name not in ("tmp", "work")]
+    entries += [Entry(name, SYM, linkname=str(canary)) for name in ("dev", "proc", "tmp", "work")]
+    layout = oci_layout(tmp_path / "evil", [layer_tar(entries)])
+    assert cli("import", str(layout), "evil:1").returncode == 0
+    done = cli("run", "--image", "evil:1", "--", "sh", "-c",
+               "echo x > /tmp/t; echo y > /work/w; cat /etc/hosts | head -1; ls /dev/null /proc/self >/dev/null && echo ok")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith("ok\n") and "localhost" in done.stdout
+    assert sorted(os.listdir(canary)) == ["hosts"] and (canary / "hosts").read_text() == "precious\n"
+
+
+def test_docker_save_archive_import(env, tmp_path):
+    """The legacy `docker save` layout: manifest.json, <id>.json, <dir>/layer.tar."""
+    import hashlib
+    import io
+    layer = layer_tar(busybox_entries() + [Entry("saved", data=b"from docker save\n")])
+    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["cat", "/saved"]},
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    archive = tmp_path / "image.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in ((config_name, config), ("abc/layer.tar", layer), ("manifest.json", json.dumps(
+                [{"Config": config_name, "RepoTags": ["saved:1"], "Layers": ["abc/layer.tar"]}]).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert cli("import", str(archive), "myimg:1").returncode == 0
+    done = cli("run", "--image", "myimg:1")
+    assert (done.returncode, done.stdout) == (0, "from docker save\n"), done.stderr
