@@ -248,7 +248,7 @@ def _stage_init(template: Template, report_fd: int, channel: socket.socket) -> N
     if job["disk_bytes"] != template.disk_bytes:
         rootfs.resize_scratch(job["disk_bytes"])
     new_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    for (dest, mode), source_fd in zip(job["files"], file_fds):
+    for (dest, mode), source_fd in zip(job["files"], file_fds, strict=True):
         _copy_in(new_root, dest, source_fd, mode)
         os.close(source_fd)
     os.close(new_root)

@@ -95,10 +95,6 @@ class Runner:
         self._warm.append(self._prepare())
         return True
 
-    @property
-    def warm_count(self) -> int:
-        return len(self._warm)
-
     def close(self) -> None:
         """Discard the warm sandboxes and finish pending cleanup."""
         while self._warm:

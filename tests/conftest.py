@@ -20,7 +20,7 @@ from sandbox.cgroups import open_backend
 from sandbox.errors import CgroupError
 from sandbox.models import Blob, InputFile, Job, Limits, Result
 from sandbox.runner import Runner
-from workerutil import SANDBOX_CLI, Raw, WorkerProcess
+from workerutil import Raw, WorkerProcess
 
 PROGRAMS = Path(__file__).parent / "programs"
 REPO = Path(__file__).resolve().parent.parent

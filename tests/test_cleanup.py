@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SANDBOX_CLI
+from workerutil import SANDBOX_CLI
 from sandbox.models import Status
 from sandbox.runner import Runner
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import SANDBOX_CLI
+from workerutil import SANDBOX_CLI
 
 
 def sandbox(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SANDBOX_CLI
+from workerutil import SANDBOX_CLI
 from imagebuild import Entry, busybox_entries, layer_tar, oci_index, oci_layout
 from registries import free_port, skopeo_push, start_proxy, start_registry, start_token_server
 from sandbox.images.config import load

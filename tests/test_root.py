@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import SANDBOX_CLI
+from workerutil import SANDBOX_CLI
 from sandbox.cgroups.systemd import systemd_running
 from sandbox.cgroups.v1 import CONTROLLERS, v1_mounts
 from sandbox.cgroups.v2 import v2_mount

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +155,9 @@ class Pool:
             "by_status": dict(self.stats.by_status),
             "latency_ms": {"p50": percentile(0.5), "p99": percentile(0.99), "count": len(latencies)},
             "records": len(self.records),
+            "warm_per_slot": self.slots[0].warm if self.slots else 0,
+            "launcher_restarts": sum(slot.restarts for slot in self.slots),
+            "cgroups": all(slot.cgroups for slot in self.slots),
         }
 
     async def _drain(self, slot: Slot) -> None:

@@ -55,7 +55,7 @@ class JobCgroup(abc.ABC):
     def _raw_usage(self) -> CgroupUsage:
         """Every counter as the kernel shows it."""
 
-    def _reset_peak(self) -> None:
+    def _reset_peak(self) -> None:  # noqa: B027 - optional: only v1 can reset its peak
         """Restart peak memory from the current usage, where the kernel allows it."""
 
     def start_accounting(self) -> None:
@@ -146,7 +146,7 @@ class CgroupBackend(abc.ABC):
                 if creator is None or _alive(creator):
                     continue
                 directory = os.path.join(parent, name)
-                if remove_cgroup_dir(directory, lambda: kill_cgroup_processes(directory)):
+                if remove_cgroup_dir(directory, lambda d=directory: kill_cgroup_processes(d)):
                     removed += 1
         return removed
 

@@ -99,7 +99,7 @@ class V1Backend(CgroupBackend):
         if missing:
             raise CgroupError(f"cgroup v1 controllers not mounted: {', '.join(missing)}")
         self.parent_dirs = {c: os.path.join(mounts[c], parent) for c in CONTROLLERS}
-        for controller, directory in self.parent_dirs.items():
+        for directory in self.parent_dirs.values():
             if not os.access(directory, os.W_OK):
                 raise CgroupError(
                     f"{directory} is missing or not writable: run "

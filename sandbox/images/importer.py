@@ -130,7 +130,7 @@ def _from_docker_save(store: Store, config: ImagesConfig, opener: Opener) -> Ima
     if len(layer_paths) != len(diff_ids):
         raise ImageError("archive's layer list does not match its config")
     # Legacy archives hold uncompressed layers: the blob digest is the diff_id.
-    paths = {digests.check(d): p for d, p in zip(diff_ids, layer_paths)}
+    paths = {digests.check(d): p for d, p in zip(diff_ids, layer_paths, strict=True)}
     manifest = {
         "schemaVersion": 2,
         "mediaType": DOCKER_MANIFEST,

@@ -121,7 +121,7 @@ def install(store: Store, config: ImagesConfig, manifest_raw: bytes, config_raw:
     config_digest = store.put_blob(config_raw, digests.check(manifest["config"]["digest"]))
     chain = digests.chain_ids(diff_ids)
     records = []
-    for layer, diff_id, chain_id in zip(layers, diff_ids, chain):
+    for layer, diff_id, chain_id in zip(layers, diff_ids, chain, strict=True):
         media_type = layer.get("mediaType", "")
         if media_type not in LAYER_TYPES:
             raise ImageError(f"unsupported layer type {media_type!r} ({layer.get('digest')})")

@@ -53,9 +53,6 @@ class Reference:
             text += f"@{self.digest}"
         return text
 
-    def with_digest(self, digest: str) -> Reference:
-        return Reference(self.registry, self.repository, self.tag, digest)
-
 
 def parse(text: str) -> Reference:
     """Parse and normalise a reference; raises BadReference naming the problem."""

@@ -47,7 +47,6 @@ _SHARED_NUMBERS = {
     "fsconfig": 431,
     "fsmount": 432,
     "fspick": 433,
-    "pidfd_open": 434,
     "close_range": 436,
     "openat2": 437,
     "mount_setattr": 442,
@@ -95,7 +94,6 @@ MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_NOEXEC = 0x8
 
 # openat2(2) resolve flags.
-RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
@@ -241,10 +239,6 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
 
 def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
     _call("close_range", ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags))
-
-
-def pidfd_open(pid: int) -> int:
-    return _call("pidfd_open", _long(pid), _long(0))
 
 
 class _CapHeader(ctypes.Structure):
