@@ -52,7 +52,10 @@ def test_sleep_is_wall_time_limit(run, slowdown, record_property):
     record_property("wall_ms", result.usage.wall_ms)
     assert result.status is Status.WALL_TIME_LIMIT
     assert 300 <= result.usage.wall_ms <= 300 + 15 * slowdown, result.usage
-    assert result.usage.cpu_ms < 100
+    # Sleeping costs nothing; what is charged is the exec and the sandbox's last steps,
+    # a fixed cost per job that grows with the machine's slowness (under TCG also with
+    # the host's load: 113 ms was seen on a busy host).
+    assert result.usage.cpu_ms < 100 * slowdown, result.usage
 
 
 def test_fork_bomb_is_contained_by_pids(run, slowdown):
