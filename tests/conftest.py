@@ -204,7 +204,7 @@ def no_leaks(cgroup_parents: list[str]) -> Iterator[None]:
     fds = set(os.listdir("/proc/self/fd"))
     yield
     # A process SIGKILLed a moment ago may still be exiting: wait (bounded) for it.
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 5 * measured_slowdown()
     while True:
         _reap_orphans()
         leaked = _own_processes() - processes
