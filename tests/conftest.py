@@ -136,11 +136,24 @@ def _own_processes() -> set[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
+                if os.stat(f"/proc/{entry}").st_uid == uid and not _kernel_thread(entry):
                     pids.add(int(entry))
             except FileNotFoundError:
                 pass
     return pids
+
+
+PF_KTHREAD = 0x00200000
+
+
+def _kernel_thread(pid: str) -> bool:
+    """Kernel threads belong to root too (the root-marked tests run as root): a kworker
+    the kernel starts during a test is not a process the test left behind."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return bool(int(fields[6]) & PF_KTHREAD)
 
 
 @pytest.fixture(scope="session")
