@@ -105,9 +105,13 @@ def _overlay_in_userns() -> list[Check]:
 
 def _cgroups() -> list[Check]:
     from sandbox.cgroups import open_backend
+    from sandbox.cgroups.systemd import systemd_running
     from sandbox.cgroups.v2 import v2_mount
 
-    version = "v2" if v2_mount() else "v1 (or hybrid)"
+    if v2_mount() is None:
+        version = "v1 (or hybrid)"
+    else:
+        version = "v2, managed by systemd" if systemd_running() else "v2"
     try:
         backend = open_backend()
     except (CgroupError, OSError) as exc:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import signal
 
+import pytest
+
 from sandbox.models import Status
+
+pytestmark = pytest.mark.cgroup
 
 
 def test_ok_with_output(run):

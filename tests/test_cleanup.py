@@ -9,9 +9,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from workerutil import SANDBOX_CLI
 from sandbox.models import Status
 from sandbox.runner import Runner
+
+pytestmark = pytest.mark.cgroup
 
 
 def sleeping(seconds: str) -> list[int]:
@@ -67,17 +71,18 @@ def test_wall_limit_kills_a_stopped_job(run):
     assert sleeping("1003") == []
 
 
-def test_killed_supervisor_takes_its_job_along_and_is_cleaned_up_after(cgroup_parents):
+def test_killed_supervisor_takes_its_job_along_and_is_cleaned_up_after(cgroup_parents, slowdown):
+    timeout = 10 * slowdown  # a CLI's start-up is interpreter work: slower machine, longer wait
     cli = subprocess.Popen([*SANDBOX_CLI, "run", "--", "sleep", "1002"])
     try:
-        assert wait_until(lambda: sleeping("1002")), "the job never started"
+        assert wait_until(lambda: sleeping("1002"), timeout), "the job never started"
         cli.send_signal(signal.SIGKILL)
         cli.wait()
         # The sandbox init has PDEATHSIG=SIGKILL; its death takes the pid namespace down.
-        assert wait_until(lambda: not sleeping("1002")), "job outlived its supervisor"
+        assert wait_until(lambda: not sleeping("1002"), timeout), "job outlived its supervisor"
         # Its sandbox init was reparented to us (this test process is a subreaper, as the
         # session Runner made it); reap it as any subreaper must.
-        assert wait_until(reaped_orphans)
+        assert wait_until(reaped_orphans, timeout)
     finally:
         if cli.poll() is None:
             cli.kill()

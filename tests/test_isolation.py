@@ -7,7 +7,11 @@ import pwd
 import socket
 import threading
 
+import pytest
+
 from sandbox.models import Status
+
+pytestmark = pytest.mark.kernel
 
 CLONE_NEWUSER = 0x10000000
 NR = {"ptrace": 101, "bpf": 321, "io_uring_setup": 425, "perf_event_open": 298, "keyctl": 250,

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from workerutil import SANDBOX_CLI
+from sandbox.cgroups.systemd import systemd_running
 from sandbox.cgroups.v1 import CONTROLLERS, v1_mounts
 from sandbox.cgroups.v2 import v2_mount
 
@@ -28,6 +29,12 @@ def test_setup_cgroups_delegates_and_is_idempotent():
     first = subprocess.run([*SANDBOX_CLI, "setup-cgroups", "--user", user], capture_output=True, text=True)
     second = subprocess.run([*SANDBOX_CLI, "setup-cgroups", "--user", user], capture_output=True, text=True)
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    if v2_mount() is not None and systemd_running():
+        # The systemd way: a delegated scope is probed, nothing is made in the tree.
+        assert f"scope with Delegate=yes is handed to {user}" in second.stdout, second.stdout
+        assert f"-p User={user}" in second.stdout
+        assert not os.path.exists(os.path.join(v2_mount(), "sandbox"))
+        return
     assert "already there" in second.stdout and "created" not in second.stdout
     if v2_mount() is None:
         mounts = v1_mounts()

@@ -3,10 +3,12 @@
 Like isolate's cg keeper, but for an ordinary user: it creates a subtree, hands it to
 the user, and leaves the rest of the hierarchy alone. On v1 that is
 ``<controller>/sandbox/<user>`` in each needed hierarchy (never the host's own cgroup of
-this process: on the development hosts that belongs to the machine). On v2 it is
-``/sys/fs/cgroup/sandbox/<user>`` with the controllers enabled down to it; v2 also
-requires the user's worker to *run* inside that subtree (the common-ancestor rule), so
-it prints how to start it there.
+this process: on the development hosts that belongs to the machine). On v2 with systemd
+(most hosts) delegation belongs to units, so it creates nothing and instead checks that
+systemd delegates a scope to the user and says how to start the worker in one
+(``systemd.py``). On v2 without systemd it is ``/sys/fs/cgroup/sandbox/<user>`` with the
+controllers enabled down to it; v2 also requires the user's worker to *run* inside that
+subtree (the common-ancestor rule), so it prints how to start it there.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import os
 import pwd
 
-from sandbox.cgroups import default_v1_parent
+from sandbox.cgroups import default_v1_parent, systemd
 from sandbox.cgroups.base import write_file
 from sandbox.cgroups.v1 import CONTROLLERS as V1_CONTROLLERS
 from sandbox.cgroups.v1 import v1_mounts
@@ -35,6 +37,8 @@ def setup_cgroups(user: str) -> list[str]:
     except KeyError:
         raise CgroupError(f"no such user: {user}") from None
     mount_point = v2_mount()
+    if mount_point is not None and systemd.systemd_running():
+        return systemd.explain(account, systemd.check_scope_delegation(account))
     if mount_point is not None:
         return _setup_v2(mount_point, account)
     return _setup_v1(account)

@@ -9,6 +9,8 @@ process of the delegated parent into a ``supervisor`` leaf beside the jobs.
 from __future__ import annotations
 
 import os
+import select
+import time
 
 from sandbox.cgroups.base import (
     CgroupBackend,
@@ -27,6 +29,10 @@ from sandbox.models import Limits
 CONTROLLERS = ("memory", "pids", "cpu")
 SUPERVISOR_LEAF = "supervisor"
 CPU_PERIOD_US = 100_000
+# cgroup.kill is one atomic step, but the dying processes leave the cgroup only once the
+# kernel has run their exit paths; wait this long for "populated 0" before falling back.
+KILL_WAIT_S = 5.0
+_ENABLE_ATTEMPTS = 10
 
 
 def v2_mount() -> str | None:
@@ -51,6 +57,19 @@ def own_cgroup() -> str:
             if line.startswith("0::"):
                 return line[3:].strip().lstrip("/")
     return ""
+
+
+def delegated_parent() -> str:
+    """The delegated cgroup this process was started in (relative to the mount).
+
+    A process started by a runner that already moved itself into the ``supervisor``
+    leaf (a CLI run from a test, a helper of the worker) inherits that leaf; its parent
+    is the delegated cgroup, not the leaf, or it would nest a second tree in the leaf.
+    """
+    own = own_cgroup()
+    if os.path.basename(own) == SUPERVISOR_LEAF:
+        return os.path.dirname(own)
+    return own
 
 
 class V2JobCgroup(JobCgroup):
@@ -86,10 +105,34 @@ class V2JobCgroup(JobCgroup):
         )
 
     def kill_all(self) -> None:
+        """cgroup.kill (5.14+) SIGKILLs every process at once, so a fork storm cannot
+        outrun it as it can a kill loop; without it, the loop of the base class."""
         kill_file = os.path.join(self.directory, "cgroup.kill")
-        if os.path.exists(kill_file) and self.pids():
+        if os.path.exists(kill_file) and self._populated():
             write_file(kill_file, "1")
+            if self._wait_unpopulated(KILL_WAIT_S):
+                return
         super().kill_all()
+
+    def _populated(self) -> bool:
+        return read_keyed(os.path.join(self.directory, "cgroup.events")).get("populated", 0) == 1
+
+    def _wait_unpopulated(self, timeout_s: float) -> bool:
+        """Block until cgroup.events says "populated 0" (the kernel signals each change
+        of that file with POLLPRI), or the timeout passes."""
+        deadline = time.monotonic() + timeout_s
+        fd = os.open(os.path.join(self.directory, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLPRI | select.POLLERR)
+            while b"populated 0" not in os.pread(fd, 4096, 0):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                poller.poll(remaining * 1000)
+            return True
+        finally:
+            os.close(fd)
 
     def destroy(self) -> None:
         if self._cpu_fd >= 0:
@@ -102,13 +145,15 @@ class V2Backend(CgroupBackend):
     version = 2
 
     def __init__(self, mount_point: str, parent: str | None) -> None:
-        relative = parent if parent is not None else own_cgroup()
+        relative = parent if parent is not None else delegated_parent()
         self.parent = os.path.join(mount_point, relative)
         if not os.access(os.path.join(self.parent, "cgroup.subtree_control"), os.W_OK):
             raise CgroupError(
-                f"{self.parent} is not delegated to {current_user()}: start under "
-                "'systemd-run --user --scope -p Delegate=yes' or run "
-                f"'sudo sandbox setup-cgroups --user {current_user()}'"
+                f"{self.parent} is not delegated to {current_user()}: start the worker in a unit "
+                "with Delegate=yes (contrib/systemd/sandbox-worker.service), or ad hoc under "
+                f"'sudo systemd-run --scope -p Delegate=yes -p User={current_user()} "
+                f"--uid={current_user()} --gid={current_user()} -- COMMAND' "
+                "(see 'sudo sandbox setup-cgroups --user NAME')"
             )
         self._enable_controllers()
 
@@ -125,13 +170,17 @@ class V2Backend(CgroupBackend):
             return
         leaf = os.path.join(self.parent, SUPERVISOR_LEAF)
         os.makedirs(leaf, exist_ok=True)
-        for pid in cgroup_pids(self.parent):
+        # A process may fork into the parent between the move and the write (EBUSY):
+        # move again; give up only if processes keep appearing.
+        for _ in range(_ENABLE_ATTEMPTS):
+            _move_all(self.parent, leaf)
             try:
-                write_file(os.path.join(leaf, "cgroup.procs"), str(pid))
+                write_file(os.path.join(self.parent, "cgroup.subtree_control"), " ".join(f"+{c}" for c in wanted))
+                return
             except CgroupError:
-                if pid in cgroup_pids(self.parent):
+                if not cgroup_pids(self.parent):
                     raise
-        write_file(os.path.join(self.parent, "cgroup.subtree_control"), " ".join(f"+{c}" for c in wanted))
+        raise CgroupError(f"processes keep appearing in {self.parent}; cannot enable controllers")
 
     def parents(self) -> list[str]:
         return [self.parent]
@@ -143,10 +192,11 @@ class V2Backend(CgroupBackend):
         return {
             f"{name}: {meaning}": os.path.exists(os.path.join(directory, name))
             for name, meaning in (
-                ("memory.peak", "memory peak reported"),
-                ("cgroup.kill", "atomic kill of the job"),
-                ("pids.peak", "peak process count reported"),
-                ("memory.swap.max", "swap capped"),
+                ("memory.peak", "memory peak reported (Linux 5.19+; else memory_peak_bytes is null)"),
+                ("cgroup.kill", "atomic kill of the job (5.14+; else a kill loop a fork storm can race)"),
+                ("pids.peak", "peak process count reported (else pids_peak is null)"),
+                ("memory.swap.max", "swap capped at 0 (else a job may swap beyond --memory)"),
+                ("memory.oom.group", "OOM kills the whole job (4.19+)"),
             )
         }
 
@@ -165,3 +215,13 @@ class V2Backend(CgroupBackend):
         except BaseException:
             remove_partial([directory])
             raise
+
+
+def _move_all(source: str, leaf: str) -> None:
+    """Move every process of ``source`` into ``leaf`` (ones that exit meanwhile are fine)."""
+    for pid in cgroup_pids(source):
+        try:
+            write_file(os.path.join(leaf, "cgroup.procs"), str(pid))
+        except CgroupError:
+            if pid in cgroup_pids(source):
+                raise
