@@ -5,8 +5,9 @@ Binding two dozen /etc entries one by one cost each sandbox ~4 ms of mount calls
 bind of a prepared directory costs ~0.2 ms. The snapshot lives in the user's cache,
 keyed by a digest of what it copies (names, types, sizes, mtimes, link targets), so a
 change on the host makes a new one and every process of the user shares the current
-one. Older snapshots are removed when a new one is published: a sandbox still using one
-keeps it alive through its bind mount.
+one. A process holds the snapshot it uses (a shared flock); older snapshots nobody holds
+are removed when a new one is published (a sandbox already built on one keeps it alive
+through its bind mount). A long-lived Runner looks for a newer snapshot every minute.
 
 Only what the user can read is copied (an unreadable file would be unreadable inside
 too); secrets and host identity (shadow, sudoers, ssh keys, machine-id, the host's
@@ -15,6 +16,7 @@ passwd) are not on the allow-list at all.
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import hashlib
 import os
@@ -34,8 +36,23 @@ ETC_ALLOW_LIST = (
 )
 
 
-def snapshot(generated: dict[str, str]) -> str:
-    """The path of the current snapshot, building it if the host changed."""
+class Snapshot:
+    """A snapshot in use: its directory is not removed while this is open (a shared
+    flock on ``<key>.lock`` beside it), so a long-lived Runner never points at a
+    directory a newer process has pruned."""
+
+    def __init__(self, path: Path, lock_fd: int) -> None:
+        self.path = str(path)
+        self._lock_fd = lock_fd
+
+    def close(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def acquire(generated: dict[str, str]) -> Snapshot:
+    """The current snapshot, held; built first if the host changed since the last one."""
     entries = allowed_entries()
     digest = hashlib.sha256()
     for name in entries:
@@ -43,11 +60,23 @@ def snapshot(generated: dict[str, str]) -> str:
     for name, content in sorted(generated.items()):
         digest.update(f"generated {name}\0{content}\0".encode())
     root = cache_root()
-    target = root / digest.hexdigest()[:20]
-    if target.is_dir():
-        return str(target)
     root.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
+    key = digest.hexdigest()[:20]
+    target = root / key
+    lock_fd = os.open(root / f"{key}.lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lock_fd, fcntl.LOCK_SH)
+    try:
+        if not target.is_dir():
+            _build(target, entries, generated)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    _remove_unused(root, keep=key)
+    return Snapshot(target, lock_fd)
+
+
+def _build(target: Path, entries: list[str], generated: dict[str, str]) -> None:
+    building = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
         for name in entries:
             _copy(os.path.join(HOST_ETC, name), building / name)
@@ -62,8 +91,6 @@ def snapshot(generated: dict[str, str]) -> str:
             # Another process published the same snapshot first: use it.
     finally:
         shutil.rmtree(building, ignore_errors=True)
-    _remove_older(root, keep=target.name)
-    return str(target)
 
 
 def allowed_entries() -> list[str]:
@@ -126,10 +153,22 @@ def _copy(source: str, target: Path) -> None:
         target.chmod(stat.S_IMODE(info.st_mode) & 0o755)
 
 
-def _remove_older(root: Path, keep: str) -> None:
-    """Drop superseded snapshots, and half-built ones a crashed process left behind."""
+def _remove_unused(root: Path, keep: str) -> None:
+    """Drop superseded snapshots no process holds, and half-built ones a crashed
+    process left behind. (Lock files stay: a few bytes per change of the host's /etc.)"""
     stale_build = time.time() - 3600
     for entry in root.iterdir():
-        building = entry.name.startswith(".building-")
-        if entry.name != keep and (not building or entry.stat().st_mtime < stale_build):
-            shutil.rmtree(entry, ignore_errors=True)
+        if entry.name == keep or entry.suffix == ".lock":
+            continue
+        if entry.name.startswith(".building-"):
+            if entry.stat().st_mtime < stale_build:
+                shutil.rmtree(entry, ignore_errors=True)
+            continue
+        lock_fd = os.open(root / f"{entry.name}.lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # still in use
+        finally:
+            os.close(lock_fd)
+        shutil.rmtree(entry, ignore_errors=True)
