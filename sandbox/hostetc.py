@@ -43,6 +43,7 @@ class Snapshot:
 
     def __init__(self, path: Path, lock_fd: int) -> None:
         self.path = str(path)
+        self.key = path.name
         self._lock_fd = lock_fd
 
     def close(self) -> None:
@@ -51,23 +52,27 @@ class Snapshot:
             self._lock_fd = -1
 
 
-def acquire(generated: dict[str, str]) -> Snapshot:
-    """The current snapshot, held; built first if the host changed since the last one."""
-    entries = allowed_entries()
+def current_key(generated: dict[str, str]) -> str:
+    """The key of the snapshot the host's /etc calls for now (a walk of stat calls)."""
     digest = hashlib.sha256()
-    for name in entries:
+    for name in allowed_entries():
         _fingerprint(os.path.join(HOST_ETC, name), name, digest)
     for name, content in sorted(generated.items()):
         digest.update(f"generated {name}\0{content}\0".encode())
+    return digest.hexdigest()[:20]
+
+
+def acquire(generated: dict[str, str]) -> Snapshot:
+    """The current snapshot, held; built first if the host changed since the last one."""
+    key = current_key(generated)
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    key = digest.hexdigest()[:20]
     target = root / key
     lock_fd = os.open(root / f"{key}.lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
     fcntl.flock(lock_fd, fcntl.LOCK_SH)
     try:
         if not target.is_dir():
-            _build(target, entries, generated)
+            _build(target, allowed_entries(), generated)
     except BaseException:
         os.close(lock_fd)
         raise

@@ -117,9 +117,12 @@ class Runner:
         """The /etc snapshot for a new sandbox: the held one, refreshed at most every
         ``ETC_RECHECK_S`` so a long-running worker follows changes of the host."""
         if time.monotonic() - self._etc_checked > ETC_RECHECK_S:
-            fresh = hostetc.acquire(rootfs.generated_etc())
-            self._etc.close()
-            self._etc, self._etc_checked = fresh, time.monotonic()
+            generated = rootfs.generated_etc()
+            if hostetc.current_key(generated) != self._etc.key:
+                fresh = hostetc.acquire(generated)
+                self._etc.close()
+                self._etc = fresh
+            self._etc_checked = time.monotonic()
         return self._etc.path
 
     def _prepare(
