@@ -251,11 +251,11 @@ class Harness:
         verdict = Verdict(outcome)
         if outcome is not None:
             verdict.problems = self.expectations(case, outcome)
-            verdict.escapes.extend(self.leaked_secrets(outcome))
+            verdict.escapes.extend(self.leaked_secrets(outcome, told_path="@CANARY@" in case.source))
+        verdict.escapes.extend(self.worker_health())  # before settling: its cleanup is lazy too
         verdict.escapes.extend(self.settle(baseline))
         verdict.escapes.extend(f"host listener accepted a connection ({name})" for name in self.listeners.connections())
         verdict.escapes.extend(self.log_problems())
-        verdict.escapes.extend(self.worker_health())
         return verdict
 
     def _via_worker(self, case: Case, cmd: list[str], files: dict[str, Path], limits: dict[str, object]) -> Outcome:
@@ -305,9 +305,11 @@ class Harness:
                 problems.append(f"violation {outcome.violation}, expected {case.violation}")
         return problems
 
-    def leaked_secrets(self, outcome: Outcome) -> list[str]:
+    def leaked_secrets(self, outcome: Outcome, told_path: bool) -> list[str]:
+        """The secret must never come out; the canary path only if the job was told it."""
         leaks = []
-        for marker in (self.canary.secret.encode(), str(self.canary.root).encode()):
+        markers = [self.canary.secret.encode()] + ([] if told_path else [str(self.canary.root).encode()])
+        for marker in markers:
             for stream in (outcome.stdout, outcome.stderr):
                 if marker in stream:
                     leaks.append(f"job output contains host data {marker.decode()!r}")

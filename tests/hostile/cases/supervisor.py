@@ -22,8 +22,14 @@ int main(void){ if (fork() == 0) { pause(); } usleep(50000);
     c("pidfd_kill_init", S, 'int main(void){ int p = syscall(SYS_pidfd_open, 1, 0);'
       ' TRY("pidfd_send_signal", syscall(SYS_pidfd_send_signal, p, SIGKILL, 0, 0)); usleep(50000); puts("alive");'
       ' return 0; }', stdout=r"pidfd_send_signal: ok\nalive\n"),
-    c("prlimit_init", S, 'int main(void){ struct rlimit r = {1, 1}; TRY("prlimit", prlimit(1, RLIMIT_NOFILE, &r, 0));'
-      ' return 0; }', stdout=r"prlimit: errno=1\n"),
+    c("prlimit_init", S, r"""
+int main(void){ struct rlimit r = {0, 0};
+  TRY("nofile", prlimit(1, RLIMIT_NOFILE, &r, 0)); TRY("as", prlimit(1, RLIMIT_AS, &r, 0));
+  TRY("nproc", prlimit(1, RLIMIT_NPROC, &r, 0)); r.rlim_cur = r.rlim_max = 1; TRY("cpu", prlimit(1, RLIMIT_CPU, &r, 0));
+  if (fork() == 0) _exit(0); wait(0); return 3; }""", Status.RUNTIME_ERROR,
+      stdout=r"nofile: ok\nas: ok\nnproc: ok\ncpu: ok\n",
+      note="FINDING (minor): the job shares its uid with the sandbox init, so it may lower the init's rlimits; "
+           "the init has done its work by then and the verdict stays the job's own (exit 3, not internal_error)"),
     c("subreaper_orphan_chain", S, r"""
 int main(void){ prctl(PR_SET_CHILD_SUBREAPER, 1);
   for (int i = 0; i < 5; i++) if (fork() == 0) { if (fork() == 0) { setsid(); if (fork() == 0) pause(); _exit(0); } _exit(0); }
@@ -49,8 +55,8 @@ int main(void){ struct timespec t = {0, 0}; struct timeval v = {0, 0};
   TRY("clock_settime", clock_settime(CLOCK_REALTIME, &t)); TRY("settimeofday", settimeofday(&v, 0));
   TRY("adjtimex", syscall(SYS_adjtimex, &t)); TRY("clock_adjtime", syscall(SYS_clock_adjtime, 0, &t)); return 0; }""",
       stdout=r"clock_settime: errno=1\nsettimeofday: errno=1\nadjtimex: errno=1\nclock_adjtime: errno=1\n"),
-    c("time_namespace_offsets", S, 'int main(void){ TRY("open", open("/proc/self/timens_offsets", O_WRONLY)); return 0; }',
-      stdout=r"open: errno=(1|2|13)\n"),
+    c("time_namespace_offsets", S, 'int main(void){ int fd = open("/proc/self/timens_offsets", O_WRONLY);\n'
+      '  TRY("write", write(fd, "monotonic 1000 0", 16)); return 0; }', stdout=r"write: errno=(1|9|13|22)\n"),
     c("nice_and_realtime", S, r"""
 int main(void){ struct sched_param p = {50};
   TRY("nice-20", setpriority(PRIO_PROCESS, 0, -20)); TRY("fifo", sched_setscheduler(0, SCHED_FIFO, &p));
