@@ -36,6 +36,6 @@ def job_mix(programs: dict[str, Path]) -> list[MixEntry]:
         MixEntry("memory_limit", _program(programs["touch_memory"], "64", memory="16M"), Status.MEMORY_LIMIT),
         MixEntry("output_limit", Job(cmd=["sh", "-c", "yes"], limits=Limits(output="16K")), Status.OUTPUT_LIMIT),
         MixEntry("violation", _program(programs["syscall"], str(PTRACE)), Status.SYSCALL_VIOLATION),
-        MixEntry("fork_bomb", Job(cmd=["sh", "-c", "sleep 10 & f() { f | f & }; f; wait"],
+        MixEntry("fork_bomb", Job(cmd=["sh", "-c", "(f() { f | f & }; f) & exec sleep 10"],
                                   limits=Limits(pids=16, wall_time="100ms")), Status.WALL_TIME_LIMIT),
     ]

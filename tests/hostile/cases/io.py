@@ -8,7 +8,7 @@ from hostile.case import IO as I
 from hostile.case import c, py, sh
 from sandbox.models import Status
 
-OK, OLE = Status.OK, Status.OUTPUT_LIMIT
+OLE = Status.OUTPUT_LIMIT
 
 # Terminal escapes (title, clear, OSC 52 clipboard), invalid UTF-8, NUL, CR, a forged
 # JSON log line and a forged protocol frame header.

@@ -8,7 +8,7 @@ from hostile.case import LEAK as L
 from hostile.case import Case, c, cc, py, sh
 from sandbox.models import Status
 
-OK, RTE = Status.OK, Status.RUNTIME_ERROR
+RTE = Status.RUNTIME_ERROR
 
 
 def _connect(name: str, family: str, address: str, errno: str, note: str = "") -> Case:

@@ -7,11 +7,13 @@ from hostile.case import RESOURCE as R
 from hostile.case import c, cc, py, sh
 from sandbox.models import Status
 
-OK, TLE, WALL, MLE, OLE = Status.OK, Status.TIME_LIMIT, Status.WALL_TIME_LIMIT, Status.MEMORY_LIMIT, Status.OUTPUT_LIMIT
+TLE, WALL, MLE, OLE = Status.TIME_LIMIT, Status.WALL_TIME_LIMIT, Status.MEMORY_LIMIT, Status.OUTPUT_LIMIT
 
 CASES = [
     c("fork_bomb_c", R, "int main(void){ for(;;) fork(); }", TLE, limits={"pids": 32, "cpu_time": "1s"},
       note="fork fails at the pids limit; the spinning survivors hit the CPU limit (summed over processes)"),
+    c("fork_bomb_c_cli", R, "int main(void){ for(;;) fork(); }", TLE, limits={"pids": 32, "cpu_time": "1s"},
+      via="cli", note="the same bomb through `sandbox run` (its own supervisor, no worker)"),
     sh("fork_bomb_sh", R, "bomb() { bomb | bomb & }\nbomb\nsleep 100\n", WALL, limits={"pids": 32, "wall_time": "1s"}),
     py("fork_bomb_python", R, "import os\nwhile True:\n    try: os.fork()\n    except OSError: pass\n", TLE,
        limits={"pids": 32, "cpu_time": "1s"}),
@@ -24,6 +26,8 @@ int main(void){ int n = 0; pthread_t t;
     c("memory_bomb_touched", R, r"""
 int main(void){ for(;;){ char *p = malloc(1 << 20); if (!p) return 3; memset(p, 1, 1 << 20); } }""", MLE,
       limits={"memory": "64M"}),
+    py("memory_bomb_python_cli", R, "a = []\nwhile True:\n    a.append(bytearray(1 << 20))\n", MLE,
+       limits={"memory": "64M"}, via="cli"),
     py("memory_bomb_python", R, "a = []\nwhile True:\n    a.append(bytearray(1 << 20))\n", MLE, limits={"memory": "64M"}),
     c("memory_bomb_mmap_populate", R, r"""
 int main(void){ void *p = mmap(0, 1UL << 30, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_POPULATE, -1, 0);
@@ -85,6 +89,7 @@ int main(void){ long n = sysconf(_SC_NPROCESSORS_ONLN); pthread_t t;
 int main(void){ for(;;){ pid_t p = fork(); if (p == 0) { for (volatile long i = 0; i < 50000000; i++); _exit(0); }
   waitpid(p, 0, 0); } }""", TLE, limits={"cpu_time": "1s"}, note="CPU of exited, reaped children still counts"),
     sh("sleep_forever", R, "sleep infinity\n", WALL, limits={"wall_time": "500ms"}),
+    sh("sleep_forever_cli", R, "sleep infinity\n", WALL, limits={"wall_time": "500ms"}, via="cli"),
     c("pause_forever", R, "int main(void){ pause(); }", WALL, limits={"wall_time": "500ms"}),
     c("sigstop_self", R, "int main(void){ raise(SIGSTOP); return 0; }", WALL, limits={"wall_time": "500ms"}),
     sh("stdin_read_gets_eof", R, "cat; echo eof\n", stdout=r"eof\n", note="no stdin given: EOF, never a hang"),
@@ -128,7 +133,8 @@ template<int N> struct F { static const int v = F<N-1>::v + F<N-2>::v; char pad[
 template<> struct F<1> { static const int v = 1; }; template<> struct F<0> { static const int v = 0; };
 template<int N, int M> struct G : G<N-1, M+1>, G<N-1, M+2> {};
 template<int M> struct G<0, M> { F<M % 50 + 2> f; };
-G<24, 0> g; int main() { return 0; }""", TLE, lang="g++", limits={"memory": "512M", "cpu_time": "2s", "wall_time": "10s"}),
+G<24, 0> g; int main() { return 0; }""", TLE, lang="g++", limits={"memory": "1G", "cpu_time": "1s", "wall_time": "20s"},
+       note="2^24 instantiations: the CPU limit ends the compiler (a lower memory limit races it)"),
     cc("compile_diagnostics_flood", R,
        "#define E x = ; x = ; x = ; x = ; x = ; x = ; x = ; x = ; x = ; x = ;\n#define F E E E E E E E E E E\n"
        "#define G F F F F F F F F F F\n#define H G G G G G G G G G G\nvoid f(void){ H H H H H H H H H H }\n",

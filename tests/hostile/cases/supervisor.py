@@ -7,7 +7,7 @@ from hostile.case import SUPERVISOR as S
 from hostile.case import c, py, sh
 from sandbox.models import Status
 
-OK, WALL, TLE = Status.OK, Status.WALL_TIME_LIMIT, Status.TIME_LIMIT
+WALL, TLE = Status.WALL_TIME_LIMIT, Status.TIME_LIMIT
 
 CASES = [
     c("kill_parent", S, 'int main(void){ TRY("kill", kill(getppid(), SIGKILL)); TRY("term", kill(1, SIGTERM));'
@@ -17,6 +17,8 @@ CASES = [
 int main(void){ if (fork() == 0) { pause(); } usleep(50000);
   TRY("kill-1", kill(-1, SIGKILL)); printf("survived\n"); return 0; }""", stdout=r"kill-1: ok\nsurvived\n",
       note="kill(-1) reaches only the job's own pid namespace"),
+    c("kill_minus_one_cli", S, 'int main(void){ TRY("kill-1", kill(-1, SIGKILL)); return 0; }',
+      stdout=r"kill-1: errno=3\n", via="cli", note="alone in its pid namespace: nobody to signal"),
     c("kill_worker_by_pid", S, 'int main(void){ TRY("kill", kill(@WORKER_PID@, SIGKILL)); return 0; }',
       stdout=r"kill: errno=3\n", note="the worker's host pid does not exist in the job"),
     c("pidfd_kill_init", S, 'int main(void){ int p = syscall(SYS_pidfd_open, 1, 0);'
