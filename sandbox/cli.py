@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--slots", type=int, default=os.cpu_count() or 1, help="jobs run at once (default: CPUs)")
     serve.add_argument("--queue", type=int, default=1024, help="jobs waiting at most; more get 'busy'")
     serve.add_argument("--warm", type=int, default=0, help="sandboxes kept prepared ahead of jobs (default 0)")
+    serve.add_argument("--retention", type=float, default=300.0, metavar="SECONDS",
+                       help="keep finished jobs' results this long for resubmitted ids (default 300)")
     serve.set_defaults(handler=_cmd_serve)
 
     submit = commands.add_parser("submit", help="run one command through a worker (same flags as run)")
@@ -149,6 +151,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         slots=args.slots,
         max_queue=args.queue,
         warm=args.warm,
+        retention_s=args.retention,
     )
     try:
         serve_forever(config)

@@ -92,7 +92,11 @@ def test_runner_lives_in_a_leaf_and_delegates_controllers(runner: Runner):
 def test_a_second_runner_reuses_the_delegated_parent(runner: Runner):
     # A process started from inside the leaf (a CLI, a helper) must not nest a tree there.
     assert runner.backend is not None
-    assert Runner().backend.parents() == runner.backend.parents()  # type: ignore[union-attr]
+    second = Runner()
+    try:
+        assert second.backend.parents() == runner.backend.parents()  # type: ignore[union-attr]
+    finally:
+        second.close()
 
 
 @pytest.mark.limits(memory="64M", pids=100)

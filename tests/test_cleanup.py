@@ -89,5 +89,5 @@ def test_killed_supervisor_takes_its_job_along_and_is_cleaned_up_after(cgroup_pa
             cli.wait()
     leftovers = [name for parent in cgroup_parents for name in os.listdir(parent) if name.startswith("job-")]
     assert leftovers, "expected the killed supervisor's cgroup to be left for reaping"
-    Runner()  # a new runner reaps cgroups whose creator is gone
+    Runner().close()  # a new runner reaps cgroups whose creator is gone
     assert [name for parent in cgroup_parents for name in os.listdir(parent) if name.startswith("job-")] == []

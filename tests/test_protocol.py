@@ -1,9 +1,14 @@
 """The sans-IO protocol on its own: framing, limits, job validation, and a
-property-based fuzz of the decoder and of job validation."""
+property-based fuzz of the decoder and of job validation.
+
+The fuzz tests run FUZZ_EXAMPLES cases each (300 in CI). The long run, >= 100k cases
+per property: ``SANDBOX_FUZZ_EXAMPLES=100000 scripts/test tests/test_protocol.py -k fuzz
+--timeout 0`` (5,000 per property took 163 s here: about an hour for 100k)."""
 
 from __future__ import annotations
 
 import math
+import os
 import struct
 
 import msgpack
@@ -22,6 +27,8 @@ from worker.protocol import (
     result_from_wire,
     result_to_wire,
 )
+
+FUZZ_EXAMPLES = int(os.environ.get("SANDBOX_FUZZ_EXAMPLES", "300"))
 
 
 def frame(obj: object) -> bytes:
@@ -90,6 +97,19 @@ def test_invalid_jobs_name_the_field(job, field):
     assert caught.value.field == field
 
 
+@pytest.mark.xfail(strict=True, reason="FOUND BY THE HOSTILE SUITE: a non-map frame read in the same chunk as "
+                   "valid frames before it makes feed() raise, and those valid messages are lost")
+def test_a_bad_message_does_not_swallow_the_messages_before_it():
+    decoder = FrameDecoder()
+    got = []
+    try:
+        got.extend(decoder.feed(encode({"type": "ping", "seq": 1}) + frame([1, 2]) + encode({"type": "ping", "seq": 2})))
+    except ProtocolError as exc:
+        assert exc.code == "bad_message"
+    got.extend(decoder.feed(b""))
+    assert [m["seq"] for m in got] == [1, 2]
+
+
 def test_job_and_result_round_trip():
     job = Job(
         cmd=["python3", "-c", "print(1)"],
@@ -103,7 +123,7 @@ def test_job_and_result_round_trip():
     assert result_from_wire(msgpack.unpackb(msgpack.packb(result_to_wire(result)))) == result
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None)
 @given(st.binary(max_size=512))
 def test_fuzz_decoder_only_raises_protocol_errors(data):
     decoder = FrameDecoder(max_frame=1024)
@@ -121,7 +141,7 @@ wire_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None)
 @given(
     st.fixed_dictionaries(
         {},
@@ -144,3 +164,25 @@ def test_fuzz_job_validation_accepts_or_names_the_problem(data):
         assert exc.code == "invalid_job"
     else:
         assert isinstance(job, Job) and job.cmd
+
+
+encodable_values = st.recursive(  # what msgpack can encode: integers fit in 64 bits
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20)
+    | st.binary(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None)
+@given(st.lists(st.dictionaries(st.text(max_size=8), encodable_values, max_size=4), max_size=6), st.data())
+def test_fuzz_valid_frames_survive_any_chunking(messages, data):
+    """However the stream is cut into reads, the decoder returns the messages sent."""
+    stream = b"".join(encode(message) for message in messages)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    decoder = FrameDecoder()
+    got = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)]):
+        got.extend(decoder.feed(stream[start:end]))
+    # Compared as bytes: NaN never equals itself.
+    assert [msgpack.packb(m, use_bin_type=True) for m in got] == [msgpack.packb(m, use_bin_type=True) for m in messages]

@@ -8,7 +8,7 @@ sends it one job at a time over a socketpair, in the same frames as the public
 protocol, and gets back "started" and "result". Supervision (the adaptive CPU poll)
 runs here, in a process that does nothing else, so a busy event loop in the worker can
 never delay a kill. A launcher that dies takes only its own job down (as internal_error)
-and its sandboxes with it (they have PDEATHSIG set); the worker starts a new one, which
+and its sandboxes with it (their inits have PDEATHSIG set); the worker starts a new one, which
 reaps the dead one's cgroups.
 
 Run as: python -m worker.launcher FD PARENT_PID WARM
@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import socket
 import sys
 from typing import Any
 
-from sandbox.linux import syscalls as sc
 from sandbox.models import Result, Status
 from sandbox.runner import Runner
 from worker.protocol import FrameDecoder, ProtocolError, encode, job_from_wire, result_to_wire
@@ -77,10 +75,14 @@ def _send(channel: socket.socket, message: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
+    # No PR_SET_PDEATHSIG here: the "parent" it watches is the *thread* that forked us,
+    # and trio forks from a cached worker thread that exits after 10 s idle - the signal
+    # then killed healthy launchers every 10 s. The worker's death closes its end of the
+    # channel instead: EOF while idle ends serve(), and during a job the channel turns
+    # readable, which the runner treats as a cancel (it kills the sandbox) before we exit.
     fd, parent_pid, warm = int(argv[1]), int(argv[2]), int(argv[3])
-    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:
-        return 1  # the worker died before we could arm the death signal
+        return 1  # the worker died while starting us
     with socket.socket(fileno=fd) as channel:
         serve(channel, warm)
     return 0

@@ -47,6 +47,7 @@ class ServerConfig:
     slots: int = os.cpu_count() or 1
     max_queue: int = 1024
     warm: int = 0
+    retention_s: float = 300.0  # how long a finished job's record (and result) is kept for its id
     max_frame: int = DEFAULT_MAX_FRAME
     max_connections: int = 16384
     hello_timeout_s: float = 10.0
@@ -78,7 +79,7 @@ class Connection:
 class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.pool = Pool(config.slots, config.max_queue, config.warm)
+        self.pool = Pool(config.slots, config.max_queue, config.warm, retention_s=config.retention_s)
         self.connections: set[Connection] = set()
         self._connection_closed = trio.Event()
         self.stopping = False
