@@ -65,21 +65,45 @@ class FrameDecoder:
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
         self._buffer = bytearray()
+        self._held: list[dict[str, Any]] = []
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
+    def feed_items(self, data: bytes) -> list[dict[str, Any] | ProtocolError]:
+        """Messages and errors in stream order. A non-map frame is an error item and
+        decoding goes on; an oversized or undecodable frame is a fatal error item, the
+        last one: nothing after it can be trusted to be in sync."""
         self._buffer += data
-        messages = []
+        items: list[dict[str, Any] | ProtocolError] = []
         while len(self._buffer) >= HEADER.size:
             (length,) = HEADER.unpack_from(self._buffer)
             if length > self.max_frame:
-                raise ProtocolError(
+                items.append(ProtocolError(
                     "frame_too_large", f"frame of {length} bytes exceeds the limit of {self.max_frame}", fatal=True
-                )
+                ))
+                self._buffer.clear()
+                break
             if len(self._buffer) < HEADER.size + length:
                 break
             body = bytes(self._buffer[HEADER.size : HEADER.size + length])
             del self._buffer[: HEADER.size + length]
-            messages.append(self._unpack(body))
+            try:
+                items.append(self._unpack(body))
+            except ProtocolError as exc:
+                items.append(exc)
+                if exc.fatal:
+                    self._buffer.clear()
+                    break
+        return items
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """Messages only, for peers that treat any error as the end: the first error is
+        raised, and the messages that arrived with it are returned by the next call."""
+        items = self.feed_items(data)
+        messages = self._held + [item for item in items if not isinstance(item, ProtocolError)]
+        self._held = []
+        for item in items:
+            if isinstance(item, ProtocolError):
+                self._held = messages
+                raise item
         return messages
 
     def _unpack(self, body: bytes) -> dict[str, Any]:

@@ -218,16 +218,16 @@ class Server:
             return False
         if not data:
             return False
-        try:
-            messages = decoder.feed(data)
-        except ProtocolError as exc:
-            connection.deliver(exc.to_message())
-            return not exc.fatal
-        for message in messages:
+        for item in decoder.feed_items(data):
+            if isinstance(item, ProtocolError):
+                connection.deliver(item.to_message())
+                if item.fatal:
+                    return False
+                continue
             try:
-                await self._dispatch(connection, message)
+                await self._dispatch(connection, item)
             except ProtocolError as exc:
-                reply_id = message.get("id") if isinstance(message.get("id"), str) else None
+                reply_id = item.get("id") if isinstance(item.get("id"), str) else None
                 connection.deliver(exc.to_message(reply_id))
                 if exc.fatal:
                     return False
