@@ -66,7 +66,6 @@ class Template:
     disk_bytes: int
     cap_last: int
     image: ImageRoot | None = None  # None: the built-in host image
-    etc_snapshot: str = ""  # the host image's /etc (hostetc.snapshot)
     exec_once: bool = False  # the profile forbids exec after the program started
     trace: bool = False  # seccomp_bpf notifies every call: record them, allow them
 
@@ -232,7 +231,7 @@ def _stage_init(template: Template, report_fd: int, channel: socket.socket) -> N
     sc.sethostname(rootfs.HOSTNAME)
     sc.setdomainname("(none)")
     network.bring_up_loopback()
-    root_fd = rootfs.build_root(template.disk_bytes, template.image, template.etc_snapshot)
+    root_fd = rootfs.build_root(template.disk_bytes, template.image)
     rootfs.pivot_into(root_fd, seal=template.image is None)
     os.close(root_fd)
     to_program, program_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -21,6 +21,7 @@ upper layer is a size-capped tmpfs of the job.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import stat
 
@@ -34,6 +35,13 @@ HOSTNAME = "sandbox"
 
 _RO = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
 _HOST_TOP_LEVEL = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+# /etc entries a program may legitimately read; secrets and host identity stay out.
+_HOST_ETC_PATTERNS = (
+    "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
+    "nsswitch.conf", "ssl", "ca-certificates", "ca-certificates.conf", "java-*", "python3*",
+    "perl", "mime.types", "os-release", "debian_version", "protocols", "services",
+    "gai.conf", "host.conf", "magic", "magic.mime", "inputrc", "bash.bashrc", "fonts",
+)
 _DEVICES = ("null", "zero", "full", "random", "urandom")
 _DEV_LINKS = {
     "fd": "/proc/self/fd",
@@ -92,17 +100,32 @@ def bind_readonly(source: str, root_fd: int, dest: str) -> None:
     attach(tree, root_fd, dest, directory=os.path.isdir(source))
 
 
-def populate_host_image(root_fd: int, etc_snapshot: str) -> None:
-    """The built-in ``host`` image: the host's system directories, read-only, and the
-    /etc snapshot of ``hostetc.py`` (the safe part of the host's /etc plus the generated
-    passwd, group, hosts and hostname)."""
+def populate_host_image(root_fd: int) -> None:
+    """The built-in ``host`` image: the host's system directories and the allow-listed
+    part of /etc, each bound read-only at its own path, and generated passwd, group,
+    hosts and hostname. (One bind of a prepared copy of /etc would be cheaper, but its
+    source path - in the user's home - would show in the job's /proc/self/mountinfo.)"""
     for name in _HOST_TOP_LEVEL:
         host_path = "/" + name
         if os.path.islink(host_path):
             os.symlink(os.readlink(host_path), name, dir_fd=root_fd)
         elif os.path.isdir(host_path):
             bind_readonly(host_path, root_fd, name)
-    bind_readonly(etc_snapshot, root_fd, "etc")
+    os.close(make_dirs_beneath(root_fd, "etc"))
+    for entry in sorted(os.listdir("/etc")):
+        if not any(fnmatch.fnmatchcase(entry, pattern) for pattern in _HOST_ETC_PATTERNS):
+            continue
+        host_path = os.path.join("/etc", entry)
+        if os.path.islink(host_path):
+            os.symlink(os.readlink(host_path), f"etc/{entry}", dir_fd=root_fd)
+        elif os.path.isdir(host_path) or os.path.isfile(host_path):
+            bind_readonly(host_path, root_fd, f"etc/{entry}")
+    for name, content in generated_etc().items():
+        fd = create_file_beneath(root_fd, f"etc/{name}")
+        try:
+            os.write(fd, content.encode())
+        finally:
+            os.close(fd)
 
 
 def mount_job_filesystems(root_fd: int, disk_bytes: int) -> None:
@@ -207,7 +230,7 @@ def pivot_into(root_fd: int, seal: bool = True) -> None:
         sc.mount_setattr(sc.AT_FDCWD, "/", sc.AT_EMPTY_PATH, sc.MOUNT_ATTR_RDONLY)
 
 
-def build_root(disk_bytes: int, image: ImageRoot | None = None, etc_snapshot: str = "") -> int:
+def build_root(disk_bytes: int, image: ImageRoot | None = None) -> int:
     """Create the new root as a tmpfs attached over /tmp of this (private) mount
     namespace and fill it; returns its fd for ``pivot_into``."""
     sc.mount_propagation("/", sc.MS_REC | sc.MS_PRIVATE)
@@ -220,6 +243,6 @@ def build_root(disk_bytes: int, image: ImageRoot | None = None, etc_snapshot: st
     root_fd = os.dup(root)
     sc.move_mount(root, "", sc.AT_FDCWD, "/tmp", sc.MOVE_MOUNT_F_EMPTY_PATH)
     os.close(root)
-    populate_host_image(root_fd, etc_snapshot)
+    populate_host_image(root_fd)
     mount_job_filesystems(root_fd, disk_bytes)
     return root_fd

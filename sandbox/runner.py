@@ -12,14 +12,12 @@ import math
 import os
 import resource
 import signal
-import time
 from collections.abc import Callable
 from collections import deque
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox import hostetc, rootfs
 from sandbox import launch as launcher
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
 from sandbox.errors import CgroupError, JobError, SandboxError
@@ -35,7 +33,6 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Warm sandboxes are built with the default writable-area size; a job asking for
 # another size gets the tmpfs resized (cheap) when it arrives.
 WARM_DISK_BYTES = Limits().disk_bytes
-ETC_RECHECK_S = 60.0
 # Limits that only a cgroup can enforce for a whole job tree.
 CGROUP_ONLY_LIMITS = ("memory", "pids", "cpus")
 
@@ -58,8 +55,6 @@ class Runner:
         self.profiles.get(profile)  # a broken default profile fails here, not at the first job
         self.cap_last = int(open("/proc/sys/kernel/cap_last_cap").read())
         self.parallelism = len(os.sched_getaffinity(0))
-        self._etc = hostetc.acquire(rootfs.generated_etc())
-        self._etc_checked = time.monotonic()
         self.warm_target = warm
         self._warm: deque[_Sandbox] = deque()
         self._deferred: list[Callable[[], None]] = []
@@ -111,19 +106,6 @@ class Runner:
         while self._warm:
             self._dispose(self._warm.popleft())
         self.tidy()
-        self._etc.close()
-
-    def _current_etc(self) -> str:
-        """The /etc snapshot for a new sandbox: the held one, refreshed at most every
-        ``ETC_RECHECK_S`` so a long-running worker follows changes of the host."""
-        if time.monotonic() - self._etc_checked > ETC_RECHECK_S:
-            generated = rootfs.generated_etc()
-            if hostetc.current_key(generated) != self._etc.key:
-                fresh = hostetc.acquire(generated)
-                self._etc.close()
-                self._etc = fresh
-            self._etc_checked = time.monotonic()
-        return self._etc.path
 
     def _prepare(
         self, image: ImageRoot | None = None, disk_bytes: int = WARM_DISK_BYTES, profile: str | None = None,
@@ -142,7 +124,6 @@ class Runner:
                 disk_bytes=disk_bytes,
                 cap_last=self.cap_last,
                 image=image,
-                etc_snapshot=self._current_etc(),
             )
             prepared = launcher.prepare(template)
         except BaseException:
