@@ -186,8 +186,16 @@ def _child_guard(report_fd: int, body: Any) -> NoReturn:
 
 def _stage_unshare(template: Template, report_fd: int, channel: socket.socket) -> None:
     # A fork inherits every fd of the supervisor (a worker channel, other sandboxes'
-    # pipes); the sandbox keeps only its own.
-    _close_fds_except({0, 1, 2, report_fd, channel.fileno(), *template.cgroup_fds})
+    # pipes); the sandbox keeps only its own. Its stdio becomes /dev/null: nothing the
+    # sandbox side prints (or a job provokes it to print) may land in the supervisor's
+    # output or the worker's log; what matters travels as messages on report_fd.
+    _close_fds_except({report_fd, channel.fileno(), *template.cgroup_fds})
+    null = os.open("/dev/null", os.O_RDWR)
+    for stdio in (0, 1, 2):
+        if null != stdio:
+            os.dup2(null, stdio)
+    if null > 2:
+        os.close(null)
     uid, gid = os.getuid(), os.getgid()
     sc.unshare(NAMESPACES)
     _write_id_maps(uid, gid)
