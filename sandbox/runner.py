@@ -33,6 +33,8 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Warm sandboxes are built with the default writable-area size; a job asking for
 # another size gets the tmpfs resized (cheap) when it arrives.
 WARM_DISK_BYTES = Limits().disk_bytes
+# Cleanups a Runner lets wait for idle time before ``run`` does them itself.
+MAX_DEFERRED = 8
 # Limits that only a cgroup can enforce for a whole job tree.
 CGROUP_ONLY_LIMITS = ("memory", "pids", "cpus")
 
@@ -76,9 +78,11 @@ class Runner:
         With ``trace`` (a list), every syscall is allowed and the ones seen are appended to
         it (``sandbox profile trace``; trusted programs only).
 
-        Removing the finished job's cgroup is left to ``tidy`` so the caller can send the
-        result first; ``run`` tidies what the previous job left before it starts."""
-        self.tidy()
+        Removing a finished job's cgroup is left to ``tidy``/``tidy_one`` so the caller can
+        send the result first and clean up when idle; ``run`` itself only tidies when more
+        than ``MAX_DEFERRED`` cleanups are waiting."""
+        if len(self._deferred) > MAX_DEFERRED:
+            self.tidy()
         try:
             return self._run(job, cancel_fd, on_started, trace)
         except JobError:
@@ -90,9 +94,15 @@ class Runner:
 
     def tidy(self) -> None:
         """Finish the cleanup of jobs that already have their result."""
-        deferred, self._deferred = self._deferred, []
-        for action in deferred:
-            action()
+        while self.tidy_one():
+            pass
+
+    def tidy_one(self) -> bool:
+        """Finish one pending cleanup; False when none was pending."""
+        if not self._deferred:
+            return False
+        self._deferred.pop(0)()
+        return True
 
     def refill(self) -> bool:
         """Prepare one more warm sandbox if the pool is short; True if one was made."""

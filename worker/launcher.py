@@ -35,10 +35,9 @@ def serve(channel: socket.socket, warm: int) -> None:
     decoder = FrameDecoder(LAUNCHER_MAX_FRAME)
     try:
         while True:
-            # Idle time is for the next jobs: finish the last one's cleanup, then prepare
-            # warm sandboxes one by one, looking for a waiting job between each.
-            runner.tidy()
-            while not _readable(channel) and runner.refill():
+            # Idle time is for the next jobs: finish the last ones' cleanup, then prepare
+            # warm sandboxes, one step at a time, looking for a waiting job between steps.
+            while not _readable(channel) and (runner.tidy_one() or runner.refill()):
                 pass
             data = channel.recv(1 << 20)
             if not data:
