@@ -1,0 +1,114 @@
+"""Where a warm job's time goes, for the report of a missed latency target: py-spy
+samples the worker and its launchers (and the sandbox inits they fork) while a client
+runs trivial jobs back to back, and the top frames are summed from its collapsed stacks.
+
+Two views per process: "self" (the innermost frame of each sample) and "inclusive"
+(every function on the stack: which step of the path holds the time). Samples are
+wall-clock (--idle: a latency is wall time, waits included); py-spy runs with
+--nonblocking so the sampled processes are never paused. Beside it, the CPU each
+process spent per job (/proc utime+stime, children included once reaped), which says
+what bounds throughput on 2 CPUs.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.common import Worker, children_map
+from bench.worker import worker_latency
+
+TOP = 15
+ROLES = ("worker (trio)", "launcher", "sandbox init (forked from the launcher)")
+
+
+def _frame(frame: str) -> str:
+    """``func (path/to/file.py:123)`` -> ``func (file.py:123)``; a shorter, stable name."""
+    match = re.match(r"(.*) \((.*?):?(\d*)\)$", frame)
+    if not match:
+        return frame
+    name, path, line = match.groups()
+    return f"{name} ({Path(path).name}{':' + line if line else ''})"
+
+
+def summarise(collapsed: str) -> dict:
+    """Top frames by process role from py-spy's raw (collapsed) output."""
+    own: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    inclusive: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    totals: collections.Counter[str] = collections.Counter()
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        frames = stack.split(";")
+        depth = sum(1 for f in frames if f.startswith("process "))  # worker > launcher > its forks
+        role = ROLES[min(depth, len(ROLES)) - 1]
+        frames = [_frame(f) for f in frames[depth:]] or ["(no Python frame)"]
+        count = int(count_text)
+        totals[role] += count
+        own[role][frames[-1]] += count
+        for name in set(frames):
+            inclusive[role][name] += count
+    return {
+        role: {"samples": totals[role],
+               "self": [(name, round(100 * n / totals[role], 1)) for name, n in own[role].most_common(TOP)],
+               "inclusive": [(name, round(100 * n / totals[role], 1)) for name, n in inclusive[role].most_common(TOP)]}
+        for role in totals
+    }
+
+
+def run(cmd: list[str], seconds: float) -> dict:
+    """Profile ``seconds`` of back-to-back warm jobs running ``cmd``."""
+    out = Path(tempfile.mkdtemp(prefix="bench-profile-")) / "stacks.txt"
+    with Worker(slots=2, warm=4) as worker:
+        worker_latency(worker.socket, cmd, 10)
+        spy = subprocess.Popen(
+            [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(worker.process.pid),
+             "--subprocesses", "--nonblocking", "--idle", "--rate", "500", "--duration", str(int(seconds)),
+             "--format", "raw", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        jobs: list[float] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            while not stop.is_set():
+                jobs.extend(worker_latency(worker.socket, cmd, 20))
+
+        thread = threading.Thread(target=client)
+        time.sleep(1.0)  # py-spy attaches
+        before = cpu_ms(worker.process.pid)
+        thread.start()
+        _, err = spy.communicate(timeout=seconds + 60)
+        stop.set()
+        thread.join()
+        after = cpu_ms(worker.process.pid)
+    if not out.exists():
+        return {"error": f"py-spy failed: {err.strip()[-500:]}"}
+    per_job = {role: (after[role] - before[role]) / max(1, len(jobs)) for role in after}
+    return {"cmd": cmd, "seconds": seconds, "jobs": len(jobs), "cpu_ms_per_job": per_job,
+            "roles": summarise(out.read_text())}
+
+
+def cpu_ms(worker_pid: int) -> dict[str, float]:
+    """CPU ms so far, user and system apart, of the worker and of its launchers; the
+    sandbox processes a launcher has reaped (it is their subreaper) count as its
+    children. System time there is the kernel's share: fork, page faults, namespaces."""
+    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = collections.Counter()
+    for pid in [worker_pid, *children_map().get(worker_pid, [])]:
+        fields = [int(f) * tick_ms for f in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:15]]
+        role = "worker (trio)" if pid == worker_pid else "launchers"
+        totals[f"{role} user"] += fields[0]
+        totals[f"{role} sys"] += fields[1]
+        if pid != worker_pid:
+            totals["sandbox processes user"] += fields[2]
+            totals["sandbox processes sys"] += fields[3]
+    return dict(totals)

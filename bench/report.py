@@ -1,0 +1,269 @@
+"""Turns one run's results (bench/main.py) into the published form: a markdown report
+with every figure, its ratio to the peers and PASS/MISS, PNG plots (matplotlib, no
+display needed), and the summary between the bench markers in README.md.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: the bench runs without a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+REPORT_NAME = "REPORT.md"
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+MIB = 1 << 20
+
+
+def all_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target figure of the run, in the order of the issue's parts."""
+    found: list[dict[str, Any]] = []
+    part = results.get("worker", {})
+    for row in part.get("latency", {}).values():
+        found += row["targets"]
+    found += part.get("throughput", {}).get("targets", [])
+    for name in ("cpu", "memory"):
+        found += results.get("cpu", {}).get(name, {}).get("targets", [])
+    for name in ("density", "images", "humaneval"):
+        found += results.get(name, {}).get("targets", [])
+    return found
+
+
+def _miss_by(figure: dict[str, Any]) -> str:
+    """How far a figure is from its target, in the target's own terms."""
+    if figure["ok"]:
+        return ""
+    limit = float(figure["target"].split()[1].rstrip("%"))
+    if limit == 0:
+        return f"{figure['value']:g} over"
+    return f"{figure['value'] / limit:.2f}x the target"
+
+
+def targets_table(results: dict[str, Any]) -> list[str]:
+    lines = ["| figure | value | target | | missed by |", "| --- | ---: | --- | --- | --- |"]
+    for f in all_targets(results):
+        lines.append(f"| {f['name']} | {f['value']:.3g} | {f['target']} | **{f['verdict']}** | {_miss_by(f)} |")
+    return lines
+
+
+def _latency_section(part: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, row in part.get("latency", {}).items():
+        lines += [f"### Latency: {name} (`{' '.join(row['cmd'])}`), ms", "",
+                  "| runner | warm p50 | p95 | p99 | after idle p50 | p95 | p99 | warm p50 / bwrap |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        bwrap = row["ms"]["bwrap"]["warm"]["p50"]
+        for peer, ms in row["ms"].items():
+            w, i = ms["warm"], ms["after_idle"]
+            lines.append(f"| {peer} | {w['p50']:.2f} | {w['p95']:.2f} | {w['p99']:.2f} | {i['p50']:.2f} | "
+                         f"{i['p95']:.2f} | {i['p99']:.2f} | {w['p50'] / bwrap:.2f} |")
+        lines.append("")
+    rates = part.get("throughput", {}).get("jobs_per_s", {})
+    if rates:
+        levels = list(next(iter(rates.values())))
+        lines += ["### Throughput: static job, jobs/s", "",
+                  "| runner | " + " | ".join(f"c={c}" for c in levels) + " |",
+                  "| --- |" + " ---: |" * len(levels)]
+        for peer, row in rates.items():
+            lines.append(f"| {peer} | " + " | ".join(f"{row[c]:.1f}" for c in levels) + " |")
+        lines.append("")
+    return lines
+
+
+def _cpu_section(part: dict[str, Any]) -> list[str]:
+    if "cpu" not in part:
+        return []
+    cpu, memory = part["cpu"], part["memory"]
+    lines = [f"### CPU overhead and timing fidelity ({cpu['runs']} runs, {cpu['iterations']:,} iterations)", "",
+             "| | loop CPU ms (median) | CV % | job CPU ms (median) | CV % |", "| --- | ---: | ---: | ---: | ---: |"]
+    for side in ("inside", "native"):
+        row = cpu[side]
+        lines.append(f"| {side} | {row['loop_ms_median']:.1f} | {row['loop_cv_pct']:.2f} | "
+                     f"{row['cpu_ms_median']:.1f} | {row['cpu_cv_pct']:.2f} |")
+    c = cpu["contended_cpu_ms"]
+    lines += [f"| inside, a spinner on the other slot | | | {c['median']:.1f} | {c['cv_pct']:.2f} |", "",
+              "| touched | reported peak | error |", "| ---: | ---: | ---: |"]
+    for mib, row in memory["mib"].items():
+        error = "" if row["error_pct"] is None else f"{row['error_pct']:+.2f} %"
+        lines.append(f"| {mib} MiB | {row['peak_bytes'] / MIB:.2f} MiB | {error} |")
+    return lines + [""]
+
+
+def _density_section(part: dict[str, Any]) -> list[str]:
+    if "steps" not in part:
+        return []
+    lines = [f"### Density (one worker, {part['slots']} slots, started in {part['worker_start_s']:.1f} s)", "",
+             f"Stopped: {part['stop_reason']}.", "",
+             "| sandboxes | host MiB each | launcher PSS MiB (all) | sandbox processes PSS MiB (all) | "
+             "job cgroups MiB (all) | trivial job p50 / p99 ms | ramp s |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in part["steps"]:
+        lines.append(f"| {row['sandboxes']} | {row['per_sandbox_bytes'] / MIB:.1f} | {row['launchers_pss'] / MIB:.0f} | "
+                     f"{row['sandboxes_pss'] / MIB:.0f} | {row['job_cgroups'] / MIB:.1f} | "
+                     f"{row['probe_ms']['p50']:.1f} / {row['probe_ms']['p99']:.1f} | {row['ramp_s']:.1f} |")
+    return lines + [""]
+
+
+def _images_section(part: dict[str, Any]) -> list[str]:
+    if "pull_unpack_s" not in part:
+        return []
+    pulls = part["pull_unpack_s"]
+    return ["### Images", "",
+            f"Cold pull + unpack of a Debian 12 + python3 image ({part['image_bytes'] / 1e6:.0f} MB compressed): "
+            f"sandbox {', '.join(f'{s:.2f}' for s in pulls['sandbox'])} s; skopeo copy + umoci unpack "
+            f"{', '.join(f'{s:.2f}' for s in pulls['skopeo+umoci'])} s. Store lookup + lease of a cached image "
+            f"{part['lease_us_median']:.0f} us; `/bin/true` through `Runner.run`: host image "
+            f"{part['job_ms_median']['host']:.2f} ms, cached image {part['job_ms_median']['image']:.2f} ms "
+            f"(image adds {part['start_up_added_ms']:+.2f} ms).", ""]
+
+
+def _humaneval_section(part: dict[str, Any]) -> list[str]:
+    if "canonical" not in part:
+        return []
+    lines = [f"### HumanEval ({part['problems']} problems; worker {part['worker']['slots']} slots, "
+             f"harness {part['harness_workers']} threads; exec line shipped commented out: "
+             f"{part['exec_line_shipped_commented']})", "",
+             "| programs | runner | passed | wall s |", "| --- | --- | ---: | ---: |"]
+    for kind in ("canonical", "broken"):
+        for side in ("sandbox", "harness"):
+            row = part[kind][side]
+            lines.append(f"| {kind} | {side} | {row['passed']}/{row['total']} | {row['wall_s']:.2f} |")
+    return lines + [""]
+
+
+def _profile_section(results: dict[str, Any]) -> list[str]:
+    prof = results.get("profile", {}).get("static")
+    if not prof:
+        return []
+    if "error" in prof:
+        return ["### Profile", "", f"py-spy failed: {prof['error']}", ""]
+    lines = [f"### Profile of warm static jobs (py-spy, {prof['seconds']:g} s, {prof['jobs']} jobs back to back, "
+             "wall-clock samples)", "", "CPU per job: " + ", ".join(
+                 f"{role} {ms:.2f} ms" for role, ms in prof["cpu_ms_per_job"].items()) + ".", ""]
+    for role, data in prof["roles"].items():
+        lines += [f"**{role}** ({data['samples']} samples) — self | inclusive:", "", "| self % | frame | "
+                  "inclusive % | frame |", "| ---: | --- | ---: | --- |"]
+        for (own, own_pct), (inc, inc_pct) in zip(data["self"][:10], data["inclusive"][:10], strict=False):
+            lines.append(f"| {own_pct} | `{own}` | {inc_pct} | `{inc}` |")
+        lines.append("")
+    return lines
+
+
+def plots(results: dict[str, Any], out: Path, prefix: str) -> list[str]:
+    """PNG files next to the report; returns their names."""
+    names = []
+    latency = results.get("worker", {}).get("latency", {})
+    if latency:
+        fig, axes = plt.subplots(1, len(latency), figsize=(6 * len(latency), 4))
+        for ax, (name, row) in zip(axes if len(latency) > 1 else [axes], latency.items(), strict=True):
+            peers = list(row["ms"])
+            for offset, phase in ((-0.2, "warm"), (0.2, "after_idle")):
+                p50 = [row["ms"][p][phase]["p50"] for p in peers]
+                p99 = [row["ms"][p][phase]["p99"] for p in peers]
+                xs = [i + offset for i in range(len(peers))]
+                ax.bar(xs, p50, width=0.4, label=f"{phase} p50")
+                ax.errorbar(xs, p50, yerr=[[0] * len(p50), [b - a for a, b in zip(p50, p99, strict=True)]],
+                            fmt="none", ecolor="black", capsize=3)
+            ax.set_xticks(range(len(peers)), peers, rotation=20)
+            ax.set_yscale("log")
+            ax.set_ylabel("ms (bar p50, whisker p99)")
+            ax.set_title(f"latency: {' '.join(row['cmd'])}")
+            ax.legend()
+        names.append(_save(fig, out, f"{prefix}latency.png"))
+    rates = results.get("worker", {}).get("throughput", {}).get("jobs_per_s", {})
+    if rates:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for peer, row in rates.items():
+            ax.plot([int(c) for c in row], list(row.values()), marker="o", label=peer)
+        ax.set(xscale="log", yscale="log", xlabel="concurrency", ylabel="jobs/s", title="throughput, static job")
+        ax.legend()
+        names.append(_save(fig, out, f"{prefix}throughput.png"))
+    steps = results.get("density", {}).get("steps", [])
+    if steps:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        xs = [s["sandboxes"] for s in steps]
+        ax.plot(xs, [s["per_sandbox_bytes"] / MIB for s in steps], marker="o", color="tab:blue")
+        ax.set(xlabel="sleeping sandboxes", ylabel="host MiB per sandbox", title="density")
+        twin = ax.twinx()
+        twin.plot(xs, [s["probe_ms"]["p50"] for s in steps], marker="s", color="tab:red")
+        twin.set_ylabel("trivial job p50 ms", color="tab:red")
+        names.append(_save(fig, out, f"{prefix}density.png"))
+    cpu = results.get("cpu", {}).get("cpu")
+    if cpu:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        raw = cpu["raw"]
+        ax.boxplot([raw["native_loop_ms"], raw["inside_loop_ms"], raw["native_cpu_ms"], raw["inside_cpu_ms"],
+                    raw["contended_cpu_ms"]])
+        ax.set_xticks([1, 2, 3, 4, 5], ["loop\nnative", "loop\ninside", "CPU\nnative", "CPU\ninside",
+                                        "CPU inside\ncontended"])
+        ax.set(ylabel="ms", title="CPU-bound loop")
+        names.append(_save(fig, out, f"{prefix}cpu.png"))
+    return names
+
+
+def _save(fig: Any, out: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=90)
+    plt.close(fig)
+    return name
+
+
+def render(results: dict[str, Any], images: list[str]) -> str:
+    m = results["machine"]
+    quick = " (QUICK smoke run: too few runs to be figures)" if results.get("quick") else ""
+    lines = [
+        f"# Benchmark report{quick}", "",
+        f"Run `bench/run` on {results['started']}; took {results.get('elapsed_s', 0):.0f} s. Machine: Linux "
+        f"{m['kernel']}, {m['cpus']} CPUs, cgroup {m['cgroup']}, {m['memory_total_mib']} MiB, Python {m['python']}, "
+        f"as user {m['user']}. **Load average (1 min): {results['load_1min_start']:.2f} at start, "
+        f"{results.get('load_1min_end', float('nan')):.2f} at end** (a shared machine: other test suites and a VM "
+        "ran beside it). Every peer ran in the same run, on the same machine, through the same timing loop.", "",
+        "## Targets", "", *targets_table(results), "",
+    ]
+    errors = [f"- {name}: {part['error']}" for name, part in results.items() if isinstance(part, dict) and "error" in part]
+    if errors:
+        lines += ["## Parts that failed", "", *errors, ""]
+    lines += ["## Figures", ""]
+    part = results.get("worker", {})
+    lines += _latency_section(part) + _cpu_section(results.get("cpu", {}))
+    lines += _density_section(results.get("density", {})) + _images_section(results.get("images", {}))
+    lines += _humaneval_section(results.get("humaneval", {})) + _profile_section(results)
+    lines += ["## Plots", ""] + [f"![{name}]({name})" for name in images] + [""]
+    return "\n".join(lines)
+
+
+def readme_summary(results: dict[str, Any]) -> str:
+    figures = all_targets(results)
+    met = sum(f["ok"] for f in figures)
+    return "\n".join([
+        README_START,
+        f"Latest run ({results['started']}, load {results['load_1min_start']:.2f} -> "
+        f"{results.get('load_1min_end', 0):.2f}, {results['machine']['cpus']} CPUs, cgroup "
+        f"{results['machine']['cgroup']}): {met} of {len(figures)} targets met. Full report with the peers' "
+        "figures, plots and profiles: [bench/results/REPORT.md](bench/results/REPORT.md).", "",
+        *targets_table(results),
+        README_END,
+    ])
+
+
+def write(results: dict[str, Any], out: Path, readme: Path | None) -> None:
+    prefix = "quick-" if results.get("quick") else ""
+    images = plots(results, out, prefix)
+    (out / f"{prefix}{REPORT_NAME}").write_text(render(results, images))
+    if readme is None:
+        return
+    text = readme.read_text()
+    summary = readme_summary(results)
+    if README_START in text:
+        text = re.sub(re.escape(README_START) + ".*?" + re.escape(README_END), lambda _: summary, text, flags=re.S)
+    else:
+        section = ("## Benchmarks\n\n`bench/run` (as root: it installs the peers, creates an unprivileged user "
+                   "with delegated cgroups and runs as that user; `--quick` for a smoke run) measures latency, "
+                   "throughput, CPU overhead, timing fidelity, density, images and HumanEval against bwrap, crun, "
+                   "podman and native fork+exec in one run.\n\n" + summary + "\n\n")
+        text = text.replace("## Documentation", section + "## Documentation", 1)
+    readme.write_text(text)
