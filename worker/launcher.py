@@ -78,7 +78,16 @@ def _send(channel: socket.socket, message: dict[str, Any]) -> None:
 
 def main(argv: list[str]) -> int:
     fd, parent_pid, warm = int(argv[1]), int(argv[2]), int(argv[3])
-    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    # The death signal fires when the *thread* that spawned us exits, and trio spawns
+    # from a cached thread that exits after 10 s idle: SIGKILL here killed every launcher
+    # of an idle worker. So it is a signal we catch, and only a new parent (the worker
+    # process itself is gone and we were reparented) makes us exit.
+    def on_parent_death(_signum: int, _frame: object) -> None:
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    signal.signal(signal.SIGHUP, on_parent_death)
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGHUP)
     if os.getppid() != parent_pid:
         return 1  # the worker died before we could arm the death signal
     with socket.socket(fileno=fd) as channel:
