@@ -7,6 +7,7 @@ is a measurement, not a test.
 
 from __future__ import annotations
 
+import collections
 import os
 import platform
 import shutil
@@ -123,17 +124,39 @@ def descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[
     return found
 
 
+def worker_cpu_ms(worker_pid: int) -> dict[str, float]:
+    """CPU ms so far, user and system apart, of the worker and of its launchers; the
+    sandbox processes a launcher has reaped (it is their subreaper) count as its
+    children. System time there is the kernel's share: fork, page faults, namespaces."""
+    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = collections.Counter()
+    for pid in [worker_pid, *children_map().get(worker_pid, [])]:
+        fields = [int(f) * tick_ms for f in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:15]]
+        role = "worker (trio)" if pid == worker_pid else "launchers"
+        totals[f"{role} user"] += fields[0]
+        totals[f"{role} sys"] += fields[1]
+        if pid != worker_pid:
+            totals["sandbox processes user"] += fields[2]
+            totals["sandbox processes sys"] += fields[3]
+    return dict(totals)
+
+
 class Worker:
-    """A `sandbox serve` of its own on a private socket, stopped with SIGTERM."""
+    """A `sandbox serve` of its own on a private socket, stopped with SIGTERM; its JSON
+    log goes to bench/results/raw/ (a launcher that dies says why there)."""
 
     def __init__(self, slots: int, warm: int) -> None:
         self.dir = tempfile.mkdtemp(prefix="bench-worker-")
         self.socket = os.path.join(self.dir, "w.sock")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sandbox.cli", "serve", "--socket", self.socket,
-             "--slots", str(slots), "--warm", str(warm), "--queue", "100000"],
-            stderr=subprocess.DEVNULL, cwd=REPO,
-        )
+        logs = REPO / "bench" / "results" / "raw"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.log_path = logs / f"worker-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{slots}.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sandbox.cli", "serve", "--socket", self.socket,
+                 "--slots", str(slots), "--warm", str(warm), "--queue", "100000"],
+                stderr=log, cwd=REPO,
+            )
         deadline = time.monotonic() + 120 + slots
         while not self._accepting():
             if time.monotonic() > deadline or self.process.poll() is not None:

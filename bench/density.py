@@ -112,14 +112,16 @@ def probe_latency(client: Client, count: int) -> list[float]:
     return out
 
 
-def run(quick: bool, budget: int = 4 * GIB, reserve: int = 8 * GIB, step_timeout_s: float = 120.0) -> dict:
+def run(quick: bool, budget: int = 8 * GIB, reserve: int = 8 * GIB, step_timeout_s: float = 180.0) -> dict:
     steps = [5, 20] if quick else [10, 50, 100, 250, 500, 1000]
-    # A first small step gives the cost of one sandbox, which sizes the real worker.
-    steps_fit = [s for s in steps if s * 25 * (1 << 20) <= budget]  # ~25 MiB each, checked as we go
+    # The worker's slots are fixed when it starts, so they are sized from the cost of a
+    # sandbox measured before (~20-32 MiB on 2026-11-28); the reserve is checked as it goes.
+    estimate = 32 * (1 << 20)
+    steps_fit = [s for s in steps if s * estimate <= budget]
     slots = steps_fit[-1] + PROBE_SLOTS
     rows: list[dict[str, Any]] = []
     stop = f"reached the largest step ({steps[-1]})" if steps_fit == steps else (
-        f"memory budget: {steps[len(steps_fit)]} sandboxes at ~25 MiB each would exceed the bench's "
+        f"memory budget: {steps[len(steps_fit)]} sandboxes at ~{estimate >> 20} MiB each would exceed the bench's "
         f"{budget / GIB:.0f} GiB budget (the machine is shared)")
     start = time.perf_counter()
     with Worker(slots=slots, warm=slots) as worker:

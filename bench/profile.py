@@ -13,7 +13,6 @@ what bounds throughput on 2 CPUs.
 from __future__ import annotations
 
 import collections
-import os
 import re
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import Worker, children_map
+from bench.common import Worker, worker_cpu_ms
 from bench.worker import worker_latency
 
 TOP = 15
@@ -84,31 +83,14 @@ def run(cmd: list[str], seconds: float) -> dict:
 
         thread = threading.Thread(target=client)
         time.sleep(1.0)  # py-spy attaches
-        before = cpu_ms(worker.process.pid)
+        before = worker_cpu_ms(worker.process.pid)
         thread.start()
         _, err = spy.communicate(timeout=seconds + 60)
         stop.set()
         thread.join()
-        after = cpu_ms(worker.process.pid)
+        after = worker_cpu_ms(worker.process.pid)
     if not out.exists():
         return {"error": f"py-spy failed: {err.strip()[-500:]}"}
     per_job = {role: (after[role] - before[role]) / max(1, len(jobs)) for role in after}
     return {"cmd": cmd, "seconds": seconds, "jobs": len(jobs), "cpu_ms_per_job": per_job,
             "roles": summarise(out.read_text())}
-
-
-def cpu_ms(worker_pid: int) -> dict[str, float]:
-    """CPU ms so far, user and system apart, of the worker and of its launchers; the
-    sandbox processes a launcher has reaped (it is their subreaper) count as its
-    children. System time there is the kernel's share: fork, page faults, namespaces."""
-    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
-    totals: dict[str, float] = collections.Counter()
-    for pid in [worker_pid, *children_map().get(worker_pid, [])]:
-        fields = [int(f) * tick_ms for f in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:15]]
-        role = "worker (trio)" if pid == worker_pid else "launchers"
-        totals[f"{role} user"] += fields[0]
-        totals[f"{role} sys"] += fields[1]
-        if pid != worker_pid:
-            totals["sandbox processes user"] += fields[2]
-            totals["sandbox processes sys"] += fields[3]
-    return dict(totals)

@@ -54,13 +54,13 @@ def _latency_section(part: dict[str, Any]) -> list[str]:
     lines = []
     for name, row in part.get("latency", {}).items():
         lines += [f"### Latency: {name} (`{' '.join(row['cmd'])}`), ms", "",
-                  "| runner | warm p50 | p95 | p99 | after idle p50 | p95 | p99 | warm p50 / bwrap |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| runner | warm p50 | p95 | p99 | after idle p50 | p95 | p99 | warm p50 / bwrap | CPU ms / job |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         bwrap = row["ms"]["bwrap"]["warm"]["p50"]
         for peer, ms in row["ms"].items():
             w, i = ms["warm"], ms["after_idle"]
             lines.append(f"| {peer} | {w['p50']:.2f} | {w['p95']:.2f} | {w['p99']:.2f} | {i['p50']:.2f} | "
-                         f"{i['p95']:.2f} | {i['p99']:.2f} | {w['p50'] / bwrap:.2f} |")
+                         f"{i['p95']:.2f} | {i['p99']:.2f} | {w['p50'] / bwrap:.2f} | {ms.get('cpu_ms_per_job', 0):.1f} |")
         lines.append("")
     rates = part.get("throughput", {}).get("jobs_per_s", {})
     if rates:

@@ -21,7 +21,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import peers  # noqa: E402
-from bench.common import REPO, Worker, machine, show, summary, target  # noqa: E402
+from bench.common import REPO, Worker, machine, show, summary, target, worker_cpu_ms  # noqa: E402
 from sandbox.models import Job  # noqa: E402
 from worker.client import Client  # noqa: E402
 
@@ -65,22 +65,29 @@ def worker_throughput(socket_path: str, cmd: list[str], total: int, concurrency:
     return per_thread * concurrency / (time.perf_counter() - start)
 
 
-def latency(socket_path: str, peer_list: list[peers.Peer], jobs: int, idle_jobs: int, slow_jobs: int) -> dict:
-    """Part 1: p50/p95/p99 warm and after idle, per command, for the worker and each peer.
-    Slow peers (podman, `sandbox run`: ~0.2-0.3 s a job) get ``slow_jobs`` runs."""
+def latency(worker: Worker, peer_list: list[peers.Peer], jobs: int, idle_jobs: int, slow_jobs: int) -> dict:
+    """Part 1: p50/p95/p99 warm and after idle, per command, for the worker and each peer,
+    with the CPU a job costs (all processes, user + system). Slow peers (podman, `sandbox
+    run`: ~0.2-0.5 s a job) get ``slow_jobs`` runs."""
     out: dict[str, Any] = {}
     for name, cmd in (("static", STATIC), ("python", PYTHON)):
-        worker_latency(socket_path, cmd, 10)  # warm-up: caches, the launchers' first jobs
+        worker_latency(worker.socket, cmd, 10)  # warm-up: caches, the launchers' first jobs
+        before = worker_cpu_ms(worker.process.pid)
+        warm = worker_latency(worker.socket, cmd, jobs)
+        after = worker_cpu_ms(worker.process.pid)
         rows = {
-            "worker": {"warm": summary(worker_latency(socket_path, cmd, jobs)),
-                       "after_idle": summary(worker_latency(socket_path, cmd, idle_jobs, pause=IDLE_PAUSE_S))},
+            "worker": {"warm": summary(warm),
+                       "after_idle": summary(worker_latency(worker.socket, cmd, idle_jobs, pause=IDLE_PAUSE_S)),
+                       "cpu_ms_per_job": sum(after.values()) / jobs - sum(before.values()) / jobs},
         }
         for peer in peer_list:
             slow = peer.name in ("podman", "sandbox run")
+            measured = peers.measure(peer, cmd, slow_jobs if slow else jobs)
             rows[peer.name] = {
-                "warm": summary(peers.measure(peer, cmd, slow_jobs if slow else jobs)["ms"]),
+                "warm": summary(measured["ms"]),
                 "after_idle": summary(peers.measure(peer, cmd, min(idle_jobs, slow_jobs) if slow else idle_jobs,
                                                     pause=IDLE_PAUSE_S)["ms"]),
+                "cpu_ms_per_job": measured["cpu_ms_per_job"],
             }
         warm, idle, bwrap = rows["worker"]["warm"], rows["worker"]["after_idle"], rows["bwrap"]["warm"]
         targets = [
@@ -89,11 +96,12 @@ def latency(socket_path: str, peer_list: list[peers.Peer], jobs: int, idle_jobs:
             target(f"{name}: worker after-idle p50 / warm p50", idle["p50"] / warm["p50"], 1.5),
         ]
         out[name] = {"cmd": cmd, "ms": rows, "targets": targets}
-        print(f"\nlatency, {name} ({' '.join(cmd)}), ms: p50 / p95 / p99, warm | after idle")
+        print(f"\nlatency, {name} ({' '.join(cmd)}), ms: p50 / p95 / p99, warm | after idle; CPU per warm job")
         for peer_name, row in rows.items():
             w, i = row["warm"], row["after_idle"]
             print(f"  {peer_name:12s} {w['p50']:7.2f} {w['p95']:7.2f} {w['p99']:7.2f} | "
-                  f"{i['p50']:7.2f} {i['p95']:7.2f} {i['p99']:7.2f}   x bwrap p50 {w['p50'] / bwrap['p50']:.2f}")
+                  f"{i['p50']:7.2f} {i['p95']:7.2f} {i['p99']:7.2f}   x bwrap p50 {w['p50'] / bwrap['p50']:.2f}"
+                  f"   CPU/job {row['cpu_ms_per_job']:.1f} ms")
         for figure in targets:
             show(figure)
     return out
@@ -128,7 +136,7 @@ def run(quick: bool) -> dict:
         return {
             "setup": {"slots": slots, "warm": 2 * slots, "jobs": jobs, "idle_jobs": idle_jobs,
                       "slow_peer_jobs": slow_jobs, "idle_pause_s": IDLE_PAUSE_S},
-            "latency": latency(worker.socket, peer_list, jobs, idle_jobs, slow_jobs),
+            "latency": latency(worker, peer_list, jobs, idle_jobs, slow_jobs),
             "throughput": throughput(worker.socket, peer_list, jobs, slow_jobs),
         }
 
