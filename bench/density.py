@@ -21,6 +21,7 @@ failed job, or a step that took too long; it records which.
 from __future__ import annotations
 
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ def host_memory(worker_pid: int, slots: int) -> dict[str, int]:
     PSS and its descendants' (the sandbox init it forked, the program), the memory
     charged to the job cgroups, and the worker's PSS shared over all slots. Idle slots
     (the latency probes, with a prepared sandbox each) are left out."""
-    launchers, sandboxes, job_cgroups, running = 0, 0, 0, 0
+    launchers, sandboxes, job_cgroups, running, processes = 0, 0, 0, 0, 0
     children = children_map()
     for launcher in children.get(worker_pid, []):
         try:
@@ -87,13 +88,31 @@ def host_memory(worker_pid: int, slots: int) -> dict[str, int]:
         if not any(_is_sleeper(pid) for pid in tree):
             continue
         running += 1
+        processes += 1 + len(tree)
         launchers += pss_bytes(launcher)
         sandboxes += sum(pss_bytes(pid) for pid in tree)
         for pid in tree:
             found = cgroup_memory(pid) if _is_sleeper(pid) else None
             job_cgroups += found[1] if found else 0
     return {"running": running, "worker_share_pss": pss_bytes(worker_pid) * running // slots,
-            "launchers_pss": launchers, "sandboxes_pss": sandboxes, "job_cgroups": job_cgroups}
+            "launchers_pss": launchers, "sandboxes_pss": sandboxes, "job_cgroups": job_cgroups,
+            "processes": processes}
+
+
+def project(row: dict[str, Any], slots: int, worker_fds: int) -> dict[str, int]:
+    """How many sleeping sandboxes each of the machine's limits would allow, from the
+    cost of one measured at the last step: memory (all of RAM), processes (the lowest of
+    RLIMIT_NPROC, kernel.pid_max and threads-max) and the worker's open files."""
+    per_memory = row["per_sandbox_bytes"]
+    per_processes = row["processes"] / row["sandboxes"]
+    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    kernel = min(int(Path("/proc/sys/kernel/pid_max").read_text()), int(Path("/proc/sys/kernel/threads-max").read_text()))
+    fds_per_slot = max(1.0, worker_fds / slots)
+    return {
+        "memory (all of RAM)": int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // per_memory),
+        "processes": int(min(kernel, nproc if nproc != resource.RLIM_INFINITY else kernel) // per_processes),
+        "worker open files": int(resource.getrlimit(resource.RLIMIT_NOFILE)[0] // fds_per_slot),
+    }
 
 
 def sleeping(worker_pid: int) -> int:
@@ -126,6 +145,7 @@ def run(quick: bool, budget: int = 8 * GIB, reserve: int = 8 * GIB, step_timeout
     start = time.perf_counter()
     with Worker(slots=slots, warm=slots) as worker:
         started_s = time.perf_counter() - start
+        worker_fds = len(os.listdir(f"/proc/{worker.process.pid}/fd"))
         with Client(worker.socket) as client:
             probe_latency(client, 5)
             sleepers: list[str] = []
@@ -140,7 +160,7 @@ def run(quick: bool, budget: int = 8 * GIB, reserve: int = 8 * GIB, step_timeout
                     time.sleep(0.2)
                 else:
                     memory = host_memory(worker.process.pid, slots)
-                    total = sum(v for k, v in memory.items() if k != "running")
+                    total = sum(v for k, v in memory.items() if k not in ("running", "processes"))
                     rows.append({"sandboxes": step, "ramp_s": time.perf_counter() - step_start, **memory,
                                  "per_sandbox_bytes": total / max(1, memory["running"]),
                                  "probe_ms": summary(probe_latency(client, 10 if quick else 30)),
@@ -163,13 +183,14 @@ def run(quick: bool, budget: int = 8 * GIB, reserve: int = 8 * GIB, step_timeout
                 except Exception:  # noqa: BLE001 - a cancelled job's final event is all we wait for
                     pass
     best = rows[-1] if rows else None
+    projection = project(best, slots, worker_fds) if best else {}
     targets = [
         target("concurrent sleeping sandboxes", best["sandboxes"] if best else 0, 1000, at_most=False),
         target("host memory per sandbox (MiB)", best["per_sandbox_bytes"] / (1 << 20) if best else 0, 2.0),
     ]
     print(f"density: stopped at {best['sandboxes'] if best else 0}: {stop}; worker with {slots} slots started "
-          f"in {started_s:.1f} s")
+          f"in {started_s:.1f} s; the machine's own limits would allow: {projection}")
     for figure in targets:
         show(figure)
-    return {"slots": slots, "worker_start_s": started_s, "steps": rows, "stop_reason": stop,
+    return {"slots": slots, "worker_start_s": started_s, "steps": rows, "stop_reason": stop, "projection": projection,
             "budget_bytes": budget, "reserve_bytes": reserve, "targets": targets}

@@ -58,7 +58,9 @@ def summarise(collapsed: str) -> dict:
     return {
         role: {"samples": totals[role],
                "self": [(name, round(100 * n / totals[role], 1)) for name, n in own[role].most_common(TOP)],
-               "inclusive": [(name, round(100 * n / totals[role], 1)) for name, n in inclusive[role].most_common(TOP)]}
+               # frames on (nearly) every stack (runpy, main, serve) say nothing: left out
+               "inclusive": [(name, round(100 * n / totals[role], 1)) for name, n in inclusive[role].most_common()
+                             if n < 0.99 * totals[role]][:TOP]}
         for role in totals
     }
 

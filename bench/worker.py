@@ -128,7 +128,7 @@ def throughput(socket_path: str, peer_list: list[peers.Peer], jobs: int, slow_jo
 
 def run(quick: bool) -> dict:
     """Parts 1 and 2 with one worker (slots = CPUs, 2 warm sandboxes per slot)."""
-    jobs, idle_jobs, slow_jobs = (40, 8, 5) if quick else (300, 30, 20)
+    jobs, idle_jobs, slow_jobs = (40, 8, 5) if quick else (200, 30, 15)
     slots = os.cpu_count() or 2
     directory = Path(tempfile.mkdtemp(prefix="bench-peers-"))
     peer_list = peers.all_peers(directory, [STATIC, PYTHON])
