@@ -14,8 +14,10 @@ nothing is counted twice except the sleeping program's own few pages (also in it
 cgroup).
 
 The bench stops at the first of: the largest step, a memory budget (the machine is
-shared: at most ``budget`` bytes, and never below a reserve of available memory), a
-failed job, or a step that took too long; it records which.
+shared: at most ``budget`` bytes, and never below a reserve of available memory), or a
+step that took too long; it records which, and projects how far each of the machine's
+own limits (memory, processes, the worker's open files) would let it go. Starting
+hundreds of launchers at once drives the load average up for a minute: it runs last.
 """
 
 from __future__ import annotations
@@ -111,7 +113,8 @@ def project(row: dict[str, Any], slots: int, worker_fds: int) -> dict[str, int]:
     return {
         "memory (all of RAM)": int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // per_memory),
         "processes": int(min(kernel, nproc if nproc != resource.RLIM_INFINITY else kernel) // per_processes),
-        "worker open files": int(resource.getrlimit(resource.RLIMIT_NOFILE)[0] // fds_per_slot),
+        f"worker open files (soft limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}, "
+        f"{fds_per_slot:.1f} per slot)": int(resource.getrlimit(resource.RLIMIT_NOFILE)[0] // fds_per_slot),
     }
 
 

@@ -290,7 +290,12 @@ def render(results: dict[str, Any], images: list[str]) -> str:
         f"as user {m['user']}. **Load average (1 min): {results['load_1min_start']:.2f} at start, "
         f"{results.get('load_1min_end', float('nan')):.2f} at end** (a shared machine: other test suites and a VM "
         "ran beside it). Every peer ran in the same run, on the same machine, through the same timing loop.", "",
-        "## Targets", "", *targets_table(results), "",
+        "Parts in the order they ran (the load average before each shows what it competed with; starting "
+        "hundreds of launchers for density drives the load up for a while, so density runs last):", "",
+        "| part | load before | took s |", "| --- | ---: | ---: |",
+        *[f"| {name} | {part['load_1min_before']:.2f} | {part['elapsed_s']:.0f} |" for name, part in results.items()
+          if isinstance(part, dict) and "load_1min_before" in part],
+        "", "## Targets", "", *targets_table(results), "",
     ]
     errors = [f"- {name}: {part['error']}" for name, part in results.items() if isinstance(part, dict) and "error" in part]
     if errors:
@@ -321,8 +326,7 @@ def readme_summary(results: dict[str, Any]) -> str:
     ])
 
 
-def write(results: dict[str, Any], out: Path, readme: Path | None) -> None:
-    prefix = "quick-" if results.get("quick") else ""
+def write(results: dict[str, Any], out: Path, prefix: str, readme: Path | None) -> None:
     images = plots(results, out, prefix)
     (out / f"{prefix}{REPORT_NAME}").write_text(render(results, images))
     if readme is None:
