@@ -19,6 +19,27 @@ README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 MIB = 1 << 20
 
 
+METHOD = """## Method
+
+- **worker**: `sandbox serve --slots <CPUs> --warm <2 x CPUs>`, the blocking Python client, time from
+  submit to result; default limits, host image, default seccomp profile, cgroups delegated (v1).
+- **sandbox run**: the CLI, one Python interpreter (and seccomp compilation) per job.
+- **native**: plain fork+exec, the floor.
+- **bwrap**: `--unshare-all --die-with-parent --new-session`, `/usr` bound read-only, `/proc`, `/dev`,
+  tmpfs `/tmp` (no cgroups, no seccomp).
+- **crun** 1.8: a rootless bundle, rootfs of empty mount points plus `/usr` bound read-only,
+  `--cgroup-manager=disabled`. crun refuses to start on a hybrid host whose cgroup2 mount has any
+  controller (hugetlb here), even with cgroups disabled, so its timing loop runs in a user+mount
+  namespace of its own with a tmpfs over `/sys/fs/cgroup/unified` (paid once per loop, not per job).
+- **podman** 4: `--runtime runc` (its crun hits the same check) `--rootfs` on a local directory,
+  `-v /usr:/usr:ro --network none`. Its CPU per job misses conmon, which is not a waited child.
+- Every peer runs through the same timing loop (`bench/peers.py`, Python `subprocess.run` in a child
+  process); "after idle" pauses 200 ms between jobs; throughput runs the jobs from a pool of *c*
+  threads. CPU per job is user + system time of every waited-for process (the worker: its own, its
+  launchers' and what they reaped). Percentiles are nearest-rank.
+"""
+
+
 def all_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Every target figure of the run, in the order of the issue's parts."""
     found: list[dict[str, Any]] = []
@@ -303,7 +324,7 @@ def render(results: dict[str, Any], images: list[str]) -> str:
     reasons = analysis(results)
     if reasons:
         lines += ["## Where the time and memory go", "", *reasons, ""]
-    lines += ["## Figures", ""]
+    lines += [METHOD, "## Figures", ""]
     part = results.get("worker", {})
     lines += _latency_section(part) + _cpu_section(results.get("cpu", {}))
     lines += _density_section(results.get("density", {})) + _images_section(results.get("images", {}))
