@@ -25,6 +25,7 @@ from bench.common import Worker, worker_cpu_ms
 from bench.worker import worker_latency
 
 TOP = 15
+RATE = 500  # samples per second and process
 ROLES = ("worker (trio)", "launcher", "sandbox init (forked from the launcher)")
 
 
@@ -72,7 +73,7 @@ def run(cmd: list[str], seconds: float) -> dict:
         worker_latency(worker.socket, cmd, 10)
         spy = subprocess.Popen(
             [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(worker.process.pid),
-             "--subprocesses", "--nonblocking", "--idle", "--rate", "500", "--duration", str(int(seconds)),
+             "--subprocesses", "--nonblocking", "--idle", "--rate", str(RATE), "--duration", str(int(seconds)),
              "--format", "raw", "--output", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )

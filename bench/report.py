@@ -14,6 +14,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: the bench runs without a display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from bench.profile import RATE  # noqa: E402
+
 REPORT_NAME = "REPORT.md"
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 MIB = 1 << 20
@@ -185,6 +187,18 @@ def analysis(results: dict[str, Any]) -> list[str]:
             "below show the rest is waiting: the launcher in `supervise` (select) until the program exits, "
             "and `prepare` blocking in `os.waitpid` for A (launch.py:130), which is on the path whenever the "
             "warm pool runs dry (throughput).")
+    launcher = results.get("profile", {}).get("static", {}).get("roles", {}).get("launcher")
+    if launcher:
+        jobs = results["profile"]["static"]["jobs"]
+        per_job = {name: pct / 100 * launcher["samples"] / RATE * 1000 / jobs for name, pct in launcher["self"]}
+        top = "; ".join(f"`{name}` {ms:.1f} ms" for name, ms in list(per_job.items())[:6])
+        lines.append(
+            f"  Launcher wall time per job, by innermost frame ({jobs} jobs back to back on 2 launchers): {top}. "
+            "Two costs sit on a warm job's path and are not the job: after each job the launcher first removes "
+            "the finished job's cgroup (`Runner.tidy` -> `remove_cgroup_dir`, a v1 rmdir in each of four "
+            "hierarchies) and then starts preparing the next warm sandbox, and `prepare` blocks in "
+            "`os.waitpid` for A (launch.py:130) while A unshares and forks B; a job that arrives meanwhile "
+            "waits for both (serve in worker/launcher.py only looks at the channel between prepares).")
     python = latency.get("python", {}).get("ms")
     he = results.get("humaneval", {})
     if python and "canonical" in he:
@@ -310,7 +324,7 @@ def render(results: dict[str, Any], images: list[str]) -> str:
         f"{m['kernel']}, {m['cpus']} CPUs, cgroup {m['cgroup']}, {m['memory_total_mib']} MiB, Python {m['python']}, "
         f"as user {m['user']}. **Load average (1 min): {results['load_1min_start']:.2f} at start, "
         f"{results.get('load_1min_end', float('nan')):.2f} at end** (a shared machine: other test suites and a VM "
-        "ran beside it). Every peer ran in the same run, on the same machine, through the same timing loop.", "",
+        "ran beside it; the end figure is mostly the density part's own hundreds of launchers). Every peer ran in the same run, on the same machine, through the same timing loop.", "",
         "Parts in the order they ran (the load average before each shows what it competed with; starting "
         "hundreds of launchers for density drives the load up for a while, so density runs last):", "",
         "| part | load before | took s |", "| --- | ---: | ---: |",
@@ -338,10 +352,11 @@ def readme_summary(results: dict[str, Any]) -> str:
     met = sum(f["ok"] for f in figures)
     return "\n".join([
         README_START,
-        f"Latest run ({results['started']}, load {results['load_1min_start']:.2f} -> "
-        f"{results.get('load_1min_end', 0):.2f}, {results['machine']['cpus']} CPUs, cgroup "
-        f"{results['machine']['cgroup']}): {met} of {len(figures)} targets met. Full report with the peers' "
-        "figures, plots and profiles: [bench/results/REPORT.md](bench/results/REPORT.md).", "",
+        f"Latest run: {results['started']}, Linux {results['machine']['kernel']}, {results['machine']['cpus']} CPUs, cgroup {results['machine']['cgroup']},",
+        f"1-minute load average {results['load_1min_start']:.2f} at start ({results.get('load_1min_end', 0):.2f} at "
+        "the end, raised by the density part's own launchers).",
+        f"{met} of {len(figures)} targets met. The peers' figures, plots, profiles and where the time goes:",
+        "[bench/results/REPORT.md](bench/results/REPORT.md).", "",
         *targets_table(results),
         README_END,
     ])
@@ -357,9 +372,10 @@ def write(results: dict[str, Any], out: Path, prefix: str, readme: Path | None) 
     if README_START in text:
         text = re.sub(re.escape(README_START) + ".*?" + re.escape(README_END), lambda _: summary, text, flags=re.S)
     else:
-        section = ("## Benchmarks\n\n`bench/run` (as root: it installs the peers, creates an unprivileged user "
-                   "with delegated cgroups and runs as that user; `--quick` for a smoke run) measures latency, "
-                   "throughput, CPU overhead, timing fidelity, density, images and HumanEval against bwrap, crun, "
-                   "podman and native fork+exec in one run.\n\n" + summary + "\n\n")
+        section = ("## Benchmarks\n\n"
+                   "`bench/run` (as root: it installs the peers, creates an unprivileged user with delegated\n"
+                   "cgroups and runs as that user; `--quick` for a smoke run) measures latency, throughput,\n"
+                   "CPU overhead, timing fidelity, density, images and HumanEval against bwrap, crun, podman\n"
+                   "and native fork+exec in one run.\n\n" + summary + "\n\n")
         text = text.replace("## Documentation", section + "## Documentation", 1)
     readme.write_text(text)
