@@ -96,7 +96,8 @@ def memory_fidelity(client: Client, touch: Path) -> dict:
                  for _ in range(3)]
         peak = statistics.median(peaks)
         rows[mib] = {"peak_bytes": peak, "error_pct": 100 * (peak - mib * MIB) / (mib * MIB) if mib else None}
-    targets = [target(f"memory peak error at {mib} MiB (%)", abs(rows[mib]["error_pct"]), 2.0) for mib in (10, 100, 500)]
+    targets = [target(f"memory peak error at {mib} MiB (%)", abs(rows[mib]["error_pct"]), 2.0)
+               for mib in (10, 100, 500)]
     return {"mib": rows, "targets": targets}
 
 
@@ -110,7 +111,8 @@ def run(quick: bool) -> dict:
     with Worker(slots=2, warm=2) as worker, Client(worker.socket) as client:
         cpu = cpu_and_fidelity(client, loop, spin, iterations, runs)
         memory = memory_fidelity(client, touch)
-    print(f"\nCPU: {runs} runs of a {seconds:g} s loop; median loop CPU inside {cpu['inside']['loop_ms_median']:.1f} ms "
+    print(f"\nCPU: {runs} runs of a {seconds:g} s loop; median loop CPU inside "
+          f"{cpu['inside']['loop_ms_median']:.1f} ms "
           f"vs native {cpu['native']['loop_ms_median']:.1f} ms; job CPU {cpu['inside']['cpu_ms_median']:.1f} ms "
           f"(CV {cpu['inside']['cpu_cv_pct']:.2f} %) vs native {cpu['native']['cpu_ms_median']:.1f} ms "
           f"(CV {cpu['native']['cpu_cv_pct']:.2f} %)")

@@ -108,7 +108,7 @@ def project(row: dict[str, Any], slots: int, worker_fds: int) -> dict[str, int]:
     per_memory = row["per_sandbox_bytes"]
     per_processes = row["processes"] / row["sandboxes"]
     nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
-    kernel = min(int(Path("/proc/sys/kernel/pid_max").read_text()), int(Path("/proc/sys/kernel/threads-max").read_text()))
+    kernel = min(int(Path(f"/proc/sys/kernel/{name}").read_text()) for name in ("pid_max", "threads-max"))
     fds_per_slot = max(1.0, worker_fds / slots)
     return {
         "memory (all of RAM)": int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // per_memory),

@@ -149,7 +149,8 @@ def run(quick: bool) -> dict:
         target("canonical solutions passed in the harness", canonical["harness"]["passed"], n, at_most=False),
         target("broken variants passed in the sandbox", broken["sandbox"]["passed"], 0),
         target("broken variants passed in the harness", broken["harness"]["passed"], 0),
-        target("wall time, canonical: sandbox / harness", canonical["sandbox"]["wall_s"] / canonical["harness"]["wall_s"],
+        target("wall time, canonical: sandbox / harness",
+               canonical["sandbox"]["wall_s"] / canonical["harness"]["wall_s"],
                1.0),
         target("wall time, broken: sandbox / harness", broken["sandbox"]["wall_s"] / broken["harness"]["wall_s"], 1.0),
     ]

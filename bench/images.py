@@ -101,7 +101,8 @@ def measure(runs: int, jobs: int) -> dict:
     print(f"  skopeo copy + umoci   median {statistics.median(theirs):6.2f} s  runs {[round(x, 2) for x in theirs]}")
     print(f"store lookup + lease of a cached image: median {figures['lease_us_median']:.0f} us")
     print(f"job wall (runner.run, /bin/true): host image {figures['job_ms_median']['host']:.2f} ms, "
-          f"cached image {figures['job_ms_median']['image']:.2f} ms -> image adds {figures['start_up_added_ms']:.2f} ms")
+          f"cached image {figures['job_ms_median']['image']:.2f} ms -> "
+          f"image adds {figures['start_up_added_ms']:.2f} ms")
     for figure in figures["targets"]:
         show(figure)
     return figures

@@ -85,7 +85,8 @@ def _latency_section(part: dict[str, Any]) -> list[str]:
         for peer, ms in row["ms"].items():
             w, i = ms["warm"], ms["after_idle"]
             lines.append(f"| {peer} | {w['p50']:.2f} | {w['p95']:.2f} | {w['p99']:.2f} | {i['p50']:.2f} | "
-                         f"{i['p95']:.2f} | {i['p99']:.2f} | {w['p50'] / bwrap:.2f} | {ms.get('cpu_ms_per_job', 0):.1f} |")
+                         f"{i['p95']:.2f} | {i['p99']:.2f} | {w['p50'] / bwrap:.2f} | "
+                         f"{ms.get('cpu_ms_per_job', 0):.1f} |")
         lines.append("")
     rates = part.get("throughput", {}).get("jobs_per_s", {})
     if rates:
@@ -128,7 +129,8 @@ def _density_section(part: dict[str, Any]) -> list[str]:
              "job cgroups MiB (all) | trivial job p50 / p99 ms | ramp s |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in part["steps"]:
-        lines.append(f"| {row['sandboxes']} | {row['per_sandbox_bytes'] / MIB:.1f} | {row['launchers_pss'] / MIB:.0f} | "
+        lines.append(f"| {row['sandboxes']} | {row['per_sandbox_bytes'] / MIB:.1f} | "
+                     f"{row['launchers_pss'] / MIB:.0f} | "
                      f"{row['sandboxes_pss'] / MIB:.0f} | {row['job_cgroups'] / MIB:.1f} | "
                      f"{row['probe_ms']['p50']:.1f} / {row['probe_ms']['p99']:.1f} | {row['ramp_s']:.1f} |")
     return lines + [""]
@@ -217,7 +219,8 @@ def analysis(results: dict[str, Any]) -> list[str]:
             f"{cpu['inside']['loop_ms_median'] - cpu['native']['loop_ms_median']:+.1f} ms); the job's cgroup "
             f"total is {fixed:+.1f} ms above the native child's rusage, a fixed cost: C joins the job cgroup "
             "before exec, so its Python set-up (rlimits, capabilities, seccomp install) and the kernel's "
-            "teardown of the forked interpreter's memory at execve are charged to the job. Against a 1 s loop that fixed cost is the whole overhead.")
+            "teardown of the forked interpreter's memory at execve are charged to the job. Against a 1 s loop "
+            "that fixed cost is the whole overhead.")
     memory = results.get("cpu", {}).get("memory", {}).get("mib")
     if memory:
         rows = {int(k): v for k, v in memory.items()}
@@ -324,7 +327,8 @@ def render(results: dict[str, Any], images: list[str]) -> str:
         f"{m['kernel']}, {m['cpus']} CPUs, cgroup {m['cgroup']}, {m['memory_total_mib']} MiB, Python {m['python']}, "
         f"as user {m['user']}. **Load average (1 min): {results['load_1min_start']:.2f} at start, "
         f"{results.get('load_1min_end', float('nan')):.2f} at end** (a shared machine: other test suites and a VM "
-        "ran beside it; the end figure is mostly the density part's own hundreds of launchers). Every peer ran in the same run, on the same machine, through the same timing loop.", "",
+        "ran beside it; the end figure is mostly the density part's own hundreds of launchers). Every peer ran "
+        "in the same run, on the same machine, through the same timing loop.", "",
         "Parts in the order they ran (the load average before each shows what it competed with; starting "
         "hundreds of launchers for density drives the load up for a while, so density runs last):", "",
         "| part | load before | took s |", "| --- | ---: | ---: |",
@@ -332,7 +336,8 @@ def render(results: dict[str, Any], images: list[str]) -> str:
           if isinstance(part, dict) and "load_1min_before" in part],
         "", "## Targets", "", *targets_table(results), "",
     ]
-    errors = [f"- {name}: {part['error']}" for name, part in results.items() if isinstance(part, dict) and "error" in part]
+    errors = [f"- {name}: {part['error']}" for name, part in results.items()
+              if isinstance(part, dict) and "error" in part]
     if errors:
         lines += ["## Parts that failed", "", *errors, ""]
     reasons = analysis(results)
@@ -352,7 +357,8 @@ def readme_summary(results: dict[str, Any]) -> str:
     met = sum(f["ok"] for f in figures)
     return "\n".join([
         README_START,
-        f"Latest run: {results['started']}, Linux {results['machine']['kernel']}, {results['machine']['cpus']} CPUs, cgroup {results['machine']['cgroup']},",
+        f"Latest run: {results['started']}, Linux {results['machine']['kernel']}, {results['machine']['cpus']} CPUs, "
+        f"cgroup {results['machine']['cgroup']},",
         f"1-minute load average {results['load_1min_start']:.2f} at start ({results.get('load_1min_end', 0):.2f} at "
         "the end, raised by the density part's own launchers).",
         f"{met} of {len(figures)} targets met. The peers' figures, plots, profiles and where the time goes:",
