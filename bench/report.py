@@ -297,6 +297,8 @@ def plots(results: dict[str, Any], out: Path, prefix: str) -> list[str]:
         twin = ax.twinx()
         twin.plot(xs, [s["probe_ms"]["p50"] for s in steps], marker="s", color="tab:red")
         twin.set_ylabel("trivial job p50 ms", color="tab:red")
+        ax.set_ylim(bottom=0)  # from zero: a flat line must look flat
+        twin.set_ylim(bottom=0)
         names.append(_save(fig, out, f"{prefix}density.png"))
     cpu = results.get("cpu", {}).get("cpu")
     if cpu:
