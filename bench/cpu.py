@@ -103,14 +103,15 @@ def memory_fidelity(client: Client, touch: Path) -> dict:
 
 def run(quick: bool) -> dict:
     runs, seconds = (5, 0.2) if quick else (30, 1.0)
-    build = Path(tempfile.mkdtemp(prefix="bench-cpu-"))
-    loop = compile_program(PROGRAMS / "loop.c", build)
-    spin = compile_program(REPO / "tests" / "programs" / "spin.c", build)
-    touch = compile_program(REPO / "tests" / "programs" / "touch_memory.c", build)
-    iterations = calibrate(loop, seconds)
-    with Worker(slots=2, warm=2) as worker, Client(worker.socket) as client:
-        cpu = cpu_and_fidelity(client, loop, spin, iterations, runs)
-        memory = memory_fidelity(client, touch)
+    with tempfile.TemporaryDirectory(prefix="bench-cpu-") as directory:
+        build = Path(directory)
+        loop = compile_program(PROGRAMS / "loop.c", build)
+        spin = compile_program(REPO / "tests" / "programs" / "spin.c", build)
+        touch = compile_program(REPO / "tests" / "programs" / "touch_memory.c", build)
+        iterations = calibrate(loop, seconds)
+        with Worker(slots=2, warm=2) as worker, Client(worker.socket) as client:
+            cpu = cpu_and_fidelity(client, loop, spin, iterations, runs)
+            memory = memory_fidelity(client, touch)
     print(f"\nCPU: {runs} runs of a {seconds:g} s loop; median loop CPU inside "
           f"{cpu['inside']['loop_ms_median']:.1f} ms "
           f"vs native {cpu['native']['loop_ms_median']:.1f} ms; job CPU {cpu['inside']['cpu_ms_median']:.1f} ms "

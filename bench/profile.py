@@ -68,7 +68,11 @@ def summarise(collapsed: str) -> dict:
 
 def run(cmd: list[str], seconds: float) -> dict:
     """Profile ``seconds`` of back-to-back warm jobs running ``cmd``."""
-    out = Path(tempfile.mkdtemp(prefix="bench-profile-")) / "stacks.txt"
+    with tempfile.TemporaryDirectory(prefix="bench-profile-") as directory:
+        return _record(cmd, seconds, Path(directory) / "stacks.txt")
+
+
+def _record(cmd: list[str], seconds: float, out: Path) -> dict:
     with Worker(slots=2, warm=4) as worker:
         worker_latency(worker.socket, cmd, 10)
         spy = subprocess.Popen(

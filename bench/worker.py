@@ -130,9 +130,9 @@ def run(quick: bool) -> dict:
     """Parts 1 and 2 with one worker (slots = CPUs, 2 warm sandboxes per slot)."""
     jobs, idle_jobs, slow_jobs = (40, 8, 5) if quick else (200, 30, 15)
     slots = os.cpu_count() or 2
-    directory = Path(tempfile.mkdtemp(prefix="bench-peers-"))
-    peer_list = peers.all_peers(directory, [STATIC, PYTHON])
-    with Worker(slots=slots, warm=2 * slots) as worker:
+    with tempfile.TemporaryDirectory(prefix="bench-peers-") as directory, \
+            Worker(slots=slots, warm=2 * slots) as worker:
+        peer_list = peers.all_peers(Path(directory), [STATIC, PYTHON])
         return {
             "setup": {"slots": slots, "warm": 2 * slots, "jobs": jobs, "idle_jobs": idle_jobs,
                       "slow_peer_jobs": slow_jobs, "idle_pause_s": IDLE_PAUSE_S},
