@@ -2,7 +2,7 @@
 against `skopeo copy` + `umoci unpack` in the same run, and what a cached image adds
 to a job's start-up.
 
-    .venv/bin/python bench/images.py [--runs N]
+    .venv/bin/python bench/images.py [--runs N]      (or everything: bench/run)
 
 Starts its own docker-registry on 127.0.0.1, builds the image with mmdebstrap (cached
 like the tests' one), prints figures and writes raw JSON under bench/results/.
@@ -24,6 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
 
+from bench.common import show, target  # noqa: E402
 from imagebuild import debian_python_layout  # noqa: E402
 from registries import skopeo_push, start_registry  # noqa: E402
 from sandbox.images.config import ImagesConfig  # noqa: E402
@@ -40,11 +41,8 @@ def timed(action) -> float:
     return time.perf_counter() - start
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=3, help="cold pulls per tool")
-    parser.add_argument("--jobs", type=int, default=40, help="jobs per image for the start-up figure")
-    args = parser.parse_args()
+def measure(runs: int, jobs: int) -> dict:
+    """Cold pulls per tool (``runs``) and ``jobs`` /bin/true jobs per image."""
     work = Path(tempfile.mkdtemp(prefix="sandbox-bench-images-"))
     registry = start_registry(work / "registry")
     try:
@@ -52,7 +50,7 @@ def main() -> int:
         ref = f"{registry.host}/bench/python:3.11"
         skopeo_push(f"oci:{layout}", ref, work)
         ours, theirs = [], []
-        for run in range(args.runs):
+        for run in range(runs):
             store_dir = work / f"store-{run}"
             config = ImagesConfig(store=store_dir, insecure=frozenset({registry.host}))
             ours.append(timed(lambda: pull(Store(store_dir), config, ref)))
@@ -77,7 +75,7 @@ def main() -> int:
             lease_us.append((time.perf_counter() - start) * 1e6)
         runner = Runner()
         walls: dict[str, list[float]] = {"host": [], "image": []}
-        for _ in range(args.jobs):
+        for _ in range(jobs):
             for image in ("host", "bench/python:3.11"):
                 job = Job(cmd=["/bin/true"], image=image, limits=Limits(wall_time="10s"))
                 start = time.perf_counter()
@@ -97,14 +95,27 @@ def main() -> int:
     finally:
         registry.stop()
         remove_tree(work)
+    figures["targets"] = [target("start-up a cached image adds to a job (ms)", figures["start_up_added_ms"], 0.5)]
     print(f"cold pull + unpack, Debian 12 + python3 ({figures['image_bytes'] / 1e6:.0f} MB compressed):")
     print(f"  sandbox pull          median {statistics.median(ours):6.2f} s  runs {[round(x, 2) for x in ours]}")
     print(f"  skopeo copy + umoci   median {statistics.median(theirs):6.2f} s  runs {[round(x, 2) for x in theirs]}")
     print(f"store lookup + lease of a cached image: median {figures['lease_us_median']:.0f} us")
     print(f"job wall (runner.run, /bin/true): host image {figures['job_ms_median']['host']:.2f} ms, "
-          f"cached image {figures['job_ms_median']['image']:.2f} ms -> image adds {figures['start_up_added_ms']:.2f} ms")
-    out = HERE / "results" / f"images-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(exist_ok=True)
+          f"cached image {figures['job_ms_median']['image']:.2f} ms -> "
+          f"image adds {figures['start_up_added_ms']:.2f} ms")
+    for figure in figures["targets"]:
+        show(figure)
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3, help="cold pulls per tool")
+    parser.add_argument("--jobs", type=int, default=40, help="jobs per image for the start-up figure")
+    args = parser.parse_args()
+    figures = measure(args.runs, args.jobs)
+    out = HERE / "results" / "raw" / f"images-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=1))
     print(f"raw: {out}")
     return 0

@@ -1,11 +1,9 @@
-"""Worker latency and throughput against bubblewrap, measured in one run on one machine.
+"""Parts 1 and 2 of issue 8: latency of a trivial job and throughput, through the worker
+socket (``--warm``) and through every peer of bench/peers.py, measured in one run.
 
-    .venv/bin/python bench/worker.py [--jobs 300] [--quick]
+    .venv/bin/python bench/worker.py [--quick]      (or everything: bench/run)
 
-Run it as the user the worker would run as, with cgroups delegated (scripts/test does
-that for its test user). Prints the machine, each figure, its ratio to bwrap measured in
-the same run and PASS/MISS against the targets of issue 5; writes the raw numbers to
-bench/results/raw/worker-<time>.json. Targets are printed, never asserted.
+Run it as the user the worker would run as, with cgroups delegated (bench/run does that).
 """
 
 from __future__ import annotations
@@ -13,67 +11,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import peers  # noqa: E402
+from bench.common import REPO, Worker, machine, show, summary, target, worker_cpu_ms  # noqa: E402
 from sandbox.models import Job  # noqa: E402
 from worker.client import Client  # noqa: E402
 
 STATIC = ["/usr/bin/busybox", "true"]
 PYTHON = ["python3", "-c", "pass"]
-BWRAP = [
-    "bwrap", "--unshare-all", "--die-with-parent", "--new-session",
-    "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
-    "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-]
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"p50": percentile(values, 0.5), "p99": percentile(values, 0.99), "mean": statistics.fmean(values)}
-
-
-def machine() -> dict[str, object]:
-    cgroup = "v2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "v1/hybrid"
-    return {"kernel": platform.release(), "cpus": os.cpu_count(), "cgroup": cgroup, "python": platform.python_version()}
-
-
-class Worker:
-    def __init__(self, slots: int, warm: int) -> None:
-        self.dir = tempfile.mkdtemp(prefix="bench-worker-")
-        self.socket = os.path.join(self.dir, "w.sock")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sandbox.cli", "serve", "--socket", self.socket, "--slots", str(slots),
-             "--warm", str(warm)],
-            stderr=subprocess.DEVNULL, cwd=REPO,
-        )
-        deadline = time.monotonic() + 30
-        while not os.path.exists(self.socket):
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError("worker did not start")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
-        shutil.rmtree(self.dir, ignore_errors=True)
+CONCURRENCY = (1, 2, 8, 32)
+IDLE_PAUSE_S = 0.2  # "after idle": one job every 200 ms, past the ~20 ms RCU stall window
 
 
 def worker_latency(socket_path: str, cmd: list[str], count: int, pause: float = 0.0) -> list[float]:
+    """Client-side ms per job, submit to result, one job at a time on one connection."""
     latencies = []
     with Client(socket_path) as client:
         for _ in range(count):
@@ -87,25 +46,13 @@ def worker_latency(socket_path: str, cmd: list[str], count: int, pause: float = 
     return latencies
 
 
-def bwrap_latency(cmd: list[str], count: int, pause: float = 0.0) -> list[float]:
-    latencies = []
-    for _ in range(count):
-        start = time.perf_counter()
-        subprocess.run([*BWRAP, *cmd], check=True)
-        latencies.append((time.perf_counter() - start) * 1000)
-        if pause:
-            time.sleep(pause)
-    return latencies
-
-
 def worker_throughput(socket_path: str, cmd: list[str], total: int, concurrency: int) -> float:
+    """Jobs/s with ``concurrency`` clients, each keeping its share of jobs in flight."""
     per_thread = max(1, total // concurrency)
 
     def client_loop() -> None:
         with Client(socket_path) as client:
-            ids = []
-            for _ in range(per_thread):
-                ids.append(client.submit(Job(cmd=cmd)))
+            ids = [client.submit(Job(cmd=cmd)) for _ in range(per_thread)]
             for job_id in ids:
                 client.wait(job_id)
 
@@ -118,64 +65,92 @@ def worker_throughput(socket_path: str, cmd: list[str], total: int, concurrency:
     return per_thread * concurrency / (time.perf_counter() - start)
 
 
-def bwrap_throughput(cmd: list[str], total: int, parallel: int = 2) -> float:
-    command = " ".join(BWRAP + cmd)
-    start = time.perf_counter()
-    subprocess.run(
-        ["xargs", "-P", str(parallel), "-I{}", "sh", "-c", command],
-        input="\n".join(str(n) for n in range(total)).encode(), check=True,
-    )
-    return total / (time.perf_counter() - start)
+def latency(worker: Worker, peer_list: list[peers.Peer], jobs: int, idle_jobs: int, slow_jobs: int) -> dict:
+    """Part 1: p50/p95/p99 warm and after idle, per command, for the worker and each peer,
+    with the CPU a job costs (all processes, user + system). Slow peers (podman, `sandbox
+    run`: ~0.2-0.5 s a job) get ``slow_jobs`` runs."""
+    out: dict[str, Any] = {}
+    for name, cmd in (("static", STATIC), ("python", PYTHON)):
+        worker_latency(worker.socket, cmd, 10)  # warm-up: caches, the launchers' first jobs
+        before = worker_cpu_ms(worker.process.pid)
+        warm = worker_latency(worker.socket, cmd, jobs)
+        after = worker_cpu_ms(worker.process.pid)
+        rows = {
+            "worker": {"warm": summary(warm),
+                       "after_idle": summary(worker_latency(worker.socket, cmd, idle_jobs, pause=IDLE_PAUSE_S)),
+                       "cpu_ms_per_job": sum(after.values()) / jobs - sum(before.values()) / jobs},
+        }
+        for peer in peer_list:
+            slow = peer.name in ("podman", "sandbox run")
+            measured = peers.measure(peer, cmd, slow_jobs if slow else jobs)
+            rows[peer.name] = {
+                "warm": summary(measured["ms"]),
+                "after_idle": summary(peers.measure(peer, cmd, min(idle_jobs, slow_jobs) if slow else idle_jobs,
+                                                    pause=IDLE_PAUSE_S)["ms"]),
+                "cpu_ms_per_job": measured["cpu_ms_per_job"],
+            }
+        warm, idle, bwrap = rows["worker"]["warm"], rows["worker"]["after_idle"], rows["bwrap"]["warm"]
+        targets = [
+            target(f"{name}: worker warm p50 / bwrap p50", warm["p50"] / bwrap["p50"], 0.5),
+            target(f"{name}: worker warm p99 / bwrap p99", warm["p99"] / bwrap["p99"], 1.0),
+            target(f"{name}: worker after-idle p50 / warm p50", idle["p50"] / warm["p50"], 1.5),
+        ]
+        out[name] = {"cmd": cmd, "ms": rows, "targets": targets}
+        print(f"\nlatency, {name} ({' '.join(cmd)}), ms: p50 / p95 / p99, warm | after idle; CPU per warm job")
+        for peer_name, row in rows.items():
+            w, i = row["warm"], row["after_idle"]
+            print(f"  {peer_name:12s} {w['p50']:7.2f} {w['p95']:7.2f} {w['p99']:7.2f} | "
+                  f"{i['p50']:7.2f} {i['p95']:7.2f} {i['p99']:7.2f}   x bwrap p50 {w['p50'] / bwrap['p50']:.2f}"
+                  f"   CPU/job {row['cpu_ms_per_job']:.1f} ms")
+        for figure in targets:
+            show(figure)
+    return out
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
+def throughput(socket_path: str, peer_list: list[peers.Peer], jobs: int, slow_jobs: int) -> dict:
+    """Part 2: jobs/s of the static job at each concurrency, worker vs each peer."""
+    rates: dict[str, dict[int, float]] = {"worker": {}}
+    for concurrency in CONCURRENCY:
+        rates["worker"][concurrency] = worker_throughput(socket_path, STATIC, jobs, concurrency)
+        for peer in peer_list:
+            count = max(slow_jobs, concurrency) if peer.name in ("podman", "sandbox run") else jobs
+            rates.setdefault(peer.name, {})[concurrency] = peers.measure(
+                peer, STATIC, count, concurrency=concurrency)["jobs_per_s"]
+    targets = [target(f"throughput at concurrency {c}: worker / bwrap", rates["worker"][c] / rates["bwrap"][c], 1.0,
+                      at_most=False) for c in CONCURRENCY]
+    print("\nthroughput, static job, jobs/s at concurrency " + " / ".join(map(str, CONCURRENCY)))
+    for name, row in rates.items():
+        print(f"  {name:12s} " + " ".join(f"{row[c]:7.1f}" for c in CONCURRENCY))
+    for figure in targets:
+        show(figure)
+    return {"jobs_per_s": rates, "targets": targets}
+
+
+def run(quick: bool) -> dict:
+    """Parts 1 and 2 with one worker (slots = CPUs, 2 warm sandboxes per slot)."""
+    jobs, idle_jobs, slow_jobs = (40, 8, 5) if quick else (200, 30, 15)
+    slots = os.cpu_count() or 2
+    with tempfile.TemporaryDirectory(prefix="bench-peers-") as directory, \
+            Worker(slots=slots, warm=2 * slots) as worker:
+        peer_list = peers.all_peers(Path(directory), [STATIC, PYTHON])
+        return {
+            "setup": {"slots": slots, "warm": 2 * slots, "jobs": jobs, "idle_jobs": idle_jobs,
+                      "slow_peer_jobs": slow_jobs, "idle_pause_s": IDLE_PAUSE_S},
+            "latency": latency(worker, peer_list, jobs, idle_jobs, slow_jobs),
+            "throughput": throughput(worker.socket, peer_list, jobs, slow_jobs),
+        }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=300)
-    parser.add_argument("--idle-jobs", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="fewer jobs, for a smoke run")
     args = parser.parse_args()
-    if args.quick:
-        args.jobs, args.idle_jobs = 40, 8
-    report: dict[str, object] = {"machine": machine(), "jobs": args.jobs}
-    print("machine:", report["machine"])
-    slots = os.cpu_count() or 2
-    worker = Worker(slots=slots, warm=2 * slots)
-    try:
-        for name, cmd in (("static", STATIC), ("python", PYTHON)):
-            worker_latency(worker.socket, cmd, 10)  # warm-up
-            warm = summary(worker_latency(worker.socket, cmd, args.jobs))
-            idle = summary(worker_latency(worker.socket, cmd, args.idle_jobs, pause=0.2))
-            bwrap = summary(bwrap_latency(cmd, args.jobs))
-            report[f"latency_{name}"] = {"worker_warm": warm, "worker_after_idle": idle, "bwrap": bwrap}
-            print(f"\n{name} ({' '.join(cmd)}), latency in ms")
-            print(f"  worker warm   p50 {warm['p50']:7.2f}  p99 {warm['p99']:7.2f}")
-            print(f"  worker idle   p50 {idle['p50']:7.2f}  p99 {idle['p99']:7.2f}  (one job every 200 ms)")
-            print(f"  bwrap         p50 {bwrap['p50']:7.2f}  p99 {bwrap['p99']:7.2f}")
-            print(f"  warm p50 / bwrap p50 = {warm['p50'] / bwrap['p50']:.2f}  (target <= 0.5: "
-                  f"{verdict(warm['p50'] <= 0.5 * bwrap['p50'])})")
-            print(f"  warm p99 / bwrap p99 = {warm['p99'] / bwrap['p99']:.2f}  (target <= 1.0: "
-                  f"{verdict(warm['p99'] <= bwrap['p99'])})")
-            print(f"  idle p50 / warm p50  = {idle['p50'] / warm['p50']:.2f}  (target <= 1.5: "
-                  f"{verdict(idle['p50'] <= 1.5 * warm['p50'])})")
-        bwrap_rate = bwrap_throughput(STATIC, args.jobs)
-        print(f"\nthroughput, static, jobs/s (bwrap via xargs -P2: {bwrap_rate:.0f}/s)")
-        rates = {}
-        for concurrency in (1, 2, 8, 32):
-            rate = worker_throughput(worker.socket, STATIC, args.jobs, concurrency)
-            rates[concurrency] = rate
-            print(f"  concurrency {concurrency:2d}: {rate:6.0f}/s  ratio {rate / bwrap_rate:.2f}  "
-                  f"(target >= 1.0: {verdict(rate >= bwrap_rate)})")
-        report["throughput_static"] = {"worker": rates, "bwrap_xargs_p2": bwrap_rate}
-    finally:
-        worker.stop()
+    print("machine:", machine())
+    report = run(args.quick)
     out = REPO / "bench" / "results" / "raw"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"worker-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(json.dumps(report, indent=2))
+    path.write_text(json.dumps(report, indent=1))
     print(f"\nraw: {path}")
     return 0
 

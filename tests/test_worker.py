@@ -8,6 +8,7 @@ import signal
 import socket
 import stat
 import struct
+import time
 
 import msgpack
 import pytest
@@ -144,6 +145,19 @@ def test_killed_launcher_fails_its_job_and_is_replaced(worker, connect):
     with Client(worker.socket_path) as client:
         after = client.run(Job(cmd=["echo", "still here"]))
     assert after.stdout == b"still here\n", after
+
+
+def test_launchers_outlive_an_idle_worker(start_worker):
+    # trio starts launchers from a cached thread that exits after 10 s idle; a death
+    # signal tied to that thread used to kill every launcher of an idle worker.
+    worker = start_worker("--slots", "1")
+    with Client(worker.socket_path) as client:
+        assert client.run(Job(cmd=["true"])).status == Status.OK
+        before = worker.launchers()
+        time.sleep(12)
+        assert worker.launchers() == before
+        assert client.run(Job(cmd=["true"])).status == Status.OK
+        assert client.stats()["launcher_restarts"] == 0
 
 
 def test_sigterm_lets_running_jobs_finish(worker, connect):

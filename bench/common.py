@@ -1,0 +1,188 @@
+"""What every part of the benchmark shares: the machine description, statistics,
+PASS/MISS against a target, and a worker process to measure against.
+
+Targets are printed and recorded, never asserted: a benchmark on a shared 2-CPU machine
+is a measurement, not a test.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+
+
+def machine() -> dict[str, Any]:
+    """Kernel, CPUs, cgroup version and memory: printed next to every figure."""
+    v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    return {
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "cgroup": "v2" if v2 else "v1 (hybrid)",
+        "memory_total_mib": int(meminfo["MemTotal"].split()[0]) // 1024,
+        "python": platform.python_version(),
+        "user": os.environ.get("USER") or str(os.getuid()),
+    }
+
+
+def load_average() -> float:
+    """The 1-minute load average: a reader needs it to judge a shared machine's figures."""
+    return os.getloadavg()[0]
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..1); no interpolation, so it is a measured value."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "p50": percentile(values, 0.50),
+        "p95": percentile(values, 0.95),
+        "p99": percentile(values, 0.99),
+        "mean": statistics.fmean(values),
+        "n": len(values),
+    }
+
+
+def cv_percent(values: list[float]) -> float:
+    """Coefficient of variation in percent (sample standard deviation over the mean)."""
+    return 100 * statistics.stdev(values) / statistics.fmean(values) if len(values) > 1 else 0.0
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def target(name: str, value: float, limit: float, *, at_most: bool = True, unit: str = "") -> dict[str, Any]:
+    """One figure against its target, as recorded in the JSON and the report."""
+    ok = value <= limit if at_most else value >= limit
+    return {"name": name, "value": value, "target": f"{'<=' if at_most else '>='} {limit:g}{unit}",
+            "ok": ok, "verdict": verdict(ok)}
+
+
+def show(figure: dict[str, Any]) -> None:
+    print(f"  {figure['name']}: {figure['value']:.3g}  (target {figure['target']}: {figure['verdict']})")
+
+
+def compile_program(source: Path, out_dir: Path, *, static: bool = True) -> Path:
+    """Compile a C program of the bench or the tests; static, so it runs in any root."""
+    binary = out_dir / source.stem
+    flags = ["-static"] if static else []
+    subprocess.run(["gcc", "-O2", *flags, "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size: shared pages split among their users, so a sum over many
+    processes forked from one parent is not counted many times over. 0 once gone."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def children_map() -> dict[int, list[int]]:
+    """Parent pid -> child pids, for every process, from one pass over /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    return children
+
+
+def descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """Every process below ``pid`` (children, grandchildren, ...)."""
+    children = children_map() if children is None else children
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def worker_cpu_ms(worker_pid: int) -> dict[str, float]:
+    """CPU ms so far, user and system apart, of the worker and of its launchers; the
+    sandbox processes a launcher has reaped (it is their subreaper) count as its
+    children. System time there is the kernel's share: fork, page faults, namespaces."""
+    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = collections.Counter()
+    for pid in [worker_pid, *children_map().get(worker_pid, [])]:
+        fields = [int(f) * tick_ms for f in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:15]]
+        role = "worker (trio)" if pid == worker_pid else "launchers"
+        totals[f"{role} user"] += fields[0]
+        totals[f"{role} sys"] += fields[1]
+        if pid != worker_pid:
+            totals["sandbox processes user"] += fields[2]
+            totals["sandbox processes sys"] += fields[3]
+    return dict(totals)
+
+
+class Worker:
+    """A `sandbox serve` of its own on a private socket, stopped with SIGTERM; its JSON
+    log goes to bench/results/raw/ (a launcher that dies says why there)."""
+
+    def __init__(self, slots: int, warm: int) -> None:
+        self.dir = tempfile.mkdtemp(prefix="bench-worker-")
+        self.socket = os.path.join(self.dir, "w.sock")
+        logs = REPO / "bench" / "results" / "raw"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.log_path = logs / f"worker-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{slots}.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sandbox.cli", "serve", "--socket", self.socket,
+                 "--slots", str(slots), "--warm", str(warm), "--queue", "100000"],
+                stderr=log, cwd=REPO,
+            )
+        deadline = time.monotonic() + 120 + slots
+        while not self._accepting():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("worker did not start")
+            time.sleep(0.01)
+
+    def _accepting(self) -> bool:
+        """The socket file appears before listen(): only a connection says it is ready."""
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(self.socket)
+                return True
+            except OSError:
+                return False
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
