@@ -12,7 +12,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from worker.client import accepting
 
 REPO = Path(__file__).resolve().parent.parent
 PROGRAMS = Path(__file__).resolve().parent / "programs"
@@ -158,19 +159,10 @@ class Worker:
                 stderr=log, cwd=REPO,
             )
         deadline = time.monotonic() + 120 + slots
-        while not self._accepting():
+        while not accepting(self.socket):
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise RuntimeError("worker did not start")
             time.sleep(0.01)
-
-    def _accepting(self) -> bool:
-        """The socket file appears before listen(): only a connection says it is ready."""
-        with socket.socket(socket.AF_UNIX) as probe:
-            try:
-                probe.connect(self.socket)
-                return True
-            except OSError:
-                return False
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)

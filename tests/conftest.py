@@ -20,6 +20,7 @@ from sandbox.cgroups import open_backend
 from sandbox.errors import CgroupError
 from sandbox.models import Blob, InputFile, Job, Limits, Result
 from sandbox.runner import Runner
+from hoststate import own_processes, owned_entries
 from workerutil import Raw, WorkerProcess
 
 PROGRAMS = Path(__file__).parent / "programs"
@@ -130,32 +131,6 @@ def run_program(run, programs):
     return _run_program
 
 
-def _own_processes() -> set[int]:
-    uid = os.getuid()
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.stat(f"/proc/{entry}").st_uid == uid and not _kernel_thread(entry):
-                    pids.add(int(entry))
-            except FileNotFoundError:
-                pass
-    return pids
-
-
-PF_KTHREAD = 0x00200000
-
-
-def _kernel_thread(pid: str) -> bool:
-    """Kernel threads belong to root too (the root-marked tests run as root): a kworker
-    the kernel starts during a test is not a process the test left behind."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return bool(int(fields[6]) & PF_KTHREAD)
-
-
 @pytest.fixture(scope="session")
 def cgroup_parents() -> list[str]:
     """Where job cgroups of this user go ([] when none is delegated, e.g. for root)."""
@@ -167,19 +142,6 @@ def cgroup_parents() -> list[str]:
 
 def _job_cgroups(parents: list[str]) -> set[str]:
     return {os.path.join(parent, name) for parent in parents for name in os.listdir(parent) if name.startswith("job-")}
-
-
-def _listing(path: str) -> set[str]:
-    """Entries of a shared directory that belong to us (others may work beside us)."""
-    uid = os.getuid()
-    owned = set()
-    for entry in os.scandir(path):
-        try:
-            if entry.stat(follow_symlinks=False).st_uid == uid and not entry.name.startswith("pytest-of-"):
-                owned.add(entry.name)
-        except FileNotFoundError:
-            pass
-    return owned
 
 
 def _describe(pid: int) -> str:
@@ -211,24 +173,24 @@ def _reap_orphans() -> None:
 @pytest.fixture(autouse=True)
 def no_leaks(cgroup_parents: list[str]) -> Iterator[None]:
     """After every test: nothing the test started survives on the host."""
-    processes = _own_processes()
+    processes = own_processes()
     mounts = Path("/proc/self/mountinfo").read_text()
-    tmp, shm = _listing("/tmp"), _listing("/dev/shm")
+    tmp, shm = owned_entries("/tmp"), owned_entries("/dev/shm")
     fds = set(os.listdir("/proc/self/fd"))
     yield
     # A process SIGKILLed a moment ago may still be exiting: wait (bounded) for it.
     deadline = time.monotonic() + 5 * measured_slowdown()
     while True:
         _reap_orphans()
-        leaked = _own_processes() - processes
+        leaked = own_processes() - processes
         if not leaked or time.monotonic() > deadline:
             break
         time.sleep(0.01)
     assert not leaked, f"processes left behind: {[_describe(pid) for pid in leaked]}"
     assert not _job_cgroups(cgroup_parents), f"job cgroups left behind: {_job_cgroups(cgroup_parents)}"
     assert Path("/proc/self/mountinfo").read_text() == mounts, "host mount table changed"
-    assert _listing("/tmp") == tmp, f"/tmp changed: {_listing('/tmp') ^ tmp}"
-    assert _listing("/dev/shm") == shm, f"/dev/shm changed: {_listing('/dev/shm') ^ shm}"
+    assert owned_entries("/tmp") == tmp, f"/tmp changed: {owned_entries('/tmp') ^ tmp}"
+    assert owned_entries("/dev/shm") == shm, f"/dev/shm changed: {owned_entries('/dev/shm') ^ shm}"
     assert set(os.listdir("/proc/self/fd")) <= fds, "file descriptors leaked"
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from worker.client import accepting
 from worker.protocol import FrameDecoder, encode
 
 SANDBOX_CLI = [sys.executable, "-m", "sandbox.cli"]
@@ -26,20 +27,10 @@ class WorkerProcess:
             [*SANDBOX_CLI, "serve", "--socket", self.socket_path, *args], stderr=self._log
         )
         deadline = time.monotonic() + 30
-        while not self._accepting():
+        while not accepting(self.socket_path):
             assert self.process.poll() is None, self.log_path.read_text()
             assert time.monotonic() < deadline, "worker did not start listening"
             time.sleep(0.01)
-
-    def _accepting(self) -> bool:
-        if not os.path.exists(self.socket_path):
-            return False
-        with socket.socket(socket.AF_UNIX) as probe:
-            try:
-                probe.connect(self.socket_path)
-                return True
-            except OSError:
-                return False
 
     def launchers(self) -> list[int]:
         """Pids of this worker's launcher processes."""

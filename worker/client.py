@@ -23,6 +23,17 @@ from worker.protocol import VERSION, FrameDecoder, ProtocolError, encode, job_to
 _FINAL_EVENTS = ("finished", "cancelled")
 
 
+def accepting(path: str) -> bool:
+    """True once a worker accepts connections on the unix socket ``path`` (the socket
+    file exists a moment before the worker listens, so only a connection tells)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+            return True
+        except OSError:
+            return False
+
+
 class WorkerError(Exception):
     """An error reply from the worker (``code`` is the protocol's error code)."""
 

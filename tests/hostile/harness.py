@@ -27,6 +27,7 @@ from sandbox.cgroups import open_backend
 from sandbox.errors import CgroupError
 from sandbox.models import Blob, InputFile, Job, Limits
 from worker.client import Client
+from hoststate import own_processes, owned_entries
 from workerutil import SANDBOX_CLI, WorkerProcess
 
 # Tight defaults: a hostile case should end in a second or two.
@@ -119,31 +120,6 @@ class Listeners:
         self.unix.close()
 
 
-def _own(path: str) -> frozenset[str]:
-    uid = os.getuid()
-    owned = set()
-    for entry in os.scandir(path):
-        try:
-            if entry.stat(follow_symlinks=False).st_uid == uid and not entry.name.startswith("pytest-of-"):
-                owned.add(entry.name)
-        except FileNotFoundError:
-            pass
-    return frozenset(owned)
-
-
-def _processes() -> frozenset[int]:
-    uid = os.getuid()
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    pids.add(int(entry))
-            except FileNotFoundError:
-                pass
-    return frozenset(pids)
-
-
 def _sysvipc() -> frozenset[str]:
     """SysV IPC objects of our uid in the host's IPC namespace."""
     uid = str(os.getuid())
@@ -185,14 +161,14 @@ class Harness:
     def host_state(self) -> dict[str, object]:
         launchers = sorted(self.worker.launchers())
         return {
-            "processes": _processes(),
+            "processes": frozenset(own_processes()),
             "job cgroups": frozenset(os.path.join(p, n) for p in self.cgroup_parents for n in os.listdir(p)
                                      if n.startswith("job-")),
             "mounts": Path("/proc/self/mountinfo").read_text(),
             "worker fds": _fd_count(self.worker.process.pid),
             "launcher fds": tuple(_fd_count(pid) for pid in launchers),
-            "/tmp": _own("/tmp"),
-            "/dev/shm": _own("/dev/shm"),
+            "/tmp": frozenset(owned_entries("/tmp")),
+            "/dev/shm": frozenset(owned_entries("/dev/shm")),
             "sysv ipc": _sysvipc(),
             "canary": self.canary.snapshot(),
         }
