@@ -70,6 +70,7 @@ class Watch:
     cpu_limit_ns: int | None
     parallelism: int
     cgroup: JobCgroup | None
+    cpu_used_ns: int = 0  # the last reading of the cgroup's CPU time
 
 
 def supervise(
@@ -111,8 +112,8 @@ def supervise(
     if outcome.setup_error:
         kill("setup")
     try:
+        timeout = _next_check_s(outcome, watch, setup_deadline)
         while any(key.fd != cancel_fd for key in selector.get_map().values()):
-            timeout = _next_check_s(outcome, watch, setup_deadline)
             for key, _ in selector.select(timeout):
                 fd = key.fd
                 if fd == cancel_fd:
@@ -134,10 +135,10 @@ def supervise(
                             kill("setup")
                 elif streams[fd].add(chunk):
                     kill("output")
-            if outcome.kill_reason is None:
-                reason = _limit_crossed(outcome, watch, setup_deadline)
-                if reason:
-                    kill(reason)
+            reason = _limit_crossed(outcome, watch, setup_deadline)
+            if reason:
+                kill(reason)
+            timeout = _next_check_s(outcome, watch, setup_deadline)
     finally:
         selector.close()
         os.waitpid(sandbox.init_pid, 0)
@@ -165,21 +166,24 @@ def _handle_message(outcome: Outcome, message: dict[str, Any]) -> None:
 
 
 def _limit_crossed(outcome: Outcome, watch: Watch, setup_deadline: int) -> str | None:
-    now = time.monotonic_ns()
-    if outcome.exited is not None:
+    """The limit the job has just crossed, if any (one cgroup read)."""
+    if outcome.kill_reason is not None or outcome.exited is not None:
         return None
+    now = time.monotonic_ns()
     if outcome.started_ns is None:
         return "setup" if now >= setup_deadline else None
     if now - outcome.started_ns >= watch.wall_limit_ns:
         return "wall"
     if watch.cgroup is not None and watch.cpu_limit_ns is not None:
-        if watch.cgroup.cpu_usage_ns() >= watch.cpu_limit_ns:
+        watch.cpu_used_ns = watch.cgroup.cpu_usage_ns()
+        if watch.cpu_used_ns >= watch.cpu_limit_ns:
             return "cpu"
     return None
 
 
 def _next_check_s(outcome: Outcome, watch: Watch, setup_deadline: int) -> float | None:
-    """Seconds until a limit could first be crossed (None: only I/O can wake us)."""
+    """Seconds until a limit could first be crossed (None: only I/O can wake us), from
+    the CPU usage ``_limit_crossed`` just read."""
     if outcome.kill_reason is not None or outcome.exited is not None:
         return None
     now = time.monotonic_ns()
@@ -187,6 +191,6 @@ def _next_check_s(outcome: Outcome, watch: Watch, setup_deadline: int) -> float 
         return max((setup_deadline - now) / 1e9, MIN_POLL_S)
     remaining = outcome.started_ns + watch.wall_limit_ns - now
     if watch.cgroup is not None and watch.cpu_limit_ns is not None:
-        cpu_left = watch.cpu_limit_ns - watch.cgroup.cpu_usage_ns()
+        cpu_left = watch.cpu_limit_ns - watch.cpu_used_ns
         remaining = min(remaining, cpu_left // watch.parallelism)
     return max(remaining / 1e9, MIN_POLL_S)
