@@ -58,6 +58,7 @@ class Slot:
                 if trio.current_time() - started_at < 1:
                     await trio.sleep(1)  # a launcher that dies at once must not spin the CPU
         finally:
+            self.ready = trio.Event()  # the slot is stopping: no job may take it now
             with trio.CancelScope(shield=True):
                 await self._close_stream()
                 if self.process is not None:
@@ -105,7 +106,8 @@ class Slot:
                 await self.ready.wait()
                 dead = self._dead
                 try:
-                    assert self._stream is not None
+                    if self._stream is None:
+                        raise LauncherDied("launcher stopped")
                     await self._stream.send_all(encode({"type": "run", "id": job_id, "job": job_to_wire(job)}))
                     return await self._until_result(job_id, relay_started)
                 except (LauncherDied, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -139,8 +141,9 @@ class Slot:
             self._stream = None
 
     async def _receive(self) -> dict[str, Any]:
-        assert self._stream is not None
         while not self._pending:
+            if self._stream is None:
+                raise LauncherDied("launcher stopped")
             data = await self._stream.receive_some(1 << 20)
             if not data:
                 raise LauncherDied("channel closed")
