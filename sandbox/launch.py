@@ -1,13 +1,17 @@
-"""Create sandboxes: the fork chain from the supervisor to the exec of the program, split
-in two so that everything but the job itself can happen before the job arrives.
+"""Create sandboxes: from the zygote's clone to the exec of the program, split in two so
+that everything but the job itself can happen before the job arrives.
 
 ``prepare`` (may run long before any job; the warm pool does it ahead of time)::
 
-    supervisor (subreaper) ── fork ──> A: unshare(user, mnt, pid, net, ipc, uts),
-                                          write id maps, fork, report B's pid, exit
-                                 B = pid 1 of the job ("init"): reparented to the
-                                     supervisor; on "go" arms its death signal, builds
-                                     and enters the root, forks C, waits for a job
+    supervisor (subreaper) ── request ──> zygote (in the template user namespace,
+                                           ``zygote.py``, ``template.py``): setns to the
+                                           template mount namespace, clone(CLONE_PARENT,
+                                           new mnt, pid, net, ipc, uts)
+                                 B = pid 1 of the job ("init"), the supervisor's child;
+                                     on "go" arms its death signal, mounts the job's
+                                     /proc and scratch on its private copy of the
+                                     template (or builds an image root and pivots into
+                                     it), forks C, waits for a job
                                  C = the future program: joins the job cgroup (so no job
                                      pays the cgroup-attach stall), new cgroup ns, setsid,
                                      waits for its instructions from B
@@ -20,17 +24,24 @@ every other fd, installs the seccomp filter, hands its notification listener to 
 B can name a violated syscall, see ``notify.py``) and execs. B reaps, reports C's exit,
 and exits - and the kernel kills whatever else ran in the job's pid namespace.
 
-Why this shape: unshare(CLONE_NEWPID) only affects children, so pid 1 must be forked
-after it; the supervisor is a subreaper so B becomes its direct child (it can kill and
-reap it, and pid reuse cannot trick it). B stays outside the job cgroup and is not the
+Why this shape: B is the supervisor's direct child (it can kill and reap it, and pid
+reuse cannot trick it), and the supervisor is a subreaper, so anything orphaned by a
+dying sandbox comes back to it. B stays outside the job cgroup and is not the
 program, so the program's memory and CPU are measured without the sandbox's own
 Python, and killing B (SIGKILL from outside) kills every process of the job -
 double-forked, setsid'd or stopped ones included. Messages travel back as JSON lines on
 one pipe (each write < PIPE_BUF, so atomic).
+
+The sandboxes of one supervisor share its template user namespace (uid 1000 without
+capabilities inside every one of them); every other namespace is their own. What the
+kernel counts per user of a user namespace (RLIMIT_NPROC, RLIMIT_SIGPENDING) is
+therefore shared by the sandboxes of one supervisor - in the worker, one running job
+and the idle warm sandboxes of its slot.
 """
 
 from __future__ import annotations
 
+import base64
 import errno
 import fcntl
 import json
@@ -40,20 +51,22 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from sandbox import network, notify, rootfs
+from sandbox import child, network, notify, rootfs
+from sandbox.errors import SetupError
 from sandbox.fspath import create_file_beneath
 from sandbox.linux import syscalls as sc
 from sandbox.overlay import ImageRoot
 from sandbox.seccomp import HANDOVER_FD
+from sandbox.template import MountBases
 
-NAMESPACES = (
-    sc.CLONE_NEWUSER | sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
-)
+if TYPE_CHECKING:
+    from sandbox.zygote import Zygote
+
+SANDBOX_NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
 _GO = b"go"
 _HIGH_FD = 10
-_MAX_MESSAGE = 3000
 _MAX_FDS = 1024 + 3
 
 
@@ -68,6 +81,30 @@ class Template:
     image: ImageRoot | None = None  # None: the built-in host image
     exec_once: bool = False  # the profile forbids exec after the program started
     trace: bool = False  # seccomp_bpf notifies every call: record them, allow them
+
+    def to_wire(self) -> dict[str, Any]:
+        """Everything but the cgroup fds (they travel with SCM_RIGHTS), as JSON values."""
+        return {
+            "seccomp_bpf": base64.b64encode(self.seccomp_bpf).decode(),
+            "disk_bytes": self.disk_bytes,
+            "cap_last": self.cap_last,
+            "image": None if self.image is None else {"layers": self.image.layers, "workdir": self.image.workdir},
+            "exec_once": self.exec_once,
+            "trace": self.trace,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any], cgroup_fds: list[int]) -> Template:
+        image = data["image"]
+        return cls(
+            seccomp_bpf=base64.b64decode(data["seccomp_bpf"]),
+            cgroup_fds=cgroup_fds,
+            disk_bytes=data["disk_bytes"],
+            cap_last=data["cap_last"],
+            image=None if image is None else ImageRoot(image["layers"], image["workdir"]),
+            exec_once=data["exec_once"],
+            trace=data["trace"],
+        )
 
 
 @dataclass
@@ -118,32 +155,41 @@ class Prepared:
         os.close(self.report_fd)
 
 
-def prepare(template: Template) -> Prepared:
-    """Fork the chain and let the sandbox build itself; returns without waiting for it.
+def prepare(zygote: Zygote, template: Template) -> Prepared:
+    """Have the zygote start a sandbox init (our child) and let it build itself; returns
+    without waiting for it.
 
-    The caller must be a child subreaper (``become_subreaper``). If the chain could not
-    even start, ``init_pid`` is 0 and ``early`` holds the setup_error.
+    The caller must be the zygote's parent and a child subreaper (``become_subreaper``).
+    If the sandbox could not even start, ``init_pid`` is 0 and ``early`` holds the
+    setup_error.
     """
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid_a = os.fork()
-    if pid_a == 0:
-        _child_guard(report_w, lambda: _stage_unshare(template, report_w, theirs))
-    os.close(report_w)
-    theirs.close()
-    os.waitpid(pid_a, 0)
-    reader = MessageReader(report_r)
-    messages: list[dict[str, Any]] = []
-    while not any(m["kind"] in ("init", "setup_error") for m in messages):
-        batch = reader.read_blocking()
-        if not batch:
-            break
-        messages.extend(batch)
-    init_pid = next((m["pid"] for m in messages if m["kind"] == "init"), 0)
+    early: list[dict[str, Any]] = []
+    try:
+        init_pid = zygote.start_sandbox(template.to_wire(), [report_w, theirs.fileno(), *template.cgroup_fds])
+    except SetupError as exc:
+        init_pid = 0
+        early.append({"kind": "setup_error", "message": str(exc)})
+    finally:
+        os.close(report_w)
+        theirs.close()
     if init_pid:
-        # B is our child now (A exited): it may arm its parent-death signal and build.
-        ours.send(_GO)
-    return Prepared(init_pid, report_r, ours, reader, messages)
+        ours.send(_GO)  # B may arm its parent-death signal and build
+    return Prepared(init_pid, report_r, ours, MessageReader(report_r), early)
+
+
+def start_sandbox(template: Template, bases: MountBases, report_fd: int, channel_fd: int) -> int:
+    """(In the zygote.) Start B - pid 1 of new mount, pid, network, IPC and UTS
+    namespaces, its mount namespace a private copy of the template (or, for an image, of
+    the host's tree, to build the image root from) - as a child of the zygote's parent,
+    and return its pid."""
+    sc.setns(bases.host_fd if template.image is not None else bases.template_fd, sc.CLONE_NEWNS)
+    pid = sc.clone_sibling(SANDBOX_NAMESPACES)
+    if pid == 0:
+        keep = {report_fd, channel_fd, *template.cgroup_fds}
+        child.guard(report_fd, lambda: _stage_init(template, report_fd, channel_fd, keep))
+    return pid
 
 
 def start_job(prepared: Prepared, job: JobSpec) -> None:
@@ -164,72 +210,18 @@ def become_subreaper() -> None:
     sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
 
 
-def send(fd: int, kind: str, **fields: Any) -> None:
-    line = json.dumps({"kind": kind, **fields})
-    if len(line) > _MAX_MESSAGE:
-        line = json.dumps({"kind": kind, **{k: str(v)[:1000] for k, v in fields.items()}})
-    os.write(fd, line.encode() + b"\n")
-
-
-def _child_guard(report_fd: int, body: Any) -> NoReturn:
-    """Run a forked stage; any exception becomes a setup_error message, never a return
-    into the supervisor's code."""
-    try:
-        body()
-    except BaseException as exc:  # noqa: BLE001 - the child must never unwind
-        try:
-            send(report_fd, "setup_error", message=f"{type(exc).__name__}: {exc}")
-        except BaseException:  # noqa: BLE001
-            pass
-    os._exit(125)
-
-
-def _stage_unshare(template: Template, report_fd: int, channel: socket.socket) -> None:
-    # A fork inherits every fd of the supervisor (a worker channel, other sandboxes'
-    # pipes); the sandbox keeps only its own. Its stdio becomes /dev/null: nothing the
-    # sandbox side prints (or a job provokes it to print) may land in the supervisor's
-    # output or the worker's log; what matters travels as messages on report_fd.
-    _close_fds_except({report_fd, channel.fileno(), *template.cgroup_fds})
-    null = os.open("/dev/null", os.O_RDWR)
-    for stdio in (0, 1, 2):
-        if null != stdio:
-            os.dup2(null, stdio)
-    if null > 2:
-        os.close(null)
-    uid, gid = os.getuid(), os.getgid()
-    sc.unshare(NAMESPACES)
-    _write_id_maps(uid, gid)
-    pid_b = os.fork()
-    if pid_b == 0:
-        _child_guard(report_fd, lambda: _stage_init(template, report_fd, channel))
-    send(report_fd, "init", pid=pid_b)
-    os._exit(0)
-
-
-def _close_fds_except(keep: set[int]) -> None:
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass  # the directory fd of the listing itself
-
-
-def _write_id_maps(uid: int, gid: int) -> None:
-    with open("/proc/self/setgroups", "w") as handle:
-        handle.write("deny")
-    with open("/proc/self/uid_map", "w") as handle:
-        handle.write(f"{rootfs.SANDBOX_UID} {uid} 1")
-    with open("/proc/self/gid_map", "w") as handle:
-        handle.write(f"{rootfs.SANDBOX_GID} {gid} 1")
-
-
-def _stage_init(template: Template, report_fd: int, channel: socket.socket) -> None:
+def _stage_init(template: Template, report_fd: int, channel_fd: int, keep: set[int]) -> None:
+    # We start with the zygote's fds and stdio; the sandbox keeps only its own. Its
+    # stdio becomes /dev/null: nothing the sandbox side prints (or a job provokes it to
+    # print) may land in the supervisor's output or the worker's log; what matters
+    # travels as messages on report_fd.
+    child.close_fds_except(keep)
+    child.stdio_to_null()
+    channel = socket.socket(fileno=channel_fd)
     if channel.recv(16) != _GO:
         os._exit(0)  # the supervisor gave up on this sandbox before it started
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    # We were reparented to the supervisor before "go"; if it died since, the channel
+    # The supervisor is our parent; if it died before we armed the signal, the channel
     # is at EOF and the death signal will never come. (Peek: a job may already wait.)
     try:
         if channel.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
@@ -239,15 +231,13 @@ def _stage_init(template: Template, report_fd: int, channel: socket.socket) -> N
     sc.sethostname(rootfs.HOSTNAME)
     sc.setdomainname("(none)")
     network.bring_up_loopback()
-    root_fd = rootfs.build_root(template.disk_bytes, template.image)
-    rootfs.pivot_into(root_fd, seal=template.image is None)
-    os.close(root_fd)
+    _build_root(template)
     to_program, program_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid_c = os.fork()
     if pid_c == 0:
         to_program.close()
         channel.close()
-        _child_guard(report_fd, lambda: _stage_program(template, report_fd, program_end))
+        child.guard(report_fd, lambda: _stage_program(template, report_fd, program_end))
     program_end.close()
     for fd in template.cgroup_fds:
         os.close(fd)
@@ -269,17 +259,17 @@ def _stage_init(template: Template, report_fd: int, channel: socket.socket) -> N
     socket.send_fds(to_program, [json.dumps(instructions).encode()], stdio)
     for fd in stdio:
         os.close(fd)
-    send(report_fd, "started", t=started_ns)
+    child.send(report_fd, "started", t=started_ns)
     _, listener, _, _ = socket.recv_fds(to_program, 16, 1)
     if listener:  # none if C failed before installing its filter
         notify.start_watcher(
-            listener[0], lambda kind, **fields: send(report_fd, kind, **fields),
+            listener[0], lambda kind, **fields: child.send(report_fd, kind, **fields),
             exec_once=template.exec_once, trace=template.trace,
         )
     while True:
         pid, status, rusage = os.wait4(-1, 0)
         if pid == pid_c:
-            send(
+            child.send(
                 report_fd,
                 "exited",
                 status=status,
@@ -289,6 +279,21 @@ def _stage_init(template: Template, report_fd: int, channel: socket.socket) -> N
                 stime=rusage.ru_stime,
             )
             os._exit(0)  # the kernel now kills whatever else runs in the pid namespace
+
+
+def _build_root(template: Template) -> None:
+    """The job's filesystems on its private copy of the template root; or, for an image,
+    an overlay root built from the host's layer directories and pivoted into."""
+    if template.image is None:
+        root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            rootfs.mount_job_filesystems(root_fd, template.disk_bytes)
+        finally:
+            os.close(root_fd)
+        return
+    image_root_fd = rootfs.build_image_root(template.disk_bytes, template.image)
+    rootfs.pivot_into(image_root_fd, seal=False)
+    os.close(image_root_fd)
 
 
 def _copy_in(root_fd: int, dest: str, source_fd: int, mode: int) -> None:
@@ -337,7 +342,7 @@ def _stage_program(template: Template, report_fd: int, channel: socket.socket) -
     try:
         os.chdir(cwd)
     except OSError as exc:
-        send(report_fd, "exec_error", errno=exc.errno, message=f"cannot enter {cwd}: {exc.strerror}")
+        child.send(report_fd, "exec_error", errno=exc.errno, message=f"cannot enter {cwd}: {exc.strerror}")
         os._exit(126)
     # Resolved before the filter: the program gets exactly one execve (the "once" mode).
     path = _resolve(argv[0], env.get("PATH", ""))
@@ -352,7 +357,7 @@ def _stage_program(template: Template, report_fd: int, channel: socket.socket) -
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
         os.execve(path, argv, env)
     except OSError as exc:
-        send(report_fd, "exec_error", errno=exc.errno, message=f"{argv[0]}: {exc.strerror}")
+        child.send(report_fd, "exec_error", errno=exc.errno, message=f"{argv[0]}: {exc.strerror}")
         os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
 
 

@@ -1,22 +1,23 @@
-"""Assemble the job's root filesystem inside its own mount namespace, then pivot into it.
+"""Assemble the job's root filesystem.
 
-Runs in the sandbox init (pid 1 of the job), which holds every capability of the job's
-user namespace and nothing outside it. Everything is built with the fd-based mount API
-(fsopen/fsmount/open_tree/move_mount/mount_setattr): mount points are opened beneath the
-new root without following symlinks, and attributes such as read-only are set on a
-mount without re-stating (and tripping over) the flags the kernel locked.
+Everything is built with the fd-based mount API (fsopen/fsmount/open_tree/move_mount/
+mount_setattr): mount points are opened beneath the new root without following
+symlinks, and attributes such as read-only are set on a mount without re-stating (and
+tripping over) the flags the kernel locked.
+
+The built-in ``host`` image is built once per zygote, as the root of the template mount
+namespace (``build_template``, ``template.py``); a sandbox init gets a private copy of
+it and adds only what is its own (``mount_job_filesystems``). An image's root is built
+per sandbox: an overlay of its layers whose writable upper layer is a size-capped tmpfs
+of the job (``overlay.py``, ``build_image_root``), pivoted into.
 
 Layout seen by the job::
 
-    /            tmpfs, read-only once built
-    /usr ...     the image (today: the host's /usr, /bin, /lib*, a safe part of /etc)
+    /            tmpfs, read-only
+    /usr ...     the image (host: the host's /usr, /bin, /lib*, a safe part of /etc)
     /proc        a fresh procfs of the job's pid namespace
-    /dev         null zero full random urandom (host nodes), fd, std*, shm
+    /dev         null zero full random urandom (host nodes), fd, std*, shm; read-only
     /work /tmp /dev/shm   one size-capped tmpfs ("scratch"): the only writable place
-
-The image step is one function: ``populate_host_image`` for the built-in image, or an
-overlay of an image's layers (``overlay.py``, ``populate_image_root``) whose writable
-upper layer is a size-capped tmpfs of the job.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ _DEV_LINKS = {
     "stdout": "/proc/self/fd/1",
     "stderr": "/proc/self/fd/2",
 }
-_SCRATCH = ".scratch"
-_SCRATCH_DIRS = {"work": ("work", 0o755), "tmp": ("tmp", 0o1777), "dev/shm": ("shm", 0o1777)}
+# The job's writable places, each a directory of the one scratch tmpfs; /tmp last (see
+# ``mount_job_filesystems``).
+_SCRATCH_DIRS = {"work": ("work", 0o755), "dev/shm": ("shm", 0o1777), "tmp": ("tmp", 0o1777)}
 
 
 def generated_etc() -> dict[str, str]:
@@ -100,6 +102,10 @@ def bind_readonly(source: str, root_fd: int, dest: str) -> None:
     attach(tree, root_fd, dest, directory=os.path.isdir(source))
 
 
+def _host_etc_entry(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in _HOST_ETC_PATTERNS)
+
+
 def populate_host_image(root_fd: int) -> None:
     """The built-in ``host`` image: the host's system directories and the allow-listed
     part of /etc, each bound read-only at its own path, and generated passwd, group,
@@ -113,7 +119,7 @@ def populate_host_image(root_fd: int) -> None:
             bind_readonly(host_path, root_fd, name)
     os.close(make_dirs_beneath(root_fd, "etc"))
     for entry in sorted(os.listdir("/etc")):
-        if not any(fnmatch.fnmatchcase(entry, pattern) for pattern in _HOST_ETC_PATTERNS):
+        if not _host_etc_entry(entry):
             continue
         host_path = os.path.join("/etc", entry)
         if os.path.islink(host_path):
@@ -128,11 +134,8 @@ def populate_host_image(root_fd: int) -> None:
             os.close(fd)
 
 
-def mount_job_filesystems(root_fd: int, disk_bytes: int) -> None:
-    """/proc, /dev and the size-capped scratch tmpfs behind /work, /tmp and /dev/shm."""
-    proc = new_filesystem("proc", {}, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOEXEC)
-    attach(proc, root_fd, "proc")
-
+def build_dev(root_fd: int) -> None:
+    """A read-only /dev tmpfs: the harmless host device nodes, std* links, a shm mount point."""
     dev = new_filesystem("tmpfs", {"size": "64k", "mode": "0755"}, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NOEXEC)
     dev_root = os.dup(dev)
     attach(dev, root_fd, "dev")
@@ -144,22 +147,43 @@ def mount_job_filesystems(root_fd: int, disk_bytes: int) -> None:
         for name, target in _DEV_LINKS.items():
             os.symlink(target, name, dir_fd=dev_root)
         os.close(make_dirs_beneath(dev_root, "shm"))
-
-        scratch = new_filesystem(
-            "tmpfs",
-            {"size": str(disk_bytes), "mode": "0755"},
-            sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV,
-        )
-        attach(scratch, root_fd, _SCRATCH)
-        for dest, (subdir, mode) in _SCRATCH_DIRS.items():
-            source_fd = make_dirs_beneath(root_fd, f"{_SCRATCH}/{subdir}")
-            os.chmod(f"/proc/self/fd/{source_fd}", mode)
-            tree = sc.open_tree(source_fd, "", sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | sc.AT_EMPTY_PATH)
-            os.close(source_fd)
-            attach(tree, root_fd, dest)
         sc.mount_setattr(dev_root, "", sc.AT_EMPTY_PATH, sc.MOUNT_ATTR_RDONLY)
     finally:
         os.close(dev_root)
+
+
+def mount_job_filesystems(root_fd: int, disk_bytes: int) -> None:
+    """What every job gets fresh: /proc of its pid namespace and the scratch tmpfs."""
+    mount_proc(root_fd)
+    mount_scratch(root_fd, disk_bytes)
+
+
+def mount_proc(root_fd: int) -> None:
+    proc = new_filesystem("proc", {}, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOEXEC)
+    attach(proc, root_fd, "proc")
+
+
+def mount_scratch(root_fd: int, disk_bytes: int) -> None:
+    """The size-capped tmpfs behind /work, /tmp and /dev/shm.
+
+    It is attached at /tmp, its subdirectories are bound to /work and /dev/shm, and its
+    ``tmp`` subdirectory is bound last on top of /tmp itself: the scratch root ends up
+    covered (two mounts on /tmp in mountinfo) and needs no unmount, which would cost an
+    RCU grace period per job."""
+    scratch = new_filesystem(
+        "tmpfs", {"size": str(disk_bytes), "mode": "0755"}, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
+    )
+    scratch_root = os.dup(scratch)
+    attach(scratch, root_fd, "tmp")
+    try:
+        for dest, (subdir, mode) in _SCRATCH_DIRS.items():
+            # A tmpfs made a moment ago by this process: nothing in it can be a symlink.
+            os.mkdir(subdir, dir_fd=scratch_root)
+            os.chmod(subdir, mode, dir_fd=scratch_root)
+            tree = sc.open_tree(scratch_root, subdir, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
+            attach(tree, root_fd, dest)
+    finally:
+        os.close(scratch_root)
 
 
 def resize_scratch(disk_bytes: int) -> None:
@@ -178,7 +202,7 @@ def resize_scratch(disk_bytes: int) -> None:
 # symlink (say /dev -> /host/dev): it is removed in the overlay (a whiteout in the
 # throw-away upper layer) before anything is mounted, and every later step opens paths
 # with RESOLVE_NO_SYMLINKS anyway, so nothing can be redirected to a host file.
-_IMAGE_MOUNT_POINTS = ("proc", "dev", "work", "tmp", _SCRATCH)
+_IMAGE_MOUNT_POINTS = ("proc", "dev", "work", "tmp")
 _IMAGE_GENERATED_ETC = ("hosts", "hostname")
 
 
@@ -217,32 +241,59 @@ def populate_image_root(root_fd: int, image: ImageRoot) -> None:
 
 
 def pivot_into(root_fd: int, seal: bool = True) -> None:
-    """Make ``root_fd`` the root, drop the host tree, and seal the root read-only
+    """Make ``root_fd`` the root, drop the tree it came from, and seal the root read-only
     (``seal=False`` for an image root: its writable upper layer is the container layer)."""
     os.fchdir(root_fd)
     sc.pivot_root(".", ".")
     sc.umount2(".", sc.MNT_DETACH)
     os.chdir("/")
-    # The scratch mount was only a source for the /work, /tmp and /dev/shm binds.
-    sc.umount2("/" + _SCRATCH, sc.MNT_DETACH)
-    os.rmdir("/" + _SCRATCH)
     if seal:
         sc.mount_setattr(sc.AT_FDCWD, "/", sc.AT_EMPTY_PATH, sc.MOUNT_ATTR_RDONLY)
 
 
-def build_root(disk_bytes: int, image: ImageRoot | None = None) -> int:
-    """Create the new root as a tmpfs attached over /tmp of this (private) mount
-    namespace and fill it; returns its fd for ``pivot_into``."""
+def build_template() -> None:
+    """Build the host image once, in a fresh user and mount namespace, and make it that
+    namespace's read-only root; each sandbox's mount namespace is then a copy of it (a
+    few dozen mounts copied by the kernel) plus ``mount_job_filesystems``."""
     sc.mount_propagation("/", sc.MS_REC | sc.MS_PRIVATE)
-    if image is not None:
-        root_fd = mount_image_root(image, disk_bytes, "/tmp")
-        populate_image_root(root_fd, image)
-        mount_job_filesystems(root_fd, disk_bytes)
-        return root_fd
     root = new_filesystem("tmpfs", {"size": "4m", "mode": "0755"}, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
     root_fd = os.dup(root)
     sc.move_mount(root, "", sc.AT_FDCWD, "/tmp", sc.MOVE_MOUNT_F_EMPTY_PATH)
     os.close(root)
-    populate_host_image(root_fd)
+    try:
+        populate_host_image(root_fd)
+        build_dev(root_fd)
+        for mount_point in ("work", "tmp"):
+            os.close(make_dirs_beneath(root_fd, mount_point))
+        mount_proc(root_fd)
+        pivot_into(root_fd, seal=True)
+    finally:
+        os.close(root_fd)
+
+
+def build_image_root(disk_bytes: int, image: ImageRoot) -> int:
+    """(In a sandbox init, on a private copy of the host's tree.) Mount the image's
+    overlay - its layers must be mounts of this namespace, which is why an image root
+    is not built on the template - and the job's filesystems in it; returns its fd for
+    ``pivot_into``."""
+    root_fd = mount_image_root(image, disk_bytes, "/tmp")
+    populate_image_root(root_fd, image)
+    build_dev(root_fd)
     mount_job_filesystems(root_fd, disk_bytes)
     return root_fd
+
+
+def host_image_fingerprint() -> tuple[tuple[str, int, int], ...]:
+    """What the host image was built from (name, inode, mtime of each source): a
+    template built earlier is stale when this changes (a package added a file to /etc,
+    ldconfig replaced ld.so.cache by rename, which a file bind would not follow)."""
+    entries = ["/etc", *(f"/etc/{e}" for e in sorted(os.listdir("/etc")) if _host_etc_entry(e))]
+    entries += [f"/{name}" for name in _HOST_TOP_LEVEL]
+    found = []
+    for path in entries:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        found.append((path, st.st_ino, st.st_mtime_ns))
+    return tuple(found)

@@ -12,6 +12,7 @@ import math
 import os
 import resource
 import signal
+import time
 from collections.abc import Callable
 from collections import deque
 from contextlib import ExitStack
@@ -19,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox import launch as launcher
+from sandbox import rootfs
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
-from sandbox.errors import CgroupError, JobError, SandboxError
+from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
 from sandbox.images.errors import ImageNotFound
 from sandbox.images.runtime import lease_image
 from sandbox.models import WORKDIR, Blob, Job, Limits, Result, Status, Usage
@@ -28,6 +30,8 @@ from sandbox.overlay import ImageRoot
 from sandbox.profile_cache import ProfileCache
 from sandbox.supervise import Outcome, Watch, supervise
 from sandbox.verdict import decide
+from sandbox.template import RECHECK_S
+from sandbox.zygote import Zygote
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Warm sandboxes are built with the default writable-area size; a job asking for
@@ -60,6 +64,9 @@ class Runner:
         self.warm_target = warm
         self._warm: deque[_Sandbox] = deque()
         self._deferred: list[Callable[[], None]] = []
+        self._zygote: Zygote | None = None
+        self._template_fingerprint: tuple[tuple[str, int, int], ...] = ()
+        self._template_checked = 0.0
         try:
             self.backend: CgroupBackend | None = open_backend()
             self.backend.reap_stale()
@@ -68,6 +75,10 @@ class Runner:
             self.backend = None
             self.cgroup_problem = str(exc)
         launcher.become_subreaper()
+        try:
+            self._zygote_for_next()  # now, so that the first job does not wait for it
+        except SetupError:
+            pass  # tried again for each sandbox; the jobs report why it fails
 
     def run(
         self, job: Job, *, cancel_fd: int | None = None, on_started: Callable[[], None] | None = None,
@@ -105,17 +116,42 @@ class Runner:
         return True
 
     def refill(self) -> bool:
-        """Prepare one more warm sandbox if the pool is short; True if one was made."""
+        """Prepare one more warm sandbox if the pool is short; True if one was made.
+        (If no sandbox can be built, the next job reports why.)"""
         if len(self._warm) >= self.warm_target:
             return False
-        self._warm.append(self._prepare())
+        try:
+            self._warm.append(self._prepare())
+        except SandboxError:
+            return False
         return True
 
     def close(self) -> None:
-        """Discard the warm sandboxes and finish pending cleanup."""
+        """Discard the warm sandboxes and the template, finish pending cleanup."""
         while self._warm:
             self._dispose(self._warm.popleft())
         self.tidy()
+        if self._zygote is not None:
+            self._zygote.close()
+            self._zygote = None
+
+    def _zygote_for_next(self) -> Zygote:
+        """The zygote, started on first use, and again if it died or the host files its
+        template was built from changed (looked at every ``RECHECK_S``)."""
+        now = time.monotonic()
+        if self._zygote is not None and self._zygote.alive():
+            if now - self._template_checked < RECHECK_S:
+                return self._zygote
+            self._template_checked = now
+            if rootfs.host_image_fingerprint() == self._template_fingerprint:
+                return self._zygote
+        if self._zygote is not None:
+            self._zygote.close()
+            self._zygote = None
+        self._template_fingerprint = rootfs.host_image_fingerprint()
+        self._template_checked = now
+        self._zygote = Zygote()
+        return self._zygote
 
     def _prepare(
         self, image: ImageRoot | None = None, disk_bytes: int = WARM_DISK_BYTES, profile: str | None = None,
@@ -124,6 +160,7 @@ class Runner:
         """A sandbox on the host image (warm ones: the default profile) or on a leased
         image, or with another profile (built per job)."""
         compiled = self.profiles.get(profile or self.default_profile)
+        zygote = self._zygote_for_next()
         cgroup = self.backend.create_job() if self.backend is not None else None
         try:
             template = launcher.Template(
@@ -135,7 +172,7 @@ class Runner:
                 cap_last=self.cap_last,
                 image=image,
             )
-            prepared = launcher.prepare(template)
+            prepared = launcher.prepare(zygote, template)
         except BaseException:
             if cgroup is not None:
                 cgroup.destroy()

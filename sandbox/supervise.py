@@ -71,6 +71,7 @@ class Watch:
     parallelism: int
     cgroup: JobCgroup | None
     cpu_used_ns: int = 0  # the last reading of the cgroup's CPU time
+    emptiness_checked: bool = False  # looked once for an early end (``_finished_early``)
 
 
 def supervise(
@@ -84,7 +85,8 @@ def supervise(
     cancel_fd: int | None = None,
     on_started: Callable[[], None] | None = None,
 ) -> Outcome:
-    """Run until every process of the job is gone; returns the facts.
+    """Run until every process of the job is gone; returns the facts. ``sandbox.reaped``
+    tells whether the init was reaped here or is left to the caller (``_finished_early``).
 
     ``cancel_fd`` becoming readable kills the job (reason "cancel"); its data is left
     unread for the caller. ``on_started`` is called when the sandbox reports that the
@@ -114,6 +116,8 @@ def supervise(
     try:
         timeout = _next_check_s(outcome, watch, setup_deadline)
         while any(key.fd != cancel_fd for key in selector.get_map().values()):
+            if _finished_early(outcome, selector, streams, watch):
+                return outcome  # the sandbox's own exit is left to the caller's cleanup
             for key, _ in selector.select(timeout):
                 fd = key.fd
                 if fd == cancel_fd:
@@ -141,9 +145,25 @@ def supervise(
             timeout = _next_check_s(outcome, watch, setup_deadline)
     finally:
         selector.close()
-        os.waitpid(sandbox.init_pid, 0)
-        sandbox.reaped = True
+    os.waitpid(sandbox.init_pid, 0)
+    sandbox.reaped = True
     return outcome
+
+
+def _finished_early(
+    outcome: Outcome, selector: selectors.BaseSelector, streams: dict[int, OutputBuffer], watch: Watch
+) -> bool:
+    """True when the facts are complete before the sandbox init has exited: the program
+    was reaped, its output is at EOF, and its cgroup holds no process (so nothing of the
+    job can run, write or use a resource any more). The init's own exit - tearing down a
+    forked interpreter and the job's namespaces - then stays off the job's critical path.
+    Without a cgroup there is no such proof: wait for the init."""
+    if outcome.exited is None or watch.cgroup is None or watch.emptiness_checked:
+        return False
+    if any(fd in selector.get_map() for fd in streams):
+        return False
+    watch.emptiness_checked = True
+    return not watch.cgroup.pids()
 
 
 def _handle_message(outcome: Outcome, message: dict[str, Any]) -> None:

@@ -31,13 +31,14 @@ REFERENCE_SPAWN_S = 0.001
 
 
 @pytest.fixture(scope="session")
-def runner() -> Runner:
+def runner() -> Iterator[Runner]:
     runner = Runner()
     assert runner.backend is not None, (
         f"the test suite needs a delegated cgroup: {runner.cgroup_problem} "
         "(scripts/test sets one up when run as root)"
     )
-    return runner
+    yield runner
+    runner.close()
 
 
 def pytest_report_header() -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from hoststate import own_processes
 from workerutil import SANDBOX_CLI
 from sandbox.models import Status
 from sandbox.runner import Runner
@@ -41,15 +42,17 @@ def wait_until(condition, timeout: float = 10.0) -> bool:
     return condition()
 
 
-def reaped_orphans() -> bool:
-    """Reap exited children we did not start; True once none are left."""
+def reaped_orphans(survivors: set[int]) -> bool:
+    """Reap exited children we did not start; True once only ``survivors`` (processes
+    of ours from before, such as the session Runner's zygote) are left."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return True
+            break
         if pid == 0:
-            return False
+            break
+    return own_processes() <= survivors
 
 
 def test_daemons_and_stopped_processes_die_with_main(run):
@@ -73,6 +76,7 @@ def test_wall_limit_kills_a_stopped_job(run):
 
 def test_killed_supervisor_takes_its_job_along_and_is_cleaned_up_after(cgroup_parents, slowdown):
     timeout = 10 * slowdown  # a CLI's start-up is interpreter work: slower machine, longer wait
+    survivors = own_processes()
     cli = subprocess.Popen([*SANDBOX_CLI, "run", "--", "sleep", "1002"])
     try:
         assert wait_until(lambda: sleeping("1002"), timeout), "the job never started"
@@ -82,7 +86,7 @@ def test_killed_supervisor_takes_its_job_along_and_is_cleaned_up_after(cgroup_pa
         assert wait_until(lambda: not sleeping("1002"), timeout), "job outlived its supervisor"
         # Its sandbox init was reparented to us (this test process is a subreaper, as the
         # session Runner made it); reap it as any subreaper must.
-        assert wait_until(reaped_orphans, timeout)
+        assert wait_until(lambda: reaped_orphans(survivors), timeout)
     finally:
         if cli.poll() is None:
             cli.kill()

@@ -24,6 +24,7 @@ _ARCH_NUMBERS: dict[str, dict[str, int]] = {
         "umount2": 166,
         "sethostname": 170,
         "setdomainname": 171,
+        "clone": 56,
         "unshare": 272,
         "setns": 308,
         "seccomp": 317,
@@ -35,6 +36,7 @@ _ARCH_NUMBERS: dict[str, dict[str, int]] = {
         "umount2": 39,
         "sethostname": 161,
         "setdomainname": 162,
+        "clone": 220,
         "unshare": 97,
         "setns": 268,
         "seccomp": 277,
@@ -133,6 +135,28 @@ def _long(value: int) -> ctypes.c_long:
 
 def unshare(flags: int) -> None:
     _call("unshare", _long(flags))
+
+
+CLONE_PARENT = 0x00008000
+_SIGCHLD = 17
+
+
+def clone_sibling(namespaces: int) -> int:
+    """clone(2) into new ``namespaces``, the child becoming a child of our parent
+    (CLONE_PARENT), which a fork plus unshare cannot do in one process: returns the
+    child's pid, 0 in the child.
+
+    The child continues in this interpreter without CPython's after-fork hooks (no
+    os.fork here: it takes no flags). That is sound only in a single-threaded process
+    holding no locks - the zygote - and the child must not rely on glibc's cached
+    thread id (raise(), pthread_kill on itself); getpid() and os.fork() are fine.
+    """
+    return _call("clone", _long(namespaces | CLONE_PARENT | _SIGCHLD), ctypes.c_void_p(0),
+                 ctypes.c_void_p(0), ctypes.c_void_p(0), _long(0))
+
+
+def setns(fd: int, nstype: int) -> None:
+    _call("setns", ctypes.c_int(fd), ctypes.c_int(nstype))
 
 
 def pivot_root(new_root: str, put_old: str) -> None:

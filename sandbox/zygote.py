@@ -1,0 +1,138 @@
+"""The zygote: a small, single-purpose process that starts every sandbox of one
+supervisor (a CLI run, or one worker slot's launcher).
+
+Why a separate process: a fork copies the parent's page tables, and afterwards every
+page either side writes is copied again (copy-on-write). Forking sandboxes from the
+supervisor - a Python with the runner, cgroups, protocol and image code loaded, busy
+between forks - made page faults the largest single cost of a job. The zygote is a
+fresh interpreter (``python -S``, only the modules a sandbox runs) that does nothing but
+wait for requests and clone, so there is little to copy and almost nothing written
+between clones. It lives in the template user namespace and holds the template's mount namespace
+(``template.py``), so a sandbox init is one setns(2) and one clone(2) away: new
+namespaces, and with CLONE_PARENT a child of the supervisor from its first instruction
+(no intermediate process to reap, nothing to reparent).
+
+Protocol on a SOCK_SEQPACKET pair: at start-up the zygote answers ``{}`` once the
+template is built, or ``{"error": ...}``. Then the supervisor sends one request per
+sandbox - the Template as JSON, with the report pipe's write end, the sandbox's end of
+its job channel and the cgroup attach fds as SCM_RIGHTS - and the zygote answers
+``{"pid": N}`` or ``{"error": ...}``. EOF on the channel ends it.
+
+Run as: python -S -m sandbox.zygote FD
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import socket
+import subprocess
+import sys
+from typing import Any
+
+from sandbox import launch
+from sandbox.errors import SandboxError, SetupError
+from sandbox.template import MountBases, enter_template
+
+_MAX_REQUEST = 1 << 20
+_MAX_FDS = 16  # report pipe, job channel, one cgroup attach fd per hierarchy
+
+
+class Zygote:
+    """The supervisor's handle on its zygote process (started here, a child of ours)."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            self.process = subprocess.Popen(
+                [sys.executable, "-S", "-m", "sandbox.zygote", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(_import_path())},
+            )
+        self.channel = ours
+        try:
+            self._answer()
+        except SetupError:
+            self.close()
+            raise
+
+    def start_sandbox(self, request: dict[str, Any], fds: list[int]) -> int:
+        """Have a sandbox init started (our child) with these fds; returns its pid.
+        Raises SetupError if it could not be."""
+        try:
+            socket.send_fds(self.channel, [json.dumps(request).encode()], fds)
+        except OSError as exc:
+            raise SetupError(f"the zygote is gone: {exc}") from exc
+        return int(self._answer()["pid"])
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        """EOF tells the zygote to exit; it has no children left by then."""
+        self.channel.close()
+        self.process.wait()
+
+    def _answer(self) -> dict[str, Any]:
+        try:
+            raw = self.channel.recv(_MAX_REQUEST)
+        except OSError as exc:
+            raise SetupError(f"the zygote is gone: {exc}") from exc
+        if not raw:
+            raise SetupError(f"the zygote exited (status {self.process.wait()})")
+        answer: dict[str, Any] = json.loads(raw)
+        if "error" in answer:
+            raise SetupError(answer["error"])
+        return answer
+
+
+def _import_path() -> list[str]:
+    """Where this process finds its modules: the project (an editable install is found
+    through a hook in site, which ``-S`` skips) and then its own search path."""
+    project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [project, *(entry for entry in sys.path if entry and os.path.isdir(entry))]
+
+
+def serve(channel: socket.socket) -> None:
+    try:
+        bases = enter_template()
+    except (SandboxError, OSError) as exc:
+        channel.send(json.dumps({"error": str(exc)}).encode())
+        return
+    channel.send(b"{}")
+    # Everything loaded so far is permanent: keep the collector from touching (and so
+    # copying) those pages in every sandbox.
+    gc.freeze()
+    while True:
+        raw, fds, _, _ = socket.recv_fds(channel, _MAX_REQUEST, _MAX_FDS)
+        if not raw:
+            return
+        try:
+            channel.send(json.dumps(_start_one(json.loads(raw), fds, bases)).encode())
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def _start_one(request: dict[str, Any], fds: list[int], bases: MountBases) -> dict[str, Any]:
+    if len(fds) < 2:
+        return {"error": "a sandbox request needs the report pipe and the job channel"}
+    report_fd, channel_fd, *cgroup_fds = fds
+    template = launch.Template.from_wire(request, cgroup_fds)
+    try:
+        return {"pid": launch.start_sandbox(template, bases, report_fd, channel_fd)}
+    except OSError as exc:
+        return {"error": f"cannot start a sandbox: {exc}"}
+
+
+def main(argv: list[str]) -> int:
+    with socket.socket(fileno=int(argv[1])) as channel:
+        serve(channel)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
