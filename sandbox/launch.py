@@ -1,14 +1,15 @@
 """Create sandboxes: from the zygote's clone to the exec of the program, split in two so
 that everything but the job itself can happen before the job arrives.
 
-``prepare`` (may run long before any job; the warm pool does it ahead of time)::
+``order`` and ``receive`` (may run long before any job; the warm pool does it ahead of
+time)::
 
     supervisor (subreaper) ── request ──> zygote (in the template user namespace,
                                            ``zygote.py``, ``template.py``): setns to the
                                            template mount namespace, clone(CLONE_PARENT,
                                            new mnt, pid, net, ipc, uts)
-                                 B = pid 1 of the job ("init"), the supervisor's child;
-                                     on "go" arms its death signal, mounts the job's
+                                 B = pid 1 of the job ("init"), the supervisor's child:
+                                     arms its death signal, mounts the job's
                                      /proc and scratch on its private copy of the
                                      template (or builds an image root and pivots into
                                      it), forks C, waits for a job
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
     from sandbox.zygote import Zygote
 
 SANDBOX_NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
-_GO = b"go"
 _HIGH_FD = 10
 _MAX_FDS = 1024 + 3
 
@@ -155,28 +155,51 @@ class Prepared:
         os.close(self.report_fd)
 
 
-def prepare(zygote: Zygote, template: Template) -> Prepared:
-    """Have the zygote start a sandbox init (our child) and let it build itself; returns
-    without waiting for it.
+@dataclass
+class Starting:
+    """A sandbox the zygote was asked for; ``receive`` turns it into a Prepared."""
 
-    The caller must be the zygote's parent and a child subreaper (``become_subreaper``).
-    If the sandbox could not even start, ``init_pid`` is 0 and ``early`` holds the
-    setup_error.
+    zygote: Zygote
+    report_fd: int
+    job_channel: socket.socket
+    error: str | None = None  # the request could not even be sent
+
+    @property
+    def zygote_fd(self) -> int:
+        return self.zygote.channel.fileno()
+
+
+def order(zygote: Zygote, template: Template) -> Starting:
+    """Ask the zygote to start a sandbox init (our child); returns at once.
+
+    The caller must be the zygote's parent and a child subreaper (``become_subreaper``),
+    and must ``receive`` its orders in the order it placed them.
     """
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    early: list[dict[str, Any]] = []
+    starting = Starting(zygote, report_r, ours)
     try:
-        init_pid = zygote.start_sandbox(template.to_wire(), [report_w, theirs.fileno(), *template.cgroup_fds])
+        zygote.request(template.to_wire(), [report_w, theirs.fileno(), *template.cgroup_fds])
     except SetupError as exc:
-        init_pid = 0
-        early.append({"kind": "setup_error", "message": str(exc)})
+        starting.error = str(exc)
     finally:
         os.close(report_w)
         theirs.close()
-    if init_pid:
-        ours.send(_GO)  # B may arm its parent-death signal and build
-    return Prepared(init_pid, report_r, ours, MessageReader(report_r), early)
+    return starting
+
+
+def receive(starting: Starting) -> Prepared:
+    """The zygote's answer to an order (waits for it). If the sandbox could not start,
+    ``init_pid`` is 0 and ``early`` holds the setup_error."""
+    init_pid, early = 0, []
+    if starting.error is None:
+        try:
+            init_pid = starting.zygote.answer()
+        except SetupError as exc:
+            starting.error = str(exc)
+    if starting.error is not None:
+        early.append({"kind": "setup_error", "message": starting.error})
+    return Prepared(init_pid, starting.report_fd, starting.job_channel, MessageReader(starting.report_fd), early)
 
 
 def start_sandbox(template: Template, bases: MountBases, report_fd: int, channel_fd: int) -> int:
@@ -218,11 +241,10 @@ def _stage_init(template: Template, report_fd: int, channel_fd: int, keep: set[i
     child.close_fds_except(keep)
     child.stdio_to_null()
     channel = socket.socket(fileno=channel_fd)
-    if channel.recv(16) != _GO:
-        os._exit(0)  # the supervisor gave up on this sandbox before it started
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    # The supervisor is our parent; if it died before we armed the signal, the channel
-    # is at EOF and the death signal will never come. (Peek: a job may already wait.)
+    # The supervisor is our parent (CLONE_PARENT); if it died before we armed the signal,
+    # its end of the channel is closed and the death signal will never come. (Peek: a
+    # job may already wait.)
     try:
         if channel.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
             os._exit(0)
@@ -320,11 +342,14 @@ def _stage_program(template: Template, report_fd: int, channel: socket.socket) -
         os.close(fd)
     sc.unshare(sc.CLONE_NEWCGROUP)
     os.setsid()
+    # What does not depend on the job is done before it arrives; nothing from here to
+    # the exec needs a capability.
+    _reset_signals()
+    _drop_privileges(template.cap_last)
     raw, stdio, _, _ = socket.recv_fds(channel, 1 << 20, 3)
     if not raw:
         os._exit(0)
     instructions = json.loads(raw)
-    _reset_signals()
     for limit, soft, hard in instructions["rlimits"]:
         resource.setrlimit(limit, (soft, hard))
     # Move the fds we keep out of the way, then lay them on 0, 1, 2, 3 and 4.
@@ -346,7 +371,6 @@ def _stage_program(template: Template, report_fd: int, channel: socket.socket) -
         os._exit(126)
     # Resolved before the filter: the program gets exactly one execve (the "once" mode).
     path = _resolve(argv[0], env.get("PATH", ""))
-    _drop_privileges(template.cap_last)
     listener = sc.seccomp_install(
         template.seccomp_bpf, sc.SECCOMP_FILTER_FLAG_NEW_LISTENER | sc.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
     )

@@ -11,49 +11,34 @@ from __future__ import annotations
 import math
 import os
 import resource
-import signal
-import time
 from collections.abc import Callable
-from collections import deque
 from contextlib import ExitStack
-from dataclasses import dataclass
 from typing import Any
 
 from sandbox import launch as launcher
-from sandbox import rootfs
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
-from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
+from sandbox.errors import CgroupError, JobError, SandboxError
 from sandbox.images.errors import ImageNotFound
 from sandbox.images.runtime import lease_image
 from sandbox.models import WORKDIR, Blob, Job, Limits, Result, Status, Usage
 from sandbox.overlay import ImageRoot
 from sandbox.profile_cache import ProfileCache
 from sandbox.supervise import Outcome, Watch, supervise
+from sandbox.supply import SandboxSupply
 from sandbox.verdict import decide
-from sandbox.template import RECHECK_S
-from sandbox.zygote import Zygote
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Warm sandboxes are built with the default writable-area size; a job asking for
 # another size gets the tmpfs resized (cheap) when it arrives.
 WARM_DISK_BYTES = Limits().disk_bytes
-# Cleanups a Runner lets wait for idle time before ``run`` does them itself.
-MAX_DEFERRED = 8
 # Limits that only a cgroup can enforce for a whole job tree.
 CGROUP_ONLY_LIMITS = ("memory", "pids", "cpus")
 
 
-@dataclass
-class _Sandbox:
-    """A prepared sandbox and its cgroup (None without delegation)."""
-
-    prepared: launcher.Prepared
-    cgroup: JobCgroup | None
-
-
 class Runner:
     """Runs jobs; with ``warm`` > 0, keeps that many sandboxes prepared ahead of time
-    (call ``refill`` when idle), so a job's critical path is hand-over, exec, collect."""
+    (call ``sandboxes.step`` when idle), so a job's critical path is hand-over, exec,
+    collect."""
 
     def __init__(self, profile: str = "default", warm: int = 0) -> None:
         self.profiles = ProfileCache()
@@ -61,12 +46,6 @@ class Runner:
         self.profiles.get(profile)  # a broken default profile fails here, not at the first job
         self.cap_last = int(open("/proc/sys/kernel/cap_last_cap").read())
         self.parallelism = len(os.sched_getaffinity(0))
-        self.warm_target = warm
-        self._warm: deque[_Sandbox] = deque()
-        self._deferred: list[Callable[[], None]] = []
-        self._zygote: Zygote | None = None
-        self._template_fingerprint: tuple[tuple[str, int, int], ...] = ()
-        self._template_checked = 0.0
         try:
             self.backend: CgroupBackend | None = open_backend()
             self.backend.reap_stale()
@@ -75,10 +54,10 @@ class Runner:
             self.backend = None
             self.cgroup_problem = str(exc)
         launcher.become_subreaper()
-        try:
-            self._zygote_for_next()  # now, so that the first job does not wait for it
-        except SetupError:
-            pass  # tried again for each sandbox; the jobs report why it fails
+        self.sandboxes = SandboxSupply(
+            self.profiles, self.backend, self.cap_last, profile, warm, WARM_DISK_BYTES
+        )
+        self.sandboxes.start()
 
     def run(
         self, job: Job, *, cancel_fd: int | None = None, on_started: Callable[[], None] | None = None,
@@ -89,11 +68,8 @@ class Runner:
         With ``trace`` (a list), every syscall is allowed and the ones seen are appended to
         it (``sandbox profile trace``; trusted programs only).
 
-        Removing a finished job's cgroup is left to ``tidy``/``tidy_one`` so the caller can
-        send the result first and clean up when idle; ``run`` itself only tidies when more
-        than ``MAX_DEFERRED`` cleanups are waiting."""
-        if len(self._deferred) > MAX_DEFERRED:
-            self.tidy()
+        The finished sandbox is cleaned up later (``sandboxes.step`` or ``tidy``), so
+        the caller can send the result first."""
         try:
             return self._run(job, cancel_fd, on_started, trace)
         except JobError:
@@ -105,92 +81,11 @@ class Runner:
 
     def tidy(self) -> None:
         """Finish the cleanup of jobs that already have their result."""
-        while self.tidy_one():
-            pass
-
-    def tidy_one(self) -> bool:
-        """Finish one pending cleanup; False when none was pending."""
-        if not self._deferred:
-            return False
-        self._deferred.pop(0)()
-        return True
-
-    def refill(self) -> bool:
-        """Prepare one more warm sandbox if the pool is short; True if one was made.
-        (If no sandbox can be built, the next job reports why.)"""
-        if len(self._warm) >= self.warm_target:
-            return False
-        try:
-            self._warm.append(self._prepare())
-        except SandboxError:
-            return False
-        return True
+        self.sandboxes.finish()
 
     def close(self) -> None:
-        """Discard the warm sandboxes and the template, finish pending cleanup."""
-        while self._warm:
-            self._dispose(self._warm.popleft())
-        self.tidy()
-        if self._zygote is not None:
-            self._zygote.close()
-            self._zygote = None
-
-    def _zygote_for_next(self) -> Zygote:
-        """The zygote, started on first use, and again if it died or the host files its
-        template was built from changed (looked at every ``RECHECK_S``)."""
-        now = time.monotonic()
-        if self._zygote is not None and self._zygote.alive():
-            if now - self._template_checked < RECHECK_S:
-                return self._zygote
-            self._template_checked = now
-            if rootfs.host_image_fingerprint() == self._template_fingerprint:
-                return self._zygote
-        if self._zygote is not None:
-            self._zygote.close()
-            self._zygote = None
-        self._template_fingerprint = rootfs.host_image_fingerprint()
-        self._template_checked = now
-        self._zygote = Zygote()
-        return self._zygote
-
-    def _prepare(
-        self, image: ImageRoot | None = None, disk_bytes: int = WARM_DISK_BYTES, profile: str | None = None,
-        trace: bool = False,
-    ) -> _Sandbox:
-        """A sandbox on the host image (warm ones: the default profile) or on a leased
-        image, or with another profile (built per job)."""
-        compiled = self.profiles.get(profile or self.default_profile)
-        zygote = self._zygote_for_next()
-        cgroup = self.backend.create_job() if self.backend is not None else None
-        try:
-            template = launcher.Template(
-                seccomp_bpf=self.profiles.trace_bpf if trace else compiled.bpf,
-                exec_once=compiled.exec_once,
-                trace=trace,
-                cgroup_fds=cgroup.attach_fds if cgroup else [],
-                disk_bytes=disk_bytes,
-                cap_last=self.cap_last,
-                image=image,
-            )
-            prepared = launcher.prepare(zygote, template)
-        except BaseException:
-            if cgroup is not None:
-                cgroup.destroy()
-            raise
-        if cgroup is not None:
-            cgroup.close_attach_fds()  # the sandbox holds its own copies
-        return _Sandbox(prepared, cgroup)
-
-    def _dispose(self, sandbox: _Sandbox) -> None:
-        """Make sure the sandbox is gone (killing an unused one), then remove its cgroup."""
-        prepared = sandbox.prepared
-        prepared.close()
-        if prepared.init_pid > 0 and not prepared.reaped:
-            os.kill(prepared.init_pid, signal.SIGKILL)
-            os.waitpid(prepared.init_pid, 0)
-            prepared.reaped = True
-        if sandbox.cgroup is not None:
-            sandbox.cgroup.destroy()
+        """Discard the warm sandboxes, finish pending cleanup, stop the zygote."""
+        self.sandboxes.close()
 
     def _run(
         self, job: Job, cancel_fd: int | None, on_started: Callable[[], None] | None,
@@ -211,12 +106,9 @@ class Runner:
             argv, env, cwd, image_root = _image_for(job, cleanup)
             profile = self.profiles.get(job.profile)
             env = {**profile.env, **env}
-            if image_root is None and self._warm and job.profile == self.default_profile and trace is None:
-                sandbox = self._warm.popleft()
-            else:
-                sandbox = self._prepare(image_root, limits.disk_bytes, job.profile, trace is not None)
+            sandbox = self.sandboxes.take(image_root, limits.disk_bytes, job.profile, trace is not None)
             prepared, cgroup = sandbox.prepared, sandbox.cgroup
-            cleanup.callback(self._deferred.append, lambda: self._dispose(sandbox))
+            cleanup.callback(self.sandboxes.retire, sandbox)
             if prepared.init_pid <= 0:
                 message = next((m["message"] for m in prepared.early if m["kind"] == "setup_error"), None)
                 return Result(Status.INTERNAL_ERROR, error=message or "sandbox did not start", warnings=warnings)

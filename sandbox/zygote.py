@@ -59,13 +59,17 @@ class Zygote:
             self.close()
             raise
 
-    def start_sandbox(self, request: dict[str, Any], fds: list[int]) -> int:
-        """Have a sandbox init started (our child) with these fds; returns its pid.
-        Raises SetupError if it could not be."""
+    def request(self, request: dict[str, Any], fds: list[int]) -> None:
+        """Ask for a sandbox init (our child) with these fds; ``answer`` gives its pid.
+        Raises SetupError if the zygote is gone."""
         try:
             socket.send_fds(self.channel, [json.dumps(request).encode()], fds)
         except OSError as exc:
             raise SetupError(f"the zygote is gone: {exc}") from exc
+
+    def answer(self) -> int:
+        """The pid of the sandbox init of the oldest unanswered request (waits for it).
+        Raises SetupError if it could not be started."""
         return int(self._answer()["pid"])
 
     def alive(self) -> bool:

@@ -35,10 +35,12 @@ def serve(channel: socket.socket, warm: int) -> None:
     decoder = FrameDecoder(LAUNCHER_MAX_FRAME)
     try:
         while True:
-            # Idle time is for the next jobs: finish the last ones' cleanup, then prepare
-            # warm sandboxes, one step at a time, looking for a waiting job between steps.
-            while not _readable(channel) and (runner.tidy_one() or runner.refill()):
-                pass
+            # Idle time is for the next jobs: clean up after the last ones and prepare
+            # warm sandboxes, one small step at a time, looking for a waiting job between
+            # steps; with nothing left to do, sleep until a job or a step is due.
+            while not _readable(channel):
+                if not runner.sandboxes.step():
+                    select.select([channel, *runner.sandboxes.waitables()], [], [])
             data = channel.recv(1 << 20)
             if not data:
                 return  # the worker closed the channel: it is gone or wants us gone

@@ -1,0 +1,216 @@
+"""Where a Runner's sandboxes come from and where they go: the zygote that starts them,
+the warm pool, and the cleanup of finished ones.
+
+Everything that is not a job's own work is split into small steps that never wait for
+the kernel or another process (``step``): send the zygote a request, read its answer,
+reap a sandbox init that has exited and remove its cgroup. A launcher interleaves them
+with jobs and sleeps on ``waitables`` when there is nothing to do, so a job that
+arrives is never stuck behind a sandbox being torn down or started.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from sandbox import launch, rootfs
+from sandbox.cgroups import CgroupBackend, JobCgroup
+from sandbox.errors import SetupError
+from sandbox.overlay import ImageRoot
+from sandbox.profile_cache import ProfileCache
+from sandbox.template import RECHECK_S
+from sandbox.zygote import Zygote
+
+# Finished sandboxes a supply lets wait for idle time before ``take`` cleans up itself.
+MAX_RETIRED = 8
+
+
+@dataclass
+class Sandbox:
+    """A prepared sandbox and its cgroup (None without delegation)."""
+
+    prepared: launch.Prepared
+    cgroup: JobCgroup | None
+    pidfd: int = -1  # once retired: readable when the init has exited
+
+    def close(self) -> None:
+        self.prepared.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
+@dataclass
+class _Order:
+    """A sandbox requested from the zygote whose answer (the init's pid) is not read yet."""
+
+    start: launch.Starting
+    cgroup: JobCgroup | None
+
+
+@dataclass
+class SandboxSupply:
+    """Sandboxes for one Runner. Warm ones are built on the host image with the default
+    profile and the default disk size (a job asking for another size gets the tmpfs
+    resized when it arrives)."""
+
+    profiles: ProfileCache
+    backend: CgroupBackend | None
+    cap_last: int
+    default_profile: str
+    warm_target: int
+    disk_bytes: int
+    _warm: deque[Sandbox] = field(default_factory=deque)
+    _ordered: deque[_Order] = field(default_factory=deque)
+    _retired: list[Sandbox] = field(default_factory=list)
+    _zygote: Zygote | None = None
+    _template_fingerprint: tuple[tuple[str, int, int], ...] = ()
+    _template_checked: float = 0.0
+    _warm_failed: bool = False  # the last warm sandbox failed to start: stop ordering until a job runs
+
+    def start(self) -> None:
+        """Start the zygote now, so that the first job does not wait for it (if it
+        cannot start, it is tried again for each sandbox, and the jobs report why)."""
+        try:
+            self._zygote_for_next()
+        except SetupError:
+            pass
+
+    def take(self, image: ImageRoot | None, disk_bytes: int, profile: str, trace: bool) -> Sandbox:
+        """A sandbox for a job: a warm one when it fits, else one built now."""
+        if len(self._retired) > MAX_RETIRED:
+            self.finish()
+        self._warm_failed = False
+        if image is None and profile == self.default_profile and not trace:
+            if not self._warm and self._ordered:
+                self._receive()
+            if self._warm:
+                return self._warm.popleft()
+        while self._ordered:  # the zygote answers in order: theirs come first
+            self._receive()
+        return self._deliver(self._order(image, disk_bytes, profile, trace))
+
+    def retire(self, sandbox: Sandbox) -> None:
+        """The sandbox's job is over (or it was never used): make sure its init dies, and
+        clean up once it has."""
+        prepared = sandbox.prepared
+        if prepared.init_pid > 0 and not prepared.reaped:
+            sandbox.pidfd = os.pidfd_open(prepared.init_pid)
+            os.kill(prepared.init_pid, signal.SIGKILL)  # our unreaped child: the pid is still its
+        self._retired.append(sandbox)
+
+    def step(self) -> bool:
+        """Do one small piece of background work; False when there was none."""
+        if self._ordered and _readable(self._ordered[0].start.zygote_fd):
+            self._receive()
+            return True
+        for sandbox in self._retired:
+            if sandbox.pidfd < 0 or _readable(sandbox.pidfd):
+                self._retired.remove(sandbox)
+                self._clean_up(sandbox)
+                return True
+        if len(self._warm) + len(self._ordered) < self.warm_target and not self._warm_failed:
+            try:
+                self._ordered.append(self._order(None, self.disk_bytes, self.default_profile, False))
+            except SetupError:
+                self._warm_failed = True
+                return False
+            return True
+        return False
+
+    def waitables(self) -> list[int]:
+        """Fds that turn readable when ``step`` has work to do (sleep on them when idle)."""
+        fds = [self._ordered[0].start.zygote_fd] if self._ordered else []
+        return fds + [sandbox.pidfd for sandbox in self._retired if sandbox.pidfd >= 0]
+
+    def finish(self) -> None:
+        """Clean up every retired sandbox now, waiting for their inits to exit."""
+        while self._retired:
+            self._clean_up(self._retired.pop(0))
+
+    def close(self) -> None:
+        """Discard the warm and ordered sandboxes, clean up, stop the zygote."""
+        while self._ordered:
+            self._receive()
+        while self._warm:
+            self.retire(self._warm.popleft())
+        self.finish()
+        if self._zygote is not None:
+            self._zygote.close()
+            self._zygote = None
+
+    def _order(self, image: ImageRoot | None, disk_bytes: int, profile: str, trace: bool) -> _Order:
+        """Ask the zygote for a sandbox (its answer is read by ``_deliver``)."""
+        compiled = self.profiles.get(profile)
+        zygote = self._zygote_for_next()
+        cgroup = self.backend.create_job() if self.backend is not None else None
+        try:
+            template = launch.Template(
+                seccomp_bpf=self.profiles.trace_bpf if trace else compiled.bpf,
+                exec_once=compiled.exec_once,
+                trace=trace,
+                cgroup_fds=cgroup.attach_fds if cgroup else [],
+                disk_bytes=disk_bytes,
+                cap_last=self.cap_last,
+                image=image,
+            )
+            start = launch.order(zygote, template)
+        except BaseException:
+            if cgroup is not None:
+                cgroup.destroy()
+            raise
+        if cgroup is not None:
+            cgroup.close_attach_fds()  # the sandbox holds its own copies
+        return _Order(start, cgroup)
+
+    def _deliver(self, order: _Order) -> Sandbox:
+        return Sandbox(launch.receive(order.start), order.cgroup)
+
+    def _receive(self) -> None:
+        """Read the zygote's answer for the oldest order; a warm sandbox that failed to
+        start is cleaned up, not handed to a job (the job would only report the failure
+        a sandbox built for it reports too)."""
+        sandbox = self._deliver(self._ordered.popleft())
+        if sandbox.prepared.init_pid > 0:
+            self._warm.append(sandbox)
+        else:
+            self._warm_failed = True
+            self.retire(sandbox)
+
+    def _clean_up(self, sandbox: Sandbox) -> None:
+        prepared = sandbox.prepared
+        if prepared.init_pid > 0 and not prepared.reaped:
+            os.waitpid(prepared.init_pid, 0)
+            prepared.reaped = True
+        sandbox.close()
+        if sandbox.cgroup is not None:
+            sandbox.cgroup.destroy()
+
+    def _zygote_for_next(self) -> Zygote:
+        """The zygote, started on first use, and again if it died or the host files its
+        template was built from changed (looked at every ``RECHECK_S``). Raises
+        SetupError if it cannot be started."""
+        now = time.monotonic()
+        if self._zygote is not None and self._zygote.alive():
+            if now - self._template_checked < RECHECK_S:
+                return self._zygote
+            self._template_checked = now
+            if rootfs.host_image_fingerprint() == self._template_fingerprint:
+                return self._zygote
+        while self._ordered:  # their answers come from the zygote about to go
+            self._receive()
+        if self._zygote is not None:
+            self._zygote.close()
+            self._zygote = None
+        self._template_fingerprint = rootfs.host_image_fingerprint()
+        self._template_checked = now
+        self._zygote = Zygote()
+        return self._zygote
+
+
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
