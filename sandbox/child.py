@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, NoReturn
 
 from sandbox import rootfs
 from sandbox.linux import syscalls as sc
+
+# Not typing.TYPE_CHECKING: the zygote does without the typing module (see stages.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 MAX_MESSAGE = 3000
 

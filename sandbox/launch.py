@@ -43,31 +43,27 @@ and the idle warm sandboxes of its slot.
 from __future__ import annotations
 
 import base64
-import errno
-import fcntl
 import json
 import os
-import resource
-import signal
 import socket
-import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-from sandbox import child, network, notify, rootfs
 from sandbox.errors import SetupError
-from sandbox.fspath import create_file_beneath
 from sandbox.linux import syscalls as sc
-from sandbox.overlay import ImageRoot
-from sandbox.seccomp import HANDOVER_FD
-from sandbox.template import MountBases
+from sandbox.seccomp import EXEC_NUMBERS, NATIVE_ARCH
 
 if TYPE_CHECKING:
     from sandbox.zygote import Zygote
 
-SANDBOX_NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
-_HIGH_FD = 10
-_MAX_FDS = 1024 + 3
+
+@dataclass
+class ImageRoot:
+    """What a sandbox needs of an image: its layer directories, bottom first, and the
+    working directory to create if the image lacks it."""
+
+    layers: list[str]
+    workdir: str = "/"
 
 
 @dataclass
@@ -91,20 +87,9 @@ class Template:
             "image": None if self.image is None else {"layers": self.image.layers, "workdir": self.image.workdir},
             "exec_once": self.exec_once,
             "trace": self.trace,
+            "native_arch": NATIVE_ARCH,
+            "exec_numbers": EXEC_NUMBERS,
         }
-
-    @classmethod
-    def from_wire(cls, data: dict[str, Any], cgroup_fds: list[int]) -> Template:
-        image = data["image"]
-        return cls(
-            seccomp_bpf=base64.b64decode(data["seccomp_bpf"]),
-            cgroup_fds=cgroup_fds,
-            disk_bytes=data["disk_bytes"],
-            cap_last=data["cap_last"],
-            image=None if image is None else ImageRoot(image["layers"], image["workdir"]),
-            exec_once=data["exec_once"],
-            trace=data["trace"],
-        )
 
 
 @dataclass
@@ -202,19 +187,6 @@ def receive(starting: Starting) -> Prepared:
     return Prepared(init_pid, starting.report_fd, starting.job_channel, MessageReader(starting.report_fd), early)
 
 
-def start_sandbox(template: Template, bases: MountBases, report_fd: int, channel_fd: int) -> int:
-    """(In the zygote.) Start B - pid 1 of new mount, pid, network, IPC and UTS
-    namespaces, its mount namespace a private copy of the template (or, for an image, of
-    the host's tree, to build the image root from) - as a child of the zygote's parent,
-    and return its pid."""
-    sc.setns(bases.host_fd if template.image is not None else bases.template_fd, sc.CLONE_NEWNS)
-    pid = sc.clone_sibling(SANDBOX_NAMESPACES)
-    if pid == 0:
-        keep = {report_fd, channel_fd, *template.cgroup_fds}
-        child.guard(report_fd, lambda: _stage_init(template, report_fd, channel_fd, keep))
-    return pid
-
-
 def start_job(prepared: Prepared, job: JobSpec) -> None:
     """Hand the job to a prepared sandbox. Raises OSError if the sandbox is gone."""
     fds = [job.stdin_fd, job.stdout_fd, job.stderr_fd, *(fd for _, fd, _ in job.input_files)]
@@ -231,188 +203,3 @@ def start_job(prepared: Prepared, job: JobSpec) -> None:
 
 def become_subreaper() -> None:
     sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
-
-
-def _stage_init(template: Template, report_fd: int, channel_fd: int, keep: set[int]) -> None:
-    # We start with the zygote's fds and stdio; the sandbox keeps only its own. Its
-    # stdio becomes /dev/null: nothing the sandbox side prints (or a job provokes it to
-    # print) may land in the supervisor's output or the worker's log; what matters
-    # travels as messages on report_fd.
-    child.close_fds_except(keep)
-    child.stdio_to_null()
-    channel = socket.socket(fileno=channel_fd)
-    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    # The supervisor is our parent (CLONE_PARENT); if it died before we armed the signal,
-    # its end of the channel is closed and the death signal will never come. (Peek: a
-    # job may already wait.)
-    try:
-        if channel.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
-            os._exit(0)
-    except BlockingIOError:
-        pass
-    sc.sethostname(rootfs.HOSTNAME)
-    sc.setdomainname("(none)")
-    network.bring_up_loopback()
-    _build_root(template)
-    to_program, program_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid_c = os.fork()
-    if pid_c == 0:
-        to_program.close()
-        channel.close()
-        child.guard(report_fd, lambda: _stage_program(template, report_fd, program_end))
-    program_end.close()
-    for fd in template.cgroup_fds:
-        os.close(fd)
-
-    raw, fds, _, _ = socket.recv_fds(channel, 1 << 20, _MAX_FDS)
-    if not raw:
-        os._exit(0)  # discarded unused: the kernel takes C down with us
-    job = json.loads(raw)
-    stdio, file_fds = fds[:3], fds[3:]
-    if job["disk_bytes"] != template.disk_bytes:
-        rootfs.resize_scratch(job["disk_bytes"])
-    new_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    for (dest, mode), source_fd in zip(job["files"], file_fds, strict=True):
-        _copy_in(new_root, dest, source_fd, mode)
-        os.close(source_fd)
-    os.close(new_root)
-    instructions = {key: job[key] for key in ("argv", "env", "cwd", "rlimits")}
-    started_ns = time.monotonic_ns()
-    socket.send_fds(to_program, [json.dumps(instructions).encode()], stdio)
-    for fd in stdio:
-        os.close(fd)
-    child.send(report_fd, "started", t=started_ns)
-    _, listener, _, _ = socket.recv_fds(to_program, 16, 1)
-    if listener:  # none if C failed before installing its filter
-        notify.start_watcher(
-            listener[0], lambda kind, **fields: child.send(report_fd, kind, **fields),
-            exec_once=template.exec_once, trace=template.trace,
-        )
-    while True:
-        pid, status, rusage = os.wait4(-1, 0)
-        if pid == pid_c:
-            child.send(
-                report_fd,
-                "exited",
-                status=status,
-                t=time.monotonic_ns(),
-                maxrss_kb=rusage.ru_maxrss,
-                utime=rusage.ru_utime,
-                stime=rusage.ru_stime,
-            )
-            os._exit(0)  # the kernel now kills whatever else runs in the pid namespace
-
-
-def _build_root(template: Template) -> None:
-    """The job's filesystems on its private copy of the template root; or, for an image,
-    an overlay root built from the host's layer directories and pivoted into."""
-    if template.image is None:
-        root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            rootfs.mount_job_filesystems(root_fd, template.disk_bytes)
-        finally:
-            os.close(root_fd)
-        return
-    image_root_fd = rootfs.build_image_root(template.disk_bytes, template.image)
-    rootfs.pivot_into(image_root_fd, seal=False)
-    os.close(image_root_fd)
-
-
-def _copy_in(root_fd: int, dest: str, source_fd: int, mode: int) -> None:
-    target = create_file_beneath(root_fd, dest, mode)
-    try:
-        os.lseek(source_fd, 0, os.SEEK_SET)
-        while True:
-            chunk = os.read(source_fd, 1 << 20)
-            if not chunk:
-                break
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(target, view):]
-        os.fchmod(target, mode)
-    except OSError as exc:
-        raise OSError(exc.errno, f"copying {dest} into the sandbox: {exc.strerror} (is --disk big enough?)") from exc
-    finally:
-        os.close(target)
-
-
-def _stage_program(template: Template, report_fd: int, channel: socket.socket) -> None:
-    for fd in template.cgroup_fds:
-        os.write(fd, b"0")  # join the job cgroup now, long before the job's clock starts
-        os.close(fd)
-    sc.unshare(sc.CLONE_NEWCGROUP)
-    os.setsid()
-    # What does not depend on the job is done before it arrives; nothing from here to
-    # the exec needs a capability.
-    _reset_signals()
-    _drop_privileges(template.cap_last)
-    raw, stdio, _, _ = socket.recv_fds(channel, 1 << 20, 3)
-    if not raw:
-        os._exit(0)
-    instructions = json.loads(raw)
-    for limit, soft, hard in instructions["rlimits"]:
-        resource.setrlimit(limit, (soft, hard))
-    # Move the fds we keep out of the way, then lay them on 0, 1, 2, 3 and 4.
-    kept = (*stdio, report_fd, channel.detach())
-    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in kept]
-    for target, fd in enumerate(moved[:3]):
-        os.dup2(fd, target, inheritable=True)
-    os.dup2(moved[3], 3, inheritable=False)
-    os.dup2(moved[4], HANDOVER_FD, inheritable=False)
-    sc.close_range(HANDOVER_FD + 1)
-    report_fd = 3
-    to_init = socket.socket(fileno=HANDOVER_FD)  # made before the filter: it asks the kernel the socket type
-    cwd = instructions["cwd"]
-    argv, env = instructions["argv"], instructions["env"]
-    try:
-        os.chdir(cwd)
-    except OSError as exc:
-        child.send(report_fd, "exec_error", errno=exc.errno, message=f"cannot enter {cwd}: {exc.strerror}")
-        os._exit(126)
-    # Resolved before the filter: the program gets exactly one execve (the "once" mode).
-    path = _resolve(argv[0], env.get("PATH", ""))
-    listener = sc.seccomp_install(
-        template.seccomp_bpf, sc.SECCOMP_FILTER_FLAG_NEW_LISTENER | sc.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
-    )
-    socket.send_fds(to_init, [b"l"], [listener])
-    os.close(listener)
-    try:
-        if path is None:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
-        os.execve(path, argv, env)
-    except OSError as exc:
-        child.send(report_fd, "exec_error", errno=exc.errno, message=f"{argv[0]}: {exc.strerror}")
-        os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
-
-
-def _resolve(command: str, search_path: str) -> str | None:
-    """The file execvpe would run (first executable match on PATH); None if none."""
-    if "/" in command:
-        return command
-    for directory in search_path.split(":"):
-        candidate = os.path.join(directory or ".", command)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def _reset_signals() -> None:
-    """Default dispositions and an empty mask: Python ignores SIGPIPE and SIGXFSZ, and
-    an ignored signal would stay ignored across exec."""
-    for number in range(1, signal.NSIG):
-        if number in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        try:
-            signal.signal(number, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass  # numbers without a signal behind them (32, 33 are glibc's own)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-
-
-def _drop_privileges(cap_last: int) -> None:
-    """No capability survives, in any set, and exec can never grant one back."""
-    sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
-    for cap in range(cap_last + 1):
-        sc.prctl(sc.PR_CAPBSET_DROP, cap)
-    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
-    sc.capset_empty()

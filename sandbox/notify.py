@@ -27,26 +27,29 @@ import signal
 import threading
 from collections.abc import Callable
 
-import pyseccomp
-
 from sandbox.linux import syscalls as sc
 
-_NATIVE = pyseccomp.system_arch()
 ReportFn = Callable[..., None]  # report(kind, **fields): one message on the report pipe
-_EXEC_NUMBERS = {pyseccomp.resolve_syscall(_NATIVE, name) for name in ("execve", "execveat")}
 
 
-def start_watcher(listener_fd: int, report: ReportFn, *, exec_once: bool, trace: bool) -> threading.Thread:
-    """Watch the listener in a daemon thread (B's main thread keeps reaping)."""
+def start_watcher(
+    listener_fd: int, report: ReportFn, *, exec_once: bool, trace: bool, native_arch: int, exec_numbers: set[int]
+) -> threading.Thread:
+    """Watch the listener in a daemon thread (B's main thread keeps reaping).
+    ``native_arch`` and ``exec_numbers`` (the AUDIT_ARCH value and the execve and
+    execveat numbers) come from the supervisor's pyseccomp, which stays out of the
+    zygote (``stages.py``)."""
     if trace:
         thread = threading.Thread(target=_trace, args=(listener_fd, report), daemon=True)
     else:
-        thread = threading.Thread(target=_enforce, args=(listener_fd, report, exec_once), daemon=True)
+        thread = threading.Thread(
+            target=_enforce, args=(listener_fd, report, exec_once, native_arch, exec_numbers), daemon=True
+        )
     thread.start()
     return thread
 
 
-def _enforce(listener_fd: int, report: ReportFn, exec_once: bool) -> None:
+def _enforce(listener_fd: int, report: ReportFn, exec_once: bool, native_arch: int, exec_numbers: set[int]) -> None:
     exec_budget = 1 if exec_once else 0
     while True:
         try:
@@ -59,7 +62,7 @@ def _enforce(listener_fd: int, report: ReportFn, exec_once: bool) -> None:
                 _kill_job()
             return
         nr, arch = notif.data.nr, notif.data.arch
-        if exec_budget and arch == _NATIVE and nr in _EXEC_NUMBERS:
+        if exec_budget and arch == native_arch and nr in exec_numbers:
             # The sandbox's own exec of the program: nothing of the program ran yet.
             exec_budget -= 1
             _continue(listener_fd, notif.id)

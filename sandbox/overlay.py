@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
-
 from sandbox.errors import SetupError
 from sandbox.fspath import make_dirs_beneath
 from sandbox.linux import syscalls as sc
@@ -29,23 +27,15 @@ _PAGE = 4096
 _MOUNT_ATTRS = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
 
 
-@dataclass
-class ImageRoot:
-    """What the sandbox needs of an image: its layer directories, bottom first, and
-    the working directory to create if the image lacks it."""
-
-    layers: list[str]
-    workdir: str = "/"
-
-
-def mount_image_root(image: ImageRoot, upper_bytes: int, where: str) -> int:
-    """Build the overlay, attach it at ``where``/root, and return an fd of its root.
-    ``where`` is a directory of this private mount namespace (it gets the upper tmpfs)."""
-    if len(image.layers) > MAX_LAYERS:
-        raise SetupError(f"image has {len(image.layers)} layers; overlayfs stacks at most {MAX_LAYERS}")
+def mount_image_root(layers: list[str], upper_bytes: int, where: str) -> int:
+    """Build the overlay of ``layers`` (directories, bottom first), attach it at
+    ``where``/root, and return an fd of its root. ``where`` is a directory of this
+    private mount namespace (it gets the upper tmpfs)."""
+    if len(layers) > MAX_LAYERS:
+        raise SetupError(f"image has {len(layers)} layers; overlayfs stacks at most {MAX_LAYERS}")
     # Layers first: the store may lie under ``where``, which the upper tmpfs covers.
     # Top-most layer first, as overlayfs lists them.
-    fds = [os.open(layer, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for layer in reversed(image.layers)]
+    fds = [os.open(layer, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for layer in reversed(layers)]
     lowers = [str(fd) for fd in fds]
     upper_mount = _tmpfs(upper_bytes)
     sc.move_mount(upper_mount, "", sc.AT_FDCWD, where, sc.MOVE_MOUNT_F_EMPTY_PATH)

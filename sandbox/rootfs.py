@@ -28,7 +28,7 @@ import stat
 
 from sandbox.fspath import create_file_beneath, make_dirs_beneath, open_beneath
 from sandbox.linux import syscalls as sc
-from sandbox.overlay import ImageRoot, mount_image_root
+from sandbox.overlay import mount_image_root
 
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
@@ -215,7 +215,7 @@ def _replace_non_directory(dir_fd: int, name: str) -> None:
         os.unlink(name, dir_fd=dir_fd)
 
 
-def populate_image_root(root_fd: int, image: ImageRoot) -> None:
+def populate_image_root(root_fd: int, workdir: str) -> None:
     """Make an image root safe to mount the job filesystems on; write hosts/hostname."""
     for name in (*_IMAGE_MOUNT_POINTS, "etc"):
         _replace_non_directory(root_fd, name)
@@ -235,8 +235,8 @@ def populate_image_root(root_fd: int, image: ImageRoot) -> None:
                 os.close(fd)
     finally:
         os.close(etc)
-    if image.workdir != "/":
-        os.close(make_dirs_beneath(root_fd, image.workdir))
+    if workdir != "/":
+        os.close(make_dirs_beneath(root_fd, workdir))
 # --- end image roots ------------------------------------------------------------------
 
 
@@ -271,13 +271,13 @@ def build_template() -> None:
         os.close(root_fd)
 
 
-def build_image_root(disk_bytes: int, image: ImageRoot) -> int:
+def build_image_root(disk_bytes: int, layers: list[str], workdir: str) -> int:
     """(In a sandbox init, on a private copy of the host's tree.) Mount the image's
     overlay - its layers must be mounts of this namespace, which is why an image root
     is not built on the template - and the job's filesystems in it; returns its fd for
     ``pivot_into``."""
-    root_fd = mount_image_root(image, disk_bytes, "/tmp")
-    populate_image_root(root_fd, image)
+    root_fd = mount_image_root(layers, disk_bytes, "/tmp")
+    populate_image_root(root_fd, workdir)
     build_dev(root_fd)
     mount_job_filesystems(root_fd, disk_bytes)
     return root_fd

@@ -16,12 +16,12 @@ from contextlib import ExitStack
 from typing import Any
 
 from sandbox import launch as launcher
+from sandbox.launch import ImageRoot
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
 from sandbox.errors import CgroupError, JobError, SandboxError
 from sandbox.images.errors import ImageNotFound
 from sandbox.images.runtime import lease_image
 from sandbox.models import WORKDIR, Blob, Job, Limits, Result, Status, Usage
-from sandbox.overlay import ImageRoot
 from sandbox.profile_cache import ProfileCache
 from sandbox.supervise import Outcome, Watch, supervise
 from sandbox.supply import SandboxSupply

@@ -25,13 +25,16 @@ import pyseccomp
 
 from sandbox.errors import SetupError
 from sandbox.linux import syscalls
+from sandbox.stages import HANDOVER_FD
 
 LOW32 = 0xFFFFFFFF
 EXEC_CALLS = ("execve", "execveat")
-# The fd on which the sandbox hands the filter's listener to its init, right after
-# installing it (launch.py): sendmsg on it is allowed even where a profile has no sendmsg.
-# After exec that fd is closed, and such a profile gives the program no socket to put there.
-HANDOVER_FD = 4
+# The fd on which the sandbox hands the filter's listener to its init (HANDOVER_FD,
+# stages.py): sendmsg on it is allowed even where a profile has no sendmsg. After exec
+# that fd is closed, and such a profile gives the program no socket to put there.
+# The native architecture's audit token and exec calls, for the init's watcher.
+NATIVE_ARCH: int = pyseccomp.system_arch()
+EXEC_NUMBERS: list[int] = [pyseccomp.resolve_syscall(NATIVE_ARCH, name) for name in EXEC_CALLS]
 # Audit architecture tokens (as in struct seccomp_data) -> the names users know.
 ARCH_NAMES = {0xC000003E: "x86_64", 0x40000003: "x86", 0xC00000B7: "aarch64", 0x40000028: "arm"}
 

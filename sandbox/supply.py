@@ -18,9 +18,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from sandbox import launch, rootfs
+from sandbox.launch import ImageRoot
 from sandbox.cgroups import CgroupBackend, JobCgroup
 from sandbox.errors import SetupError
-from sandbox.overlay import ImageRoot
 from sandbox.profile_cache import ProfileCache
 from sandbox.template import RECHECK_S
 from sandbox.zygote import Zygote

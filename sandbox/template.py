@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import dataclass
 
 from sandbox import child, rootfs
 from sandbox.errors import SetupError
@@ -24,15 +23,18 @@ from sandbox.linux import syscalls as sc
 RECHECK_S = 60.0
 
 
-@dataclass
 class MountBases:
     """The mount namespaces a zygote starts sandboxes from: the template, and a private
     copy of the host's tree (for image roots, whose layers are host directories that
     overlayfs accepts only from the mounting process's own namespace). Both belong to
-    the template user namespace, so the zygote may enter either before each clone."""
+    the template user namespace, so the zygote may enter either before each clone.
+    (A plain class: see ``stages.py`` on what the zygote imports.)"""
 
-    template_fd: int
-    host_fd: int
+    __slots__ = ("template_fd", "host_fd")
+
+    def __init__(self, template_fd: int, host_fd: int) -> None:
+        self.template_fd = template_fd
+        self.host_fd = host_fd
 
 
 def enter_template() -> MountBases:

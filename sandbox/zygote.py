@@ -27,13 +27,16 @@ import gc
 import json
 import os
 import socket
-import subprocess
 import sys
-from typing import Any
 
-from sandbox import launch
+from sandbox import stages
 from sandbox.errors import SandboxError, SetupError
 from sandbox.template import MountBases, enter_template
+
+# Not typing.TYPE_CHECKING: the zygote does without the typing module (see stages.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _MAX_REQUEST = 1 << 20
 _MAX_FDS = 16  # report pipe, job channel, one cgroup attach fd per hierarchy
@@ -43,6 +46,8 @@ class Zygote:
     """The supervisor's handle on its zygote process (started here, a child of ours)."""
 
     def __init__(self) -> None:
+        import subprocess  # here, not at the top: the zygote process imports this module too
+
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             self.process = subprocess.Popen(
@@ -125,9 +130,9 @@ def _start_one(request: dict[str, Any], fds: list[int], bases: MountBases) -> di
     if len(fds) < 2:
         return {"error": "a sandbox request needs the report pipe and the job channel"}
     report_fd, channel_fd, *cgroup_fds = fds
-    template = launch.Template.from_wire(request, cgroup_fds)
+    spec = stages.Spec(request, cgroup_fds)
     try:
-        return {"pid": launch.start_sandbox(template, bases, report_fd, channel_fd)}
+        return {"pid": stages.start_sandbox(spec, bases, report_fd, channel_fd)}
     except OSError as exc:
         return {"error": f"cannot start a sandbox: {exc}"}
 

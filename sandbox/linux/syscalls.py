@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -53,7 +52,7 @@ _SHARED_NUMBERS = {
     "openat2": 437,
     "mount_setattr": 442,
 }
-MACHINE = platform.machine()
+MACHINE = os.uname().machine
 if MACHINE not in _ARCH_NUMBERS:
     raise ImportError(f"unsupported architecture {MACHINE!r} (supported: x86_64, aarch64)")
 NR = {**_ARCH_NUMBERS[MACHINE], **_SHARED_NUMBERS}
