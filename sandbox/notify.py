@@ -2,9 +2,9 @@
 record traces.
 
 The program's filter sends kill-listed calls (and foreign-architecture calls) to a
-listener fd that the init (B) holds. A thread of B blocks in SECCOMP_IOCTL_NOTIF_RECV;
-for a violation it writes {"kind": "violation", number, arch} on the report pipe and
-SIGKILLs every process of the job's pid namespace. The notified call is never answered,
+listener fd that the init (B) holds. B's main loop polls it beside its children's
+exits; for a violation it writes {"kind": "violation", number, arch} on the report pipe
+and SIGKILLs every process of the job's pid namespace. The notified call is never answered,
 so it never runs; the decision uses only the syscall number and architecture, never a
 pointer argument the program could change underneath us.
 
@@ -24,7 +24,6 @@ import errno
 import os
 import select
 import signal
-import threading
 from collections.abc import Callable
 
 from sandbox.linux import syscalls as sc
@@ -32,60 +31,52 @@ from sandbox.linux import syscalls as sc
 ReportFn = Callable[..., None]  # report(kind, **fields): one message on the report pipe
 
 
-def start_watcher(
-    listener_fd: int, report: ReportFn, *, exec_once: bool, trace: bool, native_arch: int, exec_numbers: set[int]
-) -> threading.Thread:
-    """Watch the listener in a daemon thread (B's main thread keeps reaping).
+class Watcher:
+    """Handles the notifications of one job's filter, one at a time, from the sandbox
+    init's main loop (``stages.py``): no thread, so nothing to start on the job's path.
     ``native_arch`` and ``exec_numbers`` (the AUDIT_ARCH value and the execve and
     execveat numbers) come from the supervisor's pyseccomp, which stays out of the
-    zygote (``stages.py``)."""
-    if trace:
-        thread = threading.Thread(target=_trace, args=(listener_fd, report), daemon=True)
-    else:
-        thread = threading.Thread(
-            target=_enforce, args=(listener_fd, report, exec_once, native_arch, exec_numbers), daemon=True
-        )
-    thread.start()
-    return thread
+    zygote."""
 
+    def __init__(
+        self, report: ReportFn, *, exec_once: bool, trace: bool, native_arch: int, exec_numbers: set[int]
+    ) -> None:
+        self.report = report
+        self.exec_budget = 1 if exec_once and not trace else 0
+        self.trace = trace
+        self.native_arch = native_arch
+        self.exec_numbers = exec_numbers
+        self.seen: set[tuple[int, int]] = set()
 
-def _enforce(listener_fd: int, report: ReportFn, exec_once: bool, native_arch: int, exec_numbers: set[int]) -> None:
-    exec_budget = 1 if exec_once else 0
-    while True:
+    def handle(self, listener_fd: int) -> bool:
+        """Take the pending notification (the listener polled readable or hung up);
+        False once the listener is done with: the job ended or was killed."""
         try:
             notif = sc.seccomp_notif_recv(listener_fd)
         except OSError as exc:
             if exc.errno == errno.EINTR:
-                continue
+                return True
             if exc.errno == errno.ENOENT and not _orphaned(listener_fd):
-                report("violation", number=None, arch=None)
+                if self.trace:
+                    return True  # the traced call was interrupted: nothing to name
+                self.report("violation", number=None, arch=None)
                 _kill_job()
-            return
+            return False
         nr, arch = notif.data.nr, notif.data.arch
-        if exec_budget and arch == native_arch and nr in exec_numbers:
-            # The sandbox's own exec of the program: nothing of the program ran yet.
-            exec_budget -= 1
+        if self.trace:
+            if (nr, arch) not in self.seen:
+                self.seen.add((nr, arch))
+                self.report("traced", number=nr, arch=arch)
             _continue(listener_fd, notif.id)
-            continue
-        report("violation", number=nr, arch=arch)
+            return True
+        if self.exec_budget and arch == self.native_arch and nr in self.exec_numbers:
+            # The sandbox's own exec of the program: nothing of the program ran yet.
+            self.exec_budget -= 1
+            _continue(listener_fd, notif.id)
+            return True
+        self.report("violation", number=nr, arch=arch)
         _kill_job()
-        return
-
-
-def _trace(listener_fd: int, report: ReportFn) -> None:
-    seen: set[tuple[int, int]] = set()
-    while True:
-        try:
-            notif = sc.seccomp_notif_recv(listener_fd)
-        except OSError as exc:
-            if exc.errno in (errno.EINTR, errno.ENOENT):
-                continue
-            return
-        key = (notif.data.nr, notif.data.arch)
-        if key not in seen:
-            seen.add(key)
-            report("traced", number=key[0], arch=key[1])
-        _continue(listener_fd, notif.id)
+        return False
 
 
 def _orphaned(listener_fd: int) -> bool:

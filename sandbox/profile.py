@@ -13,6 +13,7 @@ constants. A typo must never silently widen or narrow a policy.
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -80,9 +81,11 @@ def _socket_rules(profile: Profile) -> None:
         policy.arg_rules["socketpair"] = [ArgRule(kind="allow_if", syscall="socketpair", arg=0, values=unix)]
 
 
-def builtin_profiles() -> list[str]:
-    """Profiles to run with; ``_base`` (shared rules, no allow-list) is only extended."""
-    return sorted(p.stem for p in PROFILES_DIR.glob("*.toml") if not p.stem.startswith("_"))
+@functools.cache
+def builtin_profiles() -> tuple[str, ...]:
+    """Profiles to run with; ``_base`` (shared rules, no allow-list) is only extended.
+    (Read once per process: every job submitted to a worker is checked against it.)"""
+    return tuple(sorted(p.stem for p in PROFILES_DIR.glob("*.toml") if not p.stem.startswith("_")))
 
 
 def _load(path: Path, depth: int) -> Profile:

@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import time
@@ -118,26 +119,53 @@ def _stage_init(template: Spec, report_fd: int, channel_fd: int, keep: set[int])
     for fd in stdio:
         os.close(fd)
     child.send(report_fd, "started", t=started_ns)
-    _, listener, _, _ = socket.recv_fds(to_program, 16, 1)
-    if listener:  # none if C failed before installing its filter
-        notify.start_watcher(
-            listener[0], lambda kind, **fields: child.send(report_fd, kind, **fields),
-            exec_once=template.exec_once, trace=template.trace,
-            native_arch=template.native_arch, exec_numbers=set(template.exec_numbers),
-        )
+    watcher = notify.Watcher(
+        lambda kind, **fields: child.send(report_fd, kind, **fields), exec_once=template.exec_once,
+        trace=template.trace, native_arch=template.native_arch, exec_numbers=set(template.exec_numbers),
+    )
+    _watch_and_reap(pid_c, to_program, watcher, report_fd)
+
+
+def _watch_and_reap(pid_c: int, to_program: socket.socket, watcher: notify.Watcher, report_fd: int) -> None:
+    """B's loop until the program exits: reap every child as it exits (orphans of the
+    job come to us, pid 1, and a zombie would hold a pid of the job's limit), take the
+    program's notification listener once it has installed its filter, and answer its
+    notifications. One thread, woken by poll: SIGCHLD through Python's wakeup fd."""
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so that the signal wakes us
+    poller = select.poll()
+    poller.register(wake_r, select.POLLIN)
+    poller.register(to_program, select.POLLIN)
+    listener = -1
     while True:
-        pid, status, rusage = os.wait4(-1, 0)
-        if pid == pid_c:
-            child.send(
-                report_fd,
-                "exited",
-                status=status,
-                t=time.monotonic_ns(),
-                maxrss_kb=rusage.ru_maxrss,
-                utime=rusage.ru_utime,
-                stime=rusage.ru_stime,
-            )
-            os._exit(0)  # the kernel now kills whatever else runs in the pid namespace
+        while True:
+            pid, status, rusage = os.wait4(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            if pid == pid_c:
+                child.send(
+                    report_fd,
+                    "exited",
+                    status=status,
+                    t=time.monotonic_ns(),
+                    maxrss_kb=rusage.ru_maxrss,
+                    utime=rusage.ru_utime,
+                    stime=rusage.ru_stime,
+                )
+                os._exit(0)  # the kernel now kills whatever else runs in the pid namespace
+        for fd, _ in poller.poll():
+            if fd == wake_r:
+                while os.read(wake_r, 512) == 512:
+                    pass
+            elif fd == to_program.fileno():
+                poller.unregister(fd)
+                _, fds, _, _ = socket.recv_fds(to_program, 16, 1)
+                if fds:  # none if the program failed before installing its filter
+                    listener = fds[0]
+                    poller.register(listener, select.POLLIN)
+            elif fd == listener and not watcher.handle(listener):
+                poller.unregister(listener)
 
 
 def _build_root(template: Spec) -> None:

@@ -71,6 +71,7 @@ class Pool:
         self.retention_s = retention_s
         self.max_records = max_records
         self.records: dict[str, JobRecord] = {}
+        self._finished: deque[str] = deque()  # ids of finished records, oldest first
         self.stats = PoolStats()
         self._send, self._receive = trio.open_memory_channel[JobRecord](max_queue)
         self.queued = 0
@@ -185,6 +186,7 @@ class Pool:
     def _finish(self, record: JobRecord, state: JobState, result: Result | None) -> None:
         record.state, record.result, record.slot = state, result, None
         record.finished_at = time.monotonic()
+        self._finished.append(record.id)
         if result is not None:
             self.stats.by_status[result.status.value] += 1
             self.stats.latencies_ms.append((record.finished_at - record.submitted_at) * 1000)
@@ -198,16 +200,15 @@ class Pool:
         return event_message(record.id, record.state.value, **extra)
 
     def _expire(self) -> None:
+        """Forget finished records past the retention window, and the oldest finished
+        ones beyond ``max_records`` - in time proportional to what is forgotten (this runs
+        for every submit)."""
         now = time.monotonic()
-        expired = [
-            job_id
-            for job_id, record in self.records.items()
-            if record.finished_at is not None and now - record.finished_at > self.retention_s
-        ]
-        for job_id in expired:
-            del self.records[job_id]
-        while len(self.records) > self.max_records:
-            oldest = next((r for r in self.records.values() if r.done), None)
-            if oldest is None:
+        while self._finished:
+            record = self.records.get(self._finished[0])
+            expired = record is None or now - (record.finished_at or now) > self.retention_s
+            if not expired and len(self.records) <= self.max_records:
                 break
-            del self.records[oldest.id]
+            self._finished.popleft()
+            if record is not None:
+                del self.records[record.id]
