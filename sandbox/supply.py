@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from sandbox import launch, rootfs
 from sandbox.launch import ImageRoot
+from sandbox.models import Limits
 from sandbox.cgroups import CgroupBackend, JobCgroup
 from sandbox.errors import SetupError
 from sandbox.profile_cache import ProfileCache
@@ -149,6 +150,8 @@ class SandboxSupply:
         zygote = self._zygote_for_next()
         cgroup = self.backend.create_job() if self.backend is not None else None
         try:
+            if cgroup is not None:
+                cgroup.apply_limits(Limits())  # what most jobs ask for: written now, not on their path
             template = launch.Template(
                 seccomp_bpf=self.profiles.trace_bpf if trace else compiled.bpf,
                 exec_once=compiled.exec_once,

@@ -42,10 +42,19 @@ class JobCgroup(abc.ABC):
         self.directories = directories
         self.attach_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in attach_files]
         self._baseline = CgroupUsage(0, 0, 0, None, 0, None)
+        self._applied: tuple[int, int, float | None] | None = None
+
+    def apply_limits(self, limits: Limits) -> None:
+        """Write the job's limits - unless they are the ones already written: a warm
+        cgroup gets the default limits ahead of time, so most jobs write nothing here."""
+        wanted = (limits.memory_bytes, limits.pids, limits.cpus)
+        if wanted != self._applied:
+            self._write_limits(limits)
+            self._applied = wanted
 
     @abc.abstractmethod
-    def apply_limits(self, limits: Limits) -> None:
-        """Write the job's limits (a warm cgroup gets them when its job arrives)."""
+    def _write_limits(self, limits: Limits) -> None:
+        """Write memory, pids and CPU quota limits to the kernel."""
 
     @abc.abstractmethod
     def _raw_cpu_ns(self) -> int:

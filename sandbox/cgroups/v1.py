@@ -49,7 +49,7 @@ class V1JobCgroup(JobCgroup):
         self.by_controller = dirs
         self._cpu_fd = os.open(os.path.join(dirs["cpuacct"], "cpuacct.usage"), os.O_RDONLY | os.O_CLOEXEC)
 
-    def apply_limits(self, limits: Limits) -> None:
+    def _write_limits(self, limits: Limits) -> None:
         memory, cpu = self.by_controller["memory"], self.by_controller["cpu"]
         # memsw must stay >= the memory limit at every step: order the writes accordingly.
         swap_limit = os.path.join(memory, "memory.memsw.limit_in_bytes")

@@ -82,7 +82,7 @@ class V2JobCgroup(JobCgroup):
         text = os.pread(self._cpu_fd, 4096, 0).decode()
         return {k: int(v) for k, v in (line.split() for line in text.splitlines() if line.strip())}
 
-    def apply_limits(self, limits: Limits) -> None:
+    def _write_limits(self, limits: Limits) -> None:
         write_file(os.path.join(self.directory, "memory.max"), str(limits.memory_bytes))
         write_file(os.path.join(self.directory, "pids.max"), str(limits.pids))
         quota = "max" if limits.cpus is None else str(round(limits.cpus * CPU_PERIOD_US))
