@@ -56,16 +56,18 @@ def start_in(cgroup: JobCgroup, argv: list[str]) -> int:
     return pid
 
 
-def reap_all(first: int) -> int:
-    """Wait for ``first`` and for every orphan reparented to us (we are a subreaper).
-
-    A process is reparented before its parent can be reaped, so once waitpid reports no
-    children left, none is on its way either. Returns the status of ``first``.
-    """
+def reap_all(first: int, cgroup: JobCgroup) -> int:
+    """Wait for ``first``, then for the job's cgroup to empty, and reap every orphan of the
+    job reparented to us (we are a subreaper). Once the cgroup is empty every process of
+    the job has exited, and each was reparented before its parent could be reaped: what
+    is left are zombies, reaped here - and live children that are not the job's (the
+    session Runner's zygote), left alone. Returns the status of ``first``."""
     _, status = os.waitpid(first, 0)
+    assert wait_for(lambda: not cgroup.pids()), cgroup.pids()
     while True:
         try:
-            os.waitpid(-1, 0)
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return status
         except ChildProcessError:
             return status
 
@@ -122,7 +124,7 @@ def test_cgroup_kill_stops_a_fork_storm(job_cgroup: JobCgroup):
         assert job_cgroup.pids() == []
     finally:
         job_cgroup.kill_all()
-        reap_all(first)
+        reap_all(first, job_cgroup)
 
 
 def wait_unpopulated(directory: str, timeout: float) -> bool:
@@ -145,7 +147,7 @@ def wait_unpopulated(directory: str, timeout: float) -> bool:
 @pytest.mark.limits(cpus=0.5)
 def test_cpu_max_throttling_is_measured(job_cgroup: JobCgroup, programs):
     start = time.monotonic()
-    status = reap_all(start_in(job_cgroup, [str(programs["spin"]), "300"]))
+    status = reap_all(start_in(job_cgroup, [str(programs["spin"]), "300"]), job_cgroup)
     wall = time.monotonic() - start
     assert os.waitstatus_to_exitcode(status) == 0
     stat = read_keyed(os.path.join(job_cgroup.directories[0], "cpu.stat"))
