@@ -126,19 +126,37 @@ def descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[
 
 
 def worker_cpu_ms(worker_pid: int) -> dict[str, float]:
-    """CPU ms so far, user and system apart, of the worker and of its launchers; the
-    sandbox processes a launcher has reaped (it is their subreaper) count as its
-    children. System time there is the kernel's share: fork, page faults, namespaces."""
+    """CPU ms so far, user and system apart, of the worker and of every process below it:
+    its launchers, their zygotes, and the sandbox processes (live ones by their own
+    time; exited ones through the time of whoever reaped them - a launcher is the
+    subreaper of its sandboxes). Differences of two readings are exact: a process
+    counted live in the first and reaped before the second moves into its reaper's
+    children time. System time is the kernel's share: clone, page faults, namespaces."""
     tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
     totals: dict[str, float] = collections.Counter()
-    for pid in [worker_pid, *children_map().get(worker_pid, [])]:
-        fields = [int(f) * tick_ms for f in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:15]]
-        role = "worker (trio)" if pid == worker_pid else "launchers"
+    children = children_map()
+    launchers = set(children.get(worker_pid, []))
+    for pid in [worker_pid, *descendants(worker_pid, children)]:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue  # exited meanwhile: its reaper's children time has it next time
+        fields = [int(f) * tick_ms for f in stat.rsplit(")", 1)[1].split()[11:15]]
+        if pid == worker_pid:
+            role = "worker (trio)"
+        elif pid in launchers:
+            role = "launchers"
+        elif b"sandbox.zygote" in cmdline:
+            role = "zygotes"
+        else:
+            role = "sandbox processes"
         totals[f"{role} user"] += fields[0]
         totals[f"{role} sys"] += fields[1]
+        reaped = "zygotes" if role == "zygotes" else "sandbox processes"
         if pid != worker_pid:
-            totals["sandbox processes user"] += fields[2]
-            totals["sandbox processes sys"] += fields[3]
+            totals[f"{reaped} user"] += fields[2]
+            totals[f"{reaped} sys"] += fields[3]
     return dict(totals)
 
 

@@ -1,5 +1,5 @@
 """Where a warm job's time goes, for the report of a missed latency target: py-spy
-samples the worker and its launchers (and the sandbox inits they fork) while a client
+samples the worker and its launchers (and their zygotes and sandbox inits) while a client
 runs trivial jobs back to back, and the top frames are summed from its collapsed stacks.
 
 Two views per process: "self" (the innermost frame of each sample) and "inclusive"
@@ -26,7 +26,7 @@ from bench.worker import worker_latency
 
 TOP = 15
 RATE = 500  # samples per second and process
-ROLES = ("worker (trio)", "launcher", "sandbox init (forked from the launcher)")
+ROLES = ("worker (trio)", "launcher", "zygote and sandbox processes (children of the launcher)")
 
 
 def _frame(frame: str) -> str:
@@ -48,7 +48,7 @@ def summarise(collapsed: str) -> dict:
         if not stack or not count_text.isdigit():
             continue
         frames = stack.split(";")
-        depth = sum(1 for f in frames if f.startswith("process "))  # worker > launcher > its forks
+        depth = sum(1 for f in frames if f.startswith("process "))  # worker > launcher > zygote, inits
         role = ROLES[min(depth, len(ROLES)) - 1]
         frames = [_frame(f) for f in frames[depth:]] or ["(no Python frame)"]
         count = int(count_text)
@@ -98,6 +98,6 @@ def _record(cmd: list[str], seconds: float, out: Path) -> dict:
         after = worker_cpu_ms(worker.process.pid)
     if not out.exists():
         return {"error": f"py-spy failed: {err.strip()[-500:]}"}
-    per_job = {role: (after[role] - before[role]) / max(1, len(jobs)) for role in after}
+    per_job = {role: (after[role] - before.get(role, 0.0)) / max(1, len(jobs)) for role in after}
     return {"cmd": cmd, "seconds": seconds, "jobs": len(jobs), "cpu_ms_per_job": per_job,
             "roles": summarise(out.read_text())}

@@ -175,20 +175,20 @@ def analysis(results: dict[str, Any]) -> list[str]:
         ours, bwrap, crun = (static[k]["cpu_ms_per_job"] for k in ("worker", "bwrap", "crun"))
         lines.append(
             f"- **Latency and throughput.** A warm static job through the worker costs {ours:.1f} ms of CPU in "
-            f"all (worker, launcher, sandbox processes) against {bwrap:.1f} ms for bwrap and {crun:.1f} ms for "
+            f"all (worker, launchers, zygotes, sandbox processes) against {bwrap:.1f} ms for bwrap and {crun:.1f} ms for "
             f"crun. On {cpus} CPUs that alone caps the worker near {cpus * 1000 / ours:.0f} jobs/s against "
             f"bwrap's {cpus * 1000 / bwrap:.0f}: with the machine loaded, latency follows CPU.")
     if prof:
         split = ", ".join(f"{role} {ms:.1f} ms" for role, ms in prof.items())
         lines.append(
-            f"  The profile run splits it: {split}. The sandbox processes are forks of the ~36 MB Python "
-            "launcher (A unshares and forks B, B forks C): their system time is the kernel copying page "
-            "tables and taking copy-on-write faults as Python touches its objects, then tearing them down; "
-            "their user time is the Python set-up code in B and C (`_stage_init`, `_stage_program`: "
-            "mounts through ctypes, JSON messages, capabilities, seccomp install). The wall-clock frames "
-            "below show the rest is waiting: the launcher in `supervise` (select) until the program exits, "
-            "and `prepare` blocking in `os.waitpid` for A (launch.py:130), which is on the path whenever the "
-            "warm pool runs dry (throughput).")
+            f"  The profile run splits it: {split}. Per sandbox, the zygote (a lean `python -S`) clones "
+            "the sandbox init B into new namespaces, and B forks the program stage C, which execs the "
+            "program. The zygote's time is mostly the kernel creating the job's network namespace and "
+            "copying its page tables; the sandbox processes' system time is the kernel taking "
+            "copy-on-write faults as Python touches its objects and tearing the interpreter's memory down "
+            "at exec and exit; their user time is the Python in B and C (`stages.py`: /proc and scratch "
+            "mounts, JSON messages, rlimits, the seccomp install). The kernel's deferred teardown of each "
+            "network namespace runs in kworker threads, outside these figures.")
     launcher = results.get("profile", {}).get("static", {}).get("roles", {}).get("launcher")
     if launcher:
         jobs = results["profile"]["static"]["jobs"]
@@ -196,11 +196,10 @@ def analysis(results: dict[str, Any]) -> list[str]:
         top = "; ".join(f"`{name}` {ms:.1f} ms" for name, ms in list(per_job.items())[:6])
         lines.append(
             f"  Launcher wall time per job, by innermost frame ({jobs} jobs back to back on 2 launchers): {top}. "
-            "Two costs sit on a warm job's path and are not the job: after each job the launcher first removes "
-            "the finished job's cgroup (`Runner.tidy` -> `remove_cgroup_dir`, a v1 rmdir in each of four "
-            "hierarchies) and then starts preparing the next warm sandbox, and `prepare` blocks in "
-            "`os.waitpid` for A (launch.py:130) while A unshares and forks B; a job that arrives meanwhile "
-            "waits for both (serve in worker/launcher.py only looks at the channel between prepares).")
+            "Between jobs the launcher cleans up finished sandboxes and orders new ones from its zygote in "
+            "small steps that never wait (`SandboxSupply.step`), and sleeps in `select` when there is "
+            "nothing to do; on a warm job's path are the hand-over to the sandbox, the program's exec and "
+            "exit, and reading the cgroup's counters.")
     python = latency.get("python", {}).get("ms")
     he = results.get("humaneval", {})
     if python and "canonical" in he:
@@ -218,7 +217,7 @@ def analysis(results: dict[str, Any]) -> list[str]:
             f"- **Job CPU vs native.** The loop itself runs at native speed (its own CPU time differs by "
             f"{cpu['inside']['loop_ms_median'] - cpu['native']['loop_ms_median']:+.1f} ms); the job's cgroup "
             f"total is {fixed:+.1f} ms above the native child's rusage, a fixed cost: C joins the job cgroup "
-            "before exec, so its Python set-up (rlimits, capabilities, seccomp install) and the kernel's "
+            "before exec, so its Python set-up once the job arrived (rlimits, stdio, seccomp install) and the kernel's "
             "teardown of the forked interpreter's memory at execve are charged to the job. Against a 1 s loop "
             "that fixed cost is the whole overhead.")
     memory = results.get("cpu", {}).get("memory", {}).get("mib")
@@ -234,10 +233,11 @@ def analysis(results: dict[str, Any]) -> list[str]:
         row = density["steps"][-1]
         lines.append(
             f"- **Density.** Each sleeping sandbox holds a slot: its launcher (a Python interpreter, "
-            f"{row['launchers_pss'] / row['sandboxes'] / MIB:.1f} MiB PSS) and the sandbox init forked from it "
+            f"{row['launchers_pss'] / row['sandboxes'] / MIB:.1f} MiB PSS) and its zygote and sandbox processes "
             f"({row['sandboxes_pss'] / row['sandboxes'] / MIB:.1f} MiB PSS), against "
             f"{row['job_cgroups'] / row['sandboxes'] / MIB:.2f} MiB charged to the job's own cgroup. One "
-            "Python launcher per running job, and a Python pid 1 per sandbox, is what costs the memory.")
+            "Python launcher and zygote per running job, and a Python pid 1 per sandbox, is what costs the "
+            "memory.")
     return lines
 
 
