@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--slots", type=int, default=os.cpu_count() or 1, help="jobs run at once (default: CPUs)")
     serve.add_argument("--queue", type=int, default=1024, help="jobs waiting at most; more get 'busy'")
     serve.add_argument("--warm", type=int, default=0, help="sandboxes kept prepared ahead of jobs (default 0)")
+    serve.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
     serve.add_argument("--retention", type=float, default=300.0, metavar="SECONDS",
                        help="keep finished jobs' results this long for resubmitted ids (default 300)")
     serve.set_defaults(handler=_cmd_serve)
@@ -152,6 +153,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_queue=args.queue,
         warm=args.warm,
         retention_s=args.retention,
+        metrics=_host_port(args.metrics, "metrics") if args.metrics else None,
     )
     try:
         serve_forever(config)
@@ -160,10 +162,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _host_port(text: str) -> tuple[str, int]:
+def _host_port(text: str, option: str = "tcp") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
-        raise JobError(f"expected HOST:PORT, got {text!r}", field="tcp")
+        raise JobError(f"expected HOST:PORT, got {text!r}", field=option)
     return host, int(port)
 
 

@@ -119,10 +119,6 @@ class MessageReader:
         *lines, self._buffer = self._buffer.split(b"\n")
         return [json.loads(line) for line in lines if line]
 
-    def read_blocking(self) -> list[dict[str, Any]]:
-        data = os.read(self.fd, 65536)
-        return self.feed(data) if data else []
-
 
 @dataclass
 class Prepared:

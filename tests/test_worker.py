@@ -10,6 +10,7 @@ import stat
 import struct
 import time
 
+import httpx
 import msgpack
 import pytest
 import trio
@@ -181,6 +182,35 @@ def test_stats_and_ping(worker):
     assert stats["cgroups"] is True and stats["launcher_restarts"] == 0
     assert stats["by_status"] == {"ok": 1, "runtime_error": 1}
     assert stats["latency_ms"]["count"] == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_prometheus_metrics_count_jobs_by_verdict(start_worker):
+    port = _free_port()
+    worker = start_worker("--slots", "1", "--warm", "1", "--metrics", f"127.0.0.1:{port}")
+    with Client(worker.socket_path) as client:
+        client.run(Job(cmd=["true"]))
+        client.run(Job(cmd=["true"]))
+        client.run(Job(cmd=["false"]))
+    reply = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/plain")
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in reply.text.splitlines() if line and not line.startswith("#")
+    }
+    assert samples['sandbox_jobs_total{status="ok"}'] == 2
+    assert samples['sandbox_jobs_total{status="runtime_error"}'] == 1
+    assert samples["sandbox_job_latency_seconds_count"] == 3
+    assert samples['sandbox_job_latency_seconds_bucket{le="+Inf"}'] == 3
+    assert samples["sandbox_queue_depth"] == 0 and samples["sandbox_jobs_running"] == 0
+    assert samples["sandbox_warm_sandboxes_per_slot"] == 1 and samples["sandbox_launcher_restarts"] == 0
+    assert httpx.get(f"http://127.0.0.1:{port}/jobs", timeout=10).status_code == 404
 
 
 @pytest.mark.parametrize(

@@ -78,6 +78,8 @@ class Pool:
         self.running = 0
         self._idle = trio.Event()
         self._idle.set()
+        # Told of every job that ends with a result: (status, seconds from submit).
+        self.on_finished: Callable[[str, float], None] | None = None
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start every launcher (in parallel), then drain the queue with one task per slot."""
@@ -188,8 +190,11 @@ class Pool:
         record.finished_at = time.monotonic()
         self._finished.append(record.id)
         if result is not None:
+            latency_s = record.finished_at - record.submitted_at
             self.stats.by_status[result.status.value] += 1
-            self.stats.latencies_ms.append((record.finished_at - record.submitted_at) * 1000)
+            self.stats.latencies_ms.append(latency_s * 1000)
+            if self.on_finished is not None:
+                self.on_finished(result.status.value, latency_s)
         final = self._final_event(record)
         for deliver in list(record.subscribers.values()):
             deliver(final)

@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 from worker.logs import log
+from worker.metrics import Metrics
 from worker.pool import Pool
 from worker.protocol import (
     DEFAULT_MAX_FRAME,
@@ -44,6 +45,7 @@ class ServerConfig:
     socket_path: str | None = None
     tcp: tuple[str, int] | None = None
     token: str | None = None
+    metrics: tuple[str, int] | None = None  # serve Prometheus metrics here (worker/metrics.py)
     slots: int = os.cpu_count() or 1
     max_queue: int = 1024
     warm: int = 0
@@ -80,6 +82,9 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.pool = Pool(config.slots, config.max_queue, config.warm, retention_s=config.retention_s)
+        self.metrics = Metrics(self.pool) if config.metrics else None
+        if self.metrics is not None:
+            self.pool.on_finished = self.metrics.observe
         self.connections: set[Connection] = set()
         self._connection_closed = trio.Event()
         self.stopping = False
@@ -92,6 +97,8 @@ class Server:
                 await nursery.start(self.pool.run)
                 accept_scope = trio.CancelScope()
                 await nursery.start(self._signals, accept_scope, nursery.cancel_scope)
+                if self.metrics is not None and self.config.metrics is not None:
+                    await nursery.start(self.metrics.serve, *self.config.metrics)
                 listeners = await self._listeners()
 
                 async def accept() -> None:
@@ -101,7 +108,8 @@ class Server:
                         await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
 
                 nursery.start_soon(accept)
-                log("listening", socket=self.config.socket_path, tcp=self.config.tcp, slots=self.config.slots)
+                log("listening", socket=self.config.socket_path, tcp=self.config.tcp, metrics=self.config.metrics,
+                    slots=self.config.slots)
                 task_status.started()
         finally:
             if self.config.socket_path and os.path.exists(self.config.socket_path):
