@@ -160,6 +160,9 @@ def run(quick: bool, budget: int = 8 * GIB, reserve: int = 8 * GIB, step_timeout
                     if time.perf_counter() - step_start > step_timeout_s:
                         stop = f"time: {step} sandboxes were not all running after {step_timeout_s:.0f} s"
                         break
+                    # Read what the worker sent meanwhile (each sleeper's "accepted" and
+                    # "started"): a client that lets them pile up is cut off as not reading.
+                    client.ping()
                     time.sleep(0.2)
                 else:
                     memory = host_memory(worker.process.pid, slots)
