@@ -215,8 +215,6 @@ def _stage_program(template: Spec, report_fd: int, channel: socket.socket) -> No
     if not raw:
         os._exit(0)
     instructions = json.loads(raw)
-    for limit, soft, hard in instructions["rlimits"]:
-        resource.setrlimit(limit, (soft, hard))
     # Move the fds we keep out of the way, then lay them on 0, 1, 2, 3 and 4.
     kept = (*stdio, report_fd, channel.detach())
     moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in kept]
@@ -225,6 +223,19 @@ def _stage_program(template: Spec, report_fd: int, channel: socket.socket) -> No
     os.dup2(moved[3], 3, inheritable=False)
     os.dup2(moved[4], HANDOVER_FD, inheritable=False)
     sc.close_range(HANDOVER_FD + 1)
+    # The report pipe is fd 3 from here on; the guard around this stage still has the
+    # number it had before the move, so this part reports its own failures.
+    try:
+        _enter_program(template, instructions)
+    except BaseException as exc:  # noqa: BLE001 - never unwind into the sandbox init's code
+        child.send(3, "setup_error", message=f"{type(exc).__name__}: {exc}")
+        os._exit(125)
+
+
+def _enter_program(template: Spec, instructions: dict[str, Any]) -> None:
+    """Chdir, install the filter, hand its listener to the init and exec; failures to
+    run the program (no such file, not executable, no such directory) are the
+    program's, reported as exec_error."""
     report_fd = 3
     to_init = socket.socket(fileno=HANDOVER_FD)  # made before the filter: it asks the kernel the socket type
     cwd = instructions["cwd"]
@@ -241,6 +252,11 @@ def _stage_program(template: Spec, report_fd: int, channel: socket.socket) -> No
     )
     socket.send_fds(to_init, [b"l"], [listener])
     os.close(listener)
+    # The rlimits come last: with a job's small RLIMIT_NOFILE, passing the listener by
+    # SCM_RIGHTS would fail (ETOOMANYREFS) whenever the user has more fds in flight
+    # than that limit, as a busy worker with hundreds of sandboxes does.
+    for limit, soft, hard in instructions["rlimits"]:
+        resource.setrlimit(limit, (soft, hard))
     try:
         if path is None:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
+import socket
 
 import pytest
 
@@ -119,6 +121,24 @@ def test_open_files_limit(run):
     result = run(["python3", "-c", code], open_files=32)
     assert result.status is Status.RUNTIME_ERROR
     assert b"Too many open files" in result.stderr
+
+
+def test_small_open_files_limit_with_many_fds_in_flight(run):
+    # The kernel refuses to pass an fd by SCM_RIGHTS (ETOOMANYREFS) when the sender's
+    # user has more fds in flight than the sender's RLIMIT_NOFILE - as a worker with
+    # hundreds of sandboxes starting has. The sandbox passes one (the seccomp listener)
+    # after the job arrived: it must do so before taking on the job's small limit.
+    sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        for _ in range(8):
+            socket.send_fds(sender, [b"x"], [null] * 16)  # 128 fds in flight, never received
+        result = run(["true"], open_files=16)
+    finally:
+        os.close(null)
+        sender.close()
+        receiver.close()
+    assert result.status is Status.OK, result
 
 
 def test_file_size_limit(run):
