@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Worker, children_map, descendants, pss_bytes, show, summary, target
+from bench.worker import STATIC, client_latency
 from sandbox.models import Job, Limits
 from worker.client import Client
 
 SLEEP = ["sleep", "3600"]
-TRIVIAL = ["/usr/bin/busybox", "true"]
 PROBE_SLOTS = 2
 GIB = 1 << 30
 
@@ -123,17 +123,6 @@ def sleeping(worker_pid: int) -> int:
     return sum(_is_sleeper(pid) for pid in descendants(worker_pid))
 
 
-def probe_latency(client: Client, count: int) -> list[float]:
-    out = []
-    for _ in range(count):
-        start = time.perf_counter()
-        result = client.run(Job(cmd=TRIVIAL))
-        out.append((time.perf_counter() - start) * 1000)
-        if result.status.value != "ok":
-            raise RuntimeError(f"probe job: {result.status.value} {result.error}")
-    return out
-
-
 def run(quick: bool, budget: int = 8 * GIB, reserve: int = 8 * GIB, step_timeout_s: float = 180.0) -> dict:
     steps = [5, 20] if quick else [10, 50, 100, 250, 500, 1000]
     # The worker's slots are fixed when it starts, so they are sized from the cost of a
@@ -150,7 +139,7 @@ def run(quick: bool, budget: int = 8 * GIB, reserve: int = 8 * GIB, step_timeout
         started_s = time.perf_counter() - start
         worker_fds = len(os.listdir(f"/proc/{worker.process.pid}/fd"))
         with Client(worker.socket) as client:
-            probe_latency(client, 5)
+            client_latency(client, STATIC, 5)
             sleepers: list[str] = []
             for step in steps_fit:
                 step_start = time.perf_counter()
@@ -169,7 +158,7 @@ def run(quick: bool, budget: int = 8 * GIB, reserve: int = 8 * GIB, step_timeout
                     total = sum(v for k, v in memory.items() if k not in ("running", "processes"))
                     rows.append({"sandboxes": step, "ramp_s": time.perf_counter() - step_start, **memory,
                                  "per_sandbox_bytes": total / max(1, memory["running"]),
-                                 "probe_ms": summary(probe_latency(client, 10 if quick else 30)),
+                                 "probe_ms": summary(client_latency(client, STATIC, 10 if quick else 30)),
                                  "mem_available": mem_available()})
                     print(f"  {step:5d} sandboxes: {rows[-1]['per_sandbox_bytes'] / (1 << 20):6.1f} MiB each (launcher "
                           f"{memory['launchers_pss'] / step / (1 << 20):.1f}, sandbox processes "

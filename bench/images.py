@@ -75,14 +75,18 @@ def measure(runs: int, jobs: int) -> dict:
             lease_us.append((time.perf_counter() - start) * 1e6)
         runner = Runner()
         walls: dict[str, list[float]] = {"host": [], "image": []}
-        for _ in range(jobs):
-            for image in ("host", "bench/python:3.11"):
-                job = Job(cmd=["/bin/true"], image=image, limits=Limits(wall_time="10s"))
-                start = time.perf_counter()
-                result = runner.run(job)
-                elapsed = (time.perf_counter() - start) * 1e3
-                assert result.status.value == "ok", result
-                walls["host" if image == "host" else "image"].append(elapsed)
+        try:
+            for _ in range(jobs):
+                for image in ("host", "bench/python:3.11"):
+                    job = Job(cmd=["/bin/true"], image=image, limits=Limits(wall_time="10s"))
+                    start = time.perf_counter()
+                    result = runner.run(job)
+                    elapsed = (time.perf_counter() - start) * 1e3
+                    assert result.status.value == "ok", result
+                    walls["host" if image == "host" else "image"].append(elapsed)
+                    runner.tidy()  # the finished sandbox's cleanup, outside the timed part
+        finally:
+            runner.close()
         figures = {
             "pull_unpack_s": {"sandbox": ours, "skopeo+umoci": theirs},
             "image_bytes": sum(p.stat().st_size for p in (store_dir / "blobs/sha256").iterdir()),

@@ -33,16 +33,21 @@ IDLE_PAUSE_S = 0.2  # "after idle": one job every 200 ms, past the ~20 ms RCU st
 
 def worker_latency(socket_path: str, cmd: list[str], count: int, pause: float = 0.0) -> list[float]:
     """Client-side ms per job, submit to result, one job at a time on one connection."""
-    latencies = []
     with Client(socket_path) as client:
-        for _ in range(count):
-            start = time.perf_counter()
-            result = client.run(Job(cmd=cmd))
-            latencies.append((time.perf_counter() - start) * 1000)
-            if result.status.value != "ok":
-                raise RuntimeError(f"job failed: {result}")
-            if pause:
-                time.sleep(pause)
+        return client_latency(client, cmd, count, pause)
+
+
+def client_latency(client: Client, cmd: list[str], count: int, pause: float = 0.0) -> list[float]:
+    """``worker_latency`` on a connection the caller already has."""
+    latencies = []
+    for _ in range(count):
+        start = time.perf_counter()
+        result = client.run(Job(cmd=cmd))
+        latencies.append((time.perf_counter() - start) * 1000)
+        if result.status.value != "ok":
+            raise RuntimeError(f"job failed: {result}")
+        if pause:
+            time.sleep(pause)
     return latencies
 
 

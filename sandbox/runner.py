@@ -42,9 +42,8 @@ class Runner:
 
     def __init__(self, profile: str = "default", warm: int = 0) -> None:
         self.profiles = ProfileCache()
-        self.default_profile = profile
         self.profiles.get(profile)  # a broken default profile fails here, not at the first job
-        self.cap_last = int(open("/proc/sys/kernel/cap_last_cap").read())
+        cap_last = int(open("/proc/sys/kernel/cap_last_cap").read())
         self.parallelism = len(os.sched_getaffinity(0))
         try:
             self.backend: CgroupBackend | None = open_backend()
@@ -54,9 +53,7 @@ class Runner:
             self.backend = None
             self.cgroup_problem = str(exc)
         launcher.become_subreaper()
-        self.sandboxes = SandboxSupply(
-            self.profiles, self.backend, self.cap_last, profile, warm, WARM_DISK_BYTES
-        )
+        self.sandboxes = SandboxSupply(self.profiles, self.backend, cap_last, profile, warm, WARM_DISK_BYTES)
         self.sandboxes.start()
 
     def run(

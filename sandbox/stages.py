@@ -156,8 +156,7 @@ def _watch_and_reap(pid_c: int, to_program: socket.socket, watcher: notify.Watch
                 os._exit(0)  # the kernel now kills whatever else runs in the pid namespace
         for fd, _ in poller.poll():
             if fd == wake_r:
-                while os.read(wake_r, 512) == 512:
-                    pass
+                os.read(wake_r, 1 << 16)  # a pipe holds no more: one read drains it
             elif fd == to_program.fileno():
                 poller.unregister(fd)
                 _, fds, _, _ = socket.recv_fds(to_program, 16, 1)
@@ -224,12 +223,8 @@ def _stage_program(template: Spec, report_fd: int, channel: socket.socket) -> No
     os.dup2(moved[4], HANDOVER_FD, inheritable=False)
     sc.close_range(HANDOVER_FD + 1)
     # The report pipe is fd 3 from here on; the guard around this stage still has the
-    # number it had before the move, so this part reports its own failures.
-    try:
-        _enter_program(template, instructions)
-    except BaseException as exc:  # noqa: BLE001 - never unwind into the sandbox init's code
-        child.send(3, "setup_error", message=f"{type(exc).__name__}: {exc}")
-        os._exit(125)
+    # number it had before the move.
+    child.guard(3, lambda: _enter_program(template, instructions))
 
 
 def _enter_program(template: Spec, instructions: dict[str, Any]) -> None:

@@ -45,3 +45,14 @@ def owned_entries(path: str) -> set[str]:
         except FileNotFoundError:
             pass
     return owned
+
+
+def reap_exited_children() -> None:
+    """Reap every child of ours that has exited, without waiting for the live ones (the
+    session Runner's zygote lives as long as the session)."""
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hoststate import reap_exited_children
 from sandbox.cgroups import JobCgroup
 from sandbox.cgroups.base import cgroup_pids, read_keyed
 from sandbox.cgroups.v2 import CONTROLLERS, SUPERVISOR_LEAF, own_cgroup
@@ -64,12 +65,8 @@ def reap_all(first: int, cgroup: JobCgroup) -> int:
     session Runner's zygote), left alone. Returns the status of ``first``."""
     _, status = os.waitpid(first, 0)
     assert wait_for(lambda: not cgroup.pids()), cgroup.pids()
-    while True:
-        try:
-            if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                return status
-        except ChildProcessError:
-            return status
+    reap_exited_children()
+    return status
 
 
 def wait_for(condition, timeout: float = 60.0) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hoststate import own_processes
+from hoststate import own_processes, reap_exited_children
 from workerutil import SANDBOX_CLI
 from sandbox.models import Status
 from sandbox.runner import Runner
@@ -45,13 +45,7 @@ def wait_until(condition, timeout: float = 10.0) -> bool:
 def reaped_orphans(survivors: set[int]) -> bool:
     """Reap exited children we did not start; True once only ``survivors`` (processes
     of ours from before, such as the session Runner's zygote) are left."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if pid == 0:
-            break
+    reap_exited_children()
     return own_processes() <= survivors
 
 
