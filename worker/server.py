@@ -117,7 +117,14 @@ class Server:
             log("stopped")
 
     async def _listeners(self) -> list[trio.abc.Listener[Any]]:
+        """TCP first, the Unix socket last: clients (and the tests) take an accepting Unix
+        socket as the sign that every listener is up."""
         listeners: list[trio.abc.Listener[Any]] = []
+        if self.config.tcp:
+            if not self.config.token:
+                raise ValueError("TCP needs a token (--token-file)")
+            host, port = self.config.tcp
+            listeners.extend(await trio.open_tcp_listeners(port, host=host))
         if self.config.socket_path:
             path = self.config.socket_path
             if os.path.exists(path):
@@ -130,11 +137,6 @@ class Server:
                 os.umask(old_umask)
             sock.listen(512)
             listeners.append(trio.SocketListener(sock))
-        if self.config.tcp:
-            if not self.config.token:
-                raise ValueError("TCP needs a token (--token-file)")
-            host, port = self.config.tcp
-            listeners.extend(await trio.open_tcp_listeners(port, host=host))
         if not listeners:
             raise ValueError("nothing to listen on: give --socket and/or --tcp")
         return listeners
