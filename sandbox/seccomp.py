@@ -29,9 +29,6 @@ from sandbox.stages import HANDOVER_FD
 
 LOW32 = 0xFFFFFFFF
 EXEC_CALLS = ("execve", "execveat")
-# The fd on which the sandbox hands the filter's listener to its init (HANDOVER_FD,
-# stages.py): sendmsg on it is allowed even where a profile has no sendmsg. After exec
-# that fd is closed, and such a profile gives the program no socket to put there.
 # The native architecture's audit token and exec calls, for the init's watcher.
 NATIVE_ARCH: int = pyseccomp.system_arch()
 EXEC_NUMBERS: list[int] = [pyseccomp.resolve_syscall(NATIVE_ARCH, name) for name in EXEC_CALLS]
@@ -99,9 +96,21 @@ def compile_policy(policy: SeccompPolicy) -> bytes:
         for rule in rules:
             for action, args in _expand(rule):
                 _add(seccomp_filter, _action(policy.default), action, name, *args)
-    if "sendmsg" not in actions and "sendmsg" not in policy.arg_rules:
-        seccomp_filter.add_rule(pyseccomp.ALLOW, "sendmsg", pyseccomp.Arg(0, pyseccomp.MASKED_EQ, LOW32, HANDOVER_FD))
+    _allow_program_stage(seccomp_filter, policy, actions)
     return _export(seccomp_filter)
+
+
+def _allow_program_stage(seccomp_filter: pyseccomp.SyscallFilter, policy: SeccompPolicy, actions: dict[str, str]) -> None:
+    """Let through the calls the sandbox's program stage makes between installing the
+    filter and the exec (stages.py ``_await_job``), where the profile does not name them:
+    sendmsg and recvmsg on HANDOVER_FD, to hand the listener over and receive the job,
+    and chdir into the job's directory. After the exec that fd is closed, and a profile
+    without sockets gives the program none to put there; chdir grants no access that
+    open does not."""
+    on_handover = pyseccomp.Arg(0, pyseccomp.MASKED_EQ, LOW32, HANDOVER_FD)
+    for name, args in (("sendmsg", (on_handover,)), ("recvmsg", (on_handover,)), ("chdir", ())):
+        if name not in actions and name not in policy.arg_rules:
+            seccomp_filter.add_rule(pyseccomp.ALLOW, name, *args)
 
 
 def compile_trace() -> bytes:

@@ -30,8 +30,9 @@ if TYPE_CHECKING:
     from sandbox.template import MountBases
 
 SANDBOX_NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
-# The program's end of its channel to the init while it installs its filter: the filter
-# lets sendmsg through on this fd only (``seccomp.py``), to hand the listener over.
+# The program stage's end of its channel to the init, on which it hands over the filter's
+# listener and then receives its job: the filter lets sendmsg and recvmsg through on
+# this fd in every profile (``seccomp.py``).
 HANDOVER_FD = 4
 _HIGH_FD = 10
 _MAX_FDS = 1024 + 3
@@ -201,38 +202,46 @@ def _copy_in(root_fd: int, dest: str, source_fd: int, mode: int) -> None:
 
 
 def _stage_program(template: Spec, report_fd: int, channel: socket.socket) -> None:
+    """C, before its job: everything that does not depend on the job, so that what is
+    left after it arrives is a few calls and the exec. That includes the seccomp
+    filter, whose installation costs the kernel most of a millisecond (it translates and
+    compiles the program); only a trace run installs it last, so that the trace holds
+    the program's calls and none of ours."""
     for fd in template.cgroup_fds:
         os.write(fd, b"0")  # join the job cgroup now, long before the job's clock starts
         os.close(fd)
     sc.unshare(sc.CLONE_NEWCGROUP)
     os.setsid()
-    # What does not depend on the job is done before it arrives; nothing from here to
-    # the exec needs a capability.
+    # Nothing from here to the exec needs a capability.
     _reset_signals()
     _drop_privileges(template.cap_last)
-    raw, stdio, _, _ = socket.recv_fds(channel, 1 << 20, 3)
-    if not raw:
-        os._exit(0)
-    instructions = json.loads(raw)
-    # Move the fds we keep out of the way, then lay them on 0, 1, 2, 3 and 4.
-    kept = (*stdio, report_fd, channel.detach())
-    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in kept]
-    for target, fd in enumerate(moved[:3]):
-        os.dup2(fd, target, inheritable=True)
-    os.dup2(moved[3], 3, inheritable=False)
-    os.dup2(moved[4], HANDOVER_FD, inheritable=False)
+    # Report pipe on 3, the channel to the init on HANDOVER_FD; stdio is /dev/null until
+    # the job's arrives. Nothing else stays open.
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in (report_fd, channel.detach())]
+    os.dup2(moved[0], 3, inheritable=False)
+    os.dup2(moved[1], HANDOVER_FD, inheritable=False)
     sc.close_range(HANDOVER_FD + 1)
     # The report pipe is fd 3 from here on; the guard around this stage still has the
     # number it had before the move.
-    child.guard(3, lambda: _enter_program(template, instructions))
+    child.guard(3, lambda: _await_job(template))
 
 
-def _enter_program(template: Spec, instructions: dict[str, Any]) -> None:
-    """Chdir, install the filter, hand its listener to the init and exec; failures to
-    run the program (no such file, not executable, no such directory) are the
-    program's, reported as exec_error."""
+def _await_job(template: Spec) -> None:
+    """Install the filter (unless tracing), wait for the job, exec it. Failures to run
+    the program (no such file, not executable, no such directory) are the program's,
+    reported as exec_error. Between the filter and the exec, this stage makes only the
+    calls ``seccomp.py`` lets through for it in every profile."""
     report_fd = 3
     to_init = socket.socket(fileno=HANDOVER_FD)  # made before the filter: it asks the kernel the socket type
+    if not template.trace:
+        _install_filter(template, to_init)
+    raw, stdio, _, _ = socket.recv_fds(to_init, 1 << 20, 3, socket.MSG_CMSG_CLOEXEC)
+    if not raw:
+        os._exit(0)
+    instructions = json.loads(raw)
+    for target, fd in enumerate(stdio):  # received above 4: 0-4 are taken
+        os.dup2(fd, target, inheritable=True)
+        os.close(fd)
     cwd = instructions["cwd"]
     argv, env = instructions["argv"], instructions["env"]
     try:
@@ -240,16 +249,9 @@ def _enter_program(template: Spec, instructions: dict[str, Any]) -> None:
     except OSError as exc:
         child.send(report_fd, "exec_error", errno=exc.errno, message=f"cannot enter {cwd}: {exc.strerror}")
         os._exit(126)
-    # Resolved before the filter: the program gets exactly one execve (the "once" mode).
     path = _resolve(argv[0], env.get("PATH", ""))
-    listener = sc.seccomp_install(
-        template.seccomp_bpf, sc.SECCOMP_FILTER_FLAG_NEW_LISTENER | sc.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
-    )
-    socket.send_fds(to_init, [b"l"], [listener])
-    os.close(listener)
-    # The rlimits come last: with a job's small RLIMIT_NOFILE, passing the listener by
-    # SCM_RIGHTS would fail (ETOOMANYREFS) whenever the user has more fds in flight
-    # than that limit, as a busy worker with hundreds of sandboxes does.
+    if template.trace:
+        _install_filter(template, to_init)
     for limit, soft, hard in instructions["rlimits"]:
         resource.setrlimit(limit, (soft, hard))
     try:
@@ -259,6 +261,19 @@ def _enter_program(template: Spec, instructions: dict[str, Any]) -> None:
     except OSError as exc:
         child.send(report_fd, "exec_error", errno=exc.errno, message=f"{argv[0]}: {exc.strerror}")
         os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+
+
+def _install_filter(template: Spec, to_init: socket.socket) -> None:
+    """Install the job's filter and hand its notification listener to the init, which
+    answers the program's notified calls (its one exec, violations, a trace). The
+    listener goes before the job's rlimits apply: with a small RLIMIT_NOFILE the kernel
+    refuses to pass an fd (ETOOMANYREFS) while the user has more fds in flight, as a
+    worker starting hundreds of sandboxes has."""
+    listener = sc.seccomp_install(
+        template.seccomp_bpf, sc.SECCOMP_FILTER_FLAG_NEW_LISTENER | sc.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+    )
+    socket.send_fds(to_init, [b"l"], [listener])
+    os.close(listener)
 
 
 def _resolve(command: str, search_path: str) -> str | None:

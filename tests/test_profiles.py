@@ -111,6 +111,18 @@ def test_strict_allows_its_own_exec_but_no_second(run_in):
     assert again.violation == {"syscall": "execve", "number": 59, "arch": "x86_64"}
 
 
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_starts_the_program_in_the_jobs_directory(runner, profile):
+    # The filter is installed before the job arrives: the sandbox's own chdir into the
+    # job's directory must get through it, whether the profile lists chdir or not.
+    try:
+        result = runner.run(Job(cmd=["/bin/pwd"], cwd="/tmp", profile=profile, require_cgroups=True))
+    finally:
+        runner.tidy()
+    assert result.status is Status.OK, result
+    assert result.stdout == b"/tmp\n"
+
+
 def test_compile_network_none_refuses_inet(run_in):
     assert run_in("compile", "syscall", str(NR["socket"]), str(AF_INET), "1").stdout == errno_line(ENOSYS)
 
