@@ -171,6 +171,15 @@ def test_memory_peak_is_accurate(run_program):
     assert abs(peak - 100 * MIB) <= 0.05 * 100 * MIB, peak
 
 
+def test_user_and_system_time_add_up_to_cpu_time(run_program):
+    # The kernel samples the user/system split at clock ticks: unscaled, a 1 ms job could
+    # show 4 ms of system time. A spin is almost all user time.
+    for milliseconds in ("1", "300"):
+        usage = run_program("spin", milliseconds, wall_time="10s").usage
+        assert abs(usage.cpu_user_ms + usage.cpu_sys_ms - usage.cpu_ms) <= 0.002, usage
+    assert usage.cpu_user_ms > 0.8 * usage.cpu_ms, usage
+
+
 def test_cpu_time_is_accurate(run_program, record_property):
     # The cgroup also charges the sandbox's last steps before exec, and the program's
     # own clock includes its steps before joining the cgroup: a fixed cost per job that
