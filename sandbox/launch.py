@@ -45,7 +45,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import select
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -130,6 +132,7 @@ class Prepared:
     reader: MessageReader
     early: list[dict[str, Any]]
     reaped: bool = False  # once reaped, init_pid may belong to someone else: never signal it
+    ready: bool = False  # reported "ready": its program stage waits for the job, filter installed
 
     def close(self) -> None:
         self.job_channel.close()
@@ -181,6 +184,28 @@ def receive(starting: Starting) -> Prepared:
     if starting.error is not None:
         early.append({"kind": "setup_error", "message": starting.error})
     return Prepared(init_pid, starting.report_fd, starting.job_channel, MessageReader(starting.report_fd), early)
+
+
+def await_ready(prepared: Prepared, timeout_s: float) -> None:
+    """Wait until the sandbox reports "ready" - its program stage has joined the cgroup,
+    set itself up and installed its filter - so that the job's accounting counts none of
+    that. A warm sandbox said so long ago: one read. Messages read on the way are kept in
+    ``early``; a setup error, an exit or the timeout end the wait (supervise then kills
+    the sandbox for the setup error)."""
+    deadline = time.monotonic() + timeout_s
+    while not prepared.ready:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([prepared.report_fd], [], [], remaining)[0]:
+            prepared.early.append({"kind": "setup_error", "message": f"the sandbox was not ready after {timeout_s:g} s"})
+            return
+        chunk = os.read(prepared.report_fd, 1 << 16)
+        if not chunk:
+            return
+        for message in prepared.reader.feed(chunk):
+            prepared.early.append(message)
+            prepared.ready = prepared.ready or message["kind"] == "ready"
+            if message["kind"] == "setup_error":
+                return
 
 
 def start_job(prepared: Prepared, job: JobSpec) -> None:

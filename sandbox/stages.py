@@ -101,6 +101,13 @@ def _stage_init(template: Spec, report_fd: int, channel_fd: int, keep: set[int])
     program_end.close()
     for fd in template.cgroup_fds:
         os.close(fd)
+    # C is ready once its filter is installed (it sends the listener) or, in a trace run,
+    # once it says so: only then may the job's accounting start from a clean slate.
+    ready, ready_fds, _, _ = socket.recv_fds(to_program, 16, 1)
+    if not ready:
+        os._exit(0)  # C failed and reported why
+    listener = ready_fds[0] if ready_fds else -1
+    child.send(report_fd, "ready")
 
     raw, fds, _, _ = socket.recv_fds(channel, 1 << 20, _MAX_FDS)
     if not raw:
@@ -124,21 +131,23 @@ def _stage_init(template: Spec, report_fd: int, channel_fd: int, keep: set[int])
         lambda kind, **fields: child.send(report_fd, kind, **fields), exec_once=template.exec_once,
         trace=template.trace, native_arch=template.native_arch, exec_numbers=set(template.exec_numbers),
     )
-    _watch_and_reap(pid_c, to_program, watcher, report_fd)
+    _watch_and_reap(pid_c, to_program, listener, watcher, report_fd)
 
 
-def _watch_and_reap(pid_c: int, to_program: socket.socket, watcher: notify.Watcher, report_fd: int) -> None:
+def _watch_and_reap(
+    pid_c: int, to_program: socket.socket, listener: int, watcher: notify.Watcher, report_fd: int
+) -> None:
     """B's loop until the program exits: reap every child as it exits (orphans of the
-    job come to us, pid 1, and a zombie would hold a pid of the job's limit), take the
-    program's notification listener once it has installed its filter, and answer its
-    notifications. One thread, woken by poll: SIGCHLD through Python's wakeup fd."""
+    job come to us, pid 1, and a zombie would hold a pid of the job's limit) and answer
+    the notifications of the program's filter - on ``listener``, or, in a trace run, on
+    the listener the program sends just before its exec. One thread, woken by poll:
+    SIGCHLD through Python's wakeup fd."""
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so that the signal wakes us
     poller = select.poll()
     poller.register(wake_r, select.POLLIN)
-    poller.register(to_program, select.POLLIN)
-    listener = -1
+    poller.register(listener if listener >= 0 else to_program, select.POLLIN)
     while True:
         while True:
             pid, status, rusage = os.wait4(-1, os.WNOHANG)
@@ -233,7 +242,9 @@ def _await_job(template: Spec) -> None:
     calls ``seccomp.py`` lets through for it in every profile."""
     report_fd = 3
     to_init = socket.socket(fileno=HANDOVER_FD)  # made before the filter: it asks the kernel the socket type
-    if not template.trace:
+    if template.trace:
+        to_init.send(b"ready")
+    else:
         _install_filter(template, to_init)
     raw, stdio, _, _ = socket.recv_fds(to_init, 1 << 20, 3, socket.MSG_CMSG_CLOEXEC)
     if not raw:
