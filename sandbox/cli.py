@@ -117,7 +117,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise JobError("--lang and --source go together, without a command", field="lang")
         from sandbox.languages_cli import run_language
 
-        return run_language(args, _limits_from_args(args, "default"))
+        return run_language(args, _limits_from_args(args))
     runner = Runner()
     try:
         result = runner.run(job_from_args(args))
@@ -209,7 +209,7 @@ def job_from_args(args: argparse.Namespace) -> Job:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd and args.image == "host":
         raise JobError("no command given (sandbox run [OPTIONS] -- COMMAND [ARG...])", field="cmd")
-    limits = _limits_from_args(args, args.profile)
+    limits = _limits_from_args(args)
     env = {}
     for item in args.env:
         name, sep, value = item.partition("=")
@@ -236,11 +236,10 @@ def job_from_args(args: argparse.Namespace) -> Job:
     )
 
 
-def _limits_from_args(args: argparse.Namespace, profile: str) -> Limits:
-    """The profile's [limits] (issue 6) as defaults, overridden by the flags given."""
-    from sandbox.errors import SetupError
+def _limits_from_args(args: argparse.Namespace) -> Limits:
+    """The limits the flags give; the runner takes the others from the profile's
+    [limits] (issue 6), then from the defaults."""
     from sandbox.models import Limits
-    from sandbox.profile import load_profile
 
     limit_flags = {
         "cpu_time": args.cpu_time,
@@ -254,11 +253,7 @@ def _limits_from_args(args: argparse.Namespace, profile: str) -> Limits:
         "file_size": args.file_size,
         "cpus": args.cpus,
     }
-    try:
-        base = load_profile(profile).limits
-    except SetupError as exc:
-        raise JobError(str(exc), field="profile") from exc
-    return Limits(**{**base, **{name: value for name, value in limit_flags.items() if value is not None}})
+    return Limits(**{name: value for name, value in limit_flags.items() if value is not None})
 
 
 def _image_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -122,8 +122,10 @@ def run_source(runner: Any, preset: Preset, source: Path, *, stdin: Blob | None 
         return LanguageRun(failed, compiled, None)
     artifacts = _read_artifacts(compiled.stdout) if preset.artifacts else []
     compiled.stdout = b""  # the artifacts tar, not output anyone wants to read
-    limits = limits or Limits()
-    limits.pids = max(limits.pids, int(preset.quirks.get("min_pids", 1)))
+    # The run command is formatted with the limits the job will get (a JVM's heap from
+    # its memory): the given ones over the profile's. A runtime may need more processes.
+    limits = (limits or Limits()).over(load_profile(profile).limits)
+    limits = Limits(**{**limits.given_values(), "pids": max(limits.pids, int(preset.quirks.get("min_pids", 1)))})
     ran = runner.run(Job(
         cmd=_format(preset, preset.run, limits, runner.parallelism), limits=limits, files=[source_file, *artifacts],
         image=image, profile=profile, env=_env(preset, limits, runner.parallelism), stdin=stdin,

@@ -12,7 +12,7 @@ import math
 import posixpath
 import re
 import signal
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from sandbox.errors import JobError
@@ -46,6 +46,11 @@ class Limits:
 
     Units once normalised: times in milliseconds, sizes in bytes, ``cpus`` in CPUs.
     ``None`` means "no limit" where that is allowed (cpu_time, cpus).
+
+    A Limits remembers which limits its caller gave (``given``): the others come from
+    the job's profile ([limits], docs/profiles.md) and only then from the defaults here
+    - the same for ``sandbox run`` flags, a worker job's partial ``limits`` map and a
+    Python caller (``over``).
     """
 
     cpu_time: int | str | None = "10s"
@@ -58,6 +63,34 @@ class Limits:
     stack: int | str = "8M"
     file_size: int | str = "64M"
     cpus: float | None = None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Limits:
+        # __new__ sees the arguments exactly as the caller gave them; the generated
+        # __init__ fills in the defaults and would hide which ones those were.
+        instance = super().__new__(cls)
+        instance._given = frozenset(kwargs) | {f.name for f in fields(cls)[: len(args)]}
+        return instance
+
+    @property
+    def given(self) -> frozenset[str]:
+        """The names of the limits the caller set, whatever the value."""
+        return self._given
+
+    def given_values(self) -> dict[str, Any]:
+        """The limits the caller set, in a form ``Limits(...)`` accepts back (durations
+        are stored in ms, and a bare number would mean seconds)."""
+        values = {}
+        for name in sorted(self._given):
+            value = getattr(self, name)
+            if name in ("cpu_time", "wall_time") and value is not None:
+                value = f"{value}ms"
+            values[name] = value
+        return values
+
+    def over(self, base: dict[str, Any]) -> Limits:
+        """These limits where given, ``base``'s (a profile's [limits]) for the rest, the
+        defaults for what neither names."""
+        return Limits(**{**base, **self.given_values()})
 
     def __post_init__(self) -> None:
         try:

@@ -4,6 +4,7 @@ costs milliseconds (libseccomp), a job must not pay that each time."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sandbox.errors import JobError
 from sandbox.profile import Profile, load_profile, profile_path
@@ -24,6 +25,11 @@ class CompiledProfile:
     @property
     def env(self) -> dict[str, str]:
         return self.profile.env
+
+    @property
+    def limits(self) -> dict[str, Any]:
+        """The profile's [limits]: a job's defaults for the limits it does not set."""
+        return self.profile.limits
 
 
 class ProfileCache:

@@ -88,7 +88,8 @@ class Runner:
         self, job: Job, cancel_fd: int | None, on_started: Callable[[], None] | None,
         trace: list[dict[str, Any]] | None,
     ) -> Result:
-        limits = job.limits
+        profile = self.profiles.get(job.profile)
+        limits = job.limits.over(profile.limits)
         warnings: list[str] = []
         not_enforced: list[str] = []
         if self.backend is None:
@@ -101,7 +102,6 @@ class Runner:
             )
         with ExitStack() as cleanup:
             argv, env, cwd, image_root = _image_for(job, cleanup)
-            profile = self.profiles.get(job.profile)
             env = {**profile.env, **env}
             sandbox = self.sandboxes.take(image_root, limits.disk_bytes, job.profile, trace is not None)
             prepared, cgroup = sandbox.prepared, sandbox.cgroup

@@ -151,7 +151,7 @@ class SandboxSupply:
         cgroup = self.backend.create_job() if self.backend is not None else None
         try:
             if cgroup is not None:
-                cgroup.apply_limits(Limits())  # what most jobs ask for: written now, not on their path
+                cgroup.apply_limits(Limits().over(compiled.limits))  # what most jobs ask for: written now, not on their path
             template = launch.Template(
                 seccomp_bpf=self.profiles.trace_bpf if trace else compiled.bpf,
                 exec_once=compiled.exec_once,

@@ -72,6 +72,24 @@ def test_verdicts_travel_unchanged(worker):
         assert client.run(Job(cmd=["sh", "-c", "exit 4"])).exit_code == 4
 
 
+def test_a_profiles_limits_fill_in_what_the_job_leaves_out(worker, connect):
+    # compile.toml sets cpu_time = "30s": the RLIMIT_CPU backstop is a second past it.
+    # The limits a job gives win, whatever their value; the rest come from the profile,
+    # for the Python client and for a client that sends a partial map, as for the CLI.
+    cpu_rlimit = ["sh", "-c", "ulimit -t"]
+    with Client(worker.socket_path) as client:
+        assert client.run(Job(cmd=cpu_rlimit, profile="compile")).stdout == b"31\n"
+        given = Limits(cpu_time="10s")  # the default's value, but given: it wins
+        assert client.run(Job(cmd=cpu_rlimit, profile="compile", limits=given)).stdout == b"11\n"
+        unlimited = client.run(Job(cmd=cpu_rlimit, limits=Limits(cpu_time=None)))
+        assert unlimited.stdout == b"unlimited\n"
+    raw = connect(worker)
+    raw.send({"type": "submit", "id": "partial", "job": {"cmd": cpu_rlimit, "profile": "compile",
+                                                         "limits": {"memory": "256M"}}})
+    finished = raw.until(lambda message: message.get("event") == "finished")
+    assert finished["result"]["stdout"] == b"31\n"
+
+
 def test_cancel_a_running_job_kills_it(worker, connect):
     raw = connect(worker)
     raw.send({"type": "submit", "id": "long", "job": sleeper("1004")})

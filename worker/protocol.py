@@ -196,13 +196,9 @@ def job_to_wire(job: Job) -> dict[str, Any]:
         with open(str(blob.path), "rb") as handle:
             return handle.read()
 
-    limits = {key: getattr(job.limits, key) for key in _LIMIT_KEYS if getattr(job.limits, key) is not None}
-    for duration in ("cpu_time", "wall_time"):
-        if duration in limits:
-            limits[duration] = f"{limits[duration]}ms"  # a bare number would mean seconds
     return {
         "cmd": job.cmd,
-        "limits": limits,
+        "limits": job.limits.given_values(),  # the rest come from the profile, on the worker
         "env": job.env,
         "stdin": None if job.stdin is None else blob_bytes(job.stdin),
         "files": [{"path": f.dest, "data": blob_bytes(f.content), "mode": f.mode} for f in job.files],
