@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 from sandbox.errors import JobError, SandboxError
 
 if TYPE_CHECKING:
-    from sandbox.models import Job, Limits, Result
+    from sandbox.models import Job, Limits, Result, WarmSpec
 
 EXIT_SANDBOX_ERROR = 125
 
@@ -60,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--token-file", help="file holding the token TCP clients must present")
     serve.add_argument("--slots", type=int, default=os.cpu_count() or 1, help="jobs run at once (default: CPUs)")
     serve.add_argument("--queue", type=int, default=1024, help="jobs waiting at most; more get 'busy'")
-    serve.add_argument("--warm", type=int, default=0, help="sandboxes kept prepared ahead of jobs (default 0)")
+    serve.add_argument("--warm", type=int, default=0,
+                       help="sandboxes kept prepared ahead of jobs in the default profile on the host image (default 0)")
+    serve.add_argument("--warm-for", action="append", default=[], type=_warm_spec, metavar="count=N[,profile=P][,image=I]",
+                       help="also keep N sandboxes prepared for jobs in profile P and/or on stored image I (repeatable)")
     serve.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
     serve.add_argument("--retention", type=float, default=300.0, metavar="SECONDS",
                        help="keep finished jobs' results this long for resubmitted ids (default 300)")
@@ -152,6 +155,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         slots=args.slots,
         max_queue=args.queue,
         warm=args.warm,
+        warm_for=args.warm_for,
         retention_s=args.retention,
         metrics=_host_port(args.metrics, "metrics") if args.metrics else None,
     )
@@ -234,6 +238,15 @@ def job_from_args(args: argparse.Namespace) -> Job:
         require_cgroups=getattr(args, "require_cgroups", False),
         profile=args.profile,
     )
+
+
+def _warm_spec(text: str) -> WarmSpec:
+    from sandbox.models import WarmSpec
+
+    try:
+        return WarmSpec.parse(text)
+    except JobError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _limits_from_args(args: argparse.Namespace) -> Limits:

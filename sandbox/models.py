@@ -277,3 +277,42 @@ def _bounded_int(name: str, value: object, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise JobError(f"must be an integer between {low} and {high}", field=name)
     return value
+
+
+@dataclass(frozen=True)
+class WarmSpec:
+    """``count`` sandboxes kept prepared for jobs in ``profile`` on ``image`` ("host", or
+    a stored image's reference as jobs write it: "python:3.12")."""
+
+    count: int
+    profile: str = "default"
+    image: str = "host"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or not 0 <= self.count <= 4096:
+            raise JobError("count must be a whole number from 0 to 4096", field="warm")
+        Job(cmd=["true"], profile=self.profile, image=self.image)  # the same names a job may use
+
+    @classmethod
+    def parse(cls, text: str) -> WarmSpec:
+        """From "count=N[,profile=P][,image=I]" (``sandbox serve --warm-for``)."""
+        fields: dict[str, str] = {}
+        for item in text.split(","):
+            key, sep, value = item.partition("=")
+            if not sep or key not in ("count", "profile", "image") or key in fields:
+                raise JobError(f"expected count=N[,profile=P][,image=I], got {text!r}", field="warm")
+            fields[key] = value
+        if not fields.get("count", "").isdigit():
+            raise JobError(f"count=N is required, got {text!r}", field="warm")
+        return cls(int(fields.pop("count")), **fields)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"count": self.count, "profile": self.profile, "image": self.image}
+
+    @staticmethod
+    def merged(specs: list[WarmSpec]) -> list[WarmSpec]:
+        """One spec per kind, counts added up; kinds of count 0 left out."""
+        counts: dict[tuple[str, str], int] = {}
+        for spec in specs:
+            counts[spec.profile, spec.image] = counts.get((spec.profile, spec.image), 0) + spec.count
+        return [WarmSpec(count, profile, image) for (profile, image), count in counts.items() if count]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import resource
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -21,7 +21,7 @@ from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
 from sandbox.errors import CgroupError, JobError, SandboxError
 from sandbox.images.errors import ImageNotFound
 from sandbox.images.runtime import lease_image
-from sandbox.models import WORKDIR, Blob, Job, Limits, Result, Status, Usage
+from sandbox.models import WORKDIR, Blob, Job, Limits, Result, Status, Usage, WarmSpec
 from sandbox.profile_cache import ProfileCache
 from sandbox.supervise import SETUP_TIMEOUT_S, Outcome, Watch, supervise
 from sandbox.supply import SandboxSupply
@@ -36,11 +36,11 @@ CGROUP_ONLY_LIMITS = ("memory", "pids", "cpus")
 
 
 class Runner:
-    """Runs jobs; with ``warm`` > 0, keeps that many sandboxes prepared ahead of time
-    (call ``sandboxes.step`` when idle), so a job's critical path is hand-over, exec,
-    collect."""
+    """Runs jobs; with ``warm`` > 0, keeps that many sandboxes for ``profile`` on the host
+    image prepared ahead of time, and those ``warm_for`` names besides (call
+    ``sandboxes.step`` when idle), so a job's critical path is hand-over, exec, collect."""
 
-    def __init__(self, profile: str = "default", warm: int = 0) -> None:
+    def __init__(self, profile: str = "default", warm: int = 0, warm_for: Sequence[WarmSpec] = ()) -> None:
         self.profiles = ProfileCache()
         self.profiles.get(profile)  # a broken default profile fails here, not at the first job
         cap_last = int(open("/proc/sys/kernel/cap_last_cap").read())
@@ -53,7 +53,8 @@ class Runner:
             self.backend = None
             self.cgroup_problem = str(exc)
         launcher.become_subreaper()
-        self.sandboxes = SandboxSupply(self.profiles, self.backend, cap_last, profile, warm, WARM_DISK_BYTES)
+        specs = WarmSpec.merged([WarmSpec(warm, profile), *warm_for])
+        self.sandboxes = SandboxSupply(self.profiles, self.backend, cap_last, specs, WARM_DISK_BYTES)
         self.sandboxes.start()
 
     def run(
@@ -103,7 +104,7 @@ class Runner:
         with ExitStack() as cleanup:
             argv, env, cwd, image_root = _image_for(job, cleanup)
             env = {**profile.env, **env}
-            sandbox = self.sandboxes.take(image_root, limits.disk_bytes, job.profile, trace is not None)
+            sandbox = self.sandboxes.take(image_root, limits.disk_bytes, job.profile, trace is not None, job.image)
             prepared, cgroup = sandbox.prepared, sandbox.cgroup
             cleanup.callback(self.sandboxes.retire, sandbox)
             if prepared.init_pid <= 0:

@@ -6,6 +6,9 @@ the kernel or another process (``step``): send the zygote a request, read its an
 reap a sandbox init that has exited and remove its cgroup. A launcher interleaves them
 with jobs and sleeps on ``waitables`` when there is nothing to do, so a job that
 arrives is never stuck behind a sandbox being torn down or started.
+
+The warm pool holds sandboxes of the kinds ``WarmSpec`` names - a profile on the host
+image or on a stored image - and a job takes one of its kind when there is one.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from sandbox import launch, rootfs
-from sandbox.launch import ImageRoot
-from sandbox.models import Limits
 from sandbox.cgroups import CgroupBackend, JobCgroup
-from sandbox.errors import SetupError
+from sandbox.errors import SandboxError
+from sandbox.images.runtime import LeasedImage, lease_image
+from sandbox.launch import ImageRoot
+from sandbox.models import WORKDIR, Limits, WarmSpec
 from sandbox.profile_cache import ProfileCache
 from sandbox.template import RECHECK_S
 from sandbox.zygote import Zygote
@@ -37,8 +41,16 @@ class Sandbox:
     prepared: launch.Prepared
     cgroup: JobCgroup | None
     pidfd: int = -1  # once retired: readable when the init has exited
+    image: ImageRoot | None = None  # the layers it was built from (None: the host image)
+    lease: LeasedImage | None = None  # keeps gc off those layers while it waits for a job
+
+    def release_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
 
     def close(self) -> None:
+        self.release_lease()
         self.prepared.close()
         if self.pidfd >= 0:
             os.close(self.pidfd)
@@ -51,46 +63,61 @@ class _Order:
 
     start: launch.Starting
     cgroup: JobCgroup | None
+    image: ImageRoot | None = None
+    lease: LeasedImage | None = None
 
 
 @dataclass
 class SandboxSupply:
-    """Sandboxes for one Runner. Warm ones are built on the host image with the default
-    profile and the default disk size (a job asking for another size gets the tmpfs
-    resized when it arrives)."""
+    """Sandboxes for one Runner. Warm ones are built with the default disk size (a job
+    asking for another size gets the tmpfs resized when it arrives)."""
 
     profiles: ProfileCache
     backend: CgroupBackend | None
     cap_last: int
-    default_profile: str
-    warm_target: int
+    warm: list[WarmSpec]
     disk_bytes: int
-    _warm: deque[Sandbox] = field(default_factory=deque)
-    _ordered: deque[_Order] = field(default_factory=deque)
+    _pools: dict[WarmSpec, deque[Sandbox]] = field(default_factory=dict)
+    _ordered: deque[tuple[WarmSpec, _Order]] = field(default_factory=deque)  # warm ones only
     _retired: list[Sandbox] = field(default_factory=list)
     _zygote: Zygote | None = None
     _template_fingerprint: tuple[tuple[str, int, int], ...] = ()
     _template_checked: float = 0.0
-    _warm_failed: bool = False  # the last warm sandbox failed to start: stop ordering until a job runs
+    # Kinds whose last warm sandbox failed to start, or whose image is not in the store:
+    # not ordered again until the next job runs.
+    _failed: set[WarmSpec] = field(default_factory=set)
 
     def start(self) -> None:
         """Start the zygote now, so that the first job does not wait for it (if it
         cannot start, it is tried again for each sandbox, and the jobs report why)."""
+        self._pools = {spec: deque() for spec in self.warm}
         try:
             self._zygote_for_next()
-        except SetupError:
+        except SandboxError:
             pass
 
-    def take(self, image: ImageRoot | None, disk_bytes: int, profile: str, trace: bool) -> Sandbox:
-        """A sandbox for a job: a warm one when it fits, else one built now."""
+    def take(self, image: ImageRoot | None, disk_bytes: int, profile: str, trace: bool, image_name: str) -> Sandbox:
+        """A sandbox for a job: a warm one of its kind when there is one, else one built
+        now. ``image`` is what the job's image reference ``image_name`` resolves to now:
+        warm sandboxes of that reference built from other layers are stale (the image was
+        pulled again since) and are retired."""
         if len(self._retired) > MAX_RETIRED:
             self.finish()
-        self._warm_failed = False
-        if image is None and profile == self.default_profile and not trace:
-            if not self._warm and self._ordered:
+        self._failed.clear()
+        spec = None if trace else next((s for s in self.warm if (s.profile, s.image) == (profile, image_name)), None)
+        if spec is not None:
+            pool = self._pools[spec]
+            while not pool and any(kind == spec for kind, _ in self._ordered):
                 self._receive()
-            if self._warm:
-                return self._warm.popleft()
+            while pool:
+                sandbox = pool[0]
+                if sandbox.image == image:
+                    pool.popleft()
+                    sandbox.release_lease()  # the job holds its own
+                    return sandbox
+                if image is not None and sandbox.image is not None and sandbox.image.layers == image.layers:
+                    break  # same image, another working directory: build this job's now
+                self.retire(pool.popleft())
         while self._ordered:  # the zygote answers in order: theirs come first
             self._receive()
         return self._deliver(self._order(image, disk_bytes, profile, trace))
@@ -98,6 +125,7 @@ class SandboxSupply:
     def retire(self, sandbox: Sandbox) -> None:
         """The sandbox's job is over (or it was never used): make sure its init dies, and
         clean up once it has."""
+        sandbox.release_lease()
         prepared = sandbox.prepared
         if prepared.init_pid > 0 and not prepared.reaped:
             sandbox.pidfd = os.pidfd_open(prepared.init_pid)
@@ -106,7 +134,7 @@ class SandboxSupply:
 
     def step(self) -> bool:
         """Do one small piece of background work; False when there was none."""
-        if self._ordered and _readable(self._ordered[0].start.zygote_fd):
+        if self._ordered and _readable(self._ordered[0][1].start.zygote_fd):
             self._receive()
             return True
         for sandbox in self._retired:
@@ -114,19 +142,24 @@ class SandboxSupply:
                 self._retired.remove(sandbox)
                 self._clean_up(sandbox)
                 return True
-        if len(self._warm) + len(self._ordered) < self.warm_target and not self._warm_failed:
-            try:
-                self._ordered.append(self._order(None, self.disk_bytes, self.default_profile, False))
-            except SetupError:
-                self._warm_failed = True
-                return False
-            return True
+        for spec in self.warm:
+            waiting = len(self._pools[spec]) + sum(kind == spec for kind, _ in self._ordered)
+            if spec not in self._failed and waiting < spec.count:
+                try:
+                    self._ordered.append((spec, self._order_warm(spec)))
+                except SandboxError:
+                    self._failed.add(spec)
+                return True
         return False
 
     def waitables(self) -> list[int]:
         """Fds that turn readable when ``step`` has work to do (sleep on them when idle)."""
-        fds = [self._ordered[0].start.zygote_fd] if self._ordered else []
+        fds = [self._ordered[0][1].start.zygote_fd] if self._ordered else []
         return fds + [sandbox.pidfd for sandbox in self._retired if sandbox.pidfd >= 0]
+
+    def warm_count(self) -> int:
+        """Sandboxes waiting for a job, or ordered to wait for one."""
+        return sum(len(pool) for pool in self._pools.values()) + len(self._ordered)
 
     def finish(self) -> None:
         """Clean up every retired sandbox now, waiting for their inits to exit."""
@@ -137,12 +170,29 @@ class SandboxSupply:
         """Discard the warm and ordered sandboxes, clean up, stop the zygote."""
         while self._ordered:
             self._receive()
-        while self._warm:
-            self.retire(self._warm.popleft())
+        for pool in self._pools.values():
+            while pool:
+                self.retire(pool.popleft())
         self.finish()
         if self._zygote is not None:
             self._zygote.close()
             self._zygote = None
+
+    def _order_warm(self, spec: WarmSpec) -> _Order:
+        """Order a sandbox of a warm kind; for a stored image, lease it first (raises
+        ImageNotFound if it is not in the store). Its working directory is the one a job
+        that names none gets (``runner._image_for``)."""
+        if spec.image == "host":
+            return self._order(None, self.disk_bytes, spec.profile, False)
+        lease = lease_image(spec.image)
+        try:
+            image = ImageRoot(lease.layer_dirs, lease.workdir() or WORKDIR)
+            order = self._order(image, self.disk_bytes, spec.profile, False)
+        except BaseException:
+            lease.release()
+            raise
+        order.lease = lease
+        return order
 
     def _order(self, image: ImageRoot | None, disk_bytes: int, profile: str, trace: bool) -> _Order:
         """Ask the zygote for a sandbox (its answer is read by ``_deliver``)."""
@@ -168,20 +218,21 @@ class SandboxSupply:
             raise
         if cgroup is not None:
             cgroup.close_attach_fds()  # the sandbox holds its own copies
-        return _Order(start, cgroup)
+        return _Order(start, cgroup, image)
 
     def _deliver(self, order: _Order) -> Sandbox:
-        return Sandbox(launch.receive(order.start), order.cgroup)
+        return Sandbox(launch.receive(order.start), order.cgroup, image=order.image, lease=order.lease)
 
     def _receive(self) -> None:
         """Read the zygote's answer for the oldest order; a warm sandbox that failed to
         start is cleaned up, not handed to a job (the job would only report the failure
         a sandbox built for it reports too)."""
-        sandbox = self._deliver(self._ordered.popleft())
+        spec, order = self._ordered.popleft()
+        sandbox = self._deliver(order)
         if sandbox.prepared.init_pid > 0:
-            self._warm.append(sandbox)
+            self._pools[spec].append(sandbox)
         else:
-            self._warm_failed = True
+            self._failed.add(spec)
             self.retire(sandbox)
 
     def _clean_up(self, sandbox: Sandbox) -> None:

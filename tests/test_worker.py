@@ -9,6 +9,7 @@ import socket
 import stat
 import struct
 import time
+from pathlib import Path
 
 import httpx
 import msgpack
@@ -88,6 +89,26 @@ def test_a_profiles_limits_fill_in_what_the_job_leaves_out(worker, connect):
                                                          "limits": {"memory": "256M"}}})
     finished = raw.until(lambda message: message.get("event") == "finished")
     assert finished["result"]["stdout"] == b"31\n"
+
+
+def test_warm_sandboxes_of_another_profile(start_worker):
+    worker = start_worker("--slots", "1", "--warm-for", "count=2,profile=strict")
+    (launcher,) = worker.launchers()
+
+    def sandbox_processes() -> int:  # the zygote, and the warm sandbox inits it cloned as the launcher's children
+        count = 0
+        for pid in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
+            try:
+                count += b"sandbox.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            except FileNotFoundError:
+                pass  # a retired sandbox, gone since the listing
+        return count
+
+    assert wait_until(lambda: sandbox_processes() == 3), sandbox_processes()
+    with Client(worker.socket_path) as client:
+        assert client.stats()["warm_per_slot"] == 2
+        assert client.run(Job(cmd=["/bin/true"], profile="strict")).status is Status.OK
+    assert wait_until(lambda: sandbox_processes() == 3), sandbox_processes()
 
 
 def test_cancel_a_running_job_kills_it(worker, connect):

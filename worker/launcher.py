@@ -11,26 +11,27 @@ never delay a kill. A launcher that dies takes only its own job down (as interna
 and its sandboxes with it (their inits have PDEATHSIG set); the worker starts a new one, which
 reaps the dead one's cgroups.
 
-Run as: python -m worker.launcher FD PARENT_PID WARM
+Run as: python -m worker.launcher FD PARENT_PID WARM_JSON (a list of WarmSpec wire forms)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import socket
 import sys
 from typing import Any
 
-from sandbox.models import Result, Status
+from sandbox.models import Result, Status, WarmSpec
 from sandbox.runner import Runner
 from worker.protocol import FrameDecoder, ProtocolError, encode, job_from_wire, result_to_wire
 
 LAUNCHER_MAX_FRAME = 1 << 30  # the worker already enforced the public limit
 
 
-def serve(channel: socket.socket, warm: int) -> None:
-    runner = Runner(warm=warm)
+def serve(channel: socket.socket, warm: list[WarmSpec]) -> None:
+    runner = Runner(warm_for=warm)
     _send(channel, {"type": "ready", "pid": os.getpid(), "cgroups": runner.backend is not None})
     decoder = FrameDecoder(LAUNCHER_MAX_FRAME)
     try:
@@ -81,7 +82,8 @@ def main(argv: list[str]) -> int:
     # then killed healthy launchers every 10 s. The worker's death closes its end of the
     # channel instead: EOF while idle ends serve(), and during a job the channel turns
     # readable, which the runner treats as a cancel (it kills the sandbox) before we exit.
-    fd, parent_pid, warm = int(argv[1]), int(argv[2]), int(argv[3])
+    fd, parent_pid = int(argv[1]), int(argv[2])
+    warm = [WarmSpec(**spec) for spec in json.loads(argv[3])]
     if os.getppid() != parent_pid:
         return 1  # the worker died while starting us
     with socket.socket(fileno=fd) as channel:

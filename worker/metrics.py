@@ -40,7 +40,7 @@ class Metrics:
             "sandbox_queue_depth": ("Jobs waiting for a slot.", lambda: pool.queued),
             "sandbox_jobs_running": ("Jobs in a slot now.", lambda: pool.running),
             "sandbox_warm_sandboxes_per_slot": (
-                "Sandboxes each launcher keeps prepared.", lambda: pool.slots[0].warm if pool.slots else 0
+                "Sandboxes each launcher keeps prepared.", lambda: pool.warm_per_slot
             ),
             "sandbox_launcher_restarts": ("Launchers replaced since start.", lambda: sum(s.restarts for s in pool.slots)),
         }

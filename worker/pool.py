@@ -11,13 +11,13 @@ from __future__ import annotations
 import enum
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from sandbox.models import Job, Result
+from sandbox.models import Job, Result, WarmSpec
 from worker.protocol import ProtocolError, event_message, result_to_wire
 from worker.slots import Slot
 
@@ -63,10 +63,13 @@ class PoolStats:
 
 class Pool:
     def __init__(
-        self, slots: int, max_queue: int, warm: int = 0, retention_s: float = 300.0, max_records: int = 100_000
+        self, slots: int, max_queue: int, warm: Sequence[WarmSpec] = (), retention_s: float = 300.0,
+        max_records: int = 100_000,
     ) -> None:
-        # Each slot's launcher keeps its share of the warm sandboxes.
-        self.slots = [Slot(index, -(-warm // slots) if warm else 0) for index in range(slots)]
+        # Each slot's launcher keeps its share of the warm sandboxes of each kind.
+        share = [WarmSpec(-(-spec.count // slots), spec.profile, spec.image) for spec in warm]
+        self.slots = [Slot(index, share) for index in range(slots)]
+        self.warm_per_slot = sum(spec.count for spec in share)
         self.max_queue = max_queue
         self.retention_s = retention_s
         self.max_records = max_records
@@ -158,7 +161,7 @@ class Pool:
             "by_status": dict(self.stats.by_status),
             "latency_ms": {"p50": percentile(0.5), "p99": percentile(0.99), "count": len(latencies)},
             "records": len(self.records),
-            "warm_per_slot": self.slots[0].warm if self.slots else 0,
+            "warm_per_slot": self.warm_per_slot,
             "launcher_restarts": sum(slot.restarts for slot in self.slots),
             "cgroups": all(slot.cgroups for slot in self.slots),
         }

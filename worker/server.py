@@ -16,11 +16,13 @@ import os
 import resource
 import signal
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
+from sandbox.models import WarmSpec
+from sandbox.profile import builtin_profiles
 from worker.logs import log
 from worker.metrics import Metrics
 from worker.pool import Pool
@@ -48,7 +50,8 @@ class ServerConfig:
     metrics: tuple[str, int] | None = None  # serve Prometheus metrics here (worker/metrics.py)
     slots: int = os.cpu_count() or 1
     max_queue: int = 1024
-    warm: int = 0
+    warm: int = 0  # sandboxes for the default profile on the host image, over all slots
+    warm_for: list[WarmSpec] = field(default_factory=list)  # other kinds (sandbox serve --warm-for)
     retention_s: float = 300.0  # how long a finished job's record (and result) is kept for its id
     max_frame: int = DEFAULT_MAX_FRAME
     max_connections: int = 16384
@@ -81,7 +84,11 @@ class Connection:
 class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.pool = Pool(config.slots, config.max_queue, config.warm, retention_s=config.retention_s)
+        warm = WarmSpec.merged([WarmSpec(config.warm), *config.warm_for])
+        unknown = sorted({spec.profile for spec in warm} - set(builtin_profiles()))
+        if unknown:
+            raise ValueError(f"warm sandboxes for profiles that do not exist: {', '.join(unknown)}")
+        self.pool = Pool(config.slots, config.max_queue, warm, retention_s=config.retention_s)
         self.metrics = Metrics(self.pool) if config.metrics else None
         if self.metrics is not None:
             self.pool.on_finished = self.metrics.observe

@@ -7,6 +7,7 @@ a fresh launcher before taking the next job.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -15,7 +16,7 @@ from typing import Any
 
 import trio
 
-from sandbox.models import Job, Result, Status
+from sandbox.models import Job, Result, Status, WarmSpec
 from worker.launcher import LAUNCHER_MAX_FRAME
 from worker.logs import log
 from worker.protocol import FrameDecoder, encode, job_to_wire, result_from_wire
@@ -26,7 +27,7 @@ class LauncherDied(Exception):
 
 
 class Slot:
-    def __init__(self, index: int, warm: int) -> None:
+    def __init__(self, index: int, warm: list[WarmSpec]) -> None:
         self.index = index
         self.warm = warm
         self.process: trio.Process | None = None
@@ -73,7 +74,8 @@ class Slot:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "worker.launcher", str(theirs.fileno()), str(os.getpid()), str(self.warm)],
+                [sys.executable, "-m", "worker.launcher", str(theirs.fileno()), str(os.getpid()),
+                 json.dumps([spec.to_wire() for spec in self.warm])],
                 pass_fds=(theirs.fileno(),),
             )
         finally:

@@ -1,0 +1,90 @@
+"""Warm pools of several kinds (profile, image): a job takes a sandbox of its own kind,
+never one of another, and never one built from an image's old layers."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from imagebuild import Entry, busybox_entries, layer_tar, oci_layout
+from workerutil import SANDBOX_CLI
+
+from sandbox.models import Job, Status, WarmSpec
+from sandbox.runner import Runner
+
+pytestmark = pytest.mark.cgroup
+
+
+@pytest.fixture
+def image_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty image store for this test (and the CLI it runs)."""
+    monkeypatch.setenv("SANDBOX_IMAGE_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("SANDBOX_IMAGES_CONFIG", str(tmp_path / "images.toml"))
+    return tmp_path
+
+
+def import_image(work: Path, reference: str, version: str) -> None:
+    """Store a busybox image whose /version says ``version`` under ``reference``."""
+    layer = layer_tar(busybox_entries() + [Entry("version", data=f"{version}\n".encode())])
+    layout = oci_layout(work / f"layout-{version}", [layer])
+    done = subprocess.run([*SANDBOX_CLI, "import", str(layout), reference], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture
+def warm_runner() -> Iterator[list[Runner]]:
+    """Runners made by the test, closed after it (their warm sandboxes with them)."""
+    made: list[Runner] = []
+    yield made
+    for runner in made:
+        runner.close()
+
+
+def settled(runner: Runner) -> Runner:
+    """Let the runner do its idle work (order and receive its warm sandboxes)."""
+    while runner.sandboxes.step():
+        pass
+    return runner
+
+
+def test_a_job_takes_a_warm_sandbox_of_its_own_kind_only(warm_runner):
+    runner = Runner(warm_for=[WarmSpec(1, "strict")])
+    warm_runner.append(runner)
+    assert settled(runner).sandboxes.warm_count() == 1
+    other = runner.run(Job(cmd=["/bin/true"], require_cgroups=True))
+    assert other.status is Status.OK and runner.sandboxes.warm_count() == 1
+    own = runner.run(Job(cmd=["/bin/true"], profile="strict", require_cgroups=True))
+    assert own.status is Status.OK and runner.sandboxes.warm_count() == 0
+    assert settled(runner).sandboxes.warm_count() == 1
+
+
+def test_warm_image_sandboxes_follow_the_image(image_store, warm_runner):
+    import_image(image_store, "warmimg:1", "one")
+    runner = Runner(warm_for=[WarmSpec(1, image="warmimg:1")])
+    warm_runner.append(runner)
+    assert settled(runner).sandboxes.warm_count() == 1
+    job = Job(cmd=["cat", "/version"], image="warmimg:1", require_cgroups=True)
+    first = runner.run(job)
+    assert (first.status, first.stdout) == (Status.OK, b"one\n"), first
+    assert runner.sandboxes.warm_count() == 0
+    assert settled(runner).sandboxes.warm_count() == 1
+    # The tag now names other layers: the waiting sandbox was built from the old ones.
+    import_image(image_store, "warmimg:1", "two")
+    second = runner.run(job)
+    assert (second.status, second.stdout) == (Status.OK, b"two\n"), second
+    assert settled(runner).sandboxes.warm_count() == 1
+    third = runner.run(job)
+    assert (third.stdout, runner.sandboxes.warm_count()) == (b"two\n", 0)
+
+
+def test_a_warm_kind_whose_image_is_missing_waits_for_it(image_store, warm_runner):
+    runner = Runner(warm_for=[WarmSpec(1, image="later:1")])
+    warm_runner.append(runner)
+    assert settled(runner).sandboxes.warm_count() == 0
+    import_image(image_store, "later:1", "here")
+    result = runner.run(Job(cmd=["cat", "/version"], image="later:1", require_cgroups=True))
+    assert (result.status, result.stdout) == (Status.OK, b"here\n"), result
+    assert settled(runner).sandboxes.warm_count() == 1
