@@ -45,9 +45,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import select
 import socket
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -73,16 +71,18 @@ class Template:
     """What a sandbox is built with before any job is known."""
 
     seccomp_bpf: bytes
-    cgroup_fds: list[int]
+    cgroup_fds: list[int]  # the job cgroup's cgroup.procs, for the program stage to join
     disk_bytes: int
     cap_last: int
+    cpu_counter: tuple[int, str] | None = None  # the job cgroup's CPU counter: fd, cpucounter kind
     image: ImageRoot | None = None  # None: the built-in host image
     exec_once: bool = False  # the profile forbids exec after the program started
     trace: bool = False  # seccomp_bpf notifies every call: record them, allow them
 
     def to_wire(self) -> dict[str, Any]:
-        """Everything but the cgroup fds (they travel with SCM_RIGHTS), as JSON values."""
+        """Everything but the fds (they travel with SCM_RIGHTS: ``fds``), as JSON values."""
         return {
+            "cpu_counter": None if self.cpu_counter is None else self.cpu_counter[1],
             "seccomp_bpf": base64.b64encode(self.seccomp_bpf).decode(),
             "disk_bytes": self.disk_bytes,
             "cap_last": self.cap_last,
@@ -92,6 +92,10 @@ class Template:
             "native_arch": NATIVE_ARCH,
             "exec_numbers": EXEC_NUMBERS,
         }
+
+    def fds(self) -> list[int]:
+        """The CPU counter's fd, if any, then the cgroup.procs fds (``stages.Spec``)."""
+        return [*(() if self.cpu_counter is None else (self.cpu_counter[0],)), *self.cgroup_fds]
 
 
 @dataclass
@@ -132,7 +136,6 @@ class Prepared:
     reader: MessageReader
     early: list[dict[str, Any]]
     reaped: bool = False  # once reaped, init_pid may belong to someone else: never signal it
-    ready: bool = False  # reported "ready": its program stage waits for the job, filter installed
 
     def close(self) -> None:
         self.job_channel.close()
@@ -163,7 +166,7 @@ def order(zygote: Zygote, template: Template) -> Starting:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     starting = Starting(zygote, report_r, ours)
     try:
-        zygote.request(template.to_wire(), [report_w, theirs.fileno(), *template.cgroup_fds])
+        zygote.request(template.to_wire(), [report_w, theirs.fileno(), *template.fds()])
     except SetupError as exc:
         starting.error = str(exc)
     finally:
@@ -184,28 +187,6 @@ def receive(starting: Starting) -> Prepared:
     if starting.error is not None:
         early.append({"kind": "setup_error", "message": starting.error})
     return Prepared(init_pid, starting.report_fd, starting.job_channel, MessageReader(starting.report_fd), early)
-
-
-def await_ready(prepared: Prepared, timeout_s: float) -> None:
-    """Wait until the sandbox reports "ready" - its program stage has joined the cgroup,
-    set itself up and installed its filter - so that the job's accounting counts none of
-    that. A warm sandbox said so long ago: one read. Messages read on the way are kept in
-    ``early``; a setup error, an exit or the timeout end the wait (supervise then kills
-    the sandbox for the setup error)."""
-    deadline = time.monotonic() + timeout_s
-    while not prepared.ready:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([prepared.report_fd], [], [], remaining)[0]:
-            prepared.early.append({"kind": "setup_error", "message": f"the sandbox was not ready after {timeout_s:g} s"})
-            return
-        chunk = os.read(prepared.report_fd, 1 << 16)
-        if not chunk:
-            return
-        for message in prepared.reader.feed(chunk):
-            prepared.early.append(message)
-            prepared.ready = prepared.ready or message["kind"] == "ready"
-            if message["kind"] == "setup_error":
-                return
 
 
 def start_job(prepared: Prepared, job: JobSpec) -> None:

@@ -23,7 +23,7 @@ from sandbox.images.errors import ImageNotFound
 from sandbox.images.runtime import lease_image
 from sandbox.models import WORKDIR, Blob, Job, Limits, Result, Status, Usage, WarmSpec
 from sandbox.profile_cache import ProfileCache
-from sandbox.supervise import SETUP_TIMEOUT_S, Outcome, Watch, supervise
+from sandbox.supervise import Outcome, Watch, supervise
 from sandbox.supply import SandboxSupply
 from sandbox.verdict import decide
 
@@ -110,7 +110,6 @@ class Runner:
             if prepared.init_pid <= 0:
                 message = next((m["message"] for m in prepared.early if m["kind"] == "setup_error"), None)
                 return Result(Status.INTERNAL_ERROR, error=message or "sandbox did not start", warnings=warnings)
-            launcher.await_ready(prepared, SETUP_TIMEOUT_S)
             if cgroup is not None:
                 cgroup.apply_limits(limits)
                 cgroup.start_accounting()

@@ -20,6 +20,7 @@ import socket
 import time
 
 from sandbox import child, network, notify, rootfs
+from sandbox.cpucounter import read_cpu_ns
 from sandbox.fspath import create_file_beneath
 from sandbox.linux import syscalls as sc
 
@@ -41,13 +42,16 @@ _MAX_FDS = 1024 + 3
 class Spec:
     """A sandbox's Template as the zygote receives it (``launch.Template.to_wire``)."""
 
-    __slots__ = ("seccomp_bpf", "cgroup_fds", "disk_bytes", "cap_last", "layers", "workdir", "exec_once",
-                 "trace", "native_arch", "exec_numbers")
+    __slots__ = ("seccomp_bpf", "cgroup_fds", "cpu_counter_fd", "cpu_counter_kind", "disk_bytes", "cap_last",
+                 "layers", "workdir", "exec_once", "trace", "native_arch", "exec_numbers")
 
-    def __init__(self, wire: dict[str, Any], cgroup_fds: list[int]) -> None:
+    def __init__(self, wire: dict[str, Any], fds: list[int]) -> None:
+        """``fds`` as ``launch.Template.fds`` lays them out."""
         image = wire["image"]
         self.seccomp_bpf: bytes = base64.b64decode(wire["seccomp_bpf"])
-        self.cgroup_fds = cgroup_fds
+        self.cpu_counter_kind: str | None = wire["cpu_counter"]
+        self.cpu_counter_fd: int = fds[0] if self.cpu_counter_kind else -1
+        self.cgroup_fds = fds[1:] if self.cpu_counter_kind else fds
         self.disk_bytes: int = wire["disk_bytes"]
         self.cap_last: int = wire["cap_last"]
         self.layers: list[str] | None = None if image is None else image["layers"]
@@ -66,7 +70,7 @@ def start_sandbox(template: Spec, bases: MountBases, report_fd: int, channel_fd:
     sc.setns(bases.host_fd if template.layers is not None else bases.template_fd, sc.CLONE_NEWNS)
     pid = sc.clone_sibling(SANDBOX_NAMESPACES)
     if pid == 0:
-        keep = {report_fd, channel_fd, *template.cgroup_fds}
+        keep = {report_fd, channel_fd, template.cpu_counter_fd, *template.cgroup_fds} - {-1}
         child.guard(report_fd, lambda: _stage_init(template, report_fd, channel_fd, keep))
     return pid
 
@@ -101,13 +105,6 @@ def _stage_init(template: Spec, report_fd: int, channel_fd: int, keep: set[int])
     program_end.close()
     for fd in template.cgroup_fds:
         os.close(fd)
-    # C is ready once its filter is installed (it sends the listener) or, in a trace run,
-    # once it says so: only then may the job's accounting start from a clean slate.
-    ready, ready_fds, _, _ = socket.recv_fds(to_program, 16, 1)
-    if not ready:
-        os._exit(0)  # C failed and reported why
-    listener = ready_fds[0] if ready_fds else -1
-    child.send(report_fd, "ready")
 
     raw, fds, _, _ = socket.recv_fds(channel, 1 << 20, _MAX_FDS)
     if not raw:
@@ -122,11 +119,20 @@ def _stage_init(template: Spec, report_fd: int, channel_fd: int, keep: set[int])
         os.close(source_fd)
     os.close(new_root)
     instructions = {key: job[key] for key in ("argv", "env", "cwd", "rlimits")}
+    # C is ready once its filter is installed (it sends the listener) or, in a trace run,
+    # once it says so. The job's clock and its CPU account start only now, so that none
+    # of C's set-up (the filter alone is most of a millisecond) is charged to the job.
+    ready, ready_fds, _, _ = socket.recv_fds(to_program, 16, 1)
+    if not ready:
+        os._exit(0)  # C failed and reported why
+    listener = ready_fds[0] if ready_fds else -1
+    cpu_ns = None if template.cpu_counter_kind is None else read_cpu_ns(template.cpu_counter_fd,
+                                                                         template.cpu_counter_kind)
     started_ns = time.monotonic_ns()
     socket.send_fds(to_program, [json.dumps(instructions).encode()], stdio)
     for fd in stdio:
         os.close(fd)
-    child.send(report_fd, "started", t=started_ns)
+    child.send(report_fd, "started", t=started_ns, cpu_ns=cpu_ns)
     watcher = notify.Watcher(
         lambda kind, **fields: child.send(report_fd, kind, **fields), exec_once=template.exec_once,
         trace=template.trace, native_arch=template.native_arch, exec_numbers=set(template.exec_numbers),

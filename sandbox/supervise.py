@@ -133,8 +133,11 @@ def supervise(
                 elif fd == sandbox.report_fd:
                     for message in reader.feed(chunk):
                         _handle_message(outcome, message)
-                        if message["kind"] == "started" and on_started is not None:
-                            on_started()
+                        if message["kind"] == "started":
+                            if watch.cgroup is not None and message.get("cpu_ns") is not None:
+                                watch.cgroup.start_cpu_account_at(message["cpu_ns"])
+                            if on_started is not None:
+                                on_started()
                         if message["kind"] == "setup_error":
                             kill("setup")
                 elif streams[fd].add(chunk):

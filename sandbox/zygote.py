@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 _MAX_REQUEST = 1 << 20
-_MAX_FDS = 16  # report pipe, job channel, one cgroup attach fd per hierarchy
+_MAX_FDS = 16  # report pipe, job channel, CPU counter, one cgroup attach fd per hierarchy
 
 
 class Zygote:
@@ -129,8 +129,8 @@ def serve(channel: socket.socket) -> None:
 def _start_one(request: dict[str, Any], fds: list[int], bases: MountBases) -> dict[str, Any]:
     if len(fds) < 2:
         return {"error": "a sandbox request needs the report pipe and the job channel"}
-    report_fd, channel_fd, *cgroup_fds = fds
-    spec = stages.Spec(request, cgroup_fds)
+    report_fd, channel_fd, *template_fds = fds
+    spec = stages.Spec(request, template_fds)
     try:
         return {"pid": stages.start_sandbox(spec, bases, report_fd, channel_fd)}
     except OSError as exc:

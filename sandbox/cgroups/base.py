@@ -17,6 +17,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sandbox.cpucounter import read_cpu_ns
 from sandbox.errors import CgroupError
 from sandbox.models import Limits
 
@@ -38,9 +39,12 @@ class CgroupUsage:
 class JobCgroup(abc.ABC):
     """One job's cgroup (one directory per hierarchy on v1, one on v2)."""
 
-    def __init__(self, directories: list[str], attach_files: list[str]) -> None:
+    def __init__(self, directories: list[str], attach_files: list[str], cpu_counter: tuple[str, str]) -> None:
+        """``cpu_counter``: (directory, file) of the CPU counter, a ``cpucounter`` kind."""
         self.directories = directories
         self.attach_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in attach_files]
+        directory, self.cpu_counter_kind = cpu_counter
+        self.cpu_counter_fd = os.open(os.path.join(directory, self.cpu_counter_kind), os.O_RDONLY | os.O_CLOEXEC)
         self._baseline = CgroupUsage(0, 0, 0, None, 0, None)
         self._applied: tuple[int, int, float | None] | None = None
 
@@ -56,9 +60,9 @@ class JobCgroup(abc.ABC):
     def _write_limits(self, limits: Limits) -> None:
         """Write memory, pids and CPU quota limits to the kernel."""
 
-    @abc.abstractmethod
     def _raw_cpu_ns(self) -> int:
         """The cgroup's CPU counter as the kernel shows it."""
+        return read_cpu_ns(self.cpu_counter_fd, self.cpu_counter_kind)
 
     @abc.abstractmethod
     def _raw_usage(self) -> CgroupUsage:
@@ -71,6 +75,11 @@ class JobCgroup(abc.ABC):
         """The job starts now: what the waiting sandbox used so far is not the job's."""
         self._reset_peak()
         self._baseline = self._raw_usage()
+
+    def start_cpu_account_at(self, cpu_ns: int) -> None:
+        """The job's CPU account starts at this reading of the counter (the sandbox
+        init's, taken as it handed the job over), not at ``start_accounting``'s."""
+        self._baseline.cpu_ns = cpu_ns
 
     def cpu_usage_ns(self) -> int:
         """CPU time of every process and thread of the job since it started, in ns."""
@@ -114,6 +123,9 @@ class JobCgroup(abc.ABC):
     def destroy(self) -> None:
         """Kill what is left, remove the directories, close the fds. Idempotent."""
         self.close_attach_fds()
+        if self.cpu_counter_fd >= 0:
+            os.close(self.cpu_counter_fd)
+            self.cpu_counter_fd = -1
         remaining = []
         for directory in self.directories:
             if not remove_cgroup_dir(directory, self.kill_all):

@@ -19,6 +19,7 @@ from sandbox.cgroups.base import (
     remove_partial,
     write_file,
 )
+from sandbox.cpucounter import V1
 from sandbox.errors import CgroupError
 from sandbox.models import Limits
 
@@ -45,9 +46,8 @@ def v1_mounts() -> dict[str, str]:
 class V1JobCgroup(JobCgroup):
     def __init__(self, dirs: dict[str, str]) -> None:
         unique_dirs = list(dict.fromkeys(dirs.values()))
-        super().__init__(unique_dirs, [os.path.join(d, "cgroup.procs") for d in unique_dirs])
+        super().__init__(unique_dirs, [os.path.join(d, "cgroup.procs") for d in unique_dirs], (dirs["cpuacct"], V1))
         self.by_controller = dirs
-        self._cpu_fd = os.open(os.path.join(dirs["cpuacct"], "cpuacct.usage"), os.O_RDONLY | os.O_CLOEXEC)
 
     def _write_limits(self, limits: Limits) -> None:
         memory, cpu = self.by_controller["memory"], self.by_controller["cpu"]
@@ -68,9 +68,6 @@ class V1JobCgroup(JobCgroup):
     def _reset_peak(self) -> None:
         write_file(os.path.join(self.by_controller["memory"], "memory.max_usage_in_bytes"), "0")
 
-    def _raw_cpu_ns(self) -> int:
-        return int(os.pread(self._cpu_fd, 64, 0))
-
     def _raw_usage(self) -> CgroupUsage:
         cpuacct, memory, pids = (self.by_controller[c] for c in ("cpuacct", "memory", "pids"))
         pids_peak_file = os.path.join(pids, "pids.peak")
@@ -82,12 +79,6 @@ class V1JobCgroup(JobCgroup):
             oom_kills=read_keyed(os.path.join(memory, "memory.oom_control")).get("oom_kill", 0),
             pids_peak=read_int(pids_peak_file) if os.path.exists(pids_peak_file) else None,
         )
-
-    def destroy(self) -> None:
-        if self._cpu_fd >= 0:
-            os.close(self._cpu_fd)
-            self._cpu_fd = -1
-        super().destroy()
 
 
 class V1Backend(CgroupBackend):

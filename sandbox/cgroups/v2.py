@@ -23,6 +23,7 @@ from sandbox.cgroups.base import (
     remove_partial,
     write_file,
 )
+from sandbox.cpucounter import V2
 from sandbox.errors import CgroupError
 from sandbox.models import Limits
 
@@ -74,12 +75,11 @@ def delegated_parent() -> str:
 
 class V2JobCgroup(JobCgroup):
     def __init__(self, directory: str) -> None:
-        super().__init__([directory], [os.path.join(directory, "cgroup.procs")])
+        super().__init__([directory], [os.path.join(directory, "cgroup.procs")], (directory, V2))
         self.directory = directory
-        self._cpu_fd = os.open(os.path.join(directory, "cpu.stat"), os.O_RDONLY | os.O_CLOEXEC)
 
     def _cpu_stat(self) -> dict[str, int]:
-        text = os.pread(self._cpu_fd, 4096, 0).decode()
+        text = os.pread(self.cpu_counter_fd, 4096, 0).decode()
         return {k: int(v) for k, v in (line.split() for line in text.splitlines() if line.strip())}
 
     def _write_limits(self, limits: Limits) -> None:
@@ -87,9 +87,6 @@ class V2JobCgroup(JobCgroup):
         write_file(os.path.join(self.directory, "pids.max"), str(limits.pids))
         quota = "max" if limits.cpus is None else str(round(limits.cpus * CPU_PERIOD_US))
         write_file(os.path.join(self.directory, "cpu.max"), f"{quota} {CPU_PERIOD_US}")
-
-    def _raw_cpu_ns(self) -> int:
-        return self._cpu_stat()["usage_usec"] * 1000
 
     def _raw_usage(self) -> CgroupUsage:
         stat = self._cpu_stat()
@@ -133,12 +130,6 @@ class V2JobCgroup(JobCgroup):
             return True
         finally:
             os.close(fd)
-
-    def destroy(self) -> None:
-        if self._cpu_fd >= 0:
-            os.close(self._cpu_fd)
-            self._cpu_fd = -1
-        super().destroy()
 
 
 class V2Backend(CgroupBackend):
