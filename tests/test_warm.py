@@ -14,8 +14,6 @@ from workerutil import SANDBOX_CLI
 from sandbox.models import Job, Status, WarmSpec
 from sandbox.runner import Runner
 
-pytestmark = pytest.mark.cgroup
-
 
 @pytest.fixture
 def image_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -50,6 +48,7 @@ def settled(runner: Runner) -> Runner:
     return runner
 
 
+@pytest.mark.cgroup  # also in the cgroup v2 guest (which has no busybox for the image tests)
 def test_a_job_takes_a_warm_sandbox_of_its_own_kind_only(warm_runner):
     runner = Runner(warm_for=[WarmSpec(1, "strict")])
     warm_runner.append(runner)
