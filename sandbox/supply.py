@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from sandbox import launch, rootfs
 from sandbox.cgroups import CgroupBackend, JobCgroup
+from sandbox.cgroups.stock import KEEP_MADE, CgroupStock
 from sandbox.errors import SandboxError
 from sandbox.images.runtime import LeasedImage, lease_image
 from sandbox.launch import ImageRoot
@@ -86,11 +87,14 @@ class SandboxSupply:
     # Kinds whose last warm sandbox failed to start, or whose image is not in the store:
     # not ordered again until the next job runs.
     _failed: set[WarmSpec] = field(default_factory=set)
+    _cgroups: CgroupStock | None = None
 
     def start(self) -> None:
         """Start the zygote now, so that the first job does not wait for it (if it
         cannot start, it is tried again for each sandbox, and the jobs report why)."""
         self._pools = {spec: deque() for spec in self.warm}
+        if self.backend is not None:
+            self._cgroups = CgroupStock(self.backend, KEEP_MADE if self.warm else 0)
         try:
             self._zygote_for_next()
         except SandboxError:
@@ -134,6 +138,8 @@ class SandboxSupply:
 
     def step(self) -> bool:
         """Do one small piece of background work; False when there was none."""
+        if self._cgroups is not None:
+            self._cgroups.check()  # a cgroup that could not be removed: as if we had tried here
         if self._ordered and _readable(self._ordered[0][1].start.zygote_fd):
             self._receive()
             return True
@@ -162,9 +168,12 @@ class SandboxSupply:
         return sum(len(pool) for pool in self._pools.values()) + len(self._ordered)
 
     def finish(self) -> None:
-        """Clean up every retired sandbox now, waiting for their inits to exit."""
+        """Clean up every retired sandbox now, waiting for their inits to exit and their
+        cgroups to be removed."""
         while self._retired:
             self._clean_up(self._retired.pop(0))
+        if self._cgroups is not None:
+            self._cgroups.drain()
 
     def close(self) -> None:
         """Discard the warm and ordered sandboxes, clean up, stop the zygote."""
@@ -174,6 +183,9 @@ class SandboxSupply:
             while pool:
                 self.retire(pool.popleft())
         self.finish()
+        if self._cgroups is not None:
+            self._cgroups.close()
+            self._cgroups = None
         if self._zygote is not None:
             self._zygote.close()
             self._zygote = None
@@ -198,7 +210,7 @@ class SandboxSupply:
         """Ask the zygote for a sandbox (its answer is read by ``_deliver``)."""
         compiled = self.profiles.get(profile)
         zygote = self._zygote_for_next()
-        cgroup = self.backend.create_job() if self.backend is not None else None
+        cgroup = self._cgroups.take() if self._cgroups is not None else None
         try:
             if cgroup is not None:
                 cgroup.apply_limits(Limits().over(compiled.limits))  # what most jobs ask for: written now, not on their path
@@ -214,8 +226,8 @@ class SandboxSupply:
             )
             start = launch.order(zygote, template)
         except BaseException:
-            if cgroup is not None:
-                cgroup.destroy()
+            if cgroup is not None and self._cgroups is not None:
+                self._cgroups.discard(cgroup)
             raise
         if cgroup is not None:
             cgroup.close_attach_fds()  # the sandbox holds its own copies
@@ -242,8 +254,8 @@ class SandboxSupply:
             os.waitpid(prepared.init_pid, 0)
             prepared.reaped = True
         sandbox.close()
-        if sandbox.cgroup is not None:
-            sandbox.cgroup.destroy()
+        if sandbox.cgroup is not None and self._cgroups is not None:
+            self._cgroups.discard(sandbox.cgroup)
 
     def _zygote_for_next(self) -> Zygote:
         """The zygote, started on first use, and again if it died or the host files its
