@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the worker: a pool serving jobs over a socket")
     serve.add_argument("--socket", help="unix socket path (created 0600)")
+    serve.add_argument("--socket-group", metavar="GROUP",
+                       help="let this group's members connect too (socket 0660, owned by GROUP)")
     serve.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP (requires --token-file)")
     serve.add_argument("--token-file", help="file holding the token TCP clients must present")
     serve.add_argument("--slots", type=int, default=os.cpu_count() or 1, help="jobs run at once (default: CPUs)")
@@ -150,6 +152,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     config = ServerConfig(
         socket_path=args.socket,
+        socket_group=args.socket_group,
         tcp=_host_port(args.tcp) if args.tcp else None,
         token=_read_token(args.token_file),
         slots=args.slots,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import resource
 import signal
 import socket
 import stat
 import struct
+import subprocess
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from sandbox.models import Job, Limits, Status
 from test_cleanup import sleeping, wait_until
 from worker.client import AsyncClient, Client, WorkerError
 from worker.protocol import job_to_wire
+from workerutil import SANDBOX_CLI
 
 
 def py(code: str, **limits: object) -> Job:
@@ -32,6 +35,27 @@ def sleeper(seconds: str, **limits: object) -> dict:
 
 def test_socket_is_private(worker):
     assert stat.S_IMODE(os.stat(worker.socket_path).st_mode) == 0o600
+
+
+def test_socket_group_lets_its_members_connect(start_worker):
+    group = grp.getgrgid(os.getgid()).gr_name
+    worker = start_worker("--slots", "1", "--socket-group", group)
+    info = os.stat(worker.socket_path)
+    assert (stat.S_IMODE(info.st_mode), info.st_gid) == (0o660, os.getgid())
+    with Client(worker.socket_path) as client:
+        assert client.run(Job(cmd=["true"])).status is Status.OK
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tcp", "127.0.0.1:1"], "TCP needs a token"),
+    (["--socket-group", "no-such-group-here"], "no group named"),
+    (["--warm-for", "count=1,profile=nope"], "profiles that do not exist: nope"),
+])
+def test_bad_serve_configuration_is_a_clear_error(tmp_path, args, message):
+    done = subprocess.run([*SANDBOX_CLI, "serve", "--socket", str(tmp_path / "w.sock"), *args],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 125 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "w.sock").exists()
 
 
 def test_sync_client_runs_a_job(worker):

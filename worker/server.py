@@ -10,6 +10,7 @@ cost a file descriptor each and nothing more, up to ``max_connections``.
 
 from __future__ import annotations
 
+import grp
 import hmac
 import itertools
 import os
@@ -45,6 +46,7 @@ OUT_QUEUE = 1024
 @dataclass
 class ServerConfig:
     socket_path: str | None = None
+    socket_group: str | None = None  # a group whose members may connect too (socket 0660)
     tcp: tuple[str, int] | None = None
     token: str | None = None
     metrics: tuple[str, int] | None = None  # serve Prometheus metrics here (worker/metrics.py)
@@ -89,6 +91,13 @@ class Server:
         if unknown:
             raise ValueError(f"warm sandboxes for profiles that do not exist: {', '.join(unknown)}")
         self.pool = Pool(config.slots, config.max_queue, warm, retention_s=config.retention_s)
+        # Configuration errors are raised here, before trio runs: a clear message, not a
+        # traceback out of a nursery.
+        if config.tcp and not config.token:
+            raise ValueError("TCP needs a token (--token-file)")
+        if not config.socket_path and not config.tcp:
+            raise ValueError("nothing to listen on: give --socket and/or --tcp")
+        self.socket_gid = None if config.socket_group is None else _group_id(config.socket_group)
         self.metrics = Metrics(self.pool) if config.metrics else None
         if self.metrics is not None:
             self.pool.on_finished = self.metrics.observe
@@ -128,8 +137,6 @@ class Server:
         socket as the sign that every listener is up."""
         listeners: list[trio.abc.Listener[Any]] = []
         if self.config.tcp:
-            if not self.config.token:
-                raise ValueError("TCP needs a token (--token-file)")
             host, port = self.config.tcp
             listeners.extend(await trio.open_tcp_listeners(port, host=host))
         if self.config.socket_path:
@@ -142,10 +149,12 @@ class Server:
                 await sock.bind(path)
             finally:
                 os.umask(old_umask)
+            if self.socket_gid is not None:
+                # Group first, then the mode: at no moment may another group connect.
+                os.chown(path, -1, self.socket_gid)
+                os.chmod(path, 0o660)
             sock.listen(512)
             listeners.append(trio.SocketListener(sock))
-        if not listeners:
-            raise ValueError("nothing to listen on: give --socket and/or --tcp")
         return listeners
 
     async def _signals(
@@ -286,6 +295,17 @@ class Server:
             connection.authenticated = True
         connection.hello_done = True
         connection.deliver(hello_message(CAPABILITIES, self.config.max_frame))
+
+
+def _group_id(name: str) -> int:
+    """The group's id, if this process may give a file to it (root, or a member)."""
+    try:
+        gid = grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ValueError(f"--socket-group: no group named {name!r}") from None
+    if os.geteuid() != 0 and gid not in (os.getegid(), *os.getgroups()):
+        raise ValueError(f"--socket-group: this user is not a member of {name!r}")
+    return gid
 
 
 def serve_forever(config: ServerConfig) -> None:
