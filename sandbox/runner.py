@@ -59,17 +59,18 @@ class Runner:
 
     def run(
         self, job: Job, *, cancel_fd: int | None = None, on_started: Callable[[], None] | None = None,
-        trace: list[dict[str, Any]] | None = None,
+        on_output: Callable[[str, int, bytes], None] | None = None, trace: list[dict[str, Any]] | None = None,
     ) -> Result:
         """Run one job. ``cancel_fd`` readable = cancel; ``on_started`` is called when the
         sandbox is built and the program is being started (the worker's "started" event).
         With ``trace`` (a list), every syscall is allowed and the ones seen are appended to
-        it (``sandbox profile trace``; trusted programs only).
+        it (``sandbox profile trace``; trusted programs only). ``on_output(stream, offset,
+        data)`` gets the output as it comes (``supervise``).
 
         The finished sandbox is cleaned up later (``sandboxes.step`` or ``tidy``), so
         the caller can send the result first."""
         try:
-            return self._run(job, cancel_fd, on_started, trace)
+            return self._run(job, cancel_fd, on_started, on_output, trace)
         except JobError:
             raise
         except SandboxError as exc:
@@ -87,7 +88,7 @@ class Runner:
 
     def _run(
         self, job: Job, cancel_fd: int | None, on_started: Callable[[], None] | None,
-        trace: list[dict[str, Any]] | None,
+        on_output: Callable[[str, int, bytes], None] | None, trace: list[dict[str, Any]] | None,
     ) -> Result:
         profile = self.profiles.get(job.profile)
         limits = job.limits.over(profile.limits)
@@ -143,7 +144,7 @@ class Runner:
             )
             outcome = supervise(
                 prepared, prepared.reader, prepared.early, stdout_r, stderr_r, limits.output_bytes, watch,
-                cancel_fd, on_started,
+                cancel_fd, on_started, on_output,
             )
             if trace is not None:
                 trace.extend(outcome.traced)

@@ -84,19 +84,22 @@ def supervise(
     watch: Watch,
     cancel_fd: int | None = None,
     on_started: Callable[[], None] | None = None,
+    on_output: Callable[[str, int, bytes], None] | None = None,
 ) -> Outcome:
     """Run until every process of the job is gone; returns the facts. ``sandbox.reaped``
     tells whether the init was reaped here or is left to the caller (``_finished_early``).
 
     ``cancel_fd`` becoming readable kills the job (reason "cancel"); its data is left
     unread for the caller. ``on_started`` is called when the sandbox reports that the
-    program is being started."""
+    program is being started; ``on_output(stream, offset, data)`` with each piece of
+    output kept ("stdout"/"stderr", its position in that stream), as it arrives."""
     if sandbox.init_pid <= 0:
         raise ValueError("supervise() needs the pid of a started sandbox init")
     outcome = Outcome(OutputBuffer(output_limit), OutputBuffer(output_limit))
     for message in early_messages:
         _handle_message(outcome, message)
     streams = {stdout_fd: outcome.stdout, stderr_fd: outcome.stderr}
+    names = {stdout_fd: "stdout", stderr_fd: "stderr"}
     selector = selectors.DefaultSelector()
     for fd in (stdout_fd, stderr_fd, sandbox.report_fd):
         os.set_blocking(fd, False)
@@ -140,8 +143,13 @@ def supervise(
                                 on_started()
                         if message["kind"] == "setup_error":
                             kill("setup")
-                elif streams[fd].add(chunk):
-                    kill("output")
+                else:
+                    kept_before = len(streams[fd].data)
+                    over = streams[fd].add(chunk)
+                    if on_output is not None and len(streams[fd].data) > kept_before:
+                        on_output(names[fd], kept_before, bytes(streams[fd].data[kept_before:]))
+                    if over:
+                        kill("output")
             reason = _limit_crossed(outcome, watch, setup_deadline)
             if reason:
                 kill(reason)

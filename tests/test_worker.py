@@ -135,6 +135,45 @@ def test_warm_sandboxes_of_another_profile(start_worker):
     assert wait_until(lambda: sandbox_processes() == 3), sandbox_processes()
 
 
+def test_output_can_be_streamed_as_it_comes(worker, connect):
+    chunks: list[tuple[str, int, bytes]] = []
+    with Client(worker.socket_path) as client:
+        result = client.run(Job(cmd=["sh", "-c", "echo one; echo two >&2; echo three"]),
+                            on_output=lambda stream, offset, data: chunks.append((stream, offset, data)))
+        quiet = client.submit(Job(cmd=["echo", "not streamed"]))
+        assert client.wait(quiet, on_output=lambda *piece: chunks.append(piece)).stdout == b"not streamed\n"
+    for stream, whole in (("stdout", result.stdout), ("stderr", result.stderr)):
+        pieces = [(offset, data) for name, offset, data in chunks if name == stream]
+        assert b"".join(data for _, data in pieces) == whole
+        assert [offset for offset, _ in pieces] == [sum(len(d) for _, d in pieces[:i]) for i in range(len(pieces))]
+    assert (result.stdout, result.stderr) == (b"one\nthree\n", b"two\n")
+    # Live: the output arrives while the job still runs, not with its result.
+    raw = connect(worker)
+    raw.send({"type": "submit", "id": "live", "stream": True,
+              "job": job_to_wire(Job(cmd=["sh", "-c", "echo ready; exec sleep 60"]))})
+    output = raw.until(lambda message: message.get("event") == "output")
+    assert (output["stream"], output["offset"], output["data"]) == ("stdout", 0, b"ready\n")
+    raw.send({"type": "status", "id": "live"})
+    assert raw.until(lambda message: message.get("type") == "status")["state"] == "running"
+    raw.send({"type": "cancel", "id": "live"})
+    assert raw.until(lambda message: message.get("event") == "cancelled")
+
+
+def test_a_flood_of_streamed_output_neither_stalls_nor_cuts_off(worker):
+    # 24 MB as fast as the pipe goes: pieces that find no room on the way are dropped
+    # (the offsets say where), the client stays connected, the result has every byte
+    # (in a frame larger than a request may be).
+    pieces: list[tuple[int, bytes]] = []
+    script = "head -c 24000000 /dev/urandom | od -An -v -tx1 | head -c 24000000"
+    with Client(worker.socket_path) as client:
+        result = client.run(Job(cmd=["sh", "-c", script], limits=Limits(output="64M")),
+                            on_output=lambda stream, offset, data: pieces.append((offset, data)))
+        assert client.run(Job(cmd=["echo", "still served"])).stdout == b"still served\n"
+    assert result.status is Status.OK and len(result.stdout) == 24_000_000
+    assert pieces and all(result.stdout[offset:offset + len(data)] == data for offset, data in pieces)
+    assert [offset for offset, _ in pieces] == sorted(offset for offset, _ in pieces)
+
+
 def test_cancel_a_running_job_kills_it(worker, connect):
     raw = connect(worker)
     raw.send({"type": "submit", "id": "long", "job": sleeper("1004")})

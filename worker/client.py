@@ -13,12 +13,21 @@ from __future__ import annotations
 import socket
 import uuid
 from collections import defaultdict, deque
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from sandbox.models import Job, Result
-from worker.protocol import VERSION, FrameDecoder, ProtocolError, encode, job_to_wire, result_from_wire
+from worker.protocol import (
+    REPLY_MAX_FRAME,
+    VERSION,
+    FrameDecoder,
+    ProtocolError,
+    encode,
+    job_to_wire,
+    result_from_wire,
+)
 
 _FINAL_EVENTS = ("finished", "cancelled")
 
@@ -32,6 +41,10 @@ def accepting(path: str) -> bool:
             return True
         except OSError:
             return False
+
+
+# on_output(stream, offset, data): "stdout" or "stderr", the piece's position in it, bytes.
+OutputHandler = Callable[[str, int, bytes], None]
 
 
 class WorkerError(Exception):
@@ -57,13 +70,18 @@ class _Mailbox:
         else:
             self.other.append(message)
 
-    def final(self, job_id: str) -> Result | None:
-        """The job's result once its final event (or an error about it) has arrived."""
+    def final(self, job_id: str, on_output: OutputHandler | None = None) -> Result | None:
+        """The job's result once its final event (or an error about it) has arrived;
+        streamed output on the way goes to ``on_output``."""
         queue = self.events[job_id]
         while queue:
             message = queue.popleft()
             if message["type"] == "error":
                 raise WorkerError(message)
+            if message["event"] == "output":
+                if on_output is not None:
+                    on_output(message["stream"], message["offset"], message["data"])
+                continue
             if message["event"] in _FINAL_EVENTS:
                 del self.events[job_id]
                 if "result" not in message:
@@ -79,8 +97,11 @@ def _hello(token: str | None) -> dict[str, Any]:
     return message
 
 
-def _submit(job: Job, job_id: str) -> dict[str, Any]:
-    return {"type": "submit", "id": job_id, "job": job_to_wire(job)}
+def _submit(job: Job, job_id: str, stream: bool) -> dict[str, Any]:
+    message = {"type": "submit", "id": job_id, "job": job_to_wire(job)}
+    if stream:
+        message["stream"] = True
+    return message
 
 
 class Client:
@@ -94,7 +115,7 @@ class Client:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._sock.connect(str(path))  # blocking: waits for room in a full backlog
             self._sock.settimeout(timeout)
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(REPLY_MAX_FRAME)
         self._mail = _Mailbox()
         try:
             self._send(_hello(token))
@@ -112,18 +133,23 @@ class Client:
     def close(self) -> None:
         self._sock.close()
 
-    def submit(self, job: Job, job_id: str | None = None) -> str:
+    def submit(self, job: Job, job_id: str | None = None, *, stream: bool = False) -> str:
+        """Submit; with ``stream``, the worker sends the output as it comes (``wait``'s
+        ``on_output`` gets it)."""
         job_id = job_id or uuid.uuid4().hex
-        self._send(_submit(job, job_id))
+        self._send(_submit(job, job_id, stream))
         return job_id
 
-    def wait(self, job_id: str) -> Result:
-        while (result := self._mail.final(job_id)) is None:
+    def wait(self, job_id: str, on_output: OutputHandler | None = None) -> Result:
+        while (result := self._mail.final(job_id, on_output)) is None:
             self._receive()
         return result
 
-    def run(self, job: Job, job_id: str | None = None) -> Result:
-        return self.wait(self.submit(job, job_id))
+    def run(self, job: Job, job_id: str | None = None, *, on_output: OutputHandler | None = None) -> Result:
+        """Submit and wait. ``on_output(stream, offset, data)`` is called with the job's
+        output as it comes ("stdout"/"stderr", the piece's position in that stream; best
+        effort: a gap in the offsets is output dropped on the way, the Result has it all)."""
+        return self.wait(self.submit(job, job_id, stream=on_output is not None), on_output)
 
     def cancel(self, job_id: str) -> None:
         self._send({"type": "cancel", "id": job_id})
@@ -160,7 +186,7 @@ class AsyncClient:
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(REPLY_MAX_FRAME)
         self._mail = _Mailbox()
         self._lock = trio.Lock()  # one reader at a time; the others find their events queued
         self._send_lock = trio.Lock()
@@ -185,19 +211,20 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self._stream.aclose()
 
-    async def submit(self, job: Job, job_id: str | None = None) -> str:
+    async def submit(self, job: Job, job_id: str | None = None, *, stream: bool = False) -> str:
         job_id = job_id or uuid.uuid4().hex
-        await self._send(_submit(job, job_id))
+        await self._send(_submit(job, job_id, stream))
         return job_id
 
-    async def wait(self, job_id: str) -> Result:
+    async def wait(self, job_id: str, on_output: OutputHandler | None = None) -> Result:
         async with self._lock:
-            while (result := self._mail.final(job_id)) is None:
+            while (result := self._mail.final(job_id, on_output)) is None:
                 await self._receive()
         return result
 
-    async def run(self, job: Job, job_id: str | None = None) -> Result:
-        return await self.wait(await self.submit(job, job_id))
+    async def run(self, job: Job, job_id: str | None = None, *, on_output: OutputHandler | None = None) -> Result:
+        """As ``Client.run``."""
+        return await self.wait(await self.submit(job, job_id, stream=on_output is not None), on_output)
 
     async def cancel(self, job_id: str) -> None:
         await self._send({"type": "cancel", "id": job_id})

@@ -28,11 +28,44 @@ from sandbox.runner import Runner
 from worker.protocol import FrameDecoder, ProtocolError, encode, job_from_wire, result_to_wire
 
 LAUNCHER_MAX_FRAME = 1 << 30  # the worker already enforced the public limit
+# Streamed output waiting for room in the channel; more is dropped (the offsets of the
+# next chunks show the gap, the result has it all).
+MAX_PENDING_OUTPUT = 1 << 20
+
+
+class Outbox:
+    """Frames to the worker, in order. "started" and "result" always go out, waiting for
+    room if need be; streamed output only as far as the channel takes it without waiting,
+    so a worker slow to read can never stall the supervision of a job (its limits, its
+    kill)."""
+
+    def __init__(self, channel: socket.socket) -> None:
+        self.channel = channel
+        self._pending = bytearray()
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._pending += encode(message)
+        self._flush(wait=True)
+
+    def offer(self, message: dict[str, Any]) -> None:
+        self._flush(wait=False)
+        if len(self._pending) < MAX_PENDING_OUTPUT:
+            self._pending += encode(message)
+            self._flush(wait=False)
+
+    def _flush(self, wait: bool) -> None:
+        while self._pending:
+            try:
+                sent = self.channel.send(self._pending, 0 if wait else socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            del self._pending[:sent]
 
 
 def serve(channel: socket.socket, warm: list[WarmSpec]) -> None:
     runner = Runner(warm_for=warm)
-    _send(channel, {"type": "ready", "pid": os.getpid(), "cgroups": runner.backend is not None})
+    outbox = Outbox(channel)
+    outbox.send({"type": "ready", "pid": os.getpid(), "cgroups": runner.backend is not None})
     decoder = FrameDecoder(LAUNCHER_MAX_FRAME)
     try:
         while True:
@@ -47,7 +80,7 @@ def serve(channel: socket.socket, warm: list[WarmSpec]) -> None:
                 return  # the worker closed the channel: it is gone or wants us gone
             for message in decoder.feed(data):
                 if message.get("type") == "run":
-                    _run(runner, channel, message)
+                    _run(runner, channel, outbox, message)
                 # A "cancel" here is for a job that already finished: nothing to do.
     finally:
         runner.close()
@@ -57,8 +90,12 @@ def _readable(channel: socket.socket) -> bool:
     return bool(select.select([channel], [], [], 0)[0])
 
 
-def _run(runner: Runner, channel: socket.socket, message: dict[str, Any]) -> None:
+def _run(runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[str, Any]) -> None:
     job_id = message["id"]
+
+    def stream_output(stream: str, offset: int, data: bytes) -> None:
+        outbox.offer({"type": "output", "id": job_id, "stream": stream, "offset": offset, "data": data})
+
     try:
         job = job_from_wire(message["job"])
     except ProtocolError as exc:
@@ -67,13 +104,10 @@ def _run(runner: Runner, channel: socket.socket, message: dict[str, Any]) -> Non
         result = runner.run(
             job,
             cancel_fd=channel.fileno(),
-            on_started=lambda: _send(channel, {"type": "started", "id": job_id}),
+            on_started=lambda: outbox.send({"type": "started", "id": job_id}),
+            on_output=stream_output if message.get("stream") else None,
         )
-    _send(channel, {"type": "result", "id": job_id, "result": result_to_wire(result)})
-
-
-def _send(channel: socket.socket, message: dict[str, Any]) -> None:
-    channel.sendall(encode(message))
+    outbox.send({"type": "result", "id": job_id, "result": result_to_wire(result)})
 
 
 def main(argv: list[str]) -> int:

@@ -42,6 +42,7 @@ class JobRecord:
     submitted_at: float = field(default_factory=time.monotonic)
     finished_at: float | None = None
     slot: Slot | None = None
+    stream: bool = False  # its submitter asked for its output as it comes
 
     def publish(self, event: str, **extra: Any) -> None:
         message = event_message(self.id, event, **extra)
@@ -95,8 +96,9 @@ class Pool:
                 nursery.start_soon(self._drain, slot)
             task_status.started()
 
-    def submit(self, job_id: str, job: Job, owner: object, subscriber: Subscriber) -> JobRecord:
-        """Queue a job, or attach to the existing record of the same id."""
+    def submit(self, job_id: str, job: Job, owner: object, subscriber: Subscriber, stream: bool = False) -> JobRecord:
+        """Queue a job, or attach to the existing record of the same id (whose output
+        is streamed if its first submitter asked)."""
         self._expire()
         record = self.records.get(job_id)
         if record is not None:
@@ -105,7 +107,7 @@ class Pool:
             if record.done:
                 subscriber(self._final_event(record))
             return record
-        record = JobRecord(job_id, job, owner, subscribers={owner: subscriber})
+        record = JobRecord(job_id, job, owner, subscribers={owner: subscriber}, stream=stream)
         try:
             self._send.send_nowait(record)
         except trio.WouldBlock:
@@ -179,8 +181,11 @@ class Pool:
             async def started(record: JobRecord = record) -> None:
                 record.publish("started")
 
+            def output(message: dict[str, Any], record: JobRecord = record) -> None:
+                record.publish("output", stream=message["stream"], offset=message["offset"], data=message["data"])
+
             try:
-                result = await slot.run(record.id, record.job, started)
+                result = await slot.run(record.id, record.job, started, output if record.stream else None)
             finally:
                 self.running -= 1
                 if self.running == 0:

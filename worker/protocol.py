@@ -23,6 +23,10 @@ from sandbox.profile import builtin_profiles
 VERSION = 1
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 16 << 20
+# What a client accepts from the worker: a result carries the job's output (up to twice
+# its output limit), so anything the 4-byte header can say; the worker is the peer the
+# client chose to trust with its jobs.
+REPLY_MAX_FRAME = (1 << 32) - 1
 MAX_ID_LEN = 128
 
 CLIENT_TYPES = {"hello", "submit", "cancel", "status", "ping", "stats"}

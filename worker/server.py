@@ -39,7 +39,7 @@ from worker.protocol import (
     message_type,
 )
 
-CAPABILITIES = ["submit", "cancel", "status", "stats", "idempotent-ids"]
+CAPABILITIES = ["submit", "cancel", "status", "stats", "idempotent-ids", "output-stream"]
 OUT_QUEUE = 1024
 
 
@@ -74,7 +74,11 @@ class Connection:
         self.scope = trio.CancelScope()
 
     def deliver(self, message: dict[str, Any]) -> None:
-        """Queue a message; a client too slow to keep a bounded queue drained is cut off."""
+        """Queue a message; a client too slow to keep a bounded queue drained is cut off.
+        Streamed output is best effort: it is dropped while the queue is half full (the
+        offsets show the gap; the result holds all of it), never a reason to cut off."""
+        if message.get("event") == "output" and self.outbox_send.statistics().current_buffer_used >= OUT_QUEUE // 2:
+            return
         try:
             self.outbox_send.send_nowait(message)
         except trio.WouldBlock:
@@ -273,7 +277,10 @@ class Server:
                 raise ProtocolError("busy", "the worker is shutting down")
             identifier = job_id(message)
             job = job_from_wire(message.get("job"))
-            self.pool.submit(identifier, job, connection, connection.deliver)
+            stream = message.get("stream", False)
+            if not isinstance(stream, bool):
+                raise ProtocolError("bad_message", "stream must be true or false", field="stream")
+            self.pool.submit(identifier, job, connection, connection.deliver, stream)
         elif kind == "cancel":
             await self.pool.cancel(job_id(message))
         elif kind == "status":

@@ -91,10 +91,14 @@ class Slot:
         self.cgroups = bool(hello.get("cgroups"))
         self.ready.set()
 
-    async def run(self, job_id: str, job: Job, on_started: Callable[[], Awaitable[None]]) -> Result:
+    async def run(
+        self, job_id: str, job: Job, on_started: Callable[[], Awaitable[None]],
+        on_output: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Result:
         """Run a job; never raises for the job's sake. A launcher that dies before the job
         started (before its sandbox reported "started") is replaced and the job sent once
-        more; one that dies after makes the job an internal_error."""
+        more; one that dies after makes the job an internal_error. With ``on_output`` the
+        launcher streams the job's output, each piece an "output" message to it."""
         self.running_id = job_id
         started = False
 
@@ -110,8 +114,9 @@ class Slot:
                 try:
                     if self._stream is None:
                         raise LauncherDied("launcher stopped")
-                    await self._stream.send_all(encode({"type": "run", "id": job_id, "job": job_to_wire(job)}))
-                    return await self._until_result(job_id, relay_started)
+                    run = {"type": "run", "id": job_id, "job": job_to_wire(job), "stream": on_output is not None}
+                    await self._stream.send_all(encode(run))
+                    return await self._until_result(job_id, relay_started, on_output)
                 except (LauncherDied, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     if started:
                         return Result(Status.INTERNAL_ERROR, error=f"launcher of slot {self.index} died: {exc}")
@@ -127,13 +132,18 @@ class Slot:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
-    async def _until_result(self, job_id: str, on_started: Callable[[], Awaitable[None]]) -> Result:
+    async def _until_result(
+        self, job_id: str, on_started: Callable[[], Awaitable[None]],
+        on_output: Callable[[dict[str, Any]], None] | None,
+    ) -> Result:
         while True:
             message = await self._receive()
             if message.get("id") != job_id:
                 continue
             if message["type"] == "started":
                 await on_started()
+            elif message["type"] == "output" and on_output is not None:
+                on_output(message)
             elif message["type"] == "result":
                 return result_from_wire(message["result"])
 
