@@ -139,12 +139,30 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     if not args.socket and not tcp:
         raise JobError("give --socket PATH or --tcp HOST:PORT", field="socket")
     job = job_from_args(args)
+    live = None if args.json else _LiveOutput()
     try:
         with Client(args.socket, tcp=tcp, token=token) as client:
-            result = client.run(job)
+            result = client.run(job, on_output=live)
     except (OSError, WorkerError) as exc:
         raise SandboxError(f"worker: {exc}") from exc
-    return report(result, as_json=args.json)
+    return report(result, as_json=args.json, written=live.written if live else None)
+
+
+class _LiveOutput:
+    """``sandbox submit`` prints the job's output as it comes, like ``docker run``, as
+    long as it comes without a gap; from a dropped piece on, that stream's rest comes
+    from the result (``report``), so nothing is printed twice or out of order."""
+
+    def __init__(self) -> None:
+        self.written = {"stdout": 0, "stderr": 0}
+
+    def __call__(self, stream: str, offset: int, data: bytes) -> None:
+        if offset != self.written[stream]:
+            return
+        target = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
+        target.write(data)
+        target.flush()
+        self.written[stream] += len(data)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -186,17 +204,19 @@ def _read_token(path: str | None) -> str | None:
         raise SandboxError(f"cannot read token file {path}: {exc.strerror}") from exc
 
 
-def report(result: Result, *, as_json: bool) -> int:
-    """Print a result the way both run and submit do; returns the exit status."""
+def report(result: Result, *, as_json: bool, written: dict[str, int] | None = None) -> int:
+    """Print a result the way both run and submit do; returns the exit status.
+    ``written``: how much of each stream was printed already, as it came."""
     from sandbox.models import Status
 
     if as_json:
         json.dump(result.to_json_dict(), sys.stdout)
         sys.stdout.write("\n")
         return EXIT_SANDBOX_ERROR if result.status is Status.INTERNAL_ERROR else 0
-    sys.stdout.buffer.write(result.stdout)
+    written = written or {"stdout": 0, "stderr": 0}
+    sys.stdout.buffer.write(result.stdout[written["stdout"]:])
     sys.stdout.flush()
-    sys.stderr.buffer.write(result.stderr)
+    sys.stderr.buffer.write(result.stderr[written["stderr"]:])
     if result.status is Status.INTERNAL_ERROR:
         print(f"sandbox: internal error: {result.error}", file=sys.stderr)
         return EXIT_SANDBOX_ERROR

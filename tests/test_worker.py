@@ -174,6 +174,22 @@ def test_a_flood_of_streamed_output_neither_stalls_nor_cuts_off(worker):
     assert [offset for offset, _ in pieces] == sorted(offset for offset, _ in pieces)
 
 
+def test_submit_cli_prints_what_run_prints(worker):
+    done = subprocess.run([*SANDBOX_CLI, "submit", "--socket", worker.socket_path, "--",
+                           "sh", "-c", "echo out; echo err >&2; echo more; exit 3"],
+                          capture_output=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (3, b"out\nmore\n", b"err\n")
+
+
+def test_submit_cli_prints_output_as_it_comes(worker):
+    with subprocess.Popen([*SANDBOX_CLI, "submit", "--socket", worker.socket_path, "--wall-time", "60s", "--",
+                           "sh", "-c", "echo ready; exec sleep 60"], stdout=subprocess.PIPE) as cli:
+        try:
+            assert cli.stdout is not None and cli.stdout.readline() == b"ready\n"  # while the job runs
+        finally:
+            cli.terminate()  # its connection closes: the worker cancels the job
+
+
 def test_cancel_a_running_job_kills_it(worker, connect):
     raw = connect(worker)
     raw.send({"type": "submit", "id": "long", "job": sleeper("1004")})
