@@ -24,6 +24,7 @@ from sandbox import launch, rootfs
 from sandbox.cgroups import CgroupBackend, JobCgroup
 from sandbox.cgroups.stock import KEEP_MADE, CgroupStock
 from sandbox.errors import SandboxError
+from sandbox.images.errors import ImageError
 from sandbox.images.runtime import LeasedImage, lease_image
 from sandbox.launch import ImageRoot
 from sandbox.models import WORKDIR, Limits, WarmSpec
@@ -88,6 +89,10 @@ class SandboxSupply:
     # not ordered again until the next job runs.
     _failed: set[WarmSpec] = field(default_factory=set)
     _cgroups: CgroupStock | None = None
+    # How often warm image sandboxes are checked against what their reference names now
+    # (a re-pulled tag, a removed image): a stale one would pin its layers against gc.
+    image_recheck_s: float = RECHECK_S
+    _images_checked: float = field(default_factory=time.monotonic)
 
     def start(self) -> None:
         """Start the zygote now, so that the first job does not wait for it (if it
@@ -148,6 +153,10 @@ class SandboxSupply:
                 self._retired.remove(sandbox)
                 self._clean_up(sandbox)
                 return True
+        if time.monotonic() - self._images_checked >= self.image_recheck_s:
+            self._images_checked = time.monotonic()
+            self._retire_stale_images()
+            return True
         for spec in self.warm:
             waiting = len(self._pools[spec]) + sum(kind == spec for kind, _ in self._ordered)
             if spec not in self._failed and waiting < spec.count:
@@ -189,6 +198,24 @@ class SandboxSupply:
         if self._zygote is not None:
             self._zygote.close()
             self._zygote = None
+
+    def _retire_stale_images(self) -> None:
+        """Retire warm image sandboxes built from other layers than their reference
+        names now - pulled anew, or removed: a job would never take them, and their
+        leases would keep gc off the old layers for as long as the supply lives."""
+        for spec, pool in self._pools.items():
+            if spec.image == "host" or not pool:
+                continue
+            try:
+                lease = lease_image(spec.image)
+            except ImageError:
+                current = None
+            else:
+                current = lease.layer_dirs
+                lease.release()
+            for sandbox in [s for s in pool if s.image is None or s.image.layers != current]:
+                pool.remove(sandbox)
+                self.retire(sandbox)
 
     def _order_warm(self, spec: WarmSpec) -> _Order:
         """Order a sandbox of a warm kind; for a stored image, lease it first (raises

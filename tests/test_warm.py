@@ -87,3 +87,22 @@ def test_a_warm_kind_whose_image_is_missing_waits_for_it(image_store, warm_runne
     result = runner.run(Job(cmd=["cat", "/version"], image="later:1", require_cgroups=True))
     assert (result.status, result.stdout) == (Status.OK, b"here\n"), result
     assert settled(runner).sandboxes.warm_count() == 1
+
+
+def test_a_warm_image_sandbox_lets_go_of_a_removed_image(image_store, warm_runner):
+    # Its lease would keep gc off the image's layers for as long as the worker lives.
+    import_image(image_store, "goneimg:1", "x")
+    runner = Runner(warm_for=[WarmSpec(1, image="goneimg:1")])
+    warm_runner.append(runner)
+    assert settled(runner).sandboxes.warm_count() == 1
+    assert subprocess.run([*SANDBOX_CLI, "rmi", "goneimg:1"], capture_output=True, timeout=60).returncode == 0
+    runner.sandboxes.image_recheck_s = 0  # look now, not in a minute
+    for _ in range(100):
+        if not runner.sandboxes.warm_count():
+            break
+        runner.sandboxes.step()
+    runner.sandboxes.image_recheck_s = 3600
+    assert settled(runner).sandboxes.warm_count() == 0  # retired, and no new one: the image is gone
+    runner.tidy()
+    done = subprocess.run([*SANDBOX_CLI, "gc"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and not list((image_store / "store" / "layers").iterdir()), done.stdout
