@@ -25,7 +25,7 @@ from typing import Any
 
 from sandbox.errors import JobError, SetupError
 from sandbox.models import WORKDIR, Blob, InputFile, Job, Limits, Result, Status
-from sandbox.profile import PROFILES_DIR, load_profile
+from sandbox.profile import PROFILES_DIR
 
 LANGUAGES_DIR = PROFILES_DIR / "languages"
 IMAGE_REPOSITORY = "judge/languages"
@@ -110,7 +110,7 @@ def run_source(runner: Any, preset: Preset, source: Path, *, stdin: Blob | None 
     except OSError as exc:
         raise JobError(f"cannot read {source}: {exc.strerror}", field="source") from exc
     image = image_reference()
-    build_limits = Limits(**load_profile("compile").limits)
+    build_limits = Limits(**runner.profiles.get("compile").limits)
     source_file = InputFile(f"{WORKDIR}/{preset.source}", Blob(data=code))
     compiled = runner.run(Job(
         cmd=_compile_argv(preset, build_limits, runner.parallelism), limits=build_limits, files=[source_file],
@@ -124,7 +124,7 @@ def run_source(runner: Any, preset: Preset, source: Path, *, stdin: Blob | None 
     compiled.stdout = b""  # the artifacts tar, not output anyone wants to read
     # The run command is formatted with the limits the job will get (a JVM's heap from
     # its memory): the given ones over the profile's. A runtime may need more processes.
-    limits = (limits or Limits()).over(load_profile(profile).limits)
+    limits = (limits or Limits()).over(runner.profiles.get(profile).limits)
     limits = Limits(**{**limits.given_values(), "pids": max(limits.pids, int(preset.quirks.get("min_pids", 1)))})
     ran = runner.run(Job(
         cmd=_format(preset, preset.run, limits, runner.parallelism), limits=limits, files=[source_file, *artifacts],

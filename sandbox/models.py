@@ -89,8 +89,8 @@ class Limits:
 
     def over(self, base: dict[str, Any]) -> Limits:
         """These limits where given, ``base``'s (a profile's [limits]) for the rest, the
-        defaults for what neither names."""
-        return Limits(**{**base, **self.given_values()})
+        defaults for what neither names. (Most profiles have no [limits]: then these.)"""
+        return Limits(**{**base, **self.given_values()}) if base else self
 
     def __post_init__(self) -> None:
         try:
@@ -296,15 +296,15 @@ class WarmSpec:
     @classmethod
     def parse(cls, text: str) -> WarmSpec:
         """From "count=N[,profile=P][,image=I]" (``sandbox serve --warm-for``)."""
-        fields: dict[str, str] = {}
+        parts: dict[str, str] = {}
         for item in text.split(","):
             key, sep, value = item.partition("=")
-            if not sep or key not in ("count", "profile", "image") or key in fields:
+            if not sep or key not in ("count", "profile", "image") or key in parts:
                 raise JobError(f"expected count=N[,profile=P][,image=I], got {text!r}", field="warm")
-            fields[key] = value
-        if not fields.get("count", "").isdigit():
+            parts[key] = value
+        if not parts.get("count", "").isdigit():
             raise JobError(f"count=N is required, got {text!r}", field="warm")
-        return cls(int(fields.pop("count")), **fields)
+        return cls(int(parts.pop("count")), **parts)
 
     def to_wire(self) -> dict[str, Any]:
         return {"count": self.count, "profile": self.profile, "image": self.image}

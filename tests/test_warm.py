@@ -3,13 +3,12 @@ never one of another, and never one built from an image's old layers."""
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from imagebuild import Entry, busybox_entries, layer_tar, oci_layout
-from workerutil import SANDBOX_CLI
+from test_images_registry import cli
 
 from sandbox.models import Job, Status, WarmSpec
 from sandbox.runner import Runner
@@ -27,16 +26,21 @@ def import_image(work: Path, reference: str, version: str) -> None:
     """Store a busybox image whose /version says ``version`` under ``reference``."""
     layer = layer_tar(busybox_entries() + [Entry("version", data=f"{version}\n".encode())])
     layout = oci_layout(work / f"layout-{version}", [layer])
-    done = subprocess.run([*SANDBOX_CLI, "import", str(layout), reference], capture_output=True, text=True,
-                          timeout=120)
+    done = cli("import", str(layout), reference)
     assert done.returncode == 0, done.stderr
 
 
 @pytest.fixture
-def warm_runner() -> Iterator[list[Runner]]:
-    """Runners made by the test, closed after it (their warm sandboxes with them)."""
+def warm_runner() -> Iterator[Callable[[WarmSpec], Runner]]:
+    """warm_runner(spec) -> a Runner keeping sandboxes of that kind; closed after the test
+    (its warm sandboxes with it)."""
     made: list[Runner] = []
-    yield made
+
+    def make(spec: WarmSpec) -> Runner:
+        made.append(Runner(warm_for=[spec]))
+        return made[-1]
+
+    yield make
     for runner in made:
         runner.close()
 
@@ -50,8 +54,7 @@ def settled(runner: Runner) -> Runner:
 
 @pytest.mark.cgroup  # also in the cgroup v2 guest (which has no busybox for the image tests)
 def test_a_job_takes_a_warm_sandbox_of_its_own_kind_only(warm_runner):
-    runner = Runner(warm_for=[WarmSpec(1, "strict")])
-    warm_runner.append(runner)
+    runner = warm_runner(WarmSpec(1, "strict"))
     assert settled(runner).sandboxes.warm_count() == 1
     other = runner.run(Job(cmd=["/bin/true"], require_cgroups=True))
     assert other.status is Status.OK and runner.sandboxes.warm_count() == 1
@@ -62,8 +65,7 @@ def test_a_job_takes_a_warm_sandbox_of_its_own_kind_only(warm_runner):
 
 def test_warm_image_sandboxes_follow_the_image(image_store, warm_runner):
     import_image(image_store, "warmimg:1", "one")
-    runner = Runner(warm_for=[WarmSpec(1, image="warmimg:1")])
-    warm_runner.append(runner)
+    runner = warm_runner(WarmSpec(1, image="warmimg:1"))
     assert settled(runner).sandboxes.warm_count() == 1
     job = Job(cmd=["cat", "/version"], image="warmimg:1", require_cgroups=True)
     first = runner.run(job)
@@ -80,8 +82,7 @@ def test_warm_image_sandboxes_follow_the_image(image_store, warm_runner):
 
 
 def test_a_warm_kind_whose_image_is_missing_waits_for_it(image_store, warm_runner):
-    runner = Runner(warm_for=[WarmSpec(1, image="later:1")])
-    warm_runner.append(runner)
+    runner = warm_runner(WarmSpec(1, image="later:1"))
     assert settled(runner).sandboxes.warm_count() == 0
     import_image(image_store, "later:1", "here")
     result = runner.run(Job(cmd=["cat", "/version"], image="later:1", require_cgroups=True))
@@ -92,10 +93,9 @@ def test_a_warm_kind_whose_image_is_missing_waits_for_it(image_store, warm_runne
 def test_a_warm_image_sandbox_lets_go_of_a_removed_image(image_store, warm_runner):
     # Its lease would keep gc off the image's layers for as long as the worker lives.
     import_image(image_store, "goneimg:1", "x")
-    runner = Runner(warm_for=[WarmSpec(1, image="goneimg:1")])
-    warm_runner.append(runner)
+    runner = warm_runner(WarmSpec(1, image="goneimg:1"))
     assert settled(runner).sandboxes.warm_count() == 1
-    assert subprocess.run([*SANDBOX_CLI, "rmi", "goneimg:1"], capture_output=True, timeout=60).returncode == 0
+    assert cli("rmi", "goneimg:1").returncode == 0
     runner.sandboxes.image_recheck_s = 0  # look now, not in a minute
     for _ in range(100):
         if not runner.sandboxes.warm_count():
@@ -104,5 +104,5 @@ def test_a_warm_image_sandbox_lets_go_of_a_removed_image(image_store, warm_runne
     runner.sandboxes.image_recheck_s = 3600
     assert settled(runner).sandboxes.warm_count() == 0  # retired, and no new one: the image is gone
     runner.tidy()
-    done = subprocess.run([*SANDBOX_CLI, "gc"], capture_output=True, text=True, timeout=60)
+    done = cli("gc")
     assert done.returncode == 0 and not list((image_store / "store" / "layers").iterdir()), done.stdout
