@@ -123,7 +123,8 @@ class MessageReader:
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")
-        return [json.loads(line) for line in lines if line]
+        # The program stage quotes names as bytes: one that is not UTF-8 still arrives.
+        return [json.loads(line.decode(errors="replace")) for line in lines if line]
 
 
 @dataclass

@@ -9,11 +9,10 @@ library's light modules only - no dataclasses, no typing, no pyseccomp.
 from __future__ import annotations
 
 import base64
-import errno
 import fcntl
 import json
 import os
-import resource
+import resource  # noqa: F401 - os.wait4 imports it for its rusage; an image root has no stdlib
 import select
 import signal
 import socket
@@ -21,6 +20,7 @@ import time
 
 from sandbox import child, network, notify, rootfs
 from sandbox.cpucounter import read_cpu_ns
+from sandbox.errors import SetupError
 from sandbox.fspath import create_file_beneath
 from sandbox.linux import syscalls as sc
 
@@ -31,11 +31,15 @@ if TYPE_CHECKING:
     from sandbox.template import MountBases
 
 SANDBOX_NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
-# The program stage's end of its channel to the init, on which it hands over the filter's
-# listener and then receives its job: the filter lets sendmsg and recvmsg through on
-# this fd in every profile (``seccomp.py``).
-HANDOVER_FD = 4
-_HIGH_FD = 10
+# The program stage (``native/program_stage.c``), built by the package's installation.
+PROGRAM_STAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "program-stage")
+# The fds it starts with: the report pipe, then its channel to the init, on which it
+# hands over the filter's listener and receives its job (the filter lets sendmsg and
+# recvmsg through on this fd in every profile: ``seccomp.py``), then the cgroup.procs
+# files of the job cgroup.
+PROGRAM_STAGE_FIRST_FD = 3
+HANDOVER_FD = PROGRAM_STAGE_FIRST_FD + 1
+_HIGH_FD = 32
 _MAX_FDS = 1024 + 3
 
 
@@ -62,7 +66,17 @@ class Spec:
         self.exec_numbers: list[int] = wire["exec_numbers"]
 
 
-def start_sandbox(template: Spec, bases: MountBases, report_fd: int, channel_fd: int) -> int:
+def open_program_stage() -> int:
+    """(In the zygote, once.) An O_PATH fd of the program stage binary, which the inits
+    exec through /proc/self/fd: their roots do not show the host's files."""
+    try:
+        return os.open(PROGRAM_STAGE, os.O_PATH | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise SetupError(f"the program stage {PROGRAM_STAGE} is not built: reinstall the package "
+                         "(pip install -e . compiles it; it needs gcc and libc6-dev)") from None
+
+
+def start_sandbox(template: Spec, bases: MountBases, report_fd: int, channel_fd: int, program_stage_fd: int) -> int:
     """(In the zygote.) Start B - pid 1 of new mount, pid, network, IPC and UTS
     namespaces, its mount namespace a private copy of the template (or, for an image, of
     the host's tree, to build the image root from) - as a child of the zygote's parent,
@@ -70,12 +84,12 @@ def start_sandbox(template: Spec, bases: MountBases, report_fd: int, channel_fd:
     sc.setns(bases.host_fd if template.layers is not None else bases.template_fd, sc.CLONE_NEWNS)
     pid = sc.clone_sibling(SANDBOX_NAMESPACES)
     if pid == 0:
-        keep = {report_fd, channel_fd, template.cpu_counter_fd, *template.cgroup_fds} - {-1}
-        child.guard(report_fd, lambda: _stage_init(template, report_fd, channel_fd, keep))
+        keep = {report_fd, channel_fd, program_stage_fd, template.cpu_counter_fd, *template.cgroup_fds} - {-1}
+        child.guard(report_fd, lambda: _stage_init(template, report_fd, channel_fd, program_stage_fd, keep))
     return pid
 
 
-def _stage_init(template: Spec, report_fd: int, channel_fd: int, keep: set[int]) -> None:
+def _stage_init(template: Spec, report_fd: int, channel_fd: int, program_stage_fd: int, keep: set[int]) -> None:
     # We start with the zygote's fds and stdio; the sandbox keeps only its own. Its
     # stdio becomes /dev/null: nothing the sandbox side prints (or a job provokes it to
     # print) may land in the supervisor's output or the worker's log; what matters
@@ -97,14 +111,12 @@ def _stage_init(template: Spec, report_fd: int, channel_fd: int, keep: set[int])
     network.bring_up_loopback()
     _build_root(template)
     to_program, program_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid_c = os.fork()
-    if pid_c == 0:
-        to_program.close()
-        channel.close()
-        child.guard(report_fd, lambda: _stage_program(template, report_fd, program_end))
+    pid_c = _start_program_stage(template, program_stage_fd, report_fd, program_end.fileno())
     program_end.close()
+    os.close(program_stage_fd)
     for fd in template.cgroup_fds:
         os.close(fd)
+    to_program.send(template.seccomp_bpf)
 
     raw, fds, _, _ = socket.recv_fds(channel, 1 << 20, _MAX_FDS)
     if not raw:
@@ -118,7 +130,6 @@ def _stage_init(template: Spec, report_fd: int, channel_fd: int, keep: set[int])
         _copy_in(new_root, dest, source_fd, mode)
         os.close(source_fd)
     os.close(new_root)
-    instructions = {key: job[key] for key in ("argv", "env", "cwd", "rlimits")}
     # C is ready once its filter is installed (it sends the listener) or, in a trace run,
     # once it says so. The job's clock and its CPU account start only now, so that none
     # of C's set-up (the filter alone is most of a millisecond) is charged to the job.
@@ -129,7 +140,7 @@ def _stage_init(template: Spec, report_fd: int, channel_fd: int, keep: set[int])
     cpu_ns = None if template.cpu_counter_kind is None else read_cpu_ns(template.cpu_counter_fd,
                                                                          template.cpu_counter_kind)
     started_ns = time.monotonic_ns()
-    socket.send_fds(to_program, [json.dumps(instructions).encode()], stdio)
+    socket.send_fds(to_program, [_program_instructions(job)], stdio)
     for fd in stdio:
         os.close(fd)
     child.send(report_fd, "started", t=started_ns, cpu_ns=cpu_ns)
@@ -216,111 +227,33 @@ def _copy_in(root_fd: int, dest: str, source_fd: int, mode: int) -> None:
         os.close(target)
 
 
-def _stage_program(template: Spec, report_fd: int, channel: socket.socket) -> None:
-    """C, before its job: everything that does not depend on the job, so that what is
-    left after it arrives is a few calls and the exec. That includes the seccomp
-    filter, whose installation costs the kernel most of a millisecond (it translates and
-    compiles the program); only a trace run installs it last, so that the trace holds
-    the program's calls and none of ours."""
-    for fd in template.cgroup_fds:
-        os.write(fd, b"0")  # join the job cgroup now, long before the job's clock starts
-        os.close(fd)
-    sc.unshare(sc.CLONE_NEWCGROUP)
-    os.setsid()
-    # Nothing from here to the exec needs a capability.
-    _reset_signals()
-    _drop_privileges(template.cap_last)
-    # Report pipe on 3, the channel to the init on HANDOVER_FD; stdio is /dev/null until
-    # the job's arrives. Nothing else stays open.
-    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in (report_fd, channel.detach())]
-    os.dup2(moved[0], 3, inheritable=False)
-    os.dup2(moved[1], HANDOVER_FD, inheritable=False)
-    sc.close_range(HANDOVER_FD + 1)
-    # The report pipe is fd 3 from here on; the guard around this stage still has the
-    # number it had before the move.
-    child.guard(3, lambda: _await_job(template))
-
-
-def _await_job(template: Spec) -> None:
-    """Install the filter (unless tracing), wait for the job, exec it. Failures to run
-    the program (no such file, not executable, no such directory) are the program's,
-    reported as exec_error. Between the filter and the exec, this stage makes only the
-    calls ``seccomp.py`` lets through for it in every profile."""
-    report_fd = 3
-    to_init = socket.socket(fileno=HANDOVER_FD)  # made before the filter: it asks the kernel the socket type
-    if template.trace:
-        to_init.send(b"ready")
-    else:
-        _install_filter(template, to_init)
-    raw, stdio, _, _ = socket.recv_fds(to_init, 1 << 20, 3, socket.MSG_CMSG_CLOEXEC)
-    if not raw:
-        os._exit(0)
-    instructions = json.loads(raw)
-    for target, fd in enumerate(stdio):  # received above 4: 0-4 are taken
-        os.dup2(fd, target, inheritable=True)
-        os.close(fd)
-    cwd = instructions["cwd"]
-    argv, env = instructions["argv"], instructions["env"]
+def _start_program_stage(template: Spec, program_stage_fd: int, report_fd: int, program_end: int) -> int:
+    """Start C, the program stage (``native/program_stage.c``, which says why it is C),
+    with posix_spawn: the init's memory is shared until the exec, not copied."""
+    # Out of the way of the numbers the stage's fds move to (3, 4, 5...), so that no dup2
+    # overwrites a source still to come, nor the binary before its exec.
+    executable, *moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
+                          for fd in (program_stage_fd, report_fd, program_end, *template.cgroup_fds)]
     try:
-        os.chdir(cwd)
-    except OSError as exc:
-        child.send(report_fd, "exec_error", errno=exc.errno, message=f"cannot enter {cwd}: {exc.strerror}")
-        os._exit(126)
-    path = _resolve(argv[0], env.get("PATH", ""))
-    if template.trace:
-        _install_filter(template, to_init)
-    for limit, soft, hard in instructions["rlimits"]:
-        resource.setrlimit(limit, (soft, hard))
-    try:
-        if path is None:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
-        os.execve(path, argv, env)
-    except OSError as exc:
-        child.send(report_fd, "exec_error", errno=exc.errno, message=f"{argv[0]}: {exc.strerror}")
-        os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+        return os.posix_spawn(
+            f"/proc/self/fd/{executable}",
+            ["program-stage", str(template.cap_last), "1" if template.trace else "0", str(len(template.cgroup_fds))],
+            {},
+            file_actions=[(os.POSIX_SPAWN_DUP2, fd, PROGRAM_STAGE_FIRST_FD + index) for index, fd in enumerate(moved)],
+        )
+    finally:
+        for fd in (executable, *moved):
+            os.close(fd)
 
 
-def _install_filter(template: Spec, to_init: socket.socket) -> None:
-    """Install the job's filter and hand its notification listener to the init, which
-    answers the program's notified calls (its one exec, violations, a trace). The
-    listener goes before the job's rlimits apply: with a small RLIMIT_NOFILE the kernel
-    refuses to pass an fd (ETOOMANYREFS) while the user has more fds in flight, as a
-    worker starting hundreds of sandboxes has."""
-    listener = sc.seccomp_install(
-        template.seccomp_bpf, sc.SECCOMP_FILTER_FLAG_NEW_LISTENER | sc.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
-    )
-    socket.send_fds(to_init, [b"l"], [listener])
-    os.close(listener)
-
-
-def _resolve(command: str, search_path: str) -> str | None:
-    """The file execvpe would run (first executable match on PATH); None if none."""
-    if "/" in command:
-        return command
-    for directory in search_path.split(":"):
-        candidate = os.path.join(directory or ".", command)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def _reset_signals() -> None:
-    """Default dispositions and an empty mask: Python ignores SIGPIPE and SIGXFSZ, and
-    an ignored signal would stay ignored across exec."""
-    for number in range(1, signal.NSIG):
-        if number in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        try:
-            signal.signal(number, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass  # numbers without a signal behind them (32, 33 are glibc's own)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-
-
-def _drop_privileges(cap_last: int) -> None:
-    """No capability survives, in any set, and exec can never grant one back."""
-    sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
-    for cap in range(cap_last + 1):
-        sc.prctl(sc.PR_CAPBSET_DROP, cap)
-    sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
-    sc.capset_empty()
+def _program_instructions(job: dict[str, Any]) -> bytes:
+    """The job as the program stage reads it: NUL-terminated fields (strings hold no NUL:
+    ``models.py`` refuses them)."""
+    env = job["env"]
+    fields = [
+        job["cwd"],
+        str(len(job["rlimits"])), *(str(value) for limit in job["rlimits"] for value in limit),
+        str(len(job["argv"])), *job["argv"],
+        str(len(env)), *(f"{name}={value}" for name, value in env.items()),
+    ]
+    return b"".join(os.fsencode(field) + b"\0" for field in fields)

@@ -31,6 +31,7 @@ import sys
 
 from sandbox import stages
 from sandbox.errors import SandboxError, SetupError
+from sandbox.linux import syscalls as sc
 from sandbox.template import MountBases, enter_template
 
 # Not typing.TYPE_CHECKING: the zygote does without the typing module (see stages.py).
@@ -107,7 +108,11 @@ def _import_path() -> list[str]:
 
 def serve(channel: socket.socket) -> None:
     try:
+        program_stage_fd = stages.open_program_stage()
         bases = enter_template()
+        # What the program stage of every sandbox init needs before it drops everything:
+        # the cgroup namespace and the bounding set.
+        sc.keep_across_exec(sc.CAP_SYS_ADMIN, sc.CAP_SETPCAP)
     except (SandboxError, OSError) as exc:
         channel.send(json.dumps({"error": str(exc)}).encode())
         return
@@ -120,19 +125,19 @@ def serve(channel: socket.socket) -> None:
         if not raw:
             return
         try:
-            channel.send(json.dumps(_start_one(json.loads(raw), fds, bases)).encode())
+            channel.send(json.dumps(_start_one(json.loads(raw), fds, bases, program_stage_fd)).encode())
         finally:
             for fd in fds:
                 os.close(fd)
 
 
-def _start_one(request: dict[str, Any], fds: list[int], bases: MountBases) -> dict[str, Any]:
+def _start_one(request: dict[str, Any], fds: list[int], bases: MountBases, program_stage_fd: int) -> dict[str, Any]:
     if len(fds) < 2:
         return {"error": "a sandbox request needs the report pipe and the job channel"}
     report_fd, channel_fd, *template_fds = fds
     spec = stages.Spec(request, template_fds)
     try:
-        return {"pid": stages.start_sandbox(spec, bases, report_fd, channel_fd)}
+        return {"pid": stages.start_sandbox(spec, bases, report_fd, channel_fd, program_stage_fd)}
     except OSError as exc:
         return {"error": f"cannot start a sandbox: {exc}"}
 

@@ -17,6 +17,7 @@ _libc.syscall.restype = ctypes.c_long
 # Numbers below 424 differ per architecture; 424 and above are shared by all.
 _ARCH_NUMBERS: dict[str, dict[str, int]] = {
     "x86_64": {
+        "capget": 125,
         "capset": 126,
         "prctl": 157,
         "pivot_root": 155,
@@ -29,6 +30,7 @@ _ARCH_NUMBERS: dict[str, dict[str, int]] = {
         "seccomp": 317,
     },
     "aarch64": {
+        "capget": 90,
         "capset": 91,
         "prctl": 167,
         "pivot_root": 41,
@@ -105,7 +107,10 @@ PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
+CAP_SETPCAP = 8
+CAP_SYS_ADMIN = 21
 
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
@@ -289,6 +294,20 @@ def capset_empty() -> None:
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     _call("capset", ctypes.byref(header), ctypes.byref(data))
+
+
+def keep_across_exec(*caps: int) -> None:
+    """Put ``caps`` (each one of the first 32) in this thread's inheritable and ambient
+    sets, so that a program it execs keeps them although it runs as a user other than
+    root."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _call("capget", ctypes.byref(header), ctypes.byref(data))
+    for cap in caps:
+        data[0].inheritable |= 1 << cap
+    _call("capset", ctypes.byref(header), ctypes.byref(data))
+    for cap in caps:
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)
 
 
 class _SockFprog(ctypes.Structure):
