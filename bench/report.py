@@ -182,12 +182,12 @@ def analysis(results: dict[str, Any]) -> list[str]:
         split = ", ".join(f"{role} {ms:.1f} ms" for role, ms in prof.items())
         lines.append(
             f"  The profile run splits it: {split}. Per sandbox, the zygote (a lean `python -S`) clones "
-            "the sandbox init B into new namespaces, and B forks the program stage C, which execs the "
-            "program. The zygote's time is mostly the kernel creating the job's network namespace and "
-            "copying its page tables; the sandbox processes' system time is the kernel taking "
-            "copy-on-write faults as Python touches its objects and tearing the interpreter's memory down "
-            "at exec and exit; their user time is the Python in B and C (`stages.py`: /proc and scratch "
-            "mounts, JSON messages, rlimits, the seccomp install). The kernel's deferred teardown of each "
+            "the sandbox init B into new namespaces, and B spawns the program stage C (a static C binary), "
+            "which execs the program. The zygote's time is mostly the kernel creating the job's network "
+            "namespace and copying its page tables; the sandbox processes' system time is the kernel taking "
+            "copy-on-write faults as B's Python touches its objects, tearing its memory down at exit, and "
+            "C's exec, seccomp install and exit; their user time is mostly the Python in B (`stages.py`: "
+            "/proc and scratch mounts, JSON messages). The kernel's deferred teardown of each "
             "network namespace runs in kworker threads, outside these figures.")
     launcher = results.get("profile", {}).get("static", {}).get("roles", {}).get("launcher")
     if launcher:
@@ -217,8 +217,8 @@ def analysis(results: dict[str, Any]) -> list[str]:
             f"- **Job CPU vs native.** The loop itself runs at native speed (its own CPU time differs by "
             f"{cpu['inside']['loop_ms_median'] - cpu['native']['loop_ms_median']:+.1f} ms); the job's cgroup "
             f"total is {fixed:+.1f} ms above the native child's rusage, a fixed cost: C joins the job cgroup "
-            "before exec, so its Python set-up once the job arrived (rlimits, stdio, seccomp install) and the kernel's "
-            "teardown of the forked interpreter's memory at execve are charged to the job. Against a 1 s loop "
+            "before exec, so what it does once the job arrived (stdio, rlimits) and its execve are charged "
+            "to the job. Against a 1 s loop "
             "that fixed cost is the whole overhead.")
     memory = results.get("cpu", {}).get("memory", {}).get("mib")
     if memory:

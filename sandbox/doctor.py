@@ -16,6 +16,7 @@ from typing import TextIO
 
 from sandbox.errors import CgroupError
 from sandbox.linux import syscalls as sc
+from sandbox.stages import PROGRAM_STAGE
 
 MIN_KERNEL = (5, 12)  # mount_setattr; openat2 (5.6) and close_range (5.9) come before
 
@@ -30,6 +31,7 @@ class Check:
 def run_checks(out: TextIO) -> int:
     checks: list[Callable[[], list[Check]]] = [
         _kernel,
+        _program_stage,
         _user_namespaces,
         _overlay_in_userns,
         _cgroups,
@@ -68,6 +70,14 @@ def _read(path: str) -> str | None:
             return handle.read().strip()
     except OSError:
         return None
+
+
+def _program_stage() -> list[Check]:
+    if not os.access(PROGRAM_STAGE, os.X_OK):
+        return [Check("FAIL", f"the program stage {PROGRAM_STAGE} is not built",
+                      "reinstall the package (pip install -e . compiles it; needs gcc and libc6-dev, "
+                      "musl-tools preferred)")]
+    return [Check("ok", f"program stage built: {PROGRAM_STAGE}")]
 
 
 def _user_namespaces() -> list[Check]:

@@ -12,17 +12,20 @@ time)::
                                      arms its death signal, mounts the job's
                                      /proc and scratch on its private copy of the
                                      template (or builds an image root and pivots into
-                                     it), forks C, waits for a job
-                                 C = the future program: joins the job cgroup (so no job
-                                     pays the cgroup-attach stall), new cgroup ns, setsid,
-                                     waits for its instructions from B
+                                     it), spawns C, waits for a job
+                                 C = the future program, a small static binary
+                                     (``native/program_stage.c``): joins the job cgroup
+                                     (so no job pays the cgroup-attach stall), new cgroup
+                                     ns, setsid, drops every capability, sets
+                                     no_new_privs, installs the seccomp filter and hands
+                                     its notification listener to B (so B can name a
+                                     violated syscall, see ``notify.py``), waits for its
+                                     instructions from B
 
 ``start_job`` sends the job to B over a SOCK_SEQPACKET channel (argv, env, limits as
 JSON; stdin, stdout, stderr and input files as fds with SCM_RIGHTS). B resizes the
-writable area if asked, copies the input files in, hands argv and stdio to C and reports
-"started"; C sets rlimits and stdio, drops every capability, sets no_new_privs, closes
-every other fd, installs the seccomp filter, hands its notification listener to B (so
-B can name a violated syscall, see ``notify.py``) and execs. B reaps, reports C's exit,
+writable area if asked, copies the input files in, hands argv, env, rlimits and stdio to
+C and reports "started"; C sets stdio and rlimits and execs. B reaps, reports C's exit,
 and exits - and the kernel kills whatever else ran in the job's pid namespace.
 
 Why this shape: B is the supervisor's direct child (it can kill and reap it, and pid

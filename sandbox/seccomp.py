@@ -102,7 +102,7 @@ def compile_policy(policy: SeccompPolicy) -> bytes:
 
 def _allow_program_stage(seccomp_filter: pyseccomp.SyscallFilter, policy: SeccompPolicy, actions: dict[str, str]) -> None:
     """Let through the calls the sandbox's program stage makes between installing the
-    filter and the exec (stages.py ``_await_job``), where the profile does not name them:
+    filter and the exec (``native/program_stage.c``), where the profile does not name them:
     sendmsg and recvmsg on HANDOVER_FD, to hand the listener over and receive the job,
     and chdir into the job's directory. After the exec that fd is closed, and a profile
     without sockets gives the program none to put there; chdir grants no access that

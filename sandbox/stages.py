@@ -96,6 +96,7 @@ def _stage_init(template: Spec, report_fd: int, channel_fd: int, program_stage_f
     # travels as messages on report_fd.
     child.close_fds_except(keep)
     child.stdio_to_null()
+    sc.set_process_name("sandbox-init")
     channel = socket.socket(fileno=channel_fd)
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     # The supervisor is our parent (CLONE_PARENT); if it died before we armed the signal,

@@ -107,6 +107,7 @@ def _import_path() -> list[str]:
 
 
 def serve(channel: socket.socket) -> None:
+    sc.set_process_name("sandbox-zygote")
     try:
         program_stage_fd = stages.open_program_stage()
         bases = enter_template()

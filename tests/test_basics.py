@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
 
-from sandbox.models import Status
+from sandbox.models import Job, Status
 
 pytestmark = pytest.mark.cgroup
 
@@ -67,3 +68,32 @@ def test_hostile_output_bytes_survive_json(run):
     assert result.stdout == b"\x1b[2J\xff\xfe ok"
     assert data["stdout"].endswith(" ok")
 
+
+
+def test_exec_error_quotes_the_command_verbatim(run):
+    # The program stage reports it as JSON it writes itself: quotes, backslashes,
+    # control characters and non-ASCII must arrive unchanged.
+    name = '/no such/"dir"\\\n\tü/prog'
+    result = run([name])
+    assert result.status is Status.RUNTIME_ERROR
+    assert result.exit_code == 127
+    assert result.error == f"{name}: No such file or directory"
+
+
+def test_missing_working_directory_is_the_programs_error(runner):
+    try:
+        result = runner.run(Job(cmd=["/bin/true"], cwd="/no/such/dir", require_cgroups=True))
+    finally:
+        runner.tidy()
+    assert result.status is Status.RUNTIME_ERROR
+    assert result.exit_code == 126
+    assert result.error == "cannot enter /no/such/dir: No such file or directory"
+
+
+def test_environment_and_arguments_arrive_exactly(run):
+    arguments = ["", "two words", "=", "ü", "x" * 5000]
+    result = run(["python3", "-c", "import os, sys, json; print(json.dumps([sys.argv[1:], dict(os.environ)]))",
+                  *arguments], env={"EMPTY": "", "EQUALS": "a=b=c"})
+    argv, environment = json.loads(result.stdout)
+    assert argv == arguments
+    assert environment["EMPTY"] == "" and environment["EQUALS"] == "a=b=c"

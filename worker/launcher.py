@@ -23,6 +23,7 @@ import socket
 import sys
 from typing import Any
 
+from sandbox.linux import syscalls as sc
 from sandbox.models import Result, Status, WarmSpec
 from sandbox.runner import Runner
 from worker.protocol import FrameDecoder, ProtocolError, encode, job_from_wire, result_to_wire
@@ -63,6 +64,7 @@ class Outbox:
 
 
 def serve(channel: socket.socket, warm: list[WarmSpec]) -> None:
+    sc.set_process_name("sandbox-launch")
     runner = Runner(warm_for=warm)
     outbox = Outbox(channel)
     outbox.send({"type": "ready", "pid": os.getpid(), "cgroups": runner.backend is not None})

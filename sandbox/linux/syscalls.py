@@ -103,6 +103,7 @@ RESOLVE_BENEATH = 0x08
 
 # prctl(2) options.
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
@@ -294,6 +295,12 @@ def capset_empty() -> None:
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     _call("capset", ctypes.byref(header), ctypes.byref(data))
+
+
+def set_process_name(name: str) -> None:
+    """What ps and top show for this process (at most 15 bytes)."""
+    buffer = ctypes.create_string_buffer(name.encode()[:15])
+    _call("prctl", _long(PR_SET_NAME), buffer, _long(0), _long(0), _long(0))
 
 
 def keep_across_exec(*caps: int) -> None:

@@ -38,9 +38,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/capability.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -54,9 +51,28 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#ifndef SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+/* The kernel ABI this stage uses, spelled out here rather than taken from the kernel's
+ * headers: the C library it is best built with (musl, see setup.py) ships none. */
+#define SECCOMP_SET_MODE_FILTER 1
+#define SECCOMP_FILTER_FLAG_NEW_LISTENER (1UL << 3)
 #define SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (1UL << 5)
-#endif
+#define LINUX_CAPABILITY_VERSION_3 0x20080522
+struct sock_filter {
+    unsigned short code;
+    unsigned char jt, jf;
+    unsigned int k;
+};
+struct sock_fprog {
+    unsigned short len;
+    struct sock_filter *filter;
+};
+struct capability_header {
+    unsigned int version;
+    int pid;
+};
+struct capability_data {
+    unsigned int effective, permitted, inheritable;
+};
 
 enum { REPORT_FD = 3, INIT_FD = 4, FIRST_CGROUP_FD = 5 };
 enum { MAX_FILTER = 4096 * sizeof(struct sock_filter), MAX_JOB = 1 << 20, MAX_FIELDS = 1 << 16 };
@@ -213,8 +229,8 @@ static void drop_privileges(int cap_last) {
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
         setup_failed("setting no_new_privs");
     }
-    struct __user_cap_header_struct header = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
-    struct __user_cap_data_struct data[2];
+    struct capability_header header = {.version = LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct capability_data data[2];
     memset(data, 0, sizeof data);
     if (syscall(SYS_capset, &header, data) < 0) {
         setup_failed("clearing the capability sets");
@@ -325,6 +341,7 @@ int main(int argc, char **argv) {
     int cap_last = atoi(argv[1]);
     int trace = atoi(argv[2]);
     int cgroup_fds = atoi(argv[3]);
+    prctl(PR_SET_NAME, "sandbox-program", 0, 0, 0);  /* for ps until the exec; not the fd it was run from */
 
     join_cgroups(cgroup_fds);
     if (setsid() < 0) {
