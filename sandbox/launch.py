@@ -140,6 +140,20 @@ class Prepared:
     reader: MessageReader
     early: list[dict[str, Any]]
     reaped: bool = False  # once reaped, init_pid may belong to someone else: never signal it
+    is_ready: bool = False
+
+    def ready(self) -> bool:
+        """Whether the program stage is ready for a job (filter installed), from the
+        messages the sandbox sent so far; reads what is there without waiting (the
+        messages are kept for ``supervise`` in ``early``)."""
+        if not self.is_ready and self.init_pid > 0:
+            try:
+                data = os.read(self.report_fd, 1 << 16)
+            except BlockingIOError:
+                return False
+            self.early.extend(self.reader.feed(data))
+            self.is_ready = any(message["kind"] == "ready" for message in self.early)
+        return self.is_ready
 
     def close(self) -> None:
         self.job_channel.close()
@@ -190,6 +204,7 @@ def receive(starting: Starting) -> Prepared:
             starting.error = str(exc)
     if starting.error is not None:
         early.append({"kind": "setup_error", "message": starting.error})
+    os.set_blocking(starting.report_fd, False)  # our end only: the sandbox's writes still wait for room
     return Prepared(init_pid, starting.report_fd, starting.job_channel, MessageReader(starting.report_fd), early)
 
 

@@ -118,10 +118,22 @@ def _stage_init(template: Spec, report_fd: int, channel_fd: int, program_stage_f
     for fd in template.cgroup_fds:
         os.close(fd)
     to_program.send(template.seccomp_bpf)
+    # C is ready once its filter is installed (it sends the listener) or, in a trace run,
+    # once it says so. Say so to the supervisor, whose warm pool hands ready sandboxes
+    # out first: one still joining its cgroup (an attach can stall for an RCU grace
+    # period, ~10 ms) would keep its job waiting.
+    ready, ready_fds, _, _ = socket.recv_fds(to_program, 16, 1)
+    if not ready:
+        os._exit(0)  # C failed and reported why
+    listener = ready_fds[0] if ready_fds else -1
+    child.send(report_fd, "ready")
 
     raw, fds, _, _ = socket.recv_fds(channel, 1 << 20, _MAX_FDS)
     if not raw:
         os._exit(0)  # discarded unused: the kernel takes C down with us
+    # Prepared at SCHED_BATCH (zygote.py); the job runs like any other task.
+    for pid in (pid_c, 0):
+        os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
     job = json.loads(raw)
     stdio, file_fds = fds[:3], fds[3:]
     if job["disk_bytes"] != template.disk_bytes:
@@ -131,13 +143,8 @@ def _stage_init(template: Spec, report_fd: int, channel_fd: int, program_stage_f
         _copy_in(new_root, dest, source_fd, mode)
         os.close(source_fd)
     os.close(new_root)
-    # C is ready once its filter is installed (it sends the listener) or, in a trace run,
-    # once it says so. The job's clock and its CPU account start only now, so that none
-    # of C's set-up (the filter alone is most of a millisecond) is charged to the job.
-    ready, ready_fds, _, _ = socket.recv_fds(to_program, 16, 1)
-    if not ready:
-        os._exit(0)  # C failed and reported why
-    listener = ready_fds[0] if ready_fds else -1
+    # The job's clock and its CPU account start only now, so that none of C's set-up
+    # (the filter alone is most of a millisecond) is charged to the job.
     cpu_ns = None if template.cpu_counter_kind is None else read_cpu_ns(template.cpu_counter_fd,
                                                                          template.cpu_counter_kind)
     started_ns = time.monotonic_ns()

@@ -121,7 +121,9 @@ class SandboxSupply:
             while pool:
                 sandbox = pool[0]
                 if sandbox.image == image:
-                    pool.popleft()
+                    # A ready one if there is one: the oldest may still wait for its cgroup.
+                    sandbox = next((s for s in pool if s.image == image and s.prepared.ready()), sandbox)
+                    pool.remove(sandbox)
                     sandbox.release_lease()  # the job holds its own
                     return sandbox
                 if image is not None and sandbox.image is not None and sandbox.image.layers == image.layers:

@@ -97,3 +97,9 @@ def test_environment_and_arguments_arrive_exactly(run):
     argv, environment = json.loads(result.stdout)
     assert argv == arguments
     assert environment["EMPTY"] == "" and environment["EQUALS"] == "a=b=c"
+
+
+def test_the_job_runs_at_the_normal_scheduling_policy(run):
+    # Sandboxes are prepared at SCHED_BATCH (zygote.py); the job itself must not be.
+    result = run(["python3", "-c", "import os; print(os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))"])
+    assert result.stdout == b"0 0\n"
