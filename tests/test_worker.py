@@ -243,6 +243,29 @@ def test_resubmitting_an_id_returns_the_same_result(worker):
     assert other.stdout != first.stdout
 
 
+def test_sync_client_may_submit_many_before_waiting(worker):
+    # Resubmitting a finished id answers at once without running anything: thousands of
+    # replies, more than the worker queues for a connection that does not read. The
+    # client takes them in as it submits, so it is not cut off as a non-reader.
+    job = Job(cmd=["/bin/true"])
+    with Client(worker.socket_path) as client:
+        client.run(job, job_id="many")
+        ids = [client.submit(job, job_id="many") for _ in range(6000)]
+        results = [client.wait(job_id) for job_id in ids[-3:]]
+    assert [result.status for result in results] == [Status.OK] * 3
+
+
+def test_async_client_may_submit_many_before_waiting(worker):
+    async def main() -> list[Status]:
+        job = Job(cmd=["/bin/true"])
+        async with await AsyncClient.connect(worker.socket_path) as client:
+            await client.run(job, job_id="many-async")
+            ids = [await client.submit(job, job_id="many-async") for _ in range(6000)]
+            return [(await client.wait(job_id)).status for job_id in ids[-3:]]
+
+    assert trio.run(main) == [Status.OK] * 3
+
+
 def test_disconnect_cancels_the_clients_jobs(worker, connect):
     raw = connect(worker)
     raw.send({"type": "submit", "id": "orphan", "job": sleeper("1008")})

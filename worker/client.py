@@ -10,6 +10,7 @@ jobs can be in flight on one connection (pipelining)::
 
 from __future__ import annotations
 
+import select
 import socket
 import uuid
 from collections import defaultdict, deque
@@ -117,6 +118,8 @@ class Client:
             self._sock.settimeout(timeout)
         self._decoder = FrameDecoder(REPLY_MAX_FRAME)
         self._mail = _Mailbox()
+        self._poller = select.poll()
+        self._poller.register(self._sock, select.POLLIN | select.POLLOUT)
         try:
             self._send(_hello(token))
             self.hello = self._next_other()
@@ -163,7 +166,23 @@ class Client:
         return self._next_other()
 
     def _send(self, message: dict[str, Any]) -> None:
-        self._sock.sendall(encode(message))
+        """Send, taking in what the worker sends meanwhile. A client blocked in a send
+        while the worker waits for it to read deadlocks once both directions' buffers
+        are full - as they are when many jobs are submitted before the first wait."""
+        pending = memoryview(encode(message))
+        timeout = self._sock.gettimeout()
+        while pending:
+            ready = self._poller.poll(None if timeout is None else timeout * 1000)
+            if not ready:
+                raise TimeoutError("timed out sending to the worker")
+            events = ready[0][1]
+            if events & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                self._receive()
+            if events & select.POLLOUT:
+                try:
+                    pending = pending[self._sock.send(pending, socket.MSG_DONTWAIT):]
+                except BlockingIOError:
+                    pass
 
     def _receive(self) -> None:
         data = self._sock.recv(1 << 16)
@@ -234,8 +253,18 @@ class AsyncClient:
         return await self._next_other()
 
     async def _send(self, message: dict[str, Any]) -> None:
-        async with self._send_lock:
+        """Send, reading meanwhile unless another task is reading: as ``Client._send``,
+        a lone task submitting many jobs before it waits would otherwise deadlock."""
+        async with self._send_lock, trio.open_nursery() as nursery:
+            if not self._lock.locked():
+                nursery.start_soon(self._receive_while_sending)
             await self._stream.send_all(encode(message))
+            nursery.cancel_scope.cancel()
+
+    async def _receive_while_sending(self) -> None:
+        async with self._lock:
+            while True:
+                await self._receive()
 
     async def _receive(self) -> None:
         data = await self._stream.receive_some(1 << 16)

@@ -72,6 +72,20 @@ class Connection:
         self.hello_done = False
         self.outbox_send, self.outbox = trio.open_memory_channel[dict[str, Any]](OUT_QUEUE)
         self.scope = trio.CancelScope()
+        self._drained = trio.Event()
+
+    async def room(self) -> None:
+        """Wait while half the outbox is in use. The reader calls it before each
+        request: a client that sends faster than it reads is slowed down (its requests
+        wait in its socket), not cut off; one that does not read at all is cut off by
+        the writer's timeout."""
+        while self.outbox_send.statistics().current_buffer_used >= OUT_QUEUE // 2:
+            self._drained = trio.Event()
+            await self._drained.wait()
+
+    def sent(self) -> None:
+        """The writer has taken a message out of the outbox."""
+        self._drained.set()
 
     def deliver(self, message: dict[str, Any]) -> None:
         """Queue a message; a client too slow to keep a bounded queue drained is cut off.
@@ -217,6 +231,7 @@ class Server:
     async def _writer(self, connection: Connection) -> None:
         try:
             async for message in connection.outbox:
+                connection.sent()
                 with trio.move_on_after(self.config.send_timeout_s) as deadline:
                     await connection.stream.send_all(encode(message))
                 if deadline.cancelled_caught:
@@ -249,6 +264,7 @@ class Server:
         if not data:
             return False
         for item in decoder.feed_items(data):
+            await connection.room()
             if isinstance(item, ProtocolError):
                 connection.deliver(item.to_message())
                 if item.fatal:
