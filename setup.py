@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 
-from setuptools import setup
+from setuptools import Distribution, setup
 from setuptools.command.build_py import build_py
 
 SOURCE = os.path.join("sandbox", "native", "program_stage.c")
@@ -35,4 +35,12 @@ class BuildWithProgramStage(build_py):
         )
 
 
-setup(cmdclass={"build_py": BuildWithProgramStage})
+class PlatformDistribution(Distribution):
+    """A wheel with the program stage in it runs on this platform only: say so in its
+    tags (not py3-none-any)."""
+
+    def has_ext_modules(self) -> bool:
+        return True
+
+
+setup(cmdclass={"build_py": BuildWithProgramStage}, distclass=PlatformDistribution)
