@@ -80,6 +80,15 @@ def test_exec_error_quotes_the_command_verbatim(run):
     assert result.error == f"{name}: No such file or directory"
 
 
+def test_exec_error_of_a_hostile_name_is_cut_not_overrun(run):
+    # Each control character takes six bytes quoted: the report is cut to fit its line.
+    name = "\x01" * 3000
+    result = run([name])
+    assert result.exit_code == 127
+    assert result.error.startswith("\x01" * 100)
+    assert len(result.error) < 1000
+
+
 def test_missing_working_directory_is_the_programs_error(runner):
     try:
         result = runner.run(Job(cmd=["/bin/true"], cwd="/no/such/dir", require_cgroups=True))

@@ -76,21 +76,25 @@ struct capability_data {
 
 enum { REPORT_FD = 3, INIT_FD = 4, FIRST_CGROUP_FD = 5 };
 enum { MAX_FILTER = 4096 * sizeof(struct sock_filter), MAX_JOB = 1 << 20, MAX_FIELDS = 1 << 16 };
-enum { MAX_REPORT = 3000, MAX_QUOTED = 1000 };
+/* A report line holds at most three quoted fields of MAX_QUOTED bytes each and stays
+ * below PIPE_BUF, so that its write is atomic. */
+enum { MAX_QUOTED = 1000, MAX_REPORT = 4000 };
 
 static unsigned char filter_buffer[MAX_FILTER + 1];
 static char job_buffer[MAX_JOB + 1];
 static char *fields[MAX_FIELDS + 1];
-static char report_line[MAX_REPORT + 64];
+static char report_line[MAX_REPORT];
 static char path_buffer[4096 + 256];
 
-/* Append `text` to `out` (at `*used`) as the inside of a JSON string, at most
- * MAX_QUOTED bytes of it. Bytes from 0x80 up pass as they are; the reader decodes
- * with replacement, so a name that is not UTF-8 still arrives. */
+/* Append `text` to `out` (at `*used`) as the inside of a JSON string, cut at
+ * MAX_QUOTED bytes of output (the text - a command name - is the job's: six bytes of
+ * escape per byte of it must not overrun the line). Bytes from 0x80 up pass as they
+ * are; the reader decodes with replacement, so a name that is not UTF-8 still arrives. */
 static void json_quote(char *out, size_t *used, const char *text) {
     static const char hex[] = "0123456789abcdef";
     size_t n = *used;
-    for (size_t i = 0; text[i] && i < MAX_QUOTED; i++) {
+    size_t end = *used + MAX_QUOTED - 6;
+    for (size_t i = 0; text[i] && n <= end; i++) {
         unsigned char c = (unsigned char)text[i];
         if (c == '"' || c == '\\') {
             out[n++] = '\\';
