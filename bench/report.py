@@ -182,12 +182,12 @@ def analysis(results: dict[str, Any]) -> list[str]:
         split = ", ".join(f"{role} {ms:.1f} ms" for role, ms in prof.items())
         lines.append(
             f"  The profile run splits it: {split}. Per sandbox, the zygote (a lean `python -S`) clones "
-            "the sandbox init B into new namespaces, and B spawns the program stage C (a static C binary), "
-            "which execs the program. The zygote's time is mostly the kernel creating the job's network "
-            "namespace and copying its page tables; the sandbox processes' system time is the kernel taking "
-            "copy-on-write faults as B's Python touches its objects, tearing its memory down at exit, and "
-            "C's exec, seccomp install and exit; their user time is mostly the Python in B (`stages.py`: "
-            "/proc and scratch mounts, JSON messages). The kernel's deferred teardown of each "
+            "the sandbox init B into new namespaces; B builds the job's root in Python and execs the C init, "
+            "which forks the program stage C, which execs the program. The zygote's time is mostly the kernel "
+            "creating the job's network namespace and copying its page tables; the sandbox processes' system "
+            "time is the kernel taking copy-on-write faults as B's Python touches its objects, tearing that "
+            "memory down at B's exec, and C's seccomp install, exec and exit; their user time is mostly the "
+            "Python in B (`stages.py`: /proc and scratch mounts). The kernel's deferred teardown of each "
             "network namespace runs in kworker threads, outside these figures.")
     launcher = results.get("profile", {}).get("static", {}).get("roles", {}).get("launcher")
     if launcher:

@@ -1,7 +1,7 @@
-"""A job cgroup's CPU counter, read the same way by the supervisor (CPU limit, usage)
-and by a sandbox init, which reads it at the instant it hands the job to the program
-stage: the job's CPU account starts there, after the stage's own set-up. Standard
-library only: the zygote imports it (see stages.py)."""
+"""A job cgroup's CPU counter, as the supervisor reads it (CPU limit, usage). The sandbox
+init (``native/init.c``) reads the same file the same way at the instant it hands the
+job to the program stage: the job's CPU account starts there, after the stage's own
+set-up."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from typing import TextIO
 
 from sandbox.errors import CgroupError
 from sandbox.linux import syscalls as sc
-from sandbox.stages import PROGRAM_STAGE
+from sandbox.stages import INIT_BINARY
 
 MIN_KERNEL = (5, 12)  # mount_setattr; openat2 (5.6) and close_range (5.9) come before
 
@@ -31,7 +31,7 @@ class Check:
 def run_checks(out: TextIO) -> int:
     checks: list[Callable[[], list[Check]]] = [
         _kernel,
-        _program_stage,
+        _init_binary,
         _user_namespaces,
         _overlay_in_userns,
         _cgroups,
@@ -72,12 +72,12 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _program_stage() -> list[Check]:
-    if not os.access(PROGRAM_STAGE, os.X_OK):
-        return [Check("FAIL", f"the program stage {PROGRAM_STAGE} is not built",
+def _init_binary() -> list[Check]:
+    if not os.access(INIT_BINARY, os.X_OK):
+        return [Check("FAIL", f"the sandbox init {INIT_BINARY} is not built",
                       "reinstall the package (pip install -e . compiles it; needs gcc and libc6-dev, "
                       "musl-tools preferred)")]
-    return [Check("ok", f"program stage built: {PROGRAM_STAGE}")]
+    return [Check("ok", f"sandbox init built: {INIT_BINARY}")]
 
 
 def _user_namespaces() -> list[Check]:

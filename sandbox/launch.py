@@ -12,20 +12,20 @@ time)::
                                      arms its death signal, mounts the job's
                                      /proc and scratch on its private copy of the
                                      template (or builds an image root and pivots into
-                                     it), spawns C, waits for a job
-                                 C = the future program, a small static binary
-                                     (``native/program_stage.c``): joins the job cgroup
-                                     (so no job pays the cgroup-attach stall), new cgroup
-                                     ns, setsid, drops every capability, sets
-                                     no_new_privs, installs the seccomp filter and hands
-                                     its notification listener to B (so B can name a
-                                     violated syscall, see ``notify.py``), waits for its
-                                     instructions from B
+                                     it), execs the C init (``native/init.c``),
+                                     which forks C, waits for a job
+                                 C = the future program (``native/program.c``): joins
+                                     the job cgroup (so no job pays the cgroup-attach
+                                     stall), new cgroup ns, setsid, drops every
+                                     capability, sets no_new_privs, installs the seccomp
+                                     filter and hands its notification listener to B (so
+                                     B can name a violated syscall, ``native/notify.c``),
+                                     waits for its instructions from B
 
-``start_job`` sends the job to B over a SOCK_SEQPACKET channel (argv, env, limits as
-JSON; stdin, stdout, stderr and input files as fds with SCM_RIGHTS). B resizes the
-writable area if asked, copies the input files in, hands argv, env, rlimits and stdio to
-C and reports "started"; C sets stdio and rlimits and execs. B reaps, reports C's exit,
+``start_job`` sends the job to B over a SOCK_SEQPACKET channel (NUL-terminated fields;
+stdin, stdout, stderr and input files as fds with SCM_RIGHTS). B resizes the writable
+area if asked, copies the input files in, hands cwd, rlimits, argv, env and stdio to C
+and reports "started"; C sets stdio and rlimits and execs. B reaps, reports C's exit,
 and exits - and the kernel kills whatever else ran in the job's pid namespace.
 
 Why this shape: B is the supervisor's direct child (it can kill and reap it, and pid
@@ -209,17 +209,23 @@ def receive(starting: Starting) -> Prepared:
 
 
 def start_job(prepared: Prepared, job: JobSpec) -> None:
-    """Hand the job to a prepared sandbox. Raises OSError if the sandbox is gone."""
+    """Hand the job to a prepared sandbox. Raises OSError if the sandbox is gone.
+
+    The message is what the C init reads (``native/init.c``): NUL-terminated fields
+    (strings hold no NUL: ``models.py`` refuses them) - the size of the writable area,
+    the input files (count, then path and octal mode of each), then the program stage's
+    part: cwd, the rlimits (count, then resource, soft, hard), argv (count, strings),
+    env (count, "NAME=value" strings)."""
     fds = [job.stdin_fd, job.stdout_fd, job.stderr_fd, *(fd for _, fd, _ in job.input_files)]
-    message = {
-        "argv": job.argv,
-        "env": job.env,
-        "cwd": job.cwd,
-        "disk_bytes": job.disk_bytes,
-        "rlimits": job.rlimits,
-        "files": [(dest, mode) for dest, _, mode in job.input_files],
-    }
-    socket.send_fds(prepared.job_channel, [json.dumps(message).encode()], fds)
+    fields = [
+        str(job.disk_bytes),
+        str(len(job.input_files)), *(item for dest, _, mode in job.input_files for item in (dest, f"{mode:o}")),
+        job.cwd,
+        str(len(job.rlimits)), *(str(value) for limit in job.rlimits for value in limit),
+        str(len(job.argv)), *job.argv,
+        str(len(job.env)), *(f"{name}={value}" for name, value in job.env.items()),
+    ]
+    socket.send_fds(prepared.job_channel, [b"".join(os.fsencode(field) + b"\0" for field in fields)], fds)
 
 
 def become_subreaper() -> None:

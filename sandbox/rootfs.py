@@ -186,17 +186,6 @@ def mount_scratch(root_fd: int, disk_bytes: int) -> None:
         os.close(scratch_root)
 
 
-def resize_scratch(disk_bytes: int) -> None:
-    """Change the size of the writable area after the fact (a warm sandbox was built
-    with the default size; the job asked for another)."""
-    fs_fd = sc.fspick(sc.AT_FDCWD, "/work")
-    try:
-        sc.fsconfig_string(fs_fd, "size", str(disk_bytes))
-        sc.fsconfig_reconfigure(fs_fd)
-    finally:
-        os.close(fs_fd)
-
-
 # --- image roots (issue 4) --------------------------------------------------------------
 # Names the sandbox mounts over or writes into. An image may ship any of them as a
 # symlink (say /dev -> /host/dev): it is removed in the overlay (a whiteout in the

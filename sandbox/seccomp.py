@@ -1,8 +1,8 @@
 """Seccomp policies: TOML profile -> libseccomp (via pyseccomp) -> classic BPF bytes.
 
-Compiling happens once, in the supervisor, before any fork; the sandboxed child only
-installs the finished bytes (``linux.syscalls.seccomp_install``), so no libseccomp work
-and no allocation sits between dropping privileges and exec.
+Compiling happens once, in the supervisor, before any fork; the sandbox's program stage
+(``native/program.c``) only installs the finished bytes, so no libseccomp work and no
+allocation sits between dropping privileges and exec.
 
 Argument rules compare the low 32 bits only (mask within 0xffffffff): the kernel
 truncates ``int`` arguments, so a rule on the full 64 bits can be bypassed by setting
@@ -102,7 +102,7 @@ def compile_policy(policy: SeccompPolicy) -> bytes:
 
 def _allow_program_stage(seccomp_filter: pyseccomp.SyscallFilter, policy: SeccompPolicy, actions: dict[str, str]) -> None:
     """Let through the calls the sandbox's program stage makes between installing the
-    filter and the exec (``native/program_stage.c``), where the profile does not name them:
+    filter and the exec (``native/program.c``), where the profile does not name them:
     sendmsg and recvmsg on HANDOVER_FD, to hand the listener over and receive the job,
     and chdir into the job's directory. After the exec that fd is closed, and a profile
     without sockets gives the program none to put there; chdir grants no access that

@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import base64
 import fcntl
-import json
 import os
-import resource  # noqa: F401 - os.wait4 imports it for its rusage; an image root has no stdlib
-import select
 import signal
 import socket
-import time
 
-from sandbox import child, network, notify, rootfs
-from sandbox.cpucounter import read_cpu_ns
+from sandbox import child, network, rootfs
 from sandbox.errors import SetupError
-from sandbox.fspath import create_file_beneath
 from sandbox.linux import syscalls as sc
 
 # Not typing.TYPE_CHECKING: the zygote does without the typing module (see stages.py).
@@ -31,16 +25,15 @@ if TYPE_CHECKING:
     from sandbox.template import MountBases
 
 SANDBOX_NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
-# The program stage (``native/program_stage.c``), built by the package's installation.
-PROGRAM_STAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "program-stage")
-# The fds it starts with: the report pipe, then its channel to the init, on which it
-# hands over the filter's listener and receives its job (the filter lets sendmsg and
-# recvmsg through on this fd in every profile: ``seccomp.py``), then the cgroup.procs
-# files of the job cgroup.
-PROGRAM_STAGE_FIRST_FD = 3
-HANDOVER_FD = PROGRAM_STAGE_FIRST_FD + 1
+# The sandbox init from the job's root on (``native/init.c``), built by the package's
+# installation; it starts with its fds from INIT_FIRST_FD on.
+INIT_BINARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "sandbox-init")
+INIT_FIRST_FD = 3
+# The program stage's channel to the init (``native/program.h``), on which it hands over
+# the filter's listener and receives its job: the filter lets sendmsg and recvmsg
+# through on this fd in every profile (``seccomp.py``).
+HANDOVER_FD = 4
 _HIGH_FD = 32
-_MAX_FDS = 1024 + 3
 
 
 class Spec:
@@ -66,17 +59,17 @@ class Spec:
         self.exec_numbers: list[int] = wire["exec_numbers"]
 
 
-def open_program_stage() -> int:
-    """(In the zygote, once.) An O_PATH fd of the program stage binary, which the inits
-    exec through /proc/self/fd: their roots do not show the host's files."""
+def open_init_binary() -> int:
+    """(In the zygote, once.) An O_PATH fd of the C init, which the sandbox inits exec
+    through /proc/self/fd: their roots do not show the host's files."""
     try:
-        return os.open(PROGRAM_STAGE, os.O_PATH | os.O_CLOEXEC)
+        return os.open(INIT_BINARY, os.O_PATH | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise SetupError(f"the program stage {PROGRAM_STAGE} is not built: reinstall the package "
+        raise SetupError(f"the sandbox init {INIT_BINARY} is not built: reinstall the package "
                          "(pip install -e . compiles it; it needs gcc and libc6-dev)") from None
 
 
-def start_sandbox(template: Spec, bases: MountBases, report_fd: int, channel_fd: int, program_stage_fd: int) -> int:
+def start_sandbox(template: Spec, bases: MountBases, report_fd: int, channel_fd: int, init_fd: int) -> int:
     """(In the zygote.) Start B - pid 1 of new mount, pid, network, IPC and UTS
     namespaces, its mount namespace a private copy of the template (or, for an image, of
     the host's tree, to build the image root from) - as a child of the zygote's parent,
@@ -84,12 +77,12 @@ def start_sandbox(template: Spec, bases: MountBases, report_fd: int, channel_fd:
     sc.setns(bases.host_fd if template.layers is not None else bases.template_fd, sc.CLONE_NEWNS)
     pid = sc.clone_sibling(SANDBOX_NAMESPACES)
     if pid == 0:
-        keep = {report_fd, channel_fd, program_stage_fd, template.cpu_counter_fd, *template.cgroup_fds} - {-1}
-        child.guard(report_fd, lambda: _stage_init(template, report_fd, channel_fd, program_stage_fd, keep))
+        keep = {report_fd, channel_fd, init_fd, template.cpu_counter_fd, *template.cgroup_fds} - {-1}
+        child.guard(report_fd, lambda: _stage_init(template, report_fd, channel_fd, init_fd, keep))
     return pid
 
 
-def _stage_init(template: Spec, report_fd: int, channel_fd: int, program_stage_fd: int, keep: set[int]) -> None:
+def _stage_init(template: Spec, report_fd: int, channel_fd: int, init_fd: int, keep: set[int]) -> None:
     # We start with the zygote's fds and stdio; the sandbox keeps only its own. Its
     # stdio becomes /dev/null: nothing the sandbox side prints (or a job provokes it to
     # print) may land in the supervisor's output or the worker's log; what matters
@@ -111,95 +104,33 @@ def _stage_init(template: Spec, report_fd: int, channel_fd: int, program_stage_f
     sc.setdomainname("(none)")
     network.bring_up_loopback()
     _build_root(template)
-    to_program, program_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid_c = _start_program_stage(template, program_stage_fd, report_fd, program_end.fileno())
-    program_end.close()
-    os.close(program_stage_fd)
-    for fd in template.cgroup_fds:
-        os.close(fd)
-    to_program.send(template.seccomp_bpf)
-    # C is ready once its filter is installed (it sends the listener) or, in a trace run,
-    # once it says so. Say so to the supervisor, whose warm pool hands ready sandboxes
-    # out first: one still joining its cgroup (an attach can stall for an RCU grace
-    # period, ~10 ms) would keep its job waiting.
-    ready, ready_fds, _, _ = socket.recv_fds(to_program, 16, 1)
-    if not ready:
-        os._exit(0)  # C failed and reported why
-    listener = ready_fds[0] if ready_fds else -1
-    child.send(report_fd, "ready")
-
-    raw, fds, _, _ = socket.recv_fds(channel, 1 << 20, _MAX_FDS)
-    if not raw:
-        os._exit(0)  # discarded unused: the kernel takes C down with us
-    # Prepared at SCHED_BATCH (zygote.py); the job runs like any other task.
-    for pid in (pid_c, 0):
-        os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
-    job = json.loads(raw)
-    stdio, file_fds = fds[:3], fds[3:]
-    if job["disk_bytes"] != template.disk_bytes:
-        rootfs.resize_scratch(job["disk_bytes"])
-    new_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    for (dest, mode), source_fd in zip(job["files"], file_fds, strict=True):
-        _copy_in(new_root, dest, source_fd, mode)
-        os.close(source_fd)
-    os.close(new_root)
-    # The job's clock and its CPU account start only now, so that none of C's set-up
-    # (the filter alone is most of a millisecond) is charged to the job.
-    cpu_ns = None if template.cpu_counter_kind is None else read_cpu_ns(template.cpu_counter_fd,
-                                                                         template.cpu_counter_kind)
-    started_ns = time.monotonic_ns()
-    socket.send_fds(to_program, [_program_instructions(job)], stdio)
-    for fd in stdio:
-        os.close(fd)
-    child.send(report_fd, "started", t=started_ns, cpu_ns=cpu_ns)
-    watcher = notify.Watcher(
-        lambda kind, **fields: child.send(report_fd, kind, **fields), exec_once=template.exec_once,
-        trace=template.trace, native_arch=template.native_arch, exec_numbers=set(template.exec_numbers),
-    )
-    _watch_and_reap(pid_c, to_program, listener, watcher, report_fd)
+    channel.detach()
+    _exec_init(template, report_fd, channel_fd, init_fd)
 
 
-def _watch_and_reap(
-    pid_c: int, to_program: socket.socket, listener: int, watcher: notify.Watcher, report_fd: int
-) -> None:
-    """B's loop until the program exits: reap every child as it exits (orphans of the
-    job come to us, pid 1, and a zombie would hold a pid of the job's limit) and answer
-    the notifications of the program's filter - on ``listener``, or, in a trace run, on
-    the listener the program sends just before its exec. One thread, woken by poll:
-    SIGCHLD through Python's wakeup fd."""
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so that the signal wakes us
-    poller = select.poll()
-    poller.register(wake_r, select.POLLIN)
-    poller.register(listener if listener >= 0 else to_program, select.POLLIN)
-    while True:
-        while True:
-            pid, status, rusage = os.wait4(-1, os.WNOHANG)
-            if pid == 0:
-                break
-            if pid == pid_c:
-                child.send(
-                    report_fd,
-                    "exited",
-                    status=status,
-                    t=time.monotonic_ns(),
-                    maxrss_kb=rusage.ru_maxrss,
-                    utime=rusage.ru_utime,
-                    stime=rusage.ru_stime,
-                )
-                os._exit(0)  # the kernel now kills whatever else runs in the pid namespace
-        for fd, _ in poller.poll():
-            if fd == wake_r:
-                os.read(wake_r, 1 << 16)  # a pipe holds no more: one read drains it
-            elif fd == to_program.fileno():
-                poller.unregister(fd)
-                _, fds, _, _ = socket.recv_fds(to_program, 16, 1)
-                if fds:  # none if the program failed before installing its filter
-                    listener = fds[0]
-                    poller.register(listener, select.POLLIN)
-            elif fd == listener and not watcher.handle(listener):
-                poller.unregister(listener)
+def _exec_init(template: Spec, report_fd: int, channel_fd: int, init_fd: int) -> None:
+    """Become the C init (``native/init.c``, which says why it is C), with its fds at
+    the numbers it expects: the report pipe (3), the job channel (4), the CPU counter
+    (5), the seccomp program in a memfd (6), the cgroup.procs files (7...)."""
+    seccomp_program = os.memfd_create("seccomp", os.MFD_CLOEXEC)
+    os.write(seccomp_program, template.seccomp_bpf)
+    counter = template.cpu_counter_fd
+    if counter < 0:
+        counter = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # no cgroup: a placeholder
+    # Out of the way of the numbers they move to, so that no dup2 overwrites a source
+    # still to come, nor the binary before its exec.
+    executable, *moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in (
+        init_fd, report_fd, channel_fd, counter, seccomp_program, *template.cgroup_fds)]
+    for target, fd in enumerate(moved, start=INIT_FIRST_FD):
+        os.dup2(fd, target)
+    sc.close_range(INIT_FIRST_FD + len(moved), executable - 1)
+    sc.close_range(executable + 1)
+    execve, execveat = template.exec_numbers
+    os.execve(f"/proc/self/fd/{executable}", [
+        "sandbox-init", str(template.cap_last), str(int(template.trace)), str(int(template.exec_once)),
+        str(template.native_arch), str(execve), str(execveat), template.cpu_counter_kind or "none",
+        str(len(template.cgroup_fds)), str(template.disk_bytes),
+    ], {})
 
 
 def _build_root(template: Spec) -> None:
@@ -215,53 +146,3 @@ def _build_root(template: Spec) -> None:
     image_root_fd = rootfs.build_image_root(template.disk_bytes, template.layers, template.workdir)
     rootfs.pivot_into(image_root_fd, seal=False)
     os.close(image_root_fd)
-
-
-def _copy_in(root_fd: int, dest: str, source_fd: int, mode: int) -> None:
-    target = create_file_beneath(root_fd, dest, mode)
-    try:
-        os.lseek(source_fd, 0, os.SEEK_SET)
-        while True:
-            chunk = os.read(source_fd, 1 << 20)
-            if not chunk:
-                break
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(target, view):]
-        os.fchmod(target, mode)
-    except OSError as exc:
-        raise OSError(exc.errno, f"copying {dest} into the sandbox: {exc.strerror} (is --disk big enough?)") from exc
-    finally:
-        os.close(target)
-
-
-def _start_program_stage(template: Spec, program_stage_fd: int, report_fd: int, program_end: int) -> int:
-    """Start C, the program stage (``native/program_stage.c``, which says why it is C),
-    with posix_spawn: the init's memory is shared until the exec, not copied."""
-    # Out of the way of the numbers the stage's fds move to (3, 4, 5...), so that no dup2
-    # overwrites a source still to come, nor the binary before its exec.
-    executable, *moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
-                          for fd in (program_stage_fd, report_fd, program_end, *template.cgroup_fds)]
-    try:
-        return os.posix_spawn(
-            f"/proc/self/fd/{executable}",
-            ["program-stage", str(template.cap_last), "1" if template.trace else "0", str(len(template.cgroup_fds))],
-            {},
-            file_actions=[(os.POSIX_SPAWN_DUP2, fd, PROGRAM_STAGE_FIRST_FD + index) for index, fd in enumerate(moved)],
-        )
-    finally:
-        for fd in (executable, *moved):
-            os.close(fd)
-
-
-def _program_instructions(job: dict[str, Any]) -> bytes:
-    """The job as the program stage reads it: NUL-terminated fields (strings hold no NUL:
-    ``models.py`` refuses them)."""
-    env = job["env"]
-    fields = [
-        job["cwd"],
-        str(len(job["rlimits"])), *(str(value) for limit in job["rlimits"] for value in limit),
-        str(len(job["argv"])), *job["argv"],
-        str(len(env)), *(f"{name}={value}" for name, value in env.items()),
-    ]
-    return b"".join(os.fsencode(field) + b"\0" for field in fields)

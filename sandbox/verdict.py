@@ -2,7 +2,7 @@
 
 Precedence: a sandbox fault first (never blamed on the program), then the limit the
 supervisor killed for, then a seccomp violation the sandbox init reported (named, see
-notify.py), then what the kernel says (OOM kill), then how the program ended. A job that ends by itself after going over its CPU limit
+native/notify.c), then what the kernel says (OOM kill), then how the program ended. A job that ends by itself after going over its CPU limit
 between two polls is still a time_limit: the limit is what was promised.
 """
 

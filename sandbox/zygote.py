@@ -115,10 +115,10 @@ def serve(channel: socket.socket) -> None:
     # waited behind a clone and a sandbox's set-up.
     if not os.environ.get('NOBATCH'): os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     try:
-        program_stage_fd = stages.open_program_stage()
+        init_fd = stages.open_init_binary()
         bases = enter_template()
-        # What the program stage of every sandbox init needs before it drops everything:
-        # the cgroup namespace and the bounding set.
+        # What the program stage of every sandbox needs before it drops everything (the
+        # cgroup namespace, the bounding set), kept across the init's exec of the C init.
         sc.keep_across_exec(sc.CAP_SYS_ADMIN, sc.CAP_SETPCAP)
     except (SandboxError, OSError) as exc:
         channel.send(json.dumps({"error": str(exc)}).encode())
@@ -132,19 +132,19 @@ def serve(channel: socket.socket) -> None:
         if not raw:
             return
         try:
-            channel.send(json.dumps(_start_one(json.loads(raw), fds, bases, program_stage_fd)).encode())
+            channel.send(json.dumps(_start_one(json.loads(raw), fds, bases, init_fd)).encode())
         finally:
             for fd in fds:
                 os.close(fd)
 
 
-def _start_one(request: dict[str, Any], fds: list[int], bases: MountBases, program_stage_fd: int) -> dict[str, Any]:
+def _start_one(request: dict[str, Any], fds: list[int], bases: MountBases, init_fd: int) -> dict[str, Any]:
     if len(fds) < 2:
         return {"error": "a sandbox request needs the report pipe and the job channel"}
     report_fd, channel_fd, *template_fds = fds
     spec = stages.Spec(request, template_fds)
     try:
-        return {"pid": stages.start_sandbox(spec, bases, report_fd, channel_fd, program_stage_fd)}
+        return {"pid": stages.start_sandbox(spec, bases, report_fd, channel_fd, init_fd)}
     except OSError as exc:
         return {"error": f"cannot start a sandbox: {exc}"}
 

@@ -112,3 +112,9 @@ def test_the_job_runs_at_the_normal_scheduling_policy(run):
     # Sandboxes are prepared at SCHED_BATCH (zygote.py); the job itself must not be.
     result = run(["python3", "-c", "import os; print(os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))"])
     assert result.stdout == b"0 0\n"
+
+
+def test_max_rss_is_the_programs_not_the_sandboxs(run):
+    # The program's process is a fork of the small C init, not of a Python process.
+    result = run(["/bin/true"])
+    assert 0 < result.usage.max_rss_bytes < 4 << 20

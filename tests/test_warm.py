@@ -10,7 +10,7 @@ import pytest
 from imagebuild import Entry, busybox_entries, layer_tar, oci_layout
 from test_images_registry import cli
 
-from sandbox.models import Job, Status, WarmSpec
+from sandbox.models import Blob, InputFile, Job, Limits, Status, WarmSpec
 from sandbox.runner import Runner
 
 
@@ -61,6 +61,25 @@ def test_a_job_takes_a_warm_sandbox_of_its_own_kind_only(warm_runner):
     own = runner.run(Job(cmd=["/bin/true"], profile="strict", require_cgroups=True))
     assert own.status is Status.OK and runner.sandboxes.warm_count() == 0
     assert settled(runner).sandboxes.warm_count() == 1
+
+
+@pytest.mark.cgroup
+def test_a_warm_sandbox_takes_the_jobs_disk_size_and_files(warm_runner, tmp_path):
+    # Warm sandboxes are built with the default size: the init resizes the writable
+    # area to the job's before copying the job's files in.
+    runner = warm_runner(WarmSpec(1))
+    assert settled(runner).sandboxes.warm_count() == 1
+    source = tmp_path / "input.txt"
+    source.write_bytes(b"x" * 5000)
+    job = Job(cmd=["sh", "-c", "df -k /work | tail -1; wc -c < /work/sub/input.txt; stat -c %a /work/sub/input.txt"],
+              limits=Limits(disk="8M"), require_cgroups=True,
+              files=[InputFile(dest="/work/sub/input.txt", content=Blob(path=str(source)), mode=0o640)])
+    result = runner.run(job)
+    assert runner.sandboxes.warm_count() == 0, "the job did not take the warm sandbox"
+    assert result.status is Status.OK, result
+    df, size, mode = result.stdout.decode().split("\n")[:3]
+    assert df.split()[1] == "8192"
+    assert (size, mode) == ("5000", "640")
 
 
 def test_warm_image_sandboxes_follow_the_image(image_store, warm_runner):

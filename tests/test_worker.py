@@ -123,7 +123,7 @@ def test_warm_sandboxes_of_another_profile(start_worker):
         count = 0
         for pid in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
             try:
-                count += b"sandbox.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                count += Path(f"/proc/{pid}/comm").read_text().strip() in ("sandbox-zygote", "sandbox-init")
             except FileNotFoundError:
                 pass  # a retired sandbox, gone since the listing
         return count

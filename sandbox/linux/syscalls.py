@@ -27,7 +27,6 @@ _ARCH_NUMBERS: dict[str, dict[str, int]] = {
         "clone": 56,
         "unshare": 272,
         "setns": 308,
-        "seccomp": 317,
     },
     "aarch64": {
         "capget": 90,
@@ -40,7 +39,6 @@ _ARCH_NUMBERS: dict[str, dict[str, int]] = {
         "clone": 220,
         "unshare": 97,
         "setns": 268,
-        "seccomp": 277,
     },
 }
 _SHARED_NUMBERS = {
@@ -61,13 +59,11 @@ NR = {**_ARCH_NUMBERS[MACHINE], **_SHARED_NUMBERS}
 
 # unshare(2) / clone(2) namespace flags.
 CLONE_NEWNS = 0x00020000
-CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
-CLONE_NEWTIME = 0x00000080
 
 # mount(2) propagation, umount2(2) and path flags.
 MS_NOSUID = 0x2
@@ -104,21 +100,12 @@ RESOLVE_BENEATH = 0x08
 # prctl(2) options.
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
-PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
-PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
-PR_CAP_AMBIENT_CLEAR_ALL = 4
 CAP_SETPCAP = 8
 CAP_SYS_ADMIN = 21
 
-SECCOMP_SET_MODE_FILTER = 1
-SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
-SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
-SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
-SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100  # _IOWR('!', 0, struct seccomp_notif)
-SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101  # _IOWR('!', 1, struct seccomp_notif_resp)
 
 
 def _call(name: str, *args: object) -> int:
@@ -290,13 +277,6 @@ class _CapData(ctypes.Structure):
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
-def capset_empty() -> None:
-    """Clear the effective, permitted and inheritable capability sets of this thread."""
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    _call("capset", ctypes.byref(header), ctypes.byref(data))
-
-
 def set_process_name(name: str) -> None:
     """What ps and top show for this process (at most 15 bytes)."""
     buffer = ctypes.create_string_buffer(name.encode()[:15])
@@ -315,51 +295,3 @@ def keep_across_exec(*caps: int) -> None:
     _call("capset", ctypes.byref(header), ctypes.byref(data))
     for cap in caps:
         prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
-def seccomp_install(bpf_program: bytes, flags: int = 0) -> int:
-    """Install a compiled classic-BPF seccomp program (8 bytes per instruction).
-
-    Returns the notification listener fd with SECCOMP_FILTER_FLAG_NEW_LISTENER, else 0."""
-    buffer = ctypes.create_string_buffer(bpf_program, len(bpf_program))
-    prog = _SockFprog(len(bpf_program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
-    return _call("seccomp", _long(SECCOMP_SET_MODE_FILTER), _long(flags), ctypes.byref(prog))
-
-
-class SeccompData(ctypes.Structure):
-    _fields_ = [
-        ("nr", ctypes.c_int32),
-        ("arch", ctypes.c_uint32),
-        ("instruction_pointer", ctypes.c_uint64),
-        ("args", ctypes.c_uint64 * 6),
-    ]
-
-
-class SeccompNotif(ctypes.Structure):
-    _fields_ = [("id", ctypes.c_uint64), ("pid", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("data", SeccompData)]
-
-
-class _SeccompNotifResp(ctypes.Structure):
-    _fields_ = [("id", ctypes.c_uint64), ("val", ctypes.c_int64), ("error", ctypes.c_int32), ("flags", ctypes.c_uint32)]
-
-
-def seccomp_notif_recv(listener_fd: int) -> SeccompNotif:
-    """Block until a notification arrives (the GIL is released meanwhile). ENOENT: the
-    notifying task was interrupted or killed before we could read it."""
-    notif = SeccompNotif()  # zeroed, as the kernel requires
-    if _libc.ioctl(listener_fd, ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_RECV), ctypes.byref(notif)) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"SECCOMP_IOCTL_NOTIF_RECV: {os.strerror(err)}")
-    return notif
-
-
-def seccomp_notif_continue(listener_fd: int, notif_id: int) -> None:
-    """Let the notified call run as if the filter had allowed it."""
-    resp = _SeccompNotifResp(notif_id, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE)
-    if _libc.ioctl(listener_fd, ctypes.c_ulong(SECCOMP_IOCTL_NOTIF_SEND), ctypes.byref(resp)) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"SECCOMP_IOCTL_NOTIF_SEND: {os.strerror(err)}")

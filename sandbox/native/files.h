@@ -1,0 +1,14 @@
+/* The job's input files and writable-area size, applied by the init before the job's
+ * program starts (the supervisor sends them with the job). */
+#ifndef SANDBOX_FILES_H
+#define SANDBOX_FILES_H
+
+/* Copy `source` (read from its start) to `path` (absolute, inside the sandbox) with
+ * `mode`, creating the parent directories; never following a symlink (a sandbox path
+ * is never trusted: sandbox/fspath.py does the same on the Python side). */
+void copy_in(const char *path, int source, unsigned int mode);
+
+/* The size of the scratch tmpfs behind /work, /tmp and /dev/shm. */
+void resize_scratch(const char *size);
+
+#endif

@@ -1,0 +1,283 @@
+/*
+ * The sandbox init (B, pid 1 of the job) from the moment its root is built: the Python
+ * init (sandbox/stages.py) mounts the job's filesystems and then execs this binary,
+ * which forks the program stage (program.c), waits for its job and watches it.
+ *
+ * Why C, in a project otherwise Python: this process and its child exist once per job
+ * and everything they cost is paid per job. As Python, the init kept a forked
+ * interpreter alive through the job: every page Python's reference counting wrote to
+ * was copied, its job-time steps ran as Python, and a forked Python program stage was
+ * torn down in its exec. Here the interpreter is gone before the job (the exec), the
+ * program stage is a fork of a small process, and the job's path is a few system calls.
+ * runc keeps its namespace entry in C beside Go (nsexec.c) for the same kind of reason.
+ *
+ * Run as: sandbox-init CAP_LAST TRACE EXEC_ONCE NATIVE_ARCH EXECVE_NR EXECVEAT_NR
+ *                      CPU_COUNTER_KIND CGROUP_FDS DISK_BYTES
+ * with fd 3 the report pipe to the supervisor, 4 its job channel, 5 the job cgroup's
+ * CPU counter (CPU_COUNTER_KIND "cpuacct.usage" or "cpu.stat"; "none": no cgroup),
+ * 6 a memfd with the seccomp program, 7.. the job cgroup's cgroup.procs files; and
+ * CAP_SYS_ADMIN and CAP_SETPCAP in its ambient set, for the program stage's cgroup
+ * namespace and bounding set (it drops them with everything else).
+ *
+ * The job (sandbox/launch.py start_job) is NUL-terminated fields - the size of the
+ * writable area, the number of input files, a path and an octal mode per file, then
+ * what the program stage takes (program.c) - with stdin, stdout, stderr and the input
+ * files as fds.
+ *
+ * Messages to the supervisor (report.h): "ready" once the program stage installed its
+ * filter; "started" {t, cpu_ns} when it hands the job over - the job's clock and CPU
+ * account start there; "violation"/"traced" (notify.c); "exited" {status, t,
+ * maxrss_kb, utime, stime} when the program stage's process exits. The init then
+ * exits, and the kernel kills whatever else runs in the job's pid namespace.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "channel.h"
+#include "files.h"
+#include "notify.h"
+#include "program.h"
+#include "report.h"
+
+enum { JOB_CHANNEL_FD = 4, CPU_COUNTER_FD = 5, FILTER_FD = 6, FIRST_CGROUP_FD = 7 };
+enum { MAX_FILTER = 4096 * 8, MAX_JOB = 1 << 20 };
+static const char STAGE[] = "sandbox init: ";
+
+static unsigned char filter[MAX_FILTER + 1];
+static char job[MAX_JOB + 1];
+
+static void fail_unless(int ok, const char *what) {
+    if (!ok) {
+        setup_failed(STAGE, what);
+    }
+}
+
+static long long monotonic_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+}
+
+static size_t read_filter(void) {
+    size_t length = 0;
+    for (;;) {
+        ssize_t got = pread(FILTER_FD, filter + length, sizeof filter - length, (off_t)length);
+        fail_unless(got >= 0, "reading the seccomp program");
+        if (got == 0) {
+            break;
+        }
+        length += (size_t)got;
+    }
+    close(FILTER_FD);
+    errno = EINVAL;
+    fail_unless(length > 0 && length <= MAX_FILTER && length % 8 == 0, "a seccomp program of the wrong size");
+    return length;
+}
+
+/* The job cgroup's CPU time in ns: cpuacct.usage (v1) is the number; cpu.stat (v2)
+ * has it in microseconds on its "usage_usec" line. */
+static long long read_cpu_ns(const char *kind) {
+    char text[4096];
+    ssize_t got = pread(CPU_COUNTER_FD, text, sizeof text - 1, 0);
+    fail_unless(got > 0, "reading the job cgroup's CPU time");
+    text[got] = '\0';
+    if (strcmp(kind, "cpuacct.usage") == 0) {
+        return strtoll(text, NULL, 10);
+    }
+    const char *usage = strstr(text, "usage_usec ");
+    errno = EINVAL;
+    fail_unless(usage != NULL, "finding usage_usec in cpu.stat");
+    return strtoll(usage + strlen("usage_usec "), NULL, 10) * 1000;
+}
+
+/* The next NUL-terminated field of the job at *offset (advanced past it). */
+static const char *next_field(size_t length, size_t *offset) {
+    const char *field = job + *offset;
+    const char *end = memchr(field, '\0', length - *offset);
+    errno = EINVAL;
+    fail_unless(*offset < length && end != NULL, "a job message cut short");
+    *offset = (size_t)(end - job) + 1;
+    return field;
+}
+
+/* Resize the writable area if the job asks for another size than the sandbox was
+ * built with, copy the input files in (their fds follow stdio); returns the offset of
+ * the program stage's part of the message. */
+static size_t take_files(size_t length, const char *built_disk_bytes, const int *fds, int received) {
+    size_t offset = 0;
+    const char *disk_bytes = next_field(length, &offset);
+    long files = strtol(next_field(length, &offset), NULL, 10);
+    errno = EINVAL;
+    fail_unless(files >= 0 && received == 3 + files, "a job whose fds do not match it");
+    if (strcmp(disk_bytes, built_disk_bytes) != 0) {
+        resize_scratch(disk_bytes);
+    }
+    for (long i = 0; i < files; i++) {
+        const char *path = next_field(length, &offset);
+        unsigned int mode = (unsigned int)strtoul(next_field(length, &offset), NULL, 8);
+        copy_in(path, fds[3 + i], mode);
+        close(fds[3 + i]);
+    }
+    return offset;
+}
+
+static void report_exit(int status, const struct rusage *usage) {
+    report_begin("exited");
+    report_number("status", status);
+    report_number("t", monotonic_ns());
+    report_number("maxrss_kb", usage->ru_maxrss);
+    report_seconds("utime", usage->ru_utime.tv_sec, usage->ru_utime.tv_usec);
+    report_seconds("stime", usage->ru_stime.tv_sec, usage->ru_stime.tv_usec);
+    report_end();
+}
+
+/* Until the program stage's process exits: reap every child as it exits (orphans of
+ * the job come to us, pid 1, and a zombie would hold a pid of the job's limit) and
+ * answer the filter's notifications - on `listener`, or, in a trace run, on the one
+ * the program stage sends just before its exec. */
+static _Noreturn void watch_and_reap(pid_t program, int to_program, int listener, struct watcher *watcher) {
+    sigset_t child_signals;
+    sigemptyset(&child_signals);
+    sigaddset(&child_signals, SIGCHLD);
+    int children = signalfd(-1, &child_signals, SFD_CLOEXEC | SFD_NONBLOCK);
+    fail_unless(children >= 0, "signalfd");
+    struct pollfd watched[2] = {{.fd = children, .events = POLLIN},
+                                {.fd = listener >= 0 ? listener : to_program, .events = POLLIN}};
+    int watching = 2;
+    for (;;) {
+        for (;;) {
+            int status;
+            struct rusage usage;
+            pid_t pid = wait4(-1, &status, WNOHANG, &usage);
+            if (pid <= 0) {
+                break;
+            }
+            if (pid == program) {
+                report_exit(status, &usage);
+                _exit(0);
+            }
+        }
+        if (poll(watched, (nfds_t)watching, -1) < 0) {
+            fail_unless(errno == EINTR, "poll");
+            continue;
+        }
+        if (watched[0].revents) {
+            struct signalfd_siginfo drained[16];
+            ssize_t ignored = read(children, drained, sizeof drained);
+            (void)ignored;
+        }
+        if (watching == 2 && watched[1].revents) {
+            if (watched[1].fd == to_program) {
+                int fds[MAX_PASSED_FDS];
+                int received = 0;
+                char note[16];
+                channel_receive(to_program, note, sizeof note, fds, 1, &received, STAGE);
+                if (received == 1) {
+                    watched[1].fd = fds[0]; /* the trace run's listener */
+                } else {
+                    watching = 1; /* the stage failed before its filter: its exit comes */
+                }
+            } else if (!watcher_handle(watcher, watched[1].fd)) {
+                watching = 1;
+            }
+        }
+    }
+}
+
+int main(int argc, char **argv) {
+    prctl(PR_SET_NAME, "sandbox-init", 0, 0, 0);
+    errno = EINVAL;
+    fail_unless(argc == 10, "started with the wrong arguments");
+    const char *disk_bytes = argv[9];
+    const char *cpu_counter = argv[7];
+    struct watcher watcher = {.trace = atoi(argv[2]),
+                              .native_arch = (unsigned int)strtoul(argv[4], NULL, 10),
+                              .exec_numbers = {atoi(argv[5]), atoi(argv[6])}};
+    watcher.exec_budget = atoi(argv[3]) && !watcher.trace ? 1 : 0;
+    int cgroup_fds = atoi(argv[8]);
+    size_t filter_length = read_filter();
+
+    /* Children's exits arrive through a signalfd; the mask is the program stage's to
+     * clear (it resets its signals). */
+    sigset_t child_signals;
+    sigemptyset(&child_signals);
+    sigaddset(&child_signals, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &child_signals, NULL);
+
+    int pair[2];
+    fail_unless(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) == 0, "socketpair");
+    pid_t program = fork();
+    fail_unless(program >= 0, "forking the program stage");
+    if (program == 0) {
+        close(pair[0]);
+        struct program_setup setup = {.cap_last = atoi(argv[1]),
+                                      .trace = watcher.trace,
+                                      .channel = pair[1],
+                                      .first_cgroup_fd = FIRST_CGROUP_FD,
+                                      .cgroup_fds = cgroup_fds,
+                                      .filter = filter,
+                                      .filter_length = filter_length};
+        program_stage(&setup);
+    }
+    int to_program = pair[0];
+    close(pair[1]);
+    for (int fd = FIRST_CGROUP_FD; fd < FIRST_CGROUP_FD + cgroup_fds; fd++) {
+        close(fd);
+    }
+
+    /* Ready once the stage's filter is installed (it sends the listener) or, in a
+     * trace run, once it says so. The warm pool hands out ready sandboxes first. */
+    char note[16];
+    int fds[MAX_PASSED_FDS];
+    int received = 0;
+    if (channel_receive(to_program, note, sizeof note, fds, 1, &received, STAGE) == 0) {
+        _exit(0); /* the stage failed and reported why */
+    }
+    int listener = received == 1 ? fds[0] : -1;
+    report_begin("ready");
+    report_end();
+
+    static int passed[MAX_PASSED_FDS];
+    size_t job_length = channel_receive(JOB_CHANNEL_FD, job, MAX_JOB, passed, MAX_PASSED_FDS, &received, STAGE);
+    if (job_length == 0) {
+        _exit(0); /* discarded unused: the kernel takes the stage down with us */
+    }
+    size_t program_offset = take_files(job_length, disk_bytes, passed, received);
+    /* Prepared at SCHED_BATCH (sandbox/zygote.py); the job runs like any other task.
+     * (The system call itself: musl's wrapper is a stub, POSIX and Linux disagree.) */
+    struct sched_param normal = {.sched_priority = 0};
+    fail_unless(syscall(SYS_sched_setscheduler, program, SCHED_OTHER, &normal) == 0 &&
+                    syscall(SYS_sched_setscheduler, 0, SCHED_OTHER, &normal) == 0,
+                "leaving SCHED_BATCH");
+    /* The job's clock and CPU account start now: none of the stage's set-up (the filter
+     * alone is most of a millisecond) is charged to the job. */
+    int counted = strcmp(cpu_counter, "none") != 0;
+    long long cpu_ns = counted ? read_cpu_ns(cpu_counter) : 0;
+    long long started_ns = monotonic_ns();
+    channel_send(to_program, job + program_offset, job_length - program_offset, passed, 3, STAGE);
+    for (int i = 0; i < 3; i++) {
+        close(passed[i]);
+    }
+    report_begin("started");
+    report_number("t", started_ns);
+    if (counted) {
+        report_number("cpu_ns", cpu_ns);
+    } else {
+        report_null("cpu_ns");
+    }
+    report_end();
+    watch_and_reap(program, to_program, listener, &watcher);
+}

@@ -1,0 +1,23 @@
+/* The program stage (C): the init's child that becomes the job's program. */
+#ifndef SANDBOX_PROGRAM_H
+#define SANDBOX_PROGRAM_H
+
+#include <stddef.h>
+
+/* Its channel to the init, as the seccomp filter knows it: the filter lets sendmsg and
+ * recvmsg through on this fd number in every profile (sandbox/seccomp.py). */
+enum { PROGRAM_CHANNEL_FD = 4 };
+
+struct program_setup {
+    int cap_last;
+    int trace;              /* install the filter last, just before the exec */
+    int channel;            /* to the init; moved to PROGRAM_CHANNEL_FD */
+    int first_cgroup_fd;    /* the job cgroup's cgroup.procs files, one per hierarchy */
+    int cgroup_fds;
+    const unsigned char *filter;  /* classic BPF, 8 bytes an instruction */
+    size_t filter_length;
+};
+
+_Noreturn void program_stage(const struct program_setup *setup);
+
+#endif
