@@ -25,11 +25,12 @@ from sandbox.linux import syscalls as sc
 MAX_LAYERS = 500  # overlayfs' OVL_MAX_STACK
 _PAGE = 4096
 _MOUNT_ATTRS = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
+IMAGE_ROOT_DIR = "root"  # the overlay's mount point in the upper layer's tmpfs
 
 
 def mount_image_root(layers: list[str], upper_bytes: int, where: str) -> int:
     """Build the overlay of ``layers`` (directories, bottom first), attach it at
-    ``where``/root, and return an fd of its root. ``where`` is a directory of this
+    ``where``/IMAGE_ROOT_DIR, and return an fd of its root. ``where`` is a directory of this
     private mount namespace (it gets the upper tmpfs)."""
     if len(layers) > MAX_LAYERS:
         raise SetupError(f"image has {len(layers)} layers; overlayfs stacks at most {MAX_LAYERS}")
@@ -40,7 +41,7 @@ def mount_image_root(layers: list[str], upper_bytes: int, where: str) -> int:
     upper_mount = _tmpfs(upper_bytes)
     sc.move_mount(upper_mount, "", sc.AT_FDCWD, where, sc.MOVE_MOUNT_F_EMPTY_PATH)
     try:
-        upper, work, mount_point = (make_dirs_beneath(upper_mount, name) for name in ("upper", "work", "root"))
+        upper, work, mount_point = (make_dirs_beneath(upper_mount, name) for name in ("upper", "work", IMAGE_ROOT_DIR))
         fds.extend((upper, work, mount_point))
         cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         os.chdir("/proc/self/fd")

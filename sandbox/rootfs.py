@@ -7,9 +7,10 @@ tripping over) the flags the kernel locked.
 
 The built-in ``host`` image is built once per zygote, as the root of the template mount
 namespace (``build_template``, ``template.py``); a sandbox init gets a private copy of
-it and adds only what is its own (``mount_job_filesystems``). An image's root is built
-per sandbox: an overlay of its layers whose writable upper layer is a size-capped tmpfs
-of the job (``overlay.py``, ``build_image_root``), pivoted into.
+it and adds only what is its own: /proc and the scratch tmpfs, mounted by the C init
+(``native/root.c``). An image's root is built per sandbox: an overlay of its layers
+whose writable upper layer is a size-capped tmpfs of the job (``overlay.py``,
+``build_image_root``), pivoted into; the C init then adds the same.
 
 Layout seen by the job::
 
@@ -28,7 +29,7 @@ import stat
 
 from sandbox.fspath import create_file_beneath, make_dirs_beneath, open_beneath
 from sandbox.linux import syscalls as sc
-from sandbox.overlay import mount_image_root
+from sandbox.overlay import IMAGE_ROOT_DIR, mount_image_root
 
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
@@ -50,9 +51,6 @@ _DEV_LINKS = {
     "stdout": "/proc/self/fd/1",
     "stderr": "/proc/self/fd/2",
 }
-# The job's writable places, each a directory of the one scratch tmpfs; /tmp last (see
-# ``mount_job_filesystems``).
-_SCRATCH_DIRS = {"work": ("work", 0o755), "dev/shm": ("shm", 0o1777), "tmp": ("tmp", 0o1777)}
 
 
 def generated_etc() -> dict[str, str]:
@@ -152,38 +150,9 @@ def build_dev(root_fd: int) -> None:
         os.close(dev_root)
 
 
-def mount_job_filesystems(root_fd: int, disk_bytes: int) -> None:
-    """What every job gets fresh: /proc of its pid namespace and the scratch tmpfs."""
-    mount_proc(root_fd)
-    mount_scratch(root_fd, disk_bytes)
-
-
 def mount_proc(root_fd: int) -> None:
     proc = new_filesystem("proc", {}, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOEXEC)
     attach(proc, root_fd, "proc")
-
-
-def mount_scratch(root_fd: int, disk_bytes: int) -> None:
-    """The size-capped tmpfs behind /work, /tmp and /dev/shm.
-
-    It is attached at /tmp, its subdirectories are bound to /work and /dev/shm, and its
-    ``tmp`` subdirectory is bound last on top of /tmp itself: the scratch root ends up
-    covered (two mounts on /tmp in mountinfo) and needs no unmount, which would cost an
-    RCU grace period per job."""
-    scratch = new_filesystem(
-        "tmpfs", {"size": str(disk_bytes), "mode": "0755"}, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
-    )
-    scratch_root = os.dup(scratch)
-    attach(scratch, root_fd, "tmp")
-    try:
-        for dest, (subdir, mode) in _SCRATCH_DIRS.items():
-            # A tmpfs made a moment ago by this process: nothing in it can be a symlink.
-            os.mkdir(subdir, dir_fd=scratch_root)
-            os.chmod(subdir, mode, dir_fd=scratch_root)
-            tree = sc.open_tree(scratch_root, subdir, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
-            attach(tree, root_fd, dest)
-    finally:
-        os.close(scratch_root)
 
 
 # --- image roots (issue 4) --------------------------------------------------------------
@@ -192,6 +161,9 @@ def mount_scratch(root_fd: int, disk_bytes: int) -> None:
 # throw-away upper layer) before anything is mounted, and every later step opens paths
 # with RESOLVE_NO_SYMLINKS anyway, so nothing can be redirected to a host file.
 _IMAGE_MOUNT_POINTS = ("proc", "dev", "work", "tmp")
+# Where an image's overlay is built, in the sandbox init's private copy of the host's
+# tree (the upper layer's tmpfs covers it, so nothing of the host's /tmp shows).
+IMAGE_WORKSPACE = "/tmp"
 _IMAGE_GENERATED_ETC = ("hosts", "hostname")
 
 
@@ -208,6 +180,7 @@ def populate_image_root(root_fd: int, workdir: str) -> None:
     """Make an image root safe to mount the job filesystems on; write hosts/hostname."""
     for name in (*_IMAGE_MOUNT_POINTS, "etc"):
         _replace_non_directory(root_fd, name)
+        os.close(make_dirs_beneath(root_fd, name))
     etc = make_dirs_beneath(root_fd, "etc")
     try:
         generated = generated_etc()
@@ -229,21 +202,20 @@ def populate_image_root(root_fd: int, workdir: str) -> None:
 # --- end image roots ------------------------------------------------------------------
 
 
-def pivot_into(root_fd: int, seal: bool = True) -> None:
-    """Make ``root_fd`` the root, drop the tree it came from, and seal the root read-only
-    (``seal=False`` for an image root: its writable upper layer is the container layer)."""
+def pivot_into(root_fd: int) -> None:
+    """Make ``root_fd`` the root, drop the tree it came from, and seal the root read-only."""
     os.fchdir(root_fd)
     sc.pivot_root(".", ".")
     sc.umount2(".", sc.MNT_DETACH)
     os.chdir("/")
-    if seal:
-        sc.mount_setattr(sc.AT_FDCWD, "/", sc.AT_EMPTY_PATH, sc.MOUNT_ATTR_RDONLY)
+    sc.mount_setattr(sc.AT_FDCWD, "/", sc.AT_EMPTY_PATH, sc.MOUNT_ATTR_RDONLY)
 
 
 def build_template() -> None:
     """Build the host image once, in a fresh user and mount namespace, and make it that
     namespace's read-only root; each sandbox's mount namespace is then a copy of it (a
-    few dozen mounts copied by the kernel) plus ``mount_job_filesystems``."""
+    few dozen mounts copied by the kernel) plus its own /proc and scratch
+    (``native/root.c``)."""
     sc.mount_propagation("/", sc.MS_REC | sc.MS_PRIVATE)
     root = new_filesystem("tmpfs", {"size": "4m", "mode": "0755"}, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
     root_fd = os.dup(root)
@@ -255,21 +227,23 @@ def build_template() -> None:
         for mount_point in ("work", "tmp"):
             os.close(make_dirs_beneath(root_fd, mount_point))
         mount_proc(root_fd)
-        pivot_into(root_fd, seal=True)
+        pivot_into(root_fd)
     finally:
         os.close(root_fd)
 
 
-def build_image_root(disk_bytes: int, layers: list[str], workdir: str) -> int:
+def build_image_root(disk_bytes: int, layers: list[str], workdir: str) -> str:
     """(In a sandbox init, on a private copy of the host's tree.) Mount the image's
     overlay - its layers must be mounts of this namespace, which is why an image root
-    is not built on the template - and the job's filesystems in it; returns its fd for
-    ``pivot_into``."""
-    root_fd = mount_image_root(layers, disk_bytes, "/tmp")
-    populate_image_root(root_fd, workdir)
-    build_dev(root_fd)
-    mount_job_filesystems(root_fd, disk_bytes)
-    return root_fd
+    is not built on the template - with its /dev and the mount points of the job's own
+    filesystems, which the C init mounts before it pivots into it; returns its path."""
+    root_fd = mount_image_root(layers, disk_bytes, IMAGE_WORKSPACE)
+    try:
+        populate_image_root(root_fd, workdir)
+        build_dev(root_fd)
+    finally:
+        os.close(root_fd)
+    return os.path.join(IMAGE_WORKSPACE, IMAGE_ROOT_DIR)
 
 
 def host_image_fingerprint() -> tuple[tuple[str, int, int], ...]:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import base64
 import fcntl
 import os
-import signal
-import socket
 
-from sandbox import child, network, rootfs
+from sandbox import child, rootfs
 from sandbox.errors import SetupError
 from sandbox.linux import syscalls as sc
 
@@ -61,7 +59,7 @@ class Spec:
 
 def open_init_binary() -> int:
     """(In the zygote, once.) An O_PATH fd of the C init, which the sandbox inits exec
-    through /proc/self/fd: their roots do not show the host's files."""
+    from it (fexecve): their roots do not show the host's files."""
     try:
         return os.open(INIT_BINARY, os.O_PATH | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -83,32 +81,17 @@ def start_sandbox(template: Spec, bases: MountBases, report_fd: int, channel_fd:
 
 
 def _stage_init(template: Spec, report_fd: int, channel_fd: int, init_fd: int, keep: set[int]) -> None:
-    # We start with the zygote's fds and stdio; the sandbox keeps only its own. Its
-    # stdio becomes /dev/null: nothing the sandbox side prints (or a job provokes it to
-    # print) may land in the supervisor's output or the worker's log; what matters
-    # travels as messages on report_fd.
-    child.close_fds_except(keep)
-    child.stdio_to_null()
-    sc.set_process_name("sandbox-init")
-    channel = socket.socket(fileno=channel_fd)
-    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    # The supervisor is our parent (CLONE_PARENT); if it died before we armed the signal,
-    # its end of the channel is closed and the death signal will never come. (Peek: a
-    # job may already wait.)
-    try:
-        if channel.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
-            os._exit(0)
-    except BlockingIOError:
-        pass
-    sc.sethostname(rootfs.HOSTNAME)
-    sc.setdomainname("(none)")
-    network.bring_up_loopback()
-    _build_root(template)
-    channel.detach()
-    _exec_init(template, report_fd, channel_fd, init_fd)
+    """B, right after the clone: on the host image's template it becomes the C init at
+    once, which makes the job's own filesystems there; for an image it first builds the
+    overlay root (with only its own fds open), which the C init pivots into."""
+    root = "/"
+    if template.layers is not None:
+        child.close_fds_except(keep)
+        root = rootfs.build_image_root(template.disk_bytes, template.layers, template.workdir)
+    _exec_init(template, report_fd, channel_fd, init_fd, root)
 
 
-def _exec_init(template: Spec, report_fd: int, channel_fd: int, init_fd: int) -> None:
+def _exec_init(template: Spec, report_fd: int, channel_fd: int, init_fd: int, root: str) -> None:
     """Become the C init (``native/init.c``, which says why it is C), with its fds at
     the numbers it expects: the report pipe (3), the job channel (4), the CPU counter
     (5), the seccomp program in a memfd (6), the cgroup.procs files (7...)."""
@@ -126,23 +109,9 @@ def _exec_init(template: Spec, report_fd: int, channel_fd: int, init_fd: int) ->
     sc.close_range(INIT_FIRST_FD + len(moved), executable - 1)
     sc.close_range(executable + 1)
     execve, execveat = template.exec_numbers
-    os.execve(f"/proc/self/fd/{executable}", [
+    # fexecve (execveat on the fd): no /proc needed, and the root need not show the file.
+    os.execve(executable, [
         "sandbox-init", str(template.cap_last), str(int(template.trace)), str(int(template.exec_once)),
         str(template.native_arch), str(execve), str(execveat), template.cpu_counter_kind or "none",
-        str(len(template.cgroup_fds)), str(template.disk_bytes),
+        str(len(template.cgroup_fds)), str(template.disk_bytes), rootfs.HOSTNAME, root,
     ], {})
-
-
-def _build_root(template: Spec) -> None:
-    """The job's filesystems on its private copy of the template root; or, for an image,
-    an overlay root built from the host's layer directories and pivoted into."""
-    if template.layers is None:
-        root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            rootfs.mount_job_filesystems(root_fd, template.disk_bytes)
-        finally:
-            os.close(root_fd)
-        return
-    image_root_fd = rootfs.build_image_root(template.disk_bytes, template.layers, template.workdir)
-    rootfs.pivot_into(image_root_fd, seal=False)
-    os.close(image_root_fd)

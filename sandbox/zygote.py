@@ -119,7 +119,7 @@ def serve(channel: socket.socket) -> None:
         bases = enter_template()
         # What the program stage of every sandbox needs before it drops everything (the
         # cgroup namespace, the bounding set), kept across the init's exec of the C init.
-        sc.keep_across_exec(sc.CAP_SYS_ADMIN, sc.CAP_SETPCAP)
+        sc.keep_across_exec(sc.CAP_SYS_ADMIN, sc.CAP_NET_ADMIN, sc.CAP_SETPCAP)
     except (SandboxError, OSError) as exc:
         channel.send(json.dumps({"error": str(exc)}).encode())
         return

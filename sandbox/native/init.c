@@ -1,7 +1,9 @@
 /*
- * The sandbox init (B, pid 1 of the job) from the moment its root is built: the Python
- * init (sandbox/stages.py) mounts the job's filesystems and then execs this binary,
- * which forks the program stage (program.c), waits for its job and watches it.
+ * The sandbox init (B, pid 1 of the job) from the moment its root is built: the zygote's
+ * clone (sandbox/stages.py) execs this binary at once on the host image's template, or
+ * after building an image's overlay root (ROOT), which it pivots into. It mounts the
+ * job's own filesystems (root.c), forks the program stage (program.c), waits for its
+ * job and watches it.
  *
  * Why C, in a project otherwise Python: this process and its child exist once per job
  * and everything they cost is paid per job. As Python, the init kept a forked
@@ -12,12 +14,13 @@
  * runc keeps its namespace entry in C beside Go (nsexec.c) for the same kind of reason.
  *
  * Run as: sandbox-init CAP_LAST TRACE EXEC_ONCE NATIVE_ARCH EXECVE_NR EXECVEAT_NR
- *                      CPU_COUNTER_KIND CGROUP_FDS DISK_BYTES
+ *                      CPU_COUNTER_KIND CGROUP_FDS DISK_BYTES HOSTNAME ROOT
  * with fd 3 the report pipe to the supervisor, 4 its job channel, 5 the job cgroup's
  * CPU counter (CPU_COUNTER_KIND "cpuacct.usage" or "cpu.stat"; "none": no cgroup),
  * 6 a memfd with the seccomp program, 7.. the job cgroup's cgroup.procs files; and
- * CAP_SYS_ADMIN and CAP_SETPCAP in its ambient set, for the program stage's cgroup
- * namespace and bounding set (it drops them with everything else).
+ * CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_SETPCAP in its ambient set: for its mounts,
+ * host name and loopback, and the program stage's cgroup namespace and bounding set
+ * (which drops them with everything else).
  *
  * The job (sandbox/launch.py start_job) is NUL-terminated fields - the size of the
  * writable area, the number of input files, a path and an octal mode per file, then
@@ -32,6 +35,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -51,6 +55,7 @@
 #include "notify.h"
 #include "program.h"
 #include "report.h"
+#include "root.h"
 
 enum { JOB_CHANNEL_FD = 4, CPU_COUNTER_FD = 5, FILTER_FD = 6, FIRST_CGROUP_FD = 7 };
 enum { MAX_FILTER = 4096 * 8, MAX_JOB = 1 << 20 };
@@ -197,11 +202,36 @@ static _Noreturn void watch_and_reap(pid_t program, int to_program, int listener
     }
 }
 
+/* Nothing the sandbox side prints (or a job provokes it to print) may land in the
+ * supervisor's output or the worker's log: what matters travels as messages. */
+static void stdio_to_null(void) {
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    fail_unless(null >= 0, "opening /dev/null");
+    for (int fd = 0; fd < 3; fd++) {
+        fail_unless(dup2(null, fd) == fd, "stdio");
+    }
+    close(null);
+}
+
+/* Die with the supervisor, which is our parent (the zygote cloned us with
+ * CLONE_PARENT). If it died before the signal was armed, its end of the job channel is
+ * closed and the signal will never come: look (a job may already wait: peek). */
+static void die_with_the_supervisor(void) {
+    char peek;
+    fail_unless(prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) == 0, "PR_SET_PDEATHSIG");
+    if (recv(JOB_CHANNEL_FD, &peek, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
+        _exit(0);
+    }
+}
+
 int main(int argc, char **argv) {
     prctl(PR_SET_NAME, "sandbox-init", 0, 0, 0);
     errno = EINVAL;
-    fail_unless(argc == 10, "started with the wrong arguments");
+    fail_unless(argc == 12, "started with the wrong arguments");
     const char *disk_bytes = argv[9];
+    die_with_the_supervisor();
+    stdio_to_null();
+    set_up_job_root(argv[10], disk_bytes, argv[11]);
     const char *cpu_counter = argv[7];
     struct watcher watcher = {.trace = atoi(argv[2]),
                               .native_arch = (unsigned int)strtoul(argv[4], NULL, 10),
