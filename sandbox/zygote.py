@@ -113,7 +113,7 @@ def serve(channel: socket.socket) -> None:
     # prepared never preempts a running task when it wakes. Otherwise the zygote, woken
     # by an order, took the CPU from the launcher that sent it - and a job arriving then
     # waited behind a clone and a sandbox's set-up.
-    if not os.environ.get('NOBATCH'): os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     try:
         init_fd = stages.open_init_binary()
         bases = enter_template()
