@@ -117,9 +117,10 @@ def serve(channel: socket.socket) -> None:
     try:
         init_fd = stages.open_init_binary()
         bases = enter_template()
-        # What the program stage of every sandbox needs before it drops everything (the
-        # cgroup namespace, the bounding set), kept across the init's exec of the C init.
-        sc.keep_across_exec(sc.CAP_SYS_ADMIN, sc.CAP_NET_ADMIN, sc.CAP_SETPCAP)
+        # What the C init needs (entering the template, its mounts, host name and
+        # loopback) and its program stage before it drops everything (the cgroup
+        # namespace, the bounding set): kept across the exec of the C init.
+        sc.keep_across_exec(sc.CAP_SYS_ADMIN, sc.CAP_SYS_CHROOT, sc.CAP_NET_ADMIN, sc.CAP_SETPCAP)
     except (SandboxError, OSError) as exc:
         channel.send(json.dumps({"error": str(exc)}).encode())
         return
@@ -127,22 +128,25 @@ def serve(channel: socket.socket) -> None:
     # Everything loaded so far is permanent: keep the collector from touching (and so
     # copying) those pages in every sandbox.
     gc.freeze()
+    shared = stages.SharedFds()
     while True:
         raw, fds, _, _ = socket.recv_fds(channel, _MAX_REQUEST, _MAX_FDS)
         if not raw:
             return
         try:
-            channel.send(json.dumps(_start_one(json.loads(raw), fds, bases, init_fd)).encode())
+            channel.send(json.dumps(_start_one(json.loads(raw), fds, bases, init_fd, shared)).encode())
         finally:
             for fd in fds:
                 os.close(fd)
 
 
-def _start_one(request: dict[str, Any], fds: list[int], bases: MountBases, init_fd: int) -> dict[str, Any]:
+def _start_one(
+    request: dict[str, Any], fds: list[int], bases: MountBases, init_fd: int, shared: stages.SharedFds
+) -> dict[str, Any]:
     if len(fds) < 2:
         return {"error": "a sandbox request needs the report pipe and the job channel"}
     report_fd, channel_fd, *template_fds = fds
-    spec = stages.Spec(request, template_fds)
+    spec = stages.Spec(request, template_fds, shared)
     try:
         return {"pid": stages.start_sandbox(spec, bases, report_fd, channel_fd, init_fd)}
     except OSError as exc:

@@ -1,9 +1,12 @@
 /*
- * The sandbox init (B, pid 1 of the job) from the moment its root is built: the zygote's
- * clone (sandbox/stages.py) execs this binary at once on the host image's template, or
- * after building an image's overlay root (ROOT), which it pivots into. It mounts the
- * job's own filesystems (root.c), forks the program stage (program.c), waits for its
- * job and watches it.
+ * The sandbox init (B, pid 1 of the job). For the host image, the zygote
+ * (sandbox/stages.py) starts this binary with posix_spawn in MODE "spawn": it enters
+ * the template's mount namespace, clones B into new mount, pid, network, IPC and UTS
+ * namespaces, writes B's pid on its stdout and exits - B, orphaned, becomes the child
+ * of the supervisor, the nearest subreaper. For an image, the zygote's Python clone
+ * builds the overlay root (ROOT) and execs this binary in MODE "exec". Either way B
+ * mounts the job's own filesystems (root.c, pivoting into an image's root), forks the
+ * program stage (program.c), waits for its job and watches it.
  *
  * Why C, in a project otherwise Python: this process and its child exist once per job
  * and everything they cost is paid per job. As Python, the init kept a forked
@@ -13,14 +16,19 @@
  * program stage is a fork of a small process, and the job's path is a few system calls.
  * runc keeps its namespace entry in C beside Go (nsexec.c) for the same kind of reason.
  *
- * Run as: sandbox-init CAP_LAST TRACE EXEC_ONCE NATIVE_ARCH EXECVE_NR EXECVEAT_NR
+ * Run as: sandbox-init MODE CAP_LAST TRACE EXEC_ONCE NATIVE_ARCH EXECVE_NR EXECVEAT_NR
  *                      CPU_COUNTER_KIND CGROUP_FDS DISK_BYTES HOSTNAME ROOT
  * with fd 3 the report pipe to the supervisor, 4 its job channel, 5 the job cgroup's
  * CPU counter (CPU_COUNTER_KIND "cpuacct.usage" or "cpu.stat"; "none": no cgroup),
- * 6 a memfd with the seccomp program, 7.. the job cgroup's cgroup.procs files; and
- * CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_SETPCAP in its ambient set: for its mounts,
- * host name and loopback, and the program stage's cgroup namespace and bounding set
- * (which drops them with everything else).
+ * 6 a memfd with the seccomp program, 7 the template's mount namespace (MODE "spawn"),
+ * 8.. the job cgroup's cgroup.procs files; and CAP_SYS_ADMIN, CAP_SYS_CHROOT,
+ * CAP_NET_ADMIN and CAP_SETPCAP in its ambient set: for entering the template, its
+ * mounts, host name and loopback, and the program stage's cgroup namespace and
+ * bounding set (which drops them with everything else).
+ *
+ * The supervisor's death ends B through the job channel (EOF): B waits on it before
+ * its job and polls it during the job (no PR_SET_PDEATHSIG: a spawned B's parent is
+ * the spawner, which exits at once).
  *
  * The job (sandbox/launch.py start_job) is NUL-terminated fields - the size of the
  * writable area, the number of input files, a path and an octal mode per file, then
@@ -39,6 +47,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -57,7 +66,7 @@
 #include "report.h"
 #include "root.h"
 
-enum { JOB_CHANNEL_FD = 4, CPU_COUNTER_FD = 5, FILTER_FD = 6, FIRST_CGROUP_FD = 7 };
+enum { JOB_CHANNEL_FD = 4, CPU_COUNTER_FD = 5, FILTER_FD = 6, MOUNT_NAMESPACE_FD = 7, FIRST_CGROUP_FD = 8 };
 enum { MAX_FILTER = 4096 * 8, MAX_JOB = 1 << 20 };
 static const char STAGE[] = "sandbox init: ";
 
@@ -149,6 +158,13 @@ static void report_exit(int status, const struct rusage *usage) {
     report_end();
 }
 
+/* The supervisor is gone (its end of the job channel closed): so is the job. */
+static int supervisor_gone(void) {
+    char peek;
+    ssize_t got = recv(JOB_CHANNEL_FD, &peek, 1, MSG_DONTWAIT);
+    return got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
 /* Until the program stage's process exits: reap every child as it exits (orphans of
  * the job come to us, pid 1, and a zombie would hold a pid of the job's limit) and
  * answer the filter's notifications - on `listener`, or, in a trace run, on the one
@@ -159,9 +175,10 @@ static _Noreturn void watch_and_reap(pid_t program, int to_program, int listener
     sigaddset(&child_signals, SIGCHLD);
     int children = signalfd(-1, &child_signals, SFD_CLOEXEC | SFD_NONBLOCK);
     fail_unless(children >= 0, "signalfd");
-    struct pollfd watched[2] = {{.fd = children, .events = POLLIN},
+    struct pollfd watched[3] = {{.fd = children, .events = POLLIN},
+                                {.fd = JOB_CHANNEL_FD, .events = POLLIN},
                                 {.fd = listener >= 0 ? listener : to_program, .events = POLLIN}};
-    int watching = 2;
+    int watching = 3;
     for (;;) {
         for (;;) {
             int status;
@@ -184,19 +201,23 @@ static _Noreturn void watch_and_reap(pid_t program, int to_program, int listener
             ssize_t ignored = read(children, drained, sizeof drained);
             (void)ignored;
         }
-        if (watching == 2 && watched[1].revents) {
-            if (watched[1].fd == to_program) {
+        if (watched[1].revents && supervisor_gone()) {
+            kill(-1, SIGKILL);
+            _exit(0);
+        }
+        if (watching == 3 && watched[2].revents) {
+            if (watched[2].fd == to_program) {
                 int fds[MAX_PASSED_FDS];
                 int received = 0;
                 char note[16];
                 channel_receive(to_program, note, sizeof note, fds, 1, &received, STAGE);
                 if (received == 1) {
-                    watched[1].fd = fds[0]; /* the trace run's listener */
+                    watched[2].fd = fds[0]; /* the trace run's listener */
                 } else {
-                    watching = 1; /* the stage failed before its filter: its exit comes */
+                    watching = 2; /* the stage failed before its filter: its exit comes */
                 }
-            } else if (!watcher_handle(watcher, watched[1].fd)) {
-                watching = 1;
+            } else if (!watcher_handle(watcher, watched[2].fd)) {
+                watching = 2;
             }
         }
     }
@@ -213,23 +234,33 @@ static void stdio_to_null(void) {
     close(null);
 }
 
-/* Die with the supervisor, which is our parent (the zygote cloned us with
- * CLONE_PARENT). If it died before the signal was armed, its end of the job channel is
- * closed and the signal will never come: look (a job may already wait: peek). */
-static void die_with_the_supervisor(void) {
-    char peek;
-    fail_unless(prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) == 0, "PR_SET_PDEATHSIG");
-    if (recv(JOB_CHANNEL_FD, &peek, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
-        _exit(0);
+/* MODE "spawn": B is our child in new namespaces (on a copy of the template's mount
+ * namespace); its pid goes to the zygote on stdout, and we exit. Returns in B. */
+static void spawn(void) {
+    fail_unless(setns(MOUNT_NAMESPACE_FD, CLONE_NEWNS) == 0, "entering the template");
+    long pid = syscall(SYS_clone, CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | SIGCHLD,
+                       NULL, NULL, NULL, NULL);
+    fail_unless(pid >= 0, "cloning the sandbox init");
+    if (pid > 0) {
+        char text[24];
+        int length = snprintf(text, sizeof text, "%ld\n", pid);
+        _exit(write(STDOUT_FILENO, text, (size_t)length) == length ? 0 : 1);
     }
 }
 
 int main(int argc, char **argv) {
     prctl(PR_SET_NAME, "sandbox-init", 0, 0, 0);
     errno = EINVAL;
-    fail_unless(argc == 12, "started with the wrong arguments");
+    fail_unless(argc == 13, "started with the wrong arguments");
+    argv++; /* argv[0] is MODE from here on */
     const char *disk_bytes = argv[9];
-    die_with_the_supervisor();
+    int cgroup_fds = atoi(argv[8]);
+    /* Only what the layout names stays open (the zygote's own fds may have come along). */
+    fail_unless(syscall(SYS_close_range, FIRST_CGROUP_FD + cgroup_fds, ~0U, 0) == 0, "closing inherited fds");
+    if (strcmp(argv[0], "spawn") == 0) {
+        spawn();
+    }
+    close(MOUNT_NAMESPACE_FD);
     stdio_to_null();
     set_up_job_root(argv[10], disk_bytes, argv[11]);
     const char *cpu_counter = argv[7];
@@ -237,7 +268,6 @@ int main(int argc, char **argv) {
                               .native_arch = (unsigned int)strtoul(argv[4], NULL, 10),
                               .exec_numbers = {atoi(argv[5]), atoi(argv[6])}};
     watcher.exec_budget = atoi(argv[3]) && !watcher.trace ? 1 : 0;
-    int cgroup_fds = atoi(argv[8]);
     size_t filter_length = read_filter();
 
     /* Children's exits arrive through a signalfd; the mask is the program stage's to
