@@ -5,15 +5,15 @@ that everything but the job itself can happen before the job arrives.
 time)::
 
     supervisor (subreaper) ── request ──> zygote (in the template user namespace,
-                                           ``zygote.py``, ``template.py``): setns to the
-                                           template mount namespace, clone(CLONE_PARENT,
-                                           new mnt, pid, net, ipc, uts)
-                                 B = pid 1 of the job ("init"), the supervisor's child:
-                                     arms its death signal, mounts the job's
-                                     /proc and scratch on its private copy of the
-                                     template (or builds an image root and pivots into
-                                     it), execs the C init (``native/init.c``),
-                                     which forks C, waits for a job
+                                           ``zygote.py``, ``template.py``): spawns the C
+                                           init, which clones B into new mnt, pid, net,
+                                           ipc and uts namespaces on a copy of the
+                                           template (an image: clones B, which builds
+                                           the image root in Python and execs the C init)
+                                 B = pid 1 of the job ("init", ``native/init.c``), the
+                                     supervisor's child: mounts the job's /proc and
+                                     scratch (pivots into an image's root), forks C,
+                                     waits for a job
                                  C = the future program (``native/program.c``): joins
                                      the job cgroup (so no job pays the cgroup-attach
                                      stall), new cgroup ns, setsid, drops every

@@ -1,16 +1,16 @@
 """The zygote: a small, single-purpose process that starts every sandbox of one
 supervisor (a CLI run, or one worker slot's launcher).
 
-Why a separate process: a fork copies the parent's page tables, and afterwards every
-page either side writes is copied again (copy-on-write). Forking sandboxes from the
+Why a separate process: it lives in the template user namespace and holds the
+template's mount namespace (``template.py``), so a sandbox's namespaces are one setns(2)
+and one clone(2) away. For the host image it spawns the C init (``native/init.c``),
+which makes them itself; an image sandbox is a clone of the zygote, which builds the
+image root in Python first. A fork copies the parent's page tables and afterwards every
+page either side writes is copied again (copy-on-write): forking sandboxes from the
 supervisor - a Python with the runner, cgroups, protocol and image code loaded, busy
 between forks - made page faults the largest single cost of a job. The zygote is a
 fresh interpreter (``python -S``, only the modules a sandbox runs) that does nothing but
-wait for requests and clone, so there is little to copy and almost nothing written
-between clones. It lives in the template user namespace and holds the template's mount namespace
-(``template.py``), so a sandbox init is one setns(2) and one clone(2) away: new
-namespaces, and with CLONE_PARENT a child of the supervisor from its first instruction
-(no intermediate process to reap, nothing to reparent).
+wait for requests and start sandboxes, so there is little to copy.
 
 Protocol on a SOCK_SEQPACKET pair: at start-up the zygote answers ``{}`` once the
 template is built, or ``{"error": ...}``. Then the supervisor sends one request per

@@ -8,8 +8,8 @@ sends it one job at a time over a socketpair, in the same frames as the public
 protocol, and gets back "started" and "result". Supervision (the adaptive CPU poll)
 runs here, in a process that does nothing else, so a busy event loop in the worker can
 never delay a kill. A launcher that dies takes only its own job down (as internal_error)
-and its sandboxes with it (their inits have PDEATHSIG set); the worker starts a new one, which
-reaps the dead one's cgroups.
+and its sandboxes with it (an init ends when its job channel closes); the worker starts a
+new one, which reaps the dead one's cgroups.
 
 Run as: python -m worker.launcher FD PARENT_PID WARM_JSON (a list of WarmSpec wire forms)
 """

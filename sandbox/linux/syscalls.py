@@ -22,8 +22,6 @@ _ARCH_NUMBERS: dict[str, dict[str, int]] = {
         "prctl": 157,
         "pivot_root": 155,
         "umount2": 166,
-        "sethostname": 170,
-        "setdomainname": 171,
         "clone": 56,
         "unshare": 272,
         "setns": 308,
@@ -34,8 +32,6 @@ _ARCH_NUMBERS: dict[str, dict[str, int]] = {
         "prctl": 167,
         "pivot_root": 41,
         "umount2": 39,
-        "sethostname": 161,
-        "setdomainname": 162,
         "clone": 220,
         "unshare": 97,
         "setns": 268,
@@ -81,8 +77,6 @@ FSMOUNT_CLOEXEC = 1
 FSCONFIG_SET_FLAG = 0
 FSCONFIG_SET_STRING = 1
 FSCONFIG_CMD_CREATE = 6
-FSCONFIG_CMD_RECONFIGURE = 7
-FSPICK_CLOEXEC = 1
 OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 MOVE_MOUNT_F_EMPTY_PATH = 0x04
@@ -98,7 +92,6 @@ RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
 
 # prctl(2) options.
-PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 PR_CAP_AMBIENT = 47
@@ -161,16 +154,6 @@ def umount2(target: str, flags: int) -> None:
     _call("umount2", _path(target), _long(flags))
 
 
-def sethostname(name: str) -> None:
-    raw = name.encode()
-    _call("sethostname", ctypes.c_char_p(raw), _long(len(raw)))
-
-
-def setdomainname(name: str) -> None:
-    raw = name.encode()
-    _call("setdomainname", ctypes.c_char_p(raw), _long(len(raw)))
-
-
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return _call("prctl", _long(option), _long(arg2), _long(arg3), _long(arg4), _long(arg5))
 
@@ -207,15 +190,6 @@ def fsconfig_flag(fs_fd: int, key: str) -> None:
 
 def fsconfig_create(fs_fd: int) -> None:
     _call("fsconfig", _long(fs_fd), _long(FSCONFIG_CMD_CREATE), None, None, _long(0))
-
-
-def fsconfig_reconfigure(fs_fd: int) -> None:
-    _call("fsconfig", _long(fs_fd), _long(FSCONFIG_CMD_RECONFIGURE), None, None, _long(0))
-
-
-def fspick(dirfd: int, path: str) -> int:
-    """A configuration context for the filesystem mounted at ``path`` (to reconfigure it)."""
-    return _call("fspick", _long(dirfd), _path(path), _long(FSPICK_CLOEXEC))
 
 
 def fsmount(fs_fd: int, attr_flags: int) -> int:
