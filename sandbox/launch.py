@@ -74,18 +74,20 @@ class Template:
     """What a sandbox is built with before any job is known."""
 
     seccomp_bpf: bytes
-    cgroup_fds: list[int]  # the job cgroup's cgroup.procs, for the program stage to join
+    cgroup_fds: list[int]  # what the program stage joins the job cgroup with (JobCgroup.JOIN)
     disk_bytes: int
     cap_last: int
     cpu_counter: tuple[int, str] | None = None  # the job cgroup's CPU counter: fd, cpucounter kind
     image: ImageRoot | None = None  # None: the built-in host image
     exec_once: bool = False  # the profile forbids exec after the program started
     trace: bool = False  # seccomp_bpf notifies every call: record them, allow them
+    cgroup_join: str = "procs"  # JobCgroup.JOIN of the cgroup_fds
 
     def to_wire(self) -> dict[str, Any]:
         """Everything but the fds (they travel with SCM_RIGHTS: ``fds``), as JSON values."""
         return {
             "cpu_counter": None if self.cpu_counter is None else self.cpu_counter[1],
+            "cgroup_join": self.cgroup_join,
             "seccomp_bpf": base64.b64encode(self.seccomp_bpf).decode(),
             "disk_bytes": self.disk_bytes,
             "cap_last": self.cap_last,

@@ -55,7 +55,7 @@ class SharedFds:
 class Spec:
     """A sandbox's Template as the zygote receives it (``launch.Template.to_wire``)."""
 
-    __slots__ = ("seccomp_fd", "null_fd", "cgroup_fds", "cpu_counter_fd", "cpu_counter_kind", "disk_bytes", "cap_last",
+    __slots__ = ("seccomp_fd", "null_fd", "cgroup_fds", "cgroup_join", "cpu_counter_fd", "cpu_counter_kind", "disk_bytes", "cap_last",
                  "layers", "workdir", "exec_once", "trace", "native_arch", "exec_numbers")
 
     def __init__(self, wire: dict[str, Any], fds: list[int], shared: SharedFds) -> None:
@@ -66,6 +66,7 @@ class Spec:
         self.cpu_counter_kind: str | None = wire["cpu_counter"]
         self.cpu_counter_fd: int = fds[0] if self.cpu_counter_kind else -1
         self.cgroup_fds = fds[1:] if self.cpu_counter_kind else fds
+        self.cgroup_join: str = wire["cgroup_join"]
         self.disk_bytes: int = wire["disk_bytes"]
         self.cap_last: int = wire["cap_last"]
         self.layers: list[str] | None = None if image is None else image["layers"]
@@ -154,7 +155,7 @@ def _init_argv(template: Spec, mode: str, root: str) -> list[str]:
     return [
         "sandbox-init", mode, str(template.cap_last), str(int(template.trace)), str(int(template.exec_once)),
         str(template.native_arch), str(execve), str(execveat), template.cpu_counter_kind or "none",
-        str(len(template.cgroup_fds)), str(template.disk_bytes), rootfs.HOSTNAME, root,
+        str(len(template.cgroup_fds)), template.cgroup_join, str(template.disk_bytes), rootfs.HOSTNAME, root,
     ]
 
 

@@ -42,12 +42,14 @@ def job_cgroup(runner: Runner, request: pytest.FixtureRequest) -> Iterator[JobCg
 
 
 def start_in(cgroup: JobCgroup, argv: list[str]) -> int:
-    """Fork a child that joins the cgroup (as the sandbox's program does) and execs argv."""
+    """Fork a child that joins the cgroup (as the sandbox's program stage does when the
+    kernel cannot clone it into the cgroup) and execs argv."""
     pid = os.fork()
     if pid == 0:
         try:
-            for fd in cgroup.attach_fds:
-                os.write(fd, b"0")
+            for fd in cgroup.attach_fds:  # v2: the cgroup's directory (JobCgroup.JOIN)
+                procs = os.open("cgroup.procs", os.O_WRONLY, dir_fd=fd)
+                os.write(procs, b"0")
             devnull = os.open(os.devnull, os.O_RDWR)
             for target in (1, 2):
                 os.dup2(devnull, target)

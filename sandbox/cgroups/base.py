@@ -39,10 +39,17 @@ class CgroupUsage:
 class JobCgroup(abc.ABC):
     """One job's cgroup (one directory per hierarchy on v1, one on v2)."""
 
-    def __init__(self, directories: list[str], attach_files: list[str], cpu_counter: tuple[str, str]) -> None:
+    # How a sandbox's program stage joins it (``native/program.c``): "procs", writing
+    # itself into each cgroup.procs of ``attach_fds``; "directory", created in the one
+    # directory of ``attach_fds`` by clone3(CLONE_INTO_CGROUP), which skips the attach
+    # and its stall (v2 only).
+    JOIN = "procs"
+
+    def __init__(self, directories: list[str], attach_paths: list[str], cpu_counter: tuple[str, str]) -> None:
         """``cpu_counter``: (directory, file) of the CPU counter, a ``cpucounter`` kind."""
         self.directories = directories
-        self.attach_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in attach_files]
+        flags = os.O_PATH | os.O_DIRECTORY if self.JOIN == "directory" else os.O_WRONLY
+        self.attach_fds = [os.open(path, flags | os.O_CLOEXEC) for path in attach_paths]
         directory, self.cpu_counter_kind = cpu_counter
         self.cpu_counter_fd = os.open(os.path.join(directory, self.cpu_counter_kind), os.O_RDONLY | os.O_CLOEXEC)
         self._baseline = CgroupUsage(0, 0, 0, None, 0, None)

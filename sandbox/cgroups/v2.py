@@ -74,8 +74,10 @@ def delegated_parent() -> str:
 
 
 class V2JobCgroup(JobCgroup):
+    JOIN = "directory"
+
     def __init__(self, directory: str) -> None:
-        super().__init__([directory], [os.path.join(directory, "cgroup.procs")], (directory, V2))
+        super().__init__([directory], [directory], (directory, V2))
         self.directory = directory
 
     def _cpu_stat(self) -> dict[str, int]:

@@ -17,11 +17,14 @@
  * runc keeps its namespace entry in C beside Go (nsexec.c) for the same kind of reason.
  *
  * Run as: sandbox-init MODE CAP_LAST TRACE EXEC_ONCE NATIVE_ARCH EXECVE_NR EXECVEAT_NR
- *                      CPU_COUNTER_KIND CGROUP_FDS DISK_BYTES HOSTNAME ROOT
+ *                      CPU_COUNTER_KIND CGROUP_FDS CGROUP_JOIN DISK_BYTES HOSTNAME ROOT
  * with fd 3 the report pipe to the supervisor, 4 its job channel, 5 the job cgroup's
  * CPU counter (CPU_COUNTER_KIND "cpuacct.usage" or "cpu.stat"; "none": no cgroup),
  * 6 a memfd with the seccomp program, 7 the template's mount namespace (MODE "spawn"),
- * 8.. the job cgroup's cgroup.procs files; and CAP_SYS_ADMIN, CAP_SYS_CHROOT,
+ * 8.. the job cgroup's cgroup.procs files (CGROUP_JOIN "procs", v1: one per
+ * hierarchy) or its directory ("directory", v2: the program stage is created in it
+ * with clone3(CLONE_INTO_CGROUP) - no attach, so none of the attach's stall for an RCU
+ * grace period); and CAP_SYS_ADMIN, CAP_SYS_CHROOT,
  * CAP_NET_ADMIN and CAP_SETPCAP in its ambient set: for entering the template, its
  * mounts, host name and loopback, and the program stage's cgroup namespace and
  * bounding set (which drops them with everything else).
@@ -65,6 +68,13 @@
 #include "program.h"
 #include "report.h"
 #include "root.h"
+
+/* The kernel ABI, spelled out (see program.c). */
+#define CLONE_INTO_CGROUP 0x200000000ULL
+struct clone_arguments {
+    unsigned long long flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+        set_tid_size, cgroup;
+};
 
 enum { JOB_CHANNEL_FD = 4, CPU_COUNTER_FD = 5, FILTER_FD = 6, MOUNT_NAMESPACE_FD = 7, FIRST_CGROUP_FD = 8 };
 enum { MAX_FILTER = 4096 * 8, MAX_JOB = 1 << 20 };
@@ -248,26 +258,67 @@ static void spawn(void) {
     }
 }
 
+/* The arguments, in the order of "Run as" above. */
+struct arguments {
+    const char *mode, *cpu_counter, *cgroup_join, *disk_bytes, *hostname, *root;
+    int cap_last, trace, exec_once, execve_nr, execveat_nr, cgroup_fds;
+    unsigned int native_arch;
+};
+
+static struct arguments parse(int argc, char **argv) {
+    errno = EINVAL;
+    fail_unless(argc == 14, "started with the wrong arguments");
+    return (struct arguments){.mode = argv[1],
+                              .cap_last = atoi(argv[2]),
+                              .trace = atoi(argv[3]),
+                              .exec_once = atoi(argv[4]),
+                              .native_arch = (unsigned int)strtoul(argv[5], NULL, 10),
+                              .execve_nr = atoi(argv[6]),
+                              .execveat_nr = atoi(argv[7]),
+                              .cpu_counter = argv[8],
+                              .cgroup_fds = atoi(argv[9]),
+                              .cgroup_join = argv[10],
+                              .disk_bytes = argv[11],
+                              .hostname = argv[12],
+                              .root = argv[13]};
+}
+
+/* The program stage, forked - or, joining by directory, cloned straight into the job
+ * cgroup (clone3 CLONE_INTO_CGROUP; where the kernel lacks it, the stage writes itself
+ * into the directory's cgroup.procs instead). */
+static pid_t fork_program_stage(struct program_setup *setup) {
+    if (setup->join == JOIN_BY_DIRECTORY) {
+        struct clone_arguments arguments = {.flags = CLONE_INTO_CGROUP,
+                                            .exit_signal = SIGCHLD,
+                                            .cgroup = (unsigned long long)setup->first_cgroup_fd};
+        long pid = syscall(SYS_clone3, &arguments, sizeof arguments);
+        if (pid >= 0) {
+            if (pid == 0) {
+                setup->join = JOIN_DONE;
+            }
+            return (pid_t)pid;
+        }
+        fail_unless(errno == ENOSYS || errno == E2BIG || errno == EINVAL, "cloning the program stage");
+    }
+    return fork();
+}
+
 int main(int argc, char **argv) {
     prctl(PR_SET_NAME, "sandbox-init", 0, 0, 0);
-    errno = EINVAL;
-    fail_unless(argc == 13, "started with the wrong arguments");
-    argv++; /* argv[0] is MODE from here on */
-    const char *disk_bytes = argv[9];
-    int cgroup_fds = atoi(argv[8]);
+    struct arguments arguments = parse(argc, argv);
     /* Only what the layout names stays open (the zygote's own fds may have come along). */
-    fail_unless(syscall(SYS_close_range, FIRST_CGROUP_FD + cgroup_fds, ~0U, 0) == 0, "closing inherited fds");
-    if (strcmp(argv[0], "spawn") == 0) {
+    fail_unless(syscall(SYS_close_range, FIRST_CGROUP_FD + arguments.cgroup_fds, ~0U, 0) == 0,
+                "closing inherited fds");
+    if (strcmp(arguments.mode, "spawn") == 0) {
         spawn();
     }
     close(MOUNT_NAMESPACE_FD);
     stdio_to_null();
-    set_up_job_root(argv[10], disk_bytes, argv[11]);
-    const char *cpu_counter = argv[7];
-    struct watcher watcher = {.trace = atoi(argv[2]),
-                              .native_arch = (unsigned int)strtoul(argv[4], NULL, 10),
-                              .exec_numbers = {atoi(argv[5]), atoi(argv[6])}};
-    watcher.exec_budget = atoi(argv[3]) && !watcher.trace ? 1 : 0;
+    set_up_job_root(arguments.hostname, arguments.disk_bytes, arguments.root);
+    struct watcher watcher = {.trace = arguments.trace,
+                              .native_arch = arguments.native_arch,
+                              .exec_numbers = {arguments.execve_nr, arguments.execveat_nr}};
+    watcher.exec_budget = arguments.exec_once && !watcher.trace ? 1 : 0;
     size_t filter_length = read_filter();
 
     /* Children's exits arrive through a signalfd; the mask is the program stage's to
@@ -279,22 +330,24 @@ int main(int argc, char **argv) {
 
     int pair[2];
     fail_unless(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) == 0, "socketpair");
-    pid_t program = fork();
+    struct program_setup setup = {.cap_last = arguments.cap_last,
+                                  .trace = watcher.trace,
+                                  .channel = pair[1],
+                                  .first_cgroup_fd = FIRST_CGROUP_FD,
+                                  .cgroup_fds = arguments.cgroup_fds,
+                                  .join = strcmp(arguments.cgroup_join, "directory") == 0 ? JOIN_BY_DIRECTORY
+                                                                                          : JOIN_BY_PROCS,
+                                  .filter = filter,
+                                  .filter_length = filter_length};
+    pid_t program = fork_program_stage(&setup);
     fail_unless(program >= 0, "forking the program stage");
     if (program == 0) {
         close(pair[0]);
-        struct program_setup setup = {.cap_last = atoi(argv[1]),
-                                      .trace = watcher.trace,
-                                      .channel = pair[1],
-                                      .first_cgroup_fd = FIRST_CGROUP_FD,
-                                      .cgroup_fds = cgroup_fds,
-                                      .filter = filter,
-                                      .filter_length = filter_length};
         program_stage(&setup);
     }
     int to_program = pair[0];
     close(pair[1]);
-    for (int fd = FIRST_CGROUP_FD; fd < FIRST_CGROUP_FD + cgroup_fds; fd++) {
+    for (int fd = FIRST_CGROUP_FD; fd < FIRST_CGROUP_FD + arguments.cgroup_fds; fd++) {
         close(fd);
     }
 
@@ -315,7 +368,7 @@ int main(int argc, char **argv) {
     if (job_length == 0) {
         _exit(0); /* discarded unused: the kernel takes the stage down with us */
     }
-    size_t program_offset = take_files(job_length, disk_bytes, passed, received);
+    size_t program_offset = take_files(job_length, arguments.disk_bytes, passed, received);
     /* Prepared at SCHED_BATCH (sandbox/zygote.py); the job runs like any other task.
      * (The system call itself: musl's wrapper is a stub, POSIX and Linux disagree.) */
     struct sched_param normal = {.sched_priority = 0};
@@ -324,8 +377,8 @@ int main(int argc, char **argv) {
                 "leaving SCHED_BATCH");
     /* The job's clock and CPU account start now: none of the stage's set-up (the filter
      * alone is most of a millisecond) is charged to the job. */
-    int counted = strcmp(cpu_counter, "none") != 0;
-    long long cpu_ns = counted ? read_cpu_ns(cpu_counter) : 0;
+    int counted = strcmp(arguments.cpu_counter, "none") != 0;
+    long long cpu_ns = counted ? read_cpu_ns(arguments.cpu_counter) : 0;
     long long started_ns = monotonic_ns();
     channel_send(to_program, job + program_offset, job_length - program_offset, passed, 3, STAGE);
     for (int i = 0; i < 3; i++) {

@@ -115,8 +115,13 @@ static void reset_signals(void) {
 /* The job cgroup now, long before the job's clock starts; then a cgroup namespace
  * rooted there, so the job sees its own cgroup as "/". */
 static void join_cgroups(const struct program_setup *setup) {
-    for (int fd = setup->first_cgroup_fd; fd < setup->first_cgroup_fd + setup->cgroup_fds; fd++) {
-        fail_unless(write(fd, "0", 1) == 1, "joining the job cgroup");
+    for (int fd = setup->first_cgroup_fd; setup->join != JOIN_DONE && fd < setup->first_cgroup_fd + setup->cgroup_fds;
+         fd++) {
+        int procs = setup->join == JOIN_BY_DIRECTORY ? openat(fd, "cgroup.procs", O_WRONLY | O_CLOEXEC) : fd;
+        fail_unless(procs >= 0 && write(procs, "0", 1) == 1, "joining the job cgroup");
+        if (procs != fd) {
+            close(procs);
+        }
     }
     fail_unless(unshare(CLONE_NEWCGROUP) == 0, "creating the cgroup namespace");
 }

@@ -8,12 +8,19 @@
  * recvmsg through on this fd number in every profile (sandbox/seccomp.py). */
 enum { PROGRAM_CHANNEL_FD = 4 };
 
+enum cgroup_join {
+    JOIN_BY_PROCS,      /* write "0" into each cgroup.procs fd (v1: one per hierarchy) */
+    JOIN_BY_DIRECTORY,  /* the one fd is the cgroup's directory: write into its cgroup.procs */
+    JOIN_DONE,          /* created in the cgroup already (clone3 CLONE_INTO_CGROUP) */
+};
+
 struct program_setup {
     int cap_last;
     int trace;              /* install the filter last, just before the exec */
     int channel;            /* to the init; moved to PROGRAM_CHANNEL_FD */
-    int first_cgroup_fd;    /* the job cgroup's cgroup.procs files, one per hierarchy */
+    int first_cgroup_fd;    /* the job cgroup's fds: see `join` */
     int cgroup_fds;
+    enum cgroup_join join;
     const unsigned char *filter;  /* classic BPF, 8 bytes an instruction */
     size_t filter_length;
 };
