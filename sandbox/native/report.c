@@ -6,8 +6,9 @@
 #include <string.h>
 #include <unistd.h>
 
-/* At most three quoted pieces of MAX_QUOTED bytes each, plus a few numbers. */
-enum { MAX_QUOTED = 1000, MAX_LINE = 4000 };
+/* A line's quoted pieces (one of them the job's) and numbers; a piece is cut where it
+ * would leave less than RESERVED bytes for the rest of the line. */
+enum { MAX_QUOTED = 1000, MAX_LINE = 4000, RESERVED = 64 };
 
 static char line[MAX_LINE];
 static size_t used;
@@ -26,8 +27,8 @@ static void append(const char *text) {
  * a name that is not UTF-8 still arrives. */
 static void quote(const char *text) {
     static const char hex[] = "0123456789abcdef";
-    size_t end = used + MAX_QUOTED - 6;
-    for (size_t i = 0; text[i] && used <= end; i++) {
+    size_t end = used + MAX_QUOTED < MAX_LINE - RESERVED ? used + MAX_QUOTED : MAX_LINE - RESERVED;
+    for (size_t i = 0; text[i] && used + 6 <= end; i++) {
         unsigned char c = (unsigned char)text[i];
         if (c == '"' || c == '\\') {
             line[used++] = '\\';
