@@ -8,19 +8,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "kernel.h"
 #include "report.h"
 
-/* The kernel ABI, spelled out (see program.c). */
-#define RESOLVE_NO_MAGICLINKS 0x02
-#define RESOLVE_NO_SYMLINKS 0x04
-#define RESOLVE_BENEATH 0x08
-#define FSPICK_CLOEXEC 0x01
-#define FSPICK_SYMLINK_NOFOLLOW 0x02
-#define FSCONFIG_SET_STRING 1
-#define FSCONFIG_CMD_RECONFIGURE 7
-struct open_how {
-    unsigned long long flags, mode, resolve;
-};
 
 static const char STAGE[] = "sandbox init: ";
 static char chunk[1 << 16];
@@ -33,7 +23,7 @@ static _Noreturn void copy_failed(const char *path) {
     _exit(125);
 }
 
-static int open_beneath(int directory, const char *name, int flags) {
+int open_beneath(int directory, const char *name, int flags) {
     struct open_how how = {.flags = (unsigned long long)(flags | O_CLOEXEC),
                            .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS};
     return (int)syscall(SYS_openat2, directory, name, &how, sizeof how);

@@ -8,6 +8,10 @@
  * is never trusted: sandbox/fspath.py does the same on the Python side). */
 void copy_in(const char *path, int source, unsigned int mode);
 
+/* openat2 of `name` beneath `directory`, never through a symlink, magic link or "..";
+ * the fd is close-on-exec. */
+int open_beneath(int directory, const char *name, int flags);
+
 /* The size of the scratch tmpfs behind /work, /tmp and /dev/shm. */
 void resize_scratch(const char *size);
 

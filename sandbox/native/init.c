@@ -64,17 +64,12 @@
 
 #include "channel.h"
 #include "files.h"
+#include "kernel.h"
 #include "notify.h"
 #include "program.h"
 #include "report.h"
 #include "root.h"
 
-/* The kernel ABI, spelled out (see program.c). */
-#define CLONE_INTO_CGROUP 0x200000000ULL
-struct clone_arguments {
-    unsigned long long flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
-        set_tid_size, cgroup;
-};
 
 enum { JOB_CHANNEL_FD = 4, CPU_COUNTER_FD = 5, FILTER_FD = 6, MOUNT_NAMESPACE_FD = 7, FIRST_CGROUP_FD = 8 };
 enum { MAX_FILTER = 4096 * 8, MAX_JOB = 1 << 20 };
@@ -82,12 +77,6 @@ static const char STAGE[] = "sandbox init: ";
 
 static unsigned char filter[MAX_FILTER + 1];
 static char job[MAX_JOB + 1];
-
-static void fail_unless(int ok, const char *what) {
-    if (!ok) {
-        setup_failed(STAGE, what);
-    }
-}
 
 static long long monotonic_ns(void) {
     struct timespec now;
@@ -99,7 +88,7 @@ static size_t read_filter(void) {
     size_t length = 0;
     for (;;) {
         ssize_t got = pread(FILTER_FD, filter + length, sizeof filter - length, (off_t)length);
-        fail_unless(got >= 0, "reading the seccomp program");
+        require(STAGE, got >= 0, "reading the seccomp program");
         if (got == 0) {
             break;
         }
@@ -107,7 +96,7 @@ static size_t read_filter(void) {
     }
     close(FILTER_FD);
     errno = EINVAL;
-    fail_unless(length > 0 && length <= MAX_FILTER && length % 8 == 0, "a seccomp program of the wrong size");
+    require(STAGE, length > 0 && length <= MAX_FILTER && length % 8 == 0, "a seccomp program of the wrong size");
     return length;
 }
 
@@ -116,14 +105,14 @@ static size_t read_filter(void) {
 static long long read_cpu_ns(const char *kind) {
     char text[4096];
     ssize_t got = pread(CPU_COUNTER_FD, text, sizeof text - 1, 0);
-    fail_unless(got > 0, "reading the job cgroup's CPU time");
+    require(STAGE, got > 0, "reading the job cgroup's CPU time");
     text[got] = '\0';
     if (strcmp(kind, "cpuacct.usage") == 0) {
         return strtoll(text, NULL, 10);
     }
     const char *usage = strstr(text, "usage_usec ");
     errno = EINVAL;
-    fail_unless(usage != NULL, "finding usage_usec in cpu.stat");
+    require(STAGE, usage != NULL, "finding usage_usec in cpu.stat");
     return strtoll(usage + strlen("usage_usec "), NULL, 10) * 1000;
 }
 
@@ -132,7 +121,7 @@ static const char *next_field(size_t length, size_t *offset) {
     const char *field = job + *offset;
     const char *end = memchr(field, '\0', length - *offset);
     errno = EINVAL;
-    fail_unless(*offset < length && end != NULL, "a job message cut short");
+    require(STAGE, *offset < length && end != NULL, "a job message cut short");
     *offset = (size_t)(end - job) + 1;
     return field;
 }
@@ -145,7 +134,7 @@ static size_t take_files(size_t length, const char *built_disk_bytes, const int 
     const char *disk_bytes = next_field(length, &offset);
     long files = strtol(next_field(length, &offset), NULL, 10);
     errno = EINVAL;
-    fail_unless(files >= 0 && received == 3 + files, "a job whose fds do not match it");
+    require(STAGE, files >= 0 && received == 3 + files, "a job whose fds do not match it");
     if (strcmp(disk_bytes, built_disk_bytes) != 0) {
         resize_scratch(disk_bytes);
     }
@@ -184,7 +173,7 @@ static _Noreturn void watch_and_reap(pid_t program, int to_program, int listener
     sigemptyset(&child_signals);
     sigaddset(&child_signals, SIGCHLD);
     int children = signalfd(-1, &child_signals, SFD_CLOEXEC | SFD_NONBLOCK);
-    fail_unless(children >= 0, "signalfd");
+    require(STAGE, children >= 0, "signalfd");
     struct pollfd watched[3] = {{.fd = children, .events = POLLIN},
                                 {.fd = JOB_CHANNEL_FD, .events = POLLIN},
                                 {.fd = listener >= 0 ? listener : to_program, .events = POLLIN}};
@@ -203,7 +192,7 @@ static _Noreturn void watch_and_reap(pid_t program, int to_program, int listener
             }
         }
         if (poll(watched, (nfds_t)watching, -1) < 0) {
-            fail_unless(errno == EINTR, "poll");
+            require(STAGE, errno == EINTR, "poll");
             continue;
         }
         if (watched[0].revents) {
@@ -237,9 +226,9 @@ static _Noreturn void watch_and_reap(pid_t program, int to_program, int listener
  * supervisor's output or the worker's log: what matters travels as messages. */
 static void stdio_to_null(void) {
     int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-    fail_unless(null >= 0, "opening /dev/null");
+    require(STAGE, null >= 0, "opening /dev/null");
     for (int fd = 0; fd < 3; fd++) {
-        fail_unless(dup2(null, fd) == fd, "stdio");
+        require(STAGE, dup2(null, fd) == fd, "stdio");
     }
     close(null);
 }
@@ -247,10 +236,10 @@ static void stdio_to_null(void) {
 /* MODE "spawn": B is our child in new namespaces (on a copy of the template's mount
  * namespace); its pid goes to the zygote on stdout, and we exit. Returns in B. */
 static void spawn(void) {
-    fail_unless(setns(MOUNT_NAMESPACE_FD, CLONE_NEWNS) == 0, "entering the template");
+    require(STAGE, setns(MOUNT_NAMESPACE_FD, CLONE_NEWNS) == 0, "entering the template");
     long pid = syscall(SYS_clone, CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | SIGCHLD,
                        NULL, NULL, NULL, NULL);
-    fail_unless(pid >= 0, "cloning the sandbox init");
+    require(STAGE, pid >= 0, "cloning the sandbox init");
     if (pid > 0) {
         char text[24];
         int length = snprintf(text, sizeof text, "%ld\n", pid);
@@ -267,7 +256,7 @@ struct arguments {
 
 static struct arguments parse(int argc, char **argv) {
     errno = EINVAL;
-    fail_unless(argc == 14, "started with the wrong arguments");
+    require(STAGE, argc == 14, "started with the wrong arguments");
     return (struct arguments){.mode = argv[1],
                               .cap_last = atoi(argv[2]),
                               .trace = atoi(argv[3]),
@@ -298,7 +287,7 @@ static pid_t fork_program_stage(struct program_setup *setup) {
             }
             return (pid_t)pid;
         }
-        fail_unless(errno == ENOSYS || errno == E2BIG || errno == EINVAL, "cloning the program stage");
+        require(STAGE, errno == ENOSYS || errno == E2BIG || errno == EINVAL, "cloning the program stage");
     }
     return fork();
 }
@@ -307,7 +296,7 @@ int main(int argc, char **argv) {
     prctl(PR_SET_NAME, "sandbox-init", 0, 0, 0);
     struct arguments arguments = parse(argc, argv);
     /* Only what the layout names stays open (the zygote's own fds may have come along). */
-    fail_unless(syscall(SYS_close_range, FIRST_CGROUP_FD + arguments.cgroup_fds, ~0U, 0) == 0,
+    require(STAGE, syscall(SYS_close_range, FIRST_CGROUP_FD + arguments.cgroup_fds, ~0U, 0) == 0,
                 "closing inherited fds");
     if (strcmp(arguments.mode, "spawn") == 0) {
         spawn();
@@ -329,7 +318,7 @@ int main(int argc, char **argv) {
     sigprocmask(SIG_BLOCK, &child_signals, NULL);
 
     int pair[2];
-    fail_unless(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) == 0, "socketpair");
+    require(STAGE, socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) == 0, "socketpair");
     struct program_setup setup = {.cap_last = arguments.cap_last,
                                   .trace = watcher.trace,
                                   .channel = pair[1],
@@ -340,7 +329,7 @@ int main(int argc, char **argv) {
                                   .filter = filter,
                                   .filter_length = filter_length};
     pid_t program = fork_program_stage(&setup);
-    fail_unless(program >= 0, "forking the program stage");
+    require(STAGE, program >= 0, "forking the program stage");
     if (program == 0) {
         close(pair[0]);
         program_stage(&setup);
@@ -372,7 +361,7 @@ int main(int argc, char **argv) {
     /* Prepared at SCHED_BATCH (sandbox/zygote.py); the job runs like any other task.
      * (The system call itself: musl's wrapper is a stub, POSIX and Linux disagree.) */
     struct sched_param normal = {.sched_priority = 0};
-    fail_unless(syscall(SYS_sched_setscheduler, program, SCHED_OTHER, &normal) == 0 &&
+    require(STAGE, syscall(SYS_sched_setscheduler, program, SCHED_OTHER, &normal) == 0 &&
                     syscall(SYS_sched_setscheduler, 0, SCHED_OTHER, &normal) == 0,
                 "leaving SCHED_BATCH");
     /* The job's clock and CPU account start now: none of the stage's set-up (the filter

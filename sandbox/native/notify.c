@@ -25,30 +25,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 
+#include "kernel.h"
 #include "report.h"
 
-/* The kernel ABI, spelled out (see program.c). */
-#define SECCOMP_IOCTL_NOTIF_RECV 0xC0502100UL
-#define SECCOMP_IOCTL_NOTIF_SEND 0xC0182101UL
-#define SECCOMP_USER_NOTIF_FLAG_CONTINUE 1U
-struct seccomp_data {
-    int nr;
-    uint32_t arch;
-    uint64_t instruction_pointer;
-    uint64_t args[6];
-};
-struct seccomp_notif {
-    uint64_t id;
-    uint32_t pid;
-    uint32_t flags;
-    struct seccomp_data data;
-};
-struct seccomp_notif_resp {
-    uint64_t id;
-    int64_t val;
-    int32_t error;
-    uint32_t flags;
-};
 
 enum { MAX_TRACED = 4096 };
 static uint64_t traced[MAX_TRACED]; /* (arch << 32 | nr) already reported */

@@ -33,25 +33,9 @@
 #include <unistd.h>
 
 #include "channel.h"
+#include "kernel.h"
 #include "report.h"
 
-/* The kernel ABI used here, spelled out rather than taken from the kernel's headers:
- * the C library the stage is best built with (musl, see setup.py) ships none. */
-#define SECCOMP_SET_MODE_FILTER 1
-#define SECCOMP_FILTER_FLAG_NEW_LISTENER (1UL << 3)
-#define SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (1UL << 5)
-#define LINUX_CAPABILITY_VERSION_3 0x20080522
-struct sock_fprog {
-    unsigned short len;
-    const void *filter;
-};
-struct capability_header {
-    unsigned int version;
-    int pid;
-};
-struct capability_data {
-    unsigned int effective, permitted, inheritable;
-};
 
 enum { MAX_JOB = 1 << 20, MAX_FIELDS = 1 << 16 };
 static const char STAGE[] = "program stage: ";
@@ -59,12 +43,6 @@ static const char STAGE[] = "program stage: ";
 static char job_buffer[MAX_JOB + 1];
 static char *fields[MAX_FIELDS + 1];
 static char path_buffer[4096 + 256];
-
-static void fail_unless(int ok, const char *what) {
-    if (!ok) {
-        setup_failed(STAGE, what);
-    }
-}
 
 static _Noreturn void exec_failed(int err, const char *prefix, const char *subject, int status) {
     report_begin("exec_error");
@@ -80,7 +58,7 @@ static void install_filter(const struct program_setup *setup) {
     struct sock_fprog program = {.len = (unsigned short)(setup->filter_length / 8), .filter = setup->filter};
     long listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
                             SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV, &program);
-    fail_unless(listener >= 0, "installing the seccomp filter");
+    require(STAGE, listener >= 0, "installing the seccomp filter");
     int fd = (int)listener;
     channel_send(PROGRAM_CHANNEL_FD, "l", 1, &fd, 1, STAGE);
     close(fd);
@@ -88,15 +66,15 @@ static void install_filter(const struct program_setup *setup) {
 
 /* No capability survives, in any set, and exec can never grant one back. */
 static void drop_privileges(int cap_last) {
-    fail_unless(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) == 0, "clearing the ambient capabilities");
+    require(STAGE, prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) == 0, "clearing the ambient capabilities");
     for (int cap = 0; cap <= cap_last; cap++) {
-        fail_unless(prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0, "dropping the bounding set");
+        require(STAGE, prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0, "dropping the bounding set");
     }
-    fail_unless(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0, "setting no_new_privs");
+    require(STAGE, prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0, "setting no_new_privs");
     struct capability_header header = {.version = LINUX_CAPABILITY_VERSION_3, .pid = 0};
     struct capability_data data[2];
     memset(data, 0, sizeof data);
-    fail_unless(syscall(SYS_capset, &header, data) == 0, "clearing the capability sets");
+    require(STAGE, syscall(SYS_capset, &header, data) == 0, "clearing the capability sets");
 }
 
 /* Default dispositions and an empty mask: an ignored signal would stay ignored across
@@ -118,21 +96,21 @@ static void join_cgroups(const struct program_setup *setup) {
     for (int fd = setup->first_cgroup_fd; setup->join != JOIN_DONE && fd < setup->first_cgroup_fd + setup->cgroup_fds;
          fd++) {
         int procs = setup->join == JOIN_BY_DIRECTORY ? openat(fd, "cgroup.procs", O_WRONLY | O_CLOEXEC) : fd;
-        fail_unless(procs >= 0 && write(procs, "0", 1) == 1, "joining the job cgroup");
+        require(STAGE, procs >= 0 && write(procs, "0", 1) == 1, "joining the job cgroup");
         if (procs != fd) {
             close(procs);
         }
     }
-    fail_unless(unshare(CLONE_NEWCGROUP) == 0, "creating the cgroup namespace");
+    require(STAGE, unshare(CLONE_NEWCGROUP) == 0, "creating the cgroup namespace");
 }
 
 /* Report pipe and channel to the init, both closed by the exec; nothing else open. */
 static void keep_own_fds(int channel) {
     if (channel != PROGRAM_CHANNEL_FD) {
-        fail_unless(dup2(channel, PROGRAM_CHANNEL_FD) == PROGRAM_CHANNEL_FD, "moving its channel");
+        require(STAGE, dup2(channel, PROGRAM_CHANNEL_FD) == PROGRAM_CHANNEL_FD, "moving its channel");
     }
-    fail_unless(syscall(SYS_close_range, PROGRAM_CHANNEL_FD + 1, ~0U, 0) == 0, "closing inherited fds");
-    fail_unless(fcntl(REPORT_FD, F_SETFD, FD_CLOEXEC) == 0 && fcntl(PROGRAM_CHANNEL_FD, F_SETFD, FD_CLOEXEC) == 0,
+    require(STAGE, syscall(SYS_close_range, PROGRAM_CHANNEL_FD + 1, ~0U, 0) == 0, "closing inherited fds");
+    require(STAGE, fcntl(REPORT_FD, F_SETFD, FD_CLOEXEC) == 0 && fcntl(PROGRAM_CHANNEL_FD, F_SETFD, FD_CLOEXEC) == 0,
                 "closing inherited fds");
 }
 
@@ -174,11 +152,11 @@ static size_t split_fields(size_t length) {
     size_t count = 0;
     size_t start = 0;
     errno = EINVAL;
-    fail_unless(length > 0 && job_buffer[length - 1] == '\0', "a job message not made of NUL-terminated fields");
+    require(STAGE, length > 0 && job_buffer[length - 1] == '\0', "a job message not made of NUL-terminated fields");
     for (size_t i = 0; i < length; i++) {
         if (job_buffer[i] == '\0') {
             errno = E2BIG;
-            fail_unless(count < MAX_FIELDS, "a job message with too many fields");
+            require(STAGE, count < MAX_FIELDS, "a job message with too many fields");
             fields[count++] = job_buffer + start;
             start = i + 1;
         }
@@ -189,20 +167,20 @@ static size_t split_fields(size_t length) {
 
 static size_t number_field(size_t index, size_t count) {
     errno = EINVAL;
-    fail_unless(index < count, "a job message cut short");
+    require(STAGE, index < count, "a job message cut short");
     char *end = NULL;
     errno = 0;
     unsigned long long value = strtoull(fields[index], &end, 10);
     int malformed = errno != 0 || end == fields[index] || *end != '\0';
     errno = EINVAL;
-    fail_unless(!malformed, "a job message with a malformed number");
+    require(STAGE, !malformed, "a job message with a malformed number");
     return (size_t)value;
 }
 
 _Noreturn void program_stage(const struct program_setup *setup) {
     prctl(PR_SET_NAME, "sandbox-program", 0, 0, 0);
     join_cgroups(setup);
-    fail_unless(setsid() >= 0, "setsid");
+    require(STAGE, setsid() >= 0, "setsid");
     reset_signals();
     drop_privileges(setup->cap_last);
     keep_own_fds(setup->channel);
@@ -219,10 +197,10 @@ _Noreturn void program_stage(const struct program_setup *setup) {
         _exit(0); /* discarded unused */
     }
     errno = EINVAL;
-    fail_unless(received == 3, "a job without its three stdio fds");
+    require(STAGE, received == 3, "a job without its three stdio fds");
     size_t count = split_fields(job_length);
     for (int target = 0; target < 3; target++) {
-        fail_unless(dup2(stdio[target], target) == target, "stdio");
+        require(STAGE, dup2(stdio[target], target) == target, "stdio");
     }
     for (int target = 0; target < 3; target++) {
         if (stdio[target] > 2) {
@@ -235,15 +213,15 @@ _Noreturn void program_stage(const struct program_setup *setup) {
     size_t rlimit_count = number_field(index++, count);
     size_t rlimit_first = index;
     errno = EINVAL;
-    fail_unless(rlimit_count < count, "a job message with the wrong number of fields");
+    require(STAGE, rlimit_count < count, "a job message with the wrong number of fields");
     index += 3 * rlimit_count;
     size_t argument_count = number_field(index++, count);
-    fail_unless(argument_count > 0 && argument_count < count, "a job message with the wrong number of fields");
+    require(STAGE, argument_count > 0 && argument_count < count, "a job message with the wrong number of fields");
     char **arguments = fields + index;
     index += argument_count;
     size_t environment_count = number_field(index++, count);
     char **environment = fields + index;
-    fail_unless(index + environment_count == count, "a job message with the wrong number of fields");
+    require(STAGE, index + environment_count == count, "a job message with the wrong number of fields");
     fields[index - 1] = NULL; /* argv's terminator, in place of the envc field read above */
     const char *search_path = "";
     for (size_t i = 0; i < environment_count; i++) {
@@ -262,7 +240,7 @@ _Noreturn void program_stage(const struct program_setup *setup) {
     for (size_t i = 0; i < rlimit_count; i++) {
         struct rlimit limit = {.rlim_cur = number_field(rlimit_first + 3 * i + 1, count),
                                .rlim_max = number_field(rlimit_first + 3 * i + 2, count)};
-        fail_unless(setrlimit((int)number_field(rlimit_first + 3 * i, count), &limit) == 0, "setting an rlimit");
+        require(STAGE, setrlimit((int)number_field(rlimit_first + 3 * i, count), &limit) == 0, "setting an rlimit");
     }
     if (path == NULL) {
         exec_failed(ENOENT, arguments[0], "", 127);

@@ -104,3 +104,9 @@ _Noreturn void setup_failed(const char *stage, const char *what) {
     report_end();
     _exit(125);
 }
+
+void require(const char *stage, int ok, const char *what) {
+    if (!ok) {
+        setup_failed(stage, what);
+    }
+}

@@ -15,5 +15,7 @@ void report_end(void);
 
 /* A failure of the sandbox itself: setup_error with errno's text, exit 125. */
 _Noreturn void setup_failed(const char *stage, const char *what);
+/* setup_failed unless `ok`. */
+void require(const char *stage, int ok, const char *what);
 
 #endif

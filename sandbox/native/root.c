@@ -12,33 +12,12 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "files.h"
+#include "kernel.h"
 #include "report.h"
 
-/* The kernel ABI, spelled out (see program.c). */
-#define FSOPEN_CLOEXEC 0x01
-#define FSMOUNT_CLOEXEC 0x01
-#define FSCONFIG_SET_STRING 1
-#define FSCONFIG_CMD_CREATE 6
-#define MOUNT_ATTR_NOSUID 0x02
-#define MOUNT_ATTR_NODEV 0x04
-#define MOUNT_ATTR_NOEXEC 0x08
-#define MOVE_MOUNT_F_EMPTY_PATH 0x04
-#define MOVE_MOUNT_T_EMPTY_PATH 0x40
-#define OPEN_TREE_CLONE 1
-#define RESOLVE_NO_MAGICLINKS 0x02
-#define RESOLVE_NO_SYMLINKS 0x04
-#define RESOLVE_BENEATH 0x08
-struct open_how {
-    unsigned long long flags, mode, resolve;
-};
 
 static const char STAGE[] = "sandbox init: ";
-
-static void fail_unless(int ok, const char *what) {
-    if (!ok) {
-        setup_failed(STAGE, what);
-    }
-}
 
 /* `lo` up with the SIOCSIFFLAGS ioctl (as nsjail does) rather than a netlink request:
  * one system call on a throw-away socket. Nothing else exists in the namespace, so
@@ -48,24 +27,24 @@ static void loopback_up(void) {
     struct ifreq request;
     memset(&request, 0, sizeof request);
     strcpy(request.ifr_name, "lo");
-    fail_unless(control >= 0 && ioctl(control, SIOCGIFFLAGS, &request) == 0, "reading lo's flags");
+    require(STAGE, control >= 0 && ioctl(control, SIOCGIFFLAGS, &request) == 0, "reading lo's flags");
     request.ifr_flags |= IFF_UP;
-    fail_unless(ioctl(control, SIOCSIFFLAGS, &request) == 0, "bringing lo up");
+    require(STAGE, ioctl(control, SIOCSIFFLAGS, &request) == 0, "bringing lo up");
     close(control);
 }
 
 /* A detached mount of a fresh filesystem; its fd. */
 static int new_filesystem(const char *type, const char *size, unsigned int attributes) {
     int context = (int)syscall(SYS_fsopen, type, FSOPEN_CLOEXEC);
-    fail_unless(context >= 0, type);
+    require(STAGE, context >= 0, type);
     if (size) {
-        fail_unless(syscall(SYS_fsconfig, context, FSCONFIG_SET_STRING, "size", size, 0) == 0 &&
+        require(STAGE, syscall(SYS_fsconfig, context, FSCONFIG_SET_STRING, "size", size, 0) == 0 &&
                         syscall(SYS_fsconfig, context, FSCONFIG_SET_STRING, "mode", "0755", 0) == 0,
                     "configuring the scratch tmpfs");
     }
-    fail_unless(syscall(SYS_fsconfig, context, FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0, type);
+    require(STAGE, syscall(SYS_fsconfig, context, FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0, type);
     int mount = (int)syscall(SYS_fsmount, context, FSMOUNT_CLOEXEC, attributes);
-    fail_unless(mount >= 0, type);
+    require(STAGE, mount >= 0, type);
     close(context);
     return mount;
 }
@@ -74,11 +53,9 @@ static int new_filesystem(const char *type, const char *size, unsigned int attri
  * builder made; never through a symlink: an image's content is not trusted). Closes
  * `mount`. */
 static void attach(int mount, int root, const char *path) {
-    struct open_how how = {.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
-                           .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS};
-    int target = (int)syscall(SYS_openat2, root, path, &how, sizeof how);
-    fail_unless(target >= 0, path);
-    fail_unless(syscall(SYS_move_mount, mount, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) == 0,
+    int target = open_beneath(root, path, O_PATH | O_DIRECTORY);
+    require(STAGE, target >= 0, path);
+    require(STAGE, syscall(SYS_move_mount, mount, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) == 0,
                 path);
     close(target);
     close(mount);
@@ -98,11 +75,11 @@ static void mount_scratch(int root, const char *disk_bytes) {
     attach(scratch, root, "tmp");
     for (size_t i = 0; i < sizeof binds / sizeof binds[0]; i++) {
         /* A tmpfs made a moment ago by this process: nothing in it can be a symlink. */
-        fail_unless(mkdirat(scratch_root, binds[i].directory, binds[i].mode) == 0 &&
+        require(STAGE, mkdirat(scratch_root, binds[i].directory, binds[i].mode) == 0 &&
                         fchmodat(scratch_root, binds[i].directory, binds[i].mode, 0) == 0,
                     "making the scratch directories");
         int tree = (int)syscall(SYS_open_tree, scratch_root, binds[i].directory, OPEN_TREE_CLONE | O_CLOEXEC);
-        fail_unless(tree >= 0, binds[i].destination);
+        require(STAGE, tree >= 0, binds[i].destination);
         attach(tree, root, binds[i].destination);
     }
     close(scratch_root);
@@ -110,16 +87,16 @@ static void mount_scratch(int root, const char *disk_bytes) {
 
 /* Make the directory `root` the root and drop the tree it came from. */
 static void pivot_into(int root) {
-    fail_unless(fchdir(root) == 0 && syscall(SYS_pivot_root, ".", ".") == 0 && umount2(".", MNT_DETACH) == 0 &&
+    require(STAGE, fchdir(root) == 0 && syscall(SYS_pivot_root, ".", ".") == 0 && umount2(".", MNT_DETACH) == 0 &&
                     chdir("/") == 0,
                 "pivoting into the image root");
 }
 
 void set_up_job_root(const char *hostname, const char *disk_bytes, const char *root_path) {
-    fail_unless(sethostname(hostname, strlen(hostname)) == 0 && setdomainname("(none)", 6) == 0, "host name");
+    require(STAGE, sethostname(hostname, strlen(hostname)) == 0 && setdomainname("(none)", 6) == 0, "host name");
     loopback_up();
     int root = open(root_path, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    fail_unless(root >= 0, "opening the root");
+    require(STAGE, root >= 0, "opening the root");
     attach(new_filesystem("proc", NULL, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC), root, "proc");
     mount_scratch(root, disk_bytes);
     if (strcmp(root_path, "/") != 0) {
