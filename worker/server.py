@@ -41,6 +41,7 @@ from worker.protocol import (
 
 CAPABILITIES = ["submit", "cancel", "status", "stats", "idempotent-ids", "output-stream"]
 OUT_QUEUE = 1024
+ROOM_PER_REQUEST = 8  # a request's replies: accepted, a final event, an error
 
 
 @dataclass
@@ -75,11 +76,13 @@ class Connection:
         self._drained = trio.Event()
 
     async def room(self) -> None:
-        """Wait while half the outbox is in use. The reader calls it before each
-        request: a client that sends faster than it reads is slowed down (its requests
-        wait in its socket), not cut off; one that does not read at all is cut off by
-        the writer's timeout."""
-        while self.outbox_send.statistics().current_buffer_used >= OUT_QUEUE // 2:
+        """Wait while the outbox has no room for the replies of one more request (a
+        few). The reader calls it before each request: a client that sends faster than
+        it reads is slowed down (its requests wait in its socket), not cut off; one
+        that does not read at all is cut off by the writer's timeout. Only a nearly
+        full outbox stops the reading: a client may send a burst of requests before it
+        reads any reply, as long as their replies fit."""
+        while self.outbox_send.statistics().current_buffer_used >= OUT_QUEUE - ROOM_PER_REQUEST:
             self._drained = trio.Event()
             await self._drained.wait()
 
