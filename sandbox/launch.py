@@ -46,6 +46,7 @@ and the idle warm sandboxes of its slot.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import socket
@@ -58,6 +59,14 @@ from sandbox.seccomp import EXEC_NUMBERS, NATIVE_ARCH
 
 if TYPE_CHECKING:
     from sandbox.zygote import Zygote
+
+
+@functools.lru_cache(maxsize=32)
+def _encoded(seccomp_bpf: bytes) -> str:
+    """A profile's compiled filter as text for the zygote's JSON, encoded once per
+    profile rather than once per sandbox (the bytes object, and so its hash, is the
+    profile cache's)."""
+    return base64.b64encode(seccomp_bpf).decode()
 
 
 @dataclass
@@ -88,7 +97,7 @@ class Template:
         return {
             "cpu_counter": None if self.cpu_counter is None else self.cpu_counter[1],
             "cgroup_join": self.cgroup_join,
-            "seccomp_bpf": base64.b64encode(self.seccomp_bpf).decode(),
+            "seccomp_bpf": _encoded(self.seccomp_bpf),
             "disk_bytes": self.disk_bytes,
             "cap_last": self.cap_last,
             "image": None if self.image is None else {"layers": self.image.layers, "workdir": self.image.workdir},

@@ -115,10 +115,7 @@ def start_sandbox(template: Spec, bases: MountBases, report_fd: int, channel_fd:
 def _spawn_init(template: Spec, template_fd: int, report_fd: int, channel_fd: int, init_fd: int) -> int:
     """B's pid, once the C init spawned for it has cloned it and exited."""
     pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
-    # Out of the way of the numbers they move to, so that no dup2 overwrites a source
-    # still to come.
-    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
-             for fd in _init_fds(template, report_fd, channel_fd, template_fd)]
+    moved = _out_of_the_way(_init_fds(template, report_fd, channel_fd, template_fd))
     try:
         spawner = os.posix_spawn(
             f"/proc/self/fd/{init_fd}", _init_argv(template, "spawn", "/"), {},
@@ -144,10 +141,17 @@ def _spawn_init(template: Spec, template_fd: int, report_fd: int, channel_fd: in
 def _init_fds(template: Spec, report_fd: int, channel_fd: int, mount_namespace_fd: int) -> list[int]:
     """The fds the C init starts with, from fd 3 on (``native/init.c``): the report pipe,
     the job channel, the CPU counter, the seccomp program, the template's mount
-    namespace, the cgroup.procs files - /dev/null in the place of one it does not use."""
+    namespace, the fds it joins the job cgroup with - /dev/null in the place of one it
+    does not use. It closes every other fd itself."""
     counter = template.cpu_counter_fd if template.cpu_counter_fd >= 0 else template.null_fd
     mount_namespace = mount_namespace_fd if mount_namespace_fd >= 0 else template.null_fd
     return [report_fd, channel_fd, counter, template.seccomp_fd, mount_namespace, *template.cgroup_fds]
+
+
+def _out_of_the_way(fds: list[int]) -> list[int]:
+    """Close-on-exec copies of ``fds`` above the numbers they move to (3, 4, ...), so that
+    no dup2 into place overwrites a source still to come (the caller closes them)."""
+    return [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in fds]
 
 
 def _init_argv(template: Spec, mode: str, root: str) -> list[str]:
@@ -170,13 +174,8 @@ def _stage_init(template: Spec, report_fd: int, channel_fd: int, init_fd: int, k
 def _exec_init(template: Spec, report_fd: int, channel_fd: int, init_fd: int, root: str) -> None:
     """Become the C init (``native/init.c``, which says why it is C), its fds moved to
     the numbers it expects."""
-    # Out of the way of the numbers they move to, so that no dup2 overwrites a source
-    # still to come, nor the binary before its exec.
-    executable, *moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in (
-        init_fd, *_init_fds(template, report_fd, channel_fd, -1))]
-    for target, fd in enumerate(moved, start=INIT_FIRST_FD):
+    for target, fd in enumerate(_out_of_the_way(_init_fds(template, report_fd, channel_fd, -1)), start=INIT_FIRST_FD):
         os.dup2(fd, target)
-    sc.close_range(INIT_FIRST_FD + len(moved), executable - 1)
-    sc.close_range(executable + 1)
-    # fexecve (execveat on the fd): the root need not show the file.
-    os.execve(executable, _init_argv(template, "exec", root), {})
+    # fexecve (execveat on the fd; init_fd is above every target): the root need not
+    # show the file.
+    os.execve(init_fd, _init_argv(template, "exec", root), {})

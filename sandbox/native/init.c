@@ -70,7 +70,6 @@
 #include "report.h"
 #include "root.h"
 
-
 enum { JOB_CHANNEL_FD = 4, CPU_COUNTER_FD = 5, FILTER_FD = 6, MOUNT_NAMESPACE_FD = 7, FIRST_CGROUP_FD = 8 };
 enum { MAX_FILTER = 4096 * 8, MAX_JOB = 1 << 20 };
 static const char STAGE[] = "sandbox init: ";
