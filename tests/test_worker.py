@@ -18,10 +18,11 @@ import msgpack
 import pytest
 import trio
 
-from sandbox.models import Job, Limits, Status
+from sandbox.models import Job, Limits, Result, Status
 from test_cleanup import sleeping, wait_until
 from worker.client import AsyncClient, Client, WorkerError
 from worker.protocol import job_to_wire
+from worker.slots import Slot
 from workerutil import SANDBOX_CLI
 
 
@@ -481,6 +482,46 @@ def test_flood_of_submits_and_cancels(start_worker, connect):
     assert "finished" in outcomes.values()
     with Client(worker.socket_path) as client:
         assert client.run(Job(cmd=["echo", "ok"])).stdout == b"ok\n"
+
+
+def test_a_cancel_racing_the_hand_over_of_its_job():
+    """A cancel arriving while a slot hands its job to the launcher: the two sends share
+    one stream (trio refuses two senders at once), and a job cancelled before it was
+    handed over never runs. Each round cancels a different number of scheduler turns
+    after the slot took the job, so both sides of the hand-over are hit."""
+
+    async def main() -> list[Result | None]:
+        slot = Slot(0, [])
+        outcomes: list[Result | None] = []
+        async with trio.open_nursery() as nursery:
+            await nursery.start(slot.keep_alive)
+
+            async def nothing() -> None:
+                pass
+
+            for round_number in range(24):
+                job_id, turns = f"j{round_number}", round_number % 8
+
+                async def run(job_id: str = job_id) -> None:
+                    outcomes.append(await slot.run(job_id, Job(cmd=["sleep", "30"]), nothing))
+
+                async with trio.open_nursery() as job:
+                    job.start_soon(run)
+                    while slot.running_id != job_id:
+                        await trio.lowlevel.checkpoint()
+                    for _ in range(turns):
+                        await trio.lowlevel.checkpoint()
+                    await slot.cancel(job_id)
+            outcomes.append(await slot.run("after", Job(cmd=["echo", "ok"]), nothing))
+            nursery.cancel_scope.cancel()
+        return outcomes
+
+    *cancelled, after = trio.run(main)
+    # Every round ended early: never handed over (None), not started by the launcher, or
+    # killed by the cancel. A lost cancel would leave the 30 s sleep running.
+    assert all(result is None or str(result.error).startswith("cancelled before it") for result in cancelled), cancelled
+    assert None in cancelled and any(result is not None for result in cancelled), cancelled
+    assert after is not None and after.stdout == b"ok\n"
 
 
 def test_a_job_cannot_reach_the_worker(start_worker, tmp_path):

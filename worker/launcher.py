@@ -80,10 +80,17 @@ def serve(channel: socket.socket, warm: list[WarmSpec]) -> None:
             data = channel.recv(1 << 20)
             if not data:
                 return  # the worker closed the channel: it is gone or wants us gone
-            for message in decoder.feed(data):
-                if message.get("type") == "run":
-                    _run(runner, channel, outbox, message)
-                # A "cancel" here is for a job that already finished: nothing to do.
+            messages = decoder.feed(data)
+            for index, message in enumerate(messages):
+                if message.get("type") != "run":
+                    continue  # a "cancel" here is for a job that is over (or never ran)
+                # Its cancel may have come in the same read: the channel will not turn
+                # readable for it, so it is looked for here.
+                cancelled = any(
+                    later.get("type") == "cancel" and later.get("id") == message["id"]
+                    for later in messages[index + 1:]
+                )
+                _run(runner, channel, outbox, message, cancelled)
     finally:
         runner.close()
 
@@ -92,8 +99,12 @@ def _readable(channel: socket.socket) -> bool:
     return bool(select.select([channel], [], [], 0)[0])
 
 
-def _run(runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[str, Any]) -> None:
+def _run(runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[str, Any], cancelled: bool) -> None:
     job_id = message["id"]
+    if cancelled:
+        result = Result(Status.INTERNAL_ERROR, error="cancelled before it started")
+        outbox.send({"type": "result", "id": job_id, "result": result_to_wire(result)})
+        return
 
     def stream_output(stream: str, offset: int, data: bytes) -> None:
         outbox.offer({"type": "output", "id": job_id, "stream": stream, "offset": offset, "data": data})

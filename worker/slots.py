@@ -39,6 +39,11 @@ class Slot:
         self._stream: trio.SocketStream | None = None
         self._decoder = FrameDecoder(LAUNCHER_MAX_FRAME)
         self._pending: list[dict[str, Any]] = []
+        # A job's "run" and a client's "cancel" come from different tasks; trio lets only
+        # one task at a time send on a stream (a second one gets BusyResourceError).
+        self._sending = trio.StrictFIFOLock()
+        self._cancel_requested = False  # for the running job
+        self._handed_over = False  # the running job's "run" went to the launcher
 
     async def keep_alive(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the launcher, and start a new one whenever it exits (a dead one's running
@@ -94,12 +99,13 @@ class Slot:
     async def run(
         self, job_id: str, job: Job, on_started: Callable[[], Awaitable[None]],
         on_output: Callable[[dict[str, Any]], None] | None = None,
-    ) -> Result:
+    ) -> Result | None:
         """Run a job; never raises for the job's sake. A launcher that dies before the job
         started (before its sandbox reported "started") is replaced and the job sent once
         more; one that dies after makes the job an internal_error. With ``on_output`` the
-        launcher streams the job's output, each piece an "output" message to it."""
-        self.running_id = job_id
+        launcher streams the job's output, each piece an "output" message to it. None: the
+        job was cancelled before it was handed to a launcher (it never ran)."""
+        self.running_id, self._cancel_requested, self._handed_over = job_id, False, False
         started = False
 
         async def relay_started() -> None:
@@ -112,10 +118,14 @@ class Slot:
                 await self.ready.wait()
                 dead = self._dead
                 try:
-                    if self._stream is None:
-                        raise LauncherDied("launcher stopped")
-                    run = {"type": "run", "id": job_id, "job": job_to_wire(job), "stream": on_output is not None}
-                    await self._stream.send_all(encode(run))
+                    async with self._sending:
+                        if self._cancel_requested:
+                            return None
+                        if self._stream is None:
+                            raise LauncherDied("launcher stopped")
+                        self._handed_over = True
+                        run = {"type": "run", "id": job_id, "job": job_to_wire(job), "stream": on_output is not None}
+                        await self._stream.send_all(encode(run))
                     return await self._until_result(job_id, relay_started, on_output)
                 except (LauncherDied, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     if started:
@@ -126,7 +136,16 @@ class Slot:
             self.running_id = None
 
     async def cancel(self, job_id: str) -> None:
-        if self._stream is not None and self.running_id == job_id:
+        """Cancel the running job: before it was handed over, ``run`` just does not hand
+        it over; after, the launcher is told (it kills the sandbox)."""
+        if self.running_id != job_id:
+            return
+        self._cancel_requested = True
+        if not self._handed_over:
+            return
+        async with self._sending:
+            if self._stream is None:
+                return  # the launcher died; ``run`` reports the job as failed
             try:
                 await self._stream.send_all(encode({"type": "cancel", "id": job_id}))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
