@@ -8,6 +8,7 @@ for faults of the sandbox, with the message).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import resource
@@ -56,6 +57,7 @@ class Runner:
         specs = WarmSpec.merged([WarmSpec(warm, profile), *warm_for])
         self.sandboxes = SandboxSupply(self.profiles, self.backend, cap_last, specs, WARM_DISK_BYTES)
         self.sandboxes.start()
+        self._no_stdin = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # every job without stdin
 
     def run(
         self, job: Job, *, cancel_fd: int | None = None, on_started: Callable[[], None] | None = None,
@@ -85,6 +87,7 @@ class Runner:
     def close(self) -> None:
         """Discard the warm sandboxes, finish pending cleanup, stop the zygote."""
         self.sandboxes.close()
+        os.close(self._no_stdin)
 
     def _run(
         self, job: Job, cancel_fd: int | None, on_started: Callable[[], None] | None,
@@ -123,7 +126,7 @@ class Runner:
                 env=env,
                 cwd=cwd,
                 disk_bytes=limits.disk_bytes,
-                stdin_fd=_open_blob(job.stdin, fds),
+                stdin_fd=self._no_stdin if job.stdin is None else _open_blob(job.stdin, fds),
                 stdout_fd=stdout_w,
                 stderr_fd=stderr_w,
                 input_files=[(f.dest, _open_blob(f.content, fds), f.mode) for f in job.files],
@@ -208,7 +211,7 @@ def _rlimits(limits: Limits, have_cgroup: bool, warnings: list[str]) -> list[tup
         wanted.append((resource.RLIMIT_NPROC, limits.pids + 1))
     result = []
     for limit, value in wanted:
-        _, hard = resource.getrlimit(limit)
+        hard = _hard_limit(limit)
         if hard != resource.RLIM_INFINITY and value > hard:
             warnings.append(f"rlimit {limit} capped at the host's hard limit {hard} (asked {value})")
             value = hard
@@ -217,6 +220,13 @@ def _rlimits(limits: Limits, have_cgroup: bool, warnings: list[str]) -> list[tup
             soft_hard = min(soft_hard, hard)
         result.append((limit, value, soft_hard))
     return result
+
+
+@functools.cache
+def _hard_limit(limit: int) -> int:
+    """This process's hard limit: it never changes them, and a job is not the place
+    for a system call per limit."""
+    return resource.getrlimit(limit)[1]
 
 
 def _usage(outcome: Outcome, cgroup: JobCgroup | None) -> Usage:
@@ -246,12 +256,9 @@ def _pipe(fds: list[int]) -> tuple[int, int]:
     return read_end, write_end
 
 
-def _open_blob(blob: Blob | None, fds: list[int]) -> int:
-    """An fd to read the blob from: the host file, a memfd holding the data, or
-    /dev/null for no stdin."""
-    if blob is None:
-        fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-    elif blob.path is not None:
+def _open_blob(blob: Blob, fds: list[int]) -> int:
+    """An fd to read the blob from: the host file, or a memfd holding the data."""
+    if blob.path is not None:
         try:
             fd = os.open(blob.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:

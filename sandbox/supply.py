@@ -99,7 +99,11 @@ class SandboxSupply:
         cannot start, it is tried again for each sandbox, and the jobs report why)."""
         self._pools = {spec: deque() for spec in self.warm}
         if self.backend is not None:
-            self._cgroups = CgroupStock(self.backend, KEEP_MADE if self.warm else 0)
+            first_kind = self.profiles.get(self.warm[0].profile) if self.warm else None
+            self._cgroups = CgroupStock(
+                self.backend, KEEP_MADE if self.warm else 0,
+                Limits().over(first_kind.limits) if first_kind is not None else None,
+            )
         try:
             self._zygote_for_next()
         except SandboxError:
@@ -242,7 +246,8 @@ class SandboxSupply:
         cgroup = self._cgroups.take() if self._cgroups is not None else None
         try:
             if cgroup is not None:
-                cgroup.apply_limits(Limits().over(compiled.limits))  # what most jobs ask for: written now, not on their path
+                # What most jobs ask for: written now (or by the stock), not on their path.
+                cgroup.apply_limits(Limits().over(compiled.limits))
             template = launch.Template(
                 seccomp_bpf=self.profiles.trace_bpf if trace else compiled.bpf,
                 exec_once=compiled.exec_once,

@@ -45,15 +45,51 @@ class JobCgroup(abc.ABC):
     # and its stall (v2 only).
     JOIN = "procs"
 
-    def __init__(self, directories: list[str], attach_paths: list[str], cpu_counter: tuple[str, str]) -> None:
-        """``cpu_counter``: (directory, file) of the CPU counter, a ``cpucounter`` kind."""
+    def __init__(
+        self, directories: list[str], attach_paths: list[str], cpu_counter: tuple[str, str],
+        counters: dict[str, str], writable_counters: frozenset[str] = frozenset(),
+    ) -> None:
+        """``cpu_counter``: (directory, file) of the CPU counter, a ``cpucounter`` kind.
+        ``counters``: name -> path of the files ``usage`` reads, opened here (a missing
+        one is a feature this kernel lacks: ``_counter`` gives None), so a job reads each
+        with one pread instead of an open, reads and a close on its critical path. This
+        runs where the cgroup is made: ahead of its job (``CgroupStock``)."""
         self.directories = directories
         flags = os.O_PATH | os.O_DIRECTORY if self.JOIN == "directory" else os.O_WRONLY
         self.attach_fds = [os.open(path, flags | os.O_CLOEXEC) for path in attach_paths]
         directory, self.cpu_counter_kind = cpu_counter
         self.cpu_counter_fd = os.open(os.path.join(directory, self.cpu_counter_kind), os.O_RDONLY | os.O_CLOEXEC)
+        self._counters: dict[str, int] = {}
+        try:
+            for name, path in counters.items():
+                mode = os.O_RDWR if name in writable_counters else os.O_RDONLY
+                try:
+                    self._counters[name] = os.open(path, mode | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    pass
+        except BaseException:
+            self._close_fds()
+            raise
         self._baseline = CgroupUsage(0, 0, 0, None, 0, None)
         self._applied: tuple[int, int, float | None] | None = None
+
+    def _counter(self, name: str) -> bytes | None:
+        """The text of an open counter file now; None if this kernel has no such file."""
+        fd = self._counters.get(name)
+        return None if fd is None else os.pread(fd, 1 << 16, 0)
+
+    def _counter_int(self, name: str) -> int | None:
+        text = self._counter(name)
+        return None if text is None else int(text.split()[0])
+
+    def _counter_keyed(self, name: str) -> dict[str, int]:
+        """Parse "key value" lines (memory.events, oom_control)."""
+        return parse_keyed((self._counter(name) or b"").decode())
+
+    def _rewrite_counter(self, name: str, value: str) -> None:
+        fd = self._counters.get(name)
+        if fd is not None:
+            os.pwrite(fd, value.encode(), 0)
 
     def apply_limits(self, limits: Limits) -> None:
         """Write the job's limits - unless they are the ones already written: a warm
@@ -108,7 +144,9 @@ class JobCgroup(abc.ABC):
 
     def pids(self) -> list[int]:
         """Processes still in the job (read from the first hierarchy)."""
-        return cgroup_pids(self.directories[0]) if self.directories else []
+        if "procs" in self._counters:
+            return [int(pid) for pid in (self._counter("procs") or b"").split()]
+        return cgroup_pids(self.directories[0]) if self.directories else []  # after destroy closed it
 
     def kill_all(self) -> None:
         """SIGKILL every process until the cgroup is empty.
@@ -127,12 +165,18 @@ class JobCgroup(abc.ABC):
             os.close(fd)
         self.attach_fds = []
 
-    def destroy(self) -> None:
-        """Kill what is left, remove the directories, close the fds. Idempotent."""
+    def _close_fds(self) -> None:
         self.close_attach_fds()
         if self.cpu_counter_fd >= 0:
             os.close(self.cpu_counter_fd)
             self.cpu_counter_fd = -1
+        for fd in self._counters.values():
+            os.close(fd)
+        self._counters = {}
+
+    def destroy(self) -> None:
+        """Kill what is left, remove the directories, close the fds. Idempotent."""
+        self._close_fds()
         remaining = []
         for directory in self.directories:
             if not remove_cgroup_dir(directory, self.kill_all):
@@ -261,9 +305,13 @@ def read_int(path: str) -> int:
 
 
 def read_keyed(path: str) -> dict[str, int]:
+    return parse_keyed(read_text(path))
+
+
+def parse_keyed(text: str) -> dict[str, int]:
     """Parse "key value" lines (memory.events, cpu.stat, oom_control)."""
     result = {}
-    for line in read_text(path).splitlines():
+    for line in text.splitlines():
         key, _, value = line.partition(" ")
         if value.strip().lstrip("-").isdigit():
             result[key] = int(value)

@@ -15,6 +15,7 @@ from collections import deque
 
 from sandbox.cgroups.base import CgroupBackend, JobCgroup
 from sandbox.errors import SandboxError
+from sandbox.models import Limits
 
 # Cgroups kept made ahead for a warm pool: a launcher orders one sandbox at a time.
 KEEP_MADE = 2
@@ -25,9 +26,12 @@ class CgroupStock:
     ``keep`` cgroups are made ahead; with 0 (a runner without a warm pool, whose jobs
     each wait for their sandbox anyway) ``take`` makes each one."""
 
-    def __init__(self, backend: CgroupBackend, keep: int) -> None:
+    def __init__(self, backend: CgroupBackend, keep: int, limits: Limits | None = None) -> None:
+        """``limits``: written into each cgroup made ahead, here rather than on the
+        launcher's thread (``apply_limits`` then finds them there and writes nothing)."""
         self.backend = backend
         self._keep = keep
+        self._limits = limits
         self._made: deque[JobCgroup] = deque()
         self._doomed: deque[JobCgroup] = deque()
         self._busy = False  # the thread is making or removing one right now
@@ -92,7 +96,14 @@ class CgroupStock:
                 if doomed is not None:
                     doomed.destroy()
                 else:
-                    made = self.backend.create_job()
+                    fresh = self.backend.create_job()
+                    try:
+                        if self._limits is not None:
+                            fresh.apply_limits(self._limits)
+                    except BaseException:
+                        fresh.destroy()
+                        raise
+                    made = fresh
             except (SandboxError, OSError) as exc:
                 with self._changed:
                     if doomed is not None:

@@ -15,7 +15,6 @@ from sandbox.cgroups.base import (
     JobCgroup,
     read_int,
     current_user,
-    read_keyed,
     remove_partial,
     write_file,
 )
@@ -46,7 +45,19 @@ def v1_mounts() -> dict[str, str]:
 class V1JobCgroup(JobCgroup):
     def __init__(self, dirs: dict[str, str]) -> None:
         unique_dirs = list(dict.fromkeys(dirs.values()))
-        super().__init__(unique_dirs, [os.path.join(d, "cgroup.procs") for d in unique_dirs], (dirs["cpuacct"], V1))
+        cpuacct, memory, pids = (dirs[c] for c in ("cpuacct", "memory", "pids"))
+        counters = {
+            "user": os.path.join(cpuacct, "cpuacct.usage_user"),
+            "sys": os.path.join(cpuacct, "cpuacct.usage_sys"),
+            "peak": os.path.join(memory, "memory.max_usage_in_bytes"),  # "0" resets it
+            "oom": os.path.join(memory, "memory.oom_control"),
+            "pids_peak": os.path.join(pids, "pids.peak"),  # 6.1+ backports
+            "procs": os.path.join(unique_dirs[0], "cgroup.procs"),
+        }
+        super().__init__(
+            unique_dirs, [os.path.join(d, "cgroup.procs") for d in unique_dirs], (cpuacct, V1),
+            counters, writable_counters=frozenset({"peak"}),
+        )
         self.by_controller = dirs
 
     def _write_limits(self, limits: Limits) -> None:
@@ -66,18 +77,16 @@ class V1JobCgroup(JobCgroup):
         write_file(os.path.join(cpu, "cpu.cfs_quota_us"), str(quota))
 
     def _reset_peak(self) -> None:
-        write_file(os.path.join(self.by_controller["memory"], "memory.max_usage_in_bytes"), "0")
+        self._rewrite_counter("peak", "0")
 
     def _raw_usage(self) -> CgroupUsage:
-        cpuacct, memory, pids = (self.by_controller[c] for c in ("cpuacct", "memory", "pids"))
-        pids_peak_file = os.path.join(pids, "pids.peak")
         return CgroupUsage(
             cpu_ns=self._raw_cpu_ns(),
-            cpu_user_ns=read_int(os.path.join(cpuacct, "cpuacct.usage_user")),
-            cpu_sys_ns=read_int(os.path.join(cpuacct, "cpuacct.usage_sys")),
-            memory_peak_bytes=read_int(os.path.join(memory, "memory.max_usage_in_bytes")),
-            oom_kills=read_keyed(os.path.join(memory, "memory.oom_control")).get("oom_kill", 0),
-            pids_peak=read_int(pids_peak_file) if os.path.exists(pids_peak_file) else None,
+            cpu_user_ns=self._counter_int("user") or 0,
+            cpu_sys_ns=self._counter_int("sys") or 0,
+            memory_peak_bytes=self._counter_int("peak"),
+            oom_kills=self._counter_keyed("oom").get("oom_kill", 0),
+            pids_peak=self._counter_int("pids_peak"),
         )
 
 

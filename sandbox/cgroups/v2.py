@@ -18,7 +18,6 @@ from sandbox.cgroups.base import (
     JobCgroup,
     cgroup_pids,
     current_user,
-    read_int,
     read_keyed,
     remove_partial,
     write_file,
@@ -77,7 +76,13 @@ class V2JobCgroup(JobCgroup):
     JOIN = "directory"
 
     def __init__(self, directory: str) -> None:
-        super().__init__([directory], [directory], (directory, V2))
+        counters = {
+            "peak": os.path.join(directory, "memory.peak"),  # 5.19+
+            "events": os.path.join(directory, "memory.events"),
+            "pids_peak": os.path.join(directory, "pids.peak"),  # 6.1+
+            "procs": os.path.join(directory, "cgroup.procs"),
+        }
+        super().__init__([directory], [directory], (directory, V2), counters)
         self.directory = directory
 
     def _cpu_stat(self) -> dict[str, int]:
@@ -92,15 +97,13 @@ class V2JobCgroup(JobCgroup):
 
     def _raw_usage(self) -> CgroupUsage:
         stat = self._cpu_stat()
-        peak_file = os.path.join(self.directory, "memory.peak")
-        pids_peak_file = os.path.join(self.directory, "pids.peak")
         return CgroupUsage(
             cpu_ns=stat["usage_usec"] * 1000,
             cpu_user_ns=stat["user_usec"] * 1000,
             cpu_sys_ns=stat["system_usec"] * 1000,
-            memory_peak_bytes=read_int(peak_file) if os.path.exists(peak_file) else None,
-            oom_kills=read_keyed(os.path.join(self.directory, "memory.events")).get("oom_kill", 0),
-            pids_peak=read_int(pids_peak_file) if os.path.exists(pids_peak_file) else None,
+            memory_peak_bytes=self._counter_int("peak"),
+            oom_kills=self._counter_keyed("events").get("oom_kill", 0),
+            pids_peak=self._counter_int("pids_peak"),
         )
 
     def kill_all(self) -> None:
