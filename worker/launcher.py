@@ -100,11 +100,14 @@ def _readable(channel: socket.socket) -> bool:
 
 
 def _run(runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[str, Any], cancelled: bool) -> None:
+    result = _result(runner, channel, outbox, message, cancelled)
+    outbox.send({"type": "result", "id": message["id"], "result": result_to_wire(result)})
+
+
+def _result(runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[str, Any], cancelled: bool) -> Result:
     job_id = message["id"]
     if cancelled:
-        result = Result(Status.INTERNAL_ERROR, error="cancelled before it started")
-        outbox.send({"type": "result", "id": job_id, "result": result_to_wire(result)})
-        return
+        return Result(Status.INTERNAL_ERROR, error="cancelled before it started")
 
     def stream_output(stream: str, offset: int, data: bytes) -> None:
         outbox.offer({"type": "output", "id": job_id, "stream": stream, "offset": offset, "data": data})
@@ -112,15 +115,13 @@ def _run(runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[s
     try:
         job = job_from_wire(message["job"])
     except ProtocolError as exc:
-        result = Result(Status.INTERNAL_ERROR, error=f"launcher rejected the job: {exc.message}")
-    else:
-        result = runner.run(
-            job,
-            cancel_fd=channel.fileno(),
-            on_started=lambda: outbox.send({"type": "started", "id": job_id}),
-            on_output=stream_output if message.get("stream") else None,
-        )
-    outbox.send({"type": "result", "id": job_id, "result": result_to_wire(result)})
+        return Result(Status.INTERNAL_ERROR, error=f"launcher rejected the job: {exc.message}")
+    return runner.run(
+        job,
+        cancel_fd=channel.fileno(),
+        on_started=lambda: outbox.send({"type": "started", "id": job_id}),
+        on_output=stream_output if message.get("stream") else None,
+    )
 
 
 def main(argv: list[str]) -> int:
