@@ -4,8 +4,11 @@ measures it. Skipped on v1 hosts, where the v1 backend cannot offer them."""
 
 from __future__ import annotations
 
+import json
 import os
 import select
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,3 +170,37 @@ def test_group_oom_kills_the_whole_job(run, programs):
     assert result.status is Status.MEMORY_LIMIT, result
     assert result.usage.oom_killed
     assert result.usage.wall_ms < 60_000
+
+
+WITHOUT_CLONE3 = """
+import errno, json, pyseccomp
+no_clone3 = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+no_clone3.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")
+no_clone3.load()
+from sandbox.models import Job, Limits
+from sandbox.runner import Runner
+runner = Runner()
+try:
+    quiet = runner.run(Job(cmd=["true"]))
+    hungry = runner.run(Job(cmd=["python3", "-c", "b = bytearray(256 << 20)"], limits=Limits(memory="64M")))
+finally:
+    runner.close()
+print(json.dumps({"quiet": [quiet.status.value, quiet.usage.pids_peak, quiet.usage.memory_peak_bytes],
+                  "hungry": hungry.status.value}))
+"""
+
+
+def test_without_clone3_the_program_stage_joins_through_cgroup_procs():
+    """Before 5.7 there is no clone3, so no CLONE_INTO_CGROUP: the sandbox init forks the
+    program stage, which writes itself into the job cgroup's cgroup.procs. A filter that
+    answers clone3 with ENOSYS, for a process and everything it starts, makes this kernel
+    look like one of those; the job must still be counted and limited by its cgroup."""
+    completed = subprocess.run(
+        [sys.executable, "-c", WITHOUT_CLONE3], capture_output=True, text=True, timeout=120, check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout)
+    status, pids_peak, memory_peak = report["quiet"]
+    assert status == "ok" and pids_peak == 1 and memory_peak > 0, report
+    assert report["hungry"] == "memory_limit", report
