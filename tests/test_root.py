@@ -3,6 +3,7 @@ suite (which runs as the unprivileged test user)."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import subprocess
@@ -10,6 +11,7 @@ import subprocess
 import pytest
 
 from workerutil import SANDBOX_CLI
+from sandbox.cgroups.setup import setup_v2_subtree
 from sandbox.cgroups.systemd import systemd_running
 from sandbox.cgroups.v1 import CONTROLLERS, v1_mounts
 from sandbox.cgroups.v2 import v2_mount
@@ -50,3 +52,39 @@ def test_setup_cgroups_rejects_unknown_user():
     done = subprocess.run([*SANDBOX_CLI, "setup-cgroups", "--user", "no-such-user-xyz"], capture_output=True)
     assert done.returncode == 125
     assert b"no such user" in done.stderr
+
+
+def test_a_raw_cgroup_v2_subtree_serves_jobs_without_systemd():
+    """cgroup v2 without systemd (a host or container with no systemd as the tree's
+    writer): setup-cgroups makes /sys/fs/cgroup/sandbox/USER, enables the controllers
+    down to it and hands it to the user, whose runner must start inside it. The guest of
+    tests/vm/run has systemd, where setup-cgroups delegates a scope instead, so this
+    drives the no-systemd path directly."""
+    mount_point = v2_mount()
+    if mount_point is None:
+        pytest.skip("needs cgroup v2 (tests/vm/run)")
+    user = os.environ.get("SANDBOX_TEST_USER", "sandbox-test")
+    account = pwd.getpwnam(user)
+    base = os.path.join(mount_point, "sandbox")
+    created_base = not os.path.exists(base)
+    user_dir = os.path.join(base, user)
+    try:
+        setup_v2_subtree(mount_point, account)
+        assert os.stat(user_dir).st_uid == account.pw_uid
+        hungry = "bytearray(256 << 20)"
+        # The shell joins the subtree as root, then becomes the user: the runner inside it
+        # makes its supervisor leaf and job cgroups there (the common-ancestor rule).
+        script = (
+            f'echo $$ > {user_dir}/cgroup.procs && exec setpriv --reuid={user} --regid={user} --init-groups '
+            f'{" ".join(SANDBOX_CLI)} run --json --memory 64M -- python3 -c "{hungry}"'
+        )
+        done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=120, check=False)
+        result = json.loads(done.stdout)
+        assert result["status"] == "memory_limit", (result, done.stderr)
+        assert result["usage"]["oom_killed"] and result["usage"]["memory_peak_bytes"] > 32 << 20, result
+        # The job's cgroup is gone with the job; the runner's own leaf stays.
+        assert [entry.name for entry in os.scandir(user_dir) if entry.is_dir()] == ["supervisor"]
+    finally:
+        for directory in (os.path.join(user_dir, "supervisor"), user_dir, *([base] if created_base else [])):
+            if os.path.isdir(directory):
+                os.rmdir(directory)

@@ -40,7 +40,7 @@ def setup_cgroups(user: str) -> list[str]:
     if mount_point is not None and systemd.systemd_running():
         return systemd.explain(account, systemd.check_scope_delegation(account))
     if mount_point is not None:
-        return _setup_v2(mount_point, account)
+        return setup_v2_subtree(mount_point, account)
     return _setup_v1(account)
 
 
@@ -55,7 +55,9 @@ def _setup_v1(account: pwd.struct_passwd) -> list[str]:
     return lines
 
 
-def _setup_v2(mount_point: str, account: pwd.struct_passwd) -> list[str]:
+def setup_v2_subtree(mount_point: str, account: pwd.struct_passwd) -> list[str]:
+    """The v2 way without systemd, where nothing else writes the tree: a directory made
+    and handed over like v1's, with the controllers enabled on the way down to it."""
     lines = []
     base = os.path.join(mount_point, "sandbox")
     user_dir = os.path.join(base, account.pw_name)
