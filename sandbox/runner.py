@@ -108,7 +108,9 @@ class Runner:
         with ExitStack() as cleanup:
             argv, env, cwd, image_root = _image_for(job, cleanup)
             env = {**profile.env, **env}
-            sandbox = self.sandboxes.take(image_root, limits.disk_bytes, job.profile, trace is not None, job.image)
+            sandbox = self.sandboxes.take(
+                image_root, limits.disk_bytes, job.profile, trace is not None, job.image, limits.cpus is not None,
+            )
             prepared, cgroup = sandbox.prepared, sandbox.cgroup
             cleanup.callback(self.sandboxes.retire, sandbox)
             if prepared.init_pid <= 0:

@@ -99,25 +99,29 @@ class SandboxSupply:
         cannot start, it is tried again for each sandbox, and the jobs report why)."""
         self._pools = {spec: deque() for spec in self.warm}
         if self.backend is not None:
-            first_kind = self.profiles.get(self.warm[0].profile) if self.warm else None
             self._cgroups = CgroupStock(
                 self.backend, KEEP_MADE if self.warm else 0,
-                Limits().over(first_kind.limits) if first_kind is not None else None,
+                self._kind_limits(self.warm[0].profile) if self.warm else None,
             )
         try:
             self._zygote_for_next()
         except SandboxError:
             pass
 
-    def take(self, image: ImageRoot | None, disk_bytes: int, profile: str, trace: bool, image_name: str) -> Sandbox:
+    def take(
+        self, image: ImageRoot | None, disk_bytes: int, profile: str, trace: bool, image_name: str, cpu_quota: bool,
+    ) -> Sandbox:
         """A sandbox for a job: a warm one of its kind when there is one, else one built
         now. ``image`` is what the job's image reference ``image_name`` resolves to now:
         warm sandboxes of that reference built from other layers are stale (the image was
-        pulled again since) and are retired."""
+        pulled again since) and are retired. ``cpu_quota``: the job has a ``cpus`` limit;
+        its kind's warm sandboxes may have cgroups made without the means to apply one."""
         if len(self._retired) > MAX_RETIRED:
             self.finish()
         self._failed.clear()
         spec = None if trace else next((s for s in self.warm if (s.profile, s.image) == (profile, image_name)), None)
+        if spec is not None and cpu_quota and self._cgroups is not None and self._kind_limits(profile).cpus is None:
+            spec = None
         if spec is not None:
             pool = self._pools[spec]
             while not pool and any(kind == spec for kind, _ in self._ordered):
@@ -135,7 +139,7 @@ class SandboxSupply:
                 self.retire(pool.popleft())
         while self._ordered:  # the zygote answers in order: theirs come first
             self._receive()
-        return self._deliver(self._order(image, disk_bytes, profile, trace))
+        return self._deliver(self._order(image, disk_bytes, profile, trace, cpu_quota))
 
     def retire(self, sandbox: Sandbox) -> None:
         """The sandbox's job is over (or it was never used): make sure its init dies, and
@@ -228,26 +232,28 @@ class SandboxSupply:
         ImageNotFound if it is not in the store). Its working directory is the one a job
         that names none gets (``runner._image_for``)."""
         if spec.image == "host":
-            return self._order(None, self.disk_bytes, spec.profile, False)
+            return self._order(None, self.disk_bytes, spec.profile, False, False)
         lease = lease_image(spec.image)
         try:
             image = ImageRoot(lease.layer_dirs, lease.workdir() or WORKDIR)
-            order = self._order(image, self.disk_bytes, spec.profile, False)
+            order = self._order(image, self.disk_bytes, spec.profile, False, False)
         except BaseException:
             lease.release()
             raise
         order.lease = lease
         return order
 
-    def _order(self, image: ImageRoot | None, disk_bytes: int, profile: str, trace: bool) -> _Order:
-        """Ask the zygote for a sandbox (its answer is read by ``_deliver``)."""
+    def _order(self, image: ImageRoot | None, disk_bytes: int, profile: str, trace: bool, cpu_quota: bool) -> _Order:
+        """Ask the zygote for a sandbox (its answer is read by ``_deliver``); its cgroup
+        can take a CPU quota if ``cpu_quota`` or its profile's limits have one."""
         compiled = self.profiles.get(profile)
+        kind_limits = self._kind_limits(profile)
         zygote = self._zygote_for_next()
-        cgroup = self._cgroups.take() if self._cgroups is not None else None
+        cgroup = self._cgroups.take(cpu_quota or kind_limits.cpus is not None) if self._cgroups is not None else None
         try:
             if cgroup is not None:
                 # What most jobs ask for: written now (or by the stock), not on their path.
-                cgroup.apply_limits(Limits().over(compiled.limits))
+                cgroup.apply_limits(kind_limits)
             template = launch.Template(
                 seccomp_bpf=self.profiles.trace_bpf if trace else compiled.bpf,
                 exec_once=compiled.exec_once,
@@ -267,6 +273,10 @@ class SandboxSupply:
         if cgroup is not None:
             cgroup.close_attach_fds()  # the sandbox holds its own copies
         return _Order(start, cgroup, image)
+
+    def _kind_limits(self, profile: str) -> Limits:
+        """The limits of a job that names none of its own."""
+        return Limits().over(self.profiles.get(profile).limits)
 
     def _deliver(self, order: _Order) -> Sandbox:
         return Sandbox(launch.receive(order.start), order.cgroup, image=order.image, lease=order.lease)

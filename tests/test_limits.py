@@ -9,7 +9,8 @@ import socket
 
 import pytest
 
-from sandbox.models import Status
+from sandbox.errors import CgroupError
+from sandbox.models import Limits, Status
 
 pytestmark = pytest.mark.cgroup
 
@@ -162,6 +163,24 @@ def test_cpu_quota_throttles(run_program):
     result = run_program("spin", "300", cpus=0.5, wall_time="10s")
     assert result.status is Status.OK
     assert result.usage.wall_ms >= 2 * result.usage.cpu_ms - 100, result.usage
+
+
+def test_a_job_cgroup_made_without_cpu_quota_refuses_one(runner):
+    # v1: no directory in the cpu hierarchy (the other limits are written as ever); v2
+    # has one directory for every controller, so its cgroups can always take a quota.
+    if runner.backend is None:
+        pytest.skip("needs a delegated cgroup subtree")
+    cgroup = runner.backend.create_job(cpu_quota=False)
+    try:
+        cgroup.apply_limits(Limits(memory="64M"))
+        if runner.backend.version == 1:
+            assert "cpu" not in cgroup.by_controller  # type: ignore[attr-defined]
+            with pytest.raises(CgroupError):
+                cgroup.apply_limits(Limits(cpus=0.5))
+        else:
+            cgroup.apply_limits(Limits(cpus=0.5))
+    finally:
+        cgroup.destroy()
 
 
 def test_memory_peak_is_accurate(run_program):

@@ -125,3 +125,21 @@ def test_a_warm_image_sandbox_lets_go_of_a_removed_image(image_store, warm_runne
     runner.tidy()
     done = cli("gc")
     assert done.returncode == 0 and not list((image_store / "store" / "layers").iterdir()), done.stdout
+
+
+@pytest.mark.cgroup
+def test_a_cpu_quota_for_a_kind_warmed_without_one(warm_runner, programs):
+    # A kind whose limits hold no CPU quota is warmed with cgroups that cannot take one
+    # (v1: no directory in the cpu hierarchy, one mkdir, rmdir and attach fewer per job).
+    # A job of that kind asking for a quota gets a sandbox built for it, and the quota holds.
+    runner = warm_runner(WarmSpec(1))
+    assert settled(runner).sandboxes.warm_count() == 1
+    spin = InputFile(dest="/work/spin", content=Blob(path=str(programs["spin"])), mode=0o755)
+    throttled = runner.run(Job(cmd=["/work/spin", "300"], files=[spin], require_cgroups=True,
+                               limits=Limits(cpus=0.5, wall_time="10s")))
+    assert throttled.status is Status.OK, throttled
+    assert runner.sandboxes.warm_count() == 1, "it took a warm sandbox that cannot take its quota"
+    # At half a CPU, C ms of CPU take at least 2C - 100 ms of wall time (test_limits).
+    assert throttled.usage.wall_ms >= 2 * throttled.usage.cpu_ms - 100, throttled.usage
+    plain = runner.run(Job(cmd=["/bin/true"], require_cgroups=True))
+    assert plain.status is Status.OK and runner.sandboxes.warm_count() == 0

@@ -44,6 +44,9 @@ class JobCgroup(abc.ABC):
     # directory of ``attach_fds`` by clone3(CLONE_INTO_CGROUP), which skips the attach
     # and its stall (v2 only).
     JOIN = "procs"
+    # Whether a CPU quota (``Limits.cpus``) can be written: v1 makes the cpu controller's
+    # directory only for the jobs that may need one (``CgroupBackend.create_job``).
+    cpu_quota = True
 
     def __init__(
         self, directories: list[str], attach_paths: list[str], cpu_counter: tuple[str, str],
@@ -95,6 +98,8 @@ class JobCgroup(abc.ABC):
         """Write the job's limits - unless they are the ones already written: a warm
         cgroup gets the default limits ahead of time, so most jobs write nothing here."""
         wanted = (limits.memory_bytes, limits.pids, limits.cpus)
+        if limits.cpus is not None and not self.cpu_quota:
+            raise CgroupError("a CPU quota for a job cgroup made without the cpu controller")
         if wanted != self._applied:
             self._write_limits(limits)
             self._applied = wanted
@@ -192,8 +197,10 @@ class CgroupBackend(abc.ABC):
     version: int
 
     @abc.abstractmethod
-    def create_job(self) -> JobCgroup:
-        """A fresh cgroup, ready to be joined; limits come with ``apply_limits``."""
+    def create_job(self, cpu_quota: bool = True) -> JobCgroup:
+        """A fresh cgroup, ready to be joined; limits come with ``apply_limits``. Without
+        ``cpu_quota`` the job cannot be given a ``cpus`` limit: on v1 that spares a job
+        the cpu hierarchy's directory - its mkdir, rmdir and the attach to it."""
 
     @abc.abstractmethod
     def parents(self) -> list[str]:

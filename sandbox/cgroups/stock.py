@@ -28,10 +28,12 @@ class CgroupStock:
 
     def __init__(self, backend: CgroupBackend, keep: int, limits: Limits | None = None) -> None:
         """``limits``: written into each cgroup made ahead, here rather than on the
-        launcher's thread (``apply_limits`` then finds them there and writes nothing)."""
+        launcher's thread (``apply_limits`` then finds them there and writes nothing);
+        the cgroups made ahead can take a CPU quota only if these limits have one."""
         self.backend = backend
         self._keep = keep
         self._limits = limits
+        self._made_with_cpu_quota = limits is not None and limits.cpus is not None
         self._made: deque[JobCgroup] = deque()
         self._doomed: deque[JobCgroup] = deque()
         self._busy = False  # the thread is making or removing one right now
@@ -42,15 +44,16 @@ class CgroupStock:
         self._thread = threading.Thread(target=self._work, name="cgroup-stock", daemon=True)
         self._thread.start()
 
-    def take(self) -> JobCgroup:
-        """A fresh job cgroup: one made ahead if there is one, else one made now (whose
-        failure, CgroupError, is the caller's)."""
+    def take(self, cpu_quota: bool) -> JobCgroup:
+        """A fresh job cgroup (one that can take a CPU quota, with ``cpu_quota``): one
+        made ahead if there is one, else one made now (whose failure, CgroupError, is
+        the caller's)."""
         with self._changed:
             self._making_failed = False
             self._changed.notify_all()
-            if self._made:
+            if self._made and (self._made_with_cpu_quota or not cpu_quota):
                 return self._made.popleft()
-        return self.backend.create_job()
+        return self.backend.create_job(cpu_quota)
 
     def discard(self, cgroup: JobCgroup) -> None:
         """Remove this cgroup in the background (what is left in it gets killed)."""
@@ -96,7 +99,7 @@ class CgroupStock:
                 if doomed is not None:
                     doomed.destroy()
                 else:
-                    fresh = self.backend.create_job()
+                    fresh = self.backend.create_job(self._made_with_cpu_quota)
                     try:
                         if self._limits is not None:
                             fresh.apply_limits(self._limits)

@@ -59,9 +59,10 @@ class V1JobCgroup(JobCgroup):
             counters, writable_counters=frozenset({"peak"}),
         )
         self.by_controller = dirs
+        self.cpu_quota = "cpu" in dirs
 
     def _write_limits(self, limits: Limits) -> None:
-        memory, cpu = self.by_controller["memory"], self.by_controller["cpu"]
+        memory = self.by_controller["memory"]
         # memsw must stay >= the memory limit at every step: order the writes accordingly.
         swap_limit = os.path.join(memory, "memory.memsw.limit_in_bytes")
         has_swap_limit = os.path.exists(swap_limit)
@@ -72,9 +73,11 @@ class V1JobCgroup(JobCgroup):
         if has_swap_limit:
             write_file(swap_limit, str(limits.memory_bytes))
         write_file(os.path.join(self.by_controller["pids"], "pids.max"), str(limits.pids))
-        quota = -1 if limits.cpus is None else round(limits.cpus * CFS_PERIOD_US)
-        write_file(os.path.join(cpu, "cpu.cfs_period_us"), str(CFS_PERIOD_US))
-        write_file(os.path.join(cpu, "cpu.cfs_quota_us"), str(quota))
+        if self.cpu_quota:
+            cpu = self.by_controller["cpu"]
+            quota = -1 if limits.cpus is None else round(limits.cpus * CFS_PERIOD_US)
+            write_file(os.path.join(cpu, "cpu.cfs_period_us"), str(CFS_PERIOD_US))
+            write_file(os.path.join(cpu, "cpu.cfs_quota_us"), str(quota))
 
     def _reset_peak(self) -> None:
         self._rewrite_counter("peak", "0")
@@ -117,9 +120,9 @@ class V1Backend(CgroupBackend):
             "oom_kill count in memory.oom_control": "oom_kill" in open(os.path.join(memory, "memory.oom_control")).read(),
         }
 
-    def create_job(self) -> JobCgroup:
+    def create_job(self, cpu_quota: bool = True) -> JobCgroup:
         name = self.job_name()
-        dirs = {c: os.path.join(p, name) for c, p in self.parent_dirs.items()}
+        dirs = {c: os.path.join(p, name) for c, p in self.parent_dirs.items() if cpu_quota or c != "cpu"}
         created: list[str] = []
         try:
             for directory in dict.fromkeys(dirs.values()):

@@ -196,7 +196,8 @@ class V2Backend(CgroupBackend):
             )
         }
 
-    def create_job(self) -> JobCgroup:
+    def create_job(self, cpu_quota: bool = True) -> JobCgroup:
+        # One directory holds every controller: cpu.max costs nothing until written.
         directory = os.path.join(self.parent, self.job_name())
         try:
             os.mkdir(directory)
