@@ -3,6 +3,7 @@ never one of another, and never one built from an image's old layers."""
 
 from __future__ import annotations
 
+import select
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from imagebuild import Entry, busybox_entries, layer_tar, oci_layout
 from test_images_registry import cli
 
+from sandbox.cgroups.stock import CgroupStock
 from sandbox.models import Blob, InputFile, Job, Limits, Status, WarmSpec
 from sandbox.runner import Runner
 
@@ -46,10 +48,14 @@ def warm_runner() -> Iterator[Callable[[WarmSpec], Runner]]:
 
 
 def settled(runner: Runner) -> Runner:
-    """Let the runner do its idle work (order and receive its warm sandboxes)."""
-    while runner.sandboxes.step():
-        pass
-    return runner
+    """Let the runner do its idle work (order and receive its warm sandboxes), waiting as
+    a launcher does when a warm order waits for its cgroup to be made."""
+    while True:
+        while runner.sandboxes.step():
+            pass
+        if not runner.sandboxes.awaiting_cgroup:
+            return runner
+        select.select(runner.sandboxes.waitables(), [], [], 10)
 
 
 @pytest.mark.cgroup  # also in the cgroup v2 guest (which has no busybox for the image tests)
@@ -143,3 +149,29 @@ def test_a_cpu_quota_for_a_kind_warmed_without_one(warm_runner, programs):
     assert throttled.usage.wall_ms >= 2 * throttled.usage.cpu_ms - 100, throttled.usage
     plain = runner.run(Job(cmd=["/bin/true"], require_cgroups=True))
     assert plain.status is Status.OK and runner.sandboxes.warm_count() == 0
+
+
+@pytest.mark.cgroup
+def test_a_warm_order_can_wait_for_the_stock_to_make_its_cgroup(runner):
+    # Warm orders do not mkdir on the launcher's thread (a mkdir there can wait ~20 ms
+    # for the cgroup mutex, and the next job with it): they wait for the stock's thread,
+    # whose made_fd wakes the launcher. A job's own order makes one at once if need be.
+    if runner.backend is None:
+        pytest.skip("needs a delegated cgroup subtree")
+    stock = CgroupStock(runner.backend, keep=1)
+    try:
+        ready, _, _ = select.select([stock.made_fd], [], [], 30)
+        assert ready and stock.ready_to_take(cpu_quota=False)
+        assert stock.ready_to_take(cpu_quota=True), "none made ahead can take a quota: take() makes one"
+        made_ahead = stock.take(cpu_quota=False)
+        made_now = stock.take(cpu_quota=True)
+        stock.discard(made_ahead)
+        stock.discard(made_now)
+        assert made_now.cpu_quota
+    finally:
+        stock.close()
+    unstocked = CgroupStock(runner.backend, keep=0)
+    try:
+        assert unstocked.ready_to_take(cpu_quota=False)  # nothing is made ahead: take() makes it
+    finally:
+        unstocked.close()

@@ -10,6 +10,7 @@ release the GIL, so the launcher runs its jobs while this thread waits in the ke
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 
@@ -17,7 +18,8 @@ from sandbox.cgroups.base import CgroupBackend, JobCgroup
 from sandbox.errors import SandboxError
 from sandbox.models import Limits
 
-# Cgroups kept made ahead for a warm pool: a launcher orders one sandbox at a time.
+# Cgroups kept made ahead for a warm pool beyond one per warm sandbox: a mkdir can wait
+# ~20 ms for the cgroup mutex, and the stock absorbs such a stall.
 KEEP_MADE = 2
 
 
@@ -41,6 +43,8 @@ class CgroupStock:
         self._failure: SandboxError | OSError | None = None  # of a removal, for the owner to raise
         self._closing = False
         self._changed = threading.Condition()
+        # Readable once a cgroup made ahead is there (see ``ready_to_take``).
+        self.made_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._thread = threading.Thread(target=self._work, name="cgroup-stock", daemon=True)
         self._thread.start()
 
@@ -54,6 +58,22 @@ class CgroupStock:
             if self._made and (self._made_with_cpu_quota or not cpu_quota):
                 return self._made.popleft()
         return self.backend.create_job(cpu_quota)
+
+    def ready_to_take(self, cpu_quota: bool) -> bool:
+        """Whether ``take`` would not have to wait for a mkdir now: a cgroup made ahead
+        is there - or ``take`` must make one itself anyway (making ahead failed; those
+        made ahead cannot take a CPU quota). False: one is being made, and ``made_fd``
+        turns readable once it is there. A warm sandbox waits for it: made on the
+        launcher's thread, a mkdir that waits for the cgroup mutex (held through an RCU
+        grace period by an attach elsewhere, up to ~20 ms here) holds up the next job."""
+        with self._changed:
+            if self._made or self._making_failed or self._keep == 0 or (cpu_quota and not self._made_with_cpu_quota):
+                return True
+            try:
+                os.eventfd_read(self.made_fd)  # so that it turns readable for the next one only
+            except BlockingIOError:
+                pass
+            return False
 
     def discard(self, cgroup: JobCgroup) -> None:
         """Remove this cgroup in the background (what is left in it gets killed)."""
@@ -84,6 +104,7 @@ class CgroupStock:
         self._thread.join()
         while self._made:
             self._made.popleft().destroy()
+        os.close(self.made_fd)
 
     def _work(self) -> None:
         while True:
@@ -92,7 +113,8 @@ class CgroupStock:
                     self._changed.wait()
                 if self._closing and not self._doomed:
                     return
-                doomed = self._doomed.popleft() if self._doomed else None
+                # Making comes first: a warm sandbox may be waiting for the cgroup.
+                doomed = self._doomed.popleft() if self._doomed and (self._closing or not self._should_make()) else None
                 self._busy = True
             made = None
             try:
@@ -116,6 +138,7 @@ class CgroupStock:
             with self._changed:
                 if made is not None:
                     self._made.append(made)
+                    os.eventfd_write(self.made_fd, 1)
                 self._busy = False
                 self._changed.notify_all()
 
