@@ -115,14 +115,13 @@ class SandboxSupply:
         """A sandbox for a job: a warm one of its kind when there is one, else one built
         now. ``image`` is what the job's image reference ``image_name`` resolves to now:
         warm sandboxes of that reference built from other layers are stale (the image was
-        pulled again since) and are retired. ``cpu_quota``: the job has a ``cpus`` limit;
-        its kind's warm sandboxes may have cgroups made without the means to apply one."""
+        pulled again since) and are retired. ``cpu_quota``: the job has a ``cpus`` limit,
+        which a warm sandbox whose cgroup was made without the cpu controller (v1) cannot
+        take."""
         if len(self._retired) > MAX_RETIRED:
             self.finish()
         self._failed.clear()
         spec = None if trace else next((s for s in self.warm if (s.profile, s.image) == (profile, image_name)), None)
-        if spec is not None and cpu_quota and self._cgroups is not None and self._kind_limits(profile).cpus is None:
-            spec = None
         if spec is not None:
             pool = self._pools[spec]
             while not pool and any(kind == spec for kind, _ in self._ordered):
@@ -130,6 +129,8 @@ class SandboxSupply:
             while pool:
                 sandbox = pool[0]
                 if sandbox.image == image:
+                    if cpu_quota and sandbox.cgroup is not None and not sandbox.cgroup.cpu_quota:
+                        break  # its kind is warmed without a CPU quota: build this job's now
                     # A ready one if there is one: the oldest may still wait for its cgroup.
                     sandbox = next((s for s in pool if s.image == image and s.prepared.ready()), sandbox)
                     pool.remove(sandbox)

@@ -43,7 +43,6 @@ class Slot:
         # one task at a time send on a stream (a second one gets BusyResourceError).
         self._sending = trio.StrictFIFOLock()
         self._cancel_requested = False  # for the running job
-        self._handed_over = False  # the running job's "run" went to the launcher
 
     async def keep_alive(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the launcher, and start a new one whenever it exits (a dead one's running
@@ -105,7 +104,7 @@ class Slot:
         more; one that dies after makes the job an internal_error. With ``on_output`` the
         launcher streams the job's output, each piece an "output" message to it. None: the
         job was cancelled before it was handed to a launcher (it never ran)."""
-        self.running_id, self._cancel_requested, self._handed_over = job_id, False, False
+        self.running_id, self._cancel_requested = job_id, False
         started = False
 
         async def relay_started() -> None:
@@ -123,7 +122,6 @@ class Slot:
                             return None
                         if self._stream is None:
                             raise LauncherDied("launcher stopped")
-                        self._handed_over = True
                         run = {"type": "run", "id": job_id, "job": job_to_wire(job), "stream": on_output is not None}
                         await self._stream.send_all(encode(run))
                     return await self._until_result(job_id, relay_started, on_output)
@@ -137,12 +135,11 @@ class Slot:
 
     async def cancel(self, job_id: str) -> None:
         """Cancel the running job: before it was handed over, ``run`` just does not hand
-        it over; after, the launcher is told (it kills the sandbox)."""
+        it over (the launcher, idle, ignores the cancel); after, the launcher kills the
+        sandbox."""
         if self.running_id != job_id:
             return
         self._cancel_requested = True
-        if not self._handed_over:
-            return
         async with self._sending:
             if self._stream is None:
                 return  # the launcher died; ``run`` reports the job as failed
