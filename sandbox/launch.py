@@ -4,12 +4,13 @@ that everything but the job itself can happen before the job arrives.
 ``order`` and ``receive`` (may run long before any job; the warm pool does it ahead of
 time)::
 
-    supervisor (subreaper) ── request ──> zygote (in the template user namespace,
-                                           ``zygote.py``, ``template.py``): spawns the C
-                                           init, which clones B into new mnt, pid, net,
-                                           ipc and uts namespaces on a copy of the
-                                           template (an image: clones B, which builds
-                                           the image root in Python and execs the C init)
+    supervisor (subreaper) ── request ──> spawner (the host image: a C process the
+                                           zygote started once, in the template,
+                                           ``zygote.py``, ``template.py``): clones B into
+                                           new mnt, pid, net, ipc and uts namespaces on a
+                                           copy of the template
+                           ── request ──> zygote (an image): clones B, which builds the
+                                           image root in Python and execs the C init
                                  B = pid 1 of the job ("init", ``native/init.c``), the
                                      supervisor's child: mounts the job's /proc and
                                      scratch (pivots into an image's root), forks C,
@@ -45,28 +46,20 @@ and the idle warm sandboxes of its slot.
 
 from __future__ import annotations
 
-import base64
-import functools
+import fcntl
 import json
 import os
 import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sandbox import stages
 from sandbox.errors import SetupError
 from sandbox.linux import syscalls as sc
 from sandbox.seccomp import EXEC_NUMBERS, NATIVE_ARCH
 
 if TYPE_CHECKING:
     from sandbox.zygote import Zygote
-
-
-@functools.lru_cache(maxsize=32)
-def _encoded(seccomp_bpf: bytes) -> str:
-    """A profile's compiled filter as text for the zygote's JSON, encoded once per
-    profile rather than once per sandbox (the bytes object, and so its hash, is the
-    profile cache's)."""
-    return base64.b64encode(seccomp_bpf).decode()
 
 
 @dataclass
@@ -93,11 +86,11 @@ class Template:
     cgroup_join: str = "procs"  # JobCgroup.JOIN of the cgroup_fds
 
     def to_wire(self) -> dict[str, Any]:
-        """Everything but the fds (they travel with SCM_RIGHTS: ``fds``), as JSON values."""
+        """An image sandbox's request to the zygote: everything but the fds (they travel
+        with SCM_RIGHTS: ``fds``), as JSON values."""
         return {
             "cpu_counter": None if self.cpu_counter is None else self.cpu_counter[1],
             "cgroup_join": self.cgroup_join,
-            "seccomp_bpf": _encoded(self.seccomp_bpf),
             "disk_bytes": self.disk_bytes,
             "cap_last": self.cap_last,
             "image": None if self.image is None else {"layers": self.image.layers, "workdir": self.image.workdir},
@@ -107,9 +100,25 @@ class Template:
             "exec_numbers": EXEC_NUMBERS,
         }
 
-    def fds(self) -> list[int]:
-        """The CPU counter's fd, if any, then the cgroup.procs fds (``stages.Spec``)."""
-        return [*(() if self.cpu_counter is None else (self.cpu_counter[0],)), *self.cgroup_fds]
+    def fds(self, seccomp_fd: int) -> list[int]:
+        """An image sandbox's fds after its report pipe and job channel: the seccomp
+        program (``seccomp_fd``), the CPU counter's fd if any, then the cgroup fds
+        (``stages.Spec``)."""
+        counter = () if self.cpu_counter is None else (self.cpu_counter[0],)
+        return [seccomp_fd, *counter, *self.cgroup_fds]
+
+    def init_arguments(self) -> list[str]:
+        """A host-image sandbox's request to the spawner (``stages.init_arguments``)."""
+        return stages.init_arguments(
+            "spawned", self.cap_last, self.trace, self.exec_once, NATIVE_ARCH, EXEC_NUMBERS,
+            None if self.cpu_counter is None else self.cpu_counter[1], len(self.cgroup_fds), self.cgroup_join,
+            self.disk_bytes, "/",
+        )
+
+    def init_fds(self, report_fd: int, channel_fd: int, seccomp_fd: int) -> list[int]:
+        """The fds of a host-image sandbox's request to the spawner (``stages.init_fds``)."""
+        counter = -1 if self.cpu_counter is None else self.cpu_counter[0]
+        return stages.init_fds(report_fd, channel_fd, seccomp_fd, counter, self.cgroup_fds)
 
 
 @dataclass
@@ -173,35 +182,59 @@ class Prepared:
 
 @dataclass
 class Starting:
-    """A sandbox the zygote was asked for; ``receive`` turns it into a Prepared."""
+    """A sandbox the zygote (an image) or its spawner (the host image) was asked for;
+    ``receive`` turns it into a Prepared."""
 
     zygote: Zygote
+    host: bool  # asked of the spawner
     report_fd: int
     job_channel: socket.socket
     error: str | None = None  # the request could not even be sent
 
     @property
-    def zygote_fd(self) -> int:
-        return self.zygote.channel.fileno()
+    def answer_fd(self) -> int:
+        """Readable once the answer is there."""
+        channel = self.zygote.spawner if self.host else self.zygote.channel
+        assert channel is not None
+        return channel.fileno()
 
 
 def order(zygote: Zygote, template: Template) -> Starting:
-    """Ask the zygote to start a sandbox init (our child); returns at once.
+    """Ask the spawner (the host image) or the zygote (an image) to start a sandbox init
+    (our child); returns at once.
 
     The caller must be the zygote's parent and a child subreaper (``become_subreaper``),
     and must ``receive`` its orders in the order it placed them.
     """
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    starting = Starting(zygote, report_r, ours)
+    seccomp_fd = _filter_memfd(template.seccomp_bpf)
+    starting = Starting(zygote, template.image is None, report_r, ours)
     try:
-        zygote.request(template.to_wire(), [report_w, theirs.fileno(), *template.fds()])
+        if starting.host:
+            zygote.spawn(template.init_arguments(), template.init_fds(report_w, theirs.fileno(), seccomp_fd))
+        else:
+            zygote.request(template.to_wire(), [report_w, theirs.fileno(), *template.fds(seccomp_fd)])
     except SetupError as exc:
         starting.error = str(exc)
     finally:
         os.close(report_w)
+        os.close(seccomp_fd)
         theirs.close()
     return starting
+
+
+def _filter_memfd(seccomp_bpf: bytes) -> int:
+    """A sealed memfd holding the compiled filter, for the sandbox to read (one per
+    sandbox: a few microseconds, and nothing that outlives its order)."""
+    memfd = os.memfd_create("seccomp", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.write(memfd, seccomp_bpf)
+        fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+    except BaseException:
+        os.close(memfd)
+        raise
+    return memfd
 
 
 def receive(starting: Starting) -> Prepared:
@@ -210,7 +243,7 @@ def receive(starting: Starting) -> Prepared:
     init_pid, early = 0, []
     if starting.error is None:
         try:
-            init_pid = starting.zygote.answer()
+            init_pid = starting.zygote.spawned() if starting.host else starting.zygote.answer()
         except SetupError as exc:
             starting.error = str(exc)
     if starting.error is not None:

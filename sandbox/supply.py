@@ -158,7 +158,7 @@ class SandboxSupply:
         (sleep on ``waitables`` then)."""
         if self._cgroups is not None:
             self._cgroups.check()  # a cgroup that could not be removed: as if we had tried here
-        if self._ordered and _readable(self._ordered[0][1].start.zygote_fd):
+        if self._ordered and _readable(self._ordered[0][1].start.answer_fd):
             self._receive()
             return True
         for sandbox in self._retired:
@@ -187,7 +187,7 @@ class SandboxSupply:
 
     def waitables(self) -> list[int]:
         """Fds that turn readable when ``step`` has work to do (sleep on them when idle)."""
-        fds = [self._ordered[0][1].start.zygote_fd] if self._ordered else []
+        fds = [self._ordered[0][1].start.answer_fd] if self._ordered else []
         if self.awaiting_cgroup and self._cgroups is not None:
             fds.append(self._cgroups.made_fd)
         return fds + [sandbox.pidfd for sandbox in self._retired if sandbox.pidfd >= 0]

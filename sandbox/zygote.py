@@ -3,20 +3,26 @@ supervisor (a CLI run, or one worker slot's launcher).
 
 Why a separate process: it lives in the template user namespace and holds the
 template's mount namespace (``template.py``), so a sandbox's namespaces are one setns(2)
-and one clone(2) away. For the host image it spawns the C init (``native/init.c``),
-which makes them itself; an image sandbox is a clone of the zygote, which builds the
-image root in Python first. A fork copies the parent's page tables and afterwards every
+and one clone(2) away. For the host image it starts the spawner once (the C init in
+MODE "serve", ``native/init.c``), a child of the supervisor that the supervisor asks
+for each host-image sandbox directly; an image sandbox is a clone of the zygote, which
+builds the image root in Python first. A fork copies the parent's page tables and afterwards every
 page either side writes is copied again (copy-on-write): forking sandboxes from the
 supervisor - a Python with the runner, cgroups, protocol and image code loaded, busy
 between forks - made page faults the largest single cost of a job. The zygote is a
 fresh interpreter (``python -S``, only the modules a sandbox runs) that does nothing but
 wait for requests and start sandboxes, so there is little to copy.
 
-Protocol on a SOCK_SEQPACKET pair: at start-up the zygote answers ``{}`` once the
-template is built, or ``{"error": ...}``. Then the supervisor sends one request per
-sandbox - the Template as JSON, with the report pipe's write end, the sandbox's end of
-its job channel and the cgroup attach fds as SCM_RIGHTS - and the zygote answers
+Protocol on a SOCK_SEQPACKET pair: at start-up the zygote answers ``{"spawner": PID}``
+with the spawner's request channel (SCM_RIGHTS) once the template is built, or
+``{"error": ...}``. Then the supervisor sends one request per image sandbox - the
+Template as JSON, with the report pipe's write end, the sandbox's end of its job
+channel, the seccomp program and the cgroup fds as SCM_RIGHTS - and the zygote answers
 ``{"pid": N}`` or ``{"error": ...}``. EOF on the channel ends it.
+
+The spawner's protocol (same kind of pair): a request is the C init's arguments
+(``stages.init_arguments``), NUL-terminated, with its fds (``stages.init_fds``); the
+answer is B's pid and a newline, or a setup_error report line.
 
 Run as: python -S -m sandbox.zygote FD
 """
@@ -26,6 +32,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import select
 import socket
 import sys
 
@@ -40,11 +47,12 @@ if TYPE_CHECKING:
     from typing import Any
 
 _MAX_REQUEST = 1 << 20
-_MAX_FDS = 16  # report pipe, job channel, CPU counter, one cgroup attach fd per hierarchy
+_MAX_FDS = 16  # report pipe, job channel, seccomp program, CPU counter, a cgroup fd per hierarchy
 
 
 class Zygote:
-    """The supervisor's handle on its zygote process (started here, a child of ours)."""
+    """The supervisor's handle on its zygote process and the zygote's spawner (both
+    started here, children of ours)."""
 
     def __init__(self) -> None:
         import subprocess  # here, not at the top: the zygote process imports this module too
@@ -59,44 +67,92 @@ class Zygote:
                 env={**os.environ, "PYTHONPATH": os.pathsep.join(_import_path())},
             )
         self.channel = ours
+        self.spawner: socket.socket | None = None
+        self.spawner_pid = 0
+        self._spawner_exit = -1  # a pidfd: readable once the spawner has exited
         try:
-            self._answer()
-        except SetupError:
+            raw, fds, _, _ = socket.recv_fds(ours, _MAX_REQUEST, 1)
+            if fds:
+                os.set_inheritable(fds[0], False)
+                self.spawner = socket.socket(fileno=fds[0])
+            self.spawner_pid = int(_decoded(raw, self.process)["spawner"])
+            self._spawner_exit = os.pidfd_open(self.spawner_pid)
+            if self.spawner is None:
+                raise SetupError("the zygote sent no spawner channel")
+        except (SetupError, OSError) as exc:
             self.close()
-            raise
+            raise SetupError(f"cannot start the zygote: {exc}") from exc
 
     def request(self, request: dict[str, Any], fds: list[int]) -> None:
-        """Ask for a sandbox init (our child) with these fds; ``answer`` gives its pid.
-        Raises SetupError if the zygote is gone."""
-        try:
-            socket.send_fds(self.channel, [json.dumps(request).encode()], fds)
-        except OSError as exc:
-            raise SetupError(f"the zygote is gone: {exc}") from exc
+        """Ask for an image sandbox's init (our child) with these fds; ``answer`` gives
+        its pid. Raises SetupError if the zygote is gone."""
+        _send(self.channel, json.dumps(request).encode(), fds, "zygote")
 
     def answer(self) -> int:
         """The pid of the sandbox init of the oldest unanswered request (waits for it).
         Raises SetupError if it could not be started."""
-        return int(self._answer()["pid"])
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def close(self) -> None:
-        """EOF tells the zygote to exit; it has no children left by then."""
-        self.channel.close()
-        self.process.wait()
-
-    def _answer(self) -> dict[str, Any]:
         try:
             raw = self.channel.recv(_MAX_REQUEST)
         except OSError as exc:
             raise SetupError(f"the zygote is gone: {exc}") from exc
+        return int(_decoded(raw, self.process)["pid"])
+
+    def spawn(self, arguments: list[str], fds: list[int]) -> None:
+        """Ask the spawner for a host-image sandbox's init (our child): ``arguments``
+        and ``fds`` as ``stages.init_arguments`` and ``stages.init_fds`` make them;
+        ``spawned`` gives its pid."""
+        assert self.spawner is not None  # set by __init__, or it raised
+        _send(self.spawner, b"".join(argument.encode() + b"\0" for argument in arguments), fds, "spawner")
+
+    def spawned(self) -> int:
+        """The pid of the init of the spawner's oldest unanswered request (waits for
+        it). Raises SetupError if it could not be started."""
+        assert self.spawner is not None
+        try:
+            raw = self.spawner.recv(_MAX_REQUEST)
+        except OSError as exc:
+            raise SetupError(f"the sandbox spawner is gone: {exc}") from exc
+        if raw.endswith(b"\n") and raw[:-1].isdigit():
+            return int(raw)
         if not raw:
-            raise SetupError(f"the zygote exited (status {self.process.wait()})")
-        answer: dict[str, Any] = json.loads(raw)
-        if "error" in answer:
-            raise SetupError(answer["error"])
-        return answer
+            raise SetupError("the sandbox spawner exited")
+        report = json.loads(raw)  # a setup_error line (native/report.c)
+        raise SetupError(report.get("message", "the sandbox spawner failed"))
+
+    def alive(self) -> bool:
+        return self.process.poll() is None and not select.select([self._spawner_exit], [], [], 0)[0]
+
+    def close(self) -> None:
+        """EOF tells the zygote and the spawner to exit; neither has children left by
+        then (a spawner's Bs are ours)."""
+        self.channel.close()
+        self.process.wait()
+        if self.spawner is not None:
+            self.spawner.close()
+        if self.spawner_pid > 0:
+            try:
+                os.waitpid(self.spawner_pid, 0)
+            except ChildProcessError:
+                pass  # reaped already (a waitpid(-1) of the supervisor's)
+        if self._spawner_exit >= 0:
+            os.close(self._spawner_exit)
+
+
+def _send(channel: socket.socket, message: bytes, fds: list[int], name: str) -> None:
+    try:
+        socket.send_fds(channel, [message], fds)
+    except OSError as exc:
+        raise SetupError(f"the {name} is gone: {exc}") from exc
+
+
+def _decoded(raw: bytes, process: Any) -> dict[str, Any]:
+    """A zygote's JSON answer; raises SetupError for its error or its end."""
+    if not raw:
+        raise SetupError(f"the zygote exited (status {process.wait()})")
+    answer: dict[str, Any] = json.loads(raw)
+    if "error" in answer:
+        raise SetupError(answer["error"])
+    return answer
 
 
 def _import_path() -> list[str]:
@@ -121,34 +177,33 @@ def serve(channel: socket.socket) -> None:
         # loopback) and its program stage before it drops everything (the cgroup
         # namespace, the bounding set): kept across the exec of the C init.
         sc.keep_across_exec(sc.CAP_SYS_ADMIN, sc.CAP_SYS_CHROOT, sc.CAP_NET_ADMIN, sc.CAP_SETPCAP)
+        spawner, spawner_pid = stages.start_spawner(bases.template_fd, init_fd)
     except (SandboxError, OSError) as exc:
         channel.send(json.dumps({"error": str(exc)}).encode())
         return
-    channel.send(b"{}")
+    with spawner:
+        socket.send_fds(channel, [json.dumps({"spawner": spawner_pid}).encode()], [spawner.fileno()])
     # Everything loaded so far is permanent: keep the collector from touching (and so
     # copying) those pages in every sandbox.
     gc.freeze()
-    shared = stages.SharedFds()
     while True:
         raw, fds, _, _ = socket.recv_fds(channel, _MAX_REQUEST, _MAX_FDS)
         if not raw:
             return
         try:
-            channel.send(json.dumps(_start_one(json.loads(raw), fds, bases, init_fd, shared)).encode())
+            channel.send(json.dumps(_start_one(json.loads(raw), fds, bases, init_fd)).encode())
         finally:
             for fd in fds:
                 os.close(fd)
 
 
-def _start_one(
-    request: dict[str, Any], fds: list[int], bases: MountBases, init_fd: int, shared: stages.SharedFds
-) -> dict[str, Any]:
-    if len(fds) < 2:
-        return {"error": "a sandbox request needs the report pipe and the job channel"}
+def _start_one(request: dict[str, Any], fds: list[int], bases: MountBases, init_fd: int) -> dict[str, Any]:
+    if len(fds) < 3:
+        return {"error": "a sandbox request needs the report pipe, the job channel and the seccomp program"}
     report_fd, channel_fd, *template_fds = fds
-    spec = stages.Spec(request, template_fds, shared)
+    spec = stages.Spec(request, template_fds)
     try:
-        return {"pid": stages.start_sandbox(spec, bases, report_fd, channel_fd, init_fd)}
+        return {"pid": stages.start_image_sandbox(spec, bases, report_fd, channel_fd, init_fd)}
     except OSError as exc:
         return {"error": f"cannot start a sandbox: {exc}"}
 

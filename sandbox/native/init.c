@@ -1,12 +1,12 @@
 /*
- * The sandbox init (B, pid 1 of the job). For the host image, the zygote
- * (sandbox/stages.py) starts this binary with posix_spawn in MODE "spawn": it enters
- * the template's mount namespace, clones B into new mount, pid, network, IPC and UTS
- * namespaces, writes B's pid on its stdout and exits - B, orphaned, becomes the child
- * of the supervisor, the nearest subreaper. For an image, the zygote's Python clone
- * builds the overlay root (ROOT) and execs this binary in MODE "exec". Either way B
- * mounts the job's own filesystems (root.c, pivoting into an image's root), forks the
- * program stage (program.c), waits for its job and watches it.
+ * The sandbox init (B, pid 1 of the job). For the host image, B is a clone of this
+ * binary running as the spawner (MODE "serve", below), which the zygote
+ * (sandbox/stages.py) starts once: the spawner sits in the template's mount namespace
+ * and clones each B into new mount, pid, network, IPC and UTS namespaces as a child of
+ * the supervisor. For an image, the zygote's Python clone builds the overlay root
+ * (ROOT) and execs this binary in MODE "exec". Either way B mounts the job's own
+ * filesystems (root.c, pivoting into an image's root), forks the program stage
+ * (program.c), waits for its job and watches it.
  *
  * Why C, in a project otherwise Python: this process and its child exist once per job
  * and everything they cost is paid per job. As Python, the init kept a forked
@@ -16,22 +16,23 @@
  * program stage is a fork of a small process, and the job's path is a few system calls.
  * runc keeps its namespace entry in C beside Go (nsexec.c) for the same kind of reason.
  *
- * Run as: sandbox-init MODE CAP_LAST TRACE EXEC_ONCE NATIVE_ARCH EXECVE_NR EXECVEAT_NR
+ * Run as: sandbox-init serve (the spawner; see serve), or
+ *         sandbox-init MODE CAP_LAST TRACE EXEC_ONCE NATIVE_ARCH EXECVE_NR EXECVEAT_NR
  *                      CPU_COUNTER_KIND CGROUP_FDS CGROUP_JOIN DISK_BYTES HOSTNAME ROOT
- * with fd 3 the report pipe to the supervisor, 4 its job channel, 5 the job cgroup's
- * CPU counter (CPU_COUNTER_KIND "cpuacct.usage" or "cpu.stat"; "none": no cgroup),
- * 6 a memfd with the seccomp program, 7 the template's mount namespace (MODE "spawn"),
- * 8.. the job cgroup's cgroup.procs files (CGROUP_JOIN "procs", v1: one per
+ * (MODE "exec"; a spawner's request has the same arguments, MODE "spawned")
+ * with fd 3 the report pipe to the supervisor, 4 its job channel, 5 a memfd with the
+ * seccomp program, 6 the job cgroup's CPU counter (CPU_COUNTER_KIND "cpuacct.usage" or
+ * "cpu.stat"; "none": no cgroup, and no fd from 6 on), 7.. the job cgroup's cgroup.procs files (CGROUP_JOIN "procs", v1: one per
  * hierarchy) or its directory ("directory", v2: the program stage is created in it
  * with clone3(CLONE_INTO_CGROUP) - no attach, so none of the attach's stall for an RCU
  * grace period); and CAP_SYS_ADMIN, CAP_SYS_CHROOT,
- * CAP_NET_ADMIN and CAP_SETPCAP in its ambient set: for entering the template, its
- * mounts, host name and loopback, and the program stage's cgroup namespace and
+ * CAP_NET_ADMIN and CAP_SETPCAP in its ambient set (a spawned B: the spawner's): for
+ * entering the template, its mounts, host name and loopback, and the program stage's cgroup namespace and
  * bounding set (which drops them with everything else).
  *
  * The supervisor's death ends B through the job channel (EOF): B waits on it before
- * its job and polls it during the job (no PR_SET_PDEATHSIG: a spawned B's parent is
- * the spawner, which exits at once).
+ * its job and polls it during the job (not PR_SET_PDEATHSIG, which follows the exit of
+ * a thread - the one that cloned B's parent's side - rather than of the supervisor).
  *
  * The job (sandbox/launch.py start_job) is NUL-terminated fields - the size of the
  * writable area, the number of input files, a path and an octal mode per file, then
@@ -70,7 +71,7 @@
 #include "report.h"
 #include "root.h"
 
-enum { JOB_CHANNEL_FD = 4, CPU_COUNTER_FD = 5, FILTER_FD = 6, MOUNT_NAMESPACE_FD = 7, FIRST_CGROUP_FD = 8 };
+enum { JOB_CHANNEL_FD = 4, FILTER_FD = 5, CPU_COUNTER_FD = 6, FIRST_CGROUP_FD = 7 };
 enum { MAX_FILTER = 4096 * 8, MAX_JOB = 1 << 20 };
 static const char STAGE[] = "sandbox init: ";
 
@@ -232,23 +233,111 @@ static void stdio_to_null(void) {
     close(null);
 }
 
-/* MODE "spawn": B is our child in new namespaces (on a copy of the template's mount
- * namespace); its pid goes to the zygote on stdout, and we exit. Returns in B. */
-static void spawn(void) {
-    require(STAGE, setns(MOUNT_NAMESPACE_FD, CLONE_NEWNS) == 0, "entering the template");
-    long pid = syscall(SYS_clone, CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | SIGCHLD,
-                       NULL, NULL, NULL, NULL);
-    require(STAGE, pid >= 0, "cloning the sandbox init");
-    if (pid > 0) {
-        char text[24];
-        int length = snprintf(text, sizeof text, "%ld\n", pid);
-        _exit(write(STDOUT_FILENO, text, (size_t)length) == length ? 0 : 1);
+/* MODE "serve": the host image's spawner, one per zygote and the supervisor's child
+ * (the zygote clones it with CLONE_PARENT), started with fd 3 its request channel and
+ * fd 4 the template's mount namespace, which it enters once. A request is the
+ * arguments after MODE in "Run as" (NUL-terminated) with B's fds as SCM_RIGHTS, in the
+ * order of their numbers in B. For each, clone B into new
+ * namespaces as the supervisor's child (CLONE_PARENT) and answer its pid, or a
+ * setup_error line. Returns in B, its fds in place, with its arguments. EOF ends the
+ * spawner.
+ *
+ * Why a process that stays: B is a clone of a small, idle C process - no exec, no
+ * Python, no spawn per sandbox. (Before, the zygote spawned this binary per sandbox,
+ * and the spawn, the exec and the zygote's Python were a tenth of a job's CPU.) */
+enum { SPAWNER_CHANNEL_FD = 3, SPAWNER_NAMESPACE_FD = 4, MAX_REQUEST = 4096, REQUEST_FIELDS = 13 };
+enum { SPAWN_FDS = 3, MAX_SPAWN_FDS = 16, HIGH_FD = 64 }; /* at least: report pipe, job channel, filter */
+static const char SPAWNER[] = "sandbox spawner: ";
+
+static char request[MAX_REQUEST + 1];
+static char *request_argv[REQUEST_FIELDS + 2];
+
+/* The request's NUL-terminated fields into request_argv[1..]; their count. */
+static int split_request(size_t length) {
+    int count = 0;
+    size_t offset = 0;
+    while (offset < length && count < REQUEST_FIELDS + 1) {
+        const char *end = memchr(request + offset, '\0', length - offset);
+        if (end == NULL) {
+            return -1;
+        }
+        request_argv[++count] = request + offset;
+        offset = (size_t)(end - request) + 1;
+    }
+    return offset == length ? count : -1;
+}
+
+/* (In B.) The received fds to 3, 4, ... as main expects them (they may have arrived at
+ * any of those numbers: first out of the way); main's close_range closes the rest. */
+static void place_fds(const int *fds, int received) {
+    int high[MAX_SPAWN_FDS];
+    for (int i = 0; i < received; i++) {
+        high[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, HIGH_FD);
+        if (high[i] < 0) {
+            _exit(125); /* no report pipe in place yet to say so; the supervisor sees B die */
+        }
+        close(fds[i]);
+    }
+    for (int i = 0; i < received; i++) {
+        if (dup2(high[i], REPORT_FD + i) != REPORT_FD + i) {
+            _exit(125);
+        }
+    }
+}
+
+static void answer_failure(int err, const char *what) {
+    report_begin("setup_error");
+    report_message(SPAWNER, what, err, NULL);
+    report_end();
+}
+
+static char **serve(void) {
+    prctl(PR_SET_NAME, "sandbox-spawn", 0, 0, 0);
+    require(SPAWNER, syscall(SYS_close_range, SPAWNER_NAMESPACE_FD + 1, ~0U, 0) == 0, "closing inherited fds");
+    require(SPAWNER, setns(SPAWNER_NAMESPACE_FD, CLONE_NEWNS) == 0, "entering the template");
+    close(SPAWNER_NAMESPACE_FD);
+    for (;;) {
+        int fds[MAX_PASSED_FDS];
+        int received = 0;
+        size_t length = channel_receive(SPAWNER_CHANNEL_FD, request, MAX_REQUEST, fds, MAX_SPAWN_FDS, &received,
+                                        SPAWNER);
+        if (length == 0) {
+            _exit(0); /* the supervisor closed the channel */
+        }
+        int fields = split_request(length);
+        long pid = -1;
+        errno = EINVAL;
+        if (fields == REQUEST_FIELDS && received >= SPAWN_FDS) {
+            pid = syscall(SYS_clone, CLONE_PARENT | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC |
+                                         CLONE_NEWUTS | SIGCHLD,
+                          NULL, NULL, NULL, NULL);
+        }
+        if (pid == 0) {
+            prctl(PR_SET_NAME, "sandbox-init", 0, 0, 0);
+            place_fds(fds, received);
+            request_argv[0] = "sandbox-init";
+            return request_argv;
+        }
+        int err = errno;
+        for (int i = 0; i < received; i++) {
+            close(fds[i]);
+        }
+        if (pid > 0) {
+            char text[24];
+            int length = snprintf(text, sizeof text, "%ld\n", pid);
+            if (send(SPAWNER_CHANNEL_FD, text, (size_t)length, MSG_NOSIGNAL) != length) {
+                _exit(1);
+            }
+        } else {
+            answer_failure(err, fields == REQUEST_FIELDS && received >= SPAWN_FDS ? "cloning a sandbox init"
+                                                                                     : "a malformed request");
+        }
     }
 }
 
 /* The arguments, in the order of "Run as" above. */
 struct arguments {
-    const char *mode, *cpu_counter, *cgroup_join, *disk_bytes, *hostname, *root;
+    const char *cpu_counter, *cgroup_join, *disk_bytes, *hostname, *root;
     int cap_last, trace, exec_once, execve_nr, execveat_nr, cgroup_fds;
     unsigned int native_arch;
 };
@@ -256,8 +345,7 @@ struct arguments {
 static struct arguments parse(int argc, char **argv) {
     errno = EINVAL;
     require(STAGE, argc == 14, "started with the wrong arguments");
-    return (struct arguments){.mode = argv[1],
-                              .cap_last = atoi(argv[2]),
+    return (struct arguments){.cap_last = atoi(argv[2]),
                               .trace = atoi(argv[3]),
                               .exec_once = atoi(argv[4]),
                               .native_arch = (unsigned int)strtoul(argv[5], NULL, 10),
@@ -293,14 +381,14 @@ static pid_t fork_program_stage(struct program_setup *setup) {
 
 int main(int argc, char **argv) {
     prctl(PR_SET_NAME, "sandbox-init", 0, 0, 0);
+    if (argc == 2 && strcmp(argv[1], "serve") == 0) {
+        argv = serve(); /* returns in each B */
+        argc = REQUEST_FIELDS + 1;
+    }
     struct arguments arguments = parse(argc, argv);
     /* Only what the layout names stays open (the zygote's own fds may have come along). */
     require(STAGE, syscall(SYS_close_range, FIRST_CGROUP_FD + arguments.cgroup_fds, ~0U, 0) == 0,
                 "closing inherited fds");
-    if (strcmp(arguments.mode, "spawn") == 0) {
-        spawn();
-    }
-    close(MOUNT_NAMESPACE_FD);
     stdio_to_null();
     set_up_job_root(arguments.hostname, arguments.disk_bytes, arguments.root);
     struct watcher watcher = {.trace = arguments.trace,
