@@ -269,7 +269,8 @@ def start_job(prepared: Prepared, job: JobSpec) -> None:
         str(len(job.argv)), *job.argv,
         str(len(job.env)), *(f"{name}={value}" for name, value in job.env.items()),
     ]
-    socket.send_fds(prepared.job_channel, [b"".join(os.fsencode(field) + b"\0" for field in fields)], fds)
+    message = "".join(field + "\0" for field in fields).encode("utf-8", "surrogateescape")  # os.fsencode's, at once
+    socket.send_fds(prepared.job_channel, [message], fds)
 
 
 def become_subreaper() -> None:

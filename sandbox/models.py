@@ -68,7 +68,7 @@ class Limits:
         # __new__ sees the arguments exactly as the caller gave them; the generated
         # __init__ fills in the defaults and would hide which ones those were.
         instance = super().__new__(cls)
-        instance._given = frozenset(kwargs) | {f.name for f in fields(cls)[: len(args)]}
+        instance._given = frozenset(kwargs) | {f.name for f in fields(cls)[: len(args)]} if args else frozenset(kwargs)
         return instance
 
     @property

@@ -3,10 +3,12 @@ costs milliseconds (libseccomp), a job must not pay that each time."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 from sandbox.errors import JobError
+from sandbox.models import Limits
 from sandbox.profile import Profile, load_profile, profile_path
 from sandbox.seccomp import compile_policy, compile_trace
 
@@ -30,6 +32,12 @@ class CompiledProfile:
     def limits(self) -> dict[str, Any]:
         """The profile's [limits]: a job's defaults for the limits it does not set."""
         return self.profile.limits
+
+    @functools.cached_property
+    def kind_limits(self) -> Limits:
+        """The limits of a job that names none of its own (what warm sandboxes of this
+        profile are made for); computed once, read by every order. Not to be changed."""
+        return Limits().over(self.limits)
 
 
 class ProfileCache:

@@ -100,7 +100,7 @@ def supervise(
         _handle_message(outcome, message)
     streams = {stdout_fd: outcome.stdout, stderr_fd: outcome.stderr}
     names = {stdout_fd: "stdout", stderr_fd: "stderr"}
-    selector = selectors.DefaultSelector()
+    selector = selectors.PollSelector()  # a handful of fds for one job: no epoll instance to make and close
     for fd in (stdout_fd, stderr_fd, sandbox.report_fd):
         os.set_blocking(fd, False)
         selector.register(fd, selectors.EVENT_READ)

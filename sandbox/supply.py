@@ -27,7 +27,7 @@ from sandbox.errors import SandboxError
 from sandbox.images.errors import ImageError
 from sandbox.images.runtime import LeasedImage, lease_image
 from sandbox.launch import ImageRoot
-from sandbox.models import WORKDIR, Limits, WarmSpec
+from sandbox.models import WORKDIR, WarmSpec
 from sandbox.profile_cache import ProfileCache
 from sandbox.template import RECHECK_S
 from sandbox.zygote import Zygote
@@ -102,7 +102,7 @@ class SandboxSupply:
         if self.backend is not None:
             self._cgroups = CgroupStock(
                 self.backend, KEEP_MADE + sum(spec.count for spec in self.warm) if self.warm else 0,
-                self._kind_limits(self.warm[0].profile) if self.warm else None,
+                self.profiles.get(self.warm[0].profile).kind_limits if self.warm else None,
             )
         try:
             self._zygote_for_next()
@@ -174,7 +174,7 @@ class SandboxSupply:
         for spec in self.warm:
             waiting = len(self._pools[spec]) + sum(kind == spec for kind, _ in self._ordered)
             if spec not in self._failed and waiting < spec.count:
-                quota = self._kind_limits(spec.profile).cpus is not None
+                quota = self.profiles.get(spec.profile).kind_limits.cpus is not None
                 if self._cgroups is not None and not self._cgroups.ready_to_take(quota):
                     self.awaiting_cgroup = True  # the stock's made_fd wakes us (``waitables``)
                     return False
@@ -257,7 +257,7 @@ class SandboxSupply:
         """Ask the zygote for a sandbox (its answer is read by ``_deliver``); its cgroup
         can take a CPU quota if ``cpu_quota`` or its profile's limits have one."""
         compiled = self.profiles.get(profile)
-        kind_limits = self._kind_limits(profile)
+        kind_limits = compiled.kind_limits
         zygote = self._zygote_for_next()
         cgroup = self._cgroups.take(cpu_quota or kind_limits.cpus is not None) if self._cgroups is not None else None
         try:
@@ -283,10 +283,6 @@ class SandboxSupply:
         if cgroup is not None:
             cgroup.close_attach_fds()  # the sandbox holds its own copies
         return _Order(start, cgroup, image)
-
-    def _kind_limits(self, profile: str) -> Limits:
-        """The limits of a job that names none of its own."""
-        return Limits().over(self.profiles.get(profile).limits)
 
     def _deliver(self, order: _Order) -> Sandbox:
         return Sandbox(launch.receive(order.start), order.cgroup, image=order.image, lease=order.lease)

@@ -6,6 +6,7 @@ same spellings and reject the same garbage with the same message.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -33,6 +34,9 @@ MAX_SIZE = 1 << 50
 MAX_DURATION_MS = 7 * 24 * 3600 * 1000
 
 
+# Pure functions, called for every limit of every job, mostly with the same few
+# spellings (the defaults): cached. typed: True and 1 must not share an entry.
+@functools.lru_cache(maxsize=1024, typed=True)
 def parse_size(text: str | int) -> int:
     """Bytes from "256M", "1GiB", "4096" (binary units, like docker and isolate)."""
     if isinstance(text, bool):
@@ -50,6 +54,7 @@ def parse_size(text: str | int) -> int:
     return value
 
 
+@functools.lru_cache(maxsize=1024, typed=True)
 def parse_duration_ms(text: str | int | float) -> int:
     """Milliseconds from "2s", "1.5s", "250ms", "2" (seconds, like isolate)."""
     if isinstance(text, bool):
