@@ -1,8 +1,8 @@
 """The one cgroup interface the runner sees; v1 and v2 backends implement it.
 
 A job gets its own cgroup. The job's first process joins it by writing "0" into the
-``cgroup.procs`` fds opened here (so it can join after it left the host mount
-namespace), and everything it starts stays inside. The supervisor polls
+fds opened here (v1, each hierarchy's ``tasks``; so it can join after it left the host
+mount namespace), or is created in it (v2), and everything it starts stays inside. The supervisor polls
 ``cpu_usage_ns`` to enforce the CPU limit promptly and reads ``usage`` at the end.
 """
 
@@ -40,7 +40,7 @@ class JobCgroup(abc.ABC):
     """One job's cgroup (one directory per hierarchy on v1, one on v2)."""
 
     # How a sandbox's program stage joins it (``native/program.c``): "procs", writing
-    # itself into each cgroup.procs of ``attach_fds``; "directory", created in the one
+    # itself into each of ``attach_fds`` (v1: tasks files); "directory", created in the one
     # directory of ``attach_fds`` by clone3(CLONE_INTO_CGROUP), which skips the attach
     # and its stall (v2 only).
     JOIN = "procs"

@@ -22,13 +22,13 @@
  * (MODE "exec"; a spawner's request has the same arguments, MODE "spawned")
  * with fd 3 the report pipe to the supervisor, 4 its job channel, 5 a memfd with the
  * seccomp program, 6 the job cgroup's CPU counter (CPU_COUNTER_KIND "cpuacct.usage" or
- * "cpu.stat"; "none": no cgroup, and no fd from 6 on), 7.. the job cgroup's cgroup.procs files (CGROUP_JOIN "procs", v1: one per
- * hierarchy) or its directory ("directory", v2: the program stage is created in it
- * with clone3(CLONE_INTO_CGROUP) - no attach, so none of the attach's stall for an RCU
- * grace period); and CAP_SYS_ADMIN, CAP_SYS_CHROOT,
- * CAP_NET_ADMIN and CAP_SETPCAP in its ambient set (a spawned B: the spawner's): for
- * entering the template, its mounts, host name and loopback, and the program stage's cgroup namespace and
- * bounding set (which drops them with everything else).
+ * "cpu.stat"; "none": no cgroup, and no fd from 6 on), 7.. the job cgroup's tasks files
+ * (CGROUP_JOIN "procs", v1: one per hierarchy) or its directory ("directory", v2: the
+ * program stage is created in it with clone3(CLONE_INTO_CGROUP) - no attach at all);
+ * and CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_NET_ADMIN and CAP_SETPCAP in its ambient set
+ * (a spawned B: the spawner's): for entering the template, its mounts, host name and
+ * loopback, and the program stage's cgroup namespace and bounding set (which drops
+ * them with everything else).
  *
  * The supervisor's death ends B through the job channel (EOF): B waits on it before
  * its job and polls it during the job (not PR_SET_PDEATHSIG, which follows the exit of
