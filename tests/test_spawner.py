@@ -14,7 +14,9 @@ import pytest
 
 from sandbox import launch
 from sandbox.errors import SetupError
+from sandbox.models import Job, Status
 from sandbox.profile_cache import ProfileCache
+from sandbox.runner import Runner
 from sandbox.zygote import Zygote
 
 
@@ -88,3 +90,18 @@ def test_the_spawner_exits_with_its_channel():
     assert Path(f"/proc/{pid}").exists()
     started.close()  # closes the channel, then reaps the spawner: it must have exited
     assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_job_after_the_spawner_died_gets_a_new_one():
+    runner = Runner()
+    try:
+        assert runner.run(Job(cmd=["true"])).status is Status.OK
+        zygote = runner.sandboxes._zygote
+        assert zygote is not None
+        os.kill(zygote.spawner_pid, signal.SIGKILL)
+        os.waitid(os.P_PID, zygote.spawner_pid, os.WEXITED | os.WNOWAIT)  # dead; left unreaped for Zygote.close
+        result = runner.run(Job(cmd=["echo", "again"]))
+        assert (result.status, result.stdout) == (Status.OK, b"again\n"), result
+        assert runner.sandboxes._zygote is not zygote
+    finally:
+        runner.close()
