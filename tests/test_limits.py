@@ -6,6 +6,7 @@ import os
 import resource
 import signal
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -179,6 +180,29 @@ def test_a_job_cgroup_made_without_cpu_quota_refuses_one(runner):
                 cgroup.apply_limits(Limits(cpus=0.5))
         else:
             cgroup.apply_limits(Limits(cpus=0.5))
+    finally:
+        cgroup.destroy()
+
+
+def test_a_job_cgroups_memory_limit_covers_swap_whatever_the_order(runner):
+    # v1 keeps memory.memsw.limit_in_bytes >= memory.limit_in_bytes at every write, so
+    # raising and lowering need opposite orders; a new cgroup (unlimited) needs no read
+    # first. Its swappiness comes from the parent setup-cgroups made (0).
+    cgroup = runner.backend.create_job(cpu_quota=False)
+    try:
+        for memory in ("64M", "256M", "32M"):
+            cgroup.apply_limits(Limits(memory=memory))
+            directory = cgroup.directories[0]
+            if runner.backend.version == 1:
+                directory = cgroup.by_controller["memory"]  # type: ignore[attr-defined]
+                limit = Path(directory, "memory.limit_in_bytes").read_text().strip()
+                assert limit == str(Limits(memory=memory).memory_bytes)
+                if cgroup.has_swap_limit:  # type: ignore[attr-defined]
+                    assert Path(directory, "memory.memsw.limit_in_bytes").read_text().strip() == limit
+                assert Path(directory, "memory.swappiness").read_text().strip() == "0"
+            else:
+                assert Path(directory, "memory.max").read_text().strip() == str(Limits(memory=memory).memory_bytes)
+                assert Path(directory, "memory.swap.max").read_text().strip() == "0"
     finally:
         cgroup.destroy()
 

@@ -52,6 +52,10 @@ def _setup_v1(account: pwd.struct_passwd) -> list[str]:
     lines = []
     for directory in dict.fromkeys(os.path.join(mounts[c], default_v1_parent(account.pw_name)) for c in V1_CONTROLLERS):
         lines.append(_delegate(directory, account, V1_DELEGATED_FILES))
+    # Job cgroups inherit it (no swapping inside a job; its memory limit covers swap
+    # too), so the worker need not write it into each one.
+    write_file(os.path.join(mounts["memory"], default_v1_parent(account.pw_name), "memory.swappiness"), "0")
+    lines.append("set memory.swappiness 0 for the job cgroups")
     return lines
 
 

@@ -43,7 +43,7 @@ def v1_mounts() -> dict[str, str]:
 
 
 class V1JobCgroup(JobCgroup):
-    def __init__(self, dirs: dict[str, str]) -> None:
+    def __init__(self, dirs: dict[str, str], has_swap_limit: bool) -> None:
         unique_dirs = list(dict.fromkeys(dirs.values()))
         cpuacct, memory, pids = (dirs[c] for c in ("cpuacct", "memory", "pids"))
         counters = {
@@ -64,17 +64,18 @@ class V1JobCgroup(JobCgroup):
         )
         self.by_controller = dirs
         self.cpu_quota = "cpu" in dirs
+        self.has_swap_limit = has_swap_limit  # memory.memsw.* (swap accounting) exists
 
     def _write_limits(self, limits: Limits) -> None:
         memory = self.by_controller["memory"]
-        # memsw must stay >= the memory limit at every step: order the writes accordingly.
+        # memsw must stay >= the memory limit at every step: order the writes accordingly
+        # (a new cgroup's limits are unlimited: nothing to read).
         swap_limit = os.path.join(memory, "memory.memsw.limit_in_bytes")
-        has_swap_limit = os.path.exists(swap_limit)
-        current = read_int(os.path.join(memory, "memory.limit_in_bytes"))
-        if has_swap_limit and limits.memory_bytes > current:
-            write_file(swap_limit, str(limits.memory_bytes))
+        if self.has_swap_limit and self._applied is not None:
+            if limits.memory_bytes > read_int(os.path.join(memory, "memory.limit_in_bytes")):
+                write_file(swap_limit, str(limits.memory_bytes))
         write_file(os.path.join(memory, "memory.limit_in_bytes"), str(limits.memory_bytes))
-        if has_swap_limit:
+        if self.has_swap_limit:
             write_file(swap_limit, str(limits.memory_bytes))
         write_file(os.path.join(self.by_controller["pids"], "pids.max"), str(limits.pids))
         if self.cpu_quota:
@@ -112,6 +113,11 @@ class V1Backend(CgroupBackend):
                     f"{directory} is missing or not writable: run "
                     f"'sudo sandbox setup-cgroups --user {current_user()}' once"
                 )
+        memory = self.parent_dirs["memory"]
+        self.has_swap_limit = _exists(memory, "memory.memsw.limit_in_bytes")
+        # A new memory cgroup takes its parent's swappiness: where setup-cgroups set it
+        # to 0 there, a job cgroup needs no write of its own.
+        self.swappiness_inherited = read_int(os.path.join(memory, "memory.swappiness")) == 0
 
     def parents(self) -> list[str]:
         return list(dict.fromkeys(self.parent_dirs.values()))
@@ -132,8 +138,9 @@ class V1Backend(CgroupBackend):
             for directory in dict.fromkeys(dirs.values()):
                 os.mkdir(directory)
                 created.append(directory)
-            write_file(os.path.join(dirs["memory"], "memory.swappiness"), "0")
-            return V1JobCgroup(dirs)
+            if not self.swappiness_inherited:
+                write_file(os.path.join(dirs["memory"], "memory.swappiness"), "0")
+            return V1JobCgroup(dirs, self.has_swap_limit)
         except BaseException as exc:
             remove_partial(created)
             if isinstance(exc, OSError):
