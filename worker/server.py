@@ -71,9 +71,14 @@ class Connection:
         self.stream = stream
         self.authenticated = authenticated
         self.hello_done = False
-        self.outbox_send, self.outbox = trio.open_memory_channel[dict[str, Any]](OUT_QUEUE)
+        # Messages, or the unsent end of one that ``deliver`` sent in part.
+        self.outbox_send, self.outbox = trio.open_memory_channel[dict[str, Any] | bytes](OUT_QUEUE)
         self.scope = trio.CancelScope()
         self._drained = trio.Event()
+        # Messages handed to the writer and not sent yet (queued, or in its hands: a
+        # channel gives a message straight to a waiting writer, so the channel's buffer
+        # can be empty while one is still to go out). Only at 0 may ``deliver`` send itself.
+        self.unsent = 0
 
     async def room(self) -> None:
         """Wait while the outbox has no room for the replies of one more request (a
@@ -96,12 +101,33 @@ class Connection:
         offsets show the gap; the result holds all of it), never a reason to cut off."""
         if message.get("event") == "output" and self.outbox_send.statistics().current_buffer_used >= OUT_QUEUE // 2:
             return
+        pending: dict[str, Any] | bytes = message
+        if not self.unsent:
+            pending = self._send_now(encode(message))
+            if not pending:
+                return
         try:
-            self.outbox_send.send_nowait(message)
+            self.outbox_send.send_nowait(pending)
+            self.unsent += 1
         except trio.WouldBlock:
             self.scope.cancel()
         except trio.ClosedResourceError:
             pass  # the connection is closing; its jobs are being cancelled
+
+    def _send_now(self, data: bytes) -> bytes:
+        """Send what the socket takes now, without waiting (trio keeps it non-blocking);
+        the rest is the writer's. With nothing queued before it, a message goes out
+        at once instead of through the writer task: a job's events leave a scheduling
+        pass or two sooner, and the worker spends less CPU per job."""
+        if not isinstance(self.stream, trio.SocketStream) or self.stream.socket.fileno() < 0:
+            return data
+        try:
+            sent = os.write(self.stream.socket.fileno(), data)
+        except BlockingIOError:
+            return data
+        except OSError:
+            return b""  # the client is gone; the reader sees it and ends the connection
+        return data[sent:]
 
 
 class Server:
@@ -236,7 +262,8 @@ class Server:
             async for message in connection.outbox:
                 connection.sent()
                 with trio.move_on_after(self.config.send_timeout_s) as deadline:
-                    await connection.stream.send_all(encode(message))
+                    await connection.stream.send_all(message if isinstance(message, bytes) else encode(message))
+                connection.unsent -= 1
                 if deadline.cancelled_caught:
                     log("client_not_reading", connection=connection.number)
                     break

@@ -120,10 +120,8 @@ class Slot:
                     async with self._sending:
                         if self._cancel_requested:
                             return None
-                        if self._stream is None:
-                            raise LauncherDied("launcher stopped")
                         run = {"type": "run", "id": job_id, "job": job_to_wire(job), "stream": on_output is not None}
-                        await self._stream.send_all(encode(run))
+                        await self._send(encode(run))
                     return await self._until_result(job_id, relay_started, on_output)
                 except (LauncherDied, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     if started:
@@ -141,12 +139,10 @@ class Slot:
             return
         self._cancel_requested = True
         async with self._sending:
-            if self._stream is None:
-                return  # the launcher died; ``run`` reports the job as failed
             try:
-                await self._stream.send_all(encode({"type": "cancel", "id": job_id}))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+                await self._send(encode({"type": "cancel", "id": job_id}))
+            except (LauncherDied, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the launcher died; ``run`` reports the job as failed
 
     async def _until_result(
         self, job_id: str, on_started: Callable[[], Awaitable[None]],
@@ -162,6 +158,21 @@ class Slot:
                 on_output(message)
             elif message["type"] == "result":
                 return result_from_wire(message["result"])
+
+    async def _send(self, data: bytes) -> None:
+        """Send to the launcher (the caller holds ``_sending``): what the channel takes
+        at once goes out without a trip through trio's scheduler (the socket is
+        non-blocking), the rest as trio sends it."""
+        if self._stream is None:
+            raise LauncherDied("launcher stopped")
+        try:
+            sent = os.write(self._stream.socket.fileno(), data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise LauncherDied(f"channel broken: {exc}") from exc
+        if sent < len(data):
+            await self._stream.send_all(data[sent:])
 
     async def _close_stream(self) -> None:
         if self._stream is not None:
