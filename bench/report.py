@@ -181,14 +181,14 @@ def analysis(results: dict[str, Any]) -> list[str]:
     if prof:
         split = ", ".join(f"{role} {ms:.1f} ms" for role, ms in prof.items())
         lines.append(
-            f"  The profile run splits it: {split}. Per sandbox, the zygote (a lean `python -S`) clones "
-            "the sandbox init B into new namespaces; B builds the job's root in Python and execs the C init, "
-            "which forks the program stage C, which execs the program. The zygote's time is mostly the kernel "
-            "creating the job's network namespace and copying its page tables; the sandbox processes' system "
-            "time is the kernel taking copy-on-write faults as B's Python touches its objects, tearing that "
-            "memory down at B's exec, and C's seccomp install, exec and exit; their user time is mostly the "
-            "Python in B (`stages.py`: /proc and scratch mounts). The kernel's deferred teardown of each "
-            "network namespace runs in kworker threads, outside these figures.")
+            f"  The profile run splits it: {split}. Per host-image sandbox, the spawner (a small C process "
+            "the zygote starts once) clones the sandbox init B into new namespaces; B forks the program "
+            "stage C, which execs the program. The spawner is counted with the sandbox processes: their "
+            "system time is mostly the kernel creating each job's network namespace (in the spawner's "
+            "clone), mounting its /proc and scratch, C's seccomp install (the filter is translated and "
+            "JIT-compiled per sandbox), exec and exit. The zygote (`python -S`) only builds image roots. "
+            "The kernel's deferred teardown of each network namespace runs in kworker threads, outside "
+            "these figures.")
     launcher = results.get("profile", {}).get("static", {}).get("roles", {}).get("launcher")
     if launcher:
         jobs = results["profile"]["static"]["jobs"]
@@ -196,7 +196,7 @@ def analysis(results: dict[str, Any]) -> list[str]:
         top = "; ".join(f"`{name}` {ms:.1f} ms" for name, ms in list(per_job.items())[:6])
         lines.append(
             f"  Launcher wall time per job, by innermost frame ({jobs} jobs back to back on 2 launchers): {top}. "
-            "Between jobs the launcher cleans up finished sandboxes and orders new ones from its zygote in "
+            "Between jobs the launcher cleans up finished sandboxes and orders new ones from its spawner in "
             "small steps that never wait (`SandboxSupply.step`), and sleeps in `select` when there is "
             "nothing to do; on a warm job's path are the hand-over to the sandbox, the program's exec and "
             "exit, and reading the cgroup's counters.")
@@ -233,11 +233,10 @@ def analysis(results: dict[str, Any]) -> list[str]:
         row = density["steps"][-1]
         lines.append(
             f"- **Density.** Each sleeping sandbox holds a slot: its launcher (a Python interpreter, "
-            f"{row['launchers_pss'] / row['sandboxes'] / MIB:.1f} MiB PSS) and its zygote and sandbox processes "
+            f"{row['launchers_pss'] / row['sandboxes'] / MIB:.1f} MiB PSS) and its zygote, spawner and sandbox processes "
             f"({row['sandboxes_pss'] / row['sandboxes'] / MIB:.1f} MiB PSS), against "
             f"{row['job_cgroups'] / row['sandboxes'] / MIB:.2f} MiB charged to the job's own cgroup. One "
-            "Python launcher and zygote per running job, and a Python pid 1 per sandbox, is what costs the "
-            "memory.")
+            "Python launcher and zygote per running job is what costs the memory.")
     return lines
 
 
