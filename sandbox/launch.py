@@ -238,7 +238,7 @@ def _filter_memfd(seccomp_bpf: bytes) -> int:
 
 
 def receive(starting: Starting) -> Prepared:
-    """The zygote's answer to an order (waits for it). If the sandbox could not start,
+    """The spawner's or zygote's answer to an order (waits for it). If the sandbox could not start,
     ``init_pid`` is 0 and ``early`` holds the setup_error."""
     init_pid, early = 0, []
     if starting.error is None:

@@ -60,8 +60,8 @@ class Spec:
 
 
 def open_init_binary() -> int:
-    """(In the zygote, once.) An O_PATH fd of the C init, which the zygote spawns and the
-    sandbox inits exec from it (their roots do not show the host's files); out of the
+    """(In the zygote, once.) An O_PATH fd of the C init, which the spawner and an image
+    sandbox's B are exec'd from (their roots do not show the host's files); out of the
     way of the fd numbers the init starts with."""
     try:
         fd = os.open(INIT_BINARY, os.O_PATH | os.O_CLOEXEC)

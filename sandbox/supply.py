@@ -139,7 +139,7 @@ class SandboxSupply:
                 if image is not None and sandbox.image is not None and sandbox.image.layers == image.layers:
                     break  # same image, another working directory: build this job's now
                 self.retire(pool.popleft())
-        while self._ordered:  # the zygote answers in order: theirs come first
+        while self._ordered:  # answers come in order: theirs come first
             self._receive()
         return self._deliver(self._order(image, disk_bytes, profile, trace, cpu_quota))
 
@@ -288,7 +288,7 @@ class SandboxSupply:
         return Sandbox(launch.receive(order.start), order.cgroup, image=order.image, lease=order.lease)
 
     def _receive(self) -> None:
-        """Read the zygote's answer for the oldest order; a warm sandbox that failed to
+        """Read the answer for the oldest order; a warm sandbox that failed to
         start is cleaned up, not handed to a job (the job would only report the failure
         a sandbox built for it reports too)."""
         spec, order = self._ordered.popleft()
