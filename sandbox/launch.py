@@ -83,7 +83,7 @@ class Template:
     image: ImageRoot | None = None  # None: the built-in host image
     exec_once: bool = False  # the profile forbids exec after the program started
     trace: bool = False  # seccomp_bpf notifies every call: record them, allow them
-    cgroup_join: str = "procs"  # JobCgroup.JOIN of the cgroup_fds
+    cgroup_join: str = "files"  # JobCgroup.JOIN of the cgroup_fds
 
     def to_wire(self) -> dict[str, Any]:
         """An image sandbox's request to the zygote: everything but the fds (they travel

@@ -269,7 +269,7 @@ class SandboxSupply:
                 exec_once=compiled.exec_once,
                 trace=trace,
                 cgroup_fds=cgroup.attach_fds if cgroup else [],
-                cgroup_join=cgroup.JOIN if cgroup else "procs",
+                cgroup_join=cgroup.JOIN if cgroup else "files",
                 cpu_counter=(cgroup.cpu_counter_fd, cgroup.cpu_counter_kind) if cgroup else None,
                 disk_bytes=disk_bytes,
                 cap_last=self.cap_last,

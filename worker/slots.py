@@ -20,6 +20,7 @@ from sandbox.models import Job, Result, Status, WarmSpec
 from worker.launcher import LAUNCHER_MAX_FRAME
 from worker.logs import log
 from worker.protocol import FrameDecoder, encode, job_to_wire, result_from_wire
+from worker.streams import send_now
 
 
 class LauncherDied(Exception):
@@ -166,13 +167,11 @@ class Slot:
         if self._stream is None:
             raise LauncherDied("launcher stopped")
         try:
-            sent = os.write(self._stream.socket.fileno(), data)
-        except BlockingIOError:
-            sent = 0
+            rest = send_now(self._stream, data)
         except OSError as exc:
             raise LauncherDied(f"channel broken: {exc}") from exc
-        if sent < len(data):
-            await self._stream.send_all(data[sent:])
+        if rest:
+            await self._stream.send_all(rest)
 
     async def _close_stream(self) -> None:
         if self._stream is not None:

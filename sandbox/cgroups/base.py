@@ -39,11 +39,11 @@ class CgroupUsage:
 class JobCgroup(abc.ABC):
     """One job's cgroup (one directory per hierarchy on v1, one on v2)."""
 
-    # How a sandbox's program stage joins it (``native/program.c``): "procs", writing
+    # How a sandbox's program stage joins it (``native/program.c``): "files", writing
     # itself into each of ``attach_fds`` (v1: tasks files); "directory", created in the one
     # directory of ``attach_fds`` by clone3(CLONE_INTO_CGROUP), which skips the attach
     # and its stall (v2 only).
-    JOIN = "procs"
+    JOIN = "files"
     # Whether a CPU quota (``Limits.cpus``) can be written: v1 makes the cpu controller's
     # directory only for the jobs that may need one (``CgroupBackend.create_job``).
     cpu_quota = True

@@ -18,6 +18,7 @@ from sandbox.cgroups.base import (
     JobCgroup,
     cgroup_pids,
     current_user,
+    parse_keyed,
     read_keyed,
     remove_partial,
     write_file,
@@ -86,8 +87,7 @@ class V2JobCgroup(JobCgroup):
         self.directory = directory
 
     def _cpu_stat(self) -> dict[str, int]:
-        text = os.pread(self.cpu_counter_fd, 4096, 0).decode()
-        return {k: int(v) for k, v in (line.split() for line in text.splitlines() if line.strip())}
+        return parse_keyed(os.pread(self.cpu_counter_fd, 4096, 0).decode())
 
     def _write_limits(self, limits: Limits) -> None:
         write_file(os.path.join(self.directory, "memory.max"), str(limits.memory_bytes))

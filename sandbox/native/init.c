@@ -23,7 +23,7 @@
  * with fd 3 the report pipe to the supervisor, 4 its job channel, 5 a memfd with the
  * seccomp program, 6 the job cgroup's CPU counter (CPU_COUNTER_KIND "cpuacct.usage" or
  * "cpu.stat"; "none": no cgroup, and no fd from 6 on), 7.. the job cgroup's tasks files
- * (CGROUP_JOIN "procs", v1: one per hierarchy) or its directory ("directory", v2: the
+ * (CGROUP_JOIN "files", v1: one per hierarchy) or its directory ("directory", v2: the
  * program stage is created in it with clone3(CLONE_INTO_CGROUP) - no attach at all);
  * and CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_NET_ADMIN and CAP_SETPCAP in its ambient set
  * (a spawned B: the spawner's): for entering the template, its mounts, host name and
@@ -412,7 +412,7 @@ int main(int argc, char **argv) {
                                   .first_cgroup_fd = FIRST_CGROUP_FD,
                                   .cgroup_fds = arguments.cgroup_fds,
                                   .join = strcmp(arguments.cgroup_join, "directory") == 0 ? JOIN_BY_DIRECTORY
-                                                                                          : JOIN_BY_PROCS,
+                                                                                          : JOIN_BY_FILES,
                                   .filter = filter,
                                   .filter_length = filter_length};
     pid_t program = fork_program_stage(&setup);

@@ -98,10 +98,10 @@ static void reset_signals(void) {
 static void join_cgroups(const struct program_setup *setup) {
     for (int fd = setup->first_cgroup_fd; setup->join != JOIN_DONE && fd < setup->first_cgroup_fd + setup->cgroup_fds;
          fd++) {
-        int procs = setup->join == JOIN_BY_DIRECTORY ? openat(fd, "cgroup.procs", O_WRONLY | O_CLOEXEC) : fd;
-        require(STAGE, procs >= 0 && write(procs, "0", 1) == 1, "joining the job cgroup");
-        if (procs != fd) {
-            close(procs);
+        int file = setup->join == JOIN_BY_DIRECTORY ? openat(fd, "cgroup.procs", O_WRONLY | O_CLOEXEC) : fd;
+        require(STAGE, file >= 0 && write(file, "0", 1) == 1, "joining the job cgroup");
+        if (file != fd) {
+            close(file);
         }
     }
     require(STAGE, unshare(CLONE_NEWCGROUP) == 0, "creating the cgroup namespace");

@@ -9,7 +9,7 @@
 enum { PROGRAM_CHANNEL_FD = 4 };
 
 enum cgroup_join {
-    JOIN_BY_PROCS,      /* write "0" into each cgroup.procs fd (v1: one per hierarchy) */
+    JOIN_BY_FILES,      /* write "0" into each fd (v1: a tasks file per hierarchy) */
     JOIN_BY_DIRECTORY,  /* the one fd is the cgroup's directory: write into its cgroup.procs */
     JOIN_DONE,          /* created in the cgroup already (clone3 CLONE_INTO_CGROUP) */
 };
