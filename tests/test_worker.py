@@ -203,6 +203,36 @@ def test_cancel_a_running_job_kills_it(worker, connect):
     assert not sleeping("1004")
 
 
+def test_a_submitter_may_decline_progress_events(worker, connect):
+    # Events follow one another on a connection: the job declining them ends before the
+    # one that has them is even submitted, so if "accepted" or "started" were sent for
+    # the first, they would arrive before the second's.
+    raw = connect(worker)
+    raw.send({"type": "submit", "id": "quiet", "job": job_to_wire(Job(cmd=["true"])), "progress": False})
+    raw.send({"type": "submit", "id": "chatty", "job": job_to_wire(Job(cmd=["true"]))})
+    events = []
+    raw.until(lambda m: bool(events.append((m.get("id"), m.get("event")))) or m.get("id") == "chatty"
+              and m.get("event") == "finished")
+    assert [event for job, event in events if job == "quiet"] == ["finished"]
+    assert [event for job, event in events if job == "chatty"] == ["accepted", "started", "finished"]
+
+
+def test_clients_decline_the_progress_events_they_never_show(worker):
+    with Client(worker.socket_path) as client:
+        assert "progress-optional" in client.hello["capabilities"]
+        arrived = []
+        put = client._mail.put
+        client._mail.put = lambda message: (arrived.append(message.get("event")), put(message))  # type: ignore[method-assign]
+        assert client.run(Job(cmd=["true"])).status is Status.OK
+        assert arrived == ["finished"]
+
+
+def test_a_client_of_no_worker_fails_without_leaking_its_socket(tmp_path):
+    # The suite's per-test check counts this process's fds after each test.
+    with pytest.raises(FileNotFoundError):
+        Client(str(tmp_path / "nobody.sock"))
+
+
 def test_cancel_a_queued_job(start_worker, connect):
     worker = start_worker("--slots", "1")
     raw = connect(worker)
@@ -389,6 +419,7 @@ def test_broken_frames_get_a_typed_error_and_a_close(worker, payload, code, conn
                                                                            "data": b""}]}}, "invalid_job",
          "files.dest"),
         ({"type": "submit", "id": 5, "job": {"cmd": ["ls"]}}, "bad_message", "id"),
+        ({"type": "submit", "id": "x", "job": {"cmd": ["ls"]}, "progress": "no"}, "bad_message", "progress"),
         ({"type": "cancel", "id": "never-submitted"}, "unknown_id", "id"),
     ],
 )

@@ -73,7 +73,8 @@ class _Mailbox:
 
     def final(self, job_id: str, on_output: OutputHandler | None = None) -> Result | None:
         """The job's result once its final event (or an error about it) has arrived;
-        streamed output on the way goes to ``on_output``."""
+        streamed output on the way goes to ``on_output``. One outcome per call: an id
+        submitted again is answered again, and that answer waits for the next call."""
         queue = self.events[job_id]
         while queue:
             message = queue.popleft()
@@ -84,7 +85,8 @@ class _Mailbox:
                     on_output(message["stream"], message["offset"], message["data"])
                 continue
             if message["event"] in _FINAL_EVENTS:
-                del self.events[job_id]
+                if not queue:
+                    del self.events[job_id]
                 if "result" not in message:
                     raise WorkerError({"code": "cancelled", "message": f"job {job_id} was cancelled"})
                 return result_from_wire(message["result"])
@@ -98,10 +100,14 @@ def _hello(token: str | None) -> dict[str, Any]:
     return message
 
 
-def _submit(job: Job, job_id: str, stream: bool) -> dict[str, Any]:
+def _submit(job: Job, job_id: str, stream: bool, hello: dict[str, Any]) -> dict[str, Any]:
+    """The submit message. Neither client shows "accepted" or "started" to its caller, so
+    it declines them where the worker lets it (capability "progress-optional")."""
     message = {"type": "submit", "id": job_id, "job": job_to_wire(job)}
     if stream:
         message["stream"] = True
+    if "progress-optional" in hello.get("capabilities", ()):
+        message["progress"] = False
     return message
 
 
@@ -114,7 +120,11 @@ class Client:
             self._sock = socket.create_connection(tcp, timeout=timeout)
         else:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self._sock.connect(str(path))  # blocking: waits for room in a full backlog
+            try:
+                self._sock.connect(str(path))  # blocking: waits for room in a full backlog
+            except BaseException:
+                self._sock.close()  # no socket left open by a worker that is not there
+                raise
             self._sock.settimeout(timeout)
         self._decoder = FrameDecoder(REPLY_MAX_FRAME)
         self._mail = _Mailbox()
@@ -140,7 +150,7 @@ class Client:
         """Submit; with ``stream``, the worker sends the output as it comes (``wait``'s
         ``on_output`` gets it)."""
         job_id = job_id or uuid.uuid4().hex
-        self._send(_submit(job, job_id, stream))
+        self._send(_submit(job, job_id, stream, self.hello))
         return job_id
 
     def wait(self, job_id: str, on_output: OutputHandler | None = None) -> Result:
@@ -232,7 +242,7 @@ class AsyncClient:
 
     async def submit(self, job: Job, job_id: str | None = None, *, stream: bool = False) -> str:
         job_id = job_id or uuid.uuid4().hex
-        await self._send(_submit(job, job_id, stream))
+        await self._send(_submit(job, job_id, stream, self.hello))
         return job_id
 
     async def wait(self, job_id: str, on_output: OutputHandler | None = None) -> Result:
