@@ -89,7 +89,6 @@ class SandboxSupply:
     # not ordered again until the next job runs.
     _failed: set[WarmSpec] = field(default_factory=set)
     _cgroups: CgroupStock | None = None
-    awaiting_cgroup: bool = False  # a warm order waits for the stock to make a cgroup
     # How often warm image sandboxes are checked against what their reference names now
     # (a re-pulled tag, a removed image): a stale one would pin its layers against gc.
     image_recheck_s: float = RECHECK_S
@@ -101,7 +100,7 @@ class SandboxSupply:
         self._pools = {spec: deque() for spec in self.warm}
         if self.backend is not None:
             self._cgroups = CgroupStock(
-                self.backend, KEEP_MADE + sum(spec.count for spec in self.warm) if self.warm else 0,
+                self.backend, KEEP_MADE if self.warm else 0,
                 self.profiles.get(self.warm[0].profile).kind_limits if self.warm else None,
             )
         try:
@@ -156,8 +155,6 @@ class SandboxSupply:
     def step(self) -> bool:
         """Do one small piece of background work; False when there is none to do now
         (sleep on ``waitables`` then)."""
-        if self._cgroups is not None:
-            self._cgroups.check()  # a cgroup that could not be removed: as if we had tried here
         if self._ordered and _readable(self._ordered[0][1].start.answer_fd):
             self._receive()
             return True
@@ -170,26 +167,19 @@ class SandboxSupply:
             self._images_checked = time.monotonic()
             self._retire_stale_images()
             return True
-        self.awaiting_cgroup = False
         for spec in self.warm:
             waiting = len(self._pools[spec]) + sum(kind == spec for kind, _ in self._ordered)
             if spec not in self._failed and waiting < spec.count:
-                quota = self.profiles.get(spec.profile).kind_limits.cpus is not None
-                if self._cgroups is not None and not self._cgroups.ready_to_take(quota):
-                    self.awaiting_cgroup = True  # the stock's made_fd wakes us (``waitables``)
-                    return False
                 try:
                     self._ordered.append((spec, self._order_warm(spec)))
                 except SandboxError:
                     self._failed.add(spec)
                 return True
-        return False
+        return self._cgroups is not None and self._cgroups.work()  # last: nothing waits for it
 
     def waitables(self) -> list[int]:
         """Fds that turn readable when ``step`` has work to do (sleep on them when idle)."""
         fds = [self._ordered[0][1].start.answer_fd] if self._ordered else []
-        if self.awaiting_cgroup and self._cgroups is not None:
-            fds.append(self._cgroups.made_fd)
         return fds + [sandbox.pidfd for sandbox in self._retired if sandbox.pidfd >= 0]
 
     def warm_count(self) -> int:

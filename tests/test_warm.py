@@ -3,7 +3,7 @@ never one of another, and never one built from an image's old layers."""
 
 from __future__ import annotations
 
-import select
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,14 +48,10 @@ def warm_runner() -> Iterator[Callable[[WarmSpec], Runner]]:
 
 
 def settled(runner: Runner) -> Runner:
-    """Let the runner do its idle work (order and receive its warm sandboxes), waiting as
-    a launcher does when a warm order waits for its cgroup to be made."""
-    while True:
-        while runner.sandboxes.step():
-            pass
-        if not runner.sandboxes.awaiting_cgroup:
-            return runner
-        select.select(runner.sandboxes.waitables(), [], [], 10)
+    """Let the runner do its idle work (order and receive its warm sandboxes)."""
+    while runner.sandboxes.step():
+        pass
+    return runner
 
 
 @pytest.mark.cgroup  # also in the cgroup v2 guest (which has no busybox for the image tests)
@@ -155,26 +151,28 @@ def test_a_cpu_quota_for_a_kind_warmed_without_one(warm_runner, programs):
 
 
 @pytest.mark.cgroup
-def test_a_warm_order_can_wait_for_the_stock_to_make_its_cgroup(runner):
-    # Warm orders do not mkdir on the launcher's thread (a mkdir there can wait ~20 ms
-    # for the cgroup mutex, and the next job with it): they wait for the stock's thread,
-    # whose made_fd wakes the launcher. A job's own order makes one at once if need be.
+def test_the_stock_makes_ahead_and_removes_in_steps(runner):
+    # The launcher's idle steps make a cgroup ahead (so ordering a warm sandbox never
+    # waits for a mkdir) and remove discarded ones, one piece of work per step.
     if runner.backend is None:
         pytest.skip("needs a delegated cgroup subtree")
     stock = CgroupStock(runner.backend, keep=1)
     try:
-        ready, _, _ = select.select([stock.made_fd], [], [], 30)
-        assert ready and stock.ready_to_take(cpu_quota=False)
-        assert stock.ready_to_take(cpu_quota=True), "none made ahead can take a quota: take() makes one"
+        assert stock.work() and not stock.work(), "one made ahead, then nothing to do"
         made_ahead = stock.take(cpu_quota=False)
-        made_now = stock.take(cpu_quota=True)
+        made_now = stock.take(cpu_quota=True)  # none made ahead can take a quota: made now
+        assert made_now.cpu_quota and made_now.directories != made_ahead.directories
+        directories = made_ahead.directories + made_now.directories
         stock.discard(made_ahead)
         stock.discard(made_now)
-        assert made_now.cpu_quota
+        assert directories and all(os.path.isdir(d) for d in directories)
+        while stock.work():
+            pass
+        assert not any(os.path.isdir(d) for d in directories)
     finally:
         stock.close()
     unstocked = CgroupStock(runner.backend, keep=0)
     try:
-        assert unstocked.ready_to_take(cpu_quota=False)  # nothing is made ahead: take() makes it
+        assert not unstocked.work()  # nothing is made ahead: take() makes each one
     finally:
         unstocked.close()
