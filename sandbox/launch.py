@@ -271,6 +271,11 @@ def start_job(prepared: Prepared, job: JobSpec) -> None:
     ]
     message = "".join(field + "\0" for field in fields).encode("utf-8", "surrogateescape")  # os.fsencode's, at once
     socket.send_fds(prepared.job_channel, [message], fds)
+    # The sandbox init, just woken, is often queued on this CPU (the kernel places a
+    # wakee near its waker), where it would wait for the supervisor to finish its own
+    # set-up first: step aside for it. Warm static p50 through the worker, with the
+    # launcher's yield after each result: 2.19 -> 2.03 ms.
+    os.sched_yield()
 
 
 def become_subreaper() -> None:
