@@ -204,15 +204,14 @@ def test_cancel_a_running_job_kills_it(worker, connect):
 
 
 def test_a_submitter_may_decline_progress_events(worker, connect):
-    # Events follow one another on a connection: the job declining them ends before the
-    # one that has them is even submitted, so if "accepted" or "started" were sent for
-    # the first, they would arrive before the second's.
+    # A job's events arrive in order, its outcome last: once both outcomes are in,
+    # every event of either job is.
     raw = connect(worker)
     raw.send({"type": "submit", "id": "quiet", "job": job_to_wire(Job(cmd=["true"])), "progress": False})
     raw.send({"type": "submit", "id": "chatty", "job": job_to_wire(Job(cmd=["true"]))})
-    events = []
-    raw.until(lambda m: bool(events.append((m.get("id"), m.get("event")))) or m.get("id") == "chatty"
-              and m.get("event") == "finished")
+    events: list[tuple[str, str]] = []
+    raw.until(lambda m: bool(events.append((m.get("id"), m.get("event"))))
+              or sum(event == "finished" for _, event in events) == 2)
     assert [event for job, event in events if job == "quiet"] == ["finished"]
     assert [event for job, event in events if job == "chatty"] == ["accepted", "started", "finished"]
 
