@@ -26,8 +26,9 @@ time)::
 ``start_job`` sends the job to B over a SOCK_SEQPACKET channel (NUL-terminated fields;
 stdin, stdout, stderr and input files as fds with SCM_RIGHTS). B resizes the writable
 area if asked, copies the input files in, hands cwd, rlimits, argv, env and stdio to C
-and reports "started"; C sets stdio and rlimits and execs. B reaps, reports C's exit,
-and exits - and the kernel kills whatever else ran in the job's pid namespace.
+and sends "started" back on the job channel (``supervise`` reads it when it needs it);
+C sets stdio and rlimits and execs. B reaps, reports C's exit, and exits - and the
+kernel kills whatever else ran in the job's pid namespace.
 
 Why this shape: B is the supervisor's direct child (it can kill and reap it, and pid
 reuse cannot trick it), and the supervisor is a subreaper, so anything orphaned by a

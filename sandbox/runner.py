@@ -64,7 +64,8 @@ class Runner:
         on_output: Callable[[str, int, bytes], None] | None = None, trace: list[dict[str, Any]] | None = None,
     ) -> Result:
         """Run one job. ``cancel_fd`` readable = cancel; ``on_started`` is called when the
-        sandbox is built and the program is being started (the worker's "started" event).
+        job has been handed to its sandbox, which starts the program (the worker's
+        "started" event).
         With ``trace`` (a list), every syscall is allowed and the ones seen are appended to
         it (``sandbox profile trace``; trusted programs only). ``on_output(stream, offset,
         data)`` gets the output as it comes (``supervise``).

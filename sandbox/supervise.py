@@ -10,9 +10,11 @@ often - so the kill lands within about a millisecond of the limit without burnin
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +74,9 @@ class Watch:
     cgroup: JobCgroup | None
     cpu_used_ns: int = 0  # the last reading of the cgroup's CPU time
     emptiness_checked: bool = False  # looked once for an early end (``_finished_early``)
+    # When the job was handed over: its wall clock until the init's "started" is read
+    # (``_take_started``), which can only be later - so no limit is crossed too late.
+    handed_ns: int = 0
 
 
 def supervise(
@@ -90,9 +95,9 @@ def supervise(
     tells whether the init was reaped here or is left to the caller (``_finished_early``).
 
     ``cancel_fd`` becoming readable kills the job (reason "cancel"); its data is left
-    unread for the caller. ``on_started`` is called when the sandbox reports that the
-    program is being started; ``on_output(stream, offset, data)`` with each piece of
-    output kept ("stdout"/"stderr", its position in that stream), as it arrives."""
+    unread for the caller. ``on_started`` is called at once, the job having just been
+    handed to the sandbox; ``on_output(stream, offset, data)`` with each piece of output
+    kept ("stdout"/"stderr", its position in that stream), as it arrives."""
     if sandbox.init_pid <= 0:
         raise ValueError("supervise() needs the pid of a started sandbox init")
     outcome = Outcome(OutputBuffer(output_limit), OutputBuffer(output_limit))
@@ -106,7 +111,8 @@ def supervise(
         selector.register(fd, selectors.EVENT_READ)
     if cancel_fd is not None:
         selector.register(cancel_fd, selectors.EVENT_READ)
-    setup_deadline = time.monotonic_ns() + int(SETUP_TIMEOUT_S * 1e9)
+    watch.handed_ns = time.monotonic_ns()
+    setup_deadline = watch.handed_ns + int(SETUP_TIMEOUT_S * 1e9)
 
     def kill(reason: str) -> None:
         if outcome.kill_reason is None:
@@ -116,10 +122,13 @@ def supervise(
 
     if outcome.setup_error:
         kill("setup")
+    elif on_started is not None:
+        on_started()
     try:
         timeout = _next_check_s(outcome, watch, setup_deadline)
         while any(key.fd != cancel_fd for key in selector.get_map().values()):
             if _finished_early(outcome, selector, streams, watch):
+                _take_started(outcome, sandbox, watch)
                 return outcome  # the sandbox's own exit is left to the caller's cleanup
             for key, _ in selector.select(timeout):
                 fd = key.fd
@@ -136,11 +145,6 @@ def supervise(
                 elif fd == sandbox.report_fd:
                     for message in reader.feed(chunk):
                         _handle_message(outcome, message)
-                        if message["kind"] == "started":
-                            if watch.cgroup is not None and message.get("cpu_ns") is not None:
-                                watch.cgroup.start_cpu_account_at(message["cpu_ns"])
-                            if on_started is not None:
-                                on_started()
                         if message["kind"] == "setup_error":
                             kill("setup")
                 else:
@@ -150,15 +154,34 @@ def supervise(
                         on_output(names[fd], kept_before, bytes(streams[fd].data[kept_before:]))
                     if over:
                         kill("output")
+            _take_started(outcome, sandbox, watch)
             reason = _limit_crossed(outcome, watch, setup_deadline)
             if reason:
                 kill(reason)
             timeout = _next_check_s(outcome, watch, setup_deadline)
     finally:
         selector.close()
+    _take_started(outcome, sandbox, watch)
     os.waitpid(sandbox.init_pid, 0)
     sandbox.reaped = True
     return outcome
+
+
+def _take_started(outcome: Outcome, sandbox: Prepared, watch: Watch) -> None:
+    """Read the init's "started" if it is there yet. It comes on the job channel, which
+    nothing polls: the supervisor is not woken for it while the program starts, and
+    reads it when it needs it - a limit check, or the usage once the job is over."""
+    if outcome.started_ns is not None:
+        return
+    try:
+        data = sandbox.job_channel.recv(1024, socket.MSG_DONTWAIT)
+    except OSError:
+        return  # not sent yet, or the init is gone
+    if data:
+        message = json.loads(data)
+        _handle_message(outcome, message)
+        if watch.cgroup is not None and message.get("cpu_ns") is not None:
+            watch.cgroup.start_cpu_account_at(message["cpu_ns"])
 
 
 def _finished_early(
@@ -201,10 +224,10 @@ def _limit_crossed(outcome: Outcome, watch: Watch, setup_deadline: int) -> str |
     if outcome.kill_reason is not None or outcome.exited is not None:
         return None
     now = time.monotonic_ns()
-    if outcome.started_ns is None:
-        return "setup" if now >= setup_deadline else None
-    if now - outcome.started_ns >= watch.wall_limit_ns:
-        return "wall"
+    if outcome.started_ns is None and now >= setup_deadline:
+        return "setup"
+    if now - (outcome.started_ns or watch.handed_ns) >= watch.wall_limit_ns:
+        return "wall" if outcome.started_ns is not None else None  # else the init is still setting up
     if watch.cgroup is not None and watch.cpu_limit_ns is not None:
         watch.cpu_used_ns = watch.cgroup.cpu_usage_ns()
         if watch.cpu_used_ns >= watch.cpu_limit_ns:
@@ -218,9 +241,9 @@ def _next_check_s(outcome: Outcome, watch: Watch, setup_deadline: int) -> float 
     if outcome.kill_reason is not None or outcome.exited is not None:
         return None
     now = time.monotonic_ns()
+    remaining = (outcome.started_ns or watch.handed_ns) + watch.wall_limit_ns - now
     if outcome.started_ns is None:
-        return max((setup_deadline - now) / 1e9, MIN_POLL_S)
-    remaining = outcome.started_ns + watch.wall_limit_ns - now
+        remaining = min(remaining, setup_deadline - now)
     if watch.cgroup is not None and watch.cpu_limit_ns is not None:
         cpu_left = watch.cpu_limit_ns - watch.cpu_used_ns
         remaining = min(remaining, cpu_left // watch.parallelism)

@@ -101,10 +101,11 @@ class Slot:
         on_output: Callable[[dict[str, Any]], None] | None = None,
     ) -> Result | None:
         """Run a job; never raises for the job's sake. A launcher that dies before the job
-        started (before its sandbox reported "started") is replaced and the job sent once
-        more; one that dies after makes the job an internal_error. With ``on_output`` the
-        launcher streams the job's output, each piece an "output" message to it. None: the
-        job was cancelled before it was handed to a launcher (it never ran)."""
+        started (before it handed the job to a sandbox and said "started") is replaced
+        and the job sent once more; one that dies after makes the job an internal_error.
+        With ``on_output`` the launcher streams the job's output, each piece an "output"
+        message to it. None: the job was cancelled before it was handed to a launcher
+        (it never ran)."""
         self.running_id, self._cancel_requested = job_id, False
         started = False
 

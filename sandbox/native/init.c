@@ -40,10 +40,11 @@
  * files as fds.
  *
  * Messages to the supervisor (report.h): "ready" once the program stage installed its
- * filter; "started" {t, cpu_ns} when it hands the job over - the job's clock and CPU
- * account start there; "violation"/"traced" (notify.c); "exited" {status, t,
- * maxrss_kb, utime, stime} when the program stage's process exits. The init then
- * exits, and the kernel kills whatever else runs in the job's pid namespace.
+ * filter; "violation"/"traced" (notify.c); "exited" {status, t, maxrss_kb, utime,
+ * stime} when the program stage's process exits. The init then exits, and the kernel
+ * kills whatever else runs in the job's pid namespace. One message goes the other way
+ * on the job channel instead: "started" {t, cpu_ns} when it hands the job over - the
+ * job's clock and CPU account start there.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -460,6 +461,10 @@ int main(int argc, char **argv) {
     for (int i = 0; i < 3; i++) {
         close(passed[i]);
     }
+    /* On the job channel, not the report pipe: the supervisor reads it when it needs it
+     * (a wall-time check, the usage at the end) instead of being woken for it while the
+     * program starts - one wake of the supervisor (and of the worker it told) fewer per
+     * job, 0.2 ms of CPU. It is written before anything else can be reported. */
     report_begin("started");
     report_number("t", started_ns);
     if (counted) {
@@ -467,6 +472,6 @@ int main(int argc, char **argv) {
     } else {
         report_null("cpu_ns");
     }
-    report_end();
+    report_end_on(JOB_CHANNEL_FD);
     watch_and_reap(program, to_program, listener, &watcher);
 }

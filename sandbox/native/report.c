@@ -91,10 +91,14 @@ void report_message(const char *prefix, const char *subject, int err, const char
     append("\"");
 }
 
-void report_end(void) {
+void report_end_on(int fd) {
     append("}\n");
-    ssize_t ignored = write(REPORT_FD, line, used);
+    ssize_t ignored = write(fd, line, used);
     (void)ignored;
+}
+
+void report_end(void) {
+    report_end_on(REPORT_FD);
 }
 
 _Noreturn void setup_failed(const char *stage, const char *what) {

@@ -12,6 +12,8 @@ void report_null(const char *key);
 /* "message": prefix subject [": " strerror(err) when err >= 0] [suffix] */
 void report_message(const char *prefix, const char *subject, int err, const char *suffix);
 void report_end(void);
+/* The same line on another fd (one datagram on a SOCK_SEQPACKET channel). */
+void report_end_on(int fd);
 
 /* A failure of the sandbox itself: setup_error with errno's text, exit 125. */
 _Noreturn void setup_failed(const char *stage, const char *what);
