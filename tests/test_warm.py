@@ -4,6 +4,7 @@ never one of another, and never one built from an image's old layers."""
 from __future__ import annotations
 
 import os
+import select
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,10 +49,15 @@ def warm_runner() -> Iterator[Callable[[WarmSpec], Runner]]:
 
 
 def settled(runner: Runner) -> Runner:
-    """Let the runner do its idle work (order and receive its warm sandboxes)."""
-    while runner.sandboxes.step():
-        pass
-    return runner
+    """Let the runner do its idle work as a launcher does: order and receive its warm
+    sandboxes, and clean up after finished jobs once their inits have exited."""
+    while True:
+        while runner.sandboxes.step():
+            pass
+        waitables = runner.sandboxes.waitables()
+        if not waitables:
+            return runner
+        select.select(waitables, [], [], 10)
 
 
 @pytest.mark.cgroup  # also in the cgroup v2 guest (which has no busybox for the image tests)
@@ -151,6 +157,20 @@ def test_a_cpu_quota_for_a_kind_warmed_without_one(warm_runner, programs):
 
 
 @pytest.mark.cgroup
+def test_jobs_after_a_busy_one_are_charged_their_own_cpu_only(warm_runner, programs):
+    # Where a job's cgroup takes over an earlier one's cpuacct directory (v1), its
+    # counters carry the earlier jobs' time: every job must count from its own start.
+    runner = settled(warm_runner(WarmSpec(1, "default")))
+    spin = InputFile(dest="/work/spin", content=Blob(path=str(programs["spin"])), mode=0o755)
+    busy = runner.run(Job(cmd=["/work/spin", "300"], files=[spin], require_cgroups=True))
+    assert busy.status is Status.OK and busy.usage.cpu_ms >= 250
+    for _ in range(4):
+        settled(runner)
+        idle = runner.run(Job(cmd=["/bin/true"], require_cgroups=True))
+        assert idle.status is Status.OK and idle.usage.cpu_ms < 100
+
+
+@pytest.mark.cgroup
 def test_the_stock_makes_ahead_and_removes_in_steps(runner):
     # The launcher's idle steps make a cgroup ahead (so ordering a warm sandbox never
     # waits for a mkdir) and remove discarded ones, one piece of work per step.
@@ -168,6 +188,18 @@ def test_the_stock_makes_ahead_and_removes_in_steps(runner):
         assert directories and all(os.path.isdir(d) for d in directories)
         while stock.work():
             pass
+        left = [d for d in directories if os.path.isdir(d)]
+        if getattr(runner.backend, "cpu_dir_reusable", False):
+            # v1: the cpuacct directory of the one made without a quota passes to the next
+            assert left == [made_ahead.by_controller["cpuacct"]]
+            fresh = stock.take(cpu_quota=False)  # the one made ahead meanwhile
+            again = stock.take(cpu_quota=False)
+            stock.discard(fresh)
+            stock.discard(again)
+            assert again.by_controller["cpuacct"] == left[0]
+        else:
+            assert not left
+        stock.drain()
         assert not any(os.path.isdir(d) for d in directories)
     finally:
         stock.close()

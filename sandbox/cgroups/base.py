@@ -165,6 +165,12 @@ class JobCgroup(abc.ABC):
             os.sched_yield()
         raise CgroupError(f"processes survive SIGKILL in {self.directories[0]}: {self.pids()}")
 
+    def keep_reusable(self) -> str | None:
+        """Before ``destroy``: take out of this cgroup the directory a later job's cgroup
+        can take over as it is, if there is one (v1, ``V1JobCgroup``); its path, which
+        ``destroy`` then leaves alone."""
+        return None
+
     def close_attach_fds(self) -> None:
         for fd in self.attach_fds:
             os.close(fd)
@@ -197,10 +203,12 @@ class CgroupBackend(abc.ABC):
     version: int
 
     @abc.abstractmethod
-    def create_job(self, cpu_quota: bool = True) -> JobCgroup:
+    def create_job(self, cpu_quota: bool = True, reuse: str | None = None) -> JobCgroup:
         """A fresh cgroup, ready to be joined; limits come with ``apply_limits``. Without
         ``cpu_quota`` the job cannot be given a ``cpus`` limit: on v1 that spares a job
-        the cpu hierarchy's directory - its mkdir, rmdir and the attach to it."""
+        the cpu hierarchy's directory - its mkdir, rmdir and the attach to it. ``reuse``:
+        a directory an earlier job's cgroup left (``JobCgroup.keep_reusable``), taken
+        over instead of made where the backend can."""
 
     @abc.abstractmethod
     def parents(self) -> list[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from sandbox.cgroups.base import CgroupBackend, JobCgroup
+from sandbox.cgroups.base import CgroupBackend, JobCgroup, kill_cgroup_processes, remove_cgroup_dir
 from sandbox.errors import SandboxError
 from sandbox.models import Limits
 
@@ -39,6 +39,7 @@ class CgroupStock:
         self._made_with_cpu_quota = limits is not None and limits.cpus is not None
         self._made: deque[JobCgroup] = deque()
         self._doomed: deque[JobCgroup] = deque()
+        self._reusable: list[str] = []  # what removed cgroups left for new ones (``keep_reusable``)
         self._making_failed = False  # stop making ahead until the next take
 
     def take(self, cpu_quota: bool) -> JobCgroup:
@@ -48,7 +49,7 @@ class CgroupStock:
         self._making_failed = False
         if self._made and (self._made_with_cpu_quota or not cpu_quota):
             return self._made.popleft()
-        return self.backend.create_job(cpu_quota)
+        return self._create(cpu_quota)
 
     def discard(self, cgroup: JobCgroup) -> None:
         """Remove this cgroup later (``work``, ``drain``); what is left in it gets killed."""
@@ -60,7 +61,7 @@ class CgroupStock:
         would; one that cannot be made ahead is left for ``take`` to make and report."""
         if not self._making_failed and len(self._made) < self._keep:
             try:
-                fresh = self.backend.create_job(self._made_with_cpu_quota)
+                fresh = self._create(self._made_with_cpu_quota)
             except (SandboxError, OSError):
                 self._making_failed = True
                 return True
@@ -74,17 +75,30 @@ class CgroupStock:
             self._made.append(fresh)
             return True
         if self._doomed:
-            self._doomed.popleft().destroy()
+            self._remove(self._doomed.popleft())
             return True
         return False
 
     def drain(self) -> None:
-        """Remove every discarded cgroup now."""
+        """Remove every discarded cgroup now, with what they left for reuse."""
         while self._doomed:
             self._doomed.popleft().destroy()
+        while self._reusable:
+            directory = self._reusable.pop()
+            remove_cgroup_dir(directory, lambda d=directory: kill_cgroup_processes(d))
 
     def close(self) -> None:
         """Remove what was discarded and what was made ahead."""
         self.drain()
         while self._made:
             self._made.popleft().destroy()
+
+    def _create(self, cpu_quota: bool) -> JobCgroup:
+        reuse = self._reusable.pop() if self._reusable and not cpu_quota else None
+        return self.backend.create_job(cpu_quota, reuse)
+
+    def _remove(self, cgroup: JobCgroup) -> None:
+        kept = cgroup.keep_reusable()
+        if kept is not None:
+            self._reusable.append(kept)
+        cgroup.destroy()

@@ -196,7 +196,7 @@ class V2Backend(CgroupBackend):
             )
         }
 
-    def create_job(self, cpu_quota: bool = True) -> JobCgroup:
+    def create_job(self, cpu_quota: bool = True, reuse: str | None = None) -> JobCgroup:
         # One directory holds every controller: cpu.max costs nothing until written.
         directory = os.path.join(self.parent, self.job_name())
         try:
