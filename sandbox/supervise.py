@@ -224,10 +224,11 @@ def _limit_crossed(outcome: Outcome, watch: Watch, setup_deadline: int) -> str |
     if outcome.kill_reason is not None or outcome.exited is not None:
         return None
     now = time.monotonic_ns()
-    if outcome.started_ns is None and now >= setup_deadline:
-        return "setup"
-    if now - (outcome.started_ns or watch.handed_ns) >= watch.wall_limit_ns:
-        return "wall" if outcome.started_ns is not None else None  # else the init is still setting up
+    if outcome.started_ns is None:
+        if now >= setup_deadline:
+            return "setup"
+    elif now - outcome.started_ns >= watch.wall_limit_ns:
+        return "wall"  # (before "started" is read, the clock runs from the hand-over: _next_check_s)
     if watch.cgroup is not None and watch.cpu_limit_ns is not None:
         watch.cpu_used_ns = watch.cgroup.cpu_usage_ns()
         if watch.cpu_used_ns >= watch.cpu_limit_ns:
