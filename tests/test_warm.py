@@ -206,5 +206,10 @@ def test_the_stock_makes_ahead_and_removes_in_steps(runner):
     unstocked = CgroupStock(runner.backend, keep=0)
     try:
         assert not unstocked.work()  # nothing is made ahead: take() makes each one
+        made = unstocked.take(cpu_quota=False)
+        directories = list(made.directories)
+        unstocked.discard(made)
+        assert unstocked.work() and not unstocked.work()
+        assert not any(os.path.isdir(d) for d in directories), "without a warm pool nothing is kept"
     finally:
         unstocked.close()

@@ -25,9 +25,10 @@ KEEP_MADE = 1
 
 class CgroupStock:
     """Fresh job cgroups on demand (``take``), removal later (``discard``), and the work
-    in between one piece at a time (``work``). ``keep`` cgroups are made ahead; with 0
-    (a runner without a warm pool, whose jobs each wait for their sandbox anyway)
-    ``take`` makes each one."""
+    in between one piece at a time (``work``). ``keep`` cgroups are made ahead, and what
+    a removed cgroup leaves for reuse (``JobCgroup.keep_reusable``) is kept; with 0 (a
+    runner without a warm pool, whose jobs each wait for their sandbox anyway) ``take``
+    makes each one whole."""
 
     def __init__(self, backend: CgroupBackend, keep: int, limits: Limits | None = None) -> None:
         """``limits``: written into each cgroup made ahead (``apply_limits`` then finds
@@ -98,7 +99,9 @@ class CgroupStock:
         return self.backend.create_job(cpu_quota, reuse)
 
     def _remove(self, cgroup: JobCgroup) -> None:
-        kept = cgroup.keep_reusable()
+        # Only with a warm pool, which holds cgroups between jobs anyway: a supply
+        # without one leaves nothing behind once its jobs are over.
+        kept = cgroup.keep_reusable() if self._keep else None
         if kept is not None:
             self._reusable.append(kept)
         cgroup.destroy()
