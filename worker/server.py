@@ -101,7 +101,7 @@ class Connection:
     def deliver_outcome(self, message: dict[str, Any]) -> None:
         """``deliver`` for a job submitted with "progress": false - every event but
         accepted and started. A client that only waits for results is then woken once
-        per job instead of three times (CPU per warm job through the worker: -0.24 ms)."""
+        per job instead of three times (CPU per warm job through the worker: -0.12 ms)."""
         if message.get("event") not in PROGRESS_EVENTS:
             self.deliver(message)
 

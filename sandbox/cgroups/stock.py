@@ -62,19 +62,16 @@ class CgroupStock:
         do. A cgroup that cannot be removed raises (CgroupError) - as a job's own removal
         would; one that cannot be made ahead is left for ``take`` to make and report."""
         if not self._making_failed and len(self._made) < self._keep:
+            fresh = None
             try:
                 fresh = self._create(self._made_with_cpu_quota)
-            except (SandboxError, OSError):
-                self._making_failed = True
-                return True
-            try:
                 if self._limits is not None:
                     fresh.apply_limits(self._limits)
+                self._made.append(fresh)
             except (SandboxError, OSError):
                 self._making_failed = True
-                fresh.destroy()
-                return True
-            self._made.append(fresh)
+                if fresh is not None:
+                    fresh.destroy()
             return True
         if self._doomed:
             self._remove(self._doomed.popleft())

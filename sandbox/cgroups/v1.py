@@ -144,7 +144,7 @@ class V1Backend(CgroupBackend):
     def features(self) -> dict[str, bool]:
         memory, pids = self.parent_dirs["memory"], self.parent_dirs["pids"]
         return {
-            "swap accounting (memory.memsw.*): swap capped with memory": _exists(memory, "memory.memsw.limit_in_bytes"),
+            "swap accounting (memory.memsw.*): swap capped with memory": self.has_swap_limit,
             "pids.peak: peak process count reported": _exists(pids, "pids.peak"),
             "oom_kill count in memory.oom_control": "oom_kill" in open(os.path.join(memory, "memory.oom_control")).read(),
         }
