@@ -119,7 +119,8 @@ class Runner:
                 return Result(Status.INTERNAL_ERROR, error=message or "sandbox did not start", warnings=warnings)
             if cgroup is not None:
                 cgroup.apply_limits(limits)
-                cgroup.start_accounting()
+                if not sandbox.accounting:
+                    cgroup.start_accounting()
             fds: list[int] = []
             cleanup.callback(_close_all, fds)
             stdout_r, stdout_w = _pipe(fds)

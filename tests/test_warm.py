@@ -171,6 +171,34 @@ def test_jobs_after_a_busy_one_are_charged_their_own_cpu_only(warm_runner, progr
 
 
 @pytest.mark.cgroup
+def test_a_warm_sandbox_starts_its_account_before_its_job_comes(warm_runner, programs):
+    # The idle steps start the account of a ready warm sandbox, off the job's path; the
+    # job that takes it is charged what it uses from its own start, and nothing of the
+    # sandbox's preparation or of the jobs before. On v1, later jobs' cgroups take over
+    # the touching job's cpuacct directory: without a start, a spinner there would be
+    # given the page faults' system time.
+    runner = settled(warm_runner(WarmSpec(1, "default")))
+    touch = InputFile(dest="/work/touch", content=Blob(path=str(programs["touch_memory"])), mode=0o755)
+    spin = InputFile(dest="/work/spin", content=Blob(path=str(programs["spin"])), mode=0o755)
+    jobs = [(["/work/touch", "160"], [touch])] + [(["/work/spin", "100"], [spin])] * 4 + [(["/bin/true"], [])]
+    results = []
+    for cmd, files in jobs:
+        waiting = [sandbox for pool in settled(runner).sandboxes._pools.values() for sandbox in pool]
+        assert waiting
+        for sandbox in waiting:  # as a launcher woken later by anything finds it ready
+            select.select([sandbox.prepared.report_fd], [], [], 10)
+        settled(runner)
+        assert all(sandbox.accounting for sandbox in waiting)
+        results.append(runner.run(Job(cmd=cmd, files=files, require_cgroups=True)))
+    touched, *spinners, quiet = results
+    assert touched.status is Status.OK and touched.usage.memory_peak_bytes >= 160 << 20
+    for spun in spinners:
+        assert spun.status is Status.OK and spun.usage.cpu_ms >= 80 and spun.usage.memory_peak_bytes < 16 << 20
+        assert spun.usage.cpu_user_ms >= 0.8 * spun.usage.cpu_ms, (touched.usage, spun.usage)
+    assert quiet.status is Status.OK and quiet.usage.cpu_ms < 100 and quiet.usage.memory_peak_bytes < 16 << 20
+
+
+@pytest.mark.cgroup
 def test_the_stock_makes_ahead_and_removes_in_steps(runner):
     # The launcher's idle steps make a cgroup ahead (so ordering a warm sandbox never
     # waits for a mkdir) and remove discarded ones, one piece of work per step.
