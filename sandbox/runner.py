@@ -14,6 +14,7 @@ import os
 import resource
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 from sandbox import launch as launcher
@@ -25,7 +26,7 @@ from sandbox.images.runtime import lease_image
 from sandbox.models import WORKDIR, Blob, Job, Limits, Result, Status, Usage, WarmSpec
 from sandbox.profile_cache import ProfileCache
 from sandbox.supervise import Outcome, Watch, supervise
-from sandbox.supply import SandboxSupply
+from sandbox.supply import Sandbox, SandboxSupply
 from sandbox.verdict import decide
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -34,6 +35,14 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 WARM_DISK_BYTES = Limits().disk_bytes
 # Limits that only a cgroup can enforce for a whole job tree.
 CGROUP_ONLY_LIMITS = ("memory", "pids", "cpus")
+
+
+@dataclass
+class HandedOver:
+    """A job the worker handed to an offered warm sandbox itself (worker/handover.py)."""
+
+    sandbox: Sandbox  # taken back from the supply's offers (``SandboxSupply.take_offered``)
+    at_ns: int  # CLOCK_MONOTONIC of the hand-over: the wall clock's start until the init says "started"
 
 
 class Runner:
@@ -62,18 +71,21 @@ class Runner:
     def run(
         self, job: Job, *, cancel_fd: int | None = None, on_started: Callable[[], None] | None = None,
         on_output: Callable[[str, int, bytes], None] | None = None, trace: list[dict[str, Any]] | None = None,
+        handed: HandedOver | None = None,
     ) -> Result:
         """Run one job. ``cancel_fd`` readable = cancel; ``on_started`` is called when the
         job has been handed to its sandbox, which starts the program (the worker's
         "started" event).
         With ``trace`` (a list), every syscall is allowed and the ones seen are appended to
         it (``sandbox profile trace``; trusted programs only). ``on_output(stream, offset,
-        data)`` gets the output as it comes (``supervise``).
+        data)`` gets the output as it comes (``supervise``). With ``handed``, the job is
+        already in that offered sandbox (the worker handed it over itself): it is only
+        supervised.
 
         The finished sandbox is cleaned up later (``sandboxes.step`` or ``tidy``), so
         the caller can send the result first."""
         try:
-            return self._run(job, cancel_fd, on_started, on_output, trace)
+            return self._run(job, cancel_fd, on_started, on_output, trace, handed)
         except JobError:
             raise
         except SandboxError as exc:
@@ -93,6 +105,7 @@ class Runner:
     def _run(
         self, job: Job, cancel_fd: int | None, on_started: Callable[[], None] | None,
         on_output: Callable[[str, int, bytes], None] | None, trace: list[dict[str, Any]] | None,
+        handed: HandedOver | None,
     ) -> Result:
         profile = self.profiles.get(job.profile)
         limits = job.limits.over(profile.limits)
@@ -107,11 +120,13 @@ class Runner:
                 "rlimit, pids by RLIMIT_NPROC, CPU time per process only"
             )
         with ExitStack() as cleanup:
-            argv, env, cwd, image_root = _image_for(job, cleanup)
-            env = {**profile.env, **env}
-            sandbox = self.sandboxes.take(
-                image_root, limits.disk_bytes, job.profile, trace is not None, job.image, limits.cpus is not None,
-            )
+            if handed is None:
+                argv, env, cwd, image_root = _image_for(job, cleanup, profile.env)
+                sandbox = self.sandboxes.take(
+                    image_root, limits.disk_bytes, job.profile, trace is not None, job.image, limits.cpus is not None,
+                )
+            else:
+                sandbox = handed.sandbox
             prepared, cgroup = sandbox.prepared, sandbox.cgroup
             cleanup.callback(self.sandboxes.retire, sandbox)
             if prepared.init_pid <= 0:
@@ -123,31 +138,30 @@ class Runner:
                     cgroup.start_accounting()
             fds: list[int] = []
             cleanup.callback(_close_all, fds)
-            stdout_r, stdout_w = _pipe(fds)
-            stderr_r, stderr_w = _pipe(fds)
-            spec = launcher.JobSpec(
-                argv=argv,
-                env=env,
-                cwd=cwd,
-                disk_bytes=limits.disk_bytes,
-                stdin_fd=self._no_stdin if job.stdin is None else _open_blob(job.stdin, fds),
-                stdout_fd=stdout_w,
-                stderr_fd=stderr_w,
-                input_files=[(f.dest, _open_blob(f.content, fds), f.mode) for f in job.files],
-                rlimits=_rlimits(limits, cgroup is not None, warnings),
-            )
-            try:
-                launcher.start_job(prepared, spec)
-            except OSError:
-                pass  # the sandbox died while waiting; supervise collects why
-            for fd in (stdout_w, stderr_w):
-                fds.remove(fd)
-                os.close(fd)
+            if handed is None:
+                stdout_r, stdout_w = _pipe(fds)
+                stderr_r, stderr_w = _pipe(fds)
+                stdio = (self._no_stdin if job.stdin is None else open_blob(job.stdin, fds), stdout_w, stderr_w)
+                files = [(f.dest, open_blob(f.content, fds), f.mode) for f in job.files]
+                spec = job_spec(argv, env, cwd, limits, cgroup is not None, stdio, warnings, files)
+                try:
+                    launcher.start_job(prepared.job_channel, spec)
+                    launcher.step_aside()
+                except OSError:
+                    pass  # the sandbox died while waiting; supervise collects why
+                for fd in (stdout_w, stderr_w):
+                    fds.remove(fd)
+                    os.close(fd)
+            else:
+                stdout_r, stderr_r = sandbox.take_output()
+                fds.extend((stdout_r, stderr_r))
+                rlimits(limits, cgroup is not None, warnings)  # what the worker sent: its warnings are ours
             watch = Watch(
                 wall_limit_ns=limits.wall_time_ms * 1_000_000,
                 cpu_limit_ns=None if limits.cpu_time_ms is None else limits.cpu_time_ms * 1_000_000,
                 parallelism=_parallelism(self.parallelism, limits.cpus),
                 cgroup=cgroup,
+                handed_ns=0 if handed is None else handed.at_ns,
             )
             outcome = supervise(
                 prepared, prepared.reader, prepared.early, stdout_r, stderr_r, limits.output_bytes, watch,
@@ -175,12 +189,33 @@ class Runner:
         raise AssertionError("unreachable")  # pragma: no cover - the with block returns
 
 
+def host_command(job: Job, profile_env: dict[str, str]) -> tuple[list[str], dict[str, str], str]:
+    """argv, env and working directory of a job on the host image."""
+    return job.cmd, {**profile_env, "PATH": DEFAULT_PATH, **job.env}, job.cwd or WORKDIR
+
+
+def job_spec(
+    argv: list[str], env: dict[str, str], cwd: str, limits: Limits, have_cgroup: bool, stdio: tuple[int, int, int],
+    warnings: list[str], input_files: Sequence[tuple[str, int, int]] = (),
+) -> launcher.JobSpec:
+    """What a sandbox is told to run - by ``Runner.run``, and by the worker's direct
+    hand-over (worker/handover.py), which must say exactly the same."""
+    stdin_fd, stdout_fd, stderr_fd = stdio
+    return launcher.JobSpec(
+        argv=argv, env=env, cwd=cwd, disk_bytes=limits.disk_bytes, stdin_fd=stdin_fd, stdout_fd=stdout_fd,
+        stderr_fd=stderr_fd, input_files=list(input_files), rlimits=rlimits(limits, have_cgroup, warnings),
+    )
+
+
 # --- images (issue 4): resolve and lease the job's image for as long as the job runs ---
-def _image_for(job: Job, cleanup: ExitStack) -> tuple[list[str], dict[str, str], str, ImageRoot | None]:
-    """argv, env, cwd and the layer stack for the job; the lease ends with the job."""
-    base_env = {"PATH": DEFAULT_PATH}
+def _image_for(
+    job: Job, cleanup: ExitStack, profile_env: dict[str, str],
+) -> tuple[list[str], dict[str, str], str, ImageRoot | None]:
+    """argv, env (over the profile's) cwd and the layer stack for the job; the lease ends
+    with the job."""
     if job.image == "host":
-        return job.cmd, {**base_env, **job.env}, job.cwd or WORKDIR, None
+        return (*host_command(job, profile_env), None)
+    base_env = {"PATH": DEFAULT_PATH}
     try:
         image = lease_image(job.image)
     except ImageNotFound as exc:
@@ -190,7 +225,7 @@ def _image_for(job: Job, cleanup: ExitStack) -> tuple[list[str], dict[str, str],
     if not argv:
         raise JobError(f"no command given and image {image.name} has no Entrypoint or Cmd", field="cmd")
     cwd = job.cwd or image.workdir() or WORKDIR
-    return argv, {**image.env(base_env), **job.env}, cwd, ImageRoot(image.layer_dirs, cwd)
+    return argv, {**profile_env, **image.env(base_env), **job.env}, cwd, ImageRoot(image.layer_dirs, cwd)
 # --- end images -------------------------------------------------------------------------
 
 
@@ -198,7 +233,7 @@ def _parallelism(cpus_available: int, quota: float | None) -> int:
     return max(1, min(cpus_available, math.ceil(quota) if quota else cpus_available))
 
 
-def _rlimits(limits: Limits, have_cgroup: bool, warnings: list[str]) -> list[tuple[int, int, int]]:
+def rlimits(limits: Limits, have_cgroup: bool, warnings: list[str]) -> list[tuple[int, int, int]]:
     """Per-process limits. With a cgroup the CPU rlimit is only a backstop a second
     past the limit; without one it is the enforcement (per process)."""
     wanted = [
@@ -260,7 +295,7 @@ def _pipe(fds: list[int]) -> tuple[int, int]:
     return read_end, write_end
 
 
-def _open_blob(blob: Blob, fds: list[int]) -> int:
+def open_blob(blob: Blob, fds: list[int]) -> int:
     """An fd to read the blob from: the host file, or a memfd holding the data."""
     if blob.path is not None:
         try:

@@ -76,6 +76,7 @@ class Watch:
     emptiness_checked: bool = False  # looked once for an early end (``_finished_early``)
     # When the job was handed over: its wall clock until the init's "started" is read
     # (``_take_started``), which can only be later - so no limit is crossed too late.
+    # Set by ``supervise``, unless the worker handed the job over and said when.
     handed_ns: int = 0
 
 
@@ -111,7 +112,7 @@ def supervise(
         selector.register(fd, selectors.EVENT_READ)
     if cancel_fd is not None:
         selector.register(cancel_fd, selectors.EVENT_READ)
-    watch.handed_ns = time.monotonic_ns()
+    watch.handed_ns = watch.handed_ns or time.monotonic_ns()  # the worker's, if it handed the job over
     setup_deadline = watch.handed_ns + int(SETUP_TIMEOUT_S * 1e9)
 
     def kill(reason: str) -> None:

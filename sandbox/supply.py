@@ -46,15 +46,23 @@ class Sandbox:
     image: ImageRoot | None = None  # the layers it was built from (None: the host image)
     lease: LeasedImage | None = None  # keeps gc off those layers while it waits for a job
     accounting: bool = False  # its cgroup counts from now on for the job to come (``arm``)
+    output: tuple[int, int] | None = None  # an offered one's stdout and stderr read ends
 
     def arm(self) -> None:
         """Start the job's account now, while the launcher has nothing else to do: the
         sandbox is ready, so its program stage waits for the job and changes no counter
         until then, and the job's path skips the cgroup reads (warm static job through
-        the worker: 33 us of the launcher's 130 before the hand-over)."""
+        the worker: 33 us of the launcher's 130 before the hand-over). An armed sandbox
+        may be offered to the worker (``offer``)."""
         if self.cgroup is not None:
             self.cgroup.start_accounting()
         self.accounting = True
+
+    def take_output(self) -> tuple[int, int]:
+        """The read ends of an offered sandbox's stdout and stderr: the caller's now."""
+        assert self.output is not None, "only an offered sandbox has its output pipes"
+        output, self.output = self.output, None
+        return output
 
     def release_lease(self) -> None:
         if self.lease is not None:
@@ -63,6 +71,9 @@ class Sandbox:
 
     def close(self) -> None:
         self.release_lease()
+        if self.output is not None:
+            for fd in self.take_output():
+                os.close(fd)
         self.prepared.close()
         if self.pidfd >= 0:
             os.close(self.pidfd)
@@ -99,6 +110,7 @@ class SandboxSupply:
     # not ordered again until the next job runs.
     _failed: set[WarmSpec] = field(default_factory=set)
     _cgroups: CgroupStock | None = None
+    _offered: dict[int, tuple[WarmSpec, Sandbox]] = field(default_factory=dict)  # by init pid (``offer``)
     # How often warm image sandboxes are checked against what their reference names now
     # (a re-pulled tag, a removed image): a stale one would pin its layers against gc.
     image_recheck_s: float = RECHECK_S
@@ -173,6 +185,10 @@ class SandboxSupply:
                 if not sandbox.accounting and sandbox.prepared.ready():
                     sandbox.arm()
                     return True
+                if sandbox.prepared.gone:  # died before it was ready: no job's to take
+                    pool.remove(sandbox)
+                    self.retire(sandbox)
+                    return True
         for sandbox in self._retired:
             if sandbox.pidfd < 0 or _readable(sandbox.pidfd):
                 self._retired.remove(sandbox)
@@ -183,7 +199,8 @@ class SandboxSupply:
             self._retire_stale_images()
             return True
         for spec in self.warm:
-            waiting = len(self._pools[spec]) + sum(kind == spec for kind, _ in self._ordered)
+            elsewhere = [*self._ordered, *self._offered.values()]
+            waiting = len(self._pools[spec]) + sum(kind == spec for kind, _ in elsewhere)
             if spec not in self._failed and waiting < spec.count:
                 try:
                     self._ordered.append((spec, self._order_warm(spec)))
@@ -193,13 +210,38 @@ class SandboxSupply:
         return self._cgroups is not None and self._cgroups.work()  # last: nothing waits for it
 
     def waitables(self) -> list[int]:
-        """Fds that turn readable when ``step`` has work to do (sleep on them when idle)."""
+        """Fds that turn readable when ``step`` has work to do (sleep on them when idle):
+        an answer to an order, a warm sandbox's report of being ready, a retired
+        sandbox's exit."""
         fds = [self._ordered[0][1].start.answer_fd] if self._ordered else []
+        fds += [s.prepared.report_fd for pool in self._pools.values() for s in pool if not s.accounting]
         return fds + [sandbox.pidfd for sandbox in self._retired if sandbox.pidfd >= 0]
 
     def warm_count(self) -> int:
         """Sandboxes waiting for a job, or ordered to wait for one."""
-        return sum(len(pool) for pool in self._pools.values()) + len(self._ordered)
+        return sum(len(pool) for pool in self._pools.values()) + len(self._ordered) + len(self._offered)
+
+    def offer(self) -> tuple[WarmSpec, Sandbox, int, int] | None:
+        """A ready warm sandbox of the first kind on the host image, its account started,
+        taken out of its pool for the worker to hand a job to itself (worker/handover.py,
+        the job's path without the launcher): its kind, the sandbox and the write ends
+        of its new stdout and stderr pipes, for the caller to send and close (the read
+        ends stay with the sandbox, for its supervision). None if there is none now."""
+        spec = next((spec for spec in self.warm if spec.image == "host"), None)
+        sandbox = None if spec is None else next((s for s in self._pools[spec] if s.accounting), None)
+        if spec is None or sandbox is None:
+            return None
+        self._pools[spec].remove(sandbox)
+        stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
+        stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+        sandbox.output = (stdout_r, stderr_r)
+        self._offered[sandbox.prepared.init_pid] = (spec, sandbox)
+        return spec, sandbox, stdout_w, stderr_w
+
+    def take_offered(self, number: int) -> Sandbox | None:
+        """The offered sandbox of that init pid, which the worker handed a job to."""
+        _, sandbox = self._offered.pop(number, (None, None))
+        return sandbox
 
     def finish(self) -> None:
         """Clean up every retired sandbox now, waiting for their inits to exit and their
@@ -216,6 +258,8 @@ class SandboxSupply:
         for pool in self._pools.values():
             while pool:
                 self.retire(pool.popleft())
+        while self._offered:
+            self.retire(self._offered.popitem()[1][1])
         self.finish()
         if self._cgroups is not None:
             self._cgroups.close()

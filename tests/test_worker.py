@@ -18,12 +18,12 @@ import msgpack
 import pytest
 import trio
 
-from sandbox.models import Job, Limits, Result, Status
+from sandbox.models import Blob, InputFile, Job, Limits, Result, Status, WarmSpec
 from test_cleanup import sleeping, wait_until
 from worker.client import AsyncClient, Client, WorkerError
 from worker.protocol import job_to_wire
 from worker.slots import Slot
-from workerutil import SANDBOX_CLI
+from workerutil import SANDBOX_CLI, Raw
 
 
 def py(code: str, **limits: object) -> Job:
@@ -514,23 +514,23 @@ def test_flood_of_submits_and_cancels(start_worker, connect):
         assert client.run(Job(cmd=["echo", "ok"])).stdout == b"ok\n"
 
 
-def test_a_cancel_racing_the_hand_over_of_its_job():
-    """A cancel arriving while a slot hands its job to the launcher: the two sends share
-    one stream (trio refuses two senders at once), and a job cancelled before it was
-    handed over never runs. Each round cancels a different number of scheduler turns
-    after the slot took the job, so both sides of the hand-over are hit."""
+@pytest.mark.parametrize("warm", [[], [WarmSpec(2, "default")]], ids=["by the launcher", "direct"])
+def test_a_cancel_racing_the_hand_over_of_its_job(warm):
+    """A cancel arriving while a slot hands its job over (to the launcher, or with a warm
+    pool straight to an offered sandbox): the two sends share one stream (trio refuses
+    two senders at once), and a job cancelled before it was handed over never runs.
+    Each round cancels a different number of scheduler turns after the slot took the
+    job, so both sides of the hand-over are hit."""
 
-    async def main() -> list[Result | None]:
-        slot = Slot(0, [])
+    async def main() -> tuple[list[Result | None], int]:
+        slot = Slot(0, warm)
         outcomes: list[Result | None] = []
         async with trio.open_nursery() as nursery:
             await nursery.start(slot.keep_alive)
-
-            async def nothing() -> None:
-                pass
-
             for round_number in range(24):
                 job_id, turns = f"j{round_number}", round_number % 8
+                if warm:
+                    await offered(slot)
 
                 async def run(job_id: str = job_id) -> None:
                     outcomes.append(await slot.run(job_id, Job(cmd=["sleep", "30"]), nothing))
@@ -544,14 +544,144 @@ def test_a_cancel_racing_the_hand_over_of_its_job():
                     await slot.cancel(job_id)
             outcomes.append(await slot.run("after", Job(cmd=["echo", "ok"]), nothing))
             nursery.cancel_scope.cancel()
-        return outcomes
+        return outcomes, slot.handovers
 
-    *cancelled, after = trio.run(main)
+    (*cancelled, after), handovers = trio.run(main)
+    assert (handovers > 0) == bool(warm)
     # Every round ended early: never handed over (None), not started by the launcher, or
     # killed by the cancel. A lost cancel would leave the 30 s sleep running.
     assert all(result is None or str(result.error).startswith("cancelled before it") for result in cancelled), cancelled
     assert None in cancelled and any(result is not None for result in cancelled), cancelled
     assert after is not None and after.stdout == b"ok\n"
+
+
+def run_directly(client: Client, job: Job, attempts: int = 50) -> Result:
+    """Run the job until it went straight to a sandbox the launcher offered (the stats
+    count those hand-overs): a job may come before the launcher had one ready to offer.
+    Every attempt's result must be as right as the last one's, whichever way it went."""
+    for _ in range(attempts):
+        before = client.stats()["direct_handovers"]
+        result = client.run(job)
+        if client.stats()["direct_handovers"] == before + 1:
+            return result
+    raise AssertionError(f"no job was handed over directly in {attempts} attempts")
+
+
+PROBE = ["sh", "-c", "cat; echo $FOO $PATH; pwd; ulimit -n -s -f; id -u"]
+
+
+def test_warm_jobs_go_straight_to_an_offered_sandbox(start_worker):
+    # The worker hands a job to a warm sandbox itself when it is one made for the job;
+    # the job sees, and the result says, what the launcher's way gives.
+    worker = start_worker("--slots", "1", "--warm", "2")
+    job = Job(cmd=PROBE, stdin=Blob(data=b"from stdin"), env={"FOO": "bar"}, cwd="/tmp")
+    with Client(worker.socket_path) as client:
+        direct = run_directly(client, job)
+        handed = client.stats()["direct_handovers"]
+        other_limits = Job(cmd=PROBE, stdin=job.stdin, env=job.env, cwd="/tmp", limits=Limits(memory="300M"))
+        other_profile = Job(cmd=PROBE, stdin=job.stdin, env=job.env, cwd="/tmp", profile="strict")
+        with_a_file = Job(cmd=PROBE, stdin=job.stdin, env=job.env, cwd="/tmp",
+                          files=[InputFile(dest="/tmp/x", content=Blob(data=b"x"))])
+        by_launcher = [client.run(other) for other in (other_limits, with_a_file)]
+        assert client.run(other_profile).status is Status.RUNTIME_ERROR  # strict: no fork for sh
+        assert client.stats()["direct_handovers"] == handed  # none of those was made for them
+    assert direct.status is Status.OK and direct.stdout.startswith(b"from stdinbar /usr/local/bin:"), direct
+    assert direct.usage.memory_peak_bytes and direct.usage.wall_ms > 0 and direct.usage.cpu_ms > 0
+    for result in by_launcher:
+        assert (result.status, result.stdout, result.stderr) == (direct.status, direct.stdout, direct.stderr)
+
+
+def test_limits_hold_for_jobs_handed_over_directly(start_worker, connect):
+    worker = start_worker("--slots", "1", "--warm", "2")
+    with Client(worker.socket_path) as client:
+        wall = run_directly(client, Job(cmd=["sleep", "30"], limits=Limits(wall_time="300ms")))
+        cpu = run_directly(client, Job(cmd=["sh", "-c", "while :; do :; done"], limits=Limits(cpu_time="300ms")))
+        output = run_directly(client, Job(cmd=["yes"], limits=Limits(output="64K")))
+        failing = run_directly(client, Job(cmd=["sh", "-c", "echo oops >&2; exit 3"]))
+    assert wall.status is Status.WALL_TIME_LIMIT and 300 <= wall.usage.wall_ms < 2000, wall
+    assert cpu.status is Status.TIME_LIMIT and 300 <= cpu.usage.cpu_ms < 1300, cpu
+    assert output.status is Status.OUTPUT_LIMIT and len(output.stdout) == 64 << 10, output.status
+    assert (failing.status, failing.exit_code, failing.stderr) == (Status.RUNTIME_ERROR, 3, b"oops\n")
+    # A cancel reaches a job the launcher did not hand over itself.
+    raw = connect(worker)
+    for attempt in range(50):
+        handed = stats(raw)["direct_handovers"]
+        raw.send({"type": "submit", "id": f"s{attempt}", "job": sleeper("1013")})
+        raw.until(lambda m: m.get("event") == "started")
+        raw.send({"type": "cancel", "id": f"s{attempt}"})
+        final = raw.until(lambda m, i=f"s{attempt}": m.get("id") == i and m.get("event") in ("cancelled", "finished"))
+        assert final["event"] == "cancelled" and "cancelled" in final["result"]["error"], final
+        if stats(raw)["direct_handovers"] == handed + 1:
+            break
+    else:
+        raise AssertionError("no sleeper was handed over directly")
+    assert wait_until(lambda: not sleeping("1013"))
+
+
+def test_launchers_killed_with_an_offer_out_leak_nothing(start_worker):
+    # A launcher's offer is fds in the worker: a dead launcher's are closed, and the
+    # next launcher offers its own sandboxes.
+    worker = start_worker("--slots", "1", "--warm", "2")
+    fds = []
+    with Client(worker.socket_path) as client:
+        for _ in range(4):
+            assert run_directly(client, Job(cmd=["true"])).status is Status.OK
+            fds.append(len(os.listdir(f"/proc/{worker.process.pid}/fd")))
+            (launcher,) = worker.launchers()
+            os.kill(launcher, signal.SIGKILL)
+            assert wait_until(lambda launcher=launcher: worker.launchers() not in ([], [launcher]))
+        assert run_directly(client, Job(cmd=["echo", "new"])).stdout == b"new\n"
+        assert client.stats()["launcher_restarts"] == 4
+    assert fds[-1] <= fds[0], fds
+
+
+def test_an_offered_sandbox_that_died_is_given_back():
+    # The worker finds the sandbox it was offered gone when it hands a job over: the
+    # launcher gets the offer back and runs the job the usual way.
+    async def main() -> tuple[Result | None, int, int]:
+        slot = Slot(0, [WarmSpec(1, "default")])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(slot.keep_alive)
+            await slot.run("first", Job(cmd=["true"]), nothing)
+            await offered(slot)
+            assert slot.offer is not None
+            os.kill(slot.offer.number, signal.SIGKILL)
+            assert wait_until(lambda: exited(slot.offer.number))  # its end of the channel is closed then
+            handed = slot.handovers
+            after = await slot.run("after", Job(cmd=["echo", "ok"]), nothing)
+            nursery.cancel_scope.cancel()
+        return after, handed, slot.handovers
+
+    after, handed_before, handed_after = trio.run(main)
+    assert after is not None and after.status is Status.OK and after.stdout == b"ok\n", after
+    assert handed_after == handed_before
+
+
+async def nothing() -> None:
+    """A job's "started" that nobody waits for."""
+
+
+async def offered(slot: Slot) -> None:
+    """Wait until the slot's launcher has offered it a sandbox (read as a slot reads
+    between jobs)."""
+    with trio.fail_after(30):
+        while slot.offer is None:
+            assert slot._raw is not None
+            await trio.lowlevel.wait_readable(slot._raw)
+            slot._read_now()
+
+
+def exited(pid: int) -> bool:
+    """The process is a zombie, or gone: its files are closed."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def stats(raw: Raw) -> dict:
+    raw.send({"type": "stats"})
+    return raw.until(lambda message: message.get("type") == "stats")
 
 
 def test_a_job_cannot_reach_the_worker(start_worker, tmp_path):

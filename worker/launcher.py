@@ -5,11 +5,15 @@ The trio worker never forks (design.md §2: forking a threaded process is unsafe
 interpreter start-up must stay off the per-job path). Each slot owns one launcher,
 started once with every module imported and the seccomp filter compiled; the worker
 sends it one job at a time over a socketpair, in the same frames as the public
-protocol, and gets back "started" and "result". Supervision (the adaptive CPU poll)
-runs here, in a process that does nothing else, so a busy event loop in the worker can
-never delay a kill. A launcher that dies takes only its own job down (as internal_error)
-and its sandboxes with it (an init ends when its job channel closes); the worker starts a
-new one, which reaps the dead one's cgroups.
+protocol, and gets back "started" and "result". Between jobs it offers the worker a
+ready warm sandbox ("offer", worker/handover.py): a job that the worker hands to it
+itself comes as a "run" naming it, to be supervised only (no "started" then: the
+worker said it); "drop" gives back an offer the worker could not use. Supervision (the
+adaptive CPU poll) runs here, in a process that does nothing else, so a busy event
+loop in the worker can never delay a kill. A launcher that dies takes only its own job
+down (as internal_error) and its sandboxes with it (an init ends when its job channel
+closes: the worker keeps no copy of an offered one's once it handed a job over); the
+worker starts a new one, which reaps the dead one's cgroups.
 
 Run as: python -m worker.launcher FD PARENT_PID WARM_JSON (a list of WarmSpec wire forms)
 """
@@ -25,7 +29,7 @@ from typing import Any
 
 from sandbox.linux import syscalls as sc
 from sandbox.models import Result, Status, WarmSpec
-from sandbox.runner import Runner
+from sandbox.runner import HandedOver, Runner
 from worker.protocol import FrameDecoder, ProtocolError, encode, job_from_wire, result_to_wire
 
 LAUNCHER_MAX_FRAME = 1 << 30  # the worker already enforced the public limit
@@ -46,6 +50,14 @@ class Outbox:
 
     def send(self, message: dict[str, Any]) -> None:
         self._pending += encode(message)
+        self._flush(wait=True)
+
+    def send_fds(self, message: dict[str, Any], fds: list[int]) -> None:
+        """``send``, the fds attached to the message's first byte."""
+        self._flush(wait=True)
+        frame = encode(message)
+        sent = socket.send_fds(self.channel, [frame], fds)
+        self._pending += frame[sent:]
         self._flush(wait=True)
 
     def offer(self, message: dict[str, Any]) -> None:
@@ -69,19 +81,29 @@ def serve(channel: socket.socket, warm: list[WarmSpec]) -> None:
     outbox = Outbox(channel)
     outbox.send({"type": "ready", "pid": os.getpid(), "cgroups": runner.backend is not None})
     decoder = FrameDecoder(LAUNCHER_MAX_FRAME)
+    offered: int | None = None  # the sandbox the worker may hand a job to itself
     try:
         while True:
             # Idle time is for the next jobs: clean up after the last ones and prepare
             # warm sandboxes, one small step at a time, looking for a waiting job between
             # steps; with nothing left to do, sleep until a job or a step is due.
             while not _readable(channel):
+                if offered is None and (offered := _offer(runner, outbox)) is not None:
+                    continue
                 if not runner.sandboxes.step():
                     select.select([channel, *runner.sandboxes.waitables()], [], [])
-            data = channel.recv(1 << 20)
+            try:
+                data = channel.recv(1 << 20)
+            except ConnectionResetError:
+                data = b""  # closed with an offer of ours unread
             if not data:
                 return  # the worker closed the channel: it is gone or wants us gone
             messages = decoder.feed(data)
             for index, message in enumerate(messages):
+                if "sandbox" in message and message["sandbox"] == offered:
+                    offered = None  # used, or given back
+                if message.get("type") == "drop":
+                    _drop(runner, message)
                 if message.get("type") != "run":
                     continue  # a "cancel" here is for a job that is over (or never ran)
                 # Its cancel may have come in the same read: the channel will not turn
@@ -99,6 +121,34 @@ def _readable(channel: socket.socket) -> bool:
     return bool(select.select([channel], [], [], 0)[0])
 
 
+def _offer(runner: Runner, outbox: Outbox) -> int | None:
+    """Offer the worker a ready warm sandbox to hand a job to itself (worker/handover.py);
+    the number it goes by, or None if there is none to offer now."""
+    offer = runner.sandboxes.offer()
+    if offer is None:
+        return None
+    spec, sandbox, stdout_w, stderr_w = offer
+    profile = runner.profiles.get(spec.profile)
+    number = sandbox.prepared.init_pid
+    try:
+        outbox.send_fds(
+            {"type": "offer", "sandbox": number, "profile": spec.profile, "limits": profile.limits,
+             "env": profile.env, "cgroups": runner.backend is not None},
+            [sandbox.prepared.job_channel.fileno(), stdout_w, stderr_w],
+        )
+    finally:
+        os.close(stdout_w)
+        os.close(stderr_w)
+    return number
+
+
+def _drop(runner: Runner, message: dict[str, Any]) -> None:
+    """The worker could not hand a job to the sandbox it was offered (it died waiting)."""
+    sandbox = runner.sandboxes.take_offered(message.get("sandbox", 0))
+    if sandbox is not None:
+        runner.sandboxes.retire(sandbox)
+
+
 def _run(runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[str, Any], cancelled: bool) -> None:
     result = _result(runner, channel, outbox, message, cancelled)
     outbox.send({"type": "result", "id": message["id"], "result": result_to_wire(result)})
@@ -109,21 +159,32 @@ def _run(runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[s
 
 def _result(runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[str, Any], cancelled: bool) -> Result:
     job_id = message["id"]
-    if cancelled:
-        return Result(Status.INTERNAL_ERROR, error="cancelled before it started")
+    handed = None
+    if "sandbox" in message:  # the worker gave it to the sandbox offered, and said so
+        sandbox = runner.sandboxes.take_offered(message["sandbox"])
+        if sandbox is None:
+            return Result(Status.INTERNAL_ERROR, error="the job went to a sandbox this launcher did not offer")
+        handed = HandedOver(sandbox, message["handed_ns"])
+    job, error = None, "cancelled before it " + ("finished" if handed else "started")
+    if not cancelled:
+        try:
+            job = job_from_wire(message["job"])
+        except ProtocolError as exc:
+            error = f"launcher rejected the job: {exc.message}"
+    if job is None:
+        if handed is not None:
+            runner.sandboxes.retire(handed.sandbox)  # kills what the worker started there
+        return Result(Status.INTERNAL_ERROR, error=error)
 
     def stream_output(stream: str, offset: int, data: bytes) -> None:
         outbox.offer({"type": "output", "id": job_id, "stream": stream, "offset": offset, "data": data})
 
-    try:
-        job = job_from_wire(message["job"])
-    except ProtocolError as exc:
-        return Result(Status.INTERNAL_ERROR, error=f"launcher rejected the job: {exc.message}")
     return runner.run(
         job,
         cancel_fd=channel.fileno(),
-        on_started=lambda: outbox.send({"type": "started", "id": job_id}),
+        on_started=None if handed else lambda: outbox.send({"type": "started", "id": job_id}),
         on_output=stream_output if message.get("stream") else None,
+        handed=handed,
     )
 
 

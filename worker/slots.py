@@ -7,20 +7,27 @@ a fresh launcher before taking the next job.
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import socket
 import sys
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
 from sandbox.models import Job, Result, Status, WarmSpec
+from worker.handover import OFFER_FDS, Offer
 from worker.launcher import LAUNCHER_MAX_FRAME
 from worker.logs import log
 from worker.protocol import FrameDecoder, encode, job_to_wire, result_from_wire
 from worker.streams import send_now
+
+
+MAX_RECEIVED_FDS = 16  # a launcher sends 3 at a time (an offer), and one offer at a time
+FD_SIZE = array.array("i").itemsize
 
 
 class LauncherDied(Exception):
@@ -38,8 +45,12 @@ class Slot:
         self.running_id: str | None = None
         self.restarts = 0
         self._stream: trio.SocketStream | None = None
+        self._raw: socket.socket | None = None
         self._decoder = FrameDecoder(LAUNCHER_MAX_FRAME)
         self._pending: list[dict[str, Any]] = []
+        self._fds: deque[int] = deque()  # received with the launcher's offers, not yet claimed
+        self.offer: Offer | None = None  # a sandbox the launcher offered for the next job
+        self.handovers = 0  # jobs this slot handed to an offered sandbox itself
         # A job's "run" and a client's "cancel" come from different tasks; trio lets only
         # one task at a time send on a stream (a second one gets BusyResourceError).
         self._sending = trio.StrictFIFOLock()
@@ -85,10 +96,12 @@ class Slot:
             )
         finally:
             theirs.close()
+        self._raw = ours  # the same socket: read with its fds (``_read_now``), written by trio
         self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
         self._dead = trio.Event()
         self._decoder = FrameDecoder(LAUNCHER_MAX_FRAME)
         self._pending = []
+        self._drop_offer()
         try:
             hello = await self._receive()
         except LauncherDied:
@@ -100,8 +113,10 @@ class Slot:
         self, job_id: str, job: Job, on_started: Callable[[], Awaitable[None]],
         on_output: Callable[[dict[str, Any]], None] | None = None,
     ) -> Result | None:
-        """Run a job; never raises for the job's sake. A launcher that dies before the job
-        started (before it handed the job to a sandbox and said "started") is replaced
+        """Run a job; never raises for the job's sake. The job goes straight to the
+        sandbox the launcher offered if it is one for it (``_hand_over``), else to the
+        launcher. A launcher that dies before the job started (before the job was handed
+        to a sandbox, by the launcher, which then says "started", or here) is replaced
         and the job sent once more; one that dies after makes the job an internal_error.
         With ``on_output`` the launcher streams the job's output, each piece an "output"
         message to it. None: the job was cancelled before it was handed to a launcher
@@ -123,7 +138,11 @@ class Slot:
                         if self._cancel_requested:
                             return None
                         run = {"type": "run", "id": job_id, "job": job_to_wire(job), "stream": on_output is not None}
-                        await self._send(encode(run))
+                        dropped = self._hand_over(job, run)
+                        started = "sandbox" in run  # a launcher that dies now takes the job with it
+                        await self._send(dropped + encode(run))
+                        if started:
+                            await on_started()
                     return await self._until_result(job_id, relay_started, on_output)
                 except (LauncherDied, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     if started:
@@ -174,17 +193,84 @@ class Slot:
         if rest:
             await self._stream.send_all(rest)
 
+    def _hand_over(self, job: Job, run: dict[str, Any]) -> bytes:
+        """Give the job to the sandbox the launcher offered, if it is one for this job
+        (worker/handover.py), and say so in ``run`` ("sandbox", "handed_ns"). A sandbox
+        that died waiting is given back: the frame to send before ``run`` (else b""),
+        and the launcher gets the job as usual."""
+        self._read_now()  # an offer made since the last job is waiting in the channel
+        offer = self.offer
+        if offer is None or not offer.takes(job):
+            return b""
+        self.offer = None
+        try:
+            run["handed_ns"] = offer.hand_over(job)
+        except OSError:
+            return encode({"type": "drop", "sandbox": offer.number})
+        finally:
+            offer.close()
+        run["sandbox"] = offer.number
+        self.handovers += 1
+        return b""
+
+    def _drop_offer(self) -> None:
+        """Forget the launcher's offer and close what came with it (the launcher is new,
+        or gone)."""
+        if self.offer is not None:
+            self.offer.close()
+            self.offer = None
+        while self._fds:
+            os.close(self._fds.popleft())
+
     async def _close_stream(self) -> None:
+        self._drop_offer()
         if self._stream is not None:
             await self._stream.aclose()
             self._stream = None
+            self._raw = None
+
+    def _read_now(self) -> bool:
+        """Take what the launcher sent, without waiting: its frames, and the fds that come
+        with its offers. False when the channel is closed."""
+        if self._stream is None or self._raw is None:
+            return False
+        try:
+            # (socket.recv_fds would drop the flags: fds must not leak into the launchers)
+            data, ancillary, _, _ = self._raw.recvmsg(
+                1 << 20, socket.CMSG_SPACE(MAX_RECEIVED_FDS * FD_SIZE), socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC,
+            )
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        for level, kind, payload in ancillary:
+            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+                fds = array.array("i")
+                fds.frombytes(payload[: len(payload) - len(payload) % FD_SIZE])
+                self._fds.extend(fds)
+        for message in self._decoder.feed(data):
+            if message.get("type") == "offer":
+                self._take_offer(message)
+            else:
+                self._pending.append(message)
+        return bool(data)
+
+    def _take_offer(self, message: dict[str, Any]) -> None:
+        fds = [self._fds.popleft() for _ in range(min(OFFER_FDS, len(self._fds)))]
+        if self.offer is not None:
+            self.offer.close()  # a launcher makes one offer at a time: not reached
+        try:
+            self.offer = Offer.from_message(message, fds)
+        except (KeyError, TypeError, ValueError):
+            for fd in fds:
+                os.close(fd)
+            self.offer = None
 
     async def _receive(self) -> dict[str, Any]:
         while not self._pending:
             if self._stream is None:
                 raise LauncherDied("launcher stopped")
-            data = await self._stream.receive_some(1 << 20)
-            if not data:
+            await trio.lowlevel.wait_readable(self._stream.socket)
+            if not self._read_now():
                 raise LauncherDied("channel closed")
-            self._pending.extend(self._decoder.feed(data))
         return self._pending.pop(0)
