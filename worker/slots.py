@@ -1,8 +1,10 @@
 """The worker's handle on one launcher process (see worker/launcher.py).
 
 A slot runs one job at a time: it sends "run", relays "started", returns the "result".
-If the launcher dies mid-job, the job's result is ``internal_error`` and the slot starts
-a fresh launcher before taking the next job.
+A job that fits the warm sandbox the launcher offered goes to that sandbox from here
+(worker/handover.py), and its "run" tells the launcher so. If the launcher dies
+mid-job, the job's result is ``internal_error`` and the slot starts a fresh launcher
+before taking the next job.
 """
 
 from __future__ import annotations
@@ -231,7 +233,7 @@ class Slot:
 
     def _read_now(self) -> bool:
         """Take what the launcher sent, without waiting: its frames, and the fds that come
-        with its offers. False when the channel is closed."""
+        with its offers. False when the channel is closed or broken."""
         if self._stream is None or self._raw is None:
             return False
         try:
@@ -261,7 +263,7 @@ class Slot:
             self.offer.close()  # a launcher makes one offer at a time: not reached
         try:
             self.offer = Offer.from_message(message, fds)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OSError):
             for fd in fds:
                 os.close(fd)
             self.offer = None
