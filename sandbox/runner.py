@@ -107,28 +107,30 @@ class Runner:
         on_output: Callable[[str, int, bytes], None] | None, trace: list[dict[str, Any]] | None,
         handed: HandedOver | None,
     ) -> Result:
-        profile = self.profiles.get(job.profile)
-        limits = job.limits.over(profile.limits)
-        warnings: list[str] = []
-        not_enforced: list[str] = []
-        if self.backend is None:
-            if job.require_cgroups:
-                raise CgroupError(f"cgroups required but unavailable: {self.cgroup_problem}")
-            not_enforced.extend(CGROUP_ONLY_LIMITS)
-            warnings.append(
-                f"no delegated cgroup ({self.cgroup_problem}); memory is capped by an address-space "
-                "rlimit, pids by RLIMIT_NPROC, CPU time per process only"
-            )
         with ExitStack() as cleanup:
+            if handed is not None:  # running what the worker started there: it ends with us
+                cleanup.callback(self.sandboxes.retire, handed.sandbox)
+            profile = self.profiles.get(job.profile)
+            limits = job.limits.over(profile.limits)
+            warnings: list[str] = []
+            not_enforced: list[str] = []
+            if self.backend is None:
+                if job.require_cgroups:
+                    raise CgroupError(f"cgroups required but unavailable: {self.cgroup_problem}")
+                not_enforced.extend(CGROUP_ONLY_LIMITS)
+                warnings.append(
+                    f"no delegated cgroup ({self.cgroup_problem}); memory is capped by an address-space "
+                    "rlimit, pids by RLIMIT_NPROC, CPU time per process only"
+                )
             if handed is None:
                 argv, env, cwd, image_root = _image_for(job, cleanup, profile.env)
                 sandbox = self.sandboxes.take(
                     image_root, limits.disk_bytes, job.profile, trace is not None, job.image, limits.cpus is not None,
                 )
+                cleanup.callback(self.sandboxes.retire, sandbox)
             else:
                 sandbox = handed.sandbox
             prepared, cgroup = sandbox.prepared, sandbox.cgroup
-            cleanup.callback(self.sandboxes.retire, sandbox)
             if prepared.init_pid <= 0:
                 message = next((m["message"] for m in prepared.early if m["kind"] == "setup_error"), None)
                 return Result(Status.INTERNAL_ERROR, error=message or "sandbox did not start", warnings=warnings)

@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from sandbox.errors import SandboxError
 from sandbox.models import Job, Result, Status, WarmSpec
 from worker.handover import OFFER_FDS, Offer
 from worker.launcher import LAUNCHER_MAX_FRAME
@@ -198,8 +199,9 @@ class Slot:
     def _hand_over(self, job: Job, run: dict[str, Any]) -> bytes:
         """Give the job to the sandbox the launcher offered, if it is one for this job
         (worker/handover.py), and say so in ``run`` ("sandbox", "handed_ns"). A sandbox
-        that died waiting is given back: the frame to send before ``run`` (else b""),
-        and the launcher gets the job as usual."""
+        that died waiting, or a job it could not be told, is given back: the frame to
+        send before ``run`` (else b""), and the launcher gets the job as usual (and says
+        what is wrong with it, if anything)."""
         self._read_now()  # an offer made since the last job is waiting in the channel
         offer = self.offer
         if offer is None or not offer.takes(job):
@@ -207,7 +209,7 @@ class Slot:
         self.offer = None
         try:
             run["handed_ns"] = offer.hand_over(job)
-        except OSError:
+        except (OSError, SandboxError, ValueError):
             return encode({"type": "drop", "sandbox": offer.number})
         finally:
             offer.close()
