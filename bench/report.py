@@ -36,7 +36,8 @@ METHOD = """## Method
 - **podman** 4: `--runtime runc` (its crun hits the same check) `--rootfs` on a local directory,
   `-v /usr:/usr:ro --network none`. Its CPU per job misses conmon, which is not a waited child.
 - Every peer runs through the same timing loop (`bench/peers.py`, Python `subprocess.run` in a child
-  process); "after idle" pauses 200 ms between jobs; throughput runs the jobs from a pool of *c*
+  process); warm latency from 1,000 jobs each (podman and `sandbox run`: 15), "after idle" from 30
+  with 200 ms between jobs; throughput runs the jobs from a pool of *c*
   threads. CPU per job is user + system time of every waited-for process (the worker: its own, its
   launchers' and what they reaped). Percentiles are nearest-rank.
 """
