@@ -180,17 +180,19 @@ def test_a_warm_sandbox_starts_its_account_before_its_job_comes(warm_runner, pro
     runner = settled(warm_runner(WarmSpec(1, "default")))
     touch = InputFile(dest="/work/touch", content=Blob(path=str(programs["touch_memory"])), mode=0o755)
     spin = InputFile(dest="/work/spin", content=Blob(path=str(programs["spin"])), mode=0o755)
-    jobs = [(["/work/touch", "160"], [touch])] + [(["/work/spin", "100"], [spin])] * 4 + [(["/bin/true"], [])]
+    jobs = [(["/work/touch", "256"], [touch])] + [(["/work/spin", "100"], [spin])] * 4 + [(["/bin/true"], [])]
     results = []
     for cmd, files in jobs:
         waiting = [sandbox for pool in settled(runner).sandboxes._pools.values() for sandbox in pool]
         assert waiting and all(sandbox.accounting for sandbox in waiting)
         results.append(runner.run(Job(cmd=cmd, files=files, require_cgroups=True)))
     touched, *spinners, quiet = results
-    assert touched.status is Status.OK and touched.usage.memory_peak_bytes >= 160 << 20
+    assert touched.status is Status.OK and touched.usage.memory_peak_bytes >= 256 << 20
     for spun in spinners:
         assert spun.status is Status.OK and spun.usage.cpu_ms >= 80 and spun.usage.memory_peak_bytes < 16 << 20
-        assert spun.usage.cpu_user_ms >= 0.8 * spun.usage.cpu_ms, (touched.usage, spun.usage)
+        # (0.98 of it on the host, 0.79 in the v2 test guest, where the spinner's clock
+        # reads are slow system calls; 0.4 with the touching job's faults added)
+        assert spun.usage.cpu_user_ms >= 0.6 * spun.usage.cpu_ms, (touched.usage, spun.usage)
     assert quiet.status is Status.OK and quiet.usage.cpu_ms < 100 and quiet.usage.memory_peak_bytes < 16 << 20
 
 
