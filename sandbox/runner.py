@@ -140,12 +140,14 @@ class Runner:
                     cgroup.start_accounting()
             fds: list[int] = []
             cleanup.callback(_close_all, fds)
+            # (the worker computed the same for a job it handed over: the warnings are ours)
+            job_rlimits = rlimits(limits, cgroup is not None, warnings)
             if handed is None:
                 stdout_r, stdout_w = _pipe(fds)
                 stderr_r, stderr_w = _pipe(fds)
                 stdio = (self._no_stdin if job.stdin is None else open_blob(job.stdin, fds), stdout_w, stderr_w)
                 files = [(f.dest, open_blob(f.content, fds), f.mode) for f in job.files]
-                spec = job_spec(argv, env, cwd, limits, cgroup is not None, stdio, warnings, files)
+                spec = job_spec(argv, env, cwd, limits, stdio, job_rlimits, files)
                 try:
                     launcher.start_job(prepared.job_channel, spec)
                     launcher.step_aside()
@@ -157,7 +159,6 @@ class Runner:
             else:
                 stdout_r, stderr_r = sandbox.take_output()
                 fds.extend((stdout_r, stderr_r))
-                rlimits(limits, cgroup is not None, warnings)  # what the worker sent: its warnings are ours
             watch = Watch(
                 wall_limit_ns=limits.wall_time_ms * 1_000_000,
                 cpu_limit_ns=None if limits.cpu_time_ms is None else limits.cpu_time_ms * 1_000_000,
@@ -197,15 +198,16 @@ def host_command(job: Job, profile_env: dict[str, str]) -> tuple[list[str], dict
 
 
 def job_spec(
-    argv: list[str], env: dict[str, str], cwd: str, limits: Limits, have_cgroup: bool, stdio: tuple[int, int, int],
-    warnings: list[str], input_files: Sequence[tuple[str, int, int]] = (),
+    argv: list[str], env: dict[str, str], cwd: str, limits: Limits, stdio: tuple[int, int, int],
+    job_rlimits: list[tuple[int, int, int]], input_files: Sequence[tuple[str, int, int]] = (),
 ) -> launcher.JobSpec:
-    """What a sandbox is told to run - by ``Runner.run``, and by the worker's direct
-    hand-over (worker/handover.py), which must say exactly the same."""
+    """What a sandbox is told to run (``job_rlimits``: from ``rlimits``) - by
+    ``Runner.run``, and by the worker's direct hand-over (worker/handover.py), which must
+    say exactly the same."""
     stdin_fd, stdout_fd, stderr_fd = stdio
     return launcher.JobSpec(
         argv=argv, env=env, cwd=cwd, disk_bytes=limits.disk_bytes, stdin_fd=stdin_fd, stdout_fd=stdout_fd,
-        stderr_fd=stderr_fd, input_files=list(input_files), rlimits=rlimits(limits, have_cgroup, warnings),
+        stderr_fd=stderr_fd, input_files=list(input_files), rlimits=job_rlimits,
     )
 
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox import launch
 from sandbox.models import Job, Limits
-from sandbox.runner import host_command, job_spec, open_blob
+from sandbox.runner import host_command, job_spec, open_blob, rlimits
 
 OFFER_FDS = 3  # the job channel, stdout's and stderr's write ends
 
@@ -42,6 +42,10 @@ class Offer:
     job_channel: socket.socket
     stdout_w: int
     stderr_w: int
+    made_for: Limits = field(init=False)  # what the sandbox's cgroup was made with
+
+    def __post_init__(self) -> None:
+        self.made_for = Limits().over(self.profile_limits)
 
     @classmethod
     def from_message(cls, message: dict[str, Any], fds: list[int]) -> Offer:
@@ -51,25 +55,26 @@ class Offer:
             socket.socket(fileno=channel), stdout_w, stderr_w,
         )
 
-    def takes(self, job: Job) -> bool:
-        """Whether this sandbox is the one the launcher would have given the job: its
-        kind and the cgroup limits it was made with."""
+    def limits_for(self, job: Job) -> Limits | None:
+        """The job's limits if this sandbox is the one the launcher would have given it
+        (its kind, and the cgroup limits it was made with), else None."""
         if job.image != "host" or job.files or job.profile != self.profile:
-            return False
+            return None
         if job.require_cgroups and not self.cgroups:
-            return False  # the launcher reports why it cannot run it
-        limits, made_for = job.limits.over(self.profile_limits), Limits().over(self.profile_limits)
-        return (limits.memory_bytes, limits.pids, limits.cpus) == (made_for.memory_bytes, made_for.pids, made_for.cpus)
+            return None  # the launcher reports why it cannot run it
+        limits, made_for = job.limits.over(self.profile_limits), self.made_for
+        fits = (limits.memory_bytes, limits.pids, limits.cpus) == (made_for.memory_bytes, made_for.pids, made_for.cpus)
+        return limits if fits else None
 
-    def hand_over(self, job: Job) -> int:
-        """Send the job to the sandbox (which starts it at once); the CLOCK_MONOTONIC time
-        of the hand-over, in ns. Raises OSError if the sandbox is gone. Either way the
-        offer is used up: ``close`` follows."""
+    def hand_over(self, job: Job, limits: Limits) -> int:
+        """Send the job, with the limits ``limits_for`` gave, to the sandbox (which starts
+        it at once); the CLOCK_MONOTONIC time of the hand-over, in ns. Raises OSError if
+        the sandbox is gone. Either way the offer is used up: ``close`` follows."""
         argv, env, cwd = host_command(job, self.profile_env)
-        limits = job.limits.over(self.profile_limits)
         stdin = _stdin_fd(job)
         try:
-            spec = job_spec(argv, env, cwd, limits, self.cgroups, (stdin, self.stdout_w, self.stderr_w), [])
+            stdio = (stdin, self.stdout_w, self.stderr_w)
+            spec = job_spec(argv, env, cwd, limits, stdio, rlimits(limits, self.cgroups, []))
             handed_ns = time.monotonic_ns()
             launch.start_job(self.job_channel, spec)
             return handed_ns

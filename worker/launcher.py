@@ -100,7 +100,7 @@ def serve(channel: socket.socket, warm: list[WarmSpec]) -> None:
                 return  # the worker closed the channel: it is gone or wants us gone
             messages = decoder.feed(data)
             for index, message in enumerate(messages):
-                if "sandbox" in message and message["sandbox"] == offered:
+                if offered is not None and message.get("sandbox") == offered:
                     offered = None  # used, or given back
                 if message.get("type") == "drop":
                     _drop(runner, message)

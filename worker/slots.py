@@ -204,11 +204,12 @@ class Slot:
         what is wrong with it, if anything)."""
         self._read_now()  # an offer made since the last job is waiting in the channel
         offer = self.offer
-        if offer is None or not offer.takes(job):
+        limits = None if offer is None else offer.limits_for(job)
+        if offer is None or limits is None:
             return b""
         self.offer = None
         try:
-            run["handed_ns"] = offer.hand_over(job)
+            run["handed_ns"] = offer.hand_over(job, limits)
         except (OSError, SandboxError, ValueError):
             return encode({"type": "drop", "sandbox": offer.number})
         finally:
@@ -236,7 +237,7 @@ class Slot:
     def _read_now(self) -> bool:
         """Take what the launcher sent, without waiting: its frames, and the fds that come
         with its offers. False when the channel is closed or broken."""
-        if self._stream is None or self._raw is None:
+        if self._raw is None:
             return False
         try:
             # (socket.recv_fds would drop the flags: fds must not leak into the launchers)
