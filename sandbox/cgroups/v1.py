@@ -25,6 +25,7 @@ from sandbox.models import Limits
 
 CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
 CFS_PERIOD_US = 100_000
+TCP_LIMIT = "memory.kmem.tcp.limit_in_bytes"
 
 
 def v1_mounts() -> dict[str, str]:
@@ -44,7 +45,9 @@ def v1_mounts() -> dict[str, str]:
 
 
 class V1JobCgroup(JobCgroup):
-    def __init__(self, dirs: dict[str, str], has_swap_limit: bool, cpu_dir_reusable: bool = False) -> None:
+    def __init__(
+        self, dirs: dict[str, str], has_swap_limit: bool, *, has_tcp_limit: bool, cpu_dir_reusable: bool = False,
+    ) -> None:
         """``cpu_dir_reusable``: the cpuacct directory may serve a later job (see
         ``keep_reusable``)."""
         unique_dirs = list(dict.fromkeys(dirs.values()))
@@ -68,6 +71,7 @@ class V1JobCgroup(JobCgroup):
         self.by_controller = dirs
         self.cpu_quota = "cpu" in dirs
         self.has_swap_limit = has_swap_limit  # memory.memsw.* (swap accounting) exists
+        self.has_tcp_limit = has_tcp_limit  # memory.kmem.tcp.* exists
         self.cpu_dir_reusable = cpu_dir_reusable and not self.cpu_quota
 
     def keep_reusable(self) -> str | None:
@@ -93,6 +97,12 @@ class V1JobCgroup(JobCgroup):
         write_file(os.path.join(memory, "memory.limit_in_bytes"), str(limits.memory_bytes))
         if self.has_swap_limit:
             write_file(swap_limit, str(limits.memory_bytes))
+        if self.has_tcp_limit:
+            # v1 charges TCP (and UDP) socket buffers to a counter of their own, and only
+            # once a limit is written: without it a job queues gigabytes in socket
+            # buffers on lo that no memory limit sees. Capped at the memory limit, so a
+            # job holds at most twice its limit in all (v2 charges sockets to memory).
+            write_file(os.path.join(memory, TCP_LIMIT), str(limits.memory_bytes))
         write_file(os.path.join(self.by_controller["pids"], "pids.max"), str(limits.pids))
         if self.cpu_quota:
             cpu = self.by_controller["cpu"]
@@ -131,6 +141,7 @@ class V1Backend(CgroupBackend):
                 )
         memory = self.parent_dirs["memory"]
         self.has_swap_limit = _exists(memory, "memory.memsw.limit_in_bytes")
+        self.has_tcp_limit = _exists(memory, TCP_LIMIT)
         # The cpuacct directory can pass from job to job only in a hierarchy of its own
         # (with cpu at most), not where it would carry memory or pids along.
         self.cpu_dir_reusable = self.parent_dirs["cpuacct"] not in (memory, self.parent_dirs["pids"])
@@ -145,6 +156,7 @@ class V1Backend(CgroupBackend):
         memory, pids = self.parent_dirs["memory"], self.parent_dirs["pids"]
         return {
             "swap accounting (memory.memsw.*): swap capped with memory": self.has_swap_limit,
+            "socket buffer limit (memory.kmem.tcp.*): TCP/UDP buffers capped": self.has_tcp_limit,
             "pids.peak: peak process count reported": _exists(pids, "pids.peak"),
             "oom_kill count in memory.oom_control": "oom_kill" in open(os.path.join(memory, "memory.oom_control")).read(),
         }
@@ -164,7 +176,9 @@ class V1Backend(CgroupBackend):
                     created.append(directory)
             if not self.swappiness_inherited:
                 write_file(os.path.join(dirs["memory"], "memory.swappiness"), "0")
-            return V1JobCgroup(dirs, self.has_swap_limit, self.cpu_dir_reusable)
+            return V1JobCgroup(
+                dirs, self.has_swap_limit, has_tcp_limit=self.has_tcp_limit, cpu_dir_reusable=self.cpu_dir_reusable,
+            )
         except BaseException as exc:
             remove_partial(created + taken_over)
             if isinstance(exc, OSError):
