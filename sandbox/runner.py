@@ -8,6 +8,8 @@ for faults of the sandbox, with the message).
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import functools
 import math
 import os
@@ -66,7 +68,6 @@ class Runner:
         specs = WarmSpec.merged([WarmSpec(warm, profile), *warm_for])
         self.sandboxes = SandboxSupply(self.profiles, self.backend, cap_last, specs, WARM_DISK_BYTES)
         self.sandboxes.start()
-        self._no_stdin = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)  # every job without stdin
 
     def run(
         self, job: Job, *, cancel_fd: int | None = None, on_started: Callable[[], None] | None = None,
@@ -100,7 +101,6 @@ class Runner:
     def close(self) -> None:
         """Discard the warm sandboxes, finish pending cleanup, stop the zygote."""
         self.sandboxes.close()
-        os.close(self._no_stdin)
 
     def _run(
         self, job: Job, cancel_fd: int | None, on_started: Callable[[], None] | None,
@@ -145,7 +145,7 @@ class Runner:
             if handed is None:
                 stdout_r, stdout_w = _pipe(fds)
                 stderr_r, stderr_w = _pipe(fds)
-                stdio = (self._no_stdin if job.stdin is None else open_blob(job.stdin, fds), stdout_w, stderr_w)
+                stdio = (job_stdin(job.stdin, fds), stdout_w, stderr_w)
                 files = [(f.dest, open_blob(f.content, fds), f.mode) for f in job.files]
                 spec = job_spec(argv, env, cwd, limits, stdio, job_rlimits, files)
                 try:
@@ -299,13 +299,58 @@ def _pipe(fds: list[int]) -> tuple[int, int]:
     return read_end, write_end
 
 
-def open_blob(blob: Blob, fds: list[int]) -> int:
-    """An fd to read the blob from: the host file, or a memfd holding the data."""
-    if blob.path is not None:
+def job_stdin(blob: Blob | None, fds: list[int]) -> int:
+    """The program's fd 0: a private copy it cannot use to reach back. A host file handed
+    over as it is would show its host path in /proc/self/fd/0 and could be reopened
+    through it for writing; a shared /dev/null or empty file would share its offset
+    between jobs. So: the bytes in a sealed memfd of the job's own, or, for no stdin,
+    a pipe whose writer is already closed (EOF at once)."""
+    if blob is None:
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        os.close(write_end)
+        fds.append(read_end)
+        return read_end
+    fd = os.memfd_create("stdin", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    fds.append(fd)
+    if blob.path is None:
+        with open(fd, "wb", closefd=False) as handle:
+            handle.write(blob.data or b"")
+    else:
+        source = _open_host_file(blob.path, "stdin")
         try:
-            fd = os.open(blob.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise JobError(f"cannot read {blob.path}: {exc.strerror}", field="files") from exc
+            _copy(source, fd)
+        finally:
+            os.close(source)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _copy(source: int, target: int) -> None:
+    """Everything ``source`` yields into ``target``: in the kernel where it can (a
+    regular file), by reads where it cannot (a pipe or a terminal given as the file)."""
+    try:
+        while os.sendfile(target, source, None, 1 << 30):
+            pass
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        while chunk := os.read(source, 1 << 20):
+            os.write(target, chunk)
+
+
+def _open_host_file(path: str, field: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise JobError(f"cannot read {path}: {exc.strerror}", field=field) from exc
+
+
+def open_blob(blob: Blob, fds: list[int]) -> int:
+    """An fd the sandbox init copies an input file from (the program never gets it):
+    the host file, or a memfd holding the data."""
+    if blob.path is not None:
+        fd = _open_host_file(blob.path, "files")
     else:
         fd = os.memfd_create("sandbox-input", os.MFD_CLOEXEC)
         with open(fd, "wb", closefd=False) as handle:

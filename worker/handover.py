@@ -25,7 +25,7 @@ from typing import Any
 
 from sandbox import launch
 from sandbox.models import Job, Limits
-from sandbox.runner import host_command, job_spec, open_blob, rlimits
+from sandbox.runner import host_command, job_spec, job_stdin, rlimits
 
 OFFER_FDS = 3  # the job channel, stdout's and stderr's write ends
 
@@ -71,7 +71,7 @@ class Offer:
         it at once); the CLOCK_MONOTONIC time of the hand-over, in ns. Raises OSError if
         the sandbox is gone. Either way the offer is used up: ``close`` follows."""
         argv, env, cwd = host_command(job, self.profile_env)
-        stdin = _stdin_fd(job)
+        stdin = job_stdin(job.stdin, [])
         try:
             stdio = (stdin, self.stdout_w, self.stderr_w)
             spec = job_spec(argv, env, cwd, limits, stdio, rlimits(limits, self.cgroups, []))
@@ -88,9 +88,3 @@ class Offer:
         for fd in (self.stdout_w, self.stderr_w):
             os.close(fd)
 
-
-def _stdin_fd(job: Job) -> int:
-    """The job's stdin as an fd of its own: its bytes in a memfd, or /dev/null."""
-    if job.stdin is None:
-        return os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-    return open_blob(job.stdin, [])

@@ -17,6 +17,18 @@ HOSTILE_BYTES = (
     r'{\"ts\": 0, \"event\": \"forged\"}\n\000\000\000\020\201\244type\244pong"'
 )
 
+# Reopen stdin through /proc for writing (after making it writable): with the host file
+# itself as fd 0 this rewrote a read-only host file; its link also named the host path.
+REWRITE_STDIN = r"""
+int main(void){ char link[512]; ssize_t n = readlink("/proc/self/fd/0", link, sizeof link - 1);
+  link[n < 0 ? 0 : n] = 0;
+  int private = !strncmp(link, "/memfd:", 7) || !strncmp(link, "pipe:", 5);
+  printf("fd0: %s\n", private ? "private" : link);
+  chmod("/proc/self/fd/0", 0666);
+  int fd = open("/proc/self/fd/0", O_WRONLY);
+  if (fd < 0) say("reopen", fd); else { TRY("truncate", ftruncate(fd, 0)); TRY("write", write(fd, "pwned\n", 6)); }
+  char text[64]; n = pread(0, text, sizeof text, 0); printf("stdin: %.*s", (int)(n > 0 ? n : 0), text); return 0; }"""
+
 CASES = [
     sh("stdout_flood", I, "yes\n", OLE, limits={"output": "1M"}),
     sh("stderr_flood", I, "yes >&2\n", OLE, limits={"output": "1M"}),
@@ -66,6 +78,9 @@ int main(void){ char p[64]; long n = 0; mkdir("/work/t", 0700);
     c("dev_full_and_null", I, 'int main(void){ int f = open("/dev/full", O_WRONLY); TRY("full", write(f, "x", 1));'
       ' TRY("null", write(open("/dev/null", O_WRONLY), "x", 1)); return 0; }', stdout=r"full: errno=28\nnull: ok\n"),
     sh("large_stdin", I, "wc -c\n", stdout=r"10485760\n", stdin=b"z" * (10 << 20)),
-    sh("stdin_is_not_a_tty_or_host_file", I, "readlink /proc/self/fd/0 | grep -q -E 'pipe:|/dev/null|memfd' && echo ok\n",
-       stdout=r"ok\n"),
+    sh("stdin_is_not_a_tty_or_host_file", I, "readlink /proc/self/fd/0 | grep -q -E '^(pipe:|/memfd:)' && echo ok\n",
+       stdout=r"ok\n", note="no stdin given: an empty pipe of the job's own, not the host's /dev/null"),
+    *[c(f"rewrite_stdin_through_proc_{via}", I, REWRITE_STDIN, stdin=b"original\n", via=via,
+        stdout=r"fd0: private\n(reopen: errno=\d+\n|truncate: errno=1\nwrite: errno=1\n)stdin: original\n",
+        note="stdin is a sealed copy: no host path to learn, nothing to write back to") for via in ("cli", "worker")],
 ]
