@@ -2,7 +2,7 @@
 
 A profile holds a seccomp policy, default limits, environment and a network mode, and
 may ``extends = "other"``. Inheritance is by syscall: every syscall has at most one
-plain disposition (allow, kill, errno:NAME) and at most one set of argument rules; a
+plain disposition (allow, kill, noop, errno:NAME) and at most one set of argument rules; a
 child that names a syscall anywhere replaces what its parent said about it, so
 ``strict`` can turn ``fork`` from allowed into EPERM with one line.
 
@@ -34,7 +34,7 @@ from sandbox.seccomp import (
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 NETWORK_MODES = ("none", "loopback")
 _TOP_KEYS = {"extends", "description", "network", "limits", "env", "seccomp"}
-_SECCOMP_KEYS = {"default", "exec", "allow", "kill", "errno", "allow_if", "allow_unless", "allow_if_clear"}
+_SECCOMP_KEYS = {"default", "exec", "allow", "kill", "noop", "errno", "allow_if", "allow_unless", "allow_if_clear"}
 _RULE_KEYS = {"syscall", "arg", "values", "mask", "action"}
 _LIMIT_KEYS = {f.name for f in fields(Limits)}
 _MAX_DEPTH = 8
@@ -157,6 +157,8 @@ def _merge_seccomp(policy: SeccompPolicy, table: dict[str, Any], where: _Locator
         plain[where.syscall(name)] = "allow"
     for name in table.get("kill", []):
         plain[where.syscall(name)] = "kill"
+    for name in table.get("noop", []):
+        plain[where.syscall(name)] = "noop"
     for errno_name, names in table.get("errno", {}).items():
         action = where.action(f"errno:{errno_name}")
         for name in names:

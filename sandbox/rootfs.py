@@ -140,7 +140,10 @@ def build_dev(root_fd: int) -> None:
     try:
         for name in _DEVICES:
             node = sc.open_tree(sc.AT_FDCWD, f"/dev/{name}", sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
-            sc.mount_setattr(node, "", sc.AT_EMPTY_PATH, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NOEXEC)
+            # Read-only: the node is the host's own inode, so its times and mode must not
+            # be the job's to change (a channel to the host and to other jobs); reading and
+            # writing the device itself is unaffected by the mount flag.
+            sc.mount_setattr(node, "", sc.AT_EMPTY_PATH, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NOEXEC | sc.MOUNT_ATTR_RDONLY)
             attach(node, dev_root, name, directory=False)
         for name, target in _DEV_LINKS.items():
             os.symlink(target, name, dir_fd=dev_root)

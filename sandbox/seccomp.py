@@ -6,7 +6,7 @@ allocation sits between dropping privileges and exec.
 
 Argument rules compare the low 32 bits only (mask within 0xffffffff): the kernel
 truncates ``int`` arguments, so a rule on the full 64 bits can be bypassed by setting
-the upper half (design.md §5). "Allow unless the argument is X" cannot be written as a
+the upper half. "Allow unless the argument is X" cannot be written as a
 single masked-equal test, so it is compiled to a set of masked-equal allow rules that
 together cover every 32-bit value except the denied ones.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import os
 import socket
 import tempfile
 import termios
@@ -42,6 +43,9 @@ NAMED_CONSTANTS: dict[str, int] = {
     "TIOCSTI": termios.TIOCSTI,
     "TIOCLINUX": 0x541C,
     **{name: getattr(fcntl, name) for name in ("F_SETLK", "F_SETLKW", "F_OFD_SETLK", "F_OFD_SETLKW")},
+    "POSIX_FADV_DONTNEED": os.POSIX_FADV_DONTNEED,
+    "ADDR_NO_RANDOMIZE": 0x0040000,
+    "PERSONALITY_QUERY": 0xFFFFFFFF,
     **{name: getattr(syscalls, name) for name in dir(syscalls) if name.startswith("CLONE_NEW")},
 }
 
@@ -69,7 +73,7 @@ class SeccompPolicy:
 
     default: str = "errno:ENOSYS"
     exec_mode: str = "any"
-    actions: dict[str, str] = field(default_factory=dict)  # syscall -> allow | kill | errno:NAME
+    actions: dict[str, str] = field(default_factory=dict)  # syscall -> allow | kill | noop | errno:NAME
     arg_rules: dict[str, list[ArgRule]] = field(default_factory=dict)
 
     def copy(self) -> SeccompPolicy:
@@ -201,14 +205,21 @@ def complement_cubes(denied: list[int]) -> list[tuple[int, int]]:
 def check_action(text: Any) -> str:
     """Validate an action as written in a profile; returns it unchanged."""
     if text == "notify":
-        raise ProfileError("unknown action 'notify' (allow, kill, errno:NAME)")
+        raise ProfileError(f"unknown action 'notify' ({ACTIONS})")
     _action(text)
     return str(text)
 
 
+ACTIONS = "allow, kill, noop, errno:NAME"
+
+
 def _action(text: Any) -> int:
+    """``noop``: the call is skipped and returns 0 (the filter's errno action with 0),
+    for calls a program may make but must not have reach beyond the sandbox."""
     if text == "allow":
         return pyseccomp.ALLOW
+    if text == "noop":
+        return pyseccomp.ERRNO(0)
     if text in ("kill", "notify"):
         return pyseccomp.NOTIFY
     if isinstance(text, str) and text.startswith("errno:"):
@@ -217,4 +228,4 @@ def _action(text: Any) -> int:
         if not isinstance(number, int):
             raise ProfileError(f"unknown errno {name!r}")
         return pyseccomp.ERRNO(number)
-    raise ProfileError(f"unknown action {text!r} (allow, kill, errno:NAME)")
+    raise ProfileError(f"unknown action {text!r} ({ACTIONS})")

@@ -18,7 +18,8 @@ from worker.protocol import ProtocolError, job_from_wire
 
 PROFILES = ["default", "strict", "compile", "ci"]
 NR = {"ptrace": 101, "bpf": 321, "io_uring_setup": 425, "perf_event_open": 298, "keyctl": 250,
-      "unshare": 272, "socket": 41, "ioctl": 16, "fork": 57, "flock": 73, "clone3": 435}
+      "unshare": 272, "socket": 41, "ioctl": 16, "fork": 57, "flock": 73, "clone3": 435, "personality": 135,
+      "syncfs": 306}
 CLONE_NEWUSER = 0x10000000
 EPERM, ENOLCK, ENOSYS = 1, 37, 38
 AF_INET, AF_NETLINK, AF_VSOCK = 2, 16, 40
@@ -132,6 +133,22 @@ def test_file_locks_refused_for_judged_runs_allowed_for_builds(run_in):
     locked = run_in("compile", None, "python3", "-c",
                     "import fcntl; f = open('/tmp/l', 'w'); fcntl.flock(f, fcntl.LOCK_EX); print('locked')")
     assert locked.stdout == b"locked\n", locked
+
+
+def test_address_randomisation_stays_on_for_judged_runs_and_may_go_off_for_builds(run_in):
+    """Sanitizers and debuggers need personality(ADDR_NO_RANDOMIZE); a judged run gets
+    only the query and plain Linux."""
+    no_randomize = "0x0040000"
+    assert run_in("default", "syscall", str(NR["personality"]), no_randomize).stdout == errno_line(ENOSYS)
+    for profile in ("compile", "ci"):
+        assert run_in(profile, "syscall", str(NR["personality"]), no_randomize).stdout == b"ret=0 errno=0\n", profile
+        assert run_in(profile, "syscall", str(NR["personality"]), "0x0400000").stdout == errno_line(ENOSYS), profile
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_syncfs_is_skipped_in_every_profile(run_in, profile):
+    """syncfs(-1) would fail with EBADF if the kernel ran it: 0 shows it never did."""
+    assert run_in(profile, "syscall", str(NR["syncfs"]), "-1").stdout == b"ret=0 errno=0\n"
 
 
 def test_every_builtin_profile_loads_and_its_evidence_is_kept():

@@ -2,7 +2,7 @@
 hierarchies, under the subtree ``sandbox setup-cgroups`` delegated to the user.
 
 The parent is never derived from /proc/self/cgroup: on the development hosts our own
-v1 memory cgroup belongs to the machine (design.md §3).
+v1 memory cgroup can belong to the machine itself, which must never be written.
 """
 
 from __future__ import annotations

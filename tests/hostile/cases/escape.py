@@ -222,4 +222,14 @@ int main(int argc, char **argv){ if (argc > 1) { puts("fileless exec runs confin
     c("prctl_strict_seccomp", E, r"""
 int main(void){ TRY("strict", prctl(PR_SET_SECCOMP, 1)); return 0; }""",
       stdout=r"strict: errno=22\n", note="no switching a filtered process to another seccomp mode"),
+    c("dev_node_times", E, r"""
+int main(void){ TRY("utimensat", utimensat(AT_FDCWD, "/dev/null", NULL, 0));
+  TRY("chmod", chmod("/dev/null", 0600)); TRY("write", write(open("/dev/null", O_WRONLY), "x", 1)); return 0; }""",
+      stdout=r"utimensat: errno=30\nchmod: errno=(1|30)\nwrite: ok\n",
+      note="/dev nodes are the host's inodes, bound read-only: usable, never changed"),
+    c("personality_execution_domains", E, r"""
+#include <sys/personality.h>
+int main(void){ TRY("query", personality(0xffffffff)); TRY("linux", personality(PER_LINUX));
+  TRY("read_implies_exec", personality(READ_IMPLIES_EXEC)); TRY("no_randomize", personality(ADDR_NO_RANDOMIZE));
+  return 0; }""", stdout=r"query: ok\nlinux: ok\nread_implies_exec: errno=38\nno_randomize: errno=38\n"),
 ]

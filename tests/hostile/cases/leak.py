@@ -80,4 +80,18 @@ CASES = [
 int main(void){ FILE *f = fopen("/proc/stat", "r"); printf("%s\n", f ? "readable (documented residual risk)" : "hidden");
   return 0; }""", stdout=r"(readable \(documented residual risk\)|hidden)\n",
       note="host-wide CPU counters: a timing side channel listed in docs/security.md"),
+    c("inotify_on_shared_inodes", L, r"""
+#include <sys/inotify.h>
+#include <sys/fanotify.h>
+int main(void){ TRY("inotify_init1", inotify_init1(0)); TRY("inotify_init", inotify_init());
+  TRY("add_watch", inotify_add_watch(0, "/usr/bin", IN_ACCESS)); TRY("fanotify", fanotify_init(0, 0)); return 0; }""",
+      stdout=r"inotify_init1: errno=38\ninotify_init: errno=38\nadd_watch: errno=38\nfanotify: errno=38\n",
+      note="the host image's files and /dev nodes are host inodes: a watch would see the host's and other jobs' activity"),
+    c("fadvise_drop_host_page_cache", L, r"""
+int main(void){ int fd = open("/usr/bin/env", O_RDONLY);
+  printf("dontneed: %d\n", posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED));
+  printf("dontneed_bad_fd: %d\n", posix_fadvise(-1, 0, 0, POSIX_FADV_DONTNEED));
+  printf("willneed_bad_fd: %d\n", posix_fadvise(-1, 0, 0, POSIX_FADV_WILLNEED)); return 0; }""",
+      stdout=r"dontneed: 0\ndontneed_bad_fd: 0\nwillneed_bad_fd: 9\n",
+      note="DONTNEED is skipped (0 even for a bad fd): it would evict the host's cache of a shared file"),
 ]
