@@ -14,6 +14,7 @@ constants. A typo must never silently widen or narrow a policy.
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -31,7 +32,8 @@ from sandbox.seccomp import (
     check_action,
 )
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+# The top-level profiles/ folder, installed as this package (setup.py): a directory on disk.
+PROFILES_DIR = Path(str(importlib.resources.files("sandbox.profiles")))
 NETWORK_MODES = ("none", "loopback")
 _TOP_KEYS = {"extends", "description", "network", "limits", "env", "seccomp"}
 _SECCOMP_KEYS = {"default", "exec", "allow", "kill", "noop", "errno", "allow_if", "allow_unless", "allow_if_clear"}
