@@ -1,4 +1,4 @@
-"""Parts 3 and 4 of issue 8: what the sandbox costs a CPU-bound program, and how faithful
+"""CPU overhead and fidelity: what the sandbox costs a CPU-bound program, and how faithful
 the usage it reports is.
 
 - CPU overhead: a ~1 s C loop (bench/programs/loop.c), inside through the worker and

@@ -1,4 +1,4 @@
-"""Part 5 of issue 8: how many sleeping sandboxes one machine holds, what each costs the
+"""Density: how many sleeping sandboxes one machine holds, what each costs the
 host, and what a trivial job's latency becomes meanwhile.
 
 How: one worker whose slots each hold one sleeping job (the worker runs one job per

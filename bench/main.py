@@ -1,4 +1,4 @@
-"""Every part of issue 8 in one run: ``bench/run [--quick] [--only PART ...]``.
+"""Every benchmark in one run: ``bench/run [--quick] [--only PART ...]``.
 
 Runs the parts in order, each as it is documented in its module, records the machine
 and the 1-minute load average at the start, before each part and at the end (the

@@ -1,4 +1,4 @@
-"""Parts 1 and 2 of issue 8: latency of a trivial job and throughput, through the worker
+"""Latency of a trivial job and throughput, through the worker
 socket (``--warm``) and through every peer of bench/peers.py, measured in one run.
 
     .venv/bin/python bench/worker.py [--quick]      (or everything: bench/run)

@@ -158,7 +158,6 @@ def mount_proc(root_fd: int) -> None:
     attach(proc, root_fd, "proc")
 
 
-# --- image roots (issue 4) --------------------------------------------------------------
 # Names the sandbox mounts over or writes into. An image may ship any of them as a
 # symlink (say /dev -> /host/dev): it is removed in the overlay (a whiteout in the
 # throw-away upper layer) before anything is mounted, and every later step opens paths
@@ -202,7 +201,6 @@ def populate_image_root(root_fd: int, workdir: str) -> None:
         os.close(etc)
     if workdir != "/":
         os.close(make_dirs_beneath(root_fd, workdir))
-# --- end image roots ------------------------------------------------------------------
 
 
 def pivot_into(root_fd: int) -> None:

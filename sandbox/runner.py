@@ -211,7 +211,6 @@ def job_spec(
     )
 
 
-# --- images (issue 4): resolve and lease the job's image for as long as the job runs ---
 def _image_for(
     job: Job, cleanup: ExitStack, profile_env: dict[str, str],
 ) -> tuple[list[str], dict[str, str], str, ImageRoot | None]:
@@ -230,7 +229,6 @@ def _image_for(
         raise JobError(f"no command given and image {image.name} has no Entrypoint or Cmd", field="cmd")
     cwd = job.cwd or image.workdir() or WORKDIR
     return argv, {**profile_env, **image.env(base_env), **job.env}, cwd, ImageRoot(image.layer_dirs, cwd)
-# --- end images -------------------------------------------------------------------------
 
 
 def _parallelism(cpus_available: int, quota: float | None) -> int:
