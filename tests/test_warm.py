@@ -150,8 +150,10 @@ def test_a_cpu_quota_for_a_kind_warmed_without_one(warm_runner, programs):
                                limits=Limits(cpus=0.5, wall_time="10s")))
     assert throttled.status is Status.OK, throttled
     assert runner.sandboxes.warm_count() == warm_left, "a warm sandbox was taken, or not, against its cgroup"
-    # At half a CPU, C ms of CPU take at least 2C - 100 ms of wall time (test_limits).
-    assert throttled.usage.wall_ms >= 2 * throttled.usage.cpu_ms - 100, throttled.usage
+    # At half a CPU, C ms of CPU take about 2C - 100 ms of wall time or more (test_limits);
+    # unthrottled they would take C. The margin is the program's start before its first
+    # full period, which an emulated guest stretches.
+    assert throttled.usage.wall_ms >= 2 * throttled.usage.cpu_ms - 150, throttled.usage
     plain = runner.run(Job(cmd=["/bin/true"], require_cgroups=True))
     assert plain.status is Status.OK and runner.sandboxes.warm_count() == 0
 
@@ -167,7 +169,9 @@ def test_jobs_after_a_busy_one_are_charged_their_own_cpu_only(warm_runner, progr
     for _ in range(4):
         settled(runner)
         idle = runner.run(Job(cmd=["/bin/true"], require_cgroups=True))
-        assert idle.status is Status.OK and idle.usage.cpu_ms < 100
+        # (a few ms on a host; an emulated guest on a busy host charges its tasks the
+        # time the host took its CPU away: still far below the busy job's 300)
+        assert idle.status is Status.OK and idle.usage.cpu_ms < 150
 
 
 @pytest.mark.cgroup
