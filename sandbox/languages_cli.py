@@ -88,9 +88,11 @@ class WorkerStages:
         self.parallelism = len(os.sched_getaffinity(0))
 
     def profile_limits(self, name: str) -> dict[str, Any]:
-        from sandbox.profile import load_profile
+        """This installation's profile's [limits]; none for a profile only the worker
+        has (it applies them there; the run command is formatted with the defaults)."""
+        from sandbox.profile import builtin_profiles, load_profile
 
-        return load_profile(name).limits
+        return load_profile(name).limits if name in builtin_profiles() else {}
 
     def run(self, job: Job, trace: list[Any] | None) -> Result:
         from sandbox.cli import worker_job_error
