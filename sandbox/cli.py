@@ -11,15 +11,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sandbox.errors import JobError, SandboxError
 
 if TYPE_CHECKING:
-    from sandbox.models import Job, Limits, Result, WarmSpec
+    from sandbox.models import Blob, InputFile, Job, Limits, Result, WarmSpec
+    from worker.client import Client, WorkerError
 
 EXIT_SANDBOX_ERROR = 125
+DISTRIBUTION = "sandbox-executor"  # pyproject.toml's name
+# The worker socket that serve and submit use when given no --socket (nor --tcp).
+SOCKET_VARIABLE = "SANDBOX_SOCKET"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,11 +33,47 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except JobError as exc:
-        print(f"sandbox: invalid job: {exc}", file=sys.stderr)
+        print(f"sandbox: {describe_job_error(exc)}", file=sys.stderr)
         return EXIT_SANDBOX_ERROR
     except SandboxError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
         return EXIT_SANDBOX_ERROR
+
+
+# The flag that sets each part of a job (the model's and the protocol's field names),
+# so that an error names what to change on the command line.
+_FLAG_OF_FIELD = {
+    "cmd": "COMMAND", "env": "--env", "stdin": "--stdin", "image": "--image", "cwd": "--cwd",
+    "profile": "--profile", "require_cgroups": "--require-cgroups", "lang": "--lang", "source": "--source",
+    "files": "--file", "files.dest": "--file", "files.path": "--file", "files.mode": "--file", "files.data": "--file",
+    "socket": "--socket", "tcp": "--tcp", "metrics": "--metrics",
+}
+
+
+def describe_job_error(exc: JobError) -> str:
+    """"--memory: invalid size '12XB' ...": the flag to fix, then what is wrong."""
+    if exc.field is None:
+        return f"invalid job: {exc.message}"
+    if exc.field.startswith("limits."):
+        return f"--{exc.field.removeprefix('limits.').replace('_', '-')}: {exc.message}"
+    return f"{_FLAG_OF_FIELD.get(exc.field, exc.field)}: {exc.message}"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the installed package's version, read only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version(DISTRIBUTION)
+        except PackageNotFoundError:
+            text = "(not installed: pip install -e .)"
+        print(f"sandbox {text}")
+        parser.exit(0)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,17 +86,15 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sandbox", description="Rootless sandbox executor for untrusted code.")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="run one command in a sandbox")
-    _add_job_arguments(run)
-    run.add_argument("--require-cgroups", action="store_true", help="fail instead of falling back to rlimits")
-    run.add_argument("--lang", help="compile --source with this language preset, then run it (sandbox languages)")
-    run.add_argument("--source", help="the source file for --lang")
+    add_job_arguments(run, languages=True)
     run.set_defaults(handler=_cmd_run)
 
     serve = commands.add_parser("serve", help="run the worker: a pool serving jobs over a socket")
-    serve.add_argument("--socket", help="unix socket path (created 0600)")
+    serve.add_argument("--socket", help=f"unix socket path (created 0600; default ${SOCKET_VARIABLE} without --tcp)")
     serve.add_argument("--socket-group", metavar="GROUP",
                        help="let this group's members connect too (socket 0660, owned by GROUP)")
     serve.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP (requires --token-file)")
@@ -72,14 +111,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_cmd_serve)
 
     submit = commands.add_parser("submit", help="run one command through a worker (same flags as run)")
-    submit.add_argument("--socket", help="the worker's unix socket")
+    submit.add_argument("--socket", help=f"the worker's unix socket (default ${SOCKET_VARIABLE})")
     submit.add_argument("--tcp", metavar="HOST:PORT", help="the worker's TCP address")
     submit.add_argument("--token-file", help="token for TCP")
-    _add_job_arguments(submit)
-    submit.set_defaults(handler=_cmd_submit, require_cgroups=False)
+    add_job_arguments(submit, languages=True)
+    submit.set_defaults(handler=_cmd_submit)
 
     _image_commands(commands)
-    _profile_commands(commands)  # issue 6
+    _profile_commands(commands)
 
     doctor = commands.add_parser("doctor", help="check what this host supports and what is missing")
     doctor.set_defaults(handler=_cmd_doctor)
@@ -90,26 +129,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
+def add_job_arguments(parser: argparse.ArgumentParser, *, languages: bool = False) -> None:
+    """The flags of a job, the one place they are made: run, submit and profile trace
+    take the same (``languages``: and the --lang form, run and submit)."""
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--cpu-time", help="CPU time over all processes and threads (e.g. 2s, 500ms)")
-    limits.add_argument("--wall-time", help="wall-clock time (e.g. 5s)")
-    limits.add_argument("--memory", help="memory incl. tmpfs writes, swap off (e.g. 256M)")
+    limits.add_argument("--cpu-time", help="CPU time over all processes and threads (e.g. 2s, 500ms, 2m; none)")
+    limits.add_argument("--wall-time", help="wall-clock time (e.g. 5s, 2m, 1h, 1m30s)")
+    limits.add_argument("--memory", help="memory incl. tmpfs writes, swap off (e.g. 256M, 1G)")
     limits.add_argument("--pids", type=int, help="processes and threads at once")
     limits.add_argument("--output", help="bytes kept of stdout and of stderr, each (e.g. 64M)")
     limits.add_argument("--disk", help="size of the writable area /work + /tmp + /dev/shm (e.g. 64M)")
     limits.add_argument("--open-files", type=int, help="open file descriptors per process")
     limits.add_argument("--stack", help="stack size per process (e.g. 8M)")
     limits.add_argument("--file-size", help="largest file a process may write (e.g. 64M)")
-    limits.add_argument("--cpus", type=float, help="CPU quota in CPUs (e.g. 0.5)")
+    limits.add_argument("--cpus", help="CPU quota in CPUs (e.g. 0.5; none)")
+    parser.add_argument("--require-cgroups", action="store_true", help="fail instead of falling back to rlimits")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="set a variable (repeatable)")
     parser.add_argument("--stdin", metavar="PATH", help="file fed to the program's stdin (default: empty)")
     parser.add_argument(
         "--file", action="append", default=[], metavar="SRC:DEST", help="copy host file SRC to DEST under /work or /tmp"
     )
     parser.add_argument("--cwd", help="working directory inside (default: the image's WorkingDir, else /work)")
-    parser.add_argument("--image", default="host", help="root filesystem image (default: the built-in 'host')")
-    parser.add_argument("--profile", default="default", help="seccomp profile and defaults (sandbox profile list)")
+    parser.add_argument("--image", help="root filesystem image (default: the built-in 'host')")
+    parser.add_argument("--profile", default="default",
+                        help="seccomp profile and defaults: a name (sandbox profile list) or a profile file")
+    if languages:
+        parser.add_argument("--lang", help="compile --source with this language preset, then run it "
+                                           "(sandbox languages); --file and --env reach both stages")
+        parser.add_argument("--source", help="the source file for --lang")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
 
@@ -117,35 +164,91 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from sandbox.runner import Runner
 
-    if args.lang or args.source:
-        if not (args.lang and args.source) or args.cmd:
-            raise JobError("--lang and --source go together, without a command", field="lang")
-        from sandbox.languages_cli import run_language
-
-        return run_language(args, _limits_from_args(args))
+    # The flags are checked before any set-up.
+    job = None if _language_form(args) else job_from_args(args)
+    inputs = language_inputs(args) if job is None else {}
     runner = Runner()
     try:
-        result = runner.run(job_from_args(args))
+        if job is None:
+            from sandbox.languages import RunnerStages
+            from sandbox.languages_cli import run_language
+
+            return run_language(args, RunnerStages(runner), **inputs)
+        result = runner.run(job)
     finally:
         runner.close()
     return report(result, as_json=args.json)
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
+    from sandbox.models import is_profile_file
+    from sandbox.profile import unknown_profile
+    from worker.client import WorkerError
+
+    if is_profile_file(args.profile):
+        raise unknown_profile(args.profile, files_allowed=False)
+    # The flags are checked before connecting.
+    job = None if _language_form(args) else job_from_args(args)
+    inputs = language_inputs(args) if job is None else {}
+    live = None if args.json or job is None else _LiveOutput()
+    with _connect(args) as client:
+        try:
+            if job is None:
+                from sandbox.languages_cli import WorkerStages, run_language
+
+                return run_language(args, WorkerStages(client), **inputs)
+            result = client.run(job, on_output=live)
+        except WorkerError as exc:
+            raise worker_job_error(exc) or SandboxError(f"worker: {exc}") from exc
+        except OSError as exc:
+            raise SandboxError(f"worker: {exc}") from exc
+    return report(result, as_json=args.json, written=live.written if live else None)
+
+
+def worker_job_error(exc: WorkerError) -> JobError | None:
+    """The worker's ``invalid_job`` as the job's error, to be shown with its flag: what
+    the checks here cannot know (the worker's profiles, the images in its store)."""
+    if exc.code != "invalid_job":
+        return None
+    return JobError(str(exc.reply.get("message")), field=exc.field)
+
+
+def _connect(args: argparse.Namespace) -> Client:
+    """A client of the worker the flags (or $SANDBOX_SOCKET) name; failing to reach it
+    names where it was looked for."""
     from worker.client import Client, WorkerError
 
     tcp = _host_port(args.tcp) if args.tcp else None
     token = _read_token(args.token_file)
-    if not args.socket and not tcp:
-        raise JobError("give --socket PATH or --tcp HOST:PORT", field="socket")
-    job = job_from_args(args)
-    live = None if args.json else _LiveOutput()
+    path = args.socket or (None if tcp else os.environ.get(SOCKET_VARIABLE))
+    if not path and not tcp:
+        raise JobError(f"give --socket PATH or --tcp HOST:PORT (or set {SOCKET_VARIABLE})", field="socket")
+    where = f"{tcp[0]}:{tcp[1]}" if tcp else path
     try:
-        with Client(args.socket, tcp=tcp, token=token) as client:
-            result = client.run(job, on_output=live)
-    except (OSError, WorkerError) as exc:
-        raise SandboxError(f"worker: {exc}") from exc
-    return report(result, as_json=args.json, written=live.written if live else None)
+        return Client(path, tcp=tcp, token=token)
+    except OSError as exc:
+        raise SandboxError(f"cannot reach a worker at {where}: {exc.strerror or exc}") from exc
+    except WorkerError as exc:
+        raise SandboxError(f"the worker at {where} refused the connection: {exc}") from exc
+
+
+def _language_form(args: argparse.Namespace) -> bool:
+    """True for ``--lang L --source FILE`` (checked: no command, no image, no cwd)."""
+    if not (args.lang or args.source):
+        return False
+    if not (args.lang and args.source):
+        raise JobError("--lang and --source go together", field="lang")
+    if args.cmd:
+        raise JobError("--lang runs the compiled --source: give no command", field="lang")
+    if args.image is not None or args.cwd is not None:
+        raise JobError("--lang runs in the language image, in /work: --image and --cwd do not apply", field="lang")
+    return True
+
+
+def language_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """The job flags that a --lang run passes on (``languages_cli.run_language``)."""
+    return {"limits": _limits_from_args(args), "env": _env_from_args(args), "files": _files_from_args(args),
+            "stdin": _stdin_from_args(args)}
 
 
 class _LiveOutput:
@@ -169,7 +272,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from worker.server import ServerConfig, serve_forever
 
     config = ServerConfig(
-        socket_path=args.socket,
+        socket_path=args.socket or (None if args.tcp else os.environ.get(SOCKET_VARIABLE)),
         socket_group=args.socket_group,
         tcp=_host_port(args.tcp) if args.tcp else None,
         token=_read_token(args.token_file),
@@ -231,36 +334,72 @@ def report(result: Result, *, as_json: bool, written: dict[str, int] | None = No
 
 
 def job_from_args(args: argparse.Namespace) -> Job:
-    from sandbox.models import Blob, InputFile, Job
+    from sandbox.models import Job
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if not cmd and args.image == "host":
+    image = args.image or "host"
+    if not cmd and image == "host":
         raise JobError("no command given (sandbox run [OPTIONS] -- COMMAND [ARG...])", field="cmd")
-    limits = _limits_from_args(args)
+    return Job(
+        cmd=cmd,
+        limits=_limits_from_args(args),
+        env=_env_from_args(args),
+        stdin=_stdin_from_args(args),
+        files=_files_from_args(args),
+        image=image,
+        cwd=args.cwd,
+        require_cgroups=args.require_cgroups,
+        profile=args.profile,
+    )
+
+
+def _env_from_args(args: argparse.Namespace) -> dict[str, str]:
     env = {}
     for item in args.env:
         name, sep, value = item.partition("=")
         if not sep:
-            raise JobError(f"--env expects NAME=VALUE, got {item!r}", field="env")
+            raise JobError(f"expects NAME=VALUE, got {item!r}", field="env")
         env[name] = value
+    return env
+
+
+def _files_from_args(args: argparse.Namespace) -> list[InputFile]:
+    from sandbox.models import Blob, InputFile
+
     files = []
     for item in args.file:
         source, sep, dest = item.rpartition(":")
         if not sep or not source:
-            raise JobError(f"--file expects SRC:DEST, got {item!r}", field="files")
-        mode = os.stat(source).st_mode & 0o755 if os.path.exists(source) else 0o644
+            raise JobError(f"expects SRC:DEST, got {item!r}", field="files")
+        mode = _readable_file(source, "files") & 0o755
         files.append(InputFile(dest=dest, content=Blob(path=source), mode=mode))
-    return Job(
-        cmd=cmd,
-        limits=limits,
-        env=env,
-        stdin=Blob(path=args.stdin) if args.stdin else None,
-        files=files,
-        image=args.image,
-        cwd=args.cwd,
-        require_cgroups=getattr(args, "require_cgroups", False),
-        profile=args.profile,
-    )
+    return files
+
+
+def _stdin_from_args(args: argparse.Namespace) -> Blob | None:
+    from sandbox.models import Blob
+
+    if args.stdin is None:
+        return None
+    _readable_file(args.stdin, "stdin")
+    return Blob(path=args.stdin)
+
+
+def _readable_file(path: str, field: str) -> int:
+    """The mode of a host file the job will read, checked here so that a missing or
+    unreadable file, or a directory, is the flag's error - not a failure in the sandbox
+    or the worker later. (Non-blocking: a FIFO is fine and is not waited for here.)"""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise JobError(f"cannot read {path}: {exc.strerror}", field=field) from None
+    try:
+        mode = os.fstat(fd).st_mode
+    finally:
+        os.close(fd)
+    if stat.S_ISDIR(mode):
+        raise JobError(f"{path} is a directory, not a file", field=field)
+    return mode
 
 
 def _warm_spec(text: str) -> WarmSpec:
@@ -274,7 +413,7 @@ def _warm_spec(text: str) -> WarmSpec:
 
 def _limits_from_args(args: argparse.Namespace) -> Limits:
     """The limits the flags give; the runner takes the others from the profile's
-    [limits] (issue 6), then from the defaults."""
+    [limits], then from the defaults."""
     from sandbox.models import Limits
 
     limit_flags = {
@@ -303,7 +442,7 @@ def _profile_commands(commands: argparse._SubParsersAction) -> None:  # type: ig
     """profile list/show/trace (sandbox/profile_cli.py), languages (sandbox/languages_cli.py)."""
     from sandbox import languages_cli, profile_cli
 
-    profile_cli.add_commands(commands, _add_job_arguments)
+    profile_cli.add_commands(commands, add_job_arguments)
     languages_cli.add_commands(commands)
 
 

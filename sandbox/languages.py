@@ -13,19 +13,24 @@ follows a link it made.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import io
 import math
 import re
 import tarfile
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sandbox.errors import JobError, SetupError
 from sandbox.models import WORKDIR, Blob, InputFile, Job, Limits, Result, Status
 from sandbox.profile import PROFILES_DIR
+
+if TYPE_CHECKING:
+    from sandbox.runner import Runner
 
 LANGUAGES_DIR = PROFILES_DIR / "languages"
 IMAGE_REPOSITORY = "judge/languages"
@@ -100,23 +105,61 @@ def image_present() -> bool:
     return True
 
 
-def run_source(runner: Any, preset: Preset, source: Path, *, stdin: Blob | None = None, limits: Limits | None = None,
-               profile: str = "default", traces: tuple[list[Any], list[Any]] | None = None) -> LanguageRun:
+class Stages(Protocol):
+    """What ``run_source`` runs its two jobs with: a Runner in this process (``sandbox
+    run --lang``), or a worker's client (``sandbox submit --lang``,
+    ``languages_cli.WorkerStages``) - the same jobs either way."""
+
+    parallelism: int  # what {cpus} is without a CPU quota
+
+    def profile_limits(self, name: str) -> dict[str, Any]:
+        """The [limits] of profile ``name``, a stage's defaults."""
+        ...
+
+    def run(self, job: Job, trace: list[Any] | None) -> Result:
+        ...
+
+
+class RunnerStages:
+    """The stages in this process, on a Runner."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.parallelism = runner.parallelism
+
+    def profile_limits(self, name: str) -> dict[str, Any]:
+        return self.runner.profiles.get(name).limits
+
+    def run(self, job: Job, trace: list[Any] | None) -> Result:
+        return self.runner.run(job, trace=trace)
+
+
+def run_source(stages: Stages, preset: Preset, source: Path, *, stdin: Blob | None = None,
+               limits: Limits | None = None, profile: str = "default", files: Sequence[InputFile] = (),
+               env: dict[str, str] | None = None, require_cgroups: bool = False,
+               traces: tuple[list[Any], list[Any]] | None = None) -> LanguageRun:
     """Compile (profile ``compile``, its limits) and run (``profile``, ``limits``).
-    With ``traces`` (compile, run), both stages run traced (scripts/record-evidence)."""
+
+    ``files`` (a caller's headers, modules, data) are placed in /work for both stages,
+    and ``env`` is set in both, over the preset's: the compile may need the one, the
+    program the other, and neither harms the other stage. ``stdin`` and ``limits`` are
+    the program's. With ``traces`` (compile, run), both stages run traced
+    (scripts/record-evidence)."""
     compile_trace, run_trace = traces or (None, None)
     try:
         code = source.read_bytes()
     except OSError as exc:
         raise JobError(f"cannot read {source}: {exc.strerror}", field="source") from exc
+    _check_extra_files(preset, files)
     image = image_reference()
-    build_limits = Limits(**runner.profiles.get("compile").limits)
+    build_limits = Limits(**stages.profile_limits("compile"))
     source_file = InputFile(f"{WORKDIR}/{preset.source}", Blob(data=code))
-    compiled = runner.run(Job(
-        cmd=_compile_argv(preset, build_limits, runner.parallelism), limits=build_limits, files=[source_file],
-        image=image, profile="compile", env=_env(preset, build_limits, runner.parallelism),
-        require_cgroups=preset.needs_cgroups,
-    ), trace=compile_trace)
+    compiled = _stage(stages, Job(
+        cmd=_compile_argv(preset, build_limits, stages.parallelism), limits=build_limits,
+        files=[*files, source_file], image=image, profile="compile",
+        env={**_env(preset, build_limits, stages.parallelism), **(env or {})},
+        require_cgroups=require_cgroups or preset.needs_cgroups,
+    ), compile_trace)
     if compiled.status is not Status.OK:
         failed = Status.COMPILE_ERROR if compiled.status is Status.RUNTIME_ERROR else compiled.status
         return LanguageRun(failed, compiled, None)
@@ -124,14 +167,35 @@ def run_source(runner: Any, preset: Preset, source: Path, *, stdin: Blob | None 
     compiled.stdout = b""  # the artifacts tar, not output anyone wants to read
     # The run command is formatted with the limits the job will get (a JVM's heap from
     # its memory): the given ones over the profile's. A runtime may need more processes.
-    limits = (limits or Limits()).over(runner.profiles.get(profile).limits)
+    limits = (limits or Limits()).over(stages.profile_limits(profile))
     limits = Limits(**{**limits.given_values(), "pids": max(limits.pids, int(preset.quirks.get("min_pids", 1)))})
-    ran = runner.run(Job(
-        cmd=_format(preset, preset.run, limits, runner.parallelism), limits=limits, files=[source_file, *artifacts],
-        image=image, profile=profile, env=_env(preset, limits, runner.parallelism), stdin=stdin,
-        require_cgroups=preset.needs_cgroups,
-    ), trace=run_trace)
+    ran = _stage(stages, Job(
+        cmd=_format(preset, preset.run, limits, stages.parallelism), limits=limits,
+        files=[*files, source_file, *artifacts], image=image, profile=profile,
+        env={**_env(preset, limits, stages.parallelism), **(env or {})}, stdin=stdin,
+        require_cgroups=require_cgroups or preset.needs_cgroups,
+    ), run_trace)
     return LanguageRun(ran.status, compiled, ran)
+
+
+def _stage(stages: Stages, job: Job, trace: list[Any] | None) -> Result:
+    """One stage; a missing language image is named with its remedy."""
+    try:
+        return stages.run(job, trace)
+    except JobError as exc:
+        if exc.field == "image":
+            raise JobError(f"the language image {job.image} is not in the image store: build it with "
+                           "'sandbox languages build' (as the user whose store runs the job)", field="lang") from None
+        raise
+
+
+def _check_extra_files(preset: Preset, files: Sequence[InputFile]) -> None:
+    """A caller's file may not take the place of the source or of what the compile makes
+    (the run would get something other than what was compiled)."""
+    for entry in files:
+        name = entry.dest.removeprefix(f"{WORKDIR}/")
+        if name == preset.source or any(fnmatch.fnmatchcase(name, pattern) for pattern in preset.artifacts):
+            raise JobError(f"{entry.dest} is the {preset.name} preset's source or build output", field="files")
 
 
 def _compile_argv(preset: Preset, limits: Limits, cpus: int) -> list[str]:

@@ -1,12 +1,19 @@
-"""``sandbox languages [build]`` and the ``--lang`` form of ``sandbox run``."""
+"""``sandbox languages [build]`` and the ``--lang`` form of ``sandbox run`` and
+``sandbox submit``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sandbox.languages import Stages
+    from sandbox.models import Blob, InputFile, Job, Limits, Result
+    from worker.client import Client
 
 
 def add_commands(commands: Any) -> None:
@@ -34,28 +41,24 @@ def _languages(args: argparse.Namespace) -> int:
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
         print()
-        return 0
-    for row in rows:
-        print(f"{row['language']:12} {row['description']:28} {row['image']} {'present' if present else 'MISSING'}")
+    else:
+        for row in rows:
+            print(f"{row['language']:12} {row['description']:28} {row['image']} {'present' if present else 'MISSING'}")
     if not present:
-        print("build the image with: sandbox languages build", file=sys.stderr)
-    return 0
+        print("sandbox: no language is usable: build the image with: sandbox languages build", file=sys.stderr)
+    # Scripts and health checks ask "can this host run --lang?" by the status alone.
+    return 0 if present else 1
 
 
-def run_language(args: argparse.Namespace, limits: Any) -> int:
-    """``sandbox run --lang L --source FILE``: compile output on stderr, under a header;
-    the program's output as usual. Exit status as for run, 1 for a compile error."""
+def run_language(args: argparse.Namespace, stages: Stages, *, limits: Limits, env: dict[str, str],
+                 files: list[InputFile], stdin: Blob | None) -> int:
+    """``sandbox run|submit --lang L --source FILE``: compile output on stderr, under a
+    header; the program's output as usual. Exit status as for run, 1 for a compile error."""
     from sandbox.languages import load_preset, run_source
-    from sandbox.models import Blob, Status
-    from sandbox.runner import Runner
+    from sandbox.models import Status
 
-    preset = load_preset(args.lang)
-    runner = Runner()
-    try:
-        outcome = run_source(runner, preset, Path(args.source), stdin=Blob(path=args.stdin) if args.stdin else None,
-                             limits=limits, profile=args.profile)
-    finally:
-        runner.close()
+    outcome = run_source(stages, load_preset(args.lang), Path(args.source), stdin=stdin, limits=limits,
+                         profile=args.profile, files=files, env=env, require_cgroups=args.require_cgroups)
     if args.json:
         json.dump(outcome.to_json_dict(), sys.stdout)
         sys.stdout.write("\n")
@@ -65,13 +68,40 @@ def run_language(args: argparse.Namespace, limits: Any) -> int:
         sys.stderr.buffer.write(outcome.compile.stderr)
         sys.stderr.flush()
     if outcome.run is None:
-        print(f"sandbox: {outcome.status.value} (compile)", file=sys.stderr)
+        detail = f": {outcome.compile.error}" if outcome.compile.error else ""
+        print(f"sandbox: {outcome.status.value} (compile){detail}", file=sys.stderr)
         return 125 if outcome.status is Status.INTERNAL_ERROR else 1
     from sandbox.cli import report
 
     return report(outcome.run, as_json=False)
 
 
+class WorkerStages:
+    """The two stages as two jobs of a worker (``sandbox submit --lang``): compiled and
+    run there, on its language image. The run command is formatted here, with this
+    installation's profiles' limits and this host's CPU count for {cpus} without
+    --cpus - the worker's own when it runs this package on this host, as it usually
+    does; the limits it was formatted with are sent along with the job."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.parallelism = len(os.sched_getaffinity(0))
+
+    def profile_limits(self, name: str) -> dict[str, Any]:
+        """This installation's profile's [limits]; none for a profile only the worker
+        has (it applies them there; the run command is formatted with the defaults)."""
+        from sandbox.profile import builtin_profiles, load_profile
+
+        return load_profile(name).limits if name in builtin_profiles() else {}
+
+    def run(self, job: Job, trace: list[Any] | None) -> Result:
+        from sandbox.cli import worker_job_error
+        from worker.client import WorkerError
+
+        try:
+            return self.client.run(job)
+        except WorkerError as exc:  # the job's fault (its image missing there) is named as such
+            raise worker_job_error(exc) or exc from None
 def _versions() -> int:
     """The first line each toolchain prints about itself, from inside the image."""
     from sandbox.languages import image_reference, load_preset, preset_names

@@ -12,11 +12,12 @@ import math
 import posixpath
 import re
 import signal
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from sandbox.errors import JobError
-from sandbox.units import parse_duration_ms, parse_size
+from sandbox.units import is_no_limit, parse_duration_ms, parse_size
 
 WORKDIR = "/work"
 WRITABLE_ROOTS = (WORKDIR, "/tmp")
@@ -45,7 +46,9 @@ class Limits:
     """Per-job limits. Text such as "256M" or "2s" is accepted and stored as int.
 
     Units once normalised: times in milliseconds, sizes in bytes, ``cpus`` in CPUs.
-    ``None`` means "no limit" where that is allowed (cpu_time, cpus).
+    ``None`` means "no limit" where that is allowed (cpu_time, cpus); so do the words
+    "none" and "unlimited" there (``units.NO_LIMIT_WORDS``: a flag or a TOML file has
+    no nil to write).
 
     A Limits remembers which limits its caller gave (``given``): the others come from
     the job's profile ([limits], docs/profiles.md) and only then from the defaults here
@@ -93,24 +96,23 @@ class Limits:
         return Limits(**{**base, **self.given_values()}) if base else self
 
     def __post_init__(self) -> None:
-        try:
-            self.cpu_time = None if self.cpu_time is None else parse_duration_ms(self.cpu_time)
-            self.wall_time = parse_duration_ms(self.wall_time)
-            self.memory = parse_size(self.memory)
-            self.output = parse_size(self.output)
-            self.disk = parse_size(self.disk)
-            self.stack = parse_size(self.stack)
-            self.file_size = parse_size(self.file_size)
-        except ValueError as exc:
-            raise JobError(str(exc), field="limits") from None
+        # Each limit's error names that limit (``limits.memory``), so the CLI can name
+        # its flag and a protocol client its key.
+        if is_no_limit(self.cpu_time):
+            self.cpu_time = None
+        self.cpu_time = None if self.cpu_time is None else _parsed(parse_duration_ms, "cpu_time", self.cpu_time)
+        self.wall_time = _parsed(parse_duration_ms, "wall_time", self.wall_time)
+        self.memory = _parsed(parse_size, "memory", self.memory)
+        self.output = _parsed(parse_size, "output", self.output)
+        self.disk = _parsed(parse_size, "disk", self.disk)
+        self.stack = _parsed(parse_size, "stack", self.stack)
+        self.file_size = _parsed(parse_size, "file_size", self.file_size)
         self.pids = _bounded_int("limits.pids", self.pids, 1, 1 << 22)
         self.open_files = _bounded_int("limits.open_files", self.open_files, 4, 1 << 20)
+        if is_no_limit(self.cpus):
+            self.cpus = None
         if self.cpus is not None:
-            if isinstance(self.cpus, bool) or not isinstance(self.cpus, (int, float)):
-                raise JobError("cpus must be a number", field="limits.cpus")
-            if not math.isfinite(self.cpus) or not 0.01 <= self.cpus <= 1024:
-                raise JobError("cpus must be between 0.01 and 1024", field="limits.cpus")
-            self.cpus = float(self.cpus)
+            self.cpus = _cpus(self.cpus)
 
     # Typed views, for code that runs after validation.
     @property
@@ -180,15 +182,19 @@ class Job:
     image: str = "host"  # or a stored image: name[:tag], name@digest, id
     cwd: str | None = None  # None: the image's WorkingDir, else /work
     require_cgroups: bool = False
-    profile: str = "default"  # a profile under profiles/ (seccomp policy, env); see docs/profiles.md
+    # A profile under profiles/ (seccomp policy, env; docs/profiles.md), or - for the
+    # runner in this process only, never on the wire - a profile file (is_profile_file).
+    profile: str = "default"
 
     def __post_init__(self) -> None:
         _check_text("profile", self.profile)
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", self.profile):
+        if not is_profile_file(self.profile) and not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", self.profile):
             raise JobError(f"invalid profile name {self.profile!r}", field="profile")
         _check_text("image", self.image)
         if not self.image:
             raise JobError("image must not be empty", field="image")
+        if self.image != "host":
+            _check_image_reference(self.image)
         # An image may supply the command (Entrypoint/Cmd); the host image cannot.
         if not isinstance(self.cmd, list) or (not self.cmd and self.image == "host"):
             raise JobError("cmd must be a non-empty list of strings", field="cmd")
@@ -264,6 +270,47 @@ def sandbox_path(path: str, *, field_name: str) -> str:
     if not any(normal.startswith(root + "/") for root in WRITABLE_ROOTS):
         raise JobError(f"{path!r} must lie under {' or '.join(WRITABLE_ROOTS)}", field=field_name)
     return normal
+
+
+def is_profile_file(name: str) -> bool:
+    """A profile named by its file rather than by name: anything with a "/" or ending in
+    ".toml" ("./mine.toml", "mine.toml", "/etc/sandbox/judge.toml")."""
+    return "/" in name or name.endswith(".toml")
+
+
+def _check_image_reference(text: str) -> None:
+    """A stored image is named by a reference (Docker's rules) or an id; one that cannot
+    name anything is the job's error here, not a failure in the sandbox later."""
+    from sandbox.images.errors import BadReference
+    from sandbox.images.reference import parse
+
+    try:
+        parse(text)
+    except BadReference as exc:
+        raise JobError(str(exc), field="image") from None
+
+
+def _parsed(parse: Callable[[Any], int], name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise JobError(f"expected a number or a string with a unit, got {type(value).__name__}", field=f"limits.{name}")
+    try:
+        return parse(value)
+    except (ValueError, TypeError) as exc:
+        raise JobError(str(exc), field=f"limits.{name}") from None
+
+
+def _cpus(value: object) -> float:
+    """A CPU quota: a number, or its text ("0.5")."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise JobError(f"invalid CPU count {value!r} (examples: 0.5, 2, none)", field="limits.cpus") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise JobError("cpus must be a number", field="limits.cpus")
+    if not math.isfinite(value) or not 0.01 <= value <= 1024:
+        raise JobError("cpus must be between 0.01 and 1024", field="limits.cpus")
+    return float(value)
 
 
 def _check_text(field_name: str, value: object) -> None:

@@ -23,7 +23,8 @@ from typing import Any
 
 import pyseccomp
 
-from sandbox.models import Limits
+from sandbox.errors import JobError
+from sandbox.models import Limits, is_profile_file
 from sandbox.seccomp import (
     NAMED_CONSTANTS,
     ArgRule,
@@ -56,8 +57,9 @@ class Profile:
 
 
 def profile_path(name_or_path: str) -> Path:
-    """``default`` -> profiles/default.toml; anything ending in .toml is a path."""
-    if name_or_path.endswith(".toml"):
+    """``default`` -> profiles/default.toml; a profile file (a "/" in it, or ending in
+    .toml: ``models.is_profile_file``) is its own path."""
+    if is_profile_file(name_or_path):
         return Path(name_or_path)
     if not re.fullmatch(r"_?[a-z0-9][a-z0-9_-]*", name_or_path):
         raise ProfileError(f"invalid profile name {name_or_path!r}")
@@ -88,6 +90,20 @@ def builtin_profiles() -> tuple[str, ...]:
     """Profiles to run with; ``_base`` (shared rules, no allow-list) is only extended.
     (Read once per process: every job submitted to a worker is checked against it.)"""
     return tuple(sorted(p.stem for p in PROFILES_DIR.glob("*.toml") if not p.stem.startswith("_")))
+
+
+def unknown_profile(name: str, *, files_allowed: bool) -> JobError:
+    """The job's error for a profile that is not there, listing the ones that are.
+    Files are for a runner in the caller's own process (``sandbox run``): a worker runs
+    only the profiles installed with it, or a client could hand itself a weaker policy."""
+    known = ", ".join(builtin_profiles())
+    if is_profile_file(name):
+        if files_allowed:
+            return JobError(f"no profile file {name!r}", field="profile")
+        return JobError(f"a profile file ({name!r}) works with sandbox run only; a worker runs the profiles "
+                        f"installed with it (known: {known})", field="profile")
+    return JobError(f"no profile named {name!r} (known: {known}; or a path to a profile file)"
+                    if files_allowed else f"no profile named {name!r} (known: {known})", field="profile")
 
 
 def _load(path: Path, depth: int) -> Profile:

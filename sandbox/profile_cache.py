@@ -4,13 +4,14 @@ costs milliseconds (libseccomp), a job must not pay that each time."""
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from sandbox.errors import JobError
-from sandbox.models import Limits
-from sandbox.profile import Profile, load_profile, profile_path
-from sandbox.seccomp import compile_policy, compile_trace
+from sandbox.models import Limits, is_profile_file
+from sandbox.profile import Profile, builtin_profiles, load_profile, unknown_profile
+from sandbox.seccomp import ProfileError, compile_policy, compile_trace
 
 
 @dataclass
@@ -47,12 +48,17 @@ class ProfileCache:
 
     def get(self, name: str) -> CompiledProfile:
         """The compiled profile; a job naming a profile that does not exist is the job's
-        error (JobError), a profile that exists but does not load is the sandbox's."""
+        error (JobError), and so is a profile file of the caller's that does not load
+        (its message names the file and line); a built-in one that does not load is the
+        sandbox's."""
         compiled = self._compiled.get(name)
         if compiled is None:
-            if not name.endswith(".toml") and not profile_path(name).is_file():
-                raise JobError(f"no profile named {name!r}", field="profile")
-            profile = load_profile(name)
+            if is_profile_file(name):
+                profile = _load_file(name)
+            elif name in builtin_profiles():
+                profile = load_profile(name)
+            else:
+                raise unknown_profile(name, files_allowed=True)
             compiled = CompiledProfile(profile, compile_policy(profile.seccomp))
             self._compiled[name] = compiled
         return compiled
@@ -64,4 +70,10 @@ class ProfileCache:
         return self._trace_bpf
 
 
-
+def _load_file(path: str) -> Profile:
+    if not os.path.isfile(path):
+        raise unknown_profile(path, files_allowed=True)
+    try:
+        return load_profile(path)
+    except ProfileError as exc:
+        raise JobError(str(exc), field="profile") from None

@@ -14,7 +14,9 @@ import argparse
 import sys
 from typing import Any
 
-from sandbox.profile import builtin_profiles, disposition, load_profile
+from sandbox.errors import SandboxError
+from sandbox.models import is_profile_file
+from sandbox.profile import Profile, builtin_profiles, disposition, load_profile, unknown_profile
 
 
 def add_commands(commands: Any, add_job_arguments: Any) -> None:
@@ -23,7 +25,7 @@ def add_commands(commands: Any, add_job_arguments: Any) -> None:
     listing = sub.add_parser("list", help="the built-in profiles")
     listing.set_defaults(handler=_list)
     show = sub.add_parser("show", help="a profile after inheritance, as JSON")
-    show.add_argument("name")
+    show.add_argument("name", help="a built-in profile's name or a profile file")
     show.set_defaults(handler=_show)
     trace = sub.add_parser("trace", help="run a trusted command with every call allowed; print the calls it made")
     trace.add_argument("--against", default="default", help="profile to compare with (default: default)")
@@ -42,17 +44,24 @@ def _show(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    profile = load_profile(args.name)
+    profile = _named(args.name)
     json.dump(dataclasses.asdict(profile), sys.stdout, indent=1, default=str)
     sys.stdout.write("\n")
     return 0
+
+
+def _named(name: str) -> Profile:
+    """A built-in profile or a profile file; an unknown name lists the known ones."""
+    if not is_profile_file(name) and name not in builtin_profiles():
+        raise SandboxError(unknown_profile(name, files_allowed=True).message)
+    return load_profile(name)
 
 
 def _trace(args: argparse.Namespace) -> int:
     from sandbox.cli import job_from_args
     from sandbox.runner import Runner
 
-    against = load_profile(args.against)
+    against = _named(args.against)
     job = job_from_args(args)
     seen: list[dict[str, Any]] = []
     runner = Runner()

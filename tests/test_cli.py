@@ -1,16 +1,21 @@
-"""The command line: exit statuses, JSON, flags into the job model, doctor, and
-20 jobs at once through separate CLI processes."""
+"""The command line: exit statuses, JSON, flags into the job model (and errors that
+name the flag), submit's flags and socket, doctor, and 20 jobs at once through separate
+CLI processes."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from worker.client import accepting
 from workerutil import SANDBOX_CLI
 
 
@@ -59,19 +64,88 @@ def test_run_json_has_the_documented_shape(tmp_path):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--memory", "lots"], "invalid size"),
-        (["--cpu-time=-1s"], "invalid duration"),
+        (["--memory", "lots"], "sandbox: --memory: invalid size 'lots'"),
+        (["--memory", "12XB"], "sandbox: --memory: invalid size '12XB'"),
+        (["--cpu-time=-1s"], "sandbox: --cpu-time: invalid duration"),
+        (["--wall-time", "1 fortnight"], "sandbox: --wall-time: invalid duration"),
+        (["--cpus", "lots"], "sandbox: --cpus: invalid CPU count 'lots'"),
         (["--no-such-flag"], "unrecognized arguments"),
-        (["--pids", "0"], "limits.pids"),
-        (["--file", "/etc/hostname:/etc/x"], "must lie under"),
-        (["--file", "/nonexistent:/work/x"], "cannot read /nonexistent"),
-        (["--env", "NOEQUALS"], "NAME=VALUE"),
+        (["--pids", "0"], "sandbox: --pids: must be an integer"),
+        (["--file", "/etc/hostname:/etc/x"], "sandbox: --file: '/etc/x' must lie under"),
+        (["--file", "/nonexistent:/work/x"], "sandbox: --file: cannot read /nonexistent"),
+        (["--file", "/etc:/work/d"], "sandbox: --file: /etc is a directory, not a file"),
+        (["--stdin", "nope.txt"], "sandbox: --stdin: cannot read nope.txt: No such file or directory"),
+        (["--stdin", "/etc"], "sandbox: --stdin: /etc is a directory"),
+        (["--env", "NOEQUALS"], "sandbox: --env: expects NAME=VALUE"),
+        (["--image", "UPPER/Case"], "sandbox: --image: invalid repository name 'UPPER/Case'"),
+        (["--profile", "nope"], "sandbox: --profile: no profile named 'nope' (known: ci, compile, default, strict"),
+        (["--profile", "./nope.toml"], "sandbox: --profile: no profile file './nope.toml'"),
+        (["--lang", "cpp"], "sandbox: --lang: --lang and --source go together"),
+        (["--lang", "cobol", "--source", "/etc/hostname", "--image", "x"], "sandbox: --lang: --lang runs in the"),
     ],
 )
 def test_bad_flags_are_typed_errors_with_status_125(flags, message):
-    done = sandbox("run", *flags, "--", "true")
-    assert done.returncode == 125
+    """Whatever the user can fix names the flag to fix, never "internal error"."""
+    done = sandbox("run", *flags, "--", "true") if "--lang" not in flags else sandbox("run", *flags)
+    assert done.returncode == 125, done.stderr
     assert message in done.stderr.decode()
+    assert b"internal error" not in done.stderr and b"Traceback" not in done.stderr
+
+
+def test_the_units_a_user_types_are_accepted():
+    # 1h was refused while 2m worked; "none" is the protocol's nil for cpu_time and cpus.
+    done = sandbox("run", "--json", "--wall-time", "1h", "--cpu-time", "none", "--cpus", "unlimited", "--", "true")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "ok"
+    assert sandbox("run", "--wall-time", "1m30s", "--cpu-time", "2m", "--", "true").returncode == 0
+
+
+def test_version_is_the_packages():
+    done = sandbox("--version")
+    assert done.returncode == 0
+    assert done.stdout.decode() == f"sandbox {importlib.metadata.version('sandbox-executor')}\n"
+
+
+def test_submit_names_the_socket_it_cannot_reach(tmp_path):
+    missing = tmp_path / "no-worker.sock"
+    done = sandbox("submit", "--socket", str(missing), "--", "true")
+    assert done.returncode == 125
+    assert f"cannot reach a worker at {missing}: No such file or directory" in done.stderr.decode()
+    nothing = subprocess.run([*SANDBOX_CLI, "submit", "--", "true"], capture_output=True, timeout=60,
+                             env={k: v for k, v in os.environ.items() if k != "SANDBOX_SOCKET"})
+    assert nothing.returncode == 125 and b"--socket: give --socket PATH or --tcp" in nothing.stderr
+
+
+def test_serve_and_submit_default_to_the_socket_in_the_environment(tmp_path):
+    path = str(tmp_path / "env.sock")
+    env = {**os.environ, "SANDBOX_SOCKET": path}
+    with open(tmp_path / "worker.log", "wb") as log:
+        server = subprocess.Popen([*SANDBOX_CLI, "serve", "--slots", "1"], env=env, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while not accepting(path):
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
+            time.sleep(0.01)
+        done = subprocess.run([*SANDBOX_CLI, "submit", "--", "echo", "via env"], env=env, capture_output=True,
+                              timeout=60)
+        assert (done.returncode, done.stdout) == (0, b"via env\n"), done.stderr
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0, (tmp_path / "worker.log").read_text()
+
+
+def test_submit_takes_the_flags_of_run_and_refuses_what_a_worker_cannot_do(worker, tmp_path):
+    data = tmp_path / "data.txt"
+    data.write_text("from a file\n")
+    done = sandbox("submit", "--socket", worker.socket_path, "--require-cgroups", "--cpu-time", "none",
+                   "--env", "WHO=env", "--file", f"{data}:/work/data.txt", "--stdin", str(data), "--",
+                   "sh", "-c", 'echo "$WHO"; cat /work/data.txt; cat')
+    assert (done.returncode, done.stdout) == (0, b"env\nfrom a file\nfrom a file\n"), done.stderr
+    refused = sandbox("submit", "--socket", worker.socket_path, "--profile", str(tmp_path / "mine.toml"), "--", "true")
+    assert refused.returncode == 125
+    assert b"--profile: a profile file" in refused.stderr and b"works with sandbox run only" in refused.stderr
+    directory = sandbox("submit", "--socket", worker.socket_path, "--file", f"{tmp_path}:/work/d", "--", "true")
+    assert directory.returncode == 125 and b"--file: " in directory.stderr and b"is a directory" in directory.stderr
 
 
 def test_require_cgroups_fails_clearly_without_delegation():

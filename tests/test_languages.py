@@ -9,14 +9,16 @@ later runs find it in the store and start at once.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from sandbox.languages import load_preset, preset_names, run_source
+from sandbox.languages import RunnerStages, load_preset, preset_names, run_source
 from sandbox.languages_image import build
 from sandbox.models import Blob, Limits, Status
+from worker.client import Client
 from workerutil import SANDBOX_CLI
 
 SOURCES = Path(__file__).parent / "languages"
@@ -36,7 +38,7 @@ def language_image() -> str:
 def run_lang(runner, language_image):
     def _run(lang: str, case: str, stdin: bytes | None = None):
         try:
-            return run_source(runner, load_preset(lang), SOURCES / lang / f"{case}.{EXT[lang]}",
+            return run_source(RunnerStages(runner), load_preset(lang), SOURCES / lang / f"{case}.{EXT[lang]}",
                               stdin=None if stdin is None else Blob(data=stdin), limits=Limits(memory="512M"))
         finally:
             runner.tidy()
@@ -97,6 +99,73 @@ def test_cli_run_lang_compiles_then_runs(language_image, tmp_path):
     assert "SyntaxError" in as_json["compile"]["stderr"]
 
 
+def multi_file_programs(directory: Path) -> dict[str, Path]:
+    """A C++ program whose main includes a header of its own, and a Python program that
+    imports a module of its own and reads a data file and a variable: what --file and
+    --env carry into the compile and the run."""
+    (directory / "main.cpp").write_text('#include "answer.h"\n#include <cstdlib>\n#include <iostream>\n'
+                                        'int main() { std::cout << answer() << getenv("WHO") << "\\n"; }\n')
+    (directory / "answer.h").write_text("inline int answer() { return 42; }\n")
+    (directory / "main.py").write_text("import os, helper\nprint(helper.read('/work/data.txt'), os.environ['WHO'])\n")
+    (directory / "helper.py").write_text("def read(path):\n    return open(path).read().strip()\n")
+    (directory / "data.txt").write_text("data\n")
+    return {name: directory / name for name in ("main.cpp", "answer.h", "main.py", "helper.py", "data.txt")}
+
+
+def multi_file_flags(files: dict[str, Path]) -> list[list[str]]:
+    """The two programs' flags for run and submit, the expected output last."""
+    return [
+        ["--lang", "cpp", "--source", str(files["main.cpp"]), "--file", f"{files['answer.h']}:/work/answer.h",
+         "--env", "WHO=!"],
+        ["--lang", "python3", "--source", str(files["main.py"]), "--file", f"{files['helper.py']}:/work/helper.py",
+         "--file", f"{files['data.txt']}:/work/data.txt", "--env", "WHO=env"],
+    ]
+
+
+def test_lang_takes_files_and_env_into_both_stages(language_image, tmp_path):
+    files = multi_file_programs(tmp_path)
+    cpp, python = multi_file_flags(files)
+    done = cli("run", *cpp)
+    assert (done.returncode, done.stdout) == (0, b"42!\n"), done.stderr
+    done = cli("run", *python)
+    assert (done.returncode, done.stdout) == (0, b"data env\n"), done.stderr
+    # A --file may not take the place of the source or of the compile's output.
+    clash = cli("run", "--lang", "cpp", "--source", str(files["main.cpp"]), "--file", f"{files['answer.h']}:/work/main")
+    assert clash.returncode == 125 and b"--file: /work/main is the cpp preset's source or build output" in clash.stderr
+
+
+def test_submit_lang_compiles_and_runs_through_the_worker(language_image, worker, tmp_path):
+    files = multi_file_programs(tmp_path)
+    cpp, python = multi_file_flags(files)
+    done = cli("submit", "--socket", worker.socket_path, *cpp)
+    assert (done.returncode, done.stdout) == (0, b"42!\n"), done.stderr
+    as_json = json.loads(cli("submit", "--socket", worker.socket_path, "--json", *python).stdout)
+    assert as_json["status"] == "ok" and as_json["run"]["stdout"] == "data env\n"
+    broken = cli("submit", "--socket", worker.socket_path, "--lang", "cpp", "--source",
+                 str(SOURCES / "cpp" / "compile_error.cpp"))
+    assert broken.returncode == 1 and broken.stderr.startswith(b"== compile (cpp) ==\n")
+    # Both stages ran as the worker's jobs (2 + 2 + a compile alone), not in this process.
+    with Client(worker.socket_path) as client:
+        assert client.stats()["submitted"] == 5
+
+
+def test_without_the_language_image_the_remedy_is_named(tmp_path):
+    """Listing exits 1 when no language is usable; a --lang run says to build the image."""
+    env = {**os.environ, "SANDBOX_IMAGE_STORE": str(tmp_path / "empty-store")}
+    listed = subprocess.run([*SANDBOX_CLI, "languages"], capture_output=True, env=env, timeout=60)
+    assert listed.returncode == 1 and b"MISSING" in listed.stdout
+    assert b"sandbox languages build" in listed.stderr
+    assert subprocess.run([*SANDBOX_CLI, "languages", "--json"], capture_output=True, env=env,
+                          timeout=60).returncode == 1
+    source = tmp_path / "main.py"
+    source.write_text("print(1)\n")
+    done = subprocess.run([*SANDBOX_CLI, "run", "--lang", "python3", "--source", str(source)], capture_output=True,
+                          env=env, timeout=60)
+    assert done.returncode == 125
+    assert b"--lang: the language image judge/languages:" in done.stderr
+    assert b"build it with 'sandbox languages build'" in done.stderr
+
+
 def test_compile_violations_are_reported_like_any_other(runner, language_image, tmp_path):
     # A "compiler" that calls ptrace: the compile stage is a named violation, no run.
     source = tmp_path / "evil.py"
@@ -104,7 +173,7 @@ def test_compile_violations_are_reported_like_any_other(runner, language_image, 
     preset = load_preset("python3")
     preset.compile = ["python3", "-c", "import ctypes; ctypes.CDLL(None).syscall(101, 0, 0, 0)"]
     try:
-        outcome = run_source(runner, preset, source)
+        outcome = run_source(RunnerStages(runner), preset, source)
     finally:
         runner.tidy()
     assert outcome.status is Status.SYSCALL_VIOLATION and outcome.run is None

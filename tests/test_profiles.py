@@ -4,6 +4,7 @@ designed outcome - a named violation or an errno - and the name is the right one
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -188,15 +189,52 @@ def test_extends_replaces_what_the_child_names(tmp_path: Path):
 def test_a_job_names_its_profile_on_the_wire():
     assert job_from_wire({"cmd": ["true"], "profile": "strict"}).profile == "strict"
     assert job_from_wire({"cmd": ["true"]}).profile == "default"
-    with pytest.raises(ProtocolError, match="no profile named 'nosuch'"):
+    with pytest.raises(ProtocolError, match=r"no profile named 'nosuch' \(known: ci, compile, default, strict\)"):
         job_from_wire({"cmd": ["true"], "profile": "nosuch"})
     with pytest.raises(JobError):
-        Job(cmd=["true"], profile="../etc/passwd")
+        Job(cmd=["true"], profile="Not A Name")
+    # A file is read by a runner in the caller's own process, never on a client's word.
+    for path in ("../etc/passwd", "/etc/passwd", "mine.toml", str(load_profile("default").path)):
+        with pytest.raises(ProtocolError, match="works with sandbox run only") as caught:
+            job_from_wire({"cmd": ["true"], "profile": path})
+        assert caught.value.field == "profile"
 
 
 def test_unknown_profile_is_the_jobs_error(runner):
-    with pytest.raises(JobError, match="no profile named 'nosuch'"):
+    with pytest.raises(JobError, match=r"no profile named 'nosuch' \(known: ci, compile, default, strict; or a path"):
         runner.run(Job(cmd=["true"], profile="nosuch"))
+
+
+def test_a_profile_file_is_a_jobs_profile(runner, tmp_path):
+    """docs/profiles.md's format, in a file of the caller's: a name with a "/" or ending in
+    .toml is a file; one that does not load is the job's error, naming file and line."""
+    mine = tmp_path / "mine.toml"
+    mine.write_text('extends = "default"\n[seccomp.errno]\nEPERM = ["getpid"]\n')
+    getpid = ["python3", "-c", "import os; print(os.getpid())"]
+    try:
+        result = runner.run(Job(cmd=getpid, profile=str(mine)))
+    finally:
+        runner.tidy()
+    assert (result.status, result.stdout) == (Status.OK, b"-1\n")
+    broken = tmp_path / "broken.toml"
+    broken.write_text('extends = "default"\n[seccomp]\nallow = ["wirte"]\n')
+    with pytest.raises(JobError, match=f"{broken}:3: unknown syscall 'wirte'") as caught:
+        runner.run(Job(cmd=["true"], profile=str(broken)))
+    assert caught.value.field == "profile"
+    with pytest.raises(JobError, match="no profile file"):
+        runner.run(Job(cmd=["true"], profile=str(tmp_path / "missing.toml")))
+
+
+def test_cli_run_with_a_profile_file(tmp_path):
+    (tmp_path / "mine.toml").write_text('extends = "default"\n[seccomp.errno]\nEPERM = ["getpid"]\n')
+    for name in ("./mine.toml", "mine.toml"):
+        done = subprocess.run([*SANDBOX_CLI, "run", "--profile", name, "--", "python3", "-c",
+                               "import os; print(os.getpid())"], capture_output=True, timeout=60, cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+        assert (done.returncode, done.stdout) == (0, b"-1\n"), done.stderr
+    shown = subprocess.run([*SANDBOX_CLI, "profile", "show", "./mine.toml"], capture_output=True, timeout=60,
+                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert json.loads(shown.stdout)["seccomp"]["actions"]["getpid"] == "errno:EPERM"
 
 
 def test_trace_records_calls_and_allows_them(runner, programs):

@@ -407,7 +407,7 @@ def test_broken_frames_get_a_typed_error_and_a_close(worker, payload, code, conn
     "message, code, field",
     [
         ({"type": "warp"}, "unknown_type", "type"),
-        ({"type": "submit", "id": "x", "job": {"cmd": ["ls"], "limits": {"memory": -1}}}, "invalid_job", "limits"),
+        ({"type": "submit", "id": "x", "job": {"cmd": ["ls"], "limits": {"memory": -1}}}, "invalid_job", "limits.memory"),
         ({"type": "submit", "id": "x", "job": {"cmd": ["ls"], "limits": {"pids": 2**64 - 1}}}, "invalid_job",
          "limits.pids"),
         ({"type": "submit", "id": "x", "job": {"cmd": ["ls"], "limits": {"cpus": float("nan")}}}, "invalid_job",
@@ -416,7 +416,7 @@ def test_broken_frames_get_a_typed_error_and_a_close(worker, payload, code, conn
          "limits.open_files"),
         ({"type": "submit", "id": "x", "job": {"cmd": ["ls"], "files": [{"path": "/work/../../etc/x",
                                                                            "data": b""}]}}, "invalid_job",
-         "files.dest"),
+         "files.path"),
         ({"type": "submit", "id": 5, "job": {"cmd": ["ls"]}}, "bad_message", "id"),
         ({"type": "submit", "id": "x", "job": {"cmd": ["ls"]}, "progress": "no"}, "bad_message", "progress"),
         ({"type": "cancel", "id": "never-submitted"}, "unknown_id", "id"),

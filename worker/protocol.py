@@ -17,8 +17,8 @@ from typing import Any
 import msgpack
 
 from sandbox.errors import JobError
-from sandbox.models import Blob, InputFile, Job, Limits, Result, Status, Usage
-from sandbox.profile import builtin_profiles
+from sandbox.models import Blob, InputFile, Job, Limits, Result, Status, Usage, sandbox_path
+from sandbox.profile import builtin_profiles, unknown_profile
 
 VERSION = 1
 HEADER = struct.Struct(">I")
@@ -164,7 +164,7 @@ def job_from_wire(data: Any) -> Job:
             _no_unknown_keys(entry, _FILE_KEYS, "files")
             files.append(
                 InputFile(
-                    dest=entry.get("path"),
+                    dest=sandbox_path(entry.get("path"), field_name="files.path"),  # the wire's name for dest
                     content=Blob(data=_typed(entry.get("data"), bytes, "files.data")),
                     mode=entry.get("mode", 0o644),
                 )
@@ -182,8 +182,8 @@ def job_from_wire(data: Any) -> Job:
             require_cgroups=_typed(data.get("require_cgroups", False), bool, "require_cgroups"),
             profile=_typed(data.get("profile", "default"), str, "profile"),  # issue 6
         )
-        if job.profile not in builtin_profiles():  # issue 6: refused here, not in the launcher
-            raise JobError(f"no profile named {job.profile!r}", field="profile")
+        if job.profile not in builtin_profiles():  # refused here, not in the launcher; never a file
+            raise unknown_profile(job.profile, files_allowed=False)
         return job
     except JobError as exc:
         raise ProtocolError("invalid_job", exc.message, field=exc.field) from None
