@@ -16,6 +16,7 @@ import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from sandbox.errors import JobError, SandboxError
+from sandbox.judge import cli as judge_cli
 
 if TYPE_CHECKING:
     from sandbox.models import Blob, InputFile, Job, Limits, Result, WarmSpec
@@ -119,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _image_commands(commands)
     _profile_commands(commands)
+    judge_cli.add_commands(commands)
 
     doctor = commands.add_parser("doctor", help="check what this host supports and what is missing")
     doctor.set_defaults(handler=_cmd_doctor)

@@ -1,9 +1,10 @@
 """Language presets (profiles/languages/*.toml): "run this C++ file" in one call.
 
 A preset names the source file, the compile command and the files it produces, the run
-command and the quirks of its runtime. ``run_source`` compiles in the ``compile``
-profile, carries the artifacts over and runs them in the run profile (``default``):
-compile once, run in a fresh sandbox with nothing of the compiler's left behind.
+command and the quirks of its runtime. ``compile_source`` compiles in the ``compile``
+profile; ``run_compiled`` runs the artifacts in the run profile (``default``), as often
+as asked (a judge runs every test on one compile), each time in a fresh sandbox with
+nothing of the compiler's left behind. ``run_source`` does both once.
 
 The artifacts travel as a tar on the compile job's stdout (the compiler's own output
 goes to stderr) and are read in memory with strict rules - regular files with plain
@@ -134,48 +135,89 @@ class RunnerStages:
         return self.runner.run(job, trace=trace)
 
 
-def run_source(stages: Stages, preset: Preset, source: Path, *, stdin: Blob | None = None,
-               limits: Limits | None = None, profile: str = "default", files: Sequence[InputFile] = (),
-               env: dict[str, str] | None = None, require_cgroups: bool = False,
-               traces: tuple[list[Any], list[Any]] | None = None) -> LanguageRun:
-    """Compile (profile ``compile``, its limits) and run (``profile``, ``limits``).
+@dataclass
+class Compiled:
+    """A program compiled once, for any number of runs: the compile job's Result and
+    what every run gets in /work (the caller's files, the source, the artifacts)."""
 
-    ``files`` (a caller's headers, modules, data) are placed in /work for both stages,
-    and ``env`` is set in both, over the preset's: the compile may need the one, the
-    program the other, and neither harms the other stage. ``stdin`` and ``limits`` are
-    the program's. With ``traces`` (compile, run), both stages run traced
-    (scripts/record-evidence)."""
-    compile_trace, run_trace = traces or (None, None)
-    try:
-        code = source.read_bytes()
-    except OSError as exc:
-        raise JobError(f"cannot read {source}: {exc.strerror}", field="source") from exc
+    preset: Preset
+    result: Result
+    files: list[InputFile]
+    env: dict[str, str]
+    require_cgroups: bool
+
+    @property
+    def status(self) -> Status:
+        """OK, or why there is nothing to run: a compiler that failed is the source's
+        compile_error, a compile stopped by a limit keeps that status."""
+        if self.result.status is Status.RUNTIME_ERROR:
+            return Status.COMPILE_ERROR
+        return self.result.status
+
+
+def compile_source(stages: Stages, preset: Preset, code: bytes, *, files: Sequence[InputFile] = (),
+                   env: dict[str, str] | None = None, require_cgroups: bool = False,
+                   trace: list[Any] | None = None) -> Compiled:
+    """Compile ``code`` in the ``compile`` profile, with its limits.
+
+    ``files`` (a caller's headers, modules, data) are placed in /work for the compile and
+    every run, and ``env`` is set in both, over the preset's: the compile may need the
+    one, the program the other, and neither harms the other stage."""
     _check_extra_files(preset, files)
-    image = image_reference()
     build_limits = Limits(**stages.profile_limits("compile"))
     source_file = InputFile(f"{WORKDIR}/{preset.source}", Blob(data=code))
-    compiled = _stage(stages, Job(
+    require_cgroups = require_cgroups or preset.needs_cgroups
+    result = _stage(stages, Job(
         cmd=_compile_argv(preset, build_limits, stages.parallelism), limits=build_limits,
-        files=[*files, source_file], image=image, profile="compile",
-        env={**_env(preset, build_limits, stages.parallelism), **(env or {})},
-        require_cgroups=require_cgroups or preset.needs_cgroups,
-    ), compile_trace)
-    if compiled.status is not Status.OK:
-        failed = Status.COMPILE_ERROR if compiled.status is Status.RUNTIME_ERROR else compiled.status
-        return LanguageRun(failed, compiled, None)
-    artifacts = _read_artifacts(compiled.stdout) if preset.artifacts else []
-    compiled.stdout = b""  # the artifacts tar, not output anyone wants to read
+        files=[*files, source_file], image=image_reference(), profile="compile",
+        env={**_env(preset, build_limits, stages.parallelism), **(env or {})}, require_cgroups=require_cgroups,
+    ), trace)
+    artifacts: list[InputFile] = []
+    if result.status is Status.OK:
+        artifacts = _read_artifacts(result.stdout) if preset.artifacts else []
+        result.stdout = b""  # the artifacts tar, not output anyone wants to read
+    return Compiled(preset, result, [*files, source_file, *artifacts], dict(env or {}), require_cgroups)
+
+
+def run_compiled(stages: Stages, compiled: Compiled, *, stdin: Blob | None = None, limits: Limits | None = None,
+                 profile: str = "default", args: Sequence[str] = (), inputs: Sequence[InputFile] = (),
+                 trace: list[Any] | None = None) -> Result:
+    """One run of a compiled program (``profile``, ``limits``), in a fresh sandbox with
+    nothing of the compiler's but its artifacts; ``args`` follow the preset's run
+    command, ``inputs`` join the compiled files in /work."""
+    preset = compiled.preset
     # The run command is formatted with the limits the job will get (a JVM's heap from
     # its memory): the given ones over the profile's. A runtime may need more processes.
     limits = (limits or Limits()).over(stages.profile_limits(profile))
     limits = Limits(**{**limits.given_values(), "pids": max(limits.pids, int(preset.quirks.get("min_pids", 1)))})
-    ran = _stage(stages, Job(
-        cmd=_format(preset, preset.run, limits, stages.parallelism), limits=limits,
-        files=[*files, source_file, *artifacts], image=image, profile=profile,
-        env={**_env(preset, limits, stages.parallelism), **(env or {})}, stdin=stdin,
-        require_cgroups=require_cgroups or preset.needs_cgroups,
-    ), run_trace)
-    return LanguageRun(ran.status, compiled, ran)
+    return _stage(stages, Job(
+        cmd=[*_format(preset, preset.run, limits, stages.parallelism), *args], limits=limits,
+        files=[*compiled.files, *inputs], image=image_reference(), profile=profile,
+        env={**_env(preset, limits, stages.parallelism), **compiled.env}, stdin=stdin,
+        require_cgroups=compiled.require_cgroups,
+    ), trace)
+
+
+def read_source(source: Path) -> bytes:
+    try:
+        return source.read_bytes()
+    except OSError as exc:
+        raise JobError(f"cannot read {source}: {exc.strerror}", field="source") from exc
+
+
+def run_source(stages: Stages, preset: Preset, source: Path, *, stdin: Blob | None = None,
+               limits: Limits | None = None, profile: str = "default", files: Sequence[InputFile] = (),
+               env: dict[str, str] | None = None, require_cgroups: bool = False,
+               traces: tuple[list[Any], list[Any]] | None = None) -> LanguageRun:
+    """Compile (``compile_source``) and run once (``run_compiled``). With ``traces``
+    (compile, run), both stages run traced (scripts/record-evidence)."""
+    compile_trace, run_trace = traces or (None, None)
+    compiled = compile_source(stages, preset, read_source(source), files=files, env=env,
+                              require_cgroups=require_cgroups, trace=compile_trace)
+    if compiled.status is not Status.OK:
+        return LanguageRun(compiled.status, compiled.result, None)
+    ran = run_compiled(stages, compiled, stdin=stdin, limits=limits, profile=profile, trace=run_trace)
+    return LanguageRun(ran.status, compiled.result, ran)
 
 
 def _stage(stages: Stages, job: Job, trace: list[Any] | None) -> Result:

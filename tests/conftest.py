@@ -133,6 +133,15 @@ def run_program(run, programs):
 
 
 @pytest.fixture(scope="session")
+def language_image() -> str:
+    """The language presets' image: built once per machine (cached by recipe), then
+    found in the store."""
+    from sandbox.languages_image import build
+
+    return build(lambda line: None)
+
+
+@pytest.fixture(scope="session")
 def cgroup_parents() -> list[str]:
     """Where job cgroups of this user go ([] when none is delegated, e.g. for root)."""
     try:

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from sandbox.languages import RunnerStages, load_preset, preset_names, run_source
-from sandbox.languages_image import build
 from sandbox.models import Blob, Limits, Status
 from worker.client import Client
 from workerutil import SANDBOX_CLI
@@ -27,11 +26,6 @@ EXT = {"c": "c", "cpp": "cpp", "python3": "py", "java": "java", "go": "go", "rus
 FAILURE_TEXT = {"c": b"failing", "cpp": b"failing", "python3": b"RuntimeError: failing",
                 "java": b"IllegalStateException: failing", "go": b"panic: failing", "rust": b"failing",
                 "javascript": b"Error: failing"}
-
-
-@pytest.fixture(scope="session")
-def language_image() -> str:
-    return build(lambda line: None)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from typing import Any
 
 from sandbox.errors import JobError
 from sandbox.judge.checkers import CheckerKind
+from sandbox.languages import preset_names
 from sandbox.models import Limits
 
 DEFAULT_MAX_SCORE = 100.0
@@ -150,6 +151,8 @@ def _program(root: Path, table: dict[str, Any], where: Path, section: str) -> Pr
     source, lang = table.get("source"), table.get("lang")
     if not isinstance(source, str) or not isinstance(lang, str):
         raise ProblemError(f"{where}: {section} needs source and lang (a language preset)")
+    if lang not in preset_names():
+        raise ProblemError(f"{where}: {section} lang {lang!r} is not a language preset ({', '.join(preset_names())})")
     path = root / source
     if root.resolve() not in path.resolve().parents:
         raise ProblemError(f"{where}: {section} source {source!r} is outside the package")

@@ -1,0 +1,72 @@
+"""``sandbox judge PROBLEM_DIR --lang L --source FILE``: a submission against a problem
+package, in this process or through a worker (``--socket``/``--tcp``, or
+$SANDBOX_SOCKET with ``--worker``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_ACCEPTED, EXIT_REJECTED, EXIT_JUDGE_ERROR = 0, 1, 125
+
+
+def add_commands(commands: Any) -> None:
+    judge = commands.add_parser("judge", help="judge a submission against a problem package (tests and a checker)")
+    judge.add_argument("problem", metavar="PROBLEM_DIR", help="problem.toml and tests/NAME.in + NAME.out (or .ans)")
+    judge.add_argument("--lang", required=True, help="the submission's language preset (sandbox languages)")
+    judge.add_argument("--source", required=True, help="the submission's source file")
+    judge.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    judge.add_argument("--stop-on-failure", action="store_true", help="skip the tests after the first failed one")
+    where = judge.add_argument_group("through a worker (default: in this process)")
+    where.add_argument("--socket", help="the worker's unix socket")
+    where.add_argument("--tcp", metavar="HOST:PORT", help="the worker's TCP address")
+    where.add_argument("--token-file", help="token for TCP")
+    judge.set_defaults(handler=_judge)
+
+
+def _judge(args: argparse.Namespace) -> int:
+    from sandbox.judge.problem import load_problem
+    from sandbox.judge.run import Submission, judge
+
+    problem = load_problem(Path(args.problem))
+    submission = Submission.from_file(args.lang, Path(args.source))
+    on_test = None if args.json else _print_test
+    if args.socket or args.tcp:
+        from sandbox.cli import _connect
+        from sandbox.languages_cli import WorkerStages
+
+        with _connect(args) as client:
+            report = judge(WorkerStages(client), problem, submission, stop_on_failure=args.stop_on_failure,
+                           on_test=on_test)
+    else:
+        from sandbox.languages import RunnerStages
+        from sandbox.runner import Runner
+
+        runner = Runner()
+        try:
+            report = judge(RunnerStages(runner), problem, submission, stop_on_failure=args.stop_on_failure,
+                           on_test=on_test)
+        finally:
+            runner.close()
+    if args.json:
+        json.dump(report.to_json_dict(), sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        if report.compile is not None and report.compile.stderr and report.verdict == "compile_error":
+            sys.stderr.write(f"== compile ({args.lang}) ==\n")
+            sys.stderr.buffer.write(report.compile.stderr)
+            sys.stderr.flush()
+        print(f"{report.verdict}  {report.score:g}/{report.max_score:g}")
+    if report.verdict == "accepted":
+        return EXIT_ACCEPTED
+    return EXIT_JUDGE_ERROR if report.verdict == "judge_error" else EXIT_REJECTED
+
+
+def _print_test(test: Any) -> None:
+    usage = test.usage
+    spent = "" if usage is None else f"{usage.cpu_ms:8.1f} ms {(usage.memory_peak_bytes or 0) / 2**20:7.1f} MiB"
+    detail = test.error or test.checker_message
+    print(f"{test.name:>8}  {test.status.value:18} {spent}  {detail}".rstrip(), flush=True)

@@ -1,0 +1,1 @@
+int main() { volatile unsigned long spin = 0; for (;;) spin++; }
