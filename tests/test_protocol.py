@@ -88,6 +88,8 @@ def test_non_map_and_unknown_type():
         ({"cmd": ["ls"], "env": {"A=B": "c"}}, "env"),
         ({"cmd": ["l\x00s"]}, "cmd"),
         ({"cmd": ["ls"], "surprise": True}, "job"),
+        # more than one message can pass to the sandbox with stdin, stdout and stderr
+        ({"cmd": ["ls"], "files": [{"path": f"/work/{n}", "data": b""} for n in range(251)]}, "files"),
     ],
 )
 def test_invalid_jobs_name_the_field(job, field):

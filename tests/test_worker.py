@@ -21,7 +21,7 @@ import trio
 from sandbox.models import Blob, InputFile, Job, Limits, Result, Status, WarmSpec
 from test_cleanup import sleeping, wait_until
 from worker.client import AsyncClient, Client, WorkerError
-from worker.protocol import job_to_wire
+from worker.protocol import ProtocolError, job_to_wire
 from worker.slots import Slot
 from workerutil import SANDBOX_CLI, Raw
 
@@ -199,7 +199,7 @@ def test_cancel_a_running_job_kills_it(worker, connect):
     raw.send({"type": "cancel", "id": "long"})
     final = raw.until(lambda m: m.get("event") in ("cancelled", "finished"))
     assert final["event"] == "cancelled"
-    assert final["result"]["status"] == "internal_error" and "cancelled" in final["result"]["error"]
+    assert final["result"]["status"] == "cancelled" and "cancelled" in final["result"]["error"]
     assert not sleeping("1004")
 
 
@@ -271,6 +271,27 @@ def test_resubmitting_an_id_returns_the_same_result(worker):
         other = client.run(job, job_id="other-id")
     assert first.stdout == again.stdout
     assert other.stdout != first.stdout
+
+
+def test_an_id_names_one_job(worker, connect):
+    # The same job - however its limits were spelled - attaches to the record; another
+    # job under a known id is refused, whether the first is running or finished.
+    raw = connect(worker)
+    raw.send({"type": "submit", "id": "mine", "job": {"cmd": ["sleep", "1010"], "limits": {"memory": "256M"}}})
+    raw.until(lambda m: m.get("event") == "started")
+    raw.send({"type": "submit", "id": "mine", "job": {"cmd": ["sleep", "1010"], "limits": {"memory": 256 << 20}}})
+    assert raw.next() == {"type": "event", "id": "mine", "event": "accepted", "state": "running"}
+    for other in ({"cmd": ["sleep", "1011"], "limits": {"memory": "256M"}},
+                  {"cmd": ["sleep", "1010"], "limits": {"memory": "256M", "wall_time": "30s"}}):
+        raw.send({"type": "submit", "id": "mine", "job": other})
+        reply = raw.next()
+        assert (reply["type"], reply["code"], reply["field"], reply["id"]) == ("error", "id_conflict", "id", "mine")
+    raw.send({"type": "cancel", "id": "mine"})
+    raw.until(lambda m: m.get("event") == "cancelled")
+    with Client(worker.socket_path) as client:
+        with pytest.raises(WorkerError) as caught:
+            client.run(Job(cmd=["true"]), job_id="mine")
+    assert caught.value.code == "id_conflict"
 
 
 def test_sync_client_may_submit_many_before_waiting(worker):
@@ -431,6 +452,44 @@ def test_bad_messages_get_typed_errors_and_the_connection_lives(worker, message,
     assert raw.next() == {"type": "pong", "seq": 7}
 
 
+@pytest.mark.parametrize("image", ["nosuch/img:1", "UPPER/Case"])
+def test_a_job_on_an_image_not_in_the_store_is_refused_before_a_slot(worker, connect, image):
+    raw = connect(worker)
+    raw.send({"type": "submit", "id": "on-image", "job": {"cmd": ["true"], "image": image}})
+    reply = raw.next()
+    assert (reply["type"], reply["code"], reply["field"], reply["id"]) == ("error", "invalid_job", "image", "on-image")
+    assert stats(raw)["launcher_restarts"] == 0
+    with Client(worker.socket_path) as client:
+        with pytest.raises(WorkerError) as caught:
+            client.run(Job(cmd=["true"], image=image))
+    assert (caught.value.code, caught.value.field) == ("invalid_job", "image")
+
+
+def test_a_job_its_launcher_finds_wrong_is_invalid_and_the_launcher_lives(start_worker, connect):
+    # An argument too long for the message that hands a job to its sandbox is found only
+    # where that message is made: the sandbox used to wait for it until its set-up timed
+    # out (30 s of the slot), then the job was an internal_error.
+    worker = start_worker("--slots", "1")
+    launchers = worker.launchers()
+    raw = connect(worker)
+    raw.send({"type": "submit", "id": "too-long", "job": job_to_wire(Job(cmd=["true", "x" * 300_000]))})
+    reply = raw.until(lambda m: m["type"] == "error" or m.get("event") in ("finished", "cancelled"))
+    assert (reply["type"], reply["code"], reply["field"], reply["id"]) == ("error", "invalid_job", "cmd", "too-long")
+    assert worker.launchers() == launchers and stats(raw)["launcher_restarts"] == 0
+    raw.send({"type": "status", "id": "too-long"})  # forgotten: sent again, it is judged again
+    assert raw.next()["code"] == "unknown_id"
+    with Client(worker.socket_path) as client:
+        assert client.run(Job(cmd=["echo", "next"])).stdout == b"next\n"
+
+
+def test_the_most_input_files_a_job_may_bring(worker):
+    # Every file travels to the sandbox as an fd of one message (at most 253 with stdio).
+    files = [InputFile(f"/work/f{index}", Blob(data=b"%d" % index)) for index in range(250)]
+    with Client(worker.socket_path) as client:
+        result = client.run(Job(cmd=["cat", "/work/f0", "/work/f249"], files=files))
+    assert (result.status, result.stdout) == (Status.OK, b"0249"), result
+
+
 def test_hello_is_required_first_and_versioned(worker, connect):
     raw = connect(worker, hello=False)
     raw.send({"type": "ping"})
@@ -550,7 +609,8 @@ def test_a_cancel_racing_the_hand_over_of_its_job(warm):
     assert (handovers > 0) == bool(warm)
     # Every round ended early: never handed over (None), not started by the launcher, or
     # killed by the cancel. A lost cancel would leave the 30 s sleep running.
-    assert all(result is None or str(result.error).startswith("cancelled before it") for result in cancelled), cancelled
+    assert all(result is None or (result.status is Status.CANCELLED and str(result.error).startswith("cancelled before it"))
+               for result in cancelled), cancelled
     assert None in cancelled and any(result is not None for result in cancelled), cancelled
     assert after is not None and after.stdout == b"ok\n"
 
@@ -655,6 +715,30 @@ def test_an_offered_sandbox_that_died_is_given_back():
     after, handed_before, handed_after = trio.run(main)
     assert after is not None and after.status is Status.OK and after.stdout == b"ok\n", after
     assert handed_after == handed_before
+
+
+def test_no_job_content_ends_a_launcher():
+    """What the worker lets through but the launcher cannot run - an image removed since
+    the worker looked (the worker's look is skipped here), a command too long to hand to
+    a sandbox - comes back as invalid_job from the same launcher."""
+
+    async def main() -> tuple[list[Result | ProtocolError | None], int]:
+        slot = Slot(0, [])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(slot.keep_alive)
+            outcomes = [await slot.run(f"j{index}", job, nothing) for index, job in enumerate((
+                Job(cmd=["true"], image="nosuch/img:1"),
+                Job(cmd=["true"], image="UPPER/Case"),
+                Job(cmd=["true"], env={"BIG": "x" * 300_000}),
+                Job(cmd=["echo", "ok"]),
+            ))]
+            nursery.cancel_scope.cancel()
+        return outcomes, slot.restarts
+
+    (*refused, after), restarts = trio.run(main)
+    assert [(error.code, error.field) for error in refused] == [  # type: ignore[union-attr]
+        ("invalid_job", "image"), ("invalid_job", "image"), ("invalid_job", "cmd")], refused
+    assert isinstance(after, Result) and after.stdout == b"ok\n" and restarts == 0, (after, restarts)
 
 
 async def nothing() -> None:

@@ -24,6 +24,7 @@ import trio
 
 from sandbox.models import WarmSpec
 from sandbox.profile import builtin_profiles
+from worker.imagecheck import check_image
 from worker.logs import log
 from worker.metrics import Metrics
 from worker.pool import Pool
@@ -321,6 +322,8 @@ class Server:
                 raise ProtocolError("busy", "the worker is shutting down")
             identifier = job_id(message)
             job = job_from_wire(message.get("job"))
+            if identifier not in self.pool.records:
+                check_image(job)  # (a known id's job was checked; its image may be gone since it ran)
             stream, progress = _flag(message, "stream", False), _flag(message, "progress", True)
             self.pool.submit(identifier, job, connection, connection.deliver if progress else connection.deliver_outcome, stream)
         elif kind == "cancel":
