@@ -490,6 +490,61 @@ def test_the_most_input_files_a_job_may_bring(worker):
     assert (result.status, result.stdout) == (Status.OK, b"0249"), result
 
 
+def test_a_frame_too_large_is_answered_not_reset(worker, connect):
+    # The whole oversized frame is sent (a 20 MB stdin): the worker reads it to its end
+    # and throws it away, so the sender is not reset mid-send and reads the error.
+    raw = connect(worker)
+    body = msgpack.packb({"type": "submit", "id": "big", "job": {"cmd": ["true"], "stdin": b"x" * (20 << 20)}})
+    raw.send_bytes(struct.pack(">I", len(body)) + body)
+    reply = raw.next()
+    assert (reply["type"], reply["code"]) == ("error", "frame_too_large"), reply
+    assert str(len(body)) in reply["message"] and str(16 << 20) in reply["message"]
+    assert raw.closed_by_peer()
+    assert '"event": "frame_too_large"' in worker.log_path.read_text()
+
+
+def test_max_frame_is_the_workers_to_set(start_worker):
+    worker = start_worker("--slots", "1", "--max-frame", "1M")
+    with Client(worker.socket_path) as client:
+        assert client.hello["max_frame"] == 1 << 20
+        assert client.run(Job(cmd=["wc", "-c"], stdin=Blob(data=b"x" * 1_000_000))).stdout == b"1000000\n"
+        with pytest.raises(WorkerError) as caught:
+            client.run(Job(cmd=["wc", "-c"], stdin=Blob(data=b"x" * 1_100_000)))
+    assert caught.value.code == "frame_too_large"
+
+    async def too_large_async() -> str | None:
+        async with await AsyncClient.connect(worker.socket_path) as client:
+            with pytest.raises(WorkerError) as caught:
+                await client.run(Job(cmd=["true"], stdin=Blob(data=b"x" * 1_100_000)))
+            return caught.value.code
+
+    assert trio.run(too_large_async) == "frame_too_large"
+    big = worker.log_path.parent / "big-stdin"
+    big.write_bytes(b"x" * 1_100_000)
+    done = subprocess.run([*SANDBOX_CLI, "submit", "--socket", worker.socket_path, "--stdin", str(big), "--", "true"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 125 and "too large for the worker" in done.stderr and "--max-frame" in done.stderr, done
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("size, message", [
+    ("1K", "--max-frame must be from 64K to 512M"),
+    ("2G", "--max-frame must be from 64K to 512M"),
+    ("12XB", "argument --max-frame: invalid size '12XB'"),
+])
+def test_max_frame_out_of_range_is_a_clear_error(tmp_path, size, message):
+    done = subprocess.run([*SANDBOX_CLI, "serve", "--socket", str(tmp_path / "w.sock"), "--max-frame", size],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 125 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_submit_cli_names_the_field_of_an_invalid_job(worker):
+    done = subprocess.run([*SANDBOX_CLI, "submit", "--socket", worker.socket_path, "--image", "nosuch/img:1", "--",
+                           "true"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 125, done
+    assert done.stderr.startswith("sandbox: invalid job: image: no image 'nosuch/img:1'"), done.stderr
+
+
 def test_hello_is_required_first_and_versioned(worker, connect):
     raw = connect(worker, hello=False)
     raw.send({"type": "ping"})

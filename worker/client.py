@@ -65,6 +65,15 @@ class _Mailbox:
         self.events: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
         self.other: deque[dict[str, Any]] = deque()
 
+    def closed(self) -> Exception:
+        """What to raise once the worker closed the connection: the error it said why
+        with (a frame too large, say), if one came and nobody took it, else a
+        ConnectionError. A caller waiting for a job's result gets the reason too."""
+        for message in self.other:
+            if message.get("type") == "error":
+                return WorkerError(message)
+        return ConnectionError("the worker closed the connection")
+
     def put(self, message: dict[str, Any]) -> None:
         if message.get("type") == "event" or (message.get("type") == "error" and "id" in message):
             self.events[message["id"]].append(message)
@@ -197,7 +206,7 @@ class Client:
     def _receive(self) -> None:
         data = self._sock.recv(1 << 16)
         if not data:
-            raise ConnectionError("the worker closed the connection")
+            raise self._mail.closed()
         for message in self._decoder.feed(data):
             self._mail.put(message)
 
@@ -273,13 +282,16 @@ class AsyncClient:
 
     async def _receive_while_sending(self) -> None:
         async with self._lock:
-            while True:
-                await self._receive()
+            try:
+                while True:
+                    await self._receive()
+            except (WorkerError, ConnectionError):
+                pass  # the worker closed the connection: the next read says why, to whoever reads
 
     async def _receive(self) -> None:
         data = await self._stream.receive_some(1 << 16)
         if not data:
-            raise ConnectionError("the worker closed the connection")
+            raise self._mail.closed()
         for message in self._decoder.feed(data):
             self._mail.put(message)
 

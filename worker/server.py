@@ -25,6 +25,7 @@ import trio
 from sandbox.models import WarmSpec
 from sandbox.profile import builtin_profiles
 from worker.imagecheck import check_image
+from worker.launcher import LAUNCHER_MAX_FRAME
 from worker.logs import log
 from worker.metrics import Metrics
 from worker.pool import Pool
@@ -44,6 +45,9 @@ from worker.streams import send_now
 CAPABILITIES = ["submit", "cancel", "status", "stats", "idempotent-ids", "output-stream", "progress-optional"]
 # Events a submitter may decline with "progress": false (its client waits for the outcome only).
 PROGRESS_EVENTS = frozenset({"accepted", "started"})
+# The largest request a worker may be told to take (--max-frame): a job travels on to its
+# launcher with a few fields more, in a frame of at most LAUNCHER_MAX_FRAME.
+MIN_MAX_FRAME, MAX_MAX_FRAME = 64 << 10, LAUNCHER_MAX_FRAME // 2
 OUT_QUEUE = 1024
 ROOM_PER_REQUEST = 8  # a request's replies: accepted, a final event, an error
 
@@ -143,6 +147,8 @@ class Server:
             raise ValueError("TCP needs a token (--token-file)")
         if not config.socket_path and not config.tcp:
             raise ValueError("nothing to listen on: give --socket and/or --tcp")
+        if not MIN_MAX_FRAME <= config.max_frame <= MAX_MAX_FRAME:
+            raise ValueError(f"--max-frame must be from {MIN_MAX_FRAME >> 10}K to {MAX_MAX_FRAME >> 20}M")
         self.socket_gid = None if config.socket_group is None else _group_id(config.socket_group)
         self.metrics = Metrics(self.pool) if config.metrics else None
         if self.metrics is not None:
@@ -296,6 +302,9 @@ class Server:
             await connection.room()
             if isinstance(item, ProtocolError):
                 connection.deliver(item.to_message())
+                if item.code == "frame_too_large":
+                    log("frame_too_large", connection=connection.number, message=item.message)
+                    await self._discard(connection, decoder.oversized_rest)
                 if item.fatal:
                     return False
                 continue
@@ -307,6 +316,21 @@ class Server:
                 if exc.fatal:
                     return False
         return True
+
+    async def _discard(self, connection: Connection, rest: int) -> None:
+        """Read and drop the rest of a frame that was too large, so that its sender
+        finishes sending and reads the error (closed with unread data, a socket resets
+        the connection, and the client sees only that). For ``send_timeout_s`` at most:
+        a client that trickles a huge frame is closed on all the same."""
+        with trio.move_on_after(self.config.send_timeout_s):
+            while rest > 0:
+                try:
+                    data = await connection.stream.receive_some(min(rest, 1 << 20))
+                except trio.BrokenResourceError:
+                    return
+                if not data:
+                    return
+                rest -= len(data)
 
     async def _dispatch(self, connection: Connection, message: dict[str, Any]) -> None:
         kind = message_type(message)
