@@ -23,7 +23,7 @@ from test_cleanup import sleeping, wait_until
 from worker.client import AsyncClient, Client, WorkerError
 from worker.protocol import ProtocolError, job_to_wire
 from worker.slots import Slot
-from workerutil import SANDBOX_CLI, Raw
+from workerutil import SANDBOX_CLI, Raw, WorkerProcess
 
 
 def py(code: str, **limits: object) -> Job:
@@ -57,6 +57,56 @@ def test_bad_serve_configuration_is_a_clear_error(tmp_path, args, message):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 125 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "w.sock").exists()
+
+
+def test_a_second_worker_on_a_live_socket_is_refused(worker, tmp_path):
+    inode = os.stat(worker.socket_path).st_ino
+    second = subprocess.run([*SANDBOX_CLI, "serve", "--socket", worker.socket_path],
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 125 and worker.socket_path in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr
+    assert os.stat(worker.socket_path).st_ino == inode  # neither replaced nor removed at its exit
+    with Client(worker.socket_path) as client:
+        assert client.run(Job(cmd=["true"])).status is Status.OK
+
+
+def test_a_worker_holding_the_lock_keeps_its_socket_path(worker):
+    # Its socket file gone (removed by hand), the worker still runs and holds the path.
+    os.unlink(worker.socket_path)
+    second = subprocess.run([*SANDBOX_CLI, "serve", "--socket", worker.socket_path],
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 125 and f"{worker.socket_path}.lock" in second.stderr, second.stderr
+    assert not os.path.exists(worker.socket_path)
+
+
+def test_a_stale_socket_is_replaced_and_only_its_own_removed(tmp_path):
+    # A dead worker's socket (bound, nobody listening) is replaced ...
+    directory = tmp_path / "stale"
+    directory.mkdir()
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(str(directory / "w.sock"))
+    worker = WorkerProcess(directory, "--slots", "1")
+    try:
+        with Client(worker.socket_path) as client:
+            assert client.run(Job(cmd=["true"])).status is Status.OK
+        # ... and at exit a worker removes only the socket it made: not one that has
+        # taken the path since.
+        os.unlink(worker.socket_path)
+        with socket.socket(socket.AF_UNIX) as other:
+            other.bind(worker.socket_path)
+            inode = os.stat(worker.socket_path).st_ino
+            assert worker.stop() == 0
+            assert os.stat(worker.socket_path).st_ino == inode
+    finally:
+        worker.stop()
+
+
+def test_a_file_that_is_not_a_socket_is_never_replaced(tmp_path):
+    data = tmp_path / "w.sock"
+    data.write_text("somebody's data")
+    done = subprocess.run([*SANDBOX_CLI, "serve", "--socket", str(data)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 125 and "is not a socket" in done.stderr, done.stderr
+    assert data.read_text() == "somebody's data"
 
 
 def test_sync_client_runs_a_job(worker):

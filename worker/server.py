@@ -40,6 +40,7 @@ from worker.protocol import (
     job_id,
     message_type,
 )
+from worker.socketclaim import SocketClaim
 from worker.streams import send_now
 
 CAPABILITIES = ["submit", "cancel", "status", "stats", "idempotent-ids", "output-stream", "progress-optional"]
@@ -156,6 +157,8 @@ class Server:
         self.connections: set[Connection] = set()
         self._connection_closed = trio.Event()
         self.stopping = False
+        # Last: a worker refused for its configuration takes no socket path.
+        self.claim = None if config.socket_path is None else SocketClaim(config.socket_path)
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the launchers and the signal handling first, then bind: once the socket
@@ -180,8 +183,8 @@ class Server:
                     slots=self.config.slots)
                 task_status.started()
         finally:
-            if self.config.socket_path and os.path.exists(self.config.socket_path):
-                os.unlink(self.config.socket_path)
+            if self.claim is not None:
+                self.claim.release()
             log("stopped")
 
     async def _listeners(self) -> list[trio.abc.Listener[Any]]:
@@ -191,16 +194,16 @@ class Server:
         if self.config.tcp:
             host, port = self.config.tcp
             listeners.extend(await trio.open_tcp_listeners(port, host=host))
-        if self.config.socket_path:
-            path = self.config.socket_path
-            if os.path.exists(path):
-                os.unlink(path)  # a stale socket of a dead predecessor
+        if self.claim is not None:
+            path = self.claim.path
+            self.claim.clear_stale()
             sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             old_umask = os.umask(0o177)  # created 0600: only the worker's user may connect
             try:
                 await sock.bind(path)
             finally:
                 os.umask(old_umask)
+            self.claim.bound()
             if self.socket_gid is not None:
                 # Group first, then the mode: at no moment may another group connect.
                 os.chown(path, -1, self.socket_gid)
