@@ -19,7 +19,10 @@ import pytest
 import trio
 
 from sandbox.models import Blob, InputFile, Job, Limits, Result, Status, WarmSpec
+from imagebuild import Entry, busybox_entries, layer_tar, oci_layout
 from test_cleanup import sleeping, wait_until
+from test_images_registry import cli
+from test_warm import image_store  # noqa: F401 - a fixture
 from worker.client import AsyncClient, Client, WorkerError
 from worker.protocol import ProtocolError, job_to_wire
 from worker.slots import Slot
@@ -513,6 +516,35 @@ def test_a_job_on_an_image_not_in_the_store_is_refused_before_a_slot(worker, con
         with pytest.raises(WorkerError) as caught:
             client.run(Job(cmd=["true"], image=image))
     assert (caught.value.code, caught.value.field) == ("invalid_job", "image")
+
+
+def test_the_worker_reads_its_store_before_it_queues_an_image_job(image_store, start_worker, connect):
+    layer = layer_tar(busybox_entries() + [Entry("version", data=b"v1\n")])
+    done = cli("import", str(oci_layout(image_store / "layout", [layer], config={"Cmd": None})), "cmdless:1")
+    assert done.returncode == 0, done.stderr
+    worker = start_worker("--slots", "1")  # (its store: the environment image_store set)
+    raw = connect(worker)
+    raw.send({"type": "submit", "id": "ran", "job": {"cmd": ["cat", "/version"], "image": "cmdless:1"}})
+    final = raw.until(lambda m: m.get("event") == "finished")
+    assert (final["result"]["status"], final["result"]["stdout"]) == ("ok", b"v1\n"), final
+    raw.send({"type": "submit", "id": "no-cmd", "job": {"cmd": [], "image": "cmdless:1"}})
+    reply = raw.next()
+    assert (reply["type"], reply["code"], reply["field"]) == ("error", "invalid_job", "cmd"), reply
+    assert cli("rmi", "cmdless:1").returncode == 0
+    raw.send({"type": "submit", "id": "gone", "job": {"cmd": ["cat", "/version"], "image": "cmdless:1"}})
+    reply = raw.next()
+    assert (reply["type"], reply["code"], reply["field"]) == ("error", "invalid_job", "image"), reply
+    assert stats(raw)["launcher_restarts"] == 0
+
+
+def test_an_output_limit_whose_result_no_frame_could_carry_is_invalid(worker, connect):
+    # (a result carries both streams, each up to the limit, from the launcher to the worker)
+    raw = connect(worker)
+    raw.send({"type": "submit", "id": "loud", "job": {"cmd": ["true"], "limits": {"output": "1G"}}})
+    reply = raw.next()
+    assert (reply["type"], reply["code"], reply["field"]) == ("error", "invalid_job", "limits.output"), reply
+    raw.send({"type": "submit", "id": "fits", "job": {"cmd": ["true"], "limits": {"output": "511M"}}})
+    assert raw.until(lambda m: m.get("event") == "finished")["result"]["status"] == "ok"
 
 
 def test_a_job_its_launcher_finds_wrong_is_invalid_and_the_launcher_lives(start_worker, connect):

@@ -24,7 +24,7 @@ import trio
 
 from sandbox.models import WarmSpec
 from sandbox.profile import builtin_profiles
-from worker.imagecheck import check_image
+from worker.admission import admit
 from worker.launcher import LAUNCHER_MAX_FRAME
 from worker.logs import log
 from worker.metrics import Metrics
@@ -350,7 +350,7 @@ class Server:
             identifier = job_id(message)
             job = job_from_wire(message.get("job"))
             if identifier not in self.pool.records:
-                check_image(job)  # (a known id's job was checked; its image may be gone since it ran)
+                admit(job)  # (a known id's job was admitted; its image may be gone since it ran)
             stream, progress = _flag(message, "stream", False), _flag(message, "progress", True)
             self.pool.submit(identifier, job, connection, connection.deliver if progress else connection.deliver_outcome, stream)
         elif kind == "cancel":
