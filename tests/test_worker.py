@@ -534,6 +534,13 @@ def test_the_worker_reads_its_store_before_it_queues_an_image_job(image_store, s
     raw.send({"type": "submit", "id": "gone", "job": {"cmd": ["cat", "/version"], "image": "cmdless:1"}})
     reply = raw.next()
     assert (reply["type"], reply["code"], reply["field"]) == ("error", "invalid_job", "image"), reply
+    for registry in ("one.example", "two.example"):  # a short name that names two images
+        layer = layer_tar(busybox_entries() + [Entry("version", data=registry.encode())])
+        assert cli("import", str(oci_layout(image_store / registry, [layer])), f"{registry}/twice:1").returncode == 0
+    raw.send({"type": "submit", "id": "which", "job": {"cmd": ["cat", "/version"], "image": "twice:1"}})
+    reply = raw.next()
+    assert (reply["type"], reply["code"], reply["field"]) == ("error", "invalid_job", "image"), reply
+    assert "ambiguous" in reply["message"]
     assert stats(raw)["launcher_restarts"] == 0
 
 

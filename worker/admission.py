@@ -48,8 +48,10 @@ def _check_image(job: Job) -> None:
         _, record = _store().lookup(job.image)
     except (ImageNotFound, BadReference) as exc:
         raise ProtocolError("invalid_job", str(exc), field="image") from None
-    except (ImageError, OSError):
-        return  # the store itself is broken, not the job: its launcher reports that (internal_error)
+    except (ImageError, OSError, ValueError, KeyError, TypeError):
+        # The store is unreadable or a record in it is broken: no fault of the job, and
+        # not one to end the worker with; its launcher reports it (internal_error).
+        return
     if not image_argv(record.config, job.cmd):
         raise ProtocolError("invalid_job", f"no command given and image {job.image} has no Entrypoint or Cmd",
                             field="cmd")

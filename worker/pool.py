@@ -123,6 +123,11 @@ class Pool:
         record.publish("accepted", state=record.state.value)
         return record
 
+    def knows(self, job_id: str) -> bool:
+        """A submit of this id now would attach to a record, not make one."""
+        self._expire()
+        return job_id in self.records
+
     async def cancel(self, job_id: str) -> None:
         record = self.records.get(job_id)
         if record is None:

@@ -349,7 +349,7 @@ class Server:
                 raise ProtocolError("busy", "the worker is shutting down")
             identifier = job_id(message)
             job = job_from_wire(message.get("job"))
-            if identifier not in self.pool.records:
+            if not self.pool.knows(identifier):
                 admit(job)  # (a known id's job was admitted; its image may be gone since it ran)
             stream, progress = _flag(message, "stream", False), _flag(message, "progress", True)
             self.pool.submit(identifier, job, connection, connection.deliver if progress else connection.deliver_outcome, stream)
