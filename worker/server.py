@@ -50,6 +50,7 @@ PROGRESS_EVENTS = frozenset({"accepted", "started"})
 # launcher with a few fields more, in a frame of at most LAUNCHER_MAX_FRAME.
 MIN_MAX_FRAME, MAX_MAX_FRAME = 64 << 10, LAUNCHER_MAX_FRAME // 2
 OUT_QUEUE = 1024
+DISCARD_IDLE_S = 2.0  # the rest of a frame too large stops coming: close (``Server._discard``)
 ROOM_PER_REQUEST = 8  # a request's replies: accepted, a final event, an error
 
 
@@ -323,16 +324,19 @@ class Server:
     async def _discard(self, connection: Connection, rest: int) -> None:
         """Read and drop the rest of a frame that was too large, so that its sender
         finishes sending and reads the error (closed with unread data, a socket resets
-        the connection, and the client sees only that). For ``send_timeout_s`` at most:
-        a client that trickles a huge frame is closed on all the same."""
+        the connection, and the client sees only that). While it keeps coming, for
+        ``send_timeout_s`` at most: a client that trickles a huge frame, or sent only its
+        header, is closed all the same."""
         with trio.move_on_after(self.config.send_timeout_s):
             while rest > 0:
-                try:
-                    data = await connection.stream.receive_some(min(rest, 1 << 20))
-                except trio.BrokenResourceError:
-                    return
+                data = b""
+                with trio.move_on_after(DISCARD_IDLE_S):
+                    try:
+                        data = await connection.stream.receive_some(min(rest, 1 << 20))
+                    except trio.BrokenResourceError:
+                        return
                 if not data:
-                    return
+                    return  # the client closed, or sends no more
                 rest -= len(data)
 
     async def _dispatch(self, connection: Connection, message: dict[str, Any]) -> None:
