@@ -14,6 +14,7 @@ would end the worker's reading of its launcher.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 from sandbox.errors import SandboxError
@@ -45,16 +46,37 @@ def admit(job: Job) -> None:
 
 def _check_image(job: Job) -> None:
     try:
-        _, record = _store().lookup(job.image)
+        config = _image_config(job.image)
     except (ImageNotFound, BadReference) as exc:
         raise ProtocolError("invalid_job", str(exc), field="image") from None
     except (ImageError, OSError, ValueError, KeyError, TypeError):
         # The store is unreadable or a record in it is broken: no fault of the job, and
         # not one to end the worker with; its launcher reports it (internal_error).
         return
-    if not image_argv(record.config, job.cmd):
+    if not image_argv(config, job.cmd):
         raise ProtocolError("invalid_job", f"no command given and image {job.image} has no Entrypoint or Cmd",
                             field="cmd")
+
+
+# Images found, by (reference, the refs directory's mtime): a lookup reads every ref and
+# a record, more than the rest of a submit costs, and runs in the worker's event loop. A
+# ref added, moved or removed changes the directory's mtime; a change that the mtime's
+# granularity hides can only make an image look present, which its launcher then tells.
+_found: dict[tuple[str, int], dict[str, Any]] = {}
+MAX_FOUND = 1024
+
+
+def _image_config(name: str) -> dict[str, Any]:
+    """The config of the stored image ``name`` (raises ImageNotFound, BadReference)."""
+    store = _store()
+    key = (name, os.stat(store.root / "refs").st_mtime_ns)
+    config = _found.get(key)
+    if config is None:
+        _, record = store.lookup(name)
+        if len(_found) >= MAX_FOUND:
+            _found.clear()
+        config = _found[key] = record.config
+    return config
 
 
 @functools.cache
