@@ -104,6 +104,18 @@ def test_a_stale_socket_is_replaced_and_only_its_own_removed(tmp_path):
         worker.stop()
 
 
+def test_a_socket_something_answers_on_is_never_replaced(tmp_path):
+    # (a worker that took no lock: something listens, nobody holds PATH.lock)
+    path = str(tmp_path / "w.sock")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen()
+        done = subprocess.run([*SANDBOX_CLI, "serve", "--socket", path], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 125 and f"another worker is listening on {path}" in done.stderr, done.stderr
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.connect(path)  # still the listener's
+
+
 def test_a_file_that_is_not_a_socket_is_never_replaced(tmp_path):
     data = tmp_path / "w.sock"
     data.write_text("somebody's data")
