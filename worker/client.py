@@ -66,12 +66,12 @@ class _Mailbox:
         self.other: deque[dict[str, Any]] = deque()
 
     def closed(self) -> Exception:
-        """What to raise once the worker closed the connection: the error it said why
-        with (a frame too large, say), if one came and nobody took it, else a
-        ConnectionError. A caller waiting for a job's result gets the reason too."""
-        for message in self.other:
-            if message.get("type") == "error":
-                return WorkerError(message)
+        """What to raise once the worker closed the connection: the error it closed it
+        with (a frame too large, say: the last message before the close), unless someone
+        took it already, else a ConnectionError. A caller waiting for a job's result
+        gets the reason too."""
+        if self.other and self.other[-1].get("type") == "error":
+            return WorkerError(self.other[-1])
         return ConnectionError("the worker closed the connection")
 
     def put(self, message: dict[str, Any]) -> None:
