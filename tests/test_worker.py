@@ -10,6 +10,7 @@ import socket
 import stat
 import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from test_cleanup import sleeping, wait_until
 from test_images_registry import cli
 from test_warm import image_store  # noqa: F401 - a fixture
 from worker.client import AsyncClient, Client, WorkerError
-from worker.protocol import ProtocolError, job_to_wire
+from worker.protocol import FrameDecoder, ProtocolError, encode, job_to_wire
 from worker.slots import Slot
 from workerutil import SANDBOX_CLI, Raw, WorkerProcess
 
@@ -626,6 +627,46 @@ def test_max_frame_is_the_workers_to_set(start_worker):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 125 and "too large for the worker" in done.stderr and "--max-frame" in done.stderr, done
     assert "Traceback" not in done.stderr
+
+
+def test_clients_read_why_a_worker_closed_on_them_mid_send(tmp_path):
+    """A worker that answers a frame too large and closes without reading the rest (one
+    whose reading of it timed out): the client, reset mid-send, still reads the error."""
+    path = str(tmp_path / "impatient.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+
+    def impatient_worker() -> None:
+        for _ in range(2):
+            connection, _ = listener.accept()
+            with connection:
+                decoder = FrameDecoder()
+                while not decoder.feed(connection.recv(1 << 16)):
+                    pass  # the hello
+                connection.sendall(encode({"type": "hello", "version": 1, "capabilities": [], "max_frame": 1024}))
+                connection.recv(1024)  # the first bytes of the submit, and then no more
+                connection.sendall(encode({"type": "error", "code": "frame_too_large", "message": "too large"}))
+
+    server = threading.Thread(target=impatient_worker)
+    server.start()
+    try:
+        job = Job(cmd=["true"], stdin=Blob(data=b"x" * (8 << 20)))
+        with Client(path) as client:
+            with pytest.raises(WorkerError) as caught:
+                client.run(job)
+        assert caught.value.code == "frame_too_large"
+
+        async def async_client() -> str | None:
+            async with await AsyncClient.connect(path) as client:
+                with pytest.raises(WorkerError) as caught:
+                    await client.run(job)
+            return caught.value.code
+
+        assert trio.run(async_client) == "frame_too_large"
+    finally:
+        server.join(timeout=30)
+        listener.close()
 
 
 @pytest.mark.parametrize("size, message", [

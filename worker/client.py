@@ -202,9 +202,15 @@ class Client:
                     pending = pending[self._sock.send(pending, socket.MSG_DONTWAIT):]
                 except BlockingIOError:
                     pass
+                except (BrokenPipeError, ConnectionResetError):
+                    while True:  # the worker closed mid-send: read what it said before, then why it closed
+                        self._receive()
 
     def _receive(self) -> None:
-        data = self._sock.recv(1 << 16)
+        try:
+            data = self._sock.recv(1 << 16)
+        except ConnectionResetError:
+            data = b""  # the worker closed before it read all we sent; what it said came before this
         if not data:
             raise self._mail.closed()
         for message in self._decoder.feed(data):
@@ -274,11 +280,20 @@ class AsyncClient:
     async def _send(self, message: dict[str, Any]) -> None:
         """Send, reading meanwhile unless another task is reading: as ``Client._send``,
         a lone task submitting many jobs before it waits would otherwise deadlock."""
-        async with self._send_lock, trio.open_nursery() as nursery:
-            if not self._lock.locked():
-                nursery.start_soon(self._receive_while_sending)
-            await self._stream.send_all(encode(message))
-            nursery.cancel_scope.cancel()
+        async with self._send_lock:
+            broken = False
+            async with trio.open_nursery() as nursery:
+                if not self._lock.locked():
+                    nursery.start_soon(self._receive_while_sending)
+                try:
+                    await self._stream.send_all(encode(message))
+                except trio.BrokenResourceError:
+                    broken = True  # the worker closed mid-send: it may have said why first
+                nursery.cancel_scope.cancel()
+            if broken:
+                async with self._lock:
+                    while True:  # what it said before, then why it closed
+                        await self._receive()
 
     async def _receive_while_sending(self) -> None:
         async with self._lock:
@@ -289,7 +304,10 @@ class AsyncClient:
                 pass  # the worker closed the connection: the next read says why, to whoever reads
 
     async def _receive(self) -> None:
-        data = await self._stream.receive_some(1 << 16)
+        try:
+            data = await self._stream.receive_some(1 << 16)
+        except trio.BrokenResourceError:
+            data = b""  # as in ``Client._receive``
         if not data:
             raise self._mail.closed()
         for message in self._decoder.feed(data):
