@@ -636,6 +636,7 @@ def test_clients_read_why_a_worker_closed_on_them_mid_send(tmp_path):
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)
     listener.listen()
+    listener.settimeout(30)  # a failing client must not leave the thread waiting forever
 
     def impatient_worker() -> None:
         for _ in range(2):
@@ -648,7 +649,7 @@ def test_clients_read_why_a_worker_closed_on_them_mid_send(tmp_path):
                 connection.recv(1024)  # the first bytes of the submit, and then no more
                 connection.sendall(encode({"type": "error", "code": "frame_too_large", "message": "too large"}))
 
-    server = threading.Thread(target=impatient_worker)
+    server = threading.Thread(target=impatient_worker, daemon=True)
     server.start()
     try:
         job = Job(cmd=["true"], stdin=Blob(data=b"x" * (8 << 20)))
