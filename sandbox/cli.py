@@ -109,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
     serve.add_argument("--retention", type=float, default=300.0, metavar="SECONDS",
                        help="keep finished jobs' results this long for resubmitted ids (default 300)")
+    serve.add_argument("--max-frame", type=_frame_size, default="16M", metavar="SIZE",
+                       help="largest request taken (a job with its stdin and files), e.g. 64M (default 16M)")
     serve.set_defaults(handler=_cmd_serve)
 
     submit = commands.add_parser("submit", help="run one command through a worker (same flags as run)")
@@ -201,18 +203,10 @@ def _cmd_submit(args: argparse.Namespace) -> int:
                 return run_language(args, WorkerStages(client), **inputs)
             result = client.run(job, on_output=live)
         except WorkerError as exc:
-            raise worker_job_error(exc) or SandboxError(f"worker: {exc}") from exc
+            raise worker_error(exc) from exc
         except OSError as exc:
             raise SandboxError(f"worker: {exc}") from exc
     return report(result, as_json=args.json, written=live.written if live else None)
-
-
-def worker_job_error(exc: WorkerError) -> JobError | None:
-    """The worker's ``invalid_job`` as the job's error, to be shown with its flag: what
-    the checks here cannot know (the worker's profiles, the images in its store)."""
-    if exc.code != "invalid_job":
-        return None
-    return JobError(str(exc.reply.get("message")), field=exc.field)
 
 
 def _connect(args: argparse.Namespace) -> Client:
@@ -253,6 +247,19 @@ def language_inputs(args: argparse.Namespace) -> dict[str, Any]:
             "stdin": _stdin_from_args(args)}
 
 
+def worker_error(exc: WorkerError) -> SandboxError:
+    """The worker's refusal as ``sandbox run`` would say it: a job the worker finds
+    invalid (what the checks here cannot know: the worker's profiles, the images in its
+    store) is an invalid job, naming the flag's field; one too large says what to do."""
+    message = exc.reply.get("message")
+    if exc.code == "invalid_job":
+        return JobError(str(message), field=exc.field)
+    if exc.code == "frame_too_large":
+        return SandboxError(f"the job is too large for the worker ({message}): send less stdin or fewer files, "
+                            "or start the worker with a larger sandbox serve --max-frame")
+    return SandboxError(f"worker: {exc}")
+
+
 class _LiveOutput:
     """``sandbox submit`` prints the job's output as it comes, like ``docker run``, as
     long as it comes without a gap; from a dropped piece on, that stream's rest comes
@@ -284,12 +291,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         warm_for=args.warm_for,
         retention_s=args.retention,
         metrics=_host_port(args.metrics, "metrics") if args.metrics else None,
+        max_frame=args.max_frame,
     )
     try:
         serve_forever(config)
     except ValueError as exc:
         raise SandboxError(str(exc)) from exc
     return 0
+
+
+def _frame_size(text: str) -> int:
+    """``--max-frame``: a size as limits are written ("64M")."""
+    from sandbox.units import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _host_port(text: str, option: str = "tcp") -> tuple[str, int]:

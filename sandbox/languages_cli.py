@@ -95,13 +95,13 @@ class WorkerStages:
         return load_profile(name).limits if name in builtin_profiles() else {}
 
     def run(self, job: Job, trace: list[Any] | None) -> Result:
-        from sandbox.cli import worker_job_error
+        from sandbox.cli import worker_error
         from worker.client import WorkerError
 
         try:
             return self.client.run(job)
         except WorkerError as exc:  # the job's fault (its image missing there) is named as such
-            raise worker_job_error(exc) or exc from None
+            raise worker_error(exc) from None
 def _versions() -> int:
     """The first line each toolchain prints about itself, from inside the image."""
     from sandbox.languages import image_reference, load_preset, preset_names

@@ -23,7 +23,9 @@ WORKDIR = "/work"
 WRITABLE_ROOTS = (WORKDIR, "/tmp")
 MAX_ARGS = 4096
 MAX_ENV = 1024
-MAX_FILES = 1024
+# A job's files travel to its sandbox as fds of one message, beside stdin, stdout and
+# stderr, and the kernel passes at most 253 fds in one message (SCM_MAX_FD).
+MAX_FILES = 250
 
 
 class Status(str, enum.Enum):
@@ -39,6 +41,7 @@ class Status(str, enum.Enum):
     SYSCALL_VIOLATION = "syscall_violation"
     COMPILE_ERROR = "compile_error"  # only from a language run's compile stage
     INTERNAL_ERROR = "internal_error"
+    CANCELLED = "cancelled"  # only through the worker: its client (or its disconnect) cancelled it
 
 
 @dataclass

@@ -23,7 +23,7 @@ from sandbox import launch as launcher
 from sandbox.launch import ImageRoot
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
 from sandbox.errors import CgroupError, JobError, SandboxError
-from sandbox.images.errors import ImageNotFound
+from sandbox.images.errors import BadReference, ImageNotFound
 from sandbox.images.runtime import lease_image
 from sandbox.models import WORKDIR, Blob, Job, Limits, Result, Status, Usage, WarmSpec
 from sandbox.profile_cache import ProfileCache
@@ -151,8 +151,13 @@ class Runner:
                 try:
                     launcher.start_job(prepared.job_channel, spec)
                     launcher.step_aside()
-                except OSError:
-                    pass  # the sandbox died while waiting; supervise collects why
+                except OSError as exc:
+                    if exc.errno == errno.EMSGSIZE:  # the sandbox would wait for it until set-up timed out
+                        raise JobError(
+                            "the command, its environment and the file names are too long for one job message",
+                            field="cmd",
+                        ) from None
+                    # else the sandbox died while waiting; supervise collects why
                 for fd in (stdout_w, stderr_w):
                     fds.remove(fd)
                     os.close(fd)
@@ -221,7 +226,7 @@ def _image_for(
     base_env = {"PATH": DEFAULT_PATH}
     try:
         image = lease_image(job.image)
-    except ImageNotFound as exc:
+    except (ImageNotFound, BadReference) as exc:
         raise JobError(str(exc), field="image") from exc
     cleanup.callback(image.release)
     argv = image.argv(job.cmd)

@@ -1,9 +1,11 @@
 """Turn the facts of a run into a status. One place, one precedence order.
 
-Precedence: a sandbox fault first (never blamed on the program), then the limit the
-supervisor killed for, then a seccomp violation the sandbox init reported (named, see
-native/notify.c), then what the kernel says (OOM kill), then how the program ended. A job that ends by itself after going over its CPU limit
-between two polls is still a time_limit: the limit is what was promised.
+Precedence: a cancel first (the client's doing, not the program's nor the sandbox's),
+then a sandbox fault (never blamed on the program), then the limit the supervisor killed
+for, then a seccomp violation the sandbox init reported (named, see native/notify.c),
+then what the kernel says (OOM kill), then how the program ended. A job that ends by
+itself after going over its CPU limit between two polls is still a time_limit: the
+limit is what was promised.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def decide(outcome: Outcome, *, cpu_ms: float, cpu_limit_ms: int | None, oom_kil
         return Verdict(status, exit_code, sig, name, error)
 
     if outcome.kill_reason == "cancel":
-        return Verdict(Status.INTERNAL_ERROR, None, None, None, "cancelled before it finished")
+        return Verdict(Status.CANCELLED, None, None, None, "cancelled before it finished")
     if outcome.setup_error or outcome.kill_reason == "setup" or outcome.exited is None and not outcome.kill_reason:
         return Verdict(Status.INTERNAL_ERROR, None, None, None, outcome.setup_error or "sandbox set-up did not finish")
     if outcome.kill_reason in _KILL_STATUS:

@@ -53,6 +53,13 @@ def test_oversized_frame_is_refused_from_its_header(length):
     assert caught.value.code == "frame_too_large" and caught.value.fatal
 
 
+def test_the_rest_of_an_oversized_frame_is_counted():
+    # (so a peer can read it to its end before it closes: docs/protocol.md, Framing)
+    decoder = FrameDecoder(max_frame=1000)
+    assert decoder.feed_items(struct.pack(">I", 5000) + b"x" * 1200)[0].code == "frame_too_large"  # type: ignore[union-attr]
+    assert decoder.oversized_rest == 5000 - 1200
+
+
 def test_garbage_and_deep_nesting_are_bad_frames():
     for body in (b"\xc1\xc1\xc1", b"\x91" * 100_000 + b"\xc0"):
         with pytest.raises(ProtocolError) as caught:
@@ -92,6 +99,8 @@ def test_non_map_and_unknown_type():
         ({"cmd": ["ls"], "env": {"A=B": "c"}}, "env"),
         ({"cmd": ["l\x00s"]}, "cmd"),
         ({"cmd": ["ls"], "surprise": True}, "job"),
+        # more than one message can pass to the sandbox with stdin, stdout and stderr
+        ({"cmd": ["ls"], "files": [{"path": f"/work/{n}", "data": b""} for n in range(251)]}, "files"),
     ],
 )
 def test_invalid_jobs_name_the_field(job, field):

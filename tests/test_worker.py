@@ -10,6 +10,7 @@ import socket
 import stat
 import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -19,11 +20,14 @@ import pytest
 import trio
 
 from sandbox.models import Blob, InputFile, Job, Limits, Result, Status, WarmSpec
+from imagebuild import Entry, busybox_entries, layer_tar, oci_layout
 from test_cleanup import sleeping, wait_until
+from test_images_registry import cli
+from test_warm import image_store  # noqa: F401 - a fixture
 from worker.client import AsyncClient, Client, WorkerError
-from worker.protocol import job_to_wire
+from worker.protocol import FrameDecoder, ProtocolError, encode, job_to_wire
 from worker.slots import Slot
-from workerutil import SANDBOX_CLI, Raw
+from workerutil import SANDBOX_CLI, Raw, WorkerProcess
 
 
 def py(code: str, **limits: object) -> Job:
@@ -57,6 +61,68 @@ def test_bad_serve_configuration_is_a_clear_error(tmp_path, args, message):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 125 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "w.sock").exists()
+
+
+def test_a_second_worker_on_a_live_socket_is_refused(worker, tmp_path):
+    inode = os.stat(worker.socket_path).st_ino
+    second = subprocess.run([*SANDBOX_CLI, "serve", "--socket", worker.socket_path],
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 125 and worker.socket_path in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr
+    assert os.stat(worker.socket_path).st_ino == inode  # neither replaced nor removed at its exit
+    with Client(worker.socket_path) as client:
+        assert client.run(Job(cmd=["true"])).status is Status.OK
+
+
+def test_a_worker_holding_the_lock_keeps_its_socket_path(worker):
+    # Its socket file gone (removed by hand), the worker still runs and holds the path.
+    os.unlink(worker.socket_path)
+    second = subprocess.run([*SANDBOX_CLI, "serve", "--socket", worker.socket_path],
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 125 and f"{worker.socket_path}.lock" in second.stderr, second.stderr
+    assert not os.path.exists(worker.socket_path)
+
+
+def test_a_stale_socket_is_replaced_and_only_its_own_removed(tmp_path):
+    # A dead worker's socket (bound, nobody listening) is replaced ...
+    directory = tmp_path / "stale"
+    directory.mkdir()
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(str(directory / "w.sock"))
+    worker = WorkerProcess(directory, "--slots", "1")
+    try:
+        with Client(worker.socket_path) as client:
+            assert client.run(Job(cmd=["true"])).status is Status.OK
+        # ... and at exit a worker removes only the socket it made: not one that has
+        # taken the path since.
+        os.unlink(worker.socket_path)
+        with socket.socket(socket.AF_UNIX) as other:
+            other.bind(worker.socket_path)
+            inode = os.stat(worker.socket_path).st_ino
+            assert worker.stop() == 0
+            assert os.stat(worker.socket_path).st_ino == inode
+    finally:
+        worker.stop()
+
+
+def test_a_socket_something_answers_on_is_never_replaced(tmp_path):
+    # (a worker that took no lock: something listens, nobody holds PATH.lock)
+    path = str(tmp_path / "w.sock")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen()
+        done = subprocess.run([*SANDBOX_CLI, "serve", "--socket", path], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 125 and f"another worker is listening on {path}" in done.stderr, done.stderr
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.connect(path)  # still the listener's
+
+
+def test_a_file_that_is_not_a_socket_is_never_replaced(tmp_path):
+    data = tmp_path / "w.sock"
+    data.write_text("somebody's data")
+    done = subprocess.run([*SANDBOX_CLI, "serve", "--socket", str(data)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 125 and "is not a socket" in done.stderr, done.stderr
+    assert data.read_text() == "somebody's data"
 
 
 def test_sync_client_runs_a_job(worker):
@@ -199,7 +265,7 @@ def test_cancel_a_running_job_kills_it(worker, connect):
     raw.send({"type": "cancel", "id": "long"})
     final = raw.until(lambda m: m.get("event") in ("cancelled", "finished"))
     assert final["event"] == "cancelled"
-    assert final["result"]["status"] == "internal_error" and "cancelled" in final["result"]["error"]
+    assert final["result"]["status"] == "cancelled" and "cancelled" in final["result"]["error"]
     assert not sleeping("1004")
 
 
@@ -271,6 +337,27 @@ def test_resubmitting_an_id_returns_the_same_result(worker):
         other = client.run(job, job_id="other-id")
     assert first.stdout == again.stdout
     assert other.stdout != first.stdout
+
+
+def test_an_id_names_one_job(worker, connect):
+    # The same job - however its limits were spelled - attaches to the record; another
+    # job under a known id is refused, whether the first is running or finished.
+    raw = connect(worker)
+    raw.send({"type": "submit", "id": "mine", "job": {"cmd": ["sleep", "1010"], "limits": {"memory": "256M"}}})
+    raw.until(lambda m: m.get("event") == "started")
+    raw.send({"type": "submit", "id": "mine", "job": {"cmd": ["sleep", "1010"], "limits": {"memory": 256 << 20}}})
+    assert raw.next() == {"type": "event", "id": "mine", "event": "accepted", "state": "running"}
+    for other in ({"cmd": ["sleep", "1011"], "limits": {"memory": "256M"}},
+                  {"cmd": ["sleep", "1010"], "limits": {"memory": "256M", "wall_time": "30s"}}):
+        raw.send({"type": "submit", "id": "mine", "job": other})
+        reply = raw.next()
+        assert (reply["type"], reply["code"], reply["field"], reply["id"]) == ("error", "id_conflict", "id", "mine")
+    raw.send({"type": "cancel", "id": "mine"})
+    raw.until(lambda m: m.get("event") == "cancelled")
+    with Client(worker.socket_path) as client:
+        with pytest.raises(WorkerError) as caught:
+            client.run(Job(cmd=["true"]), job_id="mine")
+    assert caught.value.code == "id_conflict"
 
 
 def test_sync_client_may_submit_many_before_waiting(worker):
@@ -431,6 +518,176 @@ def test_bad_messages_get_typed_errors_and_the_connection_lives(worker, message,
     assert raw.next() == {"type": "pong", "seq": 7}
 
 
+@pytest.mark.parametrize("image", ["nosuch/img:1", "UPPER/Case"])
+def test_a_job_on_an_image_not_in_the_store_is_refused_before_a_slot(worker, connect, image):
+    raw = connect(worker)
+    raw.send({"type": "submit", "id": "on-image", "job": {"cmd": ["true"], "image": image}})
+    reply = raw.next()
+    assert (reply["type"], reply["code"], reply["field"], reply["id"]) == ("error", "invalid_job", "image", "on-image")
+    assert stats(raw)["launcher_restarts"] == 0
+    with Client(worker.socket_path) as client:
+        with pytest.raises(WorkerError) as caught:
+            client.run(Job(cmd=["true"], image=image))
+    assert (caught.value.code, caught.value.field) == ("invalid_job", "image")
+
+
+def test_the_worker_reads_its_store_before_it_queues_an_image_job(image_store, start_worker, connect):
+    layer = layer_tar(busybox_entries() + [Entry("version", data=b"v1\n")])
+    done = cli("import", str(oci_layout(image_store / "layout", [layer], config={"Cmd": None})), "cmdless:1")
+    assert done.returncode == 0, done.stderr
+    worker = start_worker("--slots", "1")  # (its store: the environment image_store set)
+    raw = connect(worker)
+    raw.send({"type": "submit", "id": "ran", "job": {"cmd": ["cat", "/version"], "image": "cmdless:1"}})
+    final = raw.until(lambda m: m.get("event") == "finished")
+    assert (final["result"]["status"], final["result"]["stdout"]) == ("ok", b"v1\n"), final
+    raw.send({"type": "submit", "id": "no-cmd", "job": {"cmd": [], "image": "cmdless:1"}})
+    reply = raw.next()
+    assert (reply["type"], reply["code"], reply["field"]) == ("error", "invalid_job", "cmd"), reply
+    assert cli("rmi", "cmdless:1").returncode == 0
+    raw.send({"type": "submit", "id": "gone", "job": {"cmd": ["cat", "/version"], "image": "cmdless:1"}})
+    reply = raw.next()
+    assert (reply["type"], reply["code"], reply["field"]) == ("error", "invalid_job", "image"), reply
+    for registry in ("one.example", "two.example"):  # a short name that names two images
+        layer = layer_tar(busybox_entries() + [Entry("version", data=registry.encode())])
+        assert cli("import", str(oci_layout(image_store / registry, [layer])), f"{registry}/twice:1").returncode == 0
+    raw.send({"type": "submit", "id": "which", "job": {"cmd": ["cat", "/version"], "image": "twice:1"}})
+    reply = raw.next()
+    assert (reply["type"], reply["code"], reply["field"]) == ("error", "invalid_job", "image"), reply
+    assert "ambiguous" in reply["message"]
+    assert stats(raw)["launcher_restarts"] == 0
+
+
+def test_an_output_limit_whose_result_no_frame_could_carry_is_invalid(worker, connect):
+    # (a result carries both streams, each up to the limit, from the launcher to the worker)
+    raw = connect(worker)
+    raw.send({"type": "submit", "id": "loud", "job": {"cmd": ["true"], "limits": {"output": "1G"}}})
+    reply = raw.next()
+    assert (reply["type"], reply["code"], reply["field"]) == ("error", "invalid_job", "limits.output"), reply
+    raw.send({"type": "submit", "id": "fits", "job": {"cmd": ["true"], "limits": {"output": "511M"}}})
+    assert raw.until(lambda m: m.get("event") == "finished")["result"]["status"] == "ok"
+
+
+def test_a_job_its_launcher_finds_wrong_is_invalid_and_the_launcher_lives(start_worker, connect):
+    # An argument too long for the message that hands a job to its sandbox is found only
+    # where that message is made: the sandbox used to wait for it until its set-up timed
+    # out (30 s of the slot), then the job was an internal_error.
+    worker = start_worker("--slots", "1")
+    launchers = worker.launchers()
+    raw = connect(worker)
+    raw.send({"type": "submit", "id": "too-long", "job": job_to_wire(Job(cmd=["true", "x" * 300_000]))})
+    reply = raw.until(lambda m: m["type"] == "error" or m.get("event") in ("finished", "cancelled"))
+    assert (reply["type"], reply["code"], reply["field"], reply["id"]) == ("error", "invalid_job", "cmd", "too-long")
+    assert worker.launchers() == launchers and stats(raw)["launcher_restarts"] == 0
+    raw.send({"type": "status", "id": "too-long"})  # forgotten: sent again, it is judged again
+    assert raw.next()["code"] == "unknown_id"
+    with Client(worker.socket_path) as client:
+        assert client.run(Job(cmd=["echo", "next"])).stdout == b"next\n"
+
+
+def test_the_most_input_files_a_job_may_bring(worker):
+    # Every file travels to the sandbox as an fd of one message (at most 253 with stdio).
+    files = [InputFile(f"/work/f{index}", Blob(data=b"%d" % index)) for index in range(250)]
+    with Client(worker.socket_path) as client:
+        result = client.run(Job(cmd=["cat", "/work/f0", "/work/f249"], files=files))
+    assert (result.status, result.stdout) == (Status.OK, b"0249"), result
+
+
+def test_a_frame_too_large_is_answered_not_reset(worker, connect):
+    # The whole oversized frame is sent (a 20 MB stdin): the worker reads it to its end
+    # and throws it away, so the sender is not reset mid-send and reads the error.
+    raw = connect(worker)
+    body = msgpack.packb({"type": "submit", "id": "big", "job": {"cmd": ["true"], "stdin": b"x" * (20 << 20)}})
+    raw.send_bytes(struct.pack(">I", len(body)) + body)
+    reply = raw.next()
+    assert (reply["type"], reply["code"]) == ("error", "frame_too_large"), reply
+    assert str(len(body)) in reply["message"] and str(16 << 20) in reply["message"]
+    assert raw.closed_by_peer()
+    assert '"event": "frame_too_large"' in worker.log_path.read_text()
+
+
+def test_max_frame_is_the_workers_to_set(start_worker):
+    worker = start_worker("--slots", "1", "--max-frame", "1M")
+    with Client(worker.socket_path) as client:
+        assert client.hello["max_frame"] == 1 << 20
+        assert client.run(Job(cmd=["wc", "-c"], stdin=Blob(data=b"x" * 1_000_000))).stdout == b"1000000\n"
+        with pytest.raises(WorkerError) as caught:
+            client.run(Job(cmd=["wc", "-c"], stdin=Blob(data=b"x" * 1_100_000)))
+    assert caught.value.code == "frame_too_large"
+
+    async def too_large_async() -> str | None:
+        async with await AsyncClient.connect(worker.socket_path) as client:
+            with pytest.raises(WorkerError) as caught:
+                await client.run(Job(cmd=["true"], stdin=Blob(data=b"x" * 1_100_000)))
+            return caught.value.code
+
+    assert trio.run(too_large_async) == "frame_too_large"
+    big = worker.log_path.parent / "big-stdin"
+    big.write_bytes(b"x" * 1_100_000)
+    done = subprocess.run([*SANDBOX_CLI, "submit", "--socket", worker.socket_path, "--stdin", str(big), "--", "true"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 125 and "too large for the worker" in done.stderr and "--max-frame" in done.stderr, done
+    assert "Traceback" not in done.stderr
+
+
+def test_clients_read_why_a_worker_closed_on_them_mid_send(tmp_path):
+    """A worker that answers a frame too large and closes without reading the rest (one
+    whose reading of it timed out): the client, reset mid-send, still reads the error."""
+    path = str(tmp_path / "impatient.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+    listener.settimeout(30)  # a failing client must not leave the thread waiting forever
+
+    def impatient_worker() -> None:
+        for _ in range(2):
+            connection, _ = listener.accept()
+            with connection:
+                decoder = FrameDecoder()
+                while not decoder.feed(connection.recv(1 << 16)):
+                    pass  # the hello
+                connection.sendall(encode({"type": "hello", "version": 1, "capabilities": [], "max_frame": 1024}))
+                connection.recv(1024)  # the first bytes of the submit, and then no more
+                connection.sendall(encode({"type": "error", "code": "frame_too_large", "message": "too large"}))
+
+    server = threading.Thread(target=impatient_worker, daemon=True)
+    server.start()
+    try:
+        job = Job(cmd=["true"], stdin=Blob(data=b"x" * (8 << 20)))
+        with Client(path) as client:
+            with pytest.raises(WorkerError) as caught:
+                client.run(job)
+        assert caught.value.code == "frame_too_large"
+
+        async def async_client() -> str | None:
+            async with await AsyncClient.connect(path) as client:
+                with pytest.raises(WorkerError) as caught:
+                    await client.run(job)
+            return caught.value.code
+
+        assert trio.run(async_client) == "frame_too_large"
+    finally:
+        server.join(timeout=30)
+        listener.close()
+
+
+@pytest.mark.parametrize("size, message", [
+    ("1K", "--max-frame must be from 64K to 512M"),
+    ("2G", "--max-frame must be from 64K to 512M"),
+    ("12XB", "argument --max-frame: invalid size '12XB'"),
+])
+def test_max_frame_out_of_range_is_a_clear_error(tmp_path, size, message):
+    done = subprocess.run([*SANDBOX_CLI, "serve", "--socket", str(tmp_path / "w.sock"), "--max-frame", size],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 125 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_submit_cli_names_the_field_of_an_invalid_job(worker):
+    done = subprocess.run([*SANDBOX_CLI, "submit", "--socket", worker.socket_path, "--image", "nosuch/img:1", "--",
+                           "true"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 125, done
+    assert done.stderr.startswith("sandbox: invalid job: image: no image 'nosuch/img:1'"), done.stderr
+
+
 def test_hello_is_required_first_and_versioned(worker, connect):
     raw = connect(worker, hello=False)
     raw.send({"type": "ping"})
@@ -550,7 +807,8 @@ def test_a_cancel_racing_the_hand_over_of_its_job(warm):
     assert (handovers > 0) == bool(warm)
     # Every round ended early: never handed over (None), not started by the launcher, or
     # killed by the cancel. A lost cancel would leave the 30 s sleep running.
-    assert all(result is None or str(result.error).startswith("cancelled before it") for result in cancelled), cancelled
+    assert all(result is None or (result.status is Status.CANCELLED and str(result.error).startswith("cancelled before it"))
+               for result in cancelled), cancelled
     assert None in cancelled and any(result is not None for result in cancelled), cancelled
     assert after is not None and after.stdout == b"ok\n"
 
@@ -655,6 +913,30 @@ def test_an_offered_sandbox_that_died_is_given_back():
     after, handed_before, handed_after = trio.run(main)
     assert after is not None and after.status is Status.OK and after.stdout == b"ok\n", after
     assert handed_after == handed_before
+
+
+def test_no_job_content_ends_a_launcher():
+    """What the worker lets through but the launcher cannot run - an image removed since
+    the worker looked (the worker's look is skipped here), a command too long to hand to
+    a sandbox - comes back as invalid_job from the same launcher."""
+
+    async def main() -> tuple[list[Result | ProtocolError | None], int]:
+        slot = Slot(0, [])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(slot.keep_alive)
+            outcomes = [await slot.run(f"j{index}", job, nothing) for index, job in enumerate((
+                Job(cmd=["true"], image="nosuch/img:1"),
+                Job(cmd=["true"], image="UPPER/Case"),
+                Job(cmd=["true"], env={"BIG": "x" * 300_000}),
+                Job(cmd=["echo", "ok"]),
+            ))]
+            nursery.cancel_scope.cancel()
+        return outcomes, slot.restarts
+
+    (*refused, after), restarts = trio.run(main)
+    assert [(error.code, error.field) for error in refused] == [  # type: ignore[union-attr]
+        ("invalid_job", "image"), ("invalid_job", "image"), ("invalid_job", "cmd")], refused
+    assert isinstance(after, Result) and after.stdout == b"ok\n" and restarts == 0, (after, restarts)
 
 
 async def nothing() -> None:

@@ -65,6 +65,15 @@ class _Mailbox:
         self.events: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
         self.other: deque[dict[str, Any]] = deque()
 
+    def closed(self) -> Exception:
+        """What to raise once the worker closed the connection: the error it closed it
+        with (a frame too large, say: the last message before the close), unless someone
+        took it already, else a ConnectionError. A caller waiting for a job's result
+        gets the reason too."""
+        if self.other and self.other[-1].get("type") == "error":
+            return WorkerError(self.other[-1])
+        return ConnectionError("the worker closed the connection")
+
     def put(self, message: dict[str, Any]) -> None:
         if message.get("type") == "event" or (message.get("type") == "error" and "id" in message):
             self.events[message["id"]].append(message)
@@ -193,11 +202,17 @@ class Client:
                     pending = pending[self._sock.send(pending, socket.MSG_DONTWAIT):]
                 except BlockingIOError:
                     pass
+                except (BrokenPipeError, ConnectionResetError):
+                    while True:  # the worker closed mid-send: read what it said before, then why it closed
+                        self._receive()
 
     def _receive(self) -> None:
-        data = self._sock.recv(1 << 16)
+        try:
+            data = self._sock.recv(1 << 16)
+        except ConnectionResetError:
+            data = b""  # the worker closed before it read all we sent; what it said came before this
         if not data:
-            raise ConnectionError("the worker closed the connection")
+            raise self._mail.closed()
         for message in self._decoder.feed(data):
             self._mail.put(message)
 
@@ -265,21 +280,36 @@ class AsyncClient:
     async def _send(self, message: dict[str, Any]) -> None:
         """Send, reading meanwhile unless another task is reading: as ``Client._send``,
         a lone task submitting many jobs before it waits would otherwise deadlock."""
-        async with self._send_lock, trio.open_nursery() as nursery:
-            if not self._lock.locked():
-                nursery.start_soon(self._receive_while_sending)
-            await self._stream.send_all(encode(message))
-            nursery.cancel_scope.cancel()
+        async with self._send_lock:
+            broken = False
+            async with trio.open_nursery() as nursery:
+                if not self._lock.locked():
+                    nursery.start_soon(self._receive_while_sending)
+                try:
+                    await self._stream.send_all(encode(message))
+                except trio.BrokenResourceError:
+                    broken = True  # the worker closed mid-send: it may have said why first
+                nursery.cancel_scope.cancel()
+            if broken:
+                async with self._lock:
+                    while True:  # what it said before, then why it closed
+                        await self._receive()
 
     async def _receive_while_sending(self) -> None:
         async with self._lock:
-            while True:
-                await self._receive()
+            try:
+                while True:
+                    await self._receive()
+            except (WorkerError, ConnectionError):
+                pass  # the worker closed the connection: the next read says why, to whoever reads
 
     async def _receive(self) -> None:
-        data = await self._stream.receive_some(1 << 16)
+        try:
+            data = await self._stream.receive_some(1 << 16)
+        except trio.BrokenResourceError:
+            data = b""  # as in ``Client._receive``
         if not data:
-            raise ConnectionError("the worker closed the connection")
+            raise self._mail.closed()
         for message in self._decoder.feed(data):
             self._mail.put(message)
 

@@ -5,7 +5,8 @@ The trio worker never forks (design.md §2: forking a threaded process is unsafe
 interpreter start-up must stay off the per-job path). Each slot owns one launcher,
 started once with every module imported and the seccomp filter compiled; the worker
 sends it one job at a time over a socketpair, in the same frames as the public
-protocol, and gets back "started" and "result". Between jobs it offers the worker a
+protocol, and gets back "started" and "result" (or "rejected": the job's content was
+found wrong only here). Between jobs it offers the worker a
 ready warm sandbox ("offer", worker/handover.py): a job that the worker hands to it
 itself comes as a "run" naming it, to be supervised only (no "started" then: the
 worker said it); "drop" gives back an offer the worker could not use. Supervision (the
@@ -27,6 +28,7 @@ import socket
 import sys
 from typing import Any
 
+from sandbox.errors import JobError
 from sandbox.linux import syscalls as sc
 from sandbox.models import Result, Status, WarmSpec
 from sandbox.runner import HandedOver, Runner
@@ -150,7 +152,15 @@ def _drop(runner: Runner, message: dict[str, Any]) -> None:
 
 
 def _run(runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[str, Any], cancelled: bool) -> None:
-    result = _result(runner, channel, outbox, message, cancelled)
+    """Run a job and send its outcome. A job found wrong only here - its image removed
+    since the worker looked, a command too long for one message to its sandbox - is
+    "rejected" (the worker answers invalid_job): nothing a job holds may end the
+    launcher, which would take its slot's warm sandboxes with it."""
+    try:
+        result = _result(runner, channel, outbox, message, cancelled)
+    except JobError as exc:
+        outbox.send({"type": "rejected", "id": message["id"], "message": exc.message, "field": exc.field})
+        return
     outbox.send({"type": "result", "id": message["id"], "result": result_to_wire(result)})
     # The worker, woken by the result, is often queued on this CPU: let it pass the result
     # on before this launcher's idle work (cleaning up, ordering the next sandbox).
@@ -165,16 +175,17 @@ def _result(runner: Runner, channel: socket.socket, outbox: Outbox, message: dic
         if sandbox is None:
             return Result(Status.INTERNAL_ERROR, error="the job went to a sandbox this launcher did not offer")
         handed = HandedOver(sandbox, message["handed_ns"])
-    job, error = None, "cancelled before it " + ("finished" if handed else "started")
+    outcome = Result(Status.CANCELLED, error="cancelled before it " + ("finished" if handed else "started"))
+    job = None
     if not cancelled:
         try:
             job = job_from_wire(message["job"])
         except ProtocolError as exc:
-            error = f"launcher rejected the job: {exc.message}"
+            outcome = Result(Status.INTERNAL_ERROR, error=f"launcher rejected the job: {exc.message}")
     if job is None:
         if handed is not None:
             runner.sandboxes.retire(handed.sandbox)  # kills what the worker started there
-        return Result(Status.INTERNAL_ERROR, error=error)
+        return outcome
 
     def stream_output(stream: str, offset: int, data: bytes) -> None:
         outbox.offer({"type": "output", "id": job_id, "stream": stream, "offset": offset, "data": data})

@@ -3,7 +3,8 @@
 Backpressure instead of unbounded memory: the queue holds at most ``max_queue`` jobs and
 ``submit`` raises ``busy`` beyond that. Ids are idempotent: a record lives on for
 ``retention_s`` after it finished, and submitting the same id again subscribes to that
-record (its result if finished) instead of running the job twice.
+record (its result if finished) instead of running the job twice - if it is the same job:
+an id that names another job is an ``id_conflict``, never someone else's result.
 """
 
 from __future__ import annotations
@@ -102,6 +103,9 @@ class Pool:
         self._expire()
         record = self.records.get(job_id)
         if record is not None:
+            if not _same_job(record.job, job):
+                raise ProtocolError("id_conflict", f"id {job_id!r} belongs to another job; a new job needs a new id",
+                                    field="id")
             record.subscribers[owner] = subscriber
             subscriber(event_message(job_id, "accepted", state=record.state.value))
             if record.done:
@@ -118,6 +122,11 @@ class Pool:
         self.stats.submitted += 1
         record.publish("accepted", state=record.state.value)
         return record
+
+    def knows(self, job_id: str) -> bool:
+        """A submit of this id now would attach to a record, not make one."""
+        self._expire()
+        return job_id in self.records
 
     async def cancel(self, job_id: str) -> None:
         record = self.records.get(job_id)
@@ -191,6 +200,9 @@ class Pool:
                 self.running -= 1
                 if self.running == 0:
                     self._idle.set()
+            if isinstance(result, ProtocolError):
+                self._reject(record, result)
+                continue
             state = JobState.CANCELLED if record.state is JobState.CANCELLED else JobState.FINISHED
             self._finish(record, state, result)
 
@@ -207,6 +219,15 @@ class Pool:
         final = self._final_event(record)
         for deliver in list(record.subscribers.values()):
             deliver(final)
+
+    def _reject(self, record: JobRecord, error: ProtocolError) -> None:
+        """The launcher found the job wrong, as the worker finds others at submit: its
+        submitters get the error, and the id is forgotten, as if it never came (the job
+        never ran; sent again, it is judged again)."""
+        self.records.pop(record.id, None)
+        message = error.to_message(record.id)
+        for deliver in list(record.subscribers.values()):
+            deliver(message)
 
     @staticmethod
     def _final_event(record: JobRecord) -> dict[str, Any]:
@@ -226,3 +247,9 @@ class Pool:
             self._finished.popleft()
             if record is not None:
                 del self.records[record.id]
+
+
+def _same_job(first: Job, second: Job) -> bool:
+    """The same job: equal content, the same limits given (a limit left to the profile is
+    not the same as one given with the profile's default value)."""
+    return first == second and first.limits.given == second.limits.given

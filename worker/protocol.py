@@ -70,6 +70,10 @@ class FrameDecoder:
         self.max_frame = max_frame
         self._buffer = bytearray()
         self._held: list[dict[str, Any]] = []
+        # After a frame_too_large: how many bytes of that frame are still to come. A peer
+        # that reads them (and throws them away) before it closes lets the sender finish
+        # sending and read the error, instead of having its connection reset mid-send.
+        self.oversized_rest = 0
 
     def feed_items(self, data: bytes) -> list[dict[str, Any] | ProtocolError]:
         """Messages and errors in stream order. A non-map frame is an error item and
@@ -83,6 +87,7 @@ class FrameDecoder:
                 items.append(ProtocolError(
                     "frame_too_large", f"frame of {length} bytes exceeds the limit of {self.max_frame}", fatal=True
                 ))
+                self.oversized_rest = max(0, HEADER.size + length - len(self._buffer))
                 self._buffer.clear()
                 break
             if len(self._buffer) < HEADER.size + length:

@@ -24,6 +24,8 @@ import trio
 
 from sandbox.models import WarmSpec
 from sandbox.profile import builtin_profiles
+from worker.admission import admit
+from worker.launcher import LAUNCHER_MAX_FRAME
 from worker.logs import log
 from worker.metrics import Metrics
 from worker.pool import Pool
@@ -38,12 +40,17 @@ from worker.protocol import (
     job_id,
     message_type,
 )
+from worker.socketclaim import SocketClaim
 from worker.streams import send_now
 
 CAPABILITIES = ["submit", "cancel", "status", "stats", "idempotent-ids", "output-stream", "progress-optional"]
 # Events a submitter may decline with "progress": false (its client waits for the outcome only).
 PROGRESS_EVENTS = frozenset({"accepted", "started"})
+# The largest request a worker may be told to take (--max-frame): a job travels on to its
+# launcher with a few fields more, in a frame of at most LAUNCHER_MAX_FRAME.
+MIN_MAX_FRAME, MAX_MAX_FRAME = 64 << 10, LAUNCHER_MAX_FRAME // 2
 OUT_QUEUE = 1024
+DISCARD_IDLE_S = 2.0  # the rest of a frame too large stops coming: close (``Server._discard``)
 ROOM_PER_REQUEST = 8  # a request's replies: accepted, a final event, an error
 
 
@@ -142,6 +149,8 @@ class Server:
             raise ValueError("TCP needs a token (--token-file)")
         if not config.socket_path and not config.tcp:
             raise ValueError("nothing to listen on: give --socket and/or --tcp")
+        if not MIN_MAX_FRAME <= config.max_frame <= MAX_MAX_FRAME:
+            raise ValueError(f"--max-frame must be from {MIN_MAX_FRAME >> 10}K to {MAX_MAX_FRAME >> 20}M")
         self.socket_gid = None if config.socket_group is None else _group_id(config.socket_group)
         self.metrics = Metrics(self.pool) if config.metrics else None
         if self.metrics is not None:
@@ -149,6 +158,8 @@ class Server:
         self.connections: set[Connection] = set()
         self._connection_closed = trio.Event()
         self.stopping = False
+        # Last: a worker refused for its configuration takes no socket path.
+        self.claim = None if config.socket_path is None else SocketClaim(config.socket_path)
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the launchers and the signal handling first, then bind: once the socket
@@ -173,8 +184,8 @@ class Server:
                     slots=self.config.slots)
                 task_status.started()
         finally:
-            if self.config.socket_path and os.path.exists(self.config.socket_path):
-                os.unlink(self.config.socket_path)
+            if self.claim is not None:
+                self.claim.release()
             log("stopped")
 
     async def _listeners(self) -> list[trio.abc.Listener[Any]]:
@@ -184,16 +195,16 @@ class Server:
         if self.config.tcp:
             host, port = self.config.tcp
             listeners.extend(await trio.open_tcp_listeners(port, host=host))
-        if self.config.socket_path:
-            path = self.config.socket_path
-            if os.path.exists(path):
-                os.unlink(path)  # a stale socket of a dead predecessor
+        if self.claim is not None:
+            path = self.claim.path
+            self.claim.clear_stale()
             sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             old_umask = os.umask(0o177)  # created 0600: only the worker's user may connect
             try:
                 await sock.bind(path)
             finally:
                 os.umask(old_umask)
+            self.claim.bound()
             if self.socket_gid is not None:
                 # Group first, then the mode: at no moment may another group connect.
                 os.chown(path, -1, self.socket_gid)
@@ -295,6 +306,9 @@ class Server:
             await connection.room()
             if isinstance(item, ProtocolError):
                 connection.deliver(item.to_message())
+                if item.code == "frame_too_large":
+                    log("frame_too_large", connection=connection.number, message=item.message)
+                    await self._discard(connection, decoder.oversized_rest)
                 if item.fatal:
                     return False
                 continue
@@ -306,6 +320,24 @@ class Server:
                 if exc.fatal:
                     return False
         return True
+
+    async def _discard(self, connection: Connection, rest: int) -> None:
+        """Read and drop the rest of a frame that was too large, so that its sender
+        finishes sending and reads the error (closed with unread data, a socket resets
+        the connection, and the client sees only that). While it keeps coming, for
+        ``send_timeout_s`` at most: a client that trickles a huge frame, or sent only its
+        header, is closed all the same."""
+        with trio.move_on_after(self.config.send_timeout_s):
+            while rest > 0:
+                data = b""
+                with trio.move_on_after(DISCARD_IDLE_S):
+                    try:
+                        data = await connection.stream.receive_some(min(rest, 1 << 20))
+                    except trio.BrokenResourceError:
+                        return
+                if not data:
+                    return  # the client closed, or sends no more
+                rest -= len(data)
 
     async def _dispatch(self, connection: Connection, message: dict[str, Any]) -> None:
         kind = message_type(message)
@@ -321,6 +353,8 @@ class Server:
                 raise ProtocolError("busy", "the worker is shutting down")
             identifier = job_id(message)
             job = job_from_wire(message.get("job"))
+            if not self.pool.knows(identifier):
+                admit(job)  # (a known id's job was admitted; its image may be gone since it ran)
             stream, progress = _flag(message, "stream", False), _flag(message, "progress", True)
             self.pool.submit(identifier, job, connection, connection.deliver if progress else connection.deliver_outcome, stream)
         elif kind == "cancel":

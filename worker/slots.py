@@ -25,7 +25,7 @@ from sandbox.models import Job, Result, Status, WarmSpec
 from worker.handover import OFFER_FDS, Offer
 from worker.launcher import LAUNCHER_MAX_FRAME
 from worker.logs import log
-from worker.protocol import FrameDecoder, encode, job_to_wire, result_from_wire
+from worker.protocol import FrameDecoder, ProtocolError, encode, job_to_wire, result_from_wire
 from worker.streams import send_now
 
 
@@ -115,7 +115,7 @@ class Slot:
     async def run(
         self, job_id: str, job: Job, on_started: Callable[[], Awaitable[None]],
         on_output: Callable[[dict[str, Any]], None] | None = None,
-    ) -> Result | None:
+    ) -> Result | ProtocolError | None:
         """Run a job; never raises for the job's sake. The job goes straight to the
         sandbox the launcher offered if it is one for it (``_hand_over``), else to the
         launcher. A launcher that dies before the job started (before the job was handed
@@ -123,7 +123,8 @@ class Slot:
         and the job sent once more; one that dies after makes the job an internal_error.
         With ``on_output`` the launcher streams the job's output, each piece an "output"
         message to it. None: the job was cancelled before it was handed to a launcher
-        (it never ran)."""
+        (it never ran); an invalid_job error: the launcher found the job wrong (it never
+        ran either)."""
         self.running_id, self._cancel_requested = job_id, False
         started = False
 
@@ -171,7 +172,7 @@ class Slot:
     async def _until_result(
         self, job_id: str, on_started: Callable[[], Awaitable[None]],
         on_output: Callable[[dict[str, Any]], None] | None,
-    ) -> Result:
+    ) -> Result | ProtocolError:
         while True:
             message = await self._receive()
             if message.get("id") != job_id:
@@ -182,6 +183,8 @@ class Slot:
                 on_output(message)
             elif message["type"] == "result":
                 return result_from_wire(message["result"])
+            elif message["type"] == "rejected":
+                return ProtocolError("invalid_job", message["message"], field=message["field"])
 
     async def _send(self, data: bytes) -> None:
         """Send to the launcher (the caller holds ``_sending``): what the channel takes

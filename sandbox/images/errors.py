@@ -26,6 +26,10 @@ class ImageNotFound(ImageError):
     """No such image in the local store."""
 
 
+class AmbiguousImage(ImageNotFound):
+    """A short name that matches images of more than one registry: no one image."""
+
+
 class UnpackError(ImageError):
     """A layer tar is hostile or broken; ``entry`` names the offending member."""
 

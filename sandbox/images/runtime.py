@@ -39,8 +39,7 @@ class LeasedImage:
             self.lease_fd = -1
 
     def argv(self, cmd: list[str]) -> list[str]:
-        entrypoint = list(self.config.get("Entrypoint") or [])
-        return entrypoint + (list(cmd) if cmd else list(self.config.get("Cmd") or []))
+        return image_argv(self.config, cmd)
 
     def env(self, base: dict[str, str]) -> dict[str, str]:
         merged = dict(base)
@@ -53,6 +52,12 @@ class LeasedImage:
     def workdir(self) -> str | None:
         value = self.config.get("WorkingDir") or None
         return value if value and value.startswith("/") and ".." not in value.split("/") else None
+
+
+def image_argv(config: dict[str, Any], cmd: list[str]) -> list[str]:
+    """The command a job runs on an image of this config (empty: it names none)."""
+    entrypoint = list(config.get("Entrypoint") or [])
+    return entrypoint + (list(cmd) if cmd else list(config.get("Cmd") or []))
 
 
 def lease_image(name: str, store: Store | None = None) -> LeasedImage:

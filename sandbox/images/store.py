@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.images import digests
-from sandbox.images.errors import ImageError, ImageNotFound
+from sandbox.images.errors import AmbiguousImage, ImageError, ImageNotFound
 from sandbox.images.reference import Reference, parse
 
 
@@ -229,7 +229,7 @@ class Store:
             return candidates[0][0], self.read_record(candidates[0][1])
         if candidates:
             names = ", ".join(sorted(name for name, _ in candidates))
-            raise ImageError(f"{text!r} is ambiguous: {names}")
+            raise AmbiguousImage(f"{text!r} is ambiguous: {names}")
         raise ImageNotFound(f"no image {text!r} in the store (sandbox pull or sandbox import it first)")
 
     def _manifest_of(self, image_id: str) -> str | None:

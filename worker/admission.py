@@ -1,0 +1,91 @@
+"""What the worker checks of a job before it queues it, beyond the protocol's validation.
+
+A job naming an image that is not in the store (or one that gives it no command) is the
+client's mistake: it is answered ``invalid_job`` at once, as a bad limit is, instead of
+reaching a slot. Only the store's index is read (its refs and image records: the light
+part of the image layer), so the worker adds nothing heavy to its process. The launcher,
+which leases the image for the job, still refuses one removed since.
+
+A job's output limit must leave its result room in the frame that carries it back from
+the launcher (both streams, each up to the limit): a result too large for that frame
+would end the worker's reading of its launcher.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+from sandbox.errors import SandboxError
+from sandbox.images import config as images_config
+from sandbox.images.errors import BadReference, ImageError, ImageNotFound
+from sandbox.images.runtime import image_argv
+from sandbox.images.store import Store
+from sandbox.models import Job
+from sandbox.profile import load_profile
+from worker.launcher import LAUNCHER_MAX_FRAME
+from worker.protocol import ProtocolError
+
+# Both streams at the limit, and room for the rest of the result.
+MAX_OUTPUT = (LAUNCHER_MAX_FRAME - (1 << 20)) // 2
+
+
+def admit(job: Job) -> None:
+    """Raise invalid_job for a job the worker can tell it cannot run."""
+    try:
+        output = job.limits.over(_profile_limits(job.profile)).output_bytes
+    except SandboxError:
+        output = 0  # a broken profile is no fault of the job: its launcher reports it (internal_error)
+    if output > MAX_OUTPUT:
+        raise ProtocolError("invalid_job", f"at most {MAX_OUTPUT >> 20}M through the worker (a result carries "
+                            "both streams)", field="limits.output")
+    if job.image != "host":
+        _check_image(job)
+
+
+def _check_image(job: Job) -> None:
+    try:
+        config = _image_config(job.image)
+    except (ImageNotFound, BadReference) as exc:
+        raise ProtocolError("invalid_job", str(exc), field="image") from None
+    except (ImageError, OSError, ValueError, KeyError, TypeError):
+        # The store is unreadable or a record in it is broken: no fault of the job, and
+        # not one to end the worker with; its launcher reports it (internal_error).
+        return
+    if not image_argv(config, job.cmd):
+        raise ProtocolError("invalid_job", f"no command given and image {job.image} has no Entrypoint or Cmd",
+                            field="cmd")
+
+
+# Images found, by (reference, the refs directory's mtime): a lookup reads every ref and
+# a record, more than the rest of a submit costs, and runs in the worker's event loop. A
+# ref added, moved or removed changes the directory's mtime; a change that the mtime's
+# granularity hides can only make an image look present, which its launcher then tells.
+_found: dict[tuple[str, int], dict[str, Any]] = {}
+MAX_FOUND = 1024
+
+
+def _image_config(name: str) -> dict[str, Any]:
+    """The config of the stored image ``name`` (raises ImageNotFound, BadReference)."""
+    store = _store()
+    key = (name, os.stat(store.root / "refs").st_mtime_ns)
+    config = _found.get(key)
+    if config is None:
+        _, record = store.lookup(name)
+        if len(_found) >= MAX_FOUND:
+            _found.clear()
+        config = _found[key] = record.config
+    return config
+
+
+@functools.cache
+def _store() -> Store:
+    """The store the launchers lease images from (the same configuration, read once)."""
+    return Store(images_config.load().store)
+
+
+@functools.cache
+def _profile_limits(name: str) -> dict[str, Any]:
+    """A built-in profile's [limits] (the protocol admits no other profile)."""
+    return load_profile(name).limits
