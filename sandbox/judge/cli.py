@@ -1,6 +1,8 @@
 """``sandbox judge PROBLEM_DIR --lang L --source FILE``: a submission against a problem
-package, in this process or through a worker (``--socket``/``--tcp``, or
-$SANDBOX_SOCKET with ``--worker``)."""
+package, in this process or, with ``--socket``/``--tcp``, as jobs of a worker.
+
+Exit status: 0 accepted, 1 any other verdict of the solution's, 125 a judge error (the
+checker failed) or an error of the package or the flags."""
 
 from __future__ import annotations
 
@@ -68,5 +70,5 @@ def _judge(args: argparse.Namespace) -> int:
 def _print_test(test: Any) -> None:
     usage = test.usage
     spent = "" if usage is None else f"{usage.cpu_ms:8.1f} ms {(usage.memory_peak_bytes or 0) / 2**20:7.1f} MiB"
-    detail = test.error or test.checker_message
+    detail = " / ".join((test.error or test.checker_message or test.signal_name or "").splitlines())
     print(f"{test.name:>8}  {test.status.value:18} {spent}  {detail}".rstrip(), flush=True)

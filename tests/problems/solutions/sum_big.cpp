@@ -1,3 +1,7 @@
-#include <cstdlib>
-#include <cstring>
-int main() { char *p = (char *)malloc(256 << 20); memset(p, 1, 256 << 20); return p[4096]; }
+#include <cstdio>
+#include <vector>
+int main() {
+    std::vector<char> block(256 << 20);
+    for (size_t i = 0; i < block.size(); i += 4096) block[i] = (char)i;
+    std::printf("%d\n", block[4096 * 7]);
+}

@@ -1,0 +1,157 @@
+"""Judging end to end: the problems in tests/problems against solutions that are
+accepted, wrong, wrong only in whitespace, too slow, too big, crashing, failing to
+compile and flooding their output - every verdict right, the program compiled once."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox.judge.checkers import CheckerKind
+from sandbox.judge.problem import Checker, Problem, load_problem
+from sandbox.judge.run import Submission, judge
+from sandbox.languages import RunnerStages
+from sandbox.models import Job, Result
+from workerutil import SANDBOX_CLI
+
+PROBLEMS = Path(__file__).parent / "problems"
+SOLUTIONS = PROBLEMS / "solutions"
+LANG = {".cpp": "cpp", ".py": "python3"}
+
+
+class CountingStages(RunnerStages):
+    """The runner's stages, counting compile jobs: compile once must be proven."""
+
+    def __init__(self, runner: Any) -> None:
+        super().__init__(runner)
+        self.compiles = 0
+        self.seen: list[tuple[Job, Result]] = []
+
+    def run(self, job: Job, trace: list[Any] | None) -> Result:
+        self.compiles += job.profile == "compile"
+        try:
+            result = super().run(job, trace)
+        finally:
+            self.runner.tidy()
+        self.seen.append((job, result))
+        return result
+
+
+@pytest.fixture
+def stages(runner, language_image) -> CountingStages:
+    return CountingStages(runner)
+
+
+def submission(name: str) -> Submission:
+    path = SOLUTIONS / name
+    return Submission.from_file(LANG[path.suffix], path)
+
+
+def statuses(report: Any) -> list[str]:
+    return [t.status.value for t in report.tests]
+
+
+@pytest.mark.parametrize(("solution", "verdict", "tests"), [
+    ("sum_ok.cpp", "accepted", ["accepted"] * 3),
+    ("sum_ok.py", "accepted", ["accepted"] * 3),
+    ("sum_wrong.cpp", "wrong_answer", ["accepted", "wrong_answer", "accepted"]),
+    ("sum_spaces.py", "accepted", ["accepted"] * 3),
+    ("sum_slow.cpp", "time_limit", ["time_limit"] * 3),
+    ("sum_big.cpp", "memory_limit", ["memory_limit"] * 3),
+    ("sum_crash.cpp", "signaled", ["accepted", "signaled", "signaled"]),
+    ("sum_crash.py", "runtime_error", ["runtime_error"] * 3),
+    ("sum_flood.py", "output_limit", ["output_limit"] * 3),
+])
+def test_every_verdict_and_one_compile(stages: CountingStages, solution: str, verdict: str, tests: list[str]) -> None:
+    problem = load_problem(PROBLEMS / "sum")
+    report = judge(stages, problem, submission(solution))
+    assert (report.verdict, statuses(report)) == (verdict, tests), report.to_json_dict()
+    assert [t.name for t in report.tests] == ["1", "2", "10"]
+    assert report.score == pytest.approx(100 * tests.count("accepted") / 3)
+    assert stages.compiles == 1
+
+
+def test_a_compile_error_runs_nothing(stages: CountingStages) -> None:
+    report = judge(stages, load_problem(PROBLEMS / "sum"), submission("sum_compile_error.cpp"))
+    assert (report.verdict, report.tests, report.score) == ("compile_error", [], 0.0)
+    assert report.compile is not None and b"undeclared" in report.compile.stderr
+    assert stages.compiles == 1
+
+
+def test_whitespace_is_a_presentation_error_for_the_exact_checker(stages: CountingStages) -> None:
+    exact: Problem = dataclasses.replace(load_problem(PROBLEMS / "sum"), checker=Checker(CheckerKind.EXACT))
+    report = judge(stages, exact, submission("sum_spaces.py"))
+    assert (report.verdict, statuses(report)) == ("presentation_error", ["presentation_error"] * 3)
+
+
+def test_stop_on_failure_skips_the_rest(stages: CountingStages) -> None:
+    report = judge(stages, load_problem(PROBLEMS / "sum"), submission("sum_wrong.cpp"), stop_on_failure=True)
+    assert statuses(report) == ["accepted", "wrong_answer", "skipped"]
+    assert report.verdict == "wrong_answer"
+
+
+@pytest.mark.parametrize(("solution", "verdict"), [("float_ok.py", "accepted"), ("float_rough.py", "wrong_answer")])
+def test_the_float_checker_takes_its_tolerance(stages: CountingStages, solution: str, verdict: str) -> None:
+    assert judge(stages, load_problem(PROBLEMS / "float"), submission(solution)).verdict == verdict
+
+
+@pytest.mark.parametrize(("solution", "verdict", "score", "tests"), [
+    ("anyorder_ok.py", "accepted", 100, ["accepted", "accepted"]),
+    ("anyorder_reversed.py", "partial", 40 + 60 * 0.5, ["accepted", "partial"]),
+    ("anyorder_wrong.py", "wrong_answer", 0, ["wrong_answer", "wrong_answer"]),
+])
+def test_a_custom_checker_judges_many_valid_answers(stages: CountingStages, solution: str, verdict: str,
+                                                    score: float, tests: list[str]) -> None:
+    report = judge(stages, load_problem(PROBLEMS / "anyorder"), submission(solution))
+    assert (report.verdict, report.score, statuses(report)) == (verdict, score, tests), report.to_json_dict()
+    assert report.tests[0].checker_message.startswith(("ok 5 + 5", "10 + 1 is not 10"))
+    assert stages.compiles == 2  # the solution and the checker, once each
+
+
+def test_a_failing_checker_is_the_judges_error_not_the_solutions(stages: CountingStages, tmp_path: Path) -> None:
+    root = tmp_path / "broken"
+    root.mkdir()
+    (root / "tests").mkdir()
+    for name in ("1", "2"):
+        (root / "tests" / f"{name}.in").write_text("1 2\n")
+        (root / "tests" / f"{name}.out").write_text("3\n")
+    (root / "problem.toml").write_text("[checker]\nkind = 'custom'\nsource = 'check.py'\nlang = 'python3'\n")
+    (root / "check.py").write_text("import sys\nprint('cannot read the answer', file=sys.stderr)\nsys.exit(3)\n")
+    report = judge(stages, load_problem(root), submission("sum_ok.py"))
+    assert (report.verdict, statuses(report)) == ("judge_error", ["judge_error"] * 2)
+    assert "cannot read the answer" in (report.tests[0].error or "")
+
+
+def test_the_solutions_sandbox_holds_no_answer_and_no_checker(stages: CountingStages, tmp_path: Path) -> None:
+    spy = tmp_path / "spy.py"
+    spy.write_text("import os\nprint(sorted(os.listdir('/work')), sorted(os.listdir('/tmp')))\n")
+    judge(stages, load_problem(PROBLEMS / "anyorder"), Submission.from_file("python3", spy))
+    runs = [result for job, result in stages.seen if job.profile == "default" and job.cmd[-1] == "main.py"]
+    assert [r.stdout for r in runs] == [b"['main.py'] []\n"] * 2
+
+
+def test_the_cli_prints_a_json_report_and_exits_by_verdict(language_image) -> None:
+    done = subprocess.run([*SANDBOX_CLI, "judge", str(PROBLEMS / "sum"), "--lang", "python3",
+                           "--source", str(SOLUTIONS / "sum_ok.py"), "--json"], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["verdict"] == "accepted" and report["score"] == 100 and report["max_score"] == 100
+    assert [t["name"] for t in report["tests"]] == ["1", "2", "10"]
+    assert set(report["tests"][0]) >= {"name", "status", "score", "checker_message", "usage", "exit_code"}
+    wrong = subprocess.run([*SANDBOX_CLI, "judge", str(PROBLEMS / "sum"), "--lang", "cpp",
+                            "--source", str(SOLUTIONS / "sum_wrong.cpp")], capture_output=True, timeout=300)
+    assert wrong.returncode == 1
+    assert wrong.stdout.decode().splitlines()[-1] == "wrong_answer  66.6667/100"
+
+
+def test_a_broken_package_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "tests").mkdir()
+    done = subprocess.run([*SANDBOX_CLI, "judge", str(tmp_path), "--lang", "python3",
+                           "--source", str(SOLUTIONS / "sum_ok.py")], capture_output=True, timeout=60)
+    assert done.returncode == 125
+    assert b"no tests" in done.stderr
