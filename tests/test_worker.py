@@ -19,6 +19,7 @@ import msgpack
 import pytest
 import trio
 
+from sandbox.errors import JobError
 from sandbox.models import Blob, InputFile, Job, Limits, Result, Status, WarmSpec
 from imagebuild import Entry, busybox_entries, layer_tar, oci_layout
 from test_cleanup import sleeping, wait_until
@@ -525,10 +526,10 @@ def test_a_job_on_an_image_not_in_the_store_is_refused_before_a_slot(worker, con
     reply = raw.next()
     assert (reply["type"], reply["code"], reply["field"], reply["id"]) == ("error", "invalid_job", "image", "on-image")
     assert stats(raw)["launcher_restarts"] == 0
-    with Client(worker.socket_path) as client:
-        with pytest.raises(WorkerError) as caught:
+    with Client(worker.socket_path) as client:  # (a reference that cannot parse is refused by the model itself)
+        with pytest.raises((WorkerError, JobError)) as caught:
             client.run(Job(cmd=["true"], image=image))
-    assert (caught.value.code, caught.value.field) == ("invalid_job", "image")
+    assert caught.value.field == "image"
 
 
 def test_the_worker_reads_its_store_before_it_queues_an_image_job(image_store, start_worker, connect):
@@ -685,7 +686,7 @@ def test_submit_cli_names_the_field_of_an_invalid_job(worker):
     done = subprocess.run([*SANDBOX_CLI, "submit", "--socket", worker.socket_path, "--image", "nosuch/img:1", "--",
                            "true"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 125, done
-    assert done.stderr.startswith("sandbox: invalid job: image: no image 'nosuch/img:1'"), done.stderr
+    assert done.stderr.startswith("sandbox: --image: no image 'nosuch/img:1'"), done.stderr
 
 
 def test_hello_is_required_first_and_versioned(worker, connect):
@@ -926,7 +927,6 @@ def test_no_job_content_ends_a_launcher():
             await nursery.start(slot.keep_alive)
             outcomes = [await slot.run(f"j{index}", job, nothing) for index, job in enumerate((
                 Job(cmd=["true"], image="nosuch/img:1"),
-                Job(cmd=["true"], image="UPPER/Case"),
                 Job(cmd=["true"], env={"BIG": "x" * 300_000}),
                 Job(cmd=["echo", "ok"]),
             ))]
@@ -935,7 +935,7 @@ def test_no_job_content_ends_a_launcher():
 
     (*refused, after), restarts = trio.run(main)
     assert [(error.code, error.field) for error in refused] == [  # type: ignore[union-attr]
-        ("invalid_job", "image"), ("invalid_job", "image"), ("invalid_job", "cmd")], refused
+        ("invalid_job", "image"), ("invalid_job", "cmd")], refused
     assert isinstance(after, Result) and after.stdout == b"ok\n" and restarts == 0, (after, restarts)
 
 
