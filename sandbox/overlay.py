@@ -10,6 +10,7 @@ the job's user namespace.
 - Layers are passed as ``/proc/self/fd/N`` relative to ``/proc/self/fd`` (a few bytes
   each): one ``fsconfig("lowerdir+")`` per layer where the kernel has it (6.8+, up to
   500 layers), else one legacy mount(2) whose option string must fit in a page.
+  ``mount_method`` says which one this kernel gets (``sandbox doctor`` prints it).
 - The store path itself is never visible to the job: after pivot_root only the overlay
   is reachable, and overlayfs keeps private clones of its layer mounts.
 """
@@ -19,13 +20,18 @@ from __future__ import annotations
 import errno
 import os
 from sandbox.errors import SetupError
-from sandbox.fspath import make_dirs_beneath
+from sandbox.fspath import make_dirs_beneath, open_beneath
 from sandbox.linux import syscalls as sc
 
 MAX_LAYERS = 500  # overlayfs' OVL_MAX_STACK
 _PAGE = 4096
 _MOUNT_ATTRS = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
 IMAGE_ROOT_DIR = "root"  # the overlay's mount point in the upper layer's tmpfs
+# The two ways layers reach overlayfs (``mount_method``).
+LOWERDIR_PLUS = "fsconfig lowerdir+"
+MOUNT_SYSCALL = "mount(2)"
+# A key no filesystem has: a legacy fs context takes it, a real parser refuses it.
+_NO_SUCH_KEY = "sandbox-legacy-context-probe"
 
 
 def mount_image_root(layers: list[str], upper_bytes: int, where: str) -> int:
@@ -48,7 +54,11 @@ def mount_image_root(layers: list[str], upper_bytes: int, where: str) -> int:
         try:
             overlay = _mount_new_api(lowers, str(upper), str(work))
             if overlay is None:
-                overlay = _mount_legacy(lowers, str(upper), str(work), str(mount_point))
+                _mount_legacy(lowers, str(upper), str(work), str(mount_point))
+                # By name from the tmpfs's root: a lookup crosses onto the overlay, while
+                # reopening the mount point's fd (a /proc/self/fd link) would give the
+                # directory beneath it.
+                overlay = open_beneath(upper_mount, IMAGE_ROOT_DIR, os.O_PATH | os.O_DIRECTORY)
             else:
                 sc.move_mount(overlay, "", mount_point, "", sc.MOVE_MOUNT_F_EMPTY_PATH | sc.MOVE_MOUNT_T_EMPTY_PATH)
         finally:
@@ -72,16 +82,55 @@ def _tmpfs(size: int) -> int:
         os.close(fs_fd)
 
 
-def _mount_new_api(lowers: list[str], upper: str, work: str) -> int | None:
-    """fsopen + one ``lowerdir+`` per layer; None when the kernel lacks ``lowerdir+``."""
+def mount_method() -> str:
+    """How this kernel's overlayfs takes an image's layers: ``LOWERDIR_PLUS`` or
+    ``MOUNT_SYSCALL`` - decided by the same probe ``mount_image_root`` makes, so what it
+    says is what jobs get. Needs CAP_SYS_ADMIN over the caller's mount namespace (a user
+    and mount namespace of its own will do)."""
+    fs_fd = _lowerdir_plus_context("/")
+    if fs_fd is None:
+        return MOUNT_SYSCALL
+    os.close(fs_fd)
+    return LOWERDIR_PLUS
+
+
+def _lowerdir_plus_context(top_layer: str) -> int | None:
+    """An overlay fs context holding ``top_layer`` as its first ``lowerdir+``, or None
+    when this kernel's overlayfs cannot take layers that way.
+
+    Two kinds of kernel lack it. 6.5 to 6.7 parse overlay options themselves and refuse
+    ``lowerdir+`` at once. Before 6.5 (Debian 12's 6.1) overlayfs has no parser of its own:
+    the kernel's legacy context accepts every key and passes the lot to the filesystem
+    when the superblock is made, which then fails - with a line in the kernel log for
+    every job. That context is recognised up front by its taking a key no filesystem has."""
     fs_fd = sc.fsopen("overlay")
     try:
-        try:
-            sc.fsconfig_string(fs_fd, "lowerdir+", lowers[0])
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                return None
-            raise
+        if _takes(fs_fd, _NO_SUCH_KEY, "") or not _takes(fs_fd, "lowerdir+", top_layer):
+            os.close(fs_fd)
+            return None
+    except BaseException:
+        os.close(fs_fd)
+        raise
+    return fs_fd
+
+
+def _takes(fs_fd: int, key: str, value: str) -> bool:
+    """Whether the fs context accepts ``key``=``value`` (EINVAL: an unknown key)."""
+    try:
+        sc.fsconfig_string(fs_fd, key, value)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return False
+        raise
+    return True
+
+
+def _mount_new_api(lowers: list[str], upper: str, work: str) -> int | None:
+    """One ``lowerdir+`` per layer; None when the kernel lacks ``lowerdir+``."""
+    fs_fd = _lowerdir_plus_context(lowers[0])
+    if fs_fd is None:
+        return None
+    try:
         for lower in lowers[1:]:
             sc.fsconfig_string(fs_fd, "lowerdir+", lower)
         sc.fsconfig_string(fs_fd, "upperdir", upper)
@@ -93,10 +142,9 @@ def _mount_new_api(lowers: list[str], upper: str, work: str) -> int | None:
         os.close(fs_fd)
 
 
-def _mount_legacy(lowers: list[str], upper: str, work: str, mount_point: str) -> int:
+def _mount_legacy(lowers: list[str], upper: str, work: str, mount_point: str) -> None:
     """mount(2) for kernels before 6.8: the whole option string must fit in a page."""
     options = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work},userxattr"
     if len(options) >= _PAGE:
         raise SetupError(f"image has too many layers ({len(lowers)}) for this kernel's mount(2)")
     sc.mount("overlay", mount_point, "overlay", sc.MS_NOSUID | sc.MS_NODEV, options)
-    return os.open(mount_point, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
