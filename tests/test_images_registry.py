@@ -1,11 +1,15 @@
 """Pull from real registries (docker-registry started here: anonymous, basic auth,
 bearer tokens), run on the overlay, and the faults: digest mismatch, registry down,
-interrupted download resumed, concurrent pulls, gc while a job runs, a full disk."""
+interrupted download resumed, concurrent pulls, gc while a job runs, a full disk.
+
+The tests marked ``kernel`` also run in the cgroup v2 guest (tests/vm/run), whose
+kernel (Debian 12's 6.1) mounts image roots by the mount(2) fallback."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -22,7 +26,8 @@ from sandbox.images.config import load
 from sandbox.images.errors import DigestMismatch, RegistryError
 from sandbox.images.pull import pull
 from sandbox.images.store import Store
-from sandbox.models import Blob, Job
+from sandbox.models import Blob, Job, Status
+from sandbox.overlay import LOWERDIR_PLUS, MOUNT_SYSCALL
 
 DIR, SYM, LNK = tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
 
@@ -98,6 +103,7 @@ def cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*SANDBOX_CLI, *args], capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.kernel
 def test_pull_and_run_applies_layers_and_config(env, pushed):
     done = cli("pull", pushed["features"])
     assert done.returncode == 0, done.stderr
@@ -111,6 +117,51 @@ def test_pull_and_run_applies_layers_and_config(env, pushed):
         "w", ""]
     done = cli("run", "--image", pushed["features"])  # no command: the image's Cmd
     assert (done.returncode, done.stdout) == (0, "default-cmd\n"), done.stderr
+
+
+# Overlayfs takes layers by ``lowerdir+`` from Linux 6.8 on.
+LOWERDIR_PLUS_SINCE = (6, 8)
+PROBE_MOUNT_METHOD = "from sandbox.overlay import mount_method; print(mount_method())"
+
+
+def root_mount_options(mountinfo: str) -> list[str]:
+    """The superblock options of the mount at / in a /proc/self/mountinfo."""
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if fields[4] == "/":
+            return fields[fields.index("-") + 3].split(",")
+    raise AssertionError(f"no root mount in {mountinfo!r}")
+
+
+@pytest.mark.kernel
+def test_the_image_root_is_mounted_the_way_this_kernel_takes_layers(env, pushed, runner):
+    """Before 6.8 (Debian 12's 6.1 in the cgroup v2 guest) a job's root must come from the
+    mount(2) fallback, after it from ``lowerdir+``: the kernel shows which in the job's
+    mountinfo - mount(2) options as given (``lowerdir=`` with the layers' fd numbers, top
+    first), one ``lowerdir+=`` per layer otherwise. ``mount_method`` (what doctor says)
+    names the same one, and whiteouts and opaque directories hide lower content on it."""
+    release = os.uname().release
+    expected = LOWERDIR_PLUS if tuple(map(int, release.split("-")[0].split(".")[:2])) >= LOWERDIR_PLUS_SINCE \
+        else MOUNT_SYSCALL
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-c",
+                            PROBE_MOUNT_METHOD], capture_output=True, text=True, timeout=60,
+                           cwd=Path(__file__).resolve().parent.parent)
+    assert (probe.returncode, probe.stdout) == (0, f"{expected}\n"), (release, probe.stderr)
+
+    pull(Store(env()), load(), pushed["features"])
+    script = ("cat /proc/self/mountinfo; echo ==; ls -a /opt; test -e /opt/old || echo old-is-hidden; "
+              "test -e /gone || echo gone-is-gone")
+    result = runner.run(Job(cmd=["sh", "-c", script], image="test/features:1", require_cgroups=True))
+    runner.tidy()
+    assert result.status is Status.OK, result
+    mountinfo, listing = result.stdout.decode().split("==\n")
+    lowers = [option for option in root_mount_options(mountinfo) if option.startswith("lowerdir")]
+    if expected == MOUNT_SYSCALL:
+        assert len(lowers) == 1 and re.fullmatch(r"lowerdir=\d+:\d+", lowers[0]), (release, lowers)
+    else:
+        assert len(lowers) == 2 and all(option.startswith("lowerdir+=") for option in lowers), (release, lowers)
+    # /opt is opaque in the top layer (old is the bottom layer's); /gone a whiteout.
+    assert listing == ".\n..\nnew\nold-is-hidden\ngone-is-gone\n", listing
 
 
 def test_images_inspect_rmi_gc(env, pushed):
@@ -334,6 +385,7 @@ def test_full_disk_during_unpack_publishes_nothing(tmp_path, env):
     assert "'big'" in outcome["error"] and outcome["leftovers"] == [], outcome
 
 
+@pytest.mark.kernel
 def test_hostile_mount_points_never_touch_the_host(env, tmp_path, runner):
     """An image whose /dev, /proc, /tmp, /work and /etc/hosts are symlinks to a host
     directory: the job runs, and the canary directory stays untouched."""
