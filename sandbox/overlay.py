@@ -7,6 +7,11 @@ the job's user namespace.
 - upper and work dirs live on a size-capped tmpfs made here, in the job's mount
   namespace: the job's writes to its root (the "container layer") die with it and never
   touch the store.
+- The names the sandbox mounts on come from a layer of its own, on that tmpfs, above the
+  image's: empty directories, which hide whatever non-directory an image has there (a
+  lower non-directory ends the lookup below a directory). Replacing one in the overlay
+  instead - a whiteout, then a directory over it - needs an opaque xattr on the upper,
+  which tmpfs cannot store before Linux 6.6 (overlayfs answers EIO).
 - Layers are passed as ``/proc/self/fd/N`` relative to ``/proc/self/fd`` (a few bytes
   each): one ``fsconfig("lowerdir+")`` per layer where the kernel has it (6.8+, up to
   500 layers), else one legacy mount(2) whose option string must fit in a page.
@@ -27,6 +32,7 @@ MAX_LAYERS = 500  # overlayfs' OVL_MAX_STACK
 _PAGE = 4096
 _MOUNT_ATTRS = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
 IMAGE_ROOT_DIR = "root"  # the overlay's mount point in the upper layer's tmpfs
+_OWN_LAYER_DIR = "skeleton"  # the sandbox's layer of directories, on the same tmpfs
 # The two ways layers reach overlayfs (``mount_method``).
 LOWERDIR_PLUS = "fsconfig lowerdir+"
 MOUNT_SYSCALL = "mount(2)"
@@ -34,21 +40,27 @@ MOUNT_SYSCALL = "mount(2)"
 _NO_SUCH_KEY = "sandbox-legacy-context-probe"
 
 
-def mount_image_root(layers: list[str], upper_bytes: int, where: str) -> int:
-    """Build the overlay of ``layers`` (directories, bottom first), attach it at
-    ``where``/IMAGE_ROOT_DIR, and return an fd of its root. ``where`` is a directory of this
-    private mount namespace (it gets the upper tmpfs)."""
-    if len(layers) > MAX_LAYERS:
-        raise SetupError(f"image has {len(layers)} layers; overlayfs stacks at most {MAX_LAYERS}")
+def mount_image_root(layers: list[str], upper_bytes: int, where: str, directories: tuple[str, ...]) -> int:
+    """Build the overlay of ``layers`` (directories, bottom first) under a layer of the
+    sandbox's own holding ``directories`` (top-level names the root must have as
+    directories, whatever the image holds there), attach it at ``where``/IMAGE_ROOT_DIR,
+    and return an fd of its root. ``where`` is a directory of this private mount
+    namespace (it gets the upper tmpfs)."""
+    if len(layers) >= MAX_LAYERS:
+        raise SetupError(f"image has {len(layers)} layers; overlayfs stacks at most {MAX_LAYERS - 1} of an image's")
     # Layers first: the store may lie under ``where``, which the upper tmpfs covers.
-    # Top-most layer first, as overlayfs lists them.
-    fds = [os.open(layer, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for layer in reversed(layers)]
-    lowers = [str(fd) for fd in fds]
+    layer_fds = [os.open(layer, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for layer in reversed(layers)]
+    fds = list(layer_fds)
     upper_mount = _tmpfs(upper_bytes)
     sc.move_mount(upper_mount, "", sc.AT_FDCWD, where, sc.MOVE_MOUNT_F_EMPTY_PATH)
     try:
-        upper, work, mount_point = (make_dirs_beneath(upper_mount, name) for name in ("upper", "work", IMAGE_ROOT_DIR))
-        fds.extend((upper, work, mount_point))
+        upper, work, mount_point, own_layer = (
+            make_dirs_beneath(upper_mount, name) for name in ("upper", "work", IMAGE_ROOT_DIR, _OWN_LAYER_DIR))
+        fds.extend((upper, work, mount_point, own_layer))
+        for name in directories:
+            os.close(make_dirs_beneath(own_layer, name))
+        # Top-most layer first, as overlayfs lists them.
+        lowers = [str(fd) for fd in (own_layer, *layer_fds)]
         cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         os.chdir("/proc/self/fd")
         try:

@@ -137,8 +137,8 @@ def root_mount_options(mountinfo: str) -> list[str]:
 def test_the_image_root_is_mounted_the_way_this_kernel_takes_layers(env, pushed, runner):
     """Before 6.8 (Debian 12's 6.1 in the cgroup v2 guest) a job's root must come from the
     mount(2) fallback, after it from ``lowerdir+``: the kernel shows which in the job's
-    mountinfo - mount(2) options as given (``lowerdir=`` with the layers' fd numbers, top
-    first), one ``lowerdir+=`` per layer otherwise. ``mount_method`` (what doctor says)
+    mountinfo - mount(2) options as given (``lowerdir=`` with the fd numbers of the
+    sandbox's own top layer and the image's two), one ``lowerdir+=`` per layer otherwise. ``mount_method`` (what doctor says)
     names the same one, and whiteouts and opaque directories hide lower content on it."""
     release = os.uname().release
     expected = LOWERDIR_PLUS if tuple(map(int, release.split("-")[0].split(".")[:2])) >= LOWERDIR_PLUS_SINCE \
@@ -157,9 +157,9 @@ def test_the_image_root_is_mounted_the_way_this_kernel_takes_layers(env, pushed,
     mountinfo, listing = result.stdout.decode().split("==\n")
     lowers = [option for option in root_mount_options(mountinfo) if option.startswith("lowerdir")]
     if expected == MOUNT_SYSCALL:
-        assert len(lowers) == 1 and re.fullmatch(r"lowerdir=\d+:\d+", lowers[0]), (release, lowers)
+        assert len(lowers) == 1 and re.fullmatch(r"lowerdir=\d+:\d+:\d+", lowers[0]), (release, lowers)
     else:
-        assert len(lowers) == 2 and all(option.startswith("lowerdir+=") for option in lowers), (release, lowers)
+        assert len(lowers) == 3 and all(option.startswith("lowerdir+=") for option in lowers), (release, lowers)
     # /opt is opaque in the top layer (old is the bottom layer's); /gone a whiteout.
     assert listing == ".\n..\nnew\nold-is-hidden\ngone-is-gone\n", listing
 
