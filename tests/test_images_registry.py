@@ -21,7 +21,7 @@ import pytest
 
 from workerutil import SANDBOX_CLI
 from imagebuild import Entry, busybox_entries, layer_tar, oci_index, oci_layout
-from registries import free_port, skopeo_push, start_proxy, start_registry, start_token_server
+from registries import Registry, free_port, skopeo_push, start_proxy, start_registry, start_token_server
 from sandbox.images.config import load
 from sandbox.images.errors import DigestMismatch, RegistryError
 from sandbox.images.pull import pull
@@ -58,27 +58,50 @@ def feature_layers() -> list[bytes]:
     return [layer_tar(base), layer_tar(top)]
 
 
-@pytest.fixture(scope="session")
-def pushed(registry, images_work):
-    """Images in the anonymous registry: name -> reference."""
-    layouts = images_work / "layouts"
-    names = {}
-    oci_layout(layouts / "features", feature_layers(),
-               config={"WorkingDir": "/srv/app", "Env": ["PATH=/bin", "GREETING=hello"]})
-    oci_layout(layouts / "zstd", [layer_tar(busybox_entries()), layer_tar([Entry("z", data=b"zstd\n")])],
-               compression="zstd")
-    oci_index(layouts / "multi", [
+def features_layout(path: Path) -> Path:
+    return oci_layout(path, feature_layers(), config={"WorkingDir": "/srv/app", "Env": ["PATH=/bin", "GREETING=hello"]})
+
+
+def zstd_layout(path: Path) -> Path:
+    return oci_layout(path, [layer_tar(busybox_entries()), layer_tar([Entry("z", data=b"zstd\n")])],
+                      compression="zstd")
+
+
+def multi_layout(path: Path) -> Path:
+    return oci_index(path, [
         dict(layers=[layer_tar([Entry("arch", data=b"amd64\n")])], arch="amd64"),
         dict(layers=[layer_tar([Entry("arch", data=b"arm64\n")])], arch="arm64"),
     ], platforms=[{"os": "linux", "architecture": "amd64"}, {"os": "linux", "architecture": "arm64", "variant": "v8"}])
-    big = os.urandom(3 << 20)
-    oci_layout(layouts / "big", [layer_tar(busybox_entries() + [Entry("big", data=big)])])
-    for name in ("features", "zstd", "big"):
-        names[name] = f"{registry.host}/test/{name}:1"
-        skopeo_push(f"oci:{layouts / name}", names[name], images_work)
-    names["multi"] = f"{registry.host}/test/multi:1"
-    skopeo_push(f"oci:{layouts / 'multi'}", names["multi"], images_work, all_platforms=True)
-    return names
+
+
+def big_layout(path: Path) -> Path:
+    return oci_layout(path, [layer_tar(busybox_entries() + [Entry("big", data=os.urandom(3 << 20))])])
+
+
+TEST_IMAGES = {"features": features_layout, "zstd": zstd_layout, "multi": multi_layout, "big": big_layout}
+
+
+class PushedImages:
+    """The test images in the anonymous registry, name -> reference, each built and
+    pushed when a test first asks for it: the cgroup v2 guest, under emulation, needs
+    only one of them."""
+
+    def __init__(self, registry: Registry, work: Path) -> None:
+        self.registry, self.work = registry, work
+        self.references: dict[str, str] = {}
+
+    def __getitem__(self, name: str) -> str:
+        if name not in self.references:
+            layout = TEST_IMAGES[name](self.work / "layouts" / name)
+            reference = f"{self.registry.host}/test/{name}:1"
+            skopeo_push(f"oci:{layout}", reference, self.work, all_platforms=name == "multi")
+            self.references[name] = reference
+        return self.references[name]
+
+
+@pytest.fixture(scope="session")
+def pushed(registry, images_work) -> PushedImages:
+    return PushedImages(registry, images_work)
 
 
 @pytest.fixture
@@ -201,7 +224,7 @@ def test_pull_by_digest_and_mismatch_is_refused(env, pushed, registry):
 
 def test_corrupt_blob_is_retried_then_refused_and_nothing_published(env, pushed, registry, images_work):
     store = Store(env())
-    manifest_layers = _layers_of(registry, "test/big")
+    manifest_layers = _layers_of(pushed["big"])
     blob = registry.blob_file(manifest_layers[-1])
     original = blob.read_bytes()
     blob.write_bytes(original[:-10] + b"X" * 10)
@@ -215,10 +238,13 @@ def test_corrupt_blob_is_retried_then_refused_and_nothing_published(env, pushed,
     assert not list((store.root / "layers").iterdir()) and not list((store.root / "partial").iterdir())
 
 
-def _layers_of(registry, repo: str) -> list[str]:
+def _layers_of(reference: str) -> list[str]:
+    """The layer digests of a pushed image (host/repository:tag), as the registry has them."""
     import httpx
+    host, name = reference.split("/", 1)
+    repository, tag = name.rsplit(":", 1)
     accept = "application/vnd.oci.image.manifest.v1+json"
-    manifest = httpx.get(f"http://{registry.host}/v2/{repo}/manifests/1", headers={"Accept": accept}).json()
+    manifest = httpx.get(f"http://{host}/v2/{repository}/manifests/{tag}", headers={"Accept": accept}).json()
     return [layer["digest"] for layer in manifest["layers"]]
 
 
@@ -240,7 +266,7 @@ def test_interrupted_download_resumes_with_range(env, pushed, registry):
     proxy = start_proxy(registry.host)
     try:
         env(insecure=(proxy.host,))
-        big_layer = _layers_of(registry, "test/big")[-1]
+        big_layer = _layers_of(pushed["big"])[-1]
         proxy.cut_blobs_after[big_layer] = 1 << 20
         store = Store(env(insecure=(proxy.host,)))
         _, record = pull(store, load(), pushed["big"].replace(registry.host, proxy.host))
