@@ -16,6 +16,7 @@ from typing import TextIO
 
 from sandbox.errors import CgroupError
 from sandbox.linux import syscalls as sc
+from sandbox.overlay import MOUNT_SYSCALL, mount_method
 from sandbox.stages import INIT_BINARY
 
 MIN_KERNEL = (5, 12)  # mount_setattr; openat2 (5.6) and close_range (5.9) come before
@@ -58,10 +59,7 @@ def _kernel() -> list[Check]:
     version = tuple(int(part) for part in release.split("-")[0].split(".")[:2])
     if version < MIN_KERNEL:
         return [Check("FAIL", f"kernel {release}", f"need Linux {'.'.join(map(str, MIN_KERNEL))}+ (mount_setattr)")]
-    checks = [Check("ok", f"kernel {release} ({platform.machine()})")]
-    if version < (6, 8):
-        checks.append(Check("warn", "kernel < 6.8: overlay 'lowerdir+' missing, images use the mount(2) fallback"))
-    return checks
+    return [Check("ok", f"kernel {release} ({platform.machine()})")]
 
 
 def _read(path: str) -> str | None:
@@ -93,8 +91,8 @@ def _user_namespaces() -> list[Check]:
     if max_ns == "0":
         checks.append(Check("FAIL", "user.max_user_namespaces=0", "sysctl user.max_user_namespaces=15000"))
     flags = sc.CLONE_NEWUSER | sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
-    error = _in_child(lambda: sc.unshare(flags))
-    if error:
+    failed, error = _in_child(lambda: sc.unshare(flags))
+    if failed:
         checks.append(Check("FAIL", f"cannot create user+mount+pid+net+ipc+uts namespaces: {error}",
                             "allow unprivileged user namespaces (see the lines above)"))
     else:
@@ -103,14 +101,18 @@ def _user_namespaces() -> list[Check]:
 
 
 def _overlay_in_userns() -> list[Check]:
-    def probe() -> None:
+    def probe() -> str:
         sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
-        os.close(sc.fsopen("overlay"))
+        return mount_method()
 
-    error = _in_child(probe)
-    if error:
-        return [Check("warn", f"overlayfs not usable in a user namespace: {error}", "images need Linux 5.11+ overlay")]
-    return [Check("ok", "overlayfs in user namespaces")]
+    failed, said = _in_child(probe)
+    if failed:
+        return [Check("warn", f"overlayfs not usable in a user namespace: {said}", "images need Linux 5.11+ overlay")]
+    if said == MOUNT_SYSCALL:
+        # The option string of one mount(2) must fit in a page: a few hundred layers.
+        return [Check("warn", f"overlayfs in user namespaces; image layers by the {MOUNT_SYSCALL} fallback "
+                      "(no overlay 'lowerdir+' before Linux 6.8)")]
+    return [Check("ok", f"overlayfs in user namespaces; image layers by {said}")]
 
 
 def _cgroups() -> list[Check]:
@@ -163,14 +165,15 @@ def _end_to_end() -> list[Check]:
     return [Check("FAIL", f"a real job failed: {result.status.value}: {result.error or result.stderr!r}")]
 
 
-def _in_child(action: Callable[[], None]) -> str | None:
-    """Run ``action`` in a forked child; return its error text, or None on success."""
+def _in_child(action: Callable[[], str | None]) -> tuple[bool, str]:
+    """Run ``action`` in a forked child (it may unshare namespaces this process must keep
+    out of); return (whether it failed, its error text or else what it returned)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
         try:
-            action()
+            os.write(write_end, (action() or "").encode()[:500])
             os._exit(0)
         except BaseException as exc:  # noqa: BLE001
             os.write(write_end, str(exc).encode()[:500])
@@ -178,5 +181,5 @@ def _in_child(action: Callable[[], None]) -> str | None:
     os.close(write_end)
     message = os.read(read_end, 1000).decode()
     os.close(read_end)
-    os.waitpid(pid, 0)
-    return message or None
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) != 0, message

@@ -7,9 +7,15 @@ the job's user namespace.
 - upper and work dirs live on a size-capped tmpfs made here, in the job's mount
   namespace: the job's writes to its root (the "container layer") die with it and never
   touch the store.
+- The names the sandbox mounts on come from a layer of its own, on that tmpfs, above the
+  image's: empty directories, which hide whatever non-directory an image has there (a
+  lower non-directory ends the lookup below a directory). Replacing one in the overlay
+  instead - a whiteout, then a directory over it - needs an opaque xattr on the upper,
+  which tmpfs cannot store before Linux 6.6 (overlayfs answers EIO).
 - Layers are passed as ``/proc/self/fd/N`` relative to ``/proc/self/fd`` (a few bytes
   each): one ``fsconfig("lowerdir+")`` per layer where the kernel has it (6.8+, up to
   500 layers), else one legacy mount(2) whose option string must fit in a page.
+  ``mount_method`` says which one this kernel gets (``sandbox doctor`` prints it).
 - The store path itself is never visible to the job: after pivot_root only the overlay
   is reachable, and overlayfs keeps private clones of its layer mounts.
 """
@@ -19,36 +25,52 @@ from __future__ import annotations
 import errno
 import os
 from sandbox.errors import SetupError
-from sandbox.fspath import make_dirs_beneath
+from sandbox.fspath import make_dirs_beneath, open_beneath
 from sandbox.linux import syscalls as sc
 
 MAX_LAYERS = 500  # overlayfs' OVL_MAX_STACK
 _PAGE = 4096
 _MOUNT_ATTRS = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
 IMAGE_ROOT_DIR = "root"  # the overlay's mount point in the upper layer's tmpfs
+_OWN_LAYER_DIR = "skeleton"  # the sandbox's layer of directories, on the same tmpfs
+# The two ways layers reach overlayfs (``mount_method``).
+LOWERDIR_PLUS = "fsconfig lowerdir+"
+MOUNT_SYSCALL = "mount(2)"
+# A key no filesystem has: a legacy fs context takes it, a real parser refuses it.
+_NO_SUCH_KEY = "sandbox-legacy-context-probe"
 
 
-def mount_image_root(layers: list[str], upper_bytes: int, where: str) -> int:
-    """Build the overlay of ``layers`` (directories, bottom first), attach it at
-    ``where``/IMAGE_ROOT_DIR, and return an fd of its root. ``where`` is a directory of this
-    private mount namespace (it gets the upper tmpfs)."""
-    if len(layers) > MAX_LAYERS:
-        raise SetupError(f"image has {len(layers)} layers; overlayfs stacks at most {MAX_LAYERS}")
+def mount_image_root(layers: list[str], upper_bytes: int, where: str, directories: tuple[str, ...]) -> int:
+    """Build the overlay of ``layers`` (directories, bottom first) under a layer of the
+    sandbox's own holding ``directories`` (top-level names the root must have as
+    directories, whatever the image holds there), attach it at ``where``/IMAGE_ROOT_DIR,
+    and return an fd of its root. ``where`` is a directory of this private mount
+    namespace (it gets the upper tmpfs)."""
+    if len(layers) >= MAX_LAYERS:
+        raise SetupError(f"image has {len(layers)} layers; overlayfs stacks at most {MAX_LAYERS - 1} of an image's")
     # Layers first: the store may lie under ``where``, which the upper tmpfs covers.
-    # Top-most layer first, as overlayfs lists them.
-    fds = [os.open(layer, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for layer in reversed(layers)]
-    lowers = [str(fd) for fd in fds]
+    layer_fds = [os.open(layer, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for layer in reversed(layers)]
+    fds = list(layer_fds)
     upper_mount = _tmpfs(upper_bytes)
     sc.move_mount(upper_mount, "", sc.AT_FDCWD, where, sc.MOVE_MOUNT_F_EMPTY_PATH)
     try:
-        upper, work, mount_point = (make_dirs_beneath(upper_mount, name) for name in ("upper", "work", IMAGE_ROOT_DIR))
-        fds.extend((upper, work, mount_point))
+        upper, work, mount_point, own_layer = (
+            make_dirs_beneath(upper_mount, name) for name in ("upper", "work", IMAGE_ROOT_DIR, _OWN_LAYER_DIR))
+        fds.extend((upper, work, mount_point, own_layer))
+        for name in directories:
+            os.close(make_dirs_beneath(own_layer, name))
+        # Top-most layer first, as overlayfs lists them.
+        lowers = [str(fd) for fd in (own_layer, *layer_fds)]
         cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         os.chdir("/proc/self/fd")
         try:
             overlay = _mount_new_api(lowers, str(upper), str(work))
             if overlay is None:
-                overlay = _mount_legacy(lowers, str(upper), str(work), str(mount_point))
+                _mount_legacy(lowers, str(upper), str(work), str(mount_point))
+                # By name from the tmpfs's root: a lookup crosses onto the overlay, while
+                # reopening the mount point's fd (a /proc/self/fd link) would give the
+                # directory beneath it.
+                overlay = open_beneath(upper_mount, IMAGE_ROOT_DIR, os.O_PATH | os.O_DIRECTORY)
             else:
                 sc.move_mount(overlay, "", mount_point, "", sc.MOVE_MOUNT_F_EMPTY_PATH | sc.MOVE_MOUNT_T_EMPTY_PATH)
         finally:
@@ -72,16 +94,55 @@ def _tmpfs(size: int) -> int:
         os.close(fs_fd)
 
 
-def _mount_new_api(lowers: list[str], upper: str, work: str) -> int | None:
-    """fsopen + one ``lowerdir+`` per layer; None when the kernel lacks ``lowerdir+``."""
+def mount_method() -> str:
+    """How this kernel's overlayfs takes an image's layers: ``LOWERDIR_PLUS`` or
+    ``MOUNT_SYSCALL`` - decided by the same probe ``mount_image_root`` makes, so what it
+    says is what jobs get. Needs CAP_SYS_ADMIN over the caller's mount namespace (a user
+    and mount namespace of its own will do)."""
+    fs_fd = _lowerdir_plus_context("/")
+    if fs_fd is None:
+        return MOUNT_SYSCALL
+    os.close(fs_fd)
+    return LOWERDIR_PLUS
+
+
+def _lowerdir_plus_context(top_layer: str) -> int | None:
+    """An overlay fs context holding ``top_layer`` as its first ``lowerdir+``, or None
+    when this kernel's overlayfs cannot take layers that way.
+
+    Two kinds of kernel lack it. 6.5 to 6.7 parse overlay options themselves and refuse
+    ``lowerdir+`` at once. Before 6.5 (Debian 12's 6.1) overlayfs has no parser of its own:
+    the kernel's legacy context accepts every key and passes the lot to the filesystem
+    when the superblock is made, which then fails - with a line in the kernel log for
+    every job. That context is recognised up front by its taking a key no filesystem has."""
     fs_fd = sc.fsopen("overlay")
     try:
-        try:
-            sc.fsconfig_string(fs_fd, "lowerdir+", lowers[0])
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                return None
-            raise
+        if _takes(fs_fd, _NO_SUCH_KEY, "") or not _takes(fs_fd, "lowerdir+", top_layer):
+            os.close(fs_fd)
+            return None
+    except BaseException:
+        os.close(fs_fd)
+        raise
+    return fs_fd
+
+
+def _takes(fs_fd: int, key: str, value: str) -> bool:
+    """Whether the fs context accepts ``key``=``value`` (EINVAL: an unknown key)."""
+    try:
+        sc.fsconfig_string(fs_fd, key, value)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return False
+        raise
+    return True
+
+
+def _mount_new_api(lowers: list[str], upper: str, work: str) -> int | None:
+    """One ``lowerdir+`` per layer; None when the kernel lacks ``lowerdir+``."""
+    fs_fd = _lowerdir_plus_context(lowers[0])
+    if fs_fd is None:
+        return None
+    try:
         for lower in lowers[1:]:
             sc.fsconfig_string(fs_fd, "lowerdir+", lower)
         sc.fsconfig_string(fs_fd, "upperdir", upper)
@@ -93,10 +154,9 @@ def _mount_new_api(lowers: list[str], upper: str, work: str) -> int | None:
         os.close(fs_fd)
 
 
-def _mount_legacy(lowers: list[str], upper: str, work: str, mount_point: str) -> int:
+def _mount_legacy(lowers: list[str], upper: str, work: str, mount_point: str) -> None:
     """mount(2) for kernels before 6.8: the whole option string must fit in a page."""
     options = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work},userxattr"
     if len(options) >= _PAGE:
         raise SetupError(f"image has too many layers ({len(lowers)}) for this kernel's mount(2)")
     sc.mount("overlay", mount_point, "overlay", sc.MS_NOSUID | sc.MS_NODEV, options)
-    return os.open(mount_point, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)

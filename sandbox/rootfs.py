@@ -158,31 +158,21 @@ def mount_proc(root_fd: int) -> None:
     attach(proc, root_fd, "proc")
 
 
-# Names the sandbox mounts over or writes into. An image may ship any of them as a
-# symlink (say /dev -> /host/dev): it is removed in the overlay (a whiteout in the
-# throw-away upper layer) before anything is mounted, and every later step opens paths
-# with RESOLVE_NO_SYMLINKS anyway, so nothing can be redirected to a host file.
-_IMAGE_MOUNT_POINTS = ("proc", "dev", "work", "tmp")
+# --- image roots --------------------------------------------------------------------
+# Names the sandbox mounts on or writes into. An image may ship any of them as a symlink
+# (say /dev -> /host/dev): the overlay's own top layer (``mount_image_root``) makes them
+# directories whatever the image holds there, and every later step opens paths with
+# RESOLVE_NO_SYMLINKS anyway, so nothing can be redirected to a host file.
+_IMAGE_MOUNT_POINTS = ("proc", "dev", "work", "tmp", "etc")
 # Where an image's overlay is built, in the sandbox init's private copy of the host's
 # tree (the upper layer's tmpfs covers it, so nothing of the host's /tmp shows).
 IMAGE_WORKSPACE = "/tmp"
 _IMAGE_GENERATED_ETC = ("hosts", "hostname")
 
 
-def _replace_non_directory(dir_fd: int, name: str) -> None:
-    try:
-        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=dir_fd)
-
-
 def populate_image_root(root_fd: int, workdir: str) -> None:
-    """Make an image root safe to mount the job filesystems on; write hosts/hostname."""
-    for name in (*_IMAGE_MOUNT_POINTS, "etc"):
-        _replace_non_directory(root_fd, name)
-        os.close(make_dirs_beneath(root_fd, name))
+    """Write /etc/hosts and /etc/hostname into an image root (replacing the image's
+    files or symlinks there), and make the job's working directory."""
     etc = make_dirs_beneath(root_fd, "etc")
     try:
         generated = generated_etc()
@@ -238,7 +228,7 @@ def build_image_root(disk_bytes: int, layers: list[str], workdir: str) -> str:
     overlay - its layers must be mounts of this namespace, which is why an image root
     is not built on the template - with its /dev and the mount points of the job's own
     filesystems, which the C init mounts before it pivots into it; returns its path."""
-    root_fd = mount_image_root(layers, disk_bytes, IMAGE_WORKSPACE)
+    root_fd = mount_image_root(layers, disk_bytes, IMAGE_WORKSPACE, _IMAGE_MOUNT_POINTS)
     try:
         populate_image_root(root_fd, workdir)
         build_dev(root_fd)

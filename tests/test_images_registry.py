@@ -1,11 +1,15 @@
 """Pull from real registries (docker-registry started here: anonymous, basic auth,
 bearer tokens), run on the overlay, and the faults: digest mismatch, registry down,
-interrupted download resumed, concurrent pulls, gc while a job runs, a full disk."""
+interrupted download resumed, concurrent pulls, gc while a job runs, a full disk.
+
+The tests marked ``kernel`` also run in the cgroup v2 guest (tests/vm/run), whose
+kernel (Debian 12's 6.1) mounts image roots by the mount(2) fallback."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -17,12 +21,13 @@ import pytest
 
 from workerutil import SANDBOX_CLI
 from imagebuild import Entry, busybox_entries, layer_tar, oci_index, oci_layout
-from registries import free_port, skopeo_push, start_proxy, start_registry, start_token_server
+from registries import Registry, free_port, skopeo_push, start_proxy, start_registry, start_token_server
 from sandbox.images.config import load
 from sandbox.images.errors import DigestMismatch, RegistryError
 from sandbox.images.pull import pull
 from sandbox.images.store import Store
-from sandbox.models import Blob, Job
+from sandbox.models import Blob, Job, Status
+from sandbox.overlay import LOWERDIR_PLUS, MOUNT_SYSCALL
 
 DIR, SYM, LNK = tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
 
@@ -53,27 +58,50 @@ def feature_layers() -> list[bytes]:
     return [layer_tar(base), layer_tar(top)]
 
 
-@pytest.fixture(scope="session")
-def pushed(registry, images_work):
-    """Images in the anonymous registry: name -> reference."""
-    layouts = images_work / "layouts"
-    names = {}
-    oci_layout(layouts / "features", feature_layers(),
-               config={"WorkingDir": "/srv/app", "Env": ["PATH=/bin", "GREETING=hello"]})
-    oci_layout(layouts / "zstd", [layer_tar(busybox_entries()), layer_tar([Entry("z", data=b"zstd\n")])],
-               compression="zstd")
-    oci_index(layouts / "multi", [
+def features_layout(path: Path) -> Path:
+    return oci_layout(path, feature_layers(), config={"WorkingDir": "/srv/app", "Env": ["PATH=/bin", "GREETING=hello"]})
+
+
+def zstd_layout(path: Path) -> Path:
+    return oci_layout(path, [layer_tar(busybox_entries()), layer_tar([Entry("z", data=b"zstd\n")])],
+                      compression="zstd")
+
+
+def multi_layout(path: Path) -> Path:
+    return oci_index(path, [
         dict(layers=[layer_tar([Entry("arch", data=b"amd64\n")])], arch="amd64"),
         dict(layers=[layer_tar([Entry("arch", data=b"arm64\n")])], arch="arm64"),
     ], platforms=[{"os": "linux", "architecture": "amd64"}, {"os": "linux", "architecture": "arm64", "variant": "v8"}])
-    big = os.urandom(3 << 20)
-    oci_layout(layouts / "big", [layer_tar(busybox_entries() + [Entry("big", data=big)])])
-    for name in ("features", "zstd", "big"):
-        names[name] = f"{registry.host}/test/{name}:1"
-        skopeo_push(f"oci:{layouts / name}", names[name], images_work)
-    names["multi"] = f"{registry.host}/test/multi:1"
-    skopeo_push(f"oci:{layouts / 'multi'}", names["multi"], images_work, all_platforms=True)
-    return names
+
+
+def big_layout(path: Path) -> Path:
+    return oci_layout(path, [layer_tar(busybox_entries() + [Entry("big", data=os.urandom(3 << 20))])])
+
+
+TEST_IMAGES = {"features": features_layout, "zstd": zstd_layout, "multi": multi_layout, "big": big_layout}
+
+
+class PushedImages:
+    """The test images in the anonymous registry, name -> reference, each built and
+    pushed when a test first asks for it: the cgroup v2 guest, under emulation, needs
+    only one of them."""
+
+    def __init__(self, registry: Registry, work: Path) -> None:
+        self.registry, self.work = registry, work
+        self.references: dict[str, str] = {}
+
+    def __getitem__(self, name: str) -> str:
+        if name not in self.references:
+            layout = TEST_IMAGES[name](self.work / "layouts" / name)
+            reference = f"{self.registry.host}/test/{name}:1"
+            skopeo_push(f"oci:{layout}", reference, self.work, all_platforms=name == "multi")
+            self.references[name] = reference
+        return self.references[name]
+
+
+@pytest.fixture(scope="session")
+def pushed(registry, images_work) -> PushedImages:
+    return PushedImages(registry, images_work)
 
 
 @pytest.fixture
@@ -98,6 +126,7 @@ def cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*SANDBOX_CLI, *args], capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.kernel
 def test_pull_and_run_applies_layers_and_config(env, pushed):
     done = cli("pull", pushed["features"])
     assert done.returncode == 0, done.stderr
@@ -111,6 +140,51 @@ def test_pull_and_run_applies_layers_and_config(env, pushed):
         "w", ""]
     done = cli("run", "--image", pushed["features"])  # no command: the image's Cmd
     assert (done.returncode, done.stdout) == (0, "default-cmd\n"), done.stderr
+
+
+# Overlayfs takes layers by ``lowerdir+`` from Linux 6.8 on.
+LOWERDIR_PLUS_SINCE = (6, 8)
+PROBE_MOUNT_METHOD = "from sandbox.overlay import mount_method; print(mount_method())"
+
+
+def root_mount_options(mountinfo: str) -> list[str]:
+    """The superblock options of the mount at / in a /proc/self/mountinfo."""
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if fields[4] == "/":
+            return fields[fields.index("-") + 3].split(",")
+    raise AssertionError(f"no root mount in {mountinfo!r}")
+
+
+@pytest.mark.kernel
+def test_the_image_root_is_mounted_the_way_this_kernel_takes_layers(env, pushed, runner):
+    """Before 6.8 (Debian 12's 6.1 in the cgroup v2 guest) a job's root must come from the
+    mount(2) fallback, after it from ``lowerdir+``: the kernel shows which in the job's
+    mountinfo - mount(2) options as given (``lowerdir=`` with the fd numbers of the
+    sandbox's own top layer and the image's two), one ``lowerdir+=`` per layer otherwise. ``mount_method`` (what doctor says)
+    names the same one, and whiteouts and opaque directories hide lower content on it."""
+    release = os.uname().release
+    expected = LOWERDIR_PLUS if tuple(map(int, release.split("-")[0].split(".")[:2])) >= LOWERDIR_PLUS_SINCE \
+        else MOUNT_SYSCALL
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-c",
+                            PROBE_MOUNT_METHOD], capture_output=True, text=True, timeout=60,
+                           cwd=Path(__file__).resolve().parent.parent)
+    assert (probe.returncode, probe.stdout) == (0, f"{expected}\n"), (release, probe.stderr)
+
+    pull(Store(env()), load(), pushed["features"])
+    script = ("cat /proc/self/mountinfo; echo ==; ls -a /opt; test -e /opt/old || echo old-is-hidden; "
+              "test -e /gone || echo gone-is-gone")
+    result = runner.run(Job(cmd=["sh", "-c", script], image="test/features:1", require_cgroups=True))
+    runner.tidy()
+    assert result.status is Status.OK, result
+    mountinfo, listing = result.stdout.decode().split("==\n")
+    lowers = [option for option in root_mount_options(mountinfo) if option.startswith("lowerdir")]
+    if expected == MOUNT_SYSCALL:
+        assert len(lowers) == 1 and re.fullmatch(r"lowerdir=\d+:\d+:\d+", lowers[0]), (release, lowers)
+    else:
+        assert len(lowers) == 3 and all(option.startswith("lowerdir+=") for option in lowers), (release, lowers)
+    # /opt is opaque in the top layer (old is the bottom layer's); /gone a whiteout.
+    assert listing == ".\n..\nnew\nold-is-hidden\ngone-is-gone\n", listing
 
 
 def test_images_inspect_rmi_gc(env, pushed):
@@ -150,7 +224,7 @@ def test_pull_by_digest_and_mismatch_is_refused(env, pushed, registry):
 
 def test_corrupt_blob_is_retried_then_refused_and_nothing_published(env, pushed, registry, images_work):
     store = Store(env())
-    manifest_layers = _layers_of(registry, "test/big")
+    manifest_layers = _layers_of(pushed["big"])
     blob = registry.blob_file(manifest_layers[-1])
     original = blob.read_bytes()
     blob.write_bytes(original[:-10] + b"X" * 10)
@@ -164,10 +238,13 @@ def test_corrupt_blob_is_retried_then_refused_and_nothing_published(env, pushed,
     assert not list((store.root / "layers").iterdir()) and not list((store.root / "partial").iterdir())
 
 
-def _layers_of(registry, repo: str) -> list[str]:
+def _layers_of(reference: str) -> list[str]:
+    """The layer digests of a pushed image (host/repository:tag), as the registry has them."""
     import httpx
+    host, name = reference.split("/", 1)
+    repository, tag = name.rsplit(":", 1)
     accept = "application/vnd.oci.image.manifest.v1+json"
-    manifest = httpx.get(f"http://{registry.host}/v2/{repo}/manifests/1", headers={"Accept": accept}).json()
+    manifest = httpx.get(f"http://{host}/v2/{repository}/manifests/{tag}", headers={"Accept": accept}).json()
     return [layer["digest"] for layer in manifest["layers"]]
 
 
@@ -189,7 +266,7 @@ def test_interrupted_download_resumes_with_range(env, pushed, registry):
     proxy = start_proxy(registry.host)
     try:
         env(insecure=(proxy.host,))
-        big_layer = _layers_of(registry, "test/big")[-1]
+        big_layer = _layers_of(pushed["big"])[-1]
         proxy.cut_blobs_after[big_layer] = 1 << 20
         store = Store(env(insecure=(proxy.host,)))
         _, record = pull(store, load(), pushed["big"].replace(registry.host, proxy.host))
@@ -334,6 +411,7 @@ def test_full_disk_during_unpack_publishes_nothing(tmp_path, env):
     assert "'big'" in outcome["error"] and outcome["leftovers"] == [], outcome
 
 
+@pytest.mark.kernel
 def test_hostile_mount_points_never_touch_the_host(env, tmp_path, runner):
     """An image whose /dev, /proc, /tmp, /work and /etc/hosts are symlinks to a host
     directory: the job runs, and the canary directory stays untouched."""

@@ -60,7 +60,7 @@ def settled(runner: Runner) -> Runner:
         select.select(waitables, [], [], 10)
 
 
-@pytest.mark.cgroup  # also in the cgroup v2 guest (which has no busybox for the image tests)
+@pytest.mark.cgroup  # also in the cgroup v2 guest
 def test_a_job_takes_a_warm_sandbox_of_its_own_kind_only(warm_runner):
     runner = warm_runner(WarmSpec(1, "strict"))
     assert settled(runner).sandboxes.warm_count() == 1
