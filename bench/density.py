@@ -175,7 +175,7 @@ def run(quick: bool, budget: int = 8 * GIB, reserve: int = 8 * GIB, step_timeout
             for job_id in sleepers:
                 try:
                     client.wait(job_id)
-                except Exception:  # noqa: BLE001 - a cancelled job's final event is all we wait for
+                except Exception:
                     pass
     best = rows[-1] if rows else None
     projection = project(best, slots, worker_fds) if best else {}

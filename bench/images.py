@@ -24,9 +24,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
 
-from bench.common import show, target  # noqa: E402
 from imagebuild import debian_python_layout  # noqa: E402
 from registries import skopeo_push, start_registry  # noqa: E402
+
+from bench.common import show, target  # noqa: E402
 from sandbox.images.config import ImagesConfig  # noqa: E402
 from sandbox.images.pull import pull  # noqa: E402
 from sandbox.images.runtime import lease_image  # noqa: E402
@@ -53,10 +54,10 @@ def measure(runs: int, jobs: int) -> dict:
         for run in range(runs):
             store_dir = work / f"store-{run}"
             config = ImagesConfig(store=store_dir, insecure=frozenset({registry.host}))
-            ours.append(timed(lambda: pull(Store(store_dir), config, ref)))
+            ours.append(timed(lambda store_dir=store_dir, config=config: pull(Store(store_dir), config, ref)))
             oci, bundle = work / f"oci-{run}", work / f"bundle-{run}"
 
-            def skopeo_umoci() -> None:
+            def skopeo_umoci(oci: Path = oci, bundle: Path = bundle) -> None:
                 env = {**os.environ, "REGISTRY_AUTH_FILE": str(work / "skopeo-auth.json")}
                 subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{oci}:b"],
                                check=True, env=env)

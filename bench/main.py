@@ -14,13 +14,14 @@ import json
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import cpu, density, humaneval, images, profile, report, worker  # noqa: E402
-from bench.common import REPO, load_average, machine  # noqa: E402
+from bench import cpu, density, humaneval, images, profile, report, worker
+from bench.common import REPO, load_average, machine
 
 PARTS: dict[str, Callable[[bool], dict]] = {
     "worker": worker.run,                                               # parts 1 and 2
@@ -52,7 +53,7 @@ def run_part(results: dict[str, Any], name: str, part: Callable[[bool], dict], q
     start, load = time.perf_counter(), load_average()
     try:
         results[name] = part(quick)
-    except Exception as exc:  # noqa: BLE001 - one broken part must not lose the others' figures
+    except Exception as exc:
         traceback.print_exc()
         results[name] = {"error": f"{type(exc).__name__}: {exc}"}
     results[name].update(elapsed_s=time.perf_counter() - start, load_1min_before=load)

@@ -12,9 +12,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only: the bench runs without a display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from bench.profile import RATE  # noqa: E402
+from bench.profile import RATE
 
 REPORT_NAME = "REPORT.md"
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -176,7 +176,8 @@ def analysis(results: dict[str, Any]) -> list[str]:
         ours, bwrap, crun = (static[k]["cpu_ms_per_job"] for k in ("worker", "bwrap", "crun"))
         lines.append(
             f"- **Latency and throughput.** A warm static job through the worker costs {ours:.1f} ms of CPU in "
-            f"all (worker, launchers, zygotes, sandbox processes) against {bwrap:.1f} ms for bwrap and {crun:.1f} ms for "
+            f"all (worker, launchers, zygotes, sandbox processes) against {bwrap:.1f} ms for bwrap "
+            f"and {crun:.1f} ms for "
             f"crun. On {cpus} CPUs that alone caps the worker near {cpus * 1000 / ours:.0f} jobs/s against "
             f"bwrap's {cpus * 1000 / bwrap:.0f}: with the machine loaded, latency follows CPU.")
     if prof:
@@ -234,7 +235,8 @@ def analysis(results: dict[str, Any]) -> list[str]:
         row = density["steps"][-1]
         lines.append(
             f"- **Density.** Each sleeping sandbox holds a slot: its launcher (a Python interpreter, "
-            f"{row['launchers_pss'] / row['sandboxes'] / MIB:.1f} MiB PSS) and its zygote, spawner and sandbox processes "
+            f"{row['launchers_pss'] / row['sandboxes'] / MIB:.1f} MiB PSS) "
+            "and its zygote, spawner and sandbox processes "
             f"({row['sandboxes_pss'] / row['sandboxes'] / MIB:.1f} MiB PSS), against "
             f"{row['job_cgroups'] / row['sandboxes'] / MIB:.2f} MiB charged to the job's own cgroup. One "
             "Python launcher and zygote per running job is what costs the memory.")
@@ -265,7 +267,7 @@ def plots(results: dict[str, Any], out: Path, prefix: str) -> list[str]:
     latency = results.get("worker", {}).get("latency", {})
     if latency:
         fig, axes = plt.subplots(1, len(latency), figsize=(6 * len(latency), 4))
-        for ax, (name, row) in zip(axes if len(latency) > 1 else [axes], latency.items(), strict=True):
+        for ax, row in zip(axes if len(latency) > 1 else [axes], latency.values(), strict=True):
             peers = list(row["ms"])
             for offset, phase in ((-0.2, "warm"), (0.2, "after_idle")):
                 p50 = [row["ms"][p][phase]["p50"] for p in peers]

@@ -20,10 +20,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import peers  # noqa: E402
-from bench.common import REPO, Worker, machine, show, summary, target, worker_cpu_ms  # noqa: E402
-from sandbox.models import Job  # noqa: E402
-from worker.client import Client  # noqa: E402
+from bench import peers
+from bench.common import REPO, Worker, machine, show, summary, target, worker_cpu_ms
+from sandbox.models import Job
+from worker.client import Client
 
 STATIC = ["/usr/bin/busybox", "true"]
 PYTHON = ["python3", "-c", "pass"]

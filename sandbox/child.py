@@ -29,10 +29,10 @@ def guard(report_fd: int, body: Any) -> NoReturn:
     into the supervisor's code."""
     try:
         body()
-    except BaseException as exc:  # noqa: BLE001 - the child must never unwind
+    except BaseException as exc:
         try:
             send(report_fd, "setup_error", message=f"{type(exc).__name__}: {exc}")
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             pass
     os._exit(125)
 

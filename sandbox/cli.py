@@ -103,9 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--slots", type=int, default=os.cpu_count() or 1, help="jobs run at once (default: CPUs)")
     serve.add_argument("--queue", type=int, default=1024, help="jobs waiting at most; more get 'busy'")
     serve.add_argument("--warm", type=int, default=0,
-                       help="sandboxes kept prepared ahead of jobs in the default profile on the host image (default 0)")
-    serve.add_argument("--warm-for", action="append", default=[], type=_warm_spec, metavar="count=N[,profile=P][,image=I]",
-                       help="also keep N sandboxes prepared for jobs in profile P and/or on stored image I (repeatable)")
+                       help="sandboxes kept prepared ahead of jobs in the default profile on the host image "
+                            "(default 0)")
+    serve.add_argument("--warm-for", action="append", default=[], type=_warm_spec,
+                       metavar="count=N[,profile=P][,image=I]",
+                       help="also keep N sandboxes prepared for jobs in profile P and/or on stored image I "
+                            "(repeatable)")
     serve.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
     serve.add_argument("--retention", type=float, default=300.0, metavar="SECONDS",
                        help="keep finished jobs' results this long for resubmitted ids (default 300)")

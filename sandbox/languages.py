@@ -252,7 +252,7 @@ def _compile_argv(preset: Preset, limits: Limits, cpus: int) -> list[str]:
 def _read_artifacts(data: bytes) -> list[InputFile]:
     """Regular files with plain names from the compile job's tar; anything else is the
     compile sandbox misbehaving and fails the run."""
-    files = []
+    files: list[InputFile] = []
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
             for member in archive:

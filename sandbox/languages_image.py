@@ -19,6 +19,7 @@ import tempfile
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sandbox.errors import SetupError
 from sandbox.languages import LANGUAGES_DIR, image_present, image_reference
@@ -72,7 +73,7 @@ def _import(rootfs: Path, ref: str, env: list[str]) -> None:
                   "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]}}
         config_desc = _put(blobs, json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json")
         layer_desc = {"mediaType": _LAYER, "digest": f"sha256:{layer_digest}", "size": rootfs.stat().st_size}
-        manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        manifest: dict[str, Any] = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                     "config": config_desc, "layers": [layer_desc]}
         manifest_desc = _put(blobs, json.dumps(manifest).encode(), manifest["mediaType"])
         (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')

@@ -14,7 +14,7 @@ import re
 import signal
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from sandbox.errors import JobError
 from sandbox.units import is_no_limit, parse_duration_ms, parse_size
@@ -69,12 +69,14 @@ class Limits:
     stack: int | str = "8M"
     file_size: int | str = "64M"
     cpus: float | None = None
+    _given: ClassVar[frozenset[str]]  # set per instance in __new__
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Limits:
         # __new__ sees the arguments exactly as the caller gave them; the generated
         # __init__ fills in the defaults and would hide which ones those were.
         instance = super().__new__(cls)
-        instance._given = frozenset(kwargs) | {f.name for f in fields(cls)[: len(args)]} if args else frozenset(kwargs)
+        given = frozenset(kwargs) | {f.name for f in fields(cls)[: len(args)]} if args else frozenset(kwargs)
+        object.__setattr__(instance, "_given", given)  # per instance; declared on the class, not a field
         return instance
 
     @property

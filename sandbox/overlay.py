@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import os
+
 from sandbox.errors import SetupError
 from sandbox.fspath import make_dirs_beneath, open_beneath
 from sandbox.linux import syscalls as sc

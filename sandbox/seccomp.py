@@ -98,13 +98,15 @@ def compile_policy(policy: SeccompPolicy) -> bytes:
         _add(seccomp_filter, _action(policy.default), _action(action), name)
     for name, rules in sorted(policy.arg_rules.items()):
         for rule in rules:
-            for action, args in _expand(rule):
-                _add(seccomp_filter, _action(policy.default), action, name, *args)
+            for rule_action, args in _expand(rule):
+                _add(seccomp_filter, _action(policy.default), rule_action, name, *args)
     _allow_program_stage(seccomp_filter, policy, actions)
     return _export(seccomp_filter)
 
 
-def _allow_program_stage(seccomp_filter: pyseccomp.SyscallFilter, policy: SeccompPolicy, actions: dict[str, str]) -> None:
+def _allow_program_stage(
+    seccomp_filter: pyseccomp.SyscallFilter, policy: SeccompPolicy, actions: dict[str, str],
+) -> None:
     """Let through the calls the sandbox's program stage makes between installing the
     filter and the exec (``native/program.c``), where the profile does not name them:
     sendmsg and recvmsg on HANDOVER_FD, to hand the listener over and receive the job,
@@ -217,15 +219,15 @@ def _action(text: Any) -> int:
     """``noop``: the call is skipped and returns 0 (the filter's errno action with 0),
     for calls a program may make but must not have reach beyond the sandbox."""
     if text == "allow":
-        return pyseccomp.ALLOW
+        return int(pyseccomp.ALLOW)
     if text == "noop":
-        return pyseccomp.ERRNO(0)
+        return int(pyseccomp.ERRNO(0))
     if text in ("kill", "notify"):
-        return pyseccomp.NOTIFY
+        return int(pyseccomp.NOTIFY)
     if isinstance(text, str) and text.startswith("errno:"):
         name = text.split(":", 1)[1]
         number = getattr(errno, name, None)
         if not isinstance(number, int):
             raise ProfileError(f"unknown errno {name!r}")
-        return pyseccomp.ERRNO(number)
+        return int(pyseccomp.ERRNO(number))
     raise ProfileError(f"unknown action {text!r} ({ACTIONS})")

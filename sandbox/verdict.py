@@ -42,7 +42,7 @@ def decide(outcome: Outcome, *, cpu_ms: float, cpu_limit_ms: int | None, oom_kil
 
     if outcome.kill_reason == "cancel":
         return Verdict(Status.CANCELLED, None, None, None, "cancelled before it finished")
-    if outcome.setup_error or outcome.kill_reason == "setup" or outcome.exited is None and not outcome.kill_reason:
+    if outcome.setup_error or outcome.kill_reason == "setup" or (outcome.exited is None and not outcome.kill_reason):
         return Verdict(Status.INTERNAL_ERROR, None, None, None, outcome.setup_error or "sandbox set-up did not finish")
     if outcome.kill_reason in _KILL_STATUS:
         return verdict(_KILL_STATUS[outcome.kill_reason])

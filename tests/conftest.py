@@ -16,12 +16,13 @@ from hypothesis import settings
 settings.register_profile("sandbox", database=None)  # no example database in the tree
 settings.load_profile("sandbox")
 
+from hoststate import own_processes, owned_entries
+from workerutil import Raw, WorkerProcess
+
 from sandbox.cgroups import open_backend
 from sandbox.errors import CgroupError
 from sandbox.models import Blob, InputFile, Job, Limits, Result
 from sandbox.runner import Runner
-from hoststate import own_processes, owned_entries
-from workerutil import Raw, WorkerProcess
 
 PROGRAMS = Path(__file__).parent / "programs"
 REPO = Path(__file__).resolve().parent.parent
@@ -130,6 +131,14 @@ def run_program(run, programs):
         return run([f"/work/{name}", *args], files={f"/work/{name}": programs[name]}, **kwargs)
 
     return _run_program
+
+
+@pytest.fixture
+def image_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty image store for this test (and the CLI it runs)."""
+    monkeypatch.setenv("SANDBOX_IMAGE_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("SANDBOX_IMAGES_CONFIG", str(tmp_path / "images.toml"))
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

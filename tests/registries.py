@@ -120,7 +120,7 @@ def start_token_server(work: Path, user: str, password: str, service: str, issue
         def log_message(self, *args: object) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             if self.headers.get("Authorization") != expected:
                 self.send_response(401)
                 self.end_headers()
@@ -181,7 +181,7 @@ def start_proxy(upstream: str) -> Proxy:
         def log_message(self, *args: object) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             conn = http.client.HTTPConnection(upstream, timeout=30)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
             conn.request("GET", self.path, headers=headers)

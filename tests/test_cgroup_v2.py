@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from hoststate import reap_exited_children
+
 from sandbox.cgroups import JobCgroup
 from sandbox.cgroups.base import cgroup_pids, read_keyed
 from sandbox.cgroups.v2 import CONTROLLERS, SUPERVISOR_LEAF, own_cgroup

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from hoststate import own_processes, reap_exited_children
 from workerutil import SANDBOX_CLI
+
 from sandbox.models import Status
 from sandbox.runner import Runner
 

@@ -27,7 +27,7 @@ class Server:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_GET(self) -> None:
                 outer.seen.append((self.path, self.headers.get("Authorization")))
                 status, headers, body = handle(self)
                 self.send_response(status)

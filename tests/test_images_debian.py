@@ -4,7 +4,6 @@ outside the checkout), pushed with skopeo, pulled and run."""
 from __future__ import annotations
 
 import pytest
-
 from imagebuild import debian_python_layout
 from registries import skopeo_push
 from test_images_registry import cli, env, images_work, registry  # noqa: F401 - shared fixtures

@@ -18,10 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
-from workerutil import SANDBOX_CLI
 from imagebuild import Entry, busybox_entries, layer_tar, oci_index, oci_layout
 from registries import Registry, free_port, skopeo_push, start_proxy, start_registry, start_token_server
+from workerutil import SANDBOX_CLI
+
 from sandbox.images.config import load
 from sandbox.images.errors import DigestMismatch, RegistryError
 from sandbox.images.pull import pull
@@ -215,10 +215,10 @@ def test_platform_is_picked_from_the_index(env, pushed):
 
 def test_pull_by_digest_and_mismatch_is_refused(env, pushed, registry):
     store = Store(env())
-    ref, record = pull(store, load(), pushed["features"])
+    _, record = pull(store, load(), pushed["features"])
     by_digest = f"{registry.host}/test/features@{record.manifest_digest}"
     assert pull(store, load(), by_digest)[1].id == record.id
-    with pytest.raises(RegistryError, match="not found|expected"):
+    with pytest.raises(RegistryError, match=r"not found|expected"):
         pull(store, load(), f"{registry.host}/test/features@sha256:{'0' * 64}")
 
 

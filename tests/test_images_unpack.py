@@ -12,8 +12,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from imagebuild import Entry, compress, layer_tar
+
 from sandbox.images.config import UnpackLimits
 from sandbox.images.errors import UnpackError
 from sandbox.images.unpack import unpack_layer

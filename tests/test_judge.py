@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from workerutil import SANDBOX_CLI
 
 from sandbox.judge.checkers import CheckerKind
 from sandbox.judge.problem import Checker, Problem, load_problem
 from sandbox.judge.run import Submission, judge
 from sandbox.languages import RunnerStages
 from sandbox.models import Job, Result
-from workerutil import SANDBOX_CLI
 
 PROBLEMS = Path(__file__).parent / "problems"
 SOLUTIONS = PROBLEMS / "solutions"

@@ -14,11 +14,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from workerutil import SANDBOX_CLI
 
 from sandbox.languages import RunnerStages, load_preset, preset_names, run_source
 from sandbox.models import Blob, Limits, Status
 from worker.client import Client
-from workerutil import SANDBOX_CLI
 
 SOURCES = Path(__file__).parent / "languages"
 LANGUAGES = ["c", "cpp", "python3", "java", "go", "rust", "javascript"]

@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from workerutil import SANDBOX_CLI
+
 from sandbox.errors import JobError
 from sandbox.models import Blob, InputFile, Job, Result, Status
 from sandbox.profile import builtin_profiles, load_profile

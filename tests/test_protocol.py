@@ -200,7 +200,7 @@ def test_fuzz_valid_frames_survive_any_chunking(messages, data):
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
     decoder = FrameDecoder()
     got = []
-    for start, end in zip([0, *cuts], [*cuts, len(stream)]):
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
         got.extend(decoder.feed(stream[start:end]))
     # Compared as bytes: NaN never equals itself.
     assert [msgpack.packb(m, use_bin_type=True) for m in got] == [msgpack.packb(m, use_bin_type=True) for m in messages]

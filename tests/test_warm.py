@@ -17,14 +17,6 @@ from sandbox.models import Blob, InputFile, Job, Limits, Status, WarmSpec
 from sandbox.runner import Runner
 
 
-@pytest.fixture
-def image_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh, empty image store for this test (and the CLI it runs)."""
-    monkeypatch.setenv("SANDBOX_IMAGE_STORE", str(tmp_path / "store"))
-    monkeypatch.setenv("SANDBOX_IMAGES_CONFIG", str(tmp_path / "images.toml"))
-    return tmp_path
-
-
 def import_image(work: Path, reference: str, version: str) -> None:
     """Store a busybox image whose /version says ``version`` under ``reference``."""
     layer = layer_tar(busybox_entries() + [Entry("version", data=f"{version}\n".encode())])

@@ -18,17 +18,16 @@ import httpx
 import msgpack
 import pytest
 import trio
-
-from sandbox.errors import JobError
-from sandbox.models import Blob, InputFile, Job, Limits, Result, Status, WarmSpec
 from imagebuild import Entry, busybox_entries, layer_tar, oci_layout
 from test_cleanup import sleeping, wait_until
 from test_images_registry import cli
-from test_warm import image_store  # noqa: F401 - a fixture
+from workerutil import SANDBOX_CLI, Raw, WorkerProcess
+
+from sandbox.errors import JobError
+from sandbox.models import Blob, InputFile, Job, Limits, Result, Status, WarmSpec
 from worker.client import AsyncClient, Client, WorkerError
 from worker.protocol import FrameDecoder, ProtocolError, encode, job_to_wire
 from worker.slots import Slot
-from workerutil import SANDBOX_CLI, Raw, WorkerProcess
 
 
 def py(code: str, **limits: object) -> Job:
@@ -355,9 +354,8 @@ def test_an_id_names_one_job(worker, connect):
         assert (reply["type"], reply["code"], reply["field"], reply["id"]) == ("error", "id_conflict", "id", "mine")
     raw.send({"type": "cancel", "id": "mine"})
     raw.until(lambda m: m.get("event") == "cancelled")
-    with Client(worker.socket_path) as client:
-        with pytest.raises(WorkerError) as caught:
-            client.run(Job(cmd=["true"]), job_id="mine")
+    with Client(worker.socket_path) as client, pytest.raises(WorkerError) as caught:
+        client.run(Job(cmd=["true"]), job_id="mine")
     assert caught.value.code == "id_conflict"
 
 
@@ -526,9 +524,9 @@ def test_a_job_on_an_image_not_in_the_store_is_refused_before_a_slot(worker, con
     reply = raw.next()
     assert (reply["type"], reply["code"], reply["field"], reply["id"]) == ("error", "invalid_job", "image", "on-image")
     assert stats(raw)["launcher_restarts"] == 0
-    with Client(worker.socket_path) as client:  # (a reference that cannot parse is refused by the model itself)
-        with pytest.raises((WorkerError, JobError)) as caught:
-            client.run(Job(cmd=["true"], image=image))
+    # (a reference that cannot parse is refused by the model itself)
+    with Client(worker.socket_path) as client, pytest.raises((WorkerError, JobError)) as caught:
+        client.run(Job(cmd=["true"], image=image))
     assert caught.value.field == "image"
 
 
@@ -654,9 +652,8 @@ def test_clients_read_why_a_worker_closed_on_them_mid_send(tmp_path):
     server.start()
     try:
         job = Job(cmd=["true"], stdin=Blob(data=b"x" * (8 << 20)))
-        with Client(path) as client:
-            with pytest.raises(WorkerError) as caught:
-                client.run(job)
+        with Client(path) as client, pytest.raises(WorkerError) as caught:
+            client.run(job)
         assert caught.value.code == "frame_too_large"
 
         async def async_client() -> str | None:

@@ -22,7 +22,7 @@ class WorkerProcess:
     def __init__(self, directory: Path, *args: str) -> None:
         self.socket_path = str(directory / "w.sock")
         self.log_path = directory / "worker.log"
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - the worker's stderr until stop() closes it
         self.process = subprocess.Popen(
             [*SANDBOX_CLI, "serve", "--socket", self.socket_path, *args], stderr=self._log
         )

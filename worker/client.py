@@ -112,7 +112,7 @@ def _hello(token: str | None) -> dict[str, Any]:
 def _submit(job: Job, job_id: str, stream: bool, hello: dict[str, Any]) -> dict[str, Any]:
     """The submit message. Neither client shows "accepted" or "started" to its caller, so
     it declines them where the worker lets it (capability "progress-optional")."""
-    message = {"type": "submit", "id": job_id, "job": job_to_wire(job)}
+    message: dict[str, Any] = {"type": "submit", "id": job_id, "job": job_to_wire(job)}
     if stream:
         message["stream"] = True
     if "progress-optional" in hello.get("capabilities", ()):

@@ -93,7 +93,8 @@ def serve(channel: socket.socket, warm: list[WarmSpec]) -> None:
                 if offered is None and (offered := _offer(runner, outbox)) is not None:
                     continue
                 if not runner.sandboxes.step():
-                    select.select([channel, *runner.sandboxes.waitables()], [], [])
+                    waiting: list[socket.socket | int] = [channel, *runner.sandboxes.waitables()]
+                    select.select(waiting, [], [])
             try:
                 data = channel.recv(1 << 20)
             except ConnectionResetError:

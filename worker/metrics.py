@@ -15,8 +15,8 @@ job contents); bind it where the scraper, and only it, can reach it.
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 import trio
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from worker.pool import Pool
 
@@ -42,7 +42,9 @@ class Metrics:
             "sandbox_warm_sandboxes_per_slot": (
                 "Sandboxes each launcher keeps prepared.", lambda: pool.warm_per_slot
             ),
-            "sandbox_launcher_restarts": ("Launchers replaced since start.", lambda: sum(s.restarts for s in pool.slots)),
+            "sandbox_launcher_restarts": (
+                "Launchers replaced since start.", lambda: sum(s.restarts for s in pool.slots)
+            ),
         }
         for name, (text, read) in gauges.items():
             Gauge(name, text, registry=self.registry).set_function(read)

@@ -55,7 +55,7 @@ class ProtocolError(Exception):
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    body = msgpack.packb(message, use_bin_type=True)
+    body: bytes = msgpack.packb(message, use_bin_type=True)
     return HEADER.pack(len(body)) + body
 
 
@@ -75,7 +75,7 @@ class FrameDecoder:
         # sending and read the error, instead of having its connection reset mid-send.
         self.oversized_rest = 0
 
-    def feed_items(self, data: bytes) -> list[dict[str, Any] | ProtocolError]:
+    def feed_items(self, data: bytes | bytearray) -> list[dict[str, Any] | ProtocolError]:
         """Messages and errors in stream order. A non-map frame is an error item and
         decoding goes on; an oversized or undecodable frame is a fatal error item, the
         last one: nothing after it can be trusted to be in sync."""
@@ -103,7 +103,7 @@ class FrameDecoder:
                     break
         return items
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
+    def feed(self, data: bytes | bytearray) -> list[dict[str, Any]]:
         """Messages only, for peers that treat any error as the end: the first error is
         raised, and the messages that arrived with it are returned by the next call."""
         items = self.feed_items(data)
@@ -177,7 +177,7 @@ def job_from_wire(data: Any) -> Job:
         stdin = data.get("stdin")
         env = _typed(data.get("env", {}), dict, "env")
         job = Job(
-            cmd=data.get("cmd"),
+            cmd=_typed(data.get("cmd"), list, "cmd"),
             limits=Limits(**limits_data),
             env=env,
             stdin=None if stdin is None else Blob(data=_typed(stdin, bytes, "stdin")),

@@ -329,7 +329,7 @@ class Server:
         header, is closed all the same."""
         with trio.move_on_after(self.config.send_timeout_s):
             while rest > 0:
-                data = b""
+                data: bytes | bytearray = b""
                 with trio.move_on_after(DISCARD_IDLE_S):
                     try:
                         data = await connection.stream.receive_some(min(rest, 1 << 20))
@@ -356,7 +356,8 @@ class Server:
             if not self.pool.knows(identifier):
                 admit(job)  # (a known id's job was admitted; its image may be gone since it ran)
             stream, progress = _flag(message, "stream", False), _flag(message, "progress", True)
-            self.pool.submit(identifier, job, connection, connection.deliver if progress else connection.deliver_outcome, stream)
+            deliver = connection.deliver if progress else connection.deliver_outcome
+            self.pool.submit(identifier, job, connection, deliver, stream)
         elif kind == "cancel":
             await self.pool.cancel(job_id(message))
         elif kind == "status":

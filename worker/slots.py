@@ -28,7 +28,6 @@ from worker.logs import log
 from worker.protocol import FrameDecoder, ProtocolError, encode, job_to_wire, result_from_wire
 from worker.streams import send_now
 
-
 MAX_RECEIVED_FDS = 16  # a launcher sends 3 at a time (an offer), and one offer at a time
 FD_SIZE = array.array("i").itemsize
 

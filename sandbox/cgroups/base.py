@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import errno
+import functools
 import itertools
 import os
 import pwd
@@ -235,7 +236,7 @@ class CgroupBackend(abc.ABC):
                 if creator is None or _alive(creator):
                     continue
                 directory = os.path.join(parent, name)
-                if remove_cgroup_dir(directory, lambda d=directory: kill_cgroup_processes(d)):
+                if remove_cgroup_dir(directory, functools.partial(kill_cgroup_processes, directory)):
                     removed += 1
         return removed
 

@@ -13,6 +13,7 @@ CPU than they saved: CPU per warm job through the worker, kernel threads include
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 
 from sandbox.cgroups.base import CgroupBackend, JobCgroup, kill_cgroup_processes, remove_cgroup_dir
@@ -84,7 +85,7 @@ class CgroupStock:
             self._doomed.popleft().destroy()
         while self._reusable:
             directory = self._reusable.pop()
-            remove_cgroup_dir(directory, lambda d=directory: kill_cgroup_processes(d))
+            remove_cgroup_dir(directory, functools.partial(kill_cgroup_processes, directory))
 
     def close(self) -> None:
         """Remove what was discarded and what was made ahead."""

@@ -14,8 +14,8 @@ from sandbox.cgroups.base import (
     CgroupUsage,
     JobCgroup,
     cgroup_pids,
-    read_int,
     current_user,
+    read_int,
     remove_partial,
     write_file,
 )
@@ -158,7 +158,7 @@ class V1Backend(CgroupBackend):
             "swap accounting (memory.memsw.*): swap capped with memory": self.has_swap_limit,
             "socket buffer limit (memory.kmem.tcp.*): TCP/UDP buffers capped": self.has_tcp_limit,
             "pids.peak: peak process count reported": _exists(pids, "pids.peak"),
-            "oom_kill count in memory.oom_control": "oom_kill" in open(os.path.join(memory, "memory.oom_control")).read(),
+            "oom_kill count in memory.oom_control": "oom_kill" in _read(memory, "memory.oom_control"),
         }
 
     def create_job(self, cpu_quota: bool = True, reuse: str | None = None) -> JobCgroup:
@@ -184,6 +184,11 @@ class V1Backend(CgroupBackend):
             if isinstance(exc, OSError):
                 raise CgroupError(f"cannot create job cgroup: {exc}") from exc
             raise
+
+
+def _read(directory: str, name: str) -> str:
+    with open(os.path.join(directory, name)) as handle:
+        return handle.read()
 
 
 def _exists(directory: str, name: str) -> bool:

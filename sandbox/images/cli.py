@@ -57,7 +57,8 @@ class _RichProgress:
     """One bar per layer download, on stderr."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, DownloadColumn, Progress as Bars, TextColumn, TransferSpeedColumn
+        from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedColumn
+        from rich.progress import Progress as Bars
 
         self.bars = Bars(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                          transient=False)
@@ -80,7 +81,7 @@ def _pull(args: argparse.Namespace) -> int:
     progress: Progress = NoProgress()
     if sys.stderr.isatty():
         progress = _RichProgress()
-        with progress.bars:  # type: ignore[attr-defined]
+        with progress.bars:
             ref, record = pull(store, config, args.reference, platform=args.platform, progress=progress)
     else:
         ref, record = pull(store, config, args.reference, platform=args.platform, progress=progress)
@@ -104,16 +105,16 @@ def _images(args: argparse.Namespace) -> int:
     for record in records.values():
         for layer in record.layers:
             uses[layer.chain_id] = uses.get(layer.chain_id, 0) + 1
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, image in sorted(store.refs().items()):
-        record = records.get(image)
-        if record is None:
+        found = records.get(image)
+        if found is None:
             continue
         ref = parse(name)
         rows.append({
-            "repository": ref.name, "tag": ref.tag or "<none>", "id": image, "digest": record.manifest_digest,
-            "size": sum(layer.size for layer in record.layers), "layers": len(record.layers),
-            "shared_layers": sum(1 for layer in record.layers if uses[layer.chain_id] > 1),
+            "repository": ref.name, "tag": ref.tag or "<none>", "id": image, "digest": found.manifest_digest,
+            "size": sum(layer.size for layer in found.layers), "layers": len(found.layers),
+            "shared_layers": sum(1 for layer in found.layers if uses[layer.chain_id] > 1),
         })
     if args.json:
         json.dump(rows, sys.stdout, indent=1)
@@ -128,7 +129,7 @@ def _images(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     store, _ = _store()
-    name, record = store.lookup(args.image)
+    _, record = store.lookup(args.image)
     data = asdict(record)
     data["references"] = sorted(n for n, i in store.refs().items() if i == record.id)
     json.dump(data, sys.stdout, indent=1)

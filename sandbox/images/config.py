@@ -23,6 +23,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sandbox.images.errors import ImageError
 from sandbox.units import parse_size
@@ -62,7 +63,7 @@ def config_path() -> Path:
 
 def load() -> ImagesConfig:
     path = config_path()
-    data: dict = {}
+    data: dict[str, Any] = {}
     if path.exists():
         try:
             data = tomllib.loads(path.read_text())

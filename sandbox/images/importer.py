@@ -33,7 +33,9 @@ _DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 Opener = Callable[[str], IO[bytes] | None]
 
 
-def import_image(store: Store, config: ImagesConfig, source: Path, name: str, platform: str | None = None) -> tuple[Reference, ImageRecord]:
+def import_image(
+    store: Store, config: ImagesConfig, source: Path, name: str, platform: str | None = None,
+) -> tuple[Reference, ImageRecord]:
     ref = parse(name)
     # One reader at a time: a tarfile's member streams share one file position.
     config = dataclasses.replace(config, max_parallel=1)

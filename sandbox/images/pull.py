@@ -125,7 +125,8 @@ def install(store: Store, config: ImagesConfig, manifest_raw: bytes, config_raw:
         media_type = layer.get("mediaType", "")
         if media_type not in LAYER_TYPES:
             raise ImageError(f"unsupported layer type {media_type!r} ({layer.get('digest')})")
-        records.append(LayerRecord(digests.check(layer.get("digest")), diff_id, chain_id, int(layer.get("size", 0)), media_type))
+        digest = digests.check(layer.get("digest"))
+        records.append(LayerRecord(digest, diff_id, chain_id, int(layer.get("size", 0)), media_type))
     with ThreadPoolExecutor(max_workers=config.max_parallel) as pool:
         for future in [pool.submit(_ensure_layer, store, config, layer, fetch, progress) for layer in records]:
             future.result()

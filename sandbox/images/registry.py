@@ -134,7 +134,9 @@ class RegistryClient:
         return "sha256:" + hasher.hexdigest() == digest
 
     @staticmethod
-    def _append(response: httpx.Response, partial: Path, mode: str, hasher: object, advance: Callable[[int], None]) -> None:
+    def _append(
+        response: httpx.Response, partial: Path, mode: str, hasher: object, advance: Callable[[int], None],
+    ) -> None:
         with open(partial, mode) as handle:
             for chunk in response.iter_bytes(1 << 20):
                 handle.write(chunk)
@@ -143,8 +145,10 @@ class RegistryClient:
 
     # ---- requests: endpoints, retries, auth, redirects -------------------------------
     @contextmanager
-    def _open(self, ref: Reference, path: str, headers: dict[str, str], allow: tuple[int, ...] = (200,)) -> Iterator[httpx.Response]:
-        problems = []
+    def _open(
+        self, ref: Reference, path: str, headers: dict[str, str], allow: tuple[int, ...] = (200,),
+    ) -> Iterator[httpx.Response]:
+        problems: list[str] = []
         for endpoint in self.endpoints(ref):
             url = f"{endpoint.scheme}://{endpoint.host}/v2/{ref.repository}/{path}"
             try:
@@ -190,7 +194,9 @@ class RegistryClient:
             return response
         raise RegistryError(f"{last} after {ATTEMPTS} attempts")
 
-    def _send_authenticated(self, endpoint: Endpoint, ref: Reference, url: str, headers: dict[str, str]) -> httpx.Response:
+    def _send_authenticated(
+        self, endpoint: Endpoint, ref: Reference, url: str, headers: dict[str, str],
+    ) -> httpx.Response:
         credentials = self.credentials.for_host(ref.registry if not endpoint.mirror else endpoint.host)
         scope = f"repository:{ref.repository}:pull"
         auth = self._cached_auth(endpoint.host, scope, credentials)
@@ -214,7 +220,9 @@ class RegistryClient:
         token = self.tokens.get((key[1], key[2], scope))
         return f"Bearer {token}" if token else None
 
-    def _answer(self, endpoint: Endpoint, challenge: Challenge, scope: str, credentials: tuple[str, str] | None) -> str | None:
+    def _answer(
+        self, endpoint: Endpoint, challenge: Challenge, scope: str, credentials: tuple[str, str] | None,
+    ) -> str | None:
         if challenge.scheme == "basic":
             self._hints[endpoint.host] = ("basic", "", "")
             if credentials is None:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.images import digests
-from sandbox.images.errors import AmbiguousImage, ImageError, ImageNotFound
+from sandbox.images.errors import AmbiguousImage, ImageNotFound
 from sandbox.images.reference import Reference, parse
 
 
@@ -221,9 +221,9 @@ class Store:
             have = parse(name)
             same_repo = have.repository in (wanted.repository, wanted.repository.removeprefix("library/"))
             explicit_registry = text.split("/", 1)[0] == wanted.registry
-            if same_repo and not explicit_registry and have.tag == wanted.tag and have.digest == wanted.digest:
-                candidates.append((name, image))
-            elif wanted.digest and have.name == wanted.name and self._manifest_of(image) == wanted.digest:
+            same_tag = same_repo and not explicit_registry and have.tag == wanted.tag and have.digest == wanted.digest
+            same_digest = wanted.digest and have.name == wanted.name and self._manifest_of(image) == wanted.digest
+            if same_tag or same_digest:
                 candidates.append((name, image))
         if len({image for _, image in candidates}) == 1:
             return candidates[0][0], self.read_record(candidates[0][1])

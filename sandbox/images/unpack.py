@@ -82,7 +82,7 @@ def decompressed(blob: BinaryIO) -> BinaryIO:
     if head.startswith(_GZIP_MAGIC):
         return gzip.GzipFile(fileobj=blob, mode="rb")  # type: ignore[return-value]
     if head == _ZSTD_MAGIC:
-        return zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)  # type: ignore[return-value]
+        return zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
     return blob
 
 

@@ -192,7 +192,8 @@ def _table(config: dict[str, Any], key: str, where: Path) -> dict[str, Any]:
 def _check_keys(table: dict[str, Any], known: set[str], where: Path, section: str) -> None:
     unknown = sorted(set(table) - known)
     if unknown:
-        raise ProblemError(f"{where}: unknown key(s) {', '.join(unknown)} in {section} (known: {', '.join(sorted(known))})")
+        raise ProblemError(
+            f"{where}: unknown key(s) {', '.join(unknown)} in {section} (known: {', '.join(sorted(known))})")
 
 
 def _regular(path: Path) -> Path:

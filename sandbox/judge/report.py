@@ -74,7 +74,8 @@ class TestReport:
         elif result.status is not Status.OK:
             report.error = f"the solution's sandbox failed: {result.status.value}: {result.error}"
         elif checked is not None:
-            report.status, report.score, report.checker_message = TestStatus(checked.status.value), checked.score, checked.message
+            report.status = TestStatus(checked.status.value)
+            report.score, report.checker_message = checked.score, checked.message
         return report
 
     @classmethod

@@ -123,7 +123,8 @@ class _ProgramChecker:
         result = run_compiled(self.stages, self.compiled, args=_CHECKER_ARGS, inputs=inputs,
                               limits=Limits(disk=room, output=_CHECKER_OUTPUT))
         message = result.stderr[:_MESSAGE_BYTES].decode(errors="replace").strip()
-        status = _TESTLIB.get(result.exit_code) if result.status in (Status.OK, Status.RUNTIME_ERROR) else None
+        exited = result.status in (Status.OK, Status.RUNTIME_ERROR)
+        status = _TESTLIB.get(result.exit_code) if exited and result.exit_code is not None else None
         if status is None:
             code = "" if result.exit_code != _TESTLIB_FAIL else " (fail)"
             raise JudgeFault(f"the checker failed{code}: {_why(result)} {message}".strip())
@@ -153,7 +154,8 @@ def _package_files(problem: Problem, program: Program) -> list[InputFile]:
             continue
         total += entry.stat().st_size
         if total > _PACKAGE_FILE_LIMIT:
-            raise JudgeFault(f"{problem.root}: the package's files for the checker exceed {_PACKAGE_FILE_LIMIT >> 20} MiB")
+            raise JudgeFault(
+                f"{problem.root}: the package's files for the checker exceed {_PACKAGE_FILE_LIMIT >> 20} MiB")
         files.append(InputFile(f"{WORKDIR}/{entry.name}", Blob(path=str(entry))))
     return files
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from workerutil import WorkerProcess
 
 from hostile.harness import Canary, Harness, Listeners
-from workerutil import WorkerProcess
 
 # Tests outside tests/hostile that are attacks too; they join the report with their class.
 OTHER_ATTACKS = {"test_worker.py": "protocol", "test_protocol.py": "protocol", "test_images_unpack.py": "image",
@@ -55,8 +55,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     write = terminalreporter.write_line
     terminalreporter.section("hostile report")
     header = ("case", "class", "expected", "got", "contained")
-    write("  ".join(text.ljust(width) for text, width in zip(header, widths)))
+    write("  ".join(text.ljust(width) for text, width in zip(header, widths, strict=True)))
     for row in rows:
-        write("  ".join(text.ljust(width) for text, width in zip(row, widths)))
+        write("  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)))
     contained = sum(row[4] == "yes" for row in rows)
     write(f"{contained}/{len(rows)} contained")

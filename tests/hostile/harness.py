@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hoststate import own_processes, owned_entries
+from workerutil import SANDBOX_CLI, WorkerProcess
+
 from hostile.case import C_PRELUDE, LANG_SUFFIX, Case
 from sandbox.cgroups import open_backend
 from sandbox.errors import CgroupError
 from sandbox.models import Blob, InputFile, Job, Limits
 from worker.client import Client
-from hoststate import own_processes, owned_entries
-from workerutil import SANDBOX_CLI, WorkerProcess
 
 # Tight defaults: a hostile case should end in a second or two.
 DEFAULT_LIMITS: dict[str, object] = {"cpu_time": "2s", "wall_time": "5s", "memory": "128M", "output": "1M",

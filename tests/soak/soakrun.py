@@ -8,10 +8,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import trio
+from workerutil import WorkerProcess
 
 from soak.mix import MixEntry
 from worker.client import AsyncClient
-from workerutil import WorkerProcess
 
 
 @dataclass
@@ -54,10 +54,9 @@ def soak(worker: WorkerProcess, mix: list[MixEntry], jobs: int, concurrency: int
                 report.rss_at[report.jobs] = worker.rss_bytes()
 
     async def main() -> None:
-        async with await AsyncClient.connect(worker.socket_path) as client:
-            async with trio.open_nursery() as nursery:
-                for _ in range(concurrency):
-                    nursery.start_soon(submitter, client)
+        async with await AsyncClient.connect(worker.socket_path) as client, trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(submitter, client)
 
     started = time.monotonic()
     trio.run(main)

@@ -17,11 +17,12 @@ import os
 import signal
 from pathlib import Path
 
-from sandbox.models import Job
 from test_cleanup import sleeping, wait_until
+from workerutil import Raw, WorkerProcess
+
+from sandbox.models import Job
 from worker.client import Client
 from worker.protocol import job_to_wire
-from workerutil import Raw, WorkerProcess
 
 # Each in-flight job holds 32 MiB of tmpfs and a process tree when it is killed.
 HEAVY = "head -c 32M /dev/zero > /work/ballast; sleep {marker} & sleep {marker}"

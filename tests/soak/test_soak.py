@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from test_cleanup import wait_until
 
 from soak.mix import job_mix
 from soak.soakrun import soak, worker_fds
-from test_cleanup import wait_until
 
 JOBS = int(os.environ.get("SANDBOX_SOAK_JOBS", "1000"))
 RSS_FROM = 10_000 if JOBS > 20_000 else JOBS // 3

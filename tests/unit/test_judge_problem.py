@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.judge import report as judged
 from sandbox.judge.checkers import CheckerKind
 from sandbox.judge.problem import ProblemError, load_problem, natural_key
-from sandbox.judge import report as judged
 from sandbox.models import Result, Status
 
 

@@ -1,8 +1,9 @@
 """checker input output answer: testlib's exit codes (0 ok, 1 wrong, 2 presentation, 7 partial)."""
 import sys
+from pathlib import Path
 
-n = int(open(sys.argv[1]).read())
-words = open(sys.argv[2], "rb").read().split()
+n = int(Path(sys.argv[1]).read_text())
+words = Path(sys.argv[2]).read_bytes().split()
 if len(words) != 2 or not all(w.isdigit() for w in words):
     print(f"expected two non-negative integers, got {len(words)} words", file=sys.stderr)
     sys.exit(2)
