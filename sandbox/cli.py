@@ -189,7 +189,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     from sandbox.models import is_profile_file
-    from sandbox.profile import unknown_profile
+    from sandbox.profile_names import unknown_profile
     from worker.client import WorkerError
 
     if is_profile_file(args.profile):

@@ -136,7 +136,8 @@ def _cgroups() -> list[Check]:
 
 
 def _seccomp() -> list[Check]:
-    from sandbox.profile import builtin_profiles, load_profile
+    from sandbox.profile import load_profile
+    from sandbox.profile_names import builtin_profiles
     from sandbox.seccomp import compile_policy
 
     actions = (_read("/proc/sys/kernel/seccomp/actions_avail") or "").split()

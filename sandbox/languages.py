@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sandbox.errors import JobError, SetupError
 from sandbox.models import WORKDIR, Blob, InputFile, Job, Limits, Result, Status
-from sandbox.profile import PROFILES_DIR
+from sandbox.profile_names import PROFILES_DIR
 
 if TYPE_CHECKING:
     from sandbox.runner import Runner

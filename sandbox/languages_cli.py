@@ -90,7 +90,8 @@ class WorkerStages:
     def profile_limits(self, name: str) -> dict[str, Any]:
         """This installation's profile's [limits]; none for a profile only the worker
         has (it applies them there; the run command is formatted with the defaults)."""
-        from sandbox.profile import builtin_profiles, load_profile
+        from sandbox.profile import load_profile
+        from sandbox.profile_names import builtin_profiles
 
         return load_profile(name).limits if name in builtin_profiles() else {}
 

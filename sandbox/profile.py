@@ -13,8 +13,6 @@ constants. A typo must never silently widen or narrow a policy.
 
 from __future__ import annotations
 
-import functools
-import importlib.resources
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -23,8 +21,8 @@ from typing import Any
 
 import pyseccomp
 
-from sandbox.errors import JobError
 from sandbox.models import Limits, is_profile_file
+from sandbox.profile_names import PROFILES_DIR
 from sandbox.seccomp import (
     NAMED_CONSTANTS,
     ArgRule,
@@ -33,8 +31,6 @@ from sandbox.seccomp import (
     check_action,
 )
 
-# The top-level profiles/ folder, installed as this package (setup.py): a directory on disk.
-PROFILES_DIR = Path(str(importlib.resources.files("sandbox.profiles")))
 NETWORK_MODES = ("none", "loopback")
 _TOP_KEYS = {"extends", "description", "network", "limits", "env", "seccomp"}
 _SECCOMP_KEYS = {"default", "exec", "allow", "kill", "noop", "errno", "allow_if", "allow_unless", "allow_if_clear"}
@@ -83,27 +79,6 @@ def _socket_rules(profile: Profile) -> None:
     if "socketpair" not in policy.actions and "socketpair" not in policy.arg_rules:
         unix = [NAMED_CONSTANTS["AF_UNIX"]]
         policy.arg_rules["socketpair"] = [ArgRule(kind="allow_if", syscall="socketpair", arg=0, values=unix)]
-
-
-@functools.cache
-def builtin_profiles() -> tuple[str, ...]:
-    """Profiles to run with; ``_base`` (shared rules, no allow-list) is only extended.
-    (Read once per process: every job submitted to a worker is checked against it.)"""
-    return tuple(sorted(p.stem for p in PROFILES_DIR.glob("*.toml") if not p.stem.startswith("_")))
-
-
-def unknown_profile(name: str, *, files_allowed: bool) -> JobError:
-    """The job's error for a profile that is not there, listing the ones that are.
-    Files are for a runner in the caller's own process (``sandbox run``): a worker runs
-    only the profiles installed with it, or a client could hand itself a weaker policy."""
-    known = ", ".join(builtin_profiles())
-    if is_profile_file(name):
-        if files_allowed:
-            return JobError(f"no profile file {name!r}", field="profile")
-        return JobError(f"a profile file ({name!r}) works with sandbox run only; a worker runs the profiles "
-                        f"installed with it (known: {known})", field="profile")
-    return JobError(f"no profile named {name!r} (known: {known}; or a path to a profile file)"
-                    if files_allowed else f"no profile named {name!r} (known: {known})", field="profile")
 
 
 def _load(path: Path, depth: int) -> Profile:

@@ -10,7 +10,8 @@ from typing import Any
 
 from sandbox.errors import JobError
 from sandbox.models import Limits, is_profile_file
-from sandbox.profile import Profile, builtin_profiles, load_profile, unknown_profile
+from sandbox.profile import Profile, load_profile
+from sandbox.profile_names import builtin_profiles, unknown_profile
 from sandbox.seccomp import ProfileError, compile_policy, compile_trace
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from sandbox.errors import SandboxError
 from sandbox.models import is_profile_file
-from sandbox.profile import Profile, builtin_profiles, disposition, load_profile, unknown_profile
+from sandbox.profile import Profile, disposition, load_profile
+from sandbox.profile_names import builtin_profiles, unknown_profile
 
 
 def add_commands(commands: Any, add_job_arguments: Any) -> None:

@@ -13,8 +13,10 @@ from workerutil import SANDBOX_CLI
 
 from sandbox.errors import JobError
 from sandbox.models import Blob, InputFile, Job, Result, Status
-from sandbox.profile import builtin_profiles, load_profile
+from sandbox.profile import load_profile
+from sandbox.profile_names import builtin_profiles
 from sandbox.seccomp import ProfileError
+from worker.admission import admit
 from worker.protocol import ProtocolError, job_from_wire
 
 PROFILES = ["default", "strict", "compile", "ci"]
@@ -186,17 +188,17 @@ def test_extends_replaces_what_the_child_names(tmp_path: Path):
     assert child.seccomp.actions["ptrace"] == "kill"
 
 
-def test_a_job_names_its_profile_on_the_wire():
+def test_a_job_names_its_profile_on_the_wire_and_the_worker_knows_it():
     assert job_from_wire({"cmd": ["true"], "profile": "strict"}).profile == "strict"
     assert job_from_wire({"cmd": ["true"]}).profile == "default"
     with pytest.raises(ProtocolError, match=r"no profile named 'nosuch' \(known: ci, compile, default, strict\)"):
-        job_from_wire({"cmd": ["true"], "profile": "nosuch"})
+        admit(job_from_wire({"cmd": ["true"], "profile": "nosuch"}))
     with pytest.raises(JobError):
         Job(cmd=["true"], profile="Not A Name")
     # A file is read by a runner in the caller's own process, never on a client's word.
     for path in ("../etc/passwd", "/etc/passwd", "mine.toml", str(load_profile("default").path)):
         with pytest.raises(ProtocolError, match="works with sandbox run only") as caught:
-            job_from_wire({"cmd": ["true"], "profile": path})
+            admit(job_from_wire({"cmd": ["true"], "profile": path}))
         assert caught.value.field == "profile"
 
 

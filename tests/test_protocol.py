@@ -92,7 +92,6 @@ def test_non_map_and_unknown_type():
         ({"cmd": ["ls"], "files": [{"path": "/etc/passwd", "data": b"x"}]}, "files.path"),
         ({"cmd": ["ls"], "files": [{"data": b"x"}]}, "files.path"),
         ({"cmd": ["ls"], "image": "UPPER/Case"}, "image"),
-        ({"cmd": ["ls"], "profile": "./mine.toml"}, "profile"),
         ({"cmd": ["ls"], "files": [{"path": "/work/a", "data": "text, not bytes"}]}, "files.data"),
         ({"cmd": ["ls"], "files": [{"path": "/work/a", "source": "/etc/shadow"}]}, "files"),
         ({"cmd": ["ls"], "stdin": "not bytes"}, "stdin"),

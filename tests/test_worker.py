@@ -21,7 +21,7 @@ import trio
 from imagebuild import Entry, busybox_entries, layer_tar, oci_layout
 from test_cleanup import sleeping, wait_until
 from test_images_registry import cli
-from workerutil import SANDBOX_CLI, Raw, WorkerProcess
+from workerutil import SANDBOX_CLI, Raw, WorkerProcess, exited
 
 from sandbox.errors import JobError
 from sandbox.models import Blob, InputFile, Job, Limits, Result, Status, WarmSpec
@@ -559,9 +559,11 @@ def test_the_worker_reads_its_store_before_it_queues_an_image_job(image_store, s
 def test_an_output_limit_whose_result_no_frame_could_carry_is_invalid(worker, connect):
     # (a result carries both streams, each up to the limit, from the launcher to the worker)
     raw = connect(worker)
+    # (found by its launcher, which knows the limits its profile gives: invalid_job for its id)
     raw.send({"type": "submit", "id": "loud", "job": {"cmd": ["true"], "limits": {"output": "1G"}}})
-    reply = raw.next()
-    assert (reply["type"], reply["code"], reply["field"]) == ("error", "invalid_job", "limits.output"), reply
+    reply = raw.until(lambda m: m["type"] == "error" or m.get("event") == "finished")
+    assert (reply["type"], reply["code"], reply["field"], reply["id"]) == ("error", "invalid_job", "limits.output",
+                                                                          "loud"), reply
     raw.send({"type": "submit", "id": "fits", "job": {"cmd": ["true"], "limits": {"output": "511M"}}})
     assert raw.until(lambda m: m.get("event") == "finished")["result"]["status"] == "ok"
 
@@ -948,14 +950,6 @@ async def offered(slot: Slot) -> None:
             assert slot._raw is not None
             await trio.lowlevel.wait_readable(slot._raw)
             slot._read_now()
-
-
-def exited(pid: int) -> bool:
-    """The process is a zombie, or gone: its files are closed."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def stats(raw: Raw) -> dict:

@@ -111,3 +111,12 @@ class Raw:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def exited(pid: int) -> bool:
+    """The process is a zombie, or gone: its files are closed. (An orphan of a test's
+    worker may be re-parented to pytest, a subreaper, and stay a zombie until reaped.)"""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True

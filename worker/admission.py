@@ -6,9 +6,8 @@ reaching a slot. Only the store's index is read (its refs and image records: the
 part of the image layer), so the worker adds nothing heavy to its process. The launcher,
 which leases the image for the job, still refuses one removed since.
 
-A job's output limit must leave its result room in the frame that carries it back from
-the launcher (both streams, each up to the limit): a result too large for that frame
-would end the worker's reading of its launcher.
+The worker's process stays light: a job's profile is checked by name, and the profile
+itself is parsed (with the seccomp compiler) only by the launchers.
 """
 
 from __future__ import annotations
@@ -23,23 +22,17 @@ from sandbox.images.errors import BadReference, ImageError, ImageNotFound
 from sandbox.images.runtime import image_argv
 from sandbox.images.store import Store
 from sandbox.models import Job
-from sandbox.profile import load_profile
-from worker.launcher import LAUNCHER_MAX_FRAME
+from sandbox.profile_names import builtin_profiles, unknown_profile
 from worker.protocol import ProtocolError
-
-# Both streams at the limit, and room for the rest of the result.
-MAX_OUTPUT = (LAUNCHER_MAX_FRAME - (1 << 20)) // 2
 
 
 def admit(job: Job) -> None:
-    """Raise invalid_job for a job the worker can tell it cannot run."""
-    try:
-        output = job.limits.over(_profile_limits(job.profile)).output_bytes
-    except SandboxError:
-        output = 0  # a broken profile is no fault of the job: its launcher reports it (internal_error)
-    if output > MAX_OUTPUT:
-        raise ProtocolError("invalid_job", f"at most {MAX_OUTPUT >> 20}M through the worker (a result carries "
-                            "both streams)", field="limits.output")
+    """Raise invalid_job for a job the worker can tell it cannot run. (Its output limit,
+    which may come from its profile, is checked by its launcher, which has the profile
+    parsed: ``launcher_channel.check_output_limit``.)"""
+    if job.profile not in builtin_profiles():  # a worker runs only its own profiles, never a file
+        exc = unknown_profile(job.profile, files_allowed=False)
+        raise ProtocolError("invalid_job", exc.message, field=exc.field)
     if job.image != "host":
         _check_image(job)
 
@@ -84,8 +77,3 @@ def _store() -> Store:
     """The store the launchers lease images from (the same configuration, read once)."""
     return Store(images_config.load().store)
 
-
-@functools.cache
-def _profile_limits(name: str) -> dict[str, Any]:
-    """A built-in profile's [limits] (the protocol admits no other profile)."""
-    return load_profile(name).limits

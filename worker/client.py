@@ -10,6 +10,7 @@ jobs can be in flight on one connection (pipelining)::
 
 from __future__ import annotations
 
+import dataclasses
 import select
 import socket
 import uuid
@@ -19,7 +20,8 @@ from typing import Any
 
 import trio
 
-from sandbox.models import Job, Result
+from sandbox.errors import JobError
+from sandbox.models import Blob, Job, Result
 from worker.protocol import (
     REPLY_MAX_FRAME,
     VERSION,
@@ -109,10 +111,29 @@ def _hello(token: str | None) -> dict[str, Any]:
     return message
 
 
+def with_file_contents(job: Job) -> Job:
+    """The job with its host files (a ``Blob(path=...)`` stdin or input file) read into
+    bytes: the worker runs jobs on another side of a socket, maybe another host."""
+
+    def read(blob: Blob) -> Blob:
+        if blob.data is not None:
+            return blob
+        try:
+            with open(str(blob.path), "rb") as handle:
+                return Blob(data=handle.read())
+        except OSError as exc:
+            raise JobError(f"cannot read {blob.path}: {exc.strerror}", field="files") from exc
+
+    return dataclasses.replace(
+        job, stdin=None if job.stdin is None else read(job.stdin),
+        files=[dataclasses.replace(f, content=read(f.content)) for f in job.files],
+    )
+
+
 def _submit(job: Job, job_id: str, stream: bool, hello: dict[str, Any]) -> dict[str, Any]:
     """The submit message. Neither client shows "accepted" or "started" to its caller, so
     it declines them where the worker lets it (capability "progress-optional")."""
-    message: dict[str, Any] = {"type": "submit", "id": job_id, "job": job_to_wire(job)}
+    message: dict[str, Any] = {"type": "submit", "id": job_id, "job": job_to_wire(with_file_contents(job))}
     if stream:
         message["stream"] = True
     if "progress-optional" in hello.get("capabilities", ()):

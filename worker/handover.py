@@ -26,6 +26,7 @@ from typing import Any
 from sandbox import launch
 from sandbox.models import Job, Limits
 from sandbox.runner import host_command, job_spec, job_stdin, rlimits
+from worker.launcher_channel import MAX_OUTPUT
 
 OFFER_FDS = 3  # the job channel, stdout's and stderr's write ends
 
@@ -64,7 +65,8 @@ class Offer:
             return None  # the launcher reports why it cannot run it
         limits, made_for = job.limits.over(self.profile_limits), self.made_for
         fits = (limits.memory_bytes, limits.pids, limits.cpus) == (made_for.memory_bytes, made_for.pids, made_for.cpus)
-        return limits if fits else None
+        # (an output limit no result frame carries: the launcher's way, which refuses it)
+        return limits if fits and limits.output_bytes <= MAX_OUTPUT else None
 
     def hand_over(self, job: Job, limits: Limits) -> int:
         """Send the job, with the limits ``limits_for`` gave, to the sandbox (which starts

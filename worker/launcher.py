@@ -1,8 +1,8 @@
 """The launcher: a single-threaded process that creates and supervises sandboxes for
 one execution slot of the worker.
 
-The trio worker never forks (design.md §2: forking a threaded process is unsafe, and
-interpreter start-up must stay off the per-job path). Each slot owns one launcher,
+The trio worker never forks (forking a threaded process is unsafe, and interpreter
+start-up must stay off the per-job path). Each slot owns one launcher,
 started once with every module imported and the seccomp filter compiled; the worker
 sends it one job at a time over a socketpair, in the same frames as the public
 protocol, and gets back "started" and "result" (or "rejected": the job's content was
@@ -32,9 +32,9 @@ from sandbox.errors import JobError
 from sandbox.linux import syscalls as sc
 from sandbox.models import Result, Status, WarmSpec
 from sandbox.runner import HandedOver, Runner
+from worker.launcher_channel import LAUNCHER_MAX_FRAME, check_output_limit
 from worker.protocol import FrameDecoder, ProtocolError, encode, job_from_wire, result_to_wire
 
-LAUNCHER_MAX_FRAME = 1 << 30  # the worker already enforced the public limit
 # Streamed output waiting for room in the channel; more is dropped (the offsets of the
 # next chunks show the gap, the result has it all).
 MAX_PENDING_OUTPUT = 1 << 20
@@ -187,6 +187,9 @@ def _result(runner: Runner, channel: socket.socket, outbox: Outbox, message: dic
         if handed is not None:
             runner.sandboxes.retire(handed.sandbox)  # kills what the worker started there
         return outcome
+
+    if handed is None:  # (a handed job's limits were checked by the worker: ``Offer.limits_for``)
+        check_output_limit(job.limits.over(runner.profiles.get(job.profile).limits))
 
     def stream_output(stream: str, offset: int, data: bytes) -> None:
         outbox.offer({"type": "output", "id": job_id, "stream": stream, "offset": offset, "data": data})

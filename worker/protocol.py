@@ -18,7 +18,6 @@ import msgpack
 
 from sandbox.errors import JobError
 from sandbox.models import Blob, InputFile, Job, Limits, Result, Status, Usage, sandbox_path
-from sandbox.profile import builtin_profiles, unknown_profile
 
 VERSION = 1
 HEADER = struct.Struct(">I")
@@ -185,10 +184,8 @@ def job_from_wire(data: Any) -> Job:
             image=_typed(data.get("image", "host"), str, "image"),
             cwd=None if data.get("cwd") is None else _typed(data["cwd"], str, "cwd"),
             require_cgroups=_typed(data.get("require_cgroups", False), bool, "require_cgroups"),
-            profile=_typed(data.get("profile", "default"), str, "profile"),  # issue 6
+            profile=_typed(data.get("profile", "default"), str, "profile"),
         )
-        if job.profile not in builtin_profiles():  # refused here, not in the launcher; never a file
-            raise unknown_profile(job.profile, files_allowed=False)
         return job
     except JobError as exc:
         raise ProtocolError("invalid_job", exc.message, field=exc.field) from None
@@ -197,13 +194,13 @@ def job_from_wire(data: Any) -> Job:
 
 
 def job_to_wire(job: Job) -> dict[str, Any]:
-    """The wire form of a Job (inline bytes only; host paths are read here)."""
+    """The wire form of a Job whose blobs hold their bytes (a client reads host files
+    first: ``worker.client.with_file_contents``; this module does no I/O)."""
 
     def blob_bytes(blob: Blob) -> bytes:
-        if blob.data is not None:
-            return blob.data
-        with open(str(blob.path), "rb") as handle:
-            return handle.read()
+        if blob.data is None:
+            raise ValueError(f"{blob.path}: a host file goes on the wire as its bytes: read it first")
+        return blob.data
 
     return {
         "cmd": job.cmd,

@@ -23,9 +23,9 @@ from typing import Any
 import trio
 
 from sandbox.models import WarmSpec
-from sandbox.profile import builtin_profiles
+from sandbox.profile_names import builtin_profiles
 from worker.admission import admit
-from worker.launcher import LAUNCHER_MAX_FRAME
+from worker.launcher_channel import LAUNCHER_MAX_FRAME
 from worker.logs import log
 from worker.metrics import Metrics
 from worker.pool import Pool

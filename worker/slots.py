@@ -23,7 +23,7 @@ import trio
 from sandbox.errors import SandboxError
 from sandbox.models import Job, Result, Status, WarmSpec
 from worker.handover import OFFER_FDS, Offer
-from worker.launcher import LAUNCHER_MAX_FRAME
+from worker.launcher_channel import LAUNCHER_MAX_FRAME
 from worker.logs import log
 from worker.protocol import FrameDecoder, ProtocolError, encode, job_to_wire, result_from_wire
 from worker.streams import send_now

@@ -18,7 +18,7 @@ import signal
 from pathlib import Path
 
 from test_cleanup import sleeping, wait_until
-from workerutil import Raw, WorkerProcess
+from workerutil import Raw, WorkerProcess, exited
 
 from sandbox.models import Job
 from worker.client import Client
@@ -71,7 +71,7 @@ def test_sigkill_worker_mid_load_then_restart(tmp_path: Path, cgroup_parents):
         first.stop()
         raw.close()
     # Orphaned launchers notice EOF, kill their sandboxes and exit; nothing keeps running.
-    assert wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in launchers)), "launchers outlived the worker"
+    assert wait_until(lambda: all(exited(pid) for pid in launchers)), "launchers outlived the worker"
     assert wait_until(lambda: not sleeping("1012")), "sandboxes outlived the worker"
     second = WorkerProcess(tmp_path, "--slots", "2")  # same socket path: the stale socket is replaced
     try:
