@@ -41,10 +41,12 @@ def setup_cgroups(user: str) -> list[str]:
         return systemd.explain(account, systemd.check_scope_delegation(account))
     if mount_point is not None:
         return setup_v2_subtree(mount_point, account)
-    return _setup_v1(account)
+    return delegate_v1(account)
 
 
-def _setup_v1(account: pwd.struct_passwd) -> list[str]:
+def delegate_v1(account: pwd.struct_passwd) -> list[str]:
+    """The v1 subtree of ``account`` in each needed hierarchy (root: what every run as
+    root makes for itself, so that root needs no set-up step)."""
     mounts = v1_mounts()
     missing = [c for c in V1_CONTROLLERS if c not in mounts]
     if missing:
