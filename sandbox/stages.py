@@ -139,7 +139,7 @@ def _stage_init(template: Spec, report_fd: int, channel_fd: int, init_fd: int, k
     """B, right after the clone, for an image: build the overlay root (with only its own
     fds open), then become the C init, which pivots into it."""
     child.close_fds_except(keep)
-    root = rootfs.build_image_root(template.disk_bytes, template.layers or [], template.workdir)
+    root = rootfs.build_image_root(template.disk_bytes, template.layers or [], template.workdir, template.job_id)
     _exec_init(template, report_fd, channel_fd, init_fd, root)
 
 
