@@ -93,8 +93,11 @@ def test_a_raw_cgroup_v2_subtree_serves_jobs_without_systemd():
 
 
 def test_root_enforces_every_limit_with_no_set_up_step():
-    """Root makes its own cgroup subtree (on v1 beside, never inside, the cgroup the
-    machine put it in): its first `sandbox run` enforces memory by the cgroup."""
+    """Root makes its own cgroup subtree on v1 (beside, never inside, the cgroup the
+    machine put it in): its first `sandbox run` enforces memory by the cgroup. (On v2
+    root runs jobs under the cgroup it was started in, as any user does.)"""
+    if v2_mount() is not None:
+        pytest.skip("root's own subtree is a cgroup v1 step")
     env = {name: value for name, value in os.environ.items() if name != "SANDBOX_CGROUP_PARENT"}
     done = subprocess.run(
         [*SANDBOX_CLI, "run", "--json", "--memory", "64M", "--", "python3", "-c", "bytearray(256 << 20)"],
@@ -103,11 +106,9 @@ def test_root_enforces_every_limit_with_no_set_up_step():
     result = json.loads(done.stdout)
     assert result["limits_not_enforced"] == [] and result["warnings"] == [], result
     assert result["status"] == "memory_limit" and result["usage"]["oom_killed"], result
-    if v2_mount() is None:
-        own_memory = next(line.split(":", 2)[2].strip() for line in open("/proc/self/cgroup")
-                          if line.split(":")[1] == "memory")
-        made = os.path.join(v1_mounts()["memory"], "sandbox", "root")
-        assert os.path.isdir(made) and not made.startswith(os.path.join(v1_mounts()["memory"], own_memory.strip("/")) + "/")
+    own_memory = next(line.split(":", 2)[2].strip() for line in open("/proc/self/cgroup") if line.split(":")[1] == "memory")
+    made = os.path.join(v1_mounts()["memory"], "sandbox", "root")
+    assert os.path.isdir(made) and not made.startswith(os.path.join(v1_mounts()["memory"], own_memory.strip("/")) + "/")
 
 
 def test_a_root_job_runs_as_an_unprivileged_host_id():
