@@ -29,12 +29,12 @@ import pwd
 from dataclasses import dataclass
 
 from sandbox.errors import SetupError
+from sandbox.template import JOB_IDS_INSIDE
 
-# Where the job ids start inside the template user namespace (1000 is the supervisor's).
-JOB_IDS_INSIDE = 100_000
 # Root's range when /etc/subuid names none for it: above what useradd hands out as
 # subordinate ids (100000 to 600100000) and the container ranges systemd picks from
-# (up to 0x6FFFFFFF), in the range systemd leaves unused, and owned by no account.
+# (up to 0x6FFFFFFF), in the range systemd leaves unused, where no distribution puts
+# accounts.
 ROOT_FIRST_ID = 0x7000_0000
 ROOT_ID_COUNT = 65_536
 # Ids a supervisor leases at a time: its warm sandboxes, its running job and the ones

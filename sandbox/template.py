@@ -22,8 +22,7 @@ from sandbox.errors import SetupError
 from sandbox.linux import syscalls as sc
 
 RECHECK_S = 60.0
-# Where the jobs' ids start inside the template (``ids.JOB_IDS_INSIDE``, which the zygote
-# does not import).
+# Where the jobs' ids start inside the template (1000 is the supervisor's; ``ids.py``).
 JOB_IDS_INSIDE = 100_000
 _MAP_REQUEST = b"map"
 
