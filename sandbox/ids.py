@@ -115,12 +115,12 @@ def subordinate(path: str, name: str, uid: int) -> tuple[int, int] | None:
 
 
 def lease_directory() -> str:
-    """Where the block locks of this user live: root's under /run, a user's in its
-    runtime or cache directory (its own, so no other user can hold its locks)."""
+    """Where the block locks of this user live: root's under /run, a user's in its home
+    (its own, so no other user can hold its locks; from the account, not the
+    environment, so every supervisor of the user finds the same one)."""
     if os.geteuid() == 0:
         return "/run/sandbox/id-leases"
-    base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return os.path.join(base, "sandbox", "id-leases")
+    return os.path.join(pwd.getpwuid(os.geteuid()).pw_dir, ".cache", "sandbox", "id-leases")
 
 
 class JobIds:
@@ -160,14 +160,17 @@ class JobIds:
         assert self.plan.jobs is not None, "only a range has ids to lease"
         jobs = self.plan.jobs
         directory = lease_directory()
-        os.makedirs(directory, mode=0o700, exist_ok=True)
         blocks = jobs.count // BLOCK
         for _ in range(blocks):
             block = self._next_block
             self._next_block = (self._next_block + 1) % blocks
             # Named by the host ids, so that another range never shares a lock.
             path = os.path.join(directory, f"{jobs.uid + block * BLOCK}-{jobs.gid + block * BLOCK}")
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            except OSError as exc:
+                raise SetupError(f"cannot lease job ids in {directory}: {exc.strerror}") from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
