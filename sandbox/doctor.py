@@ -36,6 +36,7 @@ def run_checks(out: TextIO) -> int:
         _user_namespaces,
         _overlay_in_userns,
         _cgroups,
+        _job_ids,
         _seccomp,
         _end_to_end,
     ]
@@ -133,6 +134,18 @@ def _cgroups() -> list[Check]:
     for feature, present in backend.features().items():
         checks.append(Check("ok" if present else "warn", f"{feature}: {'yes' if present else 'no'}"))
     return checks
+
+
+def _job_ids() -> list[Check]:
+    from sandbox.ids import plan_ids
+
+    plan = plan_ids()
+    if plan.jobs is None:
+        return [Check("warn", "jobs run as this user: running jobs share its per-user kernel counters (pipe "
+                      "buffers, pending signals) and its files' permissions", plan.problem or "")]
+    first, count = plan.jobs.uid, plan.jobs.count
+    source = "root's own range" if plan.mapper == "write" else "subordinate ids, newuidmap/newgidmap"
+    return [Check("ok", f"each running job is a host user of its own: ids {first}..{first + count - 1} ({source})")]
 
 
 def _seccomp() -> list[Check]:

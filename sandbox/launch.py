@@ -38,11 +38,13 @@ Python, and killing B (SIGKILL from outside) kills every process of the job -
 double-forked, setsid'd or stopped ones included. Messages travel back as JSON lines on
 one pipe (each write < PIPE_BUF, so atomic).
 
-The sandboxes of one supervisor share its template user namespace (uid 1000 without
-capabilities inside every one of them); every other namespace is their own. What the
-kernel counts per user of a user namespace (RLIMIT_NPROC, RLIMIT_SIGPENDING) is
-therefore shared by the sandboxes of one supervisor - in the worker, one running job
-and the idle warm sandboxes of its slot.
+The sandboxes of one supervisor share its template user namespace; every other
+namespace is their own. Where the host grants a range of ids (``ids.py``), each
+sandbox's program stage is made in a user namespace of its own as well, in which it is
+uid 1000 and outside which it is an id of that range no other sandbox runs as now; its
+init writes the maps. Without a range every program is uid 1000 of the template - the
+supervisor's user - and what the kernel counts per user (RLIMIT_NPROC,
+RLIMIT_SIGPENDING, pipe buffers) is shared by all of them.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class Template:
     exec_once: bool = False  # the profile forbids exec after the program started
     trace: bool = False  # seccomp_bpf notifies every call: record them, allow them
     cgroup_join: str = "files"  # JobCgroup.JOIN of the cgroup_fds
+    job_id: int = 0  # the id the program runs as, inside the template (``ids.JobIds``); 0: the template's 1000
 
     def to_wire(self) -> dict[str, Any]:
         """An image sandbox's request to the zygote: everything but the fds (they travel
@@ -99,6 +102,7 @@ class Template:
             "trace": self.trace,
             "native_arch": NATIVE_ARCH,
             "exec_numbers": EXEC_NUMBERS,
+            "job_id": self.job_id,
         }
 
     def fds(self, seccomp_fd: int) -> list[int]:
@@ -113,7 +117,7 @@ class Template:
         return stages.init_arguments(
             "spawned", self.cap_last, self.trace, self.exec_once, NATIVE_ARCH, EXEC_NUMBERS,
             None if self.cpu_counter is None else self.cpu_counter[1], len(self.cgroup_fds), self.cgroup_join,
-            self.disk_bytes, "/",
+            self.disk_bytes, "/", self.job_id,
         )
 
     def init_fds(self, report_fd: int, channel_fd: int, seccomp_fd: int) -> list[int]:

@@ -223,18 +223,36 @@ def build_template() -> None:
         os.close(root_fd)
 
 
-def build_image_root(disk_bytes: int, layers: list[str], workdir: str) -> str:
+def build_image_root(disk_bytes: int, layers: list[str], workdir: str, job_id: int = 0) -> str:
     """(In a sandbox init, on a private copy of the host's tree.) Mount the image's
     overlay - its layers must be mounts of this namespace, which is why an image root
     is not built on the template - with its /dev and the mount points of the job's own
-    filesystems, which the C init mounts before it pivots into it; returns its path."""
+    filesystems, which the C init mounts before it pivots into it; returns its path.
+    ``job_id``: the id the job runs as, if not the template's 1000 (``ids.py``)."""
     root_fd = mount_image_root(layers, disk_bytes, IMAGE_WORKSPACE, _IMAGE_MOUNT_POINTS)
     try:
         populate_image_root(root_fd, workdir)
         build_dev(root_fd)
+        if job_id:
+            hand_over_image_root(root_fd, workdir, job_id)
     finally:
         os.close(root_fd)
     return os.path.join(IMAGE_WORKSPACE, IMAGE_ROOT_DIR)
+
+
+def hand_over_image_root(root_fd: int, workdir: str, job_id: int) -> None:
+    """A job of an id of its own owns the root directory of its image and its working
+    directory, as a job of the template's 1000 - the owner of every unpacked file - does:
+    it can make files there. The image's other files stay the image's, readable and
+    writable as their modes say to anyone else (a non-root user in a container meets the
+    same). Each chown copies the directory's attributes up into the job's own upper
+    layer; the layers are untouched."""
+    for path in dict.fromkeys((".", workdir)):
+        directory = open_beneath(root_fd, path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fchown(directory, job_id, job_id)
+        finally:
+            os.close(directory)
 
 
 def host_image_fingerprint() -> tuple[tuple[str, int, int], ...]:

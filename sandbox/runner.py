@@ -23,6 +23,7 @@ from sandbox import launch as launcher
 from sandbox.launch import ImageRoot
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
 from sandbox.errors import CgroupError, JobError, SandboxError
+from sandbox.ids import plan_ids
 from sandbox.images.errors import BadReference, ImageNotFound
 from sandbox.images.runtime import lease_image
 from sandbox.models import WORKDIR, Blob, Job, Limits, Result, Status, Usage, WarmSpec
@@ -65,8 +66,9 @@ class Runner:
             self.backend = None
             self.cgroup_problem = str(exc)
         launcher.become_subreaper()
+        self.id_plan = plan_ids()
         specs = WarmSpec.merged([WarmSpec(warm, profile), *warm_for])
-        self.sandboxes = SandboxSupply(self.profiles, self.backend, cap_last, specs, WARM_DISK_BYTES)
+        self.sandboxes = SandboxSupply(self.profiles, self.backend, cap_last, specs, WARM_DISK_BYTES, self.id_plan)
         self.sandboxes.start()
 
     def run(
@@ -122,6 +124,8 @@ class Runner:
                     f"no delegated cgroup ({self.cgroup_problem}); memory is capped by an address-space "
                     "rlimit, pids by RLIMIT_NPROC, CPU time per process only"
                 )
+            if self.id_plan.problem is not None:
+                warnings.append(f"the job ran as this user, as every job of it does ({self.id_plan.problem})")
             if handed is None:
                 argv, env, cwd, image_root = _image_for(job, cleanup, profile.env)
                 sandbox = self.sandboxes.take(

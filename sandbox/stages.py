@@ -39,7 +39,7 @@ class Spec:
     ``to_wire`` and ``fds``)."""
 
     __slots__ = ("seccomp_fd", "cgroup_fds", "cgroup_join", "cpu_counter_fd", "cpu_counter_kind", "disk_bytes", "cap_last",
-                 "layers", "workdir", "exec_once", "trace", "native_arch", "exec_numbers")
+                 "layers", "workdir", "exec_once", "trace", "native_arch", "exec_numbers", "job_id")
 
     def __init__(self, wire: dict[str, Any], fds: list[int]) -> None:
         """``fds`` as ``launch.Template.fds`` lays them out."""
@@ -57,6 +57,7 @@ class Spec:
         self.trace: bool = wire["trace"]
         self.native_arch: int = wire["native_arch"]
         self.exec_numbers: list[int] = wire["exec_numbers"]
+        self.job_id: int = wire["job_id"]
 
 
 def open_init_binary() -> int:
@@ -118,13 +119,13 @@ def init_fds(report_fd: int, channel_fd: int, seccomp_fd: int, cpu_counter_fd: i
 
 def init_arguments(
     mode: str, cap_last: int, trace: bool, exec_once: bool, native_arch: int, exec_numbers: list[int],
-    cpu_counter_kind: str | None, cgroup_fds: int, cgroup_join: str, disk_bytes: int, root: str,
+    cpu_counter_kind: str | None, cgroup_fds: int, cgroup_join: str, disk_bytes: int, root: str, job_id: int,
 ) -> list[str]:
     """The C init's arguments after its name, in the order of its "Run as"."""
     execve, execveat = exec_numbers
     return [
         mode, str(cap_last), str(int(trace)), str(int(exec_once)), str(native_arch), str(execve), str(execveat),
-        cpu_counter_kind or "none", str(cgroup_fds), cgroup_join, str(disk_bytes), rootfs.HOSTNAME, root,
+        cpu_counter_kind or "none", str(cgroup_fds), cgroup_join, str(disk_bytes), rootfs.HOSTNAME, root, str(job_id),
     ]
 
 
@@ -138,7 +139,7 @@ def _stage_init(template: Spec, report_fd: int, channel_fd: int, init_fd: int, k
     """B, right after the clone, for an image: build the overlay root (with only its own
     fds open), then become the C init, which pivots into it."""
     child.close_fds_except(keep)
-    root = rootfs.build_image_root(template.disk_bytes, template.layers or [], template.workdir)
+    root = rootfs.build_image_root(template.disk_bytes, template.layers or [], template.workdir, template.job_id)
     _exec_init(template, report_fd, channel_fd, init_fd, root)
 
 
@@ -151,6 +152,7 @@ def _exec_init(template: Spec, report_fd: int, channel_fd: int, init_fd: int, ro
     arguments = init_arguments(
         "exec", template.cap_last, template.trace, template.exec_once, template.native_arch, template.exec_numbers,
         template.cpu_counter_kind, len(template.cgroup_fds), template.cgroup_join, template.disk_bytes, root,
+        template.job_id,
     )
     # fexecve (execveat on the fd; init_fd is above every target): the root need not
     # show the file.

@@ -24,6 +24,7 @@ from sandbox import launch, rootfs
 from sandbox.cgroups import CgroupBackend, JobCgroup
 from sandbox.cgroups.stock import KEEP_MADE, CgroupStock
 from sandbox.errors import SandboxError
+from sandbox.ids import IdPlan, JobIds
 from sandbox.images.errors import ImageError
 from sandbox.images.runtime import LeasedImage, lease_image
 from sandbox.launch import ImageRoot
@@ -47,6 +48,7 @@ class Sandbox:
     lease: LeasedImage | None = None  # keeps gc off those layers while it waits for a job
     accounting: bool = False  # its cgroup counts from now on for the job to come (``arm``)
     output: tuple[int, int] | None = None  # an offered one's stdout and stderr read ends
+    job_id: int = 0  # the id its program runs as (``ids.JobIds``), until its processes are gone
 
     def arm(self) -> None:
         """Start the job's account now, while the launcher has nothing else to do: the
@@ -88,6 +90,7 @@ class _Order:
     cgroup: JobCgroup | None
     image: ImageRoot | None = None
     lease: LeasedImage | None = None
+    job_id: int = 0
 
 
 @dataclass
@@ -100,6 +103,7 @@ class SandboxSupply:
     cap_last: int
     warm: list[WarmSpec]
     disk_bytes: int
+    id_plan: IdPlan
     _pools: dict[WarmSpec, deque[Sandbox]] = field(default_factory=dict)
     _ordered: deque[tuple[WarmSpec, _Order]] = field(default_factory=deque)  # warm ones only
     _retired: list[Sandbox] = field(default_factory=list)
@@ -115,11 +119,14 @@ class SandboxSupply:
     # (a re-pulled tag, a removed image): a stale one would pin its layers against gc.
     image_recheck_s: float = RECHECK_S
     _images_checked: float = field(default_factory=time.monotonic)
+    _job_ids: JobIds | None = None
 
     def start(self) -> None:
         """Start the zygote now, so that the first job does not wait for it (if it
         cannot start, it is tried again for each sandbox, and the jobs report why)."""
         self._pools = {spec: deque() for spec in self.warm}
+        if self.id_plan.jobs is not None:
+            self._job_ids = JobIds(self.id_plan)
         if self.backend is not None:
             self._cgroups = CgroupStock(
                 self.backend, KEEP_MADE if self.warm else 0,
@@ -267,6 +274,9 @@ class SandboxSupply:
         if self._zygote is not None:
             self._zygote.close()
             self._zygote = None
+        if self._job_ids is not None:
+            self._job_ids.close()
+            self._job_ids = None
 
     def _retire_stale_images(self) -> None:
         """Retire warm image sandboxes built from other layers than their reference
@@ -308,7 +318,12 @@ class SandboxSupply:
         compiled = self.profiles.get(profile)
         kind_limits = compiled.kind_limits
         zygote = self._zygote_for_next()
-        cgroup = self._cgroups.take(cpu_quota or kind_limits.cpus is not None) if self._cgroups is not None else None
+        job_id = self._job_ids.take() if self._job_ids is not None else 0
+        try:
+            cgroup = self._cgroups.take(cpu_quota or kind_limits.cpus is not None) if self._cgroups is not None else None
+        except BaseException:
+            self._give_back(job_id)
+            raise
         try:
             if cgroup is not None:
                 # What most jobs ask for: written now (or by the stock), not on their path.
@@ -323,18 +338,25 @@ class SandboxSupply:
                 disk_bytes=disk_bytes,
                 cap_last=self.cap_last,
                 image=image,
+                job_id=job_id,
             )
             start = launch.order(zygote, template)
         except BaseException:
             if cgroup is not None and self._cgroups is not None:
                 self._cgroups.discard(cgroup)
+            self._give_back(job_id)
             raise
         if cgroup is not None:
             cgroup.close_attach_fds()  # the sandbox holds its own copies
-        return _Order(start, cgroup, image)
+        return _Order(start, cgroup, image, job_id=job_id)
 
     def _deliver(self, order: _Order) -> Sandbox:
-        return Sandbox(launch.receive(order.start), order.cgroup, image=order.image, lease=order.lease)
+        return Sandbox(launch.receive(order.start), order.cgroup, image=order.image, lease=order.lease,
+                       job_id=order.job_id)
+
+    def _give_back(self, job_id: int) -> None:
+        if job_id and self._job_ids is not None:
+            self._job_ids.give_back(job_id)
 
     def _receive(self) -> None:
         """Read the answer for the oldest order; a warm sandbox that failed to
@@ -353,6 +375,10 @@ class SandboxSupply:
         if prepared.init_pid > 0 and not prepared.reaped:
             os.waitpid(prepared.init_pid, 0)
             prepared.reaped = True
+        # The init was pid 1 of the job's pid namespace: its exit took every process of
+        # the job with it, so its id is free for the next.
+        self._give_back(sandbox.job_id)
+        sandbox.job_id = 0
         sandbox.close()
         if sandbox.cgroup is not None and self._cgroups is not None:
             self._cgroups.discard(sandbox.cgroup)
@@ -375,7 +401,7 @@ class SandboxSupply:
             self._zygote = None
         self._template_fingerprint = rootfs.host_image_fingerprint()
         self._template_checked = now
-        self._zygote = Zygote()
+        self._zygote = Zygote(self.id_plan.zygote_argument())
         return self._zygote
 
 

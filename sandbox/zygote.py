@@ -24,7 +24,7 @@ The spawner's protocol (same kind of pair): a request is the C init's arguments
 (``stages.init_arguments``), NUL-terminated, with its fds (``stages.init_fds``); the
 answer is B's pid and a newline, or a setup_error report line.
 
-Run as: python -S -m sandbox.zygote FD
+Run as: python -S -m sandbox.zygote FD ID_MAPS (``ids.IdPlan.zygote_argument``)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import sys
 from sandbox import stages
 from sandbox.errors import SandboxError, SetupError
 from sandbox.linux import syscalls as sc
-from sandbox.template import MountBases, enter_template
+from sandbox.template import IdMaps, MountBases, enter_template
 
 # Not typing.TYPE_CHECKING: the zygote does without the typing module (see stages.py).
 TYPE_CHECKING = False
@@ -54,13 +54,14 @@ class Zygote:
     """The supervisor's handle on its zygote process and the zygote's spawner (both
     started here, children of ours)."""
 
-    def __init__(self) -> None:
+    def __init__(self, id_maps: str) -> None:
+        """``id_maps``: the template's id maps (``ids.IdPlan.zygote_argument``)."""
         import subprocess  # here, not at the top: the zygote process imports this module too
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             self.process = subprocess.Popen(
-                [sys.executable, "-S", "-m", "sandbox.zygote", str(theirs.fileno())],
+                [sys.executable, "-S", "-m", "sandbox.zygote", str(theirs.fileno()), id_maps],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -162,7 +163,7 @@ def _import_path() -> list[str]:
     return [project, *(entry for entry in sys.path if entry and os.path.isdir(entry))]
 
 
-def serve(channel: socket.socket) -> None:
+def serve(channel: socket.socket, id_maps: IdMaps | None) -> None:
     sc.set_process_name("sandbox-zygote")
     # SCHED_BATCH (inherited by every sandbox init and program stage until its job
     # arrives, stages.py): the same share of the CPU, but a zygote or a sandbox being
@@ -172,11 +173,13 @@ def serve(channel: socket.socket) -> None:
     os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     try:
         init_fd = stages.open_init_binary()
-        bases = enter_template()
+        bases = enter_template(id_maps)
         # What the C init needs (entering the template, its mounts, host name and
-        # loopback) and its program stage before it drops everything (the cgroup
-        # namespace, the bounding set): kept across the exec of the C init.
-        sc.keep_across_exec(sc.CAP_SYS_ADMIN, sc.CAP_SYS_CHROOT, sc.CAP_NET_ADMIN, sc.CAP_SETPCAP)
+        # loopback; the job's id: its files and its program stage's id maps) and its
+        # program stage before it drops everything (the cgroup namespace, the bounding
+        # set): kept across the exec of the C init.
+        sc.keep_across_exec(sc.CAP_SYS_ADMIN, sc.CAP_SYS_CHROOT, sc.CAP_NET_ADMIN, sc.CAP_SETPCAP, sc.CAP_SETUID,
+                            sc.CAP_SETGID)
         spawner, spawner_pid = stages.start_spawner(bases.template_fd, init_fd)
     except (SandboxError, OSError) as exc:
         channel.send(json.dumps({"error": str(exc)}).encode())
@@ -210,7 +213,7 @@ def _start_one(request: dict[str, Any], fds: list[int], bases: MountBases, init_
 
 def main(argv: list[str]) -> int:
     with socket.socket(fileno=int(argv[1])) as channel:
-        serve(channel)
+        serve(channel, IdMaps.parse(argv[2]))
     return 0
 
 

@@ -173,6 +173,7 @@ def test_doctor_passes_on_a_prepared_host():
     assert done.returncode == 0, done.stdout.decode()
     assert b"a real job ran" in done.stdout
     assert b"FAIL" not in done.stdout
+    assert b"each running job is a host user of its own" in done.stdout  # scripts/test grants the range
 
 
 def test_doctor_fails_without_delegation():

@@ -11,6 +11,8 @@ import subprocess
 import pytest
 
 from workerutil import SANDBOX_CLI
+from sandbox.models import Job, Limits
+from sandbox.runner import Runner
 from sandbox.cgroups.setup import setup_v2_subtree
 from sandbox.cgroups.systemd import systemd_running
 from sandbox.cgroups.v1 import CONTROLLERS, v1_mounts
@@ -88,3 +90,61 @@ def test_a_raw_cgroup_v2_subtree_serves_jobs_without_systemd():
         for directory in (os.path.join(user_dir, "supervisor"), user_dir, *([base] if created_base else [])):
             if os.path.isdir(directory):
                 os.rmdir(directory)
+
+
+def test_root_enforces_every_limit_with_no_set_up_step():
+    """Root makes its own cgroup subtree on v1 (beside, never inside, the cgroup the
+    machine put it in): its first `sandbox run` enforces memory by the cgroup. (On v2
+    root runs jobs under the cgroup it was started in, as any user does.)"""
+    if v2_mount() is not None:
+        pytest.skip("root's own subtree is a cgroup v1 step")
+    env = {name: value for name, value in os.environ.items() if name != "SANDBOX_CGROUP_PARENT"}
+    done = subprocess.run(
+        [*SANDBOX_CLI, "run", "--json", "--memory", "64M", "--", "python3", "-c", "bytearray(256 << 20)"],
+        capture_output=True, text=True, timeout=120, env=env, check=False,
+    )
+    result = json.loads(done.stdout)
+    assert result["limits_not_enforced"] == [] and result["warnings"] == [], result
+    assert result["status"] == "memory_limit" and result["usage"]["oom_killed"], result
+    own_memory = next(line.split(":", 2)[2].strip() for line in open("/proc/self/cgroup") if line.split(":")[1] == "memory")
+    made = os.path.join(v1_mounts()["memory"], "sandbox", "root")
+    assert os.path.isdir(made) and not made.startswith(os.path.join(v1_mounts()["memory"], own_memory.strip("/")) + "/")
+
+
+def test_a_root_job_runs_as_an_unprivileged_host_id():
+    """As isolate's boxes do, a root job's processes run as an id of a range no account
+    owns - seen from the host while the job runs (it says so on its stdout, which the
+    supervisor passes on as it comes), and uid 1000 inside."""
+    marker = f"job-id-probe-{os.getpid()}"
+    cancel_read, cancel_write = os.pipe()
+    seen: dict[str, list[int]] = {}
+
+    def on_output(stream: str, offset: int, data: bytes) -> None:
+        if stream == "stdout" and b"ready" in data and not seen:
+            for pid in (entry for entry in os.listdir("/proc") if entry.isdigit()):
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                        if marker.encode() not in handle.read() or int(pid) == os.getpid():
+                            continue
+                    with open(f"/proc/{pid}/status") as handle:
+                        status = dict(line.split(":", 1) for line in handle)
+                except OSError:
+                    continue
+                seen[pid] = [int(value) for value in status["Uid"].split() + status["Gid"].split()]
+            os.write(cancel_write, b"x")
+
+    runner = Runner()
+    try:
+        script = f"import os; print(os.getuid(), os.getgid(), 'ready', flush=True); os.read(os.pipe()[0], 1)"
+        result = runner.run(Job(cmd=["python3", "-c", script, marker], limits=Limits(wall_time="60s")),
+                            cancel_fd=cancel_read, on_output=on_output)
+    finally:
+        runner.close()
+        os.close(cancel_read)
+        os.close(cancel_write)
+    assert result.stdout.startswith(b"1000 1000 ready"), result
+    assert len(seen) == 1, seen
+    ids = next(iter(seen.values()))
+    assert len(set(ids)) == 1 and ids[0] != 0, ids
+    with pytest.raises(KeyError):
+        pwd.getpwuid(ids[0])

@@ -14,6 +14,7 @@ import pytest
 
 from sandbox import launch
 from sandbox.errors import SetupError
+from sandbox.ids import plan_ids
 from sandbox.models import Job, Status
 from sandbox.profile_cache import ProfileCache
 from sandbox.runner import Runner
@@ -22,7 +23,7 @@ from sandbox.zygote import Zygote
 
 @pytest.fixture
 def zygote() -> Iterator[Zygote]:
-    started = Zygote()
+    started = Zygote(plan_ids().zygote_argument())
     yield started
     started.close()
 
@@ -85,7 +86,7 @@ def test_a_malformed_request_gets_an_error_and_the_spawner_goes_on(zygote):
 
 
 def test_the_spawner_exits_with_its_channel():
-    started = Zygote()
+    started = Zygote(plan_ids().zygote_argument())
     pid = started.spawner_pid
     assert Path(f"/proc/{pid}").exists()
     started.close()  # closes the channel, then reaps the spawner: it must have exited

@@ -3,12 +3,15 @@ controllers, v1 otherwise (hybrid hosts such as the development machines).
 
 ``SANDBOX_CGROUP_PARENT`` overrides where job cgroups go (a path relative to the
 hierarchy root); the default is what ``sandbox setup-cgroups`` creates on v1 and the
-caller's own (delegated) cgroup on v2.
+caller's own (delegated) cgroup on v2. Root needs no set-up step on v1: it makes its own
+subtree (``sandbox/root`` in each hierarchy, as ``setup-cgroups`` would for a user) -
+beside whatever cgroup the machine put the caller in, never inside it.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 
 from sandbox.cgroups.base import CgroupBackend, CgroupUsage, JobCgroup, current_user
 from sandbox.cgroups.v1 import V1Backend
@@ -30,4 +33,8 @@ def open_backend() -> CgroupBackend:
     mount_point = v2_mount()
     if mount_point is not None:
         return V2Backend(mount_point, parent)
+    if parent is None and os.geteuid() == 0:
+        from sandbox.cgroups.setup import delegate_v1  # setup imports this module
+
+        delegate_v1(pwd.getpwuid(0))
     return V1Backend(parent or default_v1_parent(current_user()))

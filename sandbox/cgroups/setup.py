@@ -1,4 +1,5 @@
-"""``sandbox setup-cgroups --user NAME``: the one-time admin step (root, idempotent).
+"""``sandbox setup-cgroups --user NAME``: the one-time admin step (root, idempotent). It
+also grants the user the subordinate ids its jobs run as (``ids_setup.py``).
 
 Like isolate's cg keeper, but for an ordinary user: it creates a subtree, hands it to
 the user, and leaves the rest of the hierarchy alone. On v1 that is
@@ -23,13 +24,15 @@ from sandbox.cgroups.v1 import v1_mounts
 from sandbox.cgroups.v2 import CONTROLLERS as V2_CONTROLLERS
 from sandbox.cgroups.v2 import v2_mount
 from sandbox.errors import CgroupError
+from sandbox.ids_setup import provision_ids
 
 V1_DELEGATED_FILES = ("cgroup.procs", "tasks")
 V2_DELEGATED_FILES = ("cgroup.procs", "cgroup.threads", "cgroup.subtree_control")
 
 
 def setup_cgroups(user: str) -> list[str]:
-    """Create and delegate the subtree; returns one line per action taken or found."""
+    """Create and delegate the subtree, and grant the user the subordinate ids its jobs
+    run as (``ids_setup.py``); returns one line per action taken or found."""
     if os.geteuid() != 0:
         raise CgroupError("setup-cgroups must run as root (it changes ownership in /sys/fs/cgroup)")
     try:
@@ -38,13 +41,17 @@ def setup_cgroups(user: str) -> list[str]:
         raise CgroupError(f"no such user: {user}") from None
     mount_point = v2_mount()
     if mount_point is not None and systemd.systemd_running():
-        return systemd.explain(account, systemd.check_scope_delegation(account))
-    if mount_point is not None:
-        return setup_v2_subtree(mount_point, account)
-    return _setup_v1(account)
+        lines = systemd.explain(account, systemd.check_scope_delegation(account))
+    elif mount_point is not None:
+        lines = setup_v2_subtree(mount_point, account)
+    else:
+        lines = delegate_v1(account)
+    return lines + provision_ids(account)
 
 
-def _setup_v1(account: pwd.struct_passwd) -> list[str]:
+def delegate_v1(account: pwd.struct_passwd) -> list[str]:
+    """The v1 subtree of ``account`` in each needed hierarchy (root: what every run as
+    root makes for itself, so that root needs no set-up step)."""
     mounts = v1_mounts()
     missing = [c for c in V1_CONTROLLERS if c not in mounts]
     if missing:

@@ -18,17 +18,20 @@
  *
  * Run as: sandbox-init serve (the spawner; see serve), or
  *         sandbox-init MODE CAP_LAST TRACE EXEC_ONCE NATIVE_ARCH EXECVE_NR EXECVEAT_NR
- *                      CPU_COUNTER_KIND CGROUP_FDS CGROUP_JOIN DISK_BYTES HOSTNAME ROOT
- * (MODE "exec"; a spawner's request has the same arguments, MODE "spawned")
+ *                      CPU_COUNTER_KIND CGROUP_FDS CGROUP_JOIN DISK_BYTES HOSTNAME ROOT JOB_ID
+ * (MODE "exec"; a spawner's request has the same arguments, MODE "spawned"; JOB_ID:
+ * the id of the template user namespace the program runs as, "0" for the template's
+ * 1000 - see job_identity)
  * with fd 3 the report pipe to the supervisor, 4 its job channel, 5 a memfd with the
  * seccomp program, 6 the job cgroup's CPU counter (CPU_COUNTER_KIND "cpuacct.usage" or
  * "cpu.stat"; "none": no cgroup, and no fd from 6 on), 7.. the job cgroup's tasks files
  * (CGROUP_JOIN "files", v1: one per hierarchy) or its directory ("directory", v2: the
  * program stage is created in it with clone3(CLONE_INTO_CGROUP) - no attach at all);
- * and CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_NET_ADMIN and CAP_SETPCAP in its ambient set
- * (a spawned B: the spawner's): for entering the template, its mounts, host name and
- * loopback, and the program stage's cgroup namespace and bounding set (which drops
- * them with everything else).
+ * and CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_NET_ADMIN, CAP_SETPCAP, CAP_SETUID and
+ * CAP_SETGID in its ambient set (a spawned B: the spawner's): for entering the
+ * template, its mounts, host name and loopback, the job's files and its program stage's
+ * id maps, and the program stage's cgroup namespace and bounding set (which drops them
+ * with everything else).
  *
  * The supervisor's death ends B through the job channel (EOF): B waits on it before
  * its job and polls it during the job (not PR_SET_PDEATHSIG, which follows the exit of
@@ -55,6 +58,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/fsuid.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -246,7 +250,7 @@ static void stdio_to_null(void) {
  * Why a process that stays: B is a clone of a small, idle C process - no exec, no
  * Python, no spawn per sandbox. (Before, the zygote spawned this binary per sandbox,
  * and the spawn, the exec and the zygote's Python were a tenth of a job's CPU.) */
-enum { SPAWNER_CHANNEL_FD = 3, SPAWNER_NAMESPACE_FD = 4, MAX_REQUEST = 4096, REQUEST_FIELDS = 13 };
+enum { SPAWNER_CHANNEL_FD = 3, SPAWNER_NAMESPACE_FD = 4, MAX_REQUEST = 4096, REQUEST_FIELDS = 14 };
 enum { SPAWN_FDS = 3, MAX_SPAWN_FDS = 16, HIGH_FD = 64 }; /* at least: report pipe, job channel, filter */
 static const char SPAWNER[] = "sandbox spawner: ";
 
@@ -340,12 +344,12 @@ static char **serve(void) {
 struct arguments {
     const char *cpu_counter, *cgroup_join, *disk_bytes, *hostname, *root;
     int cap_last, trace, exec_once, execve_nr, execveat_nr, cgroup_fds;
-    unsigned int native_arch;
+    unsigned int native_arch, job_id;
 };
 
 static struct arguments parse(int argc, char **argv) {
     errno = EINVAL;
-    require(STAGE, argc == 14, "started with the wrong arguments");
+    require(STAGE, argc == 15, "started with the wrong arguments");
     return (struct arguments){.cap_last = atoi(argv[2]),
                               .trace = atoi(argv[3]),
                               .exec_once = atoi(argv[4]),
@@ -357,15 +361,68 @@ static struct arguments parse(int argc, char **argv) {
                               .cgroup_join = argv[10],
                               .disk_bytes = argv[11],
                               .hostname = argv[12],
-                              .root = argv[13]};
+                              .root = argv[13],
+                              .job_id = (unsigned int)strtoul(argv[14], NULL, 10)};
+}
+
+/* The job's own id (JOB_ID, an id of the template's job range that no other sandbox
+ * runs as now; sandbox/ids.py): the program stage is made in a user namespace of its
+ * own (CLONE_NEWUSER, which makes this process the namespace's owner, with every
+ * capability over it), this writes its maps - uid and gid 1000 inside, JOB_ID outside -
+ * and the stage becomes 1000 there (program.c). So the job looks like uid 1000 while
+ * the host sees an id that owns nothing, and a job cannot act on this init or another
+ * sandbox: it is another user, with no capability in the template namespace.
+ *
+ * The init creates what the job is to own - the scratch directories, the input files -
+ * with JOB_ID as its file system ids (files_as), and writes the stage's maps as 1000,
+ * the owner of the stage's /proc files until it changes its ids. */
+static void files_as(unsigned int id) {
+    setfsuid(id);
+    setfsgid(id);
+    errno = EPERM;
+    require(STAGE, (unsigned int)setfsuid((uid_t)-1) == id && (unsigned int)setfsgid((gid_t)-1) == id,
+            "taking the job's file system ids");
+}
+
+static void map_program_ids(pid_t program, unsigned int job_id, int to_program) {
+    char line[64];
+    int length = snprintf(line, sizeof line, "%d %u 1\n", SANDBOX_ID, job_id);
+    static const char *const maps[] = {"uid_map", "gid_map"};
+    for (size_t i = 0; i < sizeof maps / sizeof maps[0]; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/%s", (int)program, maps[i]);
+        int map = open(path, O_WRONLY | O_CLOEXEC);
+        require(STAGE, map >= 0 && write(map, line, (size_t)length) == length, "writing the job's id maps");
+        close(map);
+    }
+    channel_send(to_program, "m", 1, NULL, 0, STAGE);
+}
+
+/* SCHED_OTHER for the program stage and this process. The kernel lets a process without
+ * CAP_SYS_NICE over the host change the policy of its own user's processes only: a
+ * stage that runs as the job's id is changed as that id, for the moment of the call
+ * (CAP_SETUID in the template; no capability is lost going between two ids that are
+ * not 0). */
+static void leave_batch(pid_t program, unsigned int job_id) {
+    struct sched_param normal = {.sched_priority = 0};
+    if (job_id != 0) {
+        require(STAGE, setresuid((uid_t)-1, job_id, (uid_t)-1) == 0, "taking the job's id");
+    }
+    long changed = syscall(SYS_sched_setscheduler, program, SCHED_OTHER, &normal);
+    if (job_id != 0) {
+        require(STAGE, setresuid((uid_t)-1, SANDBOX_ID, (uid_t)-1) == 0, "taking back its own id");
+    }
+    require(STAGE, changed == 0 && syscall(SYS_sched_setscheduler, 0, SCHED_OTHER, &normal) == 0,
+            "leaving SCHED_BATCH");
 }
 
 /* The program stage, forked - or, joining by directory, cloned straight into the job
  * cgroup (clone3 CLONE_INTO_CGROUP; where the kernel lacks it, the stage writes itself
  * into the directory's cgroup.procs instead). */
 static pid_t fork_program_stage(struct program_setup *setup) {
+    unsigned long long own_user = setup->own_user ? CLONE_NEWUSER : 0;
     if (setup->join == JOIN_BY_DIRECTORY) {
-        struct clone_arguments arguments = {.flags = CLONE_INTO_CGROUP,
+        struct clone_arguments arguments = {.flags = CLONE_INTO_CGROUP | own_user,
                                             .exit_signal = SIGCHLD,
                                             .cgroup = (unsigned long long)setup->first_cgroup_fd};
         long pid = syscall(SYS_clone3, &arguments, sizeof arguments);
@@ -376,6 +433,10 @@ static pid_t fork_program_stage(struct program_setup *setup) {
             return (pid_t)pid;
         }
         require(STAGE, errno == ENOSYS || errno == E2BIG || errno == EINVAL, "cloning the program stage");
+    }
+    if (own_user) {
+        struct clone_arguments arguments = {.flags = own_user, .exit_signal = SIGCHLD};
+        return (pid_t)syscall(SYS_clone3, &arguments, sizeof arguments);
     }
     return fork();
 }
@@ -391,7 +452,18 @@ int main(int argc, char **argv) {
     require(STAGE, syscall(SYS_close_range, FIRST_CGROUP_FD + arguments.cgroup_fds, ~0U, 0) == 0,
                 "closing inherited fds");
     stdio_to_null();
+    int own_user = arguments.job_id != 0;
+    if (own_user) {
+        files_as(arguments.job_id);
+    }
     set_up_job_root(arguments.hostname, arguments.disk_bytes, arguments.root);
+    if (own_user) {
+        /* Back to its own ids, and dumpable again (a change of ids made it not): its
+         * program stage, a fork, keeps that, and its /proc files - the id maps this
+         * writes - stay this user's. The job, another user, cannot reach it either way. */
+        files_as(SANDBOX_ID);
+        require(STAGE, prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) == 0, "staying dumpable");
+    }
     struct watcher watcher = {.trace = arguments.trace,
                               .native_arch = arguments.native_arch,
                               .exec_numbers = {arguments.execve_nr, arguments.execveat_nr}};
@@ -414,6 +486,7 @@ int main(int argc, char **argv) {
                                   .cgroup_fds = arguments.cgroup_fds,
                                   .join = strcmp(arguments.cgroup_join, "directory") == 0 ? JOIN_BY_DIRECTORY
                                                                                           : JOIN_BY_FILES,
+                                  .own_user = own_user,
                                   .filter = filter,
                                   .filter_length = filter_length};
     pid_t program = fork_program_stage(&setup);
@@ -424,6 +497,9 @@ int main(int argc, char **argv) {
     }
     int to_program = pair[0];
     close(pair[1]);
+    if (own_user) {
+        map_program_ids(program, arguments.job_id, to_program);
+    }
     for (int fd = FIRST_CGROUP_FD; fd < FIRST_CGROUP_FD + arguments.cgroup_fds; fd++) {
         close(fd);
     }
@@ -445,13 +521,13 @@ int main(int argc, char **argv) {
     if (job_length == 0) {
         _exit(0); /* discarded unused: the kernel takes the stage down with us */
     }
+    if (own_user) {
+        files_as(arguments.job_id);
+    }
     size_t program_offset = take_files(job_length, arguments.disk_bytes, passed, received);
     /* Prepared at SCHED_BATCH (sandbox/zygote.py); the job runs like any other task.
      * (The system call itself: musl's wrapper is a stub, POSIX and Linux disagree.) */
-    struct sched_param normal = {.sched_priority = 0};
-    require(STAGE, syscall(SYS_sched_setscheduler, program, SCHED_OTHER, &normal) == 0 &&
-                    syscall(SYS_sched_setscheduler, 0, SCHED_OTHER, &normal) == 0,
-                "leaving SCHED_BATCH");
+    leave_batch(program, arguments.job_id);
     /* The job's clock and CPU account start now: none of the stage's set-up (the filter
      * alone is most of a millisecond) is charged to the job. */
     int counted = strcmp(arguments.cpu_counter, "none") != 0;

@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -38,6 +39,13 @@
 
 
 enum { MAX_JOB = 1 << 20, MAX_FIELDS = 1 << 16 };
+/* A job with an id of its own gets this share of the RLIMIT_SIGPENDING it inherits. The
+ * kernel counts pending signals per user of each user namespace and again, in sum, for
+ * the user that made the outermost one - the supervisor's, for every job of it - against
+ * the limit that user had then. Two jobs of two ids each have their own count, and
+ * while fewer than this many jobs fill theirs, the sum stays below the limit: one job's
+ * queued signals never make another's fail. */
+enum { SIGPENDING_SHARES = 64 };
 static const char STAGE[] = "program stage: ";
 
 static char job_buffer[MAX_JOB + 1];
@@ -180,9 +188,33 @@ static size_t number_field(size_t index, size_t count) {
     return (size_t)value;
 }
 
+/* (In a user namespace of its own, init.c map_program_ids.) Once the init has mapped
+ * uid and gid 1000 here to the job's id, become 1000 - the job's id on the host - with
+ * no supplementary group (the supervisor's would reach host files), and take the
+ * job's share of pending signals. */
+static void become_job_user(int channel) {
+    char note[4];
+    int received = 0;
+    errno = EPROTO;
+    require(STAGE, channel_receive(channel, note, sizeof note, NULL, 0, &received, STAGE) == 1 && note[0] == 'm',
+            "waiting for the job's id maps");
+    require(STAGE, setgroups(0, NULL) == 0, "dropping the supplementary groups");
+    require(STAGE, setresgid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID) == 0, "taking the job's gid");
+    require(STAGE, setresuid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID) == 0, "taking the job's uid");
+    struct rlimit pending;
+    require(STAGE, getrlimit(RLIMIT_SIGPENDING, &pending) == 0, "reading RLIMIT_SIGPENDING");
+    if (pending.rlim_cur != RLIM_INFINITY) {
+        pending.rlim_cur = pending.rlim_max = pending.rlim_cur / SIGPENDING_SHARES;
+        require(STAGE, setrlimit(RLIMIT_SIGPENDING, &pending) == 0, "sharing RLIMIT_SIGPENDING");
+    }
+}
+
 _Noreturn void program_stage(const struct program_setup *setup) {
     prctl(PR_SET_NAME, "sandbox-program", 0, 0, 0);
     join_cgroups(setup);
+    if (setup->own_user) {
+        become_job_user(setup->channel);
+    }
     require(STAGE, setsid() >= 0, "setsid");
     reset_signals();
     drop_privileges(setup->cap_last);

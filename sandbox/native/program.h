@@ -8,6 +8,10 @@
  * recvmsg through on this fd number in every profile (sandbox/seccomp.py). */
 enum { PROGRAM_CHANNEL_FD = 4 };
 
+/* The job's uid and gid inside its sandbox (sandbox/rootfs.py SANDBOX_UID), and the
+ * template's ids of the sandbox's own processes. */
+enum { SANDBOX_ID = 1000 };
+
 enum cgroup_join {
     JOIN_BY_FILES,      /* write "0" into each fd (v1: a tasks file per hierarchy) */
     JOIN_BY_DIRECTORY,  /* the one fd is the cgroup's directory: write into its cgroup.procs */
@@ -21,6 +25,7 @@ struct program_setup {
     int first_cgroup_fd;    /* the job cgroup's fds: see `join` */
     int cgroup_fds;
     enum cgroup_join join;
+    int own_user;           /* made in a user namespace of its own: becomes 1000 there once mapped */
     const unsigned char *filter;  /* classic BPF, 8 bytes an instruction */
     size_t filter_length;
 };
