@@ -44,7 +44,7 @@ def run_checks(out: TextIO) -> int:
     for check in checks:
         try:
             results = check()
-        except Exception as exc:  # noqa: BLE001 - a probe crashing is itself the finding
+        except Exception as exc:
             results = [Check("FAIL", f"{check.__name__.strip('_')}: probe crashed: {exc}")]
         for result in results:
             line = f"[{result.level:>4}] {result.what}"
@@ -189,7 +189,7 @@ def _in_child(action: Callable[[], str | None]) -> tuple[bool, str]:
         try:
             os.write(write_end, (action() or "").encode()[:500])
             os._exit(0)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             os.write(write_end, str(exc).encode()[:500])
             os._exit(1)
     os.close(write_end)

@@ -76,8 +76,8 @@ def plan_ids() -> IdPlan:
     """This process's plan: root's own range, the user's subordinate ids, or none."""
     uid, gid = os.geteuid(), os.getegid()
     if uid == 0:
-        granted = _granted_range("root", 0) or IdRange(ROOT_FIRST_ID, ROOT_FIRST_ID, ROOT_ID_COUNT)
-        return IdPlan(uid, gid, granted, "write")
+        root_range = _granted_range("root", 0) or IdRange(ROOT_FIRST_ID, ROOT_FIRST_ID, ROOT_ID_COUNT)
+        return IdPlan(uid, gid, root_range, "write")
     name = pwd.getpwuid(uid).pw_name
     missing = [tool for tool in ID_MAPPERS if not os.access(tool, os.X_OK)]
     if missing:

@@ -231,13 +231,18 @@ def order(zygote: Zygote, template: Template) -> Starting:
     return starting
 
 
+# A memfd that nobody can change any more: what a sandbox is handed to read (its filter,
+# a job's stdin) must stay what was checked and sent.
+SEALED = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+
+
 def _filter_memfd(seccomp_bpf: bytes) -> int:
     """A sealed memfd holding the compiled filter, for the sandbox to read (one per
     sandbox: a few microseconds, and nothing that outlives its order)."""
     memfd = os.memfd_create("seccomp", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.write(memfd, seccomp_bpf)
-        fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+        fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, SEALED)
     except BaseException:
         os.close(memfd)
         raise

@@ -143,7 +143,8 @@ def build_dev(root_fd: int) -> None:
             # Read-only: the node is the host's own inode, so its times and mode must not
             # be the job's to change (a channel to the host and to other jobs); reading and
             # writing the device itself is unaffected by the mount flag.
-            sc.mount_setattr(node, "", sc.AT_EMPTY_PATH, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NOEXEC | sc.MOUNT_ATTR_RDONLY)
+            read_only_node = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NOEXEC | sc.MOUNT_ATTR_RDONLY
+            sc.mount_setattr(node, "", sc.AT_EMPTY_PATH, read_only_node)
             attach(node, dev_root, name, directory=False)
         for name, target in _DEV_LINKS.items():
             os.symlink(target, name, dir_fd=dev_root)

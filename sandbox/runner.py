@@ -17,15 +17,16 @@ import resource
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sandbox import launch as launcher
-from sandbox.launch import ImageRoot
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
 from sandbox.errors import CgroupError, JobError, SandboxError
 from sandbox.ids import plan_ids
 from sandbox.images.errors import BadReference, ImageNotFound
 from sandbox.images.runtime import lease_image
+from sandbox.launch import ImageRoot
 from sandbox.models import WORKDIR, Blob, Job, Limits, Result, Status, Usage, WarmSpec
 from sandbox.profile_cache import ProfileCache
 from sandbox.supervise import Outcome, Watch, supervise
@@ -56,7 +57,7 @@ class Runner:
     def __init__(self, profile: str = "default", warm: int = 0, warm_for: Sequence[WarmSpec] = ()) -> None:
         self.profiles = ProfileCache()
         self.profiles.get(profile)  # a broken default profile fails here, not at the first job
-        cap_last = int(open("/proc/sys/kernel/cap_last_cap").read())
+        cap_last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
         self.parallelism = len(os.sched_getaffinity(0))
         try:
             self.backend: CgroupBackend | None = open_backend()
@@ -328,7 +329,7 @@ def job_stdin(blob: Blob | None, fds: list[int]) -> int:
             _copy(source, fd)
         finally:
             os.close(source)
-    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, launcher.SEALED)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
 

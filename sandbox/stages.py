@@ -20,6 +20,7 @@ from sandbox.linux import syscalls as sc
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
     from sandbox.template import MountBases
 
 SANDBOX_NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
@@ -38,8 +39,22 @@ class Spec:
     """An image sandbox's Template as the zygote receives it (``launch.Template``:
     ``to_wire`` and ``fds``)."""
 
-    __slots__ = ("seccomp_fd", "cgroup_fds", "cgroup_join", "cpu_counter_fd", "cpu_counter_kind", "disk_bytes", "cap_last",
-                 "layers", "workdir", "exec_once", "trace", "native_arch", "exec_numbers", "job_id")
+    __slots__ = (
+        "cap_last",
+        "cgroup_fds",
+        "cgroup_join",
+        "cpu_counter_fd",
+        "cpu_counter_kind",
+        "disk_bytes",
+        "exec_numbers",
+        "exec_once",
+        "job_id",
+        "layers",
+        "native_arch",
+        "seccomp_fd",
+        "trace",
+        "workdir",
+    )
 
     def __init__(self, wire: dict[str, Any], fds: list[int]) -> None:
         """``fds`` as ``launch.Template.fds`` lays them out."""

@@ -320,7 +320,8 @@ class SandboxSupply:
         zygote = self._zygote_for_next()
         job_id = self._job_ids.take() if self._job_ids is not None else 0
         try:
-            cgroup = self._cgroups.take(cpu_quota or kind_limits.cpus is not None) if self._cgroups is not None else None
+            wants_quota = cpu_quota or kind_limits.cpus is not None
+            cgroup = self._cgroups.take(wants_quota) if self._cgroups is not None else None
         except BaseException:
             self._give_back(job_id)
             raise

@@ -32,7 +32,7 @@ class IdMaps:
     range (``ids.IdPlan``, as its ``zygote_argument`` spells it). A plain class: see
     ``stages.py`` on what the zygote imports."""
 
-    __slots__ = ("mapper", "owner_uid", "owner_gid", "uid", "gid", "count")
+    __slots__ = ("count", "gid", "mapper", "owner_gid", "owner_uid", "uid")
 
     def __init__(self, argument: str) -> None:
         mapper, *numbers = argument.split(":")
@@ -74,7 +74,7 @@ class MountBases:
     the template user namespace, so the zygote may enter either before each clone.
     (A plain class: see ``stages.py`` on what the zygote imports.)"""
 
-    __slots__ = ("template_fd", "host_fd")
+    __slots__ = ("host_fd", "template_fd")
 
     def __init__(self, template_fd: int, host_fd: int) -> None:
         self.template_fd = template_fd

@@ -14,9 +14,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from workerutil import SANDBOX_CLI
 
 from worker.client import accepting
-from workerutil import SANDBOX_CLI
 
 
 def sandbox(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:

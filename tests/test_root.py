@@ -7,16 +7,17 @@ import json
 import os
 import pwd
 import subprocess
+from pathlib import Path
 
 import pytest
-
 from workerutil import SANDBOX_CLI
-from sandbox.models import Job, Limits
-from sandbox.runner import Runner
+
 from sandbox.cgroups.setup import setup_v2_subtree
 from sandbox.cgroups.systemd import systemd_running
 from sandbox.cgroups.v1 import CONTROLLERS, v1_mounts
 from sandbox.cgroups.v2 import v2_mount
+from sandbox.models import Job, Limits
+from sandbox.runner import Runner
 
 pytestmark = pytest.mark.root
 
@@ -106,7 +107,8 @@ def test_root_enforces_every_limit_with_no_set_up_step():
     result = json.loads(done.stdout)
     assert result["limits_not_enforced"] == [] and result["warnings"] == [], result
     assert result["status"] == "memory_limit" and result["usage"]["oom_killed"], result
-    own_memory = next(line.split(":", 2)[2].strip() for line in open("/proc/self/cgroup") if line.split(":")[1] == "memory")
+    own_cgroups = Path("/proc/self/cgroup").read_text().splitlines()
+    own_memory = next(line.split(":", 2)[2].strip() for line in own_cgroups if line.split(":")[1] == "memory")
     made = os.path.join(v1_mounts()["memory"], "sandbox", "root")
     assert os.path.isdir(made) and not made.startswith(os.path.join(v1_mounts()["memory"], own_memory.strip("/")) + "/")
 
@@ -135,7 +137,7 @@ def test_a_root_job_runs_as_an_unprivileged_host_id():
 
     runner = Runner()
     try:
-        script = f"import os; print(os.getuid(), os.getgid(), 'ready', flush=True); os.read(os.pipe()[0], 1)"
+        script = "import os; print(os.getuid(), os.getgid(), 'ready', flush=True); os.read(os.pipe()[0], 1)"
         result = runner.run(Job(cmd=["python3", "-c", script, marker], limits=Limits(wall_time="60s")),
                             cancel_fd=cancel_read, on_output=on_output)
     finally:

@@ -16,7 +16,6 @@ import functools
 import os
 from typing import Any
 
-from sandbox.errors import SandboxError
 from sandbox.images import config as images_config
 from sandbox.images.errors import BadReference, ImageError, ImageNotFound
 from sandbox.images.runtime import image_argv

@@ -17,7 +17,7 @@ from sandbox.cgroups.base import CgroupBackend, CgroupUsage, JobCgroup, current_
 from sandbox.cgroups.v1 import V1Backend
 from sandbox.cgroups.v2 import V2Backend, v2_mount
 
-__all__ = ["CgroupBackend", "CgroupUsage", "JobCgroup", "open_backend", "default_v1_parent"]
+__all__ = ["CgroupBackend", "CgroupUsage", "JobCgroup", "default_v1_parent", "open_backend"]
 
 PARENT_ENV = "SANDBOX_CGROUP_PARENT"
 V1_ROOT = "sandbox"

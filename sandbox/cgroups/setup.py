@@ -18,7 +18,7 @@ import os
 import pwd
 
 from sandbox.cgroups import default_v1_parent, systemd
-from sandbox.cgroups.base import write_file
+from sandbox.cgroups.base import read_text, write_file
 from sandbox.cgroups.v1 import CONTROLLERS as V1_CONTROLLERS
 from sandbox.cgroups.v1 import v1_mounts
 from sandbox.cgroups.v2 import CONTROLLERS as V2_CONTROLLERS
@@ -69,13 +69,13 @@ def delegate_v1(account: pwd.struct_passwd) -> list[str]:
 def setup_v2_subtree(mount_point: str, account: pwd.struct_passwd) -> list[str]:
     """The v2 way without systemd, where nothing else writes the tree: a directory made
     and handed over like v1's, with the controllers enabled on the way down to it."""
-    lines = []
+    lines: list[str] = []
     base = os.path.join(mount_point, "sandbox")
     user_dir = os.path.join(base, account.pw_name)
     for parent in (mount_point, base):
         if parent != mount_point:
             _mkdir(parent, lines)
-        enabled = open(os.path.join(parent, "cgroup.subtree_control")).read().split()
+        enabled = read_text(os.path.join(parent, "cgroup.subtree_control")).split()
         wanted = [c for c in V2_CONTROLLERS if c not in enabled]
         if wanted:
             write_file(os.path.join(parent, "cgroup.subtree_control"), " ".join(f"+{c}" for c in wanted))
