@@ -53,11 +53,12 @@ import fcntl
 import json
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sandbox import stages
 from sandbox.errors import SetupError
+from sandbox.job_message import SEALED
 from sandbox.linux import syscalls as sc
 from sandbox.seccomp import EXEC_NUMBERS, NATIVE_ARCH
 
@@ -124,21 +125,6 @@ class Template:
         """The fds of a host-image sandbox's request to the spawner (``stages.init_fds``)."""
         counter = -1 if self.cpu_counter is None else self.cpu_counter[0]
         return stages.init_fds(report_fd, channel_fd, seccomp_fd, counter, self.cgroup_fds)
-
-
-@dataclass
-class JobSpec:
-    """What only the job says. The fds are the supervisor's; start_job sends copies."""
-
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str
-    disk_bytes: int
-    stdin_fd: int
-    stdout_fd: int
-    stderr_fd: int
-    input_files: list[tuple[str, int, int]] = field(default_factory=list)  # dest, fd, mode
-    rlimits: list[tuple[int, int, int]] = field(default_factory=list)  # resource, soft, hard
 
 
 class MessageReader:
@@ -231,11 +217,6 @@ def order(zygote: Zygote, template: Template) -> Starting:
     return starting
 
 
-# A memfd that nobody can change any more: what a sandbox is handed to read (its filter,
-# a job's stdin) must stay what was checked and sent.
-SEALED = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
-
-
 def _filter_memfd(seccomp_bpf: bytes) -> int:
     """A sealed memfd holding the compiled filter, for the sandbox to read (one per
     sandbox: a few microseconds, and nothing that outlives its order)."""
@@ -262,29 +243,6 @@ def receive(starting: Starting) -> Prepared:
         early.append({"kind": "setup_error", "message": starting.error})
     os.set_blocking(starting.report_fd, False)  # our end only: the sandbox's writes still wait for room
     return Prepared(init_pid, starting.report_fd, starting.job_channel, MessageReader(starting.report_fd), early)
-
-
-def start_job(job_channel: socket.socket, job: JobSpec) -> None:
-    """Hand the job to a prepared sandbox over its job channel (``Prepared.job_channel``,
-    or the worker's copy of it: ``worker/handover.py``). Raises OSError if the sandbox
-    is gone.
-
-    The message is what the C init reads (``native/init.c``): NUL-terminated fields
-    (strings hold no NUL: ``models.py`` refuses them) - the size of the writable area,
-    the input files (count, then path and octal mode of each), then the program stage's
-    part: cwd, the rlimits (count, then resource, soft, hard), argv (count, strings),
-    env (count, "NAME=value" strings)."""
-    fds = [job.stdin_fd, job.stdout_fd, job.stderr_fd, *(fd for _, fd, _ in job.input_files)]
-    fields = [
-        str(job.disk_bytes),
-        str(len(job.input_files)), *(item for dest, _, mode in job.input_files for item in (dest, f"{mode:o}")),
-        job.cwd,
-        str(len(job.rlimits)), *(str(value) for limit in job.rlimits for value in limit),
-        str(len(job.argv)), *job.argv,
-        str(len(job.env)), *(f"{name}={value}" for name, value in job.env.items()),
-    ]
-    message = "".join(field + "\0" for field in fields).encode("utf-8", "surrogateescape")  # os.fsencode's, at once
-    socket.send_fds(job_channel, [message], fds)
 
 
 def step_aside() -> None:

@@ -9,11 +9,8 @@ for faults of the sandbox, with the message).
 from __future__ import annotations
 
 import errno
-import fcntl
-import functools
 import math
 import os
-import resource
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -26,6 +23,15 @@ from sandbox.errors import CgroupError, JobError, SandboxError
 from sandbox.ids import plan_ids
 from sandbox.images.errors import BadReference, ImageNotFound
 from sandbox.images.runtime import lease_image
+from sandbox.job_message import (
+    DEFAULT_PATH,
+    host_command,
+    job_spec,
+    job_stdin,
+    open_host_file,
+    rlimits,
+    start_job,
+)
 from sandbox.launch import ImageRoot
 from sandbox.models import WORKDIR, Blob, Job, Limits, Result, Status, Usage, WarmSpec
 from sandbox.profile_cache import ProfileCache
@@ -33,7 +39,6 @@ from sandbox.supervise import Outcome, Watch, supervise
 from sandbox.supply import Sandbox, SandboxSupply
 from sandbox.verdict import decide
 
-DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Warm sandboxes are built with the default writable-area size; a job asking for
 # another size gets the tmpfs resized (cheap) when it arrives.
 WARM_DISK_BYTES = Limits().disk_bytes
@@ -154,7 +159,7 @@ class Runner:
                 files = [(f.dest, open_blob(f.content, fds), f.mode) for f in job.files]
                 spec = job_spec(argv, env, cwd, limits, stdio, job_rlimits, files)
                 try:
-                    launcher.start_job(prepared.job_channel, spec)
+                    start_job(prepared.job_channel, spec)
                     launcher.step_aside()
                 except OSError as exc:
                     if exc.errno == errno.EMSGSIZE:  # the sandbox would wait for it until set-up timed out
@@ -202,25 +207,6 @@ class Runner:
         raise AssertionError("unreachable")  # pragma: no cover - the with block returns
 
 
-def host_command(job: Job, profile_env: dict[str, str]) -> tuple[list[str], dict[str, str], str]:
-    """argv, env and working directory of a job on the host image."""
-    return job.cmd, {**profile_env, "PATH": DEFAULT_PATH, **job.env}, job.cwd or WORKDIR
-
-
-def job_spec(
-    argv: list[str], env: dict[str, str], cwd: str, limits: Limits, stdio: tuple[int, int, int],
-    job_rlimits: list[tuple[int, int, int]], input_files: Sequence[tuple[str, int, int]] = (),
-) -> launcher.JobSpec:
-    """What a sandbox is told to run (``job_rlimits``: from ``rlimits``) - by
-    ``Runner.run``, and by the worker's direct hand-over (worker/handover.py), which must
-    say exactly the same."""
-    stdin_fd, stdout_fd, stderr_fd = stdio
-    return launcher.JobSpec(
-        argv=argv, env=env, cwd=cwd, disk_bytes=limits.disk_bytes, stdin_fd=stdin_fd, stdout_fd=stdout_fd,
-        stderr_fd=stderr_fd, input_files=list(input_files), rlimits=job_rlimits,
-    )
-
-
 def _image_for(
     job: Job, cleanup: ExitStack, profile_env: dict[str, str],
 ) -> tuple[list[str], dict[str, str], str, ImageRoot | None]:
@@ -243,41 +229,6 @@ def _image_for(
 
 def _parallelism(cpus_available: int, quota: float | None) -> int:
     return max(1, min(cpus_available, math.ceil(quota) if quota else cpus_available))
-
-
-def rlimits(limits: Limits, have_cgroup: bool, warnings: list[str]) -> list[tuple[int, int, int]]:
-    """Per-process limits. With a cgroup the CPU rlimit is only a backstop a second
-    past the limit; without one it is the enforcement (per process)."""
-    wanted = [
-        (resource.RLIMIT_NOFILE, limits.open_files),
-        (resource.RLIMIT_STACK, limits.stack_bytes),
-        (resource.RLIMIT_FSIZE, limits.file_size_bytes),
-        (resource.RLIMIT_CORE, 0),
-    ]
-    if limits.cpu_time_ms is not None:
-        seconds = math.ceil(limits.cpu_time_ms / 1000) + (1 if have_cgroup else 0)
-        wanted.append((resource.RLIMIT_CPU, seconds))
-    if not have_cgroup:
-        wanted.append((resource.RLIMIT_AS, limits.memory_bytes))
-        wanted.append((resource.RLIMIT_NPROC, limits.pids + 1))
-    result = []
-    for limit, value in wanted:
-        hard = _hard_limit(limit)
-        if hard != resource.RLIM_INFINITY and value > hard:
-            warnings.append(f"rlimit {limit} capped at the host's hard limit {hard} (asked {value})")
-            value = hard
-        soft_hard = value + 1 if limit == resource.RLIMIT_CPU else value
-        if hard != resource.RLIM_INFINITY:
-            soft_hard = min(soft_hard, hard)
-        result.append((limit, value, soft_hard))
-    return result
-
-
-@functools.cache
-def _hard_limit(limit: int) -> int:
-    """This process's hard limit: it never changes them, and a job is not the place
-    for a system call per limit."""
-    return resource.getrlimit(limit)[1]
 
 
 def _usage(outcome: Outcome, cgroup: JobCgroup | None) -> Usage:
@@ -307,58 +258,11 @@ def _pipe(fds: list[int]) -> tuple[int, int]:
     return read_end, write_end
 
 
-def job_stdin(blob: Blob | None, fds: list[int]) -> int:
-    """The program's fd 0: a private copy it cannot use to reach back. A host file handed
-    over as it is would show its host path in /proc/self/fd/0 and could be reopened
-    through it for writing; a shared /dev/null or empty file would share its offset
-    between jobs. So: the bytes in a sealed memfd of the job's own, or, for no stdin,
-    a pipe whose writer is already closed (EOF at once)."""
-    if blob is None:
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        os.close(write_end)
-        fds.append(read_end)
-        return read_end
-    fd = os.memfd_create("stdin", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    fds.append(fd)
-    if blob.path is None:
-        with open(fd, "wb", closefd=False) as handle:
-            handle.write(blob.data or b"")
-    else:
-        source = _open_host_file(blob.path, "stdin")
-        try:
-            _copy(source, fd)
-        finally:
-            os.close(source)
-    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, launcher.SEALED)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
-
-
-def _copy(source: int, target: int) -> None:
-    """Everything ``source`` yields into ``target``: in the kernel where it can (a
-    regular file), by reads where it cannot (a pipe or a terminal given as the file)."""
-    try:
-        while os.sendfile(target, source, None, 1 << 30):
-            pass
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-        while chunk := os.read(source, 1 << 20):
-            os.write(target, chunk)
-
-
-def _open_host_file(path: str, field: str) -> int:
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise JobError(f"cannot read {path}: {exc.strerror}", field=field) from exc
-
-
 def open_blob(blob: Blob, fds: list[int]) -> int:
     """An fd the sandbox init copies an input file from (the program never gets it):
     the host file, or a memfd holding the data."""
     if blob.path is not None:
-        fd = _open_host_file(blob.path, "files")
+        fd = open_host_file(blob.path, "files")
     else:
         fd = os.memfd_create("sandbox-input", os.MFD_CLOEXEC)
         with open(fd, "wb", closefd=False) as handle:

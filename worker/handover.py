@@ -11,7 +11,7 @@ through the worker -2.7 % (median of 30 interleaved rounds, 20 of them faster), 
 less than the 0.2 ms those two took: the hand-over's own Python moved here (86 us), and
 the launcher now gets ready while the program starts, beside it on a 2-CPU machine.
 
-The sandbox hears exactly what the launcher would have sent (``runner.job_spec``), and
+The sandbox hears exactly what the launcher would have sent (``job_message.job_spec``), and
 the launcher, which reads the same job, computes the same limits for its supervision.
 """
 
@@ -23,9 +23,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox import launch
+from sandbox.job_message import host_command, job_spec, job_stdin, rlimits, start_job
 from sandbox.models import Job, Limits
-from sandbox.runner import host_command, job_spec, job_stdin, rlimits
 from worker.launcher_channel import MAX_OUTPUT
 
 OFFER_FDS = 3  # the job channel, stdout's and stderr's write ends
@@ -78,7 +77,7 @@ class Offer:
             stdio = (stdin, self.stdout_w, self.stderr_w)
             spec = job_spec(argv, env, cwd, limits, stdio, rlimits(limits, self.cgroups, []))
             handed_ns = time.monotonic_ns()
-            launch.start_job(self.job_channel, spec)
+            start_job(self.job_channel, spec)
             return handed_ns
         finally:
             os.close(stdin)
