@@ -283,8 +283,12 @@ class _LiveOutput:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from worker.server import ServerConfig, serve_forever
 
+    socket_path = args.socket or (None if args.tcp else os.environ.get(SOCKET_VARIABLE))
+    if not socket_path and not args.tcp:
+        raise JobError(f"nothing to listen on: give --socket PATH and/or --tcp HOST:PORT (or set {SOCKET_VARIABLE})",
+                       field="socket")
     config = ServerConfig(
-        socket_path=args.socket or (None if args.tcp else os.environ.get(SOCKET_VARIABLE)),
+        socket_path=socket_path,
         socket_group=args.socket_group,
         tcp=_host_port(args.tcp) if args.tcp else None,
         token=_read_token(args.token_file),

@@ -114,6 +114,9 @@ def test_submit_names_the_socket_it_cannot_reach(tmp_path):
     nothing = subprocess.run([*SANDBOX_CLI, "submit", "--", "true"], capture_output=True, timeout=60,
                              env={k: v for k, v in os.environ.items() if k != "SANDBOX_SOCKET"})
     assert nothing.returncode == 125 and b"--socket: give --socket PATH or --tcp" in nothing.stderr
+    deaf = subprocess.run([*SANDBOX_CLI, "serve"], capture_output=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SANDBOX_SOCKET"})
+    assert deaf.returncode == 125 and b"--socket: nothing to listen on" in deaf.stderr
 
 
 def test_serve_and_submit_default_to_the_socket_in_the_environment(tmp_path):
