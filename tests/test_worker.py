@@ -890,7 +890,10 @@ def test_launchers_killed_with_an_offer_out_leak_nothing(start_worker):
             assert wait_until(lambda launcher=launcher: worker.launchers() not in ([], [launcher]))
         assert run_directly(client, Job(cmd=["echo", "new"])).stdout == b"new\n"
         assert client.stats()["launcher_restarts"] == 4
-    assert fds[-1] <= fds[0], fds
+    # Each count may fall with or without the live launcher's one offer held (its job
+    # channel and two pipe ends); a dead launcher's offer left open would add 3 per kill.
+    offer_fds = 3
+    assert fds[-1] <= fds[0] + offer_fds, fds
 
 
 def test_an_offered_sandbox_that_died_is_given_back():
