@@ -435,8 +435,9 @@ static pid_t fork_program_stage(struct program_setup *setup) {
         require(STAGE, errno == ENOSYS || errno == E2BIG || errno == EINVAL, "cloning the program stage");
     }
     if (own_user) {
-        struct clone_arguments arguments = {.flags = own_user, .exit_signal = SIGCHLD};
-        return (pid_t)syscall(SYS_clone3, &arguments, sizeof arguments);
+        /* clone(2), not clone3: a kernel without clone3 comes this way too. No new
+         * stack: the child goes on on a copy of this one, as after fork. */
+        return (pid_t)syscall(SYS_clone, (unsigned long)(CLONE_NEWUSER | SIGCHLD), 0UL, 0UL, 0UL, 0UL);
     }
     return fork();
 }
