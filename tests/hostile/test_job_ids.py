@@ -14,10 +14,13 @@ output, not from time.
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from collections.abc import Callable
 from typing import TypeVar
+
+import pytest
 
 from hostile.harness import Harness
 from sandbox.models import Job, Limits
@@ -141,21 +144,18 @@ def test_concurrent_jobs_are_different_host_users(harness: Harness, record_prope
     assert os.getuid() not in (first, second) and 0 not in (first, second)
 
 
-def test_a_full_pipe_budget_is_the_jobs_own(harness: Harness, record_property) -> None:
-    record_property("hostile_case", "job_ids_pipe_budget")
+@pytest.mark.parametrize(("case", "filler", "probe", "errno_name"), [
+    ("job_ids_pipe_budget", PIPE_FILLER, PIPE_PROBE, "EPERM"),  # its pipe-buffer budget is full
+    ("job_ids_pending_signals", SIGNAL_FILLER, SIGNAL_PROBE, "EAGAIN"),  # its share of signals is queued
+])
+def test_a_per_user_budget_is_the_jobs_own(harness: Harness, record_property, case: str, filler: str, probe: str,
+                                            errno_name: str) -> None:
+    """One job fills a per-user kernel budget; another job running meanwhile still has its own."""
+    number = getattr(errno, errno_name)
+    record_property("hostile_case", case)
     record_property("hostile_class", "resource")
-    record_property("expected", "the filler stops at EPERM; F_SETPIPE_SZ of the other job: ok")
-    filled, probed = _while_holding(harness, PIPE_FILLER, lambda: _alongside(harness, PIPE_PROBE))
+    record_property("expected", f"the filler stops at {errno_name}; the other job's call: ok")
+    filled, probed = _while_holding(harness, filler, lambda: _alongside(harness, probe))
     record_property("got", probed.strip())
-    assert filled.startswith("filled ") and " errno 1\n" in filled, filled  # EPERM: its budget is full
-    assert probed == "ok\n"
-
-
-def test_queued_signals_are_the_jobs_own(harness: Harness, record_property) -> None:
-    record_property("hostile_case", "job_ids_pending_signals")
-    record_property("hostile_class", "resource")
-    record_property("expected", "the filler stops at EAGAIN; sigqueue of the other job: ok")
-    filled, probed = _while_holding(harness, SIGNAL_FILLER, lambda: _alongside(harness, SIGNAL_PROBE))
-    record_property("got", probed.strip())
-    assert filled.startswith("filled ") and " errno 11\n" in filled, filled  # EAGAIN: its share is queued
+    assert filled.startswith("filled ") and f" errno {number}\n" in filled, filled
     assert probed == "ok\n"
