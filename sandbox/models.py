@@ -119,6 +119,13 @@ class Limits:
         if self.cpus is not None:
             self.cpus = _cpus(self.cpus)
 
+    @property
+    def cgroup_values(self) -> tuple[int, int, float | None]:
+        """The limits only a cgroup enforces for a whole job tree (``CGROUP_LIMITS``), as a
+        job cgroup is written with them: a warm sandbox's cgroup fits a job whose values
+        are the same."""
+        return (self.memory_bytes, self.pids, self.cpus)
+
     # Typed views, for code that runs after validation.
     @property
     def cpu_time_ms(self) -> int | None:
@@ -147,6 +154,12 @@ class Limits:
     @property
     def file_size_bytes(self) -> int:
         return int(self.file_size)
+
+
+# Every limit a job may set (flags, profiles' [limits], the wire's "limits"), and the
+# ones only a cgroup enforces for a whole job tree (``Limits.cgroup_values``).
+LIMIT_NAMES = tuple(f.name for f in fields(Limits))
+CGROUP_LIMITS = ("memory", "pids", "cpus")
 
 
 @dataclass

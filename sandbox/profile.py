@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyseccomp
 
-from sandbox.models import Limits, is_profile_file
+from sandbox.models import LIMIT_NAMES, Limits, is_profile_file
 from sandbox.profile_names import PROFILES_DIR
 from sandbox.seccomp import (
     NAMED_CONSTANTS,
@@ -35,7 +35,7 @@ NETWORK_MODES = ("none", "loopback")
 _TOP_KEYS = {"extends", "description", "network", "limits", "env", "seccomp"}
 _SECCOMP_KEYS = {"default", "exec", "allow", "kill", "noop", "errno", "allow_if", "allow_unless", "allow_if_clear"}
 _RULE_KEYS = {"syscall", "arg", "values", "mask", "action"}
-_LIMIT_KEYS = {f.name for f in fields(Limits)}
+_LIMIT_KEYS = set(LIMIT_NAMES)
 _MAX_DEPTH = 8
 
 

@@ -33,7 +33,7 @@ from sandbox.job_message import (
     start_job,
 )
 from sandbox.launch import ImageRoot
-from sandbox.models import WORKDIR, Blob, Job, Limits, Result, Status, Usage, WarmSpec
+from sandbox.models import CGROUP_LIMITS, WORKDIR, Blob, Job, Limits, Result, Status, Usage, WarmSpec
 from sandbox.profile_cache import ProfileCache
 from sandbox.supervise import Outcome, Watch, supervise
 from sandbox.supply import Sandbox, SandboxSupply
@@ -42,8 +42,6 @@ from sandbox.verdict import decide
 # Warm sandboxes are built with the default writable-area size; a job asking for
 # another size gets the tmpfs resized (cheap) when it arrives.
 WARM_DISK_BYTES = Limits().disk_bytes
-# Limits that only a cgroup can enforce for a whole job tree.
-CGROUP_ONLY_LIMITS = ("memory", "pids", "cpus")
 
 
 @dataclass
@@ -125,7 +123,7 @@ class Runner:
             if self.backend is None:
                 if job.require_cgroups:
                     raise CgroupError(f"cgroups required but unavailable: {self.cgroup_problem}")
-                not_enforced.extend(CGROUP_ONLY_LIMITS)
+                not_enforced.extend(CGROUP_LIMITS)
                 warnings.append(
                     f"no delegated cgroup ({self.cgroup_problem}); memory is capped by an address-space "
                     "rlimit, pids by RLIMIT_NPROC, CPU time per process only"
@@ -135,7 +133,8 @@ class Runner:
             if handed is None:
                 argv, env, cwd, image_root = _image_for(job, cleanup, profile.env)
                 sandbox = self.sandboxes.take(
-                    image_root, limits.disk_bytes, job.profile, trace is not None, job.image, limits.cpus is not None,
+                    image_root, limits.disk_bytes, job.profile, image_name=job.image, trace=trace is not None,
+                    cpu_quota=limits.cpus is not None,
                 )
                 cleanup.callback(self.sandboxes.retire, sandbox)
             else:
@@ -182,8 +181,8 @@ class Runner:
                 handed_ns=0 if handed is None else handed.at_ns,
             )
             outcome = supervise(
-                prepared, prepared.reader, prepared.early, stdout_r, stderr_r, limits.output_bytes, watch,
-                cancel_fd, on_started, on_output,
+                prepared, stdout_r, stderr_r, output_limit=limits.output_bytes, watch=watch, cancel_fd=cancel_fd,
+                on_started=on_started, on_output=on_output,
             )
             if trace is not None:
                 trace.extend(outcome.traced)

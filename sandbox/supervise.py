@@ -10,6 +10,7 @@ often - so the kill lands within about a millisecond of the limit without burnin
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import selectors
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.cgroups import JobCgroup
-from sandbox.launch import MessageReader, Prepared
+from sandbox.launch import Prepared
 from sandbox.seccomp import describe
 
 MIN_POLL_S = 0.0005
@@ -48,6 +49,16 @@ class OutputBuffer:
         return self.truncated
 
 
+class KillReason(enum.Enum):
+    """Why the supervisor killed a job (SIGKILL to its init)."""
+
+    CPU = "cpu"  # the CPU time limit
+    WALL = "wall"  # the wall-clock limit
+    OUTPUT = "output"  # stdout or stderr went over its cap
+    SETUP = "setup"  # the sandbox never started the program in time
+    CANCEL = "cancel"  # the caller cancelled it
+
+
 @dataclass
 class Outcome:
     """The raw facts of one run, before a verdict is drawn from them."""
@@ -58,7 +69,7 @@ class Outcome:
     exited: dict[str, Any] | None = None
     exec_error: dict[str, Any] | None = None
     setup_error: str | None = None
-    kill_reason: str | None = None  # "cpu", "wall", "output", "setup", "cancel"
+    kill_reason: KillReason | None = None
     killed_at_ns: int | None = None
     violation: dict[str, Any] | None = None  # {"syscall", "number", "arch"}: a kill-listed call
     traced: list[dict[str, Any]] = field(default_factory=list)  # calls seen by a trace run
@@ -82,10 +93,9 @@ class Watch:
 
 def supervise(
     sandbox: Prepared,
-    reader: MessageReader,
-    early_messages: list[dict[str, Any]],
     stdout_fd: int,
     stderr_fd: int,
+    *,
     output_limit: int,
     watch: Watch,
     cancel_fd: int | None = None,
@@ -95,14 +105,14 @@ def supervise(
     """Run until every process of the job is gone; returns the facts. ``sandbox.reaped``
     tells whether the init was reaped here or is left to the caller (``_finished_early``).
 
-    ``cancel_fd`` becoming readable kills the job (reason "cancel"); its data is left
+    ``cancel_fd`` becoming readable kills the job (``KillReason.CANCEL``); its data is left
     unread for the caller. ``on_started`` is called at once, the job having just been
     handed to the sandbox; ``on_output(stream, offset, data)`` with each piece of output
     kept ("stdout"/"stderr", its position in that stream), as it arrives."""
     if sandbox.init_pid <= 0:
         raise ValueError("supervise() needs the pid of a started sandbox init")
     outcome = Outcome(OutputBuffer(output_limit), OutputBuffer(output_limit))
-    for message in early_messages:
+    for message in sandbox.early:
         _handle_message(outcome, message)
     streams = {stdout_fd: outcome.stdout, stderr_fd: outcome.stderr}
     names = {stdout_fd: "stdout", stderr_fd: "stderr"}
@@ -115,14 +125,14 @@ def supervise(
     watch.handed_ns = watch.handed_ns or time.monotonic_ns()  # the worker's, if it handed the job over
     setup_deadline = watch.handed_ns + int(SETUP_TIMEOUT_S * 1e9)
 
-    def kill(reason: str) -> None:
+    def kill(reason: KillReason) -> None:
         if outcome.kill_reason is None:
             outcome.kill_reason = reason
             outcome.killed_at_ns = time.monotonic_ns()
             os.kill(sandbox.init_pid, signal.SIGKILL)
 
     if outcome.setup_error:
-        kill("setup")
+        kill(KillReason.SETUP)
     elif on_started is not None:
         on_started()
     try:
@@ -135,7 +145,7 @@ def supervise(
                 fd = key.fd
                 if fd == cancel_fd:
                     selector.unregister(fd)
-                    kill("cancel")
+                    kill(KillReason.CANCEL)
                     continue
                 try:
                     chunk = os.read(fd, _CHUNK)
@@ -144,17 +154,17 @@ def supervise(
                 if not chunk:
                     selector.unregister(fd)
                 elif fd == sandbox.report_fd:
-                    for message in reader.feed(chunk):
+                    for message in sandbox.reader.feed(chunk):
                         _handle_message(outcome, message)
                         if message["kind"] == "setup_error":
-                            kill("setup")
+                            kill(KillReason.SETUP)
                 else:
                     kept_before = len(streams[fd].data)
                     over = streams[fd].add(chunk)
                     if on_output is not None and len(streams[fd].data) > kept_before:
                         on_output(names[fd], kept_before, bytes(streams[fd].data[kept_before:]))
                     if over:
-                        kill("output")
+                        kill(KillReason.OUTPUT)
             _take_started(outcome, sandbox, watch)
             reason = _limit_crossed(outcome, watch, setup_deadline)
             if reason:
@@ -220,20 +230,20 @@ def _handle_message(outcome: Outcome, message: dict[str, Any]) -> None:
         outcome.traced.append(describe(message["number"], message["arch"]))
 
 
-def _limit_crossed(outcome: Outcome, watch: Watch, setup_deadline: int) -> str | None:
+def _limit_crossed(outcome: Outcome, watch: Watch, setup_deadline: int) -> KillReason | None:
     """The limit the job has just crossed, if any (one cgroup read)."""
     if outcome.kill_reason is not None or outcome.exited is not None:
         return None
     now = time.monotonic_ns()
     if outcome.started_ns is None:
         if now >= setup_deadline:
-            return "setup"
+            return KillReason.SETUP
     elif now - outcome.started_ns >= watch.wall_limit_ns:
-        return "wall"  # (before "started" is read, the clock runs from the hand-over: _next_check_s)
+        return KillReason.WALL  # (before "started" is read, the clock runs from the hand-over: _next_check_s)
     if watch.cgroup is not None and watch.cpu_limit_ns is not None:
         watch.cpu_used_ns = watch.cgroup.cpu_usage_ns()
         if watch.cpu_used_ns >= watch.cpu_limit_ns:
-            return "cpu"
+            return KillReason.CPU
     return None
 
 

@@ -138,7 +138,7 @@ class SandboxSupply:
             pass
 
     def take(
-        self, image: ImageRoot | None, disk_bytes: int, profile: str, trace: bool, image_name: str, cpu_quota: bool,
+        self, image: ImageRoot | None, disk_bytes: int, profile: str, *, image_name: str, trace: bool, cpu_quota: bool,
     ) -> Sandbox:
         """A sandbox for a job: a warm one of its kind when there is one, else one built
         now. ``image`` is what the job's image reference ``image_name`` resolves to now:

@@ -15,12 +15,12 @@ import signal
 from dataclasses import dataclass
 
 from sandbox.models import Status, signal_name
-from sandbox.supervise import Outcome
+from sandbox.supervise import KillReason, Outcome
 
 _KILL_STATUS = {
-    "output": Status.OUTPUT_LIMIT,
-    "cpu": Status.TIME_LIMIT,
-    "wall": Status.WALL_TIME_LIMIT,
+    KillReason.OUTPUT: Status.OUTPUT_LIMIT,
+    KillReason.CPU: Status.TIME_LIMIT,
+    KillReason.WALL: Status.WALL_TIME_LIMIT,
 }
 
 
@@ -40,9 +40,10 @@ def decide(outcome: Outcome, *, cpu_ms: float, cpu_limit_ms: int | None, oom_kil
     def verdict(status: Status, error: str | None = None) -> Verdict:
         return Verdict(status, exit_code, sig, name, error)
 
-    if outcome.kill_reason == "cancel":
+    if outcome.kill_reason is KillReason.CANCEL:
         return Verdict(Status.CANCELLED, None, None, None, "cancelled before it finished")
-    if outcome.setup_error or outcome.kill_reason == "setup" or (outcome.exited is None and not outcome.kill_reason):
+    never_ran = outcome.exited is None and outcome.kill_reason is None
+    if outcome.setup_error or outcome.kill_reason is KillReason.SETUP or never_ran:
         return Verdict(Status.INTERNAL_ERROR, None, None, None, outcome.setup_error or "sandbox set-up did not finish")
     if outcome.kill_reason in _KILL_STATUS:
         return verdict(_KILL_STATUS[outcome.kill_reason])

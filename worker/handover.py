@@ -63,7 +63,7 @@ class Offer:
         if job.require_cgroups and not self.cgroups:
             return None  # the launcher reports why it cannot run it
         limits, made_for = job.limits.over(self.profile_limits), self.made_for
-        fits = (limits.memory_bytes, limits.pids, limits.cpus) == (made_for.memory_bytes, made_for.pids, made_for.cpus)
+        fits = limits.cgroup_values == made_for.cgroup_values
         # (an output limit no result frame carries: the launcher's way, which refuses it)
         return limits if fits and limits.output_bytes <= MAX_OUTPUT else None
 

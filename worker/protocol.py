@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 
 from sandbox.errors import JobError
-from sandbox.models import Blob, InputFile, Job, Limits, Result, Status, Usage, sandbox_path
+from sandbox.models import LIMIT_NAMES, Blob, InputFile, Job, Limits, Result, Status, Usage, sandbox_path
 
 VERSION = 1
 HEADER = struct.Struct(">I")
@@ -31,7 +31,7 @@ MAX_ID_LEN = 128
 CLIENT_TYPES = {"hello", "submit", "cancel", "status", "ping", "stats"}
 _JOB_KEYS = {"cmd", "limits", "env", "stdin", "files", "image", "cwd", "require_cgroups", "profile"}
 _FILE_KEYS = {"path", "data", "mode"}
-_LIMIT_KEYS = {"cpu_time", "wall_time", "memory", "pids", "output", "disk", "open_files", "stack", "file_size", "cpus"}
+_LIMIT_KEYS = set(LIMIT_NAMES)
 
 
 class ProtocolError(Exception):

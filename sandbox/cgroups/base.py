@@ -98,7 +98,7 @@ class JobCgroup(abc.ABC):
     def apply_limits(self, limits: Limits) -> None:
         """Write the job's limits - unless they are the ones already written: a warm
         cgroup gets the default limits ahead of time, so most jobs write nothing here."""
-        wanted = (limits.memory_bytes, limits.pids, limits.cpus)
+        wanted = limits.cgroup_values
         if limits.cpus is not None and not self.cpu_quota:
             raise CgroupError("a CPU quota for a job cgroup made without the cpu controller")
         if wanted != self._applied:
