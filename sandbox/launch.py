@@ -248,12 +248,10 @@ def receive(starting: Starting) -> Prepared:
 def step_aside() -> None:
     """Let the sandbox init just handed a job run first (the launcher, after
     ``start_job``). Woken, it is often queued on this CPU (the kernel places a wakee near
-    its waker), where it would wait for the launcher to finish its own set-up. Warm
-    static p50 through the worker, with the launcher's yield after each result: 2.19 ->
-    2.03 ms. The worker's direct hand-over (worker/handover.py) does not: it wakes the
-    launcher next, and goes back to waiting, which frees its CPU as soon (warm static
-    p50 against the launcher's hand-over in one batch of seven interleaved rounds:
-    0.96 so, 0.97 yielding after waking the launcher, 1.06 yielding before)."""
+    its waker), where it would wait for the launcher to finish its own set-up. The
+    worker's direct hand-over (worker/handover.py) does not yield: it wakes the launcher
+    next and goes back to waiting, which frees its CPU as soon. (The figures behind both
+    choices are in the CHANGELOG.)"""
     os.sched_yield()
 
 

@@ -53,8 +53,7 @@ class Sandbox:
     def arm(self) -> None:
         """Start the job's account now, while the launcher has nothing else to do: the
         sandbox is ready, so its program stage waits for the job and changes no counter
-        until then, and the job's path skips the cgroup reads (warm static job through
-        the worker: 33 us of the launcher's 130 before the hand-over). An armed sandbox
+        until then, and the job's path skips the cgroup reads. An armed sandbox
         may be offered to the worker (``offer``)."""
         if self.cgroup is not None:
             self.cgroup.start_accounting()

@@ -6,10 +6,8 @@ what the worker needs to tell the sandbox what the launcher would - the profile'
 limits and environment. A job that such a sandbox was made for (the host image, the
 offer's profile, the cgroup limits already written, no input files) goes straight to
 it from the worker; the launcher, told afterwards, only supervises it. The job's path
-then skips a wake of the launcher and its Python before the hand-over: warm static p50
-through the worker -2.7 % (median of 30 interleaved rounds, 20 of them faster), far
-less than the 0.2 ms those two took: the hand-over's own Python moved here (86 us), and
-the launcher now gets ready while the program starts, beside it on a 2-CPU machine.
+then skips a wake of the launcher and its Python before the hand-over, and the launcher
+gets ready while the program starts, beside it.
 
 The sandbox hears exactly what the launcher would have sent (``job_message.job_spec``), and
 the launcher, which reads the same job, computes the same limits for its supervision.

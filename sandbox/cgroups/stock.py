@@ -4,11 +4,9 @@ A launcher is single-threaded: it makes and removes cgroups in its idle steps
 (``SandboxSupply.step``), between looks for its next job, never on a job's path. A
 thread did this work until the program stage joined its cgroup through ``tasks``: a
 ``cgroup.procs`` attach elsewhere could hold the kernel's cgroup_mutex through an RCU
-grace period, and one mkdir or rmdir in a hundred waited 4-12 ms for it. With no such
-attach left, the longest of 5,200 mkdirs and rmdirs under a steady job stream took
-2.8 ms, and the thread's hand-offs of the GIL (some forty futex calls per job) cost more
-CPU than they saved: CPU per warm job through the worker, kernel threads included,
-4.01 -> 3.86 ms without it.
+grace period, and mkdirs and rmdirs waited for it. With no such attach left, they are
+short, and the thread's hand-offs of the GIL (dozens of futex calls per job) cost more
+CPU than they saved.
 """
 
 from __future__ import annotations
