@@ -244,9 +244,9 @@ class SandboxSupply:
         self._offered[sandbox.prepared.init_pid] = (spec, sandbox)
         return spec, sandbox, stdout_w, stderr_w
 
-    def take_offered(self, number: int) -> Sandbox | None:
+    def take_offered(self, init_pid: int) -> Sandbox | None:
         """The offered sandbox of that init pid, which the worker handed a job to."""
-        _, sandbox = self._offered.pop(number, (None, None))
+        _, sandbox = self._offered.pop(init_pid, (None, None))
         return sandbox
 
     def finish(self) -> None:

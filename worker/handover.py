@@ -32,7 +32,7 @@ OFFER_FDS = 3  # the job channel, stdout's and stderr's write ends
 class Offer:
     """A warm sandbox a launcher offered (its "offer" message and the fds with it)."""
 
-    number: int  # the sandbox init's pid: how the launcher knows it again
+    init_pid: int  # the sandbox init's pid: how the launcher knows it again
     profile: str
     profile_limits: dict[str, Any]  # the profile's [limits], as the launcher has them
     profile_env: dict[str, str]

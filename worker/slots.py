@@ -213,10 +213,10 @@ class Slot:
         try:
             run["handed_ns"] = offer.hand_over(job, limits)
         except (OSError, SandboxError, ValueError):
-            return encode({"type": "drop", "sandbox": offer.number})
+            return encode({"type": "drop", "sandbox": offer.init_pid})
         finally:
             offer.close()
-        run["sandbox"] = offer.number
+        run["sandbox"] = offer.init_pid
         self.handovers += 1
         return b""
 
