@@ -109,7 +109,7 @@ def image_present() -> bool:
 class Stages(Protocol):
     """What ``run_source`` runs its two jobs with: a Runner in this process (``sandbox
     run --lang``), or a worker's client (``sandbox submit --lang``,
-    ``languages_cli.WorkerStages``) - the same jobs either way."""
+    ``sandbox.cli.languages.WorkerStages``) - the same jobs either way."""
 
     parallelism: int  # what {cpus} is without a CPU quota
 

@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_ACCEPTED, EXIT_REJECTED, EXIT_JUDGE_ERROR = 0, 1, 125
+from sandbox.cli.output import EXIT_SANDBOX_ERROR
+
+EXIT_ACCEPTED, EXIT_REJECTED, EXIT_JUDGE_ERROR = 0, 1, EXIT_SANDBOX_ERROR
 
 
 def add_commands(commands: Any) -> None:
@@ -37,10 +39,10 @@ def _judge(args: argparse.Namespace) -> int:
     submission = Submission.from_file(args.lang, Path(args.source))
     on_test = None if args.json else _print_test
     if args.socket or args.tcp:
-        from sandbox.cli import _connect
-        from sandbox.languages_cli import WorkerStages
+        from sandbox.cli.languages import WorkerStages
+        from sandbox.cli.worker import connect
 
-        with _connect(args) as client:
+        with connect(args) as client:
             report = judge(WorkerStages(client), problem, submission, stop_on_failure=args.stop_on_failure,
                            on_test=on_test)
     else:

@@ -14,13 +14,14 @@ import argparse
 import sys
 from typing import Any
 
+from sandbox.cli.job_flags import add_job_arguments, job_from_args
 from sandbox.errors import SandboxError
 from sandbox.models import is_profile_file
 from sandbox.profile import Profile, disposition, load_profile
 from sandbox.profile_names import builtin_profiles, unknown_profile
 
 
-def add_commands(commands: Any, add_job_arguments: Any) -> None:
+def add_commands(commands: Any) -> None:
     profile = commands.add_parser("profile", help="list, show and trace seccomp profiles")
     sub = profile.add_subparsers(dest="profile_command", required=True, parser_class=type(profile))
     listing = sub.add_parser("list", help="the built-in profiles")
@@ -59,7 +60,6 @@ def _named(name: str) -> Profile:
 
 
 def _trace(args: argparse.Namespace) -> int:
-    from sandbox.cli import job_from_args
     from sandbox.runner import Runner
 
     against = _named(args.against)

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sandbox.cli.output import EXIT_SANDBOX_ERROR
+
 if TYPE_CHECKING:
     from sandbox.languages import Stages
     from sandbox.models import Blob, InputFile, Job, Limits, Result
@@ -62,7 +64,7 @@ def run_language(args: argparse.Namespace, stages: Stages, *, limits: Limits, en
     if args.json:
         json.dump(outcome.to_json_dict(), sys.stdout)
         sys.stdout.write("\n")
-        return 125 if outcome.status is Status.INTERNAL_ERROR else 0
+        return EXIT_SANDBOX_ERROR if outcome.status is Status.INTERNAL_ERROR else 0
     if outcome.compile.stderr:
         sys.stderr.write(f"== compile ({args.lang}) ==\n")
         sys.stderr.buffer.write(outcome.compile.stderr)
@@ -70,8 +72,8 @@ def run_language(args: argparse.Namespace, stages: Stages, *, limits: Limits, en
     if outcome.run is None:
         detail = f": {outcome.compile.error}" if outcome.compile.error else ""
         print(f"sandbox: {outcome.status.value} (compile){detail}", file=sys.stderr)
-        return 125 if outcome.status is Status.INTERNAL_ERROR else 1
-    from sandbox.cli import report
+        return EXIT_SANDBOX_ERROR if outcome.status is Status.INTERNAL_ERROR else 1
+    from sandbox.cli.output import report
 
     return report(outcome.run, as_json=False)
 
@@ -96,7 +98,7 @@ class WorkerStages:
         return load_profile(name).limits if name in builtin_profiles() else {}
 
     def run(self, job: Job, trace: list[Any] | None) -> Result:
-        from sandbox.cli import worker_error
+        from sandbox.cli.output import worker_error
         from worker.client import WorkerError
 
         try:

@@ -1,0 +1,70 @@
+"""``sandbox``: the command line. Thin by design - it parses flags into the same Job
+model the worker protocol uses and prints the same Result.
+
+Exit status of ``sandbox run`` (docker's convention): the job's exit code, 128+signal
+when it was killed, 125 when the sandbox itself failed. With ``--json`` the result is
+printed as JSON and the exit status is 0 unless the sandbox failed (125).
+
+One module per command group (``run``, ``worker``: serve and submit, ``images``,
+``profiles``, ``languages``, ``judge``, ``host``: doctor and setup-cgroups); the job
+flags in ``job_flags``, and how results and errors are printed in ``output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, NoReturn
+
+from sandbox.cli import host, images, judge, languages, profiles, run, worker
+from sandbox.cli.output import EXIT_SANDBOX_ERROR, describe_job_error
+from sandbox.errors import JobError, SandboxError
+
+DISTRIBUTION = "sandbox-executor"  # pyproject.toml's name
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except JobError as exc:
+        print(f"sandbox: {describe_job_error(exc)}", file=sys.stderr)
+        return EXIT_SANDBOX_ERROR
+    except SandboxError as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return EXIT_SANDBOX_ERROR
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the installed package's version, read only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version(DISTRIBUTION)
+        except PackageNotFoundError:
+            text = "(not installed: pip install -e .)"
+        print(f"sandbox {text}")
+        parser.exit(0)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 125 like every other error of the sandbox itself."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_SANDBOX_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sandbox", description="Rootless sandbox executor for untrusted code.")
+    parser.add_argument("--version", action=_VersionAction)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for group in (run, worker, images, profiles, languages, judge, host):
+        group.add_commands(commands)
+    return parser

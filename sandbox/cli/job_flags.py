@@ -1,0 +1,145 @@
+"""The flags of a job, made in one place (run, submit, profile trace take the same), and
+the Job, limits, files and environment they give. A file the job will read is checked
+here, so a missing one is the flag's error, not a failure in the sandbox later."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+from typing import TYPE_CHECKING, Any
+
+from sandbox.errors import JobError
+from sandbox.models import LIMIT_NAMES
+
+if TYPE_CHECKING:
+    from sandbox.models import Blob, InputFile, Job, Limits
+
+
+def add_job_arguments(parser: argparse.ArgumentParser, *, languages: bool = False) -> None:
+    """The flags of a job, the one place they are made: run, submit and profile trace
+    take the same (``languages``: and the --lang form, run and submit)."""
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--cpu-time", help="CPU time over all processes and threads (e.g. 2s, 500ms, 2m; none)")
+    limits.add_argument("--wall-time", help="wall-clock time (e.g. 5s, 2m, 1h, 1m30s)")
+    limits.add_argument("--memory", help="memory incl. tmpfs writes, swap off (e.g. 256M, 1G)")
+    limits.add_argument("--pids", type=int, help="processes and threads at once")
+    limits.add_argument("--output", help="bytes kept of stdout and of stderr, each (e.g. 64M)")
+    limits.add_argument("--disk", help="size of the writable area /work + /tmp + /dev/shm (e.g. 64M)")
+    limits.add_argument("--open-files", type=int, help="open file descriptors per process")
+    limits.add_argument("--stack", help="stack size per process (e.g. 8M)")
+    limits.add_argument("--file-size", help="largest file a process may write (e.g. 64M)")
+    limits.add_argument("--cpus", help="CPU quota in CPUs (e.g. 0.5; none)")
+    parser.add_argument("--require-cgroups", action="store_true", help="fail instead of falling back to rlimits")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="set a variable (repeatable)")
+    parser.add_argument("--stdin", metavar="PATH", help="file fed to the program's stdin (default: empty)")
+    parser.add_argument(
+        "--file", action="append", default=[], metavar="SRC:DEST", help="copy host file SRC to DEST under /work or /tmp"
+    )
+    parser.add_argument("--cwd", help="working directory inside (default: the image's WorkingDir, else /work)")
+    parser.add_argument("--image", help="root filesystem image (default: the built-in 'host')")
+    parser.add_argument("--profile", default="default",
+                        help="seccomp profile and defaults: a name (sandbox profile list) or a profile file")
+    if languages:
+        parser.add_argument("--lang", help="compile --source with this language preset, then run it "
+                                           "(sandbox languages); --file and --env reach both stages")
+        parser.add_argument("--source", help="the source file for --lang")
+    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
+
+
+def job_from_args(args: argparse.Namespace) -> Job:
+    from sandbox.models import Job
+
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    image = args.image or "host"
+    if not cmd and image == "host":
+        raise JobError("no command given (sandbox run [OPTIONS] -- COMMAND [ARG...])", field="cmd")
+    return Job(
+        cmd=cmd,
+        limits=limits_from_args(args),
+        env=env_from_args(args),
+        stdin=stdin_from_args(args),
+        files=files_from_args(args),
+        image=image,
+        cwd=args.cwd,
+        require_cgroups=args.require_cgroups,
+        profile=args.profile,
+    )
+
+
+def language_form(args: argparse.Namespace) -> bool:
+    """True for ``--lang L --source FILE`` (checked: no command, no image, no cwd)."""
+    if not (args.lang or args.source):
+        return False
+    if not (args.lang and args.source):
+        raise JobError("--lang and --source go together", field="lang")
+    if args.cmd:
+        raise JobError("--lang runs the compiled --source: give no command", field="lang")
+    if args.image is not None or args.cwd is not None:
+        raise JobError("--lang runs in the language image, in /work: --image and --cwd do not apply", field="lang")
+    return True
+
+
+def language_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """The job flags that a --lang run passes on (``cli.languages.run_language``)."""
+    return {"limits": limits_from_args(args), "env": env_from_args(args), "files": files_from_args(args),
+            "stdin": stdin_from_args(args)}
+
+
+def env_from_args(args: argparse.Namespace) -> dict[str, str]:
+    env = {}
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise JobError(f"expects NAME=VALUE, got {item!r}", field="env")
+        env[name] = value
+    return env
+
+
+def files_from_args(args: argparse.Namespace) -> list[InputFile]:
+    from sandbox.models import Blob, InputFile
+
+    files = []
+    for item in args.file:
+        source, sep, dest = item.rpartition(":")
+        if not sep or not source:
+            raise JobError(f"expects SRC:DEST, got {item!r}", field="files")
+        mode = _readable_file(source, "files") & 0o755
+        files.append(InputFile(dest=dest, content=Blob(path=source), mode=mode))
+    return files
+
+
+def stdin_from_args(args: argparse.Namespace) -> Blob | None:
+    from sandbox.models import Blob
+
+    if args.stdin is None:
+        return None
+    _readable_file(args.stdin, "stdin")
+    return Blob(path=args.stdin)
+
+
+def _readable_file(path: str, field: str) -> int:
+    """The mode of a host file the job will read, checked here so that a missing or
+    unreadable file, or a directory, is the flag's error - not a failure in the sandbox
+    or the worker later. (Non-blocking: a FIFO is fine and is not waited for here.)"""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise JobError(f"cannot read {path}: {exc.strerror}", field=field) from None
+    try:
+        mode = os.fstat(fd).st_mode
+    finally:
+        os.close(fd)
+    if stat.S_ISDIR(mode):
+        raise JobError(f"{path} is a directory, not a file", field=field)
+    return mode
+
+
+def limits_from_args(args: argparse.Namespace) -> Limits:
+    """The limits the flags give; the runner takes the others from the profile's
+    [limits], then from the defaults."""
+    from sandbox.models import Limits
+
+    given = {name: getattr(args, name) for name in LIMIT_NAMES}  # --cpu-time is cpu_time, ...
+    return Limits(**{name: value for name, value in given.items() if value is not None})

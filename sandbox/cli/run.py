@@ -1,0 +1,34 @@
+"""``sandbox run``: one job in a sandbox of this process, the Job from the flags."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from sandbox.cli.job_flags import add_job_arguments, job_from_args, language_form, language_inputs
+from sandbox.cli.output import report
+
+
+def add_commands(commands: Any) -> None:
+    run = commands.add_parser("run", help="run one command in a sandbox")
+    add_job_arguments(run, languages=True)
+    run.set_defaults(handler=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from sandbox.runner import Runner
+
+    # The flags are checked before any set-up.
+    job = None if language_form(args) else job_from_args(args)
+    inputs = language_inputs(args) if job is None else {}
+    runner = Runner()
+    try:
+        if job is None:
+            from sandbox.cli.languages import run_language
+            from sandbox.languages import RunnerStages
+
+            return run_language(args, RunnerStages(runner), **inputs)
+        result = runner.run(job)
+    finally:
+        runner.close()
+    return report(result, as_json=args.json)

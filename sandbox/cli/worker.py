@@ -1,0 +1,156 @@
+"""``sandbox serve`` and ``sandbox submit``: the worker, and one job through it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TYPE_CHECKING, Any
+
+from sandbox.cli.job_flags import add_job_arguments, job_from_args, language_form, language_inputs
+from sandbox.cli.output import LiveOutput, report, worker_error
+from sandbox.errors import JobError, SandboxError
+
+if TYPE_CHECKING:
+    from sandbox.models import WarmSpec
+    from worker.client import Client
+
+# The worker socket that serve and submit use when given no --socket (nor --tcp).
+SOCKET_VARIABLE = "SANDBOX_SOCKET"
+
+
+def add_commands(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run the worker: a pool serving jobs over a socket")
+    serve.add_argument("--socket", help=f"unix socket path (created 0600; default ${SOCKET_VARIABLE} without --tcp)")
+    serve.add_argument("--socket-group", metavar="GROUP",
+                       help="let this group's members connect too (socket 0660, owned by GROUP)")
+    serve.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP (requires --token-file)")
+    serve.add_argument("--token-file", help="file holding the token TCP clients must present")
+    serve.add_argument("--slots", type=int, default=os.cpu_count() or 1, help="jobs run at once (default: CPUs)")
+    serve.add_argument("--queue", type=int, default=1024, help="jobs waiting at most; more get 'busy'")
+    serve.add_argument("--warm", type=int, default=0,
+                       help="sandboxes kept prepared ahead of jobs in the default profile on the host image "
+                            "(default 0)")
+    serve.add_argument("--warm-for", action="append", default=[], type=_warm_spec,
+                       metavar="count=N[,profile=P][,image=I]",
+                       help="also keep N sandboxes prepared for jobs in profile P and/or on stored image I "
+                            "(repeatable)")
+    serve.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    serve.add_argument("--retention", type=float, default=300.0, metavar="SECONDS",
+                       help="keep finished jobs' results this long for resubmitted ids (default 300)")
+    serve.add_argument("--max-frame", type=_frame_size, default="16M", metavar="SIZE",
+                       help="largest request taken (a job with its stdin and files), e.g. 64M (default 16M)")
+    serve.set_defaults(handler=_cmd_serve)
+
+    submit = commands.add_parser("submit", help="run one command through a worker (same flags as run)")
+    submit.add_argument("--socket", help=f"the worker's unix socket (default ${SOCKET_VARIABLE})")
+    submit.add_argument("--tcp", metavar="HOST:PORT", help="the worker's TCP address")
+    submit.add_argument("--token-file", help="token for TCP")
+    add_job_arguments(submit, languages=True)
+    submit.set_defaults(handler=_cmd_submit)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from worker.server import ServerConfig, serve_forever
+
+    socket_path = args.socket or (None if args.tcp else os.environ.get(SOCKET_VARIABLE))
+    if not socket_path and not args.tcp:
+        raise JobError(f"nothing to listen on: give --socket PATH and/or --tcp HOST:PORT (or set {SOCKET_VARIABLE})",
+                       field="socket")
+    config = ServerConfig(
+        socket_path=socket_path,
+        socket_group=args.socket_group,
+        tcp=_host_port(args.tcp) if args.tcp else None,
+        token=_read_token(args.token_file),
+        slots=args.slots,
+        max_queue=args.queue,
+        warm=args.warm,
+        warm_for=args.warm_for,
+        retention_s=args.retention,
+        metrics=_host_port(args.metrics, "metrics") if args.metrics else None,
+        max_frame=args.max_frame,
+    )
+    try:
+        serve_forever(config)
+    except ValueError as exc:
+        raise SandboxError(str(exc)) from exc
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from sandbox.models import is_profile_file
+    from sandbox.profile_names import unknown_profile
+    from worker.client import WorkerError
+
+    if is_profile_file(args.profile):
+        raise unknown_profile(args.profile, files_allowed=False)
+    # The flags are checked before connecting.
+    job = None if language_form(args) else job_from_args(args)
+    inputs = language_inputs(args) if job is None else {}
+    live = None if args.json or job is None else LiveOutput()
+    with connect(args) as client:
+        try:
+            if job is None:
+                from sandbox.cli.languages import WorkerStages, run_language
+
+                return run_language(args, WorkerStages(client), **inputs)
+            result = client.run(job, on_output=live)
+        except WorkerError as exc:
+            raise worker_error(exc) from exc
+        except OSError as exc:
+            raise SandboxError(f"worker: {exc}") from exc
+    return report(result, as_json=args.json, written=live.written if live else None)
+
+
+def connect(args: argparse.Namespace) -> Client:
+    """A client of the worker the flags (or $SANDBOX_SOCKET) name; failing to reach it
+    names where it was looked for."""
+    from worker.client import Client, WorkerError
+
+    tcp = _host_port(args.tcp) if args.tcp else None
+    token = _read_token(args.token_file)
+    path = args.socket or (None if tcp else os.environ.get(SOCKET_VARIABLE))
+    if not path and not tcp:
+        raise JobError(f"give --socket PATH or --tcp HOST:PORT (or set {SOCKET_VARIABLE})", field="socket")
+    where = f"{tcp[0]}:{tcp[1]}" if tcp else path
+    try:
+        return Client(path, tcp=tcp, token=token)
+    except OSError as exc:
+        raise SandboxError(f"cannot reach a worker at {where}: {exc.strerror or exc}") from exc
+    except WorkerError as exc:
+        raise SandboxError(f"the worker at {where} refused the connection: {exc}") from exc
+
+
+def _frame_size(text: str) -> int:
+    """``--max-frame``: a size as limits are written ("64M")."""
+    from sandbox.units import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _host_port(text: str, option: str = "tcp") -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise JobError(f"expected HOST:PORT, got {text!r}", field=option)
+    return host, int(port)
+
+
+def _read_token(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError as exc:
+        raise SandboxError(f"cannot read token file {path}: {exc.strerror}") from exc
+
+
+def _warm_spec(text: str) -> WarmSpec:
+    from sandbox.models import WarmSpec
+
+    try:
+        return WarmSpec.parse(text)
+    except JobError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
