@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from sandbox.errors import CgroupError
+from sandbox.init_abi import INIT_BINARY
 from sandbox.linux import syscalls as sc
 from sandbox.overlay import MOUNT_SYSCALL, mount_method
-from sandbox.stages import INIT_BINARY
 
 MIN_KERNEL = (5, 12)  # mount_setattr; openat2 (5.6) and close_range (5.9) come before
 

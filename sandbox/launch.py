@@ -116,9 +116,10 @@ class Template:
     def init_arguments(self) -> list[str]:
         """A host-image sandbox's request to the spawner (``stages.init_arguments``)."""
         return stages.init_arguments(
-            "spawned", self.cap_last, self.trace, self.exec_once, NATIVE_ARCH, EXEC_NUMBERS,
-            None if self.cpu_counter is None else self.cpu_counter[1], len(self.cgroup_fds), self.cgroup_join,
-            self.disk_bytes, "/", self.job_id,
+            "spawned", cap_last=self.cap_last, trace=self.trace, exec_once=self.exec_once, native_arch=NATIVE_ARCH,
+            exec_numbers=EXEC_NUMBERS, cpu_counter_kind=None if self.cpu_counter is None else self.cpu_counter[1],
+            cgroup_fds=len(self.cgroup_fds), cgroup_join=self.cgroup_join, disk_bytes=self.disk_bytes, root="/",
+            job_id=self.job_id,
         )
 
     def init_fds(self, report_fd: int, channel_fd: int, seccomp_fd: int) -> list[int]:

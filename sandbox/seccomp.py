@@ -25,8 +25,8 @@ from typing import Any
 import pyseccomp
 
 from sandbox.errors import SetupError
+from sandbox.init_abi import HANDOVER_FD
 from sandbox.linux import syscalls
-from sandbox.stages import HANDOVER_FD
 
 LOW32 = 0xFFFFFFFF
 EXEC_CALLS = ("execve", "execveat")

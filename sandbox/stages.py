@@ -14,6 +14,7 @@ import socket
 
 from sandbox import child, rootfs
 from sandbox.errors import SetupError
+from sandbox.init_abi import INIT_BINARY, INIT_FIRST_FD
 from sandbox.linux import syscalls as sc
 
 # Not typing.TYPE_CHECKING: the zygote does without the typing module (see stages.py).
@@ -24,14 +25,6 @@ if TYPE_CHECKING:
     from sandbox.template import MountBases
 
 SANDBOX_NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
-# The sandbox init from the job's root on (``native/init.c``), built by the package's
-# installation; it starts with its fds from INIT_FIRST_FD on.
-INIT_BINARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "sandbox-init")
-INIT_FIRST_FD = 3
-# The program stage's channel to the init (``native/program.h``), on which it hands over
-# the filter's listener and receives its job: the filter lets sendmsg and recvmsg
-# through on this fd in every profile (``seccomp.py``).
-HANDOVER_FD = 4
 _HIGH_FD = 32
 
 
@@ -133,10 +126,12 @@ def init_fds(report_fd: int, channel_fd: int, seccomp_fd: int, cpu_counter_fd: i
 
 
 def init_arguments(
-    mode: str, cap_last: int, trace: bool, exec_once: bool, native_arch: int, exec_numbers: list[int],
+    mode: str, *, cap_last: int, trace: bool, exec_once: bool, native_arch: int, exec_numbers: list[int],
     cpu_counter_kind: str | None, cgroup_fds: int, cgroup_join: str, disk_bytes: int, root: str, job_id: int,
 ) -> list[str]:
-    """The C init's arguments after its name, in the order of its "Run as"."""
+    """The C init's arguments after its name, in the order of its "Run as": the one
+    place they are put in that order (the spawner's requests and an image sandbox's
+    exec both come here)."""
     execve, execveat = exec_numbers
     return [
         mode, str(cap_last), str(int(trace)), str(int(exec_once)), str(native_arch), str(execve), str(execveat),
@@ -165,9 +160,10 @@ def _exec_init(template: Spec, report_fd: int, channel_fd: int, init_fd: int, ro
     for target, fd in enumerate(_out_of_the_way(fds), start=INIT_FIRST_FD):
         os.dup2(fd, target)
     arguments = init_arguments(
-        "exec", template.cap_last, template.trace, template.exec_once, template.native_arch, template.exec_numbers,
-        template.cpu_counter_kind, len(template.cgroup_fds), template.cgroup_join, template.disk_bytes, root,
-        template.job_id,
+        "exec", cap_last=template.cap_last, trace=template.trace, exec_once=template.exec_once,
+        native_arch=template.native_arch, exec_numbers=template.exec_numbers,
+        cpu_counter_kind=template.cpu_counter_kind, cgroup_fds=len(template.cgroup_fds),
+        cgroup_join=template.cgroup_join, disk_bytes=template.disk_bytes, root=root, job_id=template.job_id,
     )
     # fexecve (execveat on the fd; init_fd is above every target): the root need not
     # show the file.
