@@ -32,7 +32,7 @@ from sandbox.errors import JobError
 from sandbox.linux import syscalls as sc
 from sandbox.models import Result, Status, WarmSpec
 from sandbox.runner import HandedOver, Runner
-from worker.launcher_channel import LAUNCHER_MAX_FRAME, check_output_limit
+from worker.launcher_channel import LAUNCHER_MAX_FRAME, Kind, check_output_limit
 from worker.protocol import FrameDecoder, ProtocolError, encode, job_from_wire, result_to_wire
 
 # Streamed output waiting for room in the channel; more is dropped (the offsets of the
@@ -81,7 +81,7 @@ def serve(channel: socket.socket, warm: list[WarmSpec]) -> None:
     sc.set_process_name("sandbox-launch")
     runner = Runner(warm_for=warm)
     outbox = Outbox(channel)
-    outbox.send({"type": "ready", "pid": os.getpid(), "cgroups": runner.backend is not None})
+    outbox.send({"type": Kind.READY, "pid": os.getpid(), "cgroups": runner.backend is not None})
     decoder = FrameDecoder(LAUNCHER_MAX_FRAME)
     offered: int | None = None  # the sandbox the worker may hand a job to itself
     try:
@@ -105,14 +105,14 @@ def serve(channel: socket.socket, warm: list[WarmSpec]) -> None:
             for index, message in enumerate(messages):
                 if offered is not None and message.get("sandbox") == offered:
                     offered = None  # used, or given back
-                if message.get("type") == "drop":
+                if message.get("type") == Kind.DROP:
                     _drop(runner, message)
-                if message.get("type") != "run":
+                if message.get("type") != Kind.RUN:
                     continue  # a "cancel" here is for a job that is over (or never ran)
                 # Its cancel may have come in the same read: the channel will not turn
                 # readable for it, so it is looked for here.
                 cancelled = any(
-                    later.get("type") == "cancel" and later.get("id") == message["id"]
+                    later.get("type") == Kind.CANCEL and later.get("id") == message["id"]
                     for later in messages[index + 1:]
                 )
                 _run(runner, channel, outbox, message, cancelled)
@@ -135,7 +135,7 @@ def _offer(runner: Runner, outbox: Outbox) -> int | None:
     number = sandbox.prepared.init_pid
     try:
         outbox.send_fds(
-            {"type": "offer", "sandbox": number, "profile": spec.profile, "limits": profile.limits,
+            {"type": Kind.OFFER, "sandbox": number, "profile": spec.profile, "limits": profile.limits,
              "env": profile.env, "cgroups": runner.backend is not None},
             [sandbox.prepared.job_channel.fileno(), stdout_w, stderr_w],
         )
@@ -160,9 +160,9 @@ def _run(runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[s
     try:
         result = _result(runner, channel, outbox, message, cancelled)
     except JobError as exc:
-        outbox.send({"type": "rejected", "id": message["id"], "message": exc.message, "field": exc.field})
+        outbox.send({"type": Kind.REJECTED, "id": message["id"], "message": exc.message, "field": exc.field})
         return
-    outbox.send({"type": "result", "id": message["id"], "result": result_to_wire(result)})
+    outbox.send({"type": Kind.RESULT, "id": message["id"], "result": result_to_wire(result)})
     # The worker, woken by the result, is often queued on this CPU: let it pass the result
     # on before this launcher's idle work (cleaning up, ordering the next sandbox).
     os.sched_yield()
@@ -192,12 +192,12 @@ def _result(runner: Runner, channel: socket.socket, outbox: Outbox, message: dic
         check_output_limit(job.limits.over(runner.profiles.get(job.profile).limits))
 
     def stream_output(stream: str, offset: int, data: bytes) -> None:
-        outbox.offer({"type": "output", "id": job_id, "stream": stream, "offset": offset, "data": data})
+        outbox.offer({"type": Kind.OUTPUT, "id": job_id, "stream": stream, "offset": offset, "data": data})
 
     return runner.run(
         job,
         cancel_fd=channel.fileno(),
-        on_started=None if handed else lambda: outbox.send({"type": "started", "id": job_id}),
+        on_started=None if handed else lambda: outbox.send({"type": Kind.STARTED, "id": job_id}),
         on_output=stream_output if message.get("stream") else None,
         handed=handed,
     )

@@ -9,8 +9,28 @@ whose output limit would let its result outgrow that frame is refused before it 
 
 from __future__ import annotations
 
+import enum
+
 from sandbox.errors import JobError
 from sandbox.models import Limits
+
+
+class Kind(str, enum.Enum):
+    """The "type" of each message on the channel (frames of the public protocol's
+    encoding: a str enum goes on the wire as its string)."""
+
+    # worker -> launcher
+    RUN = "run"  # a job to run, or one handed to an offered sandbox (then "sandbox" names it)
+    DROP = "drop"  # an offered sandbox the worker could not use: retire it
+    CANCEL = "cancel"  # kill the job of that id, if it still runs
+    # launcher -> worker
+    READY = "ready"  # started: modules imported, filters compiled
+    OFFER = "offer"  # a warm sandbox for the worker to hand a job to itself (its fds attached)
+    STARTED = "started"  # the job was handed to its sandbox
+    OUTPUT = "output"  # a piece of the job's output, as it came
+    RESULT = "result"  # the job's Result
+    REJECTED = "rejected"  # the job's content was found wrong here: invalid_job for its id
+
 
 LAUNCHER_MAX_FRAME = 1 << 30  # the worker already enforced the public limit
 # Both streams at the limit, and room for the rest of the result.

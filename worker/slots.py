@@ -23,7 +23,7 @@ import trio
 from sandbox.errors import SandboxError
 from sandbox.models import Job, Result, Status, WarmSpec
 from worker.handover import OFFER_FDS, Offer
-from worker.launcher_channel import LAUNCHER_MAX_FRAME
+from worker.launcher_channel import LAUNCHER_MAX_FRAME, Kind
 from worker.logs import log
 from worker.protocol import FrameDecoder, ProtocolError, encode, job_to_wire, result_from_wire
 from worker.streams import send_now
@@ -140,7 +140,7 @@ class Slot:
                     async with self._sending:
                         if self._cancel_requested:
                             return None
-                        run = {"type": "run", "id": job_id, "job": job_to_wire(job), "stream": on_output is not None}
+                        run = {"type": Kind.RUN, "id": job_id, "job": job_to_wire(job), "stream": on_output is not None}
                         dropped = self._hand_over(job, run)
                         started = "sandbox" in run  # a launcher that dies now takes the job with it
                         await self._send(dropped + encode(run))
@@ -164,7 +164,7 @@ class Slot:
         self._cancel_requested = True
         async with self._sending:
             try:
-                await self._send(encode({"type": "cancel", "id": job_id}))
+                await self._send(encode({"type": Kind.CANCEL, "id": job_id}))
             except (LauncherDied, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the launcher died; ``run`` reports the job as failed
 
@@ -176,13 +176,13 @@ class Slot:
             message = await self._receive()
             if message.get("id") != job_id:
                 continue
-            if message["type"] == "started":
+            if message["type"] == Kind.STARTED:
                 await on_started()
-            elif message["type"] == "output" and on_output is not None:
+            elif message["type"] == Kind.OUTPUT and on_output is not None:
                 on_output(message)
-            elif message["type"] == "result":
+            elif message["type"] == Kind.RESULT:
                 return result_from_wire(message["result"])
-            elif message["type"] == "rejected":
+            elif message["type"] == Kind.REJECTED:
                 return ProtocolError("invalid_job", message["message"], field=message["field"])
 
     async def _send(self, data: bytes) -> None:
@@ -213,7 +213,7 @@ class Slot:
         try:
             run["handed_ns"] = offer.hand_over(job, limits)
         except (OSError, SandboxError, ValueError):
-            return encode({"type": "drop", "sandbox": offer.init_pid})
+            return encode({"type": Kind.DROP, "sandbox": offer.init_pid})
         finally:
             offer.close()
         run["sandbox"] = offer.init_pid
@@ -256,7 +256,7 @@ class Slot:
                 fds.frombytes(payload[: len(payload) - len(payload) % FD_SIZE])
                 self._fds.extend(fds)
         for message in self._decoder.feed(data):
-            if message.get("type") == "offer":
+            if message.get("type") == Kind.OFFER:
                 self._take_offer(message)
             else:
                 self._pending.append(message)
