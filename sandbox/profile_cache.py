@@ -17,7 +17,7 @@ from sandbox.seccomp import ProfileError, compile_policy, compile_trace
 
 @dataclass
 class CompiledProfile:
-    """A profile and its BPF program, ready for a Template."""
+    """A profile and its BPF program, ready for a Blueprint."""
 
     profile: Profile
     bpf: bytes

@@ -1,4 +1,4 @@
-"""Job in, Result out: assemble cgroup, launch, supervision and verdict.
+"""Job in, Result out: assemble cgroup, sandbox, supervision and verdict.
 
 A ``Runner`` holds what is the same for every job of a process - the compiled seccomp
 filter, the cgroup backend, the capability count - so a job pays only for its own
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandbox import launch as launcher
+from sandbox import prepare
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
 from sandbox.errors import CgroupError, JobError, SandboxError
 from sandbox.ids import plan_ids
@@ -32,8 +32,8 @@ from sandbox.job_message import (
     rlimits,
     start_job,
 )
-from sandbox.launch import ImageRoot
 from sandbox.models import CGROUP_LIMITS, WORKDIR, Blob, Job, Limits, Result, Status, Usage, WarmSpec
+from sandbox.prepare import ImageRoot
 from sandbox.profile_cache import ProfileCache
 from sandbox.supervise import Outcome, Watch, supervise
 from sandbox.supply import Sandbox, SandboxSupply
@@ -69,7 +69,7 @@ class Runner:
         except (CgroupError, OSError) as exc:
             self.backend = None
             self.cgroup_problem = str(exc)
-        launcher.become_subreaper()
+        prepare.become_subreaper()
         self.id_plan = plan_ids()
         specs = WarmSpec.merged([WarmSpec(warm, profile), *warm_for])
         self.sandboxes = SandboxSupply(self.profiles, self.backend, cap_last, specs, WARM_DISK_BYTES, self.id_plan)
@@ -159,7 +159,7 @@ class Runner:
                 spec = job_spec(argv, env, cwd, limits, stdio, job_rlimits, files)
                 try:
                     start_job(prepared.job_channel, spec)
-                    launcher.step_aside()
+                    prepare.step_aside()
                 except OSError as exc:
                     if exc.errno == errno.EMSGSIZE:  # the sandbox would wait for it until set-up timed out
                         raise JobError(

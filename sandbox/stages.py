@@ -1,4 +1,4 @@
-"""The stages of a sandbox, run in the zygote and in the processes it starts (``launch.py``
+"""The stages of a sandbox, run in the zygote and in the processes it starts (``prepare.py``
 has the supervisor's side and the picture).
 
 This module is imported by the zygote, whose size every sandbox pays for in page tables
@@ -29,7 +29,7 @@ _HIGH_FD = 32
 
 
 class Spec:
-    """An image sandbox's Template as the zygote receives it (``launch.Template``:
+    """An image sandbox's Blueprint as the zygote receives it (``prepare.Blueprint``:
     ``to_wire`` and ``fds``)."""
 
     __slots__ = (
@@ -50,7 +50,7 @@ class Spec:
     )
 
     def __init__(self, wire: dict[str, Any], fds: list[int]) -> None:
-        """``fds`` as ``launch.Template.fds`` lays them out."""
+        """``fds`` as ``prepare.Blueprint.fds`` lays them out."""
         image = wire["image"]
         self.seccomp_fd = fds[0]
         self.cpu_counter_kind: str | None = wire["cpu_counter"]

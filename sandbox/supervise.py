@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.cgroups import JobCgroup
-from sandbox.launch import Prepared
+from sandbox.prepare import Prepared
 from sandbox.seccomp import describe
 
 MIN_POLL_S = 0.0005

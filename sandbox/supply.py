@@ -20,15 +20,15 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from sandbox import launch, rootfs
+from sandbox import prepare, rootfs
 from sandbox.cgroups import CgroupBackend, JobCgroup
 from sandbox.cgroups.stock import KEEP_MADE, CgroupStock
 from sandbox.errors import SandboxError
 from sandbox.ids import IdPlan, JobIds
 from sandbox.images.errors import ImageError
 from sandbox.images.runtime import LeasedImage, lease_image
-from sandbox.launch import ImageRoot
 from sandbox.models import WORKDIR, WarmSpec
+from sandbox.prepare import ImageRoot
 from sandbox.profile_cache import ProfileCache
 from sandbox.template import RECHECK_S
 from sandbox.zygote import Zygote
@@ -41,7 +41,7 @@ MAX_RETIRED = 8
 class Sandbox:
     """A prepared sandbox and its cgroup (None without delegation)."""
 
-    prepared: launch.Prepared
+    prepared: prepare.Prepared
     cgroup: JobCgroup | None
     pidfd: int = -1  # once retired: readable when the init has exited
     image: ImageRoot | None = None  # the layers it was built from (None: the host image)
@@ -85,7 +85,7 @@ class Sandbox:
 class _Order:
     """A sandbox requested from the zygote whose answer (the init's pid) is not read yet."""
 
-    start: launch.Starting
+    start: prepare.Starting
     cgroup: JobCgroup | None
     image: ImageRoot | None = None
     lease: LeasedImage | None = None
@@ -328,7 +328,7 @@ class SandboxSupply:
             if cgroup is not None:
                 # What most jobs ask for: written now (or by the stock), not on their path.
                 cgroup.apply_limits(kind_limits)
-            template = launch.Template(
+            template = prepare.Blueprint(
                 seccomp_bpf=self.profiles.trace_bpf if trace else compiled.bpf,
                 exec_once=compiled.exec_once,
                 trace=trace,
@@ -340,7 +340,7 @@ class SandboxSupply:
                 image=image,
                 job_id=job_id,
             )
-            start = launch.order(zygote, template)
+            start = prepare.order(zygote, template)
         except BaseException:
             if cgroup is not None and self._cgroups is not None:
                 self._cgroups.discard(cgroup)
@@ -351,7 +351,7 @@ class SandboxSupply:
         return _Order(start, cgroup, image, job_id=job_id)
 
     def _deliver(self, order: _Order) -> Sandbox:
-        return Sandbox(launch.receive(order.start), order.cgroup, image=order.image, lease=order.lease,
+        return Sandbox(prepare.receive(order.start), order.cgroup, image=order.image, lease=order.lease,
                        job_id=order.job_id)
 
     def _give_back(self, job_id: int) -> None:

@@ -16,7 +16,7 @@ wait for requests and start sandboxes, so there is little to copy.
 Protocol on a SOCK_SEQPACKET pair: at start-up the zygote answers ``{"spawner": PID}``
 with the spawner's request channel (SCM_RIGHTS) once the template is built, or
 ``{"error": ...}``. Then the supervisor sends one request per image sandbox - the
-Template as JSON, with the report pipe's write end, the sandbox's end of its job
+Blueprint as JSON, with the report pipe's write end, the sandbox's end of its job
 channel, the seccomp program and the cgroup fds as SCM_RIGHTS - and the zygote answers
 ``{"pid": N}`` or ``{"error": ...}``. EOF on the channel ends it.
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import launch
+from sandbox import prepare
 from sandbox.errors import SetupError
 from sandbox.ids import plan_ids
 from sandbox.models import Job, Status
@@ -28,9 +28,9 @@ def zygote() -> Iterator[Zygote]:
     started.close()
 
 
-def _template() -> launch.Template:
+def _template() -> prepare.Blueprint:
     cap_last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
-    return launch.Template(ProfileCache().get("default").bpf, cgroup_fds=[], disk_bytes=1 << 20, cap_last=cap_last)
+    return prepare.Blueprint(ProfileCache().get("default").bpf, cgroup_fds=[], disk_bytes=1 << 20, cap_last=cap_last)
 
 
 def _status(pid: int, field: str) -> str:
@@ -39,6 +39,13 @@ def _status(pid: int, field: str) -> str:
 
 
 def test_the_spawner_is_our_child_and_holds_only_its_channel(zygote):
+    # The zygote names the spawner as soon as it has cloned it; once the spawner has
+    # answered a request it runs the C init's serve loop, its name and fds final.
+    answered = prepare.receive(prepare.order(zygote, _template()))
+    assert answered.init_pid > 0, answered.early
+    os.kill(answered.init_pid, signal.SIGKILL)
+    os.waitpid(answered.init_pid, 0)
+    answered.close()
     pid = zygote.spawner_pid
     assert _status(pid, "Name") == "sandbox-spawn"
     assert int(_status(pid, "PPid")) == os.getpid()
@@ -49,7 +56,7 @@ def test_the_spawner_is_our_child_and_holds_only_its_channel(zygote):
 
 
 def test_a_sandbox_init_is_our_child_in_namespaces_of_its_own(zygote):
-    prepared = launch.receive(launch.order(zygote, _template()))
+    prepared = prepare.receive(prepare.order(zygote, _template()))
     try:
         assert prepared.init_pid > 0, prepared.early
         assert int(_status(prepared.init_pid, "PPid")) == os.getpid()
@@ -65,8 +72,9 @@ def test_a_sandbox_init_is_our_child_in_namespaces_of_its_own(zygote):
         held = {os.readlink(f"/proc/{prepared.init_pid}/fd/{fd}") for fd in os.listdir(f"/proc/{prepared.init_pid}/fd")}
         assert channel not in held
     finally:
-        os.kill(prepared.init_pid, signal.SIGKILL)
-        os.waitpid(prepared.init_pid, 0)
+        if prepared.init_pid > 0:  # (never kill(0) or kill(-1): the test's group, or every process of ours)
+            os.kill(prepared.init_pid, signal.SIGKILL)
+            os.waitpid(prepared.init_pid, 0)
         prepared.close()
 
 

@@ -37,7 +37,7 @@
  * its job and polls it during the job (not PR_SET_PDEATHSIG, which follows the exit of
  * a thread - the one that cloned B's parent's side - rather than of the supervisor).
  *
- * The job (sandbox/launch.py start_job) is NUL-terminated fields - the size of the
+ * The job (sandbox/job_message.py start_job) is NUL-terminated fields - the size of the
  * writable area, the number of input files, a path and an octal mode per file, then
  * what the program stage takes (program.c) - with stdin, stdout, stderr and the input
  * files as fds.

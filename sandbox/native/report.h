@@ -1,5 +1,5 @@
 /* Messages to the supervisor: one JSON object per line on the report pipe (fd 3), each
- * line below PIPE_BUF so that its write is atomic (sandbox/launch.py reads them). */
+ * line below PIPE_BUF so that its write is atomic (sandbox/prepare.py reads them). */
 #ifndef SANDBOX_REPORT_H
 #define SANDBOX_REPORT_H
 

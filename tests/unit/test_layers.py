@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 
-ENGINE = ("pyseccomp", "httpx", "sandbox.zygote", "sandbox.supply", "sandbox.launch", "sandbox.runner",
+ENGINE = ("pyseccomp", "httpx", "sandbox.zygote", "sandbox.supply", "sandbox.prepare", "sandbox.runner",
           "sandbox.cgroups", "sandbox.seccomp", "sandbox.profile", "sandbox.images.pull", "sandbox.images.unpack",
           "sandbox.images.registry", "sandbox.supervise", "worker.launcher")
 ZYGOTE_MODULES = {"sandbox", "sandbox.child", "sandbox.errors", "sandbox.fspath", "sandbox.linux",

@@ -23,7 +23,7 @@ time)::
                                      B can name a violated syscall, ``native/notify.c``),
                                      waits for its instructions from B
 
-``start_job`` sends the job to B over a SOCK_SEQPACKET channel (NUL-terminated fields;
+``job_message.start_job`` sends the job to B over a SOCK_SEQPACKET channel (NUL-terminated fields;
 stdin, stdout, stderr and input files as fds with SCM_RIGHTS). B resizes the writable
 area if asked, copies the input files in, hands cwd, rlimits, argv, env and stdio to C
 and sends "started" back on the job channel (``supervise`` reads it when it needs it);
@@ -76,7 +76,7 @@ class ImageRoot:
 
 
 @dataclass
-class Template:
+class Blueprint:
     """What a sandbox is built with before any job is known."""
 
     seccomp_bpf: bytes
@@ -193,7 +193,7 @@ class Starting:
         return channel.fileno()
 
 
-def order(zygote: Zygote, template: Template) -> Starting:
+def order(zygote: Zygote, template: Blueprint) -> Starting:
     """Ask the spawner (the host image) or the zygote (an image) to start a sandbox init
     (our child); returns at once.
 
