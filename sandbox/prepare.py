@@ -109,7 +109,7 @@ class Blueprint:
     def fds(self, seccomp_fd: int) -> list[int]:
         """An image sandbox's fds after its report pipe and job channel: the seccomp
         program (``seccomp_fd``), the CPU counter's fd if any, then the cgroup fds
-        (``stages.Spec``)."""
+        (``stages.ImageRequest``)."""
         counter = () if self.cpu_counter is None else (self.cpu_counter[0],)
         return [seccomp_fd, *counter, *self.cgroup_fds]
 

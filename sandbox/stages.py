@@ -28,7 +28,7 @@ SANDBOX_NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLO
 _HIGH_FD = 32
 
 
-class Spec:
+class ImageRequest:
     """An image sandbox's Blueprint as the zygote receives it (``prepare.Blueprint``:
     ``to_wire`` and ``fds``)."""
 
@@ -101,7 +101,9 @@ def start_spawner(template_fd: int, init_fd: int) -> tuple[socket.socket, int]:
     return ours, pid
 
 
-def start_image_sandbox(template: Spec, bases: MountBases, report_fd: int, channel_fd: int, init_fd: int) -> int:
+def start_image_sandbox(
+    template: ImageRequest, bases: MountBases, report_fd: int, channel_fd: int, init_fd: int,
+) -> int:
     """(In the zygote.) Start B for an image - pid 1 of new mount, pid, network, IPC and
     UTS namespaces, its mount namespace a private copy of the host's tree to build the
     image root from - as a child of the zygote's parent (the supervisor), and return its
@@ -145,7 +147,7 @@ def _out_of_the_way(fds: list[int]) -> list[int]:
     return [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in fds]
 
 
-def _stage_init(template: Spec, report_fd: int, channel_fd: int, init_fd: int, keep: set[int]) -> None:
+def _stage_init(template: ImageRequest, report_fd: int, channel_fd: int, init_fd: int, keep: set[int]) -> None:
     """B, right after the clone, for an image: build the overlay root (with only its own
     fds open), then become the C init, which pivots into it."""
     child.close_fds_except(keep)
@@ -153,7 +155,7 @@ def _stage_init(template: Spec, report_fd: int, channel_fd: int, init_fd: int, k
     _exec_init(template, report_fd, channel_fd, init_fd, root)
 
 
-def _exec_init(template: Spec, report_fd: int, channel_fd: int, init_fd: int, root: str) -> None:
+def _exec_init(template: ImageRequest, report_fd: int, channel_fd: int, init_fd: int, root: str) -> None:
     """Become the C init (``native/init.c``, which says why it is C), its fds moved to
     the numbers it expects."""
     fds = init_fds(report_fd, channel_fd, template.seccomp_fd, template.cpu_counter_fd, template.cgroup_fds)

@@ -204,7 +204,7 @@ def _start_one(request: dict[str, Any], fds: list[int], bases: MountBases, init_
     if len(fds) < 3:
         return {"error": "a sandbox request needs the report pipe, the job channel and the seccomp program"}
     report_fd, channel_fd, *template_fds = fds
-    spec = stages.Spec(request, template_fds)
+    spec = stages.ImageRequest(request, template_fds)
     try:
         return {"pid": stages.start_image_sandbox(spec, bases, report_fd, channel_fd, init_fd)}
     except OSError as exc:
