@@ -82,9 +82,10 @@ def language_form(args: argparse.Namespace) -> bool:
 
 
 def language_inputs(args: argparse.Namespace) -> dict[str, Any]:
-    """The job flags that a --lang run passes on (``cli.languages.run_language``)."""
-    return {"limits": limits_from_args(args), "env": env_from_args(args), "files": files_from_args(args),
-            "stdin": stdin_from_args(args)}
+    """What the flags say of a --lang run, as ``cli.languages.run_language`` takes it."""
+    return {"lang": args.lang, "source": args.source, "profile": args.profile, "require_cgroups": args.require_cgroups,
+            "as_json": args.json, "limits": limits_from_args(args), "env": env_from_args(args),
+            "files": files_from_args(args), "stdin": stdin_from_args(args)}
 
 
 def env_from_args(args: argparse.Namespace) -> dict[str, str]:

@@ -52,21 +52,21 @@ def _languages(args: argparse.Namespace) -> int:
     return 0 if present else 1
 
 
-def run_language(args: argparse.Namespace, stages: Stages, *, limits: Limits, env: dict[str, str],
-                 files: list[InputFile], stdin: Blob | None) -> int:
+def run_language(stages: Stages, *, lang: str, source: str, profile: str, require_cgroups: bool, as_json: bool,
+                 limits: Limits, env: dict[str, str], files: list[InputFile], stdin: Blob | None) -> int:
     """``sandbox run|submit --lang L --source FILE``: compile output on stderr, under a
     header; the program's output as usual. Exit status as for run, 1 for a compile error."""
     from sandbox.languages import load_preset, run_source
     from sandbox.models import Status
 
-    outcome = run_source(stages, load_preset(args.lang), Path(args.source), stdin=stdin, limits=limits,
-                         profile=args.profile, files=files, env=env, require_cgroups=args.require_cgroups)
-    if args.json:
+    outcome = run_source(stages, load_preset(lang), Path(source), stdin=stdin, limits=limits, profile=profile,
+                         files=files, env=env, require_cgroups=require_cgroups)
+    if as_json:
         json.dump(outcome.to_json_dict(), sys.stdout)
         sys.stdout.write("\n")
         return EXIT_SANDBOX_ERROR if outcome.status is Status.INTERNAL_ERROR else 0
     if outcome.compile.stderr:
-        sys.stderr.write(f"== compile ({args.lang}) ==\n")
+        sys.stderr.write(f"== compile ({lang}) ==\n")
         sys.stderr.buffer.write(outcome.compile.stderr)
         sys.stderr.flush()
     if outcome.run is None:

@@ -27,7 +27,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             from sandbox.cli.languages import run_language
             from sandbox.languages import RunnerStages
 
-            return run_language(args, RunnerStages(runner), **inputs)
+            return run_language(RunnerStages(runner), **inputs)
         result = runner.run(job)
     finally:
         runner.close()

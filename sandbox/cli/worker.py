@@ -92,7 +92,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             if job is None:
                 from sandbox.cli.languages import WorkerStages, run_language
 
-                return run_language(args, WorkerStages(client), **inputs)
+                return run_language(WorkerStages(client), **inputs)
             result = client.run(job, on_output=live)
         except WorkerError as exc:
             raise worker_error(exc) from exc
