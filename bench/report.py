@@ -164,6 +164,21 @@ def _humaneval_section(part: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _judge_section(part: dict[str, Any]) -> list[str]:
+    if "ways" not in part:
+        return []
+    lines = [f"### Judging ({part['tests']} tests of {part['numbers_per_test']} numbers each, one C++ submission: "
+             "compile, run every test, compare)", "",
+             "| how | wall s | / sandbox judge |", "| --- | ---: | ---: |"]
+    for way, row in part["ways"].items():
+        if "wall_s" in row:
+            lines.append(f"| {way} | {row['wall_s']:.2f} | {row['ratio_to_sandbox_judge']:.2f} |")
+        else:
+            lines.append(f"| {way} | {row['error']} | |")
+    return lines + ["", "bwrap + diff sets no limits and accounts for nothing: the floor of namespace "
+                    "isolation, not an equal peer.", ""]
+
+
 def analysis(results: dict[str, Any]) -> list[str]:
     """Where the time (or the memory) goes for the missed targets, from this run's own
     figures: the CPU each runner spends per job, the profile's split, the baselines."""
@@ -351,7 +366,8 @@ def render(results: dict[str, Any], images: list[str]) -> str:
     part = results.get("worker", {})
     lines += _latency_section(part) + _cpu_section(results.get("cpu", {}))
     lines += _density_section(results.get("density", {})) + _images_section(results.get("images", {}))
-    lines += _humaneval_section(results.get("humaneval", {})) + _profile_section(results)
+    lines += _humaneval_section(results.get("humaneval", {})) + _judge_section(results.get("judge", {}))
+    lines += _profile_section(results)
     lines += ["## Plots", ""] + [f"![{name}]({name})" for name in images] + [""]
     return "\n".join(lines)
 

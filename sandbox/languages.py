@@ -35,7 +35,10 @@ if TYPE_CHECKING:
 
 LANGUAGES_DIR = PROFILES_DIR / "languages"
 IMAGE_REPOSITORY = "judge/languages"
-_PRESET_KEYS = {"description", "source", "compile", "artifacts", "run", "version", "env", "quirks"}
+_PRESET_KEYS = {"description", "source", "compile", "compile_options", "artifacts", "run", "version", "env", "quirks"}
+# Where a submission's compiler options go in a preset's compile command (after the
+# preset's own, so "-O0" overrides "-O2"); a preset without it takes none.
+OPTIONS_SLOT = "{options}"
 _QUIRK_KEYS = {"address_space_limit", "heap_fraction", "min_pids"}
 _ARTIFACT_NAME = re.compile(r"[A-Za-z0-9_$][A-Za-z0-9_$.-]*")
 _MAX_ARTIFACTS = 4096
@@ -52,6 +55,20 @@ class Preset:
     version: list[str]
     env: dict[str, str] = field(default_factory=dict)
     quirks: dict[str, Any] = field(default_factory=dict)
+    compile_options: list[str] = field(default_factory=list)  # fnmatch patterns a submission may use
+
+    def check_options(self, options: Sequence[str]) -> None:
+        """A submission's compiler options, each matching the preset's allow-list: a judge
+        offers "-O0" or "-std=c++20", not "-o /somewhere" or a plugin to load."""
+        if options and OPTIONS_SLOT not in self.compile:
+            raise JobError(f"the {self.name} preset takes no compiler options", field="compile_options")
+        for option in options:
+            if not isinstance(option, str) or "\0" in option:
+                raise JobError("compiler options are strings without NUL", field="compile_options")
+            if not any(fnmatch.fnmatchcase(option, pattern) for pattern in self.compile_options):
+                allowed = ", ".join(self.compile_options) or "none"
+                raise JobError(f"compiler option {option!r} is not allowed for {self.name} (allowed: {allowed})",
+                               field="compile_options")
 
     @property
     def needs_cgroups(self) -> bool:
@@ -157,18 +174,20 @@ class Compiled:
 
 def compile_source(stages: Stages, preset: Preset, code: bytes, *, files: Sequence[InputFile] = (),
                    env: dict[str, str] | None = None, require_cgroups: bool = False,
-                   trace: list[Any] | None = None) -> Compiled:
+                   options: Sequence[str] = (), trace: list[Any] | None = None) -> Compiled:
     """Compile ``code`` in the ``compile`` profile, with its limits.
 
     ``files`` (a caller's headers, modules, data) are placed in /work for the compile and
     every run, and ``env`` is set in both, over the preset's: the compile may need the
-    one, the program the other, and neither harms the other stage."""
+    one, the program the other, and neither harms the other stage. ``options`` are the
+    submission's compiler options, from the preset's allow-list."""
     _check_extra_files(preset, files)
+    preset.check_options(options)
     build_limits = Limits(**stages.profile_limits("compile"))
     source_file = InputFile(f"{WORKDIR}/{preset.source}", Blob(data=code))
     require_cgroups = require_cgroups or preset.needs_cgroups
     result = _stage(stages, Job(
-        cmd=_compile_argv(preset, build_limits, stages.parallelism), limits=build_limits,
+        cmd=_compile_argv(preset, build_limits, stages.parallelism, options), limits=build_limits,
         files=[*files, source_file], image=image_reference(), profile="compile",
         env={**_env(preset, build_limits, stages.parallelism), **(env or {})}, require_cgroups=require_cgroups,
     ), trace)
@@ -207,16 +226,17 @@ def read_source(source: Path) -> bytes:
 
 def run_source(stages: Stages, preset: Preset, source: Path, *, stdin: Blob | None = None,
                limits: Limits | None = None, profile: str = "default", files: Sequence[InputFile] = (),
-               env: dict[str, str] | None = None, require_cgroups: bool = False,
-               traces: tuple[list[Any], list[Any]] | None = None) -> LanguageRun:
-    """Compile (``compile_source``) and run once (``run_compiled``). With ``traces``
-    (compile, run), both stages run traced (scripts/record-evidence)."""
+               env: dict[str, str] | None = None, require_cgroups: bool = False, options: Sequence[str] = (),
+               args: Sequence[str] = (), traces: tuple[list[Any], list[Any]] | None = None) -> LanguageRun:
+    """Compile (``compile_source``, with the compiler ``options``) and run once
+    (``run_compiled``, with the program's ``args``). With ``traces`` (compile, run), both
+    stages run traced (scripts/record-evidence)."""
     compile_trace, run_trace = traces or (None, None)
     compiled = compile_source(stages, preset, read_source(source), files=files, env=env,
-                              require_cgroups=require_cgroups, trace=compile_trace)
+                              require_cgroups=require_cgroups, options=options, trace=compile_trace)
     if compiled.status is not Status.OK:
         return LanguageRun(compiled.status, compiled.result, None)
-    ran = run_compiled(stages, compiled, stdin=stdin, limits=limits, profile=profile, trace=run_trace)
+    ran = run_compiled(stages, compiled, stdin=stdin, limits=limits, profile=profile, args=args, trace=run_trace)
     return LanguageRun(ran.status, compiled.result, ran)
 
 
@@ -240,8 +260,10 @@ def _check_extra_files(preset: Preset, files: Sequence[InputFile]) -> None:
             raise JobError(f"{entry.dest} is the {preset.name} preset's source or build output", field="files")
 
 
-def _compile_argv(preset: Preset, limits: Limits, cpus: int) -> list[str]:
-    command = _format(preset, preset.compile, limits, cpus)
+def _compile_argv(preset: Preset, limits: Limits, cpus: int, options: Sequence[str]) -> list[str]:
+    command: list[str] = []
+    for arg in preset.compile:  # the options as given: never formatted, never split
+        command.extend(options if arg == OPTIONS_SLOT else _format(preset, [arg], limits, cpus))
     if not preset.artifacts:
         return command
     # Diagnostics to stderr; on success the artifacts, as a tar, on stdout.

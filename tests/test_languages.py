@@ -93,6 +93,20 @@ def test_cli_run_lang_compiles_then_runs(language_image, tmp_path):
     assert "SyntaxError" in as_json["compile"]["stderr"]
 
 
+def test_compiler_options_and_program_arguments(language_image):
+    """--compile-option reaches the compiler (a define changes the program), what follows
+    -- reaches the program, and an option off the preset's allow-list never compiles."""
+    source = str(SOURCES / "cpp" / "options.cpp")
+    plain = cli("run", "--lang", "cpp", "--source", source)
+    assert (plain.returncode, plain.stdout) == (0, b"greeting off\n"), plain.stderr
+    both = cli("run", "--lang", "cpp", "--source", source, "--compile-option=-DGREETING",
+               "--compile-option=-O0", "--", "one", "two words")
+    assert (both.returncode, both.stdout) == (0, b"greeting on\narg one\narg two words\n"), both.stderr
+    refused = cli("run", "--lang", "cpp", "--source", source, "--compile-option=-fplugin=/tmp/x.so")
+    assert refused.returncode == 125 and refused.stdout == b""
+    assert b"'-fplugin=/tmp/x.so' is not allowed for cpp" in refused.stderr
+
+
 def multi_file_programs(directory: Path) -> dict[str, Path]:
     """A C++ program whose main includes a header of its own, and a Python program that
     imports a module of its own and reads a data file and a variable: what --file and

@@ -44,8 +44,12 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, languages: bool = Fals
         parser.add_argument("--lang", help="compile --source with this language preset, then run it "
                                            "(sandbox languages); --file and --env reach both stages")
         parser.add_argument("--source", help="the source file for --lang")
+        parser.add_argument("--compile-option", action="append", default=[], metavar="OPTION",
+                            help="a compiler option for --lang, from the preset's allow-list (repeatable; "
+                                 "--compile-option=-O0: the value starts with a dash)")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
-    parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
+    parser.add_argument("cmd", nargs=argparse.REMAINDER,
+                        help="-- COMMAND [ARG...]" + (" (with --lang: -- ARG... for the program)" if languages else ""))
 
 
 def job_from_args(args: argparse.Namespace) -> Job:
@@ -69,13 +73,14 @@ def job_from_args(args: argparse.Namespace) -> Job:
 
 
 def language_form(args: argparse.Namespace) -> bool:
-    """True for ``--lang L --source FILE`` (checked: no command, no image, no cwd)."""
+    """True for ``--lang L --source FILE`` (checked: no image, no cwd; what follows
+    ``--`` is the program's arguments)."""
     if not (args.lang or args.source):
+        if args.compile_option:
+            raise JobError("--compile-option goes with --lang", field="compile_options")
         return False
     if not (args.lang and args.source):
         raise JobError("--lang and --source go together", field="lang")
-    if args.cmd:
-        raise JobError("--lang runs the compiled --source: give no command", field="lang")
     if args.image is not None or args.cwd is not None:
         raise JobError("--lang runs in the language image, in /work: --image and --cwd do not apply", field="lang")
     return True
@@ -85,7 +90,8 @@ def language_inputs(args: argparse.Namespace) -> dict[str, Any]:
     """What the flags say of a --lang run, as ``cli.languages.run_language`` takes it."""
     return {"lang": args.lang, "source": args.source, "profile": args.profile, "require_cgroups": args.require_cgroups,
             "as_json": args.json, "limits": limits_from_args(args), "env": env_from_args(args),
-            "files": files_from_args(args), "stdin": stdin_from_args(args)}
+            "files": files_from_args(args), "stdin": stdin_from_args(args), "options": args.compile_option,
+            "args": args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd}
 
 
 def env_from_args(args: argparse.Namespace) -> dict[str, str]:
