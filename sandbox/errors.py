@@ -21,5 +21,9 @@ class SetupError(SandboxError):
     """The sandbox could not be built (a host or sandbox fault, not the program's)."""
 
 
+class ProfileError(SetupError):
+    """A profile file is malformed: unknown key, syscall, action or constant."""
+
+
 class CgroupError(SandboxError):
     """cgroups are missing, not delegated, or refused an operation."""

@@ -14,29 +14,22 @@ constants. A typo must never silently widen or narrow a policy.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyseccomp
 
-from sandbox.models import LIMIT_NAMES, Limits, is_profile_file
-from sandbox.profile_names import PROFILES_DIR
-from sandbox.seccomp import (
-    NAMED_CONSTANTS,
-    ArgRule,
-    ProfileError,
-    SeccompPolicy,
-    check_action,
-)
+from sandbox.errors import ProfileError
+from sandbox.models import LIMIT_NAMES, Limits
+from sandbox.profile_names import profile_chain, profile_path
+from sandbox.seccomp import NAMED_CONSTANTS, ArgRule, SeccompPolicy, check_action
 
 NETWORK_MODES = ("none", "loopback")
 _TOP_KEYS = {"extends", "description", "network", "limits", "env", "seccomp"}
 _SECCOMP_KEYS = {"default", "exec", "allow", "kill", "noop", "errno", "allow_if", "allow_unless", "allow_if_clear"}
 _RULE_KEYS = {"syscall", "arg", "values", "mask", "action"}
 _LIMIT_KEYS = set(LIMIT_NAMES)
-_MAX_DEPTH = 8
 
 
 @dataclass
@@ -52,18 +45,8 @@ class Profile:
     seccomp: SeccompPolicy = field(default_factory=SeccompPolicy)
 
 
-def profile_path(name_or_path: str) -> Path:
-    """``default`` -> profiles/default.toml; a profile file (a "/" in it, or ending in
-    .toml: ``models.is_profile_file``) is its own path."""
-    if is_profile_file(name_or_path):
-        return Path(name_or_path)
-    if not re.fullmatch(r"_?[a-z0-9][a-z0-9_-]*", name_or_path):
-        raise ProfileError(f"invalid profile name {name_or_path!r}")
-    return PROFILES_DIR / f"{name_or_path}.toml"
-
-
 def load_profile(name_or_path: str) -> Profile:
-    profile = _load(profile_path(name_or_path), depth=0)
+    profile = _load(profile_path(name_or_path))
     _socket_rules(profile)
     return profile
 
@@ -81,51 +64,37 @@ def _socket_rules(profile: Profile) -> None:
         policy.arg_rules["socketpair"] = [ArgRule(kind="allow_if", syscall="socketpair", arg=0, values=unix)]
 
 
-def _load(path: Path, depth: int) -> Profile:
-    if depth > _MAX_DEPTH:
-        raise ProfileError(f"{path}: 'extends' nests deeper than {_MAX_DEPTH} (a cycle?)")
-    try:
-        text = path.read_text()
-        document = tomllib.loads(text)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ProfileError(f"{path}: {exc}") from exc
-    where = _Locator(path, text)
-    where.check_keys(document, _TOP_KEYS, "the top level")
-    parent_name = document.get("extends")
-    if parent_name is not None:
-        if not isinstance(parent_name, str):
-            raise where.error("extends", "'extends' must be a profile name")
-        base = _load(_parent_path(path, parent_name), depth + 1)
-        profile = Profile(name=path.stem, path=path, description=base.description, network=base.network,
-                          limits=dict(base.limits), env=dict(base.env), seccomp=base.seccomp.copy())
-    else:
-        profile = Profile(name=path.stem, path=path)
-    profile.description = str(document.get("description", profile.description))
-    network = document.get("network", profile.network)
-    if network not in NETWORK_MODES:
-        raise where.error("network", f"network must be one of {NETWORK_MODES}, not {network!r}")
-    profile.network = network
-    limits = document.get("limits", {})
-    where.check_keys(limits, _LIMIT_KEYS, "[limits]")
-    profile.limits.update(limits)
-    try:
-        Limits(**profile.limits)
-    except Exception as exc:  # JobError: a bad value
-        raise where.error("[limits]", f"invalid limits: {exc}") from exc
-    env = document.get("env", {})
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise where.error("[env]", "[env] values must be strings")
-    profile.env.update(env)
-    _merge_seccomp(profile.seccomp, document.get("seccomp", {}), where)
+def _load(path: Path) -> Profile:
+    """The profile at ``path`` with what it extends merged in, base first: a child
+    replaces what its base says of a syscall, a limit, a variable."""
+    profile: Profile | None = None
+    for file, text, document in profile_chain(path):
+        where = _Locator(file, text)
+        where.check_keys(document, _TOP_KEYS, "the top level")
+        if profile is None:
+            profile = Profile(name=file.stem, path=file)
+        else:
+            profile = Profile(name=file.stem, path=file, description=profile.description, network=profile.network,
+                              limits=dict(profile.limits), env=dict(profile.env), seccomp=profile.seccomp.copy())
+        profile.description = str(document.get("description", profile.description))
+        network = document.get("network", profile.network)
+        if network not in NETWORK_MODES:
+            raise where.error("network", f"network must be one of {NETWORK_MODES}, not {network!r}")
+        profile.network = network
+        limits = document.get("limits", {})
+        where.check_keys(limits, _LIMIT_KEYS, "[limits]")
+        profile.limits.update(limits)
+        try:
+            Limits(**profile.limits)
+        except Exception as exc:  # JobError: a bad value
+            raise where.error("[limits]", f"invalid limits: {exc}") from exc
+        env = document.get("env", {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise where.error("[env]", "[env] values must be strings")
+        profile.env.update(env)
+        _merge_seccomp(profile.seccomp, document.get("seccomp", {}), where)
+    assert profile is not None  # a chain has at least the file itself
     return profile
-
-
-def _parent_path(child: Path, name: str) -> Path:
-    """A path as written, else a sibling of the child, else a built-in profile."""
-    if "/" in name:
-        return Path(name)
-    sibling = child.parent / f"{name}.toml"
-    return sibling if sibling.is_file() else profile_path(name)
 
 
 def disposition(policy: SeccompPolicy, name: str) -> str:

@@ -8,11 +8,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.errors import JobError
+from sandbox.errors import JobError, ProfileError
 from sandbox.models import Limits, is_profile_file
 from sandbox.profile import Profile, load_profile
 from sandbox.profile_names import builtin_profiles, unknown_profile
-from sandbox.seccomp import ProfileError, compile_policy, compile_trace
+from sandbox.seccomp import compile_policy, compile_trace
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 
 import pyseccomp
 
-from sandbox.errors import SetupError
+from sandbox.errors import ProfileError
 from sandbox.init_abi import HANDOVER_FD
 from sandbox.linux import syscalls
 
@@ -48,10 +48,6 @@ NAMED_CONSTANTS: dict[str, int] = {
     "PERSONALITY_QUERY": 0xFFFFFFFF,
     **{name: getattr(syscalls, name) for name in dir(syscalls) if name.startswith("CLONE_NEW")},
 }
-
-
-class ProfileError(SetupError):
-    """A profile file is malformed: unknown key, syscall, action or constant."""
 
 
 @dataclass

@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 from workerutil import SANDBOX_CLI
 
-from sandbox.errors import JobError
+from sandbox.errors import JobError, ProfileError
 from sandbox.models import Blob, InputFile, Job, Result, Status
 from sandbox.profile import load_profile
 from sandbox.profile_names import builtin_profiles
-from sandbox.seccomp import ProfileError
 from worker.admission import admit
 from worker.protocol import ProtocolError, job_from_wire
 

@@ -94,10 +94,9 @@ class WorkerStages:
     def profile_limits(self, name: str) -> dict[str, Any]:
         """This installation's profile's [limits]; none for a profile only the worker
         has (it applies them there; the run command is formatted with the defaults)."""
-        from sandbox.profile import load_profile
-        from sandbox.profile_names import builtin_profiles
+        from sandbox.profile_names import builtin_limits, builtin_profiles
 
-        return load_profile(name).limits if name in builtin_profiles() else {}
+        return builtin_limits(name) if name in builtin_profiles() else {}
 
     def run(self, job: Job, trace: list[Any] | None) -> Result:
         from sandbox.cli.output import worker_error
