@@ -15,7 +15,7 @@ import select
 import socket
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -141,6 +141,13 @@ def _submit(job: Job, job_id: str, stream: bool, hello: dict[str, Any]) -> dict[
     return message
 
 
+def judge_message(judge_id: str, problem: dict[str, bytes], lang: str, source: bytes,
+                  compile_options: Sequence[str], args: Sequence[str], stop_on_failure: bool) -> dict[str, Any]:
+    return {"type": "judge", "id": judge_id, "problem": problem, "stop_on_failure": stop_on_failure,
+            "submission": {"lang": lang, "source": source, "compile_options": list(compile_options),
+                           "args": list(args)}}
+
+
 class Client:
     """Blocking client over a unix socket (``path``) or TCP (``tcp=(host, port)``, token)."""
 
@@ -196,6 +203,32 @@ class Client:
 
     def cancel(self, job_id: str) -> None:
         self._send({"type": "cancel", "id": job_id})
+
+    def judge(self, problem: dict[str, bytes], lang: str, source: bytes, *, compile_options: Sequence[str] = (),
+              args: Sequence[str] = (), stop_on_failure: bool = False, judge_id: str | None = None,
+              on_test: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Judge ``source`` against a problem package (``judge.problem.read_package``
+        gives one from a directory) in the worker: compiled once, every test a job there.
+        ``on_test`` hears each test's report as it is decided; the whole report (the
+        shape of ``sandbox judge --json``) is returned."""
+        judge_id = judge_id or uuid.uuid4().hex
+        self._send(judge_message(judge_id, problem, lang, source, compile_options, args, stop_on_failure))
+        queue = self._mail.events[judge_id]
+        while True:
+            while not queue:
+                self._receive()
+            message = queue.popleft()
+            if message["type"] == "error":
+                del self._mail.events[judge_id]
+                raise WorkerError(message)
+            if message["event"] == "test_finished" and on_test is not None:
+                on_test(message["test"])
+            elif message["event"] in ("judged", "cancelled"):
+                del self._mail.events[judge_id]
+                if message["event"] == "cancelled":
+                    raise WorkerError({"code": "cancelled", "message": f"judge {judge_id} was cancelled"})
+                report: dict[str, Any] = message["report"]
+                return report
 
     def ping(self) -> dict[str, Any]:
         self._send({"type": "ping"})

@@ -28,7 +28,7 @@ DEFAULT_MAX_FRAME = 16 << 20
 REPLY_MAX_FRAME = (1 << 32) - 1
 MAX_ID_LEN = 128
 
-CLIENT_TYPES = {"hello", "submit", "cancel", "status", "ping", "stats"}
+CLIENT_TYPES = {"hello", "submit", "judge", "cancel", "status", "ping", "stats"}
 _JOB_KEYS = {"cmd", "limits", "env", "stdin", "files", "image", "cwd", "require_cgroups", "profile"}
 _FILE_KEYS = {"path", "data", "mode"}
 _LIMIT_KEYS = set(LIMIT_NAMES)

@@ -25,6 +25,7 @@ import trio
 from sandbox.models import WarmSpec
 from sandbox.profile_names import builtin_profiles
 from worker.admission import admit
+from worker.judging import PoolStages, judge_from_wire, run_judge
 from worker.launcher_channel import LAUNCHER_MAX_FRAME
 from worker.logs import log
 from worker.metrics import Metrics
@@ -35,6 +36,7 @@ from worker.protocol import (
     FrameDecoder,
     ProtocolError,
     encode,
+    event_message,
     hello_message,
     job_from_wire,
     job_id,
@@ -43,7 +45,9 @@ from worker.protocol import (
 from worker.socketclaim import SocketClaim
 from worker.streams import send_now
 
-CAPABILITIES = ["submit", "cancel", "status", "stats", "idempotent-ids", "output-stream", "progress-optional"]
+CAPABILITIES = [
+    "submit", "judge", "cancel", "status", "stats", "idempotent-ids", "output-stream", "progress-optional",
+]
 # Events a submitter may decline with "progress": false (its client waits for the outcome only).
 PROGRESS_EVENTS = frozenset({"accepted", "started"})
 # The largest request a worker may be told to take (--max-frame): a job travels on to its
@@ -84,6 +88,8 @@ class Connection:
         # Messages, or the unsent end of one that ``deliver`` sent in part.
         self.outbox_send, self.outbox = trio.open_memory_channel[dict[str, Any] | bytes](OUT_QUEUE)
         self.scope = trio.CancelScope()
+        self.nursery: trio.Nursery | None = None  # where its judges run (``_handle``)
+        self.judges: dict[str, PoolStages] = {}  # its judges in progress, by id
         self._drained = trio.Event()
         # Messages handed to the writer and not sent yet (queued, or in its hands: a
         # channel gives a message straight to a waiting writer, so the channel's buffer
@@ -254,6 +260,7 @@ class Server:
         try:
             with connection.scope:
                 async with trio.open_nursery() as nursery:
+                    connection.nursery = nursery
                     nursery.start_soon(self._writer, connection)
                     try:
                         await self._reader(connection)
@@ -263,6 +270,8 @@ class Server:
             self.connections.discard(connection)
             self._connection_closed.set()
             with trio.CancelScope(shield=True):
+                for stages in list(connection.judges.values()):
+                    await stages.cancel()
                 await self.pool.drop_owner(connection)
                 await stream.aclose()
 
@@ -358,8 +367,14 @@ class Server:
             stream, progress = _flag(message, "stream", False), _flag(message, "progress", True)
             deliver = connection.deliver if progress else connection.deliver_outcome
             self.pool.submit(identifier, job, connection, deliver, stream)
+        elif kind == "judge":
+            self._judge(connection, message)
         elif kind == "cancel":
-            await self.pool.cancel(job_id(message))
+            identifier = job_id(message)
+            if identifier in connection.judges:
+                await connection.judges[identifier].cancel()
+            else:
+                await self.pool.cancel(identifier)
         elif kind == "status":
             record = self.pool.state(job_id(message))
             connection.deliver({"type": "status", "id": record.id, "state": record.state.value})
@@ -367,6 +382,27 @@ class Server:
             connection.deliver({"type": "pong", "seq": message.get("seq")})
         elif kind == "stats":
             connection.deliver({"type": "stats", **self.pool.snapshot(), "connections": len(self.connections)})
+
+    def _judge(self, connection: Connection, message: dict[str, Any]) -> None:
+        """Start judging on this connection (worker/judging.py); its events follow."""
+        if self.stopping:
+            raise ProtocolError("busy", "the worker is shutting down")
+        identifier = job_id(message)
+        if identifier in connection.judges:
+            raise ProtocolError("id_conflict", f"judge {identifier!r} is in progress", field="id")
+        request = judge_from_wire(message, identifier)
+        stages = PoolStages(self.pool, connection, trio.lowlevel.current_trio_token())
+        connection.judges[identifier] = stages
+
+        async def judging() -> None:
+            try:
+                await run_judge(request, stages, connection.deliver)
+            finally:
+                connection.judges.pop(identifier, None)
+
+        assert connection.nursery is not None  # set before the reader starts
+        connection.deliver(event_message(identifier, "accepted"))
+        connection.nursery.start_soon(judging)
 
     def _hello(self, connection: Connection, message: dict[str, Any]) -> None:
         if message.get("version") != VERSION:

@@ -10,9 +10,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandbox.cli.output import EXIT_SANDBOX_ERROR
+
+if TYPE_CHECKING:
+    from sandbox.judge.report import TestReport
 
 EXIT_ACCEPTED, EXIT_REJECTED, EXIT_JUDGE_ERROR = 0, 1, EXIT_SANDBOX_ERROR
 
@@ -24,6 +27,9 @@ def add_commands(commands: Any) -> None:
     judge.add_argument("--source", required=True, help="the submission's source file")
     judge.add_argument("--json", action="store_true", help="print the whole report as JSON")
     judge.add_argument("--stop-on-failure", action="store_true", help="skip the tests after the first failed one")
+    judge.add_argument("--compile-option", action="append", default=[], metavar="OPTION",
+                       help="a compiler option from the preset's allow-list (repeatable; --compile-option=-O0)")
+    judge.add_argument("args", nargs="*", metavar="-- ARG", help="arguments for the solution, after --")
     where = judge.add_argument_group("through a worker (default: in this process)")
     where.add_argument("--socket", help="the worker's unix socket")
     where.add_argument("--tcp", metavar="HOST:PORT", help="the worker's TCP address")
@@ -32,45 +38,56 @@ def add_commands(commands: Any) -> None:
 
 
 def _judge(args: argparse.Namespace) -> int:
-    from sandbox.judge.problem import load_problem
+    from sandbox.judge.problem import load_problem, read_package
     from sandbox.judge.run import Submission, judge
 
-    problem = load_problem(Path(args.problem))
-    submission = Submission.from_file(args.lang, Path(args.source))
+    submission = Submission.from_file(args.lang, Path(args.source), compile_options=args.compile_option,
+                                      args=args.args)
     on_test = None if args.json else _print_test
-    if args.socket or args.tcp:
-        from sandbox.cli.languages import WorkerStages
+    report: dict[str, Any]
+    if args.socket or args.tcp:  # one request: the worker compiles once and runs every test
+        from sandbox.cli.output import worker_error
         from sandbox.cli.worker import connect
+        from worker.client import WorkerError
 
+        package = read_package(Path(args.problem))
         with connect(args) as client:
-            report = judge(WorkerStages(client), problem, submission, stop_on_failure=args.stop_on_failure,
-                           on_test=on_test)
+            try:
+                report = client.judge(package, submission.lang, submission.source,
+                                      compile_options=submission.compile_options, args=submission.args,
+                                      stop_on_failure=args.stop_on_failure, on_test=on_test)
+            except WorkerError as exc:
+                raise worker_error(exc) from None
     else:
         from sandbox.languages import RunnerStages
         from sandbox.runner import Runner
 
+        def print_test(test: TestReport) -> None:
+            _print_test(test.to_json_dict())
+
+        problem = load_problem(Path(args.problem))
         runner = Runner()
         try:
             report = judge(RunnerStages(runner), problem, submission, stop_on_failure=args.stop_on_failure,
-                           on_test=on_test)
+                           on_test=None if args.json else print_test).to_json_dict()
         finally:
             runner.close()
     if args.json:
-        json.dump(report.to_json_dict(), sys.stdout)
+        json.dump(report, sys.stdout)
         sys.stdout.write("\n")
     else:
-        if report.compile is not None and report.compile.stderr and report.verdict == "compile_error":
-            sys.stderr.write(f"== compile ({args.lang}) ==\n")
-            sys.stderr.buffer.write(report.compile.stderr)
+        compiled = report["compile"]
+        if compiled is not None and compiled["stderr"] and report["verdict"] == "compile_error":
+            sys.stderr.write(f"== compile ({args.lang}) ==\n{compiled['stderr']}")
             sys.stderr.flush()
-        print(f"{report.verdict}  {report.score:g}/{report.max_score:g}")
-    if report.verdict == "accepted":
+        print(f"{report['verdict']}  {report['score']:g}/{report['max_score']:g}")
+    if report["verdict"] == "accepted":
         return EXIT_ACCEPTED
-    return EXIT_JUDGE_ERROR if report.verdict == "judge_error" else EXIT_REJECTED
+    return EXIT_JUDGE_ERROR if report["verdict"] == "judge_error" else EXIT_REJECTED
 
 
-def _print_test(test: Any) -> None:
-    usage = test.usage
-    spent = "" if usage is None else f"{usage.cpu_ms:8.1f} ms {(usage.memory_peak_bytes or 0) / 2**20:7.1f} MiB"
-    detail = " / ".join((test.error or test.checker_message or test.signal_name or "").splitlines())
-    print(f"{test.name:>8}  {test.status.value:18} {spent}  {detail}".rstrip(), flush=True)
+def _print_test(test: dict[str, Any]) -> None:
+    usage = test["usage"]
+    spent = "" if usage is None else f"{usage['cpu_ms']:8.1f} ms {(usage['memory_peak_bytes'] or 0) / 2**20:7.1f} MiB"
+    detail = " / ".join((test["error"] or test["checker_message"] or test["signal_name"] or "").splitlines())
+    print(f"{test['name']:>8}  {test['status']:18} {spent}  {detail}".rstrip(), flush=True)

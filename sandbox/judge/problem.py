@@ -99,6 +99,23 @@ def load_problem(root: Path) -> Problem:
     )
 
 
+def read_package(root: Path) -> dict[str, bytes]:
+    """The package's files as a worker's ``judge`` request carries them: problem.toml and
+    the other top-level files (a checker's source, headers) by name, the tests as
+    ``tests/NAME``; regular files only, as ``load_problem`` reads them."""
+    load_problem(root)  # a broken package is refused here, before anything is sent
+    files = {}
+    for directory, prefix in ((root, ""), (root / "tests", "tests/")):
+        for entry in sorted(directory.iterdir()):
+            if entry.is_symlink() or not entry.is_file():
+                continue
+            try:
+                files[prefix + entry.name] = entry.read_bytes()
+            except OSError as exc:
+                raise ProblemError(f"{entry}: {exc.strerror}") from exc
+    return files
+
+
 def natural_key(name: str) -> list[int | str]:
     """``2`` before ``10``, ``a2`` before ``a10``: digit runs compare as numbers."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]

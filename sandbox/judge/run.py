@@ -11,7 +11,7 @@ The jobs go through ``Stages``: a Runner in this process, or a worker.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +38,18 @@ class JudgeFault(Exception):
 
 @dataclass(frozen=True)
 class Submission:
+    """What is judged: the source in a language, with the compiler options (from the
+    preset's allow-list) and the program arguments it was submitted with."""
+
     lang: str
     source: bytes
+    compile_options: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
 
     @classmethod
-    def from_file(cls, lang: str, source: Path) -> Submission:
-        return cls(lang, read_source(source))
+    def from_file(cls, lang: str, source: Path, *, compile_options: Sequence[str] = (),
+                  args: Sequence[str] = ()) -> Submission:
+        return cls(lang, read_source(source), tuple(compile_options), tuple(args))
 
 
 def judge(stages: Stages, problem: Problem, submission: Submission, *, stop_on_failure: bool = False,
@@ -51,7 +57,8 @@ def judge(stages: Stages, problem: Problem, submission: Submission, *, stop_on_f
     """The report of ``submission`` on every test of ``problem``, in order. ``on_test``
     hears each test as it is decided. With ``stop_on_failure``, the tests after the first
     that is not accepted are ``skipped``."""
-    compiled = compile_source(stages, load_preset(submission.lang), submission.source)
+    compiled = compile_source(stages, load_preset(submission.lang), submission.source,
+                              options=submission.compile_options)
     if compiled.status is not Status.OK:
         return JudgeReport.of(problem, compiled.result, [])
     checker = _checker(stages, problem)
@@ -60,15 +67,16 @@ def judge(stages: Stages, problem: Problem, submission: Submission, *, stop_on_f
         if stop_on_failure and any(r.status is not TestStatus.ACCEPTED for r in reports):
             report = TestReport.skipped(test.name)
         else:
-            report = _judge_test(stages, problem, compiled, checker, test)
+            report = _judge_test(stages, problem, compiled, checker, test, submission.args)
         reports.append(report)
         if on_test is not None:
             on_test(report)
     return JudgeReport.of(problem, compiled.result, reports)
 
 
-def _judge_test(stages: Stages, problem: Problem, compiled: Compiled, checker: _Checker, test: Test) -> TestReport:
-    result = run_compiled(stages, compiled, stdin=Blob(path=str(test.input)), limits=problem.limits)
+def _judge_test(stages: Stages, problem: Problem, compiled: Compiled, checker: _Checker, test: Test,
+                args: Sequence[str]) -> TestReport:
+    result = run_compiled(stages, compiled, stdin=Blob(path=str(test.input)), limits=problem.limits, args=args)
     if result.status is not Status.OK:
         return TestReport.of_run(test.name, result, None)
     try:
