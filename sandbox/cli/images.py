@@ -2,7 +2,10 @@
 
 Thin like the rest of the CLI: argparse in, store operations, plain text out. Errors
 raise ``SandboxError`` and the main CLI turns them into exit status 125. Progress bars
-(rich) only when stderr is a terminal, so scripts and CI logs stay clean.
+(rich) only when stderr is a terminal, so scripts and CI logs stay clean. The image code
+(the registry client and httpx with it) is imported by the commands that use it: every
+``sandbox`` command builds this parser, and ``sandbox run`` on the host image must not
+pay for importing an HTTP client.
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sandbox.images import config as images_config
-from sandbox.images.pull import NoProgress, Progress
-from sandbox.images.reference import parse
-from sandbox.images.store import Store
+if TYPE_CHECKING:
+    from sandbox.images.config import ImagesConfig
+    from sandbox.images.pull import Progress
+    from sandbox.images.store import Store
 
 
 def add_commands(commands: Any) -> None:
@@ -48,7 +51,10 @@ def add_commands(commands: Any) -> None:
     gc.set_defaults(handler=_gc)
 
 
-def _store() -> tuple[Store, images_config.ImagesConfig]:
+def _store() -> tuple[Store, ImagesConfig]:
+    from sandbox.images import config as images_config
+    from sandbox.images.store import Store
+
     config = images_config.load()
     return Store(config.store), config
 
@@ -75,7 +81,7 @@ class _RichProgress:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from sandbox.images.pull import pull
+    from sandbox.images.pull import NoProgress, pull
 
     store, config = _store()
     progress: Progress = NoProgress()
@@ -99,6 +105,8 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _images(args: argparse.Namespace) -> int:
+    from sandbox.images.reference import parse
+
     store, _ = _store()
     records = {r.id: r for r in store.records()}
     uses: dict[str, int] = {}

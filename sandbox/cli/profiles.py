@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandbox.cli.job_flags import add_job_arguments, job_from_args
 from sandbox.errors import SandboxError
 from sandbox.models import is_profile_file
-from sandbox.profile import Profile, disposition, load_profile
 from sandbox.profile_names import builtin_profiles, unknown_profile
+
+if TYPE_CHECKING:  # the profile parser loads the seccomp compiler: only for these commands
+    from sandbox.profile import Profile
 
 
 def add_commands(commands: Any) -> None:
@@ -36,6 +38,8 @@ def add_commands(commands: Any) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from sandbox.profile import load_profile
+
     for name in builtin_profiles():
         profile = load_profile(name)
         print(f"{name:10} network={profile.network:9} {profile.description}")
@@ -54,12 +58,15 @@ def _show(args: argparse.Namespace) -> int:
 
 def _named(name: str) -> Profile:
     """A built-in profile or a profile file; an unknown name lists the known ones."""
+    from sandbox.profile import load_profile
+
     if not is_profile_file(name) and name not in builtin_profiles():
         raise SandboxError(unknown_profile(name, files_allowed=True).message)
     return load_profile(name)
 
 
 def _trace(args: argparse.Namespace) -> int:
+    from sandbox.profile import disposition
     from sandbox.runner import Runner
 
     against = _named(args.against)
