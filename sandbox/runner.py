@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import math
 import os
-import signal
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -245,11 +244,8 @@ def _collect(job: Job, sandbox: Sandbox, outcome: Outcome, room: int | None) -> 
         return not_collected(job.collect, "the program never ran to its end")
     if room is not None:
         room -= len(outcome.stdout.data) + len(outcome.stderr.data)
-    prepared = sandbox.prepared
-    collected = receive(prepared.job_channel, job.collect, room=room, timeout_s=COLLECT_TIMEOUT_S)
-    if not prepared.reaped:
-        os.kill(prepared.init_pid, signal.SIGKILL)  # done (a no-op), or stuck past the timeout
-    return collected
+    # (an init stuck past the timeout is killed with the sandbox's retirement, after this)
+    return receive(sandbox.prepared.job_channel, job.collect, room=room, timeout_s=COLLECT_TIMEOUT_S)
 
 
 def _parallelism(cpus_available: int, quota: float | None) -> int:
