@@ -182,7 +182,8 @@ static void collect_after(void) {
         return;
     }
     kill(-1, SIGKILL);
-    while (waitpid(-1, NULL, 0) > 0 || errno == EINTR) {
+    /* __WALL: a child cloned with another exit signal than SIGCHLD counts too. */
+    while (waitpid(-1, NULL, __WALL) > 0 || errno == EINTR) {
     }
     collect_send(JOB_CHANNEL_FD);
 }
