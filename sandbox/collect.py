@@ -32,6 +32,8 @@ ENTRY_OVERHEAD = 64
 
 @dataclass
 class Collected:
+    """What becomes ``Result.files`` and ``Result.file_errors``."""
+
     files: dict[str, bytes] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
