@@ -148,6 +148,19 @@ def test_the_command_line_writes_beneath_collect_to_and_prints_base64(tmp_path):
     assert sorted(os.listdir(target / "work" / "out")) == ["sub", "x.txt"]
 
 
+def test_submit_collects_through_the_worker_to_a_directory(start_worker, tmp_path):
+    worker = start_worker("--slots", "1")
+    done = subprocess.run(
+        [*SANDBOX_CLI, "submit", "--socket", worker.socket_path, "--collect", "/work/out/", "--collect-to",
+         str(tmp_path), "--", "sh", "-c", WRITE_TREE],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "sandbox: not collected: /work/out/link: not_regular: symlink" in done.stderr
+    assert (tmp_path / "work" / "out" / "x.txt").read_bytes() == b"one\n"
+    assert not (tmp_path / "work" / "a.out").exists()
+
+
 def test_collect_to_never_follows_a_symlink_already_there(tmp_path):
     target = tmp_path / "out"
     outside = tmp_path / "outside"
