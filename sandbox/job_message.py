@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sandbox.errors import JobError
-from sandbox.models import WORKDIR, Blob, Job, Limits
+from sandbox.models import WORKDIR, Blob, Collect, Job, Limits
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 # A memfd that nobody can change any more: what a sandbox is handed to read (its filter,
@@ -38,6 +38,7 @@ class JobSpec:
     stderr_fd: int
     input_files: list[tuple[str, int, int]] = field(default_factory=list)  # dest, fd, mode
     rlimits: list[tuple[int, int, int]] = field(default_factory=list)  # resource, soft, hard
+    collect: list[Collect] = field(default_factory=list)  # what the init opens for the supervisor at the end
 
 
 def host_command(job: Job, profile_env: dict[str, str]) -> tuple[list[str], dict[str, str], str]:
@@ -48,6 +49,7 @@ def host_command(job: Job, profile_env: dict[str, str]) -> tuple[list[str], dict
 def job_spec(
     argv: list[str], env: dict[str, str], cwd: str, limits: Limits, stdio: tuple[int, int, int],
     job_rlimits: list[tuple[int, int, int]], input_files: Sequence[tuple[str, int, int]] = (),
+    collect: Sequence[Collect] = (),
 ) -> JobSpec:
     """What a sandbox is told to run (``job_rlimits``: from ``rlimits``) - by
     ``Runner.run``, and by the worker's direct hand-over (worker/handover.py), which must
@@ -55,7 +57,7 @@ def job_spec(
     stdin_fd, stdout_fd, stderr_fd = stdio
     return JobSpec(
         argv=argv, env=env, cwd=cwd, disk_bytes=limits.disk_bytes, stdin_fd=stdin_fd, stdout_fd=stdout_fd,
-        stderr_fd=stderr_fd, input_files=list(input_files), rlimits=job_rlimits,
+        stderr_fd=stderr_fd, input_files=list(input_files), rlimits=job_rlimits, collect=list(collect),
     )
 
 
@@ -149,13 +151,17 @@ def start_job(job_channel: socket.socket, job: JobSpec) -> None:
 
     The message is what the C init reads (``native/init.c``): NUL-terminated fields
     (strings hold no NUL: ``models.py`` refuses them) - the size of the writable area,
-    the input files (count, then path and octal mode of each), then the program stage's
-    part: cwd, the rlimits (count, then resource, soft, hard), argv (count, strings),
-    env (count, "NAME=value" strings)."""
+    the input files (count, then path and octal mode of each), the paths to collect
+    (count, then path, "file" or "dir" and the most entries its walk takes), then the
+    program stage's part: cwd, the rlimits (count, then resource, soft, hard), argv
+    (count, strings), env (count, "NAME=value" strings)."""
     fds = [job.stdin_fd, job.stdout_fd, job.stderr_fd, *(fd for _, fd, _ in job.input_files)]
     fields = [
         str(job.disk_bytes),
         str(len(job.input_files)), *(item for dest, _, mode in job.input_files for item in (dest, f"{mode:o}")),
+        str(len(job.collect)),
+        *(item for entry in job.collect
+          for item in (entry.path, "dir" if entry.directory else "file", str(entry.max_entries))),
         job.cwd,
         str(len(job.rlimits)), *(str(value) for limit in job.rlimits for value in limit),
         str(len(job.argv)), *job.argv,

@@ -7,6 +7,7 @@ runner can trust what it is handed.
 
 from __future__ import annotations
 
+import base64
 import enum
 import math
 import posixpath
@@ -26,6 +27,10 @@ MAX_ENV = 1024
 # A job's files travel to its sandbox as fds of one message, beside stdin, stdout and
 # stderr, and the kernel passes at most 253 fds in one message (SCM_MAX_FD).
 MAX_FILES = 250
+# Paths a job may name to collect (the sandbox init's table, native/collect.c), and the
+# most entries one directory's walk takes (its max_files).
+MAX_COLLECT = 64
+MAX_COLLECT_ENTRIES = 100_000
 
 
 class Status(str, enum.Enum):
@@ -189,6 +194,52 @@ class InputFile:
 
 
 @dataclass
+class Collect:
+    """A file, or with a trailing "/" a directory (its tree, regular files only), to
+    read out of the sandbox once every process of the job is dead.
+
+    ``max`` caps a file's size, or a directory's total; ``max_files`` caps the entries a
+    directory's walk takes (every entry of its tree counts: files, directories, the
+    rest), and is a directory's only. What breaks a rule is refused per path in the
+    result's ``file_errors``, never followed (native/collect.c, sandbox/collect.py)."""
+
+    path: str
+    max: int | str = "64M"
+    max_files: int | None = None  # a directory's: DEFAULT_MAX_FILES if not given
+
+    DEFAULT_MAX_FILES: ClassVar[int] = 1000
+
+    def __post_init__(self) -> None:
+        _check_text("collect.path", self.path)
+        self.path = _collect_path(self.path)
+        if isinstance(self.max, bool) or not isinstance(self.max, (str, int)):
+            raise JobError("expected a size: a number of bytes or a string with a unit", field="collect.max")
+        try:
+            self.max = parse_size(self.max)
+        except (ValueError, TypeError) as exc:
+            raise JobError(str(exc), field="collect.max") from None
+        if self.max_files is not None:
+            if not self.directory:
+                raise JobError("max_files is a directory's (a path ending in /)", field="collect.max_files")
+            self.max_files = _bounded_int("collect.max_files", self.max_files, 1, MAX_COLLECT_ENTRIES)
+
+    @property
+    def directory(self) -> bool:
+        return self.path.endswith("/")
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max)
+
+    @property
+    def max_entries(self) -> int:
+        """How many entries a directory's walk takes (0 for a file: no walk)."""
+        if not self.directory:
+            return 0
+        return self.DEFAULT_MAX_FILES if self.max_files is None else self.max_files
+
+
+@dataclass
 class Job:
     """One command to run, with everything it may see and use."""
 
@@ -203,6 +254,8 @@ class Job:
     # A profile under profiles/ (seccomp policy, env; docs/profiles.md), or - for the
     # runner in this process only, never on the wire - a profile file (is_profile_file).
     profile: str = "default"
+    # Read out once every process of the job is dead: Result.files and file_errors.
+    collect: list[Collect] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check_text("profile", self.profile)
@@ -231,6 +284,10 @@ class Job:
             raise JobError(f"more than {MAX_FILES} input files", field="files")
         if self.cwd is not None and (not posixpath.isabs(self.cwd) or ".." in self.cwd.split("/")):
             raise JobError("cwd must be an absolute path without '..'", field="cwd")
+        if not isinstance(self.collect, list) or not all(isinstance(entry, Collect) for entry in self.collect):
+            raise JobError("collect must be a list of entries", field="collect")
+        if len(self.collect) > MAX_COLLECT:
+            raise JobError(f"more than {MAX_COLLECT} paths to collect", field="collect")
 
 
 @dataclass
@@ -262,13 +319,21 @@ class Result:
     limits_not_enforced: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    # The job's collect list: each file read (by its path in the sandbox, a directory's
+    # files beneath the directory's path), and each path refused, with why
+    # ("word: detail": missing, not_regular, not_directory, too_large, too_many_files,
+    # changed, ...).
+    files: dict[str, bytes] = field(default_factory=dict)
+    file_errors: dict[str, str] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
-        """Plain types only; output bytes decoded so hostile bytes cannot break JSON."""
+        """Plain types only; output bytes decoded so hostile bytes cannot break JSON,
+        collected files as base64 (they are whatever the job wrote)."""
         data = asdict(self)
         data["status"] = self.status.value
         data["stdout"] = self.stdout.decode("utf-8", errors="replace")
         data["stderr"] = self.stderr.decode("utf-8", errors="replace")
+        data["files"] = {path: base64.b64encode(content).decode("ascii") for path, content in self.files.items()}
         return data
 
 
@@ -288,6 +353,19 @@ def sandbox_path(path: str, *, field_name: str) -> str:
     if not any(normal.startswith(root + "/") for root in WRITABLE_ROOTS):
         raise JobError(f"{path!r} must lie under {' or '.join(WRITABLE_ROOTS)}", field=field_name)
     return normal
+
+
+def _collect_path(path: str) -> str:
+    """A path to collect, normalised (a directory keeps its trailing "/"): like an input
+    file's, in a writable area - a job's own files, never the image's or the host's -
+    where a directory may be the area itself ("/work/")."""
+    directory = path.endswith("/")
+    if not posixpath.isabs(path) or ".." in path.split("/"):
+        raise JobError(f"{path!r} must be absolute and contain no '..'", field="collect.path")
+    normal = posixpath.normpath(path)
+    if not any(normal.startswith(root + "/") or (directory and normal == root) for root in WRITABLE_ROOTS):
+        raise JobError(f"{path!r} must lie under {' or '.join(WRITABLE_ROOTS)}", field="collect.path")
+    return normal + "/" if directory else normal
 
 
 def is_profile_file(name: str) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 
 from sandbox import prepare
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
+from sandbox.collect import Collected, not_collected, receive
 from sandbox.errors import CgroupError, JobError, SandboxError
 from sandbox.ids import plan_ids
 from sandbox.images.errors import BadReference, ImageNotFound
@@ -42,6 +43,9 @@ from sandbox.verdict import decide
 # Warm sandboxes are built with the default writable-area size; a job asking for
 # another size gets the tmpfs resized (cheap) when it arrives.
 WARM_DISK_BYTES = Limits().disk_bytes
+# How long the init may take to hand over a job's files: its work is bounded (the
+# entries' walks), so only a sandbox in trouble takes this long.
+COLLECT_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -78,7 +82,7 @@ class Runner:
     def run(
         self, job: Job, *, cancel_fd: int | None = None, on_started: Callable[[], None] | None = None,
         on_output: Callable[[str, int, bytes], None] | None = None, trace: list[dict[str, Any]] | None = None,
-        handed: HandedOver | None = None,
+        handed: HandedOver | None = None, collect_room: int | None = None,
     ) -> Result:
         """Run one job. ``cancel_fd`` readable = cancel; ``on_started`` is called when the
         job has been handed to its sandbox, which starts the program (the worker's
@@ -87,12 +91,13 @@ class Runner:
         it (``sandbox profile trace``; trusted programs only). ``on_output(stream, offset,
         data)`` gets the output as it comes (``supervise``). With ``handed``, the job is
         already in that offered sandbox (the worker handed it over itself): it is only
-        supervised.
+        supervised. ``collect_room``: the most bytes the result may hold in all (its output
+        and the files the job collects, which are refused past it): a worker's frame.
 
         The finished sandbox is cleaned up later (``sandboxes.step`` or ``tidy``), so
         the caller can send the result first."""
         try:
-            return self._run(job, cancel_fd, on_started, on_output, trace, handed)
+            return self._run(job, cancel_fd, on_started, on_output, trace, handed, collect_room)
         except JobError:
             raise
         except SandboxError as exc:
@@ -111,7 +116,7 @@ class Runner:
     def _run(
         self, job: Job, cancel_fd: int | None, on_started: Callable[[], None] | None,
         on_output: Callable[[str, int, bytes], None] | None, trace: list[dict[str, Any]] | None,
-        handed: HandedOver | None,
+        handed: HandedOver | None, collect_room: int | None,
     ) -> Result:
         with ExitStack() as cleanup:
             if handed is not None:  # running what the worker started there: it ends with us
@@ -156,7 +161,7 @@ class Runner:
                 stderr_r, stderr_w = _pipe(fds)
                 stdio = (job_stdin(job.stdin, fds), stdout_w, stderr_w)
                 files = [(f.dest, open_blob(f.content, fds), f.mode) for f in job.files]
-                spec = job_spec(argv, env, cwd, limits, stdio, job_rlimits, files)
+                spec = job_spec(argv, env, cwd, limits, stdio, job_rlimits, files, job.collect)
                 try:
                     start_job(prepared.job_channel, spec)
                     prepare.step_aside()
@@ -179,6 +184,7 @@ class Runner:
                 parallelism=_parallelism(self.parallelism, limits.cpus),
                 cgroup=cgroup,
                 handed_ns=0 if handed is None else handed.at_ns,
+                collecting=bool(job.collect),
             )
             outcome = supervise(
                 prepared, stdout_r, stderr_r, output_limit=limits.output_bytes, watch=watch, cancel_fd=cancel_fd,
@@ -186,7 +192,8 @@ class Runner:
             )
             if trace is not None:
                 trace.extend(outcome.traced)
-            usage = _usage(outcome, cgroup)
+            collected = _collect(job, sandbox, outcome, collect_room) if job.collect else Collected()
+            usage = _usage(outcome, cgroup)  # (after collecting: the init killed what was left of the job)
             verdict = decide(outcome, cpu_ms=usage.cpu_ms, cpu_limit_ms=limits.cpu_time_ms, oom_killed=usage.oom_killed)
             return Result(
                 status=verdict.status,
@@ -202,6 +209,8 @@ class Runner:
                 warnings=warnings,
                 error=verdict.error,
                 violation=outcome.violation,
+                files=collected.files,
+                file_errors=collected.errors,
             )
         raise AssertionError("unreachable")  # pragma: no cover - the with block returns
 
@@ -224,6 +233,19 @@ def _image_for(
         raise JobError(f"no command given and image {image.name} has no Entrypoint or Cmd", field="cmd")
     cwd = job.cwd or image.workdir() or WORKDIR
     return argv, {**profile_env, **image.env(base_env), **job.env}, cwd, ImageRoot(image.layer_dirs, cwd)
+
+
+def _collect(job: Job, sandbox: Sandbox, outcome: Outcome, room: int | None) -> Collected:
+    """The job's files, from its init - which sends them only after a program exit it
+    reported itself; a job the supervisor killed, or that never started, has none."""
+    if outcome.kill_reason is not None:
+        return not_collected(job.collect, f"the job was killed ({outcome.kill_reason.value})")
+    if outcome.exited is None or outcome.setup_error:
+        return not_collected(job.collect, "the program never ran to its end")
+    if room is not None:
+        room -= len(outcome.stdout.data) + len(outcome.stderr.data)
+    # (an init stuck past the timeout is killed with the sandbox's retirement, after this)
+    return receive(sandbox.prepared.job_channel, job.collect, room=room, timeout_s=COLLECT_TIMEOUT_S)
 
 
 def _parallelism(cpus_available: int, quota: float | None) -> int:

@@ -89,6 +89,10 @@ class Watch:
     # (``_take_started``), which can only be later - so no limit is crossed too late.
     # Set by ``supervise``, unless the worker handed the job over and said when.
     handed_ns: int = 0
+    # The job names files to collect: its init, having reported the exit, kills and
+    # reaps the rest of the job itself and then sends them - supervise returns at the
+    # exit (with the output at EOF) and leaves the files to ``sandbox.collect``.
+    collecting: bool = False
 
 
 def supervise(
@@ -202,8 +206,13 @@ def _finished_early(
     was reaped, its output is at EOF, and its cgroup holds no process (so nothing of the
     job can run, write or use a resource any more). The init's own exit - tearing down a
     forked interpreter and the job's namespaces - then stays off the job's critical path.
-    Without a cgroup there is no such proof: wait for the init."""
-    if outcome.exited is None or watch.cgroup is None or watch.emptiness_checked:
+    Without a cgroup there is no such proof: wait for the init - unless it collects
+    files, which it does only once the rest of the job is dead (``Watch.collecting``)."""
+    if outcome.exited is None:
+        return False
+    if watch.collecting:
+        return not any(fd in selector.get_map() for fd in streams)
+    if watch.cgroup is None or watch.emptiness_checked:
         return False
     if any(fd in selector.get_map() for fd in streams):
         return False

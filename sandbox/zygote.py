@@ -175,11 +175,12 @@ def serve(channel: socket.socket, id_maps: IdMaps | None) -> None:
         init_fd = stages.open_init_binary()
         bases = enter_template(id_maps)
         # What the C init needs (entering the template, its mounts, host name and
-        # loopback; the job's id: its files and its program stage's id maps) and its
-        # program stage before it drops everything (the cgroup namespace, the bounding
-        # set): kept across the exec of the C init.
+        # loopback; the job's id: its files and its program stage's id maps; the files
+        # a job leaves to collect, whatever their modes) and its program stage before it
+        # drops everything (the cgroup namespace, the bounding set): kept across the
+        # exec of the C init.
         sc.keep_across_exec(sc.CAP_SYS_ADMIN, sc.CAP_SYS_CHROOT, sc.CAP_NET_ADMIN, sc.CAP_SETPCAP, sc.CAP_SETUID,
-                            sc.CAP_SETGID)
+                            sc.CAP_SETGID, sc.CAP_DAC_READ_SEARCH)
         spawner, spawner_pid = stages.start_spawner(bases.template_fd, init_fd)
     except (SandboxError, OSError) as exc:
         channel.send(json.dumps({"error": str(exc)}).encode())

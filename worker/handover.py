@@ -73,7 +73,7 @@ class Offer:
         stdin = job_stdin(job.stdin, [])
         try:
             stdio = (stdin, self.stdout_w, self.stderr_w)
-            spec = job_spec(argv, env, cwd, limits, stdio, rlimits(limits, self.cgroups, []))
+            spec = job_spec(argv, env, cwd, limits, stdio, rlimits(limits, self.cgroups, []), collect=job.collect)
             handed_ns = time.monotonic_ns()
             start_job(self.job_channel, spec)
             return handed_ns

@@ -32,7 +32,7 @@ from sandbox.errors import JobError
 from sandbox.linux import syscalls as sc
 from sandbox.models import Result, Status, WarmSpec
 from sandbox.runner import HandedOver, Runner
-from worker.launcher_channel import LAUNCHER_MAX_FRAME, Kind, check_output_limit
+from worker.launcher_channel import LAUNCHER_MAX_FRAME, RESULT_ROOM, Kind, check_output_limit
 from worker.protocol import FrameDecoder, ProtocolError, encode, job_from_wire, result_to_wire
 
 # Streamed output waiting for room in the channel; more is dropped (the offsets of the
@@ -200,6 +200,7 @@ def _result(runner: Runner, channel: socket.socket, outbox: Outbox, message: dic
         on_started=None if handed else lambda: outbox.send({"type": Kind.STARTED, "id": job_id}),
         on_output=stream_output if message.get("stream") else None,
         handed=handed,
+        collect_room=RESULT_ROOM,
     )
 
 

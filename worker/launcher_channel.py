@@ -2,9 +2,10 @@
 the process that runs jobs: the trio side (slots, admission, the server) imports this,
 never the launcher module, which loads the engine.
 
-A job's result comes back in one frame of the channel, both output streams in it: a job
-whose output limit would let its result outgrow that frame is refused before it runs
-(by its launcher, which knows the limits its profile gives).
+A job's result comes back in one frame of the channel, both output streams and the
+files it collects in it: a job whose output limit would let its result outgrow that
+frame is refused before it runs (by its launcher, which knows the limits its profile
+gives), and a file that would is refused by path in the result (``RESULT_ROOM``).
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ class Kind(str, enum.Enum):
 
 
 LAUNCHER_MAX_FRAME = 1 << 30  # the worker already enforced the public limit
-# Both streams at the limit, and room for the rest of the result.
-MAX_OUTPUT = (LAUNCHER_MAX_FRAME - (1 << 20)) // 2
+# What a result's output and collected files may fill: the frame, less room for the rest.
+RESULT_ROOM = LAUNCHER_MAX_FRAME - (1 << 20)
+# Both streams at the limit.
+MAX_OUTPUT = RESULT_ROOM // 2
 
 
 def check_output_limit(limits: Limits) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 
 from sandbox.errors import JobError
-from sandbox.models import LIMIT_NAMES, Blob, InputFile, Job, Limits, Result, Status, Usage, sandbox_path
+from sandbox.models import LIMIT_NAMES, Blob, Collect, InputFile, Job, Limits, Result, Status, Usage, sandbox_path
 
 VERSION = 1
 HEADER = struct.Struct(">I")
@@ -29,7 +29,8 @@ REPLY_MAX_FRAME = (1 << 32) - 1
 MAX_ID_LEN = 128
 
 CLIENT_TYPES = {"hello", "submit", "judge", "cancel", "status", "ping", "stats"}
-_JOB_KEYS = {"cmd", "limits", "env", "stdin", "files", "image", "cwd", "require_cgroups", "profile"}
+_JOB_KEYS = {"cmd", "limits", "env", "stdin", "files", "image", "cwd", "require_cgroups", "profile", "collect"}
+_COLLECT_KEYS = {"path", "max", "max_files"}
 _FILE_KEYS = {"path", "data", "mode"}
 _LIMIT_KEYS = set(LIMIT_NAMES)
 
@@ -173,6 +174,11 @@ def job_from_wire(data: Any) -> Job:
                     mode=entry.get("mode", 0o644),
                 )
             )
+        collect = []
+        for entry in _typed(data.get("collect", []), list, "collect"):
+            _typed(entry, dict, "collect")
+            _no_unknown_keys(entry, _COLLECT_KEYS, "collect")
+            collect.append(Collect(**{"path": entry.get("path"), **entry}))
         stdin = data.get("stdin")
         env = _typed(data.get("env", {}), dict, "env")
         job = Job(
@@ -185,6 +191,7 @@ def job_from_wire(data: Any) -> Job:
             cwd=None if data.get("cwd") is None else _typed(data["cwd"], str, "cwd"),
             require_cgroups=_typed(data.get("require_cgroups", False), bool, "require_cgroups"),
             profile=_typed(data.get("profile", "default"), str, "profile"),
+            collect=collect,
         )
         return job
     except JobError as exc:
@@ -212,7 +219,15 @@ def job_to_wire(job: Job) -> dict[str, Any]:
         "cwd": job.cwd,
         "require_cgroups": job.require_cgroups,
         "profile": job.profile,
+        "collect": [collect_to_wire(entry) for entry in job.collect],
     }
+
+
+def collect_to_wire(entry: Collect) -> dict[str, Any]:
+    wire: dict[str, Any] = {"path": entry.path, "max": entry.max}
+    if entry.max_files is not None:
+        wire["max_files"] = entry.max_files
+    return wire
 
 
 def result_to_wire(result: Result) -> dict[str, Any]:

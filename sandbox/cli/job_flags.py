@@ -13,7 +13,7 @@ from sandbox.errors import JobError
 from sandbox.models import LIMIT_NAMES
 
 if TYPE_CHECKING:
-    from sandbox.models import Blob, InputFile, Job, Limits
+    from sandbox.models import Blob, Collect, InputFile, Job, Limits
 
 
 def add_job_arguments(parser: argparse.ArgumentParser, *, languages: bool = False) -> None:
@@ -36,6 +36,13 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, languages: bool = Fals
     parser.add_argument(
         "--file", action="append", default=[], metavar="SRC:DEST", help="copy host file SRC to DEST under /work or /tmp"
     )
+    parser.add_argument(
+        "--collect", action="append", default=[], metavar="PATH[:MAX]",
+        help="read PATH under /work or /tmp out of the sandbox once the job is over, at most MAX bytes "
+             "(default 64M); a trailing / collects a directory's files, MAX their total (repeatable)",
+    )
+    parser.add_argument("--collect-to", metavar="DIR",
+                        help="write the collected files beneath DIR (DIR/work/...), never through a symlink")
     parser.add_argument("--cwd", help="working directory inside (default: the image's WorkingDir, else /work)")
     parser.add_argument("--image", help="root filesystem image (default: the built-in 'host')")
     parser.add_argument("--profile", default="default",
@@ -69,16 +76,45 @@ def job_from_args(args: argparse.Namespace) -> Job:
         cwd=args.cwd,
         require_cgroups=args.require_cgroups,
         profile=args.profile,
+        collect=collect_from_args(args),
     )
 
 
+def collect_from_args(args: argparse.Namespace) -> list[Collect]:
+    """``--collect PATH[:MAX]``: MAX is what follows the last ":" when that holds no "/"
+    (a path may have a ":" in it; a size never has a "/")."""
+    from sandbox.models import Collect
+
+    entries = []
+    for item in args.collect:
+        path, sep, size = item.rpartition(":")
+        if not sep or not size or "/" in size:
+            entries.append(Collect(item))
+        else:
+            entries.append(Collect(path, max=size))
+    return entries
+
+
+def collect_target(args: argparse.Namespace) -> int | None:
+    """``--collect-to DIR``, opened (the caller's to close with the process)."""
+    if args.collect_to is None:
+        return None
+    if not args.collect:
+        raise JobError("--collect-to writes what --collect names: give --collect too", field="collect_to")
+    from sandbox.cli.collected import open_target
+
+    return open_target(args.collect_to)
+
+
 def language_form(args: argparse.Namespace) -> bool:
-    """True for ``--lang L --source FILE`` (checked: no image, no cwd; what follows
-    ``--`` is the program's arguments)."""
+    """True for ``--lang L --source FILE`` (checked: no image, no cwd, no collect; what
+    follows ``--`` is the program's arguments)."""
     if not (args.lang or args.source):
         if args.compile_option:
             raise JobError("--compile-option goes with --lang", field="compile_options")
         return False
+    if args.collect:
+        raise JobError("--collect reads what a command leaves: not with --lang", field="collect")
     if not (args.lang and args.source):
         raise JobError("--lang and --source go together", field="lang")
     if args.image is not None or args.cwd is not None:

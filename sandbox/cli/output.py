@@ -24,6 +24,8 @@ _FLAG_OF_FIELD = {
     "profile": "--profile", "require_cgroups": "--require-cgroups", "lang": "--lang", "source": "--source",
     "files": "--file", "files.dest": "--file", "files.path": "--file", "files.mode": "--file", "files.data": "--file",
     "socket": "--socket", "tcp": "--tcp", "metrics": "--metrics",
+    "collect": "--collect", "collect.path": "--collect", "collect.max": "--collect",
+    "collect.max_files": "--collect", "collect_to": "--collect-to",
 }
 
 
@@ -36,11 +38,17 @@ def describe_job_error(exc: JobError) -> str:
     return f"{_FLAG_OF_FIELD.get(exc.field, exc.field)}: {exc.message}"
 
 
-def report(result: Result, *, as_json: bool, written: dict[str, int] | None = None) -> int:
+def report(result: Result, *, as_json: bool, written: dict[str, int] | None = None,
+           collect_to: int | None = None) -> int:
     """Print a result the way both run and submit do; returns the exit status.
-    ``written``: how much of each stream was printed already, as it came."""
+    ``written``: how much of each stream was printed already, as it came;
+    ``collect_to``: the directory (``--collect-to``, open) to write the collected files to."""
     from sandbox.models import Status
 
+    if collect_to is not None:
+        from sandbox.cli.collected import write_all
+
+        write_all(collect_to, result.files)
     if as_json:
         json.dump(result.to_json_dict(), sys.stdout)
         sys.stdout.write("\n")
@@ -55,6 +63,8 @@ def report(result: Result, *, as_json: bool, written: dict[str, int] | None = No
     if result.status not in (Status.OK, Status.RUNTIME_ERROR, Status.SIGNALED) or result.error:
         detail = result.error or f"cpu {result.usage.cpu_ms:.0f} ms, wall {result.usage.wall_ms:.0f} ms"
         print(f"sandbox: {result.status.value} ({detail})", file=sys.stderr)
+    for path, reason in result.file_errors.items():
+        print(f"sandbox: not collected: {path}: {reason}", file=sys.stderr)
     for warning in result.warnings:
         print(f"sandbox: warning: {warning}", file=sys.stderr)
     if result.signal:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sandbox.cli.job_flags import add_job_arguments, job_from_args, language_form, language_inputs
+from sandbox.cli.job_flags import add_job_arguments, collect_target, job_from_args, language_form, language_inputs
 from sandbox.cli.output import report
 
 
@@ -21,6 +21,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # The flags are checked before any set-up.
     job = None if language_form(args) else job_from_args(args)
     inputs = language_inputs(args) if job is None else {}
+    collect_to = collect_target(args)
     runner = Runner()
     try:
         if job is None:
@@ -31,4 +32,4 @@ def _cmd_run(args: argparse.Namespace) -> int:
         result = runner.run(job)
     finally:
         runner.close()
-    return report(result, as_json=args.json)
+    return report(result, as_json=args.json, collect_to=collect_to)

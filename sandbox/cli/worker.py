@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Any
 
-from sandbox.cli.job_flags import add_job_arguments, job_from_args, language_form, language_inputs
+from sandbox.cli.job_flags import add_job_arguments, collect_target, job_from_args, language_form, language_inputs
 from sandbox.cli.output import LiveOutput, report, worker_error
 from sandbox.errors import JobError, SandboxError
 
@@ -86,6 +86,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     # The flags are checked before connecting.
     job = None if language_form(args) else job_from_args(args)
     inputs = language_inputs(args) if job is None else {}
+    collect_to = collect_target(args)
     live = None if args.json or job is None else LiveOutput()
     with connect(args) as client:
         try:
@@ -98,7 +99,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             raise worker_error(exc) from exc
         except OSError as exc:
             raise SandboxError(f"worker: {exc}") from exc
-    return report(result, as_json=args.json, written=live.written if live else None)
+    return report(result, as_json=args.json, written=live.written if live else None, collect_to=collect_to)
 
 
 def connect(args: argparse.Namespace) -> Client:

@@ -27,10 +27,11 @@
  * "cpu.stat"; "none": no cgroup, and no fd from 6 on), 7.. the job cgroup's tasks files
  * (CGROUP_JOIN "files", v1: one per hierarchy) or its directory ("directory", v2: the
  * program stage is created in it with clone3(CLONE_INTO_CGROUP) - no attach at all);
- * and CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_NET_ADMIN, CAP_SETPCAP, CAP_SETUID and
- * CAP_SETGID in its ambient set (a spawned B: the spawner's): for entering the
- * template, its mounts, host name and loopback, the job's files and its program stage's
- * id maps, and the program stage's cgroup namespace and bounding set (which drops them
+ * and CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_NET_ADMIN, CAP_SETPCAP, CAP_SETUID,
+ * CAP_SETGID and CAP_DAC_READ_SEARCH in its ambient set (a spawned B: the spawner's):
+ * for entering the template, its mounts, host name and loopback, the job's files and
+ * its program stage's id maps, reading what the job leaves to collect whatever its
+ * modes, and the program stage's cgroup namespace and bounding set (which drops them
  * with everything else).
  *
  * The supervisor's death ends B through the job channel (EOF): B waits on it before
@@ -38,16 +39,19 @@
  * a thread - the one that cloned B's parent's side - rather than of the supervisor).
  *
  * The job (sandbox/job_message.py start_job) is NUL-terminated fields - the size of the
- * writable area, the number of input files, a path and an octal mode per file, then
- * what the program stage takes (program.c) - with stdin, stdout, stderr and the input
- * files as fds.
+ * writable area, the number of input files, a path and an octal mode per file, the
+ * number of paths to collect, a path, "file" or "dir" and the most entries to walk per
+ * path, then what the program stage takes (program.c) - with stdin, stdout, stderr and
+ * the input files as fds.
  *
  * Messages to the supervisor (report.h): "ready" once the program stage installed its
  * filter; "violation"/"traced" (notify.c); "exited" {status, t, maxrss_kb, utime,
  * stime} when the program stage's process exits. The init then exits, and the kernel
- * kills whatever else runs in the job's pid namespace. One message goes the other way
- * on the job channel instead: "started" {t, cpu_ns} when it hands the job over - the
- * job's clock and CPU account start there.
+ * kills whatever else runs in the job's pid namespace - or, for a job that names files
+ * to collect, kills and reaps it all first and sends the files (collect.c). Messages
+ * the supervisor reads when it needs them go on the job channel instead: "started"
+ * {t, cpu_ns} when it hands the job over - the job's clock and CPU account start
+ * there - and the collected files.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -69,6 +73,7 @@
 #include <unistd.h>
 
 #include "channel.h"
+#include "collect.h"
 #include "files.h"
 #include "kernel.h"
 #include "notify.h"
@@ -132,8 +137,9 @@ static const char *next_field(size_t length, size_t *offset) {
 }
 
 /* Resize the writable area if the job asks for another size than the sandbox was
- * built with, copy the input files in (their fds follow stdio); returns the offset of
- * the program stage's part of the message. */
+ * built with, copy the input files in (their fds follow stdio), note what to collect
+ * at the end (collect.c); returns the offset of the program stage's part of the
+ * message. */
 static size_t take_files(size_t length, const char *built_disk_bytes, const int *fds, int received) {
     size_t offset = 0;
     const char *disk_bytes = next_field(length, &offset);
@@ -149,6 +155,12 @@ static size_t take_files(size_t length, const char *built_disk_bytes, const int 
         copy_in(path, fds[3 + i], mode);
         close(fds[3 + i]);
     }
+    long collected = strtol(next_field(length, &offset), NULL, 10);
+    for (long i = 0; i < collected; i++) {
+        const char *path = next_field(length, &offset);
+        int directory = strcmp(next_field(length, &offset), "dir") == 0;
+        collect_add(path, directory, strtol(next_field(length, &offset), NULL, 10));
+    }
     return offset;
 }
 
@@ -160,6 +172,20 @@ static void report_exit(int status, const struct rusage *usage) {
     report_seconds("utime", usage->ru_utime.tv_sec, usage->ru_utime.tv_usec);
     report_seconds("stime", usage->ru_stime.tv_sec, usage->ru_stime.tv_usec);
     report_end();
+}
+
+/* The job named files to collect: once its program exited, nothing else of it may run
+ * while they are opened - kill the rest of the pid namespace (this is its pid 1), reap
+ * it all, then collect. A job that named none goes without: not a call more. */
+static void collect_after(void) {
+    if (collect_count() == 0) {
+        return;
+    }
+    kill(-1, SIGKILL);
+    /* __WALL: a child cloned with another exit signal than SIGCHLD counts too. */
+    while (waitpid(-1, NULL, __WALL) > 0 || errno == EINTR) {
+    }
+    collect_send(JOB_CHANNEL_FD);
 }
 
 /* The supervisor is gone (its end of the job channel closed): so is the job. */
@@ -193,6 +219,7 @@ static _Noreturn void watch_and_reap(pid_t program, int to_program, int listener
             }
             if (pid == program) {
                 report_exit(status, &usage);
+                collect_after();
                 _exit(0);
             }
         }
