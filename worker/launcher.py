@@ -130,13 +130,13 @@ def _offer(runner: Runner, outbox: Outbox) -> int | None:
     offer = runner.sandboxes.offer()
     if offer is None:
         return None
-    spec, sandbox, stdout_w, stderr_w = offer
-    profile = runner.profiles.get(spec.profile)
+    sandbox, kind, stdout_w, stderr_w = offer
+    profile = runner.profiles.get(kind.profile)
     number = sandbox.prepared.init_pid
     try:
         outbox.send_fds(
-            {"type": Kind.OFFER, "sandbox": number, "profile": spec.profile, "limits": profile.limits,
-             "env": profile.env, "cgroups": runner.backend is not None},
+            {"type": Kind.OFFER, "sandbox": number, "kind": [kind.profile, kind.image, kind.cpu_quota, kind.held_to],
+             "limits": profile.limits, "env": profile.env, "cgroups": runner.backend is not None},
             [sandbox.prepared.job_channel.fileno(), stdout_w, stderr_w],
         )
     finally:
