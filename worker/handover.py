@@ -25,14 +25,14 @@ from typing import Any
 from sandbox.job_message import host_command, job_spec, job_stdin, rlimits, start_job
 from sandbox.models import Job, Limits
 from sandbox.warm_kind import WarmKind
-from worker.launcher_channel import MAX_OUTPUT
+from worker.launcher_channel import MAX_OUTPUT, OfferSandbox
 
 OFFER_FDS = 3  # the job channel, stdout's and stderr's write ends
 
 
 @dataclass
 class Offer:
-    """A warm sandbox a launcher offered (its "offer" message and the fds with it)."""
+    """A warm sandbox a launcher offered (its ``OfferSandbox`` and the fds with it)."""
 
     init_pid: int  # the sandbox init's pid: how the launcher knows it again
     kind: WarmKind  # what it was made for, held to the cgroup limits written
@@ -44,12 +44,10 @@ class Offer:
     stderr_w: int
 
     @classmethod
-    def from_message(cls, message: dict[str, Any], fds: list[int]) -> Offer:
+    def from_message(cls, message: OfferSandbox, fds: list[int]) -> Offer:
         channel, stdout_w, stderr_w = fds
-        profile, image, cpu_quota, held_to = message["kind"]
-        kind = WarmKind(profile, image, cpu_quota, None if held_to is None else tuple(held_to))
         return cls(
-            message["sandbox"], kind, message["limits"], message["env"], message["cgroups"],
+            message.sandbox, message.kind, message.profile_limits, message.env, message.cgroups,
             socket.socket(fileno=channel), stdout_w, stderr_w,
         )
 
