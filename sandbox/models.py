@@ -47,7 +47,8 @@ class Status(str, enum.Enum):
 class LimitArgs(TypedDict, total=False):
     """The limits as a caller writes them, each optional: text with a unit ("256M",
     "1.5s"), a number (bytes; seconds for a duration) and, where a limit may be absent,
-    None or one of the words for it ("none", "unlimited")."""
+    None or one of the words for it (``units.NO_LIMIT_WORDS``: a flag or a TOML file has
+    no nil to write)."""
 
     cpu_time: int | float | str | None
     wall_time: int | float | str
