@@ -14,8 +14,8 @@ import posixpath
 import re
 import signal
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, TypedDict, Unpack
 
 from sandbox.errors import JobError
 from sandbox.units import is_no_limit, parse_duration_ms, parse_size
@@ -49,80 +49,96 @@ class Status(str, enum.Enum):
     CANCELLED = "cancelled"  # only through the worker: its client (or its disconnect) cancelled it
 
 
-@dataclass
-class Limits:
-    """Per-job limits. Text such as "256M" or "2s" is accepted and stored as int.
+class LimitArgs(TypedDict, total=False):
+    """The limits as a caller writes them, each optional: text with a unit ("256M",
+    "1.5s"), a number (bytes; seconds for a duration) and, where a limit may be absent,
+    None or one of the words for it (``units.NO_LIMIT_WORDS``: a flag or a TOML file has
+    no nil to write)."""
 
-    Units once normalised: times in milliseconds, sizes in bytes, ``cpus`` in CPUs.
-    ``None`` means "no limit" where that is allowed (cpu_time, cpus); so do the words
-    "none" and "unlimited" there (``units.NO_LIMIT_WORDS``: a flag or a TOML file has
-    no nil to write).
+    cpu_time: int | float | str | None
+    wall_time: int | float | str
+    memory: int | str
+    pids: int
+    output: int | str
+    disk: int | str
+    open_files: int
+    stack: int | str
+    file_size: int | str
+    cpus: int | float | str | None
+
+
+@dataclass(frozen=True, init=False)
+class Limits:
+    """Per-job limits, in their canonical units: times in milliseconds, sizes in bytes,
+    ``cpus`` in CPUs; ``None`` is "no limit" where that is allowed (cpu_time, cpus).
+
+    Built from what a flag, a profile's [limits] or the wire's "limits" say, by their
+    names (``LimitArgs``): ``Limits(memory="256M", cpu_time="2s")``. Each is checked
+    here, once, and its error names it (``limits.memory``), so the CLI can name its flag
+    and a protocol client its key.
 
     A Limits remembers which limits its caller gave (``given``): the others come from
     the job's profile ([limits], docs/profiles.md) and only then from the defaults here
     - the same for ``sandbox run`` flags, a worker job's partial ``limits`` map and a
-    Python caller (``over``).
+    Python caller (``over``). Two Limits are equal when their values are, whoever gave
+    them.
     """
 
-    cpu_time: int | str | None = "10s"
-    wall_time: int | str = "30s"
-    memory: int | str = "512M"
-    pids: int = 64
-    output: int | str = "64M"
-    disk: int | str = "64M"
-    open_files: int = 256
-    stack: int | str = "8M"
-    file_size: int | str = "64M"
-    cpus: float | None = None
-    _given: ClassVar[frozenset[str]]  # set per instance in __new__
+    cpu_time_ms: int | None
+    wall_time_ms: int
+    memory_bytes: int
+    pids: int
+    output_bytes: int
+    disk_bytes: int
+    open_files: int
+    stack_bytes: int
+    file_size_bytes: int
+    cpus: float | None
+    given: frozenset[str] = field(compare=False, repr=False)  # the names the caller set, whatever the value
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Limits:
-        # __new__ sees the arguments exactly as the caller gave them; the generated
-        # __init__ fills in the defaults and would hide which ones those were.
-        instance = super().__new__(cls)
-        given = frozenset(kwargs) | {f.name for f in fields(cls)[: len(args)]} if args else frozenset(kwargs)
-        object.__setattr__(instance, "_given", given)  # per instance; declared on the class, not a field
-        return instance
-
-    @property
-    def given(self) -> frozenset[str]:
-        """The names of the limits the caller set, whatever the value."""
-        return self._given
+    def __init__(self, **args: Unpack[LimitArgs]) -> None:
+        unknown = args.keys() - LimitArgs.__annotations__.keys()
+        if unknown:
+            raise TypeError(f"Limits() got unknown limits: {', '.join(sorted(unknown))}")
+        cpu_time, cpus = args.get("cpu_time", "10s"), args.get("cpus")
+        values = {  # checked in this order: the first wrong one is the error
+            "cpu_time_ms": None if cpu_time is None or is_no_limit(cpu_time)
+            else _parsed(parse_duration_ms, "cpu_time", cpu_time),
+            "wall_time_ms": _parsed(parse_duration_ms, "wall_time", args.get("wall_time", "30s")),
+            "memory_bytes": _parsed(parse_size, "memory", args.get("memory", "512M")),
+            "output_bytes": _parsed(parse_size, "output", args.get("output", "64M")),
+            "disk_bytes": _parsed(parse_size, "disk", args.get("disk", "64M")),
+            "stack_bytes": _parsed(parse_size, "stack", args.get("stack", "8M")),
+            "file_size_bytes": _parsed(parse_size, "file_size", args.get("file_size", "64M")),
+            "pids": _bounded_int("limits.pids", args.get("pids", 64), 1, 1 << 22),
+            "open_files": _bounded_int("limits.open_files", args.get("open_files", 256), 4, 1 << 20),
+            "cpus": None if cpus is None or is_no_limit(cpus) else _cpus(cpus),
+            "given": frozenset(args),
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)  # frozen: set once, here
 
     def given_values(self) -> dict[str, Any]:
         """The limits the caller set, in a form ``Limits(...)`` accepts back (durations
-        are stored in ms, and a bare number would mean seconds)."""
-        values = {}
-        for name in sorted(self._given):
-            value = getattr(self, name)
-            if name in ("cpu_time", "wall_time") and value is not None:
-                value = f"{value}ms"
-            values[name] = value
-        return values
+        as text in ms: a bare number would mean seconds)."""
+        every: dict[str, Any] = {
+            "cpu_time": None if self.cpu_time_ms is None else f"{self.cpu_time_ms}ms",
+            "wall_time": f"{self.wall_time_ms}ms",
+            "memory": self.memory_bytes,
+            "pids": self.pids,
+            "output": self.output_bytes,
+            "disk": self.disk_bytes,
+            "open_files": self.open_files,
+            "stack": self.stack_bytes,
+            "file_size": self.file_size_bytes,
+            "cpus": self.cpus,
+        }
+        return {name: every[name] for name in sorted(self.given)}
 
     def over(self, base: dict[str, Any]) -> Limits:
         """These limits where given, ``base``'s (a profile's [limits]) for the rest, the
         defaults for what neither names. (Most profiles have no [limits]: then these.)"""
         return Limits(**{**base, **self.given_values()}) if base else self
-
-    def __post_init__(self) -> None:
-        # Each limit's error names that limit (``limits.memory``), so the CLI can name
-        # its flag and a protocol client its key.
-        if is_no_limit(self.cpu_time):
-            self.cpu_time = None
-        self.cpu_time = None if self.cpu_time is None else _parsed(parse_duration_ms, "cpu_time", self.cpu_time)
-        self.wall_time = _parsed(parse_duration_ms, "wall_time", self.wall_time)
-        self.memory = _parsed(parse_size, "memory", self.memory)
-        self.output = _parsed(parse_size, "output", self.output)
-        self.disk = _parsed(parse_size, "disk", self.disk)
-        self.stack = _parsed(parse_size, "stack", self.stack)
-        self.file_size = _parsed(parse_size, "file_size", self.file_size)
-        self.pids = _bounded_int("limits.pids", self.pids, 1, 1 << 22)
-        self.open_files = _bounded_int("limits.open_files", self.open_files, 4, 1 << 20)
-        if is_no_limit(self.cpus):
-            self.cpus = None
-        if self.cpus is not None:
-            self.cpus = _cpus(self.cpus)
 
     @property
     def cgroup_values(self) -> tuple[int, int, float | None]:
@@ -131,39 +147,10 @@ class Limits:
         are the same."""
         return (self.memory_bytes, self.pids, self.cpus)
 
-    # Typed views, for code that runs after validation.
-    @property
-    def cpu_time_ms(self) -> int | None:
-        return None if self.cpu_time is None else int(self.cpu_time)
-
-    @property
-    def wall_time_ms(self) -> int:
-        return int(self.wall_time)
-
-    @property
-    def memory_bytes(self) -> int:
-        return int(self.memory)
-
-    @property
-    def output_bytes(self) -> int:
-        return int(self.output)
-
-    @property
-    def disk_bytes(self) -> int:
-        return int(self.disk)
-
-    @property
-    def stack_bytes(self) -> int:
-        return int(self.stack)
-
-    @property
-    def file_size_bytes(self) -> int:
-        return int(self.file_size)
-
 
 # Every limit a job may set (flags, profiles' [limits], the wire's "limits"), and the
 # ones only a cgroup enforces for a whole job tree (``Limits.cgroup_values``).
-LIMIT_NAMES = tuple(f.name for f in fields(Limits))
+LIMIT_NAMES = tuple(LimitArgs.__annotations__)
 CGROUP_LIMITS = ("memory", "pids", "cpus")
 
 

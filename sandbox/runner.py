@@ -137,10 +137,8 @@ class Runner:
                 warnings.append(f"the job ran as this user, as every job of it does ({self.id_plan.problem})")
             if handed is None:
                 argv, env, cwd, image_root = _image_for(job, cleanup, profile.env)
-                sandbox = self.sandboxes.take(
-                    image_root, limits.disk_bytes, job.profile, image_name=job.image, trace=trace is not None,
-                    cpu_quota=limits.cpus is not None,
-                )
+                sandbox = self.sandboxes.take(image_root, job.profile, limits, image_name=job.image,
+                                              trace=trace is not None)
                 cleanup.callback(self.sandboxes.retire, sandbox)
             else:
                 sandbox = handed.sandbox

@@ -8,7 +8,8 @@ with jobs and sleeps on ``waitables`` when there is nothing to do, so a job that
 arrives is never stuck behind a sandbox being torn down or started.
 
 The warm pool holds sandboxes of the kinds ``WarmSpec`` names - a profile on the host
-image or on a stored image - and a job takes one of its kind when there is one.
+image or on a stored image - and a job takes one when it fits (``WarmKind.fits``, the
+test the worker's direct hand-over makes too).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from sandbox.errors import SandboxError
 from sandbox.ids import IdPlan, JobIds
 from sandbox.images.errors import ImageError
 from sandbox.images.runtime import LeasedImage, lease_image
-from sandbox.models import WORKDIR, WarmSpec
+from sandbox.models import WORKDIR, Limits, WarmSpec
 from sandbox.prepare import ImageRoot
 from sandbox.profile_cache import ProfileCache
 from sandbox.template import RECHECK_S
+from sandbox.warm_kind import WarmKind
 from sandbox.zygote import Zygote
 
 # Finished sandboxes a supply lets wait for idle time before ``take`` cleans up itself.
@@ -49,6 +51,7 @@ class Sandbox:
     accounting: bool = False  # its cgroup counts from now on for the job to come (``arm``)
     output: tuple[int, int] | None = None  # an offered one's stdout and stderr read ends
     job_id: int = 0  # the id its program runs as (``ids.JobIds``), until its processes are gone
+    kind: WarmKind | None = None  # what a warm one was made for (None: made for its job)
 
     def arm(self) -> None:
         """Start the job's account now, while the launcher has nothing else to do: the
@@ -136,30 +139,33 @@ class SandboxSupply:
         except SandboxError:
             pass
 
-    def take(
-        self, image: ImageRoot | None, disk_bytes: int, profile: str, *, image_name: str, trace: bool, cpu_quota: bool,
-    ) -> Sandbox:
-        """A sandbox for a job: a warm one of its kind when there is one, else one built
-        now. ``image`` is what the job's image reference ``image_name`` resolves to now:
-        warm sandboxes of that reference built from other layers are stale (the image was
-        pulled again since) and are retired. ``cpu_quota``: the job has a ``cpus`` limit,
-        which a warm sandbox whose cgroup was made without the cpu controller (v1) cannot
-        take."""
+    def take(self, image: ImageRoot | None, profile: str, limits: Limits, *, image_name: str, trace: bool) -> Sandbox:
+        """A sandbox for a job: a warm one that fits it (``WarmKind.fits``) when there is
+        one, else one built now. ``image`` is what the job's image reference
+        ``image_name`` resolves to now: warm sandboxes of that reference built from other
+        layers are stale (the image was pulled again since) and are retired. ``limits``:
+        the job's, over its profile's (the caller writes its cgroup's)."""
         if len(self._retired) > MAX_RETIRED:
             self.finish()
         self._failed.clear()
-        spec = None if trace else next((s for s in self.warm if (s.profile, s.image) == (profile, image_name)), None)
+
+        def fits(kind: WarmKind | None) -> bool:
+            return kind is not None and kind.fits(profile=profile, image=image_name, limits=limits, trace=trace)
+
+        # The pool of the one kind whose sandboxes could fit, their cgroups permitting.
+        spec = next((s for s in self.warm if fits(WarmKind(s.profile, s.image))), None)
         if spec is not None:
             pool = self._pools[spec]
-            while not pool and any(kind == spec for kind, _ in self._ordered):
+            while not pool and any(ordered == spec for ordered, _ in self._ordered):
                 self._receive()
             while pool:
                 sandbox = pool[0]
                 if sandbox.image == image:
-                    if cpu_quota and sandbox.cgroup is not None and not sandbox.cgroup.cpu_quota:
-                        break  # its kind is warmed without a CPU quota: build this job's now
+                    if not fits(sandbox.kind):
+                        break  # its cgroup cannot take this job's limits (v1: a CPU quota): build one now
                     # A ready one if there is one: the oldest may still wait for its cgroup.
-                    sandbox = next((s for s in pool if s.image == image and s.prepared.ready()), sandbox)
+                    ready = (s for s in pool if s.image == image and fits(s.kind) and s.prepared.ready())
+                    sandbox = next(ready, sandbox)
                     pool.remove(sandbox)
                     sandbox.release_lease()  # the job holds its own
                     return sandbox
@@ -168,7 +174,7 @@ class SandboxSupply:
                 self.retire(pool.popleft())
         while self._ordered:  # answers come in order: theirs come first
             self._receive()
-        return self._deliver(self._order(image, disk_bytes, profile, trace, cpu_quota))
+        return self._deliver(self._order(image, limits.disk_bytes, profile, trace, limits.cpus is not None))
 
     def retire(self, sandbox: Sandbox) -> None:
         """The sandbox's job is over (or it was never used): make sure its init dies, and
@@ -206,7 +212,7 @@ class SandboxSupply:
             return True
         for spec in self.warm:
             elsewhere = [*self._ordered, *self._offered.values()]
-            waiting = len(self._pools[spec]) + sum(kind == spec for kind, _ in elsewhere)
+            waiting = len(self._pools[spec]) + sum(other == spec for other, _ in elsewhere)
             if spec not in self._failed and waiting < spec.count:
                 try:
                     self._ordered.append((spec, self._order_warm(spec)))
@@ -227,22 +233,27 @@ class SandboxSupply:
         """Sandboxes waiting for a job, or ordered to wait for one."""
         return sum(len(pool) for pool in self._pools.values()) + len(self._ordered) + len(self._offered)
 
-    def offer(self) -> tuple[WarmSpec, Sandbox, int, int] | None:
+    def offer(self) -> tuple[Sandbox, WarmKind, int, int] | None:
         """A ready warm sandbox of the first kind on the host image, its account started,
         taken out of its pool for the worker to hand a job to itself (worker/handover.py,
-        the job's path without the launcher): its kind, the sandbox and the write ends
-        of its new stdout and stderr pipes, for the caller to send and close (the read
-        ends stay with the sandbox, for its supervision). None if there is none now."""
+        the job's path without the launcher): the sandbox, its kind as the worker holds
+        it (which cannot write its cgroup: a job must fit the limits written there) and
+        the write ends of its new stdout and stderr pipes, for the caller to send and
+        close (the read ends stay with the sandbox, for its supervision). None if there
+        is none now."""
         spec = next((spec for spec in self.warm if spec.image == "host"), None)
         sandbox = None if spec is None else next((s for s in self._pools[spec] if s.accounting), None)
-        if spec is None or sandbox is None:
+        if spec is None or sandbox is None or sandbox.kind is None:
             return None
+        kind = sandbox.kind
+        if sandbox.cgroup is not None:
+            kind = kind.held(self.profiles.get(spec.profile).kind_limits)  # what ``_order`` wrote
         self._pools[spec].remove(sandbox)
         stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
         stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
         sandbox.output = (stdout_r, stderr_r)
         self._offered[sandbox.prepared.init_pid] = (spec, sandbox)
-        return spec, sandbox, stdout_w, stderr_w
+        return sandbox, kind, stdout_w, stderr_w
 
     def take_offered(self, init_pid: int) -> Sandbox | None:
         """The offered sandbox of that init pid, which the worker handed a job to."""
@@ -364,6 +375,8 @@ class SandboxSupply:
         a sandbox built for it reports too)."""
         spec, order = self._ordered.popleft()
         sandbox = self._deliver(order)
+        cgroup = sandbox.cgroup
+        sandbox.kind = WarmKind(spec.profile, spec.image, cpu_quota=cgroup is None or cgroup.cpu_quota)
         if sandbox.prepared.init_pid > 0:
             self._pools[spec].append(sandbox)
         else:

@@ -3,9 +3,10 @@
 A launcher offers its slot one ready warm sandbox at a time (``SandboxSupply.offer``):
 the sandbox's job channel and the write ends of its output pipes, with SCM_RIGHTS, and
 what the worker needs to tell the sandbox what the launcher would - the profile's
-limits and environment. A job that such a sandbox was made for (the host image, the
-offer's profile, the cgroup limits already written, no input files) goes straight to
-it from the worker; the launcher, told afterwards, only supervises it. The job's path
+limits and environment - and the sandbox's kind. A job that fits such a sandbox
+(``WarmKind.fits``, the test the launcher's supply makes: here the cgroup limits must be
+the ones already written, which the worker cannot change) and has no input files goes
+straight to it from the worker; the launcher, told afterwards, only supervises it. The job's path
 then skips a wake of the launcher and its Python before the hand-over, and the launcher
 gets ready while the program starts, beside it.
 
@@ -18,50 +19,45 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sandbox.job_message import host_command, job_spec, job_stdin, rlimits, start_job
 from sandbox.models import Job, Limits
-from worker.launcher_channel import MAX_OUTPUT
+from sandbox.warm_kind import WarmKind
+from worker.launcher_channel import MAX_OUTPUT, OfferSandbox
 
 OFFER_FDS = 3  # the job channel, stdout's and stderr's write ends
 
 
 @dataclass
 class Offer:
-    """A warm sandbox a launcher offered (its "offer" message and the fds with it)."""
+    """A warm sandbox a launcher offered (its ``OfferSandbox`` and the fds with it)."""
 
     init_pid: int  # the sandbox init's pid: how the launcher knows it again
-    profile: str
+    kind: WarmKind  # what it was made for, held to the cgroup limits written
     profile_limits: dict[str, Any]  # the profile's [limits], as the launcher has them
     profile_env: dict[str, str]
     cgroups: bool  # the launcher has a delegated cgroup subtree
     job_channel: socket.socket
     stdout_w: int
     stderr_w: int
-    made_for: Limits = field(init=False)  # what the sandbox's cgroup was made with
-
-    def __post_init__(self) -> None:
-        self.made_for = Limits().over(self.profile_limits)
 
     @classmethod
-    def from_message(cls, message: dict[str, Any], fds: list[int]) -> Offer:
+    def from_message(cls, message: OfferSandbox, fds: list[int]) -> Offer:
         channel, stdout_w, stderr_w = fds
         return cls(
-            message["sandbox"], message["profile"], message["limits"], message["env"], message["cgroups"],
+            message.sandbox, message.kind, message.profile_limits, message.env, message.cgroups,
             socket.socket(fileno=channel), stdout_w, stderr_w,
         )
 
     def limits_for(self, job: Job) -> Limits | None:
-        """The job's limits if this sandbox is the one the launcher would have given it
-        (its kind, and the cgroup limits it was made with), else None."""
-        if job.image != "host" or job.files or job.profile != self.profile:
-            return None
-        if job.require_cgroups and not self.cgroups:
-            return None  # the launcher reports why it cannot run it
-        limits, made_for = job.limits.over(self.profile_limits), self.made_for
-        fits = limits.cgroup_values == made_for.cgroup_values
+        """The job's limits if it fits this sandbox (``WarmKind.fits``) and may be handed
+        over here, else None: the launcher gets it then."""
+        if job.files or (job.require_cgroups and not self.cgroups):
+            return None  # (files: opened by the launcher; no cgroups: it reports why it cannot run it)
+        limits = job.limits.over(self.profile_limits)
+        fits = self.kind.fits(profile=job.profile, image=job.image, limits=limits)
         # (an output limit no result frame carries: the launcher's way, which refuses it)
         return limits if fits and limits.output_bytes <= MAX_OUTPUT else None
 

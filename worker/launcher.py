@@ -4,12 +4,13 @@ one execution slot of the worker.
 The trio worker never forks (forking a threaded process is unsafe, and interpreter
 start-up must stay off the per-job path). Each slot owns one launcher,
 started once with every module imported and the seccomp filter compiled; the worker
-sends it one job at a time over a socketpair, in the same frames as the public
-protocol, and gets back "started" and "result" (or "rejected": the job's content was
-found wrong only here). Between jobs it offers the worker a
-ready warm sandbox ("offer", worker/handover.py): a job that the worker hands to it
-itself comes as a "run" naming it, to be supervised only (no "started" then: the
-worker said it); "drop" gives back an offer the worker could not use. Supervision (the
+sends it one job at a time over a socketpair (``RunJob``; the messages and their
+encoding are worker/launcher_channel.py) and gets back ``JobStarted`` and ``JobResult``
+(or ``JobRejected``: the job's content was found wrong only here). Between jobs it
+offers the worker a ready warm sandbox (``OfferSandbox``, worker/handover.py): a job that
+the worker hands to it itself comes as a ``RunJob`` naming it, to be supervised only
+(no ``JobStarted`` then: the worker said it); ``DropOffer`` gives back an offer the
+worker could not use. Supervision (the
 adaptive CPU poll) runs here, in a process that does nothing else, so a busy event
 loop in the worker can never delay a kill. A launcher that dies takes only its own job
 down (as internal_error) and its sandboxes with it (an init ends when its job channel
@@ -26,14 +27,28 @@ import os
 import select
 import socket
 import sys
-from typing import Any
 
 from sandbox.errors import JobError
 from sandbox.linux import syscalls as sc
 from sandbox.models import Result, Status, WarmSpec
 from sandbox.runner import HandedOver, Runner
-from worker.launcher_channel import LAUNCHER_MAX_FRAME, RESULT_ROOM, Kind, check_output_limit
-from worker.protocol import FrameDecoder, ProtocolError, encode, job_from_wire, result_to_wire
+from worker.launcher_channel import (
+    RESULT_ROOM,
+    CancelJob,
+    ChannelDecoder,
+    DropOffer,
+    JobOutput,
+    JobRejected,
+    JobResult,
+    JobStarted,
+    LauncherReady,
+    OfferSandbox,
+    RunJob,
+    ToWorker,
+    check_output_limit,
+    encode,
+)
+from worker.protocol import ProtocolError, job_from_wire
 
 # Streamed output waiting for room in the channel; more is dropped (the offsets of the
 # next chunks show the gap, the result has it all).
@@ -41,7 +56,7 @@ MAX_PENDING_OUTPUT = 1 << 20
 
 
 class Outbox:
-    """Frames to the worker, in order. "started" and "result" always go out, waiting for
+    """Frames to the worker, in order. ``JobStarted`` and ``JobResult`` always go out, waiting for
     room if need be; streamed output only as far as the channel takes it without waiting,
     so a worker slow to read can never stall the supervision of a job (its limits, its
     kill)."""
@@ -50,11 +65,11 @@ class Outbox:
         self.channel = channel
         self._pending = bytearray()
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: ToWorker) -> None:
         self._pending += encode(message)
         self._flush(wait=True)
 
-    def send_fds(self, message: dict[str, Any], fds: list[int]) -> None:
+    def send_fds(self, message: ToWorker, fds: list[int]) -> None:
         """``send``, the fds attached to the message's first byte."""
         self._flush(wait=True)
         frame = encode(message)
@@ -62,7 +77,7 @@ class Outbox:
         self._pending += frame[sent:]
         self._flush(wait=True)
 
-    def offer(self, message: dict[str, Any]) -> None:
+    def offer(self, message: JobOutput) -> None:
         self._flush(wait=False)
         if len(self._pending) < MAX_PENDING_OUTPUT:
             self._pending += encode(message)
@@ -81,8 +96,8 @@ def serve(channel: socket.socket, warm: list[WarmSpec]) -> None:
     sc.set_process_name("sandbox-launch")
     runner = Runner(warm_for=warm)
     outbox = Outbox(channel)
-    outbox.send({"type": Kind.READY, "pid": os.getpid(), "cgroups": runner.backend is not None})
-    decoder = FrameDecoder(LAUNCHER_MAX_FRAME)
+    outbox.send(LauncherReady(os.getpid(), cgroups=runner.backend is not None))
+    decoder = ChannelDecoder()
     offered: int | None = None  # the sandbox the worker may hand a job to itself
     try:
         while True:
@@ -103,19 +118,21 @@ def serve(channel: socket.socket, warm: list[WarmSpec]) -> None:
                 return  # the worker closed the channel: it is gone or wants us gone
             messages = decoder.feed(data)
             for index, message in enumerate(messages):
-                if offered is not None and message.get("sandbox") == offered:
-                    offered = None  # used, or given back
-                if message.get("type") == Kind.DROP:
-                    _drop(runner, message)
-                if message.get("type") != Kind.RUN:
-                    continue  # a "cancel" here is for a job that is over (or never ran)
-                # Its cancel may have come in the same read: the channel will not turn
-                # readable for it, so it is looked for here.
-                cancelled = any(
-                    later.get("type") == Kind.CANCEL and later.get("id") == message["id"]
-                    for later in messages[index + 1:]
-                )
-                _run(runner, channel, outbox, message, cancelled)
+                match message:
+                    case DropOffer(sandbox=sandbox):
+                        if sandbox == offered:
+                            offered = None  # given back
+                        _drop(runner, sandbox)
+                    case RunJob(sandbox=sandbox):
+                        if sandbox == offered:
+                            offered = None  # used
+                        # Its cancel may have come in the same read: the channel will not
+                        # turn readable for it, so it is looked for here.
+                        cancelled = any(
+                            isinstance(later, CancelJob) and later.id == message.id for later in messages[index + 1:]
+                        )
+                        _run(runner, channel, outbox, message, cancelled)
+                    # (a CancelJob here is for a job that is over, or never ran)
     finally:
         runner.close()
 
@@ -130,13 +147,12 @@ def _offer(runner: Runner, outbox: Outbox) -> int | None:
     offer = runner.sandboxes.offer()
     if offer is None:
         return None
-    spec, sandbox, stdout_w, stderr_w = offer
-    profile = runner.profiles.get(spec.profile)
+    sandbox, kind, stdout_w, stderr_w = offer
+    profile = runner.profiles.get(kind.profile)
     number = sandbox.prepared.init_pid
     try:
         outbox.send_fds(
-            {"type": Kind.OFFER, "sandbox": number, "profile": spec.profile, "limits": profile.limits,
-             "env": profile.env, "cgroups": runner.backend is not None},
+            OfferSandbox(number, kind, profile.limits, profile.env, cgroups=runner.backend is not None),
             [sandbox.prepared.job_channel.fileno(), stdout_w, stderr_w],
         )
     finally:
@@ -145,42 +161,42 @@ def _offer(runner: Runner, outbox: Outbox) -> int | None:
     return number
 
 
-def _drop(runner: Runner, message: dict[str, Any]) -> None:
+def _drop(runner: Runner, init_pid: int) -> None:
     """The worker could not hand a job to the sandbox it was offered (it died waiting)."""
-    sandbox = runner.sandboxes.take_offered(message.get("sandbox", 0))
+    sandbox = runner.sandboxes.take_offered(init_pid)
     if sandbox is not None:
         runner.sandboxes.retire(sandbox)
 
 
-def _run(runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[str, Any], cancelled: bool) -> None:
+def _run(runner: Runner, channel: socket.socket, outbox: Outbox, message: RunJob, cancelled: bool) -> None:
     """Run a job and send its outcome. A job found wrong only here - its image removed
     since the worker looked, a command too long for one message to its sandbox - is
-    "rejected" (the worker answers invalid_job): nothing a job holds may end the
+    ``JobRejected`` (the worker answers invalid_job): nothing a job holds may end the
     launcher, which would take its slot's warm sandboxes with it."""
     try:
         result = _result(runner, channel, outbox, message, cancelled)
     except JobError as exc:
-        outbox.send({"type": Kind.REJECTED, "id": message["id"], "message": exc.message, "field": exc.field})
+        outbox.send(JobRejected(message.id, exc.message, exc.field))
         return
-    outbox.send({"type": Kind.RESULT, "id": message["id"], "result": result_to_wire(result)})
+    outbox.send(JobResult(message.id, result))
     # The worker, woken by the result, is often queued on this CPU: let it pass the result
     # on before this launcher's idle work (cleaning up, ordering the next sandbox).
     os.sched_yield()
 
 
-def _result(runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[str, Any], cancelled: bool) -> Result:
-    job_id = message["id"]
+def _result(runner: Runner, channel: socket.socket, outbox: Outbox, message: RunJob, cancelled: bool) -> Result:
+    job_id = message.id
     handed = None
-    if "sandbox" in message:  # the worker gave it to the sandbox offered, and said so
-        sandbox = runner.sandboxes.take_offered(message["sandbox"])
+    if message.sandbox is not None:  # the worker gave it to the sandbox offered, and said so
+        sandbox = runner.sandboxes.take_offered(message.sandbox)
         if sandbox is None:
             return Result(Status.INTERNAL_ERROR, error="the job went to a sandbox this launcher did not offer")
-        handed = HandedOver(sandbox, message["handed_ns"])
+        handed = HandedOver(sandbox, message.handed_ns)
     outcome = Result(Status.CANCELLED, error="cancelled before it " + ("finished" if handed else "started"))
     job = None
     if not cancelled:
         try:
-            job = job_from_wire(message["job"])
+            job = job_from_wire(message.job)
         except ProtocolError as exc:
             outcome = Result(Status.INTERNAL_ERROR, error=f"launcher rejected the job: {exc.message}")
     if job is None:
@@ -192,13 +208,13 @@ def _result(runner: Runner, channel: socket.socket, outbox: Outbox, message: dic
         check_output_limit(job.limits.over(runner.profiles.get(job.profile).limits))
 
     def stream_output(stream: str, offset: int, data: bytes) -> None:
-        outbox.offer({"type": Kind.OUTPUT, "id": job_id, "stream": stream, "offset": offset, "data": data})
+        outbox.offer(JobOutput(job_id, stream, offset, data))
 
     return runner.run(
         job,
         cancel_fd=channel.fileno(),
-        on_started=None if handed else lambda: outbox.send({"type": Kind.STARTED, "id": job_id}),
-        on_output=stream_output if message.get("stream") else None,
+        on_started=None if handed else lambda: outbox.send(JobStarted(job_id)),
+        on_output=stream_output if message.stream else None,
         handed=handed,
         collect_room=RESULT_ROOM,
     )

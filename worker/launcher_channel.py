@@ -1,6 +1,11 @@
-"""What the worker and its launchers agree on about the channel between them, apart from
-the process that runs jobs: the trio side (slots, admission, the server) imports this,
-never the launcher module, which loads the engine.
+"""What the worker and its launchers say to each other, apart from the process that runs
+jobs: the trio side (slots, admission, the server) imports this, never the launcher
+module, which loads the engine.
+
+Each message is a small dataclass, and ``encode``/``decode`` are the one place that
+knows how it travels: a frame of the public protocol's encoding (``protocol.encode``),
+a map built here by hand - a job's path pays for no reflection. Both ends are ours, so
+the map's keys may change with them; the client protocol is not this.
 
 A job's result comes back in one frame of the channel, both output streams and the
 files it collects in it: a job whose output limit would let its result outgrow that
@@ -10,34 +15,178 @@ gives), and a file that would is refused by path in the result (``RESULT_ROOM``)
 
 from __future__ import annotations
 
-import enum
+from dataclasses import dataclass
+from typing import Any
 
 from sandbox.errors import JobError
-from sandbox.models import Limits
-
-
-class Kind(str, enum.Enum):
-    """The "type" of each message on the channel (frames of the public protocol's
-    encoding: a str enum goes on the wire as its string)."""
-
-    # worker -> launcher
-    RUN = "run"  # a job to run, or one handed to an offered sandbox (then "sandbox" names it)
-    DROP = "drop"  # an offered sandbox the worker could not use: retire it
-    CANCEL = "cancel"  # kill the job of that id, if it still runs
-    # launcher -> worker
-    READY = "ready"  # started: modules imported, filters compiled
-    OFFER = "offer"  # a warm sandbox for the worker to hand a job to itself (its fds attached)
-    STARTED = "started"  # the job was handed to its sandbox
-    OUTPUT = "output"  # a piece of the job's output, as it came
-    RESULT = "result"  # the job's Result
-    REJECTED = "rejected"  # the job's content was found wrong here: invalid_job for its id
-
+from sandbox.models import Limits, Result
+from sandbox.warm_kind import WarmKind
+from worker.protocol import FrameDecoder, result_from_wire, result_to_wire
+from worker.protocol import encode as encode_frame
 
 LAUNCHER_MAX_FRAME = 1 << 30  # the worker already enforced the public limit
 # What a result's output and collected files may fill: the frame, less room for the rest.
 RESULT_ROOM = LAUNCHER_MAX_FRAME - (1 << 20)
 # Both streams at the limit.
 MAX_OUTPUT = RESULT_ROOM // 2
+
+
+# worker -> launcher
+
+
+@dataclass(frozen=True, slots=True)
+class RunJob:
+    """A job to run; or, naming ``sandbox``, one the worker handed to that offered
+    sandbox itself at ``handed_ns`` (CLOCK_MONOTONIC), for the launcher to supervise."""
+
+    id: str
+    job: dict[str, Any]  # its wire form (``protocol.job_to_wire``): the launcher checks it again
+    stream: bool  # send its output as it comes (``JobOutput``)
+    sandbox: int | None = None
+    handed_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DropOffer:
+    """An offered sandbox the worker could not use (it died waiting): retire it."""
+
+    sandbox: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelJob:
+    """Kill the job of that id, if it still runs."""
+
+    id: str
+
+
+# launcher -> worker
+
+
+@dataclass(frozen=True, slots=True)
+class LauncherReady:
+    """Started: modules imported, filters compiled."""
+
+    pid: int
+    cgroups: bool  # it has a delegated cgroup subtree
+
+
+@dataclass(frozen=True, slots=True)
+class OfferSandbox:
+    """A warm sandbox for the worker to hand a job to itself (worker/handover.py); its
+    job channel and the write ends of its stdout and stderr come with it (SCM_RIGHTS)."""
+
+    sandbox: int  # its init's pid: how the launcher knows it again
+    kind: WarmKind  # held to the cgroup limits written there
+    profile_limits: dict[str, Any]  # the profile's [limits]
+    env: dict[str, str]  # the profile's environment
+    cgroups: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobStarted:
+    """The launcher handed the job to its sandbox."""
+
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutput:
+    """A piece of the job's output, as it came."""
+
+    id: str
+    stream: str  # "stdout" or "stderr"
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    id: str
+    result: Result
+
+
+@dataclass(frozen=True, slots=True)
+class JobRejected:
+    """The job's content was found wrong only in the launcher: invalid_job for its id."""
+
+    id: str
+    message: str
+    field: str | None
+
+
+ToLauncher = RunJob | DropOffer | CancelJob
+ToWorker = LauncherReady | OfferSandbox | JobStarted | JobOutput | JobResult | JobRejected
+Message = ToLauncher | ToWorker
+
+
+def encode(message: Message) -> bytes:
+    """The frame that carries ``message``."""
+    wire: dict[str, Any]
+    match message:
+        case RunJob():
+            wire = {"type": "run", "id": message.id, "job": message.job, "stream": message.stream}
+            if message.sandbox is not None:
+                wire["sandbox"], wire["handed_ns"] = message.sandbox, message.handed_ns
+        case DropOffer():
+            wire = {"type": "drop", "sandbox": message.sandbox}
+        case CancelJob():
+            wire = {"type": "cancel", "id": message.id}
+        case LauncherReady():
+            wire = {"type": "ready", "pid": message.pid, "cgroups": message.cgroups}
+        case OfferSandbox():
+            kind = message.kind
+            wire = {"type": "offer", "sandbox": message.sandbox,
+                    "kind": [kind.profile, kind.image, kind.cpu_quota, kind.held_to],
+                    "limits": message.profile_limits, "env": message.env, "cgroups": message.cgroups}
+        case JobStarted():
+            wire = {"type": "started", "id": message.id}
+        case JobOutput():
+            wire = {"type": "output", "id": message.id, "stream": message.stream, "offset": message.offset,
+                    "data": message.data}
+        case JobResult():
+            wire = {"type": "result", "id": message.id, "result": result_to_wire(message.result)}
+        case JobRejected():
+            wire = {"type": "rejected", "id": message.id, "message": message.message, "field": message.field}
+    return encode_frame(wire)
+
+
+def decode(wire: dict[str, Any]) -> Message:
+    """The message a frame of ``encode``'s carried. Raises ValueError for one it never
+    makes (the other end is ours: a bug, or not a launcher)."""
+    match wire.get("type"):
+        case "run":
+            return RunJob(wire["id"], wire["job"], wire["stream"], wire.get("sandbox"), wire.get("handed_ns", 0))
+        case "drop":
+            return DropOffer(wire["sandbox"])
+        case "cancel":
+            return CancelJob(wire["id"])
+        case "ready":
+            return LauncherReady(wire["pid"], wire["cgroups"])
+        case "offer":
+            profile, image, cpu_quota, held_to = wire["kind"]
+            held = None if held_to is None else (held_to[0], held_to[1], held_to[2])
+            kind = WarmKind(profile, image, cpu_quota, held)
+            return OfferSandbox(wire["sandbox"], kind, wire["limits"], wire["env"], wire["cgroups"])
+        case "started":
+            return JobStarted(wire["id"])
+        case "output":
+            return JobOutput(wire["id"], wire["stream"], wire["offset"], wire["data"])
+        case "result":
+            return JobResult(wire["id"], result_from_wire(wire["result"]))
+        case "rejected":
+            return JobRejected(wire["id"], wire["message"], wire["field"])
+    raise ValueError(f"not a launcher channel message: {wire.get('type')!r}")
+
+
+class ChannelDecoder:
+    """The channel's bytes in, its messages out (``FrameDecoder``, then ``decode``)."""
+
+    def __init__(self) -> None:
+        self._frames = FrameDecoder(LAUNCHER_MAX_FRAME)
+
+    def feed(self, data: bytes | bytearray) -> list[Message]:
+        return [decode(wire) for wire in self._frames.feed(data)]
 
 
 def check_output_limit(limits: Limits) -> None:

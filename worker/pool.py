@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from sandbox.models import Job, Result, WarmSpec
+from worker.launcher_channel import JobOutput
 from worker.protocol import ProtocolError, event_message, result_to_wire
 from worker.slots import Slot
 
@@ -191,8 +192,8 @@ class Pool:
             async def started(record: JobRecord = record) -> None:
                 record.publish("started")
 
-            def output(message: dict[str, Any], record: JobRecord = record) -> None:
-                record.publish("output", stream=message["stream"], offset=message["offset"], data=message["data"])
+            def output(piece: JobOutput, record: JobRecord = record) -> None:
+                record.publish("output", stream=piece.stream, offset=piece.offset, data=piece.data)
 
             try:
                 result = await slot.run(record.id, record.job, started, output if record.stream else None)

@@ -1,10 +1,10 @@
 """The worker's handle on one launcher process (see worker/launcher.py).
 
-A slot runs one job at a time: it sends "run", relays "started", returns the "result".
-A job that fits the warm sandbox the launcher offered goes to that sandbox from here
-(worker/handover.py), and its "run" tells the launcher so. If the launcher dies
-mid-job, the job's result is ``internal_error`` and the slot starts a fresh launcher
-before taking the next job.
+A slot runs one job at a time: it sends ``RunJob``, relays ``JobStarted``, returns the
+``JobResult`` (worker/launcher_channel.py). A job that fits the warm sandbox the launcher
+offered goes to that sandbox from here (worker/handover.py), and its ``RunJob`` tells the
+launcher so. If the launcher dies mid-job, the job's result is ``internal_error`` and the
+slot starts a fresh launcher before taking the next job.
 """
 
 from __future__ import annotations
@@ -16,16 +16,28 @@ import socket
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import trio
 
 from sandbox.errors import SandboxError
 from sandbox.models import Job, Result, Status, WarmSpec
 from worker.handover import OFFER_FDS, Offer
-from worker.launcher_channel import LAUNCHER_MAX_FRAME, Kind
+from worker.launcher_channel import (
+    CancelJob,
+    ChannelDecoder,
+    DropOffer,
+    JobOutput,
+    JobRejected,
+    JobResult,
+    JobStarted,
+    LauncherReady,
+    Message,
+    OfferSandbox,
+    RunJob,
+    encode,
+)
 from worker.logs import log
-from worker.protocol import FrameDecoder, ProtocolError, encode, job_to_wire, result_from_wire
+from worker.protocol import ProtocolError, job_to_wire
 from worker.streams import send_now
 
 MAX_RECEIVED_FDS = 16  # a launcher sends 3 at a time (an offer), and one offer at a time
@@ -48,8 +60,8 @@ class Slot:
         self.restarts = 0
         self._stream: trio.SocketStream | None = None
         self._raw: socket.socket | None = None
-        self._decoder = FrameDecoder(LAUNCHER_MAX_FRAME)
-        self._pending: list[dict[str, Any]] = []
+        self._decoder = ChannelDecoder()
+        self._pending: list[Message] = []
         self._fds: deque[int] = deque()  # received with the launcher's offers, not yet claimed
         self.offer: Offer | None = None  # a sandbox the launcher offered for the next job
         self.handovers = 0  # jobs this slot handed to an offered sandbox itself
@@ -88,7 +100,8 @@ class Slot:
                         await self.process.wait()
 
     async def _start(self) -> None:
-        """Start the launcher and wait for its "ready" (modules imported, filter built)."""
+        """Start the launcher and wait for its ``LauncherReady`` (modules imported, filter
+        built)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.process = await trio.lowlevel.open_process(
@@ -101,27 +114,27 @@ class Slot:
         self._raw = ours  # the same socket: read with its fds (``_read_now``), written by trio
         self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
         self._dead = trio.Event()
-        self._decoder = FrameDecoder(LAUNCHER_MAX_FRAME)
+        self._decoder = ChannelDecoder()
         self._pending = []
         self._drop_offer()
         try:
             hello = await self._receive()
         except LauncherDied:
             return  # keep_alive sees the exit and tries again
-        self.cgroups = bool(hello.get("cgroups"))
+        self.cgroups = isinstance(hello, LauncherReady) and hello.cgroups
         self.ready.set()
 
     async def run(
         self, job_id: str, job: Job, on_started: Callable[[], Awaitable[None]],
-        on_output: Callable[[dict[str, Any]], None] | None = None,
+        on_output: Callable[[JobOutput], None] | None = None,
     ) -> Result | ProtocolError | None:
         """Run a job; never raises for the job's sake. The job goes straight to the
         sandbox the launcher offered if it is one for it (``_hand_over``), else to the
         launcher. A launcher that dies before the job started (before the job was handed
-        to a sandbox, by the launcher, which then says "started", or here) is replaced
+        to a sandbox, by the launcher, which then says ``JobStarted``, or here) is replaced
         and the job sent once more; one that dies after makes the job an internal_error.
-        With ``on_output`` the launcher streams the job's output, each piece an "output"
-        message to it. None: the job was cancelled before it was handed to a launcher
+        With ``on_output`` the launcher streams the job's output, each piece a
+        ``JobOutput`` to it. None: the job was cancelled before it was handed to a launcher
         (it never ran); an invalid_job error: the launcher found the job wrong (it never
         ran either)."""
         self.running_id, self._cancel_requested = job_id, False
@@ -140,10 +153,9 @@ class Slot:
                     async with self._sending:
                         if self._cancel_requested:
                             return None
-                        run = {"type": Kind.RUN, "id": job_id, "job": job_to_wire(job), "stream": on_output is not None}
-                        dropped = self._hand_over(job, run)
-                        started = "sandbox" in run  # a launcher that dies now takes the job with it
-                        await self._send(dropped + encode(run))
+                        frames, started = self._hand_over(job_id, job, stream=on_output is not None)
+                        # (started: a launcher that dies now takes the job with it)
+                        await self._send(frames)
                         if started:
                             await on_started()
                     return await self._until_result(job_id, relay_started, on_output)
@@ -164,26 +176,24 @@ class Slot:
         self._cancel_requested = True
         async with self._sending:
             try:
-                await self._send(encode({"type": Kind.CANCEL, "id": job_id}))
+                await self._send(encode(CancelJob(job_id)))
             except (LauncherDied, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the launcher died; ``run`` reports the job as failed
 
     async def _until_result(
         self, job_id: str, on_started: Callable[[], Awaitable[None]],
-        on_output: Callable[[dict[str, Any]], None] | None,
+        on_output: Callable[[JobOutput], None] | None,
     ) -> Result | ProtocolError:
         while True:
-            message = await self._receive()
-            if message.get("id") != job_id:
-                continue
-            if message["type"] == Kind.STARTED:
-                await on_started()
-            elif message["type"] == Kind.OUTPUT and on_output is not None:
-                on_output(message)
-            elif message["type"] == Kind.RESULT:
-                return result_from_wire(message["result"])
-            elif message["type"] == Kind.REJECTED:
-                return ProtocolError("invalid_job", message["message"], field=message["field"])
+            match await self._receive():
+                case JobStarted(id=message_id) if message_id == job_id:
+                    await on_started()
+                case JobOutput(id=message_id) as output if message_id == job_id and on_output is not None:
+                    on_output(output)
+                case JobResult(id=message_id, result=result) if message_id == job_id:
+                    return result
+                case JobRejected(id=message_id, message=text, field=field) if message_id == job_id:
+                    return ProtocolError("invalid_job", text, field=field)
 
     async def _send(self, data: bytes) -> None:
         """Send to the launcher (the caller holds ``_sending``): what the channel takes
@@ -198,27 +208,27 @@ class Slot:
         if rest:
             await self._stream.send_all(rest)
 
-    def _hand_over(self, job: Job, run: dict[str, Any]) -> bytes:
-        """Give the job to the sandbox the launcher offered, if it is one for this job
-        (worker/handover.py), and say so in ``run`` ("sandbox", "handed_ns"). A sandbox
-        that died waiting, or a job it could not be told, is given back: the frame to
-        send before ``run`` (else b""), and the launcher gets the job as usual (and says
-        what is wrong with it, if anything)."""
+    def _hand_over(self, job_id: str, job: Job, *, stream: bool) -> tuple[bytes, bool]:
+        """Give the job to the sandbox the launcher offered, if it fits (worker/handover.py):
+        the frames that tell the launcher - its ``RunJob``, naming the sandbox if the job
+        went there - and whether it did. A sandbox that died waiting, or a job it could
+        not be told, is given back (``DropOffer`` first), and the launcher gets the job
+        as usual (and says what is wrong with it, if anything)."""
+        wire = job_to_wire(job)
         self._read_now()  # an offer made since the last job is waiting in the channel
         offer = self.offer
         limits = None if offer is None else offer.limits_for(job)
         if offer is None or limits is None:
-            return b""
+            return encode(RunJob(job_id, wire, stream)), False
         self.offer = None
         try:
-            run["handed_ns"] = offer.hand_over(job, limits)
+            handed_ns = offer.hand_over(job, limits)
         except (OSError, SandboxError, ValueError):
-            return encode({"type": Kind.DROP, "sandbox": offer.init_pid})
+            return encode(DropOffer(offer.init_pid)) + encode(RunJob(job_id, wire, stream)), False
         finally:
             offer.close()
-        run["sandbox"] = offer.init_pid
         self.handovers += 1
-        return b""
+        return encode(RunJob(job_id, wire, stream, offer.init_pid, handed_ns)), True
 
     def _drop_offer(self) -> None:
         """Forget the launcher's offer and close what came with it (the launcher is new,
@@ -256,24 +266,24 @@ class Slot:
                 fds.frombytes(payload[: len(payload) - len(payload) % FD_SIZE])
                 self._fds.extend(fds)
         for message in self._decoder.feed(data):
-            if message.get("type") == Kind.OFFER:
+            if isinstance(message, OfferSandbox):
                 self._take_offer(message)
             else:
                 self._pending.append(message)
         return bool(data)
 
-    def _take_offer(self, message: dict[str, Any]) -> None:
+    def _take_offer(self, message: OfferSandbox) -> None:
         fds = [self._fds.popleft() for _ in range(min(OFFER_FDS, len(self._fds)))]
         if self.offer is not None:
             self.offer.close()  # a launcher makes one offer at a time: not reached
         try:
             self.offer = Offer.from_message(message, fds)
-        except (KeyError, TypeError, ValueError, OSError):
+        except (ValueError, OSError):  # fewer fds than an offer has, or not sockets
             for fd in fds:
                 os.close(fd)
             self.offer = None
 
-    async def _receive(self) -> dict[str, Any]:
+    async def _receive(self) -> Message:
         while not self._pending:
             if self._stream is None:
                 raise LauncherDied("launcher stopped")

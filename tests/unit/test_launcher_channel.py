@@ -1,0 +1,82 @@
+"""The launcher channel's messages: each one comes out of the channel as it went in, in
+the frames the channel carries, whatever the chunks they arrive in."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandbox.models import Job, Limits, Result, Status, Usage
+from sandbox.warm_kind import WarmKind
+from worker.launcher_channel import (
+    CancelJob,
+    ChannelDecoder,
+    DropOffer,
+    JobOutput,
+    JobRejected,
+    JobResult,
+    JobStarted,
+    LauncherReady,
+    Message,
+    OfferSandbox,
+    RunJob,
+    decode,
+    encode,
+)
+from worker.protocol import FrameDecoder, job_to_wire
+from worker.protocol import encode as encode_frame
+
+MESSAGES: list[Message] = [
+    RunJob("j1", job_to_wire(Job(cmd=["true"], limits=Limits(memory="1G"))), stream=False),
+    RunJob("j2", job_to_wire(Job(cmd=["cat"])), stream=True, sandbox=4242, handed_ns=123_456_789),
+    DropOffer(4242),
+    CancelJob("j2"),
+    LauncherReady(77, cgroups=True),
+    OfferSandbox(4242, WarmKind("default").held(Limits()), {"cpu_time": "30s"}, {"PATH": "/usr/bin"}, cgroups=True),
+    OfferSandbox(4243, WarmKind("strict", cpu_quota=False), {}, {}, cgroups=False),
+    JobStarted("j1"),
+    JobOutput("j1", "stderr", 65536, b"\x00\xffbytes"),
+    JobResult("j1", Result(Status.TIME_LIMIT, exit_code=None, signal=9, signal_name="SIGKILL", stdout=b"x",
+                           usage=Usage(cpu_ms=12.5, memory_peak_bytes=1 << 20), warnings=["w"])),
+    JobRejected("j1", "image not found", "image"),
+    JobRejected("j1", "too long", None),
+]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_every_message_comes_back_as_it_went(message: Message) -> None:
+    (back,) = ChannelDecoder().feed(encode(message))
+    assert back == message and type(back) is type(message)
+
+
+def test_messages_survive_any_chunking() -> None:
+    stream = b"".join(encode(message) for message in MESSAGES)
+    decoder = ChannelDecoder()
+    received: list[Message] = []
+    for start in range(0, len(stream), 7):
+        received += decoder.feed(stream[start:start + 7])
+    assert received == MESSAGES
+
+
+def test_a_held_kind_is_held_again_after_the_trip() -> None:
+    offer = OfferSandbox(1, WarmKind("default").held(Limits(memory="1G")), {"memory": "1G"}, {}, cgroups=True)
+    (back,) = ChannelDecoder().feed(encode(offer))
+    assert isinstance(back, OfferSandbox)
+    assert back.kind.fits(profile="default", image="host", limits=Limits(memory="1G"))
+    assert not back.kind.fits(profile="default", image="host", limits=Limits())
+
+
+def test_a_run_names_a_sandbox_only_when_handed_over() -> None:
+    assert "sandbox" not in _frame_map(RunJob("j", {}, stream=False))
+    assert _frame_map(RunJob("j", {}, stream=False, sandbox=5, handed_ns=9))["sandbox"] == 5
+
+
+def test_a_frame_no_message_makes_is_refused() -> None:
+    with pytest.raises(ValueError, match="submit"):
+        decode({"type": "submit", "id": "x"})
+    with pytest.raises(ValueError):
+        ChannelDecoder().feed(encode_frame({"id": "x"}))
+
+
+def _frame_map(message: Message) -> dict[str, object]:
+    (wire,) = FrameDecoder().feed(encode(message))
+    return wire

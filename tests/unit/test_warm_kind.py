@@ -1,0 +1,58 @@
+"""Which warm sandbox fits a job: the one test the launcher's supply and the worker's
+direct hand-over both make (``WarmKind.fits``)."""
+
+from __future__ import annotations
+
+from sandbox.models import Limits
+from sandbox.warm_kind import WarmKind
+
+DEFAULTS = Limits()
+
+
+def fits(kind: WarmKind, profile: str = "default", image: str = "host", limits: Limits = DEFAULTS,
+         trace: bool = False) -> bool:
+    return kind.fits(profile=profile, image=image, limits=limits, trace=trace)
+
+
+def test_a_job_fits_the_kind_of_its_profile_and_image_only() -> None:
+    kind = WarmKind("default")
+    assert fits(kind)
+    assert not fits(kind, profile="compile")
+    assert not fits(kind, image="python:3.12")
+    assert fits(WarmKind("compile", "python:3.12"), profile="compile", image="python:3.12")
+    assert not fits(WarmKind("compile", "python:3.12"), profile="compile")
+
+
+def test_a_traced_job_fits_no_warm_sandbox() -> None:
+    assert not fits(WarmKind("default"), trace=True)
+
+
+def test_a_cpu_quota_needs_a_cgroup_that_takes_one() -> None:
+    quota = Limits(cpus=0.5)
+    assert fits(WarmKind("default", cpu_quota=True), limits=quota)
+    assert not fits(WarmKind("default", cpu_quota=False), limits=quota)
+    assert fits(WarmKind("default", cpu_quota=False))  # no quota asked: any cgroup
+
+
+def test_a_holder_that_rewrites_the_cgroup_takes_any_cgroup_limits() -> None:
+    assert fits(WarmKind("default"), limits=Limits(memory="300M", pids=8, disk="1G", wall_time="1s"))
+
+
+def test_a_held_kind_fits_only_the_cgroup_limits_written() -> None:
+    written = Limits(memory="1G")  # a profile's [limits], say
+    held = WarmKind("default").held(written)
+    assert held.held_to == (1 << 30, 64, None)
+    assert fits(held, limits=Limits(memory="1024M"))
+    assert not fits(held, limits=DEFAULTS)  # another memory limit
+    assert not fits(held, limits=Limits(memory="1G", pids=65))
+    assert not fits(held, limits=Limits(memory="1G", cpus=1))
+    # The rest is the sandbox's to apply, not its cgroup's: any will do.
+    assert fits(held, limits=Limits(memory="1G", wall_time="1s", cpu_time=None, output="1K", disk="1G"))
+    assert not fits(held, profile="compile", limits=Limits(memory="1G"))
+
+
+def test_held_keeps_the_rest_of_the_kind() -> None:
+    kind = WarmKind("compile", "python:3.12", cpu_quota=False)
+    held = kind.held(Limits(cpus=2))
+    assert (held.profile, held.image, held.cpu_quota, held.held_to) == ("compile", "python:3.12", False, (512 << 20, 64, 2.0))
+    assert not fits(held, profile="compile", image="python:3.12", limits=Limits(cpus=2))  # held, yet no quota
