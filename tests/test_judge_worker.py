@@ -122,5 +122,6 @@ def test_a_client_that_leaves_mid_judge_leaves_nothing_running(language_image, w
         while (stats := observer.stats())["running"] or stats["queued"]:
             assert time.monotonic() < deadline, stats
             time.sleep(0.05)  # polling the worker's state, bounded by the deadline
-        assert stats["submitted"] == 3 and stats["by_status"].get("cancelled", 0) + stats["by_status"].get(
-            "time_limit", 0) == 2, stats
+        # compile, the first test (its time limit) and at most the second, cancelled
+        assert stats["submitted"] <= 3 and stats["by_status"] == {"ok": 1, "time_limit": 1} | (
+            {"cancelled": 1} if "cancelled" in stats["by_status"] else {}), stats

@@ -165,7 +165,10 @@ async def run_judge(request: JudgeRequest, stages: PoolStages, deliver: Any) -> 
 
     directory = Path(tempfile.mkdtemp(prefix="sandbox-judge-"))
     try:
-        report = await trio.to_thread.run_sync(judge_on_thread, directory, abandon_on_cancel=True)
+        # Not abandoned when cancelled (the client went away): the thread's next call into
+        # trio raises Cancelled, the thread unwinds and removes the package, then this
+        # returns; the pool cancels the job it was waiting for with its owner's others.
+        report = await trio.to_thread.run_sync(judge_on_thread, directory)
     except JudgeCancelled:
         deliver(event_message(request.id, "cancelled"))
         return
