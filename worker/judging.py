@@ -135,7 +135,7 @@ class PoolStages:
             self.running.discard(job_id)
         if replies[0].get("type") == "error":
             raise JobError(str(replies[0].get("message")), field=replies[0].get("field"))
-        if record.result is None:
+        if record.result is None or self.cancelled:
             raise JudgeCancelled
         return record.result
 
@@ -165,9 +165,9 @@ async def run_judge(request: JudgeRequest, stages: PoolStages, deliver: Any) -> 
 
     directory = Path(tempfile.mkdtemp(prefix="sandbox-judge-"))
     try:
-        # Not abandoned when cancelled (the client went away): the thread's next call into
-        # trio raises Cancelled, the thread unwinds and removes the package, then this
-        # returns; the pool cancels the job it was waiting for with its owner's others.
+        # Never abandoned: a judge ends by ``PoolStages.cancel`` (the client cancelled it or
+        # went away), after which the thread's next job raises and it unwinds, removing
+        # the package, before this returns.
         report = await trio.to_thread.run_sync(judge_on_thread, directory)
     except JudgeCancelled:
         deliver(event_message(request.id, "cancelled"))

@@ -266,12 +266,13 @@ class Server:
                         await self._reader(connection)
                     finally:
                         connection.outbox_send.close()  # the writer flushes what is queued, then ends
+                        with trio.CancelScope(shield=True):  # its judges end with it, before the nursery
+                            for stages in list(connection.judges.values()):
+                                await stages.cancel()
         finally:
             self.connections.discard(connection)
             self._connection_closed.set()
             with trio.CancelScope(shield=True):
-                for stages in list(connection.judges.values()):
-                    await stages.cancel()
                 await self.pool.drop_owner(connection)
                 await stream.aclose()
 
