@@ -1,0 +1,102 @@
+"""Groups: several jobs at once, each in a sandbox of its own, wired by pipes - each
+member's own verdict and usage, EOF and SIGPIPE when a peer is gone, a deadlock ended
+by the wall limits, a cancel that reaches every member."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from sandbox.errors import JobError
+from sandbox.models import Blob, Job, Limits, Pipe, Result, Status
+from sandbox.runner import Runner
+
+pytestmark = pytest.mark.cgroup
+
+BOTH_WAYS = [Pipe.of([0, "stdout"], [1, "stdin"]), Pipe.of([1, "stdout"], [0, "stdin"])]
+
+
+def job(script: str, **limits: object) -> Job:
+    return Job(cmd=["sh", "-c", script], limits=Limits(**limits), require_cgroups=True)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def run_group(runner: Runner) -> Iterator[object]:
+    def _run(jobs: list[Job], pipes: list[Pipe], **kwargs: object) -> list[Result]:
+        try:
+            return runner.run_group(jobs, pipes, **kwargs)  # type: ignore[arg-type]
+        finally:
+            runner.tidy()
+
+    yield _run
+
+
+def test_a_pipe_carries_one_members_stdout_to_the_next_ones_stdin(run_group) -> None:
+    first, second = run_group([job("echo hello; echo to-stderr >&2"), job("tr a-z A-Z")],
+                              [Pipe.of([0, "stdout"], [1, "stdin"])])
+    assert (first.status, second.status) == (Status.OK, Status.OK)
+    assert second.stdout == b"HELLO\n"
+    assert first.stdout == b""  # piped, not captured
+    assert first.stderr == b"to-stderr\n"  # not piped: captured as usual
+
+
+def test_two_members_talk_both_ways(run_group) -> None:
+    asker = job('echo 21; read answer; echo "got $answer" >&2; [ "$answer" = 42 ]')
+    doubler = job('read n; echo $((n * 2))')
+    results = run_group([asker, doubler], BOTH_WAYS)
+    assert [r.status for r in results] == [Status.OK, Status.OK], results
+    assert results[0].stderr == b"got 42\n"
+    assert all(r.usage.wall_ms > 0 for r in results)
+
+
+def test_one_members_limit_kill_leaves_the_others_result_and_usage(run_group) -> None:
+    spinner = Job(cmd=["python3", "-c", "print('start', flush=True)\nwhile True: pass"],
+                  limits=Limits(cpu_time="300ms"), require_cgroups=True)
+    reader = job("cat; echo reader-done >&2")  # ends at EOF, when the spinner is killed
+    spun, read = run_group([spinner, reader], [Pipe.of([0, "stdout"], [1, "stdin"])])
+    assert spun.status is Status.TIME_LIMIT
+    assert spun.usage.cpu_ms >= 300
+    assert read.status is Status.OK
+    assert (read.stdout, read.stderr) == (b"start\n", b"reader-done\n")
+    assert read.usage.cpu_ms < spun.usage.cpu_ms  # each member has its own account
+
+
+def test_a_writer_whose_reader_is_gone_gets_sigpipe(run_group) -> None:
+    writer, reader = run_group([job("exec yes"), job("exec head -c 10")], [Pipe.of([0, "stdout"], [1, "stdin"])])
+    assert reader.status is Status.OK and reader.stdout == b"y\n" * 5
+    assert writer.status is Status.SIGNALED and writer.signal == signal.SIGPIPE
+
+
+def test_members_that_both_wait_to_read_end_at_the_first_wall_limit(run_group) -> None:
+    """A deadlock: each waits for the other. The member whose wall limit comes first is
+    killed; its end of the pipe closes, and the other reads EOF and ends by itself."""
+    first, second = run_group([job("read x", wall_time="400ms"), job("read y", wall_time="20s")], BOTH_WAYS)
+    assert first.status is Status.WALL_TIME_LIMIT and first.usage.wall_ms >= 400
+    assert (second.status, second.exit_code) == (Status.RUNTIME_ERROR, 1)  # `read` at EOF
+    assert 400 <= second.usage.wall_ms < 20_000
+
+
+def test_a_cancel_reaches_every_member(run_group) -> None:
+    cancel_r, cancel_w = os.pipe()
+    try:
+        os.write(cancel_w, b"x")
+        results = run_group([job("sleep 30"), job("sleep 30")], [], cancel_fd=cancel_r)
+    finally:
+        os.close(cancel_r)
+        os.close(cancel_w)
+    assert [r.status for r in results] == [Status.CANCELLED] * 2
+
+
+def test_a_member_may_keep_its_own_stdin_when_not_piped(run_group) -> None:
+    fed = Job(cmd=["cat"], stdin=Blob(data=b"given\n"), require_cgroups=True)
+    first, second = run_group([fed, job("cat")], [Pipe.of([0, "stdout"], [1, "stdin"])])
+    assert (first.status, second.stdout) == (Status.OK, b"given\n")
+
+
+def test_a_malformed_group_is_the_jobs_error_before_anything_runs(runner: Runner) -> None:
+    with pytest.raises(JobError) as raised:
+        runner.run_group([job("true")], [Pipe.of([0, "stdout"], [1, "stdin"])])
+    assert raised.value.field == "pipes.to"
