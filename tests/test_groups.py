@@ -4,15 +4,20 @@ by the wall limits, a cancel that reaches every member."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from workerutil import SANDBOX_CLI
 
 from sandbox.errors import JobError
 from sandbox.models import Blob, Job, Limits, Pipe, Result, Status
 from sandbox.runner import Runner
+from worker.client import Client
 
 pytestmark = pytest.mark.cgroup
 
@@ -100,3 +105,46 @@ def test_a_malformed_group_is_the_jobs_error_before_anything_runs(runner: Runner
     with pytest.raises(JobError) as raised:
         runner.run_group([job("true")], [Pipe.of([0, "stdout"], [1, "stdin"])])
     assert raised.value.field == "pipes.to"
+
+
+def test_a_group_through_the_worker_is_one_request_with_a_result_per_member(worker) -> None:
+    asker = job('echo 21; read answer; echo "got $answer" >&2; [ "$answer" = 42 ]')
+    with Client(worker.socket_path) as client:
+        results = client.group([asker, job("read n; echo $((n * 2))"), job("echo alone")], BOTH_WAYS)
+        stats = client.stats()
+    assert [r.status for r in results] == [Status.OK] * 3
+    assert (results[0].stderr, results[2].stdout) == (b"got 42\n", b"alone\n")
+    assert stats["by_status"]["ok"] == 3  # counted per member
+
+
+@pytest.mark.parametrize(("group", "field"), [
+    ({"jobs": [{"cmd": ["true"]}], "pipes": [{"from": [0, "stdout"], "to": [1, "stdin"]}]}, "pipes.to"),
+    ({"jobs": [{"cmd": ["true"]}, {"cmd": ["true"], "limits": {"memory": "lots"}}]}, "jobs.1.limits.memory"),
+    ({"jobs": [{"cmd": ["true"]}, {"cmd": ["true"], "profile": "nope"}]}, "jobs.1.profile"),
+    ({"jobs": [{"cmd": ["true"]}], "pipes": [{"from": [0, "stdout"], "into": [0, "stdin"]}]}, "pipes"),
+    ({"jobs": {"cmd": ["true"]}}, "jobs"),
+])
+def test_a_malformed_group_is_invalid_job_naming_the_field(worker, connect, group: dict, field: str) -> None:
+    raw = connect(worker)
+    raw.send({"type": "group", "id": "g", **group})
+    reply = raw.next()
+    assert (reply["type"], reply["code"], reply.get("field"), reply.get("id")) == ("error", "invalid_job", field, "g")
+    raw.send({"type": "status", "id": "g"})
+    assert raw.next()["code"] == "unknown_id"  # refused: nothing queued
+
+
+def test_the_group_command_runs_a_spec_here_and_through_a_worker(worker, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({
+        "jobs": [{"cmd": ["sh", "-c", "cat; echo fed >&2"], "stdin": "from the spec\n"}, {"cmd": ["tr", "a-z", "A-Z"]}],
+        "pipes": [{"from": [0, "stdout"], "to": [1, "stdin"]}],
+    }))
+    for where in ([], ["--socket", worker.socket_path]):
+        done = subprocess.run([*SANDBOX_CLI, "group", str(spec), "--json", *where], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        results = json.loads(done.stdout)["results"]
+        assert [(r["status"], r["stdout"], r["stderr"]) for r in results] == [
+            ("ok", "", "fed\n"), ("ok", "FROM THE SPEC\n", "")]
+    spec.write_text(json.dumps({"jobs": [{"cmd": ["true"]}], "pipes": [{"from": [3, "stdout"], "to": [0, "stdin"]}]}))
+    done = subprocess.run([*SANDBOX_CLI, "group", str(spec)], capture_output=True, text=True)
+    assert done.returncode == 125 and "pipes.from" in done.stderr

@@ -21,13 +21,14 @@ from typing import Any
 import trio
 
 from sandbox.errors import JobError
-from sandbox.models import Blob, Job, Result
+from sandbox.models import Blob, Group, Job, Pipe, Result
 from worker.protocol import (
     REPLY_MAX_FRAME,
     VERSION,
     FrameDecoder,
     ProtocolError,
     encode,
+    group_to_wire,
     job_to_wire,
     result_from_wire,
 )
@@ -86,6 +87,16 @@ class _Mailbox:
         """The job's result once its final event (or an error about it) has arrived;
         streamed output on the way goes to ``on_output``. One outcome per call: an id
         submitted again is answered again, and that answer waits for the next call."""
+        message = self.final_event(job_id, on_output)
+        return None if message is None else result_from_wire(message["result"])
+
+    def final_group(self, group_id: str) -> list[Result] | None:
+        """A group's results, in member order, once its final event has arrived."""
+        message = self.final_event(group_id, None)
+        return None if message is None else [result_from_wire(result) for result in message["results"]]
+
+    def final_event(self, job_id: str, on_output: OutputHandler | None) -> dict[str, Any] | None:
+        """The final event of the job (or group) once it has arrived (``final``)."""
         queue = self.events[job_id]
         while queue:
             message = queue.popleft()
@@ -98,9 +109,9 @@ class _Mailbox:
             if message["event"] in _FINAL_EVENTS:
                 if not queue:
                     del self.events[job_id]
-                if "result" not in message:
+                if "result" not in message and "results" not in message:
                     raise WorkerError({"code": "cancelled", "message": f"job {job_id} was cancelled"})
-                return result_from_wire(message["result"])
+                return message
         return None
 
 
@@ -136,6 +147,15 @@ def _submit(job: Job, job_id: str, stream: bool, hello: dict[str, Any]) -> dict[
     message: dict[str, Any] = {"type": "submit", "id": job_id, "job": job_to_wire(with_file_contents(job))}
     if stream:
         message["stream"] = True
+    if "progress-optional" in hello.get("capabilities", ()):
+        message["progress"] = False
+    return message
+
+
+def _group(group: Group, group_id: str, hello: dict[str, Any]) -> dict[str, Any]:
+    """The group request (as ``_submit``: its progress events declined where possible)."""
+    members = Group([with_file_contents(job) for job in group.jobs], group.pipes)
+    message: dict[str, Any] = {"type": "group", "id": group_id, **group_to_wire(members)}
     if "progress-optional" in hello.get("capabilities", ()):
         message["progress"] = False
     return message
@@ -193,6 +213,16 @@ class Client:
         output as it comes ("stdout"/"stderr", the piece's position in that stream; best
         effort: a gap in the offsets is output dropped on the way, the Result has it all)."""
         return self.wait(self.submit(job, job_id, stream=on_output is not None), on_output)
+
+    def group(self, jobs: list[Job], pipes: list[Pipe], group_id: str | None = None) -> list[Result]:
+        """Run a group (``Runner.run_group``) and wait: a Result per member, in order.
+        Raises JobError for a group malformed as a whole, WorkerError for what the worker
+        refuses (``invalid_job`` naming ``jobs.N.<field>`` for a member)."""
+        group_id = group_id or uuid.uuid4().hex
+        self._send(_group(Group(jobs, pipes), group_id, self.hello))
+        while (results := self._mail.final_group(group_id)) is None:
+            self._receive()
+        return results
 
     def cancel(self, job_id: str) -> None:
         self._send({"type": "cancel", "id": job_id})

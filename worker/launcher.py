@@ -30,10 +30,10 @@ from typing import Any
 
 from sandbox.errors import JobError
 from sandbox.linux import syscalls as sc
-from sandbox.models import Result, Status, WarmSpec
+from sandbox.models import Group, Result, Status, WarmSpec
 from sandbox.runner import HandedOver, Runner
 from worker.launcher_channel import LAUNCHER_MAX_FRAME, Kind, check_output_limit
-from worker.protocol import FrameDecoder, ProtocolError, encode, job_from_wire, result_to_wire
+from worker.protocol import FrameDecoder, ProtocolError, encode, group_from_wire, job_from_wire, result_to_wire
 
 # Streamed output waiting for room in the channel; more is dropped (the offsets of the
 # next chunks show the gap, the result has it all).
@@ -158,11 +158,15 @@ def _run(runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[s
     "rejected" (the worker answers invalid_job): nothing a job holds may end the
     launcher, which would take its slot's warm sandboxes with it."""
     try:
-        result = _result(runner, channel, outbox, message, cancelled)
+        if "group" in message:
+            results = _group_results(runner, channel, outbox, message, cancelled)
+            reply: dict[str, Any] = {"results": [result_to_wire(result) for result in results]}
+        else:
+            reply = {"result": result_to_wire(_result(runner, channel, outbox, message, cancelled))}
     except JobError as exc:
         outbox.send({"type": Kind.REJECTED, "id": message["id"], "message": exc.message, "field": exc.field})
         return
-    outbox.send({"type": Kind.RESULT, "id": message["id"], "result": result_to_wire(result)})
+    outbox.send({"type": Kind.RESULT, "id": message["id"], **reply})
     # The worker, woken by the result, is often queued on this CPU: let it pass the result
     # on before this launcher's idle work (cleaning up, ordering the next sandbox).
     os.sched_yield()
@@ -201,6 +205,24 @@ def _result(runner: Runner, channel: socket.socket, outbox: Outbox, message: dic
         on_output=stream_output if message.get("stream") else None,
         handed=handed,
     )
+
+
+def _group_results(
+    runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[str, Any], cancelled: bool,
+) -> list[Result]:
+    """A group's Results, in member order ("started" once every member is handed over)."""
+    job_id = message["id"]
+    wire = message["group"]
+    try:
+        group: Group = group_from_wire(wire.get("jobs"), wire.get("pipes"))
+    except ProtocolError as exc:  # the worker checked it: not reached, but never a crash of ours
+        raise JobError(exc.message, field=exc.field) from None
+    if cancelled:
+        return [Result(Status.CANCELLED, error="cancelled before it started") for _ in group.jobs]
+    for job in group.jobs:
+        check_output_limit(job.limits.over(runner.profiles.get(job.profile).limits))
+    return runner.run_group(group.jobs, group.pipes, cancel_fd=channel.fileno(),
+                            on_started=lambda: outbox.send({"type": Kind.STARTED, "id": job_id}))
 
 
 def main(argv: list[str]) -> int:

@@ -20,7 +20,7 @@ class Kind(str, enum.Enum):
     encoding: a str enum goes on the wire as its string)."""
 
     # worker -> launcher
-    RUN = "run"  # a job to run, or one handed to an offered sandbox (then "sandbox" names it)
+    RUN = "run"  # a job ("job") or a group ("group") to run, or a job handed to an offered sandbox ("sandbox")
     DROP = "drop"  # an offered sandbox the worker could not use: retire it
     CANCEL = "cancel"  # kill the job of that id, if it still runs
     # launcher -> worker
@@ -28,7 +28,7 @@ class Kind(str, enum.Enum):
     OFFER = "offer"  # a warm sandbox for the worker to hand a job to itself (its fds attached)
     STARTED = "started"  # the job was handed to its sandbox
     OUTPUT = "output"  # a piece of the job's output, as it came
-    RESULT = "result"  # the job's Result
+    RESULT = "result"  # the job's Result ("result"), or a group's, one per member ("results")
     REJECTED = "rejected"  # the job's content was found wrong here: invalid_job for its id
 
 

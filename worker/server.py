@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from sandbox.models import WarmSpec
+from sandbox.models import Group, Job, WarmSpec
 from sandbox.profile_names import builtin_profiles
 from worker.admission import admit
 from worker.launcher_channel import LAUNCHER_MAX_FRAME
@@ -35,6 +35,7 @@ from worker.protocol import (
     FrameDecoder,
     ProtocolError,
     encode,
+    group_from_wire,
     hello_message,
     job_from_wire,
     job_id,
@@ -43,7 +44,7 @@ from worker.protocol import (
 from worker.socketclaim import SocketClaim
 from worker.streams import send_now
 
-CAPABILITIES = ["submit", "cancel", "status", "stats", "idempotent-ids", "output-stream", "progress-optional"]
+CAPABILITIES = ["submit", "group", "cancel", "status", "stats", "idempotent-ids", "output-stream", "progress-optional"]
 # Events a submitter may decline with "progress": false (its client waits for the outcome only).
 PROGRESS_EVENTS = frozenset({"accepted", "started"})
 # The largest request a worker may be told to take (--max-frame): a job travels on to its
@@ -348,16 +349,23 @@ class Server:
             return
         if kind == "hello":
             raise ProtocolError("bad_message", "hello was already said")
-        if kind == "submit":
+        if kind in ("submit", "group"):
             if self.stopping:
                 raise ProtocolError("busy", "the worker is shutting down")
             identifier = job_id(message)
-            job = job_from_wire(message.get("job"))
+            work: Job | Group
+            if kind == "submit":
+                work = job_from_wire(message.get("job"))
+                members = [work]
+            else:
+                work = group_from_wire(message.get("jobs"), message.get("pipes"))
+                members = work.jobs
             if not self.pool.knows(identifier):
-                admit(job)  # (a known id's job was admitted; its image may be gone since it ran)
+                for index, job in enumerate(members):  # (a known id's was admitted; its image may be gone since)
+                    admit(job, field_prefix="" if kind == "submit" else f"jobs.{index}.")
             stream, progress = _flag(message, "stream", False), _flag(message, "progress", True)
             deliver = connection.deliver if progress else connection.deliver_outcome
-            self.pool.submit(identifier, job, connection, deliver, stream)
+            self.pool.submit(identifier, work, connection, deliver, stream and kind == "submit")
         elif kind == "cancel":
             await self.pool.cancel(job_id(message))
         elif kind == "status":

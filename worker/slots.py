@@ -21,11 +21,11 @@ from typing import Any
 import trio
 
 from sandbox.errors import SandboxError
-from sandbox.models import Job, Result, Status, WarmSpec
+from sandbox.models import Group, Job, Result, Status, WarmSpec
 from worker.handover import OFFER_FDS, Offer
 from worker.launcher_channel import LAUNCHER_MAX_FRAME, Kind
 from worker.logs import log
-from worker.protocol import FrameDecoder, ProtocolError, encode, job_to_wire, result_from_wire
+from worker.protocol import FrameDecoder, ProtocolError, encode, group_to_wire, job_to_wire, result_from_wire
 from worker.streams import send_now
 
 MAX_RECEIVED_FDS = 16  # a launcher sends 3 at a time (an offer), and one offer at a time
@@ -112,9 +112,9 @@ class Slot:
         self.ready.set()
 
     async def run(
-        self, job_id: str, job: Job, on_started: Callable[[], Awaitable[None]],
+        self, job_id: str, job: Job | Group, on_started: Callable[[], Awaitable[None]],
         on_output: Callable[[dict[str, Any]], None] | None = None,
-    ) -> Result | ProtocolError | None:
+    ) -> Result | list[Result] | ProtocolError | None:
         """Run a job; never raises for the job's sake. The job goes straight to the
         sandbox the launcher offered if it is one for it (``_hand_over``), else to the
         launcher. A launcher that dies before the job started (before the job was handed
@@ -123,7 +123,8 @@ class Slot:
         With ``on_output`` the launcher streams the job's output, each piece an "output"
         message to it. None: the job was cancelled before it was handed to a launcher
         (it never ran); an invalid_job error: the launcher found the job wrong (it never
-        ran either)."""
+        ran either). A group goes to the launcher, never to an offered sandbox (it takes
+        one per member), and has a Result per member."""
         self.running_id, self._cancel_requested = job_id, False
         started = False
 
@@ -140,8 +141,12 @@ class Slot:
                     async with self._sending:
                         if self._cancel_requested:
                             return None
-                        run = {"type": Kind.RUN, "id": job_id, "job": job_to_wire(job), "stream": on_output is not None}
-                        dropped = self._hand_over(job, run)
+                        run: dict[str, Any] = {"type": Kind.RUN, "id": job_id, "stream": on_output is not None}
+                        if isinstance(job, Group):
+                            run["group"], dropped = group_to_wire(job), b""
+                        else:
+                            run["job"] = job_to_wire(job)
+                            dropped = self._hand_over(job, run)
                         started = "sandbox" in run  # a launcher that dies now takes the job with it
                         await self._send(dropped + encode(run))
                         if started:
@@ -149,9 +154,9 @@ class Slot:
                     return await self._until_result(job_id, relay_started, on_output)
                 except (LauncherDied, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     if started:
-                        return Result(Status.INTERNAL_ERROR, error=f"launcher of slot {self.index} died: {exc}")
+                        return _failed(job, f"launcher of slot {self.index} died: {exc}")
                     await dead.wait()  # then the loop waits for the replacement to be ready
-            return Result(Status.INTERNAL_ERROR, error=f"launcher of slot {self.index} keeps dying")
+            return _failed(job, f"launcher of slot {self.index} keeps dying")
         finally:
             self.running_id = None
 
@@ -171,7 +176,7 @@ class Slot:
     async def _until_result(
         self, job_id: str, on_started: Callable[[], Awaitable[None]],
         on_output: Callable[[dict[str, Any]], None] | None,
-    ) -> Result | ProtocolError:
+    ) -> Result | list[Result] | ProtocolError:
         while True:
             message = await self._receive()
             if message.get("id") != job_id:
@@ -180,6 +185,8 @@ class Slot:
                 await on_started()
             elif message["type"] == Kind.OUTPUT and on_output is not None:
                 on_output(message)
+            elif message["type"] == Kind.RESULT and "results" in message:  # a group's
+                return [result_from_wire(result) for result in message["results"]]
             elif message["type"] == Kind.RESULT:
                 return result_from_wire(message["result"])
             elif message["type"] == Kind.REJECTED:
@@ -281,3 +288,10 @@ class Slot:
             if not self._read_now():
                 raise LauncherDied("channel closed")
         return self._pending.pop(0)
+
+
+def _failed(job: Job | Group, error: str) -> Result | list[Result]:
+    """internal_error for the job, or for each member of a group."""
+    if isinstance(job, Group):
+        return [Result(Status.INTERNAL_ERROR, error=error) for _ in job.jobs]
+    return Result(Status.INTERNAL_ERROR, error=error)
