@@ -14,7 +14,7 @@ from sandbox.cli.output import EXIT_SANDBOX_ERROR
 
 if TYPE_CHECKING:
     from sandbox.languages import Stages
-    from sandbox.models import Blob, InputFile, Job, Limits, Result
+    from sandbox.models import Blob, InputFile, Job, Limits, Pipe, Result
     from worker.client import Client
 
 
@@ -105,6 +105,16 @@ class WorkerStages:
             return self.client.run(job)
         except WorkerError as exc:  # the job's fault (its image missing there) is named as such
             raise worker_error(exc) from None
+
+    def run_group(self, jobs: list[Job], pipes: list[Pipe]) -> list[Result]:
+        from sandbox.cli.output import worker_error
+        from worker.client import WorkerError
+
+        try:
+            return self.client.group(jobs, pipes)
+        except WorkerError as exc:
+            raise worker_error(exc) from None
+
 def _versions() -> int:
     """The first line each toolchain prints about itself, from inside the image."""
     from sandbox.languages import image_reference, load_preset, preset_names

@@ -10,30 +10,19 @@ The jobs go through ``Stages``: a Runner in this process, or a worker.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox.judge.checkers import Checked, CheckerKind, CheckStatus, check
+from sandbox.judge.checkers import Checked, CheckerKind, check
 from sandbox.judge.problem import Problem, Program, Test
 from sandbox.judge.report import JudgeReport, TestReport, TestStatus
+from sandbox.judge.testlib import JudgeFault, package_files, verdict, why
 from sandbox.languages import Compiled, Stages, compile_source, load_preset, read_source, run_compiled
-from sandbox.models import WORKDIR, Blob, InputFile, Limits, Result, Status
+from sandbox.models import WORKDIR, Blob, InputFile, Limits, Status
 
-# testlib's exit codes, which custom checkers (and interactors) speak.
-_TESTLIB = {0: CheckStatus.ACCEPTED, 1: CheckStatus.WRONG_ANSWER, 2: CheckStatus.PRESENTATION_ERROR,
-            7: CheckStatus.PARTIAL}
-_TESTLIB_FAIL = 3
 _CHECKER_ARGS = ("input.txt", "output.txt", "answer.txt")  # testlib's order
-_POINTS = re.compile(rb"^points\s+([0-9.eE+-]+)", re.MULTILINE)
-_MESSAGE_BYTES = 4096
 _CHECKER_OUTPUT = "1M"
-_PACKAGE_FILE_LIMIT = 64 << 20  # bytes of the package's own files a checker compiles with
-
-
-class JudgeFault(Exception):
-    """The checker (or the package) failed on a test: ``judge_error``, never the solution's."""
 
 
 @dataclass(frozen=True)
@@ -96,22 +85,20 @@ def _checker(stages: Stages, problem: Problem) -> _Checker:
 
 
 class _ProgramChecker:
-    """A testlib-style checker: ``checker input output answer`` in a sandbox of its own;
-    exit 0 accepted, 1 wrong answer, 2 presentation error, 7 partial (``points X`` on
-    stderr, or a number alone on stdout's first line: the fraction, 0..1), 3 or anything
-    else - a crash, a limit - is the checker failing. Its stderr is the message."""
+    """A testlib-style checker: ``checker input output answer`` in a sandbox of its own,
+    saying its verdict by its exit code (``testlib.verdict``)."""
 
     def __init__(self, stages: Stages, problem: Problem, program: Program) -> None:
         self.stages = stages
         self.fault: str | None = None
         try:
-            files = _package_files(problem, program)
+            files = package_files(problem, program)
         except JudgeFault as exc:
             self.fault = str(exc)
             return
         self.compiled = compile_source(stages, load_preset(program.lang), read_source(program.source), files=files)
         if self.compiled.status is not Status.OK:
-            self.fault = f"the checker did not compile: {_why(self.compiled.result)}"
+            self.fault = f"the checker did not compile: {why(self.compiled.result)}"
 
     def __call__(self, test: Test, output: bytes) -> Checked:
         if self.fault is not None:
@@ -122,42 +109,7 @@ class _ProgramChecker:
         room = test.input.stat().st_size + len(output) + test.answer.stat().st_size + (16 << 20)
         result = run_compiled(self.stages, self.compiled, args=_CHECKER_ARGS, inputs=inputs,
                               limits=Limits(disk=room, output=_CHECKER_OUTPUT))
-        message = result.stderr[:_MESSAGE_BYTES].decode(errors="replace").strip()
-        exited = result.status in (Status.OK, Status.RUNTIME_ERROR)
-        status = _TESTLIB.get(result.exit_code) if exited and result.exit_code is not None else None
-        if status is None:
-            code = "" if result.exit_code != _TESTLIB_FAIL else " (fail)"
-            raise JudgeFault(f"the checker failed{code}: {_why(result)} {message}".strip())
-        if status is CheckStatus.PARTIAL:
-            return Checked(status, _fraction(result), message)
-        return Checked(status, 1.0 if status is CheckStatus.ACCEPTED else 0.0, message)
-
-
-def _fraction(result: Result) -> float:
-    found = _POINTS.search(result.stderr)
-    text = found.group(1) if found else (result.stdout.split(b"\n", 1)[0].strip() or b"?")
-    try:
-        value = float(text)
-    except ValueError:
-        raise JudgeFault(f"the checker said partial without points: {text[:40]!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise JudgeFault(f"the checker's points {value} are outside 0..1")
-    return value
-
-
-def _package_files(problem: Problem, program: Program) -> list[InputFile]:
-    """The package's other top-level files (a testlib.h the setter ships, say), which
-    the checker may need to compile; never the tests."""
-    files, total = [], 0
-    for entry in sorted(problem.root.iterdir()):
-        if entry == program.source or entry.name == "problem.toml" or entry.is_symlink() or not entry.is_file():
-            continue
-        total += entry.stat().st_size
-        if total > _PACKAGE_FILE_LIMIT:
-            raise JudgeFault(
-                f"{problem.root}: the package's files for the checker exceed {_PACKAGE_FILE_LIMIT >> 20} MiB")
-        files.append(InputFile(f"{WORKDIR}/{entry.name}", Blob(path=str(entry))))
-    return files
+        return verdict(result, "the checker")
 
 
 def _read(path: Path) -> bytes:
@@ -165,8 +117,3 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise JudgeFault(f"{path}: {exc.strerror}") from exc
-
-
-def _why(result: Result) -> str:
-    detail = result.error or (f"exit {result.exit_code}" if result.exit_code is not None else result.signal_name)
-    return f"{result.status.value} ({detail})"
