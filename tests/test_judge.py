@@ -1,6 +1,8 @@
 """Judging end to end: the problems in tests/problems against solutions that are
 accepted, wrong, wrong only in whitespace, too slow, too big, crashing, failing to
-compile and flooding their output - every verdict right, the program compiled once."""
+compile and flooding their output - every verdict right, the program compiled once;
+an interactive problem (tests/problems/guess: guess the number, a C++ interactor)
+against right, wrong, slow, crashing, deadlocked and answer-peeking solutions."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from sandbox.judge.checkers import CheckerKind
 from sandbox.judge.problem import Checker, Problem, load_problem
 from sandbox.judge.run import Submission, judge
 from sandbox.languages import RunnerStages
-from sandbox.models import Job, Result
+from sandbox.models import Job, Pipe, Result
 
 PROBLEMS = Path(__file__).parent / "problems"
 SOLUTIONS = PROBLEMS / "solutions"
@@ -40,6 +42,14 @@ class CountingStages(RunnerStages):
             self.runner.tidy()
         self.seen.append((job, result))
         return result
+
+    def run_group(self, jobs: list[Job], pipes: list[Pipe]) -> list[Result]:
+        try:
+            results = super().run_group(jobs, pipes)
+        finally:
+            self.runner.tidy()
+        self.seen.extend(zip(jobs, results, strict=True))
+        return results
 
 
 @pytest.fixture
@@ -155,3 +165,45 @@ def test_a_broken_package_is_a_clear_error(tmp_path: Path) -> None:
                            "--source", str(SOLUTIONS / "sum_ok.py")], capture_output=True, timeout=60)
     assert done.returncode == 125
     assert b"no tests" in done.stderr
+
+
+# Interactive problems
+
+GUESS = Path(__file__).parent / "problems" / "guess"
+
+
+@pytest.mark.parametrize(("solution", "verdict", "tests"), [
+    ("guess_ok.cpp", "accepted", ["accepted"] * 3),
+    ("guess_ok.py", "accepted", ["accepted"] * 3),
+    ("guess_linear.cpp", "wrong_answer", ["accepted", "wrong_answer", "wrong_answer"]),  # too many guesses
+    ("guess_gives_up.py", "wrong_answer", ["wrong_answer"] * 3),
+    ("guess_peek.py", "wrong_answer", ["wrong_answer"] * 3),  # no answer file in its sandbox
+    ("guess_deadlock.cpp", "wall_time_limit", ["wall_time_limit"] * 3),
+    ("guess_slow.cpp", "time_limit", ["time_limit"] * 3),
+    ("guess_crash.cpp", "signaled", ["signaled"] * 3),
+])
+def test_every_verdict_of_an_interactive_problem(stages: CountingStages, solution: str, verdict: str,
+                                                 tests: list[str]) -> None:
+    report = judge(stages, load_problem(GUESS), submission(solution))
+    assert (report.verdict, statuses(report)) == (verdict, tests), report.to_json_dict()
+    assert stages.compiles == 2  # the solution and the interactor, once each
+    for test in report.tests:
+        assert test.interactor is not None and test.usage is not None
+        assert test.interactor.usage is not test.usage
+        assert test.to_json_dict()["interactor"]["usage"]["wall_ms"] > 0
+
+
+def test_the_interactor_says_why(stages: CountingStages) -> None:
+    report = judge(stages, load_problem(GUESS), submission("guess_linear.cpp"))
+    assert [t.checker_message for t in report.tests] == [
+        "found in 7 guesses", "too many guesses", "too many guesses"], report.to_json_dict()
+    assert [t.interactor.exit_code for t in report.tests if t.interactor] == [0, 1, 1]
+
+
+def test_the_solution_gets_neither_the_input_nor_the_answer(stages: CountingStages) -> None:
+    judge(stages, load_problem(GUESS), submission("guess_ok.py"))
+    runs = [job for job, _ in stages.seen if job.profile != "compile"]
+    solutions = [job for job in runs if job.cmd[-1] == "main.py"]
+    assert solutions and all(job.stdin is None for job in solutions)
+    names = {file.dest for job in solutions for file in job.files}
+    assert names == {"/work/main.py"}, names

@@ -10,11 +10,13 @@ The jobs go through ``Stages``: a Runner in this process, or a worker.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.judge.checkers import Checked, CheckerKind, check
+from sandbox.judge.interactive import InteractiveTests
 from sandbox.judge.problem import Problem, Program, Test
 from sandbox.judge.report import JudgeReport, TestReport, TestStatus
 from sandbox.judge.testlib import JudgeFault, package_files, verdict, why
@@ -36,24 +38,61 @@ class Submission:
 
 
 def judge(stages: Stages, problem: Problem, submission: Submission, *, stop_on_failure: bool = False,
-          on_test: Callable[[TestReport], None] | None = None) -> JudgeReport:
+          on_test: Callable[[TestReport], None] | None = None, parallel: int = 1) -> JudgeReport:
     """The report of ``submission`` on every test of ``problem``, in order. ``on_test``
-    hears each test as it is decided. With ``stop_on_failure``, the tests after the first
-    that is not accepted are ``skipped``."""
+    hears each test as it is decided, in order. With ``stop_on_failure``, the tests after
+    the first that is not accepted are ``skipped``. With ``parallel`` > 1, that many
+    tests run at once (``stages`` must take jobs from several threads); the report is
+    the same as one test at a time."""
     compiled = compile_source(stages, load_preset(submission.lang), submission.source)
     if compiled.status is not Status.OK:
         return JudgeReport.of(problem, compiled.result, [])
-    checker = _checker(stages, problem)
-    reports: list[TestReport] = []
-    for test in problem.tests:
-        if stop_on_failure and any(r.status is not TestStatus.ACCEPTED for r in reports):
-            report = TestReport.skipped(test.name)
-        else:
-            report = _judge_test(stages, problem, compiled, checker, test)
-        reports.append(report)
-        if on_test is not None:
-            on_test(report)
+    if problem.interactor is not None:
+        interactive = InteractiveTests(stages, problem, problem.interactor)
+
+        def run_test(test: Test) -> TestReport:
+            return interactive(compiled, test)
+    else:
+        checker = _checker(stages, problem)
+
+        def run_test(test: Test) -> TestReport:
+            return _judge_test(stages, problem, compiled, checker, test)
+
+    reports = _run_tests(problem.tests, run_test, parallel=parallel, stop_on_failure=stop_on_failure,
+                         on_test=on_test)
     return JudgeReport.of(problem, compiled.result, reports)
+
+
+def _run_tests(tests: Sequence[Test], run_test: Callable[[Test], TestReport], *, parallel: int,
+               stop_on_failure: bool, on_test: Callable[[TestReport], None] | None) -> list[TestReport]:
+    """Each test's report, in test order. In parallel, tests after the first failure may
+    have run already: with ``stop_on_failure`` they are ``skipped`` all the same (and
+    those not started yet are not started), so the report never depends on ``parallel``."""
+    reports: list[TestReport] = []
+
+    def failed() -> bool:
+        return stop_on_failure and any(r.status is not TestStatus.ACCEPTED for r in reports)
+
+    with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="judge-test") as pool:
+        ahead: dict[int, Future[TestReport]] = {}
+        for index, test in enumerate(tests):
+            # Keep ``parallel`` tests in flight; one at a time runs nothing past a failure.
+            for later in range(index, min(len(tests), index + parallel)):
+                if later not in ahead and not failed():
+                    ahead[later] = pool.submit(run_test, tests[later])
+            future = ahead.pop(index, None)
+            if failed() or future is None:
+                if future is not None:
+                    future.cancel()
+                report = TestReport.skipped(test.name)
+            else:
+                report = future.result()
+            reports.append(report)
+            if on_test is not None:
+                on_test(report)
+        for future in ahead.values():
+            future.cancel()
+    return reports
 
 
 def _judge_test(stages: Stages, problem: Problem, compiled: Compiled, checker: _Checker, test: Test) -> TestReport:
