@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +208,79 @@ def test_the_solution_gets_neither_the_input_nor_the_answer(stages: CountingStag
     assert solutions and all(job.stdin is None for job in solutions)
     names = {file.dest for job in solutions for file in job.files}
     assert names == {"/work/main.py"}, names
+
+
+# Tests in parallel
+
+class InFlight(CountingStages):
+    """The runner's stages, counting the jobs in flight at once: the peak proves the
+    overlap without timing anything."""
+
+    def __init__(self, runner: Any) -> None:
+        super().__init__(runner)
+        self.lock = threading.Lock()
+        self.now = self.peak = 0
+
+    def run(self, job: Job, trace: list[Any] | None) -> Result:
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            return super().run(job, trace)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def slow_sum_problem(root: Path, tests: int) -> Path:
+    """The sum problem with more tests; the solution for it sleeps 300 ms a test, so tests
+    run at once are certain to be in flight together."""
+    (root / "tests").mkdir(parents=True)
+    for index in range(1, tests + 1):
+        (root / "tests" / f"{index}.in").write_text(f"{index} {index}\n")
+        (root / "tests" / f"{index}.out").write_text(f"{2 * index}\n")
+    (root / "problem.toml").write_text("[limits]\ncpu_time = '1s'\nwall_time = '5s'\n")
+    return root
+
+
+def comparable(report: Any) -> dict[str, Any]:
+    """The report without what two runs of a test measure differently."""
+    data = report.to_json_dict()
+    data["compile"] = data["compile"]["status"]
+    for test in data["tests"]:
+        test["usage"] = None
+    return data
+
+
+def test_parallel_tests_overlap_and_report_as_one_at_a_time(runner, language_image, tmp_path: Path) -> None:
+    problem = load_problem(slow_sum_problem(tmp_path / "slow", 5))
+    solution = tmp_path / "slow_sum.py"
+    solution.write_text("import time\ntime.sleep(0.3)\na, b = map(int, input().split())\nprint(a + b)\n")
+    heard: list[str] = []
+    sequential, parallel = InFlight(runner), InFlight(runner)
+    one_at_a_time = judge(sequential, problem, Submission.from_file("python3", solution))
+    at_once = judge(parallel, problem, Submission.from_file("python3", solution), parallel=3,
+                    on_test=lambda test: heard.append(test.name))
+    assert comparable(at_once) == comparable(one_at_a_time)
+    assert at_once.verdict == "accepted" and heard == ["1", "2", "3", "4", "5"]
+    assert (sequential.peak, parallel.peak) == (1, 3)
+
+
+@pytest.mark.parametrize("parallel", [1, 3])
+def test_stop_on_failure_in_parallel_skips_what_ran_after_the_failure(stages: CountingStages, parallel: int) -> None:
+    report = judge(stages, load_problem(PROBLEMS / "sum"), submission("sum_wrong.cpp"), stop_on_failure=True,
+                   parallel=parallel)
+    assert statuses(report) == ["accepted", "wrong_answer", "skipped"]
+    assert report.verdict == "wrong_answer" and report.score == pytest.approx(100 / 3)
+
+
+def test_an_interactive_problem_in_parallel_through_a_worker(worker, language_image) -> None:
+    here = subprocess.run([*SANDBOX_CLI, "judge", str(GUESS), "--lang", "cpp", "--source",
+                           str(SOLUTIONS / "guess_linear.cpp"), "--json"], capture_output=True, timeout=300)
+    there = subprocess.run([*SANDBOX_CLI, "judge", str(GUESS), "--lang", "cpp", "--source",
+                            str(SOLUTIONS / "guess_linear.cpp"), "--json", "--parallel", "3",
+                            "--socket", worker.socket_path], capture_output=True, timeout=300)
+    assert (here.returncode, there.returncode) == (1, 1), there.stderr
+    reports = [json.loads(done.stdout) for done in (here, there)]
+    assert [[t["status"] for t in r["tests"]] for r in reports] == [["accepted", "wrong_answer", "wrong_answer"]] * 2
+    assert all(t["interactor"]["exit_code"] in (0, 1) for r in reports for t in r["tests"])

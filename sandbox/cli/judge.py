@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ def add_commands(commands: Any) -> None:
     judge.add_argument("--source", required=True, help="the submission's source file")
     judge.add_argument("--json", action="store_true", help="print the whole report as JSON")
     judge.add_argument("--stop-on-failure", action="store_true", help="skip the tests after the first failed one")
+    judge.add_argument("--parallel", type=_positive, default=1, metavar="N",
+                       help="run N tests at once (here, or as N jobs of the worker); the report is the same")
     where = judge.add_argument_group("through a worker (default: in this process)")
     where.add_argument("--socket", help="the worker's unix socket")
     where.add_argument("--tcp", metavar="HOST:PORT", help="the worker's TCP address")
@@ -42,9 +45,10 @@ def _judge(args: argparse.Namespace) -> int:
         from sandbox.cli.languages import WorkerStages
         from sandbox.cli.worker import connect
 
-        with connect(args) as client:
-            report = judge(WorkerStages(client), problem, submission, stop_on_failure=args.stop_on_failure,
-                           on_test=on_test)
+        with ExitStack() as connections:  # a connection per test in flight: a client waits for one job at a time
+            clients = [connections.enter_context(connect(args)) for _ in range(args.parallel)]
+            report = judge(WorkerStages(*clients), problem, submission, stop_on_failure=args.stop_on_failure,
+                           on_test=on_test, parallel=args.parallel)
     else:
         from sandbox.languages import RunnerStages
         from sandbox.runner import Runner
@@ -52,7 +56,7 @@ def _judge(args: argparse.Namespace) -> int:
         runner = Runner()
         try:
             report = judge(RunnerStages(runner), problem, submission, stop_on_failure=args.stop_on_failure,
-                           on_test=on_test)
+                           on_test=on_test, parallel=args.parallel)
         finally:
             runner.close()
     if args.json:
@@ -67,6 +71,12 @@ def _judge(args: argparse.Namespace) -> int:
     if report.verdict == "accepted":
         return EXIT_ACCEPTED
     return EXIT_JUDGE_ERROR if report.verdict == "judge_error" else EXIT_REJECTED
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 256:
+        raise argparse.ArgumentTypeError(f"expected a number of tests from 1 to 256, got {text!r}")
+    return int(text)
 
 
 def _print_test(test: Any) -> None:
