@@ -148,3 +148,15 @@ def test_the_group_command_runs_a_spec_here_and_through_a_worker(worker, tmp_pat
     spec.write_text(json.dumps({"jobs": [{"cmd": ["true"]}], "pipes": [{"from": [3, "stdout"], "to": [0, "stdin"]}]}))
     done = subprocess.run([*SANDBOX_CLI, "group", str(spec)], capture_output=True, text=True)
     assert done.returncode == 125 and "pipes.from" in done.stderr
+
+
+def test_cancelling_a_group_through_the_worker_cancels_every_member(worker, connect) -> None:
+    raw = connect(worker)
+    sleeper = {"cmd": ["sleep", "30"]}
+    raw.send({"type": "group", "id": "g", "jobs": [sleeper, {"cmd": ["cat"]}],
+              "pipes": [{"from": [0, "stdout"], "to": [1, "stdin"]}]})
+    raw.until(lambda m: m.get("event") == "started")
+    raw.send({"type": "cancel", "id": "g"})
+    final = raw.until(lambda m: m.get("event") in ("finished", "cancelled"))
+    assert final["event"] == "cancelled"
+    assert [r["status"] for r in final["results"]] == ["cancelled", "cancelled"]
