@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 from workerutil import SANDBOX_CLI
 
 from sandbox.errors import JobError
 from sandbox.models import Blob, Job, Limits, Pipe, Result, Status
 from sandbox.runner import Runner
-from worker.client import Client
+from worker.client import AsyncClient, Client
 
 pytestmark = pytest.mark.cgroup
 
@@ -131,6 +132,22 @@ def test_a_malformed_group_is_invalid_job_naming_the_field(worker, connect, grou
     assert (reply["type"], reply["code"], reply.get("field"), reply.get("id")) == ("error", "invalid_job", field, "g")
     raw.send({"type": "status", "id": "g"})
     assert raw.next()["code"] == "unknown_id"  # refused: nothing queued
+
+
+def test_a_groups_output_is_not_streamed(worker, connect) -> None:
+    raw = connect(worker)
+    raw.send({"type": "group", "id": "g", "jobs": [{"cmd": ["true"]}], "stream": True})
+    reply = raw.next()
+    assert (reply["code"], reply["field"]) == ("bad_message", "stream")
+
+
+def test_the_trio_client_runs_a_group(worker) -> None:
+    async def main() -> list[Result]:
+        async with await AsyncClient.connect(worker.socket_path) as client:
+            return await client.group([job("echo piped"), job("cat")], [Pipe.of([0, "stdout"], [1, "stdin"])])
+
+    results = trio.run(main)
+    assert [(r.status, r.stdout) for r in results] == [(Status.OK, b""), (Status.OK, b"piped\n")]
 
 
 def test_the_group_command_runs_a_spec_here_and_through_a_worker(worker, tmp_path: Path) -> None:

@@ -321,6 +321,15 @@ class AsyncClient:
         """As ``Client.run``."""
         return await self.wait(await self.submit(job, job_id, stream=on_output is not None), on_output)
 
+    async def group(self, jobs: list[Job], pipes: list[Pipe], group_id: str | None = None) -> list[Result]:
+        """As ``Client.group``."""
+        group_id = group_id or uuid.uuid4().hex
+        await self._send(_group(Group(jobs, pipes), group_id, self.hello))
+        async with self._lock:
+            while (results := self._mail.final_group(group_id)) is None:
+                await self._receive()
+        return results
+
     async def cancel(self, job_id: str) -> None:
         await self._send({"type": "cancel", "id": job_id})
 

@@ -364,8 +364,10 @@ class Server:
                 for index, job in enumerate(members):  # (a known id's was admitted; its image may be gone since)
                     admit(job, field_prefix="" if kind == "submit" else f"jobs.{index}.")
             stream, progress = _flag(message, "stream", False), _flag(message, "progress", True)
+            if stream and kind == "group":
+                raise ProtocolError("bad_message", "a group's output is not streamed", field="stream")
             deliver = connection.deliver if progress else connection.deliver_outcome
-            self.pool.submit(identifier, work, connection, deliver, stream and kind == "submit")
+            self.pool.submit(identifier, work, connection, deliver, stream)
         elif kind == "cancel":
             await self.pool.cancel(job_id(message))
         elif kind == "status":
