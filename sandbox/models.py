@@ -285,11 +285,6 @@ class Group:
             sources.add(pipe.source)
             targets.add(pipe.target[0])
 
-    def piped(self, index: int, stream: str) -> bool:
-        """Whether that member's stream is a pipe (so not captured in its Result)."""
-        return any(p.source == (index, stream) for p in self.pipes) or (
-            stream == "stdin" and any(p.target[0] == index for p in self.pipes))
-
 
 def _endpoint(value: object, streams: tuple[str, ...], field_name: str) -> tuple[int, str]:
     if not isinstance(value, (list, tuple)) or len(value) != 2:

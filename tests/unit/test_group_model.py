@@ -18,10 +18,9 @@ def field_of(build: object) -> str | None:
     return raised.value.field
 
 
-def test_a_well_formed_group_and_what_it_pipes() -> None:
+def test_a_well_formed_group_keeps_its_pipes() -> None:
     group = Group(jobs(2), [Pipe.of([0, "stdout"], [1, "stdin"]), Pipe.of((1, "stderr"), (0, "stdin"))])
-    assert group.piped(0, "stdout") and group.piped(1, "stdin") and group.piped(1, "stderr")
-    assert not group.piped(0, "stderr") and not group.piped(1, "stdout")
+    assert group.pipes == [Pipe((0, "stdout"), (1, "stdin")), Pipe((1, "stderr"), (0, "stdin"))]
 
 
 @pytest.mark.parametrize(("source", "target", "field"), [
