@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sandbox.errors import JobError, SetupError
-from sandbox.models import WORKDIR, Blob, InputFile, Job, Limits, Result, Status
+from sandbox.models import WORKDIR, Blob, InputFile, Job, Limits, Pipe, Result, Status
 from sandbox.profile_names import PROFILES_DIR
 
 if TYPE_CHECKING:
@@ -137,6 +137,11 @@ class Stages(Protocol):
     def run(self, job: Job, trace: list[Any] | None) -> Result:
         ...
 
+    def run_group(self, jobs: list[Job], pipes: list[Pipe]) -> list[Result]:
+        """Jobs at once, wired by pipes (``Runner.run_group``): an interactive problem's
+        interactor and solution."""
+        ...
+
 
 class RunnerStages:
     """The stages in this process, on a Runner."""
@@ -150,6 +155,9 @@ class RunnerStages:
 
     def run(self, job: Job, trace: list[Any] | None) -> Result:
         return self.runner.run(job, trace=trace)
+
+    def run_group(self, jobs: list[Job], pipes: list[Pipe]) -> list[Result]:
+        return self.runner.run_group(jobs, pipes)
 
 
 @dataclass
@@ -204,17 +212,24 @@ def run_compiled(stages: Stages, compiled: Compiled, *, stdin: Blob | None = Non
     """One run of a compiled program (``profile``, ``limits``), in a fresh sandbox with
     nothing of the compiler's but its artifacts; ``args`` follow the preset's run
     command, ``inputs`` join the compiled files in /work."""
+    job = compiled_job(stages, compiled, stdin=stdin, limits=limits, profile=profile, args=args, inputs=inputs)
+    return _stage(stages, job, trace)
+
+
+def compiled_job(stages: Stages, compiled: Compiled, *, stdin: Blob | None = None, limits: Limits | None = None,
+                 profile: str = "default", args: Sequence[str] = (), inputs: Sequence[InputFile] = ()) -> Job:
+    """The job ``run_compiled`` runs, for a caller that runs it in a group."""
     preset = compiled.preset
     # The run command is formatted with the limits the job will get (a JVM's heap from
     # its memory): the given ones over the profile's. A runtime may need more processes.
     limits = (limits or Limits()).over(stages.profile_limits(profile))
     limits = Limits(**{**limits.given_values(), "pids": max(limits.pids, int(preset.quirks.get("min_pids", 1)))})
-    return _stage(stages, Job(
+    return Job(
         cmd=[*_format(preset, preset.run, limits, stages.parallelism), *args], limits=limits,
         files=[*compiled.files, *inputs], image=image_reference(), profile=profile,
         env={**_env(preset, limits, stages.parallelism), **compiled.env}, stdin=stdin,
         require_cgroups=compiled.require_cgroups,
-    ), trace)
+    )
 
 
 def read_source(source: Path) -> bytes:
@@ -245,10 +260,23 @@ def _stage(stages: Stages, job: Job, trace: list[Any] | None) -> Result:
     try:
         return stages.run(job, trace)
     except JobError as exc:
-        if exc.field == "image":
-            raise JobError(f"the language image {job.image} is not in the image store: build it with "
-                           "'sandbox languages build' (as the user whose store runs the job)", field="lang") from None
-        raise
+        raise _named(exc, job) from None
+
+
+def run_stages_together(stages: Stages, jobs: list[Job], pipes: list[Pipe]) -> list[Result]:
+    """Compiled programs' jobs (``compiled_job``) as one group; a missing language image
+    is named with its remedy, as for one stage."""
+    try:
+        return stages.run_group(jobs, pipes)
+    except JobError as exc:
+        raise _named(exc, jobs[0]) from None
+
+
+def _named(exc: JobError, job: Job) -> JobError:
+    if exc.field is not None and (exc.field == "image" or exc.field.endswith(".image")):
+        return JobError(f"the language image {job.image} is not in the image store: build it with "
+                        "'sandbox languages build' (as the user whose store runs the job)", field="lang")
+    return exc
 
 
 def _check_extra_files(preset: Preset, files: Sequence[InputFile]) -> None:

@@ -277,6 +277,70 @@ class Job:
             raise JobError(f"more than {MAX_COLLECT} paths to collect", field="collect")
 
 
+PIPE_SOURCES = ("stdout", "stderr")
+PIPE_TARGETS = ("stdin",)
+MAX_GROUP = 16  # members of one group: each is a sandbox of its own, started at once
+
+
+@dataclass(frozen=True)
+class Pipe:
+    """One stream of a group member wired to another's stdin (go-judge's pipeMapping):
+    ``source`` is (member index, "stdout" or "stderr"), ``target`` (member index, "stdin").
+    A member may feed itself (its stdout back into its own stdin) - odd, but harmless."""
+
+    source: tuple[int, str]
+    target: tuple[int, str]
+
+    @classmethod
+    def of(cls, source: object, target: object) -> Pipe:
+        """From the loose forms a caller writes: [0, "stdout"] lists or tuples."""
+        return cls(_endpoint(source, PIPE_SOURCES, "pipes.from"), _endpoint(target, PIPE_TARGETS, "pipes.to"))
+
+
+@dataclass
+class Group:
+    """Jobs that run at once, each in a sandbox of its own with its own limits and
+    Result, wired by ``pipes``. Checked as a whole here, once: every index names a
+    member, a stream feeds at most one stdin, a stdin is fed at most once, and a member
+    whose stdin is piped gives no ``stdin`` data of its own."""
+
+    jobs: list[Job]
+    pipes: list[Pipe] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.jobs, list) or not self.jobs:
+            raise JobError("a group needs at least one job", field="jobs")
+        if len(self.jobs) > MAX_GROUP:
+            raise JobError(f"a group has at most {MAX_GROUP} jobs", field="jobs")
+        if not isinstance(self.pipes, list) or not all(isinstance(p, Pipe) for p in self.pipes):
+            raise JobError("pipes must be a list of pipes", field="pipes")
+        sources: set[tuple[int, str]] = set()
+        targets: set[int] = set()
+        for pipe in self.pipes:
+            for index, name in ((pipe.source[0], "pipes.from"), (pipe.target[0], "pipes.to")):
+                if not 0 <= index < len(self.jobs):
+                    raise JobError(f"member {index} does not exist (the group has {len(self.jobs)})", field=name)
+            if pipe.source in sources:
+                raise JobError(f"member {pipe.source[0]}'s {pipe.source[1]} is piped twice", field="pipes.from")
+            if pipe.target[0] in targets:
+                raise JobError(f"member {pipe.target[0]}'s stdin is fed twice", field="pipes.to")
+            if self.jobs[pipe.target[0]].stdin is not None:
+                raise JobError(f"member {pipe.target[0]}'s stdin is piped: it cannot also be given", field="pipes.to")
+            sources.add(pipe.source)
+            targets.add(pipe.target[0])
+
+
+def _endpoint(value: object, streams: tuple[str, ...], field_name: str) -> tuple[int, str]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise JobError(f"expected [member index, stream], got {value!r}", field=field_name)
+    index, stream = value
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise JobError(f"the member index must be an integer, got {index!r}", field=field_name)
+    if stream not in streams:
+        raise JobError(f"the stream must be {' or '.join(streams)}, got {stream!r}", field=field_name)
+    return index, str(stream)
+
+
 @dataclass
 class Usage:
     """What the job consumed. ``None`` where the kernel (or missing cgroups) cannot say."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 import errno
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from sandbox.job_message import (
     rlimits,
     start_job,
 )
-from sandbox.models import CGROUP_LIMITS, WORKDIR, Blob, Job, Limits, Result, Status, Usage, WarmSpec
+from sandbox.models import CGROUP_LIMITS, WORKDIR, Blob, Group, Job, Limits, Pipe, Result, Status, Usage, WarmSpec
 from sandbox.prepare import ImageRoot
 from sandbox.profile_cache import ProfileCache
 from sandbox.supervise import Outcome, Watch, supervise
@@ -78,6 +79,10 @@ class Runner:
         specs = WarmSpec.merged([WarmSpec(warm, profile), *warm_for])
         self.sandboxes = SandboxSupply(self.profiles, self.backend, cap_last, specs, WARM_DISK_BYTES, self.id_plan)
         self.sandboxes.start()
+        # The supply and the image leases are not thread-safe: taking, starting and
+        # retiring sandboxes is serialized; supervising them (most of a job's life) is not,
+        # so several threads may run jobs on one Runner (``sandbox judge --parallel``).
+        self._supply_lock = threading.Lock()
 
     def run(
         self, job: Job, *, cancel_fd: int | None = None, on_started: Callable[[], None] | None = None,
@@ -105,13 +110,34 @@ class Runner:
         except OSError as exc:
             return Result(Status.INTERNAL_ERROR, error=f"{type(exc).__name__}: {exc}")
 
+    def run_group(
+        self, jobs: Sequence[Job], pipes: Sequence[Pipe] = (), *, cancel_fd: int | None = None,
+        on_started: Callable[[], None] | None = None,
+    ) -> list[Result]:
+        """Run ``jobs`` at once, each in a sandbox of its own, wired by ``pipes``; their
+        Results in member order, each with its own status and usage (one member's limit
+        kill ends only that member: its peers see EOF or SIGPIPE, as with any pipe). A
+        piped stream is not captured: that member's Result has it empty. ``cancel_fd``
+        readable cancels every member; ``on_started`` is called once all are handed to
+        their sandboxes. Raises JobError for a malformed group (``Group``)."""
+        group = Group(list(jobs), list(pipes))
+        try:
+            return self._run_group(group, cancel_fd, on_started)
+        except JobError:
+            raise
+        except (SandboxError, OSError) as exc:
+            error = str(exc) if isinstance(exc, SandboxError) else f"{type(exc).__name__}: {exc}"
+            return [Result(Status.INTERNAL_ERROR, error=error) for _ in group.jobs]
+
     def tidy(self) -> None:
         """Finish the cleanup of jobs that already have their result."""
-        self.sandboxes.finish()
+        with self._supply_lock:
+            self.sandboxes.finish()
 
     def close(self) -> None:
         """Discard the warm sandboxes, finish pending cleanup, stop the zygote."""
-        self.sandboxes.close()
+        with self._supply_lock:
+            self.sandboxes.close()
 
     def _run(
         self, job: Job, cancel_fd: int | None, on_started: Callable[[], None] | None,
@@ -119,105 +145,216 @@ class Runner:
         handed: HandedOver | None, collect_room: int | None,
     ) -> Result:
         with ExitStack() as cleanup:
-            if handed is not None:  # running what the worker started there: it ends with us
-                cleanup.callback(self.sandboxes.retire, handed.sandbox)
-            profile = self.profiles.get(job.profile)
-            limits = job.limits.over(profile.limits)
-            warnings: list[str] = []
-            not_enforced: list[str] = []
-            if self.backend is None:
-                if job.require_cgroups:
-                    raise CgroupError(f"cgroups required but unavailable: {self.cgroup_problem}")
-                not_enforced.extend(CGROUP_LIMITS)
-                warnings.append(
-                    f"no delegated cgroup ({self.cgroup_problem}); memory is capped by an address-space "
-                    "rlimit, pids by RLIMIT_NPROC, CPU time per process only"
-                )
-            if self.id_plan.problem is not None:
-                warnings.append(f"the job ran as this user, as every job of it does ({self.id_plan.problem})")
-            if handed is None:
-                argv, env, cwd, image_root = _image_for(job, cleanup, profile.env)
-                sandbox = self.sandboxes.take(image_root, job.profile, limits, image_name=job.image,
-                                              trace=trace is not None)
-                cleanup.callback(self.sandboxes.retire, sandbox)
-            else:
-                sandbox = handed.sandbox
-            prepared, cgroup = sandbox.prepared, sandbox.cgroup
-            if prepared.init_pid <= 0:
-                message = next((m["message"] for m in prepared.early if m["kind"] == "setup_error"), None)
-                return Result(Status.INTERNAL_ERROR, error=message or "sandbox did not start", warnings=warnings)
-            if cgroup is not None:
-                cgroup.apply_limits(limits)
-                if not sandbox.accounting:
-                    cgroup.start_accounting()
             fds: list[int] = []
             cleanup.callback(_close_all, fds)
-            # (the worker computed the same for a job it handed over: the warnings are ours)
-            job_rlimits = rlimits(limits, cgroup is not None, warnings)
-            if handed is None:
-                stdout_r, stdout_w = _pipe(fds)
-                stderr_r, stderr_w = _pipe(fds)
-                stdio = (job_stdin(job.stdin, fds), stdout_w, stderr_w)
-                files = [(f.dest, open_blob(f.content, fds), f.mode) for f in job.files]
-                spec = job_spec(argv, env, cwd, limits, stdio, job_rlimits, files, job.collect)
-                try:
-                    start_job(prepared.job_channel, spec)
-                    prepare.step_aside()
-                except OSError as exc:
-                    if exc.errno == errno.EMSGSIZE:  # the sandbox would wait for it until set-up timed out
-                        raise JobError(
-                            "the command, its environment and the file names are too long for one job message",
-                            field="cmd",
-                        ) from None
-                    # else the sandbox died while waiting; supervise collects why
-                for fd in (stdout_w, stderr_w):
-                    fds.remove(fd)
-                    os.close(fd)
-            else:
-                stdout_r, stderr_r = sandbox.take_output()
-                fds.extend((stdout_r, stderr_r))
-            watch = Watch(
-                wall_limit_ns=limits.wall_time_ms * 1_000_000,
-                cpu_limit_ns=None if limits.cpu_time_ms is None else limits.cpu_time_ms * 1_000_000,
-                parallelism=_parallelism(self.parallelism, limits.cpus),
-                cgroup=cgroup,
-                handed_ns=0 if handed is None else handed.at_ns,
-                collecting=bool(job.collect),
-            )
-            outcome = supervise(
-                prepared, stdout_r, stderr_r, output_limit=limits.output_bytes, watch=watch, cancel_fd=cancel_fd,
-                on_started=on_started, on_output=on_output,
-            )
-            if trace is not None:
-                trace.extend(outcome.traced)
-            collected = _collect(job, sandbox, outcome, collect_room) if job.collect else Collected()
-            usage = _usage(outcome, cgroup)  # (after collecting: the init killed what was left of the job)
-            verdict = decide(outcome, cpu_ms=usage.cpu_ms, cpu_limit_ms=limits.cpu_time_ms, oom_killed=usage.oom_killed)
-            return Result(
-                status=verdict.status,
-                exit_code=verdict.exit_code,
-                signal=verdict.signal,
-                signal_name=verdict.signal_name,
-                stdout=bytes(outcome.stdout.data),
-                stderr=bytes(outcome.stderr.data),
-                stdout_truncated=outcome.stdout.truncated,
-                stderr_truncated=outcome.stderr.truncated,
-                usage=usage,
-                limits_not_enforced=not_enforced,
-                warnings=warnings,
-                error=verdict.error,
-                violation=outcome.violation,
-                files=collected.files,
-                file_errors=collected.errors,
+            with self._supply_lock:
+                member = self._take(job, cleanup, handed, trace is not None)
+                if member.failed is not None:
+                    return member.failed
+                if handed is None:
+                    output = self._start(member, fds, _Stdio())
+                else:
+                    output = handed.sandbox.take_output()
+                    fds.extend(output)
+            return self._watch(
+                member, output, cancel_fd=cancel_fd, on_started=on_started, on_output=on_output, trace=trace,
+                handed_ns=0 if handed is None else handed.at_ns, collect_room=collect_room,
             )
         raise AssertionError("unreachable")  # pragma: no cover - the with block returns
 
+    def _run_group(
+        self, group: Group, cancel_fd: int | None, on_started: Callable[[], None] | None,
+    ) -> list[Result]:
+        """Take every member's sandbox and start every job here, in the calling thread
+        (the supply is not thread-safe), then supervise the members at once, a thread
+        each: ``supervise`` keeps its state in its own locals and the sandbox it is
+        given, installs no signal handler and reaps only its own init."""
+        with ExitStack() as cleanup:
+            fds: list[int] = []
+            cleanup.callback(_close_all, fds)
+            with self._supply_lock:
+                members = [self._take(job, cleanup, None, False) for job in group.jobs]
+                stdio = [_Stdio() for _ in members]
+                pipe_ends: list[int] = []
+                for pipe in group.pipes:
+                    read_end, write_end = _pipe(pipe_ends)
+                    stdio[pipe.target[0]].stdin = read_end
+                    setattr(stdio[pipe.source[0]], pipe.source[1], write_end)
+                fds.extend(pipe_ends)
+                outputs = [None if m.failed else self._start(m, fds, streams) for m, streams in zip(
+                    members, stdio, strict=True)]
+                # The sandboxes hold their own copies now. Ours must go, or a member would
+                # never see EOF on a pipe whose writer is gone: we would still hold it open.
+                for fd in pipe_ends:
+                    fds.remove(fd)
+                    os.close(fd)
+            if on_started is not None:
+                on_started()
+            results: list[Result | None] = [m.failed for m in members]
+
+            def watch(index: int, output: tuple[int, int]) -> None:
+                try:
+                    results[index] = self._watch(members[index], output, cancel_fd=cancel_fd)
+                except (SandboxError, OSError) as exc:
+                    results[index] = Result(Status.INTERNAL_ERROR, error=f"{type(exc).__name__}: {exc}")
+
+            threads = [threading.Thread(target=watch, args=(index, output), name=f"sandbox-group-{index}")
+                       for index, output in enumerate(outputs) if output is not None]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return [result or Result(Status.INTERNAL_ERROR, error="not supervised") for result in results]
+        raise AssertionError("unreachable")  # pragma: no cover - the with block returns
+
+    def _take(self, job: Job, cleanup: ExitStack, handed: HandedOver | None, trace: bool) -> _Member:
+        """The job's sandbox (taken from the supply, or the one it was handed over to),
+        its limits applied; ``failed`` when the sandbox did not start. Retired when
+        ``cleanup`` closes. The caller holds ``_supply_lock``."""
+        if handed is not None:  # running what the worker started there: it ends with us
+            cleanup.callback(self._retire, handed.sandbox)
+        profile = self.profiles.get(job.profile)
+        limits = job.limits.over(profile.limits)
+        warnings: list[str] = []
+        not_enforced: list[str] = []
+        if self.backend is None:
+            if job.require_cgroups:
+                raise CgroupError(f"cgroups required but unavailable: {self.cgroup_problem}")
+            not_enforced.extend(CGROUP_LIMITS)
+            warnings.append(
+                f"no delegated cgroup ({self.cgroup_problem}); memory is capped by an address-space "
+                "rlimit, pids by RLIMIT_NPROC, CPU time per process only"
+            )
+        if self.id_plan.problem is not None:
+            warnings.append(f"the job ran as this user, as every job of it does ({self.id_plan.problem})")
+        command = None
+        if handed is None:
+            argv, env, cwd, image_root = _image_for(job, cleanup, profile.env, self._supply_lock)
+            command = (argv, env, cwd)
+            sandbox = self.sandboxes.take(image_root, job.profile, limits, image_name=job.image, trace=trace)
+            cleanup.callback(self._retire, sandbox)
+        else:
+            sandbox = handed.sandbox
+        member = _Member(job, sandbox, limits, warnings, not_enforced, command)
+        prepared, cgroup = sandbox.prepared, sandbox.cgroup
+        if prepared.init_pid <= 0:
+            message = next((m["message"] for m in prepared.early if m["kind"] == "setup_error"), None)
+            member.failed = Result(Status.INTERNAL_ERROR, error=message or "sandbox did not start", warnings=warnings)
+            return member
+        if cgroup is not None:
+            cgroup.apply_limits(limits)
+            if not sandbox.accounting:
+                cgroup.start_accounting()
+        # (the worker computed the same for a job it handed over: the warnings are ours)
+        member.rlimits = rlimits(limits, cgroup is not None, warnings)
+        return member
+
+    def _start(self, member: _Member, fds: list[int], stdio: _Stdio) -> tuple[int, int]:
+        """Hand the job to its sandbox; the read ends of its stdout and stderr. A stream
+        ``stdio`` wires elsewhere (a group's pipe) is not ours to read: its read end here
+        is at EOF from the start."""
+        assert member.command is not None, "a handed-over job was started by the worker"
+        argv, env, cwd = member.command
+        job = member.job
+        stdout_r, stdout_w = _pipe(fds)
+        stderr_r, stderr_w = _pipe(fds)
+        stdin = job_stdin(job.stdin, fds) if stdio.stdin is None else stdio.stdin
+        files = [(f.dest, open_blob(f.content, fds), f.mode) for f in job.files]
+        stdout = stdout_w if stdio.stdout is None else stdio.stdout
+        stderr = stderr_w if stdio.stderr is None else stdio.stderr
+        spec = job_spec(argv, env, cwd, member.limits, (stdin, stdout, stderr), member.rlimits, files, job.collect)
+        try:
+            start_job(member.sandbox.prepared.job_channel, spec)
+            prepare.step_aside()
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:  # the sandbox would wait for it until set-up timed out
+                raise JobError(
+                    "the command, its environment and the file names are too long for one job message",
+                    field="cmd",
+                ) from None
+            # else the sandbox died while waiting; supervise collects why
+        for fd in (stdout_w, stderr_w):
+            fds.remove(fd)
+            os.close(fd)
+        return stdout_r, stderr_r
+
+    def _watch(
+        self, member: _Member, output: tuple[int, int], *, cancel_fd: int | None,
+        on_started: Callable[[], None] | None = None, on_output: Callable[[str, int, bytes], None] | None = None,
+        trace: list[dict[str, Any]] | None = None, handed_ns: int = 0, collect_room: int | None = None,
+    ) -> Result:
+        """Supervise a started job to its end and draw its Result. Touches only this
+        member's sandbox and cgroup: safe to run for several members at once."""
+        limits, prepared, cgroup = member.limits, member.sandbox.prepared, member.sandbox.cgroup
+        watch = Watch(
+            wall_limit_ns=limits.wall_time_ms * 1_000_000,
+            cpu_limit_ns=None if limits.cpu_time_ms is None else limits.cpu_time_ms * 1_000_000,
+            parallelism=_parallelism(self.parallelism, limits.cpus),
+            cgroup=cgroup,
+            handed_ns=handed_ns,
+            collecting=bool(member.job.collect),
+        )
+        outcome = supervise(
+            prepared, *output, output_limit=limits.output_bytes, watch=watch, cancel_fd=cancel_fd,
+            on_started=on_started, on_output=on_output,
+        )
+        if trace is not None:
+            trace.extend(outcome.traced)
+        job = member.job
+        collected = _collect(job, member.sandbox, outcome, collect_room) if job.collect else Collected()
+        usage = _usage(outcome, cgroup)  # (after collecting: the init killed what was left of the job)
+        verdict = decide(outcome, cpu_ms=usage.cpu_ms, cpu_limit_ms=limits.cpu_time_ms, oom_killed=usage.oom_killed)
+        return Result(
+            status=verdict.status,
+            exit_code=verdict.exit_code,
+            signal=verdict.signal,
+            signal_name=verdict.signal_name,
+            stdout=bytes(outcome.stdout.data),
+            stderr=bytes(outcome.stderr.data),
+            stdout_truncated=outcome.stdout.truncated,
+            stderr_truncated=outcome.stderr.truncated,
+            usage=usage,
+            limits_not_enforced=member.not_enforced,
+            warnings=member.warnings,
+            error=verdict.error,
+            violation=outcome.violation,
+            files=collected.files,
+            file_errors=collected.errors,
+        )
+
+    def _retire(self, sandbox: Sandbox) -> None:
+        with self._supply_lock:
+            self.sandboxes.retire(sandbox)
+
+
+@dataclass
+class _Member:
+    """A job and the sandbox taken for it: what starting and supervising it need."""
+
+    job: Job
+    sandbox: Sandbox
+    limits: Limits
+    warnings: list[str]
+    not_enforced: list[str]
+    command: tuple[list[str], dict[str, str], str] | None  # argv, env, cwd; None: handed over by the worker
+    rlimits: list[tuple[int, int, int]] = field(default_factory=list)
+    failed: Result | None = None  # the sandbox did not start
+
+
+@dataclass
+class _Stdio:
+    """A group member's streams wired to pipes (the write or read end); None: the usual."""
+
+    stdin: int | None = None
+    stdout: int | None = None
+    stderr: int | None = None
+
 
 def _image_for(
-    job: Job, cleanup: ExitStack, profile_env: dict[str, str],
+    job: Job, cleanup: ExitStack, profile_env: dict[str, str], lock: threading.Lock,
 ) -> tuple[list[str], dict[str, str], str, ImageRoot | None]:
     """argv, env (over the profile's) cwd and the layer stack for the job; the lease ends
-    with the job."""
+    with the job (released under ``lock``, as it was taken)."""
     if job.image == "host":
         return (*host_command(job, profile_env), None)
     base_env = {"PATH": DEFAULT_PATH}
@@ -225,12 +362,17 @@ def _image_for(
         image = lease_image(job.image)
     except (ImageNotFound, BadReference) as exc:
         raise JobError(str(exc), field="image") from exc
-    cleanup.callback(image.release)
+    cleanup.callback(_locked, lock, image.release)
     argv = image.argv(job.cmd)
     if not argv:
         raise JobError(f"no command given and image {image.name} has no Entrypoint or Cmd", field="cmd")
     cwd = job.cwd or image.workdir() or WORKDIR
     return argv, {**profile_env, **image.env(base_env), **job.env}, cwd, ImageRoot(image.layer_dirs, cwd)
+
+
+def _locked(lock: threading.Lock, action: Callable[[], None]) -> None:
+    with lock:
+        action()
 
 
 def _collect(job: Job, sandbox: Sandbox, outcome: Outcome, room: int | None) -> Collected:

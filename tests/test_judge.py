@@ -1,12 +1,15 @@
 """Judging end to end: the problems in tests/problems against solutions that are
 accepted, wrong, wrong only in whitespace, too slow, too big, crashing, failing to
-compile and flooding their output - every verdict right, the program compiled once."""
+compile and flooding their output - every verdict right, the program compiled once;
+an interactive problem (tests/problems/guess: guess the number, a C++ interactor)
+against right, wrong, slow, crashing, deadlocked and answer-peeking solutions."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ from sandbox.judge.checkers import CheckerKind
 from sandbox.judge.problem import Checker, Problem, load_problem
 from sandbox.judge.run import Submission, judge
 from sandbox.languages import RunnerStages
-from sandbox.models import Job, Result
+from sandbox.models import Job, Pipe, Result
 
 PROBLEMS = Path(__file__).parent / "problems"
 SOLUTIONS = PROBLEMS / "solutions"
@@ -40,6 +43,14 @@ class CountingStages(RunnerStages):
             self.runner.tidy()
         self.seen.append((job, result))
         return result
+
+    def run_group(self, jobs: list[Job], pipes: list[Pipe]) -> list[Result]:
+        try:
+            results = super().run_group(jobs, pipes)
+        finally:
+            self.runner.tidy()
+        self.seen.extend(zip(jobs, results, strict=True))
+        return results
 
 
 @pytest.fixture
@@ -155,3 +166,121 @@ def test_a_broken_package_is_a_clear_error(tmp_path: Path) -> None:
                            "--source", str(SOLUTIONS / "sum_ok.py")], capture_output=True, timeout=60)
     assert done.returncode == 125
     assert b"no tests" in done.stderr
+
+
+# Interactive problems
+
+GUESS = Path(__file__).parent / "problems" / "guess"
+
+
+@pytest.mark.parametrize(("solution", "verdict", "tests"), [
+    ("guess_ok.cpp", "accepted", ["accepted"] * 3),
+    ("guess_ok.py", "accepted", ["accepted"] * 3),
+    ("guess_linear.cpp", "wrong_answer", ["accepted", "wrong_answer", "wrong_answer"]),  # too many guesses
+    ("guess_gives_up.py", "wrong_answer", ["wrong_answer"] * 3),
+    ("guess_peek.py", "wrong_answer", ["wrong_answer"] * 3),  # no answer file in its sandbox
+    ("guess_deadlock.cpp", "wall_time_limit", ["wall_time_limit"] * 3),
+    ("guess_slow.cpp", "time_limit", ["time_limit"] * 3),
+    ("guess_crash.cpp", "signaled", ["signaled"] * 3),
+])
+def test_every_verdict_of_an_interactive_problem(stages: CountingStages, solution: str, verdict: str,
+                                                 tests: list[str]) -> None:
+    report = judge(stages, load_problem(GUESS), submission(solution))
+    assert (report.verdict, statuses(report)) == (verdict, tests), report.to_json_dict()
+    assert stages.compiles == 2  # the solution and the interactor, once each
+    for test in report.tests:
+        assert test.interactor is not None and test.usage is not None
+        assert test.interactor.usage is not test.usage
+        assert test.to_json_dict()["interactor"]["usage"]["wall_ms"] > 0
+
+
+def test_the_interactor_says_why(stages: CountingStages) -> None:
+    report = judge(stages, load_problem(GUESS), submission("guess_linear.cpp"))
+    assert [t.checker_message for t in report.tests] == [
+        "found in 7 guesses", "too many guesses", "too many guesses"], report.to_json_dict()
+    assert [t.interactor.exit_code for t in report.tests if t.interactor] == [0, 1, 1]
+
+
+def test_the_solution_gets_neither_the_input_nor_the_answer(stages: CountingStages) -> None:
+    judge(stages, load_problem(GUESS), submission("guess_ok.py"))
+    runs = [job for job, _ in stages.seen if job.profile != "compile"]
+    solutions = [job for job in runs if job.cmd[-1] == "main.py"]
+    assert solutions and all(job.stdin is None for job in solutions)
+    names = {file.dest for job in solutions for file in job.files}
+    assert names == {"/work/main.py"}, names
+
+
+# Tests in parallel
+
+class InFlight(CountingStages):
+    """The runner's stages, counting the jobs in flight at once: the peak proves the
+    overlap without timing anything."""
+
+    def __init__(self, runner: Any) -> None:
+        super().__init__(runner)
+        self.lock = threading.Lock()
+        self.now = self.peak = 0
+
+    def run(self, job: Job, trace: list[Any] | None) -> Result:
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            return super().run(job, trace)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def slow_sum_problem(root: Path, tests: int) -> Path:
+    """The sum problem with more tests; the solution for it sleeps 300 ms a test, so tests
+    run at once are certain to be in flight together."""
+    (root / "tests").mkdir(parents=True)
+    for index in range(1, tests + 1):
+        (root / "tests" / f"{index}.in").write_text(f"{index} {index}\n")
+        (root / "tests" / f"{index}.out").write_text(f"{2 * index}\n")
+    (root / "problem.toml").write_text("[limits]\ncpu_time = '1s'\nwall_time = '5s'\n")
+    return root
+
+
+def comparable(report: Any) -> dict[str, Any]:
+    """The report without what two runs of a test measure differently."""
+    data = report.to_json_dict()
+    data["compile"] = data["compile"]["status"]
+    for test in data["tests"]:
+        test["usage"] = None
+    return data
+
+
+def test_parallel_tests_overlap_and_report_as_one_at_a_time(runner, language_image, tmp_path: Path) -> None:
+    problem = load_problem(slow_sum_problem(tmp_path / "slow", 5))
+    solution = tmp_path / "slow_sum.py"
+    solution.write_text("import time\ntime.sleep(0.3)\na, b = map(int, input().split())\nprint(a + b)\n")
+    heard: list[str] = []
+    sequential, parallel = InFlight(runner), InFlight(runner)
+    one_at_a_time = judge(sequential, problem, Submission.from_file("python3", solution))
+    at_once = judge(parallel, problem, Submission.from_file("python3", solution), parallel=3,
+                    on_test=lambda test: heard.append(test.name))
+    assert comparable(at_once) == comparable(one_at_a_time)
+    assert at_once.verdict == "accepted" and heard == ["1", "2", "3", "4", "5"]
+    assert (sequential.peak, parallel.peak) == (1, 3)
+
+
+@pytest.mark.parametrize("parallel", [1, 3])
+def test_stop_on_failure_in_parallel_skips_what_ran_after_the_failure(stages: CountingStages, parallel: int) -> None:
+    report = judge(stages, load_problem(PROBLEMS / "sum"), submission("sum_wrong.cpp"), stop_on_failure=True,
+                   parallel=parallel)
+    assert statuses(report) == ["accepted", "wrong_answer", "skipped"]
+    assert report.verdict == "wrong_answer" and report.score == pytest.approx(100 / 3)
+
+
+def test_an_interactive_problem_in_parallel_through_a_worker(worker, language_image) -> None:
+    here = subprocess.run([*SANDBOX_CLI, "judge", str(GUESS), "--lang", "cpp", "--source",
+                           str(SOLUTIONS / "guess_linear.cpp"), "--json"], capture_output=True, timeout=300)
+    there = subprocess.run([*SANDBOX_CLI, "judge", str(GUESS), "--lang", "cpp", "--source",
+                            str(SOLUTIONS / "guess_linear.cpp"), "--json", "--parallel", "3",
+                            "--socket", worker.socket_path], capture_output=True, timeout=300)
+    assert (here.returncode, there.returncode) == (1, 1), there.stderr
+    reports = [json.loads(done.stdout) for done in (here, there)]
+    assert [[t["status"] for t in r["tests"]] for r in reports] == [["accepted", "wrong_answer", "wrong_answer"]] * 2
+    assert all(t["interactor"]["exit_code"] in (0, 1) for r in reports for t in r["tests"])

@@ -25,15 +25,20 @@ from sandbox.profile_names import builtin_profiles, unknown_profile
 from worker.protocol import ProtocolError
 
 
-def admit(job: Job) -> None:
-    """Raise invalid_job for a job the worker can tell it cannot run. (Its output limit,
-    which may come from its profile, is checked by its launcher, which has the profile
-    parsed: ``launcher_channel.check_output_limit``.)"""
-    if job.profile not in builtin_profiles():  # a worker runs only its own profiles, never a file
-        exc = unknown_profile(job.profile, files_allowed=False)
-        raise ProtocolError("invalid_job", exc.message, field=exc.field)
-    if job.image != "host":
-        _check_image(job)
+def admit(job: Job, *, field_prefix: str = "") -> None:
+    """Raise invalid_job for a job the worker can tell it cannot run; its ``field`` after
+    ``field_prefix`` (``jobs.1.`` for a group's member). (Its output limit, which may come
+    from its profile, is checked by its launcher, which has the profile parsed:
+    ``launcher_channel.check_output_limit``.)"""
+    try:
+        if job.profile not in builtin_profiles():  # a worker runs only its own profiles, never a file
+            exc = unknown_profile(job.profile, files_allowed=False)
+            raise ProtocolError("invalid_job", exc.message, field=exc.field)
+        if job.image != "host":
+            _check_image(job)
+    except ProtocolError as exc:
+        exc.field = f"{field_prefix}{exc.field}" if exc.field else exc.field
+        raise
 
 
 def _check_image(job: Job) -> None:

@@ -21,13 +21,14 @@ from typing import Any
 import trio
 
 from sandbox.errors import JobError
-from sandbox.models import Blob, Job, Result
+from sandbox.models import Blob, Group, Job, Pipe, Result
 from worker.protocol import (
     REPLY_MAX_FRAME,
     VERSION,
     FrameDecoder,
     ProtocolError,
     encode,
+    group_to_wire,
     job_to_wire,
     result_from_wire,
 )
@@ -86,6 +87,16 @@ class _Mailbox:
         """The job's result once its final event (or an error about it) has arrived;
         streamed output on the way goes to ``on_output``. One outcome per call: an id
         submitted again is answered again, and that answer waits for the next call."""
+        message = self.final_event(job_id, on_output)
+        return None if message is None else result_from_wire(message["result"])
+
+    def final_group(self, group_id: str) -> list[Result] | None:
+        """A group's results, in member order, once its final event has arrived."""
+        message = self.final_event(group_id, None)
+        return None if message is None else [result_from_wire(result) for result in message["results"]]
+
+    def final_event(self, job_id: str, on_output: OutputHandler | None) -> dict[str, Any] | None:
+        """The final event of the job (or group) once it has arrived (``final``)."""
         queue = self.events[job_id]
         while queue:
             message = queue.popleft()
@@ -98,9 +109,9 @@ class _Mailbox:
             if message["event"] in _FINAL_EVENTS:
                 if not queue:
                     del self.events[job_id]
-                if "result" not in message:
+                if "result" not in message and "results" not in message:
                     raise WorkerError({"code": "cancelled", "message": f"job {job_id} was cancelled"})
-                return result_from_wire(message["result"])
+                return message
         return None
 
 
@@ -142,10 +153,21 @@ def _submit(job: Job, job_id: str, stream: bool, hello: dict[str, Any]) -> dict[
 
 
 def judge_message(judge_id: str, problem: dict[str, bytes], lang: str, source: bytes,
-                  compile_options: Sequence[str], args: Sequence[str], stop_on_failure: bool) -> dict[str, Any]:
+                  compile_options: Sequence[str], args: Sequence[str], stop_on_failure: bool,
+                  parallel: int) -> dict[str, Any]:
     return {"type": "judge", "id": judge_id, "problem": problem, "stop_on_failure": stop_on_failure,
+            "parallel": parallel,
             "submission": {"lang": lang, "source": source, "compile_options": list(compile_options),
                            "args": list(args)}}
+
+
+def _group(group: Group, group_id: str, hello: dict[str, Any]) -> dict[str, Any]:
+    """The group request (as ``_submit``: its progress events declined where possible)."""
+    members = Group([with_file_contents(job) for job in group.jobs], group.pipes)
+    message: dict[str, Any] = {"type": "group", "id": group_id, **group_to_wire(members)}
+    if "progress-optional" in hello.get("capabilities", ()):
+        message["progress"] = False
+    return message
 
 
 class Client:
@@ -201,18 +223,29 @@ class Client:
         effort: a gap in the offsets is output dropped on the way, the Result has it all)."""
         return self.wait(self.submit(job, job_id, stream=on_output is not None), on_output)
 
+    def group(self, jobs: list[Job], pipes: list[Pipe], group_id: str | None = None) -> list[Result]:
+        """Run a group (``Runner.run_group``) and wait: a Result per member, in order.
+        Raises JobError for a group malformed as a whole, WorkerError for what the worker
+        refuses (``invalid_job`` naming ``jobs.N.<field>`` for a member)."""
+        group_id = group_id or uuid.uuid4().hex
+        self._send(_group(Group(jobs, pipes), group_id, self.hello))
+        while (results := self._mail.final_group(group_id)) is None:
+            self._receive()
+        return results
+
     def cancel(self, job_id: str) -> None:
         self._send({"type": "cancel", "id": job_id})
 
     def judge(self, problem: dict[str, bytes], lang: str, source: bytes, *, compile_options: Sequence[str] = (),
-              args: Sequence[str] = (), stop_on_failure: bool = False, judge_id: str | None = None,
-              on_test: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              args: Sequence[str] = (), stop_on_failure: bool = False, parallel: int = 1,
+              judge_id: str | None = None, on_test: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Judge ``source`` against a problem package (``judge.problem.read_package``
-        gives one from a directory) in the worker: compiled once, every test a job there.
+        gives one from a directory) in the worker: compiled once, every test a job there,
+        ``parallel`` of them at once.
         ``on_test`` hears each test's report as it is decided; the whole report (the
         shape of ``sandbox judge --json``) is returned."""
         judge_id = judge_id or uuid.uuid4().hex
-        self._send(judge_message(judge_id, problem, lang, source, compile_options, args, stop_on_failure))
+        self._send(judge_message(judge_id, problem, lang, source, compile_options, args, stop_on_failure, parallel))
         queue = self._mail.events[judge_id]
         while True:
             while not queue:
@@ -323,6 +356,15 @@ class AsyncClient:
     async def run(self, job: Job, job_id: str | None = None, *, on_output: OutputHandler | None = None) -> Result:
         """As ``Client.run``."""
         return await self.wait(await self.submit(job, job_id, stream=on_output is not None), on_output)
+
+    async def group(self, jobs: list[Job], pipes: list[Pipe], group_id: str | None = None) -> list[Result]:
+        """As ``Client.group``."""
+        group_id = group_id or uuid.uuid4().hex
+        await self._send(_group(Group(jobs, pipes), group_id, self.hello))
+        async with self._lock:
+            while (results := self._mail.final_group(group_id)) is None:
+                await self._receive()
+        return results
 
     async def cancel(self, job_id: str) -> None:
         await self._send({"type": "cancel", "id": job_id})

@@ -31,7 +31,7 @@ from sandbox.errors import JobError, SandboxError
 from sandbox.judge.problem import load_problem
 from sandbox.judge.report import JudgeReport, TestReport
 from sandbox.judge.run import Submission, judge
-from sandbox.models import Job, Result
+from sandbox.models import Group, Job, Pipe, Result
 from sandbox.profile_names import builtin_limits, builtin_profiles
 from worker.admission import admit
 from worker.client import with_file_contents
@@ -43,6 +43,7 @@ _PACKAGE_NAME = re.compile(r"(tests/)?[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
 _MAX_PACKAGE_FILES = 10_000
 _SUBMISSION_KEYS = {"lang", "source", "compile_options", "args"}
 _FINAL = ("finished", "cancelled")
+MAX_PARALLEL = 256
 
 
 class JudgeCancelled(Exception):
@@ -57,6 +58,7 @@ class JudgeRequest:
     package: dict[str, bytes]
     submission: Submission
     stop_on_failure: bool
+    parallel: int  # tests at once: jobs of the pool in flight for this judge
 
 
 def judge_from_wire(message: dict[str, Any], judge_id: str) -> JudgeRequest:
@@ -89,7 +91,11 @@ def judge_from_wire(message: dict[str, Any], judge_id: str) -> JudgeRequest:
     stop = message.get("stop_on_failure", False)
     if not isinstance(stop, bool):
         raise ProtocolError("invalid_job", "stop_on_failure must be true or false", field="stop_on_failure")
-    return JudgeRequest(judge_id, package, Submission(lang, source, tuple(options), tuple(args)), stop)
+    parallel = message.get("parallel", 1)
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= MAX_PARALLEL:
+        raise ProtocolError("invalid_job", f"parallel must be a number of tests from 1 to {MAX_PARALLEL}",
+                            field="parallel")
+    return JudgeRequest(judge_id, package, Submission(lang, source, tuple(options), tuple(args)), stop, parallel)
 
 
 @dataclass
@@ -111,13 +117,23 @@ class PoolStages:
     def run(self, job: Job, trace: list[Any] | None) -> Result:
         if trace is not None:
             raise JobError("a worker does not trace", field="trace")
-        result: Result = trio.from_thread.run(self._run, with_file_contents(job), trio_token=self.token)
+        result = trio.from_thread.run(self._run, with_file_contents(job), trio_token=self.token)
+        assert isinstance(result, Result)
         return result
 
-    async def _run(self, job: Job) -> Result:
+    def run_group(self, jobs: list[Job], pipes: list[Pipe]) -> list[Result]:
+        group = Group([with_file_contents(job) for job in jobs], pipes)
+        results = trio.from_thread.run(self._run, group, trio_token=self.token)
+        assert isinstance(results, list)
+        return results
+
+    async def _run(self, work: Job | Group) -> Result | list[Result]:
+        """Submit to the pool (from the judge's thread, through ``trio.from_thread``: any
+        number of its threads at once) and wait for the outcome."""
         if self.cancelled:
             raise JudgeCancelled
-        admit(job)
+        for index, job in enumerate(work.jobs if isinstance(work, Group) else [work]):
+            admit(job, field_prefix=f"jobs.{index}." if isinstance(work, Group) else "")
         job_id = f"{self.prefix}/{next(self._numbers)}"
         done = trio.Event()
         replies: list[dict[str, Any]] = []
@@ -127,7 +143,7 @@ class PoolStages:
                 replies.append(message)
                 done.set()
 
-        record = self.pool.submit(job_id, job, self.owner, hear)
+        record = self.pool.submit(job_id, work, self.owner, hear)
         self.running.add(job_id)
         try:
             await done.wait()
@@ -159,7 +175,7 @@ async def run_judge(request: JudgeRequest, stages: PoolStages, deliver: Any) -> 
         try:
             _write_package(directory, request.package)
             return judge(stages, load_problem(directory), request.submission,
-                         stop_on_failure=request.stop_on_failure, on_test=on_test)
+                         stop_on_failure=request.stop_on_failure, on_test=on_test, parallel=request.parallel)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 

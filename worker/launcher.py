@@ -30,25 +30,27 @@ import sys
 
 from sandbox.errors import JobError
 from sandbox.linux import syscalls as sc
-from sandbox.models import Result, Status, WarmSpec
+from sandbox.models import Group, Result, Status, WarmSpec
 from sandbox.runner import HandedOver, Runner
 from worker.launcher_channel import (
     RESULT_ROOM,
     CancelJob,
     ChannelDecoder,
     DropOffer,
+    GroupResult,
     JobOutput,
     JobRejected,
     JobResult,
     JobStarted,
     LauncherReady,
     OfferSandbox,
+    RunGroup,
     RunJob,
     ToWorker,
     check_output_limit,
     encode,
 )
-from worker.protocol import ProtocolError, job_from_wire
+from worker.protocol import ProtocolError, group_from_wire, job_from_wire
 
 # Streamed output waiting for room in the channel; more is dropped (the offsets of the
 # next chunks show the gap, the result has it all).
@@ -123,8 +125,8 @@ def serve(channel: socket.socket, warm: list[WarmSpec]) -> None:
                         if sandbox == offered:
                             offered = None  # given back
                         _drop(runner, sandbox)
-                    case RunJob(sandbox=sandbox):
-                        if sandbox == offered:
+                    case RunJob() | RunGroup():
+                        if isinstance(message, RunJob) and message.sandbox == offered:
                             offered = None  # used
                         # Its cancel may have come in the same read: the channel will not
                         # turn readable for it, so it is looked for here.
@@ -168,17 +170,23 @@ def _drop(runner: Runner, init_pid: int) -> None:
         runner.sandboxes.retire(sandbox)
 
 
-def _run(runner: Runner, channel: socket.socket, outbox: Outbox, message: RunJob, cancelled: bool) -> None:
+def _run(
+    runner: Runner, channel: socket.socket, outbox: Outbox, message: RunJob | RunGroup, cancelled: bool,
+) -> None:
     """Run a job and send its outcome. A job found wrong only here - its image removed
     since the worker looked, a command too long for one message to its sandbox - is
     ``JobRejected`` (the worker answers invalid_job): nothing a job holds may end the
     launcher, which would take its slot's warm sandboxes with it."""
     try:
-        result = _result(runner, channel, outbox, message, cancelled)
+        reply: JobResult | GroupResult
+        if isinstance(message, RunGroup):
+            reply = GroupResult(message.id, _group_results(runner, channel, outbox, message, cancelled))
+        else:
+            reply = JobResult(message.id, _result(runner, channel, outbox, message, cancelled))
     except JobError as exc:
         outbox.send(JobRejected(message.id, exc.message, exc.field))
         return
-    outbox.send(JobResult(message.id, result))
+    outbox.send(reply)
     # The worker, woken by the result, is often queued on this CPU: let it pass the result
     # on before this launcher's idle work (cleaning up, ordering the next sandbox).
     os.sched_yield()
@@ -218,6 +226,23 @@ def _result(runner: Runner, channel: socket.socket, outbox: Outbox, message: Run
         handed=handed,
         collect_room=RESULT_ROOM,
     )
+
+
+def _group_results(
+    runner: Runner, channel: socket.socket, outbox: Outbox, message: RunGroup, cancelled: bool,
+) -> list[Result]:
+    """A group's Results, in member order (``JobStarted`` once every member is handed over)."""
+    job_id, wire = message.id, message.group
+    try:
+        group: Group = group_from_wire(wire.get("jobs"), wire.get("pipes"))
+    except ProtocolError as exc:  # the worker checked it: not reached, but never a crash of ours
+        raise JobError(exc.message, field=exc.field) from None
+    if cancelled:
+        return [Result(Status.CANCELLED, error="cancelled before it started") for _ in group.jobs]
+    for job in group.jobs:
+        check_output_limit(job.limits.over(runner.profiles.get(job.profile).limits))
+    return runner.run_group(group.jobs, group.pipes, cancel_fd=channel.fileno(),
+                            on_started=lambda: outbox.send(JobStarted(job_id)))
 
 
 def main(argv: list[str]) -> int:

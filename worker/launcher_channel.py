@@ -47,6 +47,15 @@ class RunJob:
 
 
 @dataclass(frozen=True, slots=True)
+class RunGroup:
+    """Jobs to run at once, each in a sandbox of its own, wired by pipes (a launcher
+    never gets one handed over: a group takes a sandbox per member)."""
+
+    id: str
+    group: dict[str, Any]  # its wire form (``protocol.group_to_wire``): the launcher checks it again
+
+
+@dataclass(frozen=True, slots=True)
 class DropOffer:
     """An offered sandbox the worker could not use (it died waiting): retire it."""
 
@@ -107,6 +116,14 @@ class JobResult:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupResult:
+    """A group's Results, one per member, in member order."""
+
+    id: str
+    results: list[Result]
+
+
+@dataclass(frozen=True, slots=True)
 class JobRejected:
     """The job's content was found wrong only in the launcher: invalid_job for its id."""
 
@@ -115,8 +132,8 @@ class JobRejected:
     field: str | None
 
 
-ToLauncher = RunJob | DropOffer | CancelJob
-ToWorker = LauncherReady | OfferSandbox | JobStarted | JobOutput | JobResult | JobRejected
+ToLauncher = RunJob | RunGroup | DropOffer | CancelJob
+ToWorker = LauncherReady | OfferSandbox | JobStarted | JobOutput | JobResult | GroupResult | JobRejected
 Message = ToLauncher | ToWorker
 
 
@@ -128,6 +145,8 @@ def encode(message: Message) -> bytes:
             wire = {"type": "run", "id": message.id, "job": message.job, "stream": message.stream}
             if message.sandbox is not None:
                 wire["sandbox"], wire["handed_ns"] = message.sandbox, message.handed_ns
+        case RunGroup():
+            wire = {"type": "run_group", "id": message.id, "group": message.group}
         case DropOffer():
             wire = {"type": "drop", "sandbox": message.sandbox}
         case CancelJob():
@@ -146,6 +165,8 @@ def encode(message: Message) -> bytes:
                     "data": message.data}
         case JobResult():
             wire = {"type": "result", "id": message.id, "result": result_to_wire(message.result)}
+        case GroupResult():
+            wire = {"type": "group_result", "id": message.id, "results": [result_to_wire(r) for r in message.results]}
         case JobRejected():
             wire = {"type": "rejected", "id": message.id, "message": message.message, "field": message.field}
     return encode_frame(wire)
@@ -157,6 +178,8 @@ def decode(wire: dict[str, Any]) -> Message:
     match wire.get("type"):
         case "run":
             return RunJob(wire["id"], wire["job"], wire["stream"], wire.get("sandbox"), wire.get("handed_ns", 0))
+        case "run_group":
+            return RunGroup(wire["id"], wire["group"])
         case "drop":
             return DropOffer(wire["sandbox"])
         case "cancel":
@@ -174,6 +197,8 @@ def decode(wire: dict[str, Any]) -> Message:
             return JobOutput(wire["id"], wire["stream"], wire["offset"], wire["data"])
         case "result":
             return JobResult(wire["id"], result_from_wire(wire["result"]))
+        case "group_result":
+            return GroupResult(wire["id"], [result_from_wire(result) for result in wire["results"]])
         case "rejected":
             return JobRejected(wire["id"], wire["message"], wire["field"])
     raise ValueError(f"not a launcher channel message: {wire.get('type')!r}")

@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from sandbox.models import Job, Result, WarmSpec
+from sandbox.models import Group, Job, Result, WarmSpec
 from worker.launcher_channel import JobOutput
 from worker.protocol import ProtocolError, event_message, result_to_wire
 from worker.slots import Slot
@@ -36,10 +36,10 @@ class JobState(str, enum.Enum):
 @dataclass
 class JobRecord:
     id: str
-    job: Job
+    job: Job | Group  # a group runs on one slot and has a Result per member
     owner: object
     state: JobState = JobState.QUEUED
-    result: Result | None = None
+    result: Result | list[Result] | None = None
     subscribers: dict[object, Subscriber] = field(default_factory=dict)
     submitted_at: float = field(default_factory=time.monotonic)
     finished_at: float | None = None
@@ -98,7 +98,9 @@ class Pool:
                 nursery.start_soon(self._drain, slot)
             task_status.started()
 
-    def submit(self, job_id: str, job: Job, owner: object, subscriber: Subscriber, stream: bool = False) -> JobRecord:
+    def submit(
+        self, job_id: str, job: Job | Group, owner: object, subscriber: Subscriber, stream: bool = False,
+    ) -> JobRecord:
         """Queue a job, or attach to the existing record of the same id (whose output
         is streamed if its first submitter asked)."""
         self._expire()
@@ -207,16 +209,17 @@ class Pool:
             state = JobState.CANCELLED if record.state is JobState.CANCELLED else JobState.FINISHED
             self._finish(record, state, result)
 
-    def _finish(self, record: JobRecord, state: JobState, result: Result | None) -> None:
+    def _finish(self, record: JobRecord, state: JobState, result: Result | list[Result] | None) -> None:
         record.state, record.result, record.slot = state, result, None
         record.finished_at = time.monotonic()
         self._finished.append(record.id)
         if result is not None:
             latency_s = record.finished_at - record.submitted_at
-            self.stats.by_status[result.status.value] += 1
+            for member in result if isinstance(result, list) else [result]:  # a group: each member's
+                self.stats.by_status[member.status.value] += 1
+                if self.on_finished is not None:
+                    self.on_finished(member.status.value, latency_s)
             self.stats.latencies_ms.append(latency_s * 1000)
-            if self.on_finished is not None:
-                self.on_finished(result.status.value, latency_s)
         final = self._final_event(record)
         for deliver in list(record.subscribers.values()):
             deliver(final)
@@ -232,7 +235,11 @@ class Pool:
 
     @staticmethod
     def _final_event(record: JobRecord) -> dict[str, Any]:
-        extra = {"result": result_to_wire(record.result)} if record.result is not None else {}
+        extra: dict[str, Any] = {}
+        if isinstance(record.result, list):
+            extra["results"] = [result_to_wire(result) for result in record.result]
+        elif record.result is not None:
+            extra["result"] = result_to_wire(record.result)
         return event_message(record.id, record.state.value, **extra)
 
     def _expire(self) -> None:
@@ -250,7 +257,12 @@ class Pool:
                 del self.records[record.id]
 
 
-def _same_job(first: Job, second: Job) -> bool:
-    """The same job: equal content, the same limits given (a limit left to the profile is
-    not the same as one given with the profile's default value)."""
+def _same_job(first: Job | Group, second: Job | Group) -> bool:
+    """The same job (or group: the same pipes, the same members): equal content, the same
+    limits given (a limit left to the profile is not the same as one given with the
+    profile's default value)."""
+    if isinstance(first, Group) or isinstance(second, Group):
+        return (isinstance(first, Group) and isinstance(second, Group) and first.pipes == second.pipes
+                and len(first.jobs) == len(second.jobs)
+                and all(_same_job(a, b) for a, b in zip(first.jobs, second.jobs, strict=True)))
     return first == second and first.limits.given == second.limits.given

@@ -17,7 +17,20 @@ from typing import Any
 import msgpack
 
 from sandbox.errors import JobError
-from sandbox.models import LIMIT_NAMES, Blob, Collect, InputFile, Job, Limits, Result, Status, Usage, sandbox_path
+from sandbox.models import (
+    LIMIT_NAMES,
+    Blob,
+    Collect,
+    Group,
+    InputFile,
+    Job,
+    Limits,
+    Pipe,
+    Result,
+    Status,
+    Usage,
+    sandbox_path,
+)
 
 VERSION = 1
 HEADER = struct.Struct(">I")
@@ -28,11 +41,12 @@ DEFAULT_MAX_FRAME = 16 << 20
 REPLY_MAX_FRAME = (1 << 32) - 1
 MAX_ID_LEN = 128
 
-CLIENT_TYPES = {"hello", "submit", "judge", "cancel", "status", "ping", "stats"}
+CLIENT_TYPES = {"hello", "submit", "group", "judge", "cancel", "status", "ping", "stats"}
 _JOB_KEYS = {"cmd", "limits", "env", "stdin", "files", "image", "cwd", "require_cgroups", "profile", "collect"}
 _COLLECT_KEYS = {"path", "max", "max_files"}
 _FILE_KEYS = {"path", "data", "mode"}
 _LIMIT_KEYS = set(LIMIT_NAMES)
+_PIPE_KEYS = {"from", "to"}
 
 
 class ProtocolError(Exception):
@@ -198,6 +212,34 @@ def job_from_wire(data: Any) -> Job:
         raise ProtocolError("invalid_job", exc.message, field=exc.field) from None
     except (TypeError, OverflowError, ValueError) as exc:
         raise ProtocolError("invalid_job", str(exc)) from None
+
+
+def group_from_wire(jobs: Any, pipes: Any) -> Group:
+    """Build and validate a group (a ``group`` request's ``jobs`` and ``pipes``). A member
+    job's error names it: ``jobs.1.limits.memory``."""
+    if not isinstance(jobs, list):
+        raise ProtocolError("invalid_job", "jobs must be a list of jobs", field="jobs")
+    members = []
+    for index, data in enumerate(jobs):
+        try:
+            members.append(job_from_wire(data))
+        except ProtocolError as exc:
+            raise ProtocolError("invalid_job", exc.message, field=f"jobs.{index}.{exc.field or 'job'}") from None
+    try:
+        wired = []
+        for entry in _typed(pipes if pipes is not None else [], list, "pipes"):
+            _typed(entry, dict, "pipes")
+            _no_unknown_keys(entry, _PIPE_KEYS, "pipes")
+            wired.append(Pipe.of(entry.get("from"), entry.get("to")))
+        return Group(members, wired)
+    except JobError as exc:
+        raise ProtocolError("invalid_job", exc.message, field=exc.field) from None
+
+
+def group_to_wire(group: Group) -> dict[str, Any]:
+    """A group request's ``jobs`` and ``pipes``."""
+    return {"jobs": [job_to_wire(job) for job in group.jobs],
+            "pipes": [{"from": list(p.source), "to": list(p.target)} for p in group.pipes]}
 
 
 def job_to_wire(job: Job) -> dict[str, Any]:

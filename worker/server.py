@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from sandbox.models import WarmSpec
+from sandbox.models import Group, Job, WarmSpec
 from sandbox.profile_names import builtin_profiles
 from worker.admission import admit
 from worker.judging import PoolStages, judge_from_wire, run_judge
@@ -37,6 +37,7 @@ from worker.protocol import (
     ProtocolError,
     encode,
     event_message,
+    group_from_wire,
     hello_message,
     job_from_wire,
     job_id,
@@ -46,7 +47,7 @@ from worker.socketclaim import SocketClaim
 from worker.streams import send_now
 
 CAPABILITIES = [
-    "submit", "judge", "cancel", "status", "stats", "idempotent-ids", "output-stream", "progress-optional",
+    "submit", "group", "judge", "cancel", "status", "stats", "idempotent-ids", "output-stream", "progress-optional",
 ]
 # Events a submitter may decline with "progress": false (its client waits for the outcome only).
 PROGRESS_EVENTS = frozenset({"accepted", "started"})
@@ -358,16 +359,25 @@ class Server:
             return
         if kind == "hello":
             raise ProtocolError("bad_message", "hello was already said")
-        if kind == "submit":
+        if kind in ("submit", "group"):
             if self.stopping:
                 raise ProtocolError("busy", "the worker is shutting down")
             identifier = job_id(message)
-            job = job_from_wire(message.get("job"))
+            work: Job | Group
+            if kind == "submit":
+                work = job_from_wire(message.get("job"))
+                members = [work]
+            else:
+                work = group_from_wire(message.get("jobs"), message.get("pipes"))
+                members = work.jobs
             if not self.pool.knows(identifier):
-                admit(job)  # (a known id's job was admitted; its image may be gone since it ran)
+                for index, job in enumerate(members):  # (a known id's was admitted; its image may be gone since)
+                    admit(job, field_prefix="" if kind == "submit" else f"jobs.{index}.")
             stream, progress = _flag(message, "stream", False), _flag(message, "progress", True)
+            if stream and kind == "group":
+                raise ProtocolError("bad_message", "a group's output is not streamed", field="stream")
             deliver = connection.deliver if progress else connection.deliver_outcome
-            self.pool.submit(identifier, job, connection, deliver, stream)
+            self.pool.submit(identifier, work, connection, deliver, stream)
         elif kind == "judge":
             self._judge(connection, message)
         elif kind == "cancel":

@@ -20,12 +20,13 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from sandbox.errors import SandboxError
-from sandbox.models import Job, Result, Status, WarmSpec
+from sandbox.models import Group, Job, Result, Status, WarmSpec
 from worker.handover import OFFER_FDS, Offer
 from worker.launcher_channel import (
     CancelJob,
     ChannelDecoder,
     DropOffer,
+    GroupResult,
     JobOutput,
     JobRejected,
     JobResult,
@@ -33,11 +34,12 @@ from worker.launcher_channel import (
     LauncherReady,
     Message,
     OfferSandbox,
+    RunGroup,
     RunJob,
     encode,
 )
 from worker.logs import log
-from worker.protocol import ProtocolError, job_to_wire
+from worker.protocol import ProtocolError, group_to_wire, job_to_wire
 from worker.streams import send_now
 
 MAX_RECEIVED_FDS = 16  # a launcher sends 3 at a time (an offer), and one offer at a time
@@ -125,9 +127,9 @@ class Slot:
         self.ready.set()
 
     async def run(
-        self, job_id: str, job: Job, on_started: Callable[[], Awaitable[None]],
+        self, job_id: str, job: Job | Group, on_started: Callable[[], Awaitable[None]],
         on_output: Callable[[JobOutput], None] | None = None,
-    ) -> Result | ProtocolError | None:
+    ) -> Result | list[Result] | ProtocolError | None:
         """Run a job; never raises for the job's sake. The job goes straight to the
         sandbox the launcher offered if it is one for it (``_hand_over``), else to the
         launcher. A launcher that dies before the job started (before the job was handed
@@ -136,7 +138,8 @@ class Slot:
         With ``on_output`` the launcher streams the job's output, each piece a
         ``JobOutput`` to it. None: the job was cancelled before it was handed to a launcher
         (it never ran); an invalid_job error: the launcher found the job wrong (it never
-        ran either)."""
+        ran either). A group goes to the launcher, never to an offered sandbox (it takes
+        one per member), and has a Result per member."""
         self.running_id, self._cancel_requested = job_id, False
         started = False
 
@@ -153,7 +156,10 @@ class Slot:
                     async with self._sending:
                         if self._cancel_requested:
                             return None
-                        frames, started = self._hand_over(job_id, job, stream=on_output is not None)
+                        if isinstance(job, Group):
+                            frames, started = encode(RunGroup(job_id, group_to_wire(job))), False
+                        else:
+                            frames, started = self._hand_over(job_id, job, stream=on_output is not None)
                         # (started: a launcher that dies now takes the job with it)
                         await self._send(frames)
                         if started:
@@ -161,9 +167,9 @@ class Slot:
                     return await self._until_result(job_id, relay_started, on_output)
                 except (LauncherDied, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     if started:
-                        return Result(Status.INTERNAL_ERROR, error=f"launcher of slot {self.index} died: {exc}")
+                        return _failed(job, f"launcher of slot {self.index} died: {exc}")
                     await dead.wait()  # then the loop waits for the replacement to be ready
-            return Result(Status.INTERNAL_ERROR, error=f"launcher of slot {self.index} keeps dying")
+            return _failed(job, f"launcher of slot {self.index} keeps dying")
         finally:
             self.running_id = None
 
@@ -183,7 +189,7 @@ class Slot:
     async def _until_result(
         self, job_id: str, on_started: Callable[[], Awaitable[None]],
         on_output: Callable[[JobOutput], None] | None,
-    ) -> Result | ProtocolError:
+    ) -> Result | list[Result] | ProtocolError:
         while True:
             match await self._receive():
                 case JobStarted(id=message_id) if message_id == job_id:
@@ -192,6 +198,8 @@ class Slot:
                     on_output(output)
                 case JobResult(id=message_id, result=result) if message_id == job_id:
                     return result
+                case GroupResult(id=message_id, results=results) if message_id == job_id:
+                    return results
                 case JobRejected(id=message_id, message=text, field=field) if message_id == job_id:
                     return ProtocolError("invalid_job", text, field=field)
 
@@ -291,3 +299,10 @@ class Slot:
             if not self._read_now():
                 raise LauncherDied("channel closed")
         return self._pending.pop(0)
+
+
+def _failed(job: Job | Group, error: str) -> Result | list[Result]:
+    """internal_error for the job, or for each member of a group."""
+    if isinstance(job, Group):
+        return [Result(Status.INTERNAL_ERROR, error=error) for _ in job.jobs]
+    return Result(Status.INTERNAL_ERROR, error=error)

@@ -5,7 +5,7 @@ Exit status of ``sandbox run`` (docker's convention): the job's exit code, 128+s
 when it was killed, 125 when the sandbox itself failed. With ``--json`` the result is
 printed as JSON and the exit status is 0 unless the sandbox failed (125).
 
-One module per command group (``run``, ``worker``: serve and submit, ``images``,
+One module per command group (``run``, ``group``, ``worker``: serve and submit, ``images``,
 ``profiles``, ``languages``, ``judge``, ``host``: doctor and setup-cgroups); the job
 flags in ``job_flags``, and how results and errors are printed in ``output``.
 """
@@ -16,7 +16,7 @@ import argparse
 import sys
 from typing import Any, NoReturn
 
-from sandbox.cli import host, images, judge, languages, profiles, run, worker
+from sandbox.cli import group, host, images, judge, languages, profiles, run, worker
 from sandbox.cli.output import EXIT_SANDBOX_ERROR, describe_job_error
 from sandbox.errors import JobError, SandboxError
 
@@ -65,6 +65,6 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sandbox", description="Rootless sandbox executor for untrusted code.")
     parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for group in (run, worker, images, profiles, languages, judge, host):
-        group.add_commands(commands)
+    for module in (run, group, worker, images, profiles, languages, judge, host):
+        module.add_commands(commands)
     return parser

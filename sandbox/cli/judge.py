@@ -29,6 +29,8 @@ def add_commands(commands: Any) -> None:
     judge.add_argument("--stop-on-failure", action="store_true", help="skip the tests after the first failed one")
     judge.add_argument("--compile-option", action="append", default=[], metavar="OPTION",
                        help="a compiler option from the preset's allow-list (repeatable; --compile-option=-O0)")
+    judge.add_argument("--parallel", type=_positive, default=1, metavar="N",
+                       help="run N tests at once (here, or in the worker); the report is the same")
     judge.add_argument("args", nargs="*", metavar="-- ARG", help="arguments for the solution, after --")
     where = judge.add_argument_group("through a worker (default: in this process)")
     where.add_argument("--socket", help="the worker's unix socket")
@@ -55,7 +57,8 @@ def _judge(args: argparse.Namespace) -> int:
             try:
                 report = client.judge(package, submission.lang, submission.source,
                                       compile_options=submission.compile_options, args=submission.args,
-                                      stop_on_failure=args.stop_on_failure, on_test=on_test)
+                                      stop_on_failure=args.stop_on_failure, on_test=on_test,
+                                      parallel=args.parallel)
             except WorkerError as exc:
                 raise worker_error(exc) from None
     else:
@@ -69,7 +72,7 @@ def _judge(args: argparse.Namespace) -> int:
         runner = Runner()
         try:
             report = judge(RunnerStages(runner), problem, submission, stop_on_failure=args.stop_on_failure,
-                           on_test=None if args.json else print_test).to_json_dict()
+                           on_test=None if args.json else print_test, parallel=args.parallel).to_json_dict()
         finally:
             runner.close()
     if args.json:
@@ -84,6 +87,12 @@ def _judge(args: argparse.Namespace) -> int:
     if report["verdict"] == "accepted":
         return EXIT_ACCEPTED
     return EXIT_JUDGE_ERROR if report["verdict"] == "judge_error" else EXIT_REJECTED
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 256:
+        raise argparse.ArgumentTypeError(f"expected a number of tests from 1 to 256, got {text!r}")
+    return int(text)
 
 
 def _print_test(test: dict[str, Any]) -> None:

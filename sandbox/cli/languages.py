@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ from sandbox.cli.output import EXIT_SANDBOX_ERROR
 
 if TYPE_CHECKING:
     from sandbox.languages import Stages
-    from sandbox.models import Blob, InputFile, Job, Limits, Result
+    from sandbox.models import Blob, InputFile, Job, Limits, Pipe, Result
     from worker.client import Client
 
 
@@ -85,10 +86,15 @@ class WorkerStages:
     run there, on its language image. The run command is formatted here, with this
     installation's profiles' limits and this host's CPU count for {cpus} without
     --cpus - the worker's own when it runs this package on this host, as it usually
-    does; the limits it was formatted with are sent along with the job."""
+    does; the limits it was formatted with are sent along with the job.
 
-    def __init__(self, client: Client) -> None:
-        self.client = client
+    Given several clients (connections), as many threads may run jobs at once (``sandbox
+    judge --parallel``): each job borrows a client of its own for its while."""
+
+    def __init__(self, client: Client, *more: Client) -> None:
+        self.clients: queue.SimpleQueue[Client] = queue.SimpleQueue()
+        for each in (client, *more):
+            self.clients.put(each)
         self.parallelism = len(os.sched_getaffinity(0))
 
     def profile_limits(self, name: str) -> dict[str, Any]:
@@ -102,10 +108,26 @@ class WorkerStages:
         from sandbox.cli.output import worker_error
         from worker.client import WorkerError
 
+        client = self.clients.get()
         try:
-            return self.client.run(job)
+            return client.run(job)
         except WorkerError as exc:  # the job's fault (its image missing there) is named as such
             raise worker_error(exc) from None
+        finally:
+            self.clients.put(client)
+
+    def run_group(self, jobs: list[Job], pipes: list[Pipe]) -> list[Result]:
+        from sandbox.cli.output import worker_error
+        from worker.client import WorkerError
+
+        client = self.clients.get()
+        try:
+            return client.group(jobs, pipes)
+        except WorkerError as exc:
+            raise worker_error(exc) from None
+        finally:
+            self.clients.put(client)
+
 def _versions() -> int:
     """The first line each toolchain prints about itself, from inside the image."""
     from sandbox.languages import image_reference, load_preset, preset_names

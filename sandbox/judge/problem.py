@@ -24,6 +24,7 @@ DEFAULT_MAX_SCORE = 100.0
 _KEYS = {"limits", "checker", "interactor", "groups"}
 _CHECKER_KEYS = {"kind", "abs", "rel", "source", "lang"}
 _PROGRAM_KEYS = {"source", "lang"}
+_INTERACTOR_KEYS = {"source", "lang", "limits"}
 _GROUP_KEYS = {"name", "tests", "points"}
 _ANSWER_SUFFIXES = (".out", ".ans")
 
@@ -49,6 +50,15 @@ class Checker:
 
 
 @dataclass(frozen=True)
+class Interactor:
+    """An interactive problem's interactor: its program and the limits it was given
+    (``[interactor.limits]``; the judge fills in the rest: ``judge.interactive``)."""
+
+    program: Program
+    limits: Limits
+
+
+@dataclass(frozen=True)
 class Test:
     name: str
     input: Path
@@ -69,7 +79,7 @@ class Problem:
     checker: Checker
     tests: tuple[Test, ...]
     groups: tuple[Group, ...] = ()
-    interactor: Program | None = None
+    interactor: Interactor | None = None  # an interactive problem
 
     @property
     def max_score(self) -> float:
@@ -156,12 +166,16 @@ def _checker(root: Path, table: dict[str, Any], where: Path) -> Checker:
     return Checker(kind, tolerances["abs"], tolerances["rel"], program)
 
 
-def _interactor(root: Path, config: dict[str, Any], where: Path) -> Program | None:
+def _interactor(root: Path, config: dict[str, Any], where: Path) -> Interactor | None:
     if "interactor" not in config:
         return None
     table = _table(config, "interactor", where)
-    _check_keys(table, _PROGRAM_KEYS, where, "[interactor]")
-    return _program(root, table, where, "[interactor]")
+    _check_keys(table, _INTERACTOR_KEYS, where, "[interactor]")
+    try:
+        limits = Limits(**_table(table, "limits", where))
+    except (JobError, TypeError) as exc:
+        raise ProblemError(f"{where}: [interactor.limits]: {exc}") from exc
+    return Interactor(_program(root, table, where, "[interactor]"), limits)
 
 
 def _program(root: Path, table: dict[str, Any], where: Path, section: str) -> Program:

@@ -63,6 +63,8 @@ class TestReport:
     signal_name: str | None = None
     usage: Usage | None = None
     error: str | None = None  # why a judge_error
+    interactor: InteractorRun | None = None  # an interactive problem's other side
+
 
     @classmethod
     def of_run(cls, name: str, result: Result, checked: Checked | None) -> TestReport:
@@ -86,7 +88,27 @@ class TestReport:
         return {"name": self.name, "status": self.status.value, "score": self.score,
                 "checker_message": self.checker_message, "exit_code": self.exit_code,
                 "signal_name": self.signal_name, "usage": None if self.usage is None else asdict(self.usage),
-                "error": self.error}
+                "error": self.error, "interactor": None if self.interactor is None else self.interactor.to_json_dict()}
+
+
+@dataclass
+class InteractorRun:
+    """How the interactor's side of a test went, reported on its own: its usage is never
+    the solution's (``checker_message`` holds what it said, as a checker's)."""
+
+    status: Status
+    exit_code: int | None
+    signal_name: str | None
+    usage: Usage
+    error: str | None = None
+
+    @classmethod
+    def of(cls, result: Result) -> InteractorRun:
+        return cls(result.status, result.exit_code, result.signal_name, result.usage, result.error)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"status": self.status.value, "exit_code": self.exit_code, "signal_name": self.signal_name,
+                "usage": asdict(self.usage), "error": self.error}
 
 
 @dataclass

@@ -10,30 +10,21 @@ The jobs go through ``Stages``: a Runner in this process, or a worker.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox.judge.checkers import Checked, CheckerKind, CheckStatus, check
+from sandbox.judge.checkers import Checked, CheckerKind, check
+from sandbox.judge.interactive import InteractiveTests
 from sandbox.judge.problem import Problem, Program, Test
 from sandbox.judge.report import JudgeReport, TestReport, TestStatus
+from sandbox.judge.testlib import JudgeFault, package_files, verdict, why
 from sandbox.languages import Compiled, Stages, compile_source, load_preset, read_source, run_compiled
-from sandbox.models import WORKDIR, Blob, InputFile, Limits, Result, Status
+from sandbox.models import WORKDIR, Blob, InputFile, Limits, Status
 
-# testlib's exit codes, which custom checkers (and interactors) speak.
-_TESTLIB = {0: CheckStatus.ACCEPTED, 1: CheckStatus.WRONG_ANSWER, 2: CheckStatus.PRESENTATION_ERROR,
-            7: CheckStatus.PARTIAL}
-_TESTLIB_FAIL = 3
 _CHECKER_ARGS = ("input.txt", "output.txt", "answer.txt")  # testlib's order
-_POINTS = re.compile(rb"^points\s+([0-9.eE+-]+)", re.MULTILINE)
-_MESSAGE_BYTES = 4096
 _CHECKER_OUTPUT = "1M"
-_PACKAGE_FILE_LIMIT = 64 << 20  # bytes of the package's own files a checker compiles with
-
-
-class JudgeFault(Exception):
-    """The checker (or the package) failed on a test: ``judge_error``, never the solution's."""
 
 
 @dataclass(frozen=True)
@@ -53,25 +44,62 @@ class Submission:
 
 
 def judge(stages: Stages, problem: Problem, submission: Submission, *, stop_on_failure: bool = False,
-          on_test: Callable[[TestReport], None] | None = None) -> JudgeReport:
+          on_test: Callable[[TestReport], None] | None = None, parallel: int = 1) -> JudgeReport:
     """The report of ``submission`` on every test of ``problem``, in order. ``on_test``
-    hears each test as it is decided. With ``stop_on_failure``, the tests after the first
-    that is not accepted are ``skipped``."""
+    hears each test as it is decided, in order. With ``stop_on_failure``, the tests after
+    the first that is not accepted are ``skipped``. With ``parallel`` > 1, that many
+    tests run at once (``stages`` must take jobs from several threads); the report is
+    the same as one test at a time."""
     compiled = compile_source(stages, load_preset(submission.lang), submission.source,
                               options=submission.compile_options)
     if compiled.status is not Status.OK:
         return JudgeReport.of(problem, compiled.result, [])
-    checker = _checker(stages, problem)
-    reports: list[TestReport] = []
-    for test in problem.tests:
-        if stop_on_failure and any(r.status is not TestStatus.ACCEPTED for r in reports):
-            report = TestReport.skipped(test.name)
-        else:
-            report = _judge_test(stages, problem, compiled, checker, test, submission.args)
-        reports.append(report)
-        if on_test is not None:
-            on_test(report)
+    if problem.interactor is not None:
+        interactive = InteractiveTests(stages, problem, problem.interactor)
+
+        def run_test(test: Test) -> TestReport:
+            return interactive(compiled, test, submission.args)
+    else:
+        checker = _checker(stages, problem)
+
+        def run_test(test: Test) -> TestReport:
+            return _judge_test(stages, problem, compiled, checker, test, submission.args)
+
+    reports = _run_tests(problem.tests, run_test, parallel=parallel, stop_on_failure=stop_on_failure,
+                         on_test=on_test)
     return JudgeReport.of(problem, compiled.result, reports)
+
+
+def _run_tests(tests: Sequence[Test], run_test: Callable[[Test], TestReport], *, parallel: int,
+               stop_on_failure: bool, on_test: Callable[[TestReport], None] | None) -> list[TestReport]:
+    """Each test's report, in test order. In parallel, tests after the first failure may
+    have run already: with ``stop_on_failure`` they are ``skipped`` all the same (and
+    those not started yet are not started), so the report never depends on ``parallel``."""
+    reports: list[TestReport] = []
+
+    def failed() -> bool:
+        return stop_on_failure and any(r.status is not TestStatus.ACCEPTED for r in reports)
+
+    with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="judge-test") as pool:
+        ahead: dict[int, Future[TestReport]] = {}
+        for index, test in enumerate(tests):
+            # Keep ``parallel`` tests in flight; one at a time runs nothing past a failure.
+            for later in range(index, min(len(tests), index + parallel)):
+                if later not in ahead and not failed():
+                    ahead[later] = pool.submit(run_test, tests[later])
+            future = ahead.pop(index, None)
+            if failed() or future is None:
+                if future is not None:
+                    future.cancel()
+                report = TestReport.skipped(test.name)
+            else:
+                report = future.result()
+            reports.append(report)
+            if on_test is not None:
+                on_test(report)
+        for future in ahead.values():
+            future.cancel()
+    return reports
 
 
 def _judge_test(stages: Stages, problem: Problem, compiled: Compiled, checker: _Checker, test: Test,
@@ -104,22 +132,20 @@ def _checker(stages: Stages, problem: Problem) -> _Checker:
 
 
 class _ProgramChecker:
-    """A testlib-style checker: ``checker input output answer`` in a sandbox of its own;
-    exit 0 accepted, 1 wrong answer, 2 presentation error, 7 partial (``points X`` on
-    stderr, or a number alone on stdout's first line: the fraction, 0..1), 3 or anything
-    else - a crash, a limit - is the checker failing. Its stderr is the message."""
+    """A testlib-style checker: ``checker input output answer`` in a sandbox of its own,
+    saying its verdict by its exit code (``testlib.verdict``)."""
 
     def __init__(self, stages: Stages, problem: Problem, program: Program) -> None:
         self.stages = stages
         self.fault: str | None = None
         try:
-            files = _package_files(problem, program)
+            files = package_files(problem, program)
         except JudgeFault as exc:
             self.fault = str(exc)
             return
         self.compiled = compile_source(stages, load_preset(program.lang), read_source(program.source), files=files)
         if self.compiled.status is not Status.OK:
-            self.fault = f"the checker did not compile: {_why(self.compiled.result)}"
+            self.fault = f"the checker did not compile: {why(self.compiled.result)}"
 
     def __call__(self, test: Test, output: bytes) -> Checked:
         if self.fault is not None:
@@ -130,42 +156,7 @@ class _ProgramChecker:
         room = test.input.stat().st_size + len(output) + test.answer.stat().st_size + (16 << 20)
         result = run_compiled(self.stages, self.compiled, args=_CHECKER_ARGS, inputs=inputs,
                               limits=Limits(disk=room, output=_CHECKER_OUTPUT))
-        message = result.stderr[:_MESSAGE_BYTES].decode(errors="replace").strip()
-        exited = result.status in (Status.OK, Status.RUNTIME_ERROR)
-        status = _TESTLIB.get(result.exit_code) if exited and result.exit_code is not None else None
-        if status is None:
-            code = "" if result.exit_code != _TESTLIB_FAIL else " (fail)"
-            raise JudgeFault(f"the checker failed{code}: {_why(result)} {message}".strip())
-        if status is CheckStatus.PARTIAL:
-            return Checked(status, _fraction(result), message)
-        return Checked(status, 1.0 if status is CheckStatus.ACCEPTED else 0.0, message)
-
-
-def _fraction(result: Result) -> float:
-    found = _POINTS.search(result.stderr)
-    text = found.group(1) if found else (result.stdout.split(b"\n", 1)[0].strip() or b"?")
-    try:
-        value = float(text)
-    except ValueError:
-        raise JudgeFault(f"the checker said partial without points: {text[:40]!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise JudgeFault(f"the checker's points {value} are outside 0..1")
-    return value
-
-
-def _package_files(problem: Problem, program: Program) -> list[InputFile]:
-    """The package's other top-level files (a testlib.h the setter ships, say), which
-    the checker may need to compile; never the tests."""
-    files, total = [], 0
-    for entry in sorted(problem.root.iterdir()):
-        if entry == program.source or entry.name == "problem.toml" or entry.is_symlink() or not entry.is_file():
-            continue
-        total += entry.stat().st_size
-        if total > _PACKAGE_FILE_LIMIT:
-            raise JudgeFault(
-                f"{problem.root}: the package's files for the checker exceed {_PACKAGE_FILE_LIMIT >> 20} MiB")
-        files.append(InputFile(f"{WORKDIR}/{entry.name}", Blob(path=str(entry))))
-    return files
+        return verdict(result, "the checker")
 
 
 def _read(path: Path) -> bytes:
@@ -173,8 +164,3 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise JudgeFault(f"{path}: {exc.strerror}") from exc
-
-
-def _why(result: Result) -> str:
-    detail = result.error or (f"exit {result.exit_code}" if result.exit_code is not None else result.signal_name)
-    return f"{result.status.value} ({detail})"

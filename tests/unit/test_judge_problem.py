@@ -60,6 +60,7 @@ points = 70
     ("[[groups]]\ntests = ['1', 'nope']\npoints = 5\n", "no test named 'nope'"),
     ("[[groups]]\ntests = ['1']\npoints = 5\n[[groups]]\ntests = ['1']\npoints = 5\n", "in two groups"),
     ("[interactor]\nsource = 'missing.cpp'\nlang = 'cpp'\n", "missing.cpp"),
+    ("[interactor]\nsource = 'x.cpp'\nlang = 'cpp'\n[interactor.limits]\nwall_time = 'soon'\n", "[interactor.limits]"),
     ("colour = 'red'\n", "unknown key(s) colour"),
     ("[checker\n", "problem.toml"),
 ])
@@ -117,3 +118,11 @@ def test_a_run_that_failed_keeps_its_status_and_a_sandbox_fault_is_the_judges() 
     assert judged.TestReport.of_run("1", Result(Status.MEMORY_LIMIT), None).status is judged.TestStatus.MEMORY_LIMIT
     fault = judged.TestReport.of_run("1", Result(Status.INTERNAL_ERROR, error="boom"), None)
     assert fault.status is judged.TestStatus.JUDGE_ERROR and "boom" in (fault.error or "")
+
+
+def test_an_interactive_package_and_its_interactors_limits() -> None:
+    problem = load_problem(Path(__file__).parent.parent / "problems" / "guess")
+    assert problem.interactor is not None and problem.interactor.program.lang == "cpp"
+    assert problem.interactor.program.source.name == "interactor.cpp"
+    assert problem.interactor.limits.given == {"cpu_time"} and problem.interactor.limits.cpu_time_ms == 2000
+

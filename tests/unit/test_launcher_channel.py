@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.models import Job, Limits, Result, Status, Usage
+from sandbox.models import Group, Job, Limits, Pipe, Result, Status, Usage
 from sandbox.warm_kind import WarmKind
 from worker.launcher_channel import (
     CancelJob,
     ChannelDecoder,
     DropOffer,
+    GroupResult,
     JobOutput,
     JobRejected,
     JobResult,
@@ -18,16 +19,19 @@ from worker.launcher_channel import (
     LauncherReady,
     Message,
     OfferSandbox,
+    RunGroup,
     RunJob,
     decode,
     encode,
 )
-from worker.protocol import FrameDecoder, job_to_wire
+from worker.protocol import FrameDecoder, group_to_wire, job_to_wire
 from worker.protocol import encode as encode_frame
 
 MESSAGES: list[Message] = [
     RunJob("j1", job_to_wire(Job(cmd=["true"], limits=Limits(memory="1G"))), stream=False),
     RunJob("j2", job_to_wire(Job(cmd=["cat"])), stream=True, sandbox=4242, handed_ns=123_456_789),
+    RunGroup("g1", group_to_wire(Group([Job(cmd=["yes"]), Job(cmd=["head", "-1"])],
+                                       [Pipe((0, "stdout"), (1, "stdin"))]))),
     DropOffer(4242),
     CancelJob("j2"),
     LauncherReady(77, cgroups=True),
@@ -37,6 +41,7 @@ MESSAGES: list[Message] = [
     JobOutput("j1", "stderr", 65536, b"\x00\xffbytes"),
     JobResult("j1", Result(Status.TIME_LIMIT, exit_code=None, signal=9, signal_name="SIGKILL", stdout=b"x",
                            usage=Usage(cpu_ms=12.5, memory_peak_bytes=1 << 20), warnings=["w"])),
+    GroupResult("g1", [Result(Status.OK, stdout=b"y\n"), Result(Status.SIGNALED, signal=13, signal_name="SIGPIPE")]),
     JobRejected("j1", "image not found", "image"),
     JobRejected("j1", "too long", None),
 ]
