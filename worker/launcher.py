@@ -16,11 +16,18 @@ down (as internal_error) and its sandboxes with it (an init ends when its job ch
 closes: the worker keeps no copy of an offered one's once it handed a job over); the
 worker starts a new one, which reaps the dead one's cgroups.
 
-Run as: python -m worker.launcher FD PARENT_PID WARM_JSON (a list of WarmSpec wire forms)
+A job's input file given by id names a file of the worker's file cache
+(worker/filecache.py), whose directory the launcher is told at start: the launcher opens
+the cached file itself, as it opens a host file for ``sandbox run``, and the worker
+holds a lease on it until the job's result.
+
+Run as: python -m worker.launcher FD PARENT_PID WARM_JSON CACHE_DIR (WARM_JSON a list of
+WarmSpec wire forms; CACHE_DIR empty for a worker with no file cache)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -30,8 +37,9 @@ from typing import Any
 
 from sandbox.errors import JobError
 from sandbox.linux import syscalls as sc
-from sandbox.models import Result, Status, WarmSpec
+from sandbox.models import Blob, Job, Result, Status, WarmSpec
 from sandbox.runner import HandedOver, Runner
+from worker.filecache import cached_path
 from worker.launcher_channel import LAUNCHER_MAX_FRAME, Kind, check_output_limit
 from worker.protocol import FrameDecoder, ProtocolError, encode, job_from_wire, result_to_wire
 
@@ -77,7 +85,7 @@ class Outbox:
             del self._pending[:sent]
 
 
-def serve(channel: socket.socket, warm: list[WarmSpec]) -> None:
+def serve(channel: socket.socket, warm: list[WarmSpec], cache_dir: str) -> None:
     sc.set_process_name("sandbox-launch")
     runner = Runner(warm_for=warm)
     outbox = Outbox(channel)
@@ -115,7 +123,7 @@ def serve(channel: socket.socket, warm: list[WarmSpec]) -> None:
                     later.get("type") == Kind.CANCEL and later.get("id") == message["id"]
                     for later in messages[index + 1:]
                 )
-                _run(runner, channel, outbox, message, cancelled)
+                _run(runner, channel, outbox, message, cancelled, cache_dir)
     finally:
         runner.close()
 
@@ -152,13 +160,15 @@ def _drop(runner: Runner, message: dict[str, Any]) -> None:
         runner.sandboxes.retire(sandbox)
 
 
-def _run(runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[str, Any], cancelled: bool) -> None:
+def _run(
+    runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[str, Any], cancelled: bool, cache_dir: str,
+) -> None:
     """Run a job and send its outcome. A job found wrong only here - its image removed
     since the worker looked, a command too long for one message to its sandbox - is
     "rejected" (the worker answers invalid_job): nothing a job holds may end the
     launcher, which would take its slot's warm sandboxes with it."""
     try:
-        result = _result(runner, channel, outbox, message, cancelled)
+        result = _result(runner, channel, outbox, message, cancelled, cache_dir)
     except JobError as exc:
         outbox.send({"type": Kind.REJECTED, "id": message["id"], "message": exc.message, "field": exc.field})
         return
@@ -168,7 +178,9 @@ def _run(runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[s
     os.sched_yield()
 
 
-def _result(runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[str, Any], cancelled: bool) -> Result:
+def _result(
+    runner: Runner, channel: socket.socket, outbox: Outbox, message: dict[str, Any], cancelled: bool, cache_dir: str,
+) -> Result:
     job_id = message["id"]
     handed = None
     if "sandbox" in message:  # the worker gave it to the sandbox offered, and said so
@@ -180,7 +192,7 @@ def _result(runner: Runner, channel: socket.socket, outbox: Outbox, message: dic
     job = None
     if not cancelled:
         try:
-            job = job_from_wire(message["job"])
+            job = _with_cached_paths(job_from_wire(message["job"]), cache_dir)
         except ProtocolError as exc:
             outcome = Result(Status.INTERNAL_ERROR, error=f"launcher rejected the job: {exc.message}")
     if job is None:
@@ -203,6 +215,21 @@ def _result(runner: Runner, channel: socket.socket, outbox: Outbox, message: dic
     )
 
 
+def _with_cached_paths(job: Job, cache_dir: str) -> Job:
+    """The job with its files given by id turned into the cached files' paths (the worker
+    holds a lease on each while the job is queued or running: they are there)."""
+
+    def content(blob: Blob, index: int) -> Blob:
+        if blob.file_id is None:
+            return blob
+        if not cache_dir:
+            raise JobError("this worker has no file cache", field=f"files[{index}].file_id")
+        return Blob(path=cached_path(cache_dir, blob.file_id))
+
+    files = [dataclasses.replace(f, content=content(f.content, index)) for index, f in enumerate(job.files)]
+    return dataclasses.replace(job, files=files)
+
+
 def main(argv: list[str]) -> int:
     # No PR_SET_PDEATHSIG here: the "parent" it watches is the *thread* that forked us,
     # and trio forks from a cached worker thread that exits after 10 s idle - the signal
@@ -214,7 +241,7 @@ def main(argv: list[str]) -> int:
     if os.getppid() != parent_pid:
         return 1  # the worker died while starting us
     with socket.socket(fileno=fd) as channel:
-        serve(channel, warm)
+        serve(channel, warm, argv[4])
     return 0
 
 
