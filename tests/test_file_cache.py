@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,39 @@ def test_the_file_cache_starts_empty_and_is_the_workers_alone(start_worker, tmp_
     assert second.returncode == 125 and "another worker uses the file cache" in second.stderr, second.stderr
     with Client(worker.socket_path) as client:
         assert client.stats()["file_cache"]["entries"] == 0
+
+
+BIG = 500 * MIB
+BIG_JOBS = 50
+
+
+def test_a_big_input_put_once_serves_many_jobs(start_worker, tmp_path):
+    """One put of a big input, then jobs that each get a copy of it in their sandbox: the
+    size of each copy and its last bytes, read inside the sandbox, prove it."""
+    worker = start_worker("--slots", "2", "--file-cache-size", "1G")
+    source = tmp_path / "big"
+    with open(source, "wb") as handle:
+        for _ in range(BIG // MIB):
+            handle.write(os.urandom(MIB))
+    tail = _tail(source, 32)
+    started = time.monotonic()
+    with Client(worker.socket_path) as client:
+        file_id = client.put_file(source)
+        rss_after_put = worker.rss_bytes()
+        job = reader(file_id, cmd=["sh", "-c", "wc -c < /work/f0; tail -c 32 /work/f0 | od -An -v -tx1"],
+                     disk=BIG + 64 * MIB, memory=BIG + 256 * MIB)
+        ids = [client.submit(job) for _ in range(BIG_JOBS)]
+        for job_id in ids:
+            result = client.wait(job_id)
+            assert result.status is Status.OK, result
+            size, *dump = result.stdout.split()
+            assert int(size) == BIG and bytes.fromhex(b"".join(dump).decode()) == tail
+    elapsed = time.monotonic() - started
+    assert rss_after_put < 200 * MIB, rss_after_put  # the file never sat in the worker's memory
+    print(f"{BIG_JOBS} jobs with {BIG >> 20} MiB each: {elapsed:.1f} s")
+
+
+def _tail(path: Path, count: int) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(-count, os.SEEK_END)
+        return handle.read()

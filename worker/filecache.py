@@ -103,6 +103,12 @@ class FileCache:
         self._names = itertools.count()
         self.evictions = 0
 
+    def close(self) -> None:
+        """Give up the directory (its lock); the worker is stopping."""
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
     @property
     def stored_bytes(self) -> int:
         return sum(entry.size for entry in self._entries.values())

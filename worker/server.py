@@ -202,6 +202,7 @@ class Server:
                     slots=self.config.slots)
                 task_status.started()
         finally:
+            self.cache.close()
             if self.claim is not None:
                 self.claim.release()
             log("stopped")
