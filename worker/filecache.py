@@ -24,6 +24,7 @@ worker's memory.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import itertools
@@ -58,7 +59,8 @@ class Upload:
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        self.size = 0  # bytes received (and counted against the cache's capacity)
+        self.size = 0  # bytes received
+        self.counted = 0  # of them, those the cache counts as under way (none once kept or discarded)
         self._hash = hashlib.sha256()
 
     def write(self, data: bytes) -> None:
@@ -73,9 +75,15 @@ class Upload:
     def file_id(self) -> str:
         return FILE_ID_PREFIX + self._hash.hexdigest()
 
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
     def discard(self) -> None:
-        os.close(self.fd)
-        os.unlink(self.path)
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
 
 class FileCache:
@@ -143,10 +151,12 @@ class FileCache:
                 excess -= entry.size
         self._uploading += size
         upload.size += size
+        upload.counted += size
 
     def abort(self, upload: Upload) -> None:
         """Forget an upload that failed or whose connection ended: no partial file stays."""
-        self._uploading -= upload.size
+        self._uploading -= upload.counted
+        upload.counted = 0
         upload.discard()
 
     def commit(self, upload: Upload, expected: str | None) -> str:
@@ -156,14 +166,15 @@ class FileCache:
         if expected is not None and expected != file_id:
             raise ProtocolError("digest_mismatch", f"the bytes put have id {file_id}, not {expected}",
                                 field="file_id")
-        os.close(upload.fd)
-        self._uploading -= upload.size
+        upload.close()
+        self._uploading -= upload.counted
+        upload.counted = 0
         entry = self._entries.get(file_id)
         if entry is not None:  # the same bytes again: keep the file there is
-            os.unlink(upload.path)
+            upload.discard()
             entry.deleted = False
         else:
-            os.rename(upload.path, cached_path(self.directory, file_id))
+            os.rename(upload.path, cached_path(self.directory, file_id))  # (an OSError: the caller aborts)
             self._entries[file_id] = Entry(upload.size)
         self._entries.move_to_end(file_id)
         return file_id
@@ -208,4 +219,5 @@ class FileCache:
 
     def _remove(self, file_id: str) -> None:
         del self._entries[file_id]
-        os.unlink(cached_path(self.directory, file_id))
+        with contextlib.suppress(FileNotFoundError):  # (removed by hand: it is gone all the same)
+            os.unlink(cached_path(self.directory, file_id))

@@ -410,7 +410,10 @@ class Server:
                 raise ProtocolError("bad_message", "an upload starts at offset 0", field="offset")
             if len(uploads) >= MAX_UPLOADS:
                 raise ProtocolError("busy", f"{MAX_UPLOADS} uploads under way on this connection")
-            uploads[chunk.upload] = self.cache.begin()
+            try:
+                uploads[chunk.upload] = self.cache.begin()
+            except OSError as exc:
+                raise ProtocolError("cache_error", f"cannot store the file: {exc.strerror}") from None
         upload = uploads[chunk.upload]
         if upload is None:
             if chunk.last:
@@ -422,11 +425,11 @@ class Server:
             self.cache.reserve(upload, len(chunk.data))
             try:
                 await trio.to_thread.run_sync(upload.write, chunk.data)
+                if not chunk.last:
+                    return
+                identifier = self.cache.commit(upload, chunk.expected)
             except OSError as exc:
                 raise ProtocolError("cache_error", f"cannot store the file: {exc.strerror}") from None
-            if not chunk.last:
-                return
-            identifier = self.cache.commit(upload, chunk.expected)
         except BaseException:  # (a cancel too: the connection is ending)
             self.cache.abort(upload)
             uploads[chunk.upload] = None
