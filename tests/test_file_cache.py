@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+import trio
 from test_cleanup import wait_until
 from workerutil import SANDBOX_CLI, Raw, WorkerProcess
 
 from sandbox.models import Blob, InputFile, Job, Limits, Status
-from worker.client import Client, WorkerError
+from worker.client import AsyncClient, Client, WorkerError
 from worker.protocol import job_to_wire
 
 MIB = 1 << 20
@@ -207,6 +210,35 @@ def test_the_file_cache_starts_empty_and_is_the_workers_alone(start_worker, tmp_
     assert second.returncode == 125 and "another worker uses the file cache" in second.stderr, second.stderr
     with Client(worker.socket_path) as client:
         assert client.stats()["file_cache"]["entries"] == 0
+
+
+def test_the_trio_client_puts_and_deletes_and_the_metrics_count_the_cache(start_worker):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    worker = start_worker("--slots", "1", "--metrics", f"127.0.0.1:{port}")
+
+    def samples() -> dict[str, float]:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line.startswith("sandbox_file_cache")}
+
+    async def put_and_use() -> tuple[str, bytes]:
+        async with await AsyncClient.connect(worker.socket_path) as client:
+            file_id = await client.put_file(b"x" * 1000)
+            return file_id, (await client.run(reader(file_id, cmd=["wc", "-c", "/work/f0"]))).stdout
+
+    file_id, stdout = trio.run(put_and_use)
+    assert stdout == b"1000 /work/f0\n"
+    assert samples() == {"sandbox_file_cache_bytes": 1000, "sandbox_file_cache_files": 1,
+                         "sandbox_file_cache_evictions": 0}
+
+    async def delete() -> bool:
+        async with await AsyncClient.connect(worker.socket_path) as client:
+            return await client.del_file(file_id)
+
+    assert trio.run(delete) is True
+    assert samples()["sandbox_file_cache_files"] == 0
 
 
 BIG = 500 * MIB

@@ -13,7 +13,7 @@ import pytest
 from sandbox.errors import JobError
 from sandbox.models import Blob, InputFile, Job
 from worker.filecache import FileCache, cached_path
-from worker.protocol import ProtocolError, job_from_wire, job_to_wire
+from worker.protocol import ProtocolError, job_from_wire, job_to_wire, put_chunk
 
 Opener = Callable[[int], FileCache]
 
@@ -142,3 +142,14 @@ def test_a_file_id_travels_on_the_wire_and_is_checked_in_the_model() -> None:
     with pytest.raises(ProtocolError) as wire:
         job_from_wire({"cmd": ["true"], "files": [{"path": "/work/a", "data": b"", "file_id": "sha256:" + "a" * 64}]})
     assert wire.value.field == "files[0]"
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"offset": -1}, "offset"), ({"offset": True}, "offset"), ({"data": "text"}, "data"),
+    ({"last": 1}, "last"), ({"file_id": "md5:00"}, "file_id"), ({"id": ""}, "id"),
+])
+def test_a_malformed_put_file_names_its_field(change: dict[str, object], field: str) -> None:
+    message = {"type": "put_file", "id": "u", "offset": 0, "data": b"", "last": True, **change}
+    with pytest.raises(ProtocolError) as caught:
+        put_chunk(message)
+    assert (caught.value.code, caught.value.field) == ("bad_message", field)
