@@ -255,6 +255,7 @@ class PutChunk:
 
 
 def put_chunk(message: dict[str, Any]) -> PutChunk:
+    """A ``put_file`` message, checked field by field (the upload's name as a job id is)."""
     offset = message.get("offset")
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise ProtocolError("bad_message", "offset must be a whole number of bytes", field="offset")
