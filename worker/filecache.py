@@ -139,10 +139,11 @@ class FileCache:
         if excess > 0:
             evictable = [(file_id, entry) for file_id, entry in self._entries.items() if not entry.leases]
             if sum(entry.size for _, entry in evictable) < excess:
-                raise ProtocolError(
-                    "cache_full", f"no room for {upload.size + size} bytes in the file cache of {self.capacity} "
-                    "bytes: the rest is held by queued or running jobs",
-                )
+                wanted = upload.size + size
+                why = ("more than the whole cache" if wanted > self.capacity
+                       else "the rest is held by queued or running jobs and uploads under way")
+                raise ProtocolError("cache_full", f"no room for {wanted} bytes in the file cache of "
+                                                  f"{self.capacity} bytes: {why}")
             for file_id, entry in evictable:
                 if excess <= 0:
                     break

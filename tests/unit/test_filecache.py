@@ -85,6 +85,8 @@ def test_a_put_that_cannot_fit_stores_and_evicts_nothing(open_cache: Opener) -> 
     assert cache.snapshot()["uploading"] == 0 and os.listdir(Path(cache.directory) / "partial") == []
     put(cache, b"x" * 20)  # b goes
     assert b not in stored(cache)
+    with pytest.raises(ProtocolError, match="more than the whole cache"):
+        put(cache, b"y" * 31)
 
 
 def test_a_digest_other_than_the_one_expected_keeps_nothing(open_cache: Opener) -> None:
