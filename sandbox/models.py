@@ -32,6 +32,11 @@ MAX_FILES = 250
 MAX_COLLECT = 64
 MAX_COLLECT_ENTRIES = 100_000
 
+# A file a worker caches is named by its content (``worker/filecache.py``): the SHA-256
+# of its bytes, with the algorithm in front so that another one can come later.
+FILE_ID_PREFIX = "sha256:"
+_FILE_ID = re.compile(r"sha256:[0-9a-f]{64}")
+
 
 class Status(str, enum.Enum):
     """The verdict of a job. Judges map these one-to-one onto their own verdicts."""
@@ -156,14 +161,26 @@ CGROUP_LIMITS = ("memory", "pids", "cpus")
 
 @dataclass
 class Blob:
-    """Bytes for the job: either inline ``data`` or a host ``path`` read by the runner."""
+    """Bytes for the job: inline ``data``, a host ``path`` read by the runner, or the
+    ``file_id`` of a file a worker holds in its cache (put there once with ``put_file``,
+    used by many jobs without travelling in each)."""
 
     data: bytes | None = None
     path: str | None = None
+    file_id: str | None = None
 
     def __post_init__(self) -> None:
-        if (self.data is None) == (self.path is None):
-            raise JobError("give exactly one of data or path", field="blob")
+        if sum(value is not None for value in (self.data, self.path, self.file_id)) != 1:
+            raise JobError("give exactly one of data, path or file_id", field="blob")
+        if self.file_id is not None:
+            check_file_id(self.file_id, "file_id")
+
+
+def check_file_id(value: object, field_name: str) -> str:
+    """A cached file's id as a worker gives it (``sha256:`` and 64 lower-case hex digits)."""
+    if not isinstance(value, str) or not _FILE_ID.fullmatch(value):
+        raise JobError(f"a file id is {FILE_ID_PREFIX} and 64 lower-case hex digits", field=field_name)
+    return value
 
 
 @dataclass
@@ -267,6 +284,8 @@ class Job:
             _check_text("env", value)
             if not key or "=" in key:
                 raise JobError(f"invalid environment variable name {key!r}", field="env")
+        if self.stdin is not None and self.stdin.file_id is not None:
+            raise JobError("a cached file goes in as an input file, not as stdin", field="stdin")
         if len(self.files) > MAX_FILES:
             raise JobError(f"more than {MAX_FILES} input files", field="files")
         if self.cwd is not None and (not posixpath.isabs(self.cwd) or ".." in self.cwd.split("/")):

@@ -421,7 +421,10 @@ def _pipe(fds: list[int]) -> tuple[int, int]:
 
 def open_blob(blob: Blob, fds: list[int]) -> int:
     """An fd the sandbox init copies an input file from (the program never gets it):
-    the host file, or a memfd holding the data."""
+    the host file, or a memfd holding the data. A file given by id is known only to the
+    worker that caches it, whose launcher passes its path instead."""
+    if blob.file_id is not None:
+        raise JobError(f"{blob.file_id}: a cached file is used through the worker that holds it", field="files")
     if blob.path is not None:
         fd = open_host_file(blob.path, "files")
     else:

@@ -6,22 +6,30 @@ jobs can be in flight on one connection (pipelining)::
 
     with Client("/run/sandbox/worker.sock") as c:
         result = c.run(Job(cmd=["python3", "-c", "print(1)"], limits=Limits(memory="256M")))
+
+A file many jobs read goes to the worker once (``put_file``, in chunks that fit its
+frames) and each job names it by id::
+
+        tests = c.put_file("big-input.txt")
+        job = Job(cmd=["wc", "-c", "in.txt"], files=[InputFile("/work/in.txt", Blob(file_id=tests))])
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import select
 import socket
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import trio
 
 from sandbox.errors import JobError
-from sandbox.models import Blob, Group, Job, Pipe, Result
+from sandbox.models import FILE_ID_PREFIX, Blob, Group, Job, Pipe, Result
 from worker.protocol import (
     REPLY_MAX_FRAME,
     VERSION,
@@ -34,6 +42,9 @@ from worker.protocol import (
 )
 
 _FINAL_EVENTS = ("finished", "cancelled")
+# Room in a put_file frame for everything but the chunk's bytes.
+_PUT_OVERHEAD = 4096
+MAX_CHUNK = 8 << 20  # larger chunks save little, and each is a frame held in the worker's memory
 
 
 def accepting(path: str) -> bool:
@@ -78,10 +89,23 @@ class _Mailbox:
         return ConnectionError("the worker closed the connection")
 
     def put(self, message: dict[str, Any]) -> None:
-        if message.get("type") == "event" or (message.get("type") == "error" and "id" in message):
+        """Messages about an id (a job's events, an upload's ``file``, errors about
+        either) are kept by their id, the rest in arrival order."""
+        if message.get("type") in ("event", "file") or (message.get("type") == "error" and "id" in message):
             self.events[message["id"]].append(message)
         else:
             self.other.append(message)
+
+    def stored(self, upload: str) -> str | None:
+        """The file id of a finished upload, once the worker's answer has arrived."""
+        queue = self.events.get(upload)
+        if not queue:
+            return None
+        message = queue.popleft()
+        del self.events[upload]
+        if message["type"] == "error":
+            raise WorkerError(message)
+        return str(message["file_id"])
 
     def final(self, job_id: str, on_output: OutputHandler | None = None) -> Result | None:
         """The job's result once its final event (or an error about it) has arrived;
@@ -127,8 +151,8 @@ def with_file_contents(job: Job) -> Job:
     bytes: the worker runs jobs on another side of a socket, maybe another host."""
 
     def read(blob: Blob) -> Blob:
-        if blob.data is not None:
-            return blob
+        if blob.path is None:
+            return blob  # its bytes, or the id of a file the worker caches
         try:
             with open(str(blob.path), "rb") as handle:
                 return Blob(data=handle.read())
@@ -168,6 +192,37 @@ def _group(group: Group, group_id: str, hello: dict[str, Any]) -> dict[str, Any]
     if "progress-optional" in hello.get("capabilities", ()):
         message["progress"] = False
     return message
+
+
+def _chunks(source: bytes | str | os.PathLike[str], size: int) -> Iterator[tuple[bytes, bool]]:
+    """The bytes to put, ``size`` at a time, each with whether it is the last; never
+    more of a file in memory than two chunks: a path is read as it is sent. At least one
+    chunk (an empty file is put too)."""
+    if isinstance(source, bytes):
+        starts = range(0, max(len(source), 1), size)
+        yield from ((source[start:start + size], start == starts[-1]) for start in starts)
+        return
+    with open(source, "rb") as handle:
+        chunk = handle.read(size)
+        while following := handle.read(size):
+            yield chunk, False
+            chunk = following
+        yield chunk, True
+
+
+def _put_messages(source: bytes | str | os.PathLike[str], upload: str, max_frame: int) -> Iterator[dict[str, Any]]:
+    """The put_file frames of one upload, sized to the worker's frame limit; the last one
+    names the id of the bytes sent (the worker checks it: a file that changed while it
+    was read is refused, never stored under an id other than the one hashed here)."""
+    digest = hashlib.sha256()
+    offset = 0
+    for chunk, last in _chunks(source, min(MAX_CHUNK, max_frame - _PUT_OVERHEAD)):
+        digest.update(chunk)
+        message: dict[str, Any] = {"type": "put_file", "id": upload, "offset": offset, "data": chunk, "last": last}
+        if last:
+            message["file_id"] = FILE_ID_PREFIX + digest.hexdigest()
+        yield message
+        offset += len(chunk)
 
 
 class Client:
@@ -262,6 +317,26 @@ class Client:
                     raise WorkerError({"code": "cancelled", "message": f"judge {judge_id} was cancelled"})
                 report: dict[str, Any] = message["report"]
                 return report
+
+
+    def put_file(self, source: bytes | str | os.PathLike[str]) -> str:
+        """Store bytes, or the file at a path, in the worker's file cache; its id
+        (``sha256:`` and the hex digest), for ``Blob(file_id=...)`` in any number of jobs.
+        Sent in chunks that fit the worker's frames, whatever the size; raises
+        WorkerError ``cache_full`` if the worker's cache has no room for it."""
+        upload = uuid.uuid4().hex
+        for message in _put_messages(source, upload, int(self.hello["max_frame"])):
+            self._send(message)
+        while (file_id := self._mail.stored(upload)) is None:
+            self._receive()
+        return file_id
+
+    def del_file(self, file_id: str) -> bool:
+        """Remove a cached file: True if removed now, False if it goes as the last job
+        queued or running with it ends. Raises WorkerError ``unknown_file`` for an id the
+        worker does not have."""
+        self._send({"type": "del_file", "file_id": file_id})
+        return bool(self._next_other()["removed"])
 
     def ping(self) -> dict[str, Any]:
         self._send({"type": "ping"})
@@ -368,6 +443,21 @@ class AsyncClient:
 
     async def cancel(self, job_id: str) -> None:
         await self._send({"type": "cancel", "id": job_id})
+
+    async def put_file(self, source: bytes | str | os.PathLike[str]) -> str:
+        """As ``Client.put_file`` (a path is read in this task, a chunk at a time)."""
+        upload = uuid.uuid4().hex
+        for message in _put_messages(source, upload, int(self.hello["max_frame"])):
+            await self._send(message)
+        async with self._lock:
+            while (file_id := self._mail.stored(upload)) is None:
+                await self._receive()
+        return file_id
+
+    async def del_file(self, file_id: str) -> bool:
+        """As ``Client.del_file``."""
+        await self._send({"type": "del_file", "file_id": file_id})
+        return bool((await self._next_other())["removed"])
 
     async def stats(self) -> dict[str, Any]:
         await self._send({"type": "stats"})

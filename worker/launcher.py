@@ -17,11 +17,18 @@ down (as internal_error) and its sandboxes with it (an init ends when its job ch
 closes: the worker keeps no copy of an offered one's once it handed a job over); the
 worker starts a new one, which reaps the dead one's cgroups.
 
-Run as: python -m worker.launcher FD PARENT_PID WARM_JSON (a list of WarmSpec wire forms)
+A job's input file given by id names a file of the worker's file cache
+(worker/filecache.py), whose directory the launcher is told at start: the launcher opens
+the cached file itself, as it opens a host file for ``sandbox run``, and the worker
+holds a lease on it until the job's result.
+
+Run as: python -m worker.launcher FD PARENT_PID WARM_JSON CACHE_DIR (WARM_JSON a list of
+WarmSpec wire forms; CACHE_DIR empty for a worker with no file cache)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -30,8 +37,9 @@ import sys
 
 from sandbox.errors import JobError
 from sandbox.linux import syscalls as sc
-from sandbox.models import Group, Result, Status, WarmSpec
+from sandbox.models import Blob, Group, Job, Result, Status, WarmSpec
 from sandbox.runner import HandedOver, Runner
+from worker.filecache import cached_path
 from worker.launcher_channel import (
     RESULT_ROOM,
     CancelJob,
@@ -94,7 +102,7 @@ class Outbox:
             del self._pending[:sent]
 
 
-def serve(channel: socket.socket, warm: list[WarmSpec]) -> None:
+def serve(channel: socket.socket, warm: list[WarmSpec], cache_dir: str) -> None:
     sc.set_process_name("sandbox-launch")
     runner = Runner(warm_for=warm)
     outbox = Outbox(channel)
@@ -133,7 +141,7 @@ def serve(channel: socket.socket, warm: list[WarmSpec]) -> None:
                         cancelled = any(
                             isinstance(later, CancelJob) and later.id == message.id for later in messages[index + 1:]
                         )
-                        _run(runner, channel, outbox, message, cancelled)
+                        _run(runner, channel, outbox, message, cancelled, cache_dir)
                     # (a CancelJob here is for a job that is over, or never ran)
     finally:
         runner.close()
@@ -172,6 +180,7 @@ def _drop(runner: Runner, init_pid: int) -> None:
 
 def _run(
     runner: Runner, channel: socket.socket, outbox: Outbox, message: RunJob | RunGroup, cancelled: bool,
+    cache_dir: str,
 ) -> None:
     """Run a job and send its outcome. A job found wrong only here - its image removed
     since the worker looked, a command too long for one message to its sandbox - is
@@ -180,9 +189,9 @@ def _run(
     try:
         reply: JobResult | GroupResult
         if isinstance(message, RunGroup):
-            reply = GroupResult(message.id, _group_results(runner, channel, outbox, message, cancelled))
+            reply = GroupResult(message.id, _group_results(runner, channel, outbox, message, cancelled, cache_dir))
         else:
-            reply = JobResult(message.id, _result(runner, channel, outbox, message, cancelled))
+            reply = JobResult(message.id, _result(runner, channel, outbox, message, cancelled, cache_dir))
     except JobError as exc:
         outbox.send(JobRejected(message.id, exc.message, exc.field))
         return
@@ -192,7 +201,9 @@ def _run(
     os.sched_yield()
 
 
-def _result(runner: Runner, channel: socket.socket, outbox: Outbox, message: RunJob, cancelled: bool) -> Result:
+def _result(
+    runner: Runner, channel: socket.socket, outbox: Outbox, message: RunJob, cancelled: bool, cache_dir: str,
+) -> Result:
     job_id = message.id
     handed = None
     if message.sandbox is not None:  # the worker gave it to the sandbox offered, and said so
@@ -204,7 +215,7 @@ def _result(runner: Runner, channel: socket.socket, outbox: Outbox, message: Run
     job = None
     if not cancelled:
         try:
-            job = job_from_wire(message.job)
+            job = _with_cached_paths(job_from_wire(message.job), cache_dir)
         except ProtocolError as exc:
             outcome = Result(Status.INTERNAL_ERROR, error=f"launcher rejected the job: {exc.message}")
     if job is None:
@@ -229,7 +240,7 @@ def _result(runner: Runner, channel: socket.socket, outbox: Outbox, message: Run
 
 
 def _group_results(
-    runner: Runner, channel: socket.socket, outbox: Outbox, message: RunGroup, cancelled: bool,
+    runner: Runner, channel: socket.socket, outbox: Outbox, message: RunGroup, cancelled: bool, cache_dir: str,
 ) -> list[Result]:
     """A group's Results, in member order (``JobStarted`` once every member is handed over)."""
     job_id, wire = message.id, message.group
@@ -239,10 +250,26 @@ def _group_results(
         raise JobError(exc.message, field=exc.field) from None
     if cancelled:
         return [Result(Status.CANCELLED, error="cancelled before it started") for _ in group.jobs]
-    for job in group.jobs:
+    jobs = [_with_cached_paths(job, cache_dir) for job in group.jobs]
+    for job in jobs:
         check_output_limit(job.limits.over(runner.profiles.get(job.profile).limits))
-    return runner.run_group(group.jobs, group.pipes, cancel_fd=channel.fileno(),
+    return runner.run_group(jobs, group.pipes, cancel_fd=channel.fileno(),
                             on_started=lambda: outbox.send(JobStarted(job_id)))
+
+
+def _with_cached_paths(job: Job, cache_dir: str) -> Job:
+    """The job with its files given by id turned into the cached files' paths (the worker
+    holds a lease on each while the job is queued or running: they are there)."""
+
+    def content(blob: Blob, index: int) -> Blob:
+        if blob.file_id is None:
+            return blob
+        if not cache_dir:
+            raise JobError("this worker has no file cache", field=f"files[{index}].file_id")
+        return Blob(path=cached_path(cache_dir, blob.file_id))
+
+    files = [dataclasses.replace(f, content=content(f.content, index)) for index, f in enumerate(job.files)]
+    return dataclasses.replace(job, files=files)
 
 
 def main(argv: list[str]) -> int:
@@ -256,7 +283,7 @@ def main(argv: list[str]) -> int:
     if os.getppid() != parent_pid:
         return 1  # the worker died while starting us
     with socket.socket(fileno=fd) as channel:
-        serve(channel, warm)
+        serve(channel, warm, argv[4])
     return 0
 
 

@@ -11,6 +11,9 @@ job contents); bind it where the scraper, and only it, can reach it.
     sandbox_jobs_running              jobs in a slot now
     sandbox_warm_sandboxes_per_slot   the warm pool each launcher keeps
     sandbox_launcher_restarts         launchers replaced since start
+    sandbox_file_cache_bytes          bytes of the files cached (worker/filecache.py)
+    sandbox_file_cache_files          files cached
+    sandbox_file_cache_evictions      files evicted to make room since start
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from worker.filecache import FileCache
 from worker.pool import Pool
 
 # From a warm static job (a few ms) to a long judge run.
@@ -29,7 +33,7 @@ _REQUEST_TIMEOUT_S = 5.0
 class Metrics:
     """The worker's metrics, fed by the pool (``observe``) and read at scrape time."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, cache: FileCache) -> None:
         self.registry = CollectorRegistry()
         self.jobs = Counter("sandbox_jobs", "Jobs finished, by verdict.", ["status"], registry=self.registry)
         self.latency = Histogram(
@@ -45,6 +49,9 @@ class Metrics:
             "sandbox_launcher_restarts": (
                 "Launchers replaced since start.", lambda: sum(s.restarts for s in pool.slots)
             ),
+            "sandbox_file_cache_bytes": ("Bytes of the files cached.", lambda: cache.stored_bytes),
+            "sandbox_file_cache_files": ("Files cached.", lambda: cache.entries),
+            "sandbox_file_cache_evictions": ("Files evicted to make room since start.", lambda: cache.evictions),
         }
         for name, (text, read) in gauges.items():
             Gauge(name, text, registry=self.registry).set_function(read)

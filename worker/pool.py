@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from sandbox.models import Group, Job, Result, WarmSpec
+from worker.filecache import FileCache
 from worker.launcher_channel import JobOutput
 from worker.protocol import ProtocolError, event_message, result_to_wire
 from worker.slots import Slot
@@ -45,6 +46,7 @@ class JobRecord:
     finished_at: float | None = None
     slot: Slot | None = None
     stream: bool = False  # its submitter asked for its output as it comes
+    leased: list[str] = field(default_factory=list)  # the cached files it holds until it ends
 
     def publish(self, event: str, **extra: Any) -> None:
         message = event_message(self.id, event, **extra)
@@ -67,11 +69,13 @@ class PoolStats:
 class Pool:
     def __init__(
         self, slots: int, max_queue: int, warm: Sequence[WarmSpec] = (), retention_s: float = 300.0,
-        max_records: int = 100_000,
+        max_records: int = 100_000, cache: FileCache | None = None,
     ) -> None:
         # Each slot's launcher keeps its share of the warm sandboxes of each kind.
         share = [WarmSpec(-(-spec.count // slots), spec.profile, spec.image) for spec in warm]
-        self.slots = [Slot(index, share) for index in range(slots)]
+        self.cache = cache
+        cache_dir = None if cache is None else cache.directory
+        self.slots = [Slot(index, share, cache_dir) for index in range(slots)]
         self.warm_per_slot = sum(spec.count for spec in share)
         self.max_queue = max_queue
         self.retention_s = retention_s
@@ -115,9 +119,12 @@ class Pool:
                 subscriber(self._final_event(record))
             return record
         record = JobRecord(job_id, job, owner, subscribers={owner: subscriber}, stream=stream)
+        if self.cache is not None:
+            record.leased = self.cache.lease(job)
         try:
             self._send.send_nowait(record)
         except trio.WouldBlock:
+            self._release(record)
             self.stats.busy_rejections += 1
             raise ProtocolError("busy", f"queue full ({self.max_queue} jobs waiting); retry later") from None
         self.records[job_id] = record
@@ -209,7 +216,14 @@ class Pool:
             state = JobState.CANCELLED if record.state is JobState.CANCELLED else JobState.FINISHED
             self._finish(record, state, result)
 
+    def _release(self, record: JobRecord) -> None:
+        """The job reads its cached files no more: they may be evicted or removed."""
+        if self.cache is not None:
+            self.cache.release(record.leased)
+        record.leased = []
+
     def _finish(self, record: JobRecord, state: JobState, result: Result | list[Result] | None) -> None:
+        self._release(record)
         record.state, record.result, record.slot = state, result, None
         record.finished_at = time.monotonic()
         self._finished.append(record.id)
@@ -228,6 +242,7 @@ class Pool:
         """The launcher found the job wrong, as the worker finds others at submit: its
         submitters get the error, and the id is forgotten, as if it never came (the job
         never ran; sent again, it is judged again)."""
+        self._release(record)
         self.records.pop(record.id, None)
         message = error.to_message(record.id)
         for deliver in list(record.subscribers.values()):

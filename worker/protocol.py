@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -29,6 +30,7 @@ from sandbox.models import (
     Result,
     Status,
     Usage,
+    check_file_id,
     sandbox_path,
 )
 
@@ -41,10 +43,10 @@ DEFAULT_MAX_FRAME = 16 << 20
 REPLY_MAX_FRAME = (1 << 32) - 1
 MAX_ID_LEN = 128
 
-CLIENT_TYPES = {"hello", "submit", "group", "judge", "cancel", "status", "ping", "stats"}
+CLIENT_TYPES = {"hello", "submit", "group", "judge", "cancel", "status", "ping", "stats", "put_file", "del_file"}
 _JOB_KEYS = {"cmd", "limits", "env", "stdin", "files", "image", "cwd", "require_cgroups", "profile", "collect"}
 _COLLECT_KEYS = {"path", "max", "max_files"}
-_FILE_KEYS = {"path", "data", "mode"}
+_FILE_KEYS = {"path", "data", "file_id", "mode"}
 _LIMIT_KEYS = set(LIMIT_NAMES)
 _PIPE_KEYS = {"from", "to"}
 
@@ -178,13 +180,13 @@ def job_from_wire(data: Any) -> Job:
             if isinstance(value, float) and not math.isfinite(value):
                 raise JobError("must be finite", field=f"limits.{key}")
         files = []
-        for entry in _typed(data.get("files", []), list, "files"):
+        for index, entry in enumerate(_typed(data.get("files", []), list, "files")):
             _typed(entry, dict, "files")
             _no_unknown_keys(entry, _FILE_KEYS, "files")
             files.append(
                 InputFile(
                     dest=sandbox_path(entry.get("path"), field_name="files.path"),  # the wire's name for dest
-                    content=Blob(data=_typed(entry.get("data"), bytes, "files.data")),
+                    content=_file_content(entry, index),
                     mode=entry.get("mode", 0o644),
                 )
             )
@@ -242,21 +244,35 @@ def group_to_wire(group: Group) -> dict[str, Any]:
             "pipes": [{"from": list(p.source), "to": list(p.target)} for p in group.pipes]}
 
 
+def _file_content(entry: dict[str, Any], index: int) -> Blob:
+    """An input file's bytes, or the id of a file the worker caches (``put_file``)."""
+    if "file_id" in entry:
+        if "data" in entry:
+            raise JobError("give data or file_id, not both", field=f"files[{index}]")
+        return Blob(file_id=check_file_id(entry["file_id"], f"files[{index}].file_id"))
+    return Blob(data=_typed(entry.get("data"), bytes, "files.data"))
+
+
 def job_to_wire(job: Job) -> dict[str, Any]:
-    """The wire form of a Job whose blobs hold their bytes (a client reads host files
-    first: ``worker.client.with_file_contents``; this module does no I/O)."""
+    """The wire form of a Job whose blobs hold their bytes or name cached files (a client
+    reads host files first: ``worker.client.with_file_contents``; this module does no I/O)."""
 
     def blob_bytes(blob: Blob) -> bytes:
         if blob.data is None:
             raise ValueError(f"{blob.path}: a host file goes on the wire as its bytes: read it first")
         return blob.data
 
+    def file_to_wire(item: InputFile) -> dict[str, Any]:
+        if item.content.file_id is not None:
+            return {"path": item.dest, "file_id": item.content.file_id, "mode": item.mode}
+        return {"path": item.dest, "data": blob_bytes(item.content), "mode": item.mode}
+
     return {
         "cmd": job.cmd,
         "limits": job.limits.given_values(),  # the rest come from the profile, on the worker
         "env": job.env,
         "stdin": None if job.stdin is None else blob_bytes(job.stdin),
-        "files": [{"path": f.dest, "data": blob_bytes(f.content), "mode": f.mode} for f in job.files],
+        "files": [file_to_wire(f) for f in job.files],
         "image": job.image,
         "cwd": job.cwd,
         "require_cgroups": job.require_cgroups,
@@ -270,6 +286,42 @@ def collect_to_wire(entry: Collect) -> dict[str, Any]:
     if entry.max_files is not None:
         wire["max_files"] = entry.max_files
     return wire
+
+
+@dataclass
+class PutChunk:
+    """One ``put_file`` message: a piece of the file uploaded under ``upload`` (a name the
+    client chose, as it chooses job ids), starting at ``offset``; the last one may name
+    the ``expected`` file id."""
+
+    upload: str
+    offset: int
+    data: bytes
+    last: bool
+    expected: str | None
+
+
+def put_chunk(message: dict[str, Any]) -> PutChunk:
+    """A ``put_file`` message, checked field by field (the upload's name as a job id is)."""
+    offset = message.get("offset")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ProtocolError("bad_message", "offset must be a whole number of bytes", field="offset")
+    data = message.get("data")
+    if not isinstance(data, bytes):
+        raise ProtocolError("bad_message", "data must be bytes", field="data")
+    last = message.get("last")
+    if not isinstance(last, bool):
+        raise ProtocolError("bad_message", "last must be true or false", field="last")
+    expected = message.get("file_id")
+    return PutChunk(job_id(message), offset, data, last, None if expected is None else file_id(message))
+
+
+def file_id(message: dict[str, Any]) -> str:
+    """The ``file_id`` field of a request."""
+    try:
+        return check_file_id(message.get("file_id"), "file_id")
+    except JobError as exc:
+        raise ProtocolError("bad_message", exc.message, field=exc.field) from None
 
 
 def result_to_wire(result: Result) -> dict[str, Any]:

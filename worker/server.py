@@ -25,6 +25,7 @@ import trio
 from sandbox.models import Group, Job, WarmSpec
 from sandbox.profile_names import builtin_profiles
 from worker.admission import admit
+from worker.filecache import DEFAULT_CAPACITY, FileCache, Upload
 from worker.judging import PoolStages, judge_from_wire, run_judge
 from worker.launcher_channel import LAUNCHER_MAX_FRAME
 from worker.logs import log
@@ -37,17 +38,20 @@ from worker.protocol import (
     ProtocolError,
     encode,
     event_message,
+    file_id,
     group_from_wire,
     hello_message,
     job_from_wire,
     job_id,
     message_type,
+    put_chunk,
 )
 from worker.socketclaim import SocketClaim
 from worker.streams import send_now
 
 CAPABILITIES = [
     "submit", "group", "judge", "cancel", "status", "stats", "idempotent-ids", "output-stream", "progress-optional",
+    "file-cache",
 ]
 # Events a submitter may decline with "progress": false (its client waits for the outcome only).
 PROGRESS_EVENTS = frozenset({"accepted", "started"})
@@ -57,6 +61,7 @@ MIN_MAX_FRAME, MAX_MAX_FRAME = 64 << 10, LAUNCHER_MAX_FRAME // 2
 OUT_QUEUE = 1024
 DISCARD_IDLE_S = 2.0  # the rest of a frame too large stops coming: close (``Server._discard``)
 ROOM_PER_REQUEST = 8  # a request's replies: accepted, a final event, an error
+MAX_UPLOADS = 64  # put_file uploads under way on one connection
 
 
 @dataclass
@@ -76,6 +81,8 @@ class ServerConfig:
     hello_timeout_s: float = 10.0
     send_timeout_s: float = 10.0
     grace_s: float = 30.0
+    file_cache_dir: str | None = None  # default: beside the socket (SOCKET.files), else under $XDG_CACHE_HOME
+    file_cache_size: int = DEFAULT_CAPACITY
 
 
 class Connection:
@@ -86,6 +93,9 @@ class Connection:
         self.stream = stream
         self.authenticated = authenticated
         self.hello_done = False
+        # put_file uploads under way, by the client's name for them; None: one that failed,
+        # whose chunks still coming are dropped (its error was sent once).
+        self.uploads: dict[str, Upload | None] = {}
         # Messages, or the unsent end of one that ``deliver`` sent in part.
         self.outbox_send, self.outbox = trio.open_memory_channel[dict[str, Any] | bytes](OUT_QUEUE)
         self.scope = trio.CancelScope()
@@ -149,7 +159,6 @@ class Server:
         unknown = sorted({spec.profile for spec in warm} - set(builtin_profiles()))
         if unknown:
             raise ValueError(f"warm sandboxes for profiles that do not exist: {', '.join(unknown)}")
-        self.pool = Pool(config.slots, config.max_queue, warm, retention_s=config.retention_s)
         # Configuration errors are raised here, before trio runs: a clear message, not a
         # traceback out of a nursery.
         if config.tcp and not config.token:
@@ -159,14 +168,22 @@ class Server:
         if not MIN_MAX_FRAME <= config.max_frame <= MAX_MAX_FRAME:
             raise ValueError(f"--max-frame must be from {MIN_MAX_FRAME >> 10}K to {MAX_MAX_FRAME >> 20}M")
         self.socket_gid = None if config.socket_group is None else _group_id(config.socket_group)
-        self.metrics = Metrics(self.pool) if config.metrics else None
+        # Last: a worker refused for its configuration takes no socket path, and its
+        # file cache is the one of the socket it claimed.
+        self.claim = None if config.socket_path is None else SocketClaim(config.socket_path)
+        try:
+            self.cache = FileCache(_file_cache_dir(config), config.file_cache_size)
+        except (ValueError, OSError) as exc:
+            if self.claim is not None:
+                self.claim.release()
+            raise ValueError(f"file cache: {exc}") from None
+        self.pool = Pool(config.slots, config.max_queue, warm, retention_s=config.retention_s, cache=self.cache)
+        self.metrics = Metrics(self.pool, self.cache) if config.metrics else None
         if self.metrics is not None:
             self.pool.on_finished = self.metrics.observe
         self.connections: set[Connection] = set()
         self._connection_closed = trio.Event()
         self.stopping = False
-        # Last: a worker refused for its configuration takes no socket path.
-        self.claim = None if config.socket_path is None else SocketClaim(config.socket_path)
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the launchers and the signal handling first, then bind: once the socket
@@ -191,6 +208,7 @@ class Server:
                     slots=self.config.slots)
                 task_status.started()
         finally:
+            self.cache.close()
             if self.claim is not None:
                 self.claim.release()
             log("stopped")
@@ -273,6 +291,9 @@ class Server:
         finally:
             self.connections.discard(connection)
             self._connection_closed.set()
+            for upload in connection.uploads.values():
+                if upload is not None:
+                    self.cache.abort(upload)  # no partial file outlives its connection
             with trio.CancelScope(shield=True):
                 await self.pool.drop_owner(connection)
                 await stream.aclose()
@@ -392,7 +413,56 @@ class Server:
         elif kind == "ping":
             connection.deliver({"type": "pong", "seq": message.get("seq")})
         elif kind == "stats":
-            connection.deliver({"type": "stats", **self.pool.snapshot(), "connections": len(self.connections)})
+            connection.deliver({"type": "stats", **self.pool.snapshot(), "connections": len(self.connections),
+                                "file_cache": self.cache.snapshot()})
+        elif kind == "put_file":
+            await self._put_file(connection, message)
+        elif kind == "del_file":
+            identifier = file_id(message)
+            removed = self.cache.delete(identifier)
+            connection.deliver({"type": "file_deleted", "file_id": identifier, "removed": removed})
+
+    async def _put_file(self, connection: Connection, message: dict[str, Any]) -> None:
+        """Take one chunk of an upload: its bytes go to the upload's file (in a thread: a
+        chunk is up to a frame, and the event loop must not wait for the disk), and the
+        last one makes it a cached file, answered ``file`` with its id. A chunk that fails
+        ends its upload (one error, with the upload's id); the chunks of it still coming
+        are dropped up to its last."""
+        chunk = put_chunk(message)
+        uploads = connection.uploads
+        if chunk.upload not in uploads:
+            if chunk.offset:
+                raise ProtocolError("bad_message", "an upload starts at offset 0", field="offset")
+            if len(uploads) >= MAX_UPLOADS:
+                raise ProtocolError("busy", f"{MAX_UPLOADS} uploads under way on this connection")
+            try:
+                uploads[chunk.upload] = self.cache.begin()
+            except OSError as exc:
+                raise ProtocolError("cache_error", f"cannot store the file: {exc.strerror}") from None
+        upload = uploads[chunk.upload]
+        if upload is None:
+            if chunk.last:
+                del uploads[chunk.upload]
+            return
+        try:
+            if chunk.offset != upload.size:
+                raise ProtocolError("bad_message", f"this upload's next chunk starts at {upload.size}", field="offset")
+            self.cache.reserve(upload, len(chunk.data))
+            try:
+                await trio.to_thread.run_sync(upload.write, chunk.data)
+                if not chunk.last:
+                    return
+                identifier = self.cache.commit(upload, chunk.expected)
+            except OSError as exc:
+                raise ProtocolError("cache_error", f"cannot store the file: {exc.strerror}") from None
+        except BaseException:  # (a cancel too: the connection is ending)
+            self.cache.abort(upload)
+            uploads[chunk.upload] = None
+            if chunk.last:
+                del uploads[chunk.upload]
+            raise
+        del uploads[chunk.upload]
+        connection.deliver({"type": "file", "id": chunk.upload, "file_id": identifier, "size": upload.size})
 
     def _judge(self, connection: Connection, message: dict[str, Any]) -> None:
         """Start judging on this connection (worker/judging.py); its events follow."""
@@ -437,6 +507,19 @@ def _group_id(name: str) -> int:
     if os.geteuid() != 0 and gid not in (os.getegid(), *os.getgroups()):
         raise ValueError(f"--socket-group: this user is not a member of {name!r}")
     return gid
+
+
+def _file_cache_dir(config: ServerConfig) -> str:
+    """The worker's own file cache: one per socket (its claim keeps it one worker's), or
+    for a worker on TCP alone one per address (its lock refuses a second worker)."""
+    if config.file_cache_dir is not None:
+        return config.file_cache_dir
+    if config.socket_path is not None:
+        return f"{config.socket_path}.files"
+    assert config.tcp is not None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    host, port = config.tcp
+    return os.path.join(base, "sandbox", f"worker-{host}-{port}.files")
 
 
 def serve_forever(config: ServerConfig) -> None:

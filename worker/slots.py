@@ -51,9 +51,10 @@ class LauncherDied(Exception):
 
 
 class Slot:
-    def __init__(self, index: int, warm: list[WarmSpec]) -> None:
+    def __init__(self, index: int, warm: list[WarmSpec], cache_dir: str | None = None) -> None:
         self.index = index
         self.warm = warm
+        self.cache_dir = cache_dir  # the worker's file cache, whose files its jobs name by id
         self.process: trio.Process | None = None
         self.ready = trio.Event()  # set while a launcher is up; replaced when it dies
         self._dead = trio.Event()  # set when the current launcher died
@@ -108,7 +109,7 @@ class Slot:
         try:
             self.process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "worker.launcher", str(theirs.fileno()), str(os.getpid()),
-                 json.dumps([spec.to_wire() for spec in self.warm])],
+                 json.dumps([spec.to_wire() for spec in self.warm]), self.cache_dir or ""],
                 pass_fds=(theirs.fileno(),),
             )
         finally:

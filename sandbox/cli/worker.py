@@ -37,8 +37,13 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
     serve.add_argument("--retention", type=float, default=300.0, metavar="SECONDS",
                        help="keep finished jobs' results this long for resubmitted ids (default 300)")
-    serve.add_argument("--max-frame", type=_frame_size, default="16M", metavar="SIZE",
+    serve.add_argument("--max-frame", type=_size_flag, default="16M", metavar="SIZE",
                        help="largest request taken (a job with its stdin and files), e.g. 64M (default 16M)")
+    serve.add_argument("--file-cache-size", type=_size_flag, default="1G", metavar="SIZE",
+                       help="bytes of files put once and used by id by many jobs, at most (default 1G)")
+    serve.add_argument("--file-cache-dir", metavar="DIR",
+                       help="the file cache's directory, emptied at start (default: SOCKET.files beside the "
+                            "socket, else under $XDG_CACHE_HOME/sandbox)")
     serve.set_defaults(handler=_cmd_serve)
 
     submit = commands.add_parser("submit", help="run one command through a worker (same flags as run)")
@@ -68,6 +73,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         retention_s=args.retention,
         metrics=_host_port(args.metrics, "metrics") if args.metrics else None,
         max_frame=args.max_frame,
+        file_cache_dir=args.file_cache_dir,
+        file_cache_size=args.file_cache_size,
     )
     try:
         serve_forever(config)
@@ -121,8 +128,8 @@ def connect(args: argparse.Namespace) -> Client:
         raise SandboxError(f"the worker at {where} refused the connection: {exc}") from exc
 
 
-def _frame_size(text: str) -> int:
-    """``--max-frame``: a size as limits are written ("64M")."""
+def _size_flag(text: str) -> int:
+    """``--max-frame``, ``--file-cache-size``: a size as limits are written ("64M")."""
     from sandbox.units import parse_size
 
     try:
