@@ -210,6 +210,54 @@ def test_the_solution_gets_neither_the_input_nor_the_answer(stages: CountingStag
     assert names == {"/work/main.py"}, names
 
 
+DOUBLE_INTERACTOR = """import sys
+n = open(sys.argv[1]).read().strip()
+print(n, flush=True)
+reply = input().strip()
+if "{write}" == "yes":
+    open(sys.argv[2], "w").write(reply + "\\n")
+"""
+DOUBLE_CHECKER = """import sys
+said, answer = open(sys.argv[2]).read().split(), open(sys.argv[3]).read().split()
+print("saw " + " ".join(said), file=sys.stderr)
+sys.exit(0 if said == answer else 1)
+"""
+
+
+def double_problem(directory: Path, write_output: bool) -> Path:
+    """An interactive problem whose interactor accepts whatever the solution replies and
+    writes it to output.txt, for a custom checker to compare with the answer."""
+    (directory / "tests").mkdir()
+    (directory / "problem.toml").write_text(
+        '[interactor]\nsource = "interactor.py"\nlang = "python3"\n'
+        '[checker]\nkind = "custom"\nsource = "check.py"\nlang = "python3"\n')
+    (directory / "interactor.py").write_text(DOUBLE_INTERACTOR.replace("{write}", "yes" if write_output else "no"))
+    (directory / "check.py").write_text(DOUBLE_CHECKER)
+    for name, number in (("1", 21), ("2", 50)):
+        (directory / "tests" / f"{name}.in").write_text(f"{number}\n")
+        (directory / "tests" / f"{name}.ans").write_text(f"{number * 2}\n")
+    return directory
+
+
+@pytest.mark.parametrize(("reply", "verdict"), [("n * 2", "accepted"), ("n + 1", "wrong_answer")])
+def test_the_interactors_output_goes_to_the_checker(stages: CountingStages, tmp_path: Path, reply: str,
+                                                    verdict: str) -> None:
+    solution = tmp_path / "sol.py"
+    solution.write_text(f"n = int(input())\nprint({reply}, flush=True)\n")
+    report = judge(stages, load_problem(double_problem(tmp_path / "p", True)), Submission.from_file("python3", solution))
+    assert (report.verdict, statuses(report)) == (verdict, [verdict] * 2), report.to_json_dict()
+    expected = ["saw 42", "saw 100"] if verdict == "accepted" else ["saw 22", "saw 51"]
+    assert [t.checker_message for t in report.tests] == expected
+
+
+def test_an_interactor_that_leaves_no_output_is_the_judges_error(stages: CountingStages, tmp_path: Path) -> None:
+    solution = tmp_path / "sol.py"
+    solution.write_text("n = int(input())\nprint(n * 2, flush=True)\n")
+    report = judge(stages, load_problem(double_problem(tmp_path / "p", False)), Submission.from_file("python3", solution))
+    assert statuses(report) == ["judge_error"] * 2
+    assert "left no output.txt" in (report.tests[0].error or "")
+
+
 # Tests in parallel
 
 class InFlight(CountingStages):

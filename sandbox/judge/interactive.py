@@ -5,7 +5,10 @@ solution's stdout is the interactor's stdin and back.
 The interactor is run as testlib runs one: ``interactor input.txt output.txt
 answer.txt``, the test's input and answer as files in its own sandbox only (the
 solution's holds its compiled program and nothing of the test), ``output.txt`` a file it
-may write. It says the verdict by its exit code (``testlib.verdict``).
+may write. It says the verdict by its exit code (``testlib.verdict``). A problem with a
+custom checker as well has the interactor's ``output.txt`` collected and checked, as
+``checker input output answer``, once the interactor has accepted: the checker's word is
+the test's (a problem with a built-in checker kind leaves it all to the interactor).
 
 Who is blamed (``decide``), in this order:
 - the solution's own limits - time, memory, output, and its wall clock (a deadlock: both
@@ -27,7 +30,8 @@ was over: ``wrong_answer``.
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from sandbox.judge.checkers import Checked, CheckStatus
 from sandbox.judge.problem import Interactor, Problem, Test
@@ -42,7 +46,7 @@ from sandbox.languages import (
     read_source,
     run_stages_together,
 )
-from sandbox.models import WORKDIR, Blob, InputFile, Limits, Pipe, Result, Status
+from sandbox.models import WORKDIR, Blob, Collect, InputFile, Limits, Pipe, Result, Status
 
 INTERACTOR, SOLUTION = 0, 1  # the group's members
 BOTH_WAYS = [Pipe.of([SOLUTION, "stdout"], [INTERACTOR, "stdin"]), Pipe.of([INTERACTOR, "stdout"], [SOLUTION, "stdin"])]
@@ -51,6 +55,8 @@ _ARGS = ("input.txt", "output.txt", "answer.txt")  # testlib's order
 # solution's (a deadlocked solution is killed first, and then the interactor reads EOF).
 _WALL_MARGIN_MS = 1000
 _OUTPUT = "1M"
+OUTPUT_FILE = f"{WORKDIR}/output.txt"  # what the interactor leaves for a checker
+_OUTPUT_FILE_MAX = "64M"
 _OWN_LIMITS = (Status.TIME_LIMIT, Status.MEMORY_LIMIT, Status.OUTPUT_LIMIT, Status.WALL_TIME_LIMIT)
 
 
@@ -58,8 +64,9 @@ class InteractiveTests:
     """Judges a compiled solution on one test at a time, with the interactor compiled
     here, once (with the package's other files, as a checker)."""
 
-    def __init__(self, stages: Stages, problem: Problem, interactor: Interactor) -> None:
-        self.stages, self.problem, self.interactor = stages, problem, interactor
+    def __init__(self, stages: Stages, problem: Problem, interactor: Interactor,
+                 checker: Callable[[Test, bytes], Checked] | None = None) -> None:
+        self.stages, self.problem, self.interactor, self.checker = stages, problem, interactor, checker
         self.fault: str | None = None
         try:
             files = package_files(problem, interactor.program)
@@ -76,10 +83,32 @@ class InteractiveTests:
             return TestReport(test.name, TestStatus.JUDGE_ERROR, error=self.fault)
         inputs = [InputFile(f"{WORKDIR}/input.txt", Blob(path=str(test.input))),
                   InputFile(f"{WORKDIR}/answer.txt", Blob(path=str(test.answer)))]
-        jobs = [compiled_job(self.stages, self.compiled, args=_ARGS, inputs=inputs, limits=self._limits(test)),
-                compiled_job(self.stages, solution, limits=self.problem.limits, args=args)]
+        interactor = compiled_job(self.stages, self.compiled, args=_ARGS, inputs=inputs, limits=self._limits(test))
+        if self.checker is not None:
+            interactor = replace(interactor, collect=[Collect(OUTPUT_FILE, max=_OUTPUT_FILE_MAX)])
+        jobs = [interactor, compiled_job(self.stages, solution, limits=self.problem.limits, args=args)]
         results = run_stages_together(self.stages, jobs, BOTH_WAYS)
-        return decide(test.name, results[SOLUTION], results[INTERACTOR])
+        report = decide(test.name, results[SOLUTION], results[INTERACTOR])
+        if self.checker is None or report.status is not TestStatus.ACCEPTED:
+            return report
+        return self._check(report, test, results[INTERACTOR], self.checker)
+
+    @staticmethod
+    def _check(report: TestReport, test: Test, interactor: Result, checker: Callable[[Test, bytes], Checked],
+               ) -> TestReport:
+        """The checker's word on what the interactor left in output.txt."""
+        output = interactor.files.get(OUTPUT_FILE)
+        try:
+            if output is None:
+                detail = interactor.file_errors.get(OUTPUT_FILE, "not collected")
+                raise JudgeFault(f"the interactor left no output.txt for the checker ({detail})")
+            checked = checker(test, output)
+        except JudgeFault as exc:
+            report.status, report.score, report.error = TestStatus.JUDGE_ERROR, 0.0, str(exc)
+            return report
+        report.status, report.score = TestStatus(checked.status.value), checked.score
+        report.checker_message = checked.message
+        return report
 
     def _limits(self, test: Test) -> Limits:
         """[interactor.limits] where given; else a wall clock past the solution's, room

@@ -55,7 +55,8 @@ def judge(stages: Stages, problem: Problem, submission: Submission, *, stop_on_f
     if compiled.status is not Status.OK:
         return JudgeReport.of(problem, compiled.result, [])
     if problem.interactor is not None:
-        interactive = InteractiveTests(stages, problem, problem.interactor)
+        custom = _checker(stages, problem) if problem.checker.kind is CheckerKind.CUSTOM else None
+        interactive = InteractiveTests(stages, problem, problem.interactor, custom)
 
         def run_test(test: Test) -> TestReport:
             return interactive(compiled, test, submission.args)
