@@ -227,7 +227,7 @@ sys.exit(0 if said == answer else 1)
 def double_problem(directory: Path, write_output: bool) -> Path:
     """An interactive problem whose interactor accepts whatever the solution replies and
     writes it to output.txt, for a custom checker to compare with the answer."""
-    (directory / "tests").mkdir()
+    (directory / "tests").mkdir(parents=True)
     (directory / "problem.toml").write_text(
         '[interactor]\nsource = "interactor.py"\nlang = "python3"\n'
         '[checker]\nkind = "custom"\nsource = "check.py"\nlang = "python3"\n')
