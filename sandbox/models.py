@@ -210,6 +210,7 @@ class Collect:
     path: str
     max: int | str = "64M"
     max_files: int | None = None  # a directory's: DEFAULT_MAX_FILES if not given
+    cache: bool = False  # through a worker: kept in its file cache, the result naming it by id
 
     DEFAULT_MAX_FILES: ClassVar[int] = 1000
 
@@ -222,6 +223,8 @@ class Collect:
             self.max = parse_size(self.max)
         except (ValueError, TypeError) as exc:
             raise JobError(str(exc), field="collect.max") from None
+        if not isinstance(self.cache, bool):
+            raise JobError("expected true or false", field="collect.cache")
         if self.max_files is not None:
             if not self.directory:
                 raise JobError("max_files is a directory's (a path ending in /)", field="collect.max_files")
@@ -395,6 +398,9 @@ class Result:
     # changed, ...).
     files: dict[str, bytes] = field(default_factory=dict)
     file_errors: dict[str, str] = field(default_factory=dict)
+    # Collected files a worker kept in its file cache (a collect entry's ``cache``): path
+    # -> file id, for later jobs' files, instead of their bytes in ``files``.
+    file_ids: dict[str, str] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain types only; output bytes decoded so hostile bytes cannot break JSON,

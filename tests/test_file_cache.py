@@ -275,3 +275,21 @@ def _tail(path: Path, count: int) -> bytes:
     with open(path, "rb") as handle:
         handle.seek(-count, os.SEEK_END)
         return handle.read()
+
+
+def test_collected_files_kept_in_the_cache_are_named_by_id(worker) -> None:
+    """A collect entry with cache: the worker keeps the file (a directory's files each)
+    and the result names it by id instead of carrying it; a later job reads it by id."""
+    from sandbox.models import Collect
+
+    writes = "printf 'built once' > /work/a.out; mkdir /work/out; echo x > /work/out/x; echo y > /work/out/y"
+    job = Job(cmd=["sh", "-c", writes], collect=[Collect("/work/a.out", cache=True), Collect("/work/out/", cache=True)])
+    with Client(worker.socket_path) as client:
+        result = client.run(job)
+        assert result.status is Status.OK, result
+        assert result.files == {} and set(result.file_ids) == {"/work/a.out", "/work/out/x", "/work/out/y"}
+        assert result.file_ids["/work/a.out"] == "sha256:" + hashlib.sha256(b"built once").hexdigest()
+        used = client.run(reader(result.file_ids["/work/a.out"], cmd=["cat", "/work/f0"]))
+        assert used.stdout == b"built once"
+        plain = client.run(Job(cmd=["sh", "-c", writes], collect=[Collect("/work/a.out")]))
+        assert (plain.files, plain.file_ids) == ({"/work/a.out": b"built once"}, {})

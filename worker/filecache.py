@@ -180,6 +180,19 @@ class FileCache:
         self._entries.move_to_end(file_id)
         return file_id
 
+    def store(self, data: bytes) -> str:
+        """Keep ``data`` (a file a job collected, ``Collect.cache``) as if it were put;
+        its id. cache_full, and nothing kept, if it does not fit. Blocking: the pool runs
+        it in a thread, as the server runs an upload's writes."""
+        upload = self.begin()
+        try:
+            self.reserve(upload, len(data))
+            upload.write(data)
+            return self.commit(upload, None)
+        except BaseException:
+            self.abort(upload)
+            raise
+
     def lease(self, work: Job | Group) -> list[str]:
         """Hold the job's (or every group member's) cached files until ``release``: none
         of them is evicted or removed while the job is queued or running. A file the cache

@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from sandbox.models import Group, Job, Result, WarmSpec
+from sandbox.models import Collect, Group, Job, Result, WarmSpec
 from worker.filecache import FileCache
 from worker.launcher_channel import JobOutput
 from worker.protocol import ProtocolError, event_message, result_to_wire
@@ -206,6 +206,11 @@ class Pool:
 
             try:
                 result = await slot.run(record.id, record.job, started, output if record.stream else None)
+                if isinstance(result, Result) and isinstance(record.job, Job):
+                    await self._keep_collected(record.job, result)
+                elif isinstance(result, list) and isinstance(record.job, Group):
+                    for member, member_result in zip(record.job.jobs, result, strict=True):
+                        await self._keep_collected(member, member_result)
             finally:
                 self.running -= 1
                 if self.running == 0:
@@ -215,6 +220,22 @@ class Pool:
                 continue
             state = JobState.CANCELLED if record.state is JobState.CANCELLED else JobState.FINISHED
             self._finish(record, state, result)
+
+    async def _keep_collected(self, job: Job, result: Result) -> None:
+        """The collected files whose entry asks for it go into the file cache: the result
+        names them by id (``file_ids``) instead of carrying their bytes, for later jobs to
+        use (go-judge's copyOutCached). One that does not fit keeps its bytes and says so
+        in ``file_errors``; a worker without a cache keeps them all."""
+        wanted = [entry for entry in job.collect if entry.cache]
+        if not wanted or self.cache is None:
+            return
+        for path in [p for p in result.files if any(_collected_by(entry, p) for entry in wanted)]:
+            try:
+                result.file_ids[path] = await trio.to_thread.run_sync(self.cache.store, result.files[path])
+            except (ProtocolError, OSError) as exc:
+                result.file_errors[path] = f"not_cached: {getattr(exc, 'message', exc)}"
+                continue
+            del result.files[path]
 
     def _release(self, record: JobRecord) -> None:
         """The job reads its cached files no more: they may be evicted or removed."""
@@ -281,3 +302,8 @@ def _same_job(first: Job | Group, second: Job | Group) -> bool:
                 and len(first.jobs) == len(second.jobs)
                 and all(_same_job(a, b) for a, b in zip(first.jobs, second.jobs, strict=True)))
     return first == second and first.limits.given == second.limits.given
+
+
+def _collected_by(entry: Collect, path: str) -> bool:
+    """Whether ``path`` of a result's files came from collect entry ``entry``."""
+    return path == entry.path or (entry.directory and path.startswith(entry.path))

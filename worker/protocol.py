@@ -45,7 +45,7 @@ MAX_ID_LEN = 128
 
 CLIENT_TYPES = {"hello", "submit", "group", "judge", "cancel", "status", "ping", "stats", "put_file", "del_file"}
 _JOB_KEYS = {"cmd", "limits", "env", "stdin", "files", "image", "cwd", "require_cgroups", "profile", "collect"}
-_COLLECT_KEYS = {"path", "max", "max_files"}
+_COLLECT_KEYS = {"path", "max", "max_files", "cache"}
 _FILE_KEYS = {"path", "data", "file_id", "mode"}
 _LIMIT_KEYS = set(LIMIT_NAMES)
 _PIPE_KEYS = {"from", "to"}
@@ -285,6 +285,8 @@ def collect_to_wire(entry: Collect) -> dict[str, Any]:
     wire: dict[str, Any] = {"path": entry.path, "max": entry.max}
     if entry.max_files is not None:
         wire["max_files"] = entry.max_files
+    if entry.cache:
+        wire["cache"] = True
     return wire
 
 
