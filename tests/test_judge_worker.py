@@ -125,3 +125,17 @@ def test_a_client_that_leaves_mid_judge_leaves_nothing_running(language_image, w
         # compile, the first test (its time limit) and at most the second, cancelled
         assert stats["submitted"] <= 3 and stats["by_status"] == {"ok": 1, "time_limit": 1} | (
             {"cancelled": 1} if "cancelled" in stats["by_status"] else {}), stats
+
+
+def test_a_package_file_may_be_one_put_before(language_image, worker) -> None:
+    """A big input goes in once (put_file) and judges name it by id: the same report as
+    with its bytes; an id the worker does not have names its file."""
+    package: dict[str, Any] = dict(read_package(PROBLEMS / "sum"))
+    with Client(worker.socket_path) as client:
+        package["tests/10.in"] = {"file_id": client.put_file(package["tests/10.in"])}
+        report = client.judge(package, "python3", (SOLUTIONS / "sum_ok.py").read_bytes())
+        assert report["verdict"] == "accepted", report
+        package["tests/10.in"] = {"file_id": "sha256:" + "0" * 64}
+        with pytest.raises(WorkerError) as raised:
+            client.judge(package, "python3", (SOLUTIONS / "sum_ok.py").read_bytes())
+    assert (raised.value.code, raised.value.field) == ("invalid_job", "problem.tests/10.in.file_id")

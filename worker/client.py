@@ -23,7 +23,7 @@ import select
 import socket
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -176,7 +176,11 @@ def _submit(job: Job, job_id: str, stream: bool, hello: dict[str, Any]) -> dict[
     return message
 
 
-def judge_message(judge_id: str, problem: dict[str, bytes], lang: str, source: bytes,
+# A problem package for ``Client.judge``: each file's bytes, or {"file_id": ID} for one put before.
+Package = Mapping[str, bytes | dict[str, str]]
+
+
+def judge_message(judge_id: str, problem: Package, lang: str, source: bytes,
                   compile_options: Sequence[str], args: Sequence[str], stop_on_failure: bool,
                   parallel: int) -> dict[str, Any]:
     return {"type": "judge", "id": judge_id, "problem": problem, "stop_on_failure": stop_on_failure,
@@ -291,11 +295,12 @@ class Client:
     def cancel(self, job_id: str) -> None:
         self._send({"type": "cancel", "id": job_id})
 
-    def judge(self, problem: dict[str, bytes], lang: str, source: bytes, *, compile_options: Sequence[str] = (),
+    def judge(self, problem: Package, lang: str, source: bytes, *, compile_options: Sequence[str] = (),
               args: Sequence[str] = (), stop_on_failure: bool = False, parallel: int = 1,
               judge_id: str | None = None, on_test: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Judge ``source`` against a problem package (``judge.problem.read_package``
-        gives one from a directory) in the worker: compiled once, every test a job there,
+        gives one from a directory; a big file may be ``{"file_id": put_file(...)}``
+        instead of its bytes) in the worker: compiled once, every test a job there,
         ``parallel`` of them at once.
         ``on_test`` hears each test's report as it is decided; the whole report (the
         shape of ``sandbox judge --json``) is returned."""

@@ -197,20 +197,24 @@ class FileCache:
         """Hold the job's (or every group member's) cached files until ``release``: none
         of them is evicted or removed while the job is queued or running. A file the cache
         does not have is the job's error, naming its entry."""
-        file_ids = []
+        named = []
         members = work.jobs if isinstance(work, Group) else [work]
         for member, job in enumerate(members):
             prefix = f"jobs.{member}." if isinstance(work, Group) else ""
-            for index, item in enumerate(job.files):
-                file_id = item.content.file_id
-                if file_id is None:
-                    continue
-                entry = self._entries.get(file_id)
-                if entry is None or entry.deleted:
-                    raise ProtocolError("invalid_job",
-                                        f"the worker has no file {file_id} (never put, evicted or deleted)",
-                                        field=f"{prefix}files[{index}].file_id")
-                file_ids.append(file_id)
+            named += [(item.content.file_id, f"{prefix}files[{index}].file_id")
+                      for index, item in enumerate(job.files) if item.content.file_id is not None]
+        return self.lease_ids(named)
+
+    def lease_ids(self, named: list[tuple[str, str]]) -> list[str]:
+        """``lease`` for file ids as a request names them, each with its field (for the
+        error of one the cache does not have)."""
+        file_ids = []
+        for file_id, field in named:
+            entry = self._entries.get(file_id)
+            if entry is None or entry.deleted:
+                raise ProtocolError("invalid_job", f"the worker has no file {file_id} (never put, evicted or deleted)",
+                                    field=field)
+            file_ids.append(file_id)
         for file_id in file_ids:
             self._entries[file_id].leases += 1
             self._entries.move_to_end(file_id)

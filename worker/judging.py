@@ -7,10 +7,12 @@ on a thread of its own and reaches the pool through ``PoolStages``, whose ``run`
 each job back to the trio thread and waits for its result. So a judge holds no launcher
 slot while it waits: its jobs queue with everyone else's, one at a time.
 
-The package arrives as a map of relative paths to bytes and is written to a private
-directory (0700) for ``load_problem``, which reads it as it reads one on disk; the names
-are checked before anything is written, and the directory is removed when the judge
-ends. The jobs' files travel as bytes, as every job of the protocol does.
+The package arrives as a map of relative paths to bytes, or to the ids of files put in
+the worker's cache before (a big input sent once for many judges), and is written to a
+private directory (0700) for ``load_problem``, which reads it as it reads one on disk;
+the names are checked before anything is written, cached files are leased until they
+are copied, and the directory is removed when the judge ends. The jobs' files travel as
+bytes, as every job of the protocol does.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from sandbox.errors import JobError, SandboxError
 from sandbox.judge.problem import load_problem
 from sandbox.judge.report import JudgeReport, TestReport
 from sandbox.judge.run import Submission, judge
-from sandbox.models import Group, Job, Pipe, Result
+from sandbox.models import Group, Job, Pipe, Result, check_file_id
 from sandbox.profile_names import builtin_limits, builtin_profiles
 from worker.admission import admit
 from worker.client import with_file_contents
+from worker.filecache import cached_path
 from worker.pool import Pool
 from worker.protocol import ProtocolError, event_message
 
@@ -55,7 +58,7 @@ class JudgeRequest:
     """A validated ``judge`` message."""
 
     id: str
-    package: dict[str, bytes]
+    package: dict[str, bytes | str]  # a file's bytes, or its id in the file cache
     submission: Submission
     stop_on_failure: bool
     parallel: int  # tests at once: jobs of the pool in flight for this judge
@@ -73,8 +76,14 @@ def judge_from_wire(message: dict[str, Any], judge_id: str) -> JudgeRequest:
         if not isinstance(name, str) or not _PACKAGE_NAME.fullmatch(name) or ".." in name or name == "tests":
             raise ProtocolError("invalid_job", f"{name!r} is not a package file name (NAME or tests/NAME)",
                                 field="problem")
-        if not isinstance(data, bytes):
-            raise ProtocolError("invalid_job", f"{name}: expected bytes", field=f"problem.{name}")
+        if isinstance(data, dict) and set(data) == {"file_id"}:
+            try:
+                package[name] = check_file_id(data["file_id"], f"problem.{name}.file_id")
+            except JobError as exc:
+                raise ProtocolError("invalid_job", exc.message, field=exc.field) from None
+        elif not isinstance(data, bytes):
+            raise ProtocolError("invalid_job", f"{name}: expected bytes or {{\"file_id\": ID}}",
+                                field=f"problem.{name}")
     if "problem.toml" not in package:
         raise ProtocolError("invalid_job", "the package has no problem.toml", field="problem")
     wire = message.get("submission")
@@ -165,25 +174,32 @@ class PoolStages:
 async def run_judge(request: JudgeRequest, stages: PoolStages, deliver: Any) -> None:
     """Judge on a thread and deliver the events; every failure is a reply, never a
     crash of the worker."""
-    token = stages.token
+    token, cache = stages.token, stages.pool.cache
 
     def on_test(report: TestReport) -> None:
         trio.from_thread.run_sync(deliver, event_message(request.id, "test_finished", test=report.to_json_dict()),
                                   trio_token=token)
 
     def judge_on_thread(directory: Path) -> JudgeReport:
-        try:
-            _write_package(directory, request.package)
-            return judge(stages, load_problem(directory), request.submission,
-                         stop_on_failure=request.stop_on_failure, on_test=on_test, parallel=request.parallel)
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
+        return judge(stages, load_problem(directory), request.submission,
+                     stop_on_failure=request.stop_on_failure, on_test=on_test, parallel=request.parallel)
 
     directory = Path(tempfile.mkdtemp(prefix="sandbox-judge-"))
     try:
+        cached = [(file_id, f"problem.{name}.file_id") for name, file_id in request.package.items()
+                  if isinstance(file_id, str)]
+        if cached and cache is None:
+            raise JobError("this worker has no file cache", field=cached[0][1])
+        leased = [] if cache is None else cache.lease_ids(cached)
+        try:
+            cache_dir = "" if cache is None else cache.directory
+            await trio.to_thread.run_sync(_write_package, directory, request.package, cache_dir)
+        finally:
+            if cache is not None:
+                cache.release(leased)
         # Never abandoned: a judge ends by ``PoolStages.cancel`` (the client cancelled it or
-        # went away), after which the thread's next job raises and it unwinds, removing
-        # the package, before this returns.
+        # went away), after which the thread's next job raises and it unwinds before this
+        # returns.
         report = await trio.to_thread.run_sync(judge_on_thread, directory)
     except JudgeCancelled:
         deliver(event_message(request.id, "cancelled"))
@@ -198,14 +214,22 @@ async def run_judge(request: JudgeRequest, stages: PoolStages, deliver: Any) -> 
     except (SandboxError, OSError) as exc:  # a fault of the worker's, not of the submission
         deliver(ProtocolError("internal_error", f"{type(exc).__name__}: {exc}").to_message(request.id))
         return
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(shutil.rmtree, directory, True)
     deliver(event_message(request.id, "judged", report=report.to_json_dict()))
 
 
-def _write_package(directory: Path, package: dict[str, bytes]) -> None:
+def _write_package(directory: Path, package: dict[str, bytes | str], cache_dir: str) -> None:
     """The package's files, in a directory only this user can enter; names were checked
-    (``judge_from_wire``), and each file is new (O_EXCL: nothing there to follow)."""
+    (``judge_from_wire``), and each file is new (O_EXCL: nothing there to follow). A
+    cached file is copied from the cache (leased by the caller meanwhile)."""
     (directory / "tests").mkdir()
     for name, data in package.items():
         fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with open(fd, "wb") as handle:
-            handle.write(data)
+            if isinstance(data, bytes):
+                handle.write(data)
+            else:
+                with open(cached_path(cache_dir, data), "rb") as source:
+                    shutil.copyfileobj(source, handle, 1 << 20)
