@@ -77,6 +77,7 @@ def judge_command(problem: Path, source: Path, scratch: Path) -> None:
 def separate_runs(problem: Path, source: Path, scratch: Path) -> None:
     """51 ``sandbox run`` calls and 50 ``diff``s."""
     out = scratch / "collected"
+    out.mkdir()
     subprocess.run(
         [*SANDBOX, "run", "--wall-time", "60s", "--memory", "1G", "--file", f"{source}:/work/sol.cpp",
          "--collect", "/work/sol", "--collect-to", str(out), "--", "g++", "-O2", "-o", "/work/sol", "/work/sol.cpp"],
@@ -121,7 +122,16 @@ WAYS: dict[str, Callable[[Path, Path, Path], None]] = {
 }
 
 
+def language_image() -> None:
+    """``sandbox judge`` compiles in the language image: build it first if this user's
+    store lacks it (once per machine and recipe; not part of any figure)."""
+    if subprocess.run([*SANDBOX, "languages"], capture_output=True, check=False).returncode != 0:
+        print("  building the language image first (sandbox languages build)", flush=True)
+        subprocess.run([*SANDBOX, "languages", "build"], check=True, capture_output=True)
+
+
 def run(quick: bool) -> dict[str, Any]:
+    language_image()
     repetitions = 1 if quick else 3
     results: dict[str, Any] = {"tests": TESTS, "numbers_per_test": NUMBERS_PER_TEST, "ways": {}}
     with tempfile.TemporaryDirectory(prefix="bench-judge-") as name:

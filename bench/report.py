@@ -172,7 +172,8 @@ def _judge_section(part: dict[str, Any]) -> list[str]:
              "| how | wall s | / sandbox judge |", "| --- | ---: | ---: |"]
     for way, row in part["ways"].items():
         if "wall_s" in row:
-            lines.append(f"| {way} | {row['wall_s']:.2f} | {row['ratio_to_sandbox_judge']:.2f} |")
+            ratio = f"{row['ratio_to_sandbox_judge']:.2f}" if "ratio_to_sandbox_judge" in row else ""
+            lines.append(f"| {way} | {row['wall_s']:.2f} | {ratio} |")
         else:
             lines.append(f"| {way} | {row['error']} | |")
     return lines + ["", "bwrap + diff sets no limits and accounts for nothing: the floor of namespace "
