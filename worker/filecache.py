@@ -180,15 +180,16 @@ class FileCache:
         self._entries.move_to_end(file_id)
         return file_id
 
-    def store(self, data: bytes) -> str:
-        """Keep ``data`` (a file a job collected, ``Collect.cache``) as if it were put;
-        its id. cache_full, and nothing kept, if it does not fit. Blocking: the pool runs
-        it in a thread, as the server runs an upload's writes."""
+    def store(self, data: bytes, expected: str | None = None) -> str:
+        """Keep ``data`` (a file a job collected, ``Collect.cache``) as if it were put in
+        one chunk; its id. cache_full (or digest_mismatch with ``expected``), and nothing
+        kept, if it does not fit. Blocking: the pool runs it in a thread, as the server
+        runs an upload's writes."""
         upload = self.begin()
         try:
             self.reserve(upload, len(data))
             upload.write(data)
-            return self.commit(upload, None)
+            return self.commit(upload, expected)
         except BaseException:
             self.abort(upload)
             raise

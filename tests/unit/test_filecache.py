@@ -33,14 +33,7 @@ def open_cache(tmp_path: Path) -> Iterator[Opener]:
 
 
 def put(cache: FileCache, data: bytes, expected: str | None = None) -> str:
-    upload = cache.begin()
-    try:
-        cache.reserve(upload, len(data))
-        upload.write(data)
-        return cache.commit(upload, expected)
-    except ProtocolError:
-        cache.abort(upload)
-        raise
+    return cache.store(data, expected)
 
 
 def using(*file_ids: str) -> Job:
