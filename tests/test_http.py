@@ -168,6 +168,7 @@ def test_a_batch_is_queued_whole_or_not_at_all(http_worker: HttpWorker) -> None:
 @pytest.mark.parametrize(("body", "status", "code", "field"), [
     (b'{"job": ', 400, "bad_json", None),
     (b"\xff\xfe", 400, "bad_json", None),
+    (b"[" * 60000, 400, "bad_json", None),
     (b"[1, 2]", 422, "bad_message", None),
     (b'{"job": {"cmd": ["true"]}, "extra": 1}', 422, "bad_message", None),
     (b'{"job": {"cmd": "true"}}', 422, "invalid_job", "cmd"),
@@ -190,6 +191,9 @@ def test_bad_requests_get_the_protocols_error_shape(http_worker: HttpWorker, bod
 
 def test_unknown_ids_are_404(http_worker: HttpWorker) -> None:
     with http_worker.client() as client:
+        assert client.get("/v1/nothing").json()["code"] == "not_found"
+        wrong_method = client.put("/v1/jobs")
+        assert (wrong_method.status_code, wrong_method.json()["code"]) == (405, "method_not_allowed")
         for method, path in [("GET", "/v1/jobs/nope"), ("DELETE", "/v1/jobs/nope"), ("GET", "/v1/judge/nope"),
                              ("DELETE", "/v1/judge/nope"), ("GET", "/v1/judge/nope/events")]:
             response = client.request(method, path)

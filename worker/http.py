@@ -133,7 +133,7 @@ class HttpFrontDoor:
             Route("/v1/languages", self._guarded(self.languages), methods=["GET"]),
             Route("/v1/stats", self._guarded(self.stats), methods=["GET"]),
             Route("/metrics", self._guarded(self.scrape), methods=["GET"]),
-        ])
+        ], exception_handlers={404: _no_route, 405: _no_route})
 
     async def serve(self, host: str, port: int, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled (with the worker). Hypercorn's own logging is off: the
@@ -197,6 +197,8 @@ class HttpFrontDoor:
             return json.loads(body)
         except ValueError as exc:  # (UnicodeDecodeError is one)
             raise ProtocolError("bad_json", f"the body is not JSON: {exc}") from None
+        except RecursionError:
+            raise ProtocolError("bad_json", "the body nests too deeply") from None
 
     def _accepting(self) -> None:
         if self.server.stopping:
@@ -431,6 +433,14 @@ def _error_response(error: ProtocolError) -> Response:
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(error_json(error), status_code=status, headers=headers)
+
+
+async def _no_route(request: Request, exc: Exception) -> Response:
+    """No such endpoint (404), or not with this method (405): JSON as every other error."""
+    status = getattr(exc, "status_code", 404)
+    code = "method_not_allowed" if status == 405 else "not_found"
+    return JSONResponse({"code": code, "message": f"no endpoint {request.method} {request.url.path}"},
+                        status_code=status)
 
 
 def _server_sent(message: dict[str, Any]) -> bytes:

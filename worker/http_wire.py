@@ -22,6 +22,8 @@ STATUS_OF_CODE = {
     "bad_json": 400,
     "unauthorized": 401,
     "unknown_id": 404,
+    "not_found": 404,
+    "method_not_allowed": 405,
     "id_conflict": 409,
     "frame_too_large": 413,
     "bad_message": 422,
