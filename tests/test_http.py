@@ -242,21 +242,62 @@ def test_a_judge_reports_progress_as_server_sent_events(language_image, http_wor
         response = client.post("/v1/judge", json=sum_judge())
         assert response.status_code == 202
         identifier = response.json()["id"]
-        events: list[tuple[str, dict[str, Any]]] = []
         with client.stream("GET", f"/v1/judge/{identifier}/events") as stream:
             assert stream.headers["content-type"].startswith("text/event-stream")
-            name = None
-            for line in stream.iter_lines():
-                if line.startswith("event: "):
-                    name = line.removeprefix("event: ")
-                elif line.startswith("data: "):
-                    assert name is not None
-                    events.append((name, json.loads(line.removeprefix("data: "))))
+            events = read_events(stream)
         assert [name for name, _ in events] == ["test_finished"] * 3 + ["judged"]
         assert [data["test"]["name"] for _, data in events[:3]] == ["1", "2", "10"]
         assert events[-1][1]["report"]["verdict"] == "accepted"
         polled = client.get(f"/v1/judge/{identifier}").json()
         assert polled["state"] == "judged" and polled["report"] == events[-1][1]["report"]
+
+
+def read_events(stream: httpx.Response, on_event: Any = None) -> list[tuple[str, dict[str, Any]]]:
+    """The server-sent events of a stream, to its end: (name, data) pairs."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    name = None
+    for line in stream.iter_lines():
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            assert name is not None
+            events.append((name, json.loads(line.removeprefix("data: "))))
+            if on_event is not None:
+                on_event(*events[-1])
+    return events
+
+
+def test_a_judge_is_cancelled_mid_way(language_image, http_worker: HttpWorker) -> None:
+    judge = sum_judge(id="slow")
+    judge["submission"] = {"lang": "cpp", "source": b64((PROBLEMS / "solutions" / "sum_slow.cpp").read_bytes())}
+    with http_worker.client() as client:
+        assert client.post("/v1/judge", json=judge).status_code == 202
+
+        def cancel_after_first(name: str, data: dict[str, Any]) -> None:
+            if name == "test_finished":
+                assert client.delete("/v1/judge/slow").status_code == 200
+
+        with httpx.Client(base_url=http_worker.url, headers={"Authorization": f"Bearer {TOKEN}"},
+                          timeout=120) as streaming, streaming.stream("GET", "/v1/judge/slow/events") as stream:
+            events = read_events(stream, cancel_after_first)
+        # (the test running at the cancel may still be reported before the end)
+        names = [name for name, _ in events]
+        assert names[0] == "test_finished" and names[-1] == "cancelled" and names.count("test_finished") < 3, names
+        assert events[0][1]["test"]["status"] == "time_limit"
+        document = client.get("/v1/judge/slow").json()
+        assert (document["state"], len(document["tests"])) == ("cancelled", names.count("test_finished"))
+        assert "report" not in document
+        assert client.get("/v1/stats").json()["submitted"] <= 3  # compile, the first test, at most a second
+
+
+def test_without_a_token_only_loopback_is_served_and_callbacks_cannot_be_signed(start_http) -> None:
+    worker = start_http("--slots", "1", token=False)
+    with worker.client(token=None) as client:
+        assert client.get("/v1/stats").status_code == 200
+        document = client.post("/v1/jobs", params={"wait": "true"}, json={"job": python_job("print(5)")}).json()
+        assert base64.b64decode(document["result"]["stdout"]) == b"5\n"
+        refused = client.post("/v1/jobs", json={"job": python_job("1"), "callback_url": "http://8.8.8.8/cb"})
+        assert refused.status_code == 422 and "no secret" in refused.json()["message"]
 
 
 @dataclass
