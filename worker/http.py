@@ -143,6 +143,7 @@ class HttpFrontDoor:
         config.accesslog = None
         config.errorlog = None
         config.graceful_timeout = 1.0
+        config.include_server_header = False  # (no version for scanners)
         app: Any = self.app  # (starlette's and hypercorn's ASGI types differ in their names only)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery  # judges and callbacks run here
