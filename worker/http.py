@@ -438,10 +438,8 @@ def _error_response(error: ProtocolError) -> Response:
 
 async def _no_route(request: Request, exc: Exception) -> Response:
     """No such endpoint (404), or not with this method (405): JSON as every other error."""
-    status = getattr(exc, "status_code", 404)
-    code = "method_not_allowed" if status == 405 else "not_found"
-    return JSONResponse({"code": code, "message": f"no endpoint {request.method} {request.url.path}"},
-                        status_code=status)
+    code = "method_not_allowed" if getattr(exc, "status_code", 404) == 405 else "not_found"
+    return _error_response(ProtocolError(code, f"no endpoint {request.method} {request.url.path}"))
 
 
 def _server_sent(message: dict[str, Any]) -> bytes:

@@ -76,7 +76,7 @@ def test_a_results_output_is_base64_and_the_rest_as_run_json_prints_it() -> None
 
 @pytest.mark.parametrize(("code", "status"), [
     ("bad_json", 400), ("unauthorized", 401), ("unknown_id", 404), ("id_conflict", 409), ("frame_too_large", 413),
-    ("invalid_job", 422), ("bad_message", 422), ("busy", 503), ("internal_error", 500), ("anything_else", 500),
+    ("not_found", 404), ("method_not_allowed", 405), ("invalid_job", 422), ("bad_message", 422), ("busy", 503), ("internal_error", 500), ("anything_else", 500),
 ])
 def test_each_error_code_has_its_status(code: str, status: int) -> None:
     error = ProtocolError(code, "m", field="f")
