@@ -1,4 +1,5 @@
-"""Prometheus metrics of the worker (``sandbox serve --metrics HOST:PORT``).
+"""Prometheus metrics of the worker (``sandbox serve --metrics HOST:PORT``, and ``GET
+/metrics`` of the HTTP front door).
 
 Served by the trio process itself - a few lines of HTTP on a trio listener, answering
 ``GET /metrics`` with prometheus_client's text format - so no thread and no second
@@ -14,6 +15,8 @@ job contents); bind it where the scraper, and only it, can reach it.
     sandbox_file_cache_bytes          bytes of the files cached (worker/filecache.py)
     sandbox_file_cache_files          files cached
     sandbox_file_cache_evictions      files evicted to make room since start
+    sandbox_callbacks_total{outcome}  job callbacks ended: delivered, refused, failed
+    sandbox_callback_attempts_total   callback POSTs made, retries included
 """
 
 from __future__ import annotations
@@ -55,10 +58,22 @@ class Metrics:
         }
         for name, (text, read) in gauges.items():
             Gauge(name, text, registry=self.registry).set_function(read)
+        self.callbacks = Counter("sandbox_callbacks", "Job callbacks ended, by outcome.", ["outcome"],
+                                 registry=self.registry)
+        self.callback_attempts = Counter("sandbox_callback_attempts", "Callback POSTs made, retries included.",
+                                         registry=self.registry)
 
     def observe(self, status: str, latency_s: float) -> None:
         self.jobs.labels(status=status).inc()
         self.latency.observe(latency_s)
+
+    def count_callback(self, outcome: str, attempts: int) -> None:
+        self.callbacks.labels(outcome=outcome).inc()
+        self.callback_attempts.inc(attempts)
+
+    def text(self) -> bytes:
+        """The scrape: prometheus_client's text format."""
+        return bytes(generate_latest(self.registry))
 
     async def serve(self, host: str, port: int, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(port, host=host)
@@ -77,7 +92,7 @@ class Metrics:
                 method, _, rest = request.partition(b" ")
                 path = rest.partition(b" ")[0]
                 if method == b"GET" and path.split(b"?")[0] == b"/metrics":
-                    await _respond(stream, b"200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry))
+                    await _respond(stream, b"200 OK", CONTENT_TYPE_LATEST, self.text())
                 else:
                     await _respond(stream, b"404 Not Found", "text/plain", b"only GET /metrics\n")
 

@@ -107,12 +107,8 @@ class Pool:
     ) -> JobRecord:
         """Queue a job, or attach to the existing record of the same id (whose output
         is streamed if its first submitter asked)."""
-        self._expire()
-        record = self.records.get(job_id)
+        record = self.existing(job_id, job)
         if record is not None:
-            if not _same_job(record.job, job):
-                raise ProtocolError("id_conflict", f"id {job_id!r} belongs to another job; a new job needs a new id",
-                                    field="id")
             record.subscribers[owner] = subscriber
             subscriber(event_message(job_id, "accepted", state=record.state.value))
             if record.done:
@@ -132,6 +128,20 @@ class Pool:
         self.stats.submitted += 1
         record.publish("accepted", state=record.state.value)
         return record
+
+    def existing(self, job_id: str, job: Job | Group) -> JobRecord | None:
+        """The record a submit of this job under this id would attach to (None: it would
+        make one); id_conflict if the id names another job."""
+        self._expire()
+        record = self.records.get(job_id)
+        if record is not None and not _same_job(record.job, job):
+            raise ProtocolError("id_conflict", f"id {job_id!r} belongs to another job; a new job needs a new id",
+                                field="id")
+        return record
+
+    def room(self) -> int:
+        """How many new jobs the queue takes now."""
+        return self.max_queue - self.queued
 
     def knows(self, job_id: str) -> bool:
         """A submit of this id now would attach to a record, not make one."""

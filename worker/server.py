@@ -1,5 +1,6 @@
 """``sandbox serve``: the trio worker. Listens on a unix socket (0600) and/or TCP (only
-with a token), speaks worker/protocol.py, and hands jobs to the pool.
+with a token), speaks worker/protocol.py, and hands jobs to the pool; with ``--http``
+also serves the HTTP+JSON front door (worker/http.py) to the same pool.
 
 Every connection has a bounded outgoing queue and a send deadline: a client that never
 reads its results is disconnected (and its jobs cancelled) instead of growing the
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import grp
 import hmac
+import ipaddress
 import itertools
 import os
 import resource
@@ -71,6 +73,11 @@ class ServerConfig:
     tcp: tuple[str, int] | None = None
     token: str | None = None
     metrics: tuple[str, int] | None = None  # serve Prometheus metrics here (worker/metrics.py)
+    http: tuple[str, int] | None = None  # the HTTP+JSON front door (worker/http.py)
+    callback_secret: str | None = None  # signs job callbacks (default: the token)
+    callback_attempts: int = 5
+    callback_timeout_s: float = 10.0
+    allow_private_callbacks: bool = False  # callbacks to loopback/private hosts (tests, trusted networks)
     slots: int = os.cpu_count() or 1
     max_queue: int = 1024
     warm: int = 0  # sandboxes for the default profile on the host image, over all slots
@@ -163,8 +170,12 @@ class Server:
         # traceback out of a nursery.
         if config.tcp and not config.token:
             raise ValueError("TCP needs a token (--token-file)")
-        if not config.socket_path and not config.tcp:
-            raise ValueError("nothing to listen on: give --socket and/or --tcp")
+        if not config.socket_path and not config.tcp and not config.http:
+            raise ValueError("nothing to listen on: give --socket, --tcp and/or --http")
+        if config.http and not config.token and not _loopback(config.http[0]):
+            raise ValueError("--http on an address other hosts can reach needs a token (--token-file)")
+        if config.callback_attempts < 1:
+            raise ValueError("--callback-attempts must be at least 1")
         if not MIN_MAX_FRAME <= config.max_frame <= MAX_MAX_FRAME:
             raise ValueError(f"--max-frame must be from {MIN_MAX_FRAME >> 10}K to {MAX_MAX_FRAME >> 20}M")
         self.socket_gid = None if config.socket_group is None else _group_id(config.socket_group)
@@ -178,7 +189,7 @@ class Server:
                 self.claim.release()
             raise ValueError(f"file cache: {exc}") from None
         self.pool = Pool(config.slots, config.max_queue, warm, retention_s=config.retention_s, cache=self.cache)
-        self.metrics = Metrics(self.pool, self.cache) if config.metrics else None
+        self.metrics = Metrics(self.pool, self.cache) if config.metrics or config.http else None
         if self.metrics is not None:
             self.pool.on_finished = self.metrics.observe
         self.connections: set[Connection] = set()
@@ -195,6 +206,11 @@ class Server:
                 await nursery.start(self._signals, accept_scope, nursery.cancel_scope)
                 if self.metrics is not None and self.config.metrics is not None:
                     await nursery.start(self.metrics.serve, *self.config.metrics)
+                if self.config.http is not None:
+                    # Loaded only here: a worker without --http imports no HTTP stack.
+                    from worker.http import HttpFrontDoor
+
+                    await nursery.start(HttpFrontDoor(self).serve, *self.config.http)
                 listeners = await self._listeners()
 
                 async def accept() -> None:
@@ -204,8 +220,8 @@ class Server:
                         await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
 
                 nursery.start_soon(accept)
-                log("listening", socket=self.config.socket_path, tcp=self.config.tcp, metrics=self.config.metrics,
-                    slots=self.config.slots)
+                log("listening", socket=self.config.socket_path, tcp=self.config.tcp, http=self.config.http,
+                    metrics=self.config.metrics, slots=self.config.slots)
                 task_status.started()
         finally:
             self.cache.close()
@@ -496,6 +512,16 @@ class Server:
             connection.authenticated = True
         connection.hello_done = True
         connection.deliver(hello_message(CAPABILITIES, self.config.max_frame))
+
+
+def _loopback(host: str) -> bool:
+    """Only this machine can reach ``host``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _group_id(name: str) -> int:

@@ -24,7 +24,17 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--socket-group", metavar="GROUP",
                        help="let this group's members connect too (socket 0660, owned by GROUP)")
     serve.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP (requires --token-file)")
-    serve.add_argument("--token-file", help="file holding the token TCP clients must present")
+    serve.add_argument("--token-file", help="file holding the token TCP and HTTP clients must present")
+    serve.add_argument("--http", metavar="HOST:PORT",
+                       help="also serve HTTP+JSON (docs/http.md); off loopback it requires --token-file")
+    serve.add_argument("--callback-secret-file", metavar="FILE",
+                       help="key of the HMAC signature of job callbacks (default: the token)")
+    serve.add_argument("--callback-attempts", type=int, default=5, metavar="N",
+                       help="POSTs of a job callback at most, retries included (default 5)")
+    serve.add_argument("--callback-timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="how long one callback POST may take (default 10)")
+    serve.add_argument("--allow-private-callbacks", action="store_true",
+                       help="let callbacks go to loopback, private and link-local addresses")
     serve.add_argument("--slots", type=int, default=os.cpu_count() or 1, help="jobs run at once (default: CPUs)")
     serve.add_argument("--queue", type=int, default=1024, help="jobs waiting at most; more get 'busy'")
     serve.add_argument("--warm", type=int, default=0,
@@ -57,10 +67,10 @@ def add_commands(commands: Any) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from worker.server import ServerConfig, serve_forever
 
-    socket_path = args.socket or (None if args.tcp else os.environ.get(SOCKET_VARIABLE))
-    if not socket_path and not args.tcp:
-        raise JobError(f"nothing to listen on: give --socket PATH and/or --tcp HOST:PORT (or set {SOCKET_VARIABLE})",
-                       field="socket")
+    socket_path = args.socket or (None if args.tcp or args.http else os.environ.get(SOCKET_VARIABLE))
+    if not socket_path and not args.tcp and not args.http:
+        raise JobError("nothing to listen on: give --socket PATH, --tcp HOST:PORT and/or --http HOST:PORT "
+                       f"(or set {SOCKET_VARIABLE})", field="socket")
     config = ServerConfig(
         socket_path=socket_path,
         socket_group=args.socket_group,
@@ -75,6 +85,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_frame=args.max_frame,
         file_cache_dir=args.file_cache_dir,
         file_cache_size=args.file_cache_size,
+        http=_host_port(args.http, "http") if args.http else None,
+        callback_secret=_read_token(args.callback_secret_file),
+        callback_attempts=args.callback_attempts,
+        callback_timeout_s=args.callback_timeout,
+        allow_private_callbacks=args.allow_private_callbacks,
     )
     try:
         serve_forever(config)
@@ -148,7 +163,7 @@ def _host_port(text: str, option: str = "tcp") -> tuple[str, int]:
 def _read_token(path: str | None) -> str | None:
     if path is None:
         return None
-    try:
+    try:  # (a token or a callback secret)
         with open(path) as handle:
             return handle.read().strip()
     except OSError as exc:

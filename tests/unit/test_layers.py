@@ -33,6 +33,16 @@ def test_the_worker_process_loads_no_engine() -> None:
     assert "sandbox.job_message" in loaded  # (the one piece it shares with the runner)
 
 
+def test_the_http_front_door_loads_no_engine_but_its_callback_client() -> None:
+    """``--http`` adds hypercorn, starlette and httpx (for callbacks) to the worker's
+    process, loaded only then; still nothing that starts sandboxes."""
+    assert "worker.http" not in modules_after("import worker.server")
+    loaded = modules_after("import worker.http")
+    engine = sorted(m for m in loaded if any(m == e or m.startswith(f"{e}.") for e in ENGINE if e != "httpx"))
+    assert engine == [], engine
+    assert {"hypercorn", "starlette", "httpx"} <= loaded
+
+
 def test_the_zygote_is_the_standard_library_and_its_own_few_modules() -> None:
     path = [p for p in sys.path if p]
     loaded = modules_after(f"sys.path[:0] = {path!r}; import sandbox.zygote", "-S")

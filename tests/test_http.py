@@ -1,0 +1,388 @@
+"""The HTTP+JSON front door end to end: a real `sandbox serve --http` process on a free
+loopback port, httpx as the client, real jobs and judges, real callback receivers."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_cleanup import wait_until
+from workerutil import SANDBOX_CLI
+
+from sandbox.judge.problem import read_package
+
+DOCS = Path(__file__).parent.parent / "docs"
+PROBLEMS = Path(__file__).parent / "problems"
+TOKEN = "s3cret-token"
+MAX_FRAME = 64 << 10
+QUEUE = 4
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class HttpWorker:
+    url: str
+    process: Any
+
+    def client(self, token: str | None = TOKEN) -> httpx.Client:
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120)
+
+    def metric(self, line_start: str) -> float:
+        with self.client() as client:
+            text = client.get("/metrics").text
+        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)]
+        return values[0] if values else 0.0
+
+
+@pytest.fixture
+def start_http(start_worker, tmp_path: Path):
+    def _start(*args: str, token: bool = True) -> HttpWorker:
+        port = free_port()
+        extra = ["--http", f"127.0.0.1:{port}"]
+        if token:
+            token_file = tmp_path / "token"
+            token_file.write_text(TOKEN + "\n")
+            extra += ["--token-file", str(token_file)]
+        process = start_worker(*extra, *args)
+        return HttpWorker(f"http://127.0.0.1:{port}", process)
+
+    return _start
+
+
+@pytest.fixture
+def http_worker(start_http) -> HttpWorker:
+    return start_http("--slots", "2", "--queue", str(QUEUE), "--max-frame", "64K", "--allow-private-callbacks",
+                      "--callback-attempts", "3", "--callback-timeout", "1")
+
+
+def python_job(code: str, **extra: Any) -> dict[str, Any]:
+    return {"cmd": ["python3", "-c", code], **extra}
+
+
+def test_health_is_public_and_every_other_endpoint_wants_the_token(http_worker: HttpWorker) -> None:
+    endpoints = [("GET", "/v1/stats"), ("GET", "/v1/languages"), ("GET", "/metrics"), ("GET", "/v1/openapi.json"),
+                 ("POST", "/v1/jobs"), ("POST", "/v1/jobs/batch"), ("GET", "/v1/jobs/x"), ("DELETE", "/v1/jobs/x"),
+                 ("POST", "/v1/judge"), ("GET", "/v1/judge/x"), ("DELETE", "/v1/judge/x"),
+                 ("GET", "/v1/judge/x/events")]
+    for token in (None, "wrong", TOKEN + "x"):
+        with http_worker.client(token) as client:
+            assert client.get("/v1/health").json() == {"status": "ok", "slots": 2}
+            for method, path in endpoints:
+                response = client.request(method, path, json={"job": python_job("print(1)")})
+                assert response.status_code == 401, (method, path, token)
+                assert response.json()["code"] == "unauthorized"
+                assert response.headers["WWW-Authenticate"] == "Bearer"
+    with http_worker.client("wrong") as client:  # the scheme must be Bearer
+        response = client.get("/v1/stats", headers={"Authorization": f"Basic {TOKEN}"})
+        assert response.status_code == 401
+
+
+def test_the_served_openapi_document_is_the_checked_in_one(http_worker: HttpWorker) -> None:
+    with http_worker.client() as client:
+        served = client.get("/v1/openapi.json").json()
+    assert served == json.loads((DOCS / "openapi.json").read_text())
+    assert set(served["paths"]) >= {"/v1/jobs", "/v1/jobs/batch", "/v1/jobs/{id}", "/v1/judge",
+                                    "/v1/judge/{id}/events", "/v1/languages", "/v1/stats", "/metrics", "/v1/health"}
+
+
+def test_a_job_waited_for_returns_its_result_with_the_bytes_in_base64(http_worker: HttpWorker) -> None:
+    job = {"cmd": ["sh", "-c", "cat /work/data.bin; cat; echo err >&2"], "stdin": b64(b"\x00in\xff"),
+           "files": [{"path": "/work/data.bin", "data": b64(b"\xfe file\n")}], "limits": {"memory": "128M"}}
+    with http_worker.client() as client:
+        response = client.post("/v1/jobs", params={"wait": "true"}, json={"id": "one", "job": job})
+        assert response.status_code == 200, response.text
+        document = response.json()
+        assert (document["id"], document["state"]) == ("one", "finished")
+        result = document["result"]
+        assert result["status"] == "ok"
+        assert base64.b64decode(result["stdout"]) == b"\xfe file\n\x00in\xff"
+        assert base64.b64decode(result["stderr"]) == b"err\n"
+        assert client.get("/v1/jobs/one").json() == document
+        # Ids are idempotent as on the socket: the same job again is the same record...
+        again = client.post("/v1/jobs", params={"wait": "true"}, json={"id": "one", "job": job})
+        assert again.json() == document
+        # ... another job under it is a conflict.
+        conflict = client.post("/v1/jobs", json={"id": "one", "job": python_job("print(2)")})
+        assert conflict.status_code == 409 and conflict.json()["code"] == "id_conflict"
+        assert client.get("/v1/stats").json()["submitted"] == 1
+
+
+def test_a_job_is_polled_then_cancelled(http_worker: HttpWorker) -> None:
+    with http_worker.client() as client:
+        response = client.post("/v1/jobs", json={"job": {"cmd": ["sleep", "60"]}})
+        assert response.status_code == 202
+        identifier = response.json()["id"]
+        assert response.headers["Location"] == f"/v1/jobs/{identifier}"
+        assert client.get(f"/v1/jobs/{identifier}").json()["state"] in ("queued", "running")
+        assert client.delete(f"/v1/jobs/{identifier}").json()["state"] == "cancelled"
+        # Submitted again with wait, the id's record answers once the job has ended.
+        ended = client.post("/v1/jobs", params={"wait": "true"}, json={"id": identifier, "job": {"cmd": ["sleep", "60"]}})
+        assert ended.json()["state"] == "cancelled"
+        assert ended.json().get("result", {"status": "cancelled"})["status"] == "cancelled"
+
+
+def test_a_batch_is_queued_whole_or_not_at_all(http_worker: HttpWorker) -> None:
+    jobs = [{"id": f"b{n}", "job": python_job(f"print({n})")} for n in range(3)]
+    with http_worker.client() as client:
+        broken = [*jobs[:1], {"id": "b9", "job": python_job("1", limits={"memory": "12XB"})}]
+        response = client.post("/v1/jobs/batch", json=broken)
+        assert response.status_code == 422
+        assert response.json()["field"] == "[1].limits.memory"
+        assert client.get("/v1/jobs/b0").status_code == 404  # nothing of it was queued
+        response = client.post("/v1/jobs/batch", json=jobs)
+        assert response.status_code == 202
+        assert response.json() == {"ids": ["b0", "b1", "b2"]}
+        for n, item in enumerate(jobs):
+            document = client.post("/v1/jobs", params={"wait": "1"}, json=item).json()
+            assert base64.b64decode(document["result"]["stdout"]) == f"{n}\n".encode()
+        # More new jobs than the queue has room for: none is queued, 503 with Retry-After.
+        many = [{"job": {"cmd": ["sleep", "60"]}} for _ in range(QUEUE + 1)]
+        busy = client.post("/v1/jobs/batch", json=many)
+        assert busy.status_code == 503 and busy.json()["code"] == "busy"
+        assert busy.headers["Retry-After"] == "1"
+        assert client.get("/v1/stats").json()["submitted"] == 3
+
+
+@pytest.mark.parametrize(("body", "status", "code", "field"), [
+    (b'{"job": ', 400, "bad_json", None),
+    (b"\xff\xfe", 400, "bad_json", None),
+    (b"[" * 60000, 400, "bad_json", None),
+    (b"[1, 2]", 422, "bad_message", None),
+    (b'{"job": {"cmd": ["true"]}, "extra": 1}', 422, "bad_message", None),
+    (b'{"job": {"cmd": "true"}}', 422, "invalid_job", "cmd"),
+    (b'{"job": {"cmd": ["true"], "stdin": "not base64!"}}', 422, "invalid_job", "stdin"),
+    (b'{"job": {"cmd": ["true"], "profile": "nope"}}', 422, "invalid_job", "profile"),
+    (b'{"id": "", "job": {"cmd": ["true"]}}', 422, "bad_message", "id"),
+    (b'{"job": {"cmd": ["true"]}, "callback_url": "ftp://example.com/"}', 422, "invalid_job", "callback_url"),
+    (b'{"job": {"cmd": ["true"], "stdin": "' + b"A" * MAX_FRAME + b'"}}', 413, "frame_too_large", None),
+])
+def test_bad_requests_get_the_protocols_error_shape(http_worker: HttpWorker, body: bytes, status: int, code: str,
+                                                     field: str | None) -> None:
+    with http_worker.client() as client:
+        response = client.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == status, response.text
+        error = response.json()
+        assert error["code"] == code and error["message"]
+        assert error.get("field") == field
+        assert client.get("/v1/health").status_code == 200  # the worker is fine
+
+
+def test_unknown_ids_are_404(http_worker: HttpWorker) -> None:
+    with http_worker.client() as client:
+        assert client.get("/v1/nothing").json()["code"] == "not_found"
+        wrong_method = client.put("/v1/jobs")
+        assert (wrong_method.status_code, wrong_method.json()["code"]) == (405, "method_not_allowed")
+        for method, path in [("GET", "/v1/jobs/nope"), ("DELETE", "/v1/jobs/nope"), ("GET", "/v1/judge/nope"),
+                             ("DELETE", "/v1/judge/nope"), ("GET", "/v1/judge/nope/events")]:
+            response = client.request(method, path)
+            assert response.status_code == 404, (method, path)
+            assert response.json() == {"code": "unknown_id", "message": response.json()["message"], "field": "id"}
+
+
+def test_languages_stats_and_metrics(http_worker: HttpWorker) -> None:
+    with http_worker.client() as client:
+        client.post("/v1/jobs", params={"wait": "true"}, json={"job": python_job("print(1)")})
+        languages = client.get("/v1/languages").json()
+        assert {"c", "cpp", "python3"} <= {language["name"] for language in languages}
+        assert all(isinstance(language["present"], bool) and language["description"] for language in languages)
+        stats = client.get("/v1/stats").json()
+        assert (stats["slots"], stats["max_queue"], stats["by_status"]) == (2, QUEUE, {"ok": 1})
+        metrics = client.get("/metrics")
+        assert metrics.headers["content-type"].startswith("text/plain")
+    assert http_worker.metric('sandbox_jobs_total{status="ok"}') == 1
+
+
+def sum_judge(**extra: Any) -> dict[str, Any]:
+    package = {name: b64(data) for name, data in read_package(PROBLEMS / "sum").items()}
+    source = (PROBLEMS / "solutions" / "sum_ok.py").read_bytes()
+    return {"problem": package, "submission": {"lang": "python3", "source": b64(source)}, **extra}
+
+
+def test_a_judge_waited_for_returns_the_report(language_image, http_worker: HttpWorker) -> None:
+    with http_worker.client() as client:
+        response = client.post("/v1/judge", params={"wait": "true"}, json=sum_judge(id="j1"))
+        assert response.status_code == 200, response.text
+        document = response.json()
+        assert (document["id"], document["state"]) == ("j1", "judged")
+        report = document["report"]
+        assert (report["verdict"], report["score"]) == ("accepted", 100.0)
+        assert [test["name"] for test in report["tests"]] == ["1", "2", "10"] == [t["name"] for t in document["tests"]]
+        assert client.get("/v1/judge/j1").json() == document
+        assert client.post("/v1/judge", json=sum_judge(id="j1")).status_code == 409
+        unknown = client.post("/v1/judge", json={**sum_judge(), "submission": {"lang": "cobol", "source": ""}})
+        assert unknown.status_code == 202  # (a language is checked as the judge runs: its outcome says)
+        failed = client.get(f"/v1/judge/{unknown.json()['id']}/events")
+        assert "event: error" in failed.text and "cobol" in failed.text
+
+
+def test_a_judge_reports_progress_as_server_sent_events(language_image, http_worker: HttpWorker) -> None:
+    with http_worker.client() as client:
+        response = client.post("/v1/judge", json=sum_judge())
+        assert response.status_code == 202
+        identifier = response.json()["id"]
+        with client.stream("GET", f"/v1/judge/{identifier}/events") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            events = read_events(stream)
+        assert [name for name, _ in events] == ["test_finished"] * 3 + ["judged"]
+        assert [data["test"]["name"] for _, data in events[:3]] == ["1", "2", "10"]
+        assert events[-1][1]["report"]["verdict"] == "accepted"
+        polled = client.get(f"/v1/judge/{identifier}").json()
+        assert polled["state"] == "judged" and polled["report"] == events[-1][1]["report"]
+
+
+def read_events(stream: httpx.Response, on_event: Any = None) -> list[tuple[str, dict[str, Any]]]:
+    """The server-sent events of a stream, to its end: (name, data) pairs."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    name = None
+    for line in stream.iter_lines():
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            assert name is not None
+            events.append((name, json.loads(line.removeprefix("data: "))))
+            if on_event is not None:
+                on_event(*events[-1])
+    return events
+
+
+def test_a_judge_is_cancelled_mid_way(language_image, http_worker: HttpWorker) -> None:
+    judge = sum_judge(id="slow")
+    judge["submission"] = {"lang": "cpp", "source": b64((PROBLEMS / "solutions" / "sum_slow.cpp").read_bytes())}
+    with http_worker.client() as client:
+        assert client.post("/v1/judge", json=judge).status_code == 202
+
+        def cancel_after_first(name: str, data: dict[str, Any]) -> None:
+            if name == "test_finished":
+                assert client.delete("/v1/judge/slow").status_code == 200
+
+        with httpx.Client(base_url=http_worker.url, headers={"Authorization": f"Bearer {TOKEN}"},
+                          timeout=120) as streaming, streaming.stream("GET", "/v1/judge/slow/events") as stream:
+            events = read_events(stream, cancel_after_first)
+        # (the test running at the cancel may still be reported before the end)
+        names = [name for name, _ in events]
+        assert names[0] == "test_finished" and names[-1] == "cancelled" and names.count("test_finished") < 3, names
+        assert events[0][1]["test"]["status"] == "time_limit"
+        document = client.get("/v1/judge/slow").json()
+        assert (document["state"], len(document["tests"])) == ("cancelled", names.count("test_finished"))
+        assert "report" not in document
+        assert client.get("/v1/stats").json()["submitted"] <= 3  # compile, the first test, at most a second
+
+
+def test_without_a_token_only_loopback_is_served_and_callbacks_cannot_be_signed(start_http) -> None:
+    worker = start_http("--slots", "1", token=False)
+    with worker.client(token=None) as client:
+        assert client.get("/v1/stats").status_code == 200
+        document = client.post("/v1/jobs", params={"wait": "true"}, json={"job": python_job("print(5)")}).json()
+        assert base64.b64decode(document["result"]["stdout"]) == b"5\n"
+        refused = client.post("/v1/jobs", json={"job": python_job("1"), "callback_url": "http://8.8.8.8/cb"})
+        assert refused.status_code == 422 and "no secret" in refused.json()["message"]
+
+
+@dataclass
+class Receiver:
+    """A callback target on loopback that answers each POST with the next status of
+    ``answers`` (the last one from then on) and records what it got."""
+
+    answers: list[int]
+    received: list[tuple[int, dict[str, str], bytes]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status = receiver.answers[min(len(receiver.received), len(receiver.answers) - 1)]
+                receiver.received.append((status, dict(self.headers), body))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/done"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    target = Receiver([500, 500, 200])
+    yield target
+    target.close()
+
+
+def test_a_callback_is_retried_through_5xx_and_delivered_once_signed(http_worker: HttpWorker,
+                                                                     receiver: Receiver) -> None:
+    with http_worker.client() as client:
+        response = client.post("/v1/jobs", json={"id": "cb", "job": python_job("print(42)"),
+                                                 "callback_url": receiver.url})
+        assert response.status_code == 202, response.text
+        assert wait_until(lambda: http_worker.metric('sandbox_callbacks_total{outcome="delivered"}') == 1, 60)
+        document = client.get("/v1/jobs/cb").json()
+    assert [status for status, _, _ in receiver.received] == [500, 500, 200]  # one accepted delivery, then no more
+    assert http_worker.metric("sandbox_callback_attempts_total") == 3
+    for _, headers, body in receiver.received:
+        expected = "sha256=" + hmac.new(TOKEN.encode(), body, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(headers["X-Sandbox-Signature"], expected)
+        assert json.loads(body) == document
+    assert base64.b64decode(document["result"]["stdout"]) == b"42\n"
+
+
+def test_a_callback_target_that_never_answers_gets_bounded_attempts(http_worker: HttpWorker) -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/never"
+        with http_worker.client() as client:
+            response = client.post("/v1/jobs", json={"job": python_job("print(1)"), "callback_url": url})
+            assert response.status_code == 202, response.text
+        assert wait_until(lambda: http_worker.metric('sandbox_callbacks_total{outcome="failed"}') == 1, 60)
+    assert http_worker.metric("sandbox_callback_attempts_total") == 3  # --callback-attempts
+
+
+def test_a_private_callback_target_is_refused_without_the_option(start_http) -> None:
+    worker = start_http("--slots", "1")
+    with worker.client() as client:
+        for url in ("http://127.0.0.1:9/x", "http://localhost/x", "http://10.1.2.3/x", "http://169.254.169.254/x",
+                    "http://[::1]/x"):
+            response = client.post("/v1/jobs", json={"job": python_job("print(1)"), "callback_url": url})
+            assert response.status_code == 422, url
+            assert response.json()["field"] == "callback_url"
+        assert client.get("/v1/stats").json()["submitted"] == 0
+
+
+def test_http_off_loopback_needs_a_token(tmp_path: Path) -> None:
+    done = subprocess.run([*SANDBOX_CLI, "serve", "--socket", str(tmp_path / "w.sock"), "--http", "0.0.0.0:1"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 125
+    assert "needs a token" in done.stderr

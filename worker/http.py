@@ -1,0 +1,454 @@
+"""The HTTP+JSON front door of the worker (``sandbox serve --http HOST:PORT``), for
+judges that will not write msgpack framing: a starlette app served by hypercorn's trio
+worker inside the worker's own trio process, so jobs submitted here go to the same pool,
+through the same validation (``job_from_wire``, ``admit``) and the same queue as socket
+jobs, and share their id space. docs/http.md documents every endpoint; the OpenAPI
+document is ``worker/openapi.py``.
+
+HTTP jobs belong to no connection: a client that goes away does not cancel them (there
+is DELETE for that), and their results are kept ``--retention`` seconds for GET, as any
+finished job's. Judges submitted here are kept as long once they end, with every event
+they produced, so that a poll or an event stream that starts late misses nothing.
+
+This module, hypercorn, starlette and the callbacks' httpx are imported only by a worker
+that serves HTTP.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from sandbox.errors import SandboxError
+from sandbox.images.errors import ImageError
+from sandbox.languages import image_present, image_reference, load_preset, preset_names
+from sandbox.models import Job, Result
+from worker.admission import admit
+from worker.callbacks import Callbacks
+from worker.http_wire import error_json, job_request, judge_to_wire, result_to_json, status_of
+from worker.judging import PoolStages, judge_from_wire, run_judge
+from worker.logs import log
+from worker.openapi import DOCUMENT
+from worker.pool import JobRecord
+from worker.protocol import ProtocolError, job_from_wire, job_id
+
+if TYPE_CHECKING:
+    from worker.server import Server
+
+RETRY_AFTER_S = 1  # what a 503 (queue full) tells the client to wait
+_FINAL_JOB_EVENTS = ("finished", "cancelled")
+_FINAL_JUDGE_EVENTS = ("judged", "cancelled")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass
+class _Waiter:
+    """A job's end, for the requests waiting for it (``?wait=true``)."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    error: dict[str, Any] | None = None  # the job was rejected by its slot (invalid_job)
+
+
+@dataclass
+class HttpJudge:
+    """A judge submitted over HTTP: its events in order, the final one last."""
+
+    id: str
+    stages: PoolStages
+    events: list[dict[str, Any]] = field(default_factory=list)
+    changed: trio.Event = field(default_factory=trio.Event)
+    finished_at: float | None = None
+
+    def hear(self, message: dict[str, Any]) -> None:
+        self.events.append(message)
+        if message.get("type") == "error" or message.get("event") in _FINAL_JUDGE_EVENTS:
+            self.finished_at = time.monotonic()
+        changed, self.changed = self.changed, trio.Event()
+        changed.set()
+
+    @property
+    def state(self) -> str:
+        if self.finished_at is None:
+            return "running"
+        final = self.events[-1]
+        return "failed" if final.get("type") == "error" else str(final["event"])
+
+    def document(self) -> dict[str, Any]:
+        tests = [event["test"] for event in self.events if event.get("event") == "test_finished"]
+        data: dict[str, Any] = {"id": self.id, "state": self.state, "tests": tests}
+        if self.finished_at is not None:
+            final = self.events[-1]
+            if final.get("type") == "error":
+                data["error"] = {key: value for key, value in final.items() if key not in ("type", "id")}
+            elif "report" in final:
+                data["report"] = final["report"]
+        return data
+
+
+class HttpFrontDoor:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.pool = server.pool
+        config = server.config
+        self.token = config.token
+        self.max_body = config.max_frame
+        assert server.metrics is not None  # a worker serving HTTP always keeps metrics (GET /metrics)
+        self.metrics = server.metrics
+        secret = config.callback_secret or config.token
+        self.callbacks = Callbacks(
+            None if secret is None else secret.encode(), config.callback_attempts, config.callback_timeout_s,
+            config.allow_private_callbacks, self.metrics.count_callback,
+        )
+        self._waiters: dict[str, _Waiter] = {}
+        self._callback_urls: dict[str, str] = {}
+        self.judges: dict[str, HttpJudge] = {}
+        self._finished_judges: deque[str] = deque()
+        self._nursery: trio.Nursery | None = None
+        self.app = Starlette(routes=[
+            Route("/v1/health", self._public(self.health), methods=["GET"]),
+            Route("/v1/openapi.json", self._guarded(self.openapi), methods=["GET"]),
+            Route("/v1/jobs", self._guarded(self.submit_job), methods=["POST"]),
+            Route("/v1/jobs/batch", self._guarded(self.submit_batch), methods=["POST"]),
+            Route("/v1/jobs/{id}", self._guarded(self.get_job), methods=["GET"]),
+            Route("/v1/jobs/{id}", self._guarded(self.cancel_job), methods=["DELETE"]),
+            Route("/v1/judge", self._guarded(self.submit_judge), methods=["POST"]),
+            Route("/v1/judge/{id}", self._guarded(self.get_judge), methods=["GET"]),
+            Route("/v1/judge/{id}", self._guarded(self.cancel_judge), methods=["DELETE"]),
+            Route("/v1/judge/{id}/events", self._guarded(self.judge_events), methods=["GET"]),
+            Route("/v1/languages", self._guarded(self.languages), methods=["GET"]),
+            Route("/v1/stats", self._guarded(self.stats), methods=["GET"]),
+            Route("/metrics", self._guarded(self.scrape), methods=["GET"]),
+        ], exception_handlers={404: _no_route, 405: _no_route})
+
+    async def serve(self, host: str, port: int, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled (with the worker). Hypercorn's own logging is off: the
+        worker's stderr is JSON lines (``worker.logs``), and errors are logged here."""
+        config = HypercornConfig()
+        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        config.accesslog = None
+        config.errorlog = None
+        config.graceful_timeout = 1.0
+        config.include_server_header = False  # (no version for scanners)
+        app: Any = self.app  # (starlette's and hypercorn's ASGI types differ in their names only)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery  # judges and callbacks run here
+            await nursery.start(lambda task_status: hypercorn_serve(app, config, task_status=task_status))
+            task_status.started()
+
+    # -- plumbing: auth, errors, bodies --------------------------------------------------
+
+    def _public(self, handler: Handler) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ProtocolError as exc:
+                return _error_response(exc)
+            except Exception as exc:  # a fault of the worker's: answered, logged, never a crash
+                log("http_error", path=request.url.path, error=f"{type(exc).__name__}: {exc}")
+                return _error_response(ProtocolError("internal_error", f"{type(exc).__name__}"))
+
+        return endpoint
+
+    def _guarded(self, handler: Handler) -> Handler:
+        async def authorized(request: Request) -> Response:
+            self._authorize(request)
+            return await handler(request)
+
+        return self._public(authorized)
+
+    def _authorize(self, request: Request) -> None:
+        if self.token is None:
+            return  # a loopback-only front door without a token (sandbox serve refuses one elsewhere)
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            raise ProtocolError("unauthorized", "a valid token is required: Authorization: Bearer TOKEN")
+
+    async def _body(self, request: Request) -> Any:
+        """The request's JSON, read up to the worker's frame size: a larger body is read
+        to its end and thrown away (for ``send_timeout_s`` at most, so the client gets to
+        read the 413 instead of a reset), then refused."""
+        body = bytearray()
+        too_large = False
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            too_large = True
+        with trio.move_on_after(self.server.config.send_timeout_s):
+            async for chunk in request.stream():
+                if not too_large:
+                    body += chunk
+                    too_large = len(body) > self.max_body
+        if too_large:
+            raise ProtocolError("frame_too_large", f"the body exceeds the limit of {self.max_body} bytes")
+        try:
+            return json.loads(body)
+        except ValueError as exc:  # (UnicodeDecodeError is one)
+            raise ProtocolError("bad_json", f"the body is not JSON: {exc}") from None
+        except RecursionError:
+            raise ProtocolError("bad_json", "the body nests too deeply") from None
+
+    def _accepting(self) -> None:
+        if self.server.stopping:
+            raise ProtocolError("busy", "the worker is shutting down")
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    async def submit_job(self, request: Request) -> Response:
+        identifier, job, callback = await self._prepare(await self._body(request))
+        if self.pool.existing(identifier, job) is None and self.pool.room() < 1:
+            self._busy()
+        record = self._submit(identifier, job, callback)
+        if _wait(request):
+            await self._wait(record)
+            return JSONResponse(self._job_document(record))
+        return JSONResponse({"id": identifier, "state": record.state.value}, status_code=202,
+                            headers={"Location": f"/v1/jobs/{identifier}"})
+
+    async def submit_batch(self, request: Request) -> Response:
+        """All or nothing: every job is checked (and the queue's room for the new ones)
+        before the first is queued."""
+        body = await self._body(request)
+        if not isinstance(body, list) or not body:
+            raise ProtocolError("bad_message", "the body must be a non-empty list of jobs")
+        prepared = [await self._prepare(item, f"[{index}].") for index, item in enumerate(body)]
+        seen: set[str] = set()
+        new = 0
+        for index, (identifier, job, _) in enumerate(prepared):
+            if identifier in seen:
+                raise ProtocolError("bad_message", f"id {identifier!r} is given twice", field=f"[{index}].id")
+            seen.add(identifier)
+            try:
+                new += self.pool.existing(identifier, job) is None
+            except ProtocolError as exc:
+                raise ProtocolError(exc.code, exc.message, field=f"[{index}].id") from None
+        if new > self.pool.room():
+            self._busy()
+        ids = [self._submit(identifier, job, callback).id for identifier, job, callback in prepared]
+        return JSONResponse({"ids": ids}, status_code=202)
+
+    async def get_job(self, request: Request) -> Response:
+        return JSONResponse(self._job_document(self.pool.state(request.path_params["id"])))
+
+    async def cancel_job(self, request: Request) -> Response:
+        identifier = request.path_params["id"]
+        await self.pool.cancel(identifier)
+        return JSONResponse(self._job_document(self.pool.state(identifier)))
+
+    async def _prepare(self, body: Any, where: str = "") -> tuple[str, Job, str | None]:
+        """A job request checked as a socket submit is (and its callback target)."""
+        self._accepting()
+        given_id, wire, callback = job_request(body, where)
+        try:
+            identifier = uuid.uuid4().hex if given_id is None else job_id({"id": given_id})
+            job = job_from_wire(wire)
+            if not self.pool.knows(identifier):
+                admit(job)
+            if callback is not None:
+                await self.callbacks.check(callback)
+        except ProtocolError as exc:  # (fields keep the protocol's names: limits.memory, files.data)
+            field_name = None if exc.field is None else f"{where}{exc.field}"
+            raise ProtocolError(exc.code, exc.message, field=field_name) from None
+        return identifier, job, callback
+
+    def _submit(self, identifier: str, job: Job, callback: str | None) -> JobRecord:
+        new = not self.pool.knows(identifier)
+        record = self.pool.submit(identifier, job, self, self._hear)
+        if new and callback is not None:
+            self._callback_urls[identifier] = callback  # (a resubmitted id does not call back again)
+        return record
+
+    def _hear(self, message: dict[str, Any]) -> None:
+        """Every event of every job submitted here; only the end matters."""
+        identifier = message.get("id")
+        if not isinstance(identifier, str):
+            return
+        rejected = message.get("type") == "error"
+        if not rejected and message.get("event") not in _FINAL_JOB_EVENTS:
+            return
+        waiter = self._waiters.pop(identifier, None)
+        if waiter is not None:
+            waiter.error = message if rejected else None
+            waiter.done.set()
+        url = self._callback_urls.pop(identifier, None)
+        if url is not None and self._nursery is not None:
+            record = self.pool.records.get(identifier)
+            document = self._job_document(record) if record is not None and not rejected else {
+                "id": identifier, "state": "rejected", "error": error_json(_as_error(message))}
+            body = json.dumps(document).encode()
+            self._nursery.start_soon(self.callbacks.deliver, url, body, identifier)
+
+    async def _wait(self, record: JobRecord) -> None:
+        if record.done:
+            return
+        waiter = self._waiters.setdefault(record.id, _Waiter())
+        await waiter.done.wait()
+        if waiter.error is not None:
+            raise _as_error(waiter.error)
+
+    @staticmethod
+    def _job_document(record: JobRecord) -> dict[str, Any]:
+        data: dict[str, Any] = {"id": record.id, "state": record.state.value}
+        if record.done and isinstance(record.result, list):  # a group's (submitted through the socket)
+            data["results"] = [result_to_json(result) for result in record.result]
+        elif record.done and isinstance(record.result, Result):
+            data["result"] = result_to_json(record.result)
+        return data
+
+    def _busy(self) -> None:
+        self.pool.stats.busy_rejections += 1
+        raise ProtocolError("busy", f"queue full ({self.pool.max_queue} jobs waiting); retry later")
+
+    # -- judges --------------------------------------------------------------------------
+
+    async def submit_judge(self, request: Request) -> Response:
+        self._accepting()
+        body = await self._body(request)
+        given = body.get("id") if isinstance(body, dict) else None
+        identifier = uuid.uuid4().hex if given is None else job_id({"id": given})
+        judge_request = judge_from_wire(judge_to_wire(body, identifier), identifier)
+        self._expire_judges()
+        if identifier in self.judges:
+            raise ProtocolError("id_conflict", f"judge {identifier!r} exists; a new judge needs a new id", field="id")
+        stages = PoolStages(self.pool, self, trio.lowlevel.current_trio_token())
+        judge = self.judges[identifier] = HttpJudge(identifier, stages)
+
+        async def judging() -> None:
+            try:
+                await run_judge(judge_request, stages, judge.hear)
+            finally:
+                self._finished_judges.append(identifier)
+
+        assert self._nursery is not None
+        self._nursery.start_soon(judging)
+        if _wait(request):
+            while judge.finished_at is None:
+                await judge.changed.wait()
+            final = judge.events[-1]
+            if final.get("type") == "error":
+                raise _as_error(final)
+            return JSONResponse(judge.document())
+        return JSONResponse({"id": identifier, "state": judge.state}, status_code=202,
+                            headers={"Location": f"/v1/judge/{identifier}"})
+
+    async def get_judge(self, request: Request) -> Response:
+        return JSONResponse(self._judge(request).document())
+
+    async def cancel_judge(self, request: Request) -> Response:
+        judge = self._judge(request)
+        if judge.finished_at is None:
+            await judge.stages.cancel()
+        return JSONResponse({"id": judge.id, "state": judge.state})
+
+    async def judge_events(self, request: Request) -> Response:
+        """Server-sent events: every event so far, then each as it comes, the final one
+        (``judged``, ``cancelled`` or ``error``) last."""
+        judge = self._judge(request)
+
+        async def events() -> AsyncIterator[bytes]:
+            sent = 0
+            while True:
+                while sent < len(judge.events):
+                    yield _server_sent(judge.events[sent])
+                    sent += 1
+                if judge.finished_at is not None:
+                    return
+                await judge.changed.wait()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    def _judge(self, request: Request) -> HttpJudge:
+        self._expire_judges()
+        identifier = request.path_params["id"]
+        judge = self.judges.get(identifier)
+        if judge is None:
+            raise ProtocolError("unknown_id", f"no judge with id {identifier!r}", field="id")
+        return judge
+
+    def _expire_judges(self) -> None:
+        """Forget judges that ended over ``--retention`` seconds ago, oldest first."""
+        now = time.monotonic()
+        while self._finished_judges:
+            judge = self.judges.get(self._finished_judges[0])
+            if judge is not None and now - (judge.finished_at or now) <= self.pool.retention_s:
+                break
+            self._finished_judges.popleft()
+            if judge is not None:
+                del self.judges[judge.id]
+
+    # -- the rest ------------------------------------------------------------------------
+
+    async def languages(self, request: Request) -> Response:
+        image = image_reference()
+        try:
+            present = image_present()
+        except (ImageError, SandboxError, OSError, ValueError):
+            present = False  # an unreadable store: no language is usable
+        return JSONResponse([
+            {"name": name, "description": load_preset(name).description, "image": image, "present": present}
+            for name in preset_names()
+        ])
+
+    async def stats(self, request: Request) -> Response:
+        running = sum(judge.finished_at is None for judge in self.judges.values())
+        return JSONResponse({**self.pool.snapshot(), "connections": len(self.server.connections),
+                             "judges_running": running})
+
+    async def scrape(self, request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(self.metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
+    async def health(self, request: Request) -> Response:
+        if self.server.stopping:
+            return JSONResponse({"status": "stopping"}, status_code=503)
+        return JSONResponse({"status": "ok", "slots": len(self.pool.slots)})
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(DOCUMENT)
+
+
+def _wait(request: Request) -> bool:
+    return request.query_params.get("wait", "false").lower() in ("true", "1", "yes")
+
+
+def _as_error(message: dict[str, Any]) -> ProtocolError:
+    """A protocol ``error`` reply as the exception it was."""
+    return ProtocolError(str(message.get("code")), str(message.get("message")), field=message.get("field"))
+
+
+def _error_response(error: ProtocolError) -> Response:
+    status = status_of(error)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(error_json(error), status_code=status, headers=headers)
+
+
+async def _no_route(request: Request, exc: Exception) -> Response:
+    """No such endpoint (404), or not with this method (405): JSON as every other error."""
+    code = "method_not_allowed" if getattr(exc, "status_code", 404) == 405 else "not_found"
+    return _error_response(ProtocolError(code, f"no endpoint {request.method} {request.url.path}"))
+
+
+def _server_sent(message: dict[str, Any]) -> bytes:
+    """One event of the stream: its name, and its payload as JSON."""
+    if message.get("type") == "error":
+        name, payload = "error", {key: value for key, value in message.items() if key != "type"}
+    else:
+        name = str(message["event"])
+        payload = {key: value for key, value in message.items() if key not in ("type", "event")}
+    return f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode()

@@ -1,0 +1,222 @@
+"""The OpenAPI 3 document of the HTTP front door, served at ``/v1/openapi.json`` and
+checked in as ``docs/openapi.json`` (``python -m worker.openapi > docs/openapi.json``
+writes it; a test keeps the two equal). Written by hand beside ``worker/http.py``
+rather than generated from it: the schemas say what the protocol accepts, which the
+handlers leave to ``job_from_wire`` and ``judge_from_wire``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_BASE64 = {"type": "string", "contentEncoding": "base64"}
+_DURATION = {"oneOf": [{"type": "string", "example": "2s"}, {"type": "number"}, {"type": "null"}]}
+_SIZE = {"oneOf": [{"type": "string", "example": "256M"}, {"type": "integer"}]}
+_ID = {"type": "string", "minLength": 1, "maxLength": 128}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+_ID_PARAMETER = {"name": "id", "in": "path", "required": True, "schema": _ID}
+_WAIT_PARAMETER = {"name": "wait", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
+                   "description": "Answer when it has ended, with its outcome, instead of 202 at once."}
+_COMMON_ERRORS = {"401": _error("No token, or a wrong one.")}
+_BODY_ERRORS = {
+    "400": _error("The body is not JSON (code bad_json)."),
+    "413": _error("The body is larger than the worker's --max-frame (code frame_too_large)."),
+    "422": _error("Validation failed (codes invalid_job, bad_message); field names the part."),
+    "503": {**_error("The queue is full or the worker is stopping (code busy)."),
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+}
+_NOT_FOUND = {"404": _error("No job (or judge) with this id, or it ended over --retention seconds ago.")}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["code", "message"],
+        "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}},
+    },
+    "Job": {
+        "type": "object", "additionalProperties": False,
+        "description": "The protocol's job (docs/protocol.md), with stdin and files[].data in base64.",
+        "properties": {
+            "cmd": {"type": "array", "items": {"type": "string"}},
+            "limits": {
+                "type": "object", "additionalProperties": False,
+                "properties": {
+                    "cpu_time": _DURATION, "wall_time": _DURATION, "memory": _SIZE, "pids": {"type": "integer"},
+                    "output": _SIZE, "disk": _SIZE, "open_files": {"type": "integer"}, "stack": _SIZE,
+                    "file_size": _SIZE, "cpus": {"oneOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}]},
+                },
+            },
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "stdin": {"oneOf": [_BASE64, {"type": "null"}]},
+            "files": {"type": "array", "items": {
+                "type": "object", "required": ["path", "data"], "additionalProperties": False,
+                "properties": {"path": {"type": "string"}, "data": _BASE64, "mode": {"type": "integer"}},
+            }},
+            "image": {"type": "string", "default": "host"},
+            "cwd": {"type": ["string", "null"]},
+            "require_cgroups": {"type": "boolean", "default": False},
+            "profile": {"type": "string", "default": "default"},
+        },
+    },
+    "JobRequest": {
+        "type": "object", "required": ["job"], "additionalProperties": False,
+        "properties": {
+            "id": {**_ID, "description": "Chosen by the client (idempotent, as on the socket); else made up."},
+            "job": _ref("Job"),
+            "callback_url": {"type": "string", "format": "uri",
+                             "description": "POSTed the job's document, signed, when the job ends."},
+        },
+    },
+    "Result": {
+        "type": "object",
+        "description": "The result as `sandbox run --json` prints it, with stdout and stderr in base64.",
+        "properties": {
+            "status": {"type": "string"}, "exit_code": {"type": ["integer", "null"]},
+            "signal": {"type": ["integer", "null"]}, "signal_name": {"type": ["string", "null"]},
+            "stdout": _BASE64, "stderr": _BASE64,
+            "stdout_truncated": {"type": "boolean"}, "stderr_truncated": {"type": "boolean"},
+            "usage": {"type": "object"}, "violation": {"type": ["object", "null"]},
+            "limits_not_enforced": {"type": "array", "items": {"type": "string"}},
+            "warnings": {"type": "array", "items": {"type": "string"}}, "error": {"type": ["string", "null"]},
+        },
+    },
+    "JobDocument": {
+        "type": "object", "required": ["id", "state"],
+        "properties": {
+            "id": _ID, "state": {"enum": ["queued", "running", "finished", "cancelled"]},
+            "result": {**_ref("Result"), "description": "Once finished (or cancelled after it reached a slot)."},
+        },
+    },
+    "JudgeRequest": {
+        "type": "object", "required": ["problem", "submission"], "additionalProperties": False,
+        "properties": {
+            "id": _ID,
+            "problem": {"type": "object", "additionalProperties": _BASE64,
+                        "description": "The package: problem.toml, NAME and tests/NAME, each in base64."},
+            "submission": {
+                "type": "object", "required": ["lang", "source"], "additionalProperties": False,
+                "properties": {
+                    "lang": {"type": "string"}, "source": _BASE64,
+                    "compile_options": {"type": "array", "items": {"type": "string"}},
+                    "args": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "stop_on_failure": {"type": "boolean", "default": False},
+        },
+    },
+    "JudgeDocument": {
+        "type": "object", "required": ["id", "state", "tests"],
+        "properties": {
+            "id": _ID, "state": {"enum": ["running", "judged", "cancelled", "failed"]},
+            "tests": {"type": "array", "items": {"type": "object"}, "description": "Each test decided so far."},
+            "report": {"type": "object", "description": "When judged: the JSON of `sandbox judge --json`."},
+            "error": _ref("Error"),
+        },
+    },
+    "Language": {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "description": {"type": "string"}, "image": {"type": "string"},
+                       "present": {"type": "boolean"}},
+    },
+}
+
+PATHS: dict[str, Any] = {
+    "/v1/health": {"get": {
+        "summary": "200 while the pool runs; no token needed.", "security": [],
+        "responses": {"200": _json({"type": "object"}, "Running."), "503": _json({"type": "object"}, "Stopping.")},
+    }},
+    "/v1/openapi.json": {"get": {"summary": "This document.", "responses": {
+        "200": _json({"type": "object"}, "OpenAPI 3."), **_COMMON_ERRORS}}},
+    "/v1/jobs": {"post": {
+        "summary": "Submit a job.", "parameters": [_WAIT_PARAMETER],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobRequest")}}},
+        "responses": {
+            "200": _json(_ref("JobDocument"), "With wait=true: the job ended."),
+            "202": _json(_ref("JobDocument"), "Accepted (Location: /v1/jobs/ID)."),
+            "409": _error("The id names another job (code id_conflict)."),
+            **_COMMON_ERRORS, **_BODY_ERRORS,
+        },
+    }},
+    "/v1/jobs/batch": {"post": {
+        "summary": "Submit many jobs, all or none.",
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"type": "array", "minItems": 1, "items": _ref("JobRequest")}}}},
+        "responses": {
+            "202": _json({"type": "object", "properties": {"ids": {"type": "array", "items": _ID}}},
+                         "Every job accepted, ids in order."),
+            "409": _error("An id names another job (code id_conflict)."),
+            **_COMMON_ERRORS, **_BODY_ERRORS,
+        },
+    }},
+    "/v1/jobs/{id}": {
+        "parameters": [_ID_PARAMETER],
+        "get": {"summary": "A job's state, and its result once it ended.", "responses": {
+            "200": _json(_ref("JobDocument"), "The job."), **_COMMON_ERRORS, **_NOT_FOUND}},
+        "delete": {"summary": "Cancel a job (its result then says cancelled).", "responses": {
+            "200": _json(_ref("JobDocument"), "Cancelled, or already ended."), **_COMMON_ERRORS, **_NOT_FOUND}},
+    },
+    "/v1/judge": {"post": {
+        "summary": "Judge a submission against a problem package.", "parameters": [_WAIT_PARAMETER],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JudgeRequest")}}},
+        "responses": {
+            "200": _json(_ref("JudgeDocument"), "With wait=true: the judge ended."),
+            "202": _json(_ref("JudgeDocument"), "Started (Location: /v1/judge/ID)."),
+            "409": _error("A judge with this id exists (code id_conflict)."),
+            **_COMMON_ERRORS, **_BODY_ERRORS,
+        },
+    }},
+    "/v1/judge/{id}": {
+        "parameters": [_ID_PARAMETER],
+        "get": {"summary": "A judge's state, the tests decided so far, and the report once judged.", "responses": {
+            "200": _json(_ref("JudgeDocument"), "The judge."), **_COMMON_ERRORS, **_NOT_FOUND}},
+        "delete": {"summary": "Cancel a judge.", "responses": {
+            "200": _json(_ref("JudgeDocument"), "Cancelling, or already ended."), **_COMMON_ERRORS, **_NOT_FOUND}},
+    },
+    "/v1/judge/{id}/events": {
+        "parameters": [_ID_PARAMETER],
+        "get": {"summary": "Server-sent events: test_finished per test, then judged, cancelled or error.",
+                "responses": {"200": {"description": "An event stream; it ends after the final event.",
+                                      "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                              **_COMMON_ERRORS, **_NOT_FOUND}},
+    },
+    "/v1/languages": {"get": {"summary": "The language presets, and whether their image is present.",
+                              "responses": {"200": _json({"type": "array", "items": _ref("Language")}, "Presets."),
+                                            **_COMMON_ERRORS}}},
+    "/v1/stats": {"get": {"summary": "The pool's snapshot (the protocol's stats).",
+                          "responses": {"200": _json({"type": "object"}, "Counts."), **_COMMON_ERRORS}}},
+    "/metrics": {"get": {"summary": "Prometheus text format.", "responses": {
+        "200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}},
+        **_COMMON_ERRORS}}},
+}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "sandbox worker", "version": "1",
+             "description": "The HTTP+JSON front door of `sandbox serve --http` (docs/http.md)."},
+    "components": {"schemas": SCHEMAS,
+                   "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    "security": [{"bearer": []}],
+    "paths": PATHS,
+}
+
+
+def render() -> str:
+    """The document as checked in: sorted keys, indented, a final newline."""
+    return json.dumps(DOCUMENT, indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")
