@@ -52,6 +52,7 @@ def test_run_json_has_the_documented_shape(tmp_path):
     assert set(result) == {
         "status", "exit_code", "signal", "signal_name", "stdout", "stderr", "stdout_truncated",
         "stderr_truncated", "usage", "violation", "limits_not_enforced", "warnings", "error", "files", "file_errors",
+        "file_ids",
     }
     assert set(result["usage"]) == {
         "cpu_ms", "cpu_user_ms", "cpu_sys_ms", "wall_ms", "memory_peak_bytes", "max_rss_bytes",
