@@ -11,6 +11,7 @@ job contents); bind it where the scraper, and only it, can reach it.
     sandbox_jobs_running              jobs in a slot now
     sandbox_warm_sandboxes_per_slot   the warm pool each launcher keeps
     sandbox_launcher_restarts         launchers replaced since start
+    sandbox_redis_outages_total       times the queue's Redis became unreachable (--redis)
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ class Metrics:
         }
         for name, (text, read) in gauges.items():
             Gauge(name, text, registry=self.registry).set_function(read)
+        self.redis_outages = Counter(
+            "sandbox_redis_outages", "Times the queue's Redis became unreachable.", registry=self.registry,
+        )
+
+    def redis_outage(self) -> None:
+        self.redis_outages.inc()
 
     def observe(self, status: str, latency_s: float) -> None:
         self.jobs.labels(status=status).inc()

@@ -1,5 +1,6 @@
 """``sandbox serve``: the trio worker. Listens on a unix socket (0600) and/or TCP (only
-with a token), speaks worker/protocol.py, and hands jobs to the pool.
+with a token), speaks worker/protocol.py, and hands jobs to the pool; with a Redis
+queue, it also takes jobs from a stream (worker/queue_consumer.py) into the same pool.
 
 Every connection has a bounded outgoing queue and a send deadline: a client that never
 reads its results is disconnected (and its jobs cancelled) instead of growing the
@@ -18,7 +19,7 @@ import resource
 import signal
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -40,8 +41,12 @@ from worker.protocol import (
     job_id,
     message_type,
 )
+from worker.queue_schema import QueueConfig
 from worker.socketclaim import SocketClaim
 from worker.streams import send_now
+
+if TYPE_CHECKING:
+    from worker.queue_consumer import QueueConsumer
 
 CAPABILITIES = ["submit", "cancel", "status", "stats", "idempotent-ids", "output-stream", "progress-optional"]
 # Events a submitter may decline with "progress": false (its client waits for the outcome only).
@@ -71,6 +76,7 @@ class ServerConfig:
     hello_timeout_s: float = 10.0
     send_timeout_s: float = 10.0
     grace_s: float = 30.0
+    queue: QueueConfig | None = None  # also take jobs from this Redis stream
 
 
 class Connection:
@@ -147,14 +153,15 @@ class Server:
         # traceback out of a nursery.
         if config.tcp and not config.token:
             raise ValueError("TCP needs a token (--token-file)")
-        if not config.socket_path and not config.tcp:
-            raise ValueError("nothing to listen on: give --socket and/or --tcp")
+        if not config.socket_path and not config.tcp and not config.queue:
+            raise ValueError("nothing to listen on: give --socket, --tcp and/or --redis")
         if not MIN_MAX_FRAME <= config.max_frame <= MAX_MAX_FRAME:
             raise ValueError(f"--max-frame must be from {MIN_MAX_FRAME >> 10}K to {MAX_MAX_FRAME >> 20}M")
         self.socket_gid = None if config.socket_group is None else _group_id(config.socket_group)
         self.metrics = Metrics(self.pool) if config.metrics else None
         if self.metrics is not None:
             self.pool.on_finished = self.metrics.observe
+        self.queue = None if config.queue is None else _consumer(config.queue, self.pool, self.metrics)
         self.connections: set[Connection] = set()
         self._connection_closed = trio.Event()
         self.stopping = False
@@ -167,6 +174,8 @@ class Server:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pool.run)
+                if self.queue is not None:
+                    nursery.start_soon(self.queue.run)
                 accept_scope = trio.CancelScope()
                 await nursery.start(self._signals, accept_scope, nursery.cancel_scope)
                 if self.metrics is not None and self.config.metrics is not None:
@@ -179,9 +188,10 @@ class Server:
                     with accept_scope:
                         await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
 
-                nursery.start_soon(accept)
+                if listeners:  # (a worker of a queue alone has none)
+                    nursery.start_soon(accept)
                 log("listening", socket=self.config.socket_path, tcp=self.config.tcp, metrics=self.config.metrics,
-                    slots=self.config.slots)
+                    slots=self.config.slots, stream=self.config.queue and self.config.queue.stream)
                 task_status.started()
         finally:
             if self.claim is not None:
@@ -219,18 +229,23 @@ class Server:
         everything: trio.CancelScope,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """SIGTERM/SIGINT: stop accepting, let running jobs finish up to the grace
-        deadline, then cancel what is left."""
+        """SIGTERM/SIGINT: stop accepting (and taking from the queue), let running jobs -
+        and the queue's jobs held - finish up to the grace deadline, then cancel what is
+        left (a queue's job left unfinished stays pending in Redis, for another worker)."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             task_status.started()
             async for signum in signals:
                 log("stopping", signal=signal.Signals(signum).name, running=self.pool.running)
                 self.stopping = True
                 accept_scope.cancel()
+                if self.queue is not None:
+                    self.queue.stop()
                 for record in list(self.pool.records.values()):
-                    if record.state.value == "queued":
+                    if record.state.value == "queued" and record.owner is not self.queue:
                         await self.pool.cancel(record.id)
                 with trio.move_on_after(self.config.grace_s):
+                    if self.queue is not None:
+                        await self.queue.drained()
                     await self.pool.wait_idle()
                 # Let every client receive what is queued for it, then close.
                 for connection in list(self.connections):
@@ -379,6 +394,14 @@ class Server:
             connection.authenticated = True
         connection.hello_done = True
         connection.deliver(hello_message(CAPABILITIES, self.config.max_frame))
+
+
+def _consumer(config: QueueConfig, pool: Pool, metrics: Metrics | None) -> QueueConsumer:
+    """The queue's consumer, imported only by a worker that has a queue: the Redis
+    client stays out of the others."""
+    from worker.queue_consumer import QueueConsumer
+
+    return QueueConsumer(config, pool, on_outage=None if metrics is None else metrics.redis_outage)
 
 
 def _group_id(name: str) -> int:
