@@ -28,7 +28,7 @@ import coredis
 import msgpack
 import trio
 from coredis.exceptions import ConnectionError as RedisConnectionError
-from coredis.exceptions import RedisError, ResponseError
+from coredis.exceptions import RedisError, StreamConsumerGroupError, StreamDuplicateConsumerGroupError
 from coredis.response.types import StreamPendingExt
 
 from worker.admission import admit
@@ -124,9 +124,8 @@ class QueueConsumer:
         await redis.function_load(LIBRARY, replace=True)
         try:
             await redis.xgroup_create(self.keys.stream, GROUP, "0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        except StreamDuplicateConsumerGroupError:
+            pass  # another worker made it
         await redis.hset(self.keys.config, {"max_queue": self.config.max_queue})
 
     async def _take(self, count: int, block_ms: int) -> list[Delivery]:
@@ -292,8 +291,9 @@ class QueueConsumer:
                     if self.on_outage is not None:
                         self.on_outage()
                     log("redis_unreachable", stream=self.config.stream, during=what, error=str(exc))
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc) or "Function not found" in str(exc):
+            except RedisError as exc:
+                if isinstance(exc, StreamConsumerGroupError) or "Function not found" in str(exc):
+                    # Redis lost its data (restarted without persistence, flushed).
                     log("redis_setup_again", stream=self.config.stream, error=str(exc))
                     try:
                         await self._setup()
