@@ -71,7 +71,6 @@ class QueueConsumer:
         self.on_outage = on_outage
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.held: dict[str, Delivery] = {}
-        self.outages = 0
         self._outage_since: float | None = None
         self._stopping = False
         self._take_scope = trio.CancelScope()
@@ -287,7 +286,6 @@ class QueueConsumer:
             except (RedisConnectionError, TimeoutError, OSError) as exc:
                 if self._outage_since is None:
                     self._outage_since = trio.current_time()
-                    self.outages += 1
                     if self.on_outage is not None:
                         self.on_outage()
                     log("redis_unreachable", stream=self.config.stream, during=what, error=str(exc))

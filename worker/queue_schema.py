@@ -48,7 +48,7 @@ local function submit(keys, args)
   local held = redis.call('XLEN', keys[1])
   if limit > 0 and held >= limit then
     return redis.error_reply('queue_full ' .. keys[1] .. ' holds ' .. held ..
-                             ' jobs, its workers\\' --max-queue; retry later')
+                             ' jobs, the most its workers allow (--max-queue); retry later')
   end
   local entry = redis.call('XADD', keys[1], '*', 'id', args[1], 'job', args[2])
   redis.call('SET', keys[2], entry)
