@@ -37,13 +37,15 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def workers(tmp_path_factory, redis) -> Iterator[Any]:
-    """workers(*args) -> a worker serving a socket and the queue on ``redis``; at the
-    end each is stopped (SIGTERM), unless a test killed it."""
+    """workers(*args) -> a worker serving a socket and the queue on ``redis``, once it
+    has joined the stream's group; at the end each is stopped (SIGTERM), unless a test
+    killed it."""
     started: list[WorkerProcess] = []
 
     def _start(*args: str) -> WorkerProcess:
         worker = WorkerProcess(tmp_path_factory.mktemp("w"), "--redis", redis.url, "--stream", STREAM, *args)
         started.append(worker)
+        assert wait_until(lambda: consuming(worker), timeout=30), worker.log_path.read_text()
         return worker
 
     yield _start
@@ -148,7 +150,6 @@ def test_an_invalid_job_gets_an_outcome_saying_why(redis, workers):
 def test_a_full_stream_refuses_producers_and_trims_nothing(redis, workers):
     # A worker publishes the bound; stopped, it leaves the stream to fill.
     worker = workers("--slots", "1", "--max-queue", "2")
-    assert wait_until(lambda: consuming(worker), timeout=30)
     assert worker.stop() == 0
     client = QueueClient(redis.url, STREAM)
     ids = [client.submit(sh(f"echo {n}")) for n in range(2)]
@@ -198,13 +199,12 @@ def test_a_killed_workers_job_is_claimed_and_run_by_another(redis, workers):
     result = client.result(job_id, timeout=60)
     assert (result.status, result.stdout) == (Status.OK, b"done\n")
     assert [job for job, _ in outcomes(redis)] == [job_id] and queue_is_empty(redis)
-    assert consuming(second)
+    assert "queue_result_fenced" not in [e["event"] for e in log_events(second)]
 
 
 def test_a_job_that_fails_its_deliveries_is_dead_lettered(redis, workers):
     # Three deliveries that ended without a result, as three dying workers leave them.
     worker = workers("--slots", "1")
-    assert wait_until(lambda: consuming(worker), timeout=30)
     assert worker.stop() == 0  # (it made the group)
     wire = msgpack.packb(job_to_wire(sh("echo never")), use_bin_type=True)
     entry = redis.call(lambda r: r.xadd(STREAM, {"id": "doomed", "job": wire})).decode()
