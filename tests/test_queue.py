@@ -18,7 +18,7 @@ from redisserver import RedisServer, free_port
 from test_cleanup import wait_until
 from workerutil import SANDBOX_CLI, WorkerProcess
 
-from sandbox.models import Job, Limits, Status
+from sandbox.models import Blob, Job, Limits, Status
 from worker.client import Client
 from worker.protocol import job_to_wire
 from worker.queue_client import QueueClient, QueueError, QueueFull
@@ -135,11 +135,14 @@ def test_an_id_is_run_once_however_often_it_is_submitted(redis, workers):
 
 
 def test_an_invalid_job_gets_an_outcome_saying_why(redis, workers):
-    workers("--slots", "1")
+    workers("--slots", "1", "--max-frame", "64K")
     client = QueueClient(redis.url, STREAM)
     with pytest.raises(QueueError) as caught:
         client.run(Job(cmd=["true"], image="no/such:image"), timeout=60)
     assert caught.value.code == "invalid_job" and caught.value.field == "image"
+    with pytest.raises(QueueError) as caught:  # larger than the worker takes on its socket
+        client.run(Job(cmd=["true"], stdin=Blob(data=b"x" * (100 << 10))), timeout=60)
+    assert caught.value.code == "invalid_job" and caught.value.field == "job" and "--max-frame" in caught.value.message
     redis.call(lambda r: r.xadd(STREAM, {"id": "garbage", "job": b"\xc1\xc1"}))
     with pytest.raises(QueueError) as caught:
         client.result("garbage", timeout=60)

@@ -64,8 +64,11 @@ class Delivery:
 
 
 class QueueConsumer:
-    def __init__(self, config: QueueConfig, pool: Pool, on_outage: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, config: QueueConfig, pool: Pool, max_job_bytes: int, on_outage: Callable[[], None] | None = None,
+    ) -> None:
         self.config = config
+        self.max_job_bytes = max_job_bytes
         self.keys = QueueKeys(config.stream)
         self.pool = pool
         self.on_outage = on_outage
@@ -180,8 +183,12 @@ class QueueConsumer:
         ``delivery.final``), or None when it does not go to the pool."""
         if delivery.job_id is None or delivery.duplicate or delivery.deliveries > self.config.max_deliveries:
             return None
+        payload = delivery.fields.get("job", b"")
         try:
-            job = job_from_wire(msgpack.unpackb(delivery.fields.get("job", b""), raw=False))
+            if len(payload) > self.max_job_bytes:
+                raise ProtocolError("invalid_job", f"the job is {len(payload)} bytes, more than this worker takes "
+                                    f"({self.max_job_bytes}, its --max-frame)", field="job")
+            job = job_from_wire(msgpack.unpackb(payload, raw=False))
             admit(job)
         except ProtocolError as exc:
             delivery.final = exc.to_message()

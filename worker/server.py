@@ -161,7 +161,7 @@ class Server:
         self.metrics = Metrics(self.pool) if config.metrics else None
         if self.metrics is not None:
             self.pool.on_finished = self.metrics.observe
-        self.queue = None if config.queue is None else _consumer(config.queue, self.pool, self.metrics)
+        self.queue = None if config.queue is None else _consumer(config, self.pool, self.metrics)
         self.connections: set[Connection] = set()
         self._connection_closed = trio.Event()
         self.stopping = False
@@ -396,12 +396,15 @@ class Server:
         connection.deliver(hello_message(CAPABILITIES, self.config.max_frame))
 
 
-def _consumer(config: QueueConfig, pool: Pool, metrics: Metrics | None) -> QueueConsumer:
+def _consumer(config: ServerConfig, pool: Pool, metrics: Metrics | None) -> QueueConsumer:
     """The queue's consumer, imported only by a worker that has a queue: the Redis
-    client stays out of the others."""
+    client stays out of the others. A queued job is held to the size a socket's
+    request is (``--max-frame``)."""
     from worker.queue_consumer import QueueConsumer
 
-    return QueueConsumer(config, pool, on_outage=None if metrics is None else metrics.redis_outage)
+    assert config.queue is not None
+    return QueueConsumer(config.queue, pool, max_job_bytes=config.max_frame,
+                         on_outage=None if metrics is None else metrics.redis_outage)
 
 
 def _group_id(name: str) -> int:
