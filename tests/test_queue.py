@@ -116,6 +116,15 @@ def test_the_cli_submits_through_the_queue(redis, workers):
     done = subprocess.run([*SANDBOX_CLI, "submit", "--redis", redis.url, "--stream", STREAM, "--",
                            "python3", "-c", "print(6*7)"], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (0, "42\n"), done.stderr
+    # An id of the caller's: the second submit is answered with the first run's output.
+    twice = [subprocess.run([*SANDBOX_CLI, "submit", "--redis", redis.url, "--stream", STREAM, "--id", "cli-1",
+                             "--", "od", "-An", "-N8", "-tx8", "/dev/urandom"], capture_output=True, text=True,
+                            timeout=60) for _ in range(2)]
+    assert twice[0].returncode == 0 and twice[0].stdout.strip() and twice[0].stdout == twice[1].stdout
+    unreachable = subprocess.run([*SANDBOX_CLI, "submit", "--redis", f"redis://127.0.0.1:{free_port()}/0", "--",
+                                  "true"], capture_output=True, text=True, timeout=60)
+    assert unreachable.returncode == 125 and "Traceback" not in unreachable.stderr
+    assert "redis at redis://127.0.0.1:" in unreachable.stderr, unreachable.stderr
 
 
 def test_an_id_is_run_once_however_often_it_is_submitted(redis, workers):
