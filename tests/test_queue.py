@@ -214,6 +214,25 @@ def test_a_killed_workers_job_is_claimed_and_run_by_another(redis, workers):
     assert "queue_result_fenced" not in [e["event"] for e in log_events(second)]
 
 
+def test_a_job_longer_than_the_claim_timeout_stays_with_its_live_worker(redis, workers):
+    started = [workers("--slots", "1", "--claim-idle", "1") for _ in range(2)]
+    client = QueueClient(redis.url, STREAM)
+    job_id = client.submit(sh("sleep 3; echo long"))
+    assert wait_until(lambda: len(pending(redis)) == 1, timeout=30)
+    owner = pending(redis)[0].consumer
+    seen = set()
+
+    def finished() -> bool:
+        seen.update((p.consumer, p.delivered) for p in pending(redis))
+        return has_result(redis, job_id)
+
+    assert wait_until(finished, timeout=60)
+    assert seen == {(owner, 1)}  # the heartbeat kept it: never claimed, delivered once
+    assert client.result(job_id, timeout=10).stdout == b"long\n"
+    assert not any(e["event"].startswith("queue_") and e["event"] != "queue_consuming"
+                   for worker in started for e in log_events(worker))
+
+
 def test_a_job_that_fails_its_deliveries_is_dead_lettered(redis, workers):
     # Three deliveries that ended without a result, as three dying workers leave them.
     worker = workers("--slots", "1")
