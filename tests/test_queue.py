@@ -233,6 +233,22 @@ def test_a_job_longer_than_the_claim_timeout_stays_with_its_live_worker(redis, w
                    for worker in started for e in log_events(worker))
 
 
+def test_a_job_cancelled_in_its_worker_is_not_acknowledged_but_run_again(redis, workers, connect):
+    # Only a job with a result is acknowledged: one cancelled (here through the worker's
+    # socket, by the name the pool gives it) stays pending and is claimed again.
+    worker = workers("--slots", "1", "--claim-idle", "1")
+    client = QueueClient(redis.url, STREAM)
+    job_id = client.submit(sh("sleep 1000", wall_time="2s"))
+    assert wait_until(lambda: len(pending(redis)) == 1, timeout=30)
+    entry = pending(redis)[0].identifier.decode()
+    connect(worker).send({"type": "cancel", "id": f"queue:{entry}:1"})
+    assert wait_until(lambda: "queue_left_pending" in [e["event"] for e in log_events(worker)], timeout=30)
+    assert not has_result(redis, job_id)
+    assert wait_until(lambda: [p.delivered for p in pending(redis)] == [2], timeout=30)
+    assert client.result(job_id, timeout=60).status is Status.WALL_TIME_LIMIT
+    assert [job for job, _ in outcomes(redis)] == [job_id] and queue_is_empty(redis)
+
+
 def test_a_job_that_fails_its_deliveries_is_dead_lettered(redis, workers):
     # Three deliveries that ended without a result, as three dying workers leave them.
     worker = workers("--slots", "1")

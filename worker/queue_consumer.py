@@ -218,7 +218,8 @@ class QueueConsumer:
                 await submitted.wait()
             outcome, reason = self._outcome(delivery)
             if outcome is None:
-                log("queue_left_pending", entry=delivery.entry, id=delivery.job_id, **delivery.final)
+                log("queue_left_pending", entry=delivery.entry, id=delivery.job_id,
+                    state=delivery.final.get("event"), reason=delivery.final.get("reason"))
                 return
             written = await self._retrying("finish", self._finish, delivery, outcome, reason)
             if reason is not None:
