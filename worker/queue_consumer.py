@@ -76,7 +76,7 @@ class QueueConsumer:
         self.held: dict[str, Delivery] = {}
         self._outage_since: float | None = None
         self._stopping = False
-        self._take_scope = trio.CancelScope()
+        self._read_scope = trio.CancelScope()
         self._room = trio.Event()
         self._drained = trio.Event()
         self._next_claim = 0.0
@@ -86,9 +86,14 @@ class QueueConsumer:
     def stop(self) -> None:
         """Stop taking jobs; the ones held are finished and acknowledged (``drained``)."""
         self._stopping = True
-        self._take_scope.cancel()
+        self._read_scope.cancel()
         if not self.held:
             self._drained.set()
+
+    def stopping(self) -> bool:
+        """Whether stop() was called: a method, read afresh after each await (where
+        stop() may have come)."""
+        return self._stopping
 
     async def drained(self) -> None:
         """Return once stopped with nothing held."""
@@ -111,13 +116,8 @@ class QueueConsumer:
                         with trio.move_on_after(ROOM_POLL_S):
                             await self._room.wait()
                         continue
-                    # (stop() cancels it: a read blocked in Redis ends at once; what it took
-                    # and did not start stays pending, for a worker to claim.)
-                    self._take_scope = trio.CancelScope()
-                    with self._take_scope:
-                        taken = await self._retrying("take", self._take, free, block_ms)
-                        for delivery in taken:
-                            self._start(nursery, delivery)
+                    for delivery in await self._retrying("take", self._take, free, block_ms):
+                        self._start(nursery, delivery)
 
     async def _setup(self) -> None:
         """The functions, the group (reading the stream from its start: jobs added before
@@ -135,6 +135,8 @@ class QueueConsumer:
         silent (claimed), then new ones."""
         redis = self._client()
         taken: list[Delivery] = []
+        if self.stopping():
+            return taken  # (a take retried through an outage that outlasted the worker's run)
         if trio.current_time() >= self._next_claim:
             idle_ms = int(self.config.claim_idle_s * 1000)
             cursor, entries, *_ = await redis.xautoclaim(
@@ -152,8 +154,16 @@ class QueueConsumer:
                 deliveries = record.delivered if isinstance(record, StreamPendingExt) else 1
                 taken.append(Delivery(identifier, _fields(entry.field_values), deliveries))
         if not taken:
-            read = await redis.xreadgroup(GROUP, self.consumer, {self.keys.stream: ">"}, count=count,
-                                          block=block_ms)
+            # Only the wait for new entries is cut short by stop(): what a read or a claim
+            # returned is held and finished. (An answer that was on its way as the read was
+            # cancelled leaves its entries pending with this consumer, for a worker to claim.)
+            read = None
+            self._read_scope = trio.CancelScope()
+            if self.stopping():  # (stop() came during the claim above)
+                self._read_scope.cancel()
+            with self._read_scope:
+                read = await redis.xreadgroup(GROUP, self.consumer, {self.keys.stream: ">"}, count=count,
+                                              block=block_ms)
             for entries in (read or {}).values():
                 for entry in entries:
                     taken.append(Delivery(_text(entry.identifier), _fields(entry.field_values), 1))
