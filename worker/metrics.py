@@ -17,6 +17,7 @@ job contents); bind it where the scraper, and only it, can reach it.
     sandbox_file_cache_evictions      files evicted to make room since start
     sandbox_callbacks_total{outcome}  job callbacks ended: delivered, refused, failed
     sandbox_callback_attempts_total   callback POSTs made, retries included
+    sandbox_redis_outages_total       times the queue's Redis became unreachable (--redis)
 """
 
 from __future__ import annotations
@@ -62,6 +63,13 @@ class Metrics:
                                  registry=self.registry)
         self.callback_attempts = Counter("sandbox_callback_attempts", "Callback POSTs made, retries included.",
                                          registry=self.registry)
+
+        self.redis_outages = Counter(
+            "sandbox_redis_outages", "Times the queue's Redis became unreachable.", registry=self.registry,
+        )
+
+    def redis_outage(self) -> None:
+        self.redis_outages.inc()
 
     def observe(self, status: str, latency_s: float) -> None:
         self.jobs.labels(status=status).inc()

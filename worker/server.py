@@ -1,6 +1,7 @@
 """``sandbox serve``: the trio worker. Listens on a unix socket (0600) and/or TCP (only
 with a token), speaks worker/protocol.py, and hands jobs to the pool; with ``--http``
-also serves the HTTP+JSON front door (worker/http.py) to the same pool.
+also serves the HTTP+JSON front door (worker/http.py) to the same pool, and with a Redis
+queue it also takes jobs from a stream (worker/queue_consumer.py) into the same pool.
 
 Every connection has a bounded outgoing queue and a send deadline: a client that never
 reads its results is disconnected (and its jobs cancelled) instead of growing the
@@ -20,7 +21,7 @@ import resource
 import signal
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -48,8 +49,12 @@ from worker.protocol import (
     message_type,
     put_chunk,
 )
+from worker.queue_schema import QueueConfig
 from worker.socketclaim import SocketClaim
 from worker.streams import send_now
+
+if TYPE_CHECKING:
+    from worker.queue_consumer import QueueConsumer
 
 CAPABILITIES = [
     "submit", "group", "judge", "cancel", "status", "stats", "idempotent-ids", "output-stream", "progress-optional",
@@ -90,6 +95,7 @@ class ServerConfig:
     grace_s: float = 30.0
     file_cache_dir: str | None = None  # default: beside the socket (SOCKET.files), else under $XDG_CACHE_HOME
     file_cache_size: int = DEFAULT_CAPACITY
+    queue: QueueConfig | None = None  # also take jobs from this Redis stream
 
 
 class Connection:
@@ -170,8 +176,8 @@ class Server:
         # traceback out of a nursery.
         if config.tcp and not config.token:
             raise ValueError("TCP needs a token (--token-file)")
-        if not config.socket_path and not config.tcp and not config.http:
-            raise ValueError("nothing to listen on: give --socket, --tcp and/or --http")
+        if not config.socket_path and not config.tcp and not config.http and not config.queue:
+            raise ValueError("nothing to listen on: give --socket, --tcp, --http and/or --redis")
         if config.http and not config.token and not _loopback(config.http[0]):
             raise ValueError("--http on an address other hosts can reach needs a token (--token-file)")
         if config.callback_attempts < 1:
@@ -192,6 +198,7 @@ class Server:
         self.metrics = Metrics(self.pool, self.cache) if config.metrics or config.http else None
         if self.metrics is not None:
             self.pool.on_finished = self.metrics.observe
+        self.queue = None if config.queue is None else _consumer(config, self.pool, self.metrics)
         self.connections: set[Connection] = set()
         self._connection_closed = trio.Event()
         self.stopping = False
@@ -202,6 +209,8 @@ class Server:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pool.run)
+                if self.queue is not None:
+                    nursery.start_soon(self.queue.run)
                 accept_scope = trio.CancelScope()
                 await nursery.start(self._signals, accept_scope, nursery.cancel_scope)
                 if self.metrics is not None and self.config.metrics is not None:
@@ -219,9 +228,11 @@ class Server:
                     with accept_scope:
                         await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
 
-                nursery.start_soon(accept)
+                if listeners:  # (a worker of a queue alone has none)
+                    nursery.start_soon(accept)
                 log("listening", socket=self.config.socket_path, tcp=self.config.tcp, http=self.config.http,
-                    metrics=self.config.metrics, slots=self.config.slots)
+                    metrics=self.config.metrics, slots=self.config.slots,
+                    stream=self.config.queue and self.config.queue.stream)
                 task_status.started()
         finally:
             self.cache.close()
@@ -260,18 +271,23 @@ class Server:
         everything: trio.CancelScope,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """SIGTERM/SIGINT: stop accepting, let running jobs finish up to the grace
-        deadline, then cancel what is left."""
+        """SIGTERM/SIGINT: stop accepting (and taking from the queue), let running jobs -
+        and the queue's jobs held - finish up to the grace deadline, then cancel what is
+        left (a queue's job left unfinished stays pending in Redis, for another worker)."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             task_status.started()
             async for signum in signals:
                 log("stopping", signal=signal.Signals(signum).name, running=self.pool.running)
                 self.stopping = True
                 accept_scope.cancel()
+                if self.queue is not None:
+                    self.queue.stop()
                 for record in list(self.pool.records.values()):
-                    if record.state.value == "queued":
+                    if record.state.value == "queued" and record.owner is not self.queue:
                         await self.pool.cancel(record.id)
                 with trio.move_on_after(self.config.grace_s):
+                    if self.queue is not None:
+                        await self.queue.drained()
                     await self.pool.wait_idle()
                 # Let every client receive what is queued for it, then close.
                 for connection in list(self.connections):
@@ -522,6 +538,17 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _consumer(config: ServerConfig, pool: Pool, metrics: Metrics | None) -> QueueConsumer:
+    """The queue's consumer, imported only by a worker that has a queue: the Redis
+    client stays out of the others. A queued job is held to the size a socket's
+    request is (``--max-frame``)."""
+    from worker.queue_consumer import QueueConsumer
+
+    assert config.queue is not None
+    return QueueConsumer(config.queue, pool, max_job_bytes=config.max_frame,
+                         on_outage=None if metrics is None else metrics.redis_outage)
 
 
 def _group_id(name: str) -> int:

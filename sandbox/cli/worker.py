@@ -11,7 +11,7 @@ from sandbox.cli.output import LiveOutput, report, worker_error
 from sandbox.errors import JobError, SandboxError
 
 if TYPE_CHECKING:
-    from sandbox.models import WarmSpec
+    from sandbox.models import Job, WarmSpec
     from worker.client import Client
 
 # The worker socket that serve and submit use when given no --socket (nor --tcp).
@@ -54,23 +54,49 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--file-cache-dir", metavar="DIR",
                        help="the file cache's directory, emptied at start (default: SOCKET.files beside the "
                             "socket, else under $XDG_CACHE_HOME/sandbox)")
+    queue = serve.add_argument_group("queue", "also take jobs from a Redis stream, as one of many workers "
+                                              "(docs/queue.md)")
+    queue.add_argument("--redis", metavar="URL", help="the Redis server, e.g. redis://127.0.0.1:6379/0")
+    queue.add_argument("--stream", default="sandbox", help="the stream of jobs (default 'sandbox')")
+    queue.add_argument("--claim-idle", type=float, default=60.0, metavar="SECONDS",
+                       help="take over a job whose worker went silent this long ago (default 60)")
+    queue.add_argument("--max-deliveries", type=int, default=3, metavar="N",
+                       help="dead-letter a job after N deliveries without a result (default 3)")
+    queue.add_argument("--max-queue", type=int, default=1024, metavar="N",
+                       help="jobs the stream may hold, waiting or running; producers get queue_full beyond "
+                            "(default 1024)")
+    queue.add_argument("--result-ttl", type=int, default=86_400, metavar="SECONDS",
+                       help="keep each result in Redis this long (default 86400)")
     serve.set_defaults(handler=_cmd_serve)
 
     submit = commands.add_parser("submit", help="run one command through a worker (same flags as run)")
     submit.add_argument("--socket", help=f"the worker's unix socket (default ${SOCKET_VARIABLE})")
     submit.add_argument("--tcp", metavar="HOST:PORT", help="the worker's TCP address")
     submit.add_argument("--token-file", help="token for TCP")
+    submit.add_argument("--redis", metavar="URL", help="queue the job on a Redis stream instead (with --stream)")
+    submit.add_argument("--stream", default="sandbox", help="the stream of jobs, with --redis (default 'sandbox')")
+    submit.add_argument("--id", help="the job's id on the queue (default: a new one); an id already queued, "
+                                     "or with a result kept, is not run again")
     add_job_arguments(submit, languages=True)
     submit.set_defaults(handler=_cmd_submit)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from worker.queue_schema import QueueConfig
     from worker.server import ServerConfig, serve_forever
 
     socket_path = args.socket or (None if args.tcp or args.http else os.environ.get(SOCKET_VARIABLE))
-    if not socket_path and not args.tcp and not args.http:
-        raise JobError("nothing to listen on: give --socket PATH, --tcp HOST:PORT and/or --http HOST:PORT "
-                       f"(or set {SOCKET_VARIABLE})", field="socket")
+    if not socket_path and not args.tcp and not args.http and not args.redis:
+        raise JobError("nothing to listen on: give --socket PATH, --tcp HOST:PORT, --http HOST:PORT and/or "
+                       f"--redis URL (or set {SOCKET_VARIABLE})", field="socket")
+    queue = None
+    if args.redis:
+        if args.claim_idle <= 0 or args.max_deliveries < 1 or args.max_queue < 1 or args.result_ttl < 1:
+            raise JobError("--claim-idle, --max-deliveries, --max-queue and --result-ttl must be positive",
+                           field="redis")
+        queue = QueueConfig(args.redis, args.stream, claim_idle_s=args.claim_idle,
+                            max_deliveries=args.max_deliveries, max_queue=args.max_queue,
+                            result_ttl_s=args.result_ttl)
     config = ServerConfig(
         socket_path=socket_path,
         socket_group=args.socket_group,
@@ -90,6 +116,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         callback_attempts=args.callback_attempts,
         callback_timeout_s=args.callback_timeout,
         allow_private_callbacks=args.allow_private_callbacks,
+        queue=queue,
     )
     try:
         serve_forever(config)
@@ -107,6 +134,10 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         raise unknown_profile(args.profile, files_allowed=False)
     # The flags are checked before connecting.
     job = None if language_form(args) else job_from_args(args)
+    if args.redis:
+        if job is None:
+            raise JobError("--lang through a queue is not supported yet: use --socket or --tcp", field="lang")
+        return _submit_to_queue(args, job)
     inputs = language_inputs(args) if job is None else {}
     collect_to = collect_target(args)
     live = None if args.json or job is None else LiveOutput()
@@ -122,6 +153,23 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise SandboxError(f"worker: {exc}") from exc
     return report(result, as_json=args.json, written=live.written if live else None, collect_to=collect_to)
+
+
+def _submit_to_queue(args: argparse.Namespace, job: Job) -> int:
+    """Queue the job on the stream, wait for its outcome and print it as run does."""
+    from coredis.exceptions import RedisError
+
+    from worker.queue_client import QueueClient, QueueError
+
+    try:
+        result = QueueClient(args.redis, args.stream).run(job, job_id=args.id)
+    except QueueError as exc:
+        if exc.code == "invalid_job":
+            raise JobError(exc.message, field=exc.field) from exc
+        raise SandboxError(f"queue {args.stream}: {exc}") from exc
+    except (RedisError, OSError) as exc:
+        raise SandboxError(f"redis at {args.redis}: {exc}") from exc
+    return report(result, as_json=args.json)
 
 
 def connect(args: argparse.Namespace) -> Client:

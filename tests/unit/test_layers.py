@@ -31,6 +31,7 @@ def test_the_worker_process_loads_no_engine() -> None:
     engine = sorted(m for m in loaded if any(m == e or m.startswith(f"{e}.") for e in ENGINE))
     assert engine == [], engine
     assert "sandbox.job_message" in loaded  # (the one piece it shares with the runner)
+    assert "coredis" not in loaded  # (only a worker with a Redis queue loads its client)
 
 
 def test_the_http_front_door_loads_no_engine_but_its_callback_client() -> None:

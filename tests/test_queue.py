@@ -1,0 +1,325 @@
+"""Workers behind a Redis Streams queue: real redis-server processes on loopback ports,
+real `sandbox serve --redis` workers, real jobs - killed, restarted and stopped mid-load.
+Waits for external effects poll with a deadline (``wait_until``), never a blind sleep."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+import pytest
+from redisserver import RedisServer, free_port
+from test_cleanup import wait_until
+from workerutil import SANDBOX_CLI, WorkerProcess
+
+from sandbox.models import Blob, Job, Limits, Status
+from worker.client import Client
+from worker.protocol import job_to_wire
+from worker.queue_client import QueueClient, QueueError, QueueFull
+from worker.queue_schema import GROUP, QueueKeys, decode_outcome
+
+STREAM = "judge"
+KEYS = QueueKeys(STREAM)
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def workers(tmp_path_factory, redis) -> Iterator[Any]:
+    """workers(*args) -> a worker serving a socket and the queue on ``redis``, once it
+    has joined the stream's group; at the end each is stopped (SIGTERM), unless a test
+    killed it."""
+    started: list[WorkerProcess] = []
+
+    def _start(*args: str) -> WorkerProcess:
+        worker = WorkerProcess(tmp_path_factory.mktemp("w"), "--redis", redis.url, "--stream", STREAM, *args)
+        started.append(worker)
+        assert wait_until(lambda: consuming(worker), timeout=30), worker.log_path.read_text()
+        return worker
+
+    yield _start
+    for worker in started:
+        worker.stop()
+
+
+def sh(script: str, **limits: object) -> Job:
+    return Job(cmd=["sh", "-c", script], limits=Limits(**limits))  # type: ignore[arg-type]
+
+
+def outcomes(redis: RedisServer) -> list[tuple[str, bytes]]:
+    """(job id, outcome) of every entry on the results stream, oldest first."""
+    entries = redis.call(lambda r: r.xrange(KEYS.results))
+    return [(entry.field_values[b"id"].decode(), entry.field_values[b"outcome"]) for entry in entries]
+
+
+def pending(redis: RedisServer) -> list[Any]:
+    """The stream's deliveries not yet acknowledged (entry, consumer, idle, deliveries)."""
+    return list(redis.call(lambda r: r.xpending(STREAM, GROUP, "-", "+", 100)))
+
+
+def has_result(redis: RedisServer, job_id: str) -> bool:
+    return redis.call(lambda r: r.exists([KEYS.result(job_id)])) == 1
+
+
+def queue_is_empty(redis: RedisServer) -> bool:
+    """Every job finished: its entry acknowledged and deleted."""
+    return redis.call(lambda r: r.xlen(STREAM)) == 0 and not pending(redis)
+
+
+def log_events(worker: WorkerProcess) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in worker.log_path.read_text().splitlines() if line.startswith("{")]
+
+
+def consuming(worker: WorkerProcess) -> bool:
+    """The worker has joined the stream's group (and published the stream's bound)."""
+    return any(event["event"] == "queue_consuming" for event in log_events(worker))
+
+
+def test_a_job_through_the_queue_gets_the_result_the_socket_gives(redis, workers):
+    worker = workers("--slots", "1")
+    job = sh("echo out; echo err >&2; exit 3", memory="64M")
+    result = QueueClient(redis.url, STREAM).run(job, timeout=60)
+    with Client(worker.socket_path) as client:
+        direct = client.run(job)
+    assert (result.status, result.exit_code, result.stdout, result.stderr) == (Status.RUNTIME_ERROR, 3, b"out\n", b"err\n")
+    assert (direct.status, direct.exit_code, direct.stdout, direct.stderr) == (result.status, 3, b"out\n", b"err\n")
+    assert queue_is_empty(redis)  # acknowledged and deleted with its result written
+    ((job_id, _),) = outcomes(redis)
+    assert redis.call(lambda r: r.ttl(KEYS.result(job_id))) > 0  # kept for a while, not forever
+
+
+def test_a_producer_in_any_language_xadds_the_documented_map(redis, workers):
+    # What docs/queue.md says a producer writes: fields id and job (the protocol's job, msgpack).
+    workers("--slots", "1")
+    wire = msgpack.packb(job_to_wire(sh("echo plain")), use_bin_type=True)
+    redis.call(lambda r: r.xadd(STREAM, {"id": "raw-1", "job": wire}))
+    assert wait_until(lambda: has_result(redis, "raw-1"), timeout=60)
+    stored = redis.call(lambda r: r.get(KEYS.result("raw-1")))
+    raw = msgpack.unpackb(stored, raw=False)
+    assert raw["id"] == "raw-1" and raw["result"]["status"] == "ok" and raw["result"]["stdout"] == b"plain\n"
+    assert outcomes(redis) == [("raw-1", stored)]  # and on the results stream, once
+
+
+def test_the_cli_submits_through_the_queue(redis, workers):
+    workers("--slots", "1")
+    done = subprocess.run([*SANDBOX_CLI, "submit", "--redis", redis.url, "--stream", STREAM, "--",
+                           "python3", "-c", "print(6*7)"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "42\n"), done.stderr
+    # An id of the caller's: the second submit is answered with the first run's output.
+    twice = [subprocess.run([*SANDBOX_CLI, "submit", "--redis", redis.url, "--stream", STREAM, "--id", "cli-1",
+                             "--", "od", "-An", "-N8", "-tx8", "/dev/urandom"], capture_output=True, text=True,
+                            timeout=60) for _ in range(2)]
+    assert twice[0].returncode == 0 and twice[0].stdout.strip() and twice[0].stdout == twice[1].stdout
+    unreachable = subprocess.run([*SANDBOX_CLI, "submit", "--redis", f"redis://127.0.0.1:{free_port()}/0", "--",
+                                  "true"], capture_output=True, text=True, timeout=60)
+    assert unreachable.returncode == 125 and "Traceback" not in unreachable.stderr
+    assert "redis at redis://127.0.0.1:" in unreachable.stderr, unreachable.stderr
+
+
+def test_an_id_is_run_once_however_often_it_is_submitted(redis, workers):
+    workers("--slots", "2")
+    client = QueueClient(redis.url, STREAM)
+    # A random number: a second run would print another.
+    job = sh("od -An -N8 -tx8 /dev/urandom")
+    first = client.run(job, timeout=60, job_id="once")
+    assert client.submit(job, "once") == "once"
+    assert client.result("once", timeout=60).stdout == first.stdout
+    # The same id twice on the stream (two plain XADDs, no sandbox_submit): one runs.
+    wire = msgpack.packb(job_to_wire(job), use_bin_type=True)
+    for _ in range(2):
+        redis.call(lambda r: r.xadd(STREAM, {"id": "twice", "job": wire}))
+    assert wait_until(lambda: queue_is_empty(redis), timeout=60)
+    assert [job_id for job_id, _ in outcomes(redis)] == ["once", "twice"]
+
+
+def test_an_invalid_job_gets_an_outcome_saying_why(redis, workers):
+    workers("--slots", "1", "--max-frame", "64K")
+    client = QueueClient(redis.url, STREAM)
+    with pytest.raises(QueueError) as caught:
+        client.run(Job(cmd=["true"], image="no/such:image"), timeout=60)
+    assert caught.value.code == "invalid_job" and caught.value.field == "image"
+    with pytest.raises(QueueError) as caught:  # larger than the worker takes on its socket
+        client.run(Job(cmd=["true"], stdin=Blob(data=b"x" * (100 << 10))), timeout=60)
+    assert caught.value.code == "invalid_job" and caught.value.field == "job" and "--max-frame" in caught.value.message
+    redis.call(lambda r: r.xadd(STREAM, {"id": "garbage", "job": b"\xc1\xc1"}))
+    with pytest.raises(QueueError) as caught:
+        client.result("garbage", timeout=60)
+    assert caught.value.code == "invalid_job"
+    assert queue_is_empty(redis)
+
+
+def test_a_full_stream_refuses_producers_and_trims_nothing(redis, workers):
+    # A worker publishes the bound; stopped, it leaves the stream to fill.
+    worker = workers("--slots", "1", "--max-queue", "2")
+    assert worker.stop() == 0
+    client = QueueClient(redis.url, STREAM)
+    ids = [client.submit(sh(f"echo {n}")) for n in range(2)]
+    with pytest.raises(QueueFull) as caught:
+        client.submit(sh("echo 2"))
+    assert caught.value.code == "queue_full" and STREAM in caught.value.message
+    assert redis.call(lambda r: r.xlen(STREAM)) == 2  # nothing trimmed, nothing added
+    done = subprocess.run([*SANDBOX_CLI, "submit", "--redis", redis.url, "--stream", STREAM, "--", "true"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 125 and "queue_full" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    workers("--slots", "1", "--max-queue", "2")
+    assert [client.result(job_id, timeout=60).stdout for job_id in ids] == [b"0\n", b"1\n"]
+    assert client.run(sh("echo 2"), timeout=60).stdout == b"2\n"  # room again
+
+
+def test_a_worker_takes_no_more_jobs_than_it_has_free_slots(redis, workers):
+    client = QueueClient(redis.url, STREAM)
+    ids = [client.submit(sh(f"sleep 0.3; echo {n}")) for n in range(4)]
+    workers("--slots", "1")
+    most = 0
+
+    def all_done() -> bool:
+        nonlocal most
+        most = max(most, len(pending(redis)))
+        return all(has_result(redis, job_id) for job_id in ids)
+
+    assert wait_until(all_done, timeout=60)
+    assert most == 1
+
+
+def test_a_killed_workers_job_is_claimed_and_run_by_another(redis, workers):
+    client = QueueClient(redis.url, STREAM)
+    first = workers("--slots", "1", "--claim-idle", "1")
+    job_id = client.submit(sh("sleep 2; echo done"))
+    assert wait_until(lambda: len(pending(redis)) == 1, timeout=30)
+    (entry, dead_consumer, *_) = pending(redis)[0]
+    assert f"-{first.process.pid}-" in dead_consumer.decode()
+    first.process.kill()
+    first.process.wait()
+    second = workers("--slots", "1", "--claim-idle", "1")
+    assert wait_until(lambda: pending(redis) and pending(redis)[0].consumer != dead_consumer, timeout=30)
+    # The dead worker's late result, written now (it was only stalled, say): fenced off.
+    late = redis.call(lambda r: r.fcall(
+        "sandbox_finish", [STREAM, KEYS.result(job_id), KEYS.results, KEYS.id(job_id), KEYS.dead],
+        [GROUP, dead_consumer, entry, job_id, b"late", 60, 1000]))
+    assert late == 0 and not has_result(redis, job_id)
+    result = client.result(job_id, timeout=60)
+    assert (result.status, result.stdout) == (Status.OK, b"done\n")
+    assert [job for job, _ in outcomes(redis)] == [job_id] and queue_is_empty(redis)
+    assert "queue_result_fenced" not in [e["event"] for e in log_events(second)]
+
+
+def test_a_job_longer_than_the_claim_timeout_stays_with_its_live_worker(redis, workers):
+    started = [workers("--slots", "1", "--claim-idle", "1") for _ in range(2)]
+    client = QueueClient(redis.url, STREAM)
+    job_id = client.submit(sh("sleep 3; echo long"))
+    assert wait_until(lambda: len(pending(redis)) == 1, timeout=30)
+    owner = pending(redis)[0].consumer
+    seen = set()
+
+    def finished() -> bool:
+        seen.update((p.consumer, p.delivered) for p in pending(redis))
+        return has_result(redis, job_id)
+
+    assert wait_until(finished, timeout=60)
+    assert seen == {(owner, 1)}  # the heartbeat kept it: never claimed, delivered once
+    assert client.result(job_id, timeout=10).stdout == b"long\n"
+    assert not any(e["event"].startswith("queue_") and e["event"] != "queue_consuming"
+                   for worker in started for e in log_events(worker))
+
+
+def test_a_job_cancelled_in_its_worker_is_not_acknowledged_but_run_again(redis, workers, connect):
+    # Only a job with a result is acknowledged: one cancelled (here through the worker's
+    # socket, by the name the pool gives it) stays pending and is claimed again.
+    worker = workers("--slots", "1", "--claim-idle", "1")
+    client = QueueClient(redis.url, STREAM)
+    job_id = client.submit(sh("sleep 1000", wall_time="2s"))
+    assert wait_until(lambda: len(pending(redis)) == 1, timeout=30)
+    entry = pending(redis)[0].identifier.decode()
+    connect(worker).send({"type": "cancel", "id": f"queue:{entry}:1"})
+    assert wait_until(lambda: "queue_left_pending" in [e["event"] for e in log_events(worker)], timeout=30)
+    assert not has_result(redis, job_id)
+    assert wait_until(lambda: [p.delivered for p in pending(redis)] == [2], timeout=30)
+    assert client.result(job_id, timeout=60).status is Status.WALL_TIME_LIMIT
+    assert [job for job, _ in outcomes(redis)] == [job_id] and queue_is_empty(redis)
+
+
+def test_a_job_that_fails_its_deliveries_is_dead_lettered(redis, workers):
+    # Three deliveries that ended without a result, as three dying workers leave them.
+    worker = workers("--slots", "1")
+    assert worker.stop() == 0  # (it made the group)
+    wire = msgpack.packb(job_to_wire(sh("echo never")), use_bin_type=True)
+    entry = redis.call(lambda r: r.xadd(STREAM, {"id": "doomed", "job": wire})).decode()
+    redis.call(lambda r: r.xreadgroup(GROUP, "ghost", {STREAM: ">"}, count=1))
+    for _ in range(2):
+        redis.call(lambda r: r.xclaim(STREAM, GROUP, "ghost", 0, [entry]))
+    assert pending(redis)[0].delivered == 3
+    workers("--slots", "1", "--claim-idle", "0.5", "--max-deliveries", "3")
+    with pytest.raises(QueueError) as caught:
+        QueueClient(redis.url, STREAM).result("doomed", timeout=60)
+    assert caught.value.code == "dead_letter" and "4 times" in caught.value.message
+    (dead,) = redis.call(lambda r: r.xrange(KEYS.dead))
+    fields = dead.field_values
+    assert (fields[b"id"], fields[b"entry"].decode(), fields[b"reason"], fields[b"deliveries"], fields[b"job"]) == (
+        b"doomed", entry, b"max_deliveries", b"4", wire)
+    assert queue_is_empty(redis)
+
+
+def test_redis_restarting_under_jobs_loses_nothing(redis, workers):
+    port = free_port()
+    worker = workers("--slots", "2", "--claim-idle", "5", "--metrics", f"127.0.0.1:{port}")
+    client = QueueClient(redis.url, STREAM)
+    ids = [client.submit(sh(f"sleep 0.5; echo {n}")) for n in range(6)]
+    assert wait_until(lambda: len(pending(redis)) == 2, timeout=30)  # two running
+    # Down long enough for the worker to notice (a heartbeat, a result to write), then back.
+    redis.stop()
+    assert wait_until(lambda: "redis_unreachable" in [e["event"] for e in log_events(worker)], timeout=30)
+    redis.start()
+    assert wait_until(lambda: all(has_result(redis, job_id) for job_id in ids), timeout=60)
+    assert [client.result(job_id, timeout=10).stdout for job_id in ids] == [f"{n}\n".encode() for n in range(6)]
+    assert sorted(job for job, _ in outcomes(redis)) == sorted(ids) and queue_is_empty(redis)
+    events = [e["event"] for e in log_events(worker)]
+    assert "redis_unreachable" in events and "redis_reachable" in events
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert any(line.startswith("sandbox_redis_outages_total ") and float(line.split()[1]) >= 1
+               for line in metrics.splitlines()), metrics
+
+
+def test_sigterm_stops_claiming_and_finishes_what_it_holds(redis, workers):
+    worker = workers("--slots", "2")
+    client = QueueClient(redis.url, STREAM)
+    held = client.submit(sh("sleep 1; echo held"))
+    assert wait_until(lambda: len(pending(redis)) == 1, timeout=30)
+    worker.process.send_signal(signal.SIGTERM)
+    assert wait_until(lambda: any(e["event"] == "stopping" for e in log_events(worker)), timeout=30)
+    later = client.submit(sh("echo later"))
+    assert worker.process.wait(timeout=60) == 0
+    assert decode_outcome(redis.call(lambda r: r.get(KEYS.result(held)))).stdout == b"held\n"
+    assert not has_result(redis, later) and not pending(redis)  # left in the stream, for the next worker
+    assert redis.call(lambda r: r.xlen(STREAM)) == 1
+    workers("--slots", "1")
+    assert client.result(later, timeout=60).stdout == b"later\n"
+
+
+def test_three_workers_one_killed_mid_load_every_job_one_result(redis, workers):
+    # --claim-idle 2: a live worker's heartbeat (every 2/3 s) is never that late, even here.
+    started = [workers("--slots", "2", "--claim-idle", "2") for _ in range(3)]
+    client = QueueClient(redis.url, STREAM)
+    stuck = client.submit(sh("sleep 1000", wall_time="6s"))
+    assert wait_until(lambda: len(pending(redis)) == 1, timeout=30)
+    holder = next(w for w in started if f"-{w.process.pid}-" in pending(redis)[0].consumer.decode())
+    ids = [client.submit(sh(f"sleep 0.2; echo {n}")) for n in range(30)]
+    assert wait_until(lambda: sum(has_result(redis, job_id) for job_id in ids) >= 5, timeout=60)
+    holder.process.kill()
+    holder.process.wait()
+    assert wait_until(lambda: all(has_result(redis, job_id) for job_id in [*ids, stuck]), timeout=60)
+    results = {job_id: decode_outcome(outcome) for job_id, outcome in outcomes(redis)}
+    assert sorted(job for job, _ in outcomes(redis)) == sorted([*ids, stuck])  # one each, no more
+    assert [results[job_id].stdout for job_id in ids] == [f"{n}\n".encode() for n in range(30)]
+    assert results[stuck].status is Status.WALL_TIME_LIMIT  # run again by a survivor, to its limit
+    assert wait_until(lambda: queue_is_empty(redis), timeout=10)
