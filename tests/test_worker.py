@@ -814,12 +814,17 @@ def test_a_cancel_racing_the_hand_over_of_its_job(warm):
     assert after is not None and after.stdout == b"ok\n"
 
 
-def run_directly(client: Client, job: Job, attempts: int = 50) -> Result:
+def run_directly(client: Client, job: Job, attempts: int = 10) -> Result:
     """Run the job until it went straight to a sandbox the launcher offered (the stats
-    count those hand-overs): a job may come before the launcher had one ready to offer.
-    Every attempt's result must be as right as the last one's, whichever way it went."""
+    count those hand-overs), each attempt once the launcher has offered one (``stats``'s
+    ``offers_ready``; a busy machine prepares it late). Every attempt's result must be as
+    right as the last one's, whichever way it went."""
     for _ in range(attempts):
-        before = client.stats()["direct_handovers"]
+        deadline = time.monotonic() + 30
+        while not (stats := client.stats())["offers_ready"]:
+            assert time.monotonic() < deadline, f"no sandbox offered within 30 s: {stats}"
+            time.sleep(0.01)  # polling the worker's state, bounded by the deadline
+        before = stats["direct_handovers"]
         result = client.run(job)
         if client.stats()["direct_handovers"] == before + 1:
             return result

@@ -195,6 +195,7 @@ class Pool:
             "warm_per_slot": self.warm_per_slot,
             "launcher_restarts": sum(slot.restarts for slot in self.slots),
             "direct_handovers": sum(slot.handovers for slot in self.slots),
+            "offers_ready": sum(slot.offer_ready() for slot in self.slots),
             "cgroups": all(slot.cgroups for slot in self.slots),
         }
 

@@ -102,6 +102,14 @@ class Slot:
                         self.process.kill()
                         await self.process.wait()
 
+    def offer_ready(self) -> bool:
+        """Whether a sandbox the launcher offered waits for the next job here. An offer
+        made while the slot is idle is still in the channel: it is read now, which only
+        an idle slot may do (nothing else reads the channel then)."""
+        if self.running_id is None and self.ready.is_set():
+            self._read_now()
+        return self.offer is not None
+
     async def _start(self) -> None:
         """Start the launcher and wait for its ``LauncherReady`` (modules imported, filter
         built)."""
