@@ -57,16 +57,21 @@ def test_a_job_names_at_most_so_many_paths() -> None:
         Job(cmd=["true"], collect=[Collect(f"/work/{i}") for i in range(MAX_COLLECT + 1)])
     assert caught.value.field == "collect"
     with pytest.raises(ProtocolError) as unknown:
-        job_from_wire({"cmd": ["true"], "collect": [{"path": "/work/a", "cache": True}]})
+        job_from_wire({"cmd": ["true"], "collect": [{"path": "/work/a", "keep": True}]})
     assert unknown.value.field == "collect"
+    with pytest.raises(ProtocolError) as not_a_flag:
+        job_from_wire({"cmd": ["true"], "collect": [{"path": "/work/a", "cache": "yes"}]})
+    assert not_a_flag.value.field == "collect.cache"
 
 
 def test_the_wire_round_trip() -> None:
-    job = Job(cmd=["true"], collect=[Collect("/work/a", max="1M"), Collect("/work/d/", max_files=3)])
+    job = Job(cmd=["true"], collect=[Collect("/work/a", max="1M"), Collect("/work/d/", max_files=3, cache=True)])
     wire = job_to_wire(job)
-    assert wire["collect"] == [{"path": "/work/a", "max": 1 << 20}, {"path": "/work/d/", "max": 64 << 20, "max_files": 3}]
+    assert wire["collect"] == [{"path": "/work/a", "max": 1 << 20},
+                               {"path": "/work/d/", "max": 64 << 20, "max_files": 3, "cache": True}]
     assert job_from_wire(wire) == job
-    result = Result(Status.OK, files={"/work/a": b"\0\xff"}, file_errors={"/work/b": "missing"})
+    result = Result(Status.OK, files={"/work/a": b"\0\xff"}, file_errors={"/work/b": "missing"},
+                    file_ids={"/work/d/x": "sha256:" + "0" * 64})
     assert result_from_wire(result_to_wire(result)) == result
     assert result.to_json_dict()["files"] == {"/work/a": "AP8="}
 
