@@ -436,7 +436,7 @@ class Server:
             if len(uploads) >= MAX_UPLOADS:
                 raise ProtocolError("busy", f"{MAX_UPLOADS} uploads under way on this connection")
             try:
-                uploads[chunk.upload] = self.cache.begin()
+                uploads[chunk.upload] = self.cache.begin(chunk.tree)
             except OSError as exc:
                 raise ProtocolError("cache_error", f"cannot store the file: {exc.strerror}") from None
         upload = uploads[chunk.upload]
@@ -452,7 +452,8 @@ class Server:
                 await trio.to_thread.run_sync(upload.write, chunk.data)
                 if not chunk.last:
                     return
-                identifier = self.cache.commit(upload, chunk.expected)
+                unpacked = await trio.to_thread.run_sync(self.cache.unpack, upload) if upload.tree else 0
+                identifier = self.cache.commit(upload, chunk.expected, unpacked)
             except OSError as exc:
                 raise ProtocolError("cache_error", f"cannot store the file: {exc.strerror}") from None
         except BaseException:  # (a cancel too: the connection is ending)
@@ -462,7 +463,8 @@ class Server:
                 del uploads[chunk.upload]
             raise
         del uploads[chunk.upload]
-        connection.deliver({"type": "file", "id": chunk.upload, "file_id": identifier, "size": upload.size})
+        size = unpacked if upload.tree else upload.size
+        connection.deliver({"type": "file", "id": chunk.upload, "file_id": identifier, "size": size})
 
     def _judge(self, connection: Connection, message: dict[str, Any]) -> None:
         """Start judging on this connection (worker/judging.py); its events follow."""
