@@ -34,7 +34,20 @@ from sandbox.job_message import (
     rlimits,
     start_job,
 )
-from sandbox.models import CGROUP_LIMITS, WORKDIR, Blob, Group, Job, Limits, Pipe, Result, Status, Usage, WarmSpec
+from sandbox.models import (
+    CGROUP_LIMITS,
+    WORKDIR,
+    Blob,
+    Group,
+    Job,
+    Limits,
+    Mount,
+    Pipe,
+    Result,
+    Status,
+    Usage,
+    WarmSpec,
+)
 from sandbox.prepare import ImageRoot
 from sandbox.profile_cache import ProfileCache
 from sandbox.supervise import Outcome, Watch, supervise
@@ -260,9 +273,11 @@ class Runner:
         stderr_r, stderr_w = _pipe(fds)
         stdin = job_stdin(job.stdin, fds) if stdio.stdin is None else stdio.stdin
         files = [(f.dest, open_blob(f.content, fds), f.mode) for f in job.files]
+        mounts = [(entry.path, self._tree(entry, index, fds)) for index, entry in enumerate(job.mounts)]
         stdout = stdout_w if stdio.stdout is None else stdio.stdout
         stderr = stderr_w if stdio.stderr is None else stdio.stderr
-        spec = job_spec(argv, env, cwd, member.limits, (stdin, stdout, stderr), member.rlimits, files, job.collect)
+        spec = job_spec(argv, env, cwd, member.limits, (stdin, stdout, stderr), member.rlimits, files, job.collect,
+                        mounts)
         try:
             start_job(member.sandbox.prepared.job_channel, spec)
             prepare.step_aside()
@@ -277,6 +292,17 @@ class Runner:
             fds.remove(fd)
             os.close(fd)
         return stdout_r, stderr_r
+
+    def _tree(self, entry: Mount, index: int, fds: list[int]) -> int:
+        """The fd a sandbox init mounts a tree from: a detached clone of its directory
+        (the zygote makes it: ``Zygote.clone_tree``). A tree id is known only to the
+        worker that caches it, whose launcher gives its directory instead."""
+        if entry.host_dir is None:
+            raise JobError(f"{entry.tree_id}: a cached tree is mounted through the worker that holds it",
+                           field=f"mounts.{index}.tree_id")
+        fd = self.sandboxes.clone_tree(entry.host_dir)
+        fds.append(fd)
+        return fd
 
     def _watch(
         self, member: _Member, output: tuple[int, int], *, cancel_fd: int | None,

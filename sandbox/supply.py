@@ -396,6 +396,11 @@ class SandboxSupply:
         if sandbox.cgroup is not None and self._cgroups is not None:
             self._cgroups.discard(sandbox.cgroup)
 
+    def clone_tree(self, path: str) -> int:
+        """A detached clone of the host directory ``path`` for a job to mount
+        (``Zygote.clone_tree``); an fd the caller owns. Raises SetupError."""
+        return self._zygote_for_next().clone_tree(path)
+
     def _zygote_for_next(self) -> Zygote:
         """The zygote, started on first use, and again if it died or the host files its
         template was built from changed (looked at every ``RECHECK_S``). Raises
