@@ -51,7 +51,7 @@ from worker.streams import send_now
 
 CAPABILITIES = [
     "submit", "group", "judge", "cancel", "status", "stats", "idempotent-ids", "output-stream", "progress-optional",
-    "file-cache",
+    "file-cache", "trees",
 ]
 # Events a submitter may decline with "progress": false (its client waits for the outcome only).
 PROGRESS_EVENTS = frozenset({"accepted", "started"})
