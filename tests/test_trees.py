@@ -59,7 +59,10 @@ def probe(tree_id: str, cache: Path) -> Job:
     return Job(cmd=["python3", "-c", PROBE, str(cache)], mounts=[Mount("/work/venv", tree_id)])
 
 
-def test_a_tree_put_once_is_mounted_read_only_into_many_jobs(worker, tmp_path):
+def test_a_tree_put_once_is_mounted_read_only_into_many_jobs(start_worker, tmp_path):
+    # Warm sandboxes too: a job with mounts takes one through its launcher (never the
+    # worker's direct hand-over, which has no tree to give it).
+    worker = start_worker("--slots", "2", "--warm", "2")
     cache = cache_dir(worker)
     with Client(worker.socket_path) as client:
         tree_id = client.put_tree(make_tree(tmp_path / "venv"))
