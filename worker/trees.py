@@ -16,6 +16,7 @@ job runs as an id of its own, and reads the tree as "others" do).
 from __future__ import annotations
 
 import os
+import stat
 import tarfile
 from dataclasses import dataclass
 
@@ -95,8 +96,9 @@ def _unpack_entry(archive: tarfile.TarFile, member: tarfile.TarInfo, root_fd: in
         if member.isdir():
             try:
                 os.mkdir(base, 0o755, dir_fd=parent_fd)
-            except FileExistsError:  # (made as an earlier entry's parent; a non-directory there fails below)
-                pass
+            except FileExistsError:  # made as an earlier entry's parent, or not a directory at all
+                if not stat.S_ISDIR(os.stat(base, dir_fd=parent_fd, follow_symlinks=False).st_mode):
+                    raise
             return
         if member.issym():
             os.symlink(member.linkname, base, dir_fd=parent_fd)

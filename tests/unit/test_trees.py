@@ -111,6 +111,7 @@ def test_a_tree_keeps_files_directories_and_links_inside_it_with_modes_for_every
     ([("c", tarfile.CHRTYPE, "")], "not a regular file, directory or symlink"),
     ([("p", tarfile.FIFOTYPE, "")], "not a regular file, directory or symlink"),
     ([("f", tarfile.REGTYPE, ""), ("f", tarfile.REGTYPE, "")], "given twice"),
+    ([("f", tarfile.REGTYPE, ""), ("f", tarfile.DIRTYPE, "")], "given twice"),
     ([(f"f{i}", tarfile.REGTYPE, "") for i in range(4)], "more than 3 entries"),
     ([("big", tarfile.REGTYPE, "x" * 11)], "more than 10 bytes"),
 ])
