@@ -12,7 +12,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from imagebuild import busybox_entries, layer_tar, oci_layout
 from test_file_cache import cache_dir, cancel
+from test_images_registry import cli
 
 from sandbox.models import Job, Mount, Pipe, Status
 from worker.client import Client, WorkerError, tree_tar
@@ -102,6 +104,19 @@ def test_two_jobs_mount_the_same_tree_at_once(worker, tmp_path):
             [Pipe.of([0, "stdout"], [1, "stdin"])])
     assert [result.status for result in results] == [Status.OK, Status.OK], results
     assert results[1].stdout == b"VALUE = 42\n"
+
+
+def test_a_tree_is_mounted_into_a_job_on_an_image(image_store, start_worker, tmp_path):
+    """An image's init mounts it after its pivot into the image's root, on its overlay."""
+    done = cli("import", str(oci_layout(image_store / "layout", [layer_tar(busybox_entries())])), "bb:1")
+    assert done.returncode == 0, done.stderr
+    worker = start_worker("--slots", "1")
+    with Client(worker.socket_path) as client:
+        tree_id = client.put_tree(make_tree(tmp_path / "venv"))
+        result = client.run(Job(cmd=["sh", "-c", "cat /tmp/t/latest; touch /tmp/t/x; grep -c /trees/ /proc/self/mountinfo"],
+                                image="bb:1", mounts=[Mount("/tmp/t/", tree_id)]))
+    assert result.stdout == b"VALUE = 7\n0\n", result
+    assert b"Read-only file system" in result.stderr
 
 
 def tar_of(*entries: tarfile.TarInfo, data: bytes = b"x") -> bytes:
