@@ -36,6 +36,15 @@ MAX_COLLECT_ENTRIES = 100_000
 # of its bytes, with the algorithm in front so that another one can come later.
 FILE_ID_PREFIX = "sha256:"
 _FILE_ID = re.compile(r"sha256:[0-9a-f]{64}")
+# A directory tree a worker caches (``put_file`` with ``tree``) is named by the SHA-256
+# of the tar it came as, under a prefix of its own: a tree is mounted, never copied in as
+# a file, and a file id can never be taken for one (nor the other way round), even for
+# the same bytes.
+TREE_ID_PREFIX = "tree:sha256:"
+_TREE_ID = re.compile(r"tree:sha256:[0-9a-f]{64}")
+# Trees a job mounts (each an fd of its job message, as input files are), and where: in
+# its writable area, where the sandbox init can make the mount point whatever the image.
+MAX_MOUNTS = 16
 
 
 class Status(str, enum.Enum):
@@ -183,6 +192,26 @@ def check_file_id(value: object, field_name: str) -> str:
     return value
 
 
+def check_tree_id(value: object, field_name: str) -> str:
+    """A cached tree's id as a worker gives it (``tree:sha256:`` and 64 lower-case hex digits)."""
+    if not isinstance(value, str) or not _TREE_ID.fullmatch(value):
+        raise JobError(f"a tree id is {TREE_ID_PREFIX} and 64 lower-case hex digits", field=field_name)
+    return value
+
+
+@dataclass
+class Mount:
+    """A directory tree mounted read-only at ``path`` in the sandbox: through a worker, a
+    tree it caches (``tree_id``, put once with ``put_file``); inside a worker's launcher,
+    the cached tree's directory (``host_dir``, never on the wire: a client cannot name a
+    path on the worker's host). Checked by the Job that holds it, which can name the
+    entry (``mounts.0.path``)."""
+
+    path: str
+    tree_id: str | None = None
+    host_dir: str | None = None
+
+
 @dataclass
 class InputFile:
     """A file placed in the sandbox's writable area before the program starts."""
@@ -263,6 +292,8 @@ class Job:
     profile: str = "default"
     # Read out once every process of the job is dead: Result.files and file_errors.
     collect: list[Collect] = field(default_factory=list)
+    # Cached trees mounted read-only, shared by every job that names them.
+    mounts: list[Mount] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check_text("profile", self.profile)
@@ -297,6 +328,36 @@ class Job:
             raise JobError("collect must be a list of entries", field="collect")
         if len(self.collect) > MAX_COLLECT:
             raise JobError(f"more than {MAX_COLLECT} paths to collect", field="collect")
+        self._check_mounts()
+
+    def _check_mounts(self) -> None:
+        """Each mount names one tree and a mount point of its own in the writable area:
+        not the same as another's, not beneath another's (the sandbox makes mount points,
+        and cannot in a read-only tree), and holding no input file (which it would hide)."""
+        if not isinstance(self.mounts, list) or not all(isinstance(entry, Mount) for entry in self.mounts):
+            raise JobError("mounts must be a list of mounts", field="mounts")
+        if len(self.mounts) > MAX_MOUNTS:
+            raise JobError(f"more than {MAX_MOUNTS} mounts", field="mounts")
+        if len(self.files) + len(self.mounts) > MAX_FILES:
+            raise JobError(f"more than {MAX_FILES} input files and mounts together", field="mounts")
+        points: list[str] = []
+        for index, entry in enumerate(self.mounts):
+            where = f"mounts.{index}"
+            entry.path = sandbox_path(entry.path, field_name=f"{where}.path")
+            if (entry.tree_id is None) == (entry.host_dir is None):
+                raise JobError("give exactly one of tree_id or host_dir", field=f"{where}.tree_id")
+            if entry.tree_id is not None:
+                check_tree_id(entry.tree_id, f"{where}.tree_id")
+            else:
+                _check_text(f"{where}.host_dir", entry.host_dir)
+            for other in points:
+                if _beneath(entry.path, other) or _beneath(other, entry.path):
+                    raise JobError(f"{entry.path} is, or is beneath, another mount's path {other}",
+                                   field=f"{where}.path")
+            for item in self.files:
+                if _beneath(item.dest, entry.path):
+                    raise JobError(f"the input file {item.dest} would be hidden by this mount", field=f"{where}.path")
+            points.append(entry.path)
 
 
 PIPE_SOURCES = ("stdout", "stderr")
@@ -429,6 +490,11 @@ def sandbox_path(path: str, *, field_name: str) -> str:
     if not any(normal.startswith(root + "/") for root in WRITABLE_ROOTS):
         raise JobError(f"{path!r} must lie under {' or '.join(WRITABLE_ROOTS)}", field=field_name)
     return normal
+
+
+def _beneath(path: str, directory: str) -> bool:
+    """``path`` is ``directory`` or lies in it (both normalised)."""
+    return path == directory or path.startswith(directory + "/")
 
 
 def _collect_path(path: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from sandbox import prepare
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
 from sandbox.collect import Collected, not_collected, receive
-from sandbox.errors import CgroupError, JobError, SandboxError
+from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
 from sandbox.ids import plan_ids
 from sandbox.images.errors import BadReference, ImageNotFound
 from sandbox.images.runtime import lease_image
@@ -34,7 +34,20 @@ from sandbox.job_message import (
     rlimits,
     start_job,
 )
-from sandbox.models import CGROUP_LIMITS, WORKDIR, Blob, Group, Job, Limits, Pipe, Result, Status, Usage, WarmSpec
+from sandbox.models import (
+    CGROUP_LIMITS,
+    WORKDIR,
+    Blob,
+    Group,
+    Job,
+    Limits,
+    Mount,
+    Pipe,
+    Result,
+    Status,
+    Usage,
+    WarmSpec,
+)
 from sandbox.prepare import ImageRoot
 from sandbox.profile_cache import ProfileCache
 from sandbox.supervise import Outcome, Watch, supervise
@@ -260,9 +273,11 @@ class Runner:
         stderr_r, stderr_w = _pipe(fds)
         stdin = job_stdin(job.stdin, fds) if stdio.stdin is None else stdio.stdin
         files = [(f.dest, open_blob(f.content, fds), f.mode) for f in job.files]
+        mounts = [(entry.path, _tree(member.sandbox, entry, index, fds)) for index, entry in enumerate(job.mounts)]
         stdout = stdout_w if stdio.stdout is None else stdio.stdout
         stderr = stderr_w if stdio.stderr is None else stdio.stderr
-        spec = job_spec(argv, env, cwd, member.limits, (stdin, stdout, stderr), member.rlimits, files, job.collect)
+        spec = job_spec(argv, env, cwd, member.limits, (stdin, stdout, stderr), member.rlimits, files, job.collect,
+                        mounts)
         try:
             start_job(member.sandbox.prepared.job_channel, spec)
             prepare.step_aside()
@@ -432,6 +447,20 @@ def open_blob(blob: Blob, fds: list[int]) -> int:
         with open(fd, "wb", closefd=False) as handle:
             handle.write(blob.data or b"")
         os.lseek(fd, 0, os.SEEK_SET)
+    fds.append(fd)
+    return fd
+
+
+def _tree(sandbox: Sandbox, entry: Mount, index: int, fds: list[int]) -> int:
+    """The fd a sandbox init mounts a tree from: a detached clone of its directory, made
+    by the zygote that made the sandbox (``Zygote.clone_tree``). A tree id is known only
+    to the worker that caches it, whose launcher gives its directory instead."""
+    if entry.host_dir is None:
+        raise JobError(f"{entry.tree_id}: a cached tree is mounted through the worker that holds it",
+                       field=f"mounts.{index}.tree_id")
+    if sandbox.zygote is None:
+        raise SetupError("the sandbox has no zygote to clone a tree in")
+    fd = sandbox.zygote.clone_tree(entry.host_dir)
     fds.append(fd)
     return fd
 

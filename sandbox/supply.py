@@ -52,6 +52,9 @@ class Sandbox:
     output: tuple[int, int] | None = None  # an offered one's stdout and stderr read ends
     job_id: int = 0  # the id its program runs as (``ids.JobIds``), until its processes are gone
     kind: WarmKind | None = None  # what a warm one was made for (None: made for its job)
+    # The zygote it was made by: a tree it mounts is cloned there, in its template user
+    # namespace (``Zygote.clone_tree``), whatever zygote the supply has started since.
+    zygote: Zygote | None = None
 
     def arm(self) -> None:
         """Start the job's account now, while the launcher has nothing else to do: the
@@ -363,7 +366,7 @@ class SandboxSupply:
 
     def _deliver(self, order: _Order) -> Sandbox:
         return Sandbox(prepare.receive(order.start), order.cgroup, image=order.image, lease=order.lease,
-                       job_id=order.job_id)
+                       job_id=order.job_id, zygote=order.start.zygote)
 
     def _give_back(self, job_id: int) -> None:
         if job_id and self._job_ids is not None:

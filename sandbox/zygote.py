@@ -59,10 +59,12 @@ class Zygote:
         import subprocess  # here, not at the top: the zygote process imports this module too
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        with theirs:
+        self.trees, trees_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs, trees_theirs:
             self.process = subprocess.Popen(
-                [sys.executable, "-S", "-m", "sandbox.zygote", str(theirs.fileno()), id_maps],
-                pass_fds=(theirs.fileno(),),
+                [sys.executable, "-S", "-m", "sandbox.zygote", str(theirs.fileno()), str(trees_theirs.fileno()),
+                 id_maps],
+                pass_fds=(theirs.fileno(), trees_theirs.fileno()),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONPATH": os.pathsep.join(_import_path())},
@@ -120,6 +122,20 @@ class Zygote:
         report = json.loads(raw)  # a setup_error line (native/report.c)
         raise SetupError(report.get("message", "the sandbox spawner failed"))
 
+    def clone_tree(self, path: str) -> int:
+        """A detached clone of the host directory ``path`` (an fd the caller owns), for a
+        sandbox init to mount a tree from (read-only: ``native/trees.c``). Raises
+        SetupError."""
+        _send(self.trees, path.encode(), [], "zygote")
+        try:
+            raw, fds, _, _ = socket.recv_fds(self.trees, _MAX_REQUEST, 1)
+        except OSError as exc:
+            raise SetupError(f"the zygote is gone: {exc}") from exc
+        if fds:
+            return fds[0]
+        _decoded(raw, self.process)  # raises its error
+        raise SetupError("the zygote sent no tree")
+
     def alive(self) -> bool:
         return self.process.poll() is None and not select.select([self._spawner_exit], [], [], 0)[0]
 
@@ -127,6 +143,7 @@ class Zygote:
         """EOF tells the zygote and the spawner to exit; neither has children left by
         then (a spawner's Bs are ours)."""
         self.channel.close()
+        self.trees.close()
         self.process.wait()
         if self.spawner is not None:
             self.spawner.close()
@@ -163,7 +180,7 @@ def _import_path() -> list[str]:
     return [project, *(entry for entry in sys.path if entry and os.path.isdir(entry))]
 
 
-def serve(channel: socket.socket, id_maps: IdMaps | None) -> None:
+def serve(channel: socket.socket, trees: socket.socket, id_maps: IdMaps | None) -> None:
     sc.set_process_name("sandbox-zygote")
     # SCHED_BATCH (inherited by every sandbox init and program stage until its job
     # arrives, stages.py): the same share of the CPU, but a zygote or a sandbox being
@@ -191,6 +208,12 @@ def serve(channel: socket.socket, id_maps: IdMaps | None) -> None:
     # copying) those pages in every sandbox.
     gc.freeze()
     while True:
+        if trees in select.select([channel, trees], [], [])[0]:
+            path = trees.recv(_MAX_REQUEST)
+            if not path:
+                return
+            _clone_tree(trees, os.fsdecode(path), bases)
+            continue
         raw, fds, _, _ = socket.recv_fds(channel, _MAX_REQUEST, _MAX_FDS)
         if not raw:
             return
@@ -199,6 +222,20 @@ def serve(channel: socket.socket, id_maps: IdMaps | None) -> None:
         finally:
             for fd in fds:
                 os.close(fd)
+
+
+def _clone_tree(trees: socket.socket, path: str, bases: MountBases) -> None:
+    """Answer a tree request: the clone of ``path``, seen from the copy of the host's tree."""
+    try:
+        sc.setns(bases.host_fd, sc.CLONE_NEWNS)
+        clone = sc.open_tree(sc.AT_FDCWD, path, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
+    except OSError as exc:
+        trees.send(json.dumps({"error": f"cannot clone the tree {path}: {exc.strerror}"}).encode())
+        return
+    try:
+        socket.send_fds(trees, [b"{}"], [clone])
+    finally:
+        os.close(clone)
 
 
 def _start_one(request: dict[str, Any], fds: list[int], bases: MountBases, init_fd: int) -> dict[str, Any]:
@@ -213,8 +250,8 @@ def _start_one(request: dict[str, Any], fds: list[int], bases: MountBases, init_
 
 
 def main(argv: list[str]) -> int:
-    with socket.socket(fileno=int(argv[1])) as channel:
-        serve(channel, IdMaps.parse(argv[2]))
+    with socket.socket(fileno=int(argv[1])) as channel, socket.socket(fileno=int(argv[2])) as trees:
+        serve(channel, trees, IdMaps.parse(argv[3]))
     return 0
 
 

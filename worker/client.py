@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import select
 import socket
+import tarfile
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,7 +31,7 @@ from typing import Any
 import trio
 
 from sandbox.errors import JobError
-from sandbox.models import FILE_ID_PREFIX, Blob, Group, Job, Pipe, Result
+from sandbox.models import FILE_ID_PREFIX, TREE_ID_PREFIX, Blob, Group, Job, Pipe, Result
 from worker.protocol import (
     REPLY_MAX_FRAME,
     VERSION,
@@ -214,19 +216,47 @@ def _chunks(source: bytes | str | os.PathLike[str], size: int) -> Iterator[tuple
         yield chunk, True
 
 
-def _put_messages(source: bytes | str | os.PathLike[str], upload: str, max_frame: int) -> Iterator[dict[str, Any]]:
+def _put_messages(source: bytes | str | os.PathLike[str], upload: str, max_frame: int,
+                  tree: bool = False) -> Iterator[dict[str, Any]]:
     """The put_file frames of one upload, sized to the worker's frame limit; the last one
     names the id of the bytes sent (the worker checks it: a file that changed while it
-    was read is refused, never stored under an id other than the one hashed here)."""
+    was read is refused, never stored under an id other than the one hashed here). A
+    tree's (``tree``: ``source`` is its tar) says so on its first frame."""
     digest = hashlib.sha256()
     offset = 0
     for chunk, last in _chunks(source, min(MAX_CHUNK, max_frame - _PUT_OVERHEAD)):
         digest.update(chunk)
         message: dict[str, Any] = {"type": "put_file", "id": upload, "offset": offset, "data": chunk, "last": last}
+        if tree and not offset:
+            message["tree"] = True
         if last:
-            message["file_id"] = FILE_ID_PREFIX + digest.hexdigest()
+            message["file_id"] = (TREE_ID_PREFIX if tree else FILE_ID_PREFIX) + digest.hexdigest()
         yield message
         offset += len(chunk)
+
+
+def tree_tar(source: bytes | str | os.PathLike[str]) -> bytes:
+    """A tree to put: a directory, made a tar here (its entries sorted, so the same tree
+    gives the same tar and id; owners and times left out, which a tree does not keep), or
+    the bytes of a tar already made."""
+    if isinstance(source, bytes):
+        return source
+
+    def plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = 0
+        return info
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        root = os.fspath(source)
+        for directory, subdirectories, names in os.walk(root):
+            subdirectories.sort()
+            for name in sorted(subdirectories + names):
+                path = os.path.join(directory, name)
+                archive.add(path, os.path.relpath(path, root), recursive=False, filter=plain)
+    return buffer.getvalue()
 
 
 class Client:
@@ -336,10 +366,23 @@ class Client:
             self._receive()
         return file_id
 
+    def put_tree(self, source: bytes | str | os.PathLike[str]) -> str:
+        """Store a directory tree in the worker's cache, once, for any number of jobs to
+        mount read-only (``Mount(path, tree_id)``): a directory (made a tar here:
+        ``tree_tar``) or a tar's bytes. Its id (``tree:sha256:`` and the tar's digest).
+        Raises WorkerError ``bad_tree`` for a tar that is not only a tree, ``cache_full``
+        as ``put_file``."""
+        upload = uuid.uuid4().hex
+        for message in _put_messages(tree_tar(source), upload, int(self.hello["max_frame"]), tree=True):
+            self._send(message)
+        while (tree_id := self._mail.stored(upload)) is None:
+            self._receive()
+        return tree_id
+
     def del_file(self, file_id: str) -> bool:
-        """Remove a cached file: True if removed now, False if it goes as the last job
-        queued or running with it ends. Raises WorkerError ``unknown_file`` for an id the
-        worker does not have."""
+        """Remove a cached file (or tree, by its tree id): True if removed now, False if it
+        goes as the last job queued or running with it ends. Raises WorkerError
+        ``unknown_file`` for an id the worker does not have."""
         self._send({"type": "del_file", "file_id": file_id})
         return bool(self._next_other()["removed"])
 
@@ -458,6 +501,17 @@ class AsyncClient:
             while (file_id := self._mail.stored(upload)) is None:
                 await self._receive()
         return file_id
+
+    async def put_tree(self, source: bytes | str | os.PathLike[str]) -> str:
+        """As ``Client.put_tree``."""
+        upload = uuid.uuid4().hex
+        tar = await trio.to_thread.run_sync(tree_tar, source)
+        for message in _put_messages(tar, upload, int(self.hello["max_frame"]), tree=True):
+            await self._send(message)
+        async with self._lock:
+            while (tree_id := self._mail.stored(upload)) is None:
+                await self._receive()
+        return tree_id
 
     async def del_file(self, file_id: str) -> bool:
         """As ``Client.del_file``."""

@@ -4,8 +4,15 @@ many jobs (a ``files`` entry with a ``file_id``) without travelling in each job'
 The directory is the worker's own (it holds an flock on ``lock`` while it runs)::
 
     lock
-    partial/      uploads under way, one file each
+    partial/      uploads under way, one file each; trees being unpacked
     files/<hex>   complete files, named by the SHA-256 of their bytes
+    trees/<hex>   unpacked trees (a ``put_file`` with ``tree``), named by the SHA-256
+                  of the tar they came as: mounted read-only into jobs, never written
+
+A tree is an entry like a file - one LRU order, one capacity, the same leases - that
+counts by its unpacked size (its regular files' bytes; worker/trees.py bounds its
+entries). Its id has a prefix of its own (``tree:sha256:``), so the same bytes put as a
+file and as a tree are two entries that can never be taken for each other.
 
 It starts empty: whatever a previous run left is removed, uploads under way and complete
 files alike. A client must be ready for an id to be gone at any time (evicted), and a
@@ -33,8 +40,9 @@ import shutil
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from sandbox.models import FILE_ID_PREFIX, Group, Job, check_file_id
+from sandbox.models import FILE_ID_PREFIX, TREE_ID_PREFIX, Group, Job, check_file_id, check_tree_id
 from worker.protocol import ProtocolError
+from worker.trees import TreeError, unpack_tree
 
 DEFAULT_CAPACITY = 1 << 30
 
@@ -43,6 +51,12 @@ def cached_path(directory: str, file_id: str) -> str:
     """Where the cache in ``directory`` keeps the file of ``file_id`` (a checked id: hex
     digits only, so the path stays in the directory)."""
     return os.path.join(directory, "files", check_file_id(file_id, "file_id").removeprefix(FILE_ID_PREFIX))
+
+
+def tree_path(directory: str, tree_id: str) -> str:
+    """Where the cache in ``directory`` keeps the tree of ``tree_id`` (checked as
+    ``cached_path`` checks a file id)."""
+    return os.path.join(directory, "trees", check_tree_id(tree_id, "tree_id").removeprefix(TREE_ID_PREFIX))
 
 
 @dataclass
@@ -56,8 +70,9 @@ class Upload:
     """One ``put_file`` under way: its bytes so far in a file of ``partial/``, hashed as
     they come."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, tree: bool = False) -> None:
         self.path = path
+        self.tree = tree  # a tar to unpack as a tree (``FileCache.unpack``)
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self.size = 0  # bytes received
         self.counted = 0  # of them, those the cache counts as under way (none once kept or discarded)
@@ -73,17 +88,24 @@ class Upload:
 
     @property
     def file_id(self) -> str:
-        return FILE_ID_PREFIX + self._hash.hexdigest()
+        """The id it is kept under: a file's, or a tree's."""
+        return (TREE_ID_PREFIX if self.tree else FILE_ID_PREFIX) + self._hash.hexdigest()
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
+    @property
+    def unpacked(self) -> str:
+        """Where a tree's tar is unpacked before it is kept (beside its tar)."""
+        return self.path + ".tree"
+
     def discard(self) -> None:
         self.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+        shutil.rmtree(self.unpacked, ignore_errors=True)
 
 
 class FileCache:
@@ -103,7 +125,7 @@ class FileCache:
         except BlockingIOError:
             os.close(self._lock_fd)
             raise ValueError(f"another worker uses the file cache {directory} (it holds its lock)") from None
-        for part in ("partial", "files"):
+        for part in ("partial", "files", "trees"):
             shutil.rmtree(os.path.join(directory, part), ignore_errors=True)
             os.mkdir(os.path.join(directory, part), 0o700)
         self._entries: OrderedDict[str, Entry] = OrderedDict()  # file id -> entry, least recently used first
@@ -129,17 +151,24 @@ class FileCache:
         return {"bytes": self.stored_bytes, "entries": self.entries, "capacity": self.capacity,
                 "uploading": self._uploading, "evictions": self.evictions}
 
-    def begin(self) -> Upload:
-        return Upload(os.path.join(self.directory, "partial", str(next(self._names))))
+    def begin(self, tree: bool = False) -> Upload:
+        return Upload(os.path.join(self.directory, "partial", str(next(self._names))), tree)
 
     def reserve(self, upload: Upload, size: int) -> None:
         """Count ``size`` more bytes of ``upload`` against the capacity, evicting what
         must go; cache_full (and nothing evicted) if the files leased leave no room."""
+        self._make_room(upload.size + size, size)
+        self._uploading += size
+        upload.size += size
+        upload.counted += size
+
+    def _make_room(self, wanted: int, size: int) -> None:
+        """Evict least recently used unleased entries until ``size`` more bytes fit (of
+        ``wanted``, the whole of what is being stored, for the error)."""
         excess = self.stored_bytes + self._uploading + size - self.capacity
         if excess > 0:
             evictable = [(file_id, entry) for file_id, entry in self._entries.items() if not entry.leases]
             if sum(entry.size for _, entry in evictable) < excess:
-                wanted = upload.size + size
                 why = ("more than the whole cache" if wanted > self.capacity
                        else "the rest is held by queued or running jobs and uploads under way")
                 raise ProtocolError("cache_full", f"no room for {wanted} bytes in the file cache of "
@@ -150,9 +179,6 @@ class FileCache:
                 self._remove(file_id)
                 self.evictions += 1
                 excess -= entry.size
-        self._uploading += size
-        upload.size += size
-        upload.counted += size
 
     def abort(self, upload: Upload) -> None:
         """Forget an upload that failed or whose connection ended: no partial file stays."""
@@ -160,23 +186,49 @@ class FileCache:
         upload.counted = 0
         upload.discard()
 
-    def commit(self, upload: Upload, expected: str | None) -> str:
-        """The upload is complete: keep it under its id and return that id. One other
-        than ``expected`` (if given) is digest_mismatch, and the caller aborts it."""
+    def unpack(self, upload: Upload) -> int:
+        """Unpack a tree's complete tar beside it (worker/trees.py); its unpacked size.
+        A tar that is not a tree is bad_tree, naming the entry, and the caller aborts the
+        upload (which removes what was unpacked). Blocking: the server runs it in a
+        thread; the tar's bytes stay counted meanwhile."""
+        upload.close()
+        try:
+            return unpack_tree(upload.path, upload.unpacked, self.capacity).bytes
+        except TreeError as exc:
+            raise ProtocolError("bad_tree", f"the tar is not a tree the worker keeps: {exc}") from None
+
+    def commit(self, upload: Upload, expected: str | None, unpacked_size: int = 0) -> str:
+        """The upload is complete (a tree's unpacked, of ``unpacked_size``): keep it under
+        its id and return that id. One other than ``expected`` (if given) is
+        digest_mismatch, and the caller aborts it; so is cache_full, for a tree whose
+        unpacked size finds no room where its tar did."""
         file_id = upload.file_id
         if expected is not None and expected != file_id:
             raise ProtocolError("digest_mismatch", f"the bytes put have id {file_id}, not {expected}",
                                 field="file_id")
         upload.close()
-        self._uploading -= upload.counted
-        upload.counted = 0
         entry = self._entries.get(file_id)
-        if entry is not None:  # the same bytes again: keep the file there is
+        size = unpacked_size if upload.tree else upload.size
+        self._uploading -= upload.counted
+        counted, upload.counted = upload.counted, 0
+        if entry is None and upload.tree:
+            try:
+                self._make_room(size, size)
+            except ProtocolError:
+                self._uploading += counted  # (still the upload's until the caller aborts it)
+                upload.counted = counted
+                raise
+        if entry is not None:  # the same bytes again: keep the file (or tree) there is
             upload.discard()
             entry.deleted = False
         else:
-            os.rename(upload.path, cached_path(self.directory, file_id))  # (an OSError: the caller aborts)
-            self._entries[file_id] = Entry(upload.size)
+            # (an OSError: the caller aborts)
+            if upload.tree:
+                os.rename(upload.unpacked, tree_path(self.directory, file_id))
+                upload.discard()  # the tar
+            else:
+                os.rename(upload.path, cached_path(self.directory, file_id))
+            self._entries[file_id] = Entry(size)
         self._entries.move_to_end(file_id)
         return file_id
 
@@ -204,17 +256,20 @@ class FileCache:
             prefix = f"jobs.{member}." if isinstance(work, Group) else ""
             named += [(item.content.file_id, f"{prefix}files[{index}].file_id")
                       for index, item in enumerate(job.files) if item.content.file_id is not None]
+            named += [(entry.tree_id, f"{prefix}mounts.{index}.tree_id")
+                      for index, entry in enumerate(job.mounts) if entry.tree_id is not None]
         return self.lease_ids(named)
 
     def lease_ids(self, named: list[tuple[str, str]]) -> list[str]:
-        """``lease`` for file ids as a request names them, each with its field (for the
-        error of one the cache does not have)."""
+        """``lease`` for file (and tree) ids as a request names them, each with its field
+        (for the error of one the cache does not have)."""
         file_ids = []
         for file_id, field in named:
             entry = self._entries.get(file_id)
             if entry is None or entry.deleted:
-                raise ProtocolError("invalid_job", f"the worker has no file {file_id} (never put, evicted or deleted)",
-                                    field=field)
+                kind = "tree" if file_id.startswith(TREE_ID_PREFIX) else "file"
+                raise ProtocolError("invalid_job",
+                                    f"the worker has no {kind} {file_id} (never put, evicted or deleted)", field=field)
             file_ids.append(file_id)
         for file_id in file_ids:
             self._entries[file_id].leases += 1
@@ -229,9 +284,10 @@ class FileCache:
                 self._remove(file_id)
 
     def delete(self, file_id: str) -> bool:
-        """Remove a file: at once (True), or - leased by jobs queued or running - as the
-        last of them ends (False); either way no job submitted from now on can use it."""
-        entry = self._entries.get(check_file_id(file_id, "file_id"))
+        """Remove a file (or a tree): at once (True), or - leased by jobs queued or
+        running - as the last of them ends (False); either way no job submitted from now
+        on can use it. (The id was checked by the protocol.)"""
+        entry = self._entries.get(file_id)
         if entry is None or entry.deleted:
             raise ProtocolError("unknown_file", f"the worker has no file {file_id}", field="file_id")
         if entry.leases:
@@ -242,5 +298,10 @@ class FileCache:
 
     def _remove(self, file_id: str) -> None:
         del self._entries[file_id]
+        if file_id.startswith(TREE_ID_PREFIX):
+            # (No job mounts it any more: a lease ended. Jobs' overlays hold their own
+            # references to its directories, so one still ending reads on unharmed.)
+            shutil.rmtree(tree_path(self.directory, file_id), ignore_errors=True)
+            return
         with contextlib.suppress(FileNotFoundError):  # (removed by hand: it is gone all the same)
             os.unlink(cached_path(self.directory, file_id))

@@ -20,7 +20,9 @@ worker starts a new one, which reaps the dead one's cgroups.
 A job's input file given by id names a file of the worker's file cache
 (worker/filecache.py), whose directory the launcher is told at start: the launcher opens
 the cached file itself, as it opens a host file for ``sandbox run``, and the worker
-holds a lease on it until the job's result.
+holds a lease on it until the job's result. A tree a job mounts by id is the cache's
+directory of it, which the runner has cloned for the sandbox to mount (``Runner``), leased
+the same way.
 
 Run as: python -m worker.launcher FD PARENT_PID WARM_JSON CACHE_DIR (WARM_JSON a list of
 WarmSpec wire forms; CACHE_DIR empty for a worker with no file cache)
@@ -37,9 +39,9 @@ import sys
 
 from sandbox.errors import JobError
 from sandbox.linux import syscalls as sc
-from sandbox.models import Blob, Group, Job, Result, Status, WarmSpec
+from sandbox.models import Blob, Group, Job, Mount, Result, Status, WarmSpec
 from sandbox.runner import HandedOver, Runner
-from worker.filecache import cached_path
+from worker.filecache import cached_path, tree_path
 from worker.launcher_channel import (
     RESULT_ROOM,
     CancelJob,
@@ -258,8 +260,9 @@ def _group_results(
 
 
 def _with_cached_paths(job: Job, cache_dir: str) -> Job:
-    """The job with its files given by id turned into the cached files' paths (the worker
-    holds a lease on each while the job is queued or running: they are there)."""
+    """The job with its files and trees given by id turned into the cached files' paths
+    and trees' directories (the worker holds a lease on each while the job is queued or
+    running: they are there)."""
 
     def content(blob: Blob, index: int) -> Blob:
         if blob.file_id is None:
@@ -268,8 +271,16 @@ def _with_cached_paths(job: Job, cache_dir: str) -> Job:
             raise JobError("this worker has no file cache", field=f"files[{index}].file_id")
         return Blob(path=cached_path(cache_dir, blob.file_id))
 
+    def directory(entry: Mount, index: int) -> Mount:
+        if entry.tree_id is None:
+            return entry
+        if not cache_dir:
+            raise JobError("this worker has no file cache", field=f"mounts.{index}.tree_id")
+        return Mount(entry.path, host_dir=tree_path(cache_dir, entry.tree_id))
+
     files = [dataclasses.replace(f, content=content(f.content, index)) for index, f in enumerate(job.files)]
-    return dataclasses.replace(job, files=files)
+    mounts = [directory(entry, index) for index, entry in enumerate(job.mounts)]
+    return dataclasses.replace(job, files=files, mounts=mounts)
 
 
 def main(argv: list[str]) -> int:

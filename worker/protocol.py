@@ -20,17 +20,20 @@ import msgpack
 from sandbox.errors import JobError
 from sandbox.models import (
     LIMIT_NAMES,
+    TREE_ID_PREFIX,
     Blob,
     Collect,
     Group,
     InputFile,
     Job,
     Limits,
+    Mount,
     Pipe,
     Result,
     Status,
     Usage,
     check_file_id,
+    check_tree_id,
     sandbox_path,
 )
 
@@ -44,9 +47,11 @@ REPLY_MAX_FRAME = (1 << 32) - 1
 MAX_ID_LEN = 128
 
 CLIENT_TYPES = {"hello", "submit", "group", "judge", "cancel", "status", "ping", "stats", "put_file", "del_file"}
-_JOB_KEYS = {"cmd", "limits", "env", "stdin", "files", "image", "cwd", "require_cgroups", "profile", "collect"}
+_JOB_KEYS = {"cmd", "limits", "env", "stdin", "files", "image", "cwd", "require_cgroups", "profile", "collect",
+             "mounts"}
 _COLLECT_KEYS = {"path", "max", "max_files", "cache"}
 _FILE_KEYS = {"path", "data", "file_id", "mode"}
+_MOUNT_KEYS = {"path", "tree_id"}
 _LIMIT_KEYS = set(LIMIT_NAMES)
 _PIPE_KEYS = {"from", "to"}
 
@@ -195,6 +200,11 @@ def job_from_wire(data: Any) -> Job:
             _typed(entry, dict, "collect")
             _no_unknown_keys(entry, _COLLECT_KEYS, "collect")
             collect.append(Collect(**{"path": entry.get("path"), **entry}))
+        mounts = []
+        for index, entry in enumerate(_typed(data.get("mounts", []), list, "mounts")):
+            _typed(entry, dict, f"mounts.{index}")
+            _no_unknown_keys(entry, _MOUNT_KEYS, f"mounts.{index}")
+            mounts.append(Mount(path=entry.get("path"), tree_id=entry.get("tree_id")))
         stdin = data.get("stdin")
         env = _typed(data.get("env", {}), dict, "env")
         job = Job(
@@ -208,6 +218,7 @@ def job_from_wire(data: Any) -> Job:
             require_cgroups=_typed(data.get("require_cgroups", False), bool, "require_cgroups"),
             profile=_typed(data.get("profile", "default"), str, "profile"),
             collect=collect,
+            mounts=mounts,
         )
         return job
     except JobError as exc:
@@ -267,7 +278,12 @@ def job_to_wire(job: Job) -> dict[str, Any]:
             return {"path": item.dest, "file_id": item.content.file_id, "mode": item.mode}
         return {"path": item.dest, "data": blob_bytes(item.content), "mode": item.mode}
 
-    return {
+    def mount_to_wire(entry: Mount) -> dict[str, Any]:
+        if entry.tree_id is None:
+            raise ValueError(f"{entry.path}: a host directory is mounted only by a worker's launcher, never sent")
+        return {"path": entry.path, "tree_id": entry.tree_id}
+
+    wire: dict[str, Any] = {
         "cmd": job.cmd,
         "limits": job.limits.given_values(),  # the rest come from the profile, on the worker
         "env": job.env,
@@ -279,6 +295,9 @@ def job_to_wire(job: Job) -> dict[str, Any]:
         "profile": job.profile,
         "collect": [collect_to_wire(entry) for entry in job.collect],
     }
+    if job.mounts:  # (only then: a worker without trees refuses the key)
+        wire["mounts"] = [mount_to_wire(entry) for entry in job.mounts]
+    return wire
 
 
 def collect_to_wire(entry: Collect) -> dict[str, Any]:
@@ -294,13 +313,15 @@ def collect_to_wire(entry: Collect) -> dict[str, Any]:
 class PutChunk:
     """One ``put_file`` message: a piece of the file uploaded under ``upload`` (a name the
     client chose, as it chooses job ids), starting at ``offset``; the last one may name
-    the ``expected`` file id."""
+    the ``expected`` file id (a tree id for a tree). ``tree`` on the first chunk: the
+    bytes are a tar of a directory tree, to be unpacked and cached as a tree."""
 
     upload: str
     offset: int
     data: bytes
     last: bool
     expected: str | None
+    tree: bool = False
 
 
 def put_chunk(message: dict[str, Any]) -> PutChunk:
@@ -314,14 +335,20 @@ def put_chunk(message: dict[str, Any]) -> PutChunk:
     last = message.get("last")
     if not isinstance(last, bool):
         raise ProtocolError("bad_message", "last must be true or false", field="last")
+    tree = message.get("tree", False)
+    if not isinstance(tree, bool):
+        raise ProtocolError("bad_message", "tree must be true or false", field="tree")
     expected = message.get("file_id")
-    return PutChunk(job_id(message), offset, data, last, None if expected is None else file_id(message))
+    return PutChunk(job_id(message), offset, data, last, None if expected is None else file_id(message), tree)
 
 
 def file_id(message: dict[str, Any]) -> str:
-    """The ``file_id`` field of a request."""
+    """The ``file_id`` field of a request: a cached file's id, or a cached tree's."""
+    value = message.get("file_id")
     try:
-        return check_file_id(message.get("file_id"), "file_id")
+        if isinstance(value, str) and value.startswith(TREE_ID_PREFIX):
+            return check_tree_id(value, "file_id")
+        return check_file_id(value, "file_id")
     except JobError as exc:
         raise ProtocolError("bad_message", exc.message, field=exc.field) from None
 

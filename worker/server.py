@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 CAPABILITIES = [
     "submit", "group", "judge", "cancel", "status", "stats", "idempotent-ids", "output-stream", "progress-optional",
-    "file-cache",
+    "file-cache", "trees",
 ]
 # Events a submitter may decline with "progress": false (its client waits for the outcome only).
 PROGRESS_EVENTS = frozenset({"accepted", "started"})
@@ -468,7 +468,7 @@ class Server:
             if len(uploads) >= MAX_UPLOADS:
                 raise ProtocolError("busy", f"{MAX_UPLOADS} uploads under way on this connection")
             try:
-                uploads[chunk.upload] = self.cache.begin()
+                uploads[chunk.upload] = self.cache.begin(chunk.tree)
             except OSError as exc:
                 raise ProtocolError("cache_error", f"cannot store the file: {exc.strerror}") from None
         upload = uploads[chunk.upload]
@@ -484,7 +484,8 @@ class Server:
                 await trio.to_thread.run_sync(upload.write, chunk.data)
                 if not chunk.last:
                     return
-                identifier = self.cache.commit(upload, chunk.expected)
+                unpacked = await trio.to_thread.run_sync(self.cache.unpack, upload) if upload.tree else 0
+                identifier = self.cache.commit(upload, chunk.expected, unpacked)
             except OSError as exc:
                 raise ProtocolError("cache_error", f"cannot store the file: {exc.strerror}") from None
         except BaseException:  # (a cancel too: the connection is ending)
@@ -494,7 +495,8 @@ class Server:
                 del uploads[chunk.upload]
             raise
         del uploads[chunk.upload]
-        connection.deliver({"type": "file", "id": chunk.upload, "file_id": identifier, "size": upload.size})
+        size = unpacked if upload.tree else upload.size
+        connection.deliver({"type": "file", "id": chunk.upload, "file_id": identifier, "size": size})
 
     def _judge(self, connection: Connection, message: dict[str, Any]) -> None:
         """Start judging on this connection (worker/judging.py); its events follow."""

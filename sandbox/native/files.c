@@ -15,12 +15,17 @@
 static const char STAGE[] = "sandbox init: ";
 static char chunk[1 << 16];
 
-static _Noreturn void copy_failed(const char *path) {
+/* `doing` ("copying ", "mounting a tree at ") `path` failed: the job cannot start. */
+static _Noreturn void path_failed(const char *doing, const char *path) {
     int err = errno;
     report_begin("setup_error");
-    report_message("sandbox init: copying ", path, err, " (is --disk big enough?)");
+    report_message(doing, path, err, " (is --disk big enough?)");
     report_end();
     _exit(125);
+}
+
+static _Noreturn void copy_failed(const char *path) {
+    path_failed("sandbox init: copying ", path);
 }
 
 int open_beneath(int directory, const char *name, int flags) {
@@ -30,8 +35,9 @@ int open_beneath(int directory, const char *name, int flags) {
 }
 
 /* mkdir -p of `path`'s parent beneath the root; its fd (O_PATH) and, in *name, the
- * last component. `path` is modified (split at its slashes). */
-static int parent_beneath(char *path, const char **name, const char *shown) {
+ * last component. `path` is modified (split at its slashes); a failure is `doing` the
+ * path `shown`. */
+static int parent_beneath(char *path, const char **name, const char *shown, const char *doing) {
     int current = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
     char *part = path;
     for (;;) {
@@ -46,14 +52,14 @@ static int parent_beneath(char *path, const char **name, const char *shown) {
         if (strcmp(part, ".") != 0 && *part) {
             errno = EINVAL;
             if (strcmp(part, "..") == 0) {
-                copy_failed(shown);
+                path_failed(doing, shown);
             }
             if (mkdirat(current, part, 0755) < 0 && errno != EEXIST) {
-                copy_failed(shown);
+                path_failed(doing, shown);
             }
             int next = open_beneath(current, part, O_PATH | O_DIRECTORY);
             if (next < 0) {
-                copy_failed(shown);
+                path_failed(doing, shown);
             }
             close(current);
             current = next;
@@ -62,10 +68,30 @@ static int parent_beneath(char *path, const char **name, const char *shown) {
     }
     errno = EINVAL;
     if (*part == '\0' || strcmp(part, ".") == 0 || strcmp(part, "..") == 0) {
-        copy_failed(shown);
+        path_failed(doing, shown);
     }
     *name = part;
     return current;
+}
+
+int directory_beneath(const char *path, const char *doing) {
+    char split[4096];
+    errno = ENAMETOOLONG;
+    if (strlen(path) >= sizeof split) {
+        path_failed(doing, path);
+    }
+    strcpy(split, path);
+    const char *name;
+    int parent = parent_beneath(split, &name, path, doing);
+    if (mkdirat(parent, name, 0755) < 0 && errno != EEXIST) {
+        path_failed(doing, path);
+    }
+    int directory = open_beneath(parent, name, O_PATH | O_DIRECTORY);
+    if (directory < 0) {
+        path_failed(doing, path);
+    }
+    close(parent);
+    return directory;
 }
 
 void copy_in(const char *path, int source, unsigned int mode) {
@@ -76,7 +102,7 @@ void copy_in(const char *path, int source, unsigned int mode) {
     }
     strcpy(split, path);
     const char *name;
-    int parent = parent_beneath(split, &name, path);
+    int parent = parent_beneath(split, &name, path, "sandbox init: copying ");
     int target = openat(parent, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode);
     if (target < 0 || lseek(source, 0, SEEK_SET) < 0) {
         copy_failed(path);

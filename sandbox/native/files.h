@@ -8,6 +8,10 @@
  * is never trusted: sandbox/fspath.py does the same on the Python side). */
 void copy_in(const char *path, int source, unsigned int mode);
 
+/* mkdir -p of `path` (absolute, inside the sandbox), never following a symlink; an
+ * O_PATH fd of the directory. A failure ends the init, reported as `doing` the path. */
+int directory_beneath(const char *path, const char *doing);
+
 /* openat2 of `name` beneath `directory`, never through a symlink, magic link or "..";
  * the fd is close-on-exec. */
 int open_beneath(int directory, const char *name, int flags);

@@ -40,9 +40,10 @@
  *
  * The job (sandbox/job_message.py start_job) is NUL-terminated fields - the size of the
  * writable area, the number of input files, a path and an octal mode per file, the
- * number of paths to collect, a path, "file" or "dir" and the most entries to walk per
- * path, then what the program stage takes (program.c) - with stdin, stdout, stderr and
- * the input files as fds.
+ * number of trees to mount and a path per tree, the number of paths to collect, a
+ * path, "file" or "dir" and the most entries to walk per path, then what the program
+ * stage takes (program.c) - with stdin, stdout, stderr, the input files and the trees
+ * (detached mounts: trees.c) as fds.
  *
  * Messages to the supervisor (report.h): "ready" once the program stage installed its
  * filter; "violation"/"traced" (notify.c); "exited" {status, t, maxrss_kb, utime,
@@ -80,6 +81,7 @@
 #include "program.h"
 #include "report.h"
 #include "root.h"
+#include "trees.h"
 
 enum { JOB_CHANNEL_FD = 4, FILTER_FD = 5, CPU_COUNTER_FD = 6, FIRST_CGROUP_FD = 7 };
 enum { MAX_FILTER = 4096 * 8, MAX_JOB = 1 << 20 };
@@ -137,15 +139,15 @@ static const char *next_field(size_t length, size_t *offset) {
 }
 
 /* Resize the writable area if the job asks for another size than the sandbox was
- * built with, copy the input files in (their fds follow stdio), note what to collect
- * at the end (collect.c); returns the offset of the program stage's part of the
- * message. */
+ * built with, copy the input files in (their fds follow stdio), mount the trees (their
+ * fds follow the files'), note what to collect at the end (collect.c); returns the
+ * offset of the program stage's part of the message. */
 static size_t take_files(size_t length, const char *built_disk_bytes, const int *fds, int received) {
     size_t offset = 0;
     const char *disk_bytes = next_field(length, &offset);
     long files = strtol(next_field(length, &offset), NULL, 10);
     errno = EINVAL;
-    require(STAGE, files >= 0 && received == 3 + files, "a job whose fds do not match it");
+    require(STAGE, files >= 0 && received >= 3 + files, "a job whose fds do not match it");
     if (strcmp(disk_bytes, built_disk_bytes) != 0) {
         resize_scratch(disk_bytes);
     }
@@ -155,6 +157,14 @@ static size_t take_files(size_t length, const char *built_disk_bytes, const int 
         copy_in(path, fds[3 + i], mode);
         close(fds[3 + i]);
     }
+    long trees = strtol(next_field(length, &offset), NULL, 10);
+    errno = EINVAL;
+    require(STAGE, trees >= 0 && received == 3 + files + trees, "a job whose fds do not match it");
+    for (long i = 0; i < trees; i++) {
+        mount_tree(next_field(length, &offset), fds[3 + files + i]);
+        close(fds[3 + files + i]);
+    }
+    trees_done();
     long collected = strtol(next_field(length, &offset), NULL, 10);
     for (long i = 0; i < collected; i++) {
         const char *path = next_field(length, &offset);
