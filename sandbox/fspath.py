@@ -73,3 +73,15 @@ def create_file_beneath(root_fd: int, path: str, mode: int = 0o644) -> int:
         )
     finally:
         os.close(parent_fd)
+
+
+def member_parts(name: str) -> list[str]:
+    """An archive member's name as the path components it has beneath the directory it is
+    unpacked into; ValueError, saying why, for a name that would leave it (absolute, or
+    with ``..``: a hostile tar's first tools)."""
+    if name.startswith("/"):
+        raise ValueError("an absolute path")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ValueError("a path with '..'")
+    return parts

@@ -21,7 +21,7 @@ import tarfile
 from dataclasses import dataclass
 
 from sandbox.errors import SetupError
-from sandbox.fspath import make_dirs_beneath
+from sandbox.fspath import make_dirs_beneath, member_parts
 
 MAX_ENTRIES = 100_000
 _CHUNK = 1 << 20
@@ -68,12 +68,10 @@ def unpack_tree(tar_path: str, dest: str, max_bytes: int, max_entries: int = MAX
 
 
 def _parts(name: str) -> list[str]:
-    if name.startswith("/"):
-        raise TreeError("an absolute path", name)
-    parts = [part for part in name.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise TreeError("a path with '..'", name)
-    return parts
+    try:
+        return member_parts(name)
+    except ValueError as exc:
+        raise TreeError(str(exc), name) from None
 
 
 def _unpack_entry(archive: tarfile.TarFile, member: tarfile.TarInfo, root_fd: int, stats: TreeStats,

@@ -38,7 +38,7 @@ from typing import BinaryIO
 import zstandard
 
 from sandbox.errors import SetupError
-from sandbox.fspath import make_dirs_beneath, open_beneath
+from sandbox.fspath import make_dirs_beneath, member_parts, open_beneath
 from sandbox.images.config import UnpackLimits
 from sandbox.images.errors import UnpackError
 
@@ -123,12 +123,10 @@ def unpack_layer(blob: BinaryIO, dest: Path, limits: UnpackLimits, diff_id: str 
 
 
 def _clean(name: str) -> list[str]:
-    if name.startswith("/"):
-        raise UnpackError("absolute path in layer", name)
-    parts = [part for part in name.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise UnpackError("path with '..' in layer", name)
-    return parts
+    try:
+        return member_parts(name)
+    except ValueError as exc:
+        raise UnpackError(f"{exc} in layer", name) from None
 
 
 def _safe_mode(mode: int) -> int:
