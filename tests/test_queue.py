@@ -18,6 +18,7 @@ from redisserver import RedisServer, free_port
 from test_cleanup import wait_until
 from workerutil import SANDBOX_CLI, WorkerProcess
 
+from sandbox.judge.problem import read_package
 from sandbox.models import Blob, Job, Limits, Status
 from worker.client import Client
 from worker.protocol import job_to_wire
@@ -323,3 +324,46 @@ def test_three_workers_one_killed_mid_load_every_job_one_result(redis, workers):
     assert [results[job_id].stdout for job_id in ids] == [f"{n}\n".encode() for n in range(30)]
     assert results[stuck].status is Status.WALL_TIME_LIMIT  # run again by a survivor, to its limit
     assert wait_until(lambda: queue_is_empty(redis), timeout=10)
+
+
+PROBLEMS = Path(__file__).parent / "problems"
+
+
+def test_a_judge_through_the_queue_reports_as_through_the_socket(redis, workers, language_image):
+    worker = workers("--slots", "2")
+    package = read_package(PROBLEMS / "sum")
+    source = (PROBLEMS / "solutions" / "sum_wrong.cpp").read_bytes()
+    heard: list[dict[str, Any]] = []
+    report = QueueClient(redis.url, STREAM).judge(package, "cpp", source, judge_id="sum-1", parallel=2,
+                                                  timeout=300, on_test=heard.append)
+    with Client(worker.socket_path) as client:
+        direct = client.judge(package, "cpp", source)
+    assert (report["verdict"], report["score"]) == (direct["verdict"], direct["score"]) == (
+        "wrong_answer", round(200 / 3, 6))
+    assert [(t["name"], t["status"]) for t in report["tests"]] == [(t["name"], t["status"]) for t in direct["tests"]]
+    # Each test's event on the progress stream, kept as long as the outcome.
+    assert sorted(t["name"] for t in heard) == ["1", "10", "2"] and sorted(
+        heard, key=lambda t: t["name"]) == sorted(report["tests"], key=lambda t: t["name"])
+    progress = redis.call(lambda r: r.xrange(KEYS.progress("sum-1")))
+    assert [(e.field_values[b"id"], e.field_values[b"delivery"]) for e in progress] == [(b"sum-1", b"1")] * 3
+    assert redis.call(lambda r: r.ttl(KEYS.progress("sum-1"))) > 0
+    raw = msgpack.unpackb(redis.call(lambda r: r.get(KEYS.result("sum-1"))), raw=False)
+    assert set(raw) == {"id", "report"} and raw["report"] == report
+    assert outcomes(redis)[0][0] == "sum-1" and queue_is_empty(redis)
+
+
+def test_a_queued_judge_with_a_broken_package_or_a_file_id_is_an_error_outcome(redis, workers):
+    workers("--slots", "1")
+    client = QueueClient(redis.url, STREAM)
+    broken = {**read_package(PROBLEMS / "sum"), "../escape": b"x"}
+    with pytest.raises(QueueError) as caught:
+        client.judge(broken, "python3", b"print(1)", timeout=60)
+    assert caught.value.code == "invalid_job" and caught.value.field == "problem"
+    assert "not a package file name" in caught.value.message
+    # A cached file names a file in one worker's cache: refused, whichever worker takes it.
+    cached = {**read_package(PROBLEMS / "sum"), "tests/1.in": {"file_id": "sha256:" + "0" * 64}}
+    with pytest.raises(QueueError) as caught:
+        client.judge(cached, "python3", b"print(1)", timeout=60)  # type: ignore[dict-item]
+    assert caught.value.code == "invalid_job" and caught.value.field == "problem.tests/1.in.file_id"
+    assert "as bytes" in caught.value.message
+    assert queue_is_empty(redis)
