@@ -350,6 +350,13 @@ def test_a_judge_through_the_queue_reports_as_through_the_socket(redis, workers,
     raw = msgpack.unpackb(redis.call(lambda r: r.get(KEYS.result("sum-1"))), raw=False)
     assert set(raw) == {"id", "report"} and raw["report"] == report
     assert outcomes(redis)[0][0] == "sum-1" and queue_is_empty(redis)
+    done = subprocess.run([*SANDBOX_CLI, "judge", str(PROBLEMS / "sum"), "--lang", "cpp", "--source",
+                           str(PROBLEMS / "solutions" / "sum_wrong.cpp"), "--json", "--redis", redis.url,
+                           "--stream", STREAM], capture_output=True, timeout=300)
+    assert done.returncode == 1, done.stderr  # a verdict other than accepted
+    printed = json.loads(done.stdout)
+    assert (printed["verdict"], [t["status"] for t in printed["tests"]]) == (
+        report["verdict"], [t["status"] for t in report["tests"]])
 
 
 def test_a_queued_judge_with_a_broken_package_or_a_file_id_is_an_error_outcome(redis, workers):
