@@ -26,6 +26,7 @@ from worker.queue_client import QueueClient, QueueError, QueueFull
 from worker.queue_schema import GROUP, QueueKeys, decode_outcome
 
 STREAM = "judge"
+PROBLEMS = Path(__file__).parent / "problems"
 KEYS = QueueKeys(STREAM)
 
 
@@ -250,12 +251,15 @@ def test_a_job_cancelled_in_its_worker_is_not_acknowledged_but_run_again(redis, 
     assert [job for job, _ in outcomes(redis)] == [job_id] and queue_is_empty(redis)
 
 
-def test_a_job_that_fails_its_deliveries_is_dead_lettered(redis, workers):
+@pytest.mark.parametrize("kind", ["job", "judge"])
+def test_a_job_that_fails_its_deliveries_is_dead_lettered(redis, workers, kind: str):
     # Three deliveries that ended without a result, as three dying workers leave them.
     worker = workers("--slots", "1")
     assert worker.stop() == 0  # (it made the group)
-    wire = msgpack.packb(job_to_wire(sh("echo never")), use_bin_type=True)
-    entry = redis.call(lambda r: r.xadd(STREAM, {"id": "doomed", "job": wire})).decode()
+    request = job_to_wire(sh("echo never")) if kind == "job" else {
+        "problem": read_package(PROBLEMS / "sum"), "submission": {"lang": "python3", "source": b"print(1)"}}
+    wire = msgpack.packb(request, use_bin_type=True)
+    entry = redis.call(lambda r: r.xadd(STREAM, {"id": "doomed", kind: wire})).decode()
     redis.call(lambda r: r.xreadgroup(GROUP, "ghost", {STREAM: ">"}, count=1))
     for _ in range(2):
         redis.call(lambda r: r.xclaim(STREAM, GROUP, "ghost", 0, [entry]))
@@ -266,8 +270,8 @@ def test_a_job_that_fails_its_deliveries_is_dead_lettered(redis, workers):
     assert caught.value.code == "dead_letter" and "4 times" in caught.value.message
     (dead,) = redis.call(lambda r: r.xrange(KEYS.dead))
     fields = dead.field_values
-    assert (fields[b"id"], fields[b"entry"].decode(), fields[b"reason"], fields[b"deliveries"], fields[b"job"]) == (
-        b"doomed", entry, b"max_deliveries", b"4", wire)
+    assert (fields[b"id"], fields[b"entry"].decode(), fields[b"reason"], fields[b"deliveries"],
+            fields[kind.encode()]) == (b"doomed", entry, b"max_deliveries", b"4", wire)
     assert queue_is_empty(redis)
 
 
@@ -324,9 +328,6 @@ def test_three_workers_one_killed_mid_load_every_job_one_result(redis, workers):
     assert [results[job_id].stdout for job_id in ids] == [f"{n}\n".encode() for n in range(30)]
     assert results[stuck].status is Status.WALL_TIME_LIMIT  # run again by a survivor, to its limit
     assert wait_until(lambda: queue_is_empty(redis), timeout=10)
-
-
-PROBLEMS = Path(__file__).parent / "problems"
 
 
 def test_a_judge_through_the_queue_reports_as_through_the_socket(redis, workers, language_image):

@@ -203,7 +203,10 @@ class QueueConsumer:
         """Put a delivery in the pool at once (so the next count of free slots sees it),
         then see it through in a task of its own."""
         self.held[delivery.entry] = delivery
-        nursery.start_soon(self._serve, delivery, self._submit(delivery))
+        submitted = self._submit(delivery)
+        if delivery.judge is not None:  # counted among the slots taken from now on
+            self.judges[delivery.entry] = PoolStages(self.pool, self, trio.lowlevel.current_trio_token())
+        nursery.start_soon(self._serve, delivery, submitted)
 
     def _submit(self, delivery: Delivery) -> trio.Event | None:
         """Hand the job to the pool: the event its final message sets (in
@@ -294,8 +297,7 @@ class QueueConsumer:
         event is written before this returns, so a producer that sees the outcome has
         seen (or can read) every test. Cancelled (the worker's grace ran out), the judge
         is stopped - its running test cancelled - and ends ``cancelled``: left pending."""
-        stages = PoolStages(self.pool, self, trio.lowlevel.current_trio_token())
-        self.judges[delivery.entry] = stages
+        stages = self.judges[delivery.entry]
         events_in, events_out = trio.open_memory_channel[dict[str, Any]](math.inf)
         judged = trio.Event()
 
