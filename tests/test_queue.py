@@ -5,8 +5,10 @@ Waits for external effects poll with a deadline (``wait_until``), never a blind 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -358,6 +360,31 @@ def test_a_judge_through_the_queue_reports_as_through_the_socket(redis, workers,
     printed = json.loads(done.stdout)
     assert (printed["verdict"], [t["status"] for t in printed["tests"]]) == (
         report["verdict"], [t["status"] for t in report["tests"]])
+
+
+def test_a_killed_workers_judge_is_judged_again_by_another(redis, workers):
+    first = workers("--slots", "1", "--claim-idle", "1")
+    client = QueueClient(redis.url, STREAM)
+    slow = b"import time\na, b = map(int, input().split())\ntime.sleep(1)\nprint(a + b)\n"
+    packages_before = set(Path(tempfile.gettempdir()).glob("sandbox-judge-*"))
+    judge_id = client.submit_judge(read_package(PROBLEMS / "sum"), "python3", slow)
+    progress = KEYS.progress(judge_id)
+    assert wait_until(lambda: redis.call(lambda r: r.xlen(progress)) >= 1, timeout=60)  # a test judged
+    first.process.kill()
+    first.process.wait()
+    workers("--slots", "1", "--claim-idle", "1")
+    heard: list[dict[str, Any]] = []
+    report = client.report(judge_id, timeout=120, on_test=heard.append)
+    assert (report["verdict"], [t["name"] for t in report["tests"]]) == ("accepted", ["1", "2", "10"])
+    runs = [(e.field_values[b"delivery"], msgpack.unpackb(e.field_values[b"test"], raw=False)["name"])
+            for e in redis.call(lambda r: r.xrange(progress))]
+    # The first run's tests, then the second's, from its first test: every test of it.
+    assert runs[0][0] == b"1" and sorted(name for run, name in runs if run == b"2") == ["1", "10", "2"]
+    assert [t["name"] for t in heard] == [name for _, name in runs]
+    assert [job for job, _ in outcomes(redis)] == [judge_id] and queue_is_empty(redis)
+    # The killed worker's copy of the package: SIGKILL gives it no chance to remove it.
+    (left_behind,) = set(Path(tempfile.gettempdir()).glob("sandbox-judge-*")) - packages_before
+    shutil.rmtree(left_behind)
 
 
 def test_a_queued_judge_with_a_broken_package_or_a_file_id_is_an_error_outcome(redis, workers):

@@ -165,6 +165,17 @@ class QueueClient:
     def run(self, job: Job, timeout: float | None = None, job_id: str | None = None) -> Result:
         return self._call(lambda client: client.run(job, timeout, job_id))
 
+    def submit_judge(self, problem: dict[str, bytes], lang: str, source: bytes, *,
+                     compile_options: Sequence[str] = (), args: Sequence[str] = (), stop_on_failure: bool = False,
+                     parallel: int = 1, judge_id: str | None = None) -> str:
+        return self._call(lambda client: client.submit_judge(
+            problem, lang, source, compile_options=compile_options, args=args, stop_on_failure=stop_on_failure,
+            parallel=parallel, judge_id=judge_id))
+
+    def report(self, judge_id: str, timeout: float | None = None,
+               on_test: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        return self._call(lambda client: client.report(judge_id, timeout, on_test))
+
     def judge(self, problem: dict[str, bytes], lang: str, source: bytes, *,
               compile_options: Sequence[str] = (), args: Sequence[str] = (), stop_on_failure: bool = False,
               parallel: int = 1, judge_id: str | None = None, timeout: float | None = None,
