@@ -210,7 +210,8 @@ class QueueConsumer:
 
     def _submit(self, delivery: Delivery) -> trio.Event | None:
         """Hand the job to the pool: the event its final message sets (in
-        ``delivery.final``), or None when it does not go to the pool."""
+        ``delivery.final``), or None when it does not go to the pool (a judge request
+        is checked and left in ``delivery.judge``, for ``_serve`` to judge)."""
         if delivery.job_id is None or delivery.duplicate or delivery.deliveries > self.config.max_deliveries:
             return None
         kind = "judge" if "judge" in delivery.fields else "job"
@@ -282,6 +283,8 @@ class QueueConsumer:
             message = (f"delivered {delivery.deliveries} times without a result (its workers died or lost it); "
                        f"moved to {self.keys.dead}")
             return outcome_of_error(job_id, "dead_letter", message), "max_deliveries"
+        if final.get("type") == "error" and final.get("code") == "busy":
+            return None, None  # a judge's test refused by a pool full of socket jobs: given back
         if final.get("type") == "error":
             return outcome_of_error(job_id, final["code"], final["message"], final.get("field")), None
         if final.get("event") == "finished":
