@@ -25,7 +25,7 @@ from sandbox.models import Blob, Job, Limits, Status
 from worker.client import Client
 from worker.protocol import job_to_wire
 from worker.queue_client import QueueClient, QueueError, QueueFull
-from worker.queue_schema import GROUP, QueueKeys, decode_outcome
+from worker.queue_schema import GROUP, QueueKeys, decode_outcome, decode_report
 
 STREAM = "judge"
 PROBLEMS = Path(__file__).parent / "problems"
@@ -385,6 +385,18 @@ def test_a_killed_workers_judge_is_judged_again_by_another(redis, workers):
     # The killed worker's copy of the package: SIGKILL gives it no chance to remove it.
     (left_behind,) = set(Path(tempfile.gettempdir()).glob("sandbox-judge-*")) - packages_before
     shutil.rmtree(left_behind)
+
+
+def test_sigterm_lets_a_held_judge_finish(redis, workers):
+    worker = workers("--slots", "1")
+    client = QueueClient(redis.url, STREAM)
+    slow = b"import time\na, b = map(int, input().split())\ntime.sleep(0.5)\nprint(a + b)\n"
+    judge_id = client.submit_judge(read_package(PROBLEMS / "sum"), "python3", slow)
+    assert wait_until(lambda: redis.call(lambda r: r.xlen(KEYS.progress(judge_id))) >= 1, timeout=60)
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(timeout=60) == 0
+    report = decode_report(redis.call(lambda r: r.get(KEYS.result(judge_id))))
+    assert (report["verdict"], len(report["tests"])) == ("accepted", 3) and queue_is_empty(redis)
 
 
 def test_a_queued_judge_with_a_broken_package_or_a_file_id_is_an_error_outcome(redis, workers):
