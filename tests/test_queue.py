@@ -5,8 +5,10 @@ Waits for external effects poll with a deadline (``wait_until``), never a blind 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,13 +20,15 @@ from redisserver import RedisServer, free_port
 from test_cleanup import wait_until
 from workerutil import SANDBOX_CLI, WorkerProcess
 
+from sandbox.judge.problem import read_package
 from sandbox.models import Blob, Job, Limits, Status
 from worker.client import Client
 from worker.protocol import job_to_wire
 from worker.queue_client import QueueClient, QueueError, QueueFull
-from worker.queue_schema import GROUP, QueueKeys, decode_outcome
+from worker.queue_schema import GROUP, QueueKeys, decode_outcome, decode_report
 
 STREAM = "judge"
+PROBLEMS = Path(__file__).parent / "problems"
 KEYS = QueueKeys(STREAM)
 
 
@@ -249,12 +253,15 @@ def test_a_job_cancelled_in_its_worker_is_not_acknowledged_but_run_again(redis, 
     assert [job for job, _ in outcomes(redis)] == [job_id] and queue_is_empty(redis)
 
 
-def test_a_job_that_fails_its_deliveries_is_dead_lettered(redis, workers):
+@pytest.mark.parametrize("kind", ["job", "judge"])
+def test_a_job_that_fails_its_deliveries_is_dead_lettered(redis, workers, kind: str):
     # Three deliveries that ended without a result, as three dying workers leave them.
     worker = workers("--slots", "1")
     assert worker.stop() == 0  # (it made the group)
-    wire = msgpack.packb(job_to_wire(sh("echo never")), use_bin_type=True)
-    entry = redis.call(lambda r: r.xadd(STREAM, {"id": "doomed", "job": wire})).decode()
+    request = job_to_wire(sh("echo never")) if kind == "job" else {
+        "problem": read_package(PROBLEMS / "sum"), "submission": {"lang": "python3", "source": b"print(1)"}}
+    wire = msgpack.packb(request, use_bin_type=True)
+    entry = redis.call(lambda r: r.xadd(STREAM, {"id": "doomed", kind: wire})).decode()
     redis.call(lambda r: r.xreadgroup(GROUP, "ghost", {STREAM: ">"}, count=1))
     for _ in range(2):
         redis.call(lambda r: r.xclaim(STREAM, GROUP, "ghost", 0, [entry]))
@@ -265,8 +272,8 @@ def test_a_job_that_fails_its_deliveries_is_dead_lettered(redis, workers):
     assert caught.value.code == "dead_letter" and "4 times" in caught.value.message
     (dead,) = redis.call(lambda r: r.xrange(KEYS.dead))
     fields = dead.field_values
-    assert (fields[b"id"], fields[b"entry"].decode(), fields[b"reason"], fields[b"deliveries"], fields[b"job"]) == (
-        b"doomed", entry, b"max_deliveries", b"4", wire)
+    assert (fields[b"id"], fields[b"entry"].decode(), fields[b"reason"], fields[b"deliveries"],
+            fields[kind.encode()]) == (b"doomed", entry, b"max_deliveries", b"4", wire)
     assert queue_is_empty(redis)
 
 
@@ -323,3 +330,87 @@ def test_three_workers_one_killed_mid_load_every_job_one_result(redis, workers):
     assert [results[job_id].stdout for job_id in ids] == [f"{n}\n".encode() for n in range(30)]
     assert results[stuck].status is Status.WALL_TIME_LIMIT  # run again by a survivor, to its limit
     assert wait_until(lambda: queue_is_empty(redis), timeout=10)
+
+
+def test_a_judge_through_the_queue_reports_as_through_the_socket(redis, workers, language_image):
+    worker = workers("--slots", "2")
+    package = read_package(PROBLEMS / "sum")
+    source = (PROBLEMS / "solutions" / "sum_wrong.cpp").read_bytes()
+    heard: list[dict[str, Any]] = []
+    report = QueueClient(redis.url, STREAM).judge(package, "cpp", source, judge_id="sum-1", parallel=2,
+                                                  timeout=300, on_test=heard.append)
+    with Client(worker.socket_path) as client:
+        direct = client.judge(package, "cpp", source)
+    assert (report["verdict"], report["score"]) == (direct["verdict"], direct["score"]) == (
+        "wrong_answer", round(200 / 3, 6))
+    assert [(t["name"], t["status"]) for t in report["tests"]] == [(t["name"], t["status"]) for t in direct["tests"]]
+    # Each test's event on the progress stream, kept as long as the outcome.
+    assert sorted(t["name"] for t in heard) == ["1", "10", "2"] and sorted(
+        heard, key=lambda t: t["name"]) == sorted(report["tests"], key=lambda t: t["name"])
+    progress = redis.call(lambda r: r.xrange(KEYS.progress("sum-1")))
+    assert [(e.field_values[b"id"], e.field_values[b"delivery"]) for e in progress] == [(b"sum-1", b"1")] * 3
+    assert redis.call(lambda r: r.ttl(KEYS.progress("sum-1"))) > 0
+    raw = msgpack.unpackb(redis.call(lambda r: r.get(KEYS.result("sum-1"))), raw=False)
+    assert set(raw) == {"id", "report"} and raw["report"] == report
+    assert outcomes(redis)[0][0] == "sum-1" and queue_is_empty(redis)
+    done = subprocess.run([*SANDBOX_CLI, "judge", str(PROBLEMS / "sum"), "--lang", "cpp", "--source",
+                           str(PROBLEMS / "solutions" / "sum_wrong.cpp"), "--json", "--redis", redis.url,
+                           "--stream", STREAM], capture_output=True, timeout=300)
+    assert done.returncode == 1, done.stderr  # a verdict other than accepted
+    printed = json.loads(done.stdout)
+    assert (printed["verdict"], [t["status"] for t in printed["tests"]]) == (
+        report["verdict"], [t["status"] for t in report["tests"]])
+
+
+def test_a_killed_workers_judge_is_judged_again_by_another(redis, workers):
+    first = workers("--slots", "1", "--claim-idle", "1")
+    client = QueueClient(redis.url, STREAM)
+    slow = b"import time\na, b = map(int, input().split())\ntime.sleep(1)\nprint(a + b)\n"
+    packages_before = set(Path(tempfile.gettempdir()).glob("sandbox-judge-*"))
+    judge_id = client.submit_judge(read_package(PROBLEMS / "sum"), "python3", slow)
+    progress = KEYS.progress(judge_id)
+    assert wait_until(lambda: redis.call(lambda r: r.xlen(progress)) >= 1, timeout=60)  # a test judged
+    first.process.kill()
+    first.process.wait()
+    workers("--slots", "1", "--claim-idle", "1")
+    heard: list[dict[str, Any]] = []
+    report = client.report(judge_id, timeout=120, on_test=heard.append)
+    assert (report["verdict"], [t["name"] for t in report["tests"]]) == ("accepted", ["1", "2", "10"])
+    runs = [(e.field_values[b"delivery"], msgpack.unpackb(e.field_values[b"test"], raw=False)["name"])
+            for e in redis.call(lambda r: r.xrange(progress))]
+    # The first run's tests, then the second's, from its first test: every test of it.
+    assert runs[0][0] == b"1" and sorted(name for run, name in runs if run == b"2") == ["1", "10", "2"]
+    assert [t["name"] for t in heard] == [name for _, name in runs]
+    assert [job for job, _ in outcomes(redis)] == [judge_id] and queue_is_empty(redis)
+    # The killed worker's copy of the package: SIGKILL gives it no chance to remove it.
+    (left_behind,) = set(Path(tempfile.gettempdir()).glob("sandbox-judge-*")) - packages_before
+    shutil.rmtree(left_behind)
+
+
+def test_sigterm_lets_a_held_judge_finish(redis, workers):
+    worker = workers("--slots", "1")
+    client = QueueClient(redis.url, STREAM)
+    slow = b"import time\na, b = map(int, input().split())\ntime.sleep(0.5)\nprint(a + b)\n"
+    judge_id = client.submit_judge(read_package(PROBLEMS / "sum"), "python3", slow)
+    assert wait_until(lambda: redis.call(lambda r: r.xlen(KEYS.progress(judge_id))) >= 1, timeout=60)
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(timeout=60) == 0
+    report = decode_report(redis.call(lambda r: r.get(KEYS.result(judge_id))))
+    assert (report["verdict"], len(report["tests"])) == ("accepted", 3) and queue_is_empty(redis)
+
+
+def test_a_queued_judge_with_a_broken_package_or_a_file_id_is_an_error_outcome(redis, workers):
+    workers("--slots", "1")
+    client = QueueClient(redis.url, STREAM)
+    broken = {**read_package(PROBLEMS / "sum"), "../escape": b"x"}
+    with pytest.raises(QueueError) as caught:
+        client.judge(broken, "python3", b"print(1)", timeout=60)
+    assert caught.value.code == "invalid_job" and caught.value.field == "problem"
+    assert "not a package file name" in caught.value.message
+    # A cached file names a file in one worker's cache: refused, whichever worker takes it.
+    cached = {**read_package(PROBLEMS / "sum"), "tests/1.in": {"file_id": "sha256:" + "0" * 64}}
+    with pytest.raises(QueueError) as caught:
+        client.judge(cached, "python3", b"print(1)", timeout=60)  # type: ignore[dict-item]
+    assert caught.value.code == "invalid_job" and caught.value.field == "problem.tests/1.in.file_id"
+    assert "as bytes" in caught.value.message
+    assert queue_is_empty(redis)

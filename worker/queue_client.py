@@ -9,14 +9,18 @@ seen without polling::
 
     client = QueueClient("redis://127.0.0.1:6379/0", "judge")
     result = client.run(Job(cmd=["python3", "-c", "print(1)"]))
+    report = client.judge(read_package(path), "cpp", source, on_test=print)
+
+A judge request travels the same way (field ``judge``); its tests' events are read from
+its progress stream while its outcome is awaited.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import coredis
 import msgpack
@@ -24,9 +28,17 @@ import trio
 from coredis.exceptions import ResponseError
 
 from sandbox.models import Job, Result
-from worker.client import with_file_contents
+from worker.client import judge_message, with_file_contents
 from worker.protocol import job_to_wire
-from worker.queue_schema import LIBRARY, QUEUE_FULL, QueueError, QueueFull, QueueKeys, decode_outcome
+from worker.queue_schema import (
+    LIBRARY,
+    QUEUE_FULL,
+    QueueError,
+    QueueFull,
+    QueueKeys,
+    decode_outcome,
+    decode_report,
+)
 
 T = TypeVar("T")
 MAX_BLOCK_MS = 1000  # a wait on the results stream looks again this often (a result key may expire)
@@ -52,11 +64,23 @@ class AsyncQueueClient:
         """Queue ``job`` under ``job_id`` (a new one if not given) and return the id. An
         id the queue knows (queued, running, or with a result kept) is not queued again:
         its outcome answers this submit too. Raises QueueFull."""
-        job_id = job_id or uuid.uuid4().hex
         payload = msgpack.packb(job_to_wire(with_file_contents(job)), use_bin_type=True)
+        return await self._queue(job_id or uuid.uuid4().hex, "job", payload)
+
+    async def submit_judge(self, problem: dict[str, bytes], lang: str, source: bytes, *,
+                           compile_options: Sequence[str] = (), args: Sequence[str] = (),
+                           stop_on_failure: bool = False, parallel: int = 1, judge_id: str | None = None) -> str:
+        """Queue a judge of ``source`` against a problem package (every file as bytes:
+        ``sandbox.judge.problem.read_package``) and return its id; as ``submit`` for jobs."""
+        judge_id = judge_id or uuid.uuid4().hex
+        message = judge_message(judge_id, problem, lang, source, compile_options, args, stop_on_failure, parallel)
+        del message["type"], message["id"]  # the entry's id field is the id
+        return await self._queue(judge_id, "judge", msgpack.packb(message, use_bin_type=True))
+
+    async def _queue(self, job_id: str, kind: str, payload: bytes) -> str:
         keys = [self.keys.stream, self.keys.id(job_id), self.keys.config]
         try:
-            await self._redis.fcall("sandbox_submit", keys, [job_id, payload])
+            await self._redis.fcall("sandbox_submit", keys, [job_id, payload, kind])
         except ResponseError as exc:
             if str(exc).startswith(QUEUE_FULL):
                 raise QueueFull(QUEUE_FULL, str(exc).removeprefix(QUEUE_FULL).strip()) from None
@@ -64,7 +88,7 @@ class AsyncQueueClient:
                 raise
             # No worker has come yet to load the functions: load them (the same text).
             await self._redis.function_load(LIBRARY, replace=True)
-            return await self.submit(job, job_id)
+            return await self._queue(job_id, kind, payload)
         return job_id
 
     async def result(self, job_id: str, timeout: float | None = None) -> Result:
@@ -89,6 +113,41 @@ class AsyncQueueClient:
     async def run(self, job: Job, timeout: float | None = None, job_id: str | None = None) -> Result:
         return await self.result(await self.submit(job, job_id), timeout)
 
+    async def report(self, judge_id: str, timeout: float | None = None,
+                     on_test: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """A judge's report (the shape of ``sandbox judge --json``), waiting as ``result``
+        does; ``on_test`` hears each entry of the judge's progress stream (a test's
+        report) first - every one, for a worker writes them all before the outcome. A
+        judge run again (its worker died) publishes its tests again."""
+        progress, heard = self.keys.progress(judge_id), "0-0"
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            while True:
+                last = await self._redis.xrevrange(self.keys.results, count=1)
+                since = last[0].identifier if last else b"0-0"
+                outcome = await self._redis.get(self.keys.result(judge_id))
+                if on_test is not None:
+                    for entry in await self._redis.xrange(progress, f"({heard}", "+"):
+                        identifier = entry.identifier
+                        heard = identifier.decode() if isinstance(identifier, bytes) else identifier
+                        on_test(msgpack.unpackb(entry.field_values[b"test"], raw=False))
+                if outcome is not None:
+                    return decode_report(outcome)
+                # Every outcome (and test) written after ``since`` (``heard``) is on its
+                # stream: wait for one, then look again.
+                streams = {self.keys.results: since, **({progress: heard} if on_test is not None else {})}
+                await self._redis.xread(streams, count=100, block=MAX_BLOCK_MS)
+        raise TimeoutError(f"no report for judge {judge_id!r} within {timeout} s")
+
+    async def judge(self, problem: dict[str, bytes], lang: str, source: bytes, *,
+                    compile_options: Sequence[str] = (), args: Sequence[str] = (), stop_on_failure: bool = False,
+                    parallel: int = 1, judge_id: str | None = None, timeout: float | None = None,
+                    on_test: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Queue a judge and return its report; raises QueueError for an outcome that is
+        no report (``invalid_job`` naming the field, ``dead_letter``)."""
+        judge_id = await self.submit_judge(problem, lang, source, compile_options=compile_options, args=args,
+                                           stop_on_failure=stop_on_failure, parallel=parallel, judge_id=judge_id)
+        return await self.report(judge_id, timeout, on_test)
+
 
 class QueueClient:
     """The blocking form of AsyncQueueClient: each call connects, does its work and
@@ -105,6 +164,25 @@ class QueueClient:
 
     def run(self, job: Job, timeout: float | None = None, job_id: str | None = None) -> Result:
         return self._call(lambda client: client.run(job, timeout, job_id))
+
+    def submit_judge(self, problem: dict[str, bytes], lang: str, source: bytes, *,
+                     compile_options: Sequence[str] = (), args: Sequence[str] = (), stop_on_failure: bool = False,
+                     parallel: int = 1, judge_id: str | None = None) -> str:
+        return self._call(lambda client: client.submit_judge(
+            problem, lang, source, compile_options=compile_options, args=args, stop_on_failure=stop_on_failure,
+            parallel=parallel, judge_id=judge_id))
+
+    def report(self, judge_id: str, timeout: float | None = None,
+               on_test: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        return self._call(lambda client: client.report(judge_id, timeout, on_test))
+
+    def judge(self, problem: dict[str, bytes], lang: str, source: bytes, *,
+              compile_options: Sequence[str] = (), args: Sequence[str] = (), stop_on_failure: bool = False,
+              parallel: int = 1, judge_id: str | None = None, timeout: float | None = None,
+              on_test: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        return self._call(lambda client: client.judge(
+            problem, lang, source, compile_options=compile_options, args=args, stop_on_failure=stop_on_failure,
+            parallel=parallel, judge_id=judge_id, timeout=timeout, on_test=on_test))
 
     def _call(self, operation: Callable[[AsyncQueueClient], Awaitable[T]]) -> T:
         async def main() -> T:

@@ -10,6 +10,11 @@ fenced on still owning the delivery). A job whose worker died stays pending; aft
 again, until ``max_deliveries`` deliveries have failed, when it goes to the dead-letter
 stream with a final outcome saying so.
 
+An entry may carry a judge request instead of a job (field ``judge``, the socket's
+``judge`` map): the worker that takes it judges it with its own pool, as it judges a
+socket's (worker/judging.py), publishes each ``test_finished`` event to the judge's
+progress stream, and writes the report as the outcome under the same rules.
+
 Redis being unreachable is an outage, not an end: every call is retried with backoff,
 the jobs held keep running and their results wait in memory to be written, and each
 outage is logged and counted (worker/metrics.py).
@@ -17,6 +22,7 @@ outage is logged and counted (worker/metrics.py).
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import socket
@@ -32,16 +38,19 @@ from coredis.exceptions import RedisError, StreamConsumerGroupError, StreamDupli
 from coredis.response.types import StreamPendingExt
 
 from worker.admission import admit
+from worker.judging import JudgeRequest, PoolStages, judge_from_wire, run_judge
 from worker.logs import log
 from worker.pool import Pool
 from worker.protocol import ProtocolError, job_from_wire
 from worker.queue_schema import (
     GROUP,
     LIBRARY,
+    PROGRESS_MAXLEN,
     RESULTS_MAXLEN,
     QueueConfig,
     QueueKeys,
     outcome_of_error,
+    outcome_of_report,
     outcome_of_result,
 )
 
@@ -60,7 +69,8 @@ class Delivery:
     job_id: str | None = None  # the producer's id (None: the entry has no usable one)
     duplicate: bool = False  # another entry holds its id: acknowledged, never run
     lost: bool = False  # a heartbeat found it claimed by another worker
-    final: dict[str, Any] = field(default_factory=dict)  # the pool's final message for it
+    final: dict[str, Any] = field(default_factory=dict)  # the pool's (or the judge's) final message for it
+    judge: JudgeRequest | None = None  # a judge request to judge here, instead of a job
 
 
 class QueueConsumer:
@@ -74,6 +84,7 @@ class QueueConsumer:
         self.on_outage = on_outage
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.held: dict[str, Delivery] = {}
+        self.judges: dict[str, PoolStages] = {}  # the judges held, by entry
         self._outage_since: float | None = None
         self._stopping = False
         self._read_scope = trio.CancelScope()
@@ -110,7 +121,7 @@ class QueueConsumer:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._heartbeat)
                 while not self._stopping:
-                    free = len(self.pool.slots) - self.pool.running - self.pool.queued
+                    free = len(self.pool.slots) - self.pool.running - self.pool.queued - self._judges_between_jobs()
                     if free <= 0:
                         self._room = trio.Event()
                         with trio.move_on_after(ROOM_POLL_S):
@@ -118,6 +129,12 @@ class QueueConsumer:
                         continue
                     for delivery in await self._retrying("take", self._take, free, block_ms):
                         self._start(nursery, delivery)
+
+    def _judges_between_jobs(self) -> int:
+        """Judges held that have no job in the pool just now (writing their package,
+        between a compile and the tests): each counts as a slot, so a worker takes no
+        more judges than it has slots, and their tests find the slots free."""
+        return sum(1 for stages in self.judges.values() if not stages.running)
 
     async def _setup(self) -> None:
         """The functions, the group (reading the stream from its start: jobs added before
@@ -186,26 +203,35 @@ class QueueConsumer:
         """Put a delivery in the pool at once (so the next count of free slots sees it),
         then see it through in a task of its own."""
         self.held[delivery.entry] = delivery
-        nursery.start_soon(self._serve, delivery, self._submit(delivery))
+        submitted = self._submit(delivery)
+        if delivery.judge is not None:  # counted among the slots taken from now on
+            self.judges[delivery.entry] = PoolStages(self.pool, self, trio.lowlevel.current_trio_token())
+        nursery.start_soon(self._serve, delivery, submitted)
 
     def _submit(self, delivery: Delivery) -> trio.Event | None:
         """Hand the job to the pool: the event its final message sets (in
-        ``delivery.final``), or None when it does not go to the pool."""
+        ``delivery.final``), or None when it does not go to the pool (a judge request
+        is checked and left in ``delivery.judge``, for ``_serve`` to judge)."""
         if delivery.job_id is None or delivery.duplicate or delivery.deliveries > self.config.max_deliveries:
             return None
-        payload = delivery.fields.get("job", b"")
+        kind = "judge" if "judge" in delivery.fields else "job"
+        payload = delivery.fields.get(kind, b"")
         try:
             if len(payload) > self.max_job_bytes:
-                raise ProtocolError("invalid_job", f"the job is {len(payload)} bytes, more than this worker takes "
-                                    f"({self.max_job_bytes}, its --max-frame)", field="job")
-            job = job_from_wire(msgpack.unpackb(payload, raw=False))
+                raise ProtocolError("invalid_job", f"the {kind} is {len(payload)} bytes, more than this worker "
+                                    f"takes ({self.max_job_bytes}, its --max-frame)", field=kind)
+            wire = msgpack.unpackb(payload, raw=False)
+            if kind == "judge":
+                delivery.judge = _queued_judge(wire, delivery.job_id)
+                return None
+            job = job_from_wire(wire)
             admit(job)
         except ProtocolError as exc:
             delivery.final = exc.to_message()
             return None
         except Exception as exc:  # msgpack raises many unrelated types for bad input
-            delivery.final = ProtocolError("invalid_job", f"undecodable job: {type(exc).__name__}",
-                                           field="job").to_message()
+            delivery.final = ProtocolError("invalid_job", f"undecodable {kind}: {type(exc).__name__}",
+                                           field=kind).to_message()
             return None
         done = trio.Event()
 
@@ -224,7 +250,9 @@ class QueueConsumer:
     async def _serve(self, delivery: Delivery, submitted: trio.Event | None) -> None:
         """Wait for the job's outcome, then write it and acknowledge the delivery."""
         try:
-            if submitted is not None:
+            if delivery.judge is not None:
+                await self._judge(delivery, delivery.judge)
+            elif submitted is not None:
                 await submitted.wait()
             outcome, reason = self._outcome(delivery)
             if outcome is None:
@@ -255,12 +283,71 @@ class QueueConsumer:
             message = (f"delivered {delivery.deliveries} times without a result (its workers died or lost it); "
                        f"moved to {self.keys.dead}")
             return outcome_of_error(job_id, "dead_letter", message), "max_deliveries"
+        if final.get("type") == "error" and final.get("code") == "busy":
+            return None, None  # a judge's test refused by a pool full of socket jobs: given back
         if final.get("type") == "error":
             return outcome_of_error(job_id, final["code"], final["message"], final.get("field")), None
         if final.get("event") == "finished":
             return outcome_of_result(job_id, final["result"]), None
+        if final.get("event") == "judged":
+            return outcome_of_report(job_id, final["report"]), None
         # Cancelled (the worker gave up at the end of its grace period) or given back.
         return None, None
+
+    async def _judge(self, delivery: Delivery, request: JudgeRequest) -> None:
+        """Judge with this worker's pool (its tests queue as its jobs do), publishing each
+        test's event as it comes; the final message lands in ``delivery.final``. Every
+        event is written before this returns, so a producer that sees the outcome has
+        seen (or can read) every test. Cancelled (the worker's grace ran out), the judge
+        is stopped - its running test cancelled - and ends ``cancelled``: left pending."""
+        stages = self.judges[delivery.entry]
+        events_in, events_out = trio.open_memory_channel[dict[str, Any]](math.inf)
+        judged = trio.Event()
+
+        def deliver(message: dict[str, Any]) -> None:
+            if message.get("event") == "test_finished":
+                events_in.send_nowait(message)
+            else:
+                delivery.final = message
+                judged.set()
+
+        async def judging() -> None:
+            try:
+                await run_judge(request, stages, deliver)
+            finally:
+                events_in.close()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(judging)
+                nursery.start_soon(self._publish, delivery, events_out)
+                try:
+                    await judged.wait()
+                finally:
+                    if not judged.is_set():
+                        with trio.CancelScope(shield=True):
+                            await stages.cancel()
+        finally:
+            del self.judges[delivery.entry]
+
+    async def _publish(self, delivery: Delivery, events: trio.MemoryReceiveChannel[dict[str, Any]]) -> None:
+        """Each ``test_finished`` event to the judge's progress stream, in order, kept as
+        long as its outcome; ``delivery`` tells a follower which run (a judge claimed
+        after its worker died is judged again, from its first test) published it."""
+        job_id = delivery.job_id
+        assert job_id is not None
+        key = self.keys.progress(job_id)
+        async for message in events:
+            test = msgpack.packb(message["test"], use_bin_type=True)
+
+            async def publish(test: bytes = test) -> None:
+                redis = self._client()
+                await redis.xadd(key, {"id": job_id, "delivery": delivery.deliveries, "test": test},
+                                 trim_strategy=coredis.PureToken.MAXLEN, threshold=PROGRESS_MAXLEN,
+                                 trim_operator=coredis.PureToken.APPROXIMATELY)
+                await redis.expire(key, self.config.result_ttl_s)
+
+            await self._retrying("progress", publish)
 
     async def _finish(self, delivery: Delivery, outcome: bytes, reason: str | None) -> bool:
         """Write the outcome (none for an empty one) and acknowledge, if still ours."""
@@ -338,6 +425,20 @@ def _text(value: bytes | str) -> str:
 
 def _fields(values: Any) -> dict[str, bytes]:
     return {_text(key): value for key, value in (values or {}).items()}
+
+
+def _queued_judge(wire: Any, judge_id: str) -> JudgeRequest:
+    """A judge request from the queue: the socket's, except that every package file
+    travels as bytes - a ``file_id`` names a file in one worker's cache, and the worker
+    that takes the judge may be any."""
+    if not isinstance(wire, dict):
+        raise ProtocolError("invalid_job", "a judge request is a map (the socket's judge message)", field="judge")
+    request = judge_from_wire(wire, judge_id)
+    for name, data in request.package.items():
+        if isinstance(data, str):
+            raise ProtocolError("invalid_job", f"{name}: a queued judge carries its files as bytes (a file_id "
+                                "names a file in one worker's cache)", field=f"problem.{name}.file_id")
+    return request
 
 
 def _job_id(fields: dict[str, bytes]) -> str | None:

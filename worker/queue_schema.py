@@ -25,6 +25,7 @@ from worker.protocol import result_from_wire
 
 GROUP = "sandbox"  # the consumer group every worker of a stream joins
 RESULTS_MAXLEN = 100_000  # the results stream is a feed, trimmed; the result keys are the record
+PROGRESS_MAXLEN = 10_000  # a judge's progress stream: one entry per test, and a package has fewer
 LIBRARY_NAME = "sandbox"
 # Raised by sandbox_submit: the first word of the error is the code, as Redis errors go.
 QUEUE_FULL = "queue_full"
@@ -38,7 +39,8 @@ local function owner(stream, group, entry)
   return pending[1][2]
 end
 
--- KEYS: stream, id key, config hash. ARGV: job id, job (msgpack).
+-- KEYS: stream, id key, config hash. ARGV: job id, job (msgpack), and the entry's field
+-- for it: 'job' (the default) or 'judge' (a judge request).
 -- {'queued', entry} or {'known', entry}; the error 'queue_full ...' when the stream holds
 -- max_queue jobs (waiting or running: a finished job's entry is deleted).
 local function submit(keys, args)
@@ -50,7 +52,7 @@ local function submit(keys, args)
     return redis.error_reply('queue_full ' .. keys[1] .. ' holds ' .. held ..
                              ' jobs, the most its workers allow (--max-queue); retry later')
   end
-  local entry = redis.call('XADD', keys[1], '*', 'id', args[1], 'job', args[2])
+  local entry = redis.call('XADD', keys[1], '*', 'id', args[1], args[3] or 'job', args[2])
   redis.call('SET', keys[2], entry)
   return {'queued', entry}
 end
@@ -66,7 +68,9 @@ local function finish(keys, args)
     local payload = (#job > 0) and job[1][2] or {}
     local fields = {'id', args[4], 'entry', args[3], 'reason', args[8], 'deliveries', args[9]}
     for i = 1, #payload, 2 do
-      if payload[i] == 'job' then table.insert(fields, 'job'); table.insert(fields, payload[i + 1]) end
+      if payload[i] == 'job' or payload[i] == 'judge' then
+        table.insert(fields, payload[i]); table.insert(fields, payload[i + 1])
+      end
     end
     redis.call('XADD', keys[5], '*', unpack(fields))
   end
@@ -135,6 +139,10 @@ class QueueKeys:
     def id(self, job_id: str) -> str:
         return f"{self.stream}:id:{job_id}"
 
+    def progress(self, job_id: str) -> str:
+        """A queued judge's ``test_finished`` events, for its producer to follow."""
+        return f"{self.stream}:progress:{job_id}"
+
 
 class QueueError(Exception):
     """A job's outcome that is not a result (``code``: ``invalid_job``, ``dead_letter``),
@@ -164,11 +172,26 @@ def outcome_of_error(job_id: str, code: str, message: str, field: str | None = N
     return bytes(msgpack.packb({"id": job_id, "error": error}, use_bin_type=True))
 
 
+def outcome_of_report(judge_id: str, report: dict[str, Any]) -> bytes:
+    """A judge's outcome: the report exactly as the socket's ``judged`` event has it."""
+    return bytes(msgpack.packb({"id": judge_id, "report": report}, use_bin_type=True))
+
+
 def decode_outcome(data: bytes | str) -> Result:
     """The Result of an outcome; raises QueueError for an outcome that is an error."""
-    outcome = msgpack.unpackb(data.encode() if isinstance(data, str) else data, raw=False)
+    return result_from_wire(_decoded(data)["result"])
+
+
+def decode_report(data: bytes | str) -> dict[str, Any]:
+    """The report of a judge's outcome; raises QueueError for an outcome that is an error."""
+    report: dict[str, Any] = _decoded(data)["report"]
+    return report
+
+
+def _decoded(data: bytes | str) -> dict[str, Any]:
+    outcome: dict[str, Any] = msgpack.unpackb(data.encode() if isinstance(data, str) else data, raw=False)
     if "error" in outcome:
         error = outcome["error"]
         raise QueueError(error["code"], error["message"], error.get("field"))
-    return result_from_wire(outcome["result"])
+    return outcome
 

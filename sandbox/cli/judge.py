@@ -1,5 +1,6 @@
 """``sandbox judge PROBLEM_DIR --lang L --source FILE``: a submission against a problem
-package, in this process or, with ``--socket``/``--tcp``, as jobs of a worker.
+package, in this process or, with ``--socket``/``--tcp``, as jobs of a worker, or with
+``--redis``/``--stream`` by whichever worker of a queue takes it.
 
 Exit status: 0 accepted, 1 any other verdict of the solution's, 125 a judge error (the
 checker failed) or an error of the package or the flags."""
@@ -15,7 +16,10 @@ from typing import TYPE_CHECKING, Any
 from sandbox.cli.output import EXIT_SANDBOX_ERROR
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sandbox.judge.report import TestReport
+    from sandbox.judge.run import Submission
 
 EXIT_ACCEPTED, EXIT_REJECTED, EXIT_JUDGE_ERROR = 0, 1, EXIT_SANDBOX_ERROR
 
@@ -36,6 +40,8 @@ def add_commands(commands: Any) -> None:
     where.add_argument("--socket", help="the worker's unix socket")
     where.add_argument("--tcp", metavar="HOST:PORT", help="the worker's TCP address")
     where.add_argument("--token-file", help="token for TCP")
+    where.add_argument("--redis", metavar="URL", help="queue the judge on a Redis stream instead (with --stream)")
+    where.add_argument("--stream", default="sandbox", help="the stream, with --redis (default 'sandbox')")
     judge.set_defaults(handler=_judge)
 
 
@@ -47,7 +53,9 @@ def _judge(args: argparse.Namespace) -> int:
                                       args=args.args)
     on_test = None if args.json else _print_test
     report: dict[str, Any]
-    if args.socket or args.tcp:  # one request: the worker compiles once and runs every test
+    if args.redis:  # one queued request: any worker of the stream judges it
+        report = _judge_through_queue(args, submission, on_test)
+    elif args.socket or args.tcp:  # one request: the worker compiles once and runs every test
         from sandbox.cli.output import worker_error
         from sandbox.cli.worker import connect
         from worker.client import WorkerError
@@ -87,6 +95,27 @@ def _judge(args: argparse.Namespace) -> int:
     if report["verdict"] == "accepted":
         return EXIT_ACCEPTED
     return EXIT_JUDGE_ERROR if report["verdict"] == "judge_error" else EXIT_REJECTED
+
+
+def _judge_through_queue(args: argparse.Namespace, submission: Submission,
+                         on_test: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    from coredis.exceptions import RedisError
+
+    from sandbox.errors import JobError, SandboxError
+    from sandbox.judge.problem import read_package
+    from worker.queue_client import QueueClient, QueueError
+
+    package = read_package(Path(args.problem))
+    try:
+        return QueueClient(args.redis, args.stream).judge(
+            package, submission.lang, submission.source, compile_options=submission.compile_options,
+            args=submission.args, stop_on_failure=args.stop_on_failure, parallel=args.parallel, on_test=on_test)
+    except QueueError as exc:
+        if exc.code == "invalid_job":
+            raise JobError(exc.message, field=exc.field) from exc
+        raise SandboxError(f"queue {args.stream}: {exc}") from exc
+    except (RedisError, OSError) as exc:
+        raise SandboxError(f"redis at {args.redis}: {exc}") from exc
 
 
 def _positive(text: str) -> int:
