@@ -4,8 +4,12 @@ one worker and with three on the same machine.
 
 Equal slots either way: one worker of 3 slots, or three workers of 1 slot each (2 warm
 sandboxes per slot), so a difference is the door's and the fleet's, not more capacity.
-Every worker serves all three doors at once (``--socket``, ``--http``, ``--redis``), so
-one set of workers is started per worker count; only one door carries jobs at a time.
+Every worker serves all three doors at once (``--socket``, ``--http``, ``--redis``), and
+both fleets run side by side (a stream each), so the six measurements of a round are
+taken one after another within a minute or so and a full run repeats the round: on a
+shared machine the load changes from minute to minute, and interleaving spreads that
+over every door and fleet rather than charging it to whichever ran last. Only one door
+of one fleet carries jobs at a time; the idle workers wait in ``select``.
 
 Every door is driven the same way, as a user after throughput would: ``CLIENTS``
 producer threads (two per slot, so a slot never waits for its next job), each on one
@@ -36,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import httpx
@@ -49,8 +54,8 @@ from worker.queue_client import AsyncQueueClient
 
 TOTAL_SLOTS = 3
 FLEETS = (1, 3)  # workers, each with TOTAL_SLOTS // workers slots
+DOORS = ("socket", "http", "redis")
 CLIENTS = 2 * TOTAL_SLOTS
-STREAM = "bench"
 START_TIMEOUT_S = 120.0
 
 
@@ -99,7 +104,8 @@ def _listening(port: int) -> bool:
 class DoorWorker:
     """One ``sandbox serve`` with all three doors; its JSON log goes to bench/results/raw/."""
 
-    def __init__(self, directory: Path, redis_url: str, slots: int) -> None:
+    def __init__(self, directory: Path, redis_url: str, stream: str, slots: int) -> None:
+        self.stream = stream
         self.socket = str(directory / "w.sock")
         self.http = f"http://127.0.0.1:{free_port()}"
         logs = REPO / "bench" / "results" / "raw"
@@ -108,7 +114,7 @@ class DoorWorker:
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "sandbox.cli", "serve", "--socket", self.socket,
-                 "--http", self.http.removeprefix("http://"), "--redis", redis_url, "--stream", STREAM,
+                 "--http", self.http.removeprefix("http://"), "--redis", redis_url, "--stream", stream,
                  "--slots", str(slots), "--warm", str(2 * slots), "--queue", "100000", "--max-queue", "100000"],
                 stderr=log, cwd=REPO,
             )
@@ -129,13 +135,14 @@ class DoorWorker:
 
 @contextlib.contextmanager
 def fleet(directory: Path, redis_url: str, workers: int) -> Iterator[list[DoorWorker]]:
-    """``workers`` workers sharing TOTAL_SLOTS, all started before any is waited for."""
+    """``workers`` workers sharing TOTAL_SLOTS and a stream of their own, all started
+    before any is waited for."""
     started: list[DoorWorker] = []
     try:
         for number in range(workers):
             home = directory / f"worker-{workers}-{number}"
             home.mkdir()
-            started.append(DoorWorker(home, redis_url, TOTAL_SLOTS // workers))
+            started.append(DoorWorker(home, redis_url, f"bench-{workers}", TOTAL_SLOTS // workers))
         for worker in started:
             worker.wait_ready()
         yield started
@@ -174,12 +181,12 @@ def http_loop(worker: DoorWorker, count: int) -> list[float]:
     return latencies
 
 
-def redis_loop(url: str, count: int) -> list[float]:
+def redis_loop(url: str, stream: str, count: int) -> list[float]:
     job = Job(cmd=STATIC)
 
     async def main() -> list[float]:
         latencies = []
-        async with AsyncQueueClient(url, STREAM) as client:
+        async with AsyncQueueClient(url, stream) as client:
             for _ in range(count):
                 start = time.perf_counter()
                 result = await client.run(job, timeout=60)
@@ -221,27 +228,31 @@ def measure(door: str, workers: list[DoorWorker], redis_url: str, jobs: int) -> 
             return lambda: socket_loop(worker, count)
         if door == "http":
             return lambda: http_loop(worker, count)
-        return lambda: redis_loop(redis_url, count)
+        return lambda: redis_loop(redis_url, worker.stream, count)
 
     drive([loop(client, 5) for client in range(CLIENTS)])  # warm-up: connections, launchers' first jobs
     return drive([loop(client, jobs // CLIENTS + (client < jobs % CLIENTS)) for client in range(CLIENTS)])
 
 
 def run(quick: bool) -> dict[str, Any]:
-    jobs = 200 if quick else 2000
-    rows: list[dict[str, Any]] = []
+    jobs, rounds = (200, 1) if quick else (2000, 3)
+    taken: dict[tuple[str, int], tuple[list[float], list[float]]] = {
+        (door, count): ([], []) for count in FLEETS for door in DOORS}
     directory = Path(tempfile.mkdtemp(prefix="bench-doors-"))
     try:
-        with redis_server(directory) as redis_url:
-            for count in FLEETS:
-                with fleet(directory, redis_url, count) as workers:
-                    for door in ("socket", "http", "redis"):
-                        rate, latencies = measure(door, workers, redis_url, jobs)
-                        rows.append({"door": door, "workers": count, "slots_each": TOTAL_SLOTS // count,
-                                     "jobs_per_s": rate, "latency_ms": summary(latencies)})
-                        print(f"  {door:6s} {count} worker(s): {rate:7.1f} jobs/s", flush=True)
+        with redis_server(directory) as redis_url, contextlib.ExitStack() as stack:
+            fleets = {count: stack.enter_context(fleet(directory, redis_url, count)) for count in FLEETS}
+            for number in range(rounds):
+                for (door, count), (rates, latencies) in taken.items():
+                    rate, measured = measure(door, fleets[count], redis_url, jobs)
+                    rates.append(rate)
+                    latencies += measured
+                    print(f"  round {number + 1}: {door:6s} {count} worker(s): {rate:7.1f} jobs/s", flush=True)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+    rows = [{"door": door, "workers": count, "slots_each": TOTAL_SLOTS // count, "jobs_per_s": median(rates),
+             "jobs_per_s_rounds": rates, "latency_ms": summary(latencies)}
+            for (door, count), (rates, latencies) in taken.items()]
     base = rows[0]
     for row in rows:
         row["ratio_to_socket_1"] = {
@@ -249,11 +260,11 @@ def run(quick: bool) -> dict[str, Any]:
             "p50": row["latency_ms"]["p50"] / base["latency_ms"]["p50"],
             "p99": row["latency_ms"]["p99"] / base["latency_ms"]["p99"],
         }
-    print(f"\ndoors, {' '.join(STATIC)}, {jobs} jobs each, {CLIENTS} producers, {TOTAL_SLOTS} slots in all:"
-          " jobs/s, latency p50 / p99 ms; each / socket with one worker")
+    print(f"\ndoors, {' '.join(STATIC)}, {jobs} jobs x {rounds} round(s) each, {CLIENTS} producers, "
+          f"{TOTAL_SLOTS} slots in all: jobs/s (median of rounds), latency p50 / p99 ms; each / socket x 1 worker")
     for row in rows:
         ms, ratio = row["latency_ms"], row["ratio_to_socket_1"]
         print(f"  {row['door']:6s} {row['workers']} x {row['slots_each']} slot(s) {row['jobs_per_s']:7.1f} "
               f"{ms['p50']:7.2f} {ms['p99']:7.2f}   x {ratio['jobs_per_s']:.2f} {ratio['p50']:.2f} {ratio['p99']:.2f}")
-    return {"jobs": jobs, "clients": CLIENTS, "total_slots": TOTAL_SLOTS, "cmd": STATIC,
+    return {"jobs": jobs, "rounds": rounds, "clients": CLIENTS, "total_slots": TOTAL_SLOTS, "cmd": STATIC,
             "rows": rows}
