@@ -250,9 +250,10 @@ def run(quick: bool) -> dict[str, Any]:
                     print(f"  round {number + 1}: {door:6s} {count} worker(s): {rate:7.1f} jobs/s", flush=True)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    rows = [{"door": door, "workers": count, "slots_each": TOTAL_SLOTS // count, "jobs_per_s": median(rates),
-             "jobs_per_s_rounds": rates, "latency_ms": summary(latencies)}
-            for (door, count), (rates, latencies) in taken.items()]
+    rows: list[dict[str, Any]] = [
+        {"door": door, "workers": count, "slots_each": TOTAL_SLOTS // count, "jobs_per_s": median(rates),
+         "jobs_per_s_rounds": rates, "latency_ms": summary(latencies)}
+        for (door, count), (rates, latencies) in taken.items()]
     base = rows[0]
     for row in rows:
         row["ratio_to_socket_1"] = {
