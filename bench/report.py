@@ -180,6 +180,26 @@ def _judge_section(part: dict[str, Any]) -> list[str]:
                     "isolation, not an equal peer.", ""]
 
 
+def _doors_section(part: dict[str, Any]) -> list[str]:
+    if "rows" not in part:
+        return []
+    lines = [f"### Doors: socket, HTTP, Redis queue (`{' '.join(part['cmd'])}`, {part['jobs']} jobs "
+             f"x {part['rounds']} rounds, {part['clients']} producers, {part['total_slots']} slots in all)", "",
+             "| door | workers x slots | jobs/s (median of rounds) | p50 ms | p99 ms | jobs/s / socket x1 | "
+             "p50 / socket x1 | p99 / socket x1 |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in part["rows"]:
+        ms, ratio = row["latency_ms"], row["ratio_to_socket_1"]
+        lines.append(f"| {row['door']} | {row['workers']} x {row['slots_each']} | {row['jobs_per_s']:.1f} | "
+                     f"{ms['p50']:.2f} | {ms['p99']:.2f} | {ratio['jobs_per_s']:.2f} | {ratio['p50']:.2f} | "
+                     f"{ratio['p99']:.2f} |")
+    return lines + ["", "Each producer is a thread on one long-lived connection running one job after another "
+                    "(submit to result): socket `Client.run`, HTTP `POST /v1/jobs?wait=true` with keep-alive, "
+                    "Redis `AsyncQueueClient.run`; with three workers the socket and HTTP producers are spread "
+                    "over them, the Redis ones share the stream all three read. Every worker serves all three "
+                    "doors, both fleets run side by side (a stream each), and each round measures all six in turn; "
+                    "one door of one fleet carries jobs at a time. Latencies are of every job of every round.", ""]
+
+
 def analysis(results: dict[str, Any]) -> list[str]:
     """Where the time (or the memory) goes for the missed targets, from this run's own
     figures: the CPU each runner spends per job, the profile's split, the baselines."""
@@ -368,6 +388,7 @@ def render(results: dict[str, Any], images: list[str]) -> str:
     lines += _latency_section(part) + _cpu_section(results.get("cpu", {}))
     lines += _density_section(results.get("density", {})) + _images_section(results.get("images", {}))
     lines += _humaneval_section(results.get("humaneval", {})) + _judge_section(results.get("judge", {}))
+    lines += _doors_section(results.get("doors", {}))
     lines += _profile_section(results)
     lines += ["## Plots", ""] + [f"![{name}]({name})" for name in images] + [""]
     return "\n".join(lines)
