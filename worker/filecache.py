@@ -47,6 +47,11 @@ from worker.trees import TreeError, unpack_tree
 DEFAULT_CAPACITY = 1 << 30
 
 
+# Where the worker's judges write their packages (worker/judging.py): emptied at start with
+# the rest, so a worker killed mid-judge leaves nothing behind once it runs again.
+JUDGES_DIR = "judges"
+
+
 def cached_path(directory: str, file_id: str) -> str:
     """Where the cache in ``directory`` keeps the file of ``file_id`` (a checked id: hex
     digits only, so the path stays in the directory)."""
@@ -125,7 +130,7 @@ class FileCache:
         except BlockingIOError:
             os.close(self._lock_fd)
             raise ValueError(f"another worker uses the file cache {directory} (it holds its lock)") from None
-        for part in ("partial", "files", "trees"):
+        for part in ("partial", "files", "trees", JUDGES_DIR):
             shutil.rmtree(os.path.join(directory, part), ignore_errors=True)
             os.mkdir(os.path.join(directory, part), 0o700)
         self._entries: OrderedDict[str, Entry] = OrderedDict()  # file id -> entry, least recently used first

@@ -37,7 +37,7 @@ from sandbox.models import Group, Job, Pipe, Result, check_file_id
 from sandbox.profile_names import builtin_limits, builtin_profiles
 from worker.admission import admit
 from worker.client import with_file_contents
-from worker.filecache import cached_path
+from worker.filecache import JUDGES_DIR, cached_path
 from worker.pool import Pool
 from worker.protocol import ProtocolError, event_message
 
@@ -184,7 +184,10 @@ async def run_judge(request: JudgeRequest, stages: PoolStages, deliver: Any) -> 
         return judge(stages, load_problem(directory), request.submission,
                      stop_on_failure=request.stop_on_failure, on_test=on_test, parallel=request.parallel)
 
-    directory = Path(tempfile.mkdtemp(prefix="sandbox-judge-"))
+    # In the worker's own cache directory when it has one (emptied at start: a worker
+    # killed mid-judge leaves no package behind), else a private temporary directory.
+    parent = None if cache is None else os.path.join(cache.directory, JUDGES_DIR)
+    directory = Path(tempfile.mkdtemp(prefix="sandbox-judge-", dir=parent))
     try:
         cached = [(file_id, f"problem.{name}.file_id") for name, file_id in request.package.items()
                   if isinstance(file_id, str)]
