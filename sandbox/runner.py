@@ -244,7 +244,8 @@ class Runner:
         if handed is None:
             argv, env, cwd, image_root = _image_for(job, cleanup, profile.env, self._supply_lock)
             command = (argv, env, cwd)
-            sandbox = self.sandboxes.take(image_root, job.profile, limits, image_name=job.image, trace=trace)
+            sandbox = self.sandboxes.take(image_root, job.profile, limits, image_name=job.image, trace=trace,
+                                          trees=bool(job.mounts))
             cleanup.callback(self._retire, sandbox)
         else:
             sandbox = handed.sandbox

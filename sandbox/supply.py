@@ -142,12 +142,15 @@ class SandboxSupply:
         except SandboxError:
             pass
 
-    def take(self, image: ImageRoot | None, profile: str, limits: Limits, *, image_name: str, trace: bool) -> Sandbox:
+    def take(self, image: ImageRoot | None, profile: str, limits: Limits, *, image_name: str, trace: bool,
+             trees: bool = False) -> Sandbox:
         """A sandbox for a job: a warm one that fits it (``WarmKind.fits``) when there is
         one, else one built now. ``image`` is what the job's image reference
         ``image_name`` resolves to now: warm sandboxes of that reference built from other
         layers are stale (the image was pulled again since) and are retired. ``limits``:
-        the job's, over its profile's (the caller writes its cgroup's)."""
+        the job's, over its profile's (the caller writes its cgroup's). A job that mounts
+        ``trees`` needs the zygote that made its sandbox (it clones them there): a warm
+        one whose zygote has gone (restarted for new host files, or died) is retired."""
         if len(self._retired) > MAX_RETIRED:
             self.finish()
         self._failed.clear()
@@ -163,11 +166,15 @@ class SandboxSupply:
                 self._receive()
             while pool:
                 sandbox = pool[0]
+                if trees and not (sandbox.zygote is not None and sandbox.zygote.alive()):
+                    self.retire(pool.popleft())
+                    continue
                 if sandbox.image == image:
                     if not fits(sandbox.kind):
                         break  # its cgroup cannot take this job's limits (v1: a CPU quota): build one now
                     # A ready one if there is one: the oldest may still wait for its cgroup.
-                    ready = (s for s in pool if s.image == image and fits(s.kind) and s.prepared.ready())
+                    ready = (s for s in pool if s.image == image and fits(s.kind) and s.prepared.ready()
+                             and (not trees or (s.zygote is not None and s.zygote.alive())))
                     sandbox = next(ready, sandbox)
                     pool.remove(sandbox)
                     sandbox.release_lease()  # the job holds its own

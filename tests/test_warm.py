@@ -13,7 +13,7 @@ from imagebuild import Entry, busybox_entries, layer_tar, oci_layout
 from test_images_registry import cli
 
 from sandbox.cgroups.stock import CgroupStock
-from sandbox.models import Blob, InputFile, Job, Limits, Status, WarmSpec
+from sandbox.models import Blob, InputFile, Job, Limits, Mount, Status, WarmSpec
 from sandbox.runner import Runner
 
 
@@ -235,3 +235,22 @@ def test_the_stock_makes_ahead_and_removes_in_steps(runner):
         assert not any(os.path.isdir(d) for d in directories), "without a warm pool nothing is kept"
     finally:
         unstocked.close()
+
+
+@pytest.mark.cgroup
+def test_a_tree_job_never_takes_a_warm_sandbox_whose_zygote_is_gone(warm_runner, tmp_path):
+    """A tree is cloned by the zygote that made the job's sandbox: once that zygote has
+    gone (restarted for new host files, or died), its warm sandbox is no place for a
+    job that mounts one - the job gets a sandbox of the new zygote, not an internal_error."""
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "a").write_text("from the tree\n")
+    job = Job(cmd=["cat", "/work/t/a"], mounts=[Mount("/work/t", host_dir=str(tmp_path / "tree"))])
+    runner = warm_runner(WarmSpec(1))
+    assert settled(runner).sandboxes.warm_count() == 1
+    zygote = runner.sandboxes._zygote
+    assert zygote is not None
+    zygote.process.kill()
+    zygote.process.wait()
+    result = runner.run(job)
+    assert (result.status, result.stdout) == (Status.OK, b"from the tree\n"), result
+    assert runner.run(Job(cmd=["/bin/true"])).status is Status.OK
