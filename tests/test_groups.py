@@ -81,8 +81,10 @@ def test_members_that_both_wait_to_read_end_at_the_first_wall_limit(run_group) -
     killed; its end of the pipe closes, and the other reads EOF and ends by itself."""
     first, second = run_group([job("read x", wall_time="400ms"), job("read y", wall_time="20s")], BOTH_WAYS)
     assert first.status is Status.WALL_TIME_LIMIT and first.usage.wall_ms >= 400
-    assert (second.status, second.exit_code) == (Status.RUNTIME_ERROR, 1)  # `read` at EOF
-    assert 400 <= second.usage.wall_ms < 20_000
+    # `read` at EOF, long before its own limit: the first's kill ended it. (Its wall clock
+    # starts when it is handed over, after the first's: no lower bound holds exactly.)
+    assert (second.status, second.exit_code) == (Status.RUNTIME_ERROR, 1)
+    assert second.usage.wall_ms < 20_000
 
 
 def test_a_cancel_reaches_every_member(run_group) -> None:

@@ -237,7 +237,6 @@ def test_the_stock_makes_ahead_and_removes_in_steps(runner):
         unstocked.close()
 
 
-@pytest.mark.cgroup
 def test_a_tree_job_never_takes_a_warm_sandbox_whose_zygote_is_gone(warm_runner, tmp_path):
     """A tree is cloned by the zygote that made the job's sandbox: once that zygote has
     gone (restarted for new host files, or died), its warm sandbox is no place for a
