@@ -243,7 +243,7 @@ def test_a_job_cancelled_in_its_worker_is_not_acknowledged_but_run_again(redis, 
     job_id = client.submit(sh("sleep 1000", wall_time="2s"))
     assert wait_until(lambda: len(pending(redis)) == 1, timeout=30)
     entry = pending(redis)[0].identifier.decode()
-    connect(worker).send({"type": "cancel", "id": f"queue:{entry}:1"})
+    connect(worker).send({"type": "cancel", "id": f"queue:{STREAM}:{entry}:1"})
     assert wait_until(lambda: "queue_left_pending" in [e["event"] for e in log_events(worker)], timeout=30)
     assert not has_result(redis, job_id)
     assert wait_until(lambda: [p.delivered for p in pending(redis)] == [2], timeout=30)

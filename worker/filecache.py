@@ -251,6 +251,11 @@ class FileCache:
             self.abort(upload)
             raise
 
+    def holds(self, file_id: str) -> bool:
+        """Whether a job submitted now could use the file (or tree)."""
+        entry = self._entries.get(file_id)
+        return entry is not None and not entry.deleted
+
     def lease(self, work: Job | Group) -> list[str]:
         """Hold the job's (or every group member's) cached files until ``release``: none
         of them is evicted or removed while the job is queued or running. A file the cache

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import coredis
@@ -28,8 +29,9 @@ import trio
 from coredis.exceptions import ResponseError
 
 from sandbox.models import Job, Result
-from worker.client import judge_message, with_file_contents
+from worker.client import Package, judge_message, with_file_contents
 from worker.protocol import job_to_wire
+from worker.queue_blobs import put_blob
 from worker.queue_schema import (
     LIBRARY,
     QUEUE_FULL,
@@ -41,6 +43,7 @@ from worker.queue_schema import (
 )
 
 T = TypeVar("T")
+BLOB_TTL_S = 86_400  # how long a file put is kept when no worker has said (its --result-ttl)
 MAX_BLOCK_MS = 1000  # a wait on the results stream looks again this often (a result key may expire)
 
 
@@ -67,7 +70,17 @@ class AsyncQueueClient:
         payload = msgpack.packb(job_to_wire(with_file_contents(job)), use_bin_type=True)
         return await self._queue(job_id or uuid.uuid4().hex, "job", payload)
 
-    async def submit_judge(self, problem: dict[str, bytes], lang: str, source: bytes, *,
+    async def put_file(self, data: bytes) -> str:
+        """Keep ``data`` in Redis for the jobs of every worker of the stream, as long as
+        its results are kept (``--result-ttl``; putting it again renews it), and return
+        its id: name it in a job's files (``Blob(file_id=...)``) or a judge package
+        (``{"file_id": ...}``) instead of sending the bytes with each. The worker that
+        takes such a job fetches the file once into its own cache. Raises QueueError
+        ``blob_too_big`` beyond the workers' ``--max-blob``."""
+        return await self._loaded(put_blob, partial(self._redis.fcall, "sandbox_put_blob"), self.keys, data,
+                                  BLOB_TTL_S)
+
+    async def submit_judge(self, problem: Package, lang: str, source: bytes, *,
                            compile_options: Sequence[str] = (), args: Sequence[str] = (),
                            stop_on_failure: bool = False, parallel: int = 1, judge_id: str | None = None) -> str:
         """Queue a judge of ``source`` against a problem package (every file as bytes:
@@ -80,16 +93,23 @@ class AsyncQueueClient:
     async def _queue(self, job_id: str, kind: str, payload: bytes) -> str:
         keys = [self.keys.stream, self.keys.id(job_id), self.keys.config]
         try:
-            await self._redis.fcall("sandbox_submit", keys, [job_id, payload, kind])
+            await self._loaded(self._redis.fcall, "sandbox_submit", keys, [job_id, payload, kind])
         except ResponseError as exc:
             if str(exc).startswith(QUEUE_FULL):
                 raise QueueFull(QUEUE_FULL, str(exc).removeprefix(QUEUE_FULL).strip()) from None
+            raise
+        return job_id
+
+    async def _loaded(self, operation: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Call a function of the library, loading it first if no worker has come yet
+        to do so (the same text)."""
+        try:
+            return await operation(*args)
+        except ResponseError as exc:
             if "Function not found" not in str(exc):
                 raise
-            # No worker has come yet to load the functions: load them (the same text).
-            await self._redis.function_load(LIBRARY, replace=True)
-            return await self._queue(job_id, kind, payload)
-        return job_id
+        await self._redis.function_load(LIBRARY, replace=True)
+        return await operation(*args)
 
     async def result(self, job_id: str, timeout: float | None = None) -> Result:
         """The job's Result, waiting up to ``timeout`` seconds (None: for as long as it
@@ -138,7 +158,7 @@ class AsyncQueueClient:
                 await self._redis.xread(streams, count=100, block=MAX_BLOCK_MS)
         raise TimeoutError(f"no report for judge {judge_id!r} within {timeout} s")
 
-    async def judge(self, problem: dict[str, bytes], lang: str, source: bytes, *,
+    async def judge(self, problem: Package, lang: str, source: bytes, *,
                     compile_options: Sequence[str] = (), args: Sequence[str] = (), stop_on_failure: bool = False,
                     parallel: int = 1, judge_id: str | None = None, timeout: float | None = None,
                     on_test: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -165,7 +185,10 @@ class QueueClient:
     def run(self, job: Job, timeout: float | None = None, job_id: str | None = None) -> Result:
         return self._call(lambda client: client.run(job, timeout, job_id))
 
-    def submit_judge(self, problem: dict[str, bytes], lang: str, source: bytes, *,
+    def put_file(self, data: bytes) -> str:
+        return self._call(lambda client: client.put_file(data))
+
+    def submit_judge(self, problem: Package, lang: str, source: bytes, *,
                      compile_options: Sequence[str] = (), args: Sequence[str] = (), stop_on_failure: bool = False,
                      parallel: int = 1, judge_id: str | None = None) -> str:
         return self._call(lambda client: client.submit_judge(
@@ -176,7 +199,7 @@ class QueueClient:
                on_test: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         return self._call(lambda client: client.report(judge_id, timeout, on_test))
 
-    def judge(self, problem: dict[str, bytes], lang: str, source: bytes, *,
+    def judge(self, problem: Package, lang: str, source: bytes, *,
               compile_options: Sequence[str] = (), args: Sequence[str] = (), stop_on_failure: bool = False,
               parallel: int = 1, judge_id: str | None = None, timeout: float | None = None,
               on_test: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:

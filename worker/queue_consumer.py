@@ -10,10 +10,16 @@ fenced on still owning the delivery). A job whose worker died stays pending; aft
 again, until ``max_deliveries`` deliveries have failed, when it goes to the dead-letter
 stream with a final outcome saying so.
 
+A worker may serve several streams (a stream per tenant or contest), each with a
+weight: among the streams that have jobs waiting it takes from each in proportion to its
+weight (``sandbox_take``), so one producer's flood does not starve another.
+
 An entry may carry a judge request instead of a job (field ``judge``, the socket's
-``judge`` map): the worker that takes it judges it with its own pool, as it judges a
-socket's (worker/judging.py), publishes each ``test_finished`` event to the judge's
-progress stream, and writes the report as the outcome under the same rules.
+``judge`` map): the worker that takes it judges it (worker/judging.py), its jobs queued
+on the stream's stages queue for any worker to run (worker/queue_stages.py), publishes
+each ``test_finished`` event to the judge's progress stream, and writes the report as
+the outcome under the same rules. A job (or a judge package) may name files a producer
+put once for every worker (worker/queue_blobs.py).
 
 Redis being unreachable is an outage, not an end: every call is retried with backoff,
 the jobs held keep running and their results wait in memory to be written, and each
@@ -28,6 +34,7 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import coredis
@@ -37,11 +44,13 @@ from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.exceptions import RedisError, StreamConsumerGroupError, StreamDuplicateConsumerGroupError
 from coredis.response.types import StreamPendingExt
 
+from sandbox.models import Job
 from worker.admission import admit
-from worker.judging import JudgeRequest, PoolStages, judge_from_wire, run_judge
+from worker.judging import JudgeRequest, judge_from_wire, run_judge
 from worker.logs import log
 from worker.pool import Pool
 from worker.protocol import ProtocolError, job_from_wire
+from worker.queue_blobs import fetch_blobs, named_files, put_blob, read_cached
 from worker.queue_schema import (
     GROUP,
     LIBRARY,
@@ -53,6 +62,7 @@ from worker.queue_schema import (
     outcome_of_report,
     outcome_of_result,
 )
+from worker.queue_stages import QueueStages, StageWaits
 
 T = TypeVar("T")
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.05, 2.0
@@ -62,7 +72,19 @@ ROOM_POLL_S = 0.2  # with no free slot: how often to look again (socket jobs fre
 
 
 @dataclass
+class Lane:
+    """One stream the worker takes from, and its place in the fair share."""
+
+    keys: QueueKeys
+    weight: int  # 0: served before every weighted lane (a stages queue)
+    claim_cursor: str = "0-0"
+    next_claim: float = 0.0
+    time: float = 0.0  # virtual time: how far its weighted share has been served
+
+
+@dataclass
 class Delivery:
+    lane: Lane
     entry: str  # the stream entry's id
     fields: dict[str, bytes]
     deliveries: int
@@ -70,7 +92,12 @@ class Delivery:
     duplicate: bool = False  # another entry holds its id: acknowledged, never run
     lost: bool = False  # a heartbeat found it claimed by another worker
     final: dict[str, Any] = field(default_factory=dict)  # the pool's (or the judge's) final message for it
+    job: Job | None = None  # the job to run, once checked
     judge: JudgeRequest | None = None  # a judge request to judge here, instead of a job
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.lane.keys.stream, self.entry
 
 
 class QueueConsumer:
@@ -78,21 +105,26 @@ class QueueConsumer:
         self, config: QueueConfig, pool: Pool, max_job_bytes: int, on_outage: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        self.result_ttl_s = config.result_ttl_s
         self.max_job_bytes = max_job_bytes
-        self.keys = QueueKeys(config.stream)
         self.pool = pool
         self.on_outage = on_outage
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        self.held: dict[str, Delivery] = {}
-        self.judges: dict[str, PoolStages] = {}  # the judges held, by entry
+        # Every stream's stages queue first (served before any stream), then the streams.
+        self.urgent = [Lane(QueueKeys(share.stream).stages, 0) for share in config.shares]
+        self.lanes = self.urgent + [Lane(QueueKeys(share.stream), share.weight) for share in config.shares]
+        self.clock = 0.0  # the fair share's virtual clock (sandbox_take)
+        self.held: dict[tuple[str, str], Delivery] = {}
+        self.judges: dict[tuple[str, str], QueueStages] = {}  # the judges held
+        self.waits = StageWaits()
+        self._preparing = 0  # jobs held that are not in the pool yet (their files being fetched)
         self._outage_since: float | None = None
         self._stopping = False
         self._read_scope = trio.CancelScope()
         self._room = trio.Event()
         self._drained = trio.Event()
-        self._next_claim = 0.0
-        self._claim_cursor = "0-0"
         self._redis: coredis.Redis[bytes] | None = None
+        self._streams = ",".join(config.streams)
 
     def stop(self) -> None:
         """Stop taking jobs; the ones held are finished and acknowledged (``drained``)."""
@@ -106,6 +138,10 @@ class QueueConsumer:
         stop() may have come)."""
         return self._stopping
 
+    def _taking(self) -> bool:
+        """Whether to take more: not once stopped, but for the jobs of judges held."""
+        return not self._stopping or bool(self.judges)
+
     async def drained(self) -> None:
         """Return once stopped with nothing held."""
         await self._drained.wait()
@@ -117,76 +153,118 @@ class QueueConsumer:
         ) as redis:
             self._redis = redis
             await self._retrying("setup", self._setup)
-            log("queue_consuming", stream=self.config.stream, consumer=self.consumer)
+            log("queue_consuming", stream=self._streams, consumer=self.consumer)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._heartbeat)
-                while not self._stopping:
-                    free = len(self.pool.slots) - self.pool.running - self.pool.queued - self._judges_between_jobs()
+                nursery.start_soon(self._follow_stages)
+                while self._taking():
+                    free = len(self.pool.slots) - self.pool.running - self.pool.queued - self._preparing
                     if free <= 0:
                         self._room = trio.Event()
                         with trio.move_on_after(ROOM_POLL_S):
                             await self._room.wait()
                         continue
-                    for delivery in await self._retrying("take", self._take, free, block_ms):
+                    # A worker judges no more judges at once than it has slots (each is a
+                    # thread and a package on disk); beyond, it serves their jobs only, as it
+                    # does once stopped until the judges it holds are judged (their jobs may
+                    # have no other worker).
+                    judging_more = not self._stopping and len(self.judges) < len(self.pool.slots)
+                    lanes = self.lanes if judging_more else self.urgent
+                    for delivery in await self._retrying("take", self._take, lanes, free, block_ms):
                         self._start(nursery, delivery)
 
-    def _judges_between_jobs(self) -> int:
-        """Judges held that have no job in the pool just now (writing their package,
-        between a compile and the tests): each counts as a slot, so a worker takes no
-        more judges than it has slots, and their tests find the slots free."""
-        return sum(1 for stages in self.judges.values() if not stages.running)
+    async def _follow_stages(self) -> None:
+        """Hear the outcomes of the judges' stage jobs until the last judge held ends."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.waits.follow, self, [lane.keys.results for lane in self.urgent])
+            await self._drained.wait()
+            nursery.cancel_scope.cancel()
+
+    async def call(self, what: str, operation: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """A Redis operation for a judge's stages, retried through an outage."""
+        return await self._retrying(what, operation, *args)
+
+    def redis(self) -> coredis.Redis[bytes]:
+        assert self._redis is not None
+        return self._redis
 
     async def _setup(self) -> None:
-        """The functions, the group (reading the stream from its start: jobs added before
-        any worker came are served) and the bound producers are refused beyond."""
-        redis = self._client()
+        """The functions, the groups (reading each stream from its start: jobs added
+        before any worker came are served) and the bounds producers are refused beyond."""
+        redis = self.redis()
         await redis.function_load(LIBRARY, replace=True)
-        try:
-            await redis.xgroup_create(self.keys.stream, GROUP, "0", mkstream=True)
-        except StreamDuplicateConsumerGroupError:
-            pass  # another worker made it
-        await redis.hset(self.keys.config, {"max_queue": self.config.max_queue})
+        for lane in self.lanes:
+            try:
+                await redis.xgroup_create(lane.keys.stream, GROUP, "0", mkstream=True)
+            except StreamDuplicateConsumerGroupError:
+                pass  # another worker made it
+            if lane.weight:
+                bounds = {"max_queue": self.config.max_queue, "max_blob": self.config.max_blob,
+                          "result_ttl": self.config.result_ttl_s}
+                await redis.hset(lane.keys.config, bounds)
 
-    async def _take(self, count: int, block_ms: int) -> list[Delivery]:
+    async def _take(self, lanes: list[Lane], count: int, block_ms: int) -> list[Delivery]:
         """Deliveries for up to ``count`` free slots: first the jobs whose workers went
-        silent (claimed), then new ones."""
-        redis = self._client()
+        silent (claimed), then new ones, the stages queues first, then the streams by
+        their fair share."""
+        redis = self.redis()
         taken: list[Delivery] = []
-        if self.stopping():
+        if not self._taking():
             return taken  # (a take retried through an outage that outlasted the worker's run)
-        if trio.current_time() >= self._next_claim:
-            idle_ms = int(self.config.claim_idle_s * 1000)
-            cursor, entries, *_ = await redis.xautoclaim(
-                self.keys.stream, GROUP, self.consumer, idle_ms, self._claim_cursor, count=count,
-            )
-            self._claim_cursor = _text(cursor)
-            if self._claim_cursor == "0-0":  # a whole pass made: rest until the next period
-                self._next_claim = trio.current_time() + self.config.claim_idle_s / 2
-            for entry in entries:
-                identifier = _text(entry.identifier)
-                if identifier in self.held:
-                    continue  # ours already (a heartbeat missed during an outage)
-                pending = await redis.xpending(self.keys.stream, GROUP, identifier, identifier, 1)
-                record = pending[0] if isinstance(pending, tuple) and pending else None
-                deliveries = record.delivered if isinstance(record, StreamPendingExt) else 1
-                taken.append(Delivery(identifier, _fields(entry.field_values), deliveries))
+        if self.stopping():
+            lanes = self.urgent
+        for lane in lanes:
+            if len(taken) < count and trio.current_time() >= lane.next_claim:
+                taken += await self._claim(lane, count - len(taken))
         if not taken:
-            # Only the wait for new entries is cut short by stop(): what a read or a claim
-            # returned is held and finished. (An answer that was on its way as the read was
-            # cancelled leaves its entries pending with this consumer, for a worker to claim.)
-            read = None
-            self._read_scope = trio.CancelScope()
-            if self.stopping():  # (stop() came during the claim above)
-                self._read_scope.cancel()
-            with self._read_scope:
-                read = await redis.xreadgroup(GROUP, self.consumer, {self.keys.stream: ">"}, count=count,
-                                              block=block_ms)
-            for entries in (read or {}).values():
-                for entry in entries:
-                    taken.append(Delivery(_text(entry.identifier), _fields(entry.field_values), 1))
+            weighted = [lane for lane in lanes if lane.weight]
+            urgent = [lane for lane in lanes if not lane.weight]
+            args: list[str | int] = [GROUP, self.consumer, count, len(urgent), repr(self.clock)]
+            for lane in weighted:
+                args += [lane.weight, repr(lane.time)]
+            answer = await redis.fcall("sandbox_take", [lane.keys.stream for lane in urgent + weighted], args)
+            entries, clock, times, last = answer
+            self.clock = float(clock)
+            for lane, time in zip(weighted, times, strict=True):
+                lane.time = float(time)
+            for index, entry, values in entries:
+                taken.append(Delivery((urgent + weighted)[int(index) - 1], _text(entry), _pairs(values), 1))
+            if not taken:
+                # Nothing waits: sleep until an entry newer than the last comes to any of
+                # them (it is not read here: the next take does). Cut short by stop().
+                self._read_scope = trio.CancelScope()
+                if not self._taking():  # (stop() came during the calls above)
+                    self._read_scope.cancel()
+                with self._read_scope:
+                    newer = {lane.keys.stream: _text(after)
+                             for lane, after in zip(urgent + weighted, last, strict=True)}
+                    await redis.xread(newer, count=1, block=block_ms)
         for delivery in taken:
             await self._claim_id(delivery)
         return taken
+
+    async def _claim(self, lane: Lane, count: int) -> list[Delivery]:
+        """The lane's deliveries idle for longer than the claim timeout (their worker
+        died or went silent), up to ``count``; a whole pass made, the lane rests until
+        its next period."""
+        redis = self.redis()
+        idle_ms = int(self.config.claim_idle_s * 1000)
+        cursor, entries, *_ = await redis.xautoclaim(
+            lane.keys.stream, GROUP, self.consumer, idle_ms, lane.claim_cursor, count=count,
+        )
+        lane.claim_cursor = _text(cursor)
+        if lane.claim_cursor == "0-0":
+            lane.next_claim = trio.current_time() + self.config.claim_idle_s / 2
+        claimed = []
+        for entry in entries:
+            identifier = _text(entry.identifier)
+            if (lane.keys.stream, identifier) in self.held:
+                continue  # ours already (a heartbeat missed during an outage)
+            pending = await redis.xpending(lane.keys.stream, GROUP, identifier, identifier, 1)
+            record = pending[0] if isinstance(pending, tuple) and pending else None
+            deliveries = record.delivered if isinstance(record, StreamPendingExt) else 1
+            claimed.append(Delivery(lane, identifier, _fields(entry.field_values), deliveries))
+        return claimed
 
     async def _claim_id(self, delivery: Delivery) -> None:
         """An id names one job: its key holds the entry that carries it (set at submit by
@@ -195,25 +273,28 @@ class QueueConsumer:
         delivery.job_id = _job_id(delivery.fields)
         if delivery.job_id is None:
             return
-        holder = await self._client().set(self.keys.id(delivery.job_id), delivery.entry,
-                                          condition=coredis.PureToken.NX, get=True)
+        holder = await self.redis().set(delivery.lane.keys.id(delivery.job_id), delivery.entry,
+                                        condition=coredis.PureToken.NX, get=True)
         delivery.duplicate = holder is not None and _text(holder) != delivery.entry
 
     def _start(self, nursery: trio.Nursery, delivery: Delivery) -> None:
-        """Put a delivery in the pool at once (so the next count of free slots sees it),
-        then see it through in a task of its own."""
-        self.held[delivery.entry] = delivery
-        submitted = self._submit(delivery)
-        if delivery.judge is not None:  # counted among the slots taken from now on
-            self.judges[delivery.entry] = PoolStages(self.pool, self, trio.lowlevel.current_trio_token())
-        nursery.start_soon(self._serve, delivery, submitted)
+        """Check the delivery and count it at once (so the next count of free slots
+        sees it), then see it through in a task of its own."""
+        self.held[delivery.key] = delivery
+        self._check(delivery)
+        if delivery.judge is not None:
+            self.judges[delivery.key] = QueueStages(
+                self.pool, self, trio.lowlevel.current_trio_token(), queue=self, keys=delivery.lane.keys.stages,
+                name=f"{delivery.job_id}/{delivery.deliveries}")
+        elif delivery.job is not None:
+            self._preparing += 1
+        nursery.start_soon(self._serve, delivery)
 
-    def _submit(self, delivery: Delivery) -> trio.Event | None:
-        """Hand the job to the pool: the event its final message sets (in
-        ``delivery.final``), or None when it does not go to the pool (a judge request
-        is checked and left in ``delivery.judge``, for ``_serve`` to judge)."""
+    def _check(self, delivery: Delivery) -> None:
+        """Decode and check the entry's job (``delivery.job``) or judge request
+        (``delivery.judge``); a refusal is its final message."""
         if delivery.job_id is None or delivery.duplicate or delivery.deliveries > self.config.max_deliveries:
-            return None
+            return
         kind = "judge" if "judge" in delivery.fields else "job"
         payload = delivery.fields.get(kind, b"")
         try:
@@ -223,37 +304,63 @@ class QueueConsumer:
             wire = msgpack.unpackb(payload, raw=False)
             if kind == "judge":
                 delivery.judge = _queued_judge(wire, delivery.job_id)
+                return
+            delivery.job = job_from_wire(wire)
+            admit(delivery.job)
+        except ProtocolError as exc:
+            delivery.job = None
+            delivery.final = exc.to_message()
+        except Exception as exc:  # msgpack raises many unrelated types for bad input
+            delivery.job = None
+            delivery.final = ProtocolError("invalid_job", f"undecodable {kind}: {type(exc).__name__}",
+                                           field=kind).to_message()
+
+    async def _submit(self, delivery: Delivery, job: Job) -> trio.Event | None:
+        """Hand the job to the pool, its queued files fetched first: the event its final
+        message sets (in ``delivery.final``), or None when it does not go to the pool."""
+        cache = self.pool.cache
+        leased: list[str] = []
+        try:
+            named = named_files(job)
+            if named and cache is None:
+                raise ProtocolError("invalid_job", "this worker has no file cache", field=named[0][1])
+            if cache is not None:
+                fetch = partial(self._retrying, "blob", self.redis().get)
+                leased = await fetch_blobs(fetch, delivery.lane.keys, cache, named)
+            done = trio.Event()
+
+            def deliver(message: dict[str, Any]) -> None:
+                if message.get("type") == "error" or message.get("event") in ("finished", "cancelled"):
+                    delivery.final = message
+                    done.set()
+
+            try:
+                self.pool.submit(f"queue:{delivery.lane.keys.stream}:{delivery.entry}:{delivery.deliveries}", job,
+                                 self, deliver)
+            except ProtocolError as exc:
+                if exc.code != "busy":
+                    raise
+                delivery.final = {"event": "give_back", "reason": exc.message}  # the pool's queue is full
                 return None
-            job = job_from_wire(wire)
-            admit(job)
+            return done
         except ProtocolError as exc:
             delivery.final = exc.to_message()
             return None
-        except Exception as exc:  # msgpack raises many unrelated types for bad input
-            delivery.final = ProtocolError("invalid_job", f"undecodable {kind}: {type(exc).__name__}",
-                                           field=kind).to_message()
-            return None
-        done = trio.Event()
+        finally:
+            self._preparing -= 1
+            if cache is not None:
+                cache.release(leased)
 
-        def deliver(message: dict[str, Any]) -> None:
-            if message.get("type") == "error" or message.get("event") in ("finished", "cancelled"):
-                delivery.final = message
-                done.set()
-
-        try:
-            self.pool.submit(f"queue:{delivery.entry}:{delivery.deliveries}", job, self, deliver)
-        except ProtocolError as exc:  # the pool's queue is full of socket jobs
-            delivery.final = {"event": "give_back", "reason": exc.message}
-            return None
-        return done
-
-    async def _serve(self, delivery: Delivery, submitted: trio.Event | None) -> None:
+    async def _serve(self, delivery: Delivery) -> None:
         """Wait for the job's outcome, then write it and acknowledge the delivery."""
         try:
             if delivery.judge is not None:
                 await self._judge(delivery, delivery.judge)
-            elif submitted is not None:
-                await submitted.wait()
+            elif delivery.job is not None:
+                submitted = await self._submit(delivery, delivery.job)
+                if submitted is not None:
+                    await submitted.wait()
+                    await self._share_collected(delivery)
             outcome, reason = self._outcome(delivery)
             if outcome is None:
                 log("queue_left_pending", entry=delivery.entry, id=delivery.job_id,
@@ -266,10 +373,29 @@ class QueueConsumer:
             if not written:
                 log("queue_result_fenced", entry=delivery.entry, id=delivery.job_id)
         finally:
-            del self.held[delivery.entry]
+            del self.held[delivery.key]
             self._room.set()
             if self._stopping and not self.held:
                 self._drained.set()
+
+    async def _share_collected(self, delivery: Delivery) -> None:
+        """The files a finished job collected into the cache (``"cache": true``) are
+        put for every worker of the stream too: the ids its result names work in the
+        next job, whichever worker takes it."""
+        result = delivery.final.get("result") if delivery.final.get("event") == "finished" else None
+        cache = self.pool.cache
+        if not result or cache is None:
+            return
+        for file_id in dict(result.get("file_ids") or {}).values():
+            if not cache.holds(file_id):
+                continue  # (evicted already: the result names it, and a later job is told it is gone)
+            leased = cache.lease_ids([(file_id, "file_ids")])
+            try:
+                data = await trio.to_thread.run_sync(read_cached, cache, file_id)
+            finally:
+                cache.release(leased)
+            await self._retrying("blob", put_blob, partial(self.redis().fcall, "sandbox_put_blob"),
+                                 delivery.lane.keys, data, self.config.result_ttl_s)
 
     def _outcome(self, delivery: Delivery) -> tuple[bytes | None, str | None]:
         """What to write for a delivery, and the reason to dead-letter it: (None, None)
@@ -281,10 +407,10 @@ class QueueConsumer:
             return b"", None
         if delivery.deliveries > self.config.max_deliveries:
             message = (f"delivered {delivery.deliveries} times without a result (its workers died or lost it); "
-                       f"moved to {self.keys.dead}")
+                       f"moved to {delivery.lane.keys.dead}")
             return outcome_of_error(job_id, "dead_letter", message), "max_deliveries"
         if final.get("type") == "error" and final.get("code") == "busy":
-            return None, None  # a judge's test refused by a pool full of socket jobs: given back
+            return None, None  # an interactive judge's pair refused by a pool full of socket jobs: given back
         if final.get("type") == "error":
             return outcome_of_error(job_id, final["code"], final["message"], final.get("field")), None
         if final.get("event") == "finished":
@@ -295,14 +421,17 @@ class QueueConsumer:
         return None, None
 
     async def _judge(self, delivery: Delivery, request: JudgeRequest) -> None:
-        """Judge with this worker's pool (its tests queue as its jobs do), publishing each
-        test's event as it comes; the final message lands in ``delivery.final``. Every
-        event is written before this returns, so a producer that sees the outcome has
-        seen (or can read) every test. Cancelled (the worker's grace ran out), the judge
-        is stopped - its running test cancelled - and ends ``cancelled``: left pending."""
-        stages = self.judges[delivery.entry]
+        """Judge, its jobs on the stages queue, publishing each test's event as it
+        comes; the final message lands in ``delivery.final``. Every event is written
+        before this returns, so a producer that sees the outcome has seen (or can read)
+        every test. Cancelled (the worker's grace ran out), the judge is stopped and
+        ends ``cancelled``: left pending. Files the package names by id are fetched
+        into this worker's cache first."""
+        stages = self.judges[delivery.key]
         events_in, events_out = trio.open_memory_channel[dict[str, Any]](math.inf)
         judged = trio.Event()
+        cache = self.pool.cache
+        leased: list[str] = []
 
         def deliver(message: dict[str, Any]) -> None:
             if message.get("event") == "test_finished":
@@ -318,6 +447,15 @@ class QueueConsumer:
                 events_in.close()
 
         try:
+            named = [(file_id, f"problem.{name}.file_id") for name, file_id in request.package.items()
+                     if isinstance(file_id, str)]
+            if named and cache is not None:
+                try:
+                    fetch = partial(self._retrying, "blob", self.redis().get)
+                    leased = await fetch_blobs(fetch, delivery.lane.keys, cache, named)
+                except ProtocolError as exc:
+                    delivery.final = exc.to_message(request.id)
+                    return
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(judging)
                 nursery.start_soon(self._publish, delivery, events_out)
@@ -328,7 +466,11 @@ class QueueConsumer:
                         with trio.CancelScope(shield=True):
                             await stages.cancel()
         finally:
-            del self.judges[delivery.entry]
+            del self.judges[delivery.key]
+            if cache is not None:
+                cache.release(leased)
+            if not self._taking():
+                self._read_scope.cancel()
 
     async def _publish(self, delivery: Delivery, events: trio.MemoryReceiveChannel[dict[str, Any]]) -> None:
         """Each ``test_finished`` event to the judge's progress stream, in order, kept as
@@ -336,12 +478,12 @@ class QueueConsumer:
         after its worker died is judged again, from its first test) published it."""
         job_id = delivery.job_id
         assert job_id is not None
-        key = self.keys.progress(job_id)
+        key = delivery.lane.keys.progress(job_id)
         async for message in events:
             test = msgpack.packb(message["test"], use_bin_type=True)
 
             async def publish(test: bytes = test) -> None:
-                redis = self._client()
+                redis = self.redis()
                 await redis.xadd(key, {"id": job_id, "delivery": delivery.deliveries, "test": test},
                                  trim_strategy=coredis.PureToken.MAXLEN, threshold=PROGRESS_MAXLEN,
                                  trim_operator=coredis.PureToken.APPROXIMATELY)
@@ -351,14 +493,14 @@ class QueueConsumer:
 
     async def _finish(self, delivery: Delivery, outcome: bytes, reason: str | None) -> bool:
         """Write the outcome (none for an empty one) and acknowledge, if still ours."""
-        keys = self.keys
+        keys = delivery.lane.keys
         job_id = (delivery.job_id or "") if outcome else ""
         args: list[str | bytes | int] = [
             GROUP, self.consumer, delivery.entry, job_id, outcome, self.config.result_ttl_s, RESULTS_MAXLEN,
         ]
         if reason is not None:
             args += [reason, delivery.deliveries]
-        written = await self._client().fcall(
+        written = await self.redis().fcall(
             "sandbox_finish", [keys.stream, keys.result(job_id), keys.results, keys.id(job_id), keys.dead], args,
         )
         return bool(written == 1)
@@ -369,16 +511,18 @@ class QueueConsumer:
         while not (self._stopping and not self.held):
             with trio.move_on_after(self.config.claim_idle_s / 3):
                 await self._drained.wait()
-            held = [entry for entry, delivery in self.held.items() if not delivery.lost]
-            if not held:
-                continue
-            lost = await self._retrying("heartbeat", self._client().fcall, "sandbox_heartbeat",
-                                        [self.keys.stream], [GROUP, self.consumer, *held])
-            for entry in lost if isinstance(lost, list | tuple) else ():
-                delivery = self.held.get(_text(entry))
-                if delivery is not None:
-                    delivery.lost = True
-                    log("queue_delivery_lost", entry=delivery.entry, id=delivery.job_id)
+            for lane in self.lanes:
+                held = [entry for (stream, entry), delivery in self.held.items()
+                        if stream == lane.keys.stream and not delivery.lost]
+                if not held:
+                    continue
+                lost = await self._retrying("heartbeat", self.redis().fcall, "sandbox_heartbeat",
+                                            [lane.keys.stream], [GROUP, self.consumer, *held])
+                for entry in lost if isinstance(lost, list | tuple) else ():
+                    delivery = self.held.get((lane.keys.stream, _text(entry)))
+                    if delivery is not None:
+                        delivery.lost = True
+                        log("queue_delivery_lost", entry=delivery.entry, id=delivery.job_id)
 
     async def _retrying(self, what: str, operation: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run a Redis operation until it succeeds: an outage is waited out with backoff
@@ -393,30 +537,26 @@ class QueueConsumer:
                     self._outage_since = trio.current_time()
                     if self.on_outage is not None:
                         self.on_outage()
-                    log("redis_unreachable", stream=self.config.stream, during=what, error=str(exc))
+                    log("redis_unreachable", stream=self._streams, during=what, error=str(exc))
             except RedisError as exc:
                 if isinstance(exc, StreamConsumerGroupError) or "Function not found" in str(exc):
                     # Redis lost its data (restarted without persistence, flushed).
-                    log("redis_setup_again", stream=self.config.stream, error=str(exc))
+                    log("redis_setup_again", stream=self._streams, error=str(exc))
                     try:
                         await self._setup()
                         continue
                     except RedisError:
                         pass
                 else:
-                    log("redis_error", stream=self.config.stream, during=what, error=str(exc))
+                    log("redis_error", stream=self._streams, during=what, error=str(exc))
             else:
                 if self._outage_since is not None:
-                    log("redis_reachable", stream=self.config.stream,
+                    log("redis_reachable", stream=self._streams,
                         outage_s=round(trio.current_time() - self._outage_since, 3))
                     self._outage_since = None
                 return value
             await trio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX_S)
-
-    def _client(self) -> coredis.Redis[bytes]:
-        assert self._redis is not None
-        return self._redis
 
 
 def _text(value: bytes | str) -> str:
@@ -425,6 +565,11 @@ def _text(value: bytes | str) -> str:
 
 def _fields(values: Any) -> dict[str, bytes]:
     return {_text(key): value for key, value in (values or {}).items()}
+
+
+def _pairs(values: list[bytes]) -> dict[str, bytes]:
+    """An entry's fields as a script returns them: a flat list, name then value."""
+    return {_text(values[index]): values[index + 1] for index in range(0, len(values) - 1, 2)}
 
 
 def _queued_judge(wire: Any, judge_id: str) -> JudgeRequest:

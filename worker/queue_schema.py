@@ -29,6 +29,8 @@ PROGRESS_MAXLEN = 10_000  # a judge's progress stream: one entry per test, and a
 LIBRARY_NAME = "sandbox"
 # Raised by sandbox_submit: the first word of the error is the code, as Redis errors go.
 QUEUE_FULL = "queue_full"
+# Raised by sandbox_put_blob for a file bigger than the workers take.
+BLOB_TOO_BIG = "blob_too_big"
 
 LIBRARY = """#!lua name=sandbox
 -- The sandbox job queue (docs/queue.md). Each function is atomic, as MULTI/EXEC is.
@@ -84,6 +86,79 @@ local function finish(keys, args)
   return 1
 end
 
+-- KEYS: the streams a worker serves, the ones served first ("urgent": a judge's stage
+-- jobs) before the others. ARGV: group, consumer, count, the number of urgent streams,
+-- the virtual clock, then each other stream's weight and virtual time.
+-- Takes up to count new entries (XREADGROUP, as the worker's own read would): every urgent
+-- stream in order first, then one entry at a time from the stream whose virtual time
+-- (never behind the clock: a stream idle for long gets no credit for it) is least, which
+-- then moves on by 1/weight - a weighted fair share among the streams that have jobs.
+-- Returns {taken, clock, times, last}: taken is {stream index, entry, fields} each; times
+-- the streams' virtual times after; last, when nothing was taken, each stream's last
+-- entry id, for the worker to wait for newer ones (XREAD BLOCK) without missing one
+-- added in between.
+local function take(keys, args)
+  local group, consumer, count, urgent = args[1], args[2], tonumber(args[3]), tonumber(args[4])
+  local clock = tonumber(args[5])
+  local weights, times, dry, taken = {}, {}, {}, {}
+  for i = urgent + 1, #keys do
+    weights[i] = tonumber(args[6 + 2 * (i - urgent - 1)])
+    times[i] = tonumber(args[7 + 2 * (i - urgent - 1)])
+  end
+  local function read(i)
+    local got = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', keys[i], '>')
+    if not got or #got == 0 or #got[1][2] == 0 then dry[i] = true; return false end
+    local entry = got[1][2][1]
+    table.insert(taken, {i, entry[1], entry[2]})
+    return true
+  end
+  for i = 1, urgent do
+    while #taken < count and read(i) do end
+  end
+  while #taken < count do
+    local best, start = nil, nil
+    for i = urgent + 1, #keys do
+      if not dry[i] then
+        local s = math.max(times[i], clock)
+        if best == nil or s < start then best, start = i, s end
+      end
+    end
+    if best == nil then break end
+    if read(best) then
+      clock = start
+      times[best] = start + 1 / weights[best]
+    end
+  end
+  local out_times = {}
+  for i = urgent + 1, #keys do table.insert(out_times, tostring(times[i])) end
+  local last = {}
+  if #taken == 0 then
+    for i = 1, #keys do
+      local info = redis.call('XINFO', 'STREAM', keys[i])
+      for j = 1, #info, 2 do
+        if info[j] == 'last-generated-id' then table.insert(last, info[j + 1]) end
+      end
+    end
+  end
+  return {taken, tostring(clock), out_times, last}
+end
+
+-- KEYS: blob key, config hash. ARGV: the bytes, ttl seconds if no worker has said. A file
+-- for the jobs of any worker, named by its SHA-256 (checked by the worker that fetches it,
+-- not here: Lua has no SHA-256). Bounded by the workers' max_blob, kept as long as their
+-- results; a blob kept already has its time renewed.
+local function put_blob(keys, args)
+  local limit = tonumber(redis.call('HGET', keys[2], 'max_blob') or '0')
+  local ttl = redis.call('HGET', keys[2], 'result_ttl') or args[2]
+  if limit > 0 and #args[1] > limit then
+    return redis.error_reply('blob_too_big the file is ' .. #args[1] .. ' bytes, more than the ' .. limit ..
+                             ' the workers take (--max-blob)')
+  end
+  if redis.call('SET', keys[1], args[1], 'NX', 'EX', ttl) then return 'stored' end
+  redis.call('EXPIRE', keys[1], ttl)
+  return 'known'
+end
+
 -- KEYS: stream. ARGV: group, consumer, entries... Resets the idle time of the entries
 -- the consumer still owns (a long job is not claimed from a live worker); returns the
 -- entries it no longer owns.
@@ -102,17 +177,34 @@ end
 redis.register_function('sandbox_submit', submit)
 redis.register_function('sandbox_finish', finish)
 redis.register_function('sandbox_heartbeat', heartbeat)
+redis.register_function('sandbox_take', take)
+redis.register_function('sandbox_put_blob', put_blob)
 """
+
+
+@dataclass(frozen=True)
+class Share:
+    """A stream a worker serves, and its weight: among streams that all have jobs
+    waiting, a worker takes from each in proportion to its weight (a stream per tenant
+    or contest, so one producer's flood does not starve another)."""
+
+    stream: str
+    weight: int = 1
 
 
 @dataclass
 class QueueConfig:
     url: str
-    stream: str
+    shares: tuple[Share, ...]
     claim_idle_s: float = 60.0  # a delivery this long without a heartbeat is another worker's to claim
     max_deliveries: int = 3  # then the job is dead-lettered instead of run again
     max_queue: int = 1024  # jobs the stream may hold (waiting or running); sandbox_submit refuses more
-    result_ttl_s: int = 86_400  # how long a result (and its id's claim) stays in Redis
+    result_ttl_s: int = 86_400  # how long a result (and its id's claim, and a blob) stays in Redis
+    max_blob: int = 64 << 20  # the largest file a producer may put for the jobs (sandbox_put_blob)
+
+    @property
+    def streams(self) -> list[str]:
+        return [share.stream for share in self.shares]
 
 
 @dataclass(frozen=True)
@@ -133,6 +225,13 @@ class QueueKeys:
     def config(self) -> str:
         return f"{self.stream}:config"
 
+    @property
+    def stages(self) -> QueueKeys:
+        """The queue of the jobs of this stream's judges (a compile, a test, a checker):
+        served before the stream itself by every worker, so a judge under way finishes
+        before new work starts, whichever workers its tests land on."""
+        return QueueKeys(f"{self.stream}:stages")
+
     def result(self, job_id: str) -> str:
         return f"{self.stream}:result:{job_id}"
 
@@ -142,6 +241,10 @@ class QueueKeys:
     def progress(self, job_id: str) -> str:
         """A queued judge's ``test_finished`` events, for its producer to follow."""
         return f"{self.stream}:progress:{job_id}"
+
+    def blob(self, file_id: str) -> str:
+        """A file put for the jobs of any worker (``sandbox_put_blob``), by its id."""
+        return f"{self.stream}:blob:{file_id}"
 
 
 class QueueError(Exception):
@@ -157,6 +260,14 @@ class QueueError(Exception):
 
 class QueueFull(QueueError):
     """The stream holds its workers' ``--max-queue`` jobs: retry later."""
+
+
+def parse_share(text: str) -> Share:
+    """``NAME`` or ``NAME=WEIGHT`` (a whole number from 1 to 1000), as ``--stream`` takes it."""
+    name, _, weight = text.rpartition("=") if "=" in text else (text, "", "1")
+    if not name or not weight.isdigit() or not 1 <= int(weight) <= 1000:
+        raise ValueError(f"--stream {text!r}: give NAME or NAME=WEIGHT, a weight from 1 to 1000")
+    return Share(name, int(weight))
 
 
 def outcome_of_result(job_id: str, result: dict[str, Any]) -> bytes:

@@ -232,7 +232,7 @@ class Server:
                     nursery.start_soon(accept)
                 log("listening", socket=self.config.socket_path, tcp=self.config.tcp, http=self.config.http,
                     metrics=self.config.metrics, slots=self.config.slots,
-                    stream=self.config.queue and self.config.queue.stream)
+                    stream=self.config.queue and ",".join(self.config.queue.streams))
                 task_status.started()
         finally:
             self.cache.close()

@@ -57,7 +57,10 @@ def add_commands(commands: Any) -> None:
     queue = serve.add_argument_group("queue", "also take jobs from a Redis stream, as one of many workers "
                                               "(docs/queue.md)")
     queue.add_argument("--redis", metavar="URL", help="the Redis server, e.g. redis://127.0.0.1:6379/0")
-    queue.add_argument("--stream", default="sandbox", help="the stream of jobs (default 'sandbox')")
+    queue.add_argument("--stream", action="append", metavar="NAME[=WEIGHT]",
+                       help="a stream of jobs (default 'sandbox'); give several, one per tenant or contest, to "
+                            "share the slots among those with jobs waiting in proportion to their weights "
+                            "(default 1)")
     queue.add_argument("--claim-idle", type=float, default=60.0, metavar="SECONDS",
                        help="take over a job whose worker went silent this long ago (default 60)")
     queue.add_argument("--max-deliveries", type=int, default=3, metavar="N",
@@ -66,7 +69,9 @@ def add_commands(commands: Any) -> None:
                        help="jobs the stream may hold, waiting or running; producers get queue_full beyond "
                             "(default 1024)")
     queue.add_argument("--result-ttl", type=int, default=86_400, metavar="SECONDS",
-                       help="keep each result in Redis this long (default 86400)")
+                       help="keep each result (and each file put for the jobs) in Redis this long (default 86400)")
+    queue.add_argument("--max-blob", type=_size_flag, default="64M", metavar="SIZE",
+                       help="the largest file producers may put for the jobs (default 64M)")
     serve.set_defaults(handler=_cmd_serve)
 
     submit = commands.add_parser("submit", help="run one command through a worker (same flags as run)")
@@ -82,7 +87,7 @@ def add_commands(commands: Any) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from worker.queue_schema import QueueConfig
+    from worker.queue_schema import QueueConfig, parse_share
     from worker.server import ServerConfig, serve_forever
 
     socket_path = args.socket or (None if args.tcp or args.http else os.environ.get(SOCKET_VARIABLE))
@@ -94,9 +99,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if args.claim_idle <= 0 or args.max_deliveries < 1 or args.max_queue < 1 or args.result_ttl < 1:
             raise JobError("--claim-idle, --max-deliveries, --max-queue and --result-ttl must be positive",
                            field="redis")
-        queue = QueueConfig(args.redis, args.stream, claim_idle_s=args.claim_idle,
+        try:
+            shares = tuple(parse_share(text) for text in args.stream or ["sandbox"])
+        except ValueError as exc:
+            raise JobError(str(exc), field="stream") from None
+        if len({share.stream for share in shares}) != len(shares):
+            raise JobError("--stream: each stream once", field="stream")
+        queue = QueueConfig(args.redis, shares, claim_idle_s=args.claim_idle,
                             max_deliveries=args.max_deliveries, max_queue=args.max_queue,
-                            result_ttl_s=args.result_ttl)
+                            result_ttl_s=args.result_ttl, max_blob=args.max_blob)
     config = ServerConfig(
         socket_path=socket_path,
         socket_group=args.socket_group,

@@ -1,0 +1,179 @@
+"""A queued judge's jobs on the queue itself, so its tests run on whichever workers have
+free slots: a judge of 50 tests taken by one worker is done by all of them.
+
+The worker that takes a judge request judges it as it judges one from its socket
+(worker/judging.py), except that each job of the judge - the compile, every test, a
+checker - is queued on the stream's stages queue (``QueueKeys.stages``) instead of its
+own pool, under an id of the judge's (``JUDGE/DELIVERY/N``), and its outcome is awaited.
+Every worker serves a stages queue before its stream, so a judge under way finishes
+before new work starts. A judge holds no slot while it waits: its jobs take the slots,
+wherever they run, so judges waiting on each other's tests can never fill every slot of
+every worker and stall. An interactive problem's pair of sandboxes runs on the judging
+worker's own pool: two jobs wired to each other must share a host.
+
+A file bigger than ``INLINE_MAX`` (the compiled program, a big input) goes as a blob
+(worker/queue_blobs.py) once per judge, so that each worker fetches it once, not once
+per test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol
+
+import coredis
+import msgpack
+import trio
+
+from sandbox.errors import JobError
+from sandbox.models import Blob, Job, Result
+from worker.admission import admit
+from worker.client import with_file_contents
+from worker.judging import JudgeCancelled, PoolStages
+from worker.protocol import job_to_wire
+from worker.queue_blobs import blob_id, put_blob
+from worker.queue_schema import QueueError, QueueKeys, decode_outcome
+
+INLINE_MAX = 64 << 10  # a stage job's file above this size travels as a blob
+FOLLOW_BLOCK_MS = 1000
+
+
+class StageQueue(Protocol):
+    """What a judge's stages need of the worker's consumer."""
+
+    waits: StageWaits
+    result_ttl_s: int
+
+    async def call(self, what: str, operation: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run a Redis operation, retrying it through an outage."""
+
+    def redis(self) -> coredis.Redis[bytes]: ...
+
+
+class StageWaits:
+    """The stage jobs this worker's judges wait for, by id: one follower of the stages'
+    results streams (``follow``) hands each outcome to its waiter, instead of a blocking
+    read per test."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, trio.MemorySendChannel[bytes]] = {}
+
+    def expect(self, job_id: str) -> trio.MemoryReceiveChannel[bytes]:
+        """Register before submitting: an outcome written at any moment after is heard."""
+        send, receive = trio.open_memory_channel[bytes](1)
+        self._waiting[job_id] = send
+        return receive
+
+    def forget(self, job_id: str) -> None:
+        self._waiting.pop(job_id, None)
+
+    def hear(self, job_id: str, outcome: bytes) -> None:
+        send = self._waiting.pop(job_id, None)
+        if send is not None:
+            send.send_nowait(outcome)
+
+    async def follow(self, queue: StageQueue, results: list[str]) -> None:
+        """Read the stages' results streams for as long as the worker runs, from their
+        last entries as it starts (no waiter is older)."""
+        cursors: dict[str, str | bytes] = {}
+        for stream in results:
+            last = await queue.call("follow", partial(queue.redis().xrevrange, stream, count=1))
+            cursors[stream] = last[0].identifier if last else "0-0"
+        while True:
+            news = await queue.call("follow", partial(queue.redis().xread, cursors, count=100, block=FOLLOW_BLOCK_MS))
+            for stream, entries in (news or {}).items():
+                for entry in entries:
+                    cursors[stream.decode() if isinstance(stream, bytes) else stream] = entry.identifier
+                    values = entry.field_values
+                    self.hear(values.get(b"id", b"").decode(errors="replace"), values.get(b"outcome", b""))
+
+
+@dataclass
+class QueueStages(PoolStages):
+    """``languages.Stages`` whose jobs go to the stages queue (groups stay on the pool)."""
+
+    queue: StageQueue = field(kw_only=True)
+    keys: QueueKeys = field(kw_only=True)  # the stages queue's
+    name: str = field(kw_only=True)  # the judge's id and delivery: a judge run again names new jobs
+    blobs: set[str] = field(default_factory=set)  # put already by this judge
+    _stage_numbers: itertools.count[int] = field(default_factory=itertools.count)
+    _waiting: set[trio.CancelScope] = field(default_factory=set)
+
+    def run(self, job: Job, trace: list[Any] | None) -> Result:
+        if trace is not None:
+            raise JobError("a worker does not trace", field="trace")
+        result = trio.from_thread.run(self._queue_run, with_file_contents(job), trio_token=self.token)
+        assert isinstance(result, Result)
+        return result
+
+    async def _queue_run(self, job: Job) -> Result:
+        if self.cancelled:
+            raise JudgeCancelled
+        admit(job)  # refused here, as the pool would: not after a trip through the queue
+        job = await self._with_blobs(job)
+        job_id = f"{self.name}/{next(self._stage_numbers)}"
+        payload = msgpack.packb(job_to_wire(job), use_bin_type=True)
+        outcome: bytes | None = None
+        heard = self.queue.waits.expect(job_id)
+        scope = trio.CancelScope()
+        self._waiting.add(scope)
+        try:
+            with scope:
+                redis = self.queue.redis()
+                answer = await self.queue.call("stage", redis.fcall, "sandbox_submit",
+                                               [self.keys.stream, self.keys.id(job_id), self.keys.config],
+                                               [job_id, payload, "job"])
+                if answer and _text(answer[0]) == "known":  # (queued by this judge before: its outcome may be in)
+                    outcome = await self.queue.call("stage", redis.get, self.keys.result(job_id))
+                if outcome is None:
+                    outcome = await heard.receive()
+        finally:
+            self._waiting.discard(scope)
+            self.queue.waits.forget(job_id)
+        if outcome is None or self.cancelled:
+            raise JudgeCancelled
+        try:
+            return decode_outcome(outcome)
+        except QueueError as exc:
+            raise JobError(f"{exc.code}: {exc.message}", field=exc.field) from None
+
+    async def _with_blobs(self, job: Job) -> Job:
+        """The job with its big files put as blobs, each once per judge."""
+
+        async def small(content: Blob) -> Blob:
+            if content.data is None or len(content.data) <= INLINE_MAX:
+                return content
+            file_id = blob_id(content.data)
+            if file_id not in self.blobs:
+                redis = self.queue.redis()
+                await self.queue.call("blob", put_blob, _fcall(redis, "sandbox_put_blob"), self.keys, content.data,
+                                      self.queue.result_ttl_s)
+                self.blobs.add(file_id)
+            return Blob(file_id=file_id)
+
+        files = [dataclasses.replace(item, content=await small(item.content)) for item in job.files]
+        stdin = None if job.stdin is None else await small(job.stdin)
+        return dataclasses.replace(job, files=files, stdin=stdin)
+
+    async def cancel(self) -> None:
+        """Stop: no more jobs, the waits for queued ones end (those jobs run on, and
+        their outcomes expire unread), and a group running on the pool is cancelled."""
+        for scope in list(self._waiting):
+            scope.cancel()
+        await super().cancel()
+
+
+def _fcall(redis: coredis.Redis[bytes], function: str) -> Callable[[list[str], list[str | bytes | int]],
+                                                                   Awaitable[object]]:
+    async def call(keys: list[str], args: list[str | bytes | int]) -> object:
+        return await redis.fcall(function, keys, args)
+
+    return call
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
