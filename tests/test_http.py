@@ -210,6 +210,21 @@ def test_a_put_over_the_caches_bound_is_refused_with_nothing_stored(http_worker:
         assert response.status_code == 201 and response.json()["size"] == CACHE
 
 
+def test_a_put_whose_client_goes_away_mid_body_keeps_nothing(http_worker: HttpWorker) -> None:
+    port = int(http_worker.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        raw.sendall(f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                    f"Content-Type: application/octet-stream\r\nContent-Length: {CACHE // 2}\r\n\r\n".encode())
+        raw.sendall(b"\x03" * (CACHE // 4))
+        with http_worker.client() as client:  # (the worker has taken bytes of it: they are counted)
+            assert wait_until(lambda: client.get("/v1/files").json()["uploading"] > 0, 60)
+    with http_worker.client() as client:
+        assert wait_until(lambda: client.get("/v1/files").json()["uploading"] == 0, 60)
+        assert client.get("/v1/files").json()["entries"] == 0
+    assert list((cache_dir(http_worker.process) / "partial").iterdir()) == []
+    assert "http_error" not in http_worker.process.log_path.read_text()
+
+
 def test_a_tree_put_over_http_is_mounted_into_a_job(http_worker: HttpWorker, tmp_path: Path) -> None:
     (tmp_path / "tree" / "lib").mkdir(parents=True)
     (tmp_path / "tree" / "lib" / "answer.txt").write_bytes(b"forty-two\n")
