@@ -6,9 +6,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import io
 import json
+import os
 import socket
 import subprocess
+import tarfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,14 +22,17 @@ from typing import Any
 import httpx
 import pytest
 from test_cleanup import wait_until
+from test_file_cache import cache_dir
 from workerutil import SANDBOX_CLI
 
 from sandbox.judge.problem import read_package
+from worker.client import tree_tar
 
 DOCS = Path(__file__).parent.parent / "docs"
 PROBLEMS = Path(__file__).parent / "problems"
 TOKEN = "s3cret-token"
 MAX_FRAME = 64 << 10
+CACHE = 1 << 20  # the shared worker's --file-cache-size: far over its --max-frame
 QUEUE = 4
 
 
@@ -73,8 +79,8 @@ def start_http(start_worker, tmp_path: Path):
 
 @pytest.fixture
 def http_worker(start_http) -> HttpWorker:
-    return start_http("--slots", "2", "--queue", str(QUEUE), "--max-frame", "64K", "--allow-private-callbacks",
-                      "--callback-attempts", "3", "--callback-timeout", "1")
+    return start_http("--slots", "2", "--queue", str(QUEUE), "--max-frame", "64K", "--file-cache-size", "1M",
+                      "--allow-private-callbacks", "--callback-attempts", "3", "--callback-timeout", "1")
 
 
 def python_job(code: str, **extra: Any) -> dict[str, Any]:
@@ -85,7 +91,8 @@ def test_health_is_public_and_every_other_endpoint_wants_the_token(http_worker: 
     endpoints = [("GET", "/v1/stats"), ("GET", "/v1/languages"), ("GET", "/metrics"), ("GET", "/v1/openapi.json"),
                  ("POST", "/v1/jobs"), ("POST", "/v1/jobs/batch"), ("GET", "/v1/jobs/x"), ("DELETE", "/v1/jobs/x"),
                  ("POST", "/v1/judge"), ("GET", "/v1/judge/x"), ("DELETE", "/v1/judge/x"),
-                 ("GET", "/v1/judge/x/events")]
+                 ("GET", "/v1/judge/x/events"), ("POST", "/v1/files"), ("GET", "/v1/files"),
+                 ("GET", "/v1/files/x"), ("DELETE", "/v1/files/x")]
     for token in (None, "wrong", TOKEN + "x"):
         with http_worker.client(token) as client:
             assert client.get("/v1/health").json() == {"status": "ok", "slots": 2}
@@ -97,6 +104,8 @@ def test_health_is_public_and_every_other_endpoint_wants_the_token(http_worker: 
     with http_worker.client("wrong") as client:  # the scheme must be Bearer
         response = client.get("/v1/stats", headers={"Authorization": f"Basic {TOKEN}"})
         assert response.status_code == 401
+    with http_worker.client() as client:  # the puts refused stored nothing
+        assert client.get("/v1/files").json()["entries"] == 0
 
 
 def test_the_served_openapi_document_is_the_checked_in_one(http_worker: HttpWorker) -> None:
@@ -104,7 +113,8 @@ def test_the_served_openapi_document_is_the_checked_in_one(http_worker: HttpWork
         served = client.get("/v1/openapi.json").json()
     assert served == json.loads((DOCS / "openapi.json").read_text())
     assert set(served["paths"]) >= {"/v1/jobs", "/v1/jobs/batch", "/v1/jobs/{id}", "/v1/judge",
-                                    "/v1/judge/{id}/events", "/v1/languages", "/v1/stats", "/metrics", "/v1/health"}
+                                    "/v1/judge/{id}/events", "/v1/languages", "/v1/stats", "/metrics", "/v1/health",
+                                    "/v1/files", "/v1/files/{id}"}
 
 
 def test_a_job_waited_for_returns_its_result_with_the_bytes_in_base64(http_worker: HttpWorker) -> None:
@@ -127,6 +137,119 @@ def test_a_job_waited_for_returns_its_result_with_the_bytes_in_base64(http_worke
         conflict = client.post("/v1/jobs", json={"id": "one", "job": python_job("print(2)")})
         assert conflict.status_code == 409 and conflict.json()["code"] == "id_conflict"
         assert client.get("/v1/stats").json()["submitted"] == 1
+
+
+def put(client: httpx.Client, data: Any, **params: str) -> httpx.Response:
+    return client.post("/v1/files", content=data, params=params,
+                       headers={"Content-Type": "application/octet-stream"})
+
+
+def test_a_file_put_once_is_read_by_many_jobs_until_deleted(http_worker: HttpWorker) -> None:
+    data = os.urandom(300 << 10)  # over --max-frame: the cache bounds a put, not the frame
+    digest = hashlib.sha256(data).hexdigest()
+    reader = python_job("import hashlib, sys; d = open(sys.argv[1], 'rb').read(); "
+                        "print(hashlib.sha256(d).hexdigest(), len(d))", files=[])
+    with http_worker.client() as client:
+        response = put(client, data)
+        assert response.status_code == 201, response.text
+        assert response.json() == {"file_id": f"sha256:{digest}", "size": len(data)}
+        file_id = response.json()["file_id"]
+        assert response.headers["Location"] == f"/v1/files/{file_id}"
+        assert put(client, data).json()["file_id"] == file_id  # the same bytes: the same file, kept once
+        assert client.get(f"/v1/files/{file_id}").json() == {"file_id": file_id, "size": len(data)}
+        assert client.get("/v1/files").json()["entries"] == 1
+        for path in ("/work/in.bin", "/tmp/again.bin"):
+            job = {**reader, "cmd": [*reader["cmd"], path], "files": [{"path": path, "file_id": file_id}]}
+            document = client.post("/v1/jobs", params={"wait": "true"}, json={"job": job}).json()
+            assert base64.b64decode(document["result"]["stdout"]) == f"{digest} {len(data)}\n".encode(), document
+        # Another id than the bytes' is refused, and nothing of it kept.
+        mismatch = put(client, b"other bytes", file_id=file_id)
+        assert (mismatch.status_code, mismatch.json()["code"]) == (422, "digest_mismatch")
+        assert client.get("/v1/files").json()["entries"] == 1
+        deleted = client.delete(f"/v1/files/{file_id}")
+        assert deleted.json() == {"file_id": file_id, "removed": True}
+        assert client.get("/v1/stats").json()["file_cache"]["entries"] == 0
+        job = {**reader, "cmd": [*reader["cmd"], "/work/in.bin"], "files": [{"path": "/work/in.bin", "file_id": file_id}]}
+        refused = client.post("/v1/jobs", json={"job": job})
+        assert refused.status_code == 422
+        assert (refused.json()["code"], refused.json()["field"]) == ("invalid_job", "files[0].file_id")
+        for method in ("GET", "DELETE"):
+            gone = client.request(method, f"/v1/files/{file_id}")
+            assert (gone.status_code, gone.json()["code"]) == (404, "unknown_file")
+        malformed = client.delete("/v1/files/sha256:nothex")
+        assert (malformed.status_code, malformed.json()["field"]) == (422, "file_id")
+
+
+def test_a_file_deleted_while_a_job_holds_it_goes_when_the_job_ends(http_worker: HttpWorker) -> None:
+    with http_worker.client() as client:
+        file_id = put(client, b"held").json()["file_id"]
+        holder = {"cmd": ["sh", "-c", "cat /work/held; sleep 60"], "files": [{"path": "/work/held", "file_id": file_id}]}
+        assert client.post("/v1/jobs", json={"id": "holder", "job": holder}).status_code == 202
+        assert client.delete(f"/v1/files/{file_id}").json() == {"file_id": file_id, "removed": False}
+        assert client.get(f"/v1/files/{file_id}").status_code == 404  # no new job may name it
+        assert client.get("/v1/files").json()["entries"] == 1  # the job's lease keeps it meanwhile
+        client.delete("/v1/jobs/holder")
+        assert wait_until(lambda: client.get("/v1/files").json()["entries"] == 0, 60)
+
+
+def test_a_put_over_the_caches_bound_is_refused_with_nothing_stored(http_worker: HttpWorker) -> None:
+    def chunked() -> Iterator[bytes]:  # no Content-Length: refused as its bytes pass the bound
+        for _ in range(CACHE // (64 << 10) + 2):
+            yield b"\x01" * (64 << 10)
+
+    with http_worker.client() as client:
+        for body in (b"\x00" * (CACHE + 1), chunked()):
+            response = put(client, body)
+            assert (response.status_code, response.json()["code"]) == (507, "cache_full"), response.text
+            assert "more than the whole cache" in response.json()["message"]
+            assert client.get("/v1/files").json() == {"bytes": 0, "entries": 0, "capacity": CACHE, "uploading": 0,
+                                                      "evictions": 0}
+            assert list((cache_dir(http_worker.process) / "partial").iterdir()) == []
+        # The whole cache is one put's bound, whatever --max-frame says.
+        response = put(client, b"\x02" * CACHE)
+        assert response.status_code == 201 and response.json()["size"] == CACHE
+
+
+def test_a_put_whose_client_goes_away_mid_body_keeps_nothing(http_worker: HttpWorker) -> None:
+    port = int(http_worker.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        raw.sendall(f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                    f"Content-Type: application/octet-stream\r\nContent-Length: {CACHE // 2}\r\n\r\n".encode())
+        raw.sendall(b"\x03" * (CACHE // 4))
+        with http_worker.client() as client:  # (the worker has taken bytes of it: they are counted)
+            assert wait_until(lambda: client.get("/v1/files").json()["uploading"] > 0, 60)
+    with http_worker.client() as client:
+        assert wait_until(lambda: client.get("/v1/files").json()["uploading"] == 0, 60)
+        assert client.get("/v1/files").json()["entries"] == 0
+    assert list((cache_dir(http_worker.process) / "partial").iterdir()) == []
+    assert "http_error" not in http_worker.process.log_path.read_text()
+
+
+def test_a_tree_put_over_http_is_mounted_into_a_job(http_worker: HttpWorker, tmp_path: Path) -> None:
+    (tmp_path / "tree" / "lib").mkdir(parents=True)
+    (tmp_path / "tree" / "lib" / "answer.txt").write_bytes(b"forty-two\n")
+    (tmp_path / "tree" / "run.sh").write_bytes(b"cat /work/tree/lib/answer.txt\n")
+    tar = tree_tar(tmp_path / "tree")
+    with http_worker.client() as client:
+        response = put(client, tar, tree="true")
+        assert response.status_code == 201, response.text
+        tree_id = response.json()["file_id"]
+        assert tree_id == "tree:sha256:" + hashlib.sha256(tar).hexdigest()
+        assert response.json()["size"] == len(b"forty-two\n") + len(b"cat /work/tree/lib/answer.txt\n")
+        job = {"cmd": ["sh", "/work/tree/run.sh"], "mounts": [{"path": "/work/tree", "tree_id": tree_id}]}
+        document = client.post("/v1/jobs", params={"wait": "true"}, json={"job": job}).json()
+        assert base64.b64decode(document["result"]["stdout"]) == b"forty-two\n", document
+        # A tree is mounted, never copied in as a file.
+        misused = client.post("/v1/jobs", json={"job": {"cmd": ["true"], "files": [
+            {"path": "/work/t", "file_id": tree_id}]}})
+        assert (misused.status_code, misused.json()["field"]) == (422, "files[0].file_id")
+        buffer = io.BytesIO()  # a tar that is not a tree: refused, nothing kept
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            archive.addfile(tarfile.TarInfo("../escape"), io.BytesIO(b""))
+        hostile = put(client, buffer.getvalue(), tree="true")
+        assert (hostile.status_code, hostile.json()["code"]) == (422, "bad_tree")
+        assert "../escape" in hostile.json()["message"]
+        assert client.get("/v1/files").json()["entries"] == 1
 
 
 def test_a_job_is_polled_then_cancelled(http_worker: HttpWorker) -> None:
@@ -235,6 +358,21 @@ def test_a_judge_waited_for_returns_the_report(language_image, http_worker: Http
         assert unknown.status_code == 202  # (a language is checked as the judge runs: its outcome says)
         failed = client.get(f"/v1/judge/{unknown.json()['id']}/events")
         assert "event: error" in failed.text and "cobol" in failed.text
+
+
+def test_a_judge_package_names_a_file_put_over_http(language_image, http_worker: HttpWorker) -> None:
+    judge = sum_judge()
+    with http_worker.client() as client:
+        big_input = base64.b64decode(judge["problem"]["tests/10.in"])
+        judge["problem"]["tests/10.in"] = {"file_id": put(client, big_input).json()["file_id"]}
+        response = client.post("/v1/judge", params={"wait": "true"}, json=judge)
+        assert response.status_code == 200, response.text
+        report = response.json()["report"]
+        assert (report["verdict"], [test["name"] for test in report["tests"]]) == ("accepted", ["1", "2", "10"])
+        judge["problem"]["tests/10.in"] = {"file_id": "sha256:" + "0" * 64}
+        refused = client.post("/v1/judge", params={"wait": "true"}, json=judge)
+        assert refused.status_code == 422
+        assert (refused.json()["code"], refused.json()["field"]) == ("invalid_job", "problem.tests/10.in.file_id")
 
 
 def test_a_judge_reports_progress_as_server_sent_events(language_image, http_worker: HttpWorker) -> None:

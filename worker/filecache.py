@@ -156,6 +156,12 @@ class FileCache:
         return {"bytes": self.stored_bytes, "entries": self.entries, "capacity": self.capacity,
                 "uploading": self._uploading, "evictions": self.evictions}
 
+    def size_of(self, file_id: str) -> int | None:
+        """The size a file (or tree) counts in the cache; None if a job could not use it
+        now (never put, evicted or deleted). Reading it is no use: the LRU order stays."""
+        entry = self._entries.get(file_id)
+        return None if entry is None or entry.deleted else entry.size
+
     def begin(self, tree: bool = False) -> Upload:
         return Upload(os.path.join(self.directory, "partial", str(next(self._names))), tree)
 

@@ -2,7 +2,9 @@
 judges that will not write msgpack framing: a starlette app served by hypercorn's trio
 worker inside the worker's own trio process, so jobs submitted here go to the same pool,
 through the same validation (``job_from_wire``, ``admit``) and the same queue as socket
-jobs, and share their id space. docs/http.md documents every endpoint; the OpenAPI
+jobs, and share their id space. Files put here go to the same file cache as the socket's
+``put_file`` (the body streamed into it, never held whole), so either door's jobs and
+judges may name them. docs/http.md documents every endpoint; the OpenAPI
 document is ``worker/openapi.py``.
 
 HTTP jobs belong to no connection: a client that goes away does not cancel them (there
@@ -16,6 +18,7 @@ that serves HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import time
@@ -29,7 +32,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -44,12 +47,13 @@ from worker.judging import PoolStages, judge_from_wire, run_judge
 from worker.logs import log
 from worker.openapi import DOCUMENT
 from worker.pool import JobRecord
-from worker.protocol import ProtocolError, job_from_wire, job_id
+from worker.protocol import ProtocolError, file_id, job_from_wire, job_id
 
 if TYPE_CHECKING:
     from worker.server import Server
 
 RETRY_AFTER_S = 1  # what a 503 (queue full) tells the client to wait
+UPLOAD_BATCH = 1 << 20  # bytes of an upload's body gathered for one write (one thread hop)
 _FINAL_JOB_EVENTS = ("finished", "cancelled")
 _FINAL_JUDGE_EVENTS = ("judged", "cancelled")
 
@@ -130,6 +134,10 @@ class HttpFrontDoor:
             Route("/v1/judge/{id}", self._guarded(self.get_judge), methods=["GET"]),
             Route("/v1/judge/{id}", self._guarded(self.cancel_judge), methods=["DELETE"]),
             Route("/v1/judge/{id}/events", self._guarded(self.judge_events), methods=["GET"]),
+            Route("/v1/files", self._guarded(self.put_file), methods=["POST"]),
+            Route("/v1/files", self._guarded(self.file_cache), methods=["GET"]),
+            Route("/v1/files/{id}", self._guarded(self.get_file), methods=["GET"]),
+            Route("/v1/files/{id}", self._guarded(self.delete_file), methods=["DELETE"]),
             Route("/v1/languages", self._guarded(self.languages), methods=["GET"]),
             Route("/v1/stats", self._guarded(self.stats), methods=["GET"]),
             Route("/metrics", self._guarded(self.scrape), methods=["GET"]),
@@ -212,7 +220,7 @@ class HttpFrontDoor:
         if self.pool.existing(identifier, job) is None and self.pool.room() < 1:
             self._busy()
         record = self._submit(identifier, job, callback)
-        if _wait(request):
+        if _query_flag(request, "wait"):
             await self._wait(record)
             return JSONResponse(self._job_document(record))
         return JSONResponse({"id": identifier, "state": record.state.value}, status_code=202,
@@ -334,7 +342,7 @@ class HttpFrontDoor:
 
         assert self._nursery is not None
         self._nursery.start_soon(judging)
-        if _wait(request):
+        if _query_flag(request, "wait"):
             while judge.finished_at is None:
                 await judge.changed.wait()
             final = judge.events[-1]
@@ -389,6 +397,81 @@ class HttpFrontDoor:
             if judge is not None:
                 del self.judges[judge.id]
 
+    # -- the file cache ------------------------------------------------------------------
+
+    async def put_file(self, request: Request) -> Response:
+        """The body is one file (a tar with ``?tree=true``) for the file cache, as a socket
+        ``put_file`` upload is: bounded by the cache (``--file-cache-size``), not by
+        ``--max-frame``. A refused upload keeps nothing; its answer comes after the rest of
+        the body was read and thrown away (for ``send_timeout_s`` at most, as ``_body``
+        does), so the client reads it instead of a reset."""
+        chunks = request.stream()
+        try:
+            self._accepting()
+            expected = request.query_params.get("file_id")
+            declared = request.headers.get("content-length", "")
+            identifier, size = await self._store(
+                chunks, _query_flag(request, "tree"), None if expected is None else file_id({"file_id": expected}),
+                int(declared) if declared.isdigit() else None)
+        except ProtocolError:
+            with trio.move_on_after(self.server.config.send_timeout_s), contextlib.suppress(ClientDisconnect):
+                async for _ in chunks:
+                    pass
+            raise
+        return JSONResponse({"file_id": identifier, "size": size}, status_code=201,
+                            headers={"Location": f"/v1/files/{identifier}"})
+
+    async def _store(self, chunks: AsyncIterator[bytes], tree: bool, expected: str | None,
+                     declared: int | None) -> tuple[str, int]:
+        """Stream ``chunks`` into a new upload of the cache and keep it: (its id, its size -
+        a tree's unpacked size). Each chunk is counted against the capacity as it comes
+        (cache_full at the first that finds no room); the bytes reach the upload's file in
+        a thread, ``UPLOAD_BATCH`` at a time, so the worker holds no more of the body."""
+        cache = self.server.cache
+        if declared is not None and declared > cache.capacity:
+            raise ProtocolError("cache_full", f"no room for {declared} bytes in the file cache of "
+                                              f"{cache.capacity} bytes: more than the whole cache")
+        try:
+            upload = cache.begin(tree)
+        except OSError as exc:
+            raise ProtocolError("cache_error", f"cannot store the file: {exc.strerror}") from None
+        try:
+            try:
+                batch: list[bytes] = []
+                gathered = 0
+                async for chunk in chunks:
+                    cache.reserve(upload, len(chunk))
+                    batch.append(chunk)
+                    gathered += len(chunk)
+                    if gathered >= UPLOAD_BATCH:
+                        await trio.to_thread.run_sync(upload.write, b"".join(batch))
+                        batch, gathered = [], 0
+                await trio.to_thread.run_sync(upload.write, b"".join(batch))
+                unpacked = await trio.to_thread.run_sync(cache.unpack, upload) if tree else 0
+                return cache.commit(upload, expected, unpacked), unpacked if tree else upload.size
+            except OSError as exc:
+                raise ProtocolError("cache_error", f"cannot store the file: {exc.strerror}") from None
+            except ClientDisconnect:  # (nobody reads the answer; it keeps the log free of a client's doing)
+                raise ProtocolError("bad_message", "the client went away before the body's end") from None
+        except BaseException:  # (a cancel too: the worker is stopping)
+            cache.abort(upload)
+            raise
+
+    async def file_cache(self, request: Request) -> Response:
+        return JSONResponse(self.server.cache.snapshot())
+
+    async def get_file(self, request: Request) -> Response:
+        identifier = file_id({"file_id": request.path_params["id"]})
+        size = self.server.cache.size_of(identifier)
+        if size is None:
+            raise ProtocolError("unknown_file", f"the worker has no file {identifier}", field="file_id")
+        return JSONResponse({"file_id": identifier, "size": size})
+
+    async def delete_file(self, request: Request) -> Response:
+        identifier = file_id({"file_id": request.path_params["id"]})
+        removed = self.server.cache.delete(identifier)
+        return JSONResponse({"file_id": identifier, "removed": removed})
+
     # -- the rest ------------------------------------------------------------------------
 
     async def languages(self, request: Request) -> Response:
@@ -405,7 +488,7 @@ class HttpFrontDoor:
     async def stats(self, request: Request) -> Response:
         running = sum(judge.finished_at is None for judge in self.judges.values())
         return JSONResponse({**self.pool.snapshot(), "connections": len(self.server.connections),
-                             "judges_running": running})
+                             "file_cache": self.server.cache.snapshot(), "judges_running": running})
 
     async def scrape(self, request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
@@ -421,8 +504,8 @@ class HttpFrontDoor:
         return JSONResponse(DOCUMENT)
 
 
-def _wait(request: Request) -> bool:
-    return request.query_params.get("wait", "false").lower() in ("true", "1", "yes")
+def _query_flag(request: Request, name: str) -> bool:
+    return request.query_params.get(name, "false").lower() in ("true", "1", "yes")
 
 
 def _as_error(message: dict[str, Any]) -> ProtocolError:

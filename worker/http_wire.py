@@ -2,8 +2,10 @@
 
 JSON carries no bytes, so the fields the protocol sends as msgpack bin travel as base64
 strings under the same names: a job's ``stdin`` and its files' ``data``, a judge's
-package entries and submission ``source``, a result's ``stdout`` and ``stderr``. Nothing
-else changes: the decoded message goes through ``job_from_wire`` and ``judge_from_wire``
+package entries and submission ``source``, a result's ``stdout`` and ``stderr``. A file
+put in the worker's cache before is named as on the socket - a job's ``files`` entry
+with ``file_id`` instead of ``data``, a package entry ``{"file_id": ID}`` - and passes
+through as it is. Nothing else changes: the decoded message goes through ``job_from_wire`` and ``judge_from_wire``
 as a socket client's does, so both doors accept exactly the same jobs. Pure functions:
 tested without a worker.
 """
@@ -25,10 +27,14 @@ STATUS_OF_CODE = {
     "not_found": 404,
     "method_not_allowed": 405,
     "id_conflict": 409,
+    "unknown_file": 404,
     "frame_too_large": 413,
     "bad_message": 422,
     "invalid_job": 422,
+    "bad_tree": 422,
+    "digest_mismatch": 422,
     "busy": 503,
+    "cache_full": 507,
     "internal_error": 500,
 }
 _BODY_KEYS = {"id", "job", "callback_url"}
@@ -68,7 +74,8 @@ def job_request(body: Any, where: str = "") -> tuple[str | None, dict[str, Any],
 
 def job_to_bytes(job: Any) -> dict[str, Any]:
     """A job of the JSON form with its base64 fields decoded (the rest is checked by
-    ``job_from_wire``, which names the field)."""
+    ``job_from_wire``, which names the field). A files entry without ``data`` is left as
+    it is: one naming a cached file by ``file_id``, or one ``job_from_wire`` refuses."""
     if not isinstance(job, dict):
         raise ProtocolError("invalid_job", "job must be an object", field="job")
     decoded = dict(job)
@@ -77,7 +84,8 @@ def job_to_bytes(job: Any) -> dict[str, Any]:
     files = decoded.get("files")
     if isinstance(files, list):
         decoded["files"] = [
-            {**entry, "data": _base64(entry.get("data"), "files.data")} if isinstance(entry, dict) else entry
+            {**entry, "data": _base64(entry["data"], "files.data")} if isinstance(entry, dict) and "data" in entry
+            else entry
             for entry in files
         ]
     return decoded
@@ -93,7 +101,9 @@ def judge_to_wire(body: Any, judge_id: str) -> dict[str, Any]:
     message: dict[str, Any] = {"type": "judge", "id": judge_id, **body}
     problem = body.get("problem")
     if isinstance(problem, dict):
-        message["problem"] = {name: _base64(data, f"problem.{name}") for name, data in problem.items()}
+        message["problem"] = {  # (an entry {"file_id": ID} names a cached file: judge_from_wire checks it)
+            name: data if isinstance(data, dict) else _base64(data, f"problem.{name}")
+            for name, data in problem.items()}
     submission = body.get("submission")
     if isinstance(submission, dict) and "source" in submission:
         message["submission"] = {**submission, "source": _base64(submission["source"], "submission.source")}

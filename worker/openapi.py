@@ -14,6 +14,10 @@ _BASE64 = {"type": "string", "contentEncoding": "base64"}
 _DURATION = {"oneOf": [{"type": "string", "example": "2s"}, {"type": "number"}, {"type": "null"}]}
 _SIZE = {"oneOf": [{"type": "string", "example": "256M"}, {"type": "integer"}]}
 _ID = {"type": "string", "minLength": 1, "maxLength": 128}
+_FILE_ID = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$",
+            "description": "A file put in the cache (POST /v1/files)."}
+_TREE_ID = {"type": "string", "pattern": "^tree:sha256:[0-9a-f]{64}$",
+            "description": "A tree put in the cache (POST /v1/files?tree=true)."}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -40,6 +44,11 @@ _BODY_ERRORS = {
             "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
 }
 _NOT_FOUND = {"404": _error("No job (or judge) with this id, or it ended over --retention seconds ago.")}
+_FILE_PARAMETER = {"name": "id", "in": "path", "required": True, "schema": {"oneOf": [_FILE_ID, _TREE_ID]}}
+_NO_FILE = {
+    "404": _error("The cache has no such file or tree: never put, evicted or deleted (code unknown_file)."),
+    "422": _error("The id is not a file or tree id (code bad_message)."),
+}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -62,8 +71,15 @@ SCHEMAS: dict[str, Any] = {
             "env": {"type": "object", "additionalProperties": {"type": "string"}},
             "stdin": {"oneOf": [_BASE64, {"type": "null"}]},
             "files": {"type": "array", "items": {
-                "type": "object", "required": ["path", "data"], "additionalProperties": False,
-                "properties": {"path": {"type": "string"}, "data": _BASE64, "mode": {"type": "integer"}},
+                "type": "object", "required": ["path"], "additionalProperties": False,
+                "description": "Its bytes in data, or file_id naming a file put in the cache (not both).",
+                "properties": {"path": {"type": "string"}, "data": _BASE64, "file_id": _FILE_ID,
+                               "mode": {"type": "integer"}},
+            }},
+            "mounts": {"type": "array", "items": {
+                "type": "object", "required": ["path", "tree_id"], "additionalProperties": False,
+                "description": "A tree put in the cache, mounted read-only at path.",
+                "properties": {"path": {"type": "string"}, "tree_id": _TREE_ID},
             }},
             "image": {"type": "string", "default": "host"},
             "cwd": {"type": ["string", "null"]},
@@ -104,8 +120,12 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["problem", "submission"], "additionalProperties": False,
         "properties": {
             "id": _ID,
-            "problem": {"type": "object", "additionalProperties": _BASE64,
-                        "description": "The package: problem.toml, NAME and tests/NAME, each in base64."},
+            "problem": {"type": "object", "additionalProperties": {"oneOf": [
+                            _BASE64,
+                            {"type": "object", "required": ["file_id"], "additionalProperties": False,
+                             "properties": {"file_id": _FILE_ID}}]},
+                        "description": "The package: problem.toml, NAME and tests/NAME, each in base64 "
+                                       "or as {\"file_id\": ID} of a file put in the cache."},
             "submission": {
                 "type": "object", "required": ["lang", "source"], "additionalProperties": False,
                 "properties": {
@@ -125,6 +145,16 @@ SCHEMAS: dict[str, Any] = {
             "report": {"type": "object", "description": "When judged: the JSON of `sandbox judge --json`."},
             "error": _ref("Error"),
         },
+    },
+    "StoredFile": {
+        "type": "object", "required": ["file_id", "size"],
+        "properties": {"file_id": {"oneOf": [_FILE_ID, _TREE_ID]},
+                       "size": {"type": "integer", "description": "Bytes: a tree's unpacked size."}},
+    },
+    "FileCache": {
+        "type": "object", "description": "The cache's snapshot (the protocol's stats file_cache).",
+        "properties": {name: {"type": "integer"}
+                       for name in ("bytes", "entries", "capacity", "uploading", "evictions")},
     },
     "Language": {
         "type": "object",
@@ -191,6 +221,41 @@ PATHS: dict[str, Any] = {
                 "responses": {"200": {"description": "An event stream; it ends after the final event.",
                                       "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                               **_COMMON_ERRORS, **_NOT_FOUND}},
+    },
+    "/v1/files": {
+        "post": {
+            "summary": "Put a file (or, with tree=true, a tar to keep as a tree) in the worker's file cache.",
+            "parameters": [
+                {"name": "tree", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
+                 "description": "The body is a tar, unpacked and kept as a tree for jobs' mounts."},
+                {"name": "file_id", "in": "query", "required": False, "schema": {"oneOf": [_FILE_ID, _TREE_ID]},
+                 "description": "The id the client expects: other bytes are refused (code digest_mismatch)."},
+            ],
+            "requestBody": {"required": True, "content": {"application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"}}}},
+            "responses": {
+                "201": _json(_ref("StoredFile"), "Kept (Location: /v1/files/ID)."),
+                "422": _error("A tar that is not a tree (code bad_tree), bytes of another id than file_id "
+                              "(code digest_mismatch), a malformed file_id (code bad_message)."),
+                "503": {**_error("The worker is stopping (code busy)."),
+                        "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+                "507": _error("No room: more than the cache, or the rest is leased by queued or running jobs "
+                              "(code cache_full). Nothing was kept or evicted."),
+                **_COMMON_ERRORS,
+            },
+        },
+        "get": {"summary": "The file cache's snapshot.", "responses": {
+            "200": _json(_ref("FileCache"), "Its counts."), **_COMMON_ERRORS}},
+    },
+    "/v1/files/{id}": {
+        "parameters": [_FILE_PARAMETER],
+        "get": {"summary": "Whether a job may name the file (or tree) now, and its size.", "responses": {
+            "200": _json(_ref("StoredFile"), "It is in the cache."), **_COMMON_ERRORS, **_NO_FILE}},
+        "delete": {"summary": "Delete a file (or tree): no job submitted from now on may name it.", "responses": {
+            "200": _json({"type": "object", "properties": {
+                "file_id": {"type": "string"},
+                "removed": {"type": "boolean", "description": "false: leased jobs still read it; removed as they end."},
+            }}, "Deleted."), **_COMMON_ERRORS, **_NO_FILE}},
     },
     "/v1/languages": {"get": {"summary": "The language presets, and whether their image is present.",
                               "responses": {"200": _json({"type": "array", "items": _ref("Language")}, "Presets."),

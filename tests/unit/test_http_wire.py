@@ -36,6 +36,22 @@ def test_a_jobs_base64_fields_become_the_protocols_bytes() -> None:
     assert job.files[0].content.data == b"A"
 
 
+def test_cached_files_are_named_as_on_the_socket() -> None:
+    file_id = "sha256:" + "a" * 64
+    _, wire, _ = job_request({"job": {"cmd": ["cat"], "files": [{"path": "/work/a", "file_id": file_id}]}})
+    assert job_from_wire(wire).files[0].content.file_id == file_id
+    body = {"problem": {"problem.toml": b64(b"[limits]\n"), "tests/1.in": {"file_id": file_id}},
+            "submission": {"lang": "python3", "source": b64(b"print(3)")}}
+    assert judge_from_wire(judge_to_wire(body, "j"), "j").package["tests/1.in"] == file_id
+    with pytest.raises(ProtocolError) as raised:  # data and file_id: the protocol's own refusal
+        job_from_wire(job_request({"job": {"cmd": ["cat"], "files": [
+            {"path": "/work/a", "file_id": file_id, "data": b64(b"A")}]}})[1])
+    assert raised.value.field == "files[0]"
+    with pytest.raises(ProtocolError) as raised:  # neither
+        job_from_wire(job_request({"job": {"cmd": ["cat"], "files": [{"path": "/work/a"}]}})[1])
+    assert raised.value.field == "files.data"
+
+
 @pytest.mark.parametrize(("body", "where", "code", "field"), [
     ({"job": {"cmd": ["cat"], "stdin": "***"}}, "", "invalid_job", "stdin"),
     ({"job": {"cmd": ["cat"], "stdin": 5}}, "", "invalid_job", "stdin"),
@@ -77,6 +93,7 @@ def test_a_results_output_is_base64_and_the_rest_as_run_json_prints_it() -> None
 @pytest.mark.parametrize(("code", "status"), [
     ("bad_json", 400), ("unauthorized", 401), ("unknown_id", 404), ("id_conflict", 409), ("frame_too_large", 413),
     ("not_found", 404), ("method_not_allowed", 405), ("invalid_job", 422), ("bad_message", 422), ("busy", 503), ("internal_error", 500), ("anything_else", 500),
+    ("unknown_file", 404), ("bad_tree", 422), ("digest_mismatch", 422), ("cache_full", 507), ("cache_error", 500),
 ])
 def test_each_error_code_has_its_status(code: str, status: int) -> None:
     error = ProtocolError(code, "m", field="f")
