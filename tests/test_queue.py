@@ -4,6 +4,7 @@ Waits for external effects poll with a deadline (``wait_until``), never a blind 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from test_cleanup import wait_until
 from workerutil import SANDBOX_CLI, WorkerProcess
 
 from sandbox.judge.problem import read_package
-from sandbox.models import Blob, Job, Limits, Status
+from sandbox.models import Blob, Collect, InputFile, Job, Limits, Status
 from worker.client import Client
 from worker.protocol import job_to_wire
 from worker.queue_client import QueueClient, QueueError, QueueFull
@@ -59,9 +60,9 @@ def sh(script: str, **limits: object) -> Job:
     return Job(cmd=["sh", "-c", script], limits=Limits(**limits))  # type: ignore[arg-type]
 
 
-def outcomes(redis: RedisServer) -> list[tuple[str, bytes]]:
-    """(job id, outcome) of every entry on the results stream, oldest first."""
-    entries = redis.call(lambda r: r.xrange(KEYS.results))
+def outcomes(redis: RedisServer, stream: str = STREAM) -> list[tuple[str, bytes]]:
+    """(job id, outcome) of every entry on the stream's results stream, oldest first."""
+    entries = redis.call(lambda r: r.xrange(QueueKeys(stream).results))
     return [(entry.field_values[b"id"].decode(), entry.field_values[b"outcome"]) for entry in entries]
 
 
@@ -396,7 +397,7 @@ def test_sigterm_lets_a_held_judge_finish(redis, workers):
     assert (report["verdict"], len(report["tests"])) == ("accepted", 3) and queue_is_empty(redis)
 
 
-def test_a_queued_judge_with_a_broken_package_or_a_file_id_is_an_error_outcome(redis, workers):
+def test_a_queued_judge_with_a_broken_package_or_an_unknown_file_is_an_error_outcome(redis, workers):
     workers("--slots", "1")
     client = QueueClient(redis.url, STREAM)
     broken = {**read_package(PROBLEMS / "sum"), "../escape": b"x"}
@@ -404,10 +405,91 @@ def test_a_queued_judge_with_a_broken_package_or_a_file_id_is_an_error_outcome(r
         client.judge(broken, "python3", b"print(1)", timeout=60)
     assert caught.value.code == "invalid_job" and caught.value.field == "problem"
     assert "not a package file name" in caught.value.message
-    # A cached file names a file in one worker's cache: refused, whichever worker takes it.
+    # A file named by an id nobody put: no worker has it.
     cached = {**read_package(PROBLEMS / "sum"), "tests/1.in": {"file_id": "sha256:" + "0" * 64}}
     with pytest.raises(QueueError) as caught:
-        client.judge(cached, "python3", b"print(1)", timeout=60)  # type: ignore[dict-item]
+        client.judge(cached, "python3", b"print(1)", timeout=60)
     assert caught.value.code == "invalid_job" and caught.value.field == "problem.tests/1.in.file_id"
-    assert "as bytes" in caught.value.message
+    assert "the queue has no file" in caught.value.message
     assert queue_is_empty(redis)
+
+
+def test_streams_share_a_worker_by_weight_and_a_flood_starves_none(redis, workers):
+    # Both streams flooded before the worker comes; one slot, so jobs finish in the order
+    # taken. Weights 1 and 3: of every four jobs, one from each stream's share.
+    client, heavy = QueueClient(redis.url, STREAM), QueueClient(redis.url, "heavy")
+    for number in range(12):
+        client.submit(sh("sleep 0.02"), job_id=f"light-{number}")
+        heavy.submit(sh("sleep 0.02"), job_id=f"heavy-{number}")
+    workers("--slots", "1", "--stream", "heavy=3")
+    assert wait_until(lambda: len(outcomes(redis)) == 12 and len(outcomes(redis, "heavy")) == 12, timeout=120)
+    finished = sorted(
+        [(entry_order(entry), "light") for entry in redis.call(lambda r: r.xrange(KEYS.results))]
+        + [(entry_order(entry), "heavy") for entry in redis.call(lambda r: r.xrange("heavy:results"))])
+    first = [stream for _, stream in finished[:12]]
+    assert (first.count("light"), first.count("heavy")) == (3, 9), first
+    assert "light" in first[:4]  # the light stream waits behind three of the heavy one's jobs at most
+
+
+def test_a_file_put_once_is_fetched_by_the_worker_that_takes_the_job(redis, workers):
+    workers("--slots", "1", "--max-blob", "1M")
+    client = QueueClient(redis.url, STREAM)
+    data = bytes(range(256)) * 1200  # 300 KiB: more than a job should carry each time
+    file_id = client.put_file(data)
+    assert file_id == "sha256:" + hashlib.sha256(data).hexdigest() and client.put_file(data) == file_id
+    assert redis.call(lambda r: r.ttl(KEYS.blob(file_id))) > 0  # kept as long as results are
+    job = Job(cmd=["sh", "-c", "sha256sum < /work/input; wc -c < /work/input"], files=[InputFile("/work/input", Blob(file_id=file_id))])
+    result = client.run(job, timeout=60)
+    assert result.stdout.decode().split() == [hashlib.sha256(data).hexdigest(), "-", str(len(data))]
+    # The worker keeps it in its own cache: the next job needs Redis no more.
+    redis.call(lambda r: r.delete([KEYS.blob(file_id)]))
+    assert client.run(job, timeout=60).stdout == result.stdout
+    # A file nobody put, and one whose bytes are not its id's, fail the job, naming the field.
+    for name, stored in (("gone", None), ("forged", b"other bytes")):
+        missing = "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+        key = KEYS.blob(missing)
+        if stored is not None:
+            redis.call(lambda r, key=key, value=stored: r.set(key, value))
+        with pytest.raises(QueueError) as caught:
+            client.run(Job(cmd=["true"], files=[InputFile("/work/x", Blob(file_id=missing))]), timeout=60)
+        assert (caught.value.code, caught.value.field) == ("invalid_job", "files[0].file_id"), caught.value
+    with pytest.raises(QueueError) as caught:
+        client.put_file(b"x" * (2 << 20))
+    assert caught.value.code == "blob_too_big" and "--max-blob" in caught.value.message
+
+
+def test_a_file_a_job_collected_into_the_cache_is_put_for_every_worker(redis, workers):
+    workers("--slots", "1")
+    client = QueueClient(redis.url, STREAM)
+    made = client.run(Job(cmd=["sh", "-c", "echo made here > /work/out"], collect=[Collect("/work/out", cache=True)]),
+                      timeout=60)
+    file_id = made.file_ids["/work/out"]
+    assert redis.call(lambda r: r.get(KEYS.blob(file_id))) == b"made here\n"
+    other = workers("--slots", "1")  # (either worker may take it: both can)
+    used = client.run(Job(cmd=["cat", "/work/in"], files=[InputFile("/work/in", Blob(file_id=file_id))]), timeout=60)
+    assert used.stdout == b"made here\n" and other.process.poll() is None
+
+
+def test_a_judges_tests_run_on_every_worker_with_a_free_slot(redis, workers, connect):
+    first, second = workers("--slots", "1"), workers("--slots", "1")
+    client = QueueClient(redis.url, STREAM)
+    slow = b"import time\na, b = map(int, input().split())\ntime.sleep(0.3)\nprint(a + b)\n"
+    problem = read_package(PROBLEMS / "sum")
+    problem["tests/1.in"] = {"file_id": client.put_file(problem["tests/1.in"])}  # type: ignore[index]
+    report = client.judge(problem, "python3", slow, parallel=3, timeout=120)
+    assert (report["verdict"], len(report["tests"])) == ("accepted", 3)
+    # Its jobs (a compile and three tests) were queued for any worker: both ran some.
+    ran = [stats(connect(worker))["submitted"] for worker in (first, second)]
+    assert min(ran) >= 1 and sum(ran) == 4, ran
+    stages = KEYS.stages
+    assert redis.call(lambda r: r.xlen(stages.results)) == 4 and queue_is_empty(redis)
+
+
+def entry_order(entry: Any) -> tuple[int, int]:
+    milliseconds, sequence = entry.identifier.decode().split("-")
+    return int(milliseconds), int(sequence)
+
+
+def stats(connection: Any) -> dict[str, Any]:
+    connection.send({"type": "stats"})
+    return dict(connection.until(lambda message: message.get("type") == "stats"))

@@ -573,17 +573,11 @@ def _pairs(values: list[bytes]) -> dict[str, bytes]:
 
 
 def _queued_judge(wire: Any, judge_id: str) -> JudgeRequest:
-    """A judge request from the queue: the socket's, except that every package file
-    travels as bytes - a ``file_id`` names a file in one worker's cache, and the worker
-    that takes the judge may be any."""
+    """A judge request from the queue: the socket's (a package file named by id is one a
+    producer put in Redis, ``put_file``, fetched by whichever worker takes the judge)."""
     if not isinstance(wire, dict):
         raise ProtocolError("invalid_job", "a judge request is a map (the socket's judge message)", field="judge")
-    request = judge_from_wire(wire, judge_id)
-    for name, data in request.package.items():
-        if isinstance(data, str):
-            raise ProtocolError("invalid_job", f"{name}: a queued judge carries its files as bytes (a file_id "
-                                "names a file in one worker's cache)", field=f"problem.{name}.file_id")
-    return request
+    return judge_from_wire(wire, judge_id)
 
 
 def _job_id(fields: dict[str, bytes]) -> str | None:
