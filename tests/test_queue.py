@@ -493,3 +493,51 @@ def entry_order(entry: Any) -> tuple[int, int]:
 def stats(connection: Any) -> dict[str, Any]:
     connection.send({"type": "stats"})
     return dict(connection.until(lambda message: message.get("type") == "stats"))
+
+
+def test_another_job_under_a_known_id_is_a_conflict(redis):
+    client = QueueClient(redis.url, STREAM)
+    assert client.submit(sh("echo one"), job_id="same") == client.submit(sh("echo one"), job_id="same") == "same"
+    with pytest.raises(QueueError) as caught:
+        client.submit(sh("echo two"), job_id="same")
+    assert (caught.value.code, caught.value.field) == ("id_conflict", "id")
+    assert redis.call(lambda r: r.xlen(STREAM)) == 1  # queued once
+
+
+def test_a_job_cancelled_before_any_worker_took_it_never_runs(redis, workers):
+    client = QueueClient(redis.url, STREAM)
+    job_id = client.submit(sh("echo ran"))
+    assert (client.cancel(job_id), client.cancel("nobody")) == ("cancelled", "unknown")
+    with pytest.raises(QueueError) as caught:
+        client.result(job_id, timeout=10)
+    assert caught.value.code == "cancelled"
+    assert redis.call(lambda r: r.xlen(STREAM)) == 0
+    workers("--slots", "1")
+    assert client.run(sh("echo after"), timeout=60).stdout == b"after\n"
+    assert [job for job, _ in outcomes(redis)] == [job_id, outcomes(redis)[1][0]] and len(outcomes(redis)) == 2
+    assert client.cancel(job_id) == "finished"
+
+
+def test_a_running_job_and_a_running_judge_are_stopped_when_cancelled(redis, workers):
+    workers("--slots", "1")
+    client = QueueClient(redis.url, STREAM)
+    job_id = client.submit(sh("sleep 1000", wall_time="100s"))
+    assert wait_until(lambda: len(pending(redis)) == 1, timeout=30)
+    assert client.cancel(job_id) == "cancelling"
+    with pytest.raises(QueueError) as caught:
+        client.result(job_id, timeout=60)  # long before its wall time
+    assert caught.value.code == "cancelled"
+    slow = b"import time\na, b = map(int, input().split())\ntime.sleep(100)\nprint(a + b)\n"
+    judge_id = client.submit_judge(read_package(PROBLEMS / "sum"), "python3", slow)
+    stages = KEYS.stages
+    # A test of it (after the compile: its outcome is in) held by the worker.
+    assert wait_until(lambda: redis.call(lambda r: r.xlen(stages.results)) >= 1 and redis.call(
+        lambda r: r.xpending(stages.stream, GROUP, "-", "+", 10)), timeout=60)
+    assert client.cancel(judge_id) == "cancelling"
+    with pytest.raises(QueueError) as caught:
+        client.report(judge_id, timeout=60)
+    assert caught.value.code == "cancelled"
+    # Its test jobs were cancelled with it: nothing left to run, the slot free again.
+    assert wait_until(lambda: redis.call(lambda r: r.xlen(stages.stream)) == 0, timeout=60)
+    assert client.run(sh("echo free"), timeout=60).stdout == b"free\n"
+    assert queue_is_empty(redis)

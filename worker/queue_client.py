@@ -33,17 +33,20 @@ from worker.client import Package, judge_message, with_file_contents
 from worker.protocol import job_to_wire
 from worker.queue_blobs import put_blob
 from worker.queue_schema import (
+    ID_CONFLICT,
     LIBRARY,
     QUEUE_FULL,
     QueueError,
     QueueFull,
     QueueKeys,
+    cancel_call,
     decode_outcome,
     decode_report,
 )
 
 T = TypeVar("T")
 BLOB_TTL_S = 86_400  # how long a file put is kept when no worker has said (its --result-ttl)
+CANCEL_TTL_S = 86_400  # how long a cancelled job's outcome (and its mark) is kept
 MAX_BLOCK_MS = 1000  # a wait on the results stream looks again this often (a result key may expire)
 
 
@@ -97,8 +100,19 @@ class AsyncQueueClient:
         except ResponseError as exc:
             if str(exc).startswith(QUEUE_FULL):
                 raise QueueFull(QUEUE_FULL, str(exc).removeprefix(QUEUE_FULL).strip()) from None
+            if str(exc).startswith(ID_CONFLICT):
+                raise QueueError(ID_CONFLICT, str(exc).removeprefix(ID_CONFLICT).strip(), "id") from None
             raise
         return job_id
+
+    async def cancel(self, job_id: str) -> str:
+        """Cancel a queued job (or judge): ``cancelled`` if no worker had taken it (it
+        never runs), ``cancelling`` if one holds it (it is stopped), ``finished`` if its
+        outcome is in already, ``unknown`` for an id the queue does not know. A cancelled
+        job's outcome is the error ``cancelled`` (``result`` raises QueueError)."""
+        keys, args = cancel_call(self.keys, job_id, CANCEL_TTL_S)
+        answer = await self._loaded(self._redis.fcall, "sandbox_cancel", keys, args)
+        return answer.decode() if isinstance(answer, bytes) else str(answer)
 
     async def _loaded(self, operation: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Call a function of the library, loading it first if no worker has come yet
@@ -187,6 +201,9 @@ class QueueClient:
 
     def put_file(self, data: bytes) -> str:
         return self._call(lambda client: client.put_file(data))
+
+    def cancel(self, job_id: str) -> str:
+        return self._call(lambda client: client.cancel(job_id))
 
     def submit_judge(self, problem: Package, lang: str, source: bytes, *,
                      compile_options: Sequence[str] = (), args: Sequence[str] = (), stop_on_failure: bool = False,

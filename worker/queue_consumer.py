@@ -52,6 +52,7 @@ from worker.pool import Pool
 from worker.protocol import ProtocolError, job_from_wire
 from worker.queue_blobs import fetch_blobs, named_files, put_blob, read_cached
 from worker.queue_schema import (
+    CANCELLED_MESSAGE,
     GROUP,
     LIBRARY,
     PROGRESS_MAXLEN,
@@ -69,6 +70,7 @@ BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.05, 2.0
 CONNECT_TIMEOUT_S = 5.0
 MAX_BLOCK_MS = 1000  # a read waits this long at most, so claims and stopping are looked at
 ROOM_POLL_S = 0.2  # with no free slot: how often to look again (socket jobs free slots too)
+CANCEL_MEMORY_S = 60.0  # a cancel heard for a job not held is remembered this long
 
 
 @dataclass
@@ -93,6 +95,8 @@ class Delivery:
     lost: bool = False  # a heartbeat found it claimed by another worker
     final: dict[str, Any] = field(default_factory=dict)  # the pool's (or the judge's) final message for it
     job: Job | None = None  # the job to run, once checked
+    pool_id: str | None = None  # its id in the pool, once there
+    cancelled: bool = False  # its producer cancelled it: its outcome says so
     judge: JudgeRequest | None = None  # a judge request to judge here, instead of a job
 
     @property
@@ -117,6 +121,9 @@ class QueueConsumer:
         self.held: dict[tuple[str, str], Delivery] = {}
         self.judges: dict[tuple[str, str], QueueStages] = {}  # the judges held
         self.waits = StageWaits()
+        # Cancels heard for jobs not (yet) held here, by stream and id, with when: a take
+        # answered before the cancel was heard but handled after it still sees it.
+        self._cancels_heard: dict[tuple[str, str], float] = {}
         self._preparing = 0  # jobs held that are not in the pool yet (their files being fetched)
         self._outage_since: float | None = None
         self._stopping = False
@@ -156,7 +163,7 @@ class QueueConsumer:
             log("queue_consuming", stream=self._streams, consumer=self.consumer)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._heartbeat)
-                nursery.start_soon(self._follow_stages)
+                nursery.start_soon(self._follow)
                 while self._taking():
                     free = len(self.pool.slots) - self.pool.running - self.pool.queued - self._preparing
                     if free <= 0:
@@ -173,12 +180,49 @@ class QueueConsumer:
                     for delivery in await self._retrying("take", self._take, lanes, free, block_ms):
                         self._start(nursery, delivery)
 
-    async def _follow_stages(self) -> None:
-        """Hear the outcomes of the judges' stage jobs until the last judge held ends."""
+    async def _follow(self) -> None:
+        """Hear the outcomes of the judges' stage jobs, and the cancels of jobs, until the
+        last delivery held ends."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.waits.follow, self, [lane.keys.results for lane in self.urgent])
+            nursery.start_soon(self._follow_cancels)
             await self._drained.wait()
             nursery.cancel_scope.cancel()
+
+    async def _follow_cancels(self) -> None:
+        """Cancel the deliveries held whose producers cancelled them (``sandbox_cancel``),
+        reading every lane's cancels stream from its last entry as the worker starts (a
+        job claimed later is checked by its mark instead)."""
+        redis = self.redis()
+        cursors: dict[str, str | bytes] = {}
+        for lane in self.lanes:
+            last = await self._retrying("cancels", partial(redis.xrevrange, lane.keys.cancels, count=1))
+            cursors[lane.keys.cancels] = last[0].identifier if last else "0-0"
+        streams = {lane.keys.cancels: lane.keys.stream for lane in self.lanes}
+        while True:
+            news = await self._retrying("cancels", partial(redis.xread, cursors, count=100, block=MAX_BLOCK_MS))
+            now = trio.current_time()
+            for stale in [key for key, heard in self._cancels_heard.items() if now - heard > CANCEL_MEMORY_S]:
+                del self._cancels_heard[stale]
+            for stream, entries in (news or {}).items():
+                for entry in entries:
+                    cursors[_text(stream)] = entry.identifier
+                    job_id = _text(entry.field_values.get(b"id", b""))
+                    await self._cancel(streams[_text(stream)], job_id)
+
+    async def _cancel(self, stream: str, job_id: str) -> None:
+        """Stop a held job (or judge) its producer cancelled; remember one not held."""
+        held = [delivery for delivery in self.held.values()
+                if delivery.lane.keys.stream == stream and delivery.job_id == job_id and not delivery.duplicate]
+        if not held:
+            self._cancels_heard[stream, job_id] = trio.current_time()
+        for delivery in held:
+            delivery.cancelled = True
+            stages = self.judges.get(delivery.key)
+            if stages is not None:
+                await stages.cancel()
+            elif delivery.pool_id is not None and delivery.pool_id in self.pool.records:
+                await self.pool.cancel(delivery.pool_id)
 
     async def call(self, what: str, operation: Callable[..., Awaitable[T]], *args: Any) -> T:
         """A Redis operation for a judge's stages, retried through an outage."""
@@ -263,7 +307,11 @@ class QueueConsumer:
             pending = await redis.xpending(lane.keys.stream, GROUP, identifier, identifier, 1)
             record = pending[0] if isinstance(pending, tuple) and pending else None
             deliveries = record.delivered if isinstance(record, StreamPendingExt) else 1
-            claimed.append(Delivery(lane, identifier, _fields(entry.field_values), deliveries))
+            delivery = Delivery(lane, identifier, _fields(entry.field_values), deliveries)
+            job_id = _job_id(delivery.fields)
+            if job_id is not None:  # (cancelled while its first worker held it, before this one heard)
+                delivery.cancelled = bool(await redis.exists([lane.keys.cancel_mark(job_id)]))
+            claimed.append(delivery)
         return claimed
 
     async def _claim_id(self, delivery: Delivery) -> None:
@@ -275,12 +323,14 @@ class QueueConsumer:
             return
         holder = await self.redis().set(delivery.lane.keys.id(delivery.job_id), delivery.entry,
                                         condition=coredis.PureToken.NX, get=True)
-        delivery.duplicate = holder is not None and _text(holder) != delivery.entry
+        delivery.duplicate = holder is not None and _text(holder).split(" ")[0] != delivery.entry
 
     def _start(self, nursery: trio.Nursery, delivery: Delivery) -> None:
         """Check the delivery and count it at once (so the next count of free slots
         sees it), then see it through in a task of its own."""
         self.held[delivery.key] = delivery
+        if self._cancels_heard.pop((delivery.lane.keys.stream, delivery.job_id or ""), None) is not None:
+            delivery.cancelled = True
         self._check(delivery)
         if delivery.judge is not None:
             self.judges[delivery.key] = QueueStages(
@@ -293,7 +343,8 @@ class QueueConsumer:
     def _check(self, delivery: Delivery) -> None:
         """Decode and check the entry's job (``delivery.job``) or judge request
         (``delivery.judge``); a refusal is its final message."""
-        if delivery.job_id is None or delivery.duplicate or delivery.deliveries > self.config.max_deliveries:
+        if (delivery.job_id is None or delivery.duplicate or delivery.cancelled
+                or delivery.deliveries > self.config.max_deliveries):
             return
         kind = "judge" if "judge" in delivery.fields else "job"
         payload = delivery.fields.get(kind, b"")
@@ -334,9 +385,12 @@ class QueueConsumer:
                     delivery.final = message
                     done.set()
 
+            if delivery.cancelled:  # (while its files were fetched)
+                return None
+            pool_id = f"queue:{delivery.lane.keys.stream}:{delivery.entry}:{delivery.deliveries}"
             try:
-                self.pool.submit(f"queue:{delivery.lane.keys.stream}:{delivery.entry}:{delivery.deliveries}", job,
-                                 self, deliver)
+                self.pool.submit(pool_id, job, self, deliver)
+                delivery.pool_id = pool_id
             except ProtocolError as exc:
                 if exc.code != "busy":
                     raise
@@ -405,6 +459,8 @@ class QueueConsumer:
             return b"", "the entry has no id (1..128 characters)"
         if delivery.duplicate:
             return b"", None
+        if delivery.cancelled:
+            return outcome_of_error(job_id, "cancelled", CANCELLED_MESSAGE), None
         if delivery.deliveries > self.config.max_deliveries:
             message = (f"delivered {delivery.deliveries} times without a result (its workers died or lost it); "
                        f"moved to {delivery.lane.keys.dead}")

@@ -31,6 +31,9 @@ LIBRARY_NAME = "sandbox"
 QUEUE_FULL = "queue_full"
 # Raised by sandbox_put_blob for a file bigger than the workers take.
 BLOB_TOO_BIG = "blob_too_big"
+# Raised by sandbox_submit for another job under an id the queue knows.
+ID_CONFLICT = "id_conflict"
+CANCELLED_MESSAGE = "cancelled by its producer"
 
 LIBRARY = """#!lua name=sandbox
 -- The sandbox job queue (docs/queue.md). Each function is atomic, as MULTI/EXEC is.
@@ -45,9 +48,18 @@ end
 -- for it: 'job' (the default) or 'judge' (a judge request).
 -- {'queued', entry} or {'known', entry}; the error 'queue_full ...' when the stream holds
 -- max_queue jobs (waiting or running: a finished job's entry is deleted).
+-- The id key holds the entry and a digest of what was submitted under the id, so that
+-- another job under a known id is refused ('id_conflict ...'), as on a worker's socket.
 local function submit(keys, args)
   local known = redis.call('GET', keys[2])
-  if known then return {'known', known} end
+  local digest = redis.sha1hex((args[3] or 'job') .. args[2])
+  if known then
+    local entry, held = string.match(known, '^(%S+) ?(%S*)$')
+    if held ~= '' and held ~= digest then
+      return redis.error_reply('id_conflict the id ' .. args[1] .. ' names another job (or judge) already')
+    end
+    return {'known', entry}
+  end
   local limit = tonumber(redis.call('HGET', keys[3], 'max_queue') or '0')
   local held = redis.call('XLEN', keys[1])
   if limit > 0 and held >= limit then
@@ -55,8 +67,34 @@ local function submit(keys, args)
                              ' jobs, the most its workers allow (--max-queue); retry later')
   end
   local entry = redis.call('XADD', keys[1], '*', 'id', args[1], args[3] or 'job', args[2])
-  redis.call('SET', keys[2], entry)
+  redis.call('SET', keys[2], entry .. ' ' .. digest)
   return {'queued', entry}
+end
+
+-- KEYS: stream, id key, result key, results stream, cancels stream, cancel mark, config.
+-- ARGV: group, job id, outcome (msgpack: the error 'cancelled'), ttl seconds if no worker
+-- has said (their result_ttl), results maxlen.
+-- 'unknown' (no such id), 'finished' (its outcome is in: too late), 'cancelled' (no
+-- worker had taken it: it never runs, and the outcome is written here), 'cancelling' (a
+-- worker holds it: told on the cancels stream, and by the mark, a worker that claims it
+-- later; the outcome comes from the worker, once the job has stopped).
+local function cancel(keys, args)
+  local known = redis.call('GET', keys[2])
+  if not known then return 'unknown' end
+  if redis.call('EXISTS', keys[3]) == 1 then return 'finished' end
+  local entry = string.match(known, '^(%S+)')
+  local ttl = redis.call('HGET', keys[7], 'result_ttl') or args[4]
+  local pending = redis.pcall('XPENDING', keys[1], args[1], entry, entry, 1)
+  if pending.err or #pending == 0 then  -- (no group yet: no worker has come, nor taken it)
+    redis.call('XDEL', keys[1], entry)
+    redis.call('SET', keys[3], args[3], 'EX', ttl)
+    redis.call('XADD', keys[4], 'MAXLEN', '~', args[5], '*', 'id', args[2], 'outcome', args[3])
+    redis.call('EXPIRE', keys[2], ttl)
+    return 'cancelled'
+  end
+  redis.call('SET', keys[6], '1', 'EX', ttl)
+  redis.call('XADD', keys[5], 'MAXLEN', '~', args[5], '*', 'id', args[2])
+  return 'cancelling'
 end
 
 -- KEYS: stream, result key, results stream, id key, dead-letter stream.
@@ -178,6 +216,7 @@ redis.register_function('sandbox_submit', submit)
 redis.register_function('sandbox_finish', finish)
 redis.register_function('sandbox_heartbeat', heartbeat)
 redis.register_function('sandbox_take', take)
+redis.register_function('sandbox_cancel', cancel)
 redis.register_function('sandbox_put_blob', put_blob)
 """
 
@@ -242,6 +281,15 @@ class QueueKeys:
         """A queued judge's ``test_finished`` events, for its producer to follow."""
         return f"{self.stream}:progress:{job_id}"
 
+    @property
+    def cancels(self) -> str:
+        """The ids of jobs cancelled while a worker held them, for the workers to hear."""
+        return f"{self.stream}:cancels"
+
+    def cancel_mark(self, job_id: str) -> str:
+        """Set while a cancelled job may still be held or claimed."""
+        return f"{self.stream}:cancel:{job_id}"
+
     def blob(self, file_id: str) -> str:
         """A file put for the jobs of any worker (``sandbox_put_blob``), by its id."""
         return f"{self.stream}:blob:{file_id}"
@@ -268,6 +316,13 @@ def parse_share(text: str) -> Share:
     if not name or not weight.isdigit() or not 1 <= int(weight) <= 1000:
         raise ValueError(f"--stream {text!r}: give NAME or NAME=WEIGHT, a weight from 1 to 1000")
     return Share(name, int(weight))
+
+
+def cancel_call(keys: QueueKeys, job_id: str, ttl_s: int) -> tuple[list[str], list[str | bytes | int]]:
+    """The keys and arguments of ``sandbox_cancel`` for a job."""
+    outcome = outcome_of_error(job_id, "cancelled", CANCELLED_MESSAGE)
+    return ([keys.stream, keys.id(job_id), keys.result(job_id), keys.results, keys.cancels, keys.cancel_mark(job_id),
+             keys.config], [GROUP, job_id, outcome, ttl_s, RESULTS_MAXLEN])
 
 
 def outcome_of_result(job_id: str, result: dict[str, Any]) -> bytes:

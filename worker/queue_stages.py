@@ -36,10 +36,11 @@ from worker.client import with_file_contents
 from worker.judging import JudgeCancelled, PoolStages
 from worker.protocol import job_to_wire
 from worker.queue_blobs import blob_id, put_blob
-from worker.queue_schema import QueueError, QueueKeys, decode_outcome
+from worker.queue_schema import QueueError, QueueKeys, cancel_call, decode_outcome
 
 INLINE_MAX = 64 << 10  # a stage job's file above this size travels as a blob
 FOLLOW_BLOCK_MS = 1000
+CANCEL_WAIT_S = 5.0
 
 
 class StageQueue(Protocol):
@@ -101,7 +102,7 @@ class QueueStages(PoolStages):
     name: str = field(kw_only=True)  # the judge's id and delivery: a judge run again names new jobs
     blobs: set[str] = field(default_factory=set)  # put already by this judge
     _stage_numbers: itertools.count[int] = field(default_factory=itertools.count)
-    _waiting: set[trio.CancelScope] = field(default_factory=set)
+    _waiting: dict[trio.CancelScope, str] = field(default_factory=dict)  # the waits, and their jobs' ids
 
     def run(self, job: Job, trace: list[Any] | None) -> Result:
         if trace is not None:
@@ -120,7 +121,7 @@ class QueueStages(PoolStages):
         outcome: bytes | None = None
         heard = self.queue.waits.expect(job_id)
         scope = trio.CancelScope()
-        self._waiting.add(scope)
+        self._waiting[scope] = job_id
         try:
             with scope:
                 redis = self.queue.redis()
@@ -132,7 +133,7 @@ class QueueStages(PoolStages):
                 if outcome is None:
                     outcome = await heard.receive()
         finally:
-            self._waiting.discard(scope)
+            del self._waiting[scope]
             self.queue.waits.forget(job_id)
         if outcome is None or self.cancelled:
             raise JudgeCancelled
@@ -160,11 +161,18 @@ class QueueStages(PoolStages):
         return dataclasses.replace(job, files=files, stdin=stdin)
 
     async def cancel(self) -> None:
-        """Stop: no more jobs, the waits for queued ones end (those jobs run on, and
-        their outcomes expire unread), and a group running on the pool is cancelled."""
-        for scope in list(self._waiting):
+        """Stop: no more jobs, the jobs queued are cancelled (for as long as Redis
+        answers within ``CANCEL_WAIT_S``: an outage must not hold up the worker's
+        shutdown; a job not cancelled runs, and its outcome expires unread), the waits
+        end, and a group running on the pool is cancelled."""
+        waiting = dict(self._waiting)
+        for scope in waiting:
             scope.cancel()
         await super().cancel()
+        with trio.move_on_after(CANCEL_WAIT_S):
+            for job_id in waiting.values():
+                keys, args = cancel_call(self.keys, job_id, self.queue.result_ttl_s)
+                await self.queue.call("cancel", self.queue.redis().fcall, "sandbox_cancel", keys, args)
 
 
 def _fcall(redis: coredis.Redis[bytes], function: str) -> Callable[[list[str], list[str | bytes | int]],

@@ -99,23 +99,15 @@ def _judge(args: argparse.Namespace) -> int:
 
 def _judge_through_queue(args: argparse.Namespace, submission: Submission,
                          on_test: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
-    from coredis.exceptions import RedisError
-
-    from sandbox.errors import JobError, SandboxError
+    from sandbox.cli.queued import queue_errors
     from sandbox.judge.problem import read_package
-    from worker.queue_client import QueueClient, QueueError
+    from worker.queue_client import QueueClient
 
     package = read_package(Path(args.problem))
-    try:
+    with queue_errors(args.redis, args.stream):
         return QueueClient(args.redis, args.stream).judge(
             package, submission.lang, submission.source, compile_options=submission.compile_options,
             args=submission.args, stop_on_failure=args.stop_on_failure, parallel=args.parallel, on_test=on_test)
-    except QueueError as exc:
-        if exc.code == "invalid_job":
-            raise JobError(exc.message, field=exc.field) from exc
-        raise SandboxError(f"queue {args.stream}: {exc}") from exc
-    except (RedisError, OSError) as exc:
-        raise SandboxError(f"redis at {args.redis}: {exc}") from exc
 
 
 def _positive(text: str) -> int:

@@ -168,18 +168,11 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 def _submit_to_queue(args: argparse.Namespace, job: Job) -> int:
     """Queue the job on the stream, wait for its outcome and print it as run does."""
-    from coredis.exceptions import RedisError
+    from sandbox.cli.queued import queue_errors
+    from worker.queue_client import QueueClient
 
-    from worker.queue_client import QueueClient, QueueError
-
-    try:
+    with queue_errors(args.redis, args.stream):
         result = QueueClient(args.redis, args.stream).run(job, job_id=args.id)
-    except QueueError as exc:
-        if exc.code == "invalid_job":
-            raise JobError(exc.message, field=exc.field) from exc
-        raise SandboxError(f"queue {args.stream}: {exc}") from exc
-    except (RedisError, OSError) as exc:
-        raise SandboxError(f"redis at {args.redis}: {exc}") from exc
     return report(result, as_json=args.json)
 
 
