@@ -33,7 +33,6 @@ from typing import Any, TypeVar
 import coredis
 import msgpack
 import trio
-from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.exceptions import RedisError, StreamConsumerGroupError, StreamDuplicateConsumerGroupError
 from coredis.response.types import StreamPendingExt
 
@@ -53,6 +52,7 @@ from worker.queue_schema import (
     outcome_of_report,
     outcome_of_result,
 )
+from worker.redis_connect import OUTAGES, QueueRedis, connect
 
 T = TypeVar("T")
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.05, 2.0
@@ -92,7 +92,7 @@ class QueueConsumer:
         self._drained = trio.Event()
         self._next_claim = 0.0
         self._claim_cursor = "0-0"
-        self._redis: coredis.Redis[bytes] | None = None
+        self._redis: QueueRedis | None = None
 
     def stop(self) -> None:
         """Stop taking jobs; the ones held are finished and acknowledged (``drained``)."""
@@ -112,8 +112,8 @@ class QueueConsumer:
 
     async def run(self) -> None:
         block_ms = int(min(MAX_BLOCK_MS, self.config.claim_idle_s * 500))
-        async with coredis.Redis.from_url(
-            self.config.url, connect_timeout=CONNECT_TIMEOUT_S, stream_timeout=block_ms / 1000 + 10,
+        async with connect(
+            self.config.url, self.config.stream, connect_timeout=CONNECT_TIMEOUT_S, stream_timeout=block_ms / 1000 + 10,
         ) as redis:
             self._redis = redis
             await self._retrying("setup", self._setup)
@@ -388,7 +388,7 @@ class QueueConsumer:
         while True:
             try:
                 value = await operation(*args)
-            except (RedisConnectionError, TimeoutError, OSError) as exc:
+            except OUTAGES as exc:
                 if self._outage_since is None:
                     self._outage_since = trio.current_time()
                     if self.on_outage is not None:
@@ -414,7 +414,7 @@ class QueueConsumer:
             await trio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX_S)
 
-    def _client(self) -> coredis.Redis[bytes]:
+    def _client(self) -> QueueRedis:
         assert self._redis is not None
         return self._redis
 

@@ -114,6 +114,8 @@ def _judge_through_queue(args: argparse.Namespace, submission: Submission,
         if exc.code == "invalid_job":
             raise JobError(exc.message, field=exc.field) from exc
         raise SandboxError(f"queue {args.stream}: {exc}") from exc
+    except ValueError as exc:  # the URL, or a stream a cluster cannot hold
+        raise JobError(str(exc), field="redis") from exc
     except (RedisError, OSError) as exc:
         raise SandboxError(f"redis at {args.redis}: {exc}") from exc
 

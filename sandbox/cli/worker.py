@@ -56,7 +56,8 @@ def add_commands(commands: Any) -> None:
                             "socket, else under $XDG_CACHE_HOME/sandbox)")
     queue = serve.add_argument_group("queue", "also take jobs from a Redis stream, as one of many workers "
                                               "(docs/queue.md)")
-    queue.add_argument("--redis", metavar="URL", help="the Redis server, e.g. redis://127.0.0.1:6379/0")
+    queue.add_argument("--redis", metavar="URL", help="the Redis server, e.g. redis://127.0.0.1:6379/0, "
+                       "redis+sentinel://HOST:PORT[,...]/SERVICE or redis+cluster://HOST:PORT[,...]")
     queue.add_argument("--stream", default="sandbox", help="the stream of jobs (default 'sandbox')")
     queue.add_argument("--claim-idle", type=float, default=60.0, metavar="SECONDS",
                        help="take over a job whose worker went silent this long ago (default 60)")
@@ -94,6 +95,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if args.claim_idle <= 0 or args.max_deliveries < 1 or args.max_queue < 1 or args.result_ttl < 1:
             raise JobError("--claim-idle, --max-deliveries, --max-queue and --result-ttl must be positive",
                            field="redis")
+        from worker.redis_connect import queue_target
+
+        try:
+            queue_target(args.redis, args.stream)
+        except ValueError as exc:
+            raise JobError(str(exc), field="redis") from exc
         queue = QueueConfig(args.redis, args.stream, claim_idle_s=args.claim_idle,
                             max_deliveries=args.max_deliveries, max_queue=args.max_queue,
                             result_ttl_s=args.result_ttl)
@@ -167,6 +174,8 @@ def _submit_to_queue(args: argparse.Namespace, job: Job) -> int:
         if exc.code == "invalid_job":
             raise JobError(exc.message, field=exc.field) from exc
         raise SandboxError(f"queue {args.stream}: {exc}") from exc
+    except ValueError as exc:  # the URL, or a stream a cluster cannot hold
+        raise JobError(str(exc), field="redis") from exc
     except (RedisError, OSError) as exc:
         raise SandboxError(f"redis at {args.redis}: {exc}") from exc
     return report(result, as_json=args.json)
