@@ -131,3 +131,28 @@ def test_a_stream_without_a_hash_tag_is_refused_on_a_cluster(cluster, tmp_path):
     with pytest.raises(ValueError, match="hash tag"):
         QueueClient(cluster.url, "judge").submit(sh("true"))
     assert all(server.call(lambda r: r.dbsize()) == 0 for server in cluster.servers)  # nothing written
+
+
+def test_the_cluster_node_of_the_stream_restarting_is_an_outage_waited_out(cluster, workers):
+    stream = "{judge}"
+    worker = workers(cluster.url, stream, "--slots", "2", "--claim-idle", "5")
+    client = QueueClient(cluster.url, stream)
+    ids = [client.submit(sh(f"sleep 0.5; echo {n}"), f"job-{n}") for n in range(6)]
+    holder = next(server for server in cluster.servers if server.call(lambda r: r.xlen(stream)))
+    assert wait_until(lambda: len(holder.call(lambda r: r.xpending(stream, GROUP, "-", "+", 10))) == 2, timeout=30)
+    # The node that holds the stream's slot goes away (no replica takes over), then comes
+    # back with its data: the worker sees connection errors, then the cluster's own view
+    # of a slot without a node (CLUSTERDOWN), and waits all of it out.
+    holder.stop()
+    events = lambda: [json.loads(line)["event"] for line in worker.log_path.read_text().splitlines()  # noqa: E731
+                      if line.startswith("{")]
+    assert wait_until(lambda: "redis_unreachable" in events(), timeout=30), worker.log_path.read_text()
+    holder.start()
+    # (A producer is not a worker: it hears an outage as an error. It asks once the
+    # cluster is whole again.)
+    assert wait_until(lambda: all(server.call(lambda r: r.cluster_info())["cluster_state"] == "ok"
+                                  for server in cluster.servers), timeout=30)
+    assert [client.result(job_id, timeout=90).stdout for job_id in ids] == [f"{n}\n".encode() for n in range(6)]
+    assert wait_until(lambda: settled(holder, stream), timeout=30)
+    assert "redis_reachable" in events() and "redis_error" not in events(), worker.log_path.read_text()
+    assert worker.process.poll() is None
