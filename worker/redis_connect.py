@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import coredis
+import trio
 from coredis.client import Client
 from coredis.connection import TCPLocation
 from coredis.exceptions import (
@@ -48,6 +49,8 @@ REDIS_PORT = 6379
 PLAIN_SCHEMES = ("redis", "rediss", "unix")
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+RESUBSCRIBE_S = 1.0  # how soon to subscribe again to a Sentinel that went away
+SWITCH_MASTER = "+switch-master"  # a Sentinel's announcement: "SERVICE OLD-IP OLD-PORT NEW-IP NEW-PORT"
 
 # What a Redis that is (for now) unreachable or changing hands raises: a server down or
 # restarting (ConnectionError, OSError, TimeoutError); a Sentinel that knows no primary
@@ -153,13 +156,42 @@ async def _connected(target: RedisTarget, options: dict[str, Any]) -> AsyncItera
     else:
         # The primary is asked of the sentinels at every new connection, and a connection
         # that finds a replica where the primary was (a failover) refuses it: after a
-        # failover, reconnecting reaches the new primary.
+        # failover, reconnecting reaches the new primary; _follow_failovers makes that
+        # happen as soon as a Sentinel announces it.
         sentinel_options: dict[str, Any] = {"connect_timeout": options.get("connect_timeout"),
                                             "ssl_context": credentials["ssl_context"], **target.sentinel_auth}
         sentinels = coredis.Sentinel([TCPLocation(host, port) for host, port in target.hosts],
                                      sentinel_kwargs=sentinel_options, db=target.db, **credentials, **options)
-        async with sentinels, sentinels.primary_for(target.service) as primary:
-            yield primary
+        async with sentinels, sentinels.primary_for(target.service) as primary, trio.open_nursery() as nursery:
+            for sentinel in sentinels.sentinels:
+                nursery.start_soon(_follow_failovers, sentinel, primary, target.service)
+            try:
+                yield primary
+            finally:
+                nursery.cancel_scope.cancel()
+
+
+async def _follow_failovers(sentinel: coredis.Redis[bytes], primary: QueueRedis, service: str) -> None:
+    """Drop the connections to the primary as soon as a Sentinel announces another.
+
+    The old primary takes writes until the Sentinel demotes it, seconds after promoting
+    the new one, and what it takes then is lost when it starts to replicate the new one.
+    The next call after this reconnects, which asks the Sentinel, which names the new
+    primary: the window is the announcement's latency. (Without it, as when every
+    Sentinel is unreachable, the demotion's dropping of its clients does the same later.)
+    A Sentinel that cannot be reached is subscribed to again a second later (its peers'
+    announcements serve meanwhile)."""
+    while True:
+        try:
+            async with sentinel.pubsub(channels=[SWITCH_MASTER]) as announcements:
+                async for message in announcements:
+                    data = message["data"]
+                    if message["type"] == "message" and isinstance(data, bytes) and data.split()[:1] == [
+                            service.encode()]:
+                        primary.connection_pool.disconnect()
+        except OUTAGES:
+            pass
+        await trio.sleep(RESUBSCRIBE_S)
 
 
 def _host_port(item: str, default_port: int, url: str) -> tuple[str, int]:
