@@ -1,6 +1,7 @@
-"""A real redis-server for the queue tests: started as the test user on a free loopback
-port, with its files in the test's directory, append-only and fsynced on every write (so
-a restart loses nothing, as the queue's guarantees assume of a production Redis)."""
+"""Real redis-servers for the queue tests: started as the test user on free loopback
+ports, with their files in the test's directory, append-only and fsynced on every write
+(so a restart loses nothing, as the queue's guarantees assume of a production Redis) -
+alone, as a primary with a replica watched by a Sentinel, or as a three-primary Cluster."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *options: str) -> None:
+        """``options``: more of redis-server's flags (``--replicaof``, ``--cluster-enabled``)."""
         self.directory = directory
+        self.options = options
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
@@ -35,7 +38,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
              "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-             "--logfile", str(self.directory / "redis.log"), "--daemonize", "no"],
+             "--logfile", str(self.directory / "redis.log"), "--daemonize", "no", *self.options],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -71,3 +74,120 @@ class RedisServer:
             return result
 
         return trio.run(main)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = START_TIMEOUT_S) -> None:
+    """Poll ``condition`` (a server's observable state) until it holds; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.02)
+
+
+class SentinelSetup:
+    """A primary, its replica and one Sentinel watching them (a quorum of one: a test's
+    ``failover()`` needs no vote), each in a directory of its own under ``directory``."""
+
+    SERVICE = "queue"
+
+    def __init__(self, directory: Path) -> None:
+        self.servers: list[RedisServer] = []
+        self.sentinel: subprocess.Popen[bytes] | None = None
+        try:
+            primary = self._server(directory / "a")
+            self._server(directory / "b", "--replicaof", "127.0.0.1", str(primary.port))
+            self.port = free_port()
+            sentinel_dir = directory / "sentinel"
+            sentinel_dir.mkdir(parents=True)
+            config = sentinel_dir / "sentinel.conf"  # a Sentinel rewrites its file: one of its own
+            config.write_text(
+                f"port {self.port}\nbind 127.0.0.1\ndir {sentinel_dir}\nlogfile {sentinel_dir / 'sentinel.log'}\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {primary.port} 1\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} 1000\n"
+                f"sentinel failover-timeout {self.SERVICE} 10000\n")
+            self.sentinel = subprocess.Popen(["redis-server", str(config), "--sentinel"], stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.url = f"redis+sentinel://127.0.0.1:{self.port}/{self.SERVICE}/0"
+            # A failover needs a replica the Sentinel has heard from, in sync with the primary.
+            wait_for(self.replica_ready, "the Sentinel sees the replica")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _server(self, directory: Path, *options: str) -> RedisServer:
+        directory.mkdir(parents=True)
+        server = RedisServer(directory, *options)
+        self.servers.append(server)
+        return server
+
+    def ask(self, operation: Callable[[coredis.Redis[str]], Awaitable[Any]]) -> Any:
+        """One operation on the Sentinel (blocking)."""
+
+        async def main() -> Any:
+            async with coredis.Redis("127.0.0.1", self.port, decode_responses=True, connect_timeout=5,
+                                     stream_timeout=10) as sentinel:
+                return await operation(sentinel)
+
+        return trio.run(main)
+
+    def primary(self) -> int:
+        """The port of the primary the Sentinel names."""
+        _, port = self.ask(lambda s: s.sentinel_get_master_addr_by_name(self.SERVICE))
+        return int(port)
+
+    def replica_ready(self) -> bool:
+        replicas = self.ask(lambda s: s.sentinel_replicas(self.SERVICE))
+        return any(replica.get("master-link-status") == "ok" and replica.get("flags") == "slave"
+                   for replica in replicas)
+
+    def server_of(self, port: int) -> RedisServer:
+        return next(server for server in self.servers if server.port == port)
+
+    def failover(self) -> RedisServer:
+        """Have the Sentinel promote the replica; return the new primary once the
+        Sentinel names it. (The old primary is demoted some seconds later: ``demoted``.)"""
+        old = self.primary()
+        wait_for(self.replica_ready, "the Sentinel sees the replica")
+        self.ask(lambda s: s.sentinel_failover(self.SERVICE))
+        wait_for(lambda: self.primary() != old, "the Sentinel names a new primary", timeout=30)
+        return self.server_of(self.primary())
+
+    def demoted(self, server: RedisServer) -> bool:
+        return bool(server.call(lambda r: r.role()).role == "slave")
+
+    def stop(self) -> None:
+        if self.sentinel is not None:
+            self.sentinel.terminate()
+            self.sentinel.wait(timeout=30)
+            self.sentinel = None
+        for server in self.servers:
+            server.stop()
+
+
+class ClusterSetup:
+    """Three primaries (no replicas) forming one Redis Cluster, their slots split evenly."""
+
+    def __init__(self, directory: Path, size: int = 3) -> None:
+        self.servers: list[RedisServer] = []
+        try:
+            for number in range(size):
+                node_dir = directory / f"node{number}"
+                node_dir.mkdir(parents=True)
+                self.servers.append(RedisServer(node_dir, "--cluster-enabled", "yes", "--cluster-config-file",
+                                                str(node_dir / "nodes.conf"), "--cluster-node-timeout", "2000",
+                                                # the bus on a free port of its own (by default
+                                                # the port + 10000, which may be taken or too high)
+                                                "--cluster-port", str(free_port())))
+            nodes = [f"127.0.0.1:{server.port}" for server in self.servers]
+            subprocess.run(["redis-cli", "--cluster", "create", *nodes, "--cluster-yes"], check=True,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=60)
+            wait_for(lambda: all(server.call(lambda r: r.cluster_info())["cluster_state"] == "ok"
+                                 for server in self.servers), "the cluster is up")
+            self.url = "redis+cluster://" + ",".join(nodes)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()

@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
-import coredis
 import msgpack
 import trio
 from coredis.exceptions import ResponseError
@@ -43,6 +42,7 @@ from worker.queue_schema import (
     decode_outcome,
     decode_report,
 )
+from worker.redis_connect import QueueRedis, connect
 
 T = TypeVar("T")
 BLOB_TTL_S = 86_400  # how long a file put is kept when no worker has said (its --result-ttl)
@@ -55,16 +55,17 @@ class AsyncQueueClient:
 
     def __init__(self, url: str, stream: str) -> None:
         self.keys = QueueKeys(stream)
-        self._redis: coredis.Redis[bytes] = coredis.Redis.from_url(url, stream_timeout=MAX_BLOCK_MS / 1000 + 10)
+        self._connection = connect(url, stream, stream_timeout=MAX_BLOCK_MS / 1000 + 10)
+        self._redis: QueueRedis
 
     async def __aenter__(self) -> AsyncQueueClient:
-        await self._redis.__aenter__()
+        self._redis = await self._connection.__aenter__()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         # Closed as if nothing happened, so that an exception of the caller's body
         # reaches it as itself, not wrapped in the connection pool's task group.
-        await self._redis.__aexit__(None, None, None)
+        await self._connection.__aexit__(None, None, None)
 
     async def submit(self, job: Job, job_id: str | None = None) -> str:
         """Queue ``job`` under ``job_id`` (a new one if not given) and return the id. An

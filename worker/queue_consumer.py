@@ -40,7 +40,6 @@ from typing import Any, TypeVar
 import coredis
 import msgpack
 import trio
-from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.exceptions import RedisError, StreamConsumerGroupError, StreamDuplicateConsumerGroupError
 from coredis.response.types import StreamPendingExt
 
@@ -64,6 +63,7 @@ from worker.queue_schema import (
     outcome_of_result,
 )
 from worker.queue_stages import QueueStages, StageWaits
+from worker.redis_connect import OUTAGES, QueueRedis, connect
 
 T = TypeVar("T")
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.05, 2.0
@@ -130,7 +130,7 @@ class QueueConsumer:
         self._read_scope = trio.CancelScope()
         self._room = trio.Event()
         self._drained = trio.Event()
-        self._redis: coredis.Redis[bytes] | None = None
+        self._redis: QueueRedis | None = None
         self._streams = ",".join(config.streams)
 
     def stop(self) -> None:
@@ -155,8 +155,9 @@ class QueueConsumer:
 
     async def run(self) -> None:
         block_ms = int(min(MAX_BLOCK_MS, self.config.claim_idle_s * 500))
-        async with coredis.Redis.from_url(
-            self.config.url, connect_timeout=CONNECT_TIMEOUT_S, stream_timeout=block_ms / 1000 + 10,
+        async with connect(
+            self.config.url, self.config.streams[0], connect_timeout=CONNECT_TIMEOUT_S,
+            stream_timeout=block_ms / 1000 + 10,
         ) as redis:
             self._redis = redis
             await self._retrying("setup", self._setup)
@@ -228,7 +229,7 @@ class QueueConsumer:
         """A Redis operation for a judge's stages, retried through an outage."""
         return await self._retrying(what, operation, *args)
 
-    def redis(self) -> coredis.Redis[bytes]:
+    def redis(self) -> QueueRedis:
         assert self._redis is not None
         return self._redis
 
@@ -588,7 +589,7 @@ class QueueConsumer:
         while True:
             try:
                 value = await operation(*args)
-            except (RedisConnectionError, TimeoutError, OSError) as exc:
+            except OUTAGES as exc:
                 if self._outage_since is None:
                     self._outage_since = trio.current_time()
                     if self.on_outage is not None:

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
-import coredis
 import msgpack
 import trio
 
@@ -37,6 +36,7 @@ from worker.judging import JudgeCancelled, PoolStages
 from worker.protocol import job_to_wire
 from worker.queue_blobs import blob_id, put_blob
 from worker.queue_schema import QueueError, QueueKeys, cancel_call, decode_outcome
+from worker.redis_connect import QueueRedis
 
 INLINE_MAX = 64 << 10  # a stage job's file above this size travels as a blob
 FOLLOW_BLOCK_MS = 1000
@@ -52,7 +52,7 @@ class StageQueue(Protocol):
     async def call(self, what: str, operation: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """Run a Redis operation, retrying it through an outage."""
 
-    def redis(self) -> coredis.Redis[bytes]: ...
+    def redis(self) -> QueueRedis: ...
 
 
 class StageWaits:
@@ -150,9 +150,8 @@ class QueueStages(PoolStages):
                 return content
             file_id = blob_id(content.data)
             if file_id not in self.blobs:
-                redis = self.queue.redis()
-                await self.queue.call("blob", put_blob, _fcall(redis, "sandbox_put_blob"), self.keys, content.data,
-                                      self.queue.result_ttl_s)
+                put = partial(self.queue.redis().fcall, "sandbox_put_blob")
+                await self.queue.call("blob", put_blob, put, self.keys, content.data, self.queue.result_ttl_s)
                 self.blobs.add(file_id)
             return Blob(file_id=file_id)
 
@@ -173,14 +172,6 @@ class QueueStages(PoolStages):
             for job_id in waiting.values():
                 keys, args = cancel_call(self.keys, job_id, self.queue.result_ttl_s)
                 await self.queue.call("cancel", self.queue.redis().fcall, "sandbox_cancel", keys, args)
-
-
-def _fcall(redis: coredis.Redis[bytes], function: str) -> Callable[[list[str], list[str | bytes | int]],
-                                                                   Awaitable[object]]:
-    async def call(keys: list[str], args: list[str | bytes | int]) -> object:
-        return await redis.fcall(function, keys, args)
-
-    return call
 
 
 def _text(value: bytes | str) -> str:

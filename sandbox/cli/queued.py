@@ -11,8 +11,9 @@ from sandbox.errors import JobError, SandboxError
 
 @contextmanager
 def queue_errors(url: str, stream: str) -> Iterator[None]:
-    """A refusal of the job itself (``invalid_job``, ``id_conflict``) is the user's
-    error, naming the field; any other outcome, or Redis failing, is the queue's."""
+    """A refusal of the job itself (``invalid_job``, ``id_conflict``), a malformed URL
+    or a stream a cluster cannot hold is the user's error, naming the field; any other
+    outcome, or Redis failing, is the queue's."""
     from coredis.exceptions import RedisError
 
     from worker.queue_client import QueueError
@@ -23,5 +24,7 @@ def queue_errors(url: str, stream: str) -> Iterator[None]:
         if exc.code in ("invalid_job", "id_conflict"):
             raise JobError(exc.message, field=exc.field) from exc
         raise SandboxError(f"queue {stream}: {exc}") from exc
+    except ValueError as exc:  # the URL, or a stream a cluster cannot hold
+        raise JobError(str(exc), field="redis") from exc
     except (RedisError, OSError) as exc:
         raise SandboxError(f"redis at {url}: {exc}") from exc

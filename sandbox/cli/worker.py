@@ -56,7 +56,8 @@ def add_commands(commands: Any) -> None:
                             "socket, else under $XDG_CACHE_HOME/sandbox)")
     queue = serve.add_argument_group("queue", "also take jobs from a Redis stream, as one of many workers "
                                               "(docs/queue.md)")
-    queue.add_argument("--redis", metavar="URL", help="the Redis server, e.g. redis://127.0.0.1:6379/0")
+    queue.add_argument("--redis", metavar="URL", help="the Redis server, e.g. redis://127.0.0.1:6379/0, "
+                       "redis+sentinel://HOST:PORT[,...]/SERVICE or redis+cluster://HOST:PORT[,...]")
     queue.add_argument("--stream", action="append", metavar="NAME[=WEIGHT]",
                        help="a stream of jobs (default 'sandbox'); give several, one per tenant or contest, to "
                             "share the slots among those with jobs waiting in proportion to their weights "
@@ -99,8 +100,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if args.claim_idle <= 0 or args.max_deliveries < 1 or args.max_queue < 1 or args.result_ttl < 1:
             raise JobError("--claim-idle, --max-deliveries, --max-queue and --result-ttl must be positive",
                            field="redis")
+        from worker.redis_connect import check_streams
+
         try:
             shares = tuple(parse_share(text) for text in args.stream or ["sandbox"])
+            check_streams(args.redis, [share.stream for share in shares])
         except ValueError as exc:
             raise JobError(str(exc), field="stream") from None
         if len({share.stream for share in shares}) != len(shares):
