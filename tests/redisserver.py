@@ -5,15 +5,20 @@ alone, as a primary with a replica watched by a Sentinel, or as a three-primary 
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import coredis
+import pytest
 import trio
+from test_cleanup import wait_until
+from workerutil import WorkerProcess
 
 START_TIMEOUT_S = 20.0
 
@@ -191,3 +196,31 @@ class ClusterSetup:
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
+
+
+def log_events(worker: WorkerProcess) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in worker.log_path.read_text().splitlines() if line.startswith("{")]
+
+
+def consuming(worker: WorkerProcess) -> bool:
+    """The worker has joined its streams' groups (and published their bounds)."""
+    return any(event["event"] == "queue_consuming" for event in log_events(worker))
+
+
+@contextmanager
+def queue_workers(factory: pytest.TempPathFactory) -> Iterator[Callable[..., WorkerProcess]]:
+    """start(*serve_args) -> a worker, once it consumes its queue; at the end each is
+    stopped (SIGTERM), unless a test killed it."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str) -> WorkerProcess:
+        worker = WorkerProcess(factory.mktemp("w"), *args)
+        started.append(worker)
+        assert wait_until(lambda: consuming(worker), timeout=30), worker.log_path.read_text()
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.stop()

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import msgpack
 import pytest
-from redisserver import RedisServer, free_port
+from redisserver import RedisServer, free_port, log_events, queue_workers
 from test_cleanup import wait_until
-from workerutil import SANDBOX_CLI, WorkerProcess
+from workerutil import SANDBOX_CLI
 
 from sandbox.judge.problem import read_package
 from sandbox.models import Blob, Collect, InputFile, Job, Limits, Status
@@ -43,17 +43,8 @@ def workers(tmp_path_factory, redis) -> Iterator[Any]:
     """workers(*args) -> a worker serving a socket and the queue on ``redis``, once it
     has joined the stream's group; at the end each is stopped (SIGTERM), unless a test
     killed it."""
-    started: list[WorkerProcess] = []
-
-    def _start(*args: str) -> WorkerProcess:
-        worker = WorkerProcess(tmp_path_factory.mktemp("w"), "--redis", redis.url, "--stream", STREAM, *args)
-        started.append(worker)
-        assert wait_until(lambda: consuming(worker), timeout=30), worker.log_path.read_text()
-        return worker
-
-    yield _start
-    for worker in started:
-        worker.stop()
+    with queue_workers(tmp_path_factory) as start:
+        yield lambda *args: start("--redis", redis.url, "--stream", STREAM, *args)
 
 
 def sh(script: str, **limits: object) -> Job:
@@ -78,15 +69,6 @@ def has_result(redis: RedisServer, job_id: str) -> bool:
 def queue_is_empty(redis: RedisServer) -> bool:
     """Every job finished: its entry acknowledged and deleted."""
     return redis.call(lambda r: r.xlen(STREAM)) == 0 and not pending(redis)
-
-
-def log_events(worker: WorkerProcess) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in worker.log_path.read_text().splitlines() if line.startswith("{")]
-
-
-def consuming(worker: WorkerProcess) -> bool:
-    """The worker has joined the stream's group (and published the stream's bound)."""
-    return any(event["event"] == "queue_consuming" for event in log_events(worker))
 
 
 def test_a_job_through_the_queue_gets_the_result_the_socket_gives(redis, workers):

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redisserver import ClusterSetup, RedisServer, SentinelSetup
+from redisserver import ClusterSetup, RedisServer, SentinelSetup, queue_workers
 from test_cleanup import wait_until
-from workerutil import SANDBOX_CLI, WorkerProcess
+from workerutil import SANDBOX_CLI
 
 from sandbox.judge.problem import read_package
 from sandbox.models import Job
@@ -26,11 +26,6 @@ PROBLEMS = Path(__file__).parent / "problems"
 
 def sh(script: str) -> Job:
     return Job(cmd=["sh", "-c", script])
-
-
-def consuming(worker: WorkerProcess) -> bool:
-    return any(json.loads(line)["event"] == "queue_consuming"
-               for line in worker.log_path.read_text().splitlines() if line.startswith("{"))
 
 
 def worker_on(server: RedisServer) -> bool:
@@ -49,17 +44,8 @@ def settled(server: RedisServer, stream: str) -> bool:
 def workers(tmp_path_factory) -> Iterator[Any]:
     """workers(url, stream, *args) -> a worker on the queue, once it consumes; each is
     stopped (SIGTERM) at the end."""
-    started: list[WorkerProcess] = []
-
-    def _start(url: str, stream: str, *args: str) -> WorkerProcess:
-        worker = WorkerProcess(tmp_path_factory.mktemp("w"), "--redis", url, "--stream", stream, *args)
-        started.append(worker)
-        assert wait_until(lambda: consuming(worker), timeout=30), worker.log_path.read_text()
-        return worker
-
-    yield _start
-    for worker in started:
-        worker.stop()
+    with queue_workers(tmp_path_factory) as start:
+        yield lambda url, stream, *args: start("--redis", url, "--stream", stream, *args)
 
 
 @pytest.fixture

@@ -126,9 +126,14 @@ class PoolStages:
     def run(self, job: Job, trace: list[Any] | None) -> Result:
         if trace is not None:
             raise JobError("a worker does not trace", field="trace")
-        result = trio.from_thread.run(self._run, with_file_contents(job), trio_token=self.token)
+        result = trio.from_thread.run(self._run_job, with_file_contents(job), trio_token=self.token)
         assert isinstance(result, Result)
         return result
+
+    async def _run_job(self, job: Job) -> Result | list[Result]:
+        """One job of the judge, in the trio thread: to the pool (a queued judge's go to
+        the queue: worker/queue_stages.py)."""
+        return await self._run(job)
 
     def run_group(self, jobs: list[Job], pipes: list[Pipe]) -> list[Result]:
         group = Group([with_file_contents(job) for job in jobs], pipes)

@@ -31,7 +31,6 @@ import trio
 from sandbox.errors import JobError
 from sandbox.models import Blob, Job, Result
 from worker.admission import admit
-from worker.client import with_file_contents
 from worker.judging import JudgeCancelled, PoolStages
 from worker.protocol import job_to_wire
 from worker.queue_blobs import blob_id, put_blob
@@ -104,14 +103,7 @@ class QueueStages(PoolStages):
     _stage_numbers: itertools.count[int] = field(default_factory=itertools.count)
     _waiting: dict[trio.CancelScope, str] = field(default_factory=dict)  # the waits, and their jobs' ids
 
-    def run(self, job: Job, trace: list[Any] | None) -> Result:
-        if trace is not None:
-            raise JobError("a worker does not trace", field="trace")
-        result = trio.from_thread.run(self._queue_run, with_file_contents(job), trio_token=self.token)
-        assert isinstance(result, Result)
-        return result
-
-    async def _queue_run(self, job: Job) -> Result:
+    async def _run_job(self, job: Job) -> Result:
         if self.cancelled:
             raise JudgeCancelled
         admit(job)  # refused here, as the pool would: not after a trip through the queue
