@@ -449,3 +449,72 @@ def test_docker_save_archive_import(env, tmp_path):
     assert cli("import", str(archive), "myimg:1").returncode == 0
     done = cli("run", "--image", "myimg:1")
     assert (done.returncode, done.stdout) == (0, "from docker save\n"), done.stderr
+
+
+def registry_manifest(host: str, repository: str, tag: str) -> bytes:
+    """The manifest's bytes exactly as the registry serves them."""
+    import httpx
+
+    accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+    response = httpx.get(f"http://{host}/v2/{repository}/manifests/{tag}", headers={"Accept": accept})
+    assert response.status_code == 200, response.text
+    return response.content
+
+
+def test_push_sends_what_the_registry_lacks_and_pulls_back_byte_for_byte(env, pushed, registry, monkeypatch, tmp_path):
+    assert cli("pull", pushed["features"]).returncode == 0
+    stored = json.loads(cli("inspect", pushed["features"]).stdout)
+    target = f"{registry.host}/pushed/features:2"
+    done = cli("push", pushed["features"], target)
+    assert done.returncode == 0, done.stderr
+    assert "(3 blobs uploaded, 0 there already)" in done.stdout  # two layers and the config
+    assert f"@{stored['manifest_digest']}" in done.stdout
+    again = cli("push", "test/features:1", target)  # found by its short name too
+    assert "(0 blobs uploaded, 3 there already)" in again.stdout, again.stderr
+    original = registry_manifest(registry.host, "test/features", "1")
+    assert registry_manifest(registry.host, "pushed/features", "2") == original
+    # Another machine's store pulls it back: the same image, the same layers.
+    monkeypatch.setenv("SANDBOX_IMAGE_STORE", str(tmp_path / "other-store"))
+    assert cli("pull", target).returncode == 0
+    back = json.loads(cli("inspect", target).stdout)
+    assert (back["id"], back["manifest_digest"]) == (stored["id"], stored["manifest_digest"])
+    assert cli("run", "--image", target, "--", "cat", "/data/file").stdout == "from layer 2\n"
+    done = cli("push", stored["id"])
+    assert done.returncode == 125 and "name where to push it" in done.stderr
+
+
+def test_push_to_a_registry_that_wants_credentials(images_work, env, pushed, tmp_path):
+    htpasswd = images_work / "htpasswd-push"
+    line = subprocess.run(["htpasswd", "-Bbn", "teacher", "s3cret"], check=True, capture_output=True, text=True).stdout
+    htpasswd.write_text(line)
+    reg = start_registry(images_work / "basic-push", f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n")
+    try:
+        assert cli("pull", pushed["zstd"]).returncode == 0
+        env(insecure=(reg.host,))
+        done = cli("push", pushed["zstd"], f"{reg.host}/grading/zstd:1")
+        assert done.returncode == 125 and "wants a user name and password" in done.stderr
+        env(f'[auths."{reg.host}"]\nusername = "teacher"\npassword = "s3cret"\n', insecure=(reg.host,))
+        done = cli("push", pushed["zstd"], f"{reg.host}/grading/zstd:1")
+        assert done.returncode == 0 and "(3 blobs uploaded" in done.stdout, done.stderr
+    finally:
+        reg.stop()
+
+
+def test_save_then_load_keeps_the_image_and_its_digests(env, pushed, monkeypatch, tmp_path):
+    assert cli("pull", pushed["features"]).returncode == 0
+    stored = json.loads(cli("inspect", pushed["features"]).stdout)
+    archive = tmp_path / "features.tar"
+    done = cli("save", "test/features:1", "-o", str(archive))
+    assert done.returncode == 0 and done.stdout.split() == [str(archive), stored["manifest_digest"]], done.stderr
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert {"oci-layout", "index.json", f"blobs/sha256/{stored['manifest_digest'][7:]}"} <= names
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".features.tar")]  # no temporary left
+    monkeypatch.setenv("SANDBOX_IMAGE_STORE", str(tmp_path / "other-store"))
+    done = cli("load", str(archive), "local/features:1")
+    assert done.returncode == 0, done.stderr
+    back = json.loads(cli("inspect", "local/features:1").stdout)
+    assert (back["id"], back["manifest_digest"]) == (stored["id"], stored["manifest_digest"])
+    assert cli("run", "--image", "local/features:1", "--", "cat", "/opt/new").stdout == "new"
+    done = cli("save", "nothing/here:1", "-o", str(tmp_path / "nothing.tar"))
+    assert done.returncode == 125 and not (tmp_path / "nothing.tar").exists()

@@ -1,4 +1,5 @@
-"""The image subcommands of ``sandbox``: pull, images, import, inspect, rmi, gc.
+"""The image subcommands of ``sandbox``: pull, push, images, import (load), save,
+inspect, rmi, gc.
 
 Thin like the rest of the CLI: argparse in, store operations, plain text out. Errors
 raise ``SandboxError`` and the main CLI turns them into exit status 125. Progress bars
@@ -33,7 +34,21 @@ def add_commands(commands: Any) -> None:
     images.add_argument("--json", action="store_true")
     images.set_defaults(handler=_images)
 
-    imp = commands.add_parser("import", help="store an OCI layout directory or a docker save archive")
+    push = commands.add_parser("push", help="upload a stored image to a registry (the blobs it lacks, then the "
+                                            "manifest)")
+    push.add_argument("image", help="a stored image, e.g. 127.0.0.1:5000/judge/python:3.11")
+    push.add_argument("destination", nargs="?", help="where to, e.g. registry.internal/judge/python:3.11 "
+                                                     "(default: the image's own reference)")
+    push.set_defaults(handler=_push)
+
+    save = commands.add_parser("save", help="write a stored image as an OCI layout archive (for sandbox load, "
+                                            "skopeo, podman)")
+    save.add_argument("image")
+    save.add_argument("-o", "--output", type=Path, required=True, help="the archive to write")
+    save.set_defaults(handler=_save)
+
+    imp = commands.add_parser("import", aliases=["load"],
+                              help="store an OCI layout directory or archive, or a docker save archive")
     imp.add_argument("source", type=Path)
     imp.add_argument("name", help="reference to tag it with, e.g. judge/cpp:13")
     imp.add_argument("--platform", help="os/arch[/variant] when the source is multi-platform")
@@ -101,6 +116,24 @@ def _import(args: argparse.Namespace) -> int:
     store, config = _store()
     ref, record = import_image(store, config, args.source, args.name, args.platform)
     print(f"{ref} {record.id}")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from sandbox.images.push import push
+
+    store, config = _store()
+    report = push(store, config, args.image, args.destination)
+    print(f"{report.reference}@{report.digest} ({report.uploaded} blobs uploaded, {report.skipped} there already)")
+    return 0
+
+
+def _save(args: argparse.Namespace) -> int:
+    from sandbox.images.export import save
+
+    store, _ = _store()
+    digest = save(store, args.image, args.output)
+    print(f"{args.output} {digest}")
     return 0
 
 

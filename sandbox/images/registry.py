@@ -46,6 +46,22 @@ class Endpoint:
     scheme: str
     mirror: bool
 
+    def url(self, ref: Reference, path: str) -> str:
+        return f"{self.scheme}://{self.host}/v2/{ref.repository}/{path}"
+
+
+@dataclass(frozen=True)
+class Request:
+    """How to send: the method, a body made afresh for each send (a retry, a redirect
+    or an auth challenge sends again), and the actions the token must allow."""
+
+    method: str = "GET"
+    body: Callable[[], bytes | Iterator[bytes]] | None = None
+    actions: str = "pull"
+
+
+READ = Request()
+
 
 class _Retryable(Exception):
     """A transient failure: try again after a pause."""
@@ -143,6 +159,58 @@ class RegistryClient:
                 hasher.update(chunk)  # type: ignore[attr-defined]
                 advance(len(chunk))
 
+    # ---- pushing: the registry itself, never a mirror ---------------------------------
+    def has_blob(self, ref: Reference, digest: str) -> bool:
+        """Whether the registry holds the blob in the repository already (pushed by
+        someone, or before): a push skips it."""
+        with self._pushing(ref, f"blobs/{digest}", Request("HEAD", actions="pull,push"), (200, 404)) as response:
+            return response.status_code == 200
+
+    def upload_blob(self, ref: Reference, digest: str, path: Path) -> None:
+        """One monolithic upload of the file at ``path``: POST for a session, PUT of the
+        bytes with the digest, which the registry checks."""
+        start = Request("POST", lambda: b"", "pull,push")
+        with self._pushing(ref, "blobs/uploads/", start, (202,)) as response:
+            location = response.headers.get("location", "")
+        if not location:
+            raise RegistryError(f"{ref.registry} started an upload without a Location")
+        url = httpx.URL(self._push_endpoint(ref).url(ref, "")).join(location)
+        url = url.copy_merge_params({"digest": digest})
+        put = Request("PUT", lambda: _chunks(path), "pull,push")
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(path.stat().st_size)}
+        with self._pushing(ref, str(url), put, (201,), headers) as response:
+            pass
+
+    def put_manifest(self, ref: Reference, media_type: str, raw: bytes) -> str:
+        """Store the manifest under the reference's tag (or digest); its digest."""
+        put = Request("PUT", lambda: raw, "pull,push")
+        with self._pushing(ref, f"manifests/{ref.version}", put, (201,), {"Content-Type": media_type}):
+            pass
+        return digests.of_bytes(raw)
+
+    def _push_endpoint(self, ref: Reference) -> Endpoint:
+        return next(endpoint for endpoint in self.endpoints(ref) if not endpoint.mirror)
+
+    @contextmanager
+    def _pushing(
+        self, ref: Reference, path: str, request: Request, allow: tuple[int, ...],
+        headers: dict[str, str] | None = None,
+    ) -> Iterator[httpx.Response]:
+        endpoint = self._push_endpoint(ref)
+        url = path if path.startswith(("http://", "https://")) else endpoint.url(ref, path)
+        response = self._send_retrying(endpoint, ref, url, headers or {}, request)
+        try:
+            if response.status_code not in allow:
+                response.read()
+                detail = response.text[:200].strip()
+                message = f"{endpoint.host} answered {response.status_code} to {request.method} {ref.repository}"
+                if response.status_code in (401, 403):
+                    message += "; check the credentials (pushing needs them)"
+                raise RegistryError(f"{message}: {detail}" if detail else message)
+            yield response
+        finally:
+            response.close()
+
     # ---- requests: endpoints, retries, auth, redirects -------------------------------
     @contextmanager
     def _open(
@@ -150,7 +218,7 @@ class RegistryClient:
     ) -> Iterator[httpx.Response]:
         problems: list[str] = []
         for endpoint in self.endpoints(ref):
-            url = f"{endpoint.scheme}://{endpoint.host}/v2/{ref.repository}/{path}"
+            url = endpoint.url(ref, path)
             try:
                 response = self._send_retrying(endpoint, ref, url, headers)
             except RegistryError as exc:
@@ -176,13 +244,15 @@ class RegistryClient:
                 message = f"access to {ref} denied ({message}); check the credentials"
             raise RegistryError(message + (f" (also tried: {'; '.join(problems)})" if problems else ""))
 
-    def _send_retrying(self, endpoint: Endpoint, ref: Reference, url: str, headers: dict[str, str]) -> httpx.Response:
+    def _send_retrying(
+        self, endpoint: Endpoint, ref: Reference, url: str, headers: dict[str, str], request: Request = READ,
+    ) -> httpx.Response:
         last = ""
         for attempt in range(ATTEMPTS):
             if attempt:
                 self.sleep(BACKOFF_S * 2 ** (attempt - 1))
             try:
-                response = self._send_authenticated(endpoint, ref, url, headers)
+                response = self._send_authenticated(endpoint, ref, url, headers, request)
             except httpx.TransportError as exc:
                 last = f"cannot reach {endpoint.host}: {exc}"
                 continue
@@ -195,21 +265,21 @@ class RegistryClient:
         raise RegistryError(f"{last} after {ATTEMPTS} attempts")
 
     def _send_authenticated(
-        self, endpoint: Endpoint, ref: Reference, url: str, headers: dict[str, str],
+        self, endpoint: Endpoint, ref: Reference, url: str, headers: dict[str, str], request: Request,
     ) -> httpx.Response:
         credentials = self.credentials.for_host(ref.registry if not endpoint.mirror else endpoint.host)
-        scope = f"repository:{ref.repository}:pull"
+        scope = f"repository:{ref.repository}:{request.actions}"
         auth = self._cached_auth(endpoint.host, scope, credentials)
-        response = self._send_following(url, headers, auth)
+        response = self._send_following(url, headers, auth, request)
         if response.status_code != 401:
             return response
         challenge = parse_challenge(response.headers.get("www-authenticate", ""))
         response.read()
         response.close()
         if challenge is None:
-            return self._send_following(url, headers, None)
+            return self._send_following(url, headers, None, request)
         auth = self._answer(endpoint, challenge, scope, credentials)
-        return self._send_following(url, headers, auth)
+        return self._send_following(url, headers, auth, request)
 
     def _cached_auth(self, host: str, scope: str, credentials: tuple[str, str] | None) -> str | None:
         key = self._hints.get(host)
@@ -254,7 +324,9 @@ class RegistryClient:
         self.tokens.put(key, token, float(data.get("expires_in", 60)))
         return f"Bearer {token}"
 
-    def _send_following(self, url: str, headers: dict[str, str], auth: str | None) -> httpx.Response:
+    def _send_following(
+        self, url: str, headers: dict[str, str], auth: str | None, request: Request = READ,
+    ) -> httpx.Response:
         """Send, following redirects by hand: credentials go only to the host they
         were meant for."""
         origin = httpx.URL(url).host
@@ -262,13 +334,21 @@ class RegistryClient:
             request_headers = dict(headers)
             if auth and httpx.URL(url).host == origin:
                 request_headers["Authorization"] = auth
-            response = self.http.send(self.http.build_request("GET", url, headers=request_headers), stream=True)
+            content = None if request.body is None else request.body()
+            built = self.http.build_request(request.method, url, headers=request_headers, content=content)
+            response = self.http.send(built, stream=True)
             if response.status_code not in _REDIRECTS:
                 return response
             location = response.headers.get("location", "")
             response.close()
             url = str(httpx.URL(url).join(location))
         raise RegistryError(f"too many redirects fetching {url}")
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            yield chunk
 
 
 def _read_capped(response: httpx.Response, cap: int, what: str) -> bytes:
