@@ -62,7 +62,7 @@ from worker.queue_schema import (
     outcome_of_report,
     outcome_of_result,
 )
-from worker.queue_stages import QueueStages, StageWaits
+from worker.queue_stages import QueueStages, StageWaits, stage_prefix
 from worker.redis_connect import OUTAGES, QueueRedis, connect
 
 T = TypeVar("T")
@@ -336,7 +336,7 @@ class QueueConsumer:
         if delivery.judge is not None:
             self.judges[delivery.key] = QueueStages(
                 self.pool, self, trio.lowlevel.current_trio_token(), queue=self, keys=delivery.lane.keys.stages,
-                name=f"{delivery.job_id}/{delivery.deliveries}")
+                name=stage_prefix(delivery.job_id or "", delivery.deliveries))
         elif delivery.job is not None:
             self._preparing += 1
         nursery.start_soon(self._serve, delivery)

@@ -19,6 +19,7 @@ per test.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,9 +38,19 @@ from worker.queue_blobs import blob_id, put_blob
 from worker.queue_schema import QueueError, QueueKeys, cancel_call, decode_outcome
 from worker.redis_connect import QueueRedis
 
+MAX_READABLE_ID = 100  # a judge id this long leaves room for /DELIVERY/N within 128 characters
 INLINE_MAX = 64 << 10  # a stage job's file above this size travels as a blob
 FOLLOW_BLOCK_MS = 1000
 CANCEL_WAIT_S = 5.0
+
+
+def stage_prefix(judge_id: str, delivery: int) -> str:
+    """What a judge's stage jobs' ids start with: ``JUDGE/DELIVERY/`` (a judge run again
+    names new jobs), the judge's id replaced by its digest when the stage ids would pass
+    the 128 characters an id may have."""
+    if len(judge_id) > MAX_READABLE_ID:
+        judge_id = "sha256-" + hashlib.sha256(judge_id.encode()).hexdigest()
+    return f"{judge_id}/{delivery}"
 
 
 class StageQueue(Protocol):

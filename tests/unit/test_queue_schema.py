@@ -32,3 +32,11 @@ def test_every_key_is_named_after_the_stream() -> None:
     keys = QueueKeys("judge")
     assert [keys.stream, keys.results, keys.dead, keys.config, keys.result("a"), keys.id("a")] == [
         "judge", "judge:results", "judge:dead", "judge:config", "judge:result:a", "judge:id:a"]
+
+
+def test_a_judges_stage_ids_fit_the_queues_id_whatever_the_judges_id():
+    from worker.queue_stages import stage_prefix
+
+    assert stage_prefix("sum-1", 2) == "sum-1/2"
+    long_prefix = stage_prefix("j" * 128, 3)
+    assert len(f"{long_prefix}/9999") <= 128 and long_prefix != stage_prefix("k" * 128, 3)
