@@ -4,6 +4,7 @@ Waits for external effects poll with a deadline (``wait_until``), never a blind 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import signal
@@ -523,3 +524,44 @@ def test_a_running_job_and_a_running_judge_are_stopped_when_cancelled(redis, wor
     assert wait_until(lambda: redis.call(lambda r: r.xlen(stages.stream)) == 0, timeout=60)
     assert client.run(sh("echo free"), timeout=60).stdout == b"free\n"
     assert queue_is_empty(redis)
+
+
+def test_an_http_door_forwards_jobs_judges_and_files_to_the_queue(redis, workers):
+    port = free_port()
+    workers("--slots", "1", "--http", f"127.0.0.1:{port}", "--http-forward")
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
+        assert wait_until(lambda: http.get("/v1/health").status_code == 200, timeout=30)
+        data = b"forwarded \x00 bytes"
+        put = http.post("/v1/files", content=data)
+        assert put.status_code == 201, put.text
+        file_id = put.json()["file_id"]
+        assert redis.call(lambda r: r.get(KEYS.blob(file_id))) == data  # kept for every worker
+        assert http.get(f"/v1/files/{file_id}").json() == {"file_id": file_id, "size": len(data)}
+        assert http.post("/v1/files?tree=true", content=b"x").status_code == 422  # trees stay a worker's own
+        job = {"cmd": ["cat", "/work/in"], "files": [{"path": "/work/in", "file_id": file_id}]}
+        done = http.post("/v1/jobs?wait=true", json={"id": "via-http", "job": job})
+        assert done.status_code == 200, done.text
+        assert done.json()["state"] == "finished" and base64.b64decode(done.json()["result"]["stdout"]) == data
+        assert has_result(redis, "via-http")  # it went through the queue, not this worker's pool
+        assert http.get("/v1/jobs/via-http").json() == done.json()
+        conflict = http.post("/v1/jobs", json={"id": "via-http", "job": {"cmd": ["true"]}})
+        assert (conflict.status_code, conflict.json()["code"]) == (409, "id_conflict")
+        assert http.get("/v1/jobs/nobody").status_code == 404
+        # A running job cancelled through the door.
+        queued = http.post("/v1/jobs", json={"id": "long", "job": {"cmd": ["sleep", "1000"],
+                                                                     "limits": {"wall_time": "100s"}}})
+        assert (queued.status_code, queued.json()["state"]) == (202, "queued")
+        assert wait_until(lambda: http.get("/v1/jobs/long").json()["state"] == "running", timeout=30)
+        assert http.delete("/v1/jobs/long").json() == {"id": "long", "state": "cancelled"}
+        assert wait_until(lambda: http.get("/v1/jobs/long").json()["state"] == "cancelled", timeout=30)
+        # A judge, waited for, then read back with its tests and its events.
+        package = {name: base64.b64encode(data).decode() for name, data in read_package(PROBLEMS / "sum").items()}
+        source = base64.b64encode(b"a, b = map(int, input().split())\nprint(a + b)\n").decode()
+        judged = http.post("/v1/judge?wait=true", json={"id": "sum-http", "problem": package, "parallel": 2,
+                                                        "submission": {"lang": "python3", "source": source}})
+        assert judged.status_code == 200, judged.text
+        assert judged.json()["report"]["verdict"] == "accepted" and len(judged.json()["tests"]) == 3
+        document = http.get("/v1/judge/sum-http").json()
+        assert (document["state"], len(document["tests"])) == ("judged", 3)
+        events = http.get("/v1/judge/sum-http/events").text
+        assert events.count("event: test_finished") == 3 and events.rstrip().split("\n")[-2] == "event: judged"

@@ -50,6 +50,8 @@ from worker.pool import JobRecord
 from worker.protocol import ProtocolError, file_id, job_from_wire, job_id
 
 if TYPE_CHECKING:
+    from worker.http_queue import QueueRoutes
+    from worker.queue_client import AsyncQueueClient
     from worker.server import Server
 
 RETRY_AFTER_S = 1  # what a 503 (queue full) tells the client to wait
@@ -123,21 +125,31 @@ class HttpFrontDoor:
         self.judges: dict[str, HttpJudge] = {}
         self._finished_judges: deque[str] = deque()
         self._nursery: trio.Nursery | None = None
+        # With --http-forward, jobs, judges and files go to the queue's first stream
+        # (worker/http_queue.py) instead of this worker's pool and cache.
+        self.forward: AsyncQueueClient | None = None
+        routes: HttpFrontDoor | QueueRoutes = self
+        if config.http_forward and config.queue is not None:
+            from worker.http_queue import QueueRoutes
+            from worker.queue_client import AsyncQueueClient
+
+            self.forward = AsyncQueueClient(config.queue.url, config.queue.streams[0])
+            routes = QueueRoutes(self, self.forward, config.queue.max_blob)
         self.app = Starlette(routes=[
             Route("/v1/health", self._public(self.health), methods=["GET"]),
             Route("/v1/openapi.json", self._guarded(self.openapi), methods=["GET"]),
-            Route("/v1/jobs", self._guarded(self.submit_job), methods=["POST"]),
-            Route("/v1/jobs/batch", self._guarded(self.submit_batch), methods=["POST"]),
-            Route("/v1/jobs/{id}", self._guarded(self.get_job), methods=["GET"]),
-            Route("/v1/jobs/{id}", self._guarded(self.cancel_job), methods=["DELETE"]),
-            Route("/v1/judge", self._guarded(self.submit_judge), methods=["POST"]),
-            Route("/v1/judge/{id}", self._guarded(self.get_judge), methods=["GET"]),
-            Route("/v1/judge/{id}", self._guarded(self.cancel_judge), methods=["DELETE"]),
-            Route("/v1/judge/{id}/events", self._guarded(self.judge_events), methods=["GET"]),
-            Route("/v1/files", self._guarded(self.put_file), methods=["POST"]),
-            Route("/v1/files", self._guarded(self.file_cache), methods=["GET"]),
-            Route("/v1/files/{id}", self._guarded(self.get_file), methods=["GET"]),
-            Route("/v1/files/{id}", self._guarded(self.delete_file), methods=["DELETE"]),
+            Route("/v1/jobs", self._guarded(routes.submit_job), methods=["POST"]),
+            Route("/v1/jobs/batch", self._guarded(routes.submit_batch), methods=["POST"]),
+            Route("/v1/jobs/{id}", self._guarded(routes.get_job), methods=["GET"]),
+            Route("/v1/jobs/{id}", self._guarded(routes.cancel_job), methods=["DELETE"]),
+            Route("/v1/judge", self._guarded(routes.submit_judge), methods=["POST"]),
+            Route("/v1/judge/{id}", self._guarded(routes.get_judge), methods=["GET"]),
+            Route("/v1/judge/{id}", self._guarded(routes.cancel_judge), methods=["DELETE"]),
+            Route("/v1/judge/{id}/events", self._guarded(routes.judge_events), methods=["GET"]),
+            Route("/v1/files", self._guarded(routes.put_file), methods=["POST"]),
+            Route("/v1/files", self._guarded(routes.file_cache), methods=["GET"]),
+            Route("/v1/files/{id}", self._guarded(routes.get_file), methods=["GET"]),
+            Route("/v1/files/{id}", self._guarded(routes.delete_file), methods=["DELETE"]),
             Route("/v1/languages", self._guarded(self.languages), methods=["GET"]),
             Route("/v1/stats", self._guarded(self.stats), methods=["GET"]),
             Route("/metrics", self._guarded(self.scrape), methods=["GET"]),
@@ -153,7 +165,9 @@ class HttpFrontDoor:
         config.graceful_timeout = 1.0
         config.include_server_header = False  # (no version for scanners)
         app: Any = self.app  # (starlette's and hypercorn's ASGI types differ in their names only)
-        async with trio.open_nursery() as nursery:
+        async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
+            if self.forward is not None:
+                await stack.enter_async_context(self.forward)
             self._nursery = nursery  # judges and callbacks run here
             await nursery.start(lambda task_status: hypercorn_serve(app, config, task_status=task_status))
             task_status.started()
@@ -186,22 +200,9 @@ class HttpFrontDoor:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
             raise ProtocolError("unauthorized", "a valid token is required: Authorization: Bearer TOKEN")
 
-    async def _body(self, request: Request) -> Any:
-        """The request's JSON, read up to the worker's frame size: a larger body is read
-        to its end and thrown away (for ``send_timeout_s`` at most, so the client gets to
-        read the 413 instead of a reset), then refused."""
-        body = bytearray()
-        too_large = False
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body:
-            too_large = True
-        with trio.move_on_after(self.server.config.send_timeout_s):
-            async for chunk in request.stream():
-                if not too_large:
-                    body += chunk
-                    too_large = len(body) > self.max_body
-        if too_large:
-            raise ProtocolError("frame_too_large", f"the body exceeds the limit of {self.max_body} bytes")
+    async def body(self, request: Request) -> Any:
+        """The request's JSON, read up to the worker's frame size (``raw_body``)."""
+        body = await self.raw_body(request, self.max_body)
         try:
             return json.loads(body)
         except ValueError as exc:  # (UnicodeDecodeError is one)
@@ -209,18 +210,41 @@ class HttpFrontDoor:
         except RecursionError:
             raise ProtocolError("bad_json", "the body nests too deeply") from None
 
-    def _accepting(self) -> None:
+    async def raw_body(self, request: Request, limit: int) -> bytes:
+        """The request's body, up to ``limit`` bytes: a larger body is read to its end
+        and thrown away (for ``send_timeout_s`` at most, so the client gets to read the
+        413 instead of a reset), then refused."""
+        body = bytearray()
+        too_large = False
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            too_large = True
+        with trio.move_on_after(self.server.config.send_timeout_s):
+            async for chunk in request.stream():
+                if not too_large:
+                    body += chunk
+                    too_large = len(body) > limit
+        if too_large:
+            raise ProtocolError("frame_too_large", f"the body exceeds the limit of {limit} bytes")
+        return bytes(body)
+
+    def spawn(self, task: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run a task for as long as the door serves (a judge, a callback)."""
+        assert self._nursery is not None
+        self._nursery.start_soon(task, *args)
+
+    def accepting(self) -> None:
         if self.server.stopping:
             raise ProtocolError("busy", "the worker is shutting down")
 
     # -- jobs ----------------------------------------------------------------------------
 
     async def submit_job(self, request: Request) -> Response:
-        identifier, job, callback = await self._prepare(await self._body(request))
+        identifier, job, callback = await self._prepare(await self.body(request))
         if self.pool.existing(identifier, job) is None and self.pool.room() < 1:
             self._busy()
         record = self._submit(identifier, job, callback)
-        if _query_flag(request, "wait"):
+        if query_flag(request, "wait"):
             await self._wait(record)
             return JSONResponse(self._job_document(record))
         return JSONResponse({"id": identifier, "state": record.state.value}, status_code=202,
@@ -229,7 +253,7 @@ class HttpFrontDoor:
     async def submit_batch(self, request: Request) -> Response:
         """All or nothing: every job is checked (and the queue's room for the new ones)
         before the first is queued."""
-        body = await self._body(request)
+        body = await self.body(request)
         if not isinstance(body, list) or not body:
             raise ProtocolError("bad_message", "the body must be a non-empty list of jobs")
         prepared = [await self._prepare(item, f"[{index}].") for index, item in enumerate(body)]
@@ -258,7 +282,7 @@ class HttpFrontDoor:
 
     async def _prepare(self, body: Any, where: str = "") -> tuple[str, Job, str | None]:
         """A job request checked as a socket submit is (and its callback target)."""
-        self._accepting()
+        self.accepting()
         given_id, wire, callback = job_request(body, where)
         try:
             identifier = uuid.uuid4().hex if given_id is None else job_id({"id": given_id})
@@ -295,7 +319,7 @@ class HttpFrontDoor:
         if url is not None and self._nursery is not None:
             record = self.pool.records.get(identifier)
             document = self._job_document(record) if record is not None and not rejected else {
-                "id": identifier, "state": "rejected", "error": error_json(_as_error(message))}
+                "id": identifier, "state": "rejected", "error": error_json(as_error(message))}
             body = json.dumps(document).encode()
             self._nursery.start_soon(self.callbacks.deliver, url, body, identifier)
 
@@ -305,7 +329,7 @@ class HttpFrontDoor:
         waiter = self._waiters.setdefault(record.id, _Waiter())
         await waiter.done.wait()
         if waiter.error is not None:
-            raise _as_error(waiter.error)
+            raise as_error(waiter.error)
 
     @staticmethod
     def _job_document(record: JobRecord) -> dict[str, Any]:
@@ -323,8 +347,8 @@ class HttpFrontDoor:
     # -- judges --------------------------------------------------------------------------
 
     async def submit_judge(self, request: Request) -> Response:
-        self._accepting()
-        body = await self._body(request)
+        self.accepting()
+        body = await self.body(request)
         given = body.get("id") if isinstance(body, dict) else None
         identifier = uuid.uuid4().hex if given is None else job_id({"id": given})
         judge_request = judge_from_wire(judge_to_wire(body, identifier), identifier)
@@ -342,12 +366,12 @@ class HttpFrontDoor:
 
         assert self._nursery is not None
         self._nursery.start_soon(judging)
-        if _query_flag(request, "wait"):
+        if query_flag(request, "wait"):
             while judge.finished_at is None:
                 await judge.changed.wait()
             final = judge.events[-1]
             if final.get("type") == "error":
-                raise _as_error(final)
+                raise as_error(final)
             return JSONResponse(judge.document())
         return JSONResponse({"id": identifier, "state": judge.state}, status_code=202,
                             headers={"Location": f"/v1/judge/{identifier}"})
@@ -370,7 +394,7 @@ class HttpFrontDoor:
             sent = 0
             while True:
                 while sent < len(judge.events):
-                    yield _server_sent(judge.events[sent])
+                    yield server_sent(judge.events[sent])
                     sent += 1
                 if judge.finished_at is not None:
                     return
@@ -407,11 +431,11 @@ class HttpFrontDoor:
         does), so the client reads it instead of a reset."""
         chunks = request.stream()
         try:
-            self._accepting()
+            self.accepting()
             expected = request.query_params.get("file_id")
             declared = request.headers.get("content-length", "")
             identifier, size = await self._store(
-                chunks, _query_flag(request, "tree"), None if expected is None else file_id({"file_id": expected}),
+                chunks, query_flag(request, "tree"), None if expected is None else file_id({"file_id": expected}),
                 int(declared) if declared.isdigit() else None)
         except ProtocolError:
             with trio.move_on_after(self.server.config.send_timeout_s), contextlib.suppress(ClientDisconnect):
@@ -504,11 +528,11 @@ class HttpFrontDoor:
         return JSONResponse(DOCUMENT)
 
 
-def _query_flag(request: Request, name: str) -> bool:
+def query_flag(request: Request, name: str) -> bool:
     return request.query_params.get(name, "false").lower() in ("true", "1", "yes")
 
 
-def _as_error(message: dict[str, Any]) -> ProtocolError:
+def as_error(message: dict[str, Any]) -> ProtocolError:
     """A protocol ``error`` reply as the exception it was."""
     return ProtocolError(str(message.get("code")), str(message.get("message")), field=message.get("field"))
 
@@ -527,7 +551,7 @@ async def _no_route(request: Request, exc: Exception) -> Response:
     return _error_response(ProtocolError(code, f"no endpoint {request.method} {request.url.path}"))
 
 
-def _server_sent(message: dict[str, Any]) -> bytes:
+def server_sent(message: dict[str, Any]) -> bytes:
     """One event of the stream: its name, and its payload as JSON."""
     if message.get("type") == "error":
         name, payload = "error", {key: value for key, value in message.items() if key != "type"}

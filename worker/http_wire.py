@@ -38,7 +38,7 @@ STATUS_OF_CODE = {
     "internal_error": 500,
 }
 _BODY_KEYS = {"id", "job", "callback_url"}
-_JUDGE_KEYS = {"id", "problem", "submission", "stop_on_failure"}
+_JUDGE_KEYS = {"id", "problem", "submission", "stop_on_failure", "parallel"}
 
 
 def status_of(error: ProtocolError) -> int:

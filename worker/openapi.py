@@ -112,8 +112,10 @@ SCHEMAS: dict[str, Any] = {
     "JobDocument": {
         "type": "object", "required": ["id", "state"],
         "properties": {
-            "id": _ID, "state": {"enum": ["queued", "running", "finished", "cancelled"]},
+            "id": _ID, "state": {"enum": ["queued", "running", "finished", "cancelled", "failed"]},
             "result": {**_ref("Result"), "description": "Once finished (or cancelled after it reached a slot)."},
+            "error": {"type": "object", "description": "With --http-forward, a job that produced no result "
+                                                       "(state failed): its worker's invalid_job, or dead_letter."},
         },
     },
     "JudgeRequest": {
@@ -135,12 +137,13 @@ SCHEMAS: dict[str, Any] = {
                 },
             },
             "stop_on_failure": {"type": "boolean", "default": False},
+            "parallel": {"type": "integer", "minimum": 1, "maximum": 256, "default": 1},
         },
     },
     "JudgeDocument": {
         "type": "object", "required": ["id", "state", "tests"],
         "properties": {
-            "id": _ID, "state": {"enum": ["running", "judged", "cancelled", "failed"]},
+            "id": _ID, "state": {"enum": ["queued", "running", "judged", "cancelled", "failed"]},
             "tests": {"type": "array", "items": {"type": "object"}, "description": "Each test decided so far."},
             "report": {"type": "object", "description": "When judged: the JSON of `sandbox judge --json`."},
             "error": _ref("Error"),

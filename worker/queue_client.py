@@ -32,6 +32,7 @@ from worker.client import Package, judge_message, with_file_contents
 from worker.protocol import job_to_wire
 from worker.queue_blobs import put_blob
 from worker.queue_schema import (
+    GROUP,
     ID_CONFLICT,
     LIBRARY,
     QUEUE_FULL,
@@ -129,21 +130,62 @@ class AsyncQueueClient:
     async def result(self, job_id: str, timeout: float | None = None) -> Result:
         """The job's Result, waiting up to ``timeout`` seconds (None: for as long as it
         takes). Raises QueueError for an outcome that is no result (``invalid_job``,
-        ``dead_letter``) and TimeoutError when time runs out."""
+        ``dead_letter``, ``cancelled``) and TimeoutError when time runs out."""
+        return decode_outcome(await self.outcome(job_id, timeout))
+
+    async def outcome(self, job_id: str, timeout: float | None = None) -> bytes:
+        """The job's (or judge's) outcome as stored (msgpack: docs/queue.md), waiting as
+        ``result`` does."""
         with trio.move_on_after(math.inf if timeout is None else timeout):
             while True:
                 last = await self._redis.xrevrange(self.keys.results, count=1)
                 since = last[0].identifier if last else b"0-0"
                 outcome = await self._redis.get(self.keys.result(job_id))
                 if outcome is not None:
-                    return decode_outcome(outcome)
+                    return outcome
                 # Every result written after ``since`` is on the stream: wait for ours.
                 news = await self._redis.xread({self.keys.results: since}, count=100, block=MAX_BLOCK_MS)
                 for entries in (news or {}).values():
                     for entry in entries:
                         if entry.field_values.get(b"id") == job_id.encode():
-                            return decode_outcome(entry.field_values[b"outcome"])
-        raise TimeoutError(f"no result for job {job_id!r} within {timeout} s")
+                            return _bytes(entry.field_values[b"outcome"])
+        raise TimeoutError(f"no outcome for {job_id!r} within {timeout} s")
+
+    async def state(self, job_id: str) -> tuple[str, bytes | None]:
+        """Where a job (or judge) is: ``finished`` with its outcome, ``running`` (a
+        worker holds it), ``queued``, or ``unknown`` (never submitted, or expired)."""
+        outcome = await self._redis.get(self.keys.result(job_id))
+        if outcome is not None:
+            return "finished", outcome
+        holder = await self._redis.get(self.keys.id(job_id))
+        if holder is None:
+            return "unknown", None
+        entry = holder.decode().split(" ")[0]
+        try:
+            pending = await self._redis.xpending(self.keys.stream, GROUP, entry, entry, 1)
+        except ResponseError:  # (no group yet: no worker has come)
+            pending = ()
+        return ("running" if pending else "queued"), None
+
+    async def tests(self, judge_id: str) -> list[dict[str, Any]]:
+        """The tests a judge has decided so far (of its latest run, if it was judged again
+        after its worker died)."""
+        runs: dict[int, list[dict[str, Any]]] = {}
+        for entry in await self._redis.xrange(self.keys.progress(judge_id)):
+            values = entry.field_values
+            runs.setdefault(int(values[b"delivery"]), []).append(msgpack.unpackb(values[b"test"], raw=False))
+        return runs[max(runs)] if runs else []
+
+    async def file_size(self, file_id: str) -> int | None:
+        """The size of a file put (``put_file``), or None if the queue has none by that id."""
+        if not await self._redis.exists([self.keys.blob(file_id)]):
+            return None
+        return int(await self._redis.strlen(self.keys.blob(file_id)))
+
+    async def delete_file(self, file_id: str) -> bool:
+        """Remove a file put: a job queued that names it fails (invalid_job); a worker that
+        fetched it already keeps its copy until its cache evicts it."""
+        return bool(await self._redis.delete([self.keys.blob(file_id)]))
 
     async def run(self, job: Job, timeout: float | None = None, job_id: str | None = None) -> Result:
         return await self.result(await self.submit(job, job_id), timeout)
@@ -231,6 +273,10 @@ class QueueClient:
                 return await operation(client)
 
         return trio.run(main)
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
 
 
 __all__ = ["AsyncQueueClient", "QueueClient", "QueueError", "QueueFull"]

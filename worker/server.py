@@ -96,6 +96,7 @@ class ServerConfig:
     file_cache_dir: str | None = None  # default: beside the socket (SOCKET.files), else under $XDG_CACHE_HOME
     file_cache_size: int = DEFAULT_CAPACITY
     queue: QueueConfig | None = None  # also take jobs from this Redis stream
+    http_forward: bool = False  # HTTP jobs, judges and files go to the queue, not this worker's pool
 
 
 class Connection:
@@ -178,6 +179,8 @@ class Server:
             raise ValueError("TCP needs a token (--token-file)")
         if not config.socket_path and not config.tcp and not config.http and not config.queue:
             raise ValueError("nothing to listen on: give --socket, --tcp, --http and/or --redis")
+        if config.http_forward and not (config.http and config.queue):
+            raise ValueError("--http-forward needs --http and --redis (the stream the HTTP door forwards to)")
         if config.http and not config.token and not _loopback(config.http[0]):
             raise ValueError("--http on an address other hosts can reach needs a token (--token-file)")
         if config.callback_attempts < 1:

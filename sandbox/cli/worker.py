@@ -71,6 +71,9 @@ def add_commands(commands: Any) -> None:
                             "(default 1024)")
     queue.add_argument("--result-ttl", type=int, default=86_400, metavar="SECONDS",
                        help="keep each result (and each file put for the jobs) in Redis this long (default 86400)")
+    queue.add_argument("--http-forward", action="store_true",
+                       help="with --http: jobs, judges and files given over HTTP go to the (first) stream, for "
+                            "whichever worker takes them, not to this worker's pool (docs/http.md)")
     queue.add_argument("--max-blob", type=_size_flag, default="64M", metavar="SIZE",
                        help="the largest file producers may put for the jobs (default 64M)")
     serve.set_defaults(handler=_cmd_serve)
@@ -132,6 +135,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         callback_timeout_s=args.callback_timeout,
         allow_private_callbacks=args.allow_private_callbacks,
         queue=queue,
+        http_forward=args.http_forward,
     )
     try:
         serve_forever(config)
