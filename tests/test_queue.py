@@ -404,8 +404,12 @@ def test_streams_share_a_worker_by_weight_and_a_flood_starves_none(redis, worker
     for number in range(12):
         client.submit(sh("sleep 0.02"), job_id=f"light-{number}")
         heavy.submit(sh("sleep 0.02"), job_id=f"heavy-{number}")
-    workers("--slots", "1", "--stream", "heavy=3")
+    port = free_port()
+    workers("--slots", "1", "--stream", "heavy=3", "--metrics", f"127.0.0.1:{port}")
     assert wait_until(lambda: len(outcomes(redis)) == 12 and len(outcomes(redis, "heavy")) == 12, timeout=120)
+    scraped = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    assert 'sandbox_queue_taken_total{stream="heavy"} 12.0' in scraped
+    assert f'sandbox_queue_taken_total{{stream="{STREAM}"}} 12.0' in scraped
     finished = sorted(
         [(entry_order(entry), "light") for entry in redis.call(lambda r: r.xrange(KEYS.results))]
         + [(entry_order(entry), "heavy") for entry in redis.call(lambda r: r.xrange("heavy:results"))])

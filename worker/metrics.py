@@ -18,6 +18,8 @@ job contents); bind it where the scraper, and only it, can reach it.
     sandbox_callbacks_total{outcome}  job callbacks ended: delivered, refused, failed
     sandbox_callback_attempts_total   callback POSTs made, retries included
     sandbox_redis_outages_total       times the queue's Redis became unreachable (--redis)
+    sandbox_queue_taken_total{stream} deliveries this worker took from each stream (its fair
+                                      share; a judge's stages queue is STREAM:stages)
 """
 
 from __future__ import annotations
@@ -68,8 +70,16 @@ class Metrics:
             "sandbox_redis_outages", "Times the queue's Redis became unreachable.", registry=self.registry,
         )
 
+        self.queue_taken = Counter(
+            "sandbox_queue_taken", "Deliveries taken from each stream (new or claimed).", ["stream"],
+            registry=self.registry,
+        )
+
     def redis_outage(self) -> None:
         self.redis_outages.inc()
+
+    def queue_take(self, stream: str) -> None:
+        self.queue_taken.labels(stream=stream).inc()
 
     def observe(self, status: str, latency_s: float) -> None:
         self.jobs.labels(status=status).inc()

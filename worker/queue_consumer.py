@@ -107,12 +107,14 @@ class Delivery:
 class QueueConsumer:
     def __init__(
         self, config: QueueConfig, pool: Pool, max_job_bytes: int, on_outage: Callable[[], None] | None = None,
+        on_take: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.result_ttl_s = config.result_ttl_s
         self.max_job_bytes = max_job_bytes
         self.pool = pool
         self.on_outage = on_outage
+        self.on_take = on_take  # told the stream of each delivery taken
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         # Every stream's stages queue first (served before any stream), then the streams.
         self.urgent = [Lane(QueueKeys(share.stream).stages, 0) for share in config.shares]
@@ -330,6 +332,8 @@ class QueueConsumer:
         """Check the delivery and count it at once (so the next count of free slots
         sees it), then see it through in a task of its own."""
         self.held[delivery.key] = delivery
+        if self.on_take is not None:
+            self.on_take(delivery.lane.keys.stream)
         if self._cancels_heard.pop((delivery.lane.keys.stream, delivery.job_id or ""), None) is not None:
             delivery.cancelled = True
         self._check(delivery)

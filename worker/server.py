@@ -553,7 +553,8 @@ def _consumer(config: ServerConfig, pool: Pool, metrics: Metrics | None) -> Queu
 
     assert config.queue is not None
     return QueueConsumer(config.queue, pool, max_job_bytes=config.max_frame,
-                         on_outage=None if metrics is None else metrics.redis_outage)
+                         on_outage=None if metrics is None else metrics.redis_outage,
+                         on_take=None if metrics is None else metrics.queue_take)
 
 
 def _group_id(name: str) -> int:
