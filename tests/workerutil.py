@@ -16,6 +16,7 @@ from worker.client import accepting
 from worker.protocol import FrameDecoder, encode
 
 SANDBOX_CLI = [sys.executable, "-m", "sandbox.cli"]
+START_TIMEOUT_S = 30.0  # on a development host; scaled by the machine's slowdown
 
 
 class WorkerProcess:
@@ -26,10 +27,17 @@ class WorkerProcess:
         self.process = subprocess.Popen(
             [*SANDBOX_CLI, "serve", "--socket", self.socket_path, *args], stderr=self._log
         )
-        deadline = time.monotonic() + 30
+        # A worker starts its launchers and their zygotes first: seconds here, a minute
+        # or more in an emulated guest, so the wait scales with the machine's slowdown.
+        from conftest import measured_slowdown
+
+        deadline = time.monotonic() + START_TIMEOUT_S * measured_slowdown()
         while not accepting(self.socket_path):
-            assert self.process.poll() is None, self.log_path.read_text()
-            assert time.monotonic() < deadline, "worker did not start listening"
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()  # (never left behind by a test that failed here)
+                self.process.wait()
+                self._log.close()
+                raise AssertionError(f"worker did not start listening: {self.log_path.read_text()}")
             time.sleep(0.01)
 
     def launchers(self) -> list[int]:
