@@ -2,6 +2,7 @@
 #include "root.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <net/if.h>
 #include <string.h>
@@ -92,14 +93,72 @@ static void pivot_into(int root) {
                 "pivoting into the image root");
 }
 
-void set_up_job_root(const char *hostname, const char *disk_bytes, const char *root_path) {
+/* (An image's B, in its private copy of the image's base: a read-only root with the
+ * image's layers, its generated files and /dev, prepared once per image by the zygote,
+ * sandbox/rootfs.py.) The job's own writable layer: an overlay of that root under a
+ * size-capped tmpfs of this job's, attached at the base's /tmp, with the base's /dev
+ * moved onto it; its fd. Nothing of the base is writable and no other job shares the
+ * upper layer. The upper and work directories are named relative to the tmpfs (the
+ * working directory for the moment), so the job's mountinfo shows "upper", "work" and
+ * "/" - no host path. One lower layer, by the key every overlayfs takes ("lowerdir"):
+ * kernels before 6.5 pass the keys as one option string when the superblock is made,
+ * which is also when the relative names are resolved. */
+static int writable_layer(const char *disk_bytes, unsigned int job_id, const char *workdir) {
+    int upper = new_filesystem("tmpfs", disk_bytes, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV);
+    /* Made with the job's file system ids: the overlay's root is the upper directory,
+     * so the job owns its root, as a job of the template's 1000 owns an image's. */
+    require(STAGE, mkdirat(upper, "upper", 0755) == 0 && mkdirat(upper, "work", 0755) == 0,
+            "making the writable layer's directories");
+    int cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    require(STAGE, cwd >= 0 && fchdir(upper) == 0, "entering the writable layer");
+    int context = (int)syscall(SYS_fsopen, "overlay", FSOPEN_CLOEXEC);
+    require(STAGE, context >= 0, "overlay");
+    require(STAGE, syscall(SYS_fsconfig, context, FSCONFIG_SET_STRING, "lowerdir", "/", 0) == 0 &&
+                    syscall(SYS_fsconfig, context, FSCONFIG_SET_STRING, "upperdir", "upper", 0) == 0 &&
+                    syscall(SYS_fsconfig, context, FSCONFIG_SET_STRING, "workdir", "work", 0) == 0 &&
+                    syscall(SYS_fsconfig, context, FSCONFIG_SET_FLAG, "userxattr", NULL, 0) == 0 &&
+                    syscall(SYS_fsconfig, context, FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0,
+                "the job's writable layer over the image");
+    int layer = (int)syscall(SYS_fsmount, context, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV);
+    require(STAGE, layer >= 0, "mounting the job's writable layer");
+    require(STAGE, fchdir(cwd) == 0, "leaving the writable layer");
+    close(cwd);
+    close(context);
+    close(upper);
+    require(STAGE, syscall(SYS_move_mount, layer, "", AT_FDCWD, "/tmp", MOVE_MOUNT_F_EMPTY_PATH) == 0,
+            "attaching the job's root");
+    int dev = open_beneath(layer, "dev", O_PATH | O_DIRECTORY);
+    require(STAGE, dev >= 0 && syscall(SYS_move_mount, AT_FDCWD, "/dev", dev, "", MOVE_MOUNT_T_EMPTY_PATH) == 0,
+            "moving /dev onto the job's root");
+    close(dev);
+    if (job_id != 0 && strcmp(workdir, "/") != 0) {
+        /* The base made the working directory, as the image's 1000 owns everything: a
+         * job of its own id owns it too (a copy-up of its attributes into this job's
+         * upper layer). */
+        int directory = open_beneath(layer, workdir + 1, O_RDONLY | O_DIRECTORY);
+        require(STAGE, directory >= 0 && fchown(directory, job_id, job_id) == 0, "handing over the working directory");
+        close(directory);
+    }
+    return layer;
+}
+
+void set_up_job_root(const char *hostname, const char *disk_bytes, int image_base, unsigned int job_id,
+                     const char *workdir) {
     require(STAGE, sethostname(hostname, strlen(hostname)) == 0 && setdomainname("(none)", 6) == 0, "host name");
     loopback_up();
-    int root = open(root_path, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    require(STAGE, root >= 0, "opening the root");
+    int root = -1;
+    if (image_base >= 0) {
+        /* Enter the image's base and copy it: this job's mounts stay its own. */
+        require(STAGE, setns(image_base, CLONE_NEWNS) == 0 && unshare(CLONE_NEWNS) == 0, "entering the image's base");
+        close(image_base);
+        root = writable_layer(disk_bytes, job_id, workdir);
+    } else {
+        root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        require(STAGE, root >= 0, "opening the root");
+    }
     attach(new_filesystem("proc", NULL, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC), root, "proc");
     mount_scratch(root, disk_bytes);
-    if (strcmp(root_path, "/") != 0) {
+    if (image_base >= 0) {
         pivot_into(root);
     }
     close(root);
