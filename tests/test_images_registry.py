@@ -28,7 +28,7 @@ from sandbox.images.errors import DigestMismatch, RegistryError
 from sandbox.images.pull import pull
 from sandbox.images.runtime import lease_image
 from sandbox.images.store import Store
-from sandbox.models import Blob, Job, Status
+from sandbox.models import Blob, Job, Limits, Status
 from sandbox.overlay import LOWERDIR_PLUS, MOUNT_SYSCALL
 from sandbox.zygote import Zygote
 
@@ -202,7 +202,7 @@ def test_the_image_root_is_mounted_the_way_this_kernel_takes_layers(env, pushed,
     assert result.status is Status.OK, result
     mountinfo, listing = result.stdout.decode().split("==\n")
     options = root_mount_options(mountinfo)
-    assert {"lowerdir=/", "upperdir=upper", "workdir=work", "userxattr"} <= set(options), (release, options)
+    assert {"lowerdir=/", "upperdir=upper", "workdir=upper.work", "userxattr"} <= set(options), (release, options)
     # /opt is opaque in the top layer (old is the bottom layer's); /gone a whiteout.
     assert listing == ".\n..\nnew\nold-is-hidden\ngone-is-gone\n", listing
 
@@ -221,6 +221,29 @@ def test_the_image_root_is_mounted_the_way_this_kernel_takes_layers(env, pushed,
     else:
         assert len(lowers) == 4 and all(option.startswith("lowerdir+=") for option in lowers), (release, lowers)
     assert "ro" in base[5].split(","), base
+
+
+@pytest.mark.kernel
+def test_each_job_writes_a_layer_of_its_own_over_the_shared_base(env, pushed, runner):
+    """Jobs on one image share its read-only base, never a writable layer: what one job
+    writes in its root or the image's working directory (both its own, whatever id it
+    runs as), the next one does not see. The root's writes count against --disk with
+    /work's."""
+    pull(Store(env()), load(), pushed["features"])
+    writes = "echo x > /marker && echo y > /srv/app/y && mkdir /new && cat /marker /srv/app/y && ls /"
+    first = runner.run(Job(cmd=["sh", "-c", writes], image="test/features:1", require_cgroups=True))
+    runner.tidy()
+    assert first.status is Status.OK and first.stdout.startswith(b"x\ny\n"), first
+    assert b"new" in first.stdout.split(b"\n")[2:], first
+    looks = "ls /srv/app; test -e /marker || echo no-marker; test -e /new || echo no-new"
+    second = runner.run(Job(cmd=["sh", "-c", looks], image="test/features:1", require_cgroups=True))
+    runner.tidy()
+    assert (second.status, second.stdout) == (Status.OK, b"no-marker\nno-new\n"), second
+    fill = "dd if=/dev/zero of=/work/half bs=1M count=3 2>/dev/null && dd if=/dev/zero of=/big bs=1M count=3 || echo full"
+    full = runner.run(Job(cmd=["sh", "-c", fill], image="test/features:1", limits=Limits(disk="4M"),
+                          require_cgroups=True))
+    runner.tidy()
+    assert (full.status, full.stdout.splitlines()[-1:]) == (Status.OK, [b"full"]), full
 
 
 def test_images_inspect_rmi_gc(env, pushed):
