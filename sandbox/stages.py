@@ -36,9 +36,9 @@ def open_init_binary() -> int:
 
 
 def start_spawner(template_fd: int, init_fd: int) -> tuple[socket.socket, int]:
-    """(In the zygote, once, in the template.) Start the host image's spawner - the C
-    init in MODE "serve" (``native/init.c``), which clones every host-image sandbox's B
-    into new namespaces on a copy of the template (``template_fd``) - as the
+    """(In the zygote, once, in the template.) Start the spawner - the C init in MODE
+    "serve" (``native/init.c``), which clones every sandbox's B into new namespaces on
+    a copy of the template (``template_fd``) or of an image's base - as the
     supervisor's child (CLONE_PARENT), so that its Bs are the supervisor's children too.
     Returns the supervisor's end of its request channel and its pid."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)

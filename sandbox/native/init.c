@@ -279,12 +279,13 @@ static void stdio_to_null(void) {
     close(null);
 }
 
-/* MODE "serve": the host image's spawner, one per zygote and the supervisor's child
+/* MODE "serve": the spawner, one per zygote and the supervisor's child
  * (the zygote clones it with CLONE_PARENT), started with fd 3 its request channel and
  * fd 4 the template's mount namespace, which it enters once. A request is the
  * arguments after MODE in "Run as" (NUL-terminated) with B's fds as SCM_RIGHTS, in the
- * order of their numbers in B. For each, clone B into new
- * namespaces as the supervisor's child (CLONE_PARENT) and answer its pid, or a
+ * order of their numbers in B. For each, clone B into new namespaces (an image's B
+ * shares this one's mounts until it enters its base) as the supervisor's child
+ * (CLONE_PARENT) and answer its pid, or a
  * setup_error line. Returns in B, its fds in place, with its arguments. EOF ends the
  * spawner.
  *
