@@ -90,11 +90,14 @@ static int on_scratch(const char *path) {
     return strcmp(path, "/work") == 0 || strcmp(path, "/tmp") == 0 || strcmp(path, "/dev/shm") == 0;
 }
 
-/* Make the directory `root` the root and drop the tree it came from. */
+/* Make the directory `root` the root, the tree it came from (the image's base) put on
+ * its /tmp - where the scratch then covers it, as it covers its own root: an unmount
+ * would cost an RCU grace period per job, one that grows with the machine's load. The
+ * base's /proc stays in the namespace until the job's is mounted (a new procfs can only
+ * be mounted where a full one is visible). */
 static void pivot_into(int root) {
-    require(STAGE, fchdir(root) == 0 && syscall(SYS_pivot_root, ".", ".") == 0 && umount2(".", MNT_DETACH) == 0 &&
-                    chdir("/") == 0,
-                "pivoting into the image root");
+    require(STAGE, fchdir(root) == 0 && syscall(SYS_pivot_root, ".", "tmp") == 0 && chdir("/") == 0,
+            "pivoting into the image root");
 }
 
 /* (An image's B, in its private copy of the image's base: a read-only root with the
@@ -159,14 +162,12 @@ void set_up_job_root(const char *hostname, const char *disk_bytes, int image_bas
         require(STAGE, setns(image_base, CLONE_NEWNS) == 0 && unshare(CLONE_NEWNS) == 0, "entering the image's base");
         close(image_base);
         root = writable_layer(scratch, job_id, workdir);
+        pivot_into(root);
     } else {
         root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
         require(STAGE, root >= 0, "opening the root");
     }
     attach(new_filesystem("proc", NULL, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC), root, "proc");
     mount_scratch(root, scratch);
-    if (image_base >= 0) {
-        pivot_into(root);
-    }
     close(root);
 }

@@ -9,8 +9,8 @@
 
 /* On the template's root ("/", `image_base` -1), or on an image's: `image_base` is the
  * mount namespace of the image's base, which this copies and overlays with the job's
- * writable layer, then pivots into once its filesystems are mounted (a new procfs can
- * only be mounted where a full one is visible: the base's goes with the pivot).
+ * writable layer, then pivots into before it mounts the job's filesystems: the base's
+ * tree, its /proc with it, ends up on /tmp, covered by the scratch.
  * `job_id` (0: the template's 1000) comes to own `workdir` there. */
 void set_up_job_root(const char *hostname, const char *disk_bytes, int image_base, unsigned int job_id,
                      const char *workdir);
