@@ -20,7 +20,8 @@ own writable layer over it (``native/root.c``).
   each): one ``fsconfig("lowerdir+")`` per layer where the kernel has it (6.8+, up to
   500 layers), else one legacy mount(2) whose option string must fit in a page.
   ``mount_method`` says which one this kernel gets (``sandbox doctor`` prints it).
-- The store path itself is never visible to the job: the base is the root of its
+- The store path itself is never visible to the job: the base's overlay names its
+  layers by those fd numbers in mountinfo, nothing of the host's tree is in its
   namespace after pivot_root, and overlayfs keeps private clones of its layer mounts.
 - Overlayfs stacks two deep: the base over the store's filesystem, a job's layer over
   the base. A store on an overlayfs itself would be a third.
