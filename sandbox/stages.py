@@ -22,9 +22,9 @@ _HIGH_FD = 32
 
 
 def open_init_binary() -> int:
-    """(In the zygote, once.) An O_PATH fd of the C init, which the spawner and an image
-    sandbox's B are exec'd from (their roots do not show the host's files); out of the
-    way of the fd numbers the init starts with."""
+    """(In the zygote, once.) An O_PATH fd of the C init, which the spawner is exec'd
+    from (the template's root does not show the host's files); out of the way of the fd
+    numbers the init starts with."""
     try:
         fd = os.open(INIT_BINARY, os.O_PATH | os.O_CLOEXEC)
     except FileNotFoundError:
