@@ -1,12 +1,16 @@
-"""The root filesystem of an image: an overlay of its unpacked layers, mounted inside
-the job's user namespace.
+"""The read-only base of an image: an overlay of its unpacked layers, prepared once
+per image in the zygote's builder (``rootfs.build_image_base``); each job adds only its
+own writable layer over it (``native/root.c``).
 
 - ``userxattr``: whiteouts are 0:0 character devices and opaque directories carry
   ``user.overlay.opaque=y`` (the only form an unprivileged unpacker can write); without
   this option the kernel would silently ignore the opaque marks.
-- upper and work dirs live on a size-capped tmpfs made here, in the job's mount
-  namespace: the job's writes to its root (the "container layer") die with it and never
-  touch the store.
+- The base is made in two steps on a small tmpfs of its own: a writable overlay
+  (``mount_image_root``) through which the sandbox's files are written into the image
+  (/etc/hosts, the working directory), then, that one unmounted, the read-only overlay
+  (``seal_image_root``) of its upper directory - those changes, whiteouts included -
+  over the layers. Nothing of it is writable afterwards: a job's writes go to an upper
+  layer of the job's own.
 - The names the sandbox mounts on come from a layer of its own, on that tmpfs, above the
   image's: empty directories, which hide whatever non-directory an image has there (a
   lower non-directory ends the lookup below a directory). Replacing one in the overlay
@@ -16,8 +20,11 @@ the job's user namespace.
   each): one ``fsconfig("lowerdir+")`` per layer where the kernel has it (6.8+, up to
   500 layers), else one legacy mount(2) whose option string must fit in a page.
   ``mount_method`` says which one this kernel gets (``sandbox doctor`` prints it).
-- The store path itself is never visible to the job: after pivot_root only the overlay
-  is reachable, and overlayfs keeps private clones of its layer mounts.
+- The store path itself is never visible to the job: the base's overlay names its
+  layers by those fd numbers in mountinfo, nothing of the host's tree is in its
+  namespace after pivot_root, and overlayfs keeps private clones of its layer mounts.
+- Overlayfs stacks two deep: the base over the store's filesystem, a job's layer over
+  the base. A store on an overlayfs itself would be a third.
 """
 
 from __future__ import annotations
@@ -30,9 +37,13 @@ from sandbox.fspath import make_dirs_beneath, open_beneath
 from sandbox.linux import syscalls as sc
 
 MAX_LAYERS = 500  # overlayfs' OVL_MAX_STACK
+# Room for what the sandbox writes into a base: two small files, and the directories on
+# their way copied up.
+BASE_UPPER_BYTES = 1 << 20
 _PAGE = 4096
 _MOUNT_ATTRS = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
-IMAGE_ROOT_DIR = "root"  # the overlay's mount point in the upper layer's tmpfs
+IMAGE_ROOT_DIR = "root"  # the writable overlay's mount point in the base's tmpfs
+BASE_DIR = "base"  # the read-only overlay's
 _OWN_LAYER_DIR = "skeleton"  # the sandbox's layer of directories, on the same tmpfs
 # The two ways layers reach overlayfs (``mount_method``).
 LOWERDIR_PLUS = "fsconfig lowerdir+"
@@ -41,47 +52,86 @@ MOUNT_SYSCALL = "mount(2)"
 _NO_SUCH_KEY = "sandbox-legacy-context-probe"
 
 
-def mount_image_root(layers: list[str], upper_bytes: int, where: str, directories: tuple[str, ...]) -> int:
-    """Build the overlay of ``layers`` (directories, bottom first) under a layer of the
+def open_layers(layers: list[str]) -> list[int]:
+    """O_PATH fds of ``layers`` (directories, bottom first), top-most first, as overlayfs
+    lists them. Opened before anything is mounted: the store may lie under the
+    workspace, which the base's tmpfs covers."""
+    if len(layers) >= MAX_LAYERS:
+        raise SetupError(f"image has {len(layers)} layers; overlayfs stacks at most {MAX_LAYERS - 1} of an image's")
+    fds: list[int] = []
+    try:
+        for layer in reversed(layers):
+            fds.append(os.open(layer, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+def mount_image_root(layer_fds: list[int], upper_bytes: int, where: str, directories: tuple[str, ...]) -> int:
+    """Build the writable overlay of ``layer_fds`` (``open_layers``) under a layer of the
     sandbox's own holding ``directories`` (top-level names the root must have as
     directories, whatever the image holds there), attach it at ``where``/IMAGE_ROOT_DIR,
     and return an fd of its root. ``where`` is a directory of this private mount
-    namespace (it gets the upper tmpfs)."""
-    if len(layers) >= MAX_LAYERS:
-        raise SetupError(f"image has {len(layers)} layers; overlayfs stacks at most {MAX_LAYERS - 1} of an image's")
-    # Layers first: the store may lie under ``where``, which the upper tmpfs covers.
-    layer_fds = [os.open(layer, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for layer in reversed(layers)]
-    fds = list(layer_fds)
+    namespace (it gets the tmpfs of the upper layer)."""
     upper_mount = _tmpfs(upper_bytes)
     sc.move_mount(upper_mount, "", sc.AT_FDCWD, where, sc.MOVE_MOUNT_F_EMPTY_PATH)
+    fds: list[int] = []
     try:
         upper, work, mount_point, own_layer = (
             make_dirs_beneath(upper_mount, name) for name in ("upper", "work", IMAGE_ROOT_DIR, _OWN_LAYER_DIR))
         fds.extend((upper, work, mount_point, own_layer))
         for name in directories:
             os.close(make_dirs_beneath(own_layer, name))
-        # Top-most layer first, as overlayfs lists them.
         lowers = [str(fd) for fd in (own_layer, *layer_fds)]
-        cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        os.chdir("/proc/self/fd")
-        try:
-            overlay = _mount_new_api(lowers, str(upper), str(work))
-            if overlay is None:
-                _mount_legacy(lowers, str(upper), str(work), str(mount_point))
-                # By name from the tmpfs's root: a lookup crosses onto the overlay, while
-                # reopening the mount point's fd (a /proc/self/fd link) would give the
-                # directory beneath it.
-                overlay = open_beneath(upper_mount, IMAGE_ROOT_DIR, os.O_PATH | os.O_DIRECTORY)
-            else:
-                sc.move_mount(overlay, "", mount_point, "", sc.MOVE_MOUNT_F_EMPTY_PATH | sc.MOVE_MOUNT_T_EMPTY_PATH)
-        finally:
-            os.fchdir(cwd)
-            os.close(cwd)
+        return _mount_overlay(upper_mount, IMAGE_ROOT_DIR, lowers, (str(upper), str(work)))
     finally:
         for fd in fds:
             os.close(fd)
         os.close(upper_mount)
-    return overlay
+
+
+def seal_image_root(layer_fds: list[int], where: str) -> int:
+    """After ``mount_image_root`` at ``where`` and the changes made through it: unmount
+    that writable overlay and attach, at ``where``/BASE_DIR, the read-only one of its
+    upper directory over the sandbox's own layer and ``layer_fds``; its root's fd."""
+    sc.umount2(os.path.join(where, IMAGE_ROOT_DIR), sc.MNT_DETACH)
+    workspace = os.open(where, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    fds = [workspace]
+    try:
+        changes, own_layer, mount_point = (
+            make_dirs_beneath(workspace, name) for name in ("upper", _OWN_LAYER_DIR, BASE_DIR))
+        fds.extend((changes, own_layer, mount_point))
+        return _mount_overlay(workspace, BASE_DIR, [str(fd) for fd in (changes, own_layer, *layer_fds)], None)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _mount_overlay(workspace: int, name: str, lowers: list[str], upper_work: tuple[str, str] | None) -> int:
+    """The overlay of ``lowers`` (fd numbers, top-most first) - writable with
+    ``upper_work`` (fd numbers), else read-only - attached at ``name`` in the tmpfs
+    ``workspace``; its root's fd."""
+    cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    os.chdir("/proc/self/fd")
+    try:
+        overlay = _mount_new_api(lowers, upper_work)
+        if overlay is None:
+            mount_point = open_beneath(workspace, name, os.O_PATH | os.O_DIRECTORY)
+            try:
+                _mount_legacy(lowers, upper_work, str(mount_point))
+            finally:
+                os.close(mount_point)
+            # By name from the tmpfs's root: a lookup crosses onto the overlay, while
+            # reopening the mount point's fd (a /proc/self/fd link) would give the
+            # directory beneath it.
+            return open_beneath(workspace, name, os.O_PATH | os.O_DIRECTORY)
+        sc.move_mount(overlay, "", workspace, name, sc.MOVE_MOUNT_F_EMPTY_PATH)
+        return overlay
+    finally:
+        os.fchdir(cwd)
+        os.close(cwd)
 
 
 def _tmpfs(size: int) -> int:
@@ -138,7 +188,7 @@ def _takes(fs_fd: int, key: str, value: str) -> bool:
     return True
 
 
-def _mount_new_api(lowers: list[str], upper: str, work: str) -> int | None:
+def _mount_new_api(lowers: list[str], upper_work: tuple[str, str] | None) -> int | None:
     """One ``lowerdir+`` per layer; None when the kernel lacks ``lowerdir+``."""
     fs_fd = _lowerdir_plus_context(lowers[0])
     if fs_fd is None:
@@ -146,18 +196,25 @@ def _mount_new_api(lowers: list[str], upper: str, work: str) -> int | None:
     try:
         for lower in lowers[1:]:
             sc.fsconfig_string(fs_fd, "lowerdir+", lower)
-        sc.fsconfig_string(fs_fd, "upperdir", upper)
-        sc.fsconfig_string(fs_fd, "workdir", work)
+        if upper_work is not None:
+            sc.fsconfig_string(fs_fd, "upperdir", upper_work[0])
+            sc.fsconfig_string(fs_fd, "workdir", upper_work[1])
         sc.fsconfig_flag(fs_fd, "userxattr")
         sc.fsconfig_create(fs_fd)
-        return sc.fsmount(fs_fd, _MOUNT_ATTRS)
+        return sc.fsmount(fs_fd, _MOUNT_ATTRS if upper_work is not None else _MOUNT_ATTRS | sc.MOUNT_ATTR_RDONLY)
     finally:
         os.close(fs_fd)
 
 
-def _mount_legacy(lowers: list[str], upper: str, work: str, mount_point: str) -> None:
+def _mount_legacy(lowers: list[str], upper_work: tuple[str, str] | None, mount_point: str) -> None:
     """mount(2) for kernels before 6.8: the whole option string must fit in a page."""
-    options = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work},userxattr"
+    options = f"lowerdir={':'.join(lowers)}"
+    flags = sc.MS_NOSUID | sc.MS_NODEV
+    if upper_work is None:
+        flags |= sc.MS_RDONLY
+    else:
+        options += f",upperdir={upper_work[0]},workdir={upper_work[1]}"
+    options += ",userxattr"
     if len(options) >= _PAGE:
         raise SetupError(f"image has too many layers ({len(lowers)}) for this kernel's mount(2)")
-    sc.mount("overlay", mount_point, "overlay", sc.MS_NOSUID | sc.MS_NODEV, options)
+    sc.mount("overlay", mount_point, "overlay", flags, options)

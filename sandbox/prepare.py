@@ -4,17 +4,16 @@ that everything but the job itself can happen before the job arrives.
 ``order`` and ``receive`` (may run long before any job; the warm pool does it ahead of
 time)::
 
-    supervisor (subreaper) ── request ──> spawner (the host image: a C process the
-                                           zygote started once, in the template,
-                                           ``zygote.py``, ``template.py``): clones B into
-                                           new mnt, pid, net, ipc and uts namespaces on a
-                                           copy of the template
-                           ── request ──> zygote (an image): clones B, which builds the
-                                           image root in Python and execs the C init
+    supervisor (subreaper) ── request ──> spawner (a C process the zygote started
+                                           once, in the template, ``zygote.py``,
+                                           ``template.py``): clones B into new pid, net,
+                                           ipc and uts namespaces and a copy of the
+                                           template's mounts - or, for an image, of the
+                                           image's base, which the zygote built once
                                  B = pid 1 of the job ("init", ``native/init.c``), the
-                                     supervisor's child: mounts the job's /proc and
-                                     scratch (pivots into an image's root), forks C,
-                                     waits for a job
+                                     supervisor's child: adds an image's writable layer,
+                                     mounts the job's /proc and scratch (pivots into an
+                                     image's root), forks C, waits for a job
                                  C = the future program (``native/program.c``): joins
                                      the job cgroup (so no job pays the cgroup-attach
                                      stall), new cgroup ns, setsid, drops every
@@ -90,42 +89,21 @@ class Blueprint:
     cgroup_join: str = "files"  # JobCgroup.JOIN of the cgroup_fds
     job_id: int = 0  # the id the program runs as, inside the template (``ids.JobIds``); 0: the template's 1000
 
-    def to_wire(self) -> dict[str, Any]:
-        """An image sandbox's request to the zygote: everything but the fds (they travel
-        with SCM_RIGHTS: ``fds``), as JSON values."""
-        return {
-            "cpu_counter": None if self.cpu_counter is None else self.cpu_counter[1],
-            "cgroup_join": self.cgroup_join,
-            "disk_bytes": self.disk_bytes,
-            "cap_last": self.cap_last,
-            "image": None if self.image is None else {"layers": self.image.layers, "workdir": self.image.workdir},
-            "exec_once": self.exec_once,
-            "trace": self.trace,
-            "native_arch": NATIVE_ARCH,
-            "exec_numbers": EXEC_NUMBERS,
-            "job_id": self.job_id,
-        }
-
-    def fds(self, seccomp_fd: int) -> list[int]:
-        """An image sandbox's fds after its report pipe and job channel: the seccomp
-        program (``seccomp_fd``), the CPU counter's fd if any, then the cgroup fds
-        (``stages.ImageRequest``)."""
-        counter = () if self.cpu_counter is None else (self.cpu_counter[0],)
-        return [seccomp_fd, *counter, *self.cgroup_fds]
-
     def init_arguments(self) -> list[str]:
-        """A host-image sandbox's request to the spawner (``stages.init_arguments``)."""
+        """The sandbox's request to the spawner (``stages.init_arguments``)."""
         return stages.init_arguments(
             "spawned", cap_last=self.cap_last, trace=self.trace, exec_once=self.exec_once, native_arch=NATIVE_ARCH,
             exec_numbers=EXEC_NUMBERS, cpu_counter_kind=None if self.cpu_counter is None else self.cpu_counter[1],
-            cgroup_fds=len(self.cgroup_fds), cgroup_join=self.cgroup_join, disk_bytes=self.disk_bytes, root="/",
+            cgroup_fds=len(self.cgroup_fds), cgroup_join=self.cgroup_join, disk_bytes=self.disk_bytes,
+            image_base=self.image is not None, workdir="/" if self.image is None else self.image.workdir,
             job_id=self.job_id,
         )
 
-    def init_fds(self, report_fd: int, channel_fd: int, seccomp_fd: int) -> list[int]:
-        """The fds of a host-image sandbox's request to the spawner (``stages.init_fds``)."""
+    def init_fds(self, report_fd: int, channel_fd: int, seccomp_fd: int, image_base_fd: int) -> list[int]:
+        """The fds of the sandbox's request to the spawner (``stages.init_fds``):
+        ``image_base_fd`` is its image's base (``Zygote.image_base``), -1 the host's."""
         counter = -1 if self.cpu_counter is None else self.cpu_counter[0]
-        return stages.init_fds(report_fd, channel_fd, seccomp_fd, counter, self.cgroup_fds)
+        return stages.init_fds(report_fd, channel_fd, seccomp_fd, counter, self.cgroup_fds, image_base_fd)
 
 
 class MessageReader:
@@ -176,11 +154,10 @@ class Prepared:
 
 @dataclass
 class Starting:
-    """A sandbox the zygote (an image) or its spawner (the host image) was asked for;
-    ``receive`` turns it into a Prepared."""
+    """A sandbox the zygote's spawner was asked for; ``receive`` turns it into a
+    Prepared."""
 
     zygote: Zygote
-    host: bool  # asked of the spawner
     report_fd: int
     job_channel: socket.socket
     error: str | None = None  # the request could not even be sent
@@ -188,14 +165,14 @@ class Starting:
     @property
     def answer_fd(self) -> int:
         """Readable once the answer is there."""
-        channel = self.zygote.spawner if self.host else self.zygote.channel
+        channel = self.zygote.spawner
         assert channel is not None
         return channel.fileno()
 
 
 def order(zygote: Zygote, template: Blueprint) -> Starting:
-    """Ask the spawner (the host image) or the zygote (an image) to start a sandbox init
-    (our child); returns at once.
+    """Ask the spawner to start a sandbox init (our child); returns at once - but the
+    first order of an image waits for the zygote to build the image's base.
 
     The caller must be the zygote's parent and a child subreaper (``become_subreaper``),
     and must ``receive`` its orders in the order it placed them.
@@ -203,12 +180,11 @@ def order(zygote: Zygote, template: Blueprint) -> Starting:
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     seccomp_fd = _filter_memfd(template.seccomp_bpf)
-    starting = Starting(zygote, template.image is None, report_r, ours)
+    starting = Starting(zygote, report_r, ours)
     try:
-        if starting.host:
-            zygote.spawn(template.init_arguments(), template.init_fds(report_w, theirs.fileno(), seccomp_fd))
-        else:
-            zygote.request(template.to_wire(), [report_w, theirs.fileno(), *template.fds(seccomp_fd)])
+        image = template.image
+        base = -1 if image is None else zygote.image_base(image.layers, image.workdir)
+        zygote.spawn(template.init_arguments(), template.init_fds(report_w, theirs.fileno(), seccomp_fd, base))
     except SetupError as exc:
         starting.error = str(exc)
     finally:
@@ -232,12 +208,12 @@ def _filter_memfd(seccomp_bpf: bytes) -> int:
 
 
 def receive(starting: Starting) -> Prepared:
-    """The spawner's or zygote's answer to an order (waits for it). If the sandbox could not start,
+    """The spawner's answer to an order (waits for it). If the sandbox could not start,
     ``init_pid`` is 0 and ``early`` holds the setup_error."""
     init_pid, early = 0, []
     if starting.error is None:
         try:
-            init_pid = starting.zygote.spawned() if starting.host else starting.zygote.answer()
+            init_pid = starting.zygote.spawned()
         except SetupError as exc:
             starting.error = str(exc)
     if starting.error is not None:

@@ -8,9 +8,12 @@ tripping over) the flags the kernel locked.
 The built-in ``host`` image is built once per zygote, as the root of the template mount
 namespace (``build_template``, ``template.py``); a sandbox init gets a private copy of
 it and adds only what is its own: /proc and the scratch tmpfs, mounted by the C init
-(``native/root.c``). An image's root is built per sandbox: an overlay of its layers
-whose writable upper layer is a size-capped tmpfs of the job (``overlay.py``,
-``build_image_root``), pivoted into; the C init then adds the same.
+(``native/root.c``). An image's read-only base is built once per zygote and image, the
+root of a mount namespace of its own (``build_image_base``): the overlay of its layers
+with its /etc/hosts, working directory, /dev and mount points. A sandbox init copies
+that namespace and adds what is its own: its writable layer (an overlay of the base
+under a size-capped tmpfs of the job's), /proc and the scratch tmpfs, then pivots into
+it (``native/root.c``).
 
 Layout seen by the job::
 
@@ -29,7 +32,7 @@ import stat
 
 from sandbox.fspath import create_file_beneath, make_dirs_beneath, open_beneath
 from sandbox.linux import syscalls as sc
-from sandbox.overlay import IMAGE_ROOT_DIR, mount_image_root
+from sandbox.overlay import BASE_UPPER_BYTES, mount_image_root, open_layers, seal_image_root
 
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
@@ -161,12 +164,12 @@ def mount_proc(root_fd: int) -> None:
 
 # --- image roots --------------------------------------------------------------------
 # Names the sandbox mounts on or writes into. An image may ship any of them as a symlink
-# (say /dev -> /host/dev): the overlay's own top layer (``mount_image_root``) makes them
+# (say /dev -> /host/dev): the base's own layer (``mount_image_root``) makes them
 # directories whatever the image holds there, and every later step opens paths with
 # RESOLVE_NO_SYMLINKS anyway, so nothing can be redirected to a host file.
 _IMAGE_MOUNT_POINTS = ("proc", "dev", "work", "tmp", "etc")
-# Where an image's overlay is built, in the sandbox init's private copy of the host's
-# tree (the upper layer's tmpfs covers it, so nothing of the host's /tmp shows).
+# Where an image's base is built, in its builder's private copy of the host's tree (the
+# base's tmpfs covers it, so nothing of the host's /tmp shows).
 IMAGE_WORKSPACE = "/tmp"
 _IMAGE_GENERATED_ETC = ("hosts", "hostname")
 
@@ -224,36 +227,32 @@ def build_template() -> None:
         os.close(root_fd)
 
 
-def build_image_root(disk_bytes: int, layers: list[str], workdir: str, job_id: int = 0) -> str:
-    """(In a sandbox init, on a private copy of the host's tree.) Mount the image's
-    overlay - its layers must be mounts of this namespace, which is why an image root
-    is not built on the template - with its /dev and the mount points of the job's own
-    filesystems, which the C init mounts before it pivots into it; returns its path.
-    ``job_id``: the id the job runs as, if not the template's 1000 (``ids.py``)."""
-    root_fd = mount_image_root(layers, disk_bytes, IMAGE_WORKSPACE, _IMAGE_MOUNT_POINTS)
+def build_image_base(layers: list[str], workdir: str) -> None:
+    """(In the image's builder: pid 1 of a pid namespace of its own, on a private copy of
+    the host's tree, which overlayfs needs its layers in.) Build the image's read-only
+    base - the overlay of its layers under a layer holding /etc/hosts, /etc/hostname,
+    ``workdir`` and the sandbox's mount points - with /dev and a /proc of this empty pid
+    namespace (what lets each sandbox mount its own there), and make it this namespace's
+    root. Each sandbox copies the namespace and adds its writable layer
+    (``native/root.c``)."""
+    sc.mount_propagation("/", sc.MS_REC | sc.MS_PRIVATE)
+    layer_fds = open_layers(layers)
     try:
-        populate_image_root(root_fd, workdir)
+        writable = mount_image_root(layer_fds, BASE_UPPER_BYTES, IMAGE_WORKSPACE, _IMAGE_MOUNT_POINTS)
+        try:
+            populate_image_root(writable, workdir)
+        finally:
+            os.close(writable)
+        root_fd = seal_image_root(layer_fds, IMAGE_WORKSPACE)
+    finally:
+        for fd in layer_fds:
+            os.close(fd)
+    try:
         build_dev(root_fd)
-        if job_id:
-            hand_over_image_root(root_fd, workdir, job_id)
+        mount_proc(root_fd)
+        pivot_into(root_fd)
     finally:
         os.close(root_fd)
-    return os.path.join(IMAGE_WORKSPACE, IMAGE_ROOT_DIR)
-
-
-def hand_over_image_root(root_fd: int, workdir: str, job_id: int) -> None:
-    """A job of an id of its own owns the root directory of its image and its working
-    directory, as a job of the template's 1000 - the owner of every unpacked file - does:
-    it can make files there. The image's other files stay the image's, readable and
-    writable as their modes say to anyone else (a non-root user in a container meets the
-    same). Each chown copies the directory's attributes up into the job's own upper
-    layer; the layers are untouched."""
-    for path in dict.fromkeys((".", workdir)):
-        directory = open_beneath(root_fd, path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fchown(directory, job_id, job_id)
-        finally:
-            os.close(directory)
 
 
 def host_image_fingerprint() -> tuple[tuple[str, int, int], ...]:

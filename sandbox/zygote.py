@@ -3,10 +3,11 @@ supervisor (a CLI run, or one worker slot's launcher).
 
 Why a separate process: it lives in the template user namespace and holds the
 template's mount namespace (``template.py``), so a sandbox's namespaces are one setns(2)
-and one clone(2) away. For the host image it starts the spawner once (the C init in
-MODE "serve", ``native/init.c``), a child of the supervisor that the supervisor asks
-for each host-image sandbox directly; an image sandbox is a clone of the zygote, which
-builds the image root in Python first. A fork copies the parent's page tables and afterwards every
+and one clone(2) away. It starts the spawner once (the C init in MODE "serve",
+``native/init.c``), a child of the supervisor that the supervisor asks for each sandbox
+directly, and builds each image's read-only base once, when the supervisor first asks
+for it (``stages.build_image_base``): a sandbox of that image is then spawned as a
+host-image one is, on a copy of the base. A fork copies the parent's page tables and afterwards every
 page either side writes is copied again (copy-on-write): forking sandboxes from the
 supervisor - a Python with the runner, cgroups, protocol and image code loaded, busy
 between forks - made page faults the largest single cost of a job. The zygote is a
@@ -15,10 +16,10 @@ wait for requests and start sandboxes, so there is little to copy.
 
 Protocol on a SOCK_SEQPACKET pair: at start-up the zygote answers ``{"spawner": PID}``
 with the spawner's request channel (SCM_RIGHTS) once the template is built, or
-``{"error": ...}``. Then the supervisor sends one request per image sandbox - the
-Blueprint as JSON, with the report pipe's write end, the sandbox's end of its job
-channel, the seccomp program and the cgroup fds as SCM_RIGHTS - and the zygote answers
-``{"pid": N}`` or ``{"error": ...}``. EOF on the channel ends it.
+``{"error": ...}``. Then each request is answered before the next: ``{"tree": PATH}``
+with a detached clone of that host directory, ``{"image": {"layers": [...], "workdir":
+...}}`` with the mount namespace of that image's base, each as SCM_RIGHTS with ``{}``,
+or ``{"error": ...}``. EOF on the channel ends it.
 
 The spawner's protocol (same kind of pair): a request is the C init's arguments
 (``stages.init_arguments``), NUL-terminated, with its fds (``stages.init_fds``); the
@@ -47,7 +48,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 _MAX_REQUEST = 1 << 20
-_MAX_FDS = 16  # report pipe, job channel, seccomp program, CPU counter, a cgroup fd per hierarchy
+# Image bases a supervisor keeps (each a mount namespace: a handful of mounts and a small
+# tmpfs); the least recently built goes first.
+MAX_IMAGE_BASES = 16
 
 
 class Zygote:
@@ -59,17 +62,17 @@ class Zygote:
         import subprocess  # here, not at the top: the zygote process imports this module too
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.trees, trees_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        with theirs, trees_theirs:
+        with theirs:
             self.process = subprocess.Popen(
-                [sys.executable, "-S", "-m", "sandbox.zygote", str(theirs.fileno()), str(trees_theirs.fileno()),
-                 id_maps],
-                pass_fds=(theirs.fileno(), trees_theirs.fileno()),
+                [sys.executable, "-S", "-m", "sandbox.zygote", str(theirs.fileno()), id_maps],
+                pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONPATH": os.pathsep.join(_import_path())},
             )
         self.channel = ours
+        # Image bases by what they were built from (``image_base``); the fds are ours.
+        self._bases: dict[tuple[tuple[tuple[str, int], ...], str], int] = {}
         self.spawner: socket.socket | None = None
         self.spawner_pid = 0
         self._spawner_exit = -1  # a pidfd: readable once the spawner has exited
@@ -86,22 +89,8 @@ class Zygote:
             self.close()
             raise SetupError(f"cannot start the zygote: {exc}") from exc
 
-    def request(self, request: dict[str, Any], fds: list[int]) -> None:
-        """Ask for an image sandbox's init (our child) with these fds; ``answer`` gives
-        its pid. Raises SetupError if the zygote is gone."""
-        _send(self.channel, json.dumps(request).encode(), fds, "zygote")
-
-    def answer(self) -> int:
-        """The pid of the sandbox init of the oldest unanswered request (waits for it).
-        Raises SetupError if it could not be started."""
-        try:
-            raw = self.channel.recv(_MAX_REQUEST)
-        except OSError as exc:
-            raise SetupError(f"the zygote is gone: {exc}") from exc
-        return int(_decoded(raw, self.process)["pid"])
-
     def spawn(self, arguments: list[str], fds: list[int]) -> None:
-        """Ask the spawner for a host-image sandbox's init (our child): ``arguments``
+        """Ask the spawner for a sandbox's init (our child): ``arguments``
         and ``fds`` as ``stages.init_arguments`` and ``stages.init_fds`` make them;
         ``spawned`` gives its pid."""
         assert self.spawner is not None  # set by __init__, or it raised
@@ -126,15 +115,36 @@ class Zygote:
         """A detached clone of the host directory ``path`` (an fd the caller owns), for a
         sandbox init to mount a tree from (read-only: ``native/trees.c``). Raises
         SetupError."""
-        _send(self.trees, path.encode(), [], "zygote")
+        return self._ask({"tree": path}, "tree")
+
+    def image_base(self, layers: list[str], workdir: str) -> int:
+        """The mount namespace of the read-only base of the image of ``layers`` with
+        ``workdir`` (an fd this object keeps): built by the zygote on first use, then
+        kept for as long as the zygote lives. A layer directory replaced since (removed
+        by gc, unpacked again) makes another base: a base keeps the directories it was
+        built from. Raises SetupError."""
         try:
-            raw, fds, _, _ = socket.recv_fds(self.trees, _MAX_REQUEST, 1)
+            key = (tuple((layer, os.stat(layer).st_ino) for layer in layers), workdir)
+        except OSError as exc:
+            raise SetupError(f"cannot find the image's layers: {exc}") from exc
+        base = self._bases.get(key)
+        if base is None:
+            if len(self._bases) >= MAX_IMAGE_BASES:
+                os.close(self._bases.pop(next(iter(self._bases))))
+            base = self._bases[key] = self._ask({"image": {"layers": layers, "workdir": workdir}}, "image base")
+        return base
+
+    def _ask(self, request: dict[str, Any], what: str) -> int:
+        _send(self.channel, json.dumps(request).encode(), [], "zygote")
+        try:
+            raw, fds, _, _ = socket.recv_fds(self.channel, _MAX_REQUEST, 1)
         except OSError as exc:
             raise SetupError(f"the zygote is gone: {exc}") from exc
         if fds:
+            os.set_inheritable(fds[0], False)
             return fds[0]
         _decoded(raw, self.process)  # raises its error
-        raise SetupError("the zygote sent no tree")
+        raise SetupError(f"the zygote sent no {what}")
 
     def alive(self) -> bool:
         return self.process.poll() is None and not select.select([self._spawner_exit], [], [], 0)[0]
@@ -143,8 +153,10 @@ class Zygote:
         """EOF tells the zygote and the spawner to exit; neither has children left by
         then (a spawner's Bs are ours)."""
         self.channel.close()
-        self.trees.close()
         self.process.wait()
+        for base in self._bases.values():
+            os.close(base)
+        self._bases.clear()
         if self.spawner is not None:
             self.spawner.close()
         if self.spawner_pid > 0:
@@ -180,10 +192,10 @@ def _import_path() -> list[str]:
     return [project, *(entry for entry in sys.path if entry and os.path.isdir(entry))]
 
 
-def serve(channel: socket.socket, trees: socket.socket, id_maps: IdMaps | None) -> None:
+def serve(channel: socket.socket, id_maps: IdMaps | None) -> None:
     sc.set_process_name("sandbox-zygote")
-    # SCHED_BATCH (inherited by every sandbox init and program stage until its job
-    # arrives, stages.py): the same share of the CPU, but a zygote or a sandbox being
+    # SCHED_BATCH (inherited by the spawner, and so by every sandbox init and program
+    # stage until its job arrives): the same share of the CPU, but a zygote or a sandbox being
     # prepared never preempts a running task when it wakes. Otherwise the zygote, woken
     # by an order, took the CPU from the launcher that sent it - and a job arriving then
     # waited behind a clone and a sandbox's set-up.
@@ -194,10 +206,13 @@ def serve(channel: socket.socket, trees: socket.socket, id_maps: IdMaps | None) 
         # What the C init needs (entering the template, its mounts, host name and
         # loopback; the job's id: its files and its program stage's id maps; the files
         # a job leaves to collect, whatever their modes) and its program stage before it
-        # drops everything (the cgroup namespace, the bounding set): kept across the
-        # exec of the C init.
+        # drops everything (the cgroup namespace, the bounding set), and, until its root
+        # is set up, what an image's writable layer acts with (copying up any file of
+        # the image's, with its owner, times and mode bits; the working directory handed
+        # to the job's id): kept across the exec of the C init.
         sc.keep_across_exec(sc.CAP_SYS_ADMIN, sc.CAP_SYS_CHROOT, sc.CAP_NET_ADMIN, sc.CAP_SETPCAP, sc.CAP_SETUID,
-                            sc.CAP_SETGID, sc.CAP_DAC_READ_SEARCH)
+                            sc.CAP_SETGID, sc.CAP_DAC_READ_SEARCH, sc.CAP_CHOWN, sc.CAP_DAC_OVERRIDE, sc.CAP_FOWNER,
+                            sc.CAP_FSETID)
         spawner, spawner_pid = stages.start_spawner(bases.template_fd, init_fd)
     except (SandboxError, OSError) as exc:
         channel.send(json.dumps({"error": str(exc)}).encode())
@@ -205,53 +220,49 @@ def serve(channel: socket.socket, trees: socket.socket, id_maps: IdMaps | None) 
     with spawner:
         socket.send_fds(channel, [json.dumps({"spawner": spawner_pid}).encode()], [spawner.fileno()])
     # Everything loaded so far is permanent: keep the collector from touching (and so
-    # copying) those pages in every sandbox.
+    # copying) those pages in every image's builder.
     gc.freeze()
     while True:
-        if trees in select.select([channel, trees], [], [])[0]:
-            path = trees.recv(_MAX_REQUEST)
-            if not path:
-                return
-            _clone_tree(trees, os.fsdecode(path), bases)
-            continue
-        raw, fds, _, _ = socket.recv_fds(channel, _MAX_REQUEST, _MAX_FDS)
+        raw = channel.recv(_MAX_REQUEST)
         if not raw:
             return
-        try:
-            channel.send(json.dumps(_start_one(json.loads(raw), fds, bases, init_fd)).encode())
-        finally:
-            for fd in fds:
-                os.close(fd)
+        request = json.loads(raw)
+        if "tree" in request:
+            _clone_tree(channel, request["tree"], bases)
+        else:
+            _image_base(channel, request["image"], bases)
 
 
-def _clone_tree(trees: socket.socket, path: str, bases: MountBases) -> None:
+def _clone_tree(channel: socket.socket, path: str, bases: MountBases) -> None:
     """Answer a tree request: the clone of ``path``, seen from the copy of the host's tree."""
     try:
         sc.setns(bases.host_fd, sc.CLONE_NEWNS)
         clone = sc.open_tree(sc.AT_FDCWD, path, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
     except OSError as exc:
-        trees.send(json.dumps({"error": f"cannot clone the tree {path}: {exc.strerror}"}).encode())
+        channel.send(json.dumps({"error": f"cannot clone the tree {path}: {exc.strerror}"}).encode())
         return
     try:
-        socket.send_fds(trees, [b"{}"], [clone])
+        socket.send_fds(channel, [b"{}"], [clone])
     finally:
         os.close(clone)
 
 
-def _start_one(request: dict[str, Any], fds: list[int], bases: MountBases, init_fd: int) -> dict[str, Any]:
-    if len(fds) < 3:
-        return {"error": "a sandbox request needs the report pipe, the job channel and the seccomp program"}
-    report_fd, channel_fd, *template_fds = fds
-    spec = stages.ImageRequest(request, template_fds)
+def _image_base(channel: socket.socket, image: dict[str, Any], bases: MountBases) -> None:
+    """Answer an image request: the mount namespace of its base."""
     try:
-        return {"pid": stages.start_image_sandbox(spec, bases, report_fd, channel_fd, init_fd)}
-    except OSError as exc:
-        return {"error": f"cannot start a sandbox: {exc}"}
+        base = stages.build_image_base(image["layers"], image["workdir"], bases.host_fd)
+    except (SandboxError, OSError) as exc:
+        channel.send(json.dumps({"error": str(exc)}).encode())
+        return
+    try:
+        socket.send_fds(channel, [b"{}"], [base])
+    finally:
+        os.close(base)
 
 
 def main(argv: list[str]) -> int:
-    with socket.socket(fileno=int(argv[1])) as channel, socket.socket(fileno=int(argv[2])) as trees:
-        serve(channel, trees, IdMaps.parse(argv[3]))
+    with socket.socket(fileno=int(argv[1])) as channel:
+        serve(channel, IdMaps.parse(argv[2]))
     return 0
 
 

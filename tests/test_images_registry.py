@@ -22,12 +22,15 @@ from imagebuild import Entry, busybox_entries, layer_tar, oci_index, oci_layout
 from registries import Registry, free_port, skopeo_push, start_proxy, start_registry, start_token_server
 from workerutil import SANDBOX_CLI
 
+from sandbox.ids import plan_ids
 from sandbox.images.config import load
 from sandbox.images.errors import DigestMismatch, RegistryError
 from sandbox.images.pull import pull
+from sandbox.images.runtime import lease_image
 from sandbox.images.store import Store
-from sandbox.models import Blob, Job, Status
+from sandbox.models import Blob, Job, Limits, Status
 from sandbox.overlay import LOWERDIR_PLUS, MOUNT_SYSCALL
+from sandbox.zygote import Zygote
 
 DIR, SYM, LNK = tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE
 
@@ -156,13 +159,33 @@ def root_mount_options(mountinfo: str) -> list[str]:
     raise AssertionError(f"no root mount in {mountinfo!r}")
 
 
+def base_mountinfo(zygote: Zygote, base: int) -> list[str]:
+    """The fields of the root's line in the mountinfo of an image's base (a mount
+    namespace of the zygote's user namespace), as a process that entered it sees it:
+    read from here, for the base's /proc is of a pid namespace with no process left."""
+    entered = subprocess.Popen(["nsenter", "--preserve-credentials", f"--user=/proc/{zygote.process.pid}/ns/user",
+                                f"--mount=/proc/self/fd/{base}", "sh", "-c", "echo in; exec cat"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(base,))
+    assert entered.stdin is not None and entered.stdout is not None
+    try:
+        assert entered.stdout.readline() == b"in\n"
+        mountinfo = Path(f"/proc/{entered.pid}/mountinfo").read_text()
+    finally:
+        entered.stdin.close()
+        entered.wait()
+        entered.stdout.close()
+    return next(line.split() for line in mountinfo.splitlines() if line.split()[4] == "/")
+
+
 @pytest.mark.kernel
 def test_the_image_root_is_mounted_the_way_this_kernel_takes_layers(env, pushed, runner):
-    """Before 6.8 (Debian 12's 6.1 in the cgroup v2 guest) a job's root must come from the
-    mount(2) fallback, after it from ``lowerdir+``: the kernel shows which in the job's
-    mountinfo - mount(2) options as given (``lowerdir=`` with the fd numbers of the
-    sandbox's own top layer and the image's two), one ``lowerdir+=`` per layer otherwise. ``mount_method`` (what doctor says)
-    names the same one, and whiteouts and opaque directories hide lower content on it."""
+    """Before 6.8 (Debian 12's 6.1 in the cgroup v2 guest) an image's base must come from
+    the mount(2) fallback, after it from ``lowerdir+``: the kernel shows which in the
+    base's mountinfo - mount(2) options as given (``lowerdir=`` with the fd numbers of
+    the base's changes, the sandbox's own layer and the image's two), one ``lowerdir+=``
+    per layer otherwise. ``mount_method`` (what doctor says) names the same one, and
+    whiteouts and opaque directories hide lower content on it. The job's root is its own
+    writable layer over the base, and names no host path."""
     release = os.uname().release
     expected = LOWERDIR_PLUS if tuple(map(int, release.split("-")[0].split(".")[:2])) >= LOWERDIR_PLUS_SINCE \
         else MOUNT_SYSCALL
@@ -178,13 +201,49 @@ def test_the_image_root_is_mounted_the_way_this_kernel_takes_layers(env, pushed,
     runner.tidy()
     assert result.status is Status.OK, result
     mountinfo, listing = result.stdout.decode().split("==\n")
-    lowers = [option for option in root_mount_options(mountinfo) if option.startswith("lowerdir")]
-    if expected == MOUNT_SYSCALL:
-        assert len(lowers) == 1 and re.fullmatch(r"lowerdir=\d+:\d+:\d+", lowers[0]), (release, lowers)
-    else:
-        assert len(lowers) == 3 and all(option.startswith("lowerdir+=") for option in lowers), (release, lowers)
+    options = root_mount_options(mountinfo)
+    assert {"lowerdir=/", "upperdir=upper", "workdir=upper.work", "userxattr"} <= set(options), (release, options)
     # /opt is opaque in the top layer (old is the bottom layer's); /gone a whiteout.
     assert listing == ".\n..\nnew\nold-is-hidden\ngone-is-gone\n", listing
+
+    zygote = Zygote(plan_ids().zygote_argument())
+    try:
+        image = lease_image("test/features:1")
+        try:
+            base = base_mountinfo(zygote, zygote.image_base(image.layer_dirs, "/work"))
+        finally:
+            image.release()
+    finally:
+        zygote.close()
+    lowers = [option for option in base[base.index("-") + 3].split(",") if option.startswith("lowerdir")]
+    if expected == MOUNT_SYSCALL:
+        assert len(lowers) == 1 and re.fullmatch(r"lowerdir=\d+:\d+:\d+:\d+", lowers[0]), (release, lowers)
+    else:
+        assert len(lowers) == 4 and all(option.startswith("lowerdir+=") for option in lowers), (release, lowers)
+    assert "ro" in base[5].split(","), base
+
+
+@pytest.mark.kernel
+def test_each_job_writes_a_layer_of_its_own_over_the_shared_base(env, pushed, runner):
+    """Jobs on one image share its read-only base, never a writable layer: what one job
+    writes in its root or the image's working directory (both its own, whatever id it
+    runs as), the next one does not see. The root's writes count against --disk with
+    /work's."""
+    pull(Store(env()), load(), pushed["features"])
+    writes = "echo x > /marker && echo y > /srv/app/y && mkdir /new && cat /marker /srv/app/y && ls /"
+    first = runner.run(Job(cmd=["sh", "-c", writes], image="test/features:1", require_cgroups=True))
+    runner.tidy()
+    assert first.status is Status.OK and first.stdout.startswith(b"x\ny\n"), first
+    assert b"new" in first.stdout.split(b"\n")[2:], first
+    looks = "ls /srv/app; test -e /marker || echo no-marker; test -e /new || echo no-new"
+    second = runner.run(Job(cmd=["sh", "-c", looks], image="test/features:1", require_cgroups=True))
+    runner.tidy()
+    assert (second.status, second.stdout) == (Status.OK, b"no-marker\nno-new\n"), second
+    fill = "dd if=/dev/zero of=/work/half bs=1M count=3 2>/dev/null && dd if=/dev/zero of=/big bs=1M count=3 || echo full"
+    full = runner.run(Job(cmd=["sh", "-c", fill], image="test/features:1", limits=Limits(disk="4M"),
+                          require_cgroups=True))
+    runner.tidy()
+    assert (full.status, full.stdout.splitlines()[-1:]) == (Status.OK, [b"full"]), full
 
 
 def test_images_inspect_rmi_gc(env, pushed):
@@ -379,6 +438,7 @@ def test_gc_while_a_job_runs_keeps_its_layers(env, pushed, runner, tmp_path):
 ENOSPC_SCRIPT = r"""
 import json, os, subprocess, sys
 sys.path[:0] = sys.argv[3:]
+from sandbox.ids import plan_ids
 from sandbox.images.config import load
 from sandbox.images.errors import UnpackError
 from sandbox.images.importer import import_image

@@ -78,8 +78,12 @@ class GcReport:
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        # Checked before made: a job on an image opens the store, and a stat is cheaper
+        # than a mkdir that fails.
         for sub in ("blobs/sha256", "partial", "layers", "images", "refs", "leases", "locks", "tmp"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+            path = os.path.join(root, sub)
+            if not os.path.isdir(path):
+                os.makedirs(path, mode=0o700, exist_ok=True)
 
     # ---- locking -------------------------------------------------------------------
     @contextmanager
@@ -206,9 +210,18 @@ class Store:
         """Find a local image: by id (or a 12+ hex prefix), by exact normalised
         reference, or - when no registry was written - by repository and tag in any
         registry, if that is unambiguous. Returns (matched ref name, record)."""
-        refs = self.refs()
         bare = text.removeprefix("sha256:")
-        if len(bare) >= 12 and all(c in "0123456789abcdef" for c in bare):
+        is_id = len(bare) >= 12 and all(c in "0123456789abcdef" for c in bare)
+        if not is_id:  # the common case, a reference as pulled: one file, not every ref
+            name = str(parse(text))
+            try:
+                image = json.loads(self._ref_path(name).read_text())["image"]
+            except FileNotFoundError:
+                pass
+            else:
+                return name, self.read_record(image)
+        refs = self.refs()
+        if is_id:
             ids = {image for image in {*refs.values(), *(r.id for r in self.records())} if image[7:].startswith(bare)}
             if len(ids) == 1:
                 image = ids.pop()

@@ -3,10 +3,10 @@
  * binary running as the spawner (MODE "serve", below), which the zygote
  * (sandbox/stages.py) starts once: the spawner sits in the template's mount namespace
  * and clones each B into new mount, pid, network, IPC and UTS namespaces as a child of
- * the supervisor. For an image, the zygote's Python clone builds the overlay root
- * (ROOT) and execs this binary in MODE "exec". Either way B mounts the job's own
- * filesystems (root.c, pivoting into an image's root), forks the program stage
- * (program.c), waits for its job and watches it.
+ * the supervisor. For an image, B enters a copy of the image's base (a read-only root
+ * the zygote prepares once per image) instead of the template. Either way B mounts the
+ * job's own filesystems (root.c: on an image, its writable layer first, then pivoting
+ * into it), forks the program stage (program.c), waits for its job and watches it.
  *
  * Why C, in a project otherwise Python: this process and its child exist once per job
  * and everything they cost is paid per job. As Python, the init kept a forked
@@ -17,18 +17,22 @@
  * runc keeps its namespace entry in C beside Go (nsexec.c) for the same kind of reason.
  *
  * Run as: sandbox-init serve (the spawner; see serve), or
- *         sandbox-init MODE CAP_LAST TRACE EXEC_ONCE NATIVE_ARCH EXECVE_NR EXECVEAT_NR
- *                      CPU_COUNTER_KIND CGROUP_FDS CGROUP_JOIN DISK_BYTES HOSTNAME ROOT JOB_ID
- * (MODE "exec"; a spawner's request has the same arguments, MODE "spawned"; JOB_ID:
- * the id of the template user namespace the program runs as, "0" for the template's
- * 1000 - see job_identity)
+ *         a spawner's request: MODE CAP_LAST TRACE EXEC_ONCE NATIVE_ARCH EXECVE_NR EXECVEAT_NR
+ *                      CPU_COUNTER_KIND CGROUP_FDS CGROUP_JOIN DISK_BYTES HOSTNAME IMAGE_BASE
+ *                      WORKDIR JOB_ID
+ * (MODE "spawned"; IMAGE_BASE: "-1" for the host image, else the number of the fd,
+ * after all others, of the mount namespace of the image's base; WORKDIR: the directory
+ * a job of its own id is to own in an image's root; JOB_ID: the id of the template user
+ * namespace the program runs as, "0" for the template's 1000 - see job_identity)
  * with fd 3 the report pipe to the supervisor, 4 its job channel, 5 a memfd with the
  * seccomp program, 6 the job cgroup's CPU counter (CPU_COUNTER_KIND "cpuacct.usage" or
  * "cpu.stat"; "none": no cgroup, and no fd from 6 on), 7.. the job cgroup's tasks files
  * (CGROUP_JOIN "files", v1: one per hierarchy) or its directory ("directory", v2: the
  * program stage is created in it with clone3(CLONE_INTO_CGROUP) - no attach at all);
  * and CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_NET_ADMIN, CAP_SETPCAP, CAP_SETUID,
- * CAP_SETGID and CAP_DAC_READ_SEARCH in its ambient set (a spawned B: the spawner's):
+ * CAP_SETGID and CAP_DAC_READ_SEARCH in its ambient set (the spawner's) - and, until its
+ * root is set up, the file capabilities an image's writable layer works with
+ * (drop_layer_capabilities):
  * for entering the template, its mounts, host name and loopback, the job's files and
  * its program stage's id maps, reading what the job leaves to collect whatever its
  * modes, and the program stage's cgroup namespace and bounding set (which drops them
@@ -275,19 +279,21 @@ static void stdio_to_null(void) {
     close(null);
 }
 
-/* MODE "serve": the host image's spawner, one per zygote and the supervisor's child
+/* MODE "serve": the spawner, one per zygote and the supervisor's child
  * (the zygote clones it with CLONE_PARENT), started with fd 3 its request channel and
  * fd 4 the template's mount namespace, which it enters once. A request is the
  * arguments after MODE in "Run as" (NUL-terminated) with B's fds as SCM_RIGHTS, in the
- * order of their numbers in B. For each, clone B into new
- * namespaces as the supervisor's child (CLONE_PARENT) and answer its pid, or a
+ * order of their numbers in B. For each, clone B into new namespaces (an image's B
+ * shares this one's mounts until it enters its base) as the supervisor's child
+ * (CLONE_PARENT) and answer its pid, or a
  * setup_error line. Returns in B, its fds in place, with its arguments. EOF ends the
  * spawner.
  *
  * Why a process that stays: B is a clone of a small, idle C process - no exec, no
  * Python, no spawn per sandbox. (Before, the zygote spawned this binary per sandbox,
  * and the spawn, the exec and the zygote's Python were a tenth of a job's CPU.) */
-enum { SPAWNER_CHANNEL_FD = 3, SPAWNER_NAMESPACE_FD = 4, MAX_REQUEST = 4096, REQUEST_FIELDS = 14 };
+enum { SPAWNER_CHANNEL_FD = 3, SPAWNER_NAMESPACE_FD = 4, MAX_REQUEST = 4096, REQUEST_FIELDS = 15 };
+enum { IMAGE_BASE_FIELD = 13 }; /* in request_argv */
 enum { SPAWN_FDS = 3, MAX_SPAWN_FDS = 16, HIGH_FD = 64 }; /* at least: report pipe, job channel, filter */
 static const char SPAWNER[] = "sandbox spawner: ";
 
@@ -350,8 +356,11 @@ static char **serve(void) {
         long pid = -1;
         errno = EINVAL;
         if (fields == REQUEST_FIELDS && received >= SPAWN_FDS) {
-            pid = syscall(SYS_clone, CLONE_PARENT | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC |
-                                         CLONE_NEWUTS | SIGCHLD,
+            /* An image's B enters its base and copies that instead (root.c): a copy of
+             * the template would be made only to be dropped. */
+            unsigned long mounts = strcmp(request_argv[IMAGE_BASE_FIELD], "-1") == 0 ? CLONE_NEWNS : 0;
+            pid = syscall(SYS_clone, CLONE_PARENT | mounts | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS |
+                                         SIGCHLD,
                           NULL, NULL, NULL, NULL);
         }
         if (pid == 0) {
@@ -377,16 +386,35 @@ static char **serve(void) {
     }
 }
 
+/* The capabilities B holds only while it sets up the root: an image's writable layer
+ * acts with its mounter's (copying up a file of the image's 1000 for a job of its own
+ * id, whatever its mode, with its owner and times), and the job's working directory is
+ * handed over with CAP_CHOWN. Gone before anything of the job's: B then creates the
+ * job's files with the job's file system ids, and those checks must hold. */
+static void drop_layer_capabilities(void) {
+    static const int layer_only[] = {CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID};
+    struct capability_header header = {.version = LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct capability_data data[2];
+    require(STAGE, syscall(SYS_capget, &header, data) == 0, "reading the capability sets");
+    for (size_t i = 0; i < sizeof layer_only / sizeof layer_only[0]; i++) {
+        unsigned int bit = 1U << layer_only[i];
+        data[0].effective &= ~bit;
+        data[0].permitted &= ~bit;
+        data[0].inheritable &= ~bit;
+    }
+    require(STAGE, syscall(SYS_capset, &header, data) == 0, "dropping the set-up capabilities");
+}
+
 /* The arguments, in the order of "Run as" above. */
 struct arguments {
-    const char *cpu_counter, *cgroup_join, *disk_bytes, *hostname, *root;
-    int cap_last, trace, exec_once, execve_nr, execveat_nr, cgroup_fds;
+    const char *cpu_counter, *cgroup_join, *disk_bytes, *hostname, *workdir;
+    int cap_last, trace, exec_once, execve_nr, execveat_nr, cgroup_fds, image_base;
     unsigned int native_arch, job_id;
 };
 
 static struct arguments parse(int argc, char **argv) {
     errno = EINVAL;
-    require(STAGE, argc == 15, "started with the wrong arguments");
+    require(STAGE, argc == REQUEST_FIELDS + 1, "started with the wrong arguments");
     return (struct arguments){.cap_last = atoi(argv[2]),
                               .trace = atoi(argv[3]),
                               .exec_once = atoi(argv[4]),
@@ -398,8 +426,9 @@ static struct arguments parse(int argc, char **argv) {
                               .cgroup_join = argv[10],
                               .disk_bytes = argv[11],
                               .hostname = argv[12],
-                              .root = argv[13],
-                              .job_id = (unsigned int)strtoul(argv[14], NULL, 10)};
+                              .image_base = atoi(argv[13]),
+                              .workdir = argv[14],
+                              .job_id = (unsigned int)strtoul(argv[15], NULL, 10)};
 }
 
 /* The job's own id (JOB_ID, an id of the template's job range that no other sandbox
@@ -487,14 +516,16 @@ int main(int argc, char **argv) {
     }
     struct arguments arguments = parse(argc, argv);
     /* Only what the layout names stays open (the zygote's own fds may have come along). */
-    require(STAGE, syscall(SYS_close_range, FIRST_CGROUP_FD + arguments.cgroup_fds, ~0U, 0) == 0,
-                "closing inherited fds");
+    int first_unused = arguments.image_base >= 0 ? arguments.image_base + 1 : FIRST_CGROUP_FD + arguments.cgroup_fds;
+    require(STAGE, syscall(SYS_close_range, first_unused, ~0U, 0) == 0, "closing inherited fds");
     stdio_to_null();
     int own_user = arguments.job_id != 0;
     if (own_user) {
         files_as(arguments.job_id);
     }
-    set_up_job_root(arguments.hostname, arguments.disk_bytes, arguments.root);
+    set_up_job_root(arguments.hostname, arguments.disk_bytes, arguments.image_base, arguments.job_id,
+                    arguments.workdir);
+    drop_layer_capabilities();
     if (own_user) {
         /* Back to its own ids, and dumpable again (a change of ids made it not): its
          * program stage, a fork, keeps that, and its /proc files - the id maps this

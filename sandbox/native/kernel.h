@@ -14,6 +14,10 @@ struct clone_arguments {
 };
 
 /* capabilities */
+#define CAP_CHOWN 0
+#define CAP_DAC_OVERRIDE 1
+#define CAP_FOWNER 3
+#define CAP_FSETID 4
 #define LINUX_CAPABILITY_VERSION_3 0x20080522
 struct capability_header {
     uint32_t version;
@@ -67,6 +71,7 @@ struct open_how {
 #define FSPICK_CLOEXEC 0x01
 #define FSPICK_SYMLINK_NOFOLLOW 0x02
 #define FSMOUNT_CLOEXEC 0x01
+#define FSCONFIG_SET_FLAG 0
 #define FSCONFIG_SET_STRING 1
 #define FSCONFIG_CMD_CREATE 6
 #define FSCONFIG_CMD_RECONFIGURE 7
