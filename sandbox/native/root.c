@@ -161,6 +161,11 @@ void set_up_job_root(const char *hostname, const char *disk_bytes, int image_bas
         /* Enter the image's base and copy it: this job's mounts stay its own. */
         require(STAGE, setns(image_base, CLONE_NEWNS) == 0 && unshare(CLONE_NEWNS) == 0, "entering the image's base");
         close(image_base);
+        /* The scratch is attached (at the base's /tmp, which the job's root then covers)
+         * before it holds the writable layer: kernels before 6.8 refuse an overlay whose
+         * upper directory is on a mount of no namespace ("failed to clone upperpath"). */
+        require(STAGE, syscall(SYS_move_mount, scratch, "", AT_FDCWD, "/tmp", MOVE_MOUNT_F_EMPTY_PATH) == 0,
+                "attaching the scratch");
         root = writable_layer(scratch, job_id, workdir);
         pivot_into(root);
     } else {
