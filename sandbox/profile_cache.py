@@ -1,5 +1,6 @@
 """Profiles compiled on demand, once per process: loading and compiling a profile
-costs milliseconds (libseccomp), a job must not pay that each time."""
+costs milliseconds (libseccomp), a job must not pay that each time; the programs are
+also kept on disk (``seccomp_cache.py``), so the next process need not compile them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sandbox.models import Limits, is_profile_file
 from sandbox.profile import Profile, load_profile
 from sandbox.profile_names import builtin_profiles, unknown_profile
 from sandbox.seccomp import compile_policy, compile_trace
+from sandbox.seccomp_cache import cached_program
 
 
 @dataclass
@@ -60,7 +62,7 @@ class ProfileCache:
                 profile = load_profile(name)
             else:
                 raise unknown_profile(name, files_allowed=True)
-            compiled = CompiledProfile(profile, compile_policy(profile.seccomp))
+            compiled = CompiledProfile(profile, cached_program(profile.seccomp, compile_policy))
             self._compiled[name] = compiled
         return compiled
 
