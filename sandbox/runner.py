@@ -75,7 +75,12 @@ class Runner:
     image prepared ahead of time, and those ``warm_for`` names besides (call
     ``sandboxes.step`` when idle), so a job's critical path is hand-over, exec, collect."""
 
-    def __init__(self, profile: str = "default", warm: int = 0, warm_for: Sequence[WarmSpec] = ()) -> None:
+    def __init__(
+        self, profile: str = "default", warm: int = 0, warm_for: Sequence[WarmSpec] = (), *, one_shot: bool = False,
+    ) -> None:
+        """``one_shot``: this process runs a job (or a few) and exits - the command line:
+        its sandboxes are started by a fork of it rather than by a fresh interpreter
+        (``zygote.ForkedZygote``), whose start-up such a process would pay in full."""
         self.profiles = ProfileCache()
         self.profiles.get(profile)  # a broken default profile fails here, not at the first job
         cap_last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
@@ -90,7 +95,8 @@ class Runner:
         prepare.become_subreaper()
         self.id_plan = plan_ids()
         specs = WarmSpec.merged([WarmSpec(warm, profile), *warm_for])
-        self.sandboxes = SandboxSupply(self.profiles, self.backend, cap_last, specs, WARM_DISK_BYTES, self.id_plan)
+        self.sandboxes = SandboxSupply(self.profiles, self.backend, cap_last, specs, WARM_DISK_BYTES, self.id_plan,
+                                       one_shot=one_shot)
         self.sandboxes.start()
         # The supply and the image leases are not thread-safe: taking, starting and
         # retiring sandboxes is serialized; supervising them (most of a job's life) is not,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -125,6 +126,10 @@ class SandboxSupply:
     image_recheck_s: float = RECHECK_S
     _images_checked: float = field(default_factory=time.monotonic)
     _job_ids: JobIds | None = None
+    # A supervisor that starts a sandbox or a few and exits (``sandbox run``): its zygote
+    # is a fork of it, not a fresh interpreter (``zygote.ForkedZygote``), while it has
+    # one thread.
+    one_shot: bool = False
 
     def start(self) -> None:
         """Start the zygote now, so that the first job does not wait for it (if it
@@ -424,7 +429,8 @@ class SandboxSupply:
             self._zygote = None
         self._template_fingerprint = rootfs.host_image_fingerprint()
         self._template_checked = now
-        self._zygote = Zygote(self.id_plan.zygote_argument())
+        forked = self.one_shot and threading.active_count() == 1
+        self._zygote = Zygote(self.id_plan.zygote_argument(), forked=forked)
         return self._zygote
 
 

@@ -36,7 +36,7 @@ import select
 import socket
 import sys
 
-from sandbox import stages
+from sandbox import child, stages
 from sandbox.errors import SandboxError, SetupError
 from sandbox.linux import syscalls as sc
 from sandbox.template import IdMaps, MountBases, enter_template
@@ -44,7 +44,14 @@ from sandbox.template import IdMaps, MountBases, enter_template
 # Not typing.TYPE_CHECKING: the zygote does without the typing module (see stages.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Protocol
+
+    class _Process(Protocol):
+        """What the handle needs of its zygote process (``subprocess.Popen`` has it)."""
+
+        def poll(self) -> int | None: ...
+
+        def wait(self) -> int: ...
 
 _MAX_REQUEST = 1 << 20
 _MAX_FDS = 16  # report pipe, job channel, seccomp program, CPU counter, a cgroup fd per hierarchy
@@ -54,20 +61,15 @@ class Zygote:
     """The supervisor's handle on its zygote process and the zygote's spawner (both
     started here, children of ours)."""
 
-    def __init__(self, id_maps: str) -> None:
-        """``id_maps``: the template's id maps (``ids.IdPlan.zygote_argument``)."""
-        import subprocess  # here, not at the top: the zygote process imports this module too
-
+    def __init__(self, id_maps: str, *, forked: bool = False) -> None:
+        """``id_maps``: the template's id maps (``ids.IdPlan.zygote_argument``).
+        ``forked``: the zygote is a fork of this process instead of a fresh interpreter
+        (``ForkedZygote``: for a supervisor that starts one sandbox and exits)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.trees, trees_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs, trees_theirs:
-            self.process = subprocess.Popen(
-                [sys.executable, "-S", "-m", "sandbox.zygote", str(theirs.fileno()), str(trees_theirs.fileno()),
-                 id_maps],
-                pass_fds=(theirs.fileno(), trees_theirs.fileno()),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": os.pathsep.join(_import_path())},
+            self.process: _Process = (
+                ForkedZygote(theirs, trees_theirs, id_maps) if forked else _interpreter(theirs, trees_theirs, id_maps)
             )
         self.channel = ours
         self.spawner: socket.socket | None = None
@@ -156,6 +158,69 @@ class Zygote:
             os.close(self._spawner_exit)
 
 
+def _interpreter(channel: socket.socket, trees: socket.socket, id_maps: str) -> _Process:
+    """The zygote as a fresh, lean interpreter (``python -S``, only the modules a
+    sandbox's set-up runs): what a supervisor that lives on forks its sandboxes from."""
+    import subprocess  # here, not at the top: the zygote process imports this module too
+
+    return subprocess.Popen(
+        [sys.executable, "-S", "-m", "sandbox.zygote", str(channel.fileno()), str(trees.fileno()), id_maps],
+        pass_fds=(channel.fileno(), trees.fileno()),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(_import_path())},
+    )
+
+
+class ForkedZygote:
+    """The zygote as a fork of the supervisor, for a supervisor that starts one sandbox
+    and exits (``sandbox run``). A fresh interpreter costs that run tens of milliseconds
+    of start-up and imports; what it saves - a lean process to clone image sandboxes
+    from, with few pages to copy - pays off only over many sandboxes. The fork does
+    exactly what the fresh interpreter does (``serve``), with the same fds: the two
+    channels and stdio, the rest closed as ``Popen`` would close them. The caller makes
+    sure this process has one thread: a fork copies only the calling one, and a lock
+    another thread held would stay held in the child."""
+
+    def __init__(self, channel: socket.socket, trees: socket.socket, id_maps: str) -> None:
+        self.returncode: int | None = None
+        self.pid = os.fork()
+        if self.pid == 0:
+            status = 1
+            try:
+                # Nothing of the supervisor's is collected here: its objects hold fds
+                # closed below, whose numbers the zygote's own fds may take.
+                gc.freeze()
+                child.close_fds_except({channel.fileno(), trees.fileno()})
+                null = os.open("/dev/null", os.O_RDWR)
+                for stdio in (0, 1):
+                    os.dup2(null, stdio)
+                os.close(null)
+                serve(channel, trees, IdMaps.parse(id_maps))
+                status = 0
+            finally:
+                os._exit(status)  # never back into the supervisor's code
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.pid, 0  # reaped already (a waitpid(-1) of the supervisor's)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                self.returncode = 0
+        return self.returncode
+
+
 def _send(channel: socket.socket, message: bytes, fds: list[int], name: str) -> None:
     try:
         socket.send_fds(channel, [message], fds)
@@ -163,7 +228,7 @@ def _send(channel: socket.socket, message: bytes, fds: list[int], name: str) -> 
         raise SetupError(f"the {name} is gone: {exc}") from exc
 
 
-def _decoded(raw: bytes, process: Any) -> dict[str, Any]:
+def _decoded(raw: bytes, process: _Process) -> dict[str, Any]:
     """A zygote's JSON answer; raises SetupError for its error or its end."""
     if not raw:
         raise SetupError(f"the zygote exited (status {process.wait()})")

@@ -22,7 +22,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     job = None if language_form(args) else job_from_args(args)
     inputs = language_inputs(args) if job is None else {}
     collect_to = collect_target(args)
-    runner = Runner()
+    runner = Runner(one_shot=True)
     try:
         if job is None:
             from sandbox.cli.languages import run_language
