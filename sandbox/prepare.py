@@ -60,7 +60,7 @@ from sandbox import stages
 from sandbox.errors import SetupError
 from sandbox.job_message import SEALED
 from sandbox.linux import syscalls as sc
-from sandbox.seccomp import EXEC_NUMBERS, NATIVE_ARCH
+from sandbox.seccomp_policy import EXEC_NUMBERS, NATIVE_ARCH
 
 if TYPE_CHECKING:
     from sandbox.zygote import Zygote

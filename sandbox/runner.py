@@ -23,8 +23,6 @@ from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
 from sandbox.collect import Collected, not_collected, receive
 from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
 from sandbox.ids import plan_ids
-from sandbox.images.errors import BadReference, ImageNotFound
-from sandbox.images.runtime import lease_image
 from sandbox.job_message import (
     DEFAULT_PATH,
     host_command,
@@ -379,6 +377,10 @@ def _image_for(
     with the job (released under ``lock``, as it was taken)."""
     if job.image == "host":
         return (*host_command(job, profile_env), None)
+    # The image store's code, only for a job on an image (most of ``sandbox run``'s are not).
+    from sandbox.images.errors import BadReference, ImageNotFound
+    from sandbox.images.runtime import lease_image
+
     base_env = {"PATH": DEFAULT_PATH}
     try:
         image = lease_image(job.image)

@@ -28,7 +28,6 @@ import json
 import os
 import pwd
 import stat
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,12 +36,12 @@ from sandbox.init_abi import HANDOVER_FD
 from sandbox.linux import libseccomp
 
 if TYPE_CHECKING:
-    from sandbox.seccomp import SeccompPolicy
+    from sandbox.seccomp_policy import SeccompPolicy
 
 MAGIC = b"sandbox-seccomp-1"
 # The kernel takes at most BPF_MAXINSNS (4096) instructions of 8 bytes each.
 MAX_PROGRAM = 4096 * 8
-_COMPILER_SOURCE = Path(__file__).with_name("seccomp.py")
+_COMPILER_SOURCES = [Path(__file__).with_name(name) for name in ("seccomp.py", "seccomp_policy.py")]
 
 
 def cache_dir() -> Path:
@@ -60,7 +59,7 @@ def policy_key(policy: SeccompPolicy) -> str:
         "policy": dataclasses.asdict(policy),
         "arch": libseccomp.native_arch(),
         "libseccomp": libseccomp.version(),
-        "compiler": hashlib.sha256(_COMPILER_SOURCE.read_bytes()).hexdigest(),
+        "compiler": [hashlib.sha256(source.read_bytes()).hexdigest() for source in _COMPILER_SOURCES],
         "handover_fd": HANDOVER_FD,
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
@@ -120,6 +119,8 @@ def _load(directory: Path, path: Path, key: str) -> bytes | None:
 def _store(directory: Path, path: Path, key: str, program: bytes) -> None:
     """Write the program for the next process; a cache that cannot be written only
     costs the next process a compilation."""
+    import tempfile  # only when a program was compiled, which a run from the cache is not
+
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not _private(directory):

@@ -21,20 +21,22 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sandbox import prepare, rootfs
 from sandbox.cgroups import CgroupBackend, JobCgroup
 from sandbox.cgroups.stock import KEEP_MADE, CgroupStock
 from sandbox.errors import SandboxError
 from sandbox.ids import IdPlan, JobIds
-from sandbox.images.errors import ImageError
-from sandbox.images.runtime import LeasedImage, lease_image
 from sandbox.models import WORKDIR, Limits, WarmSpec
 from sandbox.prepare import ImageRoot
 from sandbox.profile_cache import ProfileCache
 from sandbox.template import RECHECK_S
 from sandbox.warm_kind import WarmKind
 from sandbox.zygote import Zygote
+
+if TYPE_CHECKING:
+    from sandbox.images.runtime import LeasedImage
 
 # Finished sandboxes a supply lets wait for idle time before ``take`` cleans up itself.
 MAX_RETIRED = 8
@@ -307,6 +309,9 @@ class SandboxSupply:
         """Retire warm image sandboxes built from other layers than their reference
         names now - pulled anew, or removed: a job would never take them, and their
         leases would keep gc off the old layers for as long as the supply lives."""
+        from sandbox.images.errors import ImageError
+        from sandbox.images.runtime import lease_image
+
         for spec, pool in self._pools.items():
             if spec.image == "host" or not pool:
                 continue
@@ -327,6 +332,8 @@ class SandboxSupply:
         that names none gets (``runner._image_for``)."""
         if spec.image == "host":
             return self._order(None, self.disk_bytes, spec.profile, False, False)
+        from sandbox.images.runtime import lease_image  # the image store's code, only for an image
+
         lease = lease_image(spec.image)
         try:
             image = ImageRoot(lease.layer_dirs, lease.workdir() or WORKDIR)

@@ -234,3 +234,21 @@ def test_a_cached_filter_is_used_only_when_valid(tmp_path):
     cached.write_bytes(header + b"\n" + allow_all * (len(program) // 8))
     assert violation() == "ptrace"
     assert cached.read_bytes() == written
+
+
+def test_a_run_on_the_host_image_loads_only_what_the_job_needs(tmp_path):
+    """The command line's cold path: `sandbox run` of a command on the host image, its
+    filter in the cache, imports neither the seccomp compiler nor the image store nor
+    the other commands' code - nor subprocess: its zygote is a fork, not a second
+    interpreter."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    code = ("import json, sys; from sandbox.cli import main; status = main(['run', '--', 'true']); "
+            "print(json.dumps(sorted(sys.modules)), file=sys.__stderr__); sys.exit(status)")
+    for _ in range(2):  # the first run compiles the filter and fills the cache
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, env=env, check=True)
+    loaded = set(json.loads(done.stderr.splitlines()[-1]))
+    assert "sandbox.runner" in loaded
+    unneeded = {"pyseccomp", "sandbox.seccomp", "sandbox.images.runtime", "sandbox.images.store", "subprocess",
+                "importlib.resources", "sandbox.judge", "sandbox.languages", "worker.client",
+                *(f"sandbox.cli.{group}" for group in ("group", "worker", "images", "profiles", "languages", "judge"))}
+    assert loaded & unneeded == set()

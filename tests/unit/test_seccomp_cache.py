@@ -13,7 +13,7 @@ import pytest
 from sandbox import seccomp_cache
 from sandbox.linux import libseccomp
 from sandbox.profile import load_profile
-from sandbox.seccomp import SeccompPolicy
+from sandbox.seccomp_policy import SeccompPolicy
 
 ALLOW_ALL = bytes.fromhex("0600000000 00ff7f".replace(" ", ""))  # BPF_RET | BPF_K, SECCOMP_RET_ALLOW
 PROGRAM = bytes(range(8)) * 12  # stands for a compiled program: only its bytes matter here
