@@ -187,9 +187,11 @@ class Starting:
 
     @property
     def answer_fd(self) -> int:
-        """Readable once the answer is there."""
+        """Readable once the answer is there; at once for an order that could not be
+        sent (its report pipe, whose write end no sandbox got, reads EOF)."""
+        if self.error is not None:
+            return self.report_fd
         channel = self.zygote.spawner if self.host else self.zygote.channel
-        assert channel is not None
         return channel.fileno()
 
 

@@ -51,6 +51,7 @@ from sandbox.profile_cache import ProfileCache
 from sandbox.supervise import Outcome, Watch, supervise
 from sandbox.supply import Sandbox, SandboxSupply
 from sandbox.verdict import decide
+from sandbox.zygote import StartedZygote
 
 # Warm sandboxes are built with the default writable-area size; a job asking for
 # another size gets the tmpfs resized (cheap) when it arrives.
@@ -75,12 +76,13 @@ class Runner:
 
     def __init__(
         self, profile: str = "default", warm: int = 0, warm_for: Sequence[WarmSpec] = (), *, one_shot: bool = False,
+        started: StartedZygote | None = None,
     ) -> None:
         """``one_shot``: this process runs a job (or a few) and exits - the command line:
         its sandboxes are started by a fork of it rather than by a fresh interpreter
-        (``zygote.ForkedZygote``), whose start-up such a process would pay in full."""
+        (``zygote.ForkedZygote``), whose start-up such a process would pay in full.
+        ``started``: its first zygote, started by the caller (the Runner owns it now)."""
         self.profiles = ProfileCache()
-        self.profiles.get(profile)  # a broken default profile fails here, not at the first job
         cap_last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
         self.parallelism = len(os.sched_getaffinity(0))
         try:
@@ -91,11 +93,19 @@ class Runner:
             self.backend = None
             self.cgroup_problem = str(exc)
         prepare.become_subreaper()
-        self.id_plan = plan_ids()
+        self.id_plan = plan_ids() if started is None else started.id_plan
         specs = WarmSpec.merged([WarmSpec(warm, profile), *warm_for])
         self.sandboxes = SandboxSupply(self.profiles, self.backend, cap_last, specs, WARM_DISK_BYTES, self.id_plan,
-                                       one_shot=one_shot)
-        self.sandboxes.start()
+                                       one_shot=one_shot, started=started)
+        try:
+            self.sandboxes.start()
+            # A broken default profile fails here, not at the first job (loaded while
+            # the zygote builds its template).
+            self.profiles.get(profile)
+            self.sandboxes.wait_started()
+        except BaseException:
+            self.sandboxes.close()
+            raise
         # The supply and the image leases are not thread-safe: taking, starting and
         # retiring sandboxes is serialized; supervising them (most of a job's life) is not,
         # so several threads may run jobs on one Runner (``sandbox judge --parallel``).

@@ -33,7 +33,7 @@ from sandbox.prepare import ImageRoot
 from sandbox.profile_cache import ProfileCache
 from sandbox.template import RECHECK_S
 from sandbox.warm_kind import WarmKind
-from sandbox.zygote import Zygote
+from sandbox.zygote import StartedZygote, Zygote
 
 if TYPE_CHECKING:
     from sandbox.images.runtime import LeasedImage
@@ -132,10 +132,22 @@ class SandboxSupply:
     # is a fork of it, not a fresh interpreter (``zygote.ForkedZygote``), while it has
     # one thread.
     one_shot: bool = False
+    # A zygote the caller started for this supply's id plan (``StartedZygote``): the
+    # first one, taken over by ``start``.
+    started: StartedZygote | None = None
 
     def start(self) -> None:
         """Start the zygote now, so that the first job does not wait for it (if it
-        cannot start, it is tried again for each sandbox, and the jobs report why)."""
+        cannot start, it is tried again for each sandbox, and the jobs report why);
+        first, so that it builds its template while the rest is set up."""
+        if self.started is not None:
+            self._zygote, self._template_fingerprint = self.started.zygote, self.started.fingerprint
+            self._template_checked = time.monotonic()
+            self.started = None
+        try:
+            self._zygote_for_next()
+        except SandboxError:
+            pass
         self._pools = {spec: deque() for spec in self.warm}
         if self.id_plan.jobs is not None:
             self._job_ids = JobIds(self.id_plan)
@@ -144,10 +156,13 @@ class SandboxSupply:
                 self.backend, KEEP_MADE if self.warm else 0,
                 self.profiles.get(self.warm[0].profile).kind_limits if self.warm else None,
             )
-        try:
-            self._zygote_for_next()
-        except SandboxError:
-            pass
+
+    def wait_started(self) -> None:
+        """Wait for the zygote ``start`` started (it does not wait): once this returns,
+        the zygote and its spawner run, or the zygote has failed and the next sandbox
+        tries again."""
+        if self._zygote is not None:
+            self._zygote.wait_started()
 
     def take(self, image: ImageRoot | None, profile: str, limits: Limits, *, image_name: str, trace: bool,
              trees: bool = False) -> Sandbox:

@@ -36,7 +36,7 @@ import select
 import socket
 import sys
 
-from sandbox import child, stages
+from sandbox import child, rootfs, stages
 from sandbox.errors import SandboxError, SetupError
 from sandbox.linux import syscalls as sc
 from sandbox.template import IdMaps, MountBases, enter_template
@@ -59,7 +59,12 @@ _MAX_FDS = 16  # report pipe, job channel, seccomp program, CPU counter, a cgrou
 
 class Zygote:
     """The supervisor's handle on its zygote process and the zygote's spawner (both
-    started here, children of ours)."""
+    started here, children of ours).
+
+    Starting one does not wait for it: the template is built and the spawner started
+    while the supervisor goes on (a Runner loads its profile meanwhile, ``sandbox run``
+    its modules: ``StartedZygote``); ``wait_started``, or the first use that needs the
+    spawner, waits for its answer."""
 
     def __init__(self, id_maps: str, *, forked: bool = False) -> None:
         """``id_maps``: the template's id maps (``ids.IdPlan.zygote_argument``).
@@ -72,25 +77,55 @@ class Zygote:
                 ForkedZygote(theirs, trees_theirs, id_maps) if forked else _interpreter(theirs, trees_theirs, id_maps)
             )
         self.channel = ours
-        self.spawner: socket.socket | None = None
-        self.spawner_pid = 0
+        self._spawner: socket.socket | None = None
+        self._spawner_pid = 0
         self._spawner_exit = -1  # a pidfd: readable once the spawner has exited
+        self._start_error: str | None = None  # why it did not start; None: started, or not known yet
+
+    @property
+    def spawner(self) -> socket.socket:
+        """The spawner's request channel (waits for the zygote's start). Raises
+        SetupError if it did not start."""
+        self._started()
+        assert self._spawner is not None  # or _started raised
+        return self._spawner
+
+    @property
+    def spawner_pid(self) -> int:
+        """The spawner's pid (waits for the zygote's start). Raises SetupError."""
+        self._started()
+        return self._spawner_pid
+
+    def wait_started(self) -> None:
+        """Wait for the start under way; whether it failed, ``alive`` says (and the
+        first use raises why)."""
         try:
-            raw, fds, _, _ = socket.recv_fds(ours, _MAX_REQUEST, 1)
-            if fds:
-                os.set_inheritable(fds[0], False)
-                self.spawner = socket.socket(fileno=fds[0])
-            self.spawner_pid = int(_decoded(raw, self.process)["spawner"])
-            self._spawner_exit = os.pidfd_open(self.spawner_pid)
-            if self.spawner is None:
-                raise SetupError("the zygote sent no spawner channel")
-        except (SetupError, OSError) as exc:
-            self.close()
-            raise SetupError(f"cannot start the zygote: {exc}") from exc
+            self._started()
+        except SetupError:
+            pass
+
+    def _started(self) -> None:
+        """Read the zygote's first answer - the spawner's pid and channel, or why it
+        did not start - once; raises SetupError if it did not."""
+        if self._spawner is None and self._start_error is None:
+            try:
+                raw, fds, _, _ = socket.recv_fds(self.channel, _MAX_REQUEST, 1)
+                if fds:
+                    os.set_inheritable(fds[0], False)
+                    self._spawner = socket.socket(fileno=fds[0])
+                self._spawner_pid = int(_decoded(raw, self.process)["spawner"])
+                self._spawner_exit = os.pidfd_open(self._spawner_pid)
+                if self._spawner is None:
+                    raise SetupError("the zygote sent no spawner channel")
+            except (SetupError, OSError) as exc:
+                self._start_error = f"cannot start the zygote: {exc}"
+        if self._start_error is not None:
+            raise SetupError(self._start_error)
 
     def request(self, request: dict[str, Any], fds: list[int]) -> None:
         """Ask for an image sandbox's init (our child) with these fds; ``answer`` gives
         its pid. Raises SetupError if the zygote is gone."""
+        self._started()  # (its answer comes first on the channel)
         _send(self.channel, json.dumps(request).encode(), fds, "zygote")
 
     def answer(self) -> int:
@@ -106,13 +141,11 @@ class Zygote:
         """Ask the spawner for a host-image sandbox's init (our child): ``arguments``
         and ``fds`` as ``stages.init_arguments`` and ``stages.init_fds`` make them;
         ``spawned`` gives its pid."""
-        assert self.spawner is not None  # set by __init__, or it raised
         _send(self.spawner, b"".join(argument.encode() + b"\0" for argument in arguments), fds, "spawner")
 
     def spawned(self) -> int:
         """The pid of the init of the spawner's oldest unanswered request (waits for
         it). Raises SetupError if it could not be started."""
-        assert self.spawner is not None
         try:
             raw = self.spawner.recv(_MAX_REQUEST)
         except OSError as exc:
@@ -128,6 +161,7 @@ class Zygote:
         """A detached clone of the host directory ``path`` (an fd the caller owns), for a
         sandbox init to mount a tree from (read-only: ``native/trees.c``). Raises
         SetupError."""
+        self._started()
         _send(self.trees, path.encode(), [], "zygote")
         try:
             raw, fds, _, _ = socket.recv_fds(self.trees, _MAX_REQUEST, 1)
@@ -139,23 +173,47 @@ class Zygote:
         raise SetupError("the zygote sent no tree")
 
     def alive(self) -> bool:
-        return self.process.poll() is None and not select.select([self._spawner_exit], [], [], 0)[0]
+        """False once the zygote or its spawner has exited, or it did not start (does
+        not wait for a start under way)."""
+        if self._start_error is not None or self.process.poll() is not None:
+            return False
+        return self._spawner_exit < 0 or not select.select([self._spawner_exit], [], [], 0)[0]
 
     def close(self) -> None:
         """EOF tells the zygote and the spawner to exit; neither has children left by
-        then (a spawner's Bs are ours)."""
+        then (a spawner's Bs are ours). A start under way is waited for first: the
+        spawner is our child, to be reaped here."""
+        self.wait_started()
         self.channel.close()
         self.trees.close()
         self.process.wait()
-        if self.spawner is not None:
-            self.spawner.close()
-        if self.spawner_pid > 0:
+        if self._spawner is not None:
+            self._spawner.close()
+        if self._spawner_pid > 0:
             try:
-                os.waitpid(self.spawner_pid, 0)
+                os.waitpid(self._spawner_pid, 0)
             except ChildProcessError:
                 pass  # reaped already (a waitpid(-1) of the supervisor's)
+        self._spawner_pid = 0
         if self._spawner_exit >= 0:
             os.close(self._spawner_exit)
+            self._spawner_exit = -1
+
+
+class StartedZygote:
+    """A forked zygote started before its Runner, with what the Runner's supply takes
+    over with it: ``sandbox run`` starts it before it imports the rest of the engine,
+    so that the template is built while it does. (A plain class: see ``stages.py``.)"""
+
+    __slots__ = ("fingerprint", "id_plan", "zygote")
+
+    def __init__(self) -> None:
+        from sandbox.ids import plan_ids  # the supervisor's: not the zygote process's
+
+        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)  # as a Runner makes itself, before its first child
+        self.id_plan = plan_ids()
+        self.fingerprint = rootfs.host_image_fingerprint()  # what the template is built from
+        self.zygote = Zygote(self.id_plan.zygote_argument(), forked=True)
 
 
 def _interpreter(channel: socket.socket, trees: socket.socket, id_maps: str) -> _Process:
