@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 MAGIC = b"sandbox-seccomp-1"
 # The kernel takes at most BPF_MAXINSNS (4096) instructions of 8 bytes each.
 MAX_PROGRAM = 4096 * 8
+# Programs kept; past this, a store removes the oldest (each profile edited, library
+# upgraded or compiler changed leaves one behind that no key names any more).
+MAX_FILES = 64
 _COMPILER_SOURCES = [Path(__file__).with_name(name) for name in ("seccomp.py", "seccomp_policy.py")]
 
 
@@ -133,8 +136,20 @@ def _store(directory: Path, path: Path, key: str, program: bytes) -> None:
         except BaseException:
             os.unlink(temporary)
             raise
+        _prune(directory, path)
     except OSError:
         pass
+
+
+def _prune(directory: Path, keep: Path) -> None:
+    """Remove the oldest programs past ``MAX_FILES`` (one still in use is compiled
+    again by its next run: a cost, never a fault)."""
+    files = [entry for entry in directory.glob("*.bpf") if entry != keep]
+    if len(files) < MAX_FILES:
+        return
+    files.sort(key=lambda entry: entry.stat().st_mtime_ns)
+    for entry in files[:len(files) - MAX_FILES + 1]:
+        entry.unlink(missing_ok=True)
 
 
 def _private(directory: Path) -> bool:

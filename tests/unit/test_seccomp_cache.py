@@ -156,3 +156,15 @@ def test_the_cache_is_under_xdg_cache_home(monkeypatch: pytest.MonkeyPatch, tmp_
     assert seccomp_cache.cache_dir() == tmp_path / "sandbox" / "seccomp"
     monkeypatch.setenv("XDG_CACHE_HOME", "relative")
     assert seccomp_cache.cache_dir().parent.parent.name == ".cache"
+
+
+def test_a_store_past_the_limit_removes_the_oldest_programs(
+    policy: SeccompPolicy, cache: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(seccomp_cache, "MAX_FILES", 3)
+    policies = [policy.copy() for _ in range(5)]
+    for number, each in enumerate(policies):
+        each.actions["getpid"] = f"errno:{['EPERM', 'EACCES', 'EINVAL', 'ENOENT', 'EIO'][number]}"
+        seccomp_cache.cached_program(each, Compiler(), cache)
+        os.utime(cached_file(cache, each), ns=(number * 10**9, number * 10**9))  # distinct ages
+    assert sorted(cache.iterdir()) == sorted(cached_file(cache, p) for p in policies[2:])
