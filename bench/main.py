@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import cpu, density, doors, humaneval, images, judge, profile, report, worker
+from bench import cli, cpu, density, doors, humaneval, images, judge, profile, report, worker
 from bench.common import REPO, load_average, machine
 
 PARTS: dict[str, Callable[[bool], dict]] = {
@@ -30,6 +30,7 @@ PARTS: dict[str, Callable[[bool], dict]] = {
     "humaneval": humaneval.run,                                         # part 7
     "judge": judge.run,                                                 # part 8
     "doors": doors.run,                                                 # part 9
+    "cli": cli.run,                                                     # the CLI's cold path
     # last: starting hundreds of launchers loads the machine for a minute after it
     "density": density.run,                                             # part 5
 }

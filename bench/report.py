@@ -52,7 +52,7 @@ def all_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     found += part.get("throughput", {}).get("targets", [])
     for name in ("cpu", "memory"):
         found += results.get("cpu", {}).get(name, {}).get("targets", [])
-    for name in ("density", "images", "humaneval"):
+    for name in ("density", "images", "humaneval", "cli"):
         found += results.get(name, {}).get("targets", [])
     return found
 
@@ -178,6 +178,19 @@ def _judge_section(part: dict[str, Any]) -> list[str]:
             lines.append(f"| {way} | {row['error']} | |")
     return lines + ["", "bwrap + diff sets no limits and accounts for nothing: the floor of namespace "
                     "isolation, not an equal peer.", ""]
+
+
+def _cli_section(part: dict[str, Any]) -> list[str]:
+    if "median_ms" not in part:
+        return []
+    python = part["median_ms"]["python3 -c pass"]
+    lines = [f"### The CLI's cold path ({part['runs']} runs each, in rounds), ms", "",
+             "| command | median | min | median / python3 -c pass |", "| --- | ---: | ---: | ---: |"]
+    for name, median in part["median_ms"].items():
+        lines.append(f"| `{name}` | {median:.1f} | {min(part['ms'][name]):.1f} | {median / python:.2f} |")
+    return lines + ["", "`sandbox run -- /bin/true` on the host image, a process per job as a judge calling "
+                    "the CLI per test runs it, with the bytecode and the seccomp program cache warm; "
+                    "`bwrap` with the flags of the latency table.", ""]
 
 
 def _doors_section(part: dict[str, Any]) -> list[str]:
@@ -388,7 +401,7 @@ def render(results: dict[str, Any], images: list[str]) -> str:
     lines += _latency_section(part) + _cpu_section(results.get("cpu", {}))
     lines += _density_section(results.get("density", {})) + _images_section(results.get("images", {}))
     lines += _humaneval_section(results.get("humaneval", {})) + _judge_section(results.get("judge", {}))
-    lines += _doors_section(results.get("doors", {}))
+    lines += _doors_section(results.get("doors", {})) + _cli_section(results.get("cli", {}))
     lines += _profile_section(results)
     lines += ["## Plots", ""] + [f"![{name}]({name})" for name in images] + [""]
     return "\n".join(lines)

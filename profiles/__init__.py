@@ -1,2 +1,2 @@
 """The built-in profiles and language presets: data only (TOML). Installed as the package
-``sandbox.profiles`` and read with importlib.resources, from a checkout or a wheel alike."""
+``sandbox.profiles`` and found as that package's directory, in a checkout or a wheel alike."""

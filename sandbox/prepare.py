@@ -59,7 +59,7 @@ from sandbox import stages
 from sandbox.errors import SetupError
 from sandbox.job_message import SEALED
 from sandbox.linux import syscalls as sc
-from sandbox.seccomp import EXEC_NUMBERS, NATIVE_ARCH
+from sandbox.seccomp_policy import EXEC_NUMBERS, NATIVE_ARCH
 
 if TYPE_CHECKING:
     from sandbox.zygote import Zygote
@@ -164,7 +164,10 @@ class Starting:
 
     @property
     def answer_fd(self) -> int:
-        """Readable once the answer is there."""
+        """Readable once the answer is there; at once for an order that could not be
+        sent (its report pipe, whose write end no sandbox got, reads EOF)."""
+        if self.error is not None:
+            return self.report_fd
         channel = self.zygote.spawner
         assert channel is not None
         return channel.fileno()

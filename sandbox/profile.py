@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyseccomp
-
 from sandbox.errors import ProfileError
+from sandbox.linux import libseccomp
 from sandbox.models import LIMIT_NAMES, Limits
 from sandbox.profile_names import profile_chain, profile_path
-from sandbox.seccomp import NAMED_CONSTANTS, ArgRule, SeccompPolicy, check_action
+from sandbox.seccomp_policy import NAMED_CONSTANTS, ArgRule, SeccompPolicy, check_action
 
 NETWORK_MODES = ("none", "loopback")
 _TOP_KEYS = {"extends", "description", "network", "limits", "env", "seccomp"}
@@ -185,7 +184,7 @@ class _Locator:
         return self.line_of(key)
 
     def syscall(self, name: Any) -> str:
-        if not isinstance(name, str) or pyseccomp.resolve_syscall(pyseccomp.system_arch(), name) < 0:
+        if not isinstance(name, str) or libseccomp.resolve(name) < 0:
             raise self.error(f'"{name}"', f"unknown syscall {name!r} for this architecture")
         return name
 

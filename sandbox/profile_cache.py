@@ -1,5 +1,6 @@
 """Profiles compiled on demand, once per process: loading and compiling a profile
-costs milliseconds (libseccomp), a job must not pay that each time."""
+costs milliseconds (libseccomp), a job must not pay that each time; the programs are
+also kept on disk (``seccomp_cache.py``), so the next process need not compile them."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from sandbox.errors import JobError, ProfileError
 from sandbox.models import Limits, is_profile_file
 from sandbox.profile import Profile, load_profile
 from sandbox.profile_names import builtin_profiles, unknown_profile
-from sandbox.seccomp import compile_policy, compile_trace
+from sandbox.seccomp_cache import cached_program
+from sandbox.seccomp_policy import SeccompPolicy
 
 
 @dataclass
@@ -60,15 +62,25 @@ class ProfileCache:
                 profile = load_profile(name)
             else:
                 raise unknown_profile(name, files_allowed=True)
-            compiled = CompiledProfile(profile, compile_policy(profile.seccomp))
+            compiled = CompiledProfile(profile, cached_program(profile.seccomp, _compile))
             self._compiled[name] = compiled
         return compiled
 
     @property
     def trace_bpf(self) -> bytes:
         if self._trace_bpf is None:
+            from sandbox.seccomp import compile_trace
+
             self._trace_bpf = compile_trace()
         return self._trace_bpf
+
+
+def _compile(policy: SeccompPolicy) -> bytes:
+    """The compiler, imported only when the cache holds no valid program: pyseccomp's
+    import alone runs ``ldconfig`` (``linux/libseccomp.py``)."""
+    from sandbox.seccomp import compile_policy
+
+    return compile_policy(policy)
 
 
 def _load_file(path: str) -> Profile:

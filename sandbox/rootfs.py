@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import stat
 
 from sandbox.fspath import create_file_beneath, make_dirs_beneath, open_beneath
@@ -47,6 +48,9 @@ _HOST_ETC_PATTERNS = (
     "perl", "mime.types", "os-release", "debian_version", "protocols", "services",
     "gai.conf", "host.conf", "magic", "magic.mime", "inputrc", "bash.bashrc", "fonts",
 )
+# The patterns as one expression: /etc has a few hundred entries, each tried against
+# every pattern by every template build and every check of the host files.
+_HOST_ETC_ENTRY = re.compile("|".join(fnmatch.translate(pattern) for pattern in _HOST_ETC_PATTERNS))
 _DEVICES = ("null", "zero", "full", "random", "urandom")
 _DEV_LINKS = {
     "fd": "/proc/self/fd",
@@ -104,7 +108,7 @@ def bind_readonly(source: str, root_fd: int, dest: str) -> None:
 
 
 def _host_etc_entry(name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in _HOST_ETC_PATTERNS)
+    return _HOST_ETC_ENTRY.match(name) is not None
 
 
 def populate_host_image(root_fd: int) -> None:

@@ -23,8 +23,6 @@ from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
 from sandbox.collect import Collected, not_collected, receive
 from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
 from sandbox.ids import plan_ids
-from sandbox.images.errors import BadReference, ImageNotFound
-from sandbox.images.runtime import lease_image
 from sandbox.job_message import (
     DEFAULT_PATH,
     host_command,
@@ -53,6 +51,7 @@ from sandbox.profile_cache import ProfileCache
 from sandbox.supervise import Outcome, Watch, supervise
 from sandbox.supply import Sandbox, SandboxSupply
 from sandbox.verdict import decide
+from sandbox.zygote import StartedZygote
 
 # Warm sandboxes are built with the default writable-area size; a job asking for
 # another size gets the tmpfs resized (cheap) when it arrives.
@@ -75,9 +74,15 @@ class Runner:
     image prepared ahead of time, and those ``warm_for`` names besides (call
     ``sandboxes.step`` when idle), so a job's critical path is hand-over, exec, collect."""
 
-    def __init__(self, profile: str = "default", warm: int = 0, warm_for: Sequence[WarmSpec] = ()) -> None:
+    def __init__(
+        self, profile: str = "default", warm: int = 0, warm_for: Sequence[WarmSpec] = (), *, one_shot: bool = False,
+        started: StartedZygote | None = None,
+    ) -> None:
+        """``one_shot``: this process runs a job (or a few) and exits - the command line:
+        its sandboxes are started by a fork of it rather than by a fresh interpreter
+        (``zygote.ForkedZygote``), whose start-up such a process would pay in full.
+        ``started``: its first zygote, started by the caller (the Runner owns it now)."""
         self.profiles = ProfileCache()
-        self.profiles.get(profile)  # a broken default profile fails here, not at the first job
         cap_last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
         self.parallelism = len(os.sched_getaffinity(0))
         try:
@@ -88,10 +93,19 @@ class Runner:
             self.backend = None
             self.cgroup_problem = str(exc)
         prepare.become_subreaper()
-        self.id_plan = plan_ids()
+        self.id_plan = plan_ids() if started is None else started.id_plan
         specs = WarmSpec.merged([WarmSpec(warm, profile), *warm_for])
-        self.sandboxes = SandboxSupply(self.profiles, self.backend, cap_last, specs, WARM_DISK_BYTES, self.id_plan)
-        self.sandboxes.start()
+        self.sandboxes = SandboxSupply(self.profiles, self.backend, cap_last, specs, WARM_DISK_BYTES, self.id_plan,
+                                       one_shot=one_shot, started=started)
+        try:
+            self.sandboxes.start()
+            # A broken default profile fails here, not at the first job (loaded while
+            # the zygote builds its template).
+            self.profiles.get(profile)
+            self.sandboxes.wait_started()
+        except BaseException:
+            self.sandboxes.close()
+            raise
         # The supply and the image leases are not thread-safe: taking, starting and
         # retiring sandboxes is serialized; supervising them (most of a job's life) is not,
         # so several threads may run jobs on one Runner (``sandbox judge --parallel``).
@@ -373,6 +387,10 @@ def _image_for(
     with the job (released under ``lock``, as it was taken)."""
     if job.image == "host":
         return (*host_command(job, profile_env), None)
+    # The image store's code, only for a job on an image (most of ``sandbox run``'s are not).
+    from sandbox.images.errors import BadReference, ImageNotFound
+    from sandbox.images.runtime import lease_image
+
     base_env = {"PATH": DEFAULT_PATH}
     try:
         image = lease_image(job.image)

@@ -1,4 +1,4 @@
-"""Seccomp policies: TOML profile -> libseccomp (via pyseccomp) -> classic BPF bytes.
+"""Seccomp policies (``seccomp_policy.py``) -> libseccomp (via pyseccomp) -> classic BPF bytes.
 
 Compiling happens once, in the supervisor, before any fork; the sandbox's program stage
 (``native/program.c``) only installs the finished bytes, so no libseccomp work and no
@@ -14,67 +14,16 @@ together cover every 32-bit value except the denied ones.
 from __future__ import annotations
 
 import errno
-import fcntl
-import os
-import socket
 import tempfile
-import termios
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyseccomp
 
 from sandbox.errors import ProfileError
 from sandbox.init_abi import HANDOVER_FD
-from sandbox.linux import syscalls
+from sandbox.seccomp_policy import ACTIONS, EXEC_CALLS, ArgRule, SeccompPolicy
 
 LOW32 = 0xFFFFFFFF
-EXEC_CALLS = ("execve", "execveat")
-# The native architecture's audit token and exec calls, for the init's watcher.
-NATIVE_ARCH: int = pyseccomp.system_arch()
-EXEC_NUMBERS: list[int] = [pyseccomp.resolve_syscall(NATIVE_ARCH, name) for name in EXEC_CALLS]
-# Audit architecture tokens (as in struct seccomp_data) -> the names users know.
-ARCH_NAMES = {0xC000003E: "x86_64", 0x40000003: "x86", 0xC00000B7: "aarch64", 0x40000028: "arm"}
-
-NAMED_CONSTANTS: dict[str, int] = {
-    **{name: getattr(socket, name) for name in dir(socket) if name.startswith("AF_")},
-    "AF_VSOCK": 40,
-    "AF_ALG": 38,
-    "TIOCSTI": termios.TIOCSTI,
-    "TIOCLINUX": 0x541C,
-    **{name: getattr(fcntl, name) for name in ("F_SETLK", "F_SETLKW", "F_OFD_SETLK", "F_OFD_SETLKW")},
-    "POSIX_FADV_DONTNEED": os.POSIX_FADV_DONTNEED,
-    "ADDR_NO_RANDOMIZE": 0x0040000,
-    "PERSONALITY_QUERY": 0xFFFFFFFF,
-    **{name: getattr(syscalls, name) for name in dir(syscalls) if name.startswith("CLONE_NEW")},
-}
-
-
-@dataclass
-class ArgRule:
-    """One argument-conditioned rule, see the module docstring for the kinds."""
-
-    kind: str
-    syscall: str
-    arg: int
-    values: list[int] = field(default_factory=list)
-    mask: int = 0
-    action: str = "errno:EPERM"
-
-
-@dataclass
-class SeccompPolicy:
-    """What each syscall gets. ``kill`` means: report the violation and end the job.
-    ``exec_mode`` "once": only the sandbox's own exec of the program may run."""
-
-    default: str = "errno:ENOSYS"
-    exec_mode: str = "any"
-    actions: dict[str, str] = field(default_factory=dict)  # syscall -> allow | kill | noop | errno:NAME
-    arg_rules: dict[str, list[ArgRule]] = field(default_factory=dict)
-
-    def copy(self) -> SeccompPolicy:
-        return SeccompPolicy(self.default, self.exec_mode, dict(self.actions),
-                             {k: list(v) for k, v in self.arg_rules.items()})
 
 
 def compile_policy(policy: SeccompPolicy) -> bytes:
@@ -121,17 +70,6 @@ def compile_trace() -> bytes:
     seccomp_filter = _new_filter(pyseccomp.NOTIFY)
     seccomp_filter.add_rule(pyseccomp.ALLOW, "sendmsg")
     return _export(seccomp_filter)
-
-
-def describe(number: int, arch: int) -> dict[str, Any]:
-    """The violation as a job result shows it: {"syscall", "number", "arch"}."""
-    try:
-        name = pyseccomp.resolve_syscall(arch, number)
-    except (OSError, ValueError):
-        name = None
-    if isinstance(name, bytes):
-        name = name.decode()
-    return {"syscall": name, "number": number, "arch": ARCH_NAMES.get(arch, hex(arch))}
 
 
 def _new_filter(default_action: int) -> pyseccomp.SyscallFilter:
@@ -198,17 +136,6 @@ def complement_cubes(denied: list[int]) -> list[tuple[int, int]]:
 
     split(0, 0, [v & LOW32 for v in denied], 0)
     return cubes
-
-
-def check_action(text: Any) -> str:
-    """Validate an action as written in a profile; returns it unchanged."""
-    if text == "notify":
-        raise ProfileError(f"unknown action 'notify' ({ACTIONS})")
-    _action(text)
-    return str(text)
-
-
-ACTIONS = "allow, kill, noop, errno:NAME"
 
 
 def _action(text: Any) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 
 from sandbox.cgroups import JobCgroup
 from sandbox.prepare import Prepared
-from sandbox.seccomp import describe
+from sandbox.seccomp_policy import describe
 
 MIN_POLL_S = 0.0005
 SETUP_TIMEOUT_S = 30.0

@@ -17,23 +17,26 @@ from __future__ import annotations
 import os
 import select
 import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sandbox import prepare, rootfs
 from sandbox.cgroups import CgroupBackend, JobCgroup
 from sandbox.cgroups.stock import KEEP_MADE, CgroupStock
 from sandbox.errors import SandboxError
 from sandbox.ids import IdPlan, JobIds
-from sandbox.images.errors import ImageError
-from sandbox.images.runtime import LeasedImage, lease_image
 from sandbox.models import WORKDIR, Limits, WarmSpec
 from sandbox.prepare import ImageRoot
 from sandbox.profile_cache import ProfileCache
 from sandbox.template import RECHECK_S
 from sandbox.warm_kind import WarmKind
-from sandbox.zygote import Zygote
+from sandbox.zygote import StartedZygote, Zygote
+
+if TYPE_CHECKING:
+    from sandbox.images.runtime import LeasedImage
 
 # Finished sandboxes a supply lets wait for idle time before ``take`` cleans up itself.
 MAX_RETIRED = 8
@@ -125,10 +128,26 @@ class SandboxSupply:
     image_recheck_s: float = RECHECK_S
     _images_checked: float = field(default_factory=time.monotonic)
     _job_ids: JobIds | None = None
+    # A supervisor that starts a sandbox or a few and exits (``sandbox run``): its zygote
+    # is a fork of it, not a fresh interpreter (``zygote.ForkedZygote``), while it has
+    # one thread.
+    one_shot: bool = False
+    # A zygote the caller started for this supply's id plan (``StartedZygote``): the
+    # first one, taken over by ``start``.
+    started: StartedZygote | None = None
 
     def start(self) -> None:
         """Start the zygote now, so that the first job does not wait for it (if it
-        cannot start, it is tried again for each sandbox, and the jobs report why)."""
+        cannot start, it is tried again for each sandbox, and the jobs report why);
+        first, so that it builds its template while the rest is set up."""
+        if self.started is not None:
+            self._zygote, self._template_fingerprint = self.started.zygote, self.started.fingerprint
+            self._template_checked = time.monotonic()
+            self.started = None
+        try:
+            self._zygote_for_next()
+        except SandboxError:
+            pass
         self._pools = {spec: deque() for spec in self.warm}
         if self.id_plan.jobs is not None:
             self._job_ids = JobIds(self.id_plan)
@@ -137,10 +156,13 @@ class SandboxSupply:
                 self.backend, KEEP_MADE if self.warm else 0,
                 self.profiles.get(self.warm[0].profile).kind_limits if self.warm else None,
             )
-        try:
-            self._zygote_for_next()
-        except SandboxError:
-            pass
+
+    def wait_started(self) -> None:
+        """Wait for the zygote ``start`` started (it does not wait): once this returns,
+        the zygote and its spawner run, or the zygote has failed and the next sandbox
+        tries again."""
+        if self._zygote is not None:
+            self._zygote.wait_started()
 
     def take(self, image: ImageRoot | None, profile: str, limits: Limits, *, image_name: str, trace: bool,
              trees: bool = False) -> Sandbox:
@@ -302,6 +324,9 @@ class SandboxSupply:
         """Retire warm image sandboxes built from other layers than their reference
         names now - pulled anew, or removed: a job would never take them, and their
         leases would keep gc off the old layers for as long as the supply lives."""
+        from sandbox.images.errors import ImageError
+        from sandbox.images.runtime import lease_image
+
         for spec, pool in self._pools.items():
             if spec.image == "host" or not pool:
                 continue
@@ -322,6 +347,8 @@ class SandboxSupply:
         that names none gets (``runner._image_for``)."""
         if spec.image == "host":
             return self._order(None, self.disk_bytes, spec.profile, False, False)
+        from sandbox.images.runtime import lease_image  # the image store's code, only for an image
+
         lease = lease_image(spec.image)
         try:
             image = ImageRoot(lease.layer_dirs, lease.workdir() or WORKDIR)
@@ -424,7 +451,8 @@ class SandboxSupply:
             self._zygote = None
         self._template_fingerprint = rootfs.host_image_fingerprint()
         self._template_checked = now
-        self._zygote = Zygote(self.id_plan.zygote_argument())
+        forked = self.one_shot and threading.active_count() == 1
+        self._zygote = Zygote(self.id_plan.zygote_argument(), forked=forked)
         return self._zygote
 
 

@@ -52,7 +52,9 @@ class IdMaps:
     def apply(self, pid: int) -> None:
         """Write the maps of the helper ``pid`` from outside its namespace: root writes
         them, a user has newuidmap and newgidmap (setuid root) check its subordinate ids
-        and write them. Raises SetupError."""
+        and write them, both at once (each is an exec of a setuid binary; the maps are
+        independent). Raises SetupError."""
+        spawned = []
         for kind in ("uid", "gid"):
             lines = self.lines(kind)
             if self.mapper == "write":
@@ -62,9 +64,12 @@ class IdMaps:
                 continue
             tool = f"/usr/bin/new{kind}map"
             argv = [tool, str(pid), *(str(number) for line in lines for number in line)]
-            status = os.waitpid(os.posix_spawn(tool, argv, {}), 0)[1]
-            if status != 0:
-                raise SetupError(f"{' '.join(argv)} failed (wait status {status}): see /etc/sub{kind}")
+            spawned.append((kind, argv, os.posix_spawn(tool, argv, {})))
+        statuses = [(kind, argv, os.waitpid(tool_pid, 0)[1]) for kind, argv, tool_pid in spawned]  # reap both
+        failed = [(kind, argv, status) for kind, argv, status in statuses if status != 0]
+        if failed:
+            kind, argv, status = failed[0]
+            raise SetupError(f"{' '.join(argv)} failed (wait status {status}): see /etc/sub{kind}")
 
 
 class MountBases:

@@ -16,10 +16,10 @@ wait for requests and start sandboxes, so there is little to copy.
 
 Protocol on a SOCK_SEQPACKET pair: at start-up the zygote answers ``{"spawner": PID}``
 with the spawner's request channel (SCM_RIGHTS) once the template is built, or
-``{"error": ...}``. Then each request is answered before the next: ``{"tree": PATH}``
-with a detached clone of that host directory, ``{"image": {"layers": [...], "workdir":
-...}}`` with the mount namespace of that image's base, each as SCM_RIGHTS with ``{}``,
-or ``{"error": ...}``. EOF on the channel ends it.
+``{"error": ...}``. Then each request on it, ``{"image": {"layers": [...], "workdir":
+...}}``, is answered with the mount namespace of that image's base (SCM_RIGHTS, with
+``{}``) or ``{"error": ...}``; a second pair carries tree requests (a host path, answered
+with a detached clone of it). EOF on the channel ends it.
 
 The spawner's protocol (same kind of pair): a request is the C init's arguments
 (``stages.init_arguments``), NUL-terminated, with its fds (``stages.init_fds``); the
@@ -37,7 +37,7 @@ import select
 import socket
 import sys
 
-from sandbox import stages
+from sandbox import child, rootfs, stages
 from sandbox.errors import SandboxError, SetupError
 from sandbox.linux import syscalls as sc
 from sandbox.template import IdMaps, MountBases, enter_template
@@ -45,7 +45,14 @@ from sandbox.template import IdMaps, MountBases, enter_template
 # Not typing.TYPE_CHECKING: the zygote does without the typing module (see stages.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Protocol
+
+    class _Process(Protocol):
+        """What the handle needs of its zygote process (``subprocess.Popen`` has it)."""
+
+        def poll(self) -> int | None: ...
+
+        def wait(self) -> int: ...
 
 _MAX_REQUEST = 1 << 20
 # Image bases a supervisor keeps (each a mount namespace: a handful of mounts and a small
@@ -55,51 +62,80 @@ MAX_IMAGE_BASES = 16
 
 class Zygote:
     """The supervisor's handle on its zygote process and the zygote's spawner (both
-    started here, children of ours)."""
+    started here, children of ours).
 
-    def __init__(self, id_maps: str) -> None:
-        """``id_maps``: the template's id maps (``ids.IdPlan.zygote_argument``)."""
-        import subprocess  # here, not at the top: the zygote process imports this module too
+    Starting one does not wait for it: the template is built and the spawner started
+    while the supervisor goes on (a Runner loads its profile meanwhile, ``sandbox run``
+    its modules: ``StartedZygote``); ``wait_started``, or the first use that needs the
+    spawner, waits for its answer."""
 
+    def __init__(self, id_maps: str, *, forked: bool = False) -> None:
+        """``id_maps``: the template's id maps (``ids.IdPlan.zygote_argument``).
+        ``forked``: the zygote is a fork of this process instead of a fresh interpreter
+        (``ForkedZygote``: for a supervisor that starts one sandbox and exits)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        with theirs:
-            self.process = subprocess.Popen(
-                [sys.executable, "-S", "-m", "sandbox.zygote", str(theirs.fileno()), id_maps],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": os.pathsep.join(_import_path())},
+        self.trees, trees_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs, trees_theirs:
+            self.process: _Process = (
+                ForkedZygote(theirs, trees_theirs, id_maps) if forked else _interpreter(theirs, trees_theirs, id_maps)
             )
         self.channel = ours
         # Image bases by what they were built from (``image_base``); the fds are ours.
         self._bases: dict[tuple[tuple[tuple[str, int], ...], str], int] = {}
-        self.spawner: socket.socket | None = None
-        self.spawner_pid = 0
+        self._spawner: socket.socket | None = None
+        self._spawner_pid = 0
         self._spawner_exit = -1  # a pidfd: readable once the spawner has exited
+        self._start_error: str | None = None  # why it did not start; None: started, or not known yet
+
+    @property
+    def spawner(self) -> socket.socket:
+        """The spawner's request channel (waits for the zygote's start). Raises
+        SetupError if it did not start."""
+        self._started()
+        assert self._spawner is not None  # or _started raised
+        return self._spawner
+
+    @property
+    def spawner_pid(self) -> int:
+        """The spawner's pid (waits for the zygote's start). Raises SetupError."""
+        self._started()
+        return self._spawner_pid
+
+    def wait_started(self) -> None:
+        """Wait for the start under way; whether it failed, ``alive`` says (and the
+        first use raises why)."""
         try:
-            raw, fds, _, _ = socket.recv_fds(ours, _MAX_REQUEST, 1)
-            if fds:
-                os.set_inheritable(fds[0], False)
-                self.spawner = socket.socket(fileno=fds[0])
-            self.spawner_pid = int(_decoded(raw, self.process)["spawner"])
-            self._spawner_exit = os.pidfd_open(self.spawner_pid)
-            if self.spawner is None:
-                raise SetupError("the zygote sent no spawner channel")
-        except (SetupError, OSError) as exc:
-            self.close()
-            raise SetupError(f"cannot start the zygote: {exc}") from exc
+            self._started()
+        except SetupError:
+            pass
+
+    def _started(self) -> None:
+        """Read the zygote's first answer - the spawner's pid and channel, or why it
+        did not start - once; raises SetupError if it did not."""
+        if self._spawner is None and self._start_error is None:
+            try:
+                raw, fds, _, _ = socket.recv_fds(self.channel, _MAX_REQUEST, 1)
+                if fds:
+                    os.set_inheritable(fds[0], False)
+                    self._spawner = socket.socket(fileno=fds[0])
+                self._spawner_pid = int(_decoded(raw, self.process)["spawner"])
+                self._spawner_exit = os.pidfd_open(self._spawner_pid)
+                if self._spawner is None:
+                    raise SetupError("the zygote sent no spawner channel")
+            except (SetupError, OSError) as exc:
+                self._start_error = f"cannot start the zygote: {exc}"
+        if self._start_error is not None:
+            raise SetupError(self._start_error)
 
     def spawn(self, arguments: list[str], fds: list[int]) -> None:
         """Ask the spawner for a sandbox's init (our child): ``arguments``
         and ``fds`` as ``stages.init_arguments`` and ``stages.init_fds`` make them;
         ``spawned`` gives its pid."""
-        assert self.spawner is not None  # set by __init__, or it raised
         _send(self.spawner, b"".join(argument.encode() + b"\0" for argument in arguments), fds, "spawner")
 
     def spawned(self) -> int:
         """The pid of the init of the spawner's oldest unanswered request (waits for
         it). Raises SetupError if it could not be started."""
-        assert self.spawner is not None
         try:
             raw = self.spawner.recv(_MAX_REQUEST)
         except OSError as exc:
@@ -115,7 +151,9 @@ class Zygote:
         """A detached clone of the host directory ``path`` (an fd the caller owns), for a
         sandbox init to mount a tree from (read-only: ``native/trees.c``). Raises
         SetupError."""
-        return self._ask({"tree": path}, "tree")
+        self._started()
+        _send(self.trees, path.encode(), [], "zygote")
+        return self._answer(self.trees, "tree")
 
     def image_base(self, layers: list[str], workdir: str) -> int:
         """The mount namespace of the read-only base of the image of ``layers`` with
@@ -129,15 +167,17 @@ class Zygote:
             raise SetupError(f"cannot find the image's layers: {exc}") from exc
         base = self._bases.get(key)
         if base is None:
+            self._started()  # (its answer comes first on the channel)
             if len(self._bases) >= MAX_IMAGE_BASES:
                 os.close(self._bases.pop(next(iter(self._bases))))
-            base = self._bases[key] = self._ask({"image": {"layers": layers, "workdir": workdir}}, "image base")
+            _send(self.channel, json.dumps({"image": {"layers": layers, "workdir": workdir}}).encode(), [], "zygote")
+            base = self._bases[key] = self._answer(self.channel, "image base")
         return base
 
-    def _ask(self, request: dict[str, Any], what: str) -> int:
-        _send(self.channel, json.dumps(request).encode(), [], "zygote")
+    def _answer(self, channel: socket.socket, what: str) -> int:
+        """The fd the zygote answered a request with; raises SetupError for its error."""
         try:
-            raw, fds, _, _ = socket.recv_fds(self.channel, _MAX_REQUEST, 1)
+            raw, fds, _, _ = socket.recv_fds(channel, _MAX_REQUEST, 1)
         except OSError as exc:
             raise SetupError(f"the zygote is gone: {exc}") from exc
         if fds:
@@ -147,25 +187,113 @@ class Zygote:
         raise SetupError(f"the zygote sent no {what}")
 
     def alive(self) -> bool:
-        return self.process.poll() is None and not select.select([self._spawner_exit], [], [], 0)[0]
+        """False once the zygote or its spawner has exited, or it did not start (does
+        not wait for a start under way)."""
+        if self._start_error is not None or self.process.poll() is not None:
+            return False
+        return self._spawner_exit < 0 or not select.select([self._spawner_exit], [], [], 0)[0]
 
     def close(self) -> None:
         """EOF tells the zygote and the spawner to exit; neither has children left by
-        then (a spawner's Bs are ours)."""
+        then (a spawner's Bs are ours). A start under way is waited for first: the
+        spawner is our child, to be reaped here."""
+        self.wait_started()
         self.channel.close()
+        self.trees.close()
         self.process.wait()
         for base in self._bases.values():
             os.close(base)
         self._bases.clear()
-        if self.spawner is not None:
-            self.spawner.close()
-        if self.spawner_pid > 0:
+        if self._spawner is not None:
+            self._spawner.close()
+        if self._spawner_pid > 0:
             try:
-                os.waitpid(self.spawner_pid, 0)
+                os.waitpid(self._spawner_pid, 0)
             except ChildProcessError:
                 pass  # reaped already (a waitpid(-1) of the supervisor's)
+        self._spawner_pid = 0
         if self._spawner_exit >= 0:
             os.close(self._spawner_exit)
+            self._spawner_exit = -1
+
+
+class StartedZygote:
+    """A forked zygote started before its Runner, with what the Runner's supply takes
+    over with it: ``sandbox run`` starts it before it imports the rest of the engine,
+    so that the template is built while it does. (A plain class: see ``stages.py``.)"""
+
+    __slots__ = ("fingerprint", "id_plan", "zygote")
+
+    def __init__(self) -> None:
+        from sandbox.ids import plan_ids  # the supervisor's: not the zygote process's
+
+        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)  # as a Runner makes itself, before its first child
+        self.id_plan = plan_ids()
+        self.fingerprint = rootfs.host_image_fingerprint()  # what the template is built from
+        self.zygote = Zygote(self.id_plan.zygote_argument(), forked=True)
+
+
+def _interpreter(channel: socket.socket, trees: socket.socket, id_maps: str) -> _Process:
+    """The zygote as a fresh, lean interpreter (``python -S``, only the modules a
+    sandbox's set-up runs): what a supervisor that lives on forks its sandboxes from."""
+    import subprocess  # here, not at the top: the zygote process imports this module too
+
+    return subprocess.Popen(
+        [sys.executable, "-S", "-m", "sandbox.zygote", str(channel.fileno()), str(trees.fileno()), id_maps],
+        pass_fds=(channel.fileno(), trees.fileno()),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(_import_path())},
+    )
+
+
+class ForkedZygote:
+    """The zygote as a fork of the supervisor, for a supervisor that starts one sandbox
+    and exits (``sandbox run``). A fresh interpreter costs that run tens of milliseconds
+    of start-up and imports; what it saves - a lean process to clone image sandboxes
+    from, with few pages to copy - pays off only over many sandboxes. The fork does
+    exactly what the fresh interpreter does (``serve``), with the same fds: the two
+    channels and stdio, the rest closed as ``Popen`` would close them. The caller makes
+    sure this process has one thread: a fork copies only the calling one, and a lock
+    another thread held would stay held in the child."""
+
+    def __init__(self, channel: socket.socket, trees: socket.socket, id_maps: str) -> None:
+        self.returncode: int | None = None
+        self.pid = os.fork()
+        if self.pid == 0:
+            status = 1
+            try:
+                # Nothing of the supervisor's is collected here: its objects hold fds
+                # closed below, whose numbers the zygote's own fds may take.
+                gc.freeze()
+                child.close_fds_except({channel.fileno(), trees.fileno()})
+                null = os.open("/dev/null", os.O_RDWR)
+                for stdio in (0, 1):
+                    os.dup2(null, stdio)
+                os.close(null)
+                serve(channel, trees, IdMaps.parse(id_maps))
+                status = 0
+            finally:
+                os._exit(status)  # never back into the supervisor's code
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.pid, 0  # reaped already (a waitpid(-1) of the supervisor's)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                self.returncode = 0
+        return self.returncode
 
 
 def _send(channel: socket.socket, message: bytes, fds: list[int], name: str) -> None:
@@ -175,7 +303,7 @@ def _send(channel: socket.socket, message: bytes, fds: list[int], name: str) -> 
         raise SetupError(f"the {name} is gone: {exc}") from exc
 
 
-def _decoded(raw: bytes, process: Any) -> dict[str, Any]:
+def _decoded(raw: bytes, process: _Process) -> dict[str, Any]:
     """A zygote's JSON answer; raises SetupError for its error or its end."""
     if not raw:
         raise SetupError(f"the zygote exited (status {process.wait()})")
@@ -192,10 +320,10 @@ def _import_path() -> list[str]:
     return [project, *(entry for entry in sys.path if entry and os.path.isdir(entry))]
 
 
-def serve(channel: socket.socket, id_maps: IdMaps | None) -> None:
+def serve(channel: socket.socket, trees: socket.socket, id_maps: IdMaps | None) -> None:
     sc.set_process_name("sandbox-zygote")
-    # SCHED_BATCH (inherited by the spawner, and so by every sandbox init and program
-    # stage until its job arrives): the same share of the CPU, but a zygote or a sandbox being
+    # SCHED_BATCH (inherited by every sandbox init and program stage until its job
+    # arrives, stages.py): the same share of the CPU, but a zygote or a sandbox being
     # prepared never preempts a running task when it wakes. Otherwise the zygote, woken
     # by an order, took the CPU from the launcher that sent it - and a job arriving then
     # waited behind a clone and a sandbox's set-up.
@@ -220,29 +348,31 @@ def serve(channel: socket.socket, id_maps: IdMaps | None) -> None:
     with spawner:
         socket.send_fds(channel, [json.dumps({"spawner": spawner_pid}).encode()], [spawner.fileno()])
     # Everything loaded so far is permanent: keep the collector from touching (and so
-    # copying) those pages in every image's builder.
+    # copying) those pages in every sandbox.
     gc.freeze()
     while True:
+        if trees in select.select([channel, trees], [], [])[0]:
+            path = trees.recv(_MAX_REQUEST)
+            if not path:
+                return
+            _clone_tree(trees, os.fsdecode(path), bases)
+            continue
         raw = channel.recv(_MAX_REQUEST)
         if not raw:
             return
-        request = json.loads(raw)
-        if "tree" in request:
-            _clone_tree(channel, request["tree"], bases)
-        else:
-            _image_base(channel, request["image"], bases)
+        _image_base(channel, json.loads(raw)["image"], bases)
 
 
-def _clone_tree(channel: socket.socket, path: str, bases: MountBases) -> None:
+def _clone_tree(trees: socket.socket, path: str, bases: MountBases) -> None:
     """Answer a tree request: the clone of ``path``, seen from the copy of the host's tree."""
     try:
         sc.setns(bases.host_fd, sc.CLONE_NEWNS)
         clone = sc.open_tree(sc.AT_FDCWD, path, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
     except OSError as exc:
-        channel.send(json.dumps({"error": f"cannot clone the tree {path}: {exc.strerror}"}).encode())
+        trees.send(json.dumps({"error": f"cannot clone the tree {path}: {exc.strerror}"}).encode())
         return
     try:
-        socket.send_fds(channel, [b"{}"], [clone])
+        socket.send_fds(trees, [b"{}"], [clone])
     finally:
         os.close(clone)
 
@@ -261,8 +391,8 @@ def _image_base(channel: socket.socket, image: dict[str, Any], bases: MountBases
 
 
 def main(argv: list[str]) -> int:
-    with socket.socket(fileno=int(argv[1])) as channel:
-        serve(channel, IdMaps.parse(argv[2]))
+    with socket.socket(fileno=int(argv[1])) as channel, socket.socket(fileno=int(argv[2])) as trees:
+        serve(channel, trees, IdMaps.parse(argv[3]))
     return 0
 
 

@@ -42,6 +42,21 @@ def runner() -> Iterator[Runner]:
     runner.close()
 
 
+@pytest.fixture(scope="session")
+def forked_runner() -> Iterator[Runner]:
+    """A Runner as ``sandbox run`` makes one (``one_shot``): its zygote is a fork of this
+    process, not a fresh interpreter - checked here, so the tests that use it cannot pass
+    on the other kind."""
+    runner = Runner(one_shot=True)
+    ours = Path("/proc/self/cmdline").read_bytes()
+    children = {int(pid) for task in os.listdir("/proc/self/task")
+                for pid in Path(f"/proc/self/task/{task}/children").read_text().split()}
+    zygotes = [pid for pid in children if Path(f"/proc/{pid}/comm").read_text().strip() == "sandbox-zygote"]
+    assert any(Path(f"/proc/{pid}/cmdline").read_bytes() == ours for pid in zygotes), "no forked zygote"
+    yield runner
+    runner.close()
+
+
 def pytest_report_header() -> str:
     return f"slowdown vs a development host (scales latency bounds): {measured_slowdown():.1f}"
 

@@ -210,3 +210,45 @@ def test_setup_cgroups_refuses_without_root():
     done = sandbox("setup-cgroups", "--user", "nobody")
     assert done.returncode == 125
     assert b"must run as root" in done.stderr
+
+
+def test_a_cached_filter_is_used_only_when_valid(tmp_path):
+    """`sandbox run` keeps its compiled filter in the user's cache; a cache file whose
+    program was swapped for one that allows everything is not installed: the job still
+    meets the profile's filter, and the file is written anew."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    ptrace = {"x86_64": 101, "aarch64": 117}[os.uname().machine]
+    argv = [*SANDBOX_CLI, "run", "--json", "--", "python3", "-c", f"import ctypes; ctypes.CDLL(None).syscall({ptrace}, 0)"]
+
+    def violation() -> str:
+        done = subprocess.run(argv, capture_output=True, timeout=60, env=env)
+        result = json.loads(done.stdout)
+        assert result["status"] == "syscall_violation", result
+        return str(result["violation"]["syscall"])
+
+    assert violation() == "ptrace"
+    [cached] = (tmp_path / "sandbox" / "seccomp").glob("*.bpf")
+    written = cached.read_bytes()
+    header, _, program = written.partition(b"\n")
+    allow_all = bytes.fromhex("060000000000ff7f")  # return SECCOMP_RET_ALLOW
+    cached.write_bytes(header + b"\n" + allow_all * (len(program) // 8))
+    assert violation() == "ptrace"
+    assert cached.read_bytes() == written
+
+
+def test_a_run_on_the_host_image_loads_only_what_the_job_needs(tmp_path):
+    """The command line's cold path: `sandbox run` of a command on the host image, its
+    filter in the cache, imports neither the seccomp compiler nor the image store nor
+    the other commands' code - nor subprocess: its zygote is a fork, not a second
+    interpreter."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    code = ("import json, sys; from sandbox.cli import main; status = main(['run', '--', 'true']); "
+            "print(json.dumps(sorted(sys.modules)), file=sys.__stderr__); sys.exit(status)")
+    for _ in range(2):  # the first run compiles the filter and fills the cache
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, env=env, check=True)
+    loaded = set(json.loads(done.stderr.splitlines()[-1]))
+    assert "sandbox.runner" in loaded
+    unneeded = {"pyseccomp", "sandbox.seccomp", "sandbox.images.runtime", "sandbox.images.store", "subprocess",
+                "importlib.resources", "sandbox.judge", "sandbox.languages", "worker.client",
+                *(f"sandbox.cli.{group}" for group in ("group", "worker", "images", "profiles", "languages", "judge"))}
+    assert loaded & unneeded == set()

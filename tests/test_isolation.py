@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from sandbox.models import Status
+from sandbox.runner import Runner
 
 pytestmark = pytest.mark.kernel
 
@@ -18,6 +19,13 @@ NR = {"ptrace": 101, "bpf": 321, "io_uring_setup": 425, "perf_event_open": 298, 
       "unshare": 272, "setns": 308, "mount": 165, "clone": 56, "clone3": 435, "socket": 41,
       "ioctl": 16, "getpid": 39}
 EPERM, ENOSYS, EAFNOSUPPORT = 1, 38, 97
+
+
+@pytest.fixture(params=["interpreter zygote", "forked zygote"])
+def runner(request: pytest.FixtureRequest, runner: Runner, forked_runner: Runner) -> Runner:
+    """Every test here runs under both kinds of zygote: a fresh interpreter (a worker's,
+    a library's Runner) and a fork of the supervisor (``sandbox run``)."""
+    return runner if request.param == "interpreter zygote" else forked_runner
 
 
 def test_host_processes_are_invisible(run):

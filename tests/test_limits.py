@@ -12,6 +12,7 @@ import pytest
 
 from sandbox.errors import CgroupError
 from sandbox.models import Limits, Status
+from sandbox.runner import Runner
 
 pytestmark = pytest.mark.cgroup
 
@@ -19,6 +20,13 @@ MIB = 1 << 20
 # The kernel's tick (CONFIG_HZ=250 on Debian kernels): CPU time is charged per tick
 # on some paths, so a kill "within 10 ms" may be observed one tick later.
 TICK_MS = 4
+
+
+@pytest.fixture(params=["interpreter zygote", "forked zygote"])
+def runner(request: pytest.FixtureRequest, runner: Runner, forked_runner: Runner) -> Runner:
+    """Every test here runs under both kinds of zygote: a fresh interpreter (a worker's,
+    a library's Runner) and a fork of the supervisor (``sandbox run``)."""
+    return runner if request.param == "interpreter zygote" else forked_runner
 
 
 def test_memory_bomb_is_memory_limit(run_program):

@@ -13,27 +13,55 @@ flags in ``job_flags``, and how results and errors are printed in ``output``.
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
 from typing import Any, NoReturn
 
-from sandbox.cli import group, host, images, judge, languages, profiles, run, worker
 from sandbox.cli.output import EXIT_SANDBOX_ERROR, describe_job_error
 from sandbox.errors import JobError, SandboxError
 
 DISTRIBUTION = "sandbox-executor"  # pyproject.toml's name
+# The modules of the command groups, in the order help lists them; and the one that
+# makes each command's flags. Only that one is imported for a command: a `sandbox run`
+# per test of a judge must not pay for loading the image, worker and judge code.
+COMMAND_GROUPS = ("run", "group", "worker", "images", "profiles", "languages", "judge", "host")
+MODULE_OF_COMMAND = {
+    "run": "run", "group": "group", "serve": "worker", "submit": "worker", "pull": "images", "images": "images",
+    "import": "images", "load": "images", "push": "images", "save": "images", "inspect": "images", "rmi": "images",
+    "gc": "images", "profile": "profiles",
+    "languages": "languages", "judge": "judge", "doctor": "host", "setup-cgroups": "host",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    """The ``sandbox`` command; its exit status. As the process's own command line
+    (``argv`` None), ``sandbox run`` ends the process itself once its output is out
+    (``os._exit``): the interpreter's teardown - every module and object freed one by
+    one - costs a one-shot run milliseconds and does nothing it needs (its sandbox is
+    cleaned up by then, ``Runner.close``)."""
+    status, command = _run_command(sys.argv[1:] if argv is None else argv)
+    if argv is None and command == "run":
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except OSError:
+            status = 120  # what the interpreter exits with when its final flush fails
+        os._exit(status)
+    return status
+
+
+def _run_command(argv: list[str]) -> tuple[int, str]:
+    """The exit status of the command ``argv`` names, and that command."""
+    parser = make_parser(argv)
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args))
+        return int(args.handler(args)), args.command
     except JobError as exc:
         print(f"sandbox: {describe_job_error(exc)}", file=sys.stderr)
-        return EXIT_SANDBOX_ERROR
     except SandboxError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
-        return EXIT_SANDBOX_ERROR
+    return EXIT_SANDBOX_ERROR, args.command
 
 
 class _VersionAction(argparse.Action):
@@ -61,10 +89,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_SANDBOX_ERROR, f"{self.prog}: error: {message}\n")
 
 
-def _parser() -> argparse.ArgumentParser:
+def make_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser for ``argv``: with only its command's group when it names a known one
+    (the first word not an option: the top level has options only before it), else
+    with every group (help, or an unknown command's error, lists them all)."""
+    named = next((word for word in argv if not word.startswith("-")), None)
+    groups = [MODULE_OF_COMMAND[named]] if named in MODULE_OF_COMMAND else COMMAND_GROUPS
     parser = _Parser(prog="sandbox", description="Rootless sandbox executor for untrusted code.")
     parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for module in (run, group, worker, images, profiles, languages, judge, host):
-        module.add_commands(commands)
+    for group in groups:
+        importlib.import_module(f"sandbox.cli.{group}").add_commands(commands)
     return parser

@@ -16,13 +16,22 @@ def add_commands(commands: Any) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from sandbox.runner import Runner
-
     # The flags are checked before any set-up.
     job = None if language_form(args) else job_from_args(args)
     inputs = language_inputs(args) if job is None else {}
     collect_to = collect_target(args)
-    runner = Runner()
+    # The zygote first, a fork of this process: it builds the sandbox template while
+    # this one imports the rest of the engine.
+    from sandbox.zygote import StartedZygote
+
+    started = StartedZygote()
+    try:
+        from sandbox.runner import Runner
+
+        runner = Runner(one_shot=True, started=started)
+    except BaseException:
+        started.zygote.close()
+        raise
     try:
         if job is None:
             from sandbox.cli.languages import run_language

@@ -1,0 +1,58 @@
+"""The command line's cold path: `sandbox run -- /bin/true` - a process per job, as an
+isolate-style judge calls it once per test - against `python3 -c pass` (the floor of
+any Python CLI) and `bwrap ... /bin/true` (a C sandbox's CLI), all as the bench user.
+
+The three run in rounds, one of each per round, so drift on a shared machine hits them
+alike; the figure is each one's median wall time, and `sandbox run`'s as a multiple of
+`python3 -c pass`'s (the target: within 3x). The bytecode cache and the user's cache of
+compiled seccomp programs are warm (one unmeasured run of each first), as they are for
+every run after a judge's first.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import show, target
+from bench.peers import BWRAP
+
+RUNS = 20
+TARGET_RATIO = 3.0
+
+
+def commands() -> dict[str, list[str]]:
+    sandbox_cli = str(Path(sys.executable).with_name("sandbox"))
+    return {
+        "python3 -c pass": ["python3", "-c", "pass"],
+        "sandbox run": [sandbox_cli, "run", "--", "/bin/true"],
+        "bwrap": [*BWRAP, "/bin/true"],
+    }
+
+
+def _wall_ms(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return (time.perf_counter() - start) * 1000
+
+
+def run(quick: bool) -> dict[str, Any]:
+    runs = 3 if quick else RUNS
+    argvs = commands()
+    for argv in argvs.values():
+        _wall_ms(argv)  # warm: bytecode, the seccomp program cache, the page cache
+    ms: dict[str, list[float]] = {name: [] for name in argvs}
+    for _ in range(runs):
+        for name, argv in argvs.items():
+            ms[name].append(_wall_ms(argv))
+    medians = {name: statistics.median(values) for name, values in ms.items()}
+    ratio = medians["sandbox run"] / medians["python3 -c pass"]
+    print(f"cli cold path ({runs} runs each, median ms): "
+          + ", ".join(f"{name} {value:.1f}" for name, value in medians.items()))
+    figure = target("sandbox run / python3 -c pass (median wall)", ratio, TARGET_RATIO, unit="x")
+    show(figure)
+    return {"runs": runs, "ms": ms, "median_ms": medians, "ratio_to_python": ratio, "targets": [figure]}
