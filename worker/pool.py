@@ -10,6 +10,7 @@ an id that names another job is an ``id_conflict``, never someone else's result.
 from __future__ import annotations
 
 import enum
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ import trio
 from sandbox.models import Collect, Group, Job, Result, WarmSpec
 from worker.filecache import FileCache
 from worker.launcher_channel import JobOutput
+from worker.launcher_process import LauncherProcess
 from worker.protocol import ProtocolError, event_message, result_to_wire
 from worker.slots import Slot
 
@@ -37,7 +39,7 @@ class JobState(str, enum.Enum):
 @dataclass
 class JobRecord:
     id: str
-    job: Job | Group  # a group runs on one slot and has a Result per member
+    job: Job | Group  # a group takes one slot and has a Result per member
     owner: object
     state: JobState = JobState.QUEUED
     result: Result | list[Result] | None = None
@@ -69,14 +71,23 @@ class PoolStats:
 class Pool:
     def __init__(
         self, slots: int, max_queue: int, warm: Sequence[WarmSpec] = (), retention_s: float = 300.0,
-        max_records: int = 100_000, cache: FileCache | None = None,
+        max_records: int = 100_000, cache: FileCache | None = None, launchers: int | None = None,
     ) -> None:
-        # Each slot's launcher keeps its share of the warm sandboxes of each kind.
-        share = [WarmSpec(-(-spec.count // slots), spec.profile, spec.image) for spec in warm]
+        # ``slots`` jobs run at once, on a few launcher processes (one per CPU unless told:
+        # each supervises many jobs, a thread each), never more launchers than slots. Slot
+        # i runs on launcher i mod n; a launcher keeps the warm sandboxes of its slots'
+        # shares (rounded up once per launcher, not per slot).
+        count = max(1, min(slots, launchers or os.cpu_count() or 1))
         self.cache = cache
         cache_dir = None if cache is None else cache.directory
-        self.slots = [Slot(index, share, cache_dir) for index in range(slots)]
-        self.warm_per_slot = sum(spec.count for spec in share)
+
+        def warm_for(lanes: int) -> list[WarmSpec]:
+            return [WarmSpec(-(-spec.count * lanes // slots), spec.profile, spec.image) for spec in warm]
+
+        self.launchers = [LauncherProcess(index, warm_for(len(range(index, slots, count))), cache_dir)
+                          for index in range(count)]
+        self.slots = [Slot(index, self.launchers[index % count]) for index in range(slots)]
+        self.warm_per_slot = sum(spec.count for spec in warm_for(1))
         self.max_queue = max_queue
         self.retention_s = retention_s
         self.max_records = max_records
@@ -94,10 +105,10 @@ class Pool:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start every launcher (in parallel), then drain the queue with one task per slot."""
         async with trio.open_nursery() as nursery:
-            for slot in self.slots:
-                nursery.start_soon(slot.keep_alive)
-            for slot in self.slots:
-                await slot.ready.wait()
+            for launcher in self.launchers:
+                nursery.start_soon(launcher.keep_alive)
+            for launcher in self.launchers:
+                await launcher.ready.wait()
             for slot in self.slots:
                 nursery.start_soon(self._drain, slot)
             task_status.started()
@@ -193,11 +204,15 @@ class Pool:
             "latency_ms": {"p50": percentile(0.5), "p99": percentile(0.99), "count": len(latencies)},
             "records": len(self.records),
             "warm_per_slot": self.warm_per_slot,
-            "launcher_restarts": sum(slot.restarts for slot in self.slots),
+            "launchers": len(self.launchers),
+            "launcher_restarts": self.launcher_restarts(),
             "direct_handovers": sum(slot.handovers for slot in self.slots),
-            "offers_ready": sum(slot.offer_ready() for slot in self.slots),
-            "cgroups": all(slot.cgroups for slot in self.slots),
+            "offers_ready": sum(launcher.offer_ready() for launcher in self.launchers),
+            "cgroups": all(launcher.cgroups for launcher in self.launchers),
         }
+
+    def launcher_restarts(self) -> int:
+        return sum(launcher.restarts for launcher in self.launchers)
 
     async def _drain(self, slot: Slot) -> None:
         async for record in self._receive:
