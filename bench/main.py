@@ -30,7 +30,7 @@ PARTS: dict[str, Callable[[bool], dict]] = {
     "humaneval": humaneval.run,                                         # part 7
     "judge": judge.run,                                                 # part 8
     "doors": doors.run,                                                 # part 9
-    # last: starting hundreds of launchers loads the machine for a minute after it
+    # last: starting thousands of sandboxes loads the machine for a minute after it
     "density": density.run,                                             # part 5
 }
 

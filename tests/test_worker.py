@@ -27,8 +27,8 @@ from sandbox.errors import JobError
 from sandbox.models import Blob, InputFile, Job, Limits, Result, Status, WarmSpec
 from worker.client import AsyncClient, Client, WorkerError
 from worker.handover import OFFER_FDS
-from worker.protocol import FrameDecoder, ProtocolError, encode, job_to_wire
 from worker.launcher_process import LauncherProcess
+from worker.protocol import FrameDecoder, ProtocolError, encode, job_to_wire
 from worker.slots import Slot
 
 

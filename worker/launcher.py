@@ -44,7 +44,6 @@ import dataclasses
 import functools
 import json
 import os
-import select
 import socket
 import sys
 import threading
@@ -53,6 +52,7 @@ from collections.abc import Callable
 
 from sandbox.errors import JobError
 from sandbox.linux import syscalls as sc
+from sandbox.linux.readiness import readable, wait_readable
 from sandbox.models import Blob, Group, Job, Mount, Result, Status, WarmSpec
 from sandbox.runner import HandedOver, Runner
 from worker.filecache import cached_path, tree_path
@@ -78,7 +78,7 @@ from worker.protocol import ProtocolError, group_from_wire, job_from_wire
 
 class Jobs:
     """The jobs this launcher runs now, a thread each, by id: their cancel pipes, and a
-    self-pipe that wakes the main thread's ``select`` when one ends (its sandbox retired:
+    self-pipe that wakes the main thread's wait when one ends (its sandbox retired:
     there is cleanup to do, and its waitables to sleep on)."""
 
     def __init__(self) -> None:
@@ -155,13 +155,12 @@ def serve(channel: socket.socket, warm: list[WarmSpec], cache_dir: str) -> None:
             # ones and prepare warm sandboxes, one small step at a time, looking for a
             # message between steps; with nothing left to do, sleep until a message, a
             # step or the end of a job (whose retired sandbox is a step then) is due.
-            while not _readable(channel):
+            while not readable(channel):
                 jobs.woken()
                 if offered is None and (offered := _offer(runner, outbox)) is not None:
                     continue
                 if not runner.prepare_step():
-                    waiting: list[socket.socket | int] = [channel, jobs.wake_fd, *runner.waitables()]
-                    select.select(waiting, [], [])
+                    wait_readable([channel, jobs.wake_fd, *runner.waitables()])
             try:
                 data = channel.recv(1 << 20)
             except ConnectionResetError:
@@ -183,10 +182,6 @@ def serve(channel: socket.socket, warm: list[WarmSpec], cache_dir: str) -> None:
     finally:
         jobs.end_all()
         runner.close()
-
-
-def _readable(fd: socket.socket | int) -> bool:
-    return bool(select.select([fd], [], [], 0)[0])
 
 
 def _offer(runner: Runner, outbox: Outbox) -> int | None:
@@ -223,7 +218,7 @@ def _run(runner: Runner, outbox: Outbox, message: RunJob | RunGroup, cache_dir: 
     end the launcher, which would take the other jobs and the warm sandboxes with it. A
     fault of ours is that job's internal_error, for the same reason. A cancel already
     there (it came in the same read as the job) means the job never starts."""
-    cancelled = _readable(cancel_fd)
+    cancelled = readable(cancel_fd)
     reply: JobResult | GroupResult | JobRejected
     try:
         if isinstance(message, RunGroup):
