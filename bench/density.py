@@ -26,16 +26,18 @@ from __future__ import annotations
 import os
 import resource
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from bench.common import Worker, children_map, descendants, pss_bytes, show, summary, target
 from bench.worker import STATIC, client_latency
-from sandbox.models import Job, Limits
+from sandbox.models import Job, Limits, Status
 from worker.client import Client
 
 SLEEP = ["sleep", "3600"]
 PROBE_SLOTS = 2
+CANCEL_BATCH = 200
 GIB = 1 << 30
 MIB = 1 << 20
 
@@ -154,10 +156,10 @@ def sleeping(worker_pid: int) -> int:
 
 
 def run(quick: bool, budget: int = 8 * GIB, reserve: int = 8 * GIB, step_timeout_s: float = 300.0) -> dict:
-    steps = [5, 20] if quick else [10, 100, 250, 500, 1000, 2000, 3000]
+    steps = [5, 20] if quick else [10, 100, 250, 500, 1000, 2000, 3000, 5000]
     # The worker's slots are fixed when it starts, so they are sized from the cost of a
-    # sandbox measured before (~1 MiB all-in on 2026-12-06); the reserve is checked as it goes.
-    estimate = 2 << 20
+    # sandbox measured before (under 1 MiB all-in on 2026-12-06); the reserve is checked as it goes.
+    estimate = 1 << 20
     steps_fit = [s for s in steps if s * estimate <= budget]
     slots = steps_fit[-1] + PROBE_SLOTS
     rows: list[dict[str, Any]] = []
@@ -174,50 +176,75 @@ def run(quick: bool, budget: int = 8 * GIB, reserve: int = 8 * GIB, step_timeout
             client_latency(client, STATIC, 5)
             idle_ms = summary(client_latency(client, STATIC, 10 if quick else 30))
             print(f"  idle worker ({launchers} launchers): trivial job p50 {idle_ms['p50']:.1f} ms")
+            available_idle = mem_available()
             sleepers: list[str] = []
+
+            def measure(sandboxes: int, ramp_s: float) -> None:
+                memory = host_memory(worker.process.pid)
+                running = max(1, memory["running"])
+                overhead = memory["worker_pss"] + memory["launchers_pss"] + memory["sandboxes_pss"]
+                available = mem_available()
+                rows.append({"sandboxes": sandboxes, "ramp_s": ramp_s, "launchers": launchers, **memory,
+                             "overhead_per_sandbox_bytes": overhead / running,
+                             "per_sandbox_bytes": (overhead + memory["programs_pss"] + memory["job_cgroups"]) / running,
+                             # The machine's MemAvailable fell by this much per sandbox since the
+                             # idle worker: kernel memory too (namespaces, page tables), and
+                             # whatever else the shared machine did meanwhile.
+                             "available_drop_per_sandbox_bytes": (available_idle - available) / running,
+                             "probe_ms": summary(client_latency(client, STATIC, 10 if quick else 30)),
+                             "mem_available": available})
+                row = rows[-1]
+                print(f"  {sandboxes:5d} sandboxes: {row['overhead_per_sandbox_bytes'] / MIB:5.2f} MiB each beyond the "
+                      f"program's cgroup (worker {memory['worker_pss'] / running / MIB:.2f}, launchers "
+                      f"{memory['launchers_pss'] / running / MIB:.2f}, sandbox processes "
+                      f"{memory['sandboxes_pss'] / running / MIB:.2f}; program "
+                      f"{memory['programs_pss'] / running / MIB:.2f} PSS, cgroup "
+                      f"{memory['job_cgroups'] / running / MIB:.2f}; MemAvailable fell "
+                      f"{row['available_drop_per_sandbox_bytes'] / MIB:.2f} each), {memory['threads']} tasks, "
+                      f"launcher fds up to {memory['launcher_fds']}, trivial job p50 {row['probe_ms']['p50']:.1f} ms "
+                      f"(idle {idle_ms['p50']:.1f}), ramp {ramp_s:.1f} s")
+
             for step in steps_fit:
                 step_start = time.perf_counter()
                 job = Job(cmd=SLEEP, limits=Limits(wall_time="3600s", cpu_time="3600s"))
                 sleepers += [client.submit(job) for _ in range(step - len(sleepers))]
-                while sleeping(worker.process.pid) < step:
+                while (now_sleeping := sleeping(worker.process.pid)) < step:
+                    # (also reads what the worker sent meanwhile - each sleeper's "accepted"
+                    # and "started": a client that lets them pile up is cut off as not reading)
+                    failed = {k: v for k, v in client.stats()["by_status"].items() if k != "ok"}
+                    if failed:  # a sleeper ended before its time: the machine's limits reached
+                        stop = f"{step} sandboxes: {failed} with {now_sleeping} running (errors below)"
+                        measure(now_sleeping, time.perf_counter() - step_start)
+                        break
                     if time.perf_counter() - step_start > step_timeout_s:
                         stop = f"time: {step} sandboxes were not all running after {step_timeout_s:.0f} s"
                         break
-                    # Read what the worker sent meanwhile (each sleeper's "accepted" and
-                    # "started"): a client that lets them pile up is cut off as not reading.
-                    client.ping()
                     time.sleep(0.2)
                 else:
-                    ramp_s = time.perf_counter() - step_start
-                    memory = host_memory(worker.process.pid)
-                    running = max(1, memory["running"])
-                    overhead = memory["worker_pss"] + memory["launchers_pss"] + memory["sandboxes_pss"]
-                    rows.append({"sandboxes": step, "ramp_s": ramp_s, "launchers": launchers, **memory,
-                                 "overhead_per_sandbox_bytes": overhead / running,
-                                 "per_sandbox_bytes": (overhead + memory["programs_pss"] + memory["job_cgroups"])
-                                 / running,
-                                 "probe_ms": summary(client_latency(client, STATIC, 10 if quick else 30)),
-                                 "mem_available": mem_available()})
-                    row = rows[-1]
-                    print(f"  {step:5d} sandboxes: {row['overhead_per_sandbox_bytes'] / MIB:5.2f} MiB each beyond the "
-                          f"program's cgroup (worker {memory['worker_pss'] / step / MIB:.2f}, launchers "
-                          f"{memory['launchers_pss'] / step / MIB:.2f}, sandbox processes "
-                          f"{memory['sandboxes_pss'] / step / MIB:.2f}; program "
-                          f"{memory['programs_pss'] / step / MIB:.2f} PSS, cgroup "
-                          f"{memory['job_cgroups'] / step / MIB:.2f}), {memory['threads']} tasks, trivial job p50 "
-                          f"{row['probe_ms']['p50']:.1f} ms (idle {idle_ms['p50']:.1f}), ramp {ramp_s:.1f} s")
+                    measure(step, time.perf_counter() - step_start)
                     if mem_available() < reserve:
                         stop = f"memory reserve: under {reserve / GIB:.0f} GiB available"
                         break
                     continue
                 break
-            for job_id in sleepers:
-                client.cancel(job_id)
-            for job_id in sleepers:
-                try:
-                    client.wait(job_id)
-                except Exception:
-                    pass
+            errors: Counter[str] = Counter()
+            # In batches: each cancel is answered by an event, which the client reads only
+            # as it waits - thousands at once would fill the worker's queue for this
+            # connection, and the worker cuts off a client that does not read.
+            for first in range(0, len(sleepers), CANCEL_BATCH):
+                batch = sleepers[first:first + CANCEL_BATCH]
+                for job_id in batch:
+                    client.cancel(job_id)
+                for job_id in batch:
+                    try:
+                        result = client.wait(job_id)
+                    except Exception as exc:
+                        errors[f"{type(exc).__name__}: {exc}"] += 1
+                        continue
+                    if result.status is Status.INTERNAL_ERROR:
+                        errors[str(result.error)] += 1
+            if errors:
+                stop += "; " + "; ".join(f"{count} x {error}" for error, count in errors.most_common(3))
     best = rows[-1] if rows else None
     at_1000 = next((row for row in rows if row["sandboxes"] == 1000), best)
     projection = project(best) if best else {}
@@ -233,5 +260,6 @@ def run(quick: bool, budget: int = 8 * GIB, reserve: int = 8 * GIB, step_timeout
     for figure in targets:
         show(figure)
     return {"slots": slots, "launchers": launchers, "worker_start_s": started_s, "idle_probe_ms": idle_ms,
+            "mem_available_idle": available_idle,
             "steps": rows, "stop_reason": stop, "projection": projection, "budget_bytes": budget,
             "reserve_bytes": reserve, "targets": targets}

@@ -129,12 +129,13 @@ def _density_section(part: dict[str, Any]) -> list[str]:
              f"Stopped: {part['stop_reason']}. At the cost measured at the last step, the machine's own limits "
              "would allow: " + ", ".join(f"{k} {v:,}" for k, v in part.get("projection", {}).items()) + ".",
              "" if idle is None else f"A trivial job on the idle worker: p50 {idle:.1f} ms.", "",
-             "| sandboxes | host MiB each beyond its cgroup | all-in MiB each | worker + launchers PSS MiB (all) | "
-             "sandbox processes PSS MiB (all) | job cgroups MiB (all) | tasks | trivial job p50 / p99 ms | ramp s |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| sandboxes | host MiB each beyond its cgroup | all-in MiB each | MemAvailable drop MiB each | "
+             "worker + launchers PSS MiB (all) | sandbox processes PSS MiB (all) | job cgroups MiB (all) | tasks | "
+             "trivial job p50 / p99 ms | ramp s |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in part["steps"]:
         lines.append(f"| {row['sandboxes']} | {row['overhead_per_sandbox_bytes'] / MIB:.2f} | "
-                     f"{row['per_sandbox_bytes'] / MIB:.2f} | "
+                     f"{row['per_sandbox_bytes'] / MIB:.2f} | {row['available_drop_per_sandbox_bytes'] / MIB:.2f} | "
                      f"{(row['worker_pss'] + row['launchers_pss']) / MIB:.0f} | "
                      f"{row['sandboxes_pss'] / MIB:.0f} | {row['job_cgroups'] / MIB:.1f} | {row['threads']} | "
                      f"{row['probe_ms']['p50']:.1f} / {row['probe_ms']['p99']:.1f} | {row['ramp_s']:.1f} |")

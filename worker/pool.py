@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import os
+import resource
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -27,6 +28,11 @@ from worker.protocol import ProtocolError, event_message, result_to_wire
 from worker.slots import Slot
 
 Subscriber = Callable[[dict[str, Any]], None]
+# A running job's or warm sandbox's open files in its launcher (its cancel pipe, output
+# pipes, report pipe, job channel, the counters of its cgroup: 14 on cgroup v1), rounded
+# up; and what a launcher holds besides (its channel, zygote, spawner, id leases, ...).
+FDS_PER_SANDBOX = 16
+LAUNCHER_OWN_FDS = 256
 
 
 class JobState(str, enum.Enum):
@@ -73,11 +79,11 @@ class Pool:
         self, slots: int, max_queue: int, warm: Sequence[WarmSpec] = (), retention_s: float = 300.0,
         max_records: int = 100_000, cache: FileCache | None = None, launchers: int | None = None,
     ) -> None:
-        # ``slots`` jobs run at once, on a few launcher processes (one per CPU unless told:
-        # each supervises many jobs, a thread each), never more launchers than slots. Slot
-        # i runs on launcher i mod n; a launcher keeps the warm sandboxes of its slots'
-        # shares (rounded up once per launcher, not per slot).
-        count = max(1, min(slots, launchers or os.cpu_count() or 1))
+        # ``slots`` jobs run at once, on a few launcher processes (each supervises many
+        # jobs, a thread each; ``default_launchers`` unless told), never more launchers
+        # than slots. Slot i runs on launcher i mod n; a launcher keeps the warm sandboxes
+        # of its slots' shares (rounded up once per launcher, not per slot).
+        count = max(1, min(slots, launchers or default_launchers(slots + sum(spec.count for spec in warm))))
         self.cache = cache
         cache_dir = None if cache is None else cache.directory
 
@@ -317,6 +323,20 @@ class Pool:
             self._finished.popleft()
             if record is not None:
                 del self.records[record.id]
+
+
+def default_launchers(sandboxes: int) -> int:
+    """One launcher per CPU, or more if that many sandboxes (running jobs and warm ones)
+    would need more open files than one launcher may hold: each holds its pipes, its
+    channels and its cgroup's counters open in its launcher (``FDS_PER_SANDBOX``), under
+    the hard limit the worker raised its own to (``server.serve_forever``), which the
+    launchers inherit. A job past that limit would fail (internal_error) to start."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cpus = os.cpu_count() or 1
+    if hard == resource.RLIM_INFINITY:
+        return cpus
+    per_launcher = max(1, (hard - LAUNCHER_OWN_FDS) // FDS_PER_SANDBOX)
+    return max(cpus, -(-sandboxes // per_launcher))
 
 
 def _same_job(first: Job | Group, second: Job | Group) -> bool:
