@@ -87,10 +87,12 @@ class Jobs:
         self._threads: set[threading.Thread] = set()
         self.wake_fd, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
 
-    def start(self, job_id: str, work: Callable[[int], None]) -> None:
+    def start(self, job_id: str, work: Callable[[int], None], *, cancelled: bool) -> None:
         """Run ``work(cancel_fd)`` on a thread of its own: ``cancel_fd`` turns readable
-        when the job is cancelled."""
+        when the job is cancelled - readable from the start if it already is."""
         cancel_r, cancel_w = os.pipe2(os.O_CLOEXEC)
+        if cancelled:
+            os.write(cancel_w, b"x")
 
         def run() -> None:
             try:
@@ -167,7 +169,8 @@ def serve(channel: socket.socket, warm: list[WarmSpec], cache_dir: str) -> None:
                 data = b""  # closed with an offer of ours unread
             if not data:
                 return  # the worker closed the channel: it is gone or wants us gone
-            for message in decoder.feed(data):
+            messages = decoder.feed(data)
+            for index, message in enumerate(messages):
                 match message:
                     case DropOffer(sandbox=sandbox):
                         if sandbox == offered:
@@ -176,7 +179,11 @@ def serve(channel: socket.socket, warm: list[WarmSpec], cache_dir: str) -> None:
                     case RunJob() | RunGroup():
                         if isinstance(message, RunJob) and message.sandbox == offered:
                             offered = None  # used
-                        jobs.start(message.id, functools.partial(_run, runner, outbox, message, cache_dir))
+                        # Its cancel may have come in the same read: then it never starts.
+                        cancelled = any(isinstance(later, CancelJob) and later.id == message.id
+                                        for later in messages[index + 1:])
+                        jobs.start(message.id, functools.partial(_run, runner, outbox, message, cache_dir),
+                                   cancelled=cancelled)
                     case CancelJob(id=job_id):
                         jobs.cancel(job_id)
     finally:
