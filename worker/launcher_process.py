@@ -100,8 +100,9 @@ class LauncherProcess:
 
     def offer_ready(self) -> bool:
         """Whether a sandbox the launcher offered waits for a job (one still in the
-        channel is read now)."""
-        self._read_now()
+        channel is read now - once it is up: until then ``_start`` waits for its hello)."""
+        if self.ready.is_set():
+            self._read_now()
         return self.offer is not None
 
     def claim_offer(self, job: Job) -> tuple[Offer, Limits] | None:
