@@ -31,7 +31,7 @@ PARTS: dict[str, Callable[[bool], dict]] = {
     "judge": judge.run,                                                 # part 8
     "doors": doors.run,                                                 # part 9
     "cli": cli.run,                                                     # the CLI's cold path
-    # last: starting hundreds of launchers loads the machine for a minute after it
+    # last: starting thousands of sandboxes loads the machine for a minute after it
     "density": density.run,                                             # part 5
 }
 

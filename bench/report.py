@@ -123,16 +123,21 @@ def _cpu_section(part: dict[str, Any]) -> list[str]:
 def _density_section(part: dict[str, Any]) -> list[str]:
     if "steps" not in part:
         return []
-    lines = [f"### Density (one worker, {part['slots']} slots, started in {part['worker_start_s']:.1f} s)", "",
+    idle = part.get("idle_probe_ms", {}).get("p50")
+    lines = [f"### Density (one worker, {part['slots']} slots on {part.get('launchers', '?')} launchers, started in "
+             f"{part['worker_start_s']:.1f} s)", "",
              f"Stopped: {part['stop_reason']}. At the cost measured at the last step, the machine's own limits "
-             "would allow: " + ", ".join(f"{k} {v:,}" for k, v in part.get("projection", {}).items()) + ".", "",
-             "| sandboxes | host MiB each | launcher PSS MiB (all) | sandbox processes PSS MiB (all) | "
-             "job cgroups MiB (all) | trivial job p50 / p99 ms | ramp s |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "would allow: " + ", ".join(f"{k} {v:,}" for k, v in part.get("projection", {}).items()) + ".",
+             "" if idle is None else f"A trivial job on the idle worker: p50 {idle:.1f} ms.", "",
+             "| sandboxes | host MiB each beyond its cgroup | all-in MiB each | MemAvailable drop MiB each | "
+             "worker + launchers PSS MiB (all) | sandbox processes PSS MiB (all) | job cgroups MiB (all) | tasks | "
+             "trivial job p50 / p99 ms | ramp s |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in part["steps"]:
-        lines.append(f"| {row['sandboxes']} | {row['per_sandbox_bytes'] / MIB:.1f} | "
-                     f"{row['launchers_pss'] / MIB:.0f} | "
-                     f"{row['sandboxes_pss'] / MIB:.0f} | {row['job_cgroups'] / MIB:.1f} | "
+        lines.append(f"| {row['sandboxes']} | {row['overhead_per_sandbox_bytes'] / MIB:.2f} | "
+                     f"{row['per_sandbox_bytes'] / MIB:.2f} | {row['available_drop_per_sandbox_bytes'] / MIB:.2f} | "
+                     f"{(row['worker_pss'] + row['launchers_pss']) / MIB:.0f} | "
+                     f"{row['sandboxes_pss'] / MIB:.0f} | {row['job_cgroups'] / MIB:.1f} | {row['threads']} | "
                      f"{row['probe_ms']['p50']:.1f} / {row['probe_ms']['p99']:.1f} | {row['ramp_s']:.1f} |")
     return lines + [""]
 
@@ -283,12 +288,11 @@ def analysis(results: dict[str, Any]) -> list[str]:
     if density.get("steps"):
         row = density["steps"][-1]
         lines.append(
-            f"- **Density.** Each sleeping sandbox holds a slot: its launcher (a Python interpreter, "
-            f"{row['launchers_pss'] / row['sandboxes'] / MIB:.1f} MiB PSS) "
-            "and its zygote, spawner and sandbox processes "
-            f"({row['sandboxes_pss'] / row['sandboxes'] / MIB:.1f} MiB PSS), against "
-            f"{row['job_cgroups'] / row['sandboxes'] / MIB:.2f} MiB charged to the job's own cgroup. One "
-            "Python launcher and zygote per running job is what costs the memory.")
+            f"- **Density.** A sleeping sandbox costs the host its sandbox init and a thread of a launcher "
+            f"(a launcher supervises many jobs, a thread each; {row['launchers']} launchers, "
+            f"{(row['worker_pss'] + row['launchers_pss']) / row['sandboxes'] / MIB:.2f} MiB PSS each of worker and "
+            f"launchers, {row['sandboxes_pss'] / row['sandboxes'] / MIB:.2f} MiB of sandbox processes), against "
+            f"{row['job_cgroups'] / row['sandboxes'] / MIB:.2f} MiB charged to the job's own cgroup.")
     return lines
 
 
@@ -380,10 +384,10 @@ def render(results: dict[str, Any], images: list[str]) -> str:
         f"{m['kernel']}, {m['cpus']} CPUs, cgroup {m['cgroup']}, {m['memory_total_mib']} MiB, Python {m['python']}, "
         f"as user {m['user']}. **Load average (1 min): {results['load_1min_start']:.2f} at start, "
         f"{results.get('load_1min_end', float('nan')):.2f} at end** (a shared machine: other test suites and a VM "
-        "ran beside it; the end figure is mostly the density part's own hundreds of launchers). Every peer ran "
+        "ran beside it; the end figure is mostly the density part's own thousands of sandboxes). Every peer ran "
         "in the same run, on the same machine, through the same timing loop.", "",
         "Parts in the order they ran (the load average before each shows what it competed with; starting "
-        "hundreds of launchers for density drives the load up for a while, so density runs last):", "",
+        "thousands of sandboxes for density drives the load up for a while, so density runs last):", "",
         "| part | load before | took s |", "| --- | ---: | ---: |",
         *[f"| {name} | {part['load_1min_before']:.2f} | {part['elapsed_s']:.0f} |" for name, part in results.items()
           if isinstance(part, dict) and "load_1min_before" in part],
@@ -415,7 +419,7 @@ def readme_summary(results: dict[str, Any]) -> str:
         f"Latest run: {results['started']}, Linux {results['machine']['kernel']}, {results['machine']['cpus']} CPUs, "
         f"cgroup {results['machine']['cgroup']},",
         f"1-minute load average {results['load_1min_start']:.2f} at start ({results.get('load_1min_end', 0):.2f} at "
-        "the end, raised by the density part's own launchers).",
+        "the end, raised by the density part's own sandboxes).",
         f"{met} of {len(figures)} targets met. The peers' figures, plots, profiles and where the time goes:",
         "[bench/results/REPORT.md](bench/results/REPORT.md).", "",
         *targets_table(results),

@@ -13,12 +13,12 @@ playing tricks, not a race that a retry would win.
 from __future__ import annotations
 
 import os
-import select
 import socket
 import stat
 import time
 from dataclasses import dataclass, field
 
+from sandbox.linux.readiness import readable
 from sandbox.models import Collect
 
 # A message from the init: up to 64 records with an fd each (collect.c's BATCH_FDS),
@@ -54,7 +54,7 @@ def receive(channel: socket.socket, entries: list[Collect], *, room: int | None,
     done = False
     while not done:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([channel], [], [], left)[0]:
+        if left <= 0 or not readable(channel, left):
             break
         data, fds, _, _ = socket.recv_fds(channel, _MAX_MESSAGE, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)
         try:

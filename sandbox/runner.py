@@ -51,6 +51,7 @@ from sandbox.profile_cache import ProfileCache
 from sandbox.supervise import Outcome, Watch, supervise
 from sandbox.supply import Sandbox, SandboxSupply
 from sandbox.verdict import decide
+from sandbox.warm_kind import WarmKind
 from sandbox.zygote import StartedZygote
 
 # Warm sandboxes are built with the default writable-area size; a job asking for
@@ -161,6 +162,35 @@ class Runner:
         with self._supply_lock:
             self.sandboxes.finish()
 
+    # The supply's idle work, for a caller that runs it beside jobs on other threads (the
+    # worker's launcher): each call takes the supply lock, as a job's take and start do.
+
+    def prepare_step(self) -> bool:
+        """One small step of the supply's background work (``SandboxSupply.step``); False
+        when there is none to do now: sleep on ``waitables`` then."""
+        with self._supply_lock:
+            return self.sandboxes.step()
+
+    def waitables(self) -> list[int]:
+        """Fds that turn readable when ``prepare_step`` has work to do."""
+        with self._supply_lock:
+            return self.sandboxes.waitables()
+
+    def offer(self) -> tuple[Sandbox, WarmKind, int, int] | None:
+        """A ready warm sandbox for the worker to hand a job to itself (``SandboxSupply.offer``)."""
+        with self._supply_lock:
+            return self.sandboxes.offer()
+
+    def take_offered(self, init_pid: int) -> Sandbox | None:
+        """The offered sandbox of that init pid (``SandboxSupply.take_offered``)."""
+        with self._supply_lock:
+            return self.sandboxes.take_offered(init_pid)
+
+    def retire(self, sandbox: Sandbox) -> None:
+        """Kill the sandbox and clean it up later (``SandboxSupply.retire``)."""
+        with self._supply_lock:
+            self.sandboxes.retire(sandbox)
+
     def close(self) -> None:
         """Discard the warm sandboxes, finish pending cleanup, stop the zygote."""
         with self._supply_lock:
@@ -239,7 +269,7 @@ class Runner:
         its limits applied; ``failed`` when the sandbox did not start. Retired when
         ``cleanup`` closes. The caller holds ``_supply_lock``."""
         if handed is not None:  # running what the worker started there: it ends with us
-            cleanup.callback(self._retire, handed.sandbox)
+            cleanup.callback(self.retire, handed.sandbox)
         profile = self.profiles.get(job.profile)
         limits = job.limits.over(profile.limits)
         warnings: list[str] = []
@@ -260,7 +290,7 @@ class Runner:
             command = (argv, env, cwd)
             sandbox = self.sandboxes.take(image_root, job.profile, limits, image_name=job.image, trace=trace,
                                           trees=bool(job.mounts))
-            cleanup.callback(self._retire, sandbox)
+            cleanup.callback(self.retire, sandbox)
         else:
             sandbox = handed.sandbox
         member = _Member(job, sandbox, limits, warnings, not_enforced, command)
@@ -351,10 +381,6 @@ class Runner:
             files=collected.files,
             file_errors=collected.errors,
         )
-
-    def _retire(self, sandbox: Sandbox) -> None:
-        with self._supply_lock:
-            self.sandboxes.retire(sandbox)
 
 
 @dataclass

@@ -15,7 +15,6 @@ test the worker's direct hand-over makes too).
 from __future__ import annotations
 
 import os
-import select
 import signal
 import threading
 import time
@@ -28,6 +27,7 @@ from sandbox.cgroups import CgroupBackend, JobCgroup
 from sandbox.cgroups.stock import KEEP_MADE, CgroupStock
 from sandbox.errors import SandboxError
 from sandbox.ids import IdPlan, JobIds
+from sandbox.linux.readiness import readable
 from sandbox.models import WORKDIR, Limits, WarmSpec
 from sandbox.prepare import ImageRoot
 from sandbox.profile_cache import ProfileCache
@@ -221,7 +221,7 @@ class SandboxSupply:
     def step(self) -> bool:
         """Do one small piece of background work; False when there is none to do now
         (sleep on ``waitables`` then)."""
-        if self._ordered and _readable(self._ordered[0][1].start.answer_fd):
+        if self._ordered and readable(self._ordered[0][1].start.answer_fd):
             self._receive()
             return True
         for pool in self._pools.values():
@@ -234,7 +234,7 @@ class SandboxSupply:
                     self.retire(sandbox)
                     return True
         for sandbox in self._retired:
-            if sandbox.pidfd < 0 or _readable(sandbox.pidfd):
+            if sandbox.pidfd < 0 or readable(sandbox.pidfd):
                 self._retired.remove(sandbox)
                 self._clean_up(sandbox)
                 return True
@@ -456,5 +456,3 @@ class SandboxSupply:
         return self._zygote
 
 
-def _readable(fd: int) -> bool:
-    return bool(select.select([fd], [], [], 0)[0])

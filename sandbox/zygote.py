@@ -1,5 +1,5 @@
 """The zygote: a small, single-purpose process that starts every sandbox of one
-supervisor (a CLI run, or one worker slot's launcher).
+supervisor (a CLI run, or one of a worker's launchers).
 
 Why a separate process: it lives in the template user namespace and holds the
 template's mount namespace (``template.py``), so a sandbox's namespaces are one setns(2)
@@ -191,7 +191,12 @@ class Zygote:
         not wait for a start under way)."""
         if self._start_error is not None or self.process.poll() is not None:
             return False
-        return self._spawner_exit < 0 or not select.select([self._spawner_exit], [], [], 0)[0]
+        if self._spawner_exit < 0:
+            return True
+        # poll(2), not select(2): a launcher supervising many jobs holds fds past 1024.
+        exited = select.poll()
+        exited.register(self._spawner_exit, select.POLLIN)
+        return not exited.poll(0)
 
     def close(self) -> None:
         """EOF tells the zygote and the spawner to exit; neither has children left by

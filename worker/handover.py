@@ -1,6 +1,7 @@
 """The worker's direct hand-over: a job given to a warm sandbox by the worker itself.
 
-A launcher offers its slot one ready warm sandbox at a time (``SandboxSupply.offer``):
+A launcher offers the worker one ready warm sandbox at a time (``SandboxSupply.offer``),
+for the first of its slots to take a job that fits it (``LauncherProcess.claim_offer``):
 the sandbox's job channel and the write ends of its output pipes, with SCM_RIGHTS, and
 what the worker needs to tell the sandbox what the launcher would - the profile's
 limits and environment - and the sandbox's kind. A job that fits such a sandbox

@@ -1,21 +1,31 @@
-"""The launcher: a single-threaded process that creates and supervises sandboxes for
-one execution slot of the worker.
+"""The launcher: a process that creates and supervises sandboxes for many jobs of the
+worker at once.
 
 The trio worker never forks (forking a threaded process is unsafe, and interpreter
-start-up must stay off the per-job path). Each slot owns one launcher,
-started once with every module imported and the seccomp filter compiled; the worker
-sends it one job at a time over a socketpair (``RunJob``; the messages and their
-encoding are worker/launcher_channel.py) and gets back ``JobStarted`` and ``JobResult``
-(or ``JobRejected``: the job's content was found wrong only here). Between jobs it
-offers the worker a ready warm sandbox (``OfferSandbox``, worker/handover.py): a job that
-the worker hands to it itself comes as a ``RunJob`` naming it, to be supervised only
-(no ``JobStarted`` then: the worker said it); ``DropOffer`` gives back an offer the
-worker could not use. Supervision (the
-adaptive CPU poll) runs here, in a process that does nothing else, so a busy event
-loop in the worker can never delay a kill. A launcher that dies takes only its own job
-down (as internal_error) and its sandboxes with it (an init ends when its job channel
-closes: the worker keeps no copy of an offered one's once it handed a job over); the
-worker starts a new one, which reaps the dead one's cgroups.
+start-up must stay off the per-job path). It starts a few launchers (about one per CPU:
+``Pool``), once, with every module imported and the seccomp filters compiled, and sends
+each its jobs over a socketpair (``RunJob``; the messages and their encoding are
+worker/launcher_channel.py), getting back ``JobStarted`` and ``JobResult`` (or
+``JobRejected``: the job's content was found wrong only here), each with its job's id.
+
+A launcher costs an interpreter (most of its memory); a job costs it a thread. The main
+thread reads the channel and starts each job on a thread of its own (``Jobs``), whose
+cancel pipe is its ``cancel_fd``: ``CancelJob`` writes to it, and the channel's end (the
+worker gone) writes to all of them. The engine takes its supply lock only to take, start
+and retire a sandbox (``Runner``), so the jobs' supervision - the adaptive CPU poll, the
+kill - runs on their threads at once, in a process that does nothing else: a busy event
+loop in the worker can never delay a kill. Their frames share one ``Outbox``, whose
+streamed output never waits for room. The main thread does the idle work between
+messages: it offers the worker a ready warm sandbox (``OfferSandbox``, worker/handover.py;
+a job that the worker hands to it itself comes as a ``RunJob`` naming it, to be
+supervised only, without ``JobStarted``: the worker said it; ``DropOffer`` gives back an
+offer the worker could not use), and steps the supply (cleanup, warm sandboxes), taking
+the supply lock for each step.
+
+A launcher that dies takes only its own jobs down (as internal_error) and its sandboxes
+with it (an init ends when its job channel closes: the worker keeps no copy of an
+offered one's once it handed a job over); the worker starts a new one, which reaps the
+dead one's cgroups.
 
 A job's input file given by id names a file of the worker's file cache
 (worker/filecache.py), whose directory the launcher is told at start: the launcher opens
@@ -31,14 +41,18 @@ WarmSpec wire forms; CACHE_DIR empty for a worker with no file cache)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
-import select
 import socket
 import sys
+import threading
+import traceback
+from collections.abc import Callable
 
 from sandbox.errors import JobError
 from sandbox.linux import syscalls as sc
+from sandbox.linux.readiness import readable, wait_readable
 from sandbox.models import Blob, Group, Job, Mount, Result, Status, WarmSpec
 from sandbox.runner import HandedOver, Runner
 from worker.filecache import cached_path, tree_path
@@ -56,72 +70,99 @@ from worker.launcher_channel import (
     OfferSandbox,
     RunGroup,
     RunJob,
-    ToWorker,
     check_output_limit,
-    encode,
 )
+from worker.launcher_outbox import Outbox
 from worker.protocol import ProtocolError, group_from_wire, job_from_wire
 
-# Streamed output waiting for room in the channel; more is dropped (the offsets of the
-# next chunks show the gap, the result has it all).
-MAX_PENDING_OUTPUT = 1 << 20
 
+class Jobs:
+    """The jobs this launcher runs now, a thread each, by id: their cancel pipes, and a
+    self-pipe that wakes the main thread's wait when one ends (its sandbox retired:
+    there is cleanup to do, and its waitables to sleep on)."""
 
-class Outbox:
-    """Frames to the worker, in order. ``JobStarted`` and ``JobResult`` always go out, waiting for
-    room if need be; streamed output only as far as the channel takes it without waiting,
-    so a worker slow to read can never stall the supervision of a job (its limits, its
-    kill)."""
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # the table is changed by the ending threads too
+        self._cancels: dict[str, int] = {}  # the write end of each job's cancel pipe
+        self._threads: set[threading.Thread] = set()
+        self.wake_fd, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
 
-    def __init__(self, channel: socket.socket) -> None:
-        self.channel = channel
-        self._pending = bytearray()
+    def start(self, job_id: str, work: Callable[[int], None], *, cancelled: bool) -> None:
+        """Run ``work(cancel_fd)`` on a thread of its own: ``cancel_fd`` turns readable
+        when the job is cancelled - readable from the start if it already is."""
+        cancel_r, cancel_w = os.pipe2(os.O_CLOEXEC)
+        if cancelled:
+            os.write(cancel_w, b"x")
 
-    def send(self, message: ToWorker) -> None:
-        self._pending += encode(message)
-        self._flush(wait=True)
-
-    def send_fds(self, message: ToWorker, fds: list[int]) -> None:
-        """``send``, the fds attached to the message's first byte."""
-        self._flush(wait=True)
-        frame = encode(message)
-        sent = socket.send_fds(self.channel, [frame], fds)
-        self._pending += frame[sent:]
-        self._flush(wait=True)
-
-    def offer(self, message: JobOutput) -> None:
-        self._flush(wait=False)
-        if len(self._pending) < MAX_PENDING_OUTPUT:
-            self._pending += encode(message)
-            self._flush(wait=False)
-
-    def _flush(self, wait: bool) -> None:
-        while self._pending:
+        def run() -> None:
             try:
-                sent = self.channel.send(self._pending, 0 if wait else socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return
-            del self._pending[:sent]
+                work(cancel_r)
+            finally:
+                with self._lock:
+                    if self._cancels.get(job_id) == cancel_w:
+                        del self._cancels[job_id]
+                    self._threads.discard(thread)
+                for fd in (cancel_r, cancel_w):
+                    os.close(fd)
+                try:
+                    os.write(self._wake_w, b"x")
+                except BlockingIOError:
+                    pass  # the main thread has wake-ups enough to read
+
+        thread = threading.Thread(target=run, name=f"job-{job_id}"[:15], daemon=True)
+        with self._lock:
+            self._cancels[job_id] = cancel_w
+            self._threads.add(thread)
+        thread.start()
+
+    def cancel(self, job_id: str) -> None:
+        """Kill the job of that id, if it still runs (else: it is over, or never ran)."""
+        with self._lock:
+            cancel_w = self._cancels.get(job_id)
+            if cancel_w is not None:
+                os.write(cancel_w, b"x")
+
+    def woken(self) -> None:
+        """Take the wake-ups of the jobs that ended since the last call."""
+        try:
+            while os.read(self.wake_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def end_all(self) -> None:
+        """Cancel every job and wait for their threads (each sends its result, if the
+        channel still takes it)."""
+        with self._lock:
+            for cancel_w in self._cancels.values():
+                os.write(cancel_w, b"x")
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join()
 
 
 def serve(channel: socket.socket, warm: list[WarmSpec], cache_dir: str) -> None:
+    """Read the worker's messages and start each job on a thread of its own; between
+    messages, do the idle work (offers, the supply's steps)."""
     sc.set_process_name("sandbox-launch")
     runner = Runner(warm_for=warm)
     outbox = Outbox(channel)
     outbox.send(LauncherReady(os.getpid(), cgroups=runner.backend is not None))
     decoder = ChannelDecoder()
+    jobs = Jobs()
     offered: int | None = None  # the sandbox the worker may hand a job to itself
     try:
         while True:
-            # Idle time is for the next jobs: clean up after the last ones and prepare
-            # warm sandboxes, one small step at a time, looking for a waiting job between
-            # steps; with nothing left to do, sleep until a job or a step is due.
-            while not _readable(channel):
+            # The time no message waits is for the next jobs: clean up after the last
+            # ones and prepare warm sandboxes, one small step at a time, looking for a
+            # message between steps; with nothing left to do, sleep until a message, a
+            # step or the end of a job (whose retired sandbox is a step then) is due.
+            while not readable(channel):
+                jobs.woken()
                 if offered is None and (offered := _offer(runner, outbox)) is not None:
                     continue
-                if not runner.sandboxes.step():
-                    waiting: list[socket.socket | int] = [channel, *runner.sandboxes.waitables()]
-                    select.select(waiting, [], [])
+                if not runner.prepare_step():
+                    wait_readable([channel, jobs.wake_fd, *runner.waitables()])
             try:
                 data = channel.recv(1 << 20)
             except ConnectionResetError:
@@ -138,25 +179,22 @@ def serve(channel: socket.socket, warm: list[WarmSpec], cache_dir: str) -> None:
                     case RunJob() | RunGroup():
                         if isinstance(message, RunJob) and message.sandbox == offered:
                             offered = None  # used
-                        # Its cancel may have come in the same read: the channel will not
-                        # turn readable for it, so it is looked for here.
-                        cancelled = any(
-                            isinstance(later, CancelJob) and later.id == message.id for later in messages[index + 1:]
-                        )
-                        _run(runner, channel, outbox, message, cancelled, cache_dir)
-                    # (a CancelJob here is for a job that is over, or never ran)
+                        # Its cancel may have come in the same read: then it never starts.
+                        cancelled = any(isinstance(later, CancelJob) and later.id == message.id
+                                        for later in messages[index + 1:])
+                        jobs.start(message.id, functools.partial(_run, runner, outbox, message, cache_dir),
+                                   cancelled=cancelled)
+                    case CancelJob(id=job_id):
+                        jobs.cancel(job_id)
     finally:
+        jobs.end_all()
         runner.close()
-
-
-def _readable(channel: socket.socket) -> bool:
-    return bool(select.select([channel], [], [], 0)[0])
 
 
 def _offer(runner: Runner, outbox: Outbox) -> int | None:
     """Offer the worker a ready warm sandbox to hand a job to itself (worker/handover.py);
     the number it goes by, or None if there is none to offer now."""
-    offer = runner.sandboxes.offer()
+    offer = runner.offer()
     if offer is None:
         return None
     sandbox, kind, stdout_w, stderr_w = offer
@@ -175,28 +213,34 @@ def _offer(runner: Runner, outbox: Outbox) -> int | None:
 
 def _drop(runner: Runner, init_pid: int) -> None:
     """The worker could not hand a job to the sandbox it was offered (it died waiting)."""
-    sandbox = runner.sandboxes.take_offered(init_pid)
+    sandbox = runner.take_offered(init_pid)
     if sandbox is not None:
-        runner.sandboxes.retire(sandbox)
+        runner.retire(sandbox)
 
 
-def _run(
-    runner: Runner, channel: socket.socket, outbox: Outbox, message: RunJob | RunGroup, cancelled: bool,
-    cache_dir: str,
-) -> None:
-    """Run a job and send its outcome. A job found wrong only here - its image removed
-    since the worker looked, a command too long for one message to its sandbox - is
-    ``JobRejected`` (the worker answers invalid_job): nothing a job holds may end the
-    launcher, which would take its slot's warm sandboxes with it."""
+def _run(runner: Runner, outbox: Outbox, message: RunJob | RunGroup, cache_dir: str, cancel_fd: int) -> None:
+    """Run a job (on its own thread) and send its outcome. A job found wrong only here -
+    its image removed since the worker looked, a command too long for one message to its
+    sandbox - is ``JobRejected`` (the worker answers invalid_job): nothing a job holds may
+    end the launcher, which would take the other jobs and the warm sandboxes with it. A
+    fault of ours is that job's internal_error, for the same reason. A cancel already
+    there (it came in the same read as the job) means the job never starts."""
+    cancelled = readable(cancel_fd)
+    reply: JobResult | GroupResult | JobRejected
     try:
-        reply: JobResult | GroupResult
         if isinstance(message, RunGroup):
-            reply = GroupResult(message.id, _group_results(runner, channel, outbox, message, cancelled, cache_dir))
+            reply = GroupResult(message.id, _group_results(runner, outbox, message, cancelled, cache_dir, cancel_fd))
         else:
-            reply = JobResult(message.id, _result(runner, channel, outbox, message, cancelled, cache_dir))
+            reply = JobResult(message.id, _result(runner, outbox, message, cancelled, cache_dir, cancel_fd))
     except JobError as exc:
-        outbox.send(JobRejected(message.id, exc.message, exc.field))
-        return
+        reply = JobRejected(message.id, exc.message, exc.field)
+    except Exception as exc:  # a bug of ours: this job's failure, not the launcher's
+        traceback.print_exc()
+        failed = Result(Status.INTERNAL_ERROR, error=f"launcher: {type(exc).__name__}: {exc}")
+        if isinstance(message, RunGroup):
+            reply = GroupResult(message.id, [failed] * len(message.group.get("jobs") or []))
+        else:
+            reply = JobResult(message.id, failed)
     outbox.send(reply)
     # The worker, woken by the result, is often queued on this CPU: let it pass the result
     # on before this launcher's idle work (cleaning up, ordering the next sandbox).
@@ -204,12 +248,12 @@ def _run(
 
 
 def _result(
-    runner: Runner, channel: socket.socket, outbox: Outbox, message: RunJob, cancelled: bool, cache_dir: str,
+    runner: Runner, outbox: Outbox, message: RunJob, cancelled: bool, cache_dir: str, cancel_fd: int,
 ) -> Result:
     job_id = message.id
     handed = None
     if message.sandbox is not None:  # the worker gave it to the sandbox offered, and said so
-        sandbox = runner.sandboxes.take_offered(message.sandbox)
+        sandbox = runner.take_offered(message.sandbox)
         if sandbox is None:
             return Result(Status.INTERNAL_ERROR, error="the job went to a sandbox this launcher did not offer")
         handed = HandedOver(sandbox, message.handed_ns)
@@ -222,7 +266,7 @@ def _result(
             outcome = Result(Status.INTERNAL_ERROR, error=f"launcher rejected the job: {exc.message}")
     if job is None:
         if handed is not None:
-            runner.sandboxes.retire(handed.sandbox)  # kills what the worker started there
+            runner.retire(handed.sandbox)  # kills what the worker started there
         return outcome
 
     if handed is None:  # (a handed job's limits were checked by the worker: ``Offer.limits_for``)
@@ -233,7 +277,7 @@ def _result(
 
     return runner.run(
         job,
-        cancel_fd=channel.fileno(),
+        cancel_fd=cancel_fd,
         on_started=None if handed else lambda: outbox.send(JobStarted(job_id)),
         on_output=stream_output if message.stream else None,
         handed=handed,
@@ -242,7 +286,7 @@ def _result(
 
 
 def _group_results(
-    runner: Runner, channel: socket.socket, outbox: Outbox, message: RunGroup, cancelled: bool, cache_dir: str,
+    runner: Runner, outbox: Outbox, message: RunGroup, cancelled: bool, cache_dir: str, cancel_fd: int,
 ) -> list[Result]:
     """A group's Results, in member order (``JobStarted`` once every member is handed over)."""
     job_id, wire = message.id, message.group
@@ -255,7 +299,7 @@ def _group_results(
     jobs = [_with_cached_paths(job, cache_dir) for job in group.jobs]
     for job in jobs:
         check_output_limit(job.limits.over(runner.profiles.get(job.profile).limits))
-    return runner.run_group(jobs, group.pipes, cancel_fd=channel.fileno(),
+    return runner.run_group(jobs, group.pipes, cancel_fd=cancel_fd,
                             on_started=lambda: outbox.send(JobStarted(job_id)))
 
 
@@ -287,8 +331,8 @@ def main(argv: list[str]) -> int:
     # No PR_SET_PDEATHSIG here: the "parent" it watches is the *thread* that forked us,
     # and trio forks from a cached worker thread that exits after 10 s idle - the signal
     # then killed healthy launchers every 10 s. The worker's death closes its end of the
-    # channel instead: EOF while idle ends serve(), and during a job the channel turns
-    # readable, which the runner treats as a cancel (it kills the sandbox) before we exit.
+    # channel instead: EOF ends serve(), which cancels every running job (their sandboxes
+    # are killed) before we exit.
     fd, parent_pid = int(argv[1]), int(argv[2])
     warm = [WarmSpec(**spec) for spec in json.loads(argv[3])]
     if os.getppid() != parent_pid:

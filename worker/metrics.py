@@ -10,7 +10,8 @@ job contents); bind it where the scraper, and only it, can reach it.
     sandbox_job_latency_seconds       submit to result (histogram)
     sandbox_queue_depth               jobs waiting for a slot
     sandbox_jobs_running              jobs in a slot now
-    sandbox_warm_sandboxes_per_slot   the warm pool each launcher keeps
+    sandbox_warm_sandboxes_per_slot   each slot's share of the warm sandboxes (its launcher keeps its slots')
+    sandbox_launchers                 launcher processes (each runs the jobs of several slots)
     sandbox_launcher_restarts         launchers replaced since start
     sandbox_file_cache_bytes          bytes of the files cached (worker/filecache.py)
     sandbox_file_cache_files          files cached
@@ -50,10 +51,12 @@ class Metrics:
             "sandbox_queue_depth": ("Jobs waiting for a slot.", lambda: pool.queued),
             "sandbox_jobs_running": ("Jobs in a slot now.", lambda: pool.running),
             "sandbox_warm_sandboxes_per_slot": (
-                "Sandboxes each launcher keeps prepared.", lambda: pool.warm_per_slot
+                "Each slot's share of the sandboxes its launcher keeps prepared.", lambda: pool.warm_per_slot
             ),
+            "sandbox_launchers": ("Launcher processes, each running the jobs of several slots.",
+                                  lambda: len(pool.launchers)),
             "sandbox_launcher_restarts": (
-                "Launchers replaced since start.", lambda: sum(s.restarts for s in pool.slots)
+                "Launchers replaced since start.", pool.launcher_restarts
             ),
             "sandbox_file_cache_bytes": ("Bytes of the files cached.", lambda: cache.stored_bytes),
             "sandbox_file_cache_files": ("Files cached.", lambda: cache.entries),

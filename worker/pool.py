@@ -10,6 +10,8 @@ an id that names another job is an ``id_conflict``, never someone else's result.
 from __future__ import annotations
 
 import enum
+import os
+import resource
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -21,10 +23,16 @@ import trio
 from sandbox.models import Collect, Group, Job, Result, WarmSpec
 from worker.filecache import FileCache
 from worker.launcher_channel import JobOutput
+from worker.launcher_process import LauncherProcess
 from worker.protocol import ProtocolError, event_message, result_to_wire
 from worker.slots import Slot
 
 Subscriber = Callable[[dict[str, Any]], None]
+# A running job's or warm sandbox's open files in its launcher (its cancel pipe, output
+# pipes, report pipe, job channel, the counters of its cgroup: 14 on cgroup v1), rounded
+# up; and what a launcher holds besides (its channel, zygote, spawner, id leases, ...).
+FDS_PER_SANDBOX = 16
+LAUNCHER_OWN_FDS = 256
 
 
 class JobState(str, enum.Enum):
@@ -37,7 +45,7 @@ class JobState(str, enum.Enum):
 @dataclass
 class JobRecord:
     id: str
-    job: Job | Group  # a group runs on one slot and has a Result per member
+    job: Job | Group  # a group takes one slot and has a Result per member
     owner: object
     state: JobState = JobState.QUEUED
     result: Result | list[Result] | None = None
@@ -69,14 +77,23 @@ class PoolStats:
 class Pool:
     def __init__(
         self, slots: int, max_queue: int, warm: Sequence[WarmSpec] = (), retention_s: float = 300.0,
-        max_records: int = 100_000, cache: FileCache | None = None,
+        max_records: int = 100_000, cache: FileCache | None = None, launchers: int | None = None,
     ) -> None:
-        # Each slot's launcher keeps its share of the warm sandboxes of each kind.
-        share = [WarmSpec(-(-spec.count // slots), spec.profile, spec.image) for spec in warm]
+        # ``slots`` jobs run at once, on a few launcher processes (each supervises many
+        # jobs, a thread each; ``default_launchers`` unless told), never more launchers
+        # than slots. Slot i runs on launcher i mod n; a launcher keeps the warm sandboxes
+        # of its slots' shares (rounded up once per launcher, not per slot).
+        count = max(1, min(slots, launchers or default_launchers(slots + sum(spec.count for spec in warm))))
         self.cache = cache
         cache_dir = None if cache is None else cache.directory
-        self.slots = [Slot(index, share, cache_dir) for index in range(slots)]
-        self.warm_per_slot = sum(spec.count for spec in share)
+
+        def warm_for(lanes: int) -> list[WarmSpec]:
+            return [WarmSpec(-(-spec.count * lanes // slots), spec.profile, spec.image) for spec in warm]
+
+        self.launchers = [LauncherProcess(index, warm_for(len(range(index, slots, count))), cache_dir)
+                          for index in range(count)]
+        self.slots = [Slot(index, self.launchers[index % count]) for index in range(slots)]
+        self.warm_per_slot = sum(spec.count for spec in warm_for(1))
         self.max_queue = max_queue
         self.retention_s = retention_s
         self.max_records = max_records
@@ -94,10 +111,10 @@ class Pool:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start every launcher (in parallel), then drain the queue with one task per slot."""
         async with trio.open_nursery() as nursery:
-            for slot in self.slots:
-                nursery.start_soon(slot.keep_alive)
-            for slot in self.slots:
-                await slot.ready.wait()
+            for launcher in self.launchers:
+                nursery.start_soon(launcher.keep_alive)
+            for launcher in self.launchers:
+                await launcher.ready.wait()
             for slot in self.slots:
                 nursery.start_soon(self._drain, slot)
             task_status.started()
@@ -193,11 +210,15 @@ class Pool:
             "latency_ms": {"p50": percentile(0.5), "p99": percentile(0.99), "count": len(latencies)},
             "records": len(self.records),
             "warm_per_slot": self.warm_per_slot,
-            "launcher_restarts": sum(slot.restarts for slot in self.slots),
+            "launchers": len(self.launchers),
+            "launcher_restarts": self.launcher_restarts(),
             "direct_handovers": sum(slot.handovers for slot in self.slots),
-            "offers_ready": sum(slot.offer_ready() for slot in self.slots),
-            "cgroups": all(slot.cgroups for slot in self.slots),
+            "offers_ready": sum(launcher.offer_ready() for launcher in self.launchers),
+            "cgroups": all(launcher.cgroups for launcher in self.launchers),
         }
+
+    def launcher_restarts(self) -> int:
+        return sum(launcher.restarts for launcher in self.launchers)
 
     async def _drain(self, slot: Slot) -> None:
         async for record in self._receive:
@@ -302,6 +323,20 @@ class Pool:
             self._finished.popleft()
             if record is not None:
                 del self.records[record.id]
+
+
+def default_launchers(sandboxes: int) -> int:
+    """One launcher per CPU, or more if that many sandboxes (running jobs and warm ones)
+    would need more open files than one launcher may hold: each holds its pipes, its
+    channels and its cgroup's counters open in its launcher (``FDS_PER_SANDBOX``), under
+    the hard limit the worker raised its own to (``server.serve_forever``), which the
+    launchers inherit. A job past that limit would fail (internal_error) to start."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cpus = os.cpu_count() or 1
+    if hard == resource.RLIM_INFINITY:
+        return cpus
+    per_launcher = max(1, (hard - LAUNCHER_OWN_FDS) // FDS_PER_SANDBOX)
+    return max(cpus, -(-sandboxes // per_launcher))
 
 
 def _same_job(first: Job | Group, second: Job | Group) -> bool:

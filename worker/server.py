@@ -83,7 +83,8 @@ class ServerConfig:
     callback_attempts: int = 5
     callback_timeout_s: float = 10.0
     allow_private_callbacks: bool = False  # callbacks to loopback/private hosts (tests, trusted networks)
-    slots: int = os.cpu_count() or 1
+    slots: int = os.cpu_count() or 1  # jobs that may run at once
+    launchers: int | None = None  # processes that run them (default: one per CPU; never more than slots)
     max_queue: int = 1024
     warm: int = 0  # sandboxes for the default profile on the host image, over all slots
     warm_for: list[WarmSpec] = field(default_factory=list)  # other kinds (sandbox serve --warm-for)
@@ -197,7 +198,8 @@ class Server:
             if self.claim is not None:
                 self.claim.release()
             raise ValueError(f"file cache: {exc}") from None
-        self.pool = Pool(config.slots, config.max_queue, warm, retention_s=config.retention_s, cache=self.cache)
+        self.pool = Pool(config.slots, config.max_queue, warm, retention_s=config.retention_s, cache=self.cache,
+                         launchers=config.launchers)
         self.metrics = Metrics(self.pool, self.cache) if config.metrics or config.http else None
         if self.metrics is not None:
             self.pool.on_finished = self.metrics.observe

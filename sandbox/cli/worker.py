@@ -36,6 +36,9 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--allow-private-callbacks", action="store_true",
                        help="let callbacks go to loopback, private and link-local addresses")
     serve.add_argument("--slots", type=int, default=os.cpu_count() or 1, help="jobs run at once (default: CPUs)")
+    serve.add_argument("--launchers", type=int, metavar="N",
+                       help="processes that supervise the running jobs, many each (default: one per CPU, more if "
+                            "their open files would not last; never more than --slots)")
     serve.add_argument("--queue", type=int, default=1024, help="jobs waiting at most; more get 'busy'")
     serve.add_argument("--warm", type=int, default=0,
                        help="sandboxes kept prepared ahead of jobs in the default profile on the host image "
@@ -98,6 +101,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not socket_path and not args.tcp and not args.http and not args.redis:
         raise JobError("nothing to listen on: give --socket PATH, --tcp HOST:PORT, --http HOST:PORT and/or "
                        f"--redis URL (or set {SOCKET_VARIABLE})", field="socket")
+    if args.launchers is not None and args.launchers < 1:
+        raise JobError("--launchers must be at least 1", field="launchers")
     queue = None
     if args.redis:
         if args.claim_idle <= 0 or args.max_deliveries < 1 or args.max_queue < 1 or args.result_ttl < 1:
@@ -121,6 +126,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         tcp=_host_port(args.tcp) if args.tcp else None,
         token=_read_token(args.token_file),
         slots=args.slots,
+        launchers=args.launchers,
         max_queue=args.queue,
         warm=args.warm,
         warm_for=args.warm_for,

@@ -1,0 +1,236 @@
+"""The worker's handle on one launcher process (see worker/launcher.py), shared by the
+slots it runs jobs for (worker/slots.py).
+
+It starts the launcher, reads everything it sends - one reader task, since only one
+task may wait on a socket - and passes each job's messages to the slot that waits for
+that job's id; a slot sends under ``sending`` (trio lets one task at a time send on a
+stream). The launcher's offer of a warm sandbox (worker/handover.py) is kept here, for
+whichever of its slots gets a job that fits it first.
+
+A launcher that dies fails the jobs of its slots that wait for a result (they see
+``LauncherDied``; a slot that has not handed its job over yet sends it to the next
+launcher), and a new one is started. Every frame the dead one sent before it died is read
+first: a job whose result made it out gets that result.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import math
+import os
+import socket
+import sys
+
+import trio
+
+from sandbox.models import Job, Limits, WarmSpec
+from worker.handover import OFFER_FDS, Offer
+from worker.launcher_channel import (
+    ChannelDecoder,
+    GroupResult,
+    JobOutput,
+    JobRejected,
+    JobResult,
+    JobStarted,
+    LauncherReady,
+    Message,
+    OfferSandbox,
+)
+from worker.logs import log
+from worker.streams import send_now
+
+MAX_RECEIVED_FDS = 16  # a launcher sends 3 at a time (an offer), and one offer at a time
+FD_SIZE = array.array("i").itemsize
+ToSlot = (JobStarted, JobOutput, JobResult, GroupResult, JobRejected)  # a job's messages, by its id
+
+
+class LauncherDied(Exception):
+    """The launcher closed its channel (crashed or was killed)."""
+
+
+class LauncherProcess:
+    def __init__(self, index: int, warm: list[WarmSpec], cache_dir: str | None = None) -> None:
+        self.index = index
+        self.warm = warm  # the warm sandboxes it keeps: the sum of its slots' shares
+        self.cache_dir = cache_dir  # the worker's file cache, whose files its jobs name by id
+        self.process: trio.Process | None = None
+        self.ready = trio.Event()  # set while a launcher is up; replaced when it dies
+        self.dead = trio.Event()  # set when the current launcher died; replaced by the next one's
+        self.cgroups = False
+        self.restarts = 0
+        self.offer: Offer | None = None  # a sandbox the launcher offered for the next job that fits
+        self.sending = trio.StrictFIFOLock()  # held by a slot sending (``send``)
+        self._stream: trio.SocketStream | None = None
+        self._raw: socket.socket | None = None
+        self._decoder = ChannelDecoder()
+        self._hello: LauncherReady | None = None
+        self._fds: list[int] = []  # received with the launcher's offers, not yet claimed
+        self._inboxes: dict[str, trio.MemorySendChannel[Message]] = {}  # by job id
+
+    async def keep_alive(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the launcher, and start a new one whenever it exits. Cancel this task to
+        stop it."""
+        try:
+            while True:
+                started_at = trio.current_time()
+                await self._start()
+                task_status.started()
+                task_status = trio.TASK_STATUS_IGNORED
+                assert self.process is not None
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read_messages)
+                    code = await self.process.wait()
+                    nursery.cancel_scope.cancel()
+                self._died()
+                self.restarts += 1
+                log("launcher_exited", launcher=self.index, code=code)
+                if trio.current_time() - started_at < 1:
+                    await trio.sleep(1)  # a launcher that dies at once must not spin the CPU
+        finally:
+            self.ready = trio.Event()  # stopping: no job may take it now
+            with trio.CancelScope(shield=True):
+                self._died()
+                if self.process is not None:
+                    with trio.move_on_after(5):
+                        await self.process.wait()  # it exits on EOF of its channel
+                    if self.process.returncode is None:
+                        self.process.kill()
+                        await self.process.wait()
+
+    def offer_ready(self) -> bool:
+        """Whether a sandbox the launcher offered waits for a job (one still in the
+        channel is read now - once it is up: until then ``_start`` waits for its hello)."""
+        if self.ready.is_set():
+            self._read_now()
+        return self.offer is not None
+
+    def claim_offer(self, job: Job) -> tuple[Offer, Limits] | None:
+        """The launcher's offer and the job's limits in it, if the job fits it (``Offer.limits_for``):
+        it is the caller's then, to hand the job over and close."""
+        self._read_now()  # an offer made since the last look is waiting in the channel
+        offer = self.offer
+        limits = None if offer is None else offer.limits_for(job)
+        if offer is None or limits is None:
+            return None
+        self.offer = None
+        return offer, limits
+
+    def expect(self, job_id: str) -> trio.MemoryReceiveChannel[Message]:
+        """Where the launcher's messages for that job will come, until ``forget``; closed
+        (after what came before) if the launcher dies."""
+        send, receive = trio.open_memory_channel[Message](math.inf)
+        self._inboxes[job_id] = send
+        return receive
+
+    def forget(self, job_id: str) -> None:
+        inbox = self._inboxes.pop(job_id, None)
+        if inbox is not None:
+            inbox.close()
+
+    async def send(self, data: bytes) -> None:
+        """Send to the launcher (the caller holds ``sending``): what the channel takes
+        at once goes out without a trip through trio's scheduler (the socket is
+        non-blocking), the rest as trio sends it."""
+        if self._stream is None:
+            raise LauncherDied("launcher stopped")
+        try:
+            rest = send_now(self._stream, data)
+        except OSError as exc:
+            raise LauncherDied(f"channel broken: {exc}") from exc
+        if rest:
+            await self._stream.send_all(rest)
+
+    async def _start(self) -> None:
+        """Start the launcher and wait for its ``LauncherReady`` (modules imported, filters
+        built)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "worker.launcher", str(theirs.fileno()), str(os.getpid()),
+                 json.dumps([spec.to_wire() for spec in self.warm]), self.cache_dir or ""],
+                pass_fds=(theirs.fileno(),),
+            )
+        finally:
+            theirs.close()
+        self._raw = ours  # the same socket: read with its fds (``_read_now``), written by trio
+        self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        self.dead = trio.Event()
+        self._decoder = ChannelDecoder()
+        while self._hello is None:  # (None again since the last one died: ``_died``)
+            await trio.lowlevel.wait_readable(self._stream.socket)
+            if self._read_now() == 0:
+                return  # it died: keep_alive sees the exit and tries again
+        self.cgroups = self._hello.cgroups
+        self.ready.set()
+
+    async def _read_messages(self) -> None:
+        """Read until the channel closes."""
+        assert self._stream is not None
+        while True:
+            await trio.lowlevel.wait_readable(self._stream.socket)
+            if self._read_now() == 0:
+                return
+
+    def _died(self) -> None:
+        """The launcher is gone: take what it sent before it died, fail the jobs still
+        waiting for theirs, close the channel and what came with its offer. Runs without
+        a checkpoint, so no slot sends to the dead launcher or waits on it afterwards."""
+        self.ready = trio.Event()
+        while self._read_now() > 0:
+            pass
+        self._hello = None
+        for inbox in self._inboxes.values():
+            inbox.close()
+        self._inboxes.clear()
+        if self.offer is not None:
+            self.offer.close()
+            self.offer = None
+        while self._fds:
+            os.close(self._fds.pop())
+        if self._stream is not None:
+            self._stream.socket.close()  # (a slot sending on it gets ClosedResourceError)
+            self._stream = None
+            self._raw = None
+        self.dead.set()
+
+    def _read_now(self) -> int:
+        """Take what the launcher sent, without waiting: its frames, each passed on to
+        the job it is for, and the fds that come with its offers. The bytes read; 0 when
+        the channel is closed or broken, -1 when nothing is waiting."""
+        if self._raw is None:
+            return 0
+        try:
+            # (socket.recv_fds would drop the flags: fds must not leak into the launchers)
+            data, ancillary, _, _ = self._raw.recvmsg(
+                1 << 20, socket.CMSG_SPACE(MAX_RECEIVED_FDS * FD_SIZE), socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC,
+            )
+        except BlockingIOError:
+            return -1
+        except OSError:
+            return 0
+        for level, kind, payload in ancillary:
+            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+                fds = array.array("i")
+                fds.frombytes(payload[: len(payload) - len(payload) % FD_SIZE])
+                self._fds.extend(fds)
+        for message in self._decoder.feed(data):
+            if isinstance(message, OfferSandbox):
+                self._take_offer(message)
+            elif isinstance(message, LauncherReady):
+                self._hello = message
+            elif isinstance(message, ToSlot) and (inbox := self._inboxes.get(message.id)) is not None:
+                inbox.send_nowait(message)
+            # (else one for a job no slot waits for: its slot was stopped)
+        return len(data)
+
+    def _take_offer(self, message: OfferSandbox) -> None:
+        fds, self._fds = self._fds[:OFFER_FDS], self._fds[OFFER_FDS:]
+        if self.offer is not None:
+            self.offer.close()  # a launcher makes one offer at a time: not reached
+        try:
+            self.offer = Offer.from_message(message, fds)
+        except (ValueError, OSError):  # fewer fds than an offer has, or not sockets
+            for fd in fds:
+                os.close(fd)
+            self.offer = None
