@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -52,11 +53,7 @@ class QueueRoutes:
         if callback is not None:
             self.door.spawn(self._call_back, identifier, callback)
         if query_flag(request, "wait"):
-            outcome = await self.client.outcome(identifier)
-            document = _document(identifier, "finished", outcome)
-            if document["state"] == "failed":
-                raise as_error(document["error"])
-            return JSONResponse(document)
+            return JSONResponse(await self._ended(identifier))
         return JSONResponse({"id": identifier, "state": "queued"}, status_code=202,
                             headers={"Location": f"/v1/jobs/{identifier}"})
 
@@ -93,12 +90,16 @@ class QueueRoutes:
         return JSONResponse(_document(identifier, state, outcome))
 
     async def cancel_job(self, request: Request) -> Response:
+        return await self._cancel(request, "job", self.get_job)
+
+    async def _cancel(self, request: Request, kind: str, read: Callable[[Request], Awaitable[Response]]) -> Response:
+        """The queue's cancel; a job (or judge) whose outcome was in already is read back."""
         identifier = request.path_params["id"]
         answer = await self.client.cancel(identifier)
         if answer == "unknown":
-            raise ProtocolError("unknown_id", f"no job with id {identifier!r}", field="id")
+            raise ProtocolError("unknown_id", f"no {kind} with id {identifier!r}", field="id")
         if answer == "finished":
-            return await self.get_job(request)
+            return await read(request)
         return JSONResponse({"id": identifier, "state": "cancelled"})
 
     async def _prepare(self, body: Any, where: str = "") -> tuple[str, Job, str | None]:
@@ -115,14 +116,16 @@ class QueueRoutes:
         return identifier, job, callback
 
     async def _queue(self, identifier: str, job: Job, where: str = "") -> None:
-        try:
+        with _refusals(where):
             await self.client.submit(job, identifier)
-        except QueueFull as exc:
-            raise ProtocolError("busy", f"the queue is full: {exc.message}") from None
-        except QueueError as exc:
-            if exc.code == ID_CONFLICT:
-                raise ProtocolError("id_conflict", exc.message, field=f"{where}id") from None
-            raise
+
+    async def _ended(self, identifier: str) -> dict[str, Any]:
+        """The document of a job (or judge) once it ended; one that produced no result
+        is answered as the worker's own door answers an invalid job."""
+        document = _document(identifier, "finished", await self.client.outcome(identifier))
+        if document["state"] == "failed":
+            raise as_error(document["error"])
+        return document
 
     async def _call_back(self, identifier: str, url: str) -> None:
         outcome = await self.client.outcome(identifier)
@@ -140,22 +143,13 @@ class QueueRoutes:
         problem = {name: {"file_id": data} if isinstance(data, str) else data
                    for name, data in checked.package.items()}
         submission = checked.submission
-        try:
+        with _refusals():
             await self.client.submit_judge(
                 problem, submission.lang, submission.source, compile_options=submission.compile_options,
                 args=submission.args, stop_on_failure=checked.stop_on_failure, parallel=checked.parallel,
                 judge_id=identifier)
-        except QueueFull as exc:
-            raise ProtocolError("busy", f"the queue is full: {exc.message}") from None
-        except QueueError as exc:
-            if exc.code == ID_CONFLICT:
-                raise ProtocolError("id_conflict", exc.message, field="id") from None
-            raise
         if query_flag(request, "wait"):
-            outcome = await self.client.outcome(identifier)
-            document = _document(identifier, "finished", outcome)
-            if document["state"] == "failed":
-                raise as_error(document["error"])
+            document = await self._ended(identifier)
             return JSONResponse({**document, "tests": document["report"]["tests"]})
         return JSONResponse({"id": identifier, "state": "queued"}, status_code=202,
                             headers={"Location": f"/v1/judge/{identifier}"})
@@ -168,13 +162,7 @@ class QueueRoutes:
         return JSONResponse({**_document(identifier, state, outcome), "tests": await self.client.tests(identifier)})
 
     async def cancel_judge(self, request: Request) -> Response:
-        identifier = request.path_params["id"]
-        answer = await self.client.cancel(identifier)
-        if answer == "unknown":
-            raise ProtocolError("unknown_id", f"no judge with id {identifier!r}", field="id")
-        if answer == "finished":
-            return await self.get_judge(request)
-        return JSONResponse({"id": identifier, "state": "cancelled"})
+        return await self._cancel(request, "judge", self.get_judge)
 
     async def judge_events(self, request: Request) -> Response:
         """Server-sent events as the worker's own door sends them: each test, then the
@@ -247,6 +235,20 @@ class QueueRoutes:
 
     async def file_cache(self, request: Request) -> Response:
         raise ProtocolError("not_found", "the queue keeps no list of its files: GET /v1/files/{id} for one")
+
+
+@contextmanager
+def _refusals(where: str = "") -> Iterator[None]:
+    """The queue's refusals of a submit as the door's errors: a full stream is busy (503),
+    another job under a known id is id_conflict (409)."""
+    try:
+        yield
+    except QueueFull as exc:
+        raise ProtocolError("busy", f"the queue is full: {exc.message}") from None
+    except QueueError as exc:
+        if exc.code == ID_CONFLICT:
+            raise ProtocolError("id_conflict", exc.message, field=f"{where}id") from None
+        raise
 
 
 def _document(identifier: str, state: str, outcome: bytes | None) -> dict[str, Any]:
