@@ -61,7 +61,8 @@ def _miss_by(figure: dict[str, Any]) -> str:
     """How far a figure is from its target, in the target's own terms."""
     if figure["ok"]:
         return ""
-    limit = float(figure["target"].split()[1].rstrip("%"))
+    number = re.match(r"[0-9.]+", figure["target"].split()[1])  # (after the number: its unit, "%", "x", "ms")
+    limit = float(number.group()) if number else 0.0
     if limit == 0:
         return f"{figure['value']:g} over"
     if figure["target"].startswith(">="):
