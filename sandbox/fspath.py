@@ -18,6 +18,14 @@ from sandbox.linux.syscalls import (
     openat2,
 )
 
+# Not typing.TYPE_CHECKING: the zygote imports this module and does without typing (and
+# tarfile) at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import tarfile
+
+_CHUNK = 1 << 20  # an archive member is written this much at a time
+
 _RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 
 
@@ -85,3 +93,13 @@ def member_parts(name: str) -> list[str]:
     if ".." in parts:
         raise ValueError("a path with '..'")
     return parts
+
+
+def write_member(archive: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> None:
+    """A regular member's bytes into ``fd`` (a file just made beneath the directory),
+    a chunk at a time: a member may be larger than memory should hold."""
+    source = archive.extractfile(member)
+    while source is not None and (chunk := source.read(_CHUNK)):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]

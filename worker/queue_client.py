@@ -133,22 +133,27 @@ class AsyncQueueClient:
         ``dead_letter``, ``cancelled``) and TimeoutError when time runs out."""
         return decode_outcome(await self.outcome(job_id, timeout))
 
-    async def outcome(self, job_id: str, timeout: float | None = None) -> bytes:
+    async def outcome(self, job_id: str, timeout: float | None = None,
+                      on_test: Callable[[dict[str, Any]], None] | None = None) -> bytes:
         """The job's (or judge's) outcome as stored (msgpack: docs/queue.md), waiting as
-        ``result`` does."""
+        ``result`` does; ``on_test`` hears each entry of a judge's progress stream first
+        (``report``)."""
+        progress, heard = self.keys.progress(job_id), "0-0"
         with trio.move_on_after(math.inf if timeout is None else timeout):
             while True:
                 last = await self._redis.xrevrange(self.keys.results, count=1)
                 since = last[0].identifier if last else b"0-0"
                 outcome = await self._redis.get(self.keys.result(job_id))
+                if on_test is not None:
+                    for entry in await self._redis.xrange(progress, f"({heard}", "+"):
+                        heard = entry.identifier.decode() if isinstance(entry.identifier, bytes) else entry.identifier
+                        on_test(msgpack.unpackb(entry.field_values[b"test"], raw=False))
                 if outcome is not None:
                     return outcome
-                # Every result written after ``since`` is on the stream: wait for ours.
-                news = await self._redis.xread({self.keys.results: since}, count=100, block=MAX_BLOCK_MS)
-                for entries in (news or {}).values():
-                    for entry in entries:
-                        if entry.field_values.get(b"id") == job_id.encode():
-                            return _bytes(entry.field_values[b"outcome"])
+                # Every outcome (and test) written after ``since`` (``heard``) is on its
+                # stream: wait for one, then look again.
+                streams = {self.keys.results: since, **({progress: heard} if on_test is not None else {})}
+                await self._redis.xread(streams, count=100, block=MAX_BLOCK_MS)
         raise TimeoutError(f"no outcome for {job_id!r} within {timeout} s")
 
     async def state(self, job_id: str) -> tuple[str, bytes | None]:
@@ -196,24 +201,7 @@ class AsyncQueueClient:
         does; ``on_test`` hears each entry of the judge's progress stream (a test's
         report) first - every one, for a worker writes them all before the outcome. A
         judge run again (its worker died) publishes its tests again."""
-        progress, heard = self.keys.progress(judge_id), "0-0"
-        with trio.move_on_after(math.inf if timeout is None else timeout):
-            while True:
-                last = await self._redis.xrevrange(self.keys.results, count=1)
-                since = last[0].identifier if last else b"0-0"
-                outcome = await self._redis.get(self.keys.result(judge_id))
-                if on_test is not None:
-                    for entry in await self._redis.xrange(progress, f"({heard}", "+"):
-                        identifier = entry.identifier
-                        heard = identifier.decode() if isinstance(identifier, bytes) else identifier
-                        on_test(msgpack.unpackb(entry.field_values[b"test"], raw=False))
-                if outcome is not None:
-                    return decode_report(outcome)
-                # Every outcome (and test) written after ``since`` (``heard``) is on its
-                # stream: wait for one, then look again.
-                streams = {self.keys.results: since, **({progress: heard} if on_test is not None else {})}
-                await self._redis.xread(streams, count=100, block=MAX_BLOCK_MS)
-        raise TimeoutError(f"no report for judge {judge_id!r} within {timeout} s")
+        return decode_report(await self.outcome(judge_id, timeout, on_test))
 
     async def judge(self, problem: Package, lang: str, source: bytes, *,
                     compile_options: Sequence[str] = (), args: Sequence[str] = (), stop_on_failure: bool = False,
@@ -273,10 +261,6 @@ class QueueClient:
                 return await operation(client)
 
         return trio.run(main)
-
-
-def _bytes(value: bytes | str) -> bytes:
-    return value.encode() if isinstance(value, str) else value
 
 
 __all__ = ["AsyncQueueClient", "QueueClient", "QueueError", "QueueFull"]

@@ -110,7 +110,6 @@ class QueueConsumer:
         on_take: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
-        self.result_ttl_s = config.result_ttl_s
         self.max_job_bytes = max_job_bytes
         self.pool = pool
         self.on_outage = on_outage
@@ -187,31 +186,36 @@ class QueueConsumer:
         """Hear the outcomes of the judges' stage jobs, and the cancels of jobs, until the
         last delivery held ends."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.waits.follow, self, [lane.keys.results for lane in self.urgent])
-            nursery.start_soon(self._follow_cancels)
+            nursery.start_soon(self._follow_streams, [lane.keys.results for lane in self.urgent], self.waits.hear_entry)
+            nursery.start_soon(self._follow_streams, [lane.keys.cancels for lane in self.lanes], self._heard_cancel)
             await self._drained.wait()
             nursery.cancel_scope.cancel()
 
-    async def _follow_cancels(self) -> None:
-        """Cancel the deliveries held whose producers cancelled them (``sandbox_cancel``),
-        reading every lane's cancels stream from its last entry as the worker starts (a
-        job claimed later is checked by its mark instead)."""
+    async def _follow_streams(self, streams: list[str],
+                              hear: Callable[[str, dict[str, bytes]], Awaitable[None]]) -> None:
+        """Hand every entry added to ``streams`` from now on to ``hear`` (the stream's
+        name, the entry's fields), in order: read from each stream's last entry as this
+        starts, then from the last one heard."""
         redis = self.redis()
         cursors: dict[str, str | bytes] = {}
-        for lane in self.lanes:
-            last = await self._retrying("cancels", partial(redis.xrevrange, lane.keys.cancels, count=1))
-            cursors[lane.keys.cancels] = last[0].identifier if last else "0-0"
-        streams = {lane.keys.cancels: lane.keys.stream for lane in self.lanes}
+        for stream in streams:
+            last = await self._retrying("follow", partial(redis.xrevrange, stream, count=1))
+            cursors[stream] = last[0].identifier if last else "0-0"
         while True:
-            news = await self._retrying("cancels", partial(redis.xread, cursors, count=100, block=MAX_BLOCK_MS))
-            now = trio.current_time()
-            for stale in [key for key, heard in self._cancels_heard.items() if now - heard > CANCEL_MEMORY_S]:
-                del self._cancels_heard[stale]
-            for stream, entries in (news or {}).items():
+            news = await self._retrying("follow", partial(redis.xread, cursors, count=100, block=MAX_BLOCK_MS))
+            for name, entries in (news or {}).items():
                 for entry in entries:
-                    cursors[_text(stream)] = entry.identifier
-                    job_id = _text(entry.field_values.get(b"id", b""))
-                    await self._cancel(streams[_text(stream)], job_id)
+                    cursors[_text(name)] = entry.identifier
+                    await hear(_text(name), _fields(entry.field_values))
+
+    async def _heard_cancel(self, cancels: str, fields: dict[str, bytes]) -> None:
+        """A job cancelled while a worker held it (``sandbox_cancel``): stopped if it is
+        held here. (A job claimed later is checked by its mark instead.)"""
+        now = trio.current_time()
+        for stale in [key for key, heard in self._cancels_heard.items() if now - heard > CANCEL_MEMORY_S]:
+            del self._cancels_heard[stale]
+        stream = next(lane.keys.stream for lane in self.lanes if lane.keys.cancels == cancels)
+        await self._cancel(stream, _text(fields.get("id", b"")))
 
     async def _cancel(self, stream: str, job_id: str) -> None:
         """Stop a held job (or judge) its producer cancelled; remember one not held."""

@@ -35,12 +35,11 @@ from worker.admission import admit
 from worker.judging import JudgeCancelled, PoolStages
 from worker.protocol import job_to_wire
 from worker.queue_blobs import blob_id, put_blob
-from worker.queue_schema import QueueError, QueueKeys, cancel_call, decode_outcome
+from worker.queue_schema import QueueConfig, QueueError, QueueKeys, cancel_call, decode_outcome
 from worker.redis_connect import QueueRedis
 
 MAX_READABLE_ID = 100  # a judge id this long leaves room for /DELIVERY/N within 128 characters
 INLINE_MAX = 64 << 10  # a stage job's file above this size travels as a blob
-FOLLOW_BLOCK_MS = 1000
 CANCEL_WAIT_S = 5.0
 
 
@@ -57,7 +56,7 @@ class StageQueue(Protocol):
     """What a judge's stages need of the worker's consumer."""
 
     waits: StageWaits
-    result_ttl_s: int
+    config: QueueConfig
 
     async def call(self, what: str, operation: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """Run a Redis operation, retrying it through an outage."""
@@ -67,8 +66,8 @@ class StageQueue(Protocol):
 
 class StageWaits:
     """The stage jobs this worker's judges wait for, by id: one follower of the stages'
-    results streams (``follow``) hands each outcome to its waiter, instead of a blocking
-    read per test."""
+    results streams (the worker's, ``hear_entry``) hands each outcome to its waiter,
+    instead of a blocking read per test."""
 
     def __init__(self) -> None:
         self._waiting: dict[str, trio.MemorySendChannel[bytes]] = {}
@@ -87,20 +86,10 @@ class StageWaits:
         if send is not None:
             send.send_nowait(outcome)
 
-    async def follow(self, queue: StageQueue, results: list[str]) -> None:
-        """Read the stages' results streams for as long as the worker runs, from their
-        last entries as it starts (no waiter is older)."""
-        cursors: dict[str, str | bytes] = {}
-        for stream in results:
-            last = await queue.call("follow", partial(queue.redis().xrevrange, stream, count=1))
-            cursors[stream] = last[0].identifier if last else "0-0"
-        while True:
-            news = await queue.call("follow", partial(queue.redis().xread, cursors, count=100, block=FOLLOW_BLOCK_MS))
-            for stream, entries in (news or {}).items():
-                for entry in entries:
-                    cursors[stream.decode() if isinstance(stream, bytes) else stream] = entry.identifier
-                    values = entry.field_values
-                    self.hear(values.get(b"id", b"").decode(errors="replace"), values.get(b"outcome", b""))
+    async def hear_entry(self, stream: str, fields: dict[str, bytes]) -> None:
+        """An entry of a stages' results stream (the worker follows them all from its
+        start: no waiter is older)."""
+        self.hear(fields.get("id", b"").decode(errors="replace"), fields.get("outcome", b""))
 
 
 @dataclass
@@ -154,7 +143,7 @@ class QueueStages(PoolStages):
             file_id = blob_id(content.data)
             if file_id not in self.blobs:
                 put = partial(self.queue.redis().fcall, "sandbox_put_blob")
-                await self.queue.call("blob", put_blob, put, self.keys, content.data, self.queue.result_ttl_s)
+                await self.queue.call("blob", put_blob, put, self.keys, content.data, self.queue.config.result_ttl_s)
                 self.blobs.add(file_id)
             return Blob(file_id=file_id)
 
@@ -173,7 +162,7 @@ class QueueStages(PoolStages):
         await super().cancel()
         with trio.move_on_after(CANCEL_WAIT_S):
             for job_id in waiting.values():
-                keys, args = cancel_call(self.keys, job_id, self.queue.result_ttl_s)
+                keys, args = cancel_call(self.keys, job_id, self.queue.config.result_ttl_s)
                 await self.queue.call("cancel", self.queue.redis().fcall, "sandbox_cancel", keys, args)
 
 

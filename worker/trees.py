@@ -21,10 +21,9 @@ import tarfile
 from dataclasses import dataclass
 
 from sandbox.errors import SetupError
-from sandbox.fspath import make_dirs_beneath, member_parts
+from sandbox.fspath import make_dirs_beneath, member_parts, write_member
 
 MAX_ENTRIES = 100_000
-_CHUNK = 1 << 20
 
 
 class TreeError(Exception):
@@ -107,11 +106,7 @@ def _unpack_entry(archive: tarfile.TarFile, member: tarfile.TarInfo, root_fd: in
         mode = 0o755 if member.mode & 0o111 else 0o644
         fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent_fd)
         try:
-            source = archive.extractfile(member)
-            while source is not None and (chunk := source.read(_CHUNK)):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
+            write_member(archive, member, fd)
             os.fchmod(fd, mode)
         finally:
             os.close(fd)

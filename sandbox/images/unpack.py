@@ -38,7 +38,7 @@ from typing import BinaryIO
 import zstandard
 
 from sandbox.errors import SetupError
-from sandbox.fspath import make_dirs_beneath, member_parts, open_beneath
+from sandbox.fspath import make_dirs_beneath, member_parts, open_beneath, write_member
 from sandbox.images.config import UnpackLimits
 from sandbox.images.errors import UnpackError
 
@@ -213,11 +213,7 @@ class _Unpacker:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(base, flags, 0o600, dir_fd=parent_fd)
         try:
-            source = archive.extractfile(member)
-            while source is not None and (chunk := source.read(_CHUNK)):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
+            write_member(archive, member, fd)
             os.fchmod(fd, _safe_mode(member.mode))
             self._xattrs(member, fd)
             os.utime(fd, (member.mtime, member.mtime))
