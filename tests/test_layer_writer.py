@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from imagebuild import Entry, busybox_entries, layer_tar, oci_layout
 
-from sandbox.images.compose import commit_upper
+from sandbox.images.compose import commit_upper, write_upper_as_range_root
 from sandbox.images.config import load
 from sandbox.images.importer import import_image
 from sandbox.images.layer_writer import LayerError, write_upper
@@ -24,7 +24,10 @@ DIR = tarfile.DIRTYPE
 # replace a directory by a new one, add a file and a hard link to it.
 CHANGES = ("rm M/data/gone && rm -r M/olddir && mkdir M/olddir && echo new > M/olddir/c && "
            "echo hi > M/new && ln M/new M/newlink && "
-           "python3 -c 'import os, sys; os.setxattr(sys.argv[1], \"user.note\", b\"kept\")' M/new")
+           "python3 -c 'import os, sys; os.setxattr(sys.argv[1], \"user.note\", b\"kept\")' M/new && "
+           # a job's files: a subordinate id's, which the supervisor cannot read as itself
+           "mkdir M/private && echo mine > M/private/secret && chmod 600 M/private/secret && chmod 700 M/private && "
+           "chown -R 5:5 M/private")
 
 
 def _lower_image(work: Path) -> tuple[Store, str]:
@@ -47,10 +50,15 @@ def _overlay_upper(work: Path, lower: str, script: str) -> Path:
         directory.mkdir()
     mount = (f"mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={overlay_work},userxattr "
              f"{merged} && ")
-    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-ec",
-                           mount + script.replace("M/", f"{merged}/")], capture_output=True, text=True, timeout=60)
+    done = in_namespace(mount + script.replace("M/", f"{merged}/"))
     assert done.returncode == 0, done.stderr
     return upper
+
+
+def in_namespace(script: str) -> subprocess.CompletedProcess[str]:
+    """``script`` as root of a user namespace of this user's and its subordinate ids."""
+    return subprocess.run(["unshare", "--user", "--map-root-user", "--map-auto", "--mount", "sh", "-ec", script],
+                          capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.kernel
@@ -59,27 +67,32 @@ def test_an_overlay_upper_commits_to_an_image_that_runs_with_the_change(image_st
     upper = _overlay_upper(image_store, lower, CHANGES)
     upper_fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        blob = write_upper(upper_fd, image_store / "layer.tar.gz")
+        with pytest.raises(PermissionError):
+            write_upper(upper_fd, image_store / "as-myself.tar.gz")
+        blob = write_upper_as_range_root(upper_fd, image_store / "layer.tar.gz")
         _, parent = store.lookup("lower:1")
         record = commit_upper(store, load(), upper_fd, parent, "session changes")
     finally:
         os.close(upper_fd)
+        done = in_namespace(f"rm -rf {upper} {image_store / 'work'}")
+        assert done.returncode == 0, done.stderr
     with tarfile.open(blob.path) as tar:
         members = {member.name: member for member in tar.getmembers()}
     assert "data/.wh.gone" in members and "olddir/.wh..wh..opq" in members
+    assert members["private/secret"].size == 5 and members["private"].mode == 0o700
     assert members["newlink"].islnk() and members["newlink"].linkname == "new"
     assert members["new"].pax_headers.get("SCHILY.xattr.user.note") == "kept"
     assert not any("overlay" in key for member in members.values() for key in member.pax_headers)
     assert len(record.layers) == 2 and record.layers[1].diff_id == blob.diff_id
     store.set_ref(parse("committed:1"), record.id)
 
-    script = "ls /data; ls /olddir; cat /new; test /new -ef /newlink && echo linked; echo $PATH"
+    script = "ls /data; ls /olddir; cat /new; test /new -ef /newlink && echo linked; echo $PATH; cat /private/secret || echo private"
     try:
         result = runner.run(Job(cmd=["sh", "-c", script], image="committed:1", require_cgroups=True))
     finally:
         runner.tidy()
     assert result.status is Status.OK, result
-    assert result.stdout.decode().split("\n")[:6] == ["keep", "c", "hi", "linked", "/bin:/usr/bin", ""]
+    assert result.stdout.decode().split("\n")[:6] == ["keep", "c", "hi", "linked", "/bin:/usr/bin", "private"]
 
 
 @pytest.mark.kernel

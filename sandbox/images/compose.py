@@ -25,9 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sandbox.child import send
+from sandbox.id_namespace import run_as_range_root, setup_errors
+from sandbox.ids import plan_ids
 from sandbox.images.config import ImagesConfig
 from sandbox.images.errors import ImageError
-from sandbox.images.layer_writer import LAYER_MEDIA_TYPE, LayerBlob, write_upper
+from sandbox.images.layer_writer import LAYER_MEDIA_TYPE, LayerBlob, LayerError, LayerTar, TreeWalker, write_upper
 from sandbox.images.pull import NoProgress, host_platform, install
 from sandbox.images.registry import OCI_MANIFEST
 from sandbox.images.store import ImageRecord, LayerRecord, Store, remove_tree
@@ -100,13 +103,39 @@ def _no_fetch(digest: str, partial: Path, advance: Callable[[int], None]) -> Non
 def commit_upper(store: Store, images: ImagesConfig, upper_fd: int, parent: ImageRecord | None,
                  created_by: str, config: dict[str, Any] | None = None) -> ImageRecord:
     """A new stored image: ``parent`` with the overlay upper directory ``upper_fd`` as
-    one more layer (``layer_writer.write_upper``), the parent's config unless
-    ``config`` is given. Unreferenced until the caller sets a reference."""
+    one more layer, the parent's config unless ``config`` is given. Unreferenced until
+    the caller sets a reference.
+
+    The upper is read as root of the supervisor's id range (``id_namespace``): what a
+    job left there belongs to its subordinate id, modes as it left them. Without a
+    range every job ran as the supervisor, whose own files these are: it reads them as
+    itself."""
     with store.shared():
         temp = store.temp_dir("commit-")
         try:
-            layer = adopt_layer(store, write_upper(upper_fd, temp / "layer"))
+            layer = adopt_layer(store, write_upper_as_range_root(upper_fd, temp / "layer"))
         finally:
             remove_tree(temp)
         job_config = config if config is not None else dict(parent.config if parent is not None else {})
         return compose(store, images, parent, [Step(created_by, layer)], job_config)
+
+
+def write_upper_as_range_root(upper_fd: int, destination: Path) -> LayerBlob:
+    """``layer_writer.write_upper`` from a process that can read every id's files."""
+    if plan_ids().jobs is None:
+        return write_upper(upper_fd, destination)
+    with open(destination, "xb") as out:
+        messages = run_as_range_root(lambda report: _write_and_report(report, upper_fd, out.fileno()))
+    errors = setup_errors(messages)
+    if errors or not messages:
+        raise LayerError(errors[0] if errors else "the layer writer died")
+    written = messages[-1]
+    return LayerBlob(destination, written["digest"], written["diff_id"], int(written["size"]))
+
+
+def _write_and_report(report: int, upper_fd: int, out_fd: int) -> None:
+    with open(out_fd, "wb", closefd=False) as out:
+        layer = LayerTar(out)
+        TreeWalker(layer, upper=True).add_contents(upper_fd, "")
+        digest, diff_id, size = layer.finish()
+    send(report, "layer", digest=digest, diff_id=diff_id, size=size)

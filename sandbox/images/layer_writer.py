@@ -96,6 +96,11 @@ class _Hashing:
     def flush(self) -> None:
         pass
 
+    def tell(self) -> int:
+        """Where tarfile is (it asks once, when it opens): a seekable file's offset,
+        which it never seeks to."""
+        return self.size
+
 
 class LayerTar:
     """A layer being written to ``out`` (tar -> diff id hash -> gzip -> digest hash)."""
@@ -105,7 +110,7 @@ class LayerTar:
         self._gzip = gzip.GzipFile(fileobj=self._compressed, mode="wb", mtime=0)
         self._plain = _Hashing(self._gzip)
         self._tar = tarfile.open(  # noqa: SIM115 - closed by finish()
-            fileobj=self._plain, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
+            fileobj=self._plain, mode="w", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
 
     def entry(self, name: str, st: os.stat_result, fd: int | None, link: str, xattrs: dict[str, bytes]) -> None:
         info = _info(name, st)
@@ -248,7 +253,7 @@ class TreeWalker:
         if self.skip is not None and relative and self.skip(relative):
             return
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-        self._count(tar_name, st)
+        self.count(tar_name, st)
         if stat.S_ISDIR(st.st_mode):
             self._directory(parent_fd, name, tar_name, relative)
         elif stat.S_ISLNK(st.st_mode):
@@ -269,7 +274,8 @@ class TreeWalker:
         for child in sorted(os.listdir(directory_fd)):
             self.add(directory_fd, child, _join(tar_prefix, child), relative=_join(relative, child))
 
-    def _count(self, name: str, st: os.stat_result) -> None:
+    def count(self, name: str, st: os.stat_result) -> None:
+        """Count an entry against the caps (``add`` counts its own)."""
         self.entries += 1
         if self.max_entries and self.entries > self.max_entries:
             raise LayerError(f"{name}: more than {self.max_entries} entries")
