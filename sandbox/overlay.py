@@ -109,6 +109,14 @@ def seal_image_root(layer_fds: list[int], where: str) -> int:
             os.close(fd)
 
 
+def mount_build_root(layer_fds: list[int], upper_fd: int, work_fd: int, workspace: int, name: str) -> int:
+    """A build step's root (``sandbox/build/run_step.py``): the overlay of ``layer_fds``
+    (``open_layers``) under the upper directory ``upper_fd`` and its overlay work
+    directory ``work_fd`` - host directories, which the step's layer is written from -
+    attached at ``name`` in ``workspace``; its root's fd."""
+    return _mount_overlay(workspace, name, [str(fd) for fd in layer_fds], (str(upper_fd), str(work_fd)))
+
+
 def _mount_overlay(workspace: int, name: str, lowers: list[str], upper_work: tuple[str, str] | None) -> int:
     """The overlay of ``lowers`` (fd numbers, top-most first) - writable with
     ``upper_work`` (fd numbers), else read-only - attached at ``name`` in the tmpfs

@@ -50,26 +50,32 @@ class IdMaps:
         return [(rootfs.SANDBOX_UID, owner, 1), (JOB_IDS_INSIDE, first, self.count)]
 
     def apply(self, pid: int) -> None:
-        """Write the maps of the helper ``pid`` from outside its namespace: root writes
-        them, a user has newuidmap and newgidmap (setuid root) check its subordinate ids
-        and write them, both at once (each is an exec of a setuid binary; the maps are
-        independent). Raises SetupError."""
-        spawned = []
-        for kind in ("uid", "gid"):
-            lines = self.lines(kind)
-            if self.mapper == "write":
-                text = "".join(f"{inside} {outside} {count}\n" for inside, outside, count in lines)
-                with open(f"/proc/{pid}/{kind}_map", "w") as handle:
-                    handle.write(text)
-                continue
-            tool = f"/usr/bin/new{kind}map"
-            argv = [tool, str(pid), *(str(number) for line in lines for number in line)]
-            spawned.append((kind, argv, os.posix_spawn(tool, argv, {})))
-        statuses = [(kind, argv, os.waitpid(tool_pid, 0)[1]) for kind, argv, tool_pid in spawned]  # reap both
-        failed = [(kind, argv, status) for kind, argv, status in statuses if status != 0]
-        if failed:
-            kind, argv, status = failed[0]
-            raise SetupError(f"{' '.join(argv)} failed (wait status {status}): see /etc/sub{kind}")
+        """Write the maps of the helper ``pid`` from outside its namespace (``write_maps``).
+        Raises SetupError."""
+        write_maps(pid, self.mapper, {kind: self.lines(kind) for kind in ("uid", "gid")})
+
+
+def write_maps(pid: int, mapper: str, lines: dict[str, list[tuple[int, int, int]]]) -> None:
+    """Write the uid and gid maps (``lines``: "uid"/"gid" -> (inside, outside, count)) of
+    ``pid`` from outside its user namespace: root writes them (``mapper`` "write"), a
+    user has newuidmap and newgidmap (setuid root) check its subordinate ids and write
+    them, both at once (each is an exec of a setuid binary; the maps are independent).
+    Raises SetupError."""
+    spawned = []
+    for kind in ("uid", "gid"):
+        if mapper == "write":
+            text = "".join(f"{inside} {outside} {count}\n" for inside, outside, count in lines[kind])
+            with open(f"/proc/{pid}/{kind}_map", "w") as handle:
+                handle.write(text)
+            continue
+        tool = f"/usr/bin/new{kind}map"
+        argv = [tool, str(pid), *(str(number) for line in lines[kind] for number in line)]
+        spawned.append((kind, argv, os.posix_spawn(tool, argv, {})))
+    statuses = [(kind, argv, os.waitpid(tool_pid, 0)[1]) for kind, argv, tool_pid in spawned]  # reap both
+    failed = [(kind, argv, status) for kind, argv, status in statuses if status != 0]
+    if failed:
+        kind, argv, status = failed[0]
+        raise SetupError(f"{' '.join(argv)} failed (wait status {status}): see /etc/sub{kind}")
 
 
 class MountBases:

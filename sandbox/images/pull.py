@@ -128,7 +128,7 @@ def install(store: Store, config: ImagesConfig, manifest_raw: bytes, config_raw:
         digest = digests.check(layer.get("digest"))
         records.append(LayerRecord(digest, diff_id, chain_id, int(layer.get("size", 0)), media_type))
     with ThreadPoolExecutor(max_workers=config.max_parallel) as pool:
-        for future in [pool.submit(_ensure_layer, store, config, layer, fetch, progress) for layer in records]:
+        for future in [pool.submit(ensure_layer, store, config, layer, fetch, progress) for layer in records]:
             future.result()
     record = ImageRecord(
         id=config_digest,
@@ -141,7 +141,7 @@ def install(store: Store, config: ImagesConfig, manifest_raw: bytes, config_raw:
     return record
 
 
-def _ensure_layer(store: Store, config: ImagesConfig, layer: LayerRecord, fetch: Fetch, progress: Progress) -> None:
+def ensure_layer(store: Store, config: ImagesConfig, layer: LayerRecord, fetch: Fetch, progress: Progress) -> None:
     if store.has_layer(layer.chain_id):
         return
     with store.key_lock(f"layer-{digests.hex_of(layer.chain_id)}"):

@@ -9,6 +9,7 @@ Layout under the store root::
     refs/<quoted name>        tag or digest reference -> image id
     leases/<config hex>       a running job holds a shared flock here
     locks/                    store.lock and one lock file per blob or layer key
+    build-cache/<key>         a build step's key -> the layer blob it wrote (``sandbox.build.cache``)
     tmp/                      unique temp names; never read, swept by gc
 
 Publishing is always temp + rename inside one filesystem, so a crash leaves either the
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.images import digests
-from sandbox.images.errors import AmbiguousImage, ImageNotFound
+from sandbox.images.errors import AmbiguousImage, ImageError, ImageNotFound
 from sandbox.images.reference import Reference, parse
 
 
@@ -80,7 +81,7 @@ class Store:
         self.root = Path(root)
         # Checked before made: a job on an image opens the store, and a stat is cheaper
         # than a mkdir that fails.
-        for sub in ("blobs/sha256", "partial", "layers", "images", "refs", "leases", "locks", "tmp"):
+        for sub in ("blobs/sha256", "partial", "layers", "images", "refs", "leases", "locks", "tmp", "build-cache"):
             path = os.path.join(root, sub)
             if not os.path.isdir(path):
                 os.makedirs(path, mode=0o700, exist_ok=True)
@@ -299,6 +300,9 @@ class Store:
                     report.bytes += path.stat().st_size
                     path.unlink()
                     report.blobs += 1
+            for path in (self.root / "build-cache").iterdir():
+                if _cached_blob(path) not in live_blobs:
+                    path.unlink()
             for sub in ("tmp", "partial"):
                 for path in (self.root / sub).iterdir():
                     remove_tree(path)
@@ -321,6 +325,14 @@ def remove_tree(path: Path) -> None:
         with os.scandir(directory) as entries:
             stack.extend(entry.path for entry in entries if entry.is_dir(follow_symlinks=False))
     shutil.rmtree(path)
+
+
+def _cached_blob(path: Path) -> str:
+    """The hex digest of the layer blob a build cache entry names ("" if unreadable)."""
+    try:
+        return digests.hex_of(json.loads(path.read_text())["digest"])
+    except (OSError, ValueError, KeyError, TypeError, ImageError):
+        return ""
 
 
 def _unlink_quiet(path: str) -> None:

@@ -1,0 +1,218 @@
+"""RUN: a build step's command in a sandbox of its own, on the stage's layers, as root
+of a user namespace - its changes written as the step's layer.
+
+The jobs' launch path (zygote, spawner, C init) is made for the opposite: one id per
+sandbox mapped as 1000, a writable layer on a per-job tmpfs that dies with the job,
+a default-deny seccomp filter and cgroup limits. A build step needs a whole id range
+with root at 0 - package managers chown to their users (apt's ``_apt``) and switch to
+them - and a writable layer that outlives the step on a host directory, read back by a
+process that can read every id's files. So a step is one fork of the builder, which
+runs out of the job path:
+
+    builder ─ fork ─> C: root of a user namespace whose 0 is the supervisor's own
+                      uid and gid and 1.. its subordinate ids (``id_namespace``);
+                      unshare(mnt, pid, net, ipc, uts); the overlay of the stage's
+                      layers (lowers, ``overlay.open_layers``) under ``upper`` in the
+                      step's workspace (``overlay.mount_build_root``, userxattr: the
+                      rootless format the layer writer reads); a read-only /dev of the
+                      harmless host nodes (``rootfs.build_dev``)
+      C ─ fork ─> G, pid 1 of the new pid namespace: a fresh /proc, pivot_root into
+                      the overlay (the host's tree detached), lo up (nothing else in
+                      the network namespace: no network), the image's WORKDIR (made if
+                      missing, as Docker does), USER, Env; stdio: the builder's stderr;
+                      exec the command. Its exit ends every process of the step.
+      C: the step's exit status; if 0, the layer written from ``upper`` (its fd, opened
+         before anything ran) by ``layer_writer`` into the blob file the builder
+         opened - C is root of the namespace that maps every id the step's files can
+         have, so it reads what the supervisor itself could not - and ``upper`` and
+         the overlay's work directory removed, likewise, whatever happened.
+
+What the step is not given: a seccomp filter or cgroup limits (a build runs the
+Sandboxfile's author's commands, as ``docker build`` does; its isolation is the
+namespaces: no host path after the pivot, no network, no host process visible), and no
+scratch tmpfs over /tmp or /work: in a build every path is part of the image.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+from sandbox import child, rootfs
+from sandbox.errors import SandboxError, SetupError
+from sandbox.id_namespace import IdNamespaceError, die_with_parent, run_as_range_root, setup_errors
+from sandbox.images.layer_writer import LayerBlob, LayerTar, TreeWalker
+from sandbox.images.store import remove_tree
+from sandbox.linux import syscalls as sc
+from sandbox.overlay import mount_build_root, open_layers
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HOSTNAME = "sandbox-build"
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+
+
+class RunError(SandboxError):
+    """A RUN step that failed: its command's exit status, or why it could not start."""
+
+
+def run_step(layer_dirs: list[str], config: dict[str, Any], argv: list[str], workspace: Path) -> LayerBlob:
+    """Run ``argv`` on ``layer_dirs`` (bottom first) with the image ``config`` (Env,
+    WorkingDir, User); the layer of what it changed, written to ``workspace``/layer.
+    Raises RunError."""
+    for name in ("upper", "work", "root", "empty"):
+        (workspace / name).mkdir()
+    blob_path = workspace / "layer"
+    with open(blob_path, "xb") as blob:
+        try:
+            messages = run_as_range_root(lambda report: _step(report, blob.fileno(), layer_dirs, config, argv,
+                                                              workspace))
+        except IdNamespaceError as exc:
+            raise RunError(f"RUN needs {exc}") from None
+        finally:
+            _remove_left_over(workspace)
+    errors = setup_errors(messages)
+    if errors:
+        raise RunError(f"RUN could not run: {errors[0]}")
+    outcome: dict[str, Any] = messages[-1] if messages else {"kind": "exit", "status": None}
+    if outcome.get("kind") != "layer":
+        raise RunError(f"RUN {json.dumps(argv)} failed (exit status {outcome.get('status')})")
+    return LayerBlob(blob_path, outcome["digest"], outcome["diff_id"], int(outcome["size"]))
+
+
+def _remove_left_over(workspace: Path) -> None:
+    """What a step killed before its own clean-up left (files of any id of the range):
+    removed as the supervisor where it can, else as root of the range."""
+    left = [workspace / name for name in ("upper", "work") if (workspace / name).exists()]
+    try:
+        _remove(left)
+    except PermissionError:
+        run_as_range_root(lambda report: _remove(left))
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        remove_tree(path)
+
+
+def _step(report: int, blob: int, layer_dirs: list[str], config: dict[str, Any], argv: list[str],
+          workspace: Path) -> None:
+    """C, root of the range: runs G, then writes the layer."""
+    sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS)
+    sc.mount_propagation("/", sc.MS_REC | sc.MS_PRIVATE)
+    upper = os.open(workspace / "upper", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        status = _run_command(upper, report, layer_dirs, config, argv, workspace)
+        if status != 0:
+            child.send(report, "exit", status=status)
+            return
+        with open(blob, "wb", closefd=False) as out:
+            layer = LayerTar(out)
+            TreeWalker(layer, upper=True).add_contents(upper, "")
+            digest, diff_id, size = layer.finish()
+        child.send(report, "layer", digest=digest, diff_id=diff_id, size=size)
+    finally:
+        os.close(upper)
+        for name in ("upper", "work"):
+            remove_tree(workspace / name)
+
+
+def _run_command(upper: int, report: int, layer_dirs: list[str], config: dict[str, Any], argv: list[str],
+                 workspace: Path) -> int:
+    """Mount the step's root and run G in it; G's exit status (128+N: killed by N)."""
+    layers = open_layers(layer_dirs or [str(workspace / "empty")])
+    work = os.open(workspace / "work", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    where = os.open(workspace, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        root = mount_build_root(layers, upper, work, where, "root")
+    finally:
+        for fd in [*layers, work, where]:
+            os.close(fd)
+    try:
+        rootfs.build_dev(root)
+        pid = os.fork()
+        if pid == 0:
+            child.guard(report, lambda: _command(root, config, argv))
+    finally:
+        os.close(root)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+def _command(root: int, config: dict[str, Any], argv: list[str]) -> None:
+    """G: pid 1 of the step; becomes the command."""
+    rootfs.mount_proc(root)
+    os.fchdir(root)
+    sc.pivot_root(".", ".")
+    sc.umount2(".", sc.MNT_DETACH)
+    os.chdir("/")
+    socket.sethostname(HOSTNAME)
+    _loopback_up()
+    workdir = str(config.get("WorkingDir") or "/")
+    os.makedirs(workdir, exist_ok=True)
+    os.chdir(workdir)
+    env = {"PATH": DEFAULT_PATH, "HOME": "/root", "HOSTNAME": HOSTNAME}
+    for item in config.get("Env") or []:
+        key, sep, value = str(item).partition("=")
+        if sep:
+            env[key] = value
+    uid, gid = _user(str(config.get("User") or "0"))
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    die_with_parent()
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(2, 1)
+    child.close_fds_except(set())
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        os.write(2, f"sandbox build: cannot run {argv[0]}: {exc.strerror}\n".encode())
+        os._exit(127)
+
+
+def _user(user: str) -> tuple[int, int]:
+    """USER's ``name[:group]`` or ``uid[:gid]``, looked up in the image's own files."""
+    name, _, group = user.partition(":")
+    passwd = _entries("/etc/passwd")
+    if name.isdigit():
+        uid = int(name)
+        gid = next((int(fields[3]) for fields in passwd.values() if fields[2] == name), uid)
+    elif name in passwd:
+        uid, gid = int(passwd[name][2]), int(passwd[name][3])
+    else:
+        raise SetupError(f"USER {name}: not in the image's /etc/passwd")
+    if group.isdigit():
+        gid = int(group)
+    elif group:
+        groups = _entries("/etc/group")
+        if group not in groups:
+            raise SetupError(f"USER {user}: {group} is not in the image's /etc/group")
+        gid = int(groups[group][2])
+    return uid, gid
+
+
+def _entries(path: str) -> dict[str, list[str]]:
+    """name -> fields of a passwd or group file of the image (none: {})."""
+    try:
+        with open(path) as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return {}
+    entries = (line.split(":") for line in lines)
+    return {fields[0]: fields for fields in entries if len(fields) >= 4 and fields[2].isdigit()
+            and (path == "/etc/group" or fields[3].isdigit())}
+
+
+def _loopback_up() -> None:
+    """lo up (SIOCSIFFLAGS, as the jobs' init does): 127.0.0.1 works, nothing else
+    exists in the step's network namespace."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as control:
+        request = struct.pack("16sH14s", b"lo", 0, b"")
+        flags = struct.unpack("16sH14s", fcntl.ioctl(control, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(control, _SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | _IFF_UP, b""))
