@@ -219,6 +219,13 @@ class CgroupBackend(abc.ABC):
     def features(self) -> dict[str, bool]:
         """Optional kernel features and whether this host has them (for doctor)."""
 
+    @abc.abstractmethod
+    def nested(self, cgroup: JobCgroup) -> CgroupBackend:
+        """A backend whose job cgroups are made below ``cgroup``: a session's execs, each
+        with its own limits and usage, under the session's limits (``sandbox/session.py``).
+        ``cgroup`` must hold no process (v2 gives a cgroup with processes no children
+        with controllers)."""
+
     @staticmethod
     def job_name() -> str:
         """Unique per host; carries the creator's pid so a successor can reap it."""
@@ -235,10 +242,16 @@ class CgroupBackend(abc.ABC):
                 creator = _creator_pid(name)
                 if creator is None or _alive(creator):
                     continue
-                directory = os.path.join(parent, name)
-                if remove_cgroup_dir(directory, functools.partial(kill_cgroup_processes, directory)):
+                if remove_cgroup_tree(os.path.join(parent, name)):
                     removed += 1
         return removed
+
+
+def remove_cgroup_tree(directory: str) -> bool:
+    """rmdir a job cgroup and the job cgroups below it (a session's execs), deepest
+    first, killing what runs there. False if one stays."""
+    removed = all([remove_cgroup_tree(os.path.join(directory, name)) for name in _listdir(directory)])
+    return remove_cgroup_dir(directory, functools.partial(kill_cgroup_processes, directory)) and removed
 
 
 def remove_cgroup_dir(directory: str, kill: Callable[[], object]) -> bool:

@@ -7,6 +7,7 @@ v1 memory cgroup can belong to the machine itself, which must never be written.
 
 from __future__ import annotations
 
+import copy
 import os
 
 from sandbox.cgroups.base import (
@@ -160,6 +161,14 @@ class V1Backend(CgroupBackend):
             "pids.peak: peak process count reported": _exists(pids, "pids.peak"),
             "oom_kill count in memory.oom_control": "oom_kill" in _read(memory, "memory.oom_control"),
         }
+
+    def nested(self, cgroup: JobCgroup) -> V1Backend:
+        assert isinstance(cgroup, V1JobCgroup)
+        inner = copy.copy(self)
+        inner.parent_dirs = dict(cgroup.by_controller)
+        inner.cpu_dir_reusable = False  # its cpuacct directory is the session's
+        inner.swappiness_inherited = True  # from the session's cgroup, which has it
+        return inner
 
     def create_job(self, cpu_quota: bool = True, reuse: str | None = None) -> JobCgroup:
         name = self.job_name()

@@ -8,6 +8,7 @@ process of the delegated parent into a ``supervisor`` leaf beside the jobs.
 
 from __future__ import annotations
 
+import copy
 import os
 import select
 import time
@@ -195,6 +196,13 @@ class V2Backend(CgroupBackend):
                 ("memory.oom.group", "OOM kills the whole job (4.19+)"),
             )
         }
+
+    def nested(self, cgroup: JobCgroup) -> V2Backend:
+        assert isinstance(cgroup, V2JobCgroup)
+        write_file(os.path.join(cgroup.directory, "cgroup.subtree_control"), " ".join(f"+{c}" for c in CONTROLLERS))
+        inner = copy.copy(self)
+        inner.parent = cgroup.directory
+        return inner
 
     def create_job(self, cpu_quota: bool = True, reuse: str | None = None) -> JobCgroup:
         # One directory holds every controller: cpu.max costs nothing until written.
