@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox.cgroups import JobCgroup
+from sandbox.cgroups.base import Freezer
 from sandbox.collect import Collected, not_collected, receive
 from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
 from sandbox.job_message import DEFAULT_PATH, host_command, job_spec, job_stdin, rlimits, start_job
@@ -85,6 +86,9 @@ class Session:
         self._state = threading.Lock()  # guards _running against stop/delete
         self._running: JobCgroup | None = None
         self.closed = False
+        self.paused = False
+        self._freezer: Freezer | None = None
+        self._no_freezer = ""
         self.last_active = time.monotonic()
         try:
             self._sandbox: Sandbox = runner.take_sandbox(
@@ -108,6 +112,10 @@ class Session:
         assert self._runner.backend is not None
         self._execs = self._runner.backend.nested(cgroup)
         self._cgroup = cgroup
+        try:
+            self._freezer = self._runner.backend.freezer(cgroup)
+        except CgroupError as exc:
+            self._freezer, self._no_freezer = None, str(exc)
 
     @property
     def init_pid(self) -> int:
@@ -132,9 +140,13 @@ class Session:
         job a session cannot run."""
         if job.mounts:
             raise JobError("a session's exec mounts no trees", field="mounts")
+        if self.paused:  # (an exec under way holds the lock: say so now, not once it ends)
+            raise JobError("the session is paused: resume it first", field="session")
         with self._lock:
             if self.closed:
                 raise SessionGone("the session was deleted")
+            if self.paused:
+                raise JobError("the session is paused: resume it first", field="session")
             try:
                 return self._exec(job, cancel_fd, on_started, on_output, collect_room)
             except (SessionGone, SetupError) as exc:
@@ -172,7 +184,8 @@ class Session:
             with self._state:
                 self._running = cgroup
             try:
-                socket.send_fds(prepared.job_channel, [EXEC_REQUEST], [cgroup.cpu_counter_fd, *cgroup.attach_fds])
+                joined = [*cgroup.attach_fds, *(self._freezer.attach_fds if self._freezer is not None else [])]
+                socket.send_fds(prepared.job_channel, [EXEC_REQUEST], [cgroup.cpu_counter_fd, *joined])
                 start_job(prepared.job_channel, spec)
             except OSError as exc:
                 if exc.errno == errno.EMSGSIZE:  # the init has the exec's cgroup and waits for its job
@@ -189,7 +202,7 @@ class Session:
                 parallelism=max(1, min(self._runner.parallelism, int(limits.cpus or self._runner.parallelism))),
                 cgroup=cgroup,
                 collecting=True,  # the init kills and reaps the rest of every exec itself
-                kill=cgroup.kill_all,
+                kill=lambda: self._kill(cgroup),
             )
             outcome = supervise(prepared, stdout_r, stderr_r, output_limit=limits.output_bytes, watch=watch,
                                 cancel_fd=cancel_fd, on_started=on_started, on_output=on_output)
@@ -242,6 +255,36 @@ class Session:
             raise SessionGone(f"its sandbox init answered {message.get('kind')!r}, not {kind!r}")
         return message
 
+    def _kill(self, cgroup: JobCgroup) -> None:
+        """Kill the exec (a limit, a cancel, ``stop``), thawed first if paused: a task
+        frozen by v1's freezer cannot even die."""
+        with self._state:
+            if self.paused and self._freezer is not None:
+                self._freezer.set(False)
+                self.paused = False
+            cgroup.kill_all()
+
+    def pause(self) -> None:
+        """Freeze every process of the session (the exec under way): they use no CPU
+        until ``resume``. An exec is refused while paused; its wall clock runs on."""
+        self._freeze(True)
+
+    def resume(self) -> None:
+        self._freeze(False)
+
+    def _freeze(self, frozen: bool) -> None:
+        with self._state:
+            if self.closed:
+                raise SessionGone("the session was deleted")
+            if self._freezer is None:
+                raise CgroupError(self._no_freezer)
+            self._freezer.set(frozen)
+            self.paused = frozen
+
+    def cpu_ns(self) -> int:
+        """The CPU time every exec of the session used so far, in ns."""
+        return self._cgroup.cpu_usage_ns()
+
     def _forget_exec(self, cgroup: JobCgroup) -> None:
         with self._state:
             self._running = None
@@ -258,17 +301,16 @@ class Session:
         if self._lock.acquire(timeout=grace_s):
             self._lock.release()
             return True
-        with self._state:
-            if self._running is cgroup:
-                cgroup.kill_all()
+        if self._running is cgroup:
+            self._kill(cgroup)
         return True
 
     def delete(self) -> None:
         """Kill whatever runs and end the session: its sandbox, files and cgroups are
         gone once the runner's supply has cleaned it up. Idempotent."""
-        with self._state:
-            if self._running is not None:
-                self._running.kill_all()
+        running = self._running
+        if running is not None:
+            self._kill(running)
         with self._lock:
             self._end("deleted")
 
@@ -277,6 +319,8 @@ class Session:
         if self.closed:
             return
         self.closed = True
+        if self._freezer is not None:
+            self._freezer.destroy()
         sandbox = getattr(self, "_sandbox", None)
         if sandbox is not None:
             self._runner.retire(sandbox)

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from sandbox.errors import JobError
 from sandbox.models import Blob, Collect, InputFile, Job, Limits, SessionSpec, Status
 from sandbox.runner import Runner
 from sandbox.session import Session, SessionGone
@@ -130,3 +132,48 @@ def test_stop_ends_the_running_exec_and_keeps_the_session(session):
     assert results[0].exit_code == 7
     assert not session.stop(grace_s=5)  # nothing runs now
     assert session.exec(sh("cat /work/kept")).stdout == b"x\n"
+
+
+def test_a_paused_session_uses_no_cpu(session, slowdown):
+    spinning = threading.Event()
+    results = []
+    exec_thread = threading.Thread(target=lambda: results.append(session.exec(
+        sh("echo spinning; while :; do :; done", wall_time="60s", cpu_time="60s"),
+        on_output=lambda stream, offset, data: spinning.set())))
+    exec_thread.start()
+    try:
+        assert spinning.wait(10)
+        session.pause()
+        frozen_at = session.cpu_ns()
+        threading.Event().wait(0.3)  # a window to measure over, not a synchronisation
+        assert session.cpu_ns() == frozen_at
+        with pytest.raises(JobError, match="paused"):
+            session.exec(sh("true"))
+        session.resume()
+        deadline = time.monotonic() + 10 * slowdown
+        while session.cpu_ns() == frozen_at:  # a thawed busy loop moves the counter again
+            assert time.monotonic() < deadline, "the session's CPU counter did not move after resume"
+            os.sched_yield()
+    finally:
+        session.stop(grace_s=0)
+        exec_thread.join()
+    assert results[0].status is Status.SIGNALED
+    assert session.exec(sh("echo after")).stdout == b"after\n"
+
+
+def test_a_paused_session_is_deleted_without_thawing_first(runner):
+    opened = Session(runner, SessionSpec())
+    spinning = threading.Event()
+    results = []
+    exec_thread = threading.Thread(target=lambda: results.append(opened.exec(
+        sh("echo spinning; while :; do :; done", wall_time="60s"),
+        on_output=lambda stream, offset, data: spinning.set())))
+    exec_thread.start()
+    try:
+        assert spinning.wait(10)
+        opened.pause()
+        opened.delete()
+    finally:
+        exec_thread.join()
+        runner.tidy()
+    assert results[0].status is Status.INTERNAL_ERROR or results[0].signal_name == "SIGKILL"

@@ -198,6 +198,23 @@ class JobCgroup(abc.ABC):
             raise CgroupError(f"could not remove cgroup(s) {remaining}")
 
 
+class Freezer(abc.ABC):
+    """A session's freezer (``Session.pause``): every process of its execs stopped by
+    the kernel, using no CPU, until thawed."""
+
+    # What an exec's program stage also joins, beside its own cgroup (v1: the freezer
+    # hierarchy's tasks file; v2: nothing - the freezer is the session's cgroup itself).
+    attach_fds: list[int]
+
+    @abc.abstractmethod
+    def set(self, frozen: bool) -> None:
+        """Freeze or thaw, and return once the kernel has done it."""
+
+    @abc.abstractmethod
+    def destroy(self) -> None:
+        """Thaw and remove what was made for it. Idempotent."""
+
+
 class CgroupBackend(abc.ABC):
     """Creates job cgroups under a delegated parent."""
 
@@ -225,6 +242,11 @@ class CgroupBackend(abc.ABC):
         with its own limits and usage, under the session's limits (``sandbox/session.py``).
         ``cgroup`` must hold no process (v2 gives a cgroup with processes no children
         with controllers)."""
+
+    @abc.abstractmethod
+    def freezer(self, cgroup: JobCgroup) -> Freezer:
+        """The freezer of a session whose cgroup is ``cgroup``; raises CgroupError where
+        the host delegates none (v1 without the freezer hierarchy)."""
 
     @staticmethod
     def job_name() -> str:

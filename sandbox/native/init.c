@@ -515,7 +515,8 @@ static pid_t fork_program_stage(struct program_setup *setup) {
  * process of its own: each exec gets a cgroup below it, and v2 lets a cgroup with
  * processes have none with controllers), and "session" answers on the job channel.
  * Then, per exec, two messages: EXEC_REQUEST with the exec cgroup's CPU counter and
- * join fds (as fd 6 and 7.. were for the one job), and a job message as start_job
+ * join fds (as fd 6 and 7.. were for the one job; on v1 the session's freezer may add
+ * one), and a job message as start_job
  * sends it. A program stage is forked for it as for a job - joined to the exec's
  * cgroup, its own user namespace and id maps, the filter - and watched as a job's is;
  * once its program exits, everything else of the exec is killed and reaped (nothing of
@@ -534,9 +535,9 @@ static void end_exec(void) {
 
 /* The exec's CPU counter to CPU_COUNTER_FD and its cgroup fds to FIRST_CGROUP_FD..,
  * where the program stage expects them (moved out of the way first, as place_fds). */
-static void place_exec_fds(const int *fds, int received, int cgroup_fds) {
+static void place_exec_fds(const int *fds, int received) {
     errno = EINVAL;
-    require(STAGE, received == 1 + cgroup_fds, "an exec whose fds do not match it");
+    require(STAGE, received >= 2, "an exec without its cgroup");
     int high[MAX_SPAWN_FDS];
     for (int i = 0; i < received; i++) {
         high[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, HIGH_FD);
@@ -579,7 +580,8 @@ static _Noreturn void serve_session(struct program_setup *setup, struct watcher 
         header[length] = '\0';
         errno = EPROTO;
         require(STAGE, strcmp(header, EXEC_REQUEST) == 0, "a session request it does not know");
-        place_exec_fds(passed, received, arguments->cgroup_fds);
+        place_exec_fds(passed, received);
+        setup->cgroup_fds = received - 1; /* (v1: the session's freezer may be one more) */
         int pair[2];
         require(STAGE, socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) == 0, "socketpair");
         setup->channel = pair[1];
@@ -595,7 +597,7 @@ static _Noreturn void serve_session(struct program_setup *setup, struct watcher 
         if (setup->own_user) {
             map_program_ids(program, arguments->job_id, to_program);
         }
-        for (int fd = FIRST_CGROUP_FD; fd < FIRST_CGROUP_FD + arguments->cgroup_fds; fd++) {
+        for (int fd = FIRST_CGROUP_FD; fd < FIRST_CGROUP_FD + setup->cgroup_fds; fd++) {
             close(fd);
         }
         char note[16];
