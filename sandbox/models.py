@@ -606,6 +606,7 @@ class WarmSpec:
 # Sessions (sandbox/session.py): a sandbox that lives between commands.
 DEFAULT_SESSION_TTL_S = 600.0
 MAX_SESSION_TTL_S = 7 * 24 * 3600.0
+DEFAULT_STOP_GRACE_S = 10.0  # from SIGTERM to SIGKILL (docker stop's default)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from sandbox.cgroups.base import Freezer
 from sandbox.collect import Collected, not_collected, receive
 from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
 from sandbox.job_message import DEFAULT_PATH, host_command, job_spec, job_stdin, rlimits, start_job
-from sandbox.models import WORKDIR, Job, Result, SessionSpec, Status
+from sandbox.models import DEFAULT_STOP_GRACE_S, WORKDIR, Job, Result, SessionSpec, Status
 from sandbox.prepare import ImageRoot
 from sandbox.runner import COLLECT_TIMEOUT_S, Runner, open_blob, result_of, usage_of
 from sandbox.supervise import Outcome, Watch, supervise
@@ -50,8 +50,6 @@ EXEC_REQUEST = b"exec"
 # How long the init may take to answer: it only reaps and kills, so only a sandbox in
 # trouble takes this long (it is then taken for dead).
 ANSWER_TIMEOUT_S = 30.0
-# ``stop``: SIGTERM, then this long before SIGKILL (docker stop's default).
-STOP_GRACE_S = 10.0
 
 
 class SessionGone(SandboxError):
@@ -290,7 +288,7 @@ class Session:
             self._running = None
             cgroup.destroy()
 
-    def stop(self, grace_s: float = STOP_GRACE_S) -> bool:
+    def stop(self, grace_s: float = DEFAULT_STOP_GRACE_S) -> bool:
         """SIGTERM to every process of the exec under way, SIGKILL ``grace_s`` later if
         it has not ended; the session and its files stay. False: nothing ran."""
         with self._state:

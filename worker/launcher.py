@@ -50,16 +50,18 @@ import threading
 import traceback
 from collections.abc import Callable
 
-from sandbox.errors import JobError
+from sandbox.errors import JobError, SandboxError
 from sandbox.linux import syscalls as sc
 from sandbox.linux.readiness import readable, wait_readable
 from sandbox.models import Blob, Group, Job, Mount, Result, Status, WarmSpec
 from sandbox.runner import HandedOver, Runner
+from sandbox.session import Session, SessionGone
 from worker.filecache import cached_path, tree_path
 from worker.launcher_channel import (
     RESULT_ROOM,
     CancelJob,
     ChannelDecoder,
+    CreateSession,
     DropOffer,
     GroupResult,
     JobOutput,
@@ -68,12 +70,15 @@ from worker.launcher_channel import (
     JobStarted,
     LauncherReady,
     OfferSandbox,
+    RunExec,
     RunGroup,
     RunJob,
+    SessionAnswer,
+    SessionControl,
     check_output_limit,
 )
 from worker.launcher_outbox import Outbox
-from worker.protocol import ProtocolError, group_from_wire, job_from_wire
+from worker.protocol import ProtocolError, group_from_wire, job_from_wire, session_spec_from_wire
 
 
 class Jobs:
@@ -150,6 +155,7 @@ def serve(channel: socket.socket, warm: list[WarmSpec], cache_dir: str) -> None:
     outbox.send(LauncherReady(os.getpid(), cgroups=runner.backend is not None))
     decoder = ChannelDecoder()
     jobs = Jobs()
+    sessions = LauncherSessions()
     offered: int | None = None  # the sandbox the worker may hand a job to itself
     try:
         while True:
@@ -186,8 +192,14 @@ def serve(channel: socket.socket, warm: list[WarmSpec], cache_dir: str) -> None:
                                    cancelled=cancelled)
                     case CancelJob(id=job_id):
                         jobs.cancel(job_id)
+                    case CreateSession() | RunExec() | SessionControl():
+                        cancelled = any(isinstance(later, CancelJob) and later.id == message.id
+                                        for later in messages[index + 1:])
+                        work = functools.partial(sessions.serve, runner, outbox, message, cache_dir)
+                        jobs.start(message.id, work, cancelled=cancelled)
     finally:
         jobs.end_all()
+        sessions.delete_all()
         runner.close()
 
 
@@ -301,6 +313,105 @@ def _group_results(
         check_output_limit(job.limits.over(runner.profiles.get(job.profile).limits))
     return runner.run_group(jobs, group.pipes, cancel_fd=cancel_fd,
                             on_started=lambda: outbox.send(JobStarted(job_id)))
+
+
+class LauncherSessions:
+    """The sessions this launcher holds (sandbox/session.py), by the ids the worker gave
+    them: each request on a thread of its own (``Jobs``), as a job is. A session lives
+    until the worker deletes it or this launcher ends (``delete_all``; and if it dies,
+    each session's init sees its job channel close and ends)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sessions: dict[str, Session] = {}
+
+    def serve(self, runner: Runner, outbox: Outbox, message: CreateSession | RunExec | SessionControl,
+              cache_dir: str, cancel_fd: int) -> None:
+        """Answer one request: an exec as a job is answered, the others with a
+        ``SessionAnswer``. Nothing a request holds ends the launcher."""
+        reply: JobResult | JobRejected | SessionAnswer
+        try:
+            if isinstance(message, RunExec):
+                reply = self._exec(runner, outbox, message, cache_dir, cancel_fd)
+            elif isinstance(message, CreateSession):
+                reply = self._create(runner, message)
+            else:
+                reply = self._control(message)
+        except Exception as exc:  # a bug of ours: this request's failure, not the launcher's
+            traceback.print_exc()
+            error = f"launcher: {type(exc).__name__}: {exc}"
+            reply = (JobResult(message.id, Result(Status.INTERNAL_ERROR, error=error)) if isinstance(message, RunExec)
+                     else SessionAnswer(message.id, "session_error", error))
+        outbox.send(reply)
+
+    def _create(self, runner: Runner, message: CreateSession) -> SessionAnswer:
+        try:
+            session = Session(runner, session_spec_from_wire(message.spec))
+        except ProtocolError as exc:
+            return SessionAnswer(message.id, exc.code, exc.message, exc.field)
+        except JobError as exc:
+            return SessionAnswer(message.id, "invalid_job", exc.message, exc.field)
+        except (SandboxError, OSError) as exc:
+            return SessionAnswer(message.id, "session_error", f"the session did not start: {exc}")
+        with self._lock:
+            self._sessions[message.id] = session
+        return SessionAnswer(message.id, info={"init_pid": session.init_pid, "cgroups": session.cgroup_directories})
+
+    def _exec(self, runner: Runner, outbox: Outbox, message: RunExec, cache_dir: str,
+              cancel_fd: int) -> JobResult | JobRejected:
+        session = self._sessions.get(message.session)
+        if session is None:
+            return JobRejected(message.id, f"no session {message.session}", "session")
+        if readable(cancel_fd):
+            return JobResult(message.id, Result(Status.CANCELLED, error="cancelled before it started"))
+        try:
+            job = _with_cached_paths(job_from_wire(message.job), cache_dir)
+            check_output_limit(job.limits.over(runner.profiles.get(session.spec.profile).limits))
+
+            def stream_output(stream: str, offset: int, data: bytes) -> None:
+                outbox.offer(JobOutput(message.id, stream, offset, data))
+
+            result = session.exec(
+                job, cancel_fd=cancel_fd, on_started=lambda: outbox.send(JobStarted(message.id)),
+                on_output=stream_output if message.stream else None, collect_room=RESULT_ROOM,
+            )
+        except ProtocolError as exc:
+            return JobRejected(message.id, exc.message, exc.field)
+        except SessionGone as exc:
+            return JobRejected(message.id, f"session {message.session}: {exc}", "session")
+        except JobError as exc:
+            return JobRejected(message.id, exc.message, exc.field)
+        return JobResult(message.id, result)
+
+    def _control(self, message: SessionControl) -> SessionAnswer:
+        with self._lock:
+            session = self._sessions.get(message.session)
+        if session is None:
+            return SessionAnswer(message.id, "unknown_session", f"no session {message.session}", "session")
+        info: dict[str, object] = {}
+        try:
+            if message.action == "pause":
+                session.pause()
+            elif message.action == "resume":
+                session.resume()
+            elif message.action == "stop":
+                info["stopped"] = session.stop(message.grace_s)
+            elif message.action == "delete":
+                with self._lock:
+                    self._sessions.pop(message.session, None)
+                session.delete()
+            else:
+                return SessionAnswer(message.id, "bad_message", f"no session action {message.action!r}", "type")
+        except (SandboxError, OSError) as exc:
+            return SessionAnswer(message.id, "session_error", str(exc))
+        return SessionAnswer(message.id, info=info)
+
+    def delete_all(self) -> None:
+        """The launcher ends: so do its sessions (their processes, cgroups and files)."""
+        with self._lock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            session.delete()
 
 
 def _with_cached_paths(job: Job, cache_dir: str) -> Job:

@@ -36,13 +36,15 @@ from worker.launcher_channel import (
     LauncherReady,
     Message,
     OfferSandbox,
+    SessionAnswer,
 )
 from worker.logs import log
 from worker.streams import send_now
 
 MAX_RECEIVED_FDS = 16  # a launcher sends 3 at a time (an offer), and one offer at a time
 FD_SIZE = array.array("i").itemsize
-ToSlot = (JobStarted, JobOutput, JobResult, GroupResult, JobRejected)  # a job's messages, by its id
+# A job's messages, by its id (and a session request's answer, by the request's).
+ToSlot = (JobStarted, JobOutput, JobResult, GroupResult, JobRejected, SessionAnswer)
 
 
 class LauncherDied(Exception):
