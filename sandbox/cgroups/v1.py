@@ -210,6 +210,7 @@ class V1Backend(CgroupBackend):
             "socket buffer limit (memory.kmem.tcp.*): TCP/UDP buffers capped": self.has_tcp_limit,
             "pids.peak: peak process count reported": _exists(pids, "pids.peak"),
             "oom_kill count in memory.oom_control": "oom_kill" in _read(memory, "memory.oom_control"),
+            "freezer hierarchy delegated: sessions can be paused": self.freezer_parent is not None,
         }
 
     def nested(self, cgroup: JobCgroup) -> V1Backend:
