@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import select
 import signal
@@ -197,7 +198,7 @@ class Session:
             watch = Watch(
                 wall_limit_ns=limits.wall_time_ms * 1_000_000,
                 cpu_limit_ns=None if limits.cpu_time_ms is None else limits.cpu_time_ms * 1_000_000,
-                parallelism=max(1, min(self._runner.parallelism, int(limits.cpus or self._runner.parallelism))),
+                parallelism=max(1, min(self._runner.parallelism, math.ceil(limits.cpus or self._runner.parallelism))),
                 cgroup=cgroup,
                 collecting=True,  # the init kills and reaps the rest of every exec itself
                 kill=lambda: self._kill(cgroup),
