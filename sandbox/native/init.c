@@ -6,7 +6,8 @@
  * the supervisor. For an image, B enters a copy of the image's base (a read-only root
  * the zygote prepares once per image) instead of the template. Either way B mounts the
  * job's own filesystems (root.c: on an image, its writable layer first, then pivoting
- * into it), forks the program stage (program.c), waits for its job and watches it.
+ * into it), forks the program stage (program.c), waits for its job and watches it -
+ * or, asked for a session (serve_session), runs one exec after another.
  *
  * Why C, in a project otherwise Python: this process and its child exist once per job
  * and everything they cost is paid per job. As Python, the init kept a forked
@@ -209,10 +210,11 @@ static int supervisor_gone(void) {
     return got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
 }
 
-/* Until the program stage's process exits (then returns, having reported it): reap every child as it exits (orphans of
- * the job come to us, pid 1, and a zombie would hold a pid of the job's limit) and
- * answer the filter's notifications - on `listener`, or, in a trace run, on the one
- * the program stage sends just before its exec. */
+/* Until the program stage's process exits (then returns, having reported it): reap
+ * every child as it exits (orphans of the job come to us, pid 1, and a zombie would
+ * hold a pid of the job's limit) and answer the filter's notifications - on
+ * `listener`, or, in a trace run, on the one the program stage sends just before its
+ * exec. */
 static void watch_and_reap(pid_t program, int to_program, int listener, struct watcher *watcher) {
     sigset_t child_signals;
     sigemptyset(&child_signals);
@@ -516,8 +518,7 @@ static pid_t fork_program_stage(struct program_setup *setup) {
  * processes have none with controllers), and "session" answers on the job channel.
  * Then, per exec, two messages: EXEC_REQUEST with the exec cgroup's CPU counter and
  * join fds (as fd 6 and 7.. were for the one job; on v1 the session's freezer may add
- * one), and a job message as start_job
- * sends it. A program stage is forked for it as for a job - joined to the exec's
+ * one), and a job message as start_job sends it. A program stage is forked for it as for a job - joined to the exec's
  * cgroup, its own user namespace and id maps, the filter - and watched as a job's is;
  * once its program exits, everything else of the exec is killed and reaped (nothing of
  * an exec outlives it, so an idle session runs nothing), its files are collected, and
@@ -527,6 +528,8 @@ static pid_t fork_program_stage(struct program_setup *setup) {
 static const char SESSION_REQUEST[] = "session";
 static const char EXEC_REQUEST[] = "exec";
 
+/* Whatever of the exec is left once its program exited: killed (this is pid 1 of the
+ * sandbox, so -1 is every other process in it) and reaped. */
 static void end_exec(void) {
     kill(-1, SIGKILL);
     while (waitpid(-1, NULL, __WALL) > 0 || errno == EINTR) {
