@@ -50,6 +50,19 @@ def test_the_life_cycle_through_the_client(worker):
         assert refused.value.code == "unknown_session"
 
 
+@pytest.mark.parametrize(("spec", "field"), [
+    (SessionSpec(profile="../../etc/profile.toml"), "profile"),  # a worker runs its own profiles, never a file
+    (SessionSpec(profile="nonesuch"), "profile"),
+    (SessionSpec(image="not-pulled:1"), "image"),
+])
+def test_a_session_on_what_the_worker_lacks_is_refused(worker, spec, field):
+    with Client(worker.socket_path) as client:
+        with pytest.raises(WorkerError) as refused:
+            client.session_create(spec)
+        assert (refused.value.code, refused.value.field) == ("invalid_job", field)
+        assert client.session_list() == []
+
+
 def test_a_limit_in_one_exec_leaves_the_session_usable(worker):
     with Client(worker.socket_path) as client:
         session = client.session_create()

@@ -53,7 +53,7 @@ from collections.abc import Callable
 from sandbox.errors import JobError, SandboxError
 from sandbox.linux import syscalls as sc
 from sandbox.linux.readiness import readable, wait_readable
-from sandbox.models import Blob, Group, Job, Mount, Result, Status, WarmSpec
+from sandbox.models import Blob, Group, Job, Mount, Result, Status, WarmSpec, is_profile_file
 from sandbox.runner import HandedOver, Runner
 from sandbox.session import Session, SessionGone
 from worker.filecache import cached_path, tree_path
@@ -346,7 +346,10 @@ class LauncherSessions:
 
     def _create(self, runner: Runner, message: CreateSession) -> SessionAnswer:
         try:
-            session = Session(runner, session_spec_from_wire(message.spec))
+            spec = session_spec_from_wire(message.spec)
+            if is_profile_file(spec.profile):  # (the worker refused it already: a worker runs its own profiles)
+                raise JobError(f"{spec.profile}: a worker runs only its own profiles", field="profile")
+            session = Session(runner, spec)
         except ProtocolError as exc:
             return SessionAnswer(message.id, exc.code, exc.message, exc.field)
         except JobError as exc:

@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from sandbox.models import Job, SessionSpec
+from worker.admission import admit
 from worker.launcher_channel import CreateSession, SessionAnswer, SessionControl, encode
 from worker.launcher_process import LauncherDied, LauncherProcess
 from worker.pool import Pool, Subscriber
@@ -69,7 +70,9 @@ class Sessions:
 
     async def create(self, spec: SessionSpec) -> SessionRecord:
         """Make a session on the launcher that holds the fewest; raises ProtocolError
-        for what the launcher refused (invalid_job, session_error)."""
+        for what the worker or the launcher refused (invalid_job: a profile that is not
+        one of the worker's own, an image not in its store; session_error)."""
+        admit(Job(cmd=["true"], image=spec.image, profile=spec.profile))  # as a job on them is
         launcher = min(self.pool.launchers, key=lambda each: sum(r.launcher is each for r in self.records.values()))
         await launcher.ready.wait()
         session_id = SESSION_ID_PREFIX + os.urandom(8).hex()
