@@ -13,7 +13,9 @@ import time
 
 import pytest
 from hoststate import own_processes
+from imagebuild import Entry, busybox_entries, layer_tar, oci_layout
 from test_cleanup import reaped_orphans, sleeping, wait_until
+from test_images_registry import cli as image_cli
 from workerutil import SANDBOX_CLI, WorkerProcess
 
 from sandbox.models import Job, Limits, SessionSpec, Status
@@ -61,6 +63,25 @@ def test_a_session_on_what_the_worker_lacks_is_refused(worker, spec, field):
             client.session_create(spec)
         assert (refused.value.code, refused.value.field) == ("invalid_job", field)
         assert client.session_list() == []
+
+
+def test_an_image_sessions_writable_layer_lives_between_execs(image_store, start_worker):
+    layer = layer_tar(busybox_entries() + [Entry("motd", data=b"from the image\n")])
+    done = image_cli("import", str(oci_layout(image_store / "layout", [layer])), "bb:1")
+    assert done.returncode == 0, done.stderr
+    worker = start_worker("--slots", "1")
+    with Client(worker.socket_path) as client:
+        session = client.session_create(SessionSpec(image="bb:1"))
+        try:
+            # (the job owns the image's root directory: a file of the image is replaced there)
+            changed = client.session_exec(session, sh("rm /motd && echo changed > /motd && echo new > /new"))
+            assert changed.status is Status.OK, changed
+            seen = client.session_exec(session, sh("cat /motd /new"))
+            assert seen.stdout == b"changed\nnew\n", seen
+        finally:
+            client.session_delete(session)
+        other = client.run(Job(cmd=["sh", "-c", "cat /motd; ls /new"], image="bb:1"))
+        assert other.stdout == b"from the image\n"  # the image itself is unchanged
 
 
 def test_a_limit_in_one_exec_leaves_the_session_usable(worker):
