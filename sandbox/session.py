@@ -122,8 +122,10 @@ class Session:
 
     @property
     def cgroup_directories(self) -> list[str]:
-        """The session's cgroup (one directory per v1 hierarchy); its execs' are below."""
-        return list(self._cgroup.directories)
+        """The session's cgroup (one directory per v1 hierarchy; its execs' are below) and
+        its freezer's: what is left on the host of a session whose init is gone."""
+        freezer = [] if self._freezer is None else [self._freezer.directory]
+        return list(dict.fromkeys([*self._cgroup.directories, *freezer]))
 
     @property
     def running(self) -> bool:

@@ -174,8 +174,9 @@ def test_the_life_cycle_through_the_cli(worker, tmp_path):
     assert missing.returncode == 125 and b"unknown_session" in missing.stderr
 
 
-def test_a_killed_worker_leaves_no_session_behind(tmp_path, start_worker, connect, cgroup_parents, slowdown):
+def test_a_killed_worker_leaves_no_session_behind(tmp_path, connect, cgroup_parents, slowdown):
     survivors = own_processes()
+    records = tmp_path / "w.sock.sessions"  # beside its socket, as its file cache
     dead = WorkerProcess(tmp_path, "--slots", "2")
     launchers: list[int] = []
     try:
@@ -188,6 +189,7 @@ def test_a_killed_worker_leaves_no_session_behind(tmp_path, start_worker, connec
             connect(dead).send({"type": "session_exec", "id": "e1", "session": busy,
                                 "job": {"cmd": ["sleep", "1302"], "limits": {"wall_time": "60s"}}})
             assert wait_until(lambda: sleeping("1302"), 20 * slowdown), "the exec never started"
+            assert sorted(path.stem for path in records.iterdir()) == sorted([idle, paused, busy])
             # The worker and its launchers die at once: nothing of theirs cleans up.
             launchers += dead.launchers()
             dead.process.send_signal(signal.SIGKILL)
@@ -198,9 +200,33 @@ def test_a_killed_worker_leaves_no_session_behind(tmp_path, start_worker, connec
         dead.stop()
     assert wait_until(lambda: not sleeping("1302"), 20 * slowdown), "an exec outlived its worker"
     assert wait_until(lambda: reaped_orphans(survivors), 20 * slowdown), "processes outlived the worker"
-    again = start_worker("--slots", "2")  # its launchers remove the cgroups the dead ones left
-    with Client(again.socket_path) as client:
-        assert client.session_list() == []
-    left = [name for parent in cgroup_parents for name in os.listdir(parent)
-            if name.startswith("job-") and int(name.split("-")[1]) in launchers]
-    assert left == []
+    again = WorkerProcess(tmp_path, "--slots", "2")  # on the same socket: its launchers read the records
+    try:
+        with Client(again.socket_path) as client:
+            assert client.session_list() == []
+        left = [name for parent in cgroup_parents for name in os.listdir(parent)
+                if name.startswith("job-") and int(name.split("-")[1]) in launchers]
+        assert left == []
+        assert list(records.iterdir()) == []
+    finally:
+        assert again.stop() == 0
+
+
+def test_a_record_cleans_up_where_the_creators_pid_runs_again(tmp_path, cgroup_parents):
+    """A dead launcher's cgroups are found by the pid in their names; once that pid runs
+    again (here: this test's own), only the session's record says they are garbage."""
+    directories = [os.path.join(parent, f"job-{os.getpid()}-1-abandoned") for parent in cgroup_parents]
+    for directory in directories:
+        os.mkdir(directory)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    records = tmp_path / "w.sock.sessions"
+    records.mkdir()
+    (records / "s-0123456789abcdef.json").write_text(json.dumps(
+        {"launcher": [gone.pid, 1], "init": None, "cgroups": directories}))
+    worker = WorkerProcess(tmp_path, "--slots", "1")
+    try:
+        assert not [directory for directory in directories if os.path.exists(directory)]
+        assert list(records.iterdir()) == []
+    finally:
+        assert worker.stop() == 0

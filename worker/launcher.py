@@ -34,8 +34,9 @@ holds a lease on it until the job's result. A tree a job mounts by id is the cac
 directory of it, which the runner has cloned for the sandbox to mount (``Runner``), leased
 the same way.
 
-Run as: python -m worker.launcher FD PARENT_PID WARM_JSON CACHE_DIR (WARM_JSON a list of
-WarmSpec wire forms; CACHE_DIR empty for a worker with no file cache)
+Run as: python -m worker.launcher FD PARENT_PID WARM_JSON CACHE_DIR SESSIONS_DIR (WARM_JSON a
+list of WarmSpec wire forms; CACHE_DIR empty for a worker with no file cache; SESSIONS_DIR
+where the records of its sessions go, worker/session_records.py, empty for none)
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ from worker.launcher_channel import (
 )
 from worker.launcher_outbox import Outbox
 from worker.protocol import ProtocolError, group_from_wire, job_from_wire, session_spec_from_wire
+from worker.session_records import SessionRecords
 
 
 class Jobs:
@@ -146,16 +148,19 @@ class Jobs:
             thread.join()
 
 
-def serve(channel: socket.socket, warm: list[WarmSpec], cache_dir: str) -> None:
+def serve(channel: socket.socket, warm: list[WarmSpec], cache_dir: str, sessions_dir: str = "") -> None:
     """Read the worker's messages and start each job on a thread of its own; between
     messages, do the idle work (offers, the supply's steps)."""
     sc.set_process_name("sandbox-launch")
     runner = Runner(warm_for=warm)
+    records = SessionRecords(sessions_dir) if sessions_dir else None
+    if records is not None:
+        records.reap()  # what the sessions of a crashed worker's launchers left
     outbox = Outbox(channel)
     outbox.send(LauncherReady(os.getpid(), cgroups=runner.backend is not None))
     decoder = ChannelDecoder()
     jobs = Jobs()
-    sessions = LauncherSessions()
+    sessions = LauncherSessions(records)
     offered: int | None = None  # the sandbox the worker may hand a job to itself
     try:
         while True:
@@ -321,9 +326,10 @@ class LauncherSessions:
     until the worker deletes it or this launcher ends (``delete_all``; and if it dies,
     each session's init sees its job channel close and ends)."""
 
-    def __init__(self) -> None:
+    def __init__(self, records: SessionRecords | None = None) -> None:
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
+        self._records = records  # one on disk per session, while it lives (worker/session_records.py)
 
     def serve(self, runner: Runner, outbox: Outbox, message: CreateSession | RunExec | SessionControl,
               cache_dir: str, cancel_fd: int) -> None:
@@ -356,9 +362,11 @@ class LauncherSessions:
             return SessionAnswer(message.id, "invalid_job", exc.message, exc.field)
         except (SandboxError, OSError) as exc:
             return SessionAnswer(message.id, "session_error", f"the session did not start: {exc}")
+        if self._records is not None:
+            self._records.write(message.id, session.init_pid, session.cgroup_directories)
         with self._lock:
             self._sessions[message.id] = session
-        return SessionAnswer(message.id, info={"init_pid": session.init_pid, "cgroups": session.cgroup_directories})
+        return SessionAnswer(message.id, info={"init_pid": session.init_pid})
 
     def _exec(self, runner: Runner, outbox: Outbox, message: RunExec, cache_dir: str,
               cancel_fd: int) -> JobResult | JobRejected:
@@ -402,7 +410,7 @@ class LauncherSessions:
             elif message.action == "delete":
                 with self._lock:
                     self._sessions.pop(message.session, None)
-                session.delete()
+                self._end(message.session, session)
             else:
                 return SessionAnswer(message.id, "bad_message", f"no session action {message.action!r}", "type")
         except (SandboxError, OSError) as exc:
@@ -412,9 +420,14 @@ class LauncherSessions:
     def delete_all(self) -> None:
         """The launcher ends: so do its sessions (their processes, cgroups and files)."""
         with self._lock:
-            sessions, self._sessions = list(self._sessions.values()), {}
-        for session in sessions:
-            session.delete()
+            sessions, self._sessions = self._sessions, {}
+        for session_id, session in sessions.items():
+            self._end(session_id, session)
+
+    def _end(self, session_id: str, session: Session) -> None:
+        session.delete()
+        if self._records is not None:
+            self._records.remove(session_id)
 
 
 def _with_cached_paths(job: Job, cache_dir: str) -> Job:
@@ -452,7 +465,7 @@ def main(argv: list[str]) -> int:
     if os.getppid() != parent_pid:
         return 1  # the worker died while starting us
     with socket.socket(fileno=fd) as channel:
-        serve(channel, warm, argv[4])
+        serve(channel, warm, argv[4], argv[5] if len(argv) > 5 else "")
     return 0
 
 

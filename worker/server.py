@@ -204,7 +204,7 @@ class Server:
                 self.claim.release()
             raise ValueError(f"file cache: {exc}") from None
         self.pool = Pool(config.slots, config.max_queue, warm, retention_s=config.retention_s, cache=self.cache,
-                         launchers=config.launchers)
+                         launchers=config.launchers, sessions_dir=_sessions_dir(config))
         self.metrics = Metrics(self.pool, self.cache) if config.metrics or config.http else None
         if self.metrics is not None:
             self.pool.on_finished = self.metrics.observe
@@ -631,6 +631,13 @@ def _file_cache_dir(config: ServerConfig) -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     host, port = config.tcp
     return os.path.join(base, "sandbox", f"worker-{host}-{port}.files")
+
+
+def _sessions_dir(config: ServerConfig) -> str:
+    """Where the launchers keep a record of each session they hold, for the next ones to
+    clean up after a crash (worker/launcher.py): beside the file cache, and like it one
+    per socket; unlike it, kept across restarts."""
+    return _file_cache_dir(config).removesuffix(".files") + ".sessions"
 
 
 def serve_forever(config: ServerConfig) -> None:

@@ -205,6 +205,7 @@ class Freezer(abc.ABC):
     # What an exec's program stage also joins, beside its own cgroup (v1: the freezer
     # hierarchy's tasks file; v2: nothing - the freezer is the session's cgroup itself).
     attach_fds: list[int]
+    directory: str  # its cgroup directory (v2: the session's own)
 
     @abc.abstractmethod
     def set(self, frozen: bool) -> None:
