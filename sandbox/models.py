@@ -601,3 +601,29 @@ class WarmSpec:
         for spec in specs:
             counts[spec.profile, spec.image] = counts.get((spec.profile, spec.image), 0) + spec.count
         return [WarmSpec(count, profile, image) for (profile, image), count in counts.items() if count]
+
+
+# Sessions (sandbox/session.py): a sandbox that lives between commands.
+DEFAULT_SESSION_TTL_S = 600.0
+MAX_SESSION_TTL_S = 7 * 24 * 3600.0
+DEFAULT_STOP_GRACE_S = 10.0  # from SIGTERM to SIGKILL (docker stop's default)
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """A session to create: its image and profile, the limits of the session as a whole
+    (memory, pids and cpus for every exec together; ``disk``, its one scratch) and how
+    long it may stay idle - no exec running - before it is deleted (``ttl_s``)."""
+
+    image: str = "host"
+    profile: str = "default"
+    limits: Limits = field(default_factory=Limits)
+    ttl_s: float = DEFAULT_SESSION_TTL_S
+
+    def __post_init__(self) -> None:
+        Job(cmd=["true"], profile=self.profile, image=self.image)  # the same names a job may use
+        if not isinstance(self.limits, Limits):
+            raise JobError("limits must be a map of limits", field="limits")
+        ttl = self.ttl_s
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= MAX_SESSION_TTL_S:
+            raise JobError(f"ttl must be more than 0 and at most {MAX_SESSION_TTL_S:.0f} seconds", field="ttl")

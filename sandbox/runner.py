@@ -186,6 +186,21 @@ class Runner:
         with self._supply_lock:
             return self.sandboxes.take_offered(init_pid)
 
+    def take_sandbox(self, image: ImageRoot | None, profile: str, limits: Limits, *, image_name: str) -> Sandbox:
+        """A sandbox of the supply's for a caller that keeps it past one job (a session:
+        ``sandbox/session.py``); it gives it back with ``retire``."""
+        with self._supply_lock:
+            sandbox = self.sandboxes.take(image, profile, limits, image_name=image_name, trace=False)
+            if sandbox.cgroup is not None and not sandbox.accounting:
+                sandbox.cgroup.start_accounting()
+            return sandbox
+
+    def release_lease(self, lease: Any) -> None:
+        """Release an image lease (``images.runtime.LeasedImage``) a caller took, under
+        the supply's lock, as leases are taken."""
+        with self._supply_lock:
+            lease.release()
+
     def retire(self, sandbox: Sandbox) -> None:
         """Kill the sandbox and clean it up later (``SandboxSupply.retire``)."""
         with self._supply_lock:
@@ -362,25 +377,34 @@ class Runner:
             trace.extend(outcome.traced)
         job = member.job
         collected = _collect(job, member.sandbox, outcome, collect_room) if job.collect else Collected()
-        usage = _usage(outcome, cgroup)  # (after collecting: the init killed what was left of the job)
-        verdict = decide(outcome, cpu_ms=usage.cpu_ms, cpu_limit_ms=limits.cpu_time_ms, oom_killed=usage.oom_killed)
-        return Result(
-            status=verdict.status,
-            exit_code=verdict.exit_code,
-            signal=verdict.signal,
-            signal_name=verdict.signal_name,
-            stdout=bytes(outcome.stdout.data),
-            stderr=bytes(outcome.stderr.data),
-            stdout_truncated=outcome.stdout.truncated,
-            stderr_truncated=outcome.stderr.truncated,
-            usage=usage,
-            limits_not_enforced=member.not_enforced,
-            warnings=member.warnings,
-            error=verdict.error,
-            violation=outcome.violation,
-            files=collected.files,
-            file_errors=collected.errors,
-        )
+        usage = usage_of(outcome, cgroup)  # (after collecting: the init killed what was left of the job)
+        return result_of(outcome, usage, limits, collected, member.warnings, member.not_enforced)
+
+
+def result_of(
+    outcome: Outcome, usage: Usage, limits: Limits, collected: Collected, warnings: list[str],
+    not_enforced: list[str],
+) -> Result:
+    """A job's Result from the facts of its run: a job's, or a session's exec's
+    (``sandbox/session.py``), which must read alike."""
+    verdict = decide(outcome, cpu_ms=usage.cpu_ms, cpu_limit_ms=limits.cpu_time_ms, oom_killed=usage.oom_killed)
+    return Result(
+        status=verdict.status,
+        exit_code=verdict.exit_code,
+        signal=verdict.signal,
+        signal_name=verdict.signal_name,
+        stdout=bytes(outcome.stdout.data),
+        stderr=bytes(outcome.stderr.data),
+        stdout_truncated=outcome.stdout.truncated,
+        stderr_truncated=outcome.stderr.truncated,
+        usage=usage,
+        limits_not_enforced=not_enforced,
+        warnings=warnings,
+        error=verdict.error,
+        violation=outcome.violation,
+        files=collected.files,
+        file_errors=collected.errors,
+    )
 
 
 @dataclass
@@ -452,7 +476,8 @@ def _parallelism(cpus_available: int, quota: float | None) -> int:
     return max(1, min(cpus_available, math.ceil(quota) if quota else cpus_available))
 
 
-def _usage(outcome: Outcome, cgroup: JobCgroup | None) -> Usage:
+def usage_of(outcome: Outcome, cgroup: JobCgroup | None) -> Usage:
+    """What the job used: its cgroup's counters, else the init's rusage of the program."""
     exited = outcome.exited or {}
     usage = Usage(max_rss_bytes=int(exited.get("maxrss_kb", 0)) * 1024)
     if outcome.started_ns is not None:

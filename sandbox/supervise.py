@@ -93,6 +93,9 @@ class Watch:
     # reaps the rest of the job itself and then sends them - supervise returns at the
     # exit (with the output at EOF) and leaves the files to ``sandbox.collect``.
     collecting: bool = False
+    # How a kill is done: None, SIGKILL to the init (the job's pid namespace goes with
+    # it); a session's exec kills its own cgroup instead, and the init lives on.
+    kill: Callable[[], None] | None = None
 
 
 def supervise(
@@ -133,7 +136,10 @@ def supervise(
         if outcome.kill_reason is None:
             outcome.kill_reason = reason
             outcome.killed_at_ns = time.monotonic_ns()
-            os.kill(sandbox.init_pid, signal.SIGKILL)
+            if watch.kill is None:
+                os.kill(sandbox.init_pid, signal.SIGKILL)
+            else:
+                watch.kill()
 
     if outcome.setup_error:
         kill(KillReason.SETUP)

@@ -524,3 +524,30 @@ def test_http_off_loopback_needs_a_token(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 125
     assert "needs a token" in done.stderr
+
+
+def test_a_session_over_http(http_worker: HttpWorker) -> None:
+    with http_worker.client() as client:
+        made = client.post("/v1/sessions", json={"limits": {"memory": "256M"}, "ttl": 60})
+        assert made.status_code == 201, made.text
+        session = made.json()["session"]
+        assert made.headers["location"] == f"/v1/sessions/{session}"
+        first = client.post(f"/v1/sessions/{session}/exec?wait=true",
+                            json={"job": {"cmd": ["sh", "-c", "echo kept > /work/f"]}})
+        assert first.json()["result"]["status"] == "ok", first.text
+        second = client.post(f"/v1/sessions/{session}/exec?wait=true", json={"id": "read-f",
+                                                                             "job": {"cmd": ["cat", "/work/f"]}})
+        assert base64.b64decode(second.json()["result"]["stdout"]) == b"kept\n"
+        assert client.get("/v1/jobs/read-f").json()["state"] == "finished"  # an exec is a job there
+        shown = client.get(f"/v1/sessions/{session}").json()
+        assert (shown["state"], shown["execs"]) == ("idle", 2)
+        assert base64.b64decode(shown["logs"][-1]["stdout"]) == b"kept\n"
+        assert client.post(f"/v1/sessions/{session}/pause").json()["state"] == "paused"
+        paused = client.post(f"/v1/sessions/{session}/exec", json={"job": {"cmd": ["true"]}})
+        assert (paused.status_code, paused.json()["code"]) == (409, "session_paused")
+        assert client.post(f"/v1/sessions/{session}/resume").json()["state"] == "idle"
+        assert client.post(f"/v1/sessions/{session}/stop", json={"grace": 1}).json()["stopped"] is False
+        assert session in [s["session"] for s in client.get("/v1/sessions").json()["sessions"]]
+        assert client.delete(f"/v1/sessions/{session}").status_code == 200
+        gone = client.get(f"/v1/sessions/{session}")
+        assert (gone.status_code, gone.json()["code"]) == (404, "unknown_session")

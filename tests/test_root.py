@@ -14,7 +14,7 @@ from workerutil import SANDBOX_CLI
 
 from sandbox.cgroups.setup import setup_v2_subtree
 from sandbox.cgroups.systemd import systemd_running
-from sandbox.cgroups.v1 import CONTROLLERS, v1_mounts
+from sandbox.cgroups.v1 import CONTROLLERS, FREEZER, v1_mounts
 from sandbox.cgroups.v2 import v2_mount
 from sandbox.models import Job, Limits
 from sandbox.runner import Runner
@@ -43,7 +43,7 @@ def test_setup_cgroups_delegates_and_is_idempotent():
     assert "already there" in second.stdout and "created" not in second.stdout
     if v2_mount() is None:
         mounts = v1_mounts()
-        for controller in CONTROLLERS:
+        for controller in [*CONTROLLERS, *([FREEZER] if FREEZER in mounts else [])]:  # (freezer: a session's pause)
             directory = os.path.join(mounts[controller], "sandbox", user)
             for path in (directory, os.path.join(directory, "cgroup.procs")):
                 assert os.stat(path).st_uid == account.pw_uid, path

@@ -31,7 +31,17 @@ from typing import Any
 import trio
 
 from sandbox.errors import JobError
-from sandbox.models import FILE_ID_PREFIX, TREE_ID_PREFIX, Blob, Group, Job, Pipe, Result
+from sandbox.models import (
+    DEFAULT_STOP_GRACE_S,
+    FILE_ID_PREFIX,
+    TREE_ID_PREFIX,
+    Blob,
+    Group,
+    Job,
+    Pipe,
+    Result,
+    SessionSpec,
+)
 from worker.protocol import (
     REPLY_MAX_FRAME,
     VERSION,
@@ -41,6 +51,7 @@ from worker.protocol import (
     group_to_wire,
     job_to_wire,
     result_from_wire,
+    session_spec_to_wire,
 )
 
 _FINAL_EVENTS = ("finished", "cancelled")
@@ -93,10 +104,21 @@ class _Mailbox:
     def put(self, message: dict[str, Any]) -> None:
         """Messages about an id (a job's events, an upload's ``file``, errors about
         either) are kept by their id, the rest in arrival order."""
-        if message.get("type") in ("event", "file") or (message.get("type") == "error" and "id" in message):
+        if message.get("type") in ("event", "file", "session") or (message.get("type") == "error" and "id" in message):
             self.events[message["id"]].append(message)
         else:
             self.other.append(message)
+
+    def answer(self, request: str) -> dict[str, Any] | None:
+        """The worker's answer to a session request, once it has arrived."""
+        queue = self.events.get(request)
+        if not queue:
+            return None
+        message = queue.popleft()
+        del self.events[request]
+        if message["type"] == "error":
+            raise WorkerError(message)
+        return message
 
     def stored(self, upload: str) -> str | None:
         """The file id of a finished upload, once the worker's answer has arrived."""
@@ -176,6 +198,11 @@ def _submit(job: Job, job_id: str, stream: bool, hello: dict[str, Any]) -> dict[
     if "progress-optional" in hello.get("capabilities", ()):
         message["progress"] = False
     return message
+
+
+def session_exec_message(session: str, job: Job, exec_id: str, stream: bool, hello: dict[str, Any]) -> dict[str, Any]:
+    """The session_exec request: a submit's, naming the session."""
+    return {**_submit(job, exec_id, stream, hello), "type": "session_exec", "session": session}
 
 
 # A problem package for ``Client.judge``: each file's bytes, or {"file_id": ID} for one put before.
@@ -389,6 +416,53 @@ class Client:
     def ping(self) -> dict[str, Any]:
         self._send({"type": "ping"})
         return self._next_other()
+
+    # Sessions: sandboxes that live between commands (docs/protocol.md "Sessions").
+
+    def session_create(self, spec: SessionSpec | None = None) -> str:
+        """Make a session (on the host image, the default profile and limits, unless
+        ``spec`` says); its id, for the other session calls, from any connection."""
+        wire = session_spec_to_wire(spec or SessionSpec())
+        return str(self._session_request({"type": "session_create", **wire})["session"])
+
+    def session_exec(self, session: str, job: Job, exec_id: str | None = None, *,
+                     on_output: OutputHandler | None = None) -> Result:
+        """Run ``job`` in the session (its image and profile are the session's) and wait:
+        the Result a job has. Raises WorkerError ``unknown_session``, ``session_paused``."""
+        exec_id = exec_id or uuid.uuid4().hex
+        self._send(session_exec_message(session, job, exec_id, on_output is not None, self.hello))
+        return self.wait(exec_id, on_output)
+
+    def session_pause(self, session: str) -> dict[str, Any]:
+        return self._session_request({"type": "session_pause", "session": session})
+
+    def session_resume(self, session: str) -> dict[str, Any]:
+        return self._session_request({"type": "session_resume", "session": session})
+
+    def session_stop(self, session: str, grace_s: float = DEFAULT_STOP_GRACE_S) -> dict[str, Any]:
+        """SIGTERM to the exec under way, SIGKILL ``grace_s`` later; ``stopped`` says
+        whether one ran. The session and its files stay."""
+        return self._session_request({"type": "session_stop", "session": session, "grace": grace_s})
+
+    def session_delete(self, session: str) -> dict[str, Any]:
+        return self._session_request({"type": "session_delete", "session": session})
+
+    def session_list(self) -> list[dict[str, Any]]:
+        self._send({"type": "session_list"})
+        sessions: list[dict[str, Any]] = self._next_other()["sessions"]
+        return sessions
+
+    def session_logs(self, session: str) -> list[dict[str, Any]]:
+        """The session's recent execs: id, cmd, status, exit_code and the end of each output."""
+        logs: list[dict[str, Any]] = self._session_request({"type": "session_logs", "session": session})["logs"]
+        return logs
+
+    def _session_request(self, message: dict[str, Any]) -> dict[str, Any]:
+        request = uuid.uuid4().hex
+        self._send({**message, "id": request})
+        while (answer := self._mail.answer(request)) is None:
+            self._receive()
+        return answer
 
     def stats(self) -> dict[str, Any]:
         self._send({"type": "stats"})

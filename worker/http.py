@@ -42,12 +42,29 @@ from sandbox.languages import image_present, image_reference, load_preset, prese
 from sandbox.models import Job, Result
 from worker.admission import admit
 from worker.callbacks import Callbacks
-from worker.http_wire import error_json, job_request, judge_to_wire, result_to_json, status_of
+from worker.http_wire import (
+    error_json,
+    exec_request,
+    job_request,
+    judge_to_wire,
+    result_to_json,
+    session_logs_to_json,
+    session_request,
+    status_of,
+)
 from worker.judging import PoolStages, judge_from_wire, run_judge
 from worker.logs import log
 from worker.openapi import DOCUMENT
 from worker.pool import JobRecord
-from worker.protocol import ProtocolError, file_id, job_from_wire, job_id
+from worker.protocol import (
+    ProtocolError,
+    file_id,
+    job_from_wire,
+    job_id,
+    session_id,
+    session_spec_from_wire,
+    stop_grace,
+)
 
 if TYPE_CHECKING:
     from worker.http_queue import QueueRoutes
@@ -150,6 +167,12 @@ class HttpFrontDoor:
             Route("/v1/files", self._guarded(routes.file_cache), methods=["GET"]),
             Route("/v1/files/{id}", self._guarded(routes.get_file), methods=["GET"]),
             Route("/v1/files/{id}", self._guarded(routes.delete_file), methods=["DELETE"]),
+            Route("/v1/sessions", self._guarded(self.create_session), methods=["POST"]),
+            Route("/v1/sessions", self._guarded(self.list_sessions), methods=["GET"]),
+            Route("/v1/sessions/{session}", self._guarded(self.get_session), methods=["GET"]),
+            Route("/v1/sessions/{session}", self._guarded(self.delete_session), methods=["DELETE"]),
+            Route("/v1/sessions/{session}/exec", self._guarded(self.session_exec), methods=["POST"]),
+            Route("/v1/sessions/{session}/{action}", self._guarded(self.session_action), methods=["POST"]),
             Route("/v1/languages", self._guarded(self.languages), methods=["GET"]),
             Route("/v1/stats", self._guarded(self.stats), methods=["GET"]),
             Route("/metrics", self._guarded(self.scrape), methods=["GET"]),
@@ -206,6 +229,18 @@ class HttpFrontDoor:
         try:
             return json.loads(body)
         except ValueError as exc:  # (UnicodeDecodeError is one)
+            raise ProtocolError("bad_json", f"the body is not JSON: {exc}") from None
+        except RecursionError:
+            raise ProtocolError("bad_json", "the body nests too deeply") from None
+
+    async def optional_body(self, request: Request) -> Any:
+        """``body``, or None for a request without one (every field left to its default)."""
+        body = await self.raw_body(request, self.max_body)
+        if not body.strip():
+            return None
+        try:
+            return json.loads(body)
+        except ValueError as exc:
             raise ProtocolError("bad_json", f"the body is not JSON: {exc}") from None
         except RecursionError:
             raise ProtocolError("bad_json", "the body nests too deeply") from None
@@ -339,6 +374,57 @@ class HttpFrontDoor:
         elif record.done and isinstance(record.result, Result):
             data["result"] = result_to_json(record.result)
         return data
+
+    # -- sessions (always this worker's own, even with --http-forward) --------------------
+
+    async def create_session(self, request: Request) -> Response:
+        self.accepting()
+        spec = session_spec_from_wire(session_request(await self.optional_body(request)))
+        record = await self.server.sessions.create(spec)
+        return JSONResponse(record.to_wire(), status_code=201, headers={"Location": f"/v1/sessions/{record.id}"})
+
+    async def list_sessions(self, request: Request) -> Response:
+        return JSONResponse({"sessions": self.server.sessions.listing()})
+
+    async def get_session(self, request: Request) -> Response:
+        session = self._session(request)
+        return JSONResponse({**self.server.sessions.get(session).to_wire(),
+                             "logs": session_logs_to_json(self.server.sessions.logs(session))})
+
+    async def delete_session(self, request: Request) -> Response:
+        return JSONResponse(await self.server.sessions.control(self._session(request), "delete"))
+
+    async def session_action(self, request: Request) -> Response:
+        """pause, resume, or stop (a body {"grace": seconds} optional)."""
+        action = request.path_params["action"]
+        if action not in ("pause", "resume", "stop"):
+            raise ProtocolError("not_found", f"no session action {action!r}: pause, resume, stop or exec")
+        body = await self.optional_body(request)
+        if body is not None and not isinstance(body, dict):
+            raise ProtocolError("bad_message", "the body must be an object: grace")
+        grace = stop_grace(body or {}) if action == "stop" else 0.0
+        return JSONResponse(await self.server.sessions.control(self._session(request), action, grace))
+
+    async def session_exec(self, request: Request) -> Response:
+        """An exec, queued as a job is: answered as POST /v1/jobs is (it is a job there)."""
+        self.accepting()
+        session = self._session(request)
+        given_id, wire = exec_request(await self.body(request))
+        identifier = uuid.uuid4().hex if given_id is None else job_id({"id": given_id})
+        job = job_from_wire(wire)
+        if not self.pool.knows(identifier) and self.pool.room() < 1:
+            self._busy()
+        self.server.sessions.submit_exec(identifier, session, job, self, self._hear, stream=False)
+        record = self.pool.state(identifier)
+        if query_flag(request, "wait"):
+            await self._wait(record)
+            return JSONResponse(self._job_document(record))
+        return JSONResponse({"id": identifier, "state": record.state.value}, status_code=202,
+                            headers={"Location": f"/v1/jobs/{identifier}"})
+
+    @staticmethod
+    def _session(request: Request) -> str:
+        return session_id({"session": request.path_params["session"]})
 
     def _busy(self) -> None:
         self.pool.stats.busy_rejections += 1

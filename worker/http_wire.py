@@ -28,6 +28,9 @@ STATUS_OF_CODE = {
     "method_not_allowed": 405,
     "id_conflict": 409,
     "unknown_file": 404,
+    "unknown_session": 404,
+    "session_paused": 409,
+    "session_error": 500,
     "frame_too_large": 413,
     "bad_message": 422,
     "invalid_job": 422,
@@ -108,6 +111,31 @@ def judge_to_wire(body: Any, judge_id: str) -> dict[str, Any]:
     if isinstance(submission, dict) and "source" in submission:
         message["submission"] = {**submission, "source": _base64(submission["source"], "submission.source")}
     return message
+
+
+def exec_request(body: Any) -> tuple[str | None, dict[str, Any]]:
+    """(id or None, the job in its wire form) of a POST /v1/sessions/ID/exec body: a job
+    request's, without a callback (its caller waits, or polls /v1/jobs/ID)."""
+    identifier, job, callback = job_request(body)
+    if callback is not None:
+        raise ProtocolError("bad_message", "an exec takes no callback_url", field="callback_url")
+    return identifier, job
+
+
+def session_request(body: Any) -> dict[str, Any]:
+    """A POST /v1/sessions body as the protocol's ``session_create`` (for
+    ``session_spec_from_wire``, which checks its keys and names the field)."""
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise ProtocolError("bad_message", "the body must be an object: image, profile, limits, ttl")
+    return dict(body)
+
+
+def session_logs_to_json(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A session's recent execs with their output's ends in base64, as a result's."""
+    return [{key: base64.b64encode(value).decode() if isinstance(value, bytes) else value
+             for key, value in entry.items()} for entry in logs]
 
 
 def result_to_json(result: Result) -> dict[str, Any]:

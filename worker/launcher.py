@@ -34,8 +34,9 @@ holds a lease on it until the job's result. A tree a job mounts by id is the cac
 directory of it, which the runner has cloned for the sandbox to mount (``Runner``), leased
 the same way.
 
-Run as: python -m worker.launcher FD PARENT_PID WARM_JSON CACHE_DIR (WARM_JSON a list of
-WarmSpec wire forms; CACHE_DIR empty for a worker with no file cache)
+Run as: python -m worker.launcher FD PARENT_PID WARM_JSON CACHE_DIR SESSIONS_DIR (WARM_JSON a
+list of WarmSpec wire forms; CACHE_DIR empty for a worker with no file cache; SESSIONS_DIR
+where the records of its sessions go, worker/session_records.py, empty for none)
 """
 
 from __future__ import annotations
@@ -50,16 +51,18 @@ import threading
 import traceback
 from collections.abc import Callable
 
-from sandbox.errors import JobError
+from sandbox.errors import JobError, SandboxError
 from sandbox.linux import syscalls as sc
 from sandbox.linux.readiness import readable, wait_readable
-from sandbox.models import Blob, Group, Job, Mount, Result, Status, WarmSpec
+from sandbox.models import Blob, Group, Job, Mount, Result, Status, WarmSpec, is_profile_file
 from sandbox.runner import HandedOver, Runner
+from sandbox.session import Session, SessionGone
 from worker.filecache import cached_path, tree_path
 from worker.launcher_channel import (
     RESULT_ROOM,
     CancelJob,
     ChannelDecoder,
+    CreateSession,
     DropOffer,
     GroupResult,
     JobOutput,
@@ -68,12 +71,16 @@ from worker.launcher_channel import (
     JobStarted,
     LauncherReady,
     OfferSandbox,
+    RunExec,
     RunGroup,
     RunJob,
+    SessionAnswer,
+    SessionControl,
     check_output_limit,
 )
 from worker.launcher_outbox import Outbox
-from worker.protocol import ProtocolError, group_from_wire, job_from_wire
+from worker.protocol import ProtocolError, group_from_wire, job_from_wire, session_spec_from_wire
+from worker.session_records import SessionRecords
 
 
 class Jobs:
@@ -141,15 +148,19 @@ class Jobs:
             thread.join()
 
 
-def serve(channel: socket.socket, warm: list[WarmSpec], cache_dir: str) -> None:
+def serve(channel: socket.socket, warm: list[WarmSpec], cache_dir: str, sessions_dir: str = "") -> None:
     """Read the worker's messages and start each job on a thread of its own; between
     messages, do the idle work (offers, the supply's steps)."""
     sc.set_process_name("sandbox-launch")
     runner = Runner(warm_for=warm)
+    records = SessionRecords(sessions_dir) if sessions_dir else None
+    if records is not None:
+        records.reap()  # what the sessions of a crashed worker's launchers left
     outbox = Outbox(channel)
     outbox.send(LauncherReady(os.getpid(), cgroups=runner.backend is not None))
     decoder = ChannelDecoder()
     jobs = Jobs()
+    sessions = LauncherSessions(records)
     offered: int | None = None  # the sandbox the worker may hand a job to itself
     try:
         while True:
@@ -186,8 +197,14 @@ def serve(channel: socket.socket, warm: list[WarmSpec], cache_dir: str) -> None:
                                    cancelled=cancelled)
                     case CancelJob(id=job_id):
                         jobs.cancel(job_id)
+                    case CreateSession() | RunExec() | SessionControl():
+                        cancelled = any(isinstance(later, CancelJob) and later.id == message.id
+                                        for later in messages[index + 1:])
+                        work = functools.partial(sessions.serve, runner, outbox, message, cache_dir)
+                        jobs.start(message.id, work, cancelled=cancelled)
     finally:
         jobs.end_all()
+        sessions.delete_all()
         runner.close()
 
 
@@ -303,6 +320,116 @@ def _group_results(
                             on_started=lambda: outbox.send(JobStarted(job_id)))
 
 
+class LauncherSessions:
+    """The sessions this launcher holds (sandbox/session.py), by the ids the worker gave
+    them: each request on a thread of its own (``Jobs``), as a job is. A session lives
+    until the worker deletes it or this launcher ends (``delete_all``; and if it dies,
+    each session's init sees its job channel close and ends)."""
+
+    def __init__(self, records: SessionRecords | None = None) -> None:
+        self._lock = threading.Lock()
+        self._sessions: dict[str, Session] = {}
+        self._records = records  # one on disk per session, while it lives (worker/session_records.py)
+
+    def serve(self, runner: Runner, outbox: Outbox, message: CreateSession | RunExec | SessionControl,
+              cache_dir: str, cancel_fd: int) -> None:
+        """Answer one request: an exec as a job is answered, the others with a
+        ``SessionAnswer``. Nothing a request holds ends the launcher."""
+        reply: JobResult | JobRejected | SessionAnswer
+        try:
+            if isinstance(message, RunExec):
+                reply = self._exec(runner, outbox, message, cache_dir, cancel_fd)
+            elif isinstance(message, CreateSession):
+                reply = self._create(runner, message)
+            else:
+                reply = self._control(message)
+        except Exception as exc:  # a bug of ours: this request's failure, not the launcher's
+            traceback.print_exc()
+            error = f"launcher: {type(exc).__name__}: {exc}"
+            reply = (JobResult(message.id, Result(Status.INTERNAL_ERROR, error=error)) if isinstance(message, RunExec)
+                     else SessionAnswer(message.id, "session_error", error))
+        outbox.send(reply)
+
+    def _create(self, runner: Runner, message: CreateSession) -> SessionAnswer:
+        try:
+            spec = session_spec_from_wire(message.spec)
+            if is_profile_file(spec.profile):  # (the worker refused it already: a worker runs its own profiles)
+                raise JobError(f"{spec.profile}: a worker runs only its own profiles", field="profile")
+            session = Session(runner, spec)
+        except ProtocolError as exc:
+            return SessionAnswer(message.id, exc.code, exc.message, exc.field)
+        except JobError as exc:
+            return SessionAnswer(message.id, "invalid_job", exc.message, exc.field)
+        except (SandboxError, OSError) as exc:
+            return SessionAnswer(message.id, "session_error", f"the session did not start: {exc}")
+        if self._records is not None:
+            self._records.write(message.id, session.init_pid, session.cgroup_directories)
+        with self._lock:
+            self._sessions[message.id] = session
+        return SessionAnswer(message.id, info={"init_pid": session.init_pid})
+
+    def _exec(self, runner: Runner, outbox: Outbox, message: RunExec, cache_dir: str,
+              cancel_fd: int) -> JobResult | JobRejected:
+        session = self._sessions.get(message.session)
+        if session is None:
+            return JobRejected(message.id, f"no session {message.session}", "session")
+        if readable(cancel_fd):
+            return JobResult(message.id, Result(Status.CANCELLED, error="cancelled before it started"))
+        try:
+            job = _with_cached_paths(job_from_wire(message.job), cache_dir)
+            check_output_limit(job.limits.over(runner.profiles.get(session.spec.profile).limits))
+
+            def stream_output(stream: str, offset: int, data: bytes) -> None:
+                outbox.offer(JobOutput(message.id, stream, offset, data))
+
+            result = session.exec(
+                job, cancel_fd=cancel_fd, on_started=lambda: outbox.send(JobStarted(message.id)),
+                on_output=stream_output if message.stream else None, collect_room=RESULT_ROOM,
+            )
+        except ProtocolError as exc:
+            return JobRejected(message.id, exc.message, exc.field)
+        except SessionGone as exc:
+            return JobRejected(message.id, f"session {message.session}: {exc}", "session")
+        except JobError as exc:
+            return JobRejected(message.id, exc.message, exc.field)
+        return JobResult(message.id, result)
+
+    def _control(self, message: SessionControl) -> SessionAnswer:
+        with self._lock:
+            session = self._sessions.get(message.session)
+        if session is None:
+            return SessionAnswer(message.id, "unknown_session", f"no session {message.session}", "session")
+        info: dict[str, object] = {}
+        try:
+            if message.action == "pause":
+                session.pause()
+            elif message.action == "resume":
+                session.resume()
+            elif message.action == "stop":
+                info["stopped"] = session.stop(message.grace_s)
+            elif message.action == "delete":
+                with self._lock:
+                    self._sessions.pop(message.session, None)
+                self._end(message.session, session)
+            else:
+                return SessionAnswer(message.id, "bad_message", f"no session action {message.action!r}", "type")
+        except (SandboxError, OSError) as exc:
+            return SessionAnswer(message.id, "session_error", str(exc))
+        return SessionAnswer(message.id, info=info)
+
+    def delete_all(self) -> None:
+        """The launcher ends: so do its sessions (their processes, cgroups and files)."""
+        with self._lock:
+            sessions, self._sessions = self._sessions, {}
+        for session_id, session in sessions.items():
+            self._end(session_id, session)
+
+    def _end(self, session_id: str, session: Session) -> None:
+        session.delete()
+        if self._records is not None:
+            self._records.remove(session_id)
+
+
 def _with_cached_paths(job: Job, cache_dir: str) -> Job:
     """The job with its files and trees given by id turned into the cached files' paths
     and trees' directories (the worker holds a lease on each while the job is queued or
@@ -338,7 +465,7 @@ def main(argv: list[str]) -> int:
     if os.getppid() != parent_pid:
         return 1  # the worker died while starting us
     with socket.socket(fileno=fd) as channel:
-        serve(channel, warm, argv[4])
+        serve(channel, warm, argv[4], argv[5] if len(argv) > 5 else "")
     return 0
 
 

@@ -69,6 +69,36 @@ class CancelJob:
     id: str
 
 
+@dataclass(frozen=True, slots=True)
+class CreateSession:
+    """Make a session (sandbox/session.py) that goes by ``id`` from now on."""
+
+    id: str
+    spec: dict[str, Any]  # its wire form (``protocol.session_spec_to_wire``)
+
+
+@dataclass(frozen=True, slots=True)
+class RunExec:
+    """Run a job in a session: answered as a ``RunJob`` is (``JobStarted``, ``JobOutput``,
+    ``JobResult`` or ``JobRejected``, by the exec's id)."""
+
+    id: str
+    session: str
+    job: dict[str, Any]  # its wire form: the launcher checks it again
+    stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionControl:
+    """``action`` ("pause", "resume", "stop", "delete") on a session; answered by a
+    ``SessionAnswer`` of this ``id`` (the request's, not the session's)."""
+
+    id: str
+    session: str
+    action: str
+    grace_s: float = 0.0  # "stop": from SIGTERM to SIGKILL
+
+
 # launcher -> worker
 
 
@@ -132,8 +162,21 @@ class JobRejected:
     field: str | None
 
 
-ToLauncher = RunJob | RunGroup | DropOffer | CancelJob
-ToWorker = LauncherReady | OfferSandbox | JobStarted | JobOutput | JobResult | GroupResult | JobRejected
+@dataclass(frozen=True, slots=True)
+class SessionAnswer:
+    """A ``CreateSession``'s or ``SessionControl``'s outcome: done (``code`` None, with
+    what it found in ``info``), or the error the worker answers its client."""
+
+    id: str
+    code: str | None = None
+    message: str = ""
+    field: str | None = None
+    info: dict[str, Any] | None = None
+
+
+ToLauncher = RunJob | RunGroup | DropOffer | CancelJob | CreateSession | RunExec | SessionControl
+ToWorker = (LauncherReady | OfferSandbox | JobStarted | JobOutput | JobResult | GroupResult | JobRejected
+            | SessionAnswer)
 Message = ToLauncher | ToWorker
 
 
@@ -169,6 +212,17 @@ def encode(message: Message) -> bytes:
             wire = {"type": "group_result", "id": message.id, "results": [result_to_wire(r) for r in message.results]}
         case JobRejected():
             wire = {"type": "rejected", "id": message.id, "message": message.message, "field": message.field}
+        case CreateSession():
+            wire = {"type": "session_create", "id": message.id, "spec": message.spec}
+        case RunExec():
+            wire = {"type": "session_exec", "id": message.id, "session": message.session, "job": message.job,
+                    "stream": message.stream}
+        case SessionControl():
+            wire = {"type": "session_control", "id": message.id, "session": message.session,
+                    "action": message.action, "grace": message.grace_s}
+        case SessionAnswer():
+            wire = {"type": "session_answer", "id": message.id, "code": message.code, "message": message.message,
+                    "field": message.field, "info": message.info}
     return encode_frame(wire)
 
 
@@ -201,6 +255,14 @@ def decode(wire: dict[str, Any]) -> Message:
             return GroupResult(wire["id"], [result_from_wire(result) for result in wire["results"]])
         case "rejected":
             return JobRejected(wire["id"], wire["message"], wire["field"])
+        case "session_create":
+            return CreateSession(wire["id"], wire["spec"])
+        case "session_exec":
+            return RunExec(wire["id"], wire["session"], wire["job"], wire["stream"])
+        case "session_control":
+            return SessionControl(wire["id"], wire["session"], wire["action"], wire["grace"])
+        case "session_answer":
+            return SessionAnswer(wire["id"], wire["code"], wire["message"], wire["field"], wire["info"])
     raise ValueError(f"not a launcher channel message: {wire.get('type')!r}")
 
 

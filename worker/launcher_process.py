@@ -36,13 +36,15 @@ from worker.launcher_channel import (
     LauncherReady,
     Message,
     OfferSandbox,
+    SessionAnswer,
 )
 from worker.logs import log
 from worker.streams import send_now
 
 MAX_RECEIVED_FDS = 16  # a launcher sends 3 at a time (an offer), and one offer at a time
 FD_SIZE = array.array("i").itemsize
-ToSlot = (JobStarted, JobOutput, JobResult, GroupResult, JobRejected)  # a job's messages, by its id
+# A job's messages, by its id (and a session request's answer, by the request's).
+ToSlot = (JobStarted, JobOutput, JobResult, GroupResult, JobRejected, SessionAnswer)
 
 
 class LauncherDied(Exception):
@@ -50,10 +52,12 @@ class LauncherDied(Exception):
 
 
 class LauncherProcess:
-    def __init__(self, index: int, warm: list[WarmSpec], cache_dir: str | None = None) -> None:
+    def __init__(self, index: int, warm: list[WarmSpec], cache_dir: str | None = None,
+                 sessions_dir: str | None = None) -> None:
         self.index = index
         self.warm = warm  # the warm sandboxes it keeps: the sum of its slots' shares
         self.cache_dir = cache_dir  # the worker's file cache, whose files its jobs name by id
+        self.sessions_dir = sessions_dir  # where it keeps a record of each session it holds (worker/launcher.py)
         self.process: trio.Process | None = None
         self.ready = trio.Event()  # set while a launcher is up; replaced when it dies
         self.dead = trio.Event()  # set when the current launcher died; replaced by the next one's
@@ -148,7 +152,7 @@ class LauncherProcess:
         try:
             self.process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "worker.launcher", str(theirs.fileno()), str(os.getpid()),
-                 json.dumps([spec.to_wire() for spec in self.warm]), self.cache_dir or ""],
+                 json.dumps([spec.to_wire() for spec in self.warm]), self.cache_dir or "", self.sessions_dir or ""],
                 pass_fds=(theirs.fileno(),),
             )
         finally:

@@ -14,6 +14,7 @@ _BASE64 = {"type": "string", "contentEncoding": "base64"}
 _DURATION = {"oneOf": [{"type": "string", "example": "2s"}, {"type": "number"}, {"type": "null"}]}
 _SIZE = {"oneOf": [{"type": "string", "example": "256M"}, {"type": "integer"}]}
 _ID = {"type": "string", "minLength": 1, "maxLength": 128}
+_SESSION_ID = {"type": "string", "pattern": "^s-", "description": "A session's id, made by the worker."}
 _FILE_ID = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$",
             "description": "A file put in the cache (POST /v1/files)."}
 _TREE_ID = {"type": "string", "pattern": "^tree:sha256:[0-9a-f]{64}$",
@@ -33,6 +34,8 @@ def _error(description: str) -> dict[str, Any]:
 
 
 _ID_PARAMETER = {"name": "id", "in": "path", "required": True, "schema": _ID}
+_SESSION_PARAMETER = {"name": "session", "in": "path", "required": True, "schema": _SESSION_ID}
+_NO_SESSION = {"404": _error("No such session: deleted, expired or gone with its launcher (code unknown_session).")}
 _WAIT_PARAMETER = {"name": "wait", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
                    "description": "Answer when it has ended, with its outcome, instead of 202 at once."}
 _COMMON_ERRORS = {"401": _error("No token, or a wrong one.")}
@@ -116,6 +119,28 @@ SCHEMAS: dict[str, Any] = {
             "result": {**_ref("Result"), "description": "Once finished (or cancelled after it reached a slot)."},
             "error": {"type": "object", "description": "With --http-forward, a job that produced no result "
                                                        "(state failed): its worker's invalid_job, or dead_letter."},
+        },
+    },
+    "SessionRequest": {
+        "type": "object", "additionalProperties": False,
+        "description": "A session (docs/protocol.md \"Sessions\"): its limits hold for every exec together.",
+        "properties": {
+            "image": {"type": "string", "default": "host"},
+            "profile": {"type": "string", "default": "default"},
+            "limits": {"type": "object", "description": "As a job's; memory, pids, cpus and disk are the session's."},
+            "ttl": {"type": "number", "default": 600, "description": "Seconds idle (no exec) before it is deleted."},
+        },
+    },
+    "Session": {
+        "type": "object", "required": ["session", "state"],
+        "properties": {
+            "session": _SESSION_ID, "image": {"type": "string"}, "profile": {"type": "string"},
+            "state": {"enum": ["idle", "running", "paused"]}, "ttl": {"type": "number"},
+            "idle_s": {"type": "number"}, "created_at": {"type": "number"}, "execs": {"type": "integer"},
+            "launcher": {"type": "integer"}, "stopped": {"type": "boolean", "description": "After stop: "
+                                                                                           "whether an exec ran."},
+            "logs": {"type": "array", "description": "GET only: the recent execs, stdout and stderr ends in base64.",
+                     "items": {"type": "object"}},
         },
     },
     "JudgeRequest": {
@@ -259,6 +284,57 @@ PATHS: dict[str, Any] = {
                 "file_id": {"type": "string"},
                 "removed": {"type": "boolean", "description": "false: leased jobs still read it; removed as they end."},
             }}, "Deleted."), **_COMMON_ERRORS, **_NO_FILE}},
+    },
+    "/v1/sessions": {
+        "post": {
+            "summary": "Make a session: a sandbox that lives between execs (the body may be empty).",
+            "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("SessionRequest")}}},
+            "responses": {
+                "201": _json(_ref("Session"), "Made (Location: /v1/sessions/ID)."),
+                "500": _error("Its sandbox did not start (code session_error)."),
+                **_COMMON_ERRORS, **_BODY_ERRORS,
+            },
+        },
+        "get": {"summary": "The worker's sessions.", "responses": {
+            "200": _json({"type": "object", "properties": {"sessions": {"type": "array", "items": _ref("Session")}}},
+                         "Every session."), **_COMMON_ERRORS}},
+    },
+    "/v1/sessions/{session}": {
+        "parameters": [_SESSION_PARAMETER],
+        "get": {"summary": "A session, with its recent execs.", "responses": {
+            "200": _json(_ref("Session"), "The session."), **_COMMON_ERRORS, **_NO_SESSION}},
+        "delete": {"summary": "End a session: its processes, files and cgroups.", "responses": {
+            "200": _json(_ref("Session"), "Deleted."), **_COMMON_ERRORS, **_NO_SESSION}},
+    },
+    "/v1/sessions/{session}/exec": {
+        "parameters": [_SESSION_PARAMETER],
+        "post": {
+            "summary": "Run a job in the session: a job (GET /v1/jobs/ID), its image and profile the session's.",
+            "parameters": [_WAIT_PARAMETER],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["job"], "additionalProperties": False,
+                "properties": {"id": _ID, "job": _ref("Job")}}}}},
+            "responses": {
+                "200": _json(_ref("JobDocument"), "With wait=true: the exec ended."),
+                "202": _json(_ref("JobDocument"), "Accepted (Location: /v1/jobs/ID)."),
+                "409": _error("The session is paused (code session_paused), or the id names another job "
+                              "(code id_conflict)."),
+                **_COMMON_ERRORS, **_BODY_ERRORS, **_NO_SESSION,
+            },
+        },
+    },
+    "/v1/sessions/{session}/{action}": {
+        "parameters": [_SESSION_PARAMETER, {"name": "action", "in": "path", "required": True,
+                                            "schema": {"enum": ["pause", "resume", "stop"]}}],
+        "post": {
+            "summary": "pause (freeze: no CPU), resume, or stop (SIGTERM to the exec under way, SIGKILL after "
+                       "grace seconds; body {\"grace\": 10} optional).",
+            "responses": {
+                "200": _json(_ref("Session"), "Done."),
+                "500": _error("It could not be done (code session_error: no freezer delegated, say)."),
+                **_COMMON_ERRORS, **_NO_SESSION,
+            },
+        },
     },
     "/v1/languages": {"get": {"summary": "The language presets, and whether their image is present.",
                               "responses": {"200": _json({"type": "array", "items": _ref("Language")}, "Presets."),

@@ -24,7 +24,7 @@ from sandbox.models import Collect, Group, Job, Result, WarmSpec
 from worker.filecache import FileCache
 from worker.launcher_channel import JobOutput
 from worker.launcher_process import LauncherProcess
-from worker.protocol import ProtocolError, event_message, result_to_wire
+from worker.protocol import ProtocolError, SessionExec, event_message, result_to_wire
 from worker.slots import Slot
 
 Subscriber = Callable[[dict[str, Any]], None]
@@ -45,7 +45,7 @@ class JobState(str, enum.Enum):
 @dataclass
 class JobRecord:
     id: str
-    job: Job | Group  # a group takes one slot and has a Result per member
+    job: Job | Group | SessionExec  # a group takes one slot and has a Result per member
     owner: object
     state: JobState = JobState.QUEUED
     result: Result | list[Result] | None = None
@@ -78,6 +78,7 @@ class Pool:
     def __init__(
         self, slots: int, max_queue: int, warm: Sequence[WarmSpec] = (), retention_s: float = 300.0,
         max_records: int = 100_000, cache: FileCache | None = None, launchers: int | None = None,
+        sessions_dir: str | None = None,
     ) -> None:
         # ``slots`` jobs run at once, on a few launcher processes (each supervises many
         # jobs, a thread each; ``default_launchers`` unless told), never more launchers
@@ -90,7 +91,7 @@ class Pool:
         def warm_for(lanes: int) -> list[WarmSpec]:
             return [WarmSpec(-(-spec.count * lanes // slots), spec.profile, spec.image) for spec in warm]
 
-        self.launchers = [LauncherProcess(index, warm_for(len(range(index, slots, count))), cache_dir)
+        self.launchers = [LauncherProcess(index, warm_for(len(range(index, slots, count))), cache_dir, sessions_dir)
                           for index in range(count)]
         self.slots = [Slot(index, self.launchers[index % count]) for index in range(slots)]
         self.warm_per_slot = sum(spec.count for spec in warm_for(1))
@@ -107,6 +108,9 @@ class Pool:
         self._idle.set()
         # Told of every job that ends with a result: (status, seconds from submit).
         self.on_finished: Callable[[str, float], None] | None = None
+        # The launcher that holds a session, by its id (None: no such session now), for
+        # its execs (worker/sessions.py).
+        self.session_launcher: Callable[[str], LauncherProcess | None] = lambda session: None
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start every launcher (in parallel), then drain the queue with one task per slot."""
@@ -120,7 +124,7 @@ class Pool:
             task_status.started()
 
     def submit(
-        self, job_id: str, job: Job | Group, owner: object, subscriber: Subscriber, stream: bool = False,
+        self, job_id: str, job: Job | Group | SessionExec, owner: object, subscriber: Subscriber, stream: bool = False,
     ) -> JobRecord:
         """Queue a job, or attach to the existing record of the same id (whose output
         is streamed if its first submitter asked)."""
@@ -133,7 +137,7 @@ class Pool:
             return record
         record = JobRecord(job_id, job, owner, subscribers={owner: subscriber}, stream=stream)
         if self.cache is not None:
-            record.leased = self.cache.lease(job)
+            record.leased = self.cache.lease(job.job if isinstance(job, SessionExec) else job)
         try:
             self._send.send_nowait(record)
         except trio.WouldBlock:
@@ -146,7 +150,7 @@ class Pool:
         record.publish("accepted", state=record.state.value)
         return record
 
-    def existing(self, job_id: str, job: Job | Group) -> JobRecord | None:
+    def existing(self, job_id: str, job: Job | Group | SessionExec) -> JobRecord | None:
         """The record a submit of this job under this id would attach to (None: it would
         make one); id_conflict if the id names another job."""
         self._expire()
@@ -237,9 +241,15 @@ class Pool:
                 record.publish("output", stream=piece.stream, offset=piece.offset, data=piece.data)
 
             try:
-                result = await slot.run(record.id, record.job, started, output if record.stream else None)
-                if isinstance(result, Result) and isinstance(record.job, Job):
-                    await self._keep_collected(record.job, result)
+                on_output = output if record.stream else None
+                result: Result | list[Result] | ProtocolError | None
+                if isinstance(record.job, SessionExec):
+                    launcher = self.session_launcher(record.job.session)
+                    result = await slot.run_exec(record.id, record.job, launcher, started, on_output)
+                else:
+                    result = await slot.run(record.id, record.job, started, on_output)
+                if isinstance(result, Result) and isinstance(record.job, Job | SessionExec):
+                    await self._keep_collected(record.job if isinstance(record.job, Job) else record.job.job, result)
                 elif isinstance(result, list) and isinstance(record.job, Group):
                     for member, member_result in zip(record.job.jobs, result, strict=True):
                         await self._keep_collected(member, member_result)
@@ -339,10 +349,13 @@ def default_launchers(sandboxes: int) -> int:
     return max(cpus, -(-sandboxes // per_launcher))
 
 
-def _same_job(first: Job | Group, second: Job | Group) -> bool:
-    """The same job (or group: the same pipes, the same members): equal content, the same
-    limits given (a limit left to the profile is not the same as one given with the
-    profile's default value)."""
+def _same_job(first: Job | Group | SessionExec, second: Job | Group | SessionExec) -> bool:
+    """The same job (or group: the same pipes, the same members; or exec: the same
+    session): equal content, the same limits given (a limit left to the profile is not
+    the same as one given with the profile's default value)."""
+    if isinstance(first, SessionExec) or isinstance(second, SessionExec):
+        return (isinstance(first, SessionExec) and isinstance(second, SessionExec)
+                and first.session == second.session and _same_job(first.job, second.job))
     if isinstance(first, Group) or isinstance(second, Group):
         return (isinstance(first, Group) and isinstance(second, Group) and first.pipes == second.pipes
                 and len(first.jobs) == len(second.jobs)

@@ -19,6 +19,8 @@ import msgpack
 
 from sandbox.errors import JobError
 from sandbox.models import (
+    DEFAULT_SESSION_TTL_S,
+    DEFAULT_STOP_GRACE_S,
     LIMIT_NAMES,
     TREE_ID_PREFIX,
     Blob,
@@ -30,6 +32,7 @@ from sandbox.models import (
     Mount,
     Pipe,
     Result,
+    SessionSpec,
     Status,
     Usage,
     check_file_id,
@@ -46,7 +49,12 @@ DEFAULT_MAX_FRAME = 16 << 20
 REPLY_MAX_FRAME = (1 << 32) - 1
 MAX_ID_LEN = 128
 
-CLIENT_TYPES = {"hello", "submit", "group", "judge", "cancel", "status", "ping", "stats", "put_file", "del_file"}
+CLIENT_TYPES = {"hello", "submit", "group", "judge", "cancel", "status", "ping", "stats", "put_file", "del_file",
+                "session_create", "session_exec", "session_pause", "session_resume", "session_stop",
+                "session_delete", "session_list", "session_logs"}
+# The requests that act on one session by its id, and what each does there.
+SESSION_ACTIONS = {"session_pause": "pause", "session_resume": "resume", "session_stop": "stop",
+                   "session_delete": "delete", "session_logs": "logs"}
 _JOB_KEYS = {"cmd", "limits", "env", "stdin", "files", "image", "cwd", "require_cgroups", "profile", "collect",
              "mounts"}
 _COLLECT_KEYS = {"path", "max", "max_files", "cache"}
@@ -386,3 +394,59 @@ def _no_unknown_keys(data: dict[str, Any], allowed: set[str], where: str) -> Non
     unknown = set(data) - allowed
     if unknown:
         raise JobError(f"unknown key(s) {sorted(map(str, unknown))}", field=where)
+
+
+# Sessions: sandboxes that live between commands (docs/protocol.md "Sessions").
+
+SESSION_ID_PREFIX = "s-"
+_SESSION_KEYS = {"type", "id", "image", "profile", "limits", "ttl"}
+MAX_STOP_GRACE_S = 300.0
+
+
+@dataclass(frozen=True)
+class SessionExec:
+    """A ``session_exec``: a job to run in a session, queued like a submitted job (it
+    takes a slot while it runs), on the launcher that holds the session."""
+
+    session: str
+    job: Job
+
+
+def session_id(message: dict[str, Any]) -> str:
+    value = message.get("session")
+    if not isinstance(value, str) or not value.startswith(SESSION_ID_PREFIX) or not 0 < len(value) <= MAX_ID_LEN:
+        raise ProtocolError("bad_message", "session must be a session's id", field="session")
+    return value
+
+
+def session_spec_from_wire(message: dict[str, Any]) -> SessionSpec:
+    """A ``session_create``'s image, profile, limits (the session's as a whole) and idle TTL."""
+    try:
+        _no_unknown_keys(message, _SESSION_KEYS, "session_create")
+        limits_data = _typed(message.get("limits", {}), dict, "limits")
+        _no_unknown_keys(limits_data, _LIMIT_KEYS, "limits")
+        ttl = message.get("ttl", DEFAULT_SESSION_TTL_S)
+        if isinstance(ttl, float) and not math.isfinite(ttl):
+            raise JobError("must be finite", field="ttl")
+        return SessionSpec(
+            image=_typed(message.get("image", "host"), str, "image"),
+            profile=_typed(message.get("profile", "default"), str, "profile"),
+            limits=Limits(**limits_data),
+            ttl_s=ttl,
+        )
+    except JobError as exc:
+        raise ProtocolError("invalid_job", exc.message, field=exc.field) from None
+    except (TypeError, OverflowError, ValueError) as exc:
+        raise ProtocolError("invalid_job", str(exc)) from None
+
+
+def session_spec_to_wire(spec: SessionSpec) -> dict[str, Any]:
+    return {"image": spec.image, "profile": spec.profile, "limits": spec.limits.given_values(), "ttl": spec.ttl_s}
+
+
+def stop_grace(message: dict[str, Any]) -> float:
+    """A ``session_stop``'s grace period: seconds from SIGTERM to SIGKILL."""
+    value = message.get("grace", DEFAULT_STOP_GRACE_S)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_STOP_GRACE_S:
+        raise ProtocolError("bad_message", f"grace must be 0..{MAX_STOP_GRACE_S:.0f} seconds", field="grace")
+    return float(value)

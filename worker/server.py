@@ -36,6 +36,7 @@ from worker.metrics import Metrics
 from worker.pool import Pool
 from worker.protocol import (
     DEFAULT_MAX_FRAME,
+    SESSION_ACTIONS,
     VERSION,
     FrameDecoder,
     ProtocolError,
@@ -48,8 +49,12 @@ from worker.protocol import (
     job_id,
     message_type,
     put_chunk,
+    session_id,
+    session_spec_from_wire,
+    stop_grace,
 )
 from worker.queue_schema import QueueConfig
+from worker.sessions import Sessions
 from worker.socketclaim import SocketClaim
 from worker.streams import send_now
 
@@ -58,7 +63,7 @@ if TYPE_CHECKING:
 
 CAPABILITIES = [
     "submit", "group", "judge", "cancel", "status", "stats", "idempotent-ids", "output-stream", "progress-optional",
-    "file-cache", "trees",
+    "file-cache", "trees", "sessions",
 ]
 # Events a submitter may decline with "progress": false (its client waits for the outcome only).
 PROGRESS_EVENTS = frozenset({"accepted", "started"})
@@ -199,10 +204,11 @@ class Server:
                 self.claim.release()
             raise ValueError(f"file cache: {exc}") from None
         self.pool = Pool(config.slots, config.max_queue, warm, retention_s=config.retention_s, cache=self.cache,
-                         launchers=config.launchers)
+                         launchers=config.launchers, sessions_dir=_sessions_dir(config))
         self.metrics = Metrics(self.pool, self.cache) if config.metrics or config.http else None
         if self.metrics is not None:
             self.pool.on_finished = self.metrics.observe
+        self.sessions = Sessions(self.pool)
         self.queue = None if config.queue is None else _consumer(config, self.pool, self.metrics)
         self.connections: set[Connection] = set()
         self._connection_closed = trio.Event()
@@ -214,6 +220,7 @@ class Server:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pool.run)
+                nursery.start_soon(self.sessions.expire)
                 if self.queue is not None:
                     nursery.start_soon(self.queue.run)
                 accept_scope = trio.CancelScope()
@@ -458,6 +465,49 @@ class Server:
             identifier = file_id(message)
             removed = self.cache.delete(identifier)
             connection.deliver({"type": "file_deleted", "file_id": identifier, "removed": removed})
+        elif kind == "session_exec":
+            if self.stopping:
+                raise ProtocolError("busy", "the worker is shutting down")
+            identifier, job = job_id(message), job_from_wire(message.get("job"))
+            session = session_id(message)
+            stream, progress = _flag(message, "stream", False), _flag(message, "progress", True)
+            self.sessions.submit_exec(identifier, session, job, connection,
+                                      connection.deliver if progress else connection.deliver_outcome, stream)
+        elif kind == "session_list":
+            connection.deliver({"type": "sessions", "sessions": self.sessions.listing()})
+        elif kind.startswith("session_"):
+            self._session_request(connection, kind, message)
+
+    def _session_request(self, connection: Connection, kind: str, message: dict[str, Any]) -> None:
+        """session_create, or an action on one session: answered ``session`` with the
+        request's id (create and stop take a while: they run beside the connection's
+        other requests), or an error with that id."""
+        identifier = job_id(message)
+        if kind == "session_create":
+            if self.stopping:
+                raise ProtocolError("busy", "the worker is shutting down")
+            spec = session_spec_from_wire(message)
+        else:
+            session, action = session_id(message), SESSION_ACTIONS[kind]
+            grace = stop_grace(message) if action == "stop" else 0.0
+            if action == "logs":
+                connection.deliver({"type": "session", "id": identifier, **self.sessions.get(session).to_wire(),
+                                    "logs": self.sessions.logs(session)})
+                return
+
+        async def answer() -> None:
+            try:
+                if kind == "session_create":
+                    reply = (await self.sessions.create(spec)).to_wire()
+                    log("session_created", session=reply["session"], image=spec.image, profile=spec.profile)
+                else:
+                    reply = await self.sessions.control(session, action, grace)
+                connection.deliver({"type": "session", "id": identifier, **reply})
+            except ProtocolError as exc:
+                connection.deliver(exc.to_message(identifier))
+
+        assert connection.nursery is not None  # set before the reader starts
+        connection.nursery.start_soon(answer)
 
     async def _put_file(self, connection: Connection, message: dict[str, Any]) -> None:
         """Take one chunk of an upload: its bytes go to the upload's file (in a thread: a
@@ -581,6 +631,13 @@ def _file_cache_dir(config: ServerConfig) -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     host, port = config.tcp
     return os.path.join(base, "sandbox", f"worker-{host}-{port}.files")
+
+
+def _sessions_dir(config: ServerConfig) -> str:
+    """Where the launchers keep a record of each session they hold, for the next ones to
+    clean up after a crash (worker/launcher.py): beside the file cache, and like it one
+    per socket; unlike it, kept across restarts."""
+    return _file_cache_dir(config).removesuffix(".files") + ".sessions"
 
 
 def serve_forever(config: ServerConfig) -> None:

@@ -26,12 +26,13 @@ from worker.launcher_channel import (
     JobResult,
     JobStarted,
     Message,
+    RunExec,
     RunGroup,
     RunJob,
     encode,
 )
 from worker.launcher_process import LauncherDied, LauncherProcess
-from worker.protocol import ProtocolError, group_to_wire, job_to_wire
+from worker.protocol import ProtocolError, SessionExec, group_to_wire, job_to_wire
 
 
 class Slot:
@@ -39,6 +40,7 @@ class Slot:
         self.index = index
         self.launcher = launcher
         self.running_id: str | None = None
+        self.running_on: LauncherProcess | None = None  # the launcher of the running job (a session's may be another)
         self.handovers = 0  # jobs this slot handed to an offered sandbox itself
         self._cancel_requested = False  # for the running job
 
@@ -100,11 +102,37 @@ class Slot:
         if self.running_id != job_id:
             return
         self._cancel_requested = True
-        async with self.launcher.sending:
+        launcher = self.running_on or self.launcher
+        async with launcher.sending:
             try:
-                await self.launcher.send(encode(CancelJob(job_id)))
+                await launcher.send(encode(CancelJob(job_id)))
             except (LauncherDied, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the launcher died; ``run`` reports the job as failed
+
+    async def run_exec(
+        self, job_id: str, work: SessionExec, launcher: LauncherProcess | None,
+        on_started: Callable[[], Awaitable[None]], on_output: Callable[[JobOutput], None] | None = None,
+    ) -> Result | ProtocolError | None:
+        """Run a session's exec on ``launcher``, the one that holds the session (None: the
+        session is gone), taking this slot while it runs; answered as ``run`` answers.
+        Never sent twice: a launcher that dies takes its sessions with it."""
+        if launcher is None:
+            return ProtocolError("unknown_session", f"no session {work.session}", field="session")
+        self.running_id, self.running_on, self._cancel_requested = job_id, launcher, False
+        inbox = launcher.expect(job_id)
+        try:
+            async with launcher.sending:
+                if self._cancel_requested:
+                    return None
+                await launcher.send(encode(RunExec(job_id, work.session, job_to_wire(work.job), on_output is not None)))
+            result = await _until_result(inbox, on_started, on_output)
+            assert not isinstance(result, list), "an exec has one result"
+            return result
+        except (LauncherDied, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            return Result(Status.INTERNAL_ERROR, error=f"the session's launcher {launcher.index} died: {exc}")
+        finally:
+            launcher.forget(job_id)
+            self.running_id, self.running_on = None, None
 
     def _hand_over(self, job_id: str, job: Job, *, stream: bool) -> tuple[bytes, bool]:
         """Give the job to the sandbox the launcher offered, if it fits (worker/handover.py):

@@ -198,6 +198,24 @@ class JobCgroup(abc.ABC):
             raise CgroupError(f"could not remove cgroup(s) {remaining}")
 
 
+class Freezer(abc.ABC):
+    """A session's freezer (``Session.pause``): every process of its execs stopped by
+    the kernel, using no CPU, until thawed."""
+
+    # What an exec's program stage also joins, beside its own cgroup (v1: the freezer
+    # hierarchy's tasks file; v2: nothing - the freezer is the session's cgroup itself).
+    attach_fds: list[int]
+    directory: str  # its cgroup directory (v2: the session's own)
+
+    @abc.abstractmethod
+    def set(self, frozen: bool) -> None:
+        """Freeze or thaw, and return once the kernel has done it."""
+
+    @abc.abstractmethod
+    def destroy(self) -> None:
+        """Thaw and remove what was made for it. Idempotent."""
+
+
 class CgroupBackend(abc.ABC):
     """Creates job cgroups under a delegated parent."""
 
@@ -219,6 +237,18 @@ class CgroupBackend(abc.ABC):
     def features(self) -> dict[str, bool]:
         """Optional kernel features and whether this host has them (for doctor)."""
 
+    @abc.abstractmethod
+    def nested(self, cgroup: JobCgroup) -> CgroupBackend:
+        """A backend whose job cgroups are made below ``cgroup``: a session's execs, each
+        with its own limits and usage, under the session's limits (``sandbox/session.py``).
+        ``cgroup`` must hold no process (v2 gives a cgroup with processes no children
+        with controllers)."""
+
+    @abc.abstractmethod
+    def freezer(self, cgroup: JobCgroup) -> Freezer:
+        """The freezer of a session whose cgroup is ``cgroup``; raises CgroupError where
+        the host delegates none (v1 without the freezer hierarchy)."""
+
     @staticmethod
     def job_name() -> str:
         """Unique per host; carries the creator's pid so a successor can reap it."""
@@ -235,10 +265,16 @@ class CgroupBackend(abc.ABC):
                 creator = _creator_pid(name)
                 if creator is None or _alive(creator):
                     continue
-                directory = os.path.join(parent, name)
-                if remove_cgroup_dir(directory, functools.partial(kill_cgroup_processes, directory)):
+                if remove_cgroup_tree(os.path.join(parent, name)):
                     removed += 1
         return removed
+
+
+def remove_cgroup_tree(directory: str) -> bool:
+    """rmdir a job cgroup and the job cgroups below it (a session's execs), deepest
+    first, killing what runs there. False if one stays."""
+    removed = all([remove_cgroup_tree(os.path.join(directory, name)) for name in _listdir(directory)])
+    return remove_cgroup_dir(directory, functools.partial(kill_cgroup_processes, directory)) and removed
 
 
 def remove_cgroup_dir(directory: str, kill: Callable[[], object]) -> bool:

@@ -20,7 +20,7 @@ import pwd
 from sandbox.cgroups import default_v1_parent, systemd
 from sandbox.cgroups.base import read_text, write_file
 from sandbox.cgroups.v1 import CONTROLLERS as V1_CONTROLLERS
-from sandbox.cgroups.v1 import v1_mounts
+from sandbox.cgroups.v1 import FREEZER, v1_mounts
 from sandbox.cgroups.v2 import CONTROLLERS as V2_CONTROLLERS
 from sandbox.cgroups.v2 import v2_mount
 from sandbox.errors import CgroupError
@@ -59,6 +59,10 @@ def delegate_v1(account: pwd.struct_passwd) -> list[str]:
     lines = []
     for directory in dict.fromkeys(os.path.join(mounts[c], default_v1_parent(account.pw_name)) for c in V1_CONTROLLERS):
         lines.append(_delegate(directory, account, V1_DELEGATED_FILES))
+    # Sessions' pause (sandbox/session.py) freezes a session in a hierarchy of its own.
+    if FREEZER in mounts:
+        lines.append(_delegate(os.path.join(mounts[FREEZER], default_v1_parent(account.pw_name)), account,
+                               V1_DELEGATED_FILES))
     # Job cgroups inherit it (no swapping inside a job; its memory limit covers swap
     # too), so the worker need not write it into each one.
     write_file(os.path.join(mounts["memory"], default_v1_parent(account.pw_name), "memory.swappiness"), "0")

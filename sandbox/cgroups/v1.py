@@ -7,15 +7,21 @@ v1 memory cgroup can belong to the machine itself, which must never be written.
 
 from __future__ import annotations
 
+import copy
 import os
+import time
 
 from sandbox.cgroups.base import (
     CgroupBackend,
     CgroupUsage,
+    Freezer,
     JobCgroup,
     cgroup_pids,
     current_user,
+    kill_cgroup_processes,
     read_int,
+    read_text,
+    remove_cgroup_dir,
     remove_partial,
     write_file,
 )
@@ -24,6 +30,8 @@ from sandbox.errors import CgroupError
 from sandbox.models import Limits
 
 CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
+FREEZER = "freezer"
+FREEZE_WAIT_S = 5.0
 CFS_PERIOD_US = 100_000
 TCP_LIMIT = "memory.kmem.tcp.limit_in_bytes"
 
@@ -39,7 +47,7 @@ def v1_mounts() -> dict[str, str]:
                 continue
             mount_point = left.split()[4]
             for option in fields[2].split(","):
-                if option in CONTROLLERS:
+                if option in CONTROLLERS or option == FREEZER:
                     found.setdefault(option, mount_point)
     return found
 
@@ -124,6 +132,37 @@ class V1JobCgroup(JobCgroup):
         )
 
 
+class V1Freezer(Freezer):
+    """A directory of the freezer hierarchy per session, named as its cgroup (so that
+    ``reap_stale`` finds it after a crash), which each exec's program stage joins too."""
+
+    def __init__(self, directory: str) -> None:
+        os.mkdir(directory)
+        self.directory = directory
+        self.attach_fds = [os.open(os.path.join(directory, "tasks"), os.O_WRONLY | os.O_CLOEXEC)]
+
+    def set(self, frozen: bool) -> None:
+        wanted = "FROZEN" if frozen else "THAWED"
+        state = os.path.join(self.directory, "freezer.state")
+        deadline = time.monotonic() + FREEZE_WAIT_S
+        # FREEZING until every task is frozen; v1 has no notification for it: look again.
+        while True:
+            write_file(state, wanted)
+            if read_text(state).strip() == wanted:
+                return
+            if time.monotonic() > deadline:
+                raise CgroupError(f"{self.directory} did not reach {wanted}")
+            os.sched_yield()
+
+    def destroy(self) -> None:
+        for fd in self.attach_fds:
+            os.close(fd)
+        self.attach_fds = []
+        if os.path.isdir(self.directory):
+            write_file(os.path.join(self.directory, "freezer.state"), "THAWED")
+            remove_cgroup_dir(self.directory, lambda: kill_cgroup_processes(self.directory))
+
+
 class V1Backend(CgroupBackend):
     version = 1
 
@@ -148,9 +187,21 @@ class V1Backend(CgroupBackend):
         # A new memory cgroup takes its parent's swappiness: where setup-cgroups set it
         # to 0 there, a job cgroup needs no write of its own.
         self.swappiness_inherited = read_int(os.path.join(memory, "memory.swappiness")) == 0
+        # Sessions' pause (optional: jobs never need it), where setup-cgroups delegated it.
+        freezer = os.path.join(mounts[FREEZER], parent) if FREEZER in mounts else None
+        self.freezer_parent = freezer if freezer is not None and os.access(freezer, os.W_OK) else None
 
     def parents(self) -> list[str]:
-        return list(dict.fromkeys(self.parent_dirs.values()))
+        freezer = [] if self.freezer_parent is None else [self.freezer_parent]
+        return list(dict.fromkeys([*self.parent_dirs.values(), *freezer]))
+
+    def freezer(self, cgroup: JobCgroup) -> Freezer:
+        if self.freezer_parent is None:
+            raise CgroupError(
+                "pausing needs the freezer hierarchy delegated: run "
+                f"'sudo sandbox setup-cgroups --user {current_user()}' once"
+            )
+        return V1Freezer(os.path.join(self.freezer_parent, os.path.basename(cgroup.directories[0])))
 
     def features(self) -> dict[str, bool]:
         memory, pids = self.parent_dirs["memory"], self.parent_dirs["pids"]
@@ -159,7 +210,16 @@ class V1Backend(CgroupBackend):
             "socket buffer limit (memory.kmem.tcp.*): TCP/UDP buffers capped": self.has_tcp_limit,
             "pids.peak: peak process count reported": _exists(pids, "pids.peak"),
             "oom_kill count in memory.oom_control": "oom_kill" in _read(memory, "memory.oom_control"),
+            "freezer hierarchy delegated: sessions can be paused": self.freezer_parent is not None,
         }
+
+    def nested(self, cgroup: JobCgroup) -> V1Backend:
+        assert isinstance(cgroup, V1JobCgroup)
+        inner = copy.copy(self)
+        inner.parent_dirs = dict(cgroup.by_controller)
+        inner.cpu_dir_reusable = False  # its cpuacct directory is the session's
+        inner.swappiness_inherited = True  # from the session's cgroup, which has it
+        return inner
 
     def create_job(self, cpu_quota: bool = True, reuse: str | None = None) -> JobCgroup:
         name = self.job_name()

@@ -8,6 +8,7 @@ process of the delegated parent into a ``supervisor`` leaf beside the jobs.
 
 from __future__ import annotations
 
+import copy
 import os
 import select
 import time
@@ -15,6 +16,7 @@ import time
 from sandbox.cgroups.base import (
     CgroupBackend,
     CgroupUsage,
+    Freezer,
     JobCgroup,
     cgroup_pids,
     current_user,
@@ -137,6 +139,33 @@ class V2JobCgroup(JobCgroup):
             os.close(fd)
 
 
+class V2Freezer(Freezer):
+    """cgroup.freeze of the session's cgroup, which holds every exec's cgroup."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.attach_fds = []
+
+    def set(self, frozen: bool) -> None:
+        write_file(os.path.join(self.directory, "cgroup.freeze"), "1" if frozen else "0")
+        wanted = f"frozen {int(frozen)}".encode()
+        fd = os.open(os.path.join(self.directory, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
+        try:  # the kernel signals each change of cgroup.events with POLLPRI
+            poller = select.poll()
+            poller.register(fd, select.POLLPRI | select.POLLERR)
+            deadline = time.monotonic() + KILL_WAIT_S
+            while wanted not in os.pread(fd, 4096, 0):
+                if time.monotonic() > deadline:
+                    raise CgroupError(f"{self.directory} did not reach {wanted.decode()!r}")
+                poller.poll(100)
+        finally:
+            os.close(fd)
+
+    def destroy(self) -> None:
+        if os.path.exists(os.path.join(self.directory, "cgroup.freeze")):
+            write_file(os.path.join(self.directory, "cgroup.freeze"), "0")
+
+
 class V2Backend(CgroupBackend):
     version = 2
 
@@ -195,6 +224,17 @@ class V2Backend(CgroupBackend):
                 ("memory.oom.group", "OOM kills the whole job (4.19+)"),
             )
         }
+
+    def freezer(self, cgroup: JobCgroup) -> Freezer:
+        assert isinstance(cgroup, V2JobCgroup)
+        return V2Freezer(cgroup.directory)
+
+    def nested(self, cgroup: JobCgroup) -> V2Backend:
+        assert isinstance(cgroup, V2JobCgroup)
+        write_file(os.path.join(cgroup.directory, "cgroup.subtree_control"), " ".join(f"+{c}" for c in CONTROLLERS))
+        inner = copy.copy(self)
+        inner.parent = cgroup.directory
+        return inner
 
     def create_job(self, cpu_quota: bool = True, reuse: str | None = None) -> JobCgroup:
         # One directory holds every controller: cpu.max costs nothing until written.

@@ -16,9 +16,11 @@ if TYPE_CHECKING:
     from sandbox.models import Blob, Collect, InputFile, Job, Limits
 
 
-def add_job_arguments(parser: argparse.ArgumentParser, *, languages: bool = False) -> None:
+def add_job_arguments(parser: argparse.ArgumentParser, *, languages: bool = False, placement: bool = True) -> None:
     """The flags of a job, the one place they are made: run, submit and profile trace
-    take the same (``languages``: and the --lang form, run and submit)."""
+    take the same (``languages``: and the --lang form, run and submit; without
+    ``placement``, none of the flags that choose where it runs - image, profile, cgroups
+    required: a session's exec runs in its session)."""
     limits = parser.add_argument_group("limits")
     limits.add_argument("--cpu-time", help="CPU time over all processes and threads (e.g. 2s, 500ms, 2m; none)")
     limits.add_argument("--wall-time", help="wall-clock time (e.g. 5s, 2m, 1h, 1m30s)")
@@ -30,7 +32,9 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, languages: bool = Fals
     limits.add_argument("--stack", help="stack size per process (e.g. 8M)")
     limits.add_argument("--file-size", help="largest file a process may write (e.g. 64M)")
     limits.add_argument("--cpus", help="CPU quota in CPUs (e.g. 0.5; none)")
-    parser.add_argument("--require-cgroups", action="store_true", help="fail instead of falling back to rlimits")
+    if placement:
+        parser.add_argument("--require-cgroups", action="store_true",
+                            help="fail instead of falling back to rlimits")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="set a variable (repeatable)")
     parser.add_argument("--stdin", metavar="PATH", help="file fed to the program's stdin (default: empty)")
     parser.add_argument(
@@ -44,9 +48,10 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, languages: bool = Fals
     parser.add_argument("--collect-to", metavar="DIR",
                         help="write the collected files beneath DIR (DIR/work/...), never through a symlink")
     parser.add_argument("--cwd", help="working directory inside (default: the image's WorkingDir, else /work)")
-    parser.add_argument("--image", help="root filesystem image (default: the built-in 'host')")
-    parser.add_argument("--profile", default="default",
-                        help="seccomp profile and defaults: a name (sandbox profile list) or a profile file")
+    if placement:
+        parser.add_argument("--image", help="root filesystem image (default: the built-in 'host')")
+        parser.add_argument("--profile", default="default",
+                            help="seccomp profile and defaults: a name (sandbox profile list) or a profile file")
     if languages:
         parser.add_argument("--lang", help="compile --source with this language preset, then run it "
                                            "(sandbox languages); --file and --env reach both stages")
@@ -63,7 +68,7 @@ def job_from_args(args: argparse.Namespace) -> Job:
     from sandbox.models import Job
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    image = args.image or "host"
+    image = getattr(args, "image", None) or "host"
     if not cmd and image == "host":
         raise JobError("no command given (sandbox run [OPTIONS] -- COMMAND [ARG...])", field="cmd")
     return Job(
@@ -74,8 +79,8 @@ def job_from_args(args: argparse.Namespace) -> Job:
         files=files_from_args(args),
         image=image,
         cwd=args.cwd,
-        require_cgroups=args.require_cgroups,
-        profile=args.profile,
+        require_cgroups=getattr(args, "require_cgroups", False),
+        profile=getattr(args, "profile", "default"),
         collect=collect_from_args(args),
     )
 

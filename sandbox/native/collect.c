@@ -61,6 +61,10 @@ int collect_count(void) {
     return entry_count;
 }
 
+void collect_forget(void) {
+    entry_count = 0;
+}
+
 static void flush(int channel) {
     if (batch_used == 0) {
         return;

@@ -10,6 +10,9 @@ void collect_add(const char *path, int directory, long max_entries);
 /* How many entries the job named: none, and the init neither kills nor collects. */
 int collect_count(void);
 
+/* The list is done with (a session's exec collected it): the next exec names its own. */
+void collect_forget(void);
+
 /* Open every entry beneath the root and send the fds and errors on `channel`, then
  * "done". Call only with every other process of the job reaped: nothing can change a
  * file while it is looked at. */

@@ -6,7 +6,8 @@
  * the supervisor. For an image, B enters a copy of the image's base (a read-only root
  * the zygote prepares once per image) instead of the template. Either way B mounts the
  * job's own filesystems (root.c: on an image, its writable layer first, then pivoting
- * into it), forks the program stage (program.c), waits for its job and watches it.
+ * into it), forks the program stage (program.c), waits for its job and watches it -
+ * or, asked for a session (serve_session), runs one exec after another.
  *
  * Why C, in a project otherwise Python: this process and its child exist once per job
  * and everything they cost is paid per job. As Python, the init kept a forked
@@ -209,11 +210,12 @@ static int supervisor_gone(void) {
     return got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
 }
 
-/* Until the program stage's process exits: reap every child as it exits (orphans of
- * the job come to us, pid 1, and a zombie would hold a pid of the job's limit) and
- * answer the filter's notifications - on `listener`, or, in a trace run, on the one
- * the program stage sends just before its exec. */
-static _Noreturn void watch_and_reap(pid_t program, int to_program, int listener, struct watcher *watcher) {
+/* Until the program stage's process exits (then returns, having reported it): reap
+ * every child as it exits (orphans of the job come to us, pid 1, and a zombie would
+ * hold a pid of the job's limit) and answer the filter's notifications - on
+ * `listener`, or, in a trace run, on the one the program stage sends just before its
+ * exec. */
+static void watch_and_reap(pid_t program, int to_program, int listener, struct watcher *watcher) {
     sigset_t child_signals;
     sigemptyset(&child_signals);
     sigaddset(&child_signals, SIGCHLD);
@@ -233,8 +235,8 @@ static _Noreturn void watch_and_reap(pid_t program, int to_program, int listener
             }
             if (pid == program) {
                 report_exit(status, &usage);
-                collect_after();
-                _exit(0);
+                close(children);
+                return;
             }
         }
         if (poll(watched, (nfds_t)watching, -1) < 0) {
@@ -508,6 +510,148 @@ static pid_t fork_program_stage(struct program_setup *setup) {
     return fork();
 }
 
+/* A session (sandbox/session.py): a sandbox that runs one command after another, its
+ * root, writable layer and scratch kept between them. Asked for by the first message
+ * on the job channel, SESSION_REQUEST, instead of a job. The program stage forked
+ * ahead of time goes (it sits in the session's cgroup, which from now on holds no
+ * process of its own: each exec gets a cgroup below it, and v2 lets a cgroup with
+ * processes have none with controllers), and "session" answers on the job channel.
+ * Then, per exec, two messages: EXEC_REQUEST with the exec cgroup's CPU counter and
+ * join fds (as fd 6 and 7.. were for the one job; on v1 the session's freezer may add
+ * one), and a job message as start_job sends it. A program stage is forked for it as for a job - joined to the exec's
+ * cgroup, its own user namespace and id maps, the filter - and watched as a job's is;
+ * once its program exits, everything else of the exec is killed and reaped (nothing of
+ * an exec outlives it, so an idle session runs nothing), its files are collected, and
+ * "over" on the job channel says the next exec may come. Limits and kills are the
+ * supervisor's, on the exec's cgroup: this process, and with it the session, outlives
+ * every exec. EOF on the job channel ends the session (and everything in it). */
+static const char SESSION_REQUEST[] = "session";
+static const char EXEC_REQUEST[] = "exec";
+
+/* Whatever of the exec is left once its program exited: killed (this is pid 1 of the
+ * sandbox, so -1 is every other process in it) and reaped. */
+static void end_exec(void) {
+    kill(-1, SIGKILL);
+    while (waitpid(-1, NULL, __WALL) > 0 || errno == EINTR) {
+    }
+}
+
+/* The exec's CPU counter to CPU_COUNTER_FD and its cgroup fds to FIRST_CGROUP_FD..,
+ * where the program stage expects them (moved out of the way first, as place_fds). */
+static void place_exec_fds(const int *fds, int received) {
+    errno = EINVAL;
+    require(STAGE, received >= 2, "an exec without its cgroup");
+    int high[MAX_SPAWN_FDS];
+    for (int i = 0; i < received; i++) {
+        high[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, HIGH_FD);
+        require(STAGE, high[i] >= 0, "moving an exec's fds");
+        close(fds[i]);
+    }
+    for (int i = 0; i < received; i++) {
+        int target = i == 0 ? CPU_COUNTER_FD : FIRST_CGROUP_FD + i - 1;
+        require(STAGE, dup2(high[i], target) == target, "moving an exec's fds");
+        close(high[i]);
+    }
+}
+
+static void session_answer(const char *kind) {
+    report_begin(kind);
+    report_end_on(JOB_CHANNEL_FD);
+}
+
+static _Noreturn void serve_session(struct program_setup *setup, struct watcher *watcher,
+                                    const struct arguments *arguments, pid_t idle_program, int to_idle_program,
+                                    int idle_listener) {
+    close(to_idle_program); /* EOF: the idle stage exits ("discarded unused") */
+    if (idle_listener >= 0) {
+        close(idle_listener);
+    }
+    while (waitpid(idle_program, NULL, __WALL) < 0 && errno == EINTR) {
+    }
+    session_answer("session");
+    int exec_budget = watcher->exec_budget;
+    enum cgroup_join join = setup->join;
+    static int passed[MAX_PASSED_FDS];
+    for (;;) {
+        int received = 0;
+        char header[16];
+        size_t length = channel_receive(JOB_CHANNEL_FD, header, sizeof header - 1, passed, MAX_SPAWN_FDS, &received,
+                                        STAGE);
+        if (length == 0) {
+            _exit(0);
+        }
+        header[length] = '\0';
+        errno = EPROTO;
+        require(STAGE, strcmp(header, EXEC_REQUEST) == 0, "a session request it does not know");
+        place_exec_fds(passed, received);
+        setup->cgroup_fds = received - 1; /* (v1: the session's freezer may be one more) */
+        int pair[2];
+        require(STAGE, socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) == 0, "socketpair");
+        setup->channel = pair[1];
+        setup->join = join;
+        pid_t program = fork_program_stage(setup);
+        require(STAGE, program >= 0, "forking the program stage");
+        if (program == 0) {
+            close(pair[0]);
+            program_stage(setup);
+        }
+        close(pair[1]);
+        int to_program = pair[0];
+        if (setup->own_user) {
+            map_program_ids(program, arguments->job_id, to_program);
+        }
+        for (int fd = FIRST_CGROUP_FD; fd < FIRST_CGROUP_FD + setup->cgroup_fds; fd++) {
+            close(fd);
+        }
+        char note[16];
+        int listener_fds[1];
+        int got = 0;
+        int stage_ready = channel_receive(to_program, note, sizeof note, listener_fds, 1, &got, STAGE) > 0;
+        int listener = got == 1 ? listener_fds[0] : -1;
+        size_t job_length = channel_receive(JOB_CHANNEL_FD, job, MAX_JOB, passed, MAX_PASSED_FDS, &received, STAGE);
+        if (job_length == 0) {
+            kill(-1, SIGKILL);
+            _exit(0);
+        }
+        if (setup->own_user) {
+            files_as(arguments->job_id);
+        }
+        size_t program_offset = take_files(job_length, arguments->disk_bytes, passed, received);
+        if (stage_ready) {
+            leave_batch(program, arguments->job_id);
+        }
+        long long cpu_ns = read_cpu_ns(arguments->cpu_counter);
+        long long started_ns = monotonic_ns();
+        if (stage_ready) { /* else it failed and said why: its exit is reported below */
+            channel_send(to_program, job + program_offset, job_length - program_offset, passed, 3, STAGE);
+        }
+        for (int i = 0; i < 3; i++) {
+            close(passed[i]);
+        }
+        report_begin("started");
+        report_number("t", started_ns);
+        report_number("cpu_ns", cpu_ns);
+        report_end_on(JOB_CHANNEL_FD);
+        watcher->exec_budget = exec_budget;
+        watch_and_reap(program, to_program, listener, watcher);
+        close(to_program);
+        if (listener >= 0) {
+            close(listener);
+        }
+        close(CPU_COUNTER_FD);
+        end_exec();
+        if (collect_count() > 0) {
+            collect_send(JOB_CHANNEL_FD);
+            collect_forget();
+        }
+        if (setup->own_user) { /* as before the first stage: the next one's maps are written as 1000 */
+            files_as(SANDBOX_ID);
+            require(STAGE, prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) == 0, "staying dumpable");
+        }
+        session_answer("over");
+    }
+}
+
 int main(int argc, char **argv) {
     prctl(PR_SET_NAME, "sandbox-init", 0, 0, 0);
     if (argc == 2 && strcmp(argv[1], "serve") == 0) {
@@ -590,6 +734,9 @@ int main(int argc, char **argv) {
     if (job_length == 0) {
         _exit(0); /* discarded unused: the kernel takes the stage down with us */
     }
+    if (strcmp(job, SESSION_REQUEST) == 0) {
+        serve_session(&setup, &watcher, &arguments, program, to_program, listener);
+    }
     if (own_user) {
         files_as(arguments.job_id);
     }
@@ -619,4 +766,6 @@ int main(int argc, char **argv) {
     }
     report_end_on(JOB_CHANNEL_FD);
     watch_and_reap(program, to_program, listener, &watcher);
+    collect_after();
+    _exit(0);
 }

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox.models import Group, Job, Limits, Pipe, Result, Status, Usage
+from sandbox.models import Group, Job, Limits, Pipe, Result, SessionSpec, Status, Usage
 from sandbox.warm_kind import WarmKind
 from worker.launcher_channel import (
     CancelJob,
     ChannelDecoder,
+    CreateSession,
     DropOffer,
     GroupResult,
     JobOutput,
@@ -19,12 +20,15 @@ from worker.launcher_channel import (
     LauncherReady,
     Message,
     OfferSandbox,
+    RunExec,
     RunGroup,
     RunJob,
+    SessionAnswer,
+    SessionControl,
     decode,
     encode,
 )
-from worker.protocol import FrameDecoder, group_to_wire, job_to_wire
+from worker.protocol import FrameDecoder, group_to_wire, job_to_wire, session_spec_to_wire
 from worker.protocol import encode as encode_frame
 
 MESSAGES: list[Message] = [
@@ -44,6 +48,11 @@ MESSAGES: list[Message] = [
     GroupResult("g1", [Result(Status.OK, stdout=b"y\n"), Result(Status.SIGNALED, signal=13, signal_name="SIGPIPE")]),
     JobRejected("j1", "image not found", "image"),
     JobRejected("j1", "too long", None),
+    CreateSession("s-1", session_spec_to_wire(SessionSpec(limits=Limits(memory="1G"), ttl_s=60))),
+    RunExec("e1", "s-1", job_to_wire(Job(cmd=["true"])), stream=True),
+    SessionControl("r1", "s-1", "stop", 2.5),
+    SessionAnswer("r1"),
+    SessionAnswer("r2", "unknown_session", "no session s-9", "session", {"cgroups": ["/sys/fs/cgroup/x"]}),
 ]
 
 
