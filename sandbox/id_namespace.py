@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 from sandbox import child
 from sandbox.errors import SandboxError
@@ -47,18 +49,23 @@ def range_maps(plan: IdPlan) -> dict[str, list[tuple[int, int, int]]]:
             "gid": [(0, plan.owner_gid, 1), (1, plan.jobs.gid, plan.jobs.count)]}
 
 
-def run_as_range_root(body: Callable[[int], None]) -> list[dict[str, Any]]:
+def run_as_range_root(body: Callable[[int], None], before: Callable[[], None] | None = None,
+                      timeout: float | None = None) -> list[dict[str, Any]]:
     """Run ``body(report_fd)`` as root of a new user namespace mapping the range; the
-    messages it sent (``child.send``), its failure as a ``setup_error`` one. Inherited
-    fds (a directory to read, a file to write) stay usable there. Raises
-    IdNamespaceError without a range."""
+    messages it sent (``child.send``), its failure as a ``setup_error`` one, and an
+    ``expired`` one last when it ran past ``timeout`` seconds and was killed (SIGKILL:
+    what it forked must die with it, ``die_with_parent``). Inherited fds (a directory
+    to read, a file to write) stay usable there. ``before`` runs in the child first,
+    as the supervisor's own user (joining a cgroup). Raises IdNamespaceError without a
+    range."""
     plan = plan_ids()
     maps = range_maps(plan)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     report_read, report_write = os.pipe()
+    started = time.monotonic()
     pid = os.fork()
     if pid == 0:
-        child.guard(report_write, lambda: _enter(theirs, report_write, body))
+        child.guard(report_write, lambda: _enter(theirs, report_write, body, before))
     theirs.close()
     os.close(report_write)
     try:
@@ -67,13 +74,36 @@ def run_as_range_root(body: Callable[[int], None]) -> list[dict[str, Any]]:
                 write_maps(pid, plan.mapper, maps)
                 ours.send(_MAP_REQUEST)
         with os.fdopen(report_read, "rb") as report:
-            return [json.loads(line) for line in report.read().splitlines() if line.strip()]
+            text, expired = _read_all(report, pid, started, timeout)
+        messages = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [*messages, {"kind": "expired"}] if expired else messages
     finally:
         os.waitpid(pid, 0)
 
 
-def _enter(channel: socket.socket, report: int, body: Callable[[int], None]) -> None:
+def _read_all(report: BinaryIO, pid: int, started: float, timeout: float | None) -> tuple[bytes, bool]:
+    """The report to its end, and whether the child was killed for its timeout first."""
+    if timeout is None:
+        return report.read(), False
+    chunks: list[bytes] = []
+    expired = False
+    while True:
+        left = None if expired else max(0.0, started + timeout - time.monotonic())
+        if not select.select([report], [], [], left)[0]:
+            os.kill(pid, signal.SIGKILL)
+            expired = True
+            continue
+        chunk = os.read(report.fileno(), 65536)
+        if not chunk:
+            return b"".join(chunks), expired
+        chunks.append(chunk)
+
+
+def _enter(channel: socket.socket, report: int, body: Callable[[int], None],
+           before: Callable[[], None] | None) -> None:
     die_with_parent()
+    if before is not None:
+        before()
     sc.unshare(sc.CLONE_NEWUSER)
     channel.send(_MAP_REQUEST)
     if channel.recv(len(_MAP_REQUEST)) != _MAP_REQUEST:

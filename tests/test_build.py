@@ -196,3 +196,26 @@ def test_a_step_killed_mid_run_leaves_no_process_and_no_workspace(base):
     assert build.returncode == 125, stderr
     assert "killed:1" not in cli("images").stdout
     assert not list((base / "tmp").iterdir()), "the killed step left its workspace"
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(("flags", "command", "expected"), [
+    (["--timeout", "1s"], "touch /started && sleep 600", "ran past its time limit (1 s)"),
+    (["--memory", "16M"], "dd if=/dev/zero of=/dev/null bs=64M count=1", "out of memory"),
+])
+def test_a_run_step_is_held_to_the_build_limits(base, flags, command, expected):
+    """A RUN step runs in a cgroup with the build's limits: past its wall time or its
+    memory it fails the build, naming the limit, and leaves no image, no process and no
+    workspace behind."""
+    directory = context(base.parent, f"FROM base:1\nRUN {command}\n", {})
+    done = cli("build", *flags, "-t", "limited:1", str(directory))
+    assert done.returncode == 125, done.stderr
+    assert expected in done.stderr
+    assert "limited:1" not in cli("images").stdout
+    assert not list((base / "tmp").iterdir()), "the step left its workspace"
+
+
+def test_a_build_limit_flag_is_checked_and_named():
+    done = cli("build", "--memory", "lots", "-t", "x:1", ".")
+    assert done.returncode != 0
+    assert "--memory" in done.stderr

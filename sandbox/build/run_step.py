@@ -27,10 +27,16 @@ runs out of the job path:
          have, so it reads what the supervisor itself could not - and ``upper`` and
          the overlay's work directory removed, likewise, whatever happened.
 
-What the step is not given: a seccomp filter or cgroup limits (a build runs the
-Sandboxfile's author's commands, as ``docker build`` does; its isolation is the
-namespaces: no host path after the pivot, no network, no host process visible), and no
-scratch tmpfs over /tmp or /work: in a build every path is part of the image.
+Every process of the step - C, G and what G starts - runs in a cgroup of the step's
+own, which C joins before it enters the user namespace, with the build's limits
+(memory, pids, CPUs); past the wall-time limit C is killed, and G with it (its parent
+death signal), and the cgroup's kill ends whatever is left.
+
+What the step is not given: a seccomp filter (a build runs the Sandboxfile's author's
+commands - package managers, compilers, as root of its namespace - as ``docker build``
+does; its isolation is the namespaces: no host path after the pivot, no network, no host
+process visible, and its cgroup), and no scratch tmpfs over /tmp or /work: in a build
+every path is part of the image.
 """
 
 from __future__ import annotations
@@ -44,11 +50,14 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import child, rootfs
-from sandbox.errors import SandboxError, SetupError
+from sandbox.cgroups import open_backend
+from sandbox.cgroups.base import JobCgroup
+from sandbox.errors import CgroupError, SandboxError, SetupError
 from sandbox.id_namespace import IdNamespaceError, die_with_parent, run_as_range_root, setup_errors
 from sandbox.images.layer_writer import LayerBlob, LayerTar, TreeWalker
 from sandbox.images.store import remove_tree
 from sandbox.linux import syscalls as sc
+from sandbox.models import Limits
 from sandbox.overlay import mount_build_root, open_layers
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -60,28 +69,59 @@ class RunError(SandboxError):
     """A RUN step that failed: its command's exit status, or why it could not start."""
 
 
-def run_step(layer_dirs: list[str], config: dict[str, Any], argv: list[str], workspace: Path) -> LayerBlob:
+# What a RUN step may use unless the build says otherwise (``sandbox build --memory``,
+# ``--pids``, ``--cpus``, ``--timeout``): enough for a package manager, bounded so a
+# runaway step cannot take the host down with it.
+STEP_LIMITS = Limits(wall_time="30m", memory="4G", pids=4096)
+
+
+def run_step(layer_dirs: list[str], config: dict[str, Any], argv: list[str], workspace: Path,
+             limits: Limits = STEP_LIMITS) -> LayerBlob:
     """Run ``argv`` on ``layer_dirs`` (bottom first) with the image ``config`` (Env,
-    WorkingDir, User); the layer of what it changed, written to ``workspace``/layer.
-    Raises RunError."""
+    WorkingDir, User) under ``limits`` (wall time, memory, pids, CPUs); the layer of
+    what it changed, written to ``workspace``/layer. Raises RunError."""
     for name in ("upper", "work", "root", "empty"):
         (workspace / name).mkdir()
     blob_path = workspace / "layer"
+    cgroup = _step_cgroup(limits)
+    oom_kills = 0
     with open(blob_path, "xb") as blob:
         try:
             messages = run_as_range_root(lambda report: _step(report, blob.fileno(), layer_dirs, config, argv,
-                                                              workspace))
+                                                              workspace),
+                                         before=cgroup.join, timeout=limits.wall_time_ms / 1000)
         except IdNamespaceError as exc:
             raise RunError(f"RUN needs {exc}") from None
         finally:
+            oom_kills = cgroup.usage().oom_kills
+            cgroup.destroy()
             _remove_left_over(workspace)
     errors = setup_errors(messages)
     if errors:
         raise RunError(f"RUN could not run: {errors[0]}")
     outcome: dict[str, Any] = messages[-1] if messages else {"kind": "exit", "status": None}
+    if outcome.get("kind") == "expired":
+        raise RunError(f"RUN {json.dumps(argv)} ran past its time limit ({limits.wall_time_ms / 1000:g} s)")
     if outcome.get("kind") != "layer":
-        raise RunError(f"RUN {json.dumps(argv)} failed (exit status {outcome.get('status')})")
+        why = "; out of memory" if oom_kills else ""
+        raise RunError(f"RUN {json.dumps(argv)} failed (exit status {outcome.get('status')}{why})")
     return LayerBlob(blob_path, outcome["digest"], outcome["diff_id"], int(outcome["size"]))
+
+
+def _step_cgroup(limits: Limits) -> JobCgroup:
+    """The step's cgroup, with its limits written: every process of the step runs in
+    it, the layer writer too. A build needs a delegated cgroup as a worker does
+    (``sandbox setup-cgroups``): a RUN's command is code like any job's."""
+    try:
+        cgroup = open_backend().create_job(cpu_quota=limits.cpus is not None)
+    except CgroupError as exc:
+        raise RunError(f"RUN needs a cgroup for its limits: {exc}") from None
+    try:
+        cgroup.apply_limits(limits)
+    except BaseException:
+        cgroup.destroy()
+        raise
+    return cgroup
 
 
 def _remove_left_over(workspace: Path) -> None:

@@ -172,6 +172,13 @@ class JobCgroup(abc.ABC):
         ``destroy`` then leaves alone."""
         return None
 
+    def join(self) -> None:
+        """Move the calling process - single-threaded, as a forked child is - into the
+        job: for work that is not started by a sandbox init (a build's RUN step), whose
+        children then inherit the cgroup. v1 writes the thread into each tasks file."""
+        for fd in self.attach_fds:
+            os.write(fd, b"0")
+
     def close_attach_fds(self) -> None:
         for fd in self.attach_fds:
             os.close(fd)

@@ -88,6 +88,14 @@ class V2JobCgroup(JobCgroup):
         super().__init__([directory], [directory], (directory, V2), counters)
         self.directory = directory
 
+    def join(self) -> None:
+        """v2: the one directory's cgroup.procs (its fd is the directory's, for clone3)."""
+        fd = os.open("cgroup.procs", os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.attach_fds[0])
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+
     def _cpu_stat(self) -> dict[str, int]:
         return parse_keyed(os.pread(self.cpu_counter_fd, 4096, 0).decode())
 

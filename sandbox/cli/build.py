@@ -6,11 +6,12 @@ the image id, as ``sandbox pull`` prints them."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from typing import Any
 
-from sandbox.errors import SandboxError
+from sandbox.errors import JobError, SandboxError
 
 
 def add_commands(commands: Any) -> None:
@@ -20,6 +21,11 @@ def add_commands(commands: Any) -> None:
     build.add_argument("-t", "--tag", required=True, help="the reference to store the image under, e.g. grader:1")
     build.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE",
                        help="a value for an ARG (repeatable)")
+    limits = build.add_argument_group("limits of each RUN step (its cgroup; the defaults bound a runaway step)")
+    limits.add_argument("--memory", default="4G", help="memory, e.g. 2G (default 4G)")
+    limits.add_argument("--pids", type=int, default=4096, help="processes and threads at once (default 4096)")
+    limits.add_argument("--cpus", help="CPUs, e.g. 1.5 (default: no quota)")
+    limits.add_argument("--timeout", default="30m", help="wall time, e.g. 10m (default 30m)")
     build.set_defaults(handler=_build)
 
 
@@ -28,6 +34,13 @@ def _build(args: argparse.Namespace) -> int:
     from sandbox.build.run_step import run_step
     from sandbox.images import config as images_config
     from sandbox.images.store import Store
+    from sandbox.models import Limits
+
+    try:
+        limits = Limits(memory=args.memory, pids=args.pids, cpus=args.cpus, wall_time=args.timeout)
+    except JobError as exc:
+        flag = "--timeout" if exc.field == "limits.wall_time" else "--" + (exc.field or "").removeprefix("limits.")
+        raise SandboxError(f"{flag}: {exc.message}") from None
 
     build_args = {}
     for item in args.build_arg:
@@ -43,7 +56,7 @@ def _build(args: argparse.Namespace) -> int:
         raise SandboxError(f"cannot read the Sandboxfile {path}: {exc.strerror}") from None
     config = images_config.load()
     report = build(Store(config.store), config, text, args.context, args.tag, build_args,
-                   lambda line: print(line, file=sys.stderr, flush=True), run_step)
+                   lambda line: print(line, file=sys.stderr, flush=True), functools.partial(run_step, limits=limits))
     print(f"{report.steps} steps: {report.cached} cached, {report.written} written", file=sys.stderr)
     print(f"{report.reference} {report.image_id}")
     return 0
