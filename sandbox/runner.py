@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox import prepare
+from sandbox import prepare, volumes
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
 from sandbox.collect import Collected, not_collected, receive
 from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
@@ -48,6 +48,7 @@ from sandbox.models import (
 )
 from sandbox.prepare import ImageRoot
 from sandbox.profile_cache import ProfileCache
+from sandbox.rootfs import SANDBOX_UID
 from sandbox.supervise import Outcome, Watch, supervise
 from sandbox.supply import Sandbox, SandboxSupply
 from sandbox.verdict import decide
@@ -318,7 +319,8 @@ class Runner:
         stderr_r, stderr_w = _pipe(fds)
         stdin = job_stdin(job.stdin, fds) if stdio.stdin is None else stdio.stdin
         files = [(f.dest, open_blob(f.content, fds), f.mode) for f in job.files]
-        mounts = [(entry.path, _tree(member.sandbox, entry, index, fds)) for index, entry in enumerate(job.mounts)]
+        mounts = [(entry.path, _mount_source(member.sandbox, entry, index, fds), bool(entry.writable))
+                  for index, entry in enumerate(job.mounts)]
         stdout = stdout_w if stdio.stdout is None else stdio.stdout
         stderr = stderr_w if stdio.stderr is None else stdio.stderr
         spec = job_spec(argv, env, cwd, member.limits, (stdin, stdout, stderr), member.rlimits, files, job.collect,
@@ -496,16 +498,35 @@ def open_blob(blob: Blob, fds: list[int]) -> int:
     return fd
 
 
-def _tree(sandbox: Sandbox, entry: Mount, index: int, fds: list[int]) -> int:
-    """The fd a sandbox init mounts a tree from: a detached clone of its directory, made
-    by the zygote that made the sandbox (``Zygote.clone_tree``). A tree id is known only
-    to the worker that caches it, whose launcher gives its directory instead."""
-    if entry.host_dir is None:
+def _mount_source(sandbox: Sandbox, entry: Mount, index: int, fds: list[int]) -> int:
+    """The fd a sandbox init mounts a tree, bind or volume from: a detached clone of its
+    directory, made by the zygote that made the sandbox (a clone works only in its own
+    template user namespace). A tree id is known only to the worker that caches it,
+    whose launcher gives its directory instead. A volume is first held for the job
+    (``volumes.lock``, the fd kept with the job's until its sandbox is gone) and, for
+    read-write, given to the job's id."""
+    where = f"mounts.{index}"
+    if entry.tree_id is not None:
         raise JobError(f"{entry.tree_id}: a cached tree is mounted through the worker that holds it",
-                       field=f"mounts.{index}.tree_id")
+                       field=f"{where}.tree_id")
     if sandbox.zygote is None:
         raise SetupError("the sandbox has no zygote to clone a tree in")
-    fd = sandbox.zygote.clone_tree(entry.host_dir)
+    try:
+        if entry.host_dir is not None:
+            fd = sandbox.zygote.clone_tree(entry.host_dir)
+        elif entry.bind is not None:
+            fd = sandbox.zygote.clone_bind(entry.bind)
+        else:
+            assert entry.volume is not None  # (Mount.check_source: exactly one source)
+            root = volumes.volumes_root()
+            volumes.prepare_root(root)
+            fds.append(volumes.lock(root, entry.volume, bool(entry.writable)))
+            # Read-write: the job's own files. Read-only users share it, so it is
+            # nobody's to give: it stays as its last writer left it.
+            owner = (sandbox.job_id or SANDBOX_UID) if entry.writable else None
+            fd = sandbox.zygote.clone_volume(str(root), entry.volume, owner)
+    except JobError as exc:
+        raise type(exc)(exc.message, field=exc.field or f"{where}.{'bind' if entry.bind else 'volume'}") from None
     fds.append(fd)
     return fd
 

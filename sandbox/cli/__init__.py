@@ -6,8 +6,8 @@ when it was killed, 125 when the sandbox itself failed. With ``--json`` the resu
 printed as JSON and the exit status is 0 unless the sandbox failed (125).
 
 One module per command group (``run``, ``group``, ``worker``: serve and submit, ``images``,
-``profiles``, ``languages``, ``judge``, ``host``: doctor and setup-cgroups); the job
-flags in ``job_flags``, and how results and errors are printed in ``output``.
+``volumes``, ``profiles``, ``languages``, ``judge``, ``host``: doctor and setup-cgroups);
+the job flags in ``job_flags``, and how results and errors are printed in ``output``.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ DISTRIBUTION = "sandbox-executor"  # pyproject.toml's name
 # The modules of the command groups, in the order help lists them; and the one that
 # makes each command's flags. Only that one is imported for a command: a `sandbox run`
 # per test of a judge must not pay for loading the image, worker and judge code.
-COMMAND_GROUPS = ("run", "group", "worker", "images", "profiles", "languages", "judge", "host")
+COMMAND_GROUPS = ("run", "group", "worker", "images", "volumes", "profiles", "languages", "judge", "host")
 MODULE_OF_COMMAND = {
     "run": "run", "group": "group", "serve": "worker", "submit": "worker", "pull": "images", "images": "images",
     "import": "images", "load": "images", "push": "images", "save": "images", "inspect": "images", "rmi": "images",
-    "gc": "images", "profile": "profiles",
+    "gc": "images", "volume": "volumes", "profile": "profiles",
     "languages": "languages", "judge": "judge", "doctor": "host", "setup-cgroups": "host",
 }
 

@@ -13,7 +13,7 @@ from sandbox.errors import JobError
 from sandbox.models import LIMIT_NAMES
 
 if TYPE_CHECKING:
-    from sandbox.models import Blob, Collect, InputFile, Job, Limits
+    from sandbox.models import Blob, Collect, InputFile, Job, Limits, Mount
 
 
 def add_job_arguments(parser: argparse.ArgumentParser, *, languages: bool = False) -> None:
@@ -43,6 +43,12 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, languages: bool = Fals
     )
     parser.add_argument("--collect-to", metavar="DIR",
                         help="write the collected files beneath DIR (DIR/work/...), never through a symlink")
+    parser.add_argument("--bind", action="append", default=[], metavar="HOST:INSIDE[:ro|rw]",
+                        help="mount the host directory HOST at INSIDE under /work or /tmp, read-only unless rw; "
+                             "no symlink is followed in HOST (repeatable)")
+    parser.add_argument("--volume", action="append", default=[], metavar="NAME:INSIDE[:ro|rw]",
+                        help="mount the named volume NAME at INSIDE under /work or /tmp, made on first use and "
+                             "kept for later jobs; read-write unless ro (repeatable; sandbox volume ls)")
     parser.add_argument("--cwd", help="working directory inside (default: the image's WorkingDir, else /work)")
     parser.add_argument("--image", help="root filesystem image (default: the built-in 'host')")
     parser.add_argument("--profile", default="default",
@@ -77,7 +83,27 @@ def job_from_args(args: argparse.Namespace) -> Job:
         require_cgroups=args.require_cgroups,
         profile=args.profile,
         collect=collect_from_args(args),
+        mounts=mounts_from_args(args),
     )
+
+
+def mounts_from_args(args: argparse.Namespace) -> list[Mount]:
+    """``--bind HOST:INSIDE[:ro|rw]`` and ``--volume NAME:INSIDE[:ro|rw]``: a last field
+    of "ro" or "rw" is the access (a path or a name may hold a ":" otherwise)."""
+    from sandbox.models import Mount
+
+    mounts = []
+    for flag, items in (("bind", args.bind), ("volume", args.volume)):
+        for item in items:
+            fields = item.split(":")
+            access = fields.pop() if len(fields) > 2 and fields[-1] in ("ro", "rw") else None
+            source, sep, inside = ":".join(fields).rpartition(":")
+            if not sep or not source or not inside:
+                raise JobError(f"expects SOURCE:INSIDE[:ro|rw], got {item!r}", field=flag)
+            writable = None if access is None else access == "rw"
+            mounts.append(Mount(inside, bind=source, writable=writable) if flag == "bind"
+                          else Mount(inside, volume=source, writable=writable))
+    return mounts
 
 
 def collect_from_args(args: argparse.Namespace) -> list[Collect]:
@@ -115,6 +141,8 @@ def language_form(args: argparse.Namespace) -> bool:
         return False
     if args.collect:
         raise JobError("--collect reads what a command leaves: not with --lang", field="collect")
+    if args.bind or args.volume:
+        raise JobError("--bind and --volume mount for a command: not with --lang", field="mounts")
     if not (args.lang and args.source):
         raise JobError("--lang and --source go together", field="lang")
     if args.image is not None or args.cwd is not None:

@@ -1,0 +1,190 @@
+"""Host binds and named volumes, end to end on the real kernel: a bind read-only by
+default and writable on request, opened with no symlink followed, no host path in the
+job's mount table for a read-only one; a volume kept between jobs, the job's own files
+while it runs, one read-write user or many read-only ones at once; `sandbox volume`
+listing, removing and pruning."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from sandbox import volumes
+from sandbox.errors import JobError, VolumeBusy
+from sandbox.models import Job, Mount, Status
+
+# What a job reports of a mount: what it read, a write's outcome, its own uid and the
+# owner it sees on the mount's root, and the mount table's line for it.
+PROBE = r"""
+import errno, json, os, sys
+where, host = sys.argv[1], sys.argv[2]
+try:
+    read = open(f"{where}/hello.txt").read()
+except OSError as exc:
+    read = errno.errorcode[exc.errno]
+try:
+    with open(f"{where}/from-job.txt", "w") as handle:
+        handle.write("written inside\n")
+    write = "written"
+except OSError as exc:
+    write = errno.errorcode[exc.errno]
+mountinfo = open("/proc/self/mountinfo").read()
+print(json.dumps({"read": read, "write": write, "uid": os.getuid(), "owner": os.stat(where).st_uid,
+                  "leaks": host in mountinfo,
+                  "line": [line for line in mountinfo.splitlines() if f" {where} " in line]}))
+"""
+
+
+def probe(runner, mount: Mount, host: str = "/nonexistent") -> dict:
+    result = runner.run(Job(cmd=["python3", "-c", PROBE, mount.path, host], mounts=[mount], require_cgroups=True))
+    assert result.status is Status.OK, result
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(autouse=True)
+def tidy(runner):
+    """The sandboxes these tests ran cleaned up before the leak check looks."""
+    yield
+    runner.tidy()
+
+
+@pytest.fixture
+def volume_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "volumes"
+    monkeypatch.setenv("SANDBOX_VOLUMES", str(root))
+    return root
+
+
+def host_dir(tmp_path: Path, mode: int = 0o755) -> Path:
+    directory = tmp_path / "data"
+    directory.mkdir()
+    (directory / "hello.txt").write_text("from the host\n")
+    directory.chmod(mode)
+    return directory
+
+
+def test_a_bind_is_read_only_by_default_and_shows_no_host_path(runner, tmp_path):
+    directory = host_dir(tmp_path)
+    report = probe(runner, Mount("/work/data", bind=str(directory)), str(tmp_path))
+    assert report["read"] == "from the host\n"
+    assert report["write"] == "EROFS"
+    assert not report["leaks"], report["line"]
+    assert not (directory / "from-job.txt").exists()
+
+
+def test_a_read_write_bind_writes_reach_the_host(runner, tmp_path):
+    # The job is a user of its own, not the directory's owner: the directory lets it in.
+    directory = host_dir(tmp_path, 0o777)
+    report = probe(runner, Mount("/work/data", bind=str(directory), writable=True))
+    assert report["read"] == "from the host\n"
+    assert report["write"] == "written"
+    assert (directory / "from-job.txt").read_text() == "written inside\n"
+    assert "nosuid" in report["line"][0] and "nodev" in report["line"][0]
+
+
+@pytest.mark.parametrize("how", ["the directory", "a component"])
+def test_a_bind_through_a_symlink_is_refused(runner, tmp_path, how):
+    directory = host_dir(tmp_path)
+    (tmp_path / "link").symlink_to(directory if how == "the directory" else tmp_path)
+    source = tmp_path / "link" if how == "the directory" else tmp_path / "link" / "data"
+    with pytest.raises(JobError, match="symlink") as caught:
+        runner.run(Job(cmd=["true"], mounts=[Mount("/work/data", bind=str(source))]))
+    assert caught.value.field == "mounts.0.bind"
+
+
+def test_a_volume_outlives_its_jobs_and_is_each_writers_own(runner, volume_root):
+    first = runner.run(Job(cmd=["sh", "-c", "id -u; mkdir -p /work/cache/sub && echo kept > /work/cache/sub/f"],
+                           mounts=[Mount("/work/cache", volume="cache")], require_cgroups=True))
+    assert first.status is Status.OK, first
+    second = runner.run(Job(cmd=["sh", "-c", "cat /work/cache/sub/f && stat -c %u /work/cache/sub/f && "
+                                             "echo more >> /work/cache/sub/f && rm -r /work/cache/sub"],
+                            mounts=[Mount("/work/cache", volume="cache")], require_cgroups=True))
+    assert second.status is Status.OK, second
+    kept, owner = second.stdout.decode().split()
+    assert kept == "kept"
+    assert owner == "1000"  # the job's own uid: the files were given to the second job's id
+    assert (volume_root / "cache").is_dir() and not (volume_root / "cache" / "sub").exists()
+
+
+def test_a_read_only_volume_is_read_only(runner, volume_root):
+    runner.run(Job(cmd=["sh", "-c", "echo v1 > /work/v/version"], mounts=[Mount("/work/v", volume="ro")]))
+    result = runner.run(Job(cmd=["sh", "-c", "cat /work/v/version; echo x > /work/v/version"],
+                            mounts=[Mount("/work/v", volume="ro", writable=False)]))
+    assert result.status is Status.RUNTIME_ERROR
+    assert result.stdout == b"v1\n" and b"Read-only" in result.stderr
+
+
+def test_a_read_write_volume_has_one_user_at_a_time(runner, volume_root):
+    """A running job holds its volume: a second read-write or read-only user is refused
+    while it runs, and taken once it ended; read-only users share."""
+    started = threading.Event()
+    cancel_r, cancel_w = os.pipe()
+    outcome = {}
+
+    def hold() -> None:
+        outcome["result"] = runner.run(Job(cmd=["sleep", "60"], mounts=[Mount("/work/v", volume="shared")]),
+                                       cancel_fd=cancel_r, on_started=started.set)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert started.wait(60)
+        for writable in (True, False):
+            with pytest.raises(VolumeBusy) as caught:
+                runner.run(Job(cmd=["true"], mounts=[Mount("/work/v", volume="shared", writable=writable)]))
+            assert caught.value.code == "volume_busy" and caught.value.field == "mounts.0.volume"
+        assert volumes.in_use(volume_root, "shared")
+    finally:
+        os.write(cancel_w, b"x")
+        holder.join()
+        os.close(cancel_r)
+        os.close(cancel_w)
+    assert outcome["result"].status is Status.CANCELLED
+    assert not volumes.in_use(volume_root, "shared")
+    # Read-only users share: one holds it while another runs.
+    shared = volumes.lock(volume_root, "shared", writable=False)
+    try:
+        result = runner.run(Job(cmd=["ls", "/work/v"], mounts=[Mount("/work/v", volume="shared", writable=False)]))
+        assert result.status is Status.OK, result
+        with pytest.raises(VolumeBusy):
+            runner.run(Job(cmd=["true"], mounts=[Mount("/work/v", volume="shared")]))
+    finally:
+        os.close(shared)
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sandbox.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+
+
+def test_volume_ls_rm_and_prune_through_the_cli(volume_root):
+    env = {"SANDBOX_VOLUMES": str(volume_root)}
+    for name in ("keep", "gone", "pruned"):
+        made = cli("run", "--volume", f"{name}:/work/v", "--", "sh", "-c", "mkdir -p /work/v/d && "
+                   "echo data > /work/v/d/f && chmod 500 /work/v/d", env=env)
+        assert made.returncode == 0, made.stderr
+    listed = cli("volume", "ls", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert [entry["name"] for entry in json.loads(listed.stdout)] == ["gone", "keep", "pruned"]
+    assert all(entry["size_bytes"] > 0 and not entry["in_use"] for entry in json.loads(listed.stdout))
+    # rm: the job's files (its id's, a directory it made unwritable) go too.
+    removed = cli("volume", "rm", "gone", env=env)
+    assert removed.returncode == 0, removed.stderr
+    assert not (volume_root / "gone").exists()
+    missing = cli("volume", "rm", "gone", env=env)
+    assert missing.returncode == 125 and "no volume named gone" in missing.stderr
+    # prune: every volume no job uses; one in use stays.
+    held = volumes.lock(volume_root, "keep", writable=False)
+    try:
+        pruned = cli("volume", "prune", env=env)
+    finally:
+        os.close(held)
+    assert pruned.returncode == 0, pruned.stderr
+    assert pruned.stdout.split() == ["pruned"]
+    assert sorted(path.name for path in volume_root.iterdir() if not path.name.startswith(".")) == ["keep"]
