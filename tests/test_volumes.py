@@ -18,6 +18,7 @@ import pytest
 from sandbox import volumes
 from sandbox.errors import JobError, VolumeBusy
 from sandbox.models import Job, Mount, Status
+from worker.client import Client, WorkerError
 
 # What a job reports of a mount: what it read, a write's outcome, its own uid and the
 # owner it sees on the mount's root, and the mount table's line for it.
@@ -188,3 +189,64 @@ def test_volume_ls_rm_and_prune_through_the_cli(volume_root):
     assert pruned.returncode == 0, pruned.stderr
     assert pruned.stdout.split() == ["pruned"]
     assert sorted(path.name for path in volume_root.iterdir() if not path.name.startswith(".")) == ["keep"]
+
+
+def test_through_the_worker_a_bind_is_allowed_only_below_allow_bind(start_worker, tmp_path):
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    directory = host_dir(allowed)
+    (tmp_path / "other").mkdir()
+    worker = start_worker("--slots", "2", "--allow-bind", str(allowed))
+    with Client(worker.socket_path) as client:
+        result = client.run(Job(cmd=["cat", "/work/d/hello.txt"], mounts=[Mount("/work/d", bind=str(directory))]))
+        assert result.status is Status.OK, result
+        assert result.stdout == b"from the host\n"
+        for outside in (tmp_path / "other", tmp_path, Path(str(allowed) + "-sibling")):
+            with pytest.raises(WorkerError) as caught:
+                client.run(Job(cmd=["true"], mounts=[Mount("/work/d", bind=str(outside))]))
+            assert (caught.value.code, caught.value.field) == ("bind_not_allowed", "mounts.0.bind")
+        # Below an allowed directory, but through a symlink there: refused as the CLI refuses it.
+        (allowed / "link").symlink_to(tmp_path / "other")
+        with pytest.raises(WorkerError) as caught:
+            client.run(Job(cmd=["true"], mounts=[Mount("/work/d", bind=str(allowed / "link"))]))
+        assert caught.value.code == "invalid_job" and "symlink" in str(caught.value)
+
+
+def test_through_the_worker_a_volume_held_read_write_is_busy(start_worker, tmp_path, monkeypatch):
+    """A job holds its read-write volume while it runs, whichever door the next job
+    comes through: volume_busy until it ends, then the next job has it. The holder
+    waits on a FIFO the test writes, bound read-write: a bind of the directory itself,
+    where the FIFO is the host's (an overlay's FIFO would be a pipe of its own)."""
+    monkeypatch.setenv("SANDBOX_VOLUMES", str(tmp_path / "volumes"))
+    control = tmp_path / "control"
+    control.mkdir()
+    os.mkfifo(control / "go", 0o666)
+    worker = start_worker("--slots", "2", "--allow-bind", str(control))
+    holder = Job(cmd=["sh", "-c", "echo held > /work/v/mark; echo ready; read line < /work/ctl/go"],
+                 mounts=[Mount("/work/v", volume="jobs"), Mount("/work/ctl", bind=str(control), writable=True)])
+    ready = threading.Event()
+    outcome = {}
+
+    def hold() -> None:
+        with Client(worker.socket_path) as client:
+            outcome["result"] = client.run(holder, on_output=lambda stream, offset, data: ready.set())
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert ready.wait(60)
+        with Client(worker.socket_path) as client:
+            with pytest.raises(WorkerError) as caught:
+                client.run(Job(cmd=["true"], mounts=[Mount("/work/v", volume="jobs")]))
+            assert (caught.value.code, caught.value.field) == ("volume_busy", "mounts.0.volume")
+            with open(control / "go", "w") as fifo:
+                fifo.write("go\n")
+            thread.join()
+            assert outcome["result"].status is Status.OK, outcome["result"]
+            after = client.run(Job(cmd=["cat", "/work/v/mark"], mounts=[Mount("/work/v", volume="jobs")]))
+            assert after.status is Status.OK and after.stdout == b"held\n", after
+    finally:
+        if thread.is_alive():
+            with open(control / "go", "w") as fifo:
+                fifo.write("go\n")
+            thread.join()

@@ -49,8 +49,9 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from sandbox.errors import JobError
+from sandbox.errors import BindNotAllowed, JobError
 from sandbox.linux import syscalls as sc
 from sandbox.linux.readiness import readable, wait_readable
 from sandbox.models import Blob, Group, Job, Mount, Result, Status, WarmSpec
@@ -141,7 +142,7 @@ class Jobs:
             thread.join()
 
 
-def serve(channel: socket.socket, warm: list[WarmSpec], cache_dir: str) -> None:
+def serve(channel: socket.socket, warm: list[WarmSpec], paths: HostPaths) -> None:
     """Read the worker's messages and start each job on a thread of its own; between
     messages, do the idle work (offers, the supply's steps)."""
     sc.set_process_name("sandbox-launch")
@@ -182,7 +183,7 @@ def serve(channel: socket.socket, warm: list[WarmSpec], cache_dir: str) -> None:
                         # Its cancel may have come in the same read: then it never starts.
                         cancelled = any(isinstance(later, CancelJob) and later.id == message.id
                                         for later in messages[index + 1:])
-                        jobs.start(message.id, functools.partial(_run, runner, outbox, message, cache_dir),
+                        jobs.start(message.id, functools.partial(_run, runner, outbox, message, paths),
                                    cancelled=cancelled)
                     case CancelJob(id=job_id):
                         jobs.cancel(job_id)
@@ -218,7 +219,7 @@ def _drop(runner: Runner, init_pid: int) -> None:
         runner.retire(sandbox)
 
 
-def _run(runner: Runner, outbox: Outbox, message: RunJob | RunGroup, cache_dir: str, cancel_fd: int) -> None:
+def _run(runner: Runner, outbox: Outbox, message: RunJob | RunGroup, paths: HostPaths, cancel_fd: int) -> None:
     """Run a job (on its own thread) and send its outcome. A job found wrong only here -
     its image removed since the worker looked, a command too long for one message to its
     sandbox - is ``JobRejected`` (the worker answers invalid_job): nothing a job holds may
@@ -229,11 +230,11 @@ def _run(runner: Runner, outbox: Outbox, message: RunJob | RunGroup, cache_dir: 
     reply: JobResult | GroupResult | JobRejected
     try:
         if isinstance(message, RunGroup):
-            reply = GroupResult(message.id, _group_results(runner, outbox, message, cancelled, cache_dir, cancel_fd))
+            reply = GroupResult(message.id, _group_results(runner, outbox, message, cancelled, paths, cancel_fd))
         else:
-            reply = JobResult(message.id, _result(runner, outbox, message, cancelled, cache_dir, cancel_fd))
+            reply = JobResult(message.id, _result(runner, outbox, message, cancelled, paths, cancel_fd))
     except JobError as exc:
-        reply = JobRejected(message.id, exc.message, exc.field)
+        reply = JobRejected(message.id, exc.message, exc.field, exc.code)
     except Exception as exc:  # a bug of ours: this job's failure, not the launcher's
         traceback.print_exc()
         failed = Result(Status.INTERNAL_ERROR, error=f"launcher: {type(exc).__name__}: {exc}")
@@ -248,7 +249,7 @@ def _run(runner: Runner, outbox: Outbox, message: RunJob | RunGroup, cache_dir: 
 
 
 def _result(
-    runner: Runner, outbox: Outbox, message: RunJob, cancelled: bool, cache_dir: str, cancel_fd: int,
+    runner: Runner, outbox: Outbox, message: RunJob, cancelled: bool, paths: HostPaths, cancel_fd: int,
 ) -> Result:
     job_id = message.id
     handed = None
@@ -261,7 +262,7 @@ def _result(
     job = None
     if not cancelled:
         try:
-            job = _with_cached_paths(job_from_wire(message.job), cache_dir)
+            job = _on_this_host(job_from_wire(message.job), paths)
         except ProtocolError as exc:
             outcome = Result(Status.INTERNAL_ERROR, error=f"launcher rejected the job: {exc.message}")
     if job is None:
@@ -286,7 +287,7 @@ def _result(
 
 
 def _group_results(
-    runner: Runner, outbox: Outbox, message: RunGroup, cancelled: bool, cache_dir: str, cancel_fd: int,
+    runner: Runner, outbox: Outbox, message: RunGroup, cancelled: bool, paths: HostPaths, cancel_fd: int,
 ) -> list[Result]:
     """A group's Results, in member order (``JobStarted`` once every member is handed over)."""
     job_id, wire = message.id, message.group
@@ -296,17 +297,39 @@ def _group_results(
         raise JobError(exc.message, field=exc.field) from None
     if cancelled:
         return [Result(Status.CANCELLED, error="cancelled before it started") for _ in group.jobs]
-    jobs = [_with_cached_paths(job, cache_dir) for job in group.jobs]
+    jobs = [_on_this_host(job, paths) for job in group.jobs]
     for job in jobs:
         check_output_limit(job.limits.over(runner.profiles.get(job.profile).limits))
     return runner.run_group(jobs, group.pipes, cancel_fd=cancel_fd,
                             on_started=lambda: outbox.send(JobStarted(job_id)))
 
 
-def _with_cached_paths(job: Job, cache_dir: str) -> Job:
+@dataclass(frozen=True)
+class HostPaths:
+    """What of the host a launcher's jobs may name: the worker's file cache (by id), and
+    the directories below which they may bind (``sandbox serve --allow-bind``)."""
+
+    cache_dir: str
+    allow_bind: list[str]
+
+    def allows(self, path: str) -> bool:
+        """``path`` (normal: ``Mount.check_source``) is an allowed directory or below one.
+        Comparing the names is enough because the bind is then opened as spelt, with no
+        symlink followed (``Zygote.clone_bind``)."""
+        return any(path == root or path.startswith(root.rstrip("/") + "/") for root in self.allow_bind)
+
+
+def _on_this_host(job: Job, paths: HostPaths) -> Job:
     """The job with its files and trees given by id turned into the cached files' paths
     and trees' directories (the worker holds a lease on each while the job is queued or
-    running: they are there)."""
+    running: they are there); a bind outside what the operator allowed refused
+    (``BindNotAllowed``). Here, where every door's jobs pass - socket, HTTP, queue,
+    judges - on their way to the runner that would clone it."""
+    cache_dir = paths.cache_dir
+    for index, entry in enumerate(job.mounts):
+        if entry.bind is not None and not paths.allows(entry.bind):
+            raise BindNotAllowed(f"{entry.bind} is not below a directory this worker allows binds from "
+                                 "(sandbox serve --allow-bind)", field=f"mounts.{index}.bind")
 
     def content(blob: Blob, index: int) -> Blob:
         if blob.file_id is None:
@@ -338,7 +361,7 @@ def main(argv: list[str]) -> int:
     if os.getppid() != parent_pid:
         return 1  # the worker died while starting us
     with socket.socket(fileno=fd) as channel:
-        serve(channel, warm, argv[4])
+        serve(channel, warm, HostPaths(argv[4], json.loads(argv[5])))
     return 0
 
 

@@ -50,10 +50,12 @@ class LauncherDied(Exception):
 
 
 class LauncherProcess:
-    def __init__(self, index: int, warm: list[WarmSpec], cache_dir: str | None = None) -> None:
+    def __init__(self, index: int, warm: list[WarmSpec], cache_dir: str | None = None,
+                 allow_bind: list[str] | None = None) -> None:
         self.index = index
         self.warm = warm  # the warm sandboxes it keeps: the sum of its slots' shares
         self.cache_dir = cache_dir  # the worker's file cache, whose files its jobs name by id
+        self.allow_bind = allow_bind or []  # host directories below which its jobs may bind (--allow-bind)
         self.process: trio.Process | None = None
         self.ready = trio.Event()  # set while a launcher is up; replaced when it dies
         self.dead = trio.Event()  # set when the current launcher died; replaced by the next one's
@@ -148,7 +150,8 @@ class LauncherProcess:
         try:
             self.process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "worker.launcher", str(theirs.fileno()), str(os.getpid()),
-                 json.dumps([spec.to_wire() for spec in self.warm]), self.cache_dir or ""],
+                 json.dumps([spec.to_wire() for spec in self.warm]), self.cache_dir or "",
+                 json.dumps(self.allow_bind)],
                 pass_fds=(theirs.fileno(),),
             )
         finally:

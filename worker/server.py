@@ -98,6 +98,7 @@ class ServerConfig:
     file_cache_size: int = DEFAULT_CAPACITY
     queue: QueueConfig | None = None  # also take jobs from this Redis stream
     http_forward: bool = False  # HTTP jobs, judges and files go to the queue, not this worker's pool
+    allow_bind: list[str] = field(default_factory=list)  # host directories jobs may bind below (--allow-bind)
 
 
 class Connection:
@@ -199,7 +200,7 @@ class Server:
                 self.claim.release()
             raise ValueError(f"file cache: {exc}") from None
         self.pool = Pool(config.slots, config.max_queue, warm, retention_s=config.retention_s, cache=self.cache,
-                         launchers=config.launchers)
+                         launchers=config.launchers, allow_bind=config.allow_bind)
         self.metrics = Metrics(self.pool, self.cache) if config.metrics or config.http else None
         if self.metrics is not None:
             self.pool.on_finished = self.metrics.observe
