@@ -210,7 +210,11 @@ class Mount:
     can name the entry (``mounts.0.path``).
 
     ``writable``: None is the source's default - read-only for a tree and a bind, read
-    and write for a volume (what volumes are for); a tree is never writable."""
+    and write for a volume (what volumes are for); a tree is never writable. ``size``:
+    a read-write volume's cap (``DEFAULT_VOLUME_SIZE`` if not given), settled to bytes:
+    what it may hold after the job, past which the job's writes fail with ENOSPC."""
+
+    DEFAULT_VOLUME_SIZE: ClassVar[str] = "1G"
 
     path: str
     tree_id: str | None = None
@@ -218,6 +222,7 @@ class Mount:
     bind: str | None = None
     volume: str | None = None
     writable: bool | None = None
+    size: int | str | None = None
 
     def check_source(self, where: str) -> None:
         """Exactly one source, well formed; ``writable`` settled to a bool."""
@@ -238,6 +243,15 @@ class Mount:
             self.writable = self.volume is not None
         if self.writable and (self.tree_id is not None or self.host_dir is not None):
             raise JobError("a cached tree is mounted read-only", field=f"{where}.writable")
+        if self.volume is None or not self.writable:
+            if self.size is not None:
+                raise JobError("only a read-write volume has a size cap", field=f"{where}.size")
+        else:
+            try:
+                size = parse_size(self.DEFAULT_VOLUME_SIZE if self.size is None else self.size)
+            except ValueError as exc:
+                raise JobError(f"{exc} (examples: 512M, 1G)", field=f"{where}.size") from None
+            self.size = _bounded_int(f"{where}.size", size, 1, 1 << 50)
 
 
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -32,6 +33,7 @@ from sandbox.job_message import (
     rlimits,
     start_job,
 )
+from sandbox.linux.readiness import wait_readable
 from sandbox.models import (
     CGROUP_LIMITS,
     WORKDIR,
@@ -319,8 +321,12 @@ class Runner:
         stderr_r, stderr_w = _pipe(fds)
         stdin = job_stdin(job.stdin, fds) if stdio.stdin is None else stdio.stdin
         files = [(f.dest, open_blob(f.content, fds), f.mode) for f in job.files]
-        mounts = [(entry.path, _mount_source(member.sandbox, entry, index, fds), bool(entry.writable))
-                  for index, entry in enumerate(job.mounts)]
+        try:
+            mounts = [(entry.path, _mount_source(member.sandbox, entry, index, fds, member.layers),
+                       bool(entry.writable)) for index, entry in enumerate(job.mounts)]
+        except BaseException:
+            _end_layers(member, merge=False)
+            raise
         stdout = stdout_w if stdio.stdout is None else stdio.stdout
         stderr = stderr_w if stdio.stderr is None else stdio.stderr
         spec = job_spec(argv, env, cwd, member.limits, (stdin, stdout, stderr), member.rlimits, files, job.collect,
@@ -356,15 +362,20 @@ class Runner:
             handed_ns=handed_ns,
             collecting=bool(member.job.collect),
         )
-        outcome = supervise(
-            prepared, *output, output_limit=limits.output_bytes, watch=watch, cancel_fd=cancel_fd,
-            on_started=on_started, on_output=on_output,
-        )
-        if trace is not None:
-            trace.extend(outcome.traced)
-        job = member.job
-        collected = _collect(job, member.sandbox, outcome, collect_room) if job.collect else Collected()
-        usage = _usage(outcome, cgroup)  # (after collecting: the init killed what was left of the job)
+        try:
+            outcome = supervise(
+                prepared, *output, output_limit=limits.output_bytes, watch=watch, cancel_fd=cancel_fd,
+                on_started=on_started, on_output=on_output,
+            )
+            if trace is not None:
+                trace.extend(outcome.traced)
+            job = member.job
+            collected = _collect(job, member.sandbox, outcome, collect_room) if job.collect else Collected()
+            usage = _usage(outcome, cgroup)  # (after collecting: the init killed what was left of the job)
+        finally:
+            if member.layers:  # the job is over, whatever ended it: its volumes get what it left
+                with self._supply_lock:
+                    _end_layers(member, merge=True)
         verdict = decide(outcome, cpu_ms=usage.cpu_ms, cpu_limit_ms=limits.cpu_time_ms, oom_killed=usage.oom_killed)
         return Result(
             status=verdict.status,
@@ -397,6 +408,7 @@ class _Member:
     command: tuple[list[str], dict[str, str], str] | None  # argv, env, cwd; None: handed over by the worker
     rlimits: list[tuple[int, int, int]] = field(default_factory=list)
     failed: Result | None = None  # the sandbox did not start
+    layers: list[int] = field(default_factory=list)  # its volumes' layers, by the zygote's numbers
 
 
 @dataclass
@@ -498,13 +510,15 @@ def open_blob(blob: Blob, fds: list[int]) -> int:
     return fd
 
 
-def _mount_source(sandbox: Sandbox, entry: Mount, index: int, fds: list[int]) -> int:
+def _mount_source(sandbox: Sandbox, entry: Mount, index: int, fds: list[int], layers: list[int]) -> int:
     """The fd a sandbox init mounts a tree, bind or volume from: a detached clone of its
     directory, made by the zygote that made the sandbox (a clone works only in its own
     template user namespace). A tree id is known only to the worker that caches it,
     whose launcher gives its directory instead. A volume is first held for the job
-    (``volumes.lock``, the fd kept with the job's until its sandbox is gone) and, for
-    read-write, given to the job's id."""
+    (``volumes.lock``, the fd kept with the job's until its sandbox is gone); a
+    read-write one is given to the job's id and mounted as a layer of the job's own,
+    capped, merged into it when the job is over (``volume_layer.py``; its number is
+    added to ``layers``)."""
     where = f"mounts.{index}"
     if entry.tree_id is not None:
         raise JobError(f"{entry.tree_id}: a cached tree is mounted through the worker that holds it",
@@ -521,14 +535,41 @@ def _mount_source(sandbox: Sandbox, entry: Mount, index: int, fds: list[int]) ->
             root = volumes.volumes_root()
             volumes.prepare_root(root)
             fds.append(volumes.lock(root, entry.volume, bool(entry.writable)))
-            # Read-write: the job's own files. Read-only users share it, so it is
-            # nobody's to give: it stays as its last writer left it.
-            owner = (sandbox.job_id or SANDBOX_UID) if entry.writable else None
-            fd = sandbox.zygote.clone_volume(str(root), entry.volume, owner)
+            if entry.writable:  # the job's own files, in a layer of its own
+                assert isinstance(entry.size, int)  # (Mount.check_source settled it)
+                fd, layer = sandbox.zygote.volume_layer(str(root), entry.volume, sandbox.job_id or SANDBOX_UID,
+                                                        entry.size)
+                layers.append(layer)
+            else:  # shared by its read-only users: nobody's to give; as its last writer left it
+                fd = sandbox.zygote.clone_volume(str(root), entry.volume, None)
     except JobError as exc:
         raise type(exc)(exc.message, field=exc.field or f"{where}.{'bind' if entry.bind else 'volume'}") from None
     fds.append(fd)
     return fd
+
+
+def _end_layers(member: _Member, *, merge: bool) -> None:
+    """Merge (or drop) the job's volume layers, once every process of the job is gone:
+    its init is killed and waited for (pid 1 of the job's pid namespace exits only
+    after every other process there), so nothing writes to a layer being merged. The
+    caller holds the supply lock (the zygote's channel)."""
+    layers, member.layers = member.layers, []
+    zygote = member.sandbox.zygote
+    if not layers or zygote is None:
+        return
+    pid = member.sandbox.prepared.init_pid
+    try:
+        exited = os.pidfd_open(pid) if pid > 0 else -1
+    except ProcessLookupError:
+        exited = -1  # reaped already (a kill's wait): gone with everything of the job
+    if exited >= 0:
+        try:
+            signal.pidfd_send_signal(exited, signal.SIGKILL)
+            wait_readable([exited])
+        finally:
+            os.close(exited)
+    for layer in layers:
+        zygote.end_volume_layer(layer, merge=merge)
 
 
 def _close_all(fds: list[int]) -> None:

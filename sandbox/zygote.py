@@ -39,7 +39,7 @@ import select
 import socket
 import sys
 
-from sandbox import child, rootfs, stages
+from sandbox import child, rootfs, stages, volume_layer
 from sandbox.errors import JobError, SandboxError, SetupError
 from sandbox.linux import syscalls as sc
 from sandbox.template import IdMaps, MountBases, enter_template
@@ -153,13 +153,33 @@ class Zygote:
         """A detached clone of the host directory ``path`` (an fd the caller owns), for a
         sandbox init to mount a tree from (read-only: ``native/trees.c``). Raises
         SetupError."""
-        return self._clone({"tree": path})
+        return self._clone({"tree": path})[0]
 
     def clone_bind(self, path: str) -> int:
         """A detached clone of the host directory ``path`` for a bind: opened with no
         symlink followed in any of its components. Raises JobError for a path that is
         not such a directory, SetupError for the zygote's own failure."""
-        return self._clone({"bind": path})
+        return self._clone({"bind": path})[0]
+
+    def volume_layer(self, root: str, name: str, owner: int, cap_bytes: int) -> tuple[int, int]:
+        """A job's layer over the volume ``name`` under ``root`` (``volume_layer.py``),
+        its files first given to ``owner`` as ``clone_volume`` does: an fd of the
+        overlay to mount, and the layer's number for ``end_volume_layer``, which the
+        caller must send once every process of the job is gone."""
+        fd, answer = self._clone({"volume": name, "root": root, "owner": owner, "cap": cap_bytes})
+        return fd, int(answer["layer"])
+
+    def end_volume_layer(self, layer: int, *, merge: bool) -> None:
+        """Merge the layer into its volume (``merge``), or drop it; either way the
+        zygote lets go of it. Raises SetupError if the merge failed (the volume holds
+        what was merged so far, each file whole)."""
+        self._started()
+        _send(self.trees, json.dumps({"end": layer, "merge": merge}).encode(), [], "zygote")
+        try:
+            raw = self.trees.recv(_MAX_REQUEST)
+        except OSError as exc:
+            raise SetupError(f"the zygote is gone: {exc}") from exc
+        _decoded(raw, self.process)
 
     def clone_volume(self, root: str, name: str, owner: int | None) -> int:
         """A detached clone of the volume ``name`` under ``root`` (made if missing), its
@@ -167,9 +187,9 @@ class Zygote:
         that its files are its own; the template's 1000 gives them back to the
         supervisor's user; None leaves them as they are. Raises JobError or SetupError
         as ``clone_bind``."""
-        return self._clone({"volume": name, "root": root, "owner": owner})
+        return self._clone({"volume": name, "root": root, "owner": owner})[0]
 
-    def _clone(self, request: dict[str, Any]) -> int:
+    def _clone(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         self._started()
         _send(self.trees, json.dumps(request).encode(), [], "zygote")
         try:
@@ -178,7 +198,7 @@ class Zygote:
             raise SetupError(f"the zygote is gone: {exc}") from exc
         if fds:
             os.set_inheritable(fds[0], False)
-            return fds[0]
+            return fds[0], json.loads(raw)
         if raw and "refused" in (answer := json.loads(raw)):
             raise JobError(answer["refused"])
         _decoded(raw, self.process)  # raises its error
@@ -384,12 +404,17 @@ def serve(channel: socket.socket, trees: socket.socket, id_maps: IdMaps | None) 
     # Everything loaded so far is permanent: keep the collector from touching (and so
     # copying) those pages in every sandbox.
     gc.freeze()
+    layers: dict[int, volume_layer.Layer] = {}  # volumes' layers of running jobs, by number
     while True:
         if trees in select.select([channel, trees], [], [])[0]:
             raw = trees.recv(_MAX_REQUEST)
             if not raw:
                 return
-            _clone_tree(trees, json.loads(raw), bases)
+            request = json.loads(raw)
+            if "end" in request:
+                _end_layer(trees, layers.pop(request["end"]), request["merge"])
+            else:
+                _clone_tree(trees, request, bases, layers)
             continue
         raw = channel.recv(_MAX_REQUEST)
         if not raw:
@@ -404,15 +429,24 @@ _NO_LINKS = sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS
 _DIRECTORY = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def _clone_tree(trees: socket.socket, request: dict[str, Any], bases: MountBases) -> None:
+def _clone_tree(trees: socket.socket, request: dict[str, Any], bases: MountBases,
+                layers: dict[int, volume_layer.Layer]) -> None:
     """Answer a tree, bind or volume request (``Zygote.clone_tree``, ``clone_bind``,
-    ``clone_volume``): a detached clone, seen from the copy of the host's tree; or
-    ``{"refused": why}`` for what the job named wrong, ``{"error": why}`` for the rest."""
+    ``clone_volume``, ``volume_layer``): a detached clone or a volume's layer, seen from
+    the copy of the host's tree; or ``{"refused": why}`` for what the job named wrong,
+    ``{"error": why}`` for the rest."""
     name = request.get("tree") or request.get("bind") or request.get("volume")
+    answer = b"{}"
     try:
         sc.setns(bases.host_fd, sc.CLONE_NEWNS)
         if "tree" in request:
             clone = sc.open_tree(sc.AT_FDCWD, request["tree"], sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
+        elif "cap" in request:
+            layer = _volume_layer(request)
+            number = len(layers) and max(layers) + 1
+            layers[number] = layer
+            clone, answer = os.dup(layer.overlay), json.dumps({"layer": number}).encode()
+            os.set_inheritable(clone, False)
         else:
             directory = _bind_directory(request) if "bind" in request else _volume_directory(request)
             try:
@@ -426,9 +460,31 @@ def _clone_tree(trees: socket.socket, request: dict[str, Any], bases: MountBases
         trees.send(json.dumps({"error": f"cannot clone {name}: {exc.strerror}"}).encode())
         return
     try:
-        socket.send_fds(trees, [b"{}"], [clone])
+        socket.send_fds(trees, [answer], [clone])
     finally:
         os.close(clone)
+
+
+def _volume_layer(request: dict[str, Any]) -> volume_layer.Layer:
+    directory = _volume_directory(request)
+    try:
+        return volume_layer.make(directory, request["cap"])
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror} (a volume's size cap needs an overlay with a tmpfs upper "
+                                 "layer from a detached mount: Linux 6.15 or later)") from None
+
+
+def _end_layer(trees: socket.socket, layer: volume_layer.Layer, merge: bool) -> None:
+    """Answer an end request: the layer merged into its volume, or dropped."""
+    try:
+        if merge:
+            volume_layer.merge(layer.upper, layer.volume)
+    except OSError as exc:
+        trees.send(json.dumps({"error": f"merging a job's changes into its volume: {exc}"}).encode())
+        return
+    finally:
+        layer.close()
+    trees.send(b"{}")
 
 
 class _Refused(Exception):

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,11 @@ print(json.dumps({"read": read, "write": write, "uid": os.getuid(), "owner": os.
 """
 
 
+# What a full volume may hold past its cap: its directory's own block, which the host's
+# filesystem counts and the job's tmpfs layer does not.
+DIRECTORY_BLOCK = 4096
+
+
 def probe(runner, mount: Mount, host: str = "/nonexistent") -> dict:
     result = runner.run(Job(cmd=["python3", "-c", PROBE, mount.path, host], mounts=[mount], require_cgroups=True))
     assert result.status is Status.OK, result
@@ -56,10 +62,14 @@ def tidy(runner):
 
 
 @pytest.fixture
-def volume_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def volume_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The volumes' directory of this test; its volumes pruned after it (their files
+    belong to job ids, which only a zygote can give back for removal)."""
     root = tmp_path / "volumes"
     monkeypatch.setenv("SANDBOX_VOLUMES", str(root))
-    return root
+    yield root
+    pruned = cli("volume", "prune", env={"SANDBOX_VOLUMES": str(root)})
+    assert pruned.returncode == 0, pruned.stderr
 
 
 def host_dir(tmp_path: Path, mode: int = 0o755) -> Path:
@@ -212,12 +222,11 @@ def test_through_the_worker_a_bind_is_allowed_only_below_allow_bind(start_worker
         assert caught.value.code == "invalid_job" and "symlink" in str(caught.value)
 
 
-def test_through_the_worker_a_volume_held_read_write_is_busy(start_worker, tmp_path, monkeypatch):
+def test_through_the_worker_a_volume_held_read_write_is_busy(start_worker, tmp_path, volume_root):
     """A job holds its read-write volume while it runs, whichever door the next job
     comes through: volume_busy until it ends, then the next job has it. The holder
     waits on a FIFO the test writes, bound read-write: a bind of the directory itself,
     where the FIFO is the host's (an overlay's FIFO would be a pipe of its own)."""
-    monkeypatch.setenv("SANDBOX_VOLUMES", str(tmp_path / "volumes"))
     control = tmp_path / "control"
     control.mkdir()
     os.mkfifo(control / "go", 0o666)
@@ -250,3 +259,36 @@ def test_through_the_worker_a_volume_held_read_write_is_busy(start_worker, tmp_p
             with open(control / "go", "w") as fifo:
                 fifo.write("go\n")
             thread.join()
+
+
+def test_a_volume_cap_is_enospc_inside_and_the_host_holds_at_most_the_cap(runner, volume_root):
+    cap = 1 << 20
+    write = ("import errno, sys\ntry:\n    with open(sys.argv[1], 'wb') as f:\n        for _ in range(64):\n"
+             "            f.write(bytes(64 << 10))\n            f.flush()\n    print('written')\n"
+             "except OSError as exc:\n    print(errno.errorcode[exc.errno])\n")
+    first = runner.run(Job(cmd=["python3", "-c", write, "/work/v/first"],
+                           mounts=[Mount("/work/v", volume="capped", size="1M")]))
+    assert first.status is Status.OK and first.stdout == b"ENOSPC\n", first
+    second = runner.run(Job(cmd=["sh", "-c", "grep -c ' /work/v ' /proc/self/mountinfo; "
+                                             f"grep -c '{volume_root}' /proc/self/mountinfo; "
+                                             "python3 -c \"$0\" /work/v/second", write],
+                            mounts=[Mount("/work/v", volume="capped", size=cap)]))
+    assert second.stdout == b"1\n0\nENOSPC\n", second  # mounted, naming no host path; still full
+    [volume] = volumes.list_volumes(volume_root)
+    assert cap // 2 < volume.size_bytes <= cap + DIRECTORY_BLOCK, volume
+    assert (volume_root / "capped" / "first").stat().st_size > cap // 2
+
+
+def test_a_jobs_removals_opaque_directories_and_renames_reach_its_volume(runner, volume_root):
+    make = ("mkdir -p keep gone dir/sub && echo a > keep/a && echo x > gone/x && echo y > dir/sub/y && "
+            "echo old > f && ln -s keep/a link")
+    change = ("rm -r gone && rm -r dir && mkdir dir && echo z > dir/z && mv f g && echo changed > keep/a && "
+              "rm link && echo plain > link")
+    for script in (make, change):
+        result = runner.run(Job(cmd=["sh", "-c", f"cd /work/v && {script}"], mounts=[Mount("/work/v", volume="m")]))
+        assert result.status is Status.OK, result
+    on_host = volume_root / "m"
+    found = sorted(str(path.relative_to(on_host)) for path in on_host.rglob("*"))
+    assert found == ["dir", "dir/z", "g", "keep", "keep/a", "link"]
+    assert (on_host / "keep" / "a").read_text() == "changed\n" and (on_host / "g").read_text() == "old\n"
+    assert not (on_host / "link").is_symlink() and (on_host / "link").read_text() == "plain\n"

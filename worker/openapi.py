@@ -88,7 +88,10 @@ SCHEMAS: dict[str, Any] = {
                                "volume": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
                                "writable": {"type": ["boolean", "null"], "default": None,
                                             "description": "null: read-only for a tree or a bind, read-write "
-                                                           "for a volume."}},
+                                                           "for a volume."},
+                               "size": {"type": ["integer", "string", "null"], "default": None,
+                                        "description": "A read-write volume's cap (bytes, or 512M, 1G...; "
+                                                       "null: 1G): writes past it are ENOSPC inside."}},
             }},
             "image": {"type": "string", "default": "host"},
             "cwd": {"type": ["string", "null"]},

@@ -51,7 +51,7 @@ _JOB_KEYS = {"cmd", "limits", "env", "stdin", "files", "image", "cwd", "require_
              "mounts"}
 _COLLECT_KEYS = {"path", "max", "max_files", "cache"}
 _FILE_KEYS = {"path", "data", "file_id", "mode"}
-_MOUNT_KEYS = {"path", "tree_id", "bind", "volume", "writable"}  # (host_dir: the launcher's own, never sent)
+_MOUNT_KEYS = {"path", "tree_id", "bind", "volume", "writable", "size"}  # (host_dir: the launcher's own, never sent)
 _LIMIT_KEYS = set(LIMIT_NAMES)
 _PIPE_KEYS = {"from", "to"}
 
@@ -205,7 +205,7 @@ def job_from_wire(data: Any) -> Job:
             _typed(entry, dict, f"mounts.{index}")
             _no_unknown_keys(entry, _MOUNT_KEYS, f"mounts.{index}")
             mounts.append(Mount(path=entry.get("path"), tree_id=entry.get("tree_id"), bind=entry.get("bind"),
-                                volume=entry.get("volume"), writable=entry.get("writable")))
+                                volume=entry.get("volume"), writable=entry.get("writable"), size=entry.get("size")))
         stdin = data.get("stdin")
         env = _typed(data.get("env", {}), dict, "env")
         job = Job(
@@ -284,8 +284,9 @@ def job_to_wire(job: Job) -> dict[str, Any]:
             raise ValueError(f"{entry.path}: a cache's directory is mounted only by a worker's launcher, never sent")
         if entry.tree_id is not None:
             return {"path": entry.path, "tree_id": entry.tree_id}
-        source = {"bind": entry.bind} if entry.bind is not None else {"volume": entry.volume}
-        return {"path": entry.path, **source, "writable": entry.writable}
+        if entry.bind is not None:
+            return {"path": entry.path, "bind": entry.bind, "writable": entry.writable}
+        return {"path": entry.path, "volume": entry.volume, "writable": entry.writable, "size": entry.size}
 
     wire: dict[str, Any] = {
         "cmd": job.cmd,

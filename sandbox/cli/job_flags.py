@@ -46,9 +46,10 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, languages: bool = Fals
     parser.add_argument("--bind", action="append", default=[], metavar="HOST:INSIDE[:ro|rw]",
                         help="mount the host directory HOST at INSIDE under /work or /tmp, read-only unless rw; "
                              "no symlink is followed in HOST (repeatable)")
-    parser.add_argument("--volume", action="append", default=[], metavar="NAME:INSIDE[:ro|rw]",
+    parser.add_argument("--volume", action="append", default=[], metavar="NAME:INSIDE[:ro|rw][:size=N]",
                         help="mount the named volume NAME at INSIDE under /work or /tmp, made on first use and "
-                             "kept for later jobs; read-write unless ro (repeatable; sandbox volume ls)")
+                             "kept for later jobs; read-write unless ro, holding at most N (default "
+                             "1G: ENOSPC inside past it) (repeatable; sandbox volume ls)")
     parser.add_argument("--cwd", help="working directory inside (default: the image's WorkingDir, else /work)")
     parser.add_argument("--image", help="root filesystem image (default: the built-in 'host')")
     parser.add_argument("--profile", default="default",
@@ -88,21 +89,33 @@ def job_from_args(args: argparse.Namespace) -> Job:
 
 
 def mounts_from_args(args: argparse.Namespace) -> list[Mount]:
-    """``--bind HOST:INSIDE[:ro|rw]`` and ``--volume NAME:INSIDE[:ro|rw]``: a last field
-    of "ro" or "rw" is the access (a path or a name may hold a ":" otherwise)."""
+    """``--bind HOST:INSIDE[:ro|rw]`` and ``--volume NAME:INSIDE[:ro|rw][:size=N]``: the
+    last fields that are "ro", "rw" or "size=N" are options (a host path may hold a ":"
+    otherwise)."""
     from sandbox.models import Mount
 
     mounts = []
     for flag, items in (("bind", args.bind), ("volume", args.volume)):
         for item in items:
             fields = item.split(":")
-            access = fields.pop() if len(fields) > 2 and fields[-1] in ("ro", "rw") else None
+            options: dict[str, str] = {}
+            while len(fields) > 2 and (fields[-1] in ("ro", "rw") or fields[-1].startswith("size=")):
+                option = fields.pop()
+                key, _, value = option.partition("=") if option.startswith("size=") else ("access", "", option)
+                if key in options:
+                    raise JobError(f"{key} given twice in {item!r}", field=flag)
+                options[key] = value
             source, sep, inside = ":".join(fields).rpartition(":")
             if not sep or not source or not inside:
-                raise JobError(f"expects SOURCE:INSIDE[:ro|rw], got {item!r}", field=flag)
-            writable = None if access is None else access == "rw"
-            mounts.append(Mount(inside, bind=source, writable=writable) if flag == "bind"
-                          else Mount(inside, volume=source, writable=writable))
+                raise JobError(f"expects SOURCE:INSIDE[:ro|rw]{'[:size=N]' if flag == 'volume' else ''}, "
+                               f"got {item!r}", field=flag)
+            writable = None if "access" not in options else options["access"] == "rw"
+            if flag == "bind":
+                if "size" in options:
+                    raise JobError("a bind has no size cap (a volume has)", field=flag)
+                mounts.append(Mount(inside, bind=source, writable=writable))
+            else:
+                mounts.append(Mount(inside, volume=source, writable=writable, size=options.get("size")))
     return mounts
 
 
