@@ -18,7 +18,7 @@ import pytest
 
 from sandbox import volumes
 from sandbox.errors import JobError, VolumeBusy
-from sandbox.models import Job, Mount, Status
+from sandbox.models import Job, Limits, Mount, Status
 from worker.client import Client, WorkerError
 
 # What a job reports of a mount: what it read, a write's outcome, its own uid and the
@@ -292,3 +292,12 @@ def test_a_jobs_removals_opaque_directories_and_renames_reach_its_volume(runner,
     assert found == ["dir", "dir/z", "g", "keep", "keep/a", "link"]
     assert (on_host / "keep" / "a").read_text() == "changed\n" and (on_host / "g").read_text() == "old\n"
     assert not (on_host / "link").is_symlink() and (on_host / "link").read_text() == "plain\n"
+
+
+def test_a_volume_layer_counts_against_the_jobs_memory(runner, volume_root):
+    """The layer's tmpfs pages are charged to the job that writes them: a volume's cap
+    is no way around the memory limit."""
+    result = runner.run(Job(cmd=["sh", "-c", "head -c 200M /dev/zero > /work/v/big"],
+                            mounts=[Mount("/work/v", volume="big", size="1G")], limits=Limits(memory="64M"),
+                            require_cgroups=True))
+    assert result.status is Status.MEMORY_LIMIT, result

@@ -44,6 +44,7 @@ MESSAGES: list[Message] = [
     GroupResult("g1", [Result(Status.OK, stdout=b"y\n"), Result(Status.SIGNALED, signal=13, signal_name="SIGPIPE")]),
     JobRejected("j1", "image not found", "image"),
     JobRejected("j1", "too long", None),
+    JobRejected("j1", "in use by a running job", "mounts.0.volume", "volume_busy"),
 ]
 
 
