@@ -241,8 +241,13 @@ class Runner:
                     stdio[pipe.target[0]].stdin = read_end
                     setattr(stdio[pipe.source[0]], pipe.source[1], write_end)
                 fds.extend(pipe_ends)
-                outputs = [None if m.failed else self._start(m, fds, streams) for m, streams in zip(
-                    members, stdio, strict=True)]
+                try:
+                    outputs = [None if m.failed else self._start(m, fds, streams) for m, streams in zip(
+                        members, stdio, strict=True)]
+                except BaseException:  # (a member refused: the group never runs)
+                    for member in members:
+                        _end_layers(member, merge=False)
+                    raise
                 # The sandboxes hold their own copies now. Ours must go, or a member would
                 # never see EOF on a pipe whose writer is gone: we would still hold it open.
                 for fd in pipe_ends:
@@ -321,26 +326,26 @@ class Runner:
         stderr_r, stderr_w = _pipe(fds)
         stdin = job_stdin(job.stdin, fds) if stdio.stdin is None else stdio.stdin
         files = [(f.dest, open_blob(f.content, fds), f.mode) for f in job.files]
-        try:
+        try:  # (a job that never runs leaves its volumes as they were)
             mounts = [(entry.path, _mount_source(member.sandbox, entry, index, fds, member.layers),
                        bool(entry.writable)) for index, entry in enumerate(job.mounts)]
+            stdout = stdout_w if stdio.stdout is None else stdio.stdout
+            stderr = stderr_w if stdio.stderr is None else stdio.stderr
+            spec = job_spec(argv, env, cwd, member.limits, (stdin, stdout, stderr), member.rlimits, files,
+                            job.collect, mounts)
+            try:
+                start_job(member.sandbox.prepared.job_channel, spec)
+                prepare.step_aside()
+            except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:  # the sandbox would wait for it until set-up timed out
+                    raise JobError(
+                        "the command, its environment and the file names are too long for one job message",
+                        field="cmd",
+                    ) from None
+                # else the sandbox died while waiting; supervise collects why
         except BaseException:
             _end_layers(member, merge=False)
             raise
-        stdout = stdout_w if stdio.stdout is None else stdio.stdout
-        stderr = stderr_w if stdio.stderr is None else stdio.stderr
-        spec = job_spec(argv, env, cwd, member.limits, (stdin, stdout, stderr), member.rlimits, files, job.collect,
-                        mounts)
-        try:
-            start_job(member.sandbox.prepared.job_channel, spec)
-            prepare.step_aside()
-        except OSError as exc:
-            if exc.errno == errno.EMSGSIZE:  # the sandbox would wait for it until set-up timed out
-                raise JobError(
-                    "the command, its environment and the file names are too long for one job message",
-                    field="cmd",
-                ) from None
-            # else the sandbox died while waiting; supervise collects why
         for fd in (stdout_w, stderr_w):
             fds.remove(fd)
             os.close(fd)

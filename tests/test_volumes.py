@@ -301,3 +301,14 @@ def test_a_volume_layer_counts_against_the_jobs_memory(runner, volume_root):
                             mounts=[Mount("/work/v", volume="big", size="1G")], limits=Limits(memory="64M"),
                             require_cgroups=True))
     assert result.status is Status.MEMORY_LIMIT, result
+
+
+def test_a_group_naming_one_volume_twice_read_write_never_runs(runner, volume_root):
+    """Its members are started together: the second is refused, and the first, already
+    given a layer, runs nothing and changes nothing; the volume is free afterwards."""
+    writer = Job(cmd=["sh", "-c", "echo x > /work/v/x"], mounts=[Mount("/work/v", volume="g")])
+    with pytest.raises(VolumeBusy):
+        runner.run_group([writer, writer], [])
+    assert list((volume_root / "g").iterdir()) == [] and not volumes.in_use(volume_root, "g")
+    [result] = runner.run_group([writer], [])
+    assert result.status is Status.OK and (volume_root / "g" / "x").read_text() == "x\n"
