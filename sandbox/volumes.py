@@ -56,19 +56,28 @@ def prepare_root(root: Path) -> None:
 def lock(root: Path, name: str, writable: bool) -> int:
     """Hold the volume for a job: exclusive for read-write, shared for read-only; the
     lock's fd (held until closed). Raises VolumeBusy if another job holds it the other
-    way."""
-    fd = os.open(root / _LOCKS / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_EX if writable else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-    except BlockingIOError:
+    way.
+
+    ``rm`` removes a volume's lock file with the volume: a lock taken on a file already
+    unlinked would hold nothing, so the name is looked up again once locked."""
+    path = root / _LOCKS / name
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if writable else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except BlockingIOError:
+            os.close(fd)
+            how = "read-write" if writable else "read-only"
+            raise VolumeBusy(f"the volume {name} is in use by a running job; {how} use is refused until it ends "
+                             "(one read-write user, or any number of read-only ones)") from None
+        except FileNotFoundError:
+            pass  # removed between the open and the look: take the next one
+        except BaseException:
+            os.close(fd)
+            raise
         os.close(fd)
-        how = "read-write" if writable else "read-only"
-        raise VolumeBusy(f"the volume {name} is in use by a running job; {how} use is refused until it ends "
-                         "(one read-write user, or any number of read-only ones)") from None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 @dataclass(frozen=True)
