@@ -20,7 +20,10 @@ with the spawner's request channel (SCM_RIGHTS) once the template is built, or
 ...}}``, is answered with the mount namespace of that image's base (SCM_RIGHTS, with
 ``{}``) or ``{"error": ...}``; a second pair carries tree requests (``{"tree": PATH}``,
 ``{"bind": PATH}``, ``{"volume": NAME, "root": ROOT, "owner": ID}``, answered with a
-detached clone of that directory). EOF on the channel ends it.
+detached clone of that directory, or ``{"refused": ...}`` for what the job named wrong;
+with ``"cap": BYTES`` a volume is answered with its job's layer, an overlay, and the
+layer's number ``{"layer": N}``, which ``{"end": N, "merge": BOOL}`` merges or drops).
+EOF on the channel ends it.
 
 The spawner's protocol (same kind of pair): a request is the C init's arguments
 (``stages.init_arguments``), NUL-terminated, with its fds (``stages.init_fds``); the
