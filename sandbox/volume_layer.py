@@ -22,7 +22,8 @@ volume's; other directories are merged into the volume's; files, symlinks and FI
 replace the name. A rename is one of these: overlayfs without ``redirect_dir`` (which
 an unprivileged overlay cannot have) renames nothing of a lower layer in place - a
 moved file is a copy and a whiteout, a moved directory EXDEV, which ``mv`` turns into
-a copy and a removal. Hard links in the layer become copies.
+a copy and a removal. Hard links in the layer become copies, and extended attributes
+the job set are not carried (overlayfs keeps its own marks among them).
 
 Kernel: Linux 6.6 for a tmpfs upper layer (user xattrs, which an unprivileged overlay
 keeps its marks in), 6.8 for ``lowerdir+``, and one that takes an upper layer from a
