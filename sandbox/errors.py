@@ -9,12 +9,29 @@ class SandboxError(Exception):
 
 
 class JobError(SandboxError):
-    """The job description is invalid; ``field`` names the offending part."""
+    """The job description is invalid; ``field`` names the offending part. ``code`` is
+    the protocol's error code for it: a subclass names what a client may want to tell
+    apart (and retry, or not) from a malformed job."""
+
+    code = "invalid_job"
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
         self.message = message
+
+
+class BindNotAllowed(JobError):
+    """A bind of a host path that the worker's operator did not allow (``--allow-bind``)."""
+
+    code = "bind_not_allowed"
+
+
+class VolumeBusy(JobError):
+    """A volume that a running job holds in a way that excludes this one (a read-write
+    user excludes every other; read-only users share)."""
+
+    code = "volume_busy"
 
 
 class SetupError(SandboxError):

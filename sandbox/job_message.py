@@ -39,7 +39,7 @@ class JobSpec:
     input_files: list[tuple[str, int, int]] = field(default_factory=list)  # dest, fd, mode
     rlimits: list[tuple[int, int, int]] = field(default_factory=list)  # resource, soft, hard
     collect: list[Collect] = field(default_factory=list)  # what the init opens for the supervisor at the end
-    mounts: list[tuple[str, int]] = field(default_factory=list)  # path, fd of a tree's detached clone
+    mounts: list[tuple[str, int, bool]] = field(default_factory=list)  # path, fd of a detached clone, writable
 
 
 def host_command(job: Job, profile_env: dict[str, str]) -> tuple[list[str], dict[str, str], str]:
@@ -50,7 +50,7 @@ def host_command(job: Job, profile_env: dict[str, str]) -> tuple[list[str], dict
 def job_spec(
     argv: list[str], env: dict[str, str], cwd: str, limits: Limits, stdio: tuple[int, int, int],
     job_rlimits: list[tuple[int, int, int]], input_files: Sequence[tuple[str, int, int]] = (),
-    collect: Sequence[Collect] = (), mounts: Sequence[tuple[str, int]] = (),
+    collect: Sequence[Collect] = (), mounts: Sequence[tuple[str, int, bool]] = (),
 ) -> JobSpec:
     """What a sandbox is told to run (``job_rlimits``: from ``rlimits``) - by
     ``Runner.run``, and by the worker's direct hand-over (worker/handover.py), which must
@@ -158,11 +158,12 @@ def start_job(job_channel: socket.socket, job: JobSpec) -> None:
     program stage's part: cwd, the rlimits (count, then resource, soft, hard), argv
     (count, strings), env (count, "NAME=value" strings)."""
     fds = [job.stdin_fd, job.stdout_fd, job.stderr_fd, *(fd for _, fd, _ in job.input_files),
-           *(fd for _, fd in job.mounts)]
+           *(fd for _, fd, _ in job.mounts)]
     fields = [
         str(job.disk_bytes),
         str(len(job.input_files)), *(item for dest, _, mode in job.input_files for item in (dest, f"{mode:o}")),
-        str(len(job.mounts)), *(path for path, _ in job.mounts),
+        str(len(job.mounts)),
+        *(item for path, _, writable in job.mounts for item in ("rw" if writable else "ro", path)),
         str(len(job.collect)),
         *(item for entry in job.collect
           for item in (entry.path, "dir" if entry.directory else "file", str(entry.max_entries))),

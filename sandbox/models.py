@@ -201,15 +201,80 @@ def check_tree_id(value: object, field_name: str) -> str:
 
 @dataclass
 class Mount:
-    """A directory tree mounted read-only at ``path`` in the sandbox: through a worker, a
-    tree it caches (``tree_id``, put once with ``put_file``); inside a worker's launcher,
-    the cached tree's directory (``host_dir``, never on the wire: a client cannot name a
-    path on the worker's host). Checked by the Job that holds it, which can name the
-    entry (``mounts.0.path``)."""
+    """A directory tree mounted at ``path`` in the sandbox, from exactly one source:
+    through a worker, a tree it caches (``tree_id``, put once with ``put_file``); inside
+    a worker's launcher, the cached tree's directory (``host_dir``, never on the wire: a
+    client cannot name a path on the worker's host); a host directory (``bind``: through
+    a worker, only below a path its operator allowed); or a named volume (``volume``),
+    kept under the data directory between jobs. Checked by the Job that holds it, which
+    can name the entry (``mounts.0.path``).
+
+    ``writable``: None is the source's default - read-only for a tree and a bind, read
+    and write for a volume (what volumes are for); a tree is never writable. ``size``:
+    a read-write volume's cap (``DEFAULT_VOLUME_SIZE`` if not given), settled to bytes:
+    what it may hold after the job, past which the job's writes fail with ENOSPC."""
+
+    DEFAULT_VOLUME_SIZE: ClassVar[str] = "1G"
 
     path: str
     tree_id: str | None = None
     host_dir: str | None = None
+    bind: str | None = None
+    volume: str | None = None
+    writable: bool | None = None
+    size: int | str | None = None
+
+    def check_source(self, where: str) -> None:
+        """Exactly one source, well formed; ``writable`` settled to a bool."""
+        sources = [self.tree_id, self.host_dir, self.bind, self.volume]
+        if sum(source is not None for source in sources) != 1:
+            raise JobError("give exactly one of tree_id, bind or volume", field=f"{where}.tree_id")
+        if self.writable is not None and not isinstance(self.writable, bool):
+            raise JobError("writable must be true or false", field=f"{where}.writable")
+        if self.tree_id is not None:
+            check_tree_id(self.tree_id, f"{where}.tree_id")
+        elif self.host_dir is not None:
+            _check_text(f"{where}.host_dir", self.host_dir)
+        elif self.bind is not None:
+            self.bind = check_bind_source(self.bind, f"{where}.bind")
+        else:
+            check_volume_name(self.volume, f"{where}.volume")
+        if self.writable is None:
+            self.writable = self.volume is not None
+        if self.writable and (self.tree_id is not None or self.host_dir is not None):
+            raise JobError("a cached tree is mounted read-only", field=f"{where}.writable")
+        if self.volume is None or not self.writable:
+            if self.size is not None:
+                raise JobError("only a read-write volume has a size cap", field=f"{where}.size")
+        else:
+            try:
+                size = parse_size(self.DEFAULT_VOLUME_SIZE if self.size is None else self.size)
+            except ValueError as exc:
+                raise JobError(f"{exc} (examples: 512M, 1G)", field=f"{where}.size") from None
+            self.size = _bounded_int(f"{where}.size", size, 1, 1 << 50)
+
+
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_volume_name(value: object, field_name: str) -> str:
+    """A volume's name: also its directory's name under the data directory, so one path
+    component of safe characters, never "." or ".." (it starts with a letter or digit)."""
+    if not isinstance(value, str) or not _VOLUME_NAME.fullmatch(value):
+        raise JobError("a volume name is 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+                       field=field_name)
+    return value
+
+
+def check_bind_source(value: object, field_name: str) -> str:
+    """A host directory to bind: absolute and normal (no "." or ".." components, no
+    doubled or trailing "/"), so that a worker's allow list compares it as it is."""
+    _check_text(field_name, value)
+    assert isinstance(value, str)
+    if not posixpath.isabs(value) or value.startswith("//") or posixpath.normpath(value) != value:
+        raise JobError(f"{value!r} must be an absolute, normal path (no '.', '..' or doubled '/')",
+                       field=field_name)
+    return value
 
 
 @dataclass
@@ -292,7 +357,8 @@ class Job:
     profile: str = "default"
     # Read out once every process of the job is dead: Result.files and file_errors.
     collect: list[Collect] = field(default_factory=list)
-    # Cached trees mounted read-only, shared by every job that names them.
+    # Cached trees mounted read-only, shared by every job that names them; host
+    # directories bound and named volumes (Mount).
     mounts: list[Mount] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -344,12 +410,7 @@ class Job:
         for index, entry in enumerate(self.mounts):
             where = f"mounts.{index}"
             entry.path = sandbox_path(entry.path, field_name=f"{where}.path")
-            if (entry.tree_id is None) == (entry.host_dir is None):
-                raise JobError("give exactly one of tree_id or host_dir", field=f"{where}.tree_id")
-            if entry.tree_id is not None:
-                check_tree_id(entry.tree_id, f"{where}.tree_id")
-            else:
-                _check_text(f"{where}.host_dir", entry.host_dir)
+            entry.check_source(where)
             for other in points:
                 if _beneath(entry.path, other) or _beneath(other, entry.path):
                     raise JobError(f"{entry.path} is, or is beneath, another mount's path {other}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox import prepare
+from sandbox import prepare, volumes
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
 from sandbox.collect import Collected, not_collected, receive
 from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
@@ -32,6 +33,7 @@ from sandbox.job_message import (
     rlimits,
     start_job,
 )
+from sandbox.linux.readiness import wait_readable
 from sandbox.models import (
     CGROUP_LIMITS,
     WORKDIR,
@@ -48,6 +50,7 @@ from sandbox.models import (
 )
 from sandbox.prepare import ImageRoot
 from sandbox.profile_cache import ProfileCache
+from sandbox.rootfs import SANDBOX_UID
 from sandbox.supervise import Outcome, Watch, supervise
 from sandbox.supply import Sandbox, SandboxSupply
 from sandbox.verdict import decide
@@ -253,8 +256,13 @@ class Runner:
                     stdio[pipe.target[0]].stdin = read_end
                     setattr(stdio[pipe.source[0]], pipe.source[1], write_end)
                 fds.extend(pipe_ends)
-                outputs = [None if m.failed else self._start(m, fds, streams) for m, streams in zip(
-                    members, stdio, strict=True)]
+                try:
+                    outputs = [None if m.failed else self._start(m, fds, streams) for m, streams in zip(
+                        members, stdio, strict=True)]
+                except BaseException:  # (a member refused: the group never runs)
+                    for member in members:
+                        _end_layers(member, merge=False)
+                    raise
                 # The sandboxes hold their own copies now. Ours must go, or a member would
                 # never see EOF on a pipe whose writer is gone: we would still hold it open.
                 for fd in pipe_ends:
@@ -333,21 +341,26 @@ class Runner:
         stderr_r, stderr_w = _pipe(fds)
         stdin = job_stdin(job.stdin, fds) if stdio.stdin is None else stdio.stdin
         files = [(f.dest, open_blob(f.content, fds), f.mode) for f in job.files]
-        mounts = [(entry.path, _tree(member.sandbox, entry, index, fds)) for index, entry in enumerate(job.mounts)]
-        stdout = stdout_w if stdio.stdout is None else stdio.stdout
-        stderr = stderr_w if stdio.stderr is None else stdio.stderr
-        spec = job_spec(argv, env, cwd, member.limits, (stdin, stdout, stderr), member.rlimits, files, job.collect,
-                        mounts)
-        try:
-            start_job(member.sandbox.prepared.job_channel, spec)
-            prepare.step_aside()
-        except OSError as exc:
-            if exc.errno == errno.EMSGSIZE:  # the sandbox would wait for it until set-up timed out
-                raise JobError(
-                    "the command, its environment and the file names are too long for one job message",
-                    field="cmd",
-                ) from None
-            # else the sandbox died while waiting; supervise collects why
+        try:  # (a job that never runs leaves its volumes as they were)
+            mounts = [(entry.path, _mount_source(member.sandbox, entry, index, fds, member.layers),
+                       bool(entry.writable)) for index, entry in enumerate(job.mounts)]
+            stdout = stdout_w if stdio.stdout is None else stdio.stdout
+            stderr = stderr_w if stdio.stderr is None else stdio.stderr
+            spec = job_spec(argv, env, cwd, member.limits, (stdin, stdout, stderr), member.rlimits, files,
+                            job.collect, mounts)
+            try:
+                start_job(member.sandbox.prepared.job_channel, spec)
+                prepare.step_aside()
+            except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:  # the sandbox would wait for it until set-up timed out
+                    raise JobError(
+                        "the command, its environment and the file names are too long for one job message",
+                        field="cmd",
+                    ) from None
+                # else the sandbox died while waiting; supervise collects why
+        except BaseException:
+            _end_layers(member, merge=False)
+            raise
         for fd in (stdout_w, stderr_w):
             fds.remove(fd)
             os.close(fd)
@@ -369,15 +382,20 @@ class Runner:
             handed_ns=handed_ns,
             collecting=bool(member.job.collect),
         )
-        outcome = supervise(
-            prepared, *output, output_limit=limits.output_bytes, watch=watch, cancel_fd=cancel_fd,
-            on_started=on_started, on_output=on_output,
-        )
-        if trace is not None:
-            trace.extend(outcome.traced)
-        job = member.job
-        collected = _collect(job, member.sandbox, outcome, collect_room) if job.collect else Collected()
-        usage = usage_of(outcome, cgroup)  # (after collecting: the init killed what was left of the job)
+        try:
+            outcome = supervise(
+                prepared, *output, output_limit=limits.output_bytes, watch=watch, cancel_fd=cancel_fd,
+                on_started=on_started, on_output=on_output,
+            )
+            if trace is not None:
+                trace.extend(outcome.traced)
+            job = member.job
+            collected = _collect(job, member.sandbox, outcome, collect_room) if job.collect else Collected()
+            usage = usage_of(outcome, cgroup)  # (after collecting: the init killed what was left of the job)
+        finally:
+            if member.layers:  # the job is over, whatever ended it: its volumes get what it left
+                with self._supply_lock:
+                    _end_layers(member, merge=True)
         return result_of(outcome, usage, limits, collected, member.warnings, member.not_enforced)
 
 
@@ -419,6 +437,7 @@ class _Member:
     command: tuple[list[str], dict[str, str], str] | None  # argv, env, cwd; None: handed over by the worker
     rlimits: list[tuple[int, int, int]] = field(default_factory=list)
     failed: Result | None = None  # the sandbox did not start
+    layers: list[int] = field(default_factory=list)  # its volumes' layers, by the zygote's numbers
 
 
 @dataclass
@@ -521,18 +540,66 @@ def open_blob(blob: Blob, fds: list[int]) -> int:
     return fd
 
 
-def _tree(sandbox: Sandbox, entry: Mount, index: int, fds: list[int]) -> int:
-    """The fd a sandbox init mounts a tree from: a detached clone of its directory, made
-    by the zygote that made the sandbox (``Zygote.clone_tree``). A tree id is known only
-    to the worker that caches it, whose launcher gives its directory instead."""
-    if entry.host_dir is None:
+def _mount_source(sandbox: Sandbox, entry: Mount, index: int, fds: list[int], layers: list[int]) -> int:
+    """The fd a sandbox init mounts a tree, bind or volume from: a detached clone of its
+    directory, made by the zygote that made the sandbox (a clone works only in its own
+    template user namespace). A tree id is known only to the worker that caches it,
+    whose launcher gives its directory instead. A volume is first held for the job
+    (``volumes.lock``, the fd kept with the job's until its sandbox is gone); a
+    read-write one is given to the job's id and mounted as a layer of the job's own,
+    capped, merged into it when the job is over (``volume_layer.py``; its number is
+    added to ``layers``)."""
+    where = f"mounts.{index}"
+    if entry.tree_id is not None:
         raise JobError(f"{entry.tree_id}: a cached tree is mounted through the worker that holds it",
-                       field=f"mounts.{index}.tree_id")
+                       field=f"{where}.tree_id")
     if sandbox.zygote is None:
         raise SetupError("the sandbox has no zygote to clone a tree in")
-    fd = sandbox.zygote.clone_tree(entry.host_dir)
+    try:
+        if entry.host_dir is not None:
+            fd = sandbox.zygote.clone_tree(entry.host_dir)
+        elif entry.bind is not None:
+            fd = sandbox.zygote.clone_bind(entry.bind)
+        else:
+            assert entry.volume is not None  # (Mount.check_source: exactly one source)
+            root = volumes.volumes_root()
+            volumes.prepare_root(root)
+            fds.append(volumes.lock(root, entry.volume, bool(entry.writable)))
+            if entry.writable:  # the job's own files, in a layer of its own
+                assert isinstance(entry.size, int)  # (Mount.check_source settled it)
+                fd, layer = sandbox.zygote.volume_layer(str(root), entry.volume, sandbox.job_id or SANDBOX_UID,
+                                                        entry.size)
+                layers.append(layer)
+            else:  # shared by its read-only users: nobody's to give; as its last writer left it
+                fd = sandbox.zygote.clone_volume(str(root), entry.volume, None)
+    except JobError as exc:
+        raise type(exc)(exc.message, field=exc.field or f"{where}.{'bind' if entry.bind else 'volume'}") from None
     fds.append(fd)
     return fd
+
+
+def _end_layers(member: _Member, *, merge: bool) -> None:
+    """Merge (or drop) the job's volume layers, once every process of the job is gone:
+    its init is killed and waited for (pid 1 of the job's pid namespace exits only
+    after every other process there), so nothing writes to a layer being merged. The
+    caller holds the supply lock (the zygote's channel)."""
+    layers, member.layers = member.layers, []
+    zygote = member.sandbox.zygote
+    if not layers or zygote is None:
+        return
+    pid = member.sandbox.prepared.init_pid
+    try:
+        exited = os.pidfd_open(pid) if pid > 0 else -1
+    except ProcessLookupError:
+        exited = -1  # reaped already (a kill's wait): gone with everything of the job
+    if exited >= 0:
+        try:
+            signal.pidfd_send_signal(exited, signal.SIGKILL)
+            wait_readable([exited])
+        finally:
+            os.close(exited)
+    for layer in layers:
+        zygote.end_volume_layer(layer, merge=merge)
 
 
 def _close_all(fds: list[int]) -> None:

@@ -18,8 +18,12 @@ Protocol on a SOCK_SEQPACKET pair: at start-up the zygote answers ``{"spawner": 
 with the spawner's request channel (SCM_RIGHTS) once the template is built, or
 ``{"error": ...}``. Then each request on it, ``{"image": {"layers": [...], "workdir":
 ...}}``, is answered with the mount namespace of that image's base (SCM_RIGHTS, with
-``{}``) or ``{"error": ...}``; a second pair carries tree requests (a host path, answered
-with a detached clone of it). EOF on the channel ends it.
+``{}``) or ``{"error": ...}``; a second pair carries tree requests (``{"tree": PATH}``,
+``{"bind": PATH}``, ``{"volume": NAME, "root": ROOT, "owner": ID}``, answered with a
+detached clone of that directory, or ``{"refused": ...}`` for what the job named wrong;
+with ``"cap": BYTES`` a volume is answered with its job's layer, an overlay, and the
+layer's number ``{"layer": N}``, which ``{"end": N, "merge": BOOL}`` merges or drops).
+EOF on the channel ends it.
 
 The spawner's protocol (same kind of pair): a request is the C init's arguments
 (``stages.init_arguments``), NUL-terminated, with its fds (``stages.init_fds``); the
@@ -30,6 +34,7 @@ Run as: python -S -m sandbox.zygote FD ID_MAPS (``ids.IdPlan.zygote_argument``)
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import os
@@ -37,8 +42,8 @@ import select
 import socket
 import sys
 
-from sandbox import child, rootfs, stages
-from sandbox.errors import SandboxError, SetupError
+from sandbox import child, rootfs, stages, volume_layer
+from sandbox.errors import JobError, SandboxError, SetupError
 from sandbox.linux import syscalls as sc
 from sandbox.template import IdMaps, MountBases, enter_template
 
@@ -151,9 +156,56 @@ class Zygote:
         """A detached clone of the host directory ``path`` (an fd the caller owns), for a
         sandbox init to mount a tree from (read-only: ``native/trees.c``). Raises
         SetupError."""
+        return self._clone({"tree": path})[0]
+
+    def clone_bind(self, path: str) -> int:
+        """A detached clone of the host directory ``path`` for a bind: opened with no
+        symlink followed in any of its components. Raises JobError for a path that is
+        not such a directory, SetupError for the zygote's own failure."""
+        return self._clone({"bind": path})[0]
+
+    def volume_layer(self, root: str, name: str, owner: int, cap_bytes: int) -> tuple[int, int]:
+        """A job's layer over the volume ``name`` under ``root`` (``volume_layer.py``),
+        its files first given to ``owner`` as ``clone_volume`` does: an fd of the
+        overlay to mount, and the layer's number for ``end_volume_layer``, which the
+        caller must send once every process of the job is gone."""
+        fd, answer = self._clone({"volume": name, "root": root, "owner": owner, "cap": cap_bytes})
+        return fd, int(answer["layer"])
+
+    def end_volume_layer(self, layer: int, *, merge: bool) -> None:
+        """Merge the layer into its volume (``merge``), or drop it; either way the
+        zygote lets go of it. Raises SetupError if the merge failed (the volume holds
+        what was merged so far, each file whole)."""
         self._started()
-        _send(self.trees, path.encode(), [], "zygote")
-        return self._answer(self.trees, "tree")
+        _send(self.trees, json.dumps({"end": layer, "merge": merge}).encode(), [], "zygote")
+        try:
+            raw = self.trees.recv(_MAX_REQUEST)
+        except OSError as exc:
+            raise SetupError(f"the zygote is gone: {exc}") from exc
+        _decoded(raw, self.process)
+
+    def clone_volume(self, root: str, name: str, owner: int | None) -> int:
+        """A detached clone of the volume ``name`` under ``root`` (made if missing), its
+        files first given to ``owner`` - an id of the template namespace: the job's, so
+        that its files are its own; the template's 1000 gives them back to the
+        supervisor's user; None leaves them as they are. Raises JobError or SetupError
+        as ``clone_bind``."""
+        return self._clone({"volume": name, "root": root, "owner": owner})[0]
+
+    def _clone(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        self._started()
+        _send(self.trees, json.dumps(request).encode(), [], "zygote")
+        try:
+            raw, fds, _, _ = socket.recv_fds(self.trees, _MAX_REQUEST, 1)
+        except OSError as exc:
+            raise SetupError(f"the zygote is gone: {exc}") from exc
+        if fds:
+            os.set_inheritable(fds[0], False)
+            return fds[0], json.loads(raw)
+        if raw and "refused" in (answer := json.loads(raw)):
+            raise JobError(answer["refused"])
+        _decoded(raw, self.process)  # raises its error
+        raise SetupError("the zygote sent no tree")
 
     def image_base(self, layers: list[str], workdir: str) -> int:
         """The mount namespace of the read-only base of the image of ``layers`` with
@@ -355,12 +407,17 @@ def serve(channel: socket.socket, trees: socket.socket, id_maps: IdMaps | None) 
     # Everything loaded so far is permanent: keep the collector from touching (and so
     # copying) those pages in every sandbox.
     gc.freeze()
+    layers: dict[int, volume_layer.Layer] = {}  # volumes' layers of running jobs, by number
     while True:
         if trees in select.select([channel, trees], [], [])[0]:
-            path = trees.recv(_MAX_REQUEST)
-            if not path:
+            raw = trees.recv(_MAX_REQUEST)
+            if not raw:
                 return
-            _clone_tree(trees, os.fsdecode(path), bases)
+            request = json.loads(raw)
+            if "end" in request:
+                _end_layer(trees, layers.pop(request["end"]), request["merge"])
+            else:
+                _clone_tree(trees, request, bases, layers)
             continue
         raw = channel.recv(_MAX_REQUEST)
         if not raw:
@@ -368,18 +425,126 @@ def serve(channel: socket.socket, trees: socket.socket, id_maps: IdMaps | None) 
         _image_base(channel, json.loads(raw)["image"], bases)
 
 
-def _clone_tree(trees: socket.socket, path: str, bases: MountBases) -> None:
-    """Answer a tree request: the clone of ``path``, seen from the copy of the host's tree."""
+# Binds and volumes resolve no symlink: a host path is opened as it is spelt, and a
+# volume beneath its root, so neither can be sent elsewhere by a link a job (or anyone)
+# left on the way.
+_NO_LINKS = sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS
+_DIRECTORY = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _clone_tree(trees: socket.socket, request: dict[str, Any], bases: MountBases,
+                layers: dict[int, volume_layer.Layer]) -> None:
+    """Answer a tree, bind or volume request (``Zygote.clone_tree``, ``clone_bind``,
+    ``clone_volume``, ``volume_layer``): a detached clone or a volume's layer, seen from
+    the copy of the host's tree; or ``{"refused": why}`` for what the job named wrong,
+    ``{"error": why}`` for the rest."""
+    name = request.get("tree") or request.get("bind") or request.get("volume")
+    answer = b"{}"
     try:
         sc.setns(bases.host_fd, sc.CLONE_NEWNS)
-        clone = sc.open_tree(sc.AT_FDCWD, path, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
+        if "tree" in request:
+            clone = sc.open_tree(sc.AT_FDCWD, request["tree"], sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
+        elif "cap" in request:
+            layer = _volume_layer(request)
+            number = len(layers) and max(layers) + 1
+            layers[number] = layer
+            clone, answer = os.dup(layer.overlay), json.dumps({"layer": number}).encode()
+            os.set_inheritable(clone, False)
+        else:
+            directory = _bind_directory(request) if "bind" in request else _volume_directory(request)
+            try:
+                clone = sc.open_tree(directory, "", sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | sc.AT_EMPTY_PATH)
+            finally:
+                os.close(directory)
+    except _Refused as exc:
+        trees.send(json.dumps({"refused": str(exc)}).encode())
+        return
     except OSError as exc:
-        trees.send(json.dumps({"error": f"cannot clone the tree {path}: {exc.strerror}"}).encode())
+        trees.send(json.dumps({"error": f"cannot clone {name}: {exc.strerror}"}).encode())
         return
     try:
-        socket.send_fds(trees, [b"{}"], [clone])
+        socket.send_fds(trees, [answer], [clone])
     finally:
         os.close(clone)
+
+
+def _volume_layer(request: dict[str, Any]) -> volume_layer.Layer:
+    directory = _volume_directory(request)
+    try:
+        return volume_layer.make(directory, request["cap"])
+    except OSError as exc:
+        raise OSError(exc.errno, f"{exc.strerror} (a volume's size cap needs an overlay with a tmpfs upper "
+                                 "layer from a detached mount: Linux 6.15 or later)") from None
+
+
+def _end_layer(trees: socket.socket, layer: volume_layer.Layer, merge: bool) -> None:
+    """Answer an end request: the layer merged into its volume, or dropped."""
+    try:
+        if merge:
+            volume_layer.merge(layer.upper, layer.volume)
+    except OSError as exc:
+        trees.send(json.dumps({"error": f"merging a job's changes into its volume: {exc}"}).encode())
+        return
+    finally:
+        layer.close()
+    trees.send(b"{}")
+
+
+class _Refused(Exception):
+    """A bind or volume the job named that cannot be mounted (the job's fault)."""
+
+
+def _bind_directory(request: dict[str, Any]) -> int:
+    path = request["bind"]
+    try:
+        return sc.openat2(sc.AT_FDCWD, path, _DIRECTORY, _NO_LINKS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _Refused(f"cannot bind {path}: it is, or passes through, a symlink (binds follow none)") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
+            raise _Refused(f"cannot bind {path}: {exc.strerror} (a bind is of a directory)") from None
+        raise
+
+
+def _volume_directory(request: dict[str, Any]) -> int:
+    """The volume's directory, made if missing, its files given to the job's id."""
+    name = request["volume"]
+    root = os.open(request["root"], _DIRECTORY)
+    try:
+        try:
+            os.mkdir(name, 0o755, dir_fd=root)
+        except FileExistsError:
+            pass
+        try:
+            directory = sc.openat2(root, name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                                   sc.RESOLVE_BENEATH | _NO_LINKS)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise _Refused(f"the volume {name} is not a directory") from None
+            raise
+    finally:
+        os.close(root)
+    try:
+        if request["owner"] is not None:
+            _give(directory, request["owner"])
+    except BaseException:
+        os.close(directory)
+        raise
+    return directory
+
+
+def _give(directory: int, owner: int) -> None:
+    """Every file of the tree at ``directory`` to ``owner`` (user and group), symlinks
+    included as themselves, never followed; a file already its own is only looked at.
+    Only rw jobs ask, one at a time (the supervisor's lock on the volume), so nothing
+    changes the tree meanwhile but a leftover of its last job: fwalk opens each
+    directory with O_NOFOLLOW beneath its parent's fd, and a swapped name only fails."""
+    if os.fstat(directory).st_uid != owner:
+        os.fchown(directory, owner, owner)
+    for _, dirnames, filenames, dir_fd in os.fwalk(".", dir_fd=directory, follow_symlinks=False):
+        for entry in (*dirnames, *filenames):
+            if os.stat(entry, dir_fd=dir_fd, follow_symlinks=False).st_uid != owner:
+                os.chown(entry, owner, owner, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def _image_base(channel: socket.socket, image: dict[str, Any], bases: MountBases) -> None:

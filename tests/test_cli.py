@@ -250,5 +250,5 @@ def test_a_run_on_the_host_image_loads_only_what_the_job_needs(tmp_path):
     assert "sandbox.runner" in loaded
     unneeded = {"pyseccomp", "sandbox.seccomp", "sandbox.images.runtime", "sandbox.images.store", "subprocess",
                 "importlib.resources", "sandbox.judge", "sandbox.languages", "worker.client",
-                *(f"sandbox.cli.{group}" for group in ("group", "worker", "images", "profiles", "languages", "judge"))}
+                *(f"sandbox.cli.{group}" for group in ("group", "worker", "images", "volumes", "profiles", "languages", "judge"))}
     assert loaded & unneeded == set()

@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -551,3 +552,28 @@ def test_a_session_over_http(http_worker: HttpWorker) -> None:
         assert client.delete(f"/v1/sessions/{session}").status_code == 200
         gone = client.get(f"/v1/sessions/{session}")
         assert (gone.status_code, gone.json()["code"]) == (404, "unknown_session")
+
+
+def test_a_bind_and_a_volume_over_http(start_http, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The JSON door takes the same mounts: a bind below --allow-bind, refused
+    elsewhere with 403 bind_not_allowed; a volume kept between jobs."""
+    monkeypatch.setenv("SANDBOX_VOLUMES", str(tmp_path / "volumes"))
+    (tmp_path / "allowed").mkdir()
+    (tmp_path / "allowed" / "in.txt").write_text("bound\n")
+    worker = start_http("--slots", "2", "--allow-bind", str(tmp_path / "allowed"))
+    with worker.client() as client:
+        job = {"cmd": ["sh", "-c", "cat /work/d/in.txt > /work/v/copy; cat /work/v/copy"],
+               "mounts": [{"path": "/work/d", "bind": str(tmp_path / "allowed")},
+                          {"path": "/work/v", "volume": "http", "size": "1M"}]}
+        document = client.post("/v1/jobs", params={"wait": "true"}, json={"job": job}).json()
+        assert base64.b64decode(document["result"]["stdout"]) == b"bound\n", document
+        again = {"cmd": ["cat", "/work/v/copy"], "mounts": [{"path": "/work/v", "volume": "http", "writable": False}]}
+        document = client.post("/v1/jobs", params={"wait": "true"}, json={"job": again}).json()
+        assert base64.b64decode(document["result"]["stdout"]) == b"bound\n", document
+        outside = {"cmd": ["true"], "mounts": [{"path": "/work/d", "bind": str(tmp_path)}]}
+        refused = client.post("/v1/jobs", params={"wait": "true"}, json={"job": outside})
+        assert (refused.status_code, refused.json()["code"], refused.json()["field"]) == (
+            403, "bind_not_allowed", "mounts.0.bind"), refused.text
+    pruned = subprocess.run([sys.executable, "-m", "sandbox.cli", "volume", "prune"], capture_output=True, text=True,
+                            timeout=120)
+    assert pruned.returncode == 0 and pruned.stdout.split() == ["http"], pruned.stderr

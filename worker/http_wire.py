@@ -23,10 +23,12 @@ from worker.protocol import ProtocolError, result_to_wire
 STATUS_OF_CODE = {
     "bad_json": 400,
     "unauthorized": 401,
+    "bind_not_allowed": 403,
     "unknown_id": 404,
     "not_found": 404,
     "method_not_allowed": 405,
     "id_conflict": 409,
+    "volume_busy": 409,
     "unknown_file": 404,
     "unknown_session": 404,
     "session_paused": 409,

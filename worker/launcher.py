@@ -50,8 +50,9 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from sandbox.errors import JobError, SandboxError
+from sandbox.errors import BindNotAllowed, JobError, SandboxError
 from sandbox.linux import syscalls as sc
 from sandbox.linux.readiness import readable, wait_readable
 from sandbox.models import Blob, Group, Job, Mount, Result, Status, WarmSpec, is_profile_file
@@ -148,12 +149,12 @@ class Jobs:
             thread.join()
 
 
-def serve(channel: socket.socket, warm: list[WarmSpec], cache_dir: str, sessions_dir: str = "") -> None:
+def serve(channel: socket.socket, warm: list[WarmSpec], paths: HostPaths) -> None:
     """Read the worker's messages and start each job on a thread of its own; between
     messages, do the idle work (offers, the supply's steps)."""
     sc.set_process_name("sandbox-launch")
     runner = Runner(warm_for=warm)
-    records = SessionRecords(sessions_dir) if sessions_dir else None
+    records = SessionRecords(paths.sessions_dir) if paths.sessions_dir else None
     if records is not None:
         records.reap()  # what the sessions of a crashed worker's launchers left
     outbox = Outbox(channel)
@@ -193,14 +194,14 @@ def serve(channel: socket.socket, warm: list[WarmSpec], cache_dir: str, sessions
                         # Its cancel may have come in the same read: then it never starts.
                         cancelled = any(isinstance(later, CancelJob) and later.id == message.id
                                         for later in messages[index + 1:])
-                        jobs.start(message.id, functools.partial(_run, runner, outbox, message, cache_dir),
+                        jobs.start(message.id, functools.partial(_run, runner, outbox, message, paths),
                                    cancelled=cancelled)
                     case CancelJob(id=job_id):
                         jobs.cancel(job_id)
                     case CreateSession() | RunExec() | SessionControl():
                         cancelled = any(isinstance(later, CancelJob) and later.id == message.id
                                         for later in messages[index + 1:])
-                        work = functools.partial(sessions.serve, runner, outbox, message, cache_dir)
+                        work = functools.partial(sessions.serve, runner, outbox, message, paths)
                         jobs.start(message.id, work, cancelled=cancelled)
     finally:
         jobs.end_all()
@@ -235,7 +236,7 @@ def _drop(runner: Runner, init_pid: int) -> None:
         runner.retire(sandbox)
 
 
-def _run(runner: Runner, outbox: Outbox, message: RunJob | RunGroup, cache_dir: str, cancel_fd: int) -> None:
+def _run(runner: Runner, outbox: Outbox, message: RunJob | RunGroup, paths: HostPaths, cancel_fd: int) -> None:
     """Run a job (on its own thread) and send its outcome. A job found wrong only here -
     its image removed since the worker looked, a command too long for one message to its
     sandbox - is ``JobRejected`` (the worker answers invalid_job): nothing a job holds may
@@ -246,11 +247,11 @@ def _run(runner: Runner, outbox: Outbox, message: RunJob | RunGroup, cache_dir: 
     reply: JobResult | GroupResult | JobRejected
     try:
         if isinstance(message, RunGroup):
-            reply = GroupResult(message.id, _group_results(runner, outbox, message, cancelled, cache_dir, cancel_fd))
+            reply = GroupResult(message.id, _group_results(runner, outbox, message, cancelled, paths, cancel_fd))
         else:
-            reply = JobResult(message.id, _result(runner, outbox, message, cancelled, cache_dir, cancel_fd))
+            reply = JobResult(message.id, _result(runner, outbox, message, cancelled, paths, cancel_fd))
     except JobError as exc:
-        reply = JobRejected(message.id, exc.message, exc.field)
+        reply = JobRejected(message.id, exc.message, exc.field, exc.code)
     except Exception as exc:  # a bug of ours: this job's failure, not the launcher's
         traceback.print_exc()
         failed = Result(Status.INTERNAL_ERROR, error=f"launcher: {type(exc).__name__}: {exc}")
@@ -265,7 +266,7 @@ def _run(runner: Runner, outbox: Outbox, message: RunJob | RunGroup, cache_dir: 
 
 
 def _result(
-    runner: Runner, outbox: Outbox, message: RunJob, cancelled: bool, cache_dir: str, cancel_fd: int,
+    runner: Runner, outbox: Outbox, message: RunJob, cancelled: bool, paths: HostPaths, cancel_fd: int,
 ) -> Result:
     job_id = message.id
     handed = None
@@ -278,7 +279,7 @@ def _result(
     job = None
     if not cancelled:
         try:
-            job = _with_cached_paths(job_from_wire(message.job), cache_dir)
+            job = _on_this_host(job_from_wire(message.job), paths)
         except ProtocolError as exc:
             outcome = Result(Status.INTERNAL_ERROR, error=f"launcher rejected the job: {exc.message}")
     if job is None:
@@ -303,7 +304,7 @@ def _result(
 
 
 def _group_results(
-    runner: Runner, outbox: Outbox, message: RunGroup, cancelled: bool, cache_dir: str, cancel_fd: int,
+    runner: Runner, outbox: Outbox, message: RunGroup, cancelled: bool, paths: HostPaths, cancel_fd: int,
 ) -> list[Result]:
     """A group's Results, in member order (``JobStarted`` once every member is handed over)."""
     job_id, wire = message.id, message.group
@@ -313,7 +314,7 @@ def _group_results(
         raise JobError(exc.message, field=exc.field) from None
     if cancelled:
         return [Result(Status.CANCELLED, error="cancelled before it started") for _ in group.jobs]
-    jobs = [_with_cached_paths(job, cache_dir) for job in group.jobs]
+    jobs = [_on_this_host(job, paths) for job in group.jobs]
     for job in jobs:
         check_output_limit(job.limits.over(runner.profiles.get(job.profile).limits))
     return runner.run_group(jobs, group.pipes, cancel_fd=cancel_fd,
@@ -332,13 +333,13 @@ class LauncherSessions:
         self._records = records  # one on disk per session, while it lives (worker/session_records.py)
 
     def serve(self, runner: Runner, outbox: Outbox, message: CreateSession | RunExec | SessionControl,
-              cache_dir: str, cancel_fd: int) -> None:
+              paths: HostPaths, cancel_fd: int) -> None:
         """Answer one request: an exec as a job is answered, the others with a
         ``SessionAnswer``. Nothing a request holds ends the launcher."""
         reply: JobResult | JobRejected | SessionAnswer
         try:
             if isinstance(message, RunExec):
-                reply = self._exec(runner, outbox, message, cache_dir, cancel_fd)
+                reply = self._exec(runner, outbox, message, paths, cancel_fd)
             elif isinstance(message, CreateSession):
                 reply = self._create(runner, message)
             else:
@@ -368,7 +369,7 @@ class LauncherSessions:
             self._sessions[message.id] = session
         return SessionAnswer(message.id, info={"init_pid": session.init_pid})
 
-    def _exec(self, runner: Runner, outbox: Outbox, message: RunExec, cache_dir: str,
+    def _exec(self, runner: Runner, outbox: Outbox, message: RunExec, paths: HostPaths,
               cancel_fd: int) -> JobResult | JobRejected:
         session = self._sessions.get(message.session)
         if session is None:
@@ -376,7 +377,7 @@ class LauncherSessions:
         if readable(cancel_fd):
             return JobResult(message.id, Result(Status.CANCELLED, error="cancelled before it started"))
         try:
-            job = _with_cached_paths(job_from_wire(message.job), cache_dir)
+            job = _on_this_host(job_from_wire(message.job), paths)
             check_output_limit(job.limits.over(runner.profiles.get(session.spec.profile).limits))
 
             def stream_output(stream: str, offset: int, data: bytes) -> None:
@@ -430,10 +431,34 @@ class LauncherSessions:
             self._records.remove(session_id)
 
 
-def _with_cached_paths(job: Job, cache_dir: str) -> Job:
+@dataclass(frozen=True)
+class HostPaths:
+    """What of the host a launcher's jobs may name: the worker's file cache (by id), and
+    the directories below which they may bind (``sandbox serve --allow-bind``); and
+    where it keeps a record of each session it holds ("" for none)."""
+
+    cache_dir: str
+    allow_bind: list[str]
+    sessions_dir: str = ""
+
+    def allows(self, path: str) -> bool:
+        """``path`` (normal: ``Mount.check_source``) is an allowed directory or below one.
+        Comparing the names is enough because the bind is then opened as spelt, with no
+        symlink followed (``Zygote.clone_bind``)."""
+        return any(path == root or path.startswith(root.rstrip("/") + "/") for root in self.allow_bind)
+
+
+def _on_this_host(job: Job, paths: HostPaths) -> Job:
     """The job with its files and trees given by id turned into the cached files' paths
     and trees' directories (the worker holds a lease on each while the job is queued or
-    running: they are there)."""
+    running: they are there); a bind outside what the operator allowed refused
+    (``BindNotAllowed``). Here, where every door's jobs pass - socket, HTTP, queue,
+    judges - on their way to the runner that would clone it."""
+    cache_dir = paths.cache_dir
+    for index, entry in enumerate(job.mounts):
+        if entry.bind is not None and not paths.allows(entry.bind):
+            raise BindNotAllowed(f"{entry.bind} is not below a directory this worker allows binds from "
+                                 "(sandbox serve --allow-bind)", field=f"mounts.{index}.bind")
 
     def content(blob: Blob, index: int) -> Blob:
         if blob.file_id is None:
@@ -465,7 +490,7 @@ def main(argv: list[str]) -> int:
     if os.getppid() != parent_pid:
         return 1  # the worker died while starting us
     with socket.socket(fileno=fd) as channel:
-        serve(channel, warm, argv[4], argv[5] if len(argv) > 5 else "")
+        serve(channel, warm, HostPaths(argv[4], json.loads(argv[5]), argv[6] if len(argv) > 6 else ""))
     return 0
 
 

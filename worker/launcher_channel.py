@@ -155,11 +155,14 @@ class GroupResult:
 
 @dataclass(frozen=True, slots=True)
 class JobRejected:
-    """The job's content was found wrong only in the launcher: invalid_job for its id."""
+    """The job's content was found wrong only in the launcher: the error ``code`` for its
+    id (``JobError.code``: invalid_job, or what a client may want to tell apart -
+    bind_not_allowed, volume_busy)."""
 
     id: str
     message: str
     field: str | None
+    code: str = "invalid_job"
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +214,8 @@ def encode(message: Message) -> bytes:
         case GroupResult():
             wire = {"type": "group_result", "id": message.id, "results": [result_to_wire(r) for r in message.results]}
         case JobRejected():
-            wire = {"type": "rejected", "id": message.id, "message": message.message, "field": message.field}
+            wire = {"type": "rejected", "id": message.id, "message": message.message, "field": message.field,
+                    "code": message.code}
         case CreateSession():
             wire = {"type": "session_create", "id": message.id, "spec": message.spec}
         case RunExec():
@@ -254,7 +258,7 @@ def decode(wire: dict[str, Any]) -> Message:
         case "group_result":
             return GroupResult(wire["id"], [result_from_wire(result) for result in wire["results"]])
         case "rejected":
-            return JobRejected(wire["id"], wire["message"], wire["field"])
+            return JobRejected(wire["id"], wire["message"], wire["field"], wire["code"])
         case "session_create":
             return CreateSession(wire["id"], wire["spec"])
         case "session_exec":

@@ -53,10 +53,11 @@ class LauncherDied(Exception):
 
 class LauncherProcess:
     def __init__(self, index: int, warm: list[WarmSpec], cache_dir: str | None = None,
-                 sessions_dir: str | None = None) -> None:
+                 allow_bind: list[str] | None = None, sessions_dir: str | None = None) -> None:
         self.index = index
         self.warm = warm  # the warm sandboxes it keeps: the sum of its slots' shares
         self.cache_dir = cache_dir  # the worker's file cache, whose files its jobs name by id
+        self.allow_bind = allow_bind or []  # host directories below which its jobs may bind (--allow-bind)
         self.sessions_dir = sessions_dir  # where it keeps a record of each session it holds (worker/launcher.py)
         self.process: trio.Process | None = None
         self.ready = trio.Event()  # set while a launcher is up; replaced when it dies
@@ -152,7 +153,8 @@ class LauncherProcess:
         try:
             self.process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "worker.launcher", str(theirs.fileno()), str(os.getpid()),
-                 json.dumps([spec.to_wire() for spec in self.warm]), self.cache_dir or "", self.sessions_dir or ""],
+                 json.dumps([spec.to_wire() for spec in self.warm]), self.cache_dir or "",
+                 json.dumps(self.allow_bind), self.sessions_dir or ""],
                 pass_fds=(theirs.fileno(),),
             )
         finally:

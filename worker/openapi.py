@@ -80,9 +80,21 @@ SCHEMAS: dict[str, Any] = {
                                "mode": {"type": "integer"}},
             }},
             "mounts": {"type": "array", "items": {
-                "type": "object", "required": ["path", "tree_id"], "additionalProperties": False,
-                "description": "A tree put in the cache, mounted read-only at path.",
-                "properties": {"path": {"type": "string"}, "tree_id": _TREE_ID},
+                "type": "object", "required": ["path"], "additionalProperties": False,
+                "description": "Mounted at path (under /work or /tmp), from exactly one of: tree_id, a tree put "
+                               "in the cache (read-only); bind, a host directory at or below one the worker "
+                               "allows (--allow-bind; else the error bind_not_allowed), no symlink followed; "
+                               "volume, a named volume made on first use and kept between jobs (a read-write "
+                               "user excludes every other: volume_busy).",
+                "properties": {"path": {"type": "string"}, "tree_id": _TREE_ID,
+                               "bind": {"type": "string", "description": "An absolute, normal host path."},
+                               "volume": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+                               "writable": {"type": ["boolean", "null"], "default": None,
+                                            "description": "null: read-only for a tree or a bind, read-write "
+                                                           "for a volume."},
+                               "size": {"type": ["integer", "string", "null"], "default": None,
+                                        "description": "A read-write volume's cap (bytes, or 512M, 1G...; "
+                                                       "null: 1G): writes past it are ENOSPC inside."}},
             }},
             "image": {"type": "string", "default": "host"},
             "cwd": {"type": ["string", "null"]},

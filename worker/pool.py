@@ -78,7 +78,7 @@ class Pool:
     def __init__(
         self, slots: int, max_queue: int, warm: Sequence[WarmSpec] = (), retention_s: float = 300.0,
         max_records: int = 100_000, cache: FileCache | None = None, launchers: int | None = None,
-        sessions_dir: str | None = None,
+        allow_bind: Sequence[str] = (), sessions_dir: str | None = None,
     ) -> None:
         # ``slots`` jobs run at once, on a few launcher processes (each supervises many
         # jobs, a thread each; ``default_launchers`` unless told), never more launchers
@@ -91,8 +91,8 @@ class Pool:
         def warm_for(lanes: int) -> list[WarmSpec]:
             return [WarmSpec(-(-spec.count * lanes // slots), spec.profile, spec.image) for spec in warm]
 
-        self.launchers = [LauncherProcess(index, warm_for(len(range(index, slots, count))), cache_dir, sessions_dir)
-                          for index in range(count)]
+        self.launchers = [LauncherProcess(index, warm_for(len(range(index, slots, count))), cache_dir,
+                                          list(allow_bind), sessions_dir) for index in range(count)]
         self.slots = [Slot(index, self.launchers[index % count]) for index in range(slots)]
         self.warm_per_slot = sum(spec.count for spec in warm_for(1))
         self.max_queue = max_queue

@@ -59,7 +59,7 @@ _JOB_KEYS = {"cmd", "limits", "env", "stdin", "files", "image", "cwd", "require_
              "mounts"}
 _COLLECT_KEYS = {"path", "max", "max_files", "cache"}
 _FILE_KEYS = {"path", "data", "file_id", "mode"}
-_MOUNT_KEYS = {"path", "tree_id"}
+_MOUNT_KEYS = {"path", "tree_id", "bind", "volume", "writable", "size"}  # (host_dir: the launcher's own, never sent)
 _LIMIT_KEYS = set(LIMIT_NAMES)
 _PIPE_KEYS = {"from", "to"}
 
@@ -212,7 +212,8 @@ def job_from_wire(data: Any) -> Job:
         for index, entry in enumerate(_typed(data.get("mounts", []), list, "mounts")):
             _typed(entry, dict, f"mounts.{index}")
             _no_unknown_keys(entry, _MOUNT_KEYS, f"mounts.{index}")
-            mounts.append(Mount(path=entry.get("path"), tree_id=entry.get("tree_id")))
+            mounts.append(Mount(path=entry.get("path"), tree_id=entry.get("tree_id"), bind=entry.get("bind"),
+                                volume=entry.get("volume"), writable=entry.get("writable"), size=entry.get("size")))
         stdin = data.get("stdin")
         env = _typed(data.get("env", {}), dict, "env")
         job = Job(
@@ -287,9 +288,13 @@ def job_to_wire(job: Job) -> dict[str, Any]:
         return {"path": item.dest, "data": blob_bytes(item.content), "mode": item.mode}
 
     def mount_to_wire(entry: Mount) -> dict[str, Any]:
-        if entry.tree_id is None:
-            raise ValueError(f"{entry.path}: a host directory is mounted only by a worker's launcher, never sent")
-        return {"path": entry.path, "tree_id": entry.tree_id}
+        if entry.host_dir is not None:
+            raise ValueError(f"{entry.path}: a cache's directory is mounted only by a worker's launcher, never sent")
+        if entry.tree_id is not None:
+            return {"path": entry.path, "tree_id": entry.tree_id}
+        if entry.bind is not None:
+            return {"path": entry.path, "bind": entry.bind, "writable": entry.writable}
+        return {"path": entry.path, "volume": entry.volume, "writable": entry.writable, "size": entry.size}
 
     wire: dict[str, Any] = {
         "cmd": job.cmd,

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 CAPABILITIES = [
     "submit", "group", "judge", "cancel", "status", "stats", "idempotent-ids", "output-stream", "progress-optional",
-    "file-cache", "trees", "sessions",
+    "file-cache", "trees", "sessions", "binds", "volumes",
 ]
 # Events a submitter may decline with "progress": false (its client waits for the outcome only).
 PROGRESS_EVENTS = frozenset({"accepted", "started"})
@@ -103,6 +103,7 @@ class ServerConfig:
     file_cache_size: int = DEFAULT_CAPACITY
     queue: QueueConfig | None = None  # also take jobs from this Redis stream
     http_forward: bool = False  # HTTP jobs, judges and files go to the queue, not this worker's pool
+    allow_bind: list[str] = field(default_factory=list)  # host directories jobs may bind below (--allow-bind)
 
 
 class Connection:
@@ -204,7 +205,8 @@ class Server:
                 self.claim.release()
             raise ValueError(f"file cache: {exc}") from None
         self.pool = Pool(config.slots, config.max_queue, warm, retention_s=config.retention_s, cache=self.cache,
-                         launchers=config.launchers, sessions_dir=_sessions_dir(config))
+                         launchers=config.launchers, allow_bind=config.allow_bind,
+                         sessions_dir=_sessions_dir(config))
         self.metrics = Metrics(self.pool, self.cache) if config.metrics or config.http else None
         if self.metrics is not None:
             self.pool.on_finished = self.metrics.observe

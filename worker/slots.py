@@ -170,8 +170,8 @@ async def _until_result(
                 return result
             case GroupResult(results=results):
                 return results
-            case JobRejected(message=text, field=field):
-                return ProtocolError("invalid_job", text, field=field)
+            case JobRejected(message=text, field=field, code=code):
+                return ProtocolError(code, text, field=field)
     raise LauncherDied("channel closed")
 
 

@@ -6,8 +6,8 @@ when it was killed, 125 when the sandbox itself failed. With ``--json`` the resu
 printed as JSON and the exit status is 0 unless the sandbox failed (125).
 
 One module per command group (``run``, ``group``, ``worker``: serve and submit,
-``sessions``: ``session`` and its subcommands, ``images``, ``build``, ``profiles``,
-``languages``, ``judge``, ``host``: doctor and setup-cgroups); the job
+``sessions``: ``session`` and its subcommands, ``images``, ``build``, ``volumes``,
+``profiles``, ``languages``, ``judge``, ``host``: doctor and setup-cgroups); the job
 flags in ``job_flags``, and how results and errors are printed in ``output``.
 """
 
@@ -26,12 +26,13 @@ DISTRIBUTION = "sandbox-executor"  # pyproject.toml's name
 # The modules of the command groups, in the order help lists them; and the one that
 # makes each command's flags. Only that one is imported for a command: a `sandbox run`
 # per test of a judge must not pay for loading the image, worker and judge code.
-COMMAND_GROUPS = ("run", "group", "worker", "sessions", "images", "build", "profiles", "languages", "judge", "host")
+COMMAND_GROUPS = ("run", "group", "worker", "sessions", "images", "build", "volumes", "profiles", "languages", "judge",
+                  "host")
 MODULE_OF_COMMAND = {
     "run": "run", "group": "group", "serve": "worker", "submit": "worker", "session": "sessions",
     "pull": "images", "images": "images",
     "import": "images", "load": "images", "push": "images", "save": "images", "inspect": "images", "rmi": "images",
-    "gc": "images", "build": "build", "profile": "profiles",
+    "gc": "images", "build": "build", "volume": "volumes", "profile": "profiles",
     "languages": "languages", "judge": "judge", "doctor": "host", "setup-cgroups": "host",
 }
 

@@ -13,7 +13,7 @@ from sandbox.errors import JobError
 from sandbox.models import LIMIT_NAMES
 
 if TYPE_CHECKING:
-    from sandbox.models import Blob, Collect, InputFile, Job, Limits
+    from sandbox.models import Blob, Collect, InputFile, Job, Limits, Mount
 
 
 def add_job_arguments(parser: argparse.ArgumentParser, *, languages: bool = False, placement: bool = True) -> None:
@@ -47,6 +47,13 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, languages: bool = Fals
     )
     parser.add_argument("--collect-to", metavar="DIR",
                         help="write the collected files beneath DIR (DIR/work/...), never through a symlink")
+    parser.add_argument("--bind", action="append", default=[], metavar="HOST:INSIDE[:ro|rw]",
+                        help="mount the host directory HOST at INSIDE under /work or /tmp, read-only unless rw; "
+                             "no symlink is followed in HOST (repeatable)")
+    parser.add_argument("--volume", action="append", default=[], metavar="NAME:INSIDE[:ro|rw][:size=N]",
+                        help="mount the named volume NAME at INSIDE under /work or /tmp, made on first use and "
+                             "kept for later jobs; read-write unless ro, holding at most N (default "
+                             "1G: ENOSPC inside past it) (repeatable; sandbox volume ls)")
     parser.add_argument("--cwd", help="working directory inside (default: the image's WorkingDir, else /work)")
     if placement:
         parser.add_argument("--image", help="root filesystem image (default: the built-in 'host')")
@@ -82,7 +89,39 @@ def job_from_args(args: argparse.Namespace) -> Job:
         require_cgroups=getattr(args, "require_cgroups", False),
         profile=getattr(args, "profile", "default"),
         collect=collect_from_args(args),
+        mounts=mounts_from_args(args),
     )
+
+
+def mounts_from_args(args: argparse.Namespace) -> list[Mount]:
+    """``--bind HOST:INSIDE[:ro|rw]`` and ``--volume NAME:INSIDE[:ro|rw][:size=N]``: the
+    last fields that are "ro", "rw" or "size=N" are options (a host path may hold a ":"
+    otherwise)."""
+    from sandbox.models import Mount
+
+    mounts = []
+    for flag, items in (("bind", args.bind), ("volume", args.volume)):
+        for item in items:
+            fields = item.split(":")
+            options: dict[str, str] = {}
+            while len(fields) > 2 and (fields[-1] in ("ro", "rw") or fields[-1].startswith("size=")):
+                option = fields.pop()
+                key, _, value = option.partition("=") if option.startswith("size=") else ("access", "", option)
+                if key in options:
+                    raise JobError(f"{key} given twice in {item!r}", field=flag)
+                options[key] = value
+            source, sep, inside = ":".join(fields).rpartition(":")
+            if not sep or not source or not inside:
+                raise JobError(f"expects SOURCE:INSIDE[:ro|rw]{'[:size=N]' if flag == 'volume' else ''}, "
+                               f"got {item!r}", field=flag)
+            writable = None if "access" not in options else options["access"] == "rw"
+            if flag == "bind":
+                if "size" in options:
+                    raise JobError("a bind has no size cap (a volume has)", field=flag)
+                mounts.append(Mount(inside, bind=source, writable=writable))
+            else:
+                mounts.append(Mount(inside, volume=source, writable=writable, size=options.get("size")))
+    return mounts
 
 
 def collect_from_args(args: argparse.Namespace) -> list[Collect]:
@@ -120,6 +159,8 @@ def language_form(args: argparse.Namespace) -> bool:
         return False
     if args.collect:
         raise JobError("--collect reads what a command leaves: not with --lang", field="collect")
+    if args.bind or args.volume:
+        raise JobError("--bind and --volume mount for a command: not with --lang", field="mounts")
     if not (args.lang and args.source):
         raise JobError("--lang and --source go together", field="lang")
     if args.image is not None or args.cwd is not None:

@@ -35,6 +35,9 @@ def add_commands(commands: Any) -> None:
                        help="how long one callback POST may take (default 10)")
     serve.add_argument("--allow-private-callbacks", action="store_true",
                        help="let callbacks go to loopback, private and link-local addresses")
+    serve.add_argument("--allow-bind", action="append", default=[], metavar="DIR",
+                       help="let jobs bind host directories at or below DIR (absolute; repeatable; default: none - "
+                            "a job naming another host path gets bind_not_allowed)")
     serve.add_argument("--slots", type=int, default=os.cpu_count() or 1, help="jobs run at once (default: CPUs)")
     serve.add_argument("--launchers", type=int, metavar="N",
                        help="processes that supervise the running jobs, many each (default: one per CPU, more if "
@@ -142,6 +145,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         allow_private_callbacks=args.allow_private_callbacks,
         queue=queue,
         http_forward=args.http_forward,
+        allow_bind=[_bind_root(root) for root in args.allow_bind],
     )
     try:
         serve_forever(config)
@@ -243,3 +247,10 @@ def _warm_spec(text: str) -> WarmSpec:
         return WarmSpec.parse(text)
     except JobError as exc:
         raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def _bind_root(path: str) -> str:
+    """An ``--allow-bind`` directory: absolute and normal, as the binds it is compared with."""
+    from sandbox.models import check_bind_source
+
+    return check_bind_source(path, "allow_bind")

@@ -166,7 +166,8 @@ static size_t take_files(size_t length, const char *built_disk_bytes, const int 
     errno = EINVAL;
     require(STAGE, trees >= 0 && received == 3 + files + trees, "a job whose fds do not match it");
     for (long i = 0; i < trees; i++) {
-        mount_tree(next_field(length, &offset), fds[3 + files + i]);
+        int writable = strcmp(next_field(length, &offset), "rw") == 0; /* "ro" or "rw", then the path */
+        mount_tree(next_field(length, &offset), fds[3 + files + i], writable);
         close(fds[3 + files + i]);
     }
     trees_done();

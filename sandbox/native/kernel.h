@@ -84,4 +84,13 @@ struct open_how {
 #define OPEN_TREE_CLONE 1
 #endif
 
+/* mount_setattr (Linux 5.12; a name of our own for its argument, which glibc's
+ * <sys/mount.h> may define too) */
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+struct mount_attributes {
+    uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+
 #endif

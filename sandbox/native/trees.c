@@ -82,16 +82,32 @@ static int tree_overlay(const char *path, int tree) {
     return overlay;
 }
 
-void mount_tree(const char *path, int tree) {
-    if (empty_layer < 0) {
+/* A writable tree - a host directory bound read-write, a volume - is the clone itself,
+ * moved beneath the root: its writes must reach the directory, which an overlay would
+ * keep in an upper layer of its own. nosuid and nodev, as every mount of a job's; its
+ * read-only flag is left as the host's mount has it (a read-only filesystem stays one,
+ * and the kernel locks it so in a user namespace anyway). Not recursive: the mounts
+ * below the directory on the host are not the job's to see. */
+static int writable_tree(const char *path, int tree) {
+    struct mount_attributes attr = {.attr_set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV};
+    if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0) {
+        mount_failed(path, " (its attributes)");
+    }
+    return tree;
+}
+
+void mount_tree(const char *path, int tree, int writable) {
+    if (!writable && empty_layer < 0) {
         empty_layer = make_empty_layer(path);
     }
     int target = directory_beneath(path, MOUNTING);
-    int overlay = tree_overlay(path, tree);
-    if (syscall(SYS_move_mount, overlay, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0) {
+    int mount = writable ? writable_tree(path, tree) : tree_overlay(path, tree);
+    if (syscall(SYS_move_mount, mount, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0) {
         mount_failed(path, NULL);
     }
-    close(overlay);
+    if (mount != tree) {
+        close(mount);
+    }
     close(target);
 }
 

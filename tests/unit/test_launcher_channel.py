@@ -53,6 +53,7 @@ MESSAGES: list[Message] = [
     SessionControl("r1", "s-1", "stop", 2.5),
     SessionAnswer("r1"),
     SessionAnswer("r2", "unknown_session", "no session s-9", "session", {"cgroups": ["/sys/fs/cgroup/x"]}),
+    JobRejected("j1", "in use by a running job", "mounts.0.volume", "volume_busy"),
 ]
 
 

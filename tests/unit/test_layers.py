@@ -16,7 +16,7 @@ ENGINE = ("pyseccomp", "httpx", "sandbox.zygote", "sandbox.supply", "sandbox.pre
           "sandbox.cgroups", "sandbox.seccomp", "sandbox.profile", "sandbox.images.pull", "sandbox.images.unpack",
           "sandbox.images.registry", "sandbox.supervise", "worker.launcher")
 ZYGOTE_MODULES = {"sandbox", "sandbox.child", "sandbox.errors", "sandbox.fspath", "sandbox.linux",
-                  "sandbox.linux.syscalls", "sandbox.overlay", "sandbox.rootfs", "sandbox.stages", "sandbox.template", "sandbox.init_abi",
+                  "sandbox.linux.syscalls", "sandbox.overlay", "sandbox.rootfs", "sandbox.stages", "sandbox.template", "sandbox.init_abi", "sandbox.volume_layer",
                   "sandbox.zygote"}
 
 
