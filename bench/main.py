@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import cli, cpu, density, doors, humaneval, images, judge, profile, report, worker
+from bench import build, cli, cpu, density, doors, humaneval, images, judge, profile, report, worker
 from bench.common import REPO, load_average, machine
 
 PARTS: dict[str, Callable[[bool], dict]] = {
@@ -31,6 +31,7 @@ PARTS: dict[str, Callable[[bool], dict]] = {
     "judge": judge.run,                                                 # part 8
     "doors": doors.run,                                                 # part 9
     "cli": cli.run,                                                     # the CLI's cold path
+    "build": build.run,                                                 # sandbox build against podman build
     # last: starting thousands of sandboxes loads the machine for a minute after it
     "density": density.run,                                             # part 5
 }

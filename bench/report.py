@@ -6,6 +6,7 @@ display needed), and the summary between the bench markers in README.md.
 from __future__ import annotations
 
 import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,24 @@ def _images_section(part: dict[str, Any]) -> list[str]:
             f"{part['lease_us_median']:.0f} us; `/bin/true` through `Runner.run`: host image "
             f"{part['job_ms_median']['host']:.2f} ms, cached image {part['job_ms_median']['image']:.2f} ms "
             f"(image adds {part['start_up_added_ms']:+.2f} ms).", ""]
+
+
+def _build_section(part: dict[str, Any]) -> list[str]:
+    if "sandbox" not in part:
+        return []
+    lines = [f"### Building an image (a small Python app on the Debian 12 + python3 base, {part['runs']} runs each)",
+             "", "| tool | cold build s (median) | cached build s (median) | layers added (gzip) kB |",
+             "| --- | ---: | ---: | ---: |"]
+    for tool in ("sandbox", "podman"):
+        if tool in part:
+            side = part[tool]
+            lines.append(f"| {'sandbox build' if tool == 'sandbox' else 'podman build (rootless)'} | "
+                         f"{statistics.median(side['cold_s']):.2f} | {statistics.median(side['cached_s']):.2f} | "
+                         f"{side['added_bytes'] / 1e3:.0f} |")
+    if "measured" in part:
+        lines += ["", f"(Measured in a run of this part alone, {part['measured']}, load average "
+                      f"{part.get('load_1min_before', 0):.2f} before it.)"]
+    return lines + [""]
 
 
 def _humaneval_section(part: dict[str, Any]) -> list[str]:
@@ -405,6 +424,7 @@ def render(results: dict[str, Any], images: list[str]) -> str:
     part = results.get("worker", {})
     lines += _latency_section(part) + _cpu_section(results.get("cpu", {}))
     lines += _density_section(results.get("density", {})) + _images_section(results.get("images", {}))
+    lines += _build_section(results.get("build", {}))
     lines += _humaneval_section(results.get("humaneval", {})) + _judge_section(results.get("judge", {}))
     lines += _doors_section(results.get("doors", {})) + _cli_section(results.get("cli", {}))
     lines += _profile_section(results)

@@ -76,8 +76,10 @@ def _put(blobs: Path, data: bytes) -> str:
 
 
 def image_manifest(blobs: Path, layers: list[bytes], *, compression: str = "gzip", config: dict | None = None,
-                   arch: str = "amd64", diff_ids: list[str] | None = None) -> tuple[str, int]:
-    """Write config, layers and manifest blobs; returns (manifest digest, size)."""
+                   arch: str = "amd64", diff_ids: list[str] | None = None,
+                   history: list[str] | None = None) -> tuple[str, int]:
+    """Write config, layers and manifest blobs; returns (manifest digest, size). ``history``:
+    a ``created_by`` per layer (tools that build on an image, podman, want one)."""
     descriptors = []
     for raw in layers:
         blob, media_type = compress(raw, compression)
@@ -87,6 +89,8 @@ def image_manifest(blobs: Path, layers: list[bytes], *, compression: str = "gzip
         "config": {"Env": ["PATH=/bin:/usr/bin"], "Cmd": ["sh", "-c", "echo default-cmd"], **(config or {})},
         "rootfs": {"type": "layers", "diff_ids": diff_ids or [_digest(raw) for raw in layers]},
     }
+    if history is not None:
+        image_config["history"] = [{"created_by": line} for line in history]
     config_blob = json.dumps(image_config).encode()
     manifest = {
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
