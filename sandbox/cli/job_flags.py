@@ -47,6 +47,11 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, languages: bool = Fals
     parser.add_argument("--image", help="root filesystem image (default: the built-in 'host')")
     parser.add_argument("--profile", default="default",
                         help="seccomp profile and defaults: a name (sandbox profile list) or a profile file")
+    parser.add_argument("--network", choices=["egress"],
+                        help="egress: reach the outside through a user-space stack (private ranges and the "
+                             "host stay unreachable; default: the profile's mode)")
+    parser.add_argument("--allow-net", action="append", default=[], metavar="CIDR",
+                        help="with egress: let a blocked range through (e.g. 10.0.0.0/8; repeatable)")
     if languages:
         parser.add_argument("--lang", help="compile --source with this language preset, then run it "
                                            "(sandbox languages); --file and --env reach both stages")
@@ -77,6 +82,8 @@ def job_from_args(args: argparse.Namespace) -> Job:
         require_cgroups=args.require_cgroups,
         profile=args.profile,
         collect=collect_from_args(args),
+        network=args.network,
+        allow_net=args.allow_net,
     )
 
 
