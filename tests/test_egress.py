@@ -1,0 +1,144 @@
+"""Egress: a job reaches the outside through the user-space stack, and nothing it must
+not reach - private ranges, the host's own addresses, the host's loopback - unless
+allowed; the stack lives exactly as long as the job.
+
+Every address here is inside the test's own network world (tests/networld.py): the
+sandbox runs in a user and network namespace the test made, whose "outside" is a second
+namespace holding 192.0.2.1 (a documentation address) and 10.1.2.3 (a private one). In
+that nested user namespace the user's subordinate ids are not mapped, so the sandbox
+runs its jobs as the supervisor's user there (``ids.plan_ids`` says why), as it does on
+a host without a range."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hoststate import own_processes
+from test_cleanup import reaped_orphans, wait_until
+from workerutil import SANDBOX_CLI
+
+from sandbox.runner import Runner
+
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(180)]
+
+NETWORLD = Path(__file__).resolve().parent / "networld.py"
+PORT = 7777
+# Connects to each ADDRESS:PORT and prints what answered, or why nothing did.
+PROBE = f"""
+import socket, sys
+for address in sys.argv[1:]:
+    try:
+        with socket.create_connection((address, {PORT}), timeout=5) as connection:
+            print(address, connection.recv(100).decode().strip())
+    except OSError as exc:
+        print(address, "failed", type(exc).__name__)
+"""
+GATEWAY = "10.0.2.2"  # the stack's gateway: the host itself, its loopback refused
+
+
+def in_world(*run_args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(NETWORLD), str(PORT), "--", *SANDBOX_CLI, "run", *run_args],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def probe(*flags: str, targets: tuple[str, ...]) -> dict[str, str]:
+    done = in_world(*flags, "--", "python3", "-c", PROBE, *targets)
+    assert done.returncode == 0, done.stderr
+    answers = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert set(answers) == set(targets), done.stdout
+    return answers
+
+
+def stacks() -> list[int]:
+    """Our slirp4netns processes."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if (os.stat(f"/proc/{entry}").st_uid == os.getuid()
+                        and Path(f"/proc/{entry}/comm").read_text() == "slirp4netns\n"):
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def test_an_egress_job_reaches_the_outside_and_nothing_private():
+    answers = probe("--network", "egress", targets=("192.0.2.1", "10.1.2.3", "192.0.2.254", GATEWAY,
+                                                     "169.254.169.254"))
+    assert answers["192.0.2.1"] == "reached 192.0.2.1"
+    assert answers["10.1.2.3"].startswith("failed")  # a private range
+    assert answers["192.0.2.254"].startswith("failed")  # the host's own address
+    assert answers[GATEWAY].startswith("failed")  # the host's loopback, through the gateway
+    assert answers["169.254.169.254"].startswith("failed")  # link-local: metadata services
+    assert stacks() == []
+
+
+def test_an_allowed_range_gets_through():
+    answers = probe("--network", "egress", "--allow-net", "10.0.0.0/8", targets=("10.1.2.3", "192.0.2.254"))
+    assert answers["10.1.2.3"] == "reached 10.1.2.3"
+    assert answers["192.0.2.254"].startswith("failed")  # still the host's own
+    assert stacks() == []
+
+
+def test_a_job_without_egress_reaches_nothing():
+    answers = probe(targets=("192.0.2.1", "10.1.2.3", "192.0.2.254"))
+    assert all(answer.startswith("failed") for answer in answers.values()), answers
+
+
+def test_an_egress_job_is_told_the_stacks_resolver():
+    done = in_world("--network", "egress", "--", "cat", "/etc/resolv.conf")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "nameserver 10.0.2.3\n"
+
+
+def test_the_stack_ends_with_a_job_killed_for_its_wall_time():
+    reach_then_sleep = PROBE + "\nsys.stdout.flush()\nimport time\ntime.sleep(100)\n"
+    done = in_world("--network", "egress", "--wall-time", "2s", "--json", "--", "python3", "-c", reach_then_sleep,
+                    "192.0.2.1")
+    result = json.loads(done.stdout)
+    assert result["status"] == "wall_time_limit", done.stdout + done.stderr
+    assert result["stdout"] == "192.0.2.1 reached 192.0.2.1\n"  # the stack was there
+    assert stacks() == []
+
+
+@pytest.mark.cgroup
+def test_the_stack_ends_with_a_killed_supervisor(slowdown):
+    timeout = 10 * slowdown
+    survivors = own_processes()
+    world = subprocess.Popen(
+        [sys.executable, str(NETWORLD), str(PORT), "--", *SANDBOX_CLI, "run", "--network", "egress", "--",
+         "sleep", "100"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(lambda: stacks() or world.poll() is not None, 3 * timeout)
+        found = stacks()
+        assert len(found) == 1, "no stack started"
+        stack = found[0]
+        supervisor = int(Path(f"/proc/{stack}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        pidfd = os.pidfd_open(stack)
+        try:
+            os.kill(supervisor, signal.SIGKILL)
+            assert select.select([pidfd], [], [], timeout)[0], "the stack outlived its supervisor"
+        finally:
+            os.close(pidfd)
+        world.wait(timeout=timeout)
+        # The stack, the sandbox init and the rest were reparented to us (a subreaper):
+        # reap them, as any subreaper must.
+        assert wait_until(lambda: reaped_orphans(survivors), timeout)
+    finally:
+        if world.poll() is None:
+            world.kill()
+            world.wait()
+    assert stacks() == []
+    Runner().close()  # a new runner reaps the killed supervisor's job cgroup
