@@ -21,7 +21,6 @@ from typing import Any
 from sandbox import prepare
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
 from sandbox.collect import Collected, not_collected, receive
-from sandbox.egress import start as start_egress
 from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
 from sandbox.ids import plan_ids
 from sandbox.job_message import (
@@ -303,6 +302,9 @@ class Runner:
             member.failed = Result(Status.INTERNAL_ERROR, error=message or "sandbox did not start", warnings=warnings)
             return member
         if egress:  # (stopped before the sandbox is retired: the callbacks run last first)
+            # Imported for egress jobs only: the command line's cold path loads no subprocess.
+            from sandbox.egress import start as start_egress
+
             cleanup.callback(start_egress(prepared.init_pid, job.allow_net).stop)
         if cgroup is not None:
             cgroup.apply_limits(limits)
@@ -443,7 +445,7 @@ def _wants_egress(job: Job, profile_network: str) -> bool:
                        "a profile with network loopback or egress", field="network")
     egress = job.network == "egress" or profile_network == "egress"
     if job.allow_net and not egress:
-        raise JobError("allow_net opens ranges to an egress job: give network egress too", field="allow_net")
+        raise JobError("allowed ranges are for an egress job: ask for network egress too", field="allow_net")
     return egress
 
 

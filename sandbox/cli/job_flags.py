@@ -122,6 +122,8 @@ def language_form(args: argparse.Namespace) -> bool:
         return False
     if args.collect:
         raise JobError("--collect reads what a command leaves: not with --lang", field="collect")
+    if args.network or args.allow_net:
+        raise JobError("--network and --allow-net give a command the outside: not with --lang", field="network")
     if not (args.lang and args.source):
         raise JobError("--lang and --source go together", field="lang")
     if args.image is not None or args.cwd is not None:
