@@ -142,3 +142,48 @@ def test_the_stack_ends_with_a_killed_supervisor(slowdown):
             world.wait()
     assert stacks() == []
     Runner().close()  # a new runner reaps the killed supervisor's job cgroup
+
+
+# Inside the world: a worker with a warm sandbox; once it offers that sandbox for the
+# direct hand-over, an egress job (which must not take it) and then a plain one (which does).
+WORKER_DRIVER = f"""
+import json, subprocess, sys, time
+from sandbox.models import Job
+from worker.client import Client, accepting
+PROBE = {PROBE!r}
+path, timeout = sys.argv[1], float(sys.argv[2])
+worker = subprocess.Popen([sys.executable, "-m", "sandbox.cli", "serve", "--socket", path, "--slots", "1",
+                           "--warm", "1"], stderr=subprocess.DEVNULL)
+try:
+    deadline = time.monotonic() + timeout
+    while not accepting(path):
+        assert worker.poll() is None and time.monotonic() < deadline, "the worker did not start"
+        time.sleep(0.01)
+    with Client(path) as client:
+        while client.stats()["offers_ready"] < 1:
+            assert time.monotonic() < deadline, "no warm sandbox was offered"
+            time.sleep(0.01)
+        egress = client.run(Job(cmd=["python3", "-c", PROBE, "192.0.2.1"], network="egress", profile="ci"))
+        after_egress = client.stats()["direct_handovers"]
+        plain = client.run(Job(cmd=["python3", "-c", PROBE, "192.0.2.1"]))
+        after_plain = client.stats()["direct_handovers"]
+    print(json.dumps({{"egress": egress.stdout.decode(), "plain": plain.stdout.decode(),
+                      "handovers": [after_egress, after_plain]}}))
+finally:
+    worker.terminate()
+    worker.wait()
+"""
+
+
+def test_an_egress_job_through_the_worker_starts_cold_and_reaches_out(tmp_path, slowdown):
+    done = subprocess.run(
+        [sys.executable, str(NETWORLD), str(PORT), "--", sys.executable, "-c", WORKER_DRIVER,
+         str(tmp_path / "w.sock"), str(60 * slowdown)],
+        capture_output=True, text=True, timeout=170,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["egress"] == "192.0.2.1 reached 192.0.2.1\n"
+    assert report["plain"].startswith("192.0.2.1 failed")
+    assert report["handovers"] == [0, 1]  # the offered warm sandbox went to the plain job only
+    assert stacks() == []

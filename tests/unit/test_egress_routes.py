@@ -8,7 +8,8 @@ import pytest
 
 from sandbox.egress import Route, route_plan
 from sandbox.errors import JobError
-from sandbox.models import Job
+from sandbox.models import Job, Limits
+from sandbox.warm_kind import WarmKind
 
 
 def unreachable(routes: list[Route]) -> set[str]:
@@ -48,3 +49,9 @@ def test_allowed_ranges_are_checked_and_written_canonically():
         Job(cmd=["true"], network="egress", allow_net=["ten"])
     with pytest.raises(JobError, match="network must be"):
         Job(cmd=["true"], network="host")
+
+
+def test_an_egress_job_never_fits_a_warm_sandbox():
+    kind = WarmKind("ci")
+    assert kind.fits(profile="ci", image="host", limits=Limits())
+    assert not kind.fits(profile="ci", image="host", limits=Limits(), egress=True)
