@@ -95,10 +95,18 @@ def test_a_job_without_egress_reaches_nothing():
     assert all(answer.startswith("failed") for answer in answers.values()), answers
 
 
-def test_an_egress_job_is_told_the_stacks_resolver():
-    done = in_world("--network", "egress", "--", "cat", "/etc/resolv.conf")
+def test_an_egress_job_resolves_names_through_the_stack():
+    """The job's resolv.conf names the stack's resolver, which asks the host's (here the
+    world's DNS server, which answers every name with 192.0.2.1)."""
+    done = in_world("--network", "egress", "--", "sh", "-c", "cat /etc/resolv.conf; python3 -c \"$0\" outside.test",
+                    PROBE)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "nameserver 10.0.2.3\n"
+    assert done.stdout == "nameserver 10.0.2.3\noutside.test reached 192.0.2.1\n"
+
+
+def test_a_job_without_egress_resolves_nothing():
+    done = in_world("--", "python3", "-c", PROBE, "outside.test")
+    assert done.stdout == "outside.test failed gaierror\n", done.stderr
 
 
 def test_the_stack_ends_with_a_job_killed_for_its_wall_time():
