@@ -153,12 +153,24 @@ def test_the_stack_ends_with_a_killed_supervisor(slowdown):
 
 
 # Inside the world: a worker with a warm sandbox; once it offers that sandbox for the
-# direct hand-over, an egress job (which must not take it) and then a plain one (which does).
+# direct hand-over, an egress job (which must not take it) and then a plain one (which
+# does); then an egress job cancelled once its stack runs.
 WORKER_DRIVER = f"""
-import json, subprocess, sys, time
+import json, os, subprocess, sys, time
+from pathlib import Path
 from sandbox.models import Job
 from worker.client import Client, accepting
 PROBE = {PROBE!r}
+def stacks():
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if (entry.isdigit() and os.stat(f"/proc/{{entry}}").st_uid == os.getuid()
+                    and Path(f"/proc/{{entry}}/comm").read_text() == "slirp4netns\\n"):
+                found.append(entry)
+        except OSError:
+            pass
+    return found
 path, timeout = sys.argv[1], float(sys.argv[2])
 worker = subprocess.Popen([sys.executable, "-m", "sandbox.cli", "serve", "--socket", path, "--slots", "1",
                            "--warm", "1"], stderr=subprocess.DEVNULL)
@@ -175,15 +187,23 @@ try:
         after_egress = client.stats()["direct_handovers"]
         plain = client.run(Job(cmd=["python3", "-c", PROBE, "192.0.2.1"]))
         after_plain = client.stats()["direct_handovers"]
+        sleeper = client.submit(Job(cmd=["sleep", "100"], network="egress", profile="ci"))
+        while not stacks():
+            assert time.monotonic() < deadline, "the cancelled job's stack never started"
+            time.sleep(0.01)
+        client.cancel(sleeper)
+        cancelled = client.wait(sleeper)
+        left = stacks()
     print(json.dumps({{"egress": egress.stdout.decode(), "plain": plain.stdout.decode(),
-                      "handovers": [after_egress, after_plain]}}))
+                      "handovers": [after_egress, after_plain], "cancelled": cancelled.status.value,
+                      "stacks_after_cancel": left}}))
 finally:
     worker.terminate()
     worker.wait()
 """
 
 
-def test_an_egress_job_through_the_worker_starts_cold_and_reaches_out(tmp_path, slowdown):
+def test_an_egress_job_through_the_worker_starts_cold_reaches_out_and_is_cancelled_with_its_stack(tmp_path, slowdown):
     done = subprocess.run(
         [sys.executable, str(NETWORLD), str(PORT), "--", sys.executable, "-c", WORKER_DRIVER,
          str(tmp_path / "w.sock"), str(60 * slowdown)],
@@ -194,4 +214,6 @@ def test_an_egress_job_through_the_worker_starts_cold_and_reaches_out(tmp_path, 
     assert report["egress"] == "192.0.2.1 reached 192.0.2.1\n"
     assert report["plain"].startswith("192.0.2.1 failed")
     assert report["handovers"] == [0, 1]  # the offered warm sandbox went to the plain job only
+    assert report["cancelled"] == "cancelled"
+    assert report["stacks_after_cancel"] == []  # killed and reaped before the result went out
     assert stacks() == []
