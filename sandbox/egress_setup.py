@@ -8,8 +8,8 @@ process, and the supervisor may be a launcher with a thread per job. It reads th
 own addresses first (still in the host's network namespace: they are the ones the job
 must not reach through the stack), then enters the job's user namespace - the template
 one, whose owner it is, so it holds every capability there - and network namespace,
-and sets the tap device up with the job's address, the routes to the stack and the
-unreachable routes of ``egress.route_plan``. Exits non-zero with the reason on stderr.
+and sets the tap device up with the job's address, the routes to the stack (to its
+resolver for DNS only) and the unreachable routes of ``egress.route_plan``. Exits non-zero with the reason on stderr.
 """
 
 from __future__ import annotations
@@ -27,6 +27,13 @@ from sandbox.linux import syscalls as sc
 from sandbox.rootfs import STACK_RESOLVER
 
 RT_SCOPE_LINK = 253
+# The resolver's route lives in a table of its own, looked up only for DNS (port 53,
+# UDP and TCP): what the stack does with its resolver address on another port is up
+# to its version (it stands for the host's nameserver, often a private or loopback
+# address), so the job's namespace sends it nothing but DNS.
+RESOLVER_TABLE = 100
+RESOLVER_RULE_PRIORITY = 100
+DNS_PORT = 53
 
 
 def host_addresses() -> list[str]:
@@ -54,9 +61,12 @@ def configure(addresses: list[str], allowed: list[str]) -> None:
         tap = found[0]
         routes.link("set", index=tap, state="up")
         routes.addr("add", index=tap, address=JOB_ADDRESS, prefixlen=32)
-        for neighbour in (STACK_GATEWAY, STACK_RESOLVER):
-            routes.route("add", dst=f"{neighbour}/32", oif=tap, scope=RT_SCOPE_LINK)
+        routes.route("add", dst=f"{STACK_GATEWAY}/32", oif=tap, scope=RT_SCOPE_LINK)
         routes.route("add", dst="0.0.0.0/0", gateway=STACK_GATEWAY, oif=tap)
+        routes.route("add", dst=f"{STACK_RESOLVER}/32", oif=tap, scope=RT_SCOPE_LINK, table=RESOLVER_TABLE)
+        for protocol in (socket.IPPROTO_UDP, socket.IPPROTO_TCP):
+            routes.rule("add", table=RESOLVER_TABLE, priority=RESOLVER_RULE_PRIORITY, dst=STACK_RESOLVER, dst_len=32,
+                        ip_proto=protocol, dport_range=f"{DNS_PORT}:{DNS_PORT}")
         for route in route_plan(addresses, allowed):
             ipv6 = ":" in route.destination
             try:

@@ -41,6 +41,7 @@ for address in sys.argv[1:]:
         print(address, "failed", type(exc).__name__)
 """
 GATEWAY = "10.0.2.2"  # the stack's gateway: the host itself, its loopback refused
+RESOLVER = "10.0.2.3"  # the stack's resolver: DNS only
 
 
 def in_world(*run_args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -74,12 +75,13 @@ def stacks() -> list[int]:
 
 def test_an_egress_job_reaches_the_outside_and_nothing_private():
     answers = probe("--network", "egress", targets=("192.0.2.1", "10.1.2.3", "192.0.2.254", GATEWAY,
-                                                     "169.254.169.254"))
+                                                     "169.254.169.254", RESOLVER))
     assert answers["192.0.2.1"] == "reached 192.0.2.1"
     assert answers["10.1.2.3"].startswith("failed")  # a private range
     assert answers["192.0.2.254"].startswith("failed")  # the host's own address
     assert answers[GATEWAY].startswith("failed")  # the host's loopback, through the gateway
     assert answers["169.254.169.254"].startswith("failed")  # link-local: metadata services
+    assert answers[RESOLVER].startswith("failed")  # the stack's resolver, on another port than DNS's
     assert stacks() == []
 
 
@@ -102,6 +104,23 @@ def test_an_egress_job_resolves_names_through_the_stack():
                     PROBE)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "nameserver 10.0.2.3\noutside.test reached 192.0.2.1\n"
+
+
+ROUTE_TO = """
+import socket, sys
+for port in sys.argv[1:]:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("10.0.2.3", int(port)))  # (a UDP connect only looks the route up)
+        print(port, "routed")
+    except OSError as exc:
+        print(port, "unroutable", exc.errno)
+"""
+
+
+def test_the_stacks_resolver_is_routed_for_dns_only():
+    done = in_world("--network", "egress", "--", "python3", "-c", ROUTE_TO, "53", "7777")
+    assert done.stdout == "53 routed\n7777 unroutable 113\n", done.stderr  # EHOSTUNREACH
 
 
 def test_a_job_without_egress_resolves_nothing():
