@@ -66,25 +66,29 @@ class Route:
 
 def route_plan(host_addresses: Iterable[str], allowed: Sequence[str]) -> list[Route]:
     """The routes that keep the blocked ranges and the host's own addresses unreachable,
-    less what ``allowed`` lets through: a range an allowed one covers is left out, and
-    an allowed range inside one still blocked is routed through the stack (the longer
-    prefix wins). The host's loopback addresses need none: 127.0.0.0/8 is the job's own."""
+    less what ``allowed`` lets through: a blocked range an allowed one covers is left
+    out, and an allowed range inside one still blocked is routed through the stack (the
+    longer prefix wins). A host's own address is let through only when allowed by itself
+    (its /32): allowing the network a host sits in (an internal mirror's 10.0.0.0/8)
+    must not open the host's own services. The host's loopback addresses need no route:
+    127.0.0.0/8 is the job's own."""
     permitted = [ipaddress.ip_network(text) for text in allowed]
-
-    def covered(network: Network) -> bool:
-        return any(_within(network, p) for p in permitted)
-
-    blocked: list[Network] = [ipaddress.ip_network(text) for text in BLOCKED]
-    for address in host_addresses:
-        ip = ipaddress.ip_address(address)
-        if not ip.is_loopback:
-            blocked.append(ipaddress.ip_network(ip))
     routes: list[Route] = []
     kept: list[Network] = []
-    for network in dict.fromkeys(blocked):
-        if not covered(network):
+
+    def block(network: Network) -> None:
+        if network not in kept:
             kept.append(network)
             routes.append(Route(str(network), "unreachable"))
+
+    for text in BLOCKED:
+        network = ipaddress.ip_network(text)
+        if not any(_within(network, p) for p in permitted):
+            block(network)
+    for address in host_addresses:
+        ip = ipaddress.ip_address(address)
+        if not ip.is_loopback and ipaddress.ip_network(ip) not in permitted:
+            block(ipaddress.ip_network(ip))
     for network in dict.fromkeys(permitted):
         if any(_within(network, k) for k in kept):
             routes.append(Route(str(network), "gateway"))

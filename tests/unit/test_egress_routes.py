@@ -36,9 +36,9 @@ def test_an_allowed_range_inside_a_blocked_one_is_routed_through_the_stack():
     assert Route("10.1.0.0/16", "gateway") in routes
 
 
-def test_a_hosts_address_inside_an_allowed_range_is_let_through():
-    routes = route_plan(["10.1.2.3"], ["10.0.0.0/8"])
-    assert "10.1.2.3/32" not in unreachable(routes)
+def test_a_hosts_own_address_is_let_through_only_when_allowed_by_itself():
+    assert "10.1.2.3/32" in unreachable(route_plan(["10.1.2.3"], ["10.0.0.0/8"]))
+    assert "10.1.2.3/32" not in unreachable(route_plan(["10.1.2.3"], ["10.1.2.3/32"]))
 
 
 def test_allowed_ranges_are_checked_and_written_canonically():
