@@ -38,6 +38,7 @@ def run_checks(out: TextIO) -> int:
         _cgroups,
         _job_ids,
         _seccomp,
+        _egress,
         _end_to_end,
     ]
     failed = False
@@ -69,6 +70,18 @@ def _read(path: str) -> str | None:
             return handle.read().strip()
     except OSError:
         return None
+
+
+def _egress() -> list[Check]:
+    """Optional: only ``--network egress`` needs it, so a warning at most."""
+    from sandbox.egress import stack_binary
+
+    if stack_binary() is None:
+        return [Check("warn", "egress (--network egress): slirp4netns missing", "apt-get install slirp4netns")]
+    if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
+        return [Check("warn", "egress (--network egress): /dev/net/tun is not usable by this user",
+                      "chmod 0666 /dev/net/tun (Debian's udev default; scripts/setup does it)")]
+    return [Check("ok", "egress (--network egress): slirp4netns and /dev/net/tun")]
 
 
 def _init_binary() -> list[Check]:

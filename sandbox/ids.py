@@ -86,7 +86,23 @@ def plan_ids() -> IdPlan:
     if granted is None:
         return IdPlan(uid, gid, problem=f"no subordinate id range of at least {BLOCK} in /etc/subuid and "
                                         f"/etc/subgid for {name}: run 'sudo sandbox setup-cgroups --user {name}'")
+    if not (_mapped("/proc/self/uid_map", granted.uid, granted.count)
+            and _mapped("/proc/self/gid_map", granted.gid, granted.count)):
+        return IdPlan(uid, gid, problem="this process runs in a user namespace that does not map its subordinate ids "
+                                        f"(a container, or a test's network world): {name}'s jobs cannot have them")
     return IdPlan(uid, gid, granted, "newidmap")
+
+
+def _mapped(map_path: str, first: int, count: int) -> bool:
+    """Whether ids ``first``.. (``count`` of them) all exist in this process's user
+    namespace - always, in the host's own. In a nested one they do not, and newuidmap
+    (whose set-uid root is not mapped there either) could not map them for the template."""
+    with open(map_path) as handle:
+        for line in handle.read().splitlines():
+            inside, _, length = (int(field) for field in line.split())
+            if inside <= first and first + count <= inside + length:
+                return True
+    return False
 
 
 def _granted_range(name: str, uid: int) -> IdRange | None:

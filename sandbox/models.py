@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import ipaddress
 import math
 import posixpath
 import re
@@ -45,6 +46,7 @@ _TREE_ID = re.compile(r"tree:sha256:[0-9a-f]{64}")
 # Trees a job mounts (each an fd of its job message, as input files are), and where: in
 # its writable area, where the sandbox init can make the mount point whatever the image.
 MAX_MOUNTS = 16
+MAX_ALLOWED_NETS = 64  # an egress job's allowed ranges: a route each in its namespace
 
 
 class Status(str, enum.Enum):
@@ -360,6 +362,10 @@ class Job:
     # Cached trees mounted read-only, shared by every job that names them; host
     # directories bound and named volumes (Mount).
     mounts: list[Mount] = field(default_factory=list)
+    # "egress": the outside through a user-space stack (sandbox/egress.py); None: the
+    # profile's network mode. ``allow_net``: blocked ranges an egress job may reach.
+    network: str | None = None
+    allow_net: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check_text("profile", self.profile)
@@ -395,6 +401,29 @@ class Job:
         if len(self.collect) > MAX_COLLECT:
             raise JobError(f"more than {MAX_COLLECT} paths to collect", field="collect")
         self._check_mounts()
+        self._check_network()
+
+    def _check_network(self) -> None:
+        """Only egress can be asked for: the other modes are the profile's seccomp
+        policy, fixed when the profile's filter is compiled. The allowed ranges are
+        written canonically here."""
+        if self.network not in (None, "egress"):
+            raise JobError(f"network must be 'egress' or absent (the profile's), not {self.network!r}",
+                           field="network")
+        if not isinstance(self.allow_net, list) or not all(isinstance(text, str) for text in self.allow_net):
+            raise JobError("allow_net must be a list of address ranges", field="allow_net")
+        if len(self.allow_net) > MAX_ALLOWED_NETS:
+            raise JobError(f"more than {MAX_ALLOWED_NETS} ranges", field="allow_net")
+        networks = []
+        for text in self.allow_net:
+            try:
+                network = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise JobError(f"{text!r} is not an address range (CIDR, e.g. 10.0.0.0/8)", field="allow_net") from None
+            if network.version != 4:
+                raise JobError(f"{text}: egress carries IPv4 only", field="allow_net")
+            networks.append(str(network))
+        self.allow_net = networks
 
     def _check_mounts(self) -> None:
         """Each mount names one tree and a mount point of its own in the writable area:

@@ -24,7 +24,10 @@ from sandbox.models import LIMIT_NAMES, Limits
 from sandbox.profile_names import profile_chain, profile_path
 from sandbox.seccomp_policy import NAMED_CONSTANTS, ArgRule, SeccompPolicy, check_action
 
-NETWORK_MODES = ("none", "loopback")
+NETWORK_MODES = ("none", "loopback", "egress")
+# The modes whose jobs may open inet sockets (the job's own lo; and with egress, the
+# user-space stack's link, egress.py).
+INET_MODES = ("loopback", "egress")
 _TOP_KEYS = {"extends", "description", "network", "limits", "env", "seccomp"}
 _SECCOMP_KEYS = {"default", "exec", "allow", "kill", "noop", "errno", "allow_if", "allow_unless", "allow_if_clear"}
 _RULE_KEYS = {"syscall", "arg", "values", "mask", "action"}
@@ -52,9 +55,10 @@ def load_profile(name_or_path: str) -> Profile:
 
 def _socket_rules(profile: Profile) -> None:
     """Socket families follow the network mode unless the profile rules on socket
-    itself: AF_UNIX always, AF_INET/AF_INET6 with "loopback" (the job's own lo)."""
+    itself: AF_UNIX always, AF_INET/AF_INET6 with "loopback" (the job's own lo) and
+    "egress" (its lo and the stack's link)."""
     policy = profile.seccomp
-    families = ["AF_UNIX"] + (["AF_INET", "AF_INET6"] if profile.network == "loopback" else [])
+    families = ["AF_UNIX"] + (["AF_INET", "AF_INET6"] if profile.network in INET_MODES else [])
     if "socket" not in policy.actions and "socket" not in policy.arg_rules:
         values = [NAMED_CONSTANTS[f] for f in families]
         policy.arg_rules["socket"] = [ArgRule(kind="allow_if", syscall="socket", arg=0, values=values)]

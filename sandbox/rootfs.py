@@ -38,6 +38,10 @@ from sandbox.overlay import BASE_UPPER_BYTES, mount_image_root, open_layers, sea
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
 HOSTNAME = "sandbox"
+# The resolver every sandbox's /etc/resolv.conf names: the egress stack's (egress.py),
+# which forwards to the host's. Only an egress job has a route to it; any other job's
+# lookups fail at once (no route), instead of asking the host's resolver or waiting.
+STACK_RESOLVER = "10.0.2.3"
 
 _RO = sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
 _HOST_TOP_LEVEL = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -70,6 +74,7 @@ def generated_etc() -> dict[str, str]:
         "group": f"root:x:0:\nsandbox:x:{SANDBOX_GID}:\nnogroup:x:65534:\n",
         "hosts": f"127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost\n",
         "hostname": f"{HOSTNAME}\n",
+        "resolv.conf": f"nameserver {STACK_RESOLVER}\n",
     }
 
 
@@ -114,7 +119,7 @@ def _host_etc_entry(name: str) -> bool:
 def populate_host_image(root_fd: int) -> None:
     """The built-in ``host`` image: the host's system directories and the allow-listed
     part of /etc, each bound read-only at its own path, and generated passwd, group,
-    hosts and hostname. (One bind of a prepared copy of /etc would be cheaper, but its
+    hosts, hostname and resolv.conf. (One bind of a prepared copy of /etc would be cheaper, but its
     source path - in the user's home - would show in the job's /proc/self/mountinfo.)"""
     for name in _HOST_TOP_LEVEL:
         host_path = "/" + name
@@ -175,11 +180,11 @@ _IMAGE_MOUNT_POINTS = ("proc", "dev", "work", "tmp", "etc")
 # Where an image's base is built, in its builder's private copy of the host's tree (the
 # base's tmpfs covers it, so nothing of the host's /tmp shows).
 IMAGE_WORKSPACE = "/tmp"
-_IMAGE_GENERATED_ETC = ("hosts", "hostname")
+_IMAGE_GENERATED_ETC = ("hosts", "hostname", "resolv.conf")
 
 
 def populate_image_root(root_fd: int, workdir: str) -> None:
-    """Write /etc/hosts and /etc/hostname into an image root (replacing the image's
+    """Write /etc/hosts, /etc/hostname and /etc/resolv.conf into an image root (replacing the image's
     files or symlinks there), and make the job's working directory."""
     etc = make_dirs_beneath(root_fd, "etc")
     try:
@@ -235,7 +240,7 @@ def build_image_base(layers: list[str], workdir: str) -> None:
     """(In the image's builder: pid 1 of a pid namespace of its own, on a private copy of
     the host's tree, which overlayfs needs its layers in.) Build the image's read-only
     base - the overlay of its layers under a layer holding /etc/hosts, /etc/hostname,
-    ``workdir`` and the sandbox's mount points - with /dev and a /proc of this empty pid
+    /etc/resolv.conf, ``workdir`` and the sandbox's mount points - with /dev and a /proc of this empty pid
     namespace (what lets each sandbox mount its own there), and make it this namespace's
     root. Each sandbox copies the namespace and adds its writable layer
     (``native/root.c``)."""

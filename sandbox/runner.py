@@ -49,6 +49,7 @@ from sandbox.models import (
     WarmSpec,
 )
 from sandbox.prepare import ImageRoot
+from sandbox.profile import INET_MODES
 from sandbox.profile_cache import ProfileCache
 from sandbox.rootfs import SANDBOX_UID
 from sandbox.supervise import Outcome, Watch, supervise
@@ -307,12 +308,13 @@ class Runner:
             )
         if self.id_plan.problem is not None:
             warnings.append(f"the job ran as this user, as every job of it does ({self.id_plan.problem})")
+        egress = _wants_egress(job, profile.profile.network)
         command = None
         if handed is None:
             argv, env, cwd, image_root = _image_for(job, cleanup, profile.env, self._supply_lock)
             command = (argv, env, cwd)
             sandbox = self.sandboxes.take(image_root, job.profile, limits, image_name=job.image, trace=trace,
-                                          trees=bool(job.mounts))
+                                          trees=bool(job.mounts), egress=egress)
             cleanup.callback(self.retire, sandbox)
         else:
             sandbox = handed.sandbox
@@ -322,6 +324,11 @@ class Runner:
             message = next((m["message"] for m in prepared.early if m["kind"] == "setup_error"), None)
             member.failed = Result(Status.INTERNAL_ERROR, error=message or "sandbox did not start", warnings=warnings)
             return member
+        if egress:  # (stopped before the sandbox is retired: the callbacks run last first)
+            # Imported for egress jobs only: the command line's cold path loads no subprocess.
+            from sandbox.egress import start as start_egress
+
+            cleanup.callback(start_egress(prepared.init_pid, job.allow_net).stop)
         if cgroup is not None:
             cgroup.apply_limits(limits)
             if not sandbox.accounting:
@@ -471,6 +478,18 @@ def _image_for(
         raise JobError(f"no command given and image {image.name} has no Entrypoint or Cmd", field="cmd")
     cwd = job.cwd or image.workdir() or WORKDIR
     return argv, {**profile_env, **image.env(base_env), **job.env}, cwd, ImageRoot(image.layer_dirs, cwd)
+
+
+def _wants_egress(job: Job, profile_network: str) -> bool:
+    """Whether the job gets egress: asked for, or its profile's mode. Asking takes a
+    profile whose filter allows inet sockets; ranges to allow take egress."""
+    if job.network == "egress" and profile_network not in INET_MODES:
+        raise JobError(f"profile {job.profile} has network {profile_network!r} (no inet sockets): egress needs "
+                       "a profile with network loopback or egress", field="network")
+    egress = job.network == "egress" or profile_network == "egress"
+    if job.allow_net and not egress:
+        raise JobError("allowed ranges are for an egress job: ask for network egress too", field="allow_net")
+    return egress
 
 
 def _locked(lock: threading.Lock, action: Callable[[], None]) -> None:

@@ -165,20 +165,22 @@ class SandboxSupply:
             self._zygote.wait_started()
 
     def take(self, image: ImageRoot | None, profile: str, limits: Limits, *, image_name: str, trace: bool,
-             trees: bool = False) -> Sandbox:
+             trees: bool = False, egress: bool = False) -> Sandbox:
         """A sandbox for a job: a warm one that fits it (``WarmKind.fits``) when there is
         one, else one built now. ``image`` is what the job's image reference
         ``image_name`` resolves to now: warm sandboxes of that reference built from other
         layers are stale (the image was pulled again since) and are retired. ``limits``:
         the job's, over its profile's (the caller writes its cgroup's). A job that mounts
         ``trees`` needs the zygote that made its sandbox (it clones them there): a warm
-        one whose zygote has gone (restarted for new host files, or died) is retired."""
+        one whose zygote has gone (restarted for new host files, or died) is retired.
+        An ``egress`` job never takes a warm one (``WarmKind.fits``)."""
         if len(self._retired) > MAX_RETIRED:
             self.finish()
         self._failed.clear()
 
         def fits(kind: WarmKind | None) -> bool:
-            return kind is not None and kind.fits(profile=profile, image=image_name, limits=limits, trace=trace)
+            return kind is not None and kind.fits(profile=profile, image=image_name, limits=limits, trace=trace,
+                                                  egress=egress)
 
         # The pool of the one kind whose sandboxes could fit, their cgroups permitting.
         spec = next((s for s in self.warm if fits(WarmKind(s.profile, s.image))), None)
@@ -245,7 +247,7 @@ class SandboxSupply:
         for spec in self.warm:
             elsewhere = [*self._ordered, *self._offered.values()]
             waiting = len(self._pools[spec]) + sum(other == spec for other, _ in elsewhere)
-            if spec not in self._failed and waiting < spec.count:
+            if spec not in self._failed and waiting < spec.count and not self._egress_profile(spec):
                 try:
                     self._ordered.append((spec, self._order_warm(spec)))
                 except SandboxError:
@@ -397,6 +399,10 @@ class SandboxSupply:
         if cgroup is not None:
             cgroup.close_attach_fds()  # the sandbox holds its own copies
         return _Order(start, cgroup, image, job_id=job_id)
+
+    def _egress_profile(self, spec: WarmSpec) -> bool:
+        """A profile whose jobs all have egress keeps no warm sandboxes: none would fit."""
+        return self.profiles.get(spec.profile).profile.network == "egress"
 
     def _deliver(self, order: _Order) -> Sandbox:
         return Sandbox(prepare.receive(order.start), order.cgroup, image=order.image, lease=order.lease,

@@ -31,11 +31,13 @@ class WarmKind:
     # holder cannot write others; None where the holder writes the job's own.
     held_to: tuple[int, int, float | None] | None = None
 
-    def fits(self, *, profile: str, image: str, limits: Limits, trace: bool = False) -> bool:
+    def fits(self, *, profile: str, image: str, limits: Limits, trace: bool = False, egress: bool = False) -> bool:
         """Whether a job of ``profile`` on ``image`` (its reference as the job wrote it),
         whose limits are ``limits`` (its own over its profile's), may run in a sandbox of
-        this kind; never one to trace (``trace``), which needs the tracing filter."""
-        if trace or profile != self.profile or image != self.image:
+        this kind; never one to trace (``trace``), which needs the tracing filter, nor an
+        ``egress`` job: its stack is started for it, on a sandbox made for it (warm ones
+        are never made with one)."""
+        if trace or egress or profile != self.profile or image != self.image:
             return False
         if limits.cpus is not None and not self.cpu_quota:
             return False

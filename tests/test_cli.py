@@ -82,6 +82,9 @@ def test_run_json_has_the_documented_shape(tmp_path):
         (["--profile", "nope"], "sandbox: --profile: no profile named 'nope' (known: ci, compile, default, strict"),
         (["--profile", "./nope.toml"], "sandbox: --profile: no profile file './nope.toml'"),
         (["--lang", "cpp"], "sandbox: --lang: --lang and --source go together"),
+        (["--network", "egress", "--allow-net", "ten"], "sandbox: --allow-net: 'ten' is not an address range"),
+        (["--allow-net", "10.0.0.0/8"], "sandbox: --allow-net: allowed ranges are for an egress job"),
+        (["--network", "egress", "--profile", "strict"], "sandbox: --network: profile strict has network 'none'"),
         (["--lang", "cobol", "--source", "/etc/hostname", "--image", "x"], "sandbox: --lang: --lang runs in the"),
     ],
 )

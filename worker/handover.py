@@ -58,7 +58,7 @@ class Offer:
         if job.files or job.mounts or (job.require_cgroups and not self.cgroups):
             return None  # (files, trees: opened by the launcher; no cgroups: it reports why it cannot run it)
         limits = job.limits.over(self.profile_limits)
-        fits = self.kind.fits(profile=job.profile, image=job.image, limits=limits)
+        fits = self.kind.fits(profile=job.profile, image=job.image, limits=limits, egress=job.network == "egress")
         # (an output limit no result frame carries: the launcher's way, which refuses it)
         return limits if fits and limits.output_bytes <= MAX_OUTPUT else None
 

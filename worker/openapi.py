@@ -100,6 +100,10 @@ SCHEMAS: dict[str, Any] = {
             "cwd": {"type": ["string", "null"]},
             "require_cgroups": {"type": "boolean", "default": False},
             "profile": {"type": "string", "default": "default"},
+            "network": {"type": ["string", "null"], "enum": ["egress", None],
+                        "description": "egress: the outside through a user-space stack; absent: the profile's mode."},
+            "allow_net": {"type": "array", "items": {"type": "string"},
+                          "description": "IPv4 ranges (CIDR) an egress job may reach though blocked by default."},
         },
     },
     "JobRequest": {

@@ -56,7 +56,7 @@ CLIENT_TYPES = {"hello", "submit", "group", "judge", "cancel", "status", "ping",
 SESSION_ACTIONS = {"session_pause": "pause", "session_resume": "resume", "session_stop": "stop",
                    "session_delete": "delete", "session_logs": "logs"}
 _JOB_KEYS = {"cmd", "limits", "env", "stdin", "files", "image", "cwd", "require_cgroups", "profile", "collect",
-             "mounts"}
+             "mounts", "network", "allow_net"}
 _COLLECT_KEYS = {"path", "max", "max_files", "cache"}
 _FILE_KEYS = {"path", "data", "file_id", "mode"}
 _MOUNT_KEYS = {"path", "tree_id", "bind", "volume", "writable", "size"}  # (host_dir: the launcher's own, never sent)
@@ -228,6 +228,8 @@ def job_from_wire(data: Any) -> Job:
             profile=_typed(data.get("profile", "default"), str, "profile"),
             collect=collect,
             mounts=mounts,
+            network=None if data.get("network") is None else _typed(data["network"], str, "network"),
+            allow_net=_typed(data.get("allow_net", []), list, "allow_net"),
         )
         return job
     except JobError as exc:
@@ -310,6 +312,10 @@ def job_to_wire(job: Job) -> dict[str, Any]:
     }
     if job.mounts:  # (only then: a worker without trees refuses the key)
         wire["mounts"] = [mount_to_wire(entry) for entry in job.mounts]
+    if job.network is not None:  # (the same: only then, for a worker without egress)
+        wire["network"] = job.network
+    if job.allow_net:
+        wire["allow_net"] = job.allow_net
     return wire
 
 

@@ -59,6 +59,11 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, languages: bool = Fals
         parser.add_argument("--image", help="root filesystem image (default: the built-in 'host')")
         parser.add_argument("--profile", default="default",
                             help="seccomp profile and defaults: a name (sandbox profile list) or a profile file")
+        parser.add_argument("--network", choices=["egress"],
+                            help="egress: reach the outside through a user-space stack (private ranges and the "
+                                 "host stay unreachable; default: the profile's mode)")
+        parser.add_argument("--allow-net", action="append", default=[], metavar="CIDR",
+                            help="with egress: let a blocked range through (e.g. 10.0.0.0/8; repeatable)")
     if languages:
         parser.add_argument("--lang", help="compile --source with this language preset, then run it "
                                            "(sandbox languages); --file and --env reach both stages")
@@ -90,6 +95,8 @@ def job_from_args(args: argparse.Namespace) -> Job:
         profile=getattr(args, "profile", "default"),
         collect=collect_from_args(args),
         mounts=mounts_from_args(args),
+        network=getattr(args, "network", None),
+        allow_net=getattr(args, "allow_net", []),
     )
 
 
@@ -161,6 +168,8 @@ def language_form(args: argparse.Namespace) -> bool:
         raise JobError("--collect reads what a command leaves: not with --lang", field="collect")
     if args.bind or args.volume:
         raise JobError("--bind and --volume mount for a command: not with --lang", field="mounts")
+    if args.network or args.allow_net:
+        raise JobError("--network and --allow-net give a command the outside: not with --lang", field="network")
     if not (args.lang and args.source):
         raise JobError("--lang and --source go together", field="lang")
     if args.image is not None or args.cwd is not None:
