@@ -46,6 +46,7 @@ import json
 import os
 import socket
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ class RunError(SandboxError):
 # ``--pids``, ``--cpus``, ``--timeout``): enough for a package manager, bounded so a
 # runaway step cannot take the host down with it.
 STEP_LIMITS = Limits(wall_time="30m", memory="4G", pids=4096)
+CGROUP_EMPTY_TIMEOUT_S = 10.0
 
 
 def run_step(layer_dirs: list[str], config: dict[str, Any], argv: list[str], workspace: Path,
@@ -94,7 +96,7 @@ def run_step(layer_dirs: list[str], config: dict[str, Any], argv: list[str], wor
             raise RunError(f"RUN needs {exc}") from None
         finally:
             oom_kills = cgroup.usage().oom_kills
-            cgroup.destroy()
+            _remove_cgroup(cgroup)
             _remove_left_over(workspace)
     errors = setup_errors(messages)
     if errors:
@@ -122,6 +124,22 @@ def _step_cgroup(limits: Limits) -> JobCgroup:
         cgroup.destroy()
         raise
     return cgroup
+
+
+def _remove_cgroup(cgroup: JobCgroup) -> None:
+    """Kill what is left of the step and remove its cgroup. A killed step's processes
+    are not ours to reap: G, pid 1 of its namespace, goes to the host's init once C is
+    gone, and leaves the cgroup only when every process of its namespace is dead and it
+    is reaped - so removing is retried until then, within a bound."""
+    deadline = time.monotonic() + CGROUP_EMPTY_TIMEOUT_S
+    while True:
+        try:
+            cgroup.destroy()
+            return
+        except CgroupError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)  # (no event says a v1 cgroup emptied: the kernel's reaping, polled)
 
 
 def _remove_left_over(workspace: Path) -> None:
