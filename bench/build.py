@@ -31,7 +31,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
 
 from imagebuild import debian_python_rootfs, oci_layout  # noqa: E402
 
-from bench.common import REPO  # noqa: E402
+from bench.common import REPO, write_raw  # noqa: E402
 from sandbox.images.store import remove_tree  # noqa: E402
 
 BASE = "bench/python:3.11"
@@ -155,11 +155,7 @@ def run(quick: bool) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
-    figures = measure(parser.parse_args().runs)
-    out = HERE / "results" / "raw" / f"build-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=1))
-    print(f"raw: {out}")
+    write_raw("build", measure(parser.parse_args().runs))
     return 0
 
 

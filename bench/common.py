@@ -8,6 +8,7 @@ is a measurement, not a test.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import platform
 import shutil
@@ -38,6 +39,15 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "user": os.environ.get("USER") or str(os.getuid()),
     }
+
+
+def write_raw(part: str, figures: dict[str, Any]) -> Path:
+    """A part run on its own keeps its figures as raw JSON under bench/results/raw."""
+    out = REPO / "bench" / "results" / "raw" / f"{part}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=1))
+    print(f"raw: {out}")
+    return out
 
 
 def load_average() -> float:

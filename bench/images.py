@@ -11,7 +11,6 @@ like the tests' one), prints figures and writes raw JSON under bench/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -27,7 +26,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
 from imagebuild import debian_python_layout  # noqa: E402
 from registries import skopeo_push, start_registry  # noqa: E402
 
-from bench.common import show, target  # noqa: E402
+from bench.common import show, target, write_raw  # noqa: E402
 from sandbox.images.config import ImagesConfig  # noqa: E402
 from sandbox.images.pull import pull  # noqa: E402
 from sandbox.images.runtime import lease_image  # noqa: E402
@@ -118,11 +117,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="cold pulls per tool")
     parser.add_argument("--jobs", type=int, default=40, help="jobs per image for the start-up figure")
     args = parser.parse_args()
-    figures = measure(args.runs, args.jobs)
-    out = HERE / "results" / "raw" / f"images-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=1))
-    print(f"raw: {out}")
+    write_raw("images", measure(args.runs, args.jobs))
     return 0
 
 

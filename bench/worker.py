@@ -9,7 +9,6 @@ Run it as the user the worker would run as, with cgroups delegated (bench/run do
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import peers
-from bench.common import REPO, Worker, machine, show, summary, target, worker_cpu_ms
+from bench.common import Worker, machine, show, summary, target, worker_cpu_ms, write_raw
 from sandbox.models import Job
 from worker.client import Client
 
@@ -173,12 +172,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer jobs, for a smoke run")
     args = parser.parse_args()
     print("machine:", machine())
-    report = run(args.quick)
-    out = REPO / "bench" / "results" / "raw"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"worker-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(json.dumps(report, indent=1))
-    print(f"\nraw: {path}")
+    write_raw("worker", run(args.quick))
     return 0
 
 

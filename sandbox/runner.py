@@ -222,7 +222,7 @@ class Runner:
     ) -> Result:
         with ExitStack() as cleanup:
             fds: list[int] = []
-            cleanup.callback(_close_all, fds)
+            cleanup.callback(close_quietly, fds)
             with self._supply_lock:
                 member = self._take(job, cleanup, handed, trace is not None)
                 if member.failed is not None:
@@ -247,7 +247,7 @@ class Runner:
         given, installs no signal handler and reaps only its own init."""
         with ExitStack() as cleanup:
             fds: list[int] = []
-            cleanup.callback(_close_all, fds)
+            cleanup.callback(close_quietly, fds)
             with self._supply_lock:
                 members = [self._take(job, cleanup, None, False) for job in group.jobs]
                 stdio = [_Stdio() for _ in members]
@@ -621,7 +621,8 @@ def _end_layers(member: _Member, *, merge: bool) -> None:
         zygote.end_volume_layer(layer, merge=merge)
 
 
-def _close_all(fds: list[int]) -> None:
+def close_quietly(fds: list[int]) -> None:
+    """Close each of ``fds``, whichever are already closed (a clean-up's last word)."""
     for fd in fds:
         try:
             os.close(fd)

@@ -40,7 +40,7 @@ from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
 from sandbox.job_message import DEFAULT_PATH, host_command, job_spec, job_stdin, rlimits, start_job
 from sandbox.models import DEFAULT_STOP_GRACE_S, WORKDIR, Job, Result, SessionSpec, Status
 from sandbox.prepare import ImageRoot
-from sandbox.runner import COLLECT_TIMEOUT_S, Runner, open_blob, result_of, usage_of
+from sandbox.runner import COLLECT_TIMEOUT_S, Runner, close_quietly, open_blob, result_of, usage_of
 from sandbox.supervise import Outcome, Watch, supervise
 from sandbox.supply import Sandbox
 
@@ -169,7 +169,7 @@ class Session:
         prepared = self._sandbox.prepared
         with ExitStack() as cleanup:
             fds: list[int] = []
-            cleanup.callback(_close_all, fds)
+            cleanup.callback(close_quietly, fds)
             cgroup = self._execs.create_job(cpu_quota=self._cgroup.cpu_quota)
             cleanup.callback(self._forget_exec, cgroup)
             cgroup.apply_limits(limits)
@@ -352,12 +352,3 @@ def _pipe(fds: list[int]) -> tuple[int, int]:
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     fds.extend((read_end, write_end))
     return read_end, write_end
-
-
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-

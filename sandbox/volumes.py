@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.errors import JobError, VolumeBusy
+from sandbox.locks import lock_is_held
 from sandbox.models import check_volume_name
 
 _LOCKS = ".locks"
@@ -89,17 +90,7 @@ class VolumeInfo:
 
 def in_use(root: Path, name: str) -> bool:
     """Whether a running job holds the volume (its lock is taken either way)."""
-    try:
-        fd = os.open(root / _LOCKS / name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return lock_is_held(root / _LOCKS / name)
 
 
 def list_volumes(root: Path) -> list[VolumeInfo]:

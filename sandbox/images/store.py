@@ -37,6 +37,7 @@ from typing import Any
 from sandbox.images import digests
 from sandbox.images.errors import AmbiguousImage, ImageError, ImageNotFound
 from sandbox.images.reference import Reference, parse
+from sandbox.locks import lock_is_held
 
 
 @dataclass
@@ -262,18 +263,7 @@ class Store:
         return fd
 
     def _leased(self, hex_id: str) -> bool:
-        path = self.root / "leases" / hex_id
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        return lock_is_held(self.root / "leases" / hex_id)
 
     def gc(self) -> GcReport:
         """Mark from refs and leases, sweep the rest. Holds the store lock exclusively,
