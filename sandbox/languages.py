@@ -163,13 +163,15 @@ class RunnerStages:
 @dataclass
 class Compiled:
     """A program compiled once, for any number of runs: the compile job's Result and
-    what every run gets in /work (the caller's files, the source, the artifacts)."""
+    what every run gets in /work (the caller's files, the source, the artifacts), and
+    the image both stages run on."""
 
     preset: Preset
     result: Result
     files: list[InputFile]
     env: dict[str, str]
     require_cgroups: bool
+    image: str
 
     @property
     def status(self) -> Status:
@@ -182,8 +184,10 @@ class Compiled:
 
 def compile_source(stages: Stages, preset: Preset, code: bytes, *, files: Sequence[InputFile] = (),
                    env: dict[str, str] | None = None, require_cgroups: bool = False,
-                   options: Sequence[str] = (), trace: list[Any] | None = None) -> Compiled:
-    """Compile ``code`` in the ``compile`` profile, with its limits.
+                   options: Sequence[str] = (), trace: list[Any] | None = None, image: str | None = None) -> Compiled:
+    """Compile ``code`` in the ``compile`` profile, with its limits, on ``image`` - the
+    language image unless told (an image built on it, ``sandbox build``, holding what a
+    course's programs need); the runs use the same image.
 
     ``files`` (a caller's headers, modules, data) are placed in /work for the compile and
     every run, and ``env`` is set in both, over the preset's: the compile may need the
@@ -194,16 +198,17 @@ def compile_source(stages: Stages, preset: Preset, code: bytes, *, files: Sequen
     build_limits = Limits(**stages.profile_limits("compile"))
     source_file = InputFile(f"{WORKDIR}/{preset.source}", Blob(data=code))
     require_cgroups = require_cgroups or preset.needs_cgroups
+    image = image or image_reference()
     result = _stage(stages, Job(
         cmd=_compile_argv(preset, build_limits, stages.parallelism, options), limits=build_limits,
-        files=[*files, source_file], image=image_reference(), profile="compile",
+        files=[*files, source_file], image=image, profile="compile",
         env={**_env(preset, build_limits, stages.parallelism), **(env or {})}, require_cgroups=require_cgroups,
     ), trace)
     artifacts: list[InputFile] = []
     if result.status is Status.OK:
         artifacts = _read_artifacts(result.stdout) if preset.artifacts else []
         result.stdout = b""  # the artifacts tar, not output anyone wants to read
-    return Compiled(preset, result, [*files, source_file, *artifacts], dict(env or {}), require_cgroups)
+    return Compiled(preset, result, [*files, source_file, *artifacts], dict(env or {}), require_cgroups, image)
 
 
 def run_compiled(stages: Stages, compiled: Compiled, *, stdin: Blob | None = None, limits: Limits | None = None,
@@ -226,7 +231,7 @@ def compiled_job(stages: Stages, compiled: Compiled, *, stdin: Blob | None = Non
     limits = Limits(**{**limits.given_values(), "pids": max(limits.pids, int(preset.quirks.get("min_pids", 1)))})
     return Job(
         cmd=[*_format(preset, preset.run, limits, stages.parallelism), *args], limits=limits,
-        files=[*compiled.files, *inputs], image=image_reference(), profile=profile,
+        files=[*compiled.files, *inputs], image=compiled.image, profile=profile,
         env={**_env(preset, limits, stages.parallelism), **compiled.env}, stdin=stdin,
         require_cgroups=compiled.require_cgroups,
     )
@@ -242,13 +247,14 @@ def read_source(source: Path) -> bytes:
 def run_source(stages: Stages, preset: Preset, source: Path, *, stdin: Blob | None = None,
                limits: Limits | None = None, profile: str = "default", files: Sequence[InputFile] = (),
                env: dict[str, str] | None = None, require_cgroups: bool = False, options: Sequence[str] = (),
-               args: Sequence[str] = (), traces: tuple[list[Any], list[Any]] | None = None) -> LanguageRun:
+               args: Sequence[str] = (), traces: tuple[list[Any], list[Any]] | None = None,
+               image: str | None = None) -> LanguageRun:
     """Compile (``compile_source``, with the compiler ``options``) and run once
     (``run_compiled``, with the program's ``args``). With ``traces`` (compile, run), both
     stages run traced (scripts/record-evidence)."""
     compile_trace, run_trace = traces or (None, None)
     compiled = compile_source(stages, preset, read_source(source), files=files, env=env,
-                              require_cgroups=require_cgroups, options=options, trace=compile_trace)
+                              require_cgroups=require_cgroups, options=options, trace=compile_trace, image=image)
     if compiled.status is not Status.OK:
         return LanguageRun(compiled.status, compiled.result, None)
     ran = run_compiled(stages, compiled, stdin=stdin, limits=limits, profile=profile, args=args, trace=run_trace)
@@ -274,6 +280,8 @@ def run_stages_together(stages: Stages, jobs: list[Job], pipes: list[Pipe]) -> l
 
 def _named(exc: JobError, job: Job) -> JobError:
     if exc.field is not None and (exc.field == "image" or exc.field.endswith(".image")):
+        if job.image != image_reference():
+            return JobError(f"the image {job.image} is not in the image store", field="image")
         return JobError(f"the language image {job.image} is not in the image store: build it with "
                         "'sandbox languages build' (as the user whose store runs the job)", field="lang")
     return exc

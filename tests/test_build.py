@@ -4,6 +4,7 @@ contexts, multi-stage builds."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -219,3 +220,31 @@ def test_a_build_limit_flag_is_checked_and_named():
     done = cli("build", "--memory", "lots", "-t", "x:1", ".")
     assert done.returncode != 0
     assert "--memory" in done.stderr
+
+
+@pytest.mark.kernel
+def test_an_image_built_on_the_language_image_runs_judges_and_language_runs(language_image, tmp_path):
+    """A course's image - the language image plus a module its programs import - built
+    with a Sandboxfile, then named by ``sandbox judge --image`` and ``sandbox run --lang
+    --image``: the submission compiles and runs there (without the image, the import
+    fails)."""
+    directory = context(tmp_path, f"FROM {language_image}\nCOPY course.py /usr/local/lib/python3.11/dist-packages/\n",
+                        {"course.py": "def add(a, b):\n    return a + b\n"})
+    solution = tmp_path / "sum_course.py"
+    solution.write_text("import course\na, b = map(int, input().split())\nprint(course.add(a, b))\n")
+    built = cli("build", "-t", "course-python:1", str(directory))
+    assert built.returncode == 0, built.stderr
+    try:
+        problem = str(Path(__file__).parent / "problems" / "sum")
+        judged = cli("judge", problem, "--lang", "python3", "--source", str(solution), "--image", "course-python:1",
+                     "--json")
+        assert judged.returncode == 0, judged.stderr
+        assert json.loads(judged.stdout)["verdict"] == "accepted", judged.stdout
+        without = cli("judge", problem, "--lang", "python3", "--source", str(solution), "--json")
+        assert json.loads(without.stdout)["verdict"] == "runtime_error", without.stdout
+        (tmp_path / "in.txt").write_text("20 22\n")
+        ran = cli("run", "--lang", "python3", "--image", "course-python:1", "--source", str(solution),
+                  "--stdin", str(tmp_path / "in.txt"))
+        assert (ran.returncode, ran.stdout) == (0, "42\n"), ran.stderr
+    finally:
+        cli("rmi", "course-python:1")

@@ -44,7 +44,7 @@ from worker.protocol import ProtocolError, event_message
 # A package entry: problem.toml, a top-level file (a checker's source, testlib.h), or a test.
 _PACKAGE_NAME = re.compile(r"(tests/)?[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
 _MAX_PACKAGE_FILES = 10_000
-_SUBMISSION_KEYS = {"lang", "source", "compile_options", "args"}
+_SUBMISSION_KEYS = {"lang", "source", "compile_options", "args", "image"}
 _FINAL = ("finished", "cancelled")
 MAX_PARALLEL = 256
 
@@ -97,6 +97,9 @@ def judge_from_wire(message: dict[str, Any], judge_id: str) -> JudgeRequest:
     for name, values in (("compile_options", options), ("args", args)):
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise ProtocolError("invalid_job", f"{name} must be a list of strings", field=f"submission.{name}")
+    image = wire.get("image")
+    if image is not None and (not isinstance(image, str) or not image):
+        raise ProtocolError("invalid_job", "image must be an image reference", field="submission.image")
     stop = message.get("stop_on_failure", False)
     if not isinstance(stop, bool):
         raise ProtocolError("invalid_job", "stop_on_failure must be true or false", field="stop_on_failure")
@@ -104,7 +107,8 @@ def judge_from_wire(message: dict[str, Any], judge_id: str) -> JudgeRequest:
     if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= MAX_PARALLEL:
         raise ProtocolError("invalid_job", f"parallel must be a number of tests from 1 to {MAX_PARALLEL}",
                             field="parallel")
-    return JudgeRequest(judge_id, package, Submission(lang, source, tuple(options), tuple(args)), stop, parallel)
+    return JudgeRequest(judge_id, package, Submission(lang, source, tuple(options), tuple(args), image), stop,
+                        parallel)
 
 
 @dataclass

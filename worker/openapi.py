@@ -175,6 +175,8 @@ SCHEMAS: dict[str, Any] = {
                     "lang": {"type": "string"}, "source": _BASE64,
                     "compile_options": {"type": "array", "items": {"type": "string"}},
                     "args": {"type": "array", "items": {"type": "string"}},
+                    "image": {"type": "string", "description": "compile and run on this stored image (one "
+                                                                "built on the language image) instead of it"},
                 },
             },
             "stop_on_failure": {"type": "boolean", "default": False},

@@ -172,8 +172,8 @@ def language_form(args: argparse.Namespace) -> bool:
         raise JobError("--network and --allow-net give a command the outside: not with --lang", field="network")
     if not (args.lang and args.source):
         raise JobError("--lang and --source go together", field="lang")
-    if args.image is not None or args.cwd is not None:
-        raise JobError("--lang runs in the language image, in /work: --image and --cwd do not apply", field="lang")
+    if args.cwd is not None:
+        raise JobError("--lang runs in /work: --cwd does not apply", field="lang")
     return True
 
 
@@ -182,7 +182,7 @@ def language_inputs(args: argparse.Namespace) -> dict[str, Any]:
     return {"lang": args.lang, "source": args.source, "profile": args.profile, "require_cgroups": args.require_cgroups,
             "as_json": args.json, "limits": limits_from_args(args), "env": env_from_args(args),
             "files": files_from_args(args), "stdin": stdin_from_args(args), "options": args.compile_option,
-            "args": args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd}
+            "args": args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd, "image": args.image}
 
 
 def env_from_args(args: argparse.Namespace) -> dict[str, str]:

@@ -35,6 +35,8 @@ def add_commands(commands: Any) -> None:
                        help="a compiler option from the preset's allow-list (repeatable; --compile-option=-O0)")
     judge.add_argument("--parallel", type=_positive, default=1, metavar="N",
                        help="run N tests at once (here, or in the worker); the report is the same")
+    judge.add_argument("--image", help="compile and run the submission on this stored image (one built on the "
+                                       "language image: sandbox build) instead of the language image")
     judge.add_argument("args", nargs="*", metavar="-- ARG", help="arguments for the solution, after --")
     where = judge.add_argument_group("through a worker (default: in this process)")
     where.add_argument("--socket", help="the worker's unix socket")
@@ -50,7 +52,7 @@ def _judge(args: argparse.Namespace) -> int:
     from sandbox.judge.run import Submission, judge
 
     submission = Submission.from_file(args.lang, Path(args.source), compile_options=args.compile_option,
-                                      args=args.args)
+                                      args=args.args, image=args.image)
     on_test = None if args.json else _print_test
     report: dict[str, Any]
     if args.redis:  # one queued request: any worker of the stream judges it
@@ -66,7 +68,7 @@ def _judge(args: argparse.Namespace) -> int:
                 report = client.judge(package, submission.lang, submission.source,
                                       compile_options=submission.compile_options, args=submission.args,
                                       stop_on_failure=args.stop_on_failure, on_test=on_test,
-                                      parallel=args.parallel)
+                                      parallel=args.parallel, image=submission.image)
             except WorkerError as exc:
                 raise worker_error(exc) from None
     else:
@@ -107,7 +109,8 @@ def _judge_through_queue(args: argparse.Namespace, submission: Submission,
     with queue_errors(args.redis, args.stream):
         return QueueClient(args.redis, args.stream).judge(
             package, submission.lang, submission.source, compile_options=submission.compile_options,
-            args=submission.args, stop_on_failure=args.stop_on_failure, parallel=args.parallel, on_test=on_test)
+            args=submission.args, stop_on_failure=args.stop_on_failure, parallel=args.parallel, on_test=on_test,
+            image=submission.image)
 
 
 def _positive(text: str) -> int:

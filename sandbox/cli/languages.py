@@ -55,7 +55,7 @@ def _languages(args: argparse.Namespace) -> int:
 
 def run_language(stages: Stages, *, lang: str, source: str, profile: str, require_cgroups: bool, as_json: bool,
                  limits: Limits, env: dict[str, str], files: list[InputFile], stdin: Blob | None,
-                 options: list[str], args: list[str]) -> int:
+                 options: list[str], args: list[str], image: str | None = None) -> int:
     """``sandbox run|submit --lang L --source FILE [--compile-option O] [-- ARG...]``:
     compile output on stderr, under a header; the program's output as usual. Exit
     status as for run, 1 for a compile error."""
@@ -63,7 +63,8 @@ def run_language(stages: Stages, *, lang: str, source: str, profile: str, requir
     from sandbox.models import Status
 
     outcome = run_source(stages, load_preset(lang), Path(source), stdin=stdin, limits=limits, profile=profile,
-                         files=files, env=env, require_cgroups=require_cgroups, options=options, args=args)
+                         files=files, env=env, require_cgroups=require_cgroups, options=options, args=args,
+                         image=image)
     if as_json:
         json.dump(outcome.to_json_dict(), sys.stdout)
         sys.stdout.write("\n")

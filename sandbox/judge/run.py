@@ -30,17 +30,20 @@ _CHECKER_OUTPUT = "1M"
 @dataclass(frozen=True)
 class Submission:
     """What is judged: the source in a language, with the compiler options (from the
-    preset's allow-list) and the program arguments it was submitted with."""
+    preset's allow-list) and the program arguments it was submitted with; and the image
+    it is compiled and run on (None: the language image; else an image built on it with
+    what a course's programs need - ``sandbox build``)."""
 
     lang: str
     source: bytes
     compile_options: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
+    image: str | None = None
 
     @classmethod
     def from_file(cls, lang: str, source: Path, *, compile_options: Sequence[str] = (),
-                  args: Sequence[str] = ()) -> Submission:
-        return cls(lang, read_source(source), tuple(compile_options), tuple(args))
+                  args: Sequence[str] = (), image: str | None = None) -> Submission:
+        return cls(lang, read_source(source), tuple(compile_options), tuple(args), image)
 
 
 def judge(stages: Stages, problem: Problem, submission: Submission, *, stop_on_failure: bool = False,
@@ -51,7 +54,7 @@ def judge(stages: Stages, problem: Problem, submission: Submission, *, stop_on_f
     tests run at once (``stages`` must take jobs from several threads); the report is
     the same as one test at a time."""
     compiled = compile_source(stages, load_preset(submission.lang), submission.source,
-                              options=submission.compile_options)
+                              options=submission.compile_options, image=submission.image)
     if compiled.status is not Status.OK:
         return JudgeReport.of(problem, compiled.result, [])
     if problem.interactor is not None:
