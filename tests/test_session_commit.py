@@ -1,0 +1,138 @@
+"""A session's writable layer becomes an image (``Session.commit``, the worker's
+``session_commit``, ``sandbox commit``): what its execs changed - a file made, a file of
+the image removed (a whiteout), a directory of the image replaced (an opaque one) - is
+exactly what a job on the new image sees, the layer says so in the tar's own terms, and
+the image travels through a real registry unchanged. A host-image session, or one whose
+exec runs, is refused."""
+
+from __future__ import annotations
+
+import gzip
+import tarfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from imagebuild import Entry, busybox_entries, layer_tar, oci_layout
+from test_images_registry import cli as image_cli
+from test_images_registry import env, images_work, registry  # noqa: F401 - fixtures used here
+
+from sandbox.images.config import load
+from sandbox.images.errors import ImageNotFound
+from sandbox.images.pull import pull
+from sandbox.images.push import push
+from sandbox.images.store import ImageRecord, Store
+from sandbox.models import Job, SessionSpec, Status
+from sandbox.runner import Runner
+from sandbox.session import CommitRefused, Session
+
+pytestmark = pytest.mark.cgroup
+
+DIR = tarfile.DIRTYPE
+# What the execs change: one file made, one of the image's removed, one of its
+# directories replaced by a new one of the same name.
+CHANGES = "echo made > /made && rm /motd && rm -rf /dir && mkdir /dir && echo fresh > /dir/fresh"
+# What a job on the committed image sees of those changes, and of what it kept.
+LOOK = "cat /made; test -e /motd || echo motd-gone; ls /dir; cat /dir/fresh /kept"
+SEEN = b"made\nmotd-gone\nfresh\nfresh\nkept\n"
+# The committed layer: exactly the changes, in the tar's terms.
+LAYER_ENTRIES = {"made", ".wh.motd", "dir", "dir/.wh..wh..opq", "dir/fresh"}
+
+
+def sh(script: str) -> Job:
+    return Job(cmd=["sh", "-c", script])
+
+
+@pytest.fixture
+def base_image(env: Callable[..., Path], tmp_path: Path) -> Store:  # noqa: F811 - the imported fixture
+    """``base:1``, imported into this test's store: busybox, a file and a directory the
+    execs change, and one they keep. The store. (An exec runs as an id of its own, which
+    owns the root directory but not the image's files: the directory it empties is
+    writable to all.)"""
+    store = env()
+    layer = layer_tar(busybox_entries() + [
+        Entry("motd", data=b"from the image\n"), Entry("dir", DIR, mode=0o777), Entry("dir/old", data=b"old\n"),
+        Entry("kept", data=b"kept\n"),
+    ])
+    done = image_cli("import", str(oci_layout(tmp_path / "layout", [layer])), "base:1")
+    assert done.returncode == 0, done.stderr
+    return Store(store)
+
+
+def layer_names(store: Store, record: ImageRecord) -> set[str]:
+    """The entries of the image's top layer, as its blob holds them."""
+    with gzip.open(store.blob_path(record.layers[-1].digest)) as raw, tarfile.open(fileobj=raw) as tar:
+        return set(tar.getnames())
+
+
+def test_a_commit_is_the_sessions_changes_and_travels_through_a_registry(
+        base_image, runner: Runner, registry, tmp_path):  # noqa: F811 - the imported fixture
+    session = Session(runner, SessionSpec(image="base:1"))
+    try:
+        changed = session.exec(sh(CHANGES))
+        assert changed.status is Status.OK, changed.stderr
+        committed = session.commit("committed:1")
+        after = session.exec(sh("cat /made"))  # the session goes on
+        assert (after.status, after.stdout) == (Status.OK, b"made\n"), after
+    finally:
+        session.delete()
+        runner.tidy()
+    assert committed.reference == "docker.io/library/committed:1"
+    _, record = base_image.lookup("committed:1")
+    assert record.id == committed.image_id
+    _, parent = base_image.lookup("base:1")
+    assert [layer.digest for layer in record.layers[:-1]] == [layer.digest for layer in parent.layers]
+    assert layer_names(base_image, record) == LAYER_ENTRIES
+
+    seen = runner.run(Job(cmd=["sh", "-c", LOOK], image="committed:1", require_cgroups=True))
+    runner.tidy()
+    assert (seen.status, seen.stdout) == (Status.OK, SEEN), seen
+    untouched = runner.run(Job(cmd=["sh", "-c", "cat /motd; ls /dir"], image="base:1", require_cgroups=True))
+    runner.tidy()
+    assert untouched.stdout == b"from the image\nold\n", untouched
+
+    destination = f"{registry.host}/test/committed:1"
+    push(base_image, load(), "committed:1", destination)
+    fresh = Store(tmp_path / "fresh")
+    _, pulled = pull(fresh, load(), destination)
+    assert fresh.read_blob(pulled.manifest_digest) == base_image.read_blob(record.manifest_digest)
+    assert [layer.digest for layer in pulled.layers] == [layer.digest for layer in record.layers]
+    assert [layer.diff_id for layer in pulled.layers] == [layer.diff_id for layer in record.layers]
+
+
+def test_a_host_image_session_is_not_committed(runner: Runner, image_store):
+    session = Session(runner, SessionSpec())
+    try:
+        assert session.exec(sh("echo x > /work/x")).status is Status.OK
+        with pytest.raises(CommitRefused, match="host image"):
+            session.commit("host-copy:1")
+    finally:
+        session.delete()
+        runner.tidy()
+    assert not (image_store / "store" / "refs").exists() or not list((image_store / "store" / "refs").iterdir())
+
+
+def test_a_commit_while_an_exec_runs_is_refused(base_image, runner: Runner):
+    session = Session(runner, SessionSpec(image="base:1"))
+    started = threading.Event()
+    outcome: list[object] = []
+    try:
+        running = threading.Thread(target=lambda: outcome.append(
+            session.exec(sh("echo late > /late && echo written && exec sleep 60"),
+                         on_output=lambda stream, offset, data: started.set())))
+        running.start()
+        assert started.wait(30)
+        with pytest.raises(CommitRefused, match="exec is running"):
+            session.commit("mid-exec:1")
+        assert session.stop(grace_s=0)
+        running.join(30)
+        committed = session.commit("after-exec:1")  # once it has ended
+    finally:
+        session.delete()
+        runner.tidy()
+    assert outcome and outcome[0].status is not Status.OK  # type: ignore[attr-defined]
+    with pytest.raises(ImageNotFound):
+        base_image.lookup("mid-exec:1")
+    _, record = base_image.lookup("after-exec:1")
+    assert record.id == committed.image_id and "late" in layer_names(base_image, record)
