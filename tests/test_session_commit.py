@@ -8,6 +8,7 @@ exec runs, is refused."""
 from __future__ import annotations
 
 import gzip
+import subprocess
 import tarfile
 import threading
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import pytest
 from imagebuild import Entry, busybox_entries, layer_tar, oci_layout
 from test_images_registry import cli as image_cli
 from test_images_registry import env, images_work, registry  # noqa: F401 - fixtures used here
+from workerutil import SANDBOX_CLI
 
 from sandbox.images.config import load
 from sandbox.images.errors import ImageNotFound
@@ -26,6 +28,7 @@ from sandbox.images.store import ImageRecord, Store
 from sandbox.models import Job, SessionSpec, Status
 from sandbox.runner import Runner
 from sandbox.session import CommitRefused, Session
+from worker.client import Client, WorkerError
 
 pytestmark = pytest.mark.cgroup
 
@@ -136,3 +139,38 @@ def test_a_commit_while_an_exec_runs_is_refused(base_image, runner: Runner):
         base_image.lookup("mid-exec:1")
     _, record = base_image.lookup("after-exec:1")
     assert record.id == committed.image_id and "late" in layer_names(base_image, record)
+
+
+def test_commit_through_the_worker_and_the_cli(base_image, start_worker):
+    worker = start_worker("--slots", "1")
+    with Client(worker.socket_path) as client:
+        session = client.session_create(SessionSpec(image="base:1"))
+        host_session = client.session_create(SessionSpec())
+        try:
+            assert client.session_exec(session, sh(CHANGES)).status is Status.OK
+            answer = client.session_commit(session, "via-worker:1")
+            assert answer["session"] == session
+            assert answer["reference"] == "docker.io/library/via-worker:1"
+            with pytest.raises(WorkerError) as refused:
+                client.session_commit(host_session, "host-copy:1")
+            assert refused.value.code == "session_error" and "host image" in str(refused.value)
+            with pytest.raises(WorkerError) as bad:
+                client.session_commit(session, "Not A Reference")
+            assert (bad.value.code, bad.value.field) == ("invalid_job", "reference")
+
+            by_cli = subprocess.run([*SANDBOX_CLI, "commit", "--socket", worker.socket_path, session, "via-cli:1"],
+                                    capture_output=True, text=True, timeout=120)
+            assert by_cli.returncode == 0, by_cli.stderr
+            _, cli_record = base_image.lookup("via-cli:1")
+            assert by_cli.stdout.split() == ["docker.io/library/via-cli:1", cli_record.id]
+            by_group = subprocess.run([*SANDBOX_CLI, "session", "commit", "--socket", worker.socket_path,
+                                       host_session, "host-copy:1"], capture_output=True, text=True, timeout=120)
+            assert by_group.returncode == 125 and "host image" in by_group.stderr, by_group
+        finally:
+            client.session_delete(session)
+            client.session_delete(host_session)
+        for reference in ("via-worker:1", "via-cli:1"):
+            _, record = base_image.lookup(reference)
+            assert layer_names(base_image, record) == LAYER_ENTRIES
+            seen = client.run(Job(cmd=["sh", "-c", LOOK], image=reference))
+            assert (seen.status, seen.stdout) == (Status.OK, SEEN), seen
