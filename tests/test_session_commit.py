@@ -1,5 +1,5 @@
 """A session's writable layer becomes an image (``Session.commit``, the worker's
-``session_commit``, ``sandbox commit``): what its execs changed - a file made, a file of
+``session_commit``, ``POST /v1/sessions/ID/commit``, ``sandbox commit``): what its execs changed - a file made, a file of
 the image removed (a whiteout), a directory of the image replaced (an opaque one) - is
 exactly what a job on the new image sees, the layer says so in the tar's own terms, and
 the image travels through a real registry unchanged. A host-image session, or one whose
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from imagebuild import Entry, busybox_entries, layer_tar, oci_layout
+from test_http import start_http  # noqa: F401 - a fixture used here
 from test_images_registry import cli as image_cli
 from test_images_registry import env, images_work, registry  # noqa: F401 - fixtures used here
 from workerutil import SANDBOX_CLI
@@ -174,3 +175,23 @@ def test_commit_through_the_worker_and_the_cli(base_image, start_worker):
             assert layer_names(base_image, record) == LAYER_ENTRIES
             seen = client.run(Job(cmd=["sh", "-c", LOOK], image=reference))
             assert (seen.status, seen.stdout) == (Status.OK, SEEN), seen
+
+
+def test_commit_over_http(base_image, start_http):  # noqa: F811 - the imported fixture
+    http = start_http("--slots", "1")
+    with http.client() as client:
+        made = client.post("/v1/sessions", json={"image": "base:1"})
+        assert made.status_code == 201, made.text
+        session = made.json()["session"]
+        try:
+            changed = client.post(f"/v1/sessions/{session}/exec?wait=true", json={"job": {"cmd": ["sh", "-c", CHANGES]}})
+            assert changed.json()["result"]["status"] == "ok", changed.text
+            unnamed = client.post(f"/v1/sessions/{session}/commit")
+            assert (unnamed.status_code, unnamed.json()["field"]) == (422, "reference"), unnamed.text
+            done = client.post(f"/v1/sessions/{session}/commit", json={"reference": "via-http:1"})
+            assert done.status_code == 200, done.text
+        finally:
+            client.delete(f"/v1/sessions/{session}")
+    _, record = base_image.lookup("via-http:1")
+    assert (done.json()["reference"], done.json()["image_id"]) == ("docker.io/library/via-http:1", record.id)
+    assert layer_names(base_image, record) == LAYER_ENTRIES
