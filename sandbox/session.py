@@ -308,7 +308,11 @@ class Session:
                 raise SessionGone("the session was deleted")
             images = images_config.load()
             store = Store(images.store)
-            upper = self._upper_directory()
+            try:
+                upper = self._upper_directory()
+            except SessionGone as exc:  # (its channel may hold a late answer: no exec could follow it)
+                self._end(str(exc))
+                raise
             try:
                 with store.shared():  # (gc waits: the image is unreferenced until it is named)
                     record = commit_upper(store, images, upper, self._image.lease.record, COMMITTED_BY)

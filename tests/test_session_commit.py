@@ -28,7 +28,7 @@ from sandbox.images.push import push
 from sandbox.images.store import ImageRecord, Store
 from sandbox.models import Job, SessionSpec, Status
 from sandbox.runner import Runner
-from sandbox.session import CommitRefused, Session
+from sandbox.session import CommitRefused, Session, SessionGone
 from worker.client import Client, WorkerError
 
 pytestmark = pytest.mark.cgroup
@@ -82,6 +82,8 @@ def test_a_commit_is_the_sessions_changes_and_travels_through_a_registry(
     finally:
         session.delete()
         runner.tidy()
+    with pytest.raises(SessionGone):
+        session.commit("too-late:1")
     assert committed.reference == "docker.io/library/committed:1"
     _, record = base_image.lookup("committed:1")
     assert record.id == committed.image_id
