@@ -147,6 +147,7 @@ def test_a_commit_while_an_exec_runs_is_refused(base_image, runner: Runner):
 def test_commit_through_the_worker_and_the_cli(base_image, start_worker):
     worker = start_worker("--slots", "1")
     with Client(worker.socket_path) as client:
+        assert "session-commit" in client.hello["capabilities"]
         session = client.session_create(SessionSpec(image="base:1"))
         host_session = client.session_create(SessionSpec())
         try:

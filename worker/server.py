@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
 CAPABILITIES = [
     "submit", "group", "judge", "cancel", "status", "stats", "idempotent-ids", "output-stream", "progress-optional",
-    "file-cache", "trees", "sessions",
+    "file-cache", "trees", "sessions", "session-commit",
 ]
 # Events a submitter may decline with "progress": false (its client waits for the outcome only).
 PROGRESS_EVENTS = frozenset({"accepted", "started"})
