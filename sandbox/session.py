@@ -15,6 +15,13 @@ Nothing of an exec outlives it (the init kills and reaps what is left once its p
 exits), so an idle session runs nothing and holds only its files.
 
 One exec at a time per session; ``stop`` and ``delete`` may come from other threads.
+
+``commit`` (an image session's): the writable layer's upper directory, whose fd the init
+hands over between execs, becomes one more layer over the session's image, stored under
+a name. It runs while no exec does (it takes the exec lock, and refuses while an exec
+holds it): nothing of an exec outlives it, so then nothing in the session can change
+the upper directory while the layer writer reads it - no freezer needed, and a paused
+session (nothing running) commits too.
 """
 
 from __future__ import annotations
@@ -48,6 +55,9 @@ from sandbox.supply import Sandbox
 # that comes with each exec's cgroup fds ahead of its job message (native/init.c).
 SESSION_REQUEST = b"session\0"
 EXEC_REQUEST = b"exec"
+# Between execs: the writable layer's upper directory, answered with its fd (a commit).
+UPPER_REQUEST = b"upper"
+COMMITTED_BY = "sandbox commit"  # the history entry of a committed layer
 # How long the init may take to answer: it only reaps and kills, so only a sandbox in
 # trouble takes this long (it is then taken for dead).
 ANSWER_TIMEOUT_S = 30.0
@@ -55,6 +65,18 @@ ANSWER_TIMEOUT_S = 30.0
 
 class SessionGone(SandboxError):
     """The session was deleted, or its sandbox ended."""
+
+
+class CommitRefused(SandboxError):
+    """A session that cannot be committed now, or at all; says why."""
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A session committed: the new image's reference and id (its config's digest)."""
+
+    reference: str
+    image_id: str
 
 
 @dataclass
@@ -255,6 +277,66 @@ class Session:
         if message.get("kind") != kind:
             raise SessionGone(f"its sandbox init answered {message.get('kind')!r}, not {kind!r}")
         return message
+
+    def commit(self, reference: str) -> Committed:
+        """Store the session's root as an image named ``reference`` (name:tag): its image
+        with the writable layer as one more layer - what the execs changed outside the
+        scratch (``/work``, ``/tmp`` and ``/dev/shm`` are not part of the root), files
+        removed as whiteouts, directories replaced as opaque - and its image's config.
+        Raises JobError for a bad reference, CommitRefused for a host-image session or
+        one whose exec runs, SessionGone, and ImageError for a layer that cannot be
+        written (a socket or device the job made, say)."""
+        from sandbox.images import config as images_config
+        from sandbox.images.compose import commit_upper
+        from sandbox.images.errors import BadReference
+        from sandbox.images.reference import parse
+        from sandbox.images.store import Store
+
+        if self._image is None:
+            raise CommitRefused("a session on the host image has nothing to commit: its root is the host's own "
+                                "directories, not an image's layers (create the session on an image)")
+        try:
+            target = parse(reference)
+        except BadReference as exc:
+            raise JobError(str(exc), field="reference") from None
+        if target.digest is not None:
+            raise JobError("commit to a tag, not a digest", field="reference")
+        if not self._lock.acquire(blocking=False):
+            raise CommitRefused("an exec is running in the session: commit once it has ended")
+        try:
+            if self.closed:
+                raise SessionGone("the session was deleted")
+            images = images_config.load()
+            store = Store(images.store)
+            try:
+                upper = self._upper_directory()
+            except SessionGone as exc:  # (its channel may hold a late answer: no exec could follow it)
+                self._end(str(exc))
+                raise
+            try:
+                with store.shared():  # (gc waits: the image is unreferenced until it is named)
+                    record = commit_upper(store, images, upper, self._image.lease.record, COMMITTED_BY)
+                    store.set_ref(target, record.id)
+            finally:
+                os.close(upper)
+            return Committed(str(target), record.id)
+        finally:
+            self.last_active = time.monotonic()
+            self._lock.release()
+
+    def _upper_directory(self) -> int:
+        """The init's fd of the writable layer's upper directory (``O_PATH``)."""
+        channel = self._sandbox.prepared.job_channel
+        try:
+            channel.send(UPPER_REQUEST)
+            ready, _, _ = select.select([channel], [], [], ANSWER_TIMEOUT_S)
+            data, fds, _, _ = socket.recv_fds(channel, 1 << 16, 1) if ready else (b"", [], 0, None)
+        except OSError as exc:
+            raise SessionGone(f"its sandbox is gone ({exc.strerror})") from None
+        if not data or json.loads(data).get("kind") != "upper" or len(fds) != 1:
+            close_quietly(fds)
+            raise SessionGone("its sandbox init did not hand over its writable layer")
+        return fds[0]
 
     def _kill(self, cgroup: JobCgroup) -> None:
         """Kill the exec (a limit, a cancel, ``stop``), thawed first if paused: a task

@@ -451,6 +451,13 @@ class Client:
     def session_delete(self, session: str) -> dict[str, Any]:
         return self._session_request({"type": "session_delete", "session": session})
 
+    def session_commit(self, session: str, reference: str) -> dict[str, Any]:
+        """Store the session's root (an image session's: its image plus what its execs
+        changed) as the image ``reference`` (name:tag), between execs; the listing, with
+        the new image's ``reference`` and ``image_id``. Raises WorkerError
+        ``session_error`` (a host-image session; an exec running), ``invalid_job``."""
+        return self._session_request({"type": "session_commit", "session": session, "reference": reference})
+
     def session_list(self) -> list[dict[str, Any]]:
         self._send({"type": "session_list"})
         sessions: list[dict[str, Any]] = self._next_other()["sessions"]

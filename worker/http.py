@@ -58,6 +58,7 @@ from worker.openapi import DOCUMENT
 from worker.pool import JobRecord
 from worker.protocol import (
     ProtocolError,
+    commit_reference,
     file_id,
     job_from_wire,
     job_id,
@@ -395,15 +396,17 @@ class HttpFrontDoor:
         return JSONResponse(await self.server.sessions.control(self._session(request), "delete"))
 
     async def session_action(self, request: Request) -> Response:
-        """pause, resume, or stop (a body {"grace": seconds} optional)."""
+        """pause, resume, stop (a body {"grace": seconds} optional) or commit (a body
+        {"reference": "name:tag"})."""
         action = request.path_params["action"]
-        if action not in ("pause", "resume", "stop"):
-            raise ProtocolError("not_found", f"no session action {action!r}: pause, resume, stop or exec")
+        if action not in ("pause", "resume", "stop", "commit"):
+            raise ProtocolError("not_found", f"no session action {action!r}: pause, resume, stop, commit or exec")
         body = await self.optional_body(request)
         if body is not None and not isinstance(body, dict):
-            raise ProtocolError("bad_message", "the body must be an object: grace")
+            raise ProtocolError("bad_message", "the body must be an object: grace, or reference")
         grace = stop_grace(body or {}) if action == "stop" else 0.0
-        return JSONResponse(await self.server.sessions.control(self._session(request), action, grace))
+        reference = commit_reference(body or {}) if action == "commit" else ""
+        return JSONResponse(await self.server.sessions.control(self._session(request), action, grace, reference))
 
     async def session_exec(self, request: Request) -> Response:
         """An exec, queued as a job is: answered as POST /v1/jobs is (it is a job there)."""

@@ -412,8 +412,13 @@ class LauncherSessions:
                 with self._lock:
                     self._sessions.pop(message.session, None)
                 self._end(message.session, session)
+            elif message.action == "commit":
+                committed = session.commit(message.reference)
+                info.update(reference=committed.reference, image_id=committed.image_id)
             else:
                 return SessionAnswer(message.id, "bad_message", f"no session action {message.action!r}", "type")
+        except JobError as exc:
+            return SessionAnswer(message.id, "invalid_job", exc.message, exc.field)
         except (SandboxError, OSError) as exc:
             return SessionAnswer(message.id, "session_error", str(exc))
         return SessionAnswer(message.id, info=info)

@@ -90,13 +90,14 @@ class RunExec:
 
 @dataclass(frozen=True, slots=True)
 class SessionControl:
-    """``action`` ("pause", "resume", "stop", "delete") on a session; answered by a
-    ``SessionAnswer`` of this ``id`` (the request's, not the session's)."""
+    """``action`` ("pause", "resume", "stop", "delete", "commit") on a session; answered
+    by a ``SessionAnswer`` of this ``id`` (the request's, not the session's)."""
 
     id: str
     session: str
     action: str
     grace_s: float = 0.0  # "stop": from SIGTERM to SIGKILL
+    reference: str = ""  # "commit": the new image's name:tag
 
 
 # launcher -> worker
@@ -223,7 +224,7 @@ def encode(message: Message) -> bytes:
                     "stream": message.stream}
         case SessionControl():
             wire = {"type": "session_control", "id": message.id, "session": message.session,
-                    "action": message.action, "grace": message.grace_s}
+                    "action": message.action, "grace": message.grace_s, "reference": message.reference}
         case SessionAnswer():
             wire = {"type": "session_answer", "id": message.id, "code": message.code, "message": message.message,
                     "field": message.field, "info": message.info}
@@ -264,7 +265,7 @@ def decode(wire: dict[str, Any]) -> Message:
         case "session_exec":
             return RunExec(wire["id"], wire["session"], wire["job"], wire["stream"])
         case "session_control":
-            return SessionControl(wire["id"], wire["session"], wire["action"], wire["grace"])
+            return SessionControl(wire["id"], wire["session"], wire["action"], wire["grace"], wire["reference"])
         case "session_answer":
             return SessionAnswer(wire["id"], wire["code"], wire["message"], wire["field"], wire["info"])
     raise ValueError(f"not a launcher channel message: {wire.get('type')!r}")

@@ -155,6 +155,8 @@ SCHEMAS: dict[str, Any] = {
             "idle_s": {"type": "number"}, "created_at": {"type": "number"}, "execs": {"type": "integer"},
             "launcher": {"type": "integer"}, "stopped": {"type": "boolean", "description": "After stop: "
                                                                                            "whether an exec ran."},
+            "reference": {"type": "string", "description": "After commit: the new image's reference."},
+            "image_id": {"type": "string", "description": "After commit: the new image's id."},
             "logs": {"type": "array", "description": "GET only: the recent execs, stdout and stderr ends in base64.",
                      "items": {"type": "object"}},
         },
@@ -337,6 +339,22 @@ PATHS: dict[str, Any] = {
                 "202": _json(_ref("JobDocument"), "Accepted (Location: /v1/jobs/ID)."),
                 "409": _error("The session is paused (code session_paused), or the id names another job "
                               "(code id_conflict)."),
+                **_COMMON_ERRORS, **_BODY_ERRORS, **_NO_SESSION,
+            },
+        },
+    },
+    "/v1/sessions/{session}/commit": {
+        "parameters": [_SESSION_PARAMETER],
+        "post": {
+            "summary": "Store an image session's root - its image plus what its execs changed outside /work, /tmp "
+                       "and /dev/shm - as the image reference (name:tag), between execs.",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["reference"], "additionalProperties": False,
+                "properties": {"reference": {"type": "string", "maxLength": 512}}}}}},
+            "responses": {
+                "200": _json(_ref("Session"), "Stored: the listing with reference and image_id."),
+                "500": _error("It could not be done (code session_error: a host-image session, an exec "
+                              "running, a layer that cannot be written)."),
                 **_COMMON_ERRORS, **_BODY_ERRORS, **_NO_SESSION,
             },
         },

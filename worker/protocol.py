@@ -51,10 +51,10 @@ MAX_ID_LEN = 128
 
 CLIENT_TYPES = {"hello", "submit", "group", "judge", "cancel", "status", "ping", "stats", "put_file", "del_file",
                 "session_create", "session_exec", "session_pause", "session_resume", "session_stop",
-                "session_delete", "session_list", "session_logs"}
+                "session_delete", "session_list", "session_logs", "session_commit"}
 # The requests that act on one session by its id, and what each does there.
 SESSION_ACTIONS = {"session_pause": "pause", "session_resume": "resume", "session_stop": "stop",
-                   "session_delete": "delete", "session_logs": "logs"}
+                   "session_delete": "delete", "session_logs": "logs", "session_commit": "commit"}
 _JOB_KEYS = {"cmd", "limits", "env", "stdin", "files", "image", "cwd", "require_cgroups", "profile", "collect",
              "mounts", "network", "allow_net"}
 _COLLECT_KEYS = {"path", "max", "max_files", "cache"}
@@ -461,3 +461,12 @@ def stop_grace(message: dict[str, Any]) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_STOP_GRACE_S:
         raise ProtocolError("bad_message", f"grace must be 0..{MAX_STOP_GRACE_S:.0f} seconds", field="grace")
     return float(value)
+
+
+def commit_reference(message: dict[str, Any]) -> str:
+    """A ``session_commit``'s name:tag for the new image (checked as a reference where
+    the image is stored, by the launcher)."""
+    value = message.get("reference")
+    if not isinstance(value, str) or not 0 < len(value) <= 512:
+        raise ProtocolError("bad_message", "reference must be the new image's name:tag", field="reference")
+    return value

@@ -40,6 +40,7 @@ from worker.protocol import (
     VERSION,
     FrameDecoder,
     ProtocolError,
+    commit_reference,
     encode,
     event_message,
     file_id,
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
 
 CAPABILITIES = [
     "submit", "group", "judge", "cancel", "status", "stats", "idempotent-ids", "output-stream", "progress-optional",
-    "file-cache", "trees", "sessions", "binds", "volumes",
+    "file-cache", "trees", "sessions", "session-commit", "binds", "volumes",
 ]
 # Events a submitter may decline with "progress": false (its client waits for the outcome only).
 PROGRESS_EVENTS = frozenset({"accepted", "started"})
@@ -492,6 +493,7 @@ class Server:
         else:
             session, action = session_id(message), SESSION_ACTIONS[kind]
             grace = stop_grace(message) if action == "stop" else 0.0
+            reference = commit_reference(message) if action == "commit" else ""
             if action == "logs":
                 connection.deliver({"type": "session", "id": identifier, **self.sessions.get(session).to_wire(),
                                     "logs": self.sessions.logs(session)})
@@ -503,7 +505,7 @@ class Server:
                     reply = (await self.sessions.create(spec)).to_wire()
                     log("session_created", session=reply["session"], image=spec.image, profile=spec.profile)
                 else:
-                    reply = await self.sessions.control(session, action, grace)
+                    reply = await self.sessions.control(session, action, grace, reference)
                 connection.deliver({"type": "session", "id": identifier, **reply})
             except ProtocolError as exc:
                 connection.deliver(exc.to_message(identifier))

@@ -132,16 +132,18 @@ class Sessions:
         record.logs.append(entry)
         self._wake()
 
-    async def control(self, session_id: str, action: str, grace_s: float = 0.0) -> dict[str, Any]:
-        """pause, resume, stop or delete; the session's listing after it (delete: before)."""
+    async def control(self, session_id: str, action: str, grace_s: float = 0.0, reference: str = "") -> dict[str, Any]:
+        """pause, resume, stop, delete or commit (to ``reference``); the session's listing
+        after it (delete: before), with what the launcher said (commit: the new image's
+        ``reference`` and ``image_id``)."""
         record = self.get(session_id)
         answer = await self._ask(record.launcher, SessionControl(
-            f"session-request-{next(self._requests)}", session_id, action, grace_s))
+            f"session-request-{next(self._requests)}", session_id, action, grace_s, reference))
         if action == "delete":
             self.records.pop(session_id, None)
         elif action in ("pause", "resume"):
             record.paused = action == "pause"
-        elif action == "stop":
+        elif action in ("stop", "commit"):
             record.last_active = time.monotonic()
         return {**record.to_wire(), **(answer.info or {})}
 

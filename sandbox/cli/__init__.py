@@ -29,7 +29,7 @@ DISTRIBUTION = "sandbox-executor"  # pyproject.toml's name
 COMMAND_GROUPS = ("run", "group", "worker", "sessions", "images", "build", "volumes", "profiles", "languages", "judge",
                   "host")
 MODULE_OF_COMMAND = {
-    "run": "run", "group": "group", "serve": "worker", "submit": "worker", "session": "sessions",
+    "run": "run", "group": "group", "serve": "worker", "submit": "worker", "session": "sessions", "commit": "sessions",
     "pull": "images", "images": "images",
     "import": "images", "load": "images", "push": "images", "save": "images", "inspect": "images", "rmi": "images",
     "gc": "images", "build": "build", "volume": "volumes", "profile": "profiles",

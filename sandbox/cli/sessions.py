@@ -1,6 +1,7 @@
 """``sandbox session ...``: sandboxes that live between commands, through a worker
-(Docker's create / exec / cp / logs / stop / pause / unpause / ps / rm). The CLI exits
-between commands: a session is the worker's, named by the id ``create`` prints."""
+(Docker's create / exec / cp / logs / stop / pause / unpause / ps / rm / commit, and
+``sandbox commit`` as Docker's top-level one). The CLI exits between commands: a session
+is the worker's, named by the id ``create`` prints."""
 
 from __future__ import annotations
 
@@ -72,6 +73,18 @@ def add_commands(commands: Any) -> None:
     listing = _with_worker(actions.add_parser("ls", help="the worker's sessions"))
     listing.add_argument("--json", action="store_true", help="print them as JSON")
     listing.set_defaults(handler=_cmd_ls)
+
+    for parsers in (actions, commands):  # `sandbox session commit` and `sandbox commit`
+        _add_commit(parsers)
+
+
+def _add_commit(parsers: Any) -> None:
+    commit = _with_worker(parsers.add_parser(
+        "commit", help="store an image session's root (its image plus what its execs changed outside /work, /tmp "
+                       "and /dev/shm) as an image in the worker's store; prints its reference and id"))
+    commit.add_argument("session")
+    commit.add_argument("reference", help="the new image's name:tag")
+    commit.set_defaults(handler=_cmd_commit)
 
 
 def _with_worker(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -177,6 +190,13 @@ def _cmd_control(args: argparse.Namespace) -> int:
         else:
             client.session_delete(args.session)
     print(args.session)
+    return 0
+
+
+def _cmd_commit(args: argparse.Namespace) -> int:
+    with _session_calls(args) as client:
+        answer = client.session_commit(args.session, args.reference)
+    print(answer["reference"], answer["image_id"])
     return 0
 
 

@@ -30,7 +30,7 @@ from sandbox.id_namespace import run_as_range_root, setup_errors
 from sandbox.ids import plan_ids
 from sandbox.images.config import ImagesConfig
 from sandbox.images.errors import ImageError
-from sandbox.images.layer_writer import LAYER_MEDIA_TYPE, LayerBlob, LayerError, LayerTar, TreeWalker, write_upper
+from sandbox.images.layer_writer import LAYER_MEDIA_TYPE, LayerBlob, LayerError, LayerTar, add_upper, write_upper
 from sandbox.images.pull import NoProgress, host_platform, install
 from sandbox.images.registry import OCI_MANIFEST
 from sandbox.images.store import ImageRecord, LayerRecord, Store, remove_tree
@@ -136,6 +136,6 @@ def write_upper_as_range_root(upper_fd: int, destination: Path) -> LayerBlob:
 def _write_and_report(report: int, upper_fd: int, out_fd: int) -> None:
     with open(out_fd, "wb", closefd=False) as out:
         layer = LayerTar(out)
-        TreeWalker(layer, upper=True).add_contents(upper_fd, "")
+        add_upper(layer, upper_fd)
         digest, diff_id, size = layer.finish()
     send(report, "layer", digest=digest, diff_id=diff_id, size=size)

@@ -328,6 +328,17 @@ def write_upper(upper_fd: int, destination: Path) -> LayerBlob:
     ``destination`` (a new file). Raises LayerError naming what cannot be written."""
     with open(destination, "xb") as out:
         layer = LayerTar(out)
-        TreeWalker(layer, upper=True).add_contents(upper_fd, "")
+        add_upper(layer, upper_fd)
         digest, diff_id, size = layer.finish()
     return LayerBlob(destination, digest, diff_id, size)
+
+
+def add_upper(layer: LayerTar, upper_fd: int) -> None:
+    """What the upper directory ``upper_fd`` holds, into ``layer``. The fd may be an
+    ``O_PATH`` one (a session's init hands such a one over: it cannot be listed), so the
+    directory is opened again through it - by the reader, whose permissions count."""
+    directory = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=upper_fd)
+    try:
+        TreeWalker(layer, upper=True).add_contents(directory, "")
+    finally:
+        os.close(directory)

@@ -525,9 +525,21 @@ static pid_t fork_program_stage(struct program_setup *setup) {
  * an exec outlives it, so an idle session runs nothing), its files are collected, and
  * "over" on the job channel says the next exec may come. Limits and kills are the
  * supervisor's, on the exec's cgroup: this process, and with it the session, outlives
- * every exec. EOF on the job channel ends the session (and everything in it). */
+ * every exec. EOF on the job channel ends the session (and everything in it).
+ * UPPER_REQUEST, between execs, asks for the writable layer's upper directory (a commit:
+ * send_upper). */
 static const char SESSION_REQUEST[] = "session";
 static const char EXEC_REQUEST[] = "exec";
+static const char UPPER_REQUEST[] = "upper";
+
+/* The answer to UPPER_REQUEST: "upper" with the O_PATH fd of an image's upper directory
+ * (root.c), or with none on the host image. The supervisor reads the layer through it,
+ * from outside: no process of the session runs meanwhile (it asks between execs). */
+static void send_upper(void) {
+    static const char answer[] = "{\"kind\": \"upper\"}";
+    int upper = writable_layer_upper();
+    channel_send(JOB_CHANNEL_FD, answer, sizeof answer - 1, &upper, upper >= 0 ? 1 : 0, STAGE);
+}
 
 /* Whatever of the exec is left once its program exited: killed (this is pid 1 of the
  * sandbox, so -1 is every other process in it) and reaped. */
@@ -582,6 +594,10 @@ static _Noreturn void serve_session(struct program_setup *setup, struct watcher 
             _exit(0);
         }
         header[length] = '\0';
+        if (strcmp(header, UPPER_REQUEST) == 0) {
+            send_upper();
+            continue;
+        }
         errno = EPROTO;
         require(STAGE, strcmp(header, EXEC_REQUEST) == 0, "a session request it does not know");
         place_exec_fds(passed, received);

@@ -20,6 +20,19 @@
 
 static const char STAGE[] = "sandbox init: ";
 
+/* The writable layer's upper directory (an image's), as an O_PATH fd - the one thing of
+ * it that a session's commit needs and that nothing can reach once the scratch root is
+ * covered (mount_scratch). Kept above every number the init moves fds to (its fixed
+ * slots, 3 to 7 and each exec's cgroup fds after them): a dup2 there would close it.
+ * (The init's own moves out of the way start at the same floor, and take the lowest
+ * free number there, so they pass it by.) */
+enum { UPPER_FD_FLOOR = 64 };
+static int upper_directory = -1;
+
+int writable_layer_upper(void) {
+    return upper_directory;
+}
+
 /* `lo` up with the SIOCSIFFLAGS ioctl (as nsjail does) rather than a netlink request:
  * one system call on a throw-away socket. Nothing else exists in the namespace, so
  * nothing outside is reachable while programs talking to 127.0.0.1 still work. */
@@ -119,6 +132,11 @@ static int writable_layer(int scratch, unsigned int job_id, const char *workdir)
      * so the job owns its root, as a job of the template's 1000 owns an image's. */
     require(STAGE, mkdirat(scratch, "upper", 0755) == 0 && mkdirat(scratch, "upper.work", 0755) == 0,
             "making the writable layer's directories");
+    int upper = openat(scratch, "upper", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    require(STAGE, upper >= 0, "opening the writable layer's upper directory");
+    upper_directory = fcntl(upper, F_DUPFD_CLOEXEC, UPPER_FD_FLOOR);
+    require(STAGE, upper_directory >= 0, "keeping the writable layer's upper directory");
+    close(upper);
     int cwd = open(".", O_PATH | O_DIRECTORY | O_CLOEXEC);
     require(STAGE, cwd >= 0 && fchdir(scratch) == 0, "entering the scratch");
     int context = (int)syscall(SYS_fsopen, "overlay", FSOPEN_CLOEXEC);

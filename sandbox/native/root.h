@@ -15,4 +15,10 @@
 void set_up_job_root(const char *hostname, const char *disk_bytes, int image_base, unsigned int job_id,
                      const char *workdir);
 
+/* An image's writable layer: an O_PATH fd (close-on-exec) of its upper directory on the
+ * scratch, which a session's commit reads (whiteouts as 0:0 character devices, opaque
+ * directories as user.overlay.opaque: the overlay is mounted with userxattr). -1 on the
+ * host image, which has no writable layer. */
+int writable_layer_upper(void);
+
 #endif

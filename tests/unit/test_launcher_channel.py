@@ -51,6 +51,7 @@ MESSAGES: list[Message] = [
     CreateSession("s-1", session_spec_to_wire(SessionSpec(limits=Limits(memory="1G"), ttl_s=60))),
     RunExec("e1", "s-1", job_to_wire(Job(cmd=["true"])), stream=True),
     SessionControl("r1", "s-1", "stop", 2.5),
+    SessionControl("r2", "s-1", "commit", reference="registry.test/app:2"),
     SessionAnswer("r1"),
     SessionAnswer("r2", "unknown_session", "no session s-9", "session", {"cgroups": ["/sys/fs/cgroup/x"]}),
     JobRejected("j1", "in use by a running job", "mounts.0.volume", "volume_busy"),
