@@ -193,7 +193,7 @@ class Session:
                     self._end("an exec too long for one message")
                     raise JobError("the command, its environment and the file names are too long for one job "
                                    "message", field="cmd") from None
-                raise SessionGone(f"its sandbox is gone ({exc.strerror})") from None
+                raise SessionGone(self._why_gone()) from None
             for fd in (stdout_w, stderr_w):
                 fds.remove(fd)
                 os.close(fd)
