@@ -84,12 +84,28 @@ def _egress() -> list[Check]:
     return [Check("ok", "egress (--network egress): slirp4netns and /dev/net/tun")]
 
 
-def _init_binary() -> list[Check]:
-    if not os.access(INIT_BINARY, os.X_OK):
-        return [Check("FAIL", f"the sandbox init {INIT_BINARY} is not built",
+def _init_binary(binary: str = INIT_BINARY) -> list[Check]:
+    if not os.access(binary, os.X_OK):
+        return [Check("FAIL", f"the sandbox init {binary} is not built",
                       "reinstall the package (pip install -e . compiles it; needs gcc and libc6-dev, "
                       "musl-tools preferred)")]
-    return [Check("ok", f"sandbox init built: {INIT_BINARY}")]
+    newer = _sources_newer_than(binary)
+    if newer:
+        # An editable install runs the binary beside its sources: one built before a change
+        # of them speaks an older protocol than the Python side (a session's sandbox fails
+        # at its first request, a job may too).
+        return [Check("FAIL", f"the sandbox init {binary} is older than its sources ({', '.join(newer)})",
+                      "rebuild it: pip install -e . (scripts/setup)")]
+    return [Check("ok", f"sandbox init built: {binary}")]
+
+
+def _sources_newer_than(binary: str) -> list[str]:
+    """The C sources beside the init (an editable install's; a wheel has none) changed
+    since it was built."""
+    directory = os.path.dirname(binary)
+    built = os.stat(binary).st_mtime_ns
+    return sorted(name for name in os.listdir(directory) if name.endswith((".c", ".h"))
+                  and os.stat(os.path.join(directory, name)).st_mtime_ns > built)
 
 
 def _user_namespaces() -> list[Check]:

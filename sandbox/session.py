@@ -215,7 +215,7 @@ class Session:
                     self._end("an exec too long for one message")
                     raise JobError("the command, its environment and the file names are too long for one job "
                                    "message", field="cmd") from None
-                raise SessionGone(f"its sandbox is gone ({exc.strerror})") from None
+                raise SessionGone(self._why_gone()) from None
             for fd in (stdout_w, stderr_w):
                 fds.remove(fd)
                 os.close(fd)
@@ -272,7 +272,7 @@ class Session:
         ready, _, _ = select.select([channel], [], [], ANSWER_TIMEOUT_S)
         data = channel.recv(1 << 16) if ready else b""
         if not data:
-            raise SessionGone(f"its sandbox init did not answer {kind!r}")
+            raise SessionGone(self._why_gone() if ready else f"its sandbox init did not answer {kind!r}")
         message: dict[str, Any] = json.loads(data)
         if message.get("kind") != kind:
             raise SessionGone(f"its sandbox init answered {message.get('kind')!r}, not {kind!r}")
@@ -331,12 +331,31 @@ class Session:
             channel.send(UPPER_REQUEST)
             ready, _, _ = select.select([channel], [], [], ANSWER_TIMEOUT_S)
             data, fds, _, _ = socket.recv_fds(channel, 1 << 16, 1) if ready else (b"", [], 0, None)
-        except OSError as exc:
-            raise SessionGone(f"its sandbox is gone ({exc.strerror})") from None
-        if not data or json.loads(data).get("kind") != "upper" or len(fds) != 1:
+        except OSError:
+            raise SessionGone(self._why_gone()) from None
+        if not data:
+            raise SessionGone(self._why_gone())
+        if json.loads(data).get("kind") != "upper" or len(fds) != 1:
             close_quietly(fds)
             raise SessionGone("its sandbox init did not hand over its writable layer")
         return fds[0]
+
+    def _why_gone(self) -> str:
+        """Why the init closed its job channel: the setup_error it reported on its way
+        out (a failed step of the session's set-up or of an exec's), else how it ended.
+        Read without reaping it: that stays the supply's (``retire``)."""
+        prepared = self._sandbox.prepared
+        messages = list(prepared.early)
+        try:
+            while data := os.read(prepared.report_fd, 1 << 16):
+                messages += prepared.reader.feed(data)
+        except BlockingIOError:
+            pass
+        error = next((m.get("message") for m in messages if m.get("kind") == "setup_error"), None)
+        if error:
+            return f"its sandbox init failed: {error}"
+        status = _exit_status(prepared.init_pid)
+        return f"its sandbox init {status}" if status else "its sandbox init closed its job channel"
 
     def _kill(self, cgroup: JobCgroup) -> None:
         """Kill the exec (a limit, a cancel, ``stop``), thawed first if paused: a task
@@ -420,6 +439,27 @@ def _lease_image(name: str) -> _Image:
     except (ImageNotFound, BadReference) as exc:
         raise JobError(str(exc), field="image") from exc
     return _Image(lease, ImageRoot(lease.layer_dirs, lease.workdir() or WORKDIR))
+
+
+def _exit_status(pid: int) -> str | None:
+    """How the process ``pid`` (a child, exiting or exited) ended, left unreaped; None if
+    it does not end within ANSWER_TIMEOUT_S (its job channel closed: it is on its way)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        exited, _, _ = select.select([pidfd], [], [], ANSWER_TIMEOUT_S)
+        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT) if exited else None
+    except ChildProcessError:
+        return None
+    finally:
+        os.close(pidfd)
+    if info is None:
+        return None
+    if info.si_code == os.CLD_EXITED:
+        return f"exited with status {info.si_status}"
+    return f"was killed by signal {info.si_status} ({signal.strsignal(info.si_status)})"
 
 
 def _signal_all(cgroup: JobCgroup, number: int) -> None:

@@ -429,7 +429,10 @@ class SandboxSupply:
     def _clean_up(self, sandbox: Sandbox) -> None:
         prepared = sandbox.prepared
         if prepared.init_pid > 0 and not prepared.reaped:
-            os.waitpid(prepared.init_pid, 0)
+            try:
+                os.waitpid(prepared.init_pid, 0)
+            except ChildProcessError:
+                pass  # reaped already: this process is a subreaper, whose orphan reaping may take it first
             prepared.reaped = True
         # The init was pid 1 of the job's pid namespace: its exit took every process of
         # the job with it, so its id is free for the next.

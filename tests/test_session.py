@@ -5,6 +5,7 @@ its own cgroup below the session's, and a deleted session leaves nothing behind.
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -177,3 +178,35 @@ def test_a_paused_session_is_deleted_without_thawing_first(runner):
         exec_thread.join()
         runner.tidy()
     assert results[0].status is Status.INTERNAL_ERROR or results[0].signal_name == "SIGKILL"
+
+
+def test_a_session_whose_init_failed_says_why(runner):
+    """The init's own reason reaches the caller, not only that it is gone: here it
+    refuses a request it does not know (as an init older than the session code would),
+    reports why and exits, and the next exec ends the session with that reason."""
+    opened = Session(runner, SessionSpec())
+    try:
+        pidfd = os.pidfd_open(opened.init_pid)
+        try:
+            opened._sandbox.prepared.job_channel.send(b"bogus")
+            assert select.select([pidfd], [], [], 30)[0], "the init did not exit"
+        finally:
+            os.close(pidfd)
+        result = opened.exec(sh("true"))
+        assert result.status is Status.INTERNAL_ERROR
+        assert "a session request it does not know" in result.error, result.error
+        assert opened.closed
+    finally:
+        opened.delete()
+        runner.tidy()
+
+
+def test_an_init_reaped_by_someone_else_is_still_cleaned_up(runner):
+    """The supervisor is a subreaper, and reaping its orphans may take a retired init
+    before the supply's cleanup waits for it: the cleanup goes on (its cgroup too)."""
+    sandbox = runner.take_sandbox(None, "default", Limits(), image_name="host")
+    directories = list(sandbox.cgroup.directories)
+    runner.retire(sandbox)
+    os.waitpid(sandbox.prepared.init_pid, 0)
+    runner.tidy()
+    assert not any(os.path.exists(d) for d in directories)
