@@ -85,7 +85,7 @@ def test_run_json_has_the_documented_shape(tmp_path):
         (["--network", "egress", "--allow-net", "ten"], "sandbox: --allow-net: 'ten' is not an address range"),
         (["--allow-net", "10.0.0.0/8"], "sandbox: --allow-net: allowed ranges are for an egress job"),
         (["--network", "egress", "--profile", "strict"], "sandbox: --network: profile strict has network 'none'"),
-        (["--lang", "cobol", "--source", "/etc/hostname", "--image", "x"], "sandbox: --lang: --lang runs in the"),
+        (["--lang", "python3", "--source", "/etc/hostname", "--cwd", "/tmp"], "sandbox: --lang: --lang runs in /work"),
     ],
 )
 def test_bad_flags_are_typed_errors_with_status_125(flags, message):
