@@ -50,14 +50,17 @@ def range_maps(plan: IdPlan) -> dict[str, list[tuple[int, int, int]]]:
 
 
 def run_as_range_root(body: Callable[[int], None], before: Callable[[], None] | None = None,
-                      timeout: float | None = None) -> list[dict[str, Any]]:
+                      timeout: float | None = None, namespaces: int = 0,
+                      on_mapped: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Run ``body(report_fd)`` as root of a new user namespace mapping the range; the
     messages it sent (``child.send``), its failure as a ``setup_error`` one, and an
     ``expired`` one last when it ran past ``timeout`` seconds and was killed (SIGKILL:
     what it forked must die with it, ``die_with_parent``). Inherited fds (a directory
     to read, a file to write) stay usable there. ``before`` runs in the child first,
-    as the supervisor's own user (joining a cgroup). Raises IdNamespaceError without a
-    range."""
+    as the supervisor's own user (joining a cgroup). ``namespaces``: more namespaces
+    the child makes with its user namespace (so owned by it), which ``on_mapped(pid)``
+    - run here once the maps are written, before the body starts - may set up from
+    outside (a network namespace's egress). Raises IdNamespaceError without a range."""
     plan = plan_ids()
     maps = range_maps(plan)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -65,13 +68,15 @@ def run_as_range_root(body: Callable[[int], None], before: Callable[[], None] | 
     started = time.monotonic()
     pid = os.fork()
     if pid == 0:
-        child.guard(report_write, lambda: _enter(theirs, report_write, body, before))
+        child.guard(report_write, lambda: _enter(theirs, report_write, body, before, namespaces))
     theirs.close()
     os.close(report_write)
     try:
         with ours:
             if ours.recv(len(_MAP_REQUEST)) == _MAP_REQUEST:
                 write_maps(pid, plan.mapper, maps)
+                if on_mapped is not None:
+                    on_mapped(pid)  # (raising, it closes the channel: the child ends unstarted)
                 ours.send(_MAP_REQUEST)
         with os.fdopen(report_read, "rb") as report:
             text, expired = _read_all(report, pid, started, timeout)
@@ -100,11 +105,11 @@ def _read_all(report: BinaryIO, pid: int, started: float, timeout: float | None)
 
 
 def _enter(channel: socket.socket, report: int, body: Callable[[int], None],
-           before: Callable[[], None] | None) -> None:
+           before: Callable[[], None] | None, namespaces: int) -> None:
     die_with_parent()
     if before is not None:
         before()
-    sc.unshare(sc.CLONE_NEWUSER)
+    sc.unshare(sc.CLONE_NEWUSER | namespaces)
     channel.send(_MAP_REQUEST)
     if channel.recv(len(_MAP_REQUEST)) != _MAP_REQUEST:
         os._exit(125)  # the parent could not map us, and says why

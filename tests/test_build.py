@@ -248,3 +248,31 @@ def test_an_image_built_on_the_language_image_runs_judges_and_language_runs(lang
         assert (ran.returncode, ran.stdout) == (0, "42\n"), ran.stderr
     finally:
         cli("rmi", "course-python:1")
+
+
+@pytest.mark.kernel
+def test_a_build_asked_for_egress_gives_its_run_steps_the_stack(base):
+    """``--network egress``: a RUN step's namespace has the stack's link with its default
+    route and the private ranges unreachable, and its /etc/resolv.conf names the stack's
+    resolver (bound over the image's: the layer keeps the image's own). Without it, a
+    step has no route at all. (What egress reaches is the egress jobs' tests': they run
+    in a network of the test's own, where a build has no subordinate ids to be root of.)"""
+    sandboxfile = "FROM base:1\nRUN cat /proc/net/route > /routes && cat /etc/resolv.conf > /resolver\n"
+    directory = context(base.parent, sandboxfile, {})
+    with_egress = cli("build", "--network", "egress", "--allow-net", "10.9.0.0/16", "-t", "online:1", str(directory))
+    assert with_egress.returncode == 0, with_egress.stderr
+    shown = cli("run", "--image", "online:1", "--", "sh", "-c", "cat /routes /resolver")
+    routes, resolver = shown.stdout.split("nameserver", 1)
+    table = [line.split()[:2] for line in routes.splitlines()[1:]]  # (interface, destination in hex)
+    assert ["tap0", "00000000"] in table, routes  # the default route, through the stack
+    assert any(destination == "0000000A" for _, destination in table), routes  # 10.0.0.0/8 cut off
+    assert resolver.strip() == "10.0.2.3"
+    offline = cli("build", "-t", "offline:1", str(context(base.parent, "FROM base:1\nRUN cat /proc/net/route > /none\n",
+                                                          {})))
+    assert offline.returncode == 0, offline.stderr
+    assert cli("run", "--image", "offline:1", "--", "cat", "/none").stdout.splitlines()[1:] == []
+
+
+def test_allowed_ranges_need_egress_in_a_build():
+    done = cli("build", "--allow-net", "10.0.0.0/8", "-t", "x:1", ".")
+    assert done.returncode != 0 and "--network egress" in done.stderr

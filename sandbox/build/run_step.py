@@ -47,19 +47,24 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandbox import child, rootfs
 from sandbox.cgroups import open_backend
 from sandbox.cgroups.base import JobCgroup
 from sandbox.errors import CgroupError, SandboxError, SetupError
+from sandbox.fspath import open_beneath
 from sandbox.id_namespace import IdNamespaceError, die_with_parent, run_as_range_root, setup_errors
 from sandbox.images.layer_writer import LayerBlob, LayerTar, TreeWalker
 from sandbox.images.store import remove_tree
 from sandbox.linux import syscalls as sc
 from sandbox.models import Limits
 from sandbox.overlay import mount_build_root, open_layers
+
+if TYPE_CHECKING:
+    from sandbox.egress import Egress
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOSTNAME = "sandbox-build"
@@ -78,23 +83,38 @@ CGROUP_EMPTY_TIMEOUT_S = 10.0
 
 
 def run_step(layer_dirs: list[str], config: dict[str, Any], argv: list[str], workspace: Path,
-             limits: Limits = STEP_LIMITS) -> LayerBlob:
+             limits: Limits = STEP_LIMITS, egress: Sequence[str] | None = None) -> LayerBlob:
     """Run ``argv`` on ``layer_dirs`` (bottom first) with the image ``config`` (Env,
     WorkingDir, User) under ``limits`` (wall time, memory, pids, CPUs); the layer of
-    what it changed, written to ``workspace``/layer. Raises RunError."""
+    what it changed, written to ``workspace``/layer. No network but ``lo``, unless
+    ``egress`` (the blocked ranges it allows, as a job's ``allow_net``): then the
+    outside through a stack of the step's own, as an egress job has. Raises RunError."""
     for name in ("upper", "work", "root", "empty"):
         (workspace / name).mkdir()
     blob_path = workspace / "layer"
     cgroup = _step_cgroup(limits)
     oom_kills = 0
+    stacks: list[Egress] = []
+
+    def give_egress(pid: int) -> None:  # C's network namespace, made with its user namespace
+        from sandbox.egress import start
+
+        stacks.append(start(pid, list(egress or ())))
+
     with open(blob_path, "xb") as blob:
         try:
             messages = run_as_range_root(lambda report: _step(report, blob.fileno(), layer_dirs, config, argv,
-                                                              workspace),
-                                         before=cgroup.join, timeout=limits.wall_time_ms / 1000)
+                                                              workspace, egress is not None),
+                                         before=cgroup.join, timeout=limits.wall_time_ms / 1000,
+                                         namespaces=sc.CLONE_NEWNET,
+                                         on_mapped=None if egress is None else give_egress)
         except IdNamespaceError as exc:
             raise RunError(f"RUN needs {exc}") from None
+        except SetupError as exc:
+            raise RunError(f"RUN could not run: {exc}") from None
         finally:
+            for stack in stacks:
+                stack.stop()
             oom_kills = cgroup.usage().oom_kills
             _remove_cgroup(cgroup)
             _remove_left_over(workspace)
@@ -158,13 +178,14 @@ def _remove(paths: list[Path]) -> None:
 
 
 def _step(report: int, blob: int, layer_dirs: list[str], config: dict[str, Any], argv: list[str],
-          workspace: Path) -> None:
-    """C, root of the range: runs G, then writes the layer."""
-    sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS)
+          workspace: Path, egress: bool) -> None:
+    """C, root of the range (its network namespace made with it): runs G, then writes
+    the layer."""
+    sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS)
     sc.mount_propagation("/", sc.MS_REC | sc.MS_PRIVATE)
     upper = os.open(workspace / "upper", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        status = _run_command(upper, report, layer_dirs, config, argv, workspace)
+        status = _run_command(upper, report, layer_dirs, config, argv, workspace, egress)
         if status != 0:
             child.send(report, "exit", status=status)
             return
@@ -180,7 +201,7 @@ def _step(report: int, blob: int, layer_dirs: list[str], config: dict[str, Any],
 
 
 def _run_command(upper: int, report: int, layer_dirs: list[str], config: dict[str, Any], argv: list[str],
-                 workspace: Path) -> int:
+                 workspace: Path, egress: bool) -> int:
     """Mount the step's root and run G in it; G's exit status (128+N: killed by N)."""
     layers = open_layers(layer_dirs or [str(workspace / "empty")])
     work = os.open(workspace / "work", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -192,6 +213,8 @@ def _run_command(upper: int, report: int, layer_dirs: list[str], config: dict[st
             os.close(fd)
     try:
         rootfs.build_dev(root)
+        if egress:
+            _resolver(root, workspace)
         pid = os.fork()
         if pid == 0:
             child.guard(report, lambda: _command(root, config, argv))
@@ -232,6 +255,35 @@ def _command(root: int, config: dict[str, Any], argv: list[str]) -> None:
     except OSError as exc:
         os.write(2, f"sandbox build: cannot run {argv[0]}: {exc.strerror}\n".encode())
         os._exit(127)
+
+
+def _resolver(root: int, workspace: Path) -> None:
+    """An egress step's /etc/resolv.conf names the stack's resolver: a file of the
+    workspace bound over the image's (made empty in the layer where the image has none
+    and has an /etc), as ``docker build`` binds its own; what the step writes there stays
+    out of the layer."""
+    source = workspace / "resolv.conf"
+    source.write_text(f"nameserver {rootfs.STACK_RESOLVER}\n")
+    try:
+        etc = open_beneath(root, "etc", os.O_PATH | os.O_DIRECTORY)
+    except OSError:
+        return  # an image without /etc: nothing names a resolver
+    try:
+        try:
+            target = open_beneath(etc, "resolv.conf", os.O_PATH)
+        except FileNotFoundError:
+            os.close(open_beneath(etc, "resolv.conf", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            target = open_beneath(etc, "resolv.conf", os.O_PATH)
+        try:
+            clone = sc.open_tree(sc.AT_FDCWD, str(source), sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
+            try:
+                sc.move_mount(clone, "", target, "", sc.MOVE_MOUNT_F_EMPTY_PATH | sc.MOVE_MOUNT_T_EMPTY_PATH)
+            finally:
+                os.close(clone)
+        finally:
+            os.close(target)
+    finally:
+        os.close(etc)
 
 
 def _user(user: str) -> tuple[int, int]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import ipaddress
 import os
 import sys
 from typing import Any
@@ -26,6 +27,11 @@ def add_commands(commands: Any) -> None:
     limits.add_argument("--pids", type=int, default=4096, help="processes and threads at once (default 4096)")
     limits.add_argument("--cpus", help="CPUs, e.g. 1.5 (default: no quota)")
     limits.add_argument("--timeout", default="30m", help="wall time, e.g. 10m (default 30m)")
+    build.add_argument("--network", choices=["egress"],
+                       help="egress: RUN steps reach the outside through a user-space stack, as an egress job "
+                            "(private ranges and the host stay unreachable; default: no network)")
+    build.add_argument("--allow-net", action="append", default=[], metavar="CIDR",
+                       help="with egress: let a blocked range through (e.g. 10.0.0.0/8; repeatable)")
     build.set_defaults(handler=_build)
 
 
@@ -41,6 +47,14 @@ def _build(args: argparse.Namespace) -> int:
     except JobError as exc:
         flag = "--timeout" if exc.field == "limits.wall_time" else "--" + (exc.field or "").removeprefix("limits.")
         raise SandboxError(f"{flag}: {exc.message}") from None
+    if args.allow_net and args.network != "egress":
+        raise SandboxError("--allow-net: allowed ranges are for egress: add --network egress")
+    for text in args.allow_net:
+        try:
+            ipaddress.IPv4Network(text, strict=False)
+        except ValueError:
+            raise SandboxError(f"--allow-net: {text!r} is not an IPv4 range (CIDR, e.g. 10.0.0.0/8)") from None
+    egress = list(args.allow_net) if args.network == "egress" else None
 
     build_args = {}
     for item in args.build_arg:
@@ -56,7 +70,8 @@ def _build(args: argparse.Namespace) -> int:
         raise SandboxError(f"cannot read the Sandboxfile {path}: {exc.strerror}") from None
     config = images_config.load()
     report = build(Store(config.store), config, text, args.context, args.tag, build_args,
-                   lambda line: print(line, file=sys.stderr, flush=True), functools.partial(run_step, limits=limits))
+                   lambda line: print(line, file=sys.stderr, flush=True),
+                   functools.partial(run_step, limits=limits, egress=egress))
     print(f"{report.steps} steps: {report.cached} cached, {report.written} written", file=sys.stderr)
     print(f"{report.reference} {report.image_id}")
     return 0
