@@ -24,6 +24,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -32,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pyroute2 import IPRoute
 
 from sandbox.linux import syscalls as sc
-from sandbox.rootfs import new_filesystem
 
 HOST_ADDRESS = "192.0.2.254"
 WORLD_ADDRESSES = ("192.0.2.1", "10.1.2.3")
@@ -83,14 +83,16 @@ def own_namespaces() -> None:
     Path("/proc/self/setgroups").write_text("deny")
     Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
     Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
-    scratch = new_filesystem("tmpfs", {}, 0)
-    descriptor = os.open("resolv.conf", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=scratch)
-    os.write(descriptor, f"nameserver {WORLD_ADDRESSES[0]}\n".encode())
-    os.close(descriptor)
-    tree = sc.open_tree(scratch, "resolv.conf", sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
-    sc.move_mount(tree, "", sc.AT_FDCWD, "/etc/resolv.conf", sc.MOVE_MOUNT_F_EMPTY_PATH)
-    os.close(tree)
-    os.close(scratch)
+    # A bind of a file made for it, gone from /tmp once mounted (a clone of a detached
+    # tmpfs's file would be tidier, but kernels before 6.x refuse to clone from one).
+    descriptor, path = tempfile.mkstemp(prefix="networld-resolv-")
+    try:
+        os.write(descriptor, f"nameserver {WORLD_ADDRESSES[0]}\n".encode())
+        os.fchmod(descriptor, 0o644)
+        sc.mount(path, "/etc/resolv.conf", "", sc.MS_BIND, "")
+    finally:
+        os.close(descriptor)
+        os.unlink(path)
 
 
 def up(routes: IPRoute, name: str) -> int:

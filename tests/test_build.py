@@ -222,7 +222,6 @@ def test_a_build_limit_flag_is_checked_and_named():
     assert "--memory" in done.stderr
 
 
-@pytest.mark.kernel
 def test_an_image_built_on_the_language_image_runs_judges_and_language_runs(language_image, tmp_path):
     """A course's image - the language image plus a module its programs import - built
     with a Sandboxfile, then named by ``sandbox judge --image`` and ``sandbox run --lang

@@ -60,17 +60,26 @@ def probe(*flags: str, targets: tuple[str, ...]) -> dict[str, str]:
 
 
 def stacks() -> list[int]:
-    """Our slirp4netns processes."""
+    """Our slirp4netns processes: the stacks, not the child each forks for a moment to
+    open its tap device in the job's namespaces."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                if (os.stat(f"/proc/{entry}").st_uid == os.getuid()
-                        and Path(f"/proc/{entry}/comm").read_text() == "slirp4netns\n"):
+                if (os.stat(f"/proc/{entry}").st_uid == os.getuid() and _comm(entry) == "slirp4netns"
+                        and _comm(_parent(entry)) != "slirp4netns"):
                     found.append(int(entry))
             except OSError:
                 pass
     return found
+
+
+def _comm(pid: str) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def _parent(pid: str) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
 
 
 def test_an_egress_job_reaches_the_outside_and_nothing_private():
@@ -179,14 +188,17 @@ WORKER_DRIVER = f"""
 import json, os, subprocess, sys, time
 from pathlib import Path
 from sandbox.models import Job
-from worker.client import Client, accepting
+from worker.client import Client, WorkerError, accepting
 PROBE = {PROBE!r}
-def stacks():
+def comm(pid):
+    return Path(f"/proc/{{pid}}/comm").read_text().strip()
+def stacks():  # (as the test's own, below: the stacks, not their short-lived children)
     found = []
     for entry in os.listdir("/proc"):
         try:
+            parent = Path(f"/proc/{{entry}}/stat").read_text().rsplit(")", 1)[1].split()[1] if entry.isdigit() else ""
             if (entry.isdigit() and os.stat(f"/proc/{{entry}}").st_uid == os.getuid()
-                    and Path(f"/proc/{{entry}}/comm").read_text() == "slirp4netns\\n"):
+                    and comm(entry) == "slirp4netns" and comm(parent) != "slirp4netns"):
                 found.append(entry)
         except OSError:
             pass
@@ -212,10 +224,14 @@ try:
             assert time.monotonic() < deadline, "the cancelled job's stack never started"
             time.sleep(0.01)
         client.cancel(sleeper)
-        cancelled = client.wait(sleeper)
+        try:  # (cancelled before it started - its stack comes first - there is no result)
+            cancelled = client.wait(sleeper).status.value
+        except WorkerError as exc:
+            assert exc.code == "cancelled", exc
+            cancelled = "cancelled"
         left = stacks()
     print(json.dumps({{"egress": egress.stdout.decode(), "plain": plain.stdout.decode(),
-                      "handovers": [after_egress, after_plain], "cancelled": cancelled.status.value,
+                      "handovers": [after_egress, after_plain], "cancelled": cancelled,
                       "stacks_after_cancel": left}}))
 finally:
     worker.terminate()
