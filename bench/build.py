@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
 
 from imagebuild import debian_python_rootfs, oci_layout  # noqa: E402
 
-from bench.common import REPO, write_raw  # noqa: E402
+from bench.common import REPO, timed, write_raw  # noqa: E402
 from sandbox.images.store import remove_tree  # noqa: E402
 
 BASE = "bench/python:3.11"
@@ -67,12 +66,6 @@ def _podman(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def _timed(action: Any) -> float:
-    start = time.perf_counter()
-    action()
-    return time.perf_counter() - start
-
-
 def _context(work: Path, base: str) -> Path:
     context = work / f"context-{base.replace('/', '-').replace(':', '-')}"
     (context / "app").mkdir(parents=True)
@@ -94,9 +87,9 @@ def _sandbox_side(work: Path, layout: Path, runs: int) -> dict[str, Any]:
             _sandbox("rmi", "bench/app:1", env=env)
         remove_tree(store / "build-cache")
         _sandbox("gc", env=env)
-        cold.append(_timed(lambda: _sandbox(*build, env=env)))
+        cold.append(timed(lambda: _sandbox(*build, env=env)))
     for _ in range(runs):
-        cached.append(_timed(lambda: _sandbox(*build, env=env)))
+        cached.append(timed(lambda: _sandbox(*build, env=env)))
     check = _sandbox("run", "--image", "bench/app:1", env=env)
     assert check.stdout.strip() == "42", check.stdout
     built = json.loads(_sandbox("inspect", "bench/app:1", env=env).stdout)
@@ -112,8 +105,8 @@ def _podman_side(work: Path, layout: Path, runs: int) -> dict[str, Any]:
     _podman(root, "tag", image_id, f"localhost/{BASE}")
     context = _context(work, f"localhost/{BASE}")
     build = ["build", "-q", "--network", "none", "-t", "localhost/bench/app:1", str(context)]
-    cold = [_timed(lambda: _podman(root, *build[:1], "--no-cache", *build[1:])) for _ in range(runs)]
-    cached = [_timed(lambda: _podman(root, *build)) for _ in range(runs)]
+    cold = [timed(lambda: _podman(root, *build[:1], "--no-cache", *build[1:])) for _ in range(runs)]
+    cached = [timed(lambda: _podman(root, *build)) for _ in range(runs)]
     check = _podman(root, "run", "--rm", "--network", "none", "localhost/bench/app:1")
     assert check.stdout.strip() == "42", check.stdout
     # What it added, measured as the sandbox's is: its layers gzip-compressed, as pushed.

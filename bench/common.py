@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,13 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "user": os.environ.get("USER") or str(os.getuid()),
     }
+
+
+def timed(action: Callable[[], object]) -> float:
+    """Seconds ``action`` took (perf_counter)."""
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
 
 
 def write_raw(part: str, figures: dict[str, Any]) -> Path:

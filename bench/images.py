@@ -26,19 +26,13 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
 from imagebuild import debian_python_layout  # noqa: E402
 from registries import skopeo_push, start_registry  # noqa: E402
 
-from bench.common import show, target, write_raw  # noqa: E402
+from bench.common import show, target, timed, write_raw  # noqa: E402
 from sandbox.images.config import ImagesConfig  # noqa: E402
 from sandbox.images.pull import pull  # noqa: E402
 from sandbox.images.runtime import lease_image  # noqa: E402
 from sandbox.images.store import Store, remove_tree  # noqa: E402
 from sandbox.models import Job, Limits  # noqa: E402
 from sandbox.runner import Runner  # noqa: E402
-
-
-def timed(action) -> float:
-    start = time.perf_counter()
-    action()
-    return time.perf_counter() - start
 
 
 def measure(runs: int, jobs: int) -> dict:

@@ -29,8 +29,10 @@ own writable layer over it (``native/root.c``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from collections.abc import Iterator
 
 from sandbox.errors import SetupError
 from sandbox.fspath import make_dirs_beneath, open_beneath
@@ -117,13 +119,36 @@ def mount_build_root(layer_fds: list[int], upper_fd: int, work_fd: int, workspac
     return _mount_overlay(workspace, name, [str(fd) for fd in layer_fds], (str(upper_fd), str(work_fd)))
 
 
+def detached_overlay(lowers: list[int], upper_work: tuple[int, int]) -> int:
+    """The writable overlay of ``lowers`` (fds, top-most first) over the upper and work
+    directories ``upper_work`` (fds), as a detached mount; its fd. Raises OSError
+    (EOPNOTSUPP) on a kernel without ``lowerdir+`` (before 6.8): its mount(2) fallback
+    needs a mount point."""
+    with _fd_names():
+        overlay = _mount_new_api([str(fd) for fd in lowers], (str(upper_work[0]), str(upper_work[1])))
+    if overlay is None:
+        raise OSError(errno.EOPNOTSUPP, "this kernel's overlayfs takes no lowerdir+ (Linux 6.8)")
+    return overlay
+
+
+@contextlib.contextmanager
+def _fd_names() -> Iterator[None]:
+    """In /proc/self/fd, where an fd's number names its directory: no host path is
+    written into a mount's options (or the job's mount table)."""
+    cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    os.chdir("/proc/self/fd")
+    try:
+        yield
+    finally:
+        os.fchdir(cwd)
+        os.close(cwd)
+
+
 def _mount_overlay(workspace: int, name: str, lowers: list[str], upper_work: tuple[str, str] | None) -> int:
     """The overlay of ``lowers`` (fd numbers, top-most first) - writable with
     ``upper_work`` (fd numbers), else read-only - attached at ``name`` in the tmpfs
     ``workspace``; its root's fd."""
-    cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    os.chdir("/proc/self/fd")
-    try:
+    with _fd_names():
         overlay = _mount_new_api(lowers, upper_work)
         if overlay is None:
             mount_point = open_beneath(workspace, name, os.O_PATH | os.O_DIRECTORY)
@@ -137,9 +162,6 @@ def _mount_overlay(workspace: int, name: str, lowers: list[str], upper_work: tup
             return open_beneath(workspace, name, os.O_PATH | os.O_DIRECTORY)
         sc.move_mount(overlay, "", workspace, name, sc.MOVE_MOUNT_F_EMPTY_PATH)
         return overlay
-    finally:
-        os.fchdir(cwd)
-        os.close(cwd)
 
 
 def _tmpfs(size: int) -> int:

@@ -37,6 +37,7 @@ import os
 import stat
 
 from sandbox.linux import syscalls as sc
+from sandbox.overlay import detached_overlay
 
 PAGE = 4096
 OPAQUE = "user.overlay.opaque"
@@ -94,7 +95,7 @@ def make(volume: int, cap_bytes: int) -> Layer:
         os.fchmod(layer.upper, stat.S_IMODE(root.st_mode))
         work = os.open("work", _OPEN_DIRECTORY, dir_fd=tmpfs)
         try:
-            layer.overlay = _overlay(volume, layer.upper, work)
+            layer.overlay = detached_overlay([volume], (layer.upper, work))
         finally:
             os.close(work)
     except BaseException:
@@ -105,23 +106,6 @@ def make(volume: int, cap_bytes: int) -> Layer:
             if fd >= 0:
                 os.close(fd)
     return layer
-
-
-def _overlay(lower: int, upper: int, work: int) -> int:
-    context = sc.fsopen("overlay")
-    cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.chdir("/proc/self/fd")
-        sc.fsconfig_string(context, "lowerdir+", str(lower))
-        sc.fsconfig_string(context, "upperdir", str(upper))
-        sc.fsconfig_string(context, "workdir", str(work))
-        sc.fsconfig_flag(context, "userxattr")
-        sc.fsconfig_create(context)
-        return sc.fsmount(context, _NOT_A_DEVICE)
-    finally:
-        os.fchdir(cwd)
-        os.close(cwd)
-        os.close(context)
 
 
 def merge(upper: int, volume: int) -> None:

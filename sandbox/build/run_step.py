@@ -93,7 +93,6 @@ def run_step(layer_dirs: list[str], config: dict[str, Any], argv: list[str], wor
         (workspace / name).mkdir()
     blob_path = workspace / "layer"
     cgroup = _step_cgroup(limits)
-    oom_kills = 0
     stacks: list[Egress] = []
 
     def give_egress(pid: int) -> None:  # C's network namespace, made with its user namespace
