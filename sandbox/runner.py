@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandbox import prepare, volumes
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
@@ -57,6 +57,9 @@ from sandbox.supply import Sandbox, SandboxSupply
 from sandbox.verdict import decide
 from sandbox.warm_kind import WarmKind
 from sandbox.zygote import StartedZygote
+
+if TYPE_CHECKING:
+    from sandbox.interpreter import Interpreters
 
 # Warm sandboxes are built with the default writable-area size; a job asking for
 # another size gets the tmpfs resized (cheap) when it arrives.
@@ -115,6 +118,7 @@ class Runner:
         # retiring sandboxes is serialized; supervising them (most of a job's life) is not,
         # so several threads may run jobs on one Runner (``sandbox judge --parallel``).
         self._supply_lock = threading.Lock()
+        self._interpreter_templates: Interpreters | None = None
 
     def run(
         self, job: Job, *, cancel_fd: int | None = None, on_started: Callable[[], None] | None = None,
@@ -134,6 +138,11 @@ class Runner:
         The finished sandbox is cleaned up later (``sandboxes.step`` or ``tidy``), so
         the caller can send the result first."""
         try:
+            if job.interpreter is not None:
+                if trace is not None or handed is not None:
+                    raise JobError("the interpreter mode is neither traced nor handed over", field="interpreter")
+                return self._interpreters().run(job, cancel_fd=cancel_fd, on_started=on_started,
+                                                on_output=on_output)
             return self._run(job, cancel_fd, on_started, on_output, trace, handed, collect_room)
         except JobError:
             raise
@@ -160,6 +169,21 @@ class Runner:
         except (SandboxError, OSError) as exc:
             error = str(exc) if isinstance(exc, SandboxError) else f"{type(exc).__name__}: {exc}"
             return [Result(Status.INTERNAL_ERROR, error=error) for _ in group.jobs]
+
+    def _interpreters(self) -> Interpreters:
+        """The interpreter mode's templates, made for the first job that asks for it (the
+        module only then: the command line's cold path never loads it)."""
+        with self._supply_lock:
+            if self._interpreter_templates is None:
+                from sandbox.interpreter import Interpreters
+
+                self._interpreter_templates = Interpreters(self)
+            return self._interpreter_templates
+
+    def close_interpreters(self) -> None:
+        """End the interpreter mode's templates (the next interpreter job starts anew)."""
+        if self._interpreter_templates is not None:
+            self._interpreter_templates.close()
 
     def tidy(self) -> None:
         """Finish the cleanup of jobs that already have their result."""
@@ -199,6 +223,14 @@ class Runner:
                 sandbox.cgroup.start_accounting()
             return sandbox
 
+    def open_as_job(self, sandbox: Sandbox, paths: list[str]) -> list[int]:
+        """``paths`` opened for writing by the zygote that made ``sandbox``, as the id its
+        program runs as (``Zygote.open_as``); by this process when it has none."""
+        if not sandbox.job_id or sandbox.zygote is None:
+            return [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in paths]
+        with self._supply_lock:
+            return sandbox.zygote.open_as(sandbox.job_id, paths)
+
     def release_lease(self, lease: Any) -> None:
         """Release an image lease (``images.runtime.LeasedImage``) a caller took, under
         the supply's lock, as leases are taken."""
@@ -211,7 +243,9 @@ class Runner:
             self.sandboxes.retire(sandbox)
 
     def close(self) -> None:
-        """Discard the warm sandboxes, finish pending cleanup, stop the zygote."""
+        """End the interpreter templates, discard the warm sandboxes, finish pending
+        cleanup, stop the zygote."""
+        self.close_interpreters()
         with self._supply_lock:
             self.sandboxes.close()
 
@@ -253,7 +287,7 @@ class Runner:
                 stdio = [_Stdio() for _ in members]
                 pipe_ends: list[int] = []
                 for pipe in group.pipes:
-                    read_end, write_end = _pipe(pipe_ends)
+                    read_end, write_end = pipe_pair(pipe_ends)
                     stdio[pipe.target[0]].stdin = read_end
                     setattr(stdio[pipe.source[0]], pipe.source[1], write_end)
                 fds.extend(pipe_ends)
@@ -344,8 +378,8 @@ class Runner:
         assert member.command is not None, "a handed-over job was started by the worker"
         argv, env, cwd = member.command
         job = member.job
-        stdout_r, stdout_w = _pipe(fds)
-        stderr_r, stderr_w = _pipe(fds)
+        stdout_r, stdout_w = pipe_pair(fds)
+        stderr_r, stderr_w = pipe_pair(fds)
         stdin = job_stdin(job.stdin, fds) if stdio.stdin is None else stdio.stdin
         files = [(f.dest, open_blob(f.content, fds), f.mode) for f in job.files]
         try:  # (a job that never runs leaves its volumes as they were)
@@ -464,20 +498,44 @@ def _image_for(
     if job.image == "host":
         return (*host_command(job, profile_env), None)
     # The image store's code, only for a job on an image (most of ``sandbox run``'s are not).
+    leased = lease_image_root(job.image)
+    cleanup.callback(_locked, lock, leased.lease.release)
+    argv, env, cwd = command_of(job, profile_env, leased.lease)
+    return argv, env, cwd, ImageRoot(leased.root.layers, cwd)
+
+
+@dataclass
+class LeasedRoot:
+    """A stored image leased for longer than one job (a session's, an interpreter
+    template's), and its layers as a sandbox's root."""
+
+    lease: Any  # sandbox.images.runtime.LeasedImage (imported only for an image)
+    root: ImageRoot
+
+
+def lease_image_root(name: str) -> LeasedRoot:
+    """Lease a stored image; one that is not there is the job's error. The caller gives
+    the lease back (``Runner.release_lease``)."""
     from sandbox.images.errors import BadReference, ImageNotFound
     from sandbox.images.runtime import lease_image
 
-    base_env = {"PATH": DEFAULT_PATH}
     try:
-        image = lease_image(job.image)
+        lease = lease_image(name)
     except (ImageNotFound, BadReference) as exc:
         raise JobError(str(exc), field="image") from exc
-    cleanup.callback(_locked, lock, image.release)
-    argv = image.argv(job.cmd)
+    return LeasedRoot(lease, ImageRoot(lease.layer_dirs, lease.workdir() or WORKDIR))
+
+
+def command_of(job: Job, profile_env: dict[str, str], lease: Any | None) -> tuple[list[str], dict[str, str], str]:
+    """argv, env (over the profile's) and cwd of ``job`` on the host image (``lease``
+    None) or on a leased stored image, whose Entrypoint, Cmd, Env and WorkingDir apply."""
+    if lease is None:
+        return host_command(job, profile_env)
+    argv: list[str] = lease.argv(job.cmd)
     if not argv:
-        raise JobError(f"no command given and image {image.name} has no Entrypoint or Cmd", field="cmd")
-    cwd = job.cwd or image.workdir() or WORKDIR
-    return argv, {**profile_env, **image.env(base_env), **job.env}, cwd, ImageRoot(image.layer_dirs, cwd)
+        raise JobError(f"no command given and image {job.image} has no Entrypoint or Cmd", field="cmd")
+    env = {**profile_env, **lease.env({"PATH": DEFAULT_PATH}), **job.env}
+    return argv, env, job.cwd or lease.workdir() or WORKDIR
 
 
 def _wants_egress(job: Job, profile_network: str) -> bool:
@@ -536,7 +594,8 @@ def usage_of(outcome: Outcome, cgroup: JobCgroup | None) -> Usage:
     return usage
 
 
-def _pipe(fds: list[int]) -> tuple[int, int]:
+def pipe_pair(fds: list[int]) -> tuple[int, int]:
+    """A pipe (read end, write end), both recorded in ``fds`` to be closed."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     fds.extend((read_end, write_end))
     return read_end, write_end

@@ -13,6 +13,7 @@ together cover every 32-bit value except the denied ones.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import tempfile
 from typing import Any
@@ -34,7 +35,10 @@ def compile_policy(policy: SeccompPolicy) -> bytes:
     listener, names the call and ends the job (or lets the program's own exec through).
     Never RET_TRAP: a SIGSYS handler in the program could swallow it.
     """
-    seccomp_filter = _new_filter(_action(policy.default))
+    if not policy.listener:
+        policy = _killing(policy)
+    violation = pyseccomp.NOTIFY if policy.listener else pyseccomp.KILL_PROCESS
+    seccomp_filter = _new_filter(_action(policy.default), violation)
     actions = dict(policy.actions)
     if policy.exec_mode == "once":
         for name in EXEC_CALLS:
@@ -64,17 +68,30 @@ def _allow_program_stage(
             seccomp_filter.add_rule(pyseccomp.ALLOW, name, *args)
 
 
+def _killing(policy: SeccompPolicy) -> SeccompPolicy:
+    """``policy`` with its kill-listed calls killing the process outright: for a filter
+    no listener watches."""
+    def killing(action: str) -> str:
+        return "kill_process" if action == "kill" else action
+
+    changed = policy.copy()
+    changed.actions = {name: killing(action) for name, action in policy.actions.items()}
+    changed.arg_rules = {name: [dataclasses.replace(rule, action=killing(rule.action)) for rule in rules]
+                         for name, rules in policy.arg_rules.items()}
+    return changed
+
+
 def compile_trace() -> bytes:
     """A filter that notifies every call (the tracer lets each continue and records it),
     except sendmsg, which hands the listener to the sandbox init right after install."""
-    seccomp_filter = _new_filter(pyseccomp.NOTIFY)
+    seccomp_filter = _new_filter(pyseccomp.NOTIFY, pyseccomp.NOTIFY)
     seccomp_filter.add_rule(pyseccomp.ALLOW, "sendmsg")
     return _export(seccomp_filter)
 
 
-def _new_filter(default_action: int) -> pyseccomp.SyscallFilter:
+def _new_filter(default_action: int, bad_arch: int) -> pyseccomp.SyscallFilter:
     seccomp_filter = pyseccomp.SyscallFilter(default_action)
-    seccomp_filter.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.NOTIFY)
+    seccomp_filter.set_attr(pyseccomp.Attr.ACT_BADARCH, bad_arch)
     seccomp_filter.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)  # binary search over syscalls
     return seccomp_filter
 
@@ -147,6 +164,8 @@ def _action(text: Any) -> int:
         return int(pyseccomp.ERRNO(0))
     if text in ("kill", "notify"):
         return int(pyseccomp.NOTIFY)
+    if text == "kill_process":
+        return int(pyseccomp.KILL_PROCESS)
     if isinstance(text, str) and text.startswith("errno:"):
         name = text.split(":", 1)[1]
         number = getattr(errno, name, None)

@@ -60,10 +60,14 @@ class SeccompPolicy:
     exec_mode: str = "any"
     actions: dict[str, str] = field(default_factory=dict)  # syscall -> allow | kill | noop | errno:NAME
     arg_rules: dict[str, list[ArgRule]] = field(default_factory=dict)
+    # Whether a sandbox init holds the filter's listener, which names a violation. A
+    # filter chain holds one listener at most, so an interpreter-mode snippet's filter,
+    # installed over its template's, has none: a violation there kills the process.
+    listener: bool = True
 
     def copy(self) -> SeccompPolicy:
         return SeccompPolicy(self.default, self.exec_mode, dict(self.actions),
-                             {k: list(v) for k, v in self.arg_rules.items()})
+                             {k: list(v) for k, v in self.arg_rules.items()}, self.listener)
 
 
 def check_action(text: Any) -> str:

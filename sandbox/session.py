@@ -44,10 +44,19 @@ from sandbox.cgroups import JobCgroup
 from sandbox.cgroups.base import Freezer
 from sandbox.collect import Collected, not_collected, receive
 from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
-from sandbox.job_message import DEFAULT_PATH, host_command, job_spec, job_stdin, rlimits, start_job
-from sandbox.models import DEFAULT_STOP_GRACE_S, WORKDIR, Job, Result, SessionSpec, Status
-from sandbox.prepare import ImageRoot
-from sandbox.runner import COLLECT_TIMEOUT_S, Runner, close_quietly, open_blob, result_of, usage_of
+from sandbox.job_message import job_spec, job_stdin, rlimits, start_job
+from sandbox.models import DEFAULT_STOP_GRACE_S, Job, Result, SessionSpec, Status
+from sandbox.runner import (
+    COLLECT_TIMEOUT_S,
+    Runner,
+    close_quietly,
+    command_of,
+    lease_image_root,
+    open_blob,
+    pipe_pair,
+    result_of,
+    usage_of,
+)
 from sandbox.supervise import Outcome, Watch, supervise
 from sandbox.supply import Sandbox
 
@@ -79,14 +88,6 @@ class Committed:
     image_id: str
 
 
-@dataclass
-class _Image:
-    """A session's stored image, leased for the session's life."""
-
-    lease: Any  # sandbox.images.runtime.LeasedImage (imported only for an image session)
-    root: ImageRoot
-
-
 class Session:
     """A sandbox that runs one command after another (``exec``), until ``delete``."""
 
@@ -102,7 +103,7 @@ class Session:
         self._profile_env = profile.env
         self._profile_limits = profile.limits
         self.limits = spec.limits.over(profile.limits)
-        self._image = _lease_image(spec.image) if spec.image != "host" else None
+        self._image = lease_image_root(spec.image) if spec.image != "host" else None
         self._lock = threading.Lock()  # held by the exec under way
         self._state = threading.Lock()  # guards _running against stop/delete
         self._running: JobCgroup | None = None
@@ -196,9 +197,9 @@ class Session:
             cleanup.callback(self._forget_exec, cgroup)
             cgroup.apply_limits(limits)
             cgroup.start_accounting()
-            argv, env, cwd = self._command(job)
-            stdout_r, stdout_w = _pipe(fds)
-            stderr_r, stderr_w = _pipe(fds)
+            argv, env, cwd = command_of(job, self._profile_env, None if self._image is None else self._image.lease)
+            stdout_r, stdout_w = pipe_pair(fds)
+            stderr_r, stderr_w = pipe_pair(fds)
             stdin = job_stdin(job.stdin, fds)
             files = [(f.dest, open_blob(f.content, fds), f.mode) for f in job.files]
             # The disk is the session's: its execs share one scratch.
@@ -234,16 +235,6 @@ class Session:
             collected = self._finish_exec(job, outcome, cgroup, collect_room)
             return result_of(outcome, usage_of(outcome, cgroup), limits, collected, warnings, [])
         raise AssertionError("unreachable")  # pragma: no cover - the with block returns
-
-    def _command(self, job: Job) -> tuple[list[str], dict[str, str], str]:
-        if self._image is None:
-            return host_command(job, self._profile_env)
-        lease = self._image.lease
-        argv: list[str] = lease.argv(job.cmd)
-        if not argv:
-            raise JobError(f"no command given and image {self.spec.image} has no Entrypoint or Cmd", field="cmd")
-        env = {**self._profile_env, **lease.env({"PATH": DEFAULT_PATH}), **job.env}
-        return argv, env, job.cwd or self._image.root.workdir
 
     def _finish_exec(self, job: Job, outcome: Outcome, cgroup: JobCgroup, room: int | None) -> Collected:
         """What the init sends after the exec's program exited, in its order: "started"
@@ -430,17 +421,6 @@ class Session:
             self._runner.release_lease(self._image.lease)
 
 
-def _lease_image(name: str) -> _Image:
-    from sandbox.images.errors import BadReference, ImageNotFound
-    from sandbox.images.runtime import lease_image
-
-    try:
-        lease = lease_image(name)
-    except (ImageNotFound, BadReference) as exc:
-        raise JobError(str(exc), field="image") from exc
-    return _Image(lease, ImageRoot(lease.layer_dirs, lease.workdir() or WORKDIR))
-
-
 def _exit_status(pid: int) -> str | None:
     """How the process ``pid`` (a child, exiting or exited) ended, left unreaped; None if
     it does not end within ANSWER_TIMEOUT_S (its job channel closed: it is on its way)."""
@@ -469,8 +449,3 @@ def _signal_all(cgroup: JobCgroup, number: int) -> None:
         except ProcessLookupError:
             pass
 
-
-def _pipe(fds: list[int]) -> tuple[int, int]:
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    fds.extend((read_end, write_end))
-    return read_end, write_end

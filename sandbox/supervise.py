@@ -96,6 +96,9 @@ class Watch:
     # How a kill is done: None, SIGKILL to the init (the job's pid namespace goes with
     # it); a session's exec kills its own cgroup instead, and the init lives on.
     kill: Callable[[], None] | None = None
+    # Whether the init is this process's child to reap once the job is over: an
+    # interpreter-mode snippet is the template's (sandbox/interpreter.py).
+    reaps: bool = True
 
 
 def supervise(
@@ -183,7 +186,8 @@ def supervise(
     finally:
         selector.close()
     _take_started(outcome, sandbox, watch)
-    os.waitpid(sandbox.init_pid, 0)
+    if watch.reaps:
+        os.waitpid(sandbox.init_pid, 0)
     sandbox.reaped = True
     return outcome
 

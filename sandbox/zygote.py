@@ -192,6 +192,23 @@ class Zygote:
         as ``clone_bind``."""
         return self._clone({"volume": name, "root": root, "owner": owner})[0]
 
+    def open_as(self, owner: int, paths: list[str]) -> list[int]:
+        """``paths`` opened for writing as ``owner``, an id of the template namespace (a
+        job's): cgroup v1 lets a process join a cgroup through a tasks file only if the
+        file's opener was that process's user. Raises SetupError."""
+        self._started()
+        _send(self.trees, json.dumps({"open_as": owner, "paths": paths}).encode(), [], "zygote")
+        try:
+            raw, fds, _, _ = socket.recv_fds(self.trees, _MAX_REQUEST, len(paths))
+        except OSError as exc:
+            raise SetupError(f"the zygote is gone: {exc}") from exc
+        if len(fds) == len(paths):
+            return fds
+        for fd in fds:
+            os.close(fd)
+        _decoded(raw, self.process)  # raises its error
+        raise SetupError("the zygote opened nothing")
+
     def _clone(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         self._started()
         _send(self.trees, json.dumps(request).encode(), [], "zygote")
@@ -416,6 +433,8 @@ def serve(channel: socket.socket, trees: socket.socket, id_maps: IdMaps | None) 
             request = json.loads(raw)
             if "end" in request:
                 _end_layer(trees, layers.pop(request["end"]), request["merge"])
+            elif "open_as" in request:
+                _open_as(trees, request, bases)
             else:
                 _clone_tree(trees, request, bases, layers)
             continue
@@ -466,6 +485,27 @@ def _clone_tree(trees: socket.socket, request: dict[str, Any], bases: MountBases
         socket.send_fds(trees, [answer], [clone])
     finally:
         os.close(clone)
+
+
+def _open_as(trees: socket.socket, request: dict[str, Any], bases: MountBases) -> None:
+    """Answer an open request (``Zygote.open_as``): the files, opened on the host's tree
+    with the job's id as the effective one (this process's capabilities in the template
+    namespace stay: the files are the supervisor's), then the zygote's own id again."""
+    opened: list[int] = []
+    own = os.geteuid()
+    try:
+        sc.setns(bases.host_fd, sc.CLONE_NEWNS)
+        os.setresuid(-1, request["open_as"], -1)
+        try:
+            opened = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in request["paths"]]
+        finally:
+            os.setresuid(-1, own, -1)
+        socket.send_fds(trees, [b"{}"], opened)
+    except OSError as exc:
+        trees.send(json.dumps({"error": f"cannot open {request['paths']} as {request['open_as']}: {exc}"}).encode())
+    finally:
+        for fd in opened:
+            os.close(fd)
 
 
 def _volume_layer(request: dict[str, Any]) -> volume_layer.Layer:

@@ -55,8 +55,10 @@ class Offer:
     def limits_for(self, job: Job) -> Limits | None:
         """The job's limits if it fits this sandbox (``WarmKind.fits``) and may be handed
         over here, else None: the launcher gets it then."""
-        if job.files or job.mounts or (job.require_cgroups and not self.cgroups):
-            return None  # (files, trees: opened by the launcher; no cgroups: it reports why it cannot run it)
+        if job.files or job.mounts or job.interpreter is not None or (job.require_cgroups and not self.cgroups):
+            # (files, trees: opened by the launcher; the interpreter mode: its templates
+            # are the launcher's; no cgroups: it reports why it cannot run it)
+            return None
         limits = job.limits.over(self.profile_limits)
         fits = self.kind.fits(profile=job.profile, image=job.image, limits=limits, egress=job.network == "egress")
         # (an output limit no result frame carries: the launcher's way, which refuses it)

@@ -104,6 +104,9 @@ SCHEMAS: dict[str, Any] = {
                         "description": "egress: the outside through a user-space stack; absent: the profile's mode."},
             "allow_net": {"type": "array", "items": {"type": "string"},
                           "description": "IPv4 ranges (CIDR) an egress job may reach though blocked by default."},
+            "interpreter": {"type": ["array", "null"], "items": {"type": "string"},
+                            "description": "The interpreter mode, for python3 FILE or python3 -c CODE: a python3 "
+                                           "with these modules imported forks a sandbox of its own per job."},
         },
     },
     "JobRequest": {

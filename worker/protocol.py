@@ -56,7 +56,7 @@ CLIENT_TYPES = {"hello", "submit", "group", "judge", "cancel", "status", "ping",
 SESSION_ACTIONS = {"session_pause": "pause", "session_resume": "resume", "session_stop": "stop",
                    "session_delete": "delete", "session_logs": "logs", "session_commit": "commit"}
 _JOB_KEYS = {"cmd", "limits", "env", "stdin", "files", "image", "cwd", "require_cgroups", "profile", "collect",
-             "mounts", "network", "allow_net"}
+             "mounts", "network", "allow_net", "interpreter"}
 _COLLECT_KEYS = {"path", "max", "max_files", "cache"}
 _FILE_KEYS = {"path", "data", "file_id", "mode"}
 _MOUNT_KEYS = {"path", "tree_id", "bind", "volume", "writable", "size"}  # (host_dir: the launcher's own, never sent)
@@ -230,6 +230,7 @@ def job_from_wire(data: Any) -> Job:
             mounts=mounts,
             network=None if data.get("network") is None else _typed(data["network"], str, "network"),
             allow_net=_typed(data.get("allow_net", []), list, "allow_net"),
+            interpreter=None if data.get("interpreter") is None else _typed(data["interpreter"], list, "interpreter"),
         )
         return job
     except JobError as exc:
@@ -316,6 +317,8 @@ def job_to_wire(job: Job) -> dict[str, Any]:
         wire["network"] = job.network
     if job.allow_net:
         wire["allow_net"] = job.allow_net
+    if job.interpreter is not None:
+        wire["interpreter"] = job.interpreter
     return wire
 
 

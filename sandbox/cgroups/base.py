@@ -59,6 +59,7 @@ class JobCgroup(abc.ABC):
         with one pread instead of an open, reads and a close on its critical path. This
         runs where the cgroup is made: ahead of its job (``CgroupStock``)."""
         self.directories = directories
+        self.attach_paths = attach_paths
         flags = os.O_PATH | os.O_DIRECTORY if self.JOIN == "directory" else os.O_WRONLY
         self.attach_fds = [os.open(path, flags | os.O_CLOEXEC) for path in attach_paths]
         directory, self.cpu_counter_kind = cpu_counter

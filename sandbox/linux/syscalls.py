@@ -25,6 +25,7 @@ _ARCH_NUMBERS: dict[str, dict[str, int]] = {
         "clone": 56,
         "unshare": 272,
         "setns": 308,
+        "seccomp": 317,
     },
     "aarch64": {
         "capget": 90,
@@ -35,6 +36,7 @@ _ARCH_NUMBERS: dict[str, dict[str, int]] = {
         "clone": 220,
         "unshare": 97,
         "setns": 268,
+        "seccomp": 277,
     },
 }
 _SHARED_NUMBERS = {
@@ -60,6 +62,7 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWCGROUP = 0x02000000
 
 # mount(2) propagation, umount2(2) and path flags.
 MS_RDONLY = 0x1
@@ -149,6 +152,60 @@ def clone_sibling(namespaces: int) -> int:
     """
     return _call("clone", _long(namespaces | CLONE_PARENT | _SIGCHLD), ctypes.c_void_p(0),
                  ctypes.c_void_p(0), ctypes.c_void_p(0), _long(0))
+
+
+_libc_holding_gil = ctypes.PyDLL(None, use_errno=True)
+_libc_holding_gil.syscall.restype = ctypes.c_long
+
+
+def fork_into_namespaces(namespaces: int) -> int:
+    """``os.fork`` into new ``namespaces`` (clone(2) with their flags): the child's pid,
+    0 in the child. CPython's fork hooks run around it as for ``os.fork`` (its locks,
+    threads' state, ``os.register_at_fork`` callbacks), and the call holds the GIL, so no
+    other thread of the interpreter runs while the process is copied."""
+    pythonapi = ctypes.pythonapi
+    pythonapi.PyOS_BeforeFork()
+    pid = _libc_holding_gil.syscall(_long(NR["clone"]), _long(namespaces | _SIGCHLD), ctypes.c_void_p(0),
+                                    ctypes.c_void_p(0), ctypes.c_void_p(0), _long(0))
+    err = ctypes.get_errno()
+    if pid == 0:
+        pythonapi.PyOS_AfterFork_Child()
+        return 0
+    pythonapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone: {os.strerror(err)}")
+    return int(pid)
+
+
+SECCOMP_SET_MODE_FILTER = 1
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def install_filter(program: bytes) -> None:
+    """Install a classic BPF seccomp ``program`` on the calling thread (no_new_privs must
+    be set), without a notification listener: a filter chain holds one at most."""
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    _call("seccomp", _long(SECCOMP_SET_MODE_FILTER), _long(0), ctypes.byref(fprog))
+
+
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def drop_capabilities(cap_last: int) -> None:
+    """No capability left in any set (ambient, bounding, effective, permitted,
+    inheritable), as the sandbox's program stage leaves a job."""
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    for cap in range(cap_last + 1):
+        prctl(PR_CAPBSET_DROP, cap)
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()
+    _call("capset", ctypes.byref(header), ctypes.byref(data))
 
 
 def setns(fd: int, nstype: int) -> None:

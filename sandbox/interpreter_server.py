@@ -1,0 +1,293 @@
+"""The interpreter mode's template: a python3 with its imports done, inside a sandbox,
+that forks a sandbox of its own for each snippet (``sandbox/interpreter.py`` is the
+supervisor's side; docs/architecture.md, "Interpreter mode", says what snippets share).
+
+This runs inside a sandbox, as the job's program, on the image's python3: it imports
+only the standard library and ``sandbox.linux.syscalls``, copied beside it into the
+template's scratch (which no snippet sees: each has a scratch of its own). Its seccomp
+filter is the snippets' profile plus what making a sandbox takes (clone with namespace
+flags, mount, unshare, seccomp); each snippet installs the profile's own filter over it
+before any of its code runs.
+
+fd 0 is the control socket (SOCK_SEQPACKET). A request is a JSON header with fds:
+the job channel (answered with the snippet's pidfd), the report pipe, stdin, stdout,
+stderr, the fds that join the snippet's cgroup, then one fd per input file. The report
+pipe takes what the C init would say of a job: "started" and "setup_error" (from the
+snippet, before its code runs), "violation" and "exited" (from here, once it is reaped).
+
+The snippet's filter has no listener - a filter chain holds one at most, and the
+template's has it - so a kill-listed call kills the snippet with SIGSYS (the call never
+runs), which is reported as a violation of no name.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import io
+import json
+import os
+import resource
+import runpy
+import selectors
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from sandbox.linux import syscalls as sc
+
+CONTROL_FD = 0
+# Where this package was copied to: the template's own files, left out of a snippet's path.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FILTER_PATH = "filter.bpf"  # beside this package: the snippets' seccomp program
+SNIPPET_NAMESPACES = (sc.CLONE_NEWUSER | sc.CLONE_NEWPID | sc.CLONE_NEWNS | sc.CLONE_NEWNET
+                      | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS)
+MS_NOSUID_NODEV = sc.MS_NOSUID | sc.MS_NODEV
+MS_NOEXEC = 0x8
+SIOCSIFFLAGS = 0x8914
+IFF_UP_RUNNING = 0x1 | 0x40
+REPORT_FD = 3  # the report pipe's fd in a snippet, once its stdio is in place
+FIXED_FDS = 5  # job channel, report, stdin, stdout, stderr
+IDS = (os.getuid(), os.getgid())  # the template's, which each snippet maps to itself
+
+
+class Snippet:
+    """One snippet's process, as this template watches it."""
+
+    def __init__(self, pid: int, pidfd: int, report: int) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.report = report
+
+    def say(self, message: dict[str, Any]) -> None:
+        try:
+            os.write(self.report, json.dumps(message).encode() + b"\n")
+        except OSError:
+            pass  # the supervisor gave up on it
+
+
+def main() -> None:
+    """Import the modules named on the command line, say "ready", then start snippets
+    until the control socket closes (the supervisor is gone: so is every snippet, with
+    this sandbox's pid namespace)."""
+    control = socket.socket(fileno=os.dup(CONTROL_FD))
+    null = os.open("/dev/null", os.O_RDWR)
+    os.dup2(null, CONTROL_FD)
+    os.close(null)
+    try:
+        for module in sys.argv[1:]:
+            __import__(module)
+        with open(os.path.join(ROOT, FILTER_PATH), "rb") as f:
+            program = f.read()
+    except BaseException as exc:  # an import may raise anything, SystemExit included
+        control.send(json.dumps({"kind": "error", "message": f"{type(exc).__name__}: {exc}"}).encode())
+        sys.exit(1)
+    control.send(b'{"kind": "ready"}')
+    serve(control, program)
+
+
+def serve(control: socket.socket, program: bytes) -> None:
+    selector = selectors.DefaultSelector()
+    selector.register(control, selectors.EVENT_READ)
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj is control:
+                data, fds, _, _ = socket.recv_fds(control, 1 << 20, 1024)
+                if not data:
+                    return
+                snippet = start(json.loads(data), fds, program)
+                if snippet is not None:
+                    selector.register(snippet.pidfd, selectors.EVENT_READ, snippet)
+            else:
+                finish(selector, key.data)
+
+
+def start(request: dict[str, Any], fds: list[int], program: bytes) -> Snippet | None:
+    """Clone the snippet's sandbox, hand its pidfd to the supervisor; None if it could
+    not be made (the supervisor is told why)."""
+    channel = socket.socket(fileno=fds[0])
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = sc.fork_into_namespaces(SNIPPET_NAMESPACES)
+    except OSError as exc:
+        message = {"kind": "setup_error", "message": f"starting the snippet's sandbox: {exc}"}
+        channel.send(json.dumps(message).encode())
+        for fd in fds[1:]:
+            os.close(fd)
+        channel.close()
+        return None
+    if pid == 0:
+        channel.close()
+        run_snippet(request, fds, program)  # never returns
+    pidfd = os.pidfd_open(pid)
+    try:
+        socket.send_fds(channel, [b'{"kind": "pid"}'], [pidfd])
+    except OSError:
+        pass  # the supervisor gave up on it: its report pipe is gone too
+    channel.close()
+    for fd in fds[2:]:
+        os.close(fd)
+    return Snippet(pid, pidfd, fds[1])
+
+
+def finish(selector: selectors.BaseSelector, snippet: Snippet) -> None:
+    """Reap the snippet (its pid namespace went with it) and say how it ended."""
+    _, status, usage = os.wait4(snippet.pid, 0)
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS:
+        snippet.say({"kind": "violation", "number": None, "arch": None})
+    snippet.say({"kind": "exited", "status": status, "t": time.monotonic_ns(), "maxrss_kb": usage.ru_maxrss,
+                 "utime": usage.ru_utime, "stime": usage.ru_stime})
+    selector.unregister(snippet.pidfd)
+    os.close(snippet.pidfd)
+    os.close(snippet.report)
+
+
+def run_snippet(request: dict[str, Any], fds: list[int], program: bytes) -> None:
+    """In the clone: make the snippet's sandbox, then run its code; exits, never returns."""
+    code = 127
+    try:
+        try:
+            prepare_sandbox(request, fds, program)
+        except BaseException as exc:
+            message = {"kind": "setup_error", "message": f"the snippet's set-up failed: {exc}"}
+            os.write(fds[1], json.dumps(message).encode() + b"\n")
+            return
+        os.write(REPORT_FD, json.dumps({"kind": "started", "t": time.monotonic_ns()}).encode() + b"\n")
+        os.close(REPORT_FD)
+        code = run_code(request["argv"], request["env"])
+    finally:
+        os._exit(code)
+
+
+def prepare_sandbox(request: dict[str, Any], fds: list[int], program: bytes) -> None:
+    """What the C init and program stage do for a job, for this process: its ids, its
+    scratch and /proc, lo, its cgroup, input files, limits, stdio, no capabilities, the
+    profile's filter. Leaves the report pipe on REPORT_FD (``fds[1]`` says so), and
+    nothing else open beyond stdio."""
+    uid, gid = IDS  # (getuid() here says the overflow id until the maps are written)
+    write_file("/proc/self/setgroups", "deny")
+    write_file("/proc/self/uid_map", f"{uid} {uid} 1")
+    write_file("/proc/self/gid_map", f"{gid} {gid} 1")
+    # One tmpfs for /work, /tmp and /dev/shm, as a job's scratch: attached at /dev/shm,
+    # its directories bound into place, its root then covered by its own shm directory.
+    sc.mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID_NODEV, f"size={request['disk']},mode=0755")
+    for name, mode in (("work", 0o755), ("tmp", 0o1777), ("shm", 0o1777)):
+        os.mkdir(f"/dev/shm/{name}")
+        os.chmod(f"/dev/shm/{name}", mode)
+    for name in ("work", "tmp", "shm"):
+        sc.mount(f"/dev/shm/{name}", "/dev/shm" if name == "shm" else f"/{name}", "", sc.MS_BIND, "")
+    sc.mount("proc", "/proc", "proc", MS_NOSUID_NODEV | MS_NOEXEC, "")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        fcntl.ioctl(probe, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", IFF_UP_RUNNING))
+    joins = request["joins"]
+    for fd in fds[FIXED_FDS:FIXED_FDS + joins]:
+        os.write(fd, b"0")  # v1: the hierarchies' tasks files; v2: cgroup.procs
+    sc.unshare(sc.CLONE_NEWCGROUP)
+    for (dest, mode), fd in zip(request["files"], fds[FIXED_FDS + joins:], strict=True):
+        copy_in(fd, dest, mode)
+    os.chdir(request["cwd"])
+    # The signal dispositions stay python3's own (SIGPIPE and SIGXFSZ ignored, SIGINT
+    # raising KeyboardInterrupt): this process is the template's python3.
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    os.setsid()
+    wanted = {0: fds[2], 1: fds[3], 2: fds[4], REPORT_FD: fds[1]}
+    above = max(wanted.values()) + 1
+    moved = {target: fcntl.fcntl(fd, fcntl.F_DUPFD, above) for target, fd in wanted.items()}  # out of each other's way
+    for target, fd in moved.items():
+        os.dup2(fd, target)
+    with open("/proc/sys/kernel/cap_last_cap") as cap_last:
+        last_capability = int(cap_last.read())
+    sc.close_range(REPORT_FD + 1)
+    fds[1] = REPORT_FD  # where a set-up error is reported from now on
+    for limit, soft, hard in request["rlimits"]:
+        resource.setrlimit(limit, (soft, hard))
+    sc.drop_capabilities(last_capability)
+    sc.install_filter(program)
+
+
+def write_file(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def copy_in(source: int, dest: str, mode: int) -> None:
+    """An input file into the fresh scratch, which nothing of the snippet has touched
+    yet: its directories made as a job's are."""
+    os.makedirs(os.path.dirname(dest), mode=0o755, exist_ok=True)
+    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        while os.sendfile(out, source, None, 1 << 20):
+            pass
+        os.fchmod(out, mode)
+    finally:
+        os.close(out)
+        os.close(source)
+
+
+def run_code(argv: list[str], env: dict[str, str]) -> int:
+    """``python3 -c CODE ARGS`` or ``python3 FILE ARGS``, in this interpreter: its
+    ``__main__``, argv, environment, path and streams are the snippet's. The exit status
+    is what python3's would be."""
+    os.environ.clear()
+    os.environ.update(env)
+    # New streams on the snippet's fds, as python3 makes them under a UTF-8 locale.
+    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), "utf-8", "surrogateescape")
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), "utf-8", "surrogateescape")
+    sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)), "utf-8", "backslashreplace",
+                                  line_buffering=True)
+    sys.path[:] = [entry for entry in sys.path if not entry.startswith(ROOT)]
+    for name in [name for name in sys.modules if name == "sandbox" or name.startswith("sandbox.")]:
+        del sys.modules[name]
+    code = 0
+    try:
+        if argv[1] == "-c":
+            sys.argv = ["-c", *argv[3:]]
+            sys.path.insert(0, "")
+            main = sys.modules["__main__"].__dict__
+            main.clear()
+            main.update({"__name__": "__main__", "__builtins__": __builtins__})
+            exec(compile(argv[2], "<string>", "exec"), main)
+        else:
+            sys.argv = argv[1:]
+            sys.path.insert(0, os.path.dirname(os.path.abspath(argv[1])))
+            runpy.run_path(argv[1], run_name="__main__")
+    except SystemExit as exc:
+        code = exit_code(exc)
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    return shut_down(code)
+
+
+def exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def shut_down(code: int) -> int:
+    """What the interpreter does at exit: wait for threads, run atexit, flush."""
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]  # the interpreter's own exit steps
+        atexit._run_exitfuncs()
+    except BaseException:
+        traceback.print_exc()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            code = code or 120  # as python3 exits when flushing stdout fails
+    return code
+
+
+if __name__ == "__main__":
+    main()

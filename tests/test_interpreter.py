@@ -1,0 +1,140 @@
+"""The interpreter mode (``sandbox/interpreter.py``): snippets forked from a python3 that
+waits with its imports done, each in a sandbox of its own - its own pid namespace,
+scratch, cgroup (limits and usage), filter - and nothing left behind when it ends."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from sandbox.errors import JobError
+from sandbox.interpreter import Interpreters
+from sandbox.models import Blob, InputFile, Job, Limits, Status
+from sandbox.runner import Runner
+from worker.client import Client, WorkerError
+
+pytestmark = pytest.mark.cgroup
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def interpreters(runner: Runner) -> Iterator[Interpreters]:
+    made = Interpreters(runner)
+    try:
+        yield made
+    finally:
+        made.close()
+        runner.tidy()
+
+
+def snippet(code: str, *args: str, preload: list[str] | None = None, **fields: object) -> Job:
+    return Job(cmd=["python3", "-c", code, *args], interpreter=preload or [], **fields)  # type: ignore[arg-type]
+
+
+def test_a_file_runs_as_python3_runs_it(interpreters):
+    source = b"import sys\nprint(sys.argv, __name__)\nraise SystemExit(int(sys.argv[1]))\n"
+    result = interpreters.run(Job(cmd=["python3", "/work/main.py", "7"], interpreter=[],
+                                  files=[InputFile("/work/main.py", Blob(data=source))]))
+    assert result.status is Status.RUNTIME_ERROR, result
+    assert result.exit_code == 7
+    assert result.stdout == b"['/work/main.py', '7'] __main__\n"
+
+
+def test_code_stdin_env_and_an_uncaught_exception(interpreters):
+    result = interpreters.run(snippet("import os, sys; print(sys.stdin.read().upper(), os.environ['WHO'], sys.argv)",
+                                      "a", stdin=Blob(data=b"in"), env={"WHO": "me"}))
+    assert (result.status, result.stdout) == (Status.OK, b"IN me ['-c', 'a']\n"), result
+    failed = interpreters.run(snippet("raise ValueError('boom')"))
+    assert failed.status is Status.RUNTIME_ERROR and failed.exit_code == 1
+    assert b"ValueError: boom" in failed.stderr
+
+
+def test_preloaded_modules_are_there_before_the_snippet_imports_them(interpreters):
+    result = interpreters.run(snippet("import sys; print('decimal' in sys.modules)", preload=["decimal"]))
+    assert result.stdout == b"True\n", result
+    plain = interpreters.run(snippet("import sys; print('decimal' in sys.modules)"))
+    assert plain.stdout == b"False\n", plain
+
+
+def test_each_snippet_is_pid_1_of_its_own_namespaces_with_a_scratch_of_its_own(interpreters):
+    probe = ("import os, socket; print(os.getpid(), sorted(p for p in os.listdir('/proc') if p.isdigit()),"
+             " os.listdir('/work'), os.listdir('/tmp'), os.getuid());"
+             " open('/work/left', 'w').write('x'); socket.create_server(('127.0.0.1', 7000))")
+    first, second = (interpreters.run(snippet(probe)) for _ in range(2))
+    for result in (first, second):
+        # pid 1 alone in its /proc, an empty /work and /tmp (the template's files are not
+        # there, nor the first snippet's), the same port free for each: its own network
+        assert (result.status, result.stdout) == (Status.OK, b"1 ['1'] [] [] 1000\n"), result
+
+
+def test_the_cgroup_is_the_snippets_own_limits_and_usage(interpreters):
+    memory = interpreters.run(snippet("x = bytearray(200 << 20)", limits=Limits(memory="64M")))
+    assert memory.status is Status.MEMORY_LIMIT, memory
+    cpu = interpreters.run(snippet("while True: pass", limits=Limits(cpu_time="300ms")))
+    assert cpu.status is Status.TIME_LIMIT and 300 <= cpu.usage.cpu_ms < 1000, cpu
+    wall = interpreters.run(snippet("import time; time.sleep(30)", limits=Limits(wall_time="300ms")))
+    assert wall.status is Status.WALL_TIME_LIMIT, wall
+    touched = interpreters.run(snippet("x = bytearray(40 << 20); x[::4096] = b'1' * len(x[::4096])"))
+    assert touched.status is Status.OK and 40 * MIB <= touched.usage.memory_peak_bytes < 60 * MIB, touched
+    forks = interpreters.run(snippet("import os\nfor _ in range(20):\n    os.fork()", limits=Limits(pids=8)))
+    assert forks.usage.pids_peak == 8, forks
+
+
+def test_a_kill_listed_call_is_a_violation_and_never_runs(interpreters):
+    result = interpreters.run(snippet("import ctypes; ctypes.CDLL(None).syscall(101, 16, 1, 0, 0); print('ran')"))
+    assert result.status is Status.SYSCALL_VIOLATION, result  # ptrace(PTRACE_ATTACH, 1)
+    assert result.stdout == b""
+    denied = interpreters.run(snippet("import os; os.unshare(0) if hasattr(os, 'unshare') else None\n"
+                                      "import ctypes; print(ctypes.CDLL(None, use_errno=True).unshare(0x10000000),"
+                                      " ctypes.get_errno())"))
+    assert denied.stdout == b"-1 1\n", denied  # the profile's EPERM: the template's own allowance is not the snippet's
+
+
+def test_snippets_run_at_once_and_a_killed_one_leaves_the_others(interpreters):
+    results: dict[str, object] = {}
+    done = threading.Barrier(3)
+
+    def run(name: str, job: Job) -> None:
+        results[name] = interpreters.run(job)
+        done.wait(timeout=60)
+
+    jobs = {"slow": snippet("import time; time.sleep(0.5); print('slow')"),
+            "killed": snippet("while True: pass", limits=Limits(cpu_time="200ms"))}
+    threads = [threading.Thread(target=run, args=item) for item in jobs.items()]
+    for thread in threads:
+        thread.start()
+    done.wait(timeout=60)
+    for thread in threads:
+        thread.join()
+    assert results["slow"].stdout == b"slow\n"  # type: ignore[attr-defined]
+    assert results["killed"].status is Status.TIME_LIMIT  # type: ignore[attr-defined]
+
+
+def test_what_the_mode_cannot_run_is_refused(interpreters):
+    with pytest.raises(JobError, match="python3 FILE"):
+        interpreters.run(Job(cmd=["sh", "-c", "true"], interpreter=[]))
+    with pytest.raises(JobError, match="no python3 option"):
+        interpreters.run(Job(cmd=["python3", "-X", "dev", "x.py"], interpreter=[]))
+    with pytest.raises(JobError, match="No module named 'no_such_module'"):
+        interpreters.run(snippet("pass", preload=["no_such_module"]))
+    with pytest.raises(JobError, match="not a module name"):
+        snippet("pass", preload=["os; import x"])
+
+
+def test_a_runner_runs_interpreter_jobs_and_ends_their_template(runner):
+    result = runner.run(snippet("print(6 * 7)"))
+    assert result.stdout == b"42\n", result
+    runner.close_interpreters()
+    runner.tidy()
+
+
+def test_a_worker_runs_interpreter_jobs_and_refuses_what_the_mode_cannot(worker):
+    with Client(worker.socket_path) as client:
+        results = [client.run(snippet("import sys; print(sum(map(int, sys.argv[1:])))", str(n), "1"))
+                   for n in range(3)]
+        assert [result.stdout for result in results] == [b"1\n", b"2\n", b"3\n"], results
+        with pytest.raises(WorkerError, match="interpreter"):
+            client.run(snippet("pass", preload=["no_such_module"]))
