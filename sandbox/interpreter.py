@@ -22,6 +22,7 @@ namespace: the rest of it goes too).
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -71,6 +72,9 @@ TEMPLATE_LIMITS = Limits(cpu_time="none", memory="2G", pids=1024, open_files=1 <
 READY_TIMEOUT_S = 120.0  # the imports a template is asked for may be slow (a scientific stack)
 ANSWER_TIMEOUT_S = 30.0  # a template that does not clone in this long is taken for dead
 MAX_TEMPLATES = 4  # per runner: a kind's template beyond this ends the least recently used
+# A request's fds are one message's (SCM_RIGHTS carries 253 at most): the channel, the
+# report pipe, stdio, a tasks file per v1 hierarchy (four at most), and the input files.
+MAX_SNIPPET_FILES = 253 - 5 - 4
 
 
 @dataclass(frozen=True)
@@ -248,6 +252,9 @@ class _Template:
                 with self._send_lock:
                     socket.send_fds(self.control, [json.dumps(request).encode()], passed)
             except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:
+                    raise JobError("the command, its environment and the file names are too long for one job "
+                                   "message", field="cmd") from None
                 self.alive = False
                 raise TemplateGone(f"the interpreter's sandbox is gone ({exc.strerror})") from None
             for fd in (channel_end, stdout_w, stderr_w, report_w):  # the template's now: EOF when it ends
@@ -313,6 +320,8 @@ def _check_snippet(job: Job) -> None:
     for name, given in (("mounts", job.mounts), ("collect", job.collect), ("network", job.network)):
         if given:
             raise JobError(f"the interpreter mode has no {name}", field=name)
+    if len(job.files) > MAX_SNIPPET_FILES:
+        raise JobError(f"the interpreter mode takes at most {MAX_SNIPPET_FILES} input files", field="files")
 
 
 def _join_fds(runner: Runner, template: Any, cgroup: JobCgroup, fds: list[int]) -> list[int]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import gc
 import io
 import json
 import os
@@ -87,6 +88,9 @@ def main() -> None:
     except BaseException as exc:  # an import may raise anything, SystemExit included
         control.send(json.dumps({"kind": "error", "message": f"{type(exc).__name__}: {exc}"}).encode())
         sys.exit(1)
+    # What is loaded now stays for every snippet: keep the collector from walking it
+    # (and so copying its pages) in each of them.
+    gc.freeze()
     control.send(b'{"kind": "ready"}')
     serve(control, program)
 

@@ -4,10 +4,14 @@ scratch, cgroup (limits and usage), filter - and nothing left behind when it end
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 
 import pytest
+from workerutil import SANDBOX_CLI
 
 from sandbox.errors import JobError
 from sandbox.interpreter import Interpreters
@@ -138,3 +142,23 @@ def test_a_worker_runs_interpreter_jobs_and_refuses_what_the_mode_cannot(worker)
         assert [result.stdout for result in results] == [b"1\n", b"2\n", b"3\n"], results
         with pytest.raises(WorkerError, match="interpreter"):
             client.run(snippet("pass", preload=["no_such_module"]))
+
+
+def test_a_template_that_ends_is_replaced_and_its_snippets_end_with_it(interpreters):
+    assert interpreters.run(snippet("pass")).status is Status.OK
+    (template,) = interpreters._templates.values()  # (its init: what an OOM kill or a crash ends)
+    os.kill(template._sandbox.prepared.init_pid, signal.SIGKILL)
+    ended = interpreters.run(snippet("print('never')"))
+    assert ended.status is Status.INTERNAL_ERROR and ended.stdout == b"", ended
+    again = interpreters.run(snippet("print('again')"))
+    assert again.stdout == b"again\n", again
+
+
+def test_the_command_line_asks_for_the_mode():
+    shown = subprocess.run([*SANDBOX_CLI, "run", "--interpreter", "decimal,fractions", "--", "python3", "-c",
+                            "import os, sys; print(os.getpid(), 'fractions' in sys.modules)"],
+                           capture_output=True, timeout=60)
+    assert (shown.returncode, shown.stdout) == (0, b"1 True\n"), shown
+    refused = subprocess.run([*SANDBOX_CLI, "run", "--interpreter", "--", "sh", "-c", "true"],
+                             capture_output=True, timeout=60)
+    assert refused.returncode == 125 and b"COMMAND: the interpreter mode runs" in refused.stderr, refused

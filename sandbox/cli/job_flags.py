@@ -64,6 +64,10 @@ def add_job_arguments(parser: argparse.ArgumentParser, *, languages: bool = Fals
                                  "host stay unreachable; default: the profile's mode)")
         parser.add_argument("--allow-net", action="append", default=[], metavar="CIDR",
                             help="with egress: let a blocked range through (e.g. 10.0.0.0/8; repeatable)")
+        parser.add_argument("--interpreter", nargs="?", const="", metavar="MODULE,...",
+                            help="the interpreter mode, for python3 FILE or python3 -c CODE: a clone of a waiting "
+                                 "python3 that imported these modules, in a sandbox of its own (pays off through "
+                                 "a worker, over many jobs)")
     if languages:
         parser.add_argument("--lang", help="compile --source with this language preset, then run it "
                                            "(sandbox languages); --file and --env reach both stages")
@@ -97,7 +101,16 @@ def job_from_args(args: argparse.Namespace) -> Job:
         mounts=mounts_from_args(args),
         network=getattr(args, "network", None),
         allow_net=getattr(args, "allow_net", []),
+        interpreter=interpreter_from_args(args),
     )
+
+
+def interpreter_from_args(args: argparse.Namespace) -> list[str] | None:
+    """``--interpreter`` (no modules) or ``--interpreter math,typing``; None without it."""
+    given: str | None = getattr(args, "interpreter", None)
+    if given is None:
+        return None
+    return [name.strip() for name in given.split(",") if name.strip()]
 
 
 def mounts_from_args(args: argparse.Namespace) -> list[Mount]:
@@ -170,6 +183,8 @@ def language_form(args: argparse.Namespace) -> bool:
         raise JobError("--bind and --volume mount for a command: not with --lang", field="mounts")
     if args.network or args.allow_net:
         raise JobError("--network and --allow-net give a command the outside: not with --lang", field="network")
+    if args.interpreter is not None:
+        raise JobError("--interpreter runs a python3 command: not with --lang", field="interpreter")
     if not (args.lang and args.source):
         raise JobError("--lang and --source go together", field="lang")
     if args.cwd is not None:

@@ -26,7 +26,7 @@ _FLAG_OF_FIELD = {
     "socket": "--socket", "tcp": "--tcp", "metrics": "--metrics",
     "collect": "--collect", "collect.path": "--collect", "collect.max": "--collect",
     "collect.max_files": "--collect", "collect_to": "--collect-to",
-    "network": "--network", "allow_net": "--allow-net",
+    "network": "--network", "allow_net": "--allow-net", "interpreter": "--interpreter",
 }
 
 
