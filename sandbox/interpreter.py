@@ -339,11 +339,13 @@ def _join_fds(runner: Runner, template: Any, cgroup: JobCgroup, fds: list[int]) 
 
 
 def _host_pid(pidfd: int) -> int:
-    """The snippet's pid as this process sees it (for messages: signals go to the pidfd)."""
+    """The snippet's pid as this process sees it, for what names it; nothing signals or
+    waits for it by pid (signals go to the pidfd, the template reaps it). A snippet that
+    has already ended and been reaped has none (its pidfd says -1): 1 stands for it."""
     with open(f"/proc/self/fdinfo/{pidfd}") as info:
         for line in info:
             if line.startswith("Pid:"):
-                return int(line.split()[1])
+                return max(int(line.split()[1]), 1)
     return 1
 
 

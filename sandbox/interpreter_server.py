@@ -57,6 +57,11 @@ FIXED_FDS = 5  # job channel, report, stdin, stdout, stderr
 IDS = (os.getuid(), os.getgid())  # the template's, which each snippet maps to itself
 
 
+class ProgramFailure(Exception):
+    """What fails for the program's own reason, as its exec would (the C program stage's
+    "exec_error"): exit status 126, as the shell gives."""
+
+
 class Snippet:
     """One snippet's process, as this template watches it."""
 
@@ -158,6 +163,10 @@ def run_snippet(request: dict[str, Any], fds: list[int], program: bytes) -> None
     try:
         try:
             prepare_sandbox(request, fds, program)
+        except ProgramFailure as exc:
+            os.write(fds[1], json.dumps({"kind": "exec_error", "message": str(exc)}).encode() + b"\n")
+            code = 126
+            return
         except BaseException as exc:
             message = {"kind": "setup_error", "message": f"the snippet's set-up failed: {exc}"}
             os.write(fds[1], json.dumps(message).encode() + b"\n")
@@ -195,7 +204,10 @@ def prepare_sandbox(request: dict[str, Any], fds: list[int], program: bytes) -> 
     sc.unshare(sc.CLONE_NEWCGROUP)
     for (dest, mode), fd in zip(request["files"], fds[FIXED_FDS + joins:], strict=True):
         copy_in(fd, dest, mode)
-    os.chdir(request["cwd"])
+    try:
+        os.chdir(request["cwd"])
+    except OSError as exc:
+        raise ProgramFailure(f"cannot enter {request['cwd']}: {exc.strerror}") from None
     # The signal dispositions stay python3's own (SIGPIPE and SIGXFSZ ignored, SIGINT
     # raising KeyboardInterrupt): this process is the template's python3.
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
@@ -260,6 +272,12 @@ def run_code(argv: list[str], env: dict[str, str]) -> int:
         else:
             sys.argv = argv[1:]
             sys.path.insert(0, os.path.dirname(os.path.abspath(argv[1])))
+            try:
+                os.stat(argv[1])
+            except OSError as exc:  # python3's own words and status for a script it cannot open
+                print(f"python3: can't open file {os.path.abspath(argv[1])!r}: [Errno {exc.errno}] {exc.strerror}",
+                      file=sys.stderr)
+                return shut_down(2)
             runpy.run_path(argv[1], run_name="__main__")
     except SystemExit as exc:
         code = exit_code(exc)

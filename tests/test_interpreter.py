@@ -56,6 +56,15 @@ def test_code_stdin_env_and_an_uncaught_exception(interpreters):
     assert b"ValueError: boom" in failed.stderr
 
 
+def test_what_fails_before_the_code_fails_as_python3_would(interpreters):
+    missing = interpreters.run(Job(cmd=["python3", "/work/none.py"], interpreter=[]))
+    assert (missing.status, missing.exit_code) == (Status.RUNTIME_ERROR, 2), missing
+    assert missing.stderr == b"python3: can't open file '/work/none.py': [Errno 2] No such file or directory\n"
+    nowhere = interpreters.run(snippet("pass", cwd="/nope"))
+    assert (nowhere.status, nowhere.exit_code) == (Status.RUNTIME_ERROR, 126), nowhere
+    assert nowhere.error == "cannot enter /nope: No such file or directory"
+
+
 def test_preloaded_modules_are_there_before_the_snippet_imports_them(interpreters):
     result = interpreters.run(snippet("import sys; print('decimal' in sys.modules)", preload=["decimal"]))
     assert result.stdout == b"True\n", result
