@@ -126,7 +126,10 @@ def start(request: dict[str, Any], fds: list[int], program: bytes) -> Snippet | 
         pid = sc.fork_into_namespaces(SNIPPET_NAMESPACES)
     except OSError as exc:
         message = {"kind": "setup_error", "message": f"starting the snippet's sandbox: {exc}"}
-        channel.send(json.dumps(message).encode())
+        try:
+            channel.send(json.dumps(message).encode())
+        except OSError:
+            pass  # the supervisor gave up on it
         for fd in fds[1:]:
             os.close(fd)
         channel.close()
