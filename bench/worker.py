@@ -33,18 +33,21 @@ CGROUP_AND_FILTER_MS = 0.7
 IDLE_PAUSE_S = 0.2  # "after idle": one job every 200 ms, past the ~20 ms RCU stall window
 
 
-def worker_latency(socket_path: str, cmd: list[str], count: int, pause: float = 0.0) -> list[float]:
-    """Client-side ms per job, submit to result, one job at a time on one connection."""
+def worker_latency(socket_path: str, cmd: list[str], count: int, pause: float = 0.0,
+                   interpreter: list[str] | None = None) -> list[float]:
+    """Client-side ms per job, submit to result, one job at a time on one connection
+    (with ``interpreter``: in the interpreter mode, those modules imported ahead)."""
     with Client(socket_path) as client:
-        return client_latency(client, cmd, count, pause)
+        return client_latency(client, cmd, count, pause, interpreter)
 
 
-def client_latency(client: Client, cmd: list[str], count: int, pause: float = 0.0) -> list[float]:
+def client_latency(client: Client, cmd: list[str], count: int, pause: float = 0.0,
+                   interpreter: list[str] | None = None) -> list[float]:
     """``worker_latency`` on a connection the caller already has."""
     latencies = []
     for _ in range(count):
         start = time.perf_counter()
-        result = client.run(Job(cmd=cmd))
+        result = client.run(Job(cmd=cmd, interpreter=interpreter))
         latencies.append((time.perf_counter() - start) * 1000)
         if result.status.value != "ok":
             raise RuntimeError(f"job failed: {result}")
@@ -89,6 +92,8 @@ def latency(worker: Worker, peer_list: list[peers.Peer], jobs: int, idle_jobs: i
                        "after_idle": summary(worker_latency(worker.socket, cmd, idle_jobs, pause=IDLE_PAUSE_S)),
                        "cpu_ms_per_job": sum(after.values()) / jobs - sum(before.values()) / jobs},
         }
+        if name == "python":  # the opt-in interpreter mode: a fork per job, not a fresh python3
+            rows["worker, interpreter mode"] = _interpreter_row(worker, cmd, jobs, idle_jobs)
         for peer in peer_list:
             slow = peer.name in ("podman", "sandbox run")
             measured = peers.measure(peer, cmd, slow_jobs if slow else jobs)
@@ -118,6 +123,19 @@ def latency(worker: Worker, peer_list: list[peers.Peer], jobs: int, idle_jobs: i
         for figure in targets:
             show(figure)
     return out
+
+
+def _interpreter_row(worker: Worker, cmd: list[str], jobs: int, idle_jobs: int) -> dict[str, Any]:
+    """The python job in the interpreter mode (``Job.interpreter``): not a fresh process,
+    so it is shown beside the others, not held to their targets. Its CPU counts the
+    snippets too (the templates reap them, and are the launchers' descendants)."""
+    worker_latency(worker.socket, cmd, 10, interpreter=[])  # warm-up: each launcher's template
+    before = worker_cpu_ms(worker.process.pid)
+    warm = worker_latency(worker.socket, cmd, jobs, interpreter=[])
+    after = worker_cpu_ms(worker.process.pid)
+    return {"warm": summary(warm),
+            "after_idle": summary(worker_latency(worker.socket, cmd, idle_jobs, pause=IDLE_PAUSE_S, interpreter=[])),
+            "cpu_ms_per_job": sum(after.values()) / jobs - sum(before.values()) / jobs}
 
 
 def _p50_target(name: str, rows: dict[str, Any]) -> dict[str, Any]:
