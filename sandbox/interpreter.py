@@ -174,7 +174,8 @@ class _Template:
 
     def _start(self) -> None:
         runner, kind = self._runner, self.kind
-        template_job = Job(cmd=["python3", "-I", "-c", _BOOTSTRAP, *kind.preload], image=kind.image,
+        disk = Limits().over(self.profile.limits).disk_bytes  # a job that gives none: the spares' scratch
+        template_job = Job(cmd=["python3", "-I", "-c", _BOOTSTRAP, str(disk), *kind.preload], image=kind.image,
                            profile=kind.profile, cwd="/")
         argv, env, cwd = command_of(template_job, self.profile.env, None if self._image is None else self._image.lease)
         self._sandbox = runner.take_sandbox(None if self._image is None else self._image.root,

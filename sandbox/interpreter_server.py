@@ -12,8 +12,10 @@ before any of its code runs.
 fd 0 is the control socket (SOCK_SEQPACKET). A request is a JSON header with fds:
 the job channel (answered with the snippet's pidfd), the report pipe, stdin, stdout,
 stderr, the fds that join the snippet's cgroup, then one fd per input file. The report
-pipe takes what the C init would say of a job: "started" and "setup_error" (from the
-snippet, before its code runs), "violation" and "exited" (from here, once it is reaped).
+pipe takes what the C init would say of a job: "started", "exec_error" and
+"setup_error" (from the snippet, before its code runs), "violation" and "exited" (from
+here, once it is reaped). A request goes to a spare - a clone made ahead, its
+namespaces, scratch, /proc and lo ready - where there is one, else to a clone made for it.
 
 The snippet's filter has no listener - a filter chain holds one at most, and the
 template's has it - so a kill-listed call kills the snippet with SIGSYS (the call never
@@ -53,8 +55,32 @@ MS_NOEXEC = 0x8
 SIOCSIFFLAGS = 0x8914
 IFF_UP_RUNNING = 0x1 | 0x40
 REPORT_FD = 3  # the report pipe's fd in a snippet, once its stdio is in place
-FIXED_FDS = 5  # job channel, report, stdin, stdout, stderr
+JOB_FDS = 4  # a request's fds after its channel: report, stdin, stdout, stderr (then the cgroup's, the files)
+SPARES = 2  # clones kept ready for the next requests
 IDS = (os.getuid(), os.getgid())  # the template's, which each snippet maps to itself
+
+
+def main() -> None:
+    """Import the modules named on the command line (after the scratch size of a job
+    that gives none), say "ready", then start snippets until the control socket closes
+    (the supervisor is gone: so is every snippet, with this sandbox's pid namespace)."""
+    control = socket.socket(fileno=os.dup(CONTROL_FD))
+    null = os.open("/dev/null", os.O_RDWR)
+    os.dup2(null, CONTROL_FD)
+    os.close(null)
+    try:
+        for module in sys.argv[2:]:
+            __import__(module)
+        with open(os.path.join(ROOT, FILTER_PATH), "rb") as f:
+            program = f.read()
+    except BaseException as exc:  # an import may raise anything, SystemExit included
+        control.send(json.dumps({"kind": "error", "message": f"{type(exc).__name__}: {exc}"}).encode())
+        sys.exit(1)
+    # What is loaded now stays for every snippet: keep the collector from walking it
+    # (and so copying its pages) in each of them.
+    gc.freeze()
+    control.send(b'{"kind": "ready"}')
+    Template(program, int(sys.argv[1])).serve(control)
 
 
 class ProgramFailure(Exception):
@@ -77,102 +103,175 @@ class Snippet:
             pass  # the supervisor gave up on it
 
 
-def main() -> None:
-    """Import the modules named on the command line, say "ready", then start snippets
-    until the control socket closes (the supervisor is gone: so is every snippet, with
-    this sandbox's pid namespace)."""
-    control = socket.socket(fileno=os.dup(CONTROL_FD))
-    null = os.open("/dev/null", os.O_RDWR)
-    os.dup2(null, CONTROL_FD)
-    os.close(null)
-    try:
-        for module in sys.argv[1:]:
-            __import__(module)
-        with open(os.path.join(ROOT, FILTER_PATH), "rb") as f:
-            program = f.read()
-    except BaseException as exc:  # an import may raise anything, SystemExit included
-        control.send(json.dumps({"kind": "error", "message": f"{type(exc).__name__}: {exc}"}).encode())
-        sys.exit(1)
-    # What is loaded now stays for every snippet: keep the collector from walking it
-    # (and so copying its pages) in each of them.
-    gc.freeze()
-    control.send(b'{"kind": "ready"}')
-    serve(control, program)
+class Spare:
+    """A clone made ahead of its request, its namespaces, scratch, /proc and lo ready
+    (``make_sandbox``), waiting on its socket for a request: what the clone and that
+    set-up cost is off the snippet's path."""
+
+    def __init__(self, pid: int, pidfd: int, requests: socket.socket) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.requests = requests
 
 
-def serve(control: socket.socket, program: bytes) -> None:
-    selector = selectors.DefaultSelector()
-    selector.register(control, selectors.EVENT_READ)
-    while True:
-        for key, _ in selector.select():
-            if key.fileobj is control:
-                data, fds, _, _ = socket.recv_fds(control, 1 << 20, 1024)
-                if not data:
-                    return
-                snippet = start(json.loads(data), fds, program)
-                if snippet is not None:
-                    selector.register(snippet.pidfd, selectors.EVENT_READ, snippet)
-            else:
-                finish(selector, key.data)
+class Template:
+    """The template's state: the snippets running, the spares waiting."""
 
+    def __init__(self, program: bytes, disk: int) -> None:
+        self.program = program
+        self.disk = disk  # the scratch size of a job that gives none: the spares'
+        self.selector = selectors.DefaultSelector()
+        self.spares: list[Spare] = []
 
-def start(request: dict[str, Any], fds: list[int], program: bytes) -> Snippet | None:
-    """Clone the snippet's sandbox, hand its pidfd to the supervisor; None if it could
-    not be made (the supervisor is told why)."""
-    channel = socket.socket(fileno=fds[0])
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = sc.fork_into_namespaces(SNIPPET_NAMESPACES)
-    except OSError as exc:
-        message = {"kind": "setup_error", "message": f"starting the snippet's sandbox: {exc}"}
+    def serve(self, control: socket.socket) -> None:
+        self.selector.register(control, selectors.EVENT_READ)
+        self.add_spares()
+        while True:
+            for key, _ in self.selector.select():
+                if key.fileobj is control:
+                    data, fds, _, _ = socket.recv_fds(control, 1 << 20, 1024)
+                    if not data:
+                        return
+                    self.start(data, fds)
+                    self.add_spares()
+                elif isinstance(key.data, Spare):
+                    self.drop_spare(key.data)  # it failed before any request (the next is cloned anew)
+                else:
+                    self.finish(key.data)
+
+    def add_spares(self) -> None:
+        while len(self.spares) < SPARES:
+            spare = self.clone_spare()
+            if spare is None:
+                return
+            self.spares.append(spare)
+            self.selector.register(spare.pidfd, selectors.EVENT_READ, spare)
+
+    def clone_spare(self) -> Spare | None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            channel.send(json.dumps(message).encode())
+            pid = clone_snippet()
         except OSError:
-            pass  # the supervisor gave up on it
-        for fd in fds[1:]:
+            ours.close()
+            theirs.close()
+            return None  # (a request then clones for itself, and says why it cannot)
+        if pid == 0:
+            # Nothing of the template's (other snippets' report pipes, the control
+            # socket) is held while waiting: only the request socket stays.
+            keep = theirs.fileno()
+            if keep > 3:
+                sc.close_range(3, keep - 1)
+            sc.close_range(keep + 1)
+            failure = made(self.disk)
+            try:
+                data, fds, _, _ = socket.recv_fds(theirs, 1 << 20, 1024)
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                os._exit(0)  # the template is closing
+            run_snippet(failure, json.loads(data), fds, self.disk, self.program)  # never returns
+        theirs.close()
+        return Spare(pid, os.pidfd_open(pid), ours)
+
+    def drop_spare(self, spare: Spare) -> None:
+        self.selector.unregister(spare.pidfd)
+        self.spares.remove(spare)
+        os.waitpid(spare.pid, 0)
+        os.close(spare.pidfd)
+        spare.requests.close()
+
+    def start(self, data: bytes, fds: list[int]) -> None:
+        """Hand the request to a spare, or clone for it; the supervisor gets the
+        snippet's pidfd, or why there is none."""
+        channel = socket.socket(fileno=fds[0])
+        with channel:
+            snippet = self.from_spare(data, fds) or self.cloned(json.loads(data), fds)
+            if snippet is None:
+                return
+            try:
+                socket.send_fds(channel, [b'{"kind": "pid"}'], [snippet.pidfd])
+            except OSError:
+                pass  # the supervisor gave up on it: its report pipe is gone too
+        for fd in fds[2:]:
             os.close(fd)
-        channel.close()
+        self.selector.register(snippet.pidfd, selectors.EVENT_READ, snippet)
+
+    def from_spare(self, data: bytes, fds: list[int]) -> Snippet | None:
+        while self.spares:
+            spare = self.spares.pop()
+            self.selector.unregister(spare.pidfd)
+            try:
+                socket.send_fds(spare.requests, [data], fds[1:])
+            except OSError:  # it died waiting
+                os.waitpid(spare.pid, 0)
+                os.close(spare.pidfd)
+                continue
+            finally:
+                spare.requests.close()
+            return Snippet(spare.pid, spare.pidfd, fds[1])
         return None
-    if pid == 0:
-        channel.close()
-        run_snippet(request, fds, program)  # never returns
-    pidfd = os.pidfd_open(pid)
+
+    def cloned(self, request: dict[str, Any], fds: list[int]) -> Snippet | None:
+        try:
+            pid = clone_snippet()
+        except OSError as exc:
+            message = {"kind": "setup_error", "message": f"starting the snippet's sandbox: {exc}"}
+            try:
+                os.write(fds[1], json.dumps(message).encode() + b"\n")
+            except OSError:
+                pass  # the supervisor gave up on it
+            for fd in fds[1:]:
+                os.close(fd)
+            return None
+        if pid == 0:
+            run_snippet(made(request["disk"]), request, fds[1:], request["disk"], self.program)  # never returns
+        return Snippet(pid, os.pidfd_open(pid), fds[1])
+
+    def finish(self, snippet: Snippet) -> None:
+        """Reap the snippet (its pid namespace went with it) and say how it ended."""
+        _, status, usage = os.wait4(snippet.pid, 0)
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS:
+            snippet.say({"kind": "violation", "number": None, "arch": None})
+        snippet.say({"kind": "exited", "status": status, "t": time.monotonic_ns(), "maxrss_kb": usage.ru_maxrss,
+                     "utime": usage.ru_utime, "stime": usage.ru_stime})
+        self.selector.unregister(snippet.pidfd)
+        os.close(snippet.pidfd)
+        os.close(snippet.report)
+
+
+def clone_snippet() -> int:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return sc.fork_into_namespaces(SNIPPET_NAMESPACES)
+
+
+def made(disk: int) -> BaseException | None:
+    """``make_sandbox`` in a clone; what went wrong, to be reported with its request."""
     try:
-        socket.send_fds(channel, [b'{"kind": "pid"}'], [pidfd])
-    except OSError:
-        pass  # the supervisor gave up on it: its report pipe is gone too
-    channel.close()
-    for fd in fds[2:]:
-        os.close(fd)
-    return Snippet(pid, pidfd, fds[1])
+        make_sandbox(disk)
+    except BaseException as exc:
+        return exc
+    return None
 
 
-def finish(selector: selectors.BaseSelector, snippet: Snippet) -> None:
-    """Reap the snippet (its pid namespace went with it) and say how it ended."""
-    _, status, usage = os.wait4(snippet.pid, 0)
-    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS:
-        snippet.say({"kind": "violation", "number": None, "arch": None})
-    snippet.say({"kind": "exited", "status": status, "t": time.monotonic_ns(), "maxrss_kb": usage.ru_maxrss,
-                 "utime": usage.ru_utime, "stime": usage.ru_stime})
-    selector.unregister(snippet.pidfd)
-    os.close(snippet.pidfd)
-    os.close(snippet.report)
-
-
-def run_snippet(request: dict[str, Any], fds: list[int], program: bytes) -> None:
-    """In the clone: make the snippet's sandbox, then run its code; exits, never returns."""
+def run_snippet(failure: BaseException | None, request: dict[str, Any], fds: list[int], disk: int,
+                program: bytes) -> None:
+    """In the clone, its sandbox made with a scratch of ``disk`` bytes (``failure``: what
+    went wrong there): enter the job, then run its code; exits, never returns. ``fds``
+    are the request's but its channel: the report pipe first."""
     code = 127
     try:
         try:
-            prepare_sandbox(request, fds, program)
+            if failure is not None:
+                raise failure
+            enter_job(request, fds, disk, program)
         except ProgramFailure as exc:
-            os.write(fds[1], json.dumps({"kind": "exec_error", "message": str(exc)}).encode() + b"\n")
+            os.write(fds[0], json.dumps({"kind": "exec_error", "message": str(exc)}).encode() + b"\n")
             code = 126
             return
         except BaseException as exc:
             message = {"kind": "setup_error", "message": f"the snippet's set-up failed: {exc}"}
-            os.write(fds[1], json.dumps(message).encode() + b"\n")
+            os.write(fds[0], json.dumps(message).encode() + b"\n")
             return
         os.write(REPORT_FD, json.dumps({"kind": "started", "t": time.monotonic_ns()}).encode() + b"\n")
         os.close(REPORT_FD)
@@ -181,18 +280,16 @@ def run_snippet(request: dict[str, Any], fds: list[int], program: bytes) -> None
         os._exit(code)
 
 
-def prepare_sandbox(request: dict[str, Any], fds: list[int], program: bytes) -> None:
-    """What the C init and program stage do for a job, for this process: its ids, its
-    scratch and /proc, lo, its cgroup, input files, limits, stdio, no capabilities, the
-    profile's filter. Leaves the report pipe on REPORT_FD (``fds[1]`` says so), and
-    nothing else open beyond stdio."""
+def make_sandbox(disk: int) -> None:
+    """What the C init does for a sandbox before its job: its ids, its scratch (``disk``
+    bytes) and /proc, lo."""
     uid, gid = IDS  # (getuid() here says the overflow id until the maps are written)
     write_file("/proc/self/setgroups", "deny")
     write_file("/proc/self/uid_map", f"{uid} {uid} 1")
     write_file("/proc/self/gid_map", f"{gid} {gid} 1")
     # One tmpfs for /work, /tmp and /dev/shm, as a job's scratch: attached at /dev/shm,
     # its directories bound into place, its root then covered by its own shm directory.
-    sc.mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID_NODEV, f"size={request['disk']},mode=0755")
+    sc.mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID_NODEV, f"size={disk},mode=0755")
     for name, mode in (("work", 0o755), ("tmp", 0o1777), ("shm", 0o1777)):
         os.mkdir(f"/dev/shm/{name}")
         os.chmod(f"/dev/shm/{name}", mode)
@@ -201,11 +298,21 @@ def prepare_sandbox(request: dict[str, Any], fds: list[int], program: bytes) -> 
     sc.mount("proc", "/proc", "proc", MS_NOSUID_NODEV | MS_NOEXEC, "")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         fcntl.ioctl(probe, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", IFF_UP_RUNNING))
+
+
+def enter_job(request: dict[str, Any], fds: list[int], disk: int, program: bytes) -> None:
+    """What the C init and program stage do once the job arrives: the scratch's size if
+    the job gives another, its cgroup, input files, limits, stdio, no capabilities, the
+    profile's filter. ``fds``: the report pipe, stdin, stdout, stderr, the cgroup's,
+    the input files. Leaves the report pipe on REPORT_FD (``fds[0]`` says so), and
+    nothing else open beyond stdio."""
+    if request["disk"] != disk:
+        sc.mount("tmpfs", "/work", "tmpfs", sc.MS_REMOUNT | MS_NOSUID_NODEV, f"size={request['disk']}")
     joins = request["joins"]
-    for fd in fds[FIXED_FDS:FIXED_FDS + joins]:
+    for fd in fds[JOB_FDS:JOB_FDS + joins]:
         os.write(fd, b"0")  # v1: the hierarchies' tasks files; v2: cgroup.procs
     sc.unshare(sc.CLONE_NEWCGROUP)
-    for (dest, mode), fd in zip(request["files"], fds[FIXED_FDS + joins:], strict=True):
+    for (dest, mode), fd in zip(request["files"], fds[JOB_FDS + joins:], strict=True):
         copy_in(fd, dest, mode)
     try:
         os.chdir(request["cwd"])
@@ -215,7 +322,7 @@ def prepare_sandbox(request: dict[str, Any], fds: list[int], program: bytes) -> 
     # raising KeyboardInterrupt): this process is the template's python3.
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     os.setsid()
-    wanted = {0: fds[2], 1: fds[3], 2: fds[4], REPORT_FD: fds[1]}
+    wanted = {0: fds[1], 1: fds[2], 2: fds[3], REPORT_FD: fds[0]}
     above = max(wanted.values()) + 1
     moved = {target: fcntl.fcntl(fd, fcntl.F_DUPFD, above) for target, fd in wanted.items()}  # out of each other's way
     for target, fd in moved.items():
@@ -223,7 +330,7 @@ def prepare_sandbox(request: dict[str, Any], fds: list[int], program: bytes) -> 
     with open("/proc/sys/kernel/cap_last_cap") as cap_last:
         last_capability = int(cap_last.read())
     sc.close_range(REPORT_FD + 1)
-    fds[1] = REPORT_FD  # where a set-up error is reported from now on
+    fds[0] = REPORT_FD  # where a set-up error is reported from now on
     for limit, soft, hard in request["rlimits"]:
         resource.setrlimit(limit, (soft, hard))
     sc.drop_capabilities(last_capability)

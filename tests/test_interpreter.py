@@ -171,3 +171,12 @@ def test_the_command_line_asks_for_the_mode():
     refused = subprocess.run([*SANDBOX_CLI, "run", "--interpreter", "--", "sh", "-c", "true"],
                              capture_output=True, timeout=60)
     assert refused.returncode == 125 and b"COMMAND: the interpreter mode runs" in refused.stderr, refused
+
+
+def test_the_scratch_holds_the_jobs_disk_size(interpreters):
+    fill = "open('/work/f', 'wb').write(b'x' * (3 << 20))"
+    assert interpreters.run(snippet(fill)).status is Status.OK
+    small = interpreters.run(snippet(fill, limits=Limits(disk="1M")))
+    assert small.status is Status.RUNTIME_ERROR and b"No space left on device" in small.stderr, small
+    again = interpreters.run(snippet(fill))  # the next snippet's scratch is the default size again
+    assert again.status is Status.OK, again
