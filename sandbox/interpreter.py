@@ -38,13 +38,14 @@ from typing import Any
 
 from sandbox.cgroups import JobCgroup
 from sandbox.collect import Collected
-from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
+from sandbox.errors import CgroupError, JobError, SetupError
 from sandbox.job_message import job_spec, job_stdin, rlimits, start_job
 from sandbox.models import Blob, Job, Limits, Result, Status
 from sandbox.prepare import MessageReader, Prepared
 from sandbox.profile_cache import SNIPPET_VARIANT, TEMPLATE_VARIANT
 from sandbox.runner import (
     Runner,
+    as_result,
     close_quietly,
     command_of,
     lease_image_root,
@@ -101,14 +102,7 @@ class Interpreters:
     ) -> Result:
         """Run a snippet job (``Job.interpreter`` set) and return its Result; raises
         JobError for a job the mode cannot run, as ``Runner.run`` does."""
-        try:
-            return self._run(job, cancel_fd, on_started, on_output)
-        except JobError:
-            raise
-        except SandboxError as exc:
-            return Result(Status.INTERNAL_ERROR, error=str(exc))
-        except OSError as exc:
-            return Result(Status.INTERNAL_ERROR, error=f"{type(exc).__name__}: {exc}")
+        return as_result(lambda: self._run(job, cancel_fd, on_started, on_output))
 
     def _run(self, job: Job, cancel_fd: int | None, on_started: Any, on_output: Any) -> Result:
         assert job.interpreter is not None

@@ -137,19 +137,11 @@ class Runner:
 
         The finished sandbox is cleaned up later (``sandboxes.step`` or ``tidy``), so
         the caller can send the result first."""
-        try:
-            if job.interpreter is not None:
-                if trace is not None or handed is not None:
-                    raise JobError("the interpreter mode is neither traced nor handed over", field="interpreter")
-                return self._interpreters().run(job, cancel_fd=cancel_fd, on_started=on_started,
-                                                on_output=on_output)
-            return self._run(job, cancel_fd, on_started, on_output, trace, handed, collect_room)
-        except JobError:
-            raise
-        except SandboxError as exc:
-            return Result(Status.INTERNAL_ERROR, error=str(exc))
-        except OSError as exc:
-            return Result(Status.INTERNAL_ERROR, error=f"{type(exc).__name__}: {exc}")
+        if job.interpreter is not None:
+            if trace is not None or handed is not None:
+                raise JobError("the interpreter mode is neither traced nor handed over", field="interpreter")
+            return self._interpreters().run(job, cancel_fd=cancel_fd, on_started=on_started, on_output=on_output)
+        return as_result(lambda: self._run(job, cancel_fd, on_started, on_output, trace, handed, collect_room))
 
     def run_group(
         self, jobs: Sequence[Job], pipes: Sequence[Pipe] = (), *, cancel_fd: int | None = None,
@@ -438,6 +430,19 @@ class Runner:
                 with self._supply_lock:
                     _end_layers(member, merge=True)
         return result_of(outcome, usage, limits, collected, member.warnings, member.not_enforced)
+
+
+def as_result(run: Callable[[], Result]) -> Result:
+    """``run()``'s Result, or an internal_error Result for a fault of the sandbox's; a
+    JobError - the job's own - is raised."""
+    try:
+        return run()
+    except JobError:
+        raise
+    except SandboxError as exc:
+        return Result(Status.INTERNAL_ERROR, error=str(exc))
+    except OSError as exc:
+        return Result(Status.INTERNAL_ERROR, error=f"{type(exc).__name__}: {exc}")
 
 
 def result_of(
