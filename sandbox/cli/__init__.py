@@ -17,10 +17,13 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sandbox.cli.output import EXIT_SANDBOX_ERROR, describe_job_error
 from sandbox.errors import JobError, SandboxError
+
+if TYPE_CHECKING:
+    from sandbox.zygote import StartedZygote
 
 DISTRIBUTION = "sandbox-executor"  # pyproject.toml's name
 # The modules of the command groups, in the order help lists them; and the one that
@@ -56,8 +59,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_command(argv: list[str]) -> tuple[int, str]:
     """The exit status of the command ``argv`` names, and that command."""
-    parser = make_parser(argv)
-    args = parser.parse_args(argv)
+    named = _command_named(argv)
+    try:
+        # ``sandbox run``'s zygote first, a fork of this process, before the parser and the
+        # job model are even imported: it builds the sandbox template meanwhile. The run's
+        # handler owns it from here (``run.py``); until then, a usage error closes it.
+        zygote = _started_zygote() if named == "run" else None
+    except SandboxError as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return EXIT_SANDBOX_ERROR, "run"
+    try:
+        parser = make_parser(argv)
+        args = parser.parse_args(argv, argparse.Namespace(started_zygote=zygote))
+    except BaseException:
+        if zygote is not None:
+            zygote.zygote.close()
+        raise
     try:
         return int(args.handler(args)), args.command
     except JobError as exc:
@@ -92,11 +109,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_SANDBOX_ERROR, f"{self.prog}: error: {message}\n")
 
 
+def _started_zygote() -> StartedZygote:
+    from sandbox.zygote import StartedZygote
+
+    return StartedZygote()
+
+
+def _command_named(argv: list[str]) -> str | None:
+    """The command ``argv`` names: its first word not an option (the top level has
+    options only before it)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The parser for ``argv``: with only its command's group when it names a known one
-    (the first word not an option: the top level has options only before it), else
-    with every group (help, or an unknown command's error, lists them all)."""
-    named = next((word for word in argv if not word.startswith("-")), None)
+    (``_command_named``), else with every group (help, or an unknown command's error,
+    lists them all)."""
+    named = _command_named(argv)
     groups = [MODULE_OF_COMMAND[named]] if named in MODULE_OF_COMMAND else COMMAND_GROUPS
     parser = _Parser(prog="sandbox", description="Rootless sandbox executor for untrusted code.")
     parser.add_argument("--version", action=_VersionAction)
