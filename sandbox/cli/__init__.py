@@ -14,6 +14,7 @@ flags in ``job_flags``, and how results and errors are printed in ``output``.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
@@ -46,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     (``os._exit``): the interpreter's teardown - every module and object freed one by
     one - costs a one-shot run milliseconds and does nothing it needs (its sandbox is
     cleaned up by then, ``Runner.close``)."""
+    if argv is None and _command_named(sys.argv[1:]) == "run":
+        # The cyclic collector's passes over the objects the engine's imports make cost a
+        # one-shot run milliseconds and find next to nothing: off until its runner is up
+        # (``run.py`` then freezes what is loaded and turns it back on for the job).
+        gc.disable()
     status, command = _run_command(sys.argv[1:] if argv is None else argv)
     if argv is None and command == "run":
         try:
