@@ -1,6 +1,8 @@
 """Profiles compiled on demand, once per process: loading and compiling a profile
 costs milliseconds (libseccomp), a job must not pay that each time; the programs are
-also kept on disk (``seccomp_cache.py``), so the next process need not compile them."""
+also kept on disk (``seccomp_cache.py``), so the next process need not compile them,
+and the built-in profiles as loaded with them (``profile_store.py``), so it need not
+parse them either."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from sandbox.errors import JobError, ProfileError
 from sandbox.models import Limits, is_profile_file
 from sandbox.profile import Profile, load_profile
 from sandbox.profile_names import builtin_profiles, unknown_profile
-from sandbox.seccomp_cache import cached_program
+from sandbox.profile_store import stored_profile
+from sandbox.seccomp_cache import cache_dir, cached_program
 from sandbox.seccomp_policy import SeccompPolicy
 
 
@@ -80,11 +83,11 @@ class ProfileCache:
         if compiled is None:
             if is_profile_file(name):
                 profile = _load_file(name)
+                compiled = CompiledProfile(profile, cached_program(profile.seccomp, _compile))
             elif name in builtin_profiles():
-                profile = load_profile(name)
+                compiled = CompiledProfile(*stored_profile(name, _load_builtin, cache_dir()))
             else:
                 raise unknown_profile(name, files_allowed=True)
-            compiled = CompiledProfile(profile, cached_program(profile.seccomp, _compile))
             self._compiled[name] = compiled
         return compiled
 
@@ -103,6 +106,11 @@ def _compile(policy: SeccompPolicy) -> bytes:
     from sandbox.seccomp import compile_policy
 
     return compile_policy(policy)
+
+
+def _load_builtin(name: str) -> tuple[Profile, bytes]:
+    profile = load_profile(name)
+    return profile, cached_program(profile.seccomp, _compile)
 
 
 def _load_file(path: str) -> Profile:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import importlib
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +57,8 @@ def profile_path(name_or_path: str) -> Path:
 def profile_chain(path: Path) -> list[tuple[Path, str, dict[str, Any]]]:
     """The profile file at ``path`` and every file it ``extends``, the base first: each
     its path, text (for error lines) and TOML document."""
+    import tomllib  # here: a run whose profile is stored (``profile_store.py``) parses none
+
     chain: list[tuple[Path, str, dict[str, Any]]] = []
     while True:
         if len(chain) > _MAX_DEPTH:

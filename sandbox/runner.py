@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandbox import prepare, volumes
+from sandbox import prepare
 from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
 from sandbox.collect import Collected, not_collected, receive
 from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
@@ -645,6 +645,8 @@ def _mount_source(sandbox: Sandbox, entry: Mount, index: int, fds: list[int], la
             fd = sandbox.zygote.clone_bind(entry.bind)
         else:
             assert entry.volume is not None  # (Mount.check_source: exactly one source)
+            from sandbox import volumes  # (only for a job that mounts one: not on the command line's cold path)
+
             root = volumes.volumes_root()
             volumes.prepare_root(root)
             fds.append(volumes.lock(root, entry.volume, bool(entry.writable)))

@@ -23,7 +23,6 @@ The cache is under ``$XDG_CACHE_HOME/sandbox/seccomp`` (else the account's
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import pwd
@@ -62,15 +61,23 @@ def policy_key(policy: SeccompPolicy) -> str:
         "policy": dataclasses.asdict(policy),
         "arch": libseccomp.native_arch(),
         "libseccomp": libseccomp.version(),
-        "compiler": [hashlib.sha256(source.read_bytes()).hexdigest() for source in _COMPILER_SOURCES],
+        "compiler": [_sha256(source.read_bytes()) for source in _COMPILER_SOURCES],
         "handover_fd": HANDOVER_FD,
     }
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return _sha256(json.dumps(content, sort_keys=True).encode())
+
+
+def _sha256(data: bytes) -> str:
+    """The hex SHA-256 of ``data``. ``hashlib`` (OpenSSL, loaded at its import) only
+    here: a run whose profile is stored (``profile_store.py``) never asks for a key."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
 
 
 def encode(key: str, program: bytes) -> bytes:
     """A cache file's bytes: one header line (magic, key, length, digest), then the program."""
-    header = b" ".join((MAGIC, key.encode(), str(len(program)).encode(), hashlib.sha256(program).hexdigest().encode()))
+    header = b" ".join((MAGIC, key.encode(), str(len(program)).encode(), _sha256(program).encode()))
     return header + b"\n" + program
 
 
@@ -86,7 +93,7 @@ def decode(key: str, data: bytes) -> bytes | None:
         return None
     if not program or len(program) % 8 or len(program) > MAX_PROGRAM:
         return None
-    if hashlib.sha256(program).hexdigest().encode() != digest:
+    if _sha256(program).encode() != digest:
         return None
     return program
 
@@ -106,6 +113,23 @@ def cached_program(policy: SeccompPolicy, compile_policy: Callable[[SeccompPolic
 
 
 def _load(directory: Path, path: Path, key: str) -> bytes | None:
+    data = read_private(directory, path, MAX_PROGRAM + 4096)
+    return None if data is None else decode(key, data)
+
+
+def _store(directory: Path, path: Path, key: str, program: bytes) -> None:
+    """Write the program for the next process; a cache that cannot be written only
+    costs the next process a compilation."""
+    if write_private(directory, path, encode(key, program)):
+        try:
+            _prune(directory, path)
+        except OSError:
+            pass
+
+
+def read_private(directory: Path, path: Path, limit: int) -> bytes | None:
+    """At most ``limit`` bytes of the file at ``path`` in ``directory``, if both are this
+    user's alone (``_private``; the file a regular one, not a symlink); else None."""
     if not _private(directory):
         return None
     try:
@@ -116,29 +140,30 @@ def _load(directory: Path, path: Path, key: str) -> bytes | None:
         facts = os.fstat(fd)
         if not stat.S_ISREG(facts.st_mode) or facts.st_uid != os.geteuid() or facts.st_mode & 0o022:
             return None
-        return decode(key, handle.read(MAX_PROGRAM + 4096))
+        return handle.read(limit)
 
 
-def _store(directory: Path, path: Path, key: str, program: bytes) -> None:
-    """Write the program for the next process; a cache that cannot be written only
-    costs the next process a compilation."""
-    import tempfile  # only when a program was compiled, which a run from the cache is not
+def write_private(directory: Path, path: Path, data: bytes) -> bool:
+    """Write ``data`` at ``path`` atomically (a temporary file, renamed: a reader sees a
+    whole file or none), making ``directory`` (0700) if missing; False if it could not
+    be written or the directory is not this user's alone."""
+    import tempfile  # only when something was compiled or loaded anew, which a run from the cache is not
 
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not _private(directory):
-            return
+            return False
         fd, temporary = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
         try:
             with open(fd, "wb") as handle:
-                handle.write(encode(key, program))
+                handle.write(data)
             os.replace(temporary, path)
         except BaseException:
             os.unlink(temporary)
             raise
-        _prune(directory, path)
     except OSError:
-        pass
+        return False
+    return True
 
 
 def _prune(directory: Path, keep: Path) -> None:

@@ -216,12 +216,14 @@ def test_setup_cgroups_refuses_without_root():
 
 
 def test_a_cached_filter_is_used_only_when_valid(tmp_path):
-    """`sandbox run` keeps its compiled filter in the user's cache; a cache file whose
-    program was swapped for one that allows everything is not installed: the job still
-    meets the profile's filter, and the file is written anew."""
+    """`sandbox run` keeps its compiled filter in the user's cache, and the built-in
+    profile as loaded with it; a file of either whose program was swapped for one that
+    allows everything is not installed: the job still meets the profile's filter, and
+    the file is written anew."""
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     ptrace = {"x86_64": 101, "aarch64": 117}[os.uname().machine]
     argv = [*SANDBOX_CLI, "run", "--json", "--", "python3", "-c", f"import ctypes; ctypes.CDLL(None).syscall({ptrace}, 0)"]
+    allow_all = bytes.fromhex("060000000000ff7f")  # return SECCOMP_RET_ALLOW
 
     def violation() -> str:
         done = subprocess.run(argv, capture_output=True, timeout=60, env=env)
@@ -231,19 +233,26 @@ def test_a_cached_filter_is_used_only_when_valid(tmp_path):
 
     assert violation() == "ptrace"
     [cached] = (tmp_path / "sandbox" / "seccomp").glob("*.bpf")
-    written = cached.read_bytes()
+    stored = tmp_path / "sandbox" / "seccomp" / "profile-default.json"
+    written, stored_written = cached.read_bytes(), stored.read_bytes()
     header, _, program = written.partition(b"\n")
-    allow_all = bytes.fromhex("060000000000ff7f")  # return SECCOMP_RET_ALLOW
     cached.write_bytes(header + b"\n" + allow_all * (len(program) // 8))
+    stored.unlink()  # (else the run takes the profile and its program from there)
     assert violation() == "ptrace"
     assert cached.read_bytes() == written
+    assert stored.read_bytes() == stored_written
+    start = stored_written.index(b'"program": "') + len(b'"program": "')
+    end = stored_written.index(b'"', start)
+    stored.write_bytes(stored_written[:start] + allow_all.hex().encode() * ((end - start) // 16) + stored_written[end:])
+    assert violation() == "ptrace"
+    assert stored.read_bytes() == stored_written
 
 
 def test_a_run_on_the_host_image_loads_only_what_the_job_needs(tmp_path):
     """The command line's cold path: `sandbox run` of a command on the host image, its
-    filter in the cache, imports neither the seccomp compiler nor the image store nor
-    the other commands' code - nor subprocess: its zygote is a fork, not a second
-    interpreter."""
+    profile and filter in the cache, imports neither the seccomp compiler nor the image
+    store nor the other commands' code - nor subprocess: its zygote is a fork, not a
+    second interpreter; nor TOML, hash or volume code."""
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     code = ("import json, sys; from sandbox.cli import main; status = main(['run', '--', 'true']); "
             "print(json.dumps(sorted(sys.modules)), file=sys.__stderr__); sys.exit(status)")
@@ -252,6 +261,6 @@ def test_a_run_on_the_host_image_loads_only_what_the_job_needs(tmp_path):
     loaded = set(json.loads(done.stderr.splitlines()[-1]))
     assert "sandbox.runner" in loaded
     unneeded = {"pyseccomp", "sandbox.seccomp", "sandbox.images.runtime", "sandbox.images.store", "subprocess",
-                "importlib.resources", "sandbox.judge", "sandbox.languages", "worker.client",
+                "importlib.resources", "tomllib", "hashlib", "shutil", "sandbox.volumes", "sandbox.judge", "sandbox.languages", "worker.client",
                 *(f"sandbox.cli.{group}" for group in ("group", "worker", "images", "volumes", "profiles", "languages", "judge"))}
     assert loaded & unneeded == set()

@@ -14,13 +14,17 @@ flags in ``job_flags``, and how results and errors are printed in ``output``.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sandbox.cli.output import EXIT_SANDBOX_ERROR, describe_job_error
 from sandbox.errors import JobError, SandboxError
+
+if TYPE_CHECKING:
+    from sandbox.zygote import StartedZygote
 
 DISTRIBUTION = "sandbox-executor"  # pyproject.toml's name
 # The modules of the command groups, in the order help lists them; and the one that
@@ -43,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     (``os._exit``): the interpreter's teardown - every module and object freed one by
     one - costs a one-shot run milliseconds and does nothing it needs (its sandbox is
     cleaned up by then, ``Runner.close``)."""
+    if argv is None and _command_named(sys.argv[1:]) == "run":
+        # The cyclic collector's passes over the objects the engine's imports make cost a
+        # one-shot run milliseconds and find next to nothing: off until its runner is up
+        # (``run.py`` then freezes what is loaded and turns it back on for the job).
+        gc.disable()
     status, command = _run_command(sys.argv[1:] if argv is None else argv)
     if argv is None and command == "run":
         try:
@@ -56,8 +65,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_command(argv: list[str]) -> tuple[int, str]:
     """The exit status of the command ``argv`` names, and that command."""
-    parser = make_parser(argv)
-    args = parser.parse_args(argv)
+    named = _command_named(argv)
+    try:
+        # ``sandbox run``'s zygote first, a fork of this process, before the parser and the
+        # job model are even imported: it builds the sandbox template meanwhile. The run's
+        # handler owns it from here (``run.py``); until then, a usage error closes it.
+        zygote = _started_zygote() if named == "run" else None
+    except SandboxError as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return EXIT_SANDBOX_ERROR, "run"
+    try:
+        parser = make_parser(argv)
+        args = parser.parse_args(argv, argparse.Namespace(started_zygote=zygote))
+    except BaseException:
+        if zygote is not None:
+            zygote.zygote.close()
+        raise
     try:
         return int(args.handler(args)), args.command
     except JobError as exc:
@@ -84,19 +107,58 @@ class _VersionAction(argparse.Action):
         parser.exit(0)
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, with the terminal's width found as ``shutil`` finds it
+    (``$COLUMNS``, else the terminal's, else 80) but without importing ``shutil``:
+    argparse makes a formatter for every flag it is given (to check its metavar), and
+    ``shutil``, with the compression modules it loads, cost ``sandbox run`` over a
+    millisecond of a start-up that is most of its run."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, width or _terminal_columns())
+
+
+def _terminal_columns() -> int:
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size().columns  # stdout's
+    except OSError:  # not a terminal
+        return 80
+
+
 class _Parser(argparse.ArgumentParser):
-    """Usage errors exit 125 like every other error of the sandbox itself."""
+    """Usage errors exit 125 like every other error of the sandbox itself; help is
+    formatted by ``_Formatter``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(EXIT_SANDBOX_ERROR, f"{self.prog}: error: {message}\n")
 
 
+def _started_zygote() -> StartedZygote:
+    from sandbox.zygote import StartedZygote
+
+    return StartedZygote()
+
+
+def _command_named(argv: list[str]) -> str | None:
+    """The command ``argv`` names: its first word not an option (the top level has
+    options only before it)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def make_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The parser for ``argv``: with only its command's group when it names a known one
-    (the first word not an option: the top level has options only before it), else
-    with every group (help, or an unknown command's error, lists them all)."""
-    named = next((word for word in argv if not word.startswith("-")), None)
+    (``_command_named``), else with every group (help, or an unknown command's error,
+    lists them all)."""
+    named = _command_named(argv)
     groups = [MODULE_OF_COMMAND[named]] if named in MODULE_OF_COMMAND else COMMAND_GROUPS
     parser = _Parser(prog="sandbox", description="Rootless sandbox executor for untrusted code.")
     parser.add_argument("--version", action=_VersionAction)

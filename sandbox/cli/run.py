@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import gc
+from typing import TYPE_CHECKING, Any
 
 from sandbox.cli.job_flags import add_job_arguments, collect_target, job_from_args, language_form, language_inputs
 from sandbox.cli.output import report
+
+if TYPE_CHECKING:
+    from sandbox.zygote import StartedZygote
 
 
 def add_commands(commands: Any) -> None:
@@ -16,22 +20,23 @@ def add_commands(commands: Any) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    # The flags are checked before any set-up.
-    job = None if language_form(args) else job_from_args(args)
-    inputs = language_inputs(args) if job is None else {}
-    collect_to = collect_target(args)
-    # The zygote first, a fork of this process: it builds the sandbox template while
-    # this one imports the rest of the engine.
-    from sandbox.zygote import StartedZygote
-
-    started = StartedZygote()
+    # The zygote was started before the flags were parsed (``sandbox.cli``): it builds the
+    # sandbox template while this process checks them and imports the rest of the engine.
+    # A flag's error closes it unused.
+    started: StartedZygote = args.started_zygote
     try:
+        job = None if language_form(args) else job_from_args(args)
+        inputs = language_inputs(args) if job is None else {}
+        collect_to = collect_target(args)
         from sandbox.runner import Runner
 
         runner = Runner(one_shot=True, started=started)
     except BaseException:
         started.zygote.close()
         raise
+    if not gc.isenabled():  # off for the start-up of the command line's own process (``sandbox.cli.main``)
+        gc.freeze()  # what is loaded stays: the collector need not walk it again
+        gc.enable()
     try:
         if job is None:
             from sandbox.cli.languages import run_language
