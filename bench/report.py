@@ -182,10 +182,13 @@ def _humaneval_section(part: dict[str, Any]) -> list[str]:
              f"harness {part['harness_workers']} threads; exec line shipped commented out: "
              f"{part['exec_line_shipped_commented']})", "",
              "| programs | runner | passed | wall s |", "| --- | --- | ---: | ---: |"]
+    names = {"sandbox": "sandbox, a fresh python3 each", "interpreter": "sandbox, interpreter mode",
+             "harness": "harness"}
     for kind in ("canonical", "broken"):
-        for side in ("sandbox", "harness"):
-            row = part[kind][side]
-            lines.append(f"| {kind} | {side} | {row['passed']}/{row['total']} | {row['wall_s']:.2f} |")
+        for side, name in names.items():
+            if side in part[kind]:
+                row = part[kind][side]
+                lines.append(f"| {kind} | {name} | {row['passed']}/{row['total']} | {row['wall_s']:.2f} |")
     return lines + [""]
 
 
@@ -286,6 +289,15 @@ def analysis(results: dict[str, Any]) -> list[str]:
             "running interpreter for each problem (no interpreter start-up, no isolation). The sandbox's "
             "wall time is the interpreter start-up plus the per-job overhead above, on "
             f"{he['worker']['slots']} slots against the harness's {he['harness_workers']} threads.")
+        interpreted = python.get("worker, interpreter mode")
+        if interpreted and "interpreter" in he["canonical"]:
+            lines.append(
+                "  In the interpreter mode (`Job.interpreter`) each problem is instead a clone of a python3 "
+                "that waits with the problems' imports done, into a sandbox of its own: "
+                f"{interpreted['cpu_ms_per_job']:.1f} ms CPU per job through the worker (the python table's "
+                "interpreter row) - the clone with its namespaces (a network namespace is most of it), the "
+                "scratch, /proc, cgroup and filter a job's sandbox gets, and the worker's per-job overhead, "
+                "none of which the harness's fork does.")
     cpu = results.get("cpu", {}).get("cpu")
     if cpu:
         fixed = cpu["inside"]["cpu_ms_median"] - cpu["native"]["cpu_ms_median"]
