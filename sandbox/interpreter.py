@@ -86,7 +86,7 @@ class _Kind:
 
 
 class TemplateGone(SetupError):
-    """The template's sandbox ended (or never said it was ready)."""
+    """The template's sandbox ended (or never said it was ready) before a job started."""
 
 
 class Interpreters:
@@ -105,14 +105,19 @@ class Interpreters:
         return as_result(lambda: self._run(job, cancel_fd, on_started, on_output))
 
     def _run(self, job: Job, cancel_fd: int | None, on_started: Any, on_output: Any) -> Result:
+        """On the kind's template; one that turns out to be gone before the job started
+        (it ended since its last job: an OOM kill, a crash) is replaced, once."""
         assert job.interpreter is not None
         kind = _Kind(job.image, job.profile, tuple(job.interpreter))
-        template = self._template(kind)
-        try:
-            return template.run(job, cancel_fd, on_started, on_output)
-        except TemplateGone:
-            self._forget(kind, template)
-            raise
+        for attempt in range(2):
+            template = self._template(kind)
+            try:
+                return template.run(job, cancel_fd, on_started, on_output)
+            except TemplateGone:
+                self._forget(kind, template)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def _template(self, kind: _Kind) -> _Template:
         with self._lock:
@@ -271,8 +276,20 @@ class _Template:
             )
             outcome = supervise(snippet, stdout_r, stderr_r, output_limit=limits.output_bytes, watch=watch,
                                 cancel_fd=cancel_fd, on_started=on_started, on_output=on_output)
+            if outcome.exited is None and outcome.kill_reason is None and self._hung_up():
+                outcome.setup_error = outcome.setup_error or "the interpreter's sandbox ended during the job"
             return result_of(outcome, usage_of(outcome, cgroup), limits, Collected(), warnings, [])
         raise AssertionError("unreachable")  # pragma: no cover - the with block returns
+
+    def _hung_up(self) -> bool:
+        """Whether the template is gone (its end of the control socket closed); it is
+        then no longer used."""
+        if self.control is not None:
+            poller = select.poll()
+            poller.register(self.control, select.POLLIN)
+            if any(event & select.POLLHUP for _, event in poller.poll(0)):
+                self.alive = False
+        return not self.alive
 
     def _snippet_pidfd(self, channel: socket.socket) -> tuple[int | None, str]:
         """The template's answer to a request: the snippet's pidfd, or None and why it

@@ -155,10 +155,18 @@ def test_a_worker_runs_interpreter_jobs_and_refuses_what_the_mode_cannot(worker)
 
 def test_a_template_that_ends_is_replaced_and_its_snippets_end_with_it(interpreters):
     assert interpreters.run(snippet("pass")).status is Status.OK
-    (template,) = interpreters._templates.values()  # (its init: what an OOM kill or a crash ends)
-    os.kill(template._sandbox.prepared.init_pid, signal.SIGKILL)
-    ended = interpreters.run(snippet("print('never')"))
-    assert ended.status is Status.INTERNAL_ERROR and ended.stdout == b"", ended
+
+    def end_the_template() -> None:  # (its init: what an OOM kill or a crash ends)
+        (template,) = interpreters._templates.values()
+        os.kill(template._sandbox.prepared.init_pid, signal.SIGKILL)
+
+    running = interpreters.run(snippet("import time; print('started', flush=True); time.sleep(30)"),
+                               on_started=end_the_template)
+    assert running.status is Status.INTERNAL_ERROR, running
+    assert running.error == "the interpreter's sandbox ended during the job"
+    after = interpreters.run(snippet("print('after')"))  # on a new template
+    assert after.stdout == b"after\n", after
+    end_the_template()  # between jobs: the next one finds it gone before it starts, and is run on a new one
     again = interpreters.run(snippet("print('again')"))
     assert again.stdout == b"again\n", again
 
