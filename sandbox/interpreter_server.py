@@ -186,12 +186,17 @@ class Template:
         channel = socket.socket(fileno=fds[0])
         with channel:
             snippet = self.from_spare(data, fds) or self.cloned(json.loads(data), fds)
-            if snippet is None:
-                return
             try:
-                socket.send_fds(channel, [b'{"kind": "pid"}'], [snippet.pidfd])
+                if isinstance(snippet, str):
+                    channel.send(json.dumps({"kind": "setup_error", "message": snippet}).encode())
+                else:
+                    socket.send_fds(channel, [b'{"kind": "pid"}'], [snippet.pidfd])
             except OSError:
                 pass  # the supervisor gave up on it: its report pipe is gone too
+        if isinstance(snippet, str):
+            for fd in fds[1:]:
+                os.close(fd)
+            return
         for fd in fds[2:]:
             os.close(fd)
         self.selector.register(snippet.pidfd, selectors.EVENT_READ, snippet)
@@ -211,18 +216,12 @@ class Template:
             return Snippet(spare.pid, spare.pidfd, fds[1])
         return None
 
-    def cloned(self, request: dict[str, Any], fds: list[int]) -> Snippet | None:
+    def cloned(self, request: dict[str, Any], fds: list[int]) -> Snippet | str:
+        """The snippet cloned for this request, or why it could not be."""
         try:
             pid = clone_snippet()
         except OSError as exc:
-            message = {"kind": "setup_error", "message": f"starting the snippet's sandbox: {exc}"}
-            try:
-                os.write(fds[1], json.dumps(message).encode() + b"\n")
-            except OSError:
-                pass  # the supervisor gave up on it
-            for fd in fds[1:]:
-                os.close(fd)
-            return None
+            return f"starting the snippet's sandbox: {exc}"
         if pid == 0:
             run_snippet(made(request["disk"]), request, fds[1:], request["disk"], self.program)  # never returns
         return Snippet(pid, os.pidfd_open(pid), fds[1])
