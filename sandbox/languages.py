@@ -18,6 +18,7 @@ import fnmatch
 import hashlib
 import io
 import math
+import os
 import re
 import tarfile
 import tomllib
@@ -172,6 +173,9 @@ class Compiled:
     env: dict[str, str]
     require_cgroups: bool
     image: str
+    # The runs in the interpreter mode (``Job.interpreter``: these modules imported ahead),
+    # for a preset that runs python3; None: a fresh process each.
+    interpreter: list[str] | None = None
 
     @property
     def status(self) -> Status:
@@ -184,7 +188,8 @@ class Compiled:
 
 def compile_source(stages: Stages, preset: Preset, code: bytes, *, files: Sequence[InputFile] = (),
                    env: dict[str, str] | None = None, require_cgroups: bool = False,
-                   options: Sequence[str] = (), trace: list[Any] | None = None, image: str | None = None) -> Compiled:
+                   options: Sequence[str] = (), trace: list[Any] | None = None, image: str | None = None,
+                   interpreter: Sequence[str] | None = None) -> Compiled:
     """Compile ``code`` in the ``compile`` profile, with its limits, on ``image`` - the
     language image unless told (an image built on it, ``sandbox build``, holding what a
     course's programs need); the runs use the same image.
@@ -192,8 +197,11 @@ def compile_source(stages: Stages, preset: Preset, code: bytes, *, files: Sequen
     ``files`` (a caller's headers, modules, data) are placed in /work for the compile and
     every run, and ``env`` is set in both, over the preset's: the compile may need the
     one, the program the other, and neither harms the other stage. ``options`` are the
-    submission's compiler options, from the preset's allow-list."""
+    submission's compiler options, from the preset's allow-list. ``interpreter``: the
+    runs in the interpreter mode, with these modules imported ahead (python3 only)."""
     _check_extra_files(preset, files)
+    if interpreter is not None and os.path.basename(preset.run[0]) not in ("python3", "python"):
+        raise JobError(f"the interpreter mode runs python3: {preset.name} runs {preset.run[0]}", field="interpreter")
     preset.check_options(options)
     build_limits = Limits(**stages.profile_limits("compile"))
     source_file = InputFile(f"{WORKDIR}/{preset.source}", Blob(data=code))
@@ -208,7 +216,8 @@ def compile_source(stages: Stages, preset: Preset, code: bytes, *, files: Sequen
     if result.status is Status.OK:
         artifacts = _read_artifacts(result.stdout) if preset.artifacts else []
         result.stdout = b""  # the artifacts tar, not output anyone wants to read
-    return Compiled(preset, result, [*files, source_file, *artifacts], dict(env or {}), require_cgroups, image)
+    return Compiled(preset, result, [*files, source_file, *artifacts], dict(env or {}), require_cgroups, image,
+                    None if interpreter is None else list(interpreter))
 
 
 def run_compiled(stages: Stages, compiled: Compiled, *, stdin: Blob | None = None, limits: Limits | None = None,
@@ -233,7 +242,7 @@ def compiled_job(stages: Stages, compiled: Compiled, *, stdin: Blob | None = Non
         cmd=[*_format(preset, preset.run, limits, stages.parallelism), *args], limits=limits,
         files=[*compiled.files, *inputs], image=compiled.image, profile=profile,
         env={**_env(preset, limits, stages.parallelism), **compiled.env}, stdin=stdin,
-        require_cgroups=compiled.require_cgroups,
+        require_cgroups=compiled.require_cgroups, interpreter=compiled.interpreter,
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from workerutil import SANDBOX_CLI
 
+from sandbox.errors import JobError
 from sandbox.judge.checkers import CheckerKind
 from sandbox.judge.problem import Checker, Problem, load_problem
 from sandbox.judge.run import Submission, judge
@@ -158,6 +159,10 @@ def test_the_cli_prints_a_json_report_and_exits_by_verdict(language_image) -> No
                             "--source", str(SOLUTIONS / "sum_wrong.cpp")], capture_output=True, timeout=300)
     assert wrong.returncode == 1
     assert wrong.stdout.decode().splitlines()[-1] == "wrong_answer  66.6667/100"
+    interpreted = subprocess.run([*SANDBOX_CLI, "judge", str(PROBLEMS / "sum"), "--lang", "python3", "--interpreter",
+                                  "--source", str(SOLUTIONS / "sum_ok.py"), "--json"], capture_output=True, timeout=300)
+    assert interpreted.returncode == 0, interpreted.stderr
+    assert json.loads(interpreted.stdout)["verdict"] == "accepted"
 
 
 def test_a_broken_package_is_a_clear_error(tmp_path: Path) -> None:
@@ -332,3 +337,30 @@ def test_an_interactive_problem_in_parallel_through_a_worker(worker, language_im
     reports = [json.loads(done.stdout) for done in (here, there)]
     assert [[t["status"] for t in r["tests"]] for r in reports] == [["accepted", "wrong_answer", "wrong_answer"]] * 2
     assert all(t["interactor"]["exit_code"] in (0, 1) for r in reports for t in r["tests"])
+
+
+@pytest.mark.parametrize(("solution", "verdict", "tests"), [
+    ("sum_ok.py", "accepted", ["accepted"] * 3),
+    ("sum_crash.py", "runtime_error", ["runtime_error"] * 3),
+    ("sum_flood.py", "output_limit", ["output_limit"] * 3),
+])
+def test_a_python_submission_judged_in_the_interpreter_mode(stages: CountingStages, solution: str, verdict: str,
+                                                              tests: list[str]) -> None:
+    path = SOLUTIONS / solution
+    try:
+        report = judge(stages, load_problem(PROBLEMS / "sum"), Submission.from_file("python3", path, interpreter=[]))
+    finally:
+        stages.runner.close_interpreters()
+        stages.runner.tidy()
+    assert (report.verdict, statuses(report)) == (verdict, tests), report.to_json_dict()
+    runs = [job for job, _ in stages.seen if job.profile != "compile"]
+    assert len(runs) == 3 and all(job.interpreter == [] for job in runs)  # every test a snippet
+
+
+def test_the_interpreter_mode_is_for_python_and_not_for_interactive_problems(stages: CountingStages) -> None:
+    with pytest.raises(JobError, match="the interpreter mode runs python3"):
+        judge(stages, load_problem(PROBLEMS / "sum"), Submission.from_file("cpp", SOLUTIONS / "sum_ok.cpp",
+                                                                          interpreter=[]))
+    with pytest.raises(JobError, match="interactive problem"):
+        judge(stages, load_problem(PROBLEMS / "guess"), Submission.from_file("python3", SOLUTIONS / "sum_ok.py",
+                                                                            interpreter=[]))

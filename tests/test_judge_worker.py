@@ -46,6 +46,15 @@ def test_a_judge_request_streams_each_test_and_reports_as_in_process(runner, lan
     assert [t["status"] for t in report["tests"]] == [t["status"] for t in local["tests"]]
 
 
+def test_a_python_submission_in_the_interpreter_mode_through_the_worker(language_image, worker) -> None:
+    with Client(worker.socket_path) as client:
+        report = client.judge(read_package(PROBLEMS / "sum"), "python3", (SOLUTIONS / "sum_ok.py").read_bytes(),
+                              interpreter=["sys"], parallel=2)
+        with pytest.raises(WorkerError, match="interpreter"):
+            client.judge(read_package(PROBLEMS / "sum"), "python3", b"print(1)", interpreter=[1])  # type: ignore[list-item]
+    assert (report["verdict"], [t["status"] for t in report["tests"]]) == ("accepted", ["accepted"] * 3), report
+
+
 def test_a_custom_checker_and_compiler_options_through_the_worker(language_image, worker, tmp_path: Path) -> None:
     source = tmp_path / "sum.cpp"
     source.write_bytes(SUM_IF_RIGHT)

@@ -211,11 +211,14 @@ Package = Mapping[str, bytes | dict[str, str]]
 
 def judge_message(judge_id: str, problem: Package, lang: str, source: bytes,
                   compile_options: Sequence[str], args: Sequence[str], stop_on_failure: bool,
-                  parallel: int, image: str | None = None) -> dict[str, Any]:
+                  parallel: int, image: str | None = None,
+                  interpreter: Sequence[str] | None = None) -> dict[str, Any]:
     submission: dict[str, Any] = {"lang": lang, "source": source, "compile_options": list(compile_options),
                                   "args": list(args)}
     if image is not None:  # (sent only when set: a worker that predates it takes the rest)
         submission["image"] = image
+    if interpreter is not None:  # (the same)
+        submission["interpreter"] = list(interpreter)
     return {"type": "judge", "id": judge_id, "problem": problem, "stop_on_failure": stop_on_failure,
             "parallel": parallel, "submission": submission}
 
@@ -357,16 +360,17 @@ class Client:
     def judge(self, problem: Package, lang: str, source: bytes, *, compile_options: Sequence[str] = (),
               args: Sequence[str] = (), stop_on_failure: bool = False, parallel: int = 1,
               judge_id: str | None = None, on_test: Callable[[dict[str, Any]], None] | None = None,
-              image: str | None = None) -> dict[str, Any]:
+              image: str | None = None, interpreter: Sequence[str] | None = None) -> dict[str, Any]:
         """Judge ``source`` against a problem package (``judge.problem.read_package``
         gives one from a directory; a big file may be ``{"file_id": put_file(...)}``
         instead of its bytes) in the worker: compiled once, every test a job there,
-        ``parallel`` of them at once, on ``image`` (default: the language image).
+        ``parallel`` of them at once, on ``image`` (default: the language image), with
+        ``interpreter`` in the interpreter mode (python3; these modules imported ahead).
         ``on_test`` hears each test's report as it is decided; the whole report (the
         shape of ``sandbox judge --json``) is returned."""
         judge_id = judge_id or uuid.uuid4().hex
         self._send(judge_message(judge_id, problem, lang, source, compile_options, args, stop_on_failure, parallel,
-                                 image))
+                                 image, interpreter))
         queue = self._mail.events[judge_id]
         while True:
             while not queue:

@@ -147,7 +147,7 @@ class QueueRoutes:
             await self.client.submit_judge(
                 problem, submission.lang, submission.source, compile_options=submission.compile_options,
                 args=submission.args, stop_on_failure=checked.stop_on_failure, parallel=checked.parallel,
-                judge_id=identifier, image=submission.image)
+                judge_id=identifier, image=submission.image, interpreter=submission.interpreter)
         if query_flag(request, "wait"):
             document = await self._ended(identifier)
             return JSONResponse({**document, "tests": document["report"]["tests"]})

@@ -44,7 +44,7 @@ from worker.protocol import ProtocolError, event_message
 # A package entry: problem.toml, a top-level file (a checker's source, testlib.h), or a test.
 _PACKAGE_NAME = re.compile(r"(tests/)?[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
 _MAX_PACKAGE_FILES = 10_000
-_SUBMISSION_KEYS = {"lang", "source", "compile_options", "args", "image"}
+_SUBMISSION_KEYS = {"lang", "source", "compile_options", "args", "image", "interpreter"}
 _FINAL = ("finished", "cancelled")
 MAX_PARALLEL = 256
 
@@ -100,6 +100,11 @@ def judge_from_wire(message: dict[str, Any], judge_id: str) -> JudgeRequest:
     image = wire.get("image")
     if image is not None and (not isinstance(image, str) or not image):
         raise ProtocolError("invalid_job", "image must be an image reference", field="submission.image")
+    interpreter = wire.get("interpreter")
+    if interpreter is not None and (not isinstance(interpreter, list)
+                                    or not all(isinstance(name, str) for name in interpreter)):
+        raise ProtocolError("invalid_job", "interpreter must be a list of module names",
+                            field="submission.interpreter")
     stop = message.get("stop_on_failure", False)
     if not isinstance(stop, bool):
         raise ProtocolError("invalid_job", "stop_on_failure must be true or false", field="stop_on_failure")
@@ -107,8 +112,9 @@ def judge_from_wire(message: dict[str, Any], judge_id: str) -> JudgeRequest:
     if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= MAX_PARALLEL:
         raise ProtocolError("invalid_job", f"parallel must be a number of tests from 1 to {MAX_PARALLEL}",
                             field="parallel")
-    return JudgeRequest(judge_id, package, Submission(lang, source, tuple(options), tuple(args), image), stop,
-                        parallel)
+    submission = Submission(lang, source, tuple(options), tuple(args), image,
+                            None if interpreter is None else tuple(interpreter))
+    return JudgeRequest(judge_id, package, submission, stop, parallel)
 
 
 @dataclass

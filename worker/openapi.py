@@ -182,6 +182,9 @@ SCHEMAS: dict[str, Any] = {
                     "args": {"type": "array", "items": {"type": "string"}},
                     "image": {"type": "string", "description": "compile and run on this stored image (one "
                                                                 "built on the language image) instead of it"},
+                    "interpreter": {"type": "array", "items": {"type": "string"},
+                                    "description": "run a python3 submission's tests in the interpreter mode, "
+                                                   "these modules imported ahead"},
                 },
             },
             "stop_on_failure": {"type": "boolean", "default": False},

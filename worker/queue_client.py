@@ -88,12 +88,12 @@ class AsyncQueueClient:
     async def submit_judge(self, problem: Package, lang: str, source: bytes, *,
                            compile_options: Sequence[str] = (), args: Sequence[str] = (),
                            stop_on_failure: bool = False, parallel: int = 1, judge_id: str | None = None,
-                           image: str | None = None) -> str:
+                           image: str | None = None, interpreter: Sequence[str] | None = None) -> str:
         """Queue a judge of ``source`` against a problem package (every file as bytes:
         ``sandbox.judge.problem.read_package``) and return its id; as ``submit`` for jobs."""
         judge_id = judge_id or uuid.uuid4().hex
         message = judge_message(judge_id, problem, lang, source, compile_options, args, stop_on_failure, parallel,
-                                image)
+                                image, interpreter)
         del message["type"], message["id"]  # the entry's id field is the id
         return await self._queue(judge_id, "judge", msgpack.packb(message, use_bin_type=True))
 
@@ -209,12 +209,12 @@ class AsyncQueueClient:
                     compile_options: Sequence[str] = (), args: Sequence[str] = (), stop_on_failure: bool = False,
                     parallel: int = 1, judge_id: str | None = None, timeout: float | None = None,
                     on_test: Callable[[dict[str, Any]], None] | None = None,
-                    image: str | None = None) -> dict[str, Any]:
+                    image: str | None = None, interpreter: Sequence[str] | None = None) -> dict[str, Any]:
         """Queue a judge and return its report; raises QueueError for an outcome that is
         no report (``invalid_job`` naming the field, ``dead_letter``)."""
         judge_id = await self.submit_judge(problem, lang, source, compile_options=compile_options, args=args,
                                            stop_on_failure=stop_on_failure, parallel=parallel, judge_id=judge_id,
-                                           image=image)
+                                           image=image, interpreter=interpreter)
         return await self.report(judge_id, timeout, on_test)
 
 
@@ -242,10 +242,11 @@ class QueueClient:
 
     def submit_judge(self, problem: Package, lang: str, source: bytes, *,
                      compile_options: Sequence[str] = (), args: Sequence[str] = (), stop_on_failure: bool = False,
-                     parallel: int = 1, judge_id: str | None = None, image: str | None = None) -> str:
+                     parallel: int = 1, judge_id: str | None = None, image: str | None = None,
+                     interpreter: Sequence[str] | None = None) -> str:
         return self._call(lambda client: client.submit_judge(
             problem, lang, source, compile_options=compile_options, args=args, stop_on_failure=stop_on_failure,
-            parallel=parallel, judge_id=judge_id, image=image))
+            parallel=parallel, judge_id=judge_id, image=image, interpreter=interpreter))
 
     def report(self, judge_id: str, timeout: float | None = None,
                on_test: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -254,10 +255,12 @@ class QueueClient:
     def judge(self, problem: Package, lang: str, source: bytes, *,
               compile_options: Sequence[str] = (), args: Sequence[str] = (), stop_on_failure: bool = False,
               parallel: int = 1, judge_id: str | None = None, timeout: float | None = None,
-              on_test: Callable[[dict[str, Any]], None] | None = None, image: str | None = None) -> dict[str, Any]:
+              on_test: Callable[[dict[str, Any]], None] | None = None, image: str | None = None,
+              interpreter: Sequence[str] | None = None) -> dict[str, Any]:
         return self._call(lambda client: client.judge(
             problem, lang, source, compile_options=compile_options, args=args, stop_on_failure=stop_on_failure,
-            parallel=parallel, judge_id=judge_id, timeout=timeout, on_test=on_test, image=image))
+            parallel=parallel, judge_id=judge_id, timeout=timeout, on_test=on_test, image=image,
+            interpreter=interpreter))
 
     def _call(self, operation: Callable[[AsyncQueueClient], Awaitable[T]]) -> T:
         async def main() -> T:

@@ -37,6 +37,9 @@ def add_commands(commands: Any) -> None:
                        help="run N tests at once (here, or in the worker); the report is the same")
     judge.add_argument("--image", help="compile and run the submission on this stored image (one built on the "
                                        "language image: sandbox build) instead of the language image")
+    judge.add_argument("--interpreter", nargs="?", const="", metavar="MODULE,...",
+                       help="run a python3 submission's tests in the interpreter mode: each a clone of a waiting "
+                            "python3 that imported these modules, in a sandbox of its own")
     judge.add_argument("args", nargs="*", metavar="-- ARG", help="arguments for the solution, after --")
     where = judge.add_argument_group("through a worker (default: in this process)")
     where.add_argument("--socket", help="the worker's unix socket")
@@ -48,11 +51,12 @@ def add_commands(commands: Any) -> None:
 
 
 def _judge(args: argparse.Namespace) -> int:
+    from sandbox.cli.job_flags import interpreter_from_args
     from sandbox.judge.problem import load_problem, read_package
     from sandbox.judge.run import Submission, judge
 
     submission = Submission.from_file(args.lang, Path(args.source), compile_options=args.compile_option,
-                                      args=args.args, image=args.image)
+                                      args=args.args, image=args.image, interpreter=interpreter_from_args(args))
     on_test = None if args.json else _print_test
     report: dict[str, Any]
     if args.redis:  # one queued request: any worker of the stream judges it
@@ -68,7 +72,8 @@ def _judge(args: argparse.Namespace) -> int:
                 report = client.judge(package, submission.lang, submission.source,
                                       compile_options=submission.compile_options, args=submission.args,
                                       stop_on_failure=args.stop_on_failure, on_test=on_test,
-                                      parallel=args.parallel, image=submission.image)
+                                      parallel=args.parallel, image=submission.image,
+                                      interpreter=submission.interpreter)
             except WorkerError as exc:
                 raise worker_error(exc) from None
     else:
@@ -110,7 +115,7 @@ def _judge_through_queue(args: argparse.Namespace, submission: Submission,
         return QueueClient(args.redis, args.stream).judge(
             package, submission.lang, submission.source, compile_options=submission.compile_options,
             args=submission.args, stop_on_failure=args.stop_on_failure, parallel=args.parallel, on_test=on_test,
-            image=submission.image)
+            image=submission.image, interpreter=submission.interpreter)
 
 
 def _positive(text: str) -> int:

@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox.errors import JobError
 from sandbox.judge.checkers import Checked, CheckerKind, check
 from sandbox.judge.interactive import InteractiveTests
 from sandbox.judge.problem import Problem, Program, Test
@@ -39,11 +40,16 @@ class Submission:
     compile_options: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
     image: str | None = None
+    # Its runs in the interpreter mode (python3: a clone of a waiting python3 with these
+    # modules imported, a sandbox of its own per test); None: a fresh process each.
+    interpreter: tuple[str, ...] | None = None
 
     @classmethod
     def from_file(cls, lang: str, source: Path, *, compile_options: Sequence[str] = (),
-                  args: Sequence[str] = (), image: str | None = None) -> Submission:
-        return cls(lang, read_source(source), tuple(compile_options), tuple(args), image)
+                  args: Sequence[str] = (), image: str | None = None,
+                  interpreter: Sequence[str] | None = None) -> Submission:
+        return cls(lang, read_source(source), tuple(compile_options), tuple(args), image,
+                   None if interpreter is None else tuple(interpreter))
 
 
 def judge(stages: Stages, problem: Problem, submission: Submission, *, stop_on_failure: bool = False,
@@ -53,8 +59,12 @@ def judge(stages: Stages, problem: Problem, submission: Submission, *, stop_on_f
     the first that is not accepted are ``skipped``. With ``parallel`` > 1, that many
     tests run at once (``stages`` must take jobs from several threads); the report is
     the same as one test at a time."""
+    if problem.interactor is not None and submission.interpreter is not None:
+        raise JobError("an interactive problem runs its solution beside the interactor, not in the interpreter mode",
+                       field="interpreter")
     compiled = compile_source(stages, load_preset(submission.lang), submission.source,
-                              options=submission.compile_options, image=submission.image)
+                              options=submission.compile_options, image=submission.image,
+                              interpreter=submission.interpreter)
     if compiled.status is not Status.OK:
         return JudgeReport.of(problem, compiled.result, [])
     if problem.interactor is not None:
