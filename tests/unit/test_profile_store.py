@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from cache_damage import make_group_writable, replace_with_symlink, truncate
 
 from sandbox import profile_store
 from sandbox.linux import libseccomp
@@ -88,20 +89,6 @@ def flip_a_program_byte(path: Path) -> None:
     data = path.read_bytes()
     at = data.index(b'"program": "') + len(b'"program": "')
     path.write_bytes(data[:at] + (b"1" if data[at:at + 1] != b"1" else b"2") + data[at + 1:])
-
-
-def truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[:-8])
-
-
-def make_group_writable(path: Path) -> None:
-    path.chmod(0o664)
-
-
-def replace_with_symlink(path: Path) -> None:
-    target = path.with_name("elsewhere")
-    path.rename(target)
-    path.symlink_to(target.name)
 
 
 @pytest.mark.parametrize("damage", [widen_the_policy, flip_a_program_byte, truncate, make_group_writable,

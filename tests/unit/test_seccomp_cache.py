@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from cache_damage import make_group_writable, replace_with_symlink, truncate
 
 from sandbox import seccomp_cache
 from sandbox.linux import libseccomp
@@ -89,20 +90,6 @@ def tamper_program(path: Path) -> None:
 def put_foreign_program(path: Path) -> None:
     """A whole, well-formed file made for another key."""
     path.write_bytes(seccomp_cache.encode("0" * 64, ALLOW_ALL))
-
-
-def truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[:-8])
-
-
-def make_group_writable(path: Path) -> None:
-    path.chmod(0o664)
-
-
-def replace_with_symlink(path: Path) -> None:
-    target = path.with_name("elsewhere")
-    path.rename(target)
-    path.symlink_to(target.name)
 
 
 @pytest.mark.parametrize("damage", [tamper_program, put_foreign_program, truncate, make_group_writable,
