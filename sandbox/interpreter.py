@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import select
 import signal
@@ -40,7 +39,7 @@ from sandbox.cgroups import JobCgroup
 from sandbox.collect import Collected
 from sandbox.errors import CgroupError, JobError, SetupError
 from sandbox.job_message import job_spec, job_stdin, rlimits, start_job
-from sandbox.models import Blob, Job, Limits, Result, Status
+from sandbox.models import Blob, Job, Limits, Result, Status, runs_python
 from sandbox.prepare import MessageReader, Prepared
 from sandbox.profile_cache import SNIPPET_VARIANT, TEMPLATE_VARIANT
 from sandbox.runner import (
@@ -48,6 +47,7 @@ from sandbox.runner import (
     as_result,
     close_quietly,
     command_of,
+    job_parallelism,
     lease_image_root,
     open_blob,
     pipe_pair,
@@ -173,7 +173,7 @@ class _Template:
 
     def _start(self) -> None:
         runner, kind = self._runner, self.kind
-        disk = Limits().over(self.profile.limits).disk_bytes  # a job that gives none: the spares' scratch
+        disk = self.profile.kind_limits.disk_bytes  # a job that gives none: the spares' scratch
         template_job = Job(cmd=["python3", "-I", "-c", _BOOTSTRAP, str(disk), *kind.preload], image=kind.image,
                            profile=kind.profile, cwd="/")
         argv, env, cwd = command_of(template_job, self.profile.env, None if self._image is None else self._image.lease)
@@ -269,7 +269,7 @@ class _Template:
             watch = Watch(
                 wall_limit_ns=limits.wall_time_ms * 1_000_000,
                 cpu_limit_ns=None if limits.cpu_time_ms is None else limits.cpu_time_ms * 1_000_000,
-                parallelism=max(1, min(runner.parallelism, math.ceil(limits.cpus or runner.parallelism))),
+                parallelism=job_parallelism(runner.parallelism, limits.cpus),
                 cgroup=cgroup,
                 kill=lambda: _kill(pidfd),
                 reaps=False,  # the template reaps it, and says so on the report pipe
@@ -325,7 +325,7 @@ def _check_snippet(job: Job) -> None:
     """What the interpreter mode runs: python3 on a file or on -c code, in a sandbox with
     no mounts, no collected files and no egress (each would need the C init's work)."""
     cmd = job.cmd
-    if len(cmd) < 2 or os.path.basename(cmd[0]) not in ("python3", "python") or (cmd[1] == "-c" and len(cmd) < 3):
+    if len(cmd) < 2 or not runs_python(cmd) or (cmd[1] == "-c" and len(cmd) < 3):
         raise JobError("the interpreter mode runs 'python3 FILE [ARG...]' or 'python3 -c CODE [ARG...]'", field="cmd")
     if cmd[1].startswith("-") and cmd[1] != "-c":
         raise JobError(f"the interpreter mode takes no python3 option but -c (got {cmd[1]})", field="cmd")

@@ -18,7 +18,6 @@ import fnmatch
 import hashlib
 import io
 import math
-import os
 import re
 import tarfile
 import tomllib
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sandbox.errors import JobError, SetupError
-from sandbox.models import WORKDIR, Blob, InputFile, Job, Limits, Pipe, Result, Status
+from sandbox.models import WORKDIR, Blob, InputFile, Job, Limits, Pipe, Result, Status, runs_python
 from sandbox.profile_names import PROFILES_DIR
 
 if TYPE_CHECKING:
@@ -200,7 +199,7 @@ def compile_source(stages: Stages, preset: Preset, code: bytes, *, files: Sequen
     submission's compiler options, from the preset's allow-list. ``interpreter``: the
     runs in the interpreter mode, with these modules imported ahead (python3 only)."""
     _check_extra_files(preset, files)
-    if interpreter is not None and os.path.basename(preset.run[0]) not in ("python3", "python"):
+    if interpreter is not None and not runs_python(preset.run):
         raise JobError(f"the interpreter mode runs python3: {preset.name} runs {preset.run[0]}", field="interpreter")
     preset.check_options(options)
     build_limits = Limits(**stages.profile_limits("compile"))

@@ -343,6 +343,11 @@ class Collect:
         return self.DEFAULT_MAX_FILES if self.max_files is None else self.max_files
 
 
+def runs_python(cmd: list[str]) -> bool:
+    """Whether a command is python3's: what the interpreter mode (``Job.interpreter``) runs."""
+    return bool(cmd) and posixpath.basename(cmd[0]) in ("python3", "python")
+
+
 @dataclass
 class Job:
     """One command to run, with everything it may see and use."""

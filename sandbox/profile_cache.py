@@ -69,19 +69,11 @@ class ProfileCache:
         (its message names the file and line); a built-in one that does not load is the
         sandbox's."""
         compiled = self._compiled.get(name)
-        if compiled is None and name.endswith((TEMPLATE_VARIANT, SNIPPET_VARIANT)):
-            base, variant = name.rsplit("+", 1)
-            profile = copy.deepcopy(self.get(base).profile)
-            if "+" + variant == TEMPLATE_VARIANT:
-                for call in _TEMPLATE_CALLS:
-                    profile.seccomp.arg_rules.pop(call, None)
-                    profile.seccomp.actions[call] = "allow"
-            else:
-                profile.seccomp.listener = False
-            compiled = CompiledProfile(profile, cached_program(profile.seccomp, _compile))
-            self._compiled[name] = compiled
         if compiled is None:
-            if is_profile_file(name):
+            if name.endswith((TEMPLATE_VARIANT, SNIPPET_VARIANT)):
+                profile = _variant(self.get(name.rsplit("+", 1)[0]).profile, name)
+                compiled = CompiledProfile(profile, cached_program(profile.seccomp, _compile))
+            elif is_profile_file(name):
                 profile = _load_file(name)
                 compiled = CompiledProfile(profile, cached_program(profile.seccomp, _compile))
             elif name in builtin_profiles():
@@ -106,6 +98,18 @@ def _compile(policy: SeccompPolicy) -> bytes:
     from sandbox.seccomp import compile_policy
 
     return compile_policy(policy)
+
+
+def _variant(base: Profile, name: str) -> Profile:
+    """The interpreter mode's variant ``name`` of the profile ``base`` (a copy)."""
+    profile = copy.deepcopy(base)
+    if name.endswith(TEMPLATE_VARIANT):
+        for call in _TEMPLATE_CALLS:
+            profile.seccomp.arg_rules.pop(call, None)
+            profile.seccomp.actions[call] = "allow"
+    else:
+        profile.seccomp.listener = False
+    return profile
 
 
 def _load_builtin(name: str) -> tuple[Profile, bytes]:

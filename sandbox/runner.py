@@ -410,7 +410,7 @@ class Runner:
         watch = Watch(
             wall_limit_ns=limits.wall_time_ms * 1_000_000,
             cpu_limit_ns=None if limits.cpu_time_ms is None else limits.cpu_time_ms * 1_000_000,
-            parallelism=_parallelism(self.parallelism, limits.cpus),
+            parallelism=job_parallelism(self.parallelism, limits.cpus),
             cgroup=cgroup,
             handed_ns=handed_ns,
             collecting=bool(member.job.collect),
@@ -573,7 +573,8 @@ def _collect(job: Job, sandbox: Sandbox, outcome: Outcome, room: int | None) -> 
     return receive(sandbox.prepared.job_channel, job.collect, room=room, timeout_s=COLLECT_TIMEOUT_S)
 
 
-def _parallelism(cpus_available: int, quota: float | None) -> int:
+def job_parallelism(cpus_available: int, quota: float | None) -> int:
+    """How many CPUs a job can use at once: its ``cpus`` quota, at most the host's."""
     return max(1, min(cpus_available, math.ceil(quota) if quota else cpus_available))
 
 

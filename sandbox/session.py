@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import select
 import signal
@@ -51,6 +50,7 @@ from sandbox.runner import (
     Runner,
     close_quietly,
     command_of,
+    job_parallelism,
     lease_image_root,
     open_blob,
     pipe_pair,
@@ -223,7 +223,7 @@ class Session:
             watch = Watch(
                 wall_limit_ns=limits.wall_time_ms * 1_000_000,
                 cpu_limit_ns=None if limits.cpu_time_ms is None else limits.cpu_time_ms * 1_000_000,
-                parallelism=max(1, min(self._runner.parallelism, math.ceil(limits.cpus or self._runner.parallelism))),
+                parallelism=job_parallelism(self._runner.parallelism, limits.cpus),
                 cgroup=cgroup,
                 collecting=True,  # the init kills and reaps the rest of every exec itself
                 kill=lambda: self._kill(cgroup),
