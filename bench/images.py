@@ -38,6 +38,7 @@ from sandbox.runner import Runner  # noqa: E402
 def measure(runs: int, jobs: int) -> dict:
     """Cold pulls per tool (``runs``) and ``jobs`` /bin/true jobs per image."""
     work = Path(tempfile.mkdtemp(prefix="sandbox-bench-images-"))
+    users_store = os.environ.get("SANDBOX_IMAGE_STORE")
     registry = start_registry(work / "registry")
     try:
         layout = debian_python_layout(work / "layout", "gzip")  # umoci 0.4.7 has no zstd
@@ -91,6 +92,13 @@ def measure(runs: int, jobs: int) -> dict:
             "machine": os.uname().release,
         }
     finally:
+        # The runner found the image through the variable: the later parts must use the
+        # user's own store again, not recreate this one (the judge part stores its
+        # language image there).
+        if users_store is None:
+            os.environ.pop("SANDBOX_IMAGE_STORE", None)
+        else:
+            os.environ["SANDBOX_IMAGE_STORE"] = users_store
         registry.stop()
         remove_tree(work)
     figures["targets"] = [target("start-up a cached image adds to a job (ms)", figures["start_up_added_ms"], 0.5)]
