@@ -15,12 +15,15 @@ import matplotlib
 matplotlib.use("Agg")  # files only: the bench runs without a display
 import matplotlib.pyplot as plt
 
+from bench import kernel_steps
 from bench.profile import RATE
 
 REPORT_NAME = "REPORT.md"
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 MIB = 1 << 20
 
+
+KERNEL_STEP_ROWS = 24  # the largest steps of either runner
 
 METHOD = """## Method
 
@@ -51,6 +54,7 @@ def all_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     for row in part.get("latency", {}).values():
         found += row["targets"]
     found += part.get("throughput", {}).get("targets", [])
+    found += results.get("kernel", {}).get("targets", [])
     for name in ("cpu", "memory"):
         found += results.get("cpu", {}).get(name, {}).get("targets", [])
     for name in ("density", "images", "humaneval", "cli"):
@@ -219,6 +223,34 @@ def _cli_section(part: dict[str, Any]) -> list[str]:
     return lines + ["", "`sandbox run -- /bin/true` on the host image, a process per job as a judge calling "
                     "the CLI per test runs it, with the bytecode and the seccomp program cache warm; "
                     "`bwrap` with the flags of the latency table.", ""]
+
+
+def _kernel_section(part: dict[str, Any]) -> list[str]:
+    if "worker" not in part or "bwrap" not in part:
+        return []
+    ours, theirs = part["worker"], part["bwrap"]
+    roles = sorted({*ours["ms_per_job"], *theirs["ms_per_job"]}, key=lambda r: -ours["ms_per_job"].get(r, 0))
+    lines = [f"### CPU per warm static job by process and kernel step (perf, every CPU sampled at "
+             f"{part['frequency_hz']} Hz; {ours['jobs']} worker jobs, {theirs['jobs']} bwrap jobs), ms", "",
+             "| process | worker | bwrap |", "| --- | ---: | ---: |"]
+    lines += [f"| {role} | {ours['ms_per_job'].get(role, 0):.3f} | {theirs['ms_per_job'].get(role, 0):.3f} |"
+              for role in roles]
+    cost = kernel_steps.job_cost
+    lines += [f"| **a job's cost (all but the client)** | {cost(ours):.3f} | {cost(theirs):.3f} |", "",
+              "Of which cgroups and seccomp (samples with a kernel frame of theirs): " + ", ".join(
+                  f"{name} {ours['mechanisms_ms_per_job'].get(name, 0):.3f} ms (bwrap "
+                  f"{theirs['mechanisms_ms_per_job'].get(name, 0):.3f})" for name in ("cgroups", "seccomp")) + ".", ""]
+    steps: dict[str, list[float]] = {}
+    for side, figures in enumerate((ours, theirs)):
+        for role, step, ms in figures["steps"]:
+            steps.setdefault(f"{role}: {step}", [0.0, 0.0])[side] += ms
+    top = sorted(steps.items(), key=lambda item: -max(item[1]))[:KERNEL_STEP_ROWS]
+    lines += ["| process: step | worker | bwrap |", "| --- | ---: | ---: |"]
+    lines += [f"| {name} | {worker:.3f} | {bwrap:.3f} |" for name, (worker, bwrap) in top]
+    return lines + ["", "A step is the system call a sample's kernel call chain came in by (its page faults, "
+                    "interrupts or a kernel thread's work item otherwise); \"user space\" is the process's own "
+                    "code. The kernel threads' work is what the jobs left behind (a network namespace's teardown, "
+                    "a cgroup's release). The client (the timing loop) is listed, not part of a job's cost.", ""]
 
 
 def _doors_section(part: dict[str, Any]) -> list[str]:
@@ -442,7 +474,7 @@ def render(results: dict[str, Any], images: list[str]) -> str:
     lines += _build_section(results.get("build", {}))
     lines += _humaneval_section(results.get("humaneval", {})) + _judge_section(results.get("judge", {}))
     lines += _doors_section(results.get("doors", {})) + _cli_section(results.get("cli", {}))
-    lines += _profile_section(results)
+    lines += _kernel_section(results.get("kernel", {})) + _profile_section(results)
     lines += ["## Plots", ""] + [f"![{name}]({name})" for name in images] + [""]
     return "\n".join(lines)
 
