@@ -3,6 +3,7 @@ at once (a thread each). Real launchers, real sandboxes, driven as the pool driv
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -11,6 +12,7 @@ from test_cleanup import sleeping, wait_until
 from workerutil import exited
 
 from sandbox.models import Job, Limits, Result, Status
+from worker.launcher import IDLE_THREADS
 from worker.launcher_channel import JobOutput
 from worker.launcher_process import LauncherProcess
 from worker.protocol import ProtocolError
@@ -202,3 +204,38 @@ def test_streamed_output_of_jobs_at_once_stays_with_its_job():
         assert isinstance(outcome, Result) and outcome.stdout == expected
         assert bytes(pieces[job_id]) == expected
 
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_job_threads_wait_for_the_next_job_and_a_burst_leaves_few_behind():
+    # Twelve jobs at once on one launcher take twelve threads; once they end, only
+    # IDLE_THREADS of them stay, and the next job runs on one of those (no new thread).
+    burst = IDLE_THREADS + 4
+    counts: dict[str, int] = {}
+
+    async def body(lanes: Lanes, jobs: trio.Nursery) -> None:
+        process = lanes.launchers[0].process
+        assert process is not None
+        first = await lanes.slots[0].run("first", Job(cmd=["true"]), _nothing)
+        assert isinstance(first, Result) and first.status is Status.OK, first
+        counts["after one job"] = _threads(process.pid)  # the launcher's own threads and one waiting
+        for index in range(burst):
+            lanes.run(jobs, index, f"j{index}", sleeper("4106"))
+        await lanes.until(lambda: lanes.in_flight == burst)
+        counts["during the burst"] = _threads(process.pid)
+        for index, slot in enumerate(lanes.slots):
+            await slot.cancel(f"j{index}")
+        await lanes.until(lambda: lanes.in_flight == 0)
+        waiting = counts["after one job"] - 1 + IDLE_THREADS
+        assert wait_until(lambda: _threads(process.pid) == waiting), (_threads(process.pid), counts)
+        last = await lanes.slots[0].run("last", Job(cmd=["true"]), _nothing)
+        assert isinstance(last, Result) and last.status is Status.OK, last
+        counts["after the next job"] = _threads(process.pid)
+
+    lanes_test(1, burst, body)
+    assert counts["during the burst"] >= counts["after one job"] - 1 + burst, counts
+    assert counts["after the next job"] == counts["after one job"] - 1 + IDLE_THREADS, counts
+    assert wait_until(lambda: not sleeping("4106"))

@@ -45,6 +45,7 @@ import dataclasses
 import functools
 import json
 import os
+import queue
 import socket
 import sys
 import threading
@@ -83,16 +84,25 @@ from worker.launcher_outbox import Outbox
 from worker.protocol import ProtocolError, group_from_wire, job_from_wire, session_spec_from_wire
 from worker.session_records import SessionRecords
 
+IDLE_THREADS = 8  # job threads kept waiting for the next job (per launcher)
+
 
 class Jobs:
     """The jobs this launcher runs now, a thread each, by id: their cancel pipes, and a
     self-pipe that wakes the main thread's wait when one ends (its sandbox retired:
-    there is cleanup to do, and its waitables to sleep on)."""
+    there is cleanup to do, and its waitables to sleep on).
+
+    A thread that finished its job waits for the next one, up to ``IDLE_THREADS`` of
+    them, rather than ending: starting a thread costs a warm job more CPU than handing
+    it over does, and a burst of jobs leaves no more than that many threads behind."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # the table is changed by the ending threads too
         self._cancels: dict[str, int] = {}  # the write end of each job's cancel pipe
         self._threads: set[threading.Thread] = set()
+        self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._idle = 0  # threads waiting on ``_work`` that no job has been given to yet
+        self._closing = False
         self.wake_fd, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
 
     def start(self, job_id: str, work: Callable[[int], None], *, cancelled: bool) -> None:
@@ -109,7 +119,6 @@ class Jobs:
                 with self._lock:
                     if self._cancels.get(job_id) == cancel_w:
                         del self._cancels[job_id]
-                    self._threads.discard(thread)
                 for fd in (cancel_r, cancel_w):
                     os.close(fd)
                 try:
@@ -117,11 +126,27 @@ class Jobs:
                 except BlockingIOError:
                     pass  # the main thread has wake-ups enough to read
 
-        thread = threading.Thread(target=run, name=f"job-{job_id}"[:15], daemon=True)
         with self._lock:
             self._cancels[job_id] = cancel_w
-            self._threads.add(thread)
-        thread.start()
+            waiting = self._idle > 0
+            self._idle -= waiting
+        self._work.put(run)
+        if not waiting:
+            thread = threading.Thread(target=self._serve, name="job", daemon=True)
+            with self._lock:
+                self._threads.add(thread)
+            thread.start()
+
+    def _serve(self) -> None:
+        """A job thread: the jobs it is given, one after another, until enough others wait."""
+        while (run := self._work.get()) is not None:
+            run()
+            with self._lock:
+                if self._closing or self._idle >= IDLE_THREADS:
+                    break
+                self._idle += 1
+        with self._lock:
+            self._threads.discard(threading.current_thread())
 
     def cancel(self, job_id: str) -> None:
         """Kill the job of that id, if it still runs (else: it is over, or never ran)."""
@@ -142,9 +167,12 @@ class Jobs:
         """Cancel every job and wait for their threads (each sends its result, if the
         channel still takes it)."""
         with self._lock:
+            self._closing = True
             for cancel_w in self._cancels.values():
                 os.write(cancel_w, b"x")
             threads = list(self._threads)
+        for _ in threads:
+            self._work.put(None)  # for the waiting ones; a busy one ends after its job
         for thread in threads:
             thread.join()
 
