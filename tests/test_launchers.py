@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -12,7 +13,7 @@ from test_cleanup import sleeping, wait_until
 from workerutil import exited
 
 from sandbox.models import Job, Limits, Result, Status
-from worker.launcher import IDLE_THREADS
+from worker.launcher import IDLE_THREADS, Jobs
 from worker.launcher_channel import JobOutput
 from worker.launcher_process import LauncherProcess
 from worker.protocol import ProtocolError
@@ -239,3 +240,26 @@ def test_job_threads_wait_for_the_next_job_and_a_burst_leaves_few_behind():
     assert counts["during the burst"] >= counts["after one job"] - 1 + burst, counts
     assert counts["after the next job"] == counts["after one job"] - 1 + IDLE_THREADS, counts
     assert wait_until(lambda: not sleeping("4106"))
+
+
+def test_a_job_running_alone_is_young_for_a_while_and_two_are_never():
+    # The launcher holds its idle work back for a job just started alone (Jobs.young_for):
+    # for at most the age asked, never while two jobs run, never once the job ended.
+    jobs = Jobs()
+    release = threading.Event()
+    ended = threading.Semaphore(0)
+
+    def work(cancel_fd: int) -> None:
+        release.wait(30)
+        ended.release()
+
+    assert jobs.young_for(10.0) == 0.0
+    jobs.start("a", work, cancelled=False)
+    assert 9.0 < jobs.young_for(10.0) <= 10.0
+    assert jobs.young_for(0.0) == 0.0
+    jobs.start("b", work, cancelled=False)
+    assert jobs.young_for(10.0) == 0.0
+    release.set()
+    assert ended.acquire(timeout=30) and ended.acquire(timeout=30)
+    assert wait_until(lambda: jobs.young_for(10.0) == 0.0)
+    jobs.end_all()

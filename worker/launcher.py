@@ -49,6 +49,7 @@ import queue
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,6 +86,7 @@ from worker.protocol import ProtocolError, group_from_wire, job_from_wire, sessi
 from worker.session_records import SessionRecords
 
 IDLE_THREADS = 8  # job threads kept waiting for the next job (per launcher)
+YOUNG_JOB_S = 0.003  # how long a job just started holds back the launcher's idle work
 
 
 class Jobs:
@@ -102,6 +104,7 @@ class Jobs:
         self._threads: set[threading.Thread] = set()
         self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._idle = 0  # threads waiting on ``_work`` that no job has been given to yet
+        self._started: dict[str, float] = {}  # each running job's start (CLOCK_MONOTONIC s)
         self._closing = False
         self.wake_fd, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
 
@@ -119,6 +122,7 @@ class Jobs:
                 with self._lock:
                     if self._cancels.get(job_id) == cancel_w:
                         del self._cancels[job_id]
+                        del self._started[job_id]
                 for fd in (cancel_r, cancel_w):
                     os.close(fd)
                 try:
@@ -128,6 +132,7 @@ class Jobs:
 
         with self._lock:
             self._cancels[job_id] = cancel_w
+            self._started[job_id] = time.monotonic()
             waiting = self._idle > 0
             self._idle -= waiting
         self._work.put(run)
@@ -148,6 +153,13 @@ class Jobs:
         with self._lock:
             self._threads.discard(threading.current_thread())
 
+    def young_for(self, age_s: float) -> float:
+        """Seconds until the one running job is ``age_s`` old (0: it is older, or none or
+        several run: with several, the CPUs are busy with jobs whatever waits)."""
+        with self._lock:
+            started = list(self._started.values())
+        return max(0.0, started[0] + age_s - time.monotonic()) if len(started) == 1 else 0.0
+
     def cancel(self, job_id: str) -> None:
         """Kill the job of that id, if it still runs (else: it is over, or never ran)."""
         with self._lock:
@@ -165,7 +177,7 @@ class Jobs:
 
     def end_all(self) -> None:
         """Cancel every job and wait for their threads (each sends its result, if the
-        channel still takes it)."""
+        channel still takes it); then close the wake-up pipe."""
         with self._lock:
             self._closing = True
             for cancel_w in self._cancels.values():
@@ -175,6 +187,8 @@ class Jobs:
             self._work.put(None)  # for the waiting ones; a busy one ends after its job
         for thread in threads:
             thread.join()
+        for fd in (self.wake_fd, self._wake_w):
+            os.close(fd)
 
 
 def serve(channel: socket.socket, warm: list[WarmSpec], paths: HostPaths) -> None:
@@ -191,16 +205,33 @@ def serve(channel: socket.socket, warm: list[WarmSpec], paths: HostPaths) -> Non
     jobs = Jobs()
     sessions = LauncherSessions(records)
     offered: int | None = None  # the sandbox the worker may hand a job to itself
+    held_since: float | None = None  # since when young jobs have held back the idle work
+    free_until = 0.0  # after a hold, when the next may begin
     try:
         while True:
             # The time no message waits is for the next jobs: clean up after the last
             # ones and prepare warm sandboxes, one small step at a time, looking for a
             # message between steps; with nothing left to do, sleep until a message, a
             # step or the end of a job (whose retired sandbox is a step then) is due.
+            #   A job just started alone (most are handed over by the worker: its program
+            # runs already) holds that work back for a moment: a short job's end, its
+            # result's way back and the client's next job need the CPUs then, and the next
+            # warm sandbox is not needed before. A hold lasts at most YOUNG_JOB_S and is
+            # followed by as long a time free of holds, so that jobs starting one after
+            # another never starve the work.
             while not readable(channel):
                 jobs.woken()
                 if offered is None and (offered := _offer(runner, outbox)) is not None:
                     continue
+                now = time.monotonic()
+                if now >= free_until:
+                    hold = min(jobs.young_for(YOUNG_JOB_S), (held_since or now) + YOUNG_JOB_S - now)
+                    if hold > 0:
+                        held_since = held_since or now
+                        wait_readable([channel, jobs.wake_fd], hold)
+                        continue
+                if held_since is not None:  # held as long as it may be: as long free now
+                    held_since, free_until = None, now + YOUNG_JOB_S
                 if not runner.prepare_step():
                     wait_readable([channel, jobs.wake_fd, *runner.waitables()])
             try:
