@@ -182,7 +182,8 @@ class Worker:
     """A `sandbox serve` of its own on a private socket, stopped with SIGTERM; its JSON
     log goes to bench/results/raw/ (a launcher that dies says why there)."""
 
-    def __init__(self, slots: int, warm: int) -> None:
+    def __init__(self, slots: int, warm: int, warm_for: tuple[str, ...] = ()) -> None:
+        """``warm_for``: the ``--warm-for`` specs ("count=N,image=I") besides ``warm``."""
         self.dir = tempfile.mkdtemp(prefix="bench-worker-")
         self.socket = os.path.join(self.dir, "w.sock")
         logs = REPO / "bench" / "results" / "raw"
@@ -191,7 +192,8 @@ class Worker:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "sandbox.cli", "serve", "--socket", self.socket,
-                 "--slots", str(slots), "--warm", str(warm), "--queue", "100000"],
+                 "--slots", str(slots), "--warm", str(warm), "--queue", "100000",
+                 *(arg for spec in warm_for for arg in ("--warm-for", spec))],
                 stderr=log, cwd=REPO,
             )
         deadline = time.monotonic() + 120 + slots

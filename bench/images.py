@@ -26,13 +26,31 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
 from imagebuild import debian_python_layout  # noqa: E402
 from registries import skopeo_push, start_registry  # noqa: E402
 
-from bench.common import show, target, timed, write_raw  # noqa: E402
+from bench.common import Worker, show, target, timed, write_raw  # noqa: E402
 from sandbox.images.config import ImagesConfig  # noqa: E402
 from sandbox.images.pull import pull  # noqa: E402
 from sandbox.images.runtime import lease_image  # noqa: E402
 from sandbox.images.store import Store, remove_tree  # noqa: E402
 from sandbox.models import Job, Limits  # noqa: E402
 from sandbox.runner import Runner  # noqa: E402
+from worker.client import Client  # noqa: E402
+
+
+def through_warm_worker(image: str, jobs: int) -> dict[str, list[float]]:
+    """Client-side ms per /bin/true job, host image and ``image`` in turn, through a
+    worker that keeps sandboxes of both prepared (``--warm-for``): what a job on an
+    image costs where the image is one a worker is told to expect."""
+    walls: dict[str, list[float]] = {"host": [], "image": []}
+    with Worker(slots=2, warm=4, warm_for=(f"count=4,image={image}",)) as worker, Client(worker.socket) as client:
+        for round_ in range(jobs + 10):
+            for name in ("host", image):
+                start = time.perf_counter()
+                result = client.run(Job(cmd=["/bin/true"], image=name, limits=Limits(wall_time="10s")))
+                elapsed = (time.perf_counter() - start) * 1e3
+                assert result.status.value == "ok", result
+                if round_ >= 10:  # the first rounds warm the worker up
+                    walls["host" if name == "host" else "image"].append(elapsed)
+    return walls
 
 
 def measure(runs: int, jobs: int) -> dict:
@@ -82,6 +100,7 @@ def measure(runs: int, jobs: int) -> dict:
                     runner.tidy()  # the finished sandbox's cleanup, outside the timed part
         finally:
             runner.close()
+        warm_walls = through_warm_worker("bench/python:3.11", jobs)
         figures = {
             "pull_unpack_s": {"sandbox": ours, "skopeo+umoci": theirs},
             "image_bytes": sum(p.stat().st_size for p in (store_dir / "blobs/sha256").iterdir()),
@@ -89,6 +108,8 @@ def measure(runs: int, jobs: int) -> dict:
             "job_ms_median": {k: statistics.median(v) for k, v in walls.items()},
             "job_ms_raw": walls,
             "start_up_added_ms": statistics.median(walls["image"]) - statistics.median(walls["host"]),
+            "warm_worker_ms_median": {k: statistics.median(v) for k, v in warm_walls.items()},
+            "warm_start_up_added_ms": statistics.median(warm_walls["image"]) - statistics.median(warm_walls["host"]),
             "machine": os.uname().release,
         }
     finally:
@@ -101,7 +122,11 @@ def measure(runs: int, jobs: int) -> dict:
             os.environ["SANDBOX_IMAGE_STORE"] = users_store
         registry.stop()
         remove_tree(work)
-    figures["targets"] = [target("start-up a cached image adds to a job (ms)", figures["start_up_added_ms"], 0.5)]
+    figures["targets"] = [
+        target("start-up a cached image adds to a job (ms)", figures["start_up_added_ms"], 0.5),
+        target("start-up a cached image adds to a job through a worker keeping it warm (ms)",
+               figures["warm_start_up_added_ms"], 0.5),
+    ]
     print(f"cold pull + unpack, Debian 12 + python3 ({figures['image_bytes'] / 1e6:.0f} MB compressed):")
     print(f"  sandbox pull          median {statistics.median(ours):6.2f} s  runs {[round(x, 2) for x in ours]}")
     print(f"  skopeo copy + umoci   median {statistics.median(theirs):6.2f} s  runs {[round(x, 2) for x in theirs]}")
@@ -109,6 +134,9 @@ def measure(runs: int, jobs: int) -> dict:
     print(f"job wall (runner.run, /bin/true): host image {figures['job_ms_median']['host']:.2f} ms, "
           f"cached image {figures['job_ms_median']['image']:.2f} ms -> "
           f"image adds {figures['start_up_added_ms']:.2f} ms")
+    warm = figures["warm_worker_ms_median"]
+    print(f"job wall (a worker warm for both, /bin/true): host image {warm['host']:.2f} ms, cached image "
+          f"{warm['image']:.2f} ms -> image adds {figures['warm_start_up_added_ms']:.2f} ms")
     for figure in figures["targets"]:
         show(figure)
     return figures
