@@ -32,7 +32,7 @@ DEFAULT_MAX_ENTRIES = 50_000
 DEFAULT_MAX_BYTES = 16 << 30
 
 
-@dataclass
+@dataclass(frozen=True)
 class UnpackLimits:
     """Caps for one layer, against decompression bombs and inode floods."""
 
@@ -40,7 +40,7 @@ class UnpackLimits:
     max_bytes: int = DEFAULT_MAX_BYTES
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImagesConfig:
     store: Path
     insecure: frozenset[str] = frozenset()
@@ -61,10 +61,31 @@ def config_path() -> Path:
     return Path(explicit) if explicit else _xdg("XDG_CONFIG_HOME", ".config") / "sandbox" / "images.toml"
 
 
+# The settings last read, by what they were read from: a launcher reads them for every
+# job on an image, and parsing a file that has not changed was a fifth of that job's lease.
+_loaded: tuple[tuple[Any, ...], ImagesConfig] | None = None
+
+
 def load() -> ImagesConfig:
+    global _loaded
     path = config_path()
+    try:
+        found = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        file_key = None
+    except OSError as exc:
+        raise ImageError(f"cannot read {path}: {exc}") from exc
+    else:
+        file_key = (found.st_dev, found.st_ino, found.st_mtime_ns, found.st_size)
+    key = (str(path), file_key, *(os.environ.get(name) for name in ("SANDBOX_IMAGE_STORE", "XDG_DATA_HOME", "HOME")))
+    if _loaded is None or _loaded[0] != key:
+        _loaded = (key, _read(path, file_key is not None))
+    return _loaded[1]
+
+
+def _read(path: Path, exists: bool) -> ImagesConfig:
     data: dict[str, Any] = {}
-    if path.exists():
+    if exists:
         try:
             data = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:

@@ -77,15 +77,23 @@ class GcReport:
     bytes: int = 0
 
 
+STORE_DIRECTORIES = ("blobs/sha256", "partial", "layers", "images", "refs", "leases", "locks", "tmp", "build-cache")
+# Store roots whose directories this process has made or found: a launcher opens the
+# store for every job on an image, and nine stats were a sixth of that job's lease.
+_laid_out: set[str] = set()
+
+
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        # Checked before made: a job on an image opens the store, and a stat is cheaper
-        # than a mkdir that fails.
-        for sub in ("blobs/sha256", "partial", "layers", "images", "refs", "leases", "locks", "tmp", "build-cache"):
+        if str(root) in _laid_out:
+            return
+        # Checked before made: a stat is cheaper than a mkdir that fails.
+        for sub in STORE_DIRECTORIES:
             path = os.path.join(root, sub)
             if not os.path.isdir(path):
                 os.makedirs(path, mode=0o700, exist_ok=True)
+        _laid_out.add(str(root))
 
     # ---- locking -------------------------------------------------------------------
     @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 
 import pytest
 
@@ -47,3 +48,10 @@ def test_eof_counts_as_readable(high_pipe):
     read_end, write_end = high_pipe
     os.close(write_end)
     assert readable(read_end)
+
+
+def test_a_wait_with_a_timeout_ends_with_nothing_readable(high_pipe):
+    read_end, _ = high_pipe
+    start = time.monotonic()
+    wait_readable([read_end], 0.02)
+    assert time.monotonic() - start >= 0.02 and not readable(read_end)
