@@ -163,8 +163,10 @@ def _images_section(part: dict[str, Any]) -> list[str]:
             f"{part['warm_worker_ms_median']['host']:.2f} ms, cached image "
             f"{part['warm_worker_ms_median']['image']:.2f} ms (image adds {part['warm_start_up_added_ms']:+.2f} ms). "
             "Built for its job, an image's sandbox "
-            "mounts the job's own writable layer (an overlay over the image's prepared base) and its program "
-            "starts on that overlay's cold dentry cache; a warm one did both ahead of the job.", ""]
+            "mounts the job's own writable layer (an overlay over the image's prepared base) on the job's path; "
+            "a warm one did that ahead, but in both the program starts on that new overlay's cold dentry cache "
+            "(the exec and the loader's files looked up through it for the first time), and the worker hands "
+            "only host-image sandboxes over itself: a job on an image takes its launcher's way.", ""]
 
 
 def _build_section(part: dict[str, Any]) -> list[str]:
@@ -306,6 +308,20 @@ def analysis(results: dict[str, Any]) -> list[str]:
             "JIT-compiled per sandbox), exec and exit. The zygote (`python -S`) only builds image roots. "
             "The kernel's deferred teardown of each network namespace runs in kworker threads, outside "
             "these figures.")
+    kernel = results.get("kernel", {})
+    if "worker" in kernel and "bwrap" in kernel and static:
+        ours_all, bwrap_all = (kernel_steps.job_cost(kernel[runner]) for runner in ("worker", "bwrap"))
+        mechanisms = kernel["worker"]["mechanisms_ms_per_job"]
+        lines.append(
+            f"  Sampled by perf instead (every CPU, kernel threads included: the table of kernel steps below), "
+            f"a warm static job costs {ours_all:.2f} ms through the worker against {bwrap_all:.2f} ms through "
+            "bwrap. The figures above are user and system times from /proc and rusage: they leave out the "
+            "kernel threads' deferred work for every runner, and for bwrap they show "
+            f"{static['bwrap']['cpu_ms_per_job']:.1f} ms where perf finds "
+            f"{kernel['bwrap']['ms_per_job'].get('sandbox processes', 0):.1f} ms in its processes. Of the "
+            f"worker's, {mechanisms.get('cgroups', 0):.2f} ms is in cgroup code (making, joining, reading and "
+            f"releasing the job's cgroup) and {mechanisms.get('seccomp', 0):.2f} ms in seccomp code, the two "
+            "mechanisms bwrap goes without.")
     launcher = results.get("profile", {}).get("static", {}).get("roles", {}).get("launcher")
     if launcher:
         jobs = results["profile"]["static"]["jobs"]
