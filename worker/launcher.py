@@ -214,23 +214,23 @@ def serve(channel: socket.socket, warm: list[WarmSpec], paths: HostPaths) -> Non
             # message between steps; with nothing left to do, sleep until a message, a
             # step or the end of a job (whose retired sandbox is a step then) is due.
             #   A job just started alone (most are handed over by the worker: its program
-            # runs already) holds that work back for a moment: a short job's end, its
-            # result's way back and the client's next job need the CPUs then, and the next
-            # warm sandbox is not needed before. A hold lasts at most YOUNG_JOB_S and is
-            # followed by as long a time free of holds, so that jobs starting one after
-            # another never starve the work.
+            # runs already) holds that work back for a moment while a warm sandbox is on
+            # offer for the next job: a short job's end, its result's way back and the
+            # client's next job need the CPUs then, and the next warm sandbox is not needed
+            # before. A hold lasts at most YOUNG_JOB_S and is followed by as long a time
+            # free of holds, so that jobs starting one after another never starve the work.
             while not readable(channel):
                 jobs.woken()
                 if offered is None and (offered := _offer(runner, outbox)) is not None:
                     continue
                 now = time.monotonic()
-                if now >= free_until:
+                if offered is not None and now >= free_until:
                     hold = min(jobs.young_for(YOUNG_JOB_S), (held_since or now) + YOUNG_JOB_S - now)
                     if hold > 0:
                         held_since = held_since or now
                         wait_readable([channel, jobs.wake_fd], hold)
                         continue
-                if held_since is not None:  # held as long as it may be: as long free now
+                if held_since is not None:  # a hold ended: none for as long again
                     held_since, free_until = None, now + YOUNG_JOB_S
                 if not runner.prepare_step():
                     wait_readable([channel, jobs.wake_fd, *runner.waitables()])
