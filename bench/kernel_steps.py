@@ -60,7 +60,6 @@ ROLES = {
 INTERRUPT_FRAMES = ("asm_sysvec_", "sysvec_", "asm_common_interrupt", "handle_softirqs", "__irq_exit_rcu")
 CGROUP_FRAMES = ("cgroup", "__cgroup", "css_", "kernfs_")
 KERNEL_THREADS = ("kworker", "ksoftirqd", "rcu", "kthreadd", "migration")
-TOP_STEPS = 16
 
 
 # ---- as the bench user: the jobs ---------------------------------------------------
@@ -91,7 +90,8 @@ def loop(runner: str, count: int) -> None:
 
 def _run_on_go(jobs: Any) -> None:
     print("ready", flush=True)
-    sys.stdin.readline()
+    if sys.stdin.readline() != "go\n":
+        return  # perf did not start: no jobs to sample
     jobs()
     print("done", flush=True)
 
@@ -105,18 +105,19 @@ def record(user: str, python: str, src: Path, quick: bool) -> dict[str, Any]:
         count = count // 10 if quick else count
         with tempfile.TemporaryDirectory(prefix="bench-kernel-") as directory:
             data = Path(directory) / "perf.data"
-            script = _perf_script(_sample([user, python, src], runner, count, data))
+            script = _perf_script(_sample(user, python, src, runner, count, data))
             figures[runner] = {"jobs": count, **summarise(script, count)}
     figures["elapsed_s"] = time.perf_counter() - started
     return figures
 
 
-def _sample(as_user: list[Any], runner: str, count: int, data: Path) -> Path:
-    user, python, src = as_user
+def _sample(user: str, python: str, src: Path, runner: str, count: int, data: Path) -> Path:
+    """``count`` jobs of ``runner`` run as ``user`` while perf records into ``data``."""
     command = f"cd {shlex.quote(str(src))} && exec {shlex.quote(python)} -m bench.kernel_steps loop {runner} {count}"
     jobs = subprocess.Popen(["su", "-s", "/bin/bash", user, "-c", command], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     assert jobs.stdin is not None and jobs.stdout is not None
+    perf: subprocess.Popen[bytes] | None = None
     try:
         if jobs.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the {runner} loop did not start")
@@ -130,13 +131,13 @@ def _sample(as_user: list[Any], runner: str, count: int, data: Path) -> Path:
             time.sleep(0.05)
         jobs.stdin.write("go\n")
         jobs.stdin.flush()
-        finished = jobs.stdout.readline().strip() == "done"
-        perf.send_signal(signal.SIGINT)
-        perf.wait(timeout=60)
-        if not finished:
+        if jobs.stdout.readline().strip() != "done":
             raise RuntimeError(f"the {runner} loop failed")
         return data
     finally:
+        if perf is not None and perf.poll() is None:
+            perf.send_signal(signal.SIGINT)  # perf writes its file out and ends
+            perf.wait(timeout=60)
         jobs.stdin.close()
         jobs.wait(timeout=120)
 
@@ -200,9 +201,9 @@ def mechanism_of(frames: list[tuple[int, str]]) -> str | None:
 
 def summarise(script: str, jobs: int) -> dict[str, Any]:
     """ms per job by role and by (role, step) from ``perf script`` output."""
-    by_role: collections.Counter[str] = collections.Counter()
-    by_step: collections.Counter[tuple[str, str]] = collections.Counter()
-    by_mechanism: collections.Counter[str] = collections.Counter()
+    by_role: dict[str, float] = collections.defaultdict(float)
+    by_step: dict[tuple[str, str], float] = collections.defaultdict(float)
+    by_mechanism: dict[str, float] = collections.defaultdict(float)
     for block in script.split("\n\n"):
         lines = [line for line in block.splitlines() if line.strip()]
         if not lines:
@@ -226,7 +227,8 @@ def summarise(script: str, jobs: int) -> dict[str, Any]:
         mechanism = mechanism_of(frames)
         if mechanism and role != CLIENT:
             by_mechanism[mechanism] += ms
-    return {"ms_per_job": dict(by_role), "steps": [[role, step, ms] for (role, step), ms in by_step.most_common()],
+    steps = sorted(by_step.items(), key=lambda item: -item[1])
+    return {"ms_per_job": dict(by_role), "steps": [[role, step, ms] for (role, step), ms in steps],
             "mechanisms_ms_per_job": dict(by_mechanism)}
 
 
@@ -236,7 +238,7 @@ def load(quick: bool) -> dict[str, Any]:
     path = os.environ.get(ENV_FILE)
     if not path or not Path(path).exists():
         raise RuntimeError("no kernel profile: bench/run records it as root (perf needs root for kernel samples)")
-    figures = json.loads(Path(path).read_text())
+    figures: dict[str, Any] = json.loads(Path(path).read_text())
     from bench.common import show, target
 
     ours, bwrap = (job_cost(figures[runner]) for runner in ("worker", "bwrap"))
@@ -254,7 +256,7 @@ def load(quick: bool) -> dict[str, Any]:
 
 def job_cost(figures: dict[str, Any]) -> float:
     """ms per job of every process but the client, and the kernel threads' deferred work."""
-    return sum(ms for role, ms in figures["ms_per_job"].items() if role != CLIENT)
+    return float(sum(ms for role, ms in figures["ms_per_job"].items() if role != CLIENT))
 
 
 def main() -> int:
