@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -31,25 +32,33 @@ from sandbox.images.config import ImagesConfig  # noqa: E402
 from sandbox.images.pull import pull  # noqa: E402
 from sandbox.images.runtime import lease_image  # noqa: E402
 from sandbox.images.store import Store, remove_tree  # noqa: E402
-from sandbox.models import Job, Limits  # noqa: E402
+from sandbox.models import Job, Limits, Result  # noqa: E402
 from sandbox.runner import Runner  # noqa: E402
 from worker.client import Client  # noqa: E402
 
 
 def through_warm_worker(image: str, jobs: int) -> dict[str, list[float]]:
-    """Client-side ms per /bin/true job, host image and ``image`` in turn, through a
-    worker that keeps sandboxes of both prepared (``--warm-for``): what a job on an
-    image costs where the image is one a worker is told to expect."""
-    walls: dict[str, list[float]] = {"host": [], "image": []}
+    """``alternating_walls`` through a worker that keeps sandboxes of both prepared
+    (``--warm-for``): what a job on an image costs where the image is one a worker is
+    told to expect."""
     with Worker(slots=2, warm=4, warm_for=(f"count=4,image={image}",)) as worker, Client(worker.socket) as client:
-        for round_ in range(jobs + 10):
-            for name in ("host", image):
-                start = time.perf_counter()
-                result = client.run(Job(cmd=["/bin/true"], image=name, limits=Limits(wall_time="10s")))
-                elapsed = (time.perf_counter() - start) * 1e3
-                assert result.status.value == "ok", result
-                if round_ >= 10:  # the first rounds warm the worker up
-                    walls["host" if name == "host" else "image"].append(elapsed)
+        return alternating_walls(client.run, image, jobs, warm_up=10)
+
+
+def alternating_walls(run: Callable[[Job], Result], image: str, jobs: int, *, warm_up: int = 0,
+                      between: Callable[[], object] = lambda: None) -> dict[str, list[float]]:
+    """ms per /bin/true job by ``run``, on the host image and on ``image`` in turn,
+    ``jobs`` of each after ``warm_up`` rounds; ``between`` runs after each job, untimed."""
+    walls: dict[str, list[float]] = {"host": [], "image": []}
+    for round_ in range(warm_up + jobs):
+        for name in ("host", image):
+            start = time.perf_counter()
+            result = run(Job(cmd=["/bin/true"], image=name, limits=Limits(wall_time="10s")))
+            elapsed = (time.perf_counter() - start) * 1e3
+            assert result.status.value == "ok", result
+            if round_ >= warm_up:
+                walls["host" if name == "host" else "image"].append(elapsed)
+            between()
     return walls
 
 
@@ -87,17 +96,8 @@ def measure(runs: int, jobs: int) -> dict:
             lease_image("bench/python:3.11").release()
             lease_us.append((time.perf_counter() - start) * 1e6)
         runner = Runner()
-        walls: dict[str, list[float]] = {"host": [], "image": []}
-        try:
-            for _ in range(jobs):
-                for image in ("host", "bench/python:3.11"):
-                    job = Job(cmd=["/bin/true"], image=image, limits=Limits(wall_time="10s"))
-                    start = time.perf_counter()
-                    result = runner.run(job)
-                    elapsed = (time.perf_counter() - start) * 1e3
-                    assert result.status.value == "ok", result
-                    walls["host" if image == "host" else "image"].append(elapsed)
-                    runner.tidy()  # the finished sandbox's cleanup, outside the timed part
+        try:  # (the finished sandbox's cleanup between jobs, outside the timed part)
+            walls = alternating_walls(runner.run, "bench/python:3.11", jobs, between=runner.tidy)
         finally:
             runner.close()
         warm_walls = through_warm_worker("bench/python:3.11", jobs)

@@ -156,9 +156,11 @@ class Jobs:
     def young_for(self, age_s: float) -> float:
         """Seconds until the one running job is ``age_s`` old (0: it is older, or none or
         several run: with several, the CPUs are busy with jobs whatever waits)."""
-        with self._lock:
-            started = list(self._started.values())
-        return max(0.0, started[0] + age_s - time.monotonic()) if len(started) == 1 else 0.0
+        with self._lock:  # (asked at every turn of the main loop: no copy of a table of thousands)
+            if len(self._started) != 1:
+                return 0.0
+            (started,) = self._started.values()
+        return max(0.0, started + age_s - time.monotonic())
 
     def cancel(self, job_id: str) -> None:
         """Kill the job of that id, if it still runs (else: it is over, or never ran)."""
