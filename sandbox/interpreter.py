@@ -85,6 +85,10 @@ class _Kind:
     preload: tuple[str, ...]
 
 
+# How long a snippet whose template stopped answering waits to see the template gone.
+HANG_UP_WAIT_S = 5.0
+
+
 class TemplateGone(SetupError):
     """The template's sandbox ended (or never said it was ready) before a job started."""
 
@@ -276,18 +280,20 @@ class _Template:
             )
             outcome = supervise(snippet, stdout_r, stderr_r, output_limit=limits.output_bytes, watch=watch,
                                 cancel_fd=cancel_fd, on_started=on_started, on_output=on_output)
-            if outcome.exited is None and outcome.kill_reason is None and self._hung_up():
+            if outcome.exited is None and outcome.kill_reason is None and self._hung_up(HANG_UP_WAIT_S):
                 outcome.setup_error = outcome.setup_error or "the interpreter's sandbox ended during the job"
             return result_of(outcome, usage_of(outcome, cgroup), limits, Collected(), warnings, [])
         raise AssertionError("unreachable")  # pragma: no cover - the with block returns
 
-    def _hung_up(self) -> bool:
-        """Whether the template is gone (its end of the control socket closed); it is
+    def _hung_up(self, wait_s: float) -> bool:
+        """Whether the template is gone (its end of the control socket closed, which
+        may take up to ``wait_s`` to show: a process that is killed closes its files one
+        by one, and the snippet's report pipe may go before the control socket); it is
         then no longer used."""
-        if self.control is not None:
+        if self.control is not None and self.alive:
             poller = select.poll()
-            poller.register(self.control, select.POLLIN)
-            if any(event & select.POLLHUP for _, event in poller.poll(0)):
+            poller.register(self.control, 0)  # a hang-up is reported whatever the mask
+            if any(event & select.POLLHUP for _, event in poller.poll(round(wait_s * 1000))):
                 self.alive = False
         return not self.alive
 
