@@ -25,7 +25,6 @@ from sandbox.collect import Collected, not_collected, receive
 from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
 from sandbox.ids import plan_ids
 from sandbox.job_message import (
-    DEFAULT_PATH,
     host_command,
     job_spec,
     job_stdin,
@@ -533,14 +532,12 @@ def lease_image_root(name: str) -> LeasedRoot:
 
 def command_of(job: Job, profile_env: dict[str, str], lease: Any | None) -> tuple[list[str], dict[str, str], str]:
     """argv, env (over the profile's) and cwd of ``job`` on the host image (``lease``
-    None) or on a leased stored image, whose Entrypoint, Cmd, Env and WorkingDir apply."""
+    None) or on a leased stored image (``images.runtime.image_command``)."""
     if lease is None:
         return host_command(job, profile_env)
-    argv: list[str] = lease.argv(job.cmd)
-    if not argv:
-        raise JobError(f"no command given and image {job.image} has no Entrypoint or Cmd", field="cmd")
-    env = {**profile_env, **lease.env({"PATH": DEFAULT_PATH}), **job.env}
-    return argv, env, job.cwd or lease.workdir() or WORKDIR
+    from sandbox.images.runtime import image_command
+
+    return image_command(job, lease.config, profile_env)
 
 
 def _wants_egress(job: Job, profile_network: str) -> bool:

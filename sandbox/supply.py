@@ -268,26 +268,30 @@ class SandboxSupply:
         return sum(len(pool) for pool in self._pools.values()) + len(self._ordered) + len(self._offered)
 
     def offer(self) -> tuple[Sandbox, WarmKind, int, int] | None:
-        """A ready warm sandbox of the first kind on the host image, its account started,
+        """A ready warm sandbox of a kind none of whose is on offer, its account started,
         taken out of its pool for the worker to hand a job to itself (worker/handover.py,
         the job's path without the launcher): the sandbox, its kind as the worker holds
         it (which cannot write its cgroup: a job must fit the limits written there) and
         the write ends of its new stdout and stderr pipes, for the caller to send and
         close (the read ends stay with the sandbox, for its supervision). None if there
-        is none now."""
-        spec = next((spec for spec in self.warm if spec.image == "host"), None)
-        sandbox = None if spec is None else next((s for s in self._pools[spec] if s.accounting), None)
-        if spec is None or sandbox is None or sandbox.kind is None:
-            return None
-        kind = sandbox.kind
-        if sandbox.cgroup is not None:
-            kind = kind.held(self.profiles.get(spec.profile).kind_limits)  # what ``_order`` wrote
-        self._pools[spec].remove(sandbox)
-        stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
-        stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
-        sandbox.output = (stdout_r, stderr_r)
-        self._offered[sandbox.prepared.init_pid] = (spec, sandbox)
-        return sandbox, kind, stdout_w, stderr_w
+        is none now. An image's keeps its lease while on offer, and then for its job."""
+        on_offer = {spec for spec, _ in self._offered.values()}
+        for spec in self.warm:
+            if spec in on_offer:
+                continue
+            sandbox = next((s for s in self._pools[spec] if s.accounting), None)
+            if sandbox is None or sandbox.kind is None:
+                continue
+            kind = sandbox.kind
+            if sandbox.cgroup is not None:
+                kind = kind.held(self.profiles.get(spec.profile).kind_limits)  # what ``_order`` wrote
+            self._pools[spec].remove(sandbox)
+            stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
+            stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+            sandbox.output = (stdout_r, stderr_r)
+            self._offered[sandbox.prepared.init_pid] = (spec, sandbox)
+            return sandbox, kind, stdout_w, stderr_w
+        return None
 
     def take_offered(self, init_pid: int) -> Sandbox | None:
         """The offered sandbox of that init pid, which the worker handed a job to."""

@@ -11,16 +11,19 @@ from pathlib import Path
 import pytest
 from imagebuild import Entry, busybox_entries, layer_tar, oci_layout
 from test_images_registry import cli
+from test_worker import run_directly
 
 from sandbox.cgroups.stock import CgroupStock
 from sandbox.models import Blob, InputFile, Job, Limits, Mount, Status, WarmSpec
 from sandbox.runner import Runner
+from worker.client import Client
 
 
-def import_image(work: Path, reference: str, version: str) -> None:
-    """Store a busybox image whose /version says ``version`` under ``reference``."""
+def import_image(work: Path, reference: str, version: str, config: dict | None = None) -> None:
+    """Store a busybox image whose /version says ``version`` under ``reference`` (with
+    ``config`` over the test images' usual config)."""
     layer = layer_tar(busybox_entries() + [Entry("version", data=f"{version}\n".encode())])
-    layout = oci_layout(work / f"layout-{version}", [layer])
+    layout = oci_layout(work / f"layout-{version}", [layer], config=config)
     done = cli("import", str(layout), reference)
     assert done.returncode == 0, done.stderr
 
@@ -253,3 +256,27 @@ def test_a_tree_job_never_takes_a_warm_sandbox_whose_zygote_is_gone(warm_runner,
     result = runner.run(job)
     assert (result.status, result.stdout) == (Status.OK, b"from the tree\n"), result
     assert runner.run(Job(cmd=["/bin/true"])).status is Status.OK
+
+
+@pytest.mark.cgroup
+def test_a_worker_hands_jobs_to_its_warm_image_sandboxes_itself(image_store, start_worker):
+    # As it does host-image ones: the job gets the image's command, environment and
+    # working directory; a job whose working directory the sandbox was not made with goes
+    # the launcher's way; a tag imported anew sends the next jobs to the new image.
+    def config(level: str) -> dict:
+        return {"Env": ["PATH=/bin:/usr/bin", f"LEVEL={level}"], "WorkingDir": "/srv"}
+
+    import_image(image_store, "handimg:1", "one", config("first"))
+    worker = start_worker("--slots", "1", "--warm", "0", "--warm-for", "count=2,image=handimg:1")
+    probe = ["sh", "-c", 'cat /version; echo "$LEVEL $FOO"; pwd']
+    with Client(worker.socket_path) as client:
+        direct = run_directly(client, Job(cmd=probe, image="handimg:1", env={"FOO": "bar"}))
+        assert direct.stdout == b"one\nfirst bar\n/srv\n", direct
+        assert run_directly(client, Job(cmd=[], image="handimg:1")).stdout == b"default-cmd\n"
+        handed = client.stats()["direct_handovers"]
+        elsewhere = client.run(Job(cmd=["pwd"], image="handimg:1", cwd="/tmp"))
+        assert elsewhere.stdout == b"/tmp\n" and client.stats()["direct_handovers"] == handed, elsewhere
+        import_image(image_store, "handimg:1", "two", config("second"))
+        after = client.run(Job(cmd=probe, image="handimg:1"))
+        assert after.stdout == b"two\nsecond \n/srv\n", after
+        assert run_directly(client, Job(cmd=probe, image="handimg:1")).stdout == b"two\nsecond \n/srv\n"

@@ -913,8 +913,7 @@ def test_an_offered_sandbox_that_died_is_given_back():
             await nursery.start(launcher.keep_alive)
             await slot.run("first", Job(cmd=["true"]), nothing)
             await offered(launcher)
-            offer = launcher.offer
-            assert offer is not None
+            (offer,) = launcher.offers
             os.kill(offer.init_pid, signal.SIGKILL)
             assert wait_until(lambda: exited(offer.init_pid))  # its end of the channel is closed then
             handed = slot.handovers
@@ -959,7 +958,7 @@ async def offered(launcher: LauncherProcess) -> None:
     """Wait until the launcher has offered a sandbox (its reader task takes the offer as
     it comes: this looks after each of the scheduler's turns, for at most 30 s)."""
     with trio.fail_after(30):
-        while launcher.offer is None:
+        while not launcher.offers:
             await trio.sleep(0.001)
 
 

@@ -4,7 +4,8 @@ A job naming an image that is not in the store (or one that gives it no command)
 client's mistake: it is answered ``invalid_job`` at once, as a bad limit is, instead of
 reaching a slot. Only the store's index is read (its refs and image records: the light
 part of the image layer), so the worker adds nothing heavy to its process. The launcher,
-which leases the image for the job, still refuses one removed since.
+which leases the image for the job, still refuses one removed since. The same lookup
+tells the worker's direct hand-over which image a reference names now.
 
 The worker's process stays light: a job's profile is checked by name, and the profile
 itself is parsed (with the seccomp compiler) only by the launchers.
@@ -14,12 +15,11 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
 
 from sandbox.images import config as images_config
 from sandbox.images.errors import BadReference, ImageError, ImageNotFound
 from sandbox.images.runtime import image_argv
-from sandbox.images.store import Store
+from sandbox.images.store import ImageRecord, Store
 from sandbox.models import Job
 from sandbox.profile_names import builtin_profiles, unknown_profile
 from worker.protocol import ProtocolError
@@ -43,7 +43,7 @@ def admit(job: Job, *, field_prefix: str = "") -> None:
 
 def _check_image(job: Job) -> None:
     try:
-        config = _image_config(job.image)
+        config = stored_image(job.image).config
     except (ImageNotFound, BadReference) as exc:
         raise ProtocolError("invalid_job", str(exc), field="image") from None
     except (ImageError, OSError, ValueError, KeyError, TypeError):
@@ -57,23 +57,34 @@ def _check_image(job: Job) -> None:
 
 # Images found, by (reference, the refs directory's mtime): a lookup reads every ref and
 # a record, more than the rest of a submit costs, and runs in the worker's event loop. A
-# ref added, moved or removed changes the directory's mtime; a change that the mtime's
-# granularity hides can only make an image look present, which its launcher then tells.
-_found: dict[tuple[str, int], dict[str, Any]] = {}
+# ref added, moved or removed changes the directory's mtime. A change that the mtime's
+# granularity hides (a second one within a tick of the filesystem's clock) leaves the
+# image found before it: a job then reaches its launcher, which refuses it if its image
+# has gone, or one of that image's warm sandboxes (worker/handover.py), as it would
+# have had it come just before the change.
+_found: dict[tuple[str, int], ImageRecord] = {}
 MAX_FOUND = 1024
 
 
-def _image_config(name: str) -> dict[str, Any]:
-    """The config of the stored image ``name`` (raises ImageNotFound, BadReference)."""
+def stored_image(name: str) -> ImageRecord:
+    """The record of the stored image ``name`` names (raises ImageNotFound, BadReference)."""
     store = _store()
     key = (name, os.stat(store.root / "refs").st_mtime_ns)
-    config = _found.get(key)
-    if config is None:
+    record = _found.get(key)
+    if record is None:
         _, record = store.lookup(name)
         if len(_found) >= MAX_FOUND:
             _found.clear()
-        config = _found[key] = record.config
-    return config
+        _found[key] = record
+    return record
+
+
+def current_image(name: str) -> ImageRecord | None:
+    """``stored_image``, or None where ``name`` names none, or the store cannot be read."""
+    try:
+        return stored_image(name)
+    except (ImageError, OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @functools.cache

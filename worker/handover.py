@@ -1,7 +1,8 @@
 """The worker's direct hand-over: a job given to a warm sandbox by the worker itself.
 
-A launcher offers the worker one ready warm sandbox at a time (``SandboxSupply.offer``),
-for the first of its slots to take a job that fits it (``LauncherProcess.claim_offer``):
+A launcher offers the worker a ready warm sandbox of each kind it keeps, one per kind at a
+time (``SandboxSupply.offer``), for the first of its slots to take a job that fits one
+(``LauncherProcess.claim_offer``):
 the sandbox's job channel and the write ends of its output pipes, with SCM_RIGHTS, and
 what the worker needs to tell the sandbox what the launcher would - the profile's
 limits and environment - and the sandbox's kind. A job that fits such a sandbox
@@ -13,6 +14,13 @@ gets ready while the program starts, beside it.
 
 The sandbox hears exactly what the launcher would have sent (``job_message.job_spec``), and
 the launcher, which reads the same job, computes the same limits for its supervision.
+
+A sandbox on a stored image takes a job only while the job's reference names the image it
+was made from (the launcher's ``SandboxSupply.take`` holds warm ones to the same test): the
+worker reads that from its admission's lookup, which rereads the store's refs whenever
+their directory changed, so a tag pulled anew sends its next job to the new layers. The
+sandbox keeps its image's lease, taken when it was made, through the job. An offer whose
+image its reference no longer names is given back (``outdated``): no job would take it.
 """
 
 from __future__ import annotations
@@ -23,9 +31,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from sandbox.images.runtime import image_command, image_workdir
 from sandbox.job_message import host_command, job_spec, job_stdin, rlimits, start_job
-from sandbox.models import Job, Limits
+from sandbox.models import WORKDIR, Job, Limits
 from sandbox.warm_kind import WarmKind
+from worker.admission import current_image
 from worker.launcher_channel import MAX_OUTPUT, OfferSandbox
 
 OFFER_FDS = 3  # the job channel, stdout's and stderr's write ends
@@ -43,13 +53,14 @@ class Offer:
     job_channel: socket.socket
     stdout_w: int
     stderr_w: int
+    image: tuple[str, str] | None  # a stored image's id and the working directory made (``OfferSandbox``)
 
     @classmethod
     def from_message(cls, message: OfferSandbox, fds: list[int]) -> Offer:
         channel, stdout_w, stderr_w = fds
         return cls(
             message.sandbox, message.kind, message.profile_limits, message.env, message.cgroups,
-            socket.socket(fileno=channel), stdout_w, stderr_w,
+            socket.socket(fileno=channel), stdout_w, stderr_w, message.image,
         )
 
     def limits_for(self, job: Job) -> Limits | None:
@@ -61,14 +72,34 @@ class Offer:
             return None
         limits = job.limits.over(self.profile_limits)
         fits = self.kind.fits(profile=job.profile, image=job.image, limits=limits, egress=job.network == "egress")
+        if fits and self.image is not None:
+            made_from, workdir = self.image
+            record = current_image(job.image)
+            fits = (record is not None and record.id == made_from
+                    and (job.cwd or image_workdir(record.config) or WORKDIR) == workdir)
         # (an output limit no result frame carries: the launcher's way, which refuses it)
         return limits if fits and limits.output_bytes <= MAX_OUTPUT else None
+
+    def outdated(self) -> bool:
+        """Whether this sandbox's image is no longer the one its reference names (pulled
+        anew, or removed): no job will take it, and it keeps gc off the old layers."""
+        if self.image is None:
+            return False
+        record = current_image(self.kind.image)
+        return record is None or record.id != self.image[0]
 
     def hand_over(self, job: Job, limits: Limits) -> int:
         """Send the job, with the limits ``limits_for`` gave, to the sandbox (which starts
         it at once); the CLOCK_MONOTONIC time of the hand-over, in ns. Raises OSError if
-        the sandbox is gone. Either way the offer is used up: ``close`` follows."""
-        argv, env, cwd = host_command(job, self.profile_env)
+        the sandbox is gone, JobError if the job's image gives it no command. Either way
+        the offer is used up: ``close`` follows."""
+        if self.image is None:
+            argv, env, cwd = host_command(job, self.profile_env)
+        else:
+            record = current_image(job.image)
+            if record is None:
+                raise OSError("the job's image left the store")
+            argv, env, cwd = image_command(job, record.config, self.profile_env)
         stdin = job_stdin(job.stdin, [])
         try:
             stdio = (stdin, self.stdout_w, self.stderr_w)

@@ -16,7 +16,8 @@ and retire a sandbox (``Runner``), so the jobs' supervision - the adaptive CPU p
 kill - runs on their threads at once, in a process that does nothing else: a busy event
 loop in the worker can never delay a kill. Their frames share one ``Outbox``, whose
 streamed output never waits for room. The main thread does the idle work between
-messages: it offers the worker a ready warm sandbox (``OfferSandbox``, worker/handover.py;
+messages: it offers the worker a ready warm sandbox of each kind it keeps (``OfferSandbox``,
+worker/handover.py;
 a job that the worker hands to it itself comes as a ``RunJob`` naming it, to be
 supervised only, without ``JobStarted``: the worker said it; ``DropOffer`` gives back an
 offer the worker could not use), and steps the supply (cleanup, warm sandboxes), taking
@@ -206,7 +207,7 @@ def serve(channel: socket.socket, warm: list[WarmSpec], paths: HostPaths) -> Non
     decoder = ChannelDecoder()
     jobs = Jobs()
     sessions = LauncherSessions(records)
-    offered: int | None = None  # the sandbox the worker may hand a job to itself
+    offered: set[int] = set()  # the sandboxes the worker may hand a job to itself (a kind each)
     held_since: float | None = None  # since when young jobs have held back the idle work
     free_until = 0.0  # after a hold, when the next may begin
     try:
@@ -223,10 +224,11 @@ def serve(channel: socket.socket, warm: list[WarmSpec], paths: HostPaths) -> Non
             # free of holds, so that jobs starting one after another never starve the work.
             while not readable(channel):
                 jobs.woken()
-                if offered is None and (offered := _offer(runner, outbox)) is not None:
+                if (number := _offer(runner, outbox)) is not None:
+                    offered.add(number)
                     continue
                 now = time.monotonic()
-                if offered is not None and now >= free_until:
+                if offered and now >= free_until:
                     hold = min(jobs.young_for(YOUNG_JOB_S), (held_since or now) + YOUNG_JOB_S - now)
                     if hold > 0:
                         held_since = held_since or now
@@ -246,12 +248,11 @@ def serve(channel: socket.socket, warm: list[WarmSpec], paths: HostPaths) -> Non
             for index, message in enumerate(messages):
                 match message:
                     case DropOffer(sandbox=sandbox):
-                        if sandbox == offered:
-                            offered = None  # given back
+                        offered.discard(sandbox)  # given back
                         _drop(runner, sandbox)
                     case RunJob() | RunGroup():
-                        if isinstance(message, RunJob) and message.sandbox == offered:
-                            offered = None  # used
+                        if isinstance(message, RunJob) and message.sandbox is not None:
+                            offered.discard(message.sandbox)  # used
                         # Its cancel may have come in the same read: then it never starts.
                         cancelled = any(isinstance(later, CancelJob) and later.id == message.id
                                         for later in messages[index + 1:])
@@ -279,9 +280,12 @@ def _offer(runner: Runner, outbox: Outbox) -> int | None:
     sandbox, kind, stdout_w, stderr_w = offer
     profile = runner.profiles.get(kind.profile)
     number = sandbox.prepared.init_pid
+    image = None
+    if sandbox.lease is not None and sandbox.image is not None:
+        image = (sandbox.lease.record.id, sandbox.image.workdir)
     try:
         outbox.send_fds(
-            OfferSandbox(number, kind, profile.limits, profile.env, cgroups=runner.backend is not None),
+            OfferSandbox(number, kind, profile.limits, profile.env, cgroups=runner.backend is not None, image=image),
             [sandbox.prepared.job_channel.fileno(), stdout_w, stderr_w],
         )
     finally:

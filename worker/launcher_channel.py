@@ -121,6 +121,9 @@ class OfferSandbox:
     profile_limits: dict[str, Any]  # the profile's [limits]
     env: dict[str, str]  # the profile's environment
     cgroups: bool
+    # On a stored image: the image's id (its config digest), which the job's reference
+    # must still name, and the working directory its root was made with; None: the host's.
+    image: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +207,8 @@ def encode(message: Message) -> bytes:
             kind = message.kind
             wire = {"type": "offer", "sandbox": message.sandbox,
                     "kind": [kind.profile, kind.image, kind.cpu_quota, kind.held_to],
-                    "limits": message.profile_limits, "env": message.env, "cgroups": message.cgroups}
+                    "limits": message.profile_limits, "env": message.env, "cgroups": message.cgroups,
+                    "image": message.image}
         case JobStarted():
             wire = {"type": "started", "id": message.id}
         case JobOutput():
@@ -249,7 +253,8 @@ def decode(wire: dict[str, Any]) -> Message:
             profile, image, cpu_quota, held_to = wire["kind"]
             held = None if held_to is None else (held_to[0], held_to[1], held_to[2])
             kind = WarmKind(profile, image, cpu_quota, held)
-            return OfferSandbox(wire["sandbox"], kind, wire["limits"], wire["env"], wire["cgroups"])
+            image = None if wire["image"] is None else (wire["image"][0], wire["image"][1])
+            return OfferSandbox(wire["sandbox"], kind, wire["limits"], wire["env"], wire["cgroups"], image)
         case "started":
             return JobStarted(wire["id"])
         case "output":

@@ -41,7 +41,8 @@ from worker.launcher_channel import (
 from worker.logs import log
 from worker.streams import send_now
 
-MAX_RECEIVED_FDS = 16  # a launcher sends 3 at a time (an offer), and one offer at a time
+# A launcher sends 3 at a time (an offer), and a read stops after a message with fds.
+MAX_RECEIVED_FDS = 16
 FD_SIZE = array.array("i").itemsize
 # A job's messages, by its id (and a session request's answer, by the request's).
 ToSlot = (JobStarted, JobOutput, JobResult, GroupResult, JobRejected, SessionAnswer)
@@ -64,7 +65,7 @@ class LauncherProcess:
         self.dead = trio.Event()  # set when the current launcher died; replaced by the next one's
         self.cgroups = False
         self.restarts = 0
-        self.offer: Offer | None = None  # a sandbox the launcher offered for the next job that fits
+        self.offers: list[Offer] = []  # sandboxes the launcher offered for the next jobs that fit (a kind each)
         self.sending = trio.StrictFIFOLock()  # held by a slot sending (``send``)
         self._stream: trio.SocketStream | None = None
         self._raw: socket.socket | None = None
@@ -103,23 +104,30 @@ class LauncherProcess:
                         self.process.kill()
                         await self.process.wait()
 
-    def offer_ready(self) -> bool:
-        """Whether a sandbox the launcher offered waits for a job (one still in the
-        channel is read now - once it is up: until then ``_start`` waits for its hello)."""
+    def offers_ready(self) -> int:
+        """How many sandboxes the launcher offered wait for a job (those still in the
+        channel are read now - once it is up: until then ``_start`` waits for its hello)."""
         if self.ready.is_set():
             self._read_now()
-        return self.offer is not None
+        return len(self.offers)
 
-    def claim_offer(self, job: Job) -> tuple[Offer, Limits] | None:
-        """The launcher's offer and the job's limits in it, if the job fits it (``Offer.limits_for``):
-        it is the caller's then, to hand the job over and close."""
-        self._read_now()  # an offer made since the last look is waiting in the channel
-        offer = self.offer
-        limits = None if offer is None else offer.limits_for(job)
-        if offer is None or limits is None:
-            return None
-        self.offer = None
-        return offer, limits
+    def claim_offer(self, job: Job) -> tuple[tuple[Offer, Limits] | None, list[int]]:
+        """The launcher's offer the job fits and the job's limits in it (``Offer.limits_for``),
+        if there is one: it is the caller's then, to hand the job over and close; and the
+        offers of the job's image that no job will take (``Offer.outdated``), closed
+        here, for the caller to give back (``DropOffer``) by their numbers."""
+        self._read_now()  # offers made since the last look are waiting in the channel
+        outdated = [offer for offer in self.offers if offer.kind.image == job.image and offer.outdated()]
+        for offer in outdated:
+            self.offers.remove(offer)
+            offer.close()
+        dropped = [offer.init_pid for offer in outdated]
+        for offer in self.offers:
+            limits = offer.limits_for(job)
+            if limits is not None:
+                self.offers.remove(offer)
+                return (offer, limits), dropped
+        return None, dropped
 
     def expect(self, job_id: str) -> trio.MemoryReceiveChannel[Message]:
         """Where the launcher's messages for that job will come, until ``forget``; closed
@@ -189,9 +197,8 @@ class LauncherProcess:
         for inbox in self._inboxes.values():
             inbox.close()
         self._inboxes.clear()
-        if self.offer is not None:
-            self.offer.close()
-            self.offer = None
+        while self.offers:
+            self.offers.pop().close()
         while self._fds:
             os.close(self._fds.pop())
         if self._stream is not None:
@@ -232,11 +239,8 @@ class LauncherProcess:
 
     def _take_offer(self, message: OfferSandbox) -> None:
         fds, self._fds = self._fds[:OFFER_FDS], self._fds[OFFER_FDS:]
-        if self.offer is not None:
-            self.offer.close()  # a launcher makes one offer at a time: not reached
         try:
-            self.offer = Offer.from_message(message, fds)
+            self.offers.append(Offer.from_message(message, fds))
         except (ValueError, OSError):  # fewer fds than an offer has, or not sockets
             for fd in fds:
                 os.close(fd)
-            self.offer = None

@@ -217,7 +217,7 @@ class Pool:
             "launchers": len(self.launchers),
             "launcher_restarts": self.launcher_restarts(),
             "direct_handovers": sum(slot.handovers for slot in self.slots),
-            "offers_ready": sum(launcher.offer_ready() for launcher in self.launchers),
+            "offers_ready": sum(launcher.offers_ready() for launcher in self.launchers),
             "cgroups": all(launcher.cgroups for launcher in self.launchers),
         }
 

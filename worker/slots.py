@@ -135,24 +135,26 @@ class Slot:
             self.running_id, self.running_on = None, None
 
     def _hand_over(self, job_id: str, job: Job, *, stream: bool) -> tuple[bytes, bool]:
-        """Give the job to the sandbox the launcher offered, if it fits (worker/handover.py):
+        """Give the job to a sandbox the launcher offered, if one fits (worker/handover.py):
         the frames that tell the launcher - its ``RunJob``, naming the sandbox if the job
         went there - and whether it did. A sandbox that died waiting, or a job it could
         not be told, is given back (``DropOffer`` first), and the launcher gets the job
-        as usual (and says what is wrong with it, if anything)."""
+        as usual (and says what is wrong with it, if anything); so are offers on an image
+        that the job's reference no longer names."""
         wire = job_to_wire(job)
-        claimed = self.launcher.claim_offer(job)
+        claimed, outdated = self.launcher.claim_offer(job)
+        given_back = b"".join(encode(DropOffer(init_pid)) for init_pid in outdated)
         if claimed is None:
-            return encode(RunJob(job_id, wire, stream)), False
+            return given_back + encode(RunJob(job_id, wire, stream)), False
         offer, limits = claimed
         try:
             handed_ns = offer.hand_over(job, limits)
         except (OSError, SandboxError, ValueError):
-            return encode(DropOffer(offer.init_pid)) + encode(RunJob(job_id, wire, stream)), False
+            return given_back + encode(DropOffer(offer.init_pid)) + encode(RunJob(job_id, wire, stream)), False
         finally:
             offer.close()
         self.handovers += 1
-        return encode(RunJob(job_id, wire, stream, offer.init_pid, handed_ns)), True
+        return given_back + encode(RunJob(job_id, wire, stream, offer.init_pid, handed_ns)), True
 
 
 async def _until_result(

@@ -18,8 +18,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandbox.errors import JobError
 from sandbox.images import config as images_config
 from sandbox.images.store import ImageRecord, Store
+from sandbox.job_message import DEFAULT_PATH
+from sandbox.models import WORKDIR, Job
 
 
 @dataclass
@@ -38,20 +41,32 @@ class LeasedImage:
             os.close(self.lease_fd)
             self.lease_fd = -1
 
-    def argv(self, cmd: list[str]) -> list[str]:
-        return image_argv(self.config, cmd)
-
-    def env(self, base: dict[str, str]) -> dict[str, str]:
-        merged = dict(base)
-        for item in self.config.get("Env") or []:
-            key, sep, value = str(item).partition("=")
-            if sep and key and "\x00" not in item:
-                merged[key] = value
-        return merged
-
     def workdir(self) -> str | None:
-        value = self.config.get("WorkingDir") or None
-        return value if value and value.startswith("/") and ".." not in value.split("/") else None
+        return image_workdir(self.config)
+
+
+def image_command(
+    job: Job, config: dict[str, Any], profile_env: dict[str, str],
+) -> tuple[list[str], dict[str, str], str]:
+    """argv, env (over the profile's) and cwd of ``job`` on an image of this config, whose
+    Entrypoint, Cmd, Env and WorkingDir apply - for the runner, and for the worker's
+    direct hand-over (worker/handover.py), which must say exactly the same."""
+    argv = image_argv(config, job.cmd)
+    if not argv:
+        raise JobError(f"no command given and image {job.image} has no Entrypoint or Cmd", field="cmd")
+    env = {"PATH": DEFAULT_PATH}
+    for item in config.get("Env") or []:
+        key, sep, value = str(item).partition("=")
+        if sep and key and "\x00" not in item:
+            env[key] = value
+    return argv, {**profile_env, **env, **job.env}, job.cwd or image_workdir(config) or WORKDIR
+
+
+def image_workdir(config: dict[str, Any]) -> str | None:
+    """The image's WorkingDir, if it is an absolute path without "..": where a job that
+    names no cwd starts."""
+    value = config.get("WorkingDir") or None
+    return value if value and value.startswith("/") and ".." not in value.split("/") else None
 
 
 def image_argv(config: dict[str, Any], cmd: list[str]) -> list[str]:
