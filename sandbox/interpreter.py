@@ -38,7 +38,7 @@ from typing import Any
 from sandbox.cgroups import JobCgroup
 from sandbox.collect import Collected
 from sandbox.errors import CgroupError, JobError, SetupError
-from sandbox.job_message import job_spec, job_stdin, rlimits, start_job
+from sandbox.job_message import job_spec, job_stdin, open_blob, rlimits, start_job
 from sandbox.models import Blob, Job, Limits, Result, Status, runs_python
 from sandbox.prepare import MessageReader, Prepared
 from sandbox.profile_cache import SNIPPET_VARIANT, TEMPLATE_VARIANT
@@ -49,7 +49,6 @@ from sandbox.runner import (
     command_of,
     job_parallelism,
     lease_image_root,
-    open_blob,
     pipe_pair,
     result_of,
     usage_of,

@@ -138,6 +138,23 @@ def _copy(source: int, target: int) -> None:
             os.write(target, chunk)
 
 
+def open_blob(blob: Blob, fds: list[int]) -> int:
+    """An fd the sandbox init copies an input file from (the program never gets it):
+    the host file, or a memfd holding the data. A file given by id is known only to the
+    worker that caches it, whose launcher passes its path instead."""
+    if blob.file_id is not None:
+        raise JobError(f"{blob.file_id}: a cached file is used through the worker that holds it", field="files")
+    if blob.path is not None:
+        fd = open_host_file(blob.path, "files")
+    else:
+        fd = os.memfd_create("sandbox-input", os.MFD_CLOEXEC)
+        with open(fd, "wb", closefd=False) as handle:
+            handle.write(blob.data or b"")
+        os.lseek(fd, 0, os.SEEK_SET)
+    fds.append(fd)
+    return fd
+
+
 def open_host_file(path: str, field: str) -> int:
     """The host file, for reading; a missing or unreadable one is the job's error, naming ``field``."""
     try:

@@ -28,7 +28,7 @@ from sandbox.job_message import (
     host_command,
     job_spec,
     job_stdin,
-    open_host_file,
+    open_blob,
     rlimits,
     start_job,
 )
@@ -36,7 +36,6 @@ from sandbox.linux.readiness import wait_readable
 from sandbox.models import (
     CGROUP_LIMITS,
     WORKDIR,
-    Blob,
     Group,
     Job,
     Limits,
@@ -602,23 +601,6 @@ def pipe_pair(fds: list[int]) -> tuple[int, int]:
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     fds.extend((read_end, write_end))
     return read_end, write_end
-
-
-def open_blob(blob: Blob, fds: list[int]) -> int:
-    """An fd the sandbox init copies an input file from (the program never gets it):
-    the host file, or a memfd holding the data. A file given by id is known only to the
-    worker that caches it, whose launcher passes its path instead."""
-    if blob.file_id is not None:
-        raise JobError(f"{blob.file_id}: a cached file is used through the worker that holds it", field="files")
-    if blob.path is not None:
-        fd = open_host_file(blob.path, "files")
-    else:
-        fd = os.memfd_create("sandbox-input", os.MFD_CLOEXEC)
-        with open(fd, "wb", closefd=False) as handle:
-            handle.write(blob.data or b"")
-        os.lseek(fd, 0, os.SEEK_SET)
-    fds.append(fd)
-    return fd
 
 
 def _mount_source(sandbox: Sandbox, entry: Mount, index: int, fds: list[int], layers: list[int]) -> int:

@@ -43,7 +43,7 @@ from sandbox.cgroups import JobCgroup
 from sandbox.cgroups.base import Freezer
 from sandbox.collect import Collected, not_collected, receive
 from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
-from sandbox.job_message import job_spec, job_stdin, rlimits, start_job
+from sandbox.job_message import job_spec, job_stdin, open_blob, rlimits, start_job
 from sandbox.models import DEFAULT_STOP_GRACE_S, Job, Result, SessionSpec, Status
 from sandbox.runner import (
     COLLECT_TIMEOUT_S,
@@ -52,7 +52,6 @@ from sandbox.runner import (
     command_of,
     job_parallelism,
     lease_image_root,
-    open_blob,
     pipe_pair,
     result_of,
     usage_of,

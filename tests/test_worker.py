@@ -838,23 +838,27 @@ PROBE = ["sh", "-c", "cat; echo $FOO $PATH; pwd; ulimit -n -s -f; id -u"]
 
 def test_warm_jobs_go_straight_to_an_offered_sandbox(start_worker):
     # The worker hands a job to a warm sandbox itself when it is one made for the job;
-    # the job sees, and the result says, what the launcher's way gives.
+    # the job sees, and the result says, what the launcher's way gives. Its input files
+    # go with it: their bytes, or a file of the worker's cache by id.
     worker = start_worker("--slots", "1", "--warm", "2")
     job = Job(cmd=PROBE, stdin=Blob(data=b"from stdin"), env={"FOO": "bar"}, cwd="/tmp")
     with Client(worker.socket_path) as client:
         direct = run_directly(client, job)
+        cached = client.put_file(b"cached\n")
+        with_files = run_directly(client, Job(
+            cmd=["sh", "-c", "cat /tmp/in/a /tmp/b; stat -c %a /tmp/b"],
+            files=[InputFile(dest="/tmp/in/a", content=Blob(data=b"inline\n")),
+                   InputFile(dest="/tmp/b", content=Blob(file_id=cached), mode=0o600)]))
         handed = client.stats()["direct_handovers"]
         other_limits = Job(cmd=PROBE, stdin=job.stdin, env=job.env, cwd="/tmp", limits=Limits(memory="300M"))
         other_profile = Job(cmd=PROBE, stdin=job.stdin, env=job.env, cwd="/tmp", profile="strict")
-        with_a_file = Job(cmd=PROBE, stdin=job.stdin, env=job.env, cwd="/tmp",
-                          files=[InputFile(dest="/tmp/x", content=Blob(data=b"x"))])
-        by_launcher = [client.run(other) for other in (other_limits, with_a_file)]
+        by_launcher = client.run(other_limits)
         assert client.run(other_profile).status is Status.RUNTIME_ERROR  # strict: no fork for sh
         assert client.stats()["direct_handovers"] == handed  # none of those was made for them
     assert direct.status is Status.OK and direct.stdout.startswith(b"from stdinbar /usr/local/bin:"), direct
     assert direct.usage.memory_peak_bytes and direct.usage.wall_ms > 0 and direct.usage.cpu_ms > 0
-    for result in by_launcher:
-        assert (result.status, result.stdout, result.stderr) == (direct.status, direct.stdout, direct.stderr)
+    assert (with_files.status, with_files.stdout) == (Status.OK, b"inline\ncached\n600\n"), with_files
+    assert (by_launcher.status, by_launcher.stdout, by_launcher.stderr) == (direct.status, direct.stdout, direct.stderr)
 
 
 def test_limits_hold_for_jobs_handed_over_directly(start_worker, connect):

@@ -7,8 +7,10 @@ the sandbox's job channel and the write ends of its output pipes, with SCM_RIGHT
 what the worker needs to tell the sandbox what the launcher would - the profile's
 limits and environment - and the sandbox's kind. A job that fits such a sandbox
 (``WarmKind.fits``, the test the launcher's supply makes: here the cgroup limits must be
-the ones already written, which the worker cannot change) and has no input files goes
-straight to it from the worker; the launcher, told afterwards, only supervises it. The job's path
+the ones already written, which the worker cannot change) and mounts nothing goes
+straight to it from the worker, its input files with it (their bytes in memfds, or the
+cache's files it names by id, opened here as the launcher would open them); the
+launcher, told afterwards, only supervises it. The job's path
 then skips a wake of the launcher and its Python before the hand-over, and the launcher
 gets ready while the program starts, beside it.
 
@@ -32,13 +34,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox.images.runtime import image_command, image_workdir
-from sandbox.job_message import host_command, job_spec, job_stdin, rlimits, start_job
-from sandbox.models import WORKDIR, Job, Limits
+from sandbox.job_message import host_command, job_spec, job_stdin, open_blob, rlimits, start_job
+from sandbox.models import WORKDIR, Blob, Job, Limits
 from sandbox.warm_kind import WarmKind
 from worker.admission import current_image
+from worker.filecache import cached_path
 from worker.launcher_channel import MAX_OUTPUT, OfferSandbox
 
 OFFER_FDS = 3  # the job channel, stdout's and stderr's write ends
+# Input files' bytes a job handed over here may bring (in all): the worker writes them into
+# memfds in its event loop; a job with more goes the launcher's way.
+MAX_FILE_BYTES = 1 << 20
 
 
 @dataclass
@@ -54,22 +60,26 @@ class Offer:
     stdout_w: int
     stderr_w: int
     image: tuple[str, str] | None  # a stored image's id and the working directory made (``OfferSandbox``)
+    cache_dir: str | None  # the worker's file cache, where a job's files given by id are
 
     @classmethod
-    def from_message(cls, message: OfferSandbox, fds: list[int]) -> Offer:
+    def from_message(cls, message: OfferSandbox, fds: list[int], cache_dir: str | None) -> Offer:
         channel, stdout_w, stderr_w = fds
         return cls(
             message.sandbox, message.kind, message.profile_limits, message.env, message.cgroups,
-            socket.socket(fileno=channel), stdout_w, stderr_w, message.image,
+            socket.socket(fileno=channel), stdout_w, stderr_w, message.image, cache_dir,
         )
 
     def limits_for(self, job: Job) -> Limits | None:
         """The job's limits if it fits this sandbox (``WarmKind.fits``) and may be handed
         over here, else None: the launcher gets it then."""
-        if job.files or job.mounts or job.interpreter is not None or (job.require_cgroups and not self.cgroups):
-            # (files, trees: opened by the launcher; the interpreter mode: its templates
-            # are the launcher's; no cgroups: it reports why it cannot run it)
+        if job.mounts or job.interpreter is not None or (job.require_cgroups and not self.cgroups):
+            # (trees, binds, volumes: cloned by the launcher's zygote; the interpreter
+            # mode: its templates are the launcher's; no cgroups: it reports why it cannot run it)
             return None
+        if (sum(len(f.content.data or b"") for f in job.files) > MAX_FILE_BYTES
+                or (self.cache_dir is None and any(f.content.file_id is not None for f in job.files))):
+            return None  # (the launcher writes what would hold up the event loop; a file by id needs the cache)
         limits = job.limits.over(self.profile_limits)
         fits = self.kind.fits(profile=job.profile, image=job.image, limits=limits, egress=job.network == "egress")
         if fits and self.image is not None:
@@ -91,8 +101,8 @@ class Offer:
     def hand_over(self, job: Job, limits: Limits) -> int:
         """Send the job, with the limits ``limits_for`` gave, to the sandbox (which starts
         it at once); the CLOCK_MONOTONIC time of the hand-over, in ns. Raises OSError if
-        the sandbox is gone, JobError if the job's image gives it no command. Either way
-        the offer is used up: ``close`` follows."""
+        the sandbox is gone, JobError if the job's image gives it no command or an input
+        file cannot be read. Either way the offer is used up: ``close`` follows."""
         if self.image is None:
             argv, env, cwd = host_command(job, self.profile_env)
         else:
@@ -100,15 +110,26 @@ class Offer:
             if record is None:
                 raise OSError("the job's image left the store")
             argv, env, cwd = image_command(job, record.config, self.profile_env)
-        stdin = job_stdin(job.stdin, [])
+        fds: list[int] = []
         try:
-            stdio = (stdin, self.stdout_w, self.stderr_w)
-            spec = job_spec(argv, env, cwd, limits, stdio, rlimits(limits, self.cgroups, []), collect=job.collect)
+            stdio = (job_stdin(job.stdin, fds), self.stdout_w, self.stderr_w)
+            files = [(f.dest, open_blob(self._here(f.content), fds), f.mode) for f in job.files]
+            spec = job_spec(argv, env, cwd, limits, stdio, rlimits(limits, self.cgroups, []), files,
+                            collect=job.collect)
             handed_ns = time.monotonic_ns()
             start_job(self.job_channel, spec)
             return handed_ns
         finally:
-            os.close(stdin)
+            for fd in fds:
+                os.close(fd)
+
+    def _here(self, blob: Blob) -> Blob:
+        """An input file as this host has it: one given by id is the cache's file (the
+        pool holds a lease on it while the job is queued or running)."""
+        if blob.file_id is None:
+            return blob
+        assert self.cache_dir is not None, "``limits_for`` lets a file by id through only with a cache"
+        return Blob(path=cached_path(self.cache_dir, blob.file_id))
 
     def close(self) -> None:
         """Close the worker's copies: the sandbox's output reaches only its supervisor,

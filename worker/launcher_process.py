@@ -240,7 +240,7 @@ class LauncherProcess:
     def _take_offer(self, message: OfferSandbox) -> None:
         fds, self._fds = self._fds[:OFFER_FDS], self._fds[OFFER_FDS:]
         try:
-            self.offers.append(Offer.from_message(message, fds))
+            self.offers.append(Offer.from_message(message, fds, self.cache_dir))
         except (ValueError, OSError):  # fewer fds than an offer has, or not sockets
             for fd in fds:
                 os.close(fd)
