@@ -354,6 +354,8 @@ class Runner:
 
             cleanup.callback(start_egress(prepared.init_pid, job.allow_net).stop)
         if cgroup is not None:
+            if handed is not None:  # the worker wrote them before it handed the job over
+                cgroup.applied_elsewhere(limits)
             cgroup.apply_limits(limits)
             if not sandbox.accounting:
                 cgroup.start_accounting()

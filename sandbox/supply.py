@@ -270,11 +270,11 @@ class SandboxSupply:
     def offer(self) -> tuple[Sandbox, WarmKind, int, int] | None:
         """A ready warm sandbox of a kind none of whose is on offer, its account started,
         taken out of its pool for the worker to hand a job to itself (worker/handover.py,
-        the job's path without the launcher): the sandbox, its kind as the worker holds
-        it (which cannot write its cgroup: a job must fit the limits written there) and
-        the write ends of its new stdout and stderr pipes, for the caller to send and
-        close (the read ends stay with the sandbox, for its supervision). None if there
-        is none now. An image's keeps its lease while on offer, and then for its job."""
+        the job's path without the launcher): the sandbox, its kind and the write ends
+        of its new stdout and stderr pipes, for the caller to send and close (the read
+        ends stay with the sandbox, for its supervision). None if there is none now. Its
+        cgroup has its profile's limits written (``_order``); an image's keeps its lease
+        while on offer, and then for its job."""
         on_offer = {spec for spec, _ in self._offered.values()}
         for spec in self.warm:
             if spec in on_offer:
@@ -282,15 +282,12 @@ class SandboxSupply:
             sandbox = next((s for s in self._pools[spec] if s.accounting), None)
             if sandbox is None or sandbox.kind is None:
                 continue
-            kind = sandbox.kind
-            if sandbox.cgroup is not None:
-                kind = kind.held(self.profiles.get(spec.profile).kind_limits)  # what ``_order`` wrote
             self._pools[spec].remove(sandbox)
             stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
             stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
             sandbox.output = (stdout_r, stderr_r)
             self._offered[sandbox.prepared.init_pid] = (spec, sandbox)
-            return sandbox, kind, stdout_w, stderr_w
+            return sandbox, sandbox.kind, stdout_w, stderr_w
         return None
 
     def take_offered(self, init_pid: int) -> Sandbox | None:

@@ -2,10 +2,9 @@
 
 A warm sandbox is made before its job is known: with its profile's seccomp filter (not
 the tracing one), on one image, in a cgroup. Two holders give such sandboxes jobs: the
-launcher's supply (``SandboxSupply.take``), which writes the job's cgroup limits before
-the job starts, and the worker's direct hand-over (worker/handover.py), which cannot
-write them and so needs a job whose cgroup limits are the ones already there. Both ask
-``WarmKind.fits``. The size of the writable area is no part of it: the job message
+launcher's supply (``SandboxSupply.take``) and the worker's direct hand-over
+(worker/handover.py); both write the job's cgroup limits before the job starts, and both
+ask ``WarmKind.fits``. The size of the writable area is no part of it: the job message
 carries it and the sandbox resizes its tmpfs.
 
 Light on purpose (the models only): the worker's trio process imports it.
@@ -27,9 +26,6 @@ class WarmKind:
     # Its cgroup can take a CPU quota: on cgroup v1 one made without the cpu controller
     # cannot (no cgroup at all: no quota is enforced, so any job's will do).
     cpu_quota: bool = True
-    # The cgroup limits (``Limits.cgroup_values``) a job must have to take it, where its
-    # holder cannot write others; None where the holder writes the job's own.
-    held_to: tuple[int, int, float | None] | None = None
 
     def fits(self, *, profile: str, image: str, limits: Limits, trace: bool = False, egress: bool = False) -> bool:
         """Whether a job of ``profile`` on ``image`` (its reference as the job wrote it),
@@ -39,11 +35,4 @@ class WarmKind:
         are never made with one)."""
         if trace or egress or profile != self.profile or image != self.image:
             return False
-        if limits.cpus is not None and not self.cpu_quota:
-            return False
-        return self.held_to is None or limits.cgroup_values == self.held_to
-
-    def held(self, written: Limits) -> WarmKind:
-        """This kind in the hands of a holder that cannot write its cgroup, which was
-        written with ``written``'s limits."""
-        return WarmKind(self.profile, self.image, self.cpu_quota, written.cgroup_values)
+        return limits.cpus is None or self.cpu_quota

@@ -24,7 +24,7 @@ from test_images_registry import cli
 from workerutil import SANDBOX_CLI, Raw, WorkerProcess, exited
 
 from sandbox.errors import JobError
-from sandbox.models import Blob, InputFile, Job, Limits, Result, Status, WarmSpec
+from sandbox.models import Blob, InputFile, Job, Limits, Mount, Result, Status, WarmSpec
 from worker.client import AsyncClient, Client, WorkerError
 from worker.handover import OFFER_FDS
 from worker.launcher_process import LauncherProcess
@@ -836,7 +836,7 @@ def run_directly(client: Client, job: Job, attempts: int = 10) -> Result:
 PROBE = ["sh", "-c", "cat; echo $FOO $PATH; pwd; ulimit -n -s -f; id -u"]
 
 
-def test_warm_jobs_go_straight_to_an_offered_sandbox(start_worker):
+def test_warm_jobs_go_straight_to_an_offered_sandbox(start_worker, tmp_path):
     # The worker hands a job to a warm sandbox itself when it is one made for the job;
     # the job sees, and the result says, what the launcher's way gives. Its input files
     # go with it: their bytes, or a file of the worker's cache by id.
@@ -850,10 +850,12 @@ def test_warm_jobs_go_straight_to_an_offered_sandbox(start_worker):
             files=[InputFile(dest="/tmp/in/a", content=Blob(data=b"inline\n")),
                    InputFile(dest="/tmp/b", content=Blob(file_id=cached), mode=0o600)]))
         handed = client.stats()["direct_handovers"]
-        other_limits = Job(cmd=PROBE, stdin=job.stdin, env=job.env, cwd="/tmp", limits=Limits(memory="300M"))
         other_profile = Job(cmd=PROBE, stdin=job.stdin, env=job.env, cwd="/tmp", profile="strict")
-        by_launcher = client.run(other_limits)
+        (tmp_path / "tree").mkdir()
+        mounting = Job(cmd=PROBE, stdin=job.stdin, env=job.env, cwd="/tmp",
+                       mounts=[Mount("/work/data", tree_id=client.put_tree(tmp_path / "tree"))])
         assert client.run(other_profile).status is Status.RUNTIME_ERROR  # strict: no fork for sh
+        by_launcher = client.run(mounting)
         assert client.stats()["direct_handovers"] == handed  # none of those was made for them
     assert direct.status is Status.OK and direct.stdout.startswith(b"from stdinbar /usr/local/bin:"), direct
     assert direct.usage.memory_peak_bytes and direct.usage.wall_ms > 0 and direct.usage.cpu_ms > 0
@@ -862,16 +864,26 @@ def test_warm_jobs_go_straight_to_an_offered_sandbox(start_worker):
 
 
 def test_limits_hold_for_jobs_handed_over_directly(start_worker, connect):
+    # The cgroup's limits too: the worker writes a job's own before it hands it over,
+    # and the next job's sandbox has its profile's again.
     worker = start_worker("--slots", "1", "--warm", "2")
+    hog = "import os; chunks = [bytearray(1 << 20) for _ in range(100)]"
+    forks = "import os\nfor n in range(16):\n    if os.fork() == 0: os._exit(0)\nprint('forked')"
     with Client(worker.socket_path) as client:
         wall = run_directly(client, Job(cmd=["sleep", "30"], limits=Limits(wall_time="300ms")))
         cpu = run_directly(client, Job(cmd=["sh", "-c", "while :; do :; done"], limits=Limits(cpu_time="300ms")))
         output = run_directly(client, Job(cmd=["yes"], limits=Limits(output="64K")))
         failing = run_directly(client, Job(cmd=["sh", "-c", "echo oops >&2; exit 3"]))
+        memory = run_directly(client, Job(cmd=["python3", "-c", hog], limits=Limits(memory="48M")))
+        pids = run_directly(client, Job(cmd=["python3", "-c", forks], limits=Limits(pids=4)))
+        roomy = run_directly(client, Job(cmd=["python3", "-c", hog]))
     assert wall.status is Status.WALL_TIME_LIMIT and 300 <= wall.usage.wall_ms < 2000, wall
     assert cpu.status is Status.TIME_LIMIT and 300 <= cpu.usage.cpu_ms < 1300, cpu
     assert output.status is Status.OUTPUT_LIMIT and len(output.stdout) == 64 << 10, output.status
     assert (failing.status, failing.exit_code, failing.stderr) == (Status.RUNTIME_ERROR, 3, b"oops\n")
+    assert memory.status is Status.MEMORY_LIMIT and memory.usage.memory_peak_bytes <= 48 << 20, memory
+    assert pids.status is Status.RUNTIME_ERROR and b"BlockingIOError" in pids.stderr, pids
+    assert roomy.status is Status.OK, roomy
     # A cancel reaches a job the launcher did not hand over itself.
     raw = connect(worker)
     for attempt in range(50):

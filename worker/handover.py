@@ -5,12 +5,13 @@ time (``SandboxSupply.offer``), for the first of its slots to take a job that fi
 (``LauncherProcess.claim_offer``):
 the sandbox's job channel and the write ends of its output pipes, with SCM_RIGHTS, and
 what the worker needs to tell the sandbox what the launcher would - the profile's
-limits and environment - and the sandbox's kind. A job that fits such a sandbox
-(``WarmKind.fits``, the test the launcher's supply makes: here the cgroup limits must be
-the ones already written, which the worker cannot change) and mounts nothing goes
-straight to it from the worker, its input files with it (their bytes in memfds, or the
-cache's files it names by id, opened here as the launcher would open them); the
-launcher, told afterwards, only supervises it. The job's path
+limits and environment - and the sandbox's kind and cgroup. A job that fits such a sandbox
+(``WarmKind.fits``, the test the launcher's supply makes) and mounts nothing goes
+straight to it from the worker: its cgroup limits written first where they are not the
+profile's (the cgroup is the same user's, and the limits are what the launcher would
+write: ``sandbox.cgroup_files.write_limits``), its input files with it (their bytes in
+memfds, or the cache's files it names by id, opened here as the launcher would open
+them); the launcher, told afterwards, only supervises it. The job's path
 then skips a wake of the launcher and its Python before the hand-over, and the launcher
 gets ready while the program starts, beside it.
 
@@ -33,6 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from sandbox.cgroup_files import write_limits
 from sandbox.images.runtime import image_command, image_workdir
 from sandbox.job_message import host_command, job_spec, job_stdin, open_blob, rlimits, start_job
 from sandbox.models import WORKDIR, Blob, Job, Limits
@@ -52,10 +54,11 @@ class Offer:
     """A warm sandbox a launcher offered (its ``OfferSandbox`` and the fds with it)."""
 
     init_pid: int  # the sandbox init's pid: how the launcher knows it again
-    kind: WarmKind  # what it was made for, held to the cgroup limits written
+    kind: WarmKind  # what it was made for
     profile_limits: dict[str, Any]  # the profile's [limits], as the launcher has them
     profile_env: dict[str, str]
     cgroups: bool  # the launcher has a delegated cgroup subtree
+    cgroup: tuple[dict[str, Any], tuple[int, int, float | None]] | None  # its limits' files, and what is written
     job_channel: socket.socket
     stdout_w: int
     stderr_w: int
@@ -66,7 +69,7 @@ class Offer:
     def from_message(cls, message: OfferSandbox, fds: list[int], cache_dir: str | None) -> Offer:
         channel, stdout_w, stderr_w = fds
         return cls(
-            message.sandbox, message.kind, message.profile_limits, message.env, message.cgroups,
+            message.sandbox, message.kind, message.profile_limits, message.env, message.cgroups, message.cgroup,
             socket.socket(fileno=channel), stdout_w, stderr_w, message.image, cache_dir,
         )
 
@@ -101,8 +104,9 @@ class Offer:
     def hand_over(self, job: Job, limits: Limits) -> int:
         """Send the job, with the limits ``limits_for`` gave, to the sandbox (which starts
         it at once); the CLOCK_MONOTONIC time of the hand-over, in ns. Raises OSError if
-        the sandbox is gone, JobError if the job's image gives it no command or an input
-        file cannot be read. Either way the offer is used up: ``close`` follows."""
+        the sandbox is gone or its cgroup refused the job's limits, JobError if the job's
+        image gives it no command or an input file cannot be read. Either way the offer
+        is used up: ``close`` follows."""
         if self.image is None:
             argv, env, cwd = host_command(job, self.profile_env)
         else:
@@ -110,6 +114,8 @@ class Offer:
             if record is None:
                 raise OSError("the job's image left the store")
             argv, env, cwd = image_command(job, record.config, self.profile_env)
+        if self.cgroup is not None and limits.cgroup_values != self.cgroup[1]:
+            write_limits(self.cgroup[0], limits)
         fds: list[int] = []
         try:
             stdio = (job_stdin(job.stdin, fds), self.stdout_w, self.stderr_w)

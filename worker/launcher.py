@@ -283,9 +283,13 @@ def _offer(runner: Runner, outbox: Outbox) -> int | None:
     image = None
     if sandbox.lease is not None and sandbox.image is not None:
         image = (sandbox.lease.record.id, sandbox.image.workdir)
+    cgroup = None
+    if sandbox.cgroup is not None:  # (written by ``SandboxSupply._order``)
+        cgroup = (sandbox.cgroup.limit_files(), profile.kind_limits.cgroup_values)
     try:
         outbox.send_fds(
-            OfferSandbox(number, kind, profile.limits, profile.env, cgroups=runner.backend is not None, image=image),
+            OfferSandbox(number, kind, profile.limits, profile.env, cgroups=runner.backend is not None,
+                         cgroup=cgroup, image=image),
             [sandbox.prepared.job_channel.fileno(), stdout_w, stderr_w],
         )
     finally:

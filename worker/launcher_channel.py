@@ -117,10 +117,14 @@ class OfferSandbox:
     job channel and the write ends of its stdout and stderr come with it (SCM_RIGHTS)."""
 
     sandbox: int  # its init's pid: how the launcher knows it again
-    kind: WarmKind  # held to the cgroup limits written there
+    kind: WarmKind
     profile_limits: dict[str, Any]  # the profile's [limits]
     env: dict[str, str]  # the profile's environment
     cgroups: bool
+    # Its cgroup, where the worker writes a job's limits before the job starts
+    # (``JobCgroup.limit_files``), and the limits written there (``Limits.cgroup_values``,
+    # the profile's); None without a cgroup.
+    cgroup: tuple[dict[str, Any], tuple[int, int, float | None]] | None = None
     # On a stored image: the image's id (its config digest), which the job's reference
     # must still name, and the working directory its root was made with; None: the host's.
     image: tuple[str, str] | None = None
@@ -205,10 +209,9 @@ def encode(message: Message) -> bytes:
             wire = {"type": "ready", "pid": message.pid, "cgroups": message.cgroups}
         case OfferSandbox():
             kind = message.kind
-            wire = {"type": "offer", "sandbox": message.sandbox,
-                    "kind": [kind.profile, kind.image, kind.cpu_quota, kind.held_to],
+            wire = {"type": "offer", "sandbox": message.sandbox, "kind": [kind.profile, kind.image, kind.cpu_quota],
                     "limits": message.profile_limits, "env": message.env, "cgroups": message.cgroups,
-                    "image": message.image}
+                    "cgroup": message.cgroup, "image": message.image}
         case JobStarted():
             wire = {"type": "started", "id": message.id}
         case JobOutput():
@@ -250,11 +253,14 @@ def decode(wire: dict[str, Any]) -> Message:
         case "ready":
             return LauncherReady(wire["pid"], wire["cgroups"])
         case "offer":
-            profile, image, cpu_quota, held_to = wire["kind"]
-            held = None if held_to is None else (held_to[0], held_to[1], held_to[2])
-            kind = WarmKind(profile, image, cpu_quota, held)
-            image = None if wire["image"] is None else (wire["image"][0], wire["image"][1])
-            return OfferSandbox(wire["sandbox"], kind, wire["limits"], wire["env"], wire["cgroups"], image)
+            profile, image, cpu_quota = wire["kind"]
+            cgroup = None
+            if wire["cgroup"] is not None:
+                files, written = wire["cgroup"]
+                cgroup = (files, (written[0], written[1], written[2]))
+            made_from = None if wire["image"] is None else (wire["image"][0], wire["image"][1])
+            return OfferSandbox(wire["sandbox"], WarmKind(profile, image, cpu_quota), wire["limits"], wire["env"],
+                                wire["cgroups"], cgroup, made_from)
         case "started":
             return JobStarted(wire["id"])
         case "output":

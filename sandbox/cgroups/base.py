@@ -17,7 +17,9 @@ import pwd
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from sandbox.cgroup_files import read_text
 from sandbox.cpucounter import read_cpu_ns
 from sandbox.errors import CgroupError
 from sandbox.models import Limits
@@ -109,6 +111,17 @@ class JobCgroup(abc.ABC):
     @abc.abstractmethod
     def _write_limits(self, limits: Limits) -> None:
         """Write memory, pids and CPU quota limits to the kernel."""
+
+    @abc.abstractmethod
+    def limit_files(self) -> dict[str, Any]:
+        """Where this cgroup's limits are written, as plain data: what another process of
+        this user needs to write a job's limits there (``cgroup_files.write_limits``:
+        the worker's direct hand-over, worker/handover.py)."""
+
+    def applied_elsewhere(self, limits: Limits) -> None:
+        """Another process wrote these limits here (``limit_files``): ``apply_limits``
+        finds them written."""
+        self._applied = limits.cgroup_values
 
     def _raw_cpu_ns(self) -> int:
         """The cgroup's CPU counter as the kernel shows it."""
@@ -330,38 +343,6 @@ def kill_cgroup_processes(directory: str) -> int:
         except ProcessLookupError:
             pass
     return len(pids)
-
-
-# Control files are read and written with bare os calls: a job reads and writes a dozen
-# of them on its critical path, and Python's file objects cost three times the system
-# calls (fstat, ioctl, lseek) and a buffered wrapper each.
-
-
-def write_file(path: str, value: str) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, value.encode())
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise CgroupError(f"cannot write {value!r} to {path}: {exc.strerror}") from exc
-
-
-def read_text(path: str) -> str:
-    """A control file's whole text, read until EOF."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-        return b"".join(chunks).decode()
-    finally:
-        os.close(fd)
-
-
-def read_int(path: str) -> int:
-    return int(read_text(path).split()[0])
 
 
 def read_keyed(path: str) -> dict[str, int]:

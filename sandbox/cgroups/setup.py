@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 import pwd
 
+from sandbox.cgroup_files import read_text, write_file
 from sandbox.cgroups import default_v1_parent, systemd
-from sandbox.cgroups.base import read_text, write_file
 from sandbox.cgroups.v1 import CONTROLLERS as V1_CONTROLLERS
 from sandbox.cgroups.v1 import FREEZER, v1_mounts
 from sandbox.cgroups.v2 import CONTROLLERS as V2_CONTROLLERS

@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 import os
 import time
+from typing import Any
 
+from sandbox.cgroup_files import TCP_LIMIT, read_int, read_text, write_file, write_v1
 from sandbox.cgroups.base import (
     CgroupBackend,
     CgroupUsage,
@@ -19,11 +21,8 @@ from sandbox.cgroups.base import (
     cgroup_pids,
     current_user,
     kill_cgroup_processes,
-    read_int,
-    read_text,
     remove_cgroup_dir,
     remove_partial,
-    write_file,
 )
 from sandbox.cpucounter import V1
 from sandbox.errors import CgroupError
@@ -32,8 +31,6 @@ from sandbox.models import Limits
 CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
 FREEZER = "freezer"
 FREEZE_WAIT_S = 5.0
-CFS_PERIOD_US = 100_000
-TCP_LIMIT = "memory.kmem.tcp.limit_in_bytes"
 
 
 def v1_mounts() -> dict[str, str]:
@@ -95,28 +92,11 @@ class V1JobCgroup(JobCgroup):
         return directory
 
     def _write_limits(self, limits: Limits) -> None:
-        memory = self.by_controller["memory"]
-        # memsw must stay >= the memory limit at every step: order the writes accordingly
-        # (a new cgroup's limits are unlimited: nothing to read).
-        swap_limit = os.path.join(memory, "memory.memsw.limit_in_bytes")
-        if self.has_swap_limit and self._applied is not None:
-            if limits.memory_bytes > read_int(os.path.join(memory, "memory.limit_in_bytes")):
-                write_file(swap_limit, str(limits.memory_bytes))
-        write_file(os.path.join(memory, "memory.limit_in_bytes"), str(limits.memory_bytes))
-        if self.has_swap_limit:
-            write_file(swap_limit, str(limits.memory_bytes))
-        if self.has_tcp_limit:
-            # v1 charges TCP (and UDP) socket buffers to a counter of their own, and only
-            # once a limit is written: without it a job queues gigabytes in socket
-            # buffers on lo that no memory limit sees. Capped at the memory limit, so a
-            # job holds at most twice its limit in all (v2 charges sockets to memory).
-            write_file(os.path.join(memory, TCP_LIMIT), str(limits.memory_bytes))
-        write_file(os.path.join(self.by_controller["pids"], "pids.max"), str(limits.pids))
-        if self.cpu_quota:
-            cpu = self.by_controller["cpu"]
-            quota = -1 if limits.cpus is None else round(limits.cpus * CFS_PERIOD_US)
-            write_file(os.path.join(cpu, "cpu.cfs_period_us"), str(CFS_PERIOD_US))
-            write_file(os.path.join(cpu, "cpu.cfs_quota_us"), str(quota))
+        write_v1(self.by_controller, limits, has_swap_limit=self.has_swap_limit, has_tcp_limit=self.has_tcp_limit,
+                 fresh=self._applied is None)
+
+    def limit_files(self) -> dict[str, Any]:
+        return {"version": 1, "dirs": self.by_controller, "swap": self.has_swap_limit, "tcp": self.has_tcp_limit}
 
     def _reset_peak(self) -> None:
         self._rewrite_counter("peak", "0")

@@ -12,7 +12,9 @@ import copy
 import os
 import select
 import time
+from typing import Any
 
+from sandbox.cgroup_files import write_file, write_v2
 from sandbox.cgroups.base import (
     CgroupBackend,
     CgroupUsage,
@@ -23,7 +25,6 @@ from sandbox.cgroups.base import (
     parse_keyed,
     read_keyed,
     remove_partial,
-    write_file,
 )
 from sandbox.cpucounter import V2
 from sandbox.errors import CgroupError
@@ -31,7 +32,6 @@ from sandbox.models import Limits
 
 CONTROLLERS = ("memory", "pids", "cpu")
 SUPERVISOR_LEAF = "supervisor"
-CPU_PERIOD_US = 100_000
 # cgroup.kill is one atomic step, but the dying processes leave the cgroup only once the
 # kernel has run their exit paths; wait this long for "populated 0" before falling back.
 KILL_WAIT_S = 5.0
@@ -100,10 +100,10 @@ class V2JobCgroup(JobCgroup):
         return parse_keyed(os.pread(self.cpu_counter_fd, 4096, 0).decode())
 
     def _write_limits(self, limits: Limits) -> None:
-        write_file(os.path.join(self.directory, "memory.max"), str(limits.memory_bytes))
-        write_file(os.path.join(self.directory, "pids.max"), str(limits.pids))
-        quota = "max" if limits.cpus is None else str(round(limits.cpus * CPU_PERIOD_US))
-        write_file(os.path.join(self.directory, "cpu.max"), f"{quota} {CPU_PERIOD_US}")
+        write_v2(self.directory, limits)
+
+    def limit_files(self) -> dict[str, Any]:
+        return {"version": 2, "directory": self.directory}
 
     def _raw_usage(self) -> CgroupUsage:
         stat = self._cpu_stat()
