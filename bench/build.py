@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -119,7 +120,10 @@ def _podman_side(work: Path, layout: Path, runs: int) -> dict[str, Any]:
 
 
 def measure(runs: int) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="sandbox-bench-build-"))
+    # Hex only: podman names an image pulled from an OCI layout after its path, which must
+    # then be a valid reference (mkdtemp's "_" beside "-" is not).
+    work = Path(tempfile.gettempdir()) / f"sandbox-bench-build-{secrets.token_hex(6)}"
+    work.mkdir(mode=0o700)
     try:
         raw = debian_python_rootfs().read_bytes()
         layout = oci_layout(work / "layout", [raw], compression="gzip", history=["mmdebstrap minbase + python3"],
