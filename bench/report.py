@@ -164,9 +164,9 @@ def _images_section(part: dict[str, Any]) -> list[str]:
             f"{part['warm_worker_ms_median']['image']:.2f} ms (image adds {part['warm_start_up_added_ms']:+.2f} ms). "
             "Built for its job, an image's sandbox "
             "mounts the job's own writable layer (an overlay over the image's prepared base) on the job's path; "
-            "a warm one did that ahead, but in both the program starts on that new overlay's cold dentry cache "
-            "(the exec and the loader's files looked up through it for the first time), and the worker hands "
-            "only host-image sandboxes over itself: a job on an image takes its launcher's way.", ""]
+            "a warm one did that ahead, and the worker hands a job to it itself as it does to a host-image one, "
+            "but in both the program starts on that new overlay's cold dentry cache (the exec and the loader's "
+            "files looked up through it for the first time).", ""]
 
 
 def _build_section(part: dict[str, Any]) -> list[str]:
