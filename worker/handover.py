@@ -36,10 +36,10 @@ from typing import Any
 
 from sandbox.cgroup_files import write_limits
 from sandbox.images.runtime import image_command, image_workdir
+from sandbox.images.store import ImageRecord
 from sandbox.job_message import host_command, job_spec, job_stdin, open_blob, rlimits, start_job
 from sandbox.models import WORKDIR, Blob, Job, Limits
 from sandbox.warm_kind import WarmKind
-from worker.admission import current_image
 from worker.filecache import cached_path
 from worker.launcher_channel import MAX_OUTPUT, OfferSandbox
 
@@ -73,9 +73,10 @@ class Offer:
             socket.socket(fileno=channel), stdout_w, stderr_w, message.image, cache_dir,
         )
 
-    def limits_for(self, job: Job) -> Limits | None:
+    def limits_for(self, job: Job, image_now: ImageRecord | None) -> Limits | None:
         """The job's limits if it fits this sandbox (``WarmKind.fits``) and may be handed
-        over here, else None: the launcher gets it then."""
+        over here, else None: the launcher gets it then. ``image_now``: the stored image
+        the job's reference names now (``current_image``; None on the host image)."""
         if job.mounts or job.interpreter is not None or (job.require_cgroups and not self.cgroups):
             # (trees, binds, volumes: cloned by the launcher's zygote; the interpreter
             # mode: its templates are the launcher's; no cgroups: it reports why it cannot run it)
@@ -87,33 +88,28 @@ class Offer:
         fits = self.kind.fits(profile=job.profile, image=job.image, limits=limits, egress=job.network == "egress")
         if fits and self.image is not None:
             made_from, workdir = self.image
-            record = current_image(job.image)
-            fits = (record is not None and record.id == made_from
-                    and (job.cwd or image_workdir(record.config) or WORKDIR) == workdir)
+            fits = (image_now is not None and image_now.id == made_from
+                    and (job.cwd or image_workdir(image_now.config) or WORKDIR) == workdir)
         # (an output limit no result frame carries: the launcher's way, which refuses it)
         return limits if fits and limits.output_bytes <= MAX_OUTPUT else None
 
-    def outdated(self) -> bool:
-        """Whether this sandbox's image is no longer the one its reference names (pulled
-        anew, or removed): no job will take it, and it keeps gc off the old layers."""
-        if self.image is None:
-            return False
-        record = current_image(self.kind.image)
-        return record is None or record.id != self.image[0]
+    def outdated(self, image_now: ImageRecord | None) -> bool:
+        """Whether this sandbox's image is no longer ``image_now``, the one its reference
+        names now (pulled anew; None: removed): no job will take it, and it keeps gc off
+        the old layers."""
+        return self.image is not None and (image_now is None or image_now.id != self.image[0])
 
-    def hand_over(self, job: Job, limits: Limits) -> int:
-        """Send the job, with the limits ``limits_for`` gave, to the sandbox (which starts
-        it at once); the CLOCK_MONOTONIC time of the hand-over, in ns. Raises OSError if
-        the sandbox is gone or its cgroup refused the job's limits, JobError if the job's
-        image gives it no command or an input file cannot be read. Either way the offer
-        is used up: ``close`` follows."""
+    def hand_over(self, job: Job, limits: Limits, image_now: ImageRecord | None) -> int:
+        """Send the job, with the limits and image ``limits_for`` passed, to the sandbox
+        (which starts it at once); the CLOCK_MONOTONIC time of the hand-over, in ns.
+        Raises OSError if the sandbox is gone, CgroupError if its cgroup refused the
+        job's limits, JobError if the job's image gives it no command or an input file
+        cannot be read. Either way the offer is used up: ``close`` follows."""
         if self.image is None:
             argv, env, cwd = host_command(job, self.profile_env)
         else:
-            record = current_image(job.image)
-            if record is None:
-                raise OSError("the job's image left the store")
-            argv, env, cwd = image_command(job, record.config, self.profile_env)
+            assert image_now is not None, "``limits_for`` passes an image job only with its image"
+            argv, env, cwd = image_command(job, image_now.config, self.profile_env)
         if self.cgroup is not None and limits.cgroup_values != self.cgroup[1]:
             write_limits(self.cgroup[0], limits)
         fds: list[int] = []

@@ -24,7 +24,9 @@ import sys
 
 import trio
 
+from sandbox.images.store import ImageRecord
 from sandbox.models import Job, Limits, WarmSpec
+from worker.admission import current_image
 from worker.handover import OFFER_FDS, Offer
 from worker.launcher_channel import (
     ChannelDecoder,
@@ -111,22 +113,24 @@ class LauncherProcess:
             self._read_now()
         return len(self.offers)
 
-    def claim_offer(self, job: Job) -> tuple[tuple[Offer, Limits] | None, list[int]]:
-        """The launcher's offer the job fits and the job's limits in it (``Offer.limits_for``),
-        if there is one: it is the caller's then, to hand the job over and close; and the
-        offers of the job's image that no job will take (``Offer.outdated``), closed
-        here, for the caller to give back (``DropOffer``) by their numbers."""
+    def claim_offer(self, job: Job) -> tuple[tuple[Offer, Limits, ImageRecord | None] | None, list[int]]:
+        """The launcher's offer the job fits, the job's limits in it and the stored image
+        its reference names now (``Offer.limits_for``), if there is one: the offer is the
+        caller's then, to hand the job over and close; and the offers of the job's image
+        that no job will take (``Offer.outdated``), closed here, for the caller to give
+        back (``DropOffer``) by their numbers. The image is looked up once per job."""
         self._read_now()  # offers made since the last look are waiting in the channel
-        outdated = [offer for offer in self.offers if offer.kind.image == job.image and offer.outdated()]
+        image_now = None if job.image == "host" else current_image(job.image)
+        outdated = [offer for offer in self.offers if offer.kind.image == job.image and offer.outdated(image_now)]
         for offer in outdated:
             self.offers.remove(offer)
             offer.close()
         dropped = [offer.init_pid for offer in outdated]
         for offer in self.offers:
-            limits = offer.limits_for(job)
+            limits = offer.limits_for(job, image_now)
             if limits is not None:
                 self.offers.remove(offer)
-                return (offer, limits), dropped
+                return (offer, limits, image_now), dropped
         return None, dropped
 
     def expect(self, job_id: str) -> trio.MemoryReceiveChannel[Message]:

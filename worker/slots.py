@@ -146,9 +146,9 @@ class Slot:
         given_back = b"".join(encode(DropOffer(init_pid)) for init_pid in outdated)
         if claimed is None:
             return given_back + encode(RunJob(job_id, wire, stream)), False
-        offer, limits = claimed
+        offer, limits, image_now = claimed
         try:
-            handed_ns = offer.hand_over(job, limits)
+            handed_ns = offer.hand_over(job, limits, image_now)
         except (OSError, SandboxError, ValueError):
             return given_back + encode(DropOffer(offer.init_pid)) + encode(RunJob(job_id, wire, stream)), False
         finally:

@@ -217,32 +217,28 @@ class Store:
         return self.root / "refs" / urllib.parse.quote(name, safe="")
 
     def lookup(self, text: str) -> tuple[str, ImageRecord]:
-        """Find a local image (``resolve``) and read its record. Returns (matched ref
-        name, record)."""
-        name, image = self.resolve(text)
-        return name, self.read_record(image)
-
-    def resolve(self, text: str) -> tuple[str, str]:
-        """Which local image ``text`` names: by id (or a 12+ hex prefix), by exact
-        normalised reference, or - when no registry was written - by repository and tag
-        in any registry, if that is unambiguous. Returns (matched ref name, image id)."""
+        """Find a local image: by id (or a 12+ hex prefix), by exact normalised
+        reference, or - when no registry was written - by repository and tag in any
+        registry, if that is unambiguous. Returns (matched ref name, record)."""
         bare = text.removeprefix("sha256:")
         is_id = len(bare) >= 12 and all(c in "0123456789abcdef" for c in bare)
         if not is_id:  # the common case, a reference as pulled: one file, not every ref
             name = str(parse(text))
             try:
-                return name, json.loads(self._ref_path(name).read_text())["image"]
+                image = json.loads(self._ref_path(name).read_text())["image"]
             except FileNotFoundError:
                 pass
+            else:
+                return name, self.read_record(image)
         refs = self.refs()
         if is_id:
             ids = {image for image in {*refs.values(), *(r.id for r in self.records())} if image[7:].startswith(bare)}
             if len(ids) == 1:
                 image = ids.pop()
-                return image, image
+                return image, self.read_record(image)
         wanted = parse(text)
         if str(wanted) in refs:
-            return str(wanted), refs[str(wanted)]
+            return str(wanted), self.read_record(refs[str(wanted)])
         candidates = []
         for name, image in refs.items():
             have = parse(name)
@@ -253,7 +249,7 @@ class Store:
             if same_tag or same_digest:
                 candidates.append((name, image))
         if len({image for _, image in candidates}) == 1:
-            return candidates[0]
+            return candidates[0][0], self.read_record(candidates[0][1])
         if candidates:
             names = ", ".join(sorted(name for name, _ in candidates))
             raise AmbiguousImage(f"{text!r} is ambiguous: {names}")
