@@ -1,6 +1,8 @@
 """The command line's cold path: `sandbox run -- /bin/true` - a process per job, as an
 isolate-style judge calls it once per test - against `python3 -c pass` (the floor of
-any Python CLI) and `bwrap ... /bin/true` (a C sandbox's CLI), all as the bench user.
+any Python CLI) and `bwrap ... /bin/true` (a C sandbox's CLI), all as the bench user;
+beside them `sandbox submit -- /bin/true`, the same job through a worker already
+serving (a judge that keeps one running and still calls a command per test).
 
 The three run in rounds, one of each per round, so drift on a shared machine hits them
 alike; the figure is each one's median wall time, and `sandbox run`'s as a multiple of
@@ -11,6 +13,7 @@ every run after a judge's first.
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -18,18 +21,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import show, target
+from bench.common import Worker, show, target
 from bench.peers import BWRAP
 
 RUNS = 20
 TARGET_RATIO = 3.0
 
 
-def commands() -> dict[str, list[str]]:
+def commands(worker_socket: str) -> dict[str, list[str]]:
     sandbox_cli = str(Path(sys.executable).with_name("sandbox"))
     return {
         "python3 -c pass": ["python3", "-c", "pass"],
         "sandbox run": [sandbox_cli, "run", "--", "/bin/true"],
+        "sandbox submit": [sandbox_cli, "submit", "--socket", worker_socket, "--", "/bin/true"],
         "bwrap": [*BWRAP, "/bin/true"],
     }
 
@@ -42,13 +46,15 @@ def _wall_ms(argv: list[str]) -> float:
 
 def run(quick: bool) -> dict[str, Any]:
     runs = 3 if quick else RUNS
-    argvs = commands()
-    for argv in argvs.values():
-        _wall_ms(argv)  # warm: bytecode, the seccomp program cache, the page cache
-    ms: dict[str, list[float]] = {name: [] for name in argvs}
-    for _ in range(runs):
-        for name, argv in argvs.items():
-            ms[name].append(_wall_ms(argv))
+    cpus = os.cpu_count() or 1
+    with Worker(slots=cpus, warm=2 * cpus) as worker:
+        argvs = commands(worker.socket)
+        for argv in argvs.values():
+            _wall_ms(argv)  # warm: bytecode, the seccomp program cache, the page cache
+        ms: dict[str, list[float]] = {name: [] for name in argvs}
+        for _ in range(runs):
+            for name, argv in argvs.items():
+                ms[name].append(_wall_ms(argv))
     medians = {name: statistics.median(values) for name, values in ms.items()}
     ratio = medians["sandbox run"] / medians["python3 -c pass"]
     print(f"cli cold path ({runs} runs each, median ms): "

@@ -230,7 +230,8 @@ def _cli_section(part: dict[str, Any]) -> list[str]:
         lines.append(f"| `{name}` | {median:.1f} | {min(part['ms'][name]):.1f} | {median / python:.2f} |")
     return lines + ["", "`sandbox run -- /bin/true` on the host image, a process per job as a judge calling "
                     "the CLI per test runs it, with the bytecode and the seccomp program cache warm; "
-                    "`bwrap` with the flags of the latency table.", ""]
+                    "`sandbox submit -- /bin/true` the same job through a worker already serving (the "
+                    "latency table's worker); `bwrap` with the flags of the latency table.", ""]
 
 
 def _kernel_section(part: dict[str, Any]) -> list[str]:

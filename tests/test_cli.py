@@ -4,6 +4,7 @@ CLI processes."""
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import json
 import os
@@ -153,6 +154,22 @@ def test_submit_takes_the_flags_of_run_and_refuses_what_a_worker_cannot_do(worke
     assert b"--profile: a profile file" in refused.stderr and b"works with sandbox run only" in refused.stderr
     directory = sandbox("submit", "--socket", worker.socket_path, "--file", f"{tmp_path}:/work/d", "--", "true")
     assert directory.returncode == 125 and b"--file: " in directory.stderr and b"is a directory" in directory.stderr
+
+
+def test_a_submit_loads_only_the_blocking_client(worker):
+    """`sandbox submit` once per test of a judge: the flags, the job model and the blocking
+    client - not trio (the async client's), nor anything that starts sandboxes, nor the
+    hash, tar, uuid and JSON code that only uploads, ids and --json would need."""
+    code = ("import sys; from sandbox.cli import main; "
+            f"status = main(['submit', '--socket', {worker.socket_path!r}, '--', 'echo', 'hi']); "
+            "print(repr(sorted(sys.modules)), file=sys.__stderr__); sys.exit(status)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, check=True)
+    assert done.stdout == b"hi\n"
+    loaded = set(ast.literal_eval(done.stderr.decode().splitlines()[-1]))
+    assert {"worker.client", "sandbox.models"} <= loaded
+    unneeded = {"trio", "worker.async_client", "sandbox.runner", "sandbox.zygote", "sandbox.profile_names",
+                "hashlib", "tarfile", "uuid", "json", "subprocess", "sandbox.cli.run"}
+    assert loaded & unneeded == set()
 
 
 def test_require_cgroups_fails_clearly_without_delegation():

@@ -17,7 +17,8 @@ from test_cleanup import wait_until
 from workerutil import SANDBOX_CLI, Raw, WorkerProcess
 
 from sandbox.models import Blob, InputFile, Job, Limits, Status
-from worker.client import AsyncClient, Client, WorkerError
+from worker.async_client import AsyncClient
+from worker.client import Client, WorkerError
 from worker.protocol import job_to_wire
 
 MIB = 1 << 20

@@ -18,7 +18,8 @@ from workerutil import SANDBOX_CLI
 from sandbox.errors import JobError
 from sandbox.models import Blob, Job, Limits, Pipe, Result, Status
 from sandbox.runner import Runner
-from worker.client import AsyncClient, Client
+from worker.async_client import AsyncClient
+from worker.client import Client
 
 pytestmark = pytest.mark.cgroup
 

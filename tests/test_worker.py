@@ -25,7 +25,8 @@ from workerutil import SANDBOX_CLI, Raw, WorkerProcess, exited
 
 from sandbox.errors import JobError
 from sandbox.models import Blob, InputFile, Job, Limits, Mount, Result, Status, WarmSpec
-from worker.client import AsyncClient, Client, WorkerError
+from worker.async_client import AsyncClient
+from worker.client import Client, WorkerError
 from worker.handover import OFFER_FDS
 from worker.launcher_process import LauncherProcess
 from worker.protocol import FrameDecoder, ProtocolError, encode, job_to_wire

@@ -1,4 +1,5 @@
-"""Python clients of the worker: ``Client`` (blocking) and ``AsyncClient`` (trio).
+"""The blocking Python client of the worker, ``Client`` (``worker.async_client`` has
+the same for trio programs), and what both build their requests with.
 
 Both speak worker/protocol.py, take the same Job model as ``sandbox run`` and return the
 same Result. Events of other jobs that arrive while waiting for one are kept, so several
@@ -17,18 +18,13 @@ frames) and each job names it by id::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import os
 import select
 import socket
-import tarfile
-import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
-
-import trio
 
 from sandbox.errors import JobError
 from sandbox.models import (
@@ -60,6 +56,13 @@ _PUT_OVERHEAD = 4096
 MAX_CHUNK = 8 << 20  # larger chunks save little, and each is a frame held in the worker's memory
 
 
+def new_id() -> str:
+    """A fresh id for a job, group, upload or request: 128 random bits in hex, as a
+    uuid4's (``uuid`` itself loads ``platform`` and its regular expressions, a cost every
+    one-job ``sandbox submit`` would pay)."""
+    return os.urandom(16).hex()
+
+
 def accepting(path: str) -> bool:
     """True once a worker accepts connections on the unix socket ``path`` (the socket
     file exists a moment before the worker listens, so only a connection tells)."""
@@ -85,7 +88,7 @@ class WorkerError(Exception):
         self.reply = reply
 
 
-class _Mailbox:
+class Mailbox:
     """Sorts incoming messages: per-job events, and everything else in arrival order."""
 
     def __init__(self) -> None:
@@ -138,7 +141,7 @@ class _Mailbox:
         message = self.final_event(job_id, on_output)
         return None if message is None else result_from_wire(message["result"])
 
-    def final_group(self, group_id: str) -> list[Result] | None:
+    def finalgroup_message(self, group_id: str) -> list[Result] | None:
         """A group's results, in member order, once its final event has arrived."""
         message = self.final_event(group_id, None)
         return None if message is None else [result_from_wire(result) for result in message["results"]]
@@ -163,7 +166,7 @@ class _Mailbox:
         return None
 
 
-def _hello(token: str | None) -> dict[str, Any]:
+def hello_message(token: str | None) -> dict[str, Any]:
     message: dict[str, Any] = {"type": "hello", "version": VERSION}
     if token is not None:
         message["token"] = token
@@ -189,7 +192,7 @@ def with_file_contents(job: Job) -> Job:
     )
 
 
-def _submit(job: Job, job_id: str, stream: bool, hello: dict[str, Any]) -> dict[str, Any]:
+def submit_message(job: Job, job_id: str, stream: bool, hello: dict[str, Any]) -> dict[str, Any]:
     """The submit message. Neither client shows "accepted" or "started" to its caller, so
     it declines them where the worker lets it (capability "progress-optional")."""
     message: dict[str, Any] = {"type": "submit", "id": job_id, "job": job_to_wire(with_file_contents(job))}
@@ -202,7 +205,7 @@ def _submit(job: Job, job_id: str, stream: bool, hello: dict[str, Any]) -> dict[
 
 def session_exec_message(session: str, job: Job, exec_id: str, stream: bool, hello: dict[str, Any]) -> dict[str, Any]:
     """The session_exec request: a submit's, naming the session."""
-    return {**_submit(job, exec_id, stream, hello), "type": "session_exec", "session": session}
+    return {**submit_message(job, exec_id, stream, hello), "type": "session_exec", "session": session}
 
 
 # A problem package for ``Client.judge``: each file's bytes, or {"file_id": ID} for one put before.
@@ -223,7 +226,7 @@ def judge_message(judge_id: str, problem: Package, lang: str, source: bytes,
             "parallel": parallel, "submission": submission}
 
 
-def _group(group: Group, group_id: str, hello: dict[str, Any]) -> dict[str, Any]:
+def group_message(group: Group, group_id: str, hello: dict[str, Any]) -> dict[str, Any]:
     """The group request (as ``_submit``: its progress events declined where possible)."""
     members = Group([with_file_contents(job) for job in group.jobs], group.pipes)
     message: dict[str, Any] = {"type": "group", "id": group_id, **group_to_wire(members)}
@@ -248,12 +251,14 @@ def _chunks(source: bytes | str | os.PathLike[str], size: int) -> Iterator[tuple
         yield chunk, True
 
 
-def _put_messages(source: bytes | str | os.PathLike[str], upload: str, max_frame: int,
-                  tree: bool = False) -> Iterator[dict[str, Any]]:
+def put_messages(source: bytes | str | os.PathLike[str], upload: str, max_frame: int,
+                 tree: bool = False) -> Iterator[dict[str, Any]]:
     """The put_file frames of one upload, sized to the worker's frame limit; the last one
     names the id of the bytes sent (the worker checks it: a file that changed while it
     was read is refused, never stored under an id other than the one hashed here). A
     tree's (``tree``: ``source`` is its tar) says so on its first frame."""
+    import hashlib  # here, for uploads only: loading OpenSSL weighs on a one-job ``sandbox submit``
+
     digest = hashlib.sha256()
     offset = 0
     for chunk, last in _chunks(source, min(MAX_CHUNK, max_frame - _PUT_OVERHEAD)):
@@ -273,6 +278,7 @@ def tree_tar(source: bytes | str | os.PathLike[str]) -> bytes:
     the bytes of a tar already made."""
     if isinstance(source, bytes):
         return source
+    import tarfile  # only for trees, as hashlib above
 
     def plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = 0
@@ -307,11 +313,11 @@ class Client:
                 raise
             self._sock.settimeout(timeout)
         self._decoder = FrameDecoder(REPLY_MAX_FRAME)
-        self._mail = _Mailbox()
+        self._mail = Mailbox()
         self._poller = select.poll()
         self._poller.register(self._sock, select.POLLIN | select.POLLOUT)
         try:
-            self._send(_hello(token))
+            self._send(hello_message(token))
             self.hello = self._next_other()
         except BaseException:
             self._sock.close()
@@ -329,8 +335,8 @@ class Client:
     def submit(self, job: Job, job_id: str | None = None, *, stream: bool = False) -> str:
         """Submit; with ``stream``, the worker sends the output as it comes (``wait``'s
         ``on_output`` gets it)."""
-        job_id = job_id or uuid.uuid4().hex
-        self._send(_submit(job, job_id, stream, self.hello))
+        job_id = job_id or new_id()
+        self._send(submit_message(job, job_id, stream, self.hello))
         return job_id
 
     def wait(self, job_id: str, on_output: OutputHandler | None = None) -> Result:
@@ -348,9 +354,9 @@ class Client:
         """Run a group (``Runner.run_group``) and wait: a Result per member, in order.
         Raises JobError for a group malformed as a whole, WorkerError for what the worker
         refuses (``invalid_job`` naming ``jobs.N.<field>`` for a member)."""
-        group_id = group_id or uuid.uuid4().hex
-        self._send(_group(Group(jobs, pipes), group_id, self.hello))
-        while (results := self._mail.final_group(group_id)) is None:
+        group_id = group_id or new_id()
+        self._send(group_message(Group(jobs, pipes), group_id, self.hello))
+        while (results := self._mail.finalgroup_message(group_id)) is None:
             self._receive()
         return results
 
@@ -368,7 +374,7 @@ class Client:
         ``interpreter`` in the interpreter mode (python3; these modules imported ahead).
         ``on_test`` hears each test's report as it is decided; the whole report (the
         shape of ``sandbox judge --json``) is returned."""
-        judge_id = judge_id or uuid.uuid4().hex
+        judge_id = judge_id or new_id()
         self._send(judge_message(judge_id, problem, lang, source, compile_options, args, stop_on_failure, parallel,
                                  image, interpreter))
         queue = self._mail.events[judge_id]
@@ -394,8 +400,8 @@ class Client:
         (``sha256:`` and the hex digest), for ``Blob(file_id=...)`` in any number of jobs.
         Sent in chunks that fit the worker's frames, whatever the size; raises
         WorkerError ``cache_full`` if the worker's cache has no room for it."""
-        upload = uuid.uuid4().hex
-        for message in _put_messages(source, upload, int(self.hello["max_frame"])):
+        upload = new_id()
+        for message in put_messages(source, upload, int(self.hello["max_frame"])):
             self._send(message)
         while (file_id := self._mail.stored(upload)) is None:
             self._receive()
@@ -407,8 +413,8 @@ class Client:
         ``tree_tar``) or a tar's bytes. Its id (``tree:sha256:`` and the tar's digest).
         Raises WorkerError ``bad_tree`` for a tar that is not only a tree, ``cache_full``
         as ``put_file``."""
-        upload = uuid.uuid4().hex
-        for message in _put_messages(tree_tar(source), upload, int(self.hello["max_frame"]), tree=True):
+        upload = new_id()
+        for message in put_messages(tree_tar(source), upload, int(self.hello["max_frame"]), tree=True):
             self._send(message)
         while (tree_id := self._mail.stored(upload)) is None:
             self._receive()
@@ -437,7 +443,7 @@ class Client:
                      on_output: OutputHandler | None = None) -> Result:
         """Run ``job`` in the session (its image and profile are the session's) and wait:
         the Result a job has. Raises WorkerError ``unknown_session``, ``session_paused``."""
-        exec_id = exec_id or uuid.uuid4().hex
+        exec_id = exec_id or new_id()
         self._send(session_exec_message(session, job, exec_id, on_output is not None, self.hello))
         return self.wait(exec_id, on_output)
 
@@ -473,7 +479,7 @@ class Client:
         return logs
 
     def _session_request(self, message: dict[str, Any]) -> dict[str, Any]:
-        request = uuid.uuid4().hex
+        request = new_id()
         self._send({**message, "id": request})
         while (answer := self._mail.answer(request)) is None:
             self._receive()
@@ -524,137 +530,4 @@ class Client:
         return message
 
 
-class AsyncClient:
-    """The same, for trio programs: ``async with await AsyncClient.connect(path) as c``."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self._stream = stream
-        self._decoder = FrameDecoder(REPLY_MAX_FRAME)
-        self._mail = _Mailbox()
-        self._lock = trio.Lock()  # one reader at a time; the others find their events queued
-        self._send_lock = trio.Lock()
-        self.hello: dict[str, Any] = {}
-
-    @classmethod
-    async def connect(cls, path: str | None = None, *, tcp: tuple[str, int] | None = None,
-                      token: str | None = None) -> AsyncClient:
-        stream: trio.abc.Stream
-        if tcp is not None:
-            stream = await trio.open_tcp_stream(*tcp)
-        else:
-            stream = await trio.open_unix_socket(str(path))
-        client = cls(stream)
-        await client._send(_hello(token))
-        client.hello = await client._next_other()
-        return client
-
-    async def __aenter__(self) -> AsyncClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._stream.aclose()
-
-    async def submit(self, job: Job, job_id: str | None = None, *, stream: bool = False) -> str:
-        job_id = job_id or uuid.uuid4().hex
-        await self._send(_submit(job, job_id, stream, self.hello))
-        return job_id
-
-    async def wait(self, job_id: str, on_output: OutputHandler | None = None) -> Result:
-        async with self._lock:
-            while (result := self._mail.final(job_id, on_output)) is None:
-                await self._receive()
-        return result
-
-    async def run(self, job: Job, job_id: str | None = None, *, on_output: OutputHandler | None = None) -> Result:
-        """As ``Client.run``."""
-        return await self.wait(await self.submit(job, job_id, stream=on_output is not None), on_output)
-
-    async def group(self, jobs: list[Job], pipes: list[Pipe], group_id: str | None = None) -> list[Result]:
-        """As ``Client.group``."""
-        group_id = group_id or uuid.uuid4().hex
-        await self._send(_group(Group(jobs, pipes), group_id, self.hello))
-        async with self._lock:
-            while (results := self._mail.final_group(group_id)) is None:
-                await self._receive()
-        return results
-
-    async def cancel(self, job_id: str) -> None:
-        await self._send({"type": "cancel", "id": job_id})
-
-    async def put_file(self, source: bytes | str | os.PathLike[str]) -> str:
-        """As ``Client.put_file`` (a path is read in this task, a chunk at a time)."""
-        upload = uuid.uuid4().hex
-        for message in _put_messages(source, upload, int(self.hello["max_frame"])):
-            await self._send(message)
-        async with self._lock:
-            while (file_id := self._mail.stored(upload)) is None:
-                await self._receive()
-        return file_id
-
-    async def put_tree(self, source: bytes | str | os.PathLike[str]) -> str:
-        """As ``Client.put_tree``."""
-        upload = uuid.uuid4().hex
-        tar = await trio.to_thread.run_sync(tree_tar, source)
-        for message in _put_messages(tar, upload, int(self.hello["max_frame"]), tree=True):
-            await self._send(message)
-        async with self._lock:
-            while (tree_id := self._mail.stored(upload)) is None:
-                await self._receive()
-        return tree_id
-
-    async def del_file(self, file_id: str) -> bool:
-        """As ``Client.del_file``."""
-        await self._send({"type": "del_file", "file_id": file_id})
-        return bool((await self._next_other())["removed"])
-
-    async def stats(self) -> dict[str, Any]:
-        await self._send({"type": "stats"})
-        return await self._next_other()
-
-    async def _send(self, message: dict[str, Any]) -> None:
-        """Send, reading meanwhile unless another task is reading: as ``Client._send``,
-        a lone task submitting many jobs before it waits would otherwise deadlock."""
-        async with self._send_lock:
-            broken = False
-            async with trio.open_nursery() as nursery:
-                if not self._lock.locked():
-                    nursery.start_soon(self._receive_while_sending)
-                try:
-                    await self._stream.send_all(encode(message))
-                except trio.BrokenResourceError:
-                    broken = True  # the worker closed mid-send: it may have said why first
-                nursery.cancel_scope.cancel()
-            if broken:
-                async with self._lock:
-                    while True:  # what it said before, then why it closed
-                        await self._receive()
-
-    async def _receive_while_sending(self) -> None:
-        async with self._lock:
-            try:
-                while True:
-                    await self._receive()
-            except (WorkerError, ConnectionError):
-                pass  # the worker closed the connection: the next read says why, to whoever reads
-
-    async def _receive(self) -> None:
-        try:
-            data = await self._stream.receive_some(1 << 16)
-        except trio.BrokenResourceError:
-            data = b""  # as in ``Client._receive``
-        if not data:
-            raise self._mail.closed()
-        for message in self._decoder.feed(data):
-            self._mail.put(message)
-
-    async def _next_other(self) -> dict[str, Any]:
-        async with self._lock:
-            while not self._mail.other:
-                await self._receive()
-            message = self._mail.other.popleft()
-        if message.get("type") == "error":
-            raise WorkerError(message)
-        return message
-
-
-__all__ = ["AsyncClient", "Client", "ProtocolError", "WorkerError"]
+__all__ = ["Client", "ProtocolError", "WorkerError"]

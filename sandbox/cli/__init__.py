@@ -39,21 +39,25 @@ MODULE_OF_COMMAND = {
     "gc": "images", "build": "build", "volume": "volumes", "profile": "profiles",
     "languages": "languages", "judge": "judge", "doctor": "host", "setup-cgroups": "host",
 }
+# The commands a judge may call once per test: each runs one job and ends its process.
+ONE_JOB_COMMANDS = ("run", "submit")
 
 
 def main(argv: list[str] | None = None) -> int:
     """The ``sandbox`` command; its exit status. As the process's own command line
-    (``argv`` None), ``sandbox run`` ends the process itself once its output is out
-    (``os._exit``): the interpreter's teardown - every module and object freed one by
-    one - costs a one-shot run milliseconds and does nothing it needs (its sandbox is
-    cleaned up by then, ``Runner.close``)."""
-    if argv is None and _command_named(sys.argv[1:]) == "run":
-        # The cyclic collector's passes over the objects the engine's imports make cost a
-        # one-shot run milliseconds and find next to nothing: off until its runner is up
-        # (``run.py`` then freezes what is loaded and turns it back on for the job).
+    (``argv`` None), ``sandbox run`` and ``submit`` end the process themselves once their
+    output is out (``os._exit``): the interpreter's teardown - every module and object
+    freed one by one - costs a one-job command milliseconds and does nothing it needs
+    (a run's sandbox is cleaned up by then, ``Runner.close``; a submit's connection closes
+    with the process)."""
+    one_shot = argv is None and _command_named(sys.argv[1:]) in ONE_JOB_COMMANDS
+    if one_shot:
+        # The cyclic collector's passes over the objects the imports make cost a one-job
+        # command milliseconds and find next to nothing: off until its job is about to go
+        # (``collector_on``).
         gc.disable()
-    status, command = _run_command(sys.argv[1:] if argv is None else argv)
-    if argv is None and command == "run":
+    status = _run_command(sys.argv[1:] if argv is None else argv)
+    if one_shot:
         try:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -63,8 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-def _run_command(argv: list[str]) -> tuple[int, str]:
-    """The exit status of the command ``argv`` names, and that command."""
+def collector_on() -> None:
+    """Back on, once a one-job command has loaded what it needs, with what is loaded
+    frozen (the collector need not walk it again); a no-op where it was never off."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
+def _run_command(argv: list[str]) -> int:
+    """The exit status of the command ``argv`` names."""
     named = _command_named(argv)
     try:
         # ``sandbox run``'s zygote first, a fork of this process, before the parser and the
@@ -73,7 +85,7 @@ def _run_command(argv: list[str]) -> tuple[int, str]:
         zygote = _started_zygote() if named == "run" else None
     except SandboxError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
-        return EXIT_SANDBOX_ERROR, "run"
+        return EXIT_SANDBOX_ERROR
     try:
         parser = make_parser(argv)
         args = parser.parse_args(argv, argparse.Namespace(started_zygote=zygote))
@@ -82,12 +94,12 @@ def _run_command(argv: list[str]) -> tuple[int, str]:
             zygote.zygote.close()
         raise
     try:
-        return int(args.handler(args)), args.command
+        return int(args.handler(args))
     except JobError as exc:
         print(f"sandbox: {describe_job_error(exc)}", file=sys.stderr)
     except SandboxError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
-    return EXIT_SANDBOX_ERROR, args.command
+    return EXIT_SANDBOX_ERROR
 
 
 class _VersionAction(argparse.Action):

@@ -4,7 +4,6 @@ and a worker's refusal said as ``sandbox run`` would say it."""
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import TYPE_CHECKING
 
@@ -51,6 +50,8 @@ def report(result: Result, *, as_json: bool, written: dict[str, int] | None = No
 
         write_all(collect_to, result.files)
     if as_json:
+        import json  # here: only --json prints it, and a one-job command's start-up is most of its run
+
         json.dump(result.to_json_dict(), sys.stdout)
         sys.stdout.write("\n")
         return EXIT_SANDBOX_ERROR if result.status is Status.INTERNAL_ERROR else 0

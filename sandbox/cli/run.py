@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import gc
 from typing import TYPE_CHECKING, Any
 
+from sandbox.cli import collector_on
 from sandbox.cli.job_flags import add_job_arguments, collect_target, job_from_args, language_form, language_inputs
 from sandbox.cli.output import report
 
@@ -34,9 +34,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except BaseException:
         started.zygote.close()
         raise
-    if not gc.isenabled():  # off for the start-up of the command line's own process (``sandbox.cli.main``)
-        gc.freeze()  # what is loaded stays: the collector need not walk it again
-        gc.enable()
+    collector_on()
     try:
         if job is None:
             from sandbox.cli.languages import run_language

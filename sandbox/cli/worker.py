@@ -6,6 +6,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Any
 
+from sandbox.cli import collector_on
 from sandbox.cli.job_flags import add_job_arguments, collect_target, job_from_args, language_form, language_inputs
 from sandbox.cli.output import LiveOutput, report, worker_error
 from sandbox.errors import JobError, SandboxError
@@ -156,10 +157,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     from sandbox.models import is_profile_file
-    from sandbox.profile_names import unknown_profile
     from worker.client import WorkerError
 
     if is_profile_file(args.profile):
+        from sandbox.profile_names import unknown_profile
+
         raise unknown_profile(args.profile, files_allowed=False)
     # The flags are checked before connecting.
     job = None if language_form(args) else job_from_args(args)
@@ -171,6 +173,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     collect_to = collect_target(args)
     live = None if args.json or job is None else LiveOutput()
     with connect(args) as client:
+        collector_on()
         try:
             if job is None:
                 from sandbox.cli.languages import WorkerStages, run_language

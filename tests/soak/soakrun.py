@@ -11,7 +11,7 @@ import trio
 from workerutil import WorkerProcess
 
 from soak.mix import MixEntry
-from worker.client import AsyncClient
+from worker.async_client import AsyncClient
 
 
 @dataclass
