@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -71,6 +72,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="few runs of everything: a smoke test, not figures")
     parser.add_argument("--only", nargs="*", choices=sorted(PARTS), help="run only these parts")
     args = parser.parse_args()
+    # Every Python the bench starts (`sandbox run` per job above all) writes and then
+    # loads its bytecode cache, as on a user's machine: a PYTHONDONTWRITEBYTECODE
+    # inherited from the caller (a CI's or a tool's environment, through bench/run's su)
+    # would have each run compile the project's modules anew.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     results: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": args.quick, "machine": machine(),
         "load_1min_start": load_average(),
