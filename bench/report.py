@@ -29,7 +29,7 @@ METHOD = """## Method
 
 - **worker**: `sandbox serve --slots <CPUs> --warm <2 x CPUs>`, the blocking Python client, time from
   submit to result; default limits, host image, default seccomp profile, cgroups delegated (v1).
-- **sandbox run**: the CLI, one Python interpreter (and seccomp compilation) per job.
+- **sandbox run**: the CLI, one Python process per job (its bytecode and compiled seccomp program cached).
 - **native**: plain fork+exec, the floor.
 - **bwrap**: `--unshare-all --die-with-parent --new-session`, `/usr` bound read-only, `/proc`, `/dev`,
   tmpfs `/tmp` (no cgroups, no seccomp).
@@ -230,8 +230,8 @@ def _cli_section(part: dict[str, Any]) -> list[str]:
         lines.append(f"| `{name}` | {median:.1f} | {min(part['ms'][name]):.1f} | {median / python:.2f} |")
     return lines + ["", "`sandbox run -- /bin/true` on the host image, a process per job as a judge calling "
                     "the CLI per test runs it, with the bytecode and the seccomp program cache warm; "
-                    "`sandbox submit -- /bin/true` the same job through a worker already serving (the "
-                    "latency table's worker); `bwrap` with the flags of the latency table.", ""]
+                    "`sandbox submit -- /bin/true` the same job through a worker already serving, started "
+                    "as the latency table's; `bwrap` with the flags of the latency table.", ""]
 
 
 def _kernel_section(part: dict[str, Any]) -> list[str]:
