@@ -1,7 +1,7 @@
 """The worker's client for trio programs, ``AsyncClient``: the blocking ``Client``'s
 requests and answers (``worker.client``), over a trio stream. Apart from the blocking
 client so that a program that only submits - ``sandbox submit`` once per test of a
-judge - does not load trio.
+judge - does not load trio::
 
     async with await AsyncClient.connect("/run/sandbox/worker.sock") as c:
         result = await c.run(Job(cmd=["true"]))
@@ -30,7 +30,7 @@ from worker.protocol import REPLY_MAX_FRAME, FrameDecoder, encode
 
 
 class AsyncClient:
-    """The same, for trio programs: ``async with await AsyncClient.connect(path) as c``."""
+    """``worker.client.Client``, for trio programs: ``async with await AsyncClient.connect(path) as c``."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
@@ -79,7 +79,7 @@ class AsyncClient:
         group_id = group_id or new_id()
         await self._send(group_message(Group(jobs, pipes), group_id, self.hello))
         async with self._lock:
-            while (results := self._mail.finalgroup_message(group_id)) is None:
+            while (results := self._mail.final_group(group_id)) is None:
                 await self._receive()
         return results
 

@@ -141,7 +141,7 @@ class Mailbox:
         message = self.final_event(job_id, on_output)
         return None if message is None else result_from_wire(message["result"])
 
-    def finalgroup_message(self, group_id: str) -> list[Result] | None:
+    def final_group(self, group_id: str) -> list[Result] | None:
         """A group's results, in member order, once its final event has arrived."""
         message = self.final_event(group_id, None)
         return None if message is None else [result_from_wire(result) for result in message["results"]]
@@ -227,7 +227,7 @@ def judge_message(judge_id: str, problem: Package, lang: str, source: bytes,
 
 
 def group_message(group: Group, group_id: str, hello: dict[str, Any]) -> dict[str, Any]:
-    """The group request (as ``_submit``: its progress events declined where possible)."""
+    """The group request (as ``submit_message``: its progress events declined where possible)."""
     members = Group([with_file_contents(job) for job in group.jobs], group.pipes)
     message: dict[str, Any] = {"type": "group", "id": group_id, **group_to_wire(members)}
     if "progress-optional" in hello.get("capabilities", ()):
@@ -356,7 +356,7 @@ class Client:
         refuses (``invalid_job`` naming ``jobs.N.<field>`` for a member)."""
         group_id = group_id or new_id()
         self._send(group_message(Group(jobs, pipes), group_id, self.hello))
-        while (results := self._mail.finalgroup_message(group_id)) is None:
+        while (results := self._mail.final_group(group_id)) is None:
             self._receive()
         return results
 
