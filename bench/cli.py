@@ -4,7 +4,7 @@ any Python CLI) and `bwrap ... /bin/true` (a C sandbox's CLI), all as the bench 
 beside them `sandbox submit -- /bin/true`, the same job through a worker already
 serving (a judge that keeps one running and still calls a command per test).
 
-The three run in rounds, one of each per round, so drift on a shared machine hits them
+They run in rounds, one of each per round, so drift on a shared machine hits them
 alike; the figure is each one's median wall time, and `sandbox run`'s as a multiple of
 `python3 -c pass`'s (the target: within 3x). The bytecode cache and the user's cache of
 compiled seccomp programs are warm (one unmeasured run of each first), as they are for

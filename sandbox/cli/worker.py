@@ -165,6 +165,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         raise unknown_profile(args.profile, files_allowed=False)
     # The flags are checked before connecting.
     job = None if language_form(args) else job_from_args(args)
+    collector_on()
     if args.redis:
         if job is None:
             raise JobError("--lang through a queue is not supported yet: use --socket or --tcp", field="lang")
@@ -173,7 +174,6 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     collect_to = collect_target(args)
     live = None if args.json or job is None else LiveOutput()
     with connect(args) as client:
-        collector_on()
         try:
             if job is None:
                 from sandbox.cli.languages import WorkerStages, run_language
