@@ -88,24 +88,21 @@ class AsyncClient:
 
     async def put_file(self, source: bytes | str | os.PathLike[str]) -> str:
         """As ``Client.put_file`` (a path is read in this task, a chunk at a time)."""
-        upload = new_id()
-        for message in put_messages(source, upload, int(self.hello["max_frame"])):
-            await self._send(message)
-        async with self._lock:
-            while (file_id := self._mail.stored(upload)) is None:
-                await self._receive()
-        return file_id
+        return await self._upload(source, tree=False)
 
     async def put_tree(self, source: bytes | str | os.PathLike[str]) -> str:
         """As ``Client.put_tree``."""
+        return await self._upload(await trio.to_thread.run_sync(tree_tar, source), tree=True)
+
+    async def _upload(self, source: bytes | str | os.PathLike[str], tree: bool) -> str:
+        """Put a file (or a tree's tar) and wait for the id the worker stored it under."""
         upload = new_id()
-        tar = await trio.to_thread.run_sync(tree_tar, source)
-        for message in put_messages(tar, upload, int(self.hello["max_frame"]), tree=True):
+        for message in put_messages(source, upload, int(self.hello["max_frame"]), tree=tree):
             await self._send(message)
         async with self._lock:
-            while (tree_id := self._mail.stored(upload)) is None:
+            while (stored := self._mail.stored(upload)) is None:
                 await self._receive()
-        return tree_id
+        return stored
 
     async def del_file(self, file_id: str) -> bool:
         """As ``Client.del_file``."""

@@ -400,12 +400,7 @@ class Client:
         (``sha256:`` and the hex digest), for ``Blob(file_id=...)`` in any number of jobs.
         Sent in chunks that fit the worker's frames, whatever the size; raises
         WorkerError ``cache_full`` if the worker's cache has no room for it."""
-        upload = new_id()
-        for message in put_messages(source, upload, int(self.hello["max_frame"])):
-            self._send(message)
-        while (file_id := self._mail.stored(upload)) is None:
-            self._receive()
-        return file_id
+        return self._upload(source, tree=False)
 
     def put_tree(self, source: bytes | str | os.PathLike[str]) -> str:
         """Store a directory tree in the worker's cache, once, for any number of jobs to
@@ -413,12 +408,16 @@ class Client:
         ``tree_tar``) or a tar's bytes. Its id (``tree:sha256:`` and the tar's digest).
         Raises WorkerError ``bad_tree`` for a tar that is not only a tree, ``cache_full``
         as ``put_file``."""
+        return self._upload(tree_tar(source), tree=True)
+
+    def _upload(self, source: bytes | str | os.PathLike[str], tree: bool) -> str:
+        """Put a file (or a tree's tar) and wait for the id the worker stored it under."""
         upload = new_id()
-        for message in put_messages(tree_tar(source), upload, int(self.hello["max_frame"]), tree=True):
+        for message in put_messages(source, upload, int(self.hello["max_frame"]), tree=tree):
             self._send(message)
-        while (tree_id := self._mail.stored(upload)) is None:
+        while (stored := self._mail.stored(upload)) is None:
             self._receive()
-        return tree_id
+        return stored
 
     def del_file(self, file_id: str) -> bool:
         """Remove a cached file (or tree, by its tree id): True if removed now, False if it
