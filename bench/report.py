@@ -42,7 +42,9 @@ METHOD = """## Method
 - Every peer runs through the same timing loop (`bench/peers.py`, Python `subprocess.run` in a child
   process); warm latency from 1,000 jobs each (podman and `sandbox run`: 15), "after idle" from 30
   with 200 ms between jobs; throughput runs the jobs from a pool of *c*
-  threads. CPU per job is user + system time of every waited-for process (the worker: its own, its
+  threads, 5 rounds of 200 jobs per runner and concurrency with the runners taking turns in each
+  round, and reports each runner's median round (podman and `sandbox run`: one round). CPU per job
+  is user + system time of every waited-for process (the worker: its own, its
   launchers' and what they reaped). Percentiles are nearest-rank.
 """
 
@@ -98,7 +100,8 @@ def _latency_section(part: dict[str, Any]) -> list[str]:
     rates = part.get("throughput", {}).get("jobs_per_s", {})
     if rates:
         levels = list(next(iter(rates.values())))
-        lines += ["### Throughput: static job, jobs/s", "",
+        rounds = part.get("throughput", {}).get("rounds", 1)
+        lines += [f"### Throughput: static job, jobs/s (median of {rounds} interleaved rounds)", "",
                   "| runner | " + " | ".join(f"c={c}" for c in levels) + " |",
                   "| --- |" + " ---: |" * len(levels)]
         for peer, row in rates.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -30,6 +31,7 @@ CONCURRENCY = (1, 2, 8, 32)
 # What a job cgroup and a seccomp filter cost a sandbox (bwrap does neither): the CPU per
 # warm job may exceed bwrap's by this much at most.
 CGROUP_AND_FILTER_MS = 0.7
+THROUGHPUT_ROUNDS = 5  # rounds of ``jobs`` per runner and concurrency (the median is the figure)
 IDLE_PAUSE_S = 0.2  # "after idle": one job every 200 ms, past the ~20 ms RCU stall window
 
 
@@ -150,15 +152,25 @@ def _p50_target(name: str, rows: dict[str, Any]) -> dict[str, Any]:
     return target(f"{name}: worker warm p50 over native / bwrap's over native", (warm - native) / (bwrap - native), 0.5)
 
 
-def throughput(socket_path: str, peer_list: list[peers.Peer], jobs: int, slow_jobs: int) -> dict:
-    """Part 2: jobs/s of the static job at each concurrency, worker vs each peer."""
-    rates: dict[str, dict[int, float]] = {"worker": {}}
+def throughput(socket_path: str, peer_list: list[peers.Peer], jobs: int, slow_jobs: int, rounds: int) -> dict:
+    """Part 2: jobs/s of the static job at each concurrency, worker vs each peer: the
+    median of ``rounds`` rounds of ``jobs`` jobs, the runners taking turns in each round,
+    so that a shared machine's drift (its neighbours come and go within seconds) falls
+    on all of them alike and no runner's figure is one short burst. The slow peers
+    (podman, ``sandbox run``) run one round of ``slow_jobs``."""
+    samples: dict[str, dict[int, list[float]]] = {"worker": {}}
     for concurrency in CONCURRENCY:
-        rates["worker"][concurrency] = worker_throughput(socket_path, STATIC, jobs, concurrency)
-        for peer in peer_list:
-            count = max(slow_jobs, concurrency) if peer.name in ("podman", "sandbox run") else jobs
-            rates.setdefault(peer.name, {})[concurrency] = peers.measure(
-                peer, STATIC, count, concurrency=concurrency)["jobs_per_s"]
+        for round_ in range(rounds):
+            samples["worker"].setdefault(concurrency, []).append(
+                worker_throughput(socket_path, STATIC, jobs, concurrency))
+            for peer in peer_list:
+                slow = peer.name in ("podman", "sandbox run")
+                if slow and round_:
+                    continue
+                count = max(slow_jobs, concurrency) if slow else jobs
+                samples.setdefault(peer.name, {}).setdefault(concurrency, []).append(
+                    peers.measure(peer, STATIC, count, concurrency=concurrency)["jobs_per_s"])
+    rates = {name: {c: statistics.median(runs) for c, runs in row.items()} for name, row in samples.items()}
     targets = [target(f"throughput at concurrency {c}: worker / bwrap", rates["worker"][c] / rates["bwrap"][c], 1.0,
                       at_most=False) for c in CONCURRENCY]
     print("\nthroughput, static job, jobs/s at concurrency " + " / ".join(map(str, CONCURRENCY)))
@@ -166,22 +178,24 @@ def throughput(socket_path: str, peer_list: list[peers.Peer], jobs: int, slow_jo
         print(f"  {name:12s} " + " ".join(f"{row[c]:7.1f}" for c in CONCURRENCY))
     for figure in targets:
         show(figure)
-    return {"jobs_per_s": rates, "targets": targets}
+    return {"jobs_per_s": rates, "rounds": rounds, "raw_jobs_per_s": samples, "targets": targets}
 
 
 def run(quick: bool) -> dict:
     """Parts 1 and 2 with one worker (slots = CPUs, 2 warm sandboxes per slot)."""
     jobs, idle_jobs, slow_jobs = (40, 8, 5) if quick else (200, 30, 15)
+    rounds = 1 if quick else THROUGHPUT_ROUNDS
     latency_jobs = 40 if quick else 1000
     slots = os.cpu_count() or 2
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as directory, \
             Worker(slots=slots, warm=2 * slots) as worker:
         peer_list = peers.all_peers(Path(directory), [STATIC, PYTHON])
         return {
-            "setup": {"slots": slots, "warm": 2 * slots, "jobs": jobs, "latency_jobs": latency_jobs,
+            "setup": {"slots": slots, "warm": 2 * slots, "jobs": jobs, "throughput_rounds": rounds,
+                      "latency_jobs": latency_jobs,
                       "idle_jobs": idle_jobs, "slow_peer_jobs": slow_jobs, "idle_pause_s": IDLE_PAUSE_S},
             "latency": latency(worker, peer_list, latency_jobs, idle_jobs, slow_jobs),
-            "throughput": throughput(worker.socket, peer_list, jobs, slow_jobs),
+            "throughput": throughput(worker.socket, peer_list, jobs, slow_jobs, rounds),
         }
 
 
