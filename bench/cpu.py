@@ -8,10 +8,10 @@ the usage it reports is.
 - Timing fidelity: the CV of the reported cpu_ms over the same runs while another job
   spins on the other slot, interleaved with native runs under the same spinner: its
   target is the CV the sandbox adds to the native loop's (a shared VM's own noise, which
-  the native loop shows too, is no fault of the figures); and the reported peak memory
-  of a program touching exactly
-  10, 100 and 500 MiB (tests/programs/touch_memory.c), plus 0 MiB to show the baseline;
-  its target allows for the kernel's charge granularity (``charge_granularity``).
+  the native loop shows too, is no fault of the figures). And the reported peak memory
+  of a program touching exactly 10, 100 and 500 MiB (tests/programs/touch_memory.c),
+  plus 0 MiB to show the baseline: its target allows for the kernel's charge
+  granularity (``charge_granularity``).
 """
 
 from __future__ import annotations
