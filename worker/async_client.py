@@ -10,7 +10,8 @@ judge - does not load trio::
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import trio
 
@@ -27,6 +28,8 @@ from worker.client import (
     tree_tar,
 )
 from worker.protocol import REPLY_MAX_FRAME, FrameDecoder, encode
+
+Answer = TypeVar("Answer")
 
 
 class AsyncClient:
@@ -65,10 +68,7 @@ class AsyncClient:
         return job_id
 
     async def wait(self, job_id: str, on_output: OutputHandler | None = None) -> Result:
-        async with self._lock:
-            while (result := self._mail.final(job_id, on_output)) is None:
-                await self._receive()
-        return result
+        return await self._until(lambda: self._mail.final(job_id, on_output))
 
     async def run(self, job: Job, job_id: str | None = None, *, on_output: OutputHandler | None = None) -> Result:
         """As ``Client.run``."""
@@ -78,10 +78,7 @@ class AsyncClient:
         """As ``Client.group``."""
         group_id = group_id or new_id()
         await self._send(group_message(Group(jobs, pipes), group_id, self.hello))
-        async with self._lock:
-            while (results := self._mail.final_group(group_id)) is None:
-                await self._receive()
-        return results
+        return await self._until(lambda: self._mail.final_group(group_id))
 
     async def cancel(self, job_id: str) -> None:
         await self._send({"type": "cancel", "id": job_id})
@@ -99,10 +96,7 @@ class AsyncClient:
         upload = new_id()
         for message in put_messages(source, upload, int(self.hello["max_frame"]), tree=tree):
             await self._send(message)
-        async with self._lock:
-            while (stored := self._mail.stored(upload)) is None:
-                await self._receive()
-        return stored
+        return await self._until(lambda: self._mail.stored(upload))
 
     async def del_file(self, file_id: str) -> bool:
         """As ``Client.del_file``."""
@@ -130,6 +124,14 @@ class AsyncClient:
                 async with self._lock:
                     while True:  # what it said before, then why it closed
                         await self._receive()
+
+    async def _until(self, found: Callable[[], Answer | None]) -> Answer:
+        """Read the connection (one task at a time: the others find their events sorted
+        into the mailbox) until ``found`` has what the caller waits for, and return it."""
+        async with self._lock:
+            while (answer := found()) is None:
+                await self._receive()
+        return answer
 
     async def _receive_while_sending(self) -> None:
         async with self._lock:
