@@ -25,11 +25,18 @@ runs), which is reported as a violation of no name.
 from __future__ import annotations
 
 import atexit
+import builtins
 import fcntl
 import gc
+import importlib.machinery
+import importlib.util
 import io
 import json
 import os
+
+# runpy.run_path imports pkgutil (and it weakref) at each call: imported here, before
+# any fork, so that a snippet running a zip or a directory does not pay the import.
+import pkgutil  # noqa: F401
 import resource
 import runpy
 import selectors
@@ -57,6 +64,8 @@ IFF_UP_RUNNING = 0x1 | 0x40
 REPORT_FD = 3  # the report pipe's fd in a snippet, once its stdio is in place
 JOB_FDS = 4  # a request's fds after its channel: report, stdin, stdout, stderr (then the cgroup's, the files)
 SPARES = 2  # clones kept ready for the next requests
+ZIP_END_RECORD = b"PK\x05\x06"  # a zip's end-of-central-directory signature
+ZIP_TAIL = 22 + 0xFFFF  # the record and the longest comment after it
 IDS = (os.getuid(), os.getgid())  # the template's, which each snippet maps to itself
 
 
@@ -374,26 +383,55 @@ def run_code(argv: list[str], env: dict[str, str]) -> int:
         if argv[1] == "-c":
             sys.argv = ["-c", *argv[3:]]
             sys.path.insert(0, "")
-            main = sys.modules["__main__"].__dict__
-            main.clear()
-            main.update({"__name__": "__main__", "__builtins__": __builtins__})
-            exec(compile(argv[2], "<string>", "exec"), main)
+            run_in_main(argv[2], "<string>", {"__loader__": importlib.machinery.BuiltinImporter})
         else:
+            path = argv[1]
             sys.argv = argv[1:]
-            sys.path.insert(0, os.path.dirname(os.path.abspath(argv[1])))
+            sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
             try:
-                os.stat(argv[1])
+                with open(path, "rb") as script:
+                    source: bytes | None = script.read()
+            except IsADirectoryError:
+                source = None  # python3 runs the directory's __main__.py
             except OSError as exc:  # python3's own words and status for a script it cannot open
-                print(f"python3: can't open file {os.path.abspath(argv[1])!r}: [Errno {exc.errno}] {exc.strerror}",
+                print(f"python3: can't open file {os.path.abspath(path)!r}: [Errno {exc.errno}] {exc.strerror}",
                       file=sys.stderr)
                 return shut_down(2)
-            runpy.run_path(argv[1], run_name="__main__")
+            if source is None or not plain_script(path, source):
+                runpy.run_path(path, run_name="__main__")
+            else:
+                run_in_main(source, path, {
+                    "__file__": path, "__cached__": None,
+                    "__loader__": importlib.machinery.SourceFileLoader("__main__", path)})
     except SystemExit as exc:
         code = exit_code(exc)
     except BaseException:
         sys.excepthook(*sys.exc_info())
         code = 1
     return shut_down(code)
+
+
+def plain_script(path: str, source: bytes) -> bool:
+    """Whether python3 would run ``path`` as source code, not as a zip (it has the zip
+    end-of-directory record within its tail, where zipimport looks) or a compiled file
+    (its name or first bytes say so): those two go to runpy, as python3 hands them to
+    its importers. A plain file does not, because runpy first probes it with every
+    importer (the zip importer reads it), Python code each snippet would run again."""
+    if path.endswith(".pyc") or source[:2] == importlib.util.MAGIC_NUMBER[:2]:
+        return False
+    return ZIP_END_RECORD not in source[-ZIP_TAIL:]
+
+
+def run_in_main(source: str | bytes, filename: str, names: dict[str, Any]) -> None:
+    """Run ``source`` in the real ``__main__``, emptied to what python3 starts a program
+    with, plus ``names``; compiled without this module's future imports, as python3
+    compiles it."""
+    code = compile(source, filename, "exec", dont_inherit=True)
+    main = sys.modules["__main__"].__dict__
+    main.clear()
+    main.update({"__name__": "__main__", "__doc__": None, "__package__": None, "__spec__": None,
+                 "__annotations__": {}, "__builtins__": builtins, **names})
+    exec(code, main)
 
 
 def exit_code(exc: SystemExit) -> int:

@@ -4,10 +4,12 @@ scratch, cgroup (limits and usage), filter - and nothing left behind when it end
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 import threading
+import zipfile
 from collections.abc import Iterator
 
 import pytest
@@ -38,13 +40,45 @@ def snippet(code: str, *args: str, preload: list[str] | None = None, **fields: o
     return Job(cmd=["python3", "-c", code, *args], interpreter=preload or [], **fields)  # type: ignore[arg-type]
 
 
-def test_a_file_runs_as_python3_runs_it(interpreters):
-    source = b"import sys\nprint(sys.argv, __name__)\nraise SystemExit(int(sys.argv[1]))\n"
+# What a program sees of its own start: __main__'s names, its loader, its annotations
+# (evaluated, as without a future import), argv and its name.
+MAIN_NAMESPACE = """import __main__, sys
+def f(x: int): pass
+loader = __loader__ if isinstance(__loader__, type) else type(__loader__)
+print(sorted(globals()), loader.__name__, globals() is __main__.__dict__, f.__annotations__, __spec__, __doc__,
+      globals().get("__file__") == sys.argv[0], sys.argv[1:], __name__)
+"""
+
+
+def test_a_file_runs_as_python3_runs_it(interpreters, tmp_path):
+    source = MAIN_NAMESPACE.encode() + b"raise SystemExit(int(sys.argv[1]))\n"
     result = interpreters.run(Job(cmd=["python3", "/work/main.py", "7"], interpreter=[],
                                   files=[InputFile("/work/main.py", Blob(data=source))]))
     assert result.status is Status.RUNTIME_ERROR, result
     assert result.exit_code == 7
-    assert result.stdout == b"['/work/main.py', '7'] __main__\n"
+    (tmp_path / "main.py").write_bytes(source)
+    native = subprocess.run(["python3", str(tmp_path / "main.py"), "7"], capture_output=True, check=False)
+    assert native.returncode == 7
+    assert result.stdout == native.stdout, (result.stdout, native.stdout)
+    assert b"'__file__'" in result.stdout and b"SourceFileLoader True {'x': <class 'int'>}" in result.stdout
+
+
+def test_code_runs_in_main_as_python3_c_runs_it(interpreters):
+    result = interpreters.run(snippet(MAIN_NAMESPACE, "a"))
+    native = subprocess.run(["python3", "-c", MAIN_NAMESPACE, "a"], capture_output=True, check=True)
+    assert (result.status, result.stdout) == (Status.OK, native.stdout), (result, native.stdout)
+
+
+def test_a_zip_or_a_directory_runs_its_main_as_python3_runs_it(interpreters):
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w") as archive:
+        archive.writestr("__main__.py", "import sys; print('zip', sys.argv[1:], __name__)")
+    zipped = interpreters.run(Job(cmd=["python3", "/work/app.pyz", "x"], interpreter=[],
+                                  files=[InputFile("/work/app.pyz", Blob(data=packed.getvalue()))]))
+    assert (zipped.status, zipped.stdout) == (Status.OK, b"zip ['x'] __main__\n"), zipped
+    directory = interpreters.run(Job(cmd=["python3", "/work/app"], interpreter=[],
+                                     files=[InputFile("/work/app/__main__.py", Blob(data=b"print('dir', __name__)"))]))
+    assert (directory.status, directory.stdout) == (Status.OK, b"dir __main__\n"), directory
 
 
 def test_code_stdin_env_and_an_uncaught_exception(interpreters):
