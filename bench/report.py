@@ -40,12 +40,15 @@ METHOD = """## Method
 - **podman** 4: `--runtime runc` (its crun hits the same check) `--rootfs` on a local directory,
   `-v /usr:/usr:ro --network none`. Its CPU per job misses conmon, which is not a waited child.
 - Every peer runs through the same timing loop (`bench/peers.py`, Python `subprocess.run` in a child
-  process); warm latency from 1,000 jobs each (podman and `sandbox run`: 15), "after idle" from 30
+  process); warm latency from 1,000 jobs each in 10 blocks of 100, the runners taking turns
+  (podman and `sandbox run`: 15, in one go), "after idle" from 30
   with 200 ms between jobs; throughput runs the jobs from a pool of *c*
   threads, 5 rounds of 200 jobs per runner and concurrency with the runners taking turns in each
   round, and reports each runner's median round (podman and `sandbox run`: one round). CPU per job
   is user + system time of every waited-for process (the worker: its own, its
-  launchers' and what they reaped). Percentiles are nearest-rank.
+  launchers' and what they reaped, from the start of each of its blocks to the start of
+  its next, so that what it does for a block's jobs after their answers counts).
+  Percentiles are nearest-rank.
 """
 
 

@@ -32,6 +32,9 @@ CONCURRENCY = (1, 2, 8, 32)
 # warm job may exceed bwrap's by this much at most.
 CGROUP_AND_FILTER_MS = 0.7
 THROUGHPUT_ROUNDS = 5  # rounds of ``jobs`` per runner and concurrency (the median is the figure)
+LATENCY_BLOCKS = 10  # the warm latency runs come in this many blocks per runner, the runners taking turns
+SLOW_PEERS = ("podman", "sandbox run")  # ~0.2-0.5 s a job: fewer runs, one go
+WORKER, INTERPRETER = "worker", "worker, interpreter mode"  # the worker's rows
 IDLE_PAUSE_S = 0.2  # "after idle": one job every 200 ms, past the ~20 ms RCU stall window
 
 
@@ -81,35 +84,39 @@ def latency(worker: Worker, peer_list: list[peers.Peer], jobs: int, idle_jobs: i
     """Part 1: p50/p95/p99 warm and after idle, per command, for the worker and each peer,
     with the CPU a job costs (all processes, user + system). ``jobs`` warm runs each: a
     p99 needs about a thousand (of 200, it is the second-slowest job, and its ratio to
-    bwrap's went from 0.60 to 1.08 between two runs of the same code). Slow peers
-    (podman, `sandbox run`: ~0.2-0.5 s a job) get ``slow_jobs`` runs."""
+    bwrap's went from 0.60 to 1.08 between two runs of the same code). The warm runs
+    come in ``LATENCY_BLOCKS`` blocks, the runners taking turns (``warm_in_turns``).
+    Slow peers (podman, `sandbox run`: ~0.2-0.5 s a job) get ``slow_jobs`` runs."""
     out: dict[str, Any] = {}
     for name, cmd in (("static", STATIC), ("python", PYTHON)):
         worker_latency(worker.socket, cmd, 10)  # warm-up: caches, the launchers' first jobs
-        before = worker_cpu_ms(worker.process.pid)
-        warm = worker_latency(worker.socket, cmd, jobs)
-        after = worker_cpu_ms(worker.process.pid)
-        rows = {
-            "worker": {"warm": summary(warm),
-                       "after_idle": summary(worker_latency(worker.socket, cmd, idle_jobs, pause=IDLE_PAUSE_S)),
-                       "cpu_ms_per_job": sum(after.values()) / jobs - sum(before.values()) / jobs},
-        }
-        if name == "python":  # the opt-in interpreter mode: a fork per job, not a fresh python3
-            rows["worker, interpreter mode"] = _interpreter_row(worker, cmd, jobs, idle_jobs)
+        fast = [peer for peer in peer_list if peer.name not in SLOW_PEERS]
+        interpreter = [] if name == "python" else None  # the opt-in mode: a fork per job, not a fresh python3
+        warm = warm_in_turns(worker, fast, cmd, jobs, interpreter)
+        rows: dict[str, Any] = {}
+        for runner, (latencies, cpu_ms_per_job) in warm.items():
+            if runner == WORKER:
+                after_idle = worker_latency(worker.socket, cmd, idle_jobs, pause=IDLE_PAUSE_S)
+            elif runner == INTERPRETER:
+                after_idle = worker_latency(worker.socket, cmd, idle_jobs, pause=IDLE_PAUSE_S, interpreter=[])
+            else:
+                after_idle = peers.measure(next(p for p in fast if p.name == runner), cmd, idle_jobs,
+                                           pause=IDLE_PAUSE_S)["ms"]
+            rows[runner] = {"warm": summary(latencies), "after_idle": summary(after_idle),
+                            "cpu_ms_per_job": cpu_ms_per_job}
         for peer in peer_list:
-            slow = peer.name in ("podman", "sandbox run")
-            measured = peers.measure(peer, cmd, slow_jobs if slow else jobs)
-            rows[peer.name] = {
-                "warm": summary(measured["ms"]),
-                "after_idle": summary(peers.measure(peer, cmd, min(idle_jobs, slow_jobs) if slow else idle_jobs,
-                                                    pause=IDLE_PAUSE_S)["ms"]),
-                "cpu_ms_per_job": measured["cpu_ms_per_job"],
-            }
-        warm, idle, bwrap = rows["worker"]["warm"], rows["worker"]["after_idle"], rows["bwrap"]["warm"]
+            if peer.name in SLOW_PEERS:
+                measured = peers.measure(peer, cmd, slow_jobs)
+                idle_runs = peers.measure(peer, cmd, min(idle_jobs, slow_jobs), pause=IDLE_PAUSE_S)["ms"]
+                rows[peer.name] = {"warm": summary(measured["ms"]), "after_idle": summary(idle_runs),
+                                   "cpu_ms_per_job": measured["cpu_ms_per_job"]}
+        order = [WORKER, INTERPRETER, *(peer.name for peer in peer_list)]  # the tables' order
+        rows = {runner: rows[runner] for runner in order if runner in rows}
+        warm_row, idle, bwrap = rows["worker"]["warm"], rows["worker"]["after_idle"], rows["bwrap"]["warm"]
         targets = [_p50_target(name, rows)]
         targets += [
-            target(f"{name}: worker warm p99 / bwrap p99", warm["p99"] / bwrap["p99"], 1.0),
-            target(f"{name}: worker after-idle p50 / warm p50", idle["p50"] / warm["p50"], 1.5),
+            target(f"{name}: worker warm p99 / bwrap p99", warm_row["p99"] / bwrap["p99"], 1.0),
+            target(f"{name}: worker after-idle p50 / warm p50", idle["p50"] / warm_row["p50"], 1.5),
         ]
         if name == "static":
             targets.append(target(
@@ -127,17 +134,45 @@ def latency(worker: Worker, peer_list: list[peers.Peer], jobs: int, idle_jobs: i
     return out
 
 
-def _interpreter_row(worker: Worker, cmd: list[str], jobs: int, idle_jobs: int) -> dict[str, Any]:
-    """The python job in the interpreter mode (``Job.interpreter``): not a fresh process,
-    so it is shown beside the others, not held to their targets. Its CPU counts the
-    snippets too (the templates reap them, and are the launchers' descendants)."""
-    worker_latency(worker.socket, cmd, 10, interpreter=[])  # warm-up: each launcher's template
-    before = worker_cpu_ms(worker.process.pid)
-    warm = worker_latency(worker.socket, cmd, jobs, interpreter=[])
-    after = worker_cpu_ms(worker.process.pid)
-    return {"warm": summary(warm),
-            "after_idle": summary(worker_latency(worker.socket, cmd, idle_jobs, pause=IDLE_PAUSE_S, interpreter=[])),
-            "cpu_ms_per_job": sum(after.values()) / jobs - sum(before.values()) / jobs}
+def warm_in_turns(worker: Worker, fast: list[peers.Peer], cmd: list[str], jobs: int,
+                  interpreter: list[str] | None) -> dict[str, tuple[list[float], float]]:
+    """``jobs`` warm runs of ``cmd`` per runner - the worker, each fast peer, and with
+    ``interpreter`` the worker's interpreter mode (its own row: not a fresh process, so
+    shown beside the others, not held to their targets) - in ``LATENCY_BLOCKS`` blocks,
+    the runners taking turns, so that the machine's drift over a minute (its neighbours
+    come and go) falls on all of them alike: each runner's latencies and CPU per job.
+
+    The worker's CPU for a block runs from its start to the start of the worker's next
+    block (or the end), so it includes what the worker does for the block's jobs after
+    the last answer - replacing the warm sandboxes they took, making the next spare
+    snippets - while the peers run (and the little its idle loops cost meanwhile)."""
+    per_block = max(1, jobs // LATENCY_BLOCKS)
+    runners = [WORKER, *(peer.name for peer in fast), *([INTERPRETER] if interpreter is not None else [])]
+    if interpreter is not None:
+        worker_latency(worker.socket, cmd, 10, interpreter=interpreter)  # warm-up: each launcher's template
+    latencies: dict[str, list[float]] = {runner: [] for runner in runners}
+    cpu_ms: dict[str, float] = dict.fromkeys(runners, 0.0)
+    open_window: tuple[str, float] | None = None  # the worker's runner whose CPU is being counted, from when
+
+    def worker_reading() -> float:
+        return sum(worker_cpu_ms(worker.process.pid).values())
+
+    for _ in range(LATENCY_BLOCKS):
+        for runner in runners:
+            if runner in (WORKER, INTERPRETER):
+                now = worker_reading()
+                if open_window is not None:
+                    cpu_ms[open_window[0]] += now - open_window[1]
+                open_window = (runner, now)
+                latencies[runner] += worker_latency(worker.socket, cmd, per_block,
+                                                    interpreter=interpreter if runner == INTERPRETER else None)
+            else:
+                measured = peers.measure(next(peer for peer in fast if peer.name == runner), cmd, per_block)
+                latencies[runner] += measured["ms"]
+                cpu_ms[runner] += measured["cpu_ms_per_job"] * per_block
+    if open_window is not None:
+        cpu_ms[open_window[0]] += worker_reading() - open_window[1]
+    return {runner: (latencies[runner], cpu_ms[runner] / len(latencies[runner])) for runner in runners}
 
 
 def _p50_target(name: str, rows: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +199,7 @@ def throughput(socket_path: str, peer_list: list[peers.Peer], jobs: int, slow_jo
             samples["worker"].setdefault(concurrency, []).append(
                 worker_throughput(socket_path, STATIC, jobs, concurrency))
             for peer in peer_list:
-                slow = peer.name in ("podman", "sandbox run")
+                slow = peer.name in SLOW_PEERS
                 if slow and round_:
                     continue
                 count = max(slow_jobs, concurrency) if slow else jobs
