@@ -90,18 +90,16 @@ def latency(worker: Worker, peer_list: list[peers.Peer], jobs: int, idle_jobs: i
     out: dict[str, Any] = {}
     for name, cmd in (("static", STATIC), ("python", PYTHON)):
         worker_latency(worker.socket, cmd, 10)  # warm-up: caches, the launchers' first jobs
-        fast = [peer for peer in peer_list if peer.name not in SLOW_PEERS]
+        fast = {peer.name: peer for peer in peer_list if peer.name not in SLOW_PEERS}
         interpreter = [] if name == "python" else None  # the opt-in mode: a fork per job, not a fresh python3
         warm = warm_in_turns(worker, fast, cmd, jobs, interpreter)
         rows: dict[str, Any] = {}
         for runner, (latencies, cpu_ms_per_job) in warm.items():
-            if runner == WORKER:
-                after_idle = worker_latency(worker.socket, cmd, idle_jobs, pause=IDLE_PAUSE_S)
-            elif runner == INTERPRETER:
-                after_idle = worker_latency(worker.socket, cmd, idle_jobs, pause=IDLE_PAUSE_S, interpreter=[])
+            if runner in fast:
+                after_idle = peers.measure(fast[runner], cmd, idle_jobs, pause=IDLE_PAUSE_S)["ms"]
             else:
-                after_idle = peers.measure(next(p for p in fast if p.name == runner), cmd, idle_jobs,
-                                           pause=IDLE_PAUSE_S)["ms"]
+                after_idle = worker_latency(worker.socket, cmd, idle_jobs, pause=IDLE_PAUSE_S,
+                                            interpreter=interpreter if runner == INTERPRETER else None)
             rows[runner] = {"warm": summary(latencies), "after_idle": summary(after_idle),
                             "cpu_ms_per_job": cpu_ms_per_job}
         for peer in peer_list:
@@ -134,7 +132,7 @@ def latency(worker: Worker, peer_list: list[peers.Peer], jobs: int, idle_jobs: i
     return out
 
 
-def warm_in_turns(worker: Worker, fast: list[peers.Peer], cmd: list[str], jobs: int,
+def warm_in_turns(worker: Worker, fast: dict[str, peers.Peer], cmd: list[str], jobs: int,
                   interpreter: list[str] | None) -> dict[str, tuple[list[float], float]]:
     """``jobs`` warm runs of ``cmd`` per runner - the worker, each fast peer, and with
     ``interpreter`` the worker's interpreter mode (its own row: not a fresh process, so
@@ -147,7 +145,7 @@ def warm_in_turns(worker: Worker, fast: list[peers.Peer], cmd: list[str], jobs: 
     the last answer - replacing the warm sandboxes they took, making the next spare
     snippets - while the peers run (and the little its idle loops cost meanwhile)."""
     per_block = max(1, jobs // LATENCY_BLOCKS)
-    runners = [WORKER, *(peer.name for peer in fast), *([INTERPRETER] if interpreter is not None else [])]
+    runners = [WORKER, *fast, *([INTERPRETER] if interpreter is not None else [])]
     if interpreter is not None:
         worker_latency(worker.socket, cmd, 10, interpreter=interpreter)  # warm-up: each launcher's template
     latencies: dict[str, list[float]] = {runner: [] for runner in runners}
@@ -159,7 +157,7 @@ def warm_in_turns(worker: Worker, fast: list[peers.Peer], cmd: list[str], jobs: 
 
     for _ in range(LATENCY_BLOCKS):
         for runner in runners:
-            if runner in (WORKER, INTERPRETER):
+            if runner not in fast:  # the worker's
                 now = worker_reading()
                 if open_window is not None:
                     cpu_ms[open_window[0]] += now - open_window[1]
@@ -167,7 +165,7 @@ def warm_in_turns(worker: Worker, fast: list[peers.Peer], cmd: list[str], jobs: 
                 latencies[runner] += worker_latency(worker.socket, cmd, per_block,
                                                     interpreter=interpreter if runner == INTERPRETER else None)
             else:
-                measured = peers.measure(next(peer for peer in fast if peer.name == runner), cmd, per_block)
+                measured = peers.measure(fast[runner], cmd, per_block)
                 latencies[runner] += measured["ms"]
                 cpu_ms[runner] += measured["cpu_ms_per_job"] * per_block
     if open_window is not None:
