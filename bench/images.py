@@ -97,7 +97,7 @@ def measure(runs: int, jobs: int) -> dict:
             lease_us.append((time.perf_counter() - start) * 1e6)
         runner = Runner()
         try:  # (the finished sandbox's cleanup between jobs, outside the timed part)
-            walls = alternating_walls(runner.run, "bench/python:3.11", jobs, between=runner.tidy)
+            walls = alternating_walls(runner.run, "bench/python:3.11", jobs, warm_up=10, between=runner.tidy)
         finally:
             runner.close()
         warm_walls = through_warm_worker("bench/python:3.11", jobs)
@@ -145,7 +145,7 @@ def measure(runs: int, jobs: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3, help="cold pulls per tool")
-    parser.add_argument("--jobs", type=int, default=40, help="jobs per image for the start-up figure")
+    parser.add_argument("--jobs", type=int, default=200, help="jobs per image for the start-up figure")
     args = parser.parse_args()
     write_raw("images", measure(args.runs, args.jobs))
     return 0

@@ -28,7 +28,7 @@ PARTS: dict[str, Callable[[bool], dict]] = {
     "kernel": kernel_steps.load,                                        # recorded as root by bench/run, first
     "worker": worker.run,                                               # parts 1 and 2
     "cpu": cpu.run,                                                     # parts 3 and 4
-    "images": lambda quick: images.measure(1 if quick else 3, 10 if quick else 40),  # part 6
+    "images": lambda quick: images.measure(1 if quick else 3, 10 if quick else 200),  # part 6
     "humaneval": humaneval.run,                                         # part 7
     "judge": judge.run,                                                 # part 8
     "doors": doors.run,                                                 # part 9

@@ -8,6 +8,7 @@ content; a tag alongside it is kept for display only.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -54,8 +55,10 @@ class Reference:
         return text
 
 
+@functools.lru_cache(maxsize=256)
 def parse(text: str) -> Reference:
-    """Parse and normalise a reference; raises BadReference naming the problem."""
+    """Parse and normalise a reference; raises BadReference naming the problem. Kept
+    for the names last parsed: a job on an image parses its name at each lease."""
     if not text or len(text) > 512 or text != text.strip():
         raise BadReference(f"invalid image reference {text!r}")
     remainder, digest = text, None

@@ -81,4 +81,4 @@ def lease_image(name: str, store: Store | None = None) -> LeasedImage:
     with store.shared():
         matched, record = store.lookup(name)
         fd = store.lease(record.id)
-    return LeasedImage(matched, record, [str(store.layer_path(layer.chain_id)) for layer in record.layers], fd)
+    return LeasedImage(matched, record, [store.layer_dir(layer.chain_id) for layer in record.layers], fd)
