@@ -65,6 +65,9 @@ WARM_DISK_BYTES = Limits().disk_bytes
 # How long the init may take to hand over a job's files: its work is bounded (the
 # entries' walks), so only a sandbox in trouble takes this long.
 COLLECT_TIMEOUT_S = 30.0
+# How many image names and working directories a runner remembers the last root of:
+# names come from jobs, and a job names whatever it likes.
+MAX_LAST_ROOTS = 64
 
 
 @dataclass
@@ -117,6 +120,8 @@ class Runner:
         # so several threads may run jobs on one Runner (``sandbox judge --parallel``).
         self._supply_lock = threading.Lock()
         self._interpreter_templates: Interpreters | None = None
+        # The root each (image name, cwd) of a job last leased (``_take_built``).
+        self._last_roots: dict[tuple[str, str | None], ImageRoot] = {}
 
     def run(
         self, job: Job, *, cancel_fd: int | None = None, on_started: Callable[[], None] | None = None,
@@ -335,11 +340,7 @@ class Runner:
         egress = _wants_egress(job, profile.profile.network)
         command = None
         if handed is None:
-            argv, env, cwd, image_root = _image_for(job, cleanup, profile.env, self._supply_lock)
-            command = (argv, env, cwd)
-            sandbox = self.sandboxes.take(image_root, job.profile, limits, image_name=job.image, trace=trace,
-                                          trees=bool(job.mounts), egress=egress)
-            cleanup.callback(self.retire, sandbox)
+            sandbox, command = self._take_built(job, cleanup, profile.env, limits, trace, egress)
         else:
             sandbox = handed.sandbox
         member = _Member(job, sandbox, limits, warnings, not_enforced, command)
@@ -362,6 +363,44 @@ class Runner:
         # (the worker computed the same for a job it handed over: the warnings are ours)
         member.rlimits = rlimits(limits, cgroup is not None, warnings)
         return member
+
+    def _take_built(
+        self, job: Job, cleanup: ExitStack, profile_env: dict[str, str], limits: Limits, trace: bool, egress: bool,
+    ) -> tuple[Sandbox, tuple[list[str], dict[str, str], str]]:
+        """A sandbox from the supply for ``job``, retired when ``cleanup`` closes, and the
+        job's argv, env and cwd. A job on an image no warm kind is kept for orders its
+        sandbox from the root its image name and cwd last leased, and leases the image
+        while the spawner clones (``meanwhile``): the lease's lookup would otherwise come
+        first. A name that now leases another root (pulled again, removed) retires that
+        sandbox and takes one of what it leased."""
+        key = (job.image, job.cwd)
+        guess = None
+        if job.image != "host" and not any(spec.image == job.image for spec in self.sandboxes.warm):
+            guess = self._last_roots.get(key)
+        leased: list[tuple[list[str], dict[str, str], str, ImageRoot | None]] = []
+
+        def lease() -> None:
+            leased.append(_image_for(job, cleanup, profile_env, self._supply_lock))
+
+        def take(image: ImageRoot | None, meanwhile: Callable[[], None] | None = None) -> Sandbox:
+            return self.sandboxes.take(image, job.profile, limits, image_name=job.image, trace=trace,
+                                       trees=bool(job.mounts), egress=egress, meanwhile=meanwhile)
+
+        if guess is None:
+            lease()
+            sandbox = take(leased[0][3])
+        else:
+            sandbox = take(guess, meanwhile=lease)
+        argv, env, cwd, image_root = leased[0]
+        if guess is not None and image_root != guess:
+            self.sandboxes.retire(sandbox)  # (the caller holds the supply lock)
+            sandbox = take(image_root)
+        cleanup.callback(self.retire, sandbox)
+        if image_root is not None:
+            if len(self._last_roots) >= MAX_LAST_ROOTS and key not in self._last_roots:
+                del self._last_roots[next(iter(self._last_roots))]
+            self._last_roots[key] = image_root
+        return sandbox, (argv, env, cwd)
 
     def _start(self, member: _Member, fds: list[int], stdio: _Stdio) -> tuple[int, int]:
         """Hand the job to its sandbox; the read ends of its stdout and stderr. A stream

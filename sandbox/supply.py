@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -165,7 +166,7 @@ class SandboxSupply:
             self._zygote.wait_started()
 
     def take(self, image: ImageRoot | None, profile: str, limits: Limits, *, image_name: str, trace: bool,
-             trees: bool = False, egress: bool = False) -> Sandbox:
+             trees: bool = False, egress: bool = False, meanwhile: Callable[[], None] | None = None) -> Sandbox:
         """A sandbox for a job: a warm one that fits it (``WarmKind.fits``) when there is
         one, else one built now. ``image`` is what the job's image reference
         ``image_name`` resolves to now: warm sandboxes of that reference built from other
@@ -173,7 +174,10 @@ class SandboxSupply:
         the job's, over its profile's (the caller writes its cgroup's). A job that mounts
         ``trees`` needs the zygote that made its sandbox (it clones them there): a warm
         one whose zygote has gone (restarted for new host files, or died) is retired.
-        An ``egress`` job never takes a warm one (``WarmKind.fits``)."""
+        An ``egress`` job never takes a warm one (``WarmKind.fits``). ``meanwhile`` runs
+        once the sandbox is ordered, before the spawner's answer is read - work of the
+        caller's that would otherwise wait for the clone; if it raises, the sandbox is
+        retired."""
         if len(self._retired) > MAX_RETIRED:
             self.finish()
         self._failed.clear()
@@ -202,13 +206,27 @@ class SandboxSupply:
                     sandbox = next(ready, sandbox)
                     pool.remove(sandbox)
                     sandbox.release_lease()  # the job holds its own
+                    self._run_meanwhile(meanwhile, sandbox)
                     return sandbox
                 if image is not None and sandbox.image is not None and sandbox.image.layers == image.layers:
                     break  # same image, another working directory: build this job's now
                 self.retire(pool.popleft())
         while self._ordered:  # answers come in order: theirs come first
             self._receive()
-        return self._deliver(self._order(image, limits.disk_bytes, profile, trace, limits.cpus is not None))
+        order = self._order(image, limits.disk_bytes, profile, trace, limits.cpus is not None)
+        self._run_meanwhile(meanwhile, order)
+        return self._deliver(order)
+
+    def _run_meanwhile(self, meanwhile: Callable[[], None] | None, taken: Sandbox | _Order) -> None:
+        """Run a caller's ``meanwhile`` (``take``); if it raises, retire the sandbox
+        taken or ordered, and raise."""
+        if meanwhile is None:
+            return
+        try:
+            meanwhile()
+        except BaseException:
+            self.retire(taken if isinstance(taken, Sandbox) else self._deliver(taken))
+            raise
 
     def retire(self, sandbox: Sandbox) -> None:
         """The sandbox's job is over (or it was never used): make sure its init dies, and

@@ -22,6 +22,7 @@ from imagebuild import Entry, busybox_entries, layer_tar, oci_index, oci_layout
 from registries import Registry, free_port, skopeo_push, start_proxy, start_registry, start_token_server
 from workerutil import SANDBOX_CLI
 
+from sandbox.errors import JobError
 from sandbox.ids import plan_ids
 from sandbox.images.config import load
 from sandbox.images.errors import DigestMismatch, RegistryError
@@ -244,6 +245,37 @@ def test_each_job_writes_a_layer_of_its_own_over_the_shared_base(env, pushed, ru
                           require_cgroups=True))
     runner.tidy()
     assert (full.status, full.stdout.splitlines()[-1:]) == (Status.OK, [b"full"]), full
+
+
+def test_a_name_pulled_anew_runs_what_it_names_at_each_job(env, registry, images_work, runner, tmp_path):
+    """A runner orders a job's sandbox from the root the job's image name last leased,
+    and leases the name while that sandbox is cloned: a tag pulled again, removed, or
+    collected and pulled back runs what the name means when the job starts."""
+    store = Store(env())
+    reference = f"{registry.host}/test/retagged:1"
+    features, zstd = features_layout(tmp_path / "features"), zstd_layout(tmp_path / "zstd")
+
+    def push_and_pull(layout: Path) -> None:
+        skopeo_push(f"oci:{layout}", reference, images_work)
+        pull(store, load(), reference)
+
+    def seen() -> bytes:
+        result = runner.run(Job(cmd=["sh", "-c", "cat /data/file /z 2>/dev/null; true"], image="test/retagged:1"))
+        runner.tidy()
+        assert result.status is Status.OK, result
+        return result.stdout
+
+    push_and_pull(features)
+    assert [seen(), seen()] == [b"from layer 2\n"] * 2
+    push_and_pull(zstd)
+    assert seen() == b"zstd\n"
+    assert cli("rmi", "test/retagged:1").returncode == 0
+    with pytest.raises(JobError, match="no image"):
+        runner.run(Job(cmd=["true"], image="test/retagged:1"))
+    runner.tidy()
+    assert cli("gc").returncode == 0
+    push_and_pull(features)
+    assert seen() == b"from layer 2\n"
 
 
 def test_images_inspect_rmi_gc(env, pushed):
