@@ -110,10 +110,13 @@ class Store:
 
     def shared(self) -> Any:
         """Held by pulls, imports and lease takers: gc waits for them."""
-        return self._flock(os.path.join(self._root_text, "locks/store.lock"), fcntl.LOCK_SH)
+        return self._flock(self._store_lock(), fcntl.LOCK_SH)
 
     def exclusive(self) -> Any:
-        return self._flock(self.root / "locks/store.lock", fcntl.LOCK_EX)
+        return self._flock(self._store_lock(), fcntl.LOCK_EX)
+
+    def _store_lock(self) -> str:
+        return os.path.join(self._root_text, "locks/store.lock")
 
     def key_lock(self, key: str) -> Any:
         """One holder per blob/layer key at a time, across threads and processes
