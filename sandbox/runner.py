@@ -373,28 +373,26 @@ class Runner:
         while the spawner clones (``meanwhile``): the lease's lookup would otherwise come
         first. A name that now leases another root (pulled again, removed) retires that
         sandbox and takes one of what it leased."""
-        key = (job.image, job.cwd)
-        guess = None
-        if job.image != "host" and not any(spec.image == job.image for spec in self.sandboxes.warm):
-            guess = self._last_roots.get(key)
-        leased: list[tuple[list[str], dict[str, str], str, ImageRoot | None]] = []
-
-        def lease() -> None:
-            leased.append(_image_for(job, cleanup, profile_env, self._supply_lock))
 
         def take(image: ImageRoot | None, meanwhile: Callable[[], None] | None = None) -> Sandbox:
             return self.sandboxes.take(image, job.profile, limits, image_name=job.image, trace=trace,
                                        trees=bool(job.mounts), egress=egress, meanwhile=meanwhile)
 
+        key = (job.image, job.cwd)
+        guess = None
+        if job.image != "host" and not any(spec.image == job.image for spec in self.sandboxes.warm):
+            guess = self._last_roots.get(key)
         if guess is None:
-            lease()
-            sandbox = take(leased[0][3])
-        else:
-            sandbox = take(guess, meanwhile=lease)
-        argv, env, cwd, image_root = leased[0]
-        if guess is not None and image_root != guess:
-            self.sandboxes.retire(sandbox)  # (the caller holds the supply lock)
+            argv, env, cwd, image_root = _image_for(job, cleanup, profile_env, self._supply_lock)
             sandbox = take(image_root)
+        else:
+            leased: list[tuple[list[str], dict[str, str], str, ImageRoot | None]] = []
+            sandbox = take(guess, meanwhile=lambda: leased.append(
+                _image_for(job, cleanup, profile_env, self._supply_lock)))
+            argv, env, cwd, image_root = leased[0]
+            if image_root != guess:
+                self.sandboxes.retire(sandbox)  # (the caller holds the supply lock)
+                sandbox = take(image_root)
         cleanup.callback(self.retire, sandbox)
         if image_root is not None:
             if len(self._last_roots) >= MAX_LAST_ROOTS and key not in self._last_roots:
