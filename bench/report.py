@@ -45,9 +45,14 @@ METHOD = """## Method
   with 200 ms between jobs; throughput runs the jobs from a pool of *c*
   threads, 5 rounds of 200 jobs per runner and concurrency with the runners taking turns in each
   round, and reports each runner's median round (podman and `sandbox run`: one round). CPU per job
-  is user + system time of every waited-for process (the worker: its own, its
-  launchers' and what they reaped, from the start of each of its blocks to the start of
-  its next, so that what it does for a block's jobs after their answers counts).
+  is user + system time: for native, bwrap and crun, of every process in a cgroup the
+  timing loop joins (bwrap does not wait for its sandbox's init: the init, the program it
+  reaped and the namespaces' teardown never reach the loop's rusage, 1.8 of 4.4 ms here);
+  for `sandbox run` and podman, which move their jobs into cgroups of their own, of every
+  waited-for process; for the worker, its own, its launchers' and what they reaped (as
+  complete: a cgroup holding the worker and its job cgroups counts the same), from the
+  start of each of its blocks to the start of its next, so that what it does for a
+  block's jobs after their answers counts.
   Percentiles are nearest-rank.
 """
 
@@ -314,7 +319,7 @@ def analysis(results: dict[str, Any]) -> list[str]:
     sampled = "worker" in kernel and "bwrap" in kernel
     if static:
         ours, bwrap, crun = (static[k]["cpu_ms_per_job"] for k in ("worker", "bwrap", "crun"))
-        # The cap comes from perf's count where there is one: rusage misses part of bwrap's.
+        # The cap comes from perf's count where there is one: it has the kernel threads' share.
         cap_ours, cap_bwrap = ((kernel_steps.job_cost(kernel[k]) for k in ("worker", "bwrap")) if sampled
                                else (ours, bwrap))
         lines.append(
@@ -341,10 +346,10 @@ def analysis(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"  Sampled by perf instead (every CPU, kernel threads included: the table of kernel steps below), "
             f"a warm static job costs {ours_all:.2f} ms through the worker against {bwrap_all:.2f} ms through "
-            "bwrap. The figures above are user and system times from /proc and rusage: they leave out the "
-            "kernel threads' deferred work for every runner, and for bwrap they show "
+            "bwrap. The figures above are user and system times from /proc and cgroups: they leave out the "
+            "kernel threads' deferred work for every runner (for bwrap they show "
             f"{static['bwrap']['cpu_ms_per_job']:.1f} ms where perf finds "
-            f"{kernel['bwrap']['ms_per_job'].get('sandbox processes', 0):.1f} ms in its processes. Of the "
+            f"{kernel['bwrap']['ms_per_job'].get('sandbox processes', 0):.1f} ms in its processes). Of the "
             f"worker's, {mechanisms.get('cgroups', 0):.2f} ms is in cgroup code (making, joining, reading and "
             f"releasing the job's cgroup) and {mechanisms.get('seccomp', 0):.2f} ms in seccomp code, the two "
             "mechanisms bwrap goes without.")
