@@ -33,6 +33,7 @@ from pathlib import Path
 
 from sandbox.cgroups import JobCgroup, open_backend
 from sandbox.cpucounter import read_cpu_ns
+from sandbox.linux.readiness import readable
 
 BWRAP = [
     "bwrap", "--unshare-all", "--die-with-parent", "--new-session",
@@ -175,14 +176,21 @@ def _jobs_cpu_ms(counter: str | None) -> float:
 
 
 def _await_leftovers(procs: str, timeout_s: float = 2.0) -> None:
-    """Until the loop is alone in its cgroup again (for at most ``timeout_s``): the last
-    job's processes that nobody waits for (bwrap's sandbox init) may still be exiting,
-    and their exit is part of the job's cost."""
+    """Wait (at most ``timeout_s`` in all) for the processes of the loop's cgroup but the
+    loop: the last job's processes that nobody waits for (bwrap's sandbox init) may
+    still be exiting, and their exit is part of the job's cost."""
     deadline = time.monotonic() + timeout_s
     with open(procs) as listing:
-        while listing.read().split() != [str(os.getpid())] and time.monotonic() < deadline:
-            time.sleep(0.001)
-            listing.seek(0)
+        others = [int(pid) for pid in listing.read().split() if int(pid) != os.getpid()]
+    for pid in others:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue  # gone meanwhile
+        try:
+            readable(pidfd, max(0.0, deadline - time.monotonic()))  # a pidfd turns readable at the exit
+        finally:
+            os.close(pidfd)
 
 
 def main() -> int:
