@@ -14,8 +14,8 @@ A peer's CPU per job is what a cgroup of the loop's own counts (``Peer.counted_b
 bwrap's outer process exits as soon as its sandbox's init reports the program's end,
 without waiting for it, so the init - and the program it reaped, and the teardown of
 every namespace as it exits - is reparented away from the loop, and the loop's
-RUSAGE_CHILDREN never sees that time (measured here: 1.8 ms per static job where the
-cgroup counts 4.4). A cgroup counts every process in it, whoever reaps it.
+RUSAGE_CHILDREN never sees that time (most of a static job's: the CHANGELOG has the
+figures). A cgroup counts every process in it, whoever reaps it.
 """
 
 from __future__ import annotations

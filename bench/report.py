@@ -47,7 +47,7 @@ METHOD = """## Method
   round, and reports each runner's median round (podman and `sandbox run`: one round). CPU per job
   is user + system time: for native, bwrap and crun, of every process in a cgroup the
   timing loop joins (bwrap does not wait for its sandbox's init: the init, the program it
-  reaped and the namespaces' teardown never reach the loop's rusage, 1.8 of 4.4 ms here);
+  reaped and the namespaces' teardown never reach the loop's rusage);
   for `sandbox run` and podman, which move their jobs into cgroups of their own, of every
   waited-for process; for the worker, its own, its launchers' and what they reaped (as
   complete: a cgroup holding the worker and its job cgroups counts the same), from the
