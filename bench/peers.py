@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox.cgroups import JobCgroup, open_backend
+from sandbox.cgroups import open_backend
 from sandbox.cpucounter import read_cpu_ns
 from sandbox.linux.readiness import readable
 
@@ -116,22 +116,16 @@ def measure(peer: Peer, cmd: list[str], count: int, *, pause: float = 0.0, concu
     cgroup = open_backend().create_job(cpu_quota=False) if peer.counted_by == "cgroup" else None
     try:
         if cgroup is not None:
-            options += [arg for path in _join_files(cgroup) for arg in ("--join", path)]
             options += ["--counter", os.readlink(f"/proc/self/fd/{cgroup.cpu_counter_fd}")]
         argv = [*peer.wrapper, sys.executable, __file__, "loop", *options, "--", *peer.argv(cmd)]
-        done = subprocess.run(argv, check=True, capture_output=True, text=True)
+        # The loop (with its wrapper) starts in the cgroup: the child joins it before its
+        # exec, single-threaded as ``JobCgroup.join`` wants (this process runs no threads here).
+        done = subprocess.run(argv, check=True, capture_output=True, text=True,
+                              preexec_fn=None if cgroup is None else cgroup.join)
     finally:
         if cgroup is not None:
             cgroup.destroy()
     return json.loads(done.stdout)
-
-
-def _join_files(cgroup: JobCgroup) -> list[str]:
-    """The files a process writes its pid to to join ``cgroup`` (v1: a tasks file per
-    hierarchy; v2: the directory's cgroup.procs)."""
-    if cgroup.JOIN == "directory":
-        return [os.path.join(path, "cgroup.procs") for path in cgroup.attach_paths]
-    return list(cgroup.attach_paths)
 
 
 def _loop(argv: list[str], count: int, pause: float, concurrency: int, counter: str | None) -> dict:
@@ -194,20 +188,16 @@ def _await_leftovers(procs: str, timeout_s: float = 2.0) -> None:
 
 
 def main() -> int:
-    """``peers.py loop --count N [--pause S] [--concurrency C] [--join FILE... --counter FILE]
-    -- CMD...``: prints JSON."""
+    """``peers.py loop --count N [--pause S] [--concurrency C] [--counter FILE] -- CMD...``:
+    prints JSON."""
     split = sys.argv.index("--")
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["loop"])
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--pause", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=0)
-    parser.add_argument("--join", action="append", default=[], help="a cgroup file to write this pid to")
-    parser.add_argument("--counter", help="that cgroup's CPU counter (CPU per job from it)")
+    parser.add_argument("--counter", help="the CPU counter of the cgroup this loop runs in (CPU per job from it)")
     args = parser.parse_args(sys.argv[1:split])
-    for path in args.join:  # (single-threaded yet: a v1 tasks file moves the whole process)
-        with open(path, "w") as join:
-            join.write(str(os.getpid()))
     print(json.dumps(_loop(sys.argv[split + 1:], args.count, args.pause, args.concurrency, args.counter)))
     return 0
 
