@@ -134,6 +134,7 @@ class FileCache:
             shutil.rmtree(os.path.join(directory, part), ignore_errors=True)
             os.mkdir(os.path.join(directory, part), 0o700)
         self._entries: OrderedDict[str, Entry] = OrderedDict()  # file id -> entry, least recently used first
+        self._stored = 0  # the entries' bytes: counted as they come and go, not summed per upload chunk
         self._uploading = 0  # bytes held by uploads under way
         self._names = itertools.count()
         self.evictions = 0
@@ -146,7 +147,7 @@ class FileCache:
 
     @property
     def stored_bytes(self) -> int:
-        return sum(entry.size for entry in self._entries.values())
+        return self._stored
 
     @property
     def entries(self) -> int:
@@ -240,6 +241,7 @@ class FileCache:
             else:
                 os.rename(upload.path, cached_path(self.directory, file_id))
             self._entries[file_id] = Entry(size)
+            self._stored += size
         self._entries.move_to_end(file_id)
         return file_id
 
@@ -313,7 +315,7 @@ class FileCache:
         return True
 
     def _remove(self, file_id: str) -> None:
-        del self._entries[file_id]
+        self._stored -= self._entries.pop(file_id).size
         if file_id.startswith(TREE_ID_PREFIX):
             # (No job mounts it any more: a lease ended. Jobs' overlays hold their own
             # references to its directories, so one still ending reads on unharmed.)

@@ -99,6 +99,11 @@ class Pool:
         self.retention_s = retention_s
         self.max_records = max_records
         self.records: dict[str, JobRecord] = {}
+        # The ids of the records each owner subscribed to (and of those it owns), so that
+        # a client that goes away costs what it subscribed to, not a walk over every
+        # record kept for resubmits (up to ``max_records``): a judge that submits each
+        # test on a connection of its own closes one per job.
+        self._subscribed: dict[object, set[str]] = {}
         self._finished: deque[str] = deque()  # ids of finished records, oldest first
         self.stats = PoolStats()
         self._send, self._receive = trio.open_memory_channel[JobRecord](max_queue)
@@ -131,6 +136,7 @@ class Pool:
         record = self.existing(job_id, job)
         if record is not None:
             record.subscribers[owner] = subscriber
+            self._subscribed.setdefault(owner, set()).add(job_id)
             subscriber(event_message(job_id, "accepted", state=record.state.value))
             if record.done:
                 subscriber(self._final_event(record))
@@ -145,6 +151,7 @@ class Pool:
             self.stats.busy_rejections += 1
             raise ProtocolError("busy", f"queue full ({self.max_queue} jobs waiting); retry later") from None
         self.records[job_id] = record
+        self._subscribed.setdefault(owner, set()).add(job_id)
         self.queued += 1
         self.stats.submitted += 1
         record.publish("accepted", state=record.state.value)
@@ -181,7 +188,10 @@ class Pool:
 
     async def drop_owner(self, owner: object) -> None:
         """A client went away: cancel its unfinished jobs, forget its subscriptions."""
-        for record in list(self.records.values()):
+        for job_id in self._subscribed.pop(owner, ()):
+            record = self.records.get(job_id)
+            if record is None:
+                continue
             record.subscribers.pop(owner, None)
             if record.owner is owner and not record.done:
                 await self.cancel(record.id)
@@ -306,7 +316,7 @@ class Pool:
         submitters get the error, and the id is forgotten, as if it never came (the job
         never ran; sent again, it is judged again)."""
         self._release(record)
-        self.records.pop(record.id, None)
+        self._forget(record)
         message = error.to_message(record.id)
         for deliver in list(record.subscribers.values()):
             deliver(message)
@@ -332,7 +342,19 @@ class Pool:
                 break
             self._finished.popleft()
             if record is not None:
-                del self.records[record.id]
+                self._forget(record)
+
+    def _forget(self, record: JobRecord) -> None:
+        """Drop the record, and its id from its subscribers' lists: a client that stays
+        connected for millions of jobs keeps only the ids still kept."""
+        if self.records.get(record.id) is record:
+            del self.records[record.id]
+        for owner in record.subscribers:
+            subscribed = self._subscribed.get(owner)
+            if subscribed is not None:
+                subscribed.discard(record.id)
+                if not subscribed:
+                    del self._subscribed[owner]
 
 
 def default_launchers(sandboxes: int) -> int:

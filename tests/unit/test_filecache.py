@@ -65,6 +65,7 @@ def test_eviction_is_least_recently_used_and_skips_leased_files(open_cache: Open
     cache.release(leased)
     put(cache, b"f" * 10)
     assert stored(cache) == {d, e, "sha256:" + hashlib.sha256(b"f" * 10).hexdigest()}
+    assert cache.snapshot()["bytes"] == 30  # what was evicted no longer counts
 
 
 def test_a_put_that_cannot_fit_stores_and_evicts_nothing(open_cache: Opener) -> None:
@@ -101,7 +102,7 @@ def test_a_leased_file_deleted_goes_with_its_last_lease(open_cache: Opener) -> N
     cache.release(first)
     assert a in stored(cache)
     cache.release(second)
-    assert stored(cache) == set() and cache.entries == 0
+    assert stored(cache) == set() and cache.entries == 0 and cache.snapshot()["bytes"] == 0
     with pytest.raises(ProtocolError):
         cache.delete(a)
 
