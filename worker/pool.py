@@ -347,8 +347,7 @@ class Pool:
     def _forget(self, record: JobRecord) -> None:
         """Drop the record, and its id from its subscribers' lists: a client that stays
         connected for millions of jobs keeps only the ids still kept."""
-        if self.records.get(record.id) is record:
-            del self.records[record.id]
+        self.records.pop(record.id, None)
         for owner in record.subscribers:
             subscribed = self._subscribed.get(owner)
             if subscribed is not None:
