@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from sandbox.linux.readiness import readable
 from sandbox.models import Collect
+from sandbox.outcome import Outcome
 
 # A message from the init: up to 64 records with an fd each (collect.c's BATCH_FDS),
 # each record at most a 4 KiB path and a short reason.
@@ -28,6 +29,7 @@ _MAX_FDS = 64
 # What a collected file costs a result beside its bytes: its name and the encoding's
 # framing of the two (a msgpack map entry: a few bytes; kept generous).
 ENTRY_OVERHEAD = 64
+COLLECT_TIMEOUT_S = 30.0  # for the init to send a job's files, once it reported the exit
 
 
 @dataclass
@@ -41,6 +43,20 @@ class Collected:
 def not_collected(entries: list[Collect], why: str) -> Collected:
     """Every entry refused for one reason (the job was killed, the sandbox never started it)."""
     return Collected(errors={entry.path: f"not_collected: {why}" for entry in entries})
+
+
+def collect_after(channel: socket.socket, entries: list[Collect], outcome: Outcome, room: int | None) -> Collected:
+    """A job's files, from its init (on its job channel) - which sends them only after a
+    program exit it reported itself; a job the supervisor killed, or that never started,
+    has none. ``room``: what the result may hold in all, its output included."""
+    if outcome.kill_reason is not None:
+        return not_collected(entries, f"the job was killed ({outcome.kill_reason.value})")
+    if outcome.exited is None or outcome.setup_error:
+        return not_collected(entries, "the program never ran to its end")
+    if room is not None:
+        room -= len(outcome.stdout.data) + len(outcome.stderr.data)
+    # (an init stuck past the timeout is killed with the sandbox's retirement, after this)
+    return receive(channel, entries, room=room, timeout_s=COLLECT_TIMEOUT_S)
 
 
 def receive(channel: socket.socket, entries: list[Collect], *, room: int | None, timeout_s: float) -> Collected:

@@ -40,20 +40,19 @@ from sandbox.collect import Collected
 from sandbox.errors import CgroupError, JobError, SetupError
 from sandbox.job_message import job_spec, job_stdin, open_blob, rlimits, start_job
 from sandbox.models import Blob, Job, Limits, Result, Status, runs_python
-from sandbox.prepare import MessageReader, Prepared
+from sandbox.outcome import MessageReader, job_parallelism
+from sandbox.prepare import Prepared
 from sandbox.profile_cache import SNIPPET_VARIANT, TEMPLATE_VARIANT
 from sandbox.runner import (
     Runner,
     as_result,
     close_quietly,
     command_of,
-    job_parallelism,
     lease_image_root,
     pipe_pair,
-    result_of,
-    usage_of,
 )
 from sandbox.supervise import Watch, supervise
+from sandbox.verdict import result_of, usage_of
 
 # Where the template's own files go: its scratch, which no snippet sees.
 HOME = "/tmp/.interpreter"
@@ -281,7 +280,8 @@ class _Template:
                                 cancel_fd=cancel_fd, on_started=on_started, on_output=on_output)
             if outcome.exited is None and outcome.kill_reason is None and self._hung_up(HANG_UP_WAIT_S):
                 outcome.setup_error = outcome.setup_error or "the interpreter's sandbox ended during the job"
-            return result_of(outcome, usage_of(outcome, cgroup), limits, Collected(), warnings, [])
+            usage = usage_of(outcome, None if cgroup is None else cgroup.usage())
+            return result_of(outcome, usage, limits, Collected(), warnings, [])
         raise AssertionError("unreachable")  # pragma: no cover - the with block returns
 
     def _hung_up(self, wait_s: float) -> bool:

@@ -49,7 +49,6 @@ RLIMIT_SIGPENDING, pipe buffers) is shared by all of them.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import socket
 from dataclasses import dataclass
@@ -59,6 +58,7 @@ from sandbox import stages
 from sandbox.errors import SetupError
 from sandbox.job_message import SEALED
 from sandbox.linux import syscalls as sc
+from sandbox.outcome import MessageReader
 from sandbox.seccomp_policy import EXEC_NUMBERS, NATIVE_ARCH
 
 if TYPE_CHECKING:
@@ -104,20 +104,6 @@ class Blueprint:
         ``image_base_fd`` is its image's base (``Zygote.image_base``), -1 the host's."""
         counter = -1 if self.cpu_counter is None else self.cpu_counter[0]
         return stages.init_fds(report_fd, channel_fd, seccomp_fd, counter, self.cgroup_fds, image_base_fd)
-
-
-class MessageReader:
-    """Split the report pipe into JSON messages."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self._buffer = b""
-
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
-        # The program stage quotes names as bytes: one that is not UTF-8 still arrives.
-        return [json.loads(line.decode(errors="replace")) for line in lines if line]
 
 
 @dataclass

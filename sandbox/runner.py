@@ -9,7 +9,6 @@ for faults of the sandbox, with the message).
 from __future__ import annotations
 
 import errno
-import math
 import os
 import signal
 import threading
@@ -20,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox import prepare
-from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
-from sandbox.collect import Collected, not_collected, receive
+from sandbox.cgroups import CgroupBackend, open_backend
+from sandbox.collect import Collected, collect_after
 from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
 from sandbox.ids import plan_ids
 from sandbox.job_message import (
@@ -43,16 +42,16 @@ from sandbox.models import (
     Pipe,
     Result,
     Status,
-    Usage,
     WarmSpec,
 )
+from sandbox.outcome import job_parallelism
 from sandbox.prepare import ImageRoot
 from sandbox.profile import INET_MODES
 from sandbox.profile_cache import ProfileCache
 from sandbox.rootfs import SANDBOX_UID
-from sandbox.supervise import Outcome, Watch, supervise
+from sandbox.supervise import Watch, supervise
 from sandbox.supply import Sandbox, SandboxSupply
-from sandbox.verdict import decide
+from sandbox.verdict import result_of, usage_of
 from sandbox.warm_kind import WarmKind
 from sandbox.zygote import StartedZygote
 
@@ -64,18 +63,9 @@ if TYPE_CHECKING:
 WARM_DISK_BYTES = Limits().disk_bytes
 # How long the init may take to hand over a job's files: its work is bounded (the
 # entries' walks), so only a sandbox in trouble takes this long.
-COLLECT_TIMEOUT_S = 30.0
 # How many image names and working directories a runner remembers the last root of:
 # names come from jobs, and a job names whatever it likes.
 MAX_LAST_ROOTS = 64
-
-
-@dataclass
-class HandedOver:
-    """A job the worker handed to an offered warm sandbox itself (worker/handover.py)."""
-
-    sandbox: Sandbox  # taken back from the supply's offers (``SandboxSupply.take_offered``)
-    at_ns: int  # CLOCK_MONOTONIC of the hand-over: the wall clock's start until the init says "started"
 
 
 class Runner:
@@ -126,25 +116,24 @@ class Runner:
     def run(
         self, job: Job, *, cancel_fd: int | None = None, on_started: Callable[[], None] | None = None,
         on_output: Callable[[str, int, bytes], None] | None = None, trace: list[dict[str, Any]] | None = None,
-        handed: HandedOver | None = None, collect_room: int | None = None,
+        collect_room: int | None = None,
     ) -> Result:
         """Run one job. ``cancel_fd`` readable = cancel; ``on_started`` is called when the
         job has been handed to its sandbox, which starts the program (the worker's
         "started" event).
         With ``trace`` (a list), every syscall is allowed and the ones seen are appended to
         it (``sandbox profile trace``; trusted programs only). ``on_output(stream, offset,
-        data)`` gets the output as it comes (``supervise``). With ``handed``, the job is
-        already in that offered sandbox (the worker handed it over itself): it is only
-        supervised. ``collect_room``: the most bytes the result may hold in all (its output
-        and the files the job collects, which are refused past it): a worker's frame.
+        data)`` gets the output as it comes (``supervise``). ``collect_room``: the most
+        bytes the result may hold in all (its output and the files the job collects,
+        which are refused past it): a worker's frame.
 
         The finished sandbox is cleaned up later (``sandboxes.step`` or ``tidy``), so
         the caller can send the result first."""
         if job.interpreter is not None:
-            if trace is not None or handed is not None:
-                raise JobError("the interpreter mode is neither traced nor handed over", field="interpreter")
+            if trace is not None:
+                raise JobError("the interpreter mode is not traced", field="interpreter")
             return self._interpreters().run(job, cancel_fd=cancel_fd, on_started=on_started, on_output=on_output)
-        return as_result(lambda: self._run(job, cancel_fd, on_started, on_output, trace, handed, collect_room))
+        return as_result(lambda: self._run(job, cancel_fd, on_started, on_output, trace, collect_room))
 
     def run_group(
         self, jobs: Sequence[Job], pipes: Sequence[Pipe] = (), *, cancel_fd: int | None = None,
@@ -199,13 +188,18 @@ class Runner:
         with self._supply_lock:
             return self.sandboxes.waitables()
 
-    def offer(self) -> tuple[Sandbox, WarmKind, int, int] | None:
+    def offer(self) -> tuple[Sandbox, WarmKind] | None:
         """A ready warm sandbox for the worker to hand a job to itself (``SandboxSupply.offer``)."""
         with self._supply_lock:
             return self.sandboxes.offer()
 
+    def lend(self, init_pid: int) -> None:
+        """The worker handed a job to that offered sandbox (``SandboxSupply.lend``)."""
+        with self._supply_lock:
+            self.sandboxes.lend(init_pid)
+
     def take_offered(self, init_pid: int) -> Sandbox | None:
-        """The offered sandbox of that init pid (``SandboxSupply.take_offered``)."""
+        """The offered or lent sandbox of that init pid (``SandboxSupply.take_offered``)."""
         with self._supply_lock:
             return self.sandboxes.take_offered(init_pid)
 
@@ -247,23 +241,19 @@ class Runner:
     def _run(
         self, job: Job, cancel_fd: int | None, on_started: Callable[[], None] | None,
         on_output: Callable[[str, int, bytes], None] | None, trace: list[dict[str, Any]] | None,
-        handed: HandedOver | None, collect_room: int | None,
+        collect_room: int | None,
     ) -> Result:
         with ExitStack() as cleanup:
             fds: list[int] = []
             cleanup.callback(close_quietly, fds)
             with self._supply_lock:
-                member = self._take(job, cleanup, handed, trace is not None)
+                member = self._take(job, cleanup, trace is not None)
                 if member.failed is not None:
                     return member.failed
-                if handed is None:
-                    output = self._start(member, fds, _Stdio())
-                else:
-                    output = handed.sandbox.take_output()
-                    fds.extend(output)
+                output = self._start(member, fds, _Stdio())
             return self._watch(
                 member, output, cancel_fd=cancel_fd, on_started=on_started, on_output=on_output, trace=trace,
-                handed_ns=0 if handed is None else handed.at_ns, collect_room=collect_room,
+                collect_room=collect_room,
             )
         raise AssertionError("unreachable")  # pragma: no cover - the with block returns
 
@@ -278,7 +268,7 @@ class Runner:
             fds: list[int] = []
             cleanup.callback(close_quietly, fds)
             with self._supply_lock:
-                members = [self._take(job, cleanup, None, False) for job in group.jobs]
+                members = [self._take(job, cleanup, False) for job in group.jobs]
                 stdio = [_Stdio() for _ in members]
                 pipe_ends: list[int] = []
                 for pipe in group.pipes:
@@ -317,19 +307,13 @@ class Runner:
             return [result or Result(Status.INTERNAL_ERROR, error="not supervised") for result in results]
         raise AssertionError("unreachable")  # pragma: no cover - the with block returns
 
-    def _take(self, job: Job, cleanup: ExitStack, handed: HandedOver | None, trace: bool) -> _Member:
-        """The job's sandbox (taken from the supply, or the one it was handed over to),
-        its limits applied; ``failed`` when the sandbox did not start. Retired when
-        ``cleanup`` closes. The caller holds ``_supply_lock``."""
-        if handed is not None:  # running what the worker started there: it ends with us
-            cleanup.callback(self.retire, handed.sandbox)
-        profile = self.profiles.get(job.profile)
-        limits = job.limits.over(profile.limits)
+    def standing_warnings(self) -> tuple[list[str], list[str]]:
+        """What every job's Result says of this host (new lists): its warnings, and the
+        limits not enforced. The worker's own supervision says the same (an offer
+        carries them: worker/handover.py)."""
         warnings: list[str] = []
         not_enforced: list[str] = []
         if self.backend is None:
-            if job.require_cgroups:
-                raise CgroupError(f"cgroups required but unavailable: {self.cgroup_problem}")
             not_enforced.extend(CGROUP_LIMITS)
             warnings.append(
                 f"no delegated cgroup ({self.cgroup_problem}); memory is capped by an address-space "
@@ -337,12 +321,19 @@ class Runner:
             )
         if self.id_plan.problem is not None:
             warnings.append(f"the job ran as this user, as every job of it does ({self.id_plan.problem})")
+        return warnings, not_enforced
+
+    def _take(self, job: Job, cleanup: ExitStack, trace: bool) -> _Member:
+        """The job's sandbox, taken from the supply, its limits applied; ``failed`` when
+        the sandbox did not start. Retired when ``cleanup`` closes. The caller holds
+        ``_supply_lock``."""
+        profile = self.profiles.get(job.profile)
+        limits = job.limits.over(profile.limits)
+        if self.backend is None and job.require_cgroups:
+            raise CgroupError(f"cgroups required but unavailable: {self.cgroup_problem}")
+        warnings, not_enforced = self.standing_warnings()
         egress = _wants_egress(job, profile.profile.network)
-        command = None
-        if handed is None:
-            sandbox, command = self._take_built(job, cleanup, profile.env, limits, trace, egress)
-        else:
-            sandbox = handed.sandbox
+        sandbox, command = self._take_built(job, cleanup, profile.env, limits, trace, egress)
         member = _Member(job, sandbox, limits, warnings, not_enforced, command)
         prepared, cgroup = sandbox.prepared, sandbox.cgroup
         if prepared.init_pid <= 0:
@@ -355,12 +346,9 @@ class Runner:
 
             cleanup.callback(start_egress(prepared.init_pid, job.allow_net).stop)
         if cgroup is not None:
-            if handed is not None:  # the worker wrote them before it handed the job over
-                cgroup.applied_elsewhere(limits)
             cgroup.apply_limits(limits)
             if not sandbox.accounting:
                 cgroup.start_accounting()
-        # (the worker computed the same for a job it handed over: the warnings are ours)
         member.rlimits = rlimits(limits, cgroup is not None, warnings)
         return member
 
@@ -404,7 +392,6 @@ class Runner:
         """Hand the job to its sandbox; the read ends of its stdout and stderr. A stream
         ``stdio`` wires elsewhere (a group's pipe) is not ours to read: its read end here
         is at EOF from the start."""
-        assert member.command is not None, "a handed-over job was started by the worker"
         argv, env, cwd = member.command
         job = member.job
         stdout_r, stdout_w = pipe_pair(fds)
@@ -439,7 +426,7 @@ class Runner:
     def _watch(
         self, member: _Member, output: tuple[int, int], *, cancel_fd: int | None,
         on_started: Callable[[], None] | None = None, on_output: Callable[[str, int, bytes], None] | None = None,
-        trace: list[dict[str, Any]] | None = None, handed_ns: int = 0, collect_room: int | None = None,
+        trace: list[dict[str, Any]] | None = None, collect_room: int | None = None,
     ) -> Result:
         """Supervise a started job to its end and draw its Result. Touches only this
         member's sandbox and cgroup: safe to run for several members at once."""
@@ -449,7 +436,6 @@ class Runner:
             cpu_limit_ns=None if limits.cpu_time_ms is None else limits.cpu_time_ms * 1_000_000,
             parallelism=job_parallelism(self.parallelism, limits.cpus),
             cgroup=cgroup,
-            handed_ns=handed_ns,
             collecting=bool(member.job.collect),
         )
         try:
@@ -460,8 +446,10 @@ class Runner:
             if trace is not None:
                 trace.extend(outcome.traced)
             job = member.job
-            collected = _collect(job, member.sandbox, outcome, collect_room) if job.collect else Collected()
-            usage = usage_of(outcome, cgroup)  # (after collecting: the init killed what was left of the job)
+            collected = (collect_after(member.sandbox.prepared.job_channel, job.collect, outcome, collect_room)
+                         if job.collect else Collected())
+            # (after collecting: the init killed what was left of the job)
+            usage = usage_of(outcome, None if cgroup is None else cgroup.usage())
         finally:
             if member.layers:  # the job is over, whatever ended it: its volumes get what it left
                 with self._supply_lock:
@@ -482,32 +470,6 @@ def as_result(run: Callable[[], Result]) -> Result:
         return Result(Status.INTERNAL_ERROR, error=f"{type(exc).__name__}: {exc}")
 
 
-def result_of(
-    outcome: Outcome, usage: Usage, limits: Limits, collected: Collected, warnings: list[str],
-    not_enforced: list[str],
-) -> Result:
-    """A job's Result from the facts of its run: a job's, or a session's exec's
-    (``sandbox/session.py``), which must read alike."""
-    verdict = decide(outcome, cpu_ms=usage.cpu_ms, cpu_limit_ms=limits.cpu_time_ms, oom_killed=usage.oom_killed)
-    return Result(
-        status=verdict.status,
-        exit_code=verdict.exit_code,
-        signal=verdict.signal,
-        signal_name=verdict.signal_name,
-        stdout=bytes(outcome.stdout.data),
-        stderr=bytes(outcome.stderr.data),
-        stdout_truncated=outcome.stdout.truncated,
-        stderr_truncated=outcome.stderr.truncated,
-        usage=usage,
-        limits_not_enforced=not_enforced,
-        warnings=warnings,
-        error=verdict.error,
-        violation=outcome.violation,
-        files=collected.files,
-        file_errors=collected.errors,
-    )
-
-
 @dataclass
 class _Member:
     """A job and the sandbox taken for it: what starting and supervising it need."""
@@ -517,7 +479,7 @@ class _Member:
     limits: Limits
     warnings: list[str]
     not_enforced: list[str]
-    command: tuple[list[str], dict[str, str], str] | None  # argv, env, cwd; None: handed over by the worker
+    command: tuple[list[str], dict[str, str], str]  # argv, env, cwd
     rlimits: list[tuple[int, int, int]] = field(default_factory=list)
     failed: Result | None = None  # the sandbox did not start
     layers: list[int] = field(default_factory=list)  # its volumes' layers, by the zygote's numbers
@@ -593,46 +555,6 @@ def _wants_egress(job: Job, profile_network: str) -> bool:
 def _locked(lock: threading.Lock, action: Callable[[], None]) -> None:
     with lock:
         action()
-
-
-def _collect(job: Job, sandbox: Sandbox, outcome: Outcome, room: int | None) -> Collected:
-    """The job's files, from its init - which sends them only after a program exit it
-    reported itself; a job the supervisor killed, or that never started, has none."""
-    if outcome.kill_reason is not None:
-        return not_collected(job.collect, f"the job was killed ({outcome.kill_reason.value})")
-    if outcome.exited is None or outcome.setup_error:
-        return not_collected(job.collect, "the program never ran to its end")
-    if room is not None:
-        room -= len(outcome.stdout.data) + len(outcome.stderr.data)
-    # (an init stuck past the timeout is killed with the sandbox's retirement, after this)
-    return receive(sandbox.prepared.job_channel, job.collect, room=room, timeout_s=COLLECT_TIMEOUT_S)
-
-
-def job_parallelism(cpus_available: int, quota: float | None) -> int:
-    """How many CPUs a job can use at once: its ``cpus`` quota, at most the host's."""
-    return max(1, min(cpus_available, math.ceil(quota) if quota else cpus_available))
-
-
-def usage_of(outcome: Outcome, cgroup: JobCgroup | None) -> Usage:
-    """What the job used: its cgroup's counters, else the init's rusage of the program."""
-    exited = outcome.exited or {}
-    usage = Usage(max_rss_bytes=int(exited.get("maxrss_kb", 0)) * 1024)
-    if outcome.started_ns is not None:
-        end = exited.get("t") or outcome.killed_at_ns or outcome.started_ns
-        usage.wall_ms = round((end - outcome.started_ns) / 1e6, 3)
-    if cgroup is not None:
-        measured = cgroup.usage()
-        usage.cpu_ms = round(measured.cpu_ns / 1e6, 3)
-        usage.cpu_user_ms = round(measured.cpu_user_ns / 1e6, 3)
-        usage.cpu_sys_ms = round(measured.cpu_sys_ns / 1e6, 3)
-        usage.memory_peak_bytes = measured.memory_peak_bytes
-        usage.oom_killed = measured.oom_kills > 0
-        usage.pids_peak = measured.pids_peak
-    else:
-        usage.cpu_user_ms = round(float(exited.get("utime", 0.0)) * 1000, 3)
-        usage.cpu_sys_ms = round(float(exited.get("stime", 0.0)) * 1000, 3)
-        usage.cpu_ms = round(usage.cpu_user_ms + usage.cpu_sys_ms, 3)
-    return usage
 
 
 def pipe_pair(fds: list[int]) -> tuple[int, int]:

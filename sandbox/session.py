@@ -41,23 +41,21 @@ from typing import Any
 
 from sandbox.cgroups import JobCgroup
 from sandbox.cgroups.base import Freezer
-from sandbox.collect import Collected, not_collected, receive
+from sandbox.collect import COLLECT_TIMEOUT_S, Collected, not_collected, receive
 from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
 from sandbox.job_message import job_spec, job_stdin, open_blob, rlimits, start_job
 from sandbox.models import DEFAULT_STOP_GRACE_S, Job, Result, SessionSpec, Status
+from sandbox.outcome import Outcome, job_parallelism
 from sandbox.runner import (
-    COLLECT_TIMEOUT_S,
     Runner,
     close_quietly,
     command_of,
-    job_parallelism,
     lease_image_root,
     pipe_pair,
-    result_of,
-    usage_of,
 )
-from sandbox.supervise import Outcome, Watch, supervise
+from sandbox.supervise import Watch, supervise
 from sandbox.supply import Sandbox
+from sandbox.verdict import result_of, usage_of
 
 # The first message on a sandbox's job channel that makes it a session, and the one
 # that comes with each exec's cgroup fds ahead of its job message (native/init.c).
@@ -232,7 +230,8 @@ class Session:
             if prepared.reaped:
                 raise SessionGone("its sandbox init exited")
             collected = self._finish_exec(job, outcome, cgroup, collect_room)
-            return result_of(outcome, usage_of(outcome, cgroup), limits, collected, warnings, [])
+            usage = usage_of(outcome, None if cgroup is None else cgroup.usage())
+            return result_of(outcome, usage, limits, collected, warnings, [])
         raise AssertionError("unreachable")  # pragma: no cover - the with block returns
 
     def _finish_exec(self, job: Job, outcome: Outcome, cgroup: JobCgroup, room: int | None) -> Collected:

@@ -53,7 +53,6 @@ class Sandbox:
     image: ImageRoot | None = None  # the layers it was built from (None: the host image)
     lease: LeasedImage | None = None  # keeps gc off those layers while it waits for a job
     accounting: bool = False  # its cgroup counts from now on for the job to come (``arm``)
-    output: tuple[int, int] | None = None  # an offered one's stdout and stderr read ends
     job_id: int = 0  # the id its program runs as (``ids.JobIds``), until its processes are gone
     kind: WarmKind | None = None  # what a warm one was made for (None: made for its job)
     # The zygote it was made by: a tree it mounts is cloned there, in its template user
@@ -69,12 +68,6 @@ class Sandbox:
             self.cgroup.start_accounting()
         self.accounting = True
 
-    def take_output(self) -> tuple[int, int]:
-        """The read ends of an offered sandbox's stdout and stderr: the caller's now."""
-        assert self.output is not None, "only an offered sandbox has its output pipes"
-        output, self.output = self.output, None
-        return output
-
     def release_lease(self) -> None:
         if self.lease is not None:
             self.lease.release()
@@ -82,9 +75,6 @@ class Sandbox:
 
     def close(self) -> None:
         self.release_lease()
-        if self.output is not None:
-            for fd in self.take_output():
-                os.close(fd)
         self.prepared.close()
         if self.pidfd >= 0:
             os.close(self.pidfd)
@@ -124,6 +114,7 @@ class SandboxSupply:
     _failed: set[WarmSpec] = field(default_factory=set)
     _cgroups: CgroupStock | None = None
     _offered: dict[int, tuple[WarmSpec, Sandbox]] = field(default_factory=dict)  # by init pid (``offer``)
+    _lent: dict[int, Sandbox] = field(default_factory=dict)  # by init pid: running the worker's job (``lend``)
     # How often warm image sandboxes are checked against what their reference names now
     # (a re-pulled tag, a removed image): a stale one would pin its layers against gc.
     image_recheck_s: float = RECHECK_S
@@ -285,14 +276,13 @@ class SandboxSupply:
         """Sandboxes waiting for a job, or ordered to wait for one."""
         return sum(len(pool) for pool in self._pools.values()) + len(self._ordered) + len(self._offered)
 
-    def offer(self) -> tuple[Sandbox, WarmKind, int, int] | None:
+    def offer(self) -> tuple[Sandbox, WarmKind] | None:
         """A ready warm sandbox of a kind none of whose is on offer, its account started,
-        taken out of its pool for the worker to hand a job to itself (worker/handover.py,
-        the job's path without the launcher): the sandbox, its kind and the write ends
-        of its new stdout and stderr pipes, for the caller to send and close (the read
-        ends stay with the sandbox, for its supervision). None if there is none now. Its
-        cgroup has its profile's limits written (``_order``); an image's keeps its lease
-        while on offer, and then for its job."""
+        taken out of its pool for the worker to hand a job to itself and supervise it
+        (worker/handover.py, worker/supervision.py: the job's path without the
+        launcher). None if there is none now. Its cgroup has its profile's limits
+        written (``_order``); an image's keeps its lease while on offer, and then for
+        its job."""
         on_offer = {spec for spec, _ in self._offered.values()}
         for spec in self.warm:
             if spec in on_offer:
@@ -301,17 +291,22 @@ class SandboxSupply:
             if sandbox is None or sandbox.kind is None:
                 continue
             self._pools[spec].remove(sandbox)
-            stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
-            stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
-            sandbox.output = (stdout_r, stderr_r)
             self._offered[sandbox.prepared.init_pid] = (spec, sandbox)
-            return sandbox, sandbox.kind, stdout_w, stderr_w
+            return sandbox, sandbox.kind
         return None
 
-    def take_offered(self, init_pid: int) -> Sandbox | None:
-        """The offered sandbox of that init pid, which the worker handed a job to."""
+    def lend(self, init_pid: int) -> None:
+        """The worker handed a job to the offered sandbox of that init pid: it runs the
+        worker's job now, which its kind's next offer does not wait for, and is no longer
+        counted among the warm ones (``step`` orders its replacement)."""
         _, sandbox = self._offered.pop(init_pid, (None, None))
-        return sandbox
+        if sandbox is not None:
+            self._lent[init_pid] = sandbox
+
+    def take_offered(self, init_pid: int) -> Sandbox | None:
+        """The offered or lent sandbox of that init pid, which the worker is done with."""
+        _, sandbox = self._offered.pop(init_pid, (None, None))
+        return sandbox if sandbox is not None else self._lent.pop(init_pid, None)
 
     def finish(self) -> None:
         """Clean up every retired sandbox now, waiting for their inits to exit and their
@@ -330,6 +325,8 @@ class SandboxSupply:
                 self.retire(pool.popleft())
         while self._offered:
             self.retire(self._offered.popitem()[1][1])
+        while self._lent:
+            self.retire(self._lent.popitem()[1])
         self.finish()
         if self._cgroups is not None:
             self._cgroups.close()

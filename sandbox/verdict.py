@@ -1,4 +1,6 @@
-"""Turn the facts of a run into a status. One place, one precedence order.
+"""Turn the facts of a run into a status and a Result. One place, one precedence order,
+for every supervisor (``supervise``, and the worker's own for the jobs it hands over):
+light on purpose, the worker's trio process imports it.
 
 Precedence: a cancel first (the client's doing, not the program's nor the sandbox's),
 then a sandbox fault (never blamed on the program), then the limit the supervisor killed
@@ -14,8 +16,10 @@ import os
 import signal
 from dataclasses import dataclass
 
-from sandbox.models import Status, signal_name
-from sandbox.supervise import KillReason, Outcome
+from sandbox.cgroup_files import CgroupUsage
+from sandbox.collect import Collected
+from sandbox.models import Limits, Result, Status, Usage, signal_name
+from sandbox.outcome import KillReason, Outcome
 
 _KILL_STATUS = {
     KillReason.OUTPUT: Status.OUTPUT_LIMIT,
@@ -70,3 +74,51 @@ def _termination(outcome: Outcome) -> tuple[int | None, int | None]:
     if os.WIFSIGNALED(status):
         return None, os.WTERMSIG(status)
     return os.WEXITSTATUS(status), None
+
+
+def result_of(
+    outcome: Outcome, usage: Usage, limits: Limits, collected: Collected, warnings: list[str],
+    not_enforced: list[str],
+) -> Result:
+    """A job's Result from the facts of its run: a job's, or a session's exec's
+    (``sandbox/session.py``), which must read alike."""
+    verdict = decide(outcome, cpu_ms=usage.cpu_ms, cpu_limit_ms=limits.cpu_time_ms, oom_killed=usage.oom_killed)
+    return Result(
+        status=verdict.status,
+        exit_code=verdict.exit_code,
+        signal=verdict.signal,
+        signal_name=verdict.signal_name,
+        stdout=bytes(outcome.stdout.data),
+        stderr=bytes(outcome.stderr.data),
+        stdout_truncated=outcome.stdout.truncated,
+        stderr_truncated=outcome.stderr.truncated,
+        usage=usage,
+        limits_not_enforced=not_enforced,
+        warnings=warnings,
+        error=verdict.error,
+        violation=outcome.violation,
+        files=collected.files,
+        file_errors=collected.errors,
+    )
+
+
+def usage_of(outcome: Outcome, measured: CgroupUsage | None) -> Usage:
+    """What the job used: its cgroup's counters (``measured``: since the job started),
+    else the init's rusage of the program."""
+    exited = outcome.exited or {}
+    usage = Usage(max_rss_bytes=int(exited.get("maxrss_kb", 0)) * 1024)
+    if outcome.started_ns is not None:
+        end = exited.get("t") or outcome.killed_at_ns or outcome.started_ns
+        usage.wall_ms = round((end - outcome.started_ns) / 1e6, 3)
+    if measured is not None:
+        usage.cpu_ms = round(measured.cpu_ns / 1e6, 3)
+        usage.cpu_user_ms = round(measured.cpu_user_ns / 1e6, 3)
+        usage.cpu_sys_ms = round(measured.cpu_sys_ns / 1e6, 3)
+        usage.memory_peak_bytes = measured.memory_peak_bytes
+        usage.oom_killed = measured.oom_kills > 0
+        usage.pids_peak = measured.pids_peak
+    else:
+        usage.cpu_user_ms = round(float(exited.get("utime", 0.0)) * 1000, 3)
+        usage.cpu_sys_ms = round(float(exited.get("stime", 0.0)) * 1000, 3)
+        usage.cpu_ms = round(usage.cpu_user_ms + usage.cpu_sys_ms, 3)
+    return usage

@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from test_cleanup import wait_until
 
 from sandbox.errors import CgroupError
 from sandbox.models import Limits, Status
@@ -258,3 +259,34 @@ def test_cpu_time_is_accurate(run_program, record_property):
             break
     record_property("cpu_ms_differences", measured)
     assert abs(measured[-1] - 1000) <= 30, measured
+
+
+def test_a_job_cgroup_is_empty_once_its_last_task_is_gone(runner):
+    # How the supervisors know a job is over before its init exits: the cgroup's pids
+    # count (one number, not the list cgroup.procs makes the kernel build).
+    if runner.backend is None:
+        pytest.skip("needs a delegated cgroup subtree")
+    cgroup = runner.backend.create_job(cpu_quota=False)
+    go_r, go_w = os.pipe()
+    pid = 0
+    try:
+        assert cgroup.empty()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(go_w)
+                cgroup.join()
+                os.read(go_r, 1)
+            finally:
+                os._exit(0)
+        assert wait_until(lambda: not cgroup.empty()), "the child never joined"
+        assert cgroup.pids() == [pid]
+    finally:
+        os.close(go_w)  # (the child's read ends: it exits)
+        os.close(go_r)
+        if pid:
+            os.waitpid(pid, 0)
+    try:
+        assert cgroup.empty()
+    finally:
+        cgroup.destroy()

@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgpack
@@ -24,7 +25,7 @@ from test_images_registry import cli
 from workerutil import SANDBOX_CLI, Raw, WorkerProcess, exited
 
 from sandbox.errors import JobError
-from sandbox.models import Blob, InputFile, Job, Limits, Mount, Result, Status, WarmSpec
+from sandbox.models import Blob, Collect, InputFile, Job, Limits, Mount, Result, Status, WarmSpec
 from worker.async_client import AsyncClient
 from worker.client import Client, WorkerError
 from worker.handover import OFFER_FDS
@@ -817,21 +818,26 @@ def test_a_cancel_racing_the_hand_over_of_its_job(warm):
     assert after is not None and after.stdout == b"ok\n"
 
 
-def run_directly(client: Client, job: Job, attempts: int = 10) -> Result:
+def run_directly(client: Client, job: Job, attempts: int = 10, **run: Any) -> Result:
     """Run the job until it went straight to a sandbox the launcher offered (the stats
     count those hand-overs), each attempt once the launcher has offered one (``stats``'s
     ``offers_ready``; a busy machine prepares it late). Every attempt's result must be as
-    right as the last one's, whichever way it went."""
+    right as the last one's, whichever way it went. ``run``: ``Client.run``'s options."""
     for _ in range(attempts):
-        deadline = time.monotonic() + 30
-        while not (stats := client.stats())["offers_ready"]:
-            assert time.monotonic() < deadline, f"no sandbox offered within 30 s: {stats}"
-            time.sleep(0.01)  # polling the worker's state, bounded by the deadline
-        before = stats["direct_handovers"]
-        result = client.run(job)
+        await_offer(client)
+        before = client.stats()["direct_handovers"]
+        result = client.run(job, **run)
         if client.stats()["direct_handovers"] == before + 1:
             return result
     raise AssertionError(f"no job was handed over directly in {attempts} attempts")
+
+
+def await_offer(client: Client) -> None:
+    """Return once the worker holds an offered sandbox (a busy machine prepares it late)."""
+    deadline = time.monotonic() + 30
+    while not (stats := client.stats())["offers_ready"]:
+        assert time.monotonic() < deadline, f"no sandbox offered within 30 s: {stats}"
+        time.sleep(0.01)  # polling the worker's state, bounded by the deadline
 
 
 PROBE = ["sh", "-c", "cat; echo $FOO $PATH; pwd; ulimit -n -s -f; id -u"]
@@ -901,6 +907,64 @@ def test_limits_hold_for_jobs_handed_over_directly(start_worker, connect):
     assert wait_until(lambda: not sleeping("1013"))
 
 
+def test_the_worker_supervises_the_jobs_it_hands_over(start_worker, connect):
+    # The worker watches a job it handed over itself, to its result, with no launcher on
+    # the way (one stopped meanwhile holds nothing up): the output streamed as it comes,
+    # a seccomp violation named as the launcher names it, the files a job leaves read once
+    # its program exits (the init kills what the program left running first).
+    worker = start_worker("--slots", "1", "--warm", "2")
+    pieces: list[tuple[str, int, bytes]] = []
+    with Client(worker.socket_path) as client:
+        await_offer(client)
+        handed = client.stats()["direct_handovers"]
+        (launcher,) = worker.launchers()
+        os.kill(launcher, signal.SIGSTOP)
+        try:
+            alone = client.run(Job(cmd=["sh", "-c", "echo no launcher; exit 4"], limits=Limits(wall_time="20s")))
+        finally:
+            os.kill(launcher, signal.SIGCONT)
+        assert client.stats()["direct_handovers"] == handed + 1
+        assert (alone.status, alone.exit_code, alone.stdout) == (Status.RUNTIME_ERROR, 4, b"no launcher\n"), alone
+        streamed = run_directly(client, Job(cmd=["sh", "-c", "echo one; echo two >&2; echo three"]),
+                                on_output=lambda stream, offset, data: pieces.append((stream, offset, data)))
+        violation = run_directly(client, Job(cmd=["python3", "-c", "import ctypes; ctypes.CDLL(None).syscall(101, 0)"]))
+        collecting = run_directly(client, Job(cmd=["sh", "-c", "echo kept > /tmp/out; sleep 30 & echo out"],
+                                              collect=[Collect("/tmp/out")]))
+    assert (streamed.stdout, streamed.stderr) == (b"one\nthree\n", b"two\n")
+    for stream, whole in (("stdout", streamed.stdout), ("stderr", streamed.stderr)):
+        assert b"".join(data for name, _, data in pieces if name == stream) == whole
+    assert violation.status is Status.SYSCALL_VIOLATION, violation
+    assert violation.violation == {"syscall": "ptrace", "number": 101, "arch": "x86_64"}
+    assert (collecting.status, collecting.stdout, collecting.files) == (Status.OK, b"out\n", {"/tmp/out": b"kept\n"})
+
+
+def test_a_launcher_that_dies_fails_the_job_the_worker_supervises(start_worker, connect):
+    # The job was handed over by the worker, which supervises it; its sandbox is still
+    # the launcher's. The launcher's death kills it and fails it, as it fails the
+    # launcher's own jobs, and leaves no process behind.
+    worker = start_worker("--slots", "1", "--warm", "2")
+    raw = connect(worker)
+    with Client(worker.socket_path) as client:
+        for attempt in range(10):
+            await_offer(client)
+            handed = client.stats()["direct_handovers"]
+            raw.send({"type": "submit", "id": f"d{attempt}", "job": sleeper("1014")})
+            raw.until(lambda m, i=f"d{attempt}": m.get("id") == i and m.get("event") == "started")
+            if client.stats()["direct_handovers"] == handed + 1:
+                break
+            raw.send({"type": "cancel", "id": f"d{attempt}"})
+            raw.until(lambda m, i=f"d{attempt}": m.get("id") == i and m.get("event") == "cancelled")
+        else:
+            raise AssertionError("no sleeper was handed over directly")
+        assert wait_until(lambda: len(sleeping("1014")) == 1)
+        (launcher,) = worker.launchers()
+        os.kill(launcher, signal.SIGKILL)
+        final = raw.until(lambda m, i=f"d{attempt}": m.get("id") == i and m.get("event") == "finished")
+        assert final["result"]["status"] == "internal_error" and "died" in final["result"]["error"], final
+        assert wait_until(lambda: not sleeping("1014"))
+        assert run_directly(client, Job(cmd=["echo", "new"])).stdout == b"new\n"
+
+
 def test_launchers_killed_with_an_offer_out_leak_nothing(start_worker):
     # A launcher's offer is fds in the worker: a dead launcher's are closed, and the
     # next launcher offers its own sandboxes.
@@ -916,8 +980,9 @@ def test_launchers_killed_with_an_offer_out_leak_nothing(start_worker):
         assert run_directly(client, Job(cmd=["echo", "new"])).stdout == b"new\n"
         assert client.stats()["launcher_restarts"] == 4
     # Each count may fall with or without the live launcher's one offer held (its job
-    # channel and two pipe ends); a dead launcher's offer left open would add as many per kill.
-    assert fds[-1] <= fds[0] + OFFER_FDS, fds
+    # channel, pipe ends, report pipe and pidfd, and at most 8 cgroup counters); a dead
+    # launcher's offer left open would add as many per kill.
+    assert fds[-1] <= fds[0] + OFFER_FDS + 8, fds
 
 
 def test_an_offered_sandbox_that_died_is_given_back():

@@ -2,21 +2,21 @@
 
 A launcher offers the worker a ready warm sandbox of each kind it keeps, one per kind at a
 time (``SandboxSupply.offer``), for the first of its slots to take a job that fits one
-(``LauncherProcess.claim_offer``):
-the sandbox's job channel and the write ends of its output pipes, with SCM_RIGHTS, and
-what the worker needs to tell the sandbox what the launcher would - the profile's
+(``LauncherProcess.claim_offer``): with SCM_RIGHTS, the sandbox's job channel, both ends
+of its output pipes, its report pipe, a pidfd of its init and its cgroup's counters;
+and what the worker needs to tell the sandbox what the launcher would - the profile's
 limits and environment - and the sandbox's kind and cgroup. A job that fits such a sandbox
 (``WarmKind.fits``, the test the launcher's supply makes) and mounts nothing goes
-straight to it from the worker: its cgroup limits written first where they are not the
-profile's (the cgroup is the same user's, and the limits are what the launcher would
-write: ``sandbox.cgroup_files.write_limits``), its input files with it (their bytes in
-memfds, or the cache's files it names by id, opened here as the launcher would open
-them); the launcher, told afterwards, only supervises it. The job's path
-then skips a wake of the launcher and its Python before the hand-over, and the launcher
-gets ready while the program starts, beside it.
+straight to it from the worker: its cgroup limits written first where
+they are not the profile's (the cgroup is the same user's, and the limits are what the
+launcher would write: ``sandbox.cgroup_files.write_limits``), its input files with it
+(their bytes in memfds, or the cache's files it names by id, opened here as the launcher
+would open them). The worker then supervises the job itself (worker/supervision.py) and
+gives the sandbox back to the launcher, to be cleaned up, once its job is over. The job's
+path then has no launcher on it at all: no wake of it and none of its Python before the
+hand-over, nor between the program's end and the result.
 
-The sandbox hears exactly what the launcher would have sent (``job_message.job_spec``), and
-the launcher, which reads the same job, computes the same limits for its supervision.
+The sandbox hears exactly what the launcher would have sent (``job_message.job_spec``).
 
 A sandbox on a stored image takes a job only while the job's reference names the image it
 was made from (the launcher's ``SandboxSupply.take`` holds warm ones to the same test): the
@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.cgroup_files import write_limits
+from sandbox.cgroup_files import CgroupUsage, Counters, write_limits
 from sandbox.images.runtime import image_command, image_workdir
 from sandbox.images.store import ImageRecord
 from sandbox.job_message import host_command, job_spec, job_stdin, open_blob, rlimits, start_job
@@ -43,7 +43,9 @@ from sandbox.warm_kind import WarmKind
 from worker.filecache import cached_path
 from worker.launcher_channel import MAX_OUTPUT, OfferSandbox
 
-OFFER_FDS = 3  # the job channel, stdout's and stderr's write ends
+# The job channel, stdout's and stderr's write and read ends, the report pipe, the
+# init's pidfd; then the cgroup's counters, if it has one (``OfferSandbox``).
+OFFER_FDS = 7
 # Input files' bytes a job handed over here may bring (in all): the worker writes them into
 # memfds in its event loop; a job with more goes the launcher's way.
 MAX_FILE_BYTES = 1 << 20
@@ -62,15 +64,36 @@ class Offer:
     job_channel: socket.socket
     stdout_w: int
     stderr_w: int
+    stdout_r: int
+    stderr_r: int
+    report: int  # the init's report pipe (``sandbox.outcome.MessageReader``)
+    pidfd: int  # the init's: how a kill reaches it (the launcher, its parent, reaps it)
+    counters: Counters | None  # its cgroup's, and their readings as its account started
+    baseline: CgroupUsage | None
     image: tuple[str, str] | None  # a stored image's id and the working directory made (``OfferSandbox``)
+    warnings: list[str]  # what every Result of its launcher says (``OfferSandbox``)
+    not_enforced: list[str]
+    parallelism: int
     cache_dir: str | None  # the worker's file cache, where a job's files given by id are
+
+    @staticmethod
+    def fd_count(message: OfferSandbox) -> int:
+        """How many fds come with ``message``."""
+        return OFFER_FDS + (0 if message.counters is None else 1 + len(message.counters[1]))
 
     @classmethod
     def from_message(cls, message: OfferSandbox, fds: list[int], cache_dir: str | None) -> Offer:
-        channel, stdout_w, stderr_w = fds
+        channel, stdout_w, stderr_w, stdout_r, stderr_r, report, pidfd, *counter_fds = fds
+        counters = baseline = None
+        if message.counters is not None and message.baseline is not None:
+            version, names = message.counters
+            counters = Counters(version, counter_fds[0], dict(zip(names, counter_fds[1:], strict=True)))
+            cpu_ns, user_ns, sys_ns, oom_kills = message.baseline
+            baseline = CgroupUsage(cpu_ns, user_ns, sys_ns, None, oom_kills, None)
         return cls(
             message.sandbox, message.kind, message.profile_limits, message.env, message.cgroups, message.cgroup,
-            socket.socket(fileno=channel), stdout_w, stderr_w, message.image, cache_dir,
+            socket.socket(fileno=channel), stdout_w, stderr_w, stdout_r, stderr_r, report, pidfd, counters, baseline,
+            message.image, message.warnings, message.not_enforced, message.parallelism, cache_dir,
         )
 
     def limits_for(self, job: Job, image_now: ImageRecord | None) -> Limits | None:
@@ -104,7 +127,7 @@ class Offer:
         (which starts it at once); the CLOCK_MONOTONIC time of the hand-over, in ns.
         Raises OSError if the sandbox is gone, CgroupError if its cgroup refused the
         job's limits, JobError if the job's image gives it no command or an input file
-        cannot be read. Either way the offer is used up: ``close`` follows."""
+        cannot be read (then ``close`` follows, and the sandbox goes back)."""
         if self.image is None:
             argv, env, cwd = host_command(job, self.profile_env)
         else:
@@ -116,14 +139,17 @@ class Offer:
         try:
             stdio = (job_stdin(job.stdin, fds), self.stdout_w, self.stderr_w)
             files = [(f.dest, open_blob(self._here(f.content), fds), f.mode) for f in job.files]
-            spec = job_spec(argv, env, cwd, limits, stdio, rlimits(limits, self.cgroups, []), files,
+            spec = job_spec(argv, env, cwd, limits, stdio, rlimits(limits, self.cgroups, self.warnings), files,
                             collect=job.collect)
             handed_ns = time.monotonic_ns()
             start_job(self.job_channel, spec)
-            return handed_ns
         finally:
             for fd in fds:
                 os.close(fd)
+        for fd in (self.stdout_w, self.stderr_w):  # (the sandbox has its copies: EOF comes with its end)
+            os.close(fd)
+        self.stdout_w = self.stderr_w = -1
+        return handed_ns
 
     def _here(self, blob: Blob) -> Blob:
         """An input file as this host has it: one given by id is the cache's file (the
@@ -134,9 +160,12 @@ class Offer:
         return Blob(path=cached_path(self.cache_dir, blob.file_id))
 
     def close(self) -> None:
-        """Close the worker's copies: the sandbox's output reaches only its supervisor,
-        and its job channel closes with the launcher's end alone."""
+        """Close the worker's copies: its job channel then closes with the launcher's end
+        alone."""
         self.job_channel.close()
-        for fd in (self.stdout_w, self.stderr_w):
-            os.close(fd)
+        for fd in (self.stdout_w, self.stderr_w, self.stdout_r, self.stderr_r, self.report, self.pidfd):
+            if fd >= 0:
+                os.close(fd)
+        if self.counters is not None:
+            self.counters.close()
 

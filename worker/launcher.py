@@ -17,15 +17,14 @@ kill - runs on their threads at once, in a process that does nothing else: a bus
 loop in the worker can never delay a kill. Their frames share one ``Outbox``, whose
 streamed output never waits for room. The main thread does the idle work between
 messages: it offers the worker a ready warm sandbox of each kind it keeps (``OfferSandbox``,
-worker/handover.py;
-a job that the worker hands to it itself comes as a ``RunJob`` naming it, to be
-supervised only, without ``JobStarted``: the worker said it; ``DropOffer`` gives back an
-offer the worker could not use), and steps the supply (cleanup, warm sandboxes), taking
-the supply lock for each step.
+worker/handover.py: the worker hands a job to it and supervises it itself,
+worker/supervision.py, and says so with ``OfferTaken``; ``DropOffer`` gives the sandbox
+back once its job is over, or unused), and steps the supply (cleanup, warm sandboxes),
+taking the supply lock for each step.
 
 A launcher that dies takes only its own jobs down (as internal_error) and its sandboxes
-with it (an init ends when its job channel closes: the worker keeps no copy of an
-offered one's once it handed a job over); the worker starts a new one, which reaps the
+with it (an init ends when its job channel closes; the worker kills those it
+supervises, whose channels it holds); the worker starts a new one, which reaps the
 dead one's cgroups.
 
 A job's input file given by id names a file of the worker's file cache
@@ -59,7 +58,7 @@ from sandbox.errors import BindNotAllowed, JobError, SandboxError
 from sandbox.linux import syscalls as sc
 from sandbox.linux.readiness import readable, wait_readable
 from sandbox.models import Blob, Group, Job, Mount, Result, Status, WarmSpec, is_profile_file
-from sandbox.runner import HandedOver, Runner
+from sandbox.runner import Runner
 from sandbox.session import Session, SessionGone
 from worker.filecache import cached_path, tree_path
 from worker.launcher_channel import (
@@ -75,6 +74,7 @@ from worker.launcher_channel import (
     JobStarted,
     LauncherReady,
     OfferSandbox,
+    OfferTaken,
     RunExec,
     RunGroup,
     RunJob,
@@ -163,6 +163,15 @@ class Jobs:
             (started,) = self._started.values()
         return max(0.0, started + age_s - time.monotonic())
 
+    def running_elsewhere(self, sandbox: int, running: bool) -> None:
+        """A job the worker supervises itself, in a sandbox of ours, began (``running``)
+        or ended: while young it holds back the idle work as one of ours does."""
+        with self._lock:
+            if running:
+                self._started[f"sandbox {sandbox}"] = time.monotonic()
+            else:
+                self._started.pop(f"sandbox {sandbox}", None)
+
     def cancel(self, job_id: str) -> None:
         """Kill the job of that id, if it still runs (else: it is over, or never ran)."""
         with self._lock:
@@ -247,12 +256,15 @@ def serve(channel: socket.socket, warm: list[WarmSpec], paths: HostPaths) -> Non
             messages = decoder.feed(data)
             for index, message in enumerate(messages):
                 match message:
+                    case OfferTaken(sandbox=sandbox):
+                        offered.discard(sandbox)  # the worker runs a job there: its kind may have the next
+                        runner.lend(sandbox)
+                        jobs.running_elsewhere(sandbox, True)
                     case DropOffer(sandbox=sandbox):
                         offered.discard(sandbox)  # given back
+                        jobs.running_elsewhere(sandbox, False)
                         _drop(runner, sandbox)
                     case RunJob() | RunGroup():
-                        if isinstance(message, RunJob) and message.sandbox is not None:
-                            offered.discard(message.sandbox)  # used
                         # Its cancel may have come in the same read: then it never starts.
                         cancelled = any(isinstance(later, CancelJob) and later.id == message.id
                                         for later in messages[index + 1:])
@@ -277,29 +289,43 @@ def _offer(runner: Runner, outbox: Outbox) -> int | None:
     offer = runner.offer()
     if offer is None:
         return None
-    sandbox, kind, stdout_w, stderr_w = offer
+    sandbox, kind = offer
     profile = runner.profiles.get(kind.profile)
-    number = sandbox.prepared.init_pid
+    prepared = sandbox.prepared
+    number = prepared.init_pid
     image = None
     if sandbox.lease is not None and sandbox.image is not None:
         image = (sandbox.lease.record.id, sandbox.image.workdir)
-    cgroup = None
-    if sandbox.cgroup is not None:  # (written by ``SandboxSupply._order``)
+    cgroup = counters = baseline = None
+    counter_fds: list[int] = []
+    if sandbox.cgroup is not None:  # (written by ``SandboxSupply._order``; its account started by ``Sandbox.arm``)
         cgroup = (sandbox.cgroup.limit_files(), profile.kind_limits.cgroup_values)
+        names = list(sandbox.cgroup.counters.fds)
+        counters = (sandbox.cgroup.counters.version, names)
+        counter_fds = [sandbox.cgroup.counters.cpu_fd, *(sandbox.cgroup.counters.fds[name] for name in names)]
+        base = sandbox.cgroup.baseline
+        baseline = (base.cpu_ns, base.cpu_user_ns, base.cpu_sys_ns, base.oom_kills)
+    warnings, not_enforced = runner.standing_warnings()
+    stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
+    stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+    pidfd = os.pidfd_open(number)  # (our unreaped child: the pid is still its)
     try:
         outbox.send_fds(
             OfferSandbox(number, kind, profile.limits, profile.env, cgroups=runner.backend is not None,
-                         cgroup=cgroup, image=image),
-            [sandbox.prepared.job_channel.fileno(), stdout_w, stderr_w],
+                         cgroup=cgroup, image=image, counters=counters, baseline=baseline, warnings=warnings,
+                         not_enforced=not_enforced, parallelism=runner.parallelism),
+            [prepared.job_channel.fileno(), stdout_w, stderr_w, stdout_r, stderr_r, prepared.report_fd, pidfd,
+             *counter_fds],
         )
     finally:
-        os.close(stdout_w)
-        os.close(stderr_w)
+        for fd in (stdout_r, stdout_w, stderr_r, stderr_w, pidfd):
+            os.close(fd)
     return number
 
 
 def _drop(runner: Runner, init_pid: int) -> None:
-    """The worker could not hand a job to the sandbox it was offered (it died waiting)."""
+    """The worker is done with a sandbox it was offered: its job is over, or it could
+    not hand it one (it died waiting, or no job will take it)."""
     sandbox = runner.take_offered(init_pid)
     if sandbox is not None:
         runner.retire(sandbox)
@@ -338,26 +364,13 @@ def _result(
     runner: Runner, outbox: Outbox, message: RunJob, cancelled: bool, paths: HostPaths, cancel_fd: int,
 ) -> Result:
     job_id = message.id
-    handed = None
-    if message.sandbox is not None:  # the worker gave it to the sandbox offered, and said so
-        sandbox = runner.take_offered(message.sandbox)
-        if sandbox is None:
-            return Result(Status.INTERNAL_ERROR, error="the job went to a sandbox this launcher did not offer")
-        handed = HandedOver(sandbox, message.handed_ns)
-    outcome = Result(Status.CANCELLED, error="cancelled before it " + ("finished" if handed else "started"))
-    job = None
-    if not cancelled:
-        try:
-            job = _on_this_host(job_from_wire(message.job), paths)
-        except ProtocolError as exc:
-            outcome = Result(Status.INTERNAL_ERROR, error=f"launcher rejected the job: {exc.message}")
-    if job is None:
-        if handed is not None:
-            runner.retire(handed.sandbox)  # kills what the worker started there
-        return outcome
-
-    if handed is None:  # (a handed job's limits were checked by the worker: ``Offer.limits_for``)
-        check_output_limit(job.limits.over(runner.profiles.get(job.profile).limits))
+    if cancelled:
+        return Result(Status.CANCELLED, error="cancelled before it started")
+    try:
+        job = _on_this_host(job_from_wire(message.job), paths)
+    except ProtocolError as exc:
+        return Result(Status.INTERNAL_ERROR, error=f"launcher rejected the job: {exc.message}")
+    check_output_limit(job.limits.over(runner.profiles.get(job.profile).limits))
 
     def stream_output(stream: str, offset: int, data: bytes) -> None:
         outbox.offer(JobOutput(job_id, stream, offset, data))
@@ -365,9 +378,8 @@ def _result(
     return runner.run(
         job,
         cancel_fd=cancel_fd,
-        on_started=None if handed else lambda: outbox.send(JobStarted(job_id)),
+        on_started=lambda: outbox.send(JobStarted(job_id)),
         on_output=stream_output if message.stream else None,
-        handed=handed,
         collect_room=RESULT_ROOM,
     )
 

@@ -15,7 +15,7 @@ gives), and a file that would is refused by path in the result (``RESULT_ROOM``)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.errors import JobError
@@ -36,14 +36,11 @@ MAX_OUTPUT = RESULT_ROOM // 2
 
 @dataclass(frozen=True, slots=True)
 class RunJob:
-    """A job to run; or, naming ``sandbox``, one the worker handed to that offered
-    sandbox itself at ``handed_ns`` (CLOCK_MONOTONIC), for the launcher to supervise."""
+    """A job to run."""
 
     id: str
     job: dict[str, Any]  # its wire form (``protocol.job_to_wire``): the launcher checks it again
     stream: bool  # send its output as it comes (``JobOutput``)
-    sandbox: int | None = None
-    handed_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +53,18 @@ class RunGroup:
 
 
 @dataclass(frozen=True, slots=True)
+class OfferTaken:
+    """The worker handed a job to that offered sandbox and supervises it itself
+    (worker/supervision.py): the launcher may offer another of its kind, and keeps
+    this one until ``DropOffer``."""
+
+    sandbox: int
+
+
+@dataclass(frozen=True, slots=True)
 class DropOffer:
-    """An offered sandbox the worker could not use (it died waiting): retire it."""
+    """The worker is done with that offered sandbox - it died waiting, no job will take
+    it, or its job is over: retire it (kill what is left, clean up)."""
 
     sandbox: int
 
@@ -113,8 +120,11 @@ class LauncherReady:
 
 @dataclass(frozen=True, slots=True)
 class OfferSandbox:
-    """A warm sandbox for the worker to hand a job to itself (worker/handover.py); its
-    job channel and the write ends of its stdout and stderr come with it (SCM_RIGHTS)."""
+    """A warm sandbox for the worker to hand a job to itself and supervise
+    (worker/handover.py, worker/supervision.py). With it, by SCM_RIGHTS
+    (``handover.OFFER_FDS`` and then its cgroup's counters): its job channel, both
+    ends of its new stdout and stderr pipes, its report pipe, a pidfd of its init, and
+    the counters' fds - the CPU counter first, then ``counters``' names in order."""
 
     sandbox: int  # its init's pid: how the launcher knows it again
     kind: WarmKind
@@ -128,6 +138,15 @@ class OfferSandbox:
     # On a stored image: the image's id (its config digest), which the job's reference
     # must still name, and the working directory its root was made with; None: the host's.
     image: tuple[str, str] | None = None
+    # Its cgroup's counters (``cgroup_files.Counters``): the version and the names of
+    # the fds after the CPU counter's; and their readings when its account started
+    # (``Sandbox.arm``): CPU, user and system time, OOM kills. None without a cgroup.
+    counters: tuple[int, list[str]] | None = None
+    baseline: tuple[int, int, int, int] | None = None
+    # What every Result of this launcher says (``Runner.standing_warnings``).
+    warnings: list[str] = field(default_factory=list)
+    not_enforced: list[str] = field(default_factory=list)
+    parallelism: int = 1  # the CPUs a job may use here, before its own limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +204,7 @@ class SessionAnswer:
     info: dict[str, Any] | None = None
 
 
-ToLauncher = RunJob | RunGroup | DropOffer | CancelJob | CreateSession | RunExec | SessionControl
+ToLauncher = RunJob | RunGroup | OfferTaken | DropOffer | CancelJob | CreateSession | RunExec | SessionControl
 ToWorker = (LauncherReady | OfferSandbox | JobStarted | JobOutput | JobResult | GroupResult | JobRejected
             | SessionAnswer)
 Message = ToLauncher | ToWorker
@@ -197,10 +216,10 @@ def encode(message: Message) -> bytes:
     match message:
         case RunJob():
             wire = {"type": "run", "id": message.id, "job": message.job, "stream": message.stream}
-            if message.sandbox is not None:
-                wire["sandbox"], wire["handed_ns"] = message.sandbox, message.handed_ns
         case RunGroup():
             wire = {"type": "run_group", "id": message.id, "group": message.group}
+        case OfferTaken():
+            wire = {"type": "taken", "sandbox": message.sandbox}
         case DropOffer():
             wire = {"type": "drop", "sandbox": message.sandbox}
         case CancelJob():
@@ -211,7 +230,9 @@ def encode(message: Message) -> bytes:
             kind = message.kind
             wire = {"type": "offer", "sandbox": message.sandbox, "kind": [kind.profile, kind.image, kind.cpu_quota],
                     "limits": message.profile_limits, "env": message.env, "cgroups": message.cgroups,
-                    "cgroup": message.cgroup, "image": message.image}
+                    "cgroup": message.cgroup, "image": message.image, "counters": message.counters,
+                    "baseline": message.baseline, "warnings": message.warnings, "not_enforced": message.not_enforced,
+                    "parallelism": message.parallelism}
         case JobStarted():
             wire = {"type": "started", "id": message.id}
         case JobOutput():
@@ -243,9 +264,11 @@ def decode(wire: dict[str, Any]) -> Message:
     makes (the other end is ours: a bug, or not a launcher)."""
     match wire.get("type"):
         case "run":
-            return RunJob(wire["id"], wire["job"], wire["stream"], wire.get("sandbox"), wire.get("handed_ns", 0))
+            return RunJob(wire["id"], wire["job"], wire["stream"])
         case "run_group":
             return RunGroup(wire["id"], wire["group"])
+        case "taken":
+            return OfferTaken(wire["sandbox"])
         case "drop":
             return DropOffer(wire["sandbox"])
         case "cancel":
@@ -259,8 +282,12 @@ def decode(wire: dict[str, Any]) -> Message:
                 files, written = wire["cgroup"]
                 cgroup = (files, (written[0], written[1], written[2]))
             made_from = None if wire["image"] is None else (wire["image"][0], wire["image"][1])
+            counters = None if wire["counters"] is None else (wire["counters"][0], wire["counters"][1])
+            base = wire["baseline"]
+            baseline = None if base is None else (base[0], base[1], base[2], base[3])
             return OfferSandbox(wire["sandbox"], WarmKind(profile, image, cpu_quota), wire["limits"], wire["env"],
-                                wire["cgroups"], cgroup, made_from)
+                                wire["cgroups"], cgroup, made_from, counters, baseline,
+                                wire["warnings"], wire["not_enforced"], wire["parallelism"])
         case "started":
             return JobStarted(wire["id"])
         case "output":

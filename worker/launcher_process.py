@@ -21,13 +21,14 @@ import math
 import os
 import socket
 import sys
+from collections.abc import Callable
 
 import trio
 
 from sandbox.images.store import ImageRecord
 from sandbox.models import Job, Limits, WarmSpec
 from worker.admission import current_image
-from worker.handover import OFFER_FDS, Offer
+from worker.handover import Offer
 from worker.launcher_channel import (
     ChannelDecoder,
     GroupResult,
@@ -43,8 +44,9 @@ from worker.launcher_channel import (
 from worker.logs import log
 from worker.streams import send_now
 
-# A launcher sends 3 at a time (an offer), and a read stops after a message with fds.
-MAX_RECEIVED_FDS = 16
+# A launcher sends at most 15 at a time (an offer: ``Offer.fd_count``), and a read stops
+# after a message with fds.
+MAX_RECEIVED_FDS = 32
 FD_SIZE = array.array("i").itemsize
 # A job's messages, by its id (and a session request's answer, by the request's).
 ToSlot = (JobStarted, JobOutput, JobResult, GroupResult, JobRejected, SessionAnswer)
@@ -75,6 +77,10 @@ class LauncherProcess:
         self._hello: LauncherReady | None = None
         self._fds: list[int] = []  # received with the launcher's offers, not yet claimed
         self._inboxes: dict[str, trio.MemorySendChannel[Message]] = {}  # by job id
+        # Called when it dies: each kills a job the worker supervises itself in one of
+        # its sandboxes (the replacement removes the dead one's cgroups, and with them
+        # anything left in them).
+        self.on_death: set[Callable[[], None]] = set()
 
     async def keep_alive(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the launcher, and start a new one whenever it exits. Cancel this task to
@@ -203,6 +209,8 @@ class LauncherProcess:
         self._inboxes.clear()
         while self.offers:
             self.offers.pop().close()
+        for abandon in list(self.on_death):
+            abandon()
         while self._fds:
             os.close(self._fds.pop())
         if self._stream is not None:
@@ -242,7 +250,8 @@ class LauncherProcess:
         return len(data)
 
     def _take_offer(self, message: OfferSandbox) -> None:
-        fds, self._fds = self._fds[:OFFER_FDS], self._fds[OFFER_FDS:]
+        count = Offer.fd_count(message)
+        fds, self._fds = self._fds[:count], self._fds[count:]
         try:
             self.offers.append(Offer.from_message(message, fds, self.cache_dir))
         except (ValueError, OSError):  # fewer fds than an offer has, or not sockets

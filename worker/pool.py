@@ -269,9 +269,10 @@ class Pool:
                     self._idle.set()
             if isinstance(result, ProtocolError):
                 self._reject(record, result)
-                continue
-            state = JobState.CANCELLED if record.state is JobState.CANCELLED else JobState.FINISHED
-            self._finish(record, state, result)
+            else:
+                self._finish(record, JobState.CANCELLED if record.state is JobState.CANCELLED else JobState.FINISHED,
+                             result)
+            await slot.give_back()  # (its sandbox's cleanup comes after the result went out)
 
     async def _keep_collected(self, job: Job, result: Result) -> None:
         """The collected files whose entry asks for it go into the file cache: the result

@@ -3,10 +3,12 @@ others (worker/launcher_process.py; a launcher supervises many jobs at once).
 
 A slot sends ``RunJob``, relays ``JobStarted``, returns the ``JobResult``
 (worker/launcher_channel.py), all by its job's id. A job that fits the warm sandbox its
-launcher offered goes to that sandbox from here (worker/handover.py), and its ``RunJob``
-tells the launcher so. If the launcher dies mid-job, the job's result is
-``internal_error``; one that dies before the job was handed over gets it again once
-it has been replaced.
+launcher offered goes to that sandbox from here (worker/handover.py) and is supervised
+here too (worker/supervision.py): the launcher is told ``OfferTaken``, and gets the
+sandbox back (``DropOffer``) once the job's result is out. If the launcher dies
+mid-job, the job's result is ``internal_error`` (a job supervised here is killed: the
+launcher's replacement removes the dead one's cgroups); one that dies before the job
+was handed over gets it again once it has been replaced.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from sandbox.errors import SandboxError
-from sandbox.models import Group, Job, Result, Status
+from sandbox.models import Collect, Group, Job, Limits, Result, Status
+from sandbox.outcome import KillReason
+from worker.handover import Offer
 from worker.launcher_channel import (
     CancelJob,
     DropOffer,
@@ -26,6 +30,7 @@ from worker.launcher_channel import (
     JobResult,
     JobStarted,
     Message,
+    OfferTaken,
     RunExec,
     RunGroup,
     RunJob,
@@ -33,6 +38,7 @@ from worker.launcher_channel import (
 )
 from worker.launcher_process import LauncherDied, LauncherProcess
 from worker.protocol import ProtocolError, SessionExec, group_to_wire, job_to_wire
+from worker.supervision import HandedJob
 
 
 class Slot:
@@ -43,6 +49,8 @@ class Slot:
         self.running_on: LauncherProcess | None = None  # the launcher of the running job (a session's may be another)
         self.handovers = 0  # jobs this slot handed to an offered sandbox itself
         self._cancel_requested = False  # for the running job
+        self._handed: HandedJob | None = None  # the job this slot supervises itself, while it runs
+        self._to_give_back: list[int] = []  # sandboxes whose jobs are over, for ``give_back``
 
     async def run(
         self, job_id: str, job: Job | Group, on_started: Callable[[], Awaitable[None]],
@@ -57,7 +65,8 @@ class Slot:
         ``JobOutput`` to it. None: the job was cancelled before it was handed to a launcher
         (it never ran); an invalid_job error: the launcher found the job wrong (it never
         ran either). A group goes to the launcher, never to an offered sandbox (it takes
-        one per member), and has a Result per member."""
+        one per member), and has a Result per member. Once the result is out, the caller
+        calls ``give_back``."""
         launcher = self.launcher
         self.running_id, self._cancel_requested = job_id, False
         started = False
@@ -76,14 +85,21 @@ class Slot:
                     async with launcher.sending:
                         if self._cancel_requested:
                             return None
+                        handed = None
                         if isinstance(job, Group):
-                            frames, started = encode(RunGroup(job_id, group_to_wire(job))), False
+                            frames = encode(RunGroup(job_id, group_to_wire(job)))
                         else:
-                            frames, started = self._hand_over(job_id, job, stream=on_output is not None)
-                        # (started: a launcher that dies now takes the job with it)
-                        await launcher.send(frames)
-                        if started:
-                            await on_started()
+                            frames, handed = self._hand_over(job_id, job, stream=on_output is not None)
+                        try:
+                            await launcher.send(frames)
+                        except (LauncherDied, trio.BrokenResourceError, trio.ClosedResourceError):
+                            if handed is None:
+                                raise
+                            # (the job runs already: ``_supervise`` finds the launcher dead and ends it)
+                    if handed is not None:
+                        started = True
+                        await on_started()
+                        return await self._supervise(job_id, launcher, dead, *handed, on_output)
                     return await _until_result(inbox, relay_started, on_output)
                 except (LauncherDied, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     if started:
@@ -98,10 +114,13 @@ class Slot:
     async def cancel(self, job_id: str) -> None:
         """Cancel the running job: before it was handed over, ``run`` just does not hand
         it over (the launcher ignores a cancel for a job it does not run); after, the
-        launcher kills the sandbox."""
+        launcher kills the sandbox - or this slot, for a job it supervises itself."""
         if self.running_id != job_id:
             return
         self._cancel_requested = True
+        if self._handed is not None:
+            self._handed.kill(KillReason.CANCEL)
+            return
         launcher = self.running_on or self.launcher
         async with launcher.sending:
             try:
@@ -134,27 +153,72 @@ class Slot:
             launcher.forget(job_id)
             self.running_id, self.running_on = None, None
 
-    def _hand_over(self, job_id: str, job: Job, *, stream: bool) -> tuple[bytes, bool]:
+    def _hand_over(
+        self, job_id: str, job: Job, *, stream: bool,
+    ) -> tuple[bytes, tuple[Offer, Limits, int, list[Collect]] | None]:
         """Give the job to a sandbox the launcher offered, if one fits (worker/handover.py):
-        the frames that tell the launcher - its ``RunJob``, naming the sandbox if the job
-        went there - and whether it did. A sandbox that died waiting, or a job it could
-        not be told, is given back (``DropOffer`` first), and the launcher gets the job
-        as usual (and says what is wrong with it, if anything); so are offers on an image
-        that the job's reference no longer names."""
-        wire = job_to_wire(job)
+        the frames that tell the launcher - ``OfferTaken`` if the job went there, else
+        its ``RunJob`` - and, if it did, the offer, the job's limits, the hand-over's
+        time and the files it collects, for ``_supervise``. A sandbox that died waiting, or a job it could not be
+        told, is given back (``DropOffer`` first), and the launcher gets the job as usual
+        (and says what is wrong with it, if anything); so are offers on an image that
+        the job's reference no longer names."""
         claimed, outdated = self.launcher.claim_offer(job)
         given_back = b"".join(encode(DropOffer(init_pid)) for init_pid in outdated)
         if claimed is None:
-            return given_back + encode(RunJob(job_id, wire, stream)), False
+            return given_back + encode(RunJob(job_id, job_to_wire(job), stream)), None
         offer, limits, image_now = claimed
         try:
             handed_ns = offer.hand_over(job, limits, image_now)
         except (OSError, SandboxError, ValueError):
-            return given_back + encode(DropOffer(offer.init_pid)) + encode(RunJob(job_id, wire, stream)), False
-        finally:
             offer.close()
+            given_back += encode(DropOffer(offer.init_pid))
+            return given_back + encode(RunJob(job_id, job_to_wire(job), stream)), None
         self.handovers += 1
-        return given_back + encode(RunJob(job_id, wire, stream, offer.init_pid, handed_ns)), True
+        return given_back + encode(OfferTaken(offer.init_pid)), (offer, limits, handed_ns, job.collect)
+
+    async def _supervise(
+        self, job_id: str, launcher: LauncherProcess, dead: trio.Event, offer: Offer, limits: Limits,
+        handed_ns: int, collect: list[Collect], on_output: Callable[[JobOutput], None] | None,
+    ) -> Result:
+        """Watch a job this slot handed over until it ends (worker/supervision.py); its
+        sandbox goes back to the launcher with ``give_back``. A launcher that dies
+        meanwhile (``dead``: the event of the one the job was handed on) fails the job:
+        it is killed, as the launcher's own jobs die with it."""
+
+        def relay_output(stream: str, offset: int, data: bytes) -> None:
+            assert on_output is not None
+            on_output(JobOutput(job_id, stream, offset, data))
+
+        job = self._handed = HandedJob(offer, limits, handed_ns, collect,
+                                          None if on_output is None else relay_output)
+        if self._cancel_requested:
+            job.kill(KillReason.CANCEL)
+        launcher.on_death.add(job.abandon)
+        if dead.is_set():  # (before it could call ``on_death``)
+            job.abandon()
+        try:
+            result = await job.watch()
+        finally:
+            launcher.on_death.discard(job.abandon)
+            self._handed = None
+            offer.close()
+        if dead.is_set():
+            return Result(Status.INTERNAL_ERROR, error=f"launcher {launcher.index} (of slot {self.index}) died")
+        self._to_give_back.append(offer.init_pid)
+        return result
+
+    async def give_back(self) -> None:
+        """Return the sandbox of the job this slot supervised to its launcher, to be
+        cleaned up - after the job's result went out, which its cleanup would only
+        hold up."""
+        while self._to_give_back:
+            init_pid = self._to_give_back.pop()
+            async with self.launcher.sending:
+                try:
+                    await self.launcher.send(encode(DropOffer(init_pid)))
+                except (LauncherDied, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # its sandboxes went with it
 
 
 async def _until_result(

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import pwd
 
-from sandbox.cgroups.base import CgroupBackend, CgroupUsage, JobCgroup, current_user
+from sandbox.cgroup_files import CgroupUsage
+from sandbox.cgroups.base import CgroupBackend, JobCgroup, current_user
 from sandbox.cgroups.v1 import V1Backend
 from sandbox.cgroups.v2 import V2Backend, v2_mount
 

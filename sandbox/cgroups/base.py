@@ -16,27 +16,15 @@ import os
 import pwd
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from sandbox.cgroup_files import read_text
-from sandbox.cpucounter import read_cpu_ns
+from sandbox.cgroup_files import CgroupUsage, Counters, parse_keyed, read_text
 from sandbox.errors import CgroupError
 from sandbox.models import Limits
 
 JOB_PREFIX = "job-"
 _JOB_NUMBERS = itertools.count(1)
 _KILL_ROUNDS = 1000
-
-
-@dataclass
-class CgroupUsage:
-    cpu_ns: int
-    cpu_user_ns: int
-    cpu_sys_ns: int
-    memory_peak_bytes: int | None
-    oom_kills: int
-    pids_peak: int | None
 
 
 class JobCgroup(abc.ABC):
@@ -51,50 +39,43 @@ class JobCgroup(abc.ABC):
     # directory only for the jobs that may need one (``CgroupBackend.create_job``).
     cpu_quota = True
 
+    VERSION = 1  # which cgroup version's files (``Counters``)
+
     def __init__(
         self, directories: list[str], attach_paths: list[str], cpu_counter: tuple[str, str],
         counters: dict[str, str], writable_counters: frozenset[str] = frozenset(),
     ) -> None:
         """``cpu_counter``: (directory, file) of the CPU counter, a ``cpucounter`` kind.
-        ``counters``: name -> path of the files ``usage`` reads, opened here (a missing
-        one is a feature this kernel lacks: ``_counter`` gives None), so a job reads each
-        with one pread instead of an open, reads and a close on its critical path. This
-        runs where the cgroup is made: ahead of its job (``CgroupStock``)."""
+        ``counters``: name -> path of the files ``usage`` reads (``Counters``), opened
+        here (a missing one is a feature this kernel lacks). This runs where the cgroup
+        is made: ahead of its job (``CgroupStock``)."""
         self.directories = directories
         self.attach_paths = attach_paths
         flags = os.O_PATH | os.O_DIRECTORY if self.JOIN == "directory" else os.O_WRONLY
         self.attach_fds = [os.open(path, flags | os.O_CLOEXEC) for path in attach_paths]
         directory, self.cpu_counter_kind = cpu_counter
-        self.cpu_counter_fd = os.open(os.path.join(directory, self.cpu_counter_kind), os.O_RDONLY | os.O_CLOEXEC)
-        self._counters: dict[str, int] = {}
+        cpu_fd = os.open(os.path.join(directory, self.cpu_counter_kind), os.O_RDONLY | os.O_CLOEXEC)
+        self.counters = Counters(self.VERSION, cpu_fd, {})
         try:
             for name, path in counters.items():
                 mode = os.O_RDWR if name in writable_counters else os.O_RDONLY
                 try:
-                    self._counters[name] = os.open(path, mode | os.O_CLOEXEC)
+                    self.counters.fds[name] = os.open(path, mode | os.O_CLOEXEC)
                 except FileNotFoundError:
                     pass
         except BaseException:
             self._close_fds()
             raise
-        self._baseline = CgroupUsage(0, 0, 0, None, 0, None)
+        # The counters when the job started (``start_accounting``): its usage is read against them.
+        self.baseline = CgroupUsage(0, 0, 0, None, 0, None)
         self._applied: tuple[int, int, float | None] | None = None
 
-    def _counter(self, name: str) -> bytes | None:
-        """The text of an open counter file now; None if this kernel has no such file."""
-        fd = self._counters.get(name)
-        return None if fd is None else os.pread(fd, 1 << 16, 0)
-
-    def _counter_int(self, name: str) -> int | None:
-        text = self._counter(name)
-        return None if text is None else int(text.split()[0])
-
-    def _counter_keyed(self, name: str) -> dict[str, int]:
-        """Parse "key value" lines (memory.events, oom_control)."""
-        return parse_keyed((self._counter(name) or b"").decode())
+    @property
+    def cpu_counter_fd(self) -> int:
+        return self.counters.cpu_fd
 
     def _rewrite_counter(self, name: str, value: str) -> None:
-        fd = self._counters.get(name)
+        fd = self.counters.fds.get(name)
         if fd is not None:
             os.pwrite(fd, value.encode(), 0)
 
@@ -118,54 +99,35 @@ class JobCgroup(abc.ABC):
         this user needs to write a job's limits there (``cgroup_files.write_limits``:
         the worker's direct hand-over, worker/handover.py)."""
 
-    def applied_elsewhere(self, limits: Limits) -> None:
-        """Another process wrote these limits here (``limit_files``): ``apply_limits``
-        finds them written."""
-        self._applied = limits.cgroup_values
-
-    def _raw_cpu_ns(self) -> int:
-        """The cgroup's CPU counter as the kernel shows it."""
-        return read_cpu_ns(self.cpu_counter_fd, self.cpu_counter_kind)
-
-    @abc.abstractmethod
-    def _raw_usage(self) -> CgroupUsage:
-        """Every counter as the kernel shows it."""
-
     def _reset_peak(self) -> None:  # noqa: B027 - optional: only v1 can reset its peak
         """Restart peak memory from the current usage, where the kernel allows it."""
 
     def start_accounting(self) -> None:
         """The job starts now: what the waiting sandbox used so far is not the job's."""
         self._reset_peak()
-        self._baseline = self._raw_usage()
+        self.baseline = self.counters.raw()
 
     def start_cpu_account_at(self, cpu_ns: int) -> None:
         """The job's CPU account starts at this reading of the counter (the sandbox
         init's, taken as it handed the job over), not at ``start_accounting``'s."""
-        self._baseline.cpu_ns = cpu_ns
+        self.baseline.cpu_ns = cpu_ns
 
     def cpu_usage_ns(self) -> int:
         """CPU time of every process and thread of the job since it started, in ns."""
-        return self._raw_cpu_ns() - self._baseline.cpu_ns
+        return self.counters.cpu_ns() - self.baseline.cpu_ns
 
     def usage(self) -> CgroupUsage:
         """Everything measured since ``start_accounting``, read once the job ended."""
-        raw, base = self._raw_usage(), self._baseline
-        cpu_ns = raw.cpu_ns - base.cpu_ns
-        user_ns, sys_ns = split_cpu_time(cpu_ns, raw.cpu_user_ns - base.cpu_user_ns, raw.cpu_sys_ns - base.cpu_sys_ns)
-        return CgroupUsage(
-            cpu_ns=cpu_ns,
-            cpu_user_ns=user_ns,
-            cpu_sys_ns=sys_ns,
-            memory_peak_bytes=raw.memory_peak_bytes,
-            oom_kills=raw.oom_kills - base.oom_kills,
-            pids_peak=raw.pids_peak,
-        )
+        return self.counters.since(self.baseline)
+
+    def empty(self) -> bool:
+        """Whether no task of the job is left (``Counters.empty``)."""
+        return self.counters.empty() if self.counters.fds else not self.pids()
 
     def pids(self) -> list[int]:
         """Processes still in the job (read from the first hierarchy)."""
-        if "procs" in self._counters:
-            return [int(pid) for pid in (self._counter("procs") or b"").split()]
+        if "procs" in self.counters.fds:
+            return self.counters.pids()
         return cgroup_pids(self.directories[0]) if self.directories else []  # after destroy closed it
 
     def kill_all(self) -> None:
@@ -200,12 +162,8 @@ class JobCgroup(abc.ABC):
 
     def _close_fds(self) -> None:
         self.close_attach_fds()
-        if self.cpu_counter_fd >= 0:
-            os.close(self.cpu_counter_fd)
-            self.cpu_counter_fd = -1
-        for fd in self._counters.values():
-            os.close(fd)
-        self._counters = {}
+        if self.counters.cpu_fd >= 0:
+            self.counters.close()
 
     def destroy(self) -> None:
         """Kill what is left, remove the directories, close the fds. Idempotent."""
@@ -314,19 +272,6 @@ def remove_cgroup_dir(directory: str, kill: Callable[[], object]) -> bool:
     return False
 
 
-def split_cpu_time(total_ns: int, user_sampled_ns: int, sys_sampled_ns: int) -> tuple[int, int]:
-    """User and system time that add up to the exact total. The kernel measures a
-    cgroup's total CPU time exactly but splits it into user and system by sampling at
-    clock ticks (4 ms here), so a short job can show 4 ms of system time and 1 ms in
-    all. As the kernel does for getrusage (cputime_adjust), the total is divided in the
-    sampled proportion, and counts as user time when no tick sampled it."""
-    sampled = user_sampled_ns + sys_sampled_ns
-    if sampled <= 0:
-        return total_ns, 0
-    user_ns = total_ns * user_sampled_ns // sampled
-    return user_ns, total_ns - user_ns
-
-
 def cgroup_pids(directory: str) -> list[int]:
     try:
         return [int(line) for line in read_text(os.path.join(directory, "cgroup.procs")).split()]
@@ -347,16 +292,6 @@ def kill_cgroup_processes(directory: str) -> int:
 
 def read_keyed(path: str) -> dict[str, int]:
     return parse_keyed(read_text(path))
-
-
-def parse_keyed(text: str) -> dict[str, int]:
-    """Parse "key value" lines (memory.events, cpu.stat, oom_control)."""
-    result = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if value.strip().lstrip("-").isdigit():
-            result[key] = int(value)
-    return result
 
 
 def remove_partial(directories: list[str]) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 from sandbox.cgroup_files import TCP_LIMIT, read_int, read_text, write_file, write_v1
 from sandbox.cgroups.base import (
     CgroupBackend,
-    CgroupUsage,
     Freezer,
     JobCgroup,
     cgroup_pids,
@@ -62,6 +61,7 @@ class V1JobCgroup(JobCgroup):
             "sys": os.path.join(cpuacct, "cpuacct.usage_sys"),
             "peak": os.path.join(memory, "memory.max_usage_in_bytes"),  # "0" resets it
             "oom": os.path.join(memory, "memory.oom_control"),
+            "pids_now": os.path.join(pids, "pids.current"),
             "pids_peak": os.path.join(pids, "pids.peak"),  # 6.1+ backports
             "procs": os.path.join(unique_dirs[0], "cgroup.procs"),
         }
@@ -100,16 +100,6 @@ class V1JobCgroup(JobCgroup):
 
     def _reset_peak(self) -> None:
         self._rewrite_counter("peak", "0")
-
-    def _raw_usage(self) -> CgroupUsage:
-        return CgroupUsage(
-            cpu_ns=self._raw_cpu_ns(),
-            cpu_user_ns=self._counter_int("user") or 0,
-            cpu_sys_ns=self._counter_int("sys") or 0,
-            memory_peak_bytes=self._counter_int("peak"),
-            oom_kills=self._counter_keyed("oom").get("oom_kill", 0),
-            pids_peak=self._counter_int("pids_peak"),
-        )
 
 
 class V1Freezer(Freezer):

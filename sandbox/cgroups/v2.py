@@ -17,12 +17,10 @@ from typing import Any
 from sandbox.cgroup_files import write_file, write_v2
 from sandbox.cgroups.base import (
     CgroupBackend,
-    CgroupUsage,
     Freezer,
     JobCgroup,
     cgroup_pids,
     current_user,
-    parse_keyed,
     read_keyed,
     remove_partial,
 )
@@ -77,11 +75,13 @@ def delegated_parent() -> str:
 
 class V2JobCgroup(JobCgroup):
     JOIN = "directory"
+    VERSION = 2
 
     def __init__(self, directory: str) -> None:
         counters = {
             "peak": os.path.join(directory, "memory.peak"),  # 5.19+
-            "events": os.path.join(directory, "memory.events"),
+            "oom": os.path.join(directory, "memory.events"),
+            "pids_now": os.path.join(directory, "pids.current"),
             "pids_peak": os.path.join(directory, "pids.peak"),  # 6.1+
             "procs": os.path.join(directory, "cgroup.procs"),
         }
@@ -96,25 +96,11 @@ class V2JobCgroup(JobCgroup):
         finally:
             os.close(fd)
 
-    def _cpu_stat(self) -> dict[str, int]:
-        return parse_keyed(os.pread(self.cpu_counter_fd, 4096, 0).decode())
-
     def _write_limits(self, limits: Limits) -> None:
         write_v2(self.directory, limits)
 
     def limit_files(self) -> dict[str, Any]:
         return {"version": 2, "directory": self.directory}
-
-    def _raw_usage(self) -> CgroupUsage:
-        stat = self._cpu_stat()
-        return CgroupUsage(
-            cpu_ns=stat["usage_usec"] * 1000,
-            cpu_user_ns=stat["user_usec"] * 1000,
-            cpu_sys_ns=stat["system_usec"] * 1000,
-            memory_peak_bytes=self._counter_int("peak"),
-            oom_kills=self._counter_keyed("events").get("oom_kill", 0),
-            pids_peak=self._counter_int("pids_peak"),
-        )
 
     def kill_all(self) -> None:
         """cgroup.kill (5.14+) SIGKILLs every process at once, so a fork storm cannot

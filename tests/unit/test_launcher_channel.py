@@ -20,6 +20,7 @@ from worker.launcher_channel import (
     LauncherReady,
     Message,
     OfferSandbox,
+    OfferTaken,
     RunExec,
     RunGroup,
     RunJob,
@@ -28,14 +29,15 @@ from worker.launcher_channel import (
     decode,
     encode,
 )
-from worker.protocol import FrameDecoder, group_to_wire, job_to_wire, session_spec_to_wire
 from worker.protocol import encode as encode_frame
+from worker.protocol import group_to_wire, job_to_wire, session_spec_to_wire
 
 MESSAGES: list[Message] = [
     RunJob("j1", job_to_wire(Job(cmd=["true"], limits=Limits(memory="1G"))), stream=False),
-    RunJob("j2", job_to_wire(Job(cmd=["cat"])), stream=True, sandbox=4242, handed_ns=123_456_789),
+    RunJob("j2", job_to_wire(Job(cmd=["cat"])), stream=True),
     RunGroup("g1", group_to_wire(Group([Job(cmd=["yes"]), Job(cmd=["head", "-1"])],
                                        [Pipe((0, "stdout"), (1, "stdin"))]))),
+    OfferTaken(4242),
     DropOffer(4242),
     CancelJob("j2"),
     LauncherReady(77, cgroups=True),
@@ -43,6 +45,10 @@ MESSAGES: list[Message] = [
                  cgroup=({"version": 2, "directory": "/sys/fs/cgroup/job"}, (1 << 30, 64, None)),
                  image=("sha256:" + "ab" * 32, "/srv")),
     OfferSandbox(4243, WarmKind("strict", cpu_quota=False), {}, {}, cgroups=False),
+    OfferSandbox(4244, WarmKind("default"), {}, {}, cgroups=True,
+                 cgroup=({"version": 1, "dirs": {"memory": "/m"}, "swap": True, "tcp": False}, (1 << 30, 64, 1.5)),
+                 counters=(1, ["user", "sys", "peak", "oom", "procs"]), baseline=(10**9, 6 * 10**8, 4 * 10**8, 1),
+                 warnings=["the job ran as this user"], not_enforced=["memory"], parallelism=2),
     JobStarted("j1"),
     JobOutput("j1", "stderr", 65536, b"\x00\xffbytes"),
     JobResult("j1", Result(Status.TIME_LIMIT, exit_code=None, signal=9, signal_name="SIGKILL", stdout=b"x",
@@ -75,18 +81,8 @@ def test_messages_survive_any_chunking() -> None:
     assert received == MESSAGES
 
 
-def test_a_run_names_a_sandbox_only_when_handed_over() -> None:
-    assert "sandbox" not in _frame_map(RunJob("j", {}, stream=False))
-    assert _frame_map(RunJob("j", {}, stream=False, sandbox=5, handed_ns=9))["sandbox"] == 5
-
-
 def test_a_frame_no_message_makes_is_refused() -> None:
     with pytest.raises(ValueError, match="submit"):
         decode({"type": "submit", "id": "x"})
     with pytest.raises(ValueError):
         ChannelDecoder().feed(encode_frame({"id": "x"}))
-
-
-def _frame_map(message: Message) -> dict[str, object]:
-    (wire,) = FrameDecoder().feed(encode(message))
-    return wire
