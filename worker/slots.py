@@ -37,6 +37,7 @@ from worker.launcher_channel import (
     encode,
 )
 from worker.launcher_process import LauncherDied, LauncherProcess
+from worker.logs import log
 from worker.protocol import ProtocolError, SessionExec, group_to_wire, job_to_wire
 from worker.supervision import HandedJob
 
@@ -184,7 +185,8 @@ class Slot:
         """Watch a job this slot handed over until it ends (worker/supervision.py); its
         sandbox goes back to the launcher with ``give_back``. A launcher that dies
         meanwhile (``dead``: the event of the one the job was handed on) fails the job:
-        it is killed, as the launcher's own jobs die with it."""
+        it is killed, as the launcher's own jobs die with it. A fault of ours while
+        watching is the job's internal_error, as on a launcher's job thread."""
 
         def relay_output(stream: str, offset: int, data: bytes) -> None:
             assert on_output is not None
@@ -199,6 +201,10 @@ class Slot:
             job.abandon()
         try:
             result = await job.watch()
+        except Exception as exc:  # a fault of ours: this job's internal_error, never the worker's end
+            job.abandon()
+            log("supervision_failed", id=job_id, error=f"{type(exc).__name__}: {exc}")
+            result = Result(Status.INTERNAL_ERROR, error=f"worker: {type(exc).__name__}: {exc}")
         finally:
             launcher.on_death.discard(job.abandon)
             self._handed = None
