@@ -40,7 +40,7 @@ from sandbox.collect import Collected
 from sandbox.errors import CgroupError, JobError, SetupError
 from sandbox.job_message import job_spec, job_stdin, open_blob, rlimits, start_job
 from sandbox.models import Blob, Job, Limits, Result, Status, runs_python
-from sandbox.outcome import MessageReader, job_parallelism
+from sandbox.outcome import MessageReader
 from sandbox.prepare import Prepared
 from sandbox.profile_cache import SNIPPET_VARIANT, TEMPLATE_VARIANT
 from sandbox.runner import (
@@ -269,9 +269,8 @@ class _Template:
             snippet = Prepared(init_pid=_host_pid(pidfd), report_fd=report_r, job_channel=channel,
                                reader=MessageReader(report_r), early=[])
             watch = Watch(
-                wall_limit_ns=limits.wall_time_ms * 1_000_000,
-                cpu_limit_ns=None if limits.cpu_time_ms is None else limits.cpu_time_ms * 1_000_000,
-                parallelism=job_parallelism(runner.parallelism, limits.cpus),
+                limits=limits,
+                cpus=runner.parallelism,
                 cgroup=cgroup,
                 kill=lambda: _kill(pidfd),
                 reaps=False,  # the template reaps it, and says so on the report pipe

@@ -5,7 +5,7 @@ and the worker's own supervision of a job it handed to a warm sandbox
 (worker/supervision.py, in its trio loop). Both keep their facts in an ``Outcome``, read
 the sandbox init's report with a ``MessageReader`` and ask ``Deadlines`` which limit was
 crossed and when to look again, so a limit means the same whoever enforces it. Light on
-purpose (the standard library): the worker's trio process imports it.
+purpose (the standard library and the models): the worker's trio process imports it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from sandbox.models import Limits
 
 MIN_POLL_S = 0.0005
 SETUP_TIMEOUT_S = 30.0
@@ -158,6 +160,15 @@ class Deadlines:
     parallelism: int
     handed_ns: int
 
+    @classmethod
+    def of(cls, limits: Limits, cpus_available: int, *, polls_cpu: bool, handed_ns: int) -> Deadlines:
+        """A job's deadlines from its limits, on a host of ``cpus_available`` CPUs; its CPU
+        limit only where a cgroup counts the job's CPU (``polls_cpu``)."""
+        cpu_limit_ns = limits.cpu_time_ms * 1_000_000 if polls_cpu and limits.cpu_time_ms is not None else None
+        # (the CPUs it can use at once: its ``cpus`` quota, at most the host's)
+        parallelism = max(1, min(cpus_available, math.ceil(limits.cpus) if limits.cpus else cpus_available))
+        return cls(limits.wall_time_ms * 1_000_000, cpu_limit_ns, parallelism, handed_ns)
+
     @property
     def setup_deadline_ns(self) -> int:
         return self.handed_ns + int(SETUP_TIMEOUT_S * 1e9)
@@ -188,7 +199,3 @@ class Deadlines:
             remaining = min(remaining, (self.cpu_limit_ns - cpu_used_ns) // self.parallelism)
         return max(remaining / 1e9, MIN_POLL_S)
 
-
-def job_parallelism(cpus_available: int, quota: float | None) -> int:
-    """How many CPUs a job can use at once: its ``cpus`` quota, at most the host's."""
-    return max(1, min(cpus_available, math.ceil(quota) if quota else cpus_available))

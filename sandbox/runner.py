@@ -44,7 +44,6 @@ from sandbox.models import (
     Status,
     WarmSpec,
 )
-from sandbox.outcome import job_parallelism
 from sandbox.prepare import ImageRoot
 from sandbox.profile import INET_MODES
 from sandbox.profile_cache import ProfileCache
@@ -432,9 +431,8 @@ class Runner:
         member's sandbox and cgroup: safe to run for several members at once."""
         limits, prepared, cgroup = member.limits, member.sandbox.prepared, member.sandbox.cgroup
         watch = Watch(
-            wall_limit_ns=limits.wall_time_ms * 1_000_000,
-            cpu_limit_ns=None if limits.cpu_time_ms is None else limits.cpu_time_ms * 1_000_000,
-            parallelism=job_parallelism(self.parallelism, limits.cpus),
+            limits=limits,
+            cpus=self.parallelism,
             cgroup=cgroup,
             collecting=bool(member.job.collect),
         )

@@ -45,7 +45,7 @@ from sandbox.collect import COLLECT_TIMEOUT_S, Collected, not_collected, receive
 from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
 from sandbox.job_message import job_spec, job_stdin, open_blob, rlimits, start_job
 from sandbox.models import DEFAULT_STOP_GRACE_S, Job, Result, SessionSpec, Status
-from sandbox.outcome import Outcome, job_parallelism
+from sandbox.outcome import Outcome
 from sandbox.runner import (
     Runner,
     close_quietly,
@@ -218,9 +218,8 @@ class Session:
                 fds.remove(fd)
                 os.close(fd)
             watch = Watch(
-                wall_limit_ns=limits.wall_time_ms * 1_000_000,
-                cpu_limit_ns=None if limits.cpu_time_ms is None else limits.cpu_time_ms * 1_000_000,
-                parallelism=job_parallelism(self._runner.parallelism, limits.cpus),
+                limits=limits,
+                cpus=self._runner.parallelism,
                 cgroup=cgroup,
                 collecting=True,  # the init kills and reaps the rest of every exec itself
                 kill=lambda: self._kill(cgroup),

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sandbox.cgroups import JobCgroup
+from sandbox.models import Limits
 from sandbox.outcome import Deadlines, KillReason, Outcome, OutputBuffer, handle_message, take_started
 from sandbox.prepare import Prepared
 from sandbox.seccomp_policy import describe
@@ -23,11 +24,11 @@ _CHUNK = 1 << 16
 
 @dataclass
 class Watch:
-    """What to enforce. ``cpu_limit_ns`` is only used with a cgroup to poll."""
+    """What to enforce: the job's limits (``outcome.Deadlines.of``; its CPU limit only
+    with a cgroup to poll) on a host of ``cpus`` CPUs."""
 
-    wall_limit_ns: int
-    cpu_limit_ns: int | None
-    parallelism: int
+    limits: Limits
+    cpus: int
     cgroup: JobCgroup | None
     emptiness_checked: bool = False  # looked once for an early end (``_finished_early``)
     # The job names files to collect: its init, having reported the exit, kills and
@@ -73,9 +74,9 @@ def supervise(
         selector.register(fd, selectors.EVENT_READ)
     if cancel_fd is not None:
         selector.register(cancel_fd, selectors.EVENT_READ)
-    polls_cpu = watch.cgroup is not None and watch.cpu_limit_ns is not None
-    deadlines = Deadlines(watch.wall_limit_ns, watch.cpu_limit_ns if polls_cpu else None, watch.parallelism,
-                          handed_ns=time.monotonic_ns())
+    deadlines = Deadlines.of(watch.limits, watch.cpus, polls_cpu=watch.cgroup is not None,
+                             handed_ns=time.monotonic_ns())
+    polls_cpu = deadlines.cpu_limit_ns is not None
     cpu_used_ns: int | None = 0 if polls_cpu else None
 
     def kill(reason: KillReason) -> None:

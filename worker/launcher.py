@@ -14,7 +14,8 @@ cancel pipe is its ``cancel_fd``: ``CancelJob`` writes to it, and the channel's 
 worker gone) writes to all of them. The engine takes its supply lock only to take, start
 and retire a sandbox (``Runner``), so the jobs' supervision - the adaptive CPU poll, the
 kill - runs on their threads at once, in a process that does nothing else: a busy event
-loop in the worker can never delay a kill. Their frames share one ``Outbox``, whose
+loop in the worker can never delay their kills (the jobs the worker hands to offered
+sandboxes it supervises itself: worker/supervision.py). Their frames share one ``Outbox``, whose
 streamed output never waits for room. The main thread does the idle work between
 messages: it offers the worker a ready warm sandbox of each kind it keeps (``OfferSandbox``,
 worker/handover.py: the worker hands a job to it and supervises it itself,

@@ -51,7 +51,7 @@ class Slot:
         self.handovers = 0  # jobs this slot handed to an offered sandbox itself
         self._cancel_requested = False  # for the running job
         self._handed: HandedJob | None = None  # the job this slot supervises itself, while it runs
-        self._to_give_back: list[int] = []  # sandboxes whose jobs are over, for ``give_back``
+        self._to_give_back: int | None = None  # the sandbox of the job it supervised, for ``give_back``
 
     async def run(
         self, job_id: str, job: Job | Group, on_started: Callable[[], Awaitable[None]],
@@ -160,10 +160,10 @@ class Slot:
         """Give the job to a sandbox the launcher offered, if one fits (worker/handover.py):
         the frames that tell the launcher - ``OfferTaken`` if the job went there, else
         its ``RunJob`` - and, if it did, the offer, the job's limits, the hand-over's
-        time and the files it collects, for ``_supervise``. A sandbox that died waiting, or a job it could not be
-        told, is given back (``DropOffer`` first), and the launcher gets the job as usual
-        (and says what is wrong with it, if anything); so are offers on an image that
-        the job's reference no longer names."""
+        time and the files it collects, for ``_supervise``. A sandbox that died waiting,
+        or a job it could not be told, is given back (``DropOffer`` first), and the
+        launcher gets the job as usual (and says what is wrong with it, if anything); so
+        are offers on an image that the job's reference no longer names."""
         claimed, outdated = self.launcher.claim_offer(job)
         given_back = b"".join(encode(DropOffer(init_pid)) for init_pid in outdated)
         if claimed is None:
@@ -192,39 +192,40 @@ class Slot:
             assert on_output is not None
             on_output(JobOutput(job_id, stream, offset, data))
 
-        job = self._handed = HandedJob(offer, limits, handed_ns, collect,
-                                          None if on_output is None else relay_output)
+        watched = self._handed = HandedJob(offer, limits, handed_ns, collect,
+                                           None if on_output is None else relay_output)
         if self._cancel_requested:
-            job.kill(KillReason.CANCEL)
-        launcher.on_death.add(job.abandon)
+            watched.kill(KillReason.CANCEL)
+        launcher.on_death.add(watched.abandon)
         if dead.is_set():  # (before it could call ``on_death``)
-            job.abandon()
+            watched.abandon()
         try:
-            result = await job.watch()
+            result = await watched.watch()
         except Exception as exc:  # a fault of ours: this job's internal_error, never the worker's end
-            job.abandon()
+            watched.abandon()
             log("supervision_failed", id=job_id, error=f"{type(exc).__name__}: {exc}")
             result = Result(Status.INTERNAL_ERROR, error=f"worker: {type(exc).__name__}: {exc}")
         finally:
-            launcher.on_death.discard(job.abandon)
+            launcher.on_death.discard(watched.abandon)
             self._handed = None
             offer.close()
         if dead.is_set():
             return Result(Status.INTERNAL_ERROR, error=f"launcher {launcher.index} (of slot {self.index}) died")
-        self._to_give_back.append(offer.init_pid)
+        self._to_give_back = offer.init_pid
         return result
 
     async def give_back(self) -> None:
         """Return the sandbox of the job this slot supervised to its launcher, to be
         cleaned up - after the job's result went out, which its cleanup would only
         hold up."""
-        while self._to_give_back:
-            init_pid = self._to_give_back.pop()
-            async with self.launcher.sending:
-                try:
-                    await self.launcher.send(encode(DropOffer(init_pid)))
-                except (LauncherDied, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass  # its sandboxes went with it
+        init_pid, self._to_give_back = self._to_give_back, None
+        if init_pid is None:
+            return
+        async with self.launcher.sending:
+            try:
+                await self.launcher.send(encode(DropOffer(init_pid)))
+            except (LauncherDied, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # its sandboxes went with it
 
 
 async def _until_result(

@@ -41,7 +41,6 @@ from sandbox.outcome import (
     Outcome,
     OutputBuffer,
     handle_message,
-    job_parallelism,
     take_started,
 )
 from sandbox.verdict import result_of, usage_of
@@ -63,13 +62,8 @@ class HandedJob:
         self.limits = limits
         self.collect = collect
         self.outcome = Outcome(OutputBuffer(limits.output_bytes), OutputBuffer(limits.output_bytes))
-        polls_cpu = offer.counters is not None and limits.cpu_time_ms is not None
-        self.deadlines = Deadlines(
-            wall_limit_ns=limits.wall_time_ms * 1_000_000,
-            cpu_limit_ns=limits.cpu_time_ms * 1_000_000 if polls_cpu and limits.cpu_time_ms is not None else None,
-            parallelism=job_parallelism(offer.parallelism, limits.cpus),
-            handed_ns=handed_ns,
-        )
+        self.deadlines = Deadlines.of(limits, offer.parallelism, polls_cpu=offer.counters is not None,
+                                      handed_ns=handed_ns)
         self.on_output = on_output
         # The output pipes not at EOF yet, each with what is kept of it.
         self.buffers = {offer.stdout_r: (self.outcome.stdout, "stdout"),
