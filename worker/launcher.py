@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import json
 import os
 import queue
@@ -214,6 +215,7 @@ def serve(channel: socket.socket, warm: list[WarmSpec], paths: HostPaths) -> Non
         records.reap()  # what the sessions of a crashed worker's launchers left
     outbox = Outbox(channel)
     outbox.send(LauncherReady(os.getpid(), cgroups=runner.backend is not None))
+    gc.freeze()  # start-up's objects stay for good: out of the collector's full passes (as the worker's)
     decoder = ChannelDecoder()
     jobs = Jobs()
     sessions = LauncherSessions(records)

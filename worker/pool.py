@@ -46,7 +46,7 @@ class JobState(str, enum.Enum):
 class JobRecord:
     id: str
     job: Job | Group | SessionExec  # a group takes one slot and has a Result per member
-    owner: object
+    owner: object  # None once it went away (``drop_owner``)
     state: JobState = JobState.QUEUED
     result: Result | list[Result] | None = None
     subscribers: dict[object, Subscriber] = field(default_factory=dict)
@@ -187,14 +187,20 @@ class Pool:
             await record.slot.cancel(job_id)
 
     async def drop_owner(self, owner: object) -> None:
-        """A client went away: cancel its unfinished jobs, forget its subscriptions."""
+        """A client went away: cancel its unfinished jobs, forget its subscriptions, and
+        let go of it. Its records are kept for resubmits (``retention_s``), and one that
+        still named it as owner kept the whole connection - its stream, tasks and
+        buffers - as long: for a judge that submits each test on a connection of its
+        own, a connection per job."""
         for job_id in self._subscribed.pop(owner, ()):
             record = self.records.get(job_id)
             if record is None:
                 continue
             record.subscribers.pop(owner, None)
-            if record.owner is owner and not record.done:
-                await self.cancel(record.id)
+            if record.owner is owner:
+                if not record.done:
+                    await self.cancel(record.id)
+                record.owner = None
 
     async def wait_idle(self) -> None:
         """Return once no job is running."""

@@ -12,6 +12,7 @@ cost a file descriptor each and nothing more, up to ``max_connections``.
 
 from __future__ import annotations
 
+import gc
 import grp
 import hmac
 import ipaddress
@@ -245,6 +246,11 @@ class Server:
 
                 if listeners:  # (a worker of a queue alone has none)
                     nursery.start_soon(accept)
+                # What start-up loaded (trio, the codecs, the engine's modules) lives as
+                # long as the worker: the collector's full passes need not walk it. They
+                # did, and one pass held the event loop - every job's supervision and
+                # reply - for tens of milliseconds.
+                gc.freeze()
                 log("listening", socket=self.config.socket_path, tcp=self.config.tcp, http=self.config.http,
                     metrics=self.config.metrics, slots=self.config.slots,
                     stream=self.config.queue and ",".join(self.config.queue.streams))

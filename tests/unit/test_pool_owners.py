@@ -4,6 +4,7 @@ each client subscribed to, which forgets what the pool forgets."""
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import trio
@@ -53,3 +54,16 @@ def test_a_client_that_stays_keeps_no_trace_of_forgotten_records():
     trio.run(pool.drop_owner, client)
     assert pool.records["last"].state is JobState.CANCELLED
     assert pool._subscribed == {}
+
+
+def test_a_client_gone_is_not_kept_by_the_records_kept_for_resubmits():
+    pool = Pool(slots=1, max_queue=100)
+    leaving = Client()
+    pool.submit("done", job("a"), leaving, leaving)
+    trio.run(pool.cancel, "done")  # finished: kept for resubmits
+    pool.submit("queued", job("b"), leaving, leaving)
+    gone = weakref.ref(leaving)
+    trio.run(pool.drop_owner, leaving)
+    del leaving
+    assert gone() is None  # neither record holds the connection any more
+    assert pool.records["done"].owner is None and pool.records["queued"].state is JobState.CANCELLED
