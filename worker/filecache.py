@@ -38,6 +38,7 @@ import itertools
 import os
 import shutil
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sandbox.models import FILE_ID_PREFIX, TREE_ID_PREFIX, Group, Job, check_file_id, check_tree_id
@@ -294,7 +295,7 @@ class FileCache:
             self._entries.move_to_end(file_id)
         return file_ids
 
-    def release(self, file_ids: list[str]) -> None:
+    def release(self, file_ids: Sequence[str]) -> None:
         for file_id in file_ids:
             entry = self._entries[file_id]
             entry.leases -= 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import os
+import pickle
 import resource
 import time
 from collections import Counter, deque
@@ -42,19 +43,61 @@ class JobState(str, enum.Enum):
     CANCELLED = "cancelled"
 
 
-@dataclass
 class JobRecord:
-    id: str
-    job: Job | Group | SessionExec  # a group takes one slot and has a Result per member
-    owner: object  # None once it went away (``drop_owner``)
-    state: JobState = JobState.QUEUED
-    result: Result | list[Result] | None = None
-    subscribers: dict[object, Subscriber] = field(default_factory=dict)
-    submitted_at: float = field(default_factory=time.monotonic)
-    finished_at: float | None = None
-    slot: Slot | None = None
-    stream: bool = False  # its submitter asked for its output as it comes
-    leased: list[str] = field(default_factory=list)  # the cached files it holds until it ends
+    """A job's record, from its submit until it is forgotten (``retention_s`` after its
+    end, or once ``max_records`` are kept). While it runs, its job and result are model
+    objects; once it is over (``settle``), pickled. A worker keeps up to ``max_records``
+    records, and as objects - a dozen per record - every full pass of the cyclic
+    collector walked them all while it held the event loop, and with it every job's
+    supervision and reply; bytes it does not walk. They are unpickled only when asked for
+    again (a resubmitted id, a late poll): the worker's own bytes, never a client's."""
+
+    __slots__ = ("_job", "_pickled_job", "_pickled_result", "_result", "finished_at", "id", "leased", "owner", "slot",
+                 "state", "stream", "submitted_at", "subscribers")
+
+    def __init__(self, job_id: str, job: Job | Group | SessionExec, owner: object,
+                 subscribers: dict[object, Subscriber], stream: bool = False) -> None:
+        self.id = job_id
+        self._job: Job | Group | SessionExec | None = job  # a group takes one slot and has a Result per member
+        self._result: Result | list[Result] | None = None
+        self._pickled_job = self._pickled_result = b""
+        self.owner = owner  # None once it went away (``Pool.drop_owner``)
+        self.state = JobState.QUEUED
+        self.subscribers = subscribers
+        self.submitted_at = time.monotonic()
+        self.finished_at: float | None = None
+        self.slot: Slot | None = None
+        self.stream = stream  # its submitter asked for its output as it comes
+        self.leased: Sequence[str] = ()  # the cached files it holds until it ends
+
+    @property
+    def job(self) -> Job | Group | SessionExec:
+        if self._job is not None:
+            return self._job
+        job: Job | Group | SessionExec = pickle.loads(self._pickled_job)
+        return job
+
+    @property
+    def result(self) -> Result | list[Result] | None:
+        if self._result is not None or not self._pickled_result:
+            return self._result
+        result: Result | list[Result] = pickle.loads(self._pickled_result)
+        return result
+
+    def end(self, state: JobState, result: Result | list[Result] | None) -> float:
+        """The job is over (its final event not sent yet: ``settle`` follows); when."""
+        self.state, self._result, self.slot = state, result, None
+        self.finished_at = time.monotonic()
+        return self.finished_at
+
+    def settle(self) -> None:
+        """Keep the job and its result as bytes from now on (the class says why)."""
+        if self._job is not None:
+            self._pickled_job = pickle.dumps(self._job, pickle.HIGHEST_PROTOCOL)
+            self._job = None
+        if self._result is not None:
+            self._pickled_result = pickle.dumps(self._result, pickle.HIGHEST_PROTOCOL)
+            self._result = None
 
     def publish(self, event: str, **extra: Any) -> None:
         message = event_message(self.id, event, **extra)
@@ -141,7 +184,7 @@ class Pool:
             if record.done:
                 subscriber(self._final_event(record))
             return record
-        record = JobRecord(job_id, job, owner, subscribers={owner: subscriber}, stream=stream)
+        record = JobRecord(job_id, job, owner, {owner: subscriber}, stream=stream)
         if self.cache is not None:
             record.leased = self.cache.lease(job.job if isinstance(job, SessionExec) else job)
         try:
@@ -300,15 +343,14 @@ class Pool:
         """The job reads its cached files no more: they may be evicted or removed."""
         if self.cache is not None:
             self.cache.release(record.leased)
-        record.leased = []
+        record.leased = ()
 
     def _finish(self, record: JobRecord, state: JobState, result: Result | list[Result] | None) -> None:
         self._release(record)
-        record.state, record.result, record.slot = state, result, None
-        record.finished_at = time.monotonic()
+        finished_at = record.end(state, result)
         self._finished.append(record.id)
         if result is not None:
-            latency_s = record.finished_at - record.submitted_at
+            latency_s = finished_at - record.submitted_at
             for member in result if isinstance(result, list) else [result]:  # a group: each member's
                 self.stats.by_status[member.status.value] += 1
                 if self.on_finished is not None:
@@ -317,6 +359,7 @@ class Pool:
         final = self._final_event(record)
         for deliver in list(record.subscribers.values()):
             deliver(final)
+        record.settle()
 
     def _reject(self, record: JobRecord, error: ProtocolError) -> None:
         """The launcher found the job wrong, as the worker finds others at submit: its
