@@ -589,6 +589,24 @@ def test_a_job_its_launcher_finds_wrong_is_invalid_and_the_launcher_lives(start_
         assert client.run(Job(cmd=["echo", "next"])).stdout == b"next\n"
 
 
+def test_the_results_kept_for_resubmits_hold_their_byte_budget(start_worker, connect):
+    # Each result holds the job's output (up to twice the output limit) for --retention
+    # seconds: without a budget, jobs that print a lot grew the worker's memory by as
+    # much for as long. The oldest go first; their ids are then unknown.
+    worker = start_worker("--slots", "1", "--retention-size", "5M")
+    raw = connect(worker)
+    for number in range(3):  # 2 MiB of output each: the third takes the budget past 5 MiB
+        raw.send({"type": "submit", "id": f"loud-{number}", "progress": False,
+                  "job": {"cmd": ["head", "-c", "2M", "/dev/zero"]}})
+        finished = raw.until(lambda m: m.get("event") == "finished")
+        assert len(finished["result"]["stdout"]) == 2 << 20  # its submitter has it all
+    raw.send({"type": "status", "id": "loud-0"})
+    assert raw.next()["code"] == "unknown_id"
+    for number in (1, 2):
+        raw.send({"type": "status", "id": f"loud-{number}"})
+        assert raw.next() == {"type": "status", "id": f"loud-{number}", "state": "finished"}
+
+
 def test_the_most_input_files_a_job_may_bring(worker):
     # Every file travels to the sandbox as an fd of one message (at most 253 with stdio).
     files = [InputFile(f"/work/f{index}", Blob(data=b"%d" % index)) for index in range(250)]

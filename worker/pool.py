@@ -1,7 +1,8 @@
 """Job records, the bounded queue and the slots that drain it.
 
 Backpressure instead of unbounded memory: the queue holds at most ``max_queue`` jobs and
-``submit`` raises ``busy`` beyond that. Ids are idempotent: a record lives on for
+``submit`` raises ``busy`` beyond that; the records kept once their jobs are over hold
+``max_records`` and ``max_kept_bytes`` at most. Ids are idempotent: a record lives on for
 ``retention_s`` after it finished, and submitting the same id again subscribes to that
 record (its result if finished) instead of running the job twice - if it is the same job:
 an id that names another job is an ``id_conflict``, never someone else's result.
@@ -99,6 +100,11 @@ class JobRecord:
             self._pickled_result = pickle.dumps(self._result, pickle.HIGHEST_PROTOCOL)
             self._result = None
 
+    @property
+    def kept_bytes(self) -> int:
+        """What it keeps once settled: its pickled job and result (0 before)."""
+        return len(self._pickled_job) + len(self._pickled_result)
+
     def publish(self, event: str, **extra: Any) -> None:
         message = event_message(self.id, event, **extra)
         for deliver in list(self.subscribers.values()):
@@ -120,7 +126,8 @@ class PoolStats:
 class Pool:
     def __init__(
         self, slots: int, max_queue: int, warm: Sequence[WarmSpec] = (), retention_s: float = 300.0,
-        max_records: int = 100_000, cache: FileCache | None = None, launchers: int | None = None,
+        max_records: int = 100_000, max_kept_bytes: int = 1 << 30, cache: FileCache | None = None,
+        launchers: int | None = None,
         allow_bind: Sequence[str] = (), sessions_dir: str | None = None,
     ) -> None:
         # ``slots`` jobs run at once, on a few launcher processes (each supervises many
@@ -141,6 +148,10 @@ class Pool:
         self.max_queue = max_queue
         self.retention_s = retention_s
         self.max_records = max_records
+        # The finished records' pickled jobs and results, at most ``max_kept_bytes`` in all:
+        # a result holds up to twice the output cap, and the files the job collected.
+        self.max_kept_bytes = max_kept_bytes
+        self.kept_bytes = 0
         self.records: dict[str, JobRecord] = {}
         # The ids of the records each owner subscribed to (and of those it owns), so that
         # a client that goes away costs what it subscribed to, not a walk over every
@@ -360,6 +371,8 @@ class Pool:
         for deliver in list(record.subscribers.values()):
             deliver(final)
         record.settle()
+        self.kept_bytes += record.kept_bytes
+        self._expire()  # (a result may have taken the kept bytes over their budget)
 
     def _reject(self, record: JobRecord, error: ProtocolError) -> None:
         """The launcher found the job wrong, as the worker finds others at submit: its
@@ -382,13 +395,15 @@ class Pool:
 
     def _expire(self) -> None:
         """Forget finished records past the retention window, and the oldest finished
-        ones beyond ``max_records`` - in time proportional to what is forgotten (this runs
-        for every submit)."""
+        ones beyond ``max_records`` or ``max_kept_bytes`` - in time proportional to what
+        is forgotten (this runs for every submit and every end)."""
         now = time.monotonic()
         while self._finished:
             record = self.records.get(self._finished[0])
+            if record is not None and not record.done:  # its id forgotten, then taken by a job not over yet
+                record = None
             expired = record is None or now - (record.finished_at or now) > self.retention_s
-            if not expired and len(self.records) <= self.max_records:
+            if not expired and len(self.records) <= self.max_records and self.kept_bytes <= self.max_kept_bytes:
                 break
             self._finished.popleft()
             if record is not None:
@@ -397,7 +412,8 @@ class Pool:
     def _forget(self, record: JobRecord) -> None:
         """Drop the record, and its id from its subscribers' lists: a client that stays
         connected for millions of jobs keeps only the ids still kept."""
-        self.records.pop(record.id, None)
+        if self.records.pop(record.id, None) is record:
+            self.kept_bytes -= record.kept_bytes
         for owner in record.subscribers:
             subscribed = self._subscribed.get(owner)
             if subscribed is not None:

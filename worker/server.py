@@ -96,6 +96,7 @@ class ServerConfig:
     warm: int = 0  # sandboxes for the default profile on the host image, over all slots
     warm_for: list[WarmSpec] = field(default_factory=list)  # other kinds (sandbox serve --warm-for)
     retention_s: float = 300.0  # how long a finished job's record (and result) is kept for its id
+    retention_bytes: int = 1 << 30  # and how many bytes of them are kept at most, the oldest forgotten first
     max_frame: int = DEFAULT_MAX_FRAME
     max_connections: int = 16384
     hello_timeout_s: float = 10.0
@@ -206,7 +207,8 @@ class Server:
             if self.claim is not None:
                 self.claim.release()
             raise ValueError(f"file cache: {exc}") from None
-        self.pool = Pool(config.slots, config.max_queue, warm, retention_s=config.retention_s, cache=self.cache,
+        self.pool = Pool(config.slots, config.max_queue, warm, retention_s=config.retention_s,
+                         max_kept_bytes=config.retention_bytes, cache=self.cache,
                          launchers=config.launchers, allow_bind=config.allow_bind,
                          sessions_dir=_sessions_dir(config))
         self.metrics = Metrics(self.pool, self.cache) if config.metrics or config.http else None

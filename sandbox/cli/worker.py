@@ -54,6 +54,8 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
     serve.add_argument("--retention", type=float, default=300.0, metavar="SECONDS",
                        help="keep finished jobs' results this long for resubmitted ids (default 300)")
+    serve.add_argument("--retention-size", type=_size_flag, default="1G", metavar="SIZE",
+                       help="bytes of those results kept at most, the oldest forgotten first (default 1G)")
     serve.add_argument("--max-frame", type=_size_flag, default="16M", metavar="SIZE",
                        help="largest request taken (a job with its stdin and files), e.g. 64M (default 16M)")
     serve.add_argument("--file-cache-size", type=_size_flag, default="1G", metavar="SIZE",
@@ -135,6 +137,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         warm=args.warm,
         warm_for=args.warm_for,
         retention_s=args.retention,
+        retention_bytes=args.retention_size,
         metrics=_host_port(args.metrics, "metrics") if args.metrics else None,
         max_frame=args.max_frame,
         file_cache_dir=args.file_cache_dir,

@@ -48,12 +48,12 @@ def test_a_client_that_stays_keeps_no_trace_of_forgotten_records():
     for number in range(50):
         pool.submit(f"job-{number}", job(str(number)), client, client)
         trio.run(pool.cancel, f"job-{number}")  # finished: kept for no time at all
-    pool.submit("last", job("last"), client, client)  # a submit forgets what expired
+    last = pool.submit("last", job("last"), client, client)
     assert list(pool.records) == ["last"]
     assert pool._subscribed == {client: {"last"}}
     trio.run(pool.drop_owner, client)
-    assert pool.records["last"].state is JobState.CANCELLED
-    assert pool._subscribed == {}
+    assert last.state is JobState.CANCELLED
+    assert pool.records == {} and pool._subscribed == {}
 
 
 def test_a_client_gone_is_not_kept_by_the_records_kept_for_resubmits():

@@ -57,3 +57,16 @@ def test_a_resubmit_after_the_end_gets_the_result_and_another_job_under_the_id_i
     with pytest.raises(ProtocolError) as refused:
         pool.submit("done", Job(cmd=["echo", "hi"]), late, late)  # the limit left to the profile: another job
     assert refused.value.code == "id_conflict"
+
+
+def test_the_kept_results_hold_their_byte_budget_the_oldest_forgotten_first():
+    pool = Pool(slots=1, max_queue=10, max_kept_bytes=3 << 20)
+    output = b"o" * (1 << 20)  # a job that printed a MiB
+    for number in range(5):
+        finished(pool, f"job-{number}", Job(cmd=["yes"]), Result(Status.OK, exit_code=0, stdout=output))
+    assert list(pool.records) == ["job-3", "job-4"]  # a third would take the kept bytes over 3 MiB
+    assert pool.kept_bytes == sum(record.kept_bytes for record in pool.records.values())
+    assert 2 << 20 < pool.kept_bytes <= 3 << 20
+    too_big = finished(pool, "huge", Job(cmd=["yes"]), Result(Status.OK, exit_code=0, stdout=b"o" * (4 << 20)))
+    assert too_big.messages[-1]["result"]["stdout"] == b"o" * (4 << 20)  # its submitter has it all the same
+    assert list(pool.records) == [] and pool.kept_bytes == 0
