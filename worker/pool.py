@@ -46,9 +46,9 @@ class JobState(str, enum.Enum):
 
 class JobRecord:
     """A job's record, from its submit until it is forgotten (``retention_s`` after its
-    end, or once ``max_records`` are kept). While it runs, its job and result are model
-    objects; once it is over (``settle``), pickled. A worker keeps up to ``max_records``
-    records, and as objects - a dozen per record - every full pass of the cyclic
+    end, or sooner when the pool keeps too many: ``Pool._expire``). While it runs, its job
+    and result are model objects; once it is over (``settle``), pickled. A worker keeps up
+    to ``max_records`` records, and as objects - a dozen per record - every full pass of the cyclic
     collector walked them all while it held the event loop, and with it every job's
     supervision and reply; bytes it does not walk. They are unpickled only when asked for
     again (a resubmitted id, a late poll): the worker's own bytes, never a client's."""
