@@ -100,6 +100,9 @@ def read_int(path: str) -> int:
 
 @dataclass
 class CgroupUsage:
+    """A job cgroup's counters as read at one moment, or as a difference of two
+    readings (``Counters.since``): what a Result's usage is made from."""
+
     cpu_ns: int
     cpu_user_ns: int
     cpu_sys_ns: int

@@ -550,6 +550,9 @@ class Usage:
 
 @dataclass
 class Result:
+    """What a job came to: its verdict, output, usage and collected files - the same
+    whichever way it ran (``sandbox run``, a worker, a judge's test)."""
+
     status: Status
     exit_code: int | None = None
     signal: int | None = None

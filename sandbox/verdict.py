@@ -30,6 +30,9 @@ _KILL_STATUS = {
 
 @dataclass
 class Verdict:
+    """How a job ended, decided from its outcome and its cgroup's word (``decide``),
+    before its usage and output are put into its Result."""
+
     status: Status
     exit_code: int | None
     signal: int | None
