@@ -249,9 +249,8 @@ class Server:
                 if listeners:  # (a worker of a queue alone has none)
                     nursery.start_soon(accept)
                 # What start-up loaded (trio, the codecs, the engine's modules) lives as
-                # long as the worker: the collector's full passes need not walk it. They
-                # did, and one pass held the event loop - every job's supervision and
-                # reply - for tens of milliseconds.
+                # long as the worker: the collector's full passes, which hold the event
+                # loop - every job's supervision and reply - need not walk it.
                 gc.freeze()
                 log("listening", socket=self.config.socket_path, tcp=self.config.tcp, http=self.config.http,
                     metrics=self.config.metrics, slots=self.config.slots,

@@ -1,7 +1,7 @@
 """What `sandbox run` loads costs every run its start-up: every dataclass among it has
 a docstring of its own. Without one, the dataclass decorator makes one from the class's
-signature through ``inspect`` - about 0.2 to 0.7 ms a class, at every start of every
-process that imports it."""
+signature through ``inspect``, at every start of every process that imports it (the
+figure is in the CHANGELOG)."""
 
 from __future__ import annotations
 
