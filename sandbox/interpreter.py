@@ -232,8 +232,8 @@ class _Template:
         with ExitStack() as cleanup:
             fds: list[int] = []
             cleanup.callback(close_quietly, fds)
-            cgroup = runner.backend.create_job(cpu_quota=limits.cpus is not None)
-            cleanup.callback(cgroup.destroy)
+            cgroup = runner.take_cgroup(cpu_quota=limits.cpus is not None)
+            cleanup.callback(runner.discard_cgroup, cgroup)
             cgroup.apply_limits(limits)
             cgroup.start_accounting()
             stdout_r, stdout_w = pipe_pair(fds)

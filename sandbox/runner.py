@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox import prepare
-from sandbox.cgroups import CgroupBackend, open_backend
+from sandbox.cgroups import CgroupBackend, JobCgroup, open_backend
 from sandbox.collect import Collected, collect_after
 from sandbox.errors import CgroupError, JobError, SandboxError, SetupError
 from sandbox.ids import plan_ids
@@ -191,6 +191,16 @@ class Runner:
         """A ready warm sandbox for the worker to hand a job to itself (``SandboxSupply.offer``)."""
         with self._supply_lock:
             return self.sandboxes.offer()
+
+    def take_cgroup(self, cpu_quota: bool) -> JobCgroup:
+        """A job cgroup for a job in no sandbox of the supply's (``SandboxSupply.take_cgroup``)."""
+        with self._supply_lock:
+            return self.sandboxes.take_cgroup(cpu_quota)
+
+    def discard_cgroup(self, cgroup: JobCgroup) -> None:
+        """Give back a ``take_cgroup`` cgroup once its job is over (``SandboxSupply.discard_cgroup``)."""
+        with self._supply_lock:
+            self.sandboxes.discard_cgroup(cgroup)
 
     def lend(self, init_pid: int) -> None:
         """The worker handed a job to that offered sandbox (``SandboxSupply.lend``)."""

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from sandbox import prepare, rootfs
 from sandbox.cgroups import CgroupBackend, JobCgroup
 from sandbox.cgroups.stock import KEEP_MADE, CgroupStock
-from sandbox.errors import SandboxError
+from sandbox.errors import CgroupError, SandboxError
 from sandbox.ids import IdPlan, JobIds
 from sandbox.linux.readiness import readable
 from sandbox.models import WORKDIR, Limits, WarmSpec
@@ -294,6 +294,27 @@ class SandboxSupply:
             self._offered[sandbox.prepared.init_pid] = (spec, sandbox)
             return sandbox, sandbox.kind
         return None
+
+    def take_cgroup(self, cpu_quota: bool) -> JobCgroup:
+        """A fresh job cgroup for a job whose sandbox is not one of the supply's (a
+        snippet of the interpreter mode, sandbox/interpreter.py), from the stock a warm
+        sandbox's comes from: made ahead when one is, else now, on what removed cgroups
+        left for reuse. Given back with ``discard_cgroup``."""
+        if self._cgroups is None:
+            raise CgroupError("no cgroup stock: the supply has no cgroup backend, or is closed")
+        return self._cgroups.take(cpu_quota)
+
+    def discard_cgroup(self, cgroup: JobCgroup) -> None:
+        """A ``take_cgroup`` cgroup whose job is over: removed by ``step``, off the next
+        job's path - or now, with the others waiting, where no one steps (a runner
+        without a launcher) and more than ``MAX_RETIRED`` wait, as retired sandboxes
+        are; at once by a supply closed meanwhile."""
+        if self._cgroups is None:
+            cgroup.destroy()
+            return
+        self._cgroups.discard(cgroup)
+        if self._cgroups.discarded > MAX_RETIRED:
+            self._cgroups.drain()
 
     def lend(self, init_pid: int) -> None:
         """The worker handed a job to the offered sandbox of that init pid: it runs the

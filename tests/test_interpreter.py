@@ -15,10 +15,12 @@ from collections.abc import Iterator
 import pytest
 from workerutil import SANDBOX_CLI
 
+from sandbox.cgroups.base import JOB_PREFIX
 from sandbox.errors import JobError
 from sandbox.interpreter import Interpreters
 from sandbox.models import Blob, InputFile, Job, Limits, Status
 from sandbox.runner import Runner
+from sandbox.supply import MAX_RETIRED
 from worker.client import Client, WorkerError
 
 pytestmark = pytest.mark.cgroup
@@ -176,6 +178,31 @@ def test_a_runner_runs_interpreter_jobs_and_ends_their_template(runner):
     assert result.stdout == b"42\n", result
     runner.close_interpreters()
     runner.tidy()
+
+
+def own_job_cgroups(runner: Runner) -> set[str]:
+    """The job cgroups this process made that are still there, by name."""
+    assert runner.backend is not None
+    mine = f"{JOB_PREFIX}{os.getpid()}-"
+    return {name for parent in runner.backend.parents() for name in os.listdir(parent) if name.startswith(mine)}
+
+
+def test_the_snippets_cgroups_wait_for_their_removal_a_bounded_number_at_a_time(runner):
+    # A snippet's cgroup is removed after its result, in the supply's idle steps (the
+    # worker's launcher takes them): a runner that takes none removes them in batches.
+    runner.run(snippet("pass"))
+    runner.tidy()
+    before = own_job_cgroups(runner)  # the template's, there until it ends
+    waiting = []
+    for _ in range(2 * MAX_RETIRED):
+        assert runner.run(snippet("pass")).status is Status.OK
+        waiting.append(len(own_job_cgroups(runner) - before))
+    assert max(waiting) == MAX_RETIRED and min(waiting) == 0, waiting
+    runner.tidy()
+    assert own_job_cgroups(runner) == before
+    runner.close_interpreters()
+    runner.tidy()
+    assert not own_job_cgroups(runner)
 
 
 def test_a_worker_runs_interpreter_jobs_and_refuses_what_the_mode_cannot(worker):

@@ -563,6 +563,8 @@ def _on_this_host(job: Job, paths: HostPaths) -> Job:
             raise JobError("this worker has no file cache", field=f"mounts.{index}.tree_id")
         return Mount(entry.path, host_dir=tree_path(cache_dir, entry.tree_id))
 
+    if not any(f.content.file_id is not None for f in job.files) and not any(m.tree_id is not None for m in job.mounts):
+        return job  # (as it is: a copy would check the whole job again)
     files = [dataclasses.replace(f, content=content(f.content, index)) for index, f in enumerate(job.files)]
     mounts = [directory(entry, index) for index, entry in enumerate(job.mounts)]
     return dataclasses.replace(job, files=files, mounts=mounts)

@@ -51,8 +51,7 @@ class JobCgroup(abc.ABC):
         is made: ahead of its job (``CgroupStock``)."""
         self.directories = directories
         self.attach_paths = attach_paths
-        flags = os.O_PATH | os.O_DIRECTORY if self.JOIN == "directory" else os.O_WRONLY
-        self.attach_fds = [os.open(path, flags | os.O_CLOEXEC) for path in attach_paths]
+        self._attach_fds: list[int] | None = None  # (``attach_fds``)
         directory, self.cpu_counter_kind = cpu_counter
         cpu_fd = os.open(os.path.join(directory, self.cpu_counter_kind), os.O_RDONLY | os.O_CLOEXEC)
         self.counters = Counters(self.VERSION, cpu_fd, {})
@@ -69,6 +68,24 @@ class JobCgroup(abc.ABC):
         # The counters when the job started (``start_accounting``): its usage is read against them.
         self.baseline = CgroupUsage(0, 0, 0, None, 0, None)
         self._applied: tuple[int, int, float | None] | None = None
+
+    @property
+    def attach_fds(self) -> list[int]:
+        """What a process joins the job through (``JOIN``), opened at the first ask: a
+        snippet of the interpreter mode joins on v1 through tasks files its zygote opens
+        as the job's id instead (sandbox/interpreter.py), and never needs these."""
+        if self._attach_fds is None:
+            flags = os.O_PATH | os.O_DIRECTORY if self.JOIN == "directory" else os.O_WRONLY
+            opened: list[int] = []
+            try:
+                for path in self.attach_paths:
+                    opened.append(os.open(path, flags | os.O_CLOEXEC))
+            except BaseException:
+                for fd in opened:
+                    os.close(fd)
+                raise
+            self._attach_fds = opened
+        return self._attach_fds
 
     @property
     def cpu_counter_fd(self) -> int:
@@ -156,9 +173,9 @@ class JobCgroup(abc.ABC):
             os.write(fd, b"0")
 
     def close_attach_fds(self) -> None:
-        for fd in self.attach_fds:
+        for fd in self._attach_fds or []:
             os.close(fd)
-        self.attach_fds = []
+        self._attach_fds = []
 
     def _close_fds(self) -> None:
         self.close_attach_fds()

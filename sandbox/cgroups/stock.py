@@ -56,6 +56,11 @@ class CgroupStock:
         """Remove this cgroup later (``work``, ``drain``); what is left in it gets killed."""
         self._doomed.append(cgroup)
 
+    @property
+    def discarded(self) -> int:
+        """How many discarded cgroups wait for their removal."""
+        return len(self._doomed)
+
     def work(self) -> bool:
         """Make one cgroup ahead or remove one discarded; False when there is nothing to
         do. A cgroup that cannot be removed raises (CgroupError) - as a job's own removal
