@@ -33,23 +33,24 @@ import importlib.util
 import io
 import json
 import os
-
-# runpy.run_path imports pkgutil (and it weakref) at each call: imported here, before
-# any fork, so that a snippet running a zip or a directory does not pay the import.
-import pkgutil  # noqa: F401
 import resource
-import runpy
 import selectors
 import signal
 import socket
 import struct
 import sys
-import threading
 import time
-import traceback
-from typing import Any
 
 from sandbox.linux import syscalls as sc
+
+# What this module imports is in every snippet's memory, and each snippet's clone copies
+# the page tables of all of it and tears them down at its exit: what only some snippets
+# use - typing (annotations only), runpy (a zip, a directory or a compiled file),
+# threading and traceback (at a snippet's exit, for a snippet that started threads or
+# whose atexit functions fail) - is imported where it is used, as python3 itself does.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 CONTROL_FD = 0
 # Where this package was copied to: the template's own files, left out of a snippet's path.
@@ -398,6 +399,8 @@ def run_code(argv: list[str], env: dict[str, str]) -> int:
                       file=sys.stderr)
                 return shut_down(2)
             if source is None or not plain_script(path, source):
+                import runpy
+
                 runpy.run_path(path, run_name="__main__")
             else:
                 run_in_main(source, path, {
@@ -444,11 +447,16 @@ def exit_code(exc: SystemExit) -> int:
 
 
 def shut_down(code: int) -> int:
-    """What the interpreter does at exit: wait for threads, run atexit, flush."""
+    """What the interpreter does at exit: wait for the threads of a snippet that imported
+    threading (python3 looks for the module as well), run atexit, flush."""
     try:
-        threading._shutdown()  # type: ignore[attr-defined]  # the interpreter's own exit steps
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            threading._shutdown()  # the interpreter's own exit step
         atexit._run_exitfuncs()
     except BaseException:
+        import traceback
+
         traceback.print_exc()
     for stream in (sys.stdout, sys.stderr):
         try:

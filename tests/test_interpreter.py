@@ -92,6 +92,22 @@ def test_code_stdin_env_and_an_uncaught_exception(interpreters):
     assert b"ValueError: boom" in failed.stderr
 
 
+def test_a_snippet_ends_as_python3_ends(interpreters):
+    # Its threads are waited for (the module is imported where the snippet imports it),
+    # then its atexit functions run, and one that raises prints its traceback.
+    code = ("import atexit, threading, time\n"
+            "def fail(): raise RuntimeError('at exit')\n"
+            "atexit.register(fail)\n"
+            "atexit.register(print, 'atexit')\n"
+            "threading.Thread(target=lambda: (time.sleep(0.2), print('thread'))).start()\n"
+            "print('main')\n")
+    result = interpreters.run(snippet(code))
+    native = subprocess.run(["python3", "-c", code], capture_output=True, check=True)
+    assert native.stdout == b"main\nthread\natexit\n"
+    assert (result.status, result.stdout) == (Status.OK, native.stdout), result
+    assert b"RuntimeError: at exit" in result.stderr and b"RuntimeError: at exit" in native.stderr, result
+
+
 def test_what_fails_before_the_code_fails_as_python3_would(interpreters):
     missing = interpreters.run(Job(cmd=["python3", "/work/none.py"], interpreter=[]))
     assert (missing.status, missing.exit_code) == (Status.RUNTIME_ERROR, 2), missing
