@@ -86,11 +86,29 @@ def main() -> None:
     except BaseException as exc:  # an import may raise anything, SystemExit included
         control.send(json.dumps({"kind": "error", "message": f"{type(exc).__name__}: {exc}"}).encode())
         sys.exit(1)
+    ahead = Ahead(program)
+    # The snippets' environments are their jobs' own: none of the template's is left in
+    # them (a snippet only adds its job's).
+    os.environ.clear()
     # What is loaded now stays for every snippet: keep the collector from walking it
     # (and so copying its pages) in each of them.
     gc.freeze()
     control.send(b'{"kind": "ready"}')
-    Template(program, int(sys.argv[1])).serve(control)
+    Template(ahead, int(sys.argv[1])).serve(control)
+
+
+class Ahead:
+    """What every snippet needs that the template works out once, before any fork: a
+    snippet's first touch of a page of the template's memory copies the page (every
+    object it reads has its reference count written), so work done once here is work
+    that no snippet's memory pays for - the file read, the scan of every module name."""
+
+    def __init__(self, program: bytes) -> None:
+        self.program = program  # the snippets' seccomp filter
+        with open("/proc/sys/kernel/cap_last_cap") as cap_last:
+            self.last_capability = int(cap_last.read())
+        # The template's own modules, which a snippet's code does not see.
+        self.own_modules = [name for name in sys.modules if name == "sandbox" or name.startswith("sandbox.")]
 
 
 class ProgramFailure(Exception):
@@ -127,8 +145,8 @@ class Spare:
 class Template:
     """The template's state: the snippets running, the spares waiting."""
 
-    def __init__(self, program: bytes, disk: int) -> None:
-        self.program = program
+    def __init__(self, ahead: Ahead, disk: int) -> None:
+        self.ahead = ahead
         self.disk = disk  # the scratch size of a job that gives none: the spares'
         self.selector = selectors.DefaultSelector()
         self.spares: list[Spare] = []
@@ -179,7 +197,7 @@ class Template:
                 data, fds = b"", []
             if not data:
                 os._exit(0)  # the template is closing
-            run_snippet(failure, json.loads(data), fds, self.disk, self.program)  # never returns
+            run_snippet(failure, json.loads(data), fds, self.disk, self.ahead)  # never returns
         theirs.close()
         return Spare(pid, os.pidfd_open(pid), ours)
 
@@ -233,7 +251,7 @@ class Template:
         except OSError as exc:
             return f"starting the snippet's sandbox: {exc}"
         if pid == 0:
-            run_snippet(made(request["disk"]), request, fds[1:], request["disk"], self.program)  # never returns
+            run_snippet(made(request["disk"]), request, fds[1:], request["disk"], self.ahead)  # never returns
         return Snippet(pid, os.pidfd_open(pid), fds[1])
 
     def finish(self, snippet: Snippet) -> None:
@@ -264,7 +282,7 @@ def made(disk: int) -> BaseException | None:
 
 
 def run_snippet(failure: BaseException | None, request: dict[str, Any], fds: list[int], disk: int,
-                program: bytes) -> None:
+                ahead: Ahead) -> None:
     """In the clone, its sandbox made with a scratch of ``disk`` bytes (``failure``: what
     went wrong there): enter the job, then run its code; exits, never returns. ``fds``
     are the request's but its channel: the report pipe first."""
@@ -273,7 +291,7 @@ def run_snippet(failure: BaseException | None, request: dict[str, Any], fds: lis
         try:
             if failure is not None:
                 raise failure
-            enter_job(request, fds, disk, program)
+            enter_job(request, fds, disk, ahead)
         except ProgramFailure as exc:
             os.write(fds[0], json.dumps({"kind": "exec_error", "message": str(exc)}).encode() + b"\n")
             code = 126
@@ -284,7 +302,7 @@ def run_snippet(failure: BaseException | None, request: dict[str, Any], fds: lis
             return
         os.write(REPORT_FD, json.dumps({"kind": "started", "t": time.monotonic_ns()}).encode() + b"\n")
         os.close(REPORT_FD)
-        code = run_code(request["argv"], request["env"])
+        code = run_code(request["argv"], request["env"], ahead.own_modules)
     finally:
         os._exit(code)
 
@@ -309,7 +327,7 @@ def make_sandbox(disk: int) -> None:
         fcntl.ioctl(probe, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", IFF_UP_RUNNING))
 
 
-def enter_job(request: dict[str, Any], fds: list[int], disk: int, program: bytes) -> None:
+def enter_job(request: dict[str, Any], fds: list[int], disk: int, ahead: Ahead) -> None:
     """What the C init and program stage do once the job arrives: the scratch's size if
     the job gives another, its cgroup, input files, limits, stdio, no capabilities, the
     profile's filter. ``fds``: the report pipe, stdin, stdout, stderr, the cgroup's,
@@ -336,19 +354,22 @@ def enter_job(request: dict[str, Any], fds: list[int], disk: int, program: bytes
     moved = {target: fcntl.fcntl(fd, fcntl.F_DUPFD, above) for target, fd in wanted.items()}  # out of each other's way
     for target, fd in moved.items():
         os.dup2(fd, target)
-    with open("/proc/sys/kernel/cap_last_cap") as cap_last:
-        last_capability = int(cap_last.read())
     sc.close_range(REPORT_FD + 1)
     fds[0] = REPORT_FD  # where a set-up error is reported from now on
     for limit, soft, hard in request["rlimits"]:
         resource.setrlimit(limit, (soft, hard))
-    sc.drop_capabilities(last_capability)
-    sc.install_filter(program)
+    sc.drop_capabilities(ahead.last_capability)
+    sc.install_filter(ahead.program)
 
 
 def write_file(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
+    """Through the fd: a text file object's io and codec machinery would touch (and so
+    copy) pages of the template's memory in every spare."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def copy_in(source: int, dest: str, mode: int) -> None:
@@ -365,11 +386,11 @@ def copy_in(source: int, dest: str, mode: int) -> None:
         os.close(source)
 
 
-def run_code(argv: list[str], env: dict[str, str]) -> int:
+def run_code(argv: list[str], env: dict[str, str], own_modules: list[str]) -> int:
     """``python3 -c CODE ARGS`` or ``python3 FILE ARGS``, in this interpreter: its
-    ``__main__``, argv, environment, path and streams are the snippet's. The exit status
-    is what python3's would be."""
-    os.environ.clear()
+    ``__main__``, argv, environment (the template's was cleared before any fork), path
+    and streams are the snippet's; the template's ``own_modules`` are out of its sight.
+    The exit status is what python3's would be."""
     os.environ.update(env)
     # New streams on the snippet's fds, as python3 makes them under a UTF-8 locale.
     sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), "utf-8", "surrogateescape")
@@ -377,7 +398,7 @@ def run_code(argv: list[str], env: dict[str, str]) -> int:
     sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)), "utf-8", "backslashreplace",
                                   line_buffering=True)
     sys.path[:] = [entry for entry in sys.path if not entry.startswith(ROOT)]
-    for name in [name for name in sys.modules if name == "sandbox" or name.startswith("sandbox.")]:
+    for name in own_modules:
         del sys.modules[name]
     code = 0
     try:
