@@ -94,13 +94,17 @@ def test_code_stdin_env_and_an_uncaught_exception(interpreters):
 
 def test_a_snippet_ends_as_python3_ends(interpreters):
     # Its threads are waited for (the module is imported where the snippet imports it),
-    # then its atexit functions run, and one that raises prints its traceback.
+    # then its atexit functions run, and one that raises prints its traceback. The
+    # thread prints only once the code is over (and a while after: an exit that did not
+    # wait would end it first).
     code = ("import atexit, threading, time\n"
             "def fail(): raise RuntimeError('at exit')\n"
             "atexit.register(fail)\n"
             "atexit.register(print, 'atexit')\n"
-            "threading.Thread(target=lambda: (time.sleep(0.2), print('thread'))).start()\n"
-            "print('main')\n")
+            "over = threading.Event()\n"
+            "threading.Thread(target=lambda: (over.wait(), time.sleep(0.2), print('thread'))).start()\n"
+            "print('main')\n"
+            "over.set()\n")
     result = interpreters.run(snippet(code))
     native = subprocess.run(["python3", "-c", code], capture_output=True, check=True)
     assert native.stdout == b"main\nthread\natexit\n"
