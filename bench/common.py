@@ -29,12 +29,17 @@ PROGRAMS = Path(__file__).resolve().parent / "programs"
 
 
 def machine() -> dict[str, Any]:
-    """Kernel, CPUs, cgroup version and memory: printed next to every figure."""
+    """Kernel, CPUs (and the model the host shows the guest: runs on hosts of different
+    models differ in every absolute figure), cgroup version and memory: printed next to
+    every figure."""
     v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
     meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+              if line.startswith("model name")]
     return {
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
+        "cpu_model": models[0] if models else "unknown",
         "cgroup": "v2" if v2 else "v1 (hybrid)",
         "memory_total_mib": int(meminfo["MemTotal"].split()[0]) // 1024,
         "python": platform.python_version(),

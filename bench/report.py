@@ -253,10 +253,14 @@ def _cli_section(part: dict[str, Any]) -> list[str]:
              "| command | median | min | median / python3 -c pass |", "| --- | ---: | ---: | ---: |"]
     for name, median in part["median_ms"].items():
         lines.append(f"| `{name}` | {median:.1f} | {min(part['ms'][name]):.1f} | {median / python:.2f} |")
+    modules = part.get("standard_library_modules")
+    floor = (f"; `python3 + the standard library sandbox run loads` imports the {modules} standard-library "
+             "modules that `sandbox run` loads (its `-X importtime` list) and nothing else: the floor of any "
+             "Python CLI written with them" if modules else "")
     return lines + ["", "`sandbox run -- /bin/true` on the host image, a process per job as a judge calling "
                     "the CLI per test runs it, with the bytecode and the seccomp program cache warm; "
                     "`sandbox submit -- /bin/true` the same job through a worker already serving, started "
-                    "as the latency table's; `bwrap` with the flags of the latency table.", ""]
+                    f"as the latency table's; `bwrap` with the flags of the latency table{floor}.", ""]
 
 
 def _kernel_section(part: dict[str, Any]) -> list[str]:
@@ -506,7 +510,8 @@ def render(results: dict[str, Any], images: list[str]) -> str:
     lines = [
         f"# Benchmark report{quick}", "",
         f"Run `bench/run` on {results['started']}; took {results.get('elapsed_s', 0):.0f} s. Machine: Linux "
-        f"{m['kernel']}, {m['cpus']} CPUs, cgroup {m['cgroup']}, {m['memory_total_mib']} MiB, Python {m['python']}, "
+        f"{m['kernel']}, {m['cpus']} CPUs ({m.get('cpu_model', 'model not recorded')}), cgroup {m['cgroup']}, "
+        f"{m['memory_total_mib']} MiB, Python {m['python']}, "
         f"as user {m['user']}. **Load average (1 min): {results['load_1min_start']:.2f} at start, "
         f"{results.get('load_1min_end', float('nan')):.2f} at end** (a shared machine: other test suites and a VM "
         "ran beside it; the end figure is mostly the density part's own thousands of sandboxes). Every peer ran "
