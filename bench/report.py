@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # files only: the bench runs without a display
 import matplotlib.pyplot as plt
 
 from bench import kernel_steps
+from bench.cli import STANDARD_LIBRARY_FLOOR
 from bench.profile import RATE
 
 REPORT_NAME = "REPORT.md"
@@ -254,7 +255,7 @@ def _cli_section(part: dict[str, Any]) -> list[str]:
     for name, median in part["median_ms"].items():
         lines.append(f"| `{name}` | {median:.1f} | {min(part['ms'][name]):.1f} | {median / python:.2f} |")
     modules = part.get("standard_library_modules")
-    floor = (f"; `python3 + the standard library sandbox run loads` imports the {modules} standard-library "
+    floor = (f"; `{STANDARD_LIBRARY_FLOOR}` imports the {modules} standard-library "
              "modules that `sandbox run` loads (its `-X importtime` list) and nothing else: the floor of any "
              "Python CLI written with them" if modules else "")
     return lines + ["", "`sandbox run -- /bin/true` on the host image, a process per job as a judge calling "
