@@ -344,7 +344,7 @@ def test_a_judge_through_the_queue_reports_as_through_the_socket(redis, workers,
         report["verdict"], [t["status"] for t in report["tests"]])
 
 
-def test_a_killed_workers_judge_is_judged_again_by_another(redis, workers):
+def test_a_killed_workers_judge_is_judged_again_by_another(redis, workers, language_image):
     first = workers("--slots", "1", "--claim-idle", "1")
     client = QueueClient(redis.url, STREAM)
     slow = b"import time\na, b = map(int, input().split())\ntime.sleep(1)\nprint(a + b)\n"
@@ -368,7 +368,7 @@ def test_a_killed_workers_judge_is_judged_again_by_another(redis, workers):
     # check after every test looks at.)
 
 
-def test_sigterm_lets_a_held_judge_finish(redis, workers):
+def test_sigterm_lets_a_held_judge_finish(redis, workers, language_image):
     worker = workers("--slots", "1")
     client = QueueClient(redis.url, STREAM)
     slow = b"import time\na, b = map(int, input().split())\ntime.sleep(0.5)\nprint(a + b)\n"
@@ -380,7 +380,7 @@ def test_sigterm_lets_a_held_judge_finish(redis, workers):
     assert (report["verdict"], len(report["tests"])) == ("accepted", 3) and queue_is_empty(redis)
 
 
-def test_a_queued_judge_with_a_broken_package_or_an_unknown_file_is_an_error_outcome(redis, workers):
+def test_a_queued_judge_with_a_broken_package_or_an_unknown_file_is_an_error_outcome(redis, workers, language_image):
     workers("--slots", "1")
     client = QueueClient(redis.url, STREAM)
     broken = {**read_package(PROBLEMS / "sum"), "../escape": b"x"}
@@ -457,7 +457,7 @@ def test_a_file_a_job_collected_into_the_cache_is_put_for_every_worker(redis, wo
     assert used.stdout == b"made here\n" and other.process.poll() is None
 
 
-def test_a_judges_tests_run_on_every_worker_with_a_free_slot(redis, workers, connect):
+def test_a_judges_tests_run_on_every_worker_with_a_free_slot(redis, workers, connect, language_image):
     first, second = workers("--slots", "1"), workers("--slots", "1")
     client = QueueClient(redis.url, STREAM)
     slow = b"import time\na, b = map(int, input().split())\ntime.sleep(0.3)\nprint(a + b)\n"
@@ -505,7 +505,7 @@ def test_a_job_cancelled_before_any_worker_took_it_never_runs(redis, workers):
     assert client.cancel(job_id) == "finished"
 
 
-def test_a_running_job_and_a_running_judge_are_stopped_when_cancelled(redis, workers):
+def test_a_running_job_and_a_running_judge_are_stopped_when_cancelled(redis, workers, language_image):
     workers("--slots", "1")
     client = QueueClient(redis.url, STREAM)
     job_id = client.submit(sh("sleep 1000", wall_time="100s"))
@@ -530,9 +530,9 @@ def test_a_running_job_and_a_running_judge_are_stopped_when_cancelled(redis, wor
     assert queue_is_empty(redis)
 
 
-def test_an_http_door_forwards_jobs_judges_and_files_to_the_queue(redis, workers):
+def test_an_http_door_forwards_jobs_judges_and_files_to_the_queue(redis, workers, language_image):
     port = free_port()
-    workers("--slots", "1", "--http", f"127.0.0.1:{port}", "--http-forward")
+    worker = workers("--slots", "1", "--http", f"127.0.0.1:{port}", "--http-forward")
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
         assert wait_until(lambda: http.get("/v1/health").status_code == 200, timeout=30)
         data = b"forwarded \x00 bytes"
@@ -569,3 +569,6 @@ def test_an_http_door_forwards_jobs_judges_and_files_to_the_queue(redis, workers
         assert (document["state"], len(document["tests"])) == ("judged", 3)
         events = http.get("/v1/judge/sum-http/events").text
         assert events.count("event: test_finished") == 3 and events.rstrip().split("\n")[-2] == "event: judged"
+    # SIGTERM stops the door and its queue client cleanly: exit 0, nothing raised.
+    assert worker.stop() == 0, worker.log_path.read_text()
+    assert "Traceback" not in worker.log_path.read_text()

@@ -189,12 +189,16 @@ class HttpFrontDoor:
         config.graceful_timeout = 1.0
         config.include_server_header = False  # (no version for scanners)
         app: Any = self.app  # (starlette's and hypercorn's ASGI types differ in their names only)
-        async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        # The queue client a forwarding door holds opens a nursery of its own (its
+        # connection pool's): entered before the door's nursery, so that it is left after
+        # it - nurseries must close in the reverse order of their opening.
+        async with contextlib.AsyncExitStack() as stack:
             if self.forward is not None:
                 await stack.enter_async_context(self.forward)
-            self._nursery = nursery  # judges and callbacks run here
-            await nursery.start(lambda task_status: hypercorn_serve(app, config, task_status=task_status))
-            task_status.started()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery  # judges and callbacks run here
+                await nursery.start(lambda task_status: hypercorn_serve(app, config, task_status=task_status))
+                task_status.started()
 
     # -- plumbing: auth, errors, bodies --------------------------------------------------
 

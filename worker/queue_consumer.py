@@ -128,6 +128,9 @@ class QueueConsumer:
         self._preparing = 0  # jobs held that are not in the pool yet (their files being fetched)
         self._outage_since: float | None = None
         self._stopping = False
+        # A take under way: its entries may already be delivered to this consumer in
+        # Redis (pending here) before they are held; stopping waits for them too.
+        self._take_under_way = False
         self._read_scope = trio.CancelScope()
         self._room = trio.Event()
         self._drained = trio.Event()
@@ -138,13 +141,17 @@ class QueueConsumer:
         """Stop taking jobs; the ones held are finished and acknowledged (``drained``)."""
         self._stopping = True
         self._read_scope.cancel()
-        if not self.held:
+        if self._finished_holding():
             self._drained.set()
 
     def stopping(self) -> bool:
         """Whether stop() was called: a method, read afresh after each await (where
         stop() may have come)."""
         return self._stopping
+
+    def _finished_holding(self) -> bool:
+        """Stopped, with no delivery held and none on its way to being held."""
+        return self._stopping and not self.held and not self._take_under_way
 
     def _taking(self) -> bool:
         """Whether to take more: not once stopped, but for the jobs of judges held."""
@@ -179,8 +186,15 @@ class QueueConsumer:
                     # have no other worker).
                     judging_more = not self._stopping and len(self.judges) < len(self.pool.slots)
                     lanes = self.lanes if judging_more else self.urgent
-                    for delivery in await self._retrying("take", self._take, lanes, free, block_ms):
+                    self._take_under_way = True
+                    try:
+                        taken = await self._retrying("take", self._take, lanes, free, block_ms)
+                    finally:
+                        self._take_under_way = False
+                    for delivery in taken:
                         self._start(nursery, delivery)
+                    if self._finished_holding():  # (stopped during a take that brought nothing)
+                        self._drained.set()
 
     async def _follow(self) -> None:
         """Hear the outcomes of the judges' stage jobs, and the cancels of jobs, until the
@@ -438,7 +452,7 @@ class QueueConsumer:
         finally:
             del self.held[delivery.key]
             self._room.set()
-            if self._stopping and not self.held:
+            if self._finished_holding():
                 self._drained.set()
 
     async def _share_collected(self, delivery: Delivery) -> None:
@@ -573,7 +587,7 @@ class QueueConsumer:
     async def _heartbeat(self) -> None:
         """Keep the deliveries held from looking abandoned: a job may run for longer
         than the claim timeout."""
-        while not (self._stopping and not self.held):
+        while not self._finished_holding():
             with trio.move_on_after(self.config.claim_idle_s / 3):
                 await self._drained.wait()
             for lane in self.lanes:
