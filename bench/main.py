@@ -21,12 +21,27 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import build, cli, cpu, density, doors, humaneval, images, judge, kernel_steps, profile, report, worker
+from bench import (
+    build,
+    cli,
+    cpu,
+    density,
+    doors,
+    humaneval,
+    images,
+    judge,
+    kernel_steps,
+    profile,
+    report,
+    shape,
+    worker,
+)
 from bench.common import REPO, load_average, machine
 
 PARTS: dict[str, Callable[[bool], dict]] = {
     "kernel": kernel_steps.load,                                        # recorded as root by bench/run, first
     "worker": worker.run,                                               # parts 1 and 2
+    "shape": shape.run,                                                 # the floor of the warm pool's design
     "cpu": cpu.run,                                                     # parts 3 and 4
     "images": lambda quick: images.measure(1 if quick else 3, 10 if quick else 200),  # part 6
     "humaneval": humaneval.run,                                         # part 7

@@ -264,6 +264,23 @@ def _cli_section(part: dict[str, Any]) -> list[str]:
                     f"as the latency table's; `bwrap` with the flags of the latency table{floor}.", ""]
 
 
+def _shape_section(part: dict[str, Any]) -> list[str]:
+    if "rows" not in part:
+        return []
+    rows = part["rows"]
+    bwrap = rows["bwrap"]
+    lines = [f"### The floor of the warm pool's shape: static job ({part['jobs_per_row']} jobs a row, in turns of "
+             f"{part['block']}), ms", "", "| runner | p50 | p99 | p50 / bwrap | p99 / bwrap |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {name} | {row['p50']:.2f} | {row['p99']:.2f} | {row['p50'] / bwrap['p50']:.3f} | "
+              f"{row['p99'] / bwrap['p99']:.3f} |" for name, row in rows.items()]
+    return lines + ["", "The shape rows are a server in C (bench/programs/shape.c) with nothing of the product in "
+                    "it: boxes of six new namespaces with a stage waiting to exec, released over a unix socket "
+                    "by the same client loop; the last one with a box's kernel work (two cgroups made and removed, "
+                    "a tmpfs and a /proc, the default filter) and a spawner refilling 4 ready boxes. What the "
+                    "worker takes beyond that row is the product's own processes and work (bench/shape.py).", ""]
+
+
 def _kernel_section(part: dict[str, Any]) -> list[str]:
     if "worker" not in part or "bwrap" not in part:
         return []
@@ -533,7 +550,7 @@ def render(results: dict[str, Any], images: list[str]) -> str:
         lines += ["## Where the time and memory go", "", *reasons, ""]
     lines += [METHOD, "## Figures", ""]
     part = results.get("worker", {})
-    lines += _latency_section(part) + _cpu_section(results.get("cpu", {}))
+    lines += _latency_section(part) + _shape_section(results.get("shape", {})) + _cpu_section(results.get("cpu", {}))
     lines += _density_section(results.get("density", {})) + _images_section(results.get("images", {}))
     lines += _build_section(results.get("build", {}))
     lines += _humaneval_section(results.get("humaneval", {})) + _judge_section(results.get("judge", {}))
