@@ -128,8 +128,9 @@ class QueueConsumer:
         self._preparing = 0  # jobs held that are not in the pool yet (their files being fetched)
         self._outage_since: float | None = None
         self._stopping = False
-        # A take under way: its entries may already be delivered to this consumer in
-        # Redis (pending here) before they are held; stopping waits for them too.
+        # A take's calls under way (``_take``): its entries may already be delivered to
+        # this consumer in Redis (pending here) before they are held; stopping waits for
+        # them too.
         self._take_under_way = False
         self._read_scope = trio.CancelScope()
         self._room = trio.Event()
@@ -186,12 +187,8 @@ class QueueConsumer:
                     # have no other worker).
                     judging_more = not self._stopping and len(self.judges) < len(self.pool.slots)
                     lanes = self.lanes if judging_more else self.urgent
-                    self._take_under_way = True
-                    try:
-                        taken = await self._retrying("take", self._take, lanes, free, block_ms)
-                    finally:
-                        self._take_under_way = False
-                    for delivery in taken:
+                    # (No checkpoint between a take's end and its deliveries being held.)
+                    for delivery in await self._retrying("take", self._take, lanes, free, block_ms):
                         self._start(nursery, delivery)
                     if self._finished_holding():  # (stopped during a take that brought nothing)
                         self._drained.set()
@@ -272,10 +269,19 @@ class QueueConsumer:
         """Deliveries for up to ``count`` free slots: first the jobs whose workers went
         silent (claimed), then new ones, the stages queues first, then the streams by
         their fair share."""
+        if not self._taking():
+            return []  # (a take retried through an outage that outlasted the worker's run)
+        self._take_under_way = True
+        try:
+            return await self._take_calls(lanes, count, block_ms)
+        finally:
+            self._take_under_way = False
+
+    async def _take_calls(self, lanes: list[Lane], count: int, block_ms: int) -> list[Delivery]:
+        """``_take``'s calls to Redis. Not between them, in the backoff of an outage: a
+        stop that comes then need not wait for Redis to come back."""
         redis = self.redis()
         taken: list[Delivery] = []
-        if not self._taking():
-            return taken  # (a take retried through an outage that outlasted the worker's run)
         if self.stopping():
             lanes = self.urgent
         for lane in lanes:
