@@ -7,7 +7,7 @@ import functools
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -246,8 +246,8 @@ def open_fds() -> set[str]:
 def start_worker(tmp_path_factory, connect):
     started: list[WorkerProcess] = []
 
-    def _start(*args: str) -> WorkerProcess:
-        worker = WorkerProcess(tmp_path_factory.mktemp("w"), *args)
+    def _start(*args: str, wrapper: Sequence[str] = ()) -> WorkerProcess:
+        worker = WorkerProcess(tmp_path_factory.mktemp("w"), *args, wrapper=wrapper)
         started.append(worker)
         return worker
 

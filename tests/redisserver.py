@@ -210,7 +210,7 @@ def consuming(worker: WorkerProcess) -> bool:
 @contextmanager
 def queue_workers(factory: pytest.TempPathFactory) -> Iterator[Callable[..., WorkerProcess]]:
     """start(*serve_args) -> a worker, once it consumes its queue; at the end each is
-    stopped (SIGTERM), unless a test killed it."""
+    stopped (SIGTERM) and must exit 0, unless a test stopped or killed it."""
     started: list[WorkerProcess] = []
 
     def start(*args: str) -> WorkerProcess:
@@ -222,5 +222,8 @@ def queue_workers(factory: pytest.TempPathFactory) -> Iterator[Callable[..., Wor
     try:
         yield start
     finally:
+        running = [worker for worker in started if worker.process.poll() is None]
         for worker in started:
             worker.stop()
+    for worker in running:
+        assert worker.process.returncode == 0, worker.log_path.read_text()

@@ -433,6 +433,36 @@ def test_sigterm_lets_running_jobs_finish(worker, connect):
     assert not os.path.exists(worker.socket_path)
 
 
+def test_a_client_gone_before_its_refusal_leaves_the_worker_serving(start_worker):
+    # Under a hard limit of 272 open files a worker takes 16 connections (its floor):
+    # fill them, then have clients connect and leave before the worker can refuse them,
+    # as a readiness probe does. The refusal finds them gone; the worker goes on.
+    worker = start_worker("--slots", "1", wrapper=["prlimit", "--nofile=272:272"])
+    held: list[Raw] = []
+    try:
+        while True:
+            raw = Raw(worker.socket_path, hello=False)
+            raw.send({"type": "hello", "version": 1})
+            reply = raw.next()
+            if reply["type"] != "hello":
+                assert (reply["code"], len(held)) == ("busy", 16), reply
+                raw.close()
+                break
+            held.append(raw)
+        for _ in range(20):
+            with socket.socket(socket.AF_UNIX) as gone:
+                gone.connect(worker.socket_path)
+        late = Raw(worker.socket_path, hello=False)
+        assert late.next()["code"] == "busy"
+        late.close()
+        held[0].send({"type": "ping"})
+        assert held[0].next()["type"] == "pong"
+    finally:
+        for raw in held:
+            raw.close()
+    # (start_worker: it stops with exit status 0)
+
+
 def test_stats_and_ping(worker):
     with Client(worker.socket_path) as client:
         client.run(Job(cmd=["true"]))

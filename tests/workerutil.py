@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,13 @@ START_TIMEOUT_S = 30.0  # on a development host; scaled by the machine's slowdow
 
 
 class WorkerProcess:
-    def __init__(self, directory: Path, *args: str) -> None:
+    def __init__(self, directory: Path, *args: str, wrapper: Sequence[str] = ()) -> None:
+        """``wrapper``: a command the worker runs under (``prlimit ...``)."""
         self.socket_path = str(directory / "w.sock")
         self.log_path = directory / "worker.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - the worker's stderr until stop() closes it
         self.process = subprocess.Popen(
-            [*SANDBOX_CLI, "serve", "--socket", self.socket_path, *args], stderr=self._log
+            [*wrapper, *SANDBOX_CLI, "serve", "--socket", self.socket_path, *args], stderr=self._log
         )
         # A worker starts its launchers and their zygotes first: seconds here, a minute
         # or more in an emulated guest, so the wait scales with the machine's slowdown.

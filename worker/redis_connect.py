@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+import anyio
 import coredis
 import trio
 from coredis.client import Client
@@ -198,7 +199,12 @@ async def _follow_failovers(sentinel: coredis.Redis[bytes], primary: QueueRedis,
                     if message["type"] == "message" and isinstance(data, bytes) and data.split()[:1] == [
                             service.encode()]:
                         primary.connection_pool.disconnect()
-        except OUTAGES:
+        except* OUTAGES:
+            pass
+        except* anyio.ClosedResourceError:
+            # The subscription's teardown unsubscribing on a connection already closed (a
+            # Sentinel gone, or the worker stopping): with an outage's, such errors come
+            # from the subscription's own tasks, grouped; a cancel among them goes on.
             pass
         await trio.sleep(RESUBSCRIBE_S)
 

@@ -325,8 +325,12 @@ class Server:
         is_unix = isinstance(stream, trio.SocketStream) and stream.socket.family == socket.AF_UNIX
         connection = Connection(stream, authenticated=is_unix)
         if len(self.connections) >= self.config.max_connections or self.stopping:
+            refusal = ProtocolError("busy", "the worker is stopping" if self.stopping else "too many connections")
             with trio.move_on_after(1):
-                await stream.send_all(encode(ProtocolError("busy", "too many connections").to_message()))
+                try:
+                    await stream.send_all(encode(refusal.to_message()))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # gone already (a readiness probe connects and leaves): nothing to tell it
             await stream.aclose()
             return
         self.connections.add(connection)
