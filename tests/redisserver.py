@@ -6,6 +6,7 @@ alone, as a primary with a replica watched by a Sentinel, or as a three-primary 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import time
@@ -21,34 +22,68 @@ from test_cleanup import wait_until
 from workerutil import WorkerProcess
 
 START_TIMEOUT_S = 20.0
+# A port found free can be taken before redis-server binds it (by any process's outgoing
+# connection, whose source ports come from the same range): a first start that finds its
+# port taken picks new ones, this many times at most.
+PORT_ATTEMPTS = 5
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` loopback ports free now, and distinct: each probe holds its port until
+    all are picked."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+class _PortTaken(Exception):
+    pass
 
 
 class RedisServer:
-    def __init__(self, directory: Path, *options: str) -> None:
-        """``options``: more of redis-server's flags (``--replicaof``, ``--cluster-enabled``)."""
+    def __init__(self, directory: Path, *options: str, cluster_bus: bool = False) -> None:
+        """``options``: more of redis-server's flags (``--replicaof``, ``--cluster-enabled``);
+        ``cluster_bus``: a port of its own for the cluster bus too."""
         self.directory = directory
-        self.options = options
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
-        self.start()
+        for attempt in range(PORT_ATTEMPTS):
+            self.port, *bus = free_ports(2 if cluster_bus else 1)
+            self.options = (*options, *(("--cluster-port", str(bus[0])) if bus else ()))
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+            try:
+                self.start(first=True)
+                return
+            except _PortTaken:
+                if attempt + 1 == PORT_ATTEMPTS:
+                    raise
 
-    def start(self) -> None:
+    def start(self, first: bool = False) -> None:
+        """Start it (again, on the same port, after ``stop``)."""
+        log = self.directory / "redis.log"
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
              "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-             "--logfile", str(self.directory / "redis.log"), "--daemonize", "no", *self.options],
+             "--logfile", str(log), "--daemonize", "no", *self.options],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
-            assert self.process.poll() is None, (self.directory / "redis.log").read_text()
+            if self.process.poll() is not None:
+                text = log.read_text()
+                if first and "Address already in use" in text:
+                    for made in self.directory.iterdir():  # (its log, a cluster's nodes.conf: all of this try)
+                        shutil.rmtree(made) if made.is_dir() else made.unlink()
+                    raise _PortTaken(text)
+                raise AssertionError(text)
             try:
                 if self.call(lambda redis: redis.ping()):
                     return
@@ -178,11 +213,11 @@ class ClusterSetup:
             for number in range(size):
                 node_dir = directory / f"node{number}"
                 node_dir.mkdir(parents=True)
+                # The bus on a free port of its own (by default the port + 10000, which
+                # may be taken or too high).
                 self.servers.append(RedisServer(node_dir, "--cluster-enabled", "yes", "--cluster-config-file",
                                                 str(node_dir / "nodes.conf"), "--cluster-node-timeout", "2000",
-                                                # the bus on a free port of its own (by default
-                                                # the port + 10000, which may be taken or too high)
-                                                "--cluster-port", str(free_port())))
+                                                cluster_bus=True))
             nodes = [f"127.0.0.1:{server.port}" for server in self.servers]
             subprocess.run(["redis-cli", "--cluster", "create", *nodes, "--cluster-yes"], check=True,
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=60)
