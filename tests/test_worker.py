@@ -438,8 +438,15 @@ def test_a_client_gone_before_its_refusal_leaves_the_worker_serving(start_worker
     # fill them, then have clients connect and leave before the worker can refuse them,
     # as a readiness probe does. The refusal finds them gone; the worker goes on.
     worker = start_worker("--slots", "1", wrapper=["prlimit", "--nofile=272:272"])
-    held: list[Raw] = []
+    first = Raw(worker.socket_path)
+    held = [first]
+
+    def connections() -> int:
+        first.send({"type": "stats"})
+        return int(first.until(lambda message: message.get("type") == "stats")["connections"])
+
     try:
+        assert wait_until(lambda: connections() == 1, timeout=30)  # (start_worker's readiness probe gone)
         while True:
             raw = Raw(worker.socket_path, hello=False)
             raw.send({"type": "hello", "version": 1})
