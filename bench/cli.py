@@ -24,11 +24,10 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import Worker, show, target
+from bench.common import Worker, show, target, wall_ms
 from bench.peers import BWRAP
 
 RUNS = 20
@@ -65,12 +64,6 @@ def standard_library_of_run() -> list[str]:
     return names
 
 
-def _wall_ms(argv: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return (time.perf_counter() - start) * 1000
-
-
 def run(quick: bool) -> dict[str, Any]:
     runs = 3 if quick else RUNS
     cpus = os.cpu_count() or 1
@@ -78,11 +71,11 @@ def run(quick: bool) -> dict[str, Any]:
     with Worker(slots=cpus, warm=2 * cpus) as worker:
         argvs = commands(worker.socket, standard_library)
         for argv in argvs.values():
-            _wall_ms(argv)  # warm: bytecode, the seccomp program cache, the page cache
+            wall_ms(argv)  # warm: bytecode, the seccomp program cache, the page cache
         ms: dict[str, list[float]] = {name: [] for name in argvs}
         for _ in range(runs):
             for name, argv in argvs.items():
-                ms[name].append(_wall_ms(argv))
+                ms[name].append(wall_ms(argv))
     medians = {name: statistics.median(values) for name, values in ms.items()}
     ratio = medians["sandbox run"] / medians["python3 -c pass"]
     print(f"cli cold path ({runs} runs each, median ms): "

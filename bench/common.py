@@ -54,6 +54,13 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def wall_ms(argv: list[str]) -> float:
+    """Milliseconds a command took, from start to exit, its output discarded."""
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return (time.perf_counter() - start) * 1000
+
+
 def write_raw(part: str, figures: dict[str, Any]) -> Path:
     """A part run on its own keeps its figures as raw JSON under bench/results/raw."""
     out = REPO / "bench" / "results" / "raw" / f"{part}-{time.strftime('%Y%m%dT%H%M%S')}.json"

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import PROGRAMS, Worker, compile_program, percentile
+from bench.common import PROGRAMS, Worker, compile_program, percentile, wall_ms
 from bench.peers import BWRAP
 from bench.worker import STATIC, worker_latency
 from sandbox.cgroups import open_backend
@@ -83,15 +83,6 @@ def _shape_latency(binary: Path, place: str, jobs: int, *, via_init: bool, refil
     return latencies
 
 
-def _bwrap_latency(jobs: int) -> list[float]:
-    latencies = []
-    for _ in range(jobs):
-        start = time.perf_counter()
-        subprocess.run([*BWRAP, *STATIC], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        latencies.append((time.perf_counter() - start) * 1000)
-    return latencies
-
-
 def run(quick: bool) -> dict[str, Any]:
     block, blocks = (20, 1) if quick else (BLOCK, BLOCKS)
     ms: dict[str, list[float]] = {STRAIGHT: [], THROUGH_INIT: [], REFILLED: [], "worker": [], "bwrap": []}
@@ -108,7 +99,7 @@ def run(quick: bool) -> dict[str, Any]:
                 ms[REFILLED] += _shape_latency(binary, place, block, via_init=True, refill=True,
                                                kernel_work=kernel_work)
                 ms["worker"] += worker_latency(worker.socket, STATIC, block)
-                ms["bwrap"] += _bwrap_latency(block)
+                ms["bwrap"] += [wall_ms([*BWRAP, *STATIC]) for _ in range(block)]
     bwrap_p50, bwrap_p99 = statistics.median(ms["bwrap"]), percentile(ms["bwrap"], 99)
     rows = {name: {"p50": statistics.median(values), "p99": percentile(values, 99)} for name, values in ms.items()}
     for name, row in rows.items():

@@ -81,7 +81,10 @@ class RedisServer:
                 text = log.read_text()
                 if first and "Address already in use" in text:
                     for made in self.directory.iterdir():  # (its log, a cluster's nodes.conf: all of this try)
-                        shutil.rmtree(made) if made.is_dir() else made.unlink()
+                        if made.is_dir():
+                            shutil.rmtree(made)
+                        else:
+                            made.unlink()
                     raise _PortTaken(text)
                 raise AssertionError(text)
             try:
