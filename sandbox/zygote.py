@@ -324,8 +324,8 @@ def _interpreter(channel: socket.socket, trees: socket.socket, id_maps: str) -> 
 class ForkedZygote:
     """The zygote as a fork of the supervisor, for a supervisor that starts one sandbox
     and exits (``sandbox run``). A fresh interpreter costs that run tens of milliseconds
-    of start-up and imports; what it saves - a lean process to clone image sandboxes
-    from, with few pages to copy - pays off only over many sandboxes. The fork does
+    of start-up and imports; what it saves - a lean process to fork image bases' builders
+    and the spawner from, with few pages to copy - pays off only over many sandboxes. The fork does
     exactly what the fresh interpreter does (``serve``), with the same fds: the two
     channels and stdio, the rest closed as ``Popen`` would close them. The caller makes
     sure this process has one thread: a fork copies only the calling one, and a lock

@@ -246,8 +246,9 @@ def open_fds() -> set[str]:
 def start_worker(tmp_path_factory, connect):
     started: list[WorkerProcess] = []
 
-    def _start(*args: str, wrapper: Sequence[str] = ()) -> WorkerProcess:
-        worker = WorkerProcess(tmp_path_factory.mktemp("w"), *args, wrapper=wrapper)
+    def _start(*args: str, wrapper: Sequence[str] = (), socket: bool = True,
+               env: dict[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess(tmp_path_factory.mktemp("w"), *args, wrapper=wrapper, socket=socket, env=env)
         started.append(worker)
         return worker
 

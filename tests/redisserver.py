@@ -251,8 +251,8 @@ def queue_workers(factory: pytest.TempPathFactory) -> Iterator[Callable[..., Wor
     stopped (SIGTERM) and must exit 0, unless a test stopped or killed it."""
     started: list[WorkerProcess] = []
 
-    def start(*args: str) -> WorkerProcess:
-        worker = WorkerProcess(factory.mktemp("w"), *args)
+    def start(*args: str, socket: bool = True, env: dict[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess(factory.mktemp("w"), *args, socket=socket, env=env)
         started.append(worker)
         assert wait_until(lambda: consuming(worker), timeout=30), worker.log_path.read_text()
         return worker

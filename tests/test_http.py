@@ -56,6 +56,14 @@ class HttpWorker:
         headers = {} if token is None else {"Authorization": f"Bearer {token}"}
         return httpx.Client(base_url=self.url, headers=headers, timeout=120)
 
+    def healthy(self) -> bool:
+        """The door answers (it is not listening yet, or it is up)."""
+        try:
+            with self.client() as client:
+                return client.get("/v1/health").status_code == 200
+        except httpx.TransportError:
+            return False
+
     def metric(self, line_start: str) -> float:
         with self.client() as client:
             text = client.get("/metrics").text
@@ -65,15 +73,19 @@ class HttpWorker:
 
 @pytest.fixture
 def start_http(start_worker, tmp_path: Path):
-    def _start(*args: str, token: bool = True) -> HttpWorker:
+    def _start(*args: str, token: bool = True, socket: bool = True, env: dict[str, str] | None = None) -> HttpWorker:
+        """``socket`` False: a worker serving HTTP alone, returned once it answers there."""
         port = free_port()
         extra = ["--http", f"127.0.0.1:{port}"]
         if token:
             token_file = tmp_path / "token"
             token_file.write_text(TOKEN + "\n")
             extra += ["--token-file", str(token_file)]
-        process = start_worker(*extra, *args)
-        return HttpWorker(f"http://127.0.0.1:{port}", process)
+        process = start_worker(*extra, *args, socket=socket, env=env)
+        door = HttpWorker(f"http://127.0.0.1:{port}", process)
+        if not socket:
+            assert wait_until(lambda: door.healthy(), 60), process.log_path.read_text()
+        return door
 
     return _start
 
@@ -119,8 +131,9 @@ def test_the_served_openapi_document_is_the_checked_in_one(http_worker: HttpWork
 
 
 def test_a_job_waited_for_returns_its_result_with_the_bytes_in_base64(http_worker: HttpWorker) -> None:
-    job = {"cmd": ["sh", "-c", "cat /work/data.bin; cat; echo err >&2"], "stdin": b64(b"\x00in\xff"),
-           "files": [{"path": "/work/data.bin", "data": b64(b"\xfe file\n")}], "limits": {"memory": "128M"}}
+    job = {"cmd": ["sh", "-c", "cat /work/data.bin; cat; echo err >&2; cp /work/data.bin /work/out.bin"],
+           "stdin": b64(b"\x00in\xff"), "files": [{"path": "/work/data.bin", "data": b64(b"\xfe file\n")}],
+           "collect": [{"path": "/work/out.bin"}, {"path": "/work/none"}], "limits": {"memory": "128M"}}
     with http_worker.client() as client:
         response = client.post("/v1/jobs", params={"wait": "true"}, json={"id": "one", "job": job})
         assert response.status_code == 200, response.text
@@ -130,6 +143,9 @@ def test_a_job_waited_for_returns_its_result_with_the_bytes_in_base64(http_worke
         assert result["status"] == "ok"
         assert base64.b64decode(result["stdout"]) == b"\xfe file\n\x00in\xff"
         assert base64.b64decode(result["stderr"]) == b"err\n"
+        assert {path: base64.b64decode(data) for path, data in result["files"].items()} == {"/work/out.bin":
+                                                                                           b"\xfe file\n"}
+        assert result["file_errors"]["/work/none"].startswith("missing")
         assert client.get("/v1/jobs/one").json() == document
         # Ids are idempotent as on the socket: the same job again is the same record...
         again = client.post("/v1/jobs", params={"wait": "true"}, json={"id": "one", "job": job})
@@ -179,6 +195,19 @@ def test_a_file_put_once_is_read_by_many_jobs_until_deleted(http_worker: HttpWor
             assert (gone.status_code, gone.json()["code"]) == (404, "unknown_file")
         malformed = client.delete("/v1/files/sha256:nothex")
         assert (malformed.status_code, malformed.json()["field"]) == (422, "file_id")
+
+
+def test_a_worker_serving_http_alone_keeps_its_file_cache_by_its_address(start_http, tmp_path: Path) -> None:
+    cache_home = tmp_path / "cache"
+    door = start_http("--slots", "1", socket=False, env={"XDG_CACHE_HOME": str(cache_home)})
+    with door.client() as client:
+        file_id = put(client, b"kept by address\n").json()["file_id"]
+        job = {"cmd": ["cat", "/work/in"], "files": [{"path": "/work/in", "file_id": file_id}]}
+        document = client.post("/v1/jobs", params={"wait": "true"}, json={"job": job}).json()
+        assert base64.b64decode(document["result"]["stdout"]) == b"kept by address\n", document
+    port = door.url.rsplit(":", 1)[1]
+    cache = cache_home / "sandbox" / f"worker-http-127.0.0.1-{port}.files"
+    assert (cache / "files" / file_id.removeprefix("sha256:")).read_bytes() == b"kept by address\n"
 
 
 def test_a_file_deleted_while_a_job_holds_it_goes_when_the_job_ends(http_worker: HttpWorker) -> None:
@@ -507,6 +536,16 @@ def test_a_callback_target_that_never_answers_gets_bounded_attempts(http_worker:
             assert response.status_code == 202, response.text
         assert wait_until(lambda: http_worker.metric('sandbox_callbacks_total{outcome="failed"}') == 1, 60)
     assert http_worker.metric("sandbox_callback_attempts_total") == 3  # --callback-attempts
+
+
+def test_a_callback_url_its_delivery_could_not_use_is_refused_at_submit(http_worker: HttpWorker) -> None:
+    """Refused even where private targets are allowed (this worker's): each would fail
+    only once the job ended, in the worker's own task."""
+    with http_worker.client() as client:
+        for url in ("http://127.0.0.1:9/\x01", "http://a..b/x", f"http://{'a' * 64}.example/x"):
+            response = client.post("/v1/jobs", json={"job": python_job("print(1)"), "callback_url": url})
+            assert (response.status_code, response.json()["field"]) == (422, "callback_url"), (url, response.text)
+        assert client.get("/v1/stats").json()["submitted"] == 0
 
 
 def test_a_private_callback_target_is_refused_without_the_option(start_http) -> None:

@@ -610,3 +610,10 @@ def test_save_then_load_keeps_the_image_and_its_digests(env, pushed, monkeypatch
     assert cli("run", "--image", "local/features:1", "--", "cat", "/opt/new").stdout == "new"
     done = cli("save", "nothing/here:1", "-o", str(tmp_path / "nothing.tar"))
     assert done.returncode == 125 and not (tmp_path / "nothing.tar").exists()
+    # Paths that cannot be written or read are clear errors, with nothing left behind.
+    for argv in (["save", "local/features:1", "-o", str(tmp_path / "no-dir" / "x.tar")],
+                 ["save", "local/features:1", "-o", str(tmp_path)],
+                 ["load", str(tmp_path / "typo.tar"), "local/typo:1"]):
+        done = cli(*argv)
+        assert done.returncode == 125 and "Traceback" not in done.stderr and str(tmp_path) in done.stderr, done.stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -5,6 +5,8 @@ Waits for external effects poll with a deadline (``wait_until``), never a blind 
 from __future__ import annotations
 
 import base64
+import concurrent.futures
+import fcntl
 import hashlib
 import json
 import signal
@@ -45,7 +47,7 @@ def workers(tmp_path_factory, redis) -> Iterator[Any]:
     has joined the stream's group; at the end each is stopped (SIGTERM), unless a test
     killed it."""
     with queue_workers(tmp_path_factory) as start:
-        yield lambda *args: start("--redis", redis.url, "--stream", STREAM, *args)
+        yield lambda *args, **options: start("--redis", redis.url, "--stream", STREAM, *args, **options)
 
 
 def sh(script: str, **limits: object) -> Job:
@@ -97,7 +99,7 @@ def test_a_producer_in_any_language_xadds_the_documented_map(redis, workers):
     assert outcomes(redis) == [("raw-1", stored)]  # and on the results stream, once
 
 
-def test_the_cli_submits_through_the_queue(redis, workers):
+def test_the_cli_submits_through_the_queue(redis, workers, tmp_path):
     workers("--slots", "1")
     done = subprocess.run([*SANDBOX_CLI, "submit", "--redis", redis.url, "--stream", STREAM, "--",
                            "python3", "-c", "print(6*7)"], capture_output=True, text=True, timeout=60)
@@ -111,6 +113,12 @@ def test_the_cli_submits_through_the_queue(redis, workers):
                                   "true"], capture_output=True, text=True, timeout=60)
     assert unreachable.returncode == 125 and "Traceback" not in unreachable.stderr
     assert "redis at redis://127.0.0.1:" in unreachable.stderr, unreachable.stderr
+    # What the job collected is written where --collect-to says, as by sandbox run.
+    collected = subprocess.run([*SANDBOX_CLI, "submit", "--redis", redis.url, "--stream", STREAM,
+                                "--collect", "/work/out", "--collect-to", str(tmp_path), "--",
+                                "sh", "-c", "echo made > /work/out"], capture_output=True, text=True, timeout=60)
+    assert collected.returncode == 0, collected.stderr
+    assert (tmp_path / "work" / "out").read_text() == "made\n"
 
 
 def test_an_id_is_run_once_however_often_it_is_submitted(redis, workers):
@@ -457,6 +465,39 @@ def test_a_file_a_job_collected_into_the_cache_is_put_for_every_worker(redis, wo
     assert used.stdout == b"made here\n" and other.process.poll() is None
 
 
+def held(lock: Path) -> bool:
+    """A running worker holds this cache's lock."""
+    with open(lock, "rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def test_workers_without_a_socket_each_keep_a_file_cache_of_their_own(redis, workers, tmp_path):
+    """A worker that only takes jobs from the queue has no socket to keep its file cache
+    beside: it takes the first of a numbered series no running worker holds, and one that
+    starts after another stopped takes the cache it left."""
+    home = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    caches = tmp_path / "cache" / "sandbox"
+    first = workers("--slots", "1", socket=False, env=home)
+    workers("--slots", "1", socket=False, env=home)
+    assert held(caches / "worker-queue-0.files" / "lock") and held(caches / "worker-queue-1.files" / "lock")
+    client = QueueClient(redis.url, STREAM)
+    file_id = client.put_file(b"put once\n")
+    job = Job(cmd=["cat", "/work/in"], files=[InputFile("/work/in", Blob(file_id=file_id))])
+    assert client.run(job, timeout=60).stdout == b"put once\n"
+    fetched = [caches / f"worker-queue-{number}.files" / "files" / file_id.removeprefix("sha256:") for number in (0, 1)]
+    assert any(path.exists() for path in fetched)
+    assert first.stop() == 0, first.log_path.read_text()
+    assert not held(caches / "worker-queue-0.files" / "lock")
+    workers("--slots", "1", socket=False, env=home)
+    assert held(caches / "worker-queue-0.files" / "lock") and not (caches / "worker-queue-2.files").exists()
+    assert client.run(job, timeout=60).stdout == b"put once\n"
+
+
 def test_a_judges_tests_run_on_every_worker_with_a_free_slot(redis, workers, connect, language_image):
     first, second = workers("--slots", "1"), workers("--slots", "1")
     client = QueueClient(redis.url, STREAM)
@@ -528,6 +569,31 @@ def test_a_running_job_and_a_running_judge_are_stopped_when_cancelled(redis, wor
     assert wait_until(lambda: redis.call(lambda r: r.xlen(stages.stream)) == 0, timeout=60)
     assert client.run(sh("echo free"), timeout=60).stdout == b"free\n"
     assert queue_is_empty(redis)
+
+
+def test_an_http_door_forwarding_answers_what_it_cannot_follow(redis, workers, language_image):
+    port = free_port()
+    worker = workers("--slots", "1", "--http", f"127.0.0.1:{port}", "--http-forward")
+    url = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=url, timeout=120) as http:
+        assert wait_until(lambda: http.get("/v1/health").status_code == 200, timeout=30)
+        assert http.post("/v1/jobs?wait=true", json={"id": "a-job", "job": {"cmd": ["true"]}}).status_code == 200
+        # A job's id names no judge: its events say so, and the door goes on serving.
+        events = http.get("/v1/judge/a-job/events").text
+        assert "event: error" in events and "unknown_id" in events, events
+        # A judge waited for and cancelled meanwhile is answered as cancelled.
+        package = {name: base64.b64encode(data).decode() for name, data in read_package(PROBLEMS / "sum").items()}
+        slow = base64.b64encode(b"import time\ntime.sleep(100)\n").decode()
+        request = {"id": "slow", "problem": package, "submission": {"lang": "python3", "source": slow}}
+        with concurrent.futures.ThreadPoolExecutor(1) as pool, httpx.Client(base_url=url, timeout=120) as waiting:
+            waited = pool.submit(waiting.post, "/v1/judge?wait=true", json=request)
+            assert wait_until(lambda: http.get("/v1/judge/slow").status_code == 200, timeout=30)
+            assert http.delete("/v1/judge/slow").status_code == 200
+            answer = waited.result(timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["state"] == "cancelled" and isinstance(answer.json()["tests"], list)
+        assert http.get("/v1/health").status_code == 200
+    assert worker.stop() == 0 and "Traceback" not in worker.log_path.read_text()
 
 
 def test_an_http_door_forwards_jobs_judges_and_files_to_the_queue(redis, workers, language_image):

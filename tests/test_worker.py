@@ -729,13 +729,15 @@ def test_clients_read_why_a_worker_closed_on_them_mid_send(tmp_path):
         listener.close()
 
 
-@pytest.mark.parametrize("size, message", [
-    ("1K", "--max-frame must be from 64K to 512M"),
-    ("2G", "--max-frame must be from 64K to 512M"),
-    ("12XB", "argument --max-frame: invalid size '12XB'"),
+@pytest.mark.parametrize("flags, message", [
+    (["--max-frame", "1K"], "--max-frame must be from 64K to 512M"),
+    (["--max-frame", "2G"], "--max-frame must be from 64K to 512M"),
+    (["--max-frame", "12XB"], "argument --max-frame: invalid size '12XB'"),
+    (["--slots", "0", "--warm", "1"], "--slots must be at least 1"),
+    (["--slots", "-2"], "--slots must be at least 1"),
 ])
-def test_max_frame_out_of_range_is_a_clear_error(tmp_path, size, message):
-    done = subprocess.run([*SANDBOX_CLI, "serve", "--socket", str(tmp_path / "w.sock"), "--max-frame", size],
+def test_a_configuration_out_of_range_is_a_clear_error(tmp_path, flags, message):
+    done = subprocess.run([*SANDBOX_CLI, "serve", "--socket", str(tmp_path / "w.sock"), *flags],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 125 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
 

@@ -158,6 +158,14 @@ def test_the_life_cycle_through_the_cli(worker, tmp_path):
     assert cli(worker, "cp", str(tmp_path / "in.txt"), f"{session}:/work/in.txt").returncode == 0
     assert cli(worker, "cp", f"{session}:/work/a", str(tmp_path / "out.txt")).returncode == 0
     assert (tmp_path / "out.txt").read_bytes() == b"hi\n"
+    # A path as the user writes it (the result names it normalised); a missing file and
+    # a directory are clear errors.
+    assert cli(worker, "cp", f"{session}:/work/./a", str(tmp_path / "again.txt")).returncode == 0
+    assert (tmp_path / "again.txt").read_bytes() == b"hi\n"
+    for source, said in ((f"{session}:/work/none", b"/work/none: missing"), (f"{session}:/work/", b"not a directory")):
+        refused = cli(worker, "cp", source, str(tmp_path / "x"))
+        assert refused.returncode == 125 and b"Traceback" not in refused.stderr, refused.stderr
+        assert said in refused.stderr, refused.stderr
     shown = cli(worker, "exec", "--json", session, "--", "cat", "/work/in.txt")
     assert json.loads(shown.stdout)["stdout"] == "copied in\n"
     failed = cli(worker, "exec", session, "--", "sh", "-c", "exit 3")

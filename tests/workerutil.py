@@ -21,20 +21,24 @@ START_TIMEOUT_S = 30.0  # on a development host; scaled by the machine's slowdow
 
 
 class WorkerProcess:
-    def __init__(self, directory: Path, *args: str, wrapper: Sequence[str] = ()) -> None:
-        """``wrapper``: a command the worker runs under (``prlimit ...``)."""
+    def __init__(self, directory: Path, *args: str, wrapper: Sequence[str] = (), socket: bool = True,
+                 env: dict[str, str] | None = None) -> None:
+        """``wrapper``: a command the worker runs under (``prlimit ...``); ``socket``
+        False: no ``--socket`` (the caller waits for what it serves instead); ``env``:
+        variables set for it beyond the test's own."""
         self.socket_path = str(directory / "w.sock")
         self.log_path = directory / "worker.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - the worker's stderr until stop() closes it
+        listen = ["--socket", self.socket_path] if socket else []
         self.process = subprocess.Popen(
-            [*wrapper, *SANDBOX_CLI, "serve", "--socket", self.socket_path, *args], stderr=self._log
+            [*wrapper, *SANDBOX_CLI, "serve", *listen, *args], stderr=self._log, env={**os.environ, **(env or {})}
         )
         # A worker starts its launchers and their zygotes first: seconds here, a minute
         # or more in an emulated guest, so the wait scales with the machine's slowdown.
         from conftest import measured_slowdown
 
         deadline = time.monotonic() + START_TIMEOUT_S * measured_slowdown()
-        while not accepting(self.socket_path):
+        while socket and not accepting(self.socket_path):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.process.kill()  # (never left behind by a test that failed here)
                 self.process.wait()

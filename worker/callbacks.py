@@ -71,15 +71,20 @@ class Callbacks:
         try:
             parts = urllib.parse.urlsplit(url)
             port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError as exc:
+            httpx.URL(url)  # what delivery will parse it with
+        except (ValueError, httpx.InvalidURL) as exc:
             raise _refused(f"not a URL: {exc}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise _refused("must be an http:// or https:// URL with a host")
+        try:
+            parts.hostname.encode("idna")
+        except UnicodeError as exc:
+            raise _refused(f"not a host name: {exc}") from None
         if self.allow_private:
             return
         try:
             found = await trio.socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:
             raise _refused(f"cannot resolve {parts.hostname}: {exc}") from None
         for *_, address in found:
             if not is_global(str(address[0])):

@@ -114,6 +114,10 @@ class Upload:
         shutil.rmtree(self.unpacked, ignore_errors=True)
 
 
+class CacheInUse(ValueError):
+    """Another running worker holds the cache directory's lock."""
+
+
 class FileCache:
     """The bookkeeping of one worker's cache in ``directory``: entries in least recently
     used order, their leases, and the bytes uploads under way hold."""
@@ -130,7 +134,7 @@ class FileCache:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock_fd)
-            raise ValueError(f"another worker uses the file cache {directory} (it holds its lock)") from None
+            raise CacheInUse(f"another worker uses the file cache {directory} (it holds its lock)") from None
         for part in ("partial", "files", "trees", JUDGES_DIR):
             shutil.rmtree(os.path.join(directory, part), ignore_errors=True)
             os.mkdir(os.path.join(directory, part), 0o700)

@@ -269,9 +269,19 @@ class HttpFrontDoor:
         return bytes(body)
 
     def spawn(self, task: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """Run a task for as long as the door serves (a judge, a callback)."""
+        """Run a task for as long as the door serves (a judge, a callback, a judge's events
+        followed). As for a request, a fault in it is logged and ends that task alone: no
+        request's work may end the worker (and every job it runs)."""
         assert self._nursery is not None
-        self._nursery.start_soon(task, *args)
+
+        async def contained() -> None:
+            try:
+                await task(*args)
+            except Exception as exc:  # a fault of the worker's: logged, never a crash
+                log("http_task_error", task=getattr(task, "__qualname__", str(task)),
+                    error=f"{type(exc).__name__}: {exc}")
+
+        self._nursery.start_soon(contained)
 
     def accepting(self) -> None:
         if self.server.stopping:
@@ -361,7 +371,7 @@ class HttpFrontDoor:
             document = self._job_document(record) if record is not None and not rejected else {
                 "id": identifier, "state": "rejected", "error": error_json(as_error(message))}
             body = json.dumps(document).encode()
-            self._nursery.start_soon(self.callbacks.deliver, url, body, identifier)
+            self.spawn(self.callbacks.deliver, url, body, identifier)
 
     async def _wait(self, record: JobRecord) -> None:
         if record.done:
@@ -454,11 +464,13 @@ class HttpFrontDoor:
         async def judging() -> None:
             try:
                 await run_judge(judge_request, stages, judge.hear)
+            except Exception as exc:  # (logged by spawn) its waiters hear it ended
+                judge.hear(ProtocolError("internal_error", type(exc).__name__).to_message(identifier))
+                raise
             finally:
                 self._finished_judges.append(identifier)
 
-        assert self._nursery is not None
-        self._nursery.start_soon(judging)
+        self.spawn(judging)
         if query_flag(request, "wait"):
             while judge.finished_at is None:
                 await judge.changed.wait()

@@ -17,7 +17,7 @@ import binascii
 from typing import Any
 
 from sandbox.models import Result
-from worker.protocol import ProtocolError, result_to_wire
+from worker.protocol import ProtocolError
 
 # How each protocol error code is answered over HTTP (anything else: 500).
 STATUS_OF_CODE = {
@@ -141,9 +141,9 @@ def session_logs_to_json(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def result_to_json(result: Result) -> dict[str, Any]:
-    """A Result as ``sandbox run --json`` prints it, but with ``stdout`` and ``stderr`` in
-    base64: a program's output need not be text."""
-    data = result_to_wire(result)
+    """A Result as ``sandbox run --json`` prints it (collected files in base64), but with
+    ``stdout`` and ``stderr`` in base64 too: a program's output need not be text."""
+    data = result.to_json_dict()
     data["stdout"] = base64.b64encode(result.stdout).decode()
     data["stderr"] = base64.b64encode(result.stderr).decode()
     return data

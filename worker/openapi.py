@@ -120,7 +120,8 @@ SCHEMAS: dict[str, Any] = {
     },
     "Result": {
         "type": "object",
-        "description": "The result as `sandbox run --json` prints it, with stdout and stderr in base64.",
+        "description": "The result as `sandbox run --json` prints it, with stdout and stderr in base64 "
+                       "as its collected files are.",
         "properties": {
             "status": {"type": "string"}, "exit_code": {"type": ["integer", "null"]},
             "signal": {"type": ["integer", "null"]}, "signal_name": {"type": ["string", "null"]},
@@ -129,6 +130,12 @@ SCHEMAS: dict[str, Any] = {
             "usage": {"type": "object"}, "violation": {"type": ["object", "null"]},
             "limits_not_enforced": {"type": "array", "items": {"type": "string"}},
             "warnings": {"type": "array", "items": {"type": "string"}}, "error": {"type": ["string", "null"]},
+            "files": {"type": "object", "additionalProperties": _BASE64,
+                      "description": "The collected files: path in the sandbox -> its bytes."},
+            "file_errors": {"type": "object", "additionalProperties": {"type": "string"},
+                            "description": "Each collect path refused, with why (\"missing\", \"too_large: ...\")."},
+            "file_ids": {"type": "object", "additionalProperties": {"type": "string"},
+                         "description": "Files collected with cache: true: path -> file id (GET /v1/files/{id})."},
         },
     },
     "JobDocument": {

@@ -344,20 +344,26 @@ def outcome_of_report(judge_id: str, report: dict[str, Any]) -> bytes:
 
 
 def decode_outcome(data: bytes | str) -> Result:
-    """The Result of an outcome; raises QueueError for an outcome that is an error."""
-    return result_from_wire(_decoded(data)["result"])
+    """The Result of an outcome; raises QueueError for an outcome that is an error, or
+    a judge's (``unknown_id``: the id names no job)."""
+    return result_from_wire(_decoded(data, "result", "a judge, not a job"))
 
 
 def decode_report(data: bytes | str) -> dict[str, Any]:
-    """The report of a judge's outcome; raises QueueError for an outcome that is an error."""
-    report: dict[str, Any] = _decoded(data)["report"]
+    """The report of a judge's outcome; raises QueueError for an outcome that is an error,
+    or a job's (``unknown_id``: the id names no judge)."""
+    report: dict[str, Any] = _decoded(data, "report", "a job, not a judge")
     return report
 
 
-def _decoded(data: bytes | str) -> dict[str, Any]:
+def _decoded(data: bytes | str, part: str, other: str) -> Any:
+    """The ``part`` of an outcome ("result" or "report"); ``other``: what the id names
+    when the outcome has the other part."""
     outcome: dict[str, Any] = msgpack.unpackb(data.encode() if isinstance(data, str) else data, raw=False)
     if "error" in outcome:
         error = outcome["error"]
         raise QueueError(error["code"], error["message"], error.get("field"))
-    return outcome
+    if part not in outcome:
+        raise QueueError("unknown_id", f"the id names {other}", "id")
+    return outcome[part]
 

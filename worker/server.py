@@ -29,7 +29,7 @@ import trio
 from sandbox.models import Group, Job, WarmSpec
 from sandbox.profile_names import builtin_profiles
 from worker.admission import admit
-from worker.filecache import DEFAULT_CAPACITY, FileCache, Upload
+from worker.filecache import DEFAULT_CAPACITY, CacheInUse, FileCache, Upload
 from worker.judging import PoolStages, judge_from_wire, run_judge
 from worker.launcher_channel import LAUNCHER_MAX_FRAME
 from worker.logs import log
@@ -76,6 +76,7 @@ OUT_QUEUE = 1024
 DISCARD_IDLE_S = 2.0  # the rest of a frame too large stops coming: close (``Server._discard``)
 ROOM_PER_REQUEST = 8  # a request's replies: accepted, a final event, an error
 MAX_UPLOADS = 64  # put_file uploads under way on one connection
+QUEUE_ONLY_CACHES = 64  # workers with neither socket nor address one user may run at once (``_open_file_cache``)
 
 
 @dataclass
@@ -179,12 +180,14 @@ class Connection:
 class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        # Configuration errors are raised here, before trio runs: a clear message, not a
+        # traceback out of a nursery.
+        if config.slots < 1:
+            raise ValueError("--slots must be at least 1")
         warm = WarmSpec.merged([WarmSpec(config.warm), *config.warm_for])
         unknown = sorted({spec.profile for spec in warm} - set(builtin_profiles()))
         if unknown:
             raise ValueError(f"warm sandboxes for profiles that do not exist: {', '.join(unknown)}")
-        # Configuration errors are raised here, before trio runs: a clear message, not a
-        # traceback out of a nursery.
         if config.tcp and not config.token:
             raise ValueError("TCP needs a token (--token-file)")
         if not config.socket_path and not config.tcp and not config.http and not config.queue:
@@ -202,7 +205,7 @@ class Server:
         # file cache is the one of the socket it claimed.
         self.claim = None if config.socket_path is None else SocketClaim(config.socket_path)
         try:
-            self.cache = FileCache(_file_cache_dir(config), config.file_cache_size)
+            self.cache = _open_file_cache(config)
         except (ValueError, OSError) as exc:
             if self.claim is not None:
                 self.claim.release()
@@ -210,7 +213,7 @@ class Server:
         self.pool = Pool(config.slots, config.max_queue, warm, retention_s=config.retention_s,
                          max_kept_bytes=config.retention_bytes, cache=self.cache,
                          launchers=config.launchers, allow_bind=config.allow_bind,
-                         sessions_dir=_sessions_dir(config))
+                         sessions_dir=_sessions_dir(self.cache))
         self.metrics = Metrics(self.pool, self.cache) if config.metrics or config.http else None
         if self.metrics is not None:
             self.pool.on_finished = self.metrics.observe
@@ -635,24 +638,37 @@ def _group_id(name: str) -> int:
     return gid
 
 
-def _file_cache_dir(config: ServerConfig) -> str:
-    """The worker's own file cache: one per socket (its claim keeps it one worker's), or
-    for a worker on TCP alone one per address (its lock refuses a second worker)."""
+def _open_file_cache(config: ServerConfig) -> FileCache:
+    """The worker's own file cache: beside its socket (its claim keeps it one worker's),
+    else under $XDG_CACHE_HOME - one per TCP or HTTP address, whose lock refuses a second
+    worker there (it could not listen on that address anyway). A worker that only takes
+    jobs from Redis has no address: it takes the first of a numbered series that no
+    running worker holds, since several may serve one host, and the next to start there
+    reuses (and empties) what one that died left."""
     if config.file_cache_dir is not None:
-        return config.file_cache_dir
+        return FileCache(config.file_cache_dir, config.file_cache_size)
     if config.socket_path is not None:
-        return f"{config.socket_path}.files"
-    assert config.tcp is not None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    host, port = config.tcp
-    return os.path.join(base, "sandbox", f"worker-{host}-{port}.files")
+        return FileCache(f"{config.socket_path}.files", config.file_cache_size)
+    base = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                        "sandbox")
+    address = config.tcp or config.http
+    if address is not None:
+        name = "worker" if config.tcp is not None else "worker-http"
+        host, port = address
+        return FileCache(os.path.join(base, f"{name}-{host}-{port}.files"), config.file_cache_size)
+    for number in range(QUEUE_ONLY_CACHES):
+        try:
+            return FileCache(os.path.join(base, f"worker-queue-{number}.files"), config.file_cache_size)
+        except CacheInUse:
+            continue
+    raise ValueError(f"{QUEUE_ONLY_CACHES} workers without a socket already run as this user: give --file-cache-dir")
 
 
-def _sessions_dir(config: ServerConfig) -> str:
+def _sessions_dir(cache: FileCache) -> str:
     """Where the launchers keep a record of each session they hold, for the next ones to
     clean up after a crash (worker/launcher.py): beside the file cache, and like it one
-    per socket; unlike it, kept across restarts."""
-    return _file_cache_dir(config).removesuffix(".files") + ".sessions"
+    per socket or address; unlike it, kept across restarts."""
+    return cache.directory.removesuffix(".files") + ".sessions"
 
 
 def serve_forever(config: ServerConfig) -> None:

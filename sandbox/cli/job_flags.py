@@ -171,8 +171,9 @@ def collect_target(args: argparse.Namespace) -> int | None:
 
 
 def language_form(args: argparse.Namespace) -> bool:
-    """True for ``--lang L --source FILE`` (checked: no image, no cwd, no collect; what
-    follows ``--`` is the program's arguments)."""
+    """True for ``--lang L --source FILE`` (checked: no cwd, collect, mounts, network or
+    interpreter; ``--image`` names one built on the language image; what follows ``--``
+    is the program's arguments)."""
     if not (args.lang or args.source):
         if args.compile_option:
             raise JobError("--compile-option goes with --lang", field="compile_options")

@@ -137,7 +137,11 @@ def _cmd_cp(args: argparse.Namespace) -> int:
         job = Job(cmd=["true"], files=[InputFile(path, Blob(path=args.source), mode)])
     elif inside == [True, False]:
         session, path = args.source.split(":", 1)
-        job = Job(cmd=["true"], collect=[Collect(path)])
+        collect = Collect(path)
+        if collect.directory:
+            raise JobError("cp copies one file, not a directory", field="source")
+        path = collect.path  # (the result names it as the collect entry does: normalised)
+        job = Job(cmd=["true"], collect=[collect])
     else:
         raise JobError("one side is SESSION:PATH, the other a host path", field="source")
     with _session_calls(args) as client:
@@ -146,8 +150,8 @@ def _cmd_cp(args: argparse.Namespace) -> int:
         raise SandboxError(f"the copy failed: {result.error or result.status.value}")
     if inside[1]:
         return 0
-    if path in result.file_errors:
-        raise SandboxError(f"{path}: {result.file_errors[path]}")
+    if path not in result.files:
+        raise SandboxError(f"{path}: {result.file_errors.get(path, 'not collected')}")
     data = result.files[path]
     if args.target == "-":
         sys.stdout.buffer.write(data)

@@ -169,12 +169,12 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     # The flags are checked before connecting.
     job = None if language_form(args) else job_from_args(args)
     collector_on()
+    collect_to = collect_target(args)
     if args.redis:
         if job is None:
             raise JobError("--lang through a queue is not supported yet: use --socket or --tcp", field="lang")
-        return _submit_to_queue(args, job)
+        return _submit_to_queue(args, job, collect_to)
     inputs = language_inputs(args) if job is None else {}
-    collect_to = collect_target(args)
     live = None if args.json or job is None else LiveOutput()
     with connect(args) as client:
         try:
@@ -190,14 +190,15 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     return report(result, as_json=args.json, written=live.written if live else None, collect_to=collect_to)
 
 
-def _submit_to_queue(args: argparse.Namespace, job: Job) -> int:
-    """Queue the job on the stream, wait for its outcome and print it as run does."""
+def _submit_to_queue(args: argparse.Namespace, job: Job, collect_to: int | None) -> int:
+    """Queue the job on the stream, wait for its outcome and print it (and write what it
+    collected) as run does."""
     from sandbox.cli.queued import queue_errors
     from worker.queue_client import QueueClient
 
     with queue_errors(args.redis, args.stream):
         result = QueueClient(args.redis, args.stream).run(job, job_id=args.id)
-    return report(result, as_json=args.json)
+    return report(result, as_json=args.json, collect_to=collect_to)
 
 
 def connect(args: argparse.Namespace) -> Client:

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from sandbox.images import digests
+from sandbox.images.errors import ImageError
 from sandbox.images.reference import parse
 from sandbox.images.registry import OCI_MANIFEST
 from sandbox.images.store import Store
@@ -33,7 +34,10 @@ def save(store: Store, source: str, destination: Path) -> str:
         if not found.startswith("sha256:"):
             descriptor["annotations"] = {REF_NAME: parse(found).tag or "latest"}
         index = {"schemaVersion": 2, "manifests": [descriptor]}
-        fd, temp = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
+        try:
+            fd, temp = tempfile.mkstemp(prefix=f".{destination.name}.", dir=destination.parent)
+        except OSError as exc:
+            raise ImageError(f"cannot write {destination}: {exc.strerror}") from None
         try:
             with os.fdopen(fd, "wb") as out, tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 _add(tar, "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
@@ -44,7 +48,10 @@ def save(store: Store, source: str, destination: Path) -> str:
                     info.size = path.stat().st_size
                     with open(path, "rb") as blob:
                         tar.addfile(info, blob)
-            os.replace(temp, destination)
+            try:
+                os.replace(temp, destination)
+            except OSError as exc:
+                raise ImageError(f"cannot write {destination}: {exc.strerror}") from None
         except BaseException:
             os.unlink(temp)
             raise

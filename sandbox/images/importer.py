@@ -39,9 +39,14 @@ def import_image(
     ref = parse(name)
     # One reader at a time: a tarfile's member streams share one file position.
     config = dataclasses.replace(config, max_parallel=1)
-    if source.is_dir():
+    try:
+        directory = source.is_dir()
+        archive_file = not directory and tarfile.is_tarfile(source)
+    except OSError as exc:
+        raise ImageError(f"cannot read {source}: {exc.strerror}") from None
+    if directory:
         record = _from_layout(store, config, lambda p: _open_in_dir(source, p), platform)
-    elif tarfile.is_tarfile(source):
+    elif archive_file:
         with tarfile.open(source, "r:") as archive:
             members = {m.name.removeprefix("./"): m for m in archive.getmembers() if m.isfile()}
 
