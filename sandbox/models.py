@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import enum
 import ipaddress
-import math
 import posixpath
 import re
 import signal
@@ -659,7 +658,7 @@ def _cpus(value: object) -> float:
             raise JobError(f"invalid CPU count {value!r} (examples: 0.5, 2, none)", field="limits.cpus") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise JobError("cpus must be a number", field="limits.cpus")
-    if not math.isfinite(value) or not 0.01 <= value <= 1024:
+    if not 0.01 <= value <= 1024:  # (compared as it is: a TOML int may be past any float)
         raise JobError("cpus must be between 0.01 and 1024", field="limits.cpus")
     return float(value)
 

@@ -66,7 +66,7 @@ def profile_chain(path: Path) -> list[tuple[Path, str, dict[str, Any]]]:
         try:
             text = path.read_text()
             document = tomllib.loads(text)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
             raise ProfileError(f"{path}: {exc}") from exc
         chain.append((path, text, document))
         parent = document.get("extends")

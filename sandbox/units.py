@@ -71,7 +71,8 @@ def parse_duration_ms(text: str | int | float) -> int:
     if isinstance(text, bool) or not isinstance(text, (str, int, float)):
         raise ValueError(f"invalid duration {text!r}")
     if isinstance(text, (int, float)):
-        value = float(text) * 1000.0
+        # (compared before the conversion: a TOML int may be past any float)
+        value = float(text) * 1000.0 if abs(text) <= MAX_DURATION_MS else math.inf
     else:
         value = _duration_text_ms(text)
     if not math.isfinite(value) or not 0 < value <= MAX_DURATION_MS:

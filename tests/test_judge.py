@@ -165,6 +165,15 @@ def test_the_cli_prints_a_json_report_and_exits_by_verdict(language_image) -> No
     assert json.loads(interpreted.stdout)["verdict"] == "accepted"
 
 
+def test_the_cli_gives_the_solution_what_follows_the_double_dash(language_image, tmp_path: Path) -> None:
+    solution = tmp_path / "sum_plus.py"  # right only when given "0" as its argument
+    solution.write_text("import sys\na, b = map(int, input().split())\nprint(a + b + int(sys.argv[1]))\n")
+    done = subprocess.run([*SANDBOX_CLI, "judge", str(PROBLEMS / "sum"), "--lang", "python3", "--source",
+                           str(solution), "--json", "--", "0"], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["verdict"] == "accepted"
+
+
 def test_a_broken_package_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "tests").mkdir()
     done = subprocess.run([*SANDBOX_CLI, "judge", str(tmp_path), "--lang", "python3",

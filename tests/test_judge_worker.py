@@ -77,6 +77,10 @@ def test_a_custom_checker_and_compiler_options_through_the_worker(language_image
     ({"tests": b"x"}, "problem", "not a package file name"),
     ({"problem.toml": b"[limits\n"}, None, "problem.toml"),
     ({"tests/1.out": None}, None, "needs exactly one answer file"),
+    # Values only a TOML parser gives (no msgpack one): each ended the worker, every job with it.
+    ({"problem.toml": b"[checker]\nkind = 'float'\nabs = 1" + b"0" * 400 + b"\n"}, None, "abs is too large"),
+    ({"problem.toml": b"[checker]\nkind = 'custom'\nsource = \"a\\u0000b\"\nlang = 'cpp'\n"}, None,
+     "needs source (a file name)"),
 ])
 def test_a_broken_package_is_refused_by_name(worker, change: dict[str, Any], field: str | None, text: str) -> None:
     package = read_package(PROBLEMS / "sum")

@@ -97,6 +97,14 @@ def test_a_producer_in_any_language_xadds_the_documented_map(redis, workers):
     raw = msgpack.unpackb(stored, raw=False)
     assert raw["id"] == "raw-1" and raw["result"]["status"] == "ok" and raw["result"]["stdout"] == b"plain\n"
     assert outcomes(redis) == [("raw-1", stored)]  # and on the results stream, once
+    # A field of its own whose name is no UTF-8 is a field no worker knows: the job runs.
+    redis.call(lambda r: r.xadd(STREAM, {"id": "raw-2", "job": wire, b"\xff": b"x"}))
+    assert wait_until(lambda: has_result(redis, "raw-2"), timeout=60)
+    # An id out of bounds is refused at submit, not queued to be dead-lettered unanswered.
+    with pytest.raises(QueueError) as caught:
+        QueueClient(redis.url, STREAM).submit(sh("true"), job_id="x" * 129)
+    assert (caught.value.code, caught.value.field) == ("invalid_job", "id")
+    assert redis.call(lambda r: r.xlen(STREAM)) == 0
 
 
 def test_the_cli_submits_through_the_queue(redis, workers, tmp_path):

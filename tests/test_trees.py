@@ -154,6 +154,18 @@ def test_a_hostile_tar_is_refused_and_nothing_is_kept(worker, hostile, why):
     assert os.listdir(cache / "trees") == [] and os.listdir(cache / "partial") == []
 
 
+def test_a_tar_naming_a_path_the_kernel_takes_none_for_is_refused(worker):
+    nul = entry("nul")
+    nul.pax_headers = {"path": "a\x00b"}  # (a pax header carries the NUL a tar header cannot)
+    with Client(worker.socket_path) as client:
+        with pytest.raises(WorkerError) as caught:
+            client.put_tree(tar_of(entry("ok"), nul))
+        assert caught.value.code == "bad_tree" and "null byte" in str(caught.value)
+        stats = client.stats()["file_cache"]
+        assert (stats["entries"], stats["bytes"], stats["uploading"]) == (0, 0, 0)
+        assert client.ping()["type"] == "pong"  # the worker goes on (the fixture wants it to stop with 0)
+
+
 def test_an_unknown_tree_is_invalid_job_naming_the_mount(worker):
     with Client(worker.socket_path) as client, pytest.raises(WorkerError) as caught:
         client.run(Job(cmd=["true"], mounts=[Mount("/work/a", "tree:sha256:" + "0" * 64)]))

@@ -754,6 +754,17 @@ def test_hello_is_required_first_and_versioned(worker, connect):
     raw.send({"type": "ping"})
     assert raw.next()["code"] == "hello_required"
     assert raw.closed_by_peer()
+    for kind in ("bogus", [], {}):  # whatever the type is, before hello: refused and closed
+        raw = connect(worker, hello=False)
+        raw.send({"type": kind})
+        assert raw.next()["code"] == "hello_required"
+        assert raw.closed_by_peer()
+    raw = connect(worker)
+    for kind in ([], {}, 7):  # after hello: an unknown type, the connection and the worker go on
+        raw.send({"type": kind})
+        assert raw.next()["code"] == "unknown_type"
+    raw.send({"type": "ping"})
+    assert raw.next()["type"] == "pong"
     raw = connect(worker, hello=False)
     raw.send({"type": "hello", "version": 99})
     assert raw.next()["code"] == "version"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import shutil
 import tempfile
 import uuid
@@ -29,8 +28,8 @@ from typing import Any
 
 import trio
 
-from sandbox.errors import JobError, SandboxError
-from sandbox.judge.problem import load_problem
+from sandbox.errors import JobError
+from sandbox.judge.problem import is_package_file_name, load_problem
 from sandbox.judge.report import JudgeReport, TestReport
 from sandbox.judge.run import Submission, judge
 from sandbox.models import Group, Job, Pipe, Result, check_file_id
@@ -41,8 +40,6 @@ from worker.filecache import JUDGES_DIR, cached_path
 from worker.pool import Pool
 from worker.protocol import ProtocolError, event_message
 
-# A package entry: problem.toml, a top-level file (a checker's source, testlib.h), or a test.
-_PACKAGE_NAME = re.compile(r"(tests/)?[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
 _MAX_PACKAGE_FILES = 10_000
 _SUBMISSION_KEYS = {"lang", "source", "compile_options", "args", "image", "interpreter"}
 _FINAL = ("finished", "cancelled")
@@ -73,7 +70,7 @@ def judge_from_wire(message: dict[str, Any], judge_id: str) -> JudgeRequest:
     if len(package) > _MAX_PACKAGE_FILES:
         raise ProtocolError("invalid_job", f"problem has over {_MAX_PACKAGE_FILES} files", field="problem")
     for name, data in package.items():
-        if not isinstance(name, str) or not _PACKAGE_NAME.fullmatch(name) or ".." in name or name == "tests":
+        if not isinstance(name, str) or not is_package_file_name(name):
             raise ProtocolError("invalid_job", f"{name!r} is not a package file name (NAME or tests/NAME)",
                                 field="problem")
         if isinstance(data, dict) and set(data) == {"file_id"}:
@@ -84,8 +81,6 @@ def judge_from_wire(message: dict[str, Any], judge_id: str) -> JudgeRequest:
         elif not isinstance(data, bytes):
             raise ProtocolError("invalid_job", f"{name}: expected bytes or {{\"file_id\": ID}}",
                                 field=f"problem.{name}")
-    if "problem.toml" not in package:
-        raise ProtocolError("invalid_job", "the package has no problem.toml", field="problem")
     wire = message.get("submission")
     if not isinstance(wire, dict) or set(wire) - _SUBMISSION_KEYS:
         raise ProtocolError("invalid_job", f"submission must be a map of {sorted(_SUBMISSION_KEYS)}",
@@ -229,7 +224,7 @@ async def run_judge(request: JudgeRequest, stages: PoolStages, deliver: Any) -> 
     except ProtocolError as exc:  # a job refused by the pool (busy)
         deliver(exc.to_message(request.id))
         return
-    except (SandboxError, OSError) as exc:  # a fault of the worker's, not of the submission
+    except Exception as exc:  # a fault of the worker's, not of the submission: this judge's alone
         deliver(ProtocolError("internal_error", f"{type(exc).__name__}: {exc}").to_message(request.id))
         return
     finally:

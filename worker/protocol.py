@@ -166,7 +166,7 @@ class FrameDecoder:
 
 def message_type(message: dict[str, Any]) -> str:
     kind = message.get("type")
-    if kind not in CLIENT_TYPES:
+    if not isinstance(kind, str) or kind not in CLIENT_TYPES:
         raise ProtocolError("unknown_type", f"unknown message type {kind!r}", field="type")
     return str(kind)
 

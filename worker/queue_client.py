@@ -34,6 +34,7 @@ from worker.queue_blobs import put_blob
 from worker.queue_schema import (
     GROUP,
     ID_CONFLICT,
+    INVALID_JOB,
     LIBRARY,
     QUEUE_FULL,
     QueueError,
@@ -104,8 +105,9 @@ class AsyncQueueClient:
         except ResponseError as exc:
             if str(exc).startswith(QUEUE_FULL):
                 raise QueueFull(QUEUE_FULL, str(exc).removeprefix(QUEUE_FULL).strip()) from None
-            if str(exc).startswith(ID_CONFLICT):
-                raise QueueError(ID_CONFLICT, str(exc).removeprefix(ID_CONFLICT).strip(), "id") from None
+            for code in (ID_CONFLICT, INVALID_JOB):
+                if str(exc).startswith(code):
+                    raise QueueError(code, str(exc).removeprefix(code).strip(), "id") from None
             raise
         return job_id
 

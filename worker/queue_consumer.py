@@ -57,6 +57,7 @@ from worker.queue_schema import (
     PROGRESS_MAXLEN,
     RESULTS_MAXLEN,
     QueueConfig,
+    QueueError,
     QueueKeys,
     outcome_of_error,
     outcome_of_report,
@@ -477,8 +478,11 @@ class QueueConsumer:
                 data = await trio.to_thread.run_sync(read_cached, cache, file_id)
             finally:
                 cache.release(leased)
-            await self._retrying("blob", put_blob, partial(self.redis().fcall, "sandbox_put_blob"),
-                                 delivery.lane.keys, data, self.config.result_ttl_s)
+            try:
+                await self._retrying("blob", put_blob, partial(self.redis().fcall, "sandbox_put_blob"),
+                                     delivery.lane.keys, data, self.config.result_ttl_s)
+            except QueueError as exc:  # (blob_too_big) kept here only: elsewhere it is as if evicted
+                log("blob_not_shared", stream=delivery.lane.keys.stream, file_id=file_id, error=exc.message)
 
     def _outcome(self, delivery: Delivery) -> tuple[bytes | None, str | None]:
         """What to write for a delivery, and the reason to dead-letter it: (None, None)
@@ -645,7 +649,9 @@ class QueueConsumer:
 
 
 def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    """A name or id from Redis as text; bytes that are not UTF-8 (a producer's) decoded
+    with replacements, so they name nothing rather than end the worker."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def _fields(values: Any) -> dict[str, bytes]:

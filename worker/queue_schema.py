@@ -33,6 +33,8 @@ QUEUE_FULL = "queue_full"
 BLOB_TOO_BIG = "blob_too_big"
 # Raised by sandbox_submit for another job under an id the queue knows.
 ID_CONFLICT = "id_conflict"
+# Raised by sandbox_submit for an id out of bounds, and by sandbox_cancel for a bad ttl.
+INVALID_JOB = "invalid_job"
 CANCELLED_MESSAGE = "cancelled by its producer"
 
 LIBRARY = """#!lua name=sandbox
@@ -47,10 +49,15 @@ end
 -- KEYS: stream, id key, config hash. ARGV: job id, job (msgpack), and the entry's field
 -- for it: 'job' (the default) or 'judge' (a judge request).
 -- {'queued', entry} or {'known', entry}; the error 'queue_full ...' when the stream holds
--- max_queue jobs (waiting or running: a finished job's entry is deleted).
+-- max_queue jobs (waiting or running: a finished job's entry is deleted), 'invalid_job ...'
+-- for an id of no character or more than 128 (counted as UTF-8: a worker refuses it).
 -- The id key holds the entry and a digest of what was submitted under the id, so that
 -- another job under a known id is refused ('id_conflict ...'), as on a worker's socket.
 local function submit(keys, args)
+  local _, characters = string.gsub(args[1], '[^\\128-\\191]', '')
+  if characters == 0 or characters > 128 then
+    return redis.error_reply('invalid_job the id must be 1 to 128 characters')
+  end
   local known = redis.call('GET', keys[2])
   local digest = redis.sha1hex((args[3] or 'job') .. args[2])
   if known then
@@ -83,7 +90,11 @@ local function cancel(keys, args)
   if not known then return 'unknown' end
   if redis.call('EXISTS', keys[3]) == 1 then return 'finished' end
   local entry = string.match(known, '^(%S+)')
-  local ttl = redis.call('HGET', keys[7], 'result_ttl') or args[4]
+  local ttl = tonumber(redis.call('HGET', keys[7], 'result_ttl') or args[4])
+  -- Checked before any write: an error does not undo a function's writes before it.
+  if not ttl or ttl < 1 or ttl ~= math.floor(ttl) then
+    return redis.error_reply('invalid_job the ttl must be a whole number of seconds, 1 or more')
+  end
   local pending = redis.pcall('XPENDING', keys[1], args[1], entry, entry, 1)
   if pending.err or #pending == 0 then  -- (no group yet: no worker has come, nor taken it)
     redis.call('XDEL', keys[1], entry)

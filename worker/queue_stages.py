@@ -143,7 +143,11 @@ class QueueStages(PoolStages):
             file_id = blob_id(content.data)
             if file_id not in self.blobs:
                 put = partial(self.queue.redis().fcall, "sandbox_put_blob")
-                await self.queue.call("blob", put_blob, put, self.keys, content.data, self.queue.config.result_ttl_s)
+                try:
+                    await self.queue.call("blob", put_blob, put, self.keys, content.data,
+                                          self.queue.config.result_ttl_s)
+                except QueueError as exc:  # (blob_too_big: a test's file past the workers' --max-blob)
+                    raise JobError(f"{exc.code}: {exc.message}", field="files") from None
                 self.blobs.add(file_id)
             return Blob(file_id=file_id)
 

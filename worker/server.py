@@ -349,6 +349,8 @@ class Server:
                         with trio.CancelScope(shield=True):  # its judges end with it, before the nursery
                             for stages in list(connection.judges.values()):
                                 await stages.cancel()
+        except Exception as exc:  # a fault in one of its tasks (a judge, a session's answer): its end alone
+            log("connection_error", connection=connection.number, error=f"{type(exc).__name__}: {exc}")
         finally:
             self.connections.discard(connection)
             self._connection_closed.set()
@@ -405,13 +407,17 @@ class Server:
                 if item.fatal:
                     return False
                 continue
+            reply_id = item.get("id") if isinstance(item.get("id"), str) else None
             try:
                 await self._dispatch(connection, item)
             except ProtocolError as exc:
-                reply_id = item.get("id") if isinstance(item.get("id"), str) else None
                 connection.deliver(exc.to_message(reply_id))
                 if exc.fatal:
                     return False
+            except Exception as exc:  # a fault of the worker's: this connection's end, never the worker's
+                log("connection_error", connection=connection.number, error=f"{type(exc).__name__}: {exc}")
+                connection.deliver(ProtocolError("internal_error", type(exc).__name__).to_message(reply_id))
+                return False
         return True
 
     async def _discard(self, connection: Connection, rest: int) -> None:
@@ -433,12 +439,12 @@ class Server:
                 rest -= len(data)
 
     async def _dispatch(self, connection: Connection, message: dict[str, Any]) -> None:
-        kind = message_type(message)
         if not connection.hello_done:
-            if kind != "hello":
+            if message.get("type") != "hello":
                 raise ProtocolError("hello_required", "the first message must be hello", fatal=True)
             self._hello(connection, message)
             return
+        kind = message_type(message)
         if kind == "hello":
             raise ProtocolError("bad_message", "hello was already said")
         if kind in ("submit", "group"):

@@ -61,6 +61,8 @@ def unpack_tree(tar_path: str, dest: str, max_bytes: int, max_entries: int = MAX
         raise TreeError(f"not a readable tar ({exc})") from None
     except OSError as exc:
         raise TreeError(f"cannot unpack it ({exc.strerror or exc})") from None
+    except ValueError as exc:  # a name the kernel takes no path for (a NUL in it)
+        raise TreeError(f"cannot unpack it ({exc})") from None
     finally:
         os.close(root_fd)
     return stats

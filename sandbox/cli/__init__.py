@@ -41,6 +41,11 @@ MODULE_OF_COMMAND = {
 }
 # The commands a judge may call once per test: each runs one job and ends its process.
 ONE_JOB_COMMANDS = ("run", "submit")
+# Commands whose positional may be followed by flags and then by ``-- ARG...`` for the
+# program (``judge PROBLEM_DIR --lang ... -- ARG``): argparse fills a positional and the
+# trailing ``nargs="*"`` one together, at the first, so what follows "--" is split off
+# before parsing and given as ``args``.
+TRAILING_ARGUMENTS_COMMANDS = ("judge",)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,9 +91,15 @@ def _run_command(argv: list[str]) -> int:
     except SandboxError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
         return EXIT_SANDBOX_ERROR
+    trailing = None
+    if named in TRAILING_ARGUMENTS_COMMANDS and "--" in argv:
+        cut = argv.index("--")
+        argv, trailing = argv[:cut], argv[cut + 1:]
     try:
         parser = make_parser(argv)
         args = parser.parse_args(argv, argparse.Namespace(started_zygote=zygote))
+        if trailing is not None:
+            args.args = trailing
     except BaseException:
         if zygote is not None:
             zygote.zygote.close()

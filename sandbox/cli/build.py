@@ -68,6 +68,8 @@ def _build(args: argparse.Namespace) -> int:
             text = handle.read()
     except OSError as exc:
         raise SandboxError(f"cannot read the Sandboxfile {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SandboxError(f"cannot read the Sandboxfile {path}: not UTF-8 text") from None
     config = images_config.load()
     report = build(Store(config.store), config, text, args.context, args.tag, build_args,
                    lambda line: print(line, file=sys.stderr, flush=True),

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox.cli.output import EXIT_SANDBOX_ERROR
+from sandbox.errors import SandboxError
 
 if TYPE_CHECKING:
     from sandbox.models import Group, Result
@@ -41,7 +42,7 @@ def load_spec(path: Path) -> Group:
 
     try:
         spec = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise JobError(f"cannot read {path}: {exc}", field="spec") from None
     if not isinstance(spec, dict) or set(spec) - {"jobs", "pipes"}:
         raise JobError('expected {"jobs": [...], "pipes": [...]}', field="spec")
@@ -51,6 +52,8 @@ def load_spec(path: Path) -> Group:
                                spec.get("pipes", []))
     except ProtocolError as exc:
         raise JobError(exc.message, field=exc.field) from None
+    except UnicodeEncodeError:  # (a lone surrogate, "\ud800", in a stdin or a file's data)
+        raise JobError("stdin and files' data must be text JSON can carry as UTF-8", field="spec") from None
 
 
 def _with_bytes(job: Any) -> Any:
@@ -79,6 +82,8 @@ def _group(args: argparse.Namespace) -> int:
                 results = client.group(group.jobs, group.pipes)
             except WorkerError as exc:
                 raise worker_error(exc) from None
+            except OSError as exc:  # (the worker went away mid-request)
+                raise SandboxError(f"worker: {exc}") from exc
     else:
         from sandbox.runner import Runner
 

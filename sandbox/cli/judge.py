@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox.cli.output import EXIT_SANDBOX_ERROR
+from sandbox.errors import SandboxError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -76,6 +77,8 @@ def _judge(args: argparse.Namespace) -> int:
                                       interpreter=submission.interpreter)
             except WorkerError as exc:
                 raise worker_error(exc) from None
+            except OSError as exc:  # (the worker went away mid-request)
+                raise SandboxError(f"worker: {exc}") from exc
     else:
         from sandbox.languages import RunnerStages
         from sandbox.runner import Runner

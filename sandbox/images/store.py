@@ -242,8 +242,9 @@ class Store:
             try:
                 with open(self._ref_file(name), "rb") as ref:
                     image = json.loads(ref.read())["image"]
-            except FileNotFoundError:
-                pass
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENAMETOOLONG):  # (a name past any ref file's: none)
+                    raise
             else:
                 return name, self.read_record(image)
         refs = self.refs()

@@ -47,6 +47,7 @@ from sandbox.languages import (
     run_stages_together,
 )
 from sandbox.models import WORKDIR, Blob, Collect, InputFile, Limits, Pipe, Result, Status
+from sandbox.units import MAX_DURATION_MS
 
 INTERACTOR, SOLUTION = 0, 1  # the group's members
 BOTH_WAYS = [Pipe.of([SOLUTION, "stdout"], [INTERACTOR, "stdin"]), Pipe.of([INTERACTOR, "stdout"], [SOLUTION, "stdin"])]
@@ -111,11 +112,11 @@ class InteractiveTests:
         return report
 
     def _limits(self, test: Test) -> Limits:
-        """[interactor.limits] where given; else a wall clock past the solution's, room
-        for its two files, and a modest output cap."""
+        """[interactor.limits] where given; else a wall clock past the solution's (up to
+        the longest a limit may be), room for its two files, and a modest output cap."""
         room = test.input.stat().st_size + test.answer.stat().st_size + (16 << 20)
-        defaults = {"wall_time": f"{self.problem.limits.wall_time_ms + _WALL_MARGIN_MS}ms", "disk": room,
-                    "output": _OUTPUT}
+        wall_ms = min(self.problem.limits.wall_time_ms + _WALL_MARGIN_MS, MAX_DURATION_MS)
+        defaults = {"wall_time": f"{wall_ms}ms", "disk": room, "output": _OUTPUT}
         return Limits(**{**defaults, **self.interactor.limits.given_values()})
 
 

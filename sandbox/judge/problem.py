@@ -8,6 +8,7 @@ against a solution. Tests run in natural sort order (``2`` before ``10``).
 
 from __future__ import annotations
 
+import math
 import re
 import stat
 import tomllib
@@ -27,6 +28,15 @@ _PROGRAM_KEYS = {"source", "lang"}
 _INTERACTOR_KEYS = {"source", "lang", "limits"}
 _GROUP_KEYS = {"name", "tests", "points"}
 _ANSWER_SUFFIXES = (".out", ".ans")
+
+
+_PACKAGE_FILE_NAME = re.compile(r"(tests/)?[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
+
+
+def is_package_file_name(name: str) -> bool:
+    """A package file's name as a judge request carries it: problem.toml, a top-level
+    file (a checker's source, testlib.h), or a test (``tests/NAME``)."""
+    return bool(_PACKAGE_FILE_NAME.fullmatch(name)) and ".." not in name and name != "tests"
 
 
 class ProblemError(JobError):
@@ -91,7 +101,7 @@ def load_problem(root: Path) -> Problem:
     config_path = root / "problem.toml"
     try:
         config = tomllib.loads(config_path.read_text()) if config_path.exists() else {}
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
         raise ProblemError(f"{config_path}: {exc}") from exc
     _check_keys(config, _KEYS, config_path, "the top level")
     try:
@@ -112,13 +122,18 @@ def load_problem(root: Path) -> Problem:
 def read_package(root: Path) -> dict[str, bytes]:
     """The package's files as a worker's ``judge`` request carries them: problem.toml and
     the other top-level files (a checker's source, headers) by name, the tests as
-    ``tests/NAME``; regular files only, as ``load_problem`` reads them."""
+    ``tests/NAME``; regular files only, as ``load_problem`` reads them. Hidden files
+    (``.gitignore``) stay behind; a name a worker would refuse is refused here, before
+    anything is sent."""
     load_problem(root)  # a broken package is refused here, before anything is sent
     files = {}
     for directory, prefix in ((root, ""), (root / "tests", "tests/")):
         for entry in sorted(directory.iterdir()):
-            if entry.is_symlink() or not entry.is_file():
+            if entry.is_symlink() or not entry.is_file() or entry.name.startswith("."):
                 continue
+            if not is_package_file_name(prefix + entry.name):
+                raise ProblemError(f"{entry}: a package's file names are letters, digits and _ . + - "
+                                   "(up to 128, not starting with . + or -, no ..)")
             try:
                 files[prefix + entry.name] = entry.read_bytes()
             except OSError as exc:
@@ -128,7 +143,7 @@ def read_package(root: Path) -> dict[str, bytes]:
 
 def natural_key(name: str) -> list[int | str]:
     """``2`` before ``10``, ``a2`` before ``a10``: digit runs compare as numbers."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    return [int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", name)]
 
 
 def _tests(root: Path) -> tuple[Test, ...]:
@@ -158,10 +173,7 @@ def _checker(root: Path, table: dict[str, Any], where: Path) -> Checker:
         raise ProblemError(f"{where}: [checker] kind must be one of {known}") from None
     tolerances = {}
     for key in ("abs", "rel"):
-        value = table.get(key, 1e-6)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-            raise ProblemError(f"{where}: [checker] {key} must be a number >= 0")
-        tolerances[key] = float(value)
+        tolerances[key] = _non_negative(table.get(key, 1e-6), where, f"[checker] {key}")
     program = _program(root, table, where, "[checker]") if kind is CheckerKind.CUSTOM else None
     return Checker(kind, tolerances["abs"], tolerances["rel"], program)
 
@@ -180,8 +192,8 @@ def _interactor(root: Path, config: dict[str, Any], where: Path) -> Interactor |
 
 def _program(root: Path, table: dict[str, Any], where: Path, section: str) -> Program:
     source, lang = table.get("source"), table.get("lang")
-    if not isinstance(source, str) or not isinstance(lang, str):
-        raise ProblemError(f"{where}: {section} needs source and lang (a language preset)")
+    if not isinstance(source, str) or not isinstance(lang, str) or "\0" in source:
+        raise ProblemError(f"{where}: {section} needs source (a file name) and lang (a language preset)")
     if lang not in preset_names():
         raise ProblemError(f"{where}: {section} lang {lang!r} is not a language preset ({', '.join(preset_names())})")
     path = root / source
@@ -201,16 +213,25 @@ def _groups(entries: Any, names: set[str], where: Path) -> tuple[Group, ...]:
         tests, points = entry.get("tests"), entry.get("points")
         if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
             raise ProblemError(f"{where}: [[groups]] entry {index}: tests must be a list of test names")
-        if isinstance(points, bool) or not isinstance(points, int | float) or points < 0:
-            raise ProblemError(f"{where}: [[groups]] entry {index}: points must be a number >= 0")
+        score = _non_negative(points, where, f"[[groups]] entry {index}: points")
         for name in tests:
             if name not in names:
                 raise ProblemError(f"{where}: [[groups]] entry {index}: no test named {name!r}")
             if name in seen:
                 raise ProblemError(f"{where}: [[groups]] entry {index}: test {name!r} is in two groups")
             seen.add(name)
-        groups.append(Group(str(entry.get("name", index)), tuple(tests), float(points)))
+        groups.append(Group(str(entry.get("name", index)), tuple(tests), score))
     return tuple(groups)
+
+
+def _non_negative(value: Any, where: Path, what: str) -> float:
+    """A number >= 0 from problem.toml, as a float (a TOML integer may be past any)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise ProblemError(f"{where}: {what} must be a finite number >= 0")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ProblemError(f"{where}: {what} is too large") from None
 
 
 def _table(config: dict[str, Any], key: str, where: Path) -> dict[str, Any]:

@@ -9,8 +9,10 @@ import pytest
 
 from sandbox.judge import report as judged
 from sandbox.judge.checkers import CheckerKind
-from sandbox.judge.problem import ProblemError, load_problem, natural_key
+from sandbox.judge.interactive import InteractiveTests
+from sandbox.judge.problem import ProblemError, load_problem, natural_key, read_package
 from sandbox.models import Result, Status
+from sandbox.units import MAX_DURATION_MS
 
 
 def package(root: Path, toml: str = "", tests: tuple[str, ...] = ("1", "2", "10"), answer: str = ".out") -> Path:
@@ -54,8 +56,13 @@ points = 70
 @pytest.mark.parametrize(("toml", "words"), [
     ("[limits]\nmemory = 'lots'\n", "[limits]"),
     ("[checker]\nkind = 'fuzzy'\n", "kind must be one of"),
-    ("[checker]\nkind = 'float'\nabs = -1\n", "abs must be a number >= 0"),
-    ("[checker]\nkind = 'custom'\n", "needs source and lang"),
+    ("[checker]\nkind = 'float'\nabs = -1\n", "abs must be a finite number >= 0"),
+    ("[checker]\nkind = 'float'\nabs = 1" + "0" * 400 + "\n", "abs is too large"),  # past any float
+    ("[checker]\nkind = 'custom'\n", "needs source"),
+    ("[checker]\nkind = 'custom'\nsource = \"a\\u0000b\"\nlang = 'cpp'\n", "needs source (a file name)"),
+    ("[limits]\ncpus = 1" + "0" * 400 + "\n", "cpus must be between"),
+    ("[[groups]]\ntests = ['1', '2', '10']\npoints = inf\n", "points must be a finite number"),
+    ("a = " + "[" * 3000 + "]" * 3000 + "\n", "problem.toml"),  # nested past the parser's recursion
     ("[checker]\nkind = 'custom'\nsource = '../../etc/passwd'\nlang = 'cpp'\n", "outside the package"),
     ("[[groups]]\ntests = ['1', 'nope']\npoints = 5\n", "no test named 'nope'"),
     ("[[groups]]\ntests = ['1']\npoints = 5\n[[groups]]\ntests = ['1']\npoints = 5\n", "in two groups"),
@@ -84,6 +91,7 @@ def test_tests_need_one_answer_each_and_no_symlinks(tmp_path: Path) -> None:
 
 def test_natural_order() -> None:
     assert sorted(["10", "2", "a10", "a2", "1"], key=natural_key) == ["1", "2", "10", "a2", "a10"]
+    assert natural_key("1²") == ["", 1, "²"]  # a digit that is no decimal one stays text
 
 
 def _report(name: str, status: judged.TestStatus, score: float = 0.0) -> judged.TestReport:
@@ -126,3 +134,24 @@ def test_an_interactive_package_and_its_interactors_limits() -> None:
     assert problem.interactor.program.source.name == "interactor.cpp"
     assert problem.interactor.limits.given == {"cpu_time"} and problem.interactor.limits.cpu_time_ms == 2000
 
+
+
+def test_an_interactor_beside_the_longest_wall_time_gets_the_longest(tmp_path: Path) -> None:
+    root = package(tmp_path, "[limits]\nwall_time = '168h'\n[interactor]\nsource = 'i.cpp'\nlang = 'cpp'\n")
+    (root / "i.cpp").write_text("int main() {}\n")
+    problem = load_problem(root)
+    assert problem.interactor is not None
+    tests = InteractiveTests.__new__(InteractiveTests)  # (its limits only: nothing compiled)
+    tests.problem, tests.interactor = problem, problem.interactor
+    assert tests._limits(problem.tests[0]).wall_time_ms == MAX_DURATION_MS
+
+
+def test_a_package_read_to_send_leaves_hidden_files_and_refuses_names_a_worker_would(tmp_path: Path) -> None:
+    root = package(tmp_path)
+    (root / ".gitignore").write_text("*.o\n")
+    (root / "tests" / ".gitkeep").write_text("")
+    assert sorted(read_package(root)) == ["tests/1.in", "tests/1.out", "tests/10.in", "tests/10.out", "tests/2.in",
+                                          "tests/2.out"]
+    (root / "tests" / "1 copy.txt").write_text("x")
+    with pytest.raises(ProblemError, match=r"1 copy\.txt"):
+        read_package(root)
