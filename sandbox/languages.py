@@ -299,9 +299,13 @@ def _check_extra_files(preset: Preset, files: Sequence[InputFile]) -> None:
     """A caller's file may not take the place of the source or of what the compile makes
     (the run would get something other than what was compiled)."""
     for entry in files:
-        name = entry.dest.removeprefix(f"{WORKDIR}/")
-        if name == preset.source or any(fnmatch.fnmatchcase(name, pattern) for pattern in preset.artifacts):
+        if is_program_file(preset, entry.dest.removeprefix(f"{WORKDIR}/")):
             raise JobError(f"{entry.dest} is the {preset.name} preset's source or build output", field="files")
+
+
+def is_program_file(preset: Preset, name: str) -> bool:
+    """``name`` (in /work) is the preset's source, or a file its compile makes."""
+    return name == preset.source or any(fnmatch.fnmatchcase(name, pattern) for pattern in preset.artifacts)
 
 
 def _compile_argv(preset: Preset, limits: Limits, cpus: int, options: Sequence[str]) -> list[str]:

@@ -273,6 +273,24 @@ def test_cancel_a_running_job_kills_it(worker, connect):
     assert not sleeping("1004")
 
 
+def test_a_resubmit_while_its_job_is_being_cancelled_hears_one_end(worker, connect):
+    raw, other = connect(worker), connect(worker)
+    raw.send({"type": "submit", "id": "ending", "job": sleeper("1006")})
+    raw.until(lambda m: m.get("event") == "started")
+    raw.send({"type": "cancel", "id": "ending"})
+
+    def cancelling() -> bool:
+        other.send({"type": "status", "id": "ending"})
+        return other.until(lambda m: m.get("type") == "status")["state"] == "cancelled"
+
+    assert wait_until(cancelling)  # the cancel is in (the job may still be ending)
+    other.send({"type": "submit", "id": "ending", "job": sleeper("1006")})  # the same job: it attaches
+    heard: list[dict] = []
+    final = other.until(lambda m: bool(heard.append(m)) or "result" in m)
+    assert final["event"] == "cancelled" and final["result"]["status"] == "cancelled"
+    assert [m.get("event") for m in heard] == ["accepted", "cancelled"], heard
+
+
 def test_a_submitter_may_decline_progress_events(worker, connect):
     # A job's events arrive in order, its outcome last: once both outcomes are in,
     # every event of either job is.

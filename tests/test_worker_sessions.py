@@ -20,6 +20,7 @@ from workerutil import SANDBOX_CLI, WorkerProcess
 
 from sandbox.models import Job, Limits, SessionSpec, Status
 from worker.client import Client, WorkerError
+from worker.protocol import job_to_wire
 
 pytestmark = pytest.mark.cgroup
 
@@ -145,6 +146,18 @@ def test_an_idle_session_expires_after_its_ttl(worker, slowdown):
         with pytest.raises(WorkerError) as refused:
             client.session_exec(session, sh("true"))
         assert refused.value.code == "unknown_session"
+
+
+def test_a_session_whose_exec_lost_its_client_still_expires(worker, connect, slowdown):
+    with Client(worker.socket_path) as client:
+        session = client.session_create(SessionSpec(ttl_s=0.5))
+        raw = connect(worker)
+        raw.send({"type": "session_exec", "id": "left", "session": session,
+                  "job": job_to_wire(sh("sleep 100", wall_time="200s"))})
+        raw.until(lambda message: message.get("id") == "left" and message.get("event") == "started")
+        raw.close()  # its exec is cancelled with it: the session goes idle, and its TTL ends it
+        assert wait_until(lambda: session not in [s["session"] for s in client.session_list()],
+                          timeout=30 * slowdown), client.session_list()
 
 
 def test_the_life_cycle_through_the_cli(worker, tmp_path):

@@ -112,7 +112,9 @@ class JobRecord:
 
     @property
     def done(self) -> bool:
-        return self.state in (JobState.FINISHED, JobState.CANCELLED)
+        """Over, its final event sent (a running job being cancelled is not yet: a
+        resubmit of its id waits for that event, as for any running job)."""
+        return self.finished_at is not None
 
 
 @dataclass

@@ -105,16 +105,14 @@ class Sessions:
             raise ProtocolError("session_paused", f"session {session_id} is paused: resume it first",
                                 field="session")
         work = SessionExec(session_id, job)
-
-        def observe(message: dict[str, Any]) -> None:
-            deliver(message)
-            self._observe(record, exec_id, job, message)
-
         fresh = not self.pool.knows(exec_id)
-        self.pool.submit(exec_id, work, owner, observe, stream)
+        submitted = self.pool.submit(exec_id, work, owner, deliver, stream)
         if fresh:
             record.pending.add(exec_id)
             record.execs += 1
+            # Watched here apart from its client's subscription, which ends with the
+            # client: a client gone mid-exec must not leave the session busy for good.
+            submitted.subscribers[self] = lambda message: self._observe(record, exec_id, job, message)
 
     def _observe(self, record: SessionRecord, exec_id: str, job: Job, message: dict[str, Any]) -> None:
         final = message.get("type") == "error" or message.get("event") in _FINAL_EVENTS

@@ -158,10 +158,13 @@ def _position(got: bytes, want: bytes, separator: bytes) -> int:
 
 
 def _describe(got: bytes, want: bytes, offset: int, separator: bytes) -> str:
-    """The unit (token or line) around the first difference, in both texts."""
-    if offset >= len(got):
+    """The unit (token or line) around the first difference, in both texts; "ended" or
+    "extra" only where one text has no unit there at all (not where a unit of it is a
+    prefix of the other's: "2" against "23")."""
+    start = max(got.rfind(separator, 0, offset), want.rfind(separator, 0, offset)) + 1
+    if start >= len(got):
         return f"output ended, expected {_show(_unit_at(want, offset, separator))}"
-    if offset >= len(want):
+    if start >= len(want):
         return f"extra output {_show(_unit_at(got, offset, separator))}"
     return f"{_show(_unit_at(got, offset, separator))} instead of {_show(_unit_at(want, offset, separator))}"
 

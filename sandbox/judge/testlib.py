@@ -11,6 +11,7 @@ import re
 
 from sandbox.judge.checkers import Checked, CheckStatus
 from sandbox.judge.problem import Problem, Program
+from sandbox.languages import is_program_file, load_preset
 from sandbox.models import WORKDIR, Blob, InputFile, Result, Status
 
 _STATUS = {0: CheckStatus.ACCEPTED, 1: CheckStatus.WRONG_ANSWER, 2: CheckStatus.PRESENTATION_ERROR,
@@ -54,10 +55,15 @@ def _fraction(result: Result, who: str) -> float:
 
 def package_files(problem: Problem, program: Program) -> list[InputFile]:
     """The package's other top-level files (a testlib.h the setter ships, say), which
-    the checker or interactor may need to compile; never the tests."""
+    the checker or interactor may need to compile; never the tests, nor a file its own
+    compile names (a model solution's main.cpp beside a C++ checker: its compile makes
+    its own)."""
+    preset = load_preset(program.lang)
     files, total = [], 0
     for entry in sorted(problem.root.iterdir()):
         if entry == program.source or entry.name == "problem.toml" or entry.is_symlink() or not entry.is_file():
+            continue
+        if is_program_file(preset, entry.name):
             continue
         total += entry.stat().st_size
         if total > _PACKAGE_FILE_LIMIT:

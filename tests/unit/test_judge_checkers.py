@@ -50,6 +50,10 @@ def test_each_checker_decides(kind: CheckerKind, output: bytes, answer: bytes, s
     (CheckerKind.TOKENS, b"1", b"1 2\n", "token 2: output ended, expected '2'"),
     (CheckerKind.LINES, b"a\nb\nc\n", b"a\nb\n", "line 3: extra output 'c'"),
     (CheckerKind.LINES, b"a\n", b"a\nb\n", "line 2: output ended, expected 'b'"),
+    # A unit that is a prefix of the other's is a different unit, not the text's end.
+    (CheckerKind.TOKENS, b"1 2", b"1 23", "token 2: '2' instead of '23'"),
+    (CheckerKind.TOKENS, b"1 23", b"1 2", "token 2: '23' instead of '2'"),
+    (CheckerKind.LINES, b"ab\n", b"abc\n", "line 1: 'ab' instead of 'abc'"),
     (CheckerKind.EXACT, b"ab", b"ac", "bytes differ at offset 1"),
     (CheckerKind.FLOAT, b"1 2.5", b"1 2", "token 2: '2.5' instead of '2'"),
 ])

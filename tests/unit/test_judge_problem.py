@@ -11,6 +11,7 @@ from sandbox.judge import report as judged
 from sandbox.judge.checkers import CheckerKind
 from sandbox.judge.interactive import InteractiveTests
 from sandbox.judge.problem import ProblemError, load_problem, natural_key, read_package
+from sandbox.judge.testlib import package_files
 from sandbox.models import Result, Status
 from sandbox.units import MAX_DURATION_MS
 
@@ -155,3 +156,12 @@ def test_a_package_read_to_send_leaves_hidden_files_and_refuses_names_a_worker_w
     (root / "tests" / "1 copy.txt").write_text("x")
     with pytest.raises(ProblemError, match=r"1 copy\.txt"):
         read_package(root)
+
+
+def test_a_checkers_package_files_leave_out_what_its_own_compile_names(tmp_path: Path) -> None:
+    root = package(tmp_path, "[checker]\nkind = 'custom'\nsource = 'check.cpp'\nlang = 'cpp'\n")
+    for name in ("check.cpp", "main.cpp", "main", "testlib.h"):  # main.cpp: the setter's model solution
+        (root / name).write_text("x")
+    problem = load_problem(root)
+    assert problem.checker.program is not None
+    assert [entry.dest for entry in package_files(problem, problem.checker.program)] == ["/work/testlib.h"]
