@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox.cli.output import EXIT_SANDBOX_ERROR
-from sandbox.errors import SandboxError
 
 if TYPE_CHECKING:
     from sandbox.models import Group, Result
@@ -73,17 +72,10 @@ def _with_bytes(job: Any) -> Any:
 def _group(args: argparse.Namespace) -> int:
     group = load_spec(Path(args.spec))
     if args.socket or args.tcp:
-        from sandbox.cli.output import worker_error
-        from sandbox.cli.worker import connect
-        from worker.client import WorkerError
+        from sandbox.cli.worker import worker_calls
 
-        with connect(args) as client:
-            try:
-                results = client.group(group.jobs, group.pipes)
-            except WorkerError as exc:
-                raise worker_error(exc) from None
-            except OSError as exc:  # (the worker went away mid-request)
-                raise SandboxError(f"worker: {exc}") from exc
+        with worker_calls(args) as client:
+            results = client.group(group.jobs, group.pipes)
     else:
         from sandbox.runner import Runner
 

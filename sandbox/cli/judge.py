@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox.cli.output import EXIT_SANDBOX_ERROR
-from sandbox.errors import SandboxError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -63,22 +62,15 @@ def _judge(args: argparse.Namespace) -> int:
     if args.redis:  # one queued request: any worker of the stream judges it
         report = _judge_through_queue(args, submission, on_test)
     elif args.socket or args.tcp:  # one request: the worker compiles once and runs every test
-        from sandbox.cli.output import worker_error
-        from sandbox.cli.worker import connect
-        from worker.client import WorkerError
+        from sandbox.cli.worker import worker_calls
 
         package = read_package(Path(args.problem))
-        with connect(args) as client:
-            try:
-                report = client.judge(package, submission.lang, submission.source,
-                                      compile_options=submission.compile_options, args=submission.args,
-                                      stop_on_failure=args.stop_on_failure, on_test=on_test,
-                                      parallel=args.parallel, image=submission.image,
-                                      interpreter=submission.interpreter)
-            except WorkerError as exc:
-                raise worker_error(exc) from None
-            except OSError as exc:  # (the worker went away mid-request)
-                raise SandboxError(f"worker: {exc}") from exc
+        with worker_calls(args) as client:
+            report = client.judge(package, submission.lang, submission.source,
+                                  compile_options=submission.compile_options, args=submission.args,
+                                  stop_on_failure=args.stop_on_failure, on_test=on_test,
+                                  parallel=args.parallel, image=submission.image,
+                                  interpreter=submission.interpreter)
     else:
         from sandbox.languages import RunnerStages
         from sandbox.runner import Runner

@@ -9,16 +9,12 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sandbox.cli.job_flags import add_job_arguments, collect_target, job_from_args
-from sandbox.cli.output import report, worker_error
+from sandbox.cli.output import report
+from sandbox.cli.worker import worker_calls
 from sandbox.errors import JobError, SandboxError
-
-if TYPE_CHECKING:
-    from worker.client import Client
 
 # The exit status of an exec is its job's, as for run; a session command's own failure is 125.
 SESSION_LIMITS = ("memory", "pids", "disk", "cpus")
@@ -106,7 +102,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
         raise JobError(str(exc), field="ttl") from None
     given = {name: getattr(args, name) for name in SESSION_LIMITS if getattr(args, name) is not None}
     spec = SessionSpec(image=args.image, profile=args.profile, limits=Limits(**given), ttl_s=ttl_s)
-    with _session_calls(args) as client:
+    with worker_calls(args) as client:
         print(client.session_create(spec))
     return 0
 
@@ -117,7 +113,7 @@ def _cmd_exec(args: argparse.Namespace) -> int:
     job = job_from_args(args)
     collect_to = collect_target(args)
     live = None if args.json else LiveOutput()
-    with _session_calls(args) as client:
+    with worker_calls(args) as client:
         result = client.session_exec(args.session, job, on_output=live)
     return report(result, as_json=args.json, written=live.written if live else None, collect_to=collect_to)
 
@@ -144,7 +140,7 @@ def _cmd_cp(args: argparse.Namespace) -> int:
         job = Job(cmd=["true"], collect=[collect])
     else:
         raise JobError("one side is SESSION:PATH, the other a host path", field="source")
-    with _session_calls(args) as client:
+    with worker_calls(args) as client:
         result = client.session_exec(session, job)
     if result.status is not Status.OK:
         raise SandboxError(f"the copy failed: {result.error or result.status.value}")
@@ -162,7 +158,7 @@ def _cmd_cp(args: argparse.Namespace) -> int:
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
-    with _session_calls(args) as client:
+    with worker_calls(args) as client:
         logs = client.session_logs(args.session)
     if args.json:
         print(json.dumps([_printable(entry) for entry in logs], indent=2))
@@ -184,7 +180,7 @@ def _cmd_control(args: argparse.Namespace) -> int:
             grace_s = parse_duration_ms(args.grace) / 1000
         except ValueError as exc:
             raise JobError(str(exc), field="grace") from None
-    with _session_calls(args) as client:
+    with worker_calls(args) as client:
         if args.request == "session_stop":
             client.session_stop(args.session, grace_s if grace_s is not None else 0.0)
         elif args.request == "session_pause":
@@ -198,14 +194,14 @@ def _cmd_control(args: argparse.Namespace) -> int:
 
 
 def _cmd_commit(args: argparse.Namespace) -> int:
-    with _session_calls(args) as client:
+    with worker_calls(args) as client:
         answer = client.session_commit(args.session, args.reference)
     print(answer["reference"], answer["image_id"])
     return 0
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    with _session_calls(args) as client:
+    with worker_calls(args) as client:
         sessions = client.session_list()
     if args.json:
         print(json.dumps(sessions, indent=2))
@@ -215,24 +211,6 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         print(f"{entry['session']:<20} {entry['state']:<8} {entry['image']:<24} {entry['profile']:<10} "
               f"{entry['execs']:>5} {entry['idle_s']:>7.0f}s {entry['ttl']:>7.0f}s")
     return 0
-
-
-@contextmanager
-def _session_calls(args: argparse.Namespace) -> Iterator[Client]:
-    """A client of the worker the flags name, whose refusals and lost connections are
-    the command's errors (exit 125)."""
-    from sandbox.cli.worker import connect
-    from worker.client import WorkerError
-
-    client = connect(args)
-    try:
-        yield client
-    except WorkerError as exc:
-        raise worker_error(exc) from exc
-    except OSError as exc:
-        raise SandboxError(f"worker: {exc}") from exc
-    finally:
-        client.close()
 
 
 def _printable(entry: dict[str, Any]) -> dict[str, Any]:

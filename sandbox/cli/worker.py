@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sandbox.cli import collector_on
@@ -218,6 +220,23 @@ def connect(args: argparse.Namespace) -> Client:
         raise SandboxError(f"cannot reach a worker at {where}: {exc.strerror or exc}") from exc
     except WorkerError as exc:
         raise SandboxError(f"the worker at {where} refused the connection: {exc}") from exc
+
+
+@contextmanager
+def worker_calls(args: argparse.Namespace) -> Iterator[Client]:
+    """A client of the worker the flags name, whose refusals and lost connections are
+    the command's errors (exit 125)."""
+    from worker.client import WorkerError
+
+    client = connect(args)
+    try:
+        yield client
+    except WorkerError as exc:
+        raise worker_error(exc) from exc
+    except OSError as exc:
+        raise SandboxError(f"worker: {exc}") from exc
+    finally:
+        client.close()
 
 
 def _size_flag(text: str) -> int:
